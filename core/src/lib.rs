@@ -1,0 +1,11 @@
+//! scopegate-core: what the operator and the sidecar agree on.
+//!
+//! This crate has no Kubernetes and no async runtime dependency: the sidecar compiles it
+//! without ever compiling k8s-openapi. It holds the names both sides use, the grammars that
+//! the CRD schema, its CEL rules and the Rust code must all agree on, and (as later work
+//! lands) the versioned sidecar config document and pure policy evaluation.
+
+pub mod duration;
+pub mod names;
+pub mod path;
+pub mod scope;

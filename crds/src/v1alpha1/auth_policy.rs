@@ -1,0 +1,787 @@
+//! `AuthPolicy`: which pods are protected, where their tokens come from, and what each route
+//! needs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    Algorithm, Duration, HttpMethod, NamespacedRef, PositiveDuration, audience_list, browser_url,
+    conditions, method_list, path_list, scope_list,
+};
+
+/// AuthPolicy protects the pods its selector picks: their sidecar authenticates bearer tokens
+/// and checks scopes per route. Its issuer says where tokens come from: this policy's own keys
+/// (`self`, the pods then also serve the OAuth2 endpoints), another policy's keys (`policyRef`),
+/// or an outside issuer (`external`).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "scopegate.dev",
+    version = "v1alpha1",
+    kind = "AuthPolicy",
+    doc = "AuthPolicy protects the pods its selector picks: their sidecar authenticates bearer tokens and checks scopes per route, and in issuer.self pods also serves the OAuth2 endpoints.",
+    namespaced,
+    status = "AuthPolicyStatus",
+    shortname = "ap",
+    category = "scopegate",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".status.issuerMode","description":"Self, PolicyRef or External"}"#,
+    printcolumn = r#"{"name":"Active Key","type":"string","jsonPath":".status.activeKid","description":"Key id that signs new tokens"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.listen.port != self.upstream.port",
+        "message": "listen.port and upstream.port must differ: the sidecar listens on one and forwards to the app on the other",
+        "fieldPath": ".listen.port"
+    },
+    {
+        "rule": "!has(self.issuer.self) || self.rules.all(r, r.require.all(s, s in self.issuer.self.scopes) && r.anyOf.all(a, a.all(s, s in self.issuer.self.scopes)))",
+        "messageExpression": "'rules name scopes that issuer.self.scopes does not declare: ' + (self.rules.map(r, r.require.filter(s, !(s in self.issuer.self.scopes)).join(' ')) + self.rules.map(r, r.anyOf.map(a, a.filter(s, !(s in self.issuer.self.scopes)).join(' ')).join(' '))).filter(x, x != '').join(' ')",
+        "fieldPath": ".rules"
+    }
+]))]
+pub struct AuthPolicySpec {
+    /// Pods of this namespace that this policy protects. The injection webhook adds the sidecar
+    /// to new pods whose labels match, in namespaces labelled scopegate.dev/injection=enabled.
+    /// At most one AuthPolicy may select a pod.
+    pub selector: LabelSelector,
+
+    /// Where the tokens this policy accepts come from: exactly one of self, policyRef or external.
+    pub issuer: Issuer,
+
+    /// Audiences a token must carry in its aud claim (any one of them). Empty means the
+    /// issuer URL of a self issuer, and is refused for policyRef and external issuers by
+    /// the operator (status condition), since accepting any audience lets tokens meant for
+    /// another service in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "audience_list")]
+    pub audiences: Vec<String>,
+
+    /// Route rules, matched on method and normalised path. The most specific matching rule
+    /// wins (longest literal prefix, then fewest wildcards); unmatched requests get
+    /// defaultAction.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub rules: Vec<Rule>,
+
+    /// What happens to a request no rule matches: Deny (403, the default), Authenticate (any
+    /// valid token, no scope needed) or Allow (no token needed).
+    #[serde(default)]
+    pub default_action: DefaultAction,
+
+    /// The application container's port, on 127.0.0.1, that the sidecar forwards to.
+    pub upstream: Upstream,
+
+    /// The sidecar's listener, which the pod's Service must target instead of the app's port.
+    #[serde(default)]
+    pub listen: Listen,
+
+    /// Per-route rate limits, e.g. POST /login at 5 requests per 15m per client address.
+    /// Requests that fail authentication are counted apart from those that succeed, so that
+    /// nobody can exhaust a victim's budget by failing on its behalf. Exceeding a limit is
+    /// answered 429 with Retry-After.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub rate_limits: Vec<RateLimit>,
+
+    /// Which hops in front of the pod may set X-Forwarded-For / Forwarded. Without it the
+    /// TCP peer address is the client address that rate limits key on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_proxies: Option<TrustedProxies>,
+
+    /// Security response headers and the identity headers passed to the app.
+    #[serde(default)]
+    pub headers: Headers,
+}
+
+/// Where tokens come from. Exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.self) ? 1 : 0) + (has(self.policyRef) ? 1 : 0) + (has(self.external) ? 1 : 0) == 1",
+        "message": "issuer must set exactly one of self, policyRef or external"
+    }
+]))]
+pub struct Issuer {
+    /// This policy owns signing keys: the operator generates and rotates them, and the
+    /// selected pods run the issuer role, serving the OAuth2 endpoints over TLS.
+    #[serde(rename = "self", default, skip_serializing_if = "Option::is_none")]
+    pub self_: Option<SelfIssuer>,
+
+    /// Trust the keys of another AuthPolicy that has an issuer.self (one issuer, many
+    /// verifiers holding only public keys). Refused in status when that issuer signs HS256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<NamespacedRef>,
+
+    /// Trust an issuer outside the cluster by its issuer URL and JWKS URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalIssuer>,
+}
+
+/// An issuer run by this policy's own pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "duration(self.rotationPeriod) > duration(self.propagation)",
+        "message": "rotationPeriod must be greater than propagation: each new key is published for propagation before it activates",
+        "fieldPath": ".rotationPeriod"
+    },
+    {
+        "rule": "!has(self.mint) || self.mint.scopes.all(s, s in self.scopes)",
+        "messageExpression": "'mint.scopes names scopes not declared in scopes: ' + self.mint.scopes.filter(s, !(s in self.scopes)).join(', ')",
+        "fieldPath": ".mint.scopes"
+    }
+]))]
+pub struct SelfIssuer {
+    /// The issuer identifier: the iss claim of every token and the base of the OAuth2
+    /// endpoints, an https URL without query or fragment, e.g.
+    /// https://auth.shop.svc.cluster.local.
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != '' && !self.contains('#') && !self.contains('?')",
+            "message": "url must be an absolute https URL without query or fragment"
+        }
+    ]))]
+    pub url: String,
+
+    /// The Service in front of the issuer pods: verifiers read the revocation feed there,
+    /// and the serving certificate is issued for its DNS names.
+    pub service: ServicePort,
+
+    /// How tokens are signed.
+    #[serde(default)]
+    pub signing: Signing,
+
+    /// How long a key signs before the next one takes over.
+    #[serde(default = "default_rotation_period")]
+    pub rotation_period: PositiveDuration,
+
+    /// The whole time from the operator writing a key to every verifier holding it: the
+    /// operator's lag, copies into policyRef namespaces, the kubelet's refresh of mounted
+    /// objects (typically 1-2 minutes), the sidecar's reload and the JWKS endpoint's cache
+    /// max-age. A new key is published at least this long before it signs.
+    #[serde(default = "default_propagation")]
+    pub propagation: PositiveDuration,
+
+    /// Lifetimes of what the issuer hands out.
+    #[serde(default)]
+    pub tokens: TokenLifetimes,
+
+    /// The scope vocabulary: scope name to a description shown to people. Clients and rules
+    /// may only name scopes declared here. Names are RFC 6749 scope-tokens (printable ASCII
+    /// without space, double quote or backslash).
+    #[serde(default)]
+    #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [
+        {
+            "rule": "self.all(k, size(k) <= 128 && k.matches('^[\\\\x21\\\\x23-\\\\x5B\\\\x5D-\\\\x7E]+$'))",
+            "messageExpression": "'scope names must be RFC 6749 scope-tokens of at most 128 characters (printable ASCII without space, double quote or backslash): ' + self.filter(k, size(k) > 128 || !k.matches('^[\\\\x21\\\\x23-\\\\x5B\\\\x5D-\\\\x7E]+$')).join(', ')"
+        }
+    ]))]
+    pub scopes: BTreeMap<String, ScopeDescription>,
+
+    /// Where /oauth2/authorize sends a browser for the app to log its user in, with a
+    /// one-time login challenge. Absolute https URL (http only on 127.0.0.1 or [::1]).
+    /// Without it the authorization_code grant is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "browser_url")]
+    pub login_url: Option<String>,
+
+    /// What the app may mint on the sidecar's mint socket for users it authenticated itself.
+    /// Without it the mint socket refuses to mint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mint: Option<MintRules>,
+
+    /// Namespaces whose OAuthClients may register with this issuer, besides its own. "*"
+    /// allows every namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    pub allowed_client_namespaces: Vec<String>,
+
+    /// Where codes, refresh families, revocations and rate-limit counters live. Memory by
+    /// default: one issuer replica only, and a restart forgets revocations.
+    #[serde(default)]
+    pub store: Store,
+}
+
+/// Human-readable description of a scope.
+pub type ScopeDescription = String;
+
+fn default_rotation_period() -> PositiveDuration {
+    "720h".into()
+}
+
+fn default_propagation() -> PositiveDuration {
+    "5m".into()
+}
+
+/// A Service name and port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Name of the Service, in this namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Port of the Service that reaches the issuer sidecar's TLS listener.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// How the issuer signs tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.rsaBits) || self.algorithm == 'RS256'",
+        "message": "rsaBits applies only to algorithm RS256"
+    },
+    {
+        "rule": "self.algorithm in ['ES256', 'RS256', 'EdDSA', 'HS256']",
+        "message": "an issuer signs with ES256, RS256, EdDSA or HS256"
+    }
+]))]
+pub struct Signing {
+    /// Signing algorithm: ES256 (default), RS256, EdDSA (Ed25519) or HS256. HS256 keys are
+    /// shared secrets that are never published: only this policy's own pods can verify them,
+    /// so no policyRef may point at an HS256 issuer.
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    /// RSA modulus size for RS256: 2048 (default) or 3072.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = [2048, 3072]))]
+    pub rsa_bits: Option<u16>,
+}
+
+fn default_algorithm() -> Algorithm {
+    Algorithm::ES256
+}
+
+impl Default for Signing {
+    fn default() -> Self {
+        Self {
+            algorithm: default_algorithm(),
+            rsa_bits: None,
+        }
+    }
+}
+
+/// Lifetimes of access tokens, refresh tokens and authorization codes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "duration(self.codeTtl) <= duration('10m')",
+        "message": "codeTtl must be at most 10m (RFC 6749 §4.1.2)",
+        "fieldPath": ".codeTtl"
+    },
+    {
+        "rule": "duration(self.leeway) <= duration('5m')",
+        "message": "leeway must be at most 5m",
+        "fieldPath": ".leeway"
+    }
+]))]
+pub struct TokenLifetimes {
+    /// Lifetime of an access token (default 15m).
+    #[serde(default = "default_access_token_ttl")]
+    pub access_token_ttl: PositiveDuration,
+    /// Lifetime of a refresh token family from its first grant (default 720h).
+    #[serde(default = "default_refresh_token_ttl")]
+    pub refresh_token_ttl: PositiveDuration,
+    /// Lifetime of an authorization code (default 1m, at most 10m).
+    #[serde(default = "default_code_ttl")]
+    pub code_ttl: PositiveDuration,
+    /// Clock skew tolerated when checking exp, nbf and iat (default 30s, at most 5m).
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+}
+
+fn default_access_token_ttl() -> PositiveDuration {
+    "15m".into()
+}
+fn default_refresh_token_ttl() -> PositiveDuration {
+    "720h".into()
+}
+fn default_code_ttl() -> PositiveDuration {
+    "1m".into()
+}
+fn default_leeway() -> Duration {
+    "30s".into()
+}
+
+impl Default for TokenLifetimes {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: default_access_token_ttl(),
+            refresh_token_ttl: default_refresh_token_ttl(),
+            code_ttl: default_code_ttl(),
+            leeway: default_leeway(),
+        }
+    }
+}
+
+/// Limits on tokens the app mints for its own users through the mint socket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MintRules {
+    /// Subjects the app may mint for, as patterns where `*` matches any run of characters,
+    /// e.g. `user:*`. At least one.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 128)))]
+    pub subjects: Vec<String>,
+    /// Scopes a minted token may carry (a subset of the issuer's scopes).
+    #[serde(default)]
+    #[schemars(schema_with = "scope_list")]
+    pub scopes: Vec<String>,
+    /// Audiences a minted token may carry. Empty means the issuer URL only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "audience_list")]
+    pub audiences: Vec<String>,
+    /// Longest lifetime of a minted token (default 15m).
+    #[serde(default = "default_access_token_ttl")]
+    pub max_ttl: PositiveDuration,
+}
+
+/// Where issuer state lives.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type == 'Redis' ? has(self.redis) : !has(self.redis)",
+        "message": "set redis exactly when type is Redis"
+    }
+]))]
+pub struct Store {
+    /// Memory (default; one issuer replica only, state lost on restart) or Redis (required
+    /// for more than one issuer replica).
+    #[serde(rename = "type", default)]
+    pub kind: StoreKind,
+    /// Connection to Redis, when type is Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStore>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            redis: None,
+        }
+    }
+}
+
+/// Kinds of issuer state store.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum StoreKind {
+    /// In the sidecar's memory.
+    #[default]
+    Memory,
+    /// In Redis, shared by every issuer replica.
+    Redis,
+}
+
+/// A Redis server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisStore {
+    /// host:port of the Redis server.
+    #[schemars(length(min = 1, max = 253))]
+    pub address: String,
+    /// A Secret in this namespace with keys `username` (optional) and `password`. You create
+    /// it; the operator reads it by reference and rolls a change into the pods without a
+    /// restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+    /// Connect with TLS, verifying the server against the pod's CA bundle.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// An issuer outside the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalIssuer {
+    /// The issuer identifier, compared exactly with the token's iss claim.
+    #[schemars(length(min = 1, max = 256))]
+    pub issuer: String,
+    /// Where the sidecar fetches the issuer's JWKS: an absolute https URL.
+    #[schemars(length(max = 512))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != '' && !self.contains('#')",
+            "message": "jwksUri must be an absolute https URL without fragment"
+        }
+    ]))]
+    pub jwks_uri: String,
+    /// Algorithms accepted from this issuer. Foreign keys often omit alg: a token's alg header
+    /// is then accepted only if it is listed here and fits the key's type and curve. HS256 is
+    /// not allowed for external issuers.
+    #[schemars(length(min = 1, max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "set", "x-kubernetes-validations" = [
+        {
+            "rule": "!('HS256' in self)",
+            "message": "external issuers cannot use HS256: a shared secret cannot be fetched from a JWKS"
+        }
+    ]))]
+    pub algorithms: Vec<Algorithm>,
+    /// Also accept tokens whose typ header is plain JWT (many outside issuers use it for
+    /// access tokens). Off by default: only at+jwt is accepted (RFC 9068).
+    #[serde(default)]
+    pub allow_jwt_typ: bool,
+    /// How often the JWKS is refetched (default 5m). An unknown kid triggers at most one
+    /// extra fetch per this interval.
+    #[serde(default = "default_propagation")]
+    pub refresh_interval: PositiveDuration,
+}
+
+/// A route rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!(self.public && (size(self.require) > 0 || size(self.anyOf) > 0))",
+        "message": "a public rule needs no token, so it cannot require scopes"
+    },
+    {
+        "rule": "!(size(self.require) > 0 && size(self.anyOf) > 0)",
+        "message": "set either require (all of these scopes) or anyOf (one of these scope sets), not both"
+    }
+]))]
+pub struct Rule {
+    /// A name for the rule, shown in logs and decisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub name: Option<String>,
+    /// HTTP methods the rule matches. Empty means every method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "method_list")]
+    pub methods: Vec<HttpMethod>,
+    /// Path patterns, matched against the normalised request path: `/items` exactly,
+    /// `/items/*` one more segment, `/items/**` anything below /items (and /items itself).
+    /// Patterns start with `/` and hold no `%`, `;`, `?`, `#`, dot or empty segments.
+    #[schemars(schema_with = "path_list")]
+    pub paths: Vec<String>,
+    /// No token needed.
+    #[serde(default)]
+    pub public: bool,
+    /// A valid token carrying all of these scopes is needed. With neither require nor anyOf
+    /// nor public, any valid token passes.
+    #[serde(default)]
+    #[schemars(schema_with = "scope_list")]
+    pub require: Vec<String>,
+    /// A valid token carrying all scopes of at least one of these sets is needed. A 403
+    /// answer names the scopes of the first set.
+    #[serde(default)]
+    #[schemars(
+        length(max = 8),
+        inner(
+            length(min = 1, max = 8),
+            inner(
+                length(min = 1, max = 128),
+                regex(pattern = r"^[\x21\x23-\x5B\x5D-\x7E]+$")
+            )
+        )
+    )]
+    pub any_of: Vec<Vec<String>>,
+}
+
+/// What to do with a request that matches no rule.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DefaultAction {
+    /// Refuse it (403, or 401 without a token).
+    #[default]
+    Deny,
+    /// Let any request with a valid token through.
+    Authenticate,
+    /// Let every request through, with or without a token.
+    Allow,
+}
+
+/// The app's port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Upstream {
+    /// Port the app container listens on. The sidecar forwards to 127.0.0.1 on this port.
+    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        { "rule": "self != 15090", "message": "port 15090 is the sidecar's admin port" }
+    ]))]
+    pub port: i32,
+}
+
+/// The sidecar's listener for protected traffic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Listen {
+    /// Port the sidecar listens on (default 15080).
+    #[serde(default = "default_listen_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        { "rule": "self != 15090", "message": "port 15090 is the sidecar's admin port" }
+    ]))]
+    pub port: i32,
+    /// Name of a kubernetes.io/tls Secret in this namespace to serve TLS with. Issuer pods
+    /// always serve TLS with the certificate the operator issues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub tls_secret: Option<String>,
+}
+
+fn default_listen_port() -> i32 {
+    i32::from(scopegate_core::names::DEFAULT_LISTEN_PORT)
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            port: default_listen_port(),
+            tls_secret: None,
+        }
+    }
+}
+
+/// A rate limit on some routes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Name of the limit, shown in logs and metrics.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// HTTP methods the limit applies to. Empty means every method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "method_list")]
+    pub methods: Vec<HttpMethod>,
+    /// Path patterns the limit applies to (same grammar as rules).
+    #[schemars(schema_with = "path_list")]
+    pub paths: Vec<String>,
+    /// What a budget belongs to: ClientAddress (default; IPv6 grouped by /64) or Subject
+    /// (the token's sub; unauthenticated requests then fall back to the client address).
+    #[serde(default)]
+    pub key: RateLimitKey,
+    /// Requests allowed per period.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests: u32,
+    /// The period the budget refills over.
+    pub period: PositiveDuration,
+}
+
+/// What a rate-limit budget belongs to.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum RateLimitKey {
+    /// The client address as trustedProxies defines it.
+    #[default]
+    ClientAddress,
+    /// The token's subject.
+    Subject,
+}
+
+/// Which proxies may tell the client address. Exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.hops) != (size(self.cidrs) > 0)",
+        "message": "trustedProxies sets exactly one of hops or cidrs"
+    }
+]))]
+pub struct TrustedProxies {
+    /// Number of proxies in front of the pod: the client address is that many entries from
+    /// the right of X-Forwarded-For.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 8))]
+    pub hops: Option<u8>,
+    /// Proxy addresses (CIDRs) whose X-Forwarded-For entries are skipped from the right; the
+    /// first address outside them is the client.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    #[schemars(inner(length(max = 64)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.all(c, isCIDR(c))",
+            "messageExpression": "'cidrs must be CIDRs such as 10.0.0.0/8 or fd00::/8: ' + self.filter(c, !isCIDR(c)).join(', ')"
+        }
+    ]))]
+    pub cidrs: Vec<String>,
+}
+
+/// Response and identity headers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Headers {
+    /// Add X-Content-Type-Options: nosniff, X-Frame-Options: DENY and Referrer-Policy:
+    /// no-referrer to every response (default true).
+    #[serde(default = "default_true")]
+    pub security_headers: bool,
+    /// Strict-Transport-Security: Auto (when the sidecar serves TLS), Always (also behind a
+    /// TLS-terminating proxy) or Never.
+    #[serde(default)]
+    pub hsts: Hsts,
+    /// Path patterns whose responses get Cache-Control: no-store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "path_list_optional")]
+    pub no_store_paths: Vec<String>,
+    /// Names of the headers that carry the verified identity to the app. The sidecar strips
+    /// any incoming copies first.
+    #[serde(default)]
+    pub identity: IdentityHeaders,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn path_list_optional(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = path_list(generator);
+    schema.remove("minItems");
+    schema
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Self {
+            security_headers: true,
+            hsts: Hsts::default(),
+            no_store_paths: Vec::new(),
+            identity: IdentityHeaders::default(),
+        }
+    }
+}
+
+/// When to send Strict-Transport-Security.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Hsts {
+    /// When the sidecar itself serves TLS.
+    #[default]
+    Auto,
+    /// Always (the pod sits behind a TLS-terminating proxy).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Header names for the verified identity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.subject.lowerAscii() != self.scopes.lowerAscii() && self.subject.lowerAscii() != self.clientId.lowerAscii() && self.scopes.lowerAscii() != self.clientId.lowerAscii()",
+        "message": "identity header names must differ"
+    }
+]))]
+pub struct IdentityHeaders {
+    /// Header with the token's subject (default x-auth-subject).
+    #[serde(default = "default_subject_header")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub subject: String,
+    /// Header with the token's scopes, space-separated (default x-auth-scopes).
+    #[serde(default = "default_scopes_header")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub scopes: String,
+    /// Header with the token's client_id (default x-auth-client-id).
+    #[serde(default = "default_client_id_header")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9-]+$"))]
+    pub client_id: String,
+}
+
+fn default_subject_header() -> String {
+    "x-auth-subject".into()
+}
+fn default_scopes_header() -> String {
+    "x-auth-scopes".into()
+}
+fn default_client_id_header() -> String {
+    "x-auth-client-id".into()
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            subject: default_subject_header(),
+            scopes: default_scopes_header(),
+            client_id: default_client_id_header(),
+        }
+    }
+}
+
+/// Observed state of an AuthPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthPolicyStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready (everything rendered and usable), KeysReady (issuer keys published and active)
+    /// and Degraded (working, but something needs attention), each with a reason and message.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions")]
+    pub conditions: Vec<Condition>,
+    /// Self, PolicyRef or External.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_mode: Option<String>,
+    /// Key id of the key that signs new tokens (self issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_kid: Option<String>,
+    /// The issuer's keys and where each is in its life: next, active or retiring.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<KeyStatus>,
+    /// When the next key transition is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<Time>,
+    /// Pods this policy selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_pods: Option<i32>,
+    /// Selected pods that carry the sidecar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_pods: Option<i32>,
+    /// Names of the objects the operator rendered for this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendered: Option<RenderedObjects>,
+}
+
+/// One signing key in status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    /// Key id.
+    pub kid: String,
+    /// next (published, not yet signing), active (signing) or retiring (published until the
+    /// tokens it signed have expired).
+    pub state: String,
+    /// When the key was first published.
+    pub published_at: Time,
+    /// When the key starts (or started) signing.
+    pub activates_at: Time,
+    /// When the key stops signing.
+    pub signs_until: Time,
+    /// When the key leaves every JWKS.
+    pub removed_after: Time,
+}
+
+/// Names of rendered objects.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RenderedObjects {
+    /// The sidecar config ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_config: Option<String>,
+    /// The public JWKS ConfigMap (self issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<String>,
+    /// The signing-keys Secret (self issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_keys: Option<String>,
+    /// The serving certificate Secret (self issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    /// The client registry Secret (self issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<String>,
+}

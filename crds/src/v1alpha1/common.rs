@@ -1,0 +1,268 @@
+//! Types shared by both resources: durations, references, conditions.
+
+use std::borrow::Cow;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+/// A duration in the API grammar (`90s`, `15m`, `720h`, `1h30m`) that must be greater than zero.
+///
+/// The schema carries the grammar as a `pattern` and a CEL rule for positivity; the operator
+/// parses the same grammar with [`scopegate_core::duration::parse`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct PositiveDuration(pub String);
+
+/// A duration in the API grammar that may be zero (`0s`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Duration(pub String);
+
+impl PositiveDuration {
+    /// Parses the value. The schema makes failure impossible for stored objects; the error
+    /// still says what is wrong if a client skipped validation.
+    pub fn get(&self) -> Result<std::time::Duration, scopegate_core::duration::DurationError> {
+        scopegate_core::duration::parse(&self.0)
+    }
+}
+
+impl Duration {
+    /// Parses the value (see [`PositiveDuration::get`]).
+    pub fn get(&self) -> Result<std::time::Duration, scopegate_core::duration::DurationError> {
+        scopegate_core::duration::parse(&self.0)
+    }
+}
+
+impl From<&str> for PositiveDuration {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+impl From<&str> for Duration {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+const DURATION_GRAMMAR_MESSAGE: &str =
+    "a duration is hours, minutes and seconds in that order, e.g. 90s, 15m, 720h, 1h30m (no days)";
+
+impl JsonSchema for PositiveDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "PositiveDuration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": scopegate_core::duration::PATTERN,
+            "maxLength": scopegate_core::duration::MAX_LEN,
+            "x-kubernetes-validations": [
+                {
+                    "rule": format!(
+                        "self.matches('{}') && duration(self) > duration('0s')",
+                        scopegate_core::duration::PATTERN
+                    ),
+                    "message": format!("must be greater than zero; {DURATION_GRAMMAR_MESSAGE}"),
+                }
+            ]
+        })
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": scopegate_core::duration::PATTERN,
+            "maxLength": scopegate_core::duration::MAX_LEN,
+        })
+    }
+}
+
+/// A reference to an object by name, optionally in another namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacedRef {
+    /// Name of the referenced object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the referenced object. Defaults to the namespace of the object that holds
+    /// this reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// A reference to one key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the namespace of the object that holds this reference.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Signing algorithms for tokens: what an issuer signs with and what a verifier accepts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Algorithm {
+    /// ECDSA with P-256 and SHA-256.
+    ES256,
+    /// ECDSA with P-384 and SHA-384.
+    ES384,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// Ed25519 (RFC 8037).
+    EdDSA,
+    /// HMAC with SHA-256: a shared secret, only when no other policy verifies.
+    HS256,
+}
+
+/// HTTP methods a rule can match.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum HttpMethod {
+    /// GET
+    GET,
+    /// HEAD
+    HEAD,
+    /// POST
+    POST,
+    /// PUT
+    PUT,
+    /// PATCH
+    PATCH,
+    /// DELETE
+    DELETE,
+    /// OPTIONS
+    OPTIONS,
+}
+
+/// A CEL expression, true when `v` is an absolute https URL without fragment, or an http URL
+/// on `127.0.0.1` or `[::1]` (RFC 8252 §7.3 loopback redirects; `localhost` is not loopback
+/// enough, since it can resolve elsewhere).
+fn https_or_loopback(v: &str) -> String {
+    format!(
+        "isURL({v}) && !{v}.contains('#') && (url({v}).getScheme() == 'https' && url({v}).getHostname() != '' || \
+         url({v}).getScheme() == 'http' && (url({v}).getHostname() == '127.0.0.1' || url({v}).getHostname() == '::1'))"
+    )
+}
+
+/// Schema of a browser-facing URL: https, or http on loopback only.
+pub(crate) fn browser_url(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": 512,
+        "x-kubernetes-validations": [{
+            "rule": https_or_loopback("self"),
+            "message": "must be an absolute https URL without fragment (http only for 127.0.0.1 or [::1], not localhost)",
+        }]
+    })
+}
+
+/// Schema of a list of OAuth2 redirect URIs.
+pub(crate) fn redirect_uri_list(_: &mut SchemaGenerator) -> Schema {
+    let valid = https_or_loopback("u");
+    json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "x-kubernetes-list-type": "set",
+        "items": { "type": "string", "minLength": 1, "maxLength": 512 },
+        "x-kubernetes-validations": [{
+            "rule": format!("self.all(u, {valid})"),
+            "messageExpression": format!(
+                "'redirectUris must be absolute https URLs without fragment (http only for 127.0.0.1 or [::1], not localhost): ' + self.filter(u, !({valid})).join(', ')"
+            ),
+        }]
+    })
+}
+
+/// Most scopes a list or vocabulary may hold (bounds CEL cost).
+pub(crate) const MAX_SCOPES: usize = 64;
+
+/// Schema of a list of scope names: a set of RFC 6749 scope-tokens.
+pub(crate) fn scope_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": MAX_SCOPES,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "maxLength": scopegate_core::scope::MAX_SCOPE_LEN,
+            "pattern": scopegate_core::scope::SCOPE_TOKEN_PATTERN,
+        }
+    })
+}
+
+/// Schema of a list of audiences (token `aud` values).
+pub(crate) fn audience_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "x-kubernetes-list-type": "set",
+        "items": { "type": "string", "minLength": 1, "maxLength": 256 }
+    })
+}
+
+/// Schema of a list of rule path patterns.
+pub(crate) fn path_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 32,
+        "items": {
+            "type": "string",
+            "maxLength": scopegate_core::path::MAX_LEN,
+            "pattern": scopegate_core::path::PATTERN,
+        }
+    })
+}
+
+/// Schema of a list of HTTP methods (empty means every method).
+pub(crate) fn method_list(generator: &mut SchemaGenerator) -> Schema {
+    let item = generator.subschema_for::<HttpMethod>();
+    json_schema!({
+        "type": "array",
+        "maxItems": 7,
+        "x-kubernetes-list-type": "set",
+        "items": item,
+    })
+}
+
+/// Schema of `status.conditions`: a list-map keyed by `type`, as Kubernetes API conventions ask.
+pub(crate) fn conditions(generator: &mut SchemaGenerator) -> Schema {
+    let item =
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
+    json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": item,
+    })
+}

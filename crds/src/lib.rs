@@ -7,14 +7,58 @@
 
 pub mod v1alpha1;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 /// Every CRD scopegate serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![v1alpha1::AuthPolicy::crd(), v1alpha1::OAuthClient::crd()]
+    vec![
+        reflow_descriptions(v1alpha1::AuthPolicy::crd()),
+        reflow_descriptions(v1alpha1::OAuthClient::crd()),
+    ]
 }
 
+/// Doc comments are wrapped at 100 columns in the source; `kubectl explain` wraps again at its
+/// own width, so a kept line break shows as a ragged short line. Joins wrapped lines into
+/// paragraphs, keeping blank-line paragraph breaks.
+fn reflow_descriptions(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn reflow(text: &str) -> String {
+        text.split("\n\n")
+            .map(|paragraph| paragraph.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+    fn walk(schema: &mut JSONSchemaProps) {
+        if let Some(description) = &mut schema.description {
+            *description = reflow(description);
+        }
+        schema
+            .properties
+            .iter_mut()
+            .flat_map(|p| p.values_mut())
+            .for_each(walk);
+        match &mut schema.items {
+            Some(JSONSchemaPropsOrArray::Schema(item)) => walk(item),
+            Some(JSONSchemaPropsOrArray::Schemas(items)) => items.iter_mut().for_each(walk),
+            None => {}
+        }
+        if let Some(JSONSchemaPropsOrBool::Schema(values)) = &mut schema.additional_properties {
+            walk(values);
+        }
+    }
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            walk(schema);
+        }
+    }
+    crd
+}
 /// A generated file: where it goes (relative to the repository root) and its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedFile {

@@ -149,3 +149,22 @@ fn status_is_a_subresource_with_printer_columns_and_short_names() {
         );
     }
 }
+
+#[test]
+fn only_formats_the_api_server_knows() {
+    let known = ["int32", "int64", "date-time", "byte", "double"];
+    let mut unknown = Vec::new();
+    for (crd, schema) in schemas() {
+        walk(&crd, &schema, &mut |path, prop| {
+            if let Some(format) = prop.get("format").and_then(Value::as_str)
+                && !known.contains(&format)
+            {
+                unknown.push(format!("{path}: {format}"));
+            }
+        });
+    }
+    assert!(
+        unknown.is_empty(),
+        "formats kube-apiserver warns about: {unknown:?}"
+    );
+}

@@ -42,7 +42,7 @@ use super::common::{
     },
     {
         "rule": "!has(self.issuer.self) || self.rules.all(r, r.require.all(s, s in self.issuer.self.scopes) && r.anyOf.all(a, a.all(s, s in self.issuer.self.scopes)))",
-        "messageExpression": "'rules name scopes that issuer.self.scopes does not declare: ' + (self.rules.map(r, r.require.filter(s, !(s in self.issuer.self.scopes)).join(' ')) + self.rules.map(r, r.anyOf.map(a, a.filter(s, !(s in self.issuer.self.scopes)).join(' ')).join(' '))).filter(x, x != '').join(' ')",
+        "message": "every scope that rules require (require and anyOf) must be declared in issuer.self.scopes",
         "fieldPath": ".rules"
     }
 ]))]
@@ -137,7 +137,7 @@ pub struct Issuer {
     },
     {
         "rule": "!has(self.mint) || self.mint.scopes.all(s, s in self.scopes)",
-        "messageExpression": "'mint.scopes names scopes not declared in scopes: ' + self.mint.scopes.filter(s, !(s in self.scopes)).join(', ')",
+        "messageExpression": "'mint.scopes names a scope not declared in scopes: ' + self.mint.scopes.filter(s, !(s in self.scopes))[0]",
         "fieldPath": ".mint.scopes"
     }
 ]))]
@@ -184,7 +184,7 @@ pub struct SelfIssuer {
     #[schemars(extend("maxProperties" = 64, "x-kubernetes-validations" = [
         {
             "rule": "self.all(k, size(k) <= 128 && k.matches('^[\\\\x21\\\\x23-\\\\x5B\\\\x5D-\\\\x7E]+$'))",
-            "messageExpression": "'scope names must be RFC 6749 scope-tokens of at most 128 characters (printable ASCII without space, double quote or backslash): ' + self.filter(k, size(k) > 128 || !k.matches('^[\\\\x21\\\\x23-\\\\x5B\\\\x5D-\\\\x7E]+$')).join(', ')"
+            "messageExpression": "'scope names must be RFC 6749 scope-tokens of at most 128 characters (printable ASCII without space, double quote or backslash): ' + self.filter(k, size(k) > 128 || !k.matches('^[\\\\x21\\\\x23-\\\\x5B\\\\x5D-\\\\x7E]+$'))[0]"
         }
     ]))]
     pub scopes: BTreeMap<String, ScopeDescription>,
@@ -258,7 +258,7 @@ pub struct Signing {
     /// RSA modulus size for RS256: 2048 (default) or 3072.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [2048, 3072]))]
-    pub rsa_bits: Option<u16>,
+    pub rsa_bits: Option<i32>,
 }
 
 fn default_algorithm() -> Algorithm {
@@ -568,7 +568,7 @@ pub struct RateLimit {
     pub key: RateLimitKey,
     /// Requests allowed per period.
     #[schemars(range(min = 1, max = 1000000))]
-    pub requests: u32,
+    pub requests: i32,
     /// The period the budget refills over.
     pub period: PositiveDuration,
 }
@@ -597,7 +597,7 @@ pub struct TrustedProxies {
     /// the right of X-Forwarded-For.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 8))]
-    pub hops: Option<u8>,
+    pub hops: Option<i32>,
     /// Proxy addresses (CIDRs) whose X-Forwarded-For entries are skipped from the right; the
     /// first address outside them is the client.
     #[serde(default)]
@@ -606,7 +606,7 @@ pub struct TrustedProxies {
     #[schemars(extend("x-kubernetes-validations" = [
         {
             "rule": "self.all(c, isCIDR(c))",
-            "messageExpression": "'cidrs must be CIDRs such as 10.0.0.0/8 or fd00::/8: ' + self.filter(c, !isCIDR(c)).join(', ')"
+            "messageExpression": "'cidrs must be CIDRs such as 10.0.0.0/8 or fd00::/8: ' + self.filter(c, !isCIDR(c))[0]"
         }
     ]))]
     pub cidrs: Vec<String>,

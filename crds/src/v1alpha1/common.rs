@@ -197,7 +197,7 @@ pub(crate) fn redirect_uri_list(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-validations": [{
             "rule": format!("self.all(u, {valid})"),
             "messageExpression": format!(
-                "'redirectUris must be absolute https URLs without fragment (http only for 127.0.0.1 or [::1], not localhost): ' + self.filter(u, !({valid})).join(', ')"
+                "'redirectUris must be absolute https URLs without fragment (http only for 127.0.0.1 or [::1], not localhost): ' + self.filter(u, !({valid}))[0]"
             ),
         }]
     })

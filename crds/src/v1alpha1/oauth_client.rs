@@ -51,7 +51,7 @@ use super::common::{
     },
     {
         "rule": "self.defaultScopes.all(s, s in self.scopes)",
-        "messageExpression": "'defaultScopes must be a subset of scopes; not in scopes: ' + self.defaultScopes.filter(s, !(s in self.scopes)).join(', ')",
+        "messageExpression": "'defaultScopes must be a subset of scopes; not in scopes: ' + self.defaultScopes.filter(s, !(s in self.scopes))[0]",
         "fieldPath": ".defaultScopes"
     },
     {

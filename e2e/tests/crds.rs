@@ -1,0 +1,584 @@
+//! The CRDs on a real kube-apiserver: they install and become Established, `kubectl explain`
+//! shows our docs, every example applies, and each CEL rule refuses a bad object at apply
+//! time with its message.
+
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use scopegate_e2e::{
+    ControlPlane, FIELD_MANAGER, TestNamespace, eventually, install_crds, repo_root,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+async fn setup() -> (ControlPlane, Client) {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    install_crds(&client)
+        .await
+        .expect("CRDs install and become Established");
+    (plane, client)
+}
+
+fn api_resource(kind: &str) -> ApiResource {
+    match kind {
+        "AuthPolicy" => ApiResource::erase::<AuthPolicy>(&()),
+        "OAuthClient" => ApiResource::erase::<OAuthClient>(&()),
+        other => ApiResource::from_gvk(&GroupVersionKind::gvk("", "v1", other)),
+    }
+}
+
+/// Collapses kubectl's line wrapping so that a sentence can be searched for.
+fn squash(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test]
+async fn crds_are_established_and_explained() {
+    let (plane, _client) = setup().await;
+
+    // The OpenAPI document that explain reads is published shortly after Established.
+    let issuer = eventually("kubectl explain authpolicy.spec.issuer", || async {
+        plane.kubectl(&["explain", "authpolicy.spec.issuer"])
+    })
+    .await
+    .map(|text| squash(&text))
+    .expect("explain works");
+    assert!(
+        issuer.contains("exactly one of self, policyRef or external"),
+        "kubectl explain authpolicy.spec.issuer shows our docs:\n{issuer}"
+    );
+    assert!(
+        issuer.contains("policyRef") && issuer.contains("external"),
+        "{issuer}"
+    );
+
+    let redirect = squash(
+        &plane
+            .kubectl(&["explain", "oauthclient.spec.redirectUris"])
+            .expect("explain works"),
+    );
+    assert!(redirect.contains("RFC 8252"), "{redirect}");
+
+    let rotation = squash(
+        &plane
+            .kubectl(&["explain", "ap.spec.issuer.self.propagation"])
+            .expect("short name works with explain"),
+    );
+    assert!(
+        rotation.contains("published at least this long"),
+        "{rotation}"
+    );
+}
+
+#[tokio::test]
+async fn every_example_applies() {
+    let (plane, client) = setup().await;
+    let ns = TestNamespace::create(&client, "examples")
+        .await
+        .expect("namespace");
+
+    let mut applied = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let mut object: DynamicObject =
+                DynamicObject::deserialize(document).expect("example is a Kubernetes object");
+            let kind = object
+                .types
+                .as_ref()
+                .map(|t| t.kind.clone())
+                .unwrap_or_default();
+            if kind == "Namespace" {
+                continue; // each test has its own namespace
+            }
+            let name = object.metadata.name.clone().expect("named");
+            object.metadata.namespace = Some(ns.name.clone());
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &ns.name, &api_resource(&kind));
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{} ({kind} {name}) applies: {e}", path.display()));
+            applied.push(format!("{kind}/{name}"));
+        }
+    }
+    assert!(applied.len() >= 5, "applied {applied:?}");
+
+    // The printer columns and short names a person uses.
+    let table = plane
+        .kubectl(&["get", "ap", "-n", &ns.name])
+        .expect("kubectl get ap");
+    for column in [
+        "NAME",
+        "READY",
+        "ISSUER",
+        "ACTIVE KEY",
+        "AGE",
+        "auth",
+        "orders",
+        "reports",
+    ] {
+        assert!(
+            table.contains(column),
+            "`kubectl get ap` shows {column}:\n{table}"
+        );
+    }
+    let table = plane
+        .kubectl(&["get", "oac", "-n", &ns.name])
+        .expect("kubectl get oac");
+    for column in ["CLIENT ID", "ISSUER", "billing", "storefront"] {
+        assert!(
+            table.contains(column),
+            "`kubectl get oac` shows {column}:\n{table}"
+        );
+    }
+    // Defaults from the schema are filled in by the API server.
+    let api: Api<AuthPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let orders = api.get("orders").await.expect("orders policy");
+    assert_eq!(orders.spec.headers.identity.subject, "x-auth-subject");
+    // The issuerRef field selector that the operator uses to list an issuer's clients.
+    let clients: Api<OAuthClient> = Api::namespaced(client.clone(), &ns.name);
+    let of_auth = clients
+        .list(&kube::api::ListParams::default().fields("spec.issuerRef.name=auth"))
+        .await
+        .expect("field selector on spec.issuerRef.name");
+    assert_eq!(of_auth.items.len(), 2);
+
+    ns.delete().await.expect("cleanup");
+}
+
+/// A valid self-issuing AuthPolicy that each case breaks in one way.
+fn issuer_policy() -> Value {
+    json!({
+        "apiVersion": "scopegate.dev/v1alpha1", "kind": "AuthPolicy",
+        "metadata": { "name": "cel-case" },
+        "spec": {
+            "selector": { "matchLabels": { "app": "auth" } },
+            "issuer": { "self": {
+                "url": "https://auth.example.svc.cluster.local",
+                "service": { "name": "auth", "port": 443 },
+                "scopes": { "read:items": "Read", "write:items": "Write" },
+                "loginUrl": "https://shop.example.com/login",
+                "mint": { "subjects": ["user:*"], "scopes": ["read:items"] }
+            } },
+            "upstream": { "port": 8080 },
+            "rules": [ { "paths": ["/items/**"], "require": ["read:items"] } ]
+        }
+    })
+}
+
+/// A valid verifier AuthPolicy with an external issuer.
+fn external_policy() -> Value {
+    json!({
+        "apiVersion": "scopegate.dev/v1alpha1", "kind": "AuthPolicy",
+        "metadata": { "name": "cel-case" },
+        "spec": {
+            "selector": {},
+            "issuer": { "external": {
+                "issuer": "https://login.example.com/",
+                "jwksUri": "https://login.example.com/jwks.json",
+                "algorithms": ["RS256"]
+            } },
+            "audiences": ["api://x"],
+            "upstream": { "port": 8080 },
+            "trustedProxies": { "hops": 1 }
+        }
+    })
+}
+
+/// A valid confidential OAuthClient.
+fn confidential_client() -> Value {
+    json!({
+        "apiVersion": "scopegate.dev/v1alpha1", "kind": "OAuthClient",
+        "metadata": { "name": "cel-case" },
+        "spec": {
+            "issuerRef": { "name": "auth" },
+            "grantTypes": ["client_credentials"],
+            "scopes": ["read:items", "write:items"],
+            "defaultScopes": ["read:items"],
+            "secretName": "cel-case-credentials"
+        }
+    })
+}
+
+/// A valid public OAuthClient.
+fn public_client() -> Value {
+    json!({
+        "apiVersion": "scopegate.dev/v1alpha1", "kind": "OAuthClient",
+        "metadata": { "name": "cel-case" },
+        "spec": {
+            "issuerRef": { "name": "auth" },
+            "public": true,
+            "tokenEndpointAuthMethod": "none",
+            "grantTypes": ["authorization_code", "refresh_token"],
+            "scopes": ["read:items"],
+            "redirectUris": ["https://app.example.com/cb", "http://127.0.0.1/cb", "http://[::1]:8080/cb"]
+        }
+    })
+}
+
+type Mutation = fn(&mut Value);
+
+/// (description, base object, mutation, text the API server's refusal must contain)
+fn cases() -> Vec<(&'static str, fn() -> Value, Mutation, &'static str)> {
+    vec![
+        (
+            "issuer with nothing set",
+            issuer_policy,
+            |v| v["spec"]["issuer"] = json!({}),
+            "issuer must set exactly one of self, policyRef or external",
+        ),
+        (
+            "issuer with self and policyRef",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["policyRef"] = json!({"name": "other"}),
+            "issuer must set exactly one of self, policyRef or external",
+        ),
+        (
+            "duration in days",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["rotationPeriod"] = json!("30d"),
+            "a duration is hours, minutes and seconds in that order",
+        ),
+        (
+            "zero duration",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["tokens"] = json!({"accessTokenTtl": "0s"}),
+            "must be greater than zero",
+        ),
+        (
+            "rotation not longer than propagation",
+            issuer_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["rotationPeriod"] = json!("5m");
+                v["spec"]["issuer"]["self"]["propagation"] = json!("10m");
+            },
+            "rotationPeriod must be greater than propagation",
+        ),
+        (
+            "code TTL above 10m",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["tokens"] = json!({"codeTtl": "11m"}),
+            "codeTtl must be at most 10m",
+        ),
+        (
+            "leeway above 5m",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["tokens"] = json!({"leeway": "1h"}),
+            "leeway must be at most 5m",
+        ),
+        (
+            "plain http issuer url",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["url"] = json!("http://auth.example.com"),
+            "url must be an absolute https URL without query or fragment",
+        ),
+        (
+            "issuer url with fragment",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["url"] = json!("https://auth.example.com/#x"),
+            "url must be an absolute https URL without query or fragment",
+        ),
+        (
+            "login url on localhost over http",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["loginUrl"] = json!("http://localhost:3000/login"),
+            "http only for 127.0.0.1 or [::1], not localhost",
+        ),
+        (
+            "scope name with a space",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["scopes"]["read items"] = json!("bad"),
+            "scope names must be RFC 6749 scope-tokens",
+        ),
+        (
+            "scope name with a double quote",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["scopes"]["read\"items"] = json!("bad"),
+            "scope names must be RFC 6749 scope-tokens",
+        ),
+        (
+            "rule path without leading slash",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["paths"] = json!(["items"]),
+            "spec.rules[0].paths[0]",
+        ),
+        (
+            "rule path with a dot-dot segment",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["paths"] = json!(["/items/../admin"]),
+            "spec.rules[0].paths[0]",
+        ),
+        (
+            "rule path with percent-encoding",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["paths"] = json!(["/items%2Fadmin"]),
+            "spec.rules[0].paths[0]",
+        ),
+        (
+            "public rule requiring scopes",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["public"] = json!(true),
+            "a public rule needs no token, so it cannot require scopes",
+        ),
+        (
+            "rule with require and anyOf",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["anyOf"] = json!([["write:items"]]),
+            "set either require (all of these scopes) or anyOf",
+        ),
+        (
+            "rule naming an undeclared scope",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["require"] = json!(["write:x"]),
+            "every scope that rules require (require and anyOf) must be declared in issuer.self.scopes",
+        ),
+        (
+            "mint scope outside the vocabulary",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["mint"]["scopes"] = json!(["admin"]),
+            "mint.scopes names a scope not declared in scopes: admin",
+        ),
+        (
+            "listen port equals upstream port",
+            issuer_policy,
+            |v| v["spec"]["listen"] = json!({"port": 8080}),
+            "listen.port and upstream.port must differ",
+        ),
+        (
+            "port out of range",
+            issuer_policy,
+            |v| v["spec"]["upstream"]["port"] = json!(70000),
+            "spec.upstream.port",
+        ),
+        (
+            "listening on the admin port",
+            issuer_policy,
+            |v| v["spec"]["listen"] = json!({"port": 15090}),
+            "port 15090 is the sidecar's admin port",
+        ),
+        (
+            "rsaBits with ES256",
+            issuer_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["signing"] =
+                    json!({"algorithm": "ES256", "rsaBits": 3072})
+            },
+            "rsaBits applies only to algorithm RS256",
+        ),
+        (
+            "issuer signing with ES384",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["signing"] = json!({"algorithm": "ES384"}),
+            "an issuer signs with ES256, RS256, EdDSA or HS256",
+        ),
+        (
+            "redis store without redis",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["store"] = json!({"type": "Redis"}),
+            "set redis exactly when type is Redis",
+        ),
+        (
+            "identity headers that collide",
+            issuer_policy,
+            |v| {
+                v["spec"]["headers"] =
+                    json!({"identity": {"subject": "X-User", "scopes": "x-user"}})
+            },
+            "identity header names must differ",
+        ),
+        (
+            "too many scopes in a rule",
+            issuer_policy,
+            |v| {
+                v["spec"]["rules"][0]["require"] =
+                    json!((0..65).map(|i| format!("s{i}")).collect::<Vec<_>>())
+            },
+            "must have at most 64 items",
+        ),
+        (
+            "external issuer without algorithms",
+            external_policy,
+            |v| v["spec"]["issuer"]["external"]["algorithms"] = json!([]),
+            "spec.issuer.external.algorithms",
+        ),
+        (
+            "external issuer with HS256",
+            external_policy,
+            |v| v["spec"]["issuer"]["external"]["algorithms"] = json!(["HS256"]),
+            "external issuers cannot use HS256",
+        ),
+        (
+            "external jwksUri over http",
+            external_policy,
+            |v| v["spec"]["issuer"]["external"]["jwksUri"] = json!("http://login.example.com/jwks"),
+            "jwksUri must be an absolute https URL without fragment",
+        ),
+        (
+            "trusted proxies by hops and cidrs",
+            external_policy,
+            |v| v["spec"]["trustedProxies"] = json!({"hops": 1, "cidrs": ["10.0.0.0/8"]}),
+            "trustedProxies sets exactly one of hops or cidrs",
+        ),
+        (
+            "trusted proxy that is not a CIDR",
+            external_policy,
+            |v| v["spec"]["trustedProxies"] = json!({"cidrs": ["10.0.0.300/8"]}),
+            "cidrs must be CIDRs such as 10.0.0.0/8 or fd00::/8: 10.0.0.300/8",
+        ),
+        (
+            "public client with client_credentials",
+            public_client,
+            |v| v["spec"]["grantTypes"] = json!(["client_credentials"]),
+            "a public client has no secret to authenticate with",
+        ),
+        (
+            "public client with a secret method",
+            public_client,
+            |v| v["spec"]["tokenEndpointAuthMethod"] = json!("client_secret_basic"),
+            "tokenEndpointAuthMethod none is for public clients and only for them",
+        ),
+        (
+            "confidential client with method none",
+            confidential_client,
+            |v| v["spec"]["tokenEndpointAuthMethod"] = json!("none"),
+            "tokenEndpointAuthMethod none is for public clients and only for them",
+        ),
+        (
+            "public client with a secretName",
+            public_client,
+            |v| v["spec"]["secretName"] = json!("x"),
+            "a public client has no secret: remove secretName",
+        ),
+        (
+            "secretName and existingSecret",
+            confidential_client,
+            |v| v["spec"]["existingSecret"] = json!({"name": "mine", "key": "secret"}),
+            "set secretName (the operator generates the secret) or existingSecret",
+        ),
+        (
+            "default scope outside scopes",
+            confidential_client,
+            |v| v["spec"]["defaultScopes"] = json!(["read:items", "admin"]),
+            "defaultScopes must be a subset of scopes; not in scopes: admin",
+        ),
+        (
+            "authorization_code without redirect URIs",
+            confidential_client,
+            |v| v["spec"]["grantTypes"] = json!(["authorization_code"]),
+            "the authorization_code grant needs at least one redirectUri",
+        ),
+        (
+            "refresh_token with client_credentials only",
+            confidential_client,
+            |v| v["spec"]["grantTypes"] = json!(["client_credentials", "refresh_token"]),
+            "refresh_token needs authorization_code",
+        ),
+        (
+            "redirect URI on localhost",
+            public_client,
+            |v| v["spec"]["redirectUris"] = json!(["http://localhost:8080/cb"]),
+            "redirectUris must be absolute https URLs without fragment (http only for 127.0.0.1 or [::1], not localhost): http://localhost:8080/cb",
+        ),
+        (
+            "redirect URI with fragment",
+            public_client,
+            |v| v["spec"]["redirectUris"] = json!(["https://app.example.com/cb#frag"]),
+            "redirectUris must be absolute https URLs without fragment",
+        ),
+        (
+            "relative redirect URI",
+            public_client,
+            |v| v["spec"]["redirectUris"] = json!(["/cb"]),
+            "redirectUris must be absolute https URLs without fragment",
+        ),
+        (
+            "custom-scheme redirect URI",
+            public_client,
+            |v| v["spec"]["redirectUris"] = json!(["javascript://app.example.com/%0aalert(1)"]),
+            "redirectUris must be absolute https URLs without fragment",
+        ),
+        (
+            "client scope with a backslash",
+            confidential_client,
+            |v| v["spec"]["scopes"] = json!(["read\\items"]),
+            "spec.scopes[0]",
+        ),
+        (
+            "client without grants",
+            confidential_client,
+            |v| v["spec"]["grantTypes"] = json!([]),
+            "spec.grantTypes",
+        ),
+    ]
+}
+
+async fn dry_run_create(client: &Client, ns: &str, object: &Value) -> Result<(), kube::Error> {
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &api_resource(kind));
+    let object: DynamicObject = serde_json::from_value(object.clone()).expect("object shape");
+    api.create(
+        &PostParams {
+            dry_run: true,
+            ..Default::default()
+        },
+        &object,
+    )
+    .await
+    .map(|_| ())
+}
+
+#[tokio::test]
+async fn cel_rules_refuse_bad_objects_with_their_message() {
+    let (_plane, client) = setup().await;
+    let ns = TestNamespace::create(&client, "cel")
+        .await
+        .expect("namespace");
+
+    // The valid bases are accepted, so each refusal below is caused by its one change.
+    for base in [
+        issuer_policy,
+        external_policy,
+        confidential_client,
+        public_client,
+    ] {
+        let object = base();
+        dry_run_create(&client, &ns.name, &object)
+            .await
+            .unwrap_or_else(|e| panic!("valid base {} is accepted: {e}", object["kind"]));
+    }
+
+    let mut failures = Vec::new();
+    for (description, base, mutate, expected) in cases() {
+        let mut object = base();
+        mutate(&mut object);
+        match dry_run_create(&client, &ns.name, &object).await {
+            Ok(()) => failures.push(format!("{description}: accepted")),
+            Err(kube::Error::Api(status))
+                if status.code == 422 && status.message.contains(expected) => {}
+            Err(kube::Error::Api(status)) => failures.push(format!(
+                "{description}: refused with {} but without {expected:?}: {}",
+                status.code, status.message
+            )),
+            Err(other) => failures.push(format!("{description}: {other}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    ns.delete().await.expect("cleanup");
+}

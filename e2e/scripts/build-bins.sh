@@ -9,17 +9,26 @@ export CGO_ENABLED=0
 
 step() { printf '[build-bins %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
-# Prints a progress line every 30 s while a long command runs, so a cold build never looks hung.
+# Runs a long command with its output in a log file, printing a progress line every 30 s so a
+# cold build never looks hung, and the log's tail if it fails.
 with_progress() {
   local what="$1"; shift
-  local start=$SECONDS
-  "$@" &
-  local pid=$!
+  local start=$SECONDS log
+  mkdir -p "$E2E_BIN_CACHE/logs"
+  log="$E2E_BIN_CACHE/logs/$(tr -c 'A-Za-z0-9.\n-' '_' <<<"$what" | head -c 80).log"
+  step "$what"
+  "$@" >"$log" 2>&1 &
+  local pid=$! status=0
   while kill -0 "$pid" 2>/dev/null; do
     for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -0 "$pid" 2>/dev/null && step "$what: still running ($((SECONDS - start))s)"
   done
-  wait "$pid"
+  wait "$pid" || status=$?
+  if ((status != 0)); then
+    tail -n 40 "$log" >&2
+    echo "build-bins: $what failed (exit $status); full log: $log" >&2
+    exit "$status"
+  fi
   step "$what: done in $((SECONDS - start))s"
 }
 
@@ -71,7 +80,7 @@ build_etcd() {
   [[ -f go.mod ]] || go mod init e2e.local/etcd-bin >/dev/null 2>&1
   go mod edit -go=1.26.0
   with_progress "etcd v$ETCD_VERSION: go get" go get -tool "go.etcd.io/etcd/server/v3@v$ETCD_VERSION"
-  go mod tidy
+  with_progress "etcd v$ETCD_VERSION: go mod tidy" go mod tidy
   mkdir -p "$ETCD_BIN.partial"
   with_progress "etcd v$ETCD_VERSION: compiling" go build -trimpath -buildvcs=false \
     -ldflags "-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=v$ETCD_VERSION" \

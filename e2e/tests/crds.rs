@@ -227,10 +227,11 @@ fn public_client() -> Value {
     })
 }
 
-type Mutation = fn(&mut Value);
+/// One bad object: (description, a valid base, the one change that breaks it, what the
+/// API server's refusal must say).
+type Case = (&'static str, fn() -> Value, fn(&mut Value), &'static str);
 
-/// (description, base object, mutation, text the API server's refusal must contain)
-fn cases() -> Vec<(&'static str, fn() -> Value, Mutation, &'static str)> {
+fn cases() -> Vec<Case> {
     vec![
         (
             "issuer with nothing set",

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the README's commands need on a fresh machine and checks the rest.
+# Rust (cargo, rustfmt, clippy), Go and Python come with the machine; Debian packages are
+# installed when missing; the control plane is built from Go modules (e2e/scripts/build-bins.sh).
+set -euo pipefail
+step() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+missing=()
+for tool in cargo go python3; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+  echo "setup: ${missing[*]} not found; install Rust (rustup), Go >= 1.26 and Python 3 first" >&2
+  exit 1
+fi
+cargo fmt --version >/dev/null 2>&1 || { echo "setup: rustfmt missing: rustup component add rustfmt" >&2; exit 1; }
+cargo clippy --version >/dev/null 2>&1 || { echo "setup: clippy missing: rustup component add clippy" >&2; exit 1; }
+
+# Debian packages: command -> package.
+declare -A debian=([openssl]=openssl [curl]=curl [setsid]=util-linux)
+need=()
+for tool in "${!debian[@]}"; do
+  command -v "$tool" >/dev/null || need+=("${debian[$tool]}")
+done
+if ((${#need[@]})); then
+  step "installing Debian packages: ${need[*]}"
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+step "tools present"

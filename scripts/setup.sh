@@ -29,3 +29,16 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 step "tools present"
+
+# Python tools the tests use as independent peers (JOSE libraries, OAuth clients), in a venv
+# outside the repository, rebuilt when the requirements change.
+venv="${SCOPEGATE_CACHE:-$HOME/.cache/scopegate}/venv"
+req="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/requirements-test.txt"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [[ ! -x $venv/bin/python || ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+  step "installing Python test peers into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  echo "$want" >"$stamp"
+fi

@@ -5,7 +5,10 @@
 //! the CRD schema, its CEL rules and the Rust code must all agree on, and (as later work
 //! lands) the versioned sidecar config document and pure policy evaluation.
 
+pub mod config;
 pub mod duration;
+pub mod jwk;
+pub mod keys;
 pub mod names;
 pub mod path;
 pub mod scope;

@@ -26,3 +26,15 @@ pub const SIDECAR_ADMIN_PORT: u16 = 15090;
 
 /// Default port the sidecar listens on for protected traffic.
 pub const DEFAULT_LISTEN_PORT: u16 = 15080;
+
+/// Where the injected sidecar finds the sidecar ConfigMap.
+pub const CONFIG_MOUNT_DIR: &str = "/etc/scopegate/config";
+
+/// Where issuer pods mount the signing-keys Secret.
+pub const SIGNING_KEYS_MOUNT_DIR: &str = "/etc/scopegate/signing-keys";
+
+/// Where issuer pods mount the client registry Secret.
+pub const CLIENTS_MOUNT_DIR: &str = "/etc/scopegate/clients";
+
+/// Where issuer pods mount their serving certificate Secret.
+pub const TLS_MOUNT_DIR: &str = "/etc/scopegate/tls";

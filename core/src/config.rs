@@ -1,0 +1,454 @@
+//! The sidecar config document: what the operator renders into ConfigMap `<policy>-sidecar`
+//! (key [`CONFIG_FILE`]) and the sidecar reads, validates and hot-reloads.
+//!
+//! It is plain data, self-contained (the JWKS it trusts is inline, so one atomic file swap
+//! changes rules and keys together) and versioned by [`CONFIG_API_VERSION`]: a sidecar refuses
+//! a document of another version rather than guess. Durations are whole seconds, times Unix
+//! seconds, so the sidecar needs no duration grammar. Unknown fields are ignored, so an
+//! operator may add optional fields without breaking running sidecars.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::jwk::Jwks;
+
+/// The `apiVersion` of this document.
+pub const CONFIG_API_VERSION: &str = "sidecar.scopegate.dev/v1";
+
+/// File name of the document inside the sidecar ConfigMap.
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Largest bearer token the sidecar accepts by default, in bytes.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The whole sidecar configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarConfig {
+    /// Always [`CONFIG_API_VERSION`].
+    pub api_version: String,
+    /// Which AuthPolicy this was rendered from (for logs and metrics).
+    pub policy: PolicyId,
+    /// The listener for protected traffic.
+    pub listen: ListenConfig,
+    /// The app behind the sidecar.
+    pub upstream: UpstreamConfig,
+    /// How bearer tokens are verified.
+    pub verify: VerifyConfig,
+    /// Route rules; the most specific match wins.
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+    /// What an unmatched request gets.
+    #[serde(default)]
+    pub default_action: DefaultAction,
+    /// Per-route rate limits.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitConfig>,
+    /// Which proxies may name the client address. `None`: the TCP peer is the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_proxies: Option<TrustedProxiesConfig>,
+    /// Response and identity headers.
+    #[serde(default)]
+    pub headers: HeadersConfig,
+    /// Revocation: client cut-offs and the issuer's feed.
+    #[serde(default)]
+    pub revocation: RevocationConfig,
+    /// PEM CA bundle (the operator's CA) for TLS connections the sidecar makes: the
+    /// revocation feed of an in-cluster issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_pem: Option<String>,
+    /// Present in pods of an `issuer.self` policy: the sidecar also runs the issuer role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<IssuerConfig>,
+}
+
+/// Identity of the rendering AuthPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyId {
+    /// Namespace of the AuthPolicy.
+    pub namespace: String,
+    /// Name of the AuthPolicy.
+    pub name: String,
+    /// `metadata.generation` rendered.
+    pub generation: i64,
+}
+
+/// The sidecar's listener.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenConfig {
+    /// Port on all interfaces.
+    pub port: u16,
+    /// Serve TLS with these files (issuer pods always do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+/// Paths of a mounted certificate and key (PEM).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsFiles {
+    /// Certificate chain, PEM.
+    pub cert_path: String,
+    /// Private key, PEM.
+    pub key_path: String,
+}
+
+/// The app the sidecar forwards to, on 127.0.0.1.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamConfig {
+    /// The app's port.
+    pub port: u16,
+}
+
+/// Token verification settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyConfig {
+    /// Issuers whose tokens are accepted, keyed by their exact `iss`.
+    pub issuers: Vec<TrustedIssuer>,
+    /// Accepted audiences: a token's `aud` must contain one of them exactly.
+    pub audiences: Vec<String>,
+    /// Clock skew tolerated for `exp`, `nbf` and `iat`.
+    pub leeway_secs: u64,
+    /// Largest token accepted, in bytes.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+
+/// An issuer and where its keys come from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedIssuer {
+    /// The exact `iss` value.
+    pub issuer: String,
+    /// Where the verification keys come from.
+    pub keys: KeySource,
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum KeySource {
+    /// Keys the operator rendered (a `self` issuer, or a `policyRef`'s copy). Every key has
+    /// `kid` and `alg`; tokens are accepted only at `typ` `at+jwt`.
+    #[serde(rename_all = "camelCase")]
+    Static {
+        /// The public keys.
+        jwks: Jwks,
+    },
+    /// The HS256 secrets of this pod's own issuer role (read from the mounted signing-keys
+    /// file named in [`IssuerConfig::signing_keys_path`]): HS256 is never published.
+    OwnSigningKeys,
+    /// An outside issuer's JWKS, fetched and cached by the sidecar.
+    #[serde(rename_all = "camelCase")]
+    Remote {
+        /// https URL of the JWKS.
+        jwks_uri: String,
+        /// Algorithms accepted (a JWK without `alg` is used only with a listed algorithm that
+        /// fits its type and curve).
+        algorithms: Vec<String>,
+        /// How often to refetch; an unknown kid triggers at most one extra fetch per interval.
+        refresh_interval_secs: u64,
+        /// Also accept `typ: JWT`.
+        #[serde(default)]
+        allow_jwt_typ: bool,
+    },
+}
+
+/// A route rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRule {
+    /// Name for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Upper-case methods; empty matches every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path patterns ([`crate::path`] grammar).
+    pub paths: Vec<String>,
+    /// What the rule asks of a request.
+    pub action: RuleAction,
+}
+
+/// What a rule asks of a request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum RuleAction {
+    /// No token needed (a token that is present is still not required to be valid).
+    Public,
+    /// Any valid token.
+    Authenticated,
+    /// A valid token with all of these scopes.
+    #[serde(rename_all = "camelCase")]
+    RequireAll {
+        /// Scopes, all needed.
+        scopes: Vec<String>,
+    },
+    /// A valid token with all scopes of at least one set.
+    #[serde(rename_all = "camelCase")]
+    RequireAny {
+        /// Alternative scope sets.
+        scope_sets: Vec<Vec<String>>,
+    },
+}
+
+/// What an unmatched request gets.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum DefaultAction {
+    /// 401 without a token, 403 with one.
+    #[default]
+    Deny,
+    /// Any valid token.
+    Authenticate,
+    /// Everything passes.
+    Allow,
+}
+
+/// A rate limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitConfig {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Upper-case methods; empty matches every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path patterns.
+    pub paths: Vec<String>,
+    /// What a budget belongs to.
+    #[serde(default)]
+    pub key: RateLimitKey,
+    /// Requests per period.
+    pub requests: u32,
+    /// Period in seconds.
+    pub period_secs: u64,
+}
+
+/// What a rate-limit budget belongs to.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum RateLimitKey {
+    /// The client address (IPv6 grouped by /64).
+    #[default]
+    ClientAddress,
+    /// The token's subject; the client address when there is no valid token.
+    Subject,
+}
+
+/// Which proxies may set X-Forwarded-For.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum TrustedProxiesConfig {
+    /// This many proxies in front: the client is that many entries from the right.
+    Hops(u8),
+    /// Skip entries from the right while they are inside these CIDRs.
+    Cidrs(Vec<String>),
+}
+
+/// Response and identity headers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadersConfig {
+    /// nosniff, X-Frame-Options DENY, Referrer-Policy no-referrer on every response.
+    pub security_headers: bool,
+    /// When to send HSTS.
+    pub hsts: Hsts,
+    /// Path patterns whose responses get `Cache-Control: no-store`.
+    #[serde(default)]
+    pub no_store_paths: Vec<String>,
+    /// Header carrying the subject to the app.
+    pub subject_header: String,
+    /// Header carrying the space-separated scopes to the app.
+    pub scopes_header: String,
+    /// Header carrying the client_id to the app.
+    pub client_id_header: String,
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        Self {
+            security_headers: true,
+            hsts: Hsts::Auto,
+            no_store_paths: Vec::new(),
+            subject_header: "x-auth-subject".into(),
+            scopes_header: "x-auth-scopes".into(),
+            client_id_header: "x-auth-client-id".into(),
+        }
+    }
+}
+
+/// When to send Strict-Transport-Security.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Hsts {
+    /// When the listener serves TLS.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Revocation sources.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationConfig {
+    /// client_id → Unix time: tokens of that client issued (`iat`) before it are dead.
+    #[serde(default)]
+    pub client_cutoffs: BTreeMap<String, i64>,
+    /// The issuer's revocation feed (jti revocations and subject cut-offs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<FeedConfig>,
+}
+
+/// Where and how to read the revocation feed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedConfig {
+    /// https URL of the feed (the issuer Service), e.g.
+    /// `https://auth.shop.svc:443/oauth2/revocations`.
+    pub url: String,
+    /// The issuer (`iss`) whose keys sign the feed pages.
+    pub issuer: String,
+    /// How long the sidecar may go without a successful poll before the feed counts as stale.
+    pub staleness_bound_secs: u64,
+    /// Refuse every token while the feed is stale (default: keep serving with what is known).
+    #[serde(default)]
+    pub fail_closed: bool,
+}
+
+/// The issuer role (pods of an `issuer.self` policy). Issue-specific fields grow here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerConfig {
+    /// The issuer identifier (`iss`).
+    pub url: String,
+    /// The mounted signing-keys document ([`crate::keys::SigningKeys`]).
+    pub signing_keys_path: String,
+    /// The mounted client registry.
+    pub clients_path: String,
+    /// Access-token lifetime.
+    pub access_token_ttl_secs: u64,
+    /// Refresh-token family lifetime.
+    pub refresh_token_ttl_secs: u64,
+    /// Authorization-code lifetime.
+    pub code_ttl_secs: u64,
+    /// The scope vocabulary: name → description.
+    #[serde(default)]
+    pub scopes: BTreeMap<String, String>,
+    /// Where /oauth2/authorize sends the browser to log in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_url: Option<String>,
+}
+
+impl SidecarConfig {
+    /// Parses and checks a document. Failure means "keep the last good config".
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let config: SidecarConfig = serde_json::from_str(text).map_err(ConfigError::Parse)?;
+        if config.api_version != CONFIG_API_VERSION {
+            return Err(ConfigError::Version(config.api_version));
+        }
+        Ok(config)
+    }
+}
+
+/// Why a config document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON of the expected shape.
+    #[error("config is not a valid sidecar config document")]
+    Parse(#[source] serde_json::Error),
+    /// Another document version.
+    #[error("config apiVersion {0:?} is not {CONFIG_API_VERSION:?}")]
+    Version(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SidecarConfig {
+        SidecarConfig {
+            api_version: CONFIG_API_VERSION.into(),
+            policy: PolicyId {
+                namespace: "shop".into(),
+                name: "orders".into(),
+                generation: 3,
+            },
+            listen: ListenConfig {
+                port: 15080,
+                tls: None,
+            },
+            upstream: UpstreamConfig { port: 8080 },
+            verify: VerifyConfig {
+                issuers: vec![TrustedIssuer {
+                    issuer: "https://auth.shop.svc".into(),
+                    keys: KeySource::Static {
+                        jwks: Jwks::default(),
+                    },
+                }],
+                audiences: vec!["orders".into()],
+                leeway_secs: 30,
+                max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            },
+            rules: vec![RouteRule {
+                name: Some("list".into()),
+                methods: vec!["GET".into()],
+                paths: vec!["/orders/**".into()],
+                action: RuleAction::RequireAny {
+                    scope_sets: vec![vec!["read:orders".into()]],
+                },
+            }],
+            default_action: DefaultAction::Deny,
+            rate_limits: vec![],
+            trusted_proxies: Some(TrustedProxiesConfig::Hops(1)),
+            headers: HeadersConfig::default(),
+            revocation: RevocationConfig::default(),
+            ca_bundle_pem: None,
+            issuer: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let text = serde_json::to_string(&sample()).unwrap();
+        assert_eq!(SidecarConfig::from_json(&text).unwrap(), sample());
+        assert!(text.contains(r#""type":"requireAny""#), "{text}");
+    }
+
+    #[test]
+    fn refuses_another_version() {
+        let mut config = sample();
+        config.api_version = "sidecar.scopegate.dev/v2".into();
+        let text = serde_json::to_string(&config).unwrap();
+        assert!(matches!(
+            SidecarConfig::from_json(&text),
+            Err(ConfigError::Version(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_garbage_without_echoing_it() {
+        let err =
+            SidecarConfig::from_json("{\"apiVersion\": 1, \"secret\": \"hunter2\"}").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn ignores_unknown_fields_from_a_newer_operator() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["someFutureField"] = serde_json::json!({"x": 1});
+        assert!(SidecarConfig::from_json(&value.to_string()).is_ok());
+    }
+}

@@ -102,6 +102,27 @@ pub struct TlsFiles {
 pub struct UpstreamConfig {
     /// The app's port.
     pub port: u16,
+    /// How the sidecar talks to the app.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// How long the app may take to send response headers before the client gets 504.
+    #[serde(default = "default_response_timeout_secs")]
+    pub response_timeout_secs: u64,
+}
+
+fn default_response_timeout_secs() -> u64 {
+    30
+}
+
+/// The protocol spoken to the app.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (WebSocket upgrades pass through).
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (gRPC apps).
+    H2c,
 }
 
 /// Token verification settings.
@@ -390,7 +411,11 @@ mod tests {
                 port: 15080,
                 tls: None,
             },
-            upstream: UpstreamConfig { port: 8080 },
+            upstream: UpstreamConfig {
+                port: 8080,
+                protocol: UpstreamProtocol::Http1,
+                response_timeout_secs: 30,
+            },
             verify: VerifyConfig {
                 issuers: vec![TrustedIssuer {
                     issuer: "https://auth.shop.svc".into(),

@@ -5,6 +5,7 @@
 //! the CRD schema, its CEL rules and the Rust code must all agree on, and (as later work
 //! lands) the versioned sidecar config document and pure policy evaluation.
 
+pub mod clients;
 pub mod config;
 pub mod duration;
 pub mod jwk;
@@ -12,3 +13,4 @@ pub mod keys;
 pub mod names;
 pub mod path;
 pub mod scope;
+pub mod secret_hash;

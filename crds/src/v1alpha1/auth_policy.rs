@@ -505,7 +505,7 @@ pub enum DefaultAction {
     Allow,
 }
 
-/// The app's port.
+/// The app behind the sidecar.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Upstream {
@@ -515,6 +515,27 @@ pub struct Upstream {
         { "rule": "self != 15090", "message": "port 15090 is the sidecar's admin port" }
     ]))]
     pub port: i32,
+    /// How the sidecar talks to the app: HTTP1 (default; WebSocket upgrades pass) or H2C
+    /// (HTTP/2 without TLS, for gRPC apps).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// How long the app may take to answer before the client gets 504 (default 30s).
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: PositiveDuration,
+}
+
+fn default_response_timeout() -> PositiveDuration {
+    "30s".into()
+}
+
+/// Protocol spoken to the app.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    #[default]
+    HTTP1,
+    /// HTTP/2 over cleartext with prior knowledge.
+    H2C,
 }
 
 /// The sidecar's listener for protected traffic.

@@ -6,7 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    NamespacedRef, SecretKeyRef, audience_list, conditions, redirect_uri_list, scope_list,
+    NamespacedRef, PositiveDuration, SecretKeyRef, audience_list, conditions, redirect_uri_list,
+    scope_list,
 };
 
 /// OAuthClient registers an OAuth2 client with an AuthPolicy that issues tokens (issuer.self).
@@ -124,10 +125,19 @@ pub struct OAuthClientSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_secret: Option<SecretKeyRef>,
 
+    /// How long the previous generated secret keeps working after a rotation (annotate the
+    /// OAuthClient with scopegate.dev/rotate-secret set to any new value to rotate). Default 24h.
+    #[serde(default = "default_secret_overlap")]
+    pub secret_rotation_overlap: PositiveDuration,
+
     /// A kill switch: every token, code and refresh family issued to this client before this
     /// time is dead, at every verifier, at the token endpoint and at introspection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_tokens_issued_before: Option<Time>,
+}
+
+fn default_secret_overlap() -> PositiveDuration {
+    "24h".into()
 }
 
 /// OAuth2 grant types.

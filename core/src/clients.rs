@@ -1,0 +1,95 @@
+//! The client registry: what the operator renders into Secret `<issuer>-clients` (key
+//! [`CLIENTS_FILE`]) from every OAuthClient that references the issuer, and the issuer
+//! sidecar authenticates clients against.
+//!
+//! Secrets appear only as PHC hashes ([`crate::secret_hash`]). During a secret rotation a
+//! client has two hashes, the old one with an end time.
+
+use serde::{Deserialize, Serialize};
+
+/// File name of the document inside the clients Secret.
+pub const CLIENTS_FILE: &str = "clients.json";
+
+/// Every client of one issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientRegistry {
+    /// Clients, sorted by client_id.
+    pub clients: Vec<RegisteredClient>,
+}
+
+impl ClientRegistry {
+    /// The client with this id.
+    pub fn find(&self, client_id: &str) -> Option<&RegisteredClient> {
+        self.clients.iter().find(|c| c.client_id == client_id)
+    }
+}
+
+/// One registered client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredClient {
+    /// The client_id (`<namespace>.<name>` of its OAuthClient).
+    pub client_id: String,
+    /// A public client: no secret, PKCE required, no introspection.
+    pub public: bool,
+    /// How it authenticates at the token endpoint.
+    pub auth_method: AuthMethod,
+    /// Hashes of the secrets that authenticate it (two during a rotation overlap).
+    #[serde(default)]
+    pub secrets: Vec<SecretHash>,
+    /// Grants it may use: `client_credentials`, `authorization_code`, `refresh_token`.
+    pub grant_types: Vec<String>,
+    /// Scopes it may get.
+    pub scopes: Vec<String>,
+    /// Scopes it gets when it asks for none.
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
+    /// Audiences of its tokens (empty: the issuer URL).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Registered redirect URIs.
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Tokens, codes and refresh families issued before this Unix time are dead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_before: Option<i64>,
+}
+
+/// A hashed client secret.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretHash {
+    /// The PHC string.
+    pub phc: String,
+    /// Unix time after which this secret no longer authenticates (the old secret of a
+    /// rotation); `None` for the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
+    /// Version of the Secret the plaintext was read from, so the operator re-hashes only when
+    /// the plaintext changed or the scheme is deprecated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+impl std::fmt::Debug for SecretHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.phc.split('$').nth(1).unwrap_or_default();
+        f.debug_struct("SecretHash")
+            .field("scheme", &scheme)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Client authentication methods at the token endpoint.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    /// HTTP Basic.
+    ClientSecretBasic,
+    /// Form body.
+    ClientSecretPost,
+    /// None (public clients).
+    None,
+}

@@ -1,0 +1,534 @@
+//! Pure construction of everything an AuthPolicy renders: the signing-keys Secret, the JWKS
+//! ConfigMap, the serving-certificate Secret, the client registry Secret and the sidecar
+//! config ConfigMap. No client, no clock: inputs in, objects out.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use scopegate_core::config::{
+    self, CONFIG_API_VERSION, FeedConfig, HeadersConfig, IssuerConfig, KeySource, ListenConfig,
+    PolicyId, RateLimitConfig, RevocationConfig, RouteRule, RuleAction, SidecarConfig, TlsFiles,
+    TrustedIssuer, TrustedProxiesConfig, UpstreamConfig, VerifyConfig,
+};
+use scopegate_core::jwk::Jwks;
+use scopegate_core::names;
+use scopegate_crds::v1alpha1::{self as api, AuthPolicy, AuthPolicySpec};
+
+use crate::error::{Error, Result};
+
+/// Label naming the AuthPolicy an object was rendered for.
+pub const POLICY_LABEL: &str = "scopegate.dev/policy";
+/// Key of the JWKS document in the JWKS ConfigMap.
+pub const JWKS_FILE: &str = "jwks.json";
+/// Name of the per-namespace CA bundle ConfigMap for client apps.
+pub const CA_CONFIGMAP: &str = "scopegate-ca";
+/// Key of the bundle in [`CA_CONFIGMAP`] and in TLS Secrets.
+pub const CA_FILE: &str = "ca.crt";
+/// Annotation on the signing-keys Secret: the rotate-annotation value already acted on.
+pub const ROTATION_HANDLED_ANNOTATION: &str = "scopegate.dev/rotation-handled";
+/// Annotations on the TLS Secret describing the certificate, for renewal decisions.
+pub const TLS_NOT_AFTER_ANNOTATION: &str = "scopegate.dev/not-after";
+/// The CA certificate that signed the serving certificate (its SHA-256, hex).
+pub const TLS_SIGNER_ANNOTATION: &str = "scopegate.dev/signer";
+/// The DNS names the serving certificate covers.
+pub const TLS_NAMES_ANNOTATION: &str = "scopegate.dev/dns-names";
+/// Where verifiers mount a listener certificate named by `listen.tlsSecret`.
+pub const LISTEN_TLS_MOUNT_DIR: &str = "/etc/scopegate/listen-tls";
+/// How long verifiers may go without reading the revocation feed before it counts as stale.
+pub const FEED_STALENESS_SECS: u64 = 60;
+
+/// Names of the objects rendered for a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// Signing-keys Secret.
+    pub signing_keys: String,
+    /// JWKS ConfigMap.
+    pub jwks: String,
+    /// Serving-certificate Secret.
+    pub tls: String,
+    /// Client registry Secret.
+    pub clients: String,
+    /// Sidecar config ConfigMap.
+    pub sidecar: String,
+}
+
+impl Names {
+    /// Names for the policy called `name`.
+    pub fn of(name: &str) -> Self {
+        Self {
+            signing_keys: format!("{name}-signing-keys"),
+            jwks: format!("{name}-jwks"),
+            tls: format!("{name}-tls"),
+            clients: format!("{name}-clients"),
+            sidecar: format!("{name}-sidecar"),
+        }
+    }
+}
+
+/// The DNS names of an issuer Service, for its serving certificate.
+pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        service.to_owned(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+/// Metadata for an object owned by `policy`.
+pub fn owned_meta(policy: &AuthPolicy, name: &str) -> Result<ObjectMeta> {
+    let owner = policy
+        .controller_owner_ref(&())
+        .ok_or(Error::Unaddressable)?;
+    Ok(ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: policy.namespace(),
+        labels: Some(managed_labels(&policy.name_any())),
+        owner_references: Some(vec![owner]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// The labels every rendered object carries (the operator's watches select on them).
+pub fn managed_labels(policy: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            names::MANAGED_BY_LABEL.to_owned(),
+            names::MANAGED_BY_VALUE.to_owned(),
+        ),
+        (POLICY_LABEL.to_owned(), policy.to_owned()),
+    ])
+}
+
+/// A Secret with string data.
+pub fn secret(meta: ObjectMeta, type_: Option<&str>, data: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: meta,
+        type_: type_.map(str::to_owned),
+        data: Some(
+            data.into_iter()
+                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// A ConfigMap with string data.
+pub fn config_map(meta: ObjectMeta, data: BTreeMap<String, String>) -> ConfigMap {
+    ConfigMap {
+        metadata: meta,
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// Serialises a document as the stable, human-readable JSON stored in objects.
+pub fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String> {
+    serde_json::to_string_pretty(value).map_err(|e| Error::Serialize(what, e))
+}
+
+/// How the keys a policy trusts were resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// `issuer.self`: this policy's own keys.
+    Own {
+        /// Public keys at render time (empty for HS256).
+        jwks: Jwks,
+        /// HS256: verify with the pod's own signing-keys file.
+        hs256: bool,
+    },
+    /// `policyRef` resolved to an issuer.
+    Referenced {
+        /// The issuer's `iss`.
+        issuer: String,
+        /// Its published keys, copied into this namespace.
+        jwks: Jwks,
+        /// Its revocation feed.
+        feed_url: String,
+    },
+    /// `external`.
+    External(api::ExternalIssuer),
+    /// `policyRef` could not be resolved: no key is trusted until it is.
+    Unresolved,
+}
+
+/// The revocation feed URL of an issuer policy.
+pub fn feed_url(namespace: &str, service: &api::ServicePort) -> String {
+    format!(
+        "https://{}.{namespace}.svc:{}/oauth2/revocations",
+        service.name, service.port
+    )
+}
+
+/// The audiences a verifier accepts: the spec's, or the issuer URL for a self issuer.
+pub fn effective_audiences(spec: &AuthPolicySpec) -> Vec<String> {
+    match (&spec.issuer.self_, spec.audiences.is_empty()) {
+        (Some(own), true) => vec![own.url.clone()],
+        _ => spec.audiences.clone(),
+    }
+}
+
+/// Renders the sidecar config document for `policy`.
+pub fn sidecar_config(
+    policy: &AuthPolicy,
+    trust: &Trust,
+    client_cutoffs: BTreeMap<String, i64>,
+    ca_bundle: &str,
+) -> Result<SidecarConfig> {
+    let spec = &policy.spec;
+    let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
+    let leeway_secs = spec
+        .issuer
+        .self_
+        .as_ref()
+        .and_then(|s| s.tokens.leeway.get().ok())
+        .map_or(30, |d| d.as_secs());
+
+    let (issuers, feed) = match trust {
+        Trust::Own { jwks, hs256 } => {
+            let own = spec.issuer.self_.as_ref().ok_or(Error::Unaddressable)?;
+            let keys = if *hs256 {
+                KeySource::OwnSigningKeys
+            } else {
+                KeySource::Static { jwks: jwks.clone() }
+            };
+            let feed = FeedConfig {
+                url: feed_url(&namespace, &own.service),
+                issuer: own.url.clone(),
+                staleness_bound_secs: FEED_STALENESS_SECS,
+                fail_closed: false,
+            };
+            (
+                vec![TrustedIssuer {
+                    issuer: own.url.clone(),
+                    keys,
+                }],
+                Some(feed),
+            )
+        }
+        Trust::Referenced {
+            issuer,
+            jwks,
+            feed_url,
+        } => {
+            let feed = FeedConfig {
+                url: feed_url.clone(),
+                issuer: issuer.clone(),
+                staleness_bound_secs: FEED_STALENESS_SECS,
+                fail_closed: false,
+            };
+            (
+                vec![TrustedIssuer {
+                    issuer: issuer.clone(),
+                    keys: KeySource::Static { jwks: jwks.clone() },
+                }],
+                Some(feed),
+            )
+        }
+        Trust::External(external) => {
+            let keys = KeySource::Remote {
+                jwks_uri: external.jwks_uri.clone(),
+                algorithms: external
+                    .algorithms
+                    .iter()
+                    .map(|a| crate::keygen::alg_name(*a).to_owned())
+                    .collect(),
+                refresh_interval_secs: external.refresh_interval.get().map_or(300, |d| d.as_secs()),
+                allow_jwt_typ: external.allow_jwt_typ,
+            };
+            (
+                vec![TrustedIssuer {
+                    issuer: external.issuer.clone(),
+                    keys,
+                }],
+                None,
+            )
+        }
+        Trust::Unresolved => (Vec::new(), None),
+    };
+
+    let issuer = spec.issuer.self_.as_ref().map(|own| {
+        let secs = |d: &api::PositiveDuration| d.get().map_or(0, |d| d.as_secs());
+        IssuerConfig {
+            url: own.url.clone(),
+            signing_keys_path: format!(
+                "{}/{}",
+                names::SIGNING_KEYS_MOUNT_DIR,
+                scopegate_core::keys::SIGNING_KEYS_FILE
+            ),
+            clients_path: format!(
+                "{}/{}",
+                names::CLIENTS_MOUNT_DIR,
+                scopegate_core::clients::CLIENTS_FILE
+            ),
+            access_token_ttl_secs: secs(&own.tokens.access_token_ttl),
+            refresh_token_ttl_secs: secs(&own.tokens.refresh_token_ttl),
+            code_ttl_secs: secs(&own.tokens.code_ttl),
+            scopes: own.scopes.clone(),
+            login_url: own.login_url.clone(),
+        }
+    });
+
+    let tls = if spec.issuer.self_.is_some() {
+        Some(TlsFiles {
+            cert_path: format!("{}/tls.crt", names::TLS_MOUNT_DIR),
+            key_path: format!("{}/tls.key", names::TLS_MOUNT_DIR),
+        })
+    } else {
+        spec.listen.tls_secret.as_ref().map(|_| TlsFiles {
+            cert_path: format!("{LISTEN_TLS_MOUNT_DIR}/tls.crt"),
+            key_path: format!("{LISTEN_TLS_MOUNT_DIR}/tls.key"),
+        })
+    };
+
+    Ok(SidecarConfig {
+        api_version: CONFIG_API_VERSION.to_owned(),
+        policy: PolicyId {
+            namespace,
+            name: policy.name_any(),
+            generation: policy.metadata.generation.unwrap_or_default(),
+        },
+        listen: ListenConfig {
+            port: port(spec.listen.port),
+            tls,
+        },
+        upstream: UpstreamConfig {
+            port: port(spec.upstream.port),
+            protocol: match spec.upstream.protocol {
+                api::UpstreamProtocol::HTTP1 => config::UpstreamProtocol::Http1,
+                api::UpstreamProtocol::H2C => config::UpstreamProtocol::H2c,
+            },
+            response_timeout_secs: spec
+                .upstream
+                .response_timeout
+                .get()
+                .map_or(30, |d| d.as_secs()),
+        },
+        verify: VerifyConfig {
+            issuers,
+            audiences: effective_audiences(spec),
+            leeway_secs,
+            max_token_bytes: config::DEFAULT_MAX_TOKEN_BYTES,
+        },
+        rules: spec.rules.iter().map(route_rule).collect(),
+        default_action: match spec.default_action {
+            api::DefaultAction::Deny => config::DefaultAction::Deny,
+            api::DefaultAction::Authenticate => config::DefaultAction::Authenticate,
+            api::DefaultAction::Allow => config::DefaultAction::Allow,
+        },
+        rate_limits: spec.rate_limits.iter().map(rate_limit).collect(),
+        trusted_proxies: spec.trusted_proxies.as_ref().map(|t| match t.hops {
+            Some(hops) => TrustedProxiesConfig::Hops(u8::try_from(hops).unwrap_or(u8::MAX)),
+            None => TrustedProxiesConfig::Cidrs(t.cidrs.clone()),
+        }),
+        headers: HeadersConfig {
+            security_headers: spec.headers.security_headers,
+            hsts: match spec.headers.hsts {
+                api::Hsts::Auto => config::Hsts::Auto,
+                api::Hsts::Always => config::Hsts::Always,
+                api::Hsts::Never => config::Hsts::Never,
+            },
+            no_store_paths: spec.headers.no_store_paths.clone(),
+            subject_header: spec.headers.identity.subject.to_ascii_lowercase(),
+            scopes_header: spec.headers.identity.scopes.to_ascii_lowercase(),
+            client_id_header: spec.headers.identity.client_id.to_ascii_lowercase(),
+        },
+        revocation: RevocationConfig {
+            client_cutoffs,
+            feed,
+        },
+        ca_bundle_pem: Some(ca_bundle.to_owned()).filter(|b| !b.is_empty()),
+        issuer,
+    })
+}
+
+fn port(value: i32) -> u16 {
+    // The schema bounds ports to 1..=65535.
+    u16::try_from(value).unwrap_or_default()
+}
+
+fn method_names(methods: &[api::HttpMethod]) -> Vec<String> {
+    methods.iter().map(|m| format!("{m:?}")).collect()
+}
+
+fn route_rule(rule: &api::Rule) -> RouteRule {
+    let action = if rule.public {
+        RuleAction::Public
+    } else if !rule.require.is_empty() {
+        RuleAction::RequireAll {
+            scopes: rule.require.clone(),
+        }
+    } else if !rule.any_of.is_empty() {
+        RuleAction::RequireAny {
+            scope_sets: rule.any_of.clone(),
+        }
+    } else {
+        RuleAction::Authenticated
+    };
+    RouteRule {
+        name: rule.name.clone(),
+        methods: method_names(&rule.methods),
+        paths: rule.paths.clone(),
+        action,
+    }
+}
+
+fn rate_limit(limit: &api::RateLimit) -> RateLimitConfig {
+    RateLimitConfig {
+        name: limit.name.clone(),
+        methods: method_names(&limit.methods),
+        paths: limit.paths.clone(),
+        key: match limit.key {
+            api::RateLimitKey::ClientAddress => config::RateLimitKey::ClientAddress,
+            api::RateLimitKey::Subject => config::RateLimitKey::Subject,
+        },
+        requests: u32::try_from(limit.requests).unwrap_or(1),
+        period_secs: limit.period.get().map_or(60, |d| d.as_secs()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(yaml: &str) -> AuthPolicy {
+        let mut p: AuthPolicy = serde_yaml_ng::from_str(yaml).unwrap();
+        p.metadata.uid = Some("uid-1".into());
+        p.metadata.generation = Some(4);
+        p
+    }
+
+    const ORDERS: &str = r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: orders, namespace: shop}
+spec:
+  selector: {matchLabels: {app: orders}}
+  issuer: {policyRef: {name: auth}}
+  audiences: ["https://orders"]
+  upstream: {port: 8080}
+  rules:
+    - {paths: ["/healthz"], public: true}
+    - {methods: [GET], paths: ["/orders/**"], require: [read:orders]}
+    - {paths: ["/admin/**"], anyOf: [[admin], [root, ops]]}
+    - {paths: ["/me"]}
+  rateLimits:
+    - {name: login, methods: [POST], paths: ["/login"], requests: 5, period: 15m}
+  trustedProxies: {hops: 2}
+"#;
+
+    #[test]
+    fn renders_rules_limits_and_trust_for_a_policy_ref() {
+        let trust = Trust::Referenced {
+            issuer: "https://auth.shop.svc".into(),
+            jwks: Jwks::default(),
+            feed_url: "https://auth.shop.svc:443/oauth2/revocations".into(),
+        };
+        let cutoffs = BTreeMap::from([("shop.billing".to_owned(), 1_700_000_000)]);
+        let config = sidecar_config(&policy(ORDERS), &trust, cutoffs.clone(), "PEM").unwrap();
+        assert_eq!(config.policy.generation, 4);
+        assert_eq!(config.listen.port, names::DEFAULT_LISTEN_PORT);
+        assert_eq!(config.upstream.port, 8080);
+        assert_eq!(config.verify.audiences, ["https://orders"]);
+        assert_eq!(config.verify.issuers[0].issuer, "https://auth.shop.svc");
+        let actions: Vec<_> = config.rules.iter().map(|r| r.action.clone()).collect();
+        assert_eq!(
+            actions,
+            [
+                RuleAction::Public,
+                RuleAction::RequireAll {
+                    scopes: vec!["read:orders".into()]
+                },
+                RuleAction::RequireAny {
+                    scope_sets: vec![vec!["admin".into()], vec!["root".into(), "ops".into()]]
+                },
+                RuleAction::Authenticated,
+            ]
+        );
+        assert_eq!(config.rules[1].methods, ["GET"]);
+        assert_eq!(config.rate_limits[0].period_secs, 900);
+        assert_eq!(config.trusted_proxies, Some(TrustedProxiesConfig::Hops(2)));
+        assert_eq!(config.revocation.client_cutoffs, cutoffs);
+        assert_eq!(
+            config.revocation.feed.as_ref().map(|f| f.url.as_str()),
+            Some("https://auth.shop.svc:443/oauth2/revocations")
+        );
+        assert!(config.issuer.is_none() && config.listen.tls.is_none());
+        // The rendered document parses back through the sidecar's own reader.
+        let text = to_json("sidecar config", &config).unwrap();
+        assert_eq!(SidecarConfig::from_json(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn unresolved_policy_ref_trusts_nothing() {
+        let config =
+            sidecar_config(&policy(ORDERS), &Trust::Unresolved, BTreeMap::new(), "").unwrap();
+        assert!(config.verify.issuers.is_empty());
+        assert!(config.ca_bundle_pem.is_none());
+    }
+
+    #[test]
+    fn self_issuer_serves_tls_runs_the_issuer_role_and_defaults_audience_to_its_url() {
+        let issuer = policy(
+            r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: auth, namespace: shop}
+spec:
+  selector: {}
+  issuer:
+    self:
+      url: https://auth.shop.svc
+      service: {name: auth, port: 443}
+      signing: {algorithm: HS256}
+      tokens: {accessTokenTtl: 10m, refreshTokenTtl: 24h, codeTtl: 1m, leeway: 15s}
+      scopes: {read: Read}
+  upstream: {port: 8080}
+"#,
+        );
+        let config = sidecar_config(
+            &issuer,
+            &Trust::Own {
+                jwks: Jwks::default(),
+                hs256: true,
+            },
+            BTreeMap::new(),
+            "PEM",
+        )
+        .unwrap();
+        assert_eq!(config.verify.audiences, ["https://auth.shop.svc"]);
+        assert_eq!(config.verify.leeway_secs, 15);
+        assert_eq!(config.verify.issuers[0].keys, KeySource::OwnSigningKeys);
+        let role = config.issuer.unwrap();
+        assert_eq!(role.access_token_ttl_secs, 600);
+        assert_eq!(
+            role.signing_keys_path,
+            "/etc/scopegate/signing-keys/keys.json"
+        );
+        assert_eq!(
+            config.listen.tls.unwrap().cert_path,
+            "/etc/scopegate/tls/tls.crt"
+        );
+        assert_eq!(
+            config.revocation.feed.unwrap().url,
+            "https://auth.shop.svc:443/oauth2/revocations"
+        );
+    }
+
+    #[test]
+    fn service_names_cover_every_in_cluster_spelling() {
+        assert_eq!(
+            service_dns_names("auth", "shop"),
+            [
+                "auth",
+                "auth.shop",
+                "auth.shop.svc",
+                "auth.shop.svc.cluster.local"
+            ]
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! The AuthPolicy controller, as a pipeline: look up what the policy depends on, move the
+//! issuer's keys and certificate, build the desired objects (pure), apply what changed, and
+//! write the status (pure, skipped when unchanged).
+
+pub mod build;
+pub mod issuer;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use scopegate_core::config::CONFIG_FILE;
+use scopegate_core::jwk::Jwks;
+use scopegate_crds::v1alpha1::{Algorithm, AuthPolicy, NamespacedRef, RenderedObjects, StoreKind};
+
+use crate::context::{Context, FIELD_MANAGER};
+use crate::error::{Error, Result};
+use crate::metrics::{FailureLabels, KindLabels};
+use crate::oauth_client::validate::{client_id, issuer_key};
+use build::{CA_CONFIGMAP, CA_FILE, JWKS_FILE, Names, Trust};
+use status::{Observation, Problem};
+
+const KIND: &str = "AuthPolicy";
+/// The longest a policy goes without a reconcile.
+const RESYNC_SECS: i64 = 3600;
+
+/// Reconciles one AuthPolicy.
+pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let labels = KindLabels { kind: KIND };
+    ctx.metrics.reconciles.get_or_create(&labels).inc();
+    let result = reconcile_inner(&policy, &ctx).await;
+    ctx.metrics
+        .duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
+    let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
+    let name = policy.name_any();
+    let names = Names::of(&name);
+    let now = ctx.now();
+    let ca = ctx.ca.borrow().clone().ok_or(Error::CaNotReady)?;
+    let bundle = ca.bundle(now);
+    let spec = &policy.spec;
+
+    let mut observation = Observation {
+        rendered: RenderedObjects::default(),
+        ..Observation::default()
+    };
+    let mut due = vec![now + RESYNC_SECS];
+    if let Some(next) = ca.next_transition(now) {
+        due.push(next);
+    }
+
+    let (trust, cutoffs) = if let Some(own) = &spec.issuer.self_ {
+        observation.mode = "Self";
+        observation.memory_store = own.store.kind == StoreKind::Memory;
+        let keys = issuer::reconcile_keys(policy, own, &names, ctx, now).await?;
+        observation.problems.extend(keys.problem.clone());
+        due.extend(keys.next_transition);
+        observation.next_transition = keys.next_transition;
+        observation.trusted_keys = keys.jwks.keys.len();
+        observation.keys = Some(keys.keys.clone());
+        due.extend(issuer::reconcile_tls(policy, own, &names, &ca, ctx, now).await?);
+        issuer::reconcile_registry(policy, &names, ctx, now).await?;
+        observation.rendered = RenderedObjects {
+            sidecar_config: None,
+            jwks: Some(names.jwks.clone()),
+            signing_keys: Some(names.signing_keys.clone()),
+            tls: Some(names.tls.clone()),
+            clients: Some(names.clients.clone()),
+        };
+        let hs256 = own.signing.algorithm == Algorithm::HS256;
+        (
+            Trust::Own {
+                jwks: keys.jwks,
+                hs256,
+            },
+            client_cutoffs(ctx, &namespace, &name),
+        )
+    } else if let Some(reference) = &spec.issuer.policy_ref {
+        observation.mode = "PolicyRef";
+        let (trust, problem) = resolve_policy_ref(policy, reference, ctx);
+        observation.problems.extend(problem);
+        if let Trust::Referenced { jwks, .. } = &trust {
+            observation.trusted_keys = jwks.keys.len();
+        }
+        let issuer_namespace = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| namespace.clone());
+        (
+            trust,
+            client_cutoffs(ctx, &issuer_namespace, &reference.name),
+        )
+    } else if let Some(external) = &spec.issuer.external {
+        observation.mode = "External";
+        (Trust::External(external.clone()), BTreeMap::new())
+    } else {
+        observation.mode = "None";
+        (Trust::Unresolved, BTreeMap::new())
+    };
+    if build::effective_audiences(spec).is_empty() {
+        observation.problems.push(Problem::MissingAudiences);
+    }
+
+    let config = build::sidecar_config(policy, &trust, cutoffs, &bundle)?;
+    let sidecar = build::config_map(
+        build::owned_meta(policy, &names.sidecar)?,
+        BTreeMap::from([(
+            CONFIG_FILE.to_owned(),
+            build::to_json("sidecar config", &config)?,
+        )]),
+    );
+    let unchanged = ctx
+        .config_map(&namespace, &names.sidecar)
+        .is_some_and(|cm| cm.data == sidecar.data);
+    ctx.apply::<ConfigMap>(&sidecar, unchanged).await?;
+    observation.rendered.sidecar_config = Some(names.sidecar.clone());
+
+    apply_ca_bundle(ctx, &namespace, &bundle).await?;
+
+    let status = status::compute(
+        policy.status.as_ref(),
+        &observation,
+        policy.metadata.generation,
+        now,
+    );
+    if policy.status.as_ref() != Some(&status) {
+        let api: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({ "apiVersion": "scopegate.dev/v1alpha1", "kind": KIND, "status": status });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    for problem in &observation.problems {
+        let previously = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"));
+        if previously.is_none_or(|c| !c.message.contains(&problem.to_string())) {
+            ctx.event(policy, true, problem.reason(), problem.to_string())
+                .await;
+        }
+    }
+
+    let next = due
+        .into_iter()
+        .filter(|t| *t > now)
+        .min()
+        .unwrap_or(now + RESYNC_SECS);
+    Ok(Action::requeue(Duration::from_secs(
+        (next - now).clamp(1, RESYNC_SECS).unsigned_abs(),
+    )))
+}
+
+/// Resolves a `policyRef` to the referenced issuer's published keys, copied into this
+/// namespace's sidecar config.
+fn resolve_policy_ref(
+    policy: &AuthPolicy,
+    reference: &NamespacedRef,
+    ctx: &Context,
+) -> (Trust, Option<Problem>) {
+    let namespace = reference
+        .namespace
+        .clone()
+        .or_else(|| policy.namespace())
+        .unwrap_or_default();
+    let label = format!("{namespace}/{}", reference.name);
+    let Some(issuer) = ctx
+        .policies
+        .get(&ObjectRef::new(&reference.name).within(&namespace))
+    else {
+        return (Trust::Unresolved, Some(Problem::PolicyRefNotFound(label)));
+    };
+    let Some(own) = issuer.spec.issuer.self_.as_ref() else {
+        return (Trust::Unresolved, Some(Problem::PolicyRefNotIssuer(label)));
+    };
+    if own.signing.algorithm == Algorithm::HS256 {
+        return (Trust::Unresolved, Some(Problem::PolicyRefHs256(label)));
+    }
+    let jwks: Option<Jwks> = ctx
+        .config_map(&namespace, &Names::of(&reference.name).jwks)
+        .and_then(|cm| cm.data.as_ref()?.get(JWKS_FILE).cloned())
+        .and_then(|text| serde_json::from_str(&text).ok());
+    match jwks {
+        Some(jwks) if !jwks.keys.is_empty() => (
+            Trust::Referenced {
+                issuer: own.url.clone(),
+                jwks,
+                feed_url: build::feed_url(&namespace, &own.service),
+            },
+            None,
+        ),
+        _ => (
+            Trust::Unresolved,
+            Some(Problem::PolicyRefKeysPending(label)),
+        ),
+    }
+}
+
+/// Client cut-offs (`revokeTokensIssuedBefore`) of every client of one issuer.
+fn client_cutoffs(
+    ctx: &Context,
+    issuer_namespace: &str,
+    issuer_name: &str,
+) -> BTreeMap<String, i64> {
+    let key = (issuer_namespace.to_owned(), issuer_name.to_owned());
+    ctx.clients
+        .state()
+        .iter()
+        .filter(|c| issuer_key(c) == key)
+        .filter_map(|c| {
+            Some((
+                client_id(c),
+                c.spec.revoke_tokens_issued_before.as_ref()?.0.as_second(),
+            ))
+        })
+        .collect()
+}
+
+/// Keeps the namespace's `scopegate-ca` ConfigMap (the CA bundle for client apps) current.
+/// It belongs to no single policy, so it has no owner.
+pub async fn apply_ca_bundle(ctx: &Context, namespace: &str, bundle: &str) -> Result<()> {
+    let desired = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(CA_CONFIGMAP.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                scopegate_core::names::MANAGED_BY_LABEL.to_owned(),
+                scopegate_core::names::MANAGED_BY_VALUE.to_owned(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(CA_FILE.to_owned(), bundle.to_owned())])),
+        ..Default::default()
+    };
+    let unchanged = ctx
+        .config_map(namespace, CA_CONFIGMAP)
+        .is_some_and(|cm| cm.data == desired.data);
+    ctx.apply(&desired, unchanged).await?;
+    Ok(())
+}
+
+/// What to do after a failed reconcile: permanent errors wait for a change, others retry.
+pub fn error_policy(policy: Arc<AuthPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .get_or_create(&FailureLabels {
+            kind: KIND,
+            category: error.category(),
+        })
+        .inc();
+    tracing::warn!(
+        namespace = policy.namespace().unwrap_or_default(),
+        name = policy.name_any(),
+        category = error.category(),
+        error = %crate::error_chain(error),
+        "AuthPolicy reconcile failed"
+    );
+    if error.is_permanent() {
+        let ctx = ctx.clone();
+        let message = crate::error_chain(error);
+        let category = error.category();
+        tokio::spawn(async move { ctx.event(policy.as_ref(), true, category, message).await });
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
+}

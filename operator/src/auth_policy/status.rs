@@ -1,0 +1,310 @@
+//! Pure computation of an AuthPolicy's status from what the reconcile observed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use scopegate_core::keys::{KeyState, ManagedKey};
+use scopegate_crds::v1alpha1::{AuthPolicyStatus, KeyStatus, RenderedObjects};
+
+use crate::conditions::{Conclusion, merge};
+
+/// Something about a policy that needs a person's attention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// `policyRef` names a policy that does not exist.
+    PolicyRefNotFound(String),
+    /// `policyRef` names a policy without `issuer.self`.
+    PolicyRefNotIssuer(String),
+    /// `policyRef` names an HS256 issuer, whose keys are never published.
+    PolicyRefHs256(String),
+    /// The referenced issuer has published no key yet.
+    PolicyRefKeysPending(String),
+    /// A verifier without audiences would accept tokens meant for any service.
+    MissingAudiences,
+    /// An object the operator must write exists and is not the operator's.
+    NotOwned(String),
+    /// The issuer keeps state in memory: more than one issuer replica cannot share it.
+    MemoryStoreReplicas(i32),
+}
+
+impl Problem {
+    /// CamelCase reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Problem::PolicyRefNotFound(_) => "PolicyRefNotFound",
+            Problem::PolicyRefNotIssuer(_) => "PolicyRefNotIssuer",
+            Problem::PolicyRefHs256(_) => "PolicyRefHS256",
+            Problem::PolicyRefKeysPending(_) => "PolicyRefKeysPending",
+            Problem::MissingAudiences => "MissingAudiences",
+            Problem::NotOwned(_) => "ObjectNotOwned",
+            Problem::MemoryStoreReplicas(_) => "MemoryStoreWithReplicas",
+        }
+    }
+
+    /// Whether the sidecar config trusts no key because of it (Ready is then False).
+    pub fn blocks_readiness(&self) -> bool {
+        !matches!(self, Problem::MemoryStoreReplicas(_))
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::PolicyRefNotFound(r) => write!(
+                f,
+                "policyRef {r} not found: no token is accepted until it exists"
+            ),
+            Problem::PolicyRefNotIssuer(r) => write!(
+                f,
+                "policyRef {r} does not issue tokens (it has no issuer.self)"
+            ),
+            Problem::PolicyRefHs256(r) => write!(
+                f,
+                "policyRef {r} signs with HS256, whose keys are never published: only its own pods can verify its tokens"
+            ),
+            Problem::PolicyRefKeysPending(r) => {
+                write!(f, "policyRef {r} has not published keys yet")
+            }
+            Problem::MissingAudiences => write!(
+                f,
+                "spec.audiences is empty: set the audiences this service accepts; until then every token is refused"
+            ),
+            Problem::NotOwned(o) => write!(
+                f,
+                "{o} exists and is not managed by scopegate: refusing to overwrite it"
+            ),
+            Problem::MemoryStoreReplicas(n) => write!(
+                f,
+                "memory store with {n} issuer replicas: codes, refresh tokens and revocations are not shared; use store type Redis"
+            ),
+        }
+    }
+}
+
+/// What a reconcile observed.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    /// Self, PolicyRef or External.
+    pub mode: &'static str,
+    /// Problems found.
+    pub problems: Vec<Problem>,
+    /// The issuer's keys (self issuers) at `now`.
+    pub keys: Option<Vec<ManagedKey>>,
+    /// Number of keys trusted (policyRef and self).
+    pub trusted_keys: usize,
+    /// When the next key transition is due.
+    pub next_transition: Option<i64>,
+    /// Objects rendered.
+    pub rendered: RenderedObjects,
+    /// The issuer keeps state in memory.
+    pub memory_store: bool,
+}
+
+fn time(unix: i64) -> Time {
+    Time(Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH))
+}
+
+/// Computes the status.
+pub fn compute(
+    previous: Option<&AuthPolicyStatus>,
+    observation: &Observation,
+    generation: Option<i64>,
+    now: i64,
+) -> AuthPolicyStatus {
+    let mut conclusions = Vec::new();
+    let blocking = observation.problems.iter().find(|p| p.blocks_readiness());
+
+    let signer = observation.keys.as_ref().and_then(|keys| {
+        keys.iter()
+            .filter(|k| k.state(now) == KeyState::Active)
+            .max_by_key(|k| k.activates_at)
+    });
+    if let Some(keys) = &observation.keys {
+        conclusions.push(match signer {
+            Some(k) => {
+                let next = keys.iter().find(|n| n.state(now) == KeyState::Next);
+                let tail = next.map_or(String::new(), |n| {
+                    format!("; next key {} signs from {}", n.kid, time(n.activates_at).0)
+                });
+                Conclusion::yes(
+                    "KeysReady",
+                    "KeyActive",
+                    format!(
+                        "key {} ({}) signs until {}{tail}",
+                        k.kid,
+                        k.alg,
+                        time(k.signs_until).0
+                    ),
+                )
+            }
+            None => Conclusion::no("KeysReady", "NoActiveKey", "no key may sign yet"),
+        });
+    } else if observation.mode == "PolicyRef" {
+        conclusions.push(if observation.trusted_keys > 0 {
+            Conclusion::yes(
+                "KeysReady",
+                "KeysTrusted",
+                format!(
+                    "trusting {} published keys of the issuer",
+                    observation.trusted_keys
+                ),
+            )
+        } else {
+            Conclusion::no(
+                "KeysReady",
+                "NoTrustedKeys",
+                "no key of the issuer is trusted yet",
+            )
+        });
+    }
+
+    conclusions.push(match blocking {
+        Some(problem) => Conclusion::no("Ready", problem.reason(), problem.to_string()),
+        None if observation.keys.is_some() && signer.is_none() => {
+            Conclusion::no("Ready", "NoActiveKey", "rendered, but no key may sign yet")
+        }
+        None => Conclusion::yes(
+            "Ready",
+            "Rendered",
+            format!(
+                "sidecar config {} rendered",
+                observation
+                    .rendered
+                    .sidecar_config
+                    .as_deref()
+                    .unwrap_or_default()
+            ),
+        ),
+    });
+
+    conclusions.push(if observation.problems.is_empty() {
+        Conclusion::no("Degraded", "AsExpected", "nothing needs attention")
+    } else {
+        let message = observation
+            .problems
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Conclusion::yes("Degraded", observation.problems[0].reason(), message)
+    });
+
+    if observation.mode == "Self" {
+        conclusions.push(if observation.memory_store {
+            Conclusion::no(
+                "StatePersistent",
+                "MemoryStore",
+                "codes, refresh families and revocations live in the issuer's memory: a restart forgets them; use store type Redis to keep them",
+            )
+        } else {
+            Conclusion::yes("StatePersistent", "Redis", "issuer state is kept in Redis")
+        });
+    }
+
+    let existing = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    AuthPolicyStatus {
+        observed_generation: generation,
+        conditions: merge(existing, &conclusions, generation, &time(now)),
+        issuer_mode: Some(observation.mode.to_owned()),
+        active_kid: signer.map(|k| k.kid.clone()),
+        keys: observation
+            .keys
+            .iter()
+            .flatten()
+            .map(|k| KeyStatus {
+                kid: k.kid.clone(),
+                state: k.state(now).as_str().to_owned(),
+                published_at: time(k.published_at),
+                activates_at: time(k.activates_at),
+                signs_until: time(k.signs_until),
+                removed_after: time(k.removed_after),
+            })
+            .collect(),
+        next_rotation: observation.next_transition.map(time),
+        selected_pods: previous.and_then(|s| s.selected_pods),
+        injected_pods: previous.and_then(|s| s.injected_pods),
+        rendered: Some(observation.rendered.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kid: &str, activates: i64, until: i64) -> ManagedKey {
+        ManagedKey {
+            kid: kid.into(),
+            alg: "ES256".into(),
+            published_at: activates - 100,
+            activates_at: activates,
+            signs_until: until,
+            removed_after: until + 100,
+            private_key: String::new(),
+            public_jwk: None,
+        }
+    }
+
+    fn condition<'a>(
+        status: &'a AuthPolicyStatus,
+        type_: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn issuer_with_an_active_key_is_ready_and_says_which() {
+        let observation = Observation {
+            mode: "Self",
+            keys: Some(vec![key("k1", 0, 1000), key("k2", 1000, 2000)]),
+            memory_store: true,
+            rendered: RenderedObjects {
+                sidecar_config: Some("auth-sidecar".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let status = compute(None, &observation, Some(2), 500);
+        assert_eq!(status.active_kid.as_deref(), Some("k1"));
+        assert_eq!(condition(&status, "Ready").status, "True");
+        assert!(
+            condition(&status, "KeysReady")
+                .message
+                .contains("next key k2")
+        );
+        assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(condition(&status, "StatePersistent").reason, "MemoryStore");
+        assert_eq!(status.keys.len(), 2);
+        assert_eq!(status.keys[1].state, "next");
+        assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn missing_policy_ref_is_not_ready_and_degraded_with_a_sentence() {
+        let observation = Observation {
+            mode: "PolicyRef",
+            problems: vec![Problem::PolicyRefNotFound("shop/auth".into())],
+            ..Default::default()
+        };
+        let status = compute(None, &observation, Some(1), 0);
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PolicyRefNotFound")
+        );
+        assert!(ready.message.starts_with("policyRef shop/auth not found"));
+        assert_eq!(condition(&status, "Degraded").status, "True");
+        assert_eq!(condition(&status, "KeysReady").status, "False");
+    }
+
+    #[test]
+    fn an_unchanged_status_keeps_its_transition_times() {
+        let observation = Observation {
+            mode: "External",
+            ..Default::default()
+        };
+        let first = compute(None, &observation, Some(1), 100);
+        let second = compute(Some(&first), &observation, Some(1), 900);
+        assert_eq!(first, second);
+    }
+}

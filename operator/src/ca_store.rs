@@ -1,0 +1,94 @@
+//! Loads the operator's CA from its Secret, creates or rolls it over when due (leader only),
+//! and publishes it to the reconcilers through a watch channel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::watch;
+
+use crate::auth_policy::build;
+use crate::ca::{CA_FILE, CaDocument};
+use crate::context::{FIELD_MANAGER, now};
+use crate::error::{Error, Result};
+use crate::secret_data;
+
+/// Name of the CA Secret in the operator's namespace.
+pub const CA_SECRET: &str = "scopegate-ca";
+
+/// Keeps the CA current forever, publishing every change.
+pub async fn run(
+    client: kube::Client,
+    namespace: String,
+    sender: watch::Sender<Option<Arc<CaDocument>>>,
+) {
+    loop {
+        let wait = match step(&client, &namespace, &sender).await {
+            Ok(next) => next,
+            Err(err) => {
+                tracing::warn!(error = %crate::error_chain(&err), "keeping the operator CA failed; retrying");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn step(
+    client: &kube::Client,
+    namespace: &str,
+    sender: &watch::Sender<Option<Arc<CaDocument>>>,
+) -> Result<Duration> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let current = api.get_opt(CA_SECRET).await?;
+    let mut doc: CaDocument = match current.as_ref().and_then(|s| secret_data(s, CA_FILE)) {
+        Some(text) => serde_json::from_str(&text).map_err(|source| Error::Corrupt {
+            object: format!("Secret {namespace}/{CA_SECRET}"),
+            document: "CA document",
+            source,
+        })?,
+        None => CaDocument::default(),
+    };
+    let now = now();
+    if doc.plan(now)? {
+        let meta = ObjectMeta {
+            name: Some(CA_SECRET.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([(
+                scopegate_core::names::MANAGED_BY_LABEL.to_owned(),
+                scopegate_core::names::MANAGED_BY_VALUE.to_owned(),
+            )])),
+            resource_version: current.as_ref().and_then(|s| s.resource_version()),
+            ..ObjectMeta::default()
+        };
+        let secret = build::secret(
+            meta,
+            None,
+            BTreeMap::from([(CA_FILE.to_owned(), build::to_json("CA", &doc)?)]),
+        );
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        if current.is_some() {
+            api.replace(CA_SECRET, &params, &secret).await?;
+        } else {
+            api.create(&params, &secret).await?;
+        }
+        tracing::info!(authorities = doc.authorities.len(), "operator CA updated");
+    }
+    sender.send_if_modified(|published| {
+        let changed = published.as_deref() != Some(&doc);
+        if changed {
+            *published = Some(Arc::new(doc.clone()));
+        }
+        changed
+    });
+    let next = doc
+        .next_transition(now)
+        .map_or(3600, |t| (t - now).clamp(1, 3600));
+    Ok(Duration::from_secs(next.unsigned_abs()))
+}

@@ -1,0 +1,118 @@
+//! What every reconcile shares: the client, caches of the objects the operator reads, the CA,
+//! events and metrics. Built once at start-up.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use tokio::sync::watch;
+
+use crate::ca::CaDocument;
+use crate::metrics::Metrics;
+
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "scopegate-operator";
+
+/// Shared state of the controllers.
+pub struct Context {
+    /// The API client (the operator's ServiceAccount).
+    pub client: Client,
+    /// Publishes events on reconciled objects.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Every AuthPolicy.
+    pub policies: Store<AuthPolicy>,
+    /// Every OAuthClient.
+    pub clients: Store<OAuthClient>,
+    /// Secrets the operator manages (selected by label).
+    pub secrets: Store<Secret>,
+    /// ConfigMaps the operator manages (selected by label).
+    pub config_maps: Store<ConfigMap>,
+    /// Users' own Secrets labelled for watching.
+    pub watched_secrets: Store<Secret>,
+    /// The operator's CA, once the leader has loaded or made it.
+    pub ca: watch::Receiver<Option<Arc<CaDocument>>>,
+}
+
+impl Context {
+    /// Now, in Unix seconds.
+    pub fn now(&self) -> i64 {
+        now()
+    }
+
+    /// A cached managed Secret.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.secrets.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// A cached managed ConfigMap.
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Arc<ConfigMap>> {
+        self.config_maps
+            .get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Publishes an event; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::debug!(error = %err, "publishing an event failed");
+        }
+    }
+
+    /// Server-side applies `object` unless `current` already holds the same content.
+    pub async fn apply<K>(&self, object: &K, unchanged: bool) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        if unchanged {
+            self.metrics.skipped_writes.inc();
+            return Ok(());
+        }
+        let meta = object.meta();
+        let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref())
+        else {
+            return Ok(());
+        };
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        api.patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?;
+        self.metrics.writes.inc();
+        Ok(())
+    }
+}
+
+/// The wall clock in Unix seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

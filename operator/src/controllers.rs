@@ -1,0 +1,294 @@
+//! Wires the caches and the two controllers together and runs them until shutdown.
+//!
+//! Watches are label-selected wherever the operator owns the objects, so it never caches the
+//! data of Secrets it does not manage. A user's own Secret (a chosen client secret) is cached
+//! only when it carries [`scopegate_core::names::WATCH_LABEL`].
+
+use std::sync::Arc;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::Api;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use scopegate_core::names;
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use tokio::sync::watch;
+
+use crate::auth_policy::{self, build::POLICY_LABEL};
+use crate::ca::CaDocument;
+use crate::context::Context;
+use crate::metrics::Metrics;
+use crate::oauth_client::credentials::CLIENT_LABEL;
+use crate::oauth_client::{self, validate::issuer_key};
+
+/// How many reconciles of one kind run at once.
+const CONCURRENCY: u16 = 8;
+
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "{}={}",
+        names::MANAGED_BY_LABEL,
+        names::MANAGED_BY_VALUE
+    ))
+}
+
+fn watched() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}=true", names::WATCH_LABEL))
+}
+
+/// A cache kept current by its own watch, running in the background.
+fn cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(stream.for_each(|_| future::ready(())));
+    reader
+}
+
+/// Policies that trust `issuer` through a policyRef.
+fn dependents(
+    policies: &Store<AuthPolicy>,
+    namespace: &str,
+    issuer: &str,
+) -> Vec<ObjectRef<AuthPolicy>> {
+    policies
+        .state()
+        .iter()
+        .filter(|p| {
+            p.spec.issuer.policy_ref.as_ref().is_some_and(|r| {
+                r.name == issuer
+                    && r.namespace
+                        .as_deref()
+                        .unwrap_or(p.namespace().as_deref().unwrap_or_default())
+                        == namespace
+            })
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+fn issuer_of(client: &OAuthClient) -> ObjectRef<AuthPolicy> {
+    let (namespace, name) = issuer_key(client);
+    ObjectRef::new(&name).within(&namespace)
+}
+
+/// Clients whose `existingSecret` names `secret` in `namespace`.
+fn clients_using(
+    clients: &Store<OAuthClient>,
+    namespace: &str,
+    secret: &str,
+) -> Vec<Arc<OAuthClient>> {
+    clients
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.namespace().as_deref() == Some(namespace)
+                && c.spec
+                    .existing_secret
+                    .as_ref()
+                    .is_some_and(|s| s.name == secret)
+        })
+        .collect()
+}
+
+/// Runs both controllers until `shutdown` resolves. `ready` is called once the caches synced.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    ca: watch::Receiver<Option<Arc<CaDocument>>>,
+    identity: String,
+    shutdown: impl future::Future<Output = ()> + Send + Sync + Clone + 'static,
+    ready: impl FnOnce(),
+) {
+    let policies_api: Api<AuthPolicy> = Api::all(client.clone());
+    let clients_api: Api<OAuthClient> = Api::all(client.clone());
+    let secrets_api: Api<Secret> = Api::all(client.clone());
+    let config_maps_api: Api<ConfigMap> = Api::all(client.clone());
+
+    let policy_controller = Controller::new(
+        policies_api.clone(),
+        watcher::Config::default().any_semantic(),
+    );
+    let client_controller = Controller::new(
+        clients_api.clone(),
+        watcher::Config::default().any_semantic(),
+    );
+    let policies = policy_controller.store();
+    let clients = client_controller.store();
+    let secrets = cache(secrets_api.clone(), managed());
+    let config_maps = cache(config_maps_api.clone(), managed());
+    let watched_secrets = cache(secrets_api.clone(), watched());
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "scopegate-operator".into(),
+            instance: Some(identity),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder,
+        metrics,
+        policies: policies.clone(),
+        clients: clients.clone(),
+        secrets: secrets.clone(),
+        config_maps: config_maps.clone(),
+        watched_secrets,
+        ca: ca.clone(),
+    });
+
+    for (what, ready) in [
+        (
+            "secrets",
+            futures::FutureExt::boxed(secrets.wait_until_ready()),
+        ),
+        (
+            "configmaps",
+            futures::FutureExt::boxed(config_maps.wait_until_ready()),
+        ),
+    ] {
+        if ready.await.is_err() {
+            tracing::error!(cache = what, "cache writer dropped before it was ready");
+        }
+    }
+    ready();
+
+    let (clients_for_secrets, policies_for_cms, policies_for_policies, clients_for_watched) = (
+        clients.clone(),
+        policies.clone(),
+        policies.clone(),
+        clients.clone(),
+    );
+    let policy_controller = policy_controller
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .watches(secrets_api.clone(), managed(), move |secret: Secret| {
+            let namespace = secret.namespace().unwrap_or_default();
+            let labels = secret.labels();
+            let mut targets = Vec::new();
+            if let Some(policy) = labels.get(POLICY_LABEL) {
+                targets.push(ObjectRef::new(policy).within(&namespace));
+            }
+            if let Some(name) = labels.get(CLIENT_LABEL)
+                && let Some(client) =
+                    clients_for_secrets.get(&ObjectRef::new(name).within(&namespace))
+            {
+                targets.push(issuer_of(&client));
+            }
+            targets
+        })
+        .watches(config_maps_api, managed(), move |cm: ConfigMap| {
+            let namespace = cm.namespace().unwrap_or_default();
+            let Some(policy) = cm.labels().get(POLICY_LABEL).cloned() else {
+                return Vec::new();
+            };
+            let mut targets = dependents(&policies_for_cms, &namespace, &policy);
+            targets.push(ObjectRef::new(&policy).within(&namespace));
+            targets
+        })
+        .watches(
+            policies_api.clone(),
+            watcher::Config::default(),
+            move |policy: AuthPolicy| {
+                dependents(
+                    &policies_for_policies,
+                    &policy.namespace().unwrap_or_default(),
+                    &policy.name_any(),
+                )
+            },
+        )
+        .watches(
+            clients_api.clone(),
+            watcher::Config::default(),
+            |client: OAuthClient| Some(issuer_of(&client)),
+        )
+        .watches(secrets_api.clone(), watched(), move |secret: Secret| {
+            let namespace = secret.namespace().unwrap_or_default();
+            clients_using(&clients_for_watched, &namespace, &secret.name_any())
+                .iter()
+                .map(|c| issuer_of(c))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_all_on(ca_changes(ca.clone()))
+        .graceful_shutdown_on(shutdown.clone());
+
+    let (clients_for_policies, clients_for_user_secrets) = (clients.clone(), clients.clone());
+    let client_controller = client_controller
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .owns(secrets_api.clone(), managed())
+        .watches(
+            policies_api,
+            watcher::Config::default(),
+            move |policy: AuthPolicy| {
+                let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+                clients_for_policies
+                    .state()
+                    .iter()
+                    .filter(|c| issuer_key(c) == key)
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(secrets_api.clone(), managed(), move |secret: Secret| {
+            // The issuer's registry changed: its clients may now be registered.
+            let namespace = secret.namespace().unwrap_or_default();
+            let Some(policy) = secret.labels().get(POLICY_LABEL).cloned() else {
+                return Vec::new();
+            };
+            let key = (namespace, policy);
+            clients_for_user_secrets
+                .state()
+                .iter()
+                .filter(|c| issuer_key(c) == key)
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_all_on(ca_changes(ca.clone()))
+        .graceful_shutdown_on(shutdown);
+
+    let policies_done = policy_controller
+        .run(
+            auth_policy::reconcile,
+            auth_policy::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "AuthPolicy controller event");
+            }
+            future::ready(())
+        });
+    let clients_done = client_controller
+        .run(oauth_client::reconcile, oauth_client::error_policy, ctx)
+        .for_each(|result| {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "OAuthClient controller event");
+            }
+            future::ready(())
+        });
+    future::join(policies_done, clients_done).await;
+}
+
+/// A stream that yields whenever the CA changes.
+fn ca_changes(
+    receiver: watch::Receiver<Option<Arc<CaDocument>>>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.changed().await.ok()?;
+        Some(((), receiver))
+    })
+}

@@ -1,0 +1,243 @@
+//! Pure checks of an OAuthClient against its issuer: what the schema cannot see because it
+//! spans two objects. Shared by the client's own reconcile (for its status) and the issuer's
+//! (to decide who enters the registry).
+
+use kube::ResourceExt;
+use scopegate_crds::v1alpha1::{AuthPolicy, GrantType, OAuthClient};
+
+/// Something wrong between a client and its issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientProblem {
+    /// The referenced AuthPolicy does not exist.
+    IssuerNotFound {
+        /// namespace/name.
+        issuer: String,
+    },
+    /// The referenced AuthPolicy does not issue tokens.
+    IssuerNotSelf {
+        /// namespace/name.
+        issuer: String,
+    },
+    /// The issuer does not accept clients from this namespace.
+    NamespaceNotAllowed {
+        /// namespace/name.
+        issuer: String,
+        /// The client's namespace.
+        namespace: String,
+    },
+    /// Scopes the issuer does not declare.
+    UnknownScopes {
+        /// namespace/name.
+        issuer: String,
+        /// The unknown scopes.
+        scopes: Vec<String>,
+    },
+    /// authorization_code without a loginUrl on the issuer: the grant cannot work.
+    NoLoginUrl {
+        /// namespace/name.
+        issuer: String,
+    },
+}
+
+impl ClientProblem {
+    /// CamelCase reason for the condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClientProblem::IssuerNotFound { .. } => "IssuerNotFound",
+            ClientProblem::IssuerNotSelf { .. } => "IssuerDoesNotIssue",
+            ClientProblem::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
+            ClientProblem::UnknownScopes { .. } => "UnknownScope",
+            ClientProblem::NoLoginUrl { .. } => "NoLoginUrl",
+        }
+    }
+
+    /// Whether the client stays out of the registry because of it.
+    pub fn blocks_registration(&self) -> bool {
+        !matches!(self, ClientProblem::NoLoginUrl { .. })
+    }
+}
+
+impl std::fmt::Display for ClientProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientProblem::IssuerNotFound { issuer } => write!(f, "AuthPolicy {issuer} not found"),
+            ClientProblem::IssuerNotSelf { issuer } => {
+                write!(
+                    f,
+                    "AuthPolicy {issuer} does not issue tokens (it has no issuer.self)"
+                )
+            }
+            ClientProblem::NamespaceNotAllowed { issuer, namespace } => write!(
+                f,
+                "AuthPolicy {issuer} does not accept clients from namespace {namespace}: add it to issuer.self.allowedClientNamespaces"
+            ),
+            ClientProblem::UnknownScopes { issuer, scopes } => {
+                let plural = if scopes.len() == 1 { "scope" } else { "scopes" };
+                let verb = if scopes.len() == 1 { "is" } else { "are" };
+                write!(
+                    f,
+                    "{plural} {} {verb} not declared by the issuer {issuer}",
+                    scopes.join(", ")
+                )
+            }
+            ClientProblem::NoLoginUrl { issuer } => write!(
+                f,
+                "the authorization_code grant needs issuer {issuer} to set issuer.self.loginUrl"
+            ),
+        }
+    }
+}
+
+/// The namespace and name of the issuer a client references.
+pub fn issuer_key(client: &OAuthClient) -> (String, String) {
+    let namespace = client
+        .spec
+        .issuer_ref
+        .namespace
+        .clone()
+        .or_else(|| client.namespace())
+        .unwrap_or_default();
+    (namespace, client.spec.issuer_ref.name.clone())
+}
+
+/// The client_id of an OAuthClient: `<namespace>.<name>`. Namespaces cannot contain dots, so
+/// the first dot splits it unambiguously.
+pub fn client_id(client: &OAuthClient) -> String {
+    format!(
+        "{}.{}",
+        client.namespace().unwrap_or_default(),
+        client.name_any()
+    )
+}
+
+/// Everything wrong between `client` and `issuer` (`None`: not found).
+pub fn validate(client: &OAuthClient, issuer: Option<&AuthPolicy>) -> Vec<ClientProblem> {
+    let (issuer_namespace, issuer_name) = issuer_key(client);
+    let reference = format!("{issuer_namespace}/{issuer_name}");
+    let Some(issuer) = issuer else {
+        return vec![ClientProblem::IssuerNotFound { issuer: reference }];
+    };
+    let Some(own) = issuer.spec.issuer.self_.as_ref() else {
+        return vec![ClientProblem::IssuerNotSelf { issuer: reference }];
+    };
+    let mut problems = Vec::new();
+    let namespace = client.namespace().unwrap_or_default();
+    let allowed = namespace == issuer_namespace
+        || own
+            .allowed_client_namespaces
+            .iter()
+            .any(|n| n == "*" || *n == namespace);
+    if !allowed {
+        problems.push(ClientProblem::NamespaceNotAllowed {
+            issuer: reference.clone(),
+            namespace,
+        });
+    }
+    let mut unknown: Vec<String> = client
+        .spec
+        .scopes
+        .iter()
+        .chain(&client.spec.default_scopes)
+        .filter(|s| !own.scopes.contains_key(*s))
+        .cloned()
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        problems.push(ClientProblem::UnknownScopes {
+            issuer: reference.clone(),
+            scopes: unknown,
+        });
+    }
+    if client
+        .spec
+        .grant_types
+        .contains(&GrantType::AuthorizationCode)
+        && own.login_url.is_none()
+    {
+        problems.push(ClientProblem::NoLoginUrl { issuer: reference });
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer() -> AuthPolicy {
+        serde_yaml_ng::from_str(
+            r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: auth, namespace: shop}
+spec:
+  selector: {}
+  issuer:
+    self:
+      url: https://auth.shop.svc
+      service: {name: auth, port: 443}
+      scopes: {read: R, write: W}
+      allowedClientNamespaces: [billing]
+  upstream: {port: 8080}
+"#,
+        )
+        .unwrap()
+    }
+
+    fn client(namespace: &str, extra: &str) -> OAuthClient {
+        serde_yaml_ng::from_str(&format!(
+            r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: OAuthClient
+metadata: {{name: c, namespace: {namespace}}}
+spec:
+  issuerRef: {{name: auth, namespace: shop}}
+  grantTypes: [client_credentials]
+  scopes: [read]
+{extra}
+"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_valid_client_has_no_problem() {
+        assert!(validate(&client("shop", ""), Some(&issuer())).is_empty());
+        assert!(validate(&client("billing", ""), Some(&issuer())).is_empty());
+        assert_eq!(client_id(&client("billing", "")), "billing.c");
+    }
+
+    #[test]
+    fn problems_read_like_sentences() {
+        let missing = validate(&client("shop", ""), None);
+        assert_eq!(missing[0].to_string(), "AuthPolicy shop/auth not found");
+
+        let foreign = validate(&client("other", ""), Some(&issuer()));
+        assert_eq!(foreign[0].reason(), "NamespaceNotAllowed");
+        assert!(foreign[0].to_string().contains("namespace other"));
+
+        let scopes = validate(
+            &client("shop", "  defaultScopes: [write:x]"),
+            Some(&issuer()),
+        );
+        assert_eq!(
+            scopes[0].to_string(),
+            "scope write:x is not declared by the issuer shop/auth"
+        );
+        assert!(scopes[0].blocks_registration());
+
+        let mut verifier = issuer();
+        verifier.spec.issuer.self_ = None;
+        let not_self = validate(&client("shop", ""), Some(&verifier));
+        assert_eq!(not_self[0].reason(), "IssuerDoesNotIssue");
+    }
+
+    #[test]
+    fn wildcard_namespace_allows_everyone() {
+        let mut open = issuer();
+        if let Some(own) = open.spec.issuer.self_.as_mut() {
+            own.allowed_client_namespaces = vec!["*".into()];
+        }
+        assert!(validate(&client("anywhere", ""), Some(&open)).is_empty());
+    }
+}

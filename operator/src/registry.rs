@@ -1,0 +1,320 @@
+//! Rendering an issuer's client registry from the full list of its valid OAuthClients.
+//!
+//! The registry is rebuilt whole on every issuer reconcile (never patched per client), so a
+//! deleted or invalid client simply falls out. Hashing is the only costly part: a hash is
+//! reused while the plaintext's source (the Secret's uid and resourceVersion) is unchanged
+//! and its scheme is current, and recomputed otherwise — which is also how hashes under a
+//! deprecated scheme get migrated, from the plaintext in the client's own Secret.
+
+use scopegate_core::clients::{AuthMethod, ClientRegistry, RegisteredClient, SecretHash};
+use scopegate_core::secret_hash::{self, HashError, SecretKind};
+use scopegate_crds::v1alpha1::{GrantType, OAuthClient, TokenEndpointAuthMethod};
+
+use crate::oauth_client::validate::client_id;
+
+/// Where a client's secret comes from, as read from its Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A public client: no secret.
+    Public,
+    /// A secret the operator generated (and possibly the previous one, until a time).
+    Generated {
+        /// The current secret.
+        current: String,
+        /// The previous secret and the Unix time it stops working.
+        previous: Option<(String, i64)>,
+        /// `uid:resourceVersion` of the Secret.
+        source: String,
+    },
+    /// A secret a person chose, in their own Secret.
+    Chosen {
+        /// The secret.
+        secret: String,
+        /// `uid:resourceVersion` of the Secret.
+        source: String,
+    },
+    /// Not readable yet (the Secret is being created): registered without a secret.
+    Missing,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            Credentials::Public => "Public",
+            Credentials::Generated { .. } => "Generated",
+            Credentials::Chosen { .. } => "Chosen",
+            Credentials::Missing => "Missing",
+        };
+        f.write_str(kind)
+    }
+}
+
+/// One client that passed validation, with its credentials.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    /// The OAuthClient.
+    pub client: &'a OAuthClient,
+    /// Its credentials.
+    pub credentials: Credentials,
+}
+
+/// Renders the registry. `existing` is the registry currently stored (for hash reuse).
+pub fn render(
+    entries: &[Entry<'_>],
+    existing: &ClientRegistry,
+    now: i64,
+) -> Result<ClientRegistry, HashError> {
+    let mut clients = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let spec = &entry.client.spec;
+        let id = client_id(entry.client);
+        let previous = existing.find(&id);
+        let reuse = |source: &str, kind: SecretKind| -> Option<String> {
+            previous?
+                .secrets
+                .iter()
+                .find(|s| {
+                    s.source.as_deref() == Some(source) && secret_hash::is_current(&s.phc, kind)
+                })
+                .map(|s| s.phc.clone())
+        };
+        let hashed = |plain: &str,
+                      source: String,
+                      kind: SecretKind,
+                      not_after: Option<i64>|
+         -> Result<SecretHash, HashError> {
+            let phc = match reuse(&source, kind) {
+                Some(phc) => phc,
+                None => secret_hash::hash(plain, kind)?,
+            };
+            Ok(SecretHash {
+                phc,
+                not_after,
+                source: Some(source),
+            })
+        };
+        let secrets = match &entry.credentials {
+            Credentials::Public | Credentials::Missing => Vec::new(),
+            Credentials::Generated {
+                current,
+                previous,
+                source,
+            } => {
+                let mut secrets = vec![hashed(
+                    current,
+                    format!("{source}#current"),
+                    SecretKind::Generated,
+                    None,
+                )?];
+                if let Some((old, until)) = previous
+                    && *until > now
+                {
+                    secrets.push(hashed(
+                        old,
+                        format!("{source}#previous"),
+                        SecretKind::Generated,
+                        Some(*until),
+                    )?);
+                }
+                secrets
+            }
+            Credentials::Chosen { secret, source } => {
+                vec![hashed(secret, source.clone(), SecretKind::Chosen, None)?]
+            }
+        };
+        let auth_method = match (spec.public, spec.token_endpoint_auth_method) {
+            (true, _) => AuthMethod::None,
+            (false, Some(TokenEndpointAuthMethod::ClientSecretPost)) => {
+                AuthMethod::ClientSecretPost
+            }
+            (false, _) => AuthMethod::ClientSecretBasic,
+        };
+        clients.push(RegisteredClient {
+            client_id: id,
+            public: spec.public,
+            auth_method,
+            secrets,
+            grant_types: spec
+                .grant_types
+                .iter()
+                .map(|g| grant_name(*g).to_owned())
+                .collect(),
+            scopes: spec.scopes.clone(),
+            default_scopes: spec.default_scopes.clone(),
+            audiences: spec.audiences.clone(),
+            redirect_uris: spec.redirect_uris.clone(),
+            revoke_before: spec
+                .revoke_tokens_issued_before
+                .as_ref()
+                .map(|t| t.0.as_second()),
+        });
+    }
+    clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    Ok(ClientRegistry { clients })
+}
+
+/// The RFC 6749 name of a grant type.
+pub fn grant_name(grant: GrantType) -> &'static str {
+    match grant {
+        GrantType::ClientCredentials => "client_credentials",
+        GrantType::AuthorizationCode => "authorization_code",
+        GrantType::RefreshToken => "refresh_token",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(name: &str, extra: &str) -> OAuthClient {
+        serde_yaml_ng::from_str(&format!(
+            "apiVersion: scopegate.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  issuerRef: {{name: auth}}\n  grantTypes: [client_credentials]\n  scopes: [read]\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn generated(secret: &str, source: &str) -> Credentials {
+        Credentials::Generated {
+            current: secret.into(),
+            previous: None,
+            source: source.into(),
+        }
+    }
+
+    #[test]
+    fn registry_holds_hashes_never_plaintext_and_sorts_clients() {
+        let (b, a) = (
+            client("b", ""),
+            client("a", "  revokeTokensIssuedBefore: 2026-01-01T00:00:00Z"),
+        );
+        let entries = [
+            Entry {
+                client: &b,
+                credentials: generated("secret-b", "u:1"),
+            },
+            Entry {
+                client: &a,
+                credentials: generated("secret-a", "u:2"),
+            },
+        ];
+        let registry = render(&entries, &ClientRegistry::default(), 0).unwrap();
+        let ids: Vec<_> = registry
+            .clients
+            .iter()
+            .map(|c| c.client_id.as_str())
+            .collect();
+        assert_eq!(ids, ["shop.a", "shop.b"]);
+        let text = serde_json::to_string(&registry).unwrap();
+        assert!(!text.contains("secret-a") && !text.contains("secret-b"));
+        assert!(secret_hash::verify(&registry.clients[0].secrets[0].phc, "secret-a").unwrap());
+        assert_eq!(registry.clients[0].revoke_before, Some(1_767_225_600));
+        assert_eq!(
+            registry.clients[0].auth_method,
+            AuthMethod::ClientSecretBasic
+        );
+    }
+
+    #[test]
+    fn unchanged_sources_reuse_hashes_so_re_rendering_is_stable() {
+        let c = client("a", "");
+        let entries = [Entry {
+            client: &c,
+            credentials: generated("s", "u:1"),
+        }];
+        let first = render(&entries, &ClientRegistry::default(), 0).unwrap();
+        let second = render(&entries, &first, 0).unwrap();
+        assert_eq!(first, second);
+        let changed = [Entry {
+            client: &c,
+            credentials: generated("s2", "u:2"),
+        }];
+        let third = render(&changed, &second, 0).unwrap();
+        assert_ne!(
+            third.clients[0].secrets[0].phc,
+            second.clients[0].secrets[0].phc
+        );
+        assert!(secret_hash::verify(&third.clients[0].secrets[0].phc, "s2").unwrap());
+    }
+
+    #[test]
+    fn deprecated_hashes_are_migrated_from_the_plaintext() {
+        let c = client("a", "");
+        let weak = "$argon2id$v=19$m=4096,t=1,p=1$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned();
+        let mut existing = render(
+            &[Entry {
+                client: &c,
+                credentials: Credentials::Chosen {
+                    secret: "pw".into(),
+                    source: "u:1".into(),
+                },
+            }],
+            &ClientRegistry::default(),
+            0,
+        )
+        .unwrap();
+        existing.clients[0].secrets[0].phc = weak.clone();
+        let migrated = render(
+            &[Entry {
+                client: &c,
+                credentials: Credentials::Chosen {
+                    secret: "pw".into(),
+                    source: "u:1".into(),
+                },
+            }],
+            &existing,
+            0,
+        )
+        .unwrap();
+        let phc = &migrated.clients[0].secrets[0].phc;
+        assert_ne!(phc, &weak);
+        assert!(secret_hash::is_current(phc, SecretKind::Chosen));
+        assert!(secret_hash::verify(phc, "pw").unwrap());
+    }
+
+    #[test]
+    fn previous_secret_works_until_its_overlap_ends() {
+        let c = client("a", "");
+        let creds = Credentials::Generated {
+            current: "new".into(),
+            previous: Some(("old".into(), 100)),
+            source: "u:3".into(),
+        };
+        let during = render(
+            &[Entry {
+                client: &c,
+                credentials: creds.clone(),
+            }],
+            &ClientRegistry::default(),
+            50,
+        )
+        .unwrap();
+        assert_eq!(during.clients[0].secrets.len(), 2);
+        assert_eq!(during.clients[0].secrets[1].not_after, Some(100));
+        let after = render(
+            &[Entry {
+                client: &c,
+                credentials: creds,
+            }],
+            &during,
+            100,
+        )
+        .unwrap();
+        assert_eq!(after.clients[0].secrets.len(), 1);
+    }
+
+    #[test]
+    fn public_clients_have_no_secret_and_method_none() {
+        let c = client("spa", "  public: true\n  redirectUris: [https://x/cb]");
+        let registry = render(
+            &[Entry {
+                client: &c,
+                credentials: Credentials::Public,
+            }],
+            &ClientRegistry::default(),
+            0,
+        )
+        .unwrap();
+        assert!(registry.clients[0].secrets.is_empty());
+        assert_eq!(registry.clients[0].auth_method, AuthMethod::None);
+    }
+}

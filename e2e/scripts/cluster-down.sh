@@ -4,7 +4,7 @@
 set -uo pipefail
 D="${1:?usage: cluster-down.sh DIR [--keep]}"
 [[ -d $D ]] || exit 0
-for name in kube-controller-manager kube-apiserver etcd; do
+for name in operator kube-controller-manager kube-apiserver etcd; do
   pidfile="$D/$name.pid"
   [[ -f $pidfile ]] || continue
   pid="$(cat "$pidfile")"

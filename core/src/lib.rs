@@ -8,9 +8,11 @@
 pub mod clients;
 pub mod config;
 pub mod duration;
+pub mod feed;
 pub mod jwk;
 pub mod keys;
 pub mod names;
 pub mod path;
+pub mod policy;
 pub mod scope;
 pub mod secret_hash;

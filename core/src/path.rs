@@ -20,6 +20,233 @@ pub const PATTERN: &str = concat!(
 /// Longest path pattern the API accepts.
 pub const MAX_LEN: usize = 256;
 
+/// Why a request path was refused before rule matching.
+///
+/// Every refusal is a spelling that some app or framework would read differently from
+/// the sidecar (the Istio CVE-2021-31920 class), so the sidecar answers 400 rather than
+/// guess which reading the app will take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path is not in origin form.
+    #[error("request path does not start with '/'")]
+    NotAbsolute,
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding")]
+    BadPercent,
+    /// `%2F`, `%5C`, `%00`, `%25` or `%3B`: an encoded separator, NUL, percent or `;`.
+    #[error("ambiguous percent-encoding (encoded '/', '\\', NUL, '%' or ';')")]
+    AmbiguousEncoding,
+    /// A raw `;` (path parameters are read differently by different servers).
+    #[error("path parameters (';') are not accepted")]
+    Semicolon,
+    /// A raw `\`, which some servers read as `/`.
+    #[error("backslash in path")]
+    Backslash,
+    /// A control character, space or non-ASCII byte.
+    #[error("control, space or non-ASCII byte in path")]
+    BadByte,
+}
+
+/// Normalises a request path (without query) the way the app will see it and rules match
+/// it: unreserved characters percent-decoded, `//` collapsed, `.` and `..` segments
+/// resolved (never above the root), a trailing `/` kept. Other percent-escapes stay encoded
+/// with upper-case hex; ambiguous spellings are refused ([`PathError`]).
+pub fn normalise(raw: &str) -> Result<String, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let decoded = decode_unreserved(bytes)?;
+    let ends_with_slash =
+        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() || ends_with_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes of unreserved characters, upper-cases the others and refuses the
+/// ambiguous ones.
+fn decode_unreserved(bytes: &[u8]) -> Result<String, PathError> {
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let (hi, lo) = match (bytes.get(i + 1), bytes.get(i + 2)) {
+                    (Some(&hi), Some(&lo)) => (hex_value(hi), hex_value(lo)),
+                    _ => return Err(PathError::BadPercent),
+                };
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(PathError::BadPercent);
+                };
+                let value = hi << 4 | lo;
+                if is_unreserved(value) {
+                    out.push(char::from(value));
+                } else if matches!(value, b'/' | b'\\' | 0 | b'%' | b';') {
+                    return Err(PathError::AmbiguousEncoding);
+                } else {
+                    out.push('%');
+                    out.push(char::from(HEX_UPPER[usize::from(hi)]));
+                    out.push(char::from(HEX_UPPER[usize::from(lo)]));
+                }
+                i += 3;
+            }
+            b';' => return Err(PathError::Semicolon),
+            b'\\' => return Err(PathError::Backslash),
+            0x21..=0x7E => {
+                out.push(char::from(b));
+                i += 1;
+            }
+            _ => return Err(PathError::BadByte),
+        }
+    }
+    Ok(out)
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn is_literal_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._~!$&'()+,=:@-".contains(&b)
+}
+
+/// Why a path pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// The pattern does not follow the grammar of this module.
+    #[error(
+        "path pattern {0:?} is invalid: use '/'-separated literal segments, '*' for one segment and a final '/**'"
+    )]
+    Invalid(String),
+}
+
+/// One segment of a parsed pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// Exactly this text (empty for the trailing slash of `/items/`).
+    Literal(String),
+    /// `*`: any one non-empty segment.
+    Any,
+}
+
+/// A parsed path pattern, matched against normalised paths ([`normalise`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    segments: Vec<Segment>,
+    /// Ends in `/**`.
+    prefix: bool,
+}
+
+/// How specific a pattern is; a greater value wins. Segments compare left to right: a
+/// literal beats `*`, and a pattern that ends beats `/**` at the same place.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity(Vec<u8>);
+
+impl Pattern {
+    /// Parses a pattern in this module's grammar (the same language as [`PATTERN`]).
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let invalid = || PatternError::Invalid(text.to_owned());
+        if text.len() > MAX_LEN || !text.starts_with('/') {
+            return Err(invalid());
+        }
+        if text == "/" {
+            return Ok(Pattern {
+                segments: vec![Segment::Literal(String::new())],
+                prefix: false,
+            });
+        }
+        let (body, prefix) = match text.strip_suffix("/**") {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
+        let mut segments = Vec::new();
+        if !body.is_empty() {
+            let parts: Vec<&str> = body[1..].split('/').collect();
+            let last = parts.len() - 1;
+            for (i, part) in parts.iter().enumerate() {
+                if part.is_empty() && i == last && i > 0 && !prefix {
+                    segments.push(Segment::Literal(String::new()));
+                } else if *part == "*" {
+                    segments.push(Segment::Any);
+                } else if !part.is_empty()
+                    && *part != "."
+                    && *part != ".."
+                    && part.bytes().all(is_literal_char)
+                {
+                    segments.push(Segment::Literal((*part).to_owned()));
+                } else {
+                    return Err(invalid());
+                }
+            }
+        }
+        Ok(Pattern { segments, prefix })
+    }
+
+    /// Whether a normalised path matches.
+    pub fn matches(&self, path: &str) -> bool {
+        let Some(rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        for segment in &self.segments {
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            let ok = match segment {
+                Segment::Literal(text) => part == text,
+                Segment::Any => !part.is_empty(),
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.prefix || parts.next().is_none()
+    }
+
+    /// The pattern's rank for "most specific wins".
+    pub fn specificity(&self) -> Specificity {
+        let mut rank: Vec<u8> = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(_) => 3,
+                Segment::Any => 2,
+            })
+            .collect();
+        rank.push(if self.prefix { 0 } else { 1 });
+        Specificity(rank)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +296,134 @@ mod tests {
             "/é",
         ] {
             assert!(!re().is_match(p), "{p:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn normalises_the_way_the_app_sees_it() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/items", "/items"),
+            ("/items/", "/items/"),
+            ("//admin", "/admin"),
+            ("/items//x", "/items/x"),
+            ("/items/../admin", "/admin"),
+            ("/items/%2e%2e/admin", "/admin"),
+            ("/items/%2E./admin", "/admin"),
+            ("/items/./x", "/items/x"),
+            ("/items/.", "/items/"),
+            ("/items/..", "/"),
+            ("/../../etc", "/etc"),
+            ("/%61dmin", "/admin"),
+            ("/a%7eb", "/a~b"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/a%20b", "/a%20b"),
+            ("/x%c3", "/x%C3"),
+        ] {
+            assert_eq!(normalise(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn refuses_ambiguous_spellings() {
+        for (raw, err) in [
+            ("/items%2Fadmin", PathError::AmbiguousEncoding),
+            ("/items%2fadmin", PathError::AmbiguousEncoding),
+            ("/items%5Cadmin", PathError::AmbiguousEncoding),
+            ("/items%00", PathError::AmbiguousEncoding),
+            ("/items%252e%252e/admin", PathError::AmbiguousEncoding),
+            ("/items%3Bx", PathError::AmbiguousEncoding),
+            ("/items;jsessionid=1", PathError::Semicolon),
+            ("/items\\admin", PathError::Backslash),
+            ("/items%2", PathError::BadPercent),
+            ("/items%zz", PathError::BadPercent),
+            ("/a b", PathError::BadByte),
+            ("/é", PathError::BadByte),
+            ("items", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("*", PathError::NotAbsolute),
+        ] {
+            assert_eq!(normalise(raw), Err(err), "{raw:?}");
+        }
+    }
+
+    fn matches(pattern: &str, path: &str) -> bool {
+        Pattern::parse(pattern).unwrap().matches(path)
+    }
+
+    #[test]
+    fn patterns_match_segments() {
+        assert!(matches("/", "/"));
+        assert!(!matches("/", "/x"));
+        assert!(matches("/items", "/items"));
+        assert!(!matches("/items", "/items/"));
+        assert!(!matches("/items", "/itemsx"));
+        assert!(matches("/items/", "/items/"));
+        assert!(matches("/items/*", "/items/42"));
+        assert!(!matches("/items/*", "/items/"));
+        assert!(!matches("/items/*", "/items/42/x"));
+        assert!(matches("/items/*/details", "/items/42/details"));
+        assert!(matches("/items/**", "/items"));
+        assert!(matches("/items/**", "/items/"));
+        assert!(matches("/items/**", "/items/a/b"));
+        assert!(!matches("/items/**", "/itemsx"));
+        assert!(matches("/**", "/"));
+        assert!(matches("/**", "/anything/at/all"));
+    }
+
+    #[test]
+    fn more_specific_patterns_rank_higher() {
+        let rank = |p: &str| Pattern::parse(p).unwrap().specificity();
+        assert!(rank("/items/admin") > rank("/items/*"));
+        assert!(rank("/items/*") > rank("/items/**"));
+        assert!(rank("/items") > rank("/items/**"));
+        assert!(rank("/items/**") > rank("/**"));
+        assert!(rank("/a/b/**") > rank("/a/*/c"));
+    }
+
+    #[test]
+    fn parser_and_regex_agree_on_samples() {
+        for p in [
+            "/",
+            "/items",
+            "/items/",
+            "/items/*",
+            "/**",
+            "/x/**",
+            "/a.b/..c/...",
+            "",
+            "items",
+            "//items",
+            "/./x",
+            "/x/..",
+            "/it*ms",
+            "/**/x",
+            "/x/**/",
+            "/***",
+            "/a b",
+            "/x/",
+        ] {
+            assert_eq!(Pattern::parse(p).is_ok(), re().is_match(p), "{p:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalise_never_panics_and_is_idempotent(raw in "[/a-z.%0-9A-F;\\\\]{0,40}") {
+            if let Ok(once) = normalise(&raw) {
+                proptest::prop_assert_eq!(normalise(&once), Ok(once.clone()));
+                proptest::prop_assert!(!once.contains("//") && !once.contains("/../"));
+            }
+        }
+
+        #[test]
+        fn parser_agrees_with_the_regex(p in "[/a-z.*~]{0,12}") {
+            proptest::prop_assert_eq!(Pattern::parse(&p).is_ok(), re().is_match(&p), "{:?}", p);
+        }
+
+        #[test]
+        fn normalise_never_panics_on_any_text(raw in "\\PC{0,64}") {
+            let _ = normalise(&raw);
         }
     }
 }

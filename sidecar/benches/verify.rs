@@ -1,0 +1,3 @@
+//! Benchmarks of token validation (placeholder until the criterion suite lands).
+
+fn main() {}

@@ -1,0 +1,65 @@
+//! The admin server (port 15090 in a pod): `/healthz`, `/readyz` with detail, `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::state::Shared;
+
+/// Answers one admin request.
+pub fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => {
+            let (ready, detail) = shared.readiness();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let head = if ready { "ready\n" } else { "not ready\n" };
+            (status, "text/plain", format!("{head}{detail}"))
+        }
+        "/metrics" => {
+            shared.refresh_gauges();
+            (
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                shared.metrics.render(),
+            )
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// Serves admin requests on one connection until it closes.
+pub async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
+    let service = hyper::service::service_fn(move |req| {
+        std::future::ready(Ok::<_, Infallible>(handle(&shared, &req)))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30))
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = conn.await;
+}

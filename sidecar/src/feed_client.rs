@@ -1,0 +1,195 @@
+//! The client side of the issuer's revocation feed ([`scopegate_core::feed`]): a long-poll
+//! loop that authenticates every page with the keys already trusted for the issuer, keeps
+//! what it knows when the feed is unreachable, and reports how stale it is.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use scopegate_core::config::FeedConfig;
+use scopegate_core::feed::{FEED_JWS_TYP, FeedPage, is_cursor, poll_query};
+
+use crate::https::{self, HttpsClient};
+use crate::jose::{json, jws};
+use crate::revocation::FeedRevocations;
+use crate::token::IssuerKeys;
+use crate::unix_now;
+
+/// Seconds the issuer may hold a poll without news.
+pub const WAIT_SECS: u64 = 25;
+/// Largest page read.
+const MAX_PAGE_BYTES: usize = 4 << 20;
+/// First retry delay after a failed poll; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+/// Least time between two polls after an empty page.
+const MIN_EMPTY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a page was refused. Messages name the failure class only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    /// Not UTF-8 or not a compact JWS.
+    #[error("not a compact JWS")]
+    Jws(#[from] jws::JwsError),
+    /// Wrong `typ`.
+    #[error("typ is not revocation-feed+jwt")]
+    Typ,
+    /// The feed's issuer is not trusted (any more).
+    #[error("feed issuer not trusted")]
+    Issuer,
+    /// Payload is not a feed page, names another issuer, answers another cursor or carries
+    /// an unusable next cursor.
+    #[error("page does not fit the request")]
+    Payload,
+}
+
+/// What the sidecar knows from the feed, and how fresh it is.
+pub struct FeedState {
+    /// The feed settings this state belongs to.
+    pub config: FeedConfig,
+    /// Revocations in force.
+    pub revocations: ArcSwap<FeedRevocations>,
+    started_at: i64,
+    last_success: AtomicI64,
+    last_error: Mutex<Option<&'static str>>,
+}
+
+impl FeedState {
+    /// Nothing known yet.
+    pub fn new(config: FeedConfig) -> Arc<FeedState> {
+        Arc::new(FeedState {
+            revocations: ArcSwap::from_pointee(FeedRevocations::new(&config.issuer)),
+            config,
+            started_at: unix_now(),
+            last_success: AtomicI64::new(i64::MIN),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// Seconds since the last successful poll; `None` before the first one.
+    pub fn staleness(&self, now: i64) -> Option<i64> {
+        let last = self.last_success.load(Ordering::Acquire);
+        (last != i64::MIN).then(|| now - last)
+    }
+
+    /// Seconds the sidecar has gone without news it can trust: since the last successful
+    /// poll, or since the feed started when none succeeded yet.
+    pub fn age(&self, now: i64) -> i64 {
+        now - self.staleness(now).map_or(self.started_at, |s| now - s)
+    }
+
+    /// Whether the feed is past its staleness bound (or never answered).
+    pub fn is_stale(&self, now: i64) -> bool {
+        let bound = i64::try_from(self.config.staleness_bound_secs).unwrap_or(i64::MAX);
+        self.staleness(now).is_none_or(|s| s > bound)
+    }
+
+    /// Category of the last failure, if the last poll failed.
+    pub fn last_error(&self) -> Option<&'static str> {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Checks one page: a JWS of `typ` [`FEED_JWS_TYP`] signed by a key trusted for the feed's
+/// issuer, whose payload names that issuer and answers `cursor`.
+pub fn check_page(
+    body: &str,
+    issuer: &str,
+    keys: Option<IssuerKeys>,
+    cursor: Option<&str>,
+) -> Result<FeedPage, PageError> {
+    let compact = jws::parse(body.trim_end())?;
+    if !compact
+        .header
+        .typ
+        .as_deref()
+        .is_some_and(|t| jws::typ_is(t, FEED_JWS_TYP))
+    {
+        return Err(PageError::Typ);
+    }
+    let keys = keys.ok_or(PageError::Issuer)?;
+    compact.verify_with(&keys.keys)?;
+    json::check_unique(&compact.payload).map_err(|_| PageError::Payload)?;
+    let page: FeedPage =
+        serde_json::from_slice(&compact.payload).map_err(|_| PageError::Payload)?;
+    if page.iss != issuer || page.cursor.as_deref() != cursor || !is_cursor(&page.next_cursor) {
+        return Err(PageError::Payload);
+    }
+    Ok(page)
+}
+
+/// Polls forever. `keys` gives the keys trusted for an issuer now; `leeway` bounds how long
+/// entries are kept past their tokens' lifetime; `changed` runs after a page with news (to
+/// flush the token cache).
+pub async fn run(
+    state: Arc<FeedState>,
+    client: HttpsClient,
+    keys: impl Fn(&str) -> Option<IssuerKeys> + Send + 'static,
+    leeway: i64,
+    changed: impl Fn(usize) + Send + 'static,
+) {
+    let mut cursor: Option<String> = None;
+    let mut retry = FIRST_RETRY;
+    loop {
+        let url = format!(
+            "{}?{}",
+            state.config.url,
+            poll_query(cursor.as_deref(), WAIT_SECS)
+        );
+        let result = https::get(
+            &client,
+            &url,
+            Duration::from_secs(WAIT_SECS + 10),
+            MAX_PAGE_BYTES,
+        )
+        .await
+        .map_err(|e| e.category())
+        .and_then(|body| {
+            std::str::from_utf8(&body)
+                .map(str::to_owned)
+                .map_err(|_| "not utf-8")
+        })
+        .and_then(|body| {
+            check_page(
+                &body,
+                &state.config.issuer,
+                keys(&state.config.issuer),
+                cursor.as_deref(),
+            )
+            .map_err(|e| {
+                tracing::warn!(error = %e, "revocation feed page refused");
+                "bad page"
+            })
+        });
+        match result {
+            Ok(page) => {
+                let now = unix_now();
+                let news = page.reset || !page.jtis.is_empty() || !page.subjects.is_empty();
+                if news {
+                    let next = state.revocations.load().apply(&page, now, leeway);
+                    let entries = next.len();
+                    state.revocations.store(Arc::new(next));
+                    changed(entries);
+                }
+                state.last_success.store(now, Ordering::Release);
+                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                cursor = Some(page.next_cursor);
+                retry = FIRST_RETRY;
+                if !news {
+                    // An issuer answering at once without news must not make this a busy loop.
+                    tokio::time::sleep(MIN_EMPTY_INTERVAL).await;
+                }
+            }
+            Err(category) => {
+                tracing::warn!(
+                    error = category,
+                    "revocation feed poll failed; keeping what is known"
+                );
+                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(category);
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
+}

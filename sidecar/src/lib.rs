@@ -1,0 +1,207 @@
+//! scopegate-sidecar: the verifying reverse proxy in front of every protected app.
+//!
+//! A library with a thin binary: [`start`] runs a whole sidecar (proxy port, admin port,
+//! hot reload, key fetchers, revocation feed) inside the caller's Tokio runtime, so tests
+//! run it in-process on `127.0.0.1:0` exactly as the binary runs it in a pod.
+
+pub mod admin;
+pub mod answer;
+pub mod cache;
+pub mod client_addr;
+pub mod credentials;
+pub mod feed_client;
+pub mod headers;
+pub mod https;
+pub mod jose;
+pub mod metrics;
+pub mod proxy;
+pub mod rate_limit;
+pub mod reload;
+pub mod remote_keys;
+pub mod revocation;
+pub mod server;
+pub mod settings;
+pub mod state;
+pub mod tls;
+pub mod token;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::reload::LoadError;
+use crate::state::Shared;
+use crate::tls::ServerTlsError;
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// How to run a sidecar.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The sidecar config document.
+    pub config_path: PathBuf,
+    /// Address the proxy port binds (the port comes from the config).
+    pub bind_ip: IpAddr,
+    /// Use this proxy port instead of the config's (tests use 0).
+    pub port_override: Option<u16>,
+    /// Address of the admin port.
+    pub admin_addr: SocketAddr,
+    /// How often the config file is polled.
+    pub reload_interval: Duration,
+    /// How long open connections may drain after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+/// Why a sidecar did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is unreadable or invalid (exit 64).
+    #[error("invalid config: {}", .0.describe())]
+    Config(#[source] LoadError),
+    /// The TLS listener could not be set up from the mounted files (exit 64).
+    #[error("invalid TLS setup: {0}")]
+    Tls(#[source] ServerTlsError),
+    /// A port could not be bound.
+    #[error("cannot bind {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Whether the operator's input is at fault (EX_USAGE-like exit 64) rather than the
+    /// environment.
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Config(_) | StartError::Tls(_))
+    }
+}
+
+/// A running sidecar.
+pub struct Running {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    other_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Where the proxy port listens.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Where the admin port listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The live state (metrics, readiness).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting, fails `/readyz`, drains open connections (bounded by the drain
+    /// timeout) and stops background work.
+    pub async fn shutdown(self) {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.shutdown.send(true);
+        let _ = self.proxy_task.await;
+        for task in self.other_tasks {
+            task.abort();
+        }
+        self.shared.stop_background();
+    }
+}
+
+/// Loads and checks the config, binds the ports, and starts serving. Nothing is bound when
+/// the config is refused.
+pub async fn start(options: Options) -> Result<Running, StartError> {
+    let inputs = reload::read(&options.config_path)
+        .await
+        .map_err(StartError::Config)?;
+    let mut fresh = |spec| remote_keys::RemoteKeySet::new(spec);
+    // TLS is known only after parsing; compile once to learn it, then with the right value.
+    let probe = reload::compile(&inputs, false, &mut fresh).map_err(StartError::Config)?;
+    let tls_files = probe.config.listen.tls.clone();
+    let tls_config = tls_files
+        .as_ref()
+        .map(tls::server_config)
+        .transpose()
+        .map_err(StartError::Tls)?;
+    let settings = if tls_config.is_some() {
+        reload::compile(&inputs, true, &mut fresh).map_err(StartError::Config)?
+    } else {
+        probe
+    };
+    let port = options.port_override.unwrap_or(settings.config.listen.port);
+    let proxy_addr = SocketAddr::new(options.bind_ip, port);
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let proxy_listener = bind(proxy_addr).await?;
+    let admin_listener = bind(options.admin_addr).await?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: proxy_addr,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: options.admin_addr,
+            source,
+        })?;
+
+    let shared = Shared::new(settings, tls_config.is_some());
+    shared.start_background();
+    let (shutdown, stop) = watch::channel(false);
+    let proxy_task = tokio::spawn(server::serve_proxy(
+        proxy_listener,
+        tls_config.map(tokio_rustls::TlsAcceptor::from),
+        shared.clone(),
+        stop.clone(),
+        options.drain_timeout,
+    ));
+    let admin_task = tokio::spawn(server::serve_admin(
+        admin_listener,
+        shared.clone(),
+        stop.clone(),
+    ));
+    let reload_task = tokio::spawn(reload::watch(
+        shared.clone(),
+        options.config_path.clone(),
+        options.reload_interval,
+        inputs.fingerprint,
+        stop,
+    ));
+    tracing::info!(%proxy_addr, %admin_addr, "sidecar serving");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        shared,
+        shutdown,
+        proxy_task,
+        other_tasks: vec![admin_task, reload_task],
+    })
+}

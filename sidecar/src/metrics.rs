@@ -1,0 +1,270 @@
+//! Counters and gauges, rendered in the Prometheus text format. Labels are bounded: outcome
+//! names and fixed result values only, never issuers, paths or subjects.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Outcomes of proxied requests (the `outcome` label).
+pub const OUTCOMES: [&str; 12] = [
+    "allowed",
+    "public",
+    "bad_path",
+    "invalid_request",
+    "no_credentials",
+    "invalid_token",
+    "insufficient_scope",
+    "forbidden",
+    "rate_limited",
+    "unavailable",
+    "upstream_unreachable",
+    "upstream_timeout",
+];
+
+/// Upper bounds of the validation-latency histogram, in seconds.
+const BUCKETS: [f64; 11] = [
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3,
+];
+
+/// All metrics of one sidecar.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: [AtomicU64; OUTCOMES.len()],
+    validation_buckets: [AtomicU64; BUCKETS.len()],
+    validation_count: AtomicU64,
+    validation_nanos: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    /// `metadata.generation` of the policy in force.
+    pub config_generation: AtomicI64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    /// 1 when the last reload attempt failed (the previous config is still in force).
+    pub config_reload_failing: AtomicI64,
+    jwks_fetch_ok: AtomicU64,
+    jwks_fetch_failed: AtomicU64,
+    /// Seconds since the oldest key set in force was loaded.
+    pub key_set_age_secs: AtomicI64,
+    /// Seconds since the last successful feed poll, or since start before the first one (-1
+    /// with no feed).
+    pub feed_staleness_secs: AtomicI64,
+    /// Revocation entries held.
+    pub feed_entries: AtomicI64,
+}
+
+impl Metrics {
+    /// Counts a request by outcome (one of [`OUTCOMES`]).
+    pub fn request(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.requests[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records one full token validation.
+    pub fn validation(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.validation_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.validation_count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.validation_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Counts a token-cache lookup.
+    pub fn cache(&self, hit: bool) {
+        let counter = if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a config reload attempt.
+    pub fn reload(&self, ok: bool) {
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.config_reload_failing
+            .store(i64::from(!ok), Ordering::Relaxed);
+    }
+
+    /// Counts a JWKS fetch.
+    pub fn jwks_fetch(&self, ok: bool) {
+        let counter = if ok {
+            &self.jwks_fetch_ok
+        } else {
+            &self.jwks_fetch_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP scopegate_sidecar_requests_total Requests by outcome."
+        );
+        let _ = writeln!(out, "# TYPE scopegate_sidecar_requests_total counter");
+        for (name, counter) in OUTCOMES.iter().zip(&self.requests) {
+            let _ = writeln!(
+                out,
+                "scopegate_sidecar_requests_total{{outcome=\"{name}\"}} {}",
+                load(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP scopegate_sidecar_token_validation_seconds Full token validations (cache misses)."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE scopegate_sidecar_token_validation_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, counter) in BUCKETS.iter().zip(&self.validation_buckets) {
+            cumulative += load(counter);
+            let _ = writeln!(
+                out,
+                "scopegate_sidecar_token_validation_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = load(&self.validation_count);
+        let _ = writeln!(
+            out,
+            "scopegate_sidecar_token_validation_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "scopegate_sidecar_token_validation_seconds_sum {}",
+            load(&self.validation_nanos) as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "scopegate_sidecar_token_validation_seconds_count {count}"
+        );
+        let (hits, misses) = (load(&self.cache_hits), load(&self.cache_misses));
+        let ratio = if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        };
+        let counters: [(&str, &str, String); 4] = [
+            (
+                "token_cache_hits_total",
+                "Token cache hits.",
+                hits.to_string(),
+            ),
+            (
+                "token_cache_misses_total",
+                "Token cache misses.",
+                misses.to_string(),
+            ),
+            (
+                "config_reloads_total{result=\"ok\"}",
+                "Config reloads by result.",
+                load(&self.reloads_ok).to_string(),
+            ),
+            (
+                "config_reloads_total{result=\"error\"}",
+                "",
+                load(&self.reloads_failed).to_string(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            write_metric(&mut out, name, help, "counter", &value);
+        }
+        let fetches: [(&str, &str, String); 2] = [
+            (
+                "jwks_fetches_total{result=\"ok\"}",
+                "JWKS fetches of external issuers by result.",
+                load(&self.jwks_fetch_ok).to_string(),
+            ),
+            (
+                "jwks_fetches_total{result=\"error\"}",
+                "",
+                load(&self.jwks_fetch_failed).to_string(),
+            ),
+        ];
+        for (name, help, value) in fetches {
+            write_metric(&mut out, name, help, "counter", &value);
+        }
+        let gauges: [(&str, &str, String); 6] = [
+            (
+                "token_cache_hit_ratio",
+                "Hits over lookups since start.",
+                ratio.to_string(),
+            ),
+            (
+                "config_generation",
+                "Policy generation of the config in force.",
+                self.config_generation.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "config_reload_failing",
+                "1 while the newest config file is refused and the last good one serves.",
+                self.config_reload_failing
+                    .load(Ordering::Relaxed)
+                    .to_string(),
+            ),
+            (
+                "key_set_age_seconds",
+                "Age of the oldest key set in force.",
+                self.key_set_age_secs.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "revocation_feed_staleness_seconds",
+                "Seconds since the last successful feed poll or, before one, since start (-1 without a feed).",
+                self.feed_staleness_secs.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "revocation_entries",
+                "Revocation entries held from the feed.",
+                self.feed_entries.load(Ordering::Relaxed).to_string(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            write_metric(&mut out, name, help, "gauge", &value);
+        }
+        out
+    }
+}
+
+fn write_metric(out: &mut String, name: &str, help: &str, kind: &str, value: &str) {
+    let base = name.split('{').next().unwrap_or(name);
+    if !help.is_empty() {
+        let _ = writeln!(out, "# HELP scopegate_sidecar_{base} {help}");
+        let _ = writeln!(out, "# TYPE scopegate_sidecar_{base} {kind}");
+    }
+    let _ = writeln!(out, "scopegate_sidecar_{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.request("invalid_token");
+        m.validation(Duration::from_micros(3));
+        m.cache(true);
+        m.cache(false);
+        let text = m.render();
+        assert!(text.contains("scopegate_sidecar_requests_total{outcome=\"invalid_token\"} 1"));
+        assert!(
+            text.contains("scopegate_sidecar_token_validation_seconds_bucket{le=\"0.000005\"} 1")
+        );
+        assert!(text.contains("scopegate_sidecar_token_validation_seconds_count 1"));
+        assert!(text.contains("scopegate_sidecar_token_cache_hit_ratio 0.5"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert_eq!(line.split(' ').count(), 2, "{line}");
+        }
+    }
+}

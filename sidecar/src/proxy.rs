@@ -1,0 +1,393 @@
+//! One request through the sidecar: normalise the path, find the rule, rate-limit,
+//! authenticate and authorise, then forward to the app with clean headers, or answer
+//! with a refusal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use scopegate_core::config::{RateLimitKey, UpstreamProtocol};
+use scopegate_core::path::normalise;
+use scopegate_core::policy::{Requirement, scopes_satisfy, scopes_to_name};
+
+use crate::answer::{Refusal, answer};
+use crate::cache;
+use crate::client_addr::client_ip;
+use crate::credentials::{self, Credentials};
+use crate::headers::{self, X_FORWARDED_FOR};
+use crate::jose::jws::JwsError;
+use crate::rate_limit::{Class, RateKey, RateLimit};
+use crate::revocation;
+use crate::settings::{IssuerSource, Settings};
+use crate::state::Shared;
+use crate::token::{self, TokenError, VerifiedToken};
+use crate::unix_now;
+
+/// The body of every response the sidecar sends.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// How long a request waits for an on-demand JWKS fetch after an unknown kid.
+const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(2);
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+}
+
+/// Handles one request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Connection,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let settings = shared.settings.load_full();
+    let path = match normalise(req.uri().path()) {
+        Ok(path) => path,
+        Err(err) => {
+            tracing::debug!(error = %err, "refused request path");
+            return refuse(&shared, &settings, Refusal::BadPath);
+        }
+    };
+    let no_store = settings.headers.no_store.iter().any(|p| p.matches(&path));
+    let method = req.method().as_str().to_owned();
+    let limits: Vec<Arc<RateLimit>> = settings
+        .rate_limits
+        .iter()
+        .filter(|l| l.applies(&method, &path))
+        .cloned()
+        .collect();
+    let address = (!limits.is_empty()).then(|| {
+        let forwarded = req
+            .headers()
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        RateKey::address(client_ip(
+            conn.peer.ip(),
+            forwarded,
+            settings.trusted_proxies.as_ref(),
+        ))
+    });
+    let now_mono = shared.clock.now();
+    if let Some(address) = &address {
+        for limit in limits
+            .iter()
+            .filter(|l| l.key == RateLimitKey::ClientAddress)
+        {
+            if let Err(secs) = limit
+                .check(Class::Failure, address, now_mono)
+                .and_then(|()| limit.check(Class::Success, address, now_mono))
+            {
+                tracing::info!(limit = %limit.name, "rate limited");
+                return refuse(&shared, &settings, Refusal::RateLimited(secs));
+            }
+        }
+    }
+
+    let route = settings.policy.route(&method, &path);
+    let identity = match authorize(&shared, &settings, route.requirement, &req).await {
+        Ok(identity) => identity,
+        Err(refusal) => {
+            tracing::info!(
+                rule = route.rule_name.unwrap_or("-"),
+                outcome = refusal.outcome(),
+                "request refused"
+            );
+            if let Some(address) = &address {
+                for limit in &limits {
+                    if limit.key == RateLimitKey::Subject
+                        && let Err(secs) = limit.check(Class::Failure, address, now_mono)
+                    {
+                        return refuse(&shared, &settings, Refusal::RateLimited(secs));
+                    }
+                    limit.record(Class::Failure, address.clone(), now_mono);
+                }
+            }
+            return refuse(&shared, &settings, refusal);
+        }
+    };
+    let success_key = |limit: &RateLimit| match (&identity, limit.key, &address) {
+        (Some(token), RateLimitKey::Subject, _) if token.sub.is_some() => {
+            token.sub.as_deref().map(|s| RateKey::Subject(s.into()))
+        }
+        (_, _, address) => address.clone(),
+    };
+    for limit in limits.iter().filter(|l| l.key == RateLimitKey::Subject) {
+        let Some(key) = success_key(limit) else {
+            continue;
+        };
+        let mut verdict = limit.check(Class::Success, &key, now_mono);
+        if let (None, Some(address)) = (&identity, &address) {
+            verdict = verdict.and(limit.check(Class::Failure, address, now_mono));
+        }
+        if let Err(secs) = verdict {
+            return refuse(&shared, &settings, Refusal::RateLimited(secs));
+        }
+    }
+
+    let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let outcome = if identity.is_some() {
+        "allowed"
+    } else {
+        "public"
+    };
+    let response = forward(
+        &shared,
+        &settings,
+        conn,
+        req,
+        &path,
+        identity.as_deref(),
+        upgrade,
+    )
+    .await;
+    let mut response = match response {
+        Ok(response) => response,
+        Err(refusal) => return refuse(&shared, &settings, refusal),
+    };
+    shared.metrics.request(outcome);
+    let failed = matches!(
+        response.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    );
+    for limit in &limits {
+        match (failed, &address) {
+            (true, Some(address)) => limit.record(Class::Failure, address.clone(), now_mono),
+            (false, _) => {
+                if let Some(key) = success_key(limit) {
+                    limit.record(Class::Success, key, now_mono);
+                }
+            }
+            (true, None) => {}
+        }
+    }
+    headers::secure_response(response.headers_mut(), &settings.headers, no_store);
+    response
+}
+
+/// Decides whether the request may pass: `Ok(Some(token))` with a verified token,
+/// `Ok(None)` for a public route.
+async fn authorize(
+    shared: &Shared,
+    settings: &Settings,
+    requirement: Requirement<'_>,
+    req: &Request<Incoming>,
+) -> Result<Option<Arc<VerifiedToken>>, Refusal> {
+    let scope_requirement = match requirement {
+        Requirement::Public => return Ok(None),
+        Requirement::Token(scopes) => Some(scopes),
+        Requirement::Deny => None,
+    };
+    let credentials = credentials::extract(req.headers(), req.uri().query()).map_err(|err| {
+        tracing::debug!(error = %err, "malformed credentials");
+        Refusal::InvalidRequest
+    })?;
+    let Credentials::Bearer(token) = credentials else {
+        return Err(Refusal::NoCredentials);
+    };
+    if shared.fail_closed_now(unix_now()) {
+        tracing::warn!("revocation feed stale and the policy fails closed");
+        return Err(Refusal::Unavailable);
+    }
+    let verified = verify(shared, settings, token).await.map_err(|err| {
+        tracing::info!(reason = %err, "invalid token");
+        Refusal::InvalidToken
+    })?;
+    match scope_requirement {
+        None => Err(Refusal::Forbidden),
+        Some(needed) if scopes_satisfy(needed, &verified.scopes) => Ok(Some(verified)),
+        Some(needed) => Err(Refusal::InsufficientScope(scopes_to_name(needed).join(" "))),
+    }
+}
+
+/// Validates a token, from the cache when it was verified before.
+pub async fn verify(
+    shared: &Shared,
+    settings: &Settings,
+    token: &str,
+) -> Result<Arc<VerifiedToken>, TokenError> {
+    let now = unix_now();
+    if token.len() > settings.token_rules.max_token_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let key = cache::hash(token);
+    if let Some(hit) = shared.cache.get(&key, now) {
+        shared.metrics.cache(true);
+        return Ok(hit);
+    }
+    shared.metrics.cache(false);
+    let epoch = shared.cache.epoch();
+    let started = Instant::now();
+    let mut remote = None;
+    let mut result = token::validate(
+        token,
+        &settings.token_rules,
+        |iss| {
+            let source = settings.issuers.get(iss)?;
+            if let IssuerSource::Remote { set, .. } = source {
+                remote = Some(set.clone());
+            }
+            Some(source.keys())
+        },
+        now,
+    );
+    shared.metrics.validation(started.elapsed());
+    if let (Err(TokenError::Jws(JwsError::UnknownKid)), Some(set)) = (&result, remote)
+        && let Some(mut loaded) = set.refetch_for_unknown_kid()
+    {
+        {
+            // A key rotated at the issuer: wait briefly for the refetch, then try once more.
+            let _ = tokio::time::timeout(UNKNOWN_KID_WAIT, loaded.changed()).await;
+            result = token::validate(
+                token,
+                &settings.token_rules,
+                |iss| settings.issuers.get(iss).map(IssuerSource::keys),
+                unix_now(),
+            );
+        }
+    }
+    let verified = result?;
+    let feed = shared.feed.load_full();
+    let feed_revocations = feed.as_ref().map(|f| f.revocations.load_full());
+    if let Some(reason) = revocation::revoked(
+        &verified,
+        &settings.client_cutoffs,
+        feed_revocations.as_deref(),
+    ) {
+        return Err(TokenError::Revoked(reason));
+    }
+    let verified = Arc::new(verified);
+    shared.cache.insert(key, verified.clone(), epoch, now);
+    Ok(verified)
+}
+
+/// Sends the request to the app and returns its response (hop-by-hop headers stripped).
+async fn forward(
+    shared: &Shared,
+    settings: &Settings,
+    conn: Connection,
+    req: Request<Incoming>,
+    path: &str,
+    identity: Option<&VerifiedToken>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let upstream = &settings.upstream;
+    let (mut parts, body) = req.into_parts();
+    let wants_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let uri: Uri = format!("http://{}{}", upstream.authority, path_and_query)
+        .parse()
+        .map_err(|_| Refusal::BadPath)?;
+    let headers = &mut parts.headers;
+    headers::strip_hop_by_hop(headers, upgrade.is_some());
+    let names = &settings.headers;
+    for name in [&names.subject, &names.scopes, &names.client_id] {
+        headers.remove(name);
+    }
+    if let Some(token) = identity {
+        let scopes = token.scopes.join(" ");
+        let values = [
+            (&names.subject, token.sub.as_deref()),
+            (&names.scopes, Some(scopes.as_str())),
+            (&names.client_id, token.client_id.as_deref()),
+        ];
+        for (name, value) in values {
+            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+    headers::set_forwarded(
+        headers,
+        conn.peer.ip(),
+        shared.tls,
+        settings.trusted_proxies.is_some(),
+    );
+    if upstream.protocol == UpstreamProtocol::H2c {
+        parts.version = Version::HTTP_2;
+        if wants_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    } else {
+        parts.version = Version::HTTP_11;
+    }
+    parts.uri = uri;
+    let request = Request::from_parts(parts, body);
+    let response =
+        match tokio::time::timeout(upstream.response_timeout, upstream.client.request(request))
+            .await
+        {
+            Err(_) => {
+                tracing::warn!("upstream did not answer in time");
+                return Err(Refusal::UpstreamTimeout);
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "upstream unreachable");
+                return Err(Refusal::UpstreamUnreachable);
+            }
+            Ok(Ok(response)) => response,
+        };
+    let (mut parts, body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade.is_some());
+    let mut response = Response::from_parts(parts, body.boxed());
+    if let (true, Some(client_side)) = (switching, upgrade) {
+        let upstream_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (client_io, upstream_io) = match tokio::try_join!(client_side, upstream_side) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::debug!(error = %err, "upgrade failed");
+                    return;
+                }
+            };
+            let mut client_io = TokioIo::new(client_io);
+            let mut upstream_io = TokioIo::new(upstream_io);
+            let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+        });
+    }
+    Ok(response)
+}
+
+/// The sidecar's own answer to a refused request.
+/// Refusals always carry `Cache-Control: no-store`.
+fn refuse(shared: &Shared, settings: &Settings, refusal: Refusal) -> Response<ProxyBody> {
+    shared.metrics.request(refusal.outcome());
+    let answer = answer(&refusal);
+    let mut response = Response::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    if let Some(challenge) = answer.challenge {
+        headers.insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    if let Some(secs) = answer.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    headers::secure_response(headers, &settings.headers, true);
+    response
+}

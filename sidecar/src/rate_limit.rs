@@ -1,0 +1,233 @@
+//! Per-route rate limits in memory (GCRA: `requests` per `period`, bursts up to
+//! `requests`). Failures and successes have separate budgets: failures always count against
+//! the client address, successes against the subject or the address as configured, so that
+//! nobody can exhaust a victim's budget by failing on its behalf.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use scopegate_core::config::{RateLimitConfig, RateLimitKey};
+use scopegate_core::path::{Pattern, PatternError};
+
+/// Keys kept per budget before expired ones are pruned (and, past that, the oldest dropped).
+const MAX_KEYS: usize = 65_536;
+
+/// What a budget is kept for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RateKey {
+    /// An IPv4 client.
+    V4(u32),
+    /// An IPv6 client's /64.
+    V6(u64),
+    /// A token's subject.
+    Subject(Box<str>),
+}
+
+impl RateKey {
+    /// The key of a client address (IPv6 grouped by /64).
+    pub fn address(ip: IpAddr) -> RateKey {
+        match ip {
+            IpAddr::V4(v4) => RateKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => RateKey::V4(u32::from(v4)),
+                None => RateKey::V6((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// A rate limit that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateLimitError {
+    /// Zero requests or a zero period.
+    #[error("rate limit {0:?}: requests and periodSecs must be positive")]
+    Zero(String),
+    /// A bad path pattern.
+    #[error("rate limit {name:?}: {source}")]
+    Pattern {
+        /// The limit's name.
+        name: String,
+        /// The pattern problem.
+        #[source]
+        source: PatternError,
+    },
+}
+
+/// One configured limit with its two budgets.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// Name for logs.
+    pub name: String,
+    methods: Vec<String>,
+    patterns: Vec<Pattern>,
+    /// What successes are keyed by.
+    pub key: RateLimitKey,
+    emission: Duration,
+    period: Duration,
+    failures: Mutex<Budget>,
+    successes: Mutex<Budget>,
+}
+
+#[derive(Debug, Default)]
+struct Budget {
+    /// Theoretical arrival time per key, as an offset from the limiter's epoch.
+    tat: HashMap<RateKey, Duration>,
+}
+
+/// Which budget a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Refused for credentials (401/403), by the sidecar or the app.
+    Failure,
+    /// Anything else.
+    Success,
+}
+
+impl RateLimit {
+    /// Compiles a configured limit.
+    pub fn compile(config: &RateLimitConfig) -> Result<RateLimit, RateLimitError> {
+        if config.requests == 0 || config.period_secs == 0 {
+            return Err(RateLimitError::Zero(config.name.clone()));
+        }
+        let patterns = config
+            .paths
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(|source| RateLimitError::Pattern {
+                name: config.name.clone(),
+                source,
+            })?;
+        let period = Duration::from_secs(config.period_secs);
+        Ok(RateLimit {
+            name: config.name.clone(),
+            methods: config.methods.clone(),
+            patterns,
+            key: config.key,
+            emission: period / config.requests,
+            period,
+            failures: Mutex::default(),
+            successes: Mutex::default(),
+        })
+    }
+
+    /// Whether the limit applies to a request (normalised path).
+    pub fn applies(&self, method: &str, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && self.patterns.iter().any(|p| p.matches(path))
+    }
+
+    /// `Err(seconds)` when the budget of `class` for `key` is exhausted at `now`.
+    pub fn check(&self, class: Class, key: &RateKey, now: Duration) -> Result<(), u64> {
+        let budget = self.budget(class);
+        let tat = budget.tat.get(key).copied().unwrap_or(now);
+        let allowed_until = now + self.period - self.emission;
+        if tat <= allowed_until {
+            Ok(())
+        } else {
+            Err((tat - allowed_until).as_secs_f64().ceil().max(1.0) as u64)
+        }
+    }
+
+    /// Spends one request of `class` for `key` at `now`.
+    pub fn record(&self, class: Class, key: RateKey, now: Duration) {
+        let mut budget = self.budget(class);
+        if budget.tat.len() >= MAX_KEYS && !budget.tat.contains_key(&key) {
+            budget.tat.retain(|_, tat| *tat > now);
+            if budget.tat.len() >= MAX_KEYS {
+                // Under a flood of distinct keys, forget one budget rather than grow.
+                let victim = budget.tat.keys().next().cloned();
+                if let Some(victim) = victim {
+                    budget.tat.remove(&victim);
+                }
+            }
+        }
+        let tat = budget.tat.entry(key).or_insert(now);
+        *tat = (*tat).max(now) + self.emission;
+    }
+
+    fn budget(&self, class: Class) -> std::sync::MutexGuard<'_, Budget> {
+        let lock = match class {
+            Class::Failure => &self.failures,
+            Class::Success => &self.successes,
+        };
+        // A panic while holding the lock cannot leave a budget inconsistent: use it anyway.
+        lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Monotonic time for rate limits, as an offset from a fixed start.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    /// Starts the clock.
+    pub fn start() -> Clock {
+        Clock(Instant::now())
+    }
+
+    /// Time since start.
+    pub fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(requests: u32, period: u64) -> RateLimit {
+        RateLimit::compile(&RateLimitConfig {
+            name: "login".into(),
+            methods: vec!["POST".into()],
+            paths: vec!["/login".into()],
+            key: RateLimitKey::ClientAddress,
+            requests,
+            period_secs: period,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn allows_a_burst_then_refuses_with_retry_after() {
+        let l = limit(5, 900);
+        let key = RateKey::address("1.2.3.4".parse().unwrap());
+        let t = Duration::from_secs(1000);
+        for _ in 0..5 {
+            assert_eq!(l.check(Class::Failure, &key, t), Ok(()));
+            l.record(Class::Failure, key.clone(), t);
+        }
+        assert_eq!(l.check(Class::Failure, &key, t), Err(180));
+        assert_eq!(
+            l.check(Class::Failure, &key, t + Duration::from_secs(180)),
+            Ok(())
+        );
+        // Successes and other clients have budgets of their own.
+        assert_eq!(l.check(Class::Success, &key, t), Ok(()));
+        let other = RateKey::address("1.2.3.5".parse().unwrap());
+        assert_eq!(l.check(Class::Failure, &other, t), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_is_grouped_by_64() {
+        let a = RateKey::address("2001:db8:1:2::1".parse().unwrap());
+        let b = RateKey::address("2001:db8:1:2:ffff::9".parse().unwrap());
+        let c = RateKey::address("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(
+            RateKey::address("::ffff:1.2.3.4".parse().unwrap()),
+            RateKey::address("1.2.3.4".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn applies_by_method_and_path() {
+        let l = limit(1, 1);
+        assert!(l.applies("POST", "/login"));
+        assert!(!l.applies("GET", "/login"));
+        assert!(!l.applies("POST", "/login/x"));
+    }
+}

@@ -1,0 +1,142 @@
+//! Hot reload: the config file (and the signing-keys document it names) is polled and
+//! compared by content, because a mounted ConfigMap changes by an atomic symlink swap
+//! whose own mtime says nothing. A changed, valid document is swapped in whole; a broken
+//! one is refused and the last good config keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use tokio::sync::watch;
+
+use crate::settings::{self, CompileInput, Settings, SettingsError};
+use crate::state::Shared;
+use crate::unix_now;
+
+/// Why the config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The document was refused.
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
+}
+
+impl LoadError {
+    /// A one-line description with the causes that are safe to show (no file content).
+    pub fn describe(&self) -> String {
+        match self {
+            LoadError::Read { path, source } => {
+                format!("cannot read config file {}: {source}", path.display())
+            }
+            LoadError::Settings(SettingsError::Document(
+                scopegate_core::config::ConfigError::Parse(err),
+            )) => format!(
+                "config is not a valid sidecar config document (line {}, column {}, {:?} error)",
+                err.line(),
+                err.column(),
+                err.classify()
+            ),
+            LoadError::Settings(err) => err.to_string(),
+        }
+    }
+}
+
+/// The raw inputs of one load and their fingerprint.
+pub struct Inputs {
+    config_text: String,
+    signing_keys_text: Option<String>,
+    /// SHA-256 over both texts.
+    pub fingerprint: [u8; 32],
+}
+
+/// Reads the config file and the signing-keys document it names.
+pub async fn read(path: &Path) -> Result<Inputs, LoadError> {
+    let config_text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| LoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    let signing_keys_text = match settings::signing_keys_path(&config_text) {
+        // A missing document is reported by compile() as an ownSigningKeys error.
+        Some(keys_path) => tokio::fs::read_to_string(keys_path).await.ok(),
+        None => None,
+    };
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(config_text.as_bytes());
+    ctx.update(&[0]);
+    ctx.update(signing_keys_text.as_deref().unwrap_or("").as_bytes());
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(ctx.finish().as_ref());
+    Ok(Inputs {
+        config_text,
+        signing_keys_text,
+        fingerprint,
+    })
+}
+
+/// Compiles read inputs.
+pub fn compile(
+    inputs: &Inputs,
+    tls: bool,
+    remote: &mut dyn FnMut(crate::remote_keys::RemoteSpec) -> Arc<crate::remote_keys::RemoteKeySet>,
+) -> Result<Settings, LoadError> {
+    let input = CompileInput {
+        config_text: &inputs.config_text,
+        signing_keys_text: inputs.signing_keys_text.as_deref(),
+        now: unix_now(),
+        tls,
+    };
+    Ok(settings::compile(&input, remote)?)
+}
+
+/// Polls every `interval` until `shutdown` turns true. `seen` is the fingerprint of the
+/// inputs in force at start.
+pub async fn watch(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    interval: Duration,
+    mut seen: [u8; 32],
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = crate::server::stopped(&mut shutdown) => return,
+        }
+        let due = shared
+            .settings
+            .load()
+            .recompile_at
+            .is_some_and(|t| unix_now() >= t);
+        let inputs = match read(&path).await {
+            Ok(inputs) => inputs,
+            Err(err) => {
+                // Reported once per distinct failure, not on every poll.
+                if seen != [0; 32] {
+                    shared.reload_failed(err.describe());
+                    seen = [0; 32];
+                }
+                continue;
+            }
+        };
+        if inputs.fingerprint == seen && !due {
+            continue;
+        }
+        seen = inputs.fingerprint;
+        match compile(&inputs, shared.tls, &mut |spec| shared.remote_set(spec)) {
+            Ok(settings) => shared.apply(settings),
+            Err(err) => shared.reload_failed(err.describe()),
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The config document checked and compiled into what requests need: rules, trusted keys
+//! parsed once, rate limits, header names, the upstream client. Built on every (re)load and
+//! swapped in whole; a document that does not compile is refused with a [`SettingsError`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use scopegate_core::config::{
+    ConfigError, FeedConfig, Hsts, KeySource, SidecarConfig, UpstreamProtocol,
+};
+use scopegate_core::keys::SigningKeys;
+use scopegate_core::path::{Pattern, PatternError};
+use scopegate_core::policy::{Policy, PolicyError};
+
+use crate::client_addr::{CidrError, TrustedProxies};
+use crate::jose::b64;
+use crate::jose::jws::KeyMap;
+use crate::jose::keys::{Alg, KeyEntry, KeyError};
+use crate::rate_limit::{RateLimit, RateLimitError};
+use crate::remote_keys::{RemoteKeySet, RemoteSpec};
+use crate::token::{IssuerKeys, TokenRules};
+
+/// Most leeway accepted, in seconds.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Token size limits accepted for `maxTokenBytes`.
+const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
+/// Header names an identity header may not take.
+const RESERVED_HEADERS: [&str; 8] = [
+    "authorization",
+    "host",
+    "cookie",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "x-forwarded-for",
+];
+
+/// Why a config was refused. Messages name fields and files, never their secret content.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// Not a document of the expected shape or version.
+    #[error("{0}")]
+    Document(#[from] ConfigError),
+    /// Route rules do not compile.
+    #[error("rules: {0}")]
+    Policy(#[from] PolicyError),
+    /// Two entries for one issuer, or an empty issuer.
+    #[error("verify.issuers: {0:?} is empty or listed twice")]
+    Issuer(String),
+    /// No audience while issuers are trusted.
+    #[error("verify.audiences must not be empty")]
+    NoAudiences,
+    /// Leeway or token size out of range.
+    #[error(
+        "verify: leewaySecs must be at most {MAX_LEEWAY_SECS} and maxTokenBytes within 256..=65536"
+    )]
+    Limits,
+    /// A key could not be loaded.
+    #[error("issuer {issuer:?}: {source}")]
+    Key {
+        /// The issuer.
+        issuer: String,
+        /// The key problem.
+        #[source]
+        source: KeyError,
+    },
+    /// `ownSigningKeys` without an issuer role or its keys document.
+    #[error(
+        "issuer {0:?}: ownSigningKeys needs the issuer role and a readable signing-keys document"
+    )]
+    OwnKeys(String),
+    /// A remote key source is not usable.
+    #[error(
+        "issuer {0:?}: jwksUri must be https, algorithms known asymmetric ones, refreshIntervalSecs positive"
+    )]
+    Remote(String),
+    /// The CA bundle holds no certificate.
+    #[error("caBundlePem holds no valid PEM certificate")]
+    CaBundle,
+    /// A rate limit does not compile.
+    #[error("rateLimits: {0}")]
+    RateLimit(#[from] RateLimitError),
+    /// A trusted-proxy CIDR does not parse.
+    #[error("trustedProxies: {0}")]
+    TrustedProxies(#[from] CidrError),
+    /// An identity header name is invalid or reserved.
+    #[error("headers: {0:?} is not a usable header name")]
+    HeaderName(String),
+    /// A no-store path pattern does not parse.
+    #[error("headers.noStorePaths: {0}")]
+    NoStorePath(#[source] PatternError),
+    /// The revocation feed is misconfigured.
+    #[error(
+        "revocation.feed: url must be https, issuer a trusted issuer, stalenessBoundSecs positive"
+    )]
+    Feed,
+    /// A client cut-off names an empty client.
+    #[error("revocation.clientCutoffs: empty client id")]
+    ClientCutoff,
+}
+
+/// Where a trusted issuer's keys are.
+pub enum IssuerSource {
+    /// Keys from the config or the signing-keys document, fixed for this config.
+    Fixed(IssuerKeys),
+    /// Keys fetched from `jwksUri`.
+    Remote {
+        /// The live set.
+        set: Arc<RemoteKeySet>,
+        /// Whether `typ: JWT` is accepted.
+        allow_jwt_typ: bool,
+    },
+}
+
+impl IssuerSource {
+    /// The keys in force now.
+    pub fn keys(&self) -> IssuerKeys {
+        match self {
+            IssuerSource::Fixed(keys) => keys.clone(),
+            IssuerSource::Remote { set, allow_jwt_typ } => IssuerKeys {
+                keys: set.keys(),
+                allow_jwt_typ: *allow_jwt_typ,
+            },
+        }
+    }
+}
+
+/// Response and identity headers, checked.
+#[derive(Debug, Clone)]
+pub struct HeaderSettings {
+    /// Send nosniff, X-Frame-Options and Referrer-Policy.
+    pub security: bool,
+    /// Send HSTS.
+    pub hsts: bool,
+    /// Paths whose responses get `Cache-Control: no-store`.
+    pub no_store: Vec<Pattern>,
+    /// Subject header to the app.
+    pub subject: HeaderName,
+    /// Scopes header to the app.
+    pub scopes: HeaderName,
+    /// Client id header to the app.
+    pub client_id: HeaderName,
+}
+
+/// The app behind the sidecar.
+pub struct Upstream {
+    /// Client for the app's port.
+    pub client: Client<HttpConnector, Incoming>,
+    /// `127.0.0.1:<port>` authority.
+    pub authority: String,
+    /// Protocol spoken.
+    pub protocol: UpstreamProtocol,
+    /// Time allowed for response headers.
+    pub response_timeout: Duration,
+}
+
+/// A compiled config.
+pub struct Settings {
+    /// The document as parsed (for listener and feed settings).
+    pub config: SidecarConfig,
+    /// Route rules.
+    pub policy: Policy,
+    /// What tokens must satisfy.
+    pub token_rules: TokenRules,
+    /// Trusted issuers by exact `iss`.
+    pub issuers: HashMap<String, IssuerSource>,
+    /// Rate limits in document order.
+    pub rate_limits: Vec<Arc<RateLimit>>,
+    /// Who may name the client address.
+    pub trusted_proxies: Option<TrustedProxies>,
+    /// Response and identity headers.
+    pub headers: HeaderSettings,
+    /// client_id → Unix time before which its tokens are dead.
+    pub client_cutoffs: BTreeMap<String, i64>,
+    /// The app.
+    pub upstream: Upstream,
+    /// When a key from the signing-keys document leaves the set: recompile then.
+    pub recompile_at: Option<i64>,
+}
+
+/// What compiling needs besides the document.
+pub struct CompileInput<'a> {
+    /// The config text.
+    pub config_text: &'a str,
+    /// The signing-keys document text, when the config names one and it could be read.
+    pub signing_keys_text: Option<&'a str>,
+    /// Unix seconds now.
+    pub now: i64,
+    /// Whether the listener serves TLS (for `hsts: auto`).
+    pub tls: bool,
+}
+
+/// Parses only far enough to know which signing-keys document the config needs.
+pub fn signing_keys_path(config_text: &str) -> Option<String> {
+    let config = SidecarConfig::from_json(config_text).ok()?;
+    let needs = config
+        .verify
+        .issuers
+        .iter()
+        .any(|i| matches!(i.keys, KeySource::OwnSigningKeys));
+    needs
+        .then(|| config.issuer.map(|i| i.signing_keys_path))
+        .flatten()
+}
+
+/// Compiles a config. `remote` returns the live set for a remote spec (an existing one when
+/// the spec is unchanged, so a reload keeps fetched keys).
+pub fn compile(
+    input: &CompileInput<'_>,
+    remote: &mut dyn FnMut(RemoteSpec) -> Arc<RemoteKeySet>,
+) -> Result<Settings, SettingsError> {
+    let config = SidecarConfig::from_json(input.config_text)?;
+    let policy = Policy::compile(&config.rules, config.default_action)?;
+    let verify = &config.verify;
+    if verify.leeway_secs > MAX_LEEWAY_SECS || !TOKEN_BYTES_RANGE.contains(&verify.max_token_bytes)
+    {
+        return Err(SettingsError::Limits);
+    }
+    if !verify.issuers.is_empty() && verify.audiences.iter().all(String::is_empty) {
+        return Err(SettingsError::NoAudiences);
+    }
+    if let Some(pem) = &config.ca_bundle_pem {
+        let any = CertificateDer::pem_slice_iter(pem.as_bytes()).any(|c| c.is_ok());
+        if !any {
+            return Err(SettingsError::CaBundle);
+        }
+    }
+    let mut issuers = HashMap::new();
+    let mut recompile_at: Option<i64> = None;
+    for trusted in &verify.issuers {
+        let name = trusted.issuer.clone();
+        if name.is_empty() || issuers.contains_key(&name) {
+            return Err(SettingsError::Issuer(name));
+        }
+        let key_error = |source| SettingsError::Key {
+            issuer: name.clone(),
+            source,
+        };
+        let source = match &trusted.keys {
+            KeySource::Static { jwks } => {
+                let mut keys = KeyMap::new();
+                for jwk in &jwks.keys {
+                    let entry = KeyEntry::from_jwk(jwk, None).map_err(key_error)?;
+                    keys.insert(entry.kid().to_owned(), entry);
+                }
+                IssuerSource::Fixed(IssuerKeys {
+                    keys: Arc::new(keys),
+                    allow_jwt_typ: false,
+                })
+            }
+            KeySource::OwnSigningKeys => {
+                let own_error = || SettingsError::OwnKeys(name.clone());
+                let text = input
+                    .signing_keys_text
+                    .filter(|_| config.issuer.is_some())
+                    .ok_or_else(own_error)?;
+                let doc: SigningKeys = serde_json::from_str(text).map_err(|_| own_error())?;
+                let mut keys = KeyMap::new();
+                for managed in doc.keys.iter().filter(|k| input.now < k.removed_after) {
+                    let entry = if managed.alg == "HS256" {
+                        let secret = b64::decode_standard(managed.private_key.as_bytes())
+                            .map_err(|_| own_error())?;
+                        KeyEntry::hs256(&managed.kid, &secret).map_err(key_error)?
+                    } else {
+                        let jwk = managed.public_jwk.as_ref().ok_or_else(own_error)?;
+                        KeyEntry::from_jwk(jwk, None).map_err(key_error)?
+                    };
+                    recompile_at = Some(
+                        recompile_at
+                            .map_or(managed.removed_after, |t| t.min(managed.removed_after)),
+                    );
+                    keys.insert(entry.kid().to_owned(), entry);
+                }
+                IssuerSource::Fixed(IssuerKeys {
+                    keys: Arc::new(keys),
+                    allow_jwt_typ: false,
+                })
+            }
+            KeySource::Remote {
+                jwks_uri,
+                algorithms,
+                refresh_interval_secs,
+                allow_jwt_typ,
+            } => {
+                let remote_error = || SettingsError::Remote(name.clone());
+                let uri_ok = jwks_uri.starts_with("https://")
+                    && jwks_uri
+                        .parse::<http::Uri>()
+                        .is_ok_and(|u| u.host().is_some());
+                let algs: Vec<Alg> = algorithms
+                    .iter()
+                    .map(|a| Alg::from_name(a).filter(|a| *a != Alg::Hs256))
+                    .collect::<Option<_>>()
+                    .ok_or_else(remote_error)?;
+                if !uri_ok || algs.is_empty() || *refresh_interval_secs == 0 {
+                    return Err(remote_error());
+                }
+                IssuerSource::Remote {
+                    set: remote(RemoteSpec {
+                        jwks_uri: jwks_uri.clone(),
+                        algorithms: algs,
+                        refresh: Duration::from_secs(*refresh_interval_secs),
+                        ca_bundle_pem: config.ca_bundle_pem.clone(),
+                    }),
+                    allow_jwt_typ: *allow_jwt_typ,
+                }
+            }
+        };
+        issuers.insert(name, source);
+    }
+    if let Some(feed) = &config.revocation.feed {
+        check_feed(feed, &issuers)?;
+    }
+    if config
+        .revocation
+        .client_cutoffs
+        .keys()
+        .any(String::is_empty)
+    {
+        return Err(SettingsError::ClientCutoff);
+    }
+    let rate_limits = config
+        .rate_limits
+        .iter()
+        .map(|r| RateLimit::compile(r).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let trusted_proxies = config
+        .trusted_proxies
+        .as_ref()
+        .map(TrustedProxies::from_config)
+        .transpose()?;
+    let headers = compile_headers(&config, input.tls)?;
+    let token_rules = TokenRules {
+        audiences: verify.audiences.clone(),
+        // Bounded by MAX_LEEWAY_SECS above.
+        leeway_secs: i64::try_from(verify.leeway_secs).unwrap_or(0),
+        max_token_bytes: verify.max_token_bytes,
+    };
+    let upstream = upstream(&config);
+    Ok(Settings {
+        policy,
+        token_rules,
+        issuers,
+        rate_limits,
+        trusted_proxies,
+        headers,
+        client_cutoffs: config.revocation.client_cutoffs.clone(),
+        upstream,
+        recompile_at,
+        config,
+    })
+}
+
+fn check_feed(
+    feed: &FeedConfig,
+    issuers: &HashMap<String, IssuerSource>,
+) -> Result<(), SettingsError> {
+    let url_ok = feed.url.starts_with("https://")
+        && feed
+            .url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some() && u.query().is_none());
+    if !url_ok || !issuers.contains_key(&feed.issuer) || feed.staleness_bound_secs == 0 {
+        return Err(SettingsError::Feed);
+    }
+    Ok(())
+}
+
+fn compile_headers(config: &SidecarConfig, tls: bool) -> Result<HeaderSettings, SettingsError> {
+    let h = &config.headers;
+    let name = |text: &str| {
+        HeaderName::from_bytes(text.as_bytes())
+            .ok()
+            .filter(|n| n.as_str() == text && !RESERVED_HEADERS.contains(&text))
+            .ok_or_else(|| SettingsError::HeaderName(text.to_owned()))
+    };
+    Ok(HeaderSettings {
+        security: h.security_headers,
+        hsts: match h.hsts {
+            Hsts::Always => true,
+            Hsts::Never => false,
+            Hsts::Auto => tls,
+        },
+        no_store: h
+            .no_store_paths
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(SettingsError::NoStorePath)?,
+        subject: name(&h.subject_header)?,
+        scopes: name(&h.scopes_header)?,
+        client_id: name(&h.client_id_header)?,
+    })
+}
+
+fn upstream(config: &SidecarConfig) -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60));
+    if config.upstream.protocol == UpstreamProtocol::H2c {
+        builder.http2_only(true);
+    }
+    Upstream {
+        client: builder.build(connector),
+        authority: format!("127.0.0.1:{}", config.upstream.port),
+        protocol: config.upstream.protocol,
+        response_timeout: Duration::from_secs(config.upstream.response_timeout_secs.max(1)),
+    }
+}

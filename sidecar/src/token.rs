@@ -1,0 +1,163 @@
+//! Access-token validation: a compact JWS checked against trusted keys, then its claims
+//! (RFC 9068, RFC 8725). Pure: keys, rules and the clock come in as arguments.
+
+use std::sync::Arc;
+
+use scopegate_core::policy::{MalformedScope, parse_scope_claim};
+
+use crate::jose::json::{self, JsonError};
+use crate::jose::jws::{self, JwsError, KeyMap};
+
+/// What a verifier accepts, from the config.
+#[derive(Debug, Clone)]
+pub struct TokenRules {
+    /// A token's `aud` must contain one of these exactly.
+    pub audiences: Vec<String>,
+    /// Clock skew tolerated for `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: i64,
+    /// Largest token accepted, in bytes.
+    pub max_token_bytes: usize,
+}
+
+/// The keys of one trusted issuer as the validator sees them.
+#[derive(Clone)]
+pub struct IssuerKeys {
+    /// Keys by `kid`.
+    pub keys: Arc<KeyMap>,
+    /// Whether `typ: JWT` (or no `typ`) is accepted besides `at+jwt`.
+    pub allow_jwt_typ: bool,
+}
+
+/// A token that passed validation: what the proxy needs afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// `iss`.
+    pub iss: String,
+    /// `sub`.
+    pub sub: Option<String>,
+    /// `client_id`.
+    pub client_id: Option<String>,
+    /// Granted scopes.
+    pub scopes: Vec<Box<str>>,
+    /// `exp`.
+    pub exp: i64,
+    /// `iat`.
+    pub iat: Option<i64>,
+    /// `jti`.
+    pub jti: Option<String>,
+}
+
+/// Why a token was refused: every variant answers 401 `invalid_token`; the variant goes to
+/// the log only. No variant carries token text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Longer than `maxTokenBytes`.
+    #[error("token larger than the limit")]
+    TooLarge,
+    /// Not a well-formed compact JWS, or its signature does not verify.
+    #[error("jws: {0}")]
+    Jws(#[from] JwsError),
+    /// The claims are not a strict JSON object of the right types.
+    #[error("claims: {0}")]
+    Claims(JsonError),
+    /// `iss` is not a trusted issuer.
+    #[error("untrusted issuer")]
+    Issuer,
+    /// `typ` is not accepted for this issuer.
+    #[error("typ not accepted")]
+    Typ,
+    /// A claim the profile requires is missing.
+    #[error("required claim {0} missing")]
+    Missing(&'static str),
+    /// No accepted audience in `aud`.
+    #[error("audience not accepted")]
+    Audience,
+    /// Past `exp` plus leeway.
+    #[error("expired")]
+    Expired,
+    /// Before `nbf` minus leeway.
+    #[error("not yet valid")]
+    NotYetValid,
+    /// `iat` later than now plus leeway.
+    #[error("issued in the future")]
+    IssuedInFuture,
+    /// `scope` is not a space-separated list of scope tokens.
+    #[error("{0}")]
+    Scope(#[from] MalformedScope),
+    /// Revoked by a client cut-off, a jti revocation or a subject cut-off.
+    #[error("revoked ({0})")]
+    Revoked(&'static str),
+}
+
+/// Validates a bearer token: size, JWS shape and header, key by (`iss`, `kid`) with the
+/// algorithm the key was loaded for, signature, `typ`, then the claims. `issuer` maps a
+/// claimed `iss` to its trusted keys; `now` is Unix seconds. Revocation is checked apart.
+pub fn validate(
+    token: &str,
+    rules: &TokenRules,
+    issuer: impl FnOnce(&str) -> Option<IssuerKeys>,
+    now: i64,
+) -> Result<VerifiedToken, TokenError> {
+    if token.len() > rules.max_token_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let compact = jws::parse(token)?;
+    let claims = json::parse_claims(&compact.payload).map_err(TokenError::Claims)?;
+    let iss = claims.iss.ok_or(TokenError::Missing("iss"))?;
+    let trusted = issuer(&iss).ok_or(TokenError::Issuer)?;
+    compact.verify_with(&trusted.keys)?;
+
+    let at_jwt = match compact.header.typ.as_deref() {
+        Some(typ) if jws::typ_is(typ, "at+jwt") => true,
+        Some(typ) if trusted.allow_jwt_typ && jws::typ_is(typ, "jwt") => false,
+        None if trusted.allow_jwt_typ => false,
+        _ => return Err(TokenError::Typ),
+    };
+    let exp = claims.exp.ok_or(TokenError::Missing("exp"))?;
+    let aud = claims.aud.ok_or(TokenError::Missing("aud"))?;
+    if at_jwt {
+        // RFC 9068 §2.2: all of these are required in a JWT access token.
+        for (name, present) in [
+            ("sub", claims.sub.is_some()),
+            ("client_id", claims.client_id.is_some()),
+            ("iat", claims.iat.is_some()),
+            ("jti", claims.jti.is_some()),
+        ] {
+            if !present {
+                return Err(TokenError::Missing(name));
+            }
+        }
+    }
+    if !aud.contains_any(&rules.audiences) {
+        return Err(TokenError::Audience);
+    }
+    let leeway = rules.leeway_secs;
+    if now >= exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+    {
+        return Err(TokenError::NotYetValid);
+    }
+    if claims
+        .iat
+        .is_some_and(|iat| iat > now.saturating_add(leeway))
+    {
+        return Err(TokenError::IssuedInFuture);
+    }
+    let scopes = match claims.scope.as_deref() {
+        Some(scope) => parse_scope_claim(scope)?,
+        None => Vec::new(),
+    };
+    Ok(VerifiedToken {
+        iss,
+        sub: claims.sub,
+        client_id: claims.client_id,
+        scopes,
+        exp,
+        iat: claims.iat,
+        jti: claims.jti,
+    })
+}

@@ -1,0 +1,276 @@
+//! The revocation feed client against a small feed server over TLS speaking the
+//! `scopegate_core::feed` format: signed pages apply (and flush cached tokens), forged or
+//! replayed pages are refused, staleness shows in `/readyz`, fail-open by default and
+//! fail-closed when configured.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use scopegate_core::feed::{FeedPage, JtiRevocation, SubjectCutoff};
+use serde_json::{Value, json};
+use support::*;
+
+/// Pages by the cursor they answer; an unscripted cursor gets an empty page (or `fallback`).
+#[derive(Default)]
+struct Script {
+    pages: HashMap<Option<String>, String>,
+    fallback_status: Option<u16>,
+}
+
+struct Feed {
+    script: Arc<Mutex<Script>>,
+    server: TlsServer,
+    key: SigningKey,
+}
+
+fn cursor_of(target: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix("cursor="))
+        .map(str::to_owned)
+}
+
+fn sign_page(key: &SigningKey, kid: &str, page: &FeedPage) -> String {
+    mint(
+        key,
+        &json!({"alg": "ES256", "kid": kid, "typ": "revocation-feed+jwt"}),
+        &serde_json::to_value(page).unwrap(),
+    )
+}
+
+fn page(cursor: Option<&str>, next: &str, reset: bool) -> FeedPage {
+    FeedPage {
+        iss: ISSUER.into(),
+        iat: now(),
+        cursor: cursor.map(Into::into),
+        next_cursor: next.into(),
+        reset,
+        jtis: vec![],
+        subjects: vec![],
+    }
+}
+
+async fn feed(key: SigningKey) -> Feed {
+    let script: Arc<Mutex<Script>> = Arc::default();
+    let s = script.clone();
+    let server = TlsServer::start(Arc::new(move |target: String| {
+        let script = s.lock().unwrap();
+        let cursor = cursor_of(&target);
+        if let Some(body) = script.pages.get(&cursor) {
+            return (200, "application/jwt", body.clone());
+        }
+        match script.fallback_status {
+            Some(status) => (status, "text/plain", String::new()),
+            // An empty page needs a signature: the test scripts every cursor it expects.
+            None => (404, "text/plain", String::new()),
+        }
+    }))
+    .await;
+    Feed {
+        script,
+        server,
+        key,
+    }
+}
+
+fn feed_config(upstream: u16, feed: &Feed, fail_closed: bool, bound: u64) -> Value {
+    let mut cfg = config(
+        upstream,
+        json!({"keys": [feed.key.jwk("k1", Some("ES256"))]}),
+    );
+    cfg["revocation"] = json!({
+        "clientCutoffs": {"legacy-app": now() + 10},
+        "feed": {
+            "url": feed.server.url("/oauth2/revocations"), "issuer": ISSUER,
+            "stalenessBoundSecs": bound, "failClosed": fail_closed
+        }
+    });
+    cfg["caBundlePem"] = json!(feed.server.ca_pem);
+    cfg
+}
+
+fn token_with(key: &SigningKey, edit: impl FnOnce(&mut Value)) -> String {
+    let mut c = claims("read:items");
+    edit(&mut c);
+    mint(key, &header("ES256", "k1"), &c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_pages_revoke_tokens_and_flush_the_cache() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (key, _) = SigningKey::es256();
+    let feed = feed(key).await;
+    let mut first = page(None, "c1", true);
+    first.jtis.push(JtiRevocation {
+        jti: "revoked-1".into(),
+        exp: now() + 600,
+    });
+    first.subjects.push(SubjectCutoff {
+        sub: "mallory".into(),
+        before: now() + 10,
+        until: now() + 700,
+    });
+    feed.script
+        .lock()
+        .unwrap()
+        .pages
+        .insert(None, sign_page(&feed.key, "k1", &first));
+    let cached = token_with(&feed.key, |c| c["jti"] = json!("later-revoked"));
+    let dir = TempDir::new();
+    let sidecar = start_sidecar(&dir, &feed_config(upstream.addr.port(), &feed, false, 60)).await;
+    let addr = sidecar.proxy_addr();
+    eventually("the first page", Duration::from_secs(20), || async {
+        readyz(sidecar.admin_addr())
+            .await
+            .1
+            .contains("revocation feed: fresh")
+            .then_some(())
+    })
+    .await;
+    let revoked = token_with(&feed.key, |c| c["jti"] = json!("revoked-1"));
+    assert_eq!(get_with_token(addr, "/items/1", &revoked).await.status, 401);
+    let cut_off = token_with(&feed.key, |c| c["sub"] = json!("mallory"));
+    assert_eq!(get_with_token(addr, "/items/1", &cut_off).await.status, 401);
+    let legacy = token_with(&feed.key, |c| c["client_id"] = json!("legacy-app"));
+    assert_eq!(
+        get_with_token(addr, "/items/1", &legacy).await.status,
+        401,
+        "client cut-off"
+    );
+    assert_eq!(get_with_token(addr, "/items/1", &cached).await.status, 200);
+    assert_eq!(
+        get_with_token(addr, "/items/1", &cached).await.status,
+        200,
+        "now cached"
+    );
+
+    // A delta page revokes the cached token: the cache must not keep it alive.
+    let mut second = page(Some("c1"), "c2", false);
+    second.jtis.push(JtiRevocation {
+        jti: "later-revoked".into(),
+        exp: now() + 600,
+    });
+    feed.script
+        .lock()
+        .unwrap()
+        .pages
+        .insert(Some("c1".into()), sign_page(&feed.key, "k1", &second));
+    eventually(
+        "the cached token to be refused",
+        Duration::from_secs(20),
+        || async { (get_with_token(addr, "/items/1", &cached).await.status == 401).then_some(()) },
+    )
+    .await;
+    let metrics = String::from_utf8(get(sidecar.admin_addr(), "/metrics", &[]).await.body).unwrap();
+    assert!(
+        metrics.contains("scopegate_sidecar_revocation_entries 3"),
+        "{metrics}"
+    );
+    sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_pages_are_refused() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (key, _) = SigningKey::es256();
+    let (attacker, _) = SigningKey::es256();
+    let feed = feed(key).await;
+    let mut forged = page(None, "c1", true);
+    forged.jtis.push(JtiRevocation {
+        jti: "victim".into(),
+        exp: now() + 600,
+    });
+    feed.script
+        .lock()
+        .unwrap()
+        .pages
+        .insert(None, sign_page(&attacker, "k1", &forged));
+    let dir = TempDir::new();
+    let sidecar = start_sidecar(&dir, &feed_config(upstream.addr.port(), &feed, false, 60)).await;
+    let admin = sidecar.admin_addr();
+    let detail = eventually(
+        "the forged page refused",
+        Duration::from_secs(20),
+        || async {
+            let (status, text) = readyz(admin).await;
+            (status == 200 && text.contains("last poll failed (bad page)")).then_some(text)
+        },
+    )
+    .await;
+    assert!(detail.contains("never polled successfully"), "{detail}");
+    let victim = token_with(&feed.key, |c| c["jti"] = json!("victim"));
+    assert_eq!(
+        get_with_token(sidecar.proxy_addr(), "/items/1", &victim)
+            .await
+            .status,
+        200
+    );
+
+    // A genuine page answering another cursor is a replay.
+    let replay = page(Some("old"), "c9", true);
+    feed.script
+        .lock()
+        .unwrap()
+        .pages
+        .insert(None, sign_page(&feed.key, "k1", &replay));
+    let count = feed.server.count();
+    eventually("another refused poll", Duration::from_secs(20), || async {
+        (feed.server.count() > count + 1).then_some(())
+    })
+    .await;
+    assert!(readyz(admin).await.1.contains("never polled successfully"));
+    sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_feed_fails_open_by_default_and_closed_when_asked() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    for fail_closed in [false, true] {
+        let (key, _) = SigningKey::es256();
+        let feed = feed(key).await;
+        feed.script.lock().unwrap().fallback_status = Some(503);
+        let dir = TempDir::new();
+        let sidecar = start_sidecar(
+            &dir,
+            &feed_config(upstream.addr.port(), &feed, fail_closed, 1),
+        )
+        .await;
+        let (want_ready, want_token, mode) = if fail_closed {
+            (503, 503, "fail-closed")
+        } else {
+            (200, 200, "fail-open")
+        };
+        let detail = eventually("a failed poll", Duration::from_secs(20), || async {
+            let (status, text) = readyz(sidecar.admin_addr()).await;
+            (status == want_ready && text.contains("last poll failed (status)")).then_some(text)
+        })
+        .await;
+        assert!(
+            detail.contains(&format!(
+                "STALE (never polled successfully, bound 1s, {mode})"
+            )),
+            "{detail}"
+        );
+        let token = token_with(&feed.key, |_| {});
+        let r = get_with_token(sidecar.proxy_addr(), "/items/1", &token).await;
+        assert_eq!(r.status, want_token, "{mode}");
+        assert_eq!(
+            get(sidecar.proxy_addr(), "/public/x", &[]).await.status,
+            200,
+            "{mode}: public routes pass"
+        );
+        let metrics =
+            String::from_utf8(get(sidecar.admin_addr(), "/metrics", &[]).await.body).unwrap();
+        assert!(
+            !metrics.contains("scopegate_sidecar_revocation_feed_staleness_seconds -1"),
+            "{metrics}"
+        );
+        sidecar.shutdown().await;
+    }
+}

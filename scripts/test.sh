@@ -34,11 +34,20 @@ step "helm lint"
 
 step "end-to-end tests against a local control plane"
 cargo build -p scopegate-e2e --tests --locked
+cargo build -p scopegate-operator --locked
 E2E_DIR="$(mktemp -d "${TMPDIR:-/tmp}/scopegate-e2e.XXXXXX")"
 trap 'bash "$root/e2e/scripts/cluster-down.sh" "$E2E_DIR"' EXIT
 bash e2e/scripts/cluster-up.sh "$E2E_DIR"
+bash e2e/scripts/operator-up.sh "$E2E_DIR" "$CARGO_TARGET_DIR/debug/scopegate-operator"
 source "$E2E_DIR/env"
-# Two test threads: the other core serves kube-apiserver and etcd.
-cargo test -p scopegate-e2e --locked -- --test-threads 2 --nocapture
+# Two test threads: the other core serves kube-apiserver, etcd and the operator.
+if ! cargo test -p scopegate-e2e --locked --test crds --test operator -- --test-threads 2 --nocapture; then
+  echo "--- operator log (last 40 lines) ---" >&2; tail -n 40 "$E2E_DIR/logs/operator.log" >&2
+  exit 1
+fi
+
+step "operator lifecycle: leader election and SIGKILL recovery (tests start their own operators)"
+kill "$(cat "$E2E_DIR/operator.pid")" && rm -f "$E2E_DIR/operator.pid"
+cargo test -p scopegate-e2e --locked --test operator_lifecycle -- --test-threads 1 --nocapture
 
 step "all tests passed in $((SECONDS - started))s"

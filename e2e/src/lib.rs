@@ -187,3 +187,133 @@ where
         }
     }
 }
+
+/// Reads one key of a Secret as text (None when the Secret or key is missing).
+pub async fn secret_text(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(key).cloned())
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+}
+
+/// Reads one key of a ConfigMap (None when missing).
+pub async fn config_map_text(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<Option<String>> {
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    Ok(cm.and_then(|c| c.data).and_then(|d| d.get(key).cloned()))
+}
+
+/// Server-side applies a YAML document as `kind` into `namespace`.
+pub async fn apply_yaml<K>(client: &Client, namespace: &str, yaml: &str) -> anyhow::Result<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut object: K = serde_yaml_ng::from_str(yaml).context("parsing test YAML")?;
+    object.meta_mut().namespace = Some(namespace.to_owned());
+    let name = object.meta().name.clone().context("object without name")?;
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .with_context(|| format!("applying {name}"))?)
+}
+
+/// The status of condition `type_` on an object's `status.conditions`.
+pub fn condition<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// An operator process started by a test, as the operator's ServiceAccount. Killed on drop.
+pub struct OperatorProcess {
+    child: std::process::Child,
+    /// Its admin address.
+    pub admin: std::net::SocketAddr,
+    /// Its leader-election identity.
+    pub identity: String,
+}
+
+impl OperatorProcess {
+    /// Starts the operator binary with its own admin port, competing for `lease`.
+    pub fn start(identity: &str, lease: &str) -> anyhow::Result<Self> {
+        let bin = std::env::var("E2E_OPERATOR_BIN").context("E2E_OPERATOR_BIN: run the tests through `make test`")?;
+        let kubeconfig = std::env::var("E2E_OPERATOR_KUBECONFIG").context("E2E_OPERATOR_KUBECONFIG")?;
+        let dir = std::env::var("E2E_DIR").context("E2E_DIR")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let admin: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = std::fs::File::create(format!("{dir}/logs/operator-{identity}.log"))?;
+        let child = std::process::Command::new(bin)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--namespace", "scopegate-system", "--identity", identity, "--lease-name", lease])
+            .args(["--lease-seconds", "4", "--admin-addr", &admin.to_string()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the operator")?;
+        Ok(Self { child, admin, identity: identity.to_owned() })
+    }
+
+    /// The operator's /metrics text (empty when it does not answer).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)) else {
+            return String::new();
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n");
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body);
+        body
+    }
+
+    /// Whether it holds the lease, by its own metric.
+    pub fn is_leader(&self) -> bool {
+        self.metrics().lines().any(|l| l == "scopegate_operator_leader 1")
+    }
+
+    /// The value of a counter line starting with `prefix` (0 when absent).
+    pub fn counter(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILLs it and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

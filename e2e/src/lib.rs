@@ -260,28 +260,45 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts the operator binary with its own admin port, competing for `lease`.
     pub fn start(identity: &str, lease: &str) -> anyhow::Result<Self> {
-        let bin = std::env::var("E2E_OPERATOR_BIN").context("E2E_OPERATOR_BIN: run the tests through `make test`")?;
-        let kubeconfig = std::env::var("E2E_OPERATOR_KUBECONFIG").context("E2E_OPERATOR_KUBECONFIG")?;
+        let bin = std::env::var("E2E_OPERATOR_BIN")
+            .context("E2E_OPERATOR_BIN: run the tests through `make test`")?;
+        let kubeconfig =
+            std::env::var("E2E_OPERATOR_KUBECONFIG").context("E2E_OPERATOR_KUBECONFIG")?;
         let dir = std::env::var("E2E_DIR").context("E2E_DIR")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let admin: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::fs::File::create(format!("{dir}/logs/operator-{identity}.log"))?;
         let child = std::process::Command::new(bin)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
-            .args(["--namespace", "scopegate-system", "--identity", identity, "--lease-name", lease])
+            .args([
+                "--namespace",
+                "scopegate-system",
+                "--identity",
+                identity,
+                "--lease-name",
+                lease,
+            ])
             .args(["--lease-seconds", "4", "--admin-addr", &admin.to_string()])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting the operator")?;
-        Ok(Self { child, admin, identity: identity.to_owned() })
+        Ok(Self {
+            child,
+            admin,
+            identity: identity.to_owned(),
+        })
     }
 
     /// The operator's /metrics text (empty when it does not answer).
     pub fn metrics(&self) -> String {
         use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)) else {
+        let Ok(mut stream) =
+            std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(1))
+        else {
             return String::new();
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
@@ -293,7 +310,9 @@ impl OperatorProcess {
 
     /// Whether it holds the lease, by its own metric.
     pub fn is_leader(&self) -> bool {
-        self.metrics().lines().any(|l| l == "scopegate_operator_leader 1")
+        self.metrics()
+            .lines()
+            .any(|l| l == "scopegate_operator_leader 1")
     }
 
     /// The value of a counter line starting with `prefix` (0 when absent).

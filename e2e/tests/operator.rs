@@ -605,7 +605,11 @@ spec:
 }
 
 fn client_yaml(name: &str, issuer_ns: &str, extra: &str) -> String {
-    let scopes = if extra.contains("scopes:") { "" } else { "  scopes: [read]" };
+    let scopes = if extra.contains("scopes:") {
+        ""
+    } else {
+        "  scopes: [read]"
+    };
     format!(
         r#"
 apiVersion: scopegate.dev/v1alpha1

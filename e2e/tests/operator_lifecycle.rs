@@ -11,7 +11,8 @@ use scopegate_core::jwk::Jwks;
 use scopegate_core::keys::SigningKeys;
 use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::{
-    ControlPlane, OperatorProcess, TestNamespace, apply_yaml, condition, config_map_text, eventually, secret_text,
+    ControlPlane, OperatorProcess, TestNamespace, apply_yaml, condition, config_map_text,
+    eventually, secret_text,
 };
 
 fn issuer(name: &str) -> String {
@@ -34,7 +35,9 @@ spec:
 }
 
 async fn ready_generation(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<i64> {
-    let p = Api::<AuthPolicy>::namespaced(client.clone(), ns).get(name).await?;
+    let p = Api::<AuthPolicy>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?;
     let status = p.status.context("no status")?;
     let ready = condition(&status.conditions, "Ready").context("no Ready")?;
     ensure!(ready.status == "True", "{}", ready.message);
@@ -51,30 +54,57 @@ async fn two_operators_one_leader_and_the_standby_takes_over() {
     let mut b = OperatorProcess::start("replica-b", &lease).unwrap();
 
     eventually("exactly one leader", || async {
-        let leaders = [a.is_leader(), b.is_leader()].iter().filter(|l| **l).count();
+        let leaders = [a.is_leader(), b.is_leader()]
+            .iter()
+            .filter(|l| **l)
+            .count();
         ensure!(leaders == 1, "{leaders} leaders");
         Ok(())
     })
     .await
     .unwrap();
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer("auth")).await.unwrap();
-    eventually("reconciled by the leader", || async { ready_generation(&client, &ns.name, "auth").await }).await.unwrap();
-    let (leader, standby) = if a.is_leader() { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer("auth"))
+        .await
+        .unwrap();
+    eventually("reconciled by the leader", || async {
+        ready_generation(&client, &ns.name, "auth").await
+    })
+    .await
+    .unwrap();
+    let (leader, standby) = if a.is_leader() {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     assert!(leader.counter("scopegate_operator_reconciles_total") > 0.0);
-    assert_eq!(standby.counter("scopegate_operator_reconciles_total"), 0.0, "the standby writes nothing");
+    assert_eq!(
+        standby.counter("scopegate_operator_reconciles_total"),
+        0.0,
+        "the standby writes nothing"
+    );
     assert!(!standby.is_leader());
 
     leader.kill();
     eventually("the standby takes over", || async {
-        ensure!(standby.is_leader(), "{} does not lead yet", standby.identity);
+        ensure!(
+            standby.is_leader(),
+            "{} does not lead yet",
+            standby.identity
+        );
         Ok(())
     })
     .await
     .unwrap();
     let patch = serde_json::json!({"spec": {"rules": [{"paths": ["/x"], "public": true}]}});
-    Api::<AuthPolicy>::namespaced(client.clone(), &ns.name).patch("auth", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    Api::<AuthPolicy>::namespaced(client.clone(), &ns.name)
+        .patch("auth", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     eventually("the new leader reconciles an edit", || async {
-        ensure!(ready_generation(&client, &ns.name, "auth").await? == 2, "generation 2 not observed");
+        ensure!(
+            ready_generation(&client, &ns.name, "auth").await? == 2,
+            "generation 2 not observed"
+        );
         Ok(())
     })
     .await
@@ -98,12 +128,22 @@ async fn an_operator_killed_mid_reconcile_converges_without_lost_or_duplicated_k
     .await
     .unwrap();
     for name in &names {
-        apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer(name)).await.unwrap();
+        apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer(name))
+            .await
+            .unwrap();
     }
     // Kill it as soon as it has started writing keys (RSA key generation keeps it busy).
     eventually("the first key written", || async {
         for name in &names {
-            if secret_text(&client, &ns.name, &format!("{name}-signing-keys"), "keys.json").await?.is_some() {
+            if secret_text(
+                &client,
+                &ns.name,
+                &format!("{name}-signing-keys"),
+                "keys.json",
+            )
+            .await?
+            .is_some()
+            {
                 return Ok(());
             }
         }
@@ -118,20 +158,39 @@ async fn an_operator_killed_mid_reconcile_converges_without_lost_or_duplicated_k
         eventually(&format!("{name} converged"), || async {
             ready_generation(&client, &ns.name, name).await?;
             let keys: SigningKeys = serde_json::from_str(
-                &secret_text(&client, &ns.name, &format!("{name}-signing-keys"), "keys.json").await?.context("keys")?,
+                &secret_text(
+                    &client,
+                    &ns.name,
+                    &format!("{name}-signing-keys"),
+                    "keys.json",
+                )
+                .await?
+                .context("keys")?,
             )?;
             ensure!(keys.keys.len() == 1, "{name}: {} keys", keys.keys.len());
             let kid = keys.keys[0].kid.clone();
             let jwks: Jwks = serde_json::from_str(
-                &config_map_text(&client, &ns.name, &format!("{name}-jwks"), "jwks.json").await?.context("jwks")?,
+                &config_map_text(&client, &ns.name, &format!("{name}-jwks"), "jwks.json")
+                    .await?
+                    .context("jwks")?,
             )?;
             let published: BTreeSet<_> = jwks.keys.iter().filter_map(|k| k.kid.clone()).collect();
-            ensure!(published == BTreeSet::from([kid.clone()]), "{name}: JWKS {published:?} vs key {kid}");
+            ensure!(
+                published == BTreeSet::from([kid.clone()]),
+                "{name}: JWKS {published:?} vs key {kid}"
+            );
             let config = SidecarConfig::from_json(
-                &config_map_text(&client, &ns.name, &format!("{name}-sidecar"), "config.json").await?.context("config")?,
+                &config_map_text(&client, &ns.name, &format!("{name}-sidecar"), "config.json")
+                    .await?
+                    .context("config")?,
             )?;
-            let KeySource::Static { jwks } = &config.verify.issuers[0].keys else { anyhow::bail!("not static") };
-            ensure!(jwks.find(&kid).is_some(), "{name}: sidecar config lacks {kid}");
+            let KeySource::Static { jwks } = &config.verify.issuers[0].keys else {
+                anyhow::bail!("not static")
+            };
+            ensure!(
+                jwks.find(&kid).is_some(),
+                "{name}: sidecar config lacks {kid}"
+            );
             Ok(())
         })
         .await

@@ -52,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
             .init();
     } else {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 

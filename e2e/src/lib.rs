@@ -230,14 +230,13 @@ where
     object.meta_mut().namespace = Some(namespace.to_owned());
     let name = object.meta().name.clone().context("object without name")?;
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .with_context(|| format!("applying {name}"))?)
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .with_context(|| format!("applying {name}"))
 }
 
 /// The status of condition `type_` on an object's `status.conditions`.

@@ -764,6 +764,13 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
             registry.find(&format!("{}.foreign", other.name)).is_none(),
             "foreign registered"
         );
+        // A namespace with only a client still gets the CA bundle its apps need.
+        ensure!(
+            config_map_text(&client, &other.name, "scopegate-ca", "ca.crt")
+                .await?
+                .is_some(),
+            "no scopegate-ca in a client-only namespace"
+        );
         Ok(())
     })
     .await

@@ -51,6 +51,11 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
     let problems = validate(client, issuer.as_deref());
 
     let ensured = credentials::ensure(client, ctx, now).await?;
+    // Client apps of this namespace verify the issuer's certificate with this bundle.
+    let ca = ctx.ca.borrow().clone();
+    if let Some(ca) = ca {
+        crate::auth_policy::apply_ca_bundle(ctx, &namespace, &ca.bundle(now)).await?;
+    }
     let registered = ctx
         .secret(&issuer_namespace, &Names::of(&issuer_name).clients)
         .and_then(|s| secret_data(&s, CLIENTS_FILE))

@@ -215,7 +215,7 @@ impl Metrics {
             ),
             (
                 "key_set_age_seconds",
-                "Age of the oldest key set in force.",
+                "Seconds since the oldest key set in force was loaded (fetched, or its config applied).",
                 self.key_set_age_secs.load(Ordering::Relaxed).to_string(),
             ),
             (

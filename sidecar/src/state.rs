@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -38,6 +38,10 @@ pub struct Shared {
     pub tls: bool,
     /// Set on SIGTERM: `/readyz` fails so traffic moves away while connections drain.
     pub draining: AtomicBool,
+    /// When the config in force was put in force (Unix seconds): the age of its keys.
+    applied_at: AtomicI64,
+    /// The listener settings changed in a reload: they apply after a restart.
+    restart_needed: AtomicBool,
     reload_error: Mutex<Option<String>>,
     tasks: Mutex<Tasks>,
 }
@@ -63,6 +67,8 @@ impl Shared {
             clock: Clock::start(),
             tls,
             draining: AtomicBool::new(false),
+            applied_at: AtomicI64::new(unix_now()),
+            restart_needed: AtomicBool::new(false),
             reload_error: Mutex::new(None),
             tasks: Mutex::new(Tasks::default()),
         })
@@ -88,8 +94,10 @@ impl Shared {
         let old = self.settings.load();
         if old.config.listen != settings.config.listen {
             tracing::warn!("listen settings changed: they take effect after a restart");
+            self.restart_needed.store(true, Ordering::Release);
         }
         self.settings.store(Arc::new(settings));
+        self.applied_at.store(unix_now(), Ordering::Release);
         self.cache.flush();
         self.metrics
             .config_generation
@@ -227,6 +235,12 @@ impl Shared {
             settings.config.policy.namespace,
             settings.config.policy.name
         );
+        if self.restart_needed.load(Ordering::Acquire) {
+            let _ = writeln!(
+                detail,
+                "listen: the port or TLS files changed in the config; they apply after a restart"
+            );
+        }
         if let Some(error) = &*self.reload_error.lock().unwrap_or_else(|p| p.into_inner()) {
             let _ = writeln!(
                 detail,
@@ -299,6 +313,7 @@ impl Shared {
     pub fn refresh_gauges(&self) {
         let now = unix_now();
         let settings = self.settings.load();
+        let applied_age = now - self.applied_at.load(Ordering::Acquire);
         let age = settings
             .issuers
             .values()
@@ -307,7 +322,7 @@ impl Shared {
                     let health = set.health(now);
                     health.loaded.then_some(health.age_secs)
                 }
-                IssuerSource::Fixed(_) => None,
+                IssuerSource::Fixed(_) => Some(applied_age),
             })
             .max()
             .unwrap_or(0);

@@ -359,3 +359,44 @@ mod base64_standard {
         format!("{url}{}", "=".repeat(pad))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_with_the_mounted_certificate_and_sends_hsts() {
+    let certs = TestCerts::new();
+    let dir = TempDir::new();
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, &certs.leaf_pem).unwrap();
+    std::fs::write(&key_path, certs.leaf_key.serialize_pem()).unwrap();
+    let s = setup(|cfg| {
+        cfg["listen"]["tls"] = json!({"certPath": cert_path, "keyPath": key_path});
+        cfg["headers"]["hsts"] = json!("auto");
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.proxy_addr())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = certs.connector().connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    let r = parse_response(&buf);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    assert_eq!(
+        s.upstream.last().unwrap().headers["x-forwarded-proto"],
+        "https"
+    );
+    s.sidecar.shutdown().await;
+
+    // Plain HTTP with `hsts: auto` sends none.
+    let plain = setup(|cfg| cfg["headers"]["hsts"] = json!("auto")).await;
+    let r = get(plain.sidecar.proxy_addr(), "/public/x", &[]).await;
+    assert_eq!(r.header("strict-transport-security"), None);
+    plain.sidecar.shutdown().await;
+}

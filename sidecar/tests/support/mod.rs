@@ -543,8 +543,16 @@ impl Drop for TlsServer {
     }
 }
 
-impl TlsServer {
-    pub async fn start(handler: Handler) -> TlsServer {
+/// A fresh CA and a leaf certificate for 127.0.0.1 and localhost.
+pub struct TestCerts {
+    pub ca_pem: String,
+    pub leaf: rustls_pki_types::CertificateDer<'static>,
+    pub leaf_pem: String,
+    pub leaf_key: rcgen::KeyPair,
+}
+
+impl TestCerts {
+    pub fn new() -> TestCerts {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -554,13 +562,47 @@ impl TlsServer {
             .unwrap()
             .signed_by(&leaf_key, &ca)
             .unwrap();
+        TestCerts {
+            ca_pem: ca.pem(),
+            leaf_pem: leaf.pem(),
+            leaf: leaf.der().clone(),
+            leaf_key,
+        }
+    }
+
+    /// A TLS client trusting only this CA.
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    }
+}
+
+impl TlsServer {
+    pub async fn start(handler: Handler) -> TlsServer {
+        let TestCerts {
+            ca_pem,
+            leaf,
+            leaf_key,
+            ..
+        } = TestCerts::new();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(
-                vec![leaf.der().clone()],
+                vec![leaf],
                 rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
             )
             .unwrap();
@@ -602,7 +644,7 @@ impl TlsServer {
         });
         TlsServer {
             addr,
-            ca_pem: ca.pem(),
+            ca_pem,
             requests,
             task,
         }

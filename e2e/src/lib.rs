@@ -281,6 +281,7 @@ impl OperatorProcess {
                 lease,
             ])
             .args(["--lease-seconds", "4", "--admin-addr", &admin.to_string()])
+            .args(["--webhook-addr", "127.0.0.1:0"])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -321,6 +322,20 @@ impl OperatorProcess {
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// The tail of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let dir = std::env::var("E2E_DIR").unwrap_or_default();
+        let text = std::fs::read_to_string(format!("{dir}/logs/operator-{}.log", self.identity))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGKILLs it and reaps it.

@@ -41,7 +41,7 @@ fn watched() -> watcher::Config {
 }
 
 /// A cache kept current by its own watch, running in the background.
-fn cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+pub fn cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone

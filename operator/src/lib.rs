@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod oauth_client;
 pub mod registry;
 pub mod rotation;
+pub mod webhook;
 
 use k8s_openapi::api::core::v1::Secret;
 

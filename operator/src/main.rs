@@ -10,7 +10,7 @@ use clap::Parser;
 use scopegate_operator::admin::{self, Health};
 use scopegate_operator::leader::{Elector, LeaseConfig};
 use scopegate_operator::metrics::Metrics;
-use scopegate_operator::{ca_store, controllers};
+use scopegate_operator::{ca_store, controllers, webhook};
 use tokio::sync::watch;
 
 /// Command-line interface of the operator.
@@ -38,6 +38,34 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SCOPEGATE_LOG_JSON")]
     log_json: bool,
+    /// Address of the injection webhook's TLS listener.
+    #[arg(long, default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// Name of the Service in front of the webhook (its DNS names go into the certificate).
+    #[arg(long, default_value = "scopegate-webhook")]
+    webhook_service: String,
+    /// IP addresses for the webhook certificate, for an API server that calls a URL (e.g.
+    /// 127.0.0.1 on a local control plane). Repeatable.
+    #[arg(long = "webhook-ip-san")]
+    webhook_ip_sans: Vec<std::net::IpAddr>,
+    /// The MutatingWebhookConfiguration whose caBundle the leader keeps current.
+    #[arg(long, default_value = "scopegate-injector")]
+    webhook_configuration: String,
+    /// Image of the injected sidecar.
+    #[arg(long, env = "SCOPEGATE_SIDECAR_IMAGE", default_value = concat!("scopegate/sidecar:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    /// Pull policy of the injected sidecar.
+    #[arg(long, default_value = "IfNotPresent")]
+    sidecar_pull_policy: String,
+    /// CPU request of the injected sidecar.
+    #[arg(long, default_value = "10m")]
+    sidecar_cpu_request: String,
+    /// Memory request of the injected sidecar.
+    #[arg(long, default_value = "32Mi")]
+    sidecar_memory_request: String,
+    /// Memory limit of the injected sidecar.
+    #[arg(long, default_value = "128Mi")]
+    sidecar_memory_limit: String,
 }
 
 #[tokio::main]
@@ -84,7 +112,43 @@ async fn main() -> anyhow::Result<()> {
             retry: Duration::from_secs((cli.lease_seconds / 3).max(1)),
         },
     );
-    // A standby is healthy and ready: it serves nothing yet.
+    // Every replica serves the webhook from the certificate the leader keeps in a Secret.
+    let version = client
+        .apiserver_version()
+        .await
+        .context("reading the API server version")?;
+    let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(0);
+    let native_sidecar = version.major == "1" && minor >= 29;
+    tracing::info!(version = %version.git_version, native_sidecar, "API server version");
+    let policies = controllers::cache(
+        kube::Api::<scopegate_crds::v1alpha1::AuthPolicy>::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
+    );
+    let certs = Arc::new(webhook::CertSlot::default());
+    tokio::spawn(webhook::cert::load(
+        client.clone(),
+        cli.namespace.clone(),
+        certs.clone(),
+    ));
+    let webhook_listener = tokio::net::TcpListener::bind(cli.webhook_addr)
+        .await
+        .with_context(|| format!("binding the webhook on {}", cli.webhook_addr))?;
+    let state = webhook::WebhookState {
+        policies,
+        settings: webhook::inject::InjectionSettings {
+            image: cli.sidecar_image.clone(),
+            pull_policy: cli.sidecar_pull_policy.clone(),
+            native_sidecar,
+            cpu_request: cli.sidecar_cpu_request.clone(),
+            memory_request: cli.sidecar_memory_request.clone(),
+            memory_limit: cli.sidecar_memory_limit.clone(),
+        },
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(webhook::serve(webhook_listener, certs, Arc::new(state)));
+    tracing::info!(addr = %cli.webhook_addr, "webhook listening");
+
+    // A standby is healthy and ready: it serves the webhook and writes nothing.
     health.ready.store(true, Ordering::Relaxed);
     tokio::select! {
         () = elector.acquire() => {}
@@ -98,6 +162,20 @@ async fn main() -> anyhow::Result<()> {
         client.clone(),
         cli.namespace.clone(),
         ca_sender,
+    ));
+    let (service, namespace) = (&cli.webhook_service, &cli.namespace);
+    tokio::spawn(webhook::cert::maintain(
+        client.clone(),
+        webhook::cert::WebhookIdentity {
+            namespace: namespace.clone(),
+            dns_names: vec![
+                format!("{service}.{namespace}.svc"),
+                format!("{service}.{namespace}.svc.cluster.local"),
+            ],
+            ips: cli.webhook_ip_sans.clone(),
+            configuration: cli.webhook_configuration.clone(),
+        },
+        ca_receiver.clone(),
     ));
 
     let ready = {

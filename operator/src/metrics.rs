@@ -23,6 +23,13 @@ pub struct FailureLabels {
     pub category: &'static str,
 }
 
+/// Labels of webhook review metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// unchanged, injected or denied.
+    pub outcome: &'static str,
+}
+
 /// The operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -40,6 +47,10 @@ pub struct Metrics {
     pub skipped_writes: Counter,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Admission reviews answered, by outcome.
+    pub webhook_reviews: Family<OutcomeLabels, Counter>,
+    /// Time to answer an admission review (server side).
+    pub webhook_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -61,6 +72,9 @@ impl Default for Metrics {
         let writes = Counter::default();
         let skipped_writes = Counter::default();
         let leader = Gauge::default();
+        let webhook_reviews = Family::<OutcomeLabels, Counter>::default();
+        let webhook_duration =
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]);
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -88,6 +102,16 @@ impl Default for Metrics {
             skipped_writes.clone(),
         );
         registry.register("leader", "1 while this replica leads", leader.clone());
+        registry.register(
+            "webhook_reviews",
+            "Admission reviews answered, by outcome",
+            webhook_reviews.clone(),
+        );
+        registry.register(
+            "webhook_duration_seconds",
+            "Time to answer an admission review",
+            webhook_duration.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -97,6 +121,8 @@ impl Default for Metrics {
             writes,
             skipped_writes,
             leader,
+            webhook_reviews,
+            webhook_duration,
         }
     }
 }

@@ -1,0 +1,286 @@
+//! The injection webhook on a real API server: the chart installed with Helm, the API server
+//! calling the operator process over TLS at a 127.0.0.1 URL with the caBundle the operator
+//! keeps, and pods coming back with the sidecar (or refused, or untouched).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use scopegate_crds::v1alpha1::AuthPolicy;
+use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, eventually, repo_root};
+
+async fn setup(test: &str, labelled: bool) -> (ControlPlane, Client, TestNamespace) {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let ns = TestNamespace::create(&client, test)
+        .await
+        .expect("namespace");
+    if labelled {
+        let label =
+            serde_json::json!({"metadata": {"labels": {"scopegate.dev/injection": "enabled"}}});
+        Api::<Namespace>::all(client.clone())
+            .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .expect("label namespace");
+    }
+    (plane, client, ns)
+}
+
+fn policy(name: &str, app: &str) -> String {
+    format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: {name}}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  issuer:
+    external: {{issuer: "https://idp.example", jwksUri: "https://idp.example/jwks", algorithms: [ES256]}}
+  audiences: [orders]
+  upstream: {{port: 8080}}
+"#
+    )
+}
+
+fn pod(name: &str, app: &str) -> Pod {
+    serde_yaml_ng::from_str(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {app}}}}}
+spec:
+  containers:
+    - name: app
+      image: example/app
+      ports: [{{containerPort: 8080}}]
+      readinessProbe: {{httpGet: {{path: /ready, port: 8080}}}}
+"#
+    ))
+    .expect("pod YAML")
+}
+
+fn sidecars(pod: &Pod) -> usize {
+    let spec = pod.spec.as_ref().expect("spec");
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.name == "scopegate-sidecar")
+        .count()
+}
+
+/// The webhook configuration is read asynchronously by the API server: wait until a dry-run
+/// pod comes back injected.
+async fn wait_for_injection(client: &Client, ns: &str) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    eventually("the API server calling the webhook", || async {
+        let created = api
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &pod("probe", "orders"),
+            )
+            .await?;
+        anyhow::ensure!(sidecars(&created) == 1, "not injected yet");
+        Ok(())
+    })
+    .await
+    .expect("injection");
+}
+
+#[tokio::test]
+async fn selected_pods_get_a_locked_down_native_sidecar_and_others_are_untouched() {
+    let (_plane, client, ns) = setup("inject", true).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
+        .await
+        .unwrap();
+    wait_for_injection(&client, &ns.name).await;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+
+    let created = api
+        .create(&PostParams::default(), &pod("orders-1", "orders"))
+        .await
+        .expect("created");
+    let spec = created.spec.clone().unwrap();
+    let sidecar = spec
+        .init_containers
+        .as_ref()
+        .and_then(|c| c.first())
+        .expect("native sidecar first");
+    assert_eq!(sidecar.name, "scopegate-sidecar");
+    assert_eq!(
+        sidecar.restart_policy.as_deref(),
+        Some("Always"),
+        "a native sidecar on 1.37"
+    );
+    assert_eq!(sidecar.image.as_deref(), Some("scopegate/sidecar:e2e"));
+    let security = sidecar.security_context.as_ref().unwrap();
+    assert_eq!(security.run_as_non_root, Some(true));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let probe = spec.containers[0]
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        probe.path.as_deref(),
+        Some("/app-health/app/readiness"),
+        "the app's probe goes through the sidecar"
+    );
+    let config_volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "scopegate-config")
+        .expect("config volume");
+    assert_eq!(
+        config_volume.config_map.as_ref().unwrap().name,
+        "orders-sidecar"
+    );
+    assert_eq!(
+        created.metadata.annotations.clone().unwrap_or_default()["scopegate.dev/injected"],
+        "orders"
+    );
+
+    let other = api
+        .create(&PostParams::default(), &pod("other-1", "other"))
+        .await
+        .unwrap();
+    assert_eq!(sidecars(&other), 0, "an unselected pod is untouched");
+
+    // Admitting an injected pod again injects nothing more.
+    let mut again = created.clone();
+    again.metadata = kube::api::ObjectMeta {
+        name: Some("orders-2".into()),
+        labels: Some(BTreeMap::from([("app".into(), "orders".into())])),
+        ..Default::default()
+    };
+    let twice = api.create(&PostParams::default(), &again).await.unwrap();
+    assert_eq!(sidecars(&twice), 1, "injected once");
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pod_selected_by_two_policies_is_refused_with_their_names() {
+    let (_plane, client, ns) = setup("overlap", true).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
+        .await
+        .unwrap();
+    wait_for_injection(&client, &ns.name).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("a", "dup"))
+        .await
+        .unwrap();
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("b", "dup"))
+        .await
+        .unwrap();
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let message = eventually("the overlap refused", || async {
+        match api
+            .create(
+                &PostParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                &pod("dup-1", "dup"),
+            )
+            .await
+        {
+            Ok(_) => anyhow::bail!("admitted"),
+            Err(kube::Error::Api(status)) => Ok(status.message),
+            Err(other) => Err(other.into()),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(message.contains("AuthPolicies a and b"), "{message}");
+    assert!(
+        api.get_opt("dup-1").await.unwrap().is_none(),
+        "a dry run writes nothing"
+    );
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn pods_in_unlabelled_namespaces_are_never_sent_to_the_webhook() {
+    let (_plane, client, labelled) = setup("labelled", true).await;
+    apply_yaml::<AuthPolicy>(&client, &labelled.name, &policy("orders", "orders"))
+        .await
+        .unwrap();
+    wait_for_injection(&client, &labelled.name).await;
+    let (_plane, client, plain) = setup("plain", false).await;
+    apply_yaml::<AuthPolicy>(&client, &plain.name, &policy("orders", "orders"))
+        .await
+        .unwrap();
+    let created = Api::<Pod>::namespaced(client.clone(), &plain.name)
+        .create(&PostParams::default(), &pod("orders-1", "orders"))
+        .await
+        .unwrap();
+    assert_eq!(sidecars(&created), 0);
+    labelled.delete().await.unwrap();
+    plain.delete().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let helm = std::env::var("E2E_HELM").expect("E2E_HELM");
+    let chart = repo_root().join("charts/scopegate");
+    let lint = std::process::Command::new(&helm)
+        .arg("lint")
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    for values in [
+        vec![],
+        vec![
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set",
+            "networkPolicy.namespaces={default}",
+        ],
+        vec![
+            "--set",
+            "webhook.url=https://127.0.0.1:9443/mutate-pods",
+            "--set",
+            "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ],
+    ] {
+        let rendered = std::process::Command::new(&helm)
+            .args(["template", "chartcheck"])
+            .arg(&chart)
+            .args(["--namespace", "scopegate-system"])
+            .args(&values)
+            .output()
+            .unwrap();
+        assert!(
+            rendered.status.success(),
+            "{}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        let path =
+            std::env::temp_dir().join(format!("scopegate-chart-{}.yaml", std::process::id()));
+        std::fs::write(&path, &rendered.stdout).unwrap();
+        let applied = plane.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=chart-check",
+            "--dry-run=server",
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+        assert!(applied.is_ok(), "values {values:?}: {applied:?}");
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,605 @@
+//! Pure sidecar injection: given a pod and the AuthPolicies of its namespace, decide whether
+//! to admit it unchanged, inject the sidecar, or refuse it — and build the JSON patch.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use scopegate_core::names;
+use scopegate_crds::v1alpha1::AuthPolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::auth_policy::build::{CA_CONFIGMAP, LISTEN_TLS_MOUNT_DIR, Names};
+
+/// Name of the injected container.
+pub const SIDECAR_NAME: &str = "scopegate-sidecar";
+/// Annotation on an injected pod naming its AuthPolicy.
+pub const INJECTED_ANNOTATION: &str = "scopegate.dev/injected";
+/// Where app containers find the operator's CA bundle.
+pub const APP_CA_MOUNT_DIR: &str = "/etc/scopegate/ca";
+/// The shared emptyDir holding the mint socket, in the sidecar and the app containers.
+pub const MINT_SOCKET_DIR: &str = "/var/run/scopegate";
+/// Env var carrying the app's original HTTP probes, which the sidecar's admin port serves at
+/// `/app-health/<container>/<kind>`.
+pub const APP_PROBES_ENV: &str = "SCOPEGATE_APP_PROBES";
+
+/// What the injector needs to know about the cluster and the sidecar.
+#[derive(Debug, Clone)]
+pub struct InjectionSettings {
+    /// Sidecar image reference.
+    pub image: String,
+    /// Image pull policy.
+    pub pull_policy: String,
+    /// Run the sidecar as a native sidecar (an init container with restartPolicy Always,
+    /// Kubernetes ≥ 1.29); else as a regular container.
+    pub native_sidecar: bool,
+    /// CPU request, e.g. `10m`.
+    pub cpu_request: String,
+    /// Memory request, e.g. `32Mi`.
+    pub memory_request: String,
+    /// Memory limit, e.g. `128Mi`.
+    pub memory_limit: String,
+}
+
+/// The injector's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Admit the pod as it is.
+    Unchanged,
+    /// Admit it with this JSON patch (RFC 6902) applied.
+    Patch(Vec<serde_json::Value>),
+    /// Refuse it, saying why.
+    Deny(String),
+}
+
+/// Whether `selector` selects `labels` (matchLabels and matchExpressions).
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_match = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let expressions_match = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_match && expressions_match
+}
+
+/// An original app probe, as the sidecar replays it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppProbe {
+    /// The app's port.
+    pub port: i32,
+    /// The path probed.
+    pub path: String,
+}
+
+/// Decides what to do with `pod` given every AuthPolicy of its namespace.
+pub fn decide(pod: &Pod, policies: &[&AuthPolicy], settings: &InjectionSettings) -> Decision {
+    let labels = pod.labels();
+    let selecting: Vec<&AuthPolicy> = policies
+        .iter()
+        .copied()
+        .filter(|p| selects(&p.spec.selector, labels))
+        .collect();
+    let policy = match selecting.as_slice() {
+        [] => return Decision::Unchanged,
+        [one] => *one,
+        many => {
+            let mut names: Vec<String> = many.iter().map(|p| p.name_any()).collect();
+            names.sort();
+            return Decision::Deny(format!(
+                "pod is selected by AuthPolicies {}: at most one AuthPolicy may select a pod; narrow their selectors",
+                names.join(" and ")
+            ));
+        }
+    };
+    let spec = pod.spec.clone().unwrap_or_default();
+    let already = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .any(|c| c.name == SIDECAR_NAME);
+    if already {
+        return Decision::Unchanged;
+    }
+    let mut mutated = pod.clone();
+    inject(&mut mutated, policy, settings);
+    let original = serde_json::to_value(pod).unwrap_or_default();
+    let changed = serde_json::to_value(&mutated).unwrap_or_default();
+    Decision::Patch(diff(&original, &changed))
+}
+
+/// Top-level JSON patch from `before` to `after` for the fields injection touches.
+fn diff(before: &serde_json::Value, after: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut ops = Vec::new();
+    for path in [
+        "/metadata/annotations",
+        "/spec/initContainers",
+        "/spec/containers",
+        "/spec/volumes",
+    ] {
+        let (old, new) = (before.pointer(path), after.pointer(path));
+        if old != new {
+            let op = if old.is_some() { "replace" } else { "add" };
+            ops.push(serde_json::json!({"op": op, "path": path, "value": new}));
+        }
+    }
+    ops
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.to_owned(),
+        mount_path: path.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(names::SIDECAR_ADMIN_PORT)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// Adds the sidecar, its volumes and the app-side mounts to `pod`.
+pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) {
+    let names_of = Names::of(&policy.name_any());
+    let issuer = policy.spec.issuer.self_.is_some();
+    let spec = pod.spec.get_or_insert_with(Default::default);
+
+    let mut volumes = vec![Volume {
+        name: "scopegate-config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: names_of.sidecar.clone(),
+            ..Default::default()
+        }),
+        ..Volume::default()
+    }];
+    let mut sidecar_mounts = vec![mount("scopegate-config", names::CONFIG_MOUNT_DIR)];
+    let mut app_mounts = vec![mount("scopegate-ca", APP_CA_MOUNT_DIR)];
+    volumes.push(Volume {
+        name: "scopegate-ca".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: CA_CONFIGMAP.into(),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Volume::default()
+    });
+    if issuer {
+        for (volume, secret, dir) in [
+            (
+                "scopegate-signing-keys",
+                &names_of.signing_keys,
+                names::SIGNING_KEYS_MOUNT_DIR,
+            ),
+            (
+                "scopegate-clients",
+                &names_of.clients,
+                names::CLIENTS_MOUNT_DIR,
+            ),
+            ("scopegate-tls", &names_of.tls, names::TLS_MOUNT_DIR),
+        ] {
+            volumes.push(Volume {
+                name: volume.into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    ..Default::default()
+                }),
+                ..Volume::default()
+            });
+            sidecar_mounts.push(mount(volume, dir));
+        }
+        volumes.push(Volume {
+            name: "scopegate-mint".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        });
+        let writable = VolumeMount {
+            read_only: Some(false),
+            ..mount("scopegate-mint", MINT_SOCKET_DIR)
+        };
+        sidecar_mounts.push(writable.clone());
+        app_mounts.push(writable);
+    }
+    if let Some(tls) = &policy.spec.listen.tls_secret {
+        volumes.push(Volume {
+            name: "scopegate-listen-tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.clone()),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        });
+        sidecar_mounts.push(mount("scopegate-listen-tls", LISTEN_TLS_MOUNT_DIR));
+    }
+
+    // The app's HTTP probes go through the sidecar's admin port, which replays them.
+    let mut probes: BTreeMap<String, AppProbe> = BTreeMap::new();
+    for container in &mut spec.containers {
+        for (kind, probe) in [
+            ("liveness", &mut container.liveness_probe),
+            ("readiness", &mut container.readiness_probe),
+            ("startup", &mut container.startup_probe),
+        ] {
+            let Some(get) = probe.as_mut().and_then(|p| p.http_get.as_mut()) else {
+                continue;
+            };
+            let port = match &get.port {
+                IntOrString::Int(p) => *p,
+                IntOrString::String(name) => container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name))
+                    .map_or(0, |p| p.container_port),
+            };
+            probes.insert(
+                format!("{}/{kind}", container.name),
+                AppProbe {
+                    port,
+                    path: get.path.clone().unwrap_or_else(|| "/".into()),
+                },
+            );
+            get.port = IntOrString::Int(i32::from(names::SIDECAR_ADMIN_PORT));
+            get.path = Some(format!("/app-health/{}/{kind}", container.name));
+            get.scheme = Some("HTTP".into());
+            get.host = None;
+        }
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .extend(app_mounts.iter().cloned());
+    }
+
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            field_path: path.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sidecar = Container {
+        name: SIDECAR_NAME.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.pull_policy.clone()),
+        args: Some(vec![
+            "--config".into(),
+            format!(
+                "{}/{}",
+                names::CONFIG_MOUNT_DIR,
+                scopegate_core::config::CONFIG_FILE
+            ),
+        ]),
+        env: Some(vec![
+            EnvVar {
+                name: "POD_NAME".into(),
+                value_from: Some(field("metadata.name")),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "POD_NAMESPACE".into(),
+                value_from: Some(field("metadata.namespace")),
+                ..Default::default()
+            },
+            EnvVar {
+                name: APP_PROBES_ENV.into(),
+                value: Some(serde_json::to_string(&probes).unwrap_or_default()),
+                ..Default::default()
+            },
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("scopegate".into()),
+                container_port: policy.spec.listen.port,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("scopegate-admin".into()),
+                container_port: i32::from(names::SIDECAR_ADMIN_PORT),
+                ..Default::default()
+            },
+        ]),
+        restart_policy: settings.native_sidecar.then(|| "Always".to_owned()),
+        startup_probe: Some(http_probe("/healthz", 1, 60)),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity(settings.cpu_request.clone())),
+                (
+                    "memory".to_owned(),
+                    Quantity(settings.memory_request.clone()),
+                ),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity(settings.memory_limit.clone()),
+            )])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(sidecar_mounts),
+        ..Container::default()
+    };
+    if settings.native_sidecar {
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, sidecar);
+    } else {
+        spec.containers.insert(0, sidecar);
+    }
+    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(INJECTED_ANNOTATION.into(), policy.name_any());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(native: bool) -> InjectionSettings {
+        InjectionSettings {
+            image: "scopegate/sidecar:test".into(),
+            pull_policy: "IfNotPresent".into(),
+            native_sidecar: native,
+            cpu_request: "10m".into(),
+            memory_request: "32Mi".into(),
+            memory_limit: "128Mi".into(),
+        }
+    }
+
+    fn policy(name: &str, selector: &str, issuer: bool) -> AuthPolicy {
+        let issuer = if issuer {
+            "self: {url: https://auth.example, service: {name: auth, port: 443}}"
+        } else {
+            "policyRef: {name: auth}"
+        };
+        serde_yaml_ng::from_str(&format!(
+            "apiVersion: scopegate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  selector: {selector}\n  issuer: {{{issuer}}}\n  audiences: [x]\n  upstream: {{port: 8080}}\n"
+        ))
+        .unwrap()
+    }
+
+    fn pod(labels: &str) -> Pod {
+        serde_yaml_ng::from_str(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: p, namespace: shop, labels: {labels}}}
+spec:
+  containers:
+    - name: app
+      image: app
+      ports: [{{name: http, containerPort: 8080}}]
+      readinessProbe: {{httpGet: {{path: /ready, port: http}}}}
+      livenessProbe: {{httpGet: {{path: /live, port: 8080}}}}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn apply(pod: &Pod, ops: &[serde_json::Value]) -> Pod {
+        let mut value = serde_json::to_value(pod).unwrap();
+        for op in ops {
+            let path = op["path"].as_str().unwrap();
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            let target = if parent.is_empty() {
+                &mut value
+            } else {
+                value.pointer_mut(parent).unwrap()
+            };
+            target[key] = op["value"].clone();
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn an_unselected_pod_is_untouched() {
+        let p = policy("orders", "{matchLabels: {app: orders}}", false);
+        assert_eq!(
+            decide(&pod("{app: other}"), &[&p], &settings(true)),
+            Decision::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_verifier_pod_gets_a_locked_down_native_sidecar_and_rewritten_probes() {
+        let p = policy("orders", "{matchLabels: {app: orders}}", false);
+        let original = pod("{app: orders}");
+        let Decision::Patch(ops) = decide(&original, &[&p], &settings(true)) else {
+            panic!("no patch")
+        };
+        let injected = apply(&original, &ops);
+        let spec = injected.spec.clone().unwrap();
+        let sidecar = &spec.init_containers.as_ref().unwrap()[0];
+        assert_eq!(sidecar.name, SIDECAR_NAME);
+        assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
+        assert!(sidecar.startup_probe.is_some());
+        let security = sidecar.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        let app = &spec.containers[0];
+        let readiness = app
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(readiness.port, IntOrString::Int(15090));
+        assert_eq!(readiness.path.as_deref(), Some("/app-health/app/readiness"));
+        let probes = sidecar
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == APP_PROBES_ENV)
+            .unwrap();
+        let probes: BTreeMap<String, AppProbe> =
+            serde_json::from_str(probes.value.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            probes["app/readiness"],
+            AppProbe {
+                port: 8080,
+                path: "/ready".into()
+            }
+        );
+        assert_eq!(
+            probes["app/liveness"],
+            AppProbe {
+                port: 8080,
+                path: "/live".into()
+            }
+        );
+        let volumes: Vec<_> = spec.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        assert_eq!(
+            volumes,
+            ["scopegate-config", "scopegate-ca"],
+            "a verifier mounts no secret"
+        );
+        assert_eq!(injected.annotations()[INJECTED_ANNOTATION], "orders");
+    }
+
+    #[test]
+    fn an_issuer_pod_mounts_its_secrets_and_shares_the_mint_socket_with_the_app() {
+        let p = policy("auth", "{matchLabels: {app: auth}}", true);
+        let original = pod("{app: auth}");
+        let Decision::Patch(ops) = decide(&original, &[&p], &settings(true)) else {
+            panic!("no patch")
+        };
+        let spec = apply(&original, &ops).spec.unwrap();
+        let volumes: Vec<_> = spec.volumes.unwrap().into_iter().map(|v| v.name).collect();
+        for v in [
+            "scopegate-signing-keys",
+            "scopegate-clients",
+            "scopegate-tls",
+            "scopegate-mint",
+        ] {
+            assert!(volumes.contains(&v.to_owned()), "{v}");
+        }
+        let app_mounts: Vec<_> = spec.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mount_path)
+            .collect();
+        assert!(app_mounts.contains(&MINT_SOCKET_DIR.to_owned()));
+        assert!(app_mounts.contains(&APP_CA_MOUNT_DIR.to_owned()));
+    }
+
+    #[test]
+    fn injecting_twice_injects_once() {
+        let p = policy("orders", "{matchLabels: {app: orders}}", false);
+        let original = pod("{app: orders}");
+        let Decision::Patch(ops) = decide(&original, &[&p], &settings(true)) else {
+            panic!("no patch")
+        };
+        let once = apply(&original, &ops);
+        assert_eq!(decide(&once, &[&p], &settings(true)), Decision::Unchanged);
+    }
+
+    #[test]
+    fn two_selecting_policies_refuse_the_pod_by_name() {
+        let a = policy("a", "{matchLabels: {app: orders}}", false);
+        let b = policy(
+            "b",
+            "{matchExpressions: [{key: app, operator: In, values: [orders, x]}]}",
+            false,
+        );
+        let Decision::Deny(message) = decide(&pod("{app: orders}"), &[&b, &a], &settings(true))
+        else {
+            panic!("not denied")
+        };
+        assert!(message.contains("AuthPolicies a and b"), "{message}");
+    }
+
+    #[test]
+    fn older_servers_get_a_classic_container() {
+        let p = policy("orders", "{matchLabels: {app: orders}}", false);
+        let original = pod("{app: orders}");
+        let Decision::Patch(ops) = decide(&original, &[&p], &settings(false)) else {
+            panic!("no patch")
+        };
+        let spec = apply(&original, &ops).spec.unwrap();
+        assert_eq!(spec.containers[0].name, SIDECAR_NAME);
+        assert!(spec.containers[0].restart_policy.is_none());
+        assert!(spec.init_containers.is_none());
+    }
+
+    #[test]
+    fn selector_expressions() {
+        let labels = BTreeMap::from([("app".to_owned(), "x".to_owned())]);
+        let sel = |yaml: &str| -> LabelSelector { serde_yaml_ng::from_str(yaml).unwrap() };
+        assert!(selects(
+            &sel("{matchExpressions: [{key: app, operator: Exists}]}"),
+            &labels
+        ));
+        assert!(!selects(
+            &sel("{matchExpressions: [{key: app, operator: DoesNotExist}]}"),
+            &labels
+        ));
+        assert!(selects(
+            &sel("{matchExpressions: [{key: tier, operator: NotIn, values: [a]}]}"),
+            &labels
+        ));
+        assert!(!selects(
+            &sel("{matchExpressions: [{key: app, operator: Bogus}]}"),
+            &labels
+        ));
+        assert!(
+            selects(&sel("{}"), &labels),
+            "an empty selector selects every pod of the namespace"
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The sidecar-injection admission webhook: served over TLS by every replica from the
+//! certificate the leader keeps in a Secret; decisions are pure ([`inject`]).
+
+pub mod cert;
+pub mod inject;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use scopegate_crds::v1alpha1::AuthPolicy;
+use serde_json::{Value, json};
+
+use crate::metrics::Metrics;
+use inject::{Decision, InjectionSettings};
+
+/// Path the API server posts pod AdmissionReviews to.
+pub const MUTATE_PATH: &str = "/mutate-pods";
+/// Largest AdmissionReview body accepted.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The serving certificate, swapped in place when the Secret changes.
+#[derive(Debug, Default)]
+pub struct CertSlot(pub ArcSwapOption<CertifiedKey>);
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.load_full()
+    }
+}
+
+/// What the webhook handler needs.
+pub struct WebhookState {
+    /// Every AuthPolicy (a cache on every replica).
+    pub policies: Store<AuthPolicy>,
+    /// How to build the sidecar.
+    pub settings: InjectionSettings,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Answers one AdmissionReview (pure apart from the policy cache read).
+pub fn review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
+    let review: Value =
+        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+    let request = review
+        .get("request")
+        .ok_or("AdmissionReview without request")?;
+    let uid = request
+        .get("uid")
+        .and_then(Value::as_str)
+        .ok_or("request without uid")?;
+    let pod: Pod = serde_json::from_value(request.get("object").cloned().unwrap_or(Value::Null))
+        .map_err(|e| format!("request object is not a Pod: {e}"))?;
+    let namespace = request
+        .get("namespace")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| pod.namespace())
+        .unwrap_or_default();
+    let policies: Vec<Arc<AuthPolicy>> = state
+        .policies
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+        .collect();
+    let refs: Vec<&AuthPolicy> = policies.iter().map(AsRef::as_ref).collect();
+    let decision = inject::decide(&pod, &refs, &state.settings);
+    let response = match &decision {
+        Decision::Unchanged => json!({"uid": uid, "allowed": true}),
+        Decision::Patch(ops) => {
+            let patch = serde_json::to_vec(ops).map_err(|e| e.to_string())?;
+            json!({
+                "uid": uid,
+                "allowed": true,
+                "patchType": "JSONPatch",
+                "patch": base64::engine::general_purpose::STANDARD.encode(patch),
+            })
+        }
+        Decision::Deny(message) => json!({
+            "uid": uid,
+            "allowed": false,
+            "status": {"code": 403, "reason": "Forbidden", "message": message},
+        }),
+    };
+    let outcome = match decision {
+        Decision::Unchanged => "unchanged",
+        Decision::Patch(_) => "injected",
+        Decision::Deny(_) => "denied",
+    };
+    state
+        .metrics
+        .webhook_reviews
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+        .inc();
+    Ok(
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
+    )
+}
+
+fn respond(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn handle(
+    state: Arc<WebhookState>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    if request.method() != Method::POST || request.uri().path() != MUTATE_PATH {
+        return respond(StatusCode::NOT_FOUND, b"{}".to_vec());
+    }
+    let started = Instant::now();
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return respond(StatusCode::PAYLOAD_TOO_LARGE, b"{}".to_vec()),
+    };
+    let response = match review(&state, &body) {
+        Ok(answer) => respond(
+            StatusCode::OK,
+            serde_json::to_vec(&answer).unwrap_or_default(),
+        ),
+        Err(message) => {
+            tracing::warn!(%message, "bad admission request");
+            respond(
+                StatusCode::BAD_REQUEST,
+                serde_json::to_vec(&json!({"error": message})).unwrap_or_default(),
+            )
+        }
+    };
+    state
+        .metrics
+        .webhook_duration
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves the webhook over TLS on `listener` with certificates from `certs`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    certs: Arc<CertSlot>,
+    state: Arc<WebhookState>,
+) {
+    let Ok(builder) = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions() else {
+        tracing::error!("no TLS protocol versions available");
+        return;
+    };
+    let mut config = builder.with_no_client_auth().with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, state) = (acceptor.clone(), state.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, request).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}

@@ -18,7 +18,13 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 webhook_port="$(free_port)"
 step "helm install scopegate-crds and scopegate (webhook at https://127.0.0.1:$webhook_port)"
 "$E2E_HELM" --kubeconfig "$D/admin.kubeconfig" upgrade --install scopegate-crds "$root/charts/scopegate-crds" >/dev/null
-k wait --for condition=Established --timeout=60s crd/authpolicies.scopegate.dev crd/oauthclients.scopegate.dev >/dev/null
+for crd in authpolicies.scopegate.dev oauthclients.scopegate.dev; do
+  # (kubectl wait errors out while a new CRD has no conditions yet, so poll.)
+  for _ in $(seq 300); do
+    [[ "$(k get crd "$crd" -o jsonpath='{.status.conditions[?(@.type=="Established")].status}')" == True ]] && break
+    sleep 0.2
+  done
+done
 "$E2E_HELM" --kubeconfig "$D/admin.kubeconfig" upgrade --install scopegate "$root/charts/scopegate" \
   --namespace scopegate-system --create-namespace \
   --set "webhook.url=https://127.0.0.1:$webhook_port/mutate-pods" --set "webhook.ipSans={127.0.0.1}" >/dev/null

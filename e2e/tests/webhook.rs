@@ -284,3 +284,64 @@ async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server
         let _ = std::fs::remove_file(path);
     }
 }
+
+#[tokio::test]
+async fn status_counts_pods_names_those_without_the_sidecar_and_spots_a_bypassing_service() {
+    let (_plane, client, ns) = setup("podstatus", false).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
+        .await
+        .unwrap();
+    // The namespace is not labelled: these pods run without the sidecar.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for name in ["orders-a", "orders-b"] {
+        pods.create(&PostParams::default(), &pod(name, "orders"))
+            .await
+            .unwrap();
+    }
+    let service: k8s_openapi::api::core::v1::Service = serde_yaml_ng::from_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: orders}\nspec:\n  selector: {app: orders}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    eventually("pods and the bypass in status", || async {
+        let p = Api::<AuthPolicy>::namespaced(client.clone(), &ns.name)
+            .get("orders")
+            .await?;
+        let status = p.status.ok_or_else(|| anyhow::anyhow!("no status"))?;
+        anyhow::ensure!(
+            status.selected_pods == Some(2) && status.injected_pods == Some(0),
+            "{:?}/{:?}",
+            status.selected_pods,
+            status.injected_pods
+        );
+        anyhow::ensure!(
+            status.uninjected_pods == ["orders-a", "orders-b"],
+            "{:?}",
+            status.uninjected_pods
+        );
+        let degraded = scopegate_e2e::condition(&status.conditions, "Degraded")
+            .ok_or_else(|| anyhow::anyhow!("no Degraded"))?;
+        anyhow::ensure!(degraded.status == "True", "{degraded:?}");
+        anyhow::ensure!(
+            degraded
+                .message
+                .contains("2 selected pods run without the sidecar"),
+            "{}",
+            degraded.message
+        );
+        anyhow::ensure!(
+            degraded
+                .message
+                .contains("Service orders targets port 8080"),
+            "{}",
+            degraded.message
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    ns.delete().await.unwrap();
+}

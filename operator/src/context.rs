@@ -33,8 +33,10 @@ pub struct Context {
     pub secrets: Store<Secret>,
     /// ConfigMaps the operator manages (selected by label).
     pub config_maps: Store<ConfigMap>,
-    /// Users' own Secrets labelled for watching.
-    pub watched_secrets: Store<Secret>,
+    /// Every pod, metadata only (labels and the injection annotation).
+    pub pods: Store<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>>,
+    /// Every Service (to spot one that targets an app's port around its sidecar).
+    pub services: Store<k8s_openapi::api::core::v1::Service>,
     /// The operator's CA, once the leader has loaded or made it.
     pub ca: watch::Receiver<Option<Arc<CaDocument>>>,
 }

@@ -1,13 +1,16 @@
 //! Wires the caches and the two controllers together and runs them until shutdown.
 //!
 //! Watches are label-selected wherever the operator owns the objects, so it never caches the
-//! data of Secrets it does not manage. A user's own Secret (a chosen client secret) is cached
-//! only when it carries [`scopegate_core::names::WATCH_LABEL`].
+//! data of Secrets it does not manage. Users' own Secrets (a chosen client secret) and pods
+//! are watched by metadata only.
 
 use std::sync::Arc;
 
 use futures::{StreamExt, future};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::core::PartialObjectMeta;
+
+use crate::webhook::inject::selects;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -34,10 +37,6 @@ fn managed() -> watcher::Config {
         names::MANAGED_BY_LABEL,
         names::MANAGED_BY_VALUE
     ))
-}
-
-fn watched() -> watcher::Config {
-    watcher::Config::default().labels(&format!("{}=true", names::WATCH_LABEL))
 }
 
 /// A cache kept current by its own watch, running in the background.
@@ -131,7 +130,14 @@ pub async fn run(
     let clients = client_controller.store();
     let secrets = cache(secrets_api.clone(), managed());
     let config_maps = cache(config_maps_api.clone(), managed());
-    let watched_secrets = cache(secrets_api.clone(), watched());
+    let pods = cache(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let services = cache(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    );
 
     let recorder = Recorder::new(
         client.clone(),
@@ -148,7 +154,8 @@ pub async fn run(
         clients: clients.clone(),
         secrets: secrets.clone(),
         config_maps: config_maps.clone(),
-        watched_secrets,
+        pods,
+        services: services.clone(),
         ca: ca.clone(),
     });
 
@@ -174,6 +181,7 @@ pub async fn run(
         policies.clone(),
         clients.clone(),
     );
+    let (policies_for_pods, policies_for_services) = (policies.clone(), policies.clone());
     let policy_controller = policy_controller
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .watches(secrets_api.clone(), managed(), move |secret: Secret| {
@@ -216,13 +224,45 @@ pub async fn run(
             watcher::Config::default(),
             |client: OAuthClient| Some(issuer_of(&client)),
         )
-        .watches(secrets_api.clone(), watched(), move |secret: Secret| {
-            let namespace = secret.namespace().unwrap_or_default();
-            clients_using(&clients_for_watched, &namespace, &secret.name_any())
-                .iter()
-                .map(|c| issuer_of(c))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret: PartialObjectMeta<Secret>| {
+                let namespace = secret.namespace().unwrap_or_default();
+                clients_using(&clients_for_watched, &namespace, &secret.name_any())
+                    .iter()
+                    .map(|c| issuer_of(c))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            watcher::Config::default(),
+            move |pod: PartialObjectMeta<Pod>| {
+                let namespace = pod.namespace();
+                policies_for_pods
+                    .state()
+                    .iter()
+                    .filter(|p| {
+                        p.namespace() == namespace && selects(&p.spec.selector, pod.labels())
+                    })
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+            move |service: Service| {
+                let namespace = service.namespace();
+                policies_for_services
+                    .state()
+                    .iter()
+                    .filter(|p| p.namespace() == namespace)
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .reconcile_all_on(ca_changes(ca.clone()))
         .graceful_shutdown_on(shutdown.clone());
 

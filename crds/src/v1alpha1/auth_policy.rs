@@ -762,6 +762,10 @@ pub struct AuthPolicyStatus {
     /// Selected pods that carry the sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected_pods: Option<i32>,
+    /// Up to ten selected pods that run without the sidecar (created before their namespace
+    /// was labelled, or before this policy or their labels changed): restart them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uninjected_pods: Vec<String>,
     /// Names of the objects the operator rendered for this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rendered: Option<RenderedObjects>,

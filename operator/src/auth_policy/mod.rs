@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod issuer;
+pub mod pods;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -112,6 +113,14 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     if build::effective_audiences(spec).is_empty() {
         observation.problems.push(Problem::MissingAudiences);
     }
+    let (pods, problems) = observe_pods(policy, ctx, &namespace);
+    if observation.memory_store && pods.selected > 1 {
+        observation
+            .problems
+            .push(Problem::MemoryStoreReplicas(pods.selected));
+    }
+    observation.pods = pods;
+    observation.problems.extend(problems);
 
     let config = build::sidecar_config(policy, &trust, cutoffs, &bundle)?;
     let sidecar = build::config_map(
@@ -209,6 +218,34 @@ fn resolve_policy_ref(
             Some(Problem::PolicyRefKeysPending(label)),
         ),
     }
+}
+
+/// The pods, Services and other policies of the namespace, as they bear on `policy`.
+fn observe_pods(
+    policy: &AuthPolicy,
+    ctx: &Context,
+    namespace: &str,
+) -> (pods::PodSummary, Vec<Problem>) {
+    let in_namespace = |ns: Option<String>| ns.as_deref() == Some(namespace);
+    let all_pods = ctx.pods.state();
+    let pods: Vec<_> = all_pods
+        .iter()
+        .filter(|p| in_namespace(p.namespace()))
+        .map(AsRef::as_ref)
+        .collect();
+    let all_services = ctx.services.state();
+    let services: Vec<_> = all_services
+        .iter()
+        .filter(|s| in_namespace(s.namespace()))
+        .map(AsRef::as_ref)
+        .collect();
+    let all_policies = ctx.policies.state();
+    let others: Vec<_> = all_policies
+        .iter()
+        .filter(|p| in_namespace(p.namespace()))
+        .map(AsRef::as_ref)
+        .collect();
+    pods::observe(policy, &others, &pods, &services)
 }
 
 /// Client cut-offs (`revokeTokensIssuedBefore`) of every client of one issuer.

@@ -24,6 +24,12 @@ pub enum Problem {
     NotOwned(String),
     /// The issuer keeps state in memory: more than one issuer replica cannot share it.
     MemoryStoreReplicas(i32),
+    /// Selected pods run without the sidecar: (how many, up to ten names).
+    PodsWithoutSidecar(usize, Vec<String>),
+    /// Another policy selects some of the same pods: (its name, shared pods).
+    Overlap(String, Vec<String>),
+    /// A Service sends traffic to the app's port: (service, app port, sidecar port).
+    ServiceBypass(String, i32, i32),
 }
 
 impl Problem {
@@ -37,12 +43,21 @@ impl Problem {
             Problem::MissingAudiences => "MissingAudiences",
             Problem::NotOwned(_) => "ObjectNotOwned",
             Problem::MemoryStoreReplicas(_) => "MemoryStoreWithReplicas",
+            Problem::PodsWithoutSidecar(..) => "PodsWithoutSidecar",
+            Problem::Overlap(..) => "PolicyOverlap",
+            Problem::ServiceBypass(..) => "ServiceBypassesSidecar",
         }
     }
 
     /// Whether the sidecar config trusts no key because of it (Ready is then False).
     pub fn blocks_readiness(&self) -> bool {
-        !matches!(self, Problem::MemoryStoreReplicas(_))
+        !matches!(
+            self,
+            Problem::MemoryStoreReplicas(_)
+                | Problem::PodsWithoutSidecar(..)
+                | Problem::Overlap(..)
+                | Problem::ServiceBypass(..)
+        )
     }
 }
 
@@ -72,6 +87,27 @@ impl std::fmt::Display for Problem {
                 f,
                 "{o} exists and is not managed by scopegate: refusing to overwrite it"
             ),
+            Problem::PodsWithoutSidecar(n, names) => {
+                let (pod, verb) = if *n == 1 {
+                    ("pod", "runs")
+                } else {
+                    ("pods", "run")
+                };
+                write!(
+                    f,
+                    "{n} selected {pod} {verb} without the sidecar (restart to inject): {}",
+                    names.join(", ")
+                )
+            }
+            Problem::Overlap(other, pods) => write!(
+                f,
+                "AuthPolicy {other} also selects pods {}: at most one AuthPolicy may select a pod",
+                pods.join(", ")
+            ),
+            Problem::ServiceBypass(service, app, sidecar) => write!(
+                f,
+                "Service {service} targets port {app}, the app's own port: its traffic walks around the sidecar; target port {sidecar} instead"
+            ),
             Problem::MemoryStoreReplicas(n) => write!(
                 f,
                 "memory store with {n} issuer replicas: codes, refresh tokens and revocations are not shared; use store type Redis"
@@ -97,6 +133,8 @@ pub struct Observation {
     pub rendered: RenderedObjects,
     /// The issuer keeps state in memory.
     pub memory_store: bool,
+    /// The pods it selects.
+    pub pods: super::pods::PodSummary,
 }
 
 fn time(unix: i64) -> Time {
@@ -222,8 +260,9 @@ pub fn compute(
             })
             .collect(),
         next_rotation: observation.next_transition.map(time),
-        selected_pods: previous.and_then(|s| s.selected_pods),
-        injected_pods: previous.and_then(|s| s.injected_pods),
+        selected_pods: Some(observation.pods.selected),
+        injected_pods: Some(observation.pods.injected),
+        uninjected_pods: observation.pods.uninjected.clone(),
         rendered: Some(observation.rendered.clone()),
     }
 }

@@ -8,7 +8,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use scopegate_core::names;
 use scopegate_crds::v1alpha1::OAuthClient;
@@ -216,8 +215,8 @@ fn meta(
 }
 
 /// Reads a client's credentials for the registry: from the operator's cache for generated
-/// secrets, and from a user's own Secret (cached when labelled for watching, read directly
-/// otherwise).
+/// secrets, and directly from a user's own Secret (the operator watches users' Secrets by
+/// metadata only, so it never caches their data).
 pub async fn read(client: &OAuthClient, ctx: &Context) -> Result<Credentials> {
     let namespace = client.namespace().ok_or(Error::Unaddressable)?;
     if client.spec.public {
@@ -231,17 +230,9 @@ pub async fn read(client: &OAuthClient, ctx: &Context) -> Result<Credentials> {
         )
     };
     if let Some(reference) = &client.spec.existing_secret {
-        let cached = ctx
-            .watched_secrets
-            .get(&ObjectRef::new(&reference.name).within(&namespace));
-        let secret = match cached {
-            Some(secret) => Some((*secret).clone()),
-            None => {
-                Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-                    .get_opt(&reference.name)
-                    .await?
-            }
-        };
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&reference.name)
+            .await?;
         return Ok(
             match secret
                 .as_ref()

@@ -299,6 +299,13 @@ async fn forward(
         .parse()
         .map_err(|_| Refusal::BadPath)?;
     let headers = &mut parts.headers;
+    // An HTTP/2 client names the host in :authority only; the app still gets it as Host.
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
     headers::strip_hop_by_hop(headers, upgrade.is_some());
     let names = &settings.headers;
     for name in [&names.subject, &names.scopes, &names.client_id] {

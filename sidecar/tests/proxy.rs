@@ -400,3 +400,35 @@ async fn serves_tls_with_the_mounted_certificate_and_sends_hsts() {
     assert_eq!(r.header("strict-transport-security"), None);
     plain.sidecar.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served_and_keep_their_authority() {
+    use http_body_util::{BodyExt, Empty};
+    let s = setup(|_| {}).await;
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.proxy_addr())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let token = s.token("read:items");
+    let request = hyper::Request::get("http://app.test/items/7")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["version"], "HTTP/1.1", "h2 in, HTTP/1.1 to the app");
+    let seen = s.upstream.last().unwrap();
+    assert_eq!(seen.headers["host"], "app.test");
+    assert_eq!(seen.headers["x-forwarded-host"], "app.test");
+    assert_eq!(seen.headers["x-auth-subject"], "alice");
+    s.sidecar.shutdown().await;
+}

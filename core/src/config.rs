@@ -371,6 +371,57 @@ pub struct IssuerConfig {
     /// Where /oauth2/authorize sends the browser to log in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub login_url: Option<String>,
+    /// What the app may mint on the mint socket (`None`: minting refused; accepting login
+    /// challenges and setting subject cut-offs still work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mint: Option<MintConfig>,
+    /// The mint socket's path, in the emptyDir shared with the app container.
+    #[serde(default = "default_mint_socket_path")]
+    pub mint_socket_path: String,
+    /// Where codes, refresh families, revocations and rate-limit counters live.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+fn default_mint_socket_path() -> String {
+    format!("{}/mint.sock", crate::names::MINT_SOCKET_DIR)
+}
+
+/// Limits on minted tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MintConfig {
+    /// Subject patterns (`*` matches any run of characters).
+    pub subjects: Vec<String>,
+    /// Scopes a minted token may carry.
+    pub scopes: Vec<String>,
+    /// Audiences a minted token may carry (empty: the issuer URL only).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Longest lifetime of a minted token.
+    pub max_ttl_secs: u64,
+}
+
+/// Where issuer state lives.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", tag = "type")]
+pub enum StoreConfig {
+    /// In the sidecar's memory (one replica; lost on restart).
+    #[default]
+    Memory,
+    /// In Redis.
+    #[serde(rename_all = "camelCase")]
+    Redis {
+        /// host:port.
+        address: String,
+        /// Connect with TLS (verified against `caBundlePem` and the system roots).
+        #[serde(default)]
+        tls: bool,
+        /// Directory of the mounted credentials Secret (files `username`, optional, and
+        /// `password`), re-read when it changes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credentials_dir: Option<String>,
+    },
 }
 
 impl SidecarConfig {

@@ -39,10 +39,12 @@ pub const CLIENTS_MOUNT_DIR: &str = "/etc/scopegate/clients";
 /// Where issuer pods mount their serving certificate Secret.
 pub const TLS_MOUNT_DIR: &str = "/etc/scopegate/tls";
 
+/// The emptyDir shared by the issuer sidecar and the app container, holding the mint socket.
+pub const MINT_SOCKET_DIR: &str = "/var/run/scopegate";
+
+/// Where issuer pods mount the Redis credentials Secret of a Redis store.
+pub const REDIS_CREDENTIALS_MOUNT_DIR: &str = "/etc/scopegate/redis";
+
 /// Annotation on an OAuthClient asking for a new generated secret. Any new value rotates; the
 /// old secret keeps working for the client's `secretRotationOverlap`.
 pub const ROTATE_SECRET_ANNOTATION: &str = "scopegate.dev/rotate-secret";
-
-/// Label a user's own Secret (referenced by `existingSecret` or a Redis store) carries so the
-/// operator watches it and rolls a change in without a restart.
-pub const WATCH_LABEL: &str = "scopegate.dev/watch";

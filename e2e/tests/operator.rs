@@ -813,7 +813,7 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
     // A secret a person chose is hashed with argon2id.
     let chosen: Secret = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "chosen", "labels": {"scopegate.dev/watch": "true"}},
+        "metadata": {"name": "chosen"},
         "stringData": {"password": "correct horse battery staple"}
     }))
     .unwrap();

@@ -270,6 +270,24 @@ pub fn sidecar_config(
             code_ttl_secs: secs(&own.tokens.code_ttl),
             scopes: own.scopes.clone(),
             login_url: own.login_url.clone(),
+            mint: own.mint.as_ref().map(|m| config::MintConfig {
+                subjects: m.subjects.clone(),
+                scopes: m.scopes.clone(),
+                audiences: m.audiences.clone(),
+                max_ttl_secs: secs(&m.max_ttl),
+            }),
+            mint_socket_path: format!("{}/mint.sock", names::MINT_SOCKET_DIR),
+            store: match (&own.store.kind, &own.store.redis) {
+                (api::StoreKind::Redis, Some(redis)) => config::StoreConfig::Redis {
+                    address: redis.address.clone(),
+                    tls: redis.tls,
+                    credentials_dir: redis
+                        .credentials_secret
+                        .as_ref()
+                        .map(|_| names::REDIS_CREDENTIALS_MOUNT_DIR.to_owned()),
+                },
+                _ => config::StoreConfig::Memory,
+            },
         }
     });
 

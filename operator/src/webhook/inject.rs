@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use scopegate_core::names;
+use scopegate_core::names::MINT_SOCKET_DIR;
 use scopegate_crds::v1alpha1::AuthPolicy;
 use serde::{Deserialize, Serialize};
 
@@ -24,8 +25,6 @@ pub const SIDECAR_NAME: &str = "scopegate-sidecar";
 pub const INJECTED_ANNOTATION: &str = "scopegate.dev/injected";
 /// Where app containers find the operator's CA bundle.
 pub const APP_CA_MOUNT_DIR: &str = "/etc/scopegate/ca";
-/// The shared emptyDir holding the mint socket, in the sidecar and the app containers.
-pub const MINT_SOCKET_DIR: &str = "/var/run/scopegate";
 /// Env var carrying the app's original HTTP probes, which the sidecar's admin port serves at
 /// `/app-health/<container>/<kind>`.
 pub const APP_PROBES_ENV: &str = "SCOPEGATE_APP_PROBES";
@@ -229,6 +228,24 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
         };
         sidecar_mounts.push(writable.clone());
         app_mounts.push(writable);
+    }
+    let redis_credentials = policy
+        .spec
+        .issuer
+        .self_
+        .as_ref()
+        .and_then(|own| own.store.redis.as_ref())
+        .and_then(|redis| redis.credentials_secret.clone());
+    if let Some(secret) = redis_credentials {
+        volumes.push(Volume {
+            name: "scopegate-redis".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        });
+        sidecar_mounts.push(mount("scopegate-redis", names::REDIS_CREDENTIALS_MOUNT_DIR));
     }
     if let Some(tls) = &policy.spec.listen.tls_secret {
         volumes.push(Volume {

@@ -208,28 +208,24 @@ fn compile_rule(index: usize, rule: &RouteRule) -> Result<CompiledRule, PolicyEr
 #[error("scope claim is not a space-separated list of scope tokens")]
 pub struct MalformedScope;
 
-/// Splits a `scope` claim (RFC 9068 §2.2.3, RFC 6749 §3.3): single spaces between scope
+/// Checks a `scope` claim (RFC 9068 §2.2.3, RFC 6749 §3.3): single spaces between scope
 /// tokens. The empty string grants nothing; doubled, leading or trailing spaces and
 /// characters outside the scope-token grammar make the claim malformed.
-pub fn parse_scope_claim(claim: &str) -> Result<Vec<Box<str>>, MalformedScope> {
-    if claim.is_empty() {
-        return Ok(Vec::new());
+pub fn check_scope_claim(claim: &str) -> Result<(), MalformedScope> {
+    if claim.is_empty() || claim.split(' ').all(is_scope_token) {
+        Ok(())
+    } else {
+        Err(MalformedScope)
     }
-    claim
-        .split(' ')
-        .map(|token| {
-            if is_scope_token(token) {
-                Ok(Box::from(token))
-            } else {
-                Err(MalformedScope)
-            }
-        })
-        .collect()
 }
 
-/// Whether granted scopes satisfy a requirement (case-sensitive, whole tokens).
-pub fn scopes_satisfy(requirement: ScopeRequirement<'_>, granted: &[Box<str>]) -> bool {
-    let has_all = |needed: &[String]| needed.iter().all(|n| granted.iter().any(|g| **g == **n));
+/// Whether a checked `scope` claim satisfies a requirement (case-sensitive, whole tokens).
+pub fn scopes_satisfy(requirement: ScopeRequirement<'_>, scope_claim: &str) -> bool {
+    let has_all = |needed: &[String]| {
+        needed
+            .iter()
+            .all(|n| scope_claim.split(' ').any(|g| g == n))
+    };
     match requirement {
         ScopeRequirement::None => true,
         ScopeRequirement::All(needed) => has_all(needed),
@@ -335,16 +331,17 @@ mod tests {
 
     #[test]
     fn scope_checks_are_whole_token_and_case_sensitive() {
-        let granted = parse_scope_claim("read:all write").unwrap();
         let needed = vec!["read".to_string()];
-        assert!(!scopes_satisfy(ScopeRequirement::All(&needed), &granted));
-        let granted = parse_scope_claim("READ").unwrap();
-        assert!(!scopes_satisfy(ScopeRequirement::All(&needed), &granted));
-        let granted = parse_scope_claim("x read").unwrap();
-        assert!(scopes_satisfy(ScopeRequirement::All(&needed), &granted));
-        assert!(parse_scope_claim("").unwrap().is_empty());
+        let all = ScopeRequirement::All(&needed);
+        assert!(!scopes_satisfy(all, "read:all write"));
+        assert!(!scopes_satisfy(all, "READ"));
+        assert!(!scopes_satisfy(all, ""));
+        assert!(scopes_satisfy(all, "x read"));
+        assert!(scopes_satisfy(ScopeRequirement::None, ""));
+        assert_eq!(check_scope_claim(""), Ok(()));
+        assert_eq!(check_scope_claim("a b:c"), Ok(()));
         for bad in ["read  write", " read", "read ", "a\"b", "é"] {
-            assert_eq!(parse_scope_claim(bad), Err(MalformedScope), "{bad:?}");
+            assert_eq!(check_scope_claim(bad), Err(MalformedScope), "{bad:?}");
         }
     }
 
@@ -354,7 +351,7 @@ mod tests {
         let Requirement::Token(req) = p.route("GET", "/reports/1").requirement else {
             panic!("token route expected");
         };
-        let has = |s: &str| scopes_satisfy(req, &parse_scope_claim(s).unwrap());
+        let has = |s: &str| scopes_satisfy(req, s);
         assert!(has("a b"));
         assert!(has("c"));
         assert!(!has("a"));

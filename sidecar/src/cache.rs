@@ -95,7 +95,7 @@ mod tests {
             iss: "i".into(),
             sub: None,
             client_id: None,
-            scopes: vec![],
+            scope: String::new(),
             exp,
             iat: None,
             jti: None,

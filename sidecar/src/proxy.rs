@@ -13,7 +13,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use scopegate_core::config::{RateLimitKey, UpstreamProtocol};
+use scopegate_core::config::UpstreamProtocol;
 use scopegate_core::path::normalise;
 use scopegate_core::policy::{Requirement, scopes_satisfy, scopes_to_name};
 
@@ -23,7 +23,7 @@ use crate::client_addr::client_ip;
 use crate::credentials::{self, Credentials};
 use crate::headers::{self, X_FORWARDED_FOR};
 use crate::jose::jws::JwsError;
-use crate::rate_limit::{Class, RateKey, RateLimit};
+use crate::rate_limit::RequestLimits;
 use crate::revocation;
 use crate::settings::{IssuerSource, Settings};
 use crate::state::Shared;
@@ -59,38 +59,22 @@ pub async fn handle(
     };
     let no_store = settings.headers.no_store.iter().any(|p| p.matches(&path));
     let method = req.method().as_str().to_owned();
-    let limits: Vec<Arc<RateLimit>> = settings
-        .rate_limits
-        .iter()
-        .filter(|l| l.applies(&method, &path))
-        .cloned()
-        .collect();
-    let address = (!limits.is_empty()).then(|| {
-        let forwarded = req
-            .headers()
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        RateKey::address(client_ip(
-            conn.peer.ip(),
-            forwarded,
-            settings.trusted_proxies.as_ref(),
-        ))
-    });
-    let now_mono = shared.clock.now();
-    if let Some(address) = &address {
-        for limit in limits
-            .iter()
-            .filter(|l| l.key == RateLimitKey::ClientAddress)
-        {
-            if let Err(secs) = limit
-                .check(Class::Failure, address, now_mono)
-                .and_then(|()| limit.check(Class::Success, address, now_mono))
-            {
-                tracing::info!(limit = %limit.name, "rate limited");
-                return refuse(&shared, &settings, Refusal::RateLimited(secs));
-            }
-        }
+    let limits = RequestLimits::new(
+        &settings.rate_limits,
+        &method,
+        &path,
+        shared.clock.now(),
+        || {
+            let forwarded = req
+                .headers()
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            client_ip(conn.peer.ip(), forwarded, settings.trusted_proxies.as_ref())
+        },
+    );
+    if let Err(secs) = limits.check_address() {
+        return refuse(&shared, &settings, Refusal::RateLimited(secs));
     }
 
     let route = settings.policy.route(&method, &path);
@@ -102,36 +86,16 @@ pub async fn handle(
                 outcome = refusal.outcome(),
                 "request refused"
             );
-            if let Some(address) = &address {
-                for limit in &limits {
-                    if limit.key == RateLimitKey::Subject
-                        && let Err(secs) = limit.check(Class::Failure, address, now_mono)
-                    {
-                        return refuse(&shared, &settings, Refusal::RateLimited(secs));
-                    }
-                    limit.record(Class::Failure, address.clone(), now_mono);
-                }
-            }
+            let refusal = match limits.refused() {
+                Ok(()) => refusal,
+                Err(secs) => Refusal::RateLimited(secs),
+            };
             return refuse(&shared, &settings, refusal);
         }
     };
-    let success_key = |limit: &RateLimit| match (&identity, limit.key, &address) {
-        (Some(token), RateLimitKey::Subject, _) if token.sub.is_some() => {
-            token.sub.as_deref().map(|s| RateKey::Subject(s.into()))
-        }
-        (_, _, address) => address.clone(),
-    };
-    for limit in limits.iter().filter(|l| l.key == RateLimitKey::Subject) {
-        let Some(key) = success_key(limit) else {
-            continue;
-        };
-        let mut verdict = limit.check(Class::Success, &key, now_mono);
-        if let (None, Some(address)) = (&identity, &address) {
-            verdict = verdict.and(limit.check(Class::Failure, address, now_mono));
-        }
-        if let Err(secs) = verdict {
-            return refuse(&shared, &settings, Refusal::RateLimited(secs));
-        }
+    let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
+    if let Err(secs) = limits.check_subject(identity.is_some(), subject) {
+        return refuse(&shared, &settings, Refusal::RateLimited(secs));
     }
 
     let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -159,17 +123,7 @@ pub async fn handle(
         response.status(),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
     );
-    for limit in &limits {
-        match (failed, &address) {
-            (true, Some(address)) => limit.record(Class::Failure, address.clone(), now_mono),
-            (false, _) => {
-                if let Some(key) = success_key(limit) {
-                    limit.record(Class::Success, key, now_mono);
-                }
-            }
-            (true, None) => {}
-        }
-    }
+    limits.answered(failed, subject);
     headers::secure_response(response.headers_mut(), &settings.headers, no_store);
     response
 }
@@ -204,7 +158,7 @@ async fn authorize(
     })?;
     match scope_requirement {
         None => Err(Refusal::Forbidden),
-        Some(needed) if scopes_satisfy(needed, &verified.scopes) => Ok(Some(verified)),
+        Some(needed) if scopes_satisfy(needed, &verified.scope) => Ok(Some(verified)),
         Some(needed) => Err(Refusal::InsufficientScope(scopes_to_name(needed).join(" "))),
     }
 }
@@ -312,10 +266,9 @@ async fn forward(
         headers.remove(name);
     }
     if let Some(token) = identity {
-        let scopes = token.scopes.join(" ");
         let values = [
             (&names.subject, token.sub.as_deref()),
-            (&names.scopes, Some(scopes.as_str())),
+            (&names.scopes, Some(token.scope.as_str())),
             (&names.client_id, token.client_id.as_deref()),
         ];
         for (name, value) in values {

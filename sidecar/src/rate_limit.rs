@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use scopegate_core::config::{RateLimitConfig, RateLimitKey};
@@ -58,8 +58,8 @@ pub enum RateLimitError {
 /// One configured limit with its two budgets.
 #[derive(Debug)]
 pub struct RateLimit {
-    /// Name for logs.
-    pub name: String,
+    /// The configured limit (a reload with the same limit keeps its budgets).
+    pub config: RateLimitConfig,
     methods: Vec<String>,
     patterns: Vec<Pattern>,
     /// What successes are keyed by.
@@ -102,7 +102,7 @@ impl RateLimit {
             })?;
         let period = Duration::from_secs(config.period_secs);
         Ok(RateLimit {
-            name: config.name.clone(),
+            config: config.clone(),
             methods: config.methods.clone(),
             patterns,
             key: config.key,
@@ -155,6 +155,118 @@ impl RateLimit {
         };
         // A panic while holding the lock cannot leave a budget inconsistent: use it anyway.
         lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The limits that apply to one request and the keys it is counted under.
+///
+/// Address-keyed limits count every request against the client address: a client that keeps
+/// failing is stopped before any work. Subject-keyed limits count a verified token's successes
+/// against its subject and every failure against the address, so failing on a victim's behalf
+/// never spends the victim's budget.
+pub struct RequestLimits {
+    limits: Vec<Arc<RateLimit>>,
+    address: Option<RateKey>,
+    now: Duration,
+}
+
+impl RequestLimits {
+    /// The limits of `all` that apply to the request; `client` names the client address and
+    /// is asked only when a limit applies.
+    pub fn new(
+        all: &[Arc<RateLimit>],
+        method: &str,
+        path: &str,
+        now: Duration,
+        client: impl FnOnce() -> IpAddr,
+    ) -> RequestLimits {
+        let limits: Vec<Arc<RateLimit>> = all
+            .iter()
+            .filter(|l| l.applies(method, path))
+            .cloned()
+            .collect();
+        let address = (!limits.is_empty()).then(|| RateKey::address(client()));
+        RequestLimits {
+            limits,
+            address,
+            now,
+        }
+    }
+
+    fn with_address(&self) -> impl Iterator<Item = (&RateLimit, &RateKey)> {
+        self.limits
+            .iter()
+            .filter_map(|l| self.address.as_ref().map(|a| (l.as_ref(), a)))
+    }
+
+    /// Before authentication: the address budgets of address-keyed limits.
+    pub fn check_address(&self) -> Result<(), u64> {
+        for (limit, address) in self.with_address() {
+            if limit.key == RateLimitKey::ClientAddress {
+                limit.check(Class::Failure, address, self.now)?;
+                limit.check(Class::Success, address, self.now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The sidecar refused the credentials: counts a failure for the address; `Err` when a
+    /// subject-keyed limit's failure budget was already spent (answer 429, not 401).
+    pub fn refused(&self) -> Result<(), u64> {
+        let mut verdict = Ok(());
+        for (limit, address) in self.with_address() {
+            let spent = match limit.key {
+                RateLimitKey::Subject => limit.check(Class::Failure, address, self.now),
+                RateLimitKey::ClientAddress => Ok(()),
+            };
+            match spent {
+                Ok(()) => limit.record(Class::Failure, address.clone(), self.now),
+                Err(secs) => verdict = verdict.and(Err(secs)),
+            }
+        }
+        verdict
+    }
+
+    /// Before forwarding: subject-keyed budgets, for the verified subject, or for the address
+    /// (both classes) when the route took no token.
+    pub fn check_subject(&self, verified: bool, subject: Option<&str>) -> Result<(), u64> {
+        for (limit, address) in self.with_address() {
+            if limit.key != RateLimitKey::Subject {
+                continue;
+            }
+            limit.check(
+                Class::Success,
+                &self.success_key(limit, subject, address),
+                self.now,
+            )?;
+            if !verified {
+                limit.check(Class::Failure, address, self.now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After the app answered: a 401/403 counts as a failure of the address, anything else as
+    /// a success of the subject or address.
+    pub fn answered(&self, failed: bool, subject: Option<&str>) {
+        for (limit, address) in self.with_address() {
+            if failed {
+                limit.record(Class::Failure, address.clone(), self.now);
+            } else {
+                limit.record(
+                    Class::Success,
+                    self.success_key(limit, subject, address),
+                    self.now,
+                );
+            }
+        }
+    }
+
+    fn success_key(&self, limit: &RateLimit, subject: Option<&str>, address: &RateKey) -> RateKey {
+        match (limit.key, subject) {
+            (RateLimitKey::Subject, Some(sub)) => RateKey::Subject(sub.into()),
+            _ => address.clone(),
+        }
     }
 }
 

@@ -106,7 +106,7 @@ mod tests {
             iss: "https://i".into(),
             sub: Some("alice".into()),
             client_id: Some("app".into()),
-            scopes: vec![],
+            scope: String::new(),
             exp: 1000,
             iat: Some(iat),
             jti: Some("j1".into()),

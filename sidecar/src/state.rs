@@ -88,10 +88,15 @@ impl Shared {
         self.reconcile_tasks();
     }
 
-    /// Puts a new compiled config in force.
-    pub fn apply(self: &Arc<Self>, settings: Settings) {
+    /// Puts a new compiled config in force. Rate limits that did not change keep their budgets.
+    pub fn apply(self: &Arc<Self>, mut settings: Settings) {
         let generation = settings.config.policy.generation;
         let old = self.settings.load();
+        for limit in &mut settings.rate_limits {
+            if let Some(same) = old.rate_limits.iter().find(|o| o.config == limit.config) {
+                *limit = same.clone();
+            }
+        }
         if old.config.listen != settings.config.listen {
             tracing::warn!("listen settings changed: they take effect after a restart");
             self.restart_needed.store(true, Ordering::Release);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use scopegate_core::policy::{MalformedScope, parse_scope_claim};
+use scopegate_core::policy::{MalformedScope, check_scope_claim};
 
 use crate::jose::json::{self, JsonError};
 use crate::jose::jws::{self, JwsError, KeyMap};
@@ -37,8 +37,8 @@ pub struct VerifiedToken {
     pub sub: Option<String>,
     /// `client_id`.
     pub client_id: Option<String>,
-    /// Granted scopes.
-    pub scopes: Vec<Box<str>>,
+    /// The `scope` claim, checked (empty when absent).
+    pub scope: String,
     /// `exp`.
     pub exp: i64,
     /// `iat`.
@@ -147,15 +147,13 @@ pub fn validate(
     {
         return Err(TokenError::IssuedInFuture);
     }
-    let scopes = match claims.scope.as_deref() {
-        Some(scope) => parse_scope_claim(scope)?,
-        None => Vec::new(),
-    };
+    let scope = claims.scope.unwrap_or_default();
+    check_scope_claim(&scope)?;
     Ok(VerifiedToken {
         iss,
         sub: claims.sub,
         client_id: claims.client_id,
-        scopes,
+        scope,
         exp,
         iat: claims.iat,
         jti: claims.jti,

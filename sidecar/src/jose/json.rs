@@ -26,6 +26,11 @@ pub enum JsonError {
 
 const DUPLICATE: &str = "duplicate member name";
 
+/// Most unknown members one object may have. Claims are parsed before the signature is
+/// checked, so the duplicate check (quadratic in members) must stay cheap for any input;
+/// real tokens carry a few dozen claims at most.
+pub const MAX_MEMBERS: usize = 128;
+
 fn classify(err: &serde_json::Error) -> JsonError {
     if err.is_data() {
         if err.to_string().starts_with(DUPLICATE) {
@@ -134,6 +139,9 @@ impl<'de> Seen<'de> {
     fn insert<E: de::Error>(&mut self, name: Cow<'de, str>) -> Result<(), E> {
         if self.0.contains(&name) {
             return Err(E::custom(DUPLICATE));
+        }
+        if self.0.len() >= MAX_MEMBERS {
+            return Err(E::custom("too many members"));
         }
         self.0.push(name);
         Ok(())
@@ -392,6 +400,23 @@ mod tests {
         ] {
             assert_eq!(parse_claims(doc), Err(JsonError::WrongType), "{doc:?}");
         }
+    }
+
+    #[test]
+    fn member_count_is_bounded() {
+        let wide = |n: usize| {
+            let members: Vec<String> = (0..n).map(|i| format!("\"m{i}\":0")).collect();
+            format!("{{{}}}", members.join(","))
+        };
+        assert!(parse_claims(wide(MAX_MEMBERS).as_bytes()).is_ok());
+        assert_eq!(
+            parse_claims(wide(MAX_MEMBERS + 1).as_bytes()),
+            Err(JsonError::WrongType)
+        );
+        assert_eq!(
+            check_unique(format!("[{}]", wide(MAX_MEMBERS + 1)).as_bytes()),
+            Err(JsonError::WrongType)
+        );
     }
 
     #[test]

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use scopegate_core::config::FeedConfig;
-use scopegate_core::feed::{FEED_JWS_TYP, FeedPage, is_cursor, poll_query};
+use scopegate_core::feed::{FeedPage, is_cursor, poll_query};
 
 use crate::https::{self, HttpsClient};
-use crate::jose::{json, jws};
+use crate::jose::json;
+use crate::jose::jws::{self, Typ};
 use crate::revocation::FeedRevocations;
 use crate::token::IssuerKeys;
 use crate::unix_now;
@@ -100,19 +101,14 @@ pub fn check_page(
     cursor: Option<&str>,
 ) -> Result<FeedPage, PageError> {
     let compact = jws::parse(body.trim_end())?;
-    if !compact
-        .header
-        .typ
-        .as_deref()
-        .is_some_and(|t| jws::typ_is(t, FEED_JWS_TYP))
-    {
+    if compact.typ != Typ::RevocationFeed {
         return Err(PageError::Typ);
     }
     let keys = keys.ok_or(PageError::Issuer)?;
     compact.verify_with(&keys.keys)?;
-    json::check_unique(&compact.payload).map_err(|_| PageError::Payload)?;
+    json::check_unique(compact.payload()).map_err(|_| PageError::Payload)?;
     let page: FeedPage =
-        serde_json::from_slice(&compact.payload).map_err(|_| PageError::Payload)?;
+        serde_json::from_slice(compact.payload()).map_err(|_| PageError::Payload)?;
     if page.iss != issuer || page.cursor.as_deref() != cursor || !is_cursor(&page.next_cursor) {
         return Err(PageError::Payload);
     }

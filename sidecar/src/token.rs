@@ -6,7 +6,7 @@ use std::sync::Arc;
 use scopegate_core::policy::{MalformedScope, check_scope_claim};
 
 use crate::jose::json::{self, JsonError};
-use crate::jose::jws::{self, JwsError, KeyMap};
+use crate::jose::jws::{self, JwsError, KeyMap, Typ};
 
 /// What a verifier accepts, from the config.
 #[derive(Debug, Clone)]
@@ -102,15 +102,14 @@ pub fn validate(
         return Err(TokenError::TooLarge);
     }
     let compact = jws::parse(token)?;
-    let claims = json::parse_claims(&compact.payload).map_err(TokenError::Claims)?;
+    let claims = json::parse_claims(compact.payload()).map_err(TokenError::Claims)?;
     let iss = claims.iss.ok_or(TokenError::Missing("iss"))?;
     let trusted = issuer(&iss).ok_or(TokenError::Issuer)?;
     compact.verify_with(&trusted.keys)?;
 
-    let at_jwt = match compact.header.typ.as_deref() {
-        Some(typ) if jws::typ_is(typ, "at+jwt") => true,
-        Some(typ) if trusted.allow_jwt_typ && jws::typ_is(typ, "jwt") => false,
-        None if trusted.allow_jwt_typ => false,
+    let at_jwt = match compact.typ {
+        Typ::AtJwt => true,
+        Typ::Jwt | Typ::Absent if trusted.allow_jwt_typ => false,
         _ => return Err(TokenError::Typ),
     };
     let exp = claims.exp.ok_or(TokenError::Missing("exp"))?;

@@ -43,16 +43,17 @@ fn classify(err: &serde_json::Error) -> JsonError {
     }
 }
 
-/// The JOSE header members the verifier reads. `jku`, `x5u`, `jwk` and `x5c` are walked
-/// and dropped: keys never come from the token.
+/// The JOSE header members the verifier reads, borrowed from the decoded header where they
+/// have no escapes. `jku`, `x5u`, `jwk` and `x5c` are walked and dropped: keys never come
+/// from the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub struct Header<'a> {
     /// The `alg` member (required).
-    pub alg: String,
+    pub alg: Cow<'a, str>,
     /// The `kid` member.
-    pub kid: Option<String>,
+    pub kid: Option<Cow<'a, str>>,
     /// The `typ` member.
-    pub typ: Option<String>,
+    pub typ: Option<Cow<'a, str>>,
     /// Whether a `crit` member is present (no extension is understood, so any is refused).
     pub crit: bool,
 }
@@ -100,7 +101,7 @@ pub struct Claims {
 }
 
 /// Parses a JOSE header.
-pub fn parse_header(bytes: &[u8]) -> Result<Header, JsonError> {
+pub fn parse_header(bytes: &[u8]) -> Result<Header<'_>, JsonError> {
     let raw: RawHeader = serde_json::from_slice(bytes).map_err(|e| classify(&e))?;
     let alg = raw.alg.ok_or(JsonError::WrongType)?;
     Ok(Header {
@@ -124,10 +125,10 @@ pub fn check_unique(bytes: &[u8]) -> Result<(), JsonError> {
 }
 
 #[derive(Default)]
-struct RawHeader {
-    alg: Option<String>,
-    kid: Option<String>,
-    typ: Option<String>,
+struct RawHeader<'de> {
+    alg: Option<Cow<'de, str>>,
+    kid: Option<Cow<'de, str>>,
+    typ: Option<Cow<'de, str>>,
     crit: bool,
 }
 
@@ -276,22 +277,23 @@ fn set_once<'de, T, A: MapAccess<'de>>(slot: &mut Option<T>, value: T) -> Result
     Ok(())
 }
 
-impl<'de> Deserialize<'de> for RawHeader {
+impl<'de> Deserialize<'de> for RawHeader<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = RawHeader;
+            type Value = RawHeader<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JOSE header object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHeader<'de>, A::Error> {
                 let mut header = RawHeader::default();
                 let mut seen = Seen::default();
+                let text = |map: &mut A| map.next_value::<Name<'de>>().map(|n| n.0);
                 while let Some(Name(name)) = map.next_key::<Name>()? {
                     match &*name {
-                        "alg" => set_once::<_, A>(&mut header.alg, map.next_value()?)?,
-                        "kid" => set_once::<_, A>(&mut header.kid, map.next_value()?)?,
-                        "typ" => set_once::<_, A>(&mut header.typ, map.next_value()?)?,
+                        "alg" => set_once::<_, A>(&mut header.alg, text(&mut map)?)?,
+                        "kid" => set_once::<_, A>(&mut header.kid, text(&mut map)?)?,
+                        "typ" => set_once::<_, A>(&mut header.typ, text(&mut map)?)?,
                         _ => {
                             if name == "crit" {
                                 header.crit = true;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::b64;
-use super::json::{self, Header, JsonError};
+use super::json::{self, JsonError};
 use super::keys::{Alg, KeyEntry};
 
 /// Longest `kid` looked up; a longer one cannot name a key of ours.
@@ -45,19 +45,48 @@ pub enum JwsError {
     Signature,
 }
 
-/// A parsed compact JWS whose signature has not been checked yet.
+/// The `typ` of a JWS header, as far as the verifier tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Typ {
+    /// No `typ` member.
+    Absent,
+    /// `at+jwt` (RFC 9068).
+    AtJwt,
+    /// `JWT`.
+    Jwt,
+    /// The issuer's revocation feed ([`scopegate_core::feed::FEED_JWS_TYP`]).
+    RevocationFeed,
+    /// Anything else.
+    Other,
+}
+
+impl Typ {
+    fn of(typ: Option<&str>) -> Typ {
+        match typ {
+            None => Typ::Absent,
+            Some(t) if typ_is(t, "at+jwt") => Typ::AtJwt,
+            Some(t) if typ_is(t, "jwt") => Typ::Jwt,
+            Some(t) if typ_is(t, scopegate_core::feed::FEED_JWS_TYP) => Typ::RevocationFeed,
+            Some(_) => Typ::Other,
+        }
+    }
+}
+
+/// A parsed compact JWS whose signature has not been checked yet. The three segments are
+/// decoded into one buffer.
 #[derive(Debug)]
 pub struct Compact<'a> {
     /// `header.payload`, the bytes the signature covers.
     pub signing_input: &'a [u8],
-    /// The protected header.
-    pub header: Header,
     /// The header's algorithm.
     pub alg: Alg,
-    /// The decoded payload.
-    pub payload: Vec<u8>,
-    /// The decoded signature.
-    pub signature: Vec<u8>,
+    /// The header's `kid`.
+    pub kid: String,
+    /// The header's `typ`.
+    pub typ: Typ,
+    decoded: Vec<u8>,
+    payload_start: usize,
+    signature_start: usize,
 }
 
 /// Splits and decodes a compact JWS, checking the header (not the signature).
@@ -79,37 +108,54 @@ pub fn parse(token: &str) -> Result<Compact<'_>, JwsError> {
     if header_b64.is_empty() || payload_b64.is_empty() || signature_b64.is_empty() {
         return Err(JwsError::Shape);
     }
-    let header_json = b64::decode(header_b64).map_err(|_| JwsError::Base64("header"))?;
-    let header = json::parse_header(&header_json).map_err(JwsError::Header)?;
-    if header.crit {
-        return Err(JwsError::Crit);
-    }
-    let alg = Alg::from_name(&header.alg).ok_or(JwsError::UnknownAlg)?;
-    match header.kid.as_deref() {
-        Some(kid) if !kid.is_empty() && kid.len() <= MAX_KID_LEN => {}
-        _ => return Err(JwsError::Kid),
-    }
-    let payload = b64::decode(payload_b64).map_err(|_| JwsError::Base64("payload"))?;
-    let signature = b64::decode(signature_b64).map_err(|_| JwsError::Base64("signature"))?;
+    let mut decoded = Vec::with_capacity(bytes.len());
+    b64::decode_into(header_b64, &mut decoded).map_err(|_| JwsError::Base64("header"))?;
+    let (alg, kid, typ) = {
+        let header = json::parse_header(&decoded).map_err(JwsError::Header)?;
+        if header.crit {
+            return Err(JwsError::Crit);
+        }
+        let alg = Alg::from_name(&header.alg).ok_or(JwsError::UnknownAlg)?;
+        let kid = match header.kid {
+            Some(kid) if !kid.is_empty() && kid.len() <= MAX_KID_LEN => kid.into_owned(),
+            _ => return Err(JwsError::Kid),
+        };
+        (alg, kid, Typ::of(header.typ.as_deref()))
+    };
+    let payload_start = decoded.len();
+    b64::decode_into(payload_b64, &mut decoded).map_err(|_| JwsError::Base64("payload"))?;
+    let signature_start = decoded.len();
+    b64::decode_into(signature_b64, &mut decoded).map_err(|_| JwsError::Base64("signature"))?;
     Ok(Compact {
         signing_input: &bytes[..second],
-        header,
         alg,
-        payload,
-        signature,
+        kid,
+        typ,
+        decoded,
+        payload_start,
+        signature_start,
     })
 }
 
 impl Compact<'_> {
+    /// The decoded payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.decoded[self.payload_start..self.signature_start]
+    }
+
+    /// The decoded signature.
+    pub fn signature(&self) -> &[u8] {
+        &self.decoded[self.signature_start..]
+    }
+
     /// Checks the signature with the key named by `kid` among `keys`, using the header's
     /// algorithm only if that key was loaded for it.
     pub fn verify_with(&self, keys: &KeyMap) -> Result<(), JwsError> {
-        let kid = self.header.kid.as_deref().ok_or(JwsError::Kid)?;
-        let key = keys.get(kid).ok_or(JwsError::UnknownKid)?;
+        let key = keys.get(&self.kid).ok_or(JwsError::UnknownKid)?;
         if !key.algs().any(|a| a == self.alg) {
             return Err(JwsError::AlgMismatch);
         }
-        if key.verify(self.alg, self.signing_input, &self.signature) {
+        if key.verify(self.alg, self.signing_input, self.signature()) {
             Ok(())
         } else {
             Err(JwsError::Signature)

@@ -288,3 +288,62 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn logs_never_contain_tokens() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (key, _) = SigningKey::es256();
+    let dir = TempDir::new();
+    let path = dir.join("config.json");
+    let cfg = config(
+        upstream.addr.port(),
+        json!({"keys": [key.jwk("k1", Some("ES256"))]}),
+    );
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let log = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let mut child = command(&path)
+        .args(["--port", "0"])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let proxy: SocketAddr = line
+        .split(' ')
+        .find_map(|w| w.strip_prefix("proxy="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut claims = claims("read:items");
+    claims["aud"] = json!("somebody-else");
+    let tokens = [
+        mint(&key, &header("ES256", "k1"), &claims),
+        mint(&key, &header("ES256", "k1"), &support::claims("read:items")),
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.c2VjcmV0LXNpZ25hdHVyZQ".to_owned(),
+    ];
+    for token in &tokens {
+        get_with_token(proxy, "/items/1", token).await;
+    }
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    assert!(
+        text.contains("invalid token"),
+        "the refusal is logged: {text}"
+    );
+    for token in &tokens {
+        for part in token.split('.') {
+            assert!(!text.contains(part), "a token segment reached the log");
+        }
+    }
+}

@@ -432,3 +432,52 @@ async fn h2c_clients_are_served_and_keep_their_authority() {
     assert_eq!(seen.headers["x-auth-subject"], "alice");
     s.sidecar.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_open_connections() {
+    use http_body_util::{BodyExt, Empty};
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let dir = TempDir::new();
+    let cfg = config(upstream.addr.port(), json!({"keys": []}));
+    let sidecar = start_sidecar(&dir, &cfg).await;
+    let tcp = tokio::net::TcpStream::connect(sidecar.proxy_addr())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut status_of = async |path: &str| {
+        let request = hyper::Request::get(path)
+            .header("host", "app.test")
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        sender.ready().await.expect("the connection stays open");
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    };
+    assert_eq!(status_of("/public/a").await, 200);
+    assert_eq!(status_of("/extra/a").await, 401);
+
+    let mut next = cfg.clone();
+    next["policy"]["generation"] = json!(2);
+    next["rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"paths": ["/extra/**"], "action": {"type": "public"}}));
+    write_atomic(&dir.join("config.json"), &next.to_string());
+    // The same keep-alive connection sees the new rules once they are in force.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while status_of("/extra/a").await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "generation 2 never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status_of("/public/a").await, 200);
+    sidecar.shutdown().await;
+}

@@ -154,7 +154,7 @@ fn shared_with(jwk: &serde_json::Value) -> Arc<Shared> {
         scopegate_sidecar::remote_keys::RemoteKeySet::new(spec)
     })
     .unwrap();
-    Shared::new(compiled, false)
+    Shared::new(compiled, None)
 }
 
 /// Polls a future that completes without waiting (a cache hit does).

@@ -140,10 +140,17 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let mut fresh = |spec| remote_keys::RemoteKeySet::new(spec);
     // TLS is known only after parsing; compile once to learn it, then with the right value.
     let probe = reload::compile(&inputs, false, &mut fresh).map_err(StartError::Config)?;
-    let tls_files = probe.config.listen.tls.clone();
-    let tls_config = tls_files
+    let certificates = probe
+        .config
+        .listen
+        .tls
         .as_ref()
-        .map(tls::server_config)
+        .map(tls::CertificateSource::load)
+        .transpose()
+        .map_err(StartError::Tls)?;
+    let tls_config = certificates
+        .as_ref()
+        .map(|source| source.server_config())
         .transpose()
         .map_err(StartError::Tls)?;
     let settings = if tls_config.is_some() {
@@ -173,7 +180,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             source,
         })?;
 
-    let shared = Shared::new(settings, tls_config.is_some());
+    let shared = Shared::new(settings, certificates);
     shared.start_background();
     let (shutdown, stop) = watch::channel(false);
     let proxy_task = tokio::spawn(server::serve_proxy(

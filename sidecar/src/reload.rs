@@ -114,6 +114,16 @@ pub async fn watch(
             () = tokio::time::sleep(interval) => {}
             () = crate::server::stopped(&mut shutdown) => return,
         }
+        if let Some(certificates) = &shared.certificates {
+            match certificates.reload_if_changed() {
+                Ok(true) => tracing::info!("serving certificate reloaded"),
+                Ok(false) => {}
+                Err(err) => tracing::error!(
+                    error = %err,
+                    "new serving certificate refused; keeping the last good one"
+                ),
+            }
+        }
         let due = shared
             .settings
             .load()

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::rate_limit::Clock;
 use crate::remote_keys::{self, RemoteKeySet, RemoteSpec};
 use crate::settings::{IssuerSource, Settings};
+use crate::tls::CertificateSource;
 use crate::unix_now;
 
 /// Entries the verified-token cache holds.
@@ -36,6 +37,8 @@ pub struct Shared {
     pub clock: Clock,
     /// Whether the listener serves TLS.
     pub tls: bool,
+    /// The listener's certificate, re-read on every reload tick.
+    pub certificates: Option<Arc<CertificateSource>>,
     /// Set on SIGTERM: `/readyz` fails so traffic moves away while connections drain.
     pub draining: AtomicBool,
     /// When the config in force was put in force (Unix seconds): the age of its keys.
@@ -54,7 +57,7 @@ struct Tasks {
 
 impl Shared {
     /// State around a first compiled config; call [`Shared::start_background`] next.
-    pub fn new(settings: Settings, tls: bool) -> Arc<Shared> {
+    pub fn new(settings: Settings, certificates: Option<Arc<CertificateSource>>) -> Arc<Shared> {
         let metrics = Arc::new(Metrics::default());
         metrics
             .config_generation
@@ -65,7 +68,8 @@ impl Shared {
             metrics,
             feed: ArcSwapOption::empty(),
             clock: Clock::start(),
-            tls,
+            tls: certificates.is_some(),
+            certificates,
             draining: AtomicBool::new(false),
             applied_at: AtomicI64::new(unix_now()),
             restart_needed: AtomicBool::new(false),
@@ -240,6 +244,12 @@ impl Shared {
             settings.config.policy.namespace,
             settings.config.policy.name
         );
+        if let Some(error) = self.certificates.as_ref().and_then(|c| c.refused()) {
+            let _ = writeln!(
+                detail,
+                "tls: the newest certificate files are refused, the last good pair serves: {error}"
+            );
+        }
         if self.restart_needed.load(Ordering::Acquire) {
             let _ = writeln!(
                 detail,

@@ -481,3 +481,56 @@ async fn a_reload_keeps_open_connections() {
     assert_eq!(status_of("/public/a").await, 200);
     sidecar.shutdown().await;
 }
+
+/// One HTTPS GET through `connector`; `None` when the handshake fails.
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> Option<RawResponse> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.ok()?;
+    tls.write_all(b"GET /public/x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    let _ = tls.read_to_end(&mut buf).await;
+    Some(parse_response(&buf))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_certificate_rotates_without_a_restart() {
+    let (old, new) = (TestCerts::new(), TestCerts::new());
+    let dir = TempDir::new();
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    write_atomic(&cert_path, &old.leaf_pem);
+    write_atomic(&key_path, &old.leaf_key.serialize_pem());
+    let s = setup(|cfg| cfg["listen"]["tls"] = json!({"certPath": cert_path, "keyPath": key_path}))
+        .await;
+    let addr = s.sidecar.proxy_addr();
+    assert_eq!(tls_get(addr, &old.connector()).await.unwrap().status, 200);
+    assert!(tls_get(addr, &new.connector()).await.is_none());
+
+    // A certificate whose key does not match is refused; the old pair keeps serving.
+    write_atomic(&cert_path, &new.leaf_pem);
+    eventually(
+        "the refusal in /readyz",
+        Duration::from_secs(20),
+        || async {
+            let (status, text) = readyz(s.sidecar.admin_addr()).await;
+            (status == 200 && text.contains("tls: the newest certificate files are refused"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(tls_get(addr, &old.connector()).await.is_some());
+
+    write_atomic(&key_path, &new.leaf_key.serialize_pem());
+    eventually("the new certificate", Duration::from_secs(20), || async {
+        tls_get(addr, &new.connector()).await.map(|_| ())
+    })
+    .await;
+    assert!(tls_get(addr, &old.connector()).await.is_none());
+    assert!(!readyz(s.sidecar.admin_addr()).await.1.contains("tls:"));
+    s.sidecar.shutdown().await;
+}

@@ -534,3 +534,35 @@ async fn the_serving_certificate_rotates_without_a_restart() {
     assert!(!readyz(s.sidecar.admin_addr()).await.1.contains("tls:"));
     s.sidecar.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_budgets_survive_a_reload_that_keeps_the_limit() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let dir = TempDir::new();
+    let mut cfg = config(upstream.addr.port(), json!({"keys": []}));
+    cfg["rateLimits"] =
+        json!([{"name": "login", "paths": ["/public/login"], "requests": 2, "periodSecs": 900}]);
+    let sidecar = start_sidecar(&dir, &cfg).await;
+    let addr = sidecar.proxy_addr();
+    assert_eq!(get(addr, "/public/login", &[]).await.status, 200);
+    assert_eq!(get(addr, "/public/login", &[]).await.status, 200);
+    assert_eq!(get(addr, "/public/login", &[]).await.status, 429);
+
+    let mut next = cfg.clone();
+    next["policy"]["generation"] = json!(2);
+    write_atomic(&dir.join("config.json"), &next.to_string());
+    eventually("generation 2", Duration::from_secs(20), || async {
+        let r = get(sidecar.admin_addr(), "/metrics", &[]).await;
+        String::from_utf8(r.body)
+            .unwrap()
+            .contains("scopegate_sidecar_config_generation 2")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        get(addr, "/public/login", &[]).await.status,
+        429,
+        "budget kept"
+    );
+    sidecar.shutdown().await;
+}

@@ -158,3 +158,108 @@ pub fn validate(
         jti: claims.jti,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jose::b64;
+    use crate::jose::keys::KeyEntry;
+    use aws_lc_rs::hmac;
+    use serde_json::{Value, json};
+
+    const SECRET: [u8; 32] = [9; 32];
+    const NOW: i64 = 1_800_000_000;
+
+    fn token(claims: &Value) -> String {
+        let header = json!({"alg": "HS256", "kid": "k", "typ": "at+jwt"});
+        let input = format!(
+            "{}.{}",
+            b64::encode(header.to_string().as_bytes()),
+            b64::encode(claims.to_string().as_bytes())
+        );
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &SECRET);
+        let tag = hmac::sign(&key, input.as_bytes());
+        format!("{input}.{}", b64::encode(tag.as_ref()))
+    }
+
+    fn claims(edit: impl FnOnce(&mut Value)) -> Value {
+        let mut c = json!({
+            "iss": "i", "sub": "s", "aud": "a", "exp": NOW + 60, "iat": NOW, "jti": "j",
+            "client_id": "c", "scope": "x"
+        });
+        edit(&mut c);
+        c
+    }
+
+    fn check(leeway: i64, c: &Value) -> Result<VerifiedToken, TokenError> {
+        let keys = IssuerKeys {
+            keys: Arc::new(KeyMap::from([(
+                "k".to_owned(),
+                KeyEntry::hs256("k", &SECRET).unwrap(),
+            )])),
+            allow_jwt_typ: false,
+        };
+        let rules = TokenRules {
+            audiences: vec!["a".into()],
+            leeway_secs: leeway,
+            max_token_bytes: 8192,
+        };
+        validate(
+            &token(c),
+            &rules,
+            |iss| (iss == "i").then(|| keys.clone()),
+            NOW,
+        )
+    }
+
+    #[test]
+    fn exp_boundaries() {
+        assert_eq!(
+            check(0, &claims(|c| c["exp"] = json!(NOW))),
+            Err(TokenError::Expired)
+        );
+        assert!(check(0, &claims(|c| c["exp"] = json!(NOW + 1))).is_ok());
+        assert_eq!(
+            check(30, &claims(|c| c["exp"] = json!(NOW - 30))),
+            Err(TokenError::Expired)
+        );
+        assert!(check(30, &claims(|c| c["exp"] = json!(NOW - 29))).is_ok());
+    }
+
+    #[test]
+    fn nbf_and_iat_boundaries() {
+        assert!(check(30, &claims(|c| c["nbf"] = json!(NOW + 30))).is_ok());
+        assert_eq!(
+            check(30, &claims(|c| c["nbf"] = json!(NOW + 31))),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(check(30, &claims(|c| c["iat"] = json!(NOW + 30))).is_ok());
+        assert_eq!(
+            check(30, &claims(|c| c["iat"] = json!(NOW + 31))),
+            Err(TokenError::IssuedInFuture)
+        );
+        assert_eq!(
+            check(0, &claims(|c| c["exp"] = json!(i64::MAX))).map(|t| t.exp),
+            Ok(i64::MAX),
+            "far-future exp does not overflow"
+        );
+    }
+
+    #[test]
+    fn rfc9068_claims_are_required() {
+        for name in ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"] {
+            let c = claims(|c| {
+                c.as_object_mut().unwrap().remove(name);
+            });
+            assert!(check(0, &c).is_err(), "{name} missing");
+        }
+        assert_eq!(
+            check(0, &claims(|c| c["iss"] = json!("other"))),
+            Err(TokenError::Issuer)
+        );
+        assert_eq!(
+            check(0, &claims(|c| c["aud"] = json!(["b", "c"]))),
+            Err(TokenError::Audience)
+        );
+    }
+}

@@ -43,12 +43,16 @@ pub fn decode_into(text: &[u8], out: &mut Vec<u8>) -> Result<(), B64Error> {
         return Err(B64Error::Length);
     }
     let mut chunks = text.chunks_exact(4);
-    for chunk in chunks.by_ref() {
-        let mut n: u32 = 0;
-        for &c in chunk {
-            n = n << 6 | sextet(c)?;
+    let start = out.len();
+    out.resize(start + text.len() / 4 * 3, 0);
+    for (chunk, bytes) in chunks.by_ref().zip(out[start..].chunks_exact_mut(3)) {
+        let [a, b, c, d] = [chunk[0], chunk[1], chunk[2], chunk[3]].map(|c| DECODE[usize::from(c)]);
+        // Invalid characters map to 0xFF: one test for the four of them.
+        if (a | b | c | d) & 0x80 != 0 {
+            return Err(B64Error::Alphabet);
         }
-        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
+        bytes.copy_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
     }
     let rest = chunks.remainder();
     match rest.len() {

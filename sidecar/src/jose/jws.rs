@@ -92,14 +92,14 @@ pub struct Compact<'a> {
 /// Splits and decodes a compact JWS, checking the header (not the signature).
 pub fn parse(token: &str) -> Result<Compact<'_>, JwsError> {
     let bytes = token.as_bytes();
-    let mut dots = bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'.')
-        .map(|(i, _)| i);
-    let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
+    let dot = |from: usize| memchr::memchr(b'.', &bytes[from..]).map(|i| i + from);
+    let first = dot(0);
+    let (Some(first), Some(second)) = (first, first.and_then(|f| dot(f + 1))) else {
         return Err(JwsError::Shape);
     };
+    if dot(second + 1).is_some() {
+        return Err(JwsError::Shape);
+    }
     let (header_b64, payload_b64, signature_b64) = (
         &bytes[..first],
         &bytes[first + 1..second],

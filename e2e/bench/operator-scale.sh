@@ -8,7 +8,8 @@ cd "$root"
 source e2e/scripts/versions.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SCOPEGATE_CACHE/target}"
 bash e2e/scripts/build-bins.sh >/dev/null
-cargo build --release --locked -p scopegate-operator -p scopegate-e2e --example operator_scale
+cargo build --release --locked -p scopegate-operator
+cargo build --release --locked -p scopegate-e2e --example operator_scale
 D="$(mktemp -d /tmp/scopegate-scale.XXXXXX)"
 trap 'bash e2e/scripts/cluster-down.sh "$D"' EXIT
 bash e2e/scripts/cluster-up.sh "$D"

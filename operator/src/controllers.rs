@@ -29,7 +29,7 @@ use crate::oauth_client::credentials::CLIENT_LABEL;
 use crate::oauth_client::{self, validate::issuer_key};
 
 /// How many reconciles of one kind run at once.
-const CONCURRENCY: u16 = 8;
+const CONCURRENCY: u16 = 32;
 
 fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!(
@@ -51,11 +51,39 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config))
+    // managedFields can outweigh an object's data and nothing here reads them.
+    let events = watcher(api, config).modify(|object| object.managed_fields_mut().clear());
+    let stream = reflector::reflector(writer, events)
         .default_backoff()
         .touched_objects();
     tokio::spawn(stream.for_each(|_| future::ready(())));
     reader
+}
+
+/// A watch of every `K` feeding both a cache (without managedFields) and a controller.
+fn stripped<K>(
+    api: Api<K>,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, watcher::Config::default().any_semantic())
+        .modify(|object| object.managed_fields_mut().clear())
+        .default_backoff();
+    (
+        reader,
+        reflector::reflector(writer, events).touched_objects(),
+    )
 }
 
 /// Policies that trust `issuer` through a policyRef.
@@ -118,16 +146,10 @@ pub async fn run(
     let secrets_api: Api<Secret> = Api::all(client.clone());
     let config_maps_api: Api<ConfigMap> = Api::all(client.clone());
 
-    let policy_controller = Controller::new(
-        policies_api.clone(),
-        watcher::Config::default().any_semantic(),
-    );
-    let client_controller = Controller::new(
-        clients_api.clone(),
-        watcher::Config::default().any_semantic(),
-    );
-    let policies = policy_controller.store();
-    let clients = client_controller.store();
+    let (policies, policy_events) = stripped(policies_api.clone());
+    let (clients, client_events) = stripped(clients_api.clone());
+    let policy_controller = Controller::for_stream(policy_events, policies.clone());
+    let client_controller = Controller::for_stream(client_events, clients.clone());
     let secrets = cache(secrets_api.clone(), managed());
     let config_maps = cache(config_maps_api.clone(), managed());
     let pods = cache(
@@ -175,12 +197,10 @@ pub async fn run(
     }
     ready();
 
-    let (clients_for_secrets, policies_for_cms, policies_for_policies, clients_for_watched) = (
-        clients.clone(),
-        policies.clone(),
-        policies.clone(),
-        clients.clone(),
-    );
+    // Dependents of an issuer (policyRef) need no watch of their own: every change they care
+    // about (keys, deletion, an HS256 switch) changes the issuer's JWKS ConfigMap.
+    let (clients_for_secrets, policies_for_cms, clients_for_watched) =
+        (clients.clone(), policies.clone(), clients.clone());
     let (policies_for_pods, policies_for_services) = (policies.clone(), policies.clone());
     let policy_controller = policy_controller
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
@@ -208,17 +228,6 @@ pub async fn run(
             targets.push(ObjectRef::new(&policy).within(&namespace));
             targets
         })
-        .watches(
-            policies_api.clone(),
-            watcher::Config::default(),
-            move |policy: AuthPolicy| {
-                dependents(
-                    &policies_for_policies,
-                    &policy.namespace().unwrap_or_default(),
-                    &policy.name_any(),
-                )
-            },
-        )
         .watches(
             clients_api.clone(),
             watcher::Config::default(),

@@ -26,6 +26,9 @@ use crate::registry::{self, Entry};
 use crate::rotation::{self, Change, Requests, RotationParams};
 use crate::{keygen, secret_data};
 
+/// Annotation on the JWKS ConfigMap naming the issuer's signing algorithm.
+pub const ALGORITHM_ANNOTATION: &str = "scopegate.dev/signing-algorithm";
+
 /// What the key step produced.
 #[derive(Debug)]
 pub struct KeysOutcome {
@@ -197,13 +200,19 @@ pub async fn reconcile_keys(
     }
     let jwks = document.published_jwks(now);
     let jwks_text = build::to_json("JWKS", &jwks)?;
-    let desired = build::config_map(
-        build::owned_meta(policy, &names.jwks)?,
-        BTreeMap::from([(JWKS_FILE.to_owned(), jwks_text)]),
-    );
-    let unchanged = ctx
-        .config_map(&namespace, &names.jwks)
-        .is_some_and(|cm| cm.data == desired.data && is_managed(cm.labels()));
+    // The algorithm rides along so that policies trusting this issuer by reference hear of a
+    // switch to HS256 (which publishes nothing new) through this object's watch.
+    let mut meta = build::owned_meta(policy, &names.jwks)?;
+    meta.annotations = Some(BTreeMap::from([(
+        ALGORITHM_ANNOTATION.to_owned(),
+        alg.to_owned(),
+    )]));
+    let desired = build::config_map(meta, BTreeMap::from([(JWKS_FILE.to_owned(), jwks_text)]));
+    let unchanged = ctx.config_map(&namespace, &names.jwks).is_some_and(|cm| {
+        cm.data == desired.data
+            && is_managed(cm.labels())
+            && cm.annotations() == desired.annotations()
+    });
     ctx.apply::<ConfigMap>(&desired, unchanged).await?;
 
     Ok(KeysOutcome {

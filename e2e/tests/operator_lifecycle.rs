@@ -198,3 +198,96 @@ async fn an_operator_killed_mid_reconcile_converges_without_lost_or_duplicated_k
     }
     ns.delete().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_object_that_does_not_decode_gets_a_warning_and_does_not_stall_the_others() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let plane = ControlPlane::from_env().unwrap();
+    let client = plane.client().await.unwrap();
+    let ns = TestNamespace::create(&client, "undecodable").await.unwrap();
+    let lease = format!("e2e-guard-{}", std::process::id());
+    let operator = OperatorProcess::start("guard", &lease).unwrap();
+    eventually("leader", || async {
+        ensure!(operator.is_leader(), "not yet");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Store an object the current types cannot read, as an older or newer schema could have:
+    // loosen the CRD, write it, and restore the CRD (stored objects are not re-validated).
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let original = crds.get("authpolicies.scopegate.dev").await.unwrap();
+    let mut loose = original.clone();
+    loose.metadata.managed_fields = None;
+    if let Some(schema) = loose.spec.versions[0]
+        .schema
+        .as_mut()
+        .and_then(|s| s.open_api_v3_schema.as_mut())
+    {
+        let spec = schema.properties.as_mut().unwrap().get_mut("spec").unwrap();
+        *spec = serde_json::from_value(
+            serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        )
+        .unwrap();
+        schema.x_kubernetes_validations = None;
+    }
+    crds.replace("authpolicies.scopegate.dev", &Default::default(), &loose)
+        .await
+        .unwrap();
+    let bad = serde_json::json!({
+        "apiVersion": "scopegate.dev/v1alpha1", "kind": "AuthPolicy",
+        "metadata": {"name": "from-another-version"},
+        "spec": {"selector": {}, "issuer": "an issuer as a string", "upstream": {"port": "eighty"}}
+    });
+    let dynamic = Api::<kube::api::DynamicObject>::namespaced_with(
+        client.clone(),
+        &ns.name,
+        &kube::api::ApiResource::erase::<AuthPolicy>(&()),
+    );
+    eventually("the loose schema in effect", || async {
+        let object: kube::api::DynamicObject = serde_json::from_value(bad.clone())?;
+        dynamic.create(&Default::default(), &object).await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let mut restored = crds.get("authpolicies.scopegate.dev").await.unwrap();
+    restored.spec = original.spec.clone();
+    crds.replace("authpolicies.scopegate.dev", &Default::default(), &restored)
+        .await
+        .unwrap();
+
+    // Every other object is still reconciled, and the bad one is named in a Warning event.
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer("good"))
+        .await
+        .unwrap();
+    eventually("the good policy reconciled", || async {
+        ready_generation(&client, &ns.name, "good").await
+    })
+    .await
+    .unwrap();
+    eventually("a Warning event on the bad object", || async {
+        let events =
+            Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns.name)
+                .list(&Default::default())
+                .await?;
+        ensure!(
+            events
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("InvalidObject")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                        == Some("from-another-version")),
+            "no InvalidObject event yet"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    dynamic
+        .delete("from-another-version", &Default::default())
+        .await
+        .unwrap();
+    ns.delete().await.unwrap();
+}

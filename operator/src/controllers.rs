@@ -11,12 +11,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::core::PartialObjectMeta;
 
 use crate::webhook::inject::selects;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use scopegate_core::names;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use tokio::sync::watch;
@@ -61,8 +61,13 @@ where
 }
 
 /// A watch of every `K` feeding both a cache (without managedFields) and a controller.
-fn stripped<K>(
-    api: Api<K>,
+///
+/// The watch decodes objects itself: one that does not decode as `K` (written by another
+/// version, or a status someone else broke) is skipped with a Warning event on it, instead of
+/// failing the whole watch and stalling every other object.
+fn guarded<K>(
+    client: &Client,
+    recorder: Recorder,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -76,14 +81,64 @@ where
         + Sync
         + 'static,
 {
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let (reader, writer) = reflector::store();
     let events = watcher(api, watcher::Config::default().any_semantic())
         .modify(|object| object.managed_fields_mut().clear())
+        .filter_map(move |event| {
+            future::ready(match event {
+                Ok(event) => decode(event, &resource, &recorder).map(Ok),
+                Err(err) => Some(Err(err)),
+            })
+        })
         .default_backoff();
     (
         reader,
         reflector::reflector(writer, events).touched_objects(),
     )
+}
+
+/// Decodes one watch event; `None` when its object does not decode.
+fn decode<K: kube::Resource + serde::de::DeserializeOwned>(
+    event: watcher::Event<DynamicObject>,
+    resource: &ApiResource,
+    recorder: &Recorder,
+) -> Option<watcher::Event<K>> {
+    let parse = |object: DynamicObject| -> Option<K> {
+        match object.clone().try_parse::<K>() {
+            Ok(typed) => Some(typed),
+            Err(err) => {
+                let note =
+                    format!("this object does not decode and is ignored until it is fixed: {err}");
+                tracing::warn!(
+                    namespace = object.metadata.namespace.as_deref().unwrap_or_default(),
+                    name = object.metadata.name.as_deref().unwrap_or_default(),
+                    "{note}"
+                );
+                let reference = object.object_ref(resource);
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    let event = Event {
+                        type_: EventType::Warning,
+                        reason: "InvalidObject".into(),
+                        note: Some(note),
+                        action: "Decode".into(),
+                        secondary: None,
+                    };
+                    let _ = recorder.publish(&event, &reference).await;
+                });
+                None
+            }
+        }
+    };
+    Some(match event {
+        watcher::Event::Apply(object) => watcher::Event::Apply(parse(object)?),
+        watcher::Event::Delete(object) => watcher::Event::Delete(parse(object)?),
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(parse(object)?),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    })
 }
 
 /// Policies that trust `issuer` through a policyRef.
@@ -146,8 +201,15 @@ pub async fn run(
     let secrets_api: Api<Secret> = Api::all(client.clone());
     let config_maps_api: Api<ConfigMap> = Api::all(client.clone());
 
-    let (policies, policy_events) = stripped(policies_api.clone());
-    let (clients, client_events) = stripped(clients_api.clone());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "scopegate-operator".into(),
+            instance: Some(identity),
+        },
+    );
+    let (policies, policy_events) = guarded::<AuthPolicy>(&client, recorder.clone());
+    let (clients, client_events) = guarded::<OAuthClient>(&client, recorder.clone());
     let policy_controller = Controller::for_stream(policy_events, policies.clone());
     let client_controller = Controller::for_stream(client_events, clients.clone());
     let secrets = cache(secrets_api.clone(), managed());
@@ -161,13 +223,6 @@ pub async fn run(
         watcher::Config::default(),
     );
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "scopegate-operator".into(),
-            instance: Some(identity),
-        },
-    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,

@@ -17,6 +17,7 @@ pod = {
                              "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}}]},
 }
 session = requests.Session()
+session.trust_env = False  # REQUESTS_CA_BUNDLE would override the CA below
 session.verify = ca
 latencies, injected = [], 0
 interval = 1.0 / rate

@@ -158,6 +158,8 @@ impl CaDocument {
             .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Strict verifiers (OpenSSL's X509_STRICT, Python 3.13+) need the issuer's key id.
+        params.use_authority_key_identifier_extension = true;
         let not_after = (now + LEAF_LIFETIME_SECS).min(signer.not_after);
         params.not_before = to_time(now - 300);
         params.not_after = to_time(not_after);

@@ -73,8 +73,9 @@ impl Default for Metrics {
         let skipped_writes = Counter::default();
         let leader = Gauge::default();
         let webhook_reviews = Family::<OutcomeLabels, Counter>::default();
-        let webhook_duration =
-            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]);
+        let webhook_duration = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.01, 0.05,
+        ]);
         registry.register("reconciles", "Reconciles run", reconciles.clone());
         registry.register(
             "reconcile_failures",

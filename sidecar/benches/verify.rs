@@ -145,6 +145,7 @@ fn shared_with(jwk: &serde_json::Value) -> Arc<Shared> {
     });
     let text = config.to_string();
     let input = CompileInput {
+        clients_text: None,
         config_text: &text,
         signing_keys_text: None,
         now: scopegate_sidecar::unix_now(),
@@ -154,7 +155,7 @@ fn shared_with(jwk: &serde_json::Value) -> Arc<Shared> {
         scopegate_sidecar::remote_keys::RemoteKeySet::new(spec)
     })
     .unwrap();
-    Shared::new(compiled, None)
+    Shared::new(compiled, None, None, Default::default())
 }
 
 /// Polls a future that completes without waiting (a cache hit does).

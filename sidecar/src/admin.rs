@@ -1,4 +1,5 @@
-//! The admin server (port 15090 in a pod): `/healthz`, `/readyz` with detail, `/metrics`.
+//! The admin server (port 15090 in a pod): `/healthz`, `/readyz` with detail, `/metrics`,
+//! and the app's own probes replayed under `/app-health/<container>/<kind>`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,8 +12,22 @@ use hyper::body::Incoming;
 use crate::state::Shared;
 
 /// Answers one admin request.
-pub fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match req.uri().path() {
+pub async fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let app_probe = match path.strip_prefix("/app-health/") {
+        Some(name) => shared.app_probes.check(name).await,
+        None => None,
+    };
+    let (status, content_type, body) = match path {
+        _ if app_probe.is_some() => {
+            let status = app_probe.unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let text = if status == StatusCode::OK {
+                "ok\n"
+            } else {
+                "app probe failed\n"
+            };
+            (status, "text/plain", text.to_owned())
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => {
             let (ready, detail) = shared.readiness();
@@ -55,7 +70,8 @@ pub fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>>
 /// Serves admin requests on one connection until it closes.
 pub async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
     let service = hyper::service::service_fn(move |req| {
-        std::future::ready(Ok::<_, Infallible>(handle(&shared, &req)))
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &req).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -1,17 +1,21 @@
-//! scopegate-sidecar: the verifying reverse proxy in front of every protected app.
+//! scopegate-sidecar: the verifying reverse proxy in front of every protected app and, in
+//! pods of an `issuer.self` policy, the OAuth2 authorization server ([`issuer`]).
 //!
 //! A library with a thin binary: [`start`] runs a whole sidecar (proxy port, admin port,
-//! hot reload, key fetchers, revocation feed) inside the caller's Tokio runtime, so tests
-//! run it in-process on `127.0.0.1:0` exactly as the binary runs it in a pod.
+//! hot reload, key fetchers, revocation feed, issuer endpoints and mint socket) inside the
+//! caller's Tokio runtime, so tests run it in-process on `127.0.0.1:0` exactly as the binary
+//! runs it in a pod.
 
 pub mod admin;
 pub mod answer;
+pub mod app_probes;
 pub mod cache;
 pub mod client_addr;
 pub mod credentials;
 pub mod feed_client;
 pub mod headers;
 pub mod https;
+pub mod issuer;
 pub mod jose;
 pub mod metrics;
 pub mod proxy;
@@ -34,6 +38,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::app_probes::AppProbes;
+use crate::issuer::{Issuer, IssuerStartError, IssuerTuning};
 use crate::reload::LoadError;
 use crate::state::Shared;
 use crate::tls::ServerTlsError;
@@ -60,6 +66,10 @@ pub struct Options {
     pub reload_interval: Duration,
     /// How long open connections may drain after shutdown starts.
     pub drain_timeout: Duration,
+    /// Tunables of the issuer role.
+    pub issuer_tuning: IssuerTuning,
+    /// The app's probes to replay on the admin port.
+    pub app_probes: AppProbes,
 }
 
 /// Why a sidecar did not start.
@@ -71,6 +81,18 @@ pub enum StartError {
     /// The TLS listener could not be set up from the mounted files (exit 64).
     #[error("invalid TLS setup: {0}")]
     Tls(#[source] ServerTlsError),
+    /// The issuer role's store is misconfigured (exit 64).
+    #[error("invalid issuer setup: {0}")]
+    Issuer(#[source] IssuerStartError),
+    /// The mint socket could not be bound.
+    #[error("cannot bind the mint socket {path}")]
+    MintSocket {
+        /// The socket path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A port could not be bound.
     #[error("cannot bind {addr}")]
     Bind {
@@ -86,7 +108,10 @@ impl StartError {
     /// Whether the operator's input is at fault (EX_USAGE-like exit 64) rather than the
     /// environment.
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Config(_) | StartError::Tls(_))
+        matches!(
+            self,
+            StartError::Config(_) | StartError::Tls(_) | StartError::Issuer(_)
+        )
     }
 }
 
@@ -180,9 +205,37 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             source,
         })?;
 
-    let shared = Shared::new(settings, certificates);
+    let issuer = settings
+        .config
+        .issuer
+        .as_ref()
+        .map(|role| {
+            Issuer::new(
+                role,
+                settings.config.ca_bundle_pem.as_deref(),
+                options.issuer_tuning.clone(),
+            )
+        })
+        .transpose()
+        .map_err(StartError::Issuer)?;
+    let mint_socket = settings
+        .config
+        .issuer
+        .as_ref()
+        .map(|role| role.mint_socket_path.clone());
+    let shared = Shared::new(settings, certificates, issuer.clone(), options.app_probes);
     shared.start_background();
     let (shutdown, stop) = watch::channel(false);
+    let mut other_tasks = Vec::new();
+    if let (Some(issuer), Some(path)) = (issuer, mint_socket) {
+        other_tasks.push(tokio::spawn(issuer.run_background()));
+        let mint = Issuer::start_mint(shared.clone(), std::path::Path::new(&path), stop.clone())
+            .map_err(|source| StartError::MintSocket {
+                path: path.clone(),
+                source,
+            })?;
+        other_tasks.push(mint);
+    }
     let proxy_task = tokio::spawn(server::serve_proxy(
         proxy_listener,
         tls_config.map(tokio_rustls::TlsAcceptor::from),
@@ -203,12 +256,14 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         stop,
     ));
     tracing::info!(%proxy_addr, %admin_addr, "sidecar serving");
+    other_tasks.push(admin_task);
+    other_tasks.push(reload_task);
     Ok(Running {
         proxy_addr,
         admin_addr,
         shared,
         shutdown,
         proxy_task,
-        other_tasks: vec![admin_task, reload_task],
+        other_tasks,
     })
 }

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use scopegate_core::config::CONFIG_FILE;
 use scopegate_core::names::{CONFIG_MOUNT_DIR, SIDECAR_ADMIN_PORT};
+use scopegate_sidecar::app_probes::{APP_PROBES_ENV, AppProbes};
 use scopegate_sidecar::{Options, start};
 
 /// Command-line interface of the sidecar.
@@ -36,6 +37,10 @@ struct Cli {
     /// How long open connections may finish after SIGTERM, in seconds.
     #[arg(long, env = "SCOPEGATE_DRAIN_SECS", default_value_t = 20)]
     drain_secs: u64,
+    /// Issuer tunables as JSON (rate limits, refresh grace, mint budget); see
+    /// `scopegate_sidecar::issuer::IssuerTuning`. Defaults apply to what is left out.
+    #[arg(long, env = "SCOPEGATE_ISSUER_TUNING", default_value = "{}")]
+    issuer_tuning: String,
     /// Log as JSON lines instead of plain text.
     #[arg(long, env = "SCOPEGATE_LOG_JSON")]
     log_json: bool,
@@ -66,6 +71,21 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let issuer_tuning = match serde_json::from_str(&cli.issuer_tuning) {
+        Ok(tuning) => tuning,
+        Err(err) => {
+            eprintln!("scopegate-sidecar: --issuer-tuning is not valid JSON tunables: {err}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let probes = std::env::var(APP_PROBES_ENV).unwrap_or_default();
+    let app_probes = match AppProbes::parse(&probes) {
+        Ok(probes) => probes,
+        Err(err) => {
+            eprintln!("scopegate-sidecar: {err}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     let options = Options {
         config_path: PathBuf::from(cli.config),
         bind_ip: cli.bind,
@@ -73,6 +93,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         admin_addr: cli.admin_addr,
         reload_interval: Duration::from_millis(cli.reload_interval_ms.max(10)),
         drain_timeout: Duration::from_secs(cli.drain_secs),
+        issuer_tuning,
+        app_probes,
     };
     let running = match start(options).await {
         Ok(running) => running,

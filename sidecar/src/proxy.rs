@@ -50,6 +50,24 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let settings = shared.settings.load_full();
+    if let (Some(issuer), Some(role)) = (shared.issuer.as_ref(), settings.issuer.as_ref())
+        && crate::issuer::is_issuer_path(role, req.uri().path())
+    {
+        let forwarded = req
+            .headers()
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let client_ip = client_ip(conn.peer.ip(), forwarded, settings.trusted_proxies.as_ref());
+        let ctx = crate::issuer::Context {
+            issuer,
+            settings: role,
+            client_ip,
+        };
+        let mut response = crate::issuer::handle(ctx, req).await;
+        headers::secure_response(response.headers_mut(), &settings.headers, false);
+        return response;
+    }
     let path = match normalise(req.uri().path()) {
         Ok(path) => path,
         Err(err) => {

@@ -55,11 +55,12 @@ impl LoadError {
 pub struct Inputs {
     config_text: String,
     signing_keys_text: Option<String>,
+    clients_text: Option<String>,
     /// SHA-256 over both texts.
     pub fingerprint: [u8; 32],
 }
 
-/// Reads the config file and the signing-keys document it names.
+/// Reads the config file and the documents it names (signing keys, client registry).
 pub async fn read(path: &Path) -> Result<Inputs, LoadError> {
     let config_text = tokio::fs::read_to_string(path)
         .await
@@ -67,20 +68,28 @@ pub async fn read(path: &Path) -> Result<Inputs, LoadError> {
             path: path.to_owned(),
             source,
         })?;
-    let signing_keys_text = match settings::signing_keys_path(&config_text) {
-        // A missing document is reported by compile() as an ownSigningKeys error.
-        Some(keys_path) => tokio::fs::read_to_string(keys_path).await.ok(),
-        None => None,
+    let (keys_path, clients_path) = settings::side_documents(&config_text);
+    // A missing document is reported by compile().
+    let read_side = |path: Option<String>| async move {
+        match path {
+            Some(path) => tokio::fs::read_to_string(path).await.ok(),
+            None => None,
+        }
     };
+    let signing_keys_text = read_side(keys_path).await;
+    let clients_text = read_side(clients_path).await;
     let mut ctx = digest::Context::new(&digest::SHA256);
     ctx.update(config_text.as_bytes());
     ctx.update(&[0]);
     ctx.update(signing_keys_text.as_deref().unwrap_or("").as_bytes());
+    ctx.update(&[0]);
+    ctx.update(clients_text.as_deref().unwrap_or("").as_bytes());
     let mut fingerprint = [0u8; 32];
     fingerprint.copy_from_slice(ctx.finish().as_ref());
     Ok(Inputs {
         config_text,
         signing_keys_text,
+        clients_text,
         fingerprint,
     })
 }
@@ -94,6 +103,7 @@ pub fn compile(
     let input = CompileInput {
         config_text: &inputs.config_text,
         signing_keys_text: inputs.signing_keys_text.as_deref(),
+        clients_text: inputs.clients_text.as_deref(),
         now: unix_now(),
         tls,
     };

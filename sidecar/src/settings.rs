@@ -21,6 +21,7 @@ use scopegate_core::path::{Pattern, PatternError};
 use scopegate_core::policy::{Policy, PolicyError};
 
 use crate::client_addr::{CidrError, TrustedProxies};
+use crate::issuer::IssuerSettings;
 use crate::jose::b64;
 use crate::jose::jws::KeyMap;
 use crate::jose::keys::{Alg, KeyEntry, KeyError};
@@ -106,6 +107,9 @@ pub enum SettingsError {
     /// A client cut-off names an empty client.
     #[error("revocation.clientCutoffs: empty client id")]
     ClientCutoff,
+    /// The issuer role's inputs are unusable.
+    #[error("{0}")]
+    IssuerRole(#[from] crate::issuer::IssuerError),
 }
 
 /// Where a trusted issuer's keys are.
@@ -185,6 +189,8 @@ pub struct Settings {
     pub upstream: Upstream,
     /// When a key from the signing-keys document leaves the set: recompile then.
     pub recompile_at: Option<i64>,
+    /// The issuer role, in pods of an `issuer.self` policy.
+    pub issuer: Option<Arc<IssuerSettings>>,
 }
 
 /// What compiling needs besides the document.
@@ -193,23 +199,25 @@ pub struct CompileInput<'a> {
     pub config_text: &'a str,
     /// The signing-keys document text, when the config names one and it could be read.
     pub signing_keys_text: Option<&'a str>,
+    /// The client registry text, in issuer pods, when it could be read.
+    pub clients_text: Option<&'a str>,
     /// Unix seconds now.
     pub now: i64,
     /// Whether the listener serves TLS (for `hsts: auto`).
     pub tls: bool,
 }
 
-/// Parses only far enough to know which signing-keys document the config needs.
-pub fn signing_keys_path(config_text: &str) -> Option<String> {
-    let config = SidecarConfig::from_json(config_text).ok()?;
-    let needs = config
-        .verify
-        .issuers
-        .iter()
-        .any(|i| matches!(i.keys, KeySource::OwnSigningKeys));
-    needs
-        .then(|| config.issuer.map(|i| i.signing_keys_path))
-        .flatten()
+/// Parses only far enough to know which mounted documents the config needs besides itself:
+/// the signing-keys document (the issuer role signs with it; `ownSigningKeys` verifies with
+/// it) and the client registry of the issuer role.
+pub fn side_documents(config_text: &str) -> (Option<String>, Option<String>) {
+    let Some(issuer) = SidecarConfig::from_json(config_text)
+        .ok()
+        .and_then(|c| c.issuer)
+    else {
+        return (None, None);
+    };
+    (Some(issuer.signing_keys_path), Some(issuer.clients_path))
 }
 
 /// Compiles a config. `remote` returns the live set for a remote spec (an existing one when
@@ -346,7 +354,25 @@ pub fn compile(
         max_token_bytes: verify.max_token_bytes,
     };
     let upstream = upstream(&config);
+    let issuer = config
+        .issuer
+        .as_ref()
+        .map(|role| {
+            IssuerSettings::compile(
+                &config,
+                role,
+                input.signing_keys_text,
+                input.clients_text,
+                input.now,
+            )
+        })
+        .transpose()?
+        .map(Arc::new);
+    if let Some(next) = issuer.as_ref().and_then(|i| i.keys.next_change(input.now)) {
+        recompile_at = Some(recompile_at.map_or(next, |t| t.min(next)));
+    }
     Ok(Settings {
+        issuer,
         policy,
         token_rules,
         issuers,

@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::task::JoinHandle;
 
+use crate::app_probes::AppProbes;
 use crate::cache::TokenCache;
 use crate::feed_client::{self, FeedState};
 use crate::https;
+use crate::issuer::Issuer;
 use crate::metrics::Metrics;
 use crate::rate_limit::Clock;
 use crate::remote_keys::{self, RemoteKeySet, RemoteSpec};
@@ -41,6 +43,10 @@ pub struct Shared {
     pub certificates: Option<Arc<CertificateSource>>,
     /// Set on SIGTERM: `/readyz` fails so traffic moves away while connections drain.
     pub draining: AtomicBool,
+    /// The issuer role's lasting state, in pods of an `issuer.self` policy.
+    pub issuer: Option<Arc<Issuer>>,
+    /// The app's original HTTP probes, replayed on the admin port.
+    pub app_probes: AppProbes,
     /// When the config in force was put in force (Unix seconds): the age of its keys.
     applied_at: AtomicI64,
     /// The listener settings changed in a reload: they apply after a restart.
@@ -57,7 +63,12 @@ struct Tasks {
 
 impl Shared {
     /// State around a first compiled config; call [`Shared::start_background`] next.
-    pub fn new(settings: Settings, certificates: Option<Arc<CertificateSource>>) -> Arc<Shared> {
+    pub fn new(
+        settings: Settings,
+        certificates: Option<Arc<CertificateSource>>,
+        issuer: Option<Arc<Issuer>>,
+        app_probes: AppProbes,
+    ) -> Arc<Shared> {
         let metrics = Arc::new(Metrics::default());
         metrics
             .config_generation
@@ -71,6 +82,8 @@ impl Shared {
             tls: certificates.is_some(),
             certificates,
             draining: AtomicBool::new(false),
+            issuer,
+            app_probes,
             applied_at: AtomicI64::new(unix_now()),
             restart_needed: AtomicBool::new(false),
             reload_error: Mutex::new(None),
@@ -103,6 +116,17 @@ impl Shared {
         }
         if old.config.listen != settings.config.listen {
             tracing::warn!("listen settings changed: they take effect after a restart");
+            self.restart_needed.store(true, Ordering::Release);
+        }
+        let role = |c: &scopegate_core::config::SidecarConfig| {
+            c.issuer
+                .as_ref()
+                .map(|i| (i.store.clone(), i.mint_socket_path.clone()))
+        };
+        if role(&old.config) != role(&settings.config) {
+            tracing::warn!(
+                "issuer role, store or mint socket changed: they take effect after a restart"
+            );
             self.restart_needed.store(true, Ordering::Release);
         }
         self.settings.store(Arc::new(settings));
@@ -253,7 +277,7 @@ impl Shared {
         if self.restart_needed.load(Ordering::Acquire) {
             let _ = writeln!(
                 detail,
-                "listen: the port or TLS files changed in the config; they apply after a restart"
+                "listen: the port, TLS files or issuer store changed in the config; they apply after a restart"
             );
         }
         if let Some(error) = &*self.reload_error.lock().unwrap_or_else(|p| p.into_inner()) {

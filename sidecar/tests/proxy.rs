@@ -324,11 +324,13 @@ async fn own_hs256_signing_keys_verify_until_removed() {
         json!({"keys": [key("live", now + 3600), key("gone", now - 1)]}).to_string(),
     )
     .unwrap();
+    std::fs::write(dir.join("clients.json"), r#"{"clients": []}"#).unwrap();
     let mut cfg = config(upstream.addr.port(), json!({"keys": []}));
     cfg["verify"]["issuers"][0]["keys"] = json!({"type": "ownSigningKeys"});
     cfg["issuer"] = json!({
         "url": ISSUER, "signingKeysPath": keys_path, "clientsPath": dir.join("clients.json"),
-        "accessTokenTtlSecs": 600, "refreshTokenTtlSecs": 3600, "codeTtlSecs": 60
+        "accessTokenTtlSecs": 600, "refreshTokenTtlSecs": 3600, "codeTtlSecs": 60,
+        "mintSocketPath": dir.join("mint.sock")
     });
     let sidecar = start_sidecar(&dir, &cfg).await;
     let hs = SigningKey::hs256(&secret);

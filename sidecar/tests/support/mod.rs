@@ -3,6 +3,8 @@
 // Helpers of test code: unwrap is the right failure here, and not every test uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod issuer;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -518,6 +520,8 @@ pub async fn start_sidecar(dir: &TempDir, config: &Value) -> scopegate_sidecar::
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         reload_interval: Duration::from_millis(50),
         drain_timeout: Duration::from_secs(5),
+        issuer_tuning: Default::default(),
+        app_probes: Default::default(),
     })
     .await
     .expect("sidecar starts")

@@ -1,0 +1,385 @@
+//! `/oauth2/authorize` (RFC 6749 §4.1, RFC 7636, RFC 9207): the request is checked, stored
+//! as a one-time login challenge, and the browser sent to the app's `loginUrl`. The app logs
+//! its user in and accepts the challenge on the mint socket, which hands it a one-time
+//! `resume` URL on the issuer; there the issuer mints the code and redirects the browser to
+//! the client with `code`, the untouched `state` and `iss`.
+//!
+//! An unknown client or a redirect URI that is not registered gets an error page, never a
+//! redirect (RFC 6749 §4.1.2.1); every later error is redirected to the client.
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use super::codes::CodeRecord;
+use super::error::OAuthError;
+use super::form::{Form, form_encode};
+use super::grant;
+use super::limits::{Endpoint, Limiter};
+use super::store::{self, MAX_SWAP_ATTEMPTS, hashed_key};
+use super::{Context, IssuerSettings, random_token, reply};
+use crate::proxy::ProxyBody;
+use crate::unix_now;
+
+/// How long a login may take, from the authorization request to the accepted challenge.
+pub const LOGIN_TTL_SECS: i64 = 600;
+/// How long the browser has to come back after the app accepted.
+pub const RESUME_TTL_SECS: i64 = 120;
+/// Longest `state` kept.
+pub const MAX_STATE_BYTES: usize = 2048;
+
+/// A pending authorization request, as stored under its challenge (and, once accepted,
+/// under its resume verifier with the subject filled in).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LoginRecord {
+    /// The client.
+    pub client_id: String,
+    /// The redirect URI, exactly as requested.
+    pub redirect_uri: String,
+    /// The scope the client will get.
+    pub scope: Vec<String>,
+    /// Audiences of the tokens.
+    pub audiences: Vec<String>,
+    /// `state`, untouched.
+    pub state: Option<String>,
+    /// The PKCE S256 challenge.
+    pub challenge: String,
+    /// When the request came.
+    pub created_at: i64,
+    /// The subject, once the app accepted.
+    pub sub: Option<String>,
+}
+
+/// Where the client is sent back to, with these parameters.
+pub fn client_redirect(redirect_uri: &str, params: &[(&str, &str)]) -> String {
+    let mut url = redirect_uri.to_owned();
+    let mut sep = if url.contains('?') { '&' } else { '?' };
+    for (name, value) in params {
+        url.push(sep);
+        url.push_str(name);
+        url.push('=');
+        url.push_str(&form_encode(value));
+        sep = '&';
+    }
+    url
+}
+
+fn error_redirect(
+    settings: &IssuerSettings,
+    redirect_uri: &str,
+    state: Option<&str>,
+    err: &OAuthError,
+) -> String {
+    let mut params = vec![
+        ("error", err.code()),
+        ("error_description", err.description()),
+    ];
+    if let Some(state) = state {
+        params.push(("state", state));
+    }
+    params.push(("iss", &settings.config.url));
+    client_redirect(redirect_uri, &params)
+}
+
+/// Answers an authorization request.
+pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::GET {
+        return reply::error_page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Use GET for authorization requests.",
+        );
+    }
+    let limiter = Limiter::new(
+        ctx.issuer.store.as_ref(),
+        ctx.issuer.tuning.limits,
+        Endpoint::Authorize,
+        ctx.client_ip,
+    );
+    if limiter.before().await.is_err() {
+        return reply::error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests; try again later.",
+        );
+    }
+    let query = req.uri().query().unwrap_or("");
+    // Duplicates of client_id or redirect_uri make both untrustworthy: an error page.
+    let form = match Form::parse(query.as_bytes()) {
+        Ok(form) => form,
+        Err(_) => {
+            let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
+            return reply::error_page(
+                StatusCode::BAD_REQUEST,
+                "The authorization request is malformed.",
+            );
+        }
+    };
+    let settings = ctx.settings;
+    let client = form
+        .get("client_id")
+        .and_then(|id| settings.clients.get(id));
+    let Some(client) = client else {
+        let _ = limiter
+            .failed(form.get("client_id"), OAuthError::InvalidRequest(""))
+            .await;
+        return reply::error_page(StatusCode::BAD_REQUEST, "Unknown client.");
+    };
+    let Some(redirect_uri) = form.get("redirect_uri").filter(|uri| {
+        client
+            .redirect_uris
+            .iter()
+            .any(|r| grant::redirect_uri_matches(r, uri))
+    }) else {
+        let _ = limiter
+            .failed(Some(&client.client_id), OAuthError::InvalidRequest(""))
+            .await;
+        return reply::error_page(
+            StatusCode::BAD_REQUEST,
+            "The redirect URI is not registered for this client.",
+        );
+    };
+    if let Err(err) = limiter.admit(&client.client_id).await {
+        return reply::redirect(&error_redirect(
+            settings,
+            redirect_uri,
+            form.get("state"),
+            &err,
+        ));
+    }
+    let state = form.get("state");
+    match login(ctx, client, redirect_uri, &form).await {
+        Ok(location) => reply::redirect(&location),
+        Err(err) => {
+            tracing::info!(endpoint = "authorize", client_id = %client.client_id, error = err.code(), reason = %err, "authorization request refused");
+            let err = limiter.failed(Some(&client.client_id), err).await;
+            reply::redirect(&error_redirect(settings, redirect_uri, state, &err))
+        }
+    }
+}
+
+/// Checks the rest of the request, stores the challenge, and names the login URL.
+async fn login(
+    ctx: &Context<'_>,
+    client: &scopegate_core::clients::RegisteredClient,
+    redirect_uri: &str,
+    form: &Form,
+) -> Result<String, OAuthError> {
+    let settings = ctx.settings;
+    if form.require("response_type")? != "code" {
+        return Err(OAuthError::UnsupportedResponseType);
+    }
+    if !client.grant_types.iter().any(|g| g == "authorization_code") {
+        return Err(OAuthError::UnauthorizedClient);
+    }
+    let challenge = form.require("code_challenge")?;
+    // A missing method means `plain` (RFC 7636 §4.3), which is refused.
+    if form.get("code_challenge_method") != Some("S256") {
+        return Err(OAuthError::InvalidRequest(
+            "code_challenge_method must be S256",
+        ));
+    }
+    if !grant::is_s256_challenge(challenge) {
+        return Err(OAuthError::InvalidRequest(
+            "code_challenge is not an S256 challenge",
+        ));
+    }
+    let state = form.get("state");
+    if state.is_some_and(|s| s.len() > MAX_STATE_BYTES) {
+        return Err(OAuthError::InvalidRequest("state is too long"));
+    }
+    let requested = grant::parse_scope(form.get("scope"))?;
+    let scope = grant::grant_scope(requested.as_deref(), client, &settings.config.scopes)?;
+    let audiences = grant::audiences(
+        &form.all("resource"),
+        &client.audiences,
+        &grant::client_audiences(client, &settings.config.url),
+    )?;
+    let login_url =
+        settings
+            .config
+            .login_url
+            .as_deref()
+            .ok_or(OAuthError::TemporarilyUnavailable(
+                "no login URL is configured",
+            ))?;
+    let now = unix_now();
+    let record = LoginRecord {
+        client_id: client.client_id.clone(),
+        redirect_uri: redirect_uri.to_owned(),
+        scope,
+        audiences,
+        state: state.map(str::to_owned),
+        challenge: challenge.to_owned(),
+        created_at: now,
+        sub: None,
+    };
+    let login_challenge = random_token(32);
+    let key = hashed_key("login", &login_challenge);
+    if !store::write(
+        ctx.issuer.store.as_ref(),
+        &key,
+        None,
+        &record,
+        now + LOGIN_TTL_SECS,
+    )
+    .await?
+    {
+        return Err(OAuthError::ServerError);
+    }
+    Ok(client_redirect(
+        login_url,
+        &[("login_challenge", &login_challenge)],
+    ))
+}
+
+/// A pending login, for the app (mint socket): who asks for what. Never the challenge.
+pub async fn pending(
+    ctx: &Context<'_>,
+    login_challenge: &str,
+) -> Result<Option<LoginRecord>, OAuthError> {
+    let key = hashed_key("login", login_challenge);
+    Ok(store::read::<LoginRecord>(ctx.issuer.store.as_ref(), &key)
+        .await?
+        .map(|r| r.value))
+}
+
+/// How the app decided a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The user logged in as `subject`; `scope` may narrow what the client asked for.
+    Accept {
+        /// The authenticated subject.
+        subject: String,
+        /// A narrower scope, if the user consented to less.
+        scope: Option<Vec<String>>,
+    },
+    /// The login failed or was refused.
+    Reject,
+}
+
+/// Settles a login challenge once: returns where the app sends the browser. `None` when the
+/// challenge is unknown, expired or settled before.
+pub async fn settle(
+    ctx: &Context<'_>,
+    login_challenge: &str,
+    decision: Decision,
+) -> Result<Option<String>, OAuthError> {
+    let store = ctx.issuer.store.as_ref();
+    let key = hashed_key("login", login_challenge);
+    let Some(read) = store::read::<LoginRecord>(store, &key).await? else {
+        return Ok(None);
+    };
+    if !store.swap(&key, Some(&read.bytes), None, 0).await? {
+        return Ok(None);
+    }
+    let mut record = read.value;
+    match decision {
+        Decision::Reject => Ok(Some(error_redirect(
+            ctx.settings,
+            &record.redirect_uri,
+            record.state.as_deref(),
+            &OAuthError::AccessDenied,
+        ))),
+        Decision::Accept { subject, scope } => {
+            if let Some(scope) = scope {
+                record.scope = grant::narrow_scope(Some(&scope), &record.scope)?;
+            }
+            record.sub = Some(subject);
+            let verifier = random_token(32);
+            let now = unix_now();
+            let resume_key = hashed_key("resume", &verifier);
+            if !store::write(store, &resume_key, None, &record, now + RESUME_TTL_SECS).await? {
+                return Err(OAuthError::ServerError);
+            }
+            Ok(Some(client_redirect(
+                &ctx.settings.endpoint("/oauth2/authorize/resume"),
+                &[("login_verifier", &verifier)],
+            )))
+        }
+    }
+}
+
+/// The browser comes back after the app accepted: the code is minted and the browser sent
+/// to the client.
+pub async fn resume(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::GET {
+        return reply::error_page(StatusCode::METHOD_NOT_ALLOWED, "Use GET.");
+    }
+    let form = Form::parse(req.uri().query().unwrap_or("").as_bytes()).unwrap_or_default();
+    let Some(verifier) = form.get("login_verifier") else {
+        return reply::error_page(StatusCode::BAD_REQUEST, "The login is unknown or expired.");
+    };
+    match issue_code(ctx, verifier).await {
+        Ok(Some(location)) => reply::redirect(&location),
+        Ok(None) => reply::error_page(StatusCode::BAD_REQUEST, "The login is unknown or expired."),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot finish the authorization");
+            reply::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The authorization server is unavailable; try again.",
+            )
+        }
+    }
+}
+
+async fn issue_code(ctx: &Context<'_>, verifier: &str) -> Result<Option<String>, OAuthError> {
+    let store = ctx.issuer.store.as_ref();
+    let key = hashed_key("resume", verifier);
+    let Some(read) = store::read::<LoginRecord>(store, &key).await? else {
+        return Ok(None);
+    };
+    if !store.swap(&key, Some(&read.bytes), None, 0).await? {
+        return Ok(None);
+    }
+    let record = read.value;
+    let Some(sub) = record.sub.clone() else {
+        return Ok(None);
+    };
+    let now = unix_now();
+    let ttl = i64::try_from(ctx.settings.config.code_ttl_secs)
+        .unwrap_or(600)
+        .min(600);
+    let code_record = CodeRecord {
+        client_id: record.client_id.clone(),
+        redirect_uri: record.redirect_uri.clone(),
+        scope: record.scope.clone(),
+        audiences: record.audiences.clone(),
+        challenge: record.challenge.clone(),
+        sub,
+        issued_at: now,
+        expires_at: now + ttl,
+        redeemed: None,
+    };
+    for _ in 0..MAX_SWAP_ATTEMPTS {
+        let code = random_token(32);
+        let code_key = hashed_key("code", &code);
+        if store::write(store, &code_key, None, &code_record, now + ttl).await? {
+            let mut params = vec![("code", code.as_str())];
+            if let Some(state) = &record.state {
+                params.push(("state", state));
+            }
+            params.push(("iss", &ctx.settings.config.url));
+            return Ok(Some(client_redirect(&record.redirect_uri, &params)));
+        }
+    }
+    Err(OAuthError::ServerError)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_state_byte_for_byte() {
+        let url = client_redirect(
+            "https://app.example/cb?x=1",
+            &[("code", "c"), ("state", "a b&c=d/é")],
+        );
+        assert_eq!(
+            url,
+            "https://app.example/cb?x=1&code=c&state=a%20b%26c%3Dd%2F%C3%A9"
+        );
+        let back =
+            super::super::form::Form::parse(url.split_once('?').unwrap().1.as_bytes()).unwrap();
+        assert_eq!(back.get("state"), Some("a b&c=d/é"));
+    }
+}

@@ -1,0 +1,366 @@
+//! Client authentication at the token, revocation and introspection endpoints (RFC 6749
+//! §2.3): `client_secret_basic` (id and secret form-urlencoded before base64, §2.3.1),
+//! `client_secret_post`, and `none` for public clients. Secrets are checked against the PHC
+//! hashes of the mounted registry in constant time; successful checks of a slow hash
+//! (argon2) are remembered in a bounded cache keyed by an HMAC of the client, the hash and
+//! the secret, so that a changed secret or registry entry never matches.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use aws_lc_rs::hmac;
+use http::HeaderMap;
+use http::header::AUTHORIZATION;
+use scopegate_core::clients::{AuthMethod, RegisteredClient};
+use scopegate_core::secret_hash;
+
+use super::error::OAuthError;
+use super::form::{Form, form_decode};
+use crate::jose::b64;
+
+/// Slow-hash verifications remembered.
+pub const SLOW_CACHE_ENTRIES: usize = 1024;
+
+/// How the request presented its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented {
+    /// HTTP Basic with id and secret.
+    Basic {
+        /// client_id.
+        id: String,
+        /// client_secret.
+        secret: String,
+    },
+    /// `client_id` and `client_secret` in the body.
+    Post {
+        /// client_id.
+        id: String,
+        /// client_secret.
+        secret: String,
+    },
+    /// `client_id` only.
+    None {
+        /// client_id.
+        id: String,
+    },
+}
+
+impl Presented {
+    /// The client_id presented.
+    pub fn id(&self) -> &str {
+        match self {
+            Presented::Basic { id, .. } | Presented::Post { id, .. } | Presented::None { id } => id,
+        }
+    }
+
+    /// Whether HTTP Basic was used (an `invalid_client` then answers 401 with a challenge).
+    pub fn is_basic(&self) -> bool {
+        matches!(self, Presented::Basic { .. })
+    }
+}
+
+/// Reads the client credentials of a request: one method only (RFC 6749 §2.3).
+pub fn presented(headers: &HeaderMap, form: &Form) -> Result<Presented, OAuthError> {
+    let mut auth = headers.get_all(AUTHORIZATION).iter();
+    let header = auth.next();
+    if auth.next().is_some() {
+        return Err(OAuthError::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    let body_id = form.get("client_id");
+    let body_secret = form.get("client_secret");
+    if let Some(value) = header {
+        let value = value
+            .to_str()
+            .map_err(|_| OAuthError::InvalidClient { basic: true })?;
+        let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return Err(OAuthError::InvalidClient { basic: true });
+        }
+        if body_secret.is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "more than one client authentication method",
+            ));
+        }
+        let (id, secret) =
+            parse_basic(rest.trim()).ok_or(OAuthError::InvalidClient { basic: true })?;
+        if body_id.is_some_and(|b| b != id) {
+            return Err(OAuthError::InvalidRequest(
+                "client_id differs from the authenticated client",
+            ));
+        }
+        return Ok(Presented::Basic { id, secret });
+    }
+    match (body_id, body_secret) {
+        (Some(id), Some(secret)) => Ok(Presented::Post {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+        }),
+        (Some(id), None) => Ok(Presented::None { id: id.to_owned() }),
+        (None, _) => Err(OAuthError::InvalidClient { basic: false }),
+    }
+}
+
+/// `base64(urlencode(id) ":" urlencode(secret))` → (id, secret).
+fn parse_basic(credentials: &str) -> Option<(String, String)> {
+    let decoded = b64::decode_standard(credentials.as_bytes()).ok()?;
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let id = form_decode(id)?;
+    let secret = form_decode(secret)?;
+    (!id.is_empty()).then_some((id, secret))
+}
+
+/// Checks presented credentials against the registry: the client exists, uses the method
+/// it presented, and (for confidential clients) one of its current secrets matches.
+pub fn authenticate<'a>(
+    clients: &'a HashMap<String, RegisteredClient>,
+    presented: &Presented,
+    cache: &SlowCache,
+    now: i64,
+) -> Result<&'a RegisteredClient, OAuthError> {
+    let basic = presented.is_basic();
+    let invalid = OAuthError::InvalidClient { basic };
+    let client = clients.get(presented.id()).ok_or(invalid.clone())?;
+    let secret = match (presented, client.auth_method) {
+        (Presented::Basic { secret, .. }, AuthMethod::ClientSecretBasic)
+        | (Presented::Post { secret, .. }, AuthMethod::ClientSecretPost) => secret,
+        (Presented::None { .. }, AuthMethod::None) if client.public => return Ok(client),
+        _ => return Err(invalid),
+    };
+    if client.public {
+        return Err(invalid);
+    }
+    let live = client
+        .secrets
+        .iter()
+        .filter(|s| s.not_after.is_none_or(|t| now < t));
+    for hash in live {
+        if secret_hash::is_slow(&hash.phc) {
+            let key = cache.key(&client.client_id, &hash.phc, secret);
+            if cache.contains(&key) {
+                return Ok(client);
+            }
+            if secret_hash::verify(&hash.phc, secret).unwrap_or(false) {
+                cache.insert(key);
+                return Ok(client);
+            }
+        } else if secret_hash::verify(&hash.phc, secret).unwrap_or(false) {
+            return Ok(client);
+        }
+    }
+    Err(invalid)
+}
+
+/// Successful slow-hash verifications, keyed by an HMAC under a key of this process.
+pub struct SlowCache {
+    key: hmac::Key,
+    entries: Mutex<HashSet<[u8; 32]>>,
+}
+
+impl Default for SlowCache {
+    fn default() -> Self {
+        let mut secret = [0u8; 32];
+        // A failed draw leaves zeros: the cache still works, it is only as strong as the
+        // HMAC-SHA256 of the inputs.
+        let _ = aws_lc_rs::rand::fill(&mut secret);
+        SlowCache {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
+            entries: Mutex::default(),
+        }
+    }
+}
+
+impl SlowCache {
+    fn key(&self, client_id: &str, phc: &str, secret: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        for part in [client_id, phc, secret] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= SLOW_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key);
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use scopegate_core::clients::SecretHash;
+    use scopegate_core::secret_hash::{SecretKind, hash};
+
+    fn client(id: &str, method: AuthMethod, secrets: Vec<SecretHash>) -> RegisteredClient {
+        RegisteredClient {
+            client_id: id.into(),
+            public: method == AuthMethod::None,
+            auth_method: method,
+            secrets,
+            grant_types: vec!["client_credentials".into()],
+            scopes: vec![],
+            default_scopes: vec![],
+            audiences: vec![],
+            redirect_uris: vec![],
+            revoke_before: None,
+        }
+    }
+
+    fn secret(text: &str, kind: SecretKind, not_after: Option<i64>) -> SecretHash {
+        SecretHash {
+            phc: hash(text, kind).unwrap(),
+            not_after,
+            source: None,
+        }
+    }
+
+    fn basic(id: &str, secret: &str) -> HeaderMap {
+        use base64::Engine as _;
+        let value = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {value}")).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded_after_base64() {
+        let form = Form::parse(b"grant_type=client_credentials").unwrap();
+        let p = presented(&basic("shop.web", "a%2Bb%3Ac+d"), &form).unwrap();
+        assert_eq!(
+            p,
+            Presented::Basic {
+                id: "shop.web".into(),
+                secret: "a+b:c d".into()
+            }
+        );
+    }
+
+    #[test]
+    fn one_method_only() {
+        let form = Form::parse(b"client_id=x&client_secret=y").unwrap();
+        assert!(matches!(
+            presented(&basic("x", "y"), &form),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        let form = Form::parse(b"client_id=other").unwrap();
+        assert!(matches!(
+            presented(&basic("x", "y"), &form),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        let form = Form::parse(b"grant_type=x").unwrap();
+        assert_eq!(
+            presented(&HeaderMap::new(), &form),
+            Err(OAuthError::InvalidClient { basic: false })
+        );
+    }
+
+    #[test]
+    fn secrets_methods_and_rotation_overlap() {
+        let now = 1_000;
+        let clients: HashMap<String, RegisteredClient> = [
+            client(
+                "basic",
+                AuthMethod::ClientSecretBasic,
+                vec![
+                    secret("new", SecretKind::Generated, None),
+                    secret("old", SecretKind::Generated, Some(now + 1)),
+                ],
+            ),
+            client(
+                "post",
+                AuthMethod::ClientSecretPost,
+                vec![secret("p", SecretKind::Generated, None)],
+            ),
+            client("public", AuthMethod::None, vec![]),
+        ]
+        .into_iter()
+        .map(|c| (c.client_id.clone(), c))
+        .collect();
+        let cache = SlowCache::default();
+        let b = |id: &str, s: &str| Presented::Basic {
+            id: id.into(),
+            secret: s.into(),
+        };
+        assert!(authenticate(&clients, &b("basic", "new"), &cache, now).is_ok());
+        assert!(authenticate(&clients, &b("basic", "old"), &cache, now).is_ok());
+        assert!(
+            authenticate(&clients, &b("basic", "old"), &cache, now + 1).is_err(),
+            "old secret past not_after"
+        );
+        assert!(authenticate(&clients, &b("basic", "nope"), &cache, now).is_err());
+        assert!(
+            authenticate(&clients, &b("post", "p"), &cache, now).is_err(),
+            "wrong method"
+        );
+        let post = Presented::Post {
+            id: "post".into(),
+            secret: "p".into(),
+        };
+        assert!(authenticate(&clients, &post, &cache, now).is_ok());
+        let none = Presented::None {
+            id: "public".into(),
+        };
+        assert!(authenticate(&clients, &none, &cache, now).is_ok());
+        let none = Presented::None { id: "basic".into() };
+        assert!(
+            authenticate(&clients, &none, &cache, now).is_err(),
+            "confidential without secret"
+        );
+        assert!(authenticate(&clients, &b("unknown", "x"), &cache, now).is_err());
+    }
+
+    #[test]
+    fn slow_hash_successes_are_cached_per_secret_and_entry() {
+        let cache = SlowCache::default();
+        let mut c = client(
+            "c",
+            AuthMethod::ClientSecretPost,
+            vec![secret("pw", SecretKind::Chosen, None)],
+        );
+        let mut clients = HashMap::from([("c".to_owned(), c.clone())]);
+        let post = |s: &str| Presented::Post {
+            id: "c".into(),
+            secret: s.into(),
+        };
+        assert!(authenticate(&clients, &post("pw"), &cache, 0).is_ok());
+        assert_eq!(cache.len(), 1);
+        assert!(authenticate(&clients, &post("pw"), &cache, 0).is_ok());
+        assert!(authenticate(&clients, &post("pW"), &cache, 0).is_err());
+        assert_eq!(cache.len(), 1, "failures are not cached");
+        c.secrets = vec![secret("other", SecretKind::Chosen, None)];
+        clients.insert("c".into(), c);
+        assert!(
+            authenticate(&clients, &post("pw"), &cache, 0).is_err(),
+            "a changed entry never matches the cache"
+        );
+    }
+}

@@ -1,0 +1,240 @@
+//! `/oauth2/introspect` (RFC 7662): for authenticated confidential clients only. A token is
+//! active when the issuer signed it, it has not expired, and no revocation hits it: its
+//! jti, its client's or subject's cut-off, or (for a refresh token) its family. A caller sees
+//! tokens issued to it or carrying one of its audiences; everything else is exactly
+//! `{"active": false}`.
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use scopegate_core::clients::RegisteredClient;
+use serde_json::{Value, json};
+
+use super::clients;
+use super::error::OAuthError;
+use super::form::Form;
+use super::limits::{Endpoint, Limiter};
+use super::ops;
+use super::refresh::{self, Family};
+use super::store;
+use super::token::read_form;
+use super::{Context, IssuerSettings, reply};
+use crate::jose::json::{self, Audience, Claims};
+use crate::jose::jws::{self, Typ};
+use crate::proxy::ProxyBody;
+use crate::unix_now;
+
+/// Reads an access token this issuer signed (any time: expiry is the caller's to judge).
+pub fn read_access_token(settings: &IssuerSettings, token: &str) -> Option<Claims> {
+    let compact = jws::parse(token).ok()?;
+    if compact.typ != Typ::AtJwt {
+        return None;
+    }
+    compact.verify_with(&settings.keys.verify).ok()?;
+    let claims = json::parse_claims(compact.payload()).ok()?;
+    (claims.iss.as_deref() == Some(settings.config.url.as_str())).then_some(claims)
+}
+
+fn audiences(aud: &Option<Audience>) -> Vec<String> {
+    match aud {
+        Some(Audience::One(a)) => vec![a.clone()],
+        Some(Audience::Many(list)) => list.clone(),
+        None => vec![],
+    }
+}
+
+/// Answers an introspection request.
+pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::POST {
+        return reply::error(&OAuthError::MethodNotAllowed("POST"));
+    }
+    let limiter = Limiter::new(
+        ctx.issuer.store.as_ref(),
+        ctx.issuer.tuning.limits,
+        Endpoint::Introspect,
+        ctx.client_ip,
+    );
+    if let Err(err) = limiter.before().await {
+        return reply::error(&err);
+    }
+    let (parts, body) = req.into_parts();
+    let form = match read_form(&parts, body).await {
+        Ok(form) => form,
+        Err(err) => return reply::error(&limiter.failed(None, err).await),
+    };
+    let presented = match clients::presented(&parts.headers, &form) {
+        Ok(p) => p,
+        Err(err) => return reply::error(&limiter.failed(None, err).await),
+    };
+    let now = unix_now();
+    // Public clients never introspect: only a secret authenticates here.
+    let authenticated = clients::authenticate(
+        &ctx.settings.clients,
+        &presented,
+        &ctx.issuer.slow_cache,
+        now,
+    )
+    .and_then(|c| {
+        if c.public {
+            Err(OAuthError::InvalidClient { basic: true })
+        } else {
+            Ok(c)
+        }
+    });
+    let caller = match authenticated {
+        Ok(client) => client,
+        Err(_) => {
+            tracing::info!(endpoint = "introspect", "client authentication failed");
+            let err = OAuthError::InvalidClient { basic: true };
+            return reply::error(&limiter.failed(Some(presented.id()), err).await);
+        }
+    };
+    if let Err(err) = limiter.admit(&caller.client_id).await {
+        return reply::error(&err);
+    }
+    match introspect(ctx, caller, &form, now).await {
+        Ok(body) => reply::credentials(&body),
+        Err(err) => reply::error(&limiter.failed(Some(&caller.client_id), err).await),
+    }
+}
+
+async fn introspect(
+    ctx: &Context<'_>,
+    caller: &RegisteredClient,
+    form: &Form,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let token = form.require("token")?;
+    let inactive = json!({"active": false});
+    let refresh_first = form.get("token_type_hint") == Some("refresh_token");
+    let answer = if refresh_first {
+        match refresh_info(ctx, token, now).await? {
+            Some(info) => Some(info),
+            None => access_info(ctx, token, now).await?,
+        }
+    } else {
+        match access_info(ctx, token, now).await? {
+            Some(info) => Some(info),
+            None => refresh_info(ctx, token, now).await?,
+        }
+    };
+    let Some((info, client_id, auds)) = answer else {
+        return Ok(inactive);
+    };
+    let visible =
+        client_id == caller.client_id || auds.iter().any(|a| caller.audiences.contains(a));
+    Ok(if visible { info } else { inactive })
+}
+
+type Info = Option<(Value, String, Vec<String>)>;
+
+async fn access_info(ctx: &Context<'_>, token: &str, now: i64) -> Result<Info, OAuthError> {
+    let settings = ctx.settings;
+    let Some(claims) = read_access_token(settings, token) else {
+        return Ok(None);
+    };
+    let (Some(exp), Some(iat), Some(jti), Some(client_id), Some(sub)) = (
+        claims.exp,
+        claims.iat,
+        &claims.jti,
+        &claims.client_id,
+        &claims.sub,
+    ) else {
+        return Ok(None);
+    };
+    let live = exp > now && claims.nbf.is_none_or(|nbf| nbf <= now + settings.leeway);
+    if !live || settings.client_cut_off(client_id, iat) {
+        return Ok(None);
+    }
+    let store = ctx.issuer.store.as_ref();
+    if store.jti_revoked(jti).await? {
+        return Ok(None);
+    }
+    if store
+        .subject_cutoff(sub)
+        .await?
+        .is_some_and(|before| iat < before)
+    {
+        return Ok(None);
+    }
+    let auds = audiences(&claims.aud);
+    let mut info = json!({
+        "active": true,
+        "token_type": "Bearer",
+        "client_id": client_id,
+        "sub": sub,
+        "aud": claims.aud.as_ref().map(|a| match a {
+            Audience::One(a) => json!(a),
+            Audience::Many(list) => json!(list),
+        }),
+        "iss": settings.config.url,
+        "exp": exp,
+        "iat": iat,
+        "jti": jti,
+    });
+    if let Some(nbf) = claims.nbf {
+        info["nbf"] = json!(nbf);
+    }
+    if let Some(scope) = claims.scope.filter(|s| !s.is_empty()) {
+        info["scope"] = json!(scope);
+    }
+    Ok(Some((info, client_id.clone(), auds)))
+}
+
+/// The family of a genuine refresh token, whatever its state.
+pub async fn family_of(
+    ctx: &Context<'_>,
+    token: &str,
+) -> Result<Option<(String, Family, bool)>, OAuthError> {
+    let Some(parsed) = refresh::parse(token) else {
+        return Ok(None);
+    };
+    let Some(read) =
+        store::read::<Family>(ctx.issuer.store.as_ref(), &ops::family_key(&parsed.family)).await?
+    else {
+        return Ok(None);
+    };
+    if !read.value.is_genuine(&parsed) {
+        return Ok(None);
+    }
+    let current = read.value.current.contains(&parsed.generation);
+    Ok(Some((parsed.family, read.value, current)))
+}
+
+async fn refresh_info(ctx: &Context<'_>, token: &str, now: i64) -> Result<Info, OAuthError> {
+    let Some((_, family, current)) = family_of(ctx, token).await? else {
+        return Ok(None);
+    };
+    if !current || family.revoked || family.expires_at <= now {
+        return Ok(None);
+    }
+    if ctx
+        .settings
+        .client_cut_off(&family.client_id, family.created_at)
+    {
+        return Ok(None);
+    }
+    if ctx
+        .issuer
+        .store
+        .subject_cutoff(&family.sub)
+        .await?
+        .is_some_and(|before| family.created_at < before)
+    {
+        return Ok(None);
+    }
+    let info = json!({
+        "active": true,
+        "token_type": "refresh_token",
+        "client_id": family.client_id,
+        "sub": family.sub,
+        "scope": family.scope.join(" "),
+        "iss": ctx.settings.config.url,
+        "exp": family.expires_at,
+        "iat": family.created_at,
+    });
+    Ok(Some((
+        info,
+        family.client_id.clone(),
+        family.audiences.clone(),
+    )))
+}

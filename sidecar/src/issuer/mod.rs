@@ -1,0 +1,378 @@
+//! The issuer role: an OAuth2 authorization server in the pods of an `issuer.self` policy.
+//!
+//! [`IssuerSettings`] is compiled with every config load (signing keys parsed once, the client
+//! registry, cut-offs); [`Issuer`] is the state that outlives reloads (the store, the
+//! slow-hash cache, the feed's news channel, the tuning). [`handle`] answers the issuer's
+//! endpoints on the sidecar's listener; everything else goes on to the proxy.
+
+pub mod access;
+pub mod authorize;
+pub mod clients;
+pub mod codes;
+pub mod error;
+pub mod feed;
+pub mod form;
+pub mod grant;
+pub mod introspect;
+pub mod keys;
+pub mod limits;
+pub mod metadata;
+pub mod mint;
+pub mod ops;
+pub mod refresh;
+pub mod reply;
+pub mod revoke;
+pub mod store;
+pub mod token;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::rand::SystemRandom;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use scopegate_core::clients::{ClientRegistry, RegisteredClient};
+use scopegate_core::config::{IssuerConfig, SidecarConfig, StoreConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use self::clients::SlowCache;
+use self::keys::{KeySet, SigningKeyError};
+use self::limits::EndpointLimits;
+use self::store::memory::MemoryStore;
+use self::store::redis::{RedisSetupError, RedisStore, RedisTarget};
+use self::store::{Budget, Store};
+use crate::proxy::ProxyBody;
+
+/// A random base64url string of `bytes` bytes from the system CSPRNG.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // aws-lc-rs' fill only fails when the OS has no randomness, where nothing is safe; the
+    // zeros then make every artifact collide and every lookup fail closed.
+    let _ = aws_lc_rs::rand::fill(&mut buf);
+    crate::jose::b64::encode(&buf)
+}
+
+/// Tunables of the issuer that the config document does not carry (flags of the binary).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IssuerTuning {
+    /// Rate limits of the token, authorize, introspect and revoke endpoints.
+    pub limits: EndpointLimits,
+    /// How long the refresh token just rotated may still be presented (a concurrent or
+    /// lost-response retry), in milliseconds.
+    pub refresh_grace_ms: u64,
+    /// Requests the mint socket takes.
+    pub mint: Budget,
+    /// How often a Redis store is asked for feed news from other replicas, in milliseconds.
+    pub feed_poll_ms: u64,
+}
+
+impl Default for IssuerTuning {
+    fn default() -> Self {
+        IssuerTuning {
+            limits: EndpointLimits::default(),
+            refresh_grace_ms: 10_000,
+            mint: Budget::per_secs(600, 60),
+            feed_poll_ms: 250,
+        }
+    }
+}
+
+/// Why the issuer role's inputs were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    /// The signing-keys document is missing or unusable.
+    #[error("issuer signing keys: {0}")]
+    Keys(#[from] SigningKeyError),
+    /// The signing-keys document could not be read.
+    #[error("issuer signing keys: the document named by signingKeysPath is unreadable")]
+    KeysMissing,
+    /// The client registry is missing or does not parse.
+    #[error("issuer clients: the registry named by clientsPath is unreadable or invalid")]
+    Clients,
+    /// The issuer URL is not an https URL without query or fragment.
+    #[error("issuer url must be https without query or fragment")]
+    Url,
+    /// The authorization-code lifetime is zero or above 10 minutes.
+    #[error("issuer codeTtlSecs must be within 1..=600")]
+    CodeTtl,
+}
+
+/// The issuer role compiled from one config load.
+pub struct IssuerSettings {
+    /// The issuer section as configured.
+    pub config: IssuerConfig,
+    /// The path of the issuer URL (`""` or `/tenant`): endpoints live under it.
+    pub path_prefix: String,
+    /// The signing keys.
+    pub keys: KeySet,
+    /// Clients by id.
+    pub clients: HashMap<String, RegisteredClient>,
+    /// The verifiers' leeway.
+    pub leeway: i64,
+    /// client_id → cut-off: the config's and the registry's `revokeBefore`, whichever is later.
+    pub client_cutoffs: BTreeMap<String, i64>,
+    /// The longest lifetime any token of this issuer may have (subject cut-offs last this
+    /// long).
+    pub max_token_ttl: i64,
+}
+
+impl std::fmt::Debug for IssuerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerSettings")
+            .field("url", &self.config.url)
+            .field("clients", &self.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuerSettings {
+    /// Compiles the issuer role of `config` from the texts of its signing keys and clients.
+    pub fn compile(
+        config: &SidecarConfig,
+        issuer: &IssuerConfig,
+        keys_text: Option<&str>,
+        clients_text: Option<&str>,
+        now: i64,
+    ) -> Result<IssuerSettings, IssuerError> {
+        let url: http::Uri = issuer.url.parse().map_err(|_| IssuerError::Url)?;
+        if url.scheme_str() != Some("https")
+            || url.host().is_none()
+            || url.query().is_some()
+            || issuer.url.contains('#')
+        {
+            return Err(IssuerError::Url);
+        }
+        if issuer.code_ttl_secs == 0 || issuer.code_ttl_secs > 600 {
+            return Err(IssuerError::CodeTtl);
+        }
+        let path_prefix = url.path().trim_end_matches('/').to_owned();
+        let keys = KeySet::load(keys_text.ok_or(IssuerError::KeysMissing)?, now)?;
+        let registry: ClientRegistry =
+            serde_json::from_str(clients_text.ok_or(IssuerError::Clients)?)
+                .map_err(|_| IssuerError::Clients)?;
+        let mut client_cutoffs = config.revocation.client_cutoffs.clone();
+        let mut clients = HashMap::new();
+        for client in registry.clients {
+            if let Some(before) = client.revoke_before {
+                let slot = client_cutoffs
+                    .entry(client.client_id.clone())
+                    .or_insert(before);
+                *slot = (*slot).max(before);
+            }
+            clients.insert(client.client_id.clone(), client);
+        }
+        let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        let max_token_ttl = secs(issuer.access_token_ttl_secs)
+            .max(issuer.mint.as_ref().map_or(0, |m| secs(m.max_ttl_secs)));
+        Ok(IssuerSettings {
+            config: issuer.clone(),
+            path_prefix,
+            keys,
+            clients,
+            leeway: i64::try_from(config.verify.leeway_secs).unwrap_or(0),
+            client_cutoffs,
+            max_token_ttl,
+        })
+    }
+
+    /// Whether a grant made at `issued_at` for `client_id` is dead by a client cut-off.
+    pub fn client_cut_off(&self, client_id: &str, issued_at: i64) -> bool {
+        self.client_cutoffs
+            .get(client_id)
+            .is_some_and(|cutoff| issued_at < *cutoff)
+    }
+
+    /// An absolute URL of an endpoint path under the issuer.
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{path}", self.config.url.trim_end_matches('/'))
+    }
+}
+
+/// Why the issuer's runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerStartError {
+    /// The Redis store is misconfigured.
+    #[error("issuer store: {0}")]
+    Redis(#[from] RedisSetupError),
+}
+
+/// The issuer's state that outlives config reloads.
+pub struct Issuer {
+    /// Codes, families, revocations and rate budgets.
+    pub store: Arc<dyn Store>,
+    redis: Option<Arc<RedisStore>>,
+    /// The store settings this runtime was built for (a change needs a restart).
+    pub store_config: StoreConfig,
+    /// Successful slow-hash verifications.
+    pub slow_cache: SlowCache,
+    /// The CSPRNG for signatures.
+    pub rng: SystemRandom,
+    /// Bumped whenever the revocation log may have news.
+    pub feed_news: watch::Sender<u64>,
+    /// Tunables.
+    pub tuning: IssuerTuning,
+}
+
+impl Issuer {
+    /// The runtime for the issuer section of the first config.
+    pub fn new(
+        issuer: &IssuerConfig,
+        ca_bundle_pem: Option<&str>,
+        tuning: IssuerTuning,
+    ) -> Result<Arc<Issuer>, IssuerStartError> {
+        let (store, redis): (Arc<dyn Store>, Option<Arc<RedisStore>>) = match &issuer.store {
+            StoreConfig::Memory => (Arc::new(MemoryStore::new()), None),
+            StoreConfig::Redis {
+                address,
+                tls,
+                credentials_dir,
+            } => {
+                let redis = Arc::new(RedisStore::new(
+                    &issuer.url,
+                    RedisTarget {
+                        address: address.clone(),
+                        tls: *tls,
+                        ca_bundle_pem: ca_bundle_pem.map(str::to_owned),
+                        credentials_dir: credentials_dir.clone(),
+                    },
+                )?);
+                (redis.clone(), Some(redis))
+            }
+        };
+        Ok(Arc::new(Issuer {
+            store,
+            redis,
+            store_config: issuer.store.clone(),
+            slow_cache: SlowCache::default(),
+            rng: SystemRandom::new(),
+            feed_news: watch::channel(0).0,
+            tuning,
+        }))
+    }
+
+    /// Tells long-polling feed readers to look again.
+    pub fn notify_feed(&self) {
+        self.feed_news.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Background work: with Redis, watch the log for entries other replicas append, and
+    /// re-read the mounted credentials.
+    pub async fn run_background(self: Arc<Self>) {
+        let Some(redis) = self.redis.clone() else {
+            return;
+        };
+        let mut last = None;
+        let mut ticks = 0u64;
+        loop {
+            tokio::time::sleep(Duration::from_millis(self.tuning.feed_poll_ms.max(10))).await;
+            if let Ok(head) = Store::feed_head(&*redis).await
+                && last.as_ref() != Some(&head)
+            {
+                if last.is_some() {
+                    self.notify_feed();
+                }
+                last = Some(head);
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(20) {
+                match redis.refresh_credentials() {
+                    Ok(true) => tracing::info!("Redis credentials changed; reconnecting"),
+                    Ok(false) => {}
+                    Err(err) => tracing::error!(error = %err, "Redis credentials unreadable"),
+                }
+            }
+        }
+    }
+}
+
+/// The issuer paths this request may be for, after the issuer URL's path prefix.
+fn route<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    const WELL_KNOWN_AS: &str = "/.well-known/oauth-authorization-server";
+    if let Some(rest) = path.strip_prefix(WELL_KNOWN_AS)
+        && rest == prefix
+    {
+        return Some(WELL_KNOWN_AS);
+    }
+    let local = path.strip_prefix(prefix)?;
+    matches!(
+        local,
+        "/oauth2/token"
+            | "/oauth2/authorize"
+            | "/oauth2/authorize/resume"
+            | "/oauth2/revoke"
+            | "/oauth2/introspect"
+            | "/oauth2/revocations"
+            | "/.well-known/jwks.json"
+    )
+    .then_some(local)
+}
+
+/// Whether a request path belongs to the issuer's endpoints.
+pub fn is_issuer_path(settings: &IssuerSettings, path: &str) -> bool {
+    route(&settings.path_prefix, path).is_some()
+}
+
+/// What an endpoint needs of the request besides its parts.
+pub struct Context<'a> {
+    /// The runtime.
+    pub issuer: &'a Issuer,
+    /// The compiled settings.
+    pub settings: &'a IssuerSettings,
+    /// The client address (as `trustedProxies` defines it).
+    pub client_ip: IpAddr,
+}
+
+/// Answers a request for one of the issuer's endpoints.
+pub async fn handle(ctx: Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path().to_owned();
+    let Some(endpoint) = route(&ctx.settings.path_prefix, &path) else {
+        return reply::status(http::StatusCode::NOT_FOUND);
+    };
+    match endpoint {
+        "/oauth2/token" => token::handle(&ctx, req).await,
+        "/oauth2/authorize" => authorize::handle(&ctx, req).await,
+        "/oauth2/authorize/resume" => authorize::resume(&ctx, req).await,
+        "/oauth2/revoke" => revoke::handle(&ctx, req).await,
+        "/oauth2/introspect" => introspect::handle(&ctx, req).await,
+        "/oauth2/revocations" => feed::handle(&ctx, req).await,
+        "/.well-known/jwks.json" => metadata::jwks(&ctx, &req),
+        _ => metadata::metadata(&ctx, &req),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_under_the_issuer_path() {
+        assert_eq!(route("", "/oauth2/token"), Some("/oauth2/token"));
+        assert_eq!(route("", "/oauth2/token/"), None);
+        assert_eq!(
+            route("", "/.well-known/oauth-authorization-server"),
+            Some("/.well-known/oauth-authorization-server")
+        );
+        assert_eq!(route("/t", "/t/oauth2/token"), Some("/oauth2/token"));
+        assert_eq!(route("/t", "/oauth2/token"), None);
+        assert_eq!(
+            route("/t", "/.well-known/oauth-authorization-server/t"),
+            Some("/.well-known/oauth-authorization-server")
+        );
+        assert_eq!(route("/t", "/.well-known/oauth-authorization-server"), None);
+        assert_eq!(route("", "/items"), None);
+    }
+
+    #[test]
+    fn random_tokens_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let t = random_token(32);
+            assert_eq!(t.len(), 43);
+            assert!(seen.insert(t));
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `/oauth2/revoke` (RFC 7009). The client authenticates (public clients with their
+//! client_id); revoking a refresh token revokes its family and the access tokens issued
+//! from it, revoking an access token puts its jti on the feed. Unknown, malformed and
+//! already-revoked tokens answer 200. A token issued to another client is refused with
+//! `unauthorized_client` and stays valid (RFC 7009 §2.1: the request is refused).
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use scopegate_core::clients::RegisteredClient;
+
+use super::clients;
+use super::error::OAuthError;
+use super::form::Form;
+use super::introspect::{family_of, read_access_token};
+use super::limits::{Endpoint, Limiter};
+use super::ops;
+use super::token::read_form;
+use super::{Context, reply};
+use crate::proxy::ProxyBody;
+use crate::unix_now;
+
+/// Answers a revocation request.
+pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.method() != Method::POST {
+        return reply::error(&OAuthError::MethodNotAllowed("POST"));
+    }
+    let limiter = Limiter::new(
+        ctx.issuer.store.as_ref(),
+        ctx.issuer.tuning.limits,
+        Endpoint::Revoke,
+        ctx.client_ip,
+    );
+    if let Err(err) = limiter.before().await {
+        return reply::error(&err);
+    }
+    let (parts, body) = req.into_parts();
+    let form = match read_form(&parts, body).await {
+        Ok(form) => form,
+        Err(err) => return reply::error(&limiter.failed(None, err).await),
+    };
+    let presented = match clients::presented(&parts.headers, &form) {
+        Ok(p) => p,
+        Err(err) => return reply::error(&limiter.failed(None, err).await),
+    };
+    let now = unix_now();
+    let client = match clients::authenticate(
+        &ctx.settings.clients,
+        &presented,
+        &ctx.issuer.slow_cache,
+        now,
+    ) {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::info!(endpoint = "revoke", "client authentication failed");
+            return reply::error(&limiter.failed(Some(presented.id()), err).await);
+        }
+    };
+    if let Err(err) = limiter.admit(&client.client_id).await {
+        return reply::error(&err);
+    }
+    match revoke(ctx, client, &form, now).await {
+        Ok(()) => {
+            let mut response = reply::status(StatusCode::OK);
+            reply::no_store(&mut response);
+            response
+        }
+        Err(err) => reply::error(&limiter.failed(Some(&client.client_id), err).await),
+    }
+}
+
+async fn revoke(
+    ctx: &Context<'_>,
+    client: &RegisteredClient,
+    form: &Form,
+    now: i64,
+) -> Result<(), OAuthError> {
+    let token = form.require("token")?;
+    if let Some(claims) = read_access_token(ctx.settings, token) {
+        if claims.client_id.as_deref() != Some(client.client_id.as_str()) {
+            return Err(OAuthError::UnauthorizedClient);
+        }
+        if let (Some(jti), Some(exp)) = (claims.jti, claims.exp) {
+            tracing::info!(target: "scopegate::audit", action = "revoke_access_token", client_id = %client.client_id, "access token revoked");
+            ops::revoke_jtis(ctx, vec![(jti, exp)], now).await?;
+        }
+        return Ok(());
+    }
+    if let Some((id, family, _)) = family_of(ctx, token).await? {
+        if family.client_id != client.client_id {
+            return Err(OAuthError::UnauthorizedClient);
+        }
+        tracing::info!(target: "scopegate::audit", action = "revoke_refresh_token", client_id = %client.client_id, "refresh family revoked");
+        ops::revoke_family(ctx, &id, now).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! Issuer state behind one interface: authorization codes, login challenges and refresh
+//! families as small records updated by compare-and-swap, the revocation log the feed
+//! serves, and rate-limit budgets. Two implementations: [`memory::MemoryStore`] (one
+//! replica) and [`redis::RedisStore`] (shared by replicas). Every record carries an expiry;
+//! the grant logic above it is pure and the same for both.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+/// What a store operation returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Why the store could not answer. The issuer answers `temporarily_unavailable`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backing service is unreachable or refused the command.
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store holds data this issuer cannot read.
+    #[error("store holds unreadable data")]
+    Corrupt,
+}
+
+/// One entry of the revocation log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Revocation {
+    /// An access token, dead until its `exp`.
+    Jti {
+        /// The token's `jti`.
+        jti: String,
+        /// The token's `exp`.
+        exp: i64,
+    },
+    /// Tokens of `sub` issued before `before` are dead; forgotten after `until`.
+    Subject {
+        /// The subject.
+        sub: String,
+        /// Cut-off time (Unix seconds).
+        before: i64,
+        /// When no token it hits can still be valid.
+        until: i64,
+    },
+}
+
+impl Revocation {
+    /// When the entry can be forgotten (Unix seconds, before the verifiers' leeway).
+    pub fn until(&self) -> i64 {
+        match self {
+            Revocation::Jti { exp, .. } => *exp,
+            Revocation::Subject { until, .. } => *until,
+        }
+    }
+}
+
+/// Where the revocation log stands: `epoch` names one continuous log (it changes when the
+/// store lost its state), `seq` the last entry appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedHead {
+    /// Identity of the log.
+    pub epoch: String,
+    /// Sequence number of the newest entry (0: none yet).
+    pub seq: u64,
+}
+
+/// Live log entries after a sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedSlice {
+    /// Where the log stood when read.
+    pub head: FeedHead,
+    /// Entries with their sequence numbers, oldest first.
+    pub entries: Vec<(u64, Revocation)>,
+}
+
+/// A rate budget: `requests` per `period_ms`, in bursts up to `requests` (GCRA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Requests per period.
+    pub requests: u32,
+    /// The period in milliseconds.
+    pub period_ms: u64,
+}
+
+impl Budget {
+    /// `requests` per `secs` seconds.
+    pub const fn per_secs(requests: u32, secs: u64) -> Budget {
+        Budget {
+            requests,
+            period_ms: secs * 1000,
+        }
+    }
+
+    fn emission_ms(self) -> u64 {
+        (self.period_ms / u64::from(self.requests.max(1))).max(1)
+    }
+}
+
+/// How a rate operation treats its budgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateOp {
+    /// Only tell whether every budget has room.
+    Check,
+    /// Spend one request of every budget if all have room, else none.
+    Admit,
+    /// Spend one request of each budget that has room; report any that had none.
+    Spend,
+}
+
+/// The GCRA decision for one budget: `Ok(new_tat)` or `Err(retry_after_secs)`. Times are
+/// milliseconds; `tat` is the budget's theoretical arrival time (`None`: never used).
+pub fn gcra(tat: Option<u64>, now_ms: u64, budget: Budget) -> Result<u64, u64> {
+    let emission = budget.emission_ms();
+    let next = tat.unwrap_or(now_ms).max(now_ms) + emission;
+    if next - now_ms <= budget.period_ms {
+        Ok(next)
+    } else {
+        Err((next - now_ms - budget.period_ms).div_ceil(1000).max(1))
+    }
+}
+
+/// The issuer's state.
+///
+/// Keys are chosen by the grant logic (`code:<hash>`, `family:<id>`, ...); a store adds its
+/// own prefix. Values are opaque bytes.
+pub trait Store: Send + Sync {
+    /// The value under `key`, unless it expired.
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+
+    /// Atomically replaces the value under `key` when it is `expected` (`None`: absent), with
+    /// `new` (`None`: delete) expiring at `expires_at_ms` (Unix milliseconds). Returns whether
+    /// it swapped.
+    fn swap<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        new: Option<&'a [u8]>,
+        expires_at_ms: u64,
+    ) -> StoreFuture<'a, bool>;
+
+    /// Appends revocations to the log and indexes them for lookups. Each is kept until its
+    /// `until()` plus `keep_secs`.
+    fn revoke(&self, entries: Vec<Revocation>, keep_secs: i64) -> StoreFuture<'_, FeedHead>;
+
+    /// Whether an access token's `jti` is revoked.
+    fn jti_revoked<'a>(&'a self, jti: &'a str) -> StoreFuture<'a, bool>;
+
+    /// The subject's cut-off, if one is in force.
+    fn subject_cutoff<'a>(&'a self, sub: &'a str) -> StoreFuture<'a, Option<i64>>;
+
+    /// Where the log stands.
+    fn feed_head(&self) -> StoreFuture<'_, FeedHead>;
+
+    /// Live entries with a sequence number above `after` (`None`: all).
+    fn feed_since(&self, after: Option<u64>) -> StoreFuture<'_, FeedSlice>;
+
+    /// Applies `op` to the budgets named by `keys` at the store's clock.
+    fn rate<'a>(
+        &'a self,
+        op: RateOp,
+        keys: &'a [(String, Budget)],
+    ) -> StoreFuture<'a, Result<(), u64>>;
+}
+
+/// A record read from the store: the decoded value and the bytes it was read as (the
+/// expected value of a later compare-and-swap).
+pub struct Read<T> {
+    /// The value.
+    pub value: T,
+    /// Its stored bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Reads and decodes a JSON record.
+pub async fn read<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<Read<T>>, StoreError> {
+    let Some(bytes) = store.get(key).await? else {
+        return Ok(None);
+    };
+    let value = serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt)?;
+    Ok(Some(Read { value, bytes }))
+}
+
+/// Writes `value` under `key` if the record is still `expected` (`None`: absent), expiring
+/// at `expires_at` (Unix seconds). Returns whether it was written.
+pub async fn write<T: Serialize>(
+    store: &dyn Store,
+    key: &str,
+    expected: Option<&[u8]>,
+    value: &T,
+    expires_at: i64,
+) -> Result<bool, StoreError> {
+    let bytes = serde_json::to_vec(value).map_err(|_| StoreError::Corrupt)?;
+    let ms = u64::try_from(expires_at.max(0))
+        .unwrap_or(0)
+        .saturating_mul(1000);
+    store.swap(key, expected, Some(&bytes), ms).await
+}
+
+/// The store key of a secret artifact (code, challenge): its SHA-256, so that the store
+/// never holds the artifact itself.
+pub fn hashed_key(kind: &str, secret: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
+    format!("{kind}:{}", crate::jose::b64::encode(digest.as_ref()))
+}
+
+/// How often a compare-and-swap loop retries under contention before giving up.
+pub const MAX_SWAP_ATTEMPTS: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_a_burst_then_refuses_with_retry_after() {
+        let budget = Budget::per_secs(3, 60);
+        let mut tat = None;
+        for _ in 0..3 {
+            tat = Some(gcra(tat, 1_000_000, budget).unwrap());
+        }
+        assert_eq!(gcra(tat, 1_000_000, budget), Err(20));
+        assert!(gcra(tat, 1_020_000, budget).is_ok());
+    }
+}

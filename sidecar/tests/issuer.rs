@@ -1,0 +1,1323 @@
+//! The issuer role in-process over TLS on loopback: metadata and JWKS, every grant, the
+//! authorization flow through the mint socket, revocation and introspection, the feed, the
+//! mint interface, rate limits, key schedule limits, and the negative table of the token
+//! endpoint.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use scopegate_sidecar::issuer::IssuerTuning;
+use scopegate_sidecar::issuer::store::Budget;
+use serde_json::{Value, json};
+use support::issuer::*;
+use support::*;
+
+/// Budgets that a test's own failures never exhaust.
+fn generous() -> IssuerTuning {
+    IssuerTuning {
+        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+            failed_address: Budget::per_secs(10_000, 60),
+            failed_client: Budget::per_secs(10_000, 60),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn body(r: &RawResponse) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_jwks_and_no_oidc_document() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let r = issuer.get("/.well-known/oauth-authorization-server").await;
+    assert_eq!(r.status, 200);
+    let doc = r.json();
+    assert_eq!(doc["issuer"], issuer.url);
+    assert_eq!(
+        doc["token_endpoint"],
+        format!("{}/oauth2/token", issuer.url)
+    );
+    assert_eq!(
+        doc["authorization_endpoint"],
+        format!("{}/oauth2/authorize", issuer.url)
+    );
+    assert_eq!(
+        doc["jwks_uri"],
+        format!("{}/.well-known/jwks.json", issuer.url)
+    );
+    assert_eq!(doc["response_types_supported"], json!(["code"]));
+    assert_eq!(doc["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(
+        doc["authorization_response_iss_parameter_supported"],
+        json!(true)
+    );
+    assert_eq!(
+        doc["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post", "none"])
+    );
+    assert!(
+        !doc["introspection_endpoint_auth_methods_supported"]
+            .to_string()
+            .contains("none")
+    );
+    assert_eq!(
+        doc["scopes_supported"],
+        json!(["admin", "read:items", "write:items"])
+    );
+    let jwks = issuer.get("/.well-known/jwks.json").await;
+    assert_eq!(jwks.status, 200);
+    assert_eq!(
+        jwks.header("content-type"),
+        Some("application/jwk-set+json")
+    );
+    let max_age: i64 = jwks
+        .header("cache-control")
+        .unwrap()
+        .strip_prefix("public, max-age=")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0..=60).contains(&max_age), "{max_age}");
+    assert_eq!(jwks.json(), jwks_of(&issuer.keys));
+    for private in ["\"d\"", "\"p\"", "\"q\"", "\"k\""] {
+        assert!(!body(&jwks).contains(private));
+    }
+    let oidc = issuer.get("/.well-known/openid-configuration").await;
+    assert_ne!(oidc.status, 200, "no OIDC discovery document");
+    assert!(
+        jwks.header("strict-transport-security").is_some(),
+        "HSTS on TLS"
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_credentials_with_basic_post_and_argon2_secrets() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let r = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("pragma"), Some("no-cache"));
+    let t = r.json();
+    assert_eq!(t["token_type"], "Bearer");
+    assert_eq!(t["scope"], "read:items", "default scopes");
+    assert!(
+        t.get("refresh_token").is_none(),
+        "client_credentials issues no refresh token"
+    );
+    let token = t["access_token"].as_str().unwrap();
+    let header = header_of(token);
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(header["alg"], "ES256");
+    let c = claims_of(token);
+    assert_eq!(c["iss"], issuer.url);
+    assert_eq!(c["sub"], BACKEND.id);
+    assert_eq!(c["client_id"], BACKEND.id);
+    assert_eq!(c["aud"], json!([ORDERS, PAYMENTS]));
+    let (iat, exp) = (c["iat"].as_i64().unwrap(), c["exp"].as_i64().unwrap());
+    assert_eq!(c["nbf"], c["iat"]);
+    assert_eq!(exp - iat, 600);
+    assert_eq!(t["expires_in"].as_i64().unwrap(), 600);
+    assert_eq!(c["jti"].as_str().unwrap().len(), 22);
+
+    let r = issuer
+        .token(
+            &BACKEND,
+            &format!(
+                "grant_type=client_credentials&scope=write%3Aitems&resource={}",
+                enc(PAYMENTS)
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let c = claims_of(r.json()["access_token"].as_str().unwrap());
+    assert_eq!(
+        (c["aud"].clone(), c["scope"].clone()),
+        (json!(PAYMENTS), json!("write:items"))
+    );
+    let r = issuer.token(&POSTER, "grant_type=client_credentials").await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    for _ in 0..2 {
+        let r = issuer.token(&HUMAN, "grant_type=client_credentials").await;
+        assert_eq!(r.status, 200, "argon2 secret: {}", body(&r));
+    }
+    issuer.stop().await;
+}
+
+/// One row of the negative table: what is sent and what must come back.
+struct Case {
+    name: &'static str,
+    request: Vec<u8>,
+    status: u16,
+    error: Option<&'static str>,
+}
+
+fn form_request(body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut r = format!(
+        "POST /oauth2/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.push_str(body);
+    r.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_endpoint_negative_table() {
+    let tuning = IssuerTuning {
+        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+            failed_address: Budget::per_secs(1000, 60),
+            failed_client: Budget::per_secs(1000, 60),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issuer = Issuer::start(Spec {
+        tuning,
+        ..Spec::default()
+    })
+    .await;
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let backend = basic(BACKEND.id, BACKEND.secret.unwrap());
+    let web = basic(WEB.id, WEB.secret.unwrap());
+    let auth = ("Authorization", backend.as_str());
+    let big = format!("grant_type=client_credentials&pad={}", "a".repeat(20_000));
+    let cases = vec![
+        Case { name: "unknown client", request: form_request("grant_type=client_credentials", &[form, ("Authorization", &basic("shop.nobody", "x"))]), status: 401, error: Some("invalid_client") },
+        Case { name: "wrong secret (basic)", request: form_request("grant_type=client_credentials", &[form, ("Authorization", &basic(BACKEND.id, "wrong"))]), status: 401, error: Some("invalid_client") },
+        Case { name: "wrong secret (post)", request: form_request(&format!("grant_type=client_credentials&client_id={}&client_secret=wrong", POSTER.id), &[form]), status: 400, error: Some("invalid_client") },
+        Case { name: "basic client using post", request: form_request(&format!("grant_type=client_credentials&client_id={}&client_secret={}", BACKEND.id, BACKEND.secret.unwrap()), &[form]), status: 400, error: Some("invalid_client") },
+        Case { name: "no client authentication", request: form_request("grant_type=client_credentials", &[form]), status: 400, error: Some("invalid_client") },
+        Case { name: "confidential client without secret", request: form_request(&format!("grant_type=client_credentials&client_id={}", BACKEND.id), &[form]), status: 400, error: Some("invalid_client") },
+        Case { name: "two authentication methods", request: form_request(&format!("grant_type=client_credentials&client_secret={}", BACKEND.secret.unwrap()), &[form, auth]), status: 400, error: Some("invalid_request") },
+        Case { name: "grant not allowed", request: form_request("grant_type=client_credentials", &[form, ("Authorization", &web)]), status: 400, error: Some("unauthorized_client") },
+        Case { name: "password grant", request: form_request("grant_type=password&username=a&password=b", &[form, auth]), status: 400, error: Some("unsupported_grant_type") },
+        Case { name: "missing grant_type", request: form_request("scope=read%3Aitems", &[form, auth]), status: 400, error: Some("invalid_request") },
+        Case { name: "duplicated parameter", request: form_request("grant_type=client_credentials&grant_type=client_credentials", &[form, auth]), status: 400, error: Some("invalid_request") },
+        Case { name: "duplicated scope", request: form_request("grant_type=client_credentials&scope=read%3Aitems&scope=write%3Aitems", &[form, auth]), status: 400, error: Some("invalid_request") },
+        Case { name: "scope not allowed", request: form_request("grant_type=client_credentials&scope=read%3Aitems+admin", &[form, auth]), status: 400, error: Some("invalid_scope") },
+        Case { name: "scope outside the vocabulary", request: form_request("grant_type=client_credentials&scope=unknown", &[form, auth]), status: 400, error: Some("invalid_scope") },
+        Case { name: "resource not the client's", request: form_request("grant_type=client_credentials&resource=https%3A%2F%2Fevil.example", &[form, auth]), status: 400, error: Some("invalid_target") },
+        Case { name: "wrong content type", request: form_request("{\"grant_type\":\"client_credentials\"}", &[("Content-Type", "application/json"), auth]), status: 400, error: Some("invalid_request") },
+        Case { name: "no content type", request: form_request("grant_type=client_credentials", &[auth]), status: 400, error: Some("invalid_request") },
+        Case { name: "oversized body", request: form_request(&big, &[form, auth]), status: 413, error: Some("invalid_request") },
+        Case { name: "parameters in the query", request: b"POST /oauth2/token?grant_type=client_credentials HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n".to_vec(), status: 400, error: Some("invalid_request") },
+        Case { name: "GET", request: b"GET /oauth2/token?grant_type=client_credentials HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(), status: 405, error: Some("invalid_request") },
+        Case { name: "code grant: unknown code", request: form_request(&format!("grant_type=authorization_code&code=nope&redirect_uri={}&code_verifier={VERIFIER}", enc(WEB_REDIRECT)), &[form, ("Authorization", &web)]), status: 400, error: Some("invalid_grant") },
+        Case { name: "code grant: missing verifier", request: form_request(&format!("grant_type=authorization_code&code=nope&redirect_uri={}", enc(WEB_REDIRECT)), &[form, ("Authorization", &web)]), status: 400, error: Some("invalid_request") },
+        Case { name: "code grant: short verifier", request: form_request(&format!("grant_type=authorization_code&code=nope&redirect_uri={}&code_verifier={}", enc(WEB_REDIRECT), "a".repeat(42)), &[form, ("Authorization", &web)]), status: 400, error: Some("invalid_request") },
+        Case { name: "refresh grant: garbage token", request: form_request("grant_type=refresh_token&refresh_token=abc", &[form, ("Authorization", &web)]), status: 400, error: Some("invalid_grant") },
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let r = issuer.raw(&case.request).await;
+        let error = serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned));
+        if r.status != case.status || error.as_deref() != case.error {
+            failures.push(format!(
+                "{}: got {} {:?}, want {} {:?}",
+                case.name, r.status, error, case.status, case.error
+            ));
+        }
+        if r.status == 401
+            && r.header("www-authenticate")
+                .is_none_or(|v| !v.starts_with("Basic "))
+        {
+            failures.push(format!("{}: 401 without a Basic challenge", case.name));
+        }
+        if r.header("cache-control") != Some("no-store") || r.header("pragma") != Some("no-cache") {
+            failures.push(format!("{}: not marked no-store", case.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!(
+        "{} negative token requests answered as RFC 6749 says",
+        cases.len()
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_code_flow_with_pkce_refresh_rotation_and_replays() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let state = "xyz &é=/?";
+    let location = issuer
+        .authorize(&web_query(state, None), "alice")
+        .await
+        .unwrap();
+    assert!(
+        location.starts_with(&format!("{WEB_REDIRECT}?code=")),
+        "{location}"
+    );
+    assert_eq!(
+        query_param(&location, "state").as_deref(),
+        Some(state),
+        "state untouched"
+    );
+    assert_eq!(
+        query_param(&location, "iss").as_deref(),
+        Some(issuer.url.as_str()),
+        "RFC 9207 iss"
+    );
+    let code = query_param(&location, "code").unwrap();
+
+    // Wrong verifier and wrong redirect URI are refused without spending the code.
+    let wrong = issuer
+        .token(
+            &WEB,
+            &format!(
+                "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}",
+                enc(&code),
+                enc(WEB_REDIRECT),
+                "b".repeat(43)
+            ),
+        )
+        .await;
+    assert_eq!(
+        (wrong.status, wrong.json()["error"].clone()),
+        (400, json!("invalid_grant"))
+    );
+    let wrong = issuer
+        .token(
+            &WEB,
+            &format!(
+                "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={VERIFIER}",
+                enc(&code),
+                enc("https://app.example/other")
+            ),
+        )
+        .await;
+    assert_eq!(
+        (wrong.status, wrong.json()["error"].clone()),
+        (400, json!("invalid_grant"))
+    );
+
+    let r = redeem(&issuer, &code).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let t = r.json();
+    assert_eq!(
+        t["scope"], "read:items",
+        "default scopes when the request named none"
+    );
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    let c = claims_of(&access);
+    assert_eq!(
+        (c["sub"].clone(), c["client_id"].clone(), c["aud"].clone()),
+        (json!("alice"), json!(WEB.id), json!(ORDERS))
+    );
+    assert_eq!(introspect(&issuer, &access).await["active"], true);
+
+    // Refresh: rotation, narrowing allowed, escalation refused.
+    let escalate = issuer
+        .token(
+            &WEB,
+            &format!(
+                "grant_type=refresh_token&refresh_token={}&scope=read%3Aitems+write%3Aitems",
+                enc(&refresh)
+            ),
+        )
+        .await;
+    assert_eq!(
+        (escalate.status, escalate.json()["error"].clone()),
+        (400, json!("invalid_scope"))
+    );
+    let other_client = issuer
+        .token(
+            &BACKEND,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(other_client.json()["error"], "unauthorized_client");
+    let r = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let t2 = r.json();
+    let refresh2 = t2["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(refresh2, refresh, "rotated");
+    assert_eq!(t2["scope"], "read:items");
+    let access2 = t2["access_token"].as_str().unwrap().to_owned();
+
+    // The code replayed: refused, and what it issued (token and family) is revoked.
+    let replay = redeem(&issuer, &code).await;
+    assert_eq!(
+        (replay.status, replay.json()["error"].clone()),
+        (400, json!("invalid_grant"))
+    );
+    assert_eq!(introspect(&issuer, &access).await, json!({"active": false}));
+    assert_eq!(
+        introspect(&issuer, &access2).await,
+        json!({"active": false}),
+        "tokens of the family too"
+    );
+    let after = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh2)),
+        )
+        .await;
+    assert_eq!(
+        after.json()["error"],
+        "invalid_grant",
+        "the family is revoked"
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_client_flow_with_loopback_redirect_and_its_limits() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let redirect = "http://127.0.0.1:53211/callback";
+    let query = format!(
+        "response_type=code&client_id={}&redirect_uri={}&code_challenge={CHALLENGE}&code_challenge_method=S256",
+        CLI.id,
+        enc(redirect)
+    );
+    let location = issuer.authorize(&query, "bob").await.unwrap();
+    assert!(
+        location.starts_with(&format!("{redirect}?code=")),
+        "any loopback port: {location}"
+    );
+    let code = query_param(&location, "code").unwrap();
+    let r = issuer
+        .token(
+            &CLI,
+            &format!(
+                "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={VERIFIER}",
+                enc(&code),
+                enc(redirect)
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let t = r.json();
+    let (access, refresh) = (
+        t["access_token"].as_str().unwrap(),
+        t["refresh_token"].as_str().unwrap(),
+    );
+    let r = issuer
+        .token(
+            &CLI,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(refresh)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "public clients refresh: {}", body(&r));
+    let public_introspection = issuer
+        .post_as(
+            "/oauth2/introspect",
+            &CLI,
+            &format!("token={}", enc(access)),
+        )
+        .await;
+    assert_eq!(
+        public_introspection.status, 401,
+        "a public client at introspection"
+    );
+    assert_eq!(public_introspection.json()["error"], "invalid_client");
+    let cc = issuer.token(&CLI, "grant_type=client_credentials").await;
+    assert_eq!(cc.json()["error"], "unauthorized_client");
+    let revoked = issuer
+        .post_as("/oauth2/revoke", &CLI, &format!("token={}", enc(access)))
+        .await;
+    assert_eq!(
+        revoked.status, 200,
+        "public clients revoke their own tokens"
+    );
+    assert_eq!(introspect(&issuer, access).await["active"], false);
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_request_errors_page_or_redirect() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let base = |client: &str, redirect: &str| {
+        format!(
+            "response_type=code&client_id={}&redirect_uri={}&code_challenge={CHALLENGE}&code_challenge_method=S256&state=s1",
+            enc(client),
+            enc(redirect)
+        )
+    };
+    // Never a redirect for an unknown client or an unregistered redirect URI.
+    for query in [
+        base("shop.nobody", WEB_REDIRECT),
+        base(WEB.id, "https://evil.example/cb"),
+        base(WEB.id, "https://app.example/cb/"),
+        base(WEB.id, "https://app.example/cb#frag"),
+        format!("{}&client_id=shop.web", base(WEB.id, WEB_REDIRECT)),
+        format!("{}&state=again", base(WEB.id, WEB_REDIRECT)),
+        base(CLI.id, "http://localhost:8000/callback"),
+    ] {
+        let r = issuer.get(&format!("/oauth2/authorize?{query}")).await;
+        assert_eq!(r.status, 400, "{query}");
+        assert!(r.header("location").is_none(), "{query}: no redirect");
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+        assert!(
+            r.header("content-security-policy")
+                .unwrap()
+                .contains("frame-ancestors 'none'")
+        );
+    }
+    // Everything else is redirected to the client with the error, the state and iss.
+    let cases = [
+        (
+            base(WEB.id, WEB_REDIRECT).replace("S256", "plain"),
+            "invalid_request",
+        ),
+        (
+            base(WEB.id, WEB_REDIRECT).replace("&code_challenge_method=S256", ""),
+            "invalid_request",
+        ),
+        (
+            base(WEB.id, WEB_REDIRECT).replace(&format!("code_challenge={CHALLENGE}&"), ""),
+            "invalid_request",
+        ),
+        (
+            base(WEB.id, WEB_REDIRECT).replace("response_type=code", "response_type=token"),
+            "unsupported_response_type",
+        ),
+        (
+            format!("{}&scope=admin", base(WEB.id, WEB_REDIRECT)),
+            "invalid_scope",
+        ),
+        (
+            format!("{}&resource={}", base(WEB.id, WEB_REDIRECT), enc(PAYMENTS)),
+            "invalid_target",
+        ),
+    ];
+    for (query, error) in cases {
+        let r = issuer.get(&format!("/oauth2/authorize?{query}")).await;
+        assert_eq!(r.status, 303, "{query}");
+        let location = r.header("location").unwrap();
+        assert!(location.starts_with(WEB_REDIRECT), "{location}");
+        assert_eq!(
+            query_param(location, "error").as_deref(),
+            Some(error),
+            "{query}"
+        );
+        assert_eq!(
+            query_param(location, "iss").as_deref(),
+            Some(issuer.url.as_str())
+        );
+    }
+    // The app rejects a login: access_denied with the untouched state.
+    let r = issuer
+        .get(&format!("/oauth2/authorize?{}", base(WEB.id, WEB_REDIRECT)))
+        .await;
+    let challenge = r
+        .header("location")
+        .unwrap()
+        .split_once("login_challenge=")
+        .unwrap()
+        .1
+        .to_owned();
+    let pending = issuer
+        .mint("GET", &format!("/v1/logins/{challenge}"), None)
+        .await;
+    assert_eq!(pending.json()["client_id"], WEB.id);
+    let rejected = issuer
+        .mint(
+            "POST",
+            &format!("/v1/logins/{challenge}/reject"),
+            Some(&json!({})),
+        )
+        .await;
+    let to = rejected.json()["redirect_to"].as_str().unwrap().to_owned();
+    assert_eq!(query_param(&to, "error").as_deref(), Some("access_denied"));
+    assert_eq!(query_param(&to, "state").as_deref(), Some("s1"));
+    let again = issuer
+        .mint(
+            "POST",
+            &format!("/v1/logins/{challenge}/accept"),
+            Some(&json!({"subject": "x"})),
+        )
+        .await;
+    assert_eq!(again.status, 404, "a challenge is settled once");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_redemptions_of_one_code_make_one_token() {
+    let issuer = std::sync::Arc::new(
+        Issuer::start(Spec {
+            tuning: generous(),
+            ..Spec::default()
+        })
+        .await,
+    );
+    let code = web_code(&issuer, "alice").await;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let issuer = issuer.clone();
+            let code = code.clone();
+            tokio::spawn(async move { redeem(&issuer, &code).await.status })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 400).count(),
+        49,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refreshes_get_grace_siblings_and_a_late_replay_revokes_the_family() {
+    let tuning = IssuerTuning {
+        refresh_grace_ms: 1_500,
+        ..IssuerTuning::default()
+    };
+    let issuer = std::sync::Arc::new(
+        Issuer::start(Spec {
+            tuning,
+            ..Spec::default()
+        })
+        .await,
+    );
+    let first = redeem(&issuer, &web_code(&issuer, "alice").await)
+        .await
+        .json();
+    let refresh = first["refresh_token"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let issuer = issuer.clone();
+            let refresh = refresh.clone();
+            tokio::spawn(async move {
+                issuer
+                    .token(
+                        &WEB,
+                        &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", body(&r));
+        tokens.push(r.json());
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "the burst fit inside the grace window"
+    );
+    let generations: std::collections::BTreeSet<String> = tokens
+        .iter()
+        .map(|t| {
+            t["refresh_token"]
+                .as_str()
+                .unwrap()
+                .split('.')
+                .nth(1)
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        generations.len(),
+        20,
+        "one rotation and 19 siblings, each a distinct generation"
+    );
+    // Wait until the grace window has certainly passed, then replay the rotated token.
+    let grace_end = started + Duration::from_millis(1_600);
+    tokio::time::sleep_until(grace_end.into()).await;
+    let replay = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(
+        (replay.status, replay.json()["error"].clone()),
+        (400, json!("invalid_grant"))
+    );
+    for t in &tokens {
+        let access = t["access_token"].as_str().unwrap();
+        assert_eq!(
+            introspect(&issuer, access).await,
+            json!({"active": false}),
+            "the family's tokens die"
+        );
+    }
+    let sibling = issuer
+        .token(
+            &WEB,
+            &format!(
+                "grant_type=refresh_token&refresh_token={}",
+                enc(tokens[3]["refresh_token"].as_str().unwrap())
+            ),
+        )
+        .await;
+    assert_eq!(
+        sibling.json()["error"],
+        "invalid_grant",
+        "the family is revoked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_refresh_family_is_refused() {
+    let issuer = Issuer::start(Spec {
+        refresh_ttl: 1,
+        ..Spec::default()
+    })
+    .await;
+    let t = redeem(&issuer, &web_code(&issuer, "alice").await)
+        .await
+        .json();
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    let issued = now();
+    eventually("the family to expire", Duration::from_secs(10), || async {
+        (now() > issued + 1).then_some(())
+    })
+    .await;
+    let r = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_grant"))
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_and_introspection() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let t = redeem(&issuer, &web_code(&issuer, "carol").await)
+        .await
+        .json();
+    let (access, refresh) = (
+        t["access_token"].as_str().unwrap().to_owned(),
+        t["refresh_token"].as_str().unwrap().to_owned(),
+    );
+    let info = introspect(&issuer, &access).await;
+    let c = claims_of(&access);
+    for claim in [
+        "sub",
+        "client_id",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "iss",
+        "aud",
+        "scope",
+    ] {
+        assert_eq!(info[claim], c[claim], "{claim}");
+    }
+    assert_eq!(info["token_type"], "Bearer");
+    let rt = introspect(&issuer, &refresh).await;
+    assert_eq!(
+        (rt["active"].clone(), rt["token_type"].clone()),
+        (json!(true), json!("refresh_token"))
+    );
+    // Another client's token: refused, not revoked.
+    let foreign = issuer
+        .post_as(
+            "/oauth2/revoke",
+            &BACKEND,
+            &format!("token={}", enc(&access)),
+        )
+        .await;
+    assert_eq!(
+        (foreign.status, foreign.json()["error"].clone()),
+        (400, json!("unauthorized_client"))
+    );
+    assert_eq!(introspect(&issuer, &access).await["active"], true);
+    // Unknown and malformed tokens: 200.
+    for token in ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.e30."] {
+        let r = issuer
+            .post_as("/oauth2/revoke", &WEB, &format!("token={}", enc(token)))
+            .await;
+        assert_eq!(r.status, 200, "{token}");
+    }
+    let unauthenticated = issuer
+        .post("/oauth2/revoke", &format!("token={}", enc(&access)), &[])
+        .await;
+    assert_eq!(unauthenticated.json()["error"], "invalid_client");
+    // Revoke the access token: introspection and the feed know.
+    let r = issuer
+        .post_as(
+            "/oauth2/revoke",
+            &WEB,
+            &format!("token={}&token_type_hint=access_token", enc(&access)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(introspect(&issuer, &access).await, json!({"active": false}));
+    assert_eq!(
+        introspect(&issuer, &refresh).await["active"],
+        true,
+        "revoking an access token keeps the refresh token"
+    );
+    let feed = issuer.get("/oauth2/revocations").await;
+    let page = claims_of(std::str::from_utf8(&feed.body).unwrap());
+    assert_eq!(page["jtis"][0]["jti"], c["jti"]);
+    // Revoke the refresh token: the family and its tokens.
+    let fresh = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await
+        .json();
+    let refresh2 = fresh["refresh_token"].as_str().unwrap();
+    let r = issuer
+        .post_as(
+            "/oauth2/revoke",
+            &WEB,
+            &format!("token={}&token_type_hint=refresh_token", enc(refresh2)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        introspect(&issuer, refresh2).await,
+        json!({"active": false})
+    );
+    assert_eq!(
+        introspect(&issuer, fresh["access_token"].as_str().unwrap()).await,
+        json!({"active": false})
+    );
+    // Introspection: an unrelated caller sees nothing; a bad secret is refused.
+    let cc = issuer
+        .token(&POSTER, "grant_type=client_credentials")
+        .await
+        .json();
+    let hidden = issuer
+        .post_as(
+            "/oauth2/introspect",
+            &HUMAN,
+            &format!("token={}", enc(cc["access_token"].as_str().unwrap())),
+        )
+        .await;
+    assert_eq!(
+        hidden.json(),
+        json!({"active": false}),
+        "not issued to the caller nor for its audience"
+    );
+    let visible = introspect(&issuer, cc["access_token"].as_str().unwrap()).await;
+    assert_eq!(
+        visible["active"], true,
+        "the resource server sees tokens for its audience"
+    );
+    let bad = issuer
+        .post(
+            "/oauth2/introspect",
+            "token=x",
+            &[("Authorization", &basic(ORDERS_RS.id, "wrong"))],
+        )
+        .await;
+    assert_eq!(
+        (bad.status, bad.json()["error"].clone()),
+        (401, json!("invalid_client"))
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cutoffs_refuse_older_codes_families_and_tokens() {
+    let mut spec = Spec::default();
+    let issuer = Issuer::start(spec.clone()).await;
+    let code = web_code(&issuer, "dave").await;
+    let t = redeem(&issuer, &web_code(&issuer, "dave").await)
+        .await
+        .json();
+    let issued = now();
+    eventually("a second to pass", Duration::from_secs(5), || async {
+        (now() > issued).then_some(())
+    })
+    .await;
+    // The operator renders revokeBefore into the registry; the issuer reloads it.
+    spec.web_revoke_before = Some(now());
+    write_atomic(
+        &issuer.dir.join("clients.json"),
+        &registry(spec.web_revoke_before).to_string(),
+    );
+    let access = t["access_token"].as_str().unwrap().to_owned();
+    eventually("the cut-off to apply", Duration::from_secs(10), || async {
+        (introspect(&issuer, &access).await == json!({"active": false})).then_some(())
+    })
+    .await;
+    let r = redeem(&issuer, &code).await;
+    assert_eq!(r.json()["error"], "invalid_grant", "an older code");
+    let r = issuer
+        .token(
+            &WEB,
+            &format!(
+                "grant_type=refresh_token&refresh_token={}",
+                enc(t["refresh_token"].as_str().unwrap())
+            ),
+        )
+        .await;
+    assert_eq!(r.json()["error"], "invalid_grant", "an older family");
+    let fresh = redeem(&issuer, &web_code(&issuer, "dave").await).await;
+    assert_eq!(fresh.status, 200, "new grants work");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_from_a_key_past_its_signs_until_and_exp_capped_by_removal() {
+    let now = now();
+    let stale =
+        json!({"keys": [managed_key("ES256", "old", now - 600, now - 600, now - 10, now + 3000)]});
+    let mut issuer = Issuer::start(Spec {
+        keys: Some(stale),
+        ..Spec::default()
+    })
+    .await;
+    let r = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (503, json!("temporarily_unavailable"))
+    );
+    assert!(r.header("retry-after").is_some());
+    let feed = issuer.get("/oauth2/revocations").await;
+    assert_eq!(
+        feed.status, 503,
+        "feed pages are not signed by a key past signs-until either"
+    );
+    // A key whose removal comes before the token lifetime caps exp at removal minus leeway.
+    let capped =
+        json!({"keys": [managed_key("ES256", "short", now - 60, now - 60, now + 3000, now + 300)]});
+    issuer.set_keys(capped);
+    let t = eventually("the new key to sign", Duration::from_secs(10), || async {
+        let r = issuer
+            .token(&BACKEND, "grant_type=client_credentials")
+            .await;
+        (r.status == 200).then(|| r.json())
+    })
+    .await;
+    let c = claims_of(t["access_token"].as_str().unwrap());
+    assert_eq!(c["exp"].as_i64().unwrap(), now + 300 - 30);
+    assert_eq!(
+        header_of(t["access_token"].as_str().unwrap())["kid"],
+        "short"
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_algorithm_signs_tokens_its_published_key_verifies() {
+    for alg in ["ES256", "EdDSA", "RS256", "HS256"] {
+        let issuer = Issuer::start(Spec {
+            alg,
+            ..Spec::default()
+        })
+        .await;
+        let r = issuer
+            .token(&BACKEND, "grant_type=client_credentials")
+            .await;
+        assert_eq!(r.status, 200, "{alg}: {}", body(&r));
+        let token = r.json()["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(header_of(&token)["alg"], alg);
+        // The issuer's own verifier accepts it on a protected route of the same pod.
+        let request = format!(
+            "GET /items/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        let through = issuer.raw(request.as_bytes()).await;
+        assert_eq!(
+            through.status, 502,
+            "{alg}: the token passed and the (absent) app was asked"
+        );
+        if alg == "HS256" {
+            assert_eq!(
+                issuer.get("/.well-known/jwks.json").await.json(),
+                json!({"keys": []}),
+                "HS256 is never published"
+            );
+        }
+        issuer.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_rate_limited_per_address_without_locking_the_client_out() {
+    let tuning = IssuerTuning {
+        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+            failed_address: Budget::per_secs(3, 60),
+            failed_client: Budget::per_secs(5, 60),
+            client: Budget::per_secs(4, 60),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issuer = Issuer::start(Spec {
+        tuning,
+        ..Spec::default()
+    })
+    .await;
+    let wrong = basic(BACKEND.id, "guess");
+    let good = basic(BACKEND.id, BACKEND.secret.unwrap());
+    let from = |ip: &'static str| ("X-Forwarded-For", ip);
+    for _ in 0..3 {
+        let r = issuer
+            .post(
+                "/oauth2/token",
+                "grant_type=client_credentials",
+                &[("Authorization", &wrong), from("203.0.113.7")],
+            )
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    let blocked = issuer
+        .post(
+            "/oauth2/token",
+            "grant_type=client_credentials",
+            &[("Authorization", &good), from("203.0.113.7")],
+        )
+        .await;
+    assert_eq!(blocked.status, 429, "the failing address is stopped");
+    assert!(
+        blocked
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let victim = issuer
+        .post(
+            "/oauth2/token",
+            "grant_type=client_credentials",
+            &[("Authorization", &good), from("198.51.100.1")],
+        )
+        .await;
+    assert_eq!(
+        victim.status,
+        200,
+        "the client itself is not locked out: {}",
+        body(&victim)
+    );
+    // Failures for one client from many addresses: 429 for the failures, never for it.
+    // Three failures counted for the client so far; its budget is five.
+    for (i, ip) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
+        let r = issuer
+            .post(
+                "/oauth2/token",
+                "grant_type=client_credentials",
+                &[("Authorization", &wrong), from(ip)],
+            )
+            .await;
+        assert_eq!(r.status, if i < 2 { 401 } else { 429 }, "{ip}");
+    }
+    let still = issuer
+        .post(
+            "/oauth2/token",
+            "grant_type=client_credentials",
+            &[("Authorization", &good), from("198.51.100.2")],
+        )
+        .await;
+    assert_eq!(still.status, 200);
+    // Successes per client_id.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let ip = format!("198.51.100.{}", 10 + i);
+        statuses.push(
+            issuer
+                .post(
+                    "/oauth2/token",
+                    "grant_type=client_credentials",
+                    &[("Authorization", &good), ("X-Forwarded-For", &ip)],
+                )
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mint_socket_mints_within_the_rules_and_sets_subject_cutoffs() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let minted = issuer
+        .mint(
+            "POST",
+            "/v1/tokens",
+            Some(&json!({"subject": "user:42", "scope": "read:items", "ttl_secs": 120})),
+        )
+        .await;
+    assert_eq!(minted.status, 200, "{}", body(&minted));
+    assert_eq!(minted.header("cache-control"), Some("no-store"));
+    let token = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let c = claims_of(&token);
+    assert_eq!(
+        (c["sub"].clone(), c["aud"].clone(), c["client_id"].clone()),
+        (json!("user:42"), json!(ORDERS), json!("scopegate:mint"))
+    );
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 120);
+    for (request, status) in [
+        (json!({"subject": "admin:1"}), 403),
+        (json!({"subject": "user:1", "scope": "write:items"}), 403),
+        (json!({"subject": "user:1", "audience": [PAYMENTS]}), 403),
+        (json!({"subject": "user:1", "ttl_secs": 301}), 403),
+        (json!({"subject": ""}), 400),
+        (json!({"subject": "user:1", "extra": true}), 400),
+    ] {
+        let r = issuer.mint("POST", "/v1/tokens", Some(&request)).await;
+        assert_eq!(r.status, status, "{request}: {}", body(&r));
+    }
+    assert_eq!(
+        issuer.mint("GET", "/v1/logins/unknown", None).await.status,
+        404
+    );
+    // A subject cut-off: older tokens die (issuer and feed), the subject's refresh families too.
+    let t = redeem(&issuer, &web_code(&issuer, "user:42").await)
+        .await
+        .json();
+    let issued = now();
+    eventually("a second to pass", Duration::from_secs(5), || async {
+        (now() > issued).then_some(())
+    })
+    .await;
+    let cut = issuer
+        .mint(
+            "POST",
+            "/v1/subject-cutoffs",
+            Some(&json!({"subject": "user:42"})),
+        )
+        .await;
+    assert_eq!(cut.status, 200, "{}", body(&cut));
+    assert_eq!(introspect(&issuer, &token).await, json!({"active": false}));
+    let r = issuer
+        .token(
+            &WEB,
+            &format!(
+                "grant_type=refresh_token&refresh_token={}",
+                enc(t["refresh_token"].as_str().unwrap())
+            ),
+        )
+        .await;
+    assert_eq!(r.json()["error"], "invalid_grant");
+    let page =
+        claims_of(std::str::from_utf8(&issuer.get("/oauth2/revocations").await.body).unwrap());
+    assert_eq!(page["subjects"][0]["sub"], "user:42");
+    let future = issuer
+        .mint(
+            "POST",
+            "/v1/subject-cutoffs",
+            Some(&json!({"subject": "user:42", "before": now() + 3600})),
+        )
+        .await;
+    assert_eq!(future.status, 400);
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_long_polls_signed_pages_with_cursors() {
+    let issuer = std::sync::Arc::new(Issuer::start(Spec::default()).await);
+    let first = issuer.get("/oauth2/revocations?wait=0").await;
+    assert_eq!(first.header("content-type"), Some("application/jwt"));
+    let jws = String::from_utf8(first.body.clone()).unwrap();
+    assert_eq!(header_of(&jws)["typ"], "revocation-feed+jwt");
+    let page = claims_of(&jws);
+    assert_eq!(
+        (page["reset"].clone(), page["iss"].clone()),
+        (json!(true), json!(issuer.url))
+    );
+    let cursor = page["nextCursor"].as_str().unwrap().to_owned();
+    // A poll with the cursor waits for news; a revocation meanwhile answers it at once.
+    let poller = {
+        let issuer = issuer.clone();
+        let cursor = cursor.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = issuer
+                .get(&format!("/oauth2/revocations?cursor={cursor}&wait=25"))
+                .await;
+            (r, started.elapsed())
+        })
+    };
+    let token = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = issuer
+        .post_as(
+            "/oauth2/revoke",
+            &BACKEND,
+            &format!("token={}", enc(&token)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let (answer, took) = poller.await.unwrap();
+    assert!(
+        took < Duration::from_secs(20),
+        "answered on news, not at the deadline"
+    );
+    let page = claims_of(std::str::from_utf8(&answer.body).unwrap());
+    assert_eq!(page["cursor"], json!(cursor));
+    assert_eq!(page["reset"], json!(false));
+    assert_eq!(page["jtis"][0]["jti"], claims_of(&token)["jti"]);
+    let unknown = claims_of(
+        std::str::from_utf8(
+            &issuer
+                .get("/oauth2/revocations?cursor=other-1&wait=0")
+                .await
+                .body,
+        )
+        .unwrap(),
+    );
+    assert_eq!(unknown["reset"], true, "a cursor of another epoch resets");
+    assert_eq!(
+        issuer.get("/oauth2/revocations?cursor=a%20b").await.status,
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_sidecar_refuses_a_revoked_token_through_the_real_feed() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let dir = TempDir::new();
+    let mut cfg = config(upstream.addr.port(), jwks_of(&issuer.keys));
+    cfg["verify"]["issuers"][0]["issuer"] = json!(issuer.url);
+    cfg["verify"]["audiences"] = json!([ORDERS]);
+    cfg["caBundlePem"] = json!(issuer.certs.ca_pem);
+    let bound = 10;
+    cfg["revocation"] = json!({"feed": {"url": format!("{}/oauth2/revocations", issuer.url), "issuer": issuer.url, "stalenessBoundSecs": bound}});
+    let verifier = start_sidecar(&dir, &cfg).await;
+    eventually(
+        "the verifier's first feed page",
+        Duration::from_secs(20),
+        || async {
+            readyz(verifier.admin_addr())
+                .await
+                .1
+                .contains("revocation feed: fresh")
+                .then_some(())
+        },
+    )
+    .await;
+    let token = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        get_with_token(verifier.proxy_addr(), "/items/1", &token)
+            .await
+            .status,
+        200
+    );
+    let revoked_at = Instant::now();
+    let r = issuer
+        .post_as(
+            "/oauth2/revoke",
+            &BACKEND,
+            &format!("token={}", enc(&token)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    eventually(
+        "the verifier to refuse the revoked token",
+        Duration::from_secs(bound),
+        || async {
+            (get_with_token(verifier.proxy_addr(), "/items/1", &token)
+                .await
+                .status
+                == 401)
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "revocation reached the verifier in {:?}",
+        revoked_at.elapsed()
+    );
+    verifier.shutdown().await;
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_probes_are_replayed_on_the_admin_port() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let port = upstream.addr.port();
+    let dead = free_port();
+    let probes = scopegate_sidecar::app_probes::AppProbes::parse(
+        &json!({
+            "app/readiness": {"port": port, "path": "/public/ready"},
+            "app/liveness": {"port": port, "path": "/status/500"},
+            "app/startup": {"port": port, "path": "/status/302"},
+            "other/liveness": {"port": dead, "path": "/"}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let dir = TempDir::new();
+    let path = dir.join("config.json");
+    write_atomic(&path, &config(port, json!({"keys": []})).to_string());
+    let sidecar = scopegate_sidecar::start(scopegate_sidecar::Options {
+        config_path: path,
+        bind_ip: "127.0.0.1".parse().unwrap(),
+        port_override: Some(0),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        reload_interval: Duration::from_millis(50),
+        drain_timeout: Duration::from_secs(2),
+        issuer_tuning: Default::default(),
+        app_probes: probes,
+    })
+    .await
+    .unwrap();
+    let admin = sidecar.admin_addr();
+    assert_eq!(
+        get(admin, "/app-health/app/readiness", &[]).await.status,
+        200
+    );
+    assert_eq!(upstream.last().unwrap().path_and_query, "/public/ready");
+    assert_eq!(
+        get(admin, "/app-health/app/liveness", &[]).await.status,
+        503
+    );
+    assert_eq!(
+        get(admin, "/app-health/app/startup", &[]).await.status,
+        200,
+        "3xx counts as healthy"
+    );
+    assert_eq!(
+        get(admin, "/app-health/other/liveness", &[]).await.status,
+        503,
+        "app down"
+    );
+    assert_eq!(
+        get(admin, "/app-health/nobody/liveness", &[]).await.status,
+        404
+    );
+    sidecar.shutdown().await;
+}

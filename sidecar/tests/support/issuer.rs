@@ -1,0 +1,574 @@
+//! An issuer sidecar for tests: signing keys of any algorithm, a client registry with one
+//! client of each kind, a CA and serving certificate, the config document, and clients for
+//! its HTTPS endpoints and its mint socket.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::rsa;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use scopegate_core::secret_hash::{SecretKind, hash};
+use scopegate_sidecar::issuer::IssuerTuning;
+use scopegate_sidecar::jose::b64;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{RawResponse, TempDir, TestCerts, now, parse_response, unique, write_atomic};
+
+/// The resource server audience most clients get.
+pub const ORDERS: &str = "https://orders.example";
+/// Another audience.
+pub const PAYMENTS: &str = "https://payments.example";
+/// Where the web client is sent back.
+pub const WEB_REDIRECT: &str = "https://app.example/cb";
+/// Where the test's login page is.
+pub const LOGIN_URL: &str = "https://app.example/login";
+
+/// A registered client and its plaintext secret.
+#[derive(Clone, Debug)]
+pub struct TestClient {
+    pub id: &'static str,
+    pub secret: Option<&'static str>,
+}
+
+/// Confidential, client_secret_basic, client_credentials.
+pub const BACKEND: TestClient = TestClient {
+    id: "shop.backend",
+    secret: Some("backend-secret-0123456789abcdef"),
+};
+/// Confidential, client_secret_post, client_credentials.
+pub const POSTER: TestClient = TestClient {
+    id: "shop.poster",
+    secret: Some("poster-secret-0123456789abcdef"),
+};
+/// Confidential, basic, authorization_code + refresh_token.
+pub const WEB: TestClient = TestClient {
+    id: "shop.web",
+    secret: Some("web-secret-0123456789abcdef"),
+};
+/// Public, authorization_code + refresh_token, loopback redirect.
+pub const CLI: TestClient = TestClient {
+    id: "shop.cli",
+    secret: None,
+};
+/// Confidential with a human-chosen (argon2) secret.
+pub const HUMAN: TestClient = TestClient {
+    id: "shop.human",
+    secret: Some("correct horse battery staple"),
+};
+/// A resource server that introspects.
+pub const ORDERS_RS: TestClient = TestClient {
+    id: "shop.orders",
+    secret: Some("orders-secret-0123456789abcdef"),
+};
+
+/// The client registry document.
+pub fn registry(revoke_before: Option<i64>) -> Value {
+    let phc = |c: &TestClient, kind| json!([{"phc": hash(c.secret.unwrap(), kind).unwrap()}]);
+    json!({"clients": [
+        {"clientId": BACKEND.id, "public": false, "authMethod": "client_secret_basic",
+         "secrets": phc(&BACKEND, SecretKind::Generated), "grantTypes": ["client_credentials"],
+         "scopes": ["read:items", "write:items"], "defaultScopes": ["read:items"],
+         "audiences": [ORDERS, PAYMENTS]},
+        {"clientId": POSTER.id, "public": false, "authMethod": "client_secret_post",
+         "secrets": phc(&POSTER, SecretKind::Generated), "grantTypes": ["client_credentials"],
+         "scopes": ["read:items"], "defaultScopes": ["read:items"], "audiences": [ORDERS]},
+        {"clientId": WEB.id, "public": false, "authMethod": "client_secret_basic",
+         "secrets": phc(&WEB, SecretKind::Generated), "grantTypes": ["authorization_code", "refresh_token"],
+         "scopes": ["read:items", "write:items"], "defaultScopes": ["read:items"],
+         "audiences": [ORDERS], "redirectUris": [WEB_REDIRECT], "revokeBefore": revoke_before},
+        {"clientId": CLI.id, "public": true, "authMethod": "none",
+         "grantTypes": ["authorization_code", "refresh_token"],
+         "scopes": ["read:items"], "defaultScopes": ["read:items"],
+         "audiences": [ORDERS], "redirectUris": ["http://127.0.0.1/callback"]},
+        {"clientId": HUMAN.id, "public": false, "authMethod": "client_secret_basic",
+         "secrets": phc(&HUMAN, SecretKind::Chosen), "grantTypes": ["client_credentials"],
+         "scopes": ["read:items"], "defaultScopes": ["read:items"], "audiences": [PAYMENTS]},
+        {"clientId": ORDERS_RS.id, "public": false, "authMethod": "client_secret_basic",
+         "secrets": phc(&ORDERS_RS, SecretKind::Generated), "grantTypes": ["client_credentials"],
+         "scopes": ["read:items"], "defaultScopes": ["read:items"], "audiences": [ORDERS]}
+    ]})
+}
+
+/// One managed key: (document entry, public JWK or null).
+pub fn managed_key(
+    alg: &str,
+    kid: &str,
+    published: i64,
+    activates: i64,
+    signs_until: i64,
+    removed: i64,
+) -> Value {
+    let (private, public) = match alg {
+        "ES256" => {
+            let pkcs8 = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING)
+                .unwrap()
+                .to_pkcs8v1()
+                .unwrap();
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+            let point = pair.public_key().as_ref();
+            (
+                pkcs8.as_ref().to_vec(),
+                json!({"kty": "EC", "crv": "P-256", "x": b64::encode(&point[1..33]), "y": b64::encode(&point[33..65])}),
+            )
+        }
+        "EdDSA" => {
+            let pair = Ed25519KeyPair::generate().unwrap();
+            let pkcs8 = pair.to_pkcs8().unwrap();
+            (
+                pkcs8.as_ref().to_vec(),
+                json!({"kty": "OKP", "crv": "Ed25519", "x": b64::encode(pair.public_key().as_ref())}),
+            )
+        }
+        "RS256" => {
+            let pair = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).unwrap();
+            let der: Pkcs8V1Der = pair.as_der().unwrap();
+            let components =
+                aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+            (
+                der.as_ref().to_vec(),
+                json!({"kty": "RSA", "n": b64::encode(&components.n), "e": b64::encode(&components.e)}),
+            )
+        }
+        "HS256" => {
+            let mut secret = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut secret).unwrap();
+            (secret.to_vec(), Value::Null)
+        }
+        other => panic!("no test keys for {other}"),
+    };
+    let mut entry = json!({
+        "kid": kid, "alg": alg, "publishedAt": published, "activatesAt": activates,
+        "signsUntil": signs_until, "removedAfter": removed, "privateKey": STANDARD.encode(private)
+    });
+    if let Value::Object(mut jwk) = public {
+        jwk.insert("kid".into(), json!(kid));
+        jwk.insert("alg".into(), json!(alg));
+        jwk.insert("use".into(), json!("sig"));
+        entry["publicJwk"] = Value::Object(jwk);
+    }
+    entry
+}
+
+/// The published JWKS of a signing-keys document.
+pub fn jwks_of(doc: &Value) -> Value {
+    let keys: Vec<Value> = doc["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k.get("publicJwk").cloned())
+        .collect();
+    json!({"keys": keys})
+}
+
+/// What an issuer fixture differs in.
+#[derive(Clone)]
+pub struct Spec {
+    /// Signing algorithm of the active key.
+    pub alg: &'static str,
+    /// The `store` section.
+    pub store: Value,
+    /// Tunables.
+    pub tuning: IssuerTuning,
+    /// A signing-keys document instead of one fresh active key.
+    pub keys: Option<Value>,
+    /// Refresh family lifetime.
+    pub refresh_ttl: u64,
+    /// Run the binary instead of in-process.
+    pub process: bool,
+    /// `revokeBefore` of the web client.
+    pub web_revoke_before: Option<i64>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            alg: "ES256",
+            store: json!({"type": "memory"}),
+            tuning: IssuerTuning::default(),
+            keys: None,
+            refresh_ttl: 3600,
+            process: false,
+            web_revoke_before: None,
+        }
+    }
+}
+
+/// A running issuer sidecar.
+pub struct Issuer {
+    pub dir: TempDir,
+    pub certs: TestCerts,
+    pub url: String,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub mint_socket: PathBuf,
+    pub keys: Value,
+    pub config: Value,
+    running: Option<scopegate_sidecar::Running>,
+    child: Option<tokio::process::Child>,
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The signing-keys document with one key of `alg`, active since a minute ago.
+pub fn fresh_keys(alg: &str) -> Value {
+    let now = now();
+    json!({"keys": [managed_key(alg, &format!("k-{}", unique()), now - 60, now - 60, now + 86_400, now + 90_000)]})
+}
+
+impl Issuer {
+    /// Starts an issuer on a fresh loopback port with `spec`.
+    pub async fn start(spec: Spec) -> Issuer {
+        let dir = TempDir::new();
+        let certs = TestCerts::new();
+        let keys = spec.keys.clone().unwrap_or_else(|| fresh_keys(spec.alg));
+        Issuer::start_in(dir, certs, keys, spec, free_port()).await
+    }
+
+    /// Starts an issuer with everything given: several processes can share keys and a URL.
+    pub async fn start_in(
+        dir: TempDir,
+        certs: TestCerts,
+        keys: Value,
+        spec: Spec,
+        port: u16,
+    ) -> Issuer {
+        let url = format!("https://127.0.0.1:{port}");
+        std::fs::write(dir.join("tls.crt"), &certs.leaf_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), certs.leaf_key.serialize_pem()).unwrap();
+        write_atomic(&dir.join("keys.json"), &keys.to_string());
+        write_atomic(
+            &dir.join("clients.json"),
+            &registry(spec.web_revoke_before).to_string(),
+        );
+        let mint_socket = dir.join(&format!("mint-{}.sock", unique()));
+        let hs256 = spec.alg == "HS256";
+        let trusted = if hs256 {
+            json!({"type": "ownSigningKeys"})
+        } else {
+            json!({"type": "static", "jwks": jwks_of(&keys)})
+        };
+        let config = json!({
+            "apiVersion": "sidecar.scopegate.dev/v1",
+            "policy": {"namespace": "shop", "name": "auth", "generation": 1},
+            "listen": {"port": port, "tls": {"certPath": dir.join("tls.crt"), "keyPath": dir.join("tls.key")}},
+            "upstream": {"port": 9, "responseTimeoutSecs": 2},
+            "verify": {"issuers": [{"issuer": url, "keys": trusted}], "audiences": [url, ORDERS], "leewaySecs": 30},
+            "rules": [{"paths": ["/items/**"], "action": {"type": "requireAll", "scopes": ["read:items"]}}],
+            "trustedProxies": {"hops": 1},
+            "caBundlePem": certs.ca_pem,
+            "issuer": {
+                "url": url,
+                "signingKeysPath": dir.join("keys.json"),
+                "clientsPath": dir.join("clients.json"),
+                "accessTokenTtlSecs": 600,
+                "refreshTokenTtlSecs": spec.refresh_ttl,
+                "codeTtlSecs": 60,
+                "scopes": {"read:items": "Read items", "write:items": "Write items", "admin": "Everything"},
+                "loginUrl": LOGIN_URL,
+                "mint": {"subjects": ["user:*"], "scopes": ["read:items"], "audiences": [ORDERS], "maxTtlSecs": 300},
+                "mintSocketPath": mint_socket,
+                "store": spec.store
+            }
+        });
+        let config_path = dir.join("config.json");
+        write_atomic(&config_path, &config.to_string());
+        let mut issuer = Issuer {
+            url,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            mint_socket,
+            keys,
+            config,
+            running: None,
+            child: None,
+            dir,
+            certs,
+        };
+        if spec.process {
+            issuer.spawn(&config_path, &spec.tuning).await;
+        } else {
+            let running = scopegate_sidecar::start(scopegate_sidecar::Options {
+                config_path,
+                bind_ip: "127.0.0.1".parse().unwrap(),
+                port_override: Some(port),
+                admin_addr: "127.0.0.1:0".parse().unwrap(),
+                reload_interval: Duration::from_millis(50),
+                drain_timeout: Duration::from_secs(2),
+                issuer_tuning: spec.tuning.clone(),
+                app_probes: Default::default(),
+            })
+            .await
+            .expect("issuer starts");
+            issuer.admin = running.admin_addr();
+            issuer.running = Some(running);
+        }
+        issuer
+    }
+
+    async fn spawn(&mut self, config: &Path, tuning: &IssuerTuning) {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scopegate-sidecar"))
+            .arg("--config")
+            .arg(config)
+            .args(["--bind", "127.0.0.1", "--admin-addr", "127.0.0.1:0"])
+            .args(["--port", &self.addr.port().to_string()])
+            .args(["--issuer-tuning", &serde_json::to_string(tuning).unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the issuer prints its ports")
+            .unwrap()
+            .expect("a line on stdout");
+        self.admin = line
+            .split(' ')
+            .find_map(|w| w.strip_prefix("admin="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// Stops the issuer.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Rewrites the signing-keys document (the issuer reloads it).
+    pub fn set_keys(&mut self, keys: Value) {
+        write_atomic(&self.dir.join("keys.json"), &keys.to_string());
+        self.keys = keys;
+    }
+
+    /// Sends raw request bytes over TLS and reads the answer.
+    pub async fn raw(&self, request: &[u8]) -> RawResponse {
+        tls_raw(&self.certs, self.addr, request).await
+    }
+
+    /// A GET of `target`.
+    pub async fn get(&self, target: &str) -> RawResponse {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        self.raw(request.as_bytes()).await
+    }
+
+    /// A form POST with extra header lines.
+    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> RawResponse {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        self.raw(request.as_bytes()).await
+    }
+
+    /// A form POST authenticated as `client` by its registered method.
+    pub async fn post_as(&self, path: &str, client: &TestClient, body: &str) -> RawResponse {
+        match (client.id, client.secret) {
+            (id, Some(secret)) if id == POSTER.id => {
+                let body = format!("{body}&client_id={}&client_secret={}", enc(id), enc(secret));
+                self.post(path, &body, &[]).await
+            }
+            (id, Some(secret)) => {
+                self.post(path, body, &[("Authorization", &basic(id, secret))])
+                    .await
+            }
+            (id, None) => {
+                self.post(path, &format!("{body}&client_id={}", enc(id)), &[])
+                    .await
+            }
+        }
+    }
+
+    /// A token request of `client`.
+    pub async fn token(&self, client: &TestClient, body: &str) -> RawResponse {
+        self.post_as("/oauth2/token", client, body).await
+    }
+
+    /// A mint-socket request.
+    pub async fn mint(&self, method: &str, path: &str, body: Option<&Value>) -> RawResponse {
+        let mut stream = tokio::net::UnixStream::connect(&self.mint_socket)
+            .await
+            .unwrap();
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: mint\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        parse_response(&buf)
+    }
+
+    /// Runs the authorization flow for `client` up to the code: authorize, the app accepts
+    /// the login for `subject` on the mint socket, the browser resumes. Returns the query of
+    /// the final redirect to the client.
+    pub async fn authorize(&self, query: &str, subject: &str) -> Result<String, RawResponse> {
+        let first = self.get(&format!("/oauth2/authorize?{query}")).await;
+        let Some(location) = first.header("location").map(str::to_owned) else {
+            return Err(first);
+        };
+        let Some(challenge) = location.strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        else {
+            return Err(first);
+        };
+        let accepted = self
+            .mint(
+                "POST",
+                &format!("/v1/logins/{challenge}/accept"),
+                Some(&json!({"subject": subject})),
+            )
+            .await;
+        assert_eq!(
+            accepted.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&accepted.body)
+        );
+        let resume = accepted.json()["redirect_to"].as_str().unwrap().to_owned();
+        let path = resume.strip_prefix(&self.url).unwrap();
+        let back = self.get(path).await;
+        assert_eq!(back.status, 303);
+        Ok(back.header("location").unwrap().to_owned())
+    }
+}
+
+/// Sends raw bytes over TLS to `addr`, trusting the fixture's CA.
+pub async fn tls_raw(certs: &TestCerts, addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = certs.connector().connect(name, tcp).await.unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(40), tls.read_to_end(&mut buf))
+        .await
+        .expect("answer in time");
+    parse_response(&buf)
+}
+
+/// Form-urlencodes a component.
+pub fn enc(text: &str) -> String {
+    scopegate_sidecar::issuer::form::form_encode(text)
+}
+
+/// `Basic base64(urlencode(id):urlencode(secret))`.
+pub fn basic(id: &str, secret: &str) -> String {
+    format!(
+        "Basic {}",
+        STANDARD.encode(format!("{}:{}", enc(id), enc(secret)))
+    )
+}
+
+/// The claims of a compact JWS (unchecked).
+pub fn claims_of(token: &str) -> Value {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&b64::decode(payload.as_bytes()).unwrap()).unwrap()
+}
+
+/// The header of a compact JWS (unchecked).
+pub fn header_of(token: &str) -> Value {
+    let header = token.split('.').next().unwrap();
+    serde_json::from_slice(&b64::decode(header.as_bytes()).unwrap()).unwrap()
+}
+
+/// A parameter of a redirect URL's query.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let form = scopegate_sidecar::issuer::form::Form::parse(query.as_bytes()).ok()?;
+    form.get(name).map(str::to_owned)
+}
+
+/// A fixed PKCE pair: RFC 7636 appendix B.
+pub const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+/// Its S256 challenge.
+pub const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+
+/// The authorization query of the web client.
+pub fn web_query(state: &str, scope: Option<&str>) -> String {
+    let mut q = format!(
+        "response_type=code&client_id={}&redirect_uri={}&code_challenge={CHALLENGE}&code_challenge_method=S256&state={}",
+        enc(WEB.id),
+        enc(WEB_REDIRECT),
+        enc(state)
+    );
+    if let Some(scope) = scope {
+        q.push_str(&format!("&scope={}", enc(scope)));
+    }
+    q
+}
+
+/// A code of the web client for `subject`.
+pub async fn web_code(issuer: &Issuer, subject: &str) -> String {
+    let location = issuer
+        .authorize(&web_query("st", Some("read:items write:items")), subject)
+        .await
+        .unwrap();
+    query_param(&location, "code").unwrap()
+}
+
+/// Redeems a web-client code; returns the response.
+pub async fn redeem(issuer: &Issuer, code: &str) -> RawResponse {
+    issuer
+        .token(
+            &WEB,
+            &format!(
+                "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={VERIFIER}",
+                enc(code),
+                enc(WEB_REDIRECT)
+            ),
+        )
+        .await
+}
+
+/// Introspects `token` as the orders resource server.
+pub async fn introspect(issuer: &Issuer, token: &str) -> Value {
+    let r = issuer
+        .post_as(
+            "/oauth2/introspect",
+            &ORDERS_RS,
+            &format!("token={}", enc(token)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// The path of a file in the fixture's directory.
+pub fn path_in(dir: &TempDir, name: &str) -> PathBuf {
+    dir.join(name)
+}

@@ -83,6 +83,7 @@ async fn every_example_applies() {
     let mut files: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
         .expect("examples/")
         .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
     for path in files {

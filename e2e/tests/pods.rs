@@ -1,0 +1,288 @@
+//! Pods played as a kubelet would: created through the API server (so injected by the
+//! webhook), then run as processes in network and mount namespaces of their own, with the
+//! objects the operator rendered mounted where the pod spec says. Requests then go through the
+//! real sidecar in front of the example app.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use scopegate_core::keys::SigningKeys;
+use scopegate_crds::v1alpha1::AuthPolicy;
+use scopegate_e2e::http::{Response, request};
+use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod};
+use scopegate_e2e::tokens::{Claims, sign};
+use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, eventually, repo_root, secret_text};
+
+fn images() -> Images {
+    let sidecar = std::env::var("E2E_SIDECAR_BIN")
+        .expect("E2E_SIDECAR_BIN: run the tests through `make test`");
+    let app = repo_root()
+        .join("examples/apps/orders.py")
+        .display()
+        .to_string();
+    Images::from([
+        ("scopegate/sidecar:e2e".to_owned(), vec![sidecar]),
+        ("example/orders".to_owned(), vec!["python3".to_owned(), app]),
+    ])
+}
+
+async fn labelled_namespace(client: &Client, test: &str) -> TestNamespace {
+    let ns = TestNamespace::create(client, test)
+        .await
+        .expect("namespace");
+    let label = serde_json::json!({"metadata": {"labels": {"scopegate.dev/injection": "enabled"}}});
+    Api::<Namespace>::all(client.clone())
+        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("label");
+    ns
+}
+
+const ISSUER: &str = r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: auth}
+spec:
+  selector: {matchLabels: {app: auth}}
+  issuer:
+    self:
+      url: https://auth.example.svc
+      service: {name: auth, port: 443}
+      scopes: {read:orders: Read, write:orders: Write}
+  upstream: {port: 8080}
+"#;
+
+const ORDERS: &str = r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: orders}
+spec:
+  selector: {matchLabels: {app: orders}}
+  issuer: {policyRef: {name: auth}}
+  audiences: [https://orders]
+  upstream: {port: 8080}
+  rules:
+    - {paths: ["/healthz"], public: true}
+    - {methods: [GET], paths: ["/orders", "/orders/*"], require: [read:orders]}
+    - {methods: [POST], paths: ["/orders"], require: [write:orders]}
+  rateLimits:
+    - {name: place-order, methods: [POST], paths: ["/orders"], requests: 3, period: 1m}
+"#;
+
+fn orders_pod(name: &str) -> Pod {
+    serde_yaml_ng::from_str(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: orders}}}}
+spec:
+  containers:
+    - name: app
+      image: example/orders
+      ports: [{{containerPort: 8080}}]
+      readinessProbe: {{httpGet: {{path: /ready, port: 8080}}}}
+"#
+    ))
+    .expect("pod")
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    eventually("the sidecar ready", || async move {
+        let response = request(admin, "GET", "/readyz", &[], "")?;
+        ensure!(
+            response.status == 200,
+            "readyz {}: {}",
+            response.status,
+            response.body
+        );
+        Ok(())
+    })
+    .await
+    .expect("sidecar ready");
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follows_an_edit() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let ns = labelled_namespace(&client, "pods").await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, ISSUER)
+        .await
+        .unwrap();
+    apply_yaml::<AuthPolicy>(&client, &ns.name, ORDERS)
+        .await
+        .unwrap();
+    eventually("the orders sidecar config", || async {
+        let text =
+            scopegate_e2e::config_map_text(&client, &ns.name, "orders-sidecar", "config.json")
+                .await?;
+        ensure!(text.is_some_and(|t| t.contains("\"kid\"")), "no keys yet");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let pod = eventually("the pod created with the sidecar", || async {
+        let pod = Api::<Pod>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &orders_pod("orders-0"))
+            .await?;
+        Ok(pod)
+    })
+    .await
+    .unwrap();
+    let network = PodNetwork::create().expect("pod network (needs root)");
+    let logs = std::path::PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into()))
+        .join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let running = RunningPod::start(&client, &network, &pod, &images(), &[], &logs)
+        .await
+        .expect("pod runs");
+    let admin = SocketAddr::from((running.ip, 15090));
+    let service = SocketAddr::from((running.ip, 15080));
+    wait_ready(admin).await;
+    // The app starts next to the sidecar; the public route answers once it listens.
+    eventually("the app behind the sidecar", || async move {
+        let response = request(service, "GET", "/healthz", &[], "")?;
+        ensure!(response.status == 200, "healthz {}", response.status);
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let keys: SigningKeys = serde_json::from_str(
+        &secret_text(&client, &ns.name, "auth-signing-keys", "keys.json")
+            .await
+            .unwrap()
+            .expect("keys"),
+    )
+    .unwrap();
+    let token = |scope: &str| {
+        sign(
+            &keys,
+            &Claims {
+                issuer: "https://auth.example.svc",
+                subject: "user:alice",
+                audience: "https://orders",
+                scope,
+                client_id: "shop.web",
+                ttl: 300,
+            },
+        )
+        .expect("token")
+    };
+    let get = |path: &str, auth: Option<String>| -> Response {
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        request(service, "GET", path, &headers, "").expect("request")
+    };
+
+    let ok = get("/orders", Some(bearer(&token("read:orders"))));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert!(
+        ok.body.contains("user:alice"),
+        "the app sees the caller: {}",
+        ok.body
+    );
+    assert_eq!(ok.header("x-content-type-options"), Some("nosniff"));
+
+    let none = get("/orders", None);
+    assert_eq!(none.status, 401);
+    let challenge = none.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+    assert!(
+        !challenge.contains("error="),
+        "no error code without credentials: {challenge}"
+    );
+
+    let forged = get(
+        "/orders",
+        Some(bearer(&format!("{}x", token("read:orders")))),
+    );
+    assert_eq!(forged.status, 401);
+    assert!(
+        forged
+            .header("www-authenticate")
+            .unwrap_or_default()
+            .contains(r#"error="invalid_token""#)
+    );
+
+    let weak = get("/orders", Some(bearer(&token("write:orders"))));
+    assert_eq!(weak.status, 403);
+    let challenge = weak
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        challenge.contains(r#"error="insufficient_scope""#) && challenge.contains("read:orders"),
+        "{challenge}"
+    );
+
+    let malformed = request(
+        service,
+        "GET",
+        "/orders",
+        &[("Authorization", "Bearer a b c")],
+        "",
+    )
+    .unwrap();
+    assert_eq!(malformed.status, 400);
+
+    assert_eq!(get("/healthz", None).status, 200, "public route");
+    let sneaky = get("/orders/../admin", Some(bearer(&token("read:orders"))));
+    assert_ne!(sneaky.status, 200, "a spelling cannot reach another route");
+
+    let write = bearer(&token("write:orders"));
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| {
+            request(
+                service,
+                "POST",
+                "/orders",
+                &[("Authorization", write.as_str())],
+                "{}",
+            )
+            .unwrap()
+            .status
+        })
+        .collect();
+    assert_eq!(statuses, [201, 201, 201, 429], "three per minute, then 429");
+    let limited = request(
+        service,
+        "POST",
+        "/orders",
+        &[("Authorization", write.as_str())],
+        "{}",
+    )
+    .unwrap();
+    assert!(
+        limited.header("retry-after").is_some(),
+        "429 says when to retry"
+    );
+
+    // A policy edit reaches the running sidecar through the mounted ConfigMap.
+    let edit = serde_json::json!({"spec": {"rules": [{"paths": ["/orders", "/orders/*"], "public": true}]}});
+    Api::<AuthPolicy>::namespaced(client.clone(), &ns.name)
+        .patch("orders", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually("the edit in the running sidecar", || async {
+        let response = request(service, "GET", "/orders", &[], "")?;
+        ensure!(response.status == 200, "still {}", response.status);
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    drop(running);
+    drop(network);
+    ns.delete().await.context("cleanup").unwrap();
+}

@@ -90,8 +90,9 @@ pub async fn handle(
                 .filter_map(|v| v.to_str().ok());
             client_ip(conn.peer.ip(), forwarded, settings.trusted_proxies.as_ref())
         },
+        shared.shared_limits(),
     );
-    if let Err(secs) = limits.check_address() {
+    if let Err(secs) = limits.check_address().await {
         return refuse(&shared, &settings, Refusal::RateLimited(secs));
     }
 
@@ -104,7 +105,7 @@ pub async fn handle(
                 outcome = refusal.outcome(),
                 "request refused"
             );
-            let refusal = match limits.refused() {
+            let refusal = match limits.refused().await {
                 Ok(()) => refusal,
                 Err(secs) => Refusal::RateLimited(secs),
             };
@@ -112,7 +113,7 @@ pub async fn handle(
         }
     };
     let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
-    if let Err(secs) = limits.check_subject(identity.is_some(), subject) {
+    if let Err(secs) = limits.check_subject(identity.is_some(), subject).await {
         return refuse(&shared, &settings, Refusal::RateLimited(secs));
     }
 
@@ -141,7 +142,7 @@ pub async fn handle(
         response.status(),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
     );
-    limits.answered(failed, subject);
+    limits.answered(failed, subject).await;
     headers::secure_response(response.headers_mut(), &settings.headers, no_store);
     response
 }

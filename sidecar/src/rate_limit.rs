@@ -1,5 +1,5 @@
-//! Per-route rate limits in memory (GCRA: `requests` per `period`, bursts up to
-//! `requests`). Failures and successes have separate budgets: failures always count against
+//! Per-route rate limits (GCRA: `requests` per `period`, bursts up to `requests`), in memory
+//! or, in issuer pods with a Redis store, in Redis shared by the replicas. Failures and successes have separate budgets: failures always count against
 //! the client address, successes against the subject or the address as configured, so that
 //! nobody can exhaust a victim's budget by failing on its behalf.
 
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use scopegate_core::config::{RateLimitConfig, RateLimitKey};
 use scopegate_core::path::{Pattern, PatternError};
+
+use crate::issuer::store::{self as shared_store, RateOp, Store};
 
 /// Keys kept per budget before expired ones are pruned (and, past that, the oldest dropped).
 const MAX_KEYS: usize = 65_536;
@@ -164,21 +166,35 @@ impl RateLimit {
 /// failing is stopped before any work. Subject-keyed limits count a verified token's successes
 /// against its subject and every failure against the address, so failing on a victim's behalf
 /// never spends the victim's budget.
+///
+/// Budgets live in this process, or in the issuer's shared store (Redis) when one is given,
+/// so that every replica of an issuer pod counts against the same budgets. A store that
+/// cannot answer lets the request pass (a rate limit fails open) and says so in the log.
 pub struct RequestLimits {
     limits: Vec<Arc<RateLimit>>,
     address: Option<RateKey>,
     now: Duration,
+    shared: Option<Arc<dyn Store>>,
+}
+
+fn key_text(key: &RateKey) -> String {
+    match key {
+        RateKey::V4(v) => format!("4:{v:08x}"),
+        RateKey::V6(v) => format!("6:{v:016x}"),
+        RateKey::Subject(s) => format!("s:{s}"),
+    }
 }
 
 impl RequestLimits {
     /// The limits of `all` that apply to the request; `client` names the client address and
-    /// is asked only when a limit applies.
+    /// is asked only when a limit applies; `shared` keeps the budgets in a store instead.
     pub fn new(
         all: &[Arc<RateLimit>],
         method: &str,
         path: &str,
         now: Duration,
         client: impl FnOnce() -> IpAddr,
+        shared: Option<Arc<dyn Store>>,
     ) -> RequestLimits {
         let limits: Vec<Arc<RateLimit>> = all
             .iter()
@@ -190,6 +206,7 @@ impl RequestLimits {
             limits,
             address,
             now,
+            shared,
         }
     }
 
@@ -199,12 +216,55 @@ impl RequestLimits {
             .filter_map(|l| self.address.as_ref().map(|a| (l.as_ref(), a)))
     }
 
+    fn shared_key(
+        limit: &RateLimit,
+        class: Class,
+        key: &RateKey,
+    ) -> (String, shared_store::Budget) {
+        let class = match class {
+            Class::Failure => "f",
+            Class::Success => "s",
+        };
+        let budget = shared_store::Budget {
+            requests: limit.config.requests,
+            period_ms: limit.period.as_millis().try_into().unwrap_or(u64::MAX),
+        };
+        (
+            format!("route:{}:{class}:{}", limit.config.name, key_text(key)),
+            budget,
+        )
+    }
+
+    async fn check(&self, limit: &RateLimit, class: Class, key: &RateKey) -> Result<(), u64> {
+        let Some(store) = &self.shared else {
+            return limit.check(class, key, self.now);
+        };
+        let keys = [Self::shared_key(limit, class, key)];
+        match store.rate(RateOp::Check, &keys).await {
+            Ok(verdict) => verdict,
+            Err(err) => {
+                tracing::warn!(error = %err, "rate-limit store unavailable; letting the request pass");
+                Ok(())
+            }
+        }
+    }
+
+    async fn record(&self, limit: &RateLimit, class: Class, key: RateKey) {
+        let Some(store) = &self.shared else {
+            return limit.record(class, key, self.now);
+        };
+        let keys = [Self::shared_key(limit, class, &key)];
+        if let Err(err) = store.rate(RateOp::Spend, &keys).await {
+            tracing::warn!(error = %err, "rate-limit store unavailable; request not counted");
+        }
+    }
+
     /// Before authentication: the address budgets of address-keyed limits.
-    pub fn check_address(&self) -> Result<(), u64> {
+    pub async fn check_address(&self) -> Result<(), u64> {
         for (limit, address) in self.with_address() {
             if limit.key == RateLimitKey::ClientAddress {
-                limit.check(Class::Failure, address, self.now)?;
-                limit.check(Class::Success, address, self.now)?;
+                self.check(limit, Class::Failure, address).await?;
+                self.check(limit, Class::Success, address).await?;
             }
         }
         Ok(())
@@ -212,15 +272,15 @@ impl RequestLimits {
 
     /// The sidecar refused the credentials: counts a failure for the address; `Err` when a
     /// subject-keyed limit's failure budget was already spent (answer 429, not 401).
-    pub fn refused(&self) -> Result<(), u64> {
+    pub async fn refused(&self) -> Result<(), u64> {
         let mut verdict = Ok(());
         for (limit, address) in self.with_address() {
             let spent = match limit.key {
-                RateLimitKey::Subject => limit.check(Class::Failure, address, self.now),
+                RateLimitKey::Subject => self.check(limit, Class::Failure, address).await,
                 RateLimitKey::ClientAddress => Ok(()),
             };
             match spent {
-                Ok(()) => limit.record(Class::Failure, address.clone(), self.now),
+                Ok(()) => self.record(limit, Class::Failure, address.clone()).await,
                 Err(secs) => verdict = verdict.and(Err(secs)),
             }
         }
@@ -229,18 +289,15 @@ impl RequestLimits {
 
     /// Before forwarding: subject-keyed budgets, for the verified subject, or for the address
     /// (both classes) when the route took no token.
-    pub fn check_subject(&self, verified: bool, subject: Option<&str>) -> Result<(), u64> {
+    pub async fn check_subject(&self, verified: bool, subject: Option<&str>) -> Result<(), u64> {
         for (limit, address) in self.with_address() {
             if limit.key != RateLimitKey::Subject {
                 continue;
             }
-            limit.check(
-                Class::Success,
-                &self.success_key(limit, subject, address),
-                self.now,
-            )?;
+            let key = self.success_key(limit, subject, address);
+            self.check(limit, Class::Success, &key).await?;
             if !verified {
-                limit.check(Class::Failure, address, self.now)?;
+                self.check(limit, Class::Failure, address).await?;
             }
         }
         Ok(())
@@ -248,16 +305,13 @@ impl RequestLimits {
 
     /// After the app answered: a 401/403 counts as a failure of the address, anything else as
     /// a success of the subject or address.
-    pub fn answered(&self, failed: bool, subject: Option<&str>) {
+    pub async fn answered(&self, failed: bool, subject: Option<&str>) {
         for (limit, address) in self.with_address() {
             if failed {
-                limit.record(Class::Failure, address.clone(), self.now);
+                self.record(limit, Class::Failure, address.clone()).await;
             } else {
-                limit.record(
-                    Class::Success,
-                    self.success_key(limit, subject, address),
-                    self.now,
-                );
+                let key = self.success_key(limit, subject, address);
+                self.record(limit, Class::Success, key).await;
             }
         }
     }

@@ -100,6 +100,17 @@ impl Shared {
         }
     }
 
+    /// The store that per-route rate limits share with other replicas: the issuer's Redis
+    /// store; `None` keeps budgets in this process.
+    pub fn shared_limits(&self) -> Option<Arc<dyn crate::issuer::store::Store>> {
+        let issuer = self.issuer.as_ref()?;
+        matches!(
+            issuer.store_config,
+            scopegate_core::config::StoreConfig::Redis { .. }
+        )
+        .then(|| issuer.store.clone())
+    }
+
     /// Starts fetchers and the feed for the config in force.
     pub fn start_background(self: &Arc<Self>) {
         self.reconcile_tasks();

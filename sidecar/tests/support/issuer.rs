@@ -185,6 +185,10 @@ pub struct Spec {
     pub process: bool,
     /// `revokeBefore` of the web client.
     pub web_revoke_before: Option<i64>,
+    /// The issuer URL (replicas share one); default `https://127.0.0.1:<port>`.
+    pub url: Option<String>,
+    /// Per-route rate limits of the verifier.
+    pub route_limits: Value,
 }
 
 impl Default for Spec {
@@ -197,6 +201,8 @@ impl Default for Spec {
             refresh_ttl: 3600,
             process: false,
             web_revoke_before: None,
+            url: None,
+            route_limits: json!([]),
         }
     }
 }
@@ -247,7 +253,10 @@ impl Issuer {
         spec: Spec,
         port: u16,
     ) -> Issuer {
-        let url = format!("https://127.0.0.1:{port}");
+        let url = spec
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("https://127.0.0.1:{port}"));
         std::fs::write(dir.join("tls.crt"), &certs.leaf_pem).unwrap();
         std::fs::write(dir.join("tls.key"), certs.leaf_key.serialize_pem()).unwrap();
         write_atomic(&dir.join("keys.json"), &keys.to_string());
@@ -270,6 +279,7 @@ impl Issuer {
             "verify": {"issuers": [{"issuer": url, "keys": trusted}], "audiences": [url, ORDERS], "leewaySecs": 30},
             "rules": [{"paths": ["/items/**"], "action": {"type": "requireAll", "scopes": ["read:items"]}}],
             "trustedProxies": {"hops": 1},
+            "rateLimits": spec.route_limits,
             "caBundlePem": certs.ca_pem,
             "issuer": {
                 "url": url,
@@ -461,7 +471,7 @@ impl Issuer {
             String::from_utf8_lossy(&accepted.body)
         );
         let resume = accepted.json()["redirect_to"].as_str().unwrap().to_owned();
-        let path = resume.strip_prefix(&self.url).unwrap();
+        let path = &resume[resume.find("/oauth2/").unwrap()..];
         let back = self.get(path).await;
         assert_eq!(back.status, 303);
         Ok(back.header("location").unwrap().to_owned())

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod issuer;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

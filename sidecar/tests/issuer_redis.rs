@@ -1,0 +1,357 @@
+//! The Redis store against a real redis-server on loopback: two issuer processes sharing it
+//! (a code redeemed on one fails on the other, a revocation on one reaches the other's feed,
+//! rate limits hold across both, concurrent redemptions and refreshes across both), a Redis
+//! crash and restart with append-only persistence that loses nothing the issuer answered
+//! for, and the verifier's per-route rate limits shared through it.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scopegate_sidecar::issuer::IssuerTuning;
+use scopegate_sidecar::issuer::limits::EndpointLimits;
+use scopegate_sidecar::issuer::store::Budget;
+use serde_json::{Value, json};
+use support::issuer::*;
+use support::redis::RedisServer;
+use support::*;
+
+/// Two replicas of one issuer sharing `redis`, as two processes of the real binary.
+async fn replicas(
+    redis: &RedisServer,
+    tuning: IssuerTuning,
+    route_limits: Value,
+) -> (Arc<Issuer>, Arc<Issuer>) {
+    let store = json!({"type": "redis", "address": redis.address()});
+    let a = Issuer::start(Spec {
+        store: store.clone(),
+        tuning: tuning.clone(),
+        process: true,
+        route_limits: route_limits.clone(),
+        ..Spec::default()
+    })
+    .await;
+    let b = Issuer::start(Spec {
+        store,
+        tuning,
+        process: true,
+        url: Some(a.url.clone()),
+        keys: Some(a.keys.clone()),
+        route_limits,
+        ..Spec::default()
+    })
+    .await;
+    for issuer in [&a, &b] {
+        let admin = issuer.admin;
+        eventually(
+            "the replica to be ready",
+            Duration::from_secs(20),
+            || async { (readyz(admin).await.0 == 200).then_some(()) },
+        )
+        .await;
+    }
+    (Arc::new(a), Arc::new(b))
+}
+
+fn generous() -> IssuerTuning {
+    IssuerTuning {
+        limits: EndpointLimits {
+            failed_address: Budget::per_secs(10_000, 60),
+            failed_client: Budget::per_secs(10_000, 60),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_issuer_processes_share_codes_families_and_the_feed() {
+    let redis = RedisServer::start().await;
+    let (a, b) = replicas(&redis, generous(), json!([])).await;
+
+    // A code from A redeemed on B fails on A afterwards.
+    let code = web_code(&a, "alice").await;
+    let r = redeem(&b, &code).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let tokens = r.json();
+    let replay = redeem(&a, &code).await;
+    assert_eq!(replay.json()["error"], "invalid_grant");
+    assert_eq!(
+        introspect(&b, tokens["access_token"].as_str().unwrap()).await,
+        json!({"active": false}),
+        "the replay on A revoked what B issued"
+    );
+
+    // 50 concurrent redemptions of one code across both: one token.
+    let code = web_code(&a, "bob").await;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let issuer = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let code = code.clone();
+            tokio::spawn(async move { redeem(&issuer, &code).await.status })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 200 || status == 400, "{status}");
+        ok += usize::from(status == 200);
+    }
+    assert_eq!(ok, 1);
+
+    // 20 concurrent refreshes of one token across both: a rotation and grace siblings, all
+    // distinct generations; a later replay of the rotated token revokes the family.
+    let first = redeem(&a, &web_code(&a, "carol").await).await.json();
+    let refresh = first["refresh_token"].as_str().unwrap().to_owned();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let issuer = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let refresh = refresh.clone();
+            tokio::spawn(async move {
+                issuer
+                    .token(
+                        &WEB,
+                        &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut generations = std::collections::BTreeSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        generations.insert(
+            r.json()["refresh_token"]
+                .as_str()
+                .unwrap()
+                .split('.')
+                .nth(1)
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(generations.len(), 20);
+
+    // A revocation on A reaches a poll already waiting on B.
+    let page =
+        claims_of(std::str::from_utf8(&b.get("/oauth2/revocations?wait=0").await.body).unwrap());
+    let cursor = page["nextCursor"].as_str().unwrap().to_owned();
+    let poller = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.get(&format!("/oauth2/revocations?cursor={cursor}&wait=25"))
+                .await
+        })
+    };
+    let token = a
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        a.post_as(
+            "/oauth2/revoke",
+            &BACKEND,
+            &format!("token={}", enc(&token))
+        )
+        .await
+        .status,
+        200
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(20), poller)
+        .await
+        .expect("B answers on news")
+        .unwrap();
+    let page = claims_of(std::str::from_utf8(&answer.body).unwrap());
+    assert_eq!(page["jtis"][0]["jti"], claims_of(&token)["jti"], "{page}");
+    assert_eq!(introspect(&b, &token).await, json!({"active": false}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_across_replicas() {
+    let redis = RedisServer::start().await;
+    let tuning = IssuerTuning {
+        limits: EndpointLimits {
+            failed_address: Budget::per_secs(4, 60),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let route = json!([{"name": "items", "paths": ["/items/**"], "requests": 3, "periodSecs": 60}]);
+    let (a, b) = replicas(&redis, tuning, route).await;
+    let wrong = basic(BACKEND.id, "guess");
+    let from = ("X-Forwarded-For", "203.0.113.9");
+    for issuer in [&a, &b, &a, &b] {
+        let r = issuer
+            .post(
+                "/oauth2/token",
+                "grant_type=client_credentials",
+                &[("Authorization", &wrong), from],
+            )
+            .await;
+        assert_eq!(r.status, 401);
+    }
+    for issuer in [&a, &b] {
+        let good = basic(BACKEND.id, BACKEND.secret.unwrap());
+        let r = issuer
+            .post(
+                "/oauth2/token",
+                "grant_type=client_credentials",
+                &[("Authorization", &good), from],
+            )
+            .await;
+        assert_eq!(
+            r.status, 429,
+            "the address spent its failures across both replicas"
+        );
+        assert!(r.header("retry-after").is_some());
+    }
+    // The verifier's per-route limit (3 per minute per address) is shared too.
+    let request = |ip: &str| {
+        format!(
+            "GET /items/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: {ip}\r\n\r\n"
+        )
+    };
+    let mut statuses = Vec::new();
+    for issuer in [&a, &b, &a, &b] {
+        statuses.push(issuer.raw(request("198.51.100.77").as_bytes()).await.status);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 429],
+        "route budget shared by both replicas"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_crash_with_appendonly_loses_nothing_the_issuer_answered_for() {
+    let redis = RedisServer::start().await;
+    let store = json!({"type": "redis", "address": redis.address()});
+    let issuer = Issuer::start(Spec {
+        store,
+        tuning: generous(),
+        ..Spec::default()
+    })
+    .await;
+    let unspent = web_code(&issuer, "dave").await;
+    let spent = web_code(&issuer, "dave").await;
+    let granted = redeem(&issuer, &spent).await.json();
+    let refresh = granted["refresh_token"].as_str().unwrap().to_owned();
+    let revoked = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        issuer
+            .post_as(
+                "/oauth2/revoke",
+                &BACKEND,
+                &format!("token={}", enc(&revoked))
+            )
+            .await
+            .status,
+        200
+    );
+    let cut = issuer
+        .mint(
+            "POST",
+            "/v1/subject-cutoffs",
+            Some(&json!({"subject": "user:9"})),
+        )
+        .await;
+    assert_eq!(cut.status, 200);
+
+    let redis = redis.crash_and_restart().await;
+    let r = eventually(
+        "the issuer to reach Redis again",
+        Duration::from_secs(30),
+        || async {
+            let r = redeem(&issuer, &unspent).await;
+            (r.status != 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        200,
+        "an unspent code survives: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let r = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        200,
+        "the family survives: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(
+        redeem(&issuer, &spent).await.json()["error"],
+        "invalid_grant",
+        "a spent code stays spent"
+    );
+    assert_eq!(
+        introspect(&issuer, &revoked).await,
+        json!({"active": false}),
+        "the revocation survives"
+    );
+    let page = claims_of(
+        std::str::from_utf8(&issuer.get("/oauth2/revocations?wait=0").await.body).unwrap(),
+    );
+    assert!(
+        page["jtis"]
+            .to_string()
+            .contains(claims_of(&revoked)["jti"].as_str().unwrap()),
+        "{page}"
+    );
+    assert_eq!(page["subjects"][0]["sub"], "user:9");
+    drop(redis);
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_answers_temporarily_unavailable_while_redis_is_down() {
+    let port = free_port();
+    let issuer = Issuer::start(Spec {
+        store: json!({"type": "redis", "address": format!("127.0.0.1:{port}")}),
+        ..Spec::default()
+    })
+    .await;
+    let r = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (503, json!("temporarily_unavailable"))
+    );
+    assert!(r.header("retry-after").is_some());
+    let redis = RedisServer::start_on(TempDir::new(), port).await;
+    eventually(
+        "the issuer to reach Redis",
+        Duration::from_secs(30),
+        || async {
+            (issuer
+                .token(&BACKEND, "grant_type=client_credentials")
+                .await
+                .status
+                == 200)
+                .then_some(())
+        },
+    )
+    .await;
+    drop(redis);
+    issuer.stop().await;
+}

@@ -561,12 +561,18 @@ impl TestCerts {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // Distinct names: OpenSSL takes a leaf whose issuer equals its subject for self-signed.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "scopegate test CA");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
+        let mut leaf_params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "127.0.0.1");
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
         TestCerts {
             ca_pem: ca.pem(),
             leaf_pem: leaf.pem(),

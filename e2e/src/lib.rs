@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod kubelet;
+pub mod story;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

@@ -17,7 +17,7 @@ cargo fmt --version >/dev/null 2>&1 || { echo "setup: rustfmt missing: rustup co
 cargo clippy --version >/dev/null 2>&1 || { echo "setup: clippy missing: rustup component add clippy" >&2; exit 1; }
 
 # Debian packages: command -> package.
-declare -A debian=([openssl]=openssl [curl]=curl [setsid]=util-linux [redis-server]=redis-server)
+declare -A debian=([openssl]=openssl [curl]=curl [setsid]=util-linux [redis-server]=redis-server [ip]=iproute2 [nft]=nftables)
 need=()
 for tool in "${!debian[@]}"; do
   command -v "$tool" >/dev/null || need+=("${debian[$tool]}")

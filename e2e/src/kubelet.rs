@@ -2,12 +2,13 @@
 //! (its containers, from the args and env the API server stored) in a network namespace of its
 //! own, on a bridge the test process can reach, with the ConfigMaps and Secrets its volumes name
 //! kept in sync the way the kubelet does (a `..data` symlink swapped atomically), bind-mounted
-//! at the paths its containers mount them, and Service names in its /etc/hosts.
+//! at the paths its containers mount them, and Services as kube-proxy makes them: names in its
+//! /etc/hosts for a cluster IP, and a DNAT rule from the Service port to the endpoint.
 //!
 //! Needs root (network and mount namespaces), like a kubelet.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,6 +37,20 @@ pub struct PodNetwork {
     bridge: String,
     subnet: u8,
     next_host: AtomicU8,
+    next_cluster_ip: AtomicU8,
+}
+
+/// A Service as a client pod sees it.
+#[derive(Clone, Debug)]
+pub struct ServiceRoute {
+    /// The Service's DNS names (`name.namespace.svc`, ...).
+    pub names: Vec<String>,
+    /// Its cluster IP (from [`PodNetwork::cluster_ip`]).
+    pub cluster_ip: Ipv4Addr,
+    /// The Service port.
+    pub port: u16,
+    /// The endpoint: the backing pod's address and the target port.
+    pub endpoint: SocketAddr,
 }
 
 impl PodNetwork {
@@ -62,7 +77,15 @@ impl PodNetwork {
             bridge,
             subnet,
             next_host: AtomicU8::new(2),
+            next_cluster_ip: AtomicU8::new(254),
         }))
+    }
+
+    /// A fresh cluster IP for a Service (from the top of the subnet; it never reaches the wire,
+    /// client pods translate it to the endpoint).
+    pub fn cluster_ip(&self) -> Ipv4Addr {
+        let host = self.next_cluster_ip.fetch_sub(1, Ordering::Relaxed);
+        Ipv4Addr::new(10, 77, self.subnet, host)
     }
 
     fn allocate(&self) -> (Ipv4Addr, u8) {
@@ -94,14 +117,14 @@ pub struct RunningPod {
 }
 
 impl RunningPod {
-    /// Runs `pod` (as stored by the API server, so after injection). `hosts` are extra
-    /// /etc/hosts lines (Service names of other pods).
+    /// Runs `pod` (as stored by the API server, so after injection), with the `services` it
+    /// may call.
     pub async fn start(
         client: &Client,
         network: &Arc<PodNetwork>,
         pod: &Pod,
         images: &Images,
-        hosts: &[(Ipv4Addr, Vec<String>)],
+        services: &[ServiceRoute],
         logs: &Path,
     ) -> anyhow::Result<Self> {
         let name = pod.name_any();
@@ -144,6 +167,19 @@ impl RunningPod {
             "via",
             &format!("10.77.{}.1", network.subnet),
         ])?;
+
+        // Services, as kube-proxy's nftables mode: cluster IP and port to the endpoint.
+        if !services.is_empty() {
+            let nft = |rule: &str| run("ip", &["netns", "exec", &netns, "nft", rule]);
+            nft("add table ip services")?;
+            nft("add chain ip services output { type nat hook output priority -100 ; }")?;
+            for service in services {
+                nft(&format!(
+                    "add rule ip services output ip daddr {} tcp dport {} dnat to {}",
+                    service.cluster_ip, service.port, service.endpoint
+                ))?;
+            }
+        }
 
         // Volumes: ConfigMaps and Secrets synced like the kubelet does; emptyDirs.
         let spec = pod.spec.clone().context("pod without spec")?;
@@ -192,8 +228,12 @@ impl RunningPod {
         };
 
         let mut hosts_file = format!("127.0.0.1 localhost\n{ip} {name}\n");
-        for (address, names) in hosts {
-            hosts_file.push_str(&format!("{address} {}\n", names.join(" ")));
+        for service in services {
+            hosts_file.push_str(&format!(
+                "{} {}\n",
+                service.cluster_ip,
+                service.names.join(" ")
+            ));
         }
         std::fs::write(dir.join("hosts"), hosts_file)?;
 

@@ -1,12 +1,15 @@
 //! The whole story on the local control plane, shared by the e2e test that asserts it and the
-//! demo that narrates it: an issuer service `auth`, a protected service `orders`, OAuth clients,
-//! pods created through the API server (so injected) and run as a kubelet would, and a client
-//! that gets tokens over TLS (trusting the operator's CA bundle) and calls `orders`.
+//! `demo` binary (`make up`) that narrates it: the manifests of `examples/` applied as they are
+//! (in another namespace for the test), pods for the issuer `auth` and the protected `orders`
+//! created through the API server (so the webhook injects them) and run as a kubelet would, and
+//! clients that get tokens over TLS (trusting only the operator's CA bundle) and call `orders`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use base64::Engine;
@@ -15,27 +18,42 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use serde::Deserialize as _;
+use serde_json::{Value, json};
 
 use crate::http::{Response, request};
-use crate::kubelet::{Images, PodNetwork, RunningPod};
-use crate::{apply_yaml, config_map_text, eventually, repo_root, secret_text};
+use crate::kubelet::{Images, PodNetwork, RunningPod, ServiceRoute};
+use crate::{FIELD_MANAGER, config_map_text, eventually, repo_root, secret_text};
+
+/// The issuer's `propagation` in the story. The examples say 5m, longer than any verifier
+/// takes to see a new JWKS in a cluster; the story shortens it so that two rotations fit in a
+/// minute (the local pods see ConfigMap changes within a second).
+pub const STORY_PROPAGATION: &str = "6s";
 
 /// The running shop.
 pub struct Shop {
     /// Its namespace.
     pub namespace: String,
-    /// The issuer URL (`https://auth.<namespace>.svc`).
+    /// The issuer URL, from the `auth` AuthPolicy.
     pub issuer: String,
+    /// The issuer's host name (its Service's DNS name).
+    issuer_host: String,
     /// The audience of `orders`.
     pub orders_audience: String,
+    /// How many orders one subject may place per period, from the `orders` AuthPolicy.
+    pub order_limit: u32,
     /// The billing client's id and secret (client_credentials).
     pub billing: (String, String),
     /// The storefront's client id (a public client, authorization code + PKCE).
     pub storefront: String,
+    /// The storefront's loopback redirect URI.
+    redirect_uri: String,
     /// The CA bundle file clients trust.
     pub ca_file: PathBuf,
     /// The auth pod's address.
     pub auth_ip: Ipv4Addr,
+    /// The auth sidecar's TLS listener port (the target of the Service's port 443).
+    auth_port: u16,
     /// The orders sidecar's address.
     pub orders: SocketAddr,
     /// The orders sidecar's admin address.
@@ -68,85 +86,66 @@ fn images() -> anyhow::Result<Images> {
     ]))
 }
 
-fn policies(ns: &str) -> [String; 2] {
-    [
-        format!(
-            r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: auth}}
-spec:
-  selector: {{matchLabels: {{app: auth}}}}
-  issuer:
-    self:
-      url: https://auth.{ns}.svc
-      service: {{name: auth, port: 443}}
-      rotationPeriod: 1h
-      propagation: 6s
-      tokens: {{accessTokenTtl: 5m, leeway: 5s}}
-      scopes: {{"read:orders": "See orders", "write:orders": "Place orders"}}
-      loginUrl: https://auth.{ns}.svc/login
-  listen: {{port: 443}}
-  upstream: {{port: 8080}}
-  rules:
-    - {{name: login, paths: ["/login", "/healthz"], public: true}}
-  rateLimits:
-    - {{name: login, methods: [POST], paths: ["/login"], requests: 5, period: 15m}}
-"#
-        ),
-        format!(
-            r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: orders}}
-spec:
-  selector: {{matchLabels: {{app: orders}}}}
-  issuer: {{policyRef: {{name: auth}}}}
-  audiences: [https://orders.{ns}.svc]
-  upstream: {{port: 8080}}
-  rules:
-    - {{name: health, paths: ["/healthz"], public: true}}
-    - {{name: list, methods: [GET], paths: ["/orders", "/orders/*"], require: ["read:orders"]}}
-    - {{name: place, methods: [POST], paths: ["/orders"], require: ["write:orders"]}}
-  rateLimits:
-    - {{name: place, methods: [POST], paths: ["/orders"], requests: 3, period: 1m}}
-"#
-        ),
-    ]
+/// Every AuthPolicy and OAuthClient of `examples/`, moved to `namespace` (Service names in
+/// URLs included), in file order.
+fn examples(namespace: &str) -> anyhow::Result<Vec<Value>> {
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("examples"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    let mut objects = Vec::new();
+    for path in files {
+        let text =
+            std::fs::read_to_string(&path)?.replace(".shop.svc", &format!(".{namespace}.svc"));
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let mut object = Value::deserialize(document)
+                .with_context(|| format!("{} does not parse", path.display()))?;
+            match object["kind"].as_str() {
+                Some("AuthPolicy" | "OAuthClient") => {
+                    object["metadata"]["namespace"] = json!(namespace);
+                    objects.push(object);
+                }
+                Some("Namespace") | None => {}
+                Some(other) => bail!("{}: the story does not apply a {other}", path.display()),
+            }
+        }
+    }
+    Ok(objects)
 }
 
-fn clients(ns: &str) -> [String; 2] {
-    [
-        format!(
-            r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: OAuthClient
-metadata: {{name: billing}}
-spec:
-  issuerRef: {{name: auth}}
-  grantTypes: [client_credentials]
-  scopes: ["read:orders", "write:orders"]
-  defaultScopes: ["read:orders"]
-  audiences: [https://orders.{ns}.svc]
-  secretName: billing-credentials
-"#
-        ),
-        format!(
-            r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: OAuthClient
-metadata: {{name: storefront}}
-spec:
-  issuerRef: {{name: auth}}
-  public: true
-  grantTypes: [authorization_code, refresh_token]
-  scopes: ["read:orders"]
-  defaultScopes: ["read:orders"]
-  audiences: [https://orders.{ns}.svc]
-  redirectUris: [http://127.0.0.1/callback]
-"#
-        ),
-    ]
+fn named<'a>(objects: &'a [Value], kind: &str, name: &str) -> anyhow::Result<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .with_context(|| format!("examples/ has no {kind} {name}"))
+}
+
+fn text(value: &Value, what: &str) -> anyhow::Result<String> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("examples/: {what} missing"))
+}
+
+async fn apply(client: &Client, namespace: &str, object: &Value) -> anyhow::Result<()> {
+    let name = text(&object["metadata"]["name"], "metadata.name")?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match object["kind"].as_str() {
+        Some("AuthPolicy") => {
+            let typed: AuthPolicy = serde_json::from_value(object.clone())?;
+            Api::<AuthPolicy>::namespaced(client.clone(), namespace)
+                .patch(&name, &params, &Patch::Apply(&typed))
+                .await?;
+        }
+        _ => {
+            let typed: OAuthClient = serde_json::from_value(object.clone())?;
+            Api::<OAuthClient>::namespaced(client.clone(), namespace)
+                .patch(&name, &params, &Patch::Apply(&typed))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 fn pod(name: &str, app: &str, image: &str) -> anyhow::Result<Pod> {
@@ -156,35 +155,86 @@ fn pod(name: &str, app: &str, image: &str) -> anyhow::Result<Pod> {
 }
 
 impl Shop {
-    /// Sets the shop up in a fresh, injection-enabled namespace and runs its pods.
+    /// Applies `examples/` to `namespace` (created, injection enabled), waits for what the
+    /// operator renders, and runs the `auth` and `orders` pods.
     pub async fn start(
         client: &Client,
         namespace: &str,
         logs: &std::path::Path,
         progress: &dyn Fn(&str),
     ) -> anyhow::Result<Self> {
-        let ns: Namespace = serde_json::from_value(serde_json::json!({
+        let ns: Namespace = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": namespace, "labels": {"scopegate.dev/injection": "enabled"}}
         }))?;
         Api::<Namespace>::all(client.clone())
             .patch(
                 namespace,
-                &PatchParams::apply(crate::FIELD_MANAGER).force(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&ns),
             )
             .await?;
-        for yaml in policies(namespace) {
-            apply_yaml::<AuthPolicy>(client, namespace, &yaml).await?;
+        let mut objects = examples(namespace)?;
+        let propagation = objects
+            .iter_mut()
+            .find(|o| o["kind"] == "AuthPolicy" && o["metadata"]["name"] == "auth")
+            .context("examples/ has no AuthPolicy auth")?
+            .pointer_mut("/spec/issuer/self/propagation")
+            .context("the auth issuer has no propagation")?;
+        let examples_propagation = propagation.as_str().unwrap_or_default().to_owned();
+        *propagation = json!(STORY_PROPAGATION);
+        for object in &objects {
+            apply(client, namespace, object).await?;
         }
-        for yaml in clients(namespace) {
-            apply_yaml::<OAuthClient>(client, namespace, &yaml).await?;
-        }
-        progress(
-            "applied AuthPolicies auth (the issuer) and orders (policyRef auth), OAuthClients billing and storefront",
-        );
+        let kinds: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{} {}",
+                    o["kind"].as_str().unwrap_or_default(),
+                    o["metadata"]["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        progress(&format!(
+            "applied examples/ to namespace {namespace}: {} (the issuer's propagation shortened from {examples_propagation} to {STORY_PROPAGATION} so that rotations fit in the story)",
+            kinds.join(", ")
+        ));
+
+        let auth = named(&objects, "AuthPolicy", "auth")?;
+        let issuer = text(&auth["spec"]["issuer"]["self"]["url"], "auth issuer url")?;
+        let issuer_host = issuer
+            .strip_prefix("https://")
+            .and_then(|rest| rest.split(['/', ':']).next())
+            .context("the issuer URL is not https://host")?
+            .to_owned();
+        let auth_port = auth["spec"]["listen"]["port"].as_u64().unwrap_or(15080);
+        let orders_policy = named(&objects, "AuthPolicy", "orders")?;
+        let orders_audience = text(&orders_policy["spec"]["audiences"][0], "orders audience")?;
+        let orders_port = orders_policy["spec"]["listen"]["port"]
+            .as_u64()
+            .unwrap_or(15080);
+        let order_limit = orders_policy["spec"]["rateLimits"]
+            .as_array()
+            .and_then(|limits| limits.iter().find(|l| l["name"] == "place-order"))
+            .and_then(|l| l["requests"].as_u64())
+            .context("examples/: orders has no place-order rate limit")?;
+        let billing_secret_name = text(
+            &named(&objects, "OAuthClient", "billing")?["spec"]["secretName"],
+            "billing secretName",
+        )?;
+        let redirect_uri = named(&objects, "OAuthClient", "storefront")?["spec"]["redirectUris"]
+            .as_array()
+            .and_then(|uris| {
+                uris.iter()
+                    .filter_map(Value::as_str)
+                    .find(|u| u.starts_with("http://127.0.0.1"))
+            })
+            .context("examples/: the storefront has no loopback redirect URI")?
+            .to_owned();
+
         let billing_secret = eventually("the billing client's credentials", || async {
-            secret_text(client, namespace, "billing-credentials", "client_secret")
+            secret_text(client, namespace, &billing_secret_name, "client_secret")
                 .await?
                 .context("no secret yet")
         })
@@ -211,7 +261,7 @@ impl Shop {
         let ca_file = logs.join(format!("{namespace}-ca.crt"));
         std::fs::write(&ca_file, ca)?;
         progress(
-            "the operator rendered signing keys, the JWKS, a serving certificate, the client registry and both sidecar configs",
+            "the operator wrote signing keys, the JWKS, the issuer's TLS certificate, the client registry, the billing client's secret and both sidecar configs",
         );
 
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -239,36 +289,46 @@ impl Shop {
                 created.metadata.name.as_deref().unwrap_or_default()
             );
         }
-        progress("created pods auth-0 and orders-0: the webhook injected the sidecar into both");
+        progress(
+            "created pods auth-0 and orders-0 (one app container each): the webhook added the scopegate sidecar to both",
+        );
 
-        let network = PodNetwork::create()?;
+        let network =
+            PodNetwork::create().context("running pods needs network namespaces (run as root)")?;
         let images = images()?;
         let auth_pod = RunningPod::start(client, &network, &auth, &images, &[], logs).await?;
         let auth_ip = auth_pod.ip;
-        // Service names resolve to the pod, as the Service's endpoints would.
-        let auth_names = vec![
+        // The Service `auth`: its port 443 leads to the issuer sidecar's TLS listener.
+        let auth_port = u16::try_from(auth_port)?;
+        let mut auth_names = vec![
             format!("auth.{namespace}.svc"),
             format!("auth.{namespace}.svc.cluster.local"),
             format!("auth.{namespace}"),
         ];
-        let orders_pod = RunningPod::start(
-            client,
-            &network,
-            &orders,
-            &images,
-            &[(auth_ip, auth_names)],
-            logs,
-        )
-        .await?;
+        if !auth_names.contains(&issuer_host) {
+            auth_names.push(issuer_host.clone());
+        }
+        let auth_service = ServiceRoute {
+            names: auth_names,
+            cluster_ip: network.cluster_ip(),
+            port: 443,
+            endpoint: SocketAddr::from((auth_ip, auth_port)),
+        };
+        let orders_pod =
+            RunningPod::start(client, &network, &orders, &images, &[auth_service], logs).await?;
         let shop = Self {
             namespace: namespace.to_owned(),
-            issuer: format!("https://auth.{namespace}.svc"),
-            orders_audience: format!("https://orders.{namespace}.svc"),
+            issuer,
+            issuer_host,
+            orders_audience,
+            order_limit: u32::try_from(order_limit)?,
             billing: (format!("{namespace}.billing"), billing_secret),
             storefront: format!("{namespace}.storefront"),
+            redirect_uri,
             ca_file,
             auth_ip,
-            orders: SocketAddr::from((orders_pod.ip, 15080)),
+            auth_port,
+            orders: SocketAddr::from((orders_pod.ip, u16::try_from(orders_port)?)),
             orders_admin: SocketAddr::from((orders_pod.ip, 15090)),
             client: client.clone(),
             _pods: vec![auth_pod, orders_pod],
@@ -291,7 +351,7 @@ impl Shop {
         })
         .await?;
         progress(
-            "ran both pods as a kubelet would (own network and mount namespaces, mounted ConfigMaps and Secrets): sidecars and apps ready",
+            "ran both pods as a kubelet would (own network and mount namespaces, the mounted ConfigMaps and Secrets): sidecars and apps ready",
         );
         Ok(shop)
     }
@@ -304,7 +364,7 @@ impl Shop {
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
     ) -> anyhow::Result<Response> {
-        let host = format!("auth.{}.svc", self.namespace);
+        let host = &self.issuer_host;
         let mut command = Command::new("curl");
         command
             .args([
@@ -318,8 +378,9 @@ impl Shop {
                 "-X",
                 method,
             ])
-            .arg("--resolve")
-            .arg(format!("{host}:443:{}", self.auth_ip))
+            // The Service's port 443 leads to the sidecar's listener, as kube-proxy's rule would.
+            .arg("--connect-to")
+            .arg(format!("{host}:443:{}:{}", self.auth_ip, self.auth_port))
             .arg("--cacert")
             .arg(&self.ca_file);
         for (name, value) in form {
@@ -342,15 +403,13 @@ impl Shop {
         parse_curl(&String::from_utf8_lossy(&output.stdout))
     }
 
-    /// A client_credentials token for the billing client.
-    pub fn billing_token(&self, scope: &str) -> anyhow::Result<String> {
+    /// A client_credentials token for the billing client (its default scopes when `scope` is
+    /// None).
+    pub fn billing_token(&self, scope: Option<&str>) -> anyhow::Result<String> {
         let (id, secret) = (&self.billing.0, &self.billing.1);
-        let response = self.issuer_call(
-            "POST",
-            "/oauth2/token",
-            &[("grant_type", "client_credentials"), ("scope", scope)],
-            Some((id, secret)),
-        )?;
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend(scope.map(|scope| ("scope", scope)));
+        let response = self.issuer_call("POST", "/oauth2/token", &form, Some((id, secret)))?;
         ensure!(
             response.status == 200,
             "token endpoint answered {}: {}",
@@ -366,8 +425,8 @@ impl Shop {
 
     /// The browser flow of the public storefront client: authorize, log in as `user` on the
     /// app's own login page (which accepts the challenge on the mint socket), redeem the code
-    /// with PKCE. Returns the token response.
-    pub fn login(&self, user: &str, password: &str) -> anyhow::Result<serde_json::Value> {
+    /// with PKCE, asking for `scope`. Returns the token response.
+    pub fn login(&self, user: &str, password: &str, scope: &str) -> anyhow::Result<Value> {
         let mut verifier_bytes = [0u8; 32];
         aws_lc_rs::rand::fill(&mut verifier_bytes).map_err(|_| anyhow::anyhow!("no randomness"))?;
         let verifier = URL_SAFE_NO_PAD.encode(verifier_bytes);
@@ -376,9 +435,10 @@ impl Shop {
         );
         let state = "st8-42";
         let query = format!(
-            "/oauth2/authorize?response_type=code&client_id={}&redirect_uri={}&scope=read%3Aorders&state={state}&code_challenge={challenge}&code_challenge_method=S256",
+            "/oauth2/authorize?response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&code_challenge={challenge}&code_challenge_method=S256",
             self.storefront,
-            form_encode("http://127.0.0.1/callback"),
+            form_encode(&self.redirect_uri),
+            form_encode(scope),
         );
         let authorize = self.issuer_call("GET", &query, &[], None)?;
         ensure!(
@@ -391,6 +451,10 @@ impl Shop {
             .header("location")
             .context("no redirect to the login page")?
             .to_owned();
+        ensure!(
+            login_url.starts_with(&format!("{}/login?", self.issuer)),
+            "authorize sent the browser to {login_url}, not to the app's login page"
+        );
         let login_challenge = login_url
             .split("login_challenge=")
             .nth(1)
@@ -442,7 +506,7 @@ impl Shop {
             .context("no redirect back to the client")?
             .to_owned();
         ensure!(
-            back.starts_with("http://127.0.0.1/callback?"),
+            back.starts_with(&format!("{}?", self.redirect_uri)),
             "redirected to {back}"
         );
         let params: std::collections::BTreeMap<String, String> = back
@@ -468,7 +532,7 @@ impl Shop {
             &[
                 ("grant_type", "authorization_code"),
                 ("code", code),
-                ("redirect_uri", "http://127.0.0.1/callback"),
+                ("redirect_uri", &self.redirect_uri),
                 ("client_id", &self.storefront),
                 ("code_verifier", &verifier),
             ],
@@ -539,6 +603,281 @@ impl Shop {
         }
         Ok(())
     }
+}
+
+/// What the story measured, for the test's own assertions.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The issuer's key ids: before, after one and after two rotations.
+    pub kids: Vec<String>,
+    /// Valid requests accepted while the keys rotated (none may be rejected).
+    pub accepted_during_rotation: u32,
+    /// From the revocation at the issuer to the first refusal at `orders`.
+    pub revocation_took: Duration,
+}
+
+/// The claims and header of a JWT, without checking anything (for narration).
+fn peek(token: &str) -> anyhow::Result<(Value, Value)> {
+    let mut parts = token.split('.');
+    let mut part = || -> anyhow::Result<Value> {
+        let text = parts.next().context("not a JWS")?;
+        Ok(serde_json::from_slice(&URL_SAFE_NO_PAD.decode(text)?)?)
+    };
+    Ok((part()?, part()?))
+}
+
+fn describe(token: &str) -> anyhow::Result<String> {
+    let (header, claims) = peek(token)?;
+    let ttl =
+        claims["exp"].as_i64().unwrap_or_default() - claims["iat"].as_i64().unwrap_or_default();
+    Ok(format!(
+        "{}, kid {}, sub {}, scope \"{}\", aud {}, valid {}m",
+        header["alg"].as_str().unwrap_or("?"),
+        short(header["kid"].as_str().unwrap_or("?")),
+        claims["sub"].as_str().unwrap_or("?"),
+        claims["scope"].as_str().unwrap_or(""),
+        claims["aud"],
+        ttl / 60
+    ))
+}
+
+fn short(kid: &str) -> String {
+    format!("{}…", kid.chars().take(8).collect::<String>())
+}
+
+fn challenge_of(response: &Response) -> String {
+    response
+        .header("www-authenticate")
+        .unwrap_or("(none)")
+        .to_owned()
+}
+
+/// Plays the story on a running shop, saying each step as one line; any answer other than the
+/// policy's is an error.
+pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
+    // 1. A service gets a token and calls orders.
+    let read = shop.billing_token(None)?;
+    let audience = &peek(&read)?.1["aud"];
+    ensure!(
+        audience == shop.orders_audience.as_str()
+            || audience
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v == shop.orders_audience.as_str())),
+        "the token's audience is {audience}, not {}",
+        shop.orders_audience
+    );
+    say(&format!(
+        "billing asks the issuer for a token (client_credentials, over TLS): {}",
+        describe(&read)?
+    ));
+    let allowed = shop.orders("GET", "/orders", Some(&read))?;
+    ensure!(
+        allowed.status == 200,
+        "GET /orders with read:orders answered {}",
+        allowed.status
+    );
+    let caller: Value = serde_json::from_str(&allowed.body)?;
+    say(&format!(
+        "GET  /orders with it          -> 200; the app, which has no auth code, reads the caller from headers: {}",
+        caller["caller"]
+    ));
+
+    // 2. Everything the policy refuses, and why.
+    let anonymous = shop.orders("GET", "/orders", None)?;
+    ensure!(
+        anonymous.status == 401 && !challenge_of(&anonymous).contains("error="),
+        "no token: {} {}",
+        anonymous.status,
+        challenge_of(&anonymous)
+    );
+    say(&format!(
+        "GET  /orders without a token -> 401, WWW-Authenticate: {}",
+        challenge_of(&anonymous)
+    ));
+    let forbidden = shop.orders("POST", "/orders", Some(&read))?;
+    ensure!(
+        forbidden.status == 403
+            && challenge_of(&forbidden).contains("insufficient_scope")
+            && challenge_of(&forbidden).contains("write:orders"),
+        "POST /orders with read:orders: {} {}",
+        forbidden.status,
+        challenge_of(&forbidden)
+    );
+    say(&format!(
+        "POST /orders with read:orders -> 403, WWW-Authenticate: {}",
+        challenge_of(&forbidden)
+    ));
+    let (header, mut claims) = peek(&read)?;
+    claims["scope"] = json!("read:orders write:orders");
+    let signature = read.rsplit('.').next().unwrap_or_default();
+    let edited = format!(
+        "{}.{}.{signature}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let tampered = shop.orders("POST", "/orders", Some(&edited))?;
+    ensure!(
+        tampered.status == 401 && challenge_of(&tampered).contains("invalid_token"),
+        "an edited token: {} {}",
+        tampered.status,
+        challenge_of(&tampered)
+    );
+    say(&format!(
+        "POST /orders with the token's scope edited to add write:orders -> 401, WWW-Authenticate: {}",
+        challenge_of(&tampered)
+    ));
+    let garbled = shop.orders("GET", "/orders", Some("not a token"))?;
+    ensure!(
+        garbled.status == 400,
+        "a malformed Authorization header: {}",
+        garbled.status
+    );
+    say(&format!(
+        "GET  /orders with \"Authorization: Bearer not a token\" -> 400, WWW-Authenticate: {}",
+        challenge_of(&garbled)
+    ));
+
+    // 3. A user signs in on the app's own login page.
+    ensure!(
+        shop.login("alice", "not her password", "read:orders write:orders")
+            .is_err(),
+        "a wrong password got a code"
+    );
+    let login = shop.login("alice", "wonderland", "read:orders write:orders")?;
+    let user_token = login["access_token"]
+        .as_str()
+        .context("no access token")?
+        .to_owned();
+    ensure!(
+        login["refresh_token"].is_string(),
+        "no refresh token for the storefront"
+    );
+    say(&format!(
+        "alice signs in to the storefront (authorization code + PKCE; the shop's login page checks her password and accepts the login on the sidecar's mint socket; a wrong password got no code): {}, plus a refresh token",
+        describe(&user_token)?
+    ));
+
+    // 4. The rate limit.
+    let mut placed = 0;
+    let limited = loop {
+        let response = shop.orders("POST", "/orders", Some(&user_token))?;
+        match response.status {
+            201 if placed < shop.order_limit => placed += 1,
+            _ => break response,
+        }
+    };
+    ensure!(
+        limited.status == 429 && placed == shop.order_limit,
+        "after {placed} orders (limit {}): {} {:?}",
+        shop.order_limit,
+        limited.status,
+        limited.body
+    );
+    let retry_after = limited
+        .header("retry-after")
+        .context("429 without Retry-After")?
+        .to_owned();
+    say(&format!(
+        "alice places orders: {placed} accepted (201), the next -> 429, Retry-After: {retry_after}s (the policy allows {} per minute per subject)",
+        shop.order_limit
+    ));
+
+    // 5. Keys rotate twice while a client keeps calling: no valid request may be rejected.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (shop, stop) = (shop.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut accepted, mut rejected) = (0u32, Vec::new());
+            let mut token = shop.billing_token(None);
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                if i.is_multiple_of(5) {
+                    token = shop.billing_token(None);
+                }
+                match token
+                    .as_deref()
+                    .map(|t| shop.orders("GET", "/orders", Some(t)))
+                {
+                    Ok(Ok(r)) if r.status == 200 => accepted += 1,
+                    Ok(Ok(r)) => rejected.push(format!("{} {}", r.status, challenge_of(&r))),
+                    Ok(Err(err)) => rejected.push(err.to_string()),
+                    Err(err) => rejected.push(format!("no token: {err}")),
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (accepted, rejected)
+        })
+    };
+    let mut kids = vec![shop.active_kid().await?];
+    for round in ["1", "2"] {
+        shop.rotate(round).await?;
+        let previous = kids.last().cloned().unwrap_or_default();
+        let next = eventually("the successor key signing", || {
+            let (shop, previous) = (shop.clone(), previous.clone());
+            async move {
+                let kid = shop.active_kid().await?;
+                ensure!(kid != previous, "still {kid}");
+                Ok(kid)
+            }
+        })
+        .await?;
+        kids.push(next);
+        // Tokens signed by the new key flow for a while.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (accepted, rejected) = tokio::task::spawn_blocking(move || load.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the load thread panicked"))?;
+    ensure!(
+        rejected.is_empty(),
+        "valid requests rejected during rotation: {rejected:?}"
+    );
+    say(&format!(
+        "keys rotate twice (annotation scopegate.dev/rotate; each new key is published {STORY_PROPAGATION} before it signs): kid {} -> {} -> {}, while billing calls GET /orders 10 times a second: {accepted} accepted, {} rejected",
+        short(&kids[0]),
+        short(&kids[1]),
+        short(&kids[2]),
+        rejected.len()
+    ));
+
+    // 6. Revocation reaches the enforcement point.
+    let doomed = shop.billing_token(None)?;
+    let before = shop.orders("GET", "/orders", Some(&doomed))?;
+    ensure!(
+        before.status == 200,
+        "a fresh token answered {}",
+        before.status
+    );
+    let revoked_at = Instant::now();
+    shop.revoke(&doomed)?;
+    let refusal = eventually("the revoked token refused", || {
+        let (shop, doomed) = (shop.clone(), doomed.clone());
+        async move {
+            let response = shop.orders("GET", "/orders", Some(&doomed))?;
+            ensure!(response.status == 401, "still {}", response.status);
+            Ok(response)
+        }
+    })
+    .await?;
+    let revocation_took = revoked_at.elapsed();
+    let other = shop.orders("GET", "/orders", Some(&read))?;
+    ensure!(
+        other.status == 200,
+        "another token answered {} after the revocation",
+        other.status
+    );
+    say(&format!(
+        "billing revokes a token (RFC 7009): orders refuses it {} ms later (WWW-Authenticate: {}), through the issuer's signed revocation feed; billing's other tokens still work",
+        revocation_took.as_millis(),
+        challenge_of(&refusal)
+    ));
+    Ok(Outcome {
+        kids,
+        accepted_during_rotation: accepted,
+        revocation_took,
+    })
 }
 
 fn form_encode(text: &str) -> String {

@@ -42,3 +42,15 @@ if [[ ! -x $venv/bin/python || ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; t
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   echo "$want" >"$stamp"
 fi
+
+# The OpenID provider the sidecar's upstream tests run as the Google stand-in (npm
+# oidc-provider, pinned with its lock file), installed outside the repository.
+idp="${SCOPEGATE_CACHE:-$HOME/.cache/scopegate}/idp"
+idp_src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/sidecar/tests/idp"
+command -v npm >/dev/null || { echo "setup: npm not found; install Node.js 20 and npm" >&2; exit 1; }
+if ! cmp -s "$idp_src/package-lock.json" "$idp/package-lock.json" || [[ ! -d $idp/node_modules/oidc-provider ]]; then
+  step "installing the test OpenID provider into $idp"
+  mkdir -p "$idp"
+  cp "$idp_src/package.json" "$idp_src/package-lock.json" "$idp/"
+  (cd "$idp" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

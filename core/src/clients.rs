@@ -16,6 +16,11 @@ pub const CLIENTS_FILE: &str = "clients.json";
 pub struct ClientRegistry {
     /// Clients, sorted by client_id.
     pub clients: Vec<RegisteredClient>,
+    /// client_id → the login choices (upstream names, `local` for the app's own login) that
+    /// client may offer, from `OAuthClient.spec.upstreams`. A client not listed may offer
+    /// every choice of the issuer.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub upstream_choices: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl ClientRegistry {

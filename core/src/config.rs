@@ -381,6 +381,16 @@ pub struct IssuerConfig {
     /// Where codes, refresh families, revocations and rate-limit counters live.
     #[serde(default)]
     pub store: StoreConfig,
+    /// The browser-facing base URL (authorize, the provider chooser, upstream callbacks), when
+    /// it differs from `url`. Same path as `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Upstream identity providers a user may log in with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<crate::upstream::UpstreamIdp>,
+    /// What an upstream login leads to.
+    #[serde(default)]
+    pub identity: crate::upstream::IdentityConfig,
 }
 
 fn default_mint_socket_path() -> String {

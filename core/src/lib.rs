@@ -16,3 +16,4 @@ pub mod path;
 pub mod policy;
 pub mod scope;
 pub mod secret_hash;
+pub mod upstream;

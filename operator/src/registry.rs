@@ -150,7 +150,10 @@ pub fn render(
         });
     }
     clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-    Ok(ClientRegistry { clients })
+    Ok(ClientRegistry {
+        clients,
+        upstream_choices: Default::default(),
+    })
 }
 
 /// The RFC 6749 name of a grant type.

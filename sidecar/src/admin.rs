@@ -41,11 +41,18 @@ pub async fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<B
         }
         "/metrics" => {
             shared.refresh_gauges();
-            (
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                shared.metrics.render(),
-            )
+            (StatusCode::OK, "text/plain; version=0.0.4", {
+                let mut text = shared.metrics.render();
+                if let Some(issuer) = &shared.issuer {
+                    let settings = shared.settings.load();
+                    text.push_str(
+                        &issuer
+                            .upstreams
+                            .render_metrics(settings.config.issuer.as_ref()),
+                    );
+                }
+                text
+            })
         }
         _ => (
             StatusCode::NOT_FOUND,

@@ -61,6 +61,13 @@ impl FetchError {
 
 /// Builds the client: system roots plus `ca_bundle_pem`.
 pub fn client(ca_bundle_pem: Option<&str>) -> Result<HttpsClient, TlsSetupError> {
+    Ok(Client::builder(TokioExecutor::new()).build(connector(ca_bundle_pem)?))
+}
+
+/// The HTTPS-only connector of [`client`], for clients with other body types.
+pub fn connector(
+    ca_bundle_pem: Option<&str>,
+) -> Result<HttpsConnector<HttpConnector>, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable system certificates are skipped: the CA bundle may be all that is needed.
     let native = rustls_native_certs::load_native_certs();
@@ -80,12 +87,11 @@ pub fn client(ca_bundle_pem: Option<&str>) -> Result<HttpsClient, TlsSetupError>
         .map_err(TlsSetupError::Rustls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
+        .build())
 }
 
 /// GETs `url` and reads at most `max_bytes` of a 200 answer within `timeout`.

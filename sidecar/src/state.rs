@@ -162,6 +162,13 @@ impl Shared {
 
     fn reconcile_tasks(self: &Arc<Self>) {
         let settings = self.settings.load_full();
+        if let (Some(issuer), Some(role)) = (&self.issuer, &settings.config.issuer) {
+            issuer.upstreams.reconcile(
+                role,
+                settings.config.ca_bundle_pem.as_deref(),
+                &self.metrics,
+            );
+        }
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let mut wanted: HashMap<RemoteSpec, Arc<RemoteKeySet>> = HashMap::new();
         for source in settings.issuers.values() {
@@ -329,6 +336,11 @@ impl Shared {
                     }
                 }
             }
+        }
+        if let (Some(issuer), Some(role)) = (&self.issuer, &settings.config.issuer) {
+            // Upstream providers are reported, never made a readiness condition:
+            // client_credentials and the other providers work through an IdP outage.
+            issuer.upstreams.readiness(role, &mut detail);
         }
         if let Some(feed) = self.feed.load_full() {
             let stale = feed.is_stale(now);

@@ -288,6 +288,9 @@ pub fn sidecar_config(
                 },
                 _ => config::StoreConfig::Memory,
             },
+            public_url: None,
+            upstreams: Vec::new(),
+            identity: Default::default(),
         }
     });
 

@@ -17,6 +17,7 @@ use super::form::{Form, form_encode};
 use super::grant;
 use super::limits::{Endpoint, Limiter};
 use super::store::{self, MAX_SWAP_ATTEMPTS, hashed_key};
+use super::upstream::{self, flow::Next};
 use super::{Context, IssuerSettings, random_token, reply};
 use crate::proxy::ProxyBody;
 use crate::unix_now;
@@ -48,6 +49,9 @@ pub struct LoginRecord {
     pub created_at: i64,
     /// The subject, once the app accepted.
     pub sub: Option<String>,
+    /// The identity an upstream provider vouched for (Delegate mode), for the app to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<scopegate_core::upstream::UpstreamIdentity>,
 }
 
 /// Where the client is sent back to, with these parameters.
@@ -64,7 +68,8 @@ pub fn client_redirect(redirect_uri: &str, params: &[(&str, &str)]) -> String {
     url
 }
 
-fn error_redirect(
+/// The client's redirect URI with an RFC 6749 §4.1.2.1 error, `state` and `iss`.
+pub(crate) fn error_redirect(
     settings: &IssuerSettings,
     redirect_uri: &str,
     state: Option<&str>,
@@ -147,7 +152,8 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
     }
     let state = form.get("state");
     match login(ctx, client, redirect_uri, &form).await {
-        Ok(location) => reply::redirect(&location),
+        Ok(Next::Redirect(location)) => reply::redirect(&location),
+        Ok(Next::Page(page)) => page,
         Err(err) => {
             tracing::info!(endpoint = "authorize", client_id = %client.client_id, error = err.code(), reason = %err, "authorization request refused");
             let err = limiter.failed(Some(&client.client_id), err).await;
@@ -162,7 +168,7 @@ async fn login(
     client: &scopegate_core::clients::RegisteredClient,
     redirect_uri: &str,
     form: &Form,
-) -> Result<String, OAuthError> {
+) -> Result<Next, OAuthError> {
     let settings = ctx.settings;
     if form.require("response_type")? != "code" {
         return Err(OAuthError::UnsupportedResponseType);
@@ -193,14 +199,6 @@ async fn login(
         &client.audiences,
         &grant::client_audiences(client, &settings.config.url),
     )?;
-    let login_url =
-        settings
-            .config
-            .login_url
-            .as_deref()
-            .ok_or(OAuthError::TemporarilyUnavailable(
-                "no login URL is configured",
-            ))?;
     let now = unix_now();
     let record = LoginRecord {
         client_id: client.client_id.clone(),
@@ -211,14 +209,35 @@ async fn login(
         challenge: challenge.to_owned(),
         created_at: now,
         sub: None,
+        upstream: None,
     };
+    if let Some(next) = upstream::flow::choose(ctx, client, &record, form.get("upstream")).await? {
+        return Ok(next);
+    }
+    store_challenge(ctx, &record).await.map(Next::Redirect)
+}
+
+/// Stores `record` under a fresh login challenge and names the app's login URL with it.
+pub(crate) async fn store_challenge(
+    ctx: &Context<'_>,
+    record: &LoginRecord,
+) -> Result<String, OAuthError> {
+    let login_url =
+        ctx.settings
+            .config
+            .login_url
+            .as_deref()
+            .ok_or(OAuthError::TemporarilyUnavailable(
+                "no login URL is configured",
+            ))?;
+    let now = unix_now();
     let login_challenge = random_token(32);
     let key = hashed_key("login", &login_challenge);
     if !store::write(
         ctx.issuer.store.as_ref(),
         &key,
         None,
-        &record,
+        record,
         now + LOGIN_TTL_SECS,
     )
     .await?
@@ -334,6 +353,16 @@ async fn issue_code(ctx: &Context<'_>, verifier: &str) -> Result<Option<String>,
     let Some(sub) = record.sub.clone() else {
         return Ok(None);
     };
+    code_redirect(ctx, &record, sub).await.map(Some)
+}
+
+/// Mints a code for `record` on behalf of `sub` and names the client's redirect with it.
+pub(crate) async fn code_redirect(
+    ctx: &Context<'_>,
+    record: &LoginRecord,
+    sub: String,
+) -> Result<String, OAuthError> {
+    let store = ctx.issuer.store.as_ref();
     let now = unix_now();
     let ttl = i64::try_from(ctx.settings.config.code_ttl_secs)
         .unwrap_or(600)
@@ -358,7 +387,7 @@ async fn issue_code(ctx: &Context<'_>, verifier: &str) -> Result<Option<String>,
                 params.push(("state", state));
             }
             params.push(("iss", &ctx.settings.config.url));
-            return Ok(Some(client_redirect(&record.redirect_uri, &params)));
+            return Ok(client_redirect(&record.redirect_uri, &params));
         }
     }
     Err(OAuthError::ServerError)

@@ -346,6 +346,7 @@ async fn login(ctx: &Context<'_>, challenge: &str) -> Result<(StatusCode, Value)
             "audience": record.audiences,
             "redirect_uri": record.redirect_uri,
             "requested_at": record.created_at,
+            "upstream": record.upstream,
         }),
     ))
 }

@@ -24,6 +24,7 @@ pub mod reply;
 pub mod revoke;
 pub mod store;
 pub mod token;
+pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -99,6 +100,9 @@ pub enum IssuerError {
     /// The authorization-code lifetime is zero or above 10 minutes.
     #[error("issuer codeTtlSecs must be within 1..=600")]
     CodeTtl,
+    /// The upstreams or publicUrl are unusable.
+    #[error("issuer upstreams: {0}")]
+    Upstreams(&'static str),
 }
 
 /// The issuer role compiled from one config load.
@@ -118,6 +122,10 @@ pub struct IssuerSettings {
     /// The longest lifetime any token of this issuer may have (subject cut-offs last this
     /// long).
     pub max_token_ttl: i64,
+    /// client_id → the login choices it may offer (clients not listed: all).
+    pub upstream_choices: BTreeMap<String, Vec<String>>,
+    /// The path of the browser-facing base URL (`publicUrl`, else `url`).
+    pub public_url: String,
 }
 
 impl std::fmt::Debug for IssuerSettings {
@@ -150,6 +158,13 @@ impl IssuerSettings {
             return Err(IssuerError::CodeTtl);
         }
         let path_prefix = url.path().trim_end_matches('/').to_owned();
+        let public_url = issuer
+            .public_url
+            .clone()
+            .unwrap_or_else(|| issuer.url.clone())
+            .trim_end_matches('/')
+            .to_owned();
+        upstream::flow::check_config(issuer, &public_url, &path_prefix)?;
         let keys = KeySet::load(keys_text.ok_or(IssuerError::KeysMissing)?, now)?;
         let registry: ClientRegistry =
             serde_json::from_str(clients_text.ok_or(IssuerError::Clients)?)
@@ -176,6 +191,8 @@ impl IssuerSettings {
             leeway: i64::try_from(config.verify.leeway_secs).unwrap_or(0),
             client_cutoffs,
             max_token_ttl,
+            upstream_choices: registry.upstream_choices.clone(),
+            public_url,
         })
     }
 
@@ -215,6 +232,8 @@ pub struct Issuer {
     pub feed_news: watch::Sender<u64>,
     /// Tunables.
     pub tuning: IssuerTuning,
+    /// Upstream identity providers: discovery, keys, health and login counters.
+    pub upstreams: upstream::Registry,
 }
 
 impl Issuer {
@@ -251,6 +270,7 @@ impl Issuer {
             rng: SystemRandom::new(),
             feed_news: watch::channel(0).0,
             tuning,
+            upstreams: upstream::Registry::default(),
         }))
     }
 
@@ -298,6 +318,9 @@ fn route<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
         return Some(WELL_KNOWN_AS);
     }
     let local = path.strip_prefix(prefix)?;
+    if local.starts_with(upstream::flow::PATH_PREFIX) {
+        return Some(local);
+    }
     matches!(
         local,
         "/oauth2/token"
@@ -340,6 +363,14 @@ pub async fn handle(ctx: Context<'_>, req: Request<Incoming>) -> Response<ProxyB
         "/oauth2/introspect" => introspect::handle(&ctx, req).await,
         "/oauth2/revocations" => feed::handle(&ctx, req).await,
         "/.well-known/jwks.json" => metadata::jwks(&ctx, &req),
+        upstream_path if upstream_path.starts_with(upstream::flow::PATH_PREFIX) => {
+            upstream::flow::handle(
+                &ctx,
+                req,
+                &upstream_path[upstream::flow::PATH_PREFIX.len()..],
+            )
+            .await
+        }
         _ => metadata::metadata(&ctx, &req),
     }
 }

@@ -1,0 +1,1045 @@
+//! Upstream OIDC login through the issuer, offline on loopback.
+//!
+//! The Google stand-in is npm `oidc-provider` (OpenID Certified) over HTTPS with the test's
+//! rcgen certificate, driven through its login and consent forms by a cookie-keeping client;
+//! a small hostile provider (an HTTPS stub that answers whatever ID token a case forges)
+//! runs the ID-token attack table, which a real provider would never produce. Every case
+//! asserts where the browser ends up and the outcome counter.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::issuer::*;
+use support::*;
+
+const GOOGLE_CLIENT: &str = "scopegate-test";
+const GOOGLE_SECRET: &str = "google-secret-0123456789";
+const EVIL_CLIENT: &str = "evil-client";
+
+/// A browser: a cookie jar per origin, redirects followed by the test.
+struct Browser {
+    connector: tokio_rustls::TlsConnector,
+    jar: HashMap<String, HashMap<String, String>>,
+    url: String,
+}
+
+fn split_url(url: &str) -> (String, SocketAddr, String) {
+    let rest = url.strip_prefix("https://").expect("https URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    (
+        authority.to_owned(),
+        authority.parse().expect("an IP:port authority"),
+        path.to_owned(),
+    )
+}
+
+impl Browser {
+    fn new(certs: &TestCerts) -> Browser {
+        Browser {
+            connector: certs.connector(),
+            jar: HashMap::new(),
+            url: String::new(),
+        }
+    }
+
+    async fn send(&mut self, method: &str, url: &str, body: Option<&str>) -> RawResponse {
+        let (authority, addr, target) = split_url(url);
+        let mut request =
+            format!("{method} {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+        if let Some(cookies) = self.jar.get(&authority).filter(|c| !c.is_empty()) {
+            let line: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            request.push_str(&format!("Cookie: {}\r\n", line.join("; ")));
+        }
+        if let Some(body) = body {
+            request.push_str(&format!(
+                "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(body.unwrap_or(""));
+        let response = {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut tls = self.connector.connect(name, tcp).await.unwrap();
+            tls.write_all(request.as_bytes()).await.unwrap();
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(40), tls.read_to_end(&mut buf))
+                .await
+                .expect("answer in time");
+            parse_response(&buf)
+        };
+        let jar = self.jar.entry(authority.clone()).or_default();
+        for (name, value) in &response.headers {
+            if name != "set-cookie" {
+                continue;
+            }
+            let pair = value.split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            if v.is_empty()
+                || value.contains("Max-Age=0")
+                || value.contains("expires=Thu, 01 Jan 1970")
+            {
+                jar.remove(k);
+            } else {
+                jar.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        self.url = url.to_owned();
+        response
+    }
+
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("https://") {
+            return location.to_owned();
+        }
+        let (authority, _, _) = split_url(&self.url);
+        format!("https://{authority}{location}")
+    }
+
+    /// Follows redirects from `url` until a page, or a redirect to the client or the app's
+    /// login page (which do not exist here): returns that last response.
+    async fn follow(&mut self, url: &str) -> RawResponse {
+        let mut url = url.to_owned();
+        for _ in 0..16 {
+            let response = self.send("GET", &url, None).await;
+            let Some(location) = response.header("location").map(str::to_owned) else {
+                return response;
+            };
+            if location.starts_with(WEB_REDIRECT) || location.starts_with(LOGIN_URL) {
+                return response;
+            }
+            url = self.absolute(&location);
+        }
+        panic!("redirect loop");
+    }
+
+    /// Posts a form to the page last loaded and follows.
+    async fn submit(&mut self, body: &str) -> RawResponse {
+        let url = self.url.clone();
+        let response = self.send("POST", &url, Some(body)).await;
+        match response.header("location").map(str::to_owned) {
+            Some(location)
+                if !location.starts_with(WEB_REDIRECT) && !location.starts_with(LOGIN_URL) =>
+            {
+                let next = self.absolute(&location);
+                self.follow(&next).await
+            }
+            _ => response,
+        }
+    }
+}
+
+/// The oidc-provider process.
+struct Idp {
+    url: String,
+    child: tokio::process::Child,
+}
+
+fn idp_dir() -> PathBuf {
+    std::env::var_os("SCOPEGATE_IDP_DIR").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/scopegate/idp"),
+        PathBuf::from,
+    )
+}
+
+impl Idp {
+    async fn start(issuer: &Issuer) -> Idp {
+        let dir = idp_dir();
+        assert!(
+            dir.join("node_modules/oidc-provider").is_dir(),
+            "oidc-provider is not installed in {}: run scripts/setup.sh",
+            dir.display()
+        );
+        // The module resolves oidc-provider from its own directory.
+        let script = dir.join(format!("idp-{}-{}.mjs", std::process::id(), unique()));
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/idp/idp.mjs"),
+            &script,
+        )
+        .unwrap();
+        let port = free_port();
+        // The issuer's serving pair is issued for 127.0.0.1 by the CA the sidecar trusts.
+        let mut child = tokio::process::Command::new("node")
+            .arg(&script)
+            .env("PORT", port.to_string())
+            .env("KEY", issuer.dir.join("tls.key"))
+            .env("CERT", issuer.dir.join("tls.crt"))
+            .env("CLIENT_ID", GOOGLE_CLIENT)
+            .env("CLIENT_SECRET", GOOGLE_SECRET)
+            .env(
+                "REDIRECT_URI",
+                format!("{}/oauth2/upstream/google/callback", issuer.url),
+            )
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node runs");
+        use tokio::io::AsyncBufReadExt;
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("the IdP starts")
+            .unwrap()
+            .expect("a line from the IdP");
+        assert!(line.starts_with("idp ready"), "{line}");
+        let _ = std::fs::remove_file(&script);
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Idp {
+            url: format!("https://127.0.0.1:{port}"),
+            child,
+        }
+    }
+}
+
+/// What the hostile provider answers.
+#[derive(Default)]
+struct StubState {
+    token: String,
+    token_status: u16,
+    userinfo: String,
+    jwks: String,
+    jwks_hits: usize,
+}
+
+struct Stub {
+    server: TlsServer,
+    state: Arc<Mutex<StubState>>,
+    key: SigningKey,
+    kid: String,
+}
+
+impl Stub {
+    async fn start() -> Stub {
+        let state = Arc::new(Mutex::new(StubState {
+            token_status: 200,
+            ..Default::default()
+        }));
+        let issuer_cell: Arc<Mutex<String>> = Arc::default();
+        let (s, i) = (state.clone(), issuer_cell.clone());
+        let server = TlsServer::start(Arc::new(move |target: String| {
+            let issuer = i.lock().unwrap().clone();
+            let mut s = s.lock().unwrap();
+            let path = target.split('?').next().unwrap().to_owned();
+            match path.as_str() {
+                "/.well-known/openid-configuration" => (
+                    200,
+                    "application/json",
+                    json!({
+                        "issuer": issuer,
+                        "authorization_endpoint": format!("{issuer}/authorize"),
+                        "token_endpoint": format!("{issuer}/token"),
+                        "jwks_uri": format!("{issuer}/jwks"),
+                        "userinfo_endpoint": format!("{issuer}/userinfo"),
+                        "id_token_signing_alg_values_supported": ["RS256"],
+                        "authorization_response_iss_parameter_supported": true
+                    })
+                    .to_string(),
+                ),
+                "/jwks" => {
+                    s.jwks_hits += 1;
+                    (200, "application/json", s.jwks.clone())
+                }
+                "/token" => (s.token_status, "application/json", s.token.clone()),
+                "/userinfo" => (200, "application/json", s.userinfo.clone()),
+                _ => (404, "text/plain", String::new()),
+            }
+        }))
+        .await;
+        *issuer_cell.lock().unwrap() = server.url("").trim_end_matches('/').to_owned();
+        let key = SigningKey::rs256();
+        let kid = format!("stub-{}", unique());
+        let stub = Stub {
+            server,
+            state,
+            key,
+            kid,
+        };
+        stub.publish(&[(&stub.key, &stub.kid)]);
+        stub
+    }
+
+    fn issuer(&self) -> String {
+        self.server.url("").trim_end_matches('/').to_owned()
+    }
+
+    fn publish(&self, keys: &[(&SigningKey, &str)]) {
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(|(k, kid)| serde_json::to_value(k.jwk(kid, Some("RS256"))).unwrap())
+            .collect();
+        self.state.lock().unwrap().jwks = json!({"keys": keys}).to_string();
+    }
+
+    fn jwks_hits(&self) -> usize {
+        self.state.lock().unwrap().jwks_hits
+    }
+
+    /// Claims a correct provider would sign for this leg.
+    fn claims(&self, nonce: &str) -> Value {
+        let now = now();
+        json!({"iss": self.issuer(), "aud": EVIL_CLIENT, "sub": "248289761001", "exp": now + 300,
+               "iat": now, "nonce": nonce, "email": "eve@shop.example", "email_verified": true})
+    }
+
+    fn answer_with(&self, id_token: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.token_status = 200;
+        s.token = json!({"access_token": "stub-access", "token_type": "Bearer", "expires_in": 60, "id_token": id_token}).to_string();
+    }
+}
+
+struct World {
+    issuer: Issuer,
+    idp: Idp,
+    stub: Stub,
+}
+
+fn upstream_config(issuer: &Issuer, idp: &Idp, stub: &Stub, mode: &str) -> Value {
+    let mut config = issuer.config.clone();
+    std::fs::write(
+        issuer.dir.join("google.secret"),
+        format!("{GOOGLE_SECRET}\n"),
+    )
+    .unwrap();
+    std::fs::write(issuer.dir.join("evil.secret"), "evil-secret").unwrap();
+    let callback = |name: &str| format!("{}/oauth2/upstream/{name}/callback", issuer.url);
+    config["caBundlePem"] = json!(format!("{}{}", issuer.certs.ca_pem, stub.server.ca_pem));
+    config["policy"]["generation"] = json!(unique());
+    config["issuer"]["upstreams"] = json!([
+        {"name": "google", "displayName": "Google", "clientId": GOOGLE_CLIENT,
+         "clientSecretPath": issuer.dir.join("google.secret"), "callbackUrl": callback("google"),
+         "oidc": {"issuer": idp.url, "scopes": ["openid", "email", "profile"], "algorithms": ["RS256", "ES256", "PS256", "EdDSA"]}},
+        {"name": "evil", "displayName": "Evil <Corp>", "clientId": EVIL_CLIENT,
+         "clientSecretPath": issuer.dir.join("evil.secret"), "callbackUrl": callback("evil"),
+         "oidc": {"issuer": stub.issuer(), "scopes": ["openid", "email"], "algorithms": ["RS256"]}}
+    ]);
+    config["issuer"]["identity"] = json!({"mode": mode, "directScopes": ["read:items"]});
+    config
+}
+
+async fn world(mode: &str) -> World {
+    let issuer = Issuer::start(Spec {
+        tuning: IssuerTuning {
+            limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+                failed_address: scopegate_sidecar::issuer::store::Budget::per_secs(10_000, 60),
+                failed_client: scopegate_sidecar::issuer::store::Budget::per_secs(10_000, 60),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Spec::default()
+    })
+    .await;
+    let idp = Idp::start(&issuer).await;
+    let stub = Stub::start().await;
+    let config = upstream_config(&issuer, &idp, &stub, mode);
+    write_atomic(&issuer.dir.join("config.json"), &config.to_string());
+    eventually("both upstreams loaded", Duration::from_secs(60), || async {
+        let (_, text) = readyz(issuer.admin).await;
+        (text.contains("upstream google: oidc")
+            && text.contains("upstream evil: oidc")
+            && text.matches("keys, fetched").count() >= 2)
+            .then_some(())
+    })
+    .await;
+    World { issuer, idp, stub }
+}
+
+use scopegate_sidecar::issuer::IssuerTuning;
+
+fn google_query(state: &str) -> String {
+    format!(
+        "{}&upstream=google",
+        web_query(state, Some("read:items write:items"))
+    )
+}
+
+/// Logs `login` in at the oidc-provider from the issuer's authorize endpoint; returns the
+/// redirect that leaves the issuer (to the app's login page or the client).
+async fn google_login(world: &World, browser: &mut Browser, login: &str) -> String {
+    let start = format!(
+        "{}/oauth2/authorize?{}",
+        world.issuer.url,
+        google_query("st-1")
+    );
+    let page = browser.follow(&start).await;
+    assert_eq!(
+        page.status,
+        200,
+        "the IdP's login form: {}",
+        String::from_utf8_lossy(&page.body)
+    );
+    assert!(browser.url.starts_with(&world.idp.url), "{}", browser.url);
+    let consent = browser
+        .submit(&format!("prompt=login&login={login}&password=any"))
+        .await;
+    let done = if consent.status == 200 {
+        browser.submit("prompt=consent").await
+    } else {
+        consent
+    };
+    assert_eq!(done.status, 303, "{}", String::from_utf8_lossy(&done.body));
+    done.header("location").unwrap().to_owned()
+}
+
+async fn metric(issuer: &Issuer, upstream: &str, outcome: &str) -> u64 {
+    let text = String::from_utf8(get(issuer.admin, "/metrics", &[]).await.body).unwrap();
+    let needle = format!(
+        "scopegate_upstream_logins_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_login_through_oidc_provider_ends_in_our_token_for_the_apps_subject() {
+    let world = world("delegate").await;
+    let mut browser = Browser::new(&world.issuer.certs);
+    let location = google_login(&world, &mut browser, "alice").await;
+    let challenge = location
+        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        .unwrap_or_else(|| panic!("to the app's login page: {location}"));
+    // The app reads the upstream identity on the mint socket, keyed by (upstream, subject).
+    let pending = world
+        .issuer
+        .mint("GET", &format!("/v1/logins/{challenge}"), None)
+        .await;
+    assert_eq!(pending.status, 200);
+    let upstream = &pending.json()["upstream"];
+    assert_eq!(upstream["upstream"], "google");
+    assert_eq!(upstream["subject"], "alice");
+    assert_eq!(upstream["email"], "alice@shop.example");
+    assert_eq!(upstream["emailVerified"], true);
+    assert_eq!(upstream["groups"], json!(["eng"]));
+    let accepted = world
+        .issuer
+        .mint(
+            "POST",
+            &format!("/v1/logins/{challenge}/accept"),
+            Some(&json!({"subject": "user:u-17"})),
+        )
+        .await;
+    assert_eq!(accepted.status, 200);
+    let resume = accepted.json()["redirect_to"].as_str().unwrap().to_owned();
+    let back = browser.follow(&resume).await;
+    let to_client = back.header("location").unwrap();
+    assert!(to_client.starts_with(WEB_REDIRECT), "{to_client}");
+    assert_eq!(query_param(to_client, "state").as_deref(), Some("st-1"));
+    assert_eq!(
+        query_param(to_client, "iss").as_deref(),
+        Some(world.issuer.url.as_str())
+    );
+    let code = query_param(to_client, "code").unwrap();
+    let token = redeem(&world.issuer, &code).await;
+    assert_eq!(
+        token.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&token.body)
+    );
+    let access = token.json()["access_token"].as_str().unwrap().to_owned();
+    let claims = claims_of(&access);
+    assert_eq!(claims["sub"], "user:u-17");
+    assert_eq!(claims["iss"], world.issuer.url);
+    assert_eq!(header_of(&access)["typ"], "at+jwt");
+    // The binding cookie was cleared by the callback; nothing of the IdP's tokens reached us.
+    let (authority, _, _) = split_url(&world.issuer.url);
+    assert!(
+        browser
+            .jar
+            .get(&authority)
+            .is_none_or(|c| c.keys().all(|k| !k.starts_with("__Host-sg-up-")))
+    );
+    assert_eq!(metric(&world.issuer, "google", "ok").await, 1);
+    drop(world.idp.child);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_login_issues_upstream_prefixed_subject_with_narrowed_scope() {
+    let world = world("direct").await;
+    let mut browser = Browser::new(&world.issuer.certs);
+    let location = google_login(&world, &mut browser, "bob").await;
+    assert!(location.starts_with(WEB_REDIRECT), "{location}");
+    let code = query_param(&location, "code").unwrap();
+    let token = redeem(&world.issuer, &code).await;
+    assert_eq!(
+        token.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&token.body)
+    );
+    let claims = claims_of(token.json()["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], "google:bob");
+    assert_eq!(
+        claims["scope"], "read:items",
+        "narrowed to identity.directScopes"
+    );
+}
+
+/// Opens a leg at the hostile provider from the issuer's authorize endpoint: returns the
+/// `state` and `nonce` the issuer sent (read off the redirect, as the provider would).
+async fn evil_leg(world: &World, browser: &mut Browser) -> (String, String) {
+    let authorize = format!(
+        "{}/oauth2/authorize?{}&upstream=evil",
+        world.issuer.url,
+        web_query("st-evil", Some("read:items"))
+    );
+    let first = browser.send("GET", &authorize, None).await;
+    assert_eq!(
+        first.status,
+        303,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    let start = first.header("location").unwrap().to_owned();
+    let second = browser.send("GET", &start, None).await;
+    assert_eq!(second.status, 303);
+    let to_idp = second.header("location").unwrap().to_owned();
+    assert!(
+        to_idp.starts_with(&format!("{}/authorize?", world.stub.issuer())),
+        "{to_idp}"
+    );
+    // What the provider is asked for: PKCE S256, a nonce, our callback.
+    assert_eq!(
+        query_param(&to_idp, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(query_param(&to_idp, "code_challenge").unwrap().len(), 43);
+    assert_eq!(
+        query_param(&to_idp, "redirect_uri").unwrap(),
+        format!("{}/oauth2/upstream/evil/callback", world.issuer.url)
+    );
+    assert_eq!(
+        query_param(&to_idp, "client_id").as_deref(),
+        Some(EVIL_CLIENT)
+    );
+    (
+        query_param(&to_idp, "state").unwrap(),
+        query_param(&to_idp, "nonce").unwrap(),
+    )
+}
+
+async fn evil_callback(
+    world: &World,
+    browser: &mut Browser,
+    path_name: &str,
+    state: &str,
+) -> RawResponse {
+    let url = format!(
+        "{}/oauth2/upstream/{path_name}/callback?code=stub-code&state={}&iss={}",
+        world.issuer.url,
+        enc(state),
+        enc(&world.stub.issuer())
+    );
+    browser.send("GET", &url, None).await
+}
+
+fn b64json(value: &Value) -> String {
+    scopegate_sidecar::jose::b64::encode(value.to_string().as_bytes())
+}
+
+fn is_denied(r: &RawResponse) -> bool {
+    r.status == 303
+        && r.header("location").is_some_and(|l| {
+            l.starts_with(WEB_REDIRECT)
+                && query_param(l, "error").as_deref() == Some("access_denied")
+                && query_param(l, "state").as_deref() == Some("st-evil")
+                && query_param(l, "code").is_none()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_token_attack_table_is_refused_and_a_correct_token_passes() {
+    let world = world("delegate").await;
+    let stub = &world.stub;
+    let header = json!({"alg": "RS256", "kid": stub.kid, "typ": "JWT"});
+    type Forge = Box<dyn Fn(&Stub, Value) -> String>;
+    let signed = |edit: fn(&mut Value)| -> Forge {
+        Box::new(move |stub: &Stub, mut claims: Value| {
+            edit(&mut claims);
+            mint(
+                &stub.key,
+                &json!({"alg": "RS256", "kid": stub.kid}),
+                &claims,
+            )
+        })
+    };
+    let cases: Vec<(&str, Forge)> = vec![
+        ("wrong aud", signed(|c| c["aud"] = json!("someone-else"))),
+        (
+            "extra untrusted aud",
+            signed(|c| {
+                c["aud"] = json!([EVIL_CLIENT, "someone-else"]);
+                c["azp"] = json!(EVIL_CLIENT);
+            }),
+        ),
+        (
+            "several audiences without azp",
+            signed(|c| c["aud"] = json!([EVIL_CLIENT, EVIL_CLIENT])),
+        ),
+        ("wrong azp", signed(|c| c["azp"] = json!("someone-else"))),
+        (
+            "wrong iss",
+            signed(|c| c["iss"] = json!("https://accounts.example")),
+        ),
+        ("wrong nonce", signed(|c| c["nonce"] = json!("guessed"))),
+        (
+            "missing nonce",
+            signed(|c| {
+                c.as_object_mut().unwrap().remove("nonce");
+            }),
+        ),
+        ("expired", signed(|c| c["exp"] = json!(now() - 120))),
+        ("iat ahead", signed(|c| c["iat"] = json!(now() + 3600))),
+        ("iat long ago", signed(|c| c["iat"] = json!(now() - 7200))),
+        (
+            "alg none",
+            Box::new(|stub: &Stub, claims: Value| {
+                format!(
+                    "{}.{}.c2ln",
+                    b64json(&json!({"alg": "none", "kid": stub.kid})),
+                    b64json(&claims)
+                )
+            }),
+        ),
+        (
+            "HS256 keyed with the public key's kid",
+            Box::new(|stub: &Stub, claims: Value| {
+                let jwk = serde_json::to_value(stub.key.jwk(&stub.kid, Some("RS256"))).unwrap();
+                let hmac = SigningKey::hs256(jwk["n"].as_str().unwrap().as_bytes());
+                mint(&hmac, &json!({"alg": "HS256", "kid": stub.kid}), &claims)
+            }),
+        ),
+        (
+            "signature by another key under our kid",
+            Box::new(|stub: &Stub, claims: Value| {
+                mint(
+                    &SigningKey::rs256(),
+                    &json!({"alg": "RS256", "kid": stub.kid}),
+                    &claims,
+                )
+            }),
+        ),
+        (
+            "a JWE-shaped token",
+            Box::new(|_: &Stub, _: Value| "a.b.c.d.e".to_owned()),
+        ),
+        (
+            "userinfo sub differs",
+            signed(|c| {
+                // No email in the ID token: userinfo is asked, and names another subject.
+                c.as_object_mut().unwrap().remove("email");
+            }),
+        ),
+    ];
+    stub.state.lock().unwrap().userinfo =
+        json!({"sub": "mallory", "email": "m@shop.example", "email_verified": true}).to_string();
+    let mut browser = Browser::new(&world.issuer.certs);
+    for (name, forge) in &cases {
+        let (state, nonce) = evil_leg(&world, &mut browser).await;
+        stub.answer_with(&forge(stub, stub.claims(&nonce)));
+        let r = evil_callback(&world, &mut browser, "evil", &state).await;
+        assert!(
+            is_denied(&r),
+            "{name}: {} {:?}",
+            r.status,
+            r.header("location")
+        );
+    }
+    assert_eq!(
+        metric(&world.issuer, "evil", "invalid_id_token").await,
+        cases.len() as u64
+    );
+    assert_eq!(metric(&world.issuer, "evil", "ok").await, 0);
+
+    // The same leg with a correct token passes (the table can fail), and the
+    // `email_verified: "false"` string is read as unverified.
+    let (state, nonce) = evil_leg(&world, &mut browser).await;
+    let mut claims = stub.claims(&nonce);
+    claims["email_verified"] = json!("false");
+    stub.answer_with(&mint(&stub.key, &header, &claims));
+    let r = evil_callback(&world, &mut browser, "evil", &state).await;
+    let location = r.header("location").unwrap_or_default().to_owned();
+    let challenge = location
+        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        .unwrap_or_else(|| panic!("{} {location}", r.status));
+    let pending = world
+        .issuer
+        .mint("GET", &format!("/v1/logins/{challenge}"), None)
+        .await;
+    assert_eq!(pending.json()["upstream"]["subject"], "248289761001");
+    assert_eq!(pending.json()["upstream"]["emailVerified"], false);
+    assert_eq!(metric(&world.issuer, "evil", "ok").await, 1);
+
+    // Key rotation at the provider: an unknown kid refetches the JWKS once and passes ...
+    let rotated = SigningKey::rs256();
+    stub.publish(&[(&stub.key, &stub.kid), (&rotated, "rotated")]);
+    let hits = stub.jwks_hits();
+    let (state, nonce) = evil_leg(&world, &mut browser).await;
+    stub.answer_with(&mint(
+        &rotated,
+        &json!({"alg": "RS256", "kid": "rotated"}),
+        &stub.claims(&nonce),
+    ));
+    let r = evil_callback(&world, &mut browser, "evil", &state).await;
+    assert!(
+        r.header("location").unwrap().starts_with(LOGIN_URL),
+        "{:?}",
+        r.header("location")
+    );
+    assert_eq!(
+        stub.jwks_hits(),
+        hits + 1,
+        "one refetch for the unknown kid"
+    );
+    // ... and another unknown kid within the interval does not refetch again.
+    let (state, nonce) = evil_leg(&world, &mut browser).await;
+    stub.answer_with(&mint(
+        &SigningKey::rs256(),
+        &json!({"alg": "RS256", "kid": "never-published"}),
+        &stub.claims(&nonce),
+    ));
+    let r = evil_callback(&world, &mut browser, "evil", &state).await;
+    assert!(is_denied(&r));
+    assert_eq!(
+        stub.jwks_hits(),
+        hits + 1,
+        "no second refetch within the interval"
+    );
+
+    // A refused code (400 from the token endpoint) is a failure, and no code is issued.
+    let (state, _) = evil_leg(&world, &mut browser).await;
+    {
+        let mut s = stub.state.lock().unwrap();
+        s.token_status = 400;
+        s.token = json!({"error": "invalid_grant"}).to_string();
+    }
+    let r = evil_callback(&world, &mut browser, "evil", &state).await;
+    assert!(is_denied(&r));
+    assert_eq!(metric(&world.issuer, "evil", "idp_error").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_replay_missing_cookie_and_mixups_are_refused_without_redirect() {
+    let world = world("delegate").await;
+    let stub = &world.stub;
+    let mut browser = Browser::new(&world.issuer.certs);
+
+    // State replay: the first callback works, the second is unknown.
+    let (state, nonce) = evil_leg(&world, &mut browser).await;
+    stub.answer_with(&mint(
+        &stub.key,
+        &json!({"alg": "RS256", "kid": stub.kid}),
+        &stub.claims(&nonce),
+    ));
+    let saved = browser.jar.clone();
+    let first = evil_callback(&world, &mut browser, "evil", &state).await;
+    assert!(first.header("location").unwrap().starts_with(LOGIN_URL));
+    browser.jar = saved;
+    let replay = evil_callback(&world, &mut browser, "evil", &state).await;
+    assert_eq!(replay.status, 400);
+    assert!(replay.header("location").is_none());
+    assert_eq!(metric(&world.issuer, "evil", "state_unknown").await, 1);
+
+    // The callback from a browser without the binding cookie (login CSRF).
+    let (state, nonce) = evil_leg(&world, &mut browser).await;
+    stub.answer_with(&mint(
+        &stub.key,
+        &json!({"alg": "RS256", "kid": stub.kid}),
+        &stub.claims(&nonce),
+    ));
+    let mut victim = Browser::new(&world.issuer.certs);
+    let r = evil_callback(&world, &mut victim, "evil", &state).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(metric(&world.issuer, "evil", "binding").await, 1);
+    // A cookie with the right name but another value is no better.
+    let (state, _) = evil_leg(&world, &mut browser).await;
+    let (authority, _, _) = split_url(&world.issuer.url);
+    for value in browser.jar.get_mut(&authority).unwrap().values_mut() {
+        *value = "forged".into();
+    }
+    let r = evil_callback(&world, &mut browser, "evil", &state).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(metric(&world.issuer, "evil", "binding").await, 2);
+
+    // Mix-up: a state issued for evil arrives on google's callback path.
+    let (state, _) = evil_leg(&world, &mut browser).await;
+    let r = evil_callback(&world, &mut browser, "google", &state).await;
+    assert_eq!(r.status, 400);
+    assert!(r.header("location").is_none());
+    assert_eq!(metric(&world.issuer, "google", "mixup").await, 1);
+
+    // Mix-up: the RFC 9207 iss names another issuer; and a missing iss from a provider
+    // that promises it.
+    let (state, _) = evil_leg(&world, &mut browser).await;
+    let url = format!(
+        "{}/oauth2/upstream/evil/callback?code=c&state={}&iss={}",
+        world.issuer.url,
+        enc(&state),
+        enc(&world.idp.url)
+    );
+    let r = browser.send("GET", &url, None).await;
+    assert_eq!(r.status, 400);
+    let (state, _) = evil_leg(&world, &mut browser).await;
+    let url = format!(
+        "{}/oauth2/upstream/evil/callback?code=c&state={}",
+        world.issuer.url,
+        enc(&state)
+    );
+    let r = browser.send("GET", &url, None).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(metric(&world.issuer, "evil", "mixup").await, 2);
+
+    // The provider reports an error: the client hears access_denied with its state.
+    let (state, _) = evil_leg(&world, &mut browser).await;
+    let url = format!(
+        "{}/oauth2/upstream/evil/callback?error=access_denied&state={}&iss={}",
+        world.issuer.url,
+        enc(&state),
+        enc(&stub.issuer())
+    );
+    let r = browser.send("GET", &url, None).await;
+    assert!(is_denied(&r), "{:?}", r.header("location"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chooser_page_offers_the_clients_choices_without_script() {
+    let world = world("delegate").await;
+    let mut browser = Browser::new(&world.issuer.certs);
+    let url = format!(
+        "{}/oauth2/authorize?{}",
+        world.issuer.url,
+        web_query("st-c", None)
+    );
+    let page = browser.send("GET", &url, None).await;
+    assert_eq!(page.status, 200);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    let html = String::from_utf8(page.body.clone()).unwrap();
+    assert!(!html.to_ascii_lowercase().contains("<script"), "{html}");
+    assert!(html.contains("Continue with Google"), "{html}");
+    assert!(
+        html.contains("Continue with Evil &lt;Corp&gt;"),
+        "display names are escaped: {html}"
+    );
+    assert!(html.contains("Sign in with your account"), "{html}");
+    // Each button leads to its leg; the one-time request id works once.
+    let href = html
+        .split("href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    assert!(href.starts_with("upstream/google/start?ar="), "{href}");
+    let start = format!("{}/oauth2/{href}", world.issuer.url);
+    let to_idp = browser.send("GET", &start, None).await;
+    assert_eq!(to_idp.status, 303);
+    assert!(
+        to_idp
+            .header("location")
+            .unwrap()
+            .starts_with(&world.idp.url)
+    );
+    assert!(
+        to_idp
+            .header("set-cookie")
+            .unwrap()
+            .starts_with("__Host-sg-up-")
+    );
+    let cookie = to_idp.header("set-cookie").unwrap();
+    for attribute in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert_eq!(browser.send("GET", &start, None).await.status, 400);
+
+    // A hint outside the issuer's choices is refused at the client's redirect URI.
+    let url = format!(
+        "{}/oauth2/authorize?{}&upstream=github",
+        world.issuer.url,
+        web_query("st-c", None)
+    );
+    let r = browser.send("GET", &url, None).await;
+    let location = r.header("location").unwrap();
+    assert!(location.starts_with(WEB_REDIRECT), "{location}");
+    assert_eq!(
+        query_param(location, "error").as_deref(),
+        Some("invalid_request")
+    );
+
+    // A client limited to [evil] never sees Google: it goes straight to its only choice,
+    // and upstream=google is refused.
+    let mut registry = registry(None);
+    registry["upstreamChoices"] = json!({ WEB.id: ["evil"] });
+    write_atomic(
+        &world.issuer.dir.join("clients.json"),
+        &registry.to_string(),
+    );
+    let url = format!(
+        "{}/oauth2/authorize?{}",
+        world.issuer.url,
+        web_query("st-c", None)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let location = loop {
+        let r = browser.send("GET", &url, None).await;
+        if let Some(l) = r
+            .header("location")
+            .filter(|l| l.contains("/oauth2/upstream/evil/start"))
+        {
+            break l.to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client's choices never came in force"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(location.starts_with(&world.issuer.url), "{location}");
+    let url = format!(
+        "{}/oauth2/authorize?{}&upstream=google",
+        world.issuer.url,
+        web_query("st-c", None)
+    );
+    let r = browser.send("GET", &url, None).await;
+    assert_eq!(
+        query_param(r.header("location").unwrap(), "error").as_deref(),
+        Some("invalid_request")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idp_outage_shows_in_readyz_and_metrics_and_leaves_client_credentials_working() {
+    let mut world = world("delegate").await;
+    // The Google stand-in goes away; an upstream whose provider never answered is added.
+    world.idp.child.kill().await.unwrap();
+    let mut config = upstream_config(&world.issuer, &world.idp, &world.stub, "delegate");
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    config["issuer"]["upstreams"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "name": "down", "displayName": "Down", "clientId": "c",
+            "clientSecretPath": world.issuer.dir.join("evil.secret"),
+            "callbackUrl": format!("{}/oauth2/upstream/down/callback", world.issuer.url),
+            "oidc": {"issuer": dead, "scopes": ["openid"], "algorithms": ["RS256"]}
+        }));
+    write_atomic(&world.issuer.dir.join("config.json"), &config.to_string());
+    let text = eventually(
+        "the dead upstream in /readyz",
+        Duration::from_secs(20),
+        || async {
+            let (status, text) = readyz(world.issuer.admin).await;
+            assert_eq!(
+                status, 200,
+                "an IdP outage never makes the issuer unready: {text}"
+            );
+            text.contains(
+                "upstream down: UNAVAILABLE, discovery not read yet (last error: connect)",
+            )
+            .then_some(text)
+        },
+    )
+    .await;
+    assert!(text.contains("upstream evil: oidc"), "{text}");
+
+    let mut browser = Browser::new(&world.issuer.certs);
+    let url = format!(
+        "{}/oauth2/authorize?{}&upstream=down",
+        world.issuer.url,
+        web_query("st-d", None)
+    );
+    let start = browser
+        .send("GET", &url, None)
+        .await
+        .header("location")
+        .unwrap()
+        .to_owned();
+    let location = browser
+        .send("GET", &start, None)
+        .await
+        .header("location")
+        .unwrap()
+        .to_owned();
+    assert!(location.starts_with(WEB_REDIRECT), "{location}");
+    assert_eq!(
+        query_param(&location, "error").as_deref(),
+        Some("temporarily_unavailable")
+    );
+    assert_eq!(query_param(&location, "state").as_deref(), Some("st-d"));
+    // The Google leg opens (discovery is cached) but the provider is gone: the exchange
+    // fails and the browser is sent back to the client, not left hanging.
+    let url = format!(
+        "{}/oauth2/authorize?{}",
+        world.issuer.url,
+        google_query("st-g")
+    );
+    let start = browser
+        .send("GET", &url, None)
+        .await
+        .header("location")
+        .unwrap()
+        .to_owned();
+    let to_idp = browser.send("GET", &start, None).await;
+    assert_eq!(to_idp.status, 303);
+    let to_idp = to_idp.header("location").unwrap().to_owned();
+    assert!(to_idp.starts_with(&world.idp.url), "{to_idp}");
+    let state = query_param(&to_idp, "state").unwrap();
+    let callback = format!(
+        "{}/oauth2/upstream/google/callback?code=c&state={}&iss={}",
+        world.issuer.url,
+        enc(&state),
+        enc(&world.idp.url)
+    );
+    let back = browser.send("GET", &callback, None).await;
+    let location = back.header("location").unwrap();
+    assert_eq!(
+        query_param(location, "error").as_deref(),
+        Some("temporarily_unavailable"),
+        "{location}"
+    );
+    assert_eq!(query_param(location, "state").as_deref(), Some("st-g"));
+    assert_eq!(metric(&world.issuer, "google", "idp_error").await, 1);
+
+    // client_credentials is untouched.
+    let token = world
+        .issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await;
+    assert_eq!(
+        token.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&token.body)
+    );
+    let metrics = String::from_utf8(get(world.issuer.admin, "/metrics", &[]).await.body).unwrap();
+    assert!(
+        metrics.contains("scopegate_upstream_up{upstream=\"down\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("scopegate_upstream_up{upstream=\"evil\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(metric(&world.issuer, "down", "idp_error").await, 1);
+}

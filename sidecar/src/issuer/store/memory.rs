@@ -12,6 +12,11 @@ use crate::issuer::random_token;
 /// Records kept before expired ones are pruned.
 const PRUNE_AT: usize = 100_000;
 
+/// Least time between two prunes, in milliseconds. Every read filters expired entries
+/// itself, so pruning only bounds memory; doing it on every write made each rate check and
+/// token request scan the whole revocation log.
+const PRUNE_EVERY_MS: u64 = 1_000;
+
 /// State in this process.
 pub struct MemoryStore {
     epoch: String,
@@ -26,6 +31,7 @@ struct Inner {
     jtis: HashMap<String, i64>,
     subjects: HashMap<String, (i64, i64)>,
     budgets: HashMap<String, u64>,
+    pruned_at_ms: u64,
 }
 
 /// Unix milliseconds now.
@@ -57,6 +63,10 @@ impl MemoryStore {
 
 impl Inner {
     fn prune(&mut self, now_ms: u64) {
+        if now_ms < self.pruned_at_ms.saturating_add(PRUNE_EVERY_MS) {
+            return;
+        }
+        self.pruned_at_ms = now_ms;
         let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         if self.records.len() >= PRUNE_AT {
             self.records.retain(|_, (_, exp)| *exp > now_ms);
@@ -125,6 +135,7 @@ impl Store for MemoryStore {
     }
 
     fn revoke(&self, entries: Vec<Revocation>, keep_secs: i64) -> StoreFuture<'_, FeedHead> {
+        let now = crate::unix_now();
         let mut inner = self.lock();
         inner.prune(now_ms());
         for entry in entries {
@@ -135,6 +146,10 @@ impl Store for MemoryStore {
                 }
                 Revocation::Subject { sub, before, .. } => {
                     let slot = inner.subjects.entry(sub.clone()).or_insert((*before, keep));
+                    // An expired cut-off that was not pruned yet is replaced, not merged.
+                    if slot.1 <= now {
+                        *slot = (*before, keep);
+                    }
                     *slot = (slot.0.max(*before), slot.1.max(keep));
                 }
             }
@@ -290,6 +305,29 @@ mod tests {
         assert_eq!(after.entries.len(), 1);
         assert_eq!(after.head.seq, 3);
         assert_eq!(store.subject_cutoff("s").await.unwrap(), Some(now));
+    }
+
+    #[tokio::test]
+    async fn an_expired_cutoff_is_replaced_before_it_is_pruned() {
+        let store = MemoryStore::new();
+        let now = crate::unix_now();
+        let cutoff = |before, until| Revocation::Subject {
+            sub: "s".into(),
+            before,
+            until,
+        };
+        store
+            .revoke(vec![cutoff(now - 10, now - 100)], 0)
+            .await
+            .unwrap();
+        assert_eq!(store.subject_cutoff("s").await.unwrap(), None);
+        // Within a second of the last prune: the expired entry is still held, and must not
+        // lend its later `before` to the new cut-off.
+        store
+            .revoke(vec![cutoff(now - 500, now + 60)], 0)
+            .await
+            .unwrap();
+        assert_eq!(store.subject_cutoff("s").await.unwrap(), Some(now - 500));
     }
 
     #[tokio::test]

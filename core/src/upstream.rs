@@ -16,7 +16,7 @@ pub const MAX_UPSTREAMS: usize = 8;
 pub const LOCAL: &str = "local";
 
 /// Where the Secret of upstream client secrets is mounted in issuer pods.
-pub const SECRETS_DIR: &str = "/var/run/scopegate/upstreams";
+pub const SECRETS_DIR: &str = "/etc/scopegate/upstreams";
 
 /// Grammar of an upstream name: a DNS label of at most 32 characters.
 pub const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$";

@@ -228,6 +228,40 @@ fn public_client() -> Value {
     })
 }
 
+/// A valid self-issuing AuthPolicy with upstream identity providers (Delegate mode).
+fn upstream_policy() -> Value {
+    let mut v = issuer_policy();
+    let own = &mut v["spec"]["issuer"]["self"];
+    own["publicUrl"] = json!("https://login.example.com");
+    own["upstreams"] = json!([
+        {"name": "google", "displayName": "Google", "clientId": "1234.apps.googleusercontent.com",
+         "clientSecretRef": {"name": "google-oauth", "key": "client_secret"},
+         "oidc": {"issuer": "https://accounts.google.com", "issuerAliases": ["accounts.google.com"],
+                  "algorithms": ["RS256"], "hostedDomains": ["example.com"]},
+         "allow": {"emailDomains": ["example.com"]}},
+        {"name": "github", "clientId": "Iv23li", "clientSecretRef": {"name": "gh", "key": "secret"},
+         "github": {"orgs": [{"name": "acme", "teams": ["sre"]}]}}
+    ]);
+    own["identity"] = json!({"maxUpstreamAge": "24h"});
+    v
+}
+
+/// A valid Direct-mode issuer: upstreams without the app's login page.
+fn direct_upstream_policy() -> Value {
+    let mut v = upstream_policy();
+    let own = &mut v["spec"]["issuer"]["self"];
+    own.as_object_mut().expect("an object").remove("loginUrl");
+    own["identity"] = json!({"mode": "Direct", "directScopes": ["read:items"]});
+    v
+}
+
+/// A valid confidential client limited to some login choices.
+fn upstream_client() -> Value {
+    let mut v = confidential_client();
+    v["spec"]["upstreams"] = json!(["google", "local"]);
+    v
+}
+
 /// One bad object: (description, a valid base, the one change that breaks it, what the
 /// API server's refusal must say).
 type Case = (&'static str, fn() -> Value, fn(&mut Value), &'static str);
@@ -499,6 +533,122 @@ fn cases() -> Vec<Case> {
             "redirectUris must be absolute https URLs without fragment",
         ),
         (
+            "upstream with both oidc and github",
+            upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["upstreams"][1]["oidc"] =
+                    json!({"issuer": "https://a.example"})
+            },
+            "an upstream sets exactly one of oidc or github",
+        ),
+        (
+            "upstream with neither oidc nor github",
+            upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["upstreams"][1]
+                    .as_object_mut()
+                    .expect("an object")
+                    .remove("github");
+            },
+            "an upstream sets exactly one of oidc or github",
+        ),
+        (
+            "upstream named local",
+            upstream_policy,
+            |v| v["spec"]["issuer"]["self"]["upstreams"][0]["name"] = json!("local"),
+            "the upstream name local is reserved",
+        ),
+        (
+            "upstream name that is not a DNS label",
+            upstream_policy,
+            |v| v["spec"]["issuer"]["self"]["upstreams"][0]["name"] = json!("Google_1"),
+            "spec.issuer.self.upstreams[0].name",
+        ),
+        (
+            "two upstreams of one name",
+            upstream_policy,
+            |v| v["spec"]["issuer"]["self"]["upstreams"][1]["name"] = json!("google"),
+            "Duplicate value",
+        ),
+        (
+            "nine upstreams",
+            upstream_policy,
+            |v| {
+                let one = v["spec"]["issuer"]["self"]["upstreams"][0].clone();
+                let many: Vec<Value> = (0..9)
+                    .map(|i| {
+                        let mut u = one.clone();
+                        u["name"] = json!(format!("idp{i}"));
+                        u
+                    })
+                    .collect();
+                v["spec"]["issuer"]["self"]["upstreams"] = json!(many);
+            },
+            "must have at most 8 items",
+        ),
+        (
+            "plain http OIDC issuer",
+            upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["upstreams"][0]["oidc"]["issuer"] =
+                    json!("http://idp.example.com")
+            },
+            "issuer must be an absolute https URL without query or fragment",
+        ),
+        (
+            "OIDC scopes without openid",
+            upstream_policy,
+            |v| v["spec"]["issuer"]["self"]["upstreams"][0]["oidc"]["scopes"] = json!(["email"]),
+            "scopes must contain openid",
+        ),
+        (
+            "HS256 ID tokens",
+            upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["upstreams"][0]["oidc"]["algorithms"] =
+                    json!(["RS256", "HS256"])
+            },
+            "ID tokens signed with HS256 are refused",
+        ),
+        (
+            "Delegate mode without loginUrl",
+            upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]
+                    .as_object_mut()
+                    .expect("an object")
+                    .remove("loginUrl");
+            },
+            "upstreams with identity.mode Delegate (the default) need loginUrl",
+        ),
+        (
+            "Direct scopes outside the vocabulary",
+            direct_upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["identity"]["directScopes"] =
+                    json!(["read:items", "admin"])
+            },
+            "identity.directScopes names a scope not declared in scopes: admin",
+        ),
+        (
+            "plain http publicUrl",
+            upstream_policy,
+            |v| v["spec"]["issuer"]["self"]["publicUrl"] = json!("http://login.example.com"),
+            "publicUrl must be an absolute https URL without query or fragment",
+        ),
+        (
+            "maxUpstreamAge in days",
+            upstream_policy,
+            |v| v["spec"]["issuer"]["self"]["identity"]["maxUpstreamAge"] = json!("1d"),
+            "a duration is hours, minutes and seconds in that order",
+        ),
+        (
+            "client login choice that is not a name",
+            upstream_client,
+            |v| v["spec"]["upstreams"] = json!(["Google!"]),
+            "spec.upstreams[0]",
+        ),
+        (
             "relative redirect URI",
             public_client,
             |v| v["spec"]["redirectUris"] = json!(["/cb"]),
@@ -550,6 +700,9 @@ async fn cel_rules_refuse_bad_objects_with_their_message() {
     // The valid bases are accepted, so each refusal below is caused by its one change.
     for base in [
         issuer_policy,
+        upstream_policy,
+        direct_upstream_policy,
+        upstream_client,
         external_policy,
         confidential_client,
         public_client,

@@ -168,6 +168,28 @@ fn issuer_of(client: &OAuthClient) -> ObjectRef<AuthPolicy> {
     ObjectRef::new(&name).within(&namespace)
 }
 
+/// Issuing policies whose upstreams read their client secret from `secret` in `namespace`
+/// (a rotated upstream secret is copied into `<policy>-upstreams` at once).
+fn policies_with_upstream_secret(
+    policies: &Store<AuthPolicy>,
+    namespace: &str,
+    secret: &str,
+) -> Vec<ObjectRef<AuthPolicy>> {
+    policies
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(namespace)
+                && p.spec.issuer.self_.as_ref().is_some_and(|own| {
+                    own.upstreams
+                        .iter()
+                        .any(|u| u.client_secret_ref.name == secret)
+                })
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
 /// Clients whose `existingSecret` names `secret` in `namespace`.
 fn clients_using(
     clients: &Store<OAuthClient>,
@@ -257,6 +279,7 @@ pub async fn run(
     let (clients_for_secrets, policies_for_cms, clients_for_watched) =
         (clients.clone(), policies.clone(), clients.clone());
     let (policies_for_pods, policies_for_services) = (policies.clone(), policies.clone());
+    let policies_for_user_secrets = policies.clone();
     let policy_controller = policy_controller
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .watches(secrets_api.clone(), managed(), move |secret: Secret| {
@@ -293,10 +316,17 @@ pub async fn run(
             watcher::Config::default(),
             move |secret: PartialObjectMeta<Secret>| {
                 let namespace = secret.namespace().unwrap_or_default();
-                clients_using(&clients_for_watched, &namespace, &secret.name_any())
+                let name = secret.name_any();
+                let mut targets = clients_using(&clients_for_watched, &namespace, &name)
                     .iter()
                     .map(|c| issuer_of(c))
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                targets.extend(policies_with_upstream_secret(
+                    &policies_for_user_secrets,
+                    &namespace,
+                    &name,
+                ));
+                targets
             },
         )
         .watches(

@@ -150,9 +150,16 @@ pub fn render(
         });
     }
     clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    let upstream_choices = entries
+        .iter()
+        .filter_map(|entry| {
+            let choices = entry.client.spec.upstreams.clone()?;
+            Some((client_id(entry.client), choices))
+        })
+        .collect();
     Ok(ClientRegistry {
         clients,
-        upstream_choices: Default::default(),
+        upstream_choices,
     })
 }
 

@@ -139,6 +139,16 @@ pub struct Issuer {
         "rule": "!has(self.mint) || self.mint.scopes.all(s, s in self.scopes)",
         "messageExpression": "'mint.scopes names a scope not declared in scopes: ' + self.mint.scopes.filter(s, !(s in self.scopes))[0]",
         "fieldPath": ".mint.scopes"
+    },
+    {
+        "rule": "!has(self.upstreams) || size(self.upstreams) == 0 || (has(self.identity) && self.identity.mode == 'Direct') || has(self.loginUrl)",
+        "message": "upstreams with identity.mode Delegate (the default) need loginUrl: the app reads the upstream identity there and decides the subject; set loginUrl or identity.mode Direct",
+        "fieldPath": ".loginUrl"
+    },
+    {
+        "rule": "!has(self.identity) || !has(self.identity.directScopes) || self.identity.directScopes.all(s, s in self.scopes)",
+        "messageExpression": "'identity.directScopes names a scope not declared in scopes: ' + self.identity.directScopes.filter(s, !(s in self.scopes))[0]",
+        "fieldPath": ".identity.directScopes"
     }
 ]))]
 pub struct SelfIssuer {
@@ -211,6 +221,34 @@ pub struct SelfIssuer {
     /// default: one issuer replica only, and a restart forgets revocations.
     #[serde(default)]
     pub store: Store,
+
+    /// The browser-facing base URL of the issuer (the authorize endpoint, the provider
+    /// chooser and the upstream callbacks), when browsers reach it under another host than
+    /// url, e.g. https://auth.shop.example. It must have the same path as url (the issuer
+    /// serves its endpoints under that path): one with another path is ignored and the
+    /// upstreams in status say so. Default: url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != '' && !self.contains('#') && !self.contains('?')",
+            "message": "publicUrl must be an absolute https URL without query or fragment"
+        }
+    ]))]
+    pub public_url: Option<String>,
+
+    /// Identity providers users may log in with (Google, any OpenID Connect provider,
+    /// GitHub), offered on a chooser page next to the app's own login (loginUrl). Whichever
+    /// is used, the client gets a token this issuer signs, never the provider's. At most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub upstreams: Vec<super::upstream::UpstreamProvider>,
+
+    /// What an upstream login leads to: the app decides the subject (Delegate, default) or
+    /// the issuer derives it (Direct).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<super::upstream::Identity>,
 }
 
 /// Human-readable description of a scope.
@@ -769,6 +807,10 @@ pub struct AuthPolicyStatus {
     /// Names of the objects the operator rendered for this policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rendered: Option<RenderedObjects>,
+    /// Each upstream identity provider: the callback URL to register at the provider, and
+    /// whether it is ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<super::upstream::UpstreamStatus>,
 }
 
 /// One signing key in status.
@@ -809,4 +851,7 @@ pub struct RenderedObjects {
     /// The client registry Secret (self issuers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients: Option<String>,
+    /// The Secret of upstream client secrets (self issuers with upstreams).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstreams: Option<String>,
 }

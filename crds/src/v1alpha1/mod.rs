@@ -3,7 +3,9 @@
 mod auth_policy;
 mod common;
 mod oauth_client;
+mod upstream;
 
 pub use auth_policy::*;
 pub use common::*;
 pub use oauth_client::*;
+pub use upstream::*;

@@ -134,6 +134,20 @@ pub struct OAuthClientSpec {
     /// time is dead, at every verifier, at the token endpoint and at introspection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_tokens_issued_before: Option<Time>,
+
+    /// The login choices this client may offer its users: names of the issuer's upstreams,
+    /// and local for the app's own login (loginUrl). Unset: every choice of the issuer. A
+    /// name the issuer does not have is reported in status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 9),
+        inner(
+            length(min = 1, max = 32),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$")
+        )
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub upstreams: Option<Vec<String>>,
 }
 
 fn default_secret_overlap() -> PositiveDuration {

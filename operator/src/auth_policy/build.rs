@@ -53,6 +53,8 @@ pub struct Names {
     pub clients: String,
     /// Sidecar config ConfigMap.
     pub sidecar: String,
+    /// Upstream client secrets (self issuers with upstreams).
+    pub upstreams: String,
 }
 
 impl Names {
@@ -64,6 +66,7 @@ impl Names {
             tls: format!("{name}-tls"),
             clients: format!("{name}-clients"),
             sidecar: format!("{name}-sidecar"),
+            upstreams: scopegate_core::upstream::secret_name(name),
         }
     }
 }
@@ -288,9 +291,11 @@ pub fn sidecar_config(
                 },
                 _ => config::StoreConfig::Memory,
             },
-            public_url: None,
-            upstreams: Vec::new(),
-            identity: Default::default(),
+            public_url: (!public_url_ignored(own))
+                .then(|| own.public_url.clone())
+                .flatten(),
+            upstreams: upstreams(own),
+            identity: identity(own),
         }
     });
 
@@ -412,6 +417,144 @@ fn rate_limit(limit: &api::RateLimit) -> RateLimitConfig {
     }
 }
 
+/// The path of an absolute URL without query or fragment, without a trailing slash.
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.find('/')
+        .map_or("", |i| &rest[i..])
+        .trim_end_matches('/')
+}
+
+/// Whether `publicUrl` is set but unusable: its path differs from `url`'s.
+pub fn public_url_ignored(own: &api::SelfIssuer) -> bool {
+    own.public_url
+        .as_deref()
+        .is_some_and(|public| url_path(public) != url_path(&own.url))
+}
+
+/// The browser-facing base of an issuer: `publicUrl` (when its path is `url`'s), else
+/// `url`, without a trailing slash.
+pub fn public_url(own: &api::SelfIssuer) -> String {
+    let base = match own.public_url.as_deref() {
+        Some(public) if !public_url_ignored(own) => public,
+        _ => &own.url,
+    };
+    base.trim_end_matches('/').to_owned()
+}
+
+/// The upstreams as the sidecar sees them: the client secret by the path of its file in the
+/// mounted `<policy>-upstreams` Secret, and the callback URL the admin registers.
+pub fn upstreams(own: &api::SelfIssuer) -> Vec<scopegate_core::upstream::UpstreamIdp> {
+    use scopegate_core::upstream as up;
+    let base = public_url(own);
+    own.upstreams
+        .iter()
+        .filter_map(|u| {
+            let kind = match (&u.oidc, &u.github) {
+                (Some(oidc), None) => up::UpstreamKind::Oidc(up::OidcUpstream {
+                    issuer: oidc.issuer.trim_end_matches('/').to_owned(),
+                    issuer_aliases: oidc.issuer_aliases.clone(),
+                    scopes: oidc.scopes.clone(),
+                    algorithms: oidc
+                        .algorithms
+                        .iter()
+                        .map(|a| crate::keygen::alg_name(*a).to_owned())
+                        .collect(),
+                    userinfo: match oidc.userinfo {
+                        api::UserinfoMode::Never => up::UserinfoMode::Never,
+                        api::UserinfoMode::IfMissing => up::UserinfoMode::IfMissing,
+                        api::UserinfoMode::Always => up::UserinfoMode::Always,
+                    },
+                    token_endpoint_auth_method: match oidc.token_endpoint_auth_method {
+                        api::UpstreamAuthMethod::ClientSecretBasic => {
+                            up::UpstreamAuthMethod::ClientSecretBasic
+                        }
+                        api::UpstreamAuthMethod::ClientSecretPost => {
+                            up::UpstreamAuthMethod::ClientSecretPost
+                        }
+                    },
+                    hosted_domains: oidc.hosted_domains.clone(),
+                    groups_claim: oidc.groups_claim.clone().unwrap_or_else(|| "groups".into()),
+                }),
+                (None, Some(github)) => up::UpstreamKind::Github(up::GithubUpstream {
+                    host_name: github.host_name.clone().unwrap_or_default(),
+                    orgs: github
+                        .orgs
+                        .iter()
+                        .map(|o| up::GithubOrg {
+                            name: o.name.clone(),
+                            teams: o.teams.clone(),
+                        })
+                        .collect(),
+                }),
+                // The schema makes this impossible; an object that skipped it renders nothing.
+                _ => return None,
+            };
+            let allow = u.allow.clone().unwrap_or_default();
+            Some(up::UpstreamIdp {
+                name: u.name.clone(),
+                display_name: u.display_name.clone().unwrap_or_else(|| u.name.clone()),
+                client_id: u.client_id.clone(),
+                client_secret_path: format!("{}/{}", up::SECRETS_DIR, up::secret_key(&u.name)),
+                callback_url: up::callback_url(&base, &u.name),
+                kind,
+                allow: up::AllowRules {
+                    email_domains: allow.email_domains,
+                    groups: allow.groups,
+                },
+            })
+        })
+        .collect()
+}
+
+/// What an upstream login leads to, as the sidecar sees it.
+pub fn identity(own: &api::SelfIssuer) -> scopegate_core::upstream::IdentityConfig {
+    use scopegate_core::upstream as up;
+    let identity = own.identity.clone().unwrap_or_default();
+    up::IdentityConfig {
+        mode: match identity.mode {
+            api::IdentityMode::Delegate => up::IdentityMode::Delegate,
+            api::IdentityMode::Direct => up::IdentityMode::Direct,
+        },
+        direct_scopes: identity.direct_scopes,
+        max_upstream_age_secs: identity
+            .max_upstream_age
+            .as_ref()
+            .and_then(|d| d.get().ok())
+            .map(|d| d.as_secs()),
+    }
+}
+
+/// The upstreams' callback URLs for status, each ready when its client secret was found.
+pub fn upstream_status(own: &api::SelfIssuer, missing: &[String]) -> Vec<api::UpstreamStatus> {
+    let base = public_url(own);
+    own.upstreams
+        .iter()
+        .map(|u| {
+            let reason = if public_url_ignored(own) {
+                Some("PublicUrlIgnored: publicUrl has another path than url; url is used".into())
+            } else if missing.contains(&u.name) {
+                Some(format!(
+                    "SecretMissing: key {} of Secret {} not found",
+                    u.client_secret_ref.key, u.client_secret_ref.name
+                ))
+            } else if u.github.is_some() {
+                Some(
+                    "Unsupported: GitHub upstreams are not served by this version's sidecar".into(),
+                )
+            } else {
+                None
+            };
+            api::UpstreamStatus {
+                name: u.name.clone(),
+                callback_url: scopegate_core::upstream::callback_url(&base, &u.name),
+                ready: reason.is_none(),
+                reason,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,6 +625,92 @@ spec:
         // The rendered document parses back through the sidecar's own reader.
         let text = to_json("sidecar config", &config).unwrap();
         assert_eq!(SidecarConfig::from_json(&text).unwrap(), config);
+    }
+
+    const AUTH_WITH_UPSTREAMS: &str = r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: auth, namespace: shop}
+spec:
+  selector: {matchLabels: {app: auth}}
+  issuer:
+    self:
+      url: https://auth.shop.svc.cluster.local
+      publicUrl: https://login.shop.example/
+      service: {name: auth, port: 443}
+      scopes: {read:items: Read items}
+      loginUrl: https://shop.example/login
+      upstreams:
+        - name: google
+          displayName: Google
+          clientId: 1234.apps.googleusercontent.com
+          clientSecretRef: {name: google-oauth, key: client_secret}
+          oidc:
+            issuer: https://accounts.google.com/
+            issuerAliases: [accounts.google.com]
+            algorithms: [RS256]
+            hostedDomains: [shop.example]
+          allow: {emailDomains: [shop.example]}
+        - name: github
+          clientId: Iv23li
+          clientSecretRef: {name: github-oauth, key: secret}
+          github: {orgs: [{name: acme, teams: [sre]}]}
+      identity: {mode: Direct, directScopes: [read:items], maxUpstreamAge: 24h}
+  upstream: {port: 8080}
+"#;
+
+    #[test]
+    fn renders_upstreams_with_secret_paths_and_callback_urls() {
+        let p = policy(AUTH_WITH_UPSTREAMS);
+        let own = p.spec.issuer.self_.as_ref().unwrap();
+        let rendered = upstreams(own);
+        assert_eq!(rendered.len(), 2);
+        let google = &rendered[0];
+        assert_eq!(
+            google.callback_url,
+            "https://login.shop.example/oauth2/upstream/google/callback"
+        );
+        assert_eq!(
+            google.client_secret_path,
+            "/etc/scopegate/upstreams/google.client_secret"
+        );
+        let scopegate_core::upstream::UpstreamKind::Oidc(oidc) = &google.kind else {
+            panic!("oidc expected");
+        };
+        assert_eq!(oidc.issuer, "https://accounts.google.com");
+        assert_eq!(oidc.scopes, ["openid", "email", "profile"]);
+        assert_eq!(oidc.algorithms, ["RS256"]);
+        assert_eq!(google.allow.email_domains, ["shop.example"]);
+        assert_eq!(rendered[1].display_name, "github");
+        let id = identity(own);
+        assert_eq!(id.mode, scopegate_core::upstream::IdentityMode::Direct);
+        assert_eq!(id.max_upstream_age_secs, Some(86_400));
+        // No secret value anywhere in the rendered document.
+        let text = serde_json::to_string(&rendered).unwrap();
+        assert!(!text.contains("google-oauth") && !text.contains("\"clientSecret\""));
+        let status = upstream_status(own, &["github".to_owned()]);
+        assert!(status[0].ready && status[0].reason.is_none());
+        assert!(!status[1].ready);
+        assert!(
+            status[1]
+                .reason
+                .as_deref()
+                .unwrap()
+                .starts_with("SecretMissing")
+        );
+        assert_eq!(status[0].callback_url, google.callback_url);
+        // A publicUrl on another path than url is ignored, and status says so.
+        let mut other = own.clone();
+        other.public_url = Some("https://login.shop.example/auth".into());
+        assert_eq!(public_url(&other), "https://auth.shop.svc.cluster.local");
+        assert!(
+            upstream_status(&other, &[])[0]
+                .reason
+                .as_deref()
+                .unwrap()
+                .starts_with("PublicUrlIgnored")
+        );
+        assert!(!public_url_ignored(own));
     }
 
     #[test]

@@ -73,12 +73,15 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         observation.keys = Some(keys.keys.clone());
         due.extend(issuer::reconcile_tls(policy, own, &names, &ca, ctx, now).await?);
         issuer::reconcile_registry(policy, &names, ctx, now).await?;
+        let missing = issuer::reconcile_upstreams(policy, own, &names, ctx).await?;
+        observation.upstreams = build::upstream_status(own, &missing);
         observation.rendered = RenderedObjects {
             sidecar_config: None,
             jwks: Some(names.jwks.clone()),
             signing_keys: Some(names.signing_keys.clone()),
             tls: Some(names.tls.clone()),
             clients: Some(names.clients.clone()),
+            upstreams: (!own.upstreams.is_empty()).then(|| names.upstreams.clone()),
         };
         let hs256 = own.signing.algorithm == Algorithm::HS256;
         (

@@ -135,6 +135,8 @@ pub struct Observation {
     pub memory_store: bool,
     /// The pods it selects.
     pub pods: super::pods::PodSummary,
+    /// Upstream identity providers (self issuers).
+    pub upstreams: Vec<scopegate_crds::v1alpha1::UpstreamStatus>,
 }
 
 fn time(unix: i64) -> Time {
@@ -260,6 +262,7 @@ pub fn compute(
             })
             .collect(),
         next_rotation: observation.next_transition.map(time),
+        upstreams: observation.upstreams.clone(),
         selected_pods: Some(observation.pods.selected),
         injected_pods: Some(observation.pods.injected),
         uninjected_pods: observation.pods.uninjected.clone(),

@@ -229,6 +229,24 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
         sidecar_mounts.push(writable.clone());
         app_mounts.push(writable);
     }
+    if let Some(own) = policy.spec.issuer.self_.as_ref()
+        && !own.upstreams.is_empty()
+    {
+        // Upstream client secrets: issuer pods only, never the app container.
+        volumes.push(Volume {
+            name: "scopegate-upstreams".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(scopegate_core::upstream::secret_name(&policy.name_any())),
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Volume::default()
+        });
+        sidecar_mounts.push(mount(
+            "scopegate-upstreams",
+            scopegate_core::upstream::SECRETS_DIR,
+        ));
+    }
     let redis_credentials = policy
         .spec
         .issuer

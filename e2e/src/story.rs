@@ -4,11 +4,12 @@
 //! created through the API server (so the webhook injects them) and run as a kubelet would, and
 //! clients that get tokens over TLS (trusting only the operator's CA bundle) and call `orders`.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -782,12 +783,14 @@ pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome
         shop.order_limit
     ));
 
-    // 5. Keys rotate twice while a client keeps calling: no valid request may be rejected.
+    // 5. Keys rotate twice while a client keeps calling: no valid request may be rejected, and
+    // tokens signed by each new key must be accepted.
     let stop = Arc::new(AtomicBool::new(false));
+    let accepted_by_kid = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
     let load = {
-        let (shop, stop) = (shop.clone(), stop.clone());
+        let (shop, stop, accepted_by_kid) = (shop.clone(), stop.clone(), accepted_by_kid.clone());
         std::thread::spawn(move || {
-            let (mut accepted, mut rejected) = (0u32, Vec::new());
+            let mut rejected = Vec::new();
             let mut token = shop.billing_token(None);
             let mut i = 0u32;
             while !stop.load(Ordering::Relaxed) {
@@ -796,18 +799,34 @@ pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome
                 }
                 match token
                     .as_deref()
-                    .map(|t| shop.orders("GET", "/orders", Some(t)))
+                    .map(|t| (t, shop.orders("GET", "/orders", Some(t))))
                 {
-                    Ok(Ok(r)) if r.status == 200 => accepted += 1,
-                    Ok(Ok(r)) => rejected.push(format!("{} {}", r.status, challenge_of(&r))),
-                    Ok(Err(err)) => rejected.push(err.to_string()),
+                    Ok((t, Ok(r))) if r.status == 200 => {
+                        let kid = peek(t).map(|(header, _)| {
+                            header["kid"].as_str().unwrap_or_default().to_owned()
+                        });
+                        let mut counts = accepted_by_kid
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        *counts.entry(kid.unwrap_or_default()).or_default() += 1;
+                    }
+                    Ok((_, Ok(r))) => rejected.push(format!("{} {}", r.status, challenge_of(&r))),
+                    Ok((_, Err(err))) => rejected.push(err.to_string()),
                     Err(err) => rejected.push(format!("no token: {err}")),
                 }
                 i += 1;
                 std::thread::sleep(Duration::from_millis(100));
             }
-            (accepted, rejected)
+            rejected
         })
+    };
+    let accepted_with = |kid: &str| {
+        accepted_by_kid
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(kid)
+            .copied()
+            .unwrap_or_default()
     };
     let mut kids = vec![shop.active_kid().await?];
     for round in ["1", "2"] {
@@ -822,23 +841,36 @@ pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome
             }
         })
         .await?;
+        eventually("requests accepted with tokens of the new key", || {
+            let accepted = accepted_with(&next);
+            async move {
+                ensure!(accepted >= 20, "{accepted} so far");
+                Ok(())
+            }
+        })
+        .await?;
         kids.push(next);
-        // Tokens signed by the new key flow for a while.
-        tokio::time::sleep(Duration::from_secs(3)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let (accepted, rejected) = tokio::task::spawn_blocking(move || load.join())
+    let rejected = tokio::task::spawn_blocking(move || load.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the load thread panicked"))?;
     ensure!(
         rejected.is_empty(),
         "valid requests rejected during rotation: {rejected:?}"
     );
+    let per_key: Vec<String> = kids
+        .iter()
+        .map(|kid| format!("{} {}", short(kid), accepted_with(kid)))
+        .collect();
+    let accepted = accepted_by_kid
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .sum();
     say(&format!(
-        "keys rotate twice (annotation scopegate.dev/rotate; each new key is published {STORY_PROPAGATION} before it signs): kid {} -> {} -> {}, while billing calls GET /orders 10 times a second: {accepted} accepted, {} rejected",
-        short(&kids[0]),
-        short(&kids[1]),
-        short(&kids[2]),
+        "keys rotate twice (annotation scopegate.dev/rotate; each new key is published {STORY_PROPAGATION} before it signs), while billing calls GET /orders 10 times a second with fresh tokens: accepted per signing key {}, {} rejected",
+        per_key.join(" -> "),
         rejected.len()
     ));
 

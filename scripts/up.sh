@@ -15,8 +15,8 @@ step() { printf '[up %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 bash scripts/setup.sh
 bash e2e/scripts/build-bins.sh
-step "building scopegate"
-cargo build --workspace --locked --quiet
+step "building scopegate (debug; reuses $CARGO_TARGET_DIR)"
+cargo build --workspace --locked # cargo prints its progress; a cold build takes several minutes
 
 # Start fresh every time: a stale control plane from an earlier run is stopped first.
 bash e2e/scripts/cluster-down.sh "$UP_DIR"

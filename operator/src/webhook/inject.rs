@@ -574,6 +574,61 @@ spec:
     }
 
     #[test]
+    fn upstream_client_secrets_are_mounted_into_the_sidecar_only() {
+        let plain = policy("auth", "{matchLabels: {app: auth}}", true);
+        let original = pod("{app: auth}");
+        let Decision::Patch(ops) = decide(&original, &[&plain], &settings(true)) else {
+            panic!("no patch")
+        };
+        let spec = apply(&original, &ops).spec.unwrap();
+        assert!(
+            !spec
+                .volumes
+                .unwrap()
+                .iter()
+                .any(|v| v.name == "scopegate-upstreams"),
+            "no upstreams, no volume"
+        );
+        let mut with = plain.clone();
+        with.spec.issuer.self_.as_mut().unwrap().upstreams = serde_yaml_ng::from_str(
+            "[{name: google, clientId: c, clientSecretRef: {name: g, key: k}, oidc: {issuer: https://accounts.google.com}}]",
+        )
+        .unwrap();
+        let Decision::Patch(ops) = decide(&original, &[&with], &settings(true)) else {
+            panic!("no patch")
+        };
+        let spec = apply(&original, &ops).spec.unwrap();
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "scopegate-upstreams")
+            .expect("the upstreams volume");
+        let source = volume.secret.unwrap();
+        assert_eq!(source.secret_name.as_deref(), Some("auth-upstreams"));
+        let sidecar = spec
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.containers.clone())
+            .find(|c| c.name == "scopegate-sidecar")
+            .expect("the sidecar");
+        assert!(sidecar.volume_mounts.unwrap().iter().any(|m| {
+            m.name == "scopegate-upstreams" && m.mount_path == scopegate_core::upstream::SECRETS_DIR
+        }));
+        let app = &spec.containers[0];
+        assert_ne!(app.name, "scopegate-sidecar");
+        assert!(
+            !app.volume_mounts
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .any(|m| m.name == "scopegate-upstreams"),
+            "the app never sees the upstream secrets"
+        );
+    }
+
+    #[test]
     fn injecting_twice_injects_once() {
         let p = policy("orders", "{matchLabels: {app: orders}}", false);
         let original = pod("{app: orders}");

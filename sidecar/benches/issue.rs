@@ -210,16 +210,36 @@ fn authentication(c: &mut Criterion) {
 /// One rate-limit decision of the memory store (a token request makes two) while it holds
 /// 10,000 live jti revocations: the store's upkeep must not scale with the revocation log.
 fn memory_store(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let store = MemoryStore::new();
     let now = scopegate_sidecar::unix_now();
-    let revoked = (0..10_000).map(|i| Revocation::Jti { jti: format!("jti-{i}"), exp: now + 3600 }).collect();
+    let revoked = (0..10_000)
+        .map(|i| Revocation::Jti {
+            jti: format!("jti-{i}"),
+            exp: now + 3600,
+        })
+        .collect();
     runtime.block_on(store.revoke(revoked, 30)).unwrap();
     // A budget that never runs out within a run (1 ms per request, ten hours of burst).
-    let budget = Budget { requests: u32::MAX, period_ms: 36_000_000 };
-    let keys = [("token:a:4:7f000001".to_owned(), budget), ("token:c:shop.backend".to_owned(), budget)];
+    let budget = Budget {
+        requests: u32::MAX,
+        period_ms: 36_000_000,
+    };
+    let keys = [
+        ("token:a:4:7f000001".to_owned(), budget),
+        ("token:c:shop.backend".to_owned(), budget),
+    ];
     c.bench_function("memory_rate/10k_revocations", |b| {
-        b.iter(|| black_box(runtime.block_on(store.rate(RateOp::Admit, black_box(&keys))).unwrap().is_ok()))
+        b.iter(|| {
+            black_box(
+                runtime
+                    .block_on(store.rate(RateOp::Admit, black_box(&keys)))
+                    .unwrap()
+                    .is_ok(),
+            )
+        })
     });
 }
 

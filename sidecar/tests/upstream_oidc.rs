@@ -1043,3 +1043,155 @@ async fn an_idp_outage_shows_in_readyz_and_metrics_and_leaves_client_credentials
     );
     assert_eq!(metric(&world.issuer, "down", "idp_error").await, 1);
 }
+
+/// Puts `config` in force and waits until the issuer reports its generation.
+async fn reconfigure(issuer: &Issuer, config: &Value) {
+    write_atomic(&issuer.dir.join("config.json"), &config.to_string());
+    let generation = config["policy"]["generation"].as_u64().unwrap();
+    eventually(
+        "the new config in force",
+        Duration::from_secs(20),
+        || async {
+            let (_, text) = readyz(issuer.admin).await;
+            text.contains(&format!("config: generation {generation} "))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_upstream_age_ends_the_refresh_family_born_from_an_upstream_login() {
+    let world = world("direct").await;
+    let mut config = upstream_config(&world.issuer, &world.idp, &world.stub, "direct");
+    config["issuer"]["identity"]["maxUpstreamAgeSecs"] = json!(2);
+    reconfigure(&world.issuer, &config).await;
+    let mut browser = Browser::new(&world.issuer.certs);
+    let location = google_login(&world, &mut browser, "carol").await;
+    let code = query_param(&location, "code").unwrap();
+    let token = redeem(&world.issuer, &code).await;
+    assert_eq!(
+        token.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&token.body)
+    );
+    let mut refresh = token.json()["refresh_token"].as_str().unwrap().to_owned();
+    // The fixture's refresh families live an hour; this one must end within seconds.
+    let refused = world
+        .issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    // Rotated tokens are followed until the family ends.
+    let mut last = refused;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while last.status == 200 {
+        refresh = last.json()["refresh_token"].as_str().unwrap().to_owned();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refresh family never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        last = world
+            .issuer
+            .token(
+                &WEB,
+                &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+            )
+            .await;
+    }
+    assert_eq!(last.status, 400, "{}", String::from_utf8_lossy(&last.body));
+    assert_eq!(last.json()["error"], "invalid_grant");
+}
+
+/// Everything every test in this binary logs, at trace level.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sink = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_carry_codes_tokens_state_nonce_or_the_cookie() {
+    let logs = captured_logs();
+    let world = world("delegate").await;
+    let stub = &world.stub;
+    let mut browser = Browser::new(&world.issuer.certs);
+    let mut secrets = vec!["evil-secret".to_owned(), GOOGLE_SECRET.to_owned()];
+    // A login that passes and one whose ID token is refused, each with a code of its own.
+    for good in [true, false] {
+        let (state, nonce) = evil_leg(&world, &mut browser).await;
+        let mut claims = stub.claims(&nonce);
+        if !good {
+            claims["aud"] = json!("someone-else");
+        }
+        let id_token = mint(
+            &stub.key,
+            &json!({"alg": "RS256", "kid": stub.kid}),
+            &claims,
+        );
+        let access = format!("stub-access-{}", unique());
+        {
+            let mut s = stub.state.lock().unwrap();
+            s.token_status = 200;
+            s.token = json!({"access_token": access, "token_type": "Bearer", "id_token": id_token})
+                .to_string();
+        }
+        let (authority, _, _) = split_url(&world.issuer.url);
+        secrets.extend(browser.jar[&authority].values().cloned());
+        let code = format!("upstream-code-{}", unique());
+        let url = format!(
+            "{}/oauth2/upstream/evil/callback?code={code}&state={}&iss={}",
+            world.issuer.url,
+            enc(&state),
+            enc(&stub.issuer())
+        );
+        let r = browser.send("GET", &url, None).await;
+        if let Some(challenge) = r
+            .header("location")
+            .and_then(|l| l.strip_prefix(&format!("{LOGIN_URL}?login_challenge=")))
+        {
+            secrets.push(challenge.to_owned());
+        }
+        secrets.extend([state, nonce, id_token, access, code]);
+    }
+    // And a real provider's whole flow.
+    let location = google_login(&world, &mut browser, "dave").await;
+    secrets.push(query_param(&location, "login_challenge").unwrap());
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("upstream login succeeded") && text.contains("upstream ID token refused"),
+        "the logs were captured"
+    );
+    for secret in &secrets {
+        assert!(secret.len() >= 8, "{secret}");
+        assert!(
+            !text.contains(secret.as_str()),
+            "a secret value reached the log: {secret}"
+        );
+    }
+}

@@ -52,6 +52,10 @@ pub struct LoginRecord {
     /// The identity an upstream provider vouched for (Delegate mode), for the app to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<scopegate_core::upstream::UpstreamIdentity>,
+    /// The latest end of the refresh family this login may start (`maxUpstreamAge` after an
+    /// upstream login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_until: Option<i64>,
 }
 
 /// Where the client is sent back to, with these parameters.
@@ -210,6 +214,7 @@ async fn login(
         created_at: now,
         sub: None,
         upstream: None,
+        family_until: None,
     };
     if let Some(next) = upstream::flow::choose(ctx, client, &record, form.get("upstream")).await? {
         return Ok(next);
@@ -377,6 +382,7 @@ pub(crate) async fn code_redirect(
         issued_at: now,
         expires_at: now + ttl,
         redeemed: None,
+        family_until: record.family_until,
     };
     for _ in 0..MAX_SWAP_ATTEMPTS {
         let code = random_token(32);

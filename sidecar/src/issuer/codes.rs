@@ -25,6 +25,9 @@ pub struct CodeRecord {
     pub expires_at: i64,
     /// What it issued, once redeemed.
     pub redeemed: Option<Redeemed>,
+    /// The latest end of a refresh family it starts (an upstream login's `maxUpstreamAge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_until: Option<i64>,
 }
 
 /// What a redeemed code issued.

@@ -228,7 +228,9 @@ async fn authorization_code(
                 audiences: record.audiences.clone(),
                 default_audiences: record.audiences.clone(),
                 created_at: now,
-                expires_at: now.saturating_add(ttl(settings.config.refresh_token_ttl_secs)),
+                expires_at: now
+                    .saturating_add(ttl(settings.config.refresh_token_ttl_secs))
+                    .min(record.family_until.unwrap_or(i64::MAX)),
                 secret: random_token(32),
                 next_gen: 1,
                 current: vec![0],

@@ -759,6 +759,10 @@ async fn finish(
     allow(upstream, oidc, &identity)?;
     let settings = ctx.settings;
     let mut record = leg.request.clone();
+    if let Some(max) = settings.config.identity.max_upstream_age_secs {
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        record.family_until = Some(identity.authenticated_at.min(now).saturating_add(max));
+    }
     let subject_hash = hashed_key("sub", &identity.direct_subject());
     let result = match settings.config.identity.mode {
         IdentityMode::Delegate => {

@@ -60,10 +60,11 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Outcomes of an upstream login (the bounded `outcome` label of
 /// `scopegate_upstream_logins_total`).
-pub const OUTCOMES: [&str; 11] = [
+pub const OUTCOMES: [&str; 12] = [
     "ok",
     "denied_domain",
     "denied_group",
+    "denied_org",
     "email_unverified",
     "idp_error",
     "invalid_id_token",
@@ -162,7 +163,7 @@ pub enum UpstreamAuthMethod {
     ClientSecretPost,
 }
 
-/// GitHub settings (rendered; the sidecar refuses to run a GitHub leg until it implements it).
+/// GitHub settings.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct GithubUpstream {

@@ -538,10 +538,6 @@ pub fn upstream_status(own: &api::SelfIssuer, missing: &[String]) -> Vec<api::Up
                     "SecretMissing: key {} of Secret {} not found",
                     u.client_secret_ref.key, u.client_secret_ref.name
                 ))
-            } else if u.github.is_some() {
-                Some(
-                    "Unsupported: GitHub upstreams are not served by this version's sidecar".into(),
-                )
             } else {
                 None
             };

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::id_token::{self, Expect, IdTokenError};
-use super::{Provider, ProviderError, json_request};
+use super::{Provider, ProviderError, github, json_request};
 use crate::issuer::authorize::{self, LOGIN_TTL_SECS, LoginRecord};
 use crate::issuer::error::OAuthError;
 use crate::issuer::form::{Form, form_encode};
@@ -401,55 +401,51 @@ async fn start(ctx: &Context<'_>, name: &str, form: &Form) -> Result<Response<Pr
     let Some(upstream) = upstream_of(ctx, name) else {
         return Err(unknown_login());
     };
-    let UpstreamKind::Oidc(oidc) = &upstream.kind else {
-        tracing::error!(
-            upstream = name,
-            "GitHub upstreams are not supported by this sidecar yet"
-        );
-        return Ok(to_client(
-            ctx,
-            &record,
-            &OAuthError::TemporarilyUnavailable("upstream unsupported"),
-        ));
-    };
-    let Some(discovery) = ctx
-        .issuer
-        .upstreams
-        .provider(name)
-        .and_then(|p| p.discovery())
-    else {
-        ctx.issuer.upstreams.count(name, "idp_error");
-        tracing::warn!(
-            upstream = name,
-            outcome = "idp_error",
-            "upstream login refused: discovery not loaded"
-        );
-        return Ok(to_client(
-            ctx,
-            &record,
-            &OAuthError::TemporarilyUnavailable("upstream unavailable"),
-        ));
-    };
     let state = random_token(32);
     let verifier = random_token(32);
     let nonce = random_token(32);
     let binding = random_token(32);
-    let mut location = discovery.authorization_endpoint.clone();
-    let mut sep = if location.contains('?') { '&' } else { '?' };
-    let mut params: Vec<(&str, String)> = vec![
+    let (mut location, mut params): (String, Vec<(&str, String)>) = match &upstream.kind {
+        UpstreamKind::Oidc(oidc) => {
+            let Some(discovery) = ctx
+                .issuer
+                .upstreams
+                .provider(name)
+                .and_then(|p| p.discovery())
+            else {
+                ctx.issuer.upstreams.count(name, "idp_error");
+                tracing::warn!(
+                    upstream = name,
+                    outcome = "idp_error",
+                    "upstream login refused: discovery not loaded"
+                );
+                return Ok(to_client(
+                    ctx,
+                    &record,
+                    &OAuthError::TemporarilyUnavailable("upstream unavailable"),
+                ));
+            };
+            let mut params = vec![("scope", oidc.scopes.join(" ")), ("nonce", nonce.clone())];
+            if let [domain] = oidc.hosted_domains.as_slice() {
+                // Only a hint for Google's account picker: the hd claim is what is checked.
+                params.push(("hd", domain.clone()));
+            }
+            (discovery.authorization_endpoint.clone(), params)
+        }
+        UpstreamKind::Github(gh) => (
+            format!("{}/login/oauth/authorize", github::bases(gh).0),
+            vec![("scope", github::scopes(gh))],
+        ),
+    };
+    params.extend([
         ("response_type", "code".into()),
         ("client_id", upstream.client_id.clone()),
         ("redirect_uri", upstream.callback_url.clone()),
-        ("scope", oidc.scopes.join(" ")),
         ("state", state.clone()),
-        ("nonce", nonce.clone()),
         ("code_challenge", crate::issuer::grant::s256(&verifier)),
         ("code_challenge_method", "S256".into()),
-    ];
-    if let [domain] = oidc.hosted_domains.as_slice() {
-        // Only a hint for Google's account picker: the hd claim is what is checked.
-        params.push(("hd", domain.clone()));
-    }
+    ]);
+    let mut sep = if location.contains('?') { '&' } else { '?' };
     for (name, value) in &params {
         location.push(sep);
         location.push_str(name);
@@ -603,9 +599,36 @@ async fn callback(
     let Some(upstream) = upstream_of(ctx, name) else {
         return Err(unknown_login());
     };
-    let UpstreamKind::Oidc(oidc) = &upstream.kind else {
-        return Err(unknown_login());
+    let record = leg.request.clone();
+    let finished = match &upstream.kind {
+        UpstreamKind::Oidc(oidc) => oidc_callback(ctx, name, upstream, oidc, &leg, form).await?,
+        UpstreamKind::Github(gh) => finish_github(ctx, upstream, gh, &leg, form).await,
     };
+    let mut response = match finished {
+        Ok(location) => {
+            ctx.issuer.upstreams.count(name, "ok");
+            reply::redirect(&location)
+        }
+        Err(Failed(outcome, err)) => {
+            ctx.issuer.upstreams.count(name, outcome);
+            tracing::warn!(upstream = name, outcome, client_id = %record.client_id, "upstream login failed");
+            to_client(ctx, &record, &err)
+        }
+    };
+    clear_cookie(&mut response, Some(state));
+    Ok(response)
+}
+
+/// The OIDC callback after the leg is taken: the RFC 9207 check (a refusal without
+/// redirect), then the login.
+async fn oidc_callback(
+    ctx: &Context<'_>,
+    name: &str,
+    upstream: &UpstreamIdp,
+    oidc: &OidcUpstream,
+    leg: &Leg,
+    form: &Form,
+) -> Result<Result<String, Failed>, Refusal> {
     let provider = ctx.issuer.upstreams.provider(name);
     let discovery = provider.as_ref().and_then(|p| p.discovery());
     // RFC 9207: an iss parameter must name the provider; a provider that promises it must send it.
@@ -639,20 +662,49 @@ async fn callback(
         }
         _ => {}
     }
-    let record = leg.request.clone();
-    let mut response = match finish(ctx, upstream, oidc, provider.as_deref(), &leg, form).await {
-        Ok(location) => {
-            ctx.issuer.upstreams.count(name, "ok");
-            reply::redirect(&location)
-        }
-        Err(Failed(outcome, err)) => {
-            ctx.issuer.upstreams.count(name, outcome);
-            tracing::warn!(upstream = name, outcome, client_id = %record.client_id, "upstream login failed");
-            to_client(ctx, &record, &err)
-        }
-    };
-    clear_cookie(&mut response, Some(state));
-    Ok(response)
+    Ok(finish(ctx, upstream, oidc, provider.as_deref(), leg, form).await)
+}
+
+/// The GitHub exchange and API reads, the allow rules and the hand-over.
+async fn finish_github(
+    ctx: &Context<'_>,
+    upstream: &UpstreamIdp,
+    gh: &scopegate_core::upstream::GithubUpstream,
+    leg: &Leg,
+    form: &Form,
+) -> Result<String, Failed> {
+    if form.get("error").is_some() {
+        return Err(Failed("access_denied", OAuthError::AccessDenied));
+    }
+    let code = form
+        .get("code")
+        .ok_or(Failed("idp_error", OAuthError::AccessDenied))?;
+    let client = ctx.issuer.upstreams.github_client().ok_or(Failed(
+        "idp_error",
+        OAuthError::TemporarilyUnavailable("upstream unavailable"),
+    ))?;
+    let secret = read_secret(upstream)?;
+    let now = unix_now();
+    let identity = github::login(&client, upstream, gh, &secret, code, &leg.verifier, now)
+        .await
+        .map_err(|err| match err {
+            github::GithubError::Provider(err) => {
+                tracing::warn!(upstream = %upstream.name, error = %err, "GitHub request failed");
+                Failed::from(err)
+            }
+            github::GithubError::Refused => Failed("idp_error", OAuthError::AccessDenied),
+            github::GithubError::DeniedOrg => Failed("denied_org", OAuthError::AccessDenied),
+        })?;
+    allow(upstream, &[], &identity)?;
+    hand_over(ctx, upstream, leg, identity, now).await
+}
+
+fn read_secret(upstream: &UpstreamIdp) -> Result<String, Failed> {
+    let secret = std::fs::read_to_string(&upstream.client_secret_path).map_err(|_| {
+        tracing::error!(upstream = %upstream.name, "the upstream client secret file is unreadable");
+        Failed("idp_error", OAuthError::ServerError)
+    })?;
+    Ok(secret.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
@@ -683,17 +735,13 @@ async fn finish(
         "idp_error",
         OAuthError::TemporarilyUnavailable("upstream unavailable"),
     ))?;
-    let secret = std::fs::read_to_string(&upstream.client_secret_path).map_err(|_| {
-        tracing::error!(upstream = %upstream.name, "the upstream client secret file is unreadable");
-        Failed("idp_error", OAuthError::ServerError)
-    })?;
-    let secret = secret.trim_end_matches(['\n', '\r']);
+    let secret = read_secret(upstream)?;
     let tokens = exchange(
         provider,
         &discovery.token_endpoint,
         upstream,
         oidc,
-        secret,
+        &secret,
         code,
         &leg.verifier,
     )
@@ -756,7 +804,19 @@ async fn finish(
     }
     drop(tokens);
     let identity = identity(&upstream.name, oidc, validated, now);
-    allow(upstream, oidc, &identity)?;
+    allow(upstream, &oidc.hosted_domains, &identity)?;
+    hand_over(ctx, upstream, leg, identity, now).await
+}
+
+/// Hands a vouched-for identity over: a login challenge for the app (Delegate) or our code
+/// for `{upstream}:{subject}` (Direct). Returns where the browser goes.
+async fn hand_over(
+    ctx: &Context<'_>,
+    upstream: &UpstreamIdp,
+    leg: &Leg,
+    identity: UpstreamIdentity,
+    now: i64,
+) -> Result<String, Failed> {
     let settings = ctx.settings;
     let mut record = leg.request.clone();
     if let Some(max) = settings.config.identity.max_upstream_age_secs {
@@ -915,16 +975,15 @@ fn identity(
 /// The allow rules: hosted domain, verified email domain, groups.
 fn allow(
     upstream: &UpstreamIdp,
-    oidc: &OidcUpstream,
+    hosted_domains: &[String],
     identity: &UpstreamIdentity,
 ) -> Result<(), Failed> {
     let denied = |outcome| Failed(outcome, OAuthError::AccessDenied);
-    if !oidc.hosted_domains.is_empty()
-        && !identity.hosted_domain.as_ref().is_some_and(|hd| {
-            oidc.hosted_domains
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(hd))
-        })
+    if !hosted_domains.is_empty()
+        && !identity
+            .hosted_domain
+            .as_ref()
+            .is_some_and(|hd| hosted_domains.iter().any(|d| d.eq_ignore_ascii_case(hd)))
     {
         return Err(denied("denied_domain"));
     }
@@ -1042,7 +1101,11 @@ mod tests {
     fn allow_rules() {
         let open = upstream(&[], &[]);
         assert_eq!(
-            outcome(allow(&open, &oidc(&[]), &person(None, false, None, &[]))),
+            outcome(allow(
+                &open,
+                &oidc(&[]).hosted_domains,
+                &person(None, false, None, &[])
+            )),
             "ok"
         );
         // Hosted domain: the claim, not the email.
@@ -1050,7 +1113,7 @@ mod tests {
         assert_eq!(
             outcome(allow(
                 &open,
-                &hd,
+                &hd.hosted_domains,
                 &person(Some("a@shop.example"), true, None, &[])
             )),
             "denied_domain"
@@ -1058,7 +1121,7 @@ mod tests {
         assert_eq!(
             outcome(allow(
                 &open,
-                &hd,
+                &hd.hosted_domains,
                 &person(None, false, Some("evil.example"), &[])
             )),
             "denied_domain"
@@ -1066,7 +1129,7 @@ mod tests {
         assert_eq!(
             outcome(allow(
                 &open,
-                &hd,
+                &hd.hosted_domains,
                 &person(None, false, Some("shop.example"), &[])
             )),
             "ok"
@@ -1076,7 +1139,7 @@ mod tests {
         assert_eq!(
             outcome(allow(
                 &mail,
-                &oidc(&[]),
+                &oidc(&[]).hosted_domains,
                 &person(Some("a@shop.example"), false, None, &[])
             )),
             "email_unverified"
@@ -1084,7 +1147,7 @@ mod tests {
         assert_eq!(
             outcome(allow(
                 &mail,
-                &oidc(&[]),
+                &oidc(&[]).hosted_domains,
                 &person(Some("a@evil.example"), true, None, &[])
             )),
             "denied_domain"
@@ -1092,19 +1155,23 @@ mod tests {
         assert_eq!(
             outcome(allow(
                 &mail,
-                &oidc(&[]),
+                &oidc(&[]).hosted_domains,
                 &person(Some("a@shop.example.evil"), true, None, &[])
             )),
             "denied_domain"
         );
         assert_eq!(
-            outcome(allow(&mail, &oidc(&[]), &person(None, true, None, &[]))),
+            outcome(allow(
+                &mail,
+                &oidc(&[]).hosted_domains,
+                &person(None, true, None, &[])
+            )),
             "denied_domain"
         );
         assert_eq!(
             outcome(allow(
                 &mail,
-                &oidc(&[]),
+                &oidc(&[]).hosted_domains,
                 &person(Some("a@SHOP.example"), true, None, &[])
             )),
             "ok"
@@ -1114,7 +1181,7 @@ mod tests {
         assert_eq!(
             outcome(allow(
                 &eng,
-                &oidc(&[]),
+                &oidc(&[]).hosted_domains,
                 &person(None, false, None, &["sales"])
             )),
             "denied_group"
@@ -1122,7 +1189,7 @@ mod tests {
         assert_eq!(
             outcome(allow(
                 &eng,
-                &oidc(&[]),
+                &oidc(&[]).hosted_domains,
                 &person(None, false, None, &["sales", "eng"])
             )),
             "ok"

@@ -10,6 +10,7 @@
 //! `client_credentials` and the other providers keep working.
 
 pub mod flow;
+pub mod github;
 pub mod id_token;
 
 use std::collections::{BTreeMap, HashMap};
@@ -346,6 +347,8 @@ fn start_jwks(
 pub struct Registry {
     providers: Mutex<HashMap<String, (ProviderSpec, Arc<Provider>)>>,
     logins: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// The client of GitHub upstreams, built for this CA bundle.
+    github: Mutex<Option<(Option<String>, ProviderClient)>>,
 }
 
 impl Registry {
@@ -357,6 +360,25 @@ impl Registry {
         ca_bundle_pem: Option<&str>,
         metrics: &Arc<Metrics>,
     ) {
+        let has_github = issuer
+            .upstreams
+            .iter()
+            .any(|u| matches!(u.kind, UpstreamKind::Github(_)));
+        {
+            let mut github = self.github.lock().unwrap_or_else(|p| p.into_inner());
+            let ca = ca_bundle_pem.map(str::to_owned);
+            if !has_github {
+                *github = None;
+            } else if github.as_ref().is_none_or(|(held, _)| *held != ca) {
+                match crate::https::connector(ca.as_deref()) {
+                    Ok(connector) => {
+                        *github =
+                            Some((ca, Client::builder(TokioExecutor::new()).build(connector)));
+                    }
+                    Err(err) => tracing::error!(error = %err, "cannot build the GitHub client"),
+                }
+            }
+        }
         let mut providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
         let mut wanted = HashMap::new();
         for upstream in &issuer.upstreams {
@@ -414,6 +436,12 @@ impl Registry {
         }
     }
 
+    /// The client of GitHub upstreams.
+    pub fn github_client(&self) -> Option<ProviderClient> {
+        let github = self.github.lock().unwrap_or_else(|p| p.into_inner());
+        github.as_ref().map(|(_, client)| client.clone())
+    }
+
     /// The live provider of an OIDC upstream.
     pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
         let providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
@@ -436,9 +464,10 @@ impl Registry {
                     Some(provider) => provider.health_line(&upstream.name, now),
                     None => format!("upstream {}: UNAVAILABLE, not started", upstream.name),
                 },
-                UpstreamKind::Github(_) => format!(
-                    "upstream {}: UNAVAILABLE, GitHub upstreams are not supported by this sidecar yet",
-                    upstream.name
+                UpstreamKind::Github(github) => format!(
+                    "upstream {}: github {} (no discovery; health shows in login outcomes)",
+                    upstream.name,
+                    github::bases(github).0
                 ),
             };
             let _ = writeln!(detail, "{line}");
@@ -471,9 +500,12 @@ impl Registry {
         );
         let _ = writeln!(out, "# TYPE scopegate_upstream_up gauge");
         for upstream in &issuer.upstreams {
-            let up = self.provider(&upstream.name).is_some_and(|p| {
-                p.discovery().is_some() && p.keys().is_some_and(|k| k.health(unix_now()).loaded)
-            });
+            let up = match upstream.kind {
+                UpstreamKind::Github(_) => self.github_client().is_some(),
+                UpstreamKind::Oidc(_) => self.provider(&upstream.name).is_some_and(|p| {
+                    p.discovery().is_some() && p.keys().is_some_and(|k| k.health(unix_now()).loaded)
+                }),
+            };
             let _ = writeln!(
                 out,
                 "scopegate_upstream_up{{upstream=\"{}\"}} {}",

@@ -1,10 +1,11 @@
-//! Upstream OIDC login through the issuer, offline on loopback.
+//! Upstream logins through the issuer, offline on loopback.
 //!
 //! The Google stand-in is npm `oidc-provider` (OpenID Certified) over HTTPS with the test's
 //! rcgen certificate, driven through its login and consent forms by a cookie-keeping client;
 //! a small hostile provider (an HTTPS stub that answers whatever ID token a case forges)
-//! runs the ID-token attack table, which a real provider would never produce. Every case
-//! asserts where the browser ends up and the outcome counter.
+//! runs the ID-token attack table, which a real provider would never produce; a GitHub API
+//! stub plays GitHub (token endpoint, `/user`, paginated `/user/emails`, org membership and
+//! teams). Every case asserts where the browser ends up and the outcome counter.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -1194,4 +1195,294 @@ async fn logs_never_carry_codes_tokens_state_nonce_or_the_cookie() {
             "a secret value reached the log: {secret}"
         );
     }
+}
+
+/// What the GitHub stub answers, and what it saw.
+#[derive(Default)]
+struct GhState {
+    token: String,
+    user: Value,
+    emails: Vec<Value>,
+    member: u16,
+    teams: Value,
+    token_requests: Vec<String>,
+}
+
+/// A GitHub Enterprise-shaped stub on 127.0.0.1 (web at `/login/oauth/*`, API at `/api/v3`).
+struct GithubStub {
+    host: String,
+    ca_pem: String,
+    state: Arc<Mutex<GhState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GithubStub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl GithubStub {
+    async fn start() -> GithubStub {
+        use http_body_util::BodyExt;
+        let certs = TestCerts::new();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certs.leaf.clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(certs.leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let state: Arc<Mutex<GhState>> = Arc::default();
+        let (shared, base) = (state.clone(), format!("https://{host}"));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, shared, base) = (acceptor.clone(), shared.clone(), base.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (shared, base) = (shared.clone(), base.clone());
+                            async move {
+                                let target = req
+                                    .uri()
+                                    .path_and_query()
+                                    .map(|p| p.to_string())
+                                    .unwrap_or_default();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let mut s = shared.lock().unwrap();
+                                let page = |i: usize| s.emails.get(i).cloned().unwrap_or(json!([]));
+                                let (status, link, body) = match target.as_str() {
+                                "/login/oauth/access_token" => {
+                                    s.token_requests.push(String::from_utf8_lossy(&body).into_owned());
+                                    (200, None, s.token.clone())
+                                }
+                                "/api/v3/user" => (200, None, s.user.to_string()),
+                                "/api/v3/user/emails?per_page=100" => (
+                                    200,
+                                    (s.emails.len() > 1).then(|| {
+                                        format!("<{base}/api/v3/user/emails?per_page=100&page=2>; rel=\"next\"")
+                                    }),
+                                    page(0).to_string(),
+                                ),
+                                "/api/v3/user/emails?per_page=100&page=2" => (200, None, page(1).to_string()),
+                                "/api/v3/user/teams?per_page=100" => (200, None, s.teams.to_string()),
+                                t if t.starts_with("/api/v3/orgs/acme/members/") => (s.member, None, String::new()),
+                                _ => (404, None, String::new()),
+                            };
+                                let mut response = hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json");
+                                if let Some(link) = link {
+                                    response = response.header("link", link);
+                                }
+                                Ok::<_, std::convert::Infallible>(
+                                    response
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        GithubStub {
+            host,
+            ca_pem: certs.ca_pem.clone(),
+            state,
+            task,
+        }
+    }
+
+    /// The happy account: id 583231, primary verified email on page 2, in acme/sre.
+    fn octocat(&self, login: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.token = json!({"access_token": "gho_stub", "token_type": "bearer", "scope": "read:user,user:email,read:org"}).to_string();
+        s.user = json!({"id": 583231, "login": login, "name": "The Octocat", "email": "public@profile.example"});
+        s.emails = vec![
+            json!([{"email": "old@elsewhere.example", "primary": false, "verified": true}]),
+            json!([{"email": "octocat@shop.example", "primary": true, "verified": true}]),
+        ];
+        s.member = 204;
+        s.teams = json!([{"slug": "sre", "organization": {"login": "acme"}}, {"slug": "sre", "organization": {"login": "other"}}]);
+    }
+}
+
+async fn github_world(mode: &str) -> (Issuer, GithubStub) {
+    let issuer = Issuer::start(Spec::default()).await;
+    let stub = GithubStub::start().await;
+    std::fs::write(issuer.dir.join("gh.secret"), "gh-secret-0123456789").unwrap();
+    let mut config = issuer.config.clone();
+    config["caBundlePem"] = json!(format!("{}{}", issuer.certs.ca_pem, stub.ca_pem));
+    config["policy"]["generation"] = json!(unique());
+    config["issuer"]["upstreams"] = json!([
+        {"name": "github", "displayName": "GitHub", "clientId": "Iv23li-test",
+         "clientSecretPath": issuer.dir.join("gh.secret"),
+         "callbackUrl": format!("{}/oauth2/upstream/github/callback", issuer.url),
+         "github": {"hostName": stub.host, "orgs": [{"name": "acme", "teams": ["sre"]}]}}
+    ]);
+    config["issuer"]["identity"] = json!({"mode": mode, "directScopes": ["read:items"]});
+    reconfigure(&issuer, &config).await;
+    (issuer, stub)
+}
+
+/// Runs a GitHub leg: authorize → start → (the stub "approves") → callback. Returns the
+/// provider URL the browser was sent to and the issuer's answer to the callback.
+async fn github_login(issuer: &Issuer, stub: &GithubStub) -> (String, RawResponse) {
+    let mut browser = Browser::new(&issuer.certs);
+    let url = format!(
+        "{}/oauth2/authorize?{}&upstream=github",
+        issuer.url,
+        web_query("st-gh", Some("read:items"))
+    );
+    let start = browser.send("GET", &url, None).await;
+    let start = start.header("location").unwrap().to_owned();
+    assert!(start.contains("/oauth2/upstream/github/start"), "{start}");
+    let to_github = browser
+        .send("GET", &start, None)
+        .await
+        .header("location")
+        .unwrap()
+        .to_owned();
+    assert!(
+        to_github.starts_with(&format!("https://{}/login/oauth/authorize?", stub.host)),
+        "{to_github}"
+    );
+    let state = query_param(&to_github, "state").unwrap();
+    let callback = format!(
+        "{}/oauth2/upstream/github/callback?code=gh-code&state={}",
+        issuer.url,
+        enc(&state)
+    );
+    (to_github, browser.send("GET", &callback, None).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_login_keys_on_the_numeric_id_and_takes_only_a_verified_primary_email() {
+    let (issuer, stub) = github_world("delegate").await;
+    stub.octocat("octocat");
+    let (to_github, back) = github_login(&issuer, &stub).await;
+    assert_eq!(
+        query_param(&to_github, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    assert_eq!(
+        query_param(&to_github, "scope").as_deref(),
+        Some("read:user user:email read:org")
+    );
+    assert!(query_param(&to_github, "nonce").is_none());
+    // The code exchange carried our PKCE verifier for the challenge GitHub was shown.
+    let exchange = stub
+        .state
+        .lock()
+        .unwrap()
+        .token_requests
+        .last()
+        .cloned()
+        .unwrap();
+    let verifier = query_param(&format!("?{exchange}"), "code_verifier").unwrap();
+    assert_eq!(
+        scopegate_sidecar::issuer::grant::s256(&verifier),
+        query_param(&to_github, "code_challenge").unwrap()
+    );
+    let location = back.header("location").unwrap().to_owned();
+    let challenge = location
+        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        .unwrap_or_else(|| panic!("{location}"));
+    let pending = issuer
+        .mint("GET", &format!("/v1/logins/{challenge}"), None)
+        .await;
+    let upstream = &pending.json()["upstream"];
+    assert_eq!(upstream["upstream"], "github");
+    assert_eq!(
+        upstream["subject"], "583231",
+        "the numeric id, never the login"
+    );
+    assert_eq!(upstream["username"], "octocat");
+    assert_eq!(
+        upstream["email"], "octocat@shop.example",
+        "the primary of page 2, not the profile email"
+    );
+    assert_eq!(upstream["emailVerified"], true);
+    assert_eq!(upstream["groups"], json!(["acme:sre"]));
+
+    // A renamed login with the same id is the same subject.
+    stub.octocat("octocat-renamed");
+    let (_, back) = github_login(&issuer, &stub).await;
+    let location = back.header("location").unwrap().to_owned();
+    let challenge = location
+        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        .unwrap();
+    let pending = issuer
+        .mint("GET", &format!("/v1/logins/{challenge}"), None)
+        .await;
+    assert_eq!(pending.json()["upstream"]["subject"], "583231");
+
+    // An unverified primary is handed over as unverified.
+    stub.state.lock().unwrap().emails = vec![json!([
+        {"email": "victim@shop.example", "primary": true, "verified": false},
+        {"email": "mine@shop.example", "primary": false, "verified": true}
+    ])];
+    let (_, back) = github_login(&issuer, &stub).await;
+    let location = back.header("location").unwrap().to_owned();
+    let challenge = location
+        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        .unwrap();
+    let pending = issuer
+        .mint("GET", &format!("/v1/logins/{challenge}"), None)
+        .await;
+    assert_eq!(pending.json()["upstream"]["email"], "victim@shop.example");
+    assert_eq!(pending.json()["upstream"]["emailVerified"], false);
+    assert_eq!(metric(&issuer, "github", "ok").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_refusals_a_200_with_error_and_org_denial_send_access_denied() {
+    let (issuer, stub) = github_world("direct").await;
+    stub.octocat("octocat");
+    // Direct mode: our token for github:583231.
+    let (_, back) = github_login(&issuer, &stub).await;
+    let location = back.header("location").unwrap().to_owned();
+    let code = query_param(&location, "code").unwrap_or_else(|| panic!("{location}"));
+    let token = redeem(&issuer, &code).await;
+    assert_eq!(
+        claims_of(token.json()["access_token"].as_str().unwrap())["sub"],
+        "github:583231"
+    );
+
+    let denied = |r: &RawResponse| {
+        let l = r.header("location").unwrap_or_default();
+        l.starts_with(WEB_REDIRECT)
+            && query_param(l, "error").as_deref() == Some("access_denied")
+            && query_param(l, "code").is_none()
+    };
+    // The token endpoint refuses the code with 200 and an error member.
+    stub.state.lock().unwrap().token = json!({"error": "bad_verification_code", "error_description": "The code passed is incorrect or expired."}).to_string();
+    let (_, back) = github_login(&issuer, &stub).await;
+    assert!(denied(&back), "{:?}", back.header("location"));
+    assert_eq!(metric(&issuer, "github", "idp_error").await, 1);
+
+    // Not a member of the organisation (404), and a member outside the team.
+    stub.octocat("octocat");
+    stub.state.lock().unwrap().member = 404;
+    let (_, back) = github_login(&issuer, &stub).await;
+    assert!(denied(&back));
+    stub.octocat("octocat");
+    stub.state.lock().unwrap().teams =
+        json!([{"slug": "sales", "organization": {"login": "acme"}}]);
+    let (_, back) = github_login(&issuer, &stub).await;
+    assert!(denied(&back));
+    assert_eq!(metric(&issuer, "github", "denied_org").await, 2);
 }

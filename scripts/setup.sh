@@ -18,6 +18,8 @@ cargo clippy --version >/dev/null 2>&1 || { echo "setup: clippy missing: rustup 
 
 # Debian packages: command -> package.
 declare -A debian=([openssl]=openssl [curl]=curl [setsid]=util-linux [redis-server]=redis-server [ip]=iproute2 [nft]=nftables)
+# Headless Chromium for the sidecar's chooser-page screenshot test.
+debian+=([chromium]=chromium)
 need=()
 for tool in "${!debian[@]}"; do
   command -v "$tool" >/dev/null || need+=("${debian[$tool]}")

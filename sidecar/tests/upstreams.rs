@@ -1486,3 +1486,81 @@ async fn github_refusals_a_200_with_error_and_org_denial_send_access_denied() {
     assert!(denied(&back));
     assert_eq!(metric(&issuer, "github", "denied_org").await, 2);
 }
+
+/// Runs headless Chromium (Debian's package, installed by scripts/setup.sh) with `args`.
+fn chromium(args: &[&str]) -> std::process::Output {
+    let profile = TempDir::new();
+    std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--ignore-certificate-errors",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("chromium runs (scripts/setup.sh installs Debian's chromium)")
+}
+
+/// Width and height of a PNG, from its IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    assert_eq!(&png[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&png[16..20]), be(&png[20..24]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chooser_page_renders_its_buttons_in_headless_chromium() {
+    let world = world("delegate").await;
+    let url = format!(
+        "{}/oauth2/authorize?{}",
+        world.issuer.url,
+        web_query("st-ui", None)
+    );
+    // The DOM as Chromium built it: the three buttons, no script.
+    let dom = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || chromium(&["--dump-dom", &url])
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    for label in [
+        "Continue with Google",
+        "Continue with Evil &lt;Corp&gt;",
+        "Sign in with your account",
+    ] {
+        assert!(dom.contains(label), "{label} in {dom}");
+    }
+    assert_eq!(dom.matches("class=\"choice\"").count(), 3, "{dom}");
+    assert!(!dom.to_ascii_lowercase().contains("<script"), "{dom}");
+    // A screenshot of the page, against one of an empty page of the same size: the buttons'
+    // text makes the image carry more than a blank one.
+    let dir = TempDir::new();
+    let shot = |target: String, name: &str| {
+        let path = dir.join(name);
+        let out = chromium(&[
+            &format!("--screenshot={}", path.display()),
+            "--window-size=640,400",
+            &target,
+        ]);
+        assert!(path.exists(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(path).unwrap()
+    };
+    let page = tokio::task::block_in_place(|| shot(url, "chooser.png"));
+    let blank = tokio::task::block_in_place(|| shot("about:blank".into(), "blank.png"));
+    eprintln!("chooser screenshot {} bytes, blank {} bytes", page.len(), blank.len());
+    assert_eq!(png_size(&page), (640, 400));
+    assert_eq!(png_size(&blank), (640, 400));
+    assert!(
+        page.len() > blank.len() + 500,
+        "the chooser renders visible buttons: {} vs {} bytes",
+        page.len(),
+        blank.len()
+    );
+}

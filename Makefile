@@ -24,3 +24,8 @@ crds:
 ## bins: build the control-plane binaries from Go modules (cached by version)
 bins:
 	@bash e2e/scripts/build-bins.sh
+
+.PHONY: images
+## images: static release binaries and reproducible OCI archives with SBOMs (images/README.md)
+images:
+	@bash images/build.sh

@@ -20,6 +20,7 @@ cargo clippy --version >/dev/null 2>&1 || { echo "setup: clippy missing: rustup 
 declare -A debian=([openssl]=openssl [curl]=curl [setsid]=util-linux [redis-server]=redis-server [ip]=iproute2 [nft]=nftables)
 # Headless Chromium for the sidecar's chooser-page screenshot test.
 debian+=([chromium]=chromium)
+debian+=([buildah]=buildah [skopeo]=skopeo [umoci]=umoci [bwrap]=bubblewrap [jq]=jq [rsync]=rsync [file]=file [objcopy]=binutils [update-ca-certificates]=ca-certificates)
 need=()
 for tool in "${!debian[@]}"; do
   command -v "$tool" >/dev/null || need+=("${debian[$tool]}")

@@ -52,4 +52,7 @@ step "operator lifecycle: leader election and SIGKILL recovery (tests start thei
 kill "$(cat "$E2E_DIR/operator.pid")" && rm -f "$E2E_DIR/operator.pid"
 cargo test -p scopegate-e2e --locked --test operator_lifecycle -- --test-threads 1 --nocapture
 
+step "release images: static binaries, reproducible OCI archives, run as uid 65532 (images/check.sh)"
+bash images/check.sh
+
 step "all tests passed in $((SECONDS - started))s"

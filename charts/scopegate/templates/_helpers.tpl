@@ -10,7 +10,11 @@ app.kubernetes.io/name: scopegate
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{- /* repository@digest when a digest is set, else repository:tag (tag defaults to appVersion). */ -}}
 {{- define "scopegate.image" -}}
+{{- if and .image.digest (not (regexMatch "^sha256:[0-9a-f]{64}$" .image.digest)) -}}
+{{- fail (printf "image digest %q of %s is not sha256:<64 hex digits>" .image.digest .image.repository) -}}
+{{- end -}}
 {{- $tag := default .Chart.AppVersion .image.tag -}}
 {{- if .image.digest -}}{{ .image.repository }}@{{ .image.digest }}{{- else -}}{{ .image.repository }}:{{ $tag }}{{- end -}}
 {{- end }}

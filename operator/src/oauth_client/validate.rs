@@ -37,6 +37,13 @@ pub enum ClientProblem {
         /// namespace/name.
         issuer: String,
     },
+    /// Login choices (spec.upstreams) the issuer does not have; they are never offered.
+    UnknownUpstreams {
+        /// namespace/name.
+        issuer: String,
+        /// The unknown names.
+        names: Vec<String>,
+    },
 }
 
 impl ClientProblem {
@@ -48,12 +55,16 @@ impl ClientProblem {
             ClientProblem::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
             ClientProblem::UnknownScopes { .. } => "UnknownScope",
             ClientProblem::NoLoginUrl { .. } => "NoLoginUrl",
+            ClientProblem::UnknownUpstreams { .. } => "UnknownUpstream",
         }
     }
 
     /// Whether the client stays out of the registry because of it.
     pub fn blocks_registration(&self) -> bool {
-        !matches!(self, ClientProblem::NoLoginUrl { .. })
+        !matches!(
+            self,
+            ClientProblem::NoLoginUrl { .. } | ClientProblem::UnknownUpstreams { .. }
+        )
     }
 }
 
@@ -82,7 +93,12 @@ impl std::fmt::Display for ClientProblem {
             }
             ClientProblem::NoLoginUrl { issuer } => write!(
                 f,
-                "the authorization_code grant needs issuer {issuer} to set issuer.self.loginUrl"
+                "the authorization_code grant needs issuer {issuer} to set issuer.self.loginUrl or upstreams"
+            ),
+            ClientProblem::UnknownUpstreams { issuer, names } => write!(
+                f,
+                "upstreams {} are not login choices of issuer {issuer} (its upstreams, or local with a loginUrl); they are never offered",
+                names.join(", ")
             ),
         }
     }
@@ -154,8 +170,28 @@ pub fn validate(client: &OAuthClient, issuer: Option<&AuthPolicy>) -> Vec<Client
         .grant_types
         .contains(&GrantType::AuthorizationCode)
         && own.login_url.is_none()
+        && own.upstreams.is_empty()
     {
-        problems.push(ClientProblem::NoLoginUrl { issuer: reference });
+        problems.push(ClientProblem::NoLoginUrl {
+            issuer: reference.clone(),
+        });
+    }
+    let unknown_upstreams: Vec<String> = client
+        .spec
+        .upstreams
+        .iter()
+        .flatten()
+        .filter(|name| {
+            let local = name.as_str() == scopegate_core::upstream::LOCAL && own.login_url.is_some();
+            !local && !own.upstreams.iter().any(|u| &u.name == *name)
+        })
+        .cloned()
+        .collect();
+    if !unknown_upstreams.is_empty() {
+        problems.push(ClientProblem::UnknownUpstreams {
+            issuer: reference,
+            names: unknown_upstreams,
+        });
     }
     problems
 }
@@ -230,6 +266,42 @@ spec:
         verifier.spec.issuer.self_ = None;
         let not_self = validate(&client("shop", ""), Some(&verifier));
         assert_eq!(not_self[0].reason(), "IssuerDoesNotIssue");
+    }
+
+    #[test]
+    fn login_choices_must_be_the_issuers() {
+        let mut with = issuer();
+        with.spec.issuer.self_.as_mut().unwrap().upstreams = serde_yaml_ng::from_str(
+            "[{name: google, clientId: c, clientSecretRef: {name: g, key: k}, oidc: {issuer: https://accounts.google.com}}]",
+        )
+        .unwrap();
+        let ok = client("shop", "  upstreams: [google]");
+        assert!(validate(&ok, Some(&with)).is_empty());
+        let bad = validate(
+            &client("shop", "  upstreams: [google, github, local]"),
+            Some(&with),
+        );
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].reason(), "UnknownUpstream");
+        assert!(
+            !bad[0].blocks_registration(),
+            "the known choices still work"
+        );
+        assert!(
+            bad[0]
+                .to_string()
+                .starts_with("upstreams github, local are not"),
+            "{}",
+            bad[0]
+        );
+        // Direct-mode upstreams make authorization_code work without a loginUrl.
+        let mut browser = client("shop", "  redirectUris: [\"https://a.example/cb\"]");
+        browser.spec.grant_types = vec![GrantType::AuthorizationCode];
+        assert!(validate(&browser, Some(&with)).is_empty());
+        assert_eq!(
+            validate(&browser, Some(&issuer()))[0].reason(),
+            "NoLoginUrl"
+        );
     }
 
     #[test]

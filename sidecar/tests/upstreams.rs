@@ -1554,7 +1554,11 @@ async fn chooser_page_renders_its_buttons_in_headless_chromium() {
     };
     let page = tokio::task::block_in_place(|| shot(url, "chooser.png"));
     let blank = tokio::task::block_in_place(|| shot("about:blank".into(), "blank.png"));
-    eprintln!("chooser screenshot {} bytes, blank {} bytes", page.len(), blank.len());
+    eprintln!(
+        "chooser screenshot {} bytes, blank {} bytes",
+        page.len(),
+        blank.len()
+    );
     assert_eq!(png_size(&page), (640, 400));
     assert_eq!(png_size(&blank), (640, 400));
     assert!(

@@ -585,8 +585,10 @@ async fn fifty_concurrent_redemptions_of_one_code_make_one_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_refreshes_get_grace_siblings_and_a_late_replay_revokes_the_family() {
+    // The window is wide so that a loaded machine still fits the burst inside it (a burst that
+    // overran it would fail the 200s below, not pass wrongly).
     let tuning = IssuerTuning {
-        refresh_grace_ms: 1_500,
+        refresh_grace_ms: 5_000,
         ..IssuerTuning::default()
     };
     let issuer = std::sync::Arc::new(
@@ -600,7 +602,6 @@ async fn concurrent_refreshes_get_grace_siblings_and_a_late_replay_revokes_the_f
         .await
         .json();
     let refresh = first["refresh_token"].as_str().unwrap().to_owned();
-    let started = Instant::now();
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let issuer = issuer.clone();
@@ -621,10 +622,6 @@ async fn concurrent_refreshes_get_grace_siblings_and_a_late_replay_revokes_the_f
         assert_eq!(r.status, 200, "{}", body(&r));
         tokens.push(r.json());
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(1_500),
-        "the burst fit inside the grace window"
-    );
     let generations: std::collections::BTreeSet<String> = tokens
         .iter()
         .map(|t| {
@@ -642,8 +639,9 @@ async fn concurrent_refreshes_get_grace_siblings_and_a_late_replay_revokes_the_f
         20,
         "one rotation and 19 siblings, each a distinct generation"
     );
-    // Wait until the grace window has certainly passed, then replay the rotated token.
-    let grace_end = started + Duration::from_millis(1_600);
+    // Wait until the grace window has certainly passed (it opened at the first rotation,
+    // before the burst ended), then replay the rotated token.
+    let grace_end = Instant::now() + Duration::from_millis(5_100);
     tokio::time::sleep_until(grace_end.into()).await;
     let replay = issuer
         .token(

@@ -289,12 +289,14 @@ impl Issuer {
         let mut ticks = 0u64;
         loop {
             tokio::time::sleep(Duration::from_millis(self.tuning.feed_poll_ms.max(10))).await;
+            // The first head seen also wakes the readers: a reader may have started waiting
+            // before this loop's first successful read, and an entry another replica appended
+            // in between would otherwise wait for the reader's deadline. A wake-up without
+            // news only makes readers look again.
             if let Ok(head) = Store::feed_head(&*redis).await
                 && last.as_ref() != Some(&head)
             {
-                if last.is_some() {
-                    self.notify_feed();
-                }
+                self.notify_feed();
                 last = Some(head);
             }
             ticks += 1;

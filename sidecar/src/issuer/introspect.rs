@@ -4,24 +4,22 @@
 //! tokens issued to it or carrying one of its audiences; everything else is exactly
 //! `{"active": false}`.
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use scopegate_core::clients::RegisteredClient;
 use serde_json::{Value, json};
 
-use super::clients;
+use super::client_request::{self, ClientRequest, PublicClients};
 use super::error::OAuthError;
 use super::form::Form;
-use super::limits::{Endpoint, Limiter};
+use super::limits::Endpoint;
 use super::ops;
 use super::refresh::{self, Family};
 use super::store;
-use super::token::read_form;
 use super::{Context, IssuerSettings, reply};
 use crate::jose::json::{self, Audience, Claims};
 use crate::jose::jws::{self, Typ};
 use crate::proxy::ProxyBody;
-use crate::unix_now;
 
 /// Reads an access token this issuer signed (any time: expiry is the caller's to judge).
 pub fn read_access_token(settings: &IssuerSettings, token: &str) -> Option<Claims> {
@@ -44,56 +42,18 @@ fn audiences(aud: &Option<Audience>) -> Vec<String> {
 
 /// Answers an introspection request.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
-    if req.method() != Method::POST {
-        return reply::error(&OAuthError::MethodNotAllowed("POST"));
-    }
-    let limiter = Limiter::new(
-        ctx.issuer.store.as_ref(),
-        ctx.issuer.tuning.limits,
-        Endpoint::Introspect,
-        ctx.client_ip,
-    );
-    if let Err(err) = limiter.before().await {
-        return reply::error(&err);
-    }
-    let (parts, body) = req.into_parts();
-    let form = match read_form(&parts, body).await {
-        Ok(form) => form,
-        Err(err) => return reply::error(&limiter.failed(None, err).await),
-    };
-    let presented = match clients::presented(&parts.headers, &form) {
-        Ok(p) => p,
-        Err(err) => return reply::error(&limiter.failed(None, err).await),
-    };
-    let now = unix_now();
-    // Public clients never introspect: only a secret authenticates here.
-    let authenticated = clients::authenticate(
-        &ctx.settings.clients,
-        &presented,
-        &ctx.issuer.slow_cache,
+    let ClientRequest {
+        limiter,
+        form,
+        client,
         now,
-    )
-    .and_then(|c| {
-        if c.public {
-            Err(OAuthError::InvalidClient { basic: true })
-        } else {
-            Ok(c)
-        }
-    });
-    let caller = match authenticated {
-        Ok(client) => client,
-        Err(_) => {
-            tracing::info!(endpoint = "introspect", "client authentication failed");
-            let err = OAuthError::InvalidClient { basic: true };
-            return reply::error(&limiter.failed(Some(presented.id()), err).await);
-        }
+    } = match client_request::open(ctx, req, Endpoint::Introspect, PublicClients::Refused).await {
+        Ok(request) => request,
+        Err(answer) => return answer,
     };
-    if let Err(err) = limiter.admit(&caller.client_id).await {
-        return reply::error(&err);
-    }
-    match introspect(ctx, caller, &form, now).await {
+    match introspect(ctx, client, &form, now).await {
         Ok(body) => reply::credentials(&body),
-        Err(err) => reply::error(&limiter.failed(Some(&caller.client_id), err).await),
+        Err(err) => reply::error(&limiter.failed(Some(&client.client_id), err).await),
     }
 }
 

@@ -51,7 +51,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Endpoint::Token => "token",
             Endpoint::Authorize => "authorize",

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod authorize;
+pub mod client_request;
 pub mod clients;
 pub mod codes;
 pub mod error;

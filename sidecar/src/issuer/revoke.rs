@@ -4,60 +4,30 @@
 //! already-revoked tokens answer 200. A token issued to another client is refused with
 //! `unauthorized_client` and stays valid (RFC 7009 §2.1: the request is refused).
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use scopegate_core::clients::RegisteredClient;
 
-use super::clients;
+use super::client_request::{self, ClientRequest, PublicClients};
 use super::error::OAuthError;
 use super::form::Form;
 use super::introspect::{family_of, read_access_token};
-use super::limits::{Endpoint, Limiter};
+use super::limits::Endpoint;
 use super::ops;
-use super::token::read_form;
 use super::{Context, reply};
 use crate::proxy::ProxyBody;
-use crate::unix_now;
 
 /// Answers a revocation request.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
-    if req.method() != Method::POST {
-        return reply::error(&OAuthError::MethodNotAllowed("POST"));
-    }
-    let limiter = Limiter::new(
-        ctx.issuer.store.as_ref(),
-        ctx.issuer.tuning.limits,
-        Endpoint::Revoke,
-        ctx.client_ip,
-    );
-    if let Err(err) = limiter.before().await {
-        return reply::error(&err);
-    }
-    let (parts, body) = req.into_parts();
-    let form = match read_form(&parts, body).await {
-        Ok(form) => form,
-        Err(err) => return reply::error(&limiter.failed(None, err).await),
-    };
-    let presented = match clients::presented(&parts.headers, &form) {
-        Ok(p) => p,
-        Err(err) => return reply::error(&limiter.failed(None, err).await),
-    };
-    let now = unix_now();
-    let client = match clients::authenticate(
-        &ctx.settings.clients,
-        &presented,
-        &ctx.issuer.slow_cache,
+    let ClientRequest {
+        limiter,
+        form,
+        client,
         now,
-    ) {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::info!(endpoint = "revoke", "client authentication failed");
-            return reply::error(&limiter.failed(Some(presented.id()), err).await);
-        }
+    } = match client_request::open(ctx, req, Endpoint::Revoke, PublicClients::Allowed).await {
+        Ok(request) => request,
+        Err(answer) => return answer,
     };
-    if let Err(err) = limiter.admit(&client.client_id).await {
-        return reply::error(&err);
-    }
     match revoke(ctx, client, &form, now).await {
         Ok(()) => {
             let mut response = reply::status(StatusCode::OK);

@@ -1,67 +1,38 @@
 //! `/oauth2/token` (RFC 6749 §3.2, §4.1.3, §4.4, §6): client_credentials,
 //! authorization_code with PKCE S256, and refresh_token with rotation.
 
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use scopegate_core::clients::RegisteredClient;
 use serde_json::{Value, json};
 
 use super::access::{self, Grant};
-use super::clients;
+use super::client_request::{self, ClientRequest, PublicClients};
 use super::codes::Redeemed;
 use super::error::OAuthError;
 use super::form::{self, Form};
 use super::grant;
-use super::limits::{Endpoint, Limiter};
+use super::limits::Endpoint;
 use super::ops::{self, Redemption, Refreshed};
 use super::refresh::{self, Family};
 use super::store::{self, hashed_key};
 use super::{Context, random_token, reply};
 use crate::proxy::ProxyBody;
-use crate::unix_now;
 
 /// Grant types the issuer offers.
 pub const GRANT_TYPES: [&str; 3] = ["authorization_code", "client_credentials", "refresh_token"];
 
 /// Answers a token request.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
-    if req.method() != Method::POST {
-        return reply::error(&OAuthError::MethodNotAllowed("POST"));
-    }
-    let limiter = Limiter::new(
-        ctx.issuer.store.as_ref(),
-        ctx.issuer.tuning.limits,
-        Endpoint::Token,
-        ctx.client_ip,
-    );
-    if let Err(err) = limiter.before().await {
-        return reply::error(&err);
-    }
-    let (parts, body) = req.into_parts();
-    let form = match read_form(&parts, body).await {
-        Ok(form) => form,
-        Err(err) => return reply::error(&limiter.failed(None, err).await),
-    };
-    let presented = match clients::presented(&parts.headers, &form) {
-        Ok(p) => p,
-        Err(err) => return reply::error(&limiter.failed(None, err).await),
-    };
-    let now = unix_now();
-    let client = match clients::authenticate(
-        &ctx.settings.clients,
-        &presented,
-        &ctx.issuer.slow_cache,
+    let ClientRequest {
+        limiter,
+        form,
+        client,
         now,
-    ) {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::info!(endpoint = "token", "client authentication failed");
-            return reply::error(&limiter.failed(Some(presented.id()), err).await);
-        }
+    } = match client_request::open(ctx, req, Endpoint::Token, PublicClients::Allowed).await {
+        Ok(request) => request,
+        Err(answer) => return answer,
     };
-    if let Err(err) = limiter.admit(&client.client_id).await {
-        return reply::error(&err);
-    }
     match grant(ctx, client, &form, now).await {
         Ok(body) => reply::credentials(&body),
         Err(err) => {

@@ -1,0 +1,100 @@
+//! The opening that the client-authenticated POST endpoints (token, revoke, introspect) share:
+//! the method, the address budget, the form, client authentication (failures counted apart),
+//! and the client's budget.
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use scopegate_core::clients::RegisteredClient;
+
+use super::clients;
+use super::error::OAuthError;
+use super::form::Form;
+use super::limits::{Endpoint, Limiter};
+use super::token::read_form;
+use super::{Context, reply};
+use crate::proxy::ProxyBody;
+use crate::unix_now;
+
+/// A request whose client authenticated and whose budgets admitted it.
+pub struct ClientRequest<'a> {
+    /// Counts the request's failures against the client and the address.
+    pub limiter: Limiter<'a>,
+    /// The form parameters.
+    pub form: Form,
+    /// The authenticated client.
+    pub client: &'a RegisteredClient,
+    /// Unix seconds when the request was authenticated.
+    pub now: i64,
+}
+
+/// Whether public clients (`token_endpoint_auth_method: none`) may call the endpoint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PublicClients {
+    /// They may (token, revoke).
+    Allowed,
+    /// Only a secret authenticates here (introspection); every failure answers like a
+    /// wrong secret.
+    Refused,
+}
+
+/// Opens a client-authenticated request, or gives the answer that ends it.
+pub async fn open<'a>(
+    ctx: &'a Context<'_>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    public: PublicClients,
+) -> Result<ClientRequest<'a>, Response<ProxyBody>> {
+    if req.method() != Method::POST {
+        return Err(reply::error(&OAuthError::MethodNotAllowed("POST")));
+    }
+    let limiter = Limiter::new(
+        ctx.issuer.store.as_ref(),
+        ctx.issuer.tuning.limits,
+        endpoint,
+        ctx.client_ip,
+    );
+    if let Err(err) = limiter.before().await {
+        return Err(reply::error(&err));
+    }
+    let (parts, body) = req.into_parts();
+    let form = match read_form(&parts, body).await {
+        Ok(form) => form,
+        Err(err) => return Err(reply::error(&limiter.failed(None, err).await)),
+    };
+    let presented = match clients::presented(&parts.headers, &form) {
+        Ok(p) => p,
+        Err(err) => return Err(reply::error(&limiter.failed(None, err).await)),
+    };
+    let now = unix_now();
+    let authenticated = clients::authenticate(
+        &ctx.settings.clients,
+        &presented,
+        &ctx.issuer.slow_cache,
+        now,
+    );
+    let client = match (authenticated, public) {
+        (Ok(client), PublicClients::Refused) if client.public => {
+            Err(OAuthError::InvalidClient { basic: true })
+        }
+        (Err(_), PublicClients::Refused) => Err(OAuthError::InvalidClient { basic: true }),
+        (result, _) => result,
+    };
+    let client = match client {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::info!(endpoint = endpoint.name(), "client authentication failed");
+            return Err(reply::error(
+                &limiter.failed(Some(presented.id()), err).await,
+            ));
+        }
+    };
+    if let Err(err) = limiter.admit(&client.client_id).await {
+        return Err(reply::error(&err));
+    }
+    Ok(ClientRequest {
+        limiter,
+        form,
+        client,
+        now,
+    })
+}

@@ -89,6 +89,10 @@ pub struct UpstreamIdp {
     pub client_secret_path: String,
     /// The redirect URI registered at the provider, exactly.
     pub callback_url: String,
+    /// PEM certificates trusted for this provider only, next to the system roots and the
+    /// sidecar's `caBundlePem` (a private provider, or a test stand-in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_pem: Option<String>,
     /// What kind of provider, and its settings.
     #[serde(flatten)]
     pub kind: UpstreamKind,

@@ -602,6 +602,15 @@ fn cases() -> Vec<Case> {
             "scopes must contain openid",
         ),
         (
+            "a caBundle that is not PEM certificates",
+            upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["upstreams"][0]["caBundle"] =
+                    json!("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+            },
+            "caBundle must hold PEM certificates (-----BEGIN CERTIFICATE-----)",
+        ),
+        (
             "HS256 ID tokens",
             upstream_policy,
             |v| {

@@ -40,6 +40,19 @@ pub struct UpstreamProvider {
     /// operator copies it into the Secret <policy>-upstreams that only issuer pods mount, and
     /// rolls a changed secret in without a restart.
     pub client_secret_ref: SecretKeyRef,
+    /// PEM certificates (CAs) trusted when connecting to this provider only, in addition to
+    /// the system roots: for a provider behind a private CA (an in-house Keycloak, GitHub
+    /// Enterprise Server). Not needed for Google or github.com. An unparsable bundle leaves
+    /// the upstream out of the issuer's config with reason CaBundleInvalid in status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.contains('-----BEGIN CERTIFICATE-----')",
+            "message": "caBundle must hold PEM certificates (-----BEGIN CERTIFICATE-----)"
+        }
+    ]))]
+    pub ca_bundle: Option<String>,
     /// An OpenID Connect provider (Google: issuer https://accounts.google.com).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oidc: Option<OidcProvider>,

@@ -442,13 +442,29 @@ pub fn public_url(own: &api::SelfIssuer) -> String {
     base.trim_end_matches('/').to_owned()
 }
 
+/// Whether `pem` holds at least one certificate usable as a trust anchor and nothing that
+/// fails to parse (what the sidecar will require of it).
+pub fn ca_bundle_valid(pem: &str) -> bool {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let Ok(certs) = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    let (added, ignored) = rustls::RootCertStore::empty().add_parsable_certificates(certs);
+    added > 0 && ignored == 0
+}
+
 /// The upstreams as the sidecar sees them: the client secret by the path of its file in the
-/// mounted `<policy>-upstreams` Secret, and the callback URL the admin registers.
+/// mounted `<policy>-upstreams` Secret, and the callback URL the admin registers. An upstream
+/// whose `caBundle` does not parse is left out (status says why), so that one bad bundle
+/// never makes the whole sidecar config unusable.
 pub fn upstreams(own: &api::SelfIssuer) -> Vec<scopegate_core::upstream::UpstreamIdp> {
     use scopegate_core::upstream as up;
     let base = public_url(own);
     own.upstreams
         .iter()
+        .filter(|u| u.ca_bundle.as_deref().is_none_or(ca_bundle_valid))
         .filter_map(|u| {
             let kind = match (&u.oidc, &u.github) {
                 (Some(oidc), None) => up::UpstreamKind::Oidc(up::OidcUpstream {
@@ -497,6 +513,7 @@ pub fn upstreams(own: &api::SelfIssuer) -> Vec<scopegate_core::upstream::Upstrea
                 client_id: u.client_id.clone(),
                 client_secret_path: format!("{}/{}", up::SECRETS_DIR, up::secret_key(&u.name)),
                 callback_url: up::callback_url(&base, &u.name),
+                ca_bundle_pem: u.ca_bundle.clone(),
                 kind,
                 allow: up::AllowRules {
                     email_domains: allow.email_domains,
@@ -533,6 +550,11 @@ pub fn upstream_status(own: &api::SelfIssuer, missing: &[String]) -> Vec<api::Up
         .map(|u| {
             let reason = if public_url_ignored(own) {
                 Some("PublicUrlIgnored: publicUrl has another path than url; url is used".into())
+            } else if u.ca_bundle.as_deref().is_some_and(|pem| !ca_bundle_valid(pem)) {
+                Some(
+                    "CaBundleInvalid: caBundle holds a PEM block that is not a usable certificate; the upstream is not offered"
+                        .into(),
+                )
             } else if missing.contains(&u.name) {
                 Some(format!(
                     "SecretMissing: key {} of Secret {} not found",
@@ -707,6 +729,41 @@ spec:
                 .starts_with("PublicUrlIgnored")
         );
         assert!(!public_url_ignored(own));
+    }
+
+    #[test]
+    fn a_usable_ca_bundle_reaches_its_upstream_and_a_broken_one_leaves_it_out() {
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        assert!(ca_bundle_valid(&ca));
+        let truncated = ca.replace(&ca[40..80], "");
+        let key_only = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        // A good certificate next to garbage is refused too: the sidecar would refuse it.
+        let mixed = format!("{ca}{key_only}");
+        for broken in [truncated.as_str(), key_only, mixed.as_str(), "", "hello"] {
+            assert!(!ca_bundle_valid(broken), "{broken:?}");
+        }
+        let p = policy(AUTH_WITH_UPSTREAMS);
+        let mut own = p.spec.issuer.self_.clone().unwrap();
+        own.upstreams[0].ca_bundle = Some(ca.clone());
+        own.upstreams[1].ca_bundle = Some(mixed);
+        let rendered = upstreams(&own);
+        assert_eq!(rendered.len(), 1, "the github upstream is left out");
+        assert_eq!(rendered[0].name, "google");
+        assert_eq!(rendered[0].ca_bundle_pem.as_deref(), Some(ca.as_str()));
+        let status = upstream_status(&own, &[]);
+        assert!(status[0].ready);
+        assert!(!status[1].ready);
+        assert!(
+            status[1]
+                .reason
+                .as_deref()
+                .unwrap()
+                .starts_with("CaBundleInvalid")
+        );
     }
 
     #[test]

@@ -679,10 +679,14 @@ async fn finish_github(
     let code = form
         .get("code")
         .ok_or(Failed("idp_error", OAuthError::AccessDenied))?;
-    let client = ctx.issuer.upstreams.github_client().ok_or(Failed(
-        "idp_error",
-        OAuthError::TemporarilyUnavailable("upstream unavailable"),
-    ))?;
+    let client = ctx
+        .issuer
+        .upstreams
+        .github_client(&upstream.name)
+        .ok_or(Failed(
+            "idp_error",
+            OAuthError::TemporarilyUnavailable("upstream unavailable"),
+        ))?;
     let secret = read_secret(upstream)?;
     let now = unix_now();
     let identity = github::login(&client, upstream, gh, &secret, code, &leg.verifier, now)
@@ -1066,6 +1070,7 @@ mod tests {
             client_id: "c".into(),
             client_secret_path: "/x".into(),
             callback_url: "https://a/oauth2/upstream/google/callback".into(),
+            ca_bundle_pem: None,
             kind: UpstreamKind::Oidc(oidc(&[])),
             allow: names::AllowRules {
                 email_domains: domains.iter().map(|s| (*s).to_owned()).collect(),

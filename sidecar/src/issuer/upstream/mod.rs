@@ -26,7 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use scopegate_core::config::IssuerConfig;
-use scopegate_core::upstream::{OUTCOMES, UpstreamKind};
+use scopegate_core::upstream::{OUTCOMES, UpstreamIdp, UpstreamKind};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
@@ -44,6 +44,8 @@ const DISCOVERY_REFRESH: Duration = Duration::from_secs(3600);
 /// How often the provider's JWKS is refetched (and the least time between two fetches for
 /// an unknown kid).
 pub const JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// Why an upstream whose CA bundle does not parse is unavailable.
+const BAD_CA_BUNDLE: &str = "its caBundlePem holds no valid PEM certificate";
 /// First retry after a failed discovery; doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -347,8 +349,23 @@ fn start_jwks(
 pub struct Registry {
     providers: Mutex<HashMap<String, (ProviderSpec, Arc<Provider>)>>,
     logins: Mutex<BTreeMap<(String, &'static str), u64>>,
-    /// The client of GitHub upstreams, built for this CA bundle.
-    github: Mutex<Option<(Option<String>, ProviderClient)>>,
+    /// The client of each GitHub upstream, with the CA bundle it was built for.
+    github: Mutex<HashMap<String, (Option<String>, ProviderClient)>>,
+    /// Upstreams that could not be started, and why (for `/readyz`).
+    broken: Mutex<HashMap<String, &'static str>>,
+}
+
+/// What a connection to `upstream` trusts besides the system roots: the sidecar's bundle and
+/// the upstream's own (which no other upstream trusts).
+fn trust_for(upstream: &UpstreamIdp, ca_bundle_pem: Option<&str>) -> Option<String> {
+    match (ca_bundle_pem, upstream.ca_bundle_pem.as_deref()) {
+        (None, None) => None,
+        (global, own) => Some(format!(
+            "{}\n{}",
+            global.unwrap_or_default(),
+            own.unwrap_or_default()
+        )),
+    }
 }
 
 impl Registry {
@@ -360,22 +377,29 @@ impl Registry {
         ca_bundle_pem: Option<&str>,
         metrics: &Arc<Metrics>,
     ) {
-        let has_github = issuer
-            .upstreams
-            .iter()
-            .any(|u| matches!(u.kind, UpstreamKind::Github(_)));
+        let mut broken = HashMap::new();
         {
             let mut github = self.github.lock().unwrap_or_else(|p| p.into_inner());
-            let ca = ca_bundle_pem.map(str::to_owned);
-            if !has_github {
-                *github = None;
-            } else if github.as_ref().is_none_or(|(held, _)| *held != ca) {
+            let mut wanted = HashMap::new();
+            for upstream in &issuer.upstreams {
+                if matches!(upstream.kind, UpstreamKind::Github(_)) {
+                    wanted.insert(upstream.name.clone(), trust_for(upstream, ca_bundle_pem));
+                }
+            }
+            github.retain(|name, (held, _)| wanted.get(name) == Some(held));
+            for (name, ca) in wanted {
+                if github.contains_key(&name) {
+                    continue;
+                }
                 match crate::https::connector(ca.as_deref()) {
                     Ok(connector) => {
-                        *github =
-                            Some((ca, Client::builder(TokioExecutor::new()).build(connector)));
+                        let client = Client::builder(TokioExecutor::new()).build(connector);
+                        github.insert(name, (ca, client));
                     }
-                    Err(err) => tracing::error!(error = %err, "cannot build the GitHub client"),
+                    Err(err) => {
+                        tracing::error!(upstream = %name, error = %err, "cannot build the GitHub client");
+                        broken.insert(name, BAD_CA_BUNDLE);
+                    }
                 }
             }
         }
@@ -397,7 +421,7 @@ impl Registry {
             let spec = ProviderSpec {
                 issuer: oidc.issuer.clone(),
                 algorithms,
-                ca_bundle_pem: ca_bundle_pem.map(str::to_owned),
+                ca_bundle_pem: trust_for(upstream, ca_bundle_pem),
             };
             wanted.insert(upstream.name.clone(), spec);
         }
@@ -410,6 +434,7 @@ impl Registry {
                 Ok(connector) => connector,
                 Err(err) => {
                     tracing::error!(upstream = %name, error = %err, "cannot build the upstream client");
+                    broken.insert(name, BAD_CA_BUNDLE);
                     continue;
                 }
             };
@@ -434,12 +459,18 @@ impl Registry {
                 .push(task);
             providers.insert(name, (spec, provider));
         }
+        *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = broken;
     }
 
-    /// The client of GitHub upstreams.
-    pub fn github_client(&self) -> Option<ProviderClient> {
+    /// The client of the GitHub upstream `name`.
+    pub fn github_client(&self, name: &str) -> Option<ProviderClient> {
         let github = self.github.lock().unwrap_or_else(|p| p.into_inner());
-        github.as_ref().map(|(_, client)| client.clone())
+        github.get(name).map(|(_, client)| client.clone())
+    }
+
+    fn broken(&self, name: &str) -> Option<&'static str> {
+        let broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        broken.get(name).copied()
     }
 
     /// The live provider of an OIDC upstream.
@@ -459,6 +490,10 @@ impl Registry {
     pub fn readiness(&self, issuer: &IssuerConfig, detail: &mut String) {
         let now = unix_now();
         for upstream in &issuer.upstreams {
+            if let Some(why) = self.broken(&upstream.name) {
+                let _ = writeln!(detail, "upstream {}: UNAVAILABLE, {why}", upstream.name);
+                continue;
+            }
             let line = match &upstream.kind {
                 UpstreamKind::Oidc(_) => match self.provider(&upstream.name) {
                     Some(provider) => provider.health_line(&upstream.name, now),
@@ -501,7 +536,7 @@ impl Registry {
         let _ = writeln!(out, "# TYPE scopegate_upstream_up gauge");
         for upstream in &issuer.upstreams {
             let up = match upstream.kind {
-                UpstreamKind::Github(_) => self.github_client().is_some(),
+                UpstreamKind::Github(_) => self.github_client(&upstream.name).is_some(),
                 UpstreamKind::Oidc(_) => self.provider(&upstream.name).is_some_and(|p| {
                     p.discovery().is_some() && p.keys().is_some_and(|k| k.health(unix_now()).loaded)
                 }),
@@ -514,5 +549,69 @@ impl Registry {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(upstreams: serde_json::Value) -> IssuerConfig {
+        serde_json::from_value(serde_json::json!({
+            "url": "https://auth", "signingKeysPath": "/k", "clientsPath": "/c",
+            "accessTokenTtlSecs": 60, "refreshTokenTtlSecs": 60, "codeTtlSecs": 60,
+            "upstreams": upstreams
+        }))
+        .unwrap()
+    }
+
+    fn github(name: &str, ca: Option<&str>) -> serde_json::Value {
+        serde_json::json!({"name": name, "displayName": name, "clientId": "c",
+            "clientSecretPath": "/s", "callbackUrl": "https://auth/cb",
+            "caBundlePem": ca, "github": {}})
+    }
+
+    #[test]
+    fn an_upstreams_ca_is_trusted_for_it_alone_and_a_broken_one_is_reported() {
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let config = issuer(serde_json::json!([
+            github("private", Some(&ca)),
+            github("public", None),
+            github("broken", Some(broken)),
+        ]));
+        let [private, public, _] = &config.upstreams[..] else {
+            panic!("three upstreams");
+        };
+        let global = "GLOBAL";
+        assert!(trust_for(private, Some(global)).unwrap().contains(&ca));
+        let public_trust = trust_for(public, Some(global)).unwrap();
+        assert!(public_trust.contains(global) && !public_trust.contains(&ca));
+        assert_eq!(trust_for(public, None), None);
+
+        let registry = Registry::default();
+        registry.reconcile(&config, None, &Arc::new(Metrics::default()));
+        assert!(registry.github_client("private").is_some());
+        assert!(registry.github_client("public").is_some());
+        assert!(registry.github_client("broken").is_none());
+        let mut detail = String::new();
+        registry.readiness(&config, &mut detail);
+        assert!(
+            detail.contains("upstream broken: UNAVAILABLE, its caBundlePem holds no valid PEM"),
+            "{detail}"
+        );
+        assert!(
+            !detail.contains("upstream private: UNAVAILABLE"),
+            "{detail}"
+        );
+        // Fixed on the next config: the bundle is taken out, the upstream comes back.
+        let fixed = issuer(serde_json::json!([github("broken", None)]));
+        registry.reconcile(&fixed, None, &Arc::new(Metrics::default()));
+        assert!(registry.github_client("broken").is_some());
+        assert!(registry.github_client("private").is_none(), "dropped");
     }
 }

@@ -214,6 +214,8 @@ struct StubState {
     userinfo: String,
     jwks: String,
     jwks_hits: usize,
+    /// The token endpoint discovery names, when not the stub's own `/token`.
+    token_endpoint: Option<String>,
 }
 
 struct Stub {
@@ -242,7 +244,7 @@ impl Stub {
                     json!({
                         "issuer": issuer,
                         "authorization_endpoint": format!("{issuer}/authorize"),
-                        "token_endpoint": format!("{issuer}/token"),
+                        "token_endpoint": s.token_endpoint.clone().unwrap_or_else(|| format!("{issuer}/token")),
                         "jwks_uri": format!("{issuer}/jwks"),
                         "userinfo_endpoint": format!("{issuer}/userinfo"),
                         "id_token_signing_alg_values_supported": ["RS256"],
@@ -1045,6 +1047,178 @@ async fn an_idp_outage_shows_in_readyz_and_metrics_and_leaves_client_credentials
     assert_eq!(metric(&world.issuer, "down", "idp_error").await, 1);
 }
 
+/// A provider endpoint slower than any timeout: it completes TLS (with the issuer's own
+/// serving pair, whose CA the issuer trusts), reads the request, reports its first line and
+/// never answers. Its connections end with it.
+struct Silent {
+    url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Silent {
+    async fn start(certs: &TestCerts) -> (Silent, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use tokio::io::AsyncReadExt;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certs.leaf.clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(certs.leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let (heard, requests) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            // Dropped with the accept loop: every held connection closes then.
+            let mut held = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, heard) = (acceptor.clone(), heard.clone());
+                held.spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let (mut buf, mut chunk, mut told) = (Vec::new(), [0u8; 4096], false);
+                    // Read until the peer gives up; answer nothing.
+                    while let Ok(n @ 1..) = tls.read(&mut chunk).await {
+                        buf.extend_from_slice(&chunk[..n]);
+                        if !told && buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            told = true;
+                            let line = String::from_utf8_lossy(&buf);
+                            let _ = heard.send(line.lines().next().unwrap_or("").to_owned());
+                        }
+                    }
+                });
+            }
+        });
+        (Silent { url, task }, requests)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_slower_than_the_request_timeout_sends_temporarily_unavailable_to_the_client() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let stub = Stub::start().await;
+    // Discovery and keys come from the stub; its discovery names a token endpoint that holds
+    // every request and never answers.
+    let (silent, mut held) = Silent::start(&issuer.certs).await;
+    stub.state.lock().unwrap().token_endpoint = Some(format!("{}/token", silent.url));
+    std::fs::write(issuer.dir.join("slow.secret"), "slow-secret").unwrap();
+    let mut config = issuer.config.clone();
+    config["caBundlePem"] = json!(format!("{}{}", issuer.certs.ca_pem, stub.server.ca_pem));
+    config["policy"]["generation"] = json!(unique());
+    config["issuer"]["upstreams"] = json!([
+        {"name": "slow", "displayName": "Slow", "clientId": EVIL_CLIENT,
+         "clientSecretPath": issuer.dir.join("slow.secret"),
+         "callbackUrl": format!("{}/oauth2/upstream/slow/callback", issuer.url),
+         "oidc": {"issuer": stub.issuer(), "scopes": ["openid", "email"], "algorithms": ["RS256"]}}
+    ]);
+    config["issuer"]["identity"] = json!({"mode": "delegate", "directScopes": ["read:items"]});
+    reconfigure(&issuer, &config).await;
+    eventually(
+        "the slow upstream's discovery and keys",
+        Duration::from_secs(20),
+        || async {
+            let (_, text) = readyz(issuer.admin).await;
+            (text.contains("upstream slow: oidc") && text.contains("keys, fetched")).then_some(())
+        },
+    )
+    .await;
+
+    let mut browser = Browser::new(&issuer.certs);
+    let authorize = format!(
+        "{}/oauth2/authorize?{}&upstream=slow",
+        issuer.url,
+        web_query("st-slow", Some("read:items"))
+    );
+    let start = browser
+        .send("GET", &authorize, None)
+        .await
+        .header("location")
+        .unwrap()
+        .to_owned();
+    let to_idp = browser
+        .send("GET", &start, None)
+        .await
+        .header("location")
+        .unwrap()
+        .to_owned();
+    assert!(
+        to_idp.starts_with(&format!("{}/authorize?", stub.issuer())),
+        "{to_idp}"
+    );
+    let state = query_param(&to_idp, "state").unwrap();
+    let timeouts = metric(&issuer, "slow", "timeout").await;
+    let url = format!(
+        "{}/oauth2/upstream/slow/callback?code=stub-code&state={}&iss={}",
+        issuer.url,
+        enc(&state),
+        enc(&stub.issuer())
+    );
+    let callback = tokio::spawn(async move { browser.send("GET", &url, None).await });
+
+    // The code exchange reached the provider, which holds it ...
+    let request = tokio::time::timeout(Duration::from_secs(20), held.recv())
+        .await
+        .expect("the code exchange reaches the slow provider")
+        .unwrap();
+    assert!(request.starts_with("POST /token "), "{request}");
+    // ... and meanwhile the issuer answers everything else: the pod stays ready and
+    // client_credentials is issued. (The login waits REQUEST_TIMEOUT, 10 s; these answer in
+    // milliseconds, so the login is still in flight here.)
+    let (status, text) = readyz(issuer.admin).await;
+    assert_eq!(
+        status, 200,
+        "a slow provider never makes the issuer unready: {text}"
+    );
+    let token = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await;
+    assert_eq!(
+        token.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&token.body)
+    );
+    assert!(
+        !callback.is_finished(),
+        "client_credentials was answered while the upstream login still waited on its provider"
+    );
+
+    // The login gives up at the issuer's request timeout and sends the browser back to the
+    // client with temporarily_unavailable and the client's state, and no code.
+    let back = callback.await.unwrap();
+    assert_eq!(back.status, 303, "{}", String::from_utf8_lossy(&back.body));
+    let location = back.header("location").unwrap();
+    assert!(location.starts_with(WEB_REDIRECT), "{location}");
+    assert_eq!(
+        query_param(location, "error").as_deref(),
+        Some("temporarily_unavailable"),
+        "{location}"
+    );
+    assert_eq!(query_param(location, "state").as_deref(), Some("st-slow"));
+    assert_eq!(
+        query_param(location, "iss").as_deref(),
+        Some(issuer.url.as_str())
+    );
+    assert!(query_param(location, "code").is_none(), "{location}");
+    assert_eq!(metric(&issuer, "slow", "timeout").await, timeouts + 1);
+    assert_eq!(
+        metric(&issuer, "slow", "idp_error").await,
+        0,
+        "a timeout is counted as a timeout only"
+    );
+}
+
 /// Puts `config` in force and waits until the issuer reports its generation.
 async fn reconfigure(issuer: &Issuer, config: &Value) {
     write_atomic(&issuer.dir.join("config.json"), &config.to_string());
@@ -1485,6 +1659,84 @@ async fn github_refusals_a_200_with_error_and_org_denial_send_access_denied() {
     let (_, back) = github_login(&issuer, &stub).await;
     assert!(denied(&back));
     assert_eq!(metric(&issuer, "github", "denied_org").await, 2);
+}
+
+/// Makes the stub answer for the GitHub account `id`, now named `login`, whose verified
+/// primary address is `email` (a member of acme/sre, as [`GithubStub::octocat`]).
+fn github_account(stub: &GithubStub, id: u64, login: &str, email: &str) {
+    stub.octocat(login);
+    let mut s = stub.state.lock().unwrap();
+    s.user = json!({"id": id, "login": login, "name": "Someone", "email": null});
+    s.emails = vec![json!([{"email": email, "primary": true, "verified": true}])];
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_github_login_name_claimed_by_another_account_is_another_subject() {
+    // "octo" belongs to one account, is renamed away, and another account takes the name.
+    let accounts = [
+        (583_231_u64, "first@shop.example"),
+        (9_100_417_u64, "second@elsewhere.example"),
+    ];
+
+    // Delegate: the app keys its users on (upstream, subject) read from the login challenge.
+    let (issuer, stub) = github_world("delegate").await;
+    let mut keys = Vec::new();
+    for (id, email) in accounts {
+        github_account(&stub, id, "octo", email);
+        let (_, back) = github_login(&issuer, &stub).await;
+        let location = back.header("location").unwrap().to_owned();
+        let challenge = location
+            .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+            .unwrap_or_else(|| panic!("{location}"));
+        let pending = issuer
+            .mint("GET", &format!("/v1/logins/{challenge}"), None)
+            .await;
+        assert_eq!(pending.status, 200);
+        let mut pending = pending.json();
+        let upstream = &pending["upstream"];
+        assert_eq!(upstream["upstream"], "github");
+        assert_eq!(
+            upstream["subject"],
+            id.to_string(),
+            "the numeric id of the account that logged in now"
+        );
+        assert_eq!(upstream["email"], email);
+        assert_eq!(upstream["username"], "octo");
+        keys.push((upstream["upstream"].clone(), upstream["subject"].clone()));
+        // The login name is shown as the username and nowhere else in the challenge.
+        pending["upstream"]
+            .as_object_mut()
+            .unwrap()
+            .remove("username");
+        assert!(!pending.to_string().contains("octo"), "{pending}");
+    }
+    assert_ne!(
+        keys[0], keys[1],
+        "the second account is never handed the first account's key"
+    );
+    assert_eq!(metric(&issuer, "github", "ok").await, 2);
+
+    // Direct: our token's subject is github:{numeric id}.
+    let (issuer, stub) = github_world("direct").await;
+    let mut subjects = Vec::new();
+    for (id, email) in accounts {
+        github_account(&stub, id, "octo", email);
+        let (_, back) = github_login(&issuer, &stub).await;
+        let location = back.header("location").unwrap().to_owned();
+        let code = query_param(&location, "code").unwrap_or_else(|| panic!("{location}"));
+        let token = redeem(&issuer, &code).await;
+        assert_eq!(
+            token.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&token.body)
+        );
+        let claims = claims_of(token.json()["access_token"].as_str().unwrap());
+        assert_eq!(claims["sub"], format!("github:{id}"));
+        assert!(!claims.to_string().contains("octo"), "{claims}");
+        subjects.push(claims["sub"].clone());
+    }
+    assert_ne!(subjects[0], subjects[1]);
 }
 
 /// Runs headless Chromium (Debian's package, installed by scripts/setup.sh) with `args`.

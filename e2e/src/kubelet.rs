@@ -88,6 +88,11 @@ impl PodNetwork {
         Ipv4Addr::new(10, 77, self.subnet, host)
     }
 
+    /// The host's address on the bridge (what a pod reaches the host at).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 77, self.subnet, 1)
+    }
+
     fn allocate(&self) -> (Ipv4Addr, u8) {
         let host = self.next_host.fetch_add(1, Ordering::Relaxed);
         (Ipv4Addr::new(10, 77, self.subnet, host), host)

@@ -22,6 +22,7 @@ use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
+use crate::google::{self, GoogleStandIn};
 use crate::http::{Response, request};
 use crate::kubelet::{Images, PodNetwork, RunningPod, ServiceRoute};
 use crate::{FIELD_MANAGER, config_map_text, eventually, repo_root, secret_text};
@@ -30,6 +31,9 @@ use crate::{FIELD_MANAGER, config_map_text, eventually, repo_root, secret_text};
 /// takes to see a new JWKS in a cluster; the story shortens it so that two rotations fit in a
 /// minute (the local pods see ConfigMap changes within a second).
 pub const STORY_PROPAGATION: &str = "6s";
+
+/// The storefront's `state` in every login of the story.
+const STATE: &str = "st8-42";
 
 /// The running shop.
 pub struct Shop {
@@ -59,6 +63,12 @@ pub struct Shop {
     pub orders: SocketAddr,
     /// The orders sidecar's admin address.
     pub orders_admin: SocketAddr,
+    /// The Google stand-in (an upstream identity provider the story adds).
+    google: GoogleStandIn,
+    /// What the story's browser trusts: the operator's CA and the stand-in's.
+    browser_ca_file: PathBuf,
+    /// The story's browser's cookies.
+    cookie_jar: PathBuf,
     client: Client,
     _pods: Vec<RunningPod>,
     _network: Arc<PodNetwork>,
@@ -297,7 +307,29 @@ impl Shop {
         let network =
             PodNetwork::create().context("running pods needs network namespaces (run as root)")?;
         let images = images()?;
-        let auth_pod = RunningPod::start(client, &network, &auth, &images, &[], logs).await?;
+        // Google, as the issuer pod reaches it: a name in its /etc/hosts and port 443.
+        let google_dir = logs.join(format!("{namespace}-google"));
+        std::fs::create_dir_all(&google_dir)?;
+        let google = GoogleStandIn::start(
+            network.gateway(),
+            &format!("{issuer}/oauth2/upstream/google/callback"),
+            &google_dir,
+        )?;
+        let google_route = ServiceRoute {
+            names: vec![google::HOST.to_owned()],
+            cluster_ip: network.cluster_ip(),
+            port: 443,
+            endpoint: google.address,
+        };
+        let browser_ca_file = google_dir.join("browser-ca.crt");
+        std::fs::write(
+            &browser_ca_file,
+            format!("{}{}", std::fs::read_to_string(&ca_file)?, google.ca_pem),
+        )?;
+        let cookie_jar = google_dir.join("cookies.txt");
+        std::fs::write(&cookie_jar, "")?;
+        let auth_pod =
+            RunningPod::start(client, &network, &auth, &images, &[google_route], logs).await?;
         let auth_ip = auth_pod.ip;
         // The Service `auth`: its port 443 leads to the issuer sidecar's TLS listener.
         let auth_port = u16::try_from(auth_port)?;
@@ -331,6 +363,9 @@ impl Shop {
             auth_port,
             orders: SocketAddr::from((orders_pod.ip, u16::try_from(orders_port)?)),
             orders_admin: SocketAddr::from((orders_pod.ip, 15090)),
+            google,
+            browser_ca_file,
+            cookie_jar,
             client: client.clone(),
             _pods: vec![auth_pod, orders_pod],
             _network: network,
@@ -365,6 +400,24 @@ impl Shop {
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
     ) -> anyhow::Result<Response> {
+        let url = format!("https://{}{path}", self.issuer_host);
+        self.curl(method, &url, form, basic, false)
+    }
+
+    /// A browser's request: cookies kept, the operator's CA and the Google stand-in's trusted,
+    /// the issuer and the stand-in reached by name.
+    fn browse(&self, method: &str, url: &str, form: &[(&str, &str)]) -> anyhow::Result<Response> {
+        self.curl(method, url, form, None, true)
+    }
+
+    fn curl(
+        &self,
+        method: &str,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        browser: bool,
+    ) -> anyhow::Result<Response> {
         let host = &self.issuer_host;
         let mut command = Command::new("curl");
         command
@@ -381,9 +434,25 @@ impl Shop {
             ])
             // The Service's port 443 leads to the sidecar's listener, as kube-proxy's rule would.
             .arg("--connect-to")
-            .arg(format!("{host}:443:{}:{}", self.auth_ip, self.auth_port))
-            .arg("--cacert")
-            .arg(&self.ca_file);
+            .arg(format!("{host}:443:{}:{}", self.auth_ip, self.auth_port));
+        if browser {
+            command
+                .arg("--connect-to")
+                .arg(format!(
+                    "{}:443:{}:{}",
+                    google::HOST,
+                    self.google.address.ip(),
+                    self.google.address.port()
+                ))
+                .arg("--cacert")
+                .arg(&self.browser_ca_file)
+                .arg("-b")
+                .arg(&self.cookie_jar)
+                .arg("-c")
+                .arg(&self.cookie_jar);
+        } else {
+            command.arg("--cacert").arg(&self.ca_file);
+        }
         for (name, value) in form {
             command
                 .arg("--data-urlencode")
@@ -394,7 +463,7 @@ impl Shop {
                 .arg("-u")
                 .arg(format!("{}:{}", form_encode(user), form_encode(password)));
         }
-        command.arg(format!("https://{host}{path}"));
+        command.arg(url);
         let output = command.output()?;
         ensure!(
             output.status.success(),
@@ -428,19 +497,7 @@ impl Shop {
     /// app's own login page (which accepts the challenge on the mint socket), redeem the code
     /// with PKCE, asking for `scope`. Returns the token response.
     pub fn login(&self, user: &str, password: &str, scope: &str) -> anyhow::Result<Value> {
-        let mut verifier_bytes = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut verifier_bytes).map_err(|_| anyhow::anyhow!("no randomness"))?;
-        let verifier = URL_SAFE_NO_PAD.encode(verifier_bytes);
-        let challenge = URL_SAFE_NO_PAD.encode(
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
-        );
-        let state = "st8-42";
-        let query = format!(
-            "/oauth2/authorize?response_type=code&client_id={}&redirect_uri={}&scope={}&state={state}&code_challenge={challenge}&code_challenge_method=S256",
-            self.storefront,
-            form_encode(&self.redirect_uri),
-            form_encode(scope),
-        );
+        let (verifier, query) = self.authorize_query(scope, Some("local"));
         let authorize = self.issuer_call("GET", &query, &[], None)?;
         ensure!(
             matches!(authorize.status, 302 | 303),
@@ -506,6 +563,163 @@ impl Shop {
             .header("location")
             .context("no redirect back to the client")?
             .to_owned();
+        self.redeem(&back, &verifier)
+    }
+
+    /// What an admin does to offer "Continue with Google" on the running issuer: the client
+    /// secret Google issued goes into a Secret, the upstream into the AuthPolicy (with the
+    /// stand-in's CA as its `caBundle`; real Google needs none). Waits until status reports
+    /// the callback URL to register and the issuer pod has read Google's discovery and keys.
+    /// Returns the callback URL from status.
+    pub async fn add_google(&self) -> anyhow::Result<String> {
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "google-oauth", "namespace": self.namespace},
+            "stringData": {"client_secret": self.google.client_secret},
+        }))?;
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), &self.namespace)
+            .patch(
+                "google-oauth",
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        let patch = json!({"spec": {"issuer": {"self": {"upstreams": [{
+            "name": "google",
+            "displayName": "Google",
+            "clientId": google::CLIENT_ID,
+            "clientSecretRef": {"name": "google-oauth", "key": "client_secret"},
+            "caBundle": self.google.ca_pem,
+            "oidc": {"issuer": self.google.issuer},
+        }]}}}});
+        let policies = Api::<AuthPolicy>::namespaced(self.client.clone(), &self.namespace);
+        policies
+            .patch("auth", &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let callback = eventually("status.upstreams reporting google ready", || {
+            let policies = policies.clone();
+            async move {
+                let status = policies.get("auth").await?.status.context("no status")?;
+                let google = status
+                    .upstreams
+                    .iter()
+                    .find(|u| u.name == "google")
+                    .context("google not in status yet")?;
+                ensure!(google.ready, "google not ready: {:?}", google.reason);
+                Ok(google.callback_url.clone())
+            }
+        })
+        .await?;
+        let admin = SocketAddr::from((self.auth_ip, 15090));
+        eventually(
+            "the issuer pod loading Google's discovery and keys",
+            || async move {
+                let ready = request(admin, "GET", "/readyz", &[], "")?;
+                ensure!(
+                    ready.body.contains("upstream google: oidc")
+                        && ready.body.contains("keys, fetched"),
+                    "readyz: {}",
+                    ready.body
+                );
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(callback)
+    }
+
+    /// A browser signs in to the storefront with Google: authorize shows the chooser, the
+    /// browser follows "Continue with Google", logs in as `login` on the stand-in's own login
+    /// and consent pages, comes back to the issuer's callback, passes through the app (which
+    /// links the Google identity to one of its users on the mint socket) and ends at the
+    /// storefront's redirect URI with a code, redeemed with PKCE. Returns the chooser's choices
+    /// and the token response.
+    pub fn google_login(&self, login: &str, scope: &str) -> anyhow::Result<(Vec<String>, Value)> {
+        let (verifier, query) = self.authorize_query(scope, None);
+        let base = self.issuer.clone();
+        let chooser = self.browse("GET", &format!("{base}{query}"), &[])?;
+        ensure!(
+            chooser.status == 200,
+            "authorize answered {} instead of the chooser: {}",
+            chooser.status,
+            chooser.body
+        );
+        let choices: Vec<String> = chooser
+            .body
+            .split("class=\"choice\"")
+            .skip(1)
+            .filter_map(|item| item.split_once('>').map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_once('<').map(|(label, _)| label.to_owned()))
+            .collect();
+        let href = chooser
+            .body
+            .split("href=\"")
+            .find(|h| h.starts_with("upstream/google/start?"))
+            .and_then(|h| h.split('"').next())
+            .context("no Google choice on the chooser page")?;
+        let mut url = format!("{base}/oauth2/{}", href.replace("&amp;", "&"));
+        let mut method = "GET";
+        let mut form: Vec<(&str, &str)> = Vec::new();
+        let login_form = [("prompt", "login"), ("login", login), ("password", "any")];
+        let consent_form = [("prompt", "consent")];
+        for _ in 0..16 {
+            let response = self.browse(method, &url, &form)?;
+            if let Some(location) = response.header("location") {
+                let next = if location.starts_with("https://") || location.starts_with("http://") {
+                    location.to_owned()
+                } else {
+                    let origin: String = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+                    format!("{origin}{location}")
+                };
+                if next.starts_with(&self.redirect_uri) {
+                    let token = self.redeem(&next, &verifier)?;
+                    return Ok((choices, token));
+                }
+                (url, method, form) = (next, "GET", Vec::new());
+                continue;
+            }
+            ensure!(
+                response.status == 200 && url.starts_with(&self.google.issuer),
+                "{method} {url} answered {}: {}",
+                response.status,
+                response.body
+            );
+            // Google's own pages: the login form, then the consent form.
+            form = if response.body.contains("name=\"login\"") {
+                login_form.to_vec()
+            } else {
+                consent_form.to_vec()
+            };
+            method = "POST";
+        }
+        bail!("the Google login did not come back to the storefront")
+    }
+
+    /// A PKCE verifier and the storefront's authorize request for `scope`, with an
+    /// `upstream=` hint when given.
+    fn authorize_query(&self, scope: &str, upstream: Option<&str>) -> (String, String) {
+        let mut verifier_bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut verifier_bytes).unwrap_or_default();
+        let verifier = URL_SAFE_NO_PAD.encode(verifier_bytes);
+        let challenge = URL_SAFE_NO_PAD.encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
+        );
+        let hint = upstream
+            .map(|u| format!("&upstream={u}"))
+            .unwrap_or_default();
+        let query = format!(
+            "/oauth2/authorize?response_type=code&client_id={}&redirect_uri={}&scope={}&state={STATE}&code_challenge={challenge}&code_challenge_method=S256{hint}",
+            self.storefront,
+            form_encode(&self.redirect_uri),
+            form_encode(scope),
+        );
+        (verifier, query)
+    }
+
+    /// Checks the redirect `back` to the storefront (its state, the issuer's `iss`) and
+    /// redeems its code with `verifier`. Returns the token response.
+    fn redeem(&self, back: &str, verifier: &str) -> anyhow::Result<Value> {
+        let state = STATE;
         ensure!(
             back.starts_with(&format!("{}?", self.redirect_uri)),
             "redirected to {back}"
@@ -535,7 +749,7 @@ impl Shop {
                 ("code", code),
                 ("redirect_uri", &self.redirect_uri),
                 ("client_id", &self.storefront),
-                ("code_verifier", &verifier),
+                ("code_verifier", verifier),
             ],
             None,
         )?;
@@ -758,7 +972,39 @@ pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome
         describe(&user_token)?
     ));
 
-    // 4. The rate limit.
+    // 4. Google login, added to the running issuer.
+    let callback = shop.add_google().await?;
+    say(&format!(
+        "the admin adds \"Continue with Google\" to the running issuer (a Secret with Google's client secret, an upstream in AuthPolicy auth; here Google is a stand-in, npm oidc-provider at {}): status.upstreams names the callback URL to register at Google, {callback}; no pod restarted",
+        shop.google.issuer
+    ));
+    let (choices, google) = shop.google_login("ann", "read:orders")?;
+    let google_token = google["access_token"]
+        .as_str()
+        .context("no access token")?
+        .to_owned();
+    let (header, claims) = peek(&google_token)?;
+    let subject = claims["sub"].as_str().unwrap_or_default();
+    ensure!(
+        claims["iss"] == shop.issuer.as_str()
+            && subject.starts_with("user:google-")
+            && !google_token.contains("ann@")
+            && header["kid"].as_str() == Some(shop.active_kid().await?.as_str()),
+        "the token after a Google login is not the shop's own for its own user: {header} {claims}"
+    );
+    let reads = shop.orders("GET", "/orders", Some(&google_token))?;
+    ensure!(
+        reads.status == 200,
+        "GET /orders with the Google user's token answered {}",
+        reads.status
+    );
+    say(&format!(
+        "ann signs in to the storefront with Google (the issuer's chooser offers {}; Google's ID token is checked, nonce, PKCE and all, then thrown away; the shop's login app links Google subject \"ann\" to its own user on the mint socket): the storefront gets the shop's token, not Google's: {}; GET /orders with it -> 200",
+        choices.join(" / "),
+        describe(&google_token)?
+    ));
+
+    // 5. The rate limit.
     let mut placed = 0;
     let limited = loop {
         let response = shop.orders("POST", "/orders", Some(&user_token))?;
@@ -783,7 +1029,7 @@ pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome
         shop.order_limit
     ));
 
-    // 5. Keys rotate twice while a client keeps calling: no valid request may be rejected, and
+    // 6. Keys rotate twice while a client keeps calling: no valid request may be rejected, and
     // tokens signed by each new key must be accepted.
     let stop = Arc::new(AtomicBool::new(false));
     let accepted_by_kid = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
@@ -874,7 +1120,7 @@ pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome
         rejected.len()
     ));
 
-    // 6. Revocation reaches the enforcement point.
+    // 7. Revocation reaches the enforcement point.
     let doomed = shop.billing_token(None)?;
     let before = shop.orders("GET", "/orders", Some(&doomed))?;
     ensure!(

@@ -2,17 +2,35 @@
 page; scopegate's issuer owns tokens. When /oauth2/authorize sends a browser here with a
 login_challenge, the app checks the user's password and accepts the challenge on the sidecar's
 mint socket (a Unix socket only this pod's containers share); the sidecar answers with the
-redirect that carries the authorization code back to the client."""
+redirect that carries the authorization code back to the client.
+
+When the user chose an upstream provider (Google, GitHub) instead, the challenge already
+carries the identity the issuer verified there; the app links it to one of its own users, keyed
+by (upstream, subject) and never by email, and accepts the challenge with that user."""
 import html
 import http.client
 import json
 import os
 import socket
+import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MINT_SOCKET = os.environ.get("SCOPEGATE_MINT_SOCKET", "/var/run/scopegate/mint.sock")
 USERS = {"alice": "wonderland", "bob": "builder"}
+# (upstream, subject at the upstream) -> our user. A real app keeps this in its database.
+LINKED = {}
+LINKED_LOCK = threading.Lock()
+
+
+def upsert_user(identity):
+    """Our user for an upstream identity: found by (upstream, subject), or created. Never
+    matched by email: an address at a provider proves nothing about our existing accounts."""
+    key = (identity["upstream"], identity["subject"])
+    with LINKED_LOCK:
+        if key not in LINKED:
+            LINKED[key] = f"user:{identity['upstream']}-{len(LINKED) + 1}"
+        return LINKED[key]
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -53,6 +71,9 @@ class Handler(BaseHTTPRequestHandler):
             status, login = mint("GET", f"/v1/logins/{urllib.parse.quote(challenge)}")
             if status != 200:
                 return self._send(400, "This login link is not valid any more.")
+            if login.get("upstream"):
+                subject = upsert_user(login["upstream"])
+                return self._accept(challenge, subject)
             page = (
                 f"<h1>Sign in to {html.escape(login['client_id'])}</h1>"
                 f"<p>It asks for: {html.escape(login['scope'])}</p>"
@@ -73,7 +94,10 @@ class Handler(BaseHTTPRequestHandler):
         if USERS.get(user) != form.get("password", [None])[0]:
             # The challenge stays pending: the user may try again until it expires.
             return self._send(401, "Wrong user name or password.")
-        status, settled = mint("POST", f"/v1/logins/{urllib.parse.quote(challenge)}/accept", {"subject": f"user:{user}"})
+        self._accept(challenge, f"user:{user}")
+
+    def _accept(self, challenge, subject):
+        status, settled = mint("POST", f"/v1/logins/{urllib.parse.quote(challenge)}/accept", {"subject": subject})
         if status != 200:
             return self._send(400, "This login link is not valid any more.")
         self._send(303, "", headers=[("Location", settled["redirect_to"])])

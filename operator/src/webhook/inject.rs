@@ -229,10 +229,10 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
         sidecar_mounts.push(writable.clone());
         app_mounts.push(writable);
     }
-    if let Some(own) = policy.spec.issuer.self_.as_ref()
-        && !own.upstreams.is_empty()
-    {
-        // Upstream client secrets: issuer pods only, never the app container.
+    if policy.spec.issuer.self_.is_some() {
+        // Upstream client secrets: issuer pods only, never the app container. Mounted even
+        // before any upstream is declared (the Secret is optional), so that adding one to a
+        // running issuer needs no restart.
         volumes.push(Volume {
             name: "scopegate-upstreams".into(),
             secret: Some(SecretVolumeSource {
@@ -575,9 +575,9 @@ spec:
 
     #[test]
     fn upstream_client_secrets_are_mounted_into_the_sidecar_only() {
-        let plain = policy("auth", "{matchLabels: {app: auth}}", true);
         let original = pod("{app: auth}");
-        let Decision::Patch(ops) = decide(&original, &[&plain], &settings(true)) else {
+        let verifier = policy("orders", "{matchLabels: {app: auth}}", false);
+        let Decision::Patch(ops) = decide(&original, &[&verifier], &settings(true)) else {
             panic!("no patch")
         };
         let spec = apply(&original, &ops).spec.unwrap();
@@ -587,8 +587,22 @@ spec:
                 .unwrap()
                 .iter()
                 .any(|v| v.name == "scopegate-upstreams"),
-            "no upstreams, no volume"
+            "a verifier pod gets no upstream secrets"
         );
+        // An issuer without upstreams yet gets the optional volume, so that adding one later
+        // needs no restart.
+        let plain = policy("auth", "{matchLabels: {app: auth}}", true);
+        let Decision::Patch(ops) = decide(&original, &[&plain], &settings(true)) else {
+            panic!("no patch")
+        };
+        let spec = apply(&original, &ops).spec.unwrap();
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "scopegate-upstreams")
+            .expect("the upstreams volume before any upstream");
+        assert_eq!(volume.secret.unwrap().optional, Some(true));
         let mut with = plain.clone();
         with.spec.issuer.self_.as_mut().unwrap().upstreams = serde_yaml_ng::from_str(
             "[{name: google, clientId: c, clientSecretRef: {name: g, key: k}, oidc: {issuer: https://accounts.google.com}}]",

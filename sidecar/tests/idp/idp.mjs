@@ -1,13 +1,15 @@
 // The Google stand-in of the sidecar's upstream tests: oidc-provider (OpenID Certified) over
 // HTTPS on 127.0.0.1 with the test's rcgen certificate. devInteractions logs in any name as
 // `sub`; the account named `unverified` has email_verified false, `outsider` another domain.
-// Env: PORT, KEY, CERT (PEM files), CLIENT_ID, CLIENT_SECRET, REDIRECT_URI.
+// Env: PORT, KEY, CERT (PEM files), CLIENT_ID, CLIENT_SECRET, REDIRECT_URI; optionally HOST
+// (the address to listen on) and ISSUER (when reached by name, as in the e2e story).
 import fs from 'node:fs';
 import https from 'node:https';
 import Provider from 'oidc-provider';
 
 const { PORT, KEY, CERT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI } = process.env;
-const issuer = `https://127.0.0.1:${PORT}`;
+const HOST = process.env.HOST || '127.0.0.1';
+const issuer = process.env.ISSUER || `https://127.0.0.1:${PORT}`;
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -47,4 +49,4 @@ provider.on('server_error', (ctx, err) => console.error('idp server_error', err)
 
 https
   .createServer({ key: fs.readFileSync(KEY), cert: fs.readFileSync(CERT) }, provider.callback())
-  .listen(Number(PORT), '127.0.0.1', () => console.log(`idp ready ${issuer}`));
+  .listen(Number(PORT), HOST, () => console.log(`idp ready ${issuer}`));

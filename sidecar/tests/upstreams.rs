@@ -1104,22 +1104,32 @@ impl Silent {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_slower_than_the_request_timeout_sends_temporarily_unavailable_to_the_client() {
-    let issuer = Issuer::start(Spec::default()).await;
+/// An issuer with upstream `name` whose token endpoint holds every request and never
+/// answers, and a browser whose login is at the callback (in flight, in `callback`).
+struct SlowLogin {
+    issuer: Issuer,
+    _stub: Stub,
+    held: tokio::sync::mpsc::UnboundedReceiver<String>,
+    callback: tokio::task::JoinHandle<RawResponse>,
+    timeouts_before: u64,
+    _silent: Silent,
+}
+
+async fn slow_login(name: &str, spec: Spec) -> SlowLogin {
+    let issuer = Issuer::start(spec).await;
     let stub = Stub::start().await;
     // Discovery and keys come from the stub; its discovery names a token endpoint that holds
     // every request and never answers.
-    let (silent, mut held) = Silent::start(&issuer.certs).await;
+    let (silent, held) = Silent::start(&issuer.certs).await;
     stub.state.lock().unwrap().token_endpoint = Some(format!("{}/token", silent.url));
     std::fs::write(issuer.dir.join("slow.secret"), "slow-secret").unwrap();
     let mut config = issuer.config.clone();
     config["caBundlePem"] = json!(format!("{}{}", issuer.certs.ca_pem, stub.server.ca_pem));
     config["policy"]["generation"] = json!(unique());
     config["issuer"]["upstreams"] = json!([
-        {"name": "slow", "displayName": "Slow", "clientId": EVIL_CLIENT,
+        {"name": name, "displayName": "Slow", "clientId": EVIL_CLIENT,
          "clientSecretPath": issuer.dir.join("slow.secret"),
-         "callbackUrl": format!("{}/oauth2/upstream/slow/callback", issuer.url),
+         "callbackUrl": format!("{}/oauth2/upstream/{name}/callback", issuer.url),
          "oidc": {"issuer": stub.issuer(), "scopes": ["openid", "email"], "algorithms": ["RS256"]}}
     ]);
     config["issuer"]["identity"] = json!({"mode": "delegate", "directScopes": ["read:items"]});
@@ -1129,14 +1139,15 @@ async fn a_provider_slower_than_the_request_timeout_sends_temporarily_unavailabl
         Duration::from_secs(20),
         || async {
             let (_, text) = readyz(issuer.admin).await;
-            (text.contains("upstream slow: oidc") && text.contains("keys, fetched")).then_some(())
+            (text.contains(&format!("upstream {name}: oidc")) && text.contains("keys, fetched"))
+                .then_some(())
         },
     )
     .await;
 
     let mut browser = Browser::new(&issuer.certs);
     let authorize = format!(
-        "{}/oauth2/authorize?{}&upstream=slow",
+        "{}/oauth2/authorize?{}&upstream={name}",
         issuer.url,
         web_query("st-slow", Some("read:items"))
     );
@@ -1157,46 +1168,29 @@ async fn a_provider_slower_than_the_request_timeout_sends_temporarily_unavailabl
         "{to_idp}"
     );
     let state = query_param(&to_idp, "state").unwrap();
-    let timeouts = metric(&issuer, "slow", "timeout").await;
+    let timeouts_before = metric(&issuer, name, "timeout").await;
     let url = format!(
-        "{}/oauth2/upstream/slow/callback?code=stub-code&state={}&iss={}",
+        "{}/oauth2/upstream/{name}/callback?code=stub-code&state={}&iss={}",
         issuer.url,
         enc(&state),
         enc(&stub.issuer())
     );
     let callback = tokio::spawn(async move { browser.send("GET", &url, None).await });
+    SlowLogin {
+        issuer,
+        _stub: stub,
+        held,
+        callback,
+        timeouts_before,
+        _silent: silent,
+    }
+}
 
-    // The code exchange reached the provider, which holds it ...
-    let request = tokio::time::timeout(Duration::from_secs(20), held.recv())
-        .await
-        .expect("the code exchange reaches the slow provider")
-        .unwrap();
-    assert!(request.starts_with("POST /token "), "{request}");
-    // ... and meanwhile the issuer answers everything else: the pod stays ready and
-    // client_credentials is issued. (The login waits REQUEST_TIMEOUT, 10 s; these answer in
-    // milliseconds, so the login is still in flight here.)
-    let (status, text) = readyz(issuer.admin).await;
-    assert_eq!(
-        status, 200,
-        "a slow provider never makes the issuer unready: {text}"
-    );
-    let token = issuer
-        .token(&BACKEND, "grant_type=client_credentials")
-        .await;
-    assert_eq!(
-        token.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&token.body)
-    );
-    assert!(
-        !callback.is_finished(),
-        "client_credentials was answered while the upstream login still waited on its provider"
-    );
-
-    // The login gives up at the issuer's request timeout and sends the browser back to the
-    // client with temporarily_unavailable and the client's state, and no code.
-    let back = callback.await.unwrap();
+/// Where a slow login ended: the client's redirect with temporarily_unavailable, its state,
+/// the issuer's iss, no code, and one more `timeout` outcome (not `idp_error`).
+async fn assert_slow_login_gave_up(login: SlowLogin, name: &str) {
+    let back = login.callback.await.unwrap();
+    let issuer = &login.issuer;
     assert_eq!(back.status, 303, "{}", String::from_utf8_lossy(&back.body));
     let location = back.header("location").unwrap();
     assert!(location.starts_with(WEB_REDIRECT), "{location}");
@@ -1211,11 +1205,82 @@ async fn a_provider_slower_than_the_request_timeout_sends_temporarily_unavailabl
         Some(issuer.url.as_str())
     );
     assert!(query_param(location, "code").is_none(), "{location}");
-    assert_eq!(metric(&issuer, "slow", "timeout").await, timeouts + 1);
     assert_eq!(
-        metric(&issuer, "slow", "idp_error").await,
+        metric(issuer, name, "timeout").await,
+        login.timeouts_before + 1
+    );
+    assert_eq!(
+        metric(issuer, name, "idp_error").await,
         0,
         "a timeout is counted as a timeout only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_slower_than_the_request_timeout_sends_temporarily_unavailable_to_the_client() {
+    let mut login = slow_login("slow", Spec::default()).await;
+    // The code exchange reached the provider, which holds it ...
+    let request = tokio::time::timeout(Duration::from_secs(20), login.held.recv())
+        .await
+        .expect("the code exchange reaches the slow provider")
+        .unwrap();
+    assert!(request.starts_with("POST /token "), "{request}");
+    // ... and meanwhile the issuer answers everything else: the pod stays ready and
+    // client_credentials is issued. (The login waits REQUEST_TIMEOUT, 10 s; these answer in
+    // milliseconds, so the login is still in flight here.)
+    let (status, text) = readyz(login.issuer.admin).await;
+    assert_eq!(
+        status, 200,
+        "a slow provider never makes the issuer unready: {text}"
+    );
+    let token = login
+        .issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await;
+    assert_eq!(
+        token.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&token.body)
+    );
+    assert!(
+        !login.callback.is_finished(),
+        "client_credentials was answered while the upstream login still waited on its provider"
+    );
+
+    // The login gives up at the issuer's request timeout and sends the browser back to the
+    // client with temporarily_unavailable and the client's state, and no code.
+    assert_slow_login_gave_up(login, "slow").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_provider_calls_outlast_the_login_deadline_gives_up_at_the_deadline() {
+    let logs = captured_logs();
+    // Every provider request may take 10 s; the login as a whole only 1.5 s here (20 s by
+    // default), so a provider that answers each of a GitHub login's many calls just in time
+    // cannot hold the browser for minutes.
+    let spec = Spec {
+        tuning: IssuerTuning {
+            login_deadline_ms: 1_500,
+            ..Default::default()
+        },
+        ..Spec::default()
+    };
+    let mut login = slow_login("deadline", spec).await;
+    let request = tokio::time::timeout(Duration::from_secs(20), login.held.recv())
+        .await
+        .expect("the code exchange reaches the slow provider")
+        .unwrap();
+    assert!(request.starts_with("POST /token "), "{request}");
+    assert_slow_login_gave_up(login, "deadline").await;
+    // The deadline ended it, not the request timeout (which would have, without a deadline,
+    // after 10 s with the same outcome).
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.contains("upstream login exceeded its deadline")
+                && l.contains("upstream=\"deadline\"")),
+        "no deadline line in the log"
     );
 }
 

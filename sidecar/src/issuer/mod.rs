@@ -70,6 +70,9 @@ pub struct IssuerTuning {
     pub mint: Budget,
     /// How often a Redis store is asked for feed news from other replicas, in milliseconds.
     pub feed_poll_ms: u64,
+    /// How long one upstream login's provider calls may take together, in milliseconds (each
+    /// request has its own 10 s limit; a GitHub login makes many).
+    pub login_deadline_ms: u64,
 }
 
 impl Default for IssuerTuning {
@@ -79,6 +82,7 @@ impl Default for IssuerTuning {
             refresh_grace_ms: 10_000,
             mint: Budget::per_secs(600, 60),
             feed_poll_ms: 250,
+            login_deadline_ms: 20_000,
         }
     }
 }

@@ -600,9 +600,26 @@ async fn callback(
         return Err(unknown_login());
     };
     let record = leg.request.clone();
-    let finished = match &upstream.kind {
-        UpstreamKind::Oidc(oidc) => oidc_callback(ctx, name, upstream, oidc, &leg, form).await?,
-        UpstreamKind::Github(gh) => finish_github(ctx, upstream, gh, &leg, form).await,
+    let work = async {
+        match &upstream.kind {
+            UpstreamKind::Oidc(oidc) => oidc_callback(ctx, name, upstream, oidc, &leg, form).await,
+            UpstreamKind::Github(gh) => Ok(finish_github(ctx, upstream, gh, &leg, form).await),
+        }
+    };
+    let deadline = std::time::Duration::from_millis(ctx.issuer.tuning.login_deadline_ms);
+    let finished = match tokio::time::timeout(deadline, work).await {
+        Ok(finished) => finished?,
+        Err(_) => {
+            tracing::warn!(
+                upstream = name,
+                outcome = "timeout",
+                "upstream login exceeded its deadline"
+            );
+            Err(Failed(
+                "timeout",
+                OAuthError::TemporarilyUnavailable("upstream unavailable"),
+            ))
+        }
     };
     let mut response = match finished {
         Ok(location) => {
@@ -839,8 +856,9 @@ async fn hand_over(
             authorize::code_redirect(ctx, &record, identity.direct_subject()).await
         }
     };
+    let location = result.map_err(|err| Failed("idp_error", err))?;
     tracing::info!(upstream = %upstream.name, outcome = "ok", subject = %subject_hash, "upstream login succeeded");
-    result.map_err(|err| Failed("idp_error", err))
+    Ok(location)
 }
 
 /// Standard base64 with padding (HTTP Basic).

@@ -7,6 +7,8 @@
 //! only into issuer pods, that holds its secret, so a rotated secret rolls in with the
 //! kubelet's sync and without a config change.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 /// Most upstreams one issuer may have (the CRD's `maxItems`).
@@ -213,9 +215,38 @@ pub struct IdentityConfig {
     /// is narrowed to these).
     #[serde(default)]
     pub direct_scopes: Vec<String>,
+    /// Direct mode: more scopes for members of an upstream's group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes_from_groups: Vec<GroupScopes>,
     /// Refresh families born from an upstream login end this long after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_upstream_age_secs: Option<u64>,
+}
+
+/// Scopes granted, in Direct mode, to members of one group at one upstream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupScopes {
+    /// The upstream whose group this is (a group of the same name elsewhere grants nothing).
+    pub upstream: String,
+    /// The group, exactly as the identity carries it (GitHub: `org` or `org:team-slug`).
+    pub group: String,
+    /// The scopes its members may get.
+    pub scopes: Vec<String>,
+}
+
+impl IdentityConfig {
+    /// Direct mode: the scopes `identity` may get: `direct_scopes` and those of every group
+    /// of its own upstream it carries.
+    pub fn direct_scopes_for(&self, identity: &UpstreamIdentity) -> BTreeSet<String> {
+        let mut allowed: BTreeSet<String> = self.direct_scopes.iter().cloned().collect();
+        for mapping in &self.scopes_from_groups {
+            if mapping.upstream == identity.upstream && identity.groups.contains(&mapping.group) {
+                allowed.extend(mapping.scopes.iter().cloned());
+            }
+        }
+        allowed
+    }
 }
 
 /// Who decides the subject after an upstream login.
@@ -344,5 +375,46 @@ mod tests {
             authenticated_at: 0,
         };
         assert_eq!(id.direct_subject(), "google:1080");
+    }
+
+    #[test]
+    fn group_scopes_count_only_for_their_own_upstream_and_exact_group() {
+        let config: IdentityConfig = serde_json::from_value(serde_json::json!({
+            "mode": "direct", "directScopes": ["read:items"],
+            "scopesFromGroups": [
+                {"upstream": "github", "group": "acme:sre", "scopes": ["write:items"]},
+                {"upstream": "github", "group": "acme", "scopes": ["read:orders"]},
+                {"upstream": "corp", "group": "admins", "scopes": ["admin"]}
+            ]
+        }))
+        .unwrap();
+        let person = |upstream: &str, groups: &[&str]| UpstreamIdentity {
+            upstream: upstream.into(),
+            subject: "1".into(),
+            email: None,
+            email_verified: false,
+            name: None,
+            username: None,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            hosted_domain: None,
+            authenticated_at: 0,
+        };
+        let scopes = |id: &UpstreamIdentity| -> Vec<String> {
+            config.direct_scopes_for(id).into_iter().collect()
+        };
+        assert_eq!(
+            scopes(&person("github", &["acme:sre", "acme"])),
+            ["read:items", "read:orders", "write:items"]
+        );
+        assert_eq!(scopes(&person("github", &[])), ["read:items"]);
+        // The attacker's spellings: another upstream's group of the same name, a prefix, a case.
+        assert_eq!(
+            scopes(&person("google", &["acme:sre", "admins"])),
+            ["read:items"]
+        );
+        assert_eq!(
+            scopes(&person("github", &["acme:sre-team", "ACME", "acme:"])),
+            ["read:items"]
+        );
     }
 }

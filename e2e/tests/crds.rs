@@ -251,7 +251,8 @@ fn direct_upstream_policy() -> Value {
     let mut v = upstream_policy();
     let own = &mut v["spec"]["issuer"]["self"];
     own.as_object_mut().expect("an object").remove("loginUrl");
-    own["identity"] = json!({"mode": "Direct", "directScopes": ["read:items"]});
+    own["identity"] = json!({"mode": "Direct", "directScopes": ["read:items"],
+        "scopesFromGroups": [{"upstream": "github", "group": "acme:sre", "scopes": ["read:items"]}]});
     v
 }
 
@@ -638,6 +639,33 @@ fn cases() -> Vec<Case> {
                     json!(["read:items", "admin"])
             },
             "identity.directScopes names a scope not declared in scopes: admin",
+        ),
+        (
+            "group scopes outside the vocabulary",
+            direct_upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["identity"]["scopesFromGroups"][0]["scopes"] =
+                    json!(["read:items", "root"])
+            },
+            "identity.scopesFromGroups names a scope not declared in scopes",
+        ),
+        (
+            "group scopes for an upstream that is not declared",
+            direct_upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["identity"]["scopesFromGroups"][0]["upstream"] =
+                    json!("gitlab")
+            },
+            "identity.scopesFromGroups names an upstream not in upstreams",
+        ),
+        (
+            "group scopes in Delegate mode",
+            direct_upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["identity"]["mode"] = json!("Delegate");
+                v["spec"]["issuer"]["self"]["loginUrl"] = json!("https://shop.example/login");
+            },
+            "identity.scopesFromGroups applies to identity.mode Direct only",
         ),
         (
             "plain http publicUrl",

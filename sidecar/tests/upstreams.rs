@@ -330,7 +330,13 @@ fn upstream_config(issuer: &Issuer, idp: &Idp, stub: &Stub, mode: &str) -> Value
          "clientSecretPath": issuer.dir.join("evil.secret"), "callbackUrl": callback("evil"),
          "oidc": {"issuer": stub.issuer(), "scopes": ["openid", "email"], "algorithms": ["RS256"]}}
     ]);
-    config["issuer"]["identity"] = json!({"mode": mode, "directScopes": ["read:items"]});
+    // alice is in the stand-in's group eng, bob in sales; the evil upstream's "sales" grants
+    // more, but only to its own users.
+    config["issuer"]["identity"] = json!({"mode": mode, "directScopes": ["read:items"],
+    "scopesFromGroups": [
+        {"upstream": "google", "group": "eng", "scopes": ["write:items"]},
+        {"upstream": "evil", "group": "sales", "scopes": ["write:items"]}
+    ]});
     config
 }
 
@@ -490,7 +496,20 @@ async fn direct_login_issues_upstream_prefixed_subject_with_narrowed_scope() {
     assert_eq!(claims["sub"], "google:bob");
     assert_eq!(
         claims["scope"], "read:items",
-        "narrowed to identity.directScopes"
+        "narrowed to identity.directScopes: bob's group sales grants more at the evil upstream only"
+    );
+
+    // alice is in eng, which grants write:items at this upstream.
+    let mut browser = Browser::new(&world.issuer.certs);
+    let location = google_login(&world, &mut browser, "alice").await;
+    let code = query_param(&location, "code").unwrap();
+    let token = redeem(&world.issuer, &code).await;
+    assert_eq!(token.status, 200);
+    let claims = claims_of(token.json()["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], "google:alice");
+    assert_eq!(
+        claims["scope"], "read:items write:items",
+        "directScopes and the scopes of alice's group eng"
     );
 }
 

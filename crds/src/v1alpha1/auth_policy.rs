@@ -149,6 +149,21 @@ pub struct Issuer {
         "rule": "!has(self.identity) || !has(self.identity.directScopes) || self.identity.directScopes.all(s, s in self.scopes)",
         "messageExpression": "'identity.directScopes names a scope not declared in scopes: ' + self.identity.directScopes.filter(s, !(s in self.scopes))[0]",
         "fieldPath": ".identity.directScopes"
+    },
+    {
+        "rule": "!has(self.identity) || !has(self.identity.scopesFromGroups) || self.identity.scopesFromGroups.all(m, m.scopes.all(s, s in self.scopes))",
+        "message": "identity.scopesFromGroups names a scope not declared in scopes",
+        "fieldPath": ".identity.scopesFromGroups"
+    },
+    {
+        "rule": "!has(self.identity) || !has(self.identity.scopesFromGroups) || self.identity.scopesFromGroups.all(m, has(self.upstreams) && self.upstreams.exists(u, u.name == m.upstream))",
+        "message": "identity.scopesFromGroups names an upstream not in upstreams",
+        "fieldPath": ".identity.scopesFromGroups"
+    },
+    {
+        "rule": "!has(self.identity) || !has(self.identity.scopesFromGroups) || size(self.identity.scopesFromGroups) == 0 || self.identity.mode == 'Direct'",
+        "message": "identity.scopesFromGroups applies to identity.mode Direct only (in Delegate mode the app decides the scopes)",
+        "fieldPath": ".identity.scopesFromGroups"
     }
 ]))]
 pub struct SelfIssuer {

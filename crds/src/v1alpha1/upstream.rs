@@ -206,10 +206,33 @@ pub struct Identity {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "scope_list")]
     pub direct_scopes: Vec<String>,
+    /// Direct mode: more scopes for members of a group at one upstream (OIDC: the groups
+    /// claim; GitHub: "org" and "org:team-slug" of the orgs listed under github.orgs). A user
+    /// may get directScopes plus the scopes of every listed group they are in; the client's
+    /// request is narrowed to that.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub scopes_from_groups: Vec<GroupScopes>,
     /// Refresh-token families born from an upstream login end this long after it; the user
     /// then logs in at the provider again (e.g. 24h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_upstream_age: Option<PositiveDuration>,
+}
+
+/// Scopes for the members of one group at one upstream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupScopes {
+    /// The upstream the group belongs to; the same group name at another upstream grants
+    /// nothing.
+    #[schemars(length(min = 1, max = 32))]
+    pub upstream: String,
+    /// The group, matched exactly (GitHub: "acme" or "acme:sre").
+    #[schemars(length(min = 1, max = 256))]
+    pub group: String,
+    /// The scopes its members may get (declared in scopes).
+    #[schemars(schema_with = "scope_list")]
+    pub scopes: Vec<String>,
 }
 
 /// Who decides the subject after an upstream login.

@@ -534,6 +534,15 @@ pub fn identity(own: &api::SelfIssuer) -> scopegate_core::upstream::IdentityConf
             api::IdentityMode::Direct => up::IdentityMode::Direct,
         },
         direct_scopes: identity.direct_scopes,
+        scopes_from_groups: identity
+            .scopes_from_groups
+            .into_iter()
+            .map(|m| up::GroupScopes {
+                upstream: m.upstream,
+                group: m.group,
+                scopes: m.scopes,
+            })
+            .collect(),
         max_upstream_age_secs: identity
             .max_upstream_age
             .as_ref()
@@ -673,7 +682,11 @@ spec:
           clientId: Iv23li
           clientSecretRef: {name: github-oauth, key: secret}
           github: {orgs: [{name: acme, teams: [sre]}]}
-      identity: {mode: Direct, directScopes: [read:items], maxUpstreamAge: 24h}
+      identity:
+        mode: Direct
+        directScopes: [read:items]
+        scopesFromGroups: [{upstream: github, group: "acme:sre", scopes: [read:items]}]
+        maxUpstreamAge: 24h
   upstream: {port: 8080}
 "#;
 
@@ -703,6 +716,8 @@ spec:
         let id = identity(own);
         assert_eq!(id.mode, scopegate_core::upstream::IdentityMode::Direct);
         assert_eq!(id.max_upstream_age_secs, Some(86_400));
+        assert_eq!(id.scopes_from_groups[0].group, "acme:sre");
+        assert_eq!(id.scopes_from_groups[0].upstream, "github");
         // No secret value anywhere in the rendered document.
         let text = serde_json::to_string(&rendered).unwrap();
         assert!(!text.contains("google-oauth") && !text.contains("\"clientSecret\""));

@@ -851,7 +851,7 @@ async fn hand_over(
             authorize::store_challenge(ctx, &record).await
         }
         IdentityMode::Direct => {
-            let allowed = &settings.config.identity.direct_scopes;
+            let allowed = settings.config.identity.direct_scopes_for(&identity);
             record.scope.retain(|s| allowed.contains(s));
             authorize::code_redirect(ctx, &record, identity.direct_subject()).await
         }

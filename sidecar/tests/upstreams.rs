@@ -1064,6 +1064,21 @@ async fn an_idp_outage_shows_in_readyz_and_metrics_and_leaves_client_credentials
         "{metrics}"
     );
     assert_eq!(metric(&world.issuer, "down", "idp_error").await, 1);
+
+    // The other provider still logs users in while Google and "down" are out.
+    let mut browser = Browser::new(&world.issuer.certs);
+    let (state, nonce) = evil_leg(&world, &mut browser).await;
+    let header = json!({"alg": "RS256", "kid": world.stub.kid, "typ": "JWT"});
+    let id_token = mint(&world.stub.key, &header, &world.stub.claims(&nonce));
+    world.stub.answer_with(&id_token);
+    let r = evil_callback(&world, &mut browser, "evil", &state).await;
+    let location = r.header("location").unwrap_or_default();
+    assert!(
+        location.starts_with(&format!("{LOGIN_URL}?login_challenge=")),
+        "{} {location}",
+        r.status
+    );
+    assert_eq!(metric(&world.issuer, "evil", "ok").await, 1);
 }
 
 /// A provider endpoint slower than any timeout: it completes TLS (with the issuer's own

@@ -13,7 +13,7 @@ use scopegate_core::config::SidecarConfig;
 use scopegate_core::upstream::UpstreamKind;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use scopegate_e2e::{
-    ControlPlane, TestNamespace, apply_yaml, config_map_text, eventually, secret_text,
+    ControlPlane, TestNamespace, apply_yaml, condition, config_map_text, eventually, secret_text,
 };
 
 async fn setup(test: &str) -> (Client, TestNamespace) {
@@ -77,6 +77,16 @@ fn user_secret(name: &str, key: &str, value: &str) -> String {
     )
 }
 
+/// The UpstreamsReady condition: status, reason, message.
+async fn upstreams_ready(client: &Client, ns: &str) -> anyhow::Result<(String, String, String)> {
+    let policy = Api::<AuthPolicy>::namespaced(client.clone(), ns)
+        .get("auth")
+        .await?;
+    let status = policy.status.context("no status")?;
+    let c = condition(&status.conditions, "UpstreamsReady").context("no UpstreamsReady")?;
+    Ok((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
 async fn upstream_statuses(
     client: &Client,
     ns: &str,
@@ -111,7 +121,23 @@ async fn upstreams_render_secrets_copy_and_status_names_callback_urls() {
         .await
         .expect("client");
 
-    // Status: both callback URLs on the public host; corp waits for its Secret.
+    // Status: both callback URLs on the public host; corp waits for its Secret, and the
+    // condition says so.
+    let (status, reason, message) = eventually("UpstreamsReady False", || async {
+        let ready = upstreams_ready(&client, n).await?;
+        ensure!(ready.0 == "False", "{ready:?}");
+        Ok(ready)
+    })
+    .await
+    .expect("UpstreamsReady");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretMissing")
+    );
+    assert!(
+        message.starts_with("corp: SecretMissing: key secret of Secret corp-oauth"),
+        "{message}"
+    );
     let statuses = eventually("upstream status", || async {
         let statuses = upstream_statuses(&client, n).await?;
         ensure!(statuses.len() == 2, "{statuses:?}");
@@ -209,6 +235,11 @@ async fn upstreams_render_secrets_copy_and_status_names_callback_urls() {
     eventually("corp ready", || async {
         let statuses = upstream_statuses(&client, n).await?;
         ensure!(statuses.iter().all(|s| s.2), "{statuses:?}");
+        let (status, reason, message) = upstreams_ready(&client, n).await?;
+        ensure!(
+            status == "True" && reason == "Rendered" && message.contains("google, corp"),
+            "UpstreamsReady {status} {reason}: {message}"
+        );
         Ok(())
     })
     .await

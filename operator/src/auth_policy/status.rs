@@ -139,6 +139,39 @@ pub struct Observation {
     pub upstreams: Vec<scopegate_crds::v1alpha1::UpstreamStatus>,
 }
 
+/// `UpstreamsReady`: every upstream rendered, or which are not and why (the first one's
+/// reason is the condition's).
+fn upstreams_ready(upstreams: &[scopegate_crds::v1alpha1::UpstreamStatus]) -> Conclusion {
+    let not_ready: Vec<_> = upstreams.iter().filter(|u| !u.ready).collect();
+    let Some(first) = not_ready.first() else {
+        let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        return Conclusion::yes(
+            "UpstreamsReady",
+            "Rendered",
+            format!(
+                "upstreams rendered: {} (each provider's own health is in the issuer pods' /readyz)",
+                names.join(", ")
+            ),
+        );
+    };
+    let reason_of = |u: &scopegate_crds::v1alpha1::UpstreamStatus| match u
+        .reason
+        .as_deref()
+        .and_then(|r| r.split(':').next())
+    {
+        Some("SecretMissing") => "SecretMissing",
+        Some("CaBundleInvalid") => "CaBundleInvalid",
+        Some("PublicUrlIgnored") => "PublicUrlIgnored",
+        _ => "NotReady",
+    };
+    let message = not_ready
+        .iter()
+        .map(|u| format!("{}: {}", u.name, u.reason.as_deref().unwrap_or("not ready")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Conclusion::no("UpstreamsReady", reason_of(first), message)
+}
+
 fn time(unix: i64) -> Time {
     Time(Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH))
 }
@@ -227,6 +260,10 @@ pub fn compute(
             .join("; ");
         Conclusion::yes("Degraded", observation.problems[0].reason(), message)
     });
+
+    if !observation.upstreams.is_empty() {
+        conclusions.push(upstreams_ready(&observation.upstreams));
+    }
 
     if observation.mode == "Self" {
         conclusions.push(if observation.memory_store {
@@ -337,6 +374,68 @@ mod tests {
         assert!(ready.message.starts_with("policyRef shop/auth not found"));
         assert_eq!(condition(&status, "Degraded").status, "True");
         assert_eq!(condition(&status, "KeysReady").status, "False");
+    }
+
+    #[test]
+    fn upstreams_ready_names_each_upstream_that_is_not_and_why() {
+        let upstream =
+            |name: &str, reason: Option<&str>| scopegate_crds::v1alpha1::UpstreamStatus {
+                name: name.into(),
+                callback_url: format!("https://a/oauth2/upstream/{name}/callback"),
+                ready: reason.is_none(),
+                reason: reason.map(str::to_owned),
+            };
+        let observation = Observation {
+            mode: "Self",
+            upstreams: vec![upstream("google", None), upstream("github", None)],
+            ..Default::default()
+        };
+        let status = compute(None, &observation, Some(1), 1_000);
+        let ready = condition(&status, "UpstreamsReady");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Rendered")
+        );
+        assert!(
+            ready.message.contains("google, github"),
+            "{}",
+            ready.message
+        );
+
+        let observation = Observation {
+            upstreams: vec![
+                upstream("google", None),
+                upstream("corp", Some("CaBundleInvalid: caBundle holds ...")),
+                upstream("github", Some("SecretMissing: key k of Secret s not found")),
+            ],
+            ..observation
+        };
+        let status = compute(None, &observation, Some(1), 1_000);
+        let ready = condition(&status, "UpstreamsReady");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "CaBundleInvalid")
+        );
+        assert_eq!(
+            ready.message,
+            "corp: CaBundleInvalid: caBundle holds ...; github: SecretMissing: key k of Secret s not found"
+        );
+        // No upstreams, no condition.
+        let status = compute(
+            None,
+            &Observation {
+                mode: "Self",
+                ..Default::default()
+            },
+            Some(1),
+            1_000,
+        );
+        assert!(
+            !status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "UpstreamsReady")
+        );
     }
 
     #[test]

@@ -108,7 +108,7 @@ pub struct UpstreamIdp {
 #[serde(rename_all = "camelCase")]
 pub enum UpstreamKind {
     /// An OpenID Connect provider (Google and any other).
-    Oidc(OidcUpstream),
+    Oidc(Box<OidcUpstream>),
     /// GitHub or GitHub Enterprise Server (OAuth2 and the REST API, no ID token).
     Github(GithubUpstream),
 }
@@ -139,10 +139,70 @@ pub struct OidcUpstream {
     /// The claim that holds group names, for `allow.groups`.
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
+    /// Which claims hold the identity's parts.
+    #[serde(default)]
+    pub claims: ClaimNames,
+    /// Whether an email the provider says nothing about (no `email_verified`) counts as
+    /// verified. An explicit `false` is never overridden.
+    #[serde(default)]
+    pub trust_unverified_email: TrustUnverifiedEmail,
 }
 
 fn default_groups_claim() -> String {
     "groups".into()
+}
+
+/// The claim names of an OIDC identity (Azure AD: subject `oid`; some providers: `upn`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimNames {
+    /// The stable subject; read from the ID token only (never userinfo).
+    pub subject: String,
+    /// The email address.
+    pub email: String,
+    /// Whether the email is verified.
+    pub email_verified: String,
+    /// The display name.
+    pub name: String,
+    /// The user name.
+    pub username: String,
+}
+
+impl Default for ClaimNames {
+    fn default() -> Self {
+        ClaimNames {
+            subject: "sub".into(),
+            email: "email".into(),
+            email_verified: "email_verified".into(),
+            name: "name".into(),
+            username: "preferred_username".into(),
+        }
+    }
+}
+
+/// Claims never accepted as the subject: they name a person in a way that changes or can be
+/// claimed by someone else.
+pub const UNSTABLE_SUBJECT_CLAIMS: [&str; 8] = [
+    "email",
+    "preferred_username",
+    "name",
+    "upn",
+    "unique_name",
+    "nickname",
+    "given_name",
+    "family_name",
+];
+
+/// Whether an email without a verification claim counts as verified.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum TrustUnverifiedEmail {
+    /// Never: a missing claim means unverified.
+    #[default]
+    Never,
+    /// When the provider sends no verification claim at all (Azure AD, Cognito); an explicit
+    /// `false` stays false.
+    WhenMissing,
 }
 
 /// When the userinfo endpoint is asked.

@@ -237,7 +237,8 @@ fn upstream_policy() -> Value {
         {"name": "google", "displayName": "Google", "clientId": "1234.apps.googleusercontent.com",
          "clientSecretRef": {"name": "google-oauth", "key": "client_secret"},
          "oidc": {"issuer": "https://accounts.google.com", "issuerAliases": ["accounts.google.com"],
-                  "algorithms": ["RS256"], "hostedDomains": ["example.com"]},
+                  "algorithms": ["RS256"], "hostedDomains": ["example.com"],
+                  "claims": {"subject": "oid"}, "trustUnverifiedEmail": "WhenMissing"},
          "allow": {"emailDomains": ["example.com"]}},
         {"name": "github", "clientId": "Iv23li", "clientSecretRef": {"name": "gh", "key": "secret"},
          "github": {"orgs": [{"name": "acme", "teams": ["sre"]}]}}
@@ -610,6 +611,15 @@ fn cases() -> Vec<Case> {
                     json!("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
             },
             "caBundle must hold PEM certificates (-----BEGIN CERTIFICATE-----)",
+        ),
+        (
+            "users keyed on an email claim",
+            upstream_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["upstreams"][0]["oidc"]["claims"] =
+                    json!({"subject": "preferred_username"})
+            },
+            "claims.subject must be a stable id claim (sub, oid), never an email",
         ),
         (
             "HS256 ID tokens",

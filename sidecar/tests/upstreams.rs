@@ -1919,3 +1919,122 @@ async fn chooser_page_renders_its_buttons_in_headless_chromium() {
         blank.len()
     );
 }
+
+/// Logs in at the hostile provider answering `claims` (with our leg's nonce) and returns the
+/// upstream identity the app reads on the mint socket, or `None` when the login was denied.
+async fn delegate_identity(world: &World, mut claims: Value) -> Option<Value> {
+    let mut browser = Browser::new(&world.issuer.certs);
+    let (state, nonce) = evil_leg(world, &mut browser).await;
+    claims["nonce"] = json!(nonce);
+    let header = json!({"alg": "RS256", "kid": world.stub.kid, "typ": "JWT"});
+    world
+        .stub
+        .answer_with(&mint(&world.stub.key, &header, &claims));
+    let r = evil_callback(world, &mut browser, "evil", &state).await;
+    if is_denied(&r) {
+        return None;
+    }
+    let location = r.header("location").unwrap_or_default().to_owned();
+    let challenge = location
+        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        .unwrap_or_else(|| panic!("{} {location}", r.status));
+    let pending = world
+        .issuer
+        .mint("GET", &format!("/v1/logins/{challenge}"), None)
+        .await;
+    Some(pending.json()["upstream"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_claims_key_on_the_id_tokens_own_subject_claim_and_trust_silence_only_when_told() {
+    let world = world("delegate").await;
+    let stub = &world.stub;
+    // An Azure-like provider: users keyed on oid, email in `mail`, no email_verified at all.
+    let mut config = upstream_config(&world.issuer, &world.idp, stub, "delegate");
+    config["issuer"]["upstreams"][1]["oidc"]["claims"] = json!({
+        "subject": "oid", "email": "mail", "emailVerified": "email_verified",
+        "name": "name", "username": "preferred_username"});
+    config["issuer"]["upstreams"][1]["oidc"]["trustUnverifiedEmail"] = json!("whenMissing");
+    config["issuer"]["upstreams"][1]["oidc"]["userinfo"] = json!("never");
+    reconfigure(&world.issuer, &config).await;
+
+    let base = |extra: Value| {
+        let mut claims = stub.claims("");
+        let object = claims.as_object_mut().unwrap();
+        object.remove("email");
+        object.remove("email_verified");
+        for (k, v) in extra.as_object().unwrap() {
+            object.insert(k.clone(), v.clone());
+        }
+        claims
+    };
+    let id = delegate_identity(
+        &world,
+        base(json!({"oid": "00000000-aaaa-4bbb-8ccc-000000000001", "mail": "ann@shop.example"})),
+    )
+    .await
+    .expect("a login with oid passes");
+    assert_eq!(id["subject"], "00000000-aaaa-4bbb-8ccc-000000000001");
+    assert_ne!(id["subject"], "248289761001", "not the sub claim");
+    assert_eq!(id["email"], "ann@shop.example");
+    assert_eq!(
+        id["emailVerified"], true,
+        "no email_verified at all, and whenMissing"
+    );
+
+    // An explicit false is never overridden.
+    let id = delegate_identity(
+        &world,
+        base(json!({"oid": "oid-2", "mail": "bob@shop.example", "email_verified": false})),
+    )
+    .await
+    .expect("passes, unverified");
+    assert_eq!(id["emailVerified"], false);
+
+    // No oid in the ID token (the attacker hopes for a fallback to sub, or to an email) ...
+    let denied = metric(&world.issuer, "evil", "invalid_id_token").await;
+    assert!(
+        delegate_identity(&world, base(json!({"mail": "ann@shop.example"})))
+            .await
+            .is_none()
+    );
+    // ... or an oid that is not a plain string: refused, never cleaned up into another key.
+    for oid in [json!(""), json!(17), json!("oid-1\u{0}"), json!(["oid-1"])] {
+        assert!(
+            delegate_identity(&world, base(json!({"oid": oid})))
+                .await
+                .is_none(),
+            "{oid}"
+        );
+    }
+    assert_eq!(
+        metric(&world.issuer, "evil", "invalid_id_token").await,
+        denied + 5
+    );
+
+    // A config keying users on an email claim is refused as a whole; the last good stays.
+    let mut unsafe_config = config.clone();
+    unsafe_config["policy"]["generation"] = json!(unique());
+    unsafe_config["issuer"]["upstreams"][1]["oidc"]["claims"]["subject"] = json!("email");
+    write_atomic(
+        &world.issuer.dir.join("config.json"),
+        &unsafe_config.to_string(),
+    );
+    let text = eventually(
+        "the unsafe config refused",
+        Duration::from_secs(20),
+        || async {
+            let (_, text) = readyz(world.issuer.admin).await;
+            text.contains("subject claim names an email")
+                .then_some(text)
+        },
+    )
+    .await;
+    assert!(
+        text.contains(&format!(
+            "config: generation {} ",
+            config["policy"]["generation"]
+        )),
+        "{text}"
+    );
+}

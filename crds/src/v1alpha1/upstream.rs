@@ -119,6 +119,60 @@ pub struct OidcProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub groups_claim: Option<String>,
+    /// Which claims hold the identity, for providers that differ from the OIDC defaults
+    /// (Azure AD keys users on oid). Unset parts keep their defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claims: Option<ClaimNames>,
+    /// Never (default): an email without email_verified is unverified. WhenMissing: it counts
+    /// as verified when the provider sends no email_verified at all (Azure AD, Cognito and
+    /// Cloudflare Access never do); an explicit false always stays false. Only for providers
+    /// that verify every address they hand out.
+    #[serde(default)]
+    pub trust_unverified_email: TrustUnverifiedEmail,
+}
+
+/// Claim names of an OIDC identity.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimNames {
+    /// The stable, never reassigned user key (default sub), read from the ID token only.
+    /// Never an email, user name or display name: those change and can be claimed by
+    /// someone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "!(self in ['email', 'preferred_username', 'name', 'upn', 'unique_name', 'nickname', 'given_name', 'family_name'])",
+            "message": "claims.subject must be a stable id claim (sub, oid), never an email, user name or display name: those change and can be taken over"
+        }
+    ]))]
+    pub subject: Option<String>,
+    /// The email address (default email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub email: Option<String>,
+    /// Whether the email is verified (default email_verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub email_verified: Option<String>,
+    /// The display name (default name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub name: Option<String>,
+    /// The user name (default preferred_username).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub username: Option<String>,
+}
+
+/// Whether an email without email_verified counts as verified.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum TrustUnverifiedEmail {
+    /// A missing email_verified means unverified.
+    #[default]
+    Never,
+    /// A missing email_verified means verified; false stays false.
+    WhenMissing,
 }
 
 fn default_oidc_scopes() -> Vec<String> {
@@ -259,4 +313,17 @@ pub struct UpstreamStatus {
     /// Why it is not ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subject_rule_refuses_every_claim_the_sidecar_refuses() {
+        let schema = serde_json::to_string(&schemars::schema_for!(ClaimNames)).unwrap();
+        for claim in scopegate_core::upstream::UNSTABLE_SUBJECT_CLAIMS {
+            assert!(schema.contains(&format!("'{claim}'")), "{claim}");
+        }
+    }
 }

@@ -467,7 +467,7 @@ pub fn upstreams(own: &api::SelfIssuer) -> Vec<scopegate_core::upstream::Upstrea
         .filter(|u| u.ca_bundle.as_deref().is_none_or(ca_bundle_valid))
         .filter_map(|u| {
             let kind = match (&u.oidc, &u.github) {
-                (Some(oidc), None) => up::UpstreamKind::Oidc(up::OidcUpstream {
+                (Some(oidc), None) => up::UpstreamKind::Oidc(Box::new(up::OidcUpstream {
                     issuer: oidc.issuer.trim_end_matches('/').to_owned(),
                     issuer_aliases: oidc.issuer_aliases.clone(),
                     scopes: oidc.scopes.clone(),
@@ -491,7 +491,14 @@ pub fn upstreams(own: &api::SelfIssuer) -> Vec<scopegate_core::upstream::Upstrea
                     },
                     hosted_domains: oidc.hosted_domains.clone(),
                     groups_claim: oidc.groups_claim.clone().unwrap_or_else(|| "groups".into()),
-                }),
+                    claims: claim_names(oidc.claims.as_ref()),
+                    trust_unverified_email: match oidc.trust_unverified_email {
+                        api::TrustUnverifiedEmail::Never => up::TrustUnverifiedEmail::Never,
+                        api::TrustUnverifiedEmail::WhenMissing => {
+                            up::TrustUnverifiedEmail::WhenMissing
+                        }
+                    },
+                })),
                 (None, Some(github)) => up::UpstreamKind::Github(up::GithubUpstream {
                     host_name: github.host_name.clone().unwrap_or_default(),
                     orgs: github
@@ -522,6 +529,22 @@ pub fn upstreams(own: &api::SelfIssuer) -> Vec<scopegate_core::upstream::Upstrea
             })
         })
         .collect()
+}
+
+/// The claim names of an OIDC upstream: the given ones over the defaults.
+fn claim_names(given: Option<&api::ClaimNames>) -> scopegate_core::upstream::ClaimNames {
+    let defaults = scopegate_core::upstream::ClaimNames::default();
+    let Some(given) = given else {
+        return defaults;
+    };
+    let pick = |value: &Option<String>, default: String| value.clone().unwrap_or(default);
+    scopegate_core::upstream::ClaimNames {
+        subject: pick(&given.subject, defaults.subject),
+        email: pick(&given.email, defaults.email),
+        email_verified: pick(&given.email_verified, defaults.email_verified),
+        name: pick(&given.name, defaults.name),
+        username: pick(&given.username, defaults.username),
+    }
 }
 
 /// What an upstream login leads to, as the sidecar sees it.
@@ -677,6 +700,8 @@ spec:
             issuerAliases: [accounts.google.com]
             algorithms: [RS256]
             hostedDomains: [shop.example]
+            claims: {subject: oid}
+            trustUnverifiedEmail: WhenMissing
           allow: {emailDomains: [shop.example]}
         - name: github
           clientId: Iv23li
@@ -711,6 +736,15 @@ spec:
         assert_eq!(oidc.issuer, "https://accounts.google.com");
         assert_eq!(oidc.scopes, ["openid", "email", "profile"]);
         assert_eq!(oidc.algorithms, ["RS256"]);
+        assert_eq!(oidc.claims.subject, "oid");
+        assert_eq!(
+            oidc.claims.email, "email",
+            "unset parts keep their defaults"
+        );
+        assert_eq!(
+            oidc.trust_unverified_email,
+            scopegate_core::upstream::TrustUnverifiedEmail::WhenMissing
+        );
         assert_eq!(google.allow.email_domains, ["shop.example"]);
         assert_eq!(rendered[1].display_name, "github");
         let id = identity(own);

@@ -120,6 +120,11 @@ pub fn check_config(
             if !oidc.scopes.iter().any(|s| s == "openid") {
                 return Err(bad("an OIDC upstream's scopes must contain openid"));
             }
+            if names::UNSTABLE_SUBJECT_CLAIMS.contains(&oidc.claims.subject.as_str()) {
+                return Err(bad(
+                    "an OIDC upstream's subject claim names an email, user name or display name",
+                ));
+            }
         }
     }
     if !issuer.upstreams.is_empty()
@@ -803,10 +808,19 @@ async fn finish(
         }
         other => other?,
     };
+    // The subject comes from the signed ID token, never from userinfo.
+    let subject = if oidc.claims.subject == "sub" {
+        validated.sub.clone()
+    } else {
+        subject_claim(&validated.claims, &oidc.claims.subject).ok_or_else(|| {
+            tracing::warn!(upstream = %upstream.name, "the ID token lacks a usable subject claim");
+            Failed("invalid_id_token", OAuthError::AccessDenied)
+        })?
+    };
     let wants_userinfo = match oidc.userinfo {
         UserinfoMode::Never => false,
         UserinfoMode::Always => true,
-        UserinfoMode::IfMissing => !validated.claims.contains_key("email"),
+        UserinfoMode::IfMissing => !validated.claims.contains_key(&oidc.claims.email),
     };
     if wants_userinfo {
         match (
@@ -824,7 +838,7 @@ async fn finish(
         }
     }
     drop(tokens);
-    let identity = identity(&upstream.name, oidc, validated, now);
+    let identity = identity(&upstream.name, oidc, subject, &validated, now);
     allow(upstream, &oidc.hosted_domains, &identity)?;
     hand_over(ctx, upstream, leg, identity, now).await
 }
@@ -960,14 +974,26 @@ fn text(claims: &Map<String, Value>, name: &str) -> Option<String> {
         .map(|s| s.chars().filter(|c| !c.is_control()).collect())
 }
 
+/// A subject from a configured claim: a non-empty string of at most 255 characters without
+/// control characters, taken as it is (never cleaned up: two keys must never become one).
+fn subject_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control))
+        .map(str::to_owned)
+}
+
 /// The normalised identity of a validated login.
 fn identity(
     upstream: &str,
     oidc: &OidcUpstream,
-    validated: id_token::Validated,
+    subject: String,
+    validated: &id_token::Validated,
     now: i64,
 ) -> UpstreamIdentity {
     let claims = &validated.claims;
+    let names = &oidc.claims;
     let groups = match claims.get(&oidc.groups_claim) {
         Some(Value::Array(list)) => list
             .iter()
@@ -980,11 +1006,15 @@ fn identity(
     };
     UpstreamIdentity {
         upstream: upstream.to_owned(),
-        subject: validated.sub.clone(),
-        email: text(claims, "email"),
-        email_verified: id_token::email_verified(claims),
-        name: text(claims, "name"),
-        username: text(claims, "preferred_username"),
+        subject,
+        email: text(claims, &names.email),
+        email_verified: id_token::email_verified(
+            claims,
+            &names.email_verified,
+            oidc.trust_unverified_email,
+        ),
+        name: text(claims, &names.name),
+        username: text(claims, &names.username),
         groups,
         hosted_domain: text(claims, "hd"),
         authenticated_at: claims
@@ -1078,6 +1108,8 @@ mod tests {
             token_endpoint_auth_method: UpstreamAuthMethod::ClientSecretBasic,
             hosted_domains: hosted.iter().map(|s| (*s).to_owned()).collect(),
             groups_claim: "groups".into(),
+            claims: names::ClaimNames::default(),
+            trust_unverified_email: names::TrustUnverifiedEmail::Never,
         }
     }
 
@@ -1089,7 +1121,7 @@ mod tests {
             client_secret_path: "/x".into(),
             callback_url: "https://a/oauth2/upstream/google/callback".into(),
             ca_bundle_pem: None,
-            kind: UpstreamKind::Oidc(oidc(&[])),
+            kind: UpstreamKind::Oidc(Box::new(oidc(&[]))),
             allow: names::AllowRules {
                 email_domains: domains.iter().map(|s| (*s).to_owned()).collect(),
                 groups: groups.iter().map(|s| (*s).to_owned()).collect(),

@@ -195,13 +195,19 @@ pub fn merge_userinfo(
     Ok(())
 }
 
-/// `email_verified` as OIDC providers send it: JSON `true` or the string `"true"` only;
-/// anything else, or nothing, is unverified.
-pub fn email_verified(claims: &Map<String, Value>) -> bool {
-    match claims.get("email_verified") {
+/// The verification claim `claim` as OIDC providers send it: JSON `true` or the string
+/// `"true"` only; anything else is unverified, and so is nothing unless `trust` is
+/// `WhenMissing`.
+pub fn email_verified(
+    claims: &Map<String, Value>,
+    claim: &str,
+    trust: scopegate_core::upstream::TrustUnverifiedEmail,
+) -> bool {
+    match claims.get(claim) {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => s == "true",
-        _ => false,
+        Some(_) => false,
+        None => trust == scopegate_core::upstream::TrustUnverifiedEmail::WhenMissing,
     }
 }
 
@@ -306,14 +312,43 @@ mod tests {
 
     #[test]
     fn email_verified_is_true_only_when_said_so() {
-        let of = |v: Value| email_verified(json!({"email_verified": v}).as_object().unwrap());
+        use scopegate_core::upstream::TrustUnverifiedEmail::{Never, WhenMissing};
+        let of = |v: Value| {
+            email_verified(
+                json!({"email_verified": v}).as_object().unwrap(),
+                "email_verified",
+                Never,
+            )
+        };
         assert!(of(json!(true)));
         assert!(of(json!("true")));
         assert!(!of(json!(false)));
         assert!(!of(json!("false")));
         assert!(!of(json!("TRUE")));
         assert!(!of(json!(1)));
-        assert!(!email_verified(&Map::new()));
+        assert!(!email_verified(&Map::new(), "email_verified", Never));
+        // WhenMissing trusts silence only: false, "false", null and junk stay unverified.
+        assert!(email_verified(&Map::new(), "email_verified", WhenMissing));
+        for said in [
+            json!(false),
+            json!("false"),
+            json!(null),
+            json!(1),
+            json!("True"),
+        ] {
+            let claims = json!({"email_verified": said});
+            assert!(
+                !email_verified(claims.as_object().unwrap(), "email_verified", WhenMissing),
+                "{said}"
+            );
+        }
+        // A renamed claim is the one read.
+        let claims = json!({"email_verified": true, "xms_edov": false});
+        assert!(!email_verified(
+            claims.as_object().unwrap(),
+            "xms_edov",
+            Never
+        ));
     }
 
     #[test]

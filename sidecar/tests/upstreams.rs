@@ -1479,6 +1479,8 @@ struct GhState {
     member: u16,
     teams: Value,
     token_requests: Vec<String>,
+    /// The token endpoint's status when not 200.
+    token_status: Option<u16>,
 }
 
 /// A GitHub Enterprise-shaped stub on 127.0.0.1 (web at `/login/oauth/*`, API at `/api/v3`).
@@ -1536,7 +1538,7 @@ impl GithubStub {
                                 let (status, link, body) = match target.as_str() {
                                 "/login/oauth/access_token" => {
                                     s.token_requests.push(String::from_utf8_lossy(&body).into_owned());
-                                    (200, None, s.token.clone())
+                                    (s.token_status.unwrap_or(200), None, s.token.clone())
                                 }
                                 "/api/v3/user" => (200, None, s.user.to_string()),
                                 "/api/v3/user/emails?per_page=100" => (
@@ -1589,6 +1591,7 @@ impl GithubStub {
             json!([{"email": "octocat@shop.example", "primary": true, "verified": true}]),
         ];
         s.member = 204;
+        s.token_status = None;
         s.teams = json!([{"slug": "sre", "organization": {"login": "acme"}}, {"slug": "sre", "organization": {"login": "other"}}]);
     }
 }
@@ -1758,6 +1761,28 @@ async fn github_refusals_a_200_with_error_and_org_denial_send_access_denied() {
     let (_, back) = github_login(&issuer, &stub).await;
     assert!(denied(&back));
     assert_eq!(metric(&issuer, "github", "denied_org").await, 2);
+
+    // A rate limit is not a refusal: neither on the membership check (where taking it for
+    // "not a member" would deny a member) nor at the token endpoint.
+    let unavailable = |r: &RawResponse| {
+        let l = r.header("location").unwrap_or_default();
+        l.starts_with(WEB_REDIRECT)
+            && query_param(l, "error").as_deref() == Some("temporarily_unavailable")
+            && query_param(l, "state").as_deref() == Some("st-gh")
+    };
+    for (member, token_status) in [(403, None), (429, None), (204, Some(429)), (204, Some(502))] {
+        stub.octocat("octocat");
+        stub.state.lock().unwrap().member = member;
+        stub.state.lock().unwrap().token_status = token_status;
+        let (_, back) = github_login(&issuer, &stub).await;
+        assert!(
+            unavailable(&back),
+            "member {member}, token {token_status:?}: {:?}",
+            back.header("location")
+        );
+    }
+    assert_eq!(metric(&issuer, "github", "denied_org").await, 2);
+    assert_eq!(metric(&issuer, "github", "idp_error").await, 5);
 }
 
 /// Makes the stub answer for the GitHub account `id`, now named `login`, whose verified

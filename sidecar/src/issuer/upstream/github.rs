@@ -177,9 +177,13 @@ pub async fn login(
         .body(Full::new(Bytes::from(body)))
         .map_err(|_| ProviderError::Connect)?;
     let (status, _, answer) = fetch(client, request).await?;
+    // GitHub refuses a code with 200 and an error member; any other status (a rate limit,
+    // an outage) says nothing about the code.
+    if status != 200 {
+        return Err(ProviderError::Status.into());
+    }
     let answer: Value = serde_json::from_slice(&answer).map_err(|_| ProviderError::Body)?;
-    // GitHub refuses a code with 200 and an error member: any error member is a failure.
-    if status != 200 || answer.get("error").is_some() {
+    if answer.get("error").is_some() {
         return Err(GithubError::Refused);
     }
     let token = answer
@@ -227,11 +231,16 @@ pub async fn login(
                 form_encode(&login)
             );
             let (status, _, _) = fetch(client, api_get(&url, &token)?).await?;
-            if status != 204 {
-                if status == 302 {
+            match status {
+                204 => {}
+                404 => continue,
+                302 => {
                     tracing::warn!(upstream = %upstream.name, "GitHub hides this organisation's members: an owner must approve the OAuth app (OrgAccessNotGranted)");
+                    continue;
                 }
-                continue;
+                // A rate limit (403, 429) or an outage is not "not a member": the login is
+                // retried later, never denied for it.
+                _ => return Err(ProviderError::Status.into()),
             }
             if org.teams.is_empty() {
                 groups.push(org.name.clone());

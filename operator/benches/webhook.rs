@@ -36,6 +36,8 @@ fn state() -> WebhookState {
             cpu_request: "10m".into(),
             memory_request: "32Mi".into(),
             memory_limit: "128Mi".into(),
+            https_proxy: String::new(),
+            no_proxy: String::new(),
         },
         metrics: Arc::new(Metrics::default()),
     }

@@ -66,6 +66,13 @@ struct Cli {
     /// Memory limit of the injected sidecar.
     #[arg(long, default_value = "128Mi")]
     sidecar_memory_limit: String,
+    /// HTTPS proxy for the injected sidecars' own requests (identity providers, external
+    /// JWKS), e.g. http://proxy.corp:3128; none when empty.
+    #[arg(long, default_value = "")]
+    sidecar_https_proxy: String,
+    /// Hosts the injected sidecars reach without the proxy (NO_PROXY syntax).
+    #[arg(long, default_value = "")]
+    sidecar_no_proxy: String,
 }
 
 #[tokio::main]
@@ -142,6 +149,8 @@ async fn main() -> anyhow::Result<()> {
             cpu_request: cli.sidecar_cpu_request.clone(),
             memory_request: cli.sidecar_memory_request.clone(),
             memory_limit: cli.sidecar_memory_limit.clone(),
+            https_proxy: cli.sidecar_https_proxy.clone(),
+            no_proxy: cli.sidecar_no_proxy.clone(),
         },
         metrics: metrics.clone(),
     };

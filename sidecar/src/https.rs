@@ -1,19 +1,76 @@
 //! The HTTPS client the sidecar uses for its own requests (an external issuer's JWKS, the
-//! revocation feed): rustls with aws-lc-rs, the system roots plus the config's CA bundle.
+//! revocation feed, upstream identity providers): rustls with aws-lc-rs, the system roots plus
+//! the config's CA bundle, through the environment's HTTPS proxy when one is set.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::Uri;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::proxy::matcher::Matcher;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 /// An HTTPS-only client.
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+pub type HttpsClient = Client<HttpsConnector<ProxyConnector>, Empty<Bytes>>;
+
+/// TCP towards a destination: directly, or through an HTTP CONNECT tunnel when the proxy
+/// rules (`HTTPS_PROXY`, `ALL_PROXY` and `NO_PROXY`, read as curl reads them) say so. TLS runs
+/// inside the tunnel, end to end with the destination: the proxy sees a host name only.
+#[derive(Clone)]
+pub struct ProxyConnector {
+    direct: HttpConnector,
+    rules: Arc<Matcher>,
+}
+
+impl ProxyConnector {
+    /// A connector following `rules`.
+    pub fn new(rules: Matcher) -> Self {
+        let mut direct = HttpConnector::new();
+        // The scheme is https: TLS is layered on top by the caller.
+        direct.enforce_http(false);
+        ProxyConnector {
+            direct,
+            rules: Arc::new(rules),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower_service::Service<Uri> for ProxyConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, destination: Uri) -> Self::Future {
+        match self.rules.intercept(&destination) {
+            Some(proxy) => {
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), self.direct.clone());
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Box::pin(async move { Ok(tunnel.call(destination).await?) })
+            }
+            None => {
+                let mut direct = self.direct.clone();
+                Box::pin(async move { Ok(direct.call(destination).await?) })
+            }
+        }
+    }
+}
 
 /// Why the client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +121,19 @@ pub fn client(ca_bundle_pem: Option<&str>) -> Result<HttpsClient, TlsSetupError>
     Ok(Client::builder(TokioExecutor::new()).build(connector(ca_bundle_pem)?))
 }
 
-/// The HTTPS-only connector of [`client`], for clients with other body types.
+/// The HTTPS-only connector of [`client`], for clients with other body types; through a
+/// proxy when the environment names one (`HTTPS_PROXY`, `NO_PROXY`).
 pub fn connector(
     ca_bundle_pem: Option<&str>,
-) -> Result<HttpsConnector<HttpConnector>, TlsSetupError> {
+) -> Result<HttpsConnector<ProxyConnector>, TlsSetupError> {
+    connector_with(ca_bundle_pem, Matcher::from_env())
+}
+
+/// [`connector`] with explicit proxy rules.
+pub fn connector_with(
+    ca_bundle_pem: Option<&str>,
+    proxy_rules: Matcher,
+) -> Result<HttpsConnector<ProxyConnector>, TlsSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable system certificates are skipped: the CA bundle may be all that is needed.
     let native = rustls_native_certs::load_native_certs();
@@ -91,7 +157,7 @@ pub fn connector(
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
-        .build())
+        .wrap_connector(ProxyConnector::new(proxy_rules)))
 }
 
 /// GETs `url` and reads at most `max_bytes` of a 200 answer within `timeout`.

@@ -45,6 +45,28 @@ pub struct InjectionSettings {
     pub memory_request: String,
     /// Memory limit, e.g. `128Mi`.
     pub memory_limit: String,
+    /// The HTTPS proxy the sidecar's own requests (identity providers, external JWKS) go
+    /// through, as `HTTPS_PROXY`; none when empty.
+    pub https_proxy: String,
+    /// Hosts reached directly even with a proxy, as `NO_PROXY` (set with `https_proxy` only).
+    pub no_proxy: String,
+}
+
+/// `HTTPS_PROXY` and `NO_PROXY` for the sidecar, when a proxy is configured.
+fn proxy_env(settings: &InjectionSettings) -> Vec<EnvVar> {
+    if settings.https_proxy.is_empty() {
+        return Vec::new();
+    }
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
+    let mut env = vec![var("HTTPS_PROXY", &settings.https_proxy)];
+    if !settings.no_proxy.is_empty() {
+        env.push(var("NO_PROXY", &settings.no_proxy));
+    }
+    env
 }
 
 /// The injector's verdict.
@@ -334,23 +356,28 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
                 scopegate_core::config::CONFIG_FILE
             ),
         ]),
-        env: Some(vec![
-            EnvVar {
-                name: "POD_NAME".into(),
-                value_from: Some(field("metadata.name")),
-                ..Default::default()
-            },
-            EnvVar {
-                name: "POD_NAMESPACE".into(),
-                value_from: Some(field("metadata.namespace")),
-                ..Default::default()
-            },
-            EnvVar {
-                name: APP_PROBES_ENV.into(),
-                value: Some(serde_json::to_string(&probes).unwrap_or_default()),
-                ..Default::default()
-            },
-        ]),
+        env: Some(
+            vec![
+                EnvVar {
+                    name: "POD_NAME".into(),
+                    value_from: Some(field("metadata.name")),
+                    ..Default::default()
+                },
+                EnvVar {
+                    name: "POD_NAMESPACE".into(),
+                    value_from: Some(field("metadata.namespace")),
+                    ..Default::default()
+                },
+                EnvVar {
+                    name: APP_PROBES_ENV.into(),
+                    value: Some(serde_json::to_string(&probes).unwrap_or_default()),
+                    ..Default::default()
+                },
+            ]
+            .into_iter()
+            .chain(proxy_env(settings))
+            .collect(),
+        ),
         ports: Some(vec![
             ContainerPort {
                 name: Some("scopegate".into()),
@@ -426,6 +453,8 @@ mod tests {
             cpu_request: "10m".into(),
             memory_request: "32Mi".into(),
             memory_limit: "128Mi".into(),
+            https_proxy: String::new(),
+            no_proxy: String::new(),
         }
     }
 
@@ -571,6 +600,59 @@ spec:
             .collect();
         assert!(app_mounts.contains(&MINT_SOCKET_DIR.to_owned()));
         assert!(app_mounts.contains(&APP_CA_MOUNT_DIR.to_owned()));
+    }
+
+    #[test]
+    fn a_configured_proxy_reaches_the_sidecar_only() {
+        let original = pod("{app: auth}");
+        let env_of = |settings: &InjectionSettings| {
+            let plain = policy("auth", "{matchLabels: {app: auth}}", true);
+            let Decision::Patch(ops) = decide(&original, &[&plain], settings) else {
+                panic!("no patch")
+            };
+            let spec = apply(&original, &ops).spec.unwrap();
+            let sidecar = spec
+                .init_containers
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.name == SIDECAR_NAME)
+                .unwrap();
+            let names = |c: &Container| -> Vec<(String, Option<String>)> {
+                c.env
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| (e.name, e.value))
+                    .filter(|(n, _)| n.contains("PROXY"))
+                    .collect()
+            };
+            (names(&sidecar), names(&spec.containers[0]))
+        };
+        assert_eq!(
+            env_of(&settings(true)),
+            (vec![], vec![]),
+            "no proxy, no env"
+        );
+        let proxied = InjectionSettings {
+            https_proxy: "http://proxy.corp:3128".into(),
+            no_proxy: ".svc,.cluster.local".into(),
+            ..settings(true)
+        };
+        let (sidecar, app) = env_of(&proxied);
+        assert_eq!(
+            sidecar,
+            [
+                (
+                    "HTTPS_PROXY".to_owned(),
+                    Some("http://proxy.corp:3128".to_owned())
+                ),
+                (
+                    "NO_PROXY".to_owned(),
+                    Some(".svc,.cluster.local".to_owned())
+                ),
+            ]
+        );
+        assert!(app.is_empty(), "the app's environment is its own");
     }
 
     #[test]

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use scopegate_core::config::IssuerConfig;
 use scopegate_core::upstream::{OUTCOMES, UpstreamIdp, UpstreamKind};
@@ -51,7 +50,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// The HTTPS client used towards providers (bodies are forms or empty).
-pub type ProviderClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type ProviderClient = Client<HttpsConnector<crate::https::ProxyConnector>, Full<Bytes>>;
 
 /// Why a request to a provider failed. Messages name the class only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

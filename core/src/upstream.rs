@@ -101,6 +101,44 @@ pub struct UpstreamIdp {
     /// Allow rules: every rule given must pass.
     #[serde(default)]
     pub allow: AllowRules,
+    /// Email domains this provider is the authority for (it alone hands out their addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authoritative_email_domains: Vec<String>,
+}
+
+impl UpstreamIdp {
+    /// Whether this provider vouches for `identity`'s email as its domain's authority: the
+    /// email is verified, and its domain is one of `authoritative_email_domains`, or (OIDC
+    /// with `hosted_domains`) the Google Workspace domain the login belongs to. Never for a
+    /// provider that merely says an address is verified: anyone can verify an address of a
+    /// domain at a provider that does not own it (the nOAuth takeover).
+    pub fn is_email_authority(&self, identity: &UpstreamIdentity) -> bool {
+        let Some(domain) = identity
+            .email
+            .as_deref()
+            .filter(|_| identity.email_verified)
+            .and_then(|e| e.rsplit_once('@'))
+            .map(|(_, d)| d)
+            .filter(|d| !d.is_empty())
+        else {
+            return false;
+        };
+        let listed = self
+            .authoritative_email_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain));
+        let workspace = match &self.kind {
+            UpstreamKind::Oidc(oidc) => identity.hosted_domain.as_deref().is_some_and(|hd| {
+                hd.eq_ignore_ascii_case(domain)
+                    && oidc
+                        .hosted_domains
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(hd))
+            }),
+            UpstreamKind::Github(_) => false,
+        };
+        listed || workspace
+    }
 }
 
 /// The protocol an upstream speaks.
@@ -335,6 +373,11 @@ pub struct UpstreamIdentity {
     pub email: Option<String>,
     /// Whether the provider asserted the email verified (a missing claim means false).
     pub email_verified: bool,
+    /// Whether the provider is the authority for the email's domain, so that the address
+    /// cannot belong to anyone else (see [`UpstreamIdp::is_email_authority`]). The only case
+    /// in which an app may match this identity to an existing account by email.
+    #[serde(default)]
+    pub email_authoritative: bool,
     /// Display name (untrusted text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -428,6 +471,7 @@ mod tests {
             subject: "1080".into(),
             email: Some("a@b".into()),
             email_verified: false,
+            email_authoritative: false,
             name: None,
             username: None,
             groups: vec![],
@@ -435,6 +479,69 @@ mod tests {
             authenticated_at: 0,
         };
         assert_eq!(id.direct_subject(), "google:1080");
+    }
+
+    #[test]
+    fn only_a_domains_authority_vouches_for_its_addresses() {
+        let upstream = |kind: serde_json::Value, domains: &[&str]| -> UpstreamIdp {
+            let mut doc = serde_json::json!({
+                "name": "u", "displayName": "U", "clientId": "c", "clientSecretPath": "/s",
+                "callbackUrl": "https://a/cb", "authoritativeEmailDomains": domains});
+            doc.as_object_mut()
+                .unwrap()
+                .extend(kind.as_object().unwrap().clone());
+            serde_json::from_value(doc).unwrap()
+        };
+        let google = upstream(
+            serde_json::json!({"oidc": {"issuer": "https://accounts.google.com",
+                "scopes": ["openid"], "algorithms": [], "hostedDomains": ["shop.example"]}}),
+            &[],
+        );
+        let generic = upstream(
+            serde_json::json!({"oidc": {"issuer": "https://idp.example",
+                "scopes": ["openid"], "algorithms": []}}),
+            &[],
+        );
+        let corp = upstream(serde_json::json!({"github": {}}), &["Corp.Example"]);
+        let person = |email: &str, verified: bool, hd: Option<&str>| UpstreamIdentity {
+            upstream: "u".into(),
+            subject: "1".into(),
+            email: Some(email.into()),
+            email_verified: verified,
+            email_authoritative: false,
+            name: None,
+            username: None,
+            groups: vec![],
+            hosted_domain: hd.map(str::to_owned),
+            authenticated_at: 0,
+        };
+        assert!(google.is_email_authority(&person("ann@shop.example", true, Some("shop.example"))));
+        assert!(corp.is_email_authority(&person("bob@corp.example", true, None)));
+        // The takeover attempts: verified at a provider that does not own the domain, an hd
+        // claim from a provider without hostedDomains, an hd of another domain, unverified.
+        assert!(!generic.is_email_authority(&person(
+            "ann@shop.example",
+            true,
+            Some("shop.example")
+        )));
+        assert!(!google.is_email_authority(&person(
+            "ann@shop.example",
+            true,
+            Some("evil.example")
+        )));
+        assert!(!google.is_email_authority(&person(
+            "ann@evil.example",
+            true,
+            Some("shop.example")
+        )));
+        assert!(!google.is_email_authority(&person(
+            "ann@shop.example",
+            false,
+            Some("shop.example")
+        )));
+        assert!(!corp.is_email_authority(&person("bob@corp.example.evil", true, None)));
+        assert!(!corp.is_email_authority(&person("bob@sub.corp.example", true, None)));
+        assert!(!corp.is_email_authority(&person("corp.example", true, None)));
     }
 
     #[test]
@@ -453,6 +560,7 @@ mod tests {
             subject: "1".into(),
             email: None,
             email_verified: false,
+            email_authoritative: false,
             name: None,
             username: None,
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),

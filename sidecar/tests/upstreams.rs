@@ -434,6 +434,10 @@ async fn delegate_login_through_oidc_provider_ends_in_our_token_for_the_apps_sub
     assert_eq!(upstream["subject"], "alice");
     assert_eq!(upstream["email"], "alice@shop.example");
     assert_eq!(upstream["emailVerified"], true);
+    assert_eq!(
+        upstream["emailAuthoritative"], false,
+        "verified, but this provider was not declared the authority for shop.example"
+    );
     assert_eq!(upstream["groups"], json!(["eng"]));
     let accepted = world
         .issuer
@@ -475,6 +479,29 @@ async fn delegate_login_through_oidc_provider_ends_in_our_token_for_the_apps_sub
             .is_none_or(|c| c.keys().all(|k| !k.starts_with("__Host-sg-up-")))
     );
     assert_eq!(metric(&world.issuer, "google", "ok").await, 1);
+
+    // Declared the authority for shop.example: a verified address there is marked so; an
+    // unverified one, or one of another domain, is not.
+    let mut config = upstream_config(&world.issuer, &world.idp, &world.stub, "delegate");
+    config["issuer"]["upstreams"][0]["authoritativeEmailDomains"] = json!(["shop.example"]);
+    reconfigure(&world.issuer, &config).await;
+    for (login, authoritative) in [("alice", true), ("unverified", false), ("outsider", false)] {
+        let mut browser = Browser::new(&world.issuer.certs);
+        let location = google_login(&world, &mut browser, login).await;
+        let challenge = location
+            .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+            .unwrap_or_else(|| panic!("{location}"));
+        let pending = world
+            .issuer
+            .mint("GET", &format!("/v1/logins/{challenge}"), None)
+            .await;
+        assert_eq!(
+            pending.json()["upstream"]["emailAuthoritative"],
+            authoritative,
+            "{login}: {}",
+            pending.json()["upstream"]
+        );
+    }
     drop(world.idp.child);
 }
 

@@ -62,6 +62,15 @@ pub struct UpstreamProvider {
     /// Who may log in through this provider: every rule given must pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow: Option<AllowRules>,
+    /// Email domains this provider alone hands out addresses of (your company's SSO for your
+    /// company's domain). A verified email in one of them is marked emailAuthoritative in the
+    /// identity the app reads, the one case in which matching an existing account by email is
+    /// safe. Google logins in one of oidc.hostedDomains are authoritative for that domain
+    /// without being listed. Never list a domain the provider does not own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub authoritative_email_domains: Vec<String>,
 }
 
 /// An OpenID Connect provider, found by discovery.

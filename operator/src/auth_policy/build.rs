@@ -526,6 +526,7 @@ pub fn upstreams(own: &api::SelfIssuer) -> Vec<scopegate_core::upstream::Upstrea
                     email_domains: allow.email_domains,
                     groups: allow.groups,
                 },
+                authoritative_email_domains: u.authoritative_email_domains.clone(),
             })
         })
         .collect()

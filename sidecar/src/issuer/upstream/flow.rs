@@ -858,6 +858,8 @@ async fn hand_over(
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         record.family_until = Some(identity.authenticated_at.min(now).saturating_add(max));
     }
+    let mut identity = identity;
+    identity.email_authoritative = upstream.is_email_authority(&identity);
     let subject_hash = hashed_key("sub", &identity.direct_subject());
     let result = match settings.config.identity.mode {
         IdentityMode::Delegate => {
@@ -1013,6 +1015,7 @@ fn identity(
             &names.email_verified,
             oidc.trust_unverified_email,
         ),
+        email_authoritative: false,
         name: text(claims, &names.name),
         username: text(claims, &names.username),
         groups,
@@ -1126,6 +1129,7 @@ mod tests {
                 email_domains: domains.iter().map(|s| (*s).to_owned()).collect(),
                 groups: groups.iter().map(|s| (*s).to_owned()).collect(),
             },
+            authoritative_email_domains: vec![],
         }
     }
 
@@ -1140,6 +1144,7 @@ mod tests {
             subject: "1".into(),
             email: email.map(str::to_owned),
             email_verified: verified,
+            email_authoritative: false,
             name: None,
             username: None,
             groups: groups.iter().map(|s| (*s).to_owned()).collect(),

@@ -285,6 +285,7 @@ pub async fn login(
         subject: id.to_string(),
         email,
         email_verified,
+        email_authoritative: false,
         name: text("name"),
         username: Some(login),
         groups,

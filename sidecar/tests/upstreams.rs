@@ -1125,17 +1125,7 @@ impl Drop for Silent {
 impl Silent {
     async fn start(certs: &TestCerts) -> (Silent, tokio::sync::mpsc::UnboundedReceiver<String>) {
         use tokio::io::AsyncReadExt;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![certs.leaf.clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(certs.leaf_key.serialize_der().into()),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = certs.acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
         let (heard, requests) = tokio::sync::mpsc::unbounded_channel();
@@ -1528,17 +1518,7 @@ impl GithubStub {
     async fn start() -> GithubStub {
         use http_body_util::BodyExt;
         let certs = TestCerts::new();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![certs.leaf.clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(certs.leaf_key.serialize_der().into()),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = certs.acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
         let state: Arc<Mutex<GhState>> = Arc::default();

@@ -581,6 +581,21 @@ impl TestCerts {
         }
     }
 
+    /// A TLS server side serving the leaf.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.leaf.clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(self.leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     /// A TLS client trusting only this CA.
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
         use rustls_pki_types::pem::PemObject;
@@ -601,23 +616,9 @@ impl TestCerts {
 
 impl TlsServer {
     pub async fn start(handler: Handler) -> TlsServer {
-        let TestCerts {
-            ca_pem,
-            leaf,
-            leaf_key,
-            ..
-        } = TestCerts::new();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-            )
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let certs = TestCerts::new();
+        let acceptor = certs.acceptor();
+        let ca_pem = certs.ca_pem;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));

@@ -9,14 +9,21 @@
 //!
 //! Anything else verifies if the scheme is known but counts as deprecated, so the operator
 //! re-hashes it from the plaintext in the client's Secret.
+//!
+//! A verifier that checks the same stored hash on every request parses it once into a
+//! [`PreparedHash`]; [`verify`] is the one-off form of the same check.
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use argon2::password_hash::phc::{Output, PasswordHash, Salt};
+use argon2::{Argon2, PasswordHasher};
+use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 
 /// PHC identifier of the fast keyed hash for generated secrets.
 pub const HMAC_SCHEME: &str = "scopegate-hmac-sha256";
+
+/// What every hash of [`HMAC_SCHEME`], version 1, starts with (salt and MAC follow).
+const HMAC_PREFIX: &str = "$scopegate-hmac-sha256$v=1$";
 
 /// argon2id memory cost in KiB.
 pub const ARGON2_M_COST: u32 = 19_456;
@@ -56,10 +63,10 @@ pub fn hash(secret: &str, kind: SecretKind) -> Result<String, HashError> {
 pub fn hash_with_salt(secret: &str, kind: SecretKind, salt: &[u8]) -> Result<String, HashError> {
     match kind {
         SecretKind::Generated => {
-            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, salt);
-            let mac = aws_lc_rs::hmac::sign(&key, secret.as_bytes());
+            let key = hmac::Key::new(hmac::HMAC_SHA256, salt);
+            let mac = hmac::sign(&key, secret.as_bytes());
             Ok(format!(
-                "${HMAC_SCHEME}$v=1${}${}",
+                "{HMAC_PREFIX}{}${}",
                 STANDARD_NO_PAD.encode(salt),
                 STANDARD_NO_PAD.encode(mac.as_ref())
             ))
@@ -73,34 +80,128 @@ pub fn hash_with_salt(secret: &str, kind: SecretKind, salt: &[u8]) -> Result<Str
     }
 }
 
-/// Checks `secret` against `phc` in constant time (for the HMAC scheme; argon2 compares its
-/// output in constant time itself).
+/// Checks `secret` against `phc` once; a caller that checks the same stored hash repeatedly
+/// keeps a [`PreparedHash`] instead. `Err` when `phc` is not a hash in a known scheme.
 pub fn verify(phc: &str, secret: &str) -> Result<bool, HashError> {
-    if let Some(rest) = phc.strip_prefix(&format!("${HMAC_SCHEME}$v=1$")) {
-        let (salt, mac) = rest.split_once('$').ok_or(HashError::Unknown)?;
-        let salt = STANDARD_NO_PAD
-            .decode(salt)
-            .map_err(|_| HashError::Unknown)?;
-        let mac = STANDARD_NO_PAD
-            .decode(mac)
-            .map_err(|_| HashError::Unknown)?;
-        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &salt);
-        return Ok(aws_lc_rs::hmac::verify(&key, secret.as_bytes(), &mac).is_ok());
+    Ok(PreparedHash::parse(phc)?.verify(secret))
+}
+
+/// A stored hash parsed once, so that checking a secret against it costs only the hash
+/// function: for the HMAC scheme the salt-keyed HMAC key (its pads precomputed) and the
+/// expected MAC; for argon2 the hasher with the stored algorithm, version and parameters,
+/// the salt and the expected output.
+///
+/// Only a string in no known scheme fails to parse. One that parses but can match no secret
+/// (an HMAC MAC that is not 32 bytes; an argon2 hash without salt or output, or naming an
+/// algorithm, version or parameters argon2 cannot evaluate) refuses every secret.
+pub struct PreparedHash(Check);
+
+/// Length of an HMAC-SHA256 output.
+const HMAC_LEN: usize = 32;
+
+enum Check {
+    /// [`HMAC_SCHEME`] (boxed: aws-lc-rs keeps the whole HMAC context in the key).
+    Hmac {
+        key: Box<hmac::Key>,
+        mac: [u8; HMAC_LEN],
+    },
+    /// argon2 in any variant, version and parameters the argon2 crate evaluates.
+    Argon2 {
+        hasher: Argon2<'static>,
+        salt: Salt,
+        expected: Output,
+    },
+    /// Matches no secret.
+    Nothing,
+}
+
+impl PreparedHash {
+    /// Parses a stored PHC string. `Err` when it is not a hash in a known scheme.
+    pub fn parse(phc: &str) -> Result<Self, HashError> {
+        if let Some(rest) = phc.strip_prefix(HMAC_PREFIX) {
+            let (salt, mac) = rest.split_once('$').ok_or(HashError::Unknown)?;
+            let salt = STANDARD_NO_PAD
+                .decode(salt)
+                .map_err(|_| HashError::Unknown)?;
+            let mac = STANDARD_NO_PAD
+                .decode(mac)
+                .map_err(|_| HashError::Unknown)?;
+            return Ok(PreparedHash(match <[u8; HMAC_LEN]>::try_from(mac) {
+                Ok(mac) => Check::Hmac {
+                    key: Box::new(hmac::Key::new(hmac::HMAC_SHA256, &salt)),
+                    mac,
+                },
+                Err(_) => Check::Nothing,
+            }));
+        }
+        if phc.starts_with("$argon2") {
+            let parsed = PasswordHash::new(phc).map_err(|_| HashError::Unknown)?;
+            return Ok(PreparedHash(
+                prepare_argon2(&parsed).unwrap_or(Check::Nothing),
+            ));
+        }
+        Err(HashError::Unknown)
     }
-    if phc.starts_with("$argon2") {
-        let parsed = PasswordHash::new(phc).map_err(|_| HashError::Unknown)?;
-        return Ok(Argon2::default()
-            .verify_password(secret.as_bytes(), &parsed)
-            .is_ok());
+
+    /// Whether `secret` is the one hashed. The HMAC scheme compares in constant time; argon2
+    /// compares its output in constant time itself.
+    pub fn verify(&self, secret: &str) -> bool {
+        match &self.0 {
+            Check::Hmac { key, mac } => hmac::verify(key, secret.as_bytes(), mac).is_ok(),
+            Check::Argon2 {
+                hasher,
+                salt,
+                expected,
+            } => hasher
+                .hash_password_with_salt(secret.as_bytes(), salt)
+                .is_ok_and(|computed| computed.hash.as_ref() == Some(expected)),
+            Check::Nothing => false,
+        }
     }
-    Err(HashError::Unknown)
+
+    /// Whether a check is slow enough to be worth caching (argon2).
+    pub fn is_slow(&self) -> bool {
+        matches!(self.0, Check::Argon2 { .. })
+    }
+}
+
+impl std::fmt::Debug for PreparedHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.0 {
+            Check::Hmac { .. } => HMAC_SCHEME,
+            Check::Argon2 { .. } => "argon2",
+            Check::Nothing => "none",
+        };
+        f.debug_tuple("PreparedHash").field(&scheme).finish()
+    }
+}
+
+/// The argon2 check `PasswordVerifier` would make for `parsed`, resolved once; `None` when
+/// it would refuse every secret.
+fn prepare_argon2(parsed: &PasswordHash) -> Option<Check> {
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return None;
+    };
+    let algorithm = argon2::Algorithm::try_from(parsed.algorithm.as_str()).ok()?;
+    let version = parsed
+        .version
+        .map(argon2::Version::try_from)
+        .transpose()
+        .ok()?
+        .unwrap_or_default();
+    let params = argon2::Params::try_from(parsed).ok()?;
+    Some(Check::Argon2 {
+        hasher: Argon2::new(algorithm, version, params),
+        salt,
+        expected,
+    })
 }
 
 /// Whether `phc` uses the current scheme and parameters for its kind. A hash that is not
 /// current is re-hashed by the operator.
 pub fn is_current(phc: &str, kind: SecretKind) -> bool {
     match kind {
-        SecretKind::Generated => phc.starts_with(&format!("${HMAC_SCHEME}$v=1$")),
+        SecretKind::Generated => phc.starts_with(HMAC_PREFIX),
         SecretKind::Chosen => {
             let Ok(parsed) = PasswordHash::new(phc) else {
                 return false;
@@ -113,11 +214,6 @@ pub fn is_current(phc: &str, kind: SecretKind) -> bool {
                 && param("p") == Some(ARGON2_P_COST)
         }
     }
-}
-
-/// Whether verifying `phc` is slow enough to be worth caching (argon2).
-pub fn is_slow(phc: &str) -> bool {
-    phc.starts_with("$argon2")
 }
 
 fn argon2_current() -> Result<Argon2<'static>, HashError> {
@@ -133,6 +229,87 @@ fn argon2_current() -> Result<Argon2<'static>, HashError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::PasswordVerifier;
+    use proptest::prelude::*;
+
+    /// `verify` as it was before [`PreparedHash`]: the prepared check must answer like it.
+    fn reference_verify(phc: &str, secret: &str) -> Result<bool, HashError> {
+        if let Some(rest) = phc.strip_prefix(&format!("${HMAC_SCHEME}$v=1$")) {
+            let (salt, mac) = rest.split_once('$').ok_or(HashError::Unknown)?;
+            let salt = STANDARD_NO_PAD
+                .decode(salt)
+                .map_err(|_| HashError::Unknown)?;
+            let mac = STANDARD_NO_PAD
+                .decode(mac)
+                .map_err(|_| HashError::Unknown)?;
+            let key = hmac::Key::new(hmac::HMAC_SHA256, &salt);
+            return Ok(hmac::verify(&key, secret.as_bytes(), &mac).is_ok());
+        }
+        if phc.starts_with("$argon2") {
+            let parsed = PasswordHash::new(phc).map_err(|_| HashError::Unknown)?;
+            return Ok(Argon2::default()
+                .verify_password(secret.as_bytes(), &parsed)
+                .is_ok());
+        }
+        Err(HashError::Unknown)
+    }
+
+    /// The prepared check, the one-off `verify` and the reference agree on `phc` and every
+    /// secret: the same parse failures, the same answers.
+    fn assert_agree(phc: &str, secrets: &[&str]) {
+        let prepared = PreparedHash::parse(phc);
+        for secret in secrets {
+            let reference = reference_verify(phc, secret).ok();
+            assert_eq!(prepared.is_ok(), reference.is_some(), "{phc:?}");
+            assert_eq!(verify(phc, secret).ok(), reference, "{phc:?} {secret:?}");
+            if let Ok(prepared) = &prepared {
+                assert_eq!(
+                    Some(prepared.verify(secret)),
+                    reference,
+                    "{phc:?} {secret:?}"
+                );
+            }
+        }
+    }
+
+    /// An argon2 hash with cheap parameters (the check's cost does not change its answer).
+    fn cheap_argon2(
+        algorithm: argon2::Algorithm,
+        version: argon2::Version,
+        secret: &str,
+    ) -> String {
+        Argon2::new(
+            algorithm,
+            version,
+            argon2::Params::new(8, 1, 1, None).unwrap(),
+        )
+        .hash_password_with_salt(secret.as_bytes(), b"saltsaltsalt")
+        .unwrap()
+        .to_string()
+    }
+
+    /// Secrets to try against a hash of `secret`: itself, near misses, empty, odd text.
+    fn candidates(secret: &str) -> Vec<String> {
+        let mut near = secret.to_owned();
+        let last = near.pop().map_or('x', |c| if c == 'x' { 'y' } else { 'x' });
+        near.push(last);
+        vec![
+            secret.to_owned(),
+            near,
+            format!("{secret} "),
+            secret.chars().skip(1).collect(),
+            String::new(),
+            "\0".into(),
+            "\u{fffd}\u{fffd}".into(),
+            "é\u{1f512}\u{200b}".into(),
+            "x".repeat(10_000),
+        ]
+    }
+
+    #[test]
+    fn hmac_prefix_names_the_scheme() {
+        assert_eq!(HMAC_PREFIX, format!("${HMAC_SCHEME}$v=1$"));
+    }
 
     #[test]
     fn generated_secret_round_trips_and_rejects_others() {
@@ -142,7 +319,10 @@ mod tests {
         assert!(!verify(&phc, "s3cr3t-generateD").unwrap());
         assert!(!verify(&phc, "").unwrap());
         assert!(is_current(&phc, SecretKind::Generated));
-        assert!(!is_slow(&phc));
+        let prepared = PreparedHash::parse(&phc).unwrap();
+        assert!(prepared.verify("s3cr3t-generated"));
+        assert!(!prepared.verify("s3cr3t-generateD"));
+        assert!(!prepared.is_slow());
     }
 
     #[test]
@@ -159,7 +339,10 @@ mod tests {
         assert!(verify(&phc, "correct horse").unwrap());
         assert!(!verify(&phc, "correct horsE").unwrap());
         assert!(is_current(&phc, SecretKind::Chosen));
-        assert!(is_slow(&phc));
+        let prepared = PreparedHash::parse(&phc).unwrap();
+        assert!(prepared.verify("correct horse"));
+        assert!(!prepared.verify("correct horsE"));
+        assert!(prepared.is_slow());
     }
 
     #[test]
@@ -173,6 +356,7 @@ mod tests {
         .unwrap()
         .to_string();
         assert!(verify(&weak, "pw").unwrap());
+        assert!(PreparedHash::parse(&weak).unwrap().verify("pw"));
         assert!(!is_current(&weak, SecretKind::Chosen));
     }
 
@@ -184,5 +368,141 @@ mod tests {
             Err(HashError::Unknown)
         ));
         assert!(!is_current("$sha256$abc", SecretKind::Generated));
+    }
+
+    #[test]
+    fn prepared_agrees_on_every_kind_that_verifies() {
+        let secret = "Zq0m3C5o1n8lq5aA6lqX5pQ7b3jX2nK9d4sT1uV8wY0";
+        // Current argon2 parameters are in chosen_secret_uses_argon2id_with_current_parameters;
+        // cheap ones keep this test fast and do not change the answers.
+        let mut hashes = vec![hash(secret, SecretKind::Generated).unwrap()];
+        // HMAC salts of any length, including none and longer than SHA-256's block.
+        for len in [0, 1, 16, 64, 65, 200] {
+            hashes.push(hash_with_salt(secret, SecretKind::Generated, &vec![7u8; len]).unwrap());
+        }
+        // Deprecated argon2 kinds: every variant, both versions.
+        for algorithm in [
+            argon2::Algorithm::Argon2d,
+            argon2::Algorithm::Argon2i,
+            argon2::Algorithm::Argon2id,
+        ] {
+            for version in [argon2::Version::V0x10, argon2::Version::V0x13] {
+                hashes.push(cheap_argon2(algorithm, version, secret));
+            }
+        }
+        let candidates = candidates(secret);
+        let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
+        for phc in &hashes {
+            let prepared = PreparedHash::parse(phc).unwrap();
+            assert!(prepared.verify(secret), "{phc}");
+            assert_agree(phc, &candidates);
+        }
+        // Odd secrets verify against their own hashes too.
+        for odd in ["", "\0", "\u{fffd}", "é\u{1f512}", "a:b%3A+c"] {
+            for phc in [
+                hash(odd, SecretKind::Generated).unwrap(),
+                cheap_argon2(argon2::Algorithm::Argon2id, argon2::Version::V0x13, odd),
+            ] {
+                assert!(PreparedHash::parse(&phc).unwrap().verify(odd), "{odd:?}");
+                assert_agree(&phc, &[odd, "x"]);
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_hashes_fail_closed_as_before() {
+        let secret = "s3cr3t";
+        let hmac = hash_with_salt(secret, SecretKind::Generated, b"0123456789abcdef").unwrap();
+        let (hmac_head, hmac_mac) = hmac.rsplit_once('$').unwrap();
+        let argon = cheap_argon2(argon2::Algorithm::Argon2id, argon2::Version::V0x13, secret);
+        let (argon_head, _) = argon.rsplit_once('$').unwrap();
+        let malformed = [
+            String::new(),
+            "$".into(),
+            secret.into(),
+            HMAC_PREFIX.into(),
+            format!("{HMAC_PREFIX}$"),
+            format!("{HMAC_PREFIX}c2FsdA"),
+            format!("{HMAC_PREFIX}!!$AAAA"),
+            format!("{hmac}="),
+            format!("{hmac}$"),
+            format!("{hmac_head}${}", &hmac_mac[1..]),
+            format!("{hmac_head}$"),
+            format!("{hmac_head}${hmac_mac}AAAA"),
+            hmac.replace("v=1", "v=2"),
+            hmac.to_uppercase(),
+            "$argon2".into(),
+            "$argon2id$".into(),
+            argon_head.into(),
+            format!("{argon_head}$"),
+            format!("{argon_head}$c2hvcnQ"),
+            format!("{argon}$x"),
+            argon.replace("argon2id", "argon2x"),
+            argon.replace("v=19", "v=18"),
+            argon.replace("m=8", "m=1"),
+            argon.replace("t=1", "t=0"),
+            argon.replace("p=1", "p=0"),
+            argon.replace("p=1", "p=1,q=2"),
+            argon.replace("$v=19", "$v="),
+            argon.replace("c2FsdHNhbHRzYWx0", "c2FsdA"),
+            "$pbkdf2-sha256$i=1000$c2FsdA$aGFzaA".into(),
+        ];
+        for phc in &malformed {
+            assert_ne!(phc, &hmac);
+            assert_ne!(phc, &argon);
+            assert_agree(phc, &[secret, "", "x"]);
+            if let Ok(prepared) = PreparedHash::parse(phc) {
+                assert!(!prepared.verify(secret), "{phc:?} authenticates");
+            }
+        }
+    }
+
+    /// Hashes of `secret` to mutate: HMAC, and argon2 of every variant with cheap parameters.
+    fn bases(secret: &str) -> Vec<String> {
+        vec![
+            hash(secret, SecretKind::Generated).unwrap(),
+            cheap_argon2(argon2::Algorithm::Argon2id, argon2::Version::V0x13, secret),
+            cheap_argon2(argon2::Algorithm::Argon2i, argon2::Version::V0x10, secret),
+        ]
+    }
+
+    proptest! {
+        /// Arbitrary and near-valid stored strings, against the right secret and others.
+        #[test]
+        fn prepared_agrees_with_reference(
+            secret in "\\PC{0,40}",
+            other in any::<String>(),
+            base in 0usize..3,
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), "[A-Za-z0-9+/=$,.-]?"), 0..3),
+            truncate in any::<Option<prop::sample::Index>>(),
+        ) {
+            let mut phc = bases(&secret).swap_remove(base);
+            for (at, with) in edits {
+                let at = at.index(phc.len());
+                if phc.is_char_boundary(at) && phc.is_char_boundary(at + 1) {
+                    phc.replace_range(at..at + 1, &with);
+                }
+            }
+            if let Some(at) = truncate {
+                let at = at.index(phc.len() + 1);
+                if phc.is_char_boundary(at) {
+                    phc.truncate(at);
+                }
+            }
+            assert_agree(&phc, &[&secret, &other, ""]);
+        }
+
+        /// Stored strings shaped like the two schemes, with any salt, MAC and parameters.
+        #[test]
+        fn prepared_agrees_on_scheme_shaped_strings(
+            hmac_rest in "[A-Za-z0-9+/=$]{0,90}",
+            argon in "\\$argon2(id|i|d|x)?(\\$v=(16|19|20))?\\$m=[0-9]{1,2},t=[0-3],p=[0-3](\\$[A-Za-z0-9+/]{0,24}(\\$[A-Za-z0-9+/]{0,60})?)?",
+            text in any::<String>(),
+            secret in any::<String>(),
+        ) {
+            for phc in [format!("{HMAC_PREFIX}{hmac_rest}"), argon, text] {
+                assert_agree(&phc, &[&secret, ""]);
+            }
+        }
     }
 }

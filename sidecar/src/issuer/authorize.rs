@@ -11,6 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+use super::clients::LoadedClient;
 use super::codes::CodeRecord;
 use super::error::OAuthError;
 use super::form::{Form, form_encode};
@@ -125,7 +126,8 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
     let settings = ctx.settings;
     let client = form
         .get("client_id")
-        .and_then(|id| settings.clients.get(id));
+        .and_then(|id| settings.clients.get(id))
+        .map(LoadedClient::registered);
     let Some(client) = client else {
         let _ = limiter
             .failed(form.get("client_id"), OAuthError::InvalidRequest(""))

@@ -1,9 +1,10 @@
 //! Client authentication at the token, revocation and introspection endpoints (RFC 6749
 //! §2.3): `client_secret_basic` (id and secret form-urlencoded before base64, §2.3.1),
-//! `client_secret_post`, and `none` for public clients. Secrets are checked against the PHC
-//! hashes of the mounted registry in constant time; successful checks of a slow hash
-//! (argon2) are remembered in a bounded cache keyed by an HMAC of the client, the hash and
-//! the secret, so that a changed secret or registry entry never matches.
+//! `client_secret_post`, and `none` for public clients. Secrets are checked in constant time
+//! against the PHC hashes of the mounted registry, parsed once per registry load
+//! ([`LoadedClient`]); successful checks of a slow hash (argon2) are remembered in a bounded
+//! cache keyed by an HMAC of the client, the hash and the secret, so that a changed secret or
+//! registry entry never matches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -12,7 +13,7 @@ use aws_lc_rs::hmac;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 use scopegate_core::clients::{AuthMethod, RegisteredClient};
-use scopegate_core::secret_hash;
+use scopegate_core::secret_hash::PreparedHash;
 
 use super::error::OAuthError;
 use super::form::{Form, form_decode};
@@ -112,17 +113,55 @@ fn parse_basic(credentials: &str) -> Option<(String, String)> {
     (!id.is_empty()).then_some((id, secret))
 }
 
+/// A registry entry as the issuer holds it: the client, and its secrets' hashes parsed once
+/// when the registry is loaded.
+pub struct LoadedClient {
+    registered: RegisteredClient,
+    /// One per entry of `registered.secrets`, in order; `None` for a stored string that is
+    /// not a hash in a known scheme, which authenticates no one.
+    checks: Vec<Option<PreparedHash>>,
+}
+
+impl LoadedClient {
+    /// Prepares the secret checks of a registry entry. A stored hash in no known scheme is
+    /// logged here, once per load, and never matches.
+    pub fn new(registered: RegisteredClient) -> Self {
+        let checks = registered
+            .secrets
+            .iter()
+            .map(|stored| {
+                PreparedHash::parse(&stored.phc)
+                    .inspect_err(|err| {
+                        tracing::warn!(
+                            client_id = %registered.client_id,
+                            error = %err,
+                            "client secret hash unusable; it authenticates no one"
+                        );
+                    })
+                    .ok()
+            })
+            .collect();
+        LoadedClient { registered, checks }
+    }
+
+    /// The registry entry.
+    pub fn registered(&self) -> &RegisteredClient {
+        &self.registered
+    }
+}
+
 /// Checks presented credentials against the registry: the client exists, uses the method
 /// it presented, and (for confidential clients) one of its current secrets matches.
 pub fn authenticate<'a>(
-    clients: &'a HashMap<String, RegisteredClient>,
+    clients: &'a HashMap<String, LoadedClient>,
     presented: &Presented,
     cache: &SlowCache,
     now: i64,
 ) -> Result<&'a RegisteredClient, OAuthError> {
     let basic = presented.is_basic();
     let invalid = OAuthError::InvalidClient { basic };
-    let client = clients.get(presented.id()).ok_or(invalid.clone())?;
+    let loaded = clients.get(presented.id()).ok_or(invalid.clone())?;
+    let client = &loaded.registered;
     let secret = match (presented, client.auth_method) {
         (Presented::Basic { secret, .. }, AuthMethod::ClientSecretBasic)
         | (Presented::Post { secret, .. }, AuthMethod::ClientSecretPost) => secret,
@@ -135,18 +174,20 @@ pub fn authenticate<'a>(
     let live = client
         .secrets
         .iter()
-        .filter(|s| s.not_after.is_none_or(|t| now < t));
-    for hash in live {
-        if secret_hash::is_slow(&hash.phc) {
-            let key = cache.key(&client.client_id, &hash.phc, secret);
+        .zip(&loaded.checks)
+        .filter(|(stored, _)| stored.not_after.is_none_or(|t| now < t));
+    for (stored, check) in live {
+        let Some(check) = check else { continue };
+        if check.is_slow() {
+            let key = cache.key(&client.client_id, &stored.phc, secret);
             if cache.contains(&key) {
                 return Ok(client);
             }
-            if secret_hash::verify(&hash.phc, secret).unwrap_or(false) {
+            if check.verify(secret) {
                 cache.insert(key);
                 return Ok(client);
             }
-        } else if secret_hash::verify(&hash.phc, secret).unwrap_or(false) {
+        } else if check.verify(secret) {
             return Ok(client);
         }
     }
@@ -286,7 +327,7 @@ mod tests {
     #[test]
     fn secrets_methods_and_rotation_overlap() {
         let now = 1_000;
-        let clients: HashMap<String, RegisteredClient> = [
+        let clients: HashMap<String, LoadedClient> = [
             client(
                 "basic",
                 AuthMethod::ClientSecretBasic,
@@ -303,7 +344,7 @@ mod tests {
             client("public", AuthMethod::None, vec![]),
         ]
         .into_iter()
-        .map(|c| (c.client_id.clone(), c))
+        .map(|c| (c.client_id.clone(), LoadedClient::new(c)))
         .collect();
         let cache = SlowCache::default();
         let b = |id: &str, s: &str| Presented::Basic {
@@ -339,6 +380,40 @@ mod tests {
     }
 
     #[test]
+    fn unusable_stored_hashes_authenticate_no_one() {
+        let stored = |phc: &str| SecretHash {
+            phc: phc.into(),
+            not_after: None,
+            source: None,
+        };
+        let clients = HashMap::from([(
+            "c".to_owned(),
+            LoadedClient::new(client(
+                "c",
+                AuthMethod::ClientSecretPost,
+                vec![
+                    stored("plaintext"),
+                    stored("$scopegate-hmac-sha256$v=1$c2FsdA"),
+                    stored("$argon2id$v=19$m=8,t=1,p=1$c2FsdA"),
+                    secret("good", SecretKind::Generated, None),
+                ],
+            )),
+        )]);
+        let cache = SlowCache::default();
+        let post = |s: &str| Presented::Post {
+            id: "c".into(),
+            secret: s.into(),
+        };
+        for presented in ["plaintext", "", "$scopegate-hmac-sha256$v=1$c2FsdA"] {
+            assert!(authenticate(&clients, &post(presented), &cache, 0).is_err());
+        }
+        assert!(
+            authenticate(&clients, &post("good"), &cache, 0).is_ok(),
+            "the client's other secret still works"
+        );
+    }
+
+    #[test]
     fn slow_hash_successes_are_cached_per_secret_and_entry() {
         let cache = SlowCache::default();
         let mut c = client(
@@ -346,7 +421,7 @@ mod tests {
             AuthMethod::ClientSecretPost,
             vec![secret("pw", SecretKind::Chosen, None)],
         );
-        let mut clients = HashMap::from([("c".to_owned(), c.clone())]);
+        let mut clients = HashMap::from([("c".to_owned(), LoadedClient::new(c.clone()))]);
         let post = |s: &str| Presented::Post {
             id: "c".into(),
             secret: s.into(),
@@ -357,7 +432,7 @@ mod tests {
         assert!(authenticate(&clients, &post("pW"), &cache, 0).is_err());
         assert_eq!(cache.len(), 1, "failures are not cached");
         c.secrets = vec![secret("other", SecretKind::Chosen, None)];
-        clients.insert("c".into(), c);
+        clients.insert("c".into(), LoadedClient::new(c));
         assert!(
             authenticate(&clients, &post("pw"), &cache, 0).is_err(),
             "a changed entry never matches the cache"

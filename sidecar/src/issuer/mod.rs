@@ -35,12 +35,12 @@ use std::time::Duration;
 use aws_lc_rs::rand::SystemRandom;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use scopegate_core::clients::{ClientRegistry, RegisteredClient};
+use scopegate_core::clients::ClientRegistry;
 use scopegate_core::config::{IssuerConfig, SidecarConfig, StoreConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use self::clients::SlowCache;
+use self::clients::{LoadedClient, SlowCache};
 use self::keys::{KeySet, SigningKeyError};
 use self::limits::EndpointLimits;
 use self::store::memory::MemoryStore;
@@ -118,8 +118,8 @@ pub struct IssuerSettings {
     pub path_prefix: String,
     /// The signing keys.
     pub keys: KeySet,
-    /// Clients by id.
-    pub clients: HashMap<String, RegisteredClient>,
+    /// Clients by id, their secrets' hashes parsed for this load.
+    pub clients: HashMap<String, LoadedClient>,
     /// The verifiers' leeway.
     pub leeway: i64,
     /// client_id → cut-off: the config's and the registry's `revokeBefore`, whichever is later.
@@ -183,7 +183,7 @@ impl IssuerSettings {
                     .or_insert(before);
                 *slot = (*slot).max(before);
             }
-            clients.insert(client.client_id.clone(), client);
+            clients.insert(client.client_id.clone(), LoadedClient::new(client));
         }
         let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
         let max_token_ttl = secs(issuer.access_token_ttl_secs)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the release images of scopegate-operator and scopegate-sidecar without a Docker daemon:
 #   1. static glibc binaries (crt-static, explicit --target) with the dependency list embedded
-#      by `cargo auditable`, built from a snapshot of the sources at a fixed path so that the
-#      bytes do not depend on where the checkout lives;
+#      by `cargo auditable`, built from a snapshot of the sources in a private mount namespace
+#      where the snapshot, target dir, CARGO_HOME, toolchain and cargo tools sit at fixed paths
+#      under /scopegate, so that the bytes depend neither on where the checkout lives nor on
+#      $HOME, $SCOPEGATE_CACHE or $CARGO_HOME;
 #   2. FROM-scratch OCI images built by buildah as root with vfs storage, fixed timestamps and
 #      no history, written as oci-archive files; each image is built twice in fresh storage
 #      and the two digests must agree;
@@ -25,7 +27,7 @@ while (($#)); do
   esac
 done
 started=$SECONDS
-images_require buildah cargo file git jq ldd readelf rsync sha256sum dpkg-query
+images_require buildah cargo rustc file git jq ldd readelf rsync sha256sum dpkg-query unshare mount
 [[ $(id -u) -eq 0 ]] || images_die "buildah runs as root here (vfs storage, no daemon); run as root"
 root="$IMAGES_ROOT"
 here="$root/images"
@@ -67,22 +69,38 @@ export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=
 created="$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)"
 images_step "sources of $revision (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH, $created) in $IMAGES_SRC"
 
-# --- static binaries ------------------------------------------------------------------------
-# The flags are passed here only: with an explicit --target they reach neither build scripts nor
-# proc macros, and no cargo config outside this script sees them. Paths are remapped so that
-# neither the home directory nor the target dir ends up in the binary (panic locations and C
-# assertions alike); symbols are kept for readable backtraces, debug info is not.
+# --- static binaries, built at fixed paths --------------------------------------------------
+# cargo sees only fixed paths, whatever $HOME, $SCOPEGATE_CACHE or $CARGO_HOME are: each cargo
+# run happens in a private mount namespace (unshare --mount; the mounts vanish with it) where a
+# tmpfs on /scopegate carries bind mounts of the source snapshot (/scopegate/src), the target
+# dir (/scopegate/target), $CARGO_HOME with the registry sources (/scopegate/cargo), the Rust
+# toolchain's sysroot (/scopegate/toolchain, read-only) and the pinned cargo tools
+# (/scopegate/tools, read-only), in a clean environment (HOME, PATH and CARGO_HOME fixed too).
+# RUSTFLAGS name only those paths, and cargo hashes RUSTFLAGS into the workspace crates' object
+# file names (which ThinLTO's promoted symbols carry), so the bytes do not depend on the host's.
+fixed=/scopegate
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
-prefix_map=("$IMAGES_SRC=/scopegate" "$cargo_home=/cargo" "$IMAGES_TARGET_DIR=/target")
+mkdir -p "$cargo_home" "$IMAGES_TARGET_DIR"
+# The toolchain cargo would pick for the sources (rustup: rust-toolchain files, RUSTUP_TOOLCHAIN).
+sysroot="$(cd "$IMAGES_SRC" && rustc --print sysroot)"
+[[ -x $sysroot/bin/cargo && -x $sysroot/bin/rustc ]] || images_die "no cargo and rustc in $sysroot"
+# The only trace on the host: the empty mount point.
+mkdir -p "$fixed"
+# Paths are also remapped, to shorter ones, so that the binary names no /scopegate/… directory
+# (panic locations and C assertions alike); symbols are kept for readable backtraces, debug info
+# is not. The flags are passed here only: with an explicit --target they reach neither build
+# scripts nor proc macros, and no cargo config outside this script sees them.
+prefix_map=("$fixed/src=/scopegate" "$fixed/cargo=/cargo" "$fixed/target=/target")
 rustflags="-C target-feature=+crt-static -C debuginfo=0"
 cflags=""
 for map in "${prefix_map[@]}"; do
   rustflags+=" --remap-path-prefix=$map"
   cflags+=" -ffile-prefix-map=$map"
 done
-build_env=(
-  env -u RUSTC_WRAPPER -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS
-  CARGO_TARGET_DIR="$IMAGES_TARGET_DIR" RUSTFLAGS="$rustflags"
+fixed_env=(
+  HOME="$fixed/home" CARGO_HOME="$fixed/cargo" CARGO_TARGET_DIR="$fixed/target"
+  PATH="$fixed/tools/bin:$fixed/toolchain/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+  RUSTC="$fixed/toolchain/bin/rustc" RUSTFLAGS="$rustflags"
   CFLAGS_x86_64_unknown_linux_gnu="${cflags# }" CXXFLAGS_x86_64_unknown_linux_gnu="${cflags# }"
   CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo CARGO_INCREMENTAL=0
   TZ=UTC LC_ALL=C
@@ -90,13 +108,41 @@ build_env=(
   # scripts (aws-lc-sys and all above it) when it changes, and the binaries do not need it.
   SOURCE_DATE_EPOCH=0
 )
+# Passed through, none of them a path: proxies and cargo's network and registry settings (a
+# fresh machine downloads the crates), the terminal, make's jobserver.
+while IFS= read -r name; do
+  fixed_env+=("$name=${!name}")
+done < <(compgen -e | grep -E -e '^((https?|ftp|no|all)_proxy|(HTTPS?|FTP|NO|ALL)_PROXY)$' \
+  -e '^CARGO_(HTTP|NET|REGISTRY|REGISTRIES|TERM)_[A-Z0-9_]+$' \
+  -e '^(TERM|MAKEFLAGS|MFLAGS|CARGO_MAKEFLAGS|CARGO_BUILD_JOBS)$' || true)
+
+# in_fixed_paths COMMAND...: runs COMMAND in /scopegate/src of a private mount namespace.
+in_fixed_paths() {
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  unshare --mount --propagation private -- bash -euo pipefail -c '
+    fixed=$1 src=$2 target=$3 cargo=$4 toolchain=$5 tools=$6; shift 6
+    mount -t tmpfs -o mode=0755 scopegate-fixed "$fixed"
+    mkdir "$fixed"/{src,target,cargo,toolchain,tools,home}
+    mount --bind "$src" "$fixed/src"
+    mount --bind "$target" "$fixed/target"
+    mount --bind "$cargo" "$fixed/cargo"
+    mount --bind "$toolchain" "$fixed/toolchain"
+    mount -o remount,bind,ro "$fixed/toolchain"
+    mount --bind "$tools" "$fixed/tools"
+    mount -o remount,bind,ro "$fixed/tools"
+    cd "$fixed/src"
+    exec env -i "$@"' in-fixed-paths \
+    "$fixed" "$IMAGES_SRC" "$IMAGES_TARGET_DIR" "$cargo_home" "$sysroot" "$IMAGES_TOOLS" \
+    "${fixed_env[@]}" "$@"
+}
+
 bin_dir="$IMAGES_TARGET_DIR/$IMAGES_TRIPLE/release"
 for bin in "${IMAGES_BINARIES[@]}"; do
-  images_step "cargo auditable build --release --target $IMAGES_TRIPLE -p $bin (static)"
+  images_step "cargo auditable build --release --target $IMAGES_TRIPLE -p $bin (static, in $fixed)"
   t=$SECONDS
   # One package per invocation: features are unified as in `cargo build -p $bin`.
-  (cd "$IMAGES_SRC" && "${build_env[@]}" cargo auditable build --release --locked \
-    --target "$IMAGES_TRIPLE" -p "$bin" --bin "$bin")
+  in_fixed_paths cargo auditable build --release --locked --target "$IMAGES_TRIPLE" \
+    -p "$bin" --bin "$bin"
   images_step "$bin built in $((SECONDS - t))s"
 done
 
@@ -111,8 +157,10 @@ check_static() { # binary
   ldd "$bin" 2>&1 | grep -Eq 'not a dynamic executable|statically linked' \
     || images_die "ldd finds shared libraries in $bin: $(ldd "$bin" 2>&1)"
   readelf -SW "$bin" | grep -q ' \.dep-v0 ' || images_die "$bin has no cargo-auditable .dep-v0 section"
-  ! grep -aqF -e "$HOME/" -e "$IMAGES_SRC" -e "$IMAGES_TARGET_DIR" "$bin" \
-    || images_die "$bin embeds a build-host path: $(grep -aoF -e "$HOME/" "$bin" | head -1)"
+  local paths=("$HOME/" "$IMAGES_SRC" "$IMAGES_TARGET_DIR" "$cargo_home/" "$sysroot/") dir
+  for dir in src target cargo toolchain tools home; do paths+=("$fixed/$dir/"); done
+  ! grep -aqF "${paths[@]/#/-e}" "$bin" \
+    || images_die "$bin embeds a build path: $(grep -aoF "${paths[@]/#/-e}" "$bin" | head -1)"
 }
 
 # --- images ---------------------------------------------------------------------------------
@@ -162,9 +210,9 @@ for bin in "${IMAGES_BINARIES[@]}"; do
   images_step "$bin image $digest (built twice, same digest, $((SECONDS - t))s)"
 
   images_step "CycloneDX SBOM of $bin"
-  manifest="$IMAGES_SRC/${component}/Cargo.toml"
-  (cd "$IMAGES_SRC" && cargo cyclonedx --quiet --manifest-path "$manifest" --format json \
-    --spec-version 1.5 --target "$IMAGES_TRIPLE" --override-filename "$bin.cdx")
+  # At the fixed paths too: the SBOM's references to workspace packages carry their path.
+  in_fixed_paths cargo cyclonedx --quiet --manifest-path "$fixed/src/$component/Cargo.toml" \
+    --format json --spec-version 1.5 --target "$IMAGES_TRIPLE" --override-filename "$bin.cdx"
   mv "$IMAGES_SRC/$component/$bin.cdx.json" "$IMAGES_OUT/$bin.cdx.json"
   jq -n --arg bin "$bin" --arg component "$component" --arg digest "$digest" \
     --arg archive "$bin.oci.tar" --arg sbom "$bin.cdx.json" \
@@ -178,7 +226,7 @@ for bin in "${IMAGES_BINARIES[@]}"; do
 done
 
 # --- release notes --------------------------------------------------------------------------
-rustc_version="$(rustc -V)"
+rustc_version="$("$sysroot/bin/rustc" -V)"
 buildah_version="$(buildah --version)"
 jq -s --arg version "$version" --arg revision "$revision" --arg commit "$commit" \
   --arg sde "$SOURCE_DATE_EPOCH" --arg created "$created" --arg rustc "$rustc_version" \

@@ -540,15 +540,11 @@ async fn direct_login_issues_upstream_prefixed_subject_with_narrowed_scope() {
     );
 }
 
-/// Opens a leg at the hostile provider from the issuer's authorize endpoint: returns the
-/// `state` and `nonce` the issuer sent (read off the redirect, as the provider would).
-async fn evil_leg(world: &World, browser: &mut Browser) -> (String, String) {
-    let authorize = format!(
-        "{}/oauth2/authorize?{}&upstream=evil",
-        world.issuer.url,
-        web_query("st-evil", Some("read:items"))
-    );
-    let first = browser.send("GET", &authorize, None).await;
+/// Follows `authorize` (with an `upstream=` hint) to the leg's start and the start onwards;
+/// both answer 303. Returns the start URL and where the start sends the browser (the
+/// provider, or the client when the leg cannot open).
+async fn open_leg(browser: &mut Browser, authorize: &str) -> (String, String) {
+    let first = browser.send("GET", authorize, None).await;
     assert_eq!(
         first.status,
         303,
@@ -557,8 +553,20 @@ async fn evil_leg(world: &World, browser: &mut Browser) -> (String, String) {
     );
     let start = first.header("location").unwrap().to_owned();
     let second = browser.send("GET", &start, None).await;
-    assert_eq!(second.status, 303);
-    let to_idp = second.header("location").unwrap().to_owned();
+    assert_eq!(second.status, 303, "{start}");
+    let next = second.header("location").unwrap().to_owned();
+    (start, next)
+}
+
+/// Opens a leg at the hostile provider from the issuer's authorize endpoint: returns the
+/// `state` and `nonce` the issuer sent (read off the redirect, as the provider would).
+async fn evil_leg(world: &World, browser: &mut Browser) -> (String, String) {
+    let authorize = format!(
+        "{}/oauth2/authorize?{}&upstream=evil",
+        world.issuer.url,
+        web_query("st-evil", Some("read:items"))
+    );
+    let (_, to_idp) = open_leg(browser, &authorize).await;
     assert!(
         to_idp.starts_with(&format!("{}/authorize?", world.stub.issuer())),
         "{to_idp}"
@@ -1018,18 +1026,7 @@ async fn an_idp_outage_shows_in_readyz_and_metrics_and_leaves_client_credentials
         world.issuer.url,
         web_query("st-d", None)
     );
-    let start = browser
-        .send("GET", &url, None)
-        .await
-        .header("location")
-        .unwrap()
-        .to_owned();
-    let location = browser
-        .send("GET", &start, None)
-        .await
-        .header("location")
-        .unwrap()
-        .to_owned();
+    let (_, location) = open_leg(&mut browser, &url).await;
     assert!(location.starts_with(WEB_REDIRECT), "{location}");
     assert_eq!(
         query_param(&location, "error").as_deref(),
@@ -1043,15 +1040,7 @@ async fn an_idp_outage_shows_in_readyz_and_metrics_and_leaves_client_credentials
         world.issuer.url,
         google_query("st-g")
     );
-    let start = browser
-        .send("GET", &url, None)
-        .await
-        .header("location")
-        .unwrap()
-        .to_owned();
-    let to_idp = browser.send("GET", &start, None).await;
-    assert_eq!(to_idp.status, 303);
-    let to_idp = to_idp.header("location").unwrap().to_owned();
+    let (_, to_idp) = open_leg(&mut browser, &url).await;
     assert!(to_idp.starts_with(&world.idp.url), "{to_idp}");
     let state = query_param(&to_idp, "state").unwrap();
     let callback = format!(
@@ -1202,18 +1191,7 @@ async fn slow_login(name: &str, spec: Spec) -> SlowLogin {
         issuer.url,
         web_query("st-slow", Some("read:items"))
     );
-    let start = browser
-        .send("GET", &authorize, None)
-        .await
-        .header("location")
-        .unwrap()
-        .to_owned();
-    let to_idp = browser
-        .send("GET", &start, None)
-        .await
-        .header("location")
-        .unwrap()
-        .to_owned();
+    let (_, to_idp) = open_leg(&mut browser, &authorize).await;
     assert!(
         to_idp.starts_with(&format!("{}/authorize?", stub.issuer())),
         "{to_idp}"
@@ -1630,15 +1608,8 @@ async fn github_login(issuer: &Issuer, stub: &GithubStub) -> (String, RawRespons
         issuer.url,
         web_query("st-gh", Some("read:items"))
     );
-    let start = browser.send("GET", &url, None).await;
-    let start = start.header("location").unwrap().to_owned();
+    let (start, to_github) = open_leg(&mut browser, &url).await;
     assert!(start.contains("/oauth2/upstream/github/start"), "{start}");
-    let to_github = browser
-        .send("GET", &start, None)
-        .await
-        .header("location")
-        .unwrap()
-        .to_owned();
     assert!(
         to_github.starts_with(&format!("https://{}/login/oauth/authorize?", stub.host)),
         "{to_github}"

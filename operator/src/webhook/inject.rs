@@ -488,6 +488,18 @@ spec:
         .unwrap()
     }
 
+    /// The pod spec after injecting for `policy` (which must patch).
+    fn injected_spec(
+        pod: &Pod,
+        policy: &AuthPolicy,
+        settings: &InjectionSettings,
+    ) -> k8s_openapi::api::core::v1::PodSpec {
+        let Decision::Patch(ops) = decide(pod, &[policy], settings) else {
+            panic!("no patch")
+        };
+        apply(pod, &ops).spec.unwrap()
+    }
+
     fn apply(pod: &Pod, ops: &[serde_json::Value]) -> Pod {
         let mut value = serde_json::to_value(pod).unwrap();
         for op in ops {
@@ -578,10 +590,7 @@ spec:
     fn an_issuer_pod_mounts_its_secrets_and_shares_the_mint_socket_with_the_app() {
         let p = policy("auth", "{matchLabels: {app: auth}}", true);
         let original = pod("{app: auth}");
-        let Decision::Patch(ops) = decide(&original, &[&p], &settings(true)) else {
-            panic!("no patch")
-        };
-        let spec = apply(&original, &ops).spec.unwrap();
+        let spec = injected_spec(&original, &p, &settings(true));
         let volumes: Vec<_> = spec.volumes.unwrap().into_iter().map(|v| v.name).collect();
         for v in [
             "scopegate-signing-keys",
@@ -607,10 +616,7 @@ spec:
         let original = pod("{app: auth}");
         let env_of = |settings: &InjectionSettings| {
             let plain = policy("auth", "{matchLabels: {app: auth}}", true);
-            let Decision::Patch(ops) = decide(&original, &[&plain], settings) else {
-                panic!("no patch")
-            };
-            let spec = apply(&original, &ops).spec.unwrap();
+            let spec = injected_spec(&original, &plain, settings);
             let sidecar = spec
                 .init_containers
                 .unwrap_or_default()
@@ -659,10 +665,7 @@ spec:
     fn upstream_client_secrets_are_mounted_into_the_sidecar_only() {
         let original = pod("{app: auth}");
         let verifier = policy("orders", "{matchLabels: {app: auth}}", false);
-        let Decision::Patch(ops) = decide(&original, &[&verifier], &settings(true)) else {
-            panic!("no patch")
-        };
-        let spec = apply(&original, &ops).spec.unwrap();
+        let spec = injected_spec(&original, &verifier, &settings(true));
         assert!(
             !spec
                 .volumes
@@ -674,10 +677,7 @@ spec:
         // An issuer without upstreams yet gets the optional volume, so that adding one later
         // needs no restart.
         let plain = policy("auth", "{matchLabels: {app: auth}}", true);
-        let Decision::Patch(ops) = decide(&original, &[&plain], &settings(true)) else {
-            panic!("no patch")
-        };
-        let spec = apply(&original, &ops).spec.unwrap();
+        let spec = injected_spec(&original, &plain, &settings(true));
         let volume = spec
             .volumes
             .unwrap()
@@ -690,10 +690,7 @@ spec:
             "[{name: google, clientId: c, clientSecretRef: {name: g, key: k}, oidc: {issuer: https://accounts.google.com}}]",
         )
         .unwrap();
-        let Decision::Patch(ops) = decide(&original, &[&with], &settings(true)) else {
-            panic!("no patch")
-        };
-        let spec = apply(&original, &ops).spec.unwrap();
+        let spec = injected_spec(&original, &with, &settings(true));
         let volume = spec
             .volumes
             .unwrap()
@@ -754,10 +751,7 @@ spec:
     fn older_servers_get_a_classic_container() {
         let p = policy("orders", "{matchLabels: {app: orders}}", false);
         let original = pod("{app: orders}");
-        let Decision::Patch(ops) = decide(&original, &[&p], &settings(false)) else {
-            panic!("no patch")
-        };
-        let spec = apply(&original, &ops).spec.unwrap();
+        let spec = injected_spec(&original, &p, &settings(false));
         assert_eq!(spec.containers[0].name, SIDECAR_NAME);
         assert!(spec.containers[0].restart_policy.is_none());
         assert!(spec.init_containers.is_none());

@@ -687,6 +687,15 @@ async fn oidc_callback(
     Ok(finish(ctx, upstream, oidc, provider.as_deref(), leg, form).await)
 }
 
+/// The code a provider returned, or why there is none (the user declined: `error`).
+fn returned_code(form: &Form) -> Result<&str, Failed> {
+    if form.get("error").is_some() {
+        return Err(Failed("access_denied", OAuthError::AccessDenied));
+    }
+    form.get("code")
+        .ok_or(Failed("idp_error", OAuthError::AccessDenied))
+}
+
 /// The GitHub exchange and API reads, the allow rules and the hand-over.
 async fn finish_github(
     ctx: &Context<'_>,
@@ -695,12 +704,7 @@ async fn finish_github(
     leg: &Leg,
     form: &Form,
 ) -> Result<String, Failed> {
-    if form.get("error").is_some() {
-        return Err(Failed("access_denied", OAuthError::AccessDenied));
-    }
-    let code = form
-        .get("code")
-        .ok_or(Failed("idp_error", OAuthError::AccessDenied))?;
+    let code = returned_code(form)?;
     let client = ctx
         .issuer
         .upstreams
@@ -747,12 +751,7 @@ async fn finish(
     leg: &Leg,
     form: &Form,
 ) -> Result<String, Failed> {
-    if form.get("error").is_some() {
-        return Err(Failed("access_denied", OAuthError::AccessDenied));
-    }
-    let code = form
-        .get("code")
-        .ok_or(Failed("idp_error", OAuthError::AccessDenied))?;
+    let code = returned_code(form)?;
     let provider = provider.ok_or(Failed(
         "idp_error",
         OAuthError::TemporarilyUnavailable("upstream unavailable"),

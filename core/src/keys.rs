@@ -5,6 +5,11 @@
 //! from the same clock: `next` until it activates, `active` until it stops signing, `retiring`
 //! until every token it may have signed has expired, then removed. Private key material is
 //! PKCS#8 (asymmetric) or raw bytes (HS256), base64-encoded; `Debug` never prints it.
+//!
+//! Two kinds of key never sign, whatever their times say: a `pending` key (written, but not
+//! yet seen in every verifier's key set: the operator schedules its activation once it has
+//! observed the publication) and a public-only key (its private half was lost, e.g. with a
+//! deleted Secret: it stays published until the tokens it signed have expired).
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +73,11 @@ pub struct ManagedKey {
     /// The public key as published (absent for HS256, which is never published).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_jwk: Option<Jwk>,
+    /// Written but not yet observed in every verifier's key set: it is published (in the
+    /// JWKS) and never signs; `activates_at` is only a lower bound until the operator clears
+    /// this, setting `published_at` to when it observed the publication.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 impl std::fmt::Debug for ManagedKey {
@@ -79,23 +89,31 @@ impl std::fmt::Debug for ManagedKey {
             .field("activates_at", &self.activates_at)
             .field("signs_until", &self.signs_until)
             .field("removed_after", &self.removed_after)
+            .field("pending", &self.pending)
             .field("private_key", &"<redacted>")
             .finish()
     }
 }
 
 impl ManagedKey {
-    /// The key's state at `now`.
+    /// The key's state at `now`. A pending key is `next` until its removal time; a key
+    /// without private material is never `active` (it is `retiring` once it would be).
     pub fn state(&self, now: i64) -> KeyState {
         if now >= self.removed_after {
             KeyState::Removed
-        } else if now >= self.signs_until {
-            KeyState::Retiring
-        } else if now >= self.activates_at {
-            KeyState::Active
-        } else {
+        } else if self.pending || now < self.activates_at {
             KeyState::Next
+        } else if now >= self.signs_until || !self.has_private_key() {
+            KeyState::Retiring
+        } else {
+            KeyState::Active
         }
+    }
+
+    /// Whether the document holds the key's private half (a key kept only to verify the
+    /// tokens it signed before its private half was lost has none).
+    pub fn has_private_key(&self) -> bool {
+        !self.private_key.is_empty()
     }
 
     /// Whether the key belongs in the JWKS at `now`.
@@ -114,6 +132,7 @@ impl SigningKeys {
     /// The key that signs at `now`: among active keys, the one activated last. `None` when no
     /// key may sign (none active yet, or the issuer's mounted copy is stale past every
     /// `signs_until`): the issuer then refuses to mint rather than sign with an old key.
+    /// Pending and public-only keys are never active.
     pub fn signing_key(&self, now: i64) -> Option<&ManagedKey> {
         self.keys
             .iter()
@@ -152,7 +171,32 @@ mod tests {
                 kid: Some(kid.into()),
                 ..Jwk::default()
             }),
+            pending: false,
         }
+    }
+
+    #[test]
+    fn pending_and_public_only_keys_never_sign_but_are_published() {
+        let mut pending = key("p", 0, 10, 20, 30);
+        pending.pending = true;
+        assert_eq!(pending.state(15), KeyState::Next);
+        assert_eq!(pending.state(30), KeyState::Removed);
+        let mut lost = key("l", 0, 10, 20, 30);
+        lost.private_key.clear();
+        assert_eq!(lost.state(5), KeyState::Next);
+        assert_eq!(lost.state(15), KeyState::Retiring);
+        let keys = SigningKeys {
+            keys: vec![pending.clone(), lost.clone()],
+        };
+        assert_eq!(keys.signing_key(15), None);
+        assert_eq!(keys.published_jwks(15).keys.len(), 2);
+        // Old documents (no `pending` member) read as not pending; a pending key says so.
+        let text = serde_json::to_string(&pending).unwrap();
+        assert!(text.contains("\"pending\":true"), "{text}");
+        let plain = serde_json::to_string(&key("a", 0, 1, 2, 3)).unwrap();
+        assert!(!plain.contains("pending"), "{plain}");
+        let back: ManagedKey = serde_json::from_str(&plain).unwrap();
+        assert!(!back.pending);
     }
 
     #[test]

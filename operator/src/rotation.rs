@@ -126,6 +126,7 @@ pub fn plan<E>(
         removed_after: activates_at + params.period + params.tail(),
         private_key: material.private_key,
         public_jwk: material.public_jwk,
+        pending: false,
     };
 
     if keys.is_empty() {

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub feed_staleness_secs: AtomicI64,
     /// Revocation entries held.
     pub feed_entries: AtomicI64,
+    /// Keys the config in force leaves out because they do not load.
+    pub keys_skipped: AtomicI64,
 }
 
 impl Metrics {
@@ -195,7 +197,7 @@ impl Metrics {
         for (name, help, value) in fetches {
             write_metric(&mut out, name, help, "counter", &value);
         }
-        let gauges: [(&str, &str, String); 6] = [
+        let gauges: [(&str, &str, String); 7] = [
             (
                 "token_cache_hit_ratio",
                 "Hits over lookups since start.",
@@ -227,6 +229,11 @@ impl Metrics {
                 "revocation_entries",
                 "Revocation entries held from the feed.",
                 self.feed_entries.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "keys_skipped",
+                "Keys the config in force leaves out because they do not load (the others serve).",
+                self.keys_skipped.load(Ordering::Relaxed).to_string(),
             ),
         ];
         for (name, help, value) in gauges {

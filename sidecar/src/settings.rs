@@ -191,6 +191,19 @@ pub struct Settings {
     pub recompile_at: Option<i64>,
     /// The issuer role, in pods of an `issuer.self` policy.
     pub issuer: Option<Arc<IssuerSettings>>,
+    /// Keys left out because they do not load (the rest of the config is in force).
+    pub skipped_keys: Vec<SkippedKey>,
+}
+
+/// A key left out of the config in force because it does not load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedKey {
+    /// The issuer whose key it is.
+    pub issuer: String,
+    /// Its key id (empty when it has none).
+    pub kid: String,
+    /// Why it does not load (never key material).
+    pub reason: String,
 }
 
 /// What compiling needs besides the document.
@@ -244,6 +257,7 @@ pub fn compile(
     }
     let mut issuers = HashMap::new();
     let mut recompile_at: Option<i64> = None;
+    let mut skipped_keys = Vec::new();
     for trusted in &verify.issuers {
         let name = trusted.issuer.clone();
         if name.is_empty() || issuers.contains_key(&name) {
@@ -255,13 +269,12 @@ pub fn compile(
         };
         let source = match &trusted.keys {
             KeySource::Static { jwks } => {
-                let mut keys = KeyMap::new();
-                for jwk in &jwks.keys {
-                    let entry = KeyEntry::from_jwk(jwk, None).map_err(key_error)?;
-                    keys.insert(entry.kid().to_owned(), entry);
-                }
+                let entries = jwks.keys.iter().map(|jwk| {
+                    let kid = jwk.kid.clone().unwrap_or_default();
+                    (kid, KeyEntry::from_jwk(jwk, None).map_err(key_error))
+                });
                 IssuerSource::Fixed(IssuerKeys {
-                    keys: Arc::new(keys),
+                    keys: Arc::new(keep_loaded(&name, entries, &mut skipped_keys)?),
                     allow_jwt_typ: false,
                 })
             }
@@ -272,24 +285,35 @@ pub fn compile(
                     .filter(|_| config.issuer.is_some())
                     .ok_or_else(own_error)?;
                 let doc: SigningKeys = serde_json::from_str(text).map_err(|_| own_error())?;
-                let mut keys = KeyMap::new();
-                for managed in doc.keys.iter().filter(|k| input.now < k.removed_after) {
-                    let entry = if managed.alg == "HS256" {
-                        let secret = b64::decode_standard(managed.private_key.as_bytes())
-                            .map_err(|_| own_error())?;
-                        KeyEntry::hs256(&managed.kid, &secret).map_err(key_error)?
-                    } else {
-                        let jwk = managed.public_jwk.as_ref().ok_or_else(own_error)?;
-                        KeyEntry::from_jwk(jwk, None).map_err(key_error)?
-                    };
+                let live: Vec<_> = doc
+                    .keys
+                    .iter()
+                    .filter(|k| input.now < k.removed_after)
+                    .collect();
+                for managed in &live {
                     recompile_at = Some(
                         recompile_at
                             .map_or(managed.removed_after, |t| t.min(managed.removed_after)),
                     );
-                    keys.insert(entry.kid().to_owned(), entry);
                 }
+                let entries = live.into_iter().map(|managed| {
+                    let entry = if managed.alg == "HS256" {
+                        b64::decode_standard(managed.private_key.as_bytes())
+                            .map_err(|_| own_error())
+                            .and_then(|secret| {
+                                KeyEntry::hs256(&managed.kid, &secret).map_err(key_error)
+                            })
+                    } else {
+                        managed
+                            .public_jwk
+                            .as_ref()
+                            .ok_or_else(own_error)
+                            .and_then(|jwk| KeyEntry::from_jwk(jwk, None).map_err(key_error))
+                    };
+                    (managed.kid.clone(), entry)
+                });
                 IssuerSource::Fixed(IssuerKeys {
-                    keys: Arc::new(keys),
+                    keys: Arc::new(keep_loaded(&name, entries, &mut skipped_keys)?),
                     allow_jwt_typ: false,
                 })
             }
@@ -371,6 +395,13 @@ pub fn compile(
     if let Some(next) = issuer.as_ref().and_then(|i| i.keys.next_change(input.now)) {
         recompile_at = Some(recompile_at.map_or(next, |t| t.min(next)));
     }
+    if let Some(role) = &issuer {
+        skipped_keys.extend(role.keys.skipped().iter().map(|err| SkippedKey {
+            issuer: role.config.url.clone(),
+            kid: err.kid().to_owned(),
+            reason: err.to_string(),
+        }));
+    }
     Ok(Settings {
         issuer,
         policy,
@@ -382,8 +413,40 @@ pub fn compile(
         client_cutoffs: config.revocation.client_cutoffs.clone(),
         upstream,
         recompile_at,
+        skipped_keys,
         config,
     })
+}
+
+/// The keys of one issuer that load; the others are recorded in `skipped`. When keys were
+/// listed and none loads, the config is refused with the first key's error (the last good
+/// config keeps serving): a bad key costs only itself, a bad key set is not taken for none.
+fn keep_loaded(
+    issuer: &str,
+    entries: impl Iterator<Item = (String, Result<KeyEntry, SettingsError>)>,
+    skipped: &mut Vec<SkippedKey>,
+) -> Result<KeyMap, SettingsError> {
+    let mut keys = KeyMap::new();
+    let mut first_error = None;
+    for (kid, entry) in entries {
+        match entry {
+            Ok(entry) => {
+                keys.insert(entry.kid().to_owned(), entry);
+            }
+            Err(err) => {
+                skipped.push(SkippedKey {
+                    issuer: issuer.to_owned(),
+                    kid,
+                    reason: err.to_string(),
+                });
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    match first_error {
+        Some(err) if keys.is_empty() => Err(err),
+        _ => Ok(keys),
+    }
 }
 
 fn check_feed(

@@ -73,6 +73,7 @@ impl Shared {
         metrics
             .config_generation
             .store(settings.config.policy.generation, Ordering::Relaxed);
+        note_skipped_keys(&settings, &metrics);
         Arc::new(Shared {
             settings: ArcSwap::from_pointee(settings),
             cache: TokenCache::new(CACHE_ENTRIES),
@@ -140,6 +141,7 @@ impl Shared {
             );
             self.restart_needed.store(true, Ordering::Release);
         }
+        note_skipped_keys(&settings, &self.metrics);
         self.settings.store(Arc::new(settings));
         self.applied_at.store(unix_now(), Ordering::Release);
         self.cache.flush();
@@ -304,6 +306,13 @@ impl Shared {
                 "config: the newest file is refused, the last good config serves: {error}"
             );
         }
+        for key in &settings.skipped_keys {
+            let _ = writeln!(
+                detail,
+                "keys {}: key {:?} left out, it does not load ({}); the other keys serve",
+                key.issuer, key.kid, key.reason
+            );
+        }
         let mut issuers: Vec<(&String, &IssuerSource)> = settings.issuers.iter().collect();
         issuers.sort_by_key(|(name, _)| *name);
         for (name, source) in issuers {
@@ -394,4 +403,15 @@ impl Shared {
             .feed_staleness_secs
             .store(staleness, Ordering::Relaxed);
     }
+}
+
+/// Logs each key a config leaves out and sets the gauge that counts them.
+fn note_skipped_keys(settings: &Settings, metrics: &Metrics) {
+    for key in &settings.skipped_keys {
+        tracing::warn!(issuer = %key.issuer, kid = %key.kid, reason = %key.reason, "key left out: it does not load; the other keys serve");
+    }
+    metrics.keys_skipped.store(
+        i64::try_from(settings.skipped_keys.len()).unwrap_or(i64::MAX),
+        Ordering::Relaxed,
+    );
 }

@@ -244,6 +244,93 @@ async fn hot_reload_swaps_configs_and_keeps_the_last_good_one() {
 }
 
 #[tokio::test]
+async fn a_key_that_does_not_load_is_left_out_with_a_metric_and_the_others_serve() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (good, _) = SigningKey::es256();
+    let (other, _) = SigningKey::es256();
+    // Valid JSON, garbage key material: a point that is not on the curve.
+    let mut garbage = other.jwk("garbage", Some("ES256"));
+    garbage.y = garbage.x.clone();
+    let jwks = json!({"keys": [garbage, good.jwk("good", Some("ES256"))]});
+    let mut mount = ConfigMapDir::new(&config(upstream.addr.port(), jwks).to_string());
+    let (mut child, proxy, admin) = spawn(&mount.path()).await;
+
+    let bearer = |key: &SigningKey, kid: &str| {
+        format!(
+            "Bearer {}",
+            mint(key, &header("ES256", kid), &claims("read:items"))
+        )
+    };
+    let valid = bearer(&good, "good");
+    assert_eq!(
+        get(proxy, "/items/1", &[("authorization", &valid)])
+            .await
+            .status,
+        200,
+        "the good key serves"
+    );
+    let forged = bearer(&other, "garbage");
+    assert_eq!(
+        get(proxy, "/items/1", &[("authorization", &forged)])
+            .await
+            .status,
+        401,
+        "the left-out key verifies nothing"
+    );
+    let (_, metrics) = admin_text(admin, "/metrics").await;
+    assert!(
+        metrics.contains("scopegate_sidecar_keys_skipped 1"),
+        "{metrics}"
+    );
+    let (status, detail) = admin_text(admin, "/readyz").await;
+    assert_eq!(status, 200, "{detail}");
+    assert!(
+        detail.contains("key \"garbage\" left out") && detail.contains("malformed key material"),
+        "{detail}"
+    );
+
+    // A key set in which no key loads is not taken for an empty one: refused, the last good
+    // config keeps serving.
+    let mut broken = config(upstream.addr.port(), json!({"keys": []}));
+    broken["policy"]["generation"] = json!(2);
+    let mut bad_only = other.jwk("garbage", Some("ES256"));
+    bad_only.y = bad_only.x.clone();
+    broken["verify"]["issuers"][0]["keys"]["jwks"] = json!({"keys": [bad_only]});
+    mount.publish(&broken.to_string());
+    eventually(
+        "the all-bad key set refused",
+        Duration::from_secs(20),
+        || async {
+            let (_, text) = admin_text(admin, "/readyz").await;
+            text.contains("the newest file is refused").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        get(proxy, "/items/1", &[("authorization", &valid)])
+            .await
+            .status,
+        200
+    );
+
+    // A good set again: nothing skipped.
+    let mut fixed = config(
+        upstream.addr.port(),
+        json!({"keys": [good.jwk("good", Some("ES256"))]}),
+    );
+    fixed["policy"]["generation"] = json!(3);
+    mount.publish(&fixed.to_string());
+    eventually("generation 3 in force", Duration::from_secs(20), || async {
+        let (_, metrics) = admin_text(admin, "/metrics").await;
+        (metrics.contains("scopegate_sidecar_config_generation 3")
+            && metrics.contains("scopegate_sidecar_keys_skipped 0"))
+        .then_some(())
+    })
+    .await;
+    child.start_kill().unwrap();
+}
+
+#[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let upstream = Upstream::start(Duration::from_millis(1500)).await;
     let dir = TempDir::new();

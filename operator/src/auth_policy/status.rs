@@ -319,8 +319,9 @@ mod tests {
             activates_at: activates,
             signs_until: until,
             removed_after: until + 100,
-            private_key: String::new(),
+            private_key: "x".into(),
             public_jwk: None,
+            pending: false,
         }
     }
 

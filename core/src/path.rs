@@ -1,13 +1,29 @@
-//! The grammar of path patterns in AuthPolicy rules.
+//! The grammar of path patterns in AuthPolicy rules, and the request path rules see.
 //!
-//! A pattern is matched against the request path after the sidecar normalised it (dot
-//! segments resolved, `//` collapsed, unreserved characters decoded; ambiguous encodings
-//! refused). So a pattern never needs percent-encoding, dot segments or empty segments,
-//! and the grammar refuses them: a pattern that could never match is a mistake to report.
+//! A request path is normalised twice over ([`RequestPath`]). The *forwarded* path is what
+//! the app receives: dot segments resolved, `//` collapsed, unreserved characters decoded,
+//! every other escape kept (upper-case hex), so the app's own decoding means what it meant.
+//! The *route* path is what rules match: the forwarded path with every escape of a character
+//! a pattern can hold (`:`, `@`, `!`, `$`, `&`, `'`, `(`, `)`, `+`, `,`, `=`) decoded too, the
+//! way routers decode before routing, so `/v1/orders%3Acancel` matches a rule for
+//! `/v1/orders:cancel`. Escapes of characters no pattern can hold (space, `?`, `#`, non-ASCII
+//! bytes...) stay encoded in the route path: a segment holding one can only match `*` or
+//! `/**`, which is what its decoded form would match as well. Spellings that apps read in
+//! different ways are refused before any of this ([`PathError`]): an encoded `/`, `\`, NUL,
+//! `%` or `;`, a raw `\` or `;`.
+//!
+//! A pattern never needs percent-encoding, dot segments or empty segments, and the grammar
+//! refuses them: a pattern that could never match is a mistake to report.
 //!
 //! Segments are separated by `/`. A segment is a literal of RFC 3986 path characters
 //! (without `%`, `;` and `*`), or `*` (exactly one segment). A final `/**` matches any
 //! number of further segments, including none. `/` alone matches the root only.
+//!
+//! A pattern matches either *exactly* (the spelling of the route path, case and a trailing
+//! slash included) or *loosely* (ASCII case ignored in literal segments, one trailing slash
+//! ignored on either side): many routers (Express, Spring before 6, ASP.NET, Starlette's
+//! `redirect_slashes`) send `/admin/`, `/ADMIN` and `/admin` to one handler. Which rules
+//! match loosely is the policy's choice ([`crate::policy`]): those that require something.
 
 /// The pattern grammar as a regular expression (RE2/JSON Schema/`regex` dialect).
 pub const PATTERN: &str = concat!(
@@ -78,6 +94,64 @@ pub fn normalise(raw: &str) -> Result<String, PathError> {
         out.push('/');
     }
     Ok(out)
+}
+
+/// A request path, normalised for forwarding and for rule matching (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPath {
+    forward: String,
+    /// The route path when it differs from `forward`.
+    route: Option<String>,
+}
+
+impl RequestPath {
+    /// Normalises a request path (without query); ambiguous spellings are refused.
+    pub fn parse(raw: &str) -> Result<RequestPath, PathError> {
+        let forward = normalise(raw)?;
+        let route = route_form(&forward);
+        Ok(RequestPath { forward, route })
+    }
+
+    /// The path the app receives.
+    pub fn forward(&self) -> &str {
+        &self.forward
+    }
+
+    /// The path rules match.
+    pub fn route(&self) -> &str {
+        self.route.as_deref().unwrap_or(&self.forward)
+    }
+}
+
+/// The route path of a forwarded path: escapes of pattern characters decoded. `None` when
+/// nothing changes (the common case costs one scan, no allocation).
+fn route_form(forward: &str) -> Option<String> {
+    // `forward` is ASCII: `normalise` refuses every other byte.
+    let bytes = forward.as_bytes();
+    let decodable = |i: usize| {
+        bytes[i] == b'%'
+            && matches!(
+                (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value)),
+                (Some(hi), Some(lo)) if is_literal_char(hi << 4 | lo)
+            )
+    };
+    let first = (0..bytes.len()).find(|&i| decodable(i))?;
+    let mut out = String::with_capacity(forward.len());
+    out.push_str(&forward[..first]);
+    let mut i = first;
+    while i < bytes.len() {
+        if decodable(i) {
+            // Both digits were checked by `decodable`.
+            let value =
+                hex_value(bytes[i + 1]).unwrap_or(0) << 4 | hex_value(bytes[i + 2]).unwrap_or(0);
+            out.push(char::from(value));
+            i += 3;
+        } else {
+            out.push(char::from(bytes[i]));
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// Decodes `%XX` escapes of unreserved characters, upper-cases the others and refuses the
@@ -211,17 +285,38 @@ impl Pattern {
         Ok(Pattern { segments, prefix })
     }
 
-    /// Whether a normalised path matches.
+    /// Whether a route path matches exactly: the same spelling, case and trailing slash.
     pub fn matches(&self, path: &str) -> bool {
-        let Some(rest) = path.strip_prefix('/') else {
+        self.match_path(path, false)
+    }
+
+    /// Whether a route path matches loosely: ASCII case ignored in literal segments, and one
+    /// trailing slash ignored on the path and on the pattern (the root stays the root).
+    pub fn matches_loosely(&self, path: &str) -> bool {
+        self.match_path(path, true)
+    }
+
+    fn match_path(&self, path: &str, loose: bool) -> bool {
+        let Some(mut rest) = path.strip_prefix('/') else {
             return false;
         };
+        let mut segments = self.segments.as_slice();
+        if loose {
+            rest = rest.strip_suffix('/').unwrap_or(rest);
+            if let [init @ .., Segment::Literal(last)] = segments
+                && last.is_empty()
+                && !init.is_empty()
+            {
+                segments = init;
+            }
+        }
         let mut parts = rest.split('/');
-        for segment in &self.segments {
+        for segment in segments {
             let Some(part) = parts.next() else {
                 return false;
             };
             let ok = match segment {
+                Segment::Literal(text) if loose => part.eq_ignore_ascii_case(text),
                 Segment::Literal(text) => part == text,
                 Segment::Any => !part.is_empty(),
             };
@@ -345,6 +440,65 @@ mod tests {
         ] {
             assert_eq!(normalise(raw), Err(err), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn the_route_path_decodes_what_patterns_can_hold() {
+        for (raw, forward, route) in [
+            (
+                "/v1/orders%3Acancel",
+                "/v1/orders%3Acancel",
+                "/v1/orders:cancel",
+            ),
+            (
+                "/v1/orders%3acancel",
+                "/v1/orders%3Acancel",
+                "/v1/orders:cancel",
+            ),
+            (
+                "/a%40b%21%24%26%27%28%29%2B%2C%3D",
+                "/a%40b%21%24%26%27%28%29%2B%2C%3D",
+                "/a@b!$&'()+,=",
+            ),
+            ("/%61dmin", "/admin", "/admin"),
+            ("/a%20b", "/a%20b", "/a%20b"),
+            ("/a%3Fb%23c", "/a%3Fb%23c", "/a%3Fb%23c"),
+            ("/caf%c3%a9", "/caf%C3%A9", "/caf%C3%A9"),
+            ("/a%2Ab", "/a%2Ab", "/a%2Ab"),
+            ("/x/%3A/../y", "/x/y", "/x/y"),
+        ] {
+            let p = RequestPath::parse(raw).unwrap();
+            assert_eq!((p.forward(), p.route()), (forward, route), "{raw}");
+        }
+        for raw in ["/a%2Fb", "/a%5Cb", "/a%25%33%41", "/a%3Bb"] {
+            assert_eq!(
+                RequestPath::parse(raw),
+                Err(PathError::AmbiguousEncoding),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn loose_matching_ignores_case_and_one_trailing_slash() {
+        let loose =
+            |pattern: &str, path: &str| Pattern::parse(pattern).unwrap().matches_loosely(path);
+        assert!(loose("/admin", "/admin"));
+        assert!(loose("/admin", "/admin/"));
+        assert!(loose("/admin", "/ADMIN"));
+        assert!(loose("/admin", "/AdMiN/"));
+        assert!(loose("/admin/", "/admin"));
+        assert!(loose("/items/*", "/ITEMS/42/"));
+        assert!(loose("/items/**", "/Items/a/B/"));
+        assert!(loose("/", "/"));
+        assert!(!loose("/", "/x"));
+        assert!(!loose("/admin", "/admin/x"));
+        assert!(!loose("/admin", "/adminx"));
+        assert!(!loose("/items/*", "/items/"));
+        assert!(!loose("/a:b", "/a%3Ab"), "loose matching never decodes");
+        let exact = |pattern: &str, path: &str| Pattern::parse(pattern).unwrap().matches(path);
+        assert!(!exact("/admin", "/ADMIN"));
+        assert!(!exact("/admin", "/admin/"));
     }
 
     fn matches(pattern: &str, path: &str) -> bool {

@@ -1,10 +1,15 @@
 //! Route policy: which rule a request falls under and whether a token's scopes satisfy it.
 //!
 //! Pure functions over the config's [`RouteRule`]s: the sidecar compiles them once per config
-//! and asks [`Policy::route`] per request, with a path already normalised by
-//! [`crate::path::normalise`]. The most specific rule wins (see
+//! and asks [`Policy::route`] per request, with the route path of
+//! [`crate::path::RequestPath`]. The most specific rule wins (see
 //! [`crate::path::Specificity`]); at equal path specificity a rule that names methods beats
 //! one that does not, then the earlier rule in the document.
+//!
+//! Where spellings are ambiguous the answer requires more ([`Matcher`]): a rule that asks for
+//! a token matches its paths loosely (`/admin/` and `/ADMIN` fall under a rule for `/admin`),
+//! a `public` rule only its exact spelling; and a rule for `GET` also matches `HEAD`, which
+//! frameworks answer with the GET handler. Rate limits use the same [`Matcher`], loosely.
 
 use crate::config::{DefaultAction, RouteRule, RuleAction};
 use crate::path::{Pattern, PatternError, Specificity};
@@ -81,9 +86,80 @@ pub struct Policy {
 #[derive(Debug, Clone)]
 struct CompiledRule {
     name: Option<String>,
+    matcher: Matcher,
+    action: RuleAction,
+}
+
+/// Methods and path patterns of a rule or rate limit, compiled: the one matcher of the
+/// sidecar.
+#[derive(Debug, Clone)]
+pub struct Matcher {
     methods: Vec<String>,
     patterns: Vec<(Pattern, Specificity)>,
-    action: RuleAction,
+    loose: bool,
+}
+
+impl Matcher {
+    /// Compiles upper-case methods (empty: every method) and patterns; `loose` matches paths
+    /// loosely ([`Pattern::matches_loosely`]).
+    pub fn compile(
+        methods: &[String],
+        paths: &[String],
+        loose: bool,
+    ) -> Result<Self, PatternError> {
+        let patterns = paths
+            .iter()
+            .map(|text| {
+                Pattern::parse(text).map(|p| {
+                    let rank = p.specificity();
+                    (p, rank)
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Matcher {
+            methods: methods.to_vec(),
+            patterns,
+            loose,
+        })
+    }
+
+    /// Whether the matcher names methods (a rule that does beats one that does not).
+    pub fn names_methods(&self) -> bool {
+        !self.methods.is_empty()
+    }
+
+    /// Whether `method` is one of the methods: every method when none are named, and `HEAD`
+    /// wherever `GET` is named.
+    pub fn matches_method(&self, method: &str) -> bool {
+        self.methods.is_empty()
+            || self
+                .methods
+                .iter()
+                .any(|m| m == method || (method == "HEAD" && m == "GET"))
+    }
+
+    /// The rank of the most specific pattern matching a route path, if the method matches.
+    pub fn best(&self, method: &str, path: &str) -> Option<&Specificity> {
+        if !self.matches_method(method) {
+            return None;
+        }
+        self.patterns
+            .iter()
+            .filter(|(pattern, _)| {
+                if self.loose {
+                    pattern.matches_loosely(path)
+                } else {
+                    pattern.matches(path)
+                }
+            })
+            .map(|(_, rank)| rank)
+            .max()
+    }
+
+    /// Whether a request matches.
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        self.best(method, path).is_some()
+    }
 }
 
 impl Policy {
@@ -103,23 +179,15 @@ impl Policy {
         })
     }
 
-    /// The requirement for a request. `path` must be normalised.
+    /// The requirement for a request. `path` is the route path of a
+    /// [`crate::path::RequestPath`].
     pub fn route(&self, method: &str, path: &str) -> Route<'_> {
         let mut best: Option<(usize, (&Specificity, bool))> = None;
         for (index, rule) in self.rules.iter().enumerate() {
-            if !rule.methods.is_empty() && !rule.methods.iter().any(|m| m == method) {
-                continue;
-            }
-            let Some(rank) = rule
-                .patterns
-                .iter()
-                .filter(|(pattern, _)| pattern.matches(path))
-                .map(|(_, rank)| rank)
-                .max()
-            else {
+            let Some(rank) = rule.matcher.best(method, path) else {
                 continue;
             };
-            let key = (rank, !rule.methods.is_empty());
+            let key = (rank, rule.matcher.names_methods());
             // Strictly greater: the earlier rule wins a tie.
             if best.as_ref().is_none_or(|(_, best_key)| key > *best_key) {
                 best = Some((index, key));
@@ -180,25 +248,18 @@ fn compile_rule(index: usize, rule: &RouteRule) -> Result<CompiledRule, PolicyEr
     if !valid {
         return Err(PolicyError::Scopes(index));
     }
-    let patterns = rule
-        .paths
-        .iter()
-        .map(|text| {
-            Pattern::parse(text)
-                .map(|p| {
-                    let rank = p.specificity();
-                    (p, rank)
-                })
-                .map_err(|source| PolicyError::Pattern {
-                    rule: index,
-                    source,
-                })
-        })
-        .collect::<Result<_, _>>()?;
+    // A rule that asks for something matches every spelling a router may take for its paths;
+    // a public rule only the spelling it names.
+    let loose = rule.action != RuleAction::Public;
+    let matcher = Matcher::compile(&rule.methods, &rule.paths, loose).map_err(|source| {
+        PolicyError::Pattern {
+            rule: index,
+            source,
+        }
+    })?;
     Ok(CompiledRule {
         name: rule.name.clone(),
-        methods: rule.methods.clone(),
-        patterns,
+        matcher,
         action: rule.action.clone(),
     })
 }
@@ -250,6 +311,7 @@ pub fn scopes_to_name(requirement: ScopeRequirement<'_>) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     fn rule(name: &str, methods: &[&str], paths: &[&str], action: RuleAction) -> RouteRule {
         RouteRule {
@@ -356,6 +418,336 @@ mod tests {
         assert!(has("c"));
         assert!(!has("a"));
         assert_eq!(scopes_to_name(req), ["a", "b"]);
+    }
+
+    #[test]
+    fn rules_that_require_something_match_case_and_trailing_slash_variants() {
+        let p = Policy::compile(
+            &[
+                rule(
+                    "admin",
+                    &[],
+                    &["/admin", "/v1/orders:cancel"],
+                    all(&["admin"]),
+                ),
+                rule("docs", &[], &["/docs"], RuleAction::Public),
+                rule("items", &[], &["/items/"], RuleAction::Authenticated),
+            ],
+            DefaultAction::Allow,
+        )
+        .unwrap();
+        for spelling in [
+            "/admin",
+            "/admin/",
+            "/ADMIN",
+            "/Admin/",
+            "/v1/ORDERS:Cancel/",
+        ] {
+            assert_eq!(name(&p, "GET", spelling), Some("admin"), "{spelling}");
+        }
+        assert_eq!(name(&p, "GET", "/items"), Some("items"));
+        assert_eq!(name(&p, "GET", "/ITEMS/"), Some("items"));
+        assert_eq!(name(&p, "GET", "/docs"), Some("docs"));
+        for other in ["/docs/", "/DOCS", "/Docs"] {
+            assert_eq!(
+                name(&p, "GET", other),
+                None,
+                "{other}: public rules match exactly"
+            );
+        }
+        // Neither matches a longer or shorter path.
+        assert_eq!(name(&p, "GET", "/adminx"), None);
+        assert_eq!(name(&p, "GET", "/admin/x"), None);
+    }
+
+    #[test]
+    fn head_is_matched_by_rules_for_get() {
+        let p = Policy::compile(
+            &[
+                rule("read", &["GET"], &["/items/**"], all(&["read"])),
+                rule("write", &["POST"], &["/items/**"], all(&["write"])),
+            ],
+            DefaultAction::Allow,
+        )
+        .unwrap();
+        assert_eq!(name(&p, "HEAD", "/items/1"), Some("read"));
+        assert_eq!(name(&p, "GET", "/items/1"), Some("read"));
+        assert_eq!(name(&p, "OPTIONS", "/items/1"), None);
+        let m = Matcher::compile(&["GET".into()], &["/login".into()], true).unwrap();
+        assert!(m.matches("HEAD", "/login/"));
+        assert!(!m.matches("POST", "/login"));
+    }
+
+    #[test]
+    fn encoded_pattern_characters_reach_the_rule_of_their_decoded_form() {
+        let p = Policy::compile(
+            &[
+                rule("cancel", &["POST"], &["/v1/orders:cancel"], all(&["write"])),
+                rule("orders", &[], &["/v1/*"], RuleAction::Public),
+            ],
+            DefaultAction::Deny,
+        )
+        .unwrap();
+        for raw in [
+            "/v1/orders:cancel",
+            "/v1/orders%3Acancel",
+            "/v1/orders%3acancel",
+            "/v1/%6Frders%3Acancel",
+        ] {
+            let path = crate::path::RequestPath::parse(raw).unwrap();
+            assert_eq!(name(&p, "POST", path.route()), Some("cancel"), "{raw}");
+        }
+    }
+
+    /// What a request with these credentials (`None`: no token; `Some(scopes)`: a valid
+    /// token) gets past a requirement.
+    fn allowed(requirement: Requirement<'_>, credentials: Option<&str>) -> bool {
+        match (requirement, credentials) {
+            (Requirement::Public, _) => true,
+            (Requirement::Token(needed), Some(scopes)) => scopes_satisfy(needed, scopes),
+            _ => false,
+        }
+    }
+
+    const WORDS: [&str; 6] = ["admin", "items", "a", "b", "v1:run", "x-y"];
+    const SCOPES: [&str; 3] = ["s1", "s2", "s3"];
+
+    fn scope_set() -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+        proptest::sample::subsequence(SCOPES.to_vec(), 1..=3)
+            .prop_map(|s| s.into_iter().map(str::to_owned).collect())
+    }
+
+    fn action() -> impl proptest::strategy::Strategy<Value = RuleAction> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(RuleAction::Public),
+            Just(RuleAction::Authenticated),
+            scope_set().prop_map(|scopes| RuleAction::RequireAll { scopes }),
+            proptest::collection::vec(scope_set(), 1..3)
+                .prop_map(|scope_sets| RuleAction::RequireAny { scope_sets }),
+        ]
+    }
+
+    /// A pattern as a route is documented: lower-case literals, `*`, an optional final `/**`.
+    fn pattern() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let segment = prop_oneof![4 => proptest::sample::select(WORDS.to_vec()), 1 => Just("*")];
+        (proptest::collection::vec(segment, 0..4), any::<bool>()).prop_map(|(segments, prefix)| {
+            let mut p: String = segments.iter().map(|s| format!("/{s}")).collect();
+            if prefix {
+                p.push_str("/**");
+            } else if p.is_empty() {
+                p.push('/');
+            }
+            p
+        })
+    }
+
+    fn rules() -> impl proptest::strategy::Strategy<Value = Vec<RouteRule>> {
+        let methods = proptest::sample::subsequence(vec!["GET", "POST"], 0..=2);
+        let one = (
+            methods,
+            proptest::collection::vec(pattern(), 1..3),
+            action(),
+        )
+            .prop_map(|(methods, paths, action)| RouteRule {
+                name: None,
+                methods: methods.into_iter().map(str::to_owned).collect(),
+                paths,
+                action,
+            });
+        proptest::collection::vec(one, 1..7)
+    }
+
+    fn default_action() -> impl proptest::strategy::Strategy<Value = DefaultAction> {
+        proptest::sample::select(vec![
+            DefaultAction::Deny,
+            DefaultAction::Authenticate,
+            DefaultAction::Allow,
+        ])
+    }
+
+    /// How one character of a canonical path is spelled.
+    #[derive(Debug, Clone, Copy)]
+    enum CharSpelling {
+        Plain,
+        OtherCase,
+        EncodedUpper,
+        EncodedLower,
+    }
+
+    /// What goes before a segment.
+    #[derive(Debug, Clone, Copy)]
+    enum Detour {
+        None,
+        Dot,
+        DotDot,
+        DoubleSlash,
+        EncodedDotDot,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Spelling {
+        chars: Vec<CharSpelling>,
+        detours: Vec<Detour>,
+        trailing_slash: bool,
+        trailing_dot: bool,
+        /// A GET spelled as HEAD.
+        head: bool,
+    }
+
+    fn spelling() -> impl proptest::strategy::Strategy<Value = Spelling> {
+        use proptest::prelude::*;
+        let char_spelling = proptest::sample::select(vec![
+            CharSpelling::Plain,
+            CharSpelling::Plain,
+            CharSpelling::OtherCase,
+            CharSpelling::EncodedUpper,
+            CharSpelling::EncodedLower,
+        ]);
+        let detour = proptest::sample::select(vec![
+            Detour::None,
+            Detour::None,
+            Detour::Dot,
+            Detour::DotDot,
+            Detour::DoubleSlash,
+            Detour::EncodedDotDot,
+        ]);
+        (
+            proptest::collection::vec(char_spelling, 40),
+            proptest::collection::vec(detour, 6),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(chars, detours, trailing_slash, trailing_dot, head)| Spelling {
+                    chars,
+                    detours,
+                    trailing_slash,
+                    trailing_dot,
+                    head,
+                },
+            )
+    }
+
+    /// Spells the canonical path of `segments` another way: letters in another case,
+    /// characters percent-encoded, `.`, `x/..` and `//` detours, a trailing `/` or `/.`.
+    fn spell(segments: &[&str], how: &Spelling) -> String {
+        let mut out = String::new();
+        let mut n = 0;
+        for (i, segment) in segments.iter().enumerate() {
+            match how.detours[i % how.detours.len()] {
+                Detour::None => {}
+                Detour::Dot => out.push_str("/."),
+                Detour::DotDot => out.push_str("/detour/.."),
+                Detour::DoubleSlash => out.push('/'),
+                Detour::EncodedDotDot => out.push_str("/detour/%2E%2e"),
+            }
+            out.push('/');
+            for c in segment.chars() {
+                match how.chars[n % how.chars.len()] {
+                    CharSpelling::Plain => out.push(c),
+                    CharSpelling::OtherCase if c.is_ascii_lowercase() => {
+                        out.push(c.to_ascii_uppercase())
+                    }
+                    CharSpelling::OtherCase => out.push(c),
+                    CharSpelling::EncodedUpper => out.push_str(&format!("%{:02X}", c as u32)),
+                    CharSpelling::EncodedLower => out.push_str(&format!("%{:02x}", c as u32)),
+                }
+                n += 1;
+            }
+        }
+        if how.trailing_dot {
+            out.push_str("/.");
+        } else if how.trailing_slash || out.is_empty() {
+            out.push('/');
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// No spelling of a path (encodings, dot segments, doubled slashes, another case, a
+        /// trailing slash, HEAD for GET) reaches a rule more permissive than the one its
+        /// normalised form reaches: whatever the spelling lets through, the normalised form
+        /// lets through too, for every set of credentials.
+        #[test]
+        fn no_spelling_reaches_a_more_permissive_rule(
+            rules in rules(),
+            default in default_action(),
+            segments in proptest::collection::vec(
+                proptest::sample::select(WORDS.iter().copied().chain(["other"]).collect::<Vec<_>>()),
+                0..4,
+            ),
+            how in spelling(),
+            method in proptest::sample::select(vec!["GET", "POST", "DELETE"]),
+        ) {
+            let policy = Policy::compile(&rules, default).unwrap();
+            let canonical: String = if segments.is_empty() {
+                "/".to_owned()
+            } else {
+                segments.iter().map(|s| format!("/{s}")).collect()
+            };
+            let raw = spell(&segments, &how);
+            let path = crate::path::RequestPath::parse(&raw)
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{raw}: {e}")))?;
+            let spelled_method = if method == "GET" && how.head { "HEAD" } else { method };
+            let by_spelling = policy.route(spelled_method, path.route()).requirement;
+            let by_normal_form = policy.route(method, &canonical).requirement;
+            // No token, and a valid token with each subset of the scopes.
+            let mut credentials: Vec<Option<String>> = vec![None];
+            for mask in 0..(1u8 << SCOPES.len()) {
+                let set: Vec<&str> = SCOPES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, s)| *s)
+                    .collect();
+                credentials.push(Some(set.join(" ")));
+            }
+            for creds in &credentials {
+                proptest::prop_assert!(
+                    !allowed(by_spelling, creds.as_deref()) || allowed(by_normal_form, creds.as_deref()),
+                    "{raw} ({spelled_method}) lets {creds:?} through to {by_spelling:?}, its normal form {canonical} ({method}) only to {by_normal_form:?}"
+                );
+            }
+        }
+
+        /// Spellings that differ only in encoding, dot segments and doubled slashes reach the
+        /// very same rule, whatever the patterns look like.
+        #[test]
+        fn encodings_and_detours_reach_the_same_rule(
+            rules in rules(),
+            default in default_action(),
+            segments in proptest::collection::vec(
+                proptest::sample::select(WORDS.iter().copied().chain(["Admin", "ITEMS"]).collect::<Vec<_>>()),
+                0..4,
+            ),
+            mut how in spelling(),
+        ) {
+            for c in &mut how.chars {
+                if matches!(c, CharSpelling::OtherCase) {
+                    *c = CharSpelling::Plain;
+                }
+            }
+            how.trailing_slash = false;
+            how.trailing_dot = false;
+            let policy = Policy::compile(&rules, default).unwrap();
+            let canonical: String = if segments.is_empty() {
+                "/".to_owned()
+            } else {
+                segments.iter().map(|s| format!("/{s}")).collect()
+            };
+            let raw = spell(&segments, &how);
+            let path = crate::path::RequestPath::parse(&raw).unwrap();
+            proptest::prop_assert_eq!(path.route(), canonical.as_str(), "{}", raw);
+            proptest::prop_assert_eq!(
+                policy.route("GET", path.route()).rule_index,
+                policy.route("GET", &canonical).rule_index
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,9 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey};
 use aws_lc_rs::{hmac, rsa};
 use criterion::{Criterion, criterion_group, criterion_main};
+use scopegate_core::config::{DefaultAction, RouteRule, RuleAction};
+use scopegate_core::path::RequestPath;
+use scopegate_core::policy::Policy;
 use scopegate_sidecar::jose::b64;
 use scopegate_sidecar::jose::jws::KeyMap;
 use scopegate_sidecar::jose::keys::KeyEntry;
@@ -224,11 +227,73 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// The rules of a typical policy: a dozen routes, public and scoped, some by method.
+fn typical_policy() -> Policy {
+    let rule = |methods: &[&str], paths: &[&str], action: RuleAction| RouteRule {
+        name: None,
+        methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        action,
+    };
+    let scopes = |s: &[&str]| RuleAction::RequireAll {
+        scopes: s.iter().map(|x| (*x).to_owned()).collect(),
+    };
+    let rules = vec![
+        rule(&["GET"], &["/healthz", "/readyz"], RuleAction::Public),
+        rule(&[], &["/login", "/static/**"], RuleAction::Public),
+        rule(&["GET"], &["/v1/items/**"], scopes(&["read:items"])),
+        rule(
+            &["POST", "PUT", "DELETE"],
+            &["/v1/items/**"],
+            scopes(&["write:items"]),
+        ),
+        rule(
+            &["GET"],
+            &["/v1/orders", "/v1/orders/*"],
+            scopes(&["read:orders"]),
+        ),
+        rule(
+            &["POST"],
+            &["/v1/orders", "/v1/orders:batchCancel"],
+            scopes(&["write:orders"]),
+        ),
+        rule(&[], &["/v1/orders/*/items/**"], scopes(&["read:orders"])),
+        rule(&[], &["/admin/**"], scopes(&["admin"])),
+        rule(
+            &[],
+            &["/v1/reports/**"],
+            RuleAction::RequireAny {
+                scope_sets: vec![vec!["reports:read".into()], vec!["admin".into()]],
+            },
+        ),
+        rule(&[], &["/v1/me"], RuleAction::Authenticated),
+    ];
+    Policy::compile(&rules, DefaultAction::Deny).unwrap()
+}
+
+/// The per-request path work: normalising the request path and finding its rule.
+fn bench_request_path(c: &mut Criterion) {
+    let policy = typical_policy();
+    let mut group = c.benchmark_group("request_path");
+    for (name, raw) in [
+        ("plain", "/v1/orders/8f2c61/items/3"),
+        ("encoded", "/v1/orders/8f2c61%3Acancel/./items/%33"),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let path = RequestPath::parse(black_box(raw)).unwrap();
+                black_box(policy.route(black_box("GET"), path.route()).rule_index)
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = bench
+    targets = bench, bench_request_path
 }
 criterion_main!(benches);

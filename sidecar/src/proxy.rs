@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use scopegate_core::config::UpstreamProtocol;
-use scopegate_core::path::normalise;
+use scopegate_core::path::RequestPath;
 use scopegate_core::policy::{Requirement, scopes_satisfy, scopes_to_name};
 
 use crate::answer::{Refusal, answer};
@@ -50,8 +50,15 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let settings = shared.settings.load_full();
+    let path = match RequestPath::parse(req.uri().path()) {
+        Ok(path) => path,
+        Err(err) => {
+            tracing::debug!(error = %err, "refused request path");
+            return refuse(&shared, &settings, Refusal::BadPath);
+        }
+    };
     if let (Some(issuer), Some(role)) = (shared.issuer.as_ref(), settings.issuer.as_ref())
-        && crate::issuer::is_issuer_path(role, req.uri().path())
+        && crate::issuer::is_issuer_path(role, path.forward())
     {
         let forwarded = req
             .headers()
@@ -64,23 +71,20 @@ pub async fn handle(
             settings: role,
             client_ip,
         };
-        let mut response = crate::issuer::handle(ctx, req).await;
+        let mut response = crate::issuer::handle(ctx, path.forward(), req).await;
         headers::secure_response(response.headers_mut(), &settings.headers, false);
         return response;
     }
-    let path = match normalise(req.uri().path()) {
-        Ok(path) => path,
-        Err(err) => {
-            tracing::debug!(error = %err, "refused request path");
-            return refuse(&shared, &settings, Refusal::BadPath);
-        }
-    };
-    let no_store = settings.headers.no_store.iter().any(|p| p.matches(&path));
+    let no_store = settings
+        .headers
+        .no_store
+        .iter()
+        .any(|p| p.matches_loosely(path.route()));
     let method = req.method().as_str().to_owned();
     let limits = RequestLimits::new(
         &settings.rate_limits,
         &method,
-        &path,
+        path.route(),
         shared.clock.now(),
         || {
             let forwarded = req
@@ -96,7 +100,7 @@ pub async fn handle(
         return refuse(&shared, &settings, Refusal::RateLimited(secs));
     }
 
-    let route = settings.policy.route(&method, &path);
+    let route = settings.policy.route(&method, path.route());
     let identity = match authorize(&shared, &settings, route.requirement, &req).await {
         Ok(identity) => identity,
         Err(refusal) => {
@@ -128,7 +132,7 @@ pub async fn handle(
         &settings,
         conn,
         req,
-        &path,
+        path.forward(),
         identity.as_deref(),
         upgrade,
     )

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use scopegate_core::config::{RateLimitConfig, RateLimitKey};
-use scopegate_core::path::{Pattern, PatternError};
+use scopegate_core::path::PatternError;
+use scopegate_core::policy::Matcher;
 
 use crate::issuer::store::{self as shared_store, RateOp, Store};
 
@@ -62,8 +63,7 @@ pub enum RateLimitError {
 pub struct RateLimit {
     /// The configured limit (a reload with the same limit keeps its budgets).
     pub config: RateLimitConfig,
-    methods: Vec<String>,
-    patterns: Vec<Pattern>,
+    matcher: Matcher,
     /// What successes are keyed by.
     pub key: RateLimitKey,
     emission: Duration,
@@ -93,20 +93,18 @@ impl RateLimit {
         if config.requests == 0 || config.period_secs == 0 {
             return Err(RateLimitError::Zero(config.name.clone()));
         }
-        let patterns = config
-            .paths
-            .iter()
-            .map(|p| Pattern::parse(p))
-            .collect::<Result<_, _>>()
-            .map_err(|source| RateLimitError::Pattern {
+        // Loosely, as rules that require something match: `POST /login/` and `/LOGIN` spend
+        // the budget of `/login`, and HEAD that of GET.
+        let matcher = Matcher::compile(&config.methods, &config.paths, true).map_err(|source| {
+            RateLimitError::Pattern {
                 name: config.name.clone(),
                 source,
-            })?;
+            }
+        })?;
         let period = Duration::from_secs(config.period_secs);
         Ok(RateLimit {
             config: config.clone(),
-            methods: config.methods.clone(),
-            patterns,
+            matcher,
             key: config.key,
             emission: period / config.requests,
             period,
@@ -115,10 +113,10 @@ impl RateLimit {
         })
     }
 
-    /// Whether the limit applies to a request (normalised path).
+    /// Whether the limit applies to a request (the route path of a
+    /// [`scopegate_core::path::RequestPath`]).
     pub fn applies(&self, method: &str, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && self.patterns.iter().any(|p| p.matches(path))
+        self.matcher.matches(method, path)
     }
 
     /// `Err(seconds)` when the budget of `class` for `key` is exhausted at `now`.
@@ -393,6 +391,8 @@ mod tests {
     fn applies_by_method_and_path() {
         let l = limit(1, 1);
         assert!(l.applies("POST", "/login"));
+        assert!(l.applies("POST", "/login/"), "the trailing-slash spelling");
+        assert!(l.applies("POST", "/Login"), "another case");
         assert!(!l.applies("GET", "/login"));
         assert!(!l.applies("POST", "/login/x"));
     }

@@ -398,3 +398,199 @@ async fn hostile_requests_get_the_right_answer_and_never_reach_the_app() {
     eprintln!("{} hostile-table cases passed", cases.len());
     sidecar.shutdown().await;
 }
+
+/// One request of a table: method, target, whether it carries the reader's token, and the
+/// status it must get (a 2xx reaches the app, nothing else does).
+struct Spelled {
+    method: &'static str,
+    target: &'static str,
+    token: Option<&'static str>,
+    status: u16,
+}
+
+async fn send(
+    addr: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+) -> RawResponse {
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    request.push_str("\r\n");
+    raw(addr, request.as_bytes()).await
+}
+
+/// Rules match the path the app will route: escapes of pattern characters decoded, the
+/// trailing-slash and case variants of a protected path protected, public rules only in
+/// their own spelling, HEAD under GET's rules, and rate limits counted by the same matcher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_reach_the_rule_the_app_routes_to() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (es, _) = SigningKey::es256();
+    let dir = TempDir::new();
+    let mut cfg = config(
+        upstream.addr.port(),
+        json!({"keys": [es.jwk("k1", Some("ES256"))]}),
+    );
+    cfg["rules"] = json!([
+        {"name": "cancel", "methods": ["POST"], "paths": ["/v1/orders:cancel"], "action": {"type": "requireAll", "scopes": ["write:orders"]}},
+        {"name": "v1", "paths": ["/v1/*"], "action": {"type": "public"}},
+        {"name": "admin", "paths": ["/admin", "/settings/*"], "action": {"type": "requireAll", "scopes": ["admin"]}},
+        {"name": "docs", "paths": ["/docs"], "action": {"type": "public"}},
+        {"name": "reports", "methods": ["GET"], "paths": ["/reports"], "action": {"type": "requireAll", "scopes": ["reports:read"]}},
+        {"name": "login", "methods": ["POST"], "paths": ["/login"], "action": {"type": "public"}},
+        {"name": "secret", "paths": ["/secret/**"], "action": {"type": "authenticated"}},
+        {"name": "rest", "paths": ["/**"], "action": {"type": "public"}}
+    ]);
+    cfg["rateLimits"] = json!([
+        {"name": "login", "methods": ["POST"], "paths": ["/login"], "requests": 3, "periodSecs": 3600}
+    ]);
+    let sidecar = start_sidecar(&dir, &cfg).await;
+    let addr = sidecar.proxy_addr();
+    let reader = mint(&es, &header("ES256", "k1"), &claims("read:items"));
+    let reader: &'static str = Box::leak(reader.into_boxed_str());
+    let cases = [
+        // Encoded pattern characters: the app decodes `%3A` before routing.
+        Spelled {
+            method: "POST",
+            target: "/v1/orders:cancel",
+            token: None,
+            status: 401,
+        },
+        Spelled {
+            method: "POST",
+            target: "/v1/orders%3Acancel",
+            token: None,
+            status: 401,
+        },
+        Spelled {
+            method: "POST",
+            target: "/v1/orders%3acancel",
+            token: Some(reader),
+            status: 403,
+        },
+        Spelled {
+            method: "POST",
+            target: "/v1/%6frders%3Acancel",
+            token: None,
+            status: 401,
+        },
+        Spelled {
+            method: "POST",
+            target: "/v1/orders%3Alist",
+            token: None,
+            status: 200,
+        },
+        // Case and trailing-slash variants of protected paths.
+        Spelled {
+            method: "GET",
+            target: "/admin/",
+            token: None,
+            status: 401,
+        },
+        Spelled {
+            method: "GET",
+            target: "/ADMIN",
+            token: None,
+            status: 401,
+        },
+        Spelled {
+            method: "GET",
+            target: "/Admin/",
+            token: Some(reader),
+            status: 403,
+        },
+        Spelled {
+            method: "GET",
+            target: "/SETTINGS/Mail/",
+            token: None,
+            status: 401,
+        },
+        Spelled {
+            method: "GET",
+            target: "/Secret/x",
+            token: None,
+            status: 401,
+        },
+        Spelled {
+            method: "POST",
+            target: "/V1/Orders:Cancel/",
+            token: None,
+            status: 401,
+        },
+        // Public rules only in their own spelling (the rest falls to other rules).
+        Spelled {
+            method: "GET",
+            target: "/docs",
+            token: None,
+            status: 200,
+        },
+        // HEAD is answered by the GET handler, so GET's rule applies.
+        Spelled {
+            method: "HEAD",
+            target: "/reports",
+            token: None,
+            status: 401,
+        },
+        Spelled {
+            method: "HEAD",
+            target: "/reports/",
+            token: Some(reader),
+            status: 403,
+        },
+        Spelled {
+            method: "POST",
+            target: "/reports",
+            token: None,
+            status: 200,
+        },
+        // An encoded slash or backslash is still refused.
+        Spelled {
+            method: "GET",
+            target: "/admin%2F",
+            token: None,
+            status: 400,
+        },
+        Spelled {
+            method: "GET",
+            target: "/x/..%5Cadmin",
+            token: None,
+            status: 400,
+        },
+    ];
+    let mut failures = Vec::new();
+    for c in &cases {
+        let before = upstream.hits();
+        let response = send(addr, c.method, c.target, c.token).await;
+        let reached = upstream.hits() > before;
+        if response.status != c.status || reached != (c.status == 200) {
+            failures.push(format!(
+                "{} {}: got {} (app reached: {reached}), want {}",
+                c.method, c.target, response.status, c.status
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // The app gets the path as it was sent (escapes it must decode itself stay encoded).
+    send(addr, "POST", "/v1/orders%3Alist", None).await;
+    assert_eq!(upstream.last().unwrap().path_and_query, "/v1/orders%3Alist");
+
+    // One budget for every spelling of the rate-limited route.
+    for target in ["/login", "/login/", "/LOGIN"] {
+        assert_eq!(
+            send(addr, "POST", target, None).await.status,
+            200,
+            "{target}"
+        );
+    }
+    for target in ["/Login/", "/login"] {
+        let refused = send(addr, "POST", target, None).await;
+        assert_eq!(refused.status, 429, "{target}");
+        assert!(refused.header("retry-after").is_some());
+    }
+    sidecar.shutdown().await;
+}

@@ -513,13 +513,15 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub name: Option<String>,
-    /// HTTP methods the rule matches. Empty means every method.
+    /// HTTP methods the rule matches. Empty means every method. GET also matches HEAD.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "method_list")]
     pub methods: Vec<HttpMethod>,
     /// Path patterns, matched against the normalised request path: `/items` exactly,
     /// `/items/*` one more segment, `/items/**` anything below /items (and /items itself).
-    /// Patterns start with `/` and hold no `%`, `;`, `?`, `#`, dot or empty segments.
+    /// Patterns start with `/` and hold no `%`, `;`, `?`, `#`, dot or empty segments. A rule
+    /// that needs a token also matches the trailing-slash and case variants of its paths
+    /// (`/items/`, `/ITEMS`); a public rule matches only the spelling it names.
     #[schemars(schema_with = "path_list")]
     pub paths: Vec<String>,
     /// No token needed.

@@ -356,10 +356,10 @@ pub struct Context<'a> {
     pub client_ip: IpAddr,
 }
 
-/// Answers a request for one of the issuer's endpoints.
-pub async fn handle(ctx: Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
-    let path = req.uri().path().to_owned();
-    let Some(endpoint) = route(&ctx.settings.path_prefix, &path) else {
+/// Answers a request for one of the issuer's endpoints; `path` is the request's normalised
+/// (forwarded) path.
+pub async fn handle(ctx: Context<'_>, path: &str, req: Request<Incoming>) -> Response<ProxyBody> {
+    let Some(endpoint) = route(&ctx.settings.path_prefix, path) else {
         return reply::status(http::StatusCode::NOT_FOUND);
     };
     match endpoint {

@@ -48,3 +48,57 @@ pub const REDIS_CREDENTIALS_MOUNT_DIR: &str = "/etc/scopegate/redis";
 /// Annotation on an OAuthClient asking for a new generated secret. Any new value rotates; the
 /// old secret keeps working for the client's `secretRotationOverlap`.
 pub const ROTATE_SECRET_ANNOTATION: &str = "scopegate.dev/rotate-secret";
+
+/// Whether an identity (a token's `sub` or `client_id`) can be handed to the app in a header
+/// as it is: 1 to 1024 visible ASCII characters, with single spaces only between them. Header
+/// parsers trim surrounding whitespace, drop or mangle control characters and read other
+/// bytes as Latin-1, so anything else would reach the app as another identity than the one
+/// the token names. The verifier refuses such tokens and the issuer never issues them.
+pub fn is_identity_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_IDENTITY_LEN
+        && bytes.first() != Some(&b' ')
+        && bytes.last() != Some(&b' ')
+        && !value.contains("  ")
+        && bytes.iter().all(|b| matches!(b, 0x21..=0x7E | b' '))
+}
+
+/// Longest identity [`is_identity_value`] accepts, in bytes.
+pub const MAX_IDENTITY_LEN: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_must_survive_a_header_unchanged() {
+        for good in [
+            "alice",
+            "user:42",
+            "google:1080",
+            "shop.web",
+            "a b",
+            "~!@#$%^&*()",
+        ] {
+            assert!(is_identity_value(good), "{good:?}");
+        }
+        let long = "x".repeat(MAX_IDENTITY_LEN + 1);
+        for bad in [
+            "",
+            " alice",
+            "alice ",
+            "a  b",
+            "al\nice",
+            "al\rice",
+            "al\tice",
+            "alice\0",
+            "ålice",
+            "al\u{7f}ice",
+            "al\u{85}ice",
+            &long,
+        ] {
+            assert!(!is_identity_value(bad), "{bad:?}");
+        }
+    }
+}

@@ -84,6 +84,21 @@ impl TrustedProxies {
     }
 }
 
+impl TrustedProxies {
+    /// Whether the TCP peer is a proxy that may name the client and the original scheme and
+    /// host: with `Hops(n)` for n ≥ 1 every peer is (the policy says proxies stand in front),
+    /// with CIDRs only a peer inside one of them.
+    pub fn trusts_peer(&self, peer: IpAddr) -> bool {
+        match self {
+            TrustedProxies::Hops(n) => *n > 0,
+            TrustedProxies::Cidrs(blocks) => {
+                let peer = canonical(peer);
+                blocks.iter().any(|b| b.contains(peer))
+            }
+        }
+    }
+}
+
 /// The client address. `forwarded_for` is every `X-Forwarded-For` value in order. Without
 /// trusted proxies the peer is the client. With `Hops(n)` the client is the n-th entry from
 /// the right (the peer when the list is shorter); with CIDRs, entries are skipped from the
@@ -186,6 +201,27 @@ mod tests {
         assert_eq!(
             client_ip(ip("::ffff:10.0.0.1"), ["garbage"].into_iter(), Some(&cidrs)),
             ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn only_listed_peers_are_trusted_proxies() {
+        let cidrs =
+            TrustedProxies::from_config(&TrustedProxiesConfig::Cidrs(vec!["10.0.0.0/8".into()]))
+                .unwrap();
+        assert!(cidrs.trusts_peer(ip("10.1.2.3")));
+        assert!(cidrs.trusts_peer(ip("::ffff:10.1.2.3")));
+        assert!(!cidrs.trusts_peer(ip("11.0.0.1")));
+        assert!(TrustedProxies::Hops(1).trusts_peer(ip("8.8.8.8")));
+        assert!(!TrustedProxies::Hops(0).trusts_peer(ip("8.8.8.8")));
+        // An untrusted peer's X-Forwarded-For is never read.
+        assert_eq!(
+            client_ip(
+                ip("11.0.0.1"),
+                ["10.0.0.1, 1.2.3.4"].into_iter(),
+                Some(&cidrs)
+            ),
+            ip("11.0.0.1")
         );
     }
 

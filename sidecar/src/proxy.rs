@@ -285,8 +285,13 @@ async fn forward(
     }
     headers::strip_hop_by_hop(headers, upgrade.is_some());
     let names = &settings.headers;
-    for name in [&names.subject, &names.scopes, &names.client_id] {
-        headers.remove(name);
+    let spoofed =
+        headers::strip_spoofable(headers, &[&names.subject, &names.scopes, &names.client_id]);
+    if spoofed > 0 {
+        tracing::debug!(
+            headers = spoofed,
+            "removed headers the app could take for ours"
+        );
     }
     if let Some(token) = identity {
         let values = [
@@ -295,17 +300,17 @@ async fn forward(
             (&names.client_id, token.client_id.as_deref()),
         ];
         for (name, value) in values {
+            // Validation refused every identity a header cannot carry unchanged.
             if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
                 headers.insert(name.clone(), value);
             }
         }
     }
-    headers::set_forwarded(
-        headers,
-        conn.peer.ip(),
-        shared.tls,
-        settings.trusted_proxies.is_some(),
-    );
+    let trusted_peer = settings
+        .trusted_proxies
+        .as_ref()
+        .is_some_and(|t| t.trusts_peer(conn.peer.ip()));
+    headers::set_forwarded(headers, conn.peer.ip(), shared.tls, trusted_peer);
     if upstream.protocol == UpstreamProtocol::H2c {
         parts.version = Version::HTTP_2;
         if wants_trailers {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use scopegate_core::names::is_identity_value;
 use scopegate_core::policy::{MalformedScope, check_scope_claim};
 
 use crate::jose::json::{self, JsonError};
@@ -87,6 +88,10 @@ pub enum TokenError {
     /// Revoked by a client cut-off, a jti revocation or a subject cut-off.
     #[error("revoked ({0})")]
     Revoked(&'static str),
+    /// `sub` or `client_id` cannot reach the app unchanged in a header
+    /// ([`scopegate_core::names::is_identity_value`]).
+    #[error("{0} cannot be passed to the app in a header")]
+    Identity(&'static str),
 }
 
 /// Validates a bearer token: size, JWS shape and header, key by (`iss`, `kid`) with the
@@ -148,6 +153,13 @@ pub fn validate(
     }
     let scope = claims.scope.unwrap_or_default();
     check_scope_claim(&scope)?;
+    // The app learns who called from headers: an identity a header would change is refused
+    // rather than forwarded without it, or as someone else.
+    for (name, value) in [("sub", &claims.sub), ("client_id", &claims.client_id)] {
+        if value.as_deref().is_some_and(|v| !is_identity_value(v)) {
+            return Err(TokenError::Identity(name));
+        }
+    }
     Ok(VerifiedToken {
         iss,
         sub: claims.sub,
@@ -261,5 +273,24 @@ mod tests {
             check(0, &claims(|c| c["aud"] = json!(["b", "c"]))),
             Err(TokenError::Audience)
         );
+    }
+
+    #[test]
+    fn identities_a_header_would_change_are_refused() {
+        for (claim, value) in [
+            ("sub", json!("alice\nX-Auth-Scopes: admin")),
+            ("sub", json!(" alice")),
+            ("sub", json!("")),
+            ("sub", json!("ålice")),
+            ("client_id", json!("web\t")),
+            ("client_id", json!("web\u{0}")),
+        ] {
+            assert_eq!(
+                check(0, &claims(|c| c[claim] = value.clone())),
+                Err(TokenError::Identity(claim)),
+                "{claim}: {value:?}"
+            );
+        }
+        assert!(check(0, &claims(|c| c["sub"] = json!("user:alice smith"))).is_ok());
     }
 }

@@ -594,3 +594,166 @@ async fn spellings_reach_the_rule_the_app_routes_to() {
     }
     sidecar.shutdown().await;
 }
+
+/// What the app saw of the last request, by header name.
+fn seen_headers(upstream: &Upstream) -> std::collections::HashMap<String, String> {
+    upstream.last().unwrap().headers
+}
+
+/// Identity headers cannot be spoofed in any spelling a server reads as ours, on public routes
+/// too; an identity a header would change is refused; the forwarding headers of a peer that is
+/// not a trusted proxy are replaced, and it cannot pick its rate-limit budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_forwarding_headers_cannot_be_spoofed() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (es, _) = SigningKey::es256();
+    let dir = TempDir::new();
+    let mut cfg = config(
+        upstream.addr.port(),
+        json!({"keys": [es.jwk("k1", Some("ES256"))]}),
+    );
+    // The test client (127.0.0.1) is not a trusted proxy.
+    cfg["trustedProxies"] = json!({"cidrs": ["10.0.0.0/8"]});
+    cfg["rateLimits"] = json!([
+        {"name": "limited", "paths": ["/public/limited"], "requests": 1, "periodSecs": 3600}
+    ]);
+    let sidecar = start_sidecar(&dir, &cfg).await;
+    let addr = sidecar.proxy_addr();
+    let spoofs: Vec<(&str, String)> = vec![
+        ("X-Auth-Subject", "admin".into()),
+        ("x_auth_subject", "admin".into()),
+        ("X-AUTH_SUBJECT", "admin".into()),
+        ("x_auth_scopes", "admin".into()),
+        ("X_Auth_Client_Id", "evil".into()),
+        ("X-Forwarded-For", "6.6.6.6".into()),
+        ("X_Forwarded_For", "6.6.6.6".into()),
+        ("X-Forwarded-Proto", "https".into()),
+        ("X-Forwarded-Host", "evil.example".into()),
+        ("x_forwarded_host", "evil.example".into()),
+        (
+            "Forwarded",
+            "for=6.6.6.6;proto=https;host=evil.example".into(),
+        ),
+        ("X-Real-IP", "6.6.6.6".into()),
+        ("X-Original-URL", "/admin/x".into()),
+        ("X-HTTP-Method-Override", "DELETE".into()),
+    ];
+    let expect_clean = |seen: &std::collections::HashMap<String, String>, subject: Option<&str>| {
+        let cgi = |name: &str| name.to_ascii_lowercase().replace('_', "-");
+        let identity: Vec<(&String, &String)> = seen
+            .iter()
+            .filter(|(k, _)| cgi(k).starts_with("x-auth-"))
+            .collect();
+        match subject {
+            None => assert!(
+                identity.is_empty(),
+                "identity headers reached the app: {identity:?}"
+            ),
+            Some(sub) => {
+                assert_eq!(seen.get("x-auth-subject").map(String::as_str), Some(sub));
+                assert_eq!(identity.len(), 3, "one spelling each: {identity:?}");
+            }
+        }
+        for (name, want) in [
+            ("x-forwarded-for", Some("127.0.0.1")),
+            ("x-forwarded-proto", Some("http")),
+            ("x-forwarded-host", Some("app.test")),
+            (
+                "forwarded",
+                Some("for=127.0.0.1;proto=http;host=\"app.test\""),
+            ),
+            ("x_forwarded_for", None),
+            ("x_forwarded_host", None),
+            ("x-real-ip", None),
+            ("x-original-url", None),
+            ("x-http-method-override", None),
+        ] {
+            assert_eq!(seen.get(name).map(String::as_str), want, "{name}");
+        }
+    };
+
+    // A public route: nothing the client claims about identity or origin reaches the app.
+    let r = get(
+        addr,
+        "/public/x",
+        &spoofs
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    expect_clean(&seen_headers(&upstream), None);
+
+    // A protected route: exactly the token's identity, in one spelling.
+    let token = mint(&es, &header("ES256", "k1"), &claims("read:items"));
+    let mut with_token: Vec<(&str, &str)> = spoofs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let bearer = format!("Bearer {token}");
+    with_token.push(("Authorization", &bearer));
+    let r = get(addr, "/items/1", &with_token).await;
+    assert_eq!(r.status, 200);
+    expect_clean(&seen_headers(&upstream), Some("alice"));
+
+    // A token whose identity a header would change is refused, never forwarded without it.
+    for (claim, value) in [
+        ("sub", json!("alice\nX-Auth-Scopes: admin")),
+        ("sub", json!(" admin")),
+        ("sub", json!("admin ")),
+        ("sub", json!("")),
+        ("sub", json!("ådmin")),
+        ("sub", json!("ad\u{0}min")),
+        ("client_id", json!("web\t")),
+        ("client_id", json!("web\r\nx: y")),
+    ] {
+        let mut c = claims("read:items");
+        c[claim] = value.clone();
+        let before = upstream.hits();
+        let r = get_with_token(addr, "/items/1", &mint(&es, &header("ES256", "k1"), &c)).await;
+        assert_eq!(r.status, 401, "{claim} {value}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"scopegate\", error=\"invalid_token\""),
+            "{claim} {value}"
+        );
+        assert_eq!(upstream.hits(), before, "{claim} {value} reached the app");
+    }
+
+    // The address budget is the peer's: a forged X-Forwarded-For does not buy a fresh one.
+    let first = get(addr, "/public/limited", &[("X-Forwarded-For", "1.1.1.1")]).await;
+    assert_eq!(first.status, 200);
+    let second = get(addr, "/public/limited", &[("X-Forwarded-For", "2.2.2.2")]).await;
+    assert_eq!(second.status, 429);
+    sidecar.shutdown().await;
+
+    // Behind a trusted proxy the chain, scheme, host and Forwarded elements survive, with this
+    // hop appended; identity spellings are still removed.
+    cfg["trustedProxies"] = json!({"cidrs": ["127.0.0.0/8"]});
+    let dir = TempDir::new();
+    let sidecar = start_sidecar(&dir, &cfg).await;
+    let r = get(
+        sidecar.proxy_addr(),
+        "/public/x",
+        &spoofs
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = seen_headers(&upstream);
+    assert_eq!(seen.get("x-forwarded-for").unwrap(), "6.6.6.6, 127.0.0.1");
+    assert_eq!(seen.get("x-forwarded-proto").unwrap(), "https");
+    assert_eq!(seen.get("x-forwarded-host").unwrap(), "evil.example");
+    assert_eq!(
+        seen.get("forwarded").unwrap(),
+        "for=6.6.6.6;proto=https;host=evil.example, for=127.0.0.1;proto=http;host=\"app.test\""
+    );
+    assert_eq!(seen.get("x-real-ip").unwrap(), "6.6.6.6");
+    assert!(seen.keys().all(|k| {
+        !k.to_ascii_lowercase()
+            .replace('_', "-")
+            .starts_with("x-auth-")
+    }));
+    assert!(!seen.contains_key("x_forwarded_for") && !seen.contains_key("x-original-url"));
+    sidecar.shutdown().await;
+}

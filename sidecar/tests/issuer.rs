@@ -1082,6 +1082,10 @@ async fn the_mint_socket_mints_within_the_rules_and_sets_subject_cutoffs() {
         (json!({"subject": "user:1", "ttl_secs": 301}), 403),
         (json!({"subject": ""}), 400),
         (json!({"subject": "user:1", "extra": true}), 400),
+        // Subjects a header would not carry unchanged: verifiers would refuse the token.
+        (json!({"subject": "user:ådmin"}), 400),
+        (json!({"subject": "user:1 "}), 400),
+        (json!({"subject": "user:1\r\nX-Auth-Scopes: admin"}), 400),
     ] {
         let r = issuer.mint("POST", "/v1/tokens", Some(&request)).await;
         assert_eq!(r.status, status, "{request}: {}", body(&r));

@@ -215,11 +215,12 @@ struct MintRequest {
 }
 
 fn check_subject(subject: &str) -> Result<(), Failure> {
-    if subject.is_empty() || subject.len() > MAX_SUBJECT || subject.chars().any(char::is_control) {
+    // Verifiers refuse a token whose subject a header would change: never mint one.
+    if subject.len() > MAX_SUBJECT || !scopegate_core::names::is_identity_value(subject) {
         return Err(Failure(
             StatusCode::BAD_REQUEST,
             "invalid_request",
-            "subject must be 1 to 256 printable characters",
+            "subject must be 1 to 256 visible ASCII characters, single spaces between them",
         ));
     }
     Ok(())

@@ -975,13 +975,14 @@ fn text(claims: &Map<String, Value>, name: &str) -> Option<String> {
         .map(|s| s.chars().filter(|c| !c.is_control()).collect())
 }
 
-/// A subject from a configured claim: a non-empty string of at most 255 characters without
-/// control characters, taken as it is (never cleaned up: two keys must never become one).
+/// A subject from a configured claim: a string of at most 255 characters that a header carries
+/// unchanged ([`scopegate_core::names::is_identity_value`]), taken as it is (never cleaned up:
+/// two keys must never become one).
 fn subject_claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
     claims
         .get(name)
         .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && s.len() <= 255 && !s.chars().any(char::is_control))
+        .filter(|s| s.len() <= 255 && scopegate_core::names::is_identity_value(s))
         .map(str::to_owned)
 }
 

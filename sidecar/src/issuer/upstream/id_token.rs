@@ -174,7 +174,8 @@ pub fn check_claims(
     let sub = claims
         .get("sub")
         .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && s.len() <= MAX_SUB_LEN && !s.chars().any(char::is_control))
+        // Taken as it is or refused: a subject a header would change could never be used.
+        .filter(|s| s.len() <= MAX_SUB_LEN && scopegate_core::names::is_identity_value(s))
         .ok_or(IdTokenError::Subject)?
         .to_owned();
     Ok(Validated { sub, claims })
@@ -276,6 +277,9 @@ mod tests {
             ("nonce", Value::Null, IdTokenError::Nonce),
             ("sub", json!(""), IdTokenError::Subject),
             ("sub", json!(17), IdTokenError::Subject),
+            ("sub", json!("1080 "), IdTokenError::Subject),
+            ("sub", json!("1080\nx"), IdTokenError::Subject),
+            ("sub", json!("jöe"), IdTokenError::Subject),
         ];
         for (name, value, want) in cases {
             assert_eq!(

@@ -116,9 +116,10 @@ impl ManagedKey {
         !self.private_key.is_empty()
     }
 
-    /// Whether the key belongs in the JWKS at `now`.
+    /// Whether the key belongs in the JWKS at `now`: from the moment it is written (even if the
+    /// clock stepped back behind `published_at` since) until its removal time.
     pub fn is_published(&self, now: i64) -> bool {
-        now >= self.published_at && now < self.removed_after
+        now < self.removed_after
     }
 
     /// The latest `exp` a token signed with this key may carry, so that no token outlives

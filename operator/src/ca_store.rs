@@ -48,7 +48,7 @@ async fn step(
         Some(text) => serde_json::from_str(&text).map_err(|source| Error::Corrupt {
             object: format!("Secret {namespace}/{CA_SECRET}"),
             document: "CA document",
-            source,
+            detail: crate::error::json_problem(&source),
         })?,
         None => CaDocument::default(),
     };

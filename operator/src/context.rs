@@ -39,12 +39,32 @@ pub struct Context {
     pub services: Store<k8s_openapi::api::core::v1::Service>,
     /// The operator's CA, once the leader has loaded or made it.
     pub ca: watch::Receiver<Option<Arc<CaDocument>>>,
+    /// Permits for heavy work (key generation, password hashing, large renders), which runs
+    /// on the blocking pool so that lease renewal and the webhook never wait for it.
+    pub heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
     /// Now, in Unix seconds.
     pub fn now(&self) -> i64 {
         now()
+    }
+
+    /// Runs CPU-heavy `work` on the blocking pool, at most as many at once as [`Context::heavy`]
+    /// has permits, and returns its result.
+    pub async fn heavy<T, F>(&self, work: F) -> Result<T, crate::error::Error>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let _permit = self
+            .heavy
+            .acquire()
+            .await
+            .map_err(|_| crate::error::Error::Background)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|_| crate::error::Error::Background)
     }
 
     /// A cached managed Secret.

@@ -30,6 +30,9 @@ use crate::oauth_client::{self, validate::issuer_key};
 
 /// How many reconciles of one kind run at once.
 const CONCURRENCY: u16 = 32;
+/// How many heavy computations (key generation, password hashing, large renders) run at once,
+/// on the blocking pool: fewer than the cores, so lease renewal and the webhook keep theirs.
+const HEAVY_CONCURRENCY: usize = 2;
 
 fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!(
@@ -141,8 +144,8 @@ fn decode<K: kube::Resource + serde::de::DeserializeOwned>(
     })
 }
 
-/// Policies that trust `issuer` through a policyRef.
-fn dependents(
+/// Policies that trust `issuer` (in `namespace`) through a policyRef.
+pub fn dependents(
     policies: &Store<AuthPolicy>,
     namespace: &str,
     issuer: &str,
@@ -256,6 +259,7 @@ pub async fn run(
         pods,
         services: services.clone(),
         ca: ca.clone(),
+        heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_CONCURRENCY)),
     });
 
     for (what, ready) in [
@@ -303,7 +307,16 @@ pub async fn run(
                 return Vec::new();
             };
             let mut targets = dependents(&policies_for_cms, &namespace, &policy);
-            targets.push(ObjectRef::new(&policy).within(&namespace));
+            let owner = ObjectRef::new(&policy).within(&namespace);
+            // A verifier's config changed: its issuer may be waiting to see a new key there.
+            if let Some(reference) = policies_for_cms
+                .get(&owner)
+                .and_then(|p| p.spec.issuer.policy_ref.clone())
+            {
+                let issuer_namespace = reference.namespace.unwrap_or_else(|| namespace.clone());
+                targets.push(ObjectRef::new(&reference.name).within(&issuer_namespace));
+            }
+            targets.push(owner);
             targets
         })
         .watches(

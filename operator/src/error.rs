@@ -21,15 +21,14 @@ pub enum Error {
     #[error("the operator's CA is not ready yet")]
     CaNotReady,
     /// A document the operator wrote earlier cannot be read back.
-    #[error("{object} holds an unreadable {document}")]
+    #[error("{object} holds an unreadable {document} ({detail})")]
     Corrupt {
         /// namespace/name of the object.
         object: String,
         /// Which document.
         document: &'static str,
-        /// The parse error.
-        #[source]
-        source: serde_json::Error,
+        /// Where and how it fails to parse, from [`json_problem`] (never its content).
+        detail: String,
     },
     /// The system random generator failed.
     #[error("the system random generator failed")]
@@ -43,6 +42,10 @@ pub enum Error {
     /// The object has no namespace or name (the API server always sets them).
     #[error("object without namespace or name")]
     Unaddressable,
+    /// Work handed to the blocking pool did not complete (it panicked, or the runtime is
+    /// shutting down).
+    #[error("a background computation did not complete")]
+    Background,
 }
 
 impl Error {
@@ -53,7 +56,7 @@ impl Error {
             Error::Keygen(_) | Error::Ca(_) | Error::Hash(_) | Error::Randomness => "CryptoError",
             Error::CaNotReady => "CaNotReady",
             Error::Corrupt { .. } => "CorruptData",
-            Error::Serialize(..) | Error::Unaddressable => "InternalError",
+            Error::Serialize(..) | Error::Unaddressable | Error::Background => "InternalError",
         }
     }
 
@@ -61,6 +64,18 @@ impl Error {
     pub fn is_permanent(&self) -> bool {
         matches!(self, Error::Corrupt { .. } | Error::Unaddressable)
     }
+}
+
+/// Describes a JSON error without quoting the input: the documents the operator keeps hold
+/// private keys, and serde's messages can quote the value they choke on.
+pub fn json_problem(error: &serde_json::Error) -> String {
+    let what = match error.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "not the expected document",
+        serde_json::error::Category::Eof => "cut short",
+    };
+    format!("{what} at line {} column {}", error.line(), error.column())
 }
 
 /// Result of reconcile steps.

@@ -811,6 +811,11 @@ pub struct AuthPolicyStatus {
     /// When the next key transition is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation: Option<Time>,
+    /// The value of the `scopegate.dev/rotate` annotation last acted on: setting another value
+    /// asks for another rotation. Kept here rather than with the keys, so that a deleted or
+    /// restored signing-keys Secret never replays an old request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_rotation: Option<String>,
     /// Pods this policy selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_pods: Option<i32>,
@@ -836,8 +841,9 @@ pub struct AuthPolicyStatus {
 pub struct KeyStatus {
     /// Key id.
     pub kid: String,
-    /// next (published, not yet signing), active (signing) or retiring (published until the
-    /// tokens it signed have expired).
+    /// publishing (written and published, signing nothing until every verifier is seen to
+    /// hold it), next (held everywhere, signing from activatesAt), active (signing) or retiring
+    /// (published until the tokens it signed have expired).
     pub state: String,
     /// When the key was first published.
     pub published_at: Time,
@@ -847,6 +853,10 @@ pub struct KeyStatus {
     pub signs_until: Time,
     /// When the key leaves every JWKS.
     pub removed_after: Time,
+    /// Its private half is gone (the signing-keys Secret was deleted, or restored from an older
+    /// copy): it signs nothing and stays published until the tokens it signed have expired.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public_only: bool,
 }
 
 /// Names of rendered objects.

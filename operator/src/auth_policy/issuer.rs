@@ -1,13 +1,14 @@
 //! The parts of an AuthPolicy reconcile that only `issuer.self` policies have: the signing
 //! keys and their JWKS, the serving certificate, and the client registry.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
-use scopegate_core::jwk::Jwks;
+use scopegate_core::config::{CONFIG_FILE, KeySource, SidecarConfig};
+use scopegate_core::jwk::{Jwk, Jwks};
 use scopegate_core::keys::{ManagedKey, SIGNING_KEYS_FILE, SigningKeys};
 use scopegate_core::names;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, SelfIssuer};
@@ -30,70 +31,108 @@ use crate::{keygen, secret_data};
 pub const ALGORITHM_ANNOTATION: &str = "scopegate.dev/signing-algorithm";
 
 /// What the key step produced.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct KeysOutcome {
-    /// Every key after this step.
-    pub keys: Vec<ManagedKey>,
+    /// Every key after this step (`None` when the document could not be read).
+    pub keys: Option<Vec<ManagedKey>>,
     /// The public JWKS published.
     pub jwks: Jwks,
     /// The next key transition.
     pub next_transition: Option<i64>,
-    /// A problem that stopped the step.
-    pub problem: Option<Problem>,
+    /// Problems found with the keys.
+    pub problems: Vec<Problem>,
+    /// A key written and published, and the verifiers not yet seen to hold it.
+    pub publishing: Option<(String, Vec<String>)>,
+    /// The rotate-annotation value acted on so far (recorded in status).
+    pub handled_rotation: Option<String>,
 }
 
-/// Moves the signing keys one rotation step and publishes the JWKS.
-///
-/// The signing-keys Secret is the source of truth, so it is read directly (never from a
-/// cache that may lag behind the previous write) and written with its resourceVersion as a
-/// precondition: a racing writer makes this reconcile fail and retry instead of forking the
-/// key set.
-pub async fn reconcile_keys(
-    policy: &AuthPolicy,
-    own: &SelfIssuer,
-    names: &Names,
-    ctx: &Context,
-    now: i64,
-) -> Result<KeysOutcome> {
-    let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let current = api.get_opt(&names.signing_keys).await?;
-    if let Some(secret) = &current
-        && !is_managed(secret.labels())
-    {
-        return Ok(KeysOutcome {
-            keys: Vec::new(),
-            jwks: Jwks::default(),
-            next_transition: None,
-            problem: Some(Problem::NotOwned(format!(
-                "Secret {namespace}/{}",
-                names.signing_keys
-            ))),
+/// One place verifiers of the issuer read its public keys from, and the kids it holds
+/// (`None` when it does not exist yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyView {
+    /// What it is, for status ("ConfigMap ns/name").
+    pub name: String,
+    /// The key ids it holds.
+    pub kids: Option<BTreeSet<String>>,
+}
+
+/// The key ids every view holds.
+pub fn held_everywhere(views: &[KeyView]) -> BTreeSet<String> {
+    let mut held: Option<BTreeSet<String>> = None;
+    for view in views {
+        let kids = view.kids.clone().unwrap_or_default();
+        held = Some(match held {
+            None => kids,
+            Some(so_far) => so_far.intersection(&kids).cloned().collect(),
         });
     }
-    let stored: SigningKeys = match current
-        .as_ref()
-        .and_then(|s| secret_data(s, SIGNING_KEYS_FILE))
-    {
-        Some(text) => serde_json::from_str(&text).map_err(|source| Error::Corrupt {
-            object: format!("Secret {namespace}/{}", names.signing_keys),
-            document: "signing-keys document",
-            source,
-        })?,
-        None => SigningKeys::default(),
-    };
-    let handled = current
-        .as_ref()
-        .and_then(|s| s.annotations().get(ROTATION_HANDLED_ANNOTATION).cloned());
-    let asked = policy.annotations().get(names::ROTATE_ANNOTATION).cloned();
-    let requests = Requests {
-        rotate: asked.is_some() && asked != handled,
-        revoke_kid: policy
-            .annotations()
-            .get(names::REVOKE_KID_ANNOTATION)
-            .cloned(),
-    };
+    held.unwrap_or_default()
+}
 
+/// The views that do not hold `kid`.
+pub fn lacking(views: &[KeyView], kid: &str) -> Vec<String> {
+    views
+        .iter()
+        .filter(|v| !v.kids.as_ref().is_some_and(|k| k.contains(kid)))
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// What the stored keys are worth, decided before planning (pure).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Assessment {
+    /// Keys that pass their checks, plus public keys kept after their private half was lost.
+    pub usable: Vec<ManagedKey>,
+    /// Keys that fail their checks: left out of every key set, kept as they are in the
+    /// Secret until their removal time.
+    pub invalid: Vec<(ManagedKey, keygen::KeyProblem)>,
+    /// Key ids kept public-only in this step because the document lacked them.
+    pub retained: Vec<String>,
+    /// The issuer had keys before (status, published sets or the document).
+    pub had_keys: bool,
+}
+
+/// Checks every stored key and restores, public-only, the keys that verifiers hold or status
+/// lists but the document lacks (a deleted Secret, or one restored from an older copy).
+pub fn assess(
+    stored: &[ManagedKey],
+    known: &[(String, [i64; 4])],
+    published: &[Jwk],
+    revoked: Option<&str>,
+    now: i64,
+    params: RotationParams,
+) -> Assessment {
+    let mut usable = Vec::new();
+    let mut invalid = Vec::new();
+    for key in stored {
+        match keygen::check(key) {
+            Ok(()) => usable.push(key.clone()),
+            Err(_) if key.removed_after <= now => {}
+            Err(problem) => invalid.push((key.clone(), problem)),
+        }
+    }
+    let present: BTreeSet<String> = stored.iter().map(|k| k.kid.clone()).collect();
+    let alg_of = |jwk: &Jwk| {
+        let alg = jwk.alg.clone()?;
+        let sound = keygen::check_public(jwk, &alg).is_ok()
+            && jwk.kid.as_deref() == Some(keygen::thumbprint(jwk).as_str());
+        sound.then_some(alg)
+    };
+    let kept =
+        rotation::retained_public_keys(known, published, &present, revoked, &alg_of, now, params);
+    let retained = kept.iter().map(|k| k.kid.clone()).collect();
+    usable.extend(kept);
+    Assessment {
+        usable,
+        invalid,
+        retained,
+        had_keys: !stored.is_empty() || !known.is_empty() || !published.is_empty(),
+    }
+}
+
+/// The rotation settings of an issuer, in seconds.
+pub fn rotation_params(own: &SelfIssuer) -> RotationParams {
     let secs = |d: &scopegate_crds::v1alpha1::PositiveDuration| {
         d.get()
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -103,7 +142,7 @@ pub async fn reconcile_keys(
         .as_ref()
         .map_or(0, |m| secs(&m.max_ttl))
         .max(secs(&own.tokens.access_token_ttl));
-    let params = RotationParams {
+    RotationParams {
         period: secs(&own.rotation_period),
         propagation: secs(&own.propagation),
         token_ttl,
@@ -112,22 +151,230 @@ pub async fn reconcile_keys(
             .leeway
             .get()
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0)),
-    };
-    let alg = keygen::alg_name(own.signing.algorithm);
-    let plan = rotation::plan(&stored.keys, now, params, alg, &requests, &mut || {
-        keygen::generate(own.signing.algorithm, own.signing.rsa_bits)
-    })?;
+    }
+}
 
-    if plan.keys != stored.keys || (requests.rotate && asked != handled) || current.is_none() {
-        let document = SigningKeys {
-            keys: plan.keys.clone(),
-        };
+/// The kids of a JWKS document in a ConfigMap (`None` when it is missing or unreadable).
+fn jwks_of(cm: Option<&ConfigMap>, file: &str) -> Option<Jwks> {
+    let text = cm?.data.as_ref()?.get(file)?;
+    serde_json::from_str(text).ok()
+}
+
+/// The static keys a sidecar config ConfigMap trusts for `issuer`: `Some(None)` when the
+/// config exists and does not trust it (that verifier needs none of its keys), `None` when
+/// the config is missing.
+fn trusted_in(cm: Option<&ConfigMap>, issuer: &str) -> Option<Option<BTreeSet<String>>> {
+    let text = cm?.data.as_ref()?.get(CONFIG_FILE)?;
+    let Ok(config) = SidecarConfig::from_json(text) else {
+        // Unreadable: it holds nothing until it is rendered again.
+        return Some(Some(BTreeSet::new()));
+    };
+    Some(
+        config
+            .verify
+            .issuers
+            .iter()
+            .find(|t| t.issuer == issuer)
+            .map(|t| match &t.keys {
+                KeySource::Static { jwks } => {
+                    jwks.keys.iter().filter_map(|k| k.kid.clone()).collect()
+                }
+                _ => BTreeSet::new(),
+            }),
+    )
+}
+
+fn kids(jwks: &Jwks) -> BTreeSet<String> {
+    jwks.keys.iter().filter_map(|k| k.kid.clone()).collect()
+}
+
+/// Moves the signing keys one rotation step and publishes the JWKS.
+///
+/// The signing-keys Secret is the source of truth, so it is read directly (never from a
+/// cache that may lag behind the previous write) and written with its resourceVersion as a
+/// precondition: a racing writer makes this reconcile fail and retry instead of forking the
+/// key set. It is written before the JWKS and the sidecar configs, but a new key in it is
+/// pending (signs nothing) until a later step sees it in every verifier's key set.
+pub async fn reconcile_keys(
+    policy: &AuthPolicy,
+    own: &SelfIssuer,
+    names: &Names,
+    ctx: &Context,
+    now: i64,
+) -> Result<KeysOutcome> {
+    let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
+    let object = format!("Secret {namespace}/{}", names.signing_keys);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let current = api.get_opt(&names.signing_keys).await?;
+    let status = policy.status.as_ref();
+    let previously_handled = status.and_then(|s| s.handled_rotation.clone()).or_else(|| {
+        // Before the status kept it, the Secret did.
+        current
+            .as_ref()
+            .and_then(|s| s.annotations().get(ROTATION_HANDLED_ANNOTATION).cloned())
+    });
+    if let Some(secret) = &current
+        && !is_managed(secret.labels())
+    {
+        return Ok(KeysOutcome {
+            keys: Some(Vec::new()),
+            problems: vec![Problem::NotOwned(object)],
+            handled_rotation: previously_handled,
+            ..KeysOutcome::default()
+        });
+    }
+    let published = jwks_of(
+        ctx.config_map(&namespace, &names.jwks).as_deref(),
+        JWKS_FILE,
+    );
+    let stored: SigningKeys = match current
+        .as_ref()
+        .and_then(|s| s.data.as_ref()?.get(SIGNING_KEYS_FILE))
+    {
+        Some(bytes) => match serde_json::from_slice(&bytes.0) {
+            Ok(document) => document,
+            Err(error) => {
+                // Written over, it would be lost for good: keep it and what is published.
+                return Ok(KeysOutcome {
+                    keys: None,
+                    jwks: published.unwrap_or_default(),
+                    problems: vec![Problem::SigningKeysCorrupt(
+                        object,
+                        crate::error::json_problem(&error),
+                    )],
+                    handled_rotation: previously_handled,
+                    ..KeysOutcome::default()
+                });
+            }
+        },
+        None => SigningKeys::default(),
+    };
+
+    let asked = policy.annotations().get(names::ROTATE_ANNOTATION).cloned();
+    let rotate = asked.is_some() && asked != previously_handled;
+    let requests = Requests {
+        rotate,
+        revoke_kid: policy
+            .annotations()
+            .get(names::REVOKE_KID_ANNOTATION)
+            .cloned(),
+    };
+    let params = rotation_params(own);
+    let alg = keygen::alg_name(own.signing.algorithm);
+    let hs256 = alg == "HS256";
+
+    // Where verifiers read the keys, as last observed.
+    let own_config = ctx.config_map(&namespace, &names.sidecar);
+    let own_trust = trusted_in(own_config.as_deref(), &own.url);
+    let mut views = Vec::new();
+    if hs256 {
+        // Only the issuer's own pods verify, with the signing-keys document itself.
+        views.push(KeyView {
+            name: object.clone(),
+            kids: Some(stored.keys.iter().map(|k| k.kid.clone()).collect()),
+        });
+    } else {
+        views.push(KeyView {
+            name: format!("ConfigMap {namespace}/{}", names.jwks),
+            kids: published.as_ref().map(kids),
+        });
+        views.push(KeyView {
+            name: format!("ConfigMap {namespace}/{}", names.sidecar),
+            kids: own_trust.clone().flatten(),
+        });
+        for dependent in
+            crate::controllers::dependents(&ctx.policies, &namespace, &policy.name_any())
+        {
+            let dependent_namespace = dependent.namespace.clone().unwrap_or_default();
+            let config = Names::of(&dependent.name).sidecar;
+            if let Some(Some(kids)) = trusted_in(
+                ctx.config_map(&dependent_namespace, &config).as_deref(),
+                &own.url,
+            ) {
+                views.push(KeyView {
+                    name: format!("ConfigMap {dependent_namespace}/{config}"),
+                    kids: Some(kids),
+                });
+            }
+        }
+    }
+    let held = held_everywhere(&views);
+
+    let known: Vec<(String, [i64; 4])> = status
+        .map(|s| {
+            s.keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.kid.clone(),
+                        [
+                            k.published_at.0.as_second(),
+                            k.activates_at.0.as_second(),
+                            k.signs_until.0.as_second(),
+                            k.removed_after.0.as_second(),
+                        ],
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut public: Vec<Jwk> = published.map(|j| j.keys).unwrap_or_default();
+    if let Some(Some(_)) = &own_trust
+        && let Some(config) = own_config
+            .as_deref()
+            .and_then(|cm| cm.data.as_ref()?.get(CONFIG_FILE))
+            .and_then(|text| SidecarConfig::from_json(text).ok())
+    {
+        for trusted in config.verify.issuers.iter().filter(|t| t.issuer == own.url) {
+            if let KeySource::Static { jwks } = &trusted.keys {
+                public.extend(jwks.keys.iter().cloned());
+            }
+        }
+    }
+    let assessment = assess(
+        &stored.keys,
+        &known,
+        &public,
+        requests.revoke_kid.as_deref(),
+        now,
+        params,
+    );
+
+    let (algorithm, rsa_bits) = (own.signing.algorithm, own.signing.rsa_bits);
+    let usable = assessment.usable.clone();
+    let had_keys = assessment.had_keys;
+    let (requests_for_plan, held_for_plan) = (requests.clone(), held.clone());
+    let plan = ctx
+        .heavy(move || {
+            let inputs = rotation::Inputs {
+                keys: &usable,
+                now,
+                params,
+                alg: keygen::alg_name(algorithm),
+                requests: &requests_for_plan,
+                published: &held_for_plan,
+                had_keys,
+            };
+            rotation::plan(&inputs, &mut || keygen::generate(algorithm, rsa_bits))
+        })
+        .await??;
+
+    let mut document = SigningKeys {
+        keys: plan.keys.clone(),
+    };
+    document
+        .keys
+        .extend(assessment.invalid.iter().map(|(key, _)| key.clone()));
+    if current.is_none() || document != stored {
         let mut meta = build::owned_meta(policy, &names.signing_keys)?;
         meta.resource_version = current.as_ref().and_then(|s| s.resource_version());
-        if let Some(value) = asked.clone().or(handled.clone()) {
+        if let Some(legacy) = current
+            .as_ref()
+            .and_then(|s| s.annotations().get(ROTATION_HANDLED_ANNOTATION).cloned())
+        {
             meta.annotations = Some(BTreeMap::from([(
                 ROTATION_HANDLED_ANNOTATION.to_owned(),
-                value,
+                legacy,
             )]));
         }
         let secret = build::secret(
@@ -138,67 +385,32 @@ pub async fn reconcile_keys(
                 build::to_json("signing keys", &document)?,
             )]),
         );
+        let params = PostParams {
+            field_manager: Some(crate::context::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
         if current.is_some() {
-            api.replace(
-                &names.signing_keys,
-                &PostParams {
-                    field_manager: Some(crate::context::FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &secret,
-            )
-            .await?;
+            api.replace(&names.signing_keys, &params, &secret).await?;
         } else {
-            api.create(
-                &PostParams {
-                    field_manager: Some(crate::context::FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &secret,
-            )
-            .await?;
+            api.create(&params, &secret).await?;
         }
         ctx.metrics.writes.inc();
         for change in &plan.changes {
-            let (warning, reason, note) = match change {
-                Change::Created { kid, activates_at } => (
-                    false,
-                    "KeyCreated",
-                    format!(
-                        "created {alg} key {kid}; it signs from {}",
-                        rfc3339(*activates_at)
-                    ),
-                ),
-                Change::Removed(kid) => (
-                    false,
-                    "KeyRemoved",
-                    format!("key {kid} left the JWKS: no token it signed is still valid"),
-                ),
-                Change::Revoked(kid) => (
-                    true,
-                    "KeyRevoked",
-                    format!("key {kid} revoked at once from every JWKS and sidecar config"),
-                ),
-                Change::Rescheduled(kid) => (
-                    false,
-                    "KeyRescheduled",
-                    format!("key {kid} signing window moved"),
-                ),
-            };
+            let (warning, reason, note) = describe_change(change, alg);
             tracing::info!(policy = %policy.name_any(), namespace = %namespace, reason, "{note}");
             ctx.event(policy, warning, reason, note).await;
         }
     }
 
-    let document = SigningKeys {
+    let signing = SigningKeys {
         keys: plan.keys.clone(),
     };
-    if let Some(active) = document.signing_key(now) {
+    if let Some(active) = signing.signing_key(now) {
         ctx.metrics
             .active_key_age
             .observe((now - active.activates_at).max(0) as f64);
     }
-    let jwks = document.published_jwks(now);
+    let jwks = signing.published_jwks(now);
     let jwks_text = build::to_json("JWKS", &jwks)?;
     // The algorithm rides along so that policies trusting this issuer by reference hear of a
     // switch to HS256 (which publishes nothing new) through this object's watch.
@@ -215,12 +427,82 @@ pub async fn reconcile_keys(
     });
     ctx.apply::<ConfigMap>(&desired, unchanged).await?;
 
+    let mut problems: Vec<Problem> = assessment
+        .invalid
+        .iter()
+        .map(|(key, problem)| Problem::KeyInvalid(key.kid.clone(), problem.to_string()))
+        .collect();
+    let lost: Vec<String> = plan
+        .keys
+        .iter()
+        .filter(|k| !k.has_private_key())
+        .map(|k| k.kid.clone())
+        .collect();
+    if !lost.is_empty() {
+        problems.push(Problem::KeysLost(lost));
+    }
+    let publishing = plan
+        .pending()
+        .map(|k| (k.kid.clone(), lacking(&views, &k.kid)));
     Ok(KeysOutcome {
-        keys: plan.keys,
+        keys: Some(plan.keys),
         jwks,
         next_transition: plan.next_transition,
-        problem: None,
+        problems,
+        publishing,
+        handled_rotation: if rotate { asked } else { previously_handled },
     })
+}
+
+/// The event for one change of the keys: (warning, reason, note).
+fn describe_change(change: &Change, alg: &str) -> (bool, &'static str, String) {
+    match change {
+        Change::Created {
+            kid,
+            activates_at,
+            pending: false,
+        } => (
+            false,
+            "KeyCreated",
+            format!(
+                "created {alg} key {kid}; it signs from {}",
+                rfc3339(*activates_at)
+            ),
+        ),
+        Change::Created {
+            kid, activates_at, ..
+        } => (
+            false,
+            "KeyCreated",
+            format!(
+                "created {alg} key {kid} and published it; it signs once every verifier holds it, {} at the earliest",
+                rfc3339(*activates_at)
+            ),
+        ),
+        Change::Published { kid, activates_at } => (
+            false,
+            "KeyPublished",
+            format!(
+                "every verifier holds key {kid}; it signs from {}",
+                rfc3339(*activates_at)
+            ),
+        ),
+        Change::Removed(kid) => (
+            false,
+            "KeyRemoved",
+            format!("key {kid} left the JWKS: no token it signed is still valid"),
+        ),
+        Change::Revoked(kid) => (
+            true,
+            "KeyRevoked",
+            format!("key {kid} revoked at once from every JWKS and sidecar config"),
+        ),
+        Change::Rescheduled(kid) => (
+            false,
+            "KeyRescheduled",
+            format!("key {kid} signing window moved"),
+        ),
+    }
 }
 
 /// Issues or renews the serving certificate; returns when it is next due.
@@ -406,4 +688,157 @@ pub fn describe<K: Resource>(object: &K) -> String {
         object.meta().namespace.as_deref().unwrap_or_default(),
         object.meta().name.as_deref().unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scopegate_crds::v1alpha1::Algorithm;
+
+    const PARAMS: RotationParams = RotationParams {
+        period: 1000,
+        propagation: 100,
+        token_ttl: 300,
+        leeway: 30,
+    };
+
+    fn key(alg: Algorithm, activates: i64) -> ManagedKey {
+        let material = keygen::generate(alg, Some(2048)).unwrap();
+        ManagedKey {
+            kid: material.kid,
+            alg: keygen::alg_name(alg).into(),
+            published_at: activates - 100,
+            activates_at: activates,
+            signs_until: activates + 1000,
+            removed_after: activates + 1330,
+            private_key: material.private_key,
+            public_jwk: material.public_jwk,
+            pending: false,
+        }
+    }
+
+    fn times(k: &ManagedKey) -> (String, [i64; 4]) {
+        (
+            k.kid.clone(),
+            [
+                k.published_at,
+                k.activates_at,
+                k.signs_until,
+                k.removed_after,
+            ],
+        )
+    }
+
+    fn view(name: &str, kids: Option<&[&str]>) -> KeyView {
+        KeyView {
+            name: name.into(),
+            kids: kids.map(|k| k.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    #[test]
+    fn a_key_counts_as_published_only_where_every_view_holds_it() {
+        let views = [
+            view("jwks", Some(&["a", "b", "c"])),
+            view("own", Some(&["a", "b"])),
+            view("dependent", Some(&["b", "c"])),
+        ];
+        assert_eq!(held_everywhere(&views), BTreeSet::from(["b".to_owned()]));
+        assert_eq!(lacking(&views, "a"), ["dependent"]);
+        let missing = [view("jwks", Some(&["a"])), view("own", None)];
+        assert!(
+            held_everywhere(&missing).is_empty(),
+            "a missing view holds nothing"
+        );
+        assert_eq!(lacking(&missing, "a"), ["own"]);
+    }
+
+    #[test]
+    fn garbage_keys_are_left_out_and_reported() {
+        let good = key(Algorithm::ES256, 0);
+        let mut garbage = key(Algorithm::ES256, 500);
+        garbage.private_key = "Z2FyYmFnZQ==".into();
+        let mut expired_garbage = key(Algorithm::ES256, -5000);
+        expired_garbage.private_key = "Z2FyYmFnZQ==".into();
+        let assessment = assess(
+            &[good.clone(), garbage.clone(), expired_garbage],
+            &[],
+            &[],
+            None,
+            600,
+            PARAMS,
+        );
+        assert_eq!(assessment.usable, [good]);
+        assert_eq!(
+            assessment.invalid.len(),
+            1,
+            "an expired bad key is just dropped"
+        );
+        assert_eq!(assessment.invalid[0].0.kid, garbage.kid);
+        assert_eq!(
+            assessment.invalid[0].1,
+            keygen::KeyProblem::Private("ES256".into())
+        );
+        assert!(assessment.retained.is_empty());
+    }
+
+    #[test]
+    fn keys_the_document_lost_are_kept_public_only_until_they_expire() {
+        let old = key(Algorithm::ES256, 0);
+        let current = key(Algorithm::ES256, 1000);
+        let published: Vec<Jwk> = [&old, &current]
+            .iter()
+            .filter_map(|k| k.public_jwk.clone())
+            .collect();
+        let known = [times(&old), times(&current)];
+        // The Secret is gone: both public keys stay, with the times status recorded.
+        let lost = assess(&[], &known, &published, None, 1200, PARAMS);
+        assert_eq!(lost.retained, [old.kid.clone(), current.kid.clone()]);
+        assert!(lost.had_keys);
+        assert!(lost.usable.iter().all(|k| !k.has_private_key()));
+        assert_eq!(lost.usable[1].removed_after, current.removed_after);
+        assert!(lost.usable.iter().all(|k| keygen::check(k).is_ok()));
+        // Restored from an older copy holding only the old key: the newer one is kept.
+        let restored = assess(
+            std::slice::from_ref(&old),
+            &known,
+            &published,
+            None,
+            1200,
+            PARAMS,
+        );
+        assert_eq!(restored.retained, std::slice::from_ref(&current.kid));
+        assert_eq!(restored.usable[0], old);
+        // A revoked kid is never brought back; a forged JWK (kid not its thumbprint) neither.
+        let mut forged = old.public_jwk.clone().unwrap();
+        forged.kid = Some("chosen-by-attacker".into());
+        let revoked = assess(
+            &[],
+            &known,
+            &[published[1].clone(), forged],
+            Some(current.kid.as_str()),
+            1200,
+            PARAMS,
+        );
+        assert!(revoked.usable.is_empty(), "{:?}", revoked.retained);
+        // A brand-new issuer had no keys.
+        assert!(!assess(&[], &[], &[], None, 0, PARAMS).had_keys);
+    }
+
+    #[test]
+    fn a_corrupt_document_is_described_without_quoting_it() {
+        // A private key where a time belongs: serde's own message quotes it.
+        let text =
+            r#"{"keys": [{"kid": "a", "alg": "ES256", "publishedAt": "MIGHAgEAMBMGByqGSM49"}]}"#;
+        let error = serde_json::from_str::<SigningKeys>(text).unwrap_err();
+        assert!(error.to_string().contains("MIGH"), "{error}");
+        let described = crate::error::json_problem(&error);
+        assert!(!described.contains("MIGH"), "{described}");
+        assert!(
+            described.starts_with("not the expected document at line 1"),
+            "{described}"
+        );
+        let error = serde_json::from_str::<SigningKeys>("{\"keys\": [").unwrap_err();
+        assert!(crate::error::json_problem(&error).starts_with("cut short"));
+    }
 }

@@ -30,6 +30,8 @@ use status::{Observation, Problem};
 const KIND: &str = "AuthPolicy";
 /// The longest a policy goes without a reconcile.
 const RESYNC_SECS: i64 = 3600;
+/// How often a policy with a key waiting for its publication looks at the verifiers again.
+const PUBLICATION_POLL_SECS: i64 = 2;
 
 /// Reconciles one AuthPolicy.
 pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Action> {
@@ -66,11 +68,19 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         observation.mode = "Self";
         observation.memory_store = own.store.kind == StoreKind::Memory;
         let keys = issuer::reconcile_keys(policy, own, &names, ctx, now).await?;
-        observation.problems.extend(keys.problem.clone());
+        observation.problems.extend(keys.problems.iter().cloned());
         due.extend(keys.next_transition);
+        if keys.publishing.is_some() {
+            // A written key waits to be seen in every verifier's key set: look again soon
+            // (the watches usually bring that sooner).
+            due.push(now + PUBLICATION_POLL_SECS);
+        }
         observation.next_transition = keys.next_transition;
         observation.trusted_keys = keys.jwks.keys.len();
-        observation.keys = Some(keys.keys.clone());
+        observation.keys_unreadable = keys.keys.is_none();
+        observation.keys = keys.keys.clone();
+        observation.publishing = keys.publishing.clone();
+        observation.handled_rotation = keys.handled_rotation.clone();
         due.extend(issuer::reconcile_tls(policy, own, &names, &ca, ctx, now).await?);
         issuer::reconcile_registry(policy, &names, ctx, now).await?;
         let missing = issuer::reconcile_upstreams(policy, own, &names, ctx).await?;

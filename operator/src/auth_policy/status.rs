@@ -30,6 +30,12 @@ pub enum Problem {
     Overlap(String, Vec<String>),
     /// A Service sends traffic to the app's port: (service, app port, sidecar port).
     ServiceBypass(String, i32, i32),
+    /// The signing-keys document does not parse: (object, why). Nothing is written over it.
+    SigningKeysCorrupt(String, String),
+    /// A stored key fails its checks and is left out of every key set: (kid, why).
+    KeyInvalid(String, String),
+    /// Keys whose private half was lost, kept public-only until their tokens expire.
+    KeysLost(Vec<String>),
 }
 
 impl Problem {
@@ -46,6 +52,9 @@ impl Problem {
             Problem::PodsWithoutSidecar(..) => "PodsWithoutSidecar",
             Problem::Overlap(..) => "PolicyOverlap",
             Problem::ServiceBypass(..) => "ServiceBypassesSidecar",
+            Problem::SigningKeysCorrupt(..) => "SigningKeysCorrupt",
+            Problem::KeyInvalid(..) => "KeyInvalid",
+            Problem::KeysLost(_) => "SigningKeysLost",
         }
     }
 
@@ -57,6 +66,7 @@ impl Problem {
                 | Problem::PodsWithoutSidecar(..)
                 | Problem::Overlap(..)
                 | Problem::ServiceBypass(..)
+                | Problem::KeysLost(_)
         )
     }
 }
@@ -112,6 +122,19 @@ impl std::fmt::Display for Problem {
                 f,
                 "memory store with {n} issuer replicas: codes, refresh tokens and revocations are not shared; use store type Redis"
             ),
+            Problem::SigningKeysCorrupt(object, why) => write!(
+                f,
+                "{object} holds an unreadable signing-keys document ({why}): it is left as it is and the published keys stay; fix it, or delete the Secret to have a new key made (published keys are kept until their tokens expire)"
+            ),
+            Problem::KeyInvalid(kid, why) => write!(
+                f,
+                "signing key {kid} is left out of every key set: {why}; remove it from the signing-keys Secret"
+            ),
+            Problem::KeysLost(kids) => write!(
+                f,
+                "the private halves of keys {} were lost (signing-keys Secret deleted or restored from an older copy): they sign nothing and stay published until the tokens they signed have expired",
+                kids.join(", ")
+            ),
         }
     }
 }
@@ -137,6 +160,12 @@ pub struct Observation {
     pub pods: super::pods::PodSummary,
     /// Upstream identity providers (self issuers).
     pub upstreams: Vec<scopegate_crds::v1alpha1::UpstreamStatus>,
+    /// The signing keys could not be read: status keeps the keys it listed.
+    pub keys_unreadable: bool,
+    /// A key written and published, not yet seen in these verifiers' key sets.
+    pub publishing: Option<(String, Vec<String>)>,
+    /// The rotate-annotation value acted on so far.
+    pub handled_rotation: Option<String>,
 }
 
 /// `UpstreamsReady`: every upstream rendered, or which are not and why (the first one's
@@ -172,6 +201,19 @@ fn upstreams_ready(upstreams: &[scopegate_crds::v1alpha1::UpstreamStatus]) -> Co
     Conclusion::no("UpstreamsReady", reason_of(first), message)
 }
 
+fn publishing_message(kid: &str, waiting: &[String]) -> String {
+    if waiting.is_empty() {
+        format!(
+            "key {kid} is published; it signs propagation after every verifier was seen to hold it"
+        )
+    } else {
+        format!(
+            "key {kid} is published and signs nothing until these hold it: {}",
+            waiting.join(", ")
+        )
+    }
+}
+
 fn time(unix: i64) -> Time {
     Time(Timestamp::from_second(unix).unwrap_or(Timestamp::UNIX_EPOCH))
 }
@@ -195,8 +237,11 @@ pub fn compute(
         conclusions.push(match signer {
             Some(k) => {
                 let next = keys.iter().find(|n| n.state(now) == KeyState::Next);
-                let tail = next.map_or(String::new(), |n| {
-                    format!("; next key {} signs from {}", n.kid, time(n.activates_at).0)
+                let tail = next.map_or(String::new(), |n| match &observation.publishing {
+                    Some((kid, waiting)) if *kid == n.kid => {
+                        format!("; next {}", publishing_message(kid, waiting))
+                    }
+                    _ => format!("; next key {} signs from {}", n.kid, time(n.activates_at).0),
                 });
                 Conclusion::yes(
                     "KeysReady",
@@ -209,8 +254,21 @@ pub fn compute(
                     ),
                 )
             }
-            None => Conclusion::no("KeysReady", "NoActiveKey", "no key may sign yet"),
+            None => match &observation.publishing {
+                Some((kid, waiting)) => Conclusion::no(
+                    "KeysReady",
+                    "KeyPublishing",
+                    publishing_message(kid, waiting),
+                ),
+                None => Conclusion::no("KeysReady", "NoActiveKey", "no key may sign yet"),
+            },
         });
+    } else if observation.keys_unreadable {
+        conclusions.push(Conclusion::no(
+            "KeysReady",
+            "SigningKeysCorrupt",
+            "the signing-keys document cannot be read; the published keys stay",
+        ));
     } else if observation.mode == "PolicyRef" {
         conclusions.push(if observation.trusted_keys > 0 {
             Conclusion::yes(
@@ -232,9 +290,12 @@ pub fn compute(
 
     conclusions.push(match blocking {
         Some(problem) => Conclusion::no("Ready", problem.reason(), problem.to_string()),
-        None if observation.keys.is_some() && signer.is_none() => {
-            Conclusion::no("Ready", "NoActiveKey", "rendered, but no key may sign yet")
-        }
+        None if observation.keys.is_some() && signer.is_none() => match &observation.publishing {
+            Some((kid, waiting)) => {
+                Conclusion::no("Ready", "KeyPublishing", publishing_message(kid, waiting))
+            }
+            None => Conclusion::no("Ready", "NoActiveKey", "rendered, but no key may sign yet"),
+        },
         None => Conclusion::yes(
             "Ready",
             "Rendered",
@@ -280,25 +341,40 @@ pub fn compute(
     let existing = previous
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
+    let mut keys: Vec<KeyStatus> = observation
+        .keys
+        .iter()
+        .flatten()
+        .map(|k| KeyStatus {
+            kid: k.kid.clone(),
+            state: if k.pending {
+                "publishing".to_owned()
+            } else {
+                k.state(now).as_str().to_owned()
+            },
+            published_at: time(k.published_at),
+            activates_at: time(k.activates_at),
+            signs_until: time(k.signs_until),
+            removed_after: time(k.removed_after),
+            public_only: !k.has_private_key(),
+        })
+        .collect();
+    let mut active_kid = signer.map(|k| k.kid.clone());
+    if observation.keys_unreadable
+        && let Some(previous) = previous
+    {
+        // What the keys were is the best record left (and what a recovery reads).
+        keys.clone_from(&previous.keys);
+        active_kid.clone_from(&previous.active_kid);
+    }
     AuthPolicyStatus {
         observed_generation: generation,
         conditions: merge(existing, &conclusions, generation, &time(now)),
         issuer_mode: Some(observation.mode.to_owned()),
-        active_kid: signer.map(|k| k.kid.clone()),
-        keys: observation
-            .keys
-            .iter()
-            .flatten()
-            .map(|k| KeyStatus {
-                kid: k.kid.clone(),
-                state: k.state(now).as_str().to_owned(),
-                published_at: time(k.published_at),
-                activates_at: time(k.activates_at),
-                signs_until: time(k.signs_until),
-                removed_after: time(k.removed_after),
-            })
-            .collect(),
+        active_kid,
+        keys,
         next_rotation: observation.next_transition.map(time),
+        handled_rotation: observation.handled_rotation.clone(),
         upstreams: observation.upstreams.clone(),
         selected_pods: Some(observation.pods.selected),
         injected_pods: Some(observation.pods.injected),
@@ -436,6 +512,79 @@ mod tests {
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "UpstreamsReady")
+        );
+    }
+
+    #[test]
+    fn a_key_waiting_for_publication_and_a_lost_key_say_so() {
+        let mut pending = key("k2", 1000, 2000);
+        pending.pending = true;
+        let mut lost = key("k0", 0, 450);
+        lost.private_key.clear();
+        let observation = Observation {
+            mode: "Self",
+            keys: Some(vec![lost, pending]),
+            publishing: Some(("k2".into(), vec!["ConfigMap b/orders-sidecar".into()])),
+            problems: vec![Problem::KeysLost(vec!["k0".into()])],
+            handled_rotation: Some("3".into()),
+            ..Default::default()
+        };
+        let status = compute(None, &observation, Some(1), 500);
+        let keys_ready = condition(&status, "KeysReady");
+        assert_eq!(keys_ready.reason, "KeyPublishing");
+        assert!(
+            keys_ready.message.contains("ConfigMap b/orders-sidecar"),
+            "{}",
+            keys_ready.message
+        );
+        assert_eq!(condition(&status, "Ready").reason, "KeyPublishing");
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "SigningKeysLost")
+        );
+        assert_eq!(status.keys[0].state, "retiring");
+        assert!(status.keys[0].public_only);
+        assert_eq!(status.keys[1].state, "publishing");
+        assert!(!status.keys[1].public_only);
+        assert_eq!(status.handled_rotation.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn unreadable_keys_keep_what_status_listed_and_block_readiness() {
+        let before = compute(
+            None,
+            &Observation {
+                mode: "Self",
+                keys: Some(vec![key("k1", 0, 1000)]),
+                ..Default::default()
+            },
+            Some(1),
+            10,
+        );
+        let observation = Observation {
+            mode: "Self",
+            keys: None,
+            keys_unreadable: true,
+            problems: vec![Problem::SigningKeysCorrupt(
+                "Secret a/auth-signing-keys".into(),
+                "cut short at line 1 column 9".into(),
+            )],
+            ..Default::default()
+        };
+        let status = compute(Some(&before), &observation, Some(1), 20);
+        assert_eq!(status.keys, before.keys);
+        assert_eq!(status.active_kid.as_deref(), Some("k1"));
+        assert_eq!(condition(&status, "KeysReady").reason, "SigningKeysCorrupt");
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SigningKeysCorrupt")
+        );
+        assert!(
+            ready.message.contains("delete the Secret"),
+            "{}",
+            ready.message
         );
     }
 

@@ -158,7 +158,7 @@ fn shared_with(jwk: &serde_json::Value) -> Arc<Shared> {
         scopegate_sidecar::remote_keys::RemoteKeySet::new(spec)
     })
     .unwrap();
-    Shared::new(compiled, None, None, Default::default())
+    Shared::new(compiled, None, None, Default::default(), Default::default())
 }
 
 /// Polls a future that completes without waiting (a cache hit does).

@@ -45,6 +45,7 @@ pub async fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<B
                 let mut text = shared.metrics.render();
                 if let Some(issuer) = &shared.issuer {
                     let settings = shared.settings.load();
+                    text.push_str(&issuer.counters.render());
                     text.push_str(
                         &issuer
                             .upstreams

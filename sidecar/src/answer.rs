@@ -28,6 +28,8 @@ pub enum Refusal {
     UpstreamUnreachable,
     /// The app did not answer in time.
     UpstreamTimeout,
+    /// The client went silent while sending the request body.
+    BodyTimeout,
 }
 
 /// The answer to a refusal: status, optional challenge, optional `Retry-After` seconds.
@@ -82,6 +84,7 @@ pub fn answer(refusal: &Refusal) -> Answer {
         Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None, Some(5)),
         Refusal::UpstreamUnreachable => (StatusCode::BAD_GATEWAY, None, None),
         Refusal::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, None, None),
+        Refusal::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, None, None),
     };
     Answer {
         status,
@@ -104,6 +107,7 @@ impl Refusal {
             Refusal::Unavailable => "unavailable",
             Refusal::UpstreamUnreachable => "upstream_unreachable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::BodyTimeout => "body_timeout",
         }
     }
 }

@@ -8,8 +8,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::settings::HeaderSettings;
 
-/// Hop-by-hop headers, never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers, never forwarded (`HTTP2-Settings` belongs to an h2c upgrade).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -18,6 +18,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// `X-Forwarded-For`.
@@ -98,9 +99,25 @@ pub fn strip_spoofable(headers: &mut HeaderMap, identity: &[&HeaderName]) -> usi
     removed
 }
 
-/// Whether a request asks for a protocol upgrade (WebSocket).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
+/// Whether `Upgrade` names exactly one protocol, `websocket` (case-insensitive).
+pub fn upgrades_to_websocket(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    value
+        .to_str()
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Whether a request is a WebSocket handshake the sidecar passes on: a GET with
+/// `Connection: upgrade` and `Upgrade: websocket`. Any other upgrade (h2c above all, which
+/// would hand the client a connection to the app beyond the rules) is not: its `Upgrade`
+/// header is removed and the request served as the HTTP/1.1 request it also is (RFC 9110
+/// §7.8 lets a server ignore `Upgrade`).
+pub fn is_upgrade(method: &http::Method, headers: &HeaderMap) -> bool {
+    method == http::Method::GET
+        && upgrades_to_websocket(headers)
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -285,8 +302,25 @@ mod tests {
 
     #[test]
     fn keeps_an_upgrade_handshake() {
+        let get = http::Method::GET;
+        for (upgrade, passed) in [
+            ("websocket", true),
+            ("WebSocket", true),
+            ("h2c", false),
+            ("websocket, h2c", false),
+            ("h2c, websocket", false),
+            ("TLS/1.2", false),
+        ] {
+            let h = map(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", upgrade),
+            ]);
+            assert_eq!(is_upgrade(&get, &h), passed, "{upgrade}");
+        }
+        let h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        assert!(!is_upgrade(&http::Method::POST, &h), "a handshake is a GET");
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        assert!(is_upgrade(&h));
+        assert!(is_upgrade(&get, &h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
         assert_eq!(h.get("connection").unwrap(), "upgrade");

@@ -70,6 +70,8 @@ pub struct Options {
     pub issuer_tuning: IssuerTuning,
     /// The app's probes to replay on the admin port.
     pub app_probes: AppProbes,
+    /// Idle timeouts of client connections and request bodies.
+    pub connection: server::ConnectionTuning,
 }
 
 /// Why a sidecar did not start.
@@ -223,7 +225,13 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         .issuer
         .as_ref()
         .map(|role| role.mint_socket_path.clone());
-    let shared = Shared::new(settings, certificates, issuer.clone(), options.app_probes);
+    let shared = Shared::new(
+        settings,
+        certificates,
+        issuer.clone(),
+        options.app_probes,
+        options.connection,
+    );
     shared.start_background();
     let (shutdown, stop) = watch::channel(false);
     let mut other_tasks = Vec::new();

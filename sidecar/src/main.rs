@@ -95,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(cli.drain_secs),
         issuer_tuning,
         app_probes,
+        connection: Default::default(),
     };
     let running = match start(options).await {
         Ok(running) => running,

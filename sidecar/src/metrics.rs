@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Outcomes of proxied requests (the `outcome` label).
-pub const OUTCOMES: [&str; 12] = [
+pub const OUTCOMES: [&str; 13] = [
     "allowed",
     "public",
     "bad_path",
@@ -19,6 +19,7 @@ pub const OUTCOMES: [&str; 12] = [
     "unavailable",
     "upstream_unreachable",
     "upstream_timeout",
+    "body_timeout",
 ];
 
 /// Upper bounds of the validation-latency histogram, in seconds.

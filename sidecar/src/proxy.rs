@@ -2,8 +2,12 @@
 //! authenticate and authorise, then forward to the app with clean headers, or answer
 //! with a refusal.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -121,7 +125,8 @@ pub async fn handle(
         return refuse(&shared, &settings, Refusal::RateLimited(secs));
     }
 
-    let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade =
+        headers::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
     let outcome = if identity.is_some() {
         "allowed"
     } else {
@@ -320,6 +325,12 @@ async fn forward(
         parts.version = Version::HTTP_11;
     }
     parts.uri = uri;
+    let idle = match upstream.protocol {
+        UpstreamProtocol::Http1 => shared.connection.body_idle_timeout,
+        UpstreamProtocol::H2c => shared.connection.stream_idle_timeout,
+    };
+    let body = BodyDeadline::new(body, idle);
+    let stalled = body.stalled.clone();
     let request = Request::from_parts(parts, body);
     let response =
         match tokio::time::timeout(upstream.response_timeout, upstream.client.request(request))
@@ -329,6 +340,10 @@ async fn forward(
                 tracing::warn!("upstream did not answer in time");
                 return Err(Refusal::UpstreamTimeout);
             }
+            Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+                tracing::info!("request body stalled; request ended");
+                return Err(Refusal::BodyTimeout);
+            }
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "upstream unreachable");
                 return Err(Refusal::UpstreamUnreachable);
@@ -337,6 +352,11 @@ async fn forward(
         };
     let (mut parts, body) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    // The app may switch only to the WebSocket the client asked for.
+    if switching && (upgrade.is_none() || !headers::upgrades_to_websocket(&parts.headers)) {
+        tracing::warn!("the app switched protocols unasked; refused");
+        return Err(Refusal::UpstreamUnreachable);
+    }
     headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade.is_some());
     let mut response = Response::from_parts(parts, body.boxed());
     if let (true, Some(client_side)) = (switching, upgrade) {
@@ -355,6 +375,84 @@ async fn forward(
         });
     }
     Ok(response)
+}
+
+/// Why a request body was abandoned.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Reading from the client failed.
+    #[error("request body")]
+    Read(#[source] hyper::Error),
+    /// The client sent nothing for the idle deadline while the sidecar waited.
+    #[error("request body stalled")]
+    Stalled,
+}
+
+/// A request body on its way to the app, abandoned when the client goes silent for `idle`
+/// while the sidecar waits for it (a trickled body would hold a connection, a task and an
+/// upstream connection for as long as the client likes). Time the app takes to read does not
+/// count.
+pub struct BodyDeadline {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+    /// Set once the deadline passed (the request then ends with 408).
+    pub stalled: Arc<AtomicBool>,
+}
+
+impl BodyDeadline {
+    /// Wraps a request body.
+    pub fn new(inner: Incoming, idle: Duration) -> Self {
+        BodyDeadline {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            stalled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl hyper::body::Body for BodyDeadline {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Read)))
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    this.timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.stalled.store(true, Ordering::Release);
+                        Poll::Ready(Some(Err(BodyError::Stalled)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The sidecar's own answer to a refused request.

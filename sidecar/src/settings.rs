@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -158,7 +157,7 @@ pub struct HeaderSettings {
 /// The app behind the sidecar.
 pub struct Upstream {
     /// Client for the app's port.
-    pub client: Client<HttpConnector, Incoming>,
+    pub client: Client<HttpConnector, crate::proxy::BodyDeadline>,
     /// `127.0.0.1:<port>` authority.
     pub authority: String,
     /// Protocol spoken.

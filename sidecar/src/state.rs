@@ -47,6 +47,8 @@ pub struct Shared {
     pub issuer: Option<Arc<Issuer>>,
     /// The app's original HTTP probes, replayed on the admin port.
     pub app_probes: AppProbes,
+    /// Timeouts of client connections and request bodies.
+    pub connection: crate::server::ConnectionTuning,
     /// When the config in force was put in force (Unix seconds): the age of its keys.
     applied_at: AtomicI64,
     /// The listener settings changed in a reload: they apply after a restart.
@@ -68,6 +70,7 @@ impl Shared {
         certificates: Option<Arc<CertificateSource>>,
         issuer: Option<Arc<Issuer>>,
         app_probes: AppProbes,
+        connection: crate::server::ConnectionTuning,
     ) -> Arc<Shared> {
         let metrics = Arc::new(Metrics::default());
         metrics
@@ -85,6 +88,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             issuer,
             app_probes,
+            connection,
             applied_at: AtomicI64::new(unix_now()),
             restart_needed: AtomicBool::new(false),
             reload_error: Mutex::new(None),

@@ -757,3 +757,108 @@ async fn identity_and_forwarding_headers_cannot_be_spoofed() {
     assert!(!seen.contains_key("x_forwarded_for") && !seen.contains_key("x-original-url"));
     sidecar.shutdown().await;
 }
+
+/// A client cannot hold the sidecar's connections and tasks: a trickled body ends with 408, a
+/// connection with nothing in flight is closed after the idle timeout (HTTP/2 and HTTP/1.1
+/// alike, without cutting a request in flight), and only a WebSocket upgrade reaches the app
+/// (an h2c upgrade would hand the client a connection to the app past every rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_idle_connections_and_foreign_upgrades_are_cut_off() {
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::AsyncWriteExt;
+    let upstream = Upstream::start(Duration::from_millis(1500)).await;
+    let dir = TempDir::new();
+    let mut cfg = config(upstream.addr.port(), json!({"keys": []}));
+    cfg["rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "switch", "paths": ["/switch"], "action": {"type": "public"}}));
+    let tuning = scopegate_sidecar::server::ConnectionTuning {
+        idle_timeout: Duration::from_millis(500),
+        body_idle_timeout: Duration::from_millis(500),
+        stream_idle_timeout: Duration::from_millis(500),
+    };
+    let sidecar = start_sidecar_with(&dir, &cfg, tuning).await;
+    let addr = sidecar.proxy_addr();
+
+    // A body that stops after 10 of its 100 bytes.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /public/upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut buf))
+        .await
+        .expect("the sidecar ends a stalled body")
+        .unwrap();
+    let answer = parse_response(&buf);
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+
+    // Upgrades other than a WebSocket handshake lose their Upgrade header.
+    for (method, upgrade) in [
+        ("GET", "h2c"),
+        ("GET", "websocket, h2c"),
+        ("GET", "TLS/1.2"),
+        ("POST", "websocket"),
+    ] {
+        let request = format!(
+            "{method} /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: {upgrade}\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = parse_response(&buf[..n]);
+        assert_eq!(answer.status, 200, "{method} {upgrade}: {answer:?}");
+        let seen = upstream.last().unwrap().headers;
+        for name in ["upgrade", "http2-settings", "connection"] {
+            assert!(
+                !seen.contains_key(name),
+                "{method} {upgrade}: {name} reached the app"
+            );
+        }
+    }
+    // An app that switches protocols unasked does not get the client's connection.
+    let r = get(addr, "/switch", &[]).await;
+    assert_eq!(r.status, 502);
+
+    // HTTP/2: a stream in flight outlives the idle timeout; then the idle connection goes.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(conn);
+    let request = hyper::Request::get("http://app.test/slow")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "the slow request finished");
+    response.into_body().collect().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap()
+        .unwrap();
+
+    // HTTP/1.1 keep-alive: the same.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .expect("the idle keep-alive connection is closed")
+        .unwrap();
+    assert_eq!(parse_response(&buf).status, 200);
+    sidecar.shutdown().await;
+}

@@ -340,6 +340,25 @@ async fn authorization_code_flow_with_pkce_refresh_rotation_and_replays() {
         )
         .await;
     assert_eq!(other_client.json()["error"], "unauthorized_client");
+    // Another client that may refresh (the public CLI authenticates with its client_id alone)
+    // passes the grant-type check and reaches the family-ownership check.
+    let other_client = issuer
+        .token(
+            &CLI,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(
+        (other_client.status, other_client.json()["error"].clone()),
+        (400, json!("invalid_grant")),
+        "{}",
+        body(&other_client)
+    );
+    assert_eq!(
+        introspect(&issuer, &access).await["active"],
+        true,
+        "another client's attempt revokes nothing"
+    );
     let r = issuer
         .token(
             &WEB,
@@ -353,7 +372,38 @@ async fn authorization_code_flow_with_pkce_refresh_rotation_and_replays() {
     assert_eq!(t2["scope"], "read:items");
     let access2 = t2["access_token"].as_str().unwrap().to_owned();
 
-    // The code replayed: refused, and what it issued (token and family) is revoked.
+    // A stranger replaying the leaked code without the verifier, as another client or with
+    // another redirect URI is refused and kills nothing: the user's session goes on.
+    let code_request = |redirect: &str, verifier: &str| {
+        format!(
+            "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={verifier}",
+            enc(&code),
+            enc(redirect)
+        )
+    };
+    for (client, request) in [
+        (&WEB, code_request(WEB_REDIRECT, &"s".repeat(43))),
+        (&WEB, code_request("https://app.example/other", VERIFIER)),
+        (&CLI, code_request(WEB_REDIRECT, VERIFIER)),
+        (&CLI, code_request("http://127.0.0.1/callback", VERIFIER)),
+    ] {
+        let replay = issuer.token(client, &request).await;
+        assert_eq!(
+            (replay.status, replay.json()["error"].clone()),
+            (400, json!("invalid_grant")),
+            "{}: {request}",
+            client.id
+        );
+        assert_eq!(
+            introspect(&issuer, &access2).await["active"],
+            true,
+            "{}: {request} revoked the user's tokens",
+            client.id
+        );
+    }
+
+    // The code replayed by its client: refused, and what it issued (token and family) is
+    // revoked.
     let replay = redeem(&issuer, &code).await;
     assert_eq!(
         (replay.status, replay.json()["error"].clone()),
@@ -1294,6 +1344,7 @@ async fn app_probes_are_replayed_on_the_admin_port() {
         drain_timeout: Duration::from_secs(2),
         issuer_tuning: Default::default(),
         app_probes: probes,
+        connection: Default::default(),
     })
     .await
     .unwrap();
@@ -1322,4 +1373,204 @@ async fn app_probes_are_replayed_on_the_admin_port() {
         404
     );
     sidecar.shutdown().await;
+}
+
+/// A metric of the issuer's admin port.
+async fn metric(issuer: &Issuer, name: &str) -> i64 {
+    let text = String::from_utf8(get(issuer.admin, "/metrics", &[]).await.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+}
+
+/// Human-chosen (argon2) secrets cost a stranger's guesses no CPU once the client's failure
+/// budget is spent, run a few at a time off the async workers, and an empty secret never
+/// authenticates, even against a stored hash of the empty string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_secrets_are_bounded_and_guesses_stop_before_hashing() {
+    let tuning = IssuerTuning {
+        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+            failed_address: Budget::per_secs(10_000, 60),
+            failed_client: Budget::per_secs(4, 3600),
+            ..Default::default()
+        },
+        slow_hash_concurrency: 2,
+        ..Default::default()
+    };
+    let issuer = std::sync::Arc::new(
+        Issuer::start(Spec {
+            tuning: tuning.clone(),
+            ..Spec::default()
+        })
+        .await,
+    );
+    const HASHED: &str = "scopegate_issuer_client_secret_slow_hashes_total";
+    let guess = |n: usize| basic(HUMAN.id, &format!("guess {n}"));
+    // Guesses from many addresses at once: at most two hashes run at a time.
+    let burst: Vec<_> = (0..6)
+        .map(|n| {
+            let auth = guess(n);
+            let from = format!("198.51.100.{n}");
+            let issuer = issuer.clone();
+            tokio::spawn(async move {
+                issuer
+                    .post(
+                        "/oauth2/token",
+                        "grant_type=client_credentials",
+                        &[("Authorization", &auth), ("X-Forwarded-For", &from)],
+                    )
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in burst {
+        statuses.push(task.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(metric(&issuer, HASHED).await >= 1);
+    let peak = metric(&issuer, "scopegate_issuer_client_secret_slow_hashes_peak").await;
+    assert!((1..=2).contains(&peak), "{peak} slow hashes at once");
+    // Failures go on until the client's failure budget is spent...
+    let mut refused = false;
+    for n in 10..20 {
+        let r = issuer
+            .post(
+                "/oauth2/token",
+                "grant_type=client_credentials",
+                &[("Authorization", &guess(n))],
+            )
+            .await;
+        if r.status == 429 {
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status, 401);
+    }
+    assert!(refused, "the failure budget of 4 was never spent");
+    // ...then no guess (nor an uncached right secret) costs a hash any more.
+    let hashed = metric(&issuer, HASHED).await;
+    let right = basic(HUMAN.id, HUMAN.secret.unwrap());
+    for auth in [guess(30), guess(31), right.clone()] {
+        let r = issuer
+            .post(
+                "/oauth2/token",
+                "grant_type=client_credentials",
+                &[("Authorization", &auth)],
+            )
+            .await;
+        assert_eq!(r.status, 429, "{}", body(&r));
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(metric(&issuer, HASHED).await, hashed, "no hash ran");
+    assert!(
+        metric(
+            &issuer,
+            "scopegate_issuer_client_secret_slow_hashes_refused_total"
+        )
+        .await
+            >= 3
+    );
+    let Ok(issuer) = std::sync::Arc::try_unwrap(issuer) else {
+        panic!("a request task still holds the issuer");
+    };
+    issuer.stop().await;
+
+    // A client that authenticated before keeps working from the cache while strangers spend
+    // its failure budget; their guesses still cost nothing.
+    let issuer = Issuer::start(Spec {
+        tuning,
+        ..Spec::default()
+    })
+    .await;
+    let token = |auth: String| {
+        let issuer = &issuer;
+        async move {
+            issuer
+                .post(
+                    "/oauth2/token",
+                    "grant_type=client_credentials",
+                    &[("Authorization", &auth)],
+                )
+                .await
+        }
+    };
+    assert_eq!(token(right.clone()).await.status, 200);
+    for n in 0..4 {
+        assert_eq!(token(guess(n)).await.status, 401);
+    }
+    let hashed = metric(&issuer, HASHED).await;
+    assert_eq!(token(guess(9)).await.status, 429);
+    assert_eq!(
+        token(right.clone()).await.status,
+        200,
+        "cached: no hash needed"
+    );
+    assert_eq!(metric(&issuer, HASHED).await, hashed);
+
+    // An empty secret never authenticates, though the stored hash is of the empty string.
+    let mut registry = registry(None);
+    registry["clients"].as_array_mut().unwrap().push(json!({
+        "clientId": "shop.empty", "public": false, "authMethod": "client_secret_basic",
+        "secrets": [
+            {"phc": scopegate_core::secret_hash::hash("", scopegate_core::secret_hash::SecretKind::Chosen).unwrap()},
+            {"phc": scopegate_core::secret_hash::hash("", scopegate_core::secret_hash::SecretKind::Generated).unwrap()},
+            {"phc": scopegate_core::secret_hash::hash("real", scopegate_core::secret_hash::SecretKind::Generated).unwrap()}
+        ],
+        "grantTypes": ["client_credentials"], "scopes": ["read:items"], "defaultScopes": ["read:items"]
+    }));
+    write_atomic(&issuer.dir.join("clients.json"), &registry.to_string());
+    eventually(
+        "the registry to reload",
+        Duration::from_secs(10),
+        || async { (token(basic("shop.empty", "real")).await.status == 200).then_some(()) },
+    )
+    .await;
+    let hashed = metric(&issuer, HASHED).await;
+    let empty = token(basic("shop.empty", "")).await;
+    assert_eq!(empty.status, 401, "{}", body(&empty));
+    assert_eq!(
+        metric(&issuer, HASHED).await,
+        hashed,
+        "refused before any hash"
+    );
+    issuer.stop().await;
+}
+
+/// A client trickling a request body to the token endpoint or the mint socket gets 408 once
+/// the body deadline passes, instead of holding a connection and a task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_must_arrive_before_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let issuer = Issuer::start(Spec {
+        tuning: IssuerTuning {
+            body_deadline_ms: 300,
+            ..IssuerTuning::default()
+        },
+        ..Spec::default()
+    })
+    .await;
+    let partial = b"POST /oauth2/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\ngrant_type=client";
+    let r = tls_raw(&issuer.certs, issuer.addr, partial).await;
+    assert_eq!(r.status, 408, "{}", body(&r));
+    assert_eq!(r.json()["error"], "invalid_request");
+
+    let mut socket = tokio::net::UnixStream::connect(&issuer.mint_socket)
+        .await
+        .unwrap();
+    socket
+        .write_all(b"POST /v1/tokens HTTP/1.1\r\nHost: mint\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"subject\"")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut buf))
+        .await
+        .expect("the mint socket ends a stalled body")
+        .unwrap();
+    assert_eq!(parse_response(&buf).status, 408);
+    issuer.stop().await;
 }

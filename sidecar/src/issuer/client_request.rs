@@ -1,12 +1,16 @@
 //! The opening that the client-authenticated POST endpoints (token, revoke, introspect) share:
-//! the method, the address budget, the form, client authentication (failures counted apart),
-//! and the client's budget.
+//! the method, the address budget, the form, client authentication (failures counted apart;
+//! a slow hash only while the client's failure budget lasts, off the async workers), and the
+//! client's budget.
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use scopegate_core::clients::RegisteredClient;
 
-use super::clients;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::clients::{self, SlowError, Verdict};
 use super::error::OAuthError;
 use super::form::Form;
 use super::limits::{Endpoint, Limiter};
@@ -57,7 +61,8 @@ pub async fn open<'a>(
         return Err(reply::error(&err));
     }
     let (parts, body) = req.into_parts();
-    let form = match read_form(&parts, body).await {
+    let deadline = Duration::from_millis(ctx.issuer.tuning.body_deadline_ms);
+    let form = match read_form(&parts, body, deadline).await {
         Ok(form) => form,
         Err(err) => return Err(reply::error(&limiter.failed(None, err).await)),
     };
@@ -66,12 +71,51 @@ pub async fn open<'a>(
         Err(err) => return Err(reply::error(&limiter.failed(None, err).await)),
     };
     let now = unix_now();
-    let authenticated = clients::authenticate(
-        &ctx.settings.clients,
-        &presented,
-        &ctx.issuer.slow_cache,
-        now,
-    );
+    let issuer = ctx.issuer;
+    let authenticated =
+        match clients::authenticate(&ctx.settings.clients, &presented, &issuer.slow_cache, now) {
+            Ok(Verdict::Authenticated(client)) => Ok(client),
+            Ok(Verdict::Slow(slow)) => {
+                // A slow hash costs tens of milliseconds of CPU: once the failures in this
+                // client's name have spent its budget, nobody gets one run for it.
+                if let Err(err) = limiter.failures_left(slow.client_id()).await {
+                    issuer
+                        .counters
+                        .slow_hashes_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(reply::error(&err));
+                }
+                let wait = Duration::from_millis(issuer.tuning.slow_hash_wait_ms);
+                match slow
+                    .run(
+                        &issuer.slow_cache,
+                        &issuer.slow_hashes,
+                        wait,
+                        &issuer.counters,
+                    )
+                    .await
+                {
+                    Ok(client) => Ok(client),
+                    Err(SlowError::Invalid) => Err(OAuthError::InvalidClient {
+                        basic: presented.is_basic(),
+                    }),
+                    Err(SlowError::Busy) => {
+                        issuer
+                            .counters
+                            .slow_hashes_busy
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            endpoint = endpoint.name(),
+                            "no slot for a slow client-secret check"
+                        );
+                        return Err(reply::error(&OAuthError::TemporarilyUnavailable(
+                            "client authentication is busy",
+                        )));
+                    }
+                }
+            }
+            Err(err) => Err(err),
+        };
     let client = match (authenticated, public) {
         (Ok(client), PublicClients::Refused) if client.public => {
             Err(OAuthError::InvalidClient { basic: true })

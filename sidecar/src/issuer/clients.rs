@@ -4,10 +4,13 @@
 //! against the PHC hashes of the mounted registry, parsed once per registry load
 //! ([`LoadedClient`]); successful checks of a slow hash (argon2) are remembered in a bounded
 //! cache keyed by an HMAC of the client, the hash and the secret, so that a changed secret or
-//! registry entry never matches.
+//! registry entry never matches. A slow check that is not cached is handed back to the caller
+//! ([`SlowCheck`]), which runs it on a blocking thread with a small concurrency cap after the
+//! client's failure budget allowed it. An empty secret never authenticates.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use http::HeaderMap;
@@ -119,7 +122,7 @@ pub struct LoadedClient {
     registered: RegisteredClient,
     /// One per entry of `registered.secrets`, in order; `None` for a stored string that is
     /// not a hash in a known scheme, which authenticates no one.
-    checks: Vec<Option<PreparedHash>>,
+    checks: Vec<Option<Arc<PreparedHash>>>,
 }
 
 impl LoadedClient {
@@ -139,6 +142,7 @@ impl LoadedClient {
                         );
                     })
                     .ok()
+                    .map(Arc::new)
             })
             .collect();
         LoadedClient { registered, checks }
@@ -150,14 +154,84 @@ impl LoadedClient {
     }
 }
 
+/// What the fast part of client authentication decided.
+pub enum Verdict<'a> {
+    /// The client authenticated: no secret needed (public), a fast hash matched, or a slow
+    /// check of this very secret succeeded before.
+    Authenticated(&'a RegisteredClient),
+    /// Only slow hashes are left to try: [`SlowCheck::run`] them.
+    Slow(SlowCheck<'a>),
+}
+
+/// Slow hashes (argon2) still to check for a client, with what a success is cached under.
+pub struct SlowCheck<'a> {
+    client: &'a RegisteredClient,
+    secret: String,
+    checks: Vec<(Arc<PreparedHash>, [u8; 32])>,
+}
+
+/// Why a slow check did not authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlowError {
+    /// No hash matched: the credentials are wrong.
+    Invalid,
+    /// No slot freed up in time (or the blocking thread failed): try again later.
+    Busy,
+}
+
+impl<'a> SlowCheck<'a> {
+    /// The client the secret was presented for.
+    pub fn client_id(&self) -> &str {
+        &self.client.client_id
+    }
+
+    /// Runs the checks on a blocking thread once one of `slots` is free (waiting at most
+    /// `wait`), so that the async workers keep serving; a success is cached.
+    pub async fn run(
+        self,
+        cache: &SlowCache,
+        slots: &tokio::sync::Semaphore,
+        wait: Duration,
+        counters: &super::counters::Counters,
+    ) -> Result<&'a RegisteredClient, SlowError> {
+        let Ok(Ok(_permit)) = tokio::time::timeout(wait, slots.acquire()).await else {
+            return Err(SlowError::Busy);
+        };
+        let SlowCheck {
+            client,
+            secret,
+            checks,
+        } = self;
+        counters.slow_hash_started();
+        let hashes: Vec<Arc<PreparedHash>> = checks.iter().map(|(h, _)| h.clone()).collect();
+        let matched = tokio::task::spawn_blocking(move || {
+            hashes.iter().position(|hash| hash.verify(&secret))
+        })
+        .await;
+        counters.slow_hash_ended();
+        match matched {
+            Ok(Some(index)) => {
+                if let Some((_, key)) = checks.get(index) {
+                    cache.insert(*key);
+                }
+                Ok(client)
+            }
+            Ok(None) => Err(SlowError::Invalid),
+            Err(_) => Err(SlowError::Busy),
+        }
+    }
+}
+
 /// Checks presented credentials against the registry: the client exists, uses the method
-/// it presented, and (for confidential clients) one of its current secrets matches.
+/// it presented, and (for confidential clients) one of its current secrets matches. Fast
+/// hashes and cached slow checks are decided here; uncached slow hashes come back as
+/// [`Verdict::Slow`]. An empty secret never authenticates, whatever is stored.
 pub fn authenticate<'a>(
     clients: &'a HashMap<String, LoadedClient>,
     presented: &Presented,
     cache: &SlowCache,
     now: i64,
-) -> Result<&'a RegisteredClient, OAuthError> {
+) -> Result<Verdict<'a>, OAuthError> {
     let basic = presented.is_basic();
     let invalid = OAuthError::InvalidClient { basic };
     let loaded = clients.get(presented.id()).ok_or(invalid.clone())?;
@@ -165,10 +239,12 @@ pub fn authenticate<'a>(
     let secret = match (presented, client.auth_method) {
         (Presented::Basic { secret, .. }, AuthMethod::ClientSecretBasic)
         | (Presented::Post { secret, .. }, AuthMethod::ClientSecretPost) => secret,
-        (Presented::None { .. }, AuthMethod::None) if client.public => return Ok(client),
+        (Presented::None { .. }, AuthMethod::None) if client.public => {
+            return Ok(Verdict::Authenticated(client));
+        }
         _ => return Err(invalid),
     };
-    if client.public {
+    if client.public || secret.is_empty() {
         return Err(invalid);
     }
     let live = client
@@ -176,22 +252,27 @@ pub fn authenticate<'a>(
         .iter()
         .zip(&loaded.checks)
         .filter(|(stored, _)| stored.not_after.is_none_or(|t| now < t));
+    let mut slow = Vec::new();
     for (stored, check) in live {
         let Some(check) = check else { continue };
         if check.is_slow() {
             let key = cache.key(&client.client_id, &stored.phc, secret);
             if cache.contains(&key) {
-                return Ok(client);
+                return Ok(Verdict::Authenticated(client));
             }
-            if check.verify(secret) {
-                cache.insert(key);
-                return Ok(client);
-            }
+            slow.push((check.clone(), key));
         } else if check.verify(secret) {
-            return Ok(client);
+            return Ok(Verdict::Authenticated(client));
         }
     }
-    Err(invalid)
+    if slow.is_empty() {
+        return Err(invalid);
+    }
+    Ok(Verdict::Slow(SlowCheck {
+        client,
+        secret: secret.clone(),
+        checks: slow,
+    }))
 }
 
 /// Successful slow-hash verifications, keyed by an HMAC under a key of this process.
@@ -413,9 +494,28 @@ mod tests {
         );
     }
 
-    #[test]
-    fn slow_hash_successes_are_cached_per_secret_and_entry() {
+    /// Authenticates as the issuer does, slow checks included.
+    async fn check(
+        clients: &HashMap<String, LoadedClient>,
+        presented: &Presented,
+        cache: &SlowCache,
+        counters: &super::super::counters::Counters,
+    ) -> bool {
+        let slots = tokio::sync::Semaphore::new(1);
+        match authenticate(clients, presented, cache, 0) {
+            Ok(Verdict::Authenticated(_)) => true,
+            Ok(Verdict::Slow(slow)) => slow
+                .run(cache, &slots, Duration::from_secs(30), counters)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_hash_successes_are_cached_per_secret_and_entry() {
         let cache = SlowCache::default();
+        let counters = super::super::counters::Counters::default();
         let mut c = client(
             "c",
             AuthMethod::ClientSecretPost,
@@ -426,16 +526,69 @@ mod tests {
             id: "c".into(),
             secret: s.into(),
         };
-        assert!(authenticate(&clients, &post("pw"), &cache, 0).is_ok());
+        assert!(matches!(
+            authenticate(&clients, &post("pw"), &cache, 0),
+            Ok(Verdict::Slow(_))
+        ));
+        assert!(check(&clients, &post("pw"), &cache, &counters).await);
         assert_eq!(cache.len(), 1);
-        assert!(authenticate(&clients, &post("pw"), &cache, 0).is_ok());
-        assert!(authenticate(&clients, &post("pW"), &cache, 0).is_err());
+        assert!(
+            matches!(
+                authenticate(&clients, &post("pw"), &cache, 0),
+                Ok(Verdict::Authenticated(_))
+            ),
+            "a cached success needs no hash"
+        );
+        assert!(!check(&clients, &post("pW"), &cache, &counters).await);
         assert_eq!(cache.len(), 1, "failures are not cached");
+        assert_eq!(
+            counters
+                .slow_hashes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
         c.secrets = vec![secret("other", SecretKind::Chosen, None)];
         clients.insert("c".into(), LoadedClient::new(c));
         assert!(
-            authenticate(&clients, &post("pw"), &cache, 0).is_err(),
+            !check(&clients, &post("pw"), &cache, &counters).await,
             "a changed entry never matches the cache"
         );
+    }
+
+    #[test]
+    fn an_empty_secret_never_authenticates() {
+        let clients: HashMap<String, LoadedClient> = [
+            client(
+                "chosen",
+                AuthMethod::ClientSecretBasic,
+                vec![secret("", SecretKind::Chosen, None)],
+            ),
+            client(
+                "generated",
+                AuthMethod::ClientSecretPost,
+                vec![secret("", SecretKind::Generated, None)],
+            ),
+        ]
+        .into_iter()
+        .map(|c| (c.client_id.clone(), LoadedClient::new(c)))
+        .collect();
+        let cache = SlowCache::default();
+        let basic = Presented::Basic {
+            id: "chosen".into(),
+            secret: String::new(),
+        };
+        let post = Presented::Post {
+            id: "generated".into(),
+            secret: String::new(),
+        };
+        for presented in [basic, post] {
+            assert!(
+                matches!(
+                    authenticate(&clients, &presented, &cache, 0),
+                    Err(OAuthError::InvalidClient { .. })
+                ),
+                "{presented:?}: refused before any hash"
+            );
+        }
     }
 }

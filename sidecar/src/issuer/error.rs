@@ -15,6 +15,9 @@ pub enum OAuthError {
     /// The body exceeds the limit (`invalid_request`, 413).
     #[error("invalid_request: body too large")]
     TooLarge,
+    /// The body did not arrive within the read deadline (`invalid_request`, 408).
+    #[error("invalid_request: body read deadline passed")]
+    BodyTimeout,
     /// Not the method the endpoint takes (`invalid_request`, 405).
     #[error("invalid_request: method not allowed")]
     MethodNotAllowed(&'static str),
@@ -67,6 +70,7 @@ impl OAuthError {
             OAuthError::InvalidRequest(_)
             | OAuthError::Missing(_)
             | OAuthError::TooLarge
+            | OAuthError::BodyTimeout
             | OAuthError::MethodNotAllowed(_) => "invalid_request",
             OAuthError::InvalidClient { .. } => "invalid_client",
             OAuthError::InvalidGrant(_) => "invalid_grant",
@@ -87,6 +91,7 @@ impl OAuthError {
     pub fn status(&self) -> StatusCode {
         match self {
             OAuthError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            OAuthError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             OAuthError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             OAuthError::InvalidClient { basic: true } => StatusCode::UNAUTHORIZED,
             OAuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -104,6 +109,7 @@ impl OAuthError {
             | OAuthError::TemporarilyUnavailable(why) => why,
             OAuthError::Missing(name) => name,
             OAuthError::TooLarge => "the request body is too large",
+            OAuthError::BodyTimeout => "the request body did not arrive in time",
             OAuthError::MethodNotAllowed(allowed) => allowed,
             OAuthError::InvalidClient { .. } => "client authentication failed",
             OAuthError::UnauthorizedClient => "the client may not use this grant or endpoint",

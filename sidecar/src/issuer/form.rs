@@ -2,6 +2,8 @@
 //! only (RFC 6749 §3.2), bounded in size, every parameter at most once (§3.1) except those an
 //! extension lets repeat (RFC 8707 `resource`); a parameter without a value counts as absent.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::CONTENT_TYPE;
@@ -111,8 +113,13 @@ pub fn form_encode(text: &str) -> String {
 }
 
 /// Reads a POSTed form: the content type must be `application/x-www-form-urlencoded`
-/// (parameters such as a charset allowed), the body at most [`MAX_BODY_BYTES`].
-pub async fn read_post(headers: &HeaderMap, body: Incoming) -> Result<Form, OAuthError> {
+/// (parameters such as a charset allowed), the body at most [`MAX_BODY_BYTES`], all of it
+/// within `deadline` (a client trickling its body holds no connection and task for long).
+pub async fn read_post(
+    headers: &HeaderMap,
+    body: Incoming,
+    deadline: Duration,
+) -> Result<Form, OAuthError> {
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -130,9 +137,9 @@ pub async fn read_post(headers: &HeaderMap, body: Incoming) -> Result<Form, OAut
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
         return Err(OAuthError::TooLarge);
     }
-    let bytes: Bytes = Limited::new(body, MAX_BODY_BYTES)
-        .collect()
+    let bytes: Bytes = tokio::time::timeout(deadline, Limited::new(body, MAX_BODY_BYTES).collect())
         .await
+        .map_err(|_| OAuthError::BodyTimeout)?
         .map_err(|_| OAuthError::TooLarge)?
         .to_bytes();
     Form::parse(&bytes)

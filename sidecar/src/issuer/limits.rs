@@ -103,6 +103,16 @@ impl<'a> Limiter<'a> {
             .map_err(OAuthError::RateLimited)
     }
 
+    /// Before work that a stranger could make the issuer do in a client's name (a slow hash):
+    /// refuses when the failures counted for `client_id` have spent its budget.
+    pub async fn failures_left(&self, client_id: &str) -> Result<(), OAuthError> {
+        let keys = [(self.key("fc", client_id), self.limits.failed_client)];
+        self.store
+            .rate(RateOp::Check, &keys)
+            .await?
+            .map_err(OAuthError::RateLimited)
+    }
+
     /// Once the client is known: spends one success of the address and of the client (all
     /// or nothing).
     pub async fn admit(&self, client_id: &str) -> Result<(), OAuthError> {

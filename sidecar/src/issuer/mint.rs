@@ -153,10 +153,22 @@ fn error(Failure(status, code, description): Failure) -> Response<Full<Bytes>> {
     )
 }
 
-async fn body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Failure> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
+async fn body<T: for<'de> Deserialize<'de>>(
+    ctx: &Context<'_>,
+    req: Request<Incoming>,
+) -> Result<T, Failure> {
+    let deadline = std::time::Duration::from_millis(ctx.issuer.tuning.body_deadline_ms);
+    let collected =
+        tokio::time::timeout(deadline, Limited::new(req.into_body(), MAX_BODY).collect())
+            .await
+            .map_err(|_| {
+                Failure(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "invalid_request",
+                    "the body did not arrive in time",
+                )
+            })?;
+    let bytes = collected
         .map_err(|_| {
             Failure(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -179,15 +191,15 @@ async fn route(ctx: &Context<'_>, req: Request<Incoming>) -> Result<(StatusCode,
     let method = req.method().clone();
     let not_found = Failure(StatusCode::NOT_FOUND, "not_found", "no such mint endpoint");
     match (method, path.as_str()) {
-        (Method::POST, "/v1/tokens") => mint(ctx, body(req).await?).await,
-        (Method::POST, "/v1/subject-cutoffs") => cutoff(ctx, body(req).await?).await,
+        (Method::POST, "/v1/tokens") => mint(ctx, body(ctx, req).await?).await,
+        (Method::POST, "/v1/subject-cutoffs") => cutoff(ctx, body(ctx, req).await?).await,
         (method, path) => {
             let rest = path.strip_prefix("/v1/logins/").ok_or(not_found)?;
             let (challenge, action) = rest.split_once('/').unwrap_or((rest, ""));
             match (method, action) {
                 (Method::GET, "") => login(ctx, challenge).await,
                 (Method::POST, "accept") => {
-                    let accept: Accept = body(req).await?;
+                    let accept: Accept = body(ctx, req).await?;
                     settle(ctx, challenge, accept.into_decision()?).await
                 }
                 (Method::POST, "reject") => settle(ctx, challenge, Decision::Reject).await,

@@ -10,6 +10,7 @@ pub mod authorize;
 pub mod client_request;
 pub mod clients;
 pub mod codes;
+pub mod counters;
 pub mod error;
 pub mod feed;
 pub mod form;
@@ -73,6 +74,14 @@ pub struct IssuerTuning {
     /// How long one upstream login's provider calls may take together, in milliseconds (each
     /// request has its own 10 s limit; a GitHub login makes many).
     pub login_deadline_ms: u64,
+    /// Slow (argon2) client-secret checks run at once, on blocking threads.
+    pub slow_hash_concurrency: usize,
+    /// How long a client authentication waits for a slow-check slot before 503, in
+    /// milliseconds.
+    pub slow_hash_wait_ms: u64,
+    /// How long a client may take to send a whole request body to an issuer endpoint or the
+    /// mint socket, in milliseconds (408 after that).
+    pub body_deadline_ms: u64,
 }
 
 impl Default for IssuerTuning {
@@ -83,6 +92,9 @@ impl Default for IssuerTuning {
             mint: Budget::per_secs(600, 60),
             feed_poll_ms: 250,
             login_deadline_ms: 20_000,
+            slow_hash_concurrency: 2,
+            slow_hash_wait_ms: 5_000,
+            body_deadline_ms: 10_000,
         }
     }
 }
@@ -231,6 +243,10 @@ pub struct Issuer {
     pub store_config: StoreConfig,
     /// Successful slow-hash verifications.
     pub slow_cache: SlowCache,
+    /// Slots for slow-hash checks ([`IssuerTuning::slow_hash_concurrency`]).
+    pub slow_hashes: tokio::sync::Semaphore,
+    /// Counters of the defences against spending work or memory for someone else.
+    pub counters: counters::Counters,
     /// The CSPRNG for signatures.
     pub rng: SystemRandom,
     /// Bumped whenever the revocation log may have news.
@@ -272,6 +288,8 @@ impl Issuer {
             redis,
             store_config: issuer.store.clone(),
             slow_cache: SlowCache::default(),
+            slow_hashes: tokio::sync::Semaphore::new(tuning.slow_hash_concurrency.max(1)),
+            counters: counters::Counters::default(),
             rng: SystemRandom::new(),
             feed_news: watch::channel(0).0,
             tuning,

@@ -18,13 +18,19 @@ pub enum Redemption {
     Unknown,
 }
 
-/// Redeems a code atomically, recording `issued`; `check` vets the record first (client,
-/// redirect URI, PKCE...) and a refusal leaves the code unspent.
+/// Redeems a code atomically, recording `issued`. `binding` checks that the request is the
+/// one the code was issued for (client, redirect URI, PKCE verifier) and `check` vets the rest
+/// (cut-offs, audiences); a refusal by either leaves the code unspent.
+///
+/// A code redeemed before revokes what its first redemption issued, but only for a request
+/// that passes `binding`: a stranger holding a leaked code (without the client's credentials
+/// or the PKCE verifier) must not be able to end the user's session with it.
 pub async fn redeem_code(
     ctx: &Context<'_>,
     key: &str,
     issued: Redeemed,
     now: i64,
+    binding: impl Fn(&CodeRecord) -> Result<(), OAuthError>,
     check: impl Fn(&CodeRecord) -> Result<(), OAuthError>,
 ) -> Result<Redemption, OAuthError> {
     let store = ctx.issuer.store.as_ref();
@@ -33,6 +39,7 @@ pub async fn redeem_code(
             return Ok(Redemption::Unknown);
         };
         if let Some(first) = &read.value.redeemed {
+            binding(&read.value)?;
             tracing::warn!(client_id = %read.value.client_id, "authorization code replayed; revoking what it issued");
             revoke_redeemed(ctx, first, now).await?;
             return Ok(Redemption::Replayed);
@@ -40,6 +47,7 @@ pub async fn redeem_code(
         if read.value.expires_at <= now {
             return Ok(Redemption::Unknown);
         }
+        binding(&read.value)?;
         check(&read.value)?;
         let (next, keep_until) = codes::redeem(&read.value, issued.clone());
         if store::write(store, key, Some(&read.bytes), &next, keep_until).await? {

@@ -42,14 +42,19 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
     }
 }
 
-/// Reads the form of a POST endpoint; parameters in the query are refused (RFC 6749 §3.2).
-pub async fn read_form(parts: &http::request::Parts, body: Incoming) -> Result<Form, OAuthError> {
+/// Reads the form of a POST endpoint within `deadline`; parameters in the query are refused
+/// (RFC 6749 §3.2).
+pub async fn read_form(
+    parts: &http::request::Parts,
+    body: Incoming,
+    deadline: std::time::Duration,
+) -> Result<Form, OAuthError> {
     if parts.uri.query().is_some_and(|q| !q.is_empty()) {
         return Err(OAuthError::InvalidRequest(
             "parameters belong in the request body",
         ));
     }
-    form::read_post(&parts.headers, body).await
+    form::read_post(&parts.headers, body, deadline).await
 }
 
 async fn grant(
@@ -151,7 +156,7 @@ async fn authorization_code(
         family: family_id.clone(),
     };
     let key = hashed_key("code", code);
-    let check = |record: &super::codes::CodeRecord| {
+    let binding = |record: &super::codes::CodeRecord| {
         if record.client_id != client.client_id {
             return Err(OAuthError::InvalidGrant(
                 "the code was issued to another client",
@@ -165,6 +170,9 @@ async fn authorization_code(
         if !grant::pkce_matches(verifier, &record.challenge) {
             return Err(OAuthError::InvalidGrant("PKCE verification failed"));
         }
+        Ok(())
+    };
+    let check = |record: &super::codes::CodeRecord| {
         if settings.client_cut_off(&record.client_id, record.issued_at) {
             return Err(OAuthError::InvalidGrant(
                 "the code was issued before the client's cut-off",
@@ -172,7 +180,7 @@ async fn authorization_code(
         }
         grant::audiences(&resources, &record.audiences, &record.audiences).map(|_| ())
     };
-    let record = match ops::redeem_code(ctx, &key, issued, now, check).await? {
+    let record = match ops::redeem_code(ctx, &key, issued, now, binding, check).await? {
         Redemption::Won(record) => record,
         Redemption::Replayed => return Err(OAuthError::InvalidGrant("the code was used before")),
         Redemption::Unknown => return Err(OAuthError::InvalidGrant("unknown or expired code")),

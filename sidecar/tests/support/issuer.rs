@@ -321,6 +321,7 @@ impl Issuer {
                 drain_timeout: Duration::from_secs(2),
                 issuer_tuning: spec.tuning.clone(),
                 app_probes: Default::default(),
+                connection: Default::default(),
             })
             .await
             .expect("issuer starts");

@@ -335,6 +335,15 @@ async fn app(
             .body(Full::new(Bytes::new()))
             .unwrap();
     }
+    if path == "/switch" {
+        // An app that switches protocols whether or not it was asked to.
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "h2c")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
     if path == "/slow" {
         tokio::time::sleep(slow).await;
     }
@@ -512,6 +521,15 @@ pub fn config(upstream_port: u16, jwks: Value) -> Value {
 
 /// Starts an in-process sidecar on loopback with `config` written to a temp file.
 pub async fn start_sidecar(dir: &TempDir, config: &Value) -> scopegate_sidecar::Running {
+    start_sidecar_with(dir, config, Default::default()).await
+}
+
+/// [`start_sidecar`] with connection timeouts of its own.
+pub async fn start_sidecar_with(
+    dir: &TempDir,
+    config: &Value,
+    connection: scopegate_sidecar::server::ConnectionTuning,
+) -> scopegate_sidecar::Running {
     let path = dir.join("config.json");
     write_atomic(&path, &config.to_string());
     scopegate_sidecar::start(scopegate_sidecar::Options {
@@ -523,6 +541,7 @@ pub async fn start_sidecar(dir: &TempDir, config: &Value) -> scopegate_sidecar::
         drain_timeout: Duration::from_secs(5),
         issuer_tuning: Default::default(),
         app_probes: Default::default(),
+        connection,
     })
     .await
     .expect("sidecar starts")

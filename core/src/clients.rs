@@ -50,9 +50,14 @@ pub struct RegisteredClient {
     /// Scopes it gets when it asks for none.
     #[serde(default)]
     pub default_scopes: Vec<String>,
-    /// Audiences of its tokens (empty: the issuer URL).
+    /// Audiences of its tokens (empty: the issuer URL): only those whose owning AuthPolicy
+    /// admits this client.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Audiences owned by this client's own namespace: besides its own tokens, it may
+    /// introspect tokens carrying one of them, and no others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owned_audiences: Vec<String>,
     /// Registered redirect URIs.
     #[serde(default)]
     pub redirect_uris: Vec<String>,

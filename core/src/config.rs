@@ -54,8 +54,10 @@ pub struct SidecarConfig {
     /// Revocation: client cut-offs and the issuer's feed.
     #[serde(default)]
     pub revocation: RevocationConfig,
-    /// PEM CA bundle (the operator's CA) for TLS connections the sidecar makes: the
-    /// revocation feed of an in-cluster issuer.
+    /// PEM CA bundle of the operator's tenants' CA, trusted (next to the system roots) only
+    /// for the sidecar's connections to in-cluster services: the revocation feed of an
+    /// in-cluster issuer and a Redis store. Never for an external issuer's JWKS or an upstream
+    /// identity provider, which trust the system roots plus their own `caBundlePem` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_pem: Option<String>,
     /// Present in pods of an `issuer.self` policy: the sidecar also runs the issuer role.
@@ -181,6 +183,10 @@ pub enum KeySource {
         /// Also accept `typ: JWT`.
         #[serde(default)]
         allow_jwt_typ: bool,
+        /// PEM CAs trusted for this JWKS URL only, next to the system roots (an issuer behind
+        /// a private CA). The operator's CA is never trusted here.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ca_bundle_pem: Option<String>,
     },
 }
 

@@ -203,7 +203,7 @@ async fn create_namespace(client: &kube::Client, n: usize) -> anyhow::Result<()>
             "spec": {
                 "selector": {"matchLabels": {"app": format!("svc-{v}")}},
                 "issuer": {"policyRef": {"name": "auth"}},
-                "audiences": [format!("https://svc-{v}")],
+                "audiences": [format!("https://svc-{v}.{ns}.svc")],
                 "upstream": {"port": 8080},
                 "rules": [{"paths": ["/read/**"], "require": ["read"]}, {"paths": ["/write/**"], "require": ["write"]}],
             }

@@ -714,6 +714,36 @@ fn cases() -> Vec<Case> {
             "spec.scopes[0]",
         ),
         (
+            "issuer service named like a foreign host",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["service"]["name"] = json!("accounts.google.com"),
+            "service.name must be the name of a Service in this namespace",
+        ),
+        (
+            "issuer service named like another namespace's Service",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["service"]["name"] = json!("auth.shop.svc"),
+            "service.name must be the name of a Service in this namespace",
+        ),
+        (
+            "issuer service named with a wildcard",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["service"]["name"] = json!("*"),
+            "service.name must be the name of a Service in this namespace",
+        ),
+        (
+            "issuer service name in upper case",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["service"]["name"] = json!("Auth"),
+            "service.name must be the name of a Service in this namespace",
+        ),
+        (
+            "external caBundle that is not PEM certificates",
+            external_policy,
+            |v| v["spec"]["issuer"]["external"]["caBundle"] = json!("not a certificate"),
+            "caBundle must hold PEM certificates (-----BEGIN CERTIFICATE-----)",
+        ),
+        (
             "client without grants",
             confidential_client,
             |v| v["spec"]["grantTypes"] = json!([]),

@@ -42,7 +42,9 @@ fn ensure_operator_running() {
     );
 }
 
-fn issuer_yaml(name: &str, alg: &str, extra: &str) -> String {
+/// An issuer whose URL names its own Service in `ns` (a URL naming another namespace's
+/// Service would be that namespace's audience, and the policy not Ready).
+fn issuer_yaml(ns: &str, name: &str, alg: &str, extra: &str) -> String {
     format!(
         r#"
 apiVersion: scopegate.dev/v1alpha1
@@ -52,7 +54,7 @@ spec:
   selector: {{matchLabels: {{app: {name}}}}}
   issuer:
     self:
-      url: https://{name}.example.svc
+      url: https://{name}.{ns}.svc
       service: {{name: {name}, port: 443}}
       signing: {{algorithm: {alg}}}
       scopes: {{read: Read, write: Write}}
@@ -139,7 +141,7 @@ async fn issuer_policy_renders_keys_jwks_certificate_and_sidecar_config_for_ever
         ("ed", "EdDSA"),
         ("hs", "HS256"),
     ] {
-        apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(name, alg, ""))
+        apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, name, alg, ""))
             .await
             .expect("apply");
     }
@@ -223,9 +225,13 @@ async fn issuer_policy_renders_keys_jwks_certificate_and_sidecar_config_for_ever
 #[tokio::test]
 async fn an_edit_re_renders_a_deleted_child_is_repaired_and_deletion_collects_children() {
     let (client, ns) = setup("edit").await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml("auth", "ES256", ""))
-        .await
-        .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &issuer_yaml(&ns.name, "auth", "ES256", ""),
+    )
+    .await
+    .unwrap();
     wait_ready(&client, &ns.name, "auth").await.unwrap();
 
     // Edit: a new rule reaches the sidecar config with the new generation.
@@ -347,9 +353,13 @@ fn check_invariants(
 async fn a_rotation_with_periods_of_seconds_passes_through_every_state() {
     let (client, ns) = setup("rotation").await;
     let extra = "      rotationPeriod: 12s\n      propagation: 3s\n      tokens: {accessTokenTtl: 3s, leeway: 1s}";
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml("auth", "ES256", extra))
-        .await
-        .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &issuer_yaml(&ns.name, "auth", "ES256", extra),
+    )
+    .await
+    .unwrap();
     wait_ready(&client, &ns.name, "auth").await.unwrap();
     let first = signing_keys(&client, &ns.name, "auth").await.unwrap().keys[0]
         .kid
@@ -401,9 +411,13 @@ async fn a_rotation_with_periods_of_seconds_passes_through_every_state() {
 async fn manual_rotation_waits_for_propagation_and_emergency_revocation_is_immediate() {
     let (client, ns) = setup("revoke").await;
     let extra = "      propagation: 4s";
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml("auth", "ES256", extra))
-        .await
-        .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &issuer_yaml(&ns.name, "auth", "ES256", extra),
+    )
+    .await
+    .unwrap();
     let api: Api<AuthPolicy> = Api::namespaced(client.clone(), &ns.name);
     wait_ready(&client, &ns.name, "auth").await.unwrap();
     let first = signing_keys(&client, &ns.name, "auth").await.unwrap().keys[0]
@@ -499,14 +513,16 @@ async fn manual_rotation_waits_for_propagation_and_emergency_revocation_is_immed
 async fn policy_ref_across_namespaces_follows_rotation_and_drops_keys_when_the_issuer_goes() {
     let (client, issuer_ns) = setup("issuerns").await;
     let verifier_ns = TestNamespace::create(&client, "verifierns").await.unwrap();
+    // At first the issuer admits no other namespace.
     apply_yaml::<AuthPolicy>(
         &client,
         &issuer_ns.name,
-        &issuer_yaml("auth", "ES256", "      propagation: 2s"),
+        &issuer_yaml(&issuer_ns.name, "auth", "ES256", "      propagation: 2s"),
     )
     .await
     .unwrap();
     wait_ready(&client, &issuer_ns.name, "auth").await.unwrap();
+    let admits_verifier = format!("      allowedClientNamespaces: [{}]", verifier_ns.name);
     let verifier = format!(
         r#"
 apiVersion: scopegate.dev/v1alpha1
@@ -515,14 +531,47 @@ metadata: {{name: orders}}
 spec:
   selector: {{}}
   issuer: {{policyRef: {{name: auth, namespace: {}}}}}
-  audiences: [https://orders]
+  audiences: [https://orders.{}.svc]
   upstream: {{port: 8080}}
 "#,
-        issuer_ns.name
+        issuer_ns.name, verifier_ns.name
     );
     apply_yaml::<AuthPolicy>(&client, &verifier_ns.name, &verifier)
         .await
         .unwrap();
+    eventually("a policyRef the issuer does not admit refused", || async {
+        let status = policy(&client, &verifier_ns.name, "orders")
+            .await?
+            .status
+            .context("status")?;
+        let ready = condition(&status.conditions, "Ready").context("Ready")?;
+        ensure!(
+            ready.status == "False" && ready.reason == "PolicyRefNotAllowed",
+            "{ready:?}"
+        );
+        ensure!(
+            ready.message.contains("allowedClientNamespaces"),
+            "{}",
+            ready.message
+        );
+        let config = sidecar(&client, &verifier_ns.name, "orders").await?;
+        ensure!(static_kids(&config).is_empty(), "no key crossed over");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &issuer_ns.name,
+        &issuer_yaml(
+            &issuer_ns.name,
+            "auth",
+            "ES256",
+            &format!("      propagation: 2s\n{admits_verifier}"),
+        ),
+    )
+    .await
+    .unwrap();
     wait_ready(&client, &verifier_ns.name, "orders")
         .await
         .unwrap();
@@ -583,9 +632,13 @@ spec:
     .unwrap();
 
     // An HS256 issuer cannot be trusted by reference.
-    apply_yaml::<AuthPolicy>(&client, &issuer_ns.name, &issuer_yaml("auth", "HS256", ""))
-        .await
-        .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &issuer_ns.name,
+        &issuer_yaml(&issuer_ns.name, "auth", "HS256", &admits_verifier),
+    )
+    .await
+    .unwrap();
     eventually("HS256 refused", || async {
         let status = policy(&client, &verifier_ns.name, "orders")
             .await?
@@ -654,9 +707,13 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
     let other = TestNamespace::create(&client, "clientsother")
         .await
         .unwrap();
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml("auth", "ES256", ""))
-        .await
-        .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &issuer_yaml(&ns.name, "auth", "ES256", ""),
+    )
+    .await
+    .unwrap();
     wait_ready(&client, &ns.name, "auth").await.unwrap();
 
     // A confidential client gets a generated secret; the registry holds only its hash.

@@ -15,7 +15,9 @@ use scopegate_e2e::{
     eventually, secret_text,
 };
 
-fn issuer(name: &str) -> String {
+/// An issuer whose URL names its own Service in `ns` (a URL naming another namespace's
+/// Service would be that namespace's audience, and the policy not Ready).
+fn issuer(ns: &str, name: &str) -> String {
     format!(
         r#"
 apiVersion: scopegate.dev/v1alpha1
@@ -25,7 +27,7 @@ spec:
   selector: {{}}
   issuer:
     self:
-      url: https://{name}.example.svc
+      url: https://{name}.{ns}.svc
       service: {{name: {name}, port: 443}}
       signing: {{algorithm: RS256}}
       scopes: {{read: Read}}
@@ -63,7 +65,7 @@ async fn two_operators_one_leader_and_the_standby_takes_over() {
     })
     .await
     .unwrap();
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer("auth"))
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer(&ns.name, "auth"))
         .await
         .unwrap();
     eventually("reconciled by the leader", || async {
@@ -128,7 +130,7 @@ async fn an_operator_killed_mid_reconcile_converges_without_lost_or_duplicated_k
     .await
     .unwrap();
     for name in &names {
-        apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer(name))
+        apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer(&ns.name, name))
             .await
             .unwrap();
     }
@@ -259,7 +261,7 @@ async fn an_object_that_does_not_decode_gets_a_warning_and_does_not_stall_the_ot
         .unwrap();
 
     // Every other object is still reconciled, and the bad one is named in a Warning event.
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer("good"))
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer(&ns.name, "good"))
         .await
         .unwrap();
     eventually("the good policy reconciled", || async {

@@ -113,12 +113,23 @@ async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follow
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
     let ns = labelled_namespace(&client, "pods").await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, ISSUER)
-        .await
-        .unwrap();
-    apply_yaml::<AuthPolicy>(&client, &ns.name, ORDERS)
-        .await
-        .unwrap();
+    // URLs naming this namespace's Services: tests in other namespaces cannot claim them.
+    let issuer = format!("https://auth.{}.svc", ns.name);
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &ISSUER.replace("https://auth.example.svc", &issuer),
+    )
+    .await
+    .unwrap();
+    let audience = format!("https://orders.{}.svc", ns.name);
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &ORDERS.replace("https://orders", &audience),
+    )
+    .await
+    .unwrap();
     eventually("the orders sidecar config", || async {
         let text =
             scopegate_e2e::config_map_text(&client, &ns.name, "orders-sidecar", "config.json")
@@ -167,9 +178,9 @@ async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follow
         sign(
             &keys,
             &Claims {
-                issuer: "https://auth.example.svc",
+                issuer: &issuer,
                 subject: "user:alice",
-                audience: "https://orders",
+                audience: &audience,
                 scope,
                 client_id: "shop.web",
                 ttl: 300,

@@ -1,5 +1,11 @@
-//! Loads the operator's CA from its Secret, creates or rolls it over when due (leader only),
-//! and publishes it to the reconcilers through a watch channel.
+//! Loads one of the operator's CAs from its Secret, creates or rolls it over when due (leader
+//! only), and publishes it through a watch channel.
+//!
+//! There are two, each in a Secret of its own in the operator's namespace: the tenants' CA
+//! ([`CA_SECRET`]), which signs the issuers' serving certificates and which every sidecar and
+//! client app trusts, and the webhook's CA ([`WEBHOOK_CA_SECRET`]), which signs only the
+//! webhook's certificate and which only the API server trusts (the webhook's caBundle). A
+//! tenant can therefore never hold a certificate the API server takes for the webhook.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,25 +17,38 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 
 use crate::auth_policy::build;
-use crate::ca::{CA_FILE, CaDocument};
+use crate::ca::{CA_FILE, CaDocument, NameScope};
 use crate::context::{FIELD_MANAGER, now};
 use crate::error::{Error, Result};
 use crate::secret_data;
 
-/// Name of the CA Secret in the operator's namespace.
+/// Name of the tenants' CA Secret in the operator's namespace.
 pub const CA_SECRET: &str = "scopegate-ca";
+/// Name of the webhook's CA Secret in the operator's namespace.
+pub const WEBHOOK_CA_SECRET: &str = "scopegate-webhook-ca";
+
+/// One CA the operator keeps.
+#[derive(Debug, Clone)]
+pub struct CaSpec {
+    /// Namespace of its Secret (the operator's).
+    pub namespace: String,
+    /// Name of its Secret.
+    pub secret: &'static str,
+    /// The names it may certify.
+    pub scope: NameScope,
+}
 
 /// Keeps the CA current forever, publishing every change.
 pub async fn run(
     client: kube::Client,
-    namespace: String,
+    spec: CaSpec,
     sender: watch::Sender<Option<Arc<CaDocument>>>,
 ) {
     loop {
-        let wait = match step(&client, &namespace, &sender).await {
+        let wait = match step(&client, &spec, &sender).await {
             Ok(next) => next,
             Err(err) => {
-                tracing::warn!(error = %crate::error_chain(&err), "keeping the operator CA failed; retrying");
+                tracing::warn!(secret = spec.secret, error = %crate::error_chain(&err), "keeping the operator CA failed; retrying");
                 Duration::from_secs(5)
             }
         };
@@ -39,23 +58,24 @@ pub async fn run(
 
 async fn step(
     client: &kube::Client,
-    namespace: &str,
+    spec: &CaSpec,
     sender: &watch::Sender<Option<Arc<CaDocument>>>,
 ) -> Result<Duration> {
+    let (namespace, name) = (spec.namespace.as_str(), spec.secret);
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let current = api.get_opt(CA_SECRET).await?;
+    let current = api.get_opt(name).await?;
     let mut doc: CaDocument = match current.as_ref().and_then(|s| secret_data(s, CA_FILE)) {
         Some(text) => serde_json::from_str(&text).map_err(|source| Error::Corrupt {
-            object: format!("Secret {namespace}/{CA_SECRET}"),
+            object: format!("Secret {namespace}/{name}"),
             document: "CA document",
             detail: crate::error::json_problem(&source),
         })?,
         None => CaDocument::default(),
     };
     let now = now();
-    if doc.plan(now)? {
+    if doc.plan(now, &spec.scope)? {
         let meta = ObjectMeta {
-            name: Some(CA_SECRET.to_owned()),
+            name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
             labels: Some(BTreeMap::from([(
                 scopegate_core::names::MANAGED_BY_LABEL.to_owned(),
@@ -74,11 +94,15 @@ async fn step(
             ..Default::default()
         };
         if current.is_some() {
-            api.replace(CA_SECRET, &params, &secret).await?;
+            api.replace(name, &params, &secret).await?;
         } else {
             api.create(&params, &secret).await?;
         }
-        tracing::info!(authorities = doc.authorities.len(), "operator CA updated");
+        tracing::info!(
+            secret = name,
+            authorities = doc.authorities.len(),
+            "operator CA updated"
+        );
     }
     sender.send_if_modified(|published| {
         let changed = published.as_deref() != Some(&doc);

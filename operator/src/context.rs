@@ -37,11 +37,14 @@ pub struct Context {
     pub pods: Store<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>>,
     /// Every Service (to spot one that targets an app's port around its sidecar).
     pub services: Store<k8s_openapi::api::core::v1::Service>,
-    /// The operator's CA, once the leader has loaded or made it.
+    /// The tenants' CA, once the leader has loaded or made it.
     pub ca: watch::Receiver<Option<Arc<CaDocument>>>,
     /// Permits for heavy work (key generation, password hashing, large renders), which runs
     /// on the blocking pool so that lease renewal and the webhook never wait for it.
     pub heavy: Arc<tokio::sync::Semaphore>,
+    /// The cluster's DNS domain (`cluster.local`): Service names are `<svc>.<ns>.svc` and
+    /// `<svc>.<ns>.svc.<cluster_domain>`.
+    pub cluster_domain: String,
 }
 
 impl Context {

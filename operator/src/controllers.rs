@@ -21,6 +21,7 @@ use scopegate_core::names;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use tokio::sync::watch;
 
+use crate::auth_policy::build::effective_audiences;
 use crate::auth_policy::{self, build::POLICY_LABEL};
 use crate::ca::CaDocument;
 use crate::context::Context;
@@ -212,11 +213,41 @@ fn clients_using(
         .collect()
 }
 
+/// Remembers each policy's audiences between its watch events, so that a change can wake
+/// everything that depended on the audiences it had before as well as those it has now (an
+/// audience removed from a resource server must leave its clients' tokens at once).
+#[derive(Default)]
+struct AudienceMemory(std::sync::Mutex<std::collections::HashMap<(String, String), Vec<String>>>);
+
+impl AudienceMemory {
+    /// The policy's audiences before this event and now.
+    fn touch(&self, policy: &AuthPolicy) -> Vec<String> {
+        let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+        let now = effective_audiences(&policy.spec);
+        let mut memory = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut touched = memory.insert(key, now.clone()).unwrap_or_default();
+        touched.extend(now);
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+}
+
+/// Clients that list one of `audiences`.
+fn clients_listing(clients: &Store<OAuthClient>, audiences: &[String]) -> Vec<Arc<OAuthClient>> {
+    clients
+        .state()
+        .into_iter()
+        .filter(|c| c.spec.audiences.iter().any(|a| audiences.contains(a)))
+        .collect()
+}
+
 /// Runs both controllers until `shutdown` resolves. `ready` is called once the caches synced.
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     ca: watch::Receiver<Option<Arc<CaDocument>>>,
+    cluster_domain: String,
     identity: String,
     shutdown: impl future::Future<Output = ()> + Send + Sync + Clone + 'static,
     ready: impl FnOnce(),
@@ -260,6 +291,7 @@ pub async fn run(
         services: services.clone(),
         ca: ca.clone(),
         heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_CONCURRENCY)),
+        cluster_domain,
     });
 
     for (what, ready) in [
@@ -282,6 +314,8 @@ pub async fn run(
     // about (keys, deletion, an HS256 switch) changes the issuer's JWKS ConfigMap.
     let (clients_for_secrets, policies_for_cms, clients_for_watched) =
         (clients.clone(), policies.clone(), clients.clone());
+    let (clients_for_audiences, policies_for_audiences) = (clients.clone(), policies.clone());
+    let policy_memory = AudienceMemory::default();
     let (policies_for_pods, policies_for_services) = (policies.clone(), policies.clone());
     let policies_for_user_secrets = policies.clone();
     let policy_controller = policy_controller
@@ -370,10 +404,38 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
+        .watches(
+            policies_api.clone(),
+            watcher::Config::default(),
+            move |policy: AuthPolicy| {
+                // An audience claimed, released or re-admitted: the issuers of the clients
+                // that list it re-render their registries, and the other claimants their
+                // conflicts.
+                let touched = policy_memory.touch(&policy);
+                let mut targets: Vec<_> = clients_listing(&clients_for_audiences, &touched)
+                    .iter()
+                    .map(|c| issuer_of(c))
+                    .collect();
+                targets.extend(
+                    policies_for_audiences
+                        .state()
+                        .iter()
+                        .filter(|p| {
+                            effective_audiences(&p.spec)
+                                .iter()
+                                .any(|a| touched.contains(a))
+                        })
+                        .map(|p| ObjectRef::from_obj(p.as_ref())),
+                );
+                targets
+            },
+        )
         .reconcile_all_on(ca_changes(ca.clone()))
         .graceful_shutdown_on(shutdown.clone());
 
     let (clients_for_policies, clients_for_user_secrets) = (clients.clone(), clients.clone());
+    let clients_by_audience = clients.clone();
+    let client_memory = AudienceMemory::default();
     let client_controller = client_controller
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns(secrets_api.clone(), managed())
@@ -382,12 +444,19 @@ pub async fn run(
             watcher::Config::default(),
             move |policy: AuthPolicy| {
                 let key = (policy.namespace().unwrap_or_default(), policy.name_any());
-                clients_for_policies
+                let touched = client_memory.touch(&policy);
+                let mut targets: Vec<_> = clients_for_policies
                     .state()
                     .iter()
                     .filter(|c| issuer_key(c) == key)
                     .map(|c| ObjectRef::from_obj(c.as_ref()))
-                    .collect::<Vec<_>>()
+                    .collect();
+                targets.extend(
+                    clients_listing(&clients_by_audience, &touched)
+                        .iter()
+                        .map(|c| ObjectRef::from_obj(c.as_ref())),
+                );
+                targets
             },
         )
         .watches(secrets_api.clone(), managed(), move |secret: Secret| {

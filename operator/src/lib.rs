@@ -2,6 +2,7 @@
 //! signing keys, JWKS, certificates, client registries and sidecar configuration.
 
 pub mod admin;
+pub mod audiences;
 pub mod auth_policy;
 pub mod ca;
 pub mod ca_store;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use scopegate_operator::admin::{self, Health};
+use scopegate_operator::ca::NameScope;
 use scopegate_operator::leader::{Elector, LeaseConfig};
 use scopegate_operator::metrics::Metrics;
 use scopegate_operator::{ca_store, controllers, webhook};
@@ -73,6 +74,21 @@ struct Cli {
     /// Hosts the injected sidecars reach without the proxy (NO_PROXY syntax).
     #[arg(long, default_value = "")]
     sidecar_no_proxy: String,
+    /// The cluster's DNS domain: serving certificates name `<svc>.<ns>.svc` and
+    /// `<svc>.<ns>.svc.<domain>`, and the tenants' CA may certify nothing else.
+    #[arg(long, env = "SCOPEGATE_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = cluster_domain)]
+    cluster_domain: String,
+}
+
+/// A cluster domain: DNS labels joined by dots, lower case.
+fn cluster_domain(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 253
+        && text
+            .split('.')
+            .all(scopegate_operator::auth_policy::build::is_dns_label);
+    ok.then(|| text.to_owned())
+        .ok_or_else(|| format!("{text:?} is not a DNS domain of lower-case RFC 1123 labels"))
 }
 
 #[tokio::main]
@@ -169,22 +185,37 @@ async fn main() -> anyhow::Result<()> {
     let (ca_sender, ca_receiver) = watch::channel(None);
     tokio::spawn(ca_store::run(
         client.clone(),
-        cli.namespace.clone(),
+        ca_store::CaSpec {
+            namespace: cli.namespace.clone(),
+            secret: ca_store::CA_SECRET,
+            scope: NameScope::services(&cli.cluster_domain),
+        },
         ca_sender,
     ));
     let (service, namespace) = (&cli.webhook_service, &cli.namespace);
+    let webhook_names = vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.{}", cli.cluster_domain),
+    ];
+    let (webhook_ca_sender, webhook_ca_receiver) = watch::channel(None);
+    tokio::spawn(ca_store::run(
+        client.clone(),
+        ca_store::CaSpec {
+            namespace: cli.namespace.clone(),
+            secret: ca_store::WEBHOOK_CA_SECRET,
+            scope: NameScope::exactly(&webhook_names, &cli.webhook_ip_sans),
+        },
+        webhook_ca_sender,
+    ));
     tokio::spawn(webhook::cert::maintain(
         client.clone(),
         webhook::cert::WebhookIdentity {
             namespace: namespace.clone(),
-            dns_names: vec![
-                format!("{service}.{namespace}.svc"),
-                format!("{service}.{namespace}.svc.cluster.local"),
-            ],
+            dns_names: webhook_names,
             ips: cli.webhook_ip_sans.clone(),
             configuration: cli.webhook_configuration.clone(),
         },
-        ca_receiver.clone(),
+        webhook_ca_receiver,
     ));
 
     let ready = {
@@ -193,7 +224,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
     tokio::select! {
-        () = controllers::run(client, metrics, ca_receiver, identity, shutdown.clone(), ready) => {
+        () = controllers::run(client, metrics, ca_receiver, cli.cluster_domain.clone(), identity, shutdown.clone(), ready) => {
             tracing::info!("controllers stopped");
             Ok(())
         }

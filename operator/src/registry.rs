@@ -56,6 +56,10 @@ pub struct Entry<'a> {
     pub client: &'a OAuthClient,
     /// Its credentials.
     pub credentials: Credentials,
+    /// Its audiences that their owners admit it to ([`crate::audiences`]).
+    pub audiences: Vec<String>,
+    /// The audiences its own namespace owns (what it may introspect).
+    pub owned_audiences: Vec<String>,
 }
 
 /// Renders the registry. `existing` is the registry currently stored (for hash reuse).
@@ -141,7 +145,8 @@ pub fn render(
                 .collect(),
             scopes: spec.scopes.clone(),
             default_scopes: spec.default_scopes.clone(),
-            audiences: spec.audiences.clone(),
+            audiences: entry.audiences.clone(),
+            owned_audiences: entry.owned_audiences.clone(),
             redirect_uris: spec.redirect_uris.clone(),
             revoke_before: spec
                 .revoke_tokens_issued_before
@@ -201,10 +206,14 @@ mod tests {
             Entry {
                 client: &b,
                 credentials: generated("secret-b", "u:1"),
+                audiences: vec![],
+                owned_audiences: vec![],
             },
             Entry {
                 client: &a,
                 credentials: generated("secret-a", "u:2"),
+                audiences: vec![],
+                owned_audiences: vec![],
             },
         ];
         let registry = render(&entries, &ClientRegistry::default(), 0).unwrap();
@@ -230,6 +239,8 @@ mod tests {
         let entries = [Entry {
             client: &c,
             credentials: generated("s", "u:1"),
+            audiences: vec![],
+            owned_audiences: vec![],
         }];
         let first = render(&entries, &ClientRegistry::default(), 0).unwrap();
         let second = render(&entries, &first, 0).unwrap();
@@ -237,6 +248,8 @@ mod tests {
         let changed = [Entry {
             client: &c,
             credentials: generated("s2", "u:2"),
+            audiences: vec![],
+            owned_audiences: vec![],
         }];
         let third = render(&changed, &second, 0).unwrap();
         assert_ne!(
@@ -257,6 +270,8 @@ mod tests {
                     secret: "pw".into(),
                     source: "u:1".into(),
                 },
+                audiences: vec![],
+                owned_audiences: vec![],
             }],
             &ClientRegistry::default(),
             0,
@@ -270,6 +285,8 @@ mod tests {
                     secret: "pw".into(),
                     source: "u:1".into(),
                 },
+                audiences: vec![],
+                owned_audiences: vec![],
             }],
             &existing,
             0,
@@ -293,6 +310,8 @@ mod tests {
             &[Entry {
                 client: &c,
                 credentials: creds.clone(),
+                audiences: vec![],
+                owned_audiences: vec![],
             }],
             &ClientRegistry::default(),
             50,
@@ -304,6 +323,8 @@ mod tests {
             &[Entry {
                 client: &c,
                 credentials: creds,
+                audiences: vec![],
+                owned_audiences: vec![],
             }],
             &during,
             100,
@@ -319,6 +340,8 @@ mod tests {
             &[Entry {
                 client: &c,
                 credentials: Credentials::Public,
+                audiences: vec![],
+                owned_audiences: vec![],
             }],
             &ClientRegistry::default(),
             0,

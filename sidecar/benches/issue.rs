@@ -171,6 +171,7 @@ fn authentication(c: &mut Criterion) {
         scopes: vec!["read:items".into()],
         default_scopes: vec!["read:items".into()],
         audiences: vec![],
+        owned_audiences: vec![],
         redirect_uris: vec![],
         revoke_before: None,
     };

@@ -33,7 +33,7 @@ pub struct RemoteSpec {
     pub algorithms: Vec<Alg>,
     /// Refresh interval.
     pub refresh: Duration,
-    /// The CA bundle the client trusts besides the system roots.
+    /// The issuer's own CA bundle, trusted besides the system roots (never the operator's CA).
     pub ca_bundle_pem: Option<String>,
 }
 

@@ -321,6 +321,7 @@ pub fn compile(
                 algorithms,
                 refresh_interval_secs,
                 allow_jwt_typ,
+                ca_bundle_pem,
             } => {
                 let remote_error = || SettingsError::Remote(name.clone());
                 let uri_ok = jwks_uri.starts_with("https://")
@@ -340,7 +341,9 @@ pub fn compile(
                         jwks_uri: jwks_uri.clone(),
                         algorithms: algs,
                         refresh: Duration::from_secs(*refresh_interval_secs),
-                        ca_bundle_pem: config.ca_bundle_pem.clone(),
+                        // Its own bundle only: the operator's CA certifies in-cluster
+                        // Services, never an outside issuer.
+                        ca_bundle_pem: ca_bundle_pem.clone(),
                     }),
                     allow_jwt_typ: *allow_jwt_typ,
                 }

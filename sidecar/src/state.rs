@@ -169,11 +169,7 @@ impl Shared {
     fn reconcile_tasks(self: &Arc<Self>) {
         let settings = self.settings.load_full();
         if let (Some(issuer), Some(role)) = (&self.issuer, &settings.config.issuer) {
-            issuer.upstreams.reconcile(
-                role,
-                settings.config.ca_bundle_pem.as_deref(),
-                &self.metrics,
-            );
+            issuer.upstreams.reconcile(role, &self.metrics);
         }
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         let mut wanted: HashMap<RemoteSpec, Arc<RemoteKeySet>> = HashMap::new();

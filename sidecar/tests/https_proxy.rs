@@ -166,9 +166,8 @@ async fn the_binary_takes_the_proxy_from_its_environment() {
     let mut config = config(upstream.addr.port(), json!({"keys": []}));
     config["verify"]["issuers"][0]["keys"] = json!({
         "type": "remote", "jwksUri": idp.url("/.well-known/jwks.json"),
-        "algorithms": ["ES256"], "refreshIntervalSecs": 3600
+        "algorithms": ["ES256"], "refreshIntervalSecs": 3600, "caBundlePem": idp.ca_pem
     });
-    config["caBundlePem"] = json!(idp.ca_pem);
     let dir = TempDir::new();
     let path = dir.join("config.json");
     std::fs::write(&path, config.to_string()).unwrap();

@@ -872,6 +872,24 @@ async fn revocation_and_introspection() {
         json!({"active": false}),
         "not issued to the caller nor for its audience"
     );
+    // POSTER may get tokens for ORDERS itself, but does not own it: it sees no other
+    // client's token for ORDERS (a self-declared audience grants no introspection).
+    let backend = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await
+        .json();
+    let not_owner = issuer
+        .post_as(
+            "/oauth2/introspect",
+            &POSTER,
+            &format!("token={}", enc(backend["access_token"].as_str().unwrap())),
+        )
+        .await;
+    assert_eq!(
+        not_owner.json(),
+        json!({"active": false}),
+        "an audience the caller may get is not one it owns"
+    );
     let visible = introspect(&issuer, cc["access_token"].as_str().unwrap()).await;
     assert_eq!(
         visible["active"], true,

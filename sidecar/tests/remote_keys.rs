@@ -32,9 +32,9 @@ fn remote_config(upstream: u16, idp: &Idp, refresh: u64) -> Value {
     let mut cfg = config(upstream, json!({"keys": []}));
     cfg["verify"]["issuers"][0]["keys"] = json!({
         "type": "remote", "jwksUri": idp.server.url("/.well-known/jwks.json"),
-        "algorithms": ["ES256", "RS256"], "refreshIntervalSecs": refresh, "allowJwtTyp": true
+        "algorithms": ["ES256", "RS256"], "refreshIntervalSecs": refresh, "allowJwtTyp": true,
+        "caBundlePem": idp.server.ca_pem
     });
-    cfg["caBundlePem"] = json!(idp.server.ca_pem);
     cfg
 }
 
@@ -177,6 +177,45 @@ async fn no_key_set_yet_means_not_ready_and_every_token_refused() {
     })
     .await;
     assert!(detail.starts_with("not ready"), "{detail}");
+    let token = mint(&key, &header("ES256", "k1"), &claims("read:items"));
+    assert_eq!(
+        get_with_token(sidecar.proxy_addr(), "/items/1", &token)
+            .await
+            .status,
+        401
+    );
+    sidecar.shutdown().await;
+}
+
+/// The operator's CA certifies in-cluster Services only. A tenant holding a certificate from
+/// it (here: the JWKS server's own CA put where the operator's bundle goes) must not be able
+/// to pose as an external issuer: the JWKS URL is verified against the system roots and the
+/// issuer's own caBundle, and the fetch fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_with_an_operator_ca_certificate_gets_no_key_in() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (key, _) = SigningKey::es256();
+    let impostor = idp(json!([key.jwk("k1", Some("ES256"))])).await;
+    let mut cfg = remote_config(upstream.addr.port(), &impostor, 3600);
+    cfg["verify"]["issuers"][0]["keys"]
+        .as_object_mut()
+        .unwrap()
+        .remove("caBundlePem");
+    cfg["caBundlePem"] = json!(impostor.server.ca_pem);
+    let dir = TempDir::new();
+    let sidecar = start_sidecar(&dir, &cfg).await;
+    let detail = eventually("a refused first fetch", Duration::from_secs(20), || async {
+        let (status, text) = readyz(sidecar.admin_addr()).await;
+        (status == 503 && text.contains("no key set fetched yet (last error: connect)"))
+            .then_some(text)
+    })
+    .await;
+    assert!(detail.starts_with("not ready"), "{detail}");
+    assert_eq!(
+        impostor.server.count(),
+        0,
+        "no request got past the TLS handshake"
+    );
     let token = mint(&key, &header("ES256", "k1"), &claims("read:items"));
     assert_eq!(
         get_with_token(sidecar.proxy_addr(), "/items/1", &token)

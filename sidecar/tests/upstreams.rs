@@ -320,14 +320,17 @@ fn upstream_config(issuer: &Issuer, idp: &Idp, stub: &Stub, mode: &str) -> Value
     .unwrap();
     std::fs::write(issuer.dir.join("evil.secret"), "evil-secret").unwrap();
     let callback = |name: &str| format!("{}/oauth2/upstream/{name}/callback", issuer.url);
-    config["caBundlePem"] = json!(format!("{}{}", issuer.certs.ca_pem, stub.server.ca_pem));
     config["policy"]["generation"] = json!(unique());
+    // Each provider is trusted through its own caBundle only (the stand-in serves with a
+    // certificate of the test CA, the stub with its own).
     config["issuer"]["upstreams"] = json!([
         {"name": "google", "displayName": "Google", "clientId": GOOGLE_CLIENT,
          "clientSecretPath": issuer.dir.join("google.secret"), "callbackUrl": callback("google"),
+         "caBundlePem": issuer.certs.ca_pem,
          "oidc": {"issuer": idp.url, "scopes": ["openid", "email", "profile"], "algorithms": ["RS256", "ES256", "PS256", "EdDSA"]}},
         {"name": "evil", "displayName": "Evil <Corp>", "clientId": EVIL_CLIENT,
          "clientSecretPath": issuer.dir.join("evil.secret"), "callbackUrl": callback("evil"),
+         "caBundlePem": stub.server.ca_pem,
          "oidc": {"issuer": stub.issuer(), "scopes": ["openid", "email"], "algorithms": ["RS256"]}}
     ]);
     // alice is in the stand-in's group eng, bob in sales; the evil upstream's "sales" grants
@@ -985,6 +988,57 @@ async fn chooser_page_offers_the_clients_choices_without_script() {
     );
 }
 
+/// The sidecar's own CA bundle (the operator's CA, which certifies in-cluster Services) is never
+/// trusted for an identity provider: a tenant holding a certificate from it cannot pose as
+/// one. Here the stub's CA plays the operator's CA; an upstream at the stub without a caBundle
+/// of its own never gets past TLS, and a login through it ends in temporarily_unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_with_an_operator_ca_certificate_is_not_an_identity_provider() {
+    let world = world("delegate").await;
+    let mut config = upstream_config(&world.issuer, &world.idp, &world.stub, "delegate");
+    config["caBundlePem"] = json!(format!(
+        "{}{}",
+        world.issuer.certs.ca_pem, world.stub.server.ca_pem
+    ));
+    config["policy"]["generation"] = json!(unique());
+    config["issuer"]["upstreams"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "name": "impostor", "displayName": "Impostor", "clientId": "c",
+            "clientSecretPath": world.issuer.dir.join("evil.secret"),
+            "callbackUrl": format!("{}/oauth2/upstream/impostor/callback", world.issuer.url),
+            "oidc": {"issuer": world.stub.issuer(), "scopes": ["openid"], "algorithms": ["RS256"]}
+        }));
+    reconfigure(&world.issuer, &config).await;
+    let text = eventually(
+        "the impostor refused at TLS in /readyz",
+        Duration::from_secs(20),
+        || async {
+            let (_, text) = readyz(world.issuer.admin).await;
+            text.contains(
+                "upstream impostor: UNAVAILABLE, discovery not read yet (last error: connect)",
+            )
+            .then_some(text)
+        },
+    )
+    .await;
+    // The same server, trusted through the upstream's own caBundle, works.
+    assert!(text.contains("upstream evil: oidc"), "{text}");
+    let mut browser = Browser::new(&world.issuer.certs);
+    let url = format!(
+        "{}/oauth2/authorize?{}&upstream=impostor",
+        world.issuer.url,
+        web_query("st-i", None)
+    );
+    let (_, location) = open_leg(&mut browser, &url).await;
+    assert!(location.starts_with(WEB_REDIRECT), "{location}");
+    assert_eq!(
+        query_param(&location, "error").as_deref(),
+        Some("temporarily_unavailable")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idp_outage_shows_in_readyz_and_metrics_and_leaves_client_credentials_working() {
     let mut world = world("delegate").await;
@@ -1164,11 +1218,11 @@ async fn slow_login(name: &str, spec: Spec) -> SlowLogin {
     stub.state.lock().unwrap().token_endpoint = Some(format!("{}/token", silent.url));
     std::fs::write(issuer.dir.join("slow.secret"), "slow-secret").unwrap();
     let mut config = issuer.config.clone();
-    config["caBundlePem"] = json!(format!("{}{}", issuer.certs.ca_pem, stub.server.ca_pem));
     config["policy"]["generation"] = json!(unique());
     config["issuer"]["upstreams"] = json!([
         {"name": name, "displayName": "Slow", "clientId": EVIL_CLIENT,
          "clientSecretPath": issuer.dir.join("slow.secret"),
+         "caBundlePem": format!("{}{}", issuer.certs.ca_pem, stub.server.ca_pem),
          "callbackUrl": format!("{}/oauth2/upstream/{name}/callback", issuer.url),
          "oidc": {"issuer": stub.issuer(), "scopes": ["openid", "email"], "algorithms": ["RS256"]}}
     ]);
@@ -1586,11 +1640,11 @@ async fn github_world(mode: &str) -> (Issuer, GithubStub) {
     let stub = GithubStub::start().await;
     std::fs::write(issuer.dir.join("gh.secret"), "gh-secret-0123456789").unwrap();
     let mut config = issuer.config.clone();
-    config["caBundlePem"] = json!(format!("{}{}", issuer.certs.ca_pem, stub.ca_pem));
     config["policy"]["generation"] = json!(unique());
     config["issuer"]["upstreams"] = json!([
         {"name": "github", "displayName": "GitHub", "clientId": "Iv23li-test",
          "clientSecretPath": issuer.dir.join("gh.secret"),
+         "caBundlePem": stub.ca_pem,
          "callbackUrl": format!("{}/oauth2/upstream/github/callback", issuer.url),
          "github": {"hostName": stub.host, "orgs": [{"name": "acme", "teams": ["sre"]}]}}
     ]);

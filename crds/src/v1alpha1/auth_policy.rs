@@ -59,9 +59,24 @@ pub struct AuthPolicySpec {
     /// issuer URL of a self issuer, and is refused for policyRef and external issuers by
     /// the operator (status condition), since accepting any audience lets tokens meant for
     /// another service in.
+    ///
+    /// Listing an audience claims it for this namespace: an issuer gives OAuthClients tokens
+    /// for it only as `clients` admits them. An audience naming a Service
+    /// (`https://<svc>.<ns>.svc...`) belongs to that Service's namespace; any other belongs to
+    /// the namespace of the oldest policy that lists it (creation times are whole seconds; a
+    /// tie goes to the namespace name first in alphabetical order). A policy listing an audience that
+    /// another namespace owns is not Ready (reason AudienceConflict) and that audience is not
+    /// honoured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "audience_list")]
     pub audiences: Vec<String>,
+
+    /// Which OAuthClients may get tokens for this policy's audiences. Clients of this
+    /// namespace always may; without this field, no other may. An issuer's own URL also
+    /// admits the namespaces in its allowedClientNamespaces. Introspection of a token is
+    /// open only to clients of the namespace that owns one of its audiences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<AudienceClients>,
 
     /// Route rules, matched on method and normalised path. The most specific matching rule
     /// wins (longest literal prefix, then fewest wildcards); unmatched requests get
@@ -99,6 +114,34 @@ pub struct AuthPolicySpec {
     /// Security response headers and the identity headers passed to the app.
     #[serde(default)]
     pub headers: Headers,
+}
+
+/// OAuthClients of other namespaces that may get tokens for a policy's audiences.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AudienceClients {
+    /// Namespaces whose OAuthClients may get tokens for this policy's audiences. "*" admits
+    /// every namespace (a public API).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub namespaces: Vec<String>,
+    /// Single OAuthClients of other namespaces, by namespace and name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub names: Vec<ClientRef>,
+}
+
+/// An OAuthClient by namespace and name.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientRef {
+    /// Namespace of the OAuthClient.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the OAuthClient.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Where tokens come from. Exactly one field is set.
@@ -226,8 +269,10 @@ pub struct SelfIssuer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mint: Option<MintRules>,
 
-    /// Namespaces whose OAuthClients may register with this issuer, besides its own. "*"
-    /// allows every namespace.
+    /// Namespaces whose OAuthClients may register with this issuer and whose AuthPolicies
+    /// may trust it by policyRef, besides its own. "*" allows every namespace. Registering
+    /// does not by itself give a client tokens for another team's service: each audience's
+    /// owner decides that (AuthPolicy clients).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     pub allowed_client_namespaces: Vec<String>,
@@ -281,8 +326,20 @@ fn default_propagation() -> PositiveDuration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
-    /// Name of the Service, in this namespace.
-    #[schemars(length(min = 1, max = 63))]
+    /// Name of the Service, in this namespace: an RFC 1123 DNS label (lower-case letters,
+    /// digits and '-', at most 63 characters). The serving certificate names exactly
+    /// `<name>.<namespace>.svc` and `<name>.<namespace>.svc.<cluster domain>`, never a bare
+    /// or foreign name.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+            "message": "service.name must be the name of a Service in this namespace: lower-case letters, digits and '-', starting and ending with a letter or digit (no dots, no wildcards)"
+        }
+    ]))]
     pub name: String,
     /// Port of the Service that reaches the issuer sidecar's TLS listener.
     #[schemars(range(min = 1, max = 65535))]
@@ -493,6 +550,20 @@ pub struct ExternalIssuer {
     /// extra fetch per this interval.
     #[serde(default = "default_propagation")]
     pub refresh_interval: PositiveDuration,
+    /// PEM certificates (CAs) trusted when fetching jwksUri, in addition to the system roots:
+    /// for an issuer behind a private CA. The operator's own CA is never trusted for an
+    /// external issuer (it certifies in-cluster Services only). A bundle holding no usable
+    /// certificate makes the policy not Ready (reason CaBundleInvalid), and no token of this
+    /// issuer is accepted until it is fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 65536))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.contains('-----BEGIN CERTIFICATE-----')",
+            "message": "caBundle must hold PEM certificates (-----BEGIN CERTIFICATE-----)"
+        }
+    ]))]
+    pub ca_bundle: Option<String>,
 }
 
 /// A route rule.

@@ -89,7 +89,9 @@ pub struct OAuthClientSpec {
 
     /// Audiences of the client's tokens. A token request's RFC 8707 resource parameter must
     /// equal one of them (absolute URIs then); without it, the token carries all of them.
-    /// Empty means the issuer URL.
+    /// Empty means the issuer URL. Each must be admitted by the AuthPolicy that owns it
+    /// (its spec.clients; clients of the owner's own namespace always are): one that is not
+    /// is never issued and status says so (reason AudienceNotAdmitted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "audience_list")]
     pub audiences: Vec<String>,

@@ -71,14 +71,33 @@ impl Names {
     }
 }
 
-/// The DNS names of an issuer Service, for its serving certificate.
-pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
-    vec![
-        service.to_owned(),
-        format!("{service}.{namespace}"),
-        format!("{service}.{namespace}.svc"),
-        format!("{service}.{namespace}.svc.cluster.local"),
-    ]
+/// Whether `text` is an RFC 1123 DNS label as Kubernetes names Services: 1-63 lower-case
+/// letters, digits and `-`, starting and ending with a letter or digit.
+pub fn is_dns_label(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+}
+
+/// The DNS names of an issuer Service, for its serving certificate: always built from the
+/// Service's label and the policy's own namespace (`<svc>.<ns>.svc` and
+/// `<svc>.<ns>.svc.<cluster_domain>`), never a bare name, so a policy can only ever get a
+/// certificate for a Service of its own namespace. `None` when `service` is not a DNS label.
+pub fn service_dns_names(
+    service: &str,
+    namespace: &str,
+    cluster_domain: &str,
+) -> Option<Vec<String>> {
+    (is_dns_label(service) && is_dns_label(namespace)).then(|| {
+        vec![
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}.svc.{cluster_domain}"),
+        ]
+    })
 }
 
 /// Metadata for an object owned by `policy`.
@@ -242,6 +261,7 @@ pub fn sidecar_config(
                     .collect(),
                 refresh_interval_secs: external.refresh_interval.get().map_or(300, |d| d.as_secs()),
                 allow_jwt_typ: external.allow_jwt_typ,
+                ca_bundle_pem: external.ca_bundle.clone(),
             };
             (
                 vec![TrustedIssuer {
@@ -875,13 +895,27 @@ spec:
     #[test]
     fn service_names_cover_every_in_cluster_spelling() {
         assert_eq!(
-            service_dns_names("auth", "shop"),
-            [
-                "auth",
-                "auth.shop",
-                "auth.shop.svc",
-                "auth.shop.svc.cluster.local"
-            ]
+            service_dns_names("auth", "shop", "corp.example").unwrap(),
+            ["auth.shop.svc", "auth.shop.svc.corp.example"]
         );
+        for hostile in [
+            "accounts.google.com",
+            "auth.shop.svc",
+            "*",
+            "*.shop",
+            "Auth",
+            "-auth",
+            "auth-",
+            "",
+            "a b",
+            "auth\n",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(
+                service_dns_names(hostile, "shop", "cluster.local"),
+                None,
+                "{hostile:?}"
+            );
+        }
     }
 }

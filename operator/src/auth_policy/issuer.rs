@@ -18,11 +18,12 @@ use super::build::{
     TLS_NOT_AFTER_ANNOTATION, TLS_SIGNER_ANNOTATION,
 };
 use super::status::Problem;
+use crate::audiences::AudienceOwners;
 use crate::ca::{self, CaDocument, ExistingLeaf};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::oauth_client::credentials;
-use crate::oauth_client::validate::{issuer_key, validate};
+use crate::oauth_client::validate::{audience_problem, issuer_key, validate};
 use crate::registry::{self, Entry};
 use crate::rotation::{self, Change, Requests, RotationParams};
 use crate::{keygen, secret_data};
@@ -505,7 +506,10 @@ fn describe_change(change: &Change, alg: &str) -> (bool, &'static str, String) {
     }
 }
 
-/// Issues or renews the serving certificate; returns when it is next due.
+/// Issues or renews the serving certificate; returns when it is next due, or the problem that
+/// stops it. The names come only from the Service's label and the policy's own namespace, and
+/// a label that is not one (an object stored before the schema checked it) is refused here
+/// again, before anything is signed.
 pub async fn reconcile_tls(
     policy: &AuthPolicy,
     own: &SelfIssuer,
@@ -513,9 +517,13 @@ pub async fn reconcile_tls(
     ca: &CaDocument,
     ctx: &Context,
     now: i64,
-) -> Result<Option<i64>> {
+) -> Result<Result<i64, Problem>> {
     let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
-    let dns_names = build::service_dns_names(&own.service.name, &namespace);
+    let Some(dns_names) =
+        build::service_dns_names(&own.service.name, &namespace, &ctx.cluster_domain)
+    else {
+        return Ok(Err(Problem::InvalidServiceName(own.service.name.clone())));
+    };
     let bundle = ca.bundle(now);
     let cached = ctx.secret(&namespace, &names.tls);
     let existing = cached.as_ref().and_then(|s| {
@@ -577,7 +585,7 @@ pub async fn reconcile_tls(
         .as_ref()
         .is_some_and(|s| s.data == desired.data && s.annotations() == desired.annotations());
     ctx.apply::<Secret>(&desired, unchanged).await?;
-    Ok(Some(not_after - ca::LEAF_RENEW_BEFORE_SECS))
+    Ok(Ok(not_after - ca::LEAF_RENEW_BEFORE_SECS))
 }
 
 /// OAuthClients that reference `policy` as their issuer.
@@ -601,18 +609,24 @@ pub async fn reconcile_registry(
 ) -> Result<usize> {
     let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
     let all = ctx.clients.state();
+    let owners = AudienceOwners::new(
+        ctx.policies.state().iter().map(AsRef::as_ref),
+        &ctx.cluster_domain,
+    );
     let mut entries = Vec::new();
     for client in clients_of(policy, &all) {
-        if validate(client, Some(policy))
-            .iter()
-            .any(|p| p.blocks_registration())
-        {
+        let sorted = owners.sort_client(client);
+        let mut problems = validate(client, Some(policy));
+        problems.extend(audience_problem(&sorted));
+        if problems.iter().any(|p| p.blocks_registration()) {
             continue;
         }
         let credentials = credentials::read(client, ctx).await?;
         entries.push(Entry {
             client,
             credentials,
+            audiences: sorted.admitted,
+            owned_audiences: sorted.owned,
         });
     }
     let cached = ctx.secret(&namespace, &names.clients);

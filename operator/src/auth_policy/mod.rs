@@ -20,6 +20,7 @@ use scopegate_core::config::CONFIG_FILE;
 use scopegate_core::jwk::Jwks;
 use scopegate_crds::v1alpha1::{Algorithm, AuthPolicy, NamespacedRef, RenderedObjects, StoreKind};
 
+use crate::audiences::AudienceOwners;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use crate::metrics::{FailureLabels, KindLabels};
@@ -81,7 +82,10 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         observation.keys = keys.keys.clone();
         observation.publishing = keys.publishing.clone();
         observation.handled_rotation = keys.handled_rotation.clone();
-        due.extend(issuer::reconcile_tls(policy, own, &names, &ca, ctx, now).await?);
+        match issuer::reconcile_tls(policy, own, &names, &ca, ctx, now).await? {
+            Ok(renew_at) => due.push(renew_at),
+            Err(problem) => observation.problems.push(problem),
+        }
         issuer::reconcile_registry(policy, &names, ctx, now).await?;
         let missing = issuer::reconcile_upstreams(policy, own, &names, ctx).await?;
         observation.upstreams = build::upstream_status(own, &missing);
@@ -112,12 +116,22 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
             .namespace
             .clone()
             .unwrap_or_else(|| namespace.clone());
-        (
-            trust,
-            client_cutoffs(ctx, &issuer_namespace, &reference.name),
-        )
+        // Nothing of an issuer reaches a namespace it does not admit, its clients' names
+        // included.
+        let cutoffs = match trust {
+            Trust::Unresolved => BTreeMap::new(),
+            _ => client_cutoffs(ctx, &issuer_namespace, &reference.name),
+        };
+        (trust, cutoffs)
     } else if let Some(external) = &spec.issuer.external {
         observation.mode = "External";
+        if external
+            .ca_bundle
+            .as_deref()
+            .is_some_and(|pem| !build::ca_bundle_valid(pem))
+        {
+            observation.problems.push(Problem::ExternalCaBundleInvalid);
+        }
         (Trust::External(external.clone()), BTreeMap::new())
     } else {
         observation.mode = "None";
@@ -135,7 +149,22 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     observation.pods = pods;
     observation.problems.extend(problems);
 
-    let config = build::sidecar_config(policy, &trust, cutoffs, &bundle)?;
+    let owners = AudienceOwners::new(
+        ctx.policies.state().iter().map(AsRef::as_ref),
+        &ctx.cluster_domain,
+    );
+    let conflicts = owners.conflicts_of(policy);
+    let mut config = build::sidecar_config(policy, &trust, cutoffs, &bundle)?;
+    if !conflicts.is_empty() {
+        // Another namespace owns them: this policy's pods do not accept them either.
+        config
+            .verify
+            .audiences
+            .retain(|a| !conflicts.iter().any(|(claimed, _)| claimed == a));
+        observation
+            .problems
+            .push(Problem::AudienceConflict(conflicts.to_vec()));
+    }
     let sidecar = build::config_map(
         build::owned_meta(policy, &names.sidecar)?,
         BTreeMap::from([(
@@ -210,6 +239,18 @@ fn resolve_policy_ref(
     let Some(own) = issuer.spec.issuer.self_.as_ref() else {
         return (Trust::Unresolved, Some(Problem::PolicyRefNotIssuer(label)));
     };
+    let own_namespace = policy.namespace().unwrap_or_default();
+    let admitted = own_namespace == namespace
+        || own
+            .allowed_client_namespaces
+            .iter()
+            .any(|n| n == "*" || *n == own_namespace);
+    if !admitted {
+        return (
+            Trust::Unresolved,
+            Some(Problem::PolicyRefNotAllowed(label, own_namespace)),
+        );
+    }
     if own.signing.algorithm == Algorithm::HS256 {
         return (Trust::Unresolved, Some(Problem::PolicyRefHs256(label)));
     }

@@ -36,6 +36,16 @@ pub enum Problem {
     KeyInvalid(String, String),
     /// Keys whose private half was lost, kept public-only until their tokens expire.
     KeysLost(Vec<String>),
+    /// `issuer.self.service.name` is not a DNS label: no serving certificate is issued.
+    InvalidServiceName(String),
+    /// `policyRef` names an issuer of another namespace that does not admit this one:
+    /// (issuer, this namespace).
+    PolicyRefNotAllowed(String, String),
+    /// Audiences this policy lists that another namespace owns: (audience, why) pairs. They
+    /// are left out of its sidecar config and no client gets tokens for them through it.
+    AudienceConflict(Vec<(String, String)>),
+    /// `issuer.external.caBundle` holds no usable certificate.
+    ExternalCaBundleInvalid,
 }
 
 impl Problem {
@@ -55,6 +65,10 @@ impl Problem {
             Problem::SigningKeysCorrupt(..) => "SigningKeysCorrupt",
             Problem::KeyInvalid(..) => "KeyInvalid",
             Problem::KeysLost(_) => "SigningKeysLost",
+            Problem::InvalidServiceName(_) => "InvalidServiceName",
+            Problem::PolicyRefNotAllowed(..) => "PolicyRefNotAllowed",
+            Problem::AudienceConflict(_) => "AudienceConflict",
+            Problem::ExternalCaBundleInvalid => "CaBundleInvalid",
         }
     }
 
@@ -117,6 +131,29 @@ impl std::fmt::Display for Problem {
             Problem::ServiceBypass(service, app, sidecar) => write!(
                 f,
                 "Service {service} targets port {app}, the app's own port: its traffic walks around the sidecar; target port {sidecar} instead"
+            ),
+            Problem::InvalidServiceName(name) => write!(
+                f,
+                "issuer.self.service.name {name:?} is not an RFC 1123 DNS label (lower-case letters, digits and '-', at most 63): no serving certificate is issued"
+            ),
+            Problem::PolicyRefNotAllowed(issuer, namespace) => write!(
+                f,
+                "policyRef {issuer} does not admit namespace {namespace}: its owner must add {namespace} to issuer.self.allowedClientNamespaces; no token is accepted until then"
+            ),
+            Problem::AudienceConflict(conflicts) => {
+                let list: Vec<String> = conflicts
+                    .iter()
+                    .map(|(audience, why)| format!("{audience} ({why})"))
+                    .collect();
+                write!(
+                    f,
+                    "audiences owned by another namespace are not honoured (no token for them is accepted here, and no client gets one through this policy): {}",
+                    list.join("; ")
+                )
+            }
+            Problem::ExternalCaBundleInvalid => write!(
+                f,
+                "issuer.external.caBundle holds a PEM block that is not a usable certificate: the sidecars cannot fetch the JWKS, so no token of this issuer is accepted"
             ),
             Problem::MemoryStoreReplicas(n) => write!(
                 f,

@@ -17,6 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, OAuthClientStatus};
 
+use crate::audiences::AudienceOwners;
 use crate::auth_policy::build::Names;
 use crate::conditions::{Conclusion, merge};
 use crate::context::{Context, FIELD_MANAGER};
@@ -24,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::metrics::{FailureLabels, KindLabels};
 use crate::secret_data;
 use credentials::Ensured;
-use validate::{ClientProblem, client_id, issuer_key, validate};
+use validate::{ClientProblem, audience_problem, client_id, issuer_key, validate};
 
 const KIND: &str = "OAuthClient";
 
@@ -48,7 +49,12 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
     let issuer = ctx
         .policies
         .get(&ObjectRef::<AuthPolicy>::new(&issuer_name).within(&issuer_namespace));
-    let problems = validate(client, issuer.as_deref());
+    let mut problems = validate(client, issuer.as_deref());
+    let owners = AudienceOwners::new(
+        ctx.policies.state().iter().map(AsRef::as_ref),
+        &ctx.cluster_domain,
+    );
+    problems.extend(audience_problem(&owners.sort_client(client)));
 
     let ensured = credentials::ensure(client, ctx, now).await?;
     // Client apps of this namespace verify the issuer's certificate with this bundle.
@@ -100,7 +106,7 @@ pub fn compute_status(
     let (issuer_namespace, issuer_name) = issuer_key(client);
     let id = client_id(client);
     let mut conclusions = Vec::new();
-    let blocking = problems.iter().find(|p| p.blocks_registration());
+    let blocking = problems.iter().find(|p| p.blocks_readiness());
     let not_owned = match ensured {
         Ensured::NotOwned { secret } => Some(format!(
             "Secret {secret} exists and is not owned by this OAuthClient: refusing to write into it; choose another secretName"

@@ -5,6 +5,8 @@
 use kube::ResourceExt;
 use scopegate_crds::v1alpha1::{AuthPolicy, GrantType, OAuthClient};
 
+use crate::audiences::{ClientAudiences, Verdict};
+
 /// Something wrong between a client and its issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientProblem {
@@ -44,6 +46,14 @@ pub enum ClientProblem {
         /// The unknown names.
         names: Vec<String>,
     },
+    /// Audiences whose owner does not admit this client (or that nobody owns): they are never
+    /// issued. The client stays registered for the rest, unless none is left.
+    AudienceNotAdmitted {
+        /// (audience, why) pairs.
+        refused: Vec<(String, String)>,
+        /// Whether no audience of the client is admitted.
+        none_left: bool,
+    },
 }
 
 impl ClientProblem {
@@ -56,16 +66,51 @@ impl ClientProblem {
             ClientProblem::UnknownScopes { .. } => "UnknownScope",
             ClientProblem::NoLoginUrl { .. } => "NoLoginUrl",
             ClientProblem::UnknownUpstreams { .. } => "UnknownUpstream",
+            ClientProblem::AudienceNotAdmitted { .. } => "AudienceNotAdmitted",
         }
     }
 
     /// Whether the client stays out of the registry because of it.
     pub fn blocks_registration(&self) -> bool {
-        !matches!(
-            self,
-            ClientProblem::NoLoginUrl { .. } | ClientProblem::UnknownUpstreams { .. }
-        )
+        match self {
+            ClientProblem::NoLoginUrl { .. } | ClientProblem::UnknownUpstreams { .. } => false,
+            // Registered with an empty list it would get the issuer URL instead: never.
+            ClientProblem::AudienceNotAdmitted { none_left, .. } => *none_left,
+            _ => true,
+        }
     }
+
+    /// Whether the client does not work as its spec says (Ready is then False), registered
+    /// or not.
+    pub fn blocks_readiness(&self) -> bool {
+        self.blocks_registration() || matches!(self, ClientProblem::AudienceNotAdmitted { .. })
+    }
+}
+
+/// The problem with `client`'s audiences, if its owners refuse any of them.
+pub fn audience_problem(sorted: &ClientAudiences) -> Option<ClientProblem> {
+    if sorted.refused.is_empty() {
+        return None;
+    }
+    let refused = sorted
+        .refused
+        .iter()
+        .map(|(audience, verdict)| {
+            let why = match verdict {
+                Verdict::NoOwner => "no AuthPolicy lists it in its audiences".to_owned(),
+                Verdict::NotAdmitted { owners } => format!(
+                    "its owner {} does not admit this client: add its namespace or name to spec.clients there",
+                    owners.join(", ")
+                ),
+                Verdict::Admitted => "admitted".to_owned(),
+            };
+            (audience.clone(), why)
+        })
+        .collect();
+    Some(ClientProblem::AudienceNotAdmitted {
+        refused,
+        none_left: sorted.admitted.is_empty(),
+    })
 }
 
 impl std::fmt::Display for ClientProblem {
@@ -95,6 +140,22 @@ impl std::fmt::Display for ClientProblem {
                 f,
                 "the authorization_code grant needs issuer {issuer} to set issuer.self.loginUrl or upstreams"
             ),
+            ClientProblem::AudienceNotAdmitted { refused, none_left } => {
+                let list: Vec<String> = refused
+                    .iter()
+                    .map(|(audience, why)| format!("{audience} ({why})"))
+                    .collect();
+                let consequence = if *none_left {
+                    "the client is not registered"
+                } else {
+                    "tokens carry only its other audiences"
+                };
+                write!(
+                    f,
+                    "audiences not admitted, never issued to this client ({consequence}): {}",
+                    list.join("; ")
+                )
+            }
             ClientProblem::UnknownUpstreams { issuer, names } => write!(
                 f,
                 "upstreams {} are not login choices of issuer {issuer} (its upstreams, or local with a loginUrl); they are never offered",

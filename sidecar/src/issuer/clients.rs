@@ -349,6 +349,7 @@ mod tests {
             scopes: vec![],
             default_scopes: vec![],
             audiences: vec![],
+            owned_audiences: vec![],
             redirect_uris: vec![],
             revoke_before: None,
         }

@@ -200,6 +200,7 @@ mod tests {
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             default_scopes: defaults.iter().map(|s| s.to_string()).collect(),
             audiences: vec![],
+            owned_audiences: vec![],
             redirect_uris: vec![],
             revoke_before: None,
         }

@@ -1,8 +1,9 @@
 //! `/oauth2/introspect` (RFC 7662): for authenticated confidential clients only. A token is
 //! active when the issuer signed it, it has not expired, and no revocation hits it: its
 //! jti, its client's or subject's cut-off, or (for a refresh token) its family. A caller sees
-//! tokens issued to it or carrying one of its audiences; everything else is exactly
-//! `{"active": false}`.
+//! tokens issued to it, or carrying an audience its own namespace owns (a resource server
+//! introspecting what it receives); everything else is exactly `{"active": false}`. Audiences
+//! the caller may merely get tokens for give it no view of other clients' tokens.
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -81,7 +82,7 @@ async fn introspect(
         return Ok(inactive);
     };
     let visible =
-        client_id == caller.client_id || auds.iter().any(|a| caller.audiences.contains(a));
+        client_id == caller.client_id || auds.iter().any(|a| caller.owned_audiences.contains(a));
     Ok(if visible { info } else { inactive })
 }
 

@@ -92,7 +92,8 @@ pub fn registry(revoke_before: Option<i64>) -> Value {
          "scopes": ["read:items"], "defaultScopes": ["read:items"], "audiences": [PAYMENTS]},
         {"clientId": ORDERS_RS.id, "public": false, "authMethod": "client_secret_basic",
          "secrets": phc(&ORDERS_RS, SecretKind::Generated), "grantTypes": ["client_credentials"],
-         "scopes": ["read:items"], "defaultScopes": ["read:items"], "audiences": [ORDERS]}
+         "scopes": ["read:items"], "defaultScopes": ["read:items"], "audiences": [ORDERS],
+         "ownedAudiences": [ORDERS]}
     ]})
 }
 

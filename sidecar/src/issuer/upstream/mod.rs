@@ -354,35 +354,24 @@ pub struct Registry {
     broken: Mutex<HashMap<String, &'static str>>,
 }
 
-/// What a connection to `upstream` trusts besides the system roots: the sidecar's bundle and
-/// the upstream's own (which no other upstream trusts).
-fn trust_for(upstream: &UpstreamIdp, ca_bundle_pem: Option<&str>) -> Option<String> {
-    match (ca_bundle_pem, upstream.ca_bundle_pem.as_deref()) {
-        (None, None) => None,
-        (global, own) => Some(format!(
-            "{}\n{}",
-            global.unwrap_or_default(),
-            own.unwrap_or_default()
-        )),
-    }
+/// What a connection to `upstream` trusts besides the system roots: its own bundle, which no
+/// other upstream trusts. Never the operator's CA: that certifies in-cluster Services, and a
+/// tenant who got a certificate from it must not be able to pose as a provider.
+fn trust_for(upstream: &UpstreamIdp) -> Option<String> {
+    upstream.ca_bundle_pem.clone()
 }
 
 impl Registry {
     /// Starts background work for the upstreams of `issuer` and stops what is no longer
     /// configured. An unchanged upstream keeps its fetched discovery and keys.
-    pub fn reconcile(
-        &self,
-        issuer: &IssuerConfig,
-        ca_bundle_pem: Option<&str>,
-        metrics: &Arc<Metrics>,
-    ) {
+    pub fn reconcile(&self, issuer: &IssuerConfig, metrics: &Arc<Metrics>) {
         let mut broken = HashMap::new();
         {
             let mut github = self.github.lock().unwrap_or_else(|p| p.into_inner());
             let mut wanted = HashMap::new();
             for upstream in &issuer.upstreams {
                 if matches!(upstream.kind, UpstreamKind::Github(_)) {
-                    wanted.insert(upstream.name.clone(), trust_for(upstream, ca_bundle_pem));
+                    wanted.insert(upstream.name.clone(), trust_for(upstream));
                 }
             }
             github.retain(|name, (held, _)| wanted.get(name) == Some(held));
@@ -420,7 +409,7 @@ impl Registry {
             let spec = ProviderSpec {
                 issuer: oidc.issuer.clone(),
                 algorithms,
-                ca_bundle_pem: trust_for(upstream, ca_bundle_pem),
+                ca_bundle_pem: trust_for(upstream),
             };
             wanted.insert(upstream.name.clone(), spec);
         }
@@ -586,14 +575,11 @@ mod tests {
         let [private, public, _] = &config.upstreams[..] else {
             panic!("three upstreams");
         };
-        let global = "GLOBAL";
-        assert!(trust_for(private, Some(global)).unwrap().contains(&ca));
-        let public_trust = trust_for(public, Some(global)).unwrap();
-        assert!(public_trust.contains(global) && !public_trust.contains(&ca));
-        assert_eq!(trust_for(public, None), None);
+        assert_eq!(trust_for(private), Some(ca.clone()));
+        assert_eq!(trust_for(public), None, "no bundle: the system roots only");
 
         let registry = Registry::default();
-        registry.reconcile(&config, None, &Arc::new(Metrics::default()));
+        registry.reconcile(&config, &Arc::new(Metrics::default()));
         assert!(registry.github_client("private").is_some());
         assert!(registry.github_client("public").is_some());
         assert!(registry.github_client("broken").is_none());
@@ -609,7 +595,7 @@ mod tests {
         );
         // Fixed on the next config: the bundle is taken out, the upstream comes back.
         let fixed = issuer(serde_json::json!([github("broken", None)]));
-        registry.reconcile(&fixed, None, &Arc::new(Metrics::default()));
+        registry.reconcile(&fixed, &Arc::new(Metrics::default()));
         assert!(registry.github_client("broken").is_some());
         assert!(registry.github_client("private").is_none(), "dropped");
     }

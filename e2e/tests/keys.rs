@@ -35,7 +35,9 @@ async fn setup(test: &str) -> (Client, TestNamespace) {
     (client, ns)
 }
 
-fn issuer_yaml(rules: &str) -> String {
+/// An issuer whose URL names its own Service in `ns` (a URL naming another namespace's
+/// Service would be that namespace's audience, and the policy not Ready).
+fn issuer_yaml(ns: &str, rules: &str) -> String {
     format!(
         r#"
 apiVersion: scopegate.dev/v1alpha1
@@ -45,7 +47,7 @@ spec:
   selector: {{matchLabels: {{app: auth}}}}
   issuer:
     self:
-      url: https://auth.example.svc
+      url: https://auth.{ns}.svc
       service: {{name: auth, port: 443}}
       signing: {{algorithm: ES256}}
       propagation: 3s
@@ -60,7 +62,7 @@ spec:
 
 const RULES: &str = r#"    - {paths: ["/items/**"], require: [read]}"#;
 
-fn verifier_yaml(issuer_ns: &str) -> String {
+fn verifier_yaml(issuer_ns: &str, ns: &str) -> String {
     format!(
         r#"
 apiVersion: scopegate.dev/v1alpha1
@@ -69,7 +71,7 @@ metadata: {{name: orders}}
 spec:
   selector: {{}}
   issuer: {{policyRef: {{name: auth, namespace: {issuer_ns}}}}}
-  audiences: [https://orders]
+  audiences: [https://orders.{ns}.svc]
   upstream: {{port: 8080}}
 "#
     )
@@ -181,13 +183,25 @@ fn now() -> i64 {
 async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_the_new_one_first() {
     let (client, ns) = setup("lostkeys").await;
     let verifier_ns = TestNamespace::create(&client, "lostkeysv").await.unwrap();
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(RULES))
+    // The issuer admits the verifier's namespace (a cross-namespace policyRef needs that).
+    let issuer = issuer_yaml(&ns.name, RULES).replace(
+        "      signing:",
+        &format!(
+            "      allowedClientNamespaces: [{}]\n      signing:",
+            verifier_ns.name
+        ),
+    );
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer)
         .await
         .unwrap();
     wait_ready(&client, &ns.name, "auth").await;
-    apply_yaml::<AuthPolicy>(&client, &verifier_ns.name, &verifier_yaml(&ns.name))
-        .await
-        .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &verifier_ns.name,
+        &verifier_yaml(&ns.name, &verifier_ns.name),
+    )
+    .await
+    .unwrap();
     wait_ready(&client, &verifier_ns.name, "orders").await;
 
     // A rotation, so that two keys are published when the Secret goes.
@@ -304,7 +318,7 @@ async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_t
 #[tokio::test]
 async fn garbage_key_material_is_never_published_and_the_policy_keeps_reconciling() {
     let (client, ns) = setup("garbagekey").await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(RULES))
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, RULES))
         .await
         .unwrap();
     wait_ready(&client, &ns.name, "auth").await;
@@ -370,7 +384,7 @@ async fn garbage_key_material_is_never_published_and_the_policy_keeps_reconcilin
 
     // The rest of the policy keeps reconciling.
     let rules = format!("{RULES}\n    - {{paths: [\"/public/**\"], public: true}}");
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&rules))
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, &rules))
         .await
         .unwrap();
     eventually("the edit rendered", || async {
@@ -395,7 +409,7 @@ async fn garbage_key_material_is_never_published_and_the_policy_keeps_reconcilin
 #[tokio::test]
 async fn a_corrupt_signing_keys_document_is_kept_and_reported_while_the_rest_reconciles() {
     let (client, ns) = setup("corruptkeys").await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(RULES))
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, RULES))
         .await
         .unwrap();
     wait_ready(&client, &ns.name, "auth").await;
@@ -441,7 +455,7 @@ async fn a_corrupt_signing_keys_document_is_kept_and_reported_while_the_rest_rec
 
     // The rest of the policy keeps reconciling, with the published keys.
     let rules = format!("{RULES}\n    - {{paths: [\"/public/**\"], public: true}}");
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&rules))
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, &rules))
         .await
         .unwrap();
     eventually("the edit rendered with the published keys", || async {

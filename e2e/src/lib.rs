@@ -59,11 +59,21 @@ impl ControlPlane {
 
     /// An admin client for the control plane.
     pub async fn client(&self) -> anyhow::Result<Client> {
+        self.client_with(true).await
+    }
+
+    /// An admin client that sees a 503 (or 429, 504) at once instead of retrying it.
+    pub async fn client_without_retries(&self) -> anyhow::Result<Client> {
+        self.client_with(false).await
+    }
+
+    async fn client_with(&self, retry: bool) -> anyhow::Result<Client> {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
             .with_context(|| format!("reading {}", self.kubeconfig.display()))?;
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .context("building a client config from the e2e kubeconfig")?;
+        config.default_retry = retry;
         let client = Client::try_from(config).context("building the client")?;
         let version = client
             .apiserver_version()
@@ -265,10 +275,27 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts the operator binary with its own admin port, competing for `lease`.
     pub fn start(identity: &str, lease: &str) -> anyhow::Result<Self> {
-        let bin = std::env::var("E2E_OPERATOR_BIN")
-            .context("E2E_OPERATOR_BIN: run the tests through `make test`")?;
         let kubeconfig =
             std::env::var("E2E_OPERATOR_KUBECONFIG").context("E2E_OPERATOR_KUBECONFIG")?;
+        Self::start_as(
+            identity,
+            lease,
+            Path::new(&kubeconfig),
+            &["--webhook-addr", "127.0.0.1:0"],
+        )
+    }
+
+    /// Starts the operator binary with its own admin port, competing for `lease`, as the
+    /// identity of `kubeconfig`, with `extra` arguments, logging at `$E2E_OPERATOR_LOG` (a
+    /// RUST_LOG filter, default `info,kube=warn`).
+    pub fn start_as(
+        identity: &str,
+        lease: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let bin = std::env::var("E2E_OPERATOR_BIN")
+            .context("E2E_OPERATOR_BIN: run the tests through `make test`")?;
         let dir = std::env::var("E2E_DIR").context("E2E_DIR")?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -277,7 +304,10 @@ impl OperatorProcess {
         let log = std::fs::File::create(format!("{dir}/logs/operator-{identity}.log"))?;
         let child = std::process::Command::new(bin)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .args([
                 "--namespace",
                 "scopegate-system",
@@ -287,7 +317,7 @@ impl OperatorProcess {
                 lease,
             ])
             .args(["--lease-seconds", "4", "--admin-addr", &admin.to_string()])
-            .args(["--webhook-addr", "127.0.0.1:0"])
+            .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -301,6 +331,11 @@ impl OperatorProcess {
 
     /// The operator's /metrics text (empty when it does not answer).
     pub fn metrics(&self) -> String {
+        self.admin_get("/metrics")
+    }
+
+    /// The raw HTTP answer of its admin server at `path` (empty when it does not answer).
+    pub fn admin_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let Ok(mut stream) =
             std::net::TcpStream::connect_timeout(&self.admin, Duration::from_secs(1))
@@ -308,7 +343,8 @@ impl OperatorProcess {
             return String::new();
         };
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: operator\r\n\r\n");
+        let _ =
+            stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: operator\r\n\r\n").as_bytes());
         let mut body = String::new();
         let _ = stream.read_to_string(&mut body);
         body

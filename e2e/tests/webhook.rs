@@ -154,11 +154,13 @@ async fn selected_pods_get_a_locked_down_native_sidecar_and_others_are_untouched
         .unwrap();
     assert_eq!(sidecars(&other), 0, "an unselected pod is untouched");
 
-    // Admitting an injected pod again injects nothing more.
+    // Admitting an injected pod again (sidecar, volumes and annotation, as stored) injects
+    // nothing more. (Without the annotation it would be refused: tenancy.rs.)
     let mut again = created.clone();
     again.metadata = kube::api::ObjectMeta {
         name: Some("orders-2".into()),
         labels: Some(BTreeMap::from([("app".into(), "orders".into())])),
+        annotations: created.metadata.annotations.clone(),
         ..Default::default()
     };
     let twice = api.create(&PostParams::default(), &again).await.unwrap();

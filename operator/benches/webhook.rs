@@ -2,6 +2,7 @@
 //! without the network: what the webhook spends per pod on top of TLS and HTTP.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kube::runtime::reflector;
@@ -40,6 +41,8 @@ fn state() -> WebhookState {
             no_proxy: String::new(),
         },
         metrics: Arc::new(Metrics::default()),
+        // A synced cache: the steady state being measured.
+        synced: Arc::new(AtomicBool::new(true)),
     }
 }
 

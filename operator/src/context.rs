@@ -33,8 +33,9 @@ pub struct Context {
     pub secrets: Store<Secret>,
     /// ConfigMaps the operator manages (selected by label).
     pub config_maps: Store<ConfigMap>,
-    /// Every pod, metadata only (labels and the injection annotation).
-    pub pods: Store<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Pod>>,
+    /// Every pod, slimmed to labels, the injection annotation and its containers' names,
+    /// images and ports ([`crate::auth_policy::pods::slim`]).
+    pub pods: Store<k8s_openapi::api::core::v1::Pod>,
     /// Every Service (to spot one that targets an app's port around its sidecar).
     pub services: Store<k8s_openapi::api::core::v1::Service>,
     /// The tenants' CA, once the leader has loaded or made it.

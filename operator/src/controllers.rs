@@ -1,8 +1,9 @@
 //! Wires the caches and the two controllers together and runs them until shutdown.
 //!
 //! Watches are label-selected wherever the operator owns the objects, so it never caches the
-//! data of Secrets it does not manage. Users' own Secrets (a chosen client secret) and pods
-//! are watched by metadata only.
+//! data of Secrets it does not manage. Users' own Secrets (a chosen client secret) are watched
+//! by metadata only; pods are cached slimmed to what the status reads (labels, the injection
+//! annotation, container names, images and ports).
 
 use std::sync::Arc;
 
@@ -270,14 +271,28 @@ pub async fn run(
     let client_controller = Controller::for_stream(client_events, clients.clone());
     let secrets = cache(secrets_api.clone(), managed());
     let config_maps = cache(config_maps_api.clone(), managed());
-    let pods = cache(
-        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let services = cache(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    );
+    // One watch of pods feeds both the cache the status reads and the policies' triggers, so a
+    // reconcile a pod triggers finds that pod in the cache.
+    let (pods, pods_writer) = reflector::store();
+    let pod_events = reflector::reflector(
+        pods_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .modify(auth_policy::pods::slim)
+            .default_backoff(),
+    )
+    .touched_objects();
+    // Likewise for Services.
+    let (services, services_writer) = reflector::store();
+    let service_events = reflector::reflector(
+        services_writer,
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .modify(|service: &mut Service| service.managed_fields_mut().clear())
+        .default_backoff(),
+    )
+    .touched_objects();
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -376,34 +391,24 @@ pub async fn run(
                 targets
             },
         )
-        .watches(
-            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-            watcher::Config::default(),
-            move |pod: PartialObjectMeta<Pod>| {
-                let namespace = pod.namespace();
-                policies_for_pods
-                    .state()
-                    .iter()
-                    .filter(|p| {
-                        p.namespace() == namespace && selects(&p.spec.selector, pod.labels())
-                    })
-                    .map(|p| ObjectRef::from_obj(p.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            move |service: Service| {
-                let namespace = service.namespace();
-                policies_for_services
-                    .state()
-                    .iter()
-                    .filter(|p| p.namespace() == namespace)
-                    .map(|p| ObjectRef::from_obj(p.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(pod_events, move |pod: Pod| {
+            let namespace = pod.namespace();
+            policies_for_pods
+                .state()
+                .iter()
+                .filter(|p| p.namespace() == namespace && selects(&p.spec.selector, pod.labels()))
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(service_events, move |service: Service| {
+            let namespace = service.namespace();
+            policies_for_services
+                .state()
+                .iter()
+                .filter(|p| p.namespace() == namespace)
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .watches(
             policies_api.clone(),
             watcher::Config::default(),

@@ -147,6 +147,11 @@ async fn main() -> anyhow::Result<()> {
         kube::Api::<scopegate_crds::v1alpha1::AuthPolicy>::all(client.clone()),
         kube::runtime::watcher::Config::default(),
     );
+    // Not ready, and refusing pods, until the AuthPolicy cache has synced.
+    tokio::spawn(webhook::track_sync(
+        policies.clone(),
+        health.webhook_synced.clone(),
+    ));
     let certs = Arc::new(webhook::CertSlot::default());
     tokio::spawn(webhook::cert::load(
         client.clone(),
@@ -169,11 +174,13 @@ async fn main() -> anyhow::Result<()> {
             no_proxy: cli.sidecar_no_proxy.clone(),
         },
         metrics: metrics.clone(),
+        synced: health.webhook_synced.clone(),
     };
     tokio::spawn(webhook::serve(webhook_listener, certs, Arc::new(state)));
     tracing::info!(addr = %cli.webhook_addr, "webhook listening");
 
-    // A standby is healthy and ready: it serves the webhook and writes nothing.
+    // A standby is healthy and ready (once the webhook's cache synced): it serves the webhook
+    // and writes nothing.
     health.ready.store(true, Ordering::Relaxed);
     tokio::select! {
         () = elector.acquire() => {}

@@ -26,7 +26,7 @@ pub struct FailureLabels {
 /// Labels of webhook review metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// unchanged, injected or denied.
+    /// unchanged, injected, denied or not_synced (refused before the policy cache synced).
     pub outcome: &'static str,
 }
 

@@ -4,14 +4,91 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, PodSpec, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use kube::core::PartialObjectMeta;
 use scopegate_crds::v1alpha1::AuthPolicy;
 
 use super::status::Problem;
-use crate::webhook::inject::{INJECTED_ANNOTATION, selects};
+use crate::webhook::inject::{INJECTED_ANNOTATION, SIDECAR_NAME, selects};
+
+/// What the operator keeps of a pod in its cache: name, labels and annotations, and each
+/// container's name, image and named ports (to resolve a Service's named targetPort and to see
+/// the sidecar). The rest of a pod spec can be large and nothing reads it.
+pub fn slim(pod: &mut Pod) {
+    let meta = std::mem::take(&mut pod.metadata);
+    pod.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        labels: meta.labels,
+        annotations: meta.annotations.map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| k == INJECTED_ANNOTATION)
+                .collect()
+        }),
+        resource_version: meta.resource_version,
+        uid: meta.uid,
+        ..ObjectMeta::default()
+    };
+    let slim_container = |c: Container| Container {
+        name: c.name,
+        image: c.image,
+        ports: c.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|p| ContainerPort {
+                    name: p.name,
+                    container_port: p.container_port,
+                    protocol: p.protocol,
+                    ..ContainerPort::default()
+                })
+                .collect()
+        }),
+        ..Container::default()
+    };
+    pod.spec = pod.spec.take().map(|spec| PodSpec {
+        init_containers: spec
+            .init_containers
+            .map(|c| c.into_iter().map(slim_container).collect()),
+        containers: spec.containers.into_iter().map(slim_container).collect(),
+        ..PodSpec::default()
+    });
+    pod.status = None;
+}
+
+/// Whether a pod carries the sidecar of `policy`: the webhook's annotation naming it and a
+/// container of the sidecar's name (the webhook refuses pods that forge either).
+fn injected(pod: &Pod, policy: &str) -> bool {
+    let has_sidecar = pod.spec.as_ref().is_some_and(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(&s.containers)
+            .any(|c| c.name == SIDECAR_NAME)
+    });
+    has_sidecar
+        && pod
+            .annotations()
+            .get(INJECTED_ANNOTATION)
+            .map(String::as_str)
+            == Some(policy)
+}
+
+/// The container port a Service's target port reaches in `pod` (a named port resolved against
+/// the pod's containers, as kube-proxy does); `None` when a name matches no port.
+fn target_port(target: &IntOrString, pod: &Pod) -> Option<i32> {
+    match target {
+        IntOrString::Int(port) => Some(*port),
+        IntOrString::String(name) => pod
+            .spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port),
+    }
+}
 
 /// How many pod names a status lists.
 const MAX_NAMES: usize = 10;
@@ -31,11 +108,11 @@ pub struct PodSummary {
 pub fn observe(
     policy: &AuthPolicy,
     others: &[&AuthPolicy],
-    pods: &[&PartialObjectMeta<Pod>],
+    pods: &[&Pod],
     services: &[&Service],
 ) -> (PodSummary, Vec<Problem>) {
     let name = policy.name_any();
-    let selected: Vec<&&PartialObjectMeta<Pod>> = pods
+    let selected: Vec<&&Pod> = pods
         .iter()
         .filter(|p| selects(&policy.spec.selector, p.labels()))
         .collect();
@@ -45,7 +122,7 @@ pub fn observe(
     };
     let mut without = Vec::new();
     for pod in &selected {
-        if pod.annotations().get(INJECTED_ANNOTATION) == Some(&name) {
+        if injected(pod, &name) {
             summary.injected += 1;
         } else {
             without.push(pod.name_any());
@@ -84,17 +161,23 @@ pub fn observe(
         let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
             continue;
         };
-        let fronts_selected = selected
+        let fronted = selected
             .iter()
-            .any(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)));
-        let bypass = spec.ports.iter().flatten().any(|port| {
-            let target = port
-                .target_port
-                .clone()
-                .unwrap_or(IntOrString::Int(port.port));
-            target == IntOrString::Int(upstream)
-        });
-        if fronts_selected && bypass {
+            .filter(|p| selector.iter().all(|(k, v)| p.labels().get(k) == Some(v)));
+        let targets: Vec<IntOrString> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|port| {
+                port.target_port
+                    .clone()
+                    .unwrap_or(IntOrString::Int(port.port))
+            })
+            .collect();
+        let bypass = fronted
+            .flat_map(|pod| targets.iter().map(move |t| target_port(t, pod)))
+            .any(|port| port == Some(upstream));
+        if bypass {
             problems.push(Problem::ServiceBypass(
                 service.name_any(),
                 upstream,
@@ -116,18 +199,23 @@ mod tests {
         .unwrap()
     }
 
-    fn pod(name: &str, app: &str, injected_by: Option<&str>) -> PartialObjectMeta<Pod> {
-        let mut meta = PartialObjectMeta::<Pod>::default();
-        meta.metadata.name = Some(name.into());
-        meta.metadata.labels = Some(BTreeMap::from([("app".into(), app.into())]));
+    fn pod(name: &str, app: &str, injected_by: Option<&str>) -> Pod {
+        let mut pod: Pod = serde_yaml_ng::from_str(&format!(
+            "metadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  containers: [{{name: app, image: app, ports: [{{name: web, containerPort: 8080}}, {{name: other, containerPort: 9000}}]}}]\n"
+        ))
+        .unwrap();
         if let Some(p) = injected_by {
-            meta.metadata.annotations =
+            pod.metadata.annotations =
                 Some(BTreeMap::from([(INJECTED_ANNOTATION.into(), p.into())]));
+            pod.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+                name: SIDECAR_NAME.into(),
+                ..Container::default()
+            }]);
         }
-        meta
+        pod
     }
 
-    fn service(name: &str, app: &str, target: i32) -> Service {
+    fn service(name: &str, app: &str, target: impl std::fmt::Display) -> Service {
         serde_yaml_ng::from_str(&format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {app}}}\n  ports: [{{port: 80, targetPort: {target}}}]\n"
         ))
@@ -188,5 +276,71 @@ mod tests {
             problems,
             [Problem::ServiceBypass("direct".into(), 8080, 15080)]
         );
+    }
+
+    #[test]
+    fn a_named_target_port_is_resolved_against_the_pods_ports() {
+        let p = policy("orders", "orders");
+        let pods = [pod("a", "orders", Some("orders"))];
+        let refs: Vec<_> = pods.iter().collect();
+        let (named, other, unknown) = (
+            service("named", "orders", "web"),
+            service("other", "orders", "other"),
+            service("unknown", "orders", "nope"),
+        );
+        let (_, problems) = observe(&p, &[&p], &refs, &[&named, &other, &unknown]);
+        assert_eq!(
+            problems,
+            [Problem::ServiceBypass("named".into(), 8080, 15080)],
+            "the port named web is 8080, the app's port"
+        );
+    }
+
+    #[test]
+    fn a_forged_annotation_without_the_sidecar_does_not_count_as_injected() {
+        let p = policy("orders", "orders");
+        let mut forged = pod("a", "orders", None);
+        forged.metadata.annotations = Some(BTreeMap::from([(
+            INJECTED_ANNOTATION.into(),
+            "orders".into(),
+        )]));
+        let (summary, problems) = observe(&p, &[&p], &[&forged], &[]);
+        assert_eq!(summary.injected, 0);
+        assert_eq!(problems, [Problem::PodsWithoutSidecar(1, vec!["a".into()])]);
+    }
+
+    #[test]
+    fn the_cache_keeps_only_names_images_ports_labels_and_the_injection_mark() {
+        let mut full: Pod = serde_yaml_ng::from_str(
+            r#"
+metadata:
+  name: a
+  namespace: shop
+  labels: {app: orders}
+  annotations: {scopegate.dev/injected: orders, big: "xxxxxxxx"}
+  managedFields: [{manager: kubectl}]
+spec:
+  serviceAccountName: default
+  initContainers: [{name: scopegate-sidecar, image: s, args: [--config, x], env: [{name: A, value: b}]}]
+  containers: [{name: app, image: app, command: [run], ports: [{name: web, containerPort: 8080, hostPort: 80}]}]
+status: {phase: Running}
+"#,
+        )
+        .unwrap();
+        slim(&mut full);
+        let expected: Pod = serde_yaml_ng::from_str(
+            r#"
+metadata:
+  name: a
+  namespace: shop
+  labels: {app: orders}
+  annotations: {scopegate.dev/injected: orders}
+spec:
+  initContainers: [{name: scopegate-sidecar, image: s}]
+  containers: [{name: app, image: app, ports: [{name: web, containerPort: 8080}]}]
+"#,
+        )
+        .unwrap();
+        assert_eq!(full, expected);
     }
 }

@@ -130,21 +130,304 @@ pub fn decide(pod: &Pod, policies: &[&AuthPolicy], settings: &InjectionSettings)
             ));
         }
     };
-    let spec = pod.spec.clone().unwrap_or_default();
-    let already = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(&spec.containers)
-        .any(|c| c.name == SIDECAR_NAME);
-    if already {
-        return Decision::Unchanged;
+    if carries_marks(pod) {
+        return match verify_injected(pod, policy, settings) {
+            Ok(()) => Decision::Unchanged,
+            Err(why) => Decision::Deny(why),
+        };
     }
     let mut mutated = pod.clone();
     inject(&mut mutated, policy, settings);
     let original = serde_json::to_value(pod).unwrap_or_default();
     let changed = serde_json::to_value(&mutated).unwrap_or_default();
     Decision::Patch(diff(&original, &changed))
+}
+
+/// Prefix of every volume the injection adds.
+const VOLUME_PREFIX: &str = "scopegate-";
+
+/// The names of the containers the injection adds.
+fn own_container(name: &str) -> bool {
+    name == SIDECAR_NAME
+}
+
+/// Whether the pod carries anything only the injection should write: a container with one of
+/// its names, or its annotation.
+fn carries_marks(pod: &Pod) -> bool {
+    let spec = pod.spec.as_ref();
+    let containers = spec
+        .into_iter()
+        .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers));
+    containers.map(|c| c.name.as_str()).any(own_container)
+        || pod.annotations().contains_key(INJECTED_ANNOTATION)
+}
+
+/// The pod without what injection adds: its containers, its volumes, the app containers'
+/// mounts of them and the annotation (the app's rewritten probes stay; nothing compared here
+/// reads them).
+fn strip(pod: &Pod) -> Pod {
+    let mut base = pod.clone();
+    if let Some(annotations) = base.metadata.annotations.as_mut() {
+        annotations.remove(INJECTED_ANNOTATION);
+    }
+    if let Some(spec) = base.spec.as_mut() {
+        if let Some(init) = spec.init_containers.as_mut() {
+            init.retain(|c| !own_container(&c.name));
+        }
+        spec.containers.retain(|c| !own_container(&c.name));
+        if let Some(volumes) = spec.volumes.as_mut() {
+            volumes.retain(|v| !v.name.starts_with(VOLUME_PREFIX));
+        }
+        for container in spec
+            .init_containers
+            .iter_mut()
+            .flatten()
+            .chain(spec.containers.iter_mut())
+        {
+            if let Some(mounts) = container.volume_mounts.as_mut() {
+                mounts.retain(|m| !m.name.starts_with(VOLUME_PREFIX));
+            }
+        }
+    }
+    base
+}
+
+/// A container's fields that decide what it runs and what it can reach, with the API
+/// server's defaults and the pod-dependent probe list taken out.
+fn essential(container: &Container) -> Container {
+    let env = container.env.clone().map(|env| {
+        env.into_iter()
+            .map(|mut var| {
+                if var.name == APP_PROBES_ENV {
+                    var.value = None;
+                }
+                if let Some(field) = var.value_from.as_mut().and_then(|f| f.field_ref.as_mut()) {
+                    field.api_version = None;
+                }
+                var
+            })
+            .collect()
+    });
+    let volume_mounts = container.volume_mounts.clone().map(|mounts| {
+        mounts
+            .into_iter()
+            .map(|mut m| {
+                if m.read_only == Some(false) {
+                    m.read_only = None;
+                }
+                m
+            })
+            .collect()
+    });
+    Container {
+        name: container.name.clone(),
+        image: container.image.clone(),
+        command: container.command.clone(),
+        args: container.args.clone(),
+        env,
+        env_from: container.env_from.clone(),
+        volume_mounts,
+        volume_devices: container.volume_devices.clone(),
+        security_context: container.security_context.clone(),
+        restart_policy: container.restart_policy.clone(),
+        lifecycle: container.lifecycle.clone(),
+        working_dir: container.working_dir.clone(),
+        ..Container::default()
+    }
+}
+
+/// The fields in which two essential containers differ, by their pod-spec names.
+fn differences(got: &Container, want: &Container) -> Vec<&'static str> {
+    let fields: [(&str, bool); 12] = [
+        ("image", got.image == want.image),
+        ("command", got.command == want.command),
+        ("args", got.args == want.args),
+        ("env", got.env == want.env),
+        ("envFrom", got.env_from == want.env_from),
+        ("volumeMounts", got.volume_mounts == want.volume_mounts),
+        ("volumeDevices", got.volume_devices == want.volume_devices),
+        (
+            "securityContext",
+            got.security_context == want.security_context,
+        ),
+        ("restartPolicy", got.restart_policy == want.restart_policy),
+        ("lifecycle", got.lifecycle == want.lifecycle),
+        ("workingDir", got.working_dir == want.working_dir),
+        ("name", got.name == want.name),
+    ];
+    fields
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// A volume with the API server's defaults taken out.
+fn essential_volume(volume: &Volume) -> Volume {
+    let mut volume = volume.clone();
+    if let Some(cm) = volume.config_map.as_mut()
+        && cm.default_mode == Some(0o644)
+    {
+        cm.default_mode = None;
+    }
+    if let Some(secret) = volume.secret.as_mut()
+        && secret.default_mode == Some(0o644)
+    {
+        secret.default_mode = None;
+    }
+    volume
+}
+
+/// Where a container sits: (in initContainers, the container).
+fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<(bool, &'a Container)> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == name)
+        .map(|c| (true, c))
+        .or_else(|| {
+            spec.containers
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| (false, c))
+        })
+}
+
+/// Checks that a pod carrying injection's marks carries exactly what the webhook renders for
+/// `policy`: its containers (image, command, args, env, mounts, security context, ...), the
+/// volumes they and the app containers mount, and the annotation. Says why not.
+pub fn verify_injected(
+    pod: &Pod,
+    policy: &AuthPolicy,
+    settings: &InjectionSettings,
+) -> Result<(), String> {
+    let name = policy.name_any();
+    let refuse = |why: String| {
+        Err(format!(
+            "{why}; a pod may not bring its own scopegate sidecar or mark: remove the {SIDECAR_NAME} container, the scopegate-* volumes and the {INJECTED_ANNOTATION} annotation, and the webhook injects the sidecar of AuthPolicy {name}"
+        ))
+    };
+    let mut rendered = strip(pod);
+    inject(&mut rendered, policy, settings);
+
+    let mut problems = Vec::new();
+    match pod.annotations().get(INJECTED_ANNOTATION) {
+        Some(value) if *value == name => {}
+        Some(value) => problems.push(format!(
+            "its {INJECTED_ANNOTATION} annotation names AuthPolicy {value}, but {name} selects it"
+        )),
+        None => problems.push(format!(
+            "it carries a {SIDECAR_NAME} container without the {INJECTED_ANNOTATION} annotation"
+        )),
+    }
+    let rendered_spec = rendered.spec.clone().unwrap_or_default();
+    let ours: Vec<(bool, &Container)> = rendered_spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| (true, c))
+        .chain(rendered_spec.containers.iter().map(|c| (false, c)))
+        .filter(|(_, c)| own_container(&c.name))
+        .collect();
+    for (init, want) in &ours {
+        match find_container(pod, &want.name) {
+            None if problems.is_empty() => problems.push(format!(
+                "it carries the {INJECTED_ANNOTATION} annotation but no {} container",
+                want.name
+            )),
+            None => problems.push(format!("it has no {} container", want.name)),
+            Some((got_init, got)) => {
+                let mut fields = differences(&essential(got), &essential(want));
+                if got_init != *init {
+                    fields.push(if *init {
+                        "placement (it belongs in initContainers)"
+                    } else {
+                        "placement (it belongs in containers)"
+                    });
+                }
+                if !fields.is_empty() {
+                    problems.push(format!(
+                        "its {} container is not the one the webhook renders: it differs in {}",
+                        want.name,
+                        fields.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    // The app containers' mounts of injected volumes (the mint socket goes only where the
+    // policy says), and the volumes themselves.
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mounts_of = |containers: &[Container], name: &str| -> Vec<VolumeMount> {
+        containers
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.volume_mounts.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m.name.starts_with(VOLUME_PREFIX))
+            .map(|mut m| {
+                if m.read_only == Some(false) {
+                    m.read_only = None;
+                }
+                m
+            })
+            .collect()
+    };
+    let all = |s: &k8s_openapi::api::core::v1::PodSpec| -> Vec<Container> {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(&s.containers)
+            .filter(|c| !own_container(&c.name))
+            .cloned()
+            .collect()
+    };
+    let (app, rendered_app) = (all(&spec), all(&rendered_spec));
+    for container in &rendered_app {
+        if mounts_of(&app, &container.name) != mounts_of(&rendered_app, &container.name) {
+            problems.push(format!(
+                "its {} container mounts scopegate volumes other than the webhook renders for it",
+                container.name
+            ));
+        }
+    }
+    let volumes: BTreeMap<&str, &Volume> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| (v.name.as_str(), v))
+        .collect();
+    for want in rendered_spec.volumes.iter().flatten() {
+        if !want.name.starts_with(VOLUME_PREFIX) {
+            continue;
+        }
+        match volumes.get(want.name.as_str()) {
+            Some(got) if essential_volume(got) == essential_volume(want) => {}
+            Some(_) => problems.push(format!(
+                "its volume {} is not the one the webhook renders",
+                want.name
+            )),
+            None => problems.push(format!("it lacks the volume {}", want.name)),
+        }
+    }
+    let rendered_names: Vec<&str> = rendered_spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    for extra in volumes
+        .keys()
+        .filter(|v| v.starts_with(VOLUME_PREFIX) && !rendered_names.contains(v))
+    {
+        problems.push(format!("its volume {extra} is not one the webhook renders"));
+    }
+    match problems.as_slice() {
+        [] => Ok(()),
+        _ => refuse(format!("pod refused: {}", problems.join("; "))),
+    }
 }
 
 /// Top-level JSON patch from `before` to `after` for the fields injection touches.
@@ -730,6 +1013,158 @@ spec:
         };
         let once = apply(&original, &ops);
         assert_eq!(decide(&once, &[&p], &settings(true)), Decision::Unchanged);
+    }
+
+    /// The pod as the API server stores it after injection: defaults filled in.
+    fn injected_and_defaulted(original: &Pod, p: &AuthPolicy) -> Pod {
+        let Decision::Patch(ops) = decide(original, &[p], &settings(true)) else {
+            panic!("no patch")
+        };
+        let mut value = serde_json::to_value(apply(original, &ops)).unwrap();
+        for volume in value["spec"]["volumes"].as_array_mut().unwrap() {
+            for source in ["configMap", "secret"] {
+                if volume.get(source).is_some() {
+                    volume[source]["defaultMode"] = 420.into();
+                }
+            }
+        }
+        for env in value["spec"]["initContainers"][0]["env"]
+            .as_array_mut()
+            .unwrap()
+        {
+            if let Some(field) = env.pointer_mut("/valueFrom/fieldRef") {
+                field["apiVersion"] = "v1".into();
+            }
+        }
+        value["spec"]["initContainers"][0]["terminationMessagePath"] =
+            "/dev/termination-log".into();
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn denial(pod: &Pod, p: &AuthPolicy) -> String {
+        match decide(pod, &[p], &settings(true)) {
+            Decision::Deny(message) => message,
+            other => panic!("admitted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_injected_pod_read_back_from_the_api_server_is_admitted_unchanged() {
+        let p = policy("auth", "{matchLabels: {app: auth}}", true);
+        let stored = injected_and_defaulted(&pod("{app: auth}"), &p);
+        assert_eq!(decide(&stored, &[&p], &settings(true)), Decision::Unchanged);
+    }
+
+    #[test]
+    fn a_forged_injected_annotation_is_refused_saying_why() {
+        let p = policy("orders", "{matchLabels: {app: orders}}", false);
+        let mut forged = pod("{app: orders}");
+        forged.metadata.annotations = Some(BTreeMap::from([(
+            INJECTED_ANNOTATION.into(),
+            "orders".into(),
+        )]));
+        let message = denial(&forged, &p);
+        assert!(
+            message.contains(
+                "carries the scopegate.dev/injected annotation but no scopegate-sidecar container"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("may not bring its own"), "{message}");
+    }
+
+    #[test]
+    fn a_look_alike_sidecar_is_refused_naming_what_differs() {
+        let p = policy("orders", "{matchLabels: {app: orders}}", false);
+        let genuine = injected_and_defaulted(&pod("{app: orders}"), &p);
+        let tamper = |edit: &dyn Fn(&mut Container)| {
+            let mut pod = genuine.clone();
+            edit(&mut pod.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0]);
+            denial(&pod, &p)
+        };
+        let message =
+            tamper(&|c| c.args = Some(vec!["--config".into(), "/tmp/allow-all.json".into()]));
+        assert!(message.contains("its scopegate-sidecar container is not the one the webhook renders: it differs in args"), "{message}");
+        let message = tamper(&|c| c.image = Some("evil/sidecar".into()));
+        assert!(message.contains("differs in image"), "{message}");
+        let message = tamper(&|c| {
+            c.env.as_mut().unwrap().push(EnvVar {
+                name: "SCOPEGATE_PORT".into(),
+                value: Some("9999".into()),
+                ..Default::default()
+            })
+        });
+        assert!(message.contains("differs in env"), "{message}");
+        let message = tamper(&|c| {
+            c.volume_mounts
+                .as_mut()
+                .unwrap()
+                .push(mount("app-certs", "/etc/ssl/certs"))
+        });
+        assert!(message.contains("differs in volumeMounts"), "{message}");
+        let message = tamper(&|c| {
+            c.security_context.as_mut().unwrap().run_as_user = Some(0);
+            c.command = Some(vec!["/bin/sh".into()]);
+        });
+        assert!(
+            message.contains("differs in command, securityContext"),
+            "{message}"
+        );
+
+        // The same container as a regular one, outside initContainers.
+        let mut moved = genuine.clone();
+        let spec = moved.spec.as_mut().unwrap();
+        let sidecar = spec.init_containers.take().unwrap().remove(0);
+        spec.containers.push(sidecar);
+        let message = denial(&moved, &p);
+        assert!(message.contains("placement"), "{message}");
+
+        // A config volume pointing at a ConfigMap of the attacker's choosing.
+        let mut swapped = genuine.clone();
+        swapped.spec.as_mut().unwrap().volumes.as_mut().unwrap()[0]
+            .config_map
+            .as_mut()
+            .unwrap()
+            .name = "allow-all".into();
+        let message = denial(&swapped, &p);
+        assert!(
+            message.contains("its volume scopegate-config is not the one the webhook renders"),
+            "{message}"
+        );
+
+        // The annotation naming another policy.
+        let mut renamed = genuine.clone();
+        renamed
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(INJECTED_ANNOTATION.into(), "payments".into());
+        let message = denial(&renamed, &p);
+        assert!(
+            message.contains("names AuthPolicy payments, but orders selects it"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_sidecar_without_the_annotation_is_refused() {
+        let p = policy("orders", "{matchLabels: {app: orders}}", false);
+        let mut pod = injected_and_defaulted(&pod("{app: orders}"), &p);
+        pod.metadata.annotations = None;
+        let message = denial(&pod, &p);
+        assert!(
+            message.contains("without the scopegate.dev/injected annotation"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_unselected_pod_with_a_sidecar_of_its_own_is_none_of_our_business() {
+        let p = policy("orders", "{matchLabels: {app: orders}}", false);
+        let mut pod = injected_and_defaulted(&pod("{app: orders}"), &p);
+        pod.metadata.labels = Some(BTreeMap::from([("app".into(), "other".into())]));
+        assert_eq!(decide(&pod, &[&p], &settings(true)), Decision::Unchanged);
     }
 
     #[test]

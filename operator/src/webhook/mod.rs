@@ -6,6 +6,7 @@ pub mod inject;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
@@ -49,6 +50,28 @@ pub struct WebhookState {
     pub settings: InjectionSettings,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Set once `policies` has synced ([`track_sync`]); until then every pod is refused.
+    pub synced: Arc<AtomicBool>,
+}
+
+/// The refusal while the policy cache has not synced: an empty cache would answer "no policy
+/// selects this pod" and admit a selected pod without its sidecar.
+pub const NOT_SYNCED: &str = "scopegate's injection webhook has not yet synced its AuthPolicy cache with the API server, so it cannot tell whether an AuthPolicy selects this pod: refusing it rather than admitting it without its sidecar; the create succeeds once the cache has synced (retry, or let the pod's controller retry)";
+
+impl WebhookState {
+    /// Whether the AuthPolicy cache holds the API server's full list (it has synced once).
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+}
+
+/// Sets `synced` once `policies` has synced (run as a task; the store's readiness has room for
+/// one waiter only, so everything else reads the flag).
+pub async fn track_sync(policies: Store<AuthPolicy>, synced: Arc<AtomicBool>) {
+    if policies.wait_until_ready().await.is_ok() {
+        synced.store(true, Ordering::Release);
+        tracing::info!("webhook AuthPolicy cache synced");
+    }
 }
 
 /// Answers one AdmissionReview (pure apart from the policy cache read).
@@ -70,6 +93,23 @@ pub fn review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
         .map(str::to_owned)
         .or_else(|| pod.namespace())
         .unwrap_or_default();
+    if !state.synced() {
+        state
+            .metrics
+            .webhook_reviews
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: "not_synced",
+            })
+            .inc();
+        let response = json!({
+            "uid": uid,
+            "allowed": false,
+            "status": {"code": 503, "reason": "ServiceUnavailable", "message": NOT_SYNCED},
+        });
+        return Ok(
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
+        );
+    }
     let policies: Vec<Arc<AuthPolicy>> = state
         .policies
         .state()
@@ -186,5 +226,75 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(tls), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    fn state(synced: bool) -> WebhookState {
+        let (policies, mut writer) = reflector::store::<AuthPolicy>();
+        let flag = Arc::new(AtomicBool::new(false));
+        if synced {
+            writer.apply_watcher_event(&Event::Init);
+            writer.apply_watcher_event(&Event::InitDone);
+            futures::executor::block_on(track_sync(policies.clone(), flag.clone()));
+        }
+        // The writer is dropped: the cache keeps what it has.
+        WebhookState {
+            synced: flag,
+            policies,
+            settings: inject::InjectionSettings {
+                image: "scopegate/sidecar:test".into(),
+                pull_policy: "IfNotPresent".into(),
+                native_sidecar: true,
+                cpu_request: "10m".into(),
+                memory_request: "32Mi".into(),
+                memory_limit: "128Mi".into(),
+                https_proxy: String::new(),
+                no_proxy: String::new(),
+            },
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    fn review_of_a_pod() -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u1",
+                "namespace": "shop",
+                "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"app": "orders"}},
+                           "spec": {"containers": [{"name": "app", "image": "app"}]}},
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn before_the_policy_cache_synced_every_pod_is_refused_with_a_reason() {
+        let unsynced = state(false);
+        assert!(!unsynced.synced());
+        let answer = review(&unsynced, &review_of_a_pod()).unwrap();
+        let response = &answer["response"];
+        assert_eq!(response["uid"], "u1");
+        assert_eq!(response["allowed"], false);
+        assert_eq!(response["status"]["code"], 503);
+        assert_eq!(response["status"]["message"], NOT_SYNCED);
+        assert!(
+            unsynced
+                .metrics
+                .render()
+                .contains(r#"outcome="not_synced""#)
+        );
+
+        let synced = state(true);
+        assert!(synced.synced());
+        let answer = review(&synced, &review_of_a_pod()).unwrap();
+        assert_eq!(answer["response"]["allowed"], true, "{answer}");
     }
 }

@@ -22,6 +22,10 @@ pub const CONFIG_FILE: &str = "config.json";
 /// Largest bearer token the sidecar accepts by default, in bytes.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 
+/// Most clock skew a verifier tolerates, in seconds (RFC 8725 practice: a minute at most). A
+/// larger `leewaySecs` is taken as this.
+pub const MAX_LEEWAY_SECS: u64 = 60;
+
 /// The whole sidecar configuration.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -135,7 +139,8 @@ pub struct VerifyConfig {
     pub issuers: Vec<TrustedIssuer>,
     /// Accepted audiences: a token's `aud` must contain one of them exactly.
     pub audiences: Vec<String>,
-    /// Clock skew tolerated for `exp`, `nbf` and `iat`.
+    /// Clock skew tolerated for `exp`, `nbf` and `iat`, at most [`MAX_LEEWAY_SECS`] (a larger
+    /// value is taken as that).
     pub leeway_secs: u64,
     /// Largest token accepted, in bytes.
     #[serde(default = "default_max_token_bytes")]
@@ -369,6 +374,10 @@ pub struct IssuerConfig {
     pub access_token_ttl_secs: u64,
     /// Refresh-token family lifetime.
     pub refresh_token_ttl_secs: u64,
+    /// How long a refresh-token family may go unused before it expires (each refresh starts
+    /// it again); `None`: half of `refresh_token_ttl_secs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_idle_secs: Option<u64>,
     /// Authorization-code lifetime.
     pub code_ttl_secs: u64,
     /// The scope vocabulary: name → description.

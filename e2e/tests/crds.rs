@@ -310,10 +310,19 @@ fn cases() -> Vec<Case> {
             "codeTtl must be at most 10m",
         ),
         (
-            "leeway above 5m",
+            "leeway above 60s",
             issuer_policy,
-            |v| v["spec"]["issuer"]["self"]["tokens"] = json!({"leeway": "1h"}),
-            "leeway must be at most 5m",
+            |v| v["spec"]["issuer"]["self"]["tokens"] = json!({"leeway": "61s"}),
+            "leeway must be at most 60s",
+        ),
+        (
+            "refresh idle longer than the refresh lifetime",
+            issuer_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["tokens"] =
+                    json!({"refreshTokenTtl": "24h", "refreshTokenIdle": "25h"})
+            },
+            "refreshTokenIdle must be at most refreshTokenTtl",
         ),
         (
             "plain http issuer url",

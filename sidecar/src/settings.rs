@@ -28,8 +28,9 @@ use crate::rate_limit::{RateLimit, RateLimitError};
 use crate::remote_keys::{RemoteKeySet, RemoteSpec};
 use crate::token::{IssuerKeys, TokenRules};
 
-/// Most leeway accepted, in seconds.
-pub const MAX_LEEWAY_SECS: u64 = 300;
+/// Most leeway taken, in seconds: a larger configured leeway is capped to it (an operator of
+/// an earlier release may still render one), never refused.
+pub use scopegate_core::config::MAX_LEEWAY_SECS;
 /// Token size limits accepted for `maxTokenBytes`.
 const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
 /// Header names an identity header may not take.
@@ -59,10 +60,8 @@ pub enum SettingsError {
     /// No audience while issuers are trusted.
     #[error("verify.audiences must not be empty")]
     NoAudiences,
-    /// Leeway or token size out of range.
-    #[error(
-        "verify: leewaySecs must be at most {MAX_LEEWAY_SECS} and maxTokenBytes within 256..=65536"
-    )]
+    /// Token size out of range.
+    #[error("verify: maxTokenBytes must be within 256..=65536")]
     Limits,
     /// A key could not be loaded.
     #[error("issuer {issuer:?}: {source}")]
@@ -241,9 +240,15 @@ pub fn compile(
     let config = SidecarConfig::from_json(input.config_text)?;
     let policy = Policy::compile(&config.rules, config.default_action)?;
     let verify = &config.verify;
-    if verify.leeway_secs > MAX_LEEWAY_SECS || !TOKEN_BYTES_RANGE.contains(&verify.max_token_bytes)
-    {
+    if !TOKEN_BYTES_RANGE.contains(&verify.max_token_bytes) {
         return Err(SettingsError::Limits);
+    }
+    if verify.leeway_secs > MAX_LEEWAY_SECS {
+        tracing::warn!(
+            configured = verify.leeway_secs,
+            used = MAX_LEEWAY_SECS,
+            "leewaySecs above the cap; the cap is used"
+        );
     }
     if !verify.issuers.is_empty() && verify.audiences.iter().all(String::is_empty) {
         return Err(SettingsError::NoAudiences);
@@ -375,8 +380,7 @@ pub fn compile(
     let headers = compile_headers(&config, input.tls)?;
     let token_rules = TokenRules {
         audiences: verify.audiences.clone(),
-        // Bounded by MAX_LEEWAY_SECS above.
-        leeway_secs: i64::try_from(verify.leeway_secs).unwrap_or(0),
+        leeway_secs: leeway_secs(verify.leeway_secs),
         max_token_bytes: verify.max_token_bytes,
     };
     let upstream = upstream(&config);
@@ -449,6 +453,11 @@ fn keep_loaded(
         Some(err) if keys.is_empty() => Err(err),
         _ => Ok(keys),
     }
+}
+
+/// The leeway in force: the configured one, capped at [`MAX_LEEWAY_SECS`].
+pub fn leeway_secs(configured: u64) -> i64 {
+    i64::try_from(configured.min(MAX_LEEWAY_SECS)).unwrap_or(0)
 }
 
 fn check_feed(

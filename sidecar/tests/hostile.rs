@@ -862,3 +862,27 @@ async fn slow_bodies_idle_connections_and_foreign_upgrades_are_cut_off() {
     assert_eq!(parse_response(&buf).status, 200);
     sidecar.shutdown().await;
 }
+
+/// Leeway is capped at 60 s whatever the config says (RFC 8725 practice): a token that
+/// expired 90 s ago stays dead under a configured leeway of an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leeway_is_capped_at_sixty_seconds() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (es, _) = SigningKey::es256();
+    let dir = TempDir::new();
+    let mut cfg = config(
+        upstream.addr.port(),
+        json!({"keys": [es.jwk("k1", Some("ES256"))]}),
+    );
+    cfg["verify"]["leewaySecs"] = json!(3600);
+    let sidecar = start_sidecar(&dir, &cfg).await;
+    let now = now();
+    for (exp, status) in [(now - 90, 401), (now - 3000, 401), (now - 30, 200)] {
+        let mut c = claims("read:items");
+        c["exp"] = json!(exp);
+        let token = mint(&es, &header("ES256", "k1"), &c);
+        let r = get_with_token(sidecar.proxy_addr(), "/items/1", &token).await;
+        assert_eq!(r.status, status, "expired {}s ago", now - exp);
+    }
+    sidecar.shutdown().await;
+}

@@ -1592,3 +1592,181 @@ async fn request_bodies_must_arrive_before_the_deadline() {
     assert_eq!(parse_response(&buf).status, 408);
     issuer.stop().await;
 }
+
+/// The login challenge an authorization request was sent to the login page with.
+fn challenge_of(r: &RawResponse) -> String {
+    let location = r
+        .header("location")
+        .unwrap_or_else(|| panic!("no redirect: {r:?}"));
+    location
+        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        .unwrap_or_else(|| panic!("not the login page: {location}"))
+        .to_owned()
+}
+
+/// `/oauth2/authorize` takes no authentication, so a stranger's requests spend the stranger's
+/// address budget first and never the client's (only requests that pass every check do), and
+/// the pending logins they leave behind are bounded per client and overall, the oldest going
+/// first, counted in a metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_requests_spend_the_callers_budget_and_pending_logins_are_bounded() {
+    let tuning = IssuerTuning {
+        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+            address: Budget::per_secs(3, 3600),
+            client: Budget::per_secs(2, 3600),
+            failed_address: Budget::per_secs(10_000, 60),
+            failed_client: Budget::per_secs(10_000, 60),
+        },
+        ..IssuerTuning::default()
+    };
+    let issuer = Issuer::start(Spec {
+        tuning,
+        ..Spec::default()
+    })
+    .await;
+    let authorize = |query: String, from: &'static str| {
+        let issuer = &issuer;
+        async move {
+            let request = format!(
+                "GET /oauth2/authorize?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Forwarded-For: {from}\r\n\r\n"
+            );
+            issuer.raw(request.as_bytes()).await
+        }
+    };
+    let unknown_client =
+        "response_type=code&client_id=nobody&redirect_uri=https%3A%2F%2Fx".to_owned();
+    let plain_pkce =
+        web_query("s", None).replace("code_challenge_method=S256", "code_challenge_method=plain");
+    // A stranger's requests spend the stranger's address budget...
+    for _ in 0..3 {
+        assert_eq!(
+            authorize(unknown_client.clone(), "203.0.113.1")
+                .await
+                .status,
+            400
+        );
+    }
+    let r = authorize(web_query("s", None), "203.0.113.1").await;
+    assert_eq!(
+        r.status, 429,
+        "the address budget is spent, even for a valid request"
+    );
+    // ...and requests that fail validation never spend the client's.
+    for _ in 0..3 {
+        let r = authorize(plain_pkce.clone(), "203.0.113.2").await;
+        assert_eq!(r.status, 303);
+        assert_eq!(
+            query_param(r.header("location").unwrap(), "error").as_deref(),
+            Some("invalid_request")
+        );
+    }
+    challenge_of(&authorize(web_query("s", None), "203.0.113.3").await);
+    challenge_of(&authorize(web_query("s", None), "203.0.113.4").await);
+    let r = authorize(web_query("s", None), "203.0.113.5").await;
+    assert_eq!(
+        query_param(r.header("location").unwrap(), "error").as_deref(),
+        Some("temporarily_unavailable"),
+        "the client's budget of 2 went to the two valid requests"
+    );
+    issuer.stop().await;
+
+    let tuning = IssuerTuning {
+        pending_logins: scopegate_sidecar::issuer::store::PendingBounds {
+            per_client: 3,
+            total: 5,
+        },
+        ..generous()
+    };
+    let issuer = Issuer::start(Spec {
+        tuning,
+        ..Spec::default()
+    })
+    .await;
+    let pending = |challenge: String| {
+        let issuer = &issuer;
+        async move {
+            issuer
+                .mint("GET", &format!("/v1/logins/{challenge}"), None)
+                .await
+                .status
+        }
+    };
+    let mut web = Vec::new();
+    for _ in 0..4 {
+        web.push(challenge_of(
+            &issuer
+                .get(&format!("/oauth2/authorize?{}", web_query("s", None)))
+                .await,
+        ));
+    }
+    assert_eq!(
+        pending(web[0].clone()).await,
+        404,
+        "the web client's oldest, over its bound of 3"
+    );
+    assert_eq!(pending(web[1].clone()).await, 200);
+    let cli_query = format!(
+        "response_type=code&client_id={}&redirect_uri={}&code_challenge={CHALLENGE}&code_challenge_method=S256",
+        enc(CLI.id),
+        enc("http://127.0.0.1/callback")
+    );
+    let mut cli = Vec::new();
+    for _ in 0..3 {
+        cli.push(challenge_of(
+            &issuer.get(&format!("/oauth2/authorize?{cli_query}")).await,
+        ));
+    }
+    assert_eq!(
+        pending(web[1].clone()).await,
+        404,
+        "the oldest overall, over the bound of 5"
+    );
+    for challenge in web[2..].iter().chain(&cli) {
+        assert_eq!(pending(challenge.clone()).await, 200);
+    }
+    assert_eq!(
+        metric(&issuer, "scopegate_issuer_pending_logins_evicted_total").await,
+        2
+    );
+    issuer.stop().await;
+}
+
+/// A refresh token not used for `refreshTokenIdle` is dead, well before the family's absolute
+/// end: a token stolen from a client that stopped refreshing is worth nothing. Introspection
+/// names the earlier end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_refresh_family_expires_after_its_idle_time() {
+    let issuer = Issuer::start(Spec {
+        refresh_idle: Some(2),
+        tuning: generous(),
+        ..Spec::default()
+    })
+    .await;
+    let t = redeem(&issuer, &web_code(&issuer, "alice").await)
+        .await
+        .json();
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+    let info = introspect(&issuer, &refresh).await;
+    assert_eq!(info["active"], true);
+    assert!(
+        info["exp"].as_i64().unwrap() <= now() + 2,
+        "the idle end, not the absolute one an hour away: {info}"
+    );
+    eventually("the family to go idle", Duration::from_secs(10), || async {
+        (introspect(&issuer, &refresh).await["active"] == false).then_some(())
+    })
+    .await;
+    let r = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"].clone()),
+        (400, json!("invalid_grant")),
+        "{}",
+        body(&r)
+    );
+    issuer.stop().await;
+}

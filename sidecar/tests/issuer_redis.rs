@@ -371,3 +371,44 @@ async fn the_issuer_answers_temporarily_unavailable_while_redis_is_down() {
     drop(redis);
     issuer.stop().await;
 }
+
+/// The bound on pending logins holds across replicas: the oldest of the client's pending logins
+/// goes, wherever it was made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_logins_are_bounded_across_replicas() {
+    let redis = RedisServer::start().await;
+    let tuning = IssuerTuning {
+        pending_logins: scopegate_sidecar::issuer::store::PendingBounds {
+            per_client: 2,
+            total: 100,
+        },
+        ..generous()
+    };
+    let (a, b) = replicas(&redis, tuning, json!([])).await;
+    let mut challenges = Vec::new();
+    for issuer in [&a, &b, &a] {
+        let r = issuer
+            .get(&format!("/oauth2/authorize?{}", web_query("s", None)))
+            .await;
+        let location = r.header("location").unwrap().to_owned();
+        challenges.push(
+            location
+                .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut statuses = Vec::new();
+    for challenge in &challenges {
+        statuses.push(
+            b.mint("GET", &format!("/v1/logins/{challenge}"), None)
+                .await
+                .status,
+        );
+    }
+    assert_eq!(
+        statuses,
+        [404, 200, 200],
+        "the first, made on the other replica, evicted"
+    );
+}

@@ -394,9 +394,14 @@ impl Default for Signing {
         "fieldPath": ".codeTtl"
     },
     {
-        "rule": "duration(self.leeway) <= duration('5m')",
-        "message": "leeway must be at most 5m",
+        "rule": "duration(self.leeway) <= duration('60s')",
+        "message": "leeway must be at most 60s (RFC 8725 practice)",
         "fieldPath": ".leeway"
+    },
+    {
+        "rule": "!has(self.refreshTokenIdle) || duration(self.refreshTokenIdle) <= duration(self.refreshTokenTtl)",
+        "message": "refreshTokenIdle must be at most refreshTokenTtl",
+        "fieldPath": ".refreshTokenIdle"
     }
 ]))]
 pub struct TokenLifetimes {
@@ -406,10 +411,16 @@ pub struct TokenLifetimes {
     /// Lifetime of a refresh token family from its first grant (default 720h).
     #[serde(default = "default_refresh_token_ttl")]
     pub refresh_token_ttl: PositiveDuration,
+    /// How long a refresh token family may go unused before it expires (default half of
+    /// refreshTokenTtl, at most refreshTokenTtl). Every refresh starts the count again;
+    /// refreshTokenTtl still ends the family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_idle: Option<PositiveDuration>,
     /// Lifetime of an authorization code (default 1m, at most 10m).
     #[serde(default = "default_code_ttl")]
     pub code_ttl: PositiveDuration,
-    /// Clock skew tolerated when checking exp, nbf and iat (default 30s, at most 5m).
+    /// Clock skew tolerated when checking exp, nbf and iat (default 30s, at most 60s; a larger
+    /// value stored before this limit is used as 60s).
     #[serde(default = "default_leeway")]
     pub leeway: Duration,
 }
@@ -432,6 +443,7 @@ impl Default for TokenLifetimes {
         Self {
             access_token_ttl: default_access_token_ttl(),
             refresh_token_ttl: default_refresh_token_ttl(),
+            refresh_token_idle: None,
             code_ttl: default_code_ttl(),
             leeway: default_leeway(),
         }

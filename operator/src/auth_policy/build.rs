@@ -208,7 +208,7 @@ pub fn sidecar_config(
         .self_
         .as_ref()
         .and_then(|s| s.tokens.leeway.get().ok())
-        .map_or(30, |d| d.as_secs());
+        .map_or(30, |d| d.as_secs().min(config::MAX_LEEWAY_SECS));
 
     let (issuers, feed) = match trust {
         Trust::Own { jwks, hs256 } => {
@@ -290,6 +290,7 @@ pub fn sidecar_config(
             ),
             access_token_ttl_secs: secs(&own.tokens.access_token_ttl),
             refresh_token_ttl_secs: secs(&own.tokens.refresh_token_ttl),
+            refresh_token_idle_secs: own.tokens.refresh_token_idle.as_ref().map(secs),
             code_ttl_secs: secs(&own.tokens.code_ttl),
             scopes: own.scopes.clone(),
             login_url: own.login_url.clone(),
@@ -890,6 +891,36 @@ spec:
             config.revocation.feed.unwrap().url,
             "https://auth.shop.svc:443/oauth2/revocations"
         );
+    }
+
+    #[test]
+    fn refresh_idle_is_rendered_and_leeway_capped() {
+        let issuer = policy(
+            r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {name: auth, namespace: shop}
+spec:
+  selector: {}
+  issuer:
+    self:
+      url: https://auth.shop.svc
+      service: {name: auth, port: 443}
+      tokens: {refreshTokenTtl: 24h, refreshTokenIdle: 6h, leeway: 5m}
+  upstream: {port: 8080}
+"#,
+        );
+        let trust = Trust::Own {
+            jwks: Jwks::default(),
+            hs256: false,
+        };
+        let config = sidecar_config(&issuer, &trust, BTreeMap::new(), "PEM").unwrap();
+        assert_eq!(
+            config.verify.leeway_secs, 60,
+            "a leeway stored before the cap"
+        );
+        let role = config.issuer.unwrap();
+        assert_eq!(role.refresh_token_idle_secs, Some(6 * 3600));
     }
 
     #[test]

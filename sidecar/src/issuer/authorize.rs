@@ -92,6 +92,10 @@ pub(crate) fn error_redirect(
 }
 
 /// Answers an authorization request.
+///
+/// The request is unauthenticated: anyone can send one naming any client. So it first spends
+/// one success of the caller's address budget; failures count against the address only; and
+/// the client's own budget is spent only by a request that passed every check.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
     if req.method() != Method::GET {
         return reply::error_page(
@@ -105,7 +109,7 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
         Endpoint::Authorize,
         ctx.client_ip,
     );
-    if limiter.before().await.is_err() {
+    if limiter.before().await.is_err() || limiter.admit_address().await.is_err() {
         return reply::error_page(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests; try again later.",
@@ -129,9 +133,7 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
         .and_then(|id| settings.clients.get(id))
         .map(LoadedClient::registered);
     let Some(client) = client else {
-        let _ = limiter
-            .failed(form.get("client_id"), OAuthError::InvalidRequest(""))
-            .await;
+        let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
         return reply::error_page(StatusCode::BAD_REQUEST, "Unknown client.");
     };
     let Some(redirect_uri) = form.get("redirect_uri").filter(|uri| {
@@ -140,41 +142,51 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
             .iter()
             .any(|r| grant::redirect_uri_matches(r, uri))
     }) else {
-        let _ = limiter
-            .failed(Some(&client.client_id), OAuthError::InvalidRequest(""))
-            .await;
+        let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
         return reply::error_page(
             StatusCode::BAD_REQUEST,
             "The redirect URI is not registered for this client.",
         );
     };
-    if let Err(err) = limiter.admit(&client.client_id).await {
-        return reply::redirect(&error_redirect(
-            settings,
-            redirect_uri,
-            form.get("state"),
-            &err,
-        ));
-    }
     let state = form.get("state");
-    match login(ctx, client, redirect_uri, &form).await {
-        Ok(Next::Redirect(location)) => reply::redirect(&location),
-        Ok(Next::Page(page)) => page,
+    let refused = |err: OAuthError| {
+        tracing::info!(endpoint = "authorize", client_id = %client.client_id, error = err.code(), reason = %err, "authorization request refused");
+        err
+    };
+    let record = match validate(ctx, client, redirect_uri, &form) {
+        Ok(record) => record,
         Err(err) => {
-            tracing::info!(endpoint = "authorize", client_id = %client.client_id, error = err.code(), reason = %err, "authorization request refused");
-            let err = limiter.failed(Some(&client.client_id), err).await;
+            let err = limiter.failed(None, refused(err)).await;
+            return reply::redirect(&error_redirect(settings, redirect_uri, state, &err));
+        }
+    };
+    if let Err(err) = limiter.admit_client(&client.client_id).await {
+        return reply::redirect(&error_redirect(settings, redirect_uri, state, &err));
+    }
+    match upstream::flow::choose(ctx, client, &record, form.get("upstream")).await {
+        Ok(Some(Next::Redirect(location))) => reply::redirect(&location),
+        Ok(Some(Next::Page(page))) => page,
+        Ok(None) => match store_challenge(ctx, &record).await {
+            Ok(location) => reply::redirect(&location),
+            Err(err) => {
+                let err = refused(err);
+                reply::redirect(&error_redirect(settings, redirect_uri, state, &err))
+            }
+        },
+        Err(err) => {
+            let err = limiter.failed(None, refused(err)).await;
             reply::redirect(&error_redirect(settings, redirect_uri, state, &err))
         }
     }
 }
 
-/// Checks the rest of the request, stores the challenge, and names the login URL.
-async fn login(
+/// Checks the rest of the request (nothing stored yet) and makes the pending login.
+fn validate(
     ctx: &Context<'_>,
     client: &scopegate_core::clients::RegisteredClient,
     redirect_uri: &str,
     form: &Form,
-) -> Result<Next, OAuthError> {
+) -> Result<LoginRecord, OAuthError> {
     let settings = ctx.settings;
     if form.require("response_type")? != "code" {
         return Err(OAuthError::UnsupportedResponseType);
@@ -205,23 +217,54 @@ async fn login(
         &client.audiences,
         &grant::client_audiences(client, &settings.config.url),
     )?;
-    let now = unix_now();
-    let record = LoginRecord {
+    upstream::flow::check_choice(settings, &client.client_id, form.get("upstream"))?;
+    if settings.config.login_url.is_none() && settings.config.upstreams.is_empty() {
+        return Err(OAuthError::TemporarilyUnavailable(
+            "no login URL is configured",
+        ));
+    }
+    Ok(LoginRecord {
         client_id: client.client_id.clone(),
         redirect_uri: redirect_uri.to_owned(),
         scope,
         audiences,
         state: state.map(str::to_owned),
         challenge: challenge.to_owned(),
-        created_at: now,
+        created_at: unix_now(),
         sub: None,
         upstream: None,
         family_until: None,
-    };
-    if let Some(next) = upstream::flow::choose(ctx, client, &record, form.get("upstream")).await? {
-        return Ok(next);
+    })
+}
+
+/// Counts a stored record as a pending login of `client_id` and evicts the oldest beyond the
+/// bounds, so that a flood of authorization requests cannot grow the store without limit.
+pub(crate) async fn track_pending(
+    ctx: &Context<'_>,
+    client_id: &str,
+    key: &str,
+    expires_at: i64,
+) -> Result<(), OAuthError> {
+    let ms = u64::try_from(expires_at.max(0))
+        .unwrap_or(0)
+        .saturating_mul(1000);
+    let evicted = ctx
+        .issuer
+        .store
+        .track_pending(client_id, key, ms, ctx.issuer.tuning.pending_logins)
+        .await?;
+    if evicted > 0 {
+        ctx.issuer.counters.pending_logins_evicted.fetch_add(
+            u64::try_from(evicted).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tracing::warn!(
+            client_id,
+            evicted,
+            "pending logins over their bound; the oldest evicted"
+        );
     }
-    store_challenge(ctx, &record).await.map(Next::Redirect)
+    Ok(())
 }
 
 /// Stores `record` under a fresh login challenge and names the app's login URL with it.
@@ -251,6 +294,7 @@ pub(crate) async fn store_challenge(
     {
         return Err(OAuthError::ServerError);
     }
+    track_pending(ctx, &record.client_id, &key, now + LOGIN_TTL_SECS).await?;
     Ok(client_redirect(
         login_url,
         &[("login_challenge", &login_challenge)],

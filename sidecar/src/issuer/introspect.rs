@@ -165,7 +165,8 @@ async fn refresh_info(ctx: &Context<'_>, token: &str, now: i64) -> Result<Info, 
     let Some((_, family, current)) = family_of(ctx, token).await? else {
         return Ok(None);
     };
-    if !current || family.revoked || family.expires_at <= now {
+    let until = family.usable_until(ctx.settings.refresh_idle);
+    if !current || family.revoked || until <= now {
         return Ok(None);
     }
     if ctx
@@ -190,7 +191,7 @@ async fn refresh_info(ctx: &Context<'_>, token: &str, now: i64) -> Result<Info, 
         "sub": family.sub,
         "scope": family.scope.join(" "),
         "iss": ctx.settings.config.url,
-        "exp": family.expires_at,
+        "exp": until,
         "iat": family.created_at,
     });
     Ok(Some((

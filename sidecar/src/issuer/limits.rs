@@ -103,6 +103,26 @@ impl<'a> Limiter<'a> {
             .map_err(OAuthError::RateLimited)
     }
 
+    /// An unauthenticated request (`/oauth2/authorize`) first spends one success of its
+    /// address, before anything is checked.
+    pub async fn admit_address(&self) -> Result<(), OAuthError> {
+        let keys = [(self.key("a", &self.address), self.limits.address)];
+        self.store
+            .rate(RateOp::Admit, &keys)
+            .await?
+            .map_err(OAuthError::RateLimited)
+    }
+
+    /// An unauthenticated request that passed every check spends one success of the client it
+    /// names: a stranger cannot spend a client's budget with requests that fail.
+    pub async fn admit_client(&self, client_id: &str) -> Result<(), OAuthError> {
+        let keys = [(self.key("c", client_id), self.limits.client)];
+        self.store
+            .rate(RateOp::Admit, &keys)
+            .await?
+            .map_err(OAuthError::RateLimited)
+    }
+
     /// Before work that a stranger could make the issuer do in a client's name (a slow hash):
     /// refuses when the failures counted for `client_id` have spent its budget.
     pub async fn failures_left(&self, client_id: &str) -> Result<(), OAuthError> {

@@ -82,6 +82,8 @@ pub struct IssuerTuning {
     /// How long a client may take to send a whole request body to an issuer endpoint or the
     /// mint socket, in milliseconds (408 after that).
     pub body_deadline_ms: u64,
+    /// Most pending logins kept per client and overall (the oldest are evicted).
+    pub pending_logins: store::PendingBounds,
 }
 
 impl Default for IssuerTuning {
@@ -95,6 +97,7 @@ impl Default for IssuerTuning {
             slow_hash_concurrency: 2,
             slow_hash_wait_ms: 5_000,
             body_deadline_ms: 10_000,
+            pending_logins: store::PendingBounds::default(),
         }
     }
 }
@@ -132,8 +135,10 @@ pub struct IssuerSettings {
     pub keys: KeySet,
     /// Clients by id, their secrets' hashes parsed for this load.
     pub clients: HashMap<String, LoadedClient>,
-    /// The verifiers' leeway.
+    /// The verifiers' leeway (capped).
     pub leeway: i64,
+    /// How long a refresh family may go unused (`refreshTokenIdle`), in seconds.
+    pub refresh_idle: i64,
     /// client_id → cut-off: the config's and the registry's `revokeBefore`, whichever is later.
     pub client_cutoffs: BTreeMap<String, i64>,
     /// The longest lifetime any token of this issuer may have (subject cut-offs last this
@@ -205,7 +210,13 @@ impl IssuerSettings {
             path_prefix,
             keys,
             clients,
-            leeway: i64::try_from(config.verify.leeway_secs).unwrap_or(0),
+            leeway: crate::settings::leeway_secs(config.verify.leeway_secs),
+            refresh_idle: secs(
+                issuer
+                    .refresh_token_idle_secs
+                    .unwrap_or(issuer.refresh_token_ttl_secs / 2),
+            )
+            .max(1),
             client_cutoffs,
             max_token_ttl,
             upstream_choices: registry.upstream_choices.clone(),

@@ -131,6 +131,7 @@ fn placeholder(settings: &IssuerSettings, now: i64) -> Family {
         parent: None,
         revoked: true,
         tokens: vec![],
+        last_used_at: None,
     }
 }
 
@@ -178,6 +179,7 @@ pub async fn rotate_family(
             Rotation::Rotated { generation } | Rotation::Sibling { generation } => {
                 let mut next = next.ok_or(OAuthError::ServerError)?;
                 next.record_token(issued.0.clone(), issued.1, now);
+                next.last_used_at = Some(now);
                 if store::write(store, &key, Some(&read.bytes), &next, next.expires_at).await? {
                     return Ok(Refreshed::Rotated(generation, Box::new(next)));
                 }

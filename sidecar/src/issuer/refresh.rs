@@ -1,7 +1,8 @@
 //! Refresh-token families and their rotation (RFC 6749 §6, RFC 9700 §4.14.2).
 //!
 //! A family is one grant: its client, subject, granted scope and audiences, absolute expiry,
-//! and which token generations are current. A refresh token names its family and generation
+//! when it was last used (it also expires after `refreshTokenIdle` without use), and which
+//! token generations are current. A refresh token names its family and generation
 //! and carries an HMAC tag under the family's secret, so only the issuer could have made it:
 //! a genuine token that is no longer current is a reuse, and revokes the family with the
 //! access tokens issued from it. Presenting the token that was just rotated within the grace
@@ -45,6 +46,11 @@ pub struct Family {
     pub revoked: bool,
     /// Access tokens issued from the family that may still be valid: (jti, exp).
     pub tokens: Vec<(String, i64)>,
+    /// When a token of the family was last issued (the grant or a refresh), Unix seconds.
+    /// `None` in families stored before the inactivity expiry existed: their next refresh
+    /// sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<i64>,
 }
 
 /// A parsed refresh token: `<family>.<generation>.<tag>`.
@@ -100,6 +106,15 @@ impl Family {
             &token.tag,
         )
         .is_ok()
+    }
+
+    /// When the family stops being usable: its absolute end, or `idle` seconds after its last
+    /// use, whichever comes first.
+    pub fn usable_until(&self, idle: i64) -> i64 {
+        match self.last_used_at {
+            Some(last) => self.expires_at.min(last.saturating_add(idle)),
+            None => self.expires_at,
+        }
     }
 
     /// Remembers an access token issued from the family, forgetting expired ones.
@@ -185,7 +200,18 @@ mod tests {
             parent: None,
             revoked: false,
             tokens: vec![],
+            last_used_at: Some(0),
         }
+    }
+
+    #[test]
+    fn a_family_ends_at_its_absolute_end_or_after_idle_time() {
+        let mut f = family();
+        assert_eq!(f.usable_until(30), 30, "idle since its creation");
+        f.last_used_at = Some(90);
+        assert_eq!(f.usable_until(30), 100, "the absolute end comes first");
+        f.last_used_at = None;
+        assert_eq!(f.usable_until(30), 100, "stored before idle expiry existed");
     }
 
     const ID: &str = "AAAAAAAAAAAAAAAAAAAAAA";

@@ -216,6 +216,7 @@ async fn authorization_code(
                 parent: None,
                 revoked: false,
                 tokens: vec![(planned.jti.clone(), planned.exp)],
+                last_used_at: Some(now),
             };
             if !ops::create_family(ctx, id, &family).await? {
                 return Err(OAuthError::InvalidGrant("the code was used before"));
@@ -261,7 +262,9 @@ async fn refresh_token(
     if !family.is_genuine(&parsed) || family.client_id != client.client_id {
         return Err(unknown);
     }
-    if family.revoked || family.expires_at <= now {
+    // Past its absolute end, or unused for refreshTokenIdle: a refresh token stolen from a
+    // client that stopped using it is dead by now.
+    if family.revoked || family.usable_until(settings.refresh_idle) <= now {
         return Err(unknown);
     }
     if settings.client_cut_off(&family.client_id, family.created_at) {

@@ -182,6 +182,8 @@ pub struct Spec {
     pub keys: Option<Value>,
     /// Refresh family lifetime.
     pub refresh_ttl: u64,
+    /// How long a refresh family may go unused (`None`: the sidecar's default).
+    pub refresh_idle: Option<u64>,
     /// Run the binary instead of in-process.
     pub process: bool,
     /// `revokeBefore` of the web client.
@@ -200,6 +202,7 @@ impl Default for Spec {
             tuning: IssuerTuning::default(),
             keys: None,
             refresh_ttl: 3600,
+            refresh_idle: None,
             process: false,
             web_revoke_before: None,
             url: None,
@@ -296,6 +299,10 @@ impl Issuer {
                 "store": spec.store
             }
         });
+        let mut config = config;
+        if let Some(idle) = spec.refresh_idle {
+            config["issuer"]["refreshTokenIdleSecs"] = json!(idle);
+        }
         let config_path = dir.join("config.json");
         write_atomic(&config_path, &config.to_string());
         let mut issuer = Issuer {

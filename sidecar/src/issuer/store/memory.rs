@@ -1,11 +1,12 @@
 //! The in-memory store: one replica, lost on restart (the feed then starts a new epoch, and
 //! verifiers reset to the issuer's empty state).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use super::{
-    Budget, FeedHead, FeedSlice, RateOp, Revocation, Store, StoreError, StoreFuture, gcra,
+    Budget, FeedHead, FeedSlice, PendingBounds, RateOp, Revocation, Store, StoreError, StoreFuture,
+    gcra,
 };
 use crate::issuer::random_token;
 
@@ -32,6 +33,10 @@ struct Inner {
     subjects: HashMap<String, (i64, i64)>,
     budgets: HashMap<String, u64>,
     pruned_at_ms: u64,
+    /// Pending logins by client, oldest first: (record key, expiry ms).
+    pending_by_client: HashMap<String, VecDeque<(String, u64)>>,
+    /// Pending logins of all clients, oldest first: (client, record key, expiry ms).
+    pending: VecDeque<(String, String, u64)>,
 }
 
 /// Unix milliseconds now.
@@ -77,6 +82,13 @@ impl Inner {
         self.log.retain(|_, (_, keep)| *keep > now);
         self.jtis.retain(|_, keep| *keep > now);
         self.subjects.retain(|_, (_, keep)| *keep > now);
+    }
+
+    /// Removes a pending login's record; whether it was still there.
+    fn evict(&mut self, key: &str, now_ms: u64) -> bool {
+        self.records
+            .remove(key)
+            .is_some_and(|(_, expires)| expires > now_ms)
     }
 
     fn head(&self, epoch: &str) -> FeedHead {
@@ -195,6 +207,53 @@ impl Store for MemoryStore {
             head: inner.head(&self.epoch),
             entries,
         }))
+    }
+
+    fn track_pending<'a>(
+        &'a self,
+        client_id: &'a str,
+        key: &'a str,
+        expires_at_ms: u64,
+        bounds: PendingBounds,
+    ) -> StoreFuture<'a, usize> {
+        let now = now_ms();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        // Entries expire in order of creation (one lifetime): drop the expired from the front.
+        while inner.pending.front().is_some_and(|(_, _, exp)| *exp <= now) {
+            inner.pending.pop_front();
+        }
+        let mine = inner
+            .pending_by_client
+            .entry(client_id.to_owned())
+            .or_default();
+        while mine.front().is_some_and(|(_, exp)| *exp <= now) {
+            mine.pop_front();
+        }
+        mine.push_back((key.to_owned(), expires_at_ms));
+        let mut evicted_keys = Vec::new();
+        while mine.len() > bounds.per_client as usize {
+            if let Some((old, _)) = mine.pop_front() {
+                evicted_keys.push(old);
+            }
+        }
+        inner
+            .pending
+            .push_back((client_id.to_owned(), key.to_owned(), expires_at_ms));
+        while inner.pending.len() > bounds.total as usize {
+            let Some((client, old, _)) = inner.pending.pop_front() else {
+                break;
+            };
+            if let Some(theirs) = inner.pending_by_client.get_mut(&client)
+                && let Some(at) = theirs.iter().position(|(k, _)| *k == old)
+            {
+                theirs.remove(at);
+            }
+            evicted_keys.push(old);
+        }
+        inner.pending_by_client.retain(|_, q| !q.is_empty());
+        let evicted = evicted_keys.iter().filter(|k| inner.evict(k, now)).count();
+        ready(Ok(evicted))
     }
 
     fn rate<'a>(
@@ -328,6 +387,47 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(store.subject_cutoff("s").await.unwrap(), Some(now - 500));
+    }
+
+    #[tokio::test]
+    async fn pending_logins_are_bounded_per_client_and_overall() {
+        let store = MemoryStore::new();
+        let later = now_ms() + 60_000;
+        let bounds = PendingBounds {
+            per_client: 2,
+            total: 3,
+        };
+        let mut evicted = 0;
+        for (client, key) in [
+            ("a", "a1"),
+            ("a", "a2"),
+            ("a", "a3"),
+            ("b", "b1"),
+            ("b", "b2"),
+        ] {
+            assert!(store.swap(key, None, Some(b"x"), later).await.unwrap());
+            evicted += store
+                .track_pending(client, key, later, bounds)
+                .await
+                .unwrap();
+        }
+        let store = &store;
+        let live = |k: &'static str| async move { store.get(k).await.unwrap().is_some() };
+        assert!(!live("a1").await, "a's oldest, beyond its bound of 2");
+        assert!(
+            !live("a2").await,
+            "the oldest overall once b filled the total of 3"
+        );
+        assert!(live("a3").await && live("b1").await && live("b2").await);
+        assert_eq!(evicted, 2);
+        // A pending login settled before its turn to go is not counted as evicted.
+        assert!(store.swap("a3", Some(b"x"), None, 0).await.unwrap());
+        assert!(store.swap("c1", None, Some(b"x"), later).await.unwrap());
+        assert_eq!(
+            store.track_pending("c", "c1", later, bounds).await.unwrap(),
+            0
+        );
+        assert!(live("b1").await && live("b2").await && live("c1").await);
     }
 
     #[tokio::test]

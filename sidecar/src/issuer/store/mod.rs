@@ -100,6 +100,26 @@ impl Budget {
     }
 }
 
+/// How many pending logins (records a stranger can make the issuer keep: login challenges,
+/// provider-choice requests, upstream legs) may be stored per client and overall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingBounds {
+    /// Most pending logins of one client.
+    pub per_client: u32,
+    /// Most pending logins of all clients together.
+    pub total: u32,
+}
+
+impl Default for PendingBounds {
+    fn default() -> Self {
+        PendingBounds {
+            per_client: 1_000,
+            total: 10_000,
+        }
+    }
+}
+
 /// How a rate operation treats its budgets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateOp {
@@ -164,6 +184,17 @@ pub trait Store: Send + Sync {
         op: RateOp,
         keys: &'a [(String, Budget)],
     ) -> StoreFuture<'a, Result<(), u64>>;
+
+    /// Counts the record under `key` (written just before, expiring at `expires_at_ms`) as a
+    /// pending login of `client_id`, and deletes the oldest pending logins beyond `bounds`,
+    /// first of that client, then of all. Returns how many live records it deleted.
+    fn track_pending<'a>(
+        &'a self,
+        client_id: &'a str,
+        key: &'a str,
+        expires_at_ms: u64,
+        bounds: PendingBounds,
+    ) -> StoreFuture<'a, usize>;
 }
 
 /// A record read from the store: the decoded value and the bytes it was read as (the

@@ -16,7 +16,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script};
 use serde::{Deserialize, Serialize};
 
-use super::{Budget, FeedHead, FeedSlice, RateOp, Revocation, Store, StoreError, StoreFuture};
+use super::{
+    Budget, FeedHead, FeedSlice, PendingBounds, RateOp, Revocation, Store, StoreError, StoreFuture,
+};
 use crate::issuer::random_token;
 
 /// Why the Redis store could not be set up.
@@ -61,6 +63,7 @@ struct Scripts {
     head: Script,
     since: Script,
     rate: Script,
+    pending: Script,
 }
 
 const SWAP: &str = r"
@@ -157,6 +160,25 @@ end
 return worst
 ";
 
+// KEYS: the client's pending list, the list of all. ARGV: record key, per-client bound, total
+// bound, expiry of the lists (Unix ms). Lists hold record keys, oldest first; an evicted key is
+// deleted (a settled one is gone already and not counted).
+const PENDING: &str = r"
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+redis.call('PEXPIREAT', KEYS[2], ARGV[4])
+local evicted = 0
+local per_client, total = tonumber(ARGV[2]), tonumber(ARGV[3])
+while redis.call('LLEN', KEYS[1]) > per_client do
+  evicted = evicted + redis.call('DEL', redis.call('LPOP', KEYS[1]))
+end
+while redis.call('LLEN', KEYS[2]) > total do
+  evicted = evicted + redis.call('DEL', redis.call('LPOP', KEYS[2]))
+end
+return evicted
+";
+
 /// A log entry as stored: the entry and when it may go.
 #[derive(Serialize, Deserialize)]
 struct Stored {
@@ -189,6 +211,7 @@ impl RedisStore {
                 head: Script::new(HEAD),
                 since: Script::new(SINCE),
                 rate: Script::new(RATE),
+                pending: Script::new(PENDING),
             },
         })
     }
@@ -443,6 +466,31 @@ impl Store for RedisStore {
                 head: head_of(epoch, seq)?,
                 entries,
             })
+        })
+    }
+
+    fn track_pending<'a>(
+        &'a self,
+        client_id: &'a str,
+        key: &'a str,
+        expires_at_ms: u64,
+        bounds: PendingBounds,
+    ) -> StoreFuture<'a, usize> {
+        Box::pin(async move {
+            let mut conn = self.conn();
+            let evicted: u64 = self
+                .scripts
+                .pending
+                .key(self.key(&format!("pending:c:{client_id}")))
+                .key(self.key("pending:all"))
+                .arg(self.key(key))
+                .arg(bounds.per_client)
+                .arg(bounds.total)
+                .arg(expires_at_ms.max(1))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(usize::try_from(evicted).unwrap_or(usize::MAX))
         })
     }
 

@@ -153,6 +153,31 @@ pub fn choices(role: &crate::issuer::IssuerSettings, client_id: &str) -> Vec<Str
     all
 }
 
+/// Whether the request's `upstream` hint (if any) names a login choice the client may offer,
+/// and the client has one at all: the checks of [`choose`], before anything is stored.
+pub fn check_choice(
+    role: &crate::issuer::IssuerSettings,
+    client_id: &str,
+    hint: Option<&str>,
+) -> Result<(), OAuthError> {
+    if role.config.upstreams.is_empty() {
+        return match hint {
+            Some(h) if h != LOCAL => Err(OAuthError::InvalidRequest(
+                "the upstream is not offered to this client",
+            )),
+            _ => Ok(()),
+        };
+    }
+    let choices = choices(role, client_id);
+    match hint {
+        Some(h) if !choices.iter().any(|c| c == h) => Err(OAuthError::InvalidRequest(
+            "the upstream is not offered to this client",
+        )),
+        None if choices.is_empty() => Err(OAuthError::AccessDenied),
+        _ => Ok(()),
+    }
+}
+
 /// Decides where an authorization request goes. `None`: the app's own login (today's path).
 pub async fn choose(
     ctx: &Context<'_>,
@@ -209,6 +234,7 @@ async fn store_request(ctx: &Context<'_>, record: &LoginRecord) -> Result<String
     {
         return Err(OAuthError::ServerError);
     }
+    authorize::track_pending(ctx, &record.client_id, &key, now + LOGIN_TTL_SECS).await?;
     Ok(id)
 }
 
@@ -479,6 +505,10 @@ async fn start(ctx: &Context<'_>, name: &str, form: &Form) -> Result<Response<Pr
         Ok(true) => {}
         Ok(false) => return Err(store_down(OAuthError::ServerError)),
         Err(err) => return Err(store_down(err.into())),
+    }
+    let expires = leg.created_at + LEG_TTL_SECS;
+    if let Err(err) = authorize::track_pending(ctx, &leg.request.client_id, &key, expires).await {
+        return Err(store_down(err));
     }
     let mut response = reply::redirect(&location);
     let cookie = format!(

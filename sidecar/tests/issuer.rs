@@ -1413,6 +1413,9 @@ async fn slow_client_secrets_are_bounded_and_guesses_stop_before_hashing() {
             ..Default::default()
         },
         slow_hash_concurrency: 2,
+        // Unoptimised argon2 on a busy machine can take seconds: no request may give up on a
+        // slot here (503 is for the deployed sidecar under a flood).
+        slow_hash_wait_ms: 120_000,
         ..Default::default()
     };
     let issuer = std::sync::Arc::new(

@@ -50,7 +50,7 @@ fi
 
 step "operator lifecycle: leader election and SIGKILL recovery (tests start their own operators)"
 kill "$(cat "$E2E_DIR/operator.pid")" && rm -f "$E2E_DIR/operator.pid"
-cargo test -p scopegate-e2e --locked --test operator_lifecycle -- --test-threads 1 --nocapture
+cargo test -p scopegate-e2e --locked --test operator_lifecycle --test faults -- --test-threads 1 --nocapture
 
 step "release images: static binaries, reproducible OCI archives, run as uid 65532 (images/check.sh)"
 bash images/check.sh

@@ -4,6 +4,7 @@
 //! The tests find it through `KUBECONFIG` and the `E2E_*` variables of the env file that
 //! cluster-up writes. Without them a test fails with instructions: an e2e test never skips.
 
+pub mod fault_proxy;
 pub mod google;
 pub mod http;
 pub mod kubelet;
@@ -272,6 +273,18 @@ pub struct OperatorProcess {
     pub identity: String,
 }
 
+/// How a test runs an operator beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct OperatorOptions {
+    /// Serve the webhook where the API server calls it (`E2E_WEBHOOK_PORT`), as the shared
+    /// operator does (only one process at a time can).
+    pub webhook: bool,
+    /// A kubeconfig other than the ServiceAccount's (e.g. through a [`fault_proxy`]).
+    pub kubeconfig: Option<PathBuf>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
 impl OperatorProcess {
     /// Starts the operator binary with its own admin port, competing for `lease`.
     pub fn start(identity: &str, lease: &str) -> anyhow::Result<Self> {
@@ -294,6 +307,46 @@ impl OperatorProcess {
         kubeconfig: &Path,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::spawn(identity, lease, kubeconfig, extra, &[])
+    }
+
+    /// Starts the operator binary with `options`; its log is appended to (a test may restart
+    /// one identity many times).
+    pub fn start_with(
+        identity: &str,
+        lease: &str,
+        options: &OperatorOptions,
+    ) -> anyhow::Result<Self> {
+        let kubeconfig = match &options.kubeconfig {
+            Some(path) => path.clone(),
+            None => PathBuf::from(
+                std::env::var("E2E_OPERATOR_KUBECONFIG").context("E2E_OPERATOR_KUBECONFIG")?,
+            ),
+        };
+        let webhook = if options.webhook {
+            let port = std::env::var("E2E_WEBHOOK_PORT").context("E2E_WEBHOOK_PORT")?;
+            format!("127.0.0.1:{port}")
+        } else {
+            "127.0.0.1:0".to_owned()
+        };
+        let extra = [
+            "--webhook-addr",
+            &webhook,
+            "--webhook-ip-san",
+            "127.0.0.1",
+            "--sidecar-image",
+            "scopegate/sidecar:e2e",
+        ];
+        Self::spawn(identity, lease, &kubeconfig, &extra, &options.env)
+    }
+
+    fn spawn(
+        identity: &str,
+        lease: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let bin = std::env::var("E2E_OPERATOR_BIN")
             .context("E2E_OPERATOR_BIN: run the tests through `make test`")?;
         let dir = std::env::var("E2E_DIR").context("E2E_DIR")?;
@@ -301,13 +354,17 @@ impl OperatorProcess {
             .local_addr()?
             .port();
         let admin: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = std::fs::File::create(format!("{dir}/logs/operator-{identity}.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{dir}/logs/operator-{identity}.log"))?;
         let child = std::process::Command::new(bin)
             .env("KUBECONFIG", kubeconfig)
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--namespace",
                 "scopegate-system",

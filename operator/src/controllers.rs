@@ -44,8 +44,28 @@ fn managed() -> watcher::Config {
     ))
 }
 
-/// A cache kept current by its own watch, running in the background.
+/// A cache kept current by its own watch, running in the background for as long as the
+/// process runs (the webhook's caches).
 pub fn cache<K>(api: Api<K>, config: watcher::Config) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, feed) = cache_feed(api, config);
+    tokio::spawn(feed);
+    reader
+}
+
+/// A cache and the future that keeps it current (run it; drop it to stop the watch).
+fn cache_feed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl future::Future<Output = ()> + Send + 'static)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -61,11 +81,11 @@ where
     let stream = reflector::reflector(writer, events)
         .default_backoff()
         .touched_objects();
-    tokio::spawn(stream.for_each(|_| future::ready(())));
-    reader
+    (reader, stream.for_each(|_| future::ready(())))
 }
 
-/// A watch of every `K` feeding both a cache (without managedFields) and a controller.
+/// A watch of every `K` feeding both a cache (without managedFields) and a controller, and a
+/// flag set once the cache holds its first complete list.
 ///
 /// The watch decodes objects itself: one that does not decode as `K` (written by another
 /// version, or a status someone else broke) is skipped with a Warning event on it, instead of
@@ -76,6 +96,7 @@ fn guarded<K>(
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    watch::Receiver<bool>,
 )
 where
     K: kube::Resource<DynamicType = ()>
@@ -98,10 +119,14 @@ where
             })
         })
         .default_backoff();
-    (
-        reader,
-        reflector::reflector(writer, events).touched_objects(),
-    )
+    let (listed, listed_rx) = watch::channel(false);
+    // After the reflector: the cache has applied the list when the flag is set.
+    let events = reflector::reflector(writer, events).inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            listed.send_replace(true);
+        }
+    });
+    (reader, events.touched_objects(), listed_rx)
 }
 
 /// Decodes one watch event; `None` when its object does not decode.
@@ -265,12 +290,23 @@ pub async fn run(
             instance: Some(identity),
         },
     );
-    let (policies, policy_events) = guarded::<AuthPolicy>(&client, recorder.clone());
-    let (clients, client_events) = guarded::<OAuthClient>(&client, recorder.clone());
+    let (policies, policy_events, policies_listed) =
+        guarded::<AuthPolicy>(&client, recorder.clone());
+    let (clients, client_events, clients_listed) =
+        guarded::<OAuthClient>(&client, recorder.clone());
+    let listed = Listed {
+        policies: policies_listed,
+        clients: clients_listed,
+    };
+    let listed_for_policies = listed.clone();
     let policy_controller = Controller::for_stream(policy_events, policies.clone());
     let client_controller = Controller::for_stream(client_events, clients.clone());
-    let secrets = cache(secrets_api.clone(), managed());
-    let config_maps = cache(config_maps_api.clone(), managed());
+    // The watches of this run end with it (a lost lease ends the run).
+    let mut feeds = tokio::task::JoinSet::new();
+    let (secrets, feed) = cache_feed(secrets_api.clone(), managed());
+    feeds.spawn(feed);
+    let (config_maps, feed) = cache_feed(config_maps_api.clone(), managed());
+    feeds.spawn(feed);
     // One watch of pods feeds both the cache the status reads and the policies' triggers, so a
     // reconcile a pod triggers finds that pod in the cache.
     let (pods, pods_writer) = reflector::store();
@@ -483,7 +519,13 @@ pub async fn run(
 
     let policies_done = policy_controller
         .run(
-            auth_policy::reconcile,
+            move |policy, ctx| {
+                let listed = listed_for_policies.clone();
+                async move {
+                    listed.wait().await;
+                    auth_policy::reconcile(policy, ctx).await
+                }
+            },
             auth_policy::error_policy,
             ctx.clone(),
         )
@@ -494,7 +536,17 @@ pub async fn run(
             future::ready(())
         });
     let clients_done = client_controller
-        .run(oauth_client::reconcile, oauth_client::error_policy, ctx)
+        .run(
+            move |client, ctx| {
+                let listed = listed.clone();
+                async move {
+                    listed.wait().await;
+                    oauth_client::reconcile(client, ctx).await
+                }
+            },
+            oauth_client::error_policy,
+            ctx,
+        )
         .for_each(|result| {
             if let Err(err) = result {
                 tracing::debug!(error = %err, "OAuthClient controller event");
@@ -502,6 +554,28 @@ pub async fn run(
             future::ready(())
         });
     future::join(policies_done, clients_done).await;
+}
+
+/// Whether every AuthPolicy and every OAuthClient has been listed. Each kind's cache is fed by
+/// its own controller's stream, so a reconcile starting early would see the other kind half
+/// listed: an issuer rendering its registry without clients not listed yet (deregistering
+/// them), a client whose issuer seems missing, a key counted as published without a
+/// dependent's config. Reconciles wait here; both streams keep running meanwhile. (A
+/// reflector Store's own readiness future wakes one waiter only, so it is not used here.)
+#[derive(Clone)]
+struct Listed {
+    policies: watch::Receiver<bool>,
+    clients: watch::Receiver<bool>,
+}
+
+impl Listed {
+    async fn wait(mut self) {
+        let policies = self.policies.wait_for(|done| *done).await.is_ok();
+        let clients = self.clients.wait_for(|done| *done).await.is_ok();
+        if !(policies && clients) {
+            tracing::error!("a watch ended before its first list completed");
+        }
+    }
 }
 
 /// A stream that yields whenever the CA changes.

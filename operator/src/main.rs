@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use scopegate_operator::admin::{self, Health};
 use scopegate_operator::ca::NameScope;
-use scopegate_operator::leader::{Elector, LeaseConfig};
+use scopegate_operator::leader::{CrashAfterWrites, Elector, Fence, FenceLayer, LeaseConfig};
 use scopegate_operator::metrics::Metrics;
 use scopegate_operator::{ca_store, controllers, webhook};
 use tokio::sync::watch;
@@ -78,6 +78,10 @@ struct Cli {
     /// `<svc>.<ns>.svc.<domain>`, and the tenants' CA may certify nothing else.
     #[arg(long, env = "SCOPEGATE_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = cluster_domain)]
     cluster_domain: String,
+    /// Test hook: abort, as if killed, right after the n-th successful write into a namespace
+    /// (`<namespace>:<n>`). Never set in production.
+    #[arg(long, env = "SCOPEGATE_FAULT_CRASH_AFTER_WRITES", hide = true)]
+    fault_crash_after_writes: Option<String>,
 }
 
 /// A cluster domain: DNS labels joined by dots, lower case.
@@ -122,9 +126,26 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %cli.admin_addr, "admin server listening");
     tokio::spawn(admin::serve(listener, metrics.clone(), health.clone()));
 
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the Kubernetes API")?;
+        .context("finding the Kubernetes API")?;
+    let client =
+        kube::Client::try_from(config.clone()).context("connecting to the Kubernetes API")?;
+    // Every write of the leader goes through the fence: refused once the lease may have
+    // passed to another replica.
+    let fence = Fence::default();
+    let crash = cli
+        .fault_crash_after_writes
+        .as_deref()
+        .map(|spec| {
+            CrashAfterWrites::parse(spec)
+                .context("--fault-crash-after-writes wants <namespace>:<n>, n > 0")
+        })
+        .transpose()?;
+    let writer = kube::client::ClientBuilder::try_from(config)
+        .context("building the API client")?
+        .with_layer(&FenceLayer::new(fence.clone(), metrics.clone(), crash))
+        .build();
     let elector = Elector::new(
         client.clone(),
         LeaseConfig {
@@ -180,18 +201,59 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %cli.webhook_addr, "webhook listening");
 
     // A standby is healthy and ready (once the webhook's cache synced): it serves the webhook
-    // and writes nothing.
+    // and writes nothing. So is a replica that lost the lease (an API outage longer than the
+    // lease): it steps down, keeps serving the webhook from its caches, and campaigns again.
     health.ready.store(true, Ordering::Relaxed);
-    tokio::select! {
-        () = elector.acquire() => {}
-        () = shutdown_signal() => return Ok(()),
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
+    loop {
+        tokio::select! {
+            () = elector.acquire(&fence) => {}
+            () = shutdown.clone() => return Ok(()),
+        }
+        health.ready.store(false, Ordering::Relaxed);
+        metrics.leader.set(1);
+        let term = lead(
+            writer.clone(),
+            &cli,
+            metrics.clone(),
+            health.clone(),
+            identity.clone(),
+            shutdown.clone(),
+        );
+        tokio::select! {
+            () = term => {
+                tracing::info!("controllers stopped");
+                return Ok(());
+            }
+            lost = elector.hold(&fence) => {
+                // Dropping `term` stopped everything the term started; the fence already
+                // refuses this replica's writes.
+                metrics.leader.set(0);
+                metrics.leadership_lost.inc();
+                health.ready.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    error = %scopegate_operator::error_chain(&lost),
+                    "leadership lost: writes stopped; serving the webhook from caches and campaigning again"
+                );
+            }
+        }
     }
-    health.ready.store(false, Ordering::Relaxed);
-    metrics.leader.set(1);
+}
 
+/// One term as leader: the CAs, the webhook certificate and the controllers, all writing
+/// through `writer`. Dropping the future ends the term and everything it started.
+async fn lead(
+    writer: kube::Client,
+    cli: &Cli,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    identity: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
     let (ca_sender, ca_receiver) = watch::channel(None);
-    tokio::spawn(ca_store::run(
-        client.clone(),
+    tasks.spawn(ca_store::run(
+        writer.clone(),
         ca_store::CaSpec {
             namespace: cli.namespace.clone(),
             secret: ca_store::CA_SECRET,
@@ -205,8 +267,8 @@ async fn main() -> anyhow::Result<()> {
         format!("{service}.{namespace}.svc.{}", cli.cluster_domain),
     ];
     let (webhook_ca_sender, webhook_ca_receiver) = watch::channel(None);
-    tokio::spawn(ca_store::run(
-        client.clone(),
+    tasks.spawn(ca_store::run(
+        writer.clone(),
         ca_store::CaSpec {
             namespace: cli.namespace.clone(),
             secret: ca_store::WEBHOOK_CA_SECRET,
@@ -214,8 +276,8 @@ async fn main() -> anyhow::Result<()> {
         },
         webhook_ca_sender,
     ));
-    tokio::spawn(webhook::cert::maintain(
-        client.clone(),
+    tasks.spawn(webhook::cert::maintain(
+        writer.clone(),
         webhook::cert::WebhookIdentity {
             namespace: namespace.clone(),
             dns_names: webhook_names,
@@ -224,22 +286,17 @@ async fn main() -> anyhow::Result<()> {
         },
         webhook_ca_receiver,
     ));
-
-    let ready = {
-        let health = health.clone();
-        move || health.ready.store(true, Ordering::Relaxed)
-    };
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
-    tokio::select! {
-        () = controllers::run(client, metrics, ca_receiver, cli.cluster_domain.clone(), identity, shutdown.clone(), ready) => {
-            tracing::info!("controllers stopped");
-            Ok(())
-        }
-        lost = elector.hold() => {
-            // Exit rather than risk two writers; the replica restarts as a candidate.
-            Err(anyhow::Error::new(lost).context("leadership lost"))
-        }
-    }
+    let ready = move || health.ready.store(true, Ordering::Relaxed);
+    controllers::run(
+        writer,
+        metrics,
+        ca_receiver,
+        cli.cluster_domain.clone(),
+        identity,
+        shutdown,
+        ready,
+    )
+    .await;
 }
 
 async fn shutdown_signal() {

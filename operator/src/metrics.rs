@@ -47,6 +47,10 @@ pub struct Metrics {
     pub skipped_writes: Counter,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
+    /// Writes refused or cut off because this replica no longer held a valid lease.
+    pub fenced_writes: Counter,
+    /// Times this replica stopped leading (lease lost or not renewed in time).
+    pub leadership_lost: Counter,
     /// Admission reviews answered, by outcome.
     pub webhook_reviews: Family<OutcomeLabels, Counter>,
     /// Time to answer an admission review (server side).
@@ -72,6 +76,8 @@ impl Default for Metrics {
         let writes = Counter::default();
         let skipped_writes = Counter::default();
         let leader = Gauge::default();
+        let fenced_writes = Counter::default();
+        let leadership_lost = Counter::default();
         let webhook_reviews = Family::<OutcomeLabels, Counter>::default();
         let webhook_duration = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.01, 0.05,
@@ -104,6 +110,16 @@ impl Default for Metrics {
         );
         registry.register("leader", "1 while this replica leads", leader.clone());
         registry.register(
+            "fenced_writes",
+            "Writes refused or cut off because this replica no longer held a valid lease",
+            fenced_writes.clone(),
+        );
+        registry.register(
+            "leadership_lost",
+            "Times this replica stopped leading",
+            leadership_lost.clone(),
+        );
+        registry.register(
             "webhook_reviews",
             "Admission reviews answered, by outcome",
             webhook_reviews.clone(),
@@ -122,6 +138,8 @@ impl Default for Metrics {
             writes,
             skipped_writes,
             leader,
+            fenced_writes,
+            leadership_lost,
             webhook_reviews,
             webhook_duration,
         }

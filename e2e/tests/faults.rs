@@ -1,0 +1,605 @@
+//! Faults that need operators of the test's own: one killed right after each write of a key
+//! rotation while a client keeps calling, and an API outage longer than the lease. Runs after
+//! the shared operator has stopped (these operators serve the webhook on its port), one test
+//! at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use scopegate_core::config::{KeySource, SidecarConfig};
+use scopegate_core::jwk::Jwks;
+use scopegate_core::keys::SigningKeys;
+use scopegate_crds::v1alpha1::AuthPolicy;
+use scopegate_e2e::fault_proxy::FaultProxy;
+use scopegate_e2e::story::Shop;
+use scopegate_e2e::{
+    ControlPlane, FIELD_MANAGER, OperatorOptions, OperatorProcess, apply_yaml, condition,
+    config_map_text, eventually, secret_text,
+};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Creates (or keeps) `name` with injection enabled.
+async fn injection_namespace(client: &Client, name: &str) {
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"scopegate.dev/injection": "enabled"}}
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&namespace),
+        )
+        .await
+        .expect("creating the namespace");
+}
+
+/// Waits until the API server can call the webhook (a new leader may still be issuing its
+/// certificate): a dry-run pod creation in `namespace` succeeds.
+async fn webhook_serving(client: &Client, namespace: &str) {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "webhook-probe"},
+        "spec": {"containers": [{"name": "app", "image": "example/app"}]}
+    }))
+    .expect("pod");
+    let api = Api::<Pod>::namespaced(client.clone(), namespace);
+    let params = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually("the webhook answering the API server", || async {
+        api.create(&params, &pod).await?;
+        Ok(())
+    })
+    .await
+    .expect("webhook");
+}
+
+/// The write the fault hook last crashed after, from the operators' log.
+fn last_crash() -> String {
+    let dir = std::env::var("E2E_DIR").unwrap_or_default();
+    std::fs::read_to_string(format!("{dir}/logs/operator-crash.log"))
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("fault hook: aborting after "))
+        .unwrap_or("(none)")
+        .to_owned()
+}
+
+/// The `kid` of a JWS header, without checking anything.
+fn header_kid(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some(value["kid"].as_str()?.to_owned())
+}
+
+fn logs() -> PathBuf {
+    let dir =
+        PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into())).join("logs");
+    std::fs::create_dir_all(&dir).expect("logs directory");
+    dir
+}
+
+async fn wait_leader(operator: &OperatorProcess) {
+    eventually(&format!("{} leading", operator.identity), || async {
+        ensure!(operator.is_leader(), "not yet:\n{}", operator.log_tail());
+        Ok(())
+    })
+    .await
+    .expect("leadership");
+}
+
+fn trusted_kids(text: &str) -> anyhow::Result<BTreeSet<String>> {
+    let config = SidecarConfig::from_json(text)?;
+    Ok(config
+        .verify
+        .issuers
+        .iter()
+        .flat_map(|i| match &i.keys {
+            KeySource::Static { jwks } => jwks.keys.iter().filter_map(|k| k.kid.clone()).collect(),
+            _ => Vec::new(),
+        })
+        .collect())
+}
+
+/// The invariant, read from the API: the key the signing-keys Secret lets the issuer sign with
+/// now is in the JWKS and in every verifier's config. `Ok(Some(_))` names a violation; `Err`
+/// is a failed read. The Secret is read first: configs gain a key before any Secret lets it
+/// sign and keep it until long after, so reading them later can only see more.
+async fn violation(client: &Client, ns: &str) -> anyhow::Result<Option<String>> {
+    let Some(text) = secret_text(client, ns, "auth-signing-keys", "keys.json").await? else {
+        return Ok(None);
+    };
+    let keys: SigningKeys = serde_json::from_str(&text)?;
+    let at = now();
+    let Some(signer) = keys.signing_key(at) else {
+        return Ok(None);
+    };
+    let jwks: Jwks = serde_json::from_str(
+        &config_map_text(client, ns, "auth-jwks", "jwks.json")
+            .await?
+            .context("no JWKS")?,
+    )?;
+    if jwks.find(&signer.kid).is_none() {
+        return Ok(Some(format!(
+            "at {at} {} signs and is not in the JWKS",
+            signer.kid
+        )));
+    }
+    for policy in ["auth", "orders"] {
+        let config = config_map_text(client, ns, &format!("{policy}-sidecar"), "config.json")
+            .await?
+            .context("no sidecar config")?;
+        if !trusted_kids(&config)?.contains(&signer.kid) {
+            return Ok(Some(format!(
+                "at {at} {} signs and {policy}'s sidecar config lacks it",
+                signer.kid
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether rotation `request` is complete: handled, its key signing, nothing pending.
+async fn rotated(
+    shop: &Shop,
+    client: &Client,
+    request: &str,
+    before: &str,
+) -> anyhow::Result<String> {
+    let policy = Api::<AuthPolicy>::namespaced(client.clone(), &shop.namespace)
+        .get("auth")
+        .await?;
+    let status = policy.status.context("no status")?;
+    ensure!(
+        status.handled_rotation.as_deref() == Some(request),
+        "rotation {request} not handled yet"
+    );
+    ensure!(
+        status.keys.iter().all(|k| k.state != "publishing"),
+        "a key is still publishing"
+    );
+    let kid = status.active_kid.context("nothing signs")?;
+    ensure!(kid != before, "{kid} still signs");
+    Ok(kid)
+}
+
+#[tokio::test]
+async fn an_operator_killed_after_any_write_of_a_rotation_never_lets_a_token_outrun_the_verifiers()
+{
+    let plane = ControlPlane::from_env().unwrap();
+    let client = plane.client().await.unwrap();
+    let lease = format!("e2e-crash-{}", std::process::id());
+    // One identity for every process: a restarted operator takes the lease over at once.
+    let identity = "crash";
+    let clean = OperatorOptions {
+        webhook: true,
+        ..OperatorOptions::default()
+    };
+    let mut operator = OperatorProcess::start_with(identity, &lease, &clean).unwrap();
+    wait_leader(&operator).await;
+    let namespace = format!("e2e-crash-{}", std::process::id());
+    injection_namespace(&client, &namespace).await;
+    webhook_serving(&client, &namespace).await;
+    let say = |line: &str| eprintln!("crash: {line}");
+    let shop = Arc::new(
+        Shop::start(&client, &namespace, &logs(), &say)
+            .await
+            .unwrap(),
+    );
+
+    // A client keeps calling with fresh tokens; the API objects are checked alongside.
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
+    let load = {
+        let (shop, stop, accepted) = (shop.clone(), stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut rejected = Vec::new();
+            let mut token = shop.billing_token(None);
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                if i.is_multiple_of(5) {
+                    token = shop.billing_token(None);
+                }
+                match token
+                    .as_deref()
+                    .map(|t| (t, shop.orders("GET", "/orders", Some(t))))
+                {
+                    Ok((t, Ok(r))) if r.status == 200 => {
+                        let kid = header_kid(t).unwrap_or_default();
+                        *accepted
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .entry(kid)
+                            .or_default() += 1;
+                    }
+                    Ok((t, Ok(r))) => rejected.push(format!(
+                        "{} for a token of {}",
+                        r.status,
+                        header_kid(t).unwrap_or_default()
+                    )),
+                    Ok((_, Err(err))) => rejected.push(err.to_string()),
+                    // The issuer refusing to mint while no key may sign is not a rejected
+                    // request; an issued token that fails is.
+                    Err(_) => {}
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            rejected
+        })
+    };
+    let checker = {
+        let (client, namespace, stop) = (client.clone(), namespace.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut found = Vec::new();
+            let mut checks = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(result) = violation(&client, &namespace).await {
+                    checks += 1;
+                    found.extend(result);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (checks, found)
+        })
+    };
+
+    let mut crash_points = Vec::new();
+    let mut kids = vec![shop.active_kid().await.unwrap()];
+    for k in 1..=40u32 {
+        operator.kill();
+        let faulty = OperatorOptions {
+            env: vec![(
+                "SCOPEGATE_FAULT_CRASH_AFTER_WRITES".into(),
+                format!("{namespace}:{k}"),
+            )],
+            ..clean.clone()
+        };
+        let mut doomed = OperatorProcess::start_with(identity, &lease, &faulty).unwrap();
+        eventually("the faulty operator leading", || {
+            let (running, leading) = (doomed.is_running(), doomed.is_leader());
+            async move {
+                // A restarted operator finds the namespace converged: it writes nothing there
+                // until asked to rotate (reconciles are idempotent).
+                assert!(running, "it wrote at start-up: {}", last_crash());
+                ensure!(leading, "not yet");
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+        let request = format!("r{k}");
+        let before = kids.last().cloned().unwrap_or_default();
+        shop.rotate(&request).await.unwrap();
+        // It dies after its k-th write, or completes the rotation with fewer.
+        let completed = eventually(
+            &format!("crash after write {k} or rotation {request}"),
+            || {
+                let running = doomed.is_running();
+                let (shop, client, request, before) = (&shop, &client, &request, &before);
+                async move {
+                    if !running {
+                        return Ok(None);
+                    }
+                    Ok(Some(rotated(shop, client, request, before).await?))
+                }
+            },
+        )
+        .await
+        .unwrap();
+        if let Some(kid) = completed {
+            say(&format!(
+                "rotation {request} completed with fewer than {k} writes: every earlier write was a crash point"
+            ));
+            kids.push(kid);
+            operator = doomed;
+            break;
+        }
+        crash_points.push(last_crash());
+        // Nobody runs the operator until every activation the Secret scheduled is due: an
+        // issuer told to sign with a key no verifier has would do so now.
+        let due = SigningKeys::default();
+        let due = secret_text(&client, &namespace, "auth-signing-keys", "keys.json")
+            .await
+            .unwrap()
+            .map_or(due, |t| serde_json::from_str(&t).unwrap_or_default())
+            .keys
+            .iter()
+            .map(|key| key.activates_at)
+            .max()
+            .unwrap_or_default();
+        eventually("the scheduled activations due", || async {
+            ensure!(now() > due + 1, "not yet");
+            Ok(())
+        })
+        .await
+        .unwrap();
+        operator = OperatorProcess::start_with(identity, &lease, &clean).unwrap();
+        wait_leader(&operator).await;
+        let kid = eventually(&format!("rotation {request} completed"), || {
+            rotated(&shop, &client, &request, &before)
+        })
+        .await
+        .unwrap();
+        kids.push(kid);
+    }
+
+    // Let the last key serve for a while before the load stops.
+    let last = kids.last().cloned().unwrap_or_default();
+    eventually("requests accepted with the last key", || {
+        let count = accepted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&last)
+            .copied()
+            .unwrap_or_default();
+        async move {
+            ensure!(count >= 5, "{count} so far");
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    operator.kill();
+    let (checks, violations) = checker.await.unwrap();
+    let rejected = tokio::task::spawn_blocking(move || load.join())
+        .await
+        .unwrap()
+        .expect("the load thread");
+    let accepted = accepted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    say(&format!(
+        "crashed after: {}; {} rotations; {checks} object checks; accepted per key {:?}; rejected {}",
+        crash_points.join(" | "),
+        kids.len() - 1,
+        kids.iter()
+            .map(|k| accepted.get(k).copied().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        rejected.len()
+    ));
+    assert!(violations.is_empty(), "{violations:?}");
+    assert!(rejected.is_empty(), "valid requests rejected: {rejected:?}");
+    assert!(
+        crash_points.len() >= 5,
+        "a rotation makes more writes than {crash_points:?}"
+    );
+    for kid in &kids[1..] {
+        assert!(
+            accepted.get(kid).copied().unwrap_or_default() > 0,
+            "no request was accepted with a token of {kid}: the load did not span the rotations"
+        );
+    }
+    drop(shop);
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&namespace, &DeleteParams::default())
+        .await;
+}
+
+/// The lease of the operators the tests start (`--lease-seconds 4`).
+const LEASE: Duration = Duration::from_secs(4);
+
+/// The operator's ServiceAccount kubeconfig, pointed at `proxy` instead of the API server.
+fn kubeconfig_through(proxy: &FaultProxy) -> PathBuf {
+    let original = std::env::var("E2E_OPERATOR_KUBECONFIG").expect("E2E_OPERATOR_KUBECONFIG");
+    let api_port = std::env::var("E2E_API_PORT").expect("E2E_API_PORT");
+    let text = std::fs::read_to_string(&original)
+        .expect("kubeconfig")
+        .replace(
+            &format!("https://127.0.0.1:{api_port}"),
+            &format!("https://127.0.0.1:{}", proxy.addr.port()),
+        );
+    let path = PathBuf::from(format!("{original}.proxied-{}", proxy.addr.port()));
+    std::fs::write(&path, text).expect("writing the kubeconfig");
+    path
+}
+
+/// Waits until the Lease has expired: its holder has not renewed it for its whole duration.
+async fn lease_expired(client: &Client, lease: &str) {
+    let api: Api<Lease> = Api::namespaced(client.clone(), "scopegate-system");
+    eventually("the lease expired", || async {
+        let spec = api.get(lease).await?.spec.context("no spec")?;
+        let renewed = spec.renew_time.context("never renewed")?.0.as_second();
+        let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+        ensure!(renewed + duration < now(), "renewed at {renewed}");
+        Ok(())
+    })
+    .await
+    .expect("lease expiry");
+}
+
+async fn reconciled(client: &Client, ns: &str, generation: i64) -> anyhow::Result<()> {
+    let p = Api::<AuthPolicy>::namespaced(client.clone(), ns)
+        .get("auth")
+        .await?;
+    let status = p.status.context("no status")?;
+    ensure!(
+        status.observed_generation == Some(generation),
+        "observed {:?}",
+        status.observed_generation
+    );
+    let ready = condition(&status.conditions, "Ready").context("no Ready")?;
+    ensure!(ready.status == "True", "{}", ready.message);
+    Ok(())
+}
+
+async fn edit(client: &Client, ns: &str, path: &str) {
+    let patch = serde_json::json!({"spec": {"rules": [{"paths": [path], "public": true}]}});
+    Api::<AuthPolicy>::namespaced(client.clone(), ns)
+        .patch("auth", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("editing the policy");
+}
+
+/// A pod created through the API server comes back with the sidecar (the API server called
+/// the webhook, fail-closed).
+async fn injected_pod(client: &Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "auth"}},
+        "spec": {"containers": [{"name": "app", "image": "example/auth"}]}
+    }))?;
+    let created = Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await?;
+    let spec = created.spec.context("no spec")?;
+    let injected = spec
+        .init_containers
+        .iter()
+        .chain(std::iter::once(&spec.containers))
+        .flatten()
+        .any(|c| c.name == "scopegate-sidecar");
+    ensure!(injected, "pod {name} admitted without the sidecar");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_api_outage_longer_than_the_lease_stops_the_leader_writing_but_not_serving() {
+    let plane = ControlPlane::from_env().unwrap();
+    let client = plane.client().await.unwrap();
+    let api_port: u16 = std::env::var("E2E_API_PORT")
+        .expect("E2E_API_PORT")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], api_port).into())
+        .await
+        .unwrap();
+    let lease = format!("e2e-outage-{}", std::process::id());
+    // `a` reaches the API server through the proxy and serves the webhook the API server calls.
+    let through_proxy = OperatorOptions {
+        webhook: true,
+        kubeconfig: Some(kubeconfig_through(&proxy)),
+        ..OperatorOptions::default()
+    };
+    let mut a = OperatorProcess::start_with("outage-a", &lease, &through_proxy).unwrap();
+    wait_leader(&a).await;
+    let ns = format!("e2e-outage-{}", std::process::id());
+    injection_namespace(&client, &ns).await;
+    webhook_serving(&client, &ns).await;
+    let issuer = format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: auth}}
+spec:
+  selector: {{matchLabels: {{app: auth}}}}
+  issuer:
+    self:
+      url: https://auth.{ns}.svc
+      service: {{name: auth, port: 443}}
+      scopes: {{read: Read}}
+  upstream: {{port: 8080}}
+"#
+    );
+    apply_yaml::<AuthPolicy>(&client, &ns, &issuer)
+        .await
+        .unwrap();
+    eventually("Ready", || reconciled(&client, &ns, 1))
+        .await
+        .unwrap();
+
+    // 1. The API server stops answering `a` for twice the lease.
+    proxy.pause();
+    let paused = Instant::now();
+    eventually("a steps down", || async {
+        ensure!(!a.is_leader(), "still leads");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(a.is_running(), "the operator exited:\n{}", a.log_tail());
+    // It still serves the webhook from its caches: pods are admitted with the sidecar.
+    injected_pod(&client, &ns, "during-outage").await.unwrap();
+    lease_expired(&client, &lease).await;
+    edit(&client, &ns, "/one").await;
+    eventually("an outage of twice the lease", || async {
+        ensure!(paused.elapsed() > 2 * LEASE, "not yet");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let writes = a.counter("scopegate_operator_writes_total");
+    let resumed = Instant::now();
+    proxy.resume();
+    // It campaigns again, leads, and catches up.
+    eventually("a leads again and reconciles the edit", || async {
+        ensure!(a.is_leader(), "not leading");
+        reconciled(&client, &ns, 2).await
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "outage: {:.1}s without the API (lease {}s); leading again and the edit made during the outage reconciled {:.1}s after the API came back",
+        (resumed - paused).as_secs_f64(),
+        LEASE.as_secs(),
+        resumed.elapsed().as_secs_f64()
+    );
+    assert!(a.counter("scopegate_operator_leadership_lost_total") >= 1.0);
+    assert!(
+        a.counter("scopegate_operator_writes_total") > writes,
+        "it writes again"
+    );
+
+    // 2. Cut off again, while another replica can reach the API server: `b` takes over, and
+    // the stale leader writes nothing, neither during the outage nor after it.
+    proxy.pause();
+    let mut b =
+        OperatorProcess::start_with("outage-b", &lease, &OperatorOptions::default()).unwrap();
+    wait_leader(&b).await;
+    assert!(!a.is_leader(), "two leaders");
+    let writes = a.counter("scopegate_operator_writes_total");
+    edit(&client, &ns, "/two").await;
+    eventually("b reconciles", || reconciled(&client, &ns, 3))
+        .await
+        .unwrap();
+    proxy.resume();
+    edit(&client, &ns, "/three").await;
+    eventually("b reconciles after the outage", || {
+        reconciled(&client, &ns, 4)
+    })
+    .await
+    .unwrap();
+    injected_pod(&client, &ns, "after-outage").await.unwrap();
+    assert!(!a.is_leader(), "a took the lease back from a live leader");
+    assert_eq!(
+        a.counter("scopegate_operator_writes_total"),
+        writes,
+        "the stale leader wrote"
+    );
+    assert!(a.is_running());
+
+    // 3. The replica that lost the lease is a candidate like any other.
+    b.kill();
+    wait_leader(&a).await;
+    edit(&client, &ns, "/four").await;
+    eventually("a reconciles again", || reconciled(&client, &ns, 5))
+        .await
+        .unwrap();
+    a.kill();
+    let _ = Api::<Namespace>::all(client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await;
+}

@@ -57,3 +57,15 @@ if ! cmp -s "$idp_src/package-lock.json" "$idp/package-lock.json" || [[ ! -d $id
   cp "$idp_src/package.json" "$idp_src/package-lock.json" "$idp/"
   (cd "$idp" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
+
+# Swagger UI (npm swagger-ui-dist, pinned with its lock file) for the CLI's `openapi export`
+# check in headless Chromium, installed outside the repository. Install scripts stay off:
+# the only one is a usage-analytics ping.
+swagger="${SCOPEGATE_CACHE:-$HOME/.cache/scopegate}/swagger-ui"
+swagger_src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/cli/tests/swagger"
+if ! cmp -s "$swagger_src/package-lock.json" "$swagger/package-lock.json" || [[ ! -f $swagger/node_modules/swagger-ui-dist/swagger-ui-bundle.js ]]; then
+  step "installing Swagger UI into $swagger"
+  mkdir -p "$swagger"
+  cp "$swagger_src/package.json" "$swagger_src/package-lock.json" "$swagger/"
+  (cd "$swagger" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+fi

@@ -224,6 +224,48 @@ impl Policy {
     }
 }
 
+/// A rule that matches a request, with what [`Policy::route`] compares: for explanations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// Index of the rule in the document.
+    pub rule_index: usize,
+    /// The rule's name.
+    pub rule_name: Option<&'a str>,
+    /// The rank of its most specific pattern matching the path.
+    pub specificity: &'a Specificity,
+    /// Whether it names methods (beats one that does not at equal specificity).
+    pub names_methods: bool,
+}
+
+impl Policy {
+    /// Every rule that matches a request, in document order. [`Policy::route`] picks the
+    /// greatest `(specificity, names_methods)`, the earliest on a tie.
+    pub fn candidates(&self, method: &str, path: &str) -> Vec<Candidate<'_>> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| {
+                rule.matcher.best(method, path).map(|rank| Candidate {
+                    rule_index: index,
+                    rule_name: rule.name.as_deref(),
+                    specificity: rank,
+                    names_methods: rule.matcher.names_methods(),
+                })
+            })
+            .collect()
+    }
+
+    /// Number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
 fn compile_rule(index: usize, rule: &RouteRule) -> Result<CompiledRule, PolicyError> {
     if rule.paths.is_empty() {
         return Err(PolicyError::NoPaths(index));
@@ -375,6 +417,32 @@ mod tests {
         assert_eq!(name(&p, "GET", "/healthz"), Some("health"));
         assert_eq!(name(&p, "POST", "/healthz"), None);
         assert_eq!(p.route("GET", "/nope").requirement, Requirement::Deny);
+    }
+
+    #[test]
+    fn candidates_explain_the_route() {
+        let p = policy();
+        for (method, path) in [
+            ("GET", "/items/admin"),
+            ("POST", "/items/a/b"),
+            ("GET", "/items/42"),
+            ("GET", "/nope"),
+        ] {
+            let candidates = p.candidates(method, path);
+            let best = candidates
+                .iter()
+                .fold(None::<&Candidate<'_>>, |best, c| match best {
+                    Some(b)
+                        if (c.specificity, c.names_methods) <= (b.specificity, b.names_methods) =>
+                    {
+                        Some(b)
+                    }
+                    _ => Some(c),
+                })
+                .map(|c| c.rule_index);
+            assert_eq!(best, p.route(method, path).rule_index, "{method} {path}");
+        }
+        assert_eq!(p.candidates("GET", "/items/admin").len(), 3);
     }
 
     #[test]

@@ -7,27 +7,26 @@
 //! runs it in a pod.
 
 pub mod admin;
-pub mod answer;
 pub mod app_probes;
 pub mod cache;
 pub mod client_addr;
-pub mod credentials;
 pub mod feed_client;
 pub mod headers;
 pub mod https;
 pub mod issuer;
-pub mod jose;
 pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;
 pub mod reload;
 pub mod remote_keys;
-pub mod revocation;
 pub mod server;
 pub mod settings;
 pub mod state;
 pub mod tls;
-pub mod token;
+
+// Token validation, credentials and the answers to refusals live in scopegate-core, where the
+// CLI's `explain` runs the very same code; these paths stay for the sidecar's own modules.
+pub use scopegate_core::{answer, credentials, jose, revocation, token};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

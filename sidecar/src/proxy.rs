@@ -18,13 +18,13 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use scopegate_core::config::UpstreamProtocol;
+use scopegate_core::decision::{self, Step};
 use scopegate_core::path::RequestPath;
-use scopegate_core::policy::{Requirement, scopes_satisfy, scopes_to_name};
+use scopegate_core::policy::Requirement;
 
 use crate::answer::{Refusal, answer};
 use crate::cache;
 use crate::client_addr::client_ip;
-use crate::credentials::{self, Credentials};
 use crate::headers::{self, X_FORWARDED_FOR};
 use crate::jose::jws::JwsError;
 use crate::rate_limit::RequestLimits;
@@ -157,38 +157,33 @@ pub async fn handle(
 }
 
 /// Decides whether the request may pass: `Ok(Some(token))` with a verified token,
-/// `Ok(None)` for a public route.
+/// `Ok(None)` for a public route. The steps are [`scopegate_core::decision`]'s, the ones
+/// `kubectl scopegate explain` runs.
 async fn authorize(
     shared: &Shared,
     settings: &Settings,
     requirement: Requirement<'_>,
     req: &Request<Incoming>,
 ) -> Result<Option<Arc<VerifiedToken>>, Refusal> {
-    let scope_requirement = match requirement {
-        Requirement::Public => return Ok(None),
-        Requirement::Token(scopes) => Some(scopes),
-        Requirement::Deny => None,
-    };
-    let credentials = credentials::extract(req.headers(), req.uri().query()).map_err(|err| {
-        tracing::debug!(error = %err, "malformed credentials");
-        Refusal::InvalidRequest
-    })?;
-    let Credentials::Bearer(token) = credentials else {
-        return Err(Refusal::NoCredentials);
-    };
+    let (token, grant) =
+        match decision::before_verification(requirement, req.headers(), req.uri().query()) {
+            Ok(Step::Public) => return Ok(None),
+            Ok(Step::Verify { token, grant }) => (token, grant),
+            Err(early) => {
+                tracing::debug!(reason = %early, "refused before verification");
+                return Err(early.refusal());
+            }
+        };
     if shared.fail_closed_now(unix_now()) {
         tracing::warn!("revocation feed stale and the policy fails closed");
         return Err(Refusal::Unavailable);
     }
     let verified = verify(shared, settings, token).await.map_err(|err| {
         tracing::info!(reason = %err, "invalid token");
-        Refusal::InvalidToken
+        decision::token_refused(&err)
     })?;
-    match scope_requirement {
-        None => Err(Refusal::Forbidden),
-        Some(needed) if scopes_satisfy(needed, &verified.scope) => Ok(Some(verified)),
-        Some(needed) => Err(Refusal::InsufficientScope(scopes_to_name(needed).join(" "))),
-    }
+    decision::after_verification(grant, &verified.scope)?;
+    Ok(Some(verified))
 }
 
 /// Validates a token, from the cache when it was verified before.

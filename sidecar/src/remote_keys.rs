@@ -7,13 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use scopegate_core::jwk::Jwk;
-use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use crate::https::{self, HttpsClient};
 use crate::jose::jws::KeyMap;
-use crate::jose::keys::{Alg, KeyEntry};
+use crate::jose::keys::Alg;
 use crate::metrics::Metrics;
 use crate::unix_now;
 
@@ -112,26 +110,12 @@ pub struct RemoteHealth {
     pub last_error: Option<&'static str>,
 }
 
-#[derive(Deserialize)]
-struct RawJwks {
-    keys: Vec<serde_json::Value>,
-}
-
 /// Loads every usable key of a JWKS document; keys that cannot be used (unknown type, no
 /// kid, an algorithm outside the allow-list) are skipped, as RFC 7517 §5 asks.
 pub fn parse_jwks(body: &[u8], allowed: &[Alg]) -> Result<KeyMap, serde_json::Error> {
-    let raw: RawJwks = serde_json::from_slice(body)?;
-    let mut keys = KeyMap::new();
-    for value in raw.keys {
-        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
-            continue;
-        };
-        match KeyEntry::from_jwk(&jwk, Some(allowed)) {
-            Ok(entry) => {
-                keys.insert(entry.kid().to_owned(), entry);
-            }
-            Err(err) => tracing::debug!(error = %err, "skipping JWKS key"),
-        }
+    let (keys, skipped) = crate::jose::keys::load_jwks(body, allowed)?;
+    for err in skipped {
+        tracing::debug!(error = %err, "skipping JWKS key");
     }
     Ok(keys)
 }

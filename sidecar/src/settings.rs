@@ -378,11 +378,8 @@ pub fn compile(
         .map(TrustedProxies::from_config)
         .transpose()?;
     let headers = compile_headers(&config, input.tls)?;
-    let token_rules = TokenRules {
-        audiences: verify.audiences.clone(),
-        leeway_secs: leeway_secs(verify.leeway_secs),
-        max_token_bytes: verify.max_token_bytes,
-    };
+    // The leeway in force is capped at MAX_LEEWAY_SECS (TokenRules::from_config).
+    let token_rules = TokenRules::from_config(verify);
     let upstream = upstream(&config);
     let issuer = config
         .issuer
@@ -457,7 +454,7 @@ fn keep_loaded(
 
 /// The leeway in force: the configured one, capped at [`MAX_LEEWAY_SECS`].
 pub fn leeway_secs(configured: u64) -> i64 {
-    i64::try_from(configured.min(MAX_LEEWAY_SECS)).unwrap_or(0)
+    scopegate_core::token::leeway_secs(configured)
 }
 
 fn check_feed(

@@ -345,29 +345,10 @@ impl Issuer {
     }
 }
 
-/// The issuer paths this request may be for, after the issuer URL's path prefix.
+/// The issuer paths this request may be for, after the issuer URL's path prefix (the same
+/// function `kubectl scopegate explain` asks).
 fn route<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
-    const WELL_KNOWN_AS: &str = "/.well-known/oauth-authorization-server";
-    if let Some(rest) = path.strip_prefix(WELL_KNOWN_AS)
-        && rest == prefix
-    {
-        return Some(WELL_KNOWN_AS);
-    }
-    let local = path.strip_prefix(prefix)?;
-    if local.starts_with(upstream::flow::PATH_PREFIX) {
-        return Some(local);
-    }
-    matches!(
-        local,
-        "/oauth2/token"
-            | "/oauth2/authorize"
-            | "/oauth2/authorize/resume"
-            | "/oauth2/revoke"
-            | "/oauth2/introspect"
-            | "/oauth2/revocations"
-            | "/.well-known/jwks.json"
-    )
-    .then_some(local)
+    scopegate_core::endpoints::endpoint(prefix, path)
 }
 
 /// Whether a request path belongs to the issuer's endpoints.

@@ -341,7 +341,12 @@ impl Issuer {
 
     async fn spawn(&mut self, config: &Path, tuning: &IssuerTuning) {
         use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_scopegate-sidecar"))
+        // Known to the sidecar's own tests; other crates including this module (the CLI's
+        // tests) run issuers in-process only.
+        let Some(binary) = option_env!("CARGO_BIN_EXE_scopegate-sidecar") else {
+            panic!("a sidecar process is spawned from the sidecar's own tests only");
+        };
+        let mut child = tokio::process::Command::new(binary)
             .arg("--config")
             .arg(config)
             .args(["--bind", "127.0.0.1", "--admin-addr", "127.0.0.1:0"])

@@ -3,6 +3,7 @@
 // Helpers of test code: unwrap is the right failure here, and not every test uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod hostile_table;
 pub mod issuer;
 pub mod redis;
 

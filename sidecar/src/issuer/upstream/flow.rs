@@ -43,7 +43,7 @@ use crate::proxy::ProxyBody;
 use crate::unix_now;
 
 /// Paths of this module, after the issuer's path prefix.
-pub const PATH_PREFIX: &str = "/oauth2/upstream/";
+pub const PATH_PREFIX: &str = scopegate_core::endpoints::UPSTREAM_PREFIX;
 /// How long a leg may take, from the start to the callback.
 pub const LEG_TTL_SECS: i64 = 600;
 /// Prefix of the browser-binding cookie's name.

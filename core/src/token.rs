@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use scopegate_core::names::is_identity_value;
-use scopegate_core::policy::{MalformedScope, check_scope_claim};
+use crate::names::is_identity_value;
+use crate::policy::{MalformedScope, check_scope_claim};
 
 use crate::jose::json::{self, JsonError};
 use crate::jose::jws::{self, JwsError, KeyMap, Typ};
@@ -18,6 +18,24 @@ pub struct TokenRules {
     pub leeway_secs: i64,
     /// Largest token accepted, in bytes.
     pub max_token_bytes: usize,
+}
+
+impl TokenRules {
+    /// The rules of a config's `verify` section, leeway capped (its other limits are
+    /// checked when the sidecar compiles the config).
+    pub fn from_config(verify: &crate::config::VerifyConfig) -> TokenRules {
+        TokenRules {
+            audiences: verify.audiences.clone(),
+            leeway_secs: leeway_secs(verify.leeway_secs),
+            max_token_bytes: verify.max_token_bytes,
+        }
+    }
+}
+
+/// The leeway in force: the configured one, capped at
+/// [`crate::config::MAX_LEEWAY_SECS`] (a larger one is taken as the cap, never refused).
+pub fn leeway_secs(configured: u64) -> i64 {
+    i64::try_from(configured.min(crate::config::MAX_LEEWAY_SECS)).unwrap_or(0)
 }
 
 /// The keys of one trusted issuer as the validator sees them.
@@ -89,7 +107,7 @@ pub enum TokenError {
     #[error("revoked ({0})")]
     Revoked(&'static str),
     /// `sub` or `client_id` cannot reach the app unchanged in a header
-    /// ([`scopegate_core::names::is_identity_value`]).
+    /// ([`crate::names::is_identity_value`]).
     #[error("{0} cannot be passed to the app in a header")]
     Identity(&'static str),
 }

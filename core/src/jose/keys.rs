@@ -6,7 +6,8 @@
 //! a key type or brings an algorithm the key was not loaded for.
 
 use aws_lc_rs::{hmac, signature};
-use scopegate_core::jwk::Jwk;
+
+use crate::jwk::Jwk;
 
 use super::b64;
 
@@ -142,6 +143,34 @@ impl std::fmt::Debug for KeyEntry {
             .field("algs", &algs)
             .finish()
     }
+}
+
+/// Loads every usable key of a foreign JWKS document (an `external` issuer's `jwksUri`):
+/// keys that cannot be used (not a JWK, unknown type, no kid, an algorithm outside
+/// `allowed`) are left out, as RFC 7517 §5 asks, and returned with why.
+pub fn load_jwks(
+    body: &[u8],
+    allowed: &[Alg],
+) -> Result<(super::jws::KeyMap, Vec<KeyError>), serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct RawJwks {
+        keys: Vec<serde_json::Value>,
+    }
+    let raw: RawJwks = serde_json::from_slice(body)?;
+    let mut keys = super::jws::KeyMap::new();
+    let mut skipped = Vec::new();
+    for value in raw.keys {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+            continue;
+        };
+        match KeyEntry::from_jwk(&jwk, Some(allowed)) {
+            Ok(entry) => {
+                keys.insert(entry.kid().to_owned(), entry);
+            }
+            Err(err) => skipped.push(err),
+        }
+    }
+    Ok((keys, skipped))
 }
 
 /// The key type family an algorithm needs.

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use scopegate_core::feed::FeedPage;
+use crate::feed::FeedPage;
 
 use crate::token::VerifiedToken;
 
@@ -99,7 +99,7 @@ pub fn revoked(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scopegate_core::feed::{JtiRevocation, SubjectCutoff};
+    use crate::feed::{JtiRevocation, SubjectCutoff};
 
     fn token(iat: i64) -> VerifiedToken {
         VerifiedToken {

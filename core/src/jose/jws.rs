@@ -54,7 +54,7 @@ pub enum Typ {
     AtJwt,
     /// `JWT`.
     Jwt,
-    /// The issuer's revocation feed ([`scopegate_core::feed::FEED_JWS_TYP`]).
+    /// The issuer's revocation feed ([`crate::feed::FEED_JWS_TYP`]).
     RevocationFeed,
     /// Anything else.
     Other,
@@ -66,7 +66,7 @@ impl Typ {
             None => Typ::Absent,
             Some(t) if typ_is(t, "at+jwt") => Typ::AtJwt,
             Some(t) if typ_is(t, "jwt") => Typ::Jwt,
-            Some(t) if typ_is(t, scopegate_core::feed::FEED_JWS_TYP) => Typ::RevocationFeed,
+            Some(t) if typ_is(t, crate::feed::FEED_JWS_TYP) => Typ::RevocationFeed,
             Some(_) => Typ::Other,
         }
     }

@@ -1,0 +1,170 @@
+//! `explain` tells the truth: the sidecar's hostile-request table (the same cases, config and
+//! keys as sidecar/tests/hostile.rs) is sent to a real sidecar on loopback and given to the
+//! `kubectl-scopegate` binary; status, `WWW-Authenticate` and whether the app is reached
+//! must be the same, and the table's expectation, for every case.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+#[path = "../../sidecar/tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::hostile_table::{Case, Table, hostile_table, trap};
+use support::*;
+
+const CLI: &str = env!("CARGO_BIN_EXE_kubectl-scopegate");
+
+/// What `explain -o json` says a case gets: status, challenge, forwarded.
+fn explained(config: &std::path::Path, case: &Case) -> (u16, Option<String>, bool) {
+    let mut cmd = Command::new(CLI);
+    cmd.arg("explain")
+        .arg("--config")
+        .arg(config)
+        .args(["-o", "json", case.method, &case.target]);
+    for (name, value) in &case.headers {
+        cmd.arg("-H").arg(format!("{name}: {value}"));
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}: explain failed: {}",
+        case.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["apiVersion"], "cli.scopegate.dev/v1");
+    assert_eq!(report["kind"], "Explanation");
+    let decision = &report["decision"];
+    (
+        u16::try_from(decision["status"].as_u64().unwrap()).unwrap(),
+        decision["wwwAuthenticate"].as_str().map(str::to_owned),
+        decision["forwarded"].as_bool().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_agrees_with_the_sidecar_on_the_hostile_table() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let dir = TempDir::new();
+    let (trap_addr, trap_hits) = trap().await;
+    let Table { config, cases } = hostile_table(upstream.addr.port(), trap_addr);
+    let sidecar = start_sidecar(&dir, &config).await;
+    let config_path = dir.join("config.json");
+    assert!(cases.len() >= 30, "{} cases", cases.len());
+
+    let mut failures = Vec::new();
+    let mut refused = 0;
+    for case in &cases {
+        let before = upstream.hits();
+        let response = raw(sidecar.proxy_addr(), &case.request()).await;
+        let by_sidecar = (
+            response.status,
+            response.header("www-authenticate").map(str::to_owned),
+            upstream.hits() > before,
+        );
+        let path = config_path.clone();
+        let c = Case {
+            name: case.name.clone(),
+            method: case.method,
+            target: case.target.clone(),
+            headers: case.headers.clone(),
+            status: case.status,
+            challenge: case.challenge.clone(),
+        };
+        let by_cli = tokio::task::spawn_blocking(move || explained(&path, &c))
+            .await
+            .unwrap();
+        let expected = (case.status, case.challenge.clone(), case.status == 200);
+        if by_cli != by_sidecar || by_cli != expected {
+            failures.push(format!(
+                "{}: sidecar {by_sidecar:?}, explain {by_cli:?}, table {expected:?}",
+                case.name
+            ));
+        }
+        if !by_cli.2 {
+            refused += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases disagree:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert!(
+        refused > 20,
+        "the table refuses most of its cases ({refused})"
+    );
+    assert_eq!(
+        trap_hits.load(Ordering::SeqCst),
+        0,
+        "a jku/x5u URL was fetched"
+    );
+    eprintln!("{} cases: explain and the sidecar agree", cases.len());
+    sidecar.shutdown().await;
+}
+
+/// The table output names the rule, the failed check and the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_rule_the_check_and_the_answer() {
+    let dir = TempDir::new();
+    let (es, _) = SigningKey::es256();
+    let config = config(
+        9,
+        serde_json::json!({"keys": [es.jwk("k1", Some("ES256"))]}),
+    );
+    let path = dir.join("config.json");
+    write_atomic(&path, &config.to_string());
+    let mut expired = claims("read:items");
+    expired["exp"] = serde_json::json!(now() - 3600);
+    let expired = mint(&es, &header("ES256", "k1"), &expired);
+    let reader = mint(&es, &header("ES256", "k1"), &claims("read:items"));
+    let run = |args: &[&str]| {
+        let out = Command::new(CLI)
+            .arg("explain")
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(&["GET", "/items/%2e%2e/admin/x", "--token", &reader]);
+    for want in [
+        "/items/%2e%2e/admin/x -> /admin/x",
+        "\"admin\" (rules[1])",
+        "require [admin]",
+        "token has read:items: not enough",
+        "DECISION  403 insufficient_scope",
+        "WWW-Authenticate: Bearer realm=\"scopegate\", error=\"insufficient_scope\", scope=\"admin\"",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let text = run(&["GET", "/items/1", "--token", &expired]);
+    assert!(text.contains("INVALID: expired"), "{text}");
+    assert!(text.contains("DECISION  401 invalid_token"), "{text}");
+    let text = run(&["GET", "/items/1", "--scopes", "read:items"]);
+    assert!(
+        text.contains("DECISION  forwarded to the app (allowed)"),
+        "{text}"
+    );
+    let text = run(&["GET", "/nowhere", "--scopes", "read:items"]);
+    assert!(text.contains("none matches: defaultAction deny"), "{text}");
+    assert!(text.contains("DECISION  403 forbidden"), "{text}");
+    let text = run(&["GET", "/items%2F..%2Fadmin"]);
+    assert!(
+        text.contains("refused: ambiguous percent-encoding"),
+        "{text}"
+    );
+    assert!(text.contains("DECISION  400 bad_path"), "{text}");
+}

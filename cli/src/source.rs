@@ -164,6 +164,8 @@ impl PolicyFlags {
                     issuer: url.clone(),
                     jwks,
                     feed_url: String::new(),
+                    // The issuer's UID is not known offline: no subject digests to match.
+                    feed_subject_key: None,
                 },
                 None => Trust::Unresolved,
             }

@@ -358,6 +358,10 @@ pub struct FeedConfig {
     /// Refuse every token while the feed is stale (default: keep serving with what is known).
     #[serde(default)]
     pub fail_closed: bool,
+    /// The key under which the feed names subjects ([`crate::feed::subject_digest`]),
+    /// base64url; `None` from an earlier operator, whose issuer names them plainly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_key: Option<String>,
 }
 
 /// The issuer role (pods of an `issuer.self` policy). Issue-specific fields grow here.
@@ -406,6 +410,10 @@ pub struct IssuerConfig {
     /// What an upstream login leads to.
     #[serde(default)]
     pub identity: crate::upstream::IdentityConfig,
+    /// The key under which the revocation feed names subjects (the one its verifiers hold),
+    /// base64url; `None`: subjects are published plainly, as before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_subject_key: Option<String>,
 }
 
 fn default_mint_socket_path() -> String {

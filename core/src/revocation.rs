@@ -1,29 +1,54 @@
 //! What the verifier knows is revoked: client cut-offs from the config, jti revocations and
 //! subject cut-offs from the issuer's feed. Plain data, replaced as a whole when a feed page
-//! arrives (pages are rare; reads are on every request).
+//! arrives (pages are rare; reads are on every request). Subject cut-offs come as keyed
+//! digests of the subject (or, from an earlier issuer, plainly): a token's subject is digested
+//! under the feed's key to look it up, only while a digest cut-off is held.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use crate::feed::FeedPage;
+use crate::feed::{FeedPage, subject_digest};
 
 use crate::token::VerifiedToken;
+
+/// The key a feed names subjects under (never printed).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SubjectKey(Arc<[u8]>);
+
+impl SubjectKey {
+    /// The decoded key.
+    pub fn new(key: &[u8]) -> Self {
+        SubjectKey(Arc::from(key))
+    }
+}
+
+impl std::fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SubjectKey(..)")
+    }
+}
 
 /// Revocations learned from one issuer's feed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FeedRevocations {
     /// The issuer the feed speaks for.
     pub issuer: String,
+    /// The key subjects are digested under (`None`: digest cut-offs cannot be matched).
+    subject_key: Option<SubjectKey>,
     /// jti → the token's `exp`.
     jtis: HashMap<String, i64>,
-    /// sub → (before, until).
+    /// sub → (before, until), from an issuer that names subjects.
     subjects: HashMap<String, (i64, i64)>,
+    /// digest of sub → (before, until).
+    subject_digests: HashMap<String, (i64, i64)>,
 }
 
 impl FeedRevocations {
-    /// Nothing known yet for `issuer`.
-    pub fn new(issuer: &str) -> Self {
+    /// Nothing known yet for `issuer`, whose feed digests subjects under `subject_key`.
+    pub fn new(issuer: &str, subject_key: Option<SubjectKey>) -> Self {
         FeedRevocations {
             issuer: issuer.to_owned(),
+            subject_key,
             ..Self::default()
         }
     }
@@ -32,29 +57,46 @@ impl FeedRevocations {
     /// that can no longer hit a valid token (`exp` or `until` plus leeway passed) are dropped.
     pub fn apply(&self, page: &FeedPage, now: i64, leeway: i64) -> FeedRevocations {
         let mut next = if page.reset {
-            FeedRevocations::new(&self.issuer)
+            FeedRevocations::new(&self.issuer, self.subject_key.clone())
         } else {
             self.clone()
         };
         for r in &page.jtis {
             next.jtis.insert(r.jti.clone(), r.exp);
         }
+        let merge = |map: &mut HashMap<String, (i64, i64)>, key: &str, before: i64, until: i64| {
+            let entry = map.entry(key.to_owned()).or_insert((before, until));
+            *entry = (entry.0.max(before), entry.1.max(until));
+        };
         for s in &page.subjects {
-            let entry = next
-                .subjects
-                .entry(s.sub.clone())
-                .or_insert((s.before, s.until));
-            *entry = (entry.0.max(s.before), entry.1.max(s.until));
+            merge(&mut next.subjects, &s.sub, s.before, s.until);
+        }
+        for s in &page.subject_digests {
+            merge(&mut next.subject_digests, &s.digest, s.before, s.until);
         }
         next.jtis.retain(|_, exp| exp.saturating_add(leeway) > now);
-        next.subjects
-            .retain(|_, (_, until)| until.saturating_add(leeway) > now);
+        for map in [&mut next.subjects, &mut next.subject_digests] {
+            map.retain(|_, (_, until)| until.saturating_add(leeway) > now);
+        }
         next
+    }
+
+    /// The cut-off in force for a subject, by name or by digest.
+    fn subject_cutoff(&self, sub: &str) -> Option<i64> {
+        let plain = self.subjects.get(sub).map(|(before, _)| *before);
+        let digested = match (&self.subject_key, self.subject_digests.is_empty()) {
+            (Some(key), false) => self
+                .subject_digests
+                .get(&subject_digest(&key.0, sub))
+                .map(|(before, _)| *before),
+            _ => None,
+        };
+        plain.max(digested)
     }
 
     /// Number of entries held (for metrics).
     pub fn len(&self) -> usize {
-        self.jtis.len() + self.subjects.len()
+        self.jtis.len() + self.subjects.len() + self.subject_digests.len()
     }
 
     /// Whether nothing is held.
@@ -86,10 +128,7 @@ pub fn revoked(
         return Some("jti");
     }
     if let Some(sub) = &token.sub
-        && feed
-            .subjects
-            .get(sub)
-            .is_some_and(|(before, _)| iat < *before)
+        && feed.subject_cutoff(sub).is_some_and(|before| iat < before)
     {
         return Some("subject cut-off");
     }
@@ -135,6 +174,9 @@ mod tests {
                 })
                 .into_iter()
                 .collect(),
+            subject_digests: vec![],
+            log_started_at: None,
+            seq: None,
         }
     }
 
@@ -148,7 +190,8 @@ mod tests {
     #[test]
     fn feed_entries_apply_and_expire() {
         let none = BTreeMap::new();
-        let state = FeedRevocations::new("https://i").apply(&page(false, Some("j1"), None), 0, 30);
+        let state =
+            FeedRevocations::new("https://i", None).apply(&page(false, Some("j1"), None), 0, 30);
         assert_eq!(revoked(&token(1), &none, Some(&state)), Some("jti"));
         let state = state.apply(&page(true, None, Some((100, 2000))), 0, 30);
         assert_eq!(
@@ -159,7 +202,37 @@ mod tests {
         let later = state.apply(&page(false, None, None), 2031, 30);
         assert!(later.is_empty());
         let other =
-            FeedRevocations::new("https://other").apply(&page(false, Some("j1"), None), 0, 0);
+            FeedRevocations::new("https://other", None).apply(&page(false, Some("j1"), None), 0, 0);
         assert_eq!(revoked(&token(1), &none, Some(&other)), None);
+    }
+
+    #[test]
+    fn digested_subject_cutoffs_hit_the_subject_under_its_key_only() {
+        use crate::feed::SubjectDigestCutoff;
+        let none = BTreeMap::new();
+        let key = [7u8; 32];
+        let mut cut = page(true, None, None);
+        cut.subject_digests.push(SubjectDigestCutoff {
+            digest: subject_digest(&key, "alice"),
+            before: 100,
+            until: 2000,
+        });
+        let keyed =
+            FeedRevocations::new("https://i", Some(SubjectKey::new(&key))).apply(&cut, 0, 30);
+        assert_eq!(
+            revoked(&token(99), &none, Some(&keyed)),
+            Some("subject cut-off")
+        );
+        assert_eq!(revoked(&token(100), &none, Some(&keyed)), None);
+        let mut bob = token(1);
+        bob.sub = Some("bob".into());
+        assert_eq!(revoked(&bob, &none, Some(&keyed)), None);
+        let other_key =
+            FeedRevocations::new("https://i", Some(SubjectKey::new(&[8u8; 32]))).apply(&cut, 0, 30);
+        assert_eq!(revoked(&token(1), &none, Some(&other_key)), None);
+        assert!(
+            !format!("{keyed:?}").contains("[7, 7"),
+            "the key is never printed"
+        );
     }
 }

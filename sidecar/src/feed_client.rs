@@ -1,8 +1,9 @@
 //! The client side of the issuer's revocation feed ([`scopegate_core::feed`]): a long-poll
-//! loop that authenticates every page with the keys already trusted for the issuer, keeps
-//! what it knows when the feed is unreachable, and reports how stale it is.
+//! loop that authenticates every page with the keys already trusted for the issuer, refuses a
+//! page older than the newest it accepted (or issued longer ago than a poll takes), keeps what
+//! it knows when the feed is unreachable or rolled back, and reports both.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use scopegate_core::feed::{FeedPage, is_cursor, poll_query};
 use crate::https::{self, HttpsClient};
 use crate::jose::json;
 use crate::jose::jws::{self, Typ};
-use crate::revocation::FeedRevocations;
+use crate::revocation::{FeedRevocations, SubjectKey};
 use crate::token::IssuerKeys;
 use crate::unix_now;
 
@@ -26,6 +27,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 /// Least time between two polls after an empty page.
 const MIN_EMPTY_INTERVAL: Duration = Duration::from_secs(1);
+/// Oldest a page may be when it arrives, beyond the leeway: the issuer makes a page when it
+/// answers, so an older one is a replay.
+pub const MAX_PAGE_AGE_SECS: i64 = 60;
 
 /// Why a page was refused. Messages name the failure class only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +47,22 @@ pub enum PageError {
     /// an unusable next cursor.
     #[error("page does not fit the request")]
     Payload,
+    /// The page was made from an older position of the issuer's log than a page accepted
+    /// before: a rollback (a replayed page, or an issuer whose store went back in time).
+    #[error("page older than one accepted before")]
+    RolledBack,
+    /// The page was issued longer ago than a poll can take: a replay.
+    #[error("page issued too long ago")]
+    Stale,
+}
+
+/// A page refused as older than what the verifier knew, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollback {
+    /// When it was refused (Unix seconds).
+    pub at: i64,
+    /// Why.
+    pub error: PageError,
 }
 
 /// What the sidecar knows from the feed, and how fresh it is.
@@ -54,18 +74,69 @@ pub struct FeedState {
     started_at: i64,
     last_success: AtomicI64,
     last_error: Mutex<Option<&'static str>>,
+    /// The newest log position accepted (pages before it are refused).
+    newest: Mutex<Option<(i64, u64)>>,
+    /// Pages refused as rolled back or stale (also counted in the sidecar's metrics).
+    pub rollbacks: AtomicU64,
+    last_rollback: Mutex<Option<Rollback>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl FeedState {
-    /// Nothing known yet.
-    pub fn new(config: FeedConfig) -> Arc<FeedState> {
+    /// Nothing known yet. A subject key that does not decode matches no digest (the config
+    /// was checked before; this cannot happen for a loaded config).
+    pub fn new(config: FeedConfig, metrics: Arc<crate::metrics::Metrics>) -> Arc<FeedState> {
+        let key = config
+            .subject_key
+            .as_deref()
+            .and_then(scopegate_core::feed::decode_subject_key)
+            .map(|k| SubjectKey::new(&k));
         Arc::new(FeedState {
-            revocations: ArcSwap::from_pointee(FeedRevocations::new(&config.issuer)),
+            revocations: ArcSwap::from_pointee(FeedRevocations::new(&config.issuer, key)),
             config,
             started_at: unix_now(),
             last_success: AtomicI64::new(i64::MIN),
             last_error: Mutex::new(None),
+            newest: Mutex::new(None),
+            rollbacks: AtomicU64::new(0),
+            last_rollback: Mutex::new(None),
+            metrics,
         })
+    }
+
+    /// The last page refused as rolled back or stale, if any.
+    pub fn last_rollback(&self) -> Option<Rollback> {
+        self.last_rollback
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Checks a verified page against what was accepted before: its position must not be
+    /// behind the newest accepted (whether or not it resets), and it must be recent. Records
+    /// its position when it passes.
+    pub fn admit(&self, page: &FeedPage, now: i64, leeway: i64) -> Result<(), PageError> {
+        let verdict = check_order(
+            *self.newest.lock().unwrap_or_else(|p| p.into_inner()),
+            page,
+            now,
+            leeway,
+        );
+        match verdict {
+            Ok(position) => {
+                if let Some(position) = position {
+                    *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = Some(position);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.rollbacks.fetch_add(1, Ordering::Relaxed);
+                self.metrics.feed_rollbacks.fetch_add(1, Ordering::Relaxed);
+                *self.last_rollback.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(Rollback { at: now, error });
+                Err(error)
+            }
+        }
     }
 
     /// Seconds since the last successful poll; `None` before the first one.
@@ -115,6 +186,25 @@ pub fn check_page(
     Ok(page)
 }
 
+/// Whether a page may follow what was accepted (`newest`): `Ok` with the position to remember.
+pub fn check_order(
+    newest: Option<(i64, u64)>,
+    page: &FeedPage,
+    now: i64,
+    leeway: i64,
+) -> Result<Option<(i64, u64)>, PageError> {
+    if page.iat < now.saturating_sub(leeway.saturating_add(MAX_PAGE_AGE_SECS)) {
+        return Err(PageError::Stale);
+    }
+    let position = page.position();
+    if let (Some(newest), Some(position)) = (newest, position)
+        && position < newest
+    {
+        return Err(PageError::RolledBack);
+    }
+    Ok(position)
+}
+
 /// Polls forever. `keys` gives the keys trusted for an issuer now; `leeway` bounds how long
 /// entries are kept past their tokens' lifetime; `changed` runs after a page with news (to
 /// flush the token cache).
@@ -157,11 +247,21 @@ pub async fn run(
                 tracing::warn!(error = %e, "revocation feed page refused");
                 "bad page"
             })
+        })
+        .and_then(|page| match state.admit(&page, unix_now(), leeway) {
+            Ok(()) => Ok(page),
+            Err(e) => {
+                tracing::error!(error = %e, "revocation feed page refused as a rollback; keeping what is known");
+                Err("rolled back")
+            }
         });
         match result {
             Ok(page) => {
                 let now = unix_now();
-                let news = page.reset || !page.jtis.is_empty() || !page.subjects.is_empty();
+                let news = page.reset
+                    || !page.jtis.is_empty()
+                    || !page.subjects.is_empty()
+                    || !page.subject_digests.is_empty();
                 if news {
                     let next = state.revocations.load().apply(&page, now, leeway);
                     let entries = next.len();
@@ -187,5 +287,66 @@ pub async fn run(
                 retry = (retry * 2).min(MAX_RETRY);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(iat: i64, position: Option<(i64, u64)>) -> FeedPage {
+        FeedPage {
+            iss: "i".into(),
+            iat,
+            cursor: None,
+            next_cursor: "c".into(),
+            reset: true,
+            jtis: vec![],
+            subjects: vec![],
+            subject_digests: vec![],
+            log_started_at: position.map(|p| p.0),
+            seq: position.map(|p| p.1),
+        }
+    }
+
+    #[test]
+    fn pages_behind_the_newest_or_too_old_are_refused() {
+        let now = 1_000_000;
+        assert_eq!(
+            check_order(None, &page(now, Some((5, 9))), now, 30),
+            Ok(Some((5, 9)))
+        );
+        assert_eq!(
+            check_order(Some((5, 9)), &page(now, Some((5, 8))), now, 30),
+            Err(PageError::RolledBack),
+            "a reset page too"
+        );
+        assert_eq!(
+            check_order(Some((5, 9)), &page(now, Some((4, 100))), now, 30),
+            Err(PageError::RolledBack),
+            "an earlier log"
+        );
+        assert_eq!(
+            check_order(Some((5, 9)), &page(now, Some((5, 9))), now, 30),
+            Ok(Some((5, 9)))
+        );
+        assert_eq!(
+            check_order(Some((5, 9)), &page(now, Some((6, 0))), now, 30),
+            Ok(Some((6, 0)))
+        );
+        assert_eq!(
+            check_order(
+                None,
+                &page(now - 30 - MAX_PAGE_AGE_SECS - 1, Some((5, 9))),
+                now,
+                30
+            ),
+            Err(PageError::Stale)
+        );
+        assert_eq!(
+            check_order(Some((5, 9)), &page(now, None), now, 30),
+            Ok(None),
+            "an earlier issuer's page: only its age is checked"
+        );
     }
 }

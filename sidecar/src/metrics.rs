@@ -53,6 +53,8 @@ pub struct Metrics {
     pub feed_entries: AtomicI64,
     /// Keys the config in force leaves out because they do not load.
     pub keys_skipped: AtomicI64,
+    /// Feed pages refused as older than one accepted before, or issued too long ago.
+    pub feed_rollbacks: AtomicU64,
 }
 
 impl Metrics {
@@ -198,6 +200,13 @@ impl Metrics {
         for (name, help, value) in fetches {
             write_metric(&mut out, name, help, "counter", &value);
         }
+        write_metric(
+            &mut out,
+            "revocation_feed_rollbacks_total",
+            "Feed pages refused as older than one accepted before (a rollback) or issued too long ago (a replay).",
+            "counter",
+            &load(&self.feed_rollbacks).to_string(),
+        );
         let gauges: [(&str, &str, String); 7] = [
             (
                 "token_cache_hit_ratio",

@@ -99,7 +99,7 @@ pub enum SettingsError {
     NoStorePath(#[source] PatternError),
     /// The revocation feed is misconfigured.
     #[error(
-        "revocation.feed: url must be https, issuer a trusted issuer, stalenessBoundSecs positive"
+        "revocation.feed: url must be https, issuer a trusted issuer, stalenessBoundSecs positive, subjectKey 32 bytes of base64url"
     )]
     Feed,
     /// A client cut-off names an empty client.
@@ -466,7 +466,11 @@ fn check_feed(
             .url
             .parse::<http::Uri>()
             .is_ok_and(|u| u.host().is_some() && u.query().is_none());
-    if !url_ok || !issuers.contains_key(&feed.issuer) || feed.staleness_bound_secs == 0 {
+    let key_ok = feed
+        .subject_key
+        .as_deref()
+        .is_none_or(|k| scopegate_core::feed::decode_subject_key(k).is_some());
+    if !url_ok || !key_ok || !issuers.contains_key(&feed.issuer) || feed.staleness_bound_secs == 0 {
         return Err(SettingsError::Feed);
     }
     Ok(())

@@ -227,7 +227,7 @@ impl Shared {
                 return;
             }
         };
-        let state = FeedState::new(feed_config);
+        let state = FeedState::new(feed_config, self.metrics.clone());
         self.feed.store(Some(state.clone()));
         let for_keys = Arc::downgrade(self);
         let for_flush = Arc::downgrade(self);
@@ -373,6 +373,24 @@ impl Shared {
                 "revocation feed: {state} ({age}, bound {}s, {mode}){error}",
                 feed.config.staleness_bound_secs
             );
+            if let Some(rollback) = feed.last_rollback() {
+                let _ = writeln!(
+                    detail,
+                    "revocation feed: ROLLBACK refused: {} page(s) older than one accepted before or issued too long ago, the last {}s ago ({}); what is known stays in force",
+                    feed.rollbacks.load(Ordering::Relaxed),
+                    now - rollback.at,
+                    rollback.error
+                );
+            }
+            if let Some(rollback) = feed.last_rollback() {
+                let _ = writeln!(
+                    detail,
+                    "revocation feed: ROLLBACK refused: {} page(s) older than one accepted before, the last {}s ago ({}); what is known stays in force",
+                    feed.rollbacks.load(Ordering::Relaxed),
+                    now - rollback.at,
+                    rollback.error
+                );
+            }
             if stale && feed.config.fail_closed {
                 ready = false;
             }

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use scopegate_core::feed::{FeedPage, JtiRevocation, SubjectCutoff};
+use scopegate_core::feed::{
+    FeedPage, JtiRevocation, SubjectCutoff, SubjectDigestCutoff, subject_digest,
+};
 use serde_json::{Value, json};
 use support::*;
 
@@ -53,6 +55,28 @@ fn page(cursor: Option<&str>, next: &str, reset: bool) -> FeedPage {
         reset,
         jtis: vec![],
         subjects: vec![],
+        subject_digests: vec![],
+        log_started_at: None,
+        seq: None,
+    }
+}
+
+/// A page at a position of the issuer's log.
+fn page_at(cursor: Option<&str>, next: &str, reset: bool, position: (i64, u64)) -> FeedPage {
+    FeedPage {
+        log_started_at: Some(position.0),
+        seq: Some(position.1),
+        ..page(cursor, next, reset)
+    }
+}
+
+impl Feed {
+    fn answer(&self, cursor: Option<&str>, page: &FeedPage) {
+        self.script
+            .lock()
+            .unwrap()
+            .pages
+            .insert(cursor.map(Into::into), sign_page(&self.key, "k1", page));
     }
 }
 
@@ -273,4 +297,151 @@ async fn a_stale_feed_fails_open_by_default_and_closed_when_asked() {
         );
         sidecar.shutdown().await;
     }
+}
+
+/// A page older than one accepted cannot roll revocations back, reset pages included: the
+/// verifier refuses it, keeps what it knows, and says so in `/readyz` and a metric. So are a
+/// page issued too long ago (a replay) and an access token served as a page; a later log (an
+/// issuer that started again) is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolled_back_stale_and_foreign_pages_are_refused() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (key, _) = SigningKey::es256();
+    let feed = feed(key).await;
+    let start = scopegate_sidecar::issuer::store::memory::now_ms() as i64 - 60_000;
+    let mut first = page_at(None, "c5", true, (start, 5));
+    first.jtis.push(JtiRevocation {
+        jti: "revoked-1".into(),
+        exp: now() + 600,
+    });
+    feed.answer(None, &first);
+    let dir = TempDir::new();
+    let sidecar = start_sidecar(&dir, &feed_config(upstream.addr.port(), &feed, false, 60)).await;
+    let (addr, admin) = (sidecar.proxy_addr(), sidecar.admin_addr());
+    let revoked = token_with(&feed.key, |c| c["jti"] = json!("revoked-1"));
+    eventually("the first page", Duration::from_secs(20), || async {
+        (get_with_token(addr, "/items/1", &revoked).await.status == 401).then_some(())
+    })
+    .await;
+
+    // The issuer "answers" the verifier's cursor with an older reset page that lacks the
+    // revocation: refused, the revocation stays.
+    feed.answer(Some("c5"), &page_at(Some("c5"), "c3", true, (start, 3)));
+    let detail = eventually("the rollback refused", Duration::from_secs(20), || async {
+        let (_, text) = readyz(admin).await;
+        text.contains("ROLLBACK refused").then_some(text)
+    })
+    .await;
+    assert!(
+        detail.contains("last poll failed (rolled back)"),
+        "{detail}"
+    );
+    assert_eq!(get_with_token(addr, "/items/1", &revoked).await.status, 401);
+    let metrics = String::from_utf8(get(admin, "/metrics", &[]).await.body).unwrap();
+    let rollbacks: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("scopegate_sidecar_revocation_feed_rollbacks_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rollbacks >= 1, "{metrics}");
+
+    // A genuine newer position, but issued long ago: a replay.
+    let mut replayed = page_at(Some("c5"), "c9", true, (start, 9));
+    replayed.iat = now() - 3600;
+    feed.answer(Some("c5"), &replayed);
+    eventually("the replay refused", Duration::from_secs(20), || async {
+        let (_, text) = readyz(admin).await;
+        text.contains("page issued too long ago").then_some(())
+    })
+    .await;
+    assert_eq!(get_with_token(addr, "/items/1", &revoked).await.status, 401);
+
+    // An access token of the issuer served as a page: its typ is not the feed's.
+    let as_page = token_with(&feed.key, |c| {
+        c["cursor"] = json!("c5");
+        c["nextCursor"] = json!("c9");
+        c["reset"] = json!(true);
+    });
+    feed.script
+        .lock()
+        .unwrap()
+        .pages
+        .insert(Some("c5".into()), as_page);
+    let count = feed.server.count();
+    eventually(
+        "the token-as-page polled",
+        Duration::from_secs(20),
+        || async { (feed.server.count() > count + 1).then_some(()) },
+    )
+    .await;
+    assert!(
+        readyz(admin)
+            .await
+            .1
+            .contains("last poll failed (bad page)")
+    );
+    assert_eq!(get_with_token(addr, "/items/1", &revoked).await.status, 401);
+
+    // The issuer started a new log (a restart of its memory store): a reset from a later log
+    // is taken, with what it says.
+    feed.answer(
+        Some("c5"),
+        &page_at(Some("c5"), "n0", true, (start + 30_000, 0)),
+    );
+    eventually("the new log taken", Duration::from_secs(20), || async {
+        (get_with_token(addr, "/items/1", &revoked).await.status == 200).then_some(())
+    })
+    .await;
+    sidecar.shutdown().await;
+}
+
+/// Subject cut-offs named by keyed digest reach the subject they digest, under the feed's key
+/// only; plain cut-offs (an earlier issuer's) still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digested_subject_cutoffs_apply_under_the_feed_key() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (key, _) = SigningKey::es256();
+    let feed = feed(key).await;
+    let subject_key = [42u8; 32];
+    let mut first = page(None, "c1", true);
+    first.subject_digests.push(SubjectDigestCutoff {
+        digest: subject_digest(&subject_key, "mallory"),
+        before: now() + 10,
+        until: now() + 700,
+    });
+    first.subjects.push(SubjectCutoff {
+        sub: "trudy".into(),
+        before: now() + 10,
+        until: now() + 700,
+    });
+    feed.answer(None, &first);
+    let dir = TempDir::new();
+    let mut cfg = feed_config(upstream.addr.port(), &feed, false, 60);
+    cfg["revocation"]["feed"]["subjectKey"] =
+        json!(scopegate_sidecar::jose::b64::encode(&subject_key));
+    let sidecar = start_sidecar(&dir, &cfg).await;
+    let addr = sidecar.proxy_addr();
+    eventually("the first page", Duration::from_secs(20), || async {
+        readyz(sidecar.admin_addr())
+            .await
+            .1
+            .contains("revocation feed: fresh")
+            .then_some(())
+    })
+    .await;
+    for (sub, status) in [
+        ("mallory", 401),
+        ("trudy", 401),
+        ("alice", 200),
+        ("Mallory", 200),
+    ] {
+        let token = token_with(&feed.key, |c| c["sub"] = json!(sub));
+        assert_eq!(
+            get_with_token(addr, "/items/1", &token).await.status,
+            status,
+            "{sub}"
+        );
+    }
+    sidecar.shutdown().await;
 }

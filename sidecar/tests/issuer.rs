@@ -1192,7 +1192,15 @@ async fn the_mint_socket_mints_within_the_rules_and_sets_subject_cutoffs() {
     assert_eq!(r.json()["error"], "invalid_grant");
     let page =
         claims_of(std::str::from_utf8(&issuer.get("/oauth2/revocations").await.body).unwrap());
-    assert_eq!(page["subjects"][0]["sub"], "user:42");
+    assert!(
+        page.get("subjects").is_none(),
+        "the feed names no one: {page}"
+    );
+    let key = scopegate_core::feed::decode_subject_key(FEED_SUBJECT_KEY).unwrap();
+    assert_eq!(
+        page["subjectDigests"][0]["digest"],
+        scopegate_core::feed::subject_digest(&key, "user:42")
+    );
     let future = issuer
         .mint(
             "POST",
@@ -1279,7 +1287,7 @@ async fn a_verifier_sidecar_refuses_a_revoked_token_through_the_real_feed() {
     cfg["verify"]["audiences"] = json!([ORDERS]);
     cfg["caBundlePem"] = json!(issuer.certs.ca_pem);
     let bound = 10;
-    cfg["revocation"] = json!({"feed": {"url": format!("{}/oauth2/revocations", issuer.url), "issuer": issuer.url, "stalenessBoundSecs": bound}});
+    cfg["revocation"] = json!({"feed": {"url": format!("{}/oauth2/revocations", issuer.url), "issuer": issuer.url, "stalenessBoundSecs": bound, "subjectKey": FEED_SUBJECT_KEY}});
     let verifier = start_sidecar(&dir, &cfg).await;
     eventually(
         "the verifier's first feed page",
@@ -1330,6 +1338,69 @@ async fn a_verifier_sidecar_refuses_a_revoked_token_through_the_real_feed() {
     eprintln!(
         "revocation reached the verifier in {:?}",
         revoked_at.elapsed()
+    );
+
+    // A subject cut-off reaches the verifier as a keyed digest: the public feed names no one.
+    let minted = issuer
+        .mint(
+            "POST",
+            "/v1/tokens",
+            Some(&json!({"subject": "user:mallory", "scope": "read:items"})),
+        )
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let through = |token: String| {
+        let addr = verifier.proxy_addr();
+        async move { get_with_token(addr, "/items/1", &token).await.status }
+    };
+    assert_eq!(through(minted.clone()).await, 200);
+    let issued = now();
+    eventually("a second to pass", Duration::from_secs(5), || async {
+        (now() > issued).then_some(())
+    })
+    .await;
+    let cut = issuer
+        .mint(
+            "POST",
+            "/v1/subject-cutoffs",
+            Some(&json!({"subject": "user:mallory"})),
+        )
+        .await;
+    assert_eq!(cut.status, 200, "{}", body(&cut));
+    eventually(
+        "the verifier to apply the subject cut-off",
+        Duration::from_secs(bound),
+        || async { (through(minted.clone()).await == 401).then_some(()) },
+    )
+    .await;
+    let page = issuer.get("/oauth2/revocations?wait=0").await;
+    let jws = String::from_utf8(page.body).unwrap();
+    let payload = String::from_utf8(
+        scopegate_sidecar::jose::b64::decode(jws.split('.').nth(1).unwrap().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !payload.contains("mallory"),
+        "the feed names a subject: {payload}"
+    );
+    let key = scopegate_core::feed::decode_subject_key(FEED_SUBJECT_KEY).unwrap();
+    let digest = scopegate_core::feed::subject_digest(&key, "user:mallory");
+    assert!(payload.contains(&digest), "{payload}");
+    assert!(
+        claims_of(&jws)["seq"].as_u64().unwrap() >= 2
+            && claims_of(&jws)["logStartedAt"].as_i64().unwrap() > 0,
+        "pages carry their log position: {payload}"
+    );
+
+    // A feed page is signed with the issuer's key, but it is no access token.
+    let r = get_with_token(verifier.proxy_addr(), "/items/1", &jws).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"scopegate\", error=\"invalid_token\"")
     );
     verifier.shutdown().await;
     issuer.stop().await;

@@ -171,6 +171,8 @@ pub enum Trust {
         jwks: Jwks,
         /// Its revocation feed.
         feed_url: String,
+        /// The key its feed names subjects under (`None` before the issuer has a UID).
+        feed_subject_key: Option<String>,
     },
     /// `external`.
     External(api::ExternalIssuer),
@@ -184,6 +186,14 @@ pub fn feed_url(namespace: &str, service: &api::ServicePort) -> String {
         "https://{}.{namespace}.svc:{}/oauth2/revocations",
         service.name, service.port
     )
+}
+
+/// The key an issuer policy's revocation feed names subjects under
+/// ([`scopegate_core::feed::subject_key_of`] its UID).
+pub fn feed_subject_key(issuer: &AuthPolicy) -> Option<String> {
+    issuer
+        .uid()
+        .map(|uid| scopegate_core::feed::subject_key_of(&uid))
 }
 
 /// The audiences a verifier accepts: the spec's, or the issuer URL for a self issuer.
@@ -223,6 +233,7 @@ pub fn sidecar_config(
                 issuer: own.url.clone(),
                 staleness_bound_secs: FEED_STALENESS_SECS,
                 fail_closed: false,
+                subject_key: feed_subject_key(policy),
             };
             (
                 vec![TrustedIssuer {
@@ -236,12 +247,14 @@ pub fn sidecar_config(
             issuer,
             jwks,
             feed_url,
+            feed_subject_key,
         } => {
             let feed = FeedConfig {
                 url: feed_url.clone(),
                 issuer: issuer.clone(),
                 staleness_bound_secs: FEED_STALENESS_SECS,
                 fail_closed: false,
+                subject_key: feed_subject_key.clone(),
             };
             (
                 vec![TrustedIssuer {
@@ -317,6 +330,7 @@ pub fn sidecar_config(
                 .flatten(),
             upstreams: upstreams(own),
             identity: identity(own),
+            feed_subject_key: feed_subject_key(policy),
         }
     });
 
@@ -663,6 +677,7 @@ spec:
             issuer: "https://auth.shop.svc".into(),
             jwks: Jwks::default(),
             feed_url: "https://auth.shop.svc:443/oauth2/revocations".into(),
+            feed_subject_key: Some("the-issuers-key".into()),
         };
         let cutoffs = BTreeMap::from([("shop.billing".to_owned(), 1_700_000_000)]);
         let config = sidecar_config(&policy(ORDERS), &trust, cutoffs.clone(), "PEM").unwrap();
@@ -692,6 +707,15 @@ spec:
         assert_eq!(
             config.revocation.feed.as_ref().map(|f| f.url.as_str()),
             Some("https://auth.shop.svc:443/oauth2/revocations")
+        );
+        assert_eq!(
+            config
+                .revocation
+                .feed
+                .as_ref()
+                .and_then(|f| f.subject_key.as_deref()),
+            Some("the-issuers-key"),
+            "a verifier digests subjects under its issuer's key"
         );
         assert!(config.issuer.is_none() && config.listen.tls.is_none());
         // The rendered document parses back through the sidecar's own reader.
@@ -919,8 +943,21 @@ spec:
             config.verify.leeway_secs, 60,
             "a leeway stored before the cap"
         );
+        let key = scopegate_core::feed::subject_key_of(&issuer.uid().unwrap());
+        assert_eq!(
+            config
+                .revocation
+                .feed
+                .as_ref()
+                .unwrap()
+                .subject_key
+                .as_deref(),
+            Some(key.as_str()),
+            "the issuer's own verifier digests subjects as its feed does"
+        );
         let role = config.issuer.unwrap();
         assert_eq!(role.refresh_token_idle_secs, Some(6 * 3600));
+        assert_eq!(role.feed_subject_key.as_deref(), Some(key.as_str()));
     }
 
     #[test]

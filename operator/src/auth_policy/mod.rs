@@ -264,6 +264,7 @@ fn resolve_policy_ref(
                 issuer: own.url.clone(),
                 jwks,
                 feed_url: build::feed_url(&namespace, &own.service),
+                feed_subject_key: build::feed_subject_key(&issuer),
             },
             None,
         ),

@@ -2,7 +2,9 @@
 //! answered as soon as the log has entries after the cursor, or after about `wait` seconds
 //! with an empty page; every page one JWS signed with the active key. A cursor is
 //! `<epoch>-<seq>`: one from another epoch (a restarted memory store, a Redis that lost its
-//! data) or none at all gets a reset page with every live entry.
+//! data) or none at all gets a reset page with every live entry. Pages name subjects by their
+//! keyed digest when the issuer has a subject key, and carry the log's position (its start and
+//! newest sequence number) so that verifiers refuse a rolled-back page.
 
 use std::time::Duration;
 
@@ -10,7 +12,8 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use scopegate_core::feed::{
-    CURSOR_PARAM, FEED_CONTENT_TYPE, FeedPage, JtiRevocation, SubjectCutoff, WAIT_PARAM, is_cursor,
+    CURSOR_PARAM, FEED_CONTENT_TYPE, FeedPage, JtiRevocation, SubjectCutoff, SubjectDigestCutoff,
+    WAIT_PARAM, is_cursor, subject_digest,
 };
 
 use super::error::OAuthError;
@@ -34,22 +37,31 @@ fn cursor_of(head: &FeedHead) -> String {
     format!("{}-{}", head.epoch, head.seq)
 }
 
-/// The page for a request with `cursor` from a slice of the log.
+/// The page for a request with `cursor` from a slice of the log. With `subject_key`, subjects
+/// appear only as keyed digests; without (a config of an earlier operator, whose verifiers
+/// hold no key either) they appear as they are.
 pub fn page(
     issuer: &str,
     cursor: Option<&str>,
     slice: FeedSlice,
     reset: bool,
     now: i64,
+    subject_key: Option<&[u8]>,
 ) -> FeedPage {
     let mut jtis = Vec::new();
     let mut subjects = Vec::new();
+    let mut subject_digests = Vec::new();
     for (_, entry) in slice.entries {
         match entry {
             Revocation::Jti { jti, exp } => jtis.push(JtiRevocation { jti, exp }),
-            Revocation::Subject { sub, before, until } => {
-                subjects.push(SubjectCutoff { sub, before, until })
-            }
+            Revocation::Subject { sub, before, until } => match subject_key {
+                Some(key) => subject_digests.push(SubjectDigestCutoff {
+                    digest: subject_digest(key, &sub),
+                    before,
+                    until,
+                }),
+                None => subjects.push(SubjectCutoff { sub, before, until }),
+            },
         }
     }
     FeedPage {
@@ -60,6 +72,9 @@ pub fn page(
         reset,
         jtis,
         subjects,
+        subject_digests,
+        log_started_at: Some(slice.head.started_at_ms()),
+        seq: Some(slice.head.seq),
     }
 }
 
@@ -125,7 +140,14 @@ async fn poll(
     };
     let (slice, reset) = slice;
     let now = unix_now();
-    let page = page(&ctx.settings.config.url, cursor, slice, reset, now);
+    let page = page(
+        &ctx.settings.config.url,
+        cursor,
+        slice,
+        reset,
+        now,
+        ctx.settings.feed_subject_key.as_deref(),
+    );
     let signer = ctx
         .settings
         .keys

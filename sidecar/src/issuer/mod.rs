@@ -123,6 +123,9 @@ pub enum IssuerError {
     /// The upstreams or publicUrl are unusable.
     #[error("issuer upstreams: {0}")]
     Upstreams(&'static str),
+    /// The feed subject key is not 32 bytes of base64url.
+    #[error("issuer feedSubjectKey must be 32 bytes of base64url")]
+    FeedSubjectKey,
 }
 
 /// The issuer role compiled from one config load.
@@ -148,6 +151,8 @@ pub struct IssuerSettings {
     pub upstream_choices: BTreeMap<String, Vec<String>>,
     /// The path of the browser-facing base URL (`publicUrl`, else `url`).
     pub public_url: String,
+    /// The key the revocation feed names subjects under, decoded.
+    pub feed_subject_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for IssuerSettings {
@@ -187,6 +192,11 @@ impl IssuerSettings {
             .trim_end_matches('/')
             .to_owned();
         upstream::flow::check_config(issuer, &public_url, &path_prefix)?;
+        let feed_subject_key = issuer
+            .feed_subject_key
+            .as_deref()
+            .map(|k| scopegate_core::feed::decode_subject_key(k).ok_or(IssuerError::FeedSubjectKey))
+            .transpose()?;
         let keys = KeySet::load(keys_text.ok_or(IssuerError::KeysMissing)?, now)?;
         let registry: ClientRegistry =
             serde_json::from_str(clients_text.ok_or(IssuerError::Clients)?)
@@ -221,6 +231,7 @@ impl IssuerSettings {
             max_token_ttl,
             upstream_choices: registry.upstream_choices.clone(),
             public_url,
+            feed_subject_key,
         })
     }
 

@@ -30,6 +30,10 @@ pub const WEB_REDIRECT: &str = "https://app.example/cb";
 /// Where the test's login page is.
 pub const LOGIN_URL: &str = "https://app.example/login";
 
+/// The key the fixture's feed names subjects under (base64url of 32 bytes), as the operator
+/// would render it into the issuer's and its verifiers' configs.
+pub const FEED_SUBJECT_KEY: &str = "c2NvcGVnYXRlLXRlc3QtZmVlZC1zdWJqZWN0LWtleSE";
+
 /// A registered client and its plaintext secret.
 #[derive(Clone, Debug)]
 pub struct TestClient {
@@ -296,7 +300,8 @@ impl Issuer {
                 "loginUrl": LOGIN_URL,
                 "mint": {"subjects": ["user:*"], "scopes": ["read:items"], "audiences": [ORDERS], "maxTtlSecs": 300},
                 "mintSocketPath": mint_socket,
-                "store": spec.store
+                "store": spec.store,
+                "feedSubjectKey": FEED_SUBJECT_KEY
             }
         });
         let mut config = config;

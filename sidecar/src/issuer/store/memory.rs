@@ -8,7 +8,6 @@ use super::{
     Budget, FeedHead, FeedSlice, PendingBounds, RateOp, Revocation, Store, StoreError, StoreFuture,
     gcra,
 };
-use crate::issuer::random_token;
 
 /// Records kept before expired ones are pruned.
 const PRUNE_AT: usize = 100_000;
@@ -56,7 +55,7 @@ impl MemoryStore {
     /// An empty store with a fresh log epoch.
     pub fn new() -> MemoryStore {
         MemoryStore {
-            epoch: random_token(9),
+            epoch: super::new_epoch(),
             inner: Mutex::default(),
         }
     }

@@ -62,10 +62,27 @@ impl Revocation {
 /// store lost its state), `seq` the last entry appended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FeedHead {
-    /// Identity of the log.
+    /// Identity of the log: `<start ms, hex>.<random>` ([`new_epoch`]), or a random token
+    /// alone for a log begun by an earlier release.
     pub epoch: String,
     /// Sequence number of the newest entry (0: none yet).
     pub seq: u64,
+}
+
+impl FeedHead {
+    /// When the log began (Unix milliseconds); 0 for a log begun by an earlier release.
+    pub fn started_at_ms(&self) -> i64 {
+        self.epoch
+            .split_once('.')
+            .and_then(|(start, _)| i64::from_str_radix(start, 16).ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A fresh log identity: its start time (so that a later log orders after an earlier one) and
+/// a random part (so that two logs never share one).
+pub fn new_epoch() -> String {
+    format!("{:x}.{}", memory::now_ms(), crate::issuer::random_token(9))
 }
 
 /// Live log entries after a sequence number.
@@ -247,6 +264,21 @@ pub const MAX_SWAP_ATTEMPTS: usize = 256;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epochs_carry_their_start() {
+        let head = FeedHead {
+            epoch: new_epoch(),
+            seq: 3,
+        };
+        let start = head.started_at_ms();
+        assert!((memory::now_ms() as i64 - start).abs() < 60_000, "{start}");
+        let legacy = FeedHead {
+            epoch: "AbC_-9xyz012".into(),
+            seq: 3,
+        };
+        assert_eq!(legacy.started_at_ms(), 0);
+    }
 
     #[test]
     fn gcra_allows_a_burst_then_refuses_with_retry_after() {

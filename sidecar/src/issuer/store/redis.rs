@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use super::{
     Budget, FeedHead, FeedSlice, PendingBounds, RateOp, Revocation, Store, StoreError, StoreFuture,
 };
-use crate::issuer::random_token;
 
 /// Why the Redis store could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -377,7 +376,7 @@ impl Store for RedisStore {
                 .key(self.key("feed:keep"))
                 .key(self.key("feed:epoch"))
                 .arg(&self.prefix)
-                .arg(random_token(9));
+                .arg(super::new_epoch());
             for entry in entries {
                 let keep = entry.until().saturating_add(keep_secs);
                 let (kind, id, before) = match &entry {
@@ -430,7 +429,7 @@ impl Store for RedisStore {
                 .head
                 .key(self.key("feed:epoch"))
                 .key(self.key("feed:seq"))
-                .arg(random_token(9))
+                .arg(super::new_epoch())
                 .invoke_async(&mut conn)
                 .await
                 .map_err(unavailable)?;
@@ -447,7 +446,7 @@ impl Store for RedisStore {
                 .key(self.key("feed:epoch"))
                 .key(self.key("feed:seq"))
                 .key(self.key("feed:log"))
-                .arg(random_token(9))
+                .arg(super::new_epoch())
                 .arg(after.map_or(0, |a| a.saturating_add(1)))
                 .invoke_async(&mut conn)
                 .await

@@ -283,6 +283,8 @@ pub struct OperatorOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Extra arguments.
+    pub args: Vec<String>,
 }
 
 impl OperatorProcess {
@@ -329,7 +331,7 @@ impl OperatorProcess {
         } else {
             "127.0.0.1:0".to_owned()
         };
-        let extra = [
+        let mut extra = vec![
             "--webhook-addr",
             &webhook,
             "--webhook-ip-san",
@@ -337,6 +339,7 @@ impl OperatorProcess {
             "--sidecar-image",
             "scopegate/sidecar:e2e",
         ];
+        extra.extend(options.args.iter().map(String::as_str));
         Self::spawn(identity, lease, &kubeconfig, &extra, &options.env)
     }
 

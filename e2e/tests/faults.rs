@@ -603,3 +603,190 @@ spec:
         .delete(&ns, &DeleteParams::default())
         .await;
 }
+
+async fn ready_reason(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<(String, String)> {
+    let conditions = if kind == "AuthPolicy" {
+        Api::<AuthPolicy>::namespaced(client.clone(), ns)
+            .get(name)
+            .await?
+            .status
+            .context("no status")?
+            .conditions
+    } else {
+        Api::<scopegate_crds::v1alpha1::OAuthClient>::namespaced(client.clone(), ns)
+            .get(name)
+            .await?
+            .status
+            .context("no status")?
+            .conditions
+    };
+    let ready = condition(&conditions, "Ready").context("no Ready")?;
+    Ok((ready.reason.clone(), ready.message.clone()))
+}
+
+fn capped_issuer(name: &str, ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: {name}}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  issuer:
+    self:
+      url: https://{name}.{ns}.svc
+      service: {{name: {name}, port: 443}}
+      scopes: {{read: Read}}
+  upstream: {{port: 8080}}
+"#
+    )
+}
+
+fn capped_client(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: OAuthClient
+metadata: {{name: {name}}}
+spec:
+  issuerRef: {{name: first}}
+  grantTypes: [client_credentials]
+  scopes: [read]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_tenant_beyond_its_namespace_caps_is_refused_with_a_reason_and_others_are_not() {
+    let plane = ControlPlane::from_env().unwrap();
+    let client = plane.client().await.unwrap();
+    let lease = format!("e2e-caps-{}", std::process::id());
+    let options = OperatorOptions {
+        args: [
+            "--max-issuers-per-namespace",
+            "1",
+            "--max-clients-per-namespace",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..OperatorOptions::default()
+    };
+    let operator = OperatorProcess::start_with("caps", &lease, &options).unwrap();
+    wait_leader(&operator).await;
+    let evil = format!("e2e-caps-evil-{}", std::process::id());
+    let other = format!("e2e-caps-other-{}", std::process::id());
+    for ns in [&evil, &other] {
+        injection_namespace(&client, ns).await;
+    }
+    let api =
+        |ns: &str| Api::<scopegate_crds::v1alpha1::OAuthClient>::namespaced(client.clone(), ns);
+
+    // Two issuers in one namespace: the older is served, the newer refused, saying why.
+    apply_yaml::<AuthPolicy>(&client, &evil, &capped_issuer("first", &evil))
+        .await
+        .unwrap();
+    eventually("first served", || async {
+        let (reason, message) = ready_reason(&client, &evil, "AuthPolicy", "first").await?;
+        ensure!(reason == "Rendered", "{reason}: {message}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    apply_yaml::<AuthPolicy>(&client, &evil, &capped_issuer("second", &evil))
+        .await
+        .unwrap();
+    eventually("second refused", || async {
+        let (reason, message) = ready_reason(&client, &evil, "AuthPolicy", "second").await?;
+        ensure!(reason == "NamespaceIssuerLimit", "{reason}: {message}");
+        ensure!(message.contains("at most 1 per namespace"), "{message}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        secret_text(&client, &evil, "second-signing-keys", "keys.json")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing is made for a refused issuer"
+    );
+    // Another tenant's issuer is not affected.
+    apply_yaml::<AuthPolicy>(&client, &other, &capped_issuer("first", &other))
+        .await
+        .unwrap();
+
+    // Three clients: the two oldest are registered, the third refused and in no registry.
+    for name in ["c1", "c2", "c3"] {
+        apply_yaml::<scopegate_crds::v1alpha1::OAuthClient>(&client, &evil, &capped_client(name))
+            .await
+            .unwrap();
+    }
+    apply_yaml::<scopegate_crds::v1alpha1::OAuthClient>(&client, &other, &capped_client("c1"))
+        .await
+        .unwrap();
+    let registered = |ns: String| {
+        let client = client.clone();
+        async move {
+            let text = secret_text(&client, &ns, "first-clients", "clients.json")
+                .await?
+                .context("no registry")?;
+            let registry: scopegate_core::clients::ClientRegistry = serde_json::from_str(&text)?;
+            Ok::<BTreeSet<String>, anyhow::Error>(
+                registry.clients.into_iter().map(|c| c.client_id).collect(),
+            )
+        }
+    };
+    eventually("c3 refused, c1 and c2 registered", || async {
+        let (reason, message) = ready_reason(&client, &evil, "OAuthClient", "c3").await?;
+        ensure!(reason == "NamespaceClientLimit", "{reason}: {message}");
+        let ids = registered(evil.clone()).await?;
+        ensure!(
+            ids == BTreeSet::from([format!("{evil}.c1"), format!("{evil}.c2")]),
+            "{ids:?}"
+        );
+        let (reason, _) = ready_reason(&client, &other, "OAuthClient", "c1").await?;
+        ensure!(
+            reason == "Registered",
+            "the other tenant's client: {reason}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Room made: the refused ones are served.
+    api(&evil)
+        .delete("c1", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("c3 registered once c1 is gone", || async {
+        let (reason, message) = ready_reason(&client, &evil, "OAuthClient", "c3").await?;
+        ensure!(reason == "Registered", "{reason}: {message}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    Api::<AuthPolicy>::namespaced(client.clone(), &evil)
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("second served once first is gone", || async {
+        let (reason, message) = ready_reason(&client, &evil, "AuthPolicy", "second").await?;
+        ensure!(reason == "Rendered", "{reason}: {message}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    drop(operator);
+    for ns in [&evil, &other] {
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(ns, &DeleteParams::default())
+            .await;
+    }
+}

@@ -46,6 +46,8 @@ pub struct Context {
     /// The cluster's DNS domain (`cluster.local`): Service names are `<svc>.<ns>.svc` and
     /// `<svc>.<ns>.svc.<cluster_domain>`.
     pub cluster_domain: String,
+    /// Per-namespace caps on issuers and clients.
+    pub limits: crate::limits::Limits,
 }
 
 impl Context {

@@ -268,16 +268,31 @@ fn clients_listing(clients: &Store<OAuthClient>, audiences: &[String]) -> Vec<Ar
         .collect()
 }
 
+/// What the controllers are run with besides the client.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// The cluster's DNS domain.
+    pub cluster_domain: String,
+    /// This replica's identity (the events' reporting instance).
+    pub identity: String,
+    /// Per-namespace caps.
+    pub limits: crate::limits::Limits,
+}
+
 /// Runs both controllers until `shutdown` resolves. `ready` is called once the caches synced.
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     ca: watch::Receiver<Option<Arc<CaDocument>>>,
-    cluster_domain: String,
-    identity: String,
+    settings: RunSettings,
     shutdown: impl future::Future<Output = ()> + Send + Sync + Clone + 'static,
     ready: impl FnOnce(),
 ) {
+    let RunSettings {
+        cluster_domain,
+        identity,
+        limits,
+    } = settings;
     let policies_api: Api<AuthPolicy> = Api::all(client.clone());
     let clients_api: Api<OAuthClient> = Api::all(client.clone());
     let secrets_api: Api<Secret> = Api::all(client.clone());
@@ -343,6 +358,7 @@ pub async fn run(
         ca: ca.clone(),
         heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_CONCURRENCY)),
         cluster_domain,
+        limits,
     });
 
     for (what, ready) in [

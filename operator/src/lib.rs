@@ -12,6 +12,7 @@ pub mod controllers;
 pub mod error;
 pub mod keygen;
 pub mod leader;
+pub mod limits;
 pub mod metrics;
 pub mod oauth_client;
 pub mod registry;

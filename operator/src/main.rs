@@ -10,6 +10,7 @@ use clap::Parser;
 use scopegate_operator::admin::{self, Health};
 use scopegate_operator::ca::NameScope;
 use scopegate_operator::leader::{CrashAfterWrites, Elector, Fence, FenceLayer, LeaseConfig};
+use scopegate_operator::limits::Limits;
 use scopegate_operator::metrics::Metrics;
 use scopegate_operator::{ca_store, controllers, webhook};
 use tokio::sync::watch;
@@ -78,6 +79,14 @@ struct Cli {
     /// `<svc>.<ns>.svc.<domain>`, and the tenants' CA may certify nothing else.
     #[arg(long, env = "SCOPEGATE_CLUSTER_DOMAIN", default_value = "cluster.local", value_parser = cluster_domain)]
     cluster_domain: String,
+    /// Most AuthPolicies with issuer.self served per namespace (the oldest first); the others
+    /// are refused in their status. 0: no cap.
+    #[arg(long, default_value_t = 20)]
+    max_issuers_per_namespace: usize,
+    /// Most OAuthClients served per namespace (the oldest first); the others are refused in
+    /// their status and left out of every registry. 0: no cap.
+    #[arg(long, default_value_t = 200)]
+    max_clients_per_namespace: usize,
     /// Test hook: abort, as if killed, right after the n-th successful write into a namespace
     /// (`<namespace>:<n>`). Never set in production.
     #[arg(long, env = "SCOPEGATE_FAULT_CRASH_AFTER_WRITES", hide = true)]
@@ -287,16 +296,15 @@ async fn lead(
         webhook_ca_receiver,
     ));
     let ready = move || health.ready.store(true, Ordering::Relaxed);
-    controllers::run(
-        writer,
-        metrics,
-        ca_receiver,
-        cli.cluster_domain.clone(),
+    let settings = controllers::RunSettings {
+        cluster_domain: cli.cluster_domain.clone(),
         identity,
-        shutdown,
-        ready,
-    )
-    .await;
+        limits: Limits {
+            issuers_per_namespace: cli.max_issuers_per_namespace,
+            clients_per_namespace: cli.max_clients_per_namespace,
+        },
+    };
+    controllers::run(writer, metrics, ca_receiver, settings, shutdown, ready).await;
 }
 
 async fn shutdown_signal() {

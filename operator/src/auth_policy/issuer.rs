@@ -613,8 +613,16 @@ pub async fn reconcile_registry(
         ctx.policies.state().iter().map(AsRef::as_ref),
         &ctx.cluster_domain,
     );
-    let mut entries = Vec::new();
-    for client in clients_of(policy, &all) {
+    let key = (namespace.clone(), policy.name_any());
+    let mut clients = Vec::new();
+    let mut parts = Vec::new();
+    for client in all.iter().filter(|c| issuer_key(c) == key) {
+        let cap = ctx.limits.clients_per_namespace;
+        if crate::limits::over_limit(client.as_ref(), all.iter().map(AsRef::as_ref), cap).is_some()
+        {
+            // Refused in its own status; hashing its secret is what the cap spares.
+            continue;
+        }
         let sorted = owners.sort_client(client);
         let mut problems = validate(client, Some(policy));
         problems.extend(audience_problem(&sorted));
@@ -622,12 +630,8 @@ pub async fn reconcile_registry(
             continue;
         }
         let credentials = credentials::read(client, ctx).await?;
-        entries.push(Entry {
-            client,
-            credentials,
-            audiences: sorted.admitted,
-            owned_audiences: sorted.owned,
-        });
+        clients.push(client.clone());
+        parts.push((credentials, sorted.admitted, sorted.owned));
     }
     let cached = ctx.secret(&namespace, &names.clients);
     let existing: ClientRegistry = cached
@@ -635,18 +639,35 @@ pub async fn reconcile_registry(
         .and_then(|s| secret_data(s, CLIENTS_FILE))
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default();
-    let registry = registry::render(&entries, &existing, now)?;
+    // Hashing a chosen secret with argon2 takes tens of milliseconds: on the blocking pool,
+    // never on the workers that renew the lease and answer the webhook.
+    let (count, text) = ctx
+        .heavy(move || -> Result<(usize, String)> {
+            let entries: Vec<Entry<'_>> = clients
+                .iter()
+                .zip(parts)
+                .map(
+                    |(client, (credentials, audiences, owned_audiences))| Entry {
+                        client,
+                        credentials,
+                        audiences,
+                        owned_audiences,
+                    },
+                )
+                .collect();
+            let registry = registry::render(&entries, &existing, now)?;
+            let text = build::to_json("client registry", &registry)?;
+            Ok((registry.clients.len(), text))
+        })
+        .await??;
     let desired = build::secret(
         build::owned_meta(policy, &names.clients)?,
         None,
-        BTreeMap::from([(
-            CLIENTS_FILE.to_owned(),
-            build::to_json("client registry", &registry)?,
-        )]),
+        BTreeMap::from([(CLIENTS_FILE.to_owned(), text)]),
     );
     let unchanged = cached.is_some_and(|s| s.data == desired.data);
     ctx.apply::<Secret>(&desired, unchanged).await?;
-    Ok(registry.clients.len())
+    Ok(count)
 }
 
 /// Copies each upstream's client secret, read from the user's Secret by reference, into

@@ -23,6 +23,7 @@ use scopegate_crds::v1alpha1::{Algorithm, AuthPolicy, NamespacedRef, RenderedObj
 use crate::audiences::AudienceOwners;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::metrics::{FailureLabels, KindLabels};
 use crate::oauth_client::validate::{client_id, issuer_key};
 use build::{CA_CONFIGMAP, CA_FILE, JWKS_FILE, Names, Trust};
@@ -33,6 +34,8 @@ const KIND: &str = "AuthPolicy";
 const RESYNC_SECS: i64 = 3600;
 /// How often a policy with a key waiting for its publication looks at the verifiers again.
 const PUBLICATION_POLL_SECS: i64 = 2;
+/// How often an issuer refused by its namespace's cap looks again.
+const LIMIT_RECHECK_SECS: u64 = 30;
 
 /// Reconciles one AuthPolicy.
 pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Action> {
@@ -55,6 +58,24 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     let ca = ctx.ca.borrow().clone().ok_or(Error::CaNotReady)?;
     let bundle = ca.bundle(now);
     let spec = &policy.spec;
+    if spec.issuer.self_.is_some() {
+        let all = ctx.policies.state();
+        let issuers = all
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|p| p.spec.issuer.self_.is_some());
+        if let Some(over) = limits::over_limit(policy, issuers, ctx.limits.issuers_per_namespace) {
+            // Beyond the cap only the status changes: nothing rendered for it is touched. It
+            // is looked at again in a while, in case another issuer went away.
+            let observation = Observation {
+                mode: "Self",
+                problems: vec![Problem::IssuerLimit(over.limit, over.count)],
+                ..Observation::default()
+            };
+            write_status(policy, ctx, &observation, now).await?;
+            return Ok(Action::requeue(Duration::from_secs(LIMIT_RECHECK_SECS)));
+        }
+    }
 
     let mut observation = Observation {
         rendered: RenderedObjects::default(),
@@ -165,12 +186,13 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
             .problems
             .push(Problem::AudienceConflict(conflicts.to_vec()));
     }
+    // A policy with many rules and keys renders a large document: off the workers.
+    let text = ctx
+        .heavy(move || build::to_json("sidecar config", &config))
+        .await??;
     let sidecar = build::config_map(
         build::owned_meta(policy, &names.sidecar)?,
-        BTreeMap::from([(
-            CONFIG_FILE.to_owned(),
-            build::to_json("sidecar config", &config)?,
-        )]),
+        BTreeMap::from([(CONFIG_FILE.to_owned(), text)]),
     );
     let unchanged = ctx
         .config_map(&namespace, &names.sidecar)
@@ -180,9 +202,31 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
 
     apply_ca_bundle(ctx, &namespace, &bundle).await?;
 
+    write_status(policy, ctx, &observation, now).await?;
+
+    let next = due
+        .into_iter()
+        .filter(|t| *t > now)
+        .min()
+        .unwrap_or(now + RESYNC_SECS);
+    Ok(Action::requeue(Duration::from_secs(
+        (next - now).clamp(1, RESYNC_SECS).unsigned_abs(),
+    )))
+}
+
+/// Writes the status computed from `observation` when it changed, and a Warning event for each
+/// problem the previous status did not mention.
+async fn write_status(
+    policy: &AuthPolicy,
+    ctx: &Context,
+    observation: &Observation,
+    now: i64,
+) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
+    let name = policy.name_any();
     let status = status::compute(
         policy.status.as_ref(),
-        &observation,
+        observation,
         policy.metadata.generation,
         now,
     );
@@ -207,14 +251,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         }
     }
 
-    let next = due
-        .into_iter()
-        .filter(|t| *t > now)
-        .min()
-        .unwrap_or(now + RESYNC_SECS);
-    Ok(Action::requeue(Duration::from_secs(
-        (next - now).clamp(1, RESYNC_SECS).unsigned_abs(),
-    )))
+    Ok(())
 }
 
 /// Resolves a `policyRef` to the referenced issuer's published keys, copied into this

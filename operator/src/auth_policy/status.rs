@@ -36,6 +36,8 @@ pub enum Problem {
     KeyInvalid(String, String),
     /// Keys whose private half was lost, kept public-only until their tokens expire.
     KeysLost(Vec<String>),
+    /// The namespace has more issuers than the operator serves: (the cap, how many).
+    IssuerLimit(usize, usize),
     /// `issuer.self.service.name` is not a DNS label: no serving certificate is issued.
     InvalidServiceName(String),
     /// `policyRef` names an issuer of another namespace that does not admit this one:
@@ -65,6 +67,7 @@ impl Problem {
             Problem::SigningKeysCorrupt(..) => "SigningKeysCorrupt",
             Problem::KeyInvalid(..) => "KeyInvalid",
             Problem::KeysLost(_) => "SigningKeysLost",
+            Problem::IssuerLimit(..) => "NamespaceIssuerLimit",
             Problem::InvalidServiceName(_) => "InvalidServiceName",
             Problem::PolicyRefNotAllowed(..) => "PolicyRefNotAllowed",
             Problem::AudienceConflict(_) => "AudienceConflict",
@@ -166,6 +169,10 @@ impl std::fmt::Display for Problem {
             Problem::KeyInvalid(kid, why) => write!(
                 f,
                 "signing key {kid} is left out of every key set: {why}; remove it from the signing-keys Secret"
+            ),
+            Problem::IssuerLimit(limit, count) => write!(
+                f,
+                "the namespace has {count} issuers (AuthPolicies with issuer.self) and the operator serves at most {limit} per namespace, the oldest first: this one is not served (nothing rendered for it changes); delete another issuer, or ask the cluster admin to raise limits.issuersPerNamespace"
             ),
             Problem::KeysLost(kids) => write!(
                 f,
@@ -397,10 +404,12 @@ pub fn compute(
         })
         .collect();
     let mut active_kid = signer.map(|k| k.kid.clone());
-    if observation.keys_unreadable
+    if observation.keys.is_none()
+        && observation.mode == "Self"
         && let Some(previous) = previous
     {
-        // What the keys were is the best record left (and what a recovery reads).
+        // Unreadable or not served: what the keys were is the best record left (and what a
+        // recovery reads).
         keys.clone_from(&previous.keys);
         active_kid.clone_from(&previous.active_kid);
     }

@@ -55,6 +55,17 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
         &ctx.cluster_domain,
     );
     problems.extend(audience_problem(&owners.sort_client(client)));
+    let all = ctx.clients.state();
+    if let Some(over) = crate::limits::over_limit(
+        client,
+        all.iter().map(AsRef::as_ref),
+        ctx.limits.clients_per_namespace,
+    ) {
+        problems.push(ClientProblem::NamespaceLimit {
+            limit: over.limit,
+            count: over.count,
+        });
+    }
 
     let ensured = credentials::ensure(client, ctx, now).await?;
     // Client apps of this namespace verify the issuer's certificate with this bundle.

@@ -54,6 +54,13 @@ pub enum ClientProblem {
         /// Whether no audience of the client is admitted.
         none_left: bool,
     },
+    /// The namespace has more clients than the operator serves.
+    NamespaceLimit {
+        /// The cap.
+        limit: usize,
+        /// How many the namespace has.
+        count: usize,
+    },
 }
 
 impl ClientProblem {
@@ -67,6 +74,7 @@ impl ClientProblem {
             ClientProblem::NoLoginUrl { .. } => "NoLoginUrl",
             ClientProblem::UnknownUpstreams { .. } => "UnknownUpstream",
             ClientProblem::AudienceNotAdmitted { .. } => "AudienceNotAdmitted",
+            ClientProblem::NamespaceLimit { .. } => "NamespaceClientLimit",
         }
     }
 
@@ -117,6 +125,10 @@ impl std::fmt::Display for ClientProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientProblem::IssuerNotFound { issuer } => write!(f, "AuthPolicy {issuer} not found"),
+            ClientProblem::NamespaceLimit { limit, count } => write!(
+                f,
+                "the namespace has {count} OAuthClients and the operator serves at most {limit} per namespace, the oldest first: this one is in no registry; delete another client, or ask the cluster admin to raise limits.clientsPerNamespace"
+            ),
             ClientProblem::IssuerNotSelf { issuer } => {
                 write!(
                     f,

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use scopegate_core::answer::{Refusal, answer};
-use scopegate_core::config::{RouteRule, RuleAction, SidecarConfig};
+use scopegate_core::config::{Enforcement, RouteRule, RuleAction, SidecarConfig};
 use scopegate_core::decision::{self, GrantOwned, Trace};
 use scopegate_core::jose::{b64, json};
 use scopegate_core::path::RequestPath;
@@ -65,6 +65,8 @@ pub struct Explanation {
     pub policy: PolicyInfo,
     /// The request.
     pub request: RequestInfo,
+    /// Whether the policy acts on refusals.
+    pub enforcement: EnforcementInfo,
     /// How the path was read.
     pub path: PathInfo,
     /// The rule that decided (absent: the default action, or a refused path).
@@ -104,6 +106,20 @@ pub struct PolicyInfo {
     pub generation: i64,
     /// Where it was read from.
     pub source: String,
+}
+
+/// Whether refusals are acted on.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcementInfo {
+    /// The policy's `enforcement`: Enforce or DryRun.
+    pub policy: String,
+    /// Rules (and `(default)`, the default action) in DryRun.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dry_run_rules: Vec<String>,
+    /// Whether this request's decision is enforced (`false`: a refusal is only counted and
+    /// logged, and the request is forwarded).
+    pub enforced: bool,
 }
 
 /// The request.
@@ -217,6 +233,9 @@ pub struct DecisionInfo {
     /// Identity headers the app receives.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub identity_headers: BTreeMap<String, String>,
+    /// In DryRun: the refusal the request would get if the rule were enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_refuse: Option<Box<DecisionInfo>>,
 }
 
 /// Runs `explain`.
@@ -283,7 +302,7 @@ pub fn explain(
     keys: &TrustedKeys,
     now: i64,
 ) -> anyhow::Result<Explanation> {
-    let policy = Policy::compile(&config.rules, config.default_action)
+    let policy = Policy::from_config(config)
         .context("the policy's rules do not compile (the sidecar keeps its last good config)")?;
     let (raw_path, query) = match request.target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
@@ -299,11 +318,28 @@ pub fn explain(
         method: request.method.clone(),
         target: request.target.clone(),
     };
+    let dry_run_rules = policy.dry_run_labels();
+    let enforcement = |enforced: bool| EnforcementInfo {
+        policy: match config.enforcement {
+            Enforcement::Enforce => "Enforce".into(),
+            Enforcement::DryRun => "DryRun".into(),
+        },
+        dry_run_rules: dry_run_rules.clone(),
+        enforced,
+    };
     let path = match RequestPath::parse(raw_path) {
         Ok(path) => path,
         Err(err) => {
+            if !dry_run_rules.is_empty() {
+                notes.push(
+                    "a refused path spelling is refused in DryRun too: the rules could not \
+                     be matched on it"
+                        .into(),
+                );
+            }
             return Ok(Explanation {
                 policy: policy_info,
+                enforcement: enforcement(true),
                 request: request_info,
                 path: PathInfo {
                     raw: raw_path.to_owned(),
@@ -470,36 +506,41 @@ pub fn explain(
         }
         _ => (None, None),
     };
+    // The identity the app is told: a valid token's, whether or not the rule is satisfied
+    // (that matters in DryRun only: an enforced refusal forwards nothing).
+    let verified = match &evaluation.trace {
+        Trace::Token {
+            validation: Ok(v), ..
+        } => Some(v),
+        _ => None,
+    };
     let decision = match &evaluation.decision {
-        Err(refusal) => refused(refusal),
-        Ok(identity) => {
-            let mut identity_headers = BTreeMap::new();
-            if let Some(v) = identity {
-                let h = &config.headers;
-                if let Some(sub) = &v.sub {
-                    identity_headers.insert(h.subject_header.clone(), sub.clone());
-                }
-                identity_headers.insert(h.scopes_header.clone(), v.scope.clone());
-                if let Some(client) = &v.client_id {
-                    identity_headers.insert(h.client_id_header.clone(), client.clone());
-                }
+        Err(refusal) if route.enforced => refused(refusal),
+        Err(refusal) => DecisionInfo {
+            status: 200,
+            outcome: "dry_run".into(),
+            forwarded: true,
+            www_authenticate: None,
+            identity_headers: identity_headers(config, verified),
+            would_refuse: Some(Box::new(refused(refusal))),
+        },
+        Ok(identity) => DecisionInfo {
+            status: 200,
+            outcome: if identity.is_some() {
+                "allowed"
+            } else {
+                "public"
             }
-            DecisionInfo {
-                status: 200,
-                outcome: if identity.is_some() {
-                    "allowed"
-                } else {
-                    "public"
-                }
-                .into(),
-                forwarded: true,
-                www_authenticate: None,
-                identity_headers,
-            }
-        }
+            .into(),
+            forwarded: true,
+            www_authenticate: None,
+            identity_headers: identity_headers(config, identity.as_ref()),
+            would_refuse: None,
+        },
     };
     Ok(Explanation {
         policy: policy_info,
+        enforcement: enforcement(route.enforced),
         request: request_info,
         path: PathInfo {
             raw: raw_path.to_owned(),
@@ -532,7 +573,27 @@ fn refused(refusal: &Refusal) -> DecisionInfo {
             .challenge
             .and_then(|c| c.to_str().ok().map(str::to_owned)),
         identity_headers: BTreeMap::new(),
+        would_refuse: None,
     }
+}
+
+/// The identity headers the sidecar sets for a verified token.
+fn identity_headers(
+    config: &SidecarConfig,
+    verified: Option<&VerifiedToken>,
+) -> BTreeMap<String, String> {
+    let mut headers = BTreeMap::new();
+    if let Some(v) = verified {
+        let h = &config.headers;
+        if let Some(sub) = &v.sub {
+            headers.insert(h.subject_header.clone(), sub.clone());
+        }
+        headers.insert(h.scopes_header.clone(), v.scope.clone());
+        if let Some(client) = &v.client_id {
+            headers.insert(h.client_id_header.clone(), client.clone());
+        }
+    }
+    headers
 }
 
 /// A rule as findings and explanations name it: `"admin" (rules[2])`.
@@ -615,9 +676,22 @@ fn header_of(token: &str) -> BTreeMap<String, String> {
 
 fn table(e: &Explanation) -> String {
     let mut out = format!(
-        "POLICY    {}  generation {}  ({})\nREQUEST   {} {}\n",
-        e.policy.name, e.policy.generation, e.policy.source, e.request.method, e.request.target
+        "POLICY    {}  generation {}  ({})\n",
+        e.policy.name, e.policy.generation, e.policy.source
     );
+    let dry = &e.enforcement.dry_run_rules;
+    if e.enforcement.policy == "DryRun" {
+        out.push_str(
+            "          enforcement DryRun: requests its rules would refuse are forwarded, counted and logged\n",
+        );
+    }
+    if !dry.is_empty() {
+        out.push_str(&format!("          in DryRun: {}\n", dry.join(", ")));
+    }
+    out.push_str(&format!(
+        "REQUEST   {} {}\n",
+        e.request.method, e.request.target
+    ));
     match (&e.path.refused, &e.path.route) {
         (Some(why), _) => out.push_str(&format!("  path        {}  refused: {why}\n", e.path.raw)),
         (None, Some(route)) => {
@@ -649,6 +723,9 @@ fn table(e: &Explanation) -> String {
         out.push_str(&format!(
             "  rule        none matches: defaultAction {default}\n"
         ));
+    }
+    if !e.enforcement.enforced {
+        out.push_str("              this rule is in DryRun: a refusal is counted, not enforced\n");
     }
     for c in e.candidates.iter().filter(|c| !c.won) {
         out.push_str(&format!(
@@ -699,7 +776,21 @@ fn table(e: &Explanation) -> String {
         ));
     }
     let d = &e.decision;
-    if d.forwarded {
+    if let Some(would) = &d.would_refuse {
+        out.push_str(&format!(
+            "DECISION  forwarded to the app (DryRun: enforced, it would be {} {}{})\n",
+            would.status,
+            would.outcome,
+            would
+                .www_authenticate
+                .as_ref()
+                .map(|c| format!(", WWW-Authenticate: {c}"))
+                .unwrap_or_default()
+        ));
+        for (k, v) in &d.identity_headers {
+            out.push_str(&format!("  {k}: {v}\n"));
+        }
+    } else if d.forwarded {
         out.push_str(&format!("DECISION  forwarded to the app ({})\n", d.outcome));
         for (k, v) in &d.identity_headers {
             out.push_str(&format!("  {k}: {v}\n"));

@@ -174,7 +174,7 @@ pub fn lint(config: &SidecarConfig, vocabulary: Option<&BTreeMap<String, String>
         message,
         fix,
     };
-    let Ok(policy) = Policy::compile(&config.rules, config.default_action) else {
+    let Ok(policy) = Policy::from_config(config) else {
         return vec![finding(
             "SG000",
             Severity::Error,

@@ -18,8 +18,9 @@ use support::*;
 
 const CLI: &str = env!("CARGO_BIN_EXE_kubectl-scopegate");
 
-/// What `explain -o json` says a case gets: status, challenge, forwarded.
-fn explained(config: &std::path::Path, case: &Case) -> (u16, Option<String>, bool) {
+/// What `explain -o json` says a case gets: status, challenge, forwarded; and in DryRun the
+/// status and challenge it would get enforced.
+fn explained(config: &std::path::Path, case: &Case) -> (Answer, Option<(u16, Option<String>)>) {
     let mut cmd = Command::new(CLI);
     cmd.arg("explain")
         .arg("--config")
@@ -39,19 +40,43 @@ fn explained(config: &std::path::Path, case: &Case) -> (u16, Option<String>, boo
     assert_eq!(report["apiVersion"], "cli.scopegate.dev/v1");
     assert_eq!(report["kind"], "Explanation");
     let decision = &report["decision"];
+    let answer = |d: &Value| {
+        (
+            u16::try_from(d["status"].as_u64().unwrap()).unwrap(),
+            d["wwwAuthenticate"].as_str().map(str::to_owned),
+        )
+    };
+    let (status, challenge) = answer(decision);
+    let would = decision.get("wouldRefuse").map(answer);
     (
-        u16::try_from(decision["status"].as_u64().unwrap()).unwrap(),
-        decision["wwwAuthenticate"].as_str().map(str::to_owned),
-        decision["forwarded"].as_bool().unwrap(),
+        (status, challenge, decision["forwarded"].as_bool().unwrap()),
+        would,
     )
 }
 
+/// Status, `WWW-Authenticate`, whether the app was reached.
+type Answer = (u16, Option<String>, bool);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_agrees_with_the_sidecar_on_the_hostile_table() {
+    agree_on_the_table(false).await;
+}
+
+/// In DryRun explain says what the sidecar does (forward) and what it would do enforced (the
+/// table's answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_agrees_with_the_sidecar_on_the_hostile_table_in_dry_run() {
+    agree_on_the_table(true).await;
+}
+
+async fn agree_on_the_table(dry_run: bool) {
     let upstream = Upstream::start(Duration::from_secs(0)).await;
     let dir = TempDir::new();
     let (trap_addr, trap_hits) = trap().await;
-    let Table { config, cases } = hostile_table(upstream.addr.port(), trap_addr);
+    let Table { mut config, cases } = hostile_table(upstream.addr.port(), trap_addr);
+    if dry_run {
+        config["enforcement"] = serde_json::json!("dryRun");
+    }
     let sidecar = start_sidecar(&dir, &config).await;
     let config_path = dir.join("config.json");
     assert!(cases.len() >= 30, "{} cases", cases.len());
@@ -75,17 +100,28 @@ async fn explain_agrees_with_the_sidecar_on_the_hostile_table() {
             status: case.status,
             challenge: case.challenge.clone(),
         };
-        let by_cli = tokio::task::spawn_blocking(move || explained(&path, &c))
+        let (by_cli, would) = tokio::task::spawn_blocking(move || explained(&path, &c))
             .await
             .unwrap();
-        let expected = (case.status, case.challenge.clone(), case.status == 200);
-        if by_cli != by_sidecar || by_cli != expected {
+        let table = (case.status, case.challenge.clone(), case.status == 200);
+        // In DryRun only a refused path spelling is refused; the rest is forwarded, and
+        // explain names the table's answer as the one it would get.
+        let path_refused = case.status == 400 && case.challenge.is_none();
+        let (expected, expected_would) = if dry_run && !path_refused && case.status != 200 {
+            (
+                (200, None, true),
+                Some((case.status, case.challenge.clone())),
+            )
+        } else {
+            (table, None)
+        };
+        if by_cli != by_sidecar || by_cli != expected || would != expected_would {
             failures.push(format!(
-                "{}: sidecar {by_sidecar:?}, explain {by_cli:?}, table {expected:?}",
+                "{}: sidecar {by_sidecar:?}, explain {by_cli:?} (would refuse {would:?}), want {expected:?} (would refuse {expected_would:?})",
                 case.name
             ));
         }
-        if !by_cli.2 {
+        if !by_cli.2 || would.is_some() {
             refused += 1;
         }
     }
@@ -105,7 +141,10 @@ async fn explain_agrees_with_the_sidecar_on_the_hostile_table() {
         0,
         "a jku/x5u URL was fetched"
     );
-    eprintln!("{} cases: explain and the sidecar agree", cases.len());
+    eprintln!(
+        "{} cases (DryRun: {dry_run}): explain and the sidecar agree",
+        cases.len()
+    );
     sidecar.shutdown().await;
 }
 
@@ -167,4 +206,26 @@ async fn explain_names_the_rule_the_check_and_the_answer() {
         "{text}"
     );
     assert!(text.contains("DECISION  400 bad_path"), "{text}");
+
+    // The same policy in DryRun says so, and what enforcing would answer.
+    let mut dry = config.clone();
+    dry["enforcement"] = serde_json::json!("dryRun");
+    dry["rules"][0]["enforcement"] = serde_json::json!("enforce");
+    write_atomic(&path, &dry.to_string());
+    let text = run(&["GET", "/admin/x", "--token", &reader]);
+    for want in [
+        "enforcement DryRun",
+        "in DryRun: admin, any, me, (default)",
+        "this rule is in DryRun",
+        "DECISION  forwarded to the app (DryRun: enforced, it would be 403 insufficient_scope",
+        "x-auth-subject: alice",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    // A rule that keeps enforcing, and a path refusal, are answered as before.
+    let text = run(&["GET", "/items/1", "--token", &expired]);
+    assert!(text.contains("DECISION  401 invalid_token"), "{text}");
+    let text = run(&["GET", "/admin%2Fx"]);
+    assert!(text.contains("DECISION  400 bad_path"), "{text}");
+    assert!(text.contains("refused in DryRun too"), "{text}");
 }

@@ -46,6 +46,10 @@ pub struct SidecarConfig {
     /// What an unmatched request gets.
     #[serde(default)]
     pub default_action: DefaultAction,
+    /// Whether refusals are acted on: for the default action and every rule without an
+    /// enforcement of its own. A sidecar that predates this field ignores it and enforces.
+    #[serde(default, skip_serializing_if = "Enforcement::is_enforce")]
+    pub enforcement: Enforcement,
     /// Per-route rate limits.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitConfig>,
@@ -209,6 +213,29 @@ pub struct RouteRule {
     pub paths: Vec<String>,
     /// What the rule asks of a request.
     pub action: RuleAction,
+    /// This rule's enforcement; `None`: the document's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforcement: Option<Enforcement>,
+}
+
+/// Whether the sidecar acts on a rule's refusals.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Enforcement {
+    /// Refused requests get their refusal.
+    #[default]
+    Enforce,
+    /// Refused requests are forwarded anyway (without identity headers unless the token is
+    /// valid), and counted and logged as what would have been refused. Path refusals, the
+    /// issuer's endpoints and rate limits stay enforced.
+    DryRun,
+}
+
+impl Enforcement {
+    /// Whether this is [`Enforcement::Enforce`].
+    pub fn is_enforce(&self) -> bool {
+        *self == Enforcement::Enforce
+    }
 }
 
 /// What a rule asks of a request.
@@ -518,8 +545,10 @@ mod tests {
                 action: RuleAction::RequireAny {
                     scope_sets: vec![vec!["read:orders".into()]],
                 },
+                enforcement: Some(Enforcement::DryRun),
             }],
             default_action: DefaultAction::Deny,
+            enforcement: Enforcement::Enforce,
             rate_limits: vec![],
             trusted_proxies: Some(TrustedProxiesConfig::Hops(1)),
             headers: HeadersConfig::default(),
@@ -534,6 +563,9 @@ mod tests {
         let text = serde_json::to_string(&sample()).unwrap();
         assert_eq!(SidecarConfig::from_json(&text).unwrap(), sample());
         assert!(text.contains(r#""type":"requireAny""#), "{text}");
+        assert!(text.contains(r#""enforcement":"dryRun""#), "{text}");
+        // An enforcing document renders as it did before the field existed.
+        assert_eq!(text.matches("enforcement").count(), 1, "{text}");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! a `public` rule only its exact spelling; and a rule for `GET` also matches `HEAD`, which
 //! frameworks answer with the GET handler. Rate limits use the same [`Matcher`], loosely.
 
-use crate::config::{DefaultAction, RouteRule, RuleAction};
+use crate::config::{DefaultAction, Enforcement, RouteRule, RuleAction, SidecarConfig};
 use crate::path::{Pattern, PatternError, Specificity};
 use crate::scope::is_scope_token;
 
@@ -74,6 +74,27 @@ pub struct Route<'a> {
     pub rule_name: Option<&'a str>,
     /// Index of the matching rule, `None` for the default action.
     pub rule_index: Option<usize>,
+    /// Whether a refusal is acted on (`false`: the rule, or the default action, is in
+    /// DryRun and the request is forwarded anyway).
+    pub enforced: bool,
+}
+
+impl Route<'_> {
+    /// The rule as logs and metrics name it: its name, `rules[i]` for an unnamed rule, or
+    /// `(default)` for the default action.
+    pub fn label(&self) -> String {
+        rule_label(self.rule_name, self.rule_index)
+    }
+}
+
+/// The label of a rule: its name, `rules[i]` when it has none, `(default)` for the default
+/// action.
+pub fn rule_label(name: Option<&str>, index: Option<usize>) -> String {
+    match (name, index) {
+        (Some(name), Some(_)) => name.to_owned(),
+        (None, Some(index)) => format!("rules[{index}]"),
+        (_, None) => "(default)".to_owned(),
+    }
 }
 
 /// Rules compiled from the config, ready to match.
@@ -81,6 +102,7 @@ pub struct Route<'a> {
 pub struct Policy {
     rules: Vec<CompiledRule>,
     default_action: DefaultAction,
+    enforcement: Enforcement,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +110,7 @@ struct CompiledRule {
     name: Option<String>,
     matcher: Matcher,
     action: RuleAction,
+    enforced: bool,
 }
 
 /// Methods and path patterns of a rule or rate limit, compiled: the one matcher of the
@@ -163,20 +186,62 @@ impl Matcher {
 }
 
 impl Policy {
-    /// Checks and compiles rules.
+    /// Checks and compiles rules, enforced unless a rule says DryRun.
     pub fn compile(
         rules: &[RouteRule],
         default_action: DefaultAction,
     ) -> Result<Self, PolicyError> {
+        Self::compile_with(rules, default_action, Enforcement::Enforce)
+    }
+
+    /// Checks and compiles a config document's rules, default action and enforcement: what
+    /// the sidecar runs.
+    pub fn from_config(config: &SidecarConfig) -> Result<Self, PolicyError> {
+        Self::compile_with(&config.rules, config.default_action, config.enforcement)
+    }
+
+    /// Checks and compiles rules; `enforcement` applies to the default action and to every
+    /// rule without one of its own.
+    pub fn compile_with(
+        rules: &[RouteRule],
+        default_action: DefaultAction,
+        enforcement: Enforcement,
+    ) -> Result<Self, PolicyError> {
         let compiled = rules
             .iter()
             .enumerate()
-            .map(|(index, rule)| compile_rule(index, rule))
+            .map(|(index, rule)| compile_rule(index, rule, enforcement))
             .collect::<Result<_, _>>()?;
         Ok(Policy {
             rules: compiled,
             default_action,
+            enforcement,
         })
+    }
+
+    /// The label of every rule, in document order ([`rule_label`]).
+    pub fn rule_labels(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule_label(r.name.as_deref(), Some(i)))
+            .collect()
+    }
+
+    /// Labels of the rules that are not enforced ([`rule_label`]; `(default)` for the
+    /// default action).
+    pub fn dry_run_labels(&self) -> Vec<String> {
+        let mut labels: Vec<String> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.enforced && r.action != RuleAction::Public)
+            .map(|(i, r)| rule_label(r.name.as_deref(), Some(i)))
+            .collect();
+        if !self.enforcement.is_enforce() && self.default_action != DefaultAction::Allow {
+            labels.push(rule_label(None, None));
+        }
+        labels
     }
 
     /// The requirement for a request. `path` is the route path of a
@@ -209,6 +274,7 @@ impl Policy {
                     },
                     rule_name: rule.name.as_deref(),
                     rule_index: Some(index),
+                    enforced: rule.enforced,
                 }
             }
             None => Route {
@@ -219,6 +285,7 @@ impl Policy {
                 },
                 rule_name: None,
                 rule_index: None,
+                enforced: self.enforcement.is_enforce(),
             },
         }
     }
@@ -266,7 +333,11 @@ impl Policy {
     }
 }
 
-fn compile_rule(index: usize, rule: &RouteRule) -> Result<CompiledRule, PolicyError> {
+fn compile_rule(
+    index: usize,
+    rule: &RouteRule,
+    enforcement: Enforcement,
+) -> Result<CompiledRule, PolicyError> {
     if rule.paths.is_empty() {
         return Err(PolicyError::NoPaths(index));
     }
@@ -303,6 +374,7 @@ fn compile_rule(index: usize, rule: &RouteRule) -> Result<CompiledRule, PolicyEr
         name: rule.name.clone(),
         matcher,
         action: rule.action.clone(),
+        enforced: rule.enforcement.unwrap_or(enforcement).is_enforce(),
     })
 }
 
@@ -361,6 +433,7 @@ mod tests {
             methods: methods.iter().map(|m| (*m).into()).collect(),
             paths: paths.iter().map(|p| (*p).into()).collect(),
             action,
+            enforcement: None,
         }
     }
 
@@ -417,6 +490,37 @@ mod tests {
         assert_eq!(name(&p, "GET", "/healthz"), Some("health"));
         assert_eq!(name(&p, "POST", "/healthz"), None);
         assert_eq!(p.route("GET", "/nope").requirement, Requirement::Deny);
+    }
+
+    #[test]
+    fn enforcement_comes_from_the_rule_else_the_policy() {
+        let mut rules = vec![
+            rule("items", &[], &["/items/**"], all(&["read:items"])),
+            rule("admin", &[], &["/admin/**"], all(&["admin"])),
+            rule("health", &[], &["/healthz"], RuleAction::Public),
+            RouteRule {
+                name: None,
+                ..rule("", &[], &["/me"], RuleAction::Authenticated)
+            },
+        ];
+        rules[1].enforcement = Some(Enforcement::DryRun);
+        let p = Policy::compile(&rules, DefaultAction::Deny).unwrap();
+        assert!(p.route("GET", "/items/1").enforced);
+        assert!(!p.route("GET", "/admin/x").enforced);
+        assert!(p.route("GET", "/nope").enforced);
+        assert_eq!(p.dry_run_labels(), ["admin"]);
+
+        // A policy in DryRun: every rule without its own enforcement and the default action.
+        rules[0].enforcement = Some(Enforcement::Enforce);
+        let p = Policy::compile_with(&rules, DefaultAction::Deny, Enforcement::DryRun).unwrap();
+        assert!(p.route("GET", "/items/1").enforced);
+        assert!(!p.route("GET", "/admin/x").enforced);
+        assert!(!p.route("GET", "/me").enforced);
+        assert!(!p.route("GET", "/nope").enforced);
+        // Public rules refuse nothing and are not listed.
+        assert_eq!(p.dry_run_labels(), ["admin", "rules[3]", "(default)"]);
+        assert_eq!(p.route("GET", "/me").label(), "rules[3]");
+        assert_eq!(p.route("GET", "/nope").label(), "(default)");
     }
 
     #[test]
@@ -623,6 +727,7 @@ mod tests {
                 methods: methods.into_iter().map(str::to_owned).collect(),
                 paths,
                 action,
+                enforcement: None,
             });
         proptest::collection::vec(one, 1..7)
     }

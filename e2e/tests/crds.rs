@@ -124,6 +124,7 @@ async fn every_example_applies() {
         "READY",
         "ISSUER",
         "ACTIVE KEY",
+        "ENFORCEMENT",
         "AGE",
         "auth",
         "orders",
@@ -176,6 +177,18 @@ fn issuer_policy() -> Value {
             "rules": [ { "paths": ["/items/**"], "require": ["read:items"] } ]
         }
     })
+}
+
+/// A valid policy rolled out in DryRun, one rule kept enforced and one public.
+fn dry_run_policy() -> Value {
+    let mut v = issuer_policy();
+    v["spec"]["enforcement"] = json!("DryRun");
+    v["spec"]["rules"] = json!([
+        {"name": "items", "paths": ["/items/**"], "require": ["read:items"], "enforcement": "Enforce"},
+        {"name": "write", "methods": ["POST"], "paths": ["/items/**"], "require": ["write:items"], "enforcement": "DryRun"},
+        {"name": "health", "paths": ["/healthz"], "public": true}
+    ]);
+    v
 }
 
 /// A valid verifier AuthPolicy with an external issuer.
@@ -270,6 +283,30 @@ type Case = (&'static str, fn() -> Value, fn(&mut Value), &'static str);
 
 fn cases() -> Vec<Case> {
     vec![
+        (
+            "enforcement that is not a mode",
+            dry_run_policy,
+            |v| v["spec"]["enforcement"] = json!("Audit"),
+            "spec.enforcement: Unsupported value: \"Audit\"",
+        ),
+        (
+            "enforcement spelled in camelCase",
+            dry_run_policy,
+            |v| v["spec"]["enforcement"] = json!("dryRun"),
+            "spec.enforcement: Unsupported value: \"dryRun\"",
+        ),
+        (
+            "rule enforcement that is not a mode",
+            dry_run_policy,
+            |v| v["spec"]["rules"][1]["enforcement"] = json!("Off"),
+            "spec.rules[1].enforcement: Unsupported value: \"Off\"",
+        ),
+        (
+            "enforcement on a public rule",
+            dry_run_policy,
+            |v| v["spec"]["rules"][2]["enforcement"] = json!("DryRun"),
+            "a public rule refuses nothing, so enforcement has no effect on it",
+        ),
         (
             "issuer with nothing set",
             issuer_policy,
@@ -786,6 +823,7 @@ async fn cel_rules_refuse_bad_objects_with_their_message() {
     // The valid bases are accepted, so each refusal below is caused by its one change.
     for base in [
         issuer_policy,
+        dry_run_policy,
         upstream_policy,
         direct_upstream_policy,
         upstream_client,

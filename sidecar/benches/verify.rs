@@ -234,6 +234,7 @@ fn typical_policy() -> Policy {
         methods: methods.iter().map(|m| (*m).to_owned()).collect(),
         paths: paths.iter().map(|p| (*p).to_owned()).collect(),
         action,
+        enforcement: None,
     };
     let scopes = |s: &[&str]| RuleAction::RequireAll {
         scopes: s.iter().map(|x| (*x).to_owned()).collect(),

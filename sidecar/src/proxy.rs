@@ -105,9 +105,28 @@ pub async fn handle(
     }
 
     let route = settings.policy.route(&method, path.route());
-    let identity = match authorize(&shared, &settings, route.requirement, &req).await {
-        Ok(identity) => identity,
-        Err(refusal) => {
+    let Verdict { identity, outcome } =
+        authorize(&shared, &settings, route.requirement, &req).await;
+    let decisions = settings
+        .decisions
+        .get_or_init(|| {
+            shared
+                .metrics
+                .decision_counters(&settings.policy.rule_labels())
+        })
+        .of(route.rule_index);
+    let dry_run = match outcome {
+        Ok(()) => {
+            let outcome = if identity.is_some() {
+                "allowed"
+            } else {
+                "public"
+            };
+            decisions.count(outcome, route.enforced);
+            false
+        }
+        Err(refusal) if route.enforced => {
+            decisions.count(refusal.outcome(), true);
             tracing::info!(
                 rule = route.rule_name.unwrap_or("-"),
                 outcome = refusal.outcome(),
@@ -119,6 +138,26 @@ pub async fn handle(
             };
             return refuse(&shared, &settings, refusal);
         }
+        Err(refusal) => {
+            // DryRun: counted and logged as the refusal it would be, then forwarded; the
+            // identity headers go with a valid token only. Rate limits still count it as a
+            // failure, and still refuse.
+            let count = decisions.count(refusal.outcome(), false);
+            if decisions.may_log(refusal.outcome(), unix_now()) {
+                tracing::info!(
+                    rule = %route.label(),
+                    outcome = refusal.outcome(),
+                    method = %method,
+                    client_id = identity.as_ref().and_then(|t| t.client_id.as_deref()).unwrap_or("-"),
+                    count,
+                    "DryRun: forwarded a request the policy would refuse"
+                );
+            }
+            if let Err(secs) = limits.refused().await {
+                return refuse(&shared, &settings, Refusal::RateLimited(secs));
+            }
+            true
+        }
     };
     let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
     if let Err(secs) = limits.check_subject(identity.is_some(), subject).await {
@@ -127,7 +166,9 @@ pub async fn handle(
 
     let upgrade =
         headers::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let outcome = if identity.is_some() {
+    let outcome = if dry_run {
+        "dry_run"
+    } else if identity.is_some() {
         "allowed"
     } else {
         "public"
@@ -147,43 +188,68 @@ pub async fn handle(
         Err(refusal) => return refuse(&shared, &settings, refusal),
     };
     shared.metrics.request(outcome);
-    let failed = matches!(
-        response.status(),
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-    );
-    limits.answered(failed, subject).await;
+    if !dry_run {
+        // A DryRun refusal was counted as a failure already.
+        let failed = matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        );
+        limits.answered(failed, subject).await;
+    }
     headers::secure_response(response.headers_mut(), &settings.headers, no_store);
     response
 }
 
-/// Decides whether the request may pass: `Ok(Some(token))` with a verified token,
-/// `Ok(None)` for a public route. The steps are [`scopegate_core::decision`]'s, the ones
-/// `kubectl scopegate explain` runs.
+/// What the credentials of a request come to.
+struct Verdict {
+    /// The token, when one was presented, verified and not revoked (whether or not it
+    /// satisfies the rule): the identity the app may be told.
+    identity: Option<Arc<VerifiedToken>>,
+    /// Whether the rule lets the request through, or the refusal it gets.
+    outcome: Result<(), Refusal>,
+}
+
+/// Decides whether the request may pass. The steps are [`scopegate_core::decision`]'s, the
+/// ones `kubectl scopegate explain` runs.
 async fn authorize(
     shared: &Shared,
     settings: &Settings,
     requirement: Requirement<'_>,
     req: &Request<Incoming>,
-) -> Result<Option<Arc<VerifiedToken>>, Refusal> {
+) -> Verdict {
+    let refused = |refusal| Verdict {
+        identity: None,
+        outcome: Err(refusal),
+    };
     let (token, grant) =
         match decision::before_verification(requirement, req.headers(), req.uri().query()) {
-            Ok(Step::Public) => return Ok(None),
+            Ok(Step::Public) => {
+                return Verdict {
+                    identity: None,
+                    outcome: Ok(()),
+                };
+            }
             Ok(Step::Verify { token, grant }) => (token, grant),
             Err(early) => {
                 tracing::debug!(reason = %early, "refused before verification");
-                return Err(early.refusal());
+                return refused(early.refusal());
             }
         };
     if shared.fail_closed_now(unix_now()) {
         tracing::warn!("revocation feed stale and the policy fails closed");
-        return Err(Refusal::Unavailable);
+        return refused(Refusal::Unavailable);
     }
-    let verified = verify(shared, settings, token).await.map_err(|err| {
-        tracing::info!(reason = %err, "invalid token");
-        decision::token_refused(&err)
-    })?;
-    decision::after_verification(grant, &verified.scope)?;
-    Ok(Some(verified))
+    let verified = match verify(shared, settings, token).await {
+        Ok(verified) => verified,
+        Err(err) => {
+            tracing::info!(reason = %err, "invalid token");
+            return refused(decision::token_refused(&err));
+        }
+    };
+    Verdict {
+        outcome: decision::after_verification(grant, &verified.scope),
+        identity: Some(verified),
+    }
 }
 
 /// Validates a token, from the cache when it was verified before.

@@ -3,7 +3,7 @@
 //! swapped in whole; a document that does not compile is refused with a [`SettingsError`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -24,6 +24,7 @@ use crate::issuer::IssuerSettings;
 use crate::jose::b64;
 use crate::jose::jws::KeyMap;
 use crate::jose::keys::{Alg, KeyEntry, KeyError};
+use crate::metrics::Decisions;
 use crate::rate_limit::{RateLimit, RateLimitError};
 use crate::remote_keys::{RemoteKeySet, RemoteSpec};
 use crate::token::{IssuerKeys, TokenRules};
@@ -191,6 +192,9 @@ pub struct Settings {
     pub issuer: Option<Arc<IssuerSettings>>,
     /// Keys left out because they do not load (the rest of the config is in force).
     pub skipped_keys: Vec<SkippedKey>,
+    /// The decision counters of the rules and the default action, taken from the metrics on
+    /// the first request this config serves.
+    pub decisions: OnceLock<Decisions>,
 }
 
 /// A key left out of the config in force because it does not load.
@@ -238,7 +242,7 @@ pub fn compile(
     remote: &mut dyn FnMut(RemoteSpec) -> Arc<RemoteKeySet>,
 ) -> Result<Settings, SettingsError> {
     let config = SidecarConfig::from_json(input.config_text)?;
-    let policy = Policy::compile(&config.rules, config.default_action)?;
+    let policy = Policy::from_config(&config)?;
     let verify = &config.verify;
     if !TOKEN_BYTES_RANGE.contains(&verify.max_token_bytes) {
         return Err(SettingsError::Limits);
@@ -418,6 +422,7 @@ pub fn compile(
         recompile_at,
         skipped_keys,
         config,
+        decisions: OnceLock::new(),
     })
 }
 

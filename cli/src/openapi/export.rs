@@ -281,8 +281,7 @@ pub fn apply(
     path_prefix: &str,
 ) -> anyhow::Result<Value> {
     let openapi_version = version(&doc)?.to_owned();
-    let policy = Policy::compile(&config.rules, config.default_action)
-        .context("the policy's rules do not compile")?;
+    let policy = Policy::from_config(config).context("the policy's rules do not compile")?;
     let sentinel = samples::sentinel(
         config
             .rules

@@ -30,6 +30,7 @@ use super::common::{
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".status.issuerMode","description":"Self, PolicyRef or External"}"#,
     printcolumn = r#"{"name":"Active Key","type":"string","jsonPath":".status.activeKid","description":"Key id that signs new tokens"}"#,
+    printcolumn = r#"{"name":"Enforcement","type":"string","jsonPath":".status.conditions[?(@.type==\"Enforcing\")].reason","description":"Enforced, DryRun (spec.enforcement) or RulesInDryRun (some rules)"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -89,6 +90,17 @@ pub struct AuthPolicySpec {
     /// valid token, no scope needed) or Allow (no token needed).
     #[serde(default)]
     pub default_action: DefaultAction,
+
+    /// Whether the sidecars act on refusals: Enforce (default) or DryRun, for the default
+    /// action and every rule without an enforcement of its own. In DryRun the sidecars forward
+    /// every request they would refuse, count it (metric scopegate_decisions_total with
+    /// enforced="false") and log it, rate-limited and without the token; a valid token still
+    /// gives the app its identity headers, an invalid one never does. Still enforced in
+    /// DryRun: refused path spellings (400), the removal of incoming identity headers, the
+    /// issuer's endpoints and rateLimits. Identity headers then mean a valid token, not a
+    /// passed rule. Switching is a spec change the sidecars apply without a restart.
+    #[serde(default)]
+    pub enforcement: Enforcement,
 
     /// The application container's port, on 127.0.0.1, that the sidecar forwards to.
     pub upstream: Upstream,
@@ -587,6 +599,11 @@ pub struct ExternalIssuer {
         "message": "a public rule needs no token, so it cannot require scopes"
     },
     {
+        "rule": "!(self.public && has(self.enforcement))",
+        "message": "a public rule refuses nothing, so enforcement has no effect on it",
+        "fieldPath": ".enforcement"
+    },
+    {
         "rule": "!(size(self.require) > 0 && size(self.anyOf) > 0)",
         "message": "set either require (all of these scopes) or anyOf (one of these scope sets), not both"
     }
@@ -629,6 +646,33 @@ pub struct Rule {
         )
     )]
     pub any_of: Vec<Vec<String>>,
+    /// This rule's enforcement, Enforce or DryRun, instead of spec.enforcement: to try one
+    /// stricter rule while the others enforce, or to keep one rule enforced while the rest of
+    /// the policy runs dry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_enforcement")]
+    pub enforcement: Option<Enforcement>,
+}
+
+/// An optional [`Enforcement`], as a plain string enum (so that the field keeps its own
+/// description).
+fn optional_enforcement(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Enforce", "DryRun"],
+        "nullable": true,
+    })
+}
+
+/// Whether refusals are acted on.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Enforcement {
+    /// Refused requests get their refusal (401, 403, 400).
+    #[default]
+    Enforce,
+    /// Refused requests are forwarded anyway, counted and logged as what would have been
+    /// refused.
+    DryRun,
 }
 
 /// What to do with a request that matches no rule.
@@ -877,8 +921,9 @@ pub struct AuthPolicyStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready (everything rendered and usable), KeysReady (issuer keys published and active)
-    /// and Degraded (working, but something needs attention), each with a reason and message.
+    /// Ready (everything rendered and usable), KeysReady (issuer keys published and active),
+    /// Degraded (working, but something needs attention) and Enforcing (False while the
+    /// policy or some rules are in DryRun), each with a reason and message.
     #[serde(default)]
     #[schemars(schema_with = "conditions")]
     pub conditions: Vec<Condition>,
@@ -964,4 +1009,24 @@ pub struct RenderedObjects {
     /// The Secret of upstream client secrets (self issuers with upstreams).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optional_enforcement_lists_every_mode() {
+        let schema = optional_enforcement(&mut schemars::SchemaGenerator::default());
+        let listed = schema.get("enum").cloned().unwrap_or_default();
+        let every = [Enforcement::Enforce, Enforcement::DryRun].map(|mode| {
+            // A new mode fails to compile here until it is listed.
+            match mode {
+                Enforcement::Enforce | Enforcement::DryRun => {
+                    serde_json::to_value(mode).unwrap_or_default()
+                }
+            }
+        });
+        assert_eq!(listed, serde_json::Value::from(every.to_vec()));
+    }
 }

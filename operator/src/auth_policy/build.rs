@@ -381,6 +381,7 @@ pub fn sidecar_config(
             api::DefaultAction::Authenticate => config::DefaultAction::Authenticate,
             api::DefaultAction::Allow => config::DefaultAction::Allow,
         },
+        enforcement: enforcement(spec.enforcement),
         rate_limits: spec.rate_limits.iter().map(rate_limit).collect(),
         trusted_proxies: spec.trusted_proxies.as_ref().map(|t| match t.hops {
             Some(hops) => TrustedProxiesConfig::Hops(u8::try_from(hops).unwrap_or(u8::MAX)),
@@ -435,6 +436,14 @@ fn route_rule(rule: &api::Rule) -> RouteRule {
         methods: method_names(&rule.methods),
         paths: rule.paths.clone(),
         action,
+        enforcement: rule.enforcement.map(enforcement),
+    }
+}
+
+fn enforcement(value: api::Enforcement) -> config::Enforcement {
+    match value {
+        api::Enforcement::Enforce => config::Enforcement::Enforce,
+        api::Enforcement::DryRun => config::Enforcement::DryRun,
     }
 }
 
@@ -701,6 +710,14 @@ spec:
             ]
         );
         assert_eq!(config.rules[1].methods, ["GET"]);
+        assert_eq!(config.enforcement, config::Enforcement::Enforce);
+        assert!(config.rules.iter().all(|r| r.enforcement.is_none()));
+        let mut dry = policy(ORDERS);
+        dry.spec.enforcement = api::Enforcement::DryRun;
+        dry.spec.rules[2].enforcement = Some(api::Enforcement::Enforce);
+        let dry = sidecar_config(&dry, &trust, cutoffs.clone(), "PEM").unwrap();
+        assert_eq!(dry.enforcement, config::Enforcement::DryRun);
+        assert_eq!(dry.rules[2].enforcement, Some(config::Enforcement::Enforce));
         assert_eq!(config.rate_limits[0].period_secs, 900);
         assert_eq!(config.trusted_proxies, Some(TrustedProxiesConfig::Hops(2)));
         assert_eq!(config.revocation.client_cutoffs, cutoffs);

@@ -27,7 +27,7 @@ use crate::limits;
 use crate::metrics::{FailureLabels, KindLabels};
 use crate::oauth_client::validate::{client_id, issuer_key};
 use build::{CA_CONFIGMAP, CA_FILE, JWKS_FILE, Names, Trust};
-use status::{Observation, Problem};
+use status::{DryRunScope, Observation, Problem};
 
 const KIND: &str = "AuthPolicy";
 /// The longest a policy goes without a reconcile.
@@ -70,6 +70,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
             let observation = Observation {
                 mode: "Self",
                 problems: vec![Problem::IssuerLimit(over.limit, over.count)],
+                dry_run: DryRunScope::of(spec),
                 ..Observation::default()
             };
             write_status(policy, ctx, &observation, now).await?;
@@ -79,6 +80,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
 
     let mut observation = Observation {
         rendered: RenderedObjects::default(),
+        dry_run: DryRunScope::of(spec),
         ..Observation::default()
     };
     let mut due = vec![now + RESYNC_SECS];

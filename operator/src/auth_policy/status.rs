@@ -3,7 +3,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use scopegate_core::keys::{KeyState, ManagedKey};
-use scopegate_crds::v1alpha1::{AuthPolicyStatus, KeyStatus, RenderedObjects};
+use scopegate_core::policy::rule_label;
+use scopegate_crds::v1alpha1::{
+    AuthPolicySpec, AuthPolicyStatus, Enforcement, KeyStatus, RenderedObjects,
+};
 
 use crate::conditions::{Conclusion, merge};
 
@@ -183,6 +186,70 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// Which parts of a policy run in DryRun.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DryRunScope {
+    /// Nothing: every refusal is enforced.
+    #[default]
+    None,
+    /// `spec.enforcement` is DryRun; these rules (labels) enforce nonetheless.
+    Policy(Vec<String>),
+    /// These rules (labels) are in DryRun, the rest enforces.
+    Rules(Vec<String>),
+}
+
+impl DryRunScope {
+    /// What a spec runs in DryRun. Public rules refuse nothing and are left out.
+    pub fn of(spec: &AuthPolicySpec) -> Self {
+        let with = |mode: Enforcement| -> Vec<String> {
+            spec.rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| !r.public && r.enforcement == Some(mode))
+                .map(|(i, r)| rule_label(r.name.as_deref(), Some(i)))
+                .collect()
+        };
+        match spec.enforcement {
+            Enforcement::DryRun => DryRunScope::Policy(with(Enforcement::Enforce)),
+            Enforcement::Enforce => match with(Enforcement::DryRun) {
+                rules if rules.is_empty() => DryRunScope::None,
+                rules => DryRunScope::Rules(rules),
+            },
+        }
+    }
+
+    /// The `Enforcing` condition.
+    fn conclusion(&self) -> Conclusion {
+        match self {
+            DryRunScope::None => Conclusion::yes(
+                "Enforcing",
+                "Enforced",
+                "every rule and the default action are enforced",
+            ),
+            DryRunScope::Policy(enforced) => Conclusion::no(
+                "Enforcing",
+                "DryRun",
+                format!(
+                    "spec.enforcement is DryRun: the sidecars forward requests they would refuse and count them in scopegate_decisions_total{{enforced=\"false\"}}{}",
+                    if enforced.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; still enforced: {}", enforced.join(", "))
+                    }
+                ),
+            ),
+            DryRunScope::Rules(rules) => Conclusion::no(
+                "Enforcing",
+                "RulesInDryRun",
+                format!(
+                    "rules in DryRun (requests they would refuse are forwarded and counted): {}",
+                    rules.join(", ")
+                ),
+            ),
+        }
+    }
+}
+
 /// What a reconcile observed.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
@@ -210,6 +277,8 @@ pub struct Observation {
     pub publishing: Option<(String, Vec<String>)>,
     /// The rotate-annotation value acted on so far.
     pub handled_rotation: Option<String>,
+    /// What runs in DryRun.
+    pub dry_run: DryRunScope,
 }
 
 /// `UpstreamsReady`: every upstream rendered, or which are not and why (the first one's
@@ -369,6 +438,8 @@ pub fn compute(
     if !observation.upstreams.is_empty() {
         conclusions.push(upstreams_ready(&observation.upstreams));
     }
+
+    conclusions.push(observation.dry_run.conclusion());
 
     if observation.mode == "Self" {
         conclusions.push(if observation.memory_store {
@@ -631,6 +702,49 @@ mod tests {
             ready.message.contains("delete the Secret"),
             "{}",
             ready.message
+        );
+    }
+
+    #[test]
+    fn enforcing_says_what_runs_in_dry_run() {
+        let mut spec: AuthPolicySpec = serde_json::from_value(serde_json::json!({
+            "selector": {},
+            "issuer": {"external": {"issuer": "https://i", "jwksUri": "https://i/jwks", "algorithms": ["ES256"]}},
+            "upstream": {"port": 8080},
+            "rules": [
+                {"name": "items", "paths": ["/items/**"], "require": ["read"]},
+                {"paths": ["/admin/**"], "require": ["admin"]},
+                {"name": "health", "paths": ["/healthz"], "public": true}
+            ]
+        }))
+        .unwrap();
+        let enforcing = |spec: &AuthPolicySpec| {
+            let observation = Observation {
+                mode: "External",
+                dry_run: DryRunScope::of(spec),
+                ..Observation::default()
+            };
+            condition(&compute(None, &observation, Some(1), 1000), "Enforcing").clone()
+        };
+        let c = enforcing(&spec);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Enforced"));
+
+        spec.rules[1].enforcement = Some(Enforcement::DryRun);
+        let c = enforcing(&spec);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RulesInDryRun")
+        );
+        assert!(c.message.ends_with(": rules[1]"), "{}", c.message);
+
+        spec.enforcement = Enforcement::DryRun;
+        spec.rules[0].enforcement = Some(Enforcement::Enforce);
+        let c = enforcing(&spec);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "DryRun"));
+        assert!(
+            c.message.ends_with("still enforced: items"),
+            "{}",
+            c.message
         );
     }
 

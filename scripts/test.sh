@@ -34,16 +34,18 @@ step "helm lint"
 
 step "end-to-end tests against a local control plane"
 cargo build -p scopegate-e2e --tests --locked
-cargo build -p scopegate-operator -p scopegate-sidecar --locked
+cargo build -p scopegate-operator -p scopegate-sidecar -p scopegate-cli --locked
 # The pods tests run the sidecar binary as a kubelet would run the injected container.
 export E2E_SIDECAR_BIN="$CARGO_TARGET_DIR/debug/scopegate-sidecar"
+# The cli tests run `kubectl scopegate` against the control plane.
+export E2E_CLI_BIN="$CARGO_TARGET_DIR/debug/kubectl-scopegate"
 E2E_DIR="$(mktemp -d "${TMPDIR:-/tmp}/scopegate-e2e.XXXXXX")"
 trap 'bash "$root/e2e/scripts/cluster-down.sh" "$E2E_DIR"' EXIT
 bash e2e/scripts/cluster-up.sh "$E2E_DIR"
 bash e2e/scripts/operator-up.sh "$E2E_DIR" "$CARGO_TARGET_DIR/debug/scopegate-operator"
 source "$E2E_DIR/env"
 # Two test threads: the other core serves kube-apiserver, etcd and the operator.
-if ! cargo test -p scopegate-e2e --locked --test crds --test operator --test keys --test webhook --test pods --test story --test upstreams --test trust --test tenancy -- --test-threads 2 --nocapture; then
+if ! cargo test -p scopegate-e2e --locked --test crds --test operator --test keys --test webhook --test pods --test story --test upstreams --test trust --test tenancy --test cli -- --test-threads 2 --nocapture; then
   echo "--- operator log (last 40 lines) ---" >&2; tail -n 40 "$E2E_DIR/logs/operator.log" >&2
   exit 1
 fi

@@ -8,7 +8,8 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::core::{Selector, SelectorExt as _};
 use scopegate_core::names::INJECTION_LABEL;
-use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use scopegate_core::policy::rule_label;
+use scopegate_crds::v1alpha1::{AuthPolicy, Enforcement, OAuthClient};
 use scopegate_operator::webhook::inject::SIDECAR_NAME;
 use serde::Serialize;
 
@@ -228,7 +229,12 @@ pub async fn run(global: &Global, _args: Args) -> anyhow::Result<()> {
                     .spec
                     .grant_types
                     .iter()
-                    .map(|g| format!("{g:?}"))
+                    // As the spec spells them (client_credentials), not as Rust does.
+                    .filter_map(|g| {
+                        serde_json::to_value(g)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                    })
                     .collect(),
                 client_id: status.client_id.clone(),
             }
@@ -244,9 +250,25 @@ pub async fn run(global: &Global, _args: Args) -> anyhow::Result<()> {
     output::print(global.output, "NamespaceStatus", &report, || table(&report))
 }
 
-/// How the policy's sidecars act on refusals.
-fn enforcement(_policy: &AuthPolicy) -> String {
-    "Enforce".into()
+/// How the policy's sidecars act on refusals: Enforce, DryRun, or which rules differ.
+fn enforcement(policy: &AuthPolicy) -> String {
+    let spec = &policy.spec;
+    let differing: Vec<String> = spec
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.public && r.enforcement.is_some_and(|e| e != spec.enforcement))
+        .map(|(i, r)| rule_label(r.name.as_deref(), Some(i)))
+        .collect();
+    let (mode, other) = match spec.enforcement {
+        Enforcement::Enforce => ("Enforce", "DryRun"),
+        Enforcement::DryRun => ("DryRun", "Enforce"),
+    };
+    if differing.is_empty() {
+        mode.to_owned()
+    } else {
+        format!("{mode} ({other}: {})", differing.join(", "))
+    }
 }
 
 fn table(r: &Report) -> String {

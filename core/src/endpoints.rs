@@ -1,5 +1,7 @@
 //! The issuer role's own paths: requests for them are answered by the issuer, before any
-//! rule or rate limit of the policy applies.
+//! rule or rate limit of the policy applies. The OpenID discovery document's paths are among
+//! them: the issuer is no OpenID provider and answers them 404, where the policy's rules
+//! would have asked for a token.
 
 /// Where each upstream identity provider's login legs live:
 /// `{prefix}/oauth2/upstream/{name}/...`.
@@ -11,15 +13,21 @@ pub fn path_prefix(issuer_url: &str) -> Option<String> {
     Some(url.path().trim_end_matches('/').to_owned())
 }
 
+/// Where OpenID Connect discovery looks (appended to the issuer URL, or inserted before its
+/// path as RFC 8414 §5 does): the issuer answers 404.
+pub const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
+
 /// The endpoint a normalised request path is for, after the issuer URL's path prefix
 /// (RFC 8414 puts the metadata document's suffix after the well-known path), or `None` when
 /// the path is the app's.
 pub fn endpoint<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
     const WELL_KNOWN_AS: &str = "/.well-known/oauth-authorization-server";
-    if let Some(rest) = path.strip_prefix(WELL_KNOWN_AS)
-        && rest == prefix
-    {
-        return Some(WELL_KNOWN_AS);
+    for well_known in [WELL_KNOWN_AS, OPENID_CONFIGURATION] {
+        if let Some(rest) = path.strip_prefix(well_known)
+            && rest == prefix
+        {
+            return Some(well_known);
+        }
     }
     let local = path.strip_prefix(prefix)?;
     if local.starts_with(UPSTREAM_PREFIX) {
@@ -34,6 +42,7 @@ pub fn endpoint<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
             | "/oauth2/introspect"
             | "/oauth2/revocations"
             | "/.well-known/jwks.json"
+            | OPENID_CONFIGURATION
     )
     .then_some(local)
 }
@@ -61,6 +70,18 @@ mod tests {
             None
         );
         assert_eq!(endpoint("", "/items"), None);
+        for (prefix, path) in [
+            ("", "/.well-known/openid-configuration"),
+            ("/t", "/t/.well-known/openid-configuration"),
+            ("/t", "/.well-known/openid-configuration/t"),
+        ] {
+            assert_eq!(
+                endpoint(prefix, path),
+                Some(OPENID_CONFIGURATION),
+                "{prefix} {path}"
+            );
+        }
+        assert_eq!(endpoint("/t", "/.well-known/openid-configuration"), None);
         assert_eq!(
             endpoint("", "/oauth2/upstream/google/callback"),
             Some("/oauth2/upstream/google/callback")

@@ -337,6 +337,44 @@ mod tests {
         );
     }
 
+    /// RFC 8037 §A.3: the thumbprint of the §A.2 Ed25519 public key. Only the required
+    /// members count, so an attacker cannot make one key look like another by adding
+    /// members, and any change of a required member gives another key id.
+    #[test]
+    fn thumbprint_matches_rfc_8037_a3() {
+        let jwk = Jwk {
+            kty: "OKP".into(),
+            crv: Some("Ed25519".into()),
+            x: Some("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into()),
+            ..Jwk::default()
+        };
+        let expected = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k";
+        assert_eq!(thumbprint(&jwk), expected);
+        let decorated = Jwk {
+            kid: Some("chosen-by-the-attacker".into()),
+            alg: Some("EdDSA".into()),
+            use_: Some("sig".into()),
+            ..jwk.clone()
+        };
+        assert_eq!(thumbprint(&decorated), expected, "optional members ignored");
+        for other in [
+            Jwk {
+                crv: Some("X25519".into()),
+                ..jwk.clone()
+            },
+            Jwk {
+                x: Some("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURp".into()),
+                ..jwk.clone()
+            },
+            Jwk {
+                kty: "EC".into(),
+                ..jwk.clone()
+            },
+        ] {
+            assert_ne!(thumbprint(&other), expected, "{other:?}");
+        }
+    }
+
     #[test]
     fn generated_keys_sign_and_verify_with_their_published_jwk() {
         for (alg, bits) in [

@@ -87,8 +87,22 @@ async fn metadata_jwks_and_no_oidc_document() {
     for private in ["\"d\"", "\"p\"", "\"q\"", "\"k\""] {
         assert!(!body(&jwks).contains(private));
     }
-    let oidc = issuer.get("/.well-known/openid-configuration").await;
-    assert_ne!(oidc.status, 200, "no OIDC discovery document");
+    // Not an OpenID provider: discovery answers 404 (a client probing it learns so), never
+    // a Bearer challenge, whatever the request carries; a path below it is the app's.
+    for request in [
+        "GET /.well-known/openid-configuration HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "HEAD /.well-known/openid-configuration HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /.well-known/openid-configuration HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer forged\r\n\r\n",
+        "GET /.well-known/%6fpenid-configuration HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let oidc = issuer.raw(request.as_bytes()).await;
+        assert_eq!(oidc.status, 404, "{request}");
+        assert!(oidc.header("www-authenticate").is_none(), "{request}");
+    }
+    let below = issuer
+        .get("/.well-known/openid-configuration/elsewhere")
+        .await;
+    assert_eq!(below.status, 401, "the policy's rules, not the issuer");
     assert!(
         jwks.header("strict-transport-security").is_some(),
         "HSTS on TLS"
@@ -509,8 +523,28 @@ async fn authorization_request_errors_page_or_redirect() {
         base(WEB.id, "https://app.example/cb/"),
         base(WEB.id, "https://app.example/cb#frag"),
         format!("{}&client_id=shop.web", base(WEB.id, WEB_REDIRECT)),
-        format!("{}&state=again", base(WEB.id, WEB_REDIRECT)),
+        // The attacker's second redirect_uri (the same one, or theirs): neither is trusted.
+        format!(
+            "{}&redirect_uri={}",
+            base(WEB.id, WEB_REDIRECT),
+            enc(WEB_REDIRECT)
+        ),
+        format!(
+            "{}&redirect_uri={}",
+            base(WEB.id, WEB_REDIRECT),
+            enc("https://evil.example/cb")
+        ),
+        format!(
+            "redirect_uri={}&{}",
+            enc("https://evil.example/cb"),
+            base(WEB.id, WEB_REDIRECT)
+        ),
         base(CLI.id, "http://localhost:8000/callback"),
+        // No redirect URI named, and the client registered none to fall back on.
+        format!(
+            "response_type=code&client_id={}&code_challenge={CHALLENGE}&code_challenge_method=S256",
+            BACKEND.id
+        ),
     ] {
         let r = issuer.get(&format!("/oauth2/authorize?{query}")).await;
         assert_eq!(r.status, 400, "{query}");
@@ -548,6 +582,22 @@ async fn authorization_request_errors_page_or_redirect() {
             format!("{}&resource={}", base(WEB.id, WEB_REDIRECT), enc(PAYMENTS)),
             "invalid_target",
         ),
+        // RFC 6749 §4.1.2.1: any other parameter given twice is the client's error to hear.
+        (
+            format!(
+                "{}&scope=read%3Aitems&scope=admin",
+                base(WEB.id, WEB_REDIRECT)
+            ),
+            "invalid_request",
+        ),
+        (
+            format!("{}&response_type=token", base(WEB.id, WEB_REDIRECT)),
+            "invalid_request",
+        ),
+        (
+            format!("{}&code_challenge={CHALLENGE}", base(WEB.id, WEB_REDIRECT)),
+            "invalid_request",
+        ),
     ];
     for (query, error) in cases {
         let r = issuer.get(&format!("/oauth2/authorize?{query}")).await;
@@ -559,11 +609,29 @@ async fn authorization_request_errors_page_or_redirect() {
             Some(error),
             "{query}"
         );
+        assert_eq!(query_param(location, "state").as_deref(), Some("s1"));
         assert_eq!(
             query_param(location, "iss").as_deref(),
             Some(issuer.url.as_str())
         );
     }
+    // A repeated state: an invalid_request redirect that carries no state, since which one
+    // is the client's cannot be told (the client then refuses the answer as unsolicited).
+    let r = issuer
+        .get(&format!(
+            "/oauth2/authorize?{}&state=again",
+            base(WEB.id, WEB_REDIRECT)
+        ))
+        .await;
+    assert_eq!(r.status, 303);
+    let location = r.header("location").unwrap();
+    assert!(location.starts_with(WEB_REDIRECT), "{location}");
+    assert_eq!(
+        query_param(location, "error").as_deref(),
+        Some("invalid_request")
+    );
+    assert_eq!(query_param(location, "state"), None, "{location}");
+    assert!(query_param(location, "code").is_none());
     // The app rejects a login: access_denied with the untouched state.
     let r = issuer
         .get(&format!("/oauth2/authorize?{}", base(WEB.id, WEB_REDIRECT)))
@@ -1842,5 +1910,378 @@ async fn an_unused_refresh_family_expires_after_its_idle_time() {
         "{}",
         body(&r)
     );
+    issuer.stop().await;
+}
+
+/// RFC 6749 §3.1.2.3 and §4.1.3: a client that registered exactly one redirect URI may leave
+/// it out of the authorization request, and then out of the token request. A client with
+/// several (or none) must name one; a token request must name the URI its authorization
+/// request named, and may name no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_uri_may_be_left_out_only_when_exactly_one_is_registered() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let without = |client: &str| {
+        format!(
+            "response_type=code&client_id={}&code_challenge={CHALLENGE}&code_challenge_method=S256&state=s2",
+            enc(client)
+        )
+    };
+    let exchange = |code: &str, redirect: Option<&str>| {
+        let mut body = format!(
+            "grant_type=authorization_code&code={}&code_verifier={VERIFIER}",
+            enc(code)
+        );
+        if let Some(redirect) = redirect {
+            body.push_str(&format!("&redirect_uri={}", enc(redirect)));
+        }
+        body
+    };
+    // The web client registered one: the code goes there, and the exchange needs no URI.
+    let location = issuer.authorize(&without(WEB.id), "alice").await.unwrap();
+    assert!(
+        location.starts_with(&format!("{WEB_REDIRECT}?code=")),
+        "{location}"
+    );
+    assert_eq!(query_param(&location, "state").as_deref(), Some("s2"));
+    let code = query_param(&location, "code").unwrap();
+    // The attacker's exchange names another URI: refused, and the code is not spent.
+    let other = issuer
+        .token(&WEB, &exchange(&code, Some("https://evil.example/cb")))
+        .await;
+    assert_eq!(
+        (other.status, other.json()["error"].clone()),
+        (400, json!("invalid_grant")),
+        "{}",
+        body(&other)
+    );
+    let r = issuer.token(&WEB, &exchange(&code, None)).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(
+        claims_of(r.json()["access_token"].as_str().unwrap())["sub"],
+        "alice"
+    );
+    // Naming the one it was sent to is fine too.
+    let code = query_param(
+        &issuer.authorize(&without(WEB.id), "alice").await.unwrap(),
+        "code",
+    )
+    .unwrap();
+    let r = issuer
+        .token(&WEB, &exchange(&code, Some(WEB_REDIRECT)))
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+
+    // An authorization request that named its URI binds the exchange to naming it.
+    let code = web_code(&issuer, "bob").await;
+    let unnamed = issuer.token(&WEB, &exchange(&code, None)).await;
+    assert_eq!(
+        (unnamed.status, unnamed.json()["error"].clone()),
+        (400, json!("invalid_grant")),
+        "RFC 6749 §4.1.3: required when the authorization request had it"
+    );
+    assert_eq!(
+        redeem(&issuer, &code).await.status,
+        200,
+        "the code was not spent"
+    );
+
+    // A client with two registered URIs must name one: an error page, never a guess.
+    let mut registry = registry(None);
+    registry["clients"].as_array_mut().unwrap().push(json!({
+        "clientId": "shop.spa", "public": true, "authMethod": "none",
+        "grantTypes": ["authorization_code"], "scopes": ["read:items"],
+        "defaultScopes": ["read:items"], "audiences": [ORDERS],
+        "redirectUris": ["https://app.example/a", "https://app.example/b"]
+    }));
+    write_atomic(&issuer.dir.join("clients.json"), &registry.to_string());
+    let named = format!(
+        "{}&redirect_uri={}",
+        without("shop.spa"),
+        enc("https://app.example/b")
+    );
+    eventually(
+        "the registry to reload",
+        Duration::from_secs(10),
+        || async {
+            let r = issuer.get(&format!("/oauth2/authorize?{named}")).await;
+            (r.status == 303).then_some(())
+        },
+    )
+    .await;
+    let r = issuer
+        .get(&format!("/oauth2/authorize?{}", without("shop.spa")))
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.header("location").is_none(),
+        "no redirect to a guessed URI"
+    );
+    assert!(body(&r).contains("redirect URI"), "{}", body(&r));
+    issuer.stop().await;
+}
+
+/// The revocation and introspection endpoints have budgets of their own: per client for
+/// successes, per address for failures. A stranger guessing secrets is stopped at its own
+/// address, and one naming a public client (whose client_id is no secret) spends only its
+/// own address's budget, never the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_and_introspect_are_rate_limited_and_strangers_spend_their_own_budget() {
+    let tuning = IssuerTuning {
+        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+            client: Budget::per_secs(3, 60),
+            address: Budget::per_secs(6, 60),
+            failed_address: Budget::per_secs(2, 60),
+            failed_client: Budget::per_secs(1000, 60),
+        },
+        ..Default::default()
+    };
+    let issuer = Issuer::start(Spec {
+        tuning,
+        ..Spec::default()
+    })
+    .await;
+    let as_client = |client: &TestClient, ip: &str, path: &str, token: &str| {
+        let (body, auth) = match client.secret {
+            Some(secret) if client.id == POSTER.id => (
+                format!(
+                    "token={}&client_id={}&client_secret={}",
+                    enc(token),
+                    enc(client.id),
+                    enc(secret)
+                ),
+                None,
+            ),
+            Some(secret) => (
+                format!("token={}", enc(token)),
+                Some(basic(client.id, secret)),
+            ),
+            None => (
+                format!("token={}&client_id={}", enc(token), enc(client.id)),
+                None,
+            ),
+        };
+        let ip = ip.to_owned();
+        let path = path.to_owned();
+        let issuer = &issuer;
+        async move {
+            let mut headers = vec![("X-Forwarded-For", ip.as_str())];
+            if let Some(auth) = &auth {
+                headers.push(("Authorization", auth.as_str()));
+            }
+            issuer.post(&path, &body, &headers).await
+        }
+    };
+    let token = |client: &'static TestClient, ip: &'static str| {
+        let issuer = &issuer;
+        async move {
+            let r = issuer
+                .post(
+                    "/oauth2/token",
+                    "grant_type=client_credentials",
+                    &[
+                        ("Authorization", &basic(client.id, client.secret.unwrap())),
+                        ("X-Forwarded-For", ip),
+                    ],
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", body(&r));
+            r.json()["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let t1 = token(&BACKEND, "198.51.100.1").await;
+    let t2 = token(&BACKEND, "198.51.100.1").await;
+
+    // Introspection: three successes for the resource server, then 429 with Retry-After.
+    for i in 0..3 {
+        let r = as_client(&ORDERS_RS, "198.51.100.2", "/oauth2/introspect", &t1).await;
+        assert_eq!(
+            (r.status, r.json()["active"].clone()),
+            (200, json!(true)),
+            "{i}"
+        );
+    }
+    let over = as_client(&ORDERS_RS, "198.51.100.3", "/oauth2/introspect", &t1).await;
+    assert_eq!(over.status, 429, "{}", body(&over));
+    assert!(over.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    // Its budget at the token endpoint is its own.
+    token(&ORDERS_RS, "198.51.100.2").await;
+
+    // Revocation: three successes (unknown tokens answer 200 and count), then 429, and the
+    // refused request revoked nothing.
+    for t in ["unknown-1", "unknown-2", t1.as_str()] {
+        let r = as_client(&BACKEND, "198.51.100.4", "/oauth2/revoke", t).await;
+        assert_eq!(r.status, 200, "{}", body(&r));
+    }
+    let over = as_client(&BACKEND, "198.51.100.5", "/oauth2/revoke", &t2).await;
+    assert_eq!(over.status, 429, "{}", body(&over));
+    assert!(over.header("retry-after").is_some());
+    let seen = |t: String| {
+        let issuer = &issuer;
+        async move {
+            let r = issuer
+                .post(
+                    "/oauth2/introspect",
+                    &format!("token={}", enc(&t)),
+                    &[
+                        ("Authorization", &basic(BACKEND.id, BACKEND.secret.unwrap())),
+                        ("X-Forwarded-For", "198.51.100.6"),
+                    ],
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", body(&r));
+            r.json()["active"].clone()
+        }
+    };
+    assert_eq!(
+        seen(t1.clone()).await,
+        json!(false),
+        "revoked within budget"
+    );
+    assert_eq!(
+        seen(t2.clone()).await,
+        json!(true),
+        "the refused revocation did nothing"
+    );
+
+    // A stranger guessing secrets: stopped at its address after two failures, even with the
+    // right secret; the client from elsewhere is not locked out.
+    for (path, client, wrong) in [
+        (
+            "/oauth2/introspect",
+            &BACKEND,
+            TestClient {
+                id: BACKEND.id,
+                secret: Some("guess"),
+            },
+        ),
+        (
+            "/oauth2/revoke",
+            &POSTER,
+            TestClient {
+                id: POSTER.id,
+                secret: Some("guess"),
+            },
+        ),
+    ] {
+        let attacker = if path.ends_with("introspect") {
+            "203.0.113.7"
+        } else {
+            "203.0.113.8"
+        };
+        for _ in 0..2 {
+            let r = as_client(&wrong, attacker, path, "x").await;
+            assert_eq!(r.json()["error"], "invalid_client", "{path}");
+        }
+        let stopped = as_client(client, attacker, path, "x").await;
+        assert_eq!(stopped.status, 429, "{path}: {}", body(&stopped));
+        let victim = as_client(client, "198.51.100.7", path, "x").await;
+        assert_eq!(victim.status, 200, "{path}: {}", body(&victim));
+    }
+
+    // A stranger naming the public client: its requests pass (its client_id is all a public
+    // client shows) and spend its own address's budget, not the client's.
+    for i in 0..6 {
+        let r = as_client(&CLI, "203.0.113.9", "/oauth2/revoke", "unknown").await;
+        assert_eq!(r.status, 200, "{i}: {}", body(&r));
+    }
+    let stopped = as_client(&CLI, "203.0.113.9", "/oauth2/revoke", "unknown").await;
+    assert_eq!(
+        stopped.status, 429,
+        "the stranger's address budget is spent"
+    );
+    let user = as_client(&CLI, "198.51.100.8", "/oauth2/revoke", "unknown").await;
+    assert_eq!(
+        user.status, 200,
+        "the public client's users can still revoke"
+    );
+    issuer.stop().await;
+}
+
+/// A refresh after a key rotation signs with the new key, whichever key signed the tokens
+/// of the family before; once the old key is removed, what it signed is dead while the
+/// family goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_after_a_key_rotation_signs_with_the_new_key() {
+    let now = now();
+    let old = managed_key(
+        "ES256",
+        "old",
+        now - 600,
+        now - 600,
+        now + 86_400,
+        now + 90_000,
+    );
+    let mut issuer = Issuer::start(Spec {
+        keys: Some(json!({"keys": [old.clone()]})),
+        ..Spec::default()
+    })
+    .await;
+    let t = redeem(&issuer, &web_code(&issuer, "alice").await)
+        .await
+        .json();
+    let first = t["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(header_of(&first)["kid"], "old");
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+
+    // The operator rotates: a newer key activates while the old one may still sign.
+    let new = managed_key(
+        "ES256",
+        "new",
+        now - 600,
+        now - 5,
+        now + 86_400,
+        now + 90_000,
+    );
+    issuer.set_keys(json!({"keys": [old.clone(), new.clone()]}));
+    eventually("the new key to sign", Duration::from_secs(10), || async {
+        let r = issuer
+            .token(&BACKEND, "grant_type=client_credentials")
+            .await;
+        (header_of(r.json()["access_token"].as_str()?)["kid"] == "new").then_some(())
+    })
+    .await;
+    let r = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let t = r.json();
+    let second = t["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        header_of(&second)["kid"],
+        "new",
+        "not the family's first key"
+    );
+    assert_eq!(introspect(&issuer, &second).await["active"], true);
+    assert_eq!(
+        introspect(&issuer, &first).await["active"],
+        true,
+        "the old key still verifies what it signed"
+    );
+    let refresh = t["refresh_token"].as_str().unwrap().to_owned();
+
+    // The old key is removed: the token it signed is dead, the session is not.
+    let mut removed = old.clone();
+    removed["signsUntil"] = json!(now - 2);
+    removed["removedAfter"] = json!(now - 1);
+    issuer.set_keys(json!({"keys": [removed, new]}));
+    eventually(
+        "the old key to be removed",
+        Duration::from_secs(10),
+        || async { (introspect(&issuer, &first).await == json!({"active": false})).then_some(()) },
+    )
+    .await;
+    let r = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let third = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(header_of(&third)["kid"], "new");
+    assert_eq!(introspect(&issuer, &third).await["active"], true);
     issuer.stop().await;
 }

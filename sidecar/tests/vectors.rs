@@ -1,5 +1,6 @@
-//! Key handling against published vectors (RFC 7520 §4, RFC 8037 §A.4) and properties of
-//! the validator under arbitrary input.
+//! Key handling against published vectors (RFC 7520 §4, RFC 8037 §A.4: verified, and signed
+//! byte for byte by the issuer's signer) and properties of the validator under arbitrary
+//! input.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -176,6 +177,67 @@ fn rfc8037_a4_ed25519_signature_verifies() {
         KeyEntry::from_jwk(&x25519, None),
         Err(KeyError::UnsupportedType { .. })
     ));
+}
+
+// RFC 8037 §A.1: the Ed25519 private key (seed) and its public key.
+const RFC8037_D: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+// §A.4: the signing input `{"alg":"EdDSA"}` . "Example of Ed25519 signing", and its signature.
+const RFC8037_A4_INPUT: &str = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
+const RFC8037_A4_SIGNATURE: &str =
+    "hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+
+/// An issuer signing-keys document holding the §A.1 key (PKCS#8 v1, as the operator stores
+/// Ed25519 keys) with `x` as its published public key.
+fn rfc8037_signing_keys(x: &str) -> String {
+    use base64::Engine as _;
+    let seed = scopegate_sidecar::jose::b64::decode(RFC8037_D.as_bytes()).unwrap();
+    // RFC 8410 §7: SEQUENCE { version 0, AlgorithmIdentifier { id-Ed25519 }, OCTET STRING {
+    // OCTET STRING seed } }.
+    let mut pkcs8 = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    pkcs8.extend_from_slice(&seed);
+    serde_json::json!({"keys": [{
+        "kid": "rfc8037", "alg": "EdDSA", "publishedAt": 0, "activatesAt": 0,
+        "signsUntil": 4_000_000_000_i64, "removedAfter": 4_100_000_000_i64,
+        "privateKey": base64::engine::general_purpose::STANDARD.encode(&pkcs8),
+        "publicJwk": {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "rfc8037", "alg": "EdDSA", "use": "sig"}
+    }]})
+    .to_string()
+}
+
+#[test]
+fn rfc8037_a4_the_issuer_signs_the_published_bytes() {
+    use scopegate_sidecar::issuer::keys::{JwsKind, KeySet};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let set = KeySet::load(&rfc8037_signing_keys(RFC8037_X), 1_000).unwrap();
+    let signer = set.signer(1_000).expect("the §A.1 key signs");
+    let signature = signer.signature(RFC8037_A4_INPUT.as_bytes(), &rng).unwrap();
+    assert_eq!(
+        scopegate_sidecar::jose::b64::encode(&signature),
+        RFC8037_A4_SIGNATURE,
+        "Ed25519 is deterministic: the issuer's signature is §A.4's, byte for byte"
+    );
+    // A token the issuer makes with the key verifies under the §A.2 public key only.
+    let token = signer
+        .sign(JwsKind::AccessToken, br#"{"sub":"x"}"#, &rng)
+        .unwrap();
+    let parsed = jws::parse(&token).unwrap();
+    parsed.verify_with(&set.verify).unwrap();
+    let other = support::SigningKey::ed25519();
+    let impostor = keys_of(KeyEntry::from_jwk(&other.jwk("rfc8037", Some("EdDSA")), None).unwrap());
+    assert_eq!(parsed.verify_with(&impostor), Err(jws::JwsError::Signature));
+    // The attacker's document: the §A.1 private key published under another public key. The
+    // halves disagree, so the key neither signs nor is published (it would mint tokens no
+    // verifier accepts, or vouch for a key the issuer does not hold).
+    let foreign_x = other.jwk("rfc8037", Some("EdDSA")).x.unwrap();
+    let mismatched = KeySet::load(&rfc8037_signing_keys(&foreign_x), 1_000);
+    assert!(
+        mismatched.is_err(),
+        "the only key does not load, so the document is refused"
+    );
 }
 
 #[test]

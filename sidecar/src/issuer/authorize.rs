@@ -4,8 +4,10 @@
 //! `resume` URL on the issuer; there the issuer mints the code and redirects the browser to
 //! the client with `code`, the untouched `state` and `iss`.
 //!
-//! An unknown client or a redirect URI that is not registered gets an error page, never a
-//! redirect (RFC 6749 §4.1.2.1); every later error is redirected to the client.
+//! An unknown client, a redirect URI that is not registered, and a `client_id` or
+//! `redirect_uri` given twice get an error page, never a redirect (RFC 6749 §4.1.2.1); every
+//! later error, another parameter given twice included, is redirected to the client. A
+//! request may leave out `redirect_uri` when the client registered exactly one (§3.1.2.3).
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -36,8 +38,12 @@ pub const MAX_STATE_BYTES: usize = 2048;
 pub struct LoginRecord {
     /// The client.
     pub client_id: String,
-    /// The redirect URI, exactly as requested.
+    /// The redirect URI, exactly as requested (the client's only registered one when the
+    /// request named none).
     pub redirect_uri: String,
+    /// The request named no redirect URI (RFC 6749 §4.1.3: then the token request need not).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_uri_omitted: bool,
     /// The scope the client will get.
     pub scope: Vec<String>,
     /// Audiences of the tokens.
@@ -116,8 +122,7 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
         );
     }
     let query = req.uri().query().unwrap_or("");
-    // Duplicates of client_id or redirect_uri make both untrustworthy: an error page.
-    let form = match Form::parse(query.as_bytes()) {
+    let form = match Form::parse_keeping_repeats(query.as_bytes()) {
         Ok(form) => form,
         Err(_) => {
             let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
@@ -127,6 +132,14 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
             );
         }
     };
+    // Duplicates of client_id or redirect_uri make both untrustworthy: an error page.
+    if form.is_repeated("client_id") || form.is_repeated("redirect_uri") {
+        let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
+        return reply::error_page(
+            StatusCode::BAD_REQUEST,
+            "The authorization request names its client or redirect URI more than once.",
+        );
+    }
     let settings = ctx.settings;
     let client = form
         .get("client_id")
@@ -136,24 +149,30 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
         let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
         return reply::error_page(StatusCode::BAD_REQUEST, "Unknown client.");
     };
-    let Some(redirect_uri) = form.get("redirect_uri").filter(|uri| {
-        client
-            .redirect_uris
-            .iter()
-            .any(|r| grant::redirect_uri_matches(r, uri))
-    }) else {
+    let Some(redirect_uri) = redirect_uri_of(client, form.get("redirect_uri")) else {
         let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
         return reply::error_page(
             StatusCode::BAD_REQUEST,
-            "The redirect URI is not registered for this client.",
+            if form.get("redirect_uri").is_some() {
+                "The redirect URI is not registered for this client."
+            } else {
+                "The authorization request must name its redirect URI: the client did not \
+                 register exactly one."
+            },
         );
     };
-    let state = form.get("state");
+    // A repeated state cannot be told apart from the client's own: none is sent back.
+    let state = form.get("state").filter(|_| !form.is_repeated("state"));
     let refused = |err: OAuthError| {
         tracing::info!(endpoint = "authorize", client_id = %client.client_id, error = err.code(), reason = %err, "authorization request refused");
         err
     };
-    let record = match validate(ctx, client, redirect_uri, &form) {
+    let validated = if form.repeated().is_empty() {
+        validate(ctx, client, redirect_uri, &form)
+    } else {
+        Err(OAuthError::InvalidRequest("a parameter is repeated"))
+    };
+    let record = match validated {
         Ok(record) => record,
         Err(err) => {
             let err = limiter.failed(None, refused(err)).await;
@@ -177,6 +196,23 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
             let err = limiter.failed(None, refused(err)).await;
             reply::redirect(&error_redirect(settings, redirect_uri, state, &err))
         }
+    }
+}
+
+/// Where the client is sent back: the requested URI if it matches a registered one, else,
+/// when the request names none, the client's only registered URI (RFC 6749 §3.1.2.3). A
+/// client with several (or none) must name one.
+fn redirect_uri_of<'a>(
+    client: &'a scopegate_core::clients::RegisteredClient,
+    requested: Option<&'a str>,
+) -> Option<&'a str> {
+    match (requested, client.redirect_uris.as_slice()) {
+        (Some(uri), registered) => registered
+            .iter()
+            .any(|r| grant::redirect_uri_matches(r, uri))
+            .then_some(uri),
+        (None, [only]) => Some(only.as_str()),
+        (None, _) => None,
     }
 }
 
@@ -226,6 +262,7 @@ fn validate(
     Ok(LoginRecord {
         client_id: client.client_id.clone(),
         redirect_uri: redirect_uri.to_owned(),
+        redirect_uri_omitted: form.get("redirect_uri").is_none(),
         scope,
         audiences,
         state: state.map(str::to_owned),
@@ -421,6 +458,7 @@ pub(crate) async fn code_redirect(
     let code_record = CodeRecord {
         client_id: record.client_id.clone(),
         redirect_uri: record.redirect_uri.clone(),
+        redirect_uri_omitted: record.redirect_uri_omitted,
         scope: record.scope.clone(),
         audiences: record.audiences.clone(),
         challenge: record.challenge.clone(),

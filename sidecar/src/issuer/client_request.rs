@@ -1,7 +1,8 @@
 //! The opening that the client-authenticated POST endpoints (token, revoke, introspect) share:
 //! the method, the address budget, the form, client authentication (failures counted apart;
 //! a slow hash only while the client's failure budget lasts, off the async workers), and the
-//! client's budget.
+//! client's budget (a confidential client's; a public client's requests spend their address's
+//! only).
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -132,7 +133,15 @@ pub async fn open<'a>(
             ));
         }
     };
-    if let Err(err) = limiter.admit(&client.client_id).await {
+    // A public client shows nothing but its client_id, which anyone can send: a budget
+    // counted in its name would be a budget any stranger could spend for its users. Its
+    // requests spend their address's budget only.
+    let admitted = if client.public {
+        limiter.admit_address().await
+    } else {
+        limiter.admit(&client.client_id).await
+    };
+    if let Err(err) = admitted {
         return Err(reply::error(&err));
     }
     Ok(ClientRequest {

@@ -11,6 +11,10 @@ pub struct CodeRecord {
     pub client_id: String,
     /// The redirect URI of the authorization request, exactly.
     pub redirect_uri: String,
+    /// The authorization request named no redirect URI, so the token request need not
+    /// (RFC 6749 §4.1.3); otherwise it must name the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_uri_omitted: bool,
     /// The granted scope.
     pub scope: Vec<String>,
     /// The audiences the tokens may carry.

@@ -1,6 +1,8 @@
 //! Request bodies and query strings of the OAuth endpoints: `application/x-www-form-urlencoded`
 //! only (RFC 6749 §3.2), bounded in size, every parameter at most once (§3.1) except those an
 //! extension lets repeat (RFC 8707 `resource`); a parameter without a value counts as absent.
+//! The authorization endpoint parses with [`Form::parse_keeping_repeats`]: it must know which
+//! parameters came twice to choose between an error page and an error redirect.
 
 use std::time::Duration;
 
@@ -25,14 +27,29 @@ const MAX_PARAMS: usize = 64;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Form {
     pairs: Vec<(String, String)>,
+    /// Names of parameters that may appear once but came more often (only with
+    /// [`Form::parse_keeping_repeats`]).
+    repeated: Vec<String>,
 }
 
 impl Form {
     /// Parses `a=b&c=d`; refuses malformed escapes, non-UTF-8, and repeated parameters.
     pub fn parse(bytes: &[u8]) -> Result<Form, OAuthError> {
+        let form = Form::parse_keeping_repeats(bytes)?;
+        if !form.repeated.is_empty() {
+            return Err(OAuthError::InvalidRequest("a parameter is repeated"));
+        }
+        Ok(form)
+    }
+
+    /// Parses like [`Form::parse`] but takes a repeated parameter, noting its name in
+    /// [`Form::repeated`]; [`Form::get`] then answers its first value.
+    pub fn parse_keeping_repeats(bytes: &[u8]) -> Result<Form, OAuthError> {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| OAuthError::InvalidRequest("parameters are not UTF-8"))?;
         let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut repeated: Vec<String> = Vec::new();
+        let mut count = 0usize;
         for part in text.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = part.split_once('=').unwrap_or((part, ""));
             let name =
@@ -42,15 +59,30 @@ impl Form {
             if value.is_empty() {
                 continue;
             }
-            if !REPEATABLE.contains(&name.as_str()) && pairs.iter().any(|(n, _)| *n == name) {
-                return Err(OAuthError::InvalidRequest("a parameter is repeated"));
-            }
-            if pairs.len() >= MAX_PARAMS {
+            count += 1;
+            if count > MAX_PARAMS {
                 return Err(OAuthError::InvalidRequest("too many parameters"));
+            }
+            if !REPEATABLE.contains(&name.as_str()) && pairs.iter().any(|(n, _)| *n == name) {
+                if !repeated.contains(&name) {
+                    repeated.push(name);
+                }
+                continue;
             }
             pairs.push((name, value));
         }
-        Ok(Form { pairs })
+        Ok(Form { pairs, repeated })
+    }
+
+    /// Names of parameters that came more than once though they may come once, in order of
+    /// their first repeat (always empty after [`Form::parse`]).
+    pub fn repeated(&self) -> &[String] {
+        &self.repeated
+    }
+
+    /// Whether `name` came more than once.
+    pub fn is_repeated(&self, name: &str) -> bool {
+        self.repeated.iter().any(|n| n == name)
     }
 
     /// The value of a parameter that appears at most once.
@@ -160,6 +192,20 @@ mod tests {
         assert!(Form::parse(b"a=%zz").is_err());
         assert!(Form::parse(b"a=%ff").is_err(), "not UTF-8");
         assert!(Form::parse(b"a=1&a=").is_ok(), "an empty repeat is absent");
+        let kept =
+            Form::parse_keeping_repeats(b"a=1&b=2&a=3&b=4&a=5&resource=r&resource=s").unwrap();
+        assert_eq!(kept.repeated(), ["a", "b"]);
+        assert!(kept.is_repeated("a") && !kept.is_repeated("resource"));
+        assert_eq!(kept.get("a"), Some("1"), "the first value");
+        assert!(
+            Form::parse_keeping_repeats(b"a=%zz").is_err(),
+            "still malformed"
+        );
+        let many: String = (0..70).map(|_| "a=1&").collect();
+        assert!(
+            Form::parse_keeping_repeats(many.as_bytes()).is_err(),
+            "repeats count toward the parameter bound"
+        );
     }
 
     #[test]

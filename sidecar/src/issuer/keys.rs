@@ -109,25 +109,40 @@ impl Signer {
         out.push_str(header);
         out.push('.');
         out.push_str(&b64::encode(payload));
-        let signature = match &self.pair {
-            Pair::Ecdsa(pair) => pair
-                .sign(rng, out.as_bytes())
-                .map_err(|_| SignError)?
-                .as_ref()
-                .to_vec(),
-            Pair::Ed25519(pair) => pair.sign(out.as_bytes()).as_ref().to_vec(),
-            Pair::Rsa(pair) => {
-                let mut sig = vec![0; pair.public_modulus_len()];
-                pair.sign(&signature::RSA_PKCS1_SHA256, rng, out.as_bytes(), &mut sig)
-                    .map_err(|_| SignError)?;
-                sig
-            }
-            Pair::Hmac(key) => hmac::sign(key, out.as_bytes()).as_ref().to_vec(),
-        };
+        let signature = self.signature(out.as_bytes(), rng)?;
         out.push('.');
         out.push_str(&b64::encode(&signature));
         Ok(out)
     }
+
+    /// The JWS signature over a complete signing input (`header.payload`). Tokens and pages
+    /// are made with [`Signer::sign`], which fixes the header; this is the primitive under it
+    /// (and what published test vectors check byte for byte).
+    pub fn signature(
+        &self,
+        signing_input: &[u8],
+        rng: &SystemRandom,
+    ) -> Result<Vec<u8>, SignError> {
+        raw_signature(&self.pair, signing_input, rng)
+    }
+}
+
+fn raw_signature(pair: &Pair, input: &[u8], rng: &SystemRandom) -> Result<Vec<u8>, SignError> {
+    Ok(match pair {
+        Pair::Ecdsa(pair) => pair
+            .sign(rng, input)
+            .map_err(|_| SignError)?
+            .as_ref()
+            .to_vec(),
+        Pair::Ed25519(pair) => pair.sign(input).as_ref().to_vec(),
+        Pair::Rsa(pair) => {
+            let mut sig = vec![0; pair.public_modulus_len()];
+            pair.sign(&signature::RSA_PKCS1_SHA256, rng, input, &mut sig)
+                .map_err(|_| SignError)?;
+            sig
+        }
+        Pair::Hmac(key) => hmac::sign(key, input).as_ref().to_vec(),
+    })
 }
 
 /// The signature primitive failed.
@@ -300,18 +315,7 @@ fn load_key(key: &ManagedKey) -> Result<(KeyEntry, Option<Signer>), SigningKeyEr
 /// document whose halves disagree is refused at load instead of minting unverifiable tokens.
 fn check_pair_matches(pair: &Pair, entry: &KeyEntry, alg: Alg) -> Result<(), ()> {
     let probe = b"scopegate key check";
-    let rng = SystemRandom::new();
-    let sig = match pair {
-        Pair::Ecdsa(p) => p.sign(&rng, probe).map_err(|_| ())?.as_ref().to_vec(),
-        Pair::Ed25519(p) => p.sign(probe).as_ref().to_vec(),
-        Pair::Rsa(p) => {
-            let mut sig = vec![0; p.public_modulus_len()];
-            p.sign(&signature::RSA_PKCS1_SHA256, &rng, probe, &mut sig)
-                .map_err(|_| ())?;
-            sig
-        }
-        Pair::Hmac(k) => hmac::sign(k, probe).as_ref().to_vec(),
-    };
+    let sig = raw_signature(pair, probe, &SystemRandom::new()).map_err(|_| ())?;
     if entry.verify(alg, probe, &sig) {
         Ok(())
     } else {

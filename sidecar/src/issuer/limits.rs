@@ -103,8 +103,8 @@ impl<'a> Limiter<'a> {
             .map_err(OAuthError::RateLimited)
     }
 
-    /// An unauthenticated request (`/oauth2/authorize`) first spends one success of its
-    /// address, before anything is checked.
+    /// Spends one success of the address: first of all for an unauthenticated request
+    /// (`/oauth2/authorize`), and all a public client's request spends.
     pub async fn admit_address(&self) -> Result<(), OAuthError> {
         let keys = [(self.key("a", &self.address), self.limits.address)];
         self.store

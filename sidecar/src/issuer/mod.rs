@@ -391,6 +391,10 @@ pub async fn handle(ctx: Context<'_>, path: &str, req: Request<Incoming>) -> Res
         "/oauth2/introspect" => introspect::handle(&ctx, req).await,
         "/oauth2/revocations" => feed::handle(&ctx, req).await,
         "/.well-known/jwks.json" => metadata::jwks(&ctx, &req),
+        // Not an OpenID provider: no discovery document, and no Bearer challenge for one.
+        scopegate_core::endpoints::OPENID_CONFIGURATION => {
+            reply::status(http::StatusCode::NOT_FOUND)
+        }
         upstream_path if upstream_path.starts_with(upstream::flow::PATH_PREFIX) => {
             upstream::flow::handle(
                 &ctx,

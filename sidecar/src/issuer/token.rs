@@ -139,7 +139,7 @@ async fn authorization_code(
 ) -> Result<Value, OAuthError> {
     let settings = ctx.settings;
     let code = form.require("code")?;
-    let redirect_uri = form.require("redirect_uri")?;
+    let redirect_uri = form.get("redirect_uri");
     let verifier = form.require("code_verifier")?;
     if !grant::is_code_verifier(verifier) {
         return Err(OAuthError::InvalidRequest(
@@ -162,10 +162,19 @@ async fn authorization_code(
                 "the code was issued to another client",
             ));
         }
-        if record.redirect_uri != redirect_uri {
-            return Err(OAuthError::InvalidGrant(
-                "redirect_uri differs from the authorization request",
-            ));
+        // RFC 6749 §4.1.3: required when the authorization request named one, and equal.
+        match redirect_uri {
+            Some(uri) if uri != record.redirect_uri => {
+                return Err(OAuthError::InvalidGrant(
+                    "redirect_uri differs from the authorization request",
+                ));
+            }
+            None if !record.redirect_uri_omitted => {
+                return Err(OAuthError::InvalidGrant(
+                    "redirect_uri is required: the authorization request named one",
+                ));
+            }
+            _ => {}
         }
         if !grant::pkce_matches(verifier, &record.challenge) {
             return Err(OAuthError::InvalidGrant("PKCE verification failed"));

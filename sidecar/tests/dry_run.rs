@@ -443,3 +443,70 @@ async fn switching_modes_under_load_drops_no_request() {
     );
     sidecar.shutdown().await;
 }
+
+/// The issuer's endpoints are the issuer, not the policy's rules: in a pod whose policy runs
+/// in DryRun they answer exactly as enforced (a bad client secret is still refused, a token
+/// still needs a client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_endpoints_are_not_in_dry_run() {
+    use support::issuer::{BACKEND, Issuer, Spec, TestClient, basic};
+    let issuer = Issuer::start(Spec::default()).await;
+    let wrong = TestClient {
+        id: BACKEND.id,
+        secret: Some("not-the-secret-0123456789abcdef"),
+    };
+    let answers = async || {
+        let bad_secret = issuer.token(&wrong, "grant_type=client_credentials").await;
+        let no_client = issuer
+            .post("/oauth2/token", "grant_type=client_credentials", &[])
+            .await;
+        let introspect = issuer
+            .post(
+                "/oauth2/introspect",
+                "token=x",
+                &[("Authorization", &basic("nobody", "nothing"))],
+            )
+            .await;
+        let good = issuer
+            .token(&BACKEND, "grant_type=client_credentials")
+            .await;
+        [bad_secret, no_client, introspect, good].map(|r| {
+            (
+                r.status,
+                r.header("www-authenticate").map(str::to_owned),
+                String::from_utf8_lossy(&r.body).contains("access_token"),
+            )
+        })
+    };
+    let enforced = answers().await;
+    assert_eq!(
+        enforced.iter().map(|a| a.0).collect::<Vec<_>>(),
+        [401, 400, 401, 200],
+        "{enforced:?}"
+    );
+
+    let mut dry = issuer.config.clone();
+    dry["policy"]["generation"] = json!(2);
+    dry["enforcement"] = json!("dryRun");
+    write_atomic(&issuer.dir.join("config.json"), &dry.to_string());
+    // DryRun is in force once a protected route without a token is forwarded (to an app
+    // that is not there: 502) instead of refused.
+    eventually("DryRun in force", Duration::from_secs(20), || async {
+        (issuer.get("/items/1").await.status == 502).then_some(())
+    })
+    .await;
+    let dry_run = answers().await;
+    assert_eq!(
+        dry_run
+            .iter()
+            .map(|a| (a.0, a.1.clone()))
+            .collect::<Vec<_>>(),
+        enforced
+            .iter()
+            .map(|a| (a.0, a.1.clone()))
+            .collect::<Vec<_>>(),
+        "the issuer answers alike in both modes"
+    );
+    assert!(dry_run[3].2, "a good client still gets a token");
+    issuer.stop().await;
+}

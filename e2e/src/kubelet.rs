@@ -3,7 +3,9 @@
 //! own, on a bridge the test process can reach, with the ConfigMaps and Secrets its volumes name
 //! kept in sync the way the kubelet does (a `..data` symlink swapped atomically), bind-mounted
 //! at the paths its containers mount them, and Services as kube-proxy makes them: names in its
-//! /etc/hosts for a cluster IP, and a DNAT rule from the Service port to the endpoint.
+//! /etc/hosts for a cluster IP, and a DNAT rule from the Service port to the endpoint. Init
+//! containers run first, to completion, in the pod's network namespace (the port lock's
+//! nftables rules land there).
 //!
 //! Needs root (network and mount namespaces), like a kubelet.
 
@@ -249,6 +251,14 @@ impl RunningPod {
             "mount --bind {} /etc/hosts\n",
             dir.join("hosts").display()
         ));
+        // Init containers (but native sidecars) run first, one after the other, each to
+        // completion; one that fails stops the pod before anything else starts.
+        let init: Vec<&Container> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.restart_policy.as_deref() != Some("Always"))
+            .collect();
         let containers: Vec<&Container> = spec
             .init_containers
             .iter()
@@ -257,7 +267,7 @@ impl RunningPod {
             .chain(&spec.containers)
             .collect();
         let mut mounted = std::collections::BTreeSet::new();
-        for container in &containers {
+        for container in init.iter().chain(&containers) {
             for mount in container.volume_mounts.iter().flatten() {
                 if mounted.insert(mount.mount_path.clone()) {
                     let source = dir.join("volumes").join(&mount.name);
@@ -269,7 +279,11 @@ impl RunningPod {
                 }
             }
         }
-        for container in &containers {
+        for (container, background) in init
+            .iter()
+            .map(|c| (c, false))
+            .chain(containers.iter().map(|c| (c, true)))
+        {
             let image = container.image.clone().unwrap_or_default();
             let command = images
                 .get(&image)
@@ -299,7 +313,7 @@ impl RunningPod {
                 .collect();
             let log = logs.join(format!("{name}-{}.log", container.name));
             script.push_str(&format!(
-                "env -i {} {} >{} 2>&1 &\n",
+                "env -i {} {} >{} 2>&1{}\n",
                 env.iter()
                     .map(|e| shell_quote(e))
                     .collect::<Vec<_>>()
@@ -308,7 +322,8 @@ impl RunningPod {
                     .map(|a| shell_quote(a))
                     .collect::<Vec<_>>()
                     .join(" "),
-                log.display()
+                log.display(),
+                if background { " &" } else { "" }
             ));
         }
         script.push_str("wait\n");

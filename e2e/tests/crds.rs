@@ -446,6 +446,33 @@ fn cases() -> Vec<Case> {
             "spec.upstream.port",
         ),
         (
+            "too many mint socket containers",
+            issuer_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["mintSocketContainers"] =
+                    json!(["a", "b", "c", "d", "e", "f", "g", "h", "i"])
+            },
+            "spec.issuer.self.mintSocketContainers: Too many: 9: must have at most 8 items",
+        ),
+        (
+            "a mint socket container named twice",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["mintSocketContainers"] = json!(["app", "app"]),
+            "spec.issuer.self.mintSocketContainers[1]: Duplicate value: \"app\"",
+        ),
+        (
+            "a mint socket container without a name",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["mintSocketContainers"] = json!([""]),
+            "spec.issuer.self.mintSocketContainers[0]",
+        ),
+        (
+            "a port lock that is not a boolean",
+            external_policy,
+            |v| v["spec"]["inbound"] = json!({"portLock": "yes"}),
+            "spec.inbound.portLock: Invalid value: \"string\": spec.inbound.portLock in body must be of type boolean",
+        ),
+        (
             "listening on the admin port",
             issuer_policy,
             |v| v["spec"]["listen"] = json!({"port": 15090}),

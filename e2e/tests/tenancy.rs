@@ -1,8 +1,10 @@
 //! Tenant isolation on the real control plane, written as the attacker: a team in a namespace
 //! of its own (`e2e-evil-…`) tries to get a selected pod admitted without its sidecar (while
 //! the webhook's cache is cold, with a fake sidecar, with a forged "injected" annotation), to
-//! send traffic around the sidecar, and to step outside its policy's mint rules. Each attempt
-//! fails, and the refusal or the status it gets is asserted.
+//! send traffic around the sidecar (a Service on the app's port, opening the NetworkPolicy,
+//! a direct connection to the app's port past the port lock, a port lock of its own), and to
+//! hand the mint socket to a container the policy does not name. Each attempt fails, and the
+//! refusal or the status it gets is asserted.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,10 +13,13 @@ use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use scopegate_crds::v1alpha1::AuthPolicy;
+use scopegate_e2e::http::request;
+use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod};
 use scopegate_e2e::{
     ControlPlane, FIELD_MANAGER, OperatorProcess, TestNamespace, apply_yaml, condition, eventually,
 };
@@ -552,5 +557,495 @@ async fn a_service_with_a_named_target_port_on_the_app_port_degrades_the_policy(
     eventually("the sidecar's named port accepted", || degraded(false))
         .await
         .unwrap();
+    ns.delete().await.unwrap();
+}
+
+/// The NetworkPolicy the operator renders for every AuthPolicy admits ingress to the selected
+/// pods on the sidecar's listen port and nothing else. The evil team opening it up gets it
+/// rendered back; opting out removes it and the status says nothing protects the app's port.
+#[tokio::test]
+async fn the_rendered_network_policy_admits_exactly_the_sidecar_port() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let ns = evil_namespace(&client, injection_label()).await;
+    // An audience naming its own Service: nobody else's claim degrades it.
+    let yaml = format!("{}  listen: {{port: 9080}}\n", policy("orders", "orders")).replace(
+        "audiences: [orders]",
+        &format!("audiences: [\"https://orders.{}.svc\"]", ns.name),
+    );
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &yaml)
+        .await
+        .unwrap();
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let exact = serde_json::json!({
+        "podSelector": {"matchLabels": {"app": "orders"}},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"ports": [{"protocol": "TCP", "port": 9080}]}],
+    });
+    let rendered = |want: serde_json::Value| {
+        let policies = policies.clone();
+        async move {
+            let found = policies
+                .get_opt("orders-inbound")
+                .await?
+                .context("no NetworkPolicy yet")?;
+            let spec = serde_json::to_value(found.spec.clone().context("no spec")?)?;
+            ensure!(spec == want, "{spec}");
+            Ok(found)
+        }
+    };
+    let found = eventually("the NetworkPolicy rendered", || rendered(exact.clone()))
+        .await
+        .unwrap();
+    let owner = &found.metadata.owner_references.unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("AuthPolicy", "orders")
+    );
+    let status = |want: &'static str, unprotected: bool| {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            let policy = Api::<AuthPolicy>::namespaced(client, &ns)
+                .get("orders")
+                .await?;
+            let status = policy.status.context("no status")?;
+            ensure!(
+                status.inbound_protection.as_deref() == Some(want),
+                "{:?}",
+                status.inbound_protection
+            );
+            let degraded = condition(&status.conditions, "Degraded").context("no Degraded")?;
+            let says = degraded.message.contains(
+                "any pod of the cluster can reach the app's port 8080 directly, around the sidecar (port 9080)",
+            );
+            ensure!(says == unprotected, "{degraded:?}");
+            Ok(status)
+        }
+    };
+    let current = eventually("status naming the NetworkPolicy", || {
+        status("NetworkPolicy", false)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        current.rendered.and_then(|r| r.network_policy).as_deref(),
+        Some("orders-inbound")
+    );
+
+    // The evil team opens every port of its pods to the cluster: rendered back.
+    let open = serde_json::json!({"spec": {"ingress": [{}]}});
+    policies
+        .patch(
+            "orders-inbound",
+            &PatchParams::default(),
+            &Patch::Merge(&open),
+        )
+        .await
+        .unwrap();
+    eventually("the NetworkPolicy rendered back", || {
+        rendered(exact.clone())
+    })
+    .await
+    .unwrap();
+
+    // Opting out: the NetworkPolicy goes, and the status says the app's port is open.
+    let opt_out = serde_json::json!({"spec": {"inbound": {"networkPolicy": false}}});
+    Api::<AuthPolicy>::namespaced(client.clone(), &ns.name)
+        .patch("orders", &PatchParams::default(), &Patch::Merge(&opt_out))
+        .await
+        .unwrap();
+    eventually("the NetworkPolicy deleted", || async {
+        ensure!(
+            policies.get_opt("orders-inbound").await?.is_none(),
+            "still there"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let current = eventually("status saying None", || status("None", true))
+        .await
+        .unwrap();
+    let degraded = condition(&current.conditions, "Degraded").unwrap();
+    assert_eq!(degraded.reason, "InboundUnprotected");
+    // The port lock alone is a protection.
+    let lock = serde_json::json!({"spec": {"inbound": {"networkPolicy": false, "portLock": true}}});
+    Api::<AuthPolicy>::namespaced(client.clone(), &ns.name)
+        .patch("orders", &PatchParams::default(), &Patch::Merge(&lock))
+        .await
+        .unwrap();
+    eventually("status saying PortLock", || status("PortLock", false))
+        .await
+        .unwrap();
+    ns.delete().await.unwrap();
+}
+
+/// What the test's pods run: the sidecar binary for its image, and an app that listens on
+/// every address of the pod (as many apps do), not only on 127.0.0.1.
+fn images() -> Images {
+    let sidecar = std::env::var("E2E_SIDECAR_BIN")
+        .expect("E2E_SIDECAR_BIN: run the tests through `make test`");
+    Images::from([
+        ("scopegate/sidecar:e2e".to_owned(), vec![sidecar]),
+        (
+            "example/open-app".to_owned(),
+            ["python3", "-m", "http.server", "--bind", "0.0.0.0", "8080"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+    ])
+}
+
+/// A policy in front of `example/open-app` whose every route is public (the test is about
+/// reaching the port, not about tokens), with the port lock on or off.
+fn open_app_policy(ns: &str, name: &str, port_lock: bool) -> String {
+    format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: {name}}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  issuer:
+    external: {{issuer: "https://127.0.0.1:1", jwksUri: "https://127.0.0.1:1/jwks", algorithms: [ES256]}}
+  audiences: ["https://{name}.{ns}.svc"]
+  upstream: {{port: 8080}}
+  defaultAction: Allow
+  inbound: {{portLock: {port_lock}}}
+"#
+    )
+}
+
+fn open_app_pod(name: &str) -> Pod {
+    serde_yaml_ng::from_str(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}-0, labels: {{app: {name}}}}}
+spec:
+  containers:
+    - name: app
+      image: example/open-app
+      ports: [{{containerPort: 8080}}]
+"#
+    ))
+    .expect("pod YAML")
+}
+
+/// Whether a TCP connection to `addr` is accepted (`Ok(true)`), refused (`Ok(false)`), or
+/// something else happened.
+fn connects(addr: std::net::SocketAddr) -> anyhow::Result<bool> {
+    match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)) {
+        Ok(_) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// With the port lock, the evil team's (or any) pod that connects to the app's port directly
+/// is refused, while the sidecar's port answers; without it the same app is reachable. The
+/// init container runs for real in the pod's network namespace. The webhook admits the
+/// injected pod as it stored it, and refuses a port lock of the team's own.
+#[tokio::test]
+async fn a_direct_connection_to_the_app_port_is_refused_with_the_port_lock() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let ns = evil_namespace(&client, injection_label()).await;
+    for (name, lock) in [("locked", true), ("open", false)] {
+        apply_yaml::<AuthPolicy>(&client, &ns.name, &open_app_policy(&ns.name, name, lock))
+            .await
+            .unwrap();
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    wait_for_injection(&pods, "locked").await;
+    for name in ["locked", "open"] {
+        eventually("the sidecar config", || async {
+            let text = scopegate_e2e::config_map_text(
+                &client,
+                &ns.name,
+                &format!("{name}-sidecar"),
+                "config.json",
+            )
+            .await?;
+            ensure!(text.is_some(), "not rendered yet");
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    let locked = pods
+        .create(&PostParams::default(), &open_app_pod("locked"))
+        .await
+        .unwrap();
+    let open = pods
+        .create(&PostParams::default(), &open_app_pod("open"))
+        .await
+        .unwrap();
+
+    // The init container, first of all, as rendered: the sidecar image in port-lock mode.
+    let init = locked
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .clone()
+        .unwrap();
+    assert_eq!(init[0].name, "scopegate-port-lock");
+    assert_eq!(
+        init[0].args.as_deref().unwrap(),
+        ["port-lock", "--allow", "15080", "--allow", "15090"]
+    );
+    let capabilities = init[0]
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.clone())
+        .unwrap();
+    assert_eq!(capabilities.add.as_deref().unwrap(), ["NET_ADMIN"]);
+    assert_eq!(capabilities.drop.as_deref().unwrap(), ["ALL"]);
+    assert!(
+        !open
+            .spec
+            .as_ref()
+            .unwrap()
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == "scopegate-port-lock")
+    );
+
+    // The genuine pod again is admitted; a port lock of the team's own is not.
+    pods.create(&dry_run(), &as_submitted(&locked, "locked-copy"))
+        .await
+        .expect("the genuine locked pod is admitted");
+    let mut widened = as_submitted(&locked, "locked-widened");
+    widened
+        .spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .as_mut()
+        .unwrap()[0]
+        .args
+        .as_mut()
+        .unwrap()
+        .extend(["--allow".to_owned(), "8080".to_owned()]);
+    let message = refusal(&pods, &widened).await.unwrap();
+    assert!(
+        message.contains(
+            "its scopegate-port-lock container is not the one the webhook renders: it differs in args"
+        ),
+        "{message}"
+    );
+    let mut dropped = as_submitted(&locked, "locked-dropped");
+    dropped
+        .spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .as_mut()
+        .unwrap()
+        .remove(0);
+    let message = refusal(&pods, &dropped).await.unwrap();
+    assert!(
+        message.contains("but no scopegate-port-lock container"),
+        "{message}"
+    );
+    let mut foreign = as_submitted(&open, "open-with-lock");
+    foreign
+        .spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .get_or_insert_with(Vec::new)
+        .insert(0, init[0].clone());
+    let message = refusal(&pods, &foreign).await.unwrap();
+    assert!(
+        message.contains(
+            "it carries a scopegate-port-lock container that the webhook does not render for AuthPolicy open"
+        ),
+        "{message}"
+    );
+
+    // Both pods run, as a node would run them.
+    let network = PodNetwork::create().expect("pod network (needs root)");
+    let logs =
+        PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into())).join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut running = Vec::new();
+    for pod in [&locked, &open] {
+        running.push(
+            RunningPod::start(&client, &network, pod, &images(), &[], &logs)
+                .await
+                .expect("pod runs"),
+        );
+    }
+    for pod in &running {
+        let sidecar = std::net::SocketAddr::from((pod.ip, 15080));
+        eventually("the app answering through the sidecar", || async move {
+            let response = request(sidecar, "GET", "/", &[], "")?;
+            ensure!(
+                response.status == 200,
+                "{} {}",
+                response.status,
+                response.body
+            );
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:#}", pod.name));
+    }
+    // Without the lock, anyone reaches the app directly: the premise of the attack.
+    let open_app = std::net::SocketAddr::from((running[1].ip, 8080));
+    let direct = request(open_app, "GET", "/", &[], "").expect("the open app answers");
+    assert_eq!(direct.status, 200);
+    // With it, the app's port refuses the connection; the sidecar's port and the admin port
+    // (the kubelet's probes) still answer.
+    let locked_app = std::net::SocketAddr::from((running[0].ip, 8080));
+    assert!(
+        !connects(locked_app).unwrap(),
+        "a direct connection to the locked app's port was accepted"
+    );
+    let admin = std::net::SocketAddr::from((running[0].ip, 15090));
+    let healthz = request(admin, "GET", "/healthz", &[], "").expect("admin port");
+    assert_eq!(healthz.status, 200, "{healthz:?}");
+    let through = request(
+        std::net::SocketAddr::from((running[0].ip, 15080)),
+        "GET",
+        "/",
+        &[],
+        "",
+    )
+    .expect("sidecar port");
+    assert_eq!(through.status, 200);
+    drop(running);
+    ns.delete().await.unwrap();
+}
+
+fn issuer_policy(ns: &str, containers: &str) -> String {
+    format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: auth}}
+spec:
+  selector: {{matchLabels: {{app: auth}}}}
+  issuer:
+    self:
+      url: https://auth.{ns}.svc
+      service: {{name: auth, port: 443}}
+      scopes: {{read: Read}}
+      mint: {{subjects: ["user:*"], scopes: [read]}}
+      {containers}
+  upstream: {{port: 8080}}
+"#
+    )
+}
+
+fn two_container_pod(name: &str) -> Pod {
+    serde_yaml_ng::from_str(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: auth}}}}
+spec:
+  containers:
+    - {{name: app, image: example/app}}
+    - {{name: helper, image: example/log-shipper}}
+"#
+    ))
+    .expect("pod YAML")
+}
+
+fn mounts_mint(pod: &Pod, container: &str) -> bool {
+    pod.spec
+        .as_ref()
+        .expect("spec")
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .expect("container")
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == "scopegate-mint")
+}
+
+/// The mint socket goes only into the containers the policy names (by default the first):
+/// the pod's second container gets none, and the evil team cannot hand it one by mounting the
+/// volume itself, before or after injection.
+#[tokio::test]
+async fn a_second_container_gets_no_mint_socket() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let ns = evil_namespace(&client, injection_label()).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_policy(&ns.name, ""))
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let injected = eventually("the API server calling the webhook", || async {
+        let created = pods
+            .create(&dry_run(), &two_container_pod("auth-0"))
+            .await?;
+        ensure!(sidecars(&created) == 1, "not injected yet");
+        Ok(created)
+    })
+    .await
+    .unwrap();
+    assert!(mounts_mint(&injected, "app"), "the first container mints");
+    assert!(!mounts_mint(&injected, "helper"), "the second does not");
+
+    // Mounting the volume the webhook is about to add.
+    let mut borrowing = two_container_pod("auth-borrow");
+    borrowing.spec.as_mut().unwrap().containers[1].volume_mounts = Some(vec![
+        serde_json::from_value(
+            serde_json::json!({"name": "scopegate-mint", "mountPath": "/var/run/scopegate"}),
+        )
+        .unwrap(),
+    ]);
+    let message = refusal(&pods, &borrowing).await.unwrap();
+    assert!(
+        message.contains("its helper container mounts the volume scopegate-mint"),
+        "{message}"
+    );
+    // Adding the mount to the injected pod.
+    let mut widened = as_submitted(&injected, "auth-widened");
+    let app_mount = widened.spec.as_ref().unwrap().containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "scopegate-mint")
+        .unwrap();
+    widened.spec.as_mut().unwrap().containers[1]
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(app_mount);
+    let message = refusal(&pods, &widened).await.unwrap();
+    assert!(
+        message.contains(
+            "its helper container mounts scopegate volumes other than the webhook renders for it"
+        ),
+        "{message}"
+    );
+
+    // Named instead: only the helper mints.
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &issuer_policy(&ns.name, "mintSocketContainers: [helper]"),
+    )
+    .await
+    .unwrap();
+    let named = eventually("the webhook seeing the named container", || async {
+        let created = pods
+            .create(&dry_run(), &two_container_pod("auth-1"))
+            .await?;
+        ensure!(mounts_mint(&created, "helper"), "not yet");
+        Ok(created)
+    })
+    .await
+    .unwrap();
+    assert!(!mounts_mint(&named, "app"));
     ns.delete().await.unwrap();
 }

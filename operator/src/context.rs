@@ -38,6 +38,8 @@ pub struct Context {
     pub pods: Store<k8s_openapi::api::core::v1::Pod>,
     /// Every Service (to spot one that targets an app's port around its sidecar).
     pub services: Store<k8s_openapi::api::core::v1::Service>,
+    /// NetworkPolicies the operator manages (selected by label).
+    pub network_policies: Store<k8s_openapi::api::networking::v1::NetworkPolicy>,
     /// The tenants' CA, once the leader has loaded or made it.
     pub ca: watch::Receiver<Option<Arc<CaDocument>>>,
     /// Permits for heavy work (key generation, password hashing, large renders), which runs

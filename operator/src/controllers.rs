@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::PartialObjectMeta;
 
 use crate::webhook::inject::selects;
@@ -322,6 +323,9 @@ pub async fn run(
     feeds.spawn(feed);
     let (config_maps, feed) = cache_feed(config_maps_api.clone(), managed());
     feeds.spawn(feed);
+    let network_policies_api: Api<NetworkPolicy> = Api::all(client.clone());
+    let (network_policies, feed) = cache_feed(network_policies_api.clone(), managed());
+    feeds.spawn(feed);
     // One watch of pods feeds both the cache the status reads and the policies' triggers, so a
     // reconcile a pod triggers finds that pod in the cache.
     let (pods, pods_writer) = reflector::store();
@@ -355,6 +359,7 @@ pub async fn run(
         config_maps: config_maps.clone(),
         pods,
         services: services.clone(),
+        network_policies: network_policies.clone(),
         ca: ca.clone(),
         heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_CONCURRENCY)),
         cluster_domain,
@@ -369,6 +374,10 @@ pub async fn run(
         (
             "configmaps",
             futures::FutureExt::boxed(config_maps.wait_until_ready()),
+        ),
+        (
+            "networkpolicies",
+            futures::FutureExt::boxed(network_policies.wait_until_ready()),
         ),
     ] {
         if ready.await.is_err() {
@@ -443,6 +452,8 @@ pub async fn run(
                 targets
             },
         )
+        // A rendered NetworkPolicy edited or deleted by someone else is rendered again.
+        .owns(network_policies_api, managed())
         .watches_stream(pod_events, move |pod: Pod| {
             let namespace = pod.namespace();
             policies_for_pods

@@ -15,6 +15,7 @@ pub mod headers;
 pub mod https;
 pub mod issuer;
 pub mod metrics;
+pub mod port_lock;
 pub mod proxy;
 pub mod rate_limit;
 pub mod reload;

@@ -16,9 +16,13 @@ use scopegate_sidecar::{Options, start};
 #[derive(Parser, Debug)]
 #[command(
     version,
-    about = "scopegate sidecar: verifying reverse proxy and OAuth2 issuer"
+    about = "scopegate sidecar: verifying reverse proxy and OAuth2 issuer",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    /// Another mode than the sidecar's.
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// The sidecar config document.
     #[arg(long, env = "SCOPEGATE_CONFIG", default_value_t = default_config_path())]
     config: String,
@@ -46,6 +50,19 @@ struct Cli {
     log_json: bool,
 }
 
+/// The binary's other modes.
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Install the inbound port lock in this network namespace (nftables rules refusing
+    /// inbound connections to every port but these) and exit: the init container of a policy
+    /// with inbound.portLock. Needs CAP_NET_ADMIN.
+    PortLock {
+        /// A TCP port that stays reachable (the sidecar's listener, its admin port).
+        #[arg(long = "allow", required = true)]
+        allow: Vec<u16>,
+    },
+}
+
 fn default_config_path() -> String {
     format!("{CONFIG_MOUNT_DIR}/{CONFIG_FILE}")
 }
@@ -55,6 +72,15 @@ const EXIT_CONFIG: i32 = 64;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Mode::PortLock { allow }) = &cli.mode {
+        scopegate_sidecar::port_lock::install(allow).context("installing the port lock")?;
+        let ports: Vec<String> = allow.iter().map(ToString::to_string).collect();
+        println!(
+            "scopegate port lock installed: inbound connections only to TCP ports {}",
+            ports.join(", ")
+        );
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

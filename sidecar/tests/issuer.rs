@@ -661,10 +661,52 @@ async fn authorization_request_errors_page_or_redirect() {
         .mint(
             "POST",
             &format!("/v1/logins/{challenge}/accept"),
-            Some(&json!({"subject": "x"})),
+            Some(&json!({"subject": "user:x"})),
         )
         .await;
     assert_eq!(again.status, 404, "a challenge is settled once");
+    issuer.stop().await;
+}
+
+/// A container holding the mint socket can settle logins, but only for subjects the mint
+/// rules allow, like a minted token: a login for another subject is refused and stays
+/// pending, and nothing is issued for it.
+#[tokio::test]
+async fn a_login_for_a_subject_outside_mint_subjects_is_refused_and_stays_pending() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let r = issuer
+        .get(&format!("/oauth2/authorize?{}", web_query("s1", None)))
+        .await;
+    let challenge = r
+        .header("location")
+        .unwrap()
+        .split_once("login_challenge=")
+        .unwrap()
+        .1
+        .to_owned();
+    for subject in ["admin:root", "user", "root:user:1"] {
+        let refused = issuer
+            .mint(
+                "POST",
+                &format!("/v1/logins/{challenge}/accept"),
+                Some(&json!({"subject": subject})),
+            )
+            .await;
+        assert_eq!(refused.status, 403, "{subject}");
+        assert_eq!(refused.json()["error"], "access_denied", "{subject}");
+    }
+    let pending = issuer
+        .mint("GET", &format!("/v1/logins/{challenge}"), None)
+        .await;
+    assert_eq!(pending.status, 200, "still pending");
+    let accepted = issuer
+        .mint(
+            "POST",
+            &format!("/v1/logins/{challenge}/accept"),
+            Some(&json!({"subject": "user:alice"})),
+        )
+        .await;
+    assert_eq!(accepted.status, 200);
     issuer.stop().await;
 }
 

@@ -32,6 +32,7 @@ use super::common::{
     printcolumn = r#"{"name":"Active Key","type":"string","jsonPath":".status.activeKid","description":"Key id that signs new tokens"}"#,
     printcolumn = r#"{"name":"Enforcement","type":"string","jsonPath":".status.conditions[?(@.type==\"Enforcing\")].reason","description":"Enforced, DryRun (spec.enforcement) or RulesInDryRun (some rules)"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Inbound","type":"string","priority":1,"jsonPath":".status.inboundProtection","description":"What keeps the app's port out of reach: NetworkPolicy, PortLock, both or None"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -126,6 +127,41 @@ pub struct AuthPolicySpec {
     /// Security response headers and the identity headers passed to the app.
     #[serde(default)]
     pub headers: Headers,
+
+    /// How the selected pods are kept from being reached around the sidecar: a NetworkPolicy
+    /// (default) and, where the network plugin does not enforce NetworkPolicy, a port lock.
+    #[serde(default)]
+    pub inbound: Inbound,
+}
+
+/// What keeps traffic from reaching the app's port directly.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Inbound {
+    /// Render a NetworkPolicy `<policy>-inbound` that admits ingress to the selected pods only
+    /// on listen.port (default true). Turned off (without portLock), any pod of the cluster
+    /// can reach the app's port directly: the status says so (Degraded,
+    /// InboundUnprotected). NetworkPolicies add up: one of the team's own can still open
+    /// more (e.g. the admin port to a metrics scraper).
+    #[serde(default = "default_true")]
+    pub network_policy: bool,
+    /// Add an init container (the sidecar image, in its port-lock mode) that installs
+    /// nftables rules in each selected pod's network namespace, refusing inbound connections
+    /// to every port but listen.port and the sidecar's admin port (15090, for the kubelet's
+    /// probes); loopback traffic passes. For clusters whose network plugin does not enforce
+    /// NetworkPolicy. The init container needs NET_ADMIN (the namespace's Pod Security
+    /// level must allow it) and applies to pods created after it is set (default false).
+    #[serde(default)]
+    pub port_lock: bool,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Self {
+            network_policy: true,
+            port_lock: false,
+        }
+    }
 }
 
 /// OAuthClients of other namespaces that may get tokens for a policy's audiences.
@@ -280,6 +316,14 @@ pub struct SelfIssuer {
     /// Without it the mint socket refuses to mint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mint: Option<MintRules>,
+
+    /// The pod's containers that get the mint socket (and so may mint tokens and settle
+    /// logins). Default: the pod's first container (besides the sidecar). A container named
+    /// here that a pod lacks is skipped; no other container of the pod sees the socket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 63)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub mint_socket_containers: Vec<String>,
 
     /// Namespaces whose OAuthClients may register with this issuer and whose AuthPolicies
     /// may trust it by policyRef, besides its own. "*" allows every namespace. Registering
@@ -944,6 +988,10 @@ pub struct AuthPolicyStatus {
     /// restored signing-keys Secret never replays an old request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handled_rotation: Option<String>,
+    /// What keeps the selected pods' app ports out of reach but through the sidecar:
+    /// NetworkPolicy, PortLock, NetworkPolicy+PortLock, or None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_protection: Option<String>,
     /// Pods this policy selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_pods: Option<i32>,
@@ -1009,6 +1057,9 @@ pub struct RenderedObjects {
     /// The Secret of upstream client secrets (self issuers with upstreams).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstreams: Option<String>,
+    /// The NetworkPolicy admitting ingress only on the sidecar's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<String>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! write the status (pure, skipped when unchanged).
 
 pub mod build;
+pub mod inbound;
 pub mod issuer;
 pub mod pods;
 pub mod status;
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use scopegate_core::config::CONFIG_FILE;
@@ -119,6 +121,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
             tls: Some(names.tls.clone()),
             clients: Some(names.clients.clone()),
             upstreams: (!own.upstreams.is_empty()).then(|| names.upstreams.clone()),
+            network_policy: None,
         };
         let hs256 = own.signing.algorithm == Algorithm::HS256;
         (
@@ -203,6 +206,16 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     observation.rendered.sidecar_config = Some(names.sidecar.clone());
 
     apply_ca_bundle(ctx, &namespace, &bundle).await?;
+    if reconcile_network_policy(policy, ctx, &namespace).await? {
+        observation.rendered.network_policy = Some(inbound::network_policy_name(&name));
+    }
+    observation.inbound = inbound::protection(policy);
+    if observation.inbound == "None" {
+        observation.problems.push(Problem::InboundUnprotected(
+            spec.upstream.port,
+            spec.listen.port,
+        ));
+    }
 
     write_status(policy, ctx, &observation, now).await?;
 
@@ -214,6 +227,38 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(Duration::from_secs(
         (next - now).clamp(1, RESYNC_SECS).unsigned_abs(),
     )))
+}
+
+/// Renders the policy's NetworkPolicy, or deletes it when the policy opted out. Whether one
+/// is in force.
+async fn reconcile_network_policy(
+    policy: &AuthPolicy,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<bool> {
+    let name = inbound::network_policy_name(&policy.name_any());
+    let current = ctx
+        .network_policies
+        .get(&ObjectRef::new(&name).within(namespace));
+    if !policy.spec.inbound.network_policy {
+        if current.is_some() {
+            let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    ctx.metrics.writes.inc();
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        return Ok(false);
+    }
+    let desired = inbound::network_policy(policy)?;
+    let unchanged = current.is_some_and(|np| {
+        np.spec == desired.spec && np.metadata.owner_references == desired.metadata.owner_references
+    });
+    ctx.apply(&desired, unchanged).await?;
+    Ok(true)
 }
 
 /// Writes the status computed from `observation` when it changed, and a Warning event for each

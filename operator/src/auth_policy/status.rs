@@ -51,6 +51,9 @@ pub enum Problem {
     AudienceConflict(Vec<(String, String)>),
     /// `issuer.external.caBundle` holds no usable certificate.
     ExternalCaBundleInvalid,
+    /// Neither a NetworkPolicy nor the port lock keeps the app's port out of reach: (app
+    /// port, sidecar port).
+    InboundUnprotected(i32, i32),
 }
 
 impl Problem {
@@ -75,6 +78,7 @@ impl Problem {
             Problem::PolicyRefNotAllowed(..) => "PolicyRefNotAllowed",
             Problem::AudienceConflict(_) => "AudienceConflict",
             Problem::ExternalCaBundleInvalid => "CaBundleInvalid",
+            Problem::InboundUnprotected(..) => "InboundUnprotected",
         }
     }
 
@@ -87,6 +91,7 @@ impl Problem {
                 | Problem::Overlap(..)
                 | Problem::ServiceBypass(..)
                 | Problem::KeysLost(_)
+                | Problem::InboundUnprotected(..)
         )
     }
 }
@@ -157,6 +162,10 @@ impl std::fmt::Display for Problem {
                     list.join("; ")
                 )
             }
+            Problem::InboundUnprotected(app, sidecar) => write!(
+                f,
+                "inbound.networkPolicy is off and inbound.portLock is not set: any pod of the cluster can reach the app's port {app} directly, around the sidecar (port {sidecar}); turn either on"
+            ),
             Problem::ExternalCaBundleInvalid => write!(
                 f,
                 "issuer.external.caBundle holds a PEM block that is not a usable certificate: the sidecars cannot fetch the JWKS, so no token of this issuer is accepted"
@@ -279,6 +288,8 @@ pub struct Observation {
     pub handled_rotation: Option<String>,
     /// What runs in DryRun.
     pub dry_run: DryRunScope,
+    /// What keeps the app's port out of reach ([`super::inbound::protection`]).
+    pub inbound: &'static str,
 }
 
 /// `UpstreamsReady`: every upstream rendered, or which are not and why (the first one's
@@ -493,6 +504,8 @@ pub fn compute(
         next_rotation: observation.next_transition.map(time),
         handled_rotation: observation.handled_rotation.clone(),
         upstreams: observation.upstreams.clone(),
+        inbound_protection: (!observation.inbound.is_empty())
+            .then(|| observation.inbound.to_owned()),
         selected_pods: Some(observation.pods.selected),
         injected_pods: Some(observation.pods.injected),
         uninjected_pods: observation.pods.uninjected.clone(),

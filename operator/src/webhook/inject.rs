@@ -21,6 +21,8 @@ use crate::auth_policy::build::{CA_CONFIGMAP, LISTEN_TLS_MOUNT_DIR, Names};
 
 /// Name of the injected container.
 pub const SIDECAR_NAME: &str = "scopegate-sidecar";
+/// Name of the init container that installs the inbound port lock (`inbound.portLock`).
+pub const PORT_LOCK_NAME: &str = "scopegate-port-lock";
 /// Annotation on an injected pod naming its AuthPolicy.
 pub const INJECTED_ANNOTATION: &str = "scopegate.dev/injected";
 /// Where app containers find the operator's CA bundle.
@@ -136,6 +138,12 @@ pub fn decide(pod: &Pod, policies: &[&AuthPolicy], settings: &InjectionSettings)
             Err(why) => Decision::Deny(why),
         };
     }
+    if let Some(why) = borrows_our_volumes(pod) {
+        return Decision::Deny(format!(
+            "pod refused: {why}; the scopegate-* volumes are the webhook's to add and mount (the mint socket goes only into the containers AuthPolicy {} names in issuer.self.mintSocketContainers)",
+            policy.name_any()
+        ));
+    }
     let mut mutated = pod.clone();
     inject(&mut mutated, policy, settings);
     let original = serde_json::to_value(pod).unwrap_or_default();
@@ -148,7 +156,7 @@ const VOLUME_PREFIX: &str = "scopegate-";
 
 /// The names of the containers the injection adds.
 fn own_container(name: &str) -> bool {
-    name == SIDECAR_NAME
+    name == SIDECAR_NAME || name == PORT_LOCK_NAME
 }
 
 /// Whether the pod carries anything only the injection should write: a container with one of
@@ -160,6 +168,32 @@ fn carries_marks(pod: &Pod) -> bool {
         .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers));
     containers.map(|c| c.name.as_str()).any(own_container)
         || pod.annotations().contains_key(INJECTED_ANNOTATION)
+}
+
+/// Whether a pod not yet injected names a volume only injection adds, in its volumes or in a
+/// container's mounts (a mount of `scopegate-mint` would become valid once the webhook adds
+/// the volume, handing that container the mint socket). Says which.
+fn borrows_our_volumes(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(volume) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name.starts_with(VOLUME_PREFIX))
+    {
+        return Some(format!("it declares the volume {}", volume.name));
+    }
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find_map(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name.starts_with(VOLUME_PREFIX))
+                .map(|m| format!("its {} container mounts the volume {}", c.name, m.name))
+        })
 }
 
 /// The pod without what injection adds: its containers, its volumes, the app containers'
@@ -356,6 +390,27 @@ pub fn verify_injected(
             }
         }
     }
+    // A container of injection's names that the webhook does not render for this policy
+    // (a port lock of the pod's own making, say).
+    for (_, got) in pod
+        .spec
+        .iter()
+        .flat_map(|s| {
+            s.init_containers
+                .iter()
+                .flatten()
+                .map(|c| (true, c))
+                .chain(s.containers.iter().map(|c| (false, c)))
+        })
+        .filter(|(_, c)| own_container(&c.name))
+    {
+        if !ours.iter().any(|(_, want)| want.name == got.name) {
+            problems.push(format!(
+                "it carries a {} container that the webhook does not render for AuthPolicy {name}",
+                got.name
+            ));
+        }
+    }
     // The app containers' mounts of injected volumes (the mint socket goes only where the
     // policy says), and the volumes themselves.
     let spec = pod.spec.clone().unwrap_or_default();
@@ -485,7 +540,8 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
         ..Volume::default()
     }];
     let mut sidecar_mounts = vec![mount("scopegate-config", names::CONFIG_MOUNT_DIR)];
-    let mut app_mounts = vec![mount("scopegate-ca", APP_CA_MOUNT_DIR)];
+    let app_mount = mount("scopegate-ca", APP_CA_MOUNT_DIR);
+    let mut mint_mount = None;
     volumes.push(Volume {
         name: "scopegate-ca".into(),
         config_map: Some(ConfigMapVolumeSource {
@@ -532,8 +588,10 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
             ..mount("scopegate-mint", MINT_SOCKET_DIR)
         };
         sidecar_mounts.push(writable.clone());
-        app_mounts.push(writable);
+        mint_mount = Some(writable);
     }
+    // The mint socket goes only into the containers the policy names (default: the first).
+    let minters = minting_containers(policy, &spec.containers);
     if policy.spec.issuer.self_.is_some() {
         // Upstream client secrets: issuer pods only, never the app container. Mounted even
         // before any upstream is declared (the Secret is optional), so that adding one to a
@@ -614,10 +672,13 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
             get.scheme = Some("HTTP".into());
             get.host = None;
         }
-        container
-            .volume_mounts
-            .get_or_insert_with(Vec::new)
-            .extend(app_mounts.iter().cloned());
+        let mounts = container.volume_mounts.get_or_insert_with(Vec::new);
+        mounts.push(app_mount.clone());
+        if let Some(mint) = &mint_mount
+            && minters.contains(&container.name)
+        {
+            mounts.push(mint.clone());
+        }
     }
 
     let field = |path: &str| EnvVarSource {
@@ -717,11 +778,92 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
     } else {
         spec.containers.insert(0, sidecar);
     }
+    if policy.spec.inbound.port_lock {
+        // First of all: no container of the pod runs before the lock is in place.
+        spec.init_containers
+            .get_or_insert_with(Vec::new)
+            .insert(0, port_lock(policy, settings));
+    }
     spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
     pod.metadata
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(INJECTED_ANNOTATION.into(), policy.name_any());
+}
+
+/// The names of the app containers that get the mint socket: those `mintSocketContainers`
+/// names, or the first container when it names none.
+fn minting_containers(policy: &AuthPolicy, containers: &[Container]) -> Vec<String> {
+    let named = policy
+        .spec
+        .issuer
+        .self_
+        .as_ref()
+        .map(|own| own.mint_socket_containers.clone())
+        .unwrap_or_default();
+    if named.is_empty() {
+        containers
+            .first()
+            .map(|c| c.name.clone())
+            .into_iter()
+            .collect()
+    } else {
+        containers
+            .iter()
+            .filter(|c| named.contains(&c.name))
+            .map(|c| c.name.clone())
+            .collect()
+    }
+}
+
+/// The init container that installs the inbound port lock: the sidecar image in its
+/// `port-lock` mode, allowing the sidecar's listener and its admin port (the kubelet's
+/// probes). It runs as root with NET_ADMIN only: capabilities added to a non-root user are not
+/// effective without file capabilities, which a scratch image does not carry.
+pub fn port_lock(policy: &AuthPolicy, settings: &InjectionSettings) -> Container {
+    Container {
+        name: PORT_LOCK_NAME.into(),
+        image: Some(settings.image.clone()),
+        image_pull_policy: Some(settings.pull_policy.clone()),
+        args: Some(vec![
+            "port-lock".into(),
+            "--allow".into(),
+            policy.spec.listen.port.to_string(),
+            "--allow".into(),
+            names::SIDECAR_ADMIN_PORT.to_string(),
+        ]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), Quantity(settings.cpu_request.clone())),
+                (
+                    "memory".to_owned(),
+                    Quantity(settings.memory_request.clone()),
+                ),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity(settings.memory_limit.clone()),
+            )])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(false),
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Container::default()
+    }
 }
 
 #[cfg(test)]
@@ -1190,6 +1332,205 @@ spec:
         assert_eq!(spec.containers[0].name, SIDECAR_NAME);
         assert!(spec.containers[0].restart_policy.is_none());
         assert!(spec.init_containers.is_none());
+    }
+
+    fn locked(name: &str) -> AuthPolicy {
+        let mut p = policy(name, "{matchLabels: {app: orders}}", false);
+        p.spec.inbound.port_lock = true;
+        p
+    }
+
+    fn patched(original: &Pod, p: &AuthPolicy) -> Pod {
+        let Decision::Patch(ops) = decide(original, &[p], &settings(true)) else {
+            panic!("no patch")
+        };
+        apply(original, &ops)
+    }
+
+    #[test]
+    fn the_port_lock_runs_first_with_net_admin_only_and_allows_the_sidecar_ports() {
+        let mut p = locked("orders");
+        p.spec.listen.port = 9443;
+        let spec = injected_spec(&pod("{app: orders}"), &p, &settings(true));
+        let init = spec.init_containers.unwrap();
+        assert_eq!(
+            init.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            [PORT_LOCK_NAME, SIDECAR_NAME]
+        );
+        let lock = &init[0];
+        assert_eq!(lock.image.as_deref(), Some("scopegate/sidecar:test"));
+        assert_eq!(
+            lock.args.as_deref().unwrap(),
+            ["port-lock", "--allow", "9443", "--allow", "15090"]
+        );
+        let security = lock.security_context.clone().unwrap();
+        let capabilities = security.capabilities.unwrap();
+        assert_eq!(capabilities.add.as_deref().unwrap(), ["NET_ADMIN"]);
+        assert_eq!(capabilities.drop.as_deref().unwrap(), ["ALL"]);
+        assert_eq!(security.allow_privilege_escalation, Some(false));
+        assert_eq!(security.read_only_root_filesystem, Some(true));
+        assert!(lock.restart_policy.is_none(), "runs to completion");
+        // Classic sidecars too: the lock is an init container either way.
+        let spec = injected_spec(&pod("{app: orders}"), &p, &settings(false));
+        assert_eq!(spec.init_containers.unwrap()[0].name, PORT_LOCK_NAME);
+        // Without portLock, no lock.
+        let plain = policy("orders", "{matchLabels: {app: orders}}", false);
+        let spec = injected_spec(&pod("{app: orders}"), &plain, &settings(true));
+        assert!(
+            !spec
+                .init_containers
+                .unwrap()
+                .iter()
+                .any(|c| c.name == PORT_LOCK_NAME)
+        );
+    }
+
+    #[test]
+    fn a_port_lock_is_admitted_as_rendered_and_refused_otherwise() {
+        let p = locked("orders");
+        let genuine = patched(&pod("{app: orders}"), &p);
+        assert_eq!(
+            decide(&genuine, &[&p], &settings(true)),
+            Decision::Unchanged
+        );
+        let tamper = |edit: &dyn Fn(&mut Vec<Container>)| {
+            let mut pod = genuine.clone();
+            edit(pod.spec.as_mut().unwrap().init_containers.as_mut().unwrap());
+            denial(&pod, &p)
+        };
+        let message = tamper(&|init| {
+            init[0]
+                .args
+                .as_mut()
+                .unwrap()
+                .extend(["--allow".into(), "8080".into()])
+        });
+        assert!(
+            message.contains("its scopegate-port-lock container is not the one the webhook renders: it differs in args"),
+            "{message}"
+        );
+        let message = tamper(&|init| {
+            init[0]
+                .security_context
+                .as_mut()
+                .unwrap()
+                .capabilities
+                .as_mut()
+                .unwrap()
+                .add = Some(vec!["NET_ADMIN".into(), "SYS_ADMIN".into()])
+        });
+        assert!(message.contains("differs in securityContext"), "{message}");
+        let message = tamper(&|init| {
+            init.remove(0);
+        });
+        assert!(
+            message.contains("but no scopegate-port-lock container"),
+            "{message}"
+        );
+        // A lock on a pod whose policy renders none.
+        let plain = policy("orders", "{matchLabels: {app: orders}}", false);
+        let mut foreign = patched(&pod("{app: orders}"), &plain);
+        let lock = port_lock(&p, &settings(true));
+        foreign
+            .spec
+            .as_mut()
+            .unwrap()
+            .init_containers
+            .as_mut()
+            .unwrap()
+            .insert(0, lock);
+        let message = denial(&foreign, &plain);
+        assert!(
+            message.contains(
+                "it carries a scopegate-port-lock container that the webhook does not render for AuthPolicy orders"
+            ),
+            "{message}"
+        );
+    }
+
+    fn two_containers() -> Pod {
+        let mut pod = pod("{app: auth}");
+        let mut helper = pod.spec.as_ref().unwrap().containers[0].clone();
+        helper.name = "helper".into();
+        helper.readiness_probe = None;
+        helper.liveness_probe = None;
+        pod.spec.as_mut().unwrap().containers.push(helper);
+        pod
+    }
+
+    fn mints(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<String> {
+        spec.containers
+            .iter()
+            .filter(|c| c.name != SIDECAR_NAME)
+            .filter(|c| {
+                c.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.name == "scopegate-mint")
+            })
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_mint_socket_goes_to_the_first_container_or_the_named_ones_only() {
+        let mut p = policy("auth", "{matchLabels: {app: auth}}", true);
+        let spec = injected_spec(&two_containers(), &p, &settings(true));
+        assert_eq!(mints(&spec), ["app"]);
+        let both_get_the_ca = spec.containers.iter().all(|c| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "scopegate-ca")
+        });
+        assert!(both_get_the_ca);
+        // Classic sidecars: the sidecar is not the "first container".
+        let spec = injected_spec(&two_containers(), &p, &settings(false));
+        assert_eq!(mints(&spec), ["app"]);
+        p.spec.issuer.self_.as_mut().unwrap().mint_socket_containers =
+            vec!["helper".into(), "absent".into()];
+        let spec = injected_spec(&two_containers(), &p, &settings(true));
+        assert_eq!(mints(&spec), ["helper"]);
+    }
+
+    #[test]
+    fn a_pod_mounting_the_mint_volume_itself_is_refused() {
+        let p = policy("auth", "{matchLabels: {app: auth}}", true);
+        let mut borrowing = two_containers();
+        borrowing.spec.as_mut().unwrap().containers[1].volume_mounts =
+            Some(vec![mount("scopegate-mint", MINT_SOCKET_DIR)]);
+        let message = denial(&borrowing, &p);
+        assert!(
+            message.contains("its helper container mounts the volume scopegate-mint"),
+            "{message}"
+        );
+        let mut declaring = two_containers();
+        declaring.spec.as_mut().unwrap().volumes = Some(vec![Volume {
+            name: "scopegate-mint".into(),
+            ..Volume::default()
+        }]);
+        assert!(denial(&declaring, &p).contains("it declares the volume scopegate-mint"));
+        // After injection: the helper given the app's mount.
+        let mut widened = patched(&two_containers(), &p);
+        let spec = widened.spec.as_mut().unwrap();
+        let app_mint = spec.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.name == "scopegate-mint")
+            .unwrap();
+        spec.containers[1]
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(app_mint);
+        let message = denial(&widened, &p);
+        assert!(
+            message.contains(
+                "its helper container mounts scopegate volumes other than the webhook renders for it"
+            ),
+            "{message}"
+        );
     }
 
     #[test]

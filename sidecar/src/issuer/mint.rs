@@ -200,7 +200,7 @@ async fn route(ctx: &Context<'_>, req: Request<Incoming>) -> Result<(StatusCode,
                 (Method::GET, "") => login(ctx, challenge).await,
                 (Method::POST, "accept") => {
                     let accept: Accept = body(ctx, req).await?;
-                    settle(ctx, challenge, accept.into_decision()?).await
+                    settle(ctx, challenge, accept.into_decision(ctx.settings)?).await
                 }
                 (Method::POST, "reject") => settle(ctx, challenge, Decision::Reject).await,
                 _ => Err(Failure(
@@ -374,8 +374,23 @@ struct Accept {
 }
 
 impl Accept {
-    fn into_decision(self) -> Result<Decision, Failure> {
+    /// The decision, once the subject passed the checks a minted token's subject passes: a
+    /// login is bounded by `mint.subjects` like a mint (without `mint` rules, any subject).
+    fn into_decision(self, settings: &IssuerSettings) -> Result<Decision, Failure> {
         check_subject(&self.subject)?;
+        if let Some(rules) = settings.config.mint.as_ref()
+            && !rules
+                .subjects
+                .iter()
+                .any(|p| grant::subject_matches(p, &self.subject))
+        {
+            tracing::warn!(target: "scopegate::audit", action = "login_accept", outcome = "access_denied", "login refused: subject outside mint.subjects");
+            return Err(Failure(
+                StatusCode::FORBIDDEN,
+                "access_denied",
+                "the subject is outside the mint rules (mint.subjects): the login stays pending",
+            ));
+        }
         Ok(Decision::Accept {
             scope: grant::parse_scope(self.scope.as_deref())?,
             subject: self.subject,

@@ -298,7 +298,7 @@ impl Issuer {
                 "codeTtlSecs": 60,
                 "scopes": {"read:items": "Read items", "write:items": "Write items", "admin": "Everything"},
                 "loginUrl": LOGIN_URL,
-                "mint": {"subjects": ["user:*"], "scopes": ["read:items"], "audiences": [ORDERS], "maxTtlSecs": 300},
+                "mint": {"subjects": ["user:*", "alice", "bob", "carol", "dave"], "scopes": ["read:items"], "audiences": [ORDERS], "maxTtlSecs": 300},
                 "mintSocketPath": mint_socket,
                 "store": spec.store,
                 "feedSubjectKey": FEED_SUBJECT_KEY

@@ -9,15 +9,59 @@ pub mod v1alpha1;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    ValidationRule,
 };
 use kube::CustomResourceExt;
 
 /// Every CRD scopegate serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
-        reflow_descriptions(v1alpha1::AuthPolicy::crd()),
-        reflow_descriptions(v1alpha1::OAuthClient::crd()),
+        reflow_descriptions(limit_name(
+            v1alpha1::AuthPolicy::crd(),
+            "policy",
+            "scopegate.dev/policy",
+        )),
+        reflow_descriptions(limit_name(
+            v1alpha1::OAuthClient::crd(),
+            "client",
+            "scopegate.dev/oauth-client",
+        )),
     ]
+}
+
+/// Longest `metadata.name` of either kind: the operator labels what it renders or writes for
+/// an object with the object's name, and a label value holds at most 63 characters. Every
+/// derived name (`<name>-signing-keys`, `<name>-oauth-client`...) then stays far inside the
+/// 253 characters of an object name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Adds the root-level CEL rule that refuses a name the operator could not label with (CEL
+/// on the root may read `metadata.name`).
+fn limit_name(
+    mut crd: CustomResourceDefinition,
+    what: &str,
+    label: &str,
+) -> CustomResourceDefinition {
+    let rule = ValidationRule {
+        rule: format!("size(self.metadata.name) <= {MAX_NAME_LEN}"),
+        message: Some(format!(
+            "metadata.name must be at most {MAX_NAME_LEN} characters: the operator labels the objects it renders for this {what} with its name ({label}), and a label value holds at most {MAX_NAME_LEN}"
+        )),
+        ..ValidationRule::default()
+    };
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema
+                .x_kubernetes_validations
+                .get_or_insert_with(Vec::new)
+                .push(rule.clone());
+        }
+    }
+    crd
 }
 
 /// Doc comments are wrapped at 100 columns in the source; `kubectl explain` wraps again at its

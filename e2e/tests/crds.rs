@@ -197,7 +197,7 @@ fn external_policy() -> Value {
         "apiVersion": "scopegate.dev/v1alpha1", "kind": "AuthPolicy",
         "metadata": { "name": "cel-case" },
         "spec": {
-            "selector": {},
+            "selector": { "matchExpressions": [ { "key": "app", "operator": "In", "values": ["orders"] } ] },
             "issuer": { "external": {
                 "issuer": "https://login.example.com/",
                 "jwksUri": "https://login.example.com/jwks.json",
@@ -395,19 +395,19 @@ fn cases() -> Vec<Case> {
             "rule path without leading slash",
             issuer_policy,
             |v| v["spec"]["rules"][0]["paths"] = json!(["items"]),
-            "spec.rules[0].paths[0]",
+            PATH_WORDS,
         ),
         (
             "rule path with a dot-dot segment",
             issuer_policy,
             |v| v["spec"]["rules"][0]["paths"] = json!(["/items/../admin"]),
-            "spec.rules[0].paths[0]",
+            PATH_WORDS,
         ),
         (
             "rule path with percent-encoding",
             issuer_policy,
             |v| v["spec"]["rules"][0]["paths"] = json!(["/items%2Fadmin"]),
-            "spec.rules[0].paths[0]",
+            PATH_WORDS,
         ),
         (
             "public rule requiring scopes",
@@ -491,7 +491,7 @@ fn cases() -> Vec<Case> {
             "issuer signing with ES384",
             issuer_policy,
             |v| v["spec"]["issuer"]["self"]["signing"] = json!({"algorithm": "ES384"}),
-            "an issuer signs with ES256, RS256, EdDSA or HS256",
+            r#"supported values: "ES256", "RS256", "EdDSA", "HS256""#,
         ),
         (
             "redis store without redis",
@@ -527,7 +527,7 @@ fn cases() -> Vec<Case> {
             "external issuer with HS256",
             external_policy,
             |v| v["spec"]["issuer"]["external"]["algorithms"] = json!(["HS256"]),
-            "external issuers cannot use HS256",
+            r#"Unsupported value: "HS256""#,
         ),
         (
             "external jwksUri over http",
@@ -822,6 +822,235 @@ fn cases() -> Vec<Case> {
             |v| v["spec"]["grantTypes"] = json!([]),
             "spec.grantTypes",
         ),
+        // Issue 16 §2: what can never be right is refused at apply, in words.
+        (
+            "empty selector",
+            issuer_policy,
+            |v| v["spec"]["selector"] = json!({}),
+            SELECTOR_WORDS,
+        ),
+        (
+            "selector with empty matchLabels and matchExpressions",
+            issuer_policy,
+            |v| v["spec"]["selector"] = json!({"matchLabels": {}, "matchExpressions": []}),
+            SELECTOR_WORDS,
+        ),
+        (
+            "selector of NotIn terms only",
+            issuer_policy,
+            |v| {
+                v["spec"]["selector"] = json!({"matchExpressions": [
+                    {"key": "app", "operator": "NotIn", "values": ["db"]}]})
+            },
+            SELECTOR_WORDS,
+        ),
+        (
+            "selector of DoesNotExist terms only",
+            issuer_policy,
+            |v| {
+                v["spec"]["selector"] =
+                    json!({"matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]})
+            },
+            SELECTOR_WORDS,
+        ),
+        (
+            "selector operator that does not exist",
+            issuer_policy,
+            |v| {
+                v["spec"]["selector"] = json!({"matchExpressions": [
+                    {"key": "app", "operator": "Equals", "values": ["auth"]}]})
+            },
+            r#"supported values: "In", "NotIn", "Exists", "DoesNotExist""#,
+        ),
+        (
+            "selector In without values",
+            issuer_policy,
+            |v| {
+                v["spec"]["selector"] =
+                    json!({"matchExpressions": [{"key": "app", "operator": "In"}]})
+            },
+            "operators In and NotIn need values",
+        ),
+        (
+            "selector Exists with values",
+            issuer_policy,
+            |v| {
+                v["spec"]["selector"] = json!({"matchExpressions": [
+                    {"key": "app", "operator": "Exists", "values": ["auth"]}]})
+            },
+            "operators Exists and DoesNotExist take no values",
+        ),
+        (
+            "policy name too long for its label",
+            issuer_policy,
+            |v| v["metadata"]["name"] = json!("p".repeat(64)),
+            "metadata.name must be at most 63 characters: the operator labels the objects it renders for this policy with its name (scopegate.dev/policy)",
+        ),
+        (
+            "client name too long for its label",
+            confidential_client,
+            |v| v["metadata"]["name"] = json!("c".repeat(64)),
+            "metadata.name must be at most 63 characters: the operator labels the objects it renders for this client with its name (scopegate.dev/oauth-client)",
+        ),
+        (
+            "two rules for one path, one public",
+            issuer_policy,
+            |v| {
+                v["spec"]["rules"] = json!([
+                    {"paths": ["/items/**"], "require": ["read:items"]},
+                    {"paths": ["/other", "/items/**"], "public": true}])
+            },
+            RULE_CONFLICT_WORDS,
+        ),
+        (
+            "two rules for one method and path, requiring different scopes",
+            issuer_policy,
+            |v| {
+                v["spec"]["rules"] = json!([
+                    {"methods": ["POST", "GET"], "paths": ["/items/**"], "require": ["read:items"]},
+                    {"methods": ["GET"], "paths": ["/items/**"], "require": ["write:items"]}])
+            },
+            RULE_CONFLICT_WORDS,
+        ),
+        (
+            "two rules for one path, one dry",
+            issuer_policy,
+            |v| {
+                v["spec"]["rules"] = json!([
+                    {"paths": ["/items/**"], "require": ["read:items"]},
+                    {"paths": ["/items/**"], "require": ["read:items"], "enforcement": "DryRun"}])
+            },
+            RULE_CONFLICT_WORDS,
+        ),
+        (
+            "rotation every 30 minutes",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["rotationPeriod"] = json!("30m"),
+            "rotationPeriod must be at least 1h",
+        ),
+        (
+            "access tokens for a day and a half",
+            issuer_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["rotationPeriod"] = json!("720h");
+                v["spec"]["issuer"]["self"]["tokens"] = json!({"accessTokenTtl": "36h"})
+            },
+            "accessTokenTtl must be at most 24h",
+        ),
+        (
+            "rotation faster than the access-token lifetime",
+            issuer_policy,
+            |v| {
+                v["spec"]["issuer"]["self"]["rotationPeriod"] = json!("2h");
+                v["spec"]["issuer"]["self"]["tokens"] = json!({"accessTokenTtl": "3h"})
+            },
+            "rotationPeriod must be at least accessTokenTtl and mint.maxTtl",
+        ),
+        (
+            "minted tokens for two days",
+            issuer_policy,
+            |v| v["spec"]["issuer"]["self"]["mint"]["maxTtl"] = json!("48h"),
+            "mint.maxTtl must be at most 24h",
+        ),
+        (
+            "wildcard redirect URI",
+            public_client,
+            |v| v["spec"]["redirectUris"] = json!(["https://app.example.com/*"]),
+            "redirectUris are compared exactly and cannot hold wildcards (*): https://app.example.com/*",
+        ),
+        (
+            "redirect URI with userinfo",
+            public_client,
+            |v| v["spec"]["redirectUris"] = json!(["https://app.example.com@evil.example/cb"]),
+            "redirectUris cannot carry userinfo (user:password@ before the host)",
+        ),
+        (
+            "sidecar on a privileged port",
+            issuer_policy,
+            |v| v["spec"]["listen"] = json!({"port": 443}),
+            "listen.port must be 1024 or above",
+        ),
+        (
+            "rule path with a dot segment",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["paths"] = json!(["/items/./x"]),
+            PATH_WORDS,
+        ),
+        (
+            "rule path with an empty segment",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["paths"] = json!(["/items//x"]),
+            PATH_WORDS,
+        ),
+        (
+            "rule path with ** inside",
+            issuer_policy,
+            |v| v["spec"]["rules"][0]["paths"] = json!(["/items/**/x"]),
+            PATH_WORDS,
+        ),
+    ]
+}
+
+const SELECTOR_WORDS: &str = "selector must pick pods by at least one label they have";
+const RULE_CONFLICT_WORDS: &str = "two rules match the same method and path with different actions: the earlier one always decides";
+const PATH_WORDS: &str = "a path pattern starts with '/' and is made of segments";
+
+/// One accepted object: (description, a valid base, the change that must stay accepted).
+type Variant = (&'static str, fn() -> Value, fn(&mut Value));
+
+/// Objects close to the refused ones that must stay accepted: the refusals are no broader
+/// than what can never be right.
+fn accepted_variants() -> Vec<Variant> {
+    vec![
+        ("a name of 63 characters", issuer_policy, |v| {
+            v["metadata"]["name"] = json!("p".repeat(63))
+        }),
+        ("a selector of one In term", issuer_policy, |v| {
+            v["spec"]["selector"] =
+                json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["auth"]}]})
+        }),
+        ("a selector of Exists and NotIn terms", issuer_policy, |v| {
+            v["spec"]["selector"] = json!({"matchExpressions": [
+                {"key": "app", "operator": "Exists"},
+                {"key": "tier", "operator": "NotIn", "values": ["db"]}]})
+        }),
+        (
+            "one path, different methods, different actions",
+            issuer_policy,
+            |v| {
+                v["spec"]["rules"] = json!([
+                {"methods": ["GET"], "paths": ["/items/**"], "require": ["read:items"]},
+                {"methods": ["POST"], "paths": ["/items/**"], "require": ["write:items"]}])
+            },
+        ),
+        (
+            "one path, a rule naming methods beside one naming none",
+            issuer_policy,
+            |v| {
+                v["spec"]["rules"] = json!([
+                {"paths": ["/items/**"], "require": ["write:items"]},
+                {"methods": ["GET"], "paths": ["/items/**"], "require": ["read:items"]}])
+            },
+        ),
+        ("the same rule twice", issuer_policy, |v| {
+            v["spec"]["rules"] = json!([
+                {"paths": ["/items/**"], "require": ["read:items"]},
+                {"paths": ["/items/**"], "require": ["read:items"]}])
+        }),
+        ("hourly rotation of 15-minute tokens", issuer_policy, |v| {
+            v["spec"]["issuer"]["self"]["rotationPeriod"] = json!("1h")
+        }),
+        ("day-long tokens rotated daily", issuer_policy, |v| {
+            v["spec"]["issuer"]["self"]["rotationPeriod"] = json!("24h");
+            v["spec"]["issuer"]["self"]["tokens"] = json!({"accessTokenTtl": "24h"})
+        }),
+        ("a loopback redirect with a port", public_client, |v| {
+            v["spec"]["redirectUris"] =
+                json!(["http://127.0.0.1:8765/cb", "https://app.example.com/a@b"])
+        }),
+        ("the sidecar on port 1024", issuer_policy, |v| {
+            v["spec"]["listen"] = json!({"port": 1024})
+        }),
     ]
 }
 
@@ -865,11 +1094,24 @@ async fn cel_rules_refuse_bad_objects_with_their_message() {
     }
 
     let mut failures = Vec::new();
+    for (description, base, mutate) in accepted_variants() {
+        let mut object = base();
+        mutate(&mut object);
+        if let Err(e) = dry_run_create(&client, &ns.name, &object).await {
+            failures.push(format!("{description}: refused but must be accepted: {e}"));
+        }
+    }
     for (description, base, mutate, expected) in cases() {
         let mut object = base();
         mutate(&mut object);
         match dry_run_create(&client, &ns.name, &object).await {
             Ok(()) => failures.push(format!("{description}: accepted")),
+            // Words, never the grammar's regular expression.
+            Err(kube::Error::Api(status))
+                if expected == PATH_WORDS && status.message.contains("should match") =>
+            {
+                failures.push(format!("{description}: a regex dump: {}", status.message))
+            }
             Err(kube::Error::Api(status))
                 if status.code == 422 && status.message.contains(expected) => {}
             Err(kube::Error::Api(status)) => failures.push(format!(
@@ -886,5 +1128,120 @@ async fn cel_rules_refuse_bad_objects_with_their_message() {
         failures.join("\n")
     );
 
+    ns.delete().await.expect("cleanup");
+}
+
+/// The API server's verdict on path patterns (the CEL rule in the CRD) agrees with the core
+/// parser the sidecar and the operator use, on spellings near every edge of the grammar.
+#[tokio::test]
+async fn the_path_rule_agrees_with_the_core_grammar() {
+    let (_plane, client) = setup().await;
+    let ns = TestNamespace::create(&client, "paths")
+        .await
+        .expect("namespace");
+    let paths = [
+        "/",
+        "/**",
+        "/a",
+        "/a/",
+        "/a/*",
+        "/a/*/",
+        "/a/**",
+        "/a/*/**",
+        "/*/*",
+        "//",
+        "/a//b",
+        "/.",
+        "/..",
+        "/./a",
+        "/a/.",
+        "/a/..",
+        "/a/./b",
+        "/.a",
+        "/..a",
+        "/...",
+        "/a.",
+        "/a/.b/c",
+        "/a/**/b",
+        "/**/",
+        "/a/b*",
+        "/*a",
+        "/***",
+        "/a/**/",
+        "/a%20b",
+        "/a;b",
+        "/a?b",
+        "/a#b",
+        "a",
+        "/ä",
+        "/a b",
+        "/:id",
+        "/v1/orders:cancel",
+        "/@me",
+        "/~u",
+        "/a'b",
+        "/a\"b",
+        "/a\\b",
+        "/(x)+,=$&!",
+    ];
+    let mut disagreements = Vec::new();
+    for path in paths {
+        let mut object = issuer_policy();
+        object["spec"]["rules"][0]["paths"] = json!([path]);
+        let server = dry_run_create(&client, &ns.name, &object).await.is_ok();
+        let core = scopegate_core::path::Pattern::parse(path).is_ok();
+        if server != core {
+            disagreements.push(format!("{path:?}: API server {server}, core {core}"));
+        }
+    }
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+    ns.delete().await.expect("cleanup");
+}
+
+/// Client-side `kubectl apply` of unchanged examples reports `unchanged`: no default inside
+/// a list item makes the live object differ from what was applied.
+#[tokio::test]
+async fn client_side_apply_of_unchanged_examples_reports_unchanged() {
+    let (plane, client) = setup().await;
+    let ns = TestNamespace::create(&client, "unchanged")
+        .await
+        .expect("namespace");
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut documents = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let mut object = Value::deserialize(document).expect("a YAML object");
+            if object["kind"] == "Namespace" {
+                continue;
+            }
+            object["metadata"]["namespace"] = json!(ns.name);
+            documents.push(serde_yaml_ng::to_string(&object).expect("YAML"));
+        }
+    }
+    let file = std::env::temp_dir().join(format!("scopegate-{}.yaml", ns.name));
+    std::fs::write(&file, documents.join("---\n")).expect("written");
+    let file_arg = file.to_string_lossy().into_owned();
+    let first = plane
+        .kubectl(&["apply", "-f", &file_arg])
+        .expect("first apply");
+    assert_eq!(first.lines().count(), documents.len(), "{first}");
+    let second = plane
+        .kubectl(&["apply", "-f", &file_arg])
+        .expect("second apply");
+    let _ = std::fs::remove_file(&file);
+    let changed: Vec<&str> = second
+        .lines()
+        .filter(|l| !l.ends_with(" unchanged"))
+        .collect();
+    assert!(
+        changed.is_empty() && second.lines().count() == documents.len(),
+        "every object unchanged:\n{second}"
+    );
     ns.delete().await.expect("cleanup");
 }

@@ -69,7 +69,7 @@ apiVersion: scopegate.dev/v1alpha1
 kind: AuthPolicy
 metadata: {{name: orders}}
 spec:
-  selector: {{}}
+  selector: {{matchLabels: {{app: orders}}}}
   issuer: {{policyRef: {{name: auth, namespace: {issuer_ns}}}}}
   audiences: [https://orders.{ns}.svc]
   upstream: {{port: 8080}}

@@ -350,9 +350,11 @@ fn check_invariants(
 }
 
 #[tokio::test]
-async fn a_rotation_with_periods_of_seconds_passes_through_every_state() {
+async fn a_rotation_with_lifetimes_of_seconds_passes_through_every_state() {
     let (client, ns) = setup("rotation").await;
-    let extra = "      rotationPeriod: 12s\n      propagation: 3s\n      tokens: {accessTokenTtl: 3s, leeway: 1s}";
+    // rotationPeriod is at least 1h (the schema refuses less), so the rotation is asked for
+    // with the annotation; the period's own schedule is unit-tested in operator/src/rotation.rs.
+    let extra = "      propagation: 3s\n      tokens: {accessTokenTtl: 3s, leeway: 1s}";
     apply_yaml::<AuthPolicy>(
         &client,
         &ns.name,
@@ -364,6 +366,11 @@ async fn a_rotation_with_periods_of_seconds_passes_through_every_state() {
     let first = signing_keys(&client, &ns.name, "auth").await.unwrap().keys[0]
         .kid
         .clone();
+    let rotate = serde_json::json!({"metadata": {"annotations": {"scopegate.dev/rotate": "1"}}});
+    Api::<AuthPolicy>::namespaced(client.clone(), &ns.name)
+        .patch("auth", &PatchParams::default(), &Patch::Merge(&rotate))
+        .await
+        .unwrap();
 
     // Observe until the first key has been active, retiring and removed, and a successor went
     // from next to active; check the invariants at every observation.
@@ -529,7 +536,7 @@ apiVersion: scopegate.dev/v1alpha1
 kind: AuthPolicy
 metadata: {{name: orders}}
 spec:
-  selector: {{}}
+  selector: {{matchLabels: {{app: orders}}}}
   issuer: {{policyRef: {{name: auth, namespace: {}}}}}
   audiences: [https://orders.{}.svc]
   upstream: {{port: 8080}}

@@ -24,7 +24,7 @@ apiVersion: scopegate.dev/v1alpha1
 kind: AuthPolicy
 metadata: {{name: {name}}}
 spec:
-  selector: {{}}
+  selector: {{matchLabels: {{app: {name}}}}}
   issuer:
     self:
       url: https://{name}.{ns}.svc

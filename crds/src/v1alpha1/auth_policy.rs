@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     Algorithm, Duration, HttpMethod, NamespacedRef, PositiveDuration, audience_list, browser_url,
-    conditions, method_list, path_list, scope_list,
+    conditions, is_default, method_list, path_list, pod_selector, scope_list,
 };
 
 /// AuthPolicy protects the pods its selector picks: their sidecar authenticates bearer tokens
@@ -43,15 +43,24 @@ use super::common::{
         "fieldPath": ".listen.port"
     },
     {
-        "rule": "!has(self.issuer.self) || self.rules.all(r, r.require.all(s, s in self.issuer.self.scopes) && r.anyOf.all(a, a.all(s, s in self.issuer.self.scopes)))",
+        "rule": "!has(self.issuer.self) || self.rules.all(r, (!has(r.require) || r.require.all(s, s in self.issuer.self.scopes)) && (!has(r.anyOf) || r.anyOf.all(a, a.all(s, s in self.issuer.self.scopes))))",
         "message": "every scope that rules require (require and anyOf) must be declared in issuer.self.scopes",
+        "fieldPath": ".rules"
+    },
+    {
+        "rule": RULE_CONFLICT,
+        "message": "two rules match the same method and path with different actions: the earlier one always decides (equal specificity goes to the earlier rule) and the later one never would; give them different paths or methods, or one action",
         "fieldPath": ".rules"
     }
 ]))]
 pub struct AuthPolicySpec {
     /// Pods of this namespace that this policy protects. The injection webhook adds the sidecar
     /// to new pods whose labels match, in namespaces labelled scopegate.dev/injection=enabled.
-    /// At most one AuthPolicy may select a pod.
+    /// At most one AuthPolicy may select a pod. It must name at least one label the pods
+    /// have (matchLabels, or a matchExpressions term with In or Exists): an empty selector,
+    /// or one of NotIn and DoesNotExist terms only, would select every other pod of the
+    /// namespace, present and future, and is refused.
+    #[schemars(schema_with = "pod_selector")]
     pub selector: LabelSelector,
 
     /// Where the tokens this policy accepts come from: exactly one of self, policyRef or external.
@@ -81,8 +90,10 @@ pub struct AuthPolicySpec {
     pub clients: Option<AudienceClients>,
 
     /// Route rules, matched on method and normalised path. The most specific matching rule
-    /// wins (longest literal prefix, then fewest wildcards); unmatched requests get
-    /// defaultAction.
+    /// wins (longest literal prefix, then fewest wildcards, then one that names methods);
+    /// unmatched requests get defaultAction. At most 64. Two rules that name the same path
+    /// and the same method (or both no method) must act alike: otherwise the earlier would
+    /// always decide and the later never, so such a pair is refused.
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub rules: Vec<Rule>,
@@ -222,6 +233,16 @@ pub struct Issuer {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
+        "rule": "duration(self.rotationPeriod) >= duration('1h')",
+        "message": "rotationPeriod must be at least 1h: every rotation publishes a key, waits propagation for every verifier to hold it and keeps the old one until its tokens expire",
+        "fieldPath": ".rotationPeriod"
+    },
+    {
+        "rule": "duration(self.rotationPeriod) >= duration(self.tokens.accessTokenTtl) && (!has(self.mint) || duration(self.rotationPeriod) >= duration(self.mint.maxTtl))",
+        "message": "rotationPeriod must be at least accessTokenTtl and mint.maxTtl: a key stays published until the tokens it signed expire, so a shorter period piles up keys in every JWKS and in the signing-keys Secret",
+        "fieldPath": ".rotationPeriod"
+    },
+    {
         "rule": "duration(self.rotationPeriod) > duration(self.propagation)",
         "message": "rotationPeriod must be greater than propagation: each new key is published for propagation before it activates",
         "fieldPath": ".rotationPeriod"
@@ -278,7 +299,8 @@ pub struct SelfIssuer {
     #[serde(default)]
     pub signing: Signing,
 
-    /// How long a key signs before the next one takes over.
+    /// How long a key signs before the next one takes over (default 720h; at least 1h, at
+    /// least tokens.accessTokenTtl and mint.maxTtl, more than propagation).
     #[serde(default = "default_rotation_period")]
     pub rotation_period: PositiveDuration,
 
@@ -410,22 +432,62 @@ pub struct ServicePort {
         "rule": "!has(self.rsaBits) || self.algorithm == 'RS256'",
         "message": "rsaBits applies only to algorithm RS256"
     },
-    {
-        "rule": "self.algorithm in ['ES256', 'RS256', 'EdDSA', 'HS256']",
-        "message": "an issuer signs with ES256, RS256, EdDSA or HS256"
-    }
 ]))]
 pub struct Signing {
     /// Signing algorithm: ES256 (default), RS256, EdDSA (Ed25519) or HS256. HS256 keys are
     /// shared secrets that are never published: only this policy's own pods can verify them,
     /// so no policyRef may point at an HS256 issuer.
     #[serde(default = "default_algorithm")]
+    #[schemars(schema_with = "issuer_algorithm")]
     pub algorithm: Algorithm,
     /// RSA modulus size for RS256: 2048 (default) or 3072.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = [2048, 3072]))]
     pub rsa_bits: Option<i32>,
 }
+
+/// The algorithms an issuer signs with, as the field's enum (the shared [`Algorithm`] lists
+/// what verifiers accept as well).
+fn issuer_algorithm(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["ES256", "RS256", "EdDSA", "HS256"],
+    })
+}
+
+/// What an external issuer's tokens may be signed with: every algorithm but HS256.
+fn external_algorithms(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 8,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "enum": ["ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"],
+        },
+    })
+}
+
+/// CEL: no two rules share a method and a path but differ in what they require (public,
+/// require and anyOf, compared as written, or enforcement). Rules of equal specificity go to
+/// the earlier one, so the later one would silently never decide for that route. (Comparing
+/// require as sets exceeds the API server's cost budget at 64 rules of 64 scopes.)
+const RULE_CONFLICT: &str = concat!(
+    "self.rules.all(a, self.rules.all(b, ",
+    // they share a path
+    "!a.paths.exists(p, p in b.paths) || ",
+    // and both name no method, or both name one they share (a rule naming methods beats one
+    // naming none: both decide)
+    "!((!has(a.methods) || size(a.methods) == 0) && (!has(b.methods) || size(b.methods) == 0) ",
+    "|| has(a.methods) && has(b.methods) && a.methods.exists(m, m in b.methods)) || ",
+    // then they must act alike
+    "((has(a.public) && a.public) == (has(b.public) && b.public) ",
+    "&& (has(a.require) ? a.require : []) == (has(b.require) ? b.require : []) ",
+    "&& (has(a.anyOf) ? a.anyOf : []) == (has(b.anyOf) ? b.anyOf : []) ",
+    "&& (has(a.enforcement) ? a.enforcement : '') == (has(b.enforcement) ? b.enforcement : ''))",
+    "))"
+);
 
 fn default_algorithm() -> Algorithm {
     Algorithm::ES256
@@ -445,6 +507,11 @@ impl Default for Signing {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
+        "rule": "duration(self.accessTokenTtl) <= duration('24h')",
+        "message": "accessTokenTtl must be at most 24h: an access token cannot be recalled before it expires but through the revocation feed; keep sessions long with refresh tokens instead",
+        "fieldPath": ".accessTokenTtl"
+    },
+    {
         "rule": "duration(self.codeTtl) <= duration('10m')",
         "message": "codeTtl must be at most 10m (RFC 6749 §4.1.2)",
         "fieldPath": ".codeTtl"
@@ -461,7 +528,7 @@ impl Default for Signing {
     }
 ]))]
 pub struct TokenLifetimes {
-    /// Lifetime of an access token (default 15m).
+    /// Lifetime of an access token (default 15m, at most 24h).
     #[serde(default = "default_access_token_ttl")]
     pub access_token_ttl: PositiveDuration,
     /// Lifetime of a refresh token family from its first grant (default 720h).
@@ -522,8 +589,11 @@ pub struct MintRules {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "audience_list")]
     pub audiences: Vec<String>,
-    /// Longest lifetime of a minted token (default 15m).
+    /// Longest lifetime of a minted token (default 15m, at most 24h).
     #[serde(default = "default_access_token_ttl")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        { "rule": "duration(self) <= duration('24h')", "message": "mint.maxTtl must be at most 24h: a minted token cannot be recalled before it expires but through the revocation feed" }
+    ]))]
     pub max_ttl: PositiveDuration,
 }
 
@@ -601,14 +671,8 @@ pub struct ExternalIssuer {
     pub jwks_uri: String,
     /// Algorithms accepted from this issuer. Foreign keys often omit alg: a token's alg header
     /// is then accepted only if it is listed here and fits the key's type and curve. HS256 is
-    /// not allowed for external issuers.
-    #[schemars(length(min = 1, max = 8))]
-    #[schemars(extend("x-kubernetes-list-type" = "set", "x-kubernetes-validations" = [
-        {
-            "rule": "!('HS256' in self)",
-            "message": "external issuers cannot use HS256: a shared secret cannot be fetched from a JWKS"
-        }
-    ]))]
+    /// not allowed for external issuers: a shared secret cannot be fetched from a JWKS.
+    #[schemars(schema_with = "external_algorithms")]
     pub algorithms: Vec<Algorithm>,
     /// Also accept tokens whose typ header is plain JWT (many outside issuers use it for
     /// access tokens). Off by default: only at+jwt is accepted (RFC 9068).
@@ -639,16 +703,16 @@ pub struct ExternalIssuer {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "!(self.public && (size(self.require) > 0 || size(self.anyOf) > 0))",
+        "rule": "!(has(self.public) && self.public && ((has(self.require) && size(self.require) > 0) || (has(self.anyOf) && size(self.anyOf) > 0)))",
         "message": "a public rule needs no token, so it cannot require scopes"
     },
     {
-        "rule": "!(self.public && has(self.enforcement))",
+        "rule": "!(has(self.public) && self.public && has(self.enforcement))",
         "message": "a public rule refuses nothing, so enforcement has no effect on it",
         "fieldPath": ".enforcement"
     },
     {
-        "rule": "!(size(self.require) > 0 && size(self.anyOf) > 0)",
+        "rule": "!(has(self.require) && size(self.require) > 0 && has(self.anyOf) && size(self.anyOf) > 0)",
         "message": "set either require (all of these scopes) or anyOf (one of these scope sets), not both"
     }
 ]))]
@@ -668,17 +732,17 @@ pub struct Rule {
     /// (`/items/`, `/ITEMS`); a public rule matches only the spelling it names.
     #[schemars(schema_with = "path_list")]
     pub paths: Vec<String>,
-    /// No token needed.
-    #[serde(default)]
+    /// No token needed (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public: bool,
     /// A valid token carrying all of these scopes is needed. With neither require nor anyOf
     /// nor public, any valid token passes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "scope_list")]
     pub require: Vec<String>,
     /// A valid token carrying all scopes of at least one of these sets is needed. A 403
     /// answer names the scopes of the first set.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 8),
         inner(
@@ -768,11 +832,13 @@ pub enum UpstreamProtocol {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Listen {
-    /// Port the sidecar listens on (default 15080).
+    /// Port the sidecar listens on (default 15080, at least 1024). Point the Service's port
+    /// 80 or 443 at it.
     #[serde(default = "default_listen_port")]
     #[schemars(range(min = 1, max = 65535))]
     #[schemars(extend("x-kubernetes-validations" = [
-        { "rule": "self != 15090", "message": "port 15090 is the sidecar's admin port" }
+        { "rule": "self != 15090", "message": "port 15090 is the sidecar's admin port" },
+        { "rule": "self >= 1024", "message": "listen.port must be 1024 or above: the sidecar runs without privileges and cannot bind a privileged port; let the Service's port 80 or 443 target it instead" }
     ]))]
     pub port: i32,
     /// Name of a kubernetes.io/tls Secret in this namespace to serve TLS with. Issuer pods
@@ -811,7 +877,7 @@ pub struct RateLimit {
     pub paths: Vec<String>,
     /// What a budget belongs to: ClientAddress (default; IPv6 grouped by /64) or Subject
     /// (the token's sub; unauthenticated requests then fall back to the client address).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub key: RateLimitKey,
     /// Requests allowed per period.
     #[schemars(range(min = 1, max = 1000000))]

@@ -5,7 +5,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Algorithm, PositiveDuration, SecretKeyRef, scope_list};
+use super::common::{Algorithm, PositiveDuration, SecretKeyRef, is_default, scope_list};
 
 /// An identity provider users may log in with. Set exactly one of oidc or github.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -94,7 +94,10 @@ pub struct OidcProvider {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub issuer_aliases: Vec<String>,
     /// Scopes asked of the provider (default openid, email, profile); must contain openid.
-    #[serde(default = "default_oidc_scopes")]
+    #[serde(
+        default = "default_oidc_scopes",
+        skip_serializing_if = "is_default_oidc_scopes"
+    )]
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 128)))]
     #[schemars(extend("x-kubernetes-list-type" = "set", "x-kubernetes-validations" = [
         { "rule": "'openid' in self", "message": "scopes must contain openid" }
@@ -113,10 +116,10 @@ pub struct OidcProvider {
     pub algorithms: Vec<Algorithm>,
     /// When the userinfo endpoint is asked: Never, IfMissing (default: when the ID token has
     /// no email) or Always. Its sub must equal the ID token's; it only fills missing claims.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub userinfo: UserinfoMode,
     /// How the issuer authenticates at the provider's token endpoint.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub token_endpoint_auth_method: UpstreamAuthMethod,
     /// Google Workspace domains: the ID token's hd claim must be one of them. A filter only,
     /// never an identity.
@@ -136,7 +139,7 @@ pub struct OidcProvider {
     /// as verified when the provider sends no email_verified at all (Azure AD, Cognito and
     /// Cloudflare Access never do); an explicit false always stays false. Only for providers
     /// that verify every address they hand out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub trust_unverified_email: TrustUnverifiedEmail,
 }
 
@@ -186,6 +189,11 @@ pub enum TrustUnverifiedEmail {
 
 fn default_oidc_scopes() -> Vec<String> {
     vec!["openid".into(), "email".into(), "profile".into()]
+}
+
+/// Upstreams are list items: their defaults stay out of the schema (see [`is_default`]).
+fn is_default_oidc_scopes(scopes: &[String]) -> bool {
+    scopes == default_oidc_scopes()
 }
 
 /// When the userinfo endpoint is asked.

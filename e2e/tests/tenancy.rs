@@ -3,8 +3,9 @@
 //! the webhook's cache is cold, with a fake sidecar, with a forged "injected" annotation), to
 //! send traffic around the sidecar (a Service on the app's port, opening the NetworkPolicy,
 //! a direct connection to the app's port past the port lock, a port lock of its own), and to
-//! hand the mint socket to a container the policy does not name. Each attempt fails, and the
-//! refusal or the status it gets is asserted.
+//! hand the mint socket to a container the policy does not name or log a user in outside the
+//! policy's mint subjects. Each attempt fails, and the refusal or the status it gets is
+//! asserted.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -1048,4 +1049,59 @@ async fn a_second_container_gets_no_mint_socket() {
     .unwrap();
     assert!(!mounts_mint(&named, "app"));
     ns.delete().await.unwrap();
+}
+
+/// A login the app accepts on the mint socket is bounded by `mint.subjects` like a minted
+/// token. The shop's real login app (examples/apps/auth.py, in a running issuer pod) logs its
+/// users in as `user:<name>`; once the policy narrows `mint.subjects` to `user:bob`, the same
+/// app accepting alice is refused (the app answers its "not valid" page, no code is issued)
+/// while bob still gets his tokens.
+#[tokio::test]
+async fn a_login_for_a_subject_outside_mint_subjects_is_refused() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let namespace = format!("e2e-evil-login-{}", std::process::id());
+    let logs =
+        PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into())).join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let shop = scopegate_e2e::story::Shop::start(&client, &namespace, &logs, &|_| {})
+        .await
+        .expect("the shop runs");
+    shop.login("alice", "wonderland", "read:orders")
+        .expect("alice logs in under user:*");
+
+    // (The example allows 5 logins per 15 minutes per address: raised, so that the attempts
+    // made while the new config reaches the pod cannot exhaust it.)
+    let narrow = serde_json::json!({"spec": {
+        "issuer": {"self": {"mint": {"subjects": ["user:bob"]}}},
+        "rateLimits": [{"name": "login", "methods": ["POST"], "paths": ["/login"], "requests": 1000, "period": "15m"}],
+    }});
+    Api::<AuthPolicy>::namespaced(client.clone(), &namespace)
+        .patch("auth", &PatchParams::default(), &Patch::Merge(&narrow))
+        .await
+        .unwrap();
+    let refusal = eventually("alice's login refused under user:bob", || async {
+        match shop.login("alice", "wonderland", "read:orders") {
+            Ok(_) => bail!("alice's login still accepted"),
+            // The app's answer when the mint socket refuses the login; anything else (the
+            // old limit's 429 until the raised one arrives) is retried.
+            Err(err) if format!("{err:#}").contains("login answered 400") => Ok(format!("{err:#}")),
+            Err(err) => Err(err),
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        refusal.contains("login answered 400") && refusal.contains("not valid"),
+        "{refusal}"
+    );
+    let bob = shop
+        .login("bob", "builder", "read:orders")
+        .expect("bob is within mint.subjects");
+    assert!(bob["access_token"].is_string(), "{bob}");
+    drop(shop);
+    Api::<Namespace>::all(client)
+        .delete(&namespace, &DeleteParams::default())
+        .await
+        .unwrap();
 }

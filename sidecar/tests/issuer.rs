@@ -1777,21 +1777,9 @@ async fn request_bodies_must_arrive_before_the_deadline() {
     issuer.stop().await;
 }
 
-/// The login challenge an authorization request was sent to the login page with.
-fn challenge_of(r: &RawResponse) -> String {
-    let location = r
-        .header("location")
-        .unwrap_or_else(|| panic!("no redirect: {r:?}"));
-    location
-        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
-        .unwrap_or_else(|| panic!("not the login page: {location}"))
-        .to_owned()
-}
-
 /// `/oauth2/authorize` takes no authentication, so a stranger's requests spend the stranger's
-/// address budget first and never the client's (only requests that pass every check do), and
-/// the pending logins they leave behind are bounded per client and overall, the oldest going
-/// first, counted in a metric.
+/// address budget and nothing in the client's name, and the pending logins they leave behind
+/// are bounded per address and overall, the oldest going first, counted in a metric.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorize_requests_spend_the_callers_budget_and_pending_logins_are_bounded() {
     let tuning = IssuerTuning {
@@ -1808,55 +1796,37 @@ async fn authorize_requests_spend_the_callers_budget_and_pending_logins_are_boun
         ..Spec::default()
     })
     .await;
-    let authorize = |query: String, from: &'static str| {
-        let issuer = &issuer;
-        async move {
-            let request = format!(
-                "GET /oauth2/authorize?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Forwarded-For: {from}\r\n\r\n"
-            );
-            issuer.raw(request.as_bytes()).await
-        }
-    };
     let unknown_client =
         "response_type=code&client_id=nobody&redirect_uri=https%3A%2F%2Fx".to_owned();
     let plain_pkce =
         web_query("s", None).replace("code_challenge_method=S256", "code_challenge_method=plain");
     // A stranger's requests spend the stranger's address budget...
     for _ in 0..3 {
-        assert_eq!(
-            authorize(unknown_client.clone(), "203.0.113.1")
-                .await
-                .status,
-            400
-        );
+        let r = authorize_from(&issuer, &unknown_client, "203.0.113.1").await;
+        assert_eq!(r.status, 400);
     }
-    let r = authorize(web_query("s", None), "203.0.113.1").await;
+    let r = authorize_from(&issuer, &web_query("s", None), "203.0.113.1").await;
     assert_eq!(
         r.status, 429,
         "the address budget is spent, even for a valid request"
     );
-    // ...and requests that fail validation never spend the client's.
     for _ in 0..3 {
-        let r = authorize(plain_pkce.clone(), "203.0.113.2").await;
+        let r = authorize_from(&issuer, &plain_pkce, "203.0.113.2").await;
         assert_eq!(r.status, 303);
         assert_eq!(
             query_param(r.header("location").unwrap(), "error").as_deref(),
             Some("invalid_request")
         );
     }
-    challenge_of(&authorize(web_query("s", None), "203.0.113.3").await);
-    challenge_of(&authorize(web_query("s", None), "203.0.113.4").await);
-    let r = authorize(web_query("s", None), "203.0.113.5").await;
-    assert_eq!(
-        query_param(r.header("location").unwrap(), "error").as_deref(),
-        Some("temporarily_unavailable"),
-        "the client's budget of 2 went to the two valid requests"
-    );
+    // ...and valid ones spend no budget in the client's name (its `client` budget is 2).
+    for from in ["203.0.113.3", "203.0.113.3", "203.0.113.3", "203.0.113.4"] {
+        login_challenge_of(&authorize_from(&issuer, &web_query("s", None), from).await);
+    }
     issuer.stop().await;
 
     let tuning = IssuerTuning {
         pending_logins: scopegate_sidecar::issuer::store::PendingBounds {
-            per_client: 3,
+            per_address: 3,
             total: 5,
         },
         ..generous()
@@ -1875,43 +1845,54 @@ async fn authorize_requests_spend_the_callers_budget_and_pending_logins_are_boun
                 .status
         }
     };
-    let mut web = Vec::new();
+    let mut first = Vec::new();
     for _ in 0..4 {
-        web.push(challenge_of(
-            &issuer
-                .get(&format!("/oauth2/authorize?{}", web_query("s", None)))
-                .await,
+        first.push(login_challenge_of(
+            &authorize_from(&issuer, &web_query("s", None), "203.0.113.1").await,
         ));
     }
     assert_eq!(
-        pending(web[0].clone()).await,
+        pending(first[0].clone()).await,
         404,
-        "the web client's oldest, over its bound of 3"
+        "the address's oldest, over its bound of 3"
     );
-    assert_eq!(pending(web[1].clone()).await, 200);
+    assert_eq!(pending(first[1].clone()).await, 200);
     let cli_query = format!(
         "response_type=code&client_id={}&redirect_uri={}&code_challenge={CHALLENGE}&code_challenge_method=S256",
         enc(CLI.id),
         enc("http://127.0.0.1/callback")
     );
-    let mut cli = Vec::new();
+    let mut second = Vec::new();
     for _ in 0..3 {
-        cli.push(challenge_of(
-            &issuer.get(&format!("/oauth2/authorize?{cli_query}")).await,
+        second.push(login_challenge_of(
+            &authorize_from(&issuer, &cli_query, "203.0.113.2").await,
         ));
     }
     assert_eq!(
-        pending(web[1].clone()).await,
+        pending(first[1].clone()).await,
         404,
         "the oldest overall, over the bound of 5"
     );
-    for challenge in web[2..].iter().chain(&cli) {
+    for challenge in first[2..].iter().chain(&second) {
         assert_eq!(pending(challenge.clone()).await, 200);
     }
     assert_eq!(
         metric(&issuer, "scopegate_issuer_pending_logins_evicted_total").await,
         2
     );
+    issuer.stop().await;
+}
+
+/// The attacker's test of `/oauth2/authorize`: one address floods fully valid requests until
+/// refused; another address's pending login survives and its next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorize_flood_from_one_address_leaves_other_callers_alone() {
+    let issuer = Issuer::start(Spec {
+        tuning: authorize_flood_tuning(),
+        ..Spec::default()
+    })
+    .await;
+    an_authorize_flood_spends_only_the_flooders_share(&issuer, FLOOD).await;
     issuer.stop().await;
 }
 

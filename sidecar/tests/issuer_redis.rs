@@ -377,14 +377,14 @@ async fn the_issuer_answers_temporarily_unavailable_while_redis_is_down() {
     issuer.stop().await;
 }
 
-/// The bound on pending logins holds across replicas: the oldest of the client's pending logins
-/// goes, wherever it was made.
+/// The bound on pending logins holds across replicas: the oldest of the address's pending
+/// logins goes, wherever it was made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_logins_are_bounded_across_replicas() {
     let redis = RedisServer::start().await;
     let tuning = IssuerTuning {
         pending_logins: scopegate_sidecar::issuer::store::PendingBounds {
-            per_client: 2,
+            per_address: 2,
             total: 100,
         },
         ..generous()
@@ -416,4 +416,14 @@ async fn pending_logins_are_bounded_across_replicas() {
         [404, 200, 200],
         "the first, made on the other replica, evicted"
     );
+}
+
+/// The attacker's test of `/oauth2/authorize` on the Redis store (its Lua bound per address):
+/// one address floods fully valid requests until refused; another address's pending login
+/// survives and its next request is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorize_flood_from_one_address_leaves_other_callers_alone_on_redis() {
+    let redis = RedisServer::start().await;
+    let (a, _b) = replicas(&redis, authorize_flood_tuning(), json!([])).await;
+    an_authorize_flood_spends_only_the_flooders_share(&a, FLOOD).await;
 }

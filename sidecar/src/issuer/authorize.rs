@@ -18,7 +18,7 @@ use super::codes::CodeRecord;
 use super::error::OAuthError;
 use super::form::{Form, form_encode};
 use super::grant;
-use super::limits::{Endpoint, Limiter};
+use super::limits::{Endpoint, Limiter, address_key};
 use super::store::{self, MAX_SWAP_ATTEMPTS, hashed_key};
 use super::upstream::{self, flow::Next};
 use super::{Context, IssuerSettings, random_token, reply};
@@ -99,9 +99,10 @@ pub(crate) fn error_redirect(
 
 /// Answers an authorization request.
 ///
-/// The request is unauthenticated: anyone can send one naming any client. So it first spends
-/// one success of the caller's address budget; failures count against the address only; and
-/// the client's own budget is spent only by a request that passed every check.
+/// The request is unauthenticated: anyone can send one naming any client, and a valid one
+/// too (a client's `client_id`, redirect URI and an S256 challenge are public). So it spends
+/// one success of the caller's address budget and nothing in the client's name: failures
+/// count against the address only, and the pending logins it leaves are bounded per address.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
     if req.method() != Method::GET {
         return reply::error_page(
@@ -179,9 +180,6 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
             return reply::redirect(&error_redirect(settings, redirect_uri, state, &err));
         }
     };
-    if let Err(err) = limiter.admit_client(&client.client_id).await {
-        return reply::redirect(&error_redirect(settings, redirect_uri, state, &err));
-    }
     match upstream::flow::choose(ctx, client, &record, form.get("upstream")).await {
         Ok(Some(Next::Redirect(location))) => reply::redirect(&location),
         Ok(Some(Next::Page(page))) => page,
@@ -274,8 +272,10 @@ fn validate(
     })
 }
 
-/// Counts a stored record as a pending login of `client_id` and evicts the oldest beyond the
-/// bounds, so that a flood of authorization requests cannot grow the store without limit.
+/// Counts a stored record (a pending login of `client_id`) against the caller's address and
+/// evicts the oldest beyond the bounds, that address's own first, so that a flood of
+/// authorization requests can neither grow the store without limit nor push out other
+/// callers' logins.
 pub(crate) async fn track_pending(
     ctx: &Context<'_>,
     client_id: &str,
@@ -288,7 +288,12 @@ pub(crate) async fn track_pending(
     let evicted = ctx
         .issuer
         .store
-        .track_pending(client_id, key, ms, ctx.issuer.tuning.pending_logins)
+        .track_pending(
+            &address_key(ctx.client_ip),
+            key,
+            ms,
+            ctx.issuer.tuning.pending_logins,
+        )
         .await?;
     if evicted > 0 {
         ctx.issuer.counters.pending_logins_evicted.fetch_add(

@@ -16,7 +16,8 @@ use crate::rate_limit::RateKey;
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct EndpointLimits {
-    /// Successful requests per client_id.
+    /// Successful requests per client_id (a client that authenticated; never at
+    /// `/oauth2/authorize`, where anyone can name any client).
     pub client: Budget,
     /// Successful requests per client address.
     pub address: Budget,
@@ -61,6 +62,15 @@ impl Endpoint {
     }
 }
 
+/// How a caller's address is named in the store: IPv4 by address, IPv6 by its /64.
+pub fn address_key(ip: IpAddr) -> String {
+    match RateKey::address(ip) {
+        RateKey::V4(v) => format!("4:{v:08x}"),
+        RateKey::V6(v) => format!("6:{v:016x}"),
+        RateKey::Subject(s) => format!("s:{s}"),
+    }
+}
+
 /// The budgets one request is counted under.
 pub struct Limiter<'a> {
     store: &'a dyn Store,
@@ -77,16 +87,11 @@ impl<'a> Limiter<'a> {
         endpoint: Endpoint,
         ip: IpAddr,
     ) -> Self {
-        let address = match RateKey::address(ip) {
-            RateKey::V4(v) => format!("4:{v:08x}"),
-            RateKey::V6(v) => format!("6:{v:016x}"),
-            RateKey::Subject(s) => format!("s:{s}"),
-        };
         Limiter {
             store,
             limits,
             endpoint,
-            address,
+            address: address_key(ip),
         }
     }
 
@@ -107,16 +112,6 @@ impl<'a> Limiter<'a> {
     /// (`/oauth2/authorize`), and all a public client's request spends.
     pub async fn admit_address(&self) -> Result<(), OAuthError> {
         let keys = [(self.key("a", &self.address), self.limits.address)];
-        self.store
-            .rate(RateOp::Admit, &keys)
-            .await?
-            .map_err(OAuthError::RateLimited)
-    }
-
-    /// An unauthenticated request that passed every check spends one success of the client it
-    /// names: a stranger cannot spend a client's budget with requests that fail.
-    pub async fn admit_client(&self, client_id: &str) -> Result<(), OAuthError> {
-        let keys = [(self.key("c", client_id), self.limits.client)];
         self.store
             .rate(RateOp::Admit, &keys)
             .await?

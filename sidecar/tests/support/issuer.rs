@@ -15,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use scopegate_core::secret_hash::{SecretKind, hash};
 use scopegate_sidecar::issuer::IssuerTuning;
+use scopegate_sidecar::issuer::store::Budget;
 use scopegate_sidecar::jose::b64;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -600,4 +601,88 @@ pub async fn introspect(issuer: &Issuer, token: &str) -> Value {
 /// The path of a file in the fixture's directory.
 pub fn path_in(dir: &TempDir, name: &str) -> PathBuf {
     dir.join(name)
+}
+
+/// A GET of `/oauth2/authorize?{query}` from the address `from` (the issuer trusts one proxy
+/// hop, so `X-Forwarded-For` names the caller).
+pub async fn authorize_from(issuer: &Issuer, query: &str, from: &str) -> RawResponse {
+    let request = format!(
+        "GET /oauth2/authorize?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-Forwarded-For: {from}\r\n\r\n"
+    );
+    issuer.raw(request.as_bytes()).await
+}
+
+/// The login challenge an authorization answer sends the browser to the login page with.
+pub fn login_challenge_of(r: &RawResponse) -> String {
+    let location = r
+        .header("location")
+        .unwrap_or_else(|| panic!("no redirect: {r:?}"));
+    location
+        .strip_prefix(&format!("{LOGIN_URL}?login_challenge="))
+        .unwrap_or_else(|| panic!("not the login page: {location}"))
+        .to_owned()
+}
+
+/// The attack on `/oauth2/authorize` with fully valid requests (a client's `client_id`,
+/// redirect URI and an S256 challenge are public): one address floods the web client until
+/// its address budget refuses it. Another address's challenge, taken before the flood, is
+/// still pending, and its next request still gets a challenge. `issuer` must run with an
+/// address budget of `flood` requests and a pending bound per address below `flood`.
+pub async fn an_authorize_flood_spends_only_the_flooders_share(issuer: &Issuer, flood: usize) {
+    const ATTACKER: &str = "198.51.100.7";
+    const USER: &str = "203.0.113.9";
+    let pending = |challenge: String| async move {
+        issuer
+            .mint("GET", &format!("/v1/logins/{challenge}"), None)
+            .await
+            .status
+    };
+    let user_before =
+        login_challenge_of(&authorize_from(issuer, &web_query("u1", None), USER).await);
+    let mut flooded = Vec::new();
+    for i in 0..flood {
+        let r = authorize_from(issuer, &web_query(&format!("a{i}"), None), ATTACKER).await;
+        flooded.push(login_challenge_of(&r));
+    }
+    let refused = authorize_from(issuer, &web_query("over", None), ATTACKER).await;
+    assert_eq!(refused.status, 429, "the flooder's address budget is spent");
+    assert_eq!(
+        pending(user_before).await,
+        200,
+        "the user's challenge outlived the flood"
+    );
+    assert_eq!(
+        pending(flooded[0].clone()).await,
+        404,
+        "the flooder's own oldest went first"
+    );
+    assert_eq!(pending(flooded[flood - 1].clone()).await, 200);
+    let user_after = authorize_from(issuer, &web_query("u2", None), USER).await;
+    assert_eq!(
+        pending(login_challenge_of(&user_after)).await,
+        200,
+        "the flood spent no budget in the client's name"
+    );
+}
+
+/// How many requests the flooding address gets in [`authorize_flood_tuning`].
+pub const FLOOD: usize = 12;
+
+/// Budgets for [`an_authorize_flood_spends_only_the_flooders_share`]: each address may send
+/// [`FLOOD`] authorization requests and keep 5 pending logins; the client's own budget (which
+/// `/oauth2/authorize` must not spend) is smaller than one address's, as by default.
+pub fn authorize_flood_tuning() -> IssuerTuning {
+    IssuerTuning {
+        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+            address: Budget::per_secs(FLOOD as u32, 3600),
+            client: Budget::per_secs(FLOOD as u32 - 2, 3600),
+            failed_address: Budget::per_secs(10_000, 60),
+            failed_client: Budget::per_secs(10_000, 60),
+        },
+        pending_logins: scopegate_sidecar::issuer::store::PendingBounds {
+            per_address: 5,
+            total: 10_000,
+        },
+        ..IssuerTuning::default()
+    }
 }

@@ -32,9 +32,9 @@ struct Inner {
     subjects: HashMap<String, (i64, i64)>,
     budgets: HashMap<String, u64>,
     pruned_at_ms: u64,
-    /// Pending logins by client, oldest first: (record key, expiry ms).
-    pending_by_client: HashMap<String, VecDeque<(String, u64)>>,
-    /// Pending logins of all clients, oldest first: (client, record key, expiry ms).
+    /// Pending logins by caller address, oldest first: (record key, expiry ms).
+    pending_by_address: HashMap<String, VecDeque<(String, u64)>>,
+    /// Pending logins of all addresses, oldest first: (address, record key, expiry ms).
     pending: VecDeque<(String, String, u64)>,
 }
 
@@ -210,7 +210,7 @@ impl Store for MemoryStore {
 
     fn track_pending<'a>(
         &'a self,
-        client_id: &'a str,
+        address: &'a str,
         key: &'a str,
         expires_at_ms: u64,
         bounds: PendingBounds,
@@ -223,34 +223,34 @@ impl Store for MemoryStore {
             inner.pending.pop_front();
         }
         let mine = inner
-            .pending_by_client
-            .entry(client_id.to_owned())
+            .pending_by_address
+            .entry(address.to_owned())
             .or_default();
         while mine.front().is_some_and(|(_, exp)| *exp <= now) {
             mine.pop_front();
         }
         mine.push_back((key.to_owned(), expires_at_ms));
         let mut evicted_keys = Vec::new();
-        while mine.len() > bounds.per_client as usize {
+        while mine.len() > bounds.per_address as usize {
             if let Some((old, _)) = mine.pop_front() {
                 evicted_keys.push(old);
             }
         }
         inner
             .pending
-            .push_back((client_id.to_owned(), key.to_owned(), expires_at_ms));
+            .push_back((address.to_owned(), key.to_owned(), expires_at_ms));
         while inner.pending.len() > bounds.total as usize {
-            let Some((client, old, _)) = inner.pending.pop_front() else {
+            let Some((owner, old, _)) = inner.pending.pop_front() else {
                 break;
             };
-            if let Some(theirs) = inner.pending_by_client.get_mut(&client)
+            if let Some(theirs) = inner.pending_by_address.get_mut(&owner)
                 && let Some(at) = theirs.iter().position(|(k, _)| *k == old)
             {
                 theirs.remove(at);
             }
             evicted_keys.push(old);
         }
-        inner.pending_by_client.retain(|_, q| !q.is_empty());
+        inner.pending_by_address.retain(|_, q| !q.is_empty());
         let evicted = evicted_keys.iter().filter(|k| inner.evict(k, now)).count();
         ready(Ok(evicted))
     }
@@ -389,15 +389,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pending_logins_are_bounded_per_client_and_overall() {
+    async fn pending_logins_are_bounded_per_address_and_overall() {
         let store = MemoryStore::new();
         let later = now_ms() + 60_000;
         let bounds = PendingBounds {
-            per_client: 2,
+            per_address: 2,
             total: 3,
         };
         let mut evicted = 0;
-        for (client, key) in [
+        for (address, key) in [
             ("a", "a1"),
             ("a", "a2"),
             ("a", "a3"),
@@ -406,13 +406,16 @@ mod tests {
         ] {
             assert!(store.swap(key, None, Some(b"x"), later).await.unwrap());
             evicted += store
-                .track_pending(client, key, later, bounds)
+                .track_pending(address, key, later, bounds)
                 .await
                 .unwrap();
         }
         let store = &store;
         let live = |k: &'static str| async move { store.get(k).await.unwrap().is_some() };
-        assert!(!live("a1").await, "a's oldest, beyond its bound of 2");
+        assert!(
+            !live("a1").await,
+            "a's oldest, beyond the address's bound of 2"
+        );
         assert!(
             !live("a2").await,
             "the oldest overall once b filled the total of 3"

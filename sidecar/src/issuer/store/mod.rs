@@ -118,20 +118,24 @@ impl Budget {
 }
 
 /// How many pending logins (records a stranger can make the issuer keep: login challenges,
-/// provider-choice requests, upstream legs) may be stored per client and overall.
+/// provider-choice requests, upstream legs) may be stored per caller address and overall.
+///
+/// Never per client: a client's `client_id`, redirect URI and an S256 challenge are public, so
+/// a bound in a client's name is one any stranger could fill, evicting its real users' logins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct PendingBounds {
-    /// Most pending logins of one client.
-    pub per_client: u32,
-    /// Most pending logins of all clients together.
+    /// Most pending logins left by one address (IPv6: one /64); beyond it the address's own
+    /// oldest go.
+    pub per_address: u32,
+    /// Most pending logins of all addresses together.
     pub total: u32,
 }
 
 impl Default for PendingBounds {
     fn default() -> Self {
         PendingBounds {
-            per_client: 1_000,
+            per_address: 100,
             total: 10_000,
         }
     }
@@ -203,11 +207,12 @@ pub trait Store: Send + Sync {
     ) -> StoreFuture<'a, Result<(), u64>>;
 
     /// Counts the record under `key` (written just before, expiring at `expires_at_ms`) as a
-    /// pending login of `client_id`, and deletes the oldest pending logins beyond `bounds`,
-    /// first of that client, then of all. Returns how many live records it deleted.
+    /// pending login left by the caller `address`, and deletes the oldest pending logins
+    /// beyond `bounds`, first of that address, then of all. Returns how many live records it
+    /// deleted.
     fn track_pending<'a>(
         &'a self,
-        client_id: &'a str,
+        address: &'a str,
         key: &'a str,
         expires_at_ms: u64,
         bounds: PendingBounds,

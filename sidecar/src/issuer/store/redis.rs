@@ -159,7 +159,7 @@ end
 return worst
 ";
 
-// KEYS: the client's pending list, the list of all. ARGV: record key, per-client bound, total
+// KEYS: the address's pending list, the list of all. ARGV: record key, per-address bound, total
 // bound, expiry of the lists (Unix ms). Lists hold record keys, oldest first; an evicted key is
 // deleted (a settled one is gone already and not counted).
 const PENDING: &str = r"
@@ -168,8 +168,8 @@ redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], ARGV[4])
 redis.call('PEXPIREAT', KEYS[2], ARGV[4])
 local evicted = 0
-local per_client, total = tonumber(ARGV[2]), tonumber(ARGV[3])
-while redis.call('LLEN', KEYS[1]) > per_client do
+local per_address, total = tonumber(ARGV[2]), tonumber(ARGV[3])
+while redis.call('LLEN', KEYS[1]) > per_address do
   evicted = evicted + redis.call('DEL', redis.call('LPOP', KEYS[1]))
 end
 while redis.call('LLEN', KEYS[2]) > total do
@@ -470,7 +470,7 @@ impl Store for RedisStore {
 
     fn track_pending<'a>(
         &'a self,
-        client_id: &'a str,
+        address: &'a str,
         key: &'a str,
         expires_at_ms: u64,
         bounds: PendingBounds,
@@ -480,10 +480,10 @@ impl Store for RedisStore {
             let evicted: u64 = self
                 .scripts
                 .pending
-                .key(self.key(&format!("pending:c:{client_id}")))
+                .key(self.key(&format!("pending:a:{address}")))
                 .key(self.key("pending:all"))
                 .arg(self.key(key))
-                .arg(bounds.per_client)
+                .arg(bounds.per_address)
                 .arg(bounds.total)
                 .arg(expires_at_ms.max(1))
                 .invoke_async(&mut conn)

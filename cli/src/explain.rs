@@ -433,7 +433,7 @@ pub fn explain(
         );
     }
     let mut token_info = None;
-    let evaluation = decision::evaluate(route.requirement, &headers, query, |token| {
+    let mut validate = |token: &str| {
         if let Some(scopes) = &request.scopes {
             let scope = scopes.join(" ");
             check_scope_claim(&scope)?;
@@ -455,7 +455,19 @@ pub fn explain(
             return Err(TokenError::Revoked(reason));
         }
         Ok(verified)
-    });
+    };
+    let evaluation = decision::evaluate(route.requirement, &headers, query, &mut validate);
+    // A rule in DryRun is only counted: the enforced rules decide as if it did not exist, as
+    // in the sidecar, and the request is refused if they refuse it.
+    let enforced_refusal = match policy.enforced_route(method, path.route()) {
+        Some(enforced) if !route.enforced && enforced.rule_index != route.rule_index => {
+            decision::evaluate(enforced.requirement, &headers, query, &mut validate)
+                .decision
+                .err()
+                .map(|refusal| (enforced, refusal))
+        }
+        _ => None,
+    };
     if matches!(evaluation.trace, Trace::Token { .. }) && request.scopes.is_none() {
         notes.push(
             "revocations from the issuer's feed (jti, subject cut-offs) live in the sidecars only \
@@ -514,9 +526,17 @@ pub fn explain(
         } => Some(v),
         _ => None,
     };
-    let decision = match &evaluation.decision {
-        Err(refusal) if route.enforced => refused(refusal),
-        Err(refusal) => DecisionInfo {
+    if let Some((enforced, _)) = &enforced_refusal {
+        notes.push(format!(
+            "{} is in DryRun: the enforced rules decide as if it did not exist, and {} refuses",
+            route.label(),
+            enforced.label()
+        ));
+    }
+    let decision = match (&evaluation.decision, &enforced_refusal) {
+        (_, Some((_, refusal))) => refused(refusal),
+        (Err(refusal), None) if route.enforced => refused(refusal),
+        (Err(refusal), None) => DecisionInfo {
             status: 200,
             outcome: "dry_run".into(),
             forwarded: true,
@@ -524,7 +544,7 @@ pub fn explain(
             identity_headers: identity_headers(config, verified),
             would_refuse: Some(Box::new(refused(refusal))),
         },
-        Ok(identity) => DecisionInfo {
+        (Ok(identity), None) => DecisionInfo {
             status: 200,
             outcome: if identity.is_some() {
                 "allowed"

@@ -228,4 +228,30 @@ async fn explain_names_the_rule_the_check_and_the_answer() {
     let text = run(&["GET", "/admin%2Fx"]);
     assert!(text.contains("DECISION  400 bad_path"), "{text}");
     assert!(text.contains("refused in DryRun too"), "{text}");
+
+    // A stricter rule tried under an enforced one: the enforced rule still decides, as in
+    // the sidecar (sidecar/tests/dry_run.rs).
+    let mut tried = config.clone();
+    tried["rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "items-admin", "paths": ["/items/admin/**"], "enforcement": "dryRun",
+            "action": {"type": "requireAll", "scopes": ["admin"]}
+        }));
+    write_atomic(&path, &tried.to_string());
+    let text = run(&["GET", "/items/admin/x"]);
+    for want in [
+        "items-admin is in DryRun: the enforced rules decide as if it did not exist, and items refuses",
+        "DECISION  401 no_credentials",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    let text = run(&["GET", "/items/admin/x", "--scopes", "admin"]);
+    assert!(text.contains("DECISION  403 insufficient_scope"), "{text}");
+    let text = run(&["GET", "/items/admin/x", "--scopes", "read:items"]);
+    assert!(
+        text.contains("DECISION  forwarded to the app (DryRun: enforced, it would be 403"),
+        "{text}"
+    );
 }

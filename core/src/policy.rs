@@ -247,8 +247,42 @@ impl Policy {
     /// The requirement for a request. `path` is the route path of a
     /// [`crate::path::RequestPath`].
     pub fn route(&self, method: &str, path: &str) -> Route<'_> {
+        match self.best_rule(method, path, |_| true) {
+            Some(index) => self.rule_route(index),
+            None => self.default_route(),
+        }
+    }
+
+    /// What the enforced part of the policy alone asks of a request whose [`Policy::route`]
+    /// is in DryRun and would refuse it: the decision as if the rules in DryRun did not
+    /// exist, so that trying a stricter rule never opens what the policy enforced before it
+    /// was added. `None` when nothing enforced decides (the default action is in DryRun too):
+    /// the request is forwarded.
+    pub fn enforced_route(&self, method: &str, path: &str) -> Option<Route<'_>> {
+        // Public rules refuse nothing: they keep the place they had before the DryRun rule.
+        let decides = |rule: &CompiledRule| rule.enforced || rule.action == RuleAction::Public;
+        match self.best_rule(method, path, decides) {
+            Some(index) => Some(Route {
+                enforced: true,
+                ..self.rule_route(index)
+            }),
+            None => Some(self.default_route()).filter(|route| route.enforced),
+        }
+    }
+
+    /// Index of the most specific rule among those `eligible` that matches: the greatest
+    /// `(specificity, names_methods)`, the earliest on a tie.
+    fn best_rule(
+        &self,
+        method: &str,
+        path: &str,
+        eligible: impl Fn(&CompiledRule) -> bool,
+    ) -> Option<usize> {
         let mut best: Option<(usize, (&Specificity, bool))> = None;
         for (index, rule) in self.rules.iter().enumerate() {
+            if !eligible(rule) {
+                continue;
+            }
             let Some(rank) = rule.matcher.best(method, path) else {
                 continue;
             };
@@ -258,35 +292,38 @@ impl Policy {
                 best = Some((index, key));
             }
         }
-        match best {
-            Some((index, _)) => {
-                let rule = &self.rules[index];
-                Route {
-                    requirement: match &rule.action {
-                        RuleAction::Public => Requirement::Public,
-                        RuleAction::Authenticated => Requirement::Token(ScopeRequirement::None),
-                        RuleAction::RequireAll { scopes } => {
-                            Requirement::Token(ScopeRequirement::All(scopes))
-                        }
-                        RuleAction::RequireAny { scope_sets } => {
-                            Requirement::Token(ScopeRequirement::Any(scope_sets))
-                        }
-                    },
-                    rule_name: rule.name.as_deref(),
-                    rule_index: Some(index),
-                    enforced: rule.enforced,
+        best.map(|(index, _)| index)
+    }
+
+    fn rule_route(&self, index: usize) -> Route<'_> {
+        let rule = &self.rules[index];
+        Route {
+            requirement: match &rule.action {
+                RuleAction::Public => Requirement::Public,
+                RuleAction::Authenticated => Requirement::Token(ScopeRequirement::None),
+                RuleAction::RequireAll { scopes } => {
+                    Requirement::Token(ScopeRequirement::All(scopes))
                 }
-            }
-            None => Route {
-                requirement: match self.default_action {
-                    DefaultAction::Deny => Requirement::Deny,
-                    DefaultAction::Authenticate => Requirement::Token(ScopeRequirement::None),
-                    DefaultAction::Allow => Requirement::Public,
-                },
-                rule_name: None,
-                rule_index: None,
-                enforced: self.enforcement.is_enforce(),
+                RuleAction::RequireAny { scope_sets } => {
+                    Requirement::Token(ScopeRequirement::Any(scope_sets))
+                }
             },
+            rule_name: rule.name.as_deref(),
+            rule_index: Some(index),
+            enforced: rule.enforced,
+        }
+    }
+
+    fn default_route(&self) -> Route<'_> {
+        Route {
+            requirement: match self.default_action {
+                DefaultAction::Deny => Requirement::Deny,
+                DefaultAction::Authenticate => Requirement::Token(ScopeRequirement::None),
+                DefaultAction::Allow => Requirement::Public,
+            },
+            rule_name: None,
+            rule_index: None,
+            enforced: self.enforcement.is_enforce(),
         }
     }
 }
@@ -521,6 +558,47 @@ mod tests {
         assert_eq!(p.dry_run_labels(), ["admin", "rules[3]", "(default)"]);
         assert_eq!(p.route("GET", "/me").label(), "rules[3]");
         assert_eq!(p.route("GET", "/nope").label(), "(default)");
+    }
+
+    /// A rule in DryRun never opens what the enforced policy closed before it was added.
+    #[test]
+    fn the_enforced_rules_decide_where_a_dry_run_rule_would_refuse() {
+        let api = rule("api", &[], &["/api/**"], all(&["read"]));
+        let mut admin = rule(
+            "admin",
+            &[],
+            &["/api/admin/**", "/admin/**"],
+            all(&["admin"]),
+        );
+        admin.enforcement = Some(Enforcement::DryRun);
+        let open = rule("open", &[], &["/api/admin/open"], RuleAction::Public);
+        let p = Policy::compile(&[api, admin.clone(), open], DefaultAction::Deny).unwrap();
+        let enforced = |path| {
+            p.enforced_route("GET", path)
+                .map(|r| (r.label(), r.enforced))
+        };
+        assert_eq!(p.route("GET", "/api/admin/x").label(), "admin");
+        // Under the enforced rule it shadows, and under the default action elsewhere.
+        assert_eq!(enforced("/api/admin/x"), Some(("api".into(), true)));
+        assert_eq!(enforced("/admin/x"), Some(("(default)".into(), true)));
+        assert_eq!(
+            p.enforced_route("GET", "/admin/x").unwrap().requirement,
+            Requirement::Deny
+        );
+        // A more specific public rule keeps its place.
+        assert_eq!(enforced("/api/admin/open"), Some(("open".into(), true)));
+
+        // The whole policy in DryRun: only what is enforced by name still decides.
+        let mut items = rule("items", &[], &["/admin/items/**"], all(&["read"]));
+        items.enforcement = Some(Enforcement::Enforce);
+        admin.enforcement = None;
+        let p = Policy::compile_with(&[admin, items], DefaultAction::Deny, Enforcement::DryRun)
+            .unwrap();
+        assert_eq!(p.enforced_route("GET", "/admin/x"), None);
+        assert_eq!(
+            p.enforced_route("GET", "/admin/items/1").map(|r| r.label()),
+            Some("items".into())
+        );
     }
 
     #[test]

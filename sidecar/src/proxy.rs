@@ -107,25 +107,55 @@ pub async fn handle(
     let route = settings.policy.route(&method, path.route());
     let Verdict { identity, outcome } =
         authorize(&shared, &settings, route.requirement, &req).await;
-    let decisions = settings
-        .decisions
-        .get_or_init(|| {
-            shared
-                .metrics
-                .decision_counters(&settings.policy.rule_labels())
-        })
-        .of(route.rule_index);
-    let dry_run = match outcome {
-        Ok(()) => {
-            let outcome = if identity.is_some() {
-                "allowed"
-            } else {
-                "public"
-            };
-            decisions.count(outcome, route.enforced);
-            false
+    let counters = settings.decisions.get_or_init(|| {
+        shared
+            .metrics
+            .decision_counters(&settings.policy.rule_labels())
+    });
+    // A rule in DryRun is counted and logged, and the enforced rules decide as if it did not
+    // exist: trying a stricter rule never opens, nor closes, what the policy enforced before.
+    let mut dry_run = false;
+    let (route, outcome, token_seen) = if route.enforced {
+        (route, outcome, identity.is_some())
+    } else {
+        let decisions = counters.of(route.rule_index);
+        match &outcome {
+            Ok(()) if identity.is_some() => decisions.count("allowed", false),
+            Ok(()) => decisions.count("public", false),
+            Err(refusal) => {
+                dry_run = true;
+                let count = decisions.count(refusal.outcome(), false);
+                if decisions.may_log(refusal.outcome(), unix_now()) {
+                    tracing::info!(
+                        rule = %route.label(),
+                        outcome = refusal.outcome(),
+                        method = %method,
+                        client_id = identity.as_ref().and_then(|t| t.client_id.as_deref()).unwrap_or("-"),
+                        count,
+                        "DryRun: a request the rule would refuse"
+                    );
+                }
+                count
+            }
+        };
+        match settings.policy.enforced_route(&method, path.route()) {
+            Some(enforced) if enforced.rule_index != route.rule_index => {
+                let verdict = authorize(&shared, &settings, enforced.requirement, &req).await;
+                (enforced, verdict.outcome, verdict.identity.is_some())
+            }
+            // Nothing enforced decides (or the rule is public, refusing nothing): forwarded,
+            // counted once above.
+            _ => (route, Ok(()), false),
         }
-        Err(refusal) if route.enforced => {
+    };
+    let decisions = counters.of(route.rule_index);
+    match outcome {
+        Ok(()) => {
+            if route.enforced {
+                decisions.count(if token_seen { "allowed" } else { "public" }, true);
+            }
+        }
+        Err(refusal) => {
             decisions.count(refusal.outcome(), true);
             tracing::info!(
                 rule = route.rule_name.unwrap_or("-"),
@@ -138,27 +168,14 @@ pub async fn handle(
             };
             return refuse(&shared, &settings, refusal);
         }
-        Err(refusal) => {
-            // DryRun: counted and logged as the refusal it would be, then forwarded; the
-            // identity headers go with a valid token only. Rate limits still count it as a
-            // failure, and still refuse.
-            let count = decisions.count(refusal.outcome(), false);
-            if decisions.may_log(refusal.outcome(), unix_now()) {
-                tracing::info!(
-                    rule = %route.label(),
-                    outcome = refusal.outcome(),
-                    method = %method,
-                    client_id = identity.as_ref().and_then(|t| t.client_id.as_deref()).unwrap_or("-"),
-                    count,
-                    "DryRun: forwarded a request the policy would refuse"
-                );
-            }
-            if let Err(secs) = limits.refused().await {
-                return refuse(&shared, &settings, Refusal::RateLimited(secs));
-            }
-            true
+    }
+    if dry_run {
+        // Forwarded although its rule would refuse it; the identity headers go with a valid
+        // token only. Rate limits still count it as a failure, and still refuse.
+        if let Err(secs) = limits.refused().await {
+            return refuse(&shared, &settings, Refusal::RateLimited(secs));
         }
-    };
+    }
     let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
     if let Err(secs) = limits.check_subject(identity.is_some(), subject).await {
         return refuse(&shared, &settings, Refusal::RateLimited(secs));

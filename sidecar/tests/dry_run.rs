@@ -214,11 +214,46 @@ async fn a_rule_enforces_or_runs_dry_on_its_own() {
         json!({"keys": [es.jwk("k1", Some("ES256"))]}),
     );
     cfg["rules"][1]["enforcement"] = json!("dryRun");
+    // A stricter rule tried under an enforced one.
+    cfg["rules"].as_array_mut().unwrap().push(json!({
+        "name": "items-admin", "paths": ["/items/admin/**"], "enforcement": "dryRun",
+        "action": {"type": "requireAll", "scopes": ["admin"]}
+    }));
     let sidecar = start_sidecar(&dir, &cfg).await;
     let addr = sidecar.proxy_addr();
+    let admin_api = sidecar.admin_addr();
+    let before = series(admin_api, "scopegate_decisions_total").await;
     assert_eq!(get(addr, "/items/1", &[]).await.status, 401);
-    assert_eq!(get(addr, "/admin/x", &[]).await.status, 200);
     assert_eq!(get(addr, "/nowhere", &[]).await.status, 401);
+    // A rule in DryRun never opens what the policy closed before it was added: the enforced
+    // rules decide where it would refuse (the default action here, `items` below).
+    assert_eq!(get(addr, "/admin/x", &[]).await.status, 401);
+    assert_eq!(get(addr, "/items/admin/x", &[]).await.status, 401);
+    let reader = mint(&es, &header("ES256", "k1"), &claims("read:items"));
+    let admin = mint(&es, &header("ES256", "k1"), &claims("admin"));
+    assert_eq!(
+        get_with_token(addr, "/items/admin/x", &reader).await.status,
+        200
+    );
+    // Nor does it open what the enforced rule refuses to a token it would accept.
+    let refused = get_with_token(addr, "/items/admin/x", &admin).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        changed(
+            &before,
+            &series(admin_api, "scopegate_decisions_total").await
+        ),
+        [
+            ("scopegate_decisions_total{rule=\"(default)\",outcome=\"no_credentials\",enforced=\"true\"}".to_owned(), 2),
+            ("scopegate_decisions_total{rule=\"admin\",outcome=\"no_credentials\",enforced=\"false\"}".to_owned(), 1),
+            ("scopegate_decisions_total{rule=\"items\",outcome=\"allowed\",enforced=\"true\"}".to_owned(), 1),
+            ("scopegate_decisions_total{rule=\"items\",outcome=\"insufficient_scope\",enforced=\"true\"}".to_owned(), 1),
+            ("scopegate_decisions_total{rule=\"items\",outcome=\"no_credentials\",enforced=\"true\"}".to_owned(), 2),
+            ("scopegate_decisions_total{rule=\"items-admin\",outcome=\"allowed\",enforced=\"false\"}".to_owned(), 1),
+            ("scopegate_decisions_total{rule=\"items-admin\",outcome=\"insufficient_scope\",enforced=\"false\"}".to_owned(), 1),
+            ("scopegate_decisions_total{rule=\"items-admin\",outcome=\"no_credentials\",enforced=\"false\"}".to_owned(), 1),
+        ]
+    );
 
     // The policy in DryRun, one rule still enforced.
     let mut next = cfg.clone();

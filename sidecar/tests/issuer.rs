@@ -1582,8 +1582,8 @@ async fn metric(issuer: &Issuer, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
 }
 
-/// Human-chosen (argon2) secrets cost a stranger's guesses no CPU once the client's failure
-/// budget is spent, run a few at a time off the async workers, and an empty secret never
+/// Human-chosen (argon2) secrets cost a stranger's guesses no CPU once its address's failures
+/// naming the client have spent their budget, run a few at a time off the async workers, and an empty secret never
 /// authenticates, even against a stored hash of the empty string.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_secrets_are_bounded_and_guesses_stop_before_hashing() {
@@ -1637,7 +1637,11 @@ async fn slow_client_secrets_are_bounded_and_guesses_stop_before_hashing() {
     assert!(metric(&issuer, HASHED).await >= 1);
     let peak = metric(&issuer, "scopegate_issuer_client_secret_slow_hashes_peak").await;
     assert!((1..=2).contains(&peak), "{peak} slow hashes at once");
-    // Failures go on until the client's failure budget is spent...
+    // Guesses from one address are hashed until that address's failures naming the client
+    // have spent their budget (a 429 before that comes from the client's own failure budget,
+    // which the burst spent, after the hash)...
+    const REFUSED: &str = "scopegate_issuer_client_secret_slow_hashes_refused_total";
+    assert_eq!(metric(&issuer, REFUSED).await, 0);
     let mut refused = false;
     for n in 10..20 {
         let r = issuer
@@ -1647,14 +1651,14 @@ async fn slow_client_secrets_are_bounded_and_guesses_stop_before_hashing() {
                 &[("Authorization", &guess(n))],
             )
             .await;
-        if r.status == 429 {
+        assert!(r.status == 401 || r.status == 429, "{}", body(&r));
+        if metric(&issuer, REFUSED).await > 0 {
             refused = true;
             break;
         }
-        assert_eq!(r.status, 401);
     }
     assert!(refused, "the failure budget of 4 was never spent");
-    // ...then no guess (nor an uncached right secret) costs a hash any more.
+    // ...then no guess from it (nor an uncached right secret) costs a hash any more.
     let hashed = metric(&issuer, HASHED).await;
     let right = basic(HUMAN.id, HUMAN.secret.unwrap());
     for auth in [guess(30), guess(31), right.clone()] {
@@ -1740,6 +1744,112 @@ async fn slow_client_secrets_are_bounded_and_guesses_stop_before_hashing() {
         hashed,
         "refused before any hash"
     );
+    issuer.stop().await;
+}
+
+/// The attacker's test of slow secrets: a stranger spends its address's failure budget
+/// guessing a client's human-chosen secret on an issuer that has not cached it (a restart, a
+/// rollout). The client's right secret from another address still gets its hash and a token;
+/// the stranger stays refused, and its refused guesses count against its own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guessing_a_slow_secret_locks_out_the_guessing_address_only() {
+    let tuning = IssuerTuning {
+        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+            failed_address: Budget::per_secs(6, 3600),
+            failed_client: Budget::per_secs(3, 3600),
+            ..Default::default()
+        },
+        slow_hash_wait_ms: 120_000,
+        ..Default::default()
+    };
+    let issuer = Issuer::start(Spec {
+        tuning,
+        ..Spec::default()
+    })
+    .await;
+    const STRANGER: &str = "198.51.100.20";
+    const OWNER: &str = "203.0.113.20";
+    let token_as = |auth: String, from: &'static str| {
+        let issuer = &issuer;
+        async move {
+            issuer
+                .post(
+                    "/oauth2/token",
+                    "grant_type=client_credentials",
+                    &[("Authorization", &auth), ("X-Forwarded-For", from)],
+                )
+                .await
+                .status
+        }
+    };
+    let guess = |n: usize| basic(HUMAN.id, &format!("guess {n}"));
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        statuses.push(token_as(guess(n), STRANGER).await);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 401, 429, 429, 429],
+        "three guesses hashed, then refused before hashing"
+    );
+    // The refused guesses counted against the stranger's address: its failure budget of 6 is
+    // spent, so even a cheap wrong secret of another client is stopped before any work.
+    assert_eq!(
+        token_as(basic(BACKEND.id, "wrong"), STRANGER).await,
+        429,
+        "the address's refused attempts were counted"
+    );
+    let hashed = metric(&issuer, "scopegate_issuer_client_secret_slow_hashes_total").await;
+    assert_eq!(
+        token_as(basic(HUMAN.id, HUMAN.secret.unwrap()), OWNER).await,
+        200,
+        "the client's right secret from its own address"
+    );
+    assert_eq!(
+        metric(&issuer, "scopegate_issuer_client_secret_slow_hashes_total").await,
+        hashed + 1,
+        "it was checked by the slow hash (nothing cached)"
+    );
+    assert_eq!(token_as(guess(7), STRANGER).await, 429, "still refused");
+    issuer.stop().await;
+}
+
+/// The attacker's test of public clients' failures: a stranger's 31 bad refreshes (and
+/// revocations) naming a public client count against the stranger's address only, so a
+/// user's own invalid refresh from another address still gets `invalid_grant`, not 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_failures_naming_a_public_client_never_reach_its_users() {
+    let issuer = Issuer::start(Spec::default()).await;
+    let as_cli = |path: &'static str, body: &'static str, from: &'static str| {
+        let issuer = &issuer;
+        async move {
+            let body = format!("{body}&client_id={}", enc(CLI.id));
+            issuer.post(path, &body, &[("X-Forwarded-For", from)]).await
+        }
+    };
+    const REFRESH: &str = "grant_type=refresh_token&refresh_token=made-up";
+    for i in 0..31 {
+        let r = as_cli("/oauth2/token", REFRESH, "198.51.100.30").await;
+        assert_eq!(r.status, 400, "{i}: {}", body(&r));
+        let r = as_cli(
+            "/oauth2/revoke",
+            "token_type_hint=refresh_token",
+            "198.51.100.31",
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", body(&r));
+    }
+    let r = as_cli("/oauth2/token", REFRESH, "203.0.113.30").await;
+    assert_eq!(r.status, 400, "{}", body(&r));
+    assert_eq!(r.json()["error"], "invalid_grant");
+    let r = as_cli(
+        "/oauth2/revoke",
+        "token_type_hint=refresh_token",
+        "203.0.113.30",
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", body(&r));
+    assert_eq!(r.json()["error"], "invalid_request");
     issuer.stop().await;
 }
 

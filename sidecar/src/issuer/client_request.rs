@@ -1,8 +1,8 @@
 //! The opening that the client-authenticated POST endpoints (token, revoke, introspect) share:
 //! the method, the address budget, the form, client authentication (failures counted apart;
-//! a slow hash only while the client's failure budget lasts, off the async workers), and the
-//! client's budget (a confidential client's; a public client's requests spend their address's
-//! only).
+//! a slow hash only while the failures of the caller's address naming the client last, off
+//! the async workers), and the client's budget (a confidential client's; a public client's
+//! requests and failures count against their address only).
 
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
@@ -22,7 +22,8 @@ use crate::unix_now;
 
 /// A request whose client authenticated and whose budgets admitted it.
 pub struct ClientRequest<'a> {
-    /// Counts the request's failures against the client and the address.
+    /// Counts the request's failures against the address and, for a confidential client,
+    /// the client ([`ClientRequest::failed`]).
     pub limiter: Limiter<'a>,
     /// The form parameters.
     pub form: Form,
@@ -30,6 +31,15 @@ pub struct ClientRequest<'a> {
     pub client: &'a RegisteredClient,
     /// Unix seconds when the request was authenticated.
     pub now: i64,
+}
+
+impl ClientRequest<'_> {
+    /// Counts a failure of the request and returns the answer to send: against the address,
+    /// and the client too unless it is public (anyone can name a public client).
+    pub async fn failed(&self, error: OAuthError) -> OAuthError {
+        let named = (!self.client.public).then_some(self.client.client_id.as_str());
+        self.limiter.failed(named, error).await
+    }
 }
 
 /// Whether public clients (`token_endpoint_auth_method: none`) may call the endpoint.
@@ -77,8 +87,10 @@ pub async fn open<'a>(
         match clients::authenticate(&ctx.settings.clients, &presented, &issuer.slow_cache, now) {
             Ok(Verdict::Authenticated(client)) => Ok(client),
             Ok(Verdict::Slow(slow)) => {
-                // A slow hash costs tens of milliseconds of CPU: once the failures in this
-                // client's name have spent its budget, nobody gets one run for it.
+                // A slow hash costs tens of milliseconds of CPU: once this address's failures
+                // naming the client have spent their budget, it gets no more run for it (the
+                // semaphore bounds everyone's together). Other addresses still do, so the
+                // client's own right secret never depends on what strangers sent.
                 if let Err(err) = limiter.failures_left(slow.client_id()).await {
                     issuer
                         .counters
@@ -128,9 +140,13 @@ pub async fn open<'a>(
         Ok(client) => client,
         Err(err) => {
             tracing::info!(endpoint = endpoint.name(), "client authentication failed");
-            return Err(reply::error(
-                &limiter.failed(Some(presented.id()), err).await,
-            ));
+            let named = ctx
+                .settings
+                .clients
+                .get(presented.id())
+                .filter(|c| !c.registered().public)
+                .map(|_| presented.id());
+            return Err(reply::error(&limiter.failed(named, err).await));
         }
     };
     // A public client shows nothing but its client_id, which anyone can send: a budget

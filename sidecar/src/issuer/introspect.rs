@@ -43,18 +43,20 @@ fn audiences(aud: &Option<Audience>) -> Vec<String> {
 
 /// Answers an introspection request.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let request =
+        match client_request::open(ctx, req, Endpoint::Introspect, PublicClients::Refused).await {
+            Ok(request) => request,
+            Err(answer) => return answer,
+        };
     let ClientRequest {
-        limiter,
-        form,
+        ref form,
         client,
         now,
-    } = match client_request::open(ctx, req, Endpoint::Introspect, PublicClients::Refused).await {
-        Ok(request) => request,
-        Err(answer) => return answer,
-    };
-    match introspect(ctx, client, &form, now).await {
+        ..
+    } = request;
+    match introspect(ctx, client, form, now).await {
         Ok(body) => reply::credentials(&body),
-        Err(err) => reply::error(&limiter.failed(Some(&client.client_id), err).await),
+        Err(err) => reply::error(&request.failed(err).await),
     }
 }
 

@@ -21,7 +21,8 @@ pub struct EndpointLimits {
     pub client: Budget,
     /// Successful requests per client address.
     pub address: Budget,
-    /// Failed requests per client_id.
+    /// Failed requests per confidential client_id; also the failures one address may have
+    /// naming one client before its slow secret checks stop.
     pub failed_client: Budget,
     /// Failed requests per client address.
     pub failed_address: Budget,
@@ -118,14 +119,24 @@ impl<'a> Limiter<'a> {
             .map_err(OAuthError::RateLimited)
     }
 
+    /// The key of this address's failures naming `client_id`.
+    fn pair_key(&self, client_id: &str) -> String {
+        self.key("fp", &format!("{}:{client_id}", self.address))
+    }
+
     /// Before work that a stranger could make the issuer do in a client's name (a slow hash):
-    /// refuses when the failures counted for `client_id` have spent its budget.
+    /// refuses when the failures of this address naming `client_id` have spent their budget
+    /// (`failed_client`). Never the client's own failure budget: strangers' wrong guesses
+    /// would then lock the client out of every replica that has not cached its secret. A
+    /// refused attempt counts as a failure of the address.
     pub async fn failures_left(&self, client_id: &str) -> Result<(), OAuthError> {
-        let keys = [(self.key("fc", client_id), self.limits.failed_client)];
-        self.store
-            .rate(RateOp::Check, &keys)
-            .await?
-            .map_err(OAuthError::RateLimited)
+        let keys = [(self.pair_key(client_id), self.limits.failed_client)];
+        let Err(secs) = self.store.rate(RateOp::Check, &keys).await? else {
+            return Ok(());
+        };
+        let address = [(self.key("fa", &self.address), self.limits.failed_address)];
+        self.store.rate(RateOp::Spend, &address).await?.ok();
+        Err(OAuthError::RateLimited(secs))
     }
 
     /// Once the client is known: spends one success of the address and of the client (all
@@ -141,8 +152,11 @@ impl<'a> Limiter<'a> {
             .map_err(OAuthError::RateLimited)
     }
 
-    /// After a failure: counts it for the address and the client it named. Returns the
-    /// answer to send: the failure itself, or 429 when a failure budget was already spent.
+    /// After a failure: counts it for the address and, when `client_id` is given, for that
+    /// client and for this address's failures naming it. Pass `None` for a public client: its
+    /// `client_id` is all anyone shows, so a budget in its name would be one strangers spend
+    /// for its users. Returns the answer to send: the failure itself, or 429 when a failure
+    /// budget was already spent.
     pub async fn failed(&self, client_id: Option<&str>, error: OAuthError) -> OAuthError {
         if !error.is_failure() {
             return error;
@@ -150,6 +164,7 @@ impl<'a> Limiter<'a> {
         let mut keys = vec![(self.key("fa", &self.address), self.limits.failed_address)];
         if let Some(id) = client_id {
             keys.push((self.key("fc", id), self.limits.failed_client));
+            keys.push((self.pair_key(id), self.limits.failed_client));
         }
         match self.store.rate(RateOp::Spend, &keys).await {
             Ok(Err(secs)) => OAuthError::RateLimited(secs),

@@ -19,22 +19,24 @@ use crate::proxy::ProxyBody;
 
 /// Answers a revocation request.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let request =
+        match client_request::open(ctx, req, Endpoint::Revoke, PublicClients::Allowed).await {
+            Ok(request) => request,
+            Err(answer) => return answer,
+        };
     let ClientRequest {
-        limiter,
-        form,
+        ref form,
         client,
         now,
-    } = match client_request::open(ctx, req, Endpoint::Revoke, PublicClients::Allowed).await {
-        Ok(request) => request,
-        Err(answer) => return answer,
-    };
-    match revoke(ctx, client, &form, now).await {
+        ..
+    } = request;
+    match revoke(ctx, client, form, now).await {
         Ok(()) => {
             let mut response = reply::status(StatusCode::OK);
             reply::no_store(&mut response);
             response
         }
-        Err(err) => reply::error(&limiter.failed(Some(&client.client_id), err).await),
+        Err(err) => reply::error(&request.failed(err).await),
     }
 }
 

@@ -24,20 +24,22 @@ pub const GRANT_TYPES: [&str; 3] = ["authorization_code", "client_credentials", 
 
 /// Answers a token request.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let request =
+        match client_request::open(ctx, req, Endpoint::Token, PublicClients::Allowed).await {
+            Ok(request) => request,
+            Err(answer) => return answer,
+        };
     let ClientRequest {
-        limiter,
-        form,
+        ref form,
         client,
         now,
-    } = match client_request::open(ctx, req, Endpoint::Token, PublicClients::Allowed).await {
-        Ok(request) => request,
-        Err(answer) => return answer,
-    };
-    match grant(ctx, client, &form, now).await {
+        ..
+    } = request;
+    match grant(ctx, client, form, now).await {
         Ok(body) => reply::credentials(&body),
         Err(err) => {
             tracing::info!(endpoint = "token", client_id = %client.client_id, error = err.code(), reason = %err, "token request refused");
-            reply::error(&limiter.failed(Some(&client.client_id), err).await)
+            reply::error(&request.failed(err).await)
         }
     }
 }

@@ -17,7 +17,7 @@ cargo fmt --version >/dev/null 2>&1 || { echo "setup: rustfmt missing: rustup co
 cargo clippy --version >/dev/null 2>&1 || { echo "setup: clippy missing: rustup component add clippy" >&2; exit 1; }
 
 # Debian packages: command -> package.
-declare -A debian=([openssl]=openssl [curl]=curl [setsid]=util-linux [redis-server]=redis-server [ip]=iproute2 [nft]=nftables)
+declare -A debian=([openssl]=openssl [lua5.4]=lua5.4 [curl]=curl [setsid]=util-linux [redis-server]=redis-server [ip]=iproute2 [nft]=nftables)
 # Headless Chromium for the sidecar's chooser-page screenshot test.
 debian+=([chromium]=chromium)
 debian+=([buildah]=buildah [skopeo]=skopeo [umoci]=umoci [bwrap]=bubblewrap [jq]=jq [rsync]=rsync [file]=file [objcopy]=binutils [update-ca-certificates]=ca-certificates)

@@ -9,6 +9,8 @@
 //! functions, so the CLI cannot tell a story the sidecar does not act out.
 
 pub mod answer;
+pub mod check;
+pub mod cidr;
 pub mod clients;
 pub mod config;
 pub mod credentials;

@@ -16,16 +16,16 @@ use kube::CustomResourceExt;
 /// Every CRD scopegate serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
-        reflow_descriptions(limit_name(
+        unobserved_in_progress(reflow_descriptions(limit_name(
             v1alpha1::AuthPolicy::crd(),
             "policy",
             "scopegate.dev/policy",
-        )),
-        reflow_descriptions(limit_name(
+        ))),
+        unobserved_in_progress(reflow_descriptions(limit_name(
             v1alpha1::OAuthClient::crd(),
             "client",
             "scopegate.dev/oauth-client",
-        )),
+        ))),
     ]
 }
 
@@ -59,6 +59,29 @@ fn limit_name(
                 .x_kubernetes_validations
                 .get_or_insert_with(Vec::new)
                 .push(rule.clone());
+        }
+    }
+    crd
+}
+
+/// An object the operator has not yet seen has no status, which kstatus (Flux, kpt) reads as
+/// Current. The API server fills a missing status with `observedGeneration: 0` instead, so
+/// kstatus reads "generation 1 not observed yet": InProgress, until the operator writes the
+/// first status.
+fn unobserved_in_progress(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(status) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"))
+        {
+            status.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::json!({ "observedGeneration": 0 }),
+                ),
+            );
         }
     }
     crd
@@ -133,18 +156,28 @@ pub fn generated_files() -> Result<Vec<GeneratedFile>, RenderError> {
             name: name.clone(),
             source,
         })?;
-        let content = format!("{HEADER}{yaml}");
         let file = format!(
             "{}.yaml",
             crd.spec.names.singular.as_deref().unwrap_or(&name)
         );
         files.push(GeneratedFile {
             path: format!("crds/{file}"),
-            content: content.clone(),
+            content: format!("{HEADER}{yaml}"),
         });
+        // Helm keeps the chart's CRDs on uninstall: deleting a CRD deletes every AuthPolicy
+        // and OAuthClient with it.
+        let mut kept = crd.clone();
+        kept.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            "helm.sh/resource-policy".to_owned(),
+            "keep".to_owned(),
+        )]));
+        let yaml = serde_yaml_ng::to_string(&kept).map_err(|source| RenderError {
+            name: name.clone(),
+            source,
+        })?;
         files.push(GeneratedFile {
             path: format!("charts/scopegate-crds/templates/{file}"),
-            content,
+            content: format!("{HEADER}{yaml}"),
         });
     }
     Ok(files)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane from Go modules: kube-apiserver, kube-controller-manager,
-# kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and helm (helm.sh/helm/v3).
+# kubectl (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3) and helm (helm.sh/helm/v3);
+# and the peer tools the tests run: kstatus (e2e/tools/kstatus over sigs.k8s.io/cli-utils).
 # Idempotent: each binary set is cached by version under $E2E_BIN_CACHE and skipped when present.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -100,9 +101,26 @@ build_helm() {
   rm -rf "$HELM_BIN" && mv "$HELM_BIN.partial" "$HELM_BIN"
 }
 
+build_kstatus() {
+  if [[ -x $KSTATUS_BIN/kstatus ]]; then step "kstatus (cli-utils v$CLI_UTILS_VERSION): cached in $KSTATUS_BIN"; return; fi
+  local mod="$E2E_BIN_CACHE/src-kstatus-v$CLI_UTILS_VERSION"
+  mkdir -p "$mod" && cd "$mod"
+  [[ -f go.mod ]] || go mod init e2e.local/kstatus >/dev/null 2>&1
+  go mod edit -go=1.26.0
+  cp "$here/../tools/kstatus/main.go" main.go
+  with_progress "kstatus (cli-utils v$CLI_UTILS_VERSION): go get" go get \
+    "sigs.k8s.io/cli-utils@v$CLI_UTILS_VERSION" "k8s.io/apimachinery@v0.${K8S_VERSION#1.}"
+  with_progress "kstatus: go mod tidy" go mod tidy
+  mkdir -p "$KSTATUS_BIN.partial"
+  with_progress "kstatus: compiling" go build -trimpath -buildvcs=false -ldflags "-s -w" \
+    -o "$KSTATUS_BIN.partial/kstatus" .
+  rm -rf "$KSTATUS_BIN" && mv "$KSTATUS_BIN.partial" "$KSTATUS_BIN"
+}
+
 command -v go >/dev/null || { echo "go is required to build the local control plane" >&2; exit 1; }
 mkdir -p "$E2E_BIN_CACHE"
 build_etcd
 build_helm
 build_k8s
+build_kstatus
 step "all binaries ready under $E2E_BIN_CACHE"

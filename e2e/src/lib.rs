@@ -452,3 +452,49 @@ impl Drop for OperatorProcess {
         self.kill();
     }
 }
+
+/// Makes sure some pod of `namespace` is selected by AuthPolicy `policy` (one that selects no
+/// pod is not Ready): creates pod `<policy>-pod` with the selector's `matchLabels` when none is.
+/// It is never scheduled (no node) and, in a namespace without the injection label, gets no
+/// sidecar: the policy reports it as Degraded, not as not Ready.
+pub async fn ensure_selected_pod(
+    client: &Client,
+    namespace: &str,
+    policy: &str,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let object = Api::<scopegate_crds::v1alpha1::AuthPolicy>::namespaced(client.clone(), namespace)
+        .get(policy)
+        .await
+        .with_context(|| format!("reading AuthPolicy {namespace}/{policy}"))?;
+    let labels = object
+        .spec
+        .selector
+        .match_labels
+        .clone()
+        .unwrap_or_default();
+    let selector = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    if !pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await?
+        .items
+        .is_empty()
+    {
+        return Ok(());
+    }
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{policy}-pod"), "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "example/app"}]},
+    }))?;
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("creating a pod for {policy}")),
+    }
+}

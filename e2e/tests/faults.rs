@@ -454,6 +454,7 @@ async fn lease_expired(client: &Client, lease: &str) {
 }
 
 async fn reconciled(client: &Client, ns: &str, generation: i64) -> anyhow::Result<()> {
+    scopegate_e2e::ensure_selected_pod(client, ns, "auth").await?;
     let p = Api::<AuthPolicy>::namespaced(client.clone(), ns)
         .get("auth")
         .await?;
@@ -633,6 +634,7 @@ async fn ready_reason(
     name: &str,
 ) -> anyhow::Result<(String, String)> {
     let conditions = if kind == "AuthPolicy" {
+        scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
         Api::<AuthPolicy>::namespaced(client.clone(), ns)
             .get(name)
             .await?
@@ -697,6 +699,8 @@ async fn a_tenant_beyond_its_namespace_caps_is_refused_with_a_reason_and_others_
         ]
         .map(String::from)
         .to_vec(),
+        // The namespaces inject: the pods the policies select need the webhook.
+        webhook: true,
         ..OperatorOptions::default()
     };
     let operator = OperatorProcess::start_with("caps", &lease, &options).unwrap();

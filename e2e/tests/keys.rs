@@ -85,6 +85,7 @@ async fn policy(client: &Client, ns: &str, name: &str) -> anyhow::Result<AuthPol
 
 /// The Ready condition's (status, reason, message) once it describes the current generation.
 async fn ready(client: &Client, ns: &str, name: &str) -> anyhow::Result<(String, String, String)> {
+    scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
     let p = policy(client, ns, name).await?;
     let status = p.status.context("no status")?;
     ensure!(

@@ -74,6 +74,7 @@ async fn policy(client: &Client, ns: &str, name: &str) -> anyhow::Result<AuthPol
 }
 
 async fn wait_ready(client: &Client, ns: &str, name: &str) -> anyhow::Result<AuthPolicy> {
+    scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
     eventually(&format!("AuthPolicy {ns}/{name} Ready"), || async {
         let p = policy(client, ns, name).await?;
         let status = p.status.clone().context("no status yet")?;
@@ -283,10 +284,12 @@ async fn an_edit_re_renders_a_deleted_child_is_repaired_and_deletion_collects_ch
     .await
     .unwrap();
 
-    // Deleting the policy garbage-collects everything it owns (kube-controller-manager).
+    // Deleting the policy garbage-collects everything it owns (kube-controller-manager), but
+    // not the signing keys: tokens they signed are still live.
+    let kept = signing_keys(&client, &ns.name, "auth").await.unwrap();
     api.delete("auth", &DeleteParams::default()).await.unwrap();
     eventually("children garbage-collected", || async {
-        for name in ["auth-signing-keys", "auth-tls", "auth-clients"] {
+        for name in ["auth-tls", "auth-clients"] {
             ensure!(
                 Api::<Secret>::namespaced(client.clone(), &ns.name)
                     .get_opt(name)
@@ -308,6 +311,44 @@ async fn an_edit_re_renders_a_deleted_child_is_repaired_and_deletion_collects_ch
     })
     .await
     .unwrap();
+    assert_eq!(
+        signing_keys(&client, &ns.name, "auth").await.unwrap(),
+        kept,
+        "the signing keys are retained"
+    );
+    // The policy back (a GitOps prune and re-sync): it adopts its keys, no new key is made.
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &issuer_yaml(&ns.name, "auth", "ES256", ""),
+    )
+    .await
+    .unwrap();
+    eventually("the keys adopted and published again", || async {
+        let published = jwks(&client, &ns.name, "auth").await?;
+        ensure!(
+            published
+                .keys
+                .iter()
+                .any(|k| k.kid.as_deref() == Some(kid.as_str())),
+            "the retained key is not published"
+        );
+        let secret = Api::<Secret>::namespaced(client.clone(), &ns.name)
+            .get("auth-signing-keys")
+            .await?;
+        ensure!(
+            secret.metadata.owner_references.is_none(),
+            "the keys Secret is owned again"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let adopted = signing_keys(&client, &ns.name, "auth").await.unwrap();
+    assert!(
+        adopted.keys.iter().any(|k| k.kid == kid),
+        "the old key was adopted, not replaced"
+    );
     ns.delete().await.unwrap();
 }
 

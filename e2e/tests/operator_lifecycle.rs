@@ -37,6 +37,7 @@ spec:
 }
 
 async fn ready_generation(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<i64> {
+    scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
     let p = Api::<AuthPolicy>::namespaced(client.clone(), ns)
         .get(name)
         .await?;

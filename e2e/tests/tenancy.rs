@@ -577,6 +577,10 @@ async fn the_rendered_network_policy_admits_exactly_the_sidecar_port() {
     apply_yaml::<AuthPolicy>(&client, &ns.name, &yaml)
         .await
         .unwrap();
+    // A pod it selects: a policy that selects none is reported as that first.
+    scopegate_e2e::ensure_selected_pod(&client, &ns.name, "orders")
+        .await
+        .unwrap();
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
     let exact = serde_json::json!({
         "podSelector": {"matchLabels": {"app": "orders"}},

@@ -61,6 +61,7 @@ async fn ready_reason(
     ns: &str,
     name: &str,
 ) -> anyhow::Result<(String, String, String)> {
+    scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
     let policy = Api::<AuthPolicy>::namespaced(client.clone(), ns)
         .get(name)
         .await?;

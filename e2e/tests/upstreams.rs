@@ -41,7 +41,7 @@ spec:
   selector: {matchLabels: {app: auth}}
   issuer:
     self:
-      url: https://auth.shop.svc
+      url: https://auth.NAMESPACE.svc
       publicUrl: https://login.shop.example
       service: {name: auth, port: 443}
       scopes: {read: Read}
@@ -114,7 +114,9 @@ async fn upstreams_render_secrets_copy_and_status_names_callback_urls() {
     )
     .await
     .expect("google secret");
-    apply_yaml::<AuthPolicy>(&client, n, POLICY)
+    // The issuer URL names this namespace's own Service: another namespace's would be that
+    // namespace's audience, and the config (with no audience left) refused.
+    apply_yaml::<AuthPolicy>(&client, n, &POLICY.replace("NAMESPACE", n))
         .await
         .expect("policy");
     apply_yaml::<OAuthClient>(&client, n, CLIENT)

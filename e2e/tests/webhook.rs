@@ -169,46 +169,6 @@ async fn selected_pods_get_a_locked_down_native_sidecar_and_others_are_untouched
 }
 
 #[tokio::test]
-async fn a_pod_selected_by_two_policies_is_refused_with_their_names() {
-    let (_plane, client, ns) = setup("overlap", true).await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
-        .await
-        .unwrap();
-    wait_for_injection(&client, &ns.name).await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("a", "dup"))
-        .await
-        .unwrap();
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("b", "dup"))
-        .await
-        .unwrap();
-    let api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let message = eventually("the overlap refused", || async {
-        match api
-            .create(
-                &PostParams {
-                    dry_run: true,
-                    ..Default::default()
-                },
-                &pod("dup-1", "dup"),
-            )
-            .await
-        {
-            Ok(_) => anyhow::bail!("admitted"),
-            Err(kube::Error::Api(status)) => Ok(status.message),
-            Err(other) => Err(other.into()),
-        }
-    })
-    .await
-    .unwrap();
-    assert!(message.contains("AuthPolicies a and b"), "{message}");
-    assert!(
-        api.get_opt("dup-1").await.unwrap().is_none(),
-        "a dry run writes nothing"
-    );
-    ns.delete().await.unwrap();
-}
-
-#[tokio::test]
 async fn pods_in_unlabelled_namespaces_are_never_sent_to_the_webhook() {
     let (_plane, client, labelled) = setup("labelled", true).await;
     apply_yaml::<AuthPolicy>(&client, &labelled.name, &policy("orders", "orders"))
@@ -251,6 +211,7 @@ async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server
             "--set",
             "networkPolicy.namespaces={default}",
         ],
+        vec!["--set", "replicas=1"],
         vec![
             "--set",
             "webhook.url=https://127.0.0.1:9443/mutate-pods",
@@ -284,6 +245,80 @@ async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server
         ]);
         assert!(applied.is_ok(), "values {values:?}: {applied:?}");
         let _ = std::fs::remove_file(path);
+    }
+}
+
+#[tokio::test]
+async fn the_chart_spreads_replicas_selects_its_own_release_and_keeps_its_crds() {
+    let helm = std::env::var("E2E_HELM").expect("E2E_HELM");
+    let render = |chart: &str, values: &[&str]| {
+        let output = std::process::Command::new(&helm)
+            .args(["template", "one"])
+            .arg(repo_root().join(chart))
+            .args(["--namespace", "scopegate-system"])
+            .args(values)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let documents = |text: &str| -> Vec<serde_json::Value> {
+        text.split("\n---")
+            .filter_map(|doc| serde_yaml_ng::from_str::<serde_json::Value>(doc).ok())
+            .filter(|doc| doc.is_object())
+            .collect()
+    };
+    let of_kind = |docs: &[serde_json::Value], kind: &str| -> Vec<serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).cloned().collect()
+    };
+
+    let single = documents(&render("charts/scopegate", &["--set", "replicas=1"]));
+    assert!(
+        of_kind(&single, "PodDisruptionBudget").is_empty(),
+        "one replica: a PDB would block every drain"
+    );
+    let deployment = &of_kind(&single, "Deployment")[0];
+    assert!(deployment["spec"]["template"]["spec"]["topologySpreadConstraints"].is_null());
+
+    let pair = documents(&render("charts/scopegate", &["--set", "replicas=2"]));
+    let pdb = &of_kind(&pair, "PodDisruptionBudget")[0];
+    let deployment = &of_kind(&pair, "Deployment")[0];
+    for selector in [
+        &pdb["spec"]["selector"]["matchLabels"],
+        &deployment["spec"]["selector"]["matchLabels"],
+        &deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["labelSelector"]["matchLabels"],
+    ] {
+        assert_eq!(selector["app.kubernetes.io/instance"], "one", "{selector}");
+    }
+    for service in of_kind(&pair, "Service") {
+        assert_eq!(
+            service["spec"]["selector"]["app.kubernetes.io/instance"], "one",
+            "{service}"
+        );
+    }
+    let keys: Vec<&str> = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["topologyKey"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    );
+
+    let crds = documents(&render("charts/scopegate-crds", &[]));
+    assert_eq!(crds.len(), 2);
+    for crd in crds {
+        assert_eq!(
+            crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+            "{}",
+            crd["metadata"]["name"]
+        );
     }
 }
 

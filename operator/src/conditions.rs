@@ -38,6 +38,25 @@ impl Conclusion {
     }
 }
 
+/// The kstatus conditions (`Reconciling`, `Stalled`) that go with a `Ready` conclusion, so
+/// that kstatus (Flux, kpt, `kubectl wait`-style tools) reads InProgress while the operator is
+/// still at work and Failed when it cannot go on without a change: `Reconciling` is True when
+/// Ready is False for a reason that passes by itself (`in_flight`), `Stalled` when Ready is
+/// False for any other reason. Both are False when Ready is True.
+pub fn kstatus(ready: &Conclusion, in_flight: bool) -> [Conclusion; 2] {
+    let reconciling = if !ready.status && in_flight {
+        Conclusion::yes("Reconciling", ready.reason, ready.message.clone())
+    } else {
+        Conclusion::no("Reconciling", "Reconciled", "no work in flight")
+    };
+    let stalled = if !ready.status && !in_flight {
+        Conclusion::yes("Stalled", ready.reason, ready.message.clone())
+    } else {
+        Conclusion::no("Stalled", "AsExpected", "nothing blocks progress")
+    };
+    [reconciling, stalled]
+}
+
 /// Turns conclusions into API conditions, keeping `lastTransitionTime` of conditions whose
 /// status did not change.
 pub fn merge(

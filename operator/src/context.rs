@@ -94,6 +94,21 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.event_related(object, warning, reason, note, None)
+            .await;
+    }
+
+    /// Publishes an event about `object` and a `related` one. Repeats of an event (same
+    /// object, reason and related object) within a few minutes are counted on the first one,
+    /// whose note stays: events whose notes differ must differ in `related`.
+    pub async fn event_related<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+        related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+    ) {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -103,7 +118,7 @@ impl Context {
             reason: reason.to_owned(),
             note: Some(note),
             action: "Reconcile".to_owned(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::debug!(error = %err, "publishing an event failed");

@@ -199,8 +199,9 @@ fn issuer_of(client: &OAuthClient) -> ObjectRef<AuthPolicy> {
     ObjectRef::new(&name).within(&namespace)
 }
 
-/// Issuing policies whose upstreams read their client secret from `secret` in `namespace`
-/// (a rotated upstream secret is copied into `<policy>-upstreams` at once).
+/// Policies that name `secret` in `namespace`: as an upstream's client secret (a rotated one
+/// is copied into `<policy>-upstreams` at once), as `listen.tlsSecret` or as the Redis
+/// credentials (their status says whether it exists).
 fn policies_with_upstream_secret(
     policies: &Store<AuthPolicy>,
     namespace: &str,
@@ -211,11 +212,18 @@ fn policies_with_upstream_secret(
         .iter()
         .filter(|p| {
             p.namespace().as_deref() == Some(namespace)
-                && p.spec.issuer.self_.as_ref().is_some_and(|own| {
-                    own.upstreams
-                        .iter()
-                        .any(|u| u.client_secret_ref.name == secret)
-                })
+                && (p.spec.listen.tls_secret.as_deref() == Some(secret)
+                    || p.spec.issuer.self_.as_ref().is_some_and(|own| {
+                        own.upstreams
+                            .iter()
+                            .any(|u| u.client_secret_ref.name == secret)
+                            || own
+                                .store
+                                .redis
+                                .as_ref()
+                                .and_then(|r| r.credentials_secret.as_deref())
+                                == Some(secret)
+                    }))
         })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
@@ -502,6 +510,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone());
 
     let (clients_for_policies, clients_for_user_secrets) = (clients.clone(), clients.clone());
+    let clients_for_existing = clients.clone();
     let clients_by_audience = clients.clone();
     let client_memory = AudienceMemory::default();
     let client_controller = client_controller
@@ -541,6 +550,18 @@ pub async fn run(
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
         })
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret: PartialObjectMeta<Secret>| {
+                // An existingSecret created or deleted: the client's status says so.
+                let namespace = secret.namespace().unwrap_or_default();
+                clients_using(&clients_for_existing, &namespace, &secret.name_any())
+                    .iter()
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .reconcile_all_on(ca_changes(ca.clone()))
         .graceful_shutdown_on(shutdown);
 

@@ -103,6 +103,16 @@ pub enum Change {
     Rescheduled(String),
 }
 
+impl Change {
+    /// The id of the key it is about.
+    pub fn kid(&self) -> &str {
+        match self {
+            Change::Created { kid, .. } | Change::Published { kid, .. } => kid,
+            Change::Removed(kid) | Change::Revoked(kid) | Change::Rescheduled(kid) => kid,
+        }
+    }
+}
+
 /// Everything one planning step looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {

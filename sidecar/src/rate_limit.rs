@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use scopegate_core::check::RateLimitError;
 use scopegate_core::config::{RateLimitConfig, RateLimitKey};
-use scopegate_core::path::PatternError;
 use scopegate_core::policy::Matcher;
 
 use crate::issuer::store::{self as shared_store, RateOp, Store};
@@ -39,23 +39,6 @@ impl RateKey {
             },
         }
     }
-}
-
-/// A rate limit that does not compile.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RateLimitError {
-    /// Zero requests or a zero period.
-    #[error("rate limit {0:?}: requests and periodSecs must be positive")]
-    Zero(String),
-    /// A bad path pattern.
-    #[error("rate limit {name:?}: {source}")]
-    Pattern {
-        /// The limit's name.
-        name: String,
-        /// The pattern problem.
-        #[source]
-        source: PatternError,
-    },
 }
 
 /// One configured limit with its two budgets.
@@ -90,17 +73,7 @@ pub enum Class {
 impl RateLimit {
     /// Compiles a configured limit.
     pub fn compile(config: &RateLimitConfig) -> Result<RateLimit, RateLimitError> {
-        if config.requests == 0 || config.period_secs == 0 {
-            return Err(RateLimitError::Zero(config.name.clone()));
-        }
-        // Loosely, as rules that require something match: `POST /login/` and `/LOGIN` spend
-        // the budget of `/login`, and HEAD that of GET.
-        let matcher = Matcher::compile(&config.methods, &config.paths, true).map_err(|source| {
-            RateLimitError::Pattern {
-                name: config.name.clone(),
-                source,
-            }
-        })?;
+        let matcher = scopegate_core::check::rate_limit(config)?;
         let period = Duration::from_secs(config.period_secs);
         Ok(RateLimit {
             config: config.clone(),

@@ -10,60 +10,34 @@ use http::HeaderName;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-use scopegate_core::config::{
-    ConfigError, FeedConfig, Hsts, KeySource, SidecarConfig, UpstreamProtocol,
-};
+use scopegate_core::check::{self, CheckError};
+use scopegate_core::config::{ConfigError, Hsts, KeySource, SidecarConfig, UpstreamProtocol};
 use scopegate_core::keys::SigningKeys;
-use scopegate_core::path::{Pattern, PatternError};
-use scopegate_core::policy::{Policy, PolicyError};
+use scopegate_core::path::Pattern;
+use scopegate_core::policy::Policy;
 
-use crate::client_addr::{CidrError, TrustedProxies};
+use crate::client_addr::TrustedProxies;
 use crate::issuer::IssuerSettings;
 use crate::jose::b64;
 use crate::jose::jws::KeyMap;
-use crate::jose::keys::{Alg, KeyEntry, KeyError};
+use crate::jose::keys::{KeyEntry, KeyError};
 use crate::metrics::Decisions;
-use crate::rate_limit::{RateLimit, RateLimitError};
+use crate::rate_limit::RateLimit;
 use crate::remote_keys::{RemoteKeySet, RemoteSpec};
 use crate::token::{IssuerKeys, TokenRules};
 
 /// Most leeway taken, in seconds: a larger configured leeway is capped to it (an operator of
 /// an earlier release may still render one), never refused.
 pub use scopegate_core::config::MAX_LEEWAY_SECS;
-/// Token size limits accepted for `maxTokenBytes`.
-const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
-/// Header names an identity header may not take.
-const RESERVED_HEADERS: [&str; 8] = [
-    "authorization",
-    "host",
-    "cookie",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "upgrade",
-    "x-forwarded-for",
-];
-
 /// Why a config was refused. Messages name fields and files, never their secret content.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// Not a document of the expected shape or version.
     #[error("{0}")]
     Document(#[from] ConfigError),
-    /// Route rules do not compile.
-    #[error("rules: {0}")]
-    Policy(#[from] PolicyError),
-    /// Two entries for one issuer, or an empty issuer.
-    #[error("verify.issuers: {0:?} is empty or listed twice")]
-    Issuer(String),
-    /// No audience while issuers are trusted.
-    #[error("verify.audiences must not be empty")]
-    NoAudiences,
-    /// Token size out of range.
-    #[error("verify: maxTokenBytes must be within 256..=65536")]
-    Limits,
+    /// Refused by the checks the operator runs too ([`scopegate_core::check`]).
+    #[error("{0}")]
+    Check(#[from] CheckError),
     /// A key could not be loaded.
     #[error("issuer {issuer:?}: {source}")]
     Key {
@@ -78,34 +52,6 @@ pub enum SettingsError {
         "issuer {0:?}: ownSigningKeys needs the issuer role and a readable signing-keys document"
     )]
     OwnKeys(String),
-    /// A remote key source is not usable.
-    #[error(
-        "issuer {0:?}: jwksUri must be https, algorithms known asymmetric ones, refreshIntervalSecs positive"
-    )]
-    Remote(String),
-    /// The CA bundle holds no certificate.
-    #[error("caBundlePem holds no valid PEM certificate")]
-    CaBundle,
-    /// A rate limit does not compile.
-    #[error("rateLimits: {0}")]
-    RateLimit(#[from] RateLimitError),
-    /// A trusted-proxy CIDR does not parse.
-    #[error("trustedProxies: {0}")]
-    TrustedProxies(#[from] CidrError),
-    /// An identity header name is invalid or reserved.
-    #[error("headers: {0:?} is not a usable header name")]
-    HeaderName(String),
-    /// A no-store path pattern does not parse.
-    #[error("headers.noStorePaths: {0}")]
-    NoStorePath(#[source] PatternError),
-    /// The revocation feed is misconfigured.
-    #[error(
-        "revocation.feed: url must be https, issuer a trusted issuer, stalenessBoundSecs positive, subjectKey 32 bytes of base64url"
-    )]
-    Feed,
-    /// A client cut-off names an empty client.
-    #[error("revocation.clientCutoffs: empty client id")]
-    ClientCutoff,
     /// The issuer role's inputs are unusable.
     #[error("{0}")]
     IssuerRole(#[from] crate::issuer::IssuerError),
@@ -242,11 +188,10 @@ pub fn compile(
     remote: &mut dyn FnMut(RemoteSpec) -> Arc<RemoteKeySet>,
 ) -> Result<Settings, SettingsError> {
     let config = SidecarConfig::from_json(input.config_text)?;
-    let policy = Policy::from_config(&config)?;
+    // Everything the operator checks before it writes a document, by the same code.
+    check::document(&config)?;
+    let policy = Policy::from_config(&config).map_err(CheckError::from)?;
     let verify = &config.verify;
-    if !TOKEN_BYTES_RANGE.contains(&verify.max_token_bytes) {
-        return Err(SettingsError::Limits);
-    }
     if verify.leeway_secs > MAX_LEEWAY_SECS {
         tracing::warn!(
             configured = verify.leeway_secs,
@@ -254,23 +199,11 @@ pub fn compile(
             "leewaySecs above the cap; the cap is used"
         );
     }
-    if !verify.issuers.is_empty() && verify.audiences.iter().all(String::is_empty) {
-        return Err(SettingsError::NoAudiences);
-    }
-    if let Some(pem) = &config.ca_bundle_pem {
-        let any = CertificateDer::pem_slice_iter(pem.as_bytes()).any(|c| c.is_ok());
-        if !any {
-            return Err(SettingsError::CaBundle);
-        }
-    }
     let mut issuers = HashMap::new();
     let mut recompile_at: Option<i64> = None;
     let mut skipped_keys = Vec::new();
     for trusted in &verify.issuers {
         let name = trusted.issuer.clone();
-        if name.is_empty() || issuers.contains_key(&name) {
-            return Err(SettingsError::Issuer(name));
-        }
         let key_error = |source| SettingsError::Key {
             issuer: name.clone(),
             source,
@@ -332,19 +265,8 @@ pub fn compile(
                 allow_jwt_typ,
                 ca_bundle_pem,
             } => {
-                let remote_error = || SettingsError::Remote(name.clone());
-                let uri_ok = jwks_uri.starts_with("https://")
-                    && jwks_uri
-                        .parse::<http::Uri>()
-                        .is_ok_and(|u| u.host().is_some());
-                let algs: Vec<Alg> = algorithms
-                    .iter()
-                    .map(|a| Alg::from_name(a).filter(|a| *a != Alg::Hs256))
-                    .collect::<Option<_>>()
-                    .ok_or_else(remote_error)?;
-                if !uri_ok || algs.is_empty() || *refresh_interval_secs == 0 {
-                    return Err(remote_error());
-                }
+                let algs = check::remote_algorithms(jwks_uri, algorithms, *refresh_interval_secs)
+                    .ok_or_else(|| CheckError::Remote(name.clone()))?;
                 IssuerSource::Remote {
                     set: remote(RemoteSpec {
                         jwks_uri: jwks_uri.clone(),
@@ -360,27 +282,18 @@ pub fn compile(
         };
         issuers.insert(name, source);
     }
-    if let Some(feed) = &config.revocation.feed {
-        check_feed(feed, &issuers)?;
-    }
-    if config
-        .revocation
-        .client_cutoffs
-        .keys()
-        .any(String::is_empty)
-    {
-        return Err(SettingsError::ClientCutoff);
-    }
     let rate_limits = config
         .rate_limits
         .iter()
         .map(|r| RateLimit::compile(r).map(Arc::new))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map_err(CheckError::from)?;
     let trusted_proxies = config
         .trusted_proxies
         .as_ref()
         .map(TrustedProxies::from_config)
-        .transpose()?;
+        .transpose()
+        .map_err(CheckError::from)?;
     let headers = compile_headers(&config, input.tls)?;
     // The leeway in force is capped at MAX_LEEWAY_SECS (TokenRules::from_config).
     let token_rules = TokenRules::from_config(verify);
@@ -462,33 +375,9 @@ pub fn leeway_secs(configured: u64) -> i64 {
     scopegate_core::token::leeway_secs(configured)
 }
 
-fn check_feed(
-    feed: &FeedConfig,
-    issuers: &HashMap<String, IssuerSource>,
-) -> Result<(), SettingsError> {
-    let url_ok = feed.url.starts_with("https://")
-        && feed
-            .url
-            .parse::<http::Uri>()
-            .is_ok_and(|u| u.host().is_some() && u.query().is_none());
-    let key_ok = feed
-        .subject_key
-        .as_deref()
-        .is_none_or(|k| scopegate_core::feed::decode_subject_key(k).is_some());
-    if !url_ok || !key_ok || !issuers.contains_key(&feed.issuer) || feed.staleness_bound_secs == 0 {
-        return Err(SettingsError::Feed);
-    }
-    Ok(())
-}
-
 fn compile_headers(config: &SidecarConfig, tls: bool) -> Result<HeaderSettings, SettingsError> {
     let h = &config.headers;
-    let name = |text: &str| {
-        HeaderName::from_bytes(text.as_bytes())
-            .ok()
-            .filter(|n| n.as_str() == text && !RESERVED_HEADERS.contains(&text))
-            .ok_or_else(|| SettingsError::HeaderName(text.to_owned()))
-    };
+    let name = check::header_name;
     Ok(HeaderSettings {
         security: h.security_headers,
         hsts: match h.hsts {
@@ -501,7 +390,7 @@ fn compile_headers(config: &SidecarConfig, tls: bool) -> Result<HeaderSettings, 
             .iter()
             .map(|p| Pattern::parse(p))
             .collect::<Result<_, _>>()
-            .map_err(SettingsError::NoStorePath)?,
+            .map_err(CheckError::NoStorePath)?,
         subject: name(&h.subject_header)?,
         scopes: name(&h.scopes_header)?,
         client_id: name(&h.client_id_header)?,

@@ -5,8 +5,10 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{- /* The release instance is part of every selector: two releases never select each other's pods. */ -}}
 {{- define "scopegate.selector" -}}
 app.kubernetes.io/name: scopegate
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
 

@@ -31,6 +31,7 @@ use super::common::{
     printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".status.issuerMode","description":"Self, PolicyRef or External"}"#,
     printcolumn = r#"{"name":"Active Key","type":"string","jsonPath":".status.activeKid","description":"Key id that signs new tokens"}"#,
     printcolumn = r#"{"name":"Enforcement","type":"string","jsonPath":".status.conditions[?(@.type==\"Enforcing\")].reason","description":"Enforced, DryRun (spec.enforcement) or RulesInDryRun (some rules)"}"#,
+    printcolumn = r#"{"name":"Pods","type":"string","jsonPath":".status.pods","description":"Pods selected / of those, with the sidecar"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Inbound","type":"string","priority":1,"jsonPath":".status.inboundProtection","description":"What keeps the app's port out of reach: NetworkPolicy, PortLock, both or None"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -1031,9 +1032,11 @@ pub struct AuthPolicyStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready (everything rendered and usable), KeysReady (issuer keys published and active),
-    /// Degraded (working, but something needs attention) and Enforcing (False while the
-    /// policy or some rules are in DryRun), each with a reason and message.
+    /// Ready (everything rendered, checked and in use: it will work), Reconciling (the
+    /// operator is still at work), Stalled (it cannot go on until something changes), KeysReady
+    /// (issuer keys published and active), Degraded (working, but something needs attention)
+    /// and Enforcing (False while the policy or some rules are in DryRun), each with a reason
+    /// and message. Reconciling and Stalled follow kstatus.
     #[serde(default)]
     #[schemars(schema_with = "conditions")]
     pub conditions: Vec<Condition>,
@@ -1058,6 +1061,10 @@ pub struct AuthPolicyStatus {
     /// NetworkPolicy, PortLock, NetworkPolicy+PortLock, or None.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_protection: Option<String>,
+    /// `selected/with sidecar`: the pods this policy selects and, of those, the pods that
+    /// carry its sidecar (the `Pods` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<String>,
     /// Pods this policy selects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selected_pods: Option<i32>,

@@ -187,8 +187,10 @@ pub struct OAuthClientStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready (registered with the issuer) and Degraded, each with a reason and message, e.g.
-    /// an unknown scope or a namespace the issuer does not allow.
+    /// Ready (registered with the issuer: it will work), Reconciling (registration in
+    /// flight), Stalled (it cannot go on until something changes) and Degraded, each with a
+    /// reason and message, e.g. an unknown scope or a namespace the issuer does not allow.
+    /// Reconciling and Stalled follow kstatus.
     #[serde(default)]
     #[schemars(schema_with = "conditions")]
     pub conditions: Vec<Condition>,

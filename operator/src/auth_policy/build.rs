@@ -417,6 +417,24 @@ fn method_names(methods: &[api::HttpMethod]) -> Vec<String> {
     methods.iter().map(|m| format!("{m:?}")).collect()
 }
 
+/// Scopes the rules require that `declared` (the issuer's scope vocabulary) lacks, sorted: a
+/// rule asking for one of them can never be met by a token of that issuer.
+pub fn undeclared_scopes(
+    spec: &AuthPolicySpec,
+    declared: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut unknown: Vec<String> = spec
+        .rules
+        .iter()
+        .flat_map(|r| r.require.iter().chain(r.any_of.iter().flatten()))
+        .filter(|scope| !declared.contains_key(*scope))
+        .cloned()
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    unknown
+}
+
 fn route_rule(rule: &api::Rule) -> RouteRule {
     let action = if rule.public {
         RuleAction::Public

@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
@@ -366,8 +367,13 @@ pub async fn reconcile_keys(
     document
         .keys
         .extend(assessment.invalid.iter().map(|(key, _)| key.clone()));
-    if current.is_none() || document != stored {
-        let mut meta = build::owned_meta(policy, &names.signing_keys)?;
+    // Written by an earlier release, the Secret is owned by the policy and would go with it:
+    // rewritten without the owner reference, it is retained.
+    let owned = current
+        .as_ref()
+        .is_some_and(|s| !s.owner_references().is_empty());
+    if current.is_none() || document != stored || owned {
+        let mut meta = retained_meta(policy, &names.signing_keys)?;
         meta.resource_version = current.as_ref().and_then(|s| s.resource_version());
         if let Some(legacy) = current
             .as_ref()
@@ -399,7 +405,18 @@ pub async fn reconcile_keys(
         for change in &plan.changes {
             let (warning, reason, note) = describe_change(change, alg);
             tracing::info!(policy = %policy.name_any(), namespace = %namespace, reason, "{note}");
-            ctx.event(policy, warning, reason, note).await;
+            // The key is the event's related object: each key's events are their own series,
+            // so a second key's event never repeats the first one's note.
+            let key = ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Secret".to_owned()),
+                namespace: Some(namespace.clone()),
+                name: Some(names.signing_keys.clone()),
+                field_path: Some(format!("keys[{}]", change.kid())),
+                ..ObjectReference::default()
+            };
+            ctx.event_related(policy, warning, reason, note, Some(key))
+                .await;
         }
     }
 
@@ -453,6 +470,16 @@ pub async fn reconcile_keys(
         publishing,
         handled_rotation: if rotate { asked } else { previously_handled },
     })
+}
+
+/// Metadata of the signing-keys Secret: the managed labels, and no owner reference. Deleting
+/// the policy (or a GitOps prune of it) leaves the keys that live tokens depend on, as
+/// cert-manager leaves a Certificate's Secret; a policy of the same name adopts them when it
+/// comes back. Deleting the Secret by hand discards them.
+pub fn retained_meta(policy: &AuthPolicy, name: &str) -> Result<ObjectMeta> {
+    let mut meta = build::owned_meta(policy, name)?;
+    meta.owner_references = None;
+    Ok(meta)
 }
 
 /// The event for one change of the keys: (warning, reason, note).

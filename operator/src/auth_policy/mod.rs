@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -38,13 +38,57 @@ const RESYNC_SECS: i64 = 3600;
 const PUBLICATION_POLL_SECS: i64 = 2;
 /// How often an issuer refused by its namespace's cap looks again.
 const LIMIT_RECHECK_SECS: u64 = 30;
+/// How often a policy whose write the API server refused tries again.
+const REFUSED_RECHECK_SECS: u64 = 300;
+/// Longest label value: the policy's name is one (`scopegate.dev/policy`).
+const MAX_LABEL_VALUE: usize = 63;
+
+/// The object a refused write names, from the API server's answer.
+fn refused_object(answer: &kube::core::Status) -> String {
+    answer.details.as_ref().map_or_else(
+        || "an object".to_owned(),
+        |d| format!("{} {}", d.kind, d.name),
+    )
+}
+
+/// Writes a status saying only `problem` (nothing rendered is touched), keeping what the
+/// status said of the keys.
+async fn only_status(policy: &AuthPolicy, ctx: &Context, problem: Problem) -> Result<()> {
+    let spec = &policy.spec.issuer;
+    let mode = if spec.self_.is_some() {
+        "Self"
+    } else if spec.policy_ref.is_some() {
+        "PolicyRef"
+    } else if spec.external.is_some() {
+        "External"
+    } else {
+        "None"
+    };
+    let observation = Observation {
+        mode,
+        problems: vec![problem],
+        dry_run: DryRunScope::of(&policy.spec),
+        ..Observation::default()
+    };
+    write_status(policy, ctx, &observation, ctx.now()).await
+}
 
 /// Reconciles one AuthPolicy.
 pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let labels = KindLabels { kind: KIND };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = reconcile_inner(&policy, &ctx).await;
+    let result = match reconcile_inner(&policy, &ctx).await {
+        // A write the API server refuses as invalid does not pass by retrying: the policy's
+        // status and a Warning event say so, not only the log.
+        Err(Error::Kube(kube::Error::Api(answer))) if matches!(answer.code, 400 | 422) => {
+            let problem = Problem::WriteRefused(refused_object(&answer), answer.message.clone());
+            only_status(&policy, &ctx, problem)
+                .await
+                .map(|()| Action::requeue(Duration::from_secs(REFUSED_RECHECK_SECS)))
+        }
+        other => other,
+    };
     ctx.metrics
         .duration
         .get_or_create(&labels)
@@ -55,6 +99,21 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Act
 async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
     let name = policy.name_any();
+    if name.len() > MAX_LABEL_VALUE {
+        // Every rendered object carries the name as a label value: the API server would
+        // refuse each of them.
+        only_status(
+            policy,
+            ctx,
+            Problem::NameTooLong(
+                "the label value of every rendered object",
+                name,
+                MAX_LABEL_VALUE,
+            ),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
     let names = Names::of(&name);
     let now = ctx.now();
     let ca = ctx.ca.borrow().clone().ok_or(Error::CaNotReady)?;
@@ -69,13 +128,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         if let Some(over) = limits::over_limit(policy, issuers, ctx.limits.issuers_per_namespace) {
             // Beyond the cap only the status changes: nothing rendered for it is touched. It
             // is looked at again in a while, in case another issuer went away.
-            let observation = Observation {
-                mode: "Self",
-                problems: vec![Problem::IssuerLimit(over.limit, over.count)],
-                dry_run: DryRunScope::of(spec),
-                ..Observation::default()
-            };
-            write_status(policy, ctx, &observation, now).await?;
+            only_status(policy, ctx, Problem::IssuerLimit(over.limit, over.count)).await?;
             return Ok(Action::requeue(Duration::from_secs(LIMIT_RECHECK_SECS)));
         }
     }
@@ -114,6 +167,20 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         issuer::reconcile_registry(policy, &names, ctx, now).await?;
         let missing = issuer::reconcile_upstreams(policy, own, &names, ctx).await?;
         observation.upstreams = build::upstream_status(own, &missing);
+        observation.problems.extend(
+            own.upstreams
+                .iter()
+                .filter(|u| missing.contains(&u.name))
+                .map(|u| {
+                    Problem::SecretNotFound(
+                        format!("issuer.self.upstreams[{}].clientSecretRef", u.name),
+                        format!(
+                            "{} (key {})",
+                            u.client_secret_ref.name, u.client_secret_ref.key
+                        ),
+                    )
+                }),
+        );
         observation.rendered = RenderedObjects {
             sidecar_config: None,
             jwks: Some(names.jwks.clone()),
@@ -166,6 +233,17 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     if build::effective_audiences(spec).is_empty() {
         observation.problems.push(Problem::MissingAudiences);
     }
+    if let Some((issuer, declared)) = declared_scopes(policy, &trust, ctx) {
+        let unknown = build::undeclared_scopes(spec, &declared);
+        if !unknown.is_empty() {
+            observation
+                .problems
+                .push(Problem::UnknownScopes(issuer, unknown));
+        }
+    }
+    observation
+        .problems
+        .extend(missing_secrets(policy, ctx, &namespace).await?);
     let (pods, problems) = observe_pods(policy, ctx, &namespace);
     if observation.memory_store && pods.selected > 1 {
         observation
@@ -191,19 +269,35 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
             .problems
             .push(Problem::AudienceConflict(conflicts.to_vec()));
     }
-    // A policy with many rules and keys renders a large document: off the workers.
-    let text = ctx
-        .heavy(move || build::to_json("sidecar config", &config))
-        .await??;
-    let sidecar = build::config_map(
-        build::owned_meta(policy, &names.sidecar)?,
-        BTreeMap::from([(CONFIG_FILE.to_owned(), text)]),
-    );
-    let unchanged = ctx
-        .config_map(&namespace, &names.sidecar)
-        .is_some_and(|cm| cm.data == sidecar.data);
-    ctx.apply::<ConfigMap>(&sidecar, unchanged).await?;
-    observation.rendered.sidecar_config = Some(names.sidecar.clone());
+    // A policy with many rules and keys renders a large document: off the workers. It is
+    // checked with the sidecar's own checks first: a document the sidecar would refuse is
+    // never written, and the last good one stays.
+    let rendered = ctx
+        .heavy(move || {
+            scopegate_core::check::document(&config)
+                .map_err(|refused| refused.to_string())
+                .map(|()| build::to_json("sidecar config", &config))
+        })
+        .await?;
+    match rendered {
+        Ok(text) => {
+            let sidecar = build::config_map(
+                build::owned_meta(policy, &names.sidecar)?,
+                BTreeMap::from([(CONFIG_FILE.to_owned(), text?)]),
+            );
+            let unchanged = ctx
+                .config_map(&namespace, &names.sidecar)
+                .is_some_and(|cm| cm.data == sidecar.data);
+            ctx.apply::<ConfigMap>(&sidecar, unchanged).await?;
+            observation.rendered.sidecar_config = Some(names.sidecar.clone());
+        }
+        Err(refused) => {
+            observation.problems.push(Problem::ConfigRefused(refused));
+            if ctx.config_map(&namespace, &names.sidecar).is_some() {
+                observation.rendered.sidecar_config = Some(names.sidecar.clone());
+            }
+        }
+    }
 
     apply_ca_bundle(ctx, &namespace, &bundle).await?;
     if reconcile_network_policy(policy, ctx, &namespace).await? {
@@ -357,6 +451,70 @@ fn resolve_policy_ref(
             Some(Problem::PolicyRefKeysPending(label)),
         ),
     }
+}
+
+/// The issuer whose tokens the policy's rules are met by, and the scopes it declares: its own
+/// for a self issuer, the referenced issuer's for a resolved `policyRef`; `None` for an outside
+/// issuer (its scopes are not known) or an unresolved reference (reported already).
+fn declared_scopes(
+    policy: &AuthPolicy,
+    trust: &Trust,
+    ctx: &Context,
+) -> Option<(String, BTreeMap<String, String>)> {
+    let namespace = policy.namespace().unwrap_or_default();
+    match trust {
+        Trust::Own { .. } => {
+            let own = policy.spec.issuer.self_.as_ref()?;
+            Some((
+                format!("{namespace}/{}", policy.name_any()),
+                own.scopes.clone(),
+            ))
+        }
+        Trust::Referenced { .. } => {
+            let reference = policy.spec.issuer.policy_ref.as_ref()?;
+            let issuer_namespace = reference.namespace.clone().unwrap_or(namespace);
+            let issuer = ctx
+                .policies
+                .get(&ObjectRef::new(&reference.name).within(&issuer_namespace))?;
+            let own = issuer.spec.issuer.self_.as_ref()?;
+            Some((
+                format!("{issuer_namespace}/{}", reference.name),
+                own.scopes.clone(),
+            ))
+        }
+        Trust::External(_) | Trust::Unresolved => None,
+    }
+}
+
+/// Secrets the spec names (`listen.tlsSecret`, the Redis `credentialsSecret`) that do not
+/// exist in the policy's namespace. Only their metadata is read. (Upstream client secrets are
+/// reported by [`issuer::reconcile_upstreams`].)
+async fn missing_secrets(
+    policy: &AuthPolicy,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Vec<Problem>> {
+    let spec = &policy.spec;
+    let named = [
+        ("listen.tlsSecret", spec.listen.tls_secret.as_ref()),
+        (
+            "issuer.self.store.redis.credentialsSecret",
+            spec.issuer
+                .self_
+                .as_ref()
+                .and_then(|own| own.store.redis.as_ref())
+                .and_then(|redis| redis.credentials_secret.as_ref()),
+        ),
+    ];
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut missing = Vec::new();
+    for (field, name) in named {
+        let Some(name) = name else { continue };
+        if api.get_metadata_opt(name).await?.is_none() {
+            missing.push(Problem::SecretNotFound(field.to_owned(), name.clone()));
+        }
+    }
+    Ok(missing)
 }
 
 /// The pods, Services and other policies of the namespace, as they bear on `policy`.

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use scopegate_crds::v1alpha1::AuthPolicy;
 
 use super::status::Problem;
-use crate::webhook::inject::{INJECTED_ANNOTATION, SIDECAR_NAME, selects};
+use crate::webhook::inject::{INJECTED_ANNOTATION, SIDECAR_NAME, selects, seniority};
 
 /// What the operator keeps of a pod in its cache: name, labels and annotations, and each
 /// container's name, image and named ports (to resolve a Service's named targetPort and to see
@@ -112,9 +112,30 @@ pub fn observe(
     services: &[&Service],
 ) -> (PodSummary, Vec<Problem>) {
     let name = policy.name_any();
+    let mine = seniority(policy);
+    let older: Vec<&&AuthPolicy> = others
+        .iter()
+        .filter(|o| o.name_any() != name && seniority(o) < mine)
+        .collect();
+    // Pods an older policy also selects are that policy's (the webhook injects its sidecar):
+    // this one reports a Conflict for them and counts only the rest.
+    let mut conflicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let selected: Vec<&&Pod> = pods
         .iter()
         .filter(|p| selects(&policy.spec.selector, p.labels()))
+        .filter(|p| {
+            let owner = older
+                .iter()
+                .filter(|o| selects(&o.spec.selector, p.labels()))
+                .min_by_key(|o| seniority(o));
+            if let Some(owner) = owner {
+                conflicts
+                    .entry(owner.name_any())
+                    .or_default()
+                    .push(p.name_any());
+            }
+            owner.is_none()
+        })
         .collect();
     let mut summary = PodSummary {
         selected: i32::try_from(selected.len()).unwrap_or(i32::MAX),
@@ -130,6 +151,14 @@ pub fn observe(
     }
     without.sort();
     let mut problems = Vec::new();
+    for (other, mut shared) in conflicts {
+        shared.sort();
+        shared.truncate(MAX_NAMES);
+        problems.push(Problem::Conflict(other, shared));
+    }
+    if selected.is_empty() && problems.is_empty() {
+        problems.push(Problem::NoPodsSelected);
+    }
     if !without.is_empty() {
         problems.push(Problem::PodsWithoutSidecar(
             without.len(),
@@ -137,23 +166,6 @@ pub fn observe(
         ));
     }
     summary.uninjected = without.into_iter().take(MAX_NAMES).collect();
-
-    let mut overlaps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for other in others.iter().filter(|o| o.name_any() != name) {
-        for pod in &selected {
-            if selects(&other.spec.selector, pod.labels()) {
-                overlaps
-                    .entry(other.name_any())
-                    .or_default()
-                    .push(pod.name_any());
-            }
-        }
-    }
-    for (other, mut shared) in overlaps {
-        shared.sort();
-        shared.truncate(MAX_NAMES);
-        problems.push(Problem::Overlap(other, shared));
-    }
 
     let upstream = policy.spec.upstream.port;
     for service in services {
@@ -251,15 +263,39 @@ mod tests {
     }
 
     #[test]
-    fn overlap_names_the_other_policy_and_the_pods() {
-        let (p, q) = (policy("orders", "orders"), policy("orders2", "orders"));
+    fn the_newer_of_two_policies_on_one_pod_gets_a_conflict_naming_the_older() {
+        let created = |mut p: AuthPolicy, secs: i64| {
+            p.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+                ));
+            p
+        };
+        let older = created(policy("orders", "orders"), 100);
+        let newer = created(policy("greedy", "orders"), 200);
         let pods = [pod("a", "orders", Some("orders"))];
         let refs: Vec<_> = pods.iter().collect();
-        let (_, problems) = observe(&p, &[&p, &q], &refs, &[]);
+        let (summary, problems) = observe(&older, &[&older, &newer], &refs, &[]);
+        assert_eq!((summary.selected, summary.injected), (1, 1));
+        assert!(problems.is_empty(), "{problems:?}");
+        let (summary, problems) = observe(&newer, &[&older, &newer], &refs, &[]);
+        assert_eq!(summary.selected, 0, "the pods are the older policy's");
         assert_eq!(
             problems,
-            [Problem::Overlap("orders2".into(), vec!["a".into()])]
+            [Problem::Conflict("orders".into(), vec!["a".into()])]
         );
+        assert!(problems[0].blocks_readiness());
+    }
+
+    #[test]
+    fn a_policy_selecting_no_pod_says_so() {
+        let p = policy("orders", "orders");
+        let pods = [pod("a", "other", None)];
+        let refs: Vec<_> = pods.iter().collect();
+        let (summary, problems) = observe(&p, &[&p], &refs, &[]);
+        assert_eq!(summary.selected, 0);
+        assert_eq!(problems, [Problem::NoPodsSelected]);
+        assert!(problems[0].blocks_readiness());
     }
 
     #[test]

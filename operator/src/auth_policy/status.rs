@@ -8,7 +8,7 @@ use scopegate_crds::v1alpha1::{
     AuthPolicySpec, AuthPolicyStatus, Enforcement, KeyStatus, RenderedObjects,
 };
 
-use crate::conditions::{Conclusion, merge};
+use crate::conditions::{Conclusion, kstatus, merge};
 
 /// Something about a policy that needs a person's attention.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +29,6 @@ pub enum Problem {
     MemoryStoreReplicas(i32),
     /// Selected pods run without the sidecar: (how many, up to ten names).
     PodsWithoutSidecar(usize, Vec<String>),
-    /// Another policy selects some of the same pods: (its name, shared pods).
-    Overlap(String, Vec<String>),
     /// A Service sends traffic to the app's port: (service, app port, sidecar port).
     ServiceBypass(String, i32, i32),
     /// The signing-keys document does not parse: (object, why). Nothing is written over it.
@@ -54,6 +52,21 @@ pub enum Problem {
     /// Neither a NetworkPolicy nor the port lock keeps the app's port out of reach: (app
     /// port, sidecar port).
     InboundUnprotected(i32, i32),
+    /// The sidecar would refuse the rendered config, with its message: the last good config
+    /// stays in place.
+    ConfigRefused(String),
+    /// A Secret the spec names does not exist: (field, Secret name).
+    SecretNotFound(String, String),
+    /// Rules require scopes the issuer never declares: (issuer, scopes).
+    UnknownScopes(String, Vec<String>),
+    /// The selector matches no pod.
+    NoPodsSelected,
+    /// An older policy selects some of the same pods and keeps them: (its name, shared pods).
+    Conflict(String, Vec<String>),
+    /// A name derived from the policy's is too long for Kubernetes: (what, the name, limit).
+    NameTooLong(&'static str, String, usize),
+    /// The API server refused a write: (object, its answer).
+    WriteRefused(String, String),
 }
 
 impl Problem {
@@ -68,7 +81,6 @@ impl Problem {
             Problem::NotOwned(_) => "ObjectNotOwned",
             Problem::MemoryStoreReplicas(_) => "MemoryStoreWithReplicas",
             Problem::PodsWithoutSidecar(..) => "PodsWithoutSidecar",
-            Problem::Overlap(..) => "PolicyOverlap",
             Problem::ServiceBypass(..) => "ServiceBypassesSidecar",
             Problem::SigningKeysCorrupt(..) => "SigningKeysCorrupt",
             Problem::KeyInvalid(..) => "KeyInvalid",
@@ -79,6 +91,13 @@ impl Problem {
             Problem::AudienceConflict(_) => "AudienceConflict",
             Problem::ExternalCaBundleInvalid => "CaBundleInvalid",
             Problem::InboundUnprotected(..) => "InboundUnprotected",
+            Problem::ConfigRefused(_) => "InvalidConfig",
+            Problem::SecretNotFound(..) => "SecretNotFound",
+            Problem::UnknownScopes(..) => "UnknownScope",
+            Problem::NoPodsSelected => "NoPodsSelected",
+            Problem::Conflict(..) => "Conflict",
+            Problem::NameTooLong(..) => "NameTooLong",
+            Problem::WriteRefused(..) => "WriteRefused",
         }
     }
 
@@ -88,7 +107,6 @@ impl Problem {
             self,
             Problem::MemoryStoreReplicas(_)
                 | Problem::PodsWithoutSidecar(..)
-                | Problem::Overlap(..)
                 | Problem::ServiceBypass(..)
                 | Problem::KeysLost(_)
                 | Problem::InboundUnprotected(..)
@@ -134,11 +152,43 @@ impl std::fmt::Display for Problem {
                     names.join(", ")
                 )
             }
-            Problem::Overlap(other, pods) => write!(
+            Problem::Conflict(other, pods) => write!(
                 f,
-                "AuthPolicy {other} also selects pods {}: at most one AuthPolicy may select a pod",
+                "AuthPolicy {other} is older and also selects pods {}: they keep its sidecar, not this policy's; at most one AuthPolicy may select a pod, narrow the selectors",
                 pods.join(", ")
             ),
+            Problem::ConfigRefused(why) => write!(
+                f,
+                "the sidecar would refuse the rendered config ({why}): the last good config stays in place"
+            ),
+            Problem::SecretNotFound(field, secret) => write!(
+                f,
+                "{field} names Secret {secret}, which does not exist (or lacks the key)"
+            ),
+            Problem::UnknownScopes(issuer, scopes) => {
+                let (noun, verb) = if scopes.len() == 1 {
+                    ("scope", "is")
+                } else {
+                    ("scopes", "are")
+                };
+                write!(
+                    f,
+                    "rules require {noun} {} that {verb} not declared by issuer {issuer}: no token can carry {}",
+                    scopes.join(", "),
+                    if scopes.len() == 1 { "it" } else { "them" }
+                )
+            }
+            Problem::NoPodsSelected => write!(
+                f,
+                "spec.selector selects no pod: nothing is protected by this policy (check the selector against the pods' labels)"
+            ),
+            Problem::NameTooLong(what, name, limit) => write!(
+                f,
+                "the name {name:?} is longer than {limit} characters, the most {what} may hold: nothing is rendered; use a shorter AuthPolicy name"
+            ),
+            Problem::WriteRefused(object, answer) => {
+                write!(f, "the API server refused to write {object}: {answer}")
+            }
             Problem::ServiceBypass(service, app, sidecar) => write!(
                 f,
                 "Service {service} targets port {app}, the app's own port: its traffic walks around the sidecar; target port {sidecar} instead"
@@ -412,7 +462,7 @@ pub fn compute(
         });
     }
 
-    conclusions.push(match blocking {
+    let ready = match blocking {
         Some(problem) => Conclusion::no("Ready", problem.reason(), problem.to_string()),
         None if observation.keys.is_some() && signer.is_none() => match &observation.publishing {
             Some((kid, waiting)) => {
@@ -432,7 +482,14 @@ pub fn compute(
                     .unwrap_or_default()
             ),
         ),
-    });
+    };
+    let in_flight = matches!(
+        ready.reason,
+        "KeyPublishing" | "NoActiveKey" | "PolicyRefKeysPending"
+    );
+    let kstatus = kstatus(&ready, in_flight);
+    conclusions.push(ready);
+    conclusions.extend(kstatus);
 
     conclusions.push(if observation.problems.is_empty() {
         Conclusion::no("Degraded", "AsExpected", "nothing needs attention")
@@ -506,6 +563,10 @@ pub fn compute(
         upstreams: observation.upstreams.clone(),
         inbound_protection: (!observation.inbound.is_empty())
             .then(|| observation.inbound.to_owned()),
+        pods: Some(format!(
+            "{}/{}",
+            observation.pods.selected, observation.pods.injected
+        )),
         selected_pods: Some(observation.pods.selected),
         injected_pods: Some(observation.pods.injected),
         uninjected_pods: observation.pods.uninjected.clone(),
@@ -759,6 +820,71 @@ mod tests {
             "{}",
             c.message
         );
+    }
+
+    #[test]
+    fn kstatus_reads_failed_for_a_spec_problem_and_in_progress_for_work_in_flight() {
+        let of = |status: &AuthPolicyStatus, type_: &str| {
+            let c = condition(status, type_);
+            (c.status.clone(), c.reason.clone())
+        };
+        let broken = compute(
+            None,
+            &Observation {
+                mode: "PolicyRef",
+                problems: vec![Problem::ConfigRefused(
+                    "headers: \"host\" is not a usable header name".into(),
+                )],
+                ..Default::default()
+            },
+            Some(1),
+            0,
+        );
+        assert_eq!(
+            of(&broken, "Ready"),
+            ("False".into(), "InvalidConfig".into())
+        );
+        assert_eq!(
+            of(&broken, "Stalled"),
+            ("True".into(), "InvalidConfig".into())
+        );
+        assert_eq!(of(&broken, "Reconciling").0, "False");
+        assert!(
+            condition(&broken, "Stalled")
+                .message
+                .contains("the last good config stays"),
+            "{}",
+            condition(&broken, "Stalled").message
+        );
+
+        let pending = compute(
+            None,
+            &Observation {
+                mode: "PolicyRef",
+                problems: vec![Problem::PolicyRefKeysPending("shop/auth".into())],
+                ..Default::default()
+            },
+            Some(1),
+            0,
+        );
+        assert_eq!(
+            of(&pending, "Reconciling"),
+            ("True".into(), "PolicyRefKeysPending".into())
+        );
+        assert_eq!(of(&pending, "Stalled").0, "False");
+
+        let ready = compute(
+            None,
+            &Observation {
+                mode: "External",
+                ..Default::default()
+            },
+            Some(1),
+            0,
+        );
+        assert_eq!(of(&ready, "Ready").0, "True");
+        assert_eq!(of(&ready, "Reconciling").0, "False");
+        assert_eq!(of(&ready, "Stalled").0, "False");
     }
 
     #[test]

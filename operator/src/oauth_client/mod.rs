@@ -8,6 +8,7 @@ pub mod validate;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -19,7 +20,7 @@ use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, OAuthClientStatus};
 
 use crate::audiences::AudienceOwners;
 use crate::auth_policy::build::Names;
-use crate::conditions::{Conclusion, merge};
+use crate::conditions::{Conclusion, kstatus, merge};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use crate::metrics::{FailureLabels, KindLabels};
@@ -34,7 +35,14 @@ pub async fn reconcile(client: Arc<OAuthClient>, ctx: Arc<Context>) -> Result<Ac
     let started = Instant::now();
     let labels = KindLabels { kind: KIND };
     ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = reconcile_inner(&client, &ctx).await;
+    let result = match reconcile_inner(&client, &ctx).await {
+        // A write the API server refuses as invalid does not pass by retrying: the client's
+        // status and a Warning event say so, not only the log.
+        Err(Error::Kube(kube::Error::Api(answer))) if matches!(answer.code, 400 | 422) => {
+            refused(&client, &ctx, &answer).await
+        }
+        other => other,
+    };
     ctx.metrics
         .duration
         .get_or_create(&labels)
@@ -67,6 +75,22 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
         });
     }
 
+    if let Some(reference) = &client.spec.existing_secret {
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&reference.name)
+            .await?;
+        if secret
+            .as_ref()
+            .and_then(|s| secret_data(s, &reference.key))
+            .is_none()
+        {
+            problems.push(ClientProblem::SecretNotFound {
+                name: reference.name.clone(),
+                key: reference.key.clone(),
+            });
+        }
+    }
+
     let ensured = credentials::ensure(client, ctx, now).await?;
     // Client apps of this namespace verify the issuer's certificate with this bundle.
     let ca = ctx.ca.borrow().clone();
@@ -80,20 +104,7 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
         .is_some_and(|registry| registry.find(&client_id(client)).is_some());
 
     let status = compute_status(client, &problems, &ensured, registered, now);
-    if client.status.as_ref() != Some(&status) {
-        let api: Api<OAuthClient> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = serde_json::json!({
-            "apiVersion": "scopegate.dev/v1alpha1",
-            "kind": KIND,
-            "status": status,
-        });
-        api.patch_status(
-            &client.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
+    write_status(client, ctx, &status).await?;
 
     // The end of a rotation overlap is the next thing to do: the old secret must stop working.
     let next = match ensured {
@@ -104,6 +115,65 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
         _ => 3600,
     };
     Ok(Action::requeue(Duration::from_secs(next.unsigned_abs())))
+}
+
+/// Reports a write the API server refused: status and a Warning event; tried again later.
+async fn refused(
+    client: &OAuthClient,
+    ctx: &Context,
+    answer: &kube::core::Status,
+) -> Result<Action> {
+    let object = answer.details.as_ref().map_or_else(
+        || "an object".to_owned(),
+        |d| format!("{} {}", d.kind, d.name),
+    );
+    let problem = ClientProblem::WriteRefused {
+        object,
+        message: answer.message.clone(),
+    };
+    let status = compute_status(
+        client,
+        std::slice::from_ref(&problem),
+        &Ensured::NotGenerated,
+        false,
+        ctx.now(),
+    );
+    let said = client
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.message == problem.to_string());
+    if !said {
+        ctx.event(client, true, problem.reason(), problem.to_string())
+            .await;
+    }
+    write_status(client, ctx, &status).await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Writes `status` unless the object already has it.
+async fn write_status(
+    client: &OAuthClient,
+    ctx: &Context,
+    status: &OAuthClientStatus,
+) -> Result<()> {
+    if client.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let namespace = client.namespace().ok_or(Error::Unaddressable)?;
+    let api: Api<OAuthClient> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "scopegate.dev/v1alpha1",
+        "kind": KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &client.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The status of a client from what its reconcile found.
@@ -124,7 +194,7 @@ pub fn compute_status(
         )),
         _ => None,
     };
-    conclusions.push(match (blocking, &not_owned, registered) {
+    let ready = match (blocking, &not_owned, registered) {
         (Some(problem), _, _) => Conclusion::no("Ready", problem.reason(), problem.to_string()),
         (None, Some(message), _) => Conclusion::no("Ready", "SecretNotOwned", message.clone()),
         (None, None, false) => Conclusion::no(
@@ -139,7 +209,10 @@ pub fn compute_status(
             "Registered",
             format!("registered with issuer {issuer_namespace}/{issuer_name} as client_id {id}"),
         ),
-    });
+    };
+    let kstatus = kstatus(&ready, ready.reason == "Registering");
+    conclusions.push(ready);
+    conclusions.extend(kstatus);
     let mut messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
     messages.extend(not_owned);
     conclusions.push(match problems.first() {

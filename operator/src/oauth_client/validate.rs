@@ -54,6 +54,20 @@ pub enum ClientProblem {
         /// Whether no audience of the client is admitted.
         none_left: bool,
     },
+    /// `existingSecret` names a Secret, or a key, that does not exist.
+    SecretNotFound {
+        /// The Secret's name.
+        name: String,
+        /// The key.
+        key: String,
+    },
+    /// The API server refused a write for the client (e.g. a name too long for a label).
+    WriteRefused {
+        /// The object, as the API server named it.
+        object: String,
+        /// Its answer.
+        message: String,
+    },
     /// The namespace has more clients than the operator serves.
     NamespaceLimit {
         /// The cap.
@@ -75,6 +89,8 @@ impl ClientProblem {
             ClientProblem::UnknownUpstreams { .. } => "UnknownUpstream",
             ClientProblem::AudienceNotAdmitted { .. } => "AudienceNotAdmitted",
             ClientProblem::NamespaceLimit { .. } => "NamespaceClientLimit",
+            ClientProblem::SecretNotFound { .. } => "SecretNotFound",
+            ClientProblem::WriteRefused { .. } => "WriteRefused",
         }
     }
 
@@ -125,6 +141,13 @@ impl std::fmt::Display for ClientProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientProblem::IssuerNotFound { issuer } => write!(f, "AuthPolicy {issuer} not found"),
+            ClientProblem::WriteRefused { object, message } => {
+                write!(f, "the API server refused to write {object}: {message}")
+            }
+            ClientProblem::SecretNotFound { name, key } => write!(
+                f,
+                "existingSecret names key {key} of Secret {name}, which does not exist: the issuer cannot authenticate this client until it does"
+            ),
             ClientProblem::NamespaceLimit { limit, count } => write!(
                 f,
                 "the namespace has {count} OAuthClients and the operator serves at most {limit} per namespace, the oldest first: this one is in no registry; delete another client, or ask the cluster admin to raise limits.clientsPerNamespace"

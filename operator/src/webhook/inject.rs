@@ -103,6 +103,15 @@ pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> b
     labels_match && expressions_match
 }
 
+/// The order in which policies claim a pod several of them select: the oldest first (by
+/// creation time, then name, so that the order is total).
+pub fn seniority(policy: &AuthPolicy) -> (Option<k8s_openapi::jiff::Timestamp>, String) {
+    (
+        policy.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        policy.name_any(),
+    )
+}
+
 /// An original app probe, as the sidecar replays it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppProbe {
@@ -120,17 +129,11 @@ pub fn decide(pod: &Pod, policies: &[&AuthPolicy], settings: &InjectionSettings)
         .copied()
         .filter(|p| selects(&p.spec.selector, labels))
         .collect();
-    let policy = match selecting.as_slice() {
-        [] => return Decision::Unchanged,
-        [one] => *one,
-        many => {
-            let mut names: Vec<String> = many.iter().map(|p| p.name_any()).collect();
-            names.sort();
-            return Decision::Deny(format!(
-                "pod is selected by AuthPolicies {}: at most one AuthPolicy may select a pod; narrow their selectors",
-                names.join(" and ")
-            ));
-        }
+    // When several select it, the oldest keeps it (the others report a Conflict): a newer
+    // policy, however wide its selector, never takes pods from one that was there first nor
+    // blocks their creation.
+    let Some(policy) = selecting.into_iter().min_by_key(|p| seniority(p)) else {
+        return Decision::Unchanged;
     };
     if carries_marks(pod) {
         return match verify_injected(pod, policy, settings) {
@@ -1310,18 +1313,46 @@ spec:
     }
 
     #[test]
-    fn two_selecting_policies_refuse_the_pod_by_name() {
-        let a = policy("a", "{matchLabels: {app: orders}}", false);
-        let b = policy(
-            "b",
-            "{matchExpressions: [{key: app, operator: In, values: [orders, x]}]}",
-            false,
-        );
-        let Decision::Deny(message) = decide(&pod("{app: orders}"), &[&b, &a], &settings(true))
-        else {
-            panic!("not denied")
+    fn of_two_selecting_policies_the_older_keeps_the_pod() {
+        let created = |p: &mut AuthPolicy, secs: i64| {
+            p.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+                ));
         };
-        assert!(message.contains("AuthPolicies a and b"), "{message}");
+        let mut older = policy("z-older", "{matchLabels: {app: orders}}", false);
+        created(&mut older, 100);
+        // A newer policy selecting every pod of the namespace blocks nothing.
+        let mut everything = policy("a-newer", "{}", false);
+        created(&mut everything, 200);
+        for order in [[&older, &everything], [&everything, &older]] {
+            let Decision::Patch(ops) = decide(&pod("{app: orders}"), &order, &settings(true))
+            else {
+                panic!("not injected")
+            };
+            let injected = apply(&pod("{app: orders}"), &ops);
+            assert_eq!(
+                injected
+                    .annotations()
+                    .get(INJECTED_ANNOTATION)
+                    .map(String::as_str),
+                Some("z-older")
+            );
+        }
+        // Pods only the newer one selects are its own.
+        let Decision::Patch(ops) =
+            decide(&pod("{app: web}"), &[&older, &everything], &settings(true))
+        else {
+            panic!("not injected")
+        };
+        let injected = apply(&pod("{app: web}"), &ops);
+        assert_eq!(
+            injected
+                .annotations()
+                .get(INJECTED_ANNOTATION)
+                .map(String::as_str),
+            Some("a-newer")
+        );
     }
 
     #[test]

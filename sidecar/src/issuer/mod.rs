@@ -114,18 +114,9 @@ pub enum IssuerError {
     /// The client registry is missing or does not parse.
     #[error("issuer clients: the registry named by clientsPath is unreadable or invalid")]
     Clients,
-    /// The issuer URL is not an https URL without query or fragment.
-    #[error("issuer url must be https without query or fragment")]
-    Url,
-    /// The authorization-code lifetime is zero or above 10 minutes.
-    #[error("issuer codeTtlSecs must be within 1..=600")]
-    CodeTtl,
-    /// The upstreams or publicUrl are unusable.
-    #[error("issuer upstreams: {0}")]
-    Upstreams(&'static str),
-    /// The feed subject key is not 32 bytes of base64url.
-    #[error("issuer feedSubjectKey must be 32 bytes of base64url")]
-    FeedSubjectKey,
+    /// The issuer section is refused by the checks the operator runs too.
+    #[error(transparent)]
+    Check(#[from] scopegate_core::check::CheckError),
 }
 
 /// The issuer role compiled from one config load.
@@ -173,30 +164,17 @@ impl IssuerSettings {
         clients_text: Option<&str>,
         now: i64,
     ) -> Result<IssuerSettings, IssuerError> {
-        let url: http::Uri = issuer.url.parse().map_err(|_| IssuerError::Url)?;
-        if url.scheme_str() != Some("https")
-            || url.host().is_none()
-            || url.query().is_some()
-            || issuer.url.contains('#')
-        {
-            return Err(IssuerError::Url);
-        }
-        if issuer.code_ttl_secs == 0 || issuer.code_ttl_secs > 600 {
-            return Err(IssuerError::CodeTtl);
-        }
-        let path_prefix = url.path().trim_end_matches('/').to_owned();
-        let public_url = issuer
-            .public_url
-            .clone()
-            .unwrap_or_else(|| issuer.url.clone())
-            .trim_end_matches('/')
-            .to_owned();
-        upstream::flow::check_config(issuer, &public_url, &path_prefix)?;
+        scopegate_core::check::issuer(issuer)?;
+        let path_prefix = issuer
+            .url
+            .parse::<http::Uri>()
+            .map(|u| u.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        let public_url = scopegate_core::check::public_url(issuer);
         let feed_subject_key = issuer
             .feed_subject_key
             .as_deref()
-            .map(|k| scopegate_core::feed::decode_subject_key(k).ok_or(IssuerError::FeedSubjectKey))
-            .transpose()?;
+            .and_then(scopegate_core::feed::decode_subject_key);
         let keys = KeySet::load(keys_text.ok_or(IssuerError::KeysMissing)?, now)?;
         let registry: ClientRegistry =
             serde_json::from_str(clients_text.ok_or(IssuerError::Clients)?)

@@ -23,10 +23,9 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use scopegate_core::clients::RegisteredClient;
-use scopegate_core::config::IssuerConfig;
 use scopegate_core::upstream::{
-    self as names, IdentityMode, LOCAL, OidcUpstream, UpstreamAuthMethod, UpstreamIdentity,
-    UpstreamIdp, UpstreamKind, UserinfoMode,
+    IdentityMode, LOCAL, OidcUpstream, UpstreamAuthMethod, UpstreamIdentity, UpstreamIdp,
+    UpstreamKind, UserinfoMode,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -38,7 +37,7 @@ use crate::issuer::error::OAuthError;
 use crate::issuer::form::{Form, form_encode};
 use crate::issuer::limits::{Endpoint, Limiter};
 use crate::issuer::store::{self, hashed_key};
-use crate::issuer::{Context, IssuerError, random_token, reply};
+use crate::issuer::{Context, random_token, reply};
 use crate::proxy::ProxyBody;
 use crate::unix_now;
 
@@ -73,67 +72,6 @@ struct Leg {
     nonce: String,
     binding: String,
     created_at: i64,
-}
-
-/// Checks the upstream part of an issuer config at compile time.
-pub fn check_config(
-    issuer: &IssuerConfig,
-    public_url: &str,
-    path_prefix: &str,
-) -> Result<(), IssuerError> {
-    let bad = IssuerError::Upstreams;
-    let public: http::Uri = public_url
-        .parse()
-        .map_err(|_| bad("publicUrl is not a URL"))?;
-    if public.scheme_str() != Some("https")
-        || public.host().is_none()
-        || public.query().is_some()
-        || public_url.contains('#')
-    {
-        return Err(bad("publicUrl must be https without query or fragment"));
-    }
-    if public.path().trim_end_matches('/') != path_prefix {
-        return Err(bad("publicUrl must have the same path as url"));
-    }
-    if issuer.upstreams.len() > names::MAX_UPSTREAMS {
-        return Err(bad("at most 8 upstreams"));
-    }
-    for (i, upstream) in issuer.upstreams.iter().enumerate() {
-        if !names::valid_name(&upstream.name) {
-            return Err(bad("an upstream name is not a DNS label (or is 'local')"));
-        }
-        if issuer.upstreams[..i]
-            .iter()
-            .any(|u| u.name == upstream.name)
-        {
-            return Err(bad("upstream names must be unique"));
-        }
-        if upstream.callback_url != names::callback_url(public_url, &upstream.name) {
-            return Err(bad(
-                "an upstream callbackUrl is not {publicUrl}/oauth2/upstream/{name}/callback",
-            ));
-        }
-        if let UpstreamKind::Oidc(oidc) = &upstream.kind {
-            if !oidc.issuer.starts_with("https://") {
-                return Err(bad("an OIDC upstream issuer must be https"));
-            }
-            if !oidc.scopes.iter().any(|s| s == "openid") {
-                return Err(bad("an OIDC upstream's scopes must contain openid"));
-            }
-            if names::UNSTABLE_SUBJECT_CLAIMS.contains(&oidc.claims.subject.as_str()) {
-                return Err(bad(
-                    "an OIDC upstream's subject claim names an email, user name or display name",
-                ));
-            }
-        }
-    }
-    if !issuer.upstreams.is_empty()
-        && issuer.identity.mode == IdentityMode::Delegate
-        && issuer.login_url.is_none()
-    {
-        return Err(bad("identity mode Delegate needs loginUrl"));
-    }
-    Ok(())
 }
 
 /// The login choices `client_id` may offer, in configuration order, `local` last.
@@ -1098,6 +1036,7 @@ fn allow(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scopegate_core::upstream as names;
 
     #[test]
     fn basic_credentials_use_padded_standard_base64() {

@@ -1,0 +1,483 @@
+//! What the sidecar refuses in a config document, as one pure check both sides run: the
+//! sidecar before it compiles a document (a refusal keeps its last good config), the operator
+//! before it writes one (a refusal becomes the policy's status, and the last good document
+//! stays in its ConfigMap). The messages name fields, never their secret content.
+//!
+//! What needs the mounted side documents (the signing-keys document, the client registry) is
+//! checked by the sidecar alone, when it reads them.
+
+use http::HeaderName;
+
+use crate::config::{FeedConfig, IssuerConfig, KeySource, RateLimitConfig, SidecarConfig};
+use crate::jose::keys::{Alg, KeyEntry, KeyError};
+use crate::path::{Pattern, PatternError};
+use crate::policy::{Matcher, Policy, PolicyError};
+use crate::upstream::{self as up, IdentityMode, UpstreamKind};
+
+/// Token size limits accepted for `maxTokenBytes`.
+pub const TOKEN_BYTES_RANGE: std::ops::RangeInclusive<usize> = 256..=65_536;
+/// Longest authorization-code lifetime, in seconds.
+pub const MAX_CODE_TTL_SECS: u64 = 600;
+/// Header names an identity header may not take.
+pub const RESERVED_HEADERS: [&str; 8] = [
+    "authorization",
+    "host",
+    "cookie",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "x-forwarded-for",
+];
+
+/// Why a config document is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Route rules do not compile.
+    #[error("rules: {0}")]
+    Policy(#[from] PolicyError),
+    /// Two entries for one issuer, or an empty issuer.
+    #[error("verify.issuers: {0:?} is empty or listed twice")]
+    Issuer(String),
+    /// No audience while issuers are trusted.
+    #[error("verify.audiences must not be empty")]
+    NoAudiences,
+    /// Token size out of range.
+    #[error("verify: maxTokenBytes must be within 256..=65536")]
+    Limits,
+    /// Keys were listed for an issuer and none of them loads.
+    #[error("issuer {issuer:?}: {source}")]
+    Key {
+        /// The issuer.
+        issuer: String,
+        /// The first key's problem.
+        #[source]
+        source: KeyError,
+    },
+    /// A remote key source is not usable.
+    #[error(
+        "issuer {0:?}: jwksUri must be https, algorithms known asymmetric ones, refreshIntervalSecs positive"
+    )]
+    Remote(String),
+    /// The CA bundle holds no certificate.
+    #[error("caBundlePem holds no valid PEM certificate")]
+    CaBundle,
+    /// A rate limit does not compile.
+    #[error("rateLimits: {0}")]
+    RateLimit(#[from] RateLimitError),
+    /// A trusted-proxy CIDR does not parse.
+    #[error("trustedProxies: {0}")]
+    TrustedProxies(#[from] crate::cidr::CidrError),
+    /// An identity header name is invalid or reserved.
+    #[error("headers: {0:?} is not a usable header name")]
+    HeaderName(String),
+    /// A no-store path pattern does not parse.
+    #[error("headers.noStorePaths: {0}")]
+    NoStorePath(#[source] PatternError),
+    /// The revocation feed is misconfigured.
+    #[error(
+        "revocation.feed: url must be https, issuer a trusted issuer, stalenessBoundSecs positive, subjectKey 32 bytes of base64url"
+    )]
+    Feed,
+    /// A client cut-off names an empty client.
+    #[error("revocation.clientCutoffs: empty client id")]
+    ClientCutoff,
+    /// The issuer URL is not an https URL without query or fragment.
+    #[error("issuer url must be https without query or fragment")]
+    IssuerUrl,
+    /// The authorization-code lifetime is zero or above 10 minutes.
+    #[error("issuer codeTtlSecs must be within 1..=600")]
+    CodeTtl,
+    /// The upstreams or publicUrl are unusable.
+    #[error("issuer upstreams: {0}")]
+    Upstreams(&'static str),
+    /// The feed subject key is not 32 bytes of base64url.
+    #[error("issuer feedSubjectKey must be 32 bytes of base64url")]
+    FeedSubjectKey,
+}
+
+/// A rate limit that does not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateLimitError {
+    /// Zero requests or a zero period.
+    #[error("rate limit {0:?}: requests and periodSecs must be positive")]
+    Zero(String),
+    /// A bad path pattern.
+    #[error("rate limit {name:?}: {source}")]
+    Pattern {
+        /// The limit's name.
+        name: String,
+        /// The pattern problem.
+        #[source]
+        source: PatternError,
+    },
+}
+
+/// Checks a whole document: everything the sidecar refuses without reading another file.
+pub fn document(config: &SidecarConfig) -> Result<(), CheckError> {
+    Policy::from_config(config)?;
+    let verify = &config.verify;
+    if !TOKEN_BYTES_RANGE.contains(&verify.max_token_bytes) {
+        return Err(CheckError::Limits);
+    }
+    if !verify.issuers.is_empty() && verify.audiences.iter().all(String::is_empty) {
+        return Err(CheckError::NoAudiences);
+    }
+    if let Some(pem) = &config.ca_bundle_pem
+        && !ca_bundle(pem)
+    {
+        return Err(CheckError::CaBundle);
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for trusted in &verify.issuers {
+        let name = trusted.issuer.as_str();
+        if name.is_empty() || seen.contains(&name) {
+            return Err(CheckError::Issuer(name.to_owned()));
+        }
+        seen.push(name);
+        match &trusted.keys {
+            KeySource::Static { jwks } => {
+                let mut first_error = None;
+                let mut loaded = 0usize;
+                for jwk in &jwks.keys {
+                    match KeyEntry::from_jwk(jwk, None) {
+                        Ok(_) => loaded += 1,
+                        Err(err) => {
+                            first_error.get_or_insert(err);
+                        }
+                    }
+                }
+                if let Some(source) = first_error.filter(|_| loaded == 0) {
+                    return Err(CheckError::Key {
+                        issuer: name.to_owned(),
+                        source,
+                    });
+                }
+            }
+            // Checked where the signing-keys document is read.
+            KeySource::OwnSigningKeys => {}
+            KeySource::Remote {
+                jwks_uri,
+                algorithms,
+                refresh_interval_secs,
+                ..
+            } => {
+                remote_algorithms(jwks_uri, algorithms, *refresh_interval_secs)
+                    .ok_or_else(|| CheckError::Remote(name.to_owned()))?;
+            }
+        }
+    }
+    if let Some(feed) = &config.revocation.feed {
+        self::feed(feed, &seen)?;
+    }
+    if config
+        .revocation
+        .client_cutoffs
+        .keys()
+        .any(String::is_empty)
+    {
+        return Err(CheckError::ClientCutoff);
+    }
+    for limit in &config.rate_limits {
+        rate_limit(limit)?;
+    }
+    if let Some(proxies) = &config.trusted_proxies
+        && let crate::config::TrustedProxiesConfig::Cidrs(list) = proxies
+    {
+        for cidr in list {
+            crate::cidr::Cidr::parse(cidr)?;
+        }
+    }
+    let headers = &config.headers;
+    for name in [
+        &headers.subject_header,
+        &headers.scopes_header,
+        &headers.client_id_header,
+    ] {
+        header_name(name)?;
+    }
+    for path in &headers.no_store_paths {
+        Pattern::parse(path).map_err(CheckError::NoStorePath)?;
+    }
+    if let Some(role) = &config.issuer {
+        issuer(role)?;
+    }
+    Ok(())
+}
+
+/// Whether a PEM bundle holds at least one certificate block.
+pub fn ca_bundle(pem: &str) -> bool {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes()).any(|c| c.is_ok())
+}
+
+/// The algorithms of a usable remote key source: an https `jwksUri` with a host, known
+/// asymmetric algorithms (at least one), a positive refresh interval. `None` otherwise.
+pub fn remote_algorithms(
+    jwks_uri: &str,
+    algorithms: &[String],
+    refresh_interval_secs: u64,
+) -> Option<Vec<Alg>> {
+    let uri_ok = jwks_uri.starts_with("https://")
+        && jwks_uri
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some());
+    let algs: Vec<Alg> = algorithms
+        .iter()
+        .map(|a| Alg::from_name(a).filter(|a| *a != Alg::Hs256))
+        .collect::<Option<_>>()?;
+    (uri_ok && !algs.is_empty() && refresh_interval_secs > 0).then_some(algs)
+}
+
+fn feed(feed: &FeedConfig, issuers: &[&str]) -> Result<(), CheckError> {
+    let url_ok = feed.url.starts_with("https://")
+        && feed
+            .url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.host().is_some() && u.query().is_none());
+    let key_ok = feed
+        .subject_key
+        .as_deref()
+        .is_none_or(|k| crate::feed::decode_subject_key(k).is_some());
+    if !url_ok
+        || !key_ok
+        || !issuers.contains(&feed.issuer.as_str())
+        || feed.staleness_bound_secs == 0
+    {
+        return Err(CheckError::Feed);
+    }
+    Ok(())
+}
+
+/// Compiles a rate limit's matcher, refusing a zero budget.
+pub fn rate_limit(config: &RateLimitConfig) -> Result<Matcher, RateLimitError> {
+    if config.requests == 0 || config.period_secs == 0 {
+        return Err(RateLimitError::Zero(config.name.clone()));
+    }
+    // Loosely, as rules that require something match: `POST /login/` and `/LOGIN` spend the
+    // budget of `/login`, and HEAD that of GET.
+    Matcher::compile(&config.methods, &config.paths, true).map_err(|source| {
+        RateLimitError::Pattern {
+            name: config.name.clone(),
+            source,
+        }
+    })
+}
+
+/// An identity header name: a valid, lower-case header name that is not reserved.
+pub fn header_name(text: &str) -> Result<HeaderName, CheckError> {
+    HeaderName::from_bytes(text.as_bytes())
+        .ok()
+        .filter(|n| n.as_str() == text && !RESERVED_HEADERS.contains(&text))
+        .ok_or_else(|| CheckError::HeaderName(text.to_owned()))
+}
+
+/// Checks the issuer role's own fields: its URL, code lifetime, feed subject key, publicUrl
+/// and upstreams.
+pub fn issuer(issuer: &IssuerConfig) -> Result<(), CheckError> {
+    let url: http::Uri = issuer.url.parse().map_err(|_| CheckError::IssuerUrl)?;
+    if url.scheme_str() != Some("https")
+        || url.host().is_none()
+        || url.query().is_some()
+        || issuer.url.contains('#')
+    {
+        return Err(CheckError::IssuerUrl);
+    }
+    if issuer.code_ttl_secs == 0 || issuer.code_ttl_secs > MAX_CODE_TTL_SECS {
+        return Err(CheckError::CodeTtl);
+    }
+    if issuer
+        .feed_subject_key
+        .as_deref()
+        .is_some_and(|k| crate::feed::decode_subject_key(k).is_none())
+    {
+        return Err(CheckError::FeedSubjectKey);
+    }
+    upstreams(issuer, url.path().trim_end_matches('/'))
+}
+
+/// The browser-facing base URL of an issuer: `publicUrl`, else `url`, without a trailing `/`.
+pub fn public_url(issuer: &IssuerConfig) -> String {
+    issuer
+        .public_url
+        .as_deref()
+        .unwrap_or(&issuer.url)
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn upstreams(issuer: &IssuerConfig, path_prefix: &str) -> Result<(), CheckError> {
+    let bad = CheckError::Upstreams;
+    let public_url = public_url(issuer);
+    let public: http::Uri = public_url
+        .parse()
+        .map_err(|_| bad("publicUrl is not a URL"))?;
+    if public.scheme_str() != Some("https")
+        || public.host().is_none()
+        || public.query().is_some()
+        || public_url.contains('#')
+    {
+        return Err(bad("publicUrl must be https without query or fragment"));
+    }
+    if public.path().trim_end_matches('/') != path_prefix {
+        return Err(bad("publicUrl must have the same path as url"));
+    }
+    if issuer.upstreams.len() > up::MAX_UPSTREAMS {
+        return Err(bad("at most 8 upstreams"));
+    }
+    for (i, upstream) in issuer.upstreams.iter().enumerate() {
+        if !up::valid_name(&upstream.name) {
+            return Err(bad("an upstream name is not a DNS label (or is 'local')"));
+        }
+        if issuer.upstreams[..i]
+            .iter()
+            .any(|u| u.name == upstream.name)
+        {
+            return Err(bad("upstream names must be unique"));
+        }
+        if upstream.callback_url != up::callback_url(&public_url, &upstream.name) {
+            return Err(bad(
+                "an upstream callbackUrl is not {publicUrl}/oauth2/upstream/{name}/callback",
+            ));
+        }
+        if let UpstreamKind::Oidc(oidc) = &upstream.kind {
+            if !oidc.issuer.starts_with("https://") {
+                return Err(bad("an OIDC upstream issuer must be https"));
+            }
+            if !oidc.scopes.iter().any(|s| s == "openid") {
+                return Err(bad("an OIDC upstream's scopes must contain openid"));
+            }
+            if up::UNSTABLE_SUBJECT_CLAIMS.contains(&oidc.claims.subject.as_str()) {
+                return Err(bad(
+                    "an OIDC upstream's subject claim names an email, user name or display name",
+                ));
+            }
+        }
+    }
+    if !issuer.upstreams.is_empty()
+        && issuer.identity.mode == IdentityMode::Delegate
+        && issuer.login_url.is_none()
+    {
+        return Err(bad("identity mode Delegate needs loginUrl"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        CONFIG_API_VERSION, DEFAULT_MAX_TOKEN_BYTES, HeadersConfig, ListenConfig, PolicyId,
+        TrustedIssuer, TrustedProxiesConfig, UpstreamConfig, UpstreamProtocol, VerifyConfig,
+    };
+
+    fn sample() -> SidecarConfig {
+        SidecarConfig {
+            api_version: CONFIG_API_VERSION.into(),
+            policy: PolicyId {
+                namespace: "shop".into(),
+                name: "orders".into(),
+                generation: 1,
+            },
+            listen: ListenConfig {
+                port: 15080,
+                tls: None,
+            },
+            upstream: UpstreamConfig {
+                port: 8080,
+                protocol: UpstreamProtocol::Http1,
+                response_timeout_secs: 30,
+            },
+            verify: VerifyConfig {
+                issuers: vec![TrustedIssuer {
+                    issuer: "https://auth.shop.svc".into(),
+                    keys: KeySource::Static {
+                        jwks: crate::jwk::Jwks::default(),
+                    },
+                }],
+                audiences: vec!["orders".into()],
+                leeway_secs: 30,
+                max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            },
+            rules: vec![],
+            default_action: crate::config::DefaultAction::Deny,
+            rate_limits: vec![],
+            trusted_proxies: None,
+            headers: HeadersConfig::default(),
+            revocation: crate::config::RevocationConfig::default(),
+            ca_bundle_pem: None,
+            issuer: None,
+            enforcement: crate::config::Enforcement::default(),
+        }
+    }
+
+    #[test]
+    fn a_sound_document_passes() {
+        document(&sample()).unwrap();
+    }
+
+    #[test]
+    fn each_refusal_names_the_field() {
+        type Break = fn(&mut SidecarConfig);
+        let cases: Vec<(Break, &str)> = vec![
+            (
+                |c| c.headers.subject_header = "host".into(),
+                "headers: \"host\" is not a usable header name",
+            ),
+            (
+                |c| c.headers.scopes_header = "authorization".into(),
+                "headers: \"authorization\" is not a usable header name",
+            ),
+            (
+                |c| c.headers.client_id_header = "X-Client".into(),
+                "headers: \"X-Client\" is not a usable header name",
+            ),
+            (
+                |c| c.verify.audiences.clear(),
+                "verify.audiences must not be empty",
+            ),
+            (
+                |c| c.verify.max_token_bytes = 10,
+                "verify: maxTokenBytes must be within 256..=65536",
+            ),
+            (
+                |c| {
+                    c.trusted_proxies =
+                        Some(TrustedProxiesConfig::Cidrs(vec!["10.0.0.0/33".into()]))
+                },
+                "trustedProxies: \"10.0.0.0/33\" is not a CIDR block (address/prefix)",
+            ),
+            (
+                |c| c.ca_bundle_pem = Some("not pem".into()),
+                "caBundlePem holds no valid PEM certificate",
+            ),
+            (
+                |c| {
+                    let again = c.verify.issuers[0].clone();
+                    c.verify.issuers.push(again);
+                },
+                "verify.issuers: \"https://auth.shop.svc\" is empty or listed twice",
+            ),
+            (
+                |c| {
+                    c.rate_limits.push(RateLimitConfig {
+                        name: "login".into(),
+                        methods: vec![],
+                        paths: vec!["/login".into()],
+                        requests: 0,
+                        period_secs: 60,
+                        key: crate::config::RateLimitKey::ClientAddress,
+                    });
+                },
+                "rateLimits: rate limit \"login\": requests and periodSecs must be positive",
+            ),
+        ];
+        for (break_it, message) in cases {
+            let mut config = sample();
+            break_it(&mut config);
+            let err = document(&config).expect_err(message);
+            assert_eq!(err.to_string(), message);
+        }
+    }
+}

@@ -56,11 +56,24 @@ impl FeedRevocations {
     /// The state after a page: a reset page replaces everything, a delta adds to it. Entries
     /// that can no longer hit a valid token (`exp` or `until` plus leeway passed) are dropped.
     pub fn apply(&self, page: &FeedPage, now: i64, leeway: i64) -> FeedRevocations {
-        let mut next = if page.reset {
+        let base = if page.reset {
             FeedRevocations::new(&self.issuer, self.subject_key.clone())
         } else {
             self.clone()
         };
+        base.with(page, now, leeway)
+    }
+
+    /// The state after a page refused as rolled back: its entries are added and nothing is
+    /// dropped, reset or not. Revocations only add refusals, so a page from a log that went
+    /// back in time can still carry the revocations written since; what replaced them must
+    /// not.
+    pub fn add(&self, page: &FeedPage, now: i64, leeway: i64) -> FeedRevocations {
+        self.clone().with(page, now, leeway)
+    }
+
+    fn with(self, page: &FeedPage, now: i64, leeway: i64) -> FeedRevocations {
+        let mut next = self;
         for r in &page.jtis {
             next.jtis.insert(r.jti.clone(), r.exp);
         }
@@ -204,6 +217,23 @@ mod tests {
         let other =
             FeedRevocations::new("https://other", None).apply(&page(false, Some("j1"), None), 0, 0);
         assert_eq!(revoked(&token(1), &none, Some(&other)), None);
+    }
+
+    #[test]
+    fn a_rolled_back_page_adds_and_never_drops() {
+        let none = BTreeMap::new();
+        let known =
+            FeedRevocations::new("https://i", None).apply(&page(false, Some("j1"), None), 0, 30);
+        let reset = known.add(&page(true, None, Some((100, 2000))), 0, 30);
+        assert_eq!(revoked(&token(1), &none, Some(&reset)), Some("jti"));
+        let mut other = token(1);
+        other.jti = Some("j2".into());
+        assert_eq!(
+            revoked(&other, &none, Some(&reset)),
+            Some("subject cut-off"),
+            "the page's entries are added"
+        );
+        assert_eq!(reset.len(), 2);
     }
 
     #[test]

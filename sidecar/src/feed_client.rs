@@ -1,7 +1,9 @@
 //! The client side of the issuer's revocation feed ([`scopegate_core::feed`]): a long-poll
 //! loop that authenticates every page with the keys already trusted for the issuer, refuses a
-//! page older than the newest it accepted (or issued longer ago than a poll takes), keeps what
-//! it knows when the feed is unreachable or rolled back, and reports both.
+//! page issued longer ago than a poll takes, keeps what it knows when the feed is unreachable,
+//! and reports both. A page older than the newest it accepted (a log rolled back) may drop or
+//! replace nothing, but its entries are added and its cursor followed, so that revocations
+//! the rolled-back log writes next still arrive.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -205,6 +207,15 @@ pub fn check_order(
     Ok(position)
 }
 
+/// How a page's entries join what is known.
+enum Merge {
+    /// An accepted page: a reset replaces, a delta adds.
+    Apply,
+    /// A page behind the newest accepted (rolled back): its entries are added, nothing known
+    /// is dropped.
+    AddOnly,
+}
+
 /// Polls forever. `keys` gives the keys trusted for an issuer now; `leeway` bounds how long
 /// entries are kept past their tokens' lifetime; `changed` runs after a page with news (to
 /// flush the token cache).
@@ -249,21 +260,33 @@ pub async fn run(
             })
         })
         .and_then(|page| match state.admit(&page, unix_now(), leeway) {
-            Ok(()) => Ok(page),
+            Ok(()) => Ok((page, Merge::Apply)),
+            Err(PageError::RolledBack) => {
+                // The log went back in time (a restore, a failover with replication lag) and
+                // goes on from there: what the page would drop or replace stays, but its
+                // entries are added and its cursor taken, so that revocations written at the
+                // reused sequence numbers still arrive.
+                tracing::error!(error = %PageError::RolledBack, "revocation feed rolled back; its entries are added, nothing known is dropped");
+                Ok((page, Merge::AddOnly))
+            }
             Err(e) => {
-                tracing::error!(error = %e, "revocation feed page refused as a rollback; keeping what is known");
+                tracing::error!(error = %e, "revocation feed page refused; keeping what is known");
                 Err("rolled back")
             }
         });
         match result {
-            Ok(page) => {
+            Ok((page, merge)) => {
                 let now = unix_now();
                 let news = page.reset
                     || !page.jtis.is_empty()
                     || !page.subjects.is_empty()
                     || !page.subject_digests.is_empty();
                 if news {
-                    let next = state.revocations.load().apply(&page, now, leeway);
+                    let known = state.revocations.load();
+                    let next = match merge {
+                        Merge::Apply => known.apply(&page, now, leeway),
+                        Merge::AddOnly => known.add(&page, now, leeway),
+                    };
                     let entries = next.len();
                     state.revocations.store(Arc::new(next));
                     changed(entries);

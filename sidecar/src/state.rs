@@ -376,16 +376,7 @@ impl Shared {
             if let Some(rollback) = feed.last_rollback() {
                 let _ = writeln!(
                     detail,
-                    "revocation feed: ROLLBACK refused: {} page(s) older than one accepted before or issued too long ago, the last {}s ago ({}); what is known stays in force",
-                    feed.rollbacks.load(Ordering::Relaxed),
-                    now - rollback.at,
-                    rollback.error
-                );
-            }
-            if let Some(rollback) = feed.last_rollback() {
-                let _ = writeln!(
-                    detail,
-                    "revocation feed: ROLLBACK refused: {} page(s) older than one accepted before, the last {}s ago ({}); what is known stays in force",
+                    "revocation feed: ROLLBACK: {} page(s) older than one accepted before or issued too long ago, the last {}s ago ({}); what is known stays in force (a rolled-back log's new entries are added)",
                     feed.rollbacks.load(Ordering::Relaxed),
                     now - rollback.at,
                     rollback.error

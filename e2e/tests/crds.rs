@@ -2,6 +2,8 @@
 //! shows our docs, every example applies, and each CEL rule refuses a bad object at apply
 //! time with its message.
 
+use std::collections::BTreeMap;
+
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -1198,14 +1200,9 @@ async fn the_path_rule_agrees_with_the_core_grammar() {
     ns.delete().await.expect("cleanup");
 }
 
-/// Client-side `kubectl apply` of unchanged examples reports `unchanged`: no default inside
-/// a list item makes the live object differ from what was applied.
-#[tokio::test]
-async fn client_side_apply_of_unchanged_examples_reports_unchanged() {
-    let (plane, client) = setup().await;
-    let ns = TestNamespace::create(&client, "unchanged")
-        .await
-        .expect("namespace");
+/// The objects of `examples/` (but the Namespace) moved into `namespace`, in one file; and
+/// how many there are.
+fn examples_file(namespace: &str) -> (std::path::PathBuf, usize) {
     let mut files: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
         .expect("examples/")
         .map(|e| e.expect("entry").path())
@@ -1220,17 +1217,29 @@ async fn client_side_apply_of_unchanged_examples_reports_unchanged() {
             if object["kind"] == "Namespace" {
                 continue;
             }
-            object["metadata"]["namespace"] = json!(ns.name);
+            object["metadata"]["namespace"] = json!(namespace);
             documents.push(serde_yaml_ng::to_string(&object).expect("YAML"));
         }
     }
-    let file = std::env::temp_dir().join(format!("scopegate-{}.yaml", ns.name));
+    let file = std::env::temp_dir().join(format!("scopegate-{namespace}.yaml"));
     std::fs::write(&file, documents.join("---\n")).expect("written");
+    (file, documents.len())
+}
+
+/// Client-side `kubectl apply` of unchanged examples reports `unchanged`: no default inside
+/// a list item makes the live object differ from what was applied.
+#[tokio::test]
+async fn client_side_apply_of_unchanged_examples_reports_unchanged() {
+    let (plane, client) = setup().await;
+    let ns = TestNamespace::create(&client, "unchanged")
+        .await
+        .expect("namespace");
+    let (file, count) = examples_file(&ns.name);
     let file_arg = file.to_string_lossy().into_owned();
     let first = plane
         .kubectl(&["apply", "-f", &file_arg])
         .expect("first apply");
-    assert_eq!(first.lines().count(), documents.len(), "{first}");
+    assert_eq!(first.lines().count(), count, "{first}");
     let second = plane
         .kubectl(&["apply", "-f", &file_arg])
         .expect("second apply");
@@ -1240,8 +1249,114 @@ async fn client_side_apply_of_unchanged_examples_reports_unchanged() {
         .filter(|l| !l.ends_with(" unchanged"))
         .collect();
     assert!(
-        changed.is_empty() && second.lines().count() == documents.len(),
+        changed.is_empty() && second.lines().count() == count,
         "every object unchanged:\n{second}"
     );
+    ns.delete().await.expect("cleanup");
+}
+
+/// What a re-apply by `manager` could change on each scopegate object of `namespace`: its
+/// generation, spec, labels, annotations and `manager`'s managed-fields entry (whose time
+/// moves with any write it makes); and whether the operator has written a status.
+fn applied_state(
+    plane: &ControlPlane,
+    namespace: &str,
+    manager: &str,
+) -> anyhow::Result<BTreeMap<String, (Value, bool)>> {
+    let mut state = BTreeMap::new();
+    for kind in ["authpolicies", "oauthclients"] {
+        let listed: Value = serde_json::from_str(&plane.kubectl(&[
+            "get",
+            kind,
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ])?)?;
+        for item in listed["items"].as_array().cloned().unwrap_or_default() {
+            let meta = &item["metadata"];
+            let entry = meta["managedFields"]
+                .as_array()
+                .and_then(|fields| fields.iter().find(|f| f["manager"] == manager).cloned());
+            let applied = json!({
+                "generation": meta["generation"],
+                "labels": meta["labels"],
+                "annotations": meta["annotations"],
+                "spec": item["spec"],
+                "managed": entry,
+            });
+            let operator_only_status = meta["managedFields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["manager"] == FIELD_MANAGER)
+                .all(|f| f["subresource"] == "status");
+            anyhow::ensure!(
+                operator_only_status,
+                "the operator manages more than status: {meta}"
+            );
+            state.insert(
+                format!("{kind}/{}", meta["name"].as_str().unwrap_or_default()),
+                (applied, !item["status"].is_null()),
+            );
+        }
+    }
+    Ok(state)
+}
+
+/// A GitOps controller applies `examples/` server-side under its own field manager and
+/// re-applies it once the operator has rendered: the re-apply writes nothing, `kubectl diff`
+/// shows no drift, and the operator owns nothing but `status`.
+#[tokio::test]
+async fn a_gitops_server_side_reapply_writes_nothing_and_sees_no_drift() {
+    let (plane, client) = setup().await;
+    let ns = TestNamespace::create(&client, "gitops")
+        .await
+        .expect("namespace");
+    let (file, count) = examples_file(&ns.name);
+    let file = file.to_string_lossy().into_owned();
+    let manager = "argocd-controller";
+    let apply = [
+        "apply",
+        "--server-side",
+        "--field-manager",
+        manager,
+        "-f",
+        &file,
+    ];
+    let first = plane.kubectl(&apply).expect("first apply");
+    assert_eq!(first.lines().count(), count, "{first}");
+    let rendered = eventually("every status written", || async {
+        let state = applied_state(&plane, &ns.name, manager)?;
+        anyhow::ensure!(
+            state.len() == count && state.values().all(|(_, status)| *status),
+            "not yet: {state:?}"
+        );
+        Ok(state)
+    })
+    .await
+    .expect("rendered");
+
+    let second = plane.kubectl(&apply).expect("second apply");
+    let after = applied_state(&plane, &ns.name, manager).expect("state");
+    for (name, (applied, _)) in &rendered {
+        assert_eq!(
+            Some(applied),
+            after.get(name).map(|(a, _)| a),
+            "the re-apply wrote {name}:\n{second}"
+        );
+    }
+    // kubectl diff exits non-zero on any difference.
+    let diff = plane.kubectl(&[
+        "diff",
+        "--server-side",
+        "--field-manager",
+        manager,
+        "-f",
+        &file,
+    ]);
+    let _ = std::fs::remove_file(&file);
+    assert!(diff.is_ok(), "drift after a re-apply: {diff:?}");
     ns.delete().await.expect("cleanup");
 }

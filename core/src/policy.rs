@@ -152,13 +152,19 @@ impl Matcher {
     }
 
     /// Whether `method` is one of the methods: every method when none are named, and `HEAD`
-    /// wherever `GET` is named.
+    /// wherever `GET` is named. A matcher that asks for something (loose) also takes the
+    /// method in any case, as frameworks that upper-case it before routing do (Django,
+    /// Werkzeug): `delete` falls under a rule for `DELETE`. A public rule takes only the
+    /// spelling it names.
     pub fn matches_method(&self, method: &str) -> bool {
+        let same = |named: &str, method: &str| {
+            named == method || (self.loose && named.eq_ignore_ascii_case(method))
+        };
         self.methods.is_empty()
             || self
                 .methods
                 .iter()
-                .any(|m| m == method || (method == "HEAD" && m == "GET"))
+                .any(|m| same(m, method) || (same("HEAD", method) && m == "GET"))
     }
 
     /// The rank of the most specific pattern matching a route path, if the method matches.
@@ -726,6 +732,22 @@ mod tests {
         let m = Matcher::compile(&["GET".into()], &["/login".into()], true).unwrap();
         assert!(m.matches("HEAD", "/login/"));
         assert!(!m.matches("POST", "/login"));
+        // Methods in another case reach the rule that asks for something, never a public one.
+        let p = Policy::compile(
+            &[
+                rule("open", &["GET"], &["/items/**"], RuleAction::Public),
+                rule("delete", &["DELETE"], &["/items/**"], all(&["write"])),
+            ],
+            DefaultAction::Deny,
+        )
+        .unwrap();
+        assert_eq!(name(&p, "delete", "/items/1"), Some("delete"));
+        assert_eq!(name(&p, "Delete", "/items/1"), Some("delete"));
+        assert_eq!(name(&p, "get", "/items/1"), None);
+        assert_eq!(name(&p, "head", "/items/1"), None);
+        assert_eq!(p.route("get", "/items/1").requirement, Requirement::Deny);
+        let m = Matcher::compile(&["GET".into()], &["/login".into()], true).unwrap();
+        assert!(m.matches("head", "/login"));
     }
 
     #[test]

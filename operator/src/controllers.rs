@@ -122,11 +122,8 @@ where
         .default_backoff();
     let (listed, listed_rx) = watch::channel(false);
     // After the reflector: the cache has applied the list when the flag is set.
-    let events = reflector::reflector(writer, events).inspect(move |event| {
-        if matches!(event, Ok(watcher::Event::InitDone)) {
-            listed.send_replace(true);
-        }
-    });
+    let events =
+        reflector::reflector(writer, events).inspect(move |event| mark_listed(event, &listed));
     (reader, events.touched_objects(), listed_rx)
 }
 
@@ -318,9 +315,13 @@ pub async fn run(
         guarded::<AuthPolicy>(&client, recorder.clone());
     let (clients, client_events, clients_listed) =
         guarded::<OAuthClient>(&client, recorder.clone());
+    let (pods_listed, pods_listed_rx) = watch::channel(false);
+    let (services_listed, services_listed_rx) = watch::channel(false);
     let listed = Listed {
         policies: policies_listed,
         clients: clients_listed,
+        pods: pods_listed_rx,
+        services: services_listed_rx,
     };
     let listed_for_policies = listed.clone();
     let policy_controller = Controller::for_stream(policy_events, policies.clone());
@@ -343,6 +344,7 @@ pub async fn run(
             .modify(auth_policy::pods::slim)
             .default_backoff(),
     )
+    .inspect(move |event| mark_listed(event, &pods_listed))
     .touched_objects();
     // Likewise for Services.
     let (services, services_writer) = reflector::store();
@@ -355,6 +357,7 @@ pub async fn run(
         .modify(|service: &mut Service| service.managed_fields_mut().clear())
         .default_backoff(),
     )
+    .inspect(move |event| mark_listed(event, &services_listed))
     .touched_objects();
 
     let ctx = Arc::new(Context {
@@ -610,19 +613,32 @@ pub async fn run(
 /// them), a client whose issuer seems missing, a key counted as published without a
 /// dependent's config. Reconciles wait here; both streams keep running meanwhile. (A
 /// reflector Store's own readiness future wakes one waiter only, so it is not used here.)
+///
+/// Pods and Services likewise: a policy's status counts its pods and checks the Services in
+/// front of them, so a reconcile before their first list would report no pods (and write a
+/// status that the next reconcile takes back) on every start.
 #[derive(Clone)]
 struct Listed {
     policies: watch::Receiver<bool>,
     clients: watch::Receiver<bool>,
+    pods: watch::Receiver<bool>,
+    services: watch::Receiver<bool>,
 }
 
 impl Listed {
-    async fn wait(mut self) {
-        let policies = self.policies.wait_for(|done| *done).await.is_ok();
-        let clients = self.clients.wait_for(|done| *done).await.is_ok();
-        if !(policies && clients) {
-            tracing::error!("a watch ended before its first list completed");
+    async fn wait(self) {
+        for mut listed in [self.policies, self.clients, self.pods, self.services] {
+            if listed.wait_for(|done| *done).await.is_err() {
+                tracing::error!("a watch ended before its first list completed");
+            }
         }
+    }
+}
+
+/// Sets `listed` once a reflector has applied its first complete list.
+fn mark_listed<K>(event: &Result<watcher::Event<K>, watcher::Error>, listed: &watch::Sender<bool>) {
+    if matches!(event, Ok(watcher::Event::InitDone)) {
+        listed.send_replace(true);
     }
 }
 

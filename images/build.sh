@@ -151,12 +151,19 @@ check_static() { # binary
   kind="$(file -b "$bin")"
   [[ $kind == *"statically linked"* || $kind == *"static-pie linked"* ]] \
     || images_die "$bin is not static: $kind"
-  ! readelf -lW "$bin" | grep -q 'Requesting program interpreter' \
+  # Outputs are read whole before matching: `producer | grep -q` under pipefail fails at
+  # random when grep exits before the producer has written everything (SIGPIPE).
+  local program_headers dynamic sections linked
+  program_headers="$(readelf -lW "$bin")"
+  dynamic="$(readelf -dW "$bin")"
+  sections="$(readelf -SW "$bin")"
+  linked="$(ldd "$bin" 2>&1 || true)"
+  [[ $program_headers != *'Requesting program interpreter'* ]] \
     || images_die "$bin has a program interpreter"
-  ! readelf -dW "$bin" | grep -q '(NEEDED)' || images_die "$bin needs shared libraries"
-  ldd "$bin" 2>&1 | grep -Eq 'not a dynamic executable|statically linked' \
-    || images_die "ldd finds shared libraries in $bin: $(ldd "$bin" 2>&1)"
-  readelf -SW "$bin" | grep -q ' \.dep-v0 ' || images_die "$bin has no cargo-auditable .dep-v0 section"
+  [[ $dynamic != *'(NEEDED)'* ]] || images_die "$bin needs shared libraries"
+  [[ $linked == *'not a dynamic executable'* || $linked == *'statically linked'* ]] \
+    || images_die "ldd finds shared libraries in $bin: $linked"
+  [[ $sections == *' .dep-v0 '* ]] || images_die "$bin has no cargo-auditable .dep-v0 section"
   local paths=("$HOME/" "$IMAGES_SRC" "$IMAGES_TARGET_DIR" "$cargo_home/" "$sysroot/") dir
   for dir in src target cargo toolchain tools home; do paths+=("$fixed/$dir/"); done
   ! grep -aqF "${paths[@]/#/-e}" "$bin" \

@@ -101,7 +101,7 @@ f 755 0:0 ./usr/local/bin/$bin"
     || fail "$bin: the binary in the image is not the one in the release notes"
   kind="$(file -b "$exe")"
   [[ $kind == *"statically linked"* || $kind == *"static-pie linked"* ]] || fail "$bin: $kind"
-  ! readelf -lW "$exe" | grep -q 'program interpreter' || fail "$bin: has a program interpreter"
+  [[ $(readelf -lW "$exe") != *'program interpreter'* ]] || fail "$bin: has a program interpreter"
   objcopy --dump-section ".dep-v0=$dir/dep-v0.zlib" "$exe" "$dir/objcopy.out"
   python3 -c 'import sys, zlib; sys.stdout.buffer.write(zlib.decompress(open(sys.argv[1], "rb").read()))' \
     "$dir/dep-v0.zlib" >"$dir/dep-v0.json"

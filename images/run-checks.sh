@@ -204,7 +204,7 @@ check_operator() {
   expect_exit 1 "operator: no cluster config exits 1" "$bin" -- \
     --admin-addr 127.0.0.1:18081 --webhook-addr 127.0.0.1:19443
   grep -q 'admin server listening' "$last_log" || fail "the admin server did not start"
-  grep -q 'connecting to the Kubernetes API' "$last_log" || fail "unexpected failure: $(tail -3 "$last_log")"
+  grep -q 'finding the Kubernetes API' "$last_log" || fail "unexpected failure: $(tail -3 "$last_log")"
 
   # In-cluster: the service account files and KUBERNETES_SERVICE_HOST as a DNS name. The "API
   # server" is the hello peer, which records the ClientHello and hangs up.

@@ -5,6 +5,7 @@
 //! single object lives in the schema (bounds, patterns, CEL `x-kubernetes-validations`), so
 //! `kubectl apply` refuses a bad object with a message; the rest becomes a status condition.
 
+mod explain;
 pub mod v1alpha1;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -16,15 +17,19 @@ use kube::CustomResourceExt;
 /// Every CRD scopegate serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
-        unobserved_in_progress(reflow_descriptions(limit_name(
-            v1alpha1::AuthPolicy::crd(),
-            "policy",
-            "scopegate.dev/policy",
+        unobserved_in_progress(explain::state_defaults_and_limits(reflow_descriptions(
+            limit_name(
+                v1alpha1::AuthPolicy::crd(),
+                "policy",
+                "scopegate.dev/policy",
+            ),
         ))),
-        unobserved_in_progress(reflow_descriptions(limit_name(
-            v1alpha1::OAuthClient::crd(),
-            "client",
-            "scopegate.dev/oauth-client",
+        unobserved_in_progress(explain::state_defaults_and_limits(reflow_descriptions(
+            limit_name(
+                v1alpha1::OAuthClient::crd(),
+                "client",
+                "scopegate.dev/oauth-client",
+            ),
         ))),
     ]
 }

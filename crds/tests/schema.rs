@@ -168,3 +168,60 @@ fn only_formats_the_api_server_knows() {
         "formats kube-apiserver warns about: {unknown:?}"
     );
 }
+
+/// The numbers of a field's own bounds and those of its items or map values.
+fn bound_numbers(prop: &Value) -> Vec<String> {
+    let keys = [
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "minProperties",
+        "maxProperties",
+        "minimum",
+        "maximum",
+    ];
+    let levels = std::iter::successors(Some(prop), |schema| {
+        schema
+            .get("items")
+            .or_else(|| schema.get("additionalProperties"))
+            .filter(|s| s.is_object())
+    });
+    levels
+        .flat_map(|schema| keys.iter().filter_map(|k| schema.get(*k)))
+        .filter_map(Value::as_f64)
+        // A minimum length or count of 0 says nothing.
+        .filter(|n| *n != 0.0)
+        .map(|n| format!("{n:.0}"))
+        .collect()
+}
+
+#[test]
+fn kubectl_explain_states_every_default_and_limit() {
+    let mut unstated = Vec::new();
+    let mut checked = 0;
+    for (crd, schema) in schemas() {
+        let spec = schema["properties"]["spec"].clone();
+        walk(&format!("{crd}.spec"), &spec, &mut |path, prop| {
+            let description = prop
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let words: Vec<&str> = description.split(|c: char| !c.is_ascii_digit()).collect();
+            if prop.get("default").is_some() {
+                checked += 1;
+                if !description.to_ascii_lowercase().contains("default") {
+                    unstated.push(format!("{path}: default"));
+                }
+            }
+            for number in bound_numbers(prop) {
+                checked += 1;
+                if !words.contains(&number.as_str()) {
+                    unstated.push(format!("{path}: limit {number}"));
+                }
+            }
+        });
+    }
+    assert!(checked > 150, "only {checked} defaults and limits seen");
+    assert!(unstated.is_empty(), "not in kubectl explain: {unstated:#?}");
+}

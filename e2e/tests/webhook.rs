@@ -233,7 +233,12 @@ async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server
         );
         let path =
             std::env::temp_dir().join(format!("scopegate-chart-{}.yaml", std::process::id()));
-        std::fs::write(&path, &rendered.stdout).unwrap();
+        // The installed release holds the one `scopegate-injector` (one install per cluster):
+        // a dry-run apply over it would merge the two; check the rendering under another name.
+        let text = String::from_utf8(rendered.stdout).unwrap();
+        assert!(text.contains("name: scopegate-injector\n"), "{text}");
+        let text = text.replace("name: scopegate-injector\n", "name: chartcheck-injector\n");
+        std::fs::write(&path, text).unwrap();
         let applied = plane.kubectl(&[
             "apply",
             "--server-side",
@@ -320,6 +325,44 @@ async fn the_chart_spreads_replicas_selects_its_own_release_and_keeps_its_crds()
             crd["metadata"]["name"]
         );
     }
+}
+
+#[tokio::test]
+async fn a_second_install_of_the_chart_is_refused_and_the_first_may_upgrade() {
+    // The e2e set-up installed release `scopegate` in scopegate-system (operator-up.sh).
+    let plane = ControlPlane::from_env().expect("control plane");
+    let helm = std::env::var("E2E_HELM").expect("E2E_HELM");
+    let install = |release: &str, namespace: &str| {
+        std::process::Command::new(&helm)
+            .arg("--kubeconfig")
+            .arg(&plane.kubeconfig)
+            .args(["upgrade", "--install", release])
+            .arg(repo_root().join("charts/scopegate"))
+            .args(["--namespace", namespace, "--dry-run=server"])
+            .args(["--set", "webhook.url=https://127.0.0.1:9443/mutate-pods"])
+            .output()
+            .unwrap()
+    };
+    for (release, namespace) in [("scopegate", "tenant-b"), ("other", "scopegate-system")] {
+        let second = install(release, namespace);
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(
+            !second.status.success(),
+            "{release} in {namespace} was allowed"
+        );
+        assert!(
+            stderr.contains("scopegate is already installed in this cluster")
+                && stderr
+                    .contains("belongs to release scopegate in namespace \"scopegate-system\""),
+            "{stderr}"
+        );
+    }
+    let upgrade = install("scopegate", "scopegate-system");
+    assert!(
+        upgrade.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upgrade.stderr)
+    );
 }
 
 #[tokio::test]

@@ -20,3 +20,8 @@ app.kubernetes.io/component: operator
 {{- $tag := default .Chart.AppVersion .image.tag -}}
 {{- if .image.digest -}}{{ .image.repository }}@{{ .image.digest }}{{- else -}}{{ .image.repository }}:{{ $tag }}{{- end -}}
 {{- end }}
+
+{{- /* The injector's name is fixed: one install per cluster (see webhook.yaml). */ -}}
+{{- define "scopegate.injector" -}}
+scopegate-injector
+{{- end }}

@@ -20,9 +20,15 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "dependency boundary: the sidecar never compiles k8s-openapi or kube"
-if cargo tree -p scopegate-sidecar -e normal,build --prefix none --locked | grep -E '^(k8s-openapi|kube|kube-[a-z]+) '; then
-  echo "scopegate-sidecar depends on Kubernetes crates: it must depend on scopegate-core only" >&2
+step "dependency boundary: no sidecar crate compiles k8s-openapi or kube; the verifier never depends on the issuer"
+for crate in scopegate-sidecar scopegate-sidecar-kit scopegate-verifier scopegate-issuer; do
+  if cargo tree -p "$crate" -e normal,build --prefix none --locked | grep -E '^(k8s-openapi|kube|kube-[a-z]+) '; then
+    echo "$crate depends on Kubernetes crates: the sidecar crates must depend on scopegate-core only" >&2
+    exit 1
+  fi
+done
+if cargo tree -p scopegate-verifier -e normal,build,dev --prefix none --locked | grep -E '^scopegate-issuer '; then
+  echo "scopegate-verifier depends on scopegate-issuer: the issuer may use the verifier, never the reverse" >&2
   exit 1
 fi
 

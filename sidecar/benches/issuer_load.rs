@@ -34,8 +34,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
+use scopegate_core::jose::b64;
 use scopegate_core::secret_hash::{SecretKind, hash};
-use scopegate_sidecar::jose::b64;
 use serde_json::{Value, json};
 
 const CLIENT_ID: &str = "bench.backend";
@@ -167,7 +167,7 @@ fn setup(flags: &Flags) -> anyhow::Result<()> {
     write("tls.key", &leaf_key.serialize_pem())?;
 
     // One signing key, active since a minute ago, signing for a day.
-    let now = scopegate_sidecar::unix_now();
+    let now = scopegate_sidecar_kit::unix_now();
     let kid = "bench-1";
     let (private, mut jwk) = key_pair(&flags.alg)?;
     jwk["kid"] = json!(kid);

@@ -1,55 +1,32 @@
-//! scopegate-sidecar: the verifying reverse proxy in front of every protected app and, in
-//! pods of an `issuer.self` policy, the OAuth2 authorization server ([`issuer`]).
+//! scopegate-sidecar: the binary that runs in every protected pod, wiring the verifier
+//! ([`scopegate_verifier`], the verifying reverse proxy in front of the app) and, in pods of
+//! an `issuer.self` policy, the issuer ([`scopegate_issuer`], the OAuth2 authorization
+//! server) into one process.
 //!
 //! A library with a thin binary: [`start`] runs a whole sidecar (proxy port, admin port,
 //! hot reload, key fetchers, revocation feed, issuer endpoints and mint socket) inside the
 //! caller's Tokio runtime, so tests run it in-process on `127.0.0.1:0` exactly as the binary
 //! runs it in a pod.
 
-pub mod admin;
-pub mod app_probes;
-pub mod cache;
-pub mod client_addr;
-pub mod feed_client;
-pub mod headers;
-pub mod https;
-pub mod issuer;
-pub mod metrics;
 pub mod port_lock;
-pub mod proxy;
-pub mod rate_limit;
-pub mod reload;
-pub mod remote_keys;
-pub mod server;
-pub mod settings;
-pub mod state;
-pub mod tls;
-
-// Token validation, credentials and the answers to refusals live in scopegate-core, where the
-// CLI's `explain` runs the very same code; these paths stay for the sidecar's own modules.
-pub use scopegate_core::{answer, credentials, jose, revocation, token};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use scopegate_issuer::role::IssuerRole;
+use scopegate_issuer::{Issuer, IssuerStartError, IssuerTuning};
+use scopegate_verifier::app_probes::AppProbes;
+use scopegate_verifier::reload::{self, LoadError};
+use scopegate_verifier::role::Role;
+use scopegate_verifier::settings::Settings;
+use scopegate_verifier::state::Shared;
+use scopegate_verifier::tls::{self, ServerTlsError};
+use scopegate_verifier::{remote_keys, server};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-use crate::app_probes::AppProbes;
-use crate::issuer::{Issuer, IssuerStartError, IssuerTuning};
-use crate::reload::LoadError;
-use crate::state::Shared;
-use crate::tls::ServerTlsError;
-
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// How to run a sidecar.
 #[derive(Debug, Clone)]
@@ -158,15 +135,22 @@ impl Running {
     }
 }
 
-/// Loads and checks the config, binds the ports, and starts serving. Nothing is bound when
-/// the config is refused.
-pub async fn start(options: Options) -> Result<Running, StartError> {
-    let inputs = reload::read(&options.config_path)
-        .await
-        .map_err(StartError::Config)?;
+/// The first config, compiled, with what it sets up before anything is bound.
+struct FirstLoad {
+    settings: Settings,
+    certificates: Option<Arc<tls::CertificateSource>>,
+    tls_config: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    issuer: Option<Arc<Issuer>>,
+    role: Arc<dyn Role>,
+}
+
+/// Compiles the first config: once to learn whether the listener serves TLS and whether the
+/// pod runs the issuer, then (when either is so) again with the right values.
+fn first_load(inputs: &reload::Inputs, tuning: &IssuerTuning) -> Result<FirstLoad, StartError> {
     let mut fresh = |spec| remote_keys::RemoteKeySet::new(spec);
-    // TLS is known only after parsing; compile once to learn it, then with the right value.
-    let probe = reload::compile(&inputs, false, &mut fresh).map_err(StartError::Config)?;
+    let checking = IssuerRole::new(None);
+    let probe =
+        reload::compile(inputs, false, &mut fresh, Some(&checking)).map_err(StartError::Config)?;
     let certificates = probe
         .config
         .listen
@@ -180,64 +164,69 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         .map(|source| source.server_config())
         .transpose()
         .map_err(StartError::Tls)?;
-    let settings = if tls_config.is_some() {
-        reload::compile(&inputs, true, &mut fresh).map_err(StartError::Config)?
-    } else {
-        probe
-    };
-    let port = options.port_override.unwrap_or(settings.config.listen.port);
-    let proxy_addr = SocketAddr::new(options.bind_ip, port);
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
-    let proxy_listener = bind(proxy_addr).await?;
-    let admin_listener = bind(options.admin_addr).await?;
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: proxy_addr,
-            source,
-        })?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            addr: options.admin_addr,
-            source,
-        })?;
-
-    let issuer = settings
+    let issuer = probe
         .config
         .issuer
         .as_ref()
-        .map(|role| {
-            Issuer::new(
-                role,
-                settings.config.ca_bundle_pem.as_deref(),
-                options.issuer_tuning.clone(),
-            )
-        })
+        .map(|role| Issuer::new(role, probe.config.ca_bundle_pem.as_deref(), tuning.clone()))
         .transpose()
         .map_err(StartError::Issuer)?;
-    let mint_socket = settings
+    let role: Arc<dyn Role> = Arc::new(IssuerRole::new(issuer.clone()));
+    let settings = if tls_config.is_some() || issuer.is_some() {
+        reload::compile(inputs, tls_config.is_some(), &mut fresh, Some(&*role))
+            .map_err(StartError::Config)?
+    } else {
+        probe
+    };
+    Ok(FirstLoad {
+        settings,
+        certificates,
+        tls_config,
+        issuer,
+        role,
+    })
+}
+
+/// Binds `addr`, and learns the address bound (the port when `addr` asks for any).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, bound))
+}
+
+/// Loads and checks the config, binds the ports, and starts serving. Nothing is bound when
+/// the config is refused.
+pub async fn start(options: Options) -> Result<Running, StartError> {
+    let inputs = reload::read(&options.config_path)
+        .await
+        .map_err(StartError::Config)?;
+    let first = first_load(&inputs, &options.issuer_tuning)?;
+    let port = options
+        .port_override
+        .unwrap_or(first.settings.config.listen.port);
+    let (proxy_listener, proxy_addr) = bind(SocketAddr::new(options.bind_ip, port)).await?;
+    let (admin_listener, admin_addr) = bind(options.admin_addr).await?;
+    let mint_socket = first
+        .settings
         .config
         .issuer
         .as_ref()
         .map(|role| role.mint_socket_path.clone());
     let shared = Shared::new(
-        settings,
-        certificates,
-        issuer.clone(),
+        first.settings,
+        first.certificates,
+        Some(first.role),
         options.app_probes,
         options.connection,
     );
     shared.start_background();
     let (shutdown, stop) = watch::channel(false);
     let mut other_tasks = Vec::new();
-    if let (Some(issuer), Some(path)) = (issuer, mint_socket) {
-        other_tasks.push(tokio::spawn(issuer.run_background()));
-        let mint = Issuer::start_mint(shared.clone(), std::path::Path::new(&path), stop.clone())
+    if let (Some(issuer), Some(path)) = (first.issuer, mint_socket) {
+        other_tasks.push(tokio::spawn(issuer.clone().run_background()));
+        let mint = issuer
+            .start_mint(std::path::Path::new(&path), stop.clone())
             .map_err(|source| StartError::MintSocket {
                 path: path.clone(),
                 source,
@@ -246,7 +235,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     }
     let proxy_task = tokio::spawn(server::serve_proxy(
         proxy_listener,
-        tls_config.map(tokio_rustls::TlsAcceptor::from),
+        first.tls_config.map(tokio_rustls::TlsAcceptor::from),
         shared.clone(),
         stop.clone(),
         options.drain_timeout,

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use scopegate_core::config::CONFIG_FILE;
 use scopegate_core::names::{CONFIG_MOUNT_DIR, SIDECAR_ADMIN_PORT};
-use scopegate_sidecar::app_probes::{APP_PROBES_ENV, AppProbes};
 use scopegate_sidecar::{Options, start};
+use scopegate_verifier::app_probes::{APP_PROBES_ENV, AppProbes};
 
 /// Command-line interface of the sidecar.
 #[derive(Parser, Debug)]
@@ -42,7 +42,7 @@ struct Cli {
     #[arg(long, env = "SCOPEGATE_DRAIN_SECS", default_value_t = 20)]
     drain_secs: u64,
     /// Issuer tunables as JSON (rate limits, refresh grace, mint budget); see
-    /// `scopegate_sidecar::issuer::IssuerTuning`. Defaults apply to what is left out.
+    /// `scopegate_issuer::IssuerTuning`. Defaults apply to what is left out.
     #[arg(long, env = "SCOPEGATE_ISSUER_TUNING", default_value = "{}")]
     issuer_tuning: String,
     /// Log as JSON lines instead of plain text.

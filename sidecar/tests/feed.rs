@@ -308,7 +308,7 @@ async fn rolled_back_stale_and_foreign_pages_are_refused() {
     let upstream = Upstream::start(Duration::from_secs(0)).await;
     let (key, _) = SigningKey::es256();
     let feed = feed(key).await;
-    let start = scopegate_sidecar::issuer::store::memory::now_ms() as i64 - 60_000;
+    let start = scopegate_issuer::store::memory::now_ms() as i64 - 60_000;
     let mut first = page_at(None, "c5", true, (start, 5));
     first.jtis.push(JtiRevocation {
         jti: "revoked-1".into(),
@@ -419,7 +419,7 @@ async fn digested_subject_cutoffs_apply_under_the_feed_key() {
     let dir = TempDir::new();
     let mut cfg = feed_config(upstream.addr.port(), &feed, false, 60);
     cfg["revocation"]["feed"]["subjectKey"] =
-        json!(scopegate_sidecar::jose::b64::encode(&subject_key));
+        json!(scopegate_core::jose::b64::encode(&subject_key));
     let sidecar = start_sidecar(&dir, &cfg).await;
     let addr = sidecar.proxy_addr();
     eventually("the first page", Duration::from_secs(20), || async {
@@ -456,7 +456,7 @@ async fn revocations_written_after_a_same_epoch_rollback_still_arrive() {
     let upstream = Upstream::start(Duration::from_secs(0)).await;
     let (key, _) = SigningKey::es256();
     let feed = feed(key).await;
-    let epoch = scopegate_sidecar::issuer::store::memory::now_ms() as i64 - 60_000;
+    let epoch = scopegate_issuer::store::memory::now_ms() as i64 - 60_000;
     let exp = now() + 600;
     let jti = |jti: &str| JtiRevocation {
         jti: jti.into(),

@@ -9,8 +9,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use scopegate_sidecar::issuer::IssuerTuning;
-use scopegate_sidecar::issuer::store::Budget;
+use scopegate_issuer::IssuerTuning;
+use scopegate_issuer::store::Budget;
 use serde_json::{Value, json};
 use support::issuer::*;
 use support::*;
@@ -18,7 +18,7 @@ use support::*;
 /// Budgets that a test's own failures never exhaust.
 fn generous() -> IssuerTuning {
     IssuerTuning {
-        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+        limits: scopegate_issuer::limits::EndpointLimits {
             failed_address: Budget::per_secs(10_000, 60),
             failed_client: Budget::per_secs(10_000, 60),
             ..Default::default()
@@ -189,7 +189,7 @@ fn form_request(body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_endpoint_negative_table() {
     let tuning = IssuerTuning {
-        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+        limits: scopegate_issuer::limits::EndpointLimits {
             failed_address: Budget::per_secs(1000, 60),
             failed_client: Budget::per_secs(1000, 60),
             ..Default::default()
@@ -1140,7 +1140,7 @@ async fn every_algorithm_signs_tokens_its_published_key_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_rate_limited_per_address_without_locking_the_client_out() {
     let tuning = IssuerTuning {
-        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+        limits: scopegate_issuer::limits::EndpointLimits {
             failed_address: Budget::per_secs(3, 60),
             failed_client: Budget::per_secs(5, 60),
             client: Budget::per_secs(4, 60),
@@ -1489,7 +1489,7 @@ async fn a_verifier_sidecar_refuses_a_revoked_token_through_the_real_feed() {
     let page = issuer.get("/oauth2/revocations?wait=0").await;
     let jws = String::from_utf8(page.body).unwrap();
     let payload = String::from_utf8(
-        scopegate_sidecar::jose::b64::decode(jws.split('.').nth(1).unwrap().as_bytes()).unwrap(),
+        scopegate_core::jose::b64::decode(jws.split('.').nth(1).unwrap().as_bytes()).unwrap(),
     )
     .unwrap();
     assert!(
@@ -1521,7 +1521,7 @@ async fn app_probes_are_replayed_on_the_admin_port() {
     let upstream = Upstream::start(Duration::from_secs(0)).await;
     let port = upstream.addr.port();
     let dead = free_port();
-    let probes = scopegate_sidecar::app_probes::AppProbes::parse(
+    let probes = scopegate_verifier::app_probes::AppProbes::parse(
         &json!({
             "app/readiness": {"port": port, "path": "/public/ready"},
             "app/liveness": {"port": port, "path": "/status/500"},
@@ -1588,7 +1588,7 @@ async fn metric(issuer: &Issuer, name: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_secrets_are_bounded_and_guesses_stop_before_hashing() {
     let tuning = IssuerTuning {
-        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+        limits: scopegate_issuer::limits::EndpointLimits {
             failed_address: Budget::per_secs(10_000, 60),
             failed_client: Budget::per_secs(4, 3600),
             ..Default::default()
@@ -1754,7 +1754,7 @@ async fn slow_client_secrets_are_bounded_and_guesses_stop_before_hashing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guessing_a_slow_secret_locks_out_the_guessing_address_only() {
     let tuning = IssuerTuning {
-        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+        limits: scopegate_issuer::limits::EndpointLimits {
             failed_address: Budget::per_secs(6, 3600),
             failed_client: Budget::per_secs(3, 3600),
             ..Default::default()
@@ -1893,7 +1893,7 @@ async fn request_bodies_must_arrive_before_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorize_requests_spend_the_callers_budget_and_pending_logins_are_bounded() {
     let tuning = IssuerTuning {
-        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+        limits: scopegate_issuer::limits::EndpointLimits {
             address: Budget::per_secs(3, 3600),
             client: Budget::per_secs(2, 3600),
             failed_address: Budget::per_secs(10_000, 60),
@@ -1935,7 +1935,7 @@ async fn authorize_requests_spend_the_callers_budget_and_pending_logins_are_boun
     issuer.stop().await;
 
     let tuning = IssuerTuning {
-        pending_logins: scopegate_sidecar::issuer::store::PendingBounds {
+        pending_logins: scopegate_issuer::store::PendingBounds {
             per_address: 3,
             total: 5,
         },
@@ -2160,7 +2160,7 @@ async fn redirect_uri_may_be_left_out_only_when_exactly_one_is_registered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_and_introspect_are_rate_limited_and_strangers_spend_their_own_budget() {
     let tuning = IssuerTuning {
-        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+        limits: scopegate_issuer::limits::EndpointLimits {
             client: Budget::per_secs(3, 60),
             address: Budget::per_secs(6, 60),
             failed_address: Budget::per_secs(2, 60),

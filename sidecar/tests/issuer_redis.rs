@@ -11,9 +11,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use scopegate_sidecar::issuer::IssuerTuning;
-use scopegate_sidecar::issuer::limits::EndpointLimits;
-use scopegate_sidecar::issuer::store::Budget;
+use scopegate_issuer::IssuerTuning;
+use scopegate_issuer::limits::EndpointLimits;
+use scopegate_issuer::store::Budget;
 use serde_json::{Value, json};
 use support::issuer::*;
 use support::redis::RedisServer;
@@ -383,7 +383,7 @@ async fn the_issuer_answers_temporarily_unavailable_while_redis_is_down() {
 async fn pending_logins_are_bounded_across_replicas() {
     let redis = RedisServer::start().await;
     let tuning = IssuerTuning {
-        pending_logins: scopegate_sidecar::issuer::store::PendingBounds {
+        pending_logins: scopegate_issuer::store::PendingBounds {
             per_address: 2,
             total: 100,
         },

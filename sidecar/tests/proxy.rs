@@ -357,7 +357,7 @@ async fn own_hs256_signing_keys_verify_until_removed() {
 /// Standard padded base64, as the signing-keys document stores secrets.
 mod base64_standard {
     pub fn encode(bytes: &[u8]) -> String {
-        let url = scopegate_sidecar::jose::b64::encode(bytes)
+        let url = scopegate_core::jose::b64::encode(bytes)
             .replace('-', "+")
             .replace('_', "/");
         let pad = (4 - url.len() % 4) % 4;

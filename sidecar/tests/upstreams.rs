@@ -346,9 +346,9 @@ fn upstream_config(issuer: &Issuer, idp: &Idp, stub: &Stub, mode: &str) -> Value
 async fn world(mode: &str) -> World {
     let issuer = Issuer::start(Spec {
         tuning: IssuerTuning {
-            limits: scopegate_sidecar::issuer::limits::EndpointLimits {
-                failed_address: scopegate_sidecar::issuer::store::Budget::per_secs(10_000, 60),
-                failed_client: scopegate_sidecar::issuer::store::Budget::per_secs(10_000, 60),
+            limits: scopegate_issuer::limits::EndpointLimits {
+                failed_address: scopegate_issuer::store::Budget::per_secs(10_000, 60),
+                failed_client: scopegate_issuer::store::Budget::per_secs(10_000, 60),
                 ..Default::default()
             },
             ..Default::default()
@@ -371,7 +371,7 @@ async fn world(mode: &str) -> World {
     World { issuer, idp, stub }
 }
 
-use scopegate_sidecar::issuer::IssuerTuning;
+use scopegate_issuer::IssuerTuning;
 
 fn google_query(state: &str) -> String {
     format!(
@@ -610,7 +610,7 @@ async fn evil_callback(
 }
 
 fn b64json(value: &Value) -> String {
-    scopegate_sidecar::jose::b64::encode(value.to_string().as_bytes())
+    scopegate_core::jose::b64::encode(value.to_string().as_bytes())
 }
 
 fn is_denied(r: &RawResponse) -> bool {
@@ -1702,7 +1702,7 @@ async fn github_login_keys_on_the_numeric_id_and_takes_only_a_verified_primary_e
         .unwrap();
     let verifier = query_param(&format!("?{exchange}"), "code_verifier").unwrap();
     assert_eq!(
-        scopegate_sidecar::issuer::grant::s256(&verifier),
+        scopegate_issuer::grant::s256(&verifier),
         query_param(&to_github, "code_challenge").unwrap()
     );
     let location = back.header("location").unwrap().to_owned();

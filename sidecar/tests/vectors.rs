@@ -9,10 +9,10 @@ mod support;
 use std::sync::Arc;
 
 use proptest::prelude::*;
+use scopegate_core::jose::jws::{self, KeyMap};
+use scopegate_core::jose::keys::{Alg, KeyEntry, KeyError};
 use scopegate_core::jwk::Jwk;
-use scopegate_sidecar::jose::jws::{self, KeyMap};
-use scopegate_sidecar::jose::keys::{Alg, KeyEntry, KeyError};
-use scopegate_sidecar::token::{self, IssuerKeys, TokenRules};
+use scopegate_core::token::{self, IssuerKeys, TokenRules};
 
 // RFC 7520 §3.3: the RSA public key of the cookbook.
 const RFC7520_N: &str = concat!(
@@ -114,7 +114,7 @@ fn rfc7520_rs256_and_ps384_verify_with_the_cookbook_key() {
 
 #[test]
 fn rfc7520_hs256_verifies_with_the_cookbook_secret() {
-    let secret = scopegate_sidecar::jose::b64::decode(RFC7520_HMAC_KEY.as_bytes()).unwrap();
+    let secret = scopegate_core::jose::b64::decode(RFC7520_HMAC_KEY.as_bytes()).unwrap();
     let entry = KeyEntry::hs256("018c0ae5-4d9b-471b-bfd6-eef314bc7037", &secret).unwrap();
     let keys = keys_of(entry);
     jws::parse(&compact(RFC7520_4_4))
@@ -163,7 +163,7 @@ fn rfc8037_a4_ed25519_signature_verifies() {
     // The published header has no kid, which the verifier requires of tokens.
     assert_eq!(jws::parse(token).unwrap_err(), jws::JwsError::Kid);
     let (input, signature) = token.rsplit_once('.').unwrap();
-    let signature = scopegate_sidecar::jose::b64::decode(signature.as_bytes()).unwrap();
+    let signature = scopegate_core::jose::b64::decode(signature.as_bytes()).unwrap();
     let entry = keys.get("rfc8037").unwrap();
     assert!(entry.verify(Alg::EdDsa, input.as_bytes(), &signature));
     assert!(!entry.verify(Alg::EdDsa, b"other message", &signature));
@@ -191,7 +191,7 @@ const RFC8037_A4_SIGNATURE: &str =
 /// Ed25519 keys) with `x` as its published public key.
 fn rfc8037_signing_keys(x: &str) -> String {
     use base64::Engine as _;
-    let seed = scopegate_sidecar::jose::b64::decode(RFC8037_D.as_bytes()).unwrap();
+    let seed = scopegate_core::jose::b64::decode(RFC8037_D.as_bytes()).unwrap();
     // RFC 8410 §7: SEQUENCE { version 0, AlgorithmIdentifier { id-Ed25519 }, OCTET STRING {
     // OCTET STRING seed } }.
     let mut pkcs8 = vec![
@@ -210,13 +210,13 @@ fn rfc8037_signing_keys(x: &str) -> String {
 
 #[test]
 fn rfc8037_a4_the_issuer_signs_the_published_bytes() {
-    use scopegate_sidecar::issuer::keys::{JwsKind, KeySet};
+    use scopegate_issuer::keys::{JwsKind, KeySet};
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let set = KeySet::load(&rfc8037_signing_keys(RFC8037_X), 1_000).unwrap();
     let signer = set.signer(1_000).expect("the §A.1 key signs");
     let signature = signer.signature(RFC8037_A4_INPUT.as_bytes(), &rng).unwrap();
     assert_eq!(
-        scopegate_sidecar::jose::b64::encode(&signature),
+        scopegate_core::jose::b64::encode(&signature),
         RFC8037_A4_SIGNATURE,
         "Ed25519 is deterministic: the issuer's signature is §A.4's, byte for byte"
     );
@@ -262,7 +262,7 @@ fn malformed_public_keys_are_refused() {
         Err(KeyError::Algorithm { .. })
     ));
     let short_rsa = Jwk {
-        n: Some(scopegate_sidecar::jose::b64::encode(&[0xC5; 128])),
+        n: Some(scopegate_core::jose::b64::encode(&[0xC5; 128])),
         ..rsa_jwk(Some("RS256"))
     };
     assert!(matches!(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use aws_lc_rs::signature;
-use scopegate_sidecar::jose::b64;
+use scopegate_core::jose::b64;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 

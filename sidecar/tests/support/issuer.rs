@@ -13,10 +13,10 @@ use aws_lc_rs::signature::{
 };
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use scopegate_core::jose::b64;
 use scopegate_core::secret_hash::{SecretKind, hash};
-use scopegate_sidecar::issuer::IssuerTuning;
-use scopegate_sidecar::issuer::store::Budget;
-use scopegate_sidecar::jose::b64;
+use scopegate_issuer::IssuerTuning;
+use scopegate_issuer::store::Budget;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -513,7 +513,7 @@ pub async fn tls_raw(certs: &TestCerts, addr: SocketAddr, request: &[u8]) -> Raw
 
 /// Form-urlencodes a component.
 pub fn enc(text: &str) -> String {
-    scopegate_sidecar::issuer::form::form_encode(text)
+    scopegate_issuer::form::form_encode(text)
 }
 
 /// `Basic base64(urlencode(id):urlencode(secret))`.
@@ -539,7 +539,7 @@ pub fn header_of(token: &str) -> Value {
 /// A parameter of a redirect URL's query.
 pub fn query_param(url: &str, name: &str) -> Option<String> {
     let query = url.split_once('?')?.1;
-    let form = scopegate_sidecar::issuer::form::Form::parse(query.as_bytes()).ok()?;
+    let form = scopegate_issuer::form::Form::parse(query.as_bytes()).ok()?;
     form.get(name).map(str::to_owned)
 }
 
@@ -673,13 +673,13 @@ pub const FLOOD: usize = 12;
 /// `/oauth2/authorize` must not spend) is smaller than one address's, as by default.
 pub fn authorize_flood_tuning() -> IssuerTuning {
     IssuerTuning {
-        limits: scopegate_sidecar::issuer::limits::EndpointLimits {
+        limits: scopegate_issuer::limits::EndpointLimits {
             address: Budget::per_secs(FLOOD as u32, 3600),
             client: Budget::per_secs(FLOOD as u32 - 2, 3600),
             failed_address: Budget::per_secs(10_000, 60),
             failed_client: Budget::per_secs(10_000, 60),
         },
-        pending_logins: scopegate_sidecar::issuer::store::PendingBounds {
+        pending_logins: scopegate_issuer::store::PendingBounds {
             per_address: 5,
             total: 10_000,
         },

@@ -22,8 +22,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use scopegate_core::jose::b64;
 use scopegate_core::jwk::Jwk;
-use scopegate_sidecar::jose::b64;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -34,7 +34,7 @@ pub const ISSUER: &str = "https://auth.shop.svc.cluster.local";
 pub const AUDIENCE: &str = "orders";
 
 pub fn now() -> i64 {
-    scopegate_sidecar::unix_now()
+    scopegate_sidecar_kit::unix_now()
 }
 
 /// A signing key of any supported kind.
@@ -529,7 +529,7 @@ pub async fn start_sidecar(dir: &TempDir, config: &Value) -> scopegate_sidecar::
 pub async fn start_sidecar_with(
     dir: &TempDir,
     config: &Value,
-    connection: scopegate_sidecar::server::ConnectionTuning,
+    connection: scopegate_verifier::server::ConnectionTuning,
 ) -> scopegate_sidecar::Running {
     let path = dir.join("config.json");
     write_atomic(&path, &config.to_string());

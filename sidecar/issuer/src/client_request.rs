@@ -1,0 +1,169 @@
+//! The opening that the client-authenticated POST endpoints (token, revoke, introspect) share:
+//! the method, the address budget, the form, client authentication (failures counted apart;
+//! a slow hash only while the failures of the caller's address naming the client last, off
+//! the async workers), and the client's budget (a confidential client's; a public client's
+//! requests and failures count against their address only).
+
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use scopegate_core::clients::RegisteredClient;
+
+use scopegate_sidecar_kit::body::ProxyBody;
+use scopegate_sidecar_kit::unix_now;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::clients::{self, SlowError, Verdict};
+use crate::error::OAuthError;
+use crate::form::Form;
+use crate::limits::{Endpoint, Limiter};
+use crate::token::read_form;
+use crate::{Context, reply};
+
+/// A request whose client authenticated and whose budgets admitted it.
+pub struct ClientRequest<'a> {
+    /// Counts the request's failures against the address and, for a confidential client,
+    /// the client ([`ClientRequest::failed`]).
+    pub limiter: Limiter<'a>,
+    /// The form parameters.
+    pub form: Form,
+    /// The authenticated client.
+    pub client: &'a RegisteredClient,
+    /// Unix seconds when the request was authenticated.
+    pub now: i64,
+}
+
+impl ClientRequest<'_> {
+    /// Counts a failure of the request and returns the answer to send: against the address,
+    /// and the client too unless it is public (anyone can name a public client).
+    pub async fn failed(&self, error: OAuthError) -> OAuthError {
+        let named = (!self.client.public).then_some(self.client.client_id.as_str());
+        self.limiter.failed(named, error).await
+    }
+}
+
+/// Whether public clients (`token_endpoint_auth_method: none`) may call the endpoint.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PublicClients {
+    /// They may (token, revoke).
+    Allowed,
+    /// Only a secret authenticates here (introspection); every failure answers like a
+    /// wrong secret.
+    Refused,
+}
+
+/// Opens a client-authenticated request, or gives the answer that ends it.
+pub async fn open<'a>(
+    ctx: &'a Context<'_>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    public: PublicClients,
+) -> Result<ClientRequest<'a>, Response<ProxyBody>> {
+    if req.method() != Method::POST {
+        return Err(reply::error(&OAuthError::MethodNotAllowed("POST")));
+    }
+    let limiter = Limiter::new(
+        ctx.issuer.store.as_ref(),
+        ctx.issuer.tuning.limits,
+        endpoint,
+        ctx.client_ip,
+    );
+    if let Err(err) = limiter.before().await {
+        return Err(reply::error(&err));
+    }
+    let (parts, body) = req.into_parts();
+    let deadline = Duration::from_millis(ctx.issuer.tuning.body_deadline_ms);
+    let form = match read_form(&parts, body, deadline).await {
+        Ok(form) => form,
+        Err(err) => return Err(reply::error(&limiter.failed(None, err).await)),
+    };
+    let presented = match clients::presented(&parts.headers, &form) {
+        Ok(p) => p,
+        Err(err) => return Err(reply::error(&limiter.failed(None, err).await)),
+    };
+    let now = unix_now();
+    let issuer = ctx.issuer;
+    let authenticated =
+        match clients::authenticate(&ctx.settings.clients, &presented, &issuer.slow_cache, now) {
+            Ok(Verdict::Authenticated(client)) => Ok(client),
+            Ok(Verdict::Slow(slow)) => {
+                // A slow hash costs tens of milliseconds of CPU: once this address's failures
+                // naming the client have spent their budget, it gets no more run for it (the
+                // semaphore bounds everyone's together). Other addresses still do, so the
+                // client's own right secret never depends on what strangers sent.
+                if let Err(err) = limiter.failures_left(slow.client_id()).await {
+                    issuer
+                        .counters
+                        .slow_hashes_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(reply::error(&err));
+                }
+                let wait = Duration::from_millis(issuer.tuning.slow_hash_wait_ms);
+                match slow
+                    .run(
+                        &issuer.slow_cache,
+                        &issuer.slow_hashes,
+                        wait,
+                        &issuer.counters,
+                    )
+                    .await
+                {
+                    Ok(client) => Ok(client),
+                    Err(SlowError::Invalid) => Err(OAuthError::InvalidClient {
+                        basic: presented.is_basic(),
+                    }),
+                    Err(SlowError::Busy) => {
+                        issuer
+                            .counters
+                            .slow_hashes_busy
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            endpoint = endpoint.name(),
+                            "no slot for a slow client-secret check"
+                        );
+                        return Err(reply::error(&OAuthError::TemporarilyUnavailable(
+                            "client authentication is busy",
+                        )));
+                    }
+                }
+            }
+            Err(err) => Err(err),
+        };
+    let client = match (authenticated, public) {
+        (Ok(client), PublicClients::Refused) if client.public => {
+            Err(OAuthError::InvalidClient { basic: true })
+        }
+        (Err(_), PublicClients::Refused) => Err(OAuthError::InvalidClient { basic: true }),
+        (result, _) => result,
+    };
+    let client = match client {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::info!(endpoint = endpoint.name(), "client authentication failed");
+            let named = ctx
+                .settings
+                .clients
+                .get(presented.id())
+                .filter(|c| !c.registered().public)
+                .map(|_| presented.id());
+            return Err(reply::error(&limiter.failed(named, err).await));
+        }
+    };
+    // A public client shows nothing but its client_id, which anyone can send: a budget
+    // counted in its name would be a budget any stranger could spend for its users. Its
+    // requests spend their address's budget only.
+    let admitted = if client.public {
+        limiter.admit_address().await
+    } else {
+        limiter.admit(&client.client_id).await
+    };
+    if let Err(err) = admitted {
+        return Err(reply::error(&err));
+    }
+    Ok(ClientRequest {
+        limiter,
+        form,
+        client,
+        now,
+    })
+}

@@ -1,0 +1,340 @@
+//! `/oauth2/token` (RFC 6749 §3.2, §4.1.3, §4.4, §6): client_credentials,
+//! authorization_code with PKCE S256, and refresh_token with rotation.
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use scopegate_core::clients::RegisteredClient;
+use scopegate_sidecar_kit::body::ProxyBody;
+use serde_json::{Value, json};
+
+use crate::access::{self, Grant};
+use crate::client_request::{self, ClientRequest, PublicClients};
+use crate::codes::Redeemed;
+use crate::error::OAuthError;
+use crate::form::{self, Form};
+use crate::grant;
+use crate::limits::Endpoint;
+use crate::ops::{self, Redemption, Refreshed};
+use crate::refresh::{self, Family};
+use crate::store::{self, hashed_key};
+use crate::{Context, random_token, reply};
+
+/// Grant types the issuer offers.
+pub const GRANT_TYPES: [&str; 3] = ["authorization_code", "client_credentials", "refresh_token"];
+
+/// Answers a token request.
+pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let request =
+        match client_request::open(ctx, req, Endpoint::Token, PublicClients::Allowed).await {
+            Ok(request) => request,
+            Err(answer) => return answer,
+        };
+    let ClientRequest {
+        ref form,
+        client,
+        now,
+        ..
+    } = request;
+    match grant(ctx, client, form, now).await {
+        Ok(body) => reply::credentials(&body),
+        Err(err) => {
+            tracing::info!(endpoint = "token", client_id = %client.client_id, error = err.code(), reason = %err, "token request refused");
+            reply::error(&request.failed(err).await)
+        }
+    }
+}
+
+/// Reads the form of a POST endpoint within `deadline`; parameters in the query are refused
+/// (RFC 6749 §3.2).
+pub async fn read_form(
+    parts: &http::request::Parts,
+    body: Incoming,
+    deadline: std::time::Duration,
+) -> Result<Form, OAuthError> {
+    if parts.uri.query().is_some_and(|q| !q.is_empty()) {
+        return Err(OAuthError::InvalidRequest(
+            "parameters belong in the request body",
+        ));
+    }
+    form::read_post(&parts.headers, body, deadline).await
+}
+
+async fn grant(
+    ctx: &Context<'_>,
+    client: &RegisteredClient,
+    form: &Form,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let grant_type = form.require("grant_type")?;
+    if !GRANT_TYPES.contains(&grant_type) {
+        return Err(OAuthError::UnsupportedGrantType);
+    }
+    if !client.grant_types.iter().any(|g| g == grant_type) {
+        return Err(OAuthError::UnauthorizedClient);
+    }
+    match grant_type {
+        "client_credentials" => client_credentials(ctx, client, form, now),
+        "authorization_code" => authorization_code(ctx, client, form, now).await,
+        _ => refresh_token(ctx, client, form, now).await,
+    }
+}
+
+fn ttl(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+fn token_response(
+    token: &str,
+    exp: i64,
+    now: i64,
+    scope: &[String],
+    refresh: Option<String>,
+) -> Value {
+    let mut body = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": exp - now,
+        "scope": scope.join(" "),
+    });
+    if let Some(refresh) = refresh {
+        body["refresh_token"] = Value::String(refresh);
+    }
+    body
+}
+
+fn client_credentials(
+    ctx: &Context<'_>,
+    client: &RegisteredClient,
+    form: &Form,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    if client.public {
+        return Err(OAuthError::UnauthorizedClient);
+    }
+    let settings = ctx.settings;
+    let requested = grant::parse_scope(form.get("scope"))?;
+    let scope = grant::grant_scope(requested.as_deref(), client, &settings.config.scopes)?;
+    let aud = grant::audiences(
+        &form.all("resource"),
+        &client.audiences,
+        &grant::client_audiences(client, &settings.config.url),
+    )?;
+    let planned = access::plan(settings, now, ttl(settings.config.access_token_ttl_secs))?;
+    let token = planned.sign(
+        &settings.config.url,
+        &Grant {
+            sub: &client.client_id,
+            client_id: &client.client_id,
+            aud: &aud,
+            scope: &scope,
+        },
+        &ctx.issuer.rng,
+    )?;
+    Ok(token_response(&token, planned.exp, now, &scope, None))
+}
+
+async fn authorization_code(
+    ctx: &Context<'_>,
+    client: &RegisteredClient,
+    form: &Form,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let settings = ctx.settings;
+    let code = form.require("code")?;
+    let redirect_uri = form.get("redirect_uri");
+    let verifier = form.require("code_verifier")?;
+    if !grant::is_code_verifier(verifier) {
+        return Err(OAuthError::InvalidRequest(
+            "code_verifier must be 43 to 128 unreserved characters",
+        ));
+    }
+    let resources = form.all("resource");
+    let planned = access::plan(settings, now, ttl(settings.config.access_token_ttl_secs))?;
+    let refresh = client.grant_types.iter().any(|g| g == "refresh_token");
+    let family_id = refresh.then(|| random_token(16));
+    let issued = Redeemed {
+        jti: planned.jti.clone(),
+        exp: planned.exp,
+        family: family_id.clone(),
+    };
+    let key = hashed_key("code", code);
+    let binding = |record: &super::codes::CodeRecord| {
+        if record.client_id != client.client_id {
+            return Err(OAuthError::InvalidGrant(
+                "the code was issued to another client",
+            ));
+        }
+        // RFC 6749 §4.1.3: required when the authorization request named one, and equal.
+        match redirect_uri {
+            Some(uri) if uri != record.redirect_uri => {
+                return Err(OAuthError::InvalidGrant(
+                    "redirect_uri differs from the authorization request",
+                ));
+            }
+            None if !record.redirect_uri_omitted => {
+                return Err(OAuthError::InvalidGrant(
+                    "redirect_uri is required: the authorization request named one",
+                ));
+            }
+            _ => {}
+        }
+        if !grant::pkce_matches(verifier, &record.challenge) {
+            return Err(OAuthError::InvalidGrant("PKCE verification failed"));
+        }
+        Ok(())
+    };
+    let check = |record: &super::codes::CodeRecord| {
+        if settings.client_cut_off(&record.client_id, record.issued_at) {
+            return Err(OAuthError::InvalidGrant(
+                "the code was issued before the client's cut-off",
+            ));
+        }
+        grant::audiences(&resources, &record.audiences, &record.audiences).map(|_| ())
+    };
+    let record = match ops::redeem_code(ctx, &key, issued, now, binding, check).await? {
+        Redemption::Won(record) => record,
+        Redemption::Replayed => return Err(OAuthError::InvalidGrant("the code was used before")),
+        Redemption::Unknown => return Err(OAuthError::InvalidGrant("unknown or expired code")),
+    };
+    if ctx
+        .issuer
+        .store
+        .subject_cutoff(&record.sub)
+        .await?
+        .is_some_and(|before| record.issued_at < before)
+    {
+        ops::revoke_jtis(ctx, vec![(planned.jti.clone(), planned.exp)], now).await?;
+        return Err(OAuthError::InvalidGrant(
+            "the subject's cut-off is later than the code",
+        ));
+    }
+    let aud = grant::audiences(&resources, &record.audiences, &record.audiences)?;
+    let refresh_token = match &family_id {
+        Some(id) => {
+            let family = Family {
+                client_id: client.client_id.clone(),
+                sub: record.sub.clone(),
+                scope: record.scope.clone(),
+                audiences: record.audiences.clone(),
+                default_audiences: record.audiences.clone(),
+                created_at: now,
+                expires_at: now
+                    .saturating_add(ttl(settings.config.refresh_token_ttl_secs))
+                    .min(record.family_until.unwrap_or(i64::MAX)),
+                secret: random_token(32),
+                next_gen: 1,
+                current: vec![0],
+                parent: None,
+                revoked: false,
+                tokens: vec![(planned.jti.clone(), planned.exp)],
+                last_used_at: Some(now),
+            };
+            if !ops::create_family(ctx, id, &family).await? {
+                return Err(OAuthError::InvalidGrant("the code was used before"));
+            }
+            Some(family.token(id, 0).ok_or(OAuthError::ServerError)?)
+        }
+        None => None,
+    };
+    let token = planned.sign(
+        &settings.config.url,
+        &Grant {
+            sub: &record.sub,
+            client_id: &client.client_id,
+            aud: &aud,
+            scope: &record.scope,
+        },
+        &ctx.issuer.rng,
+    )?;
+    Ok(token_response(
+        &token,
+        planned.exp,
+        now,
+        &record.scope,
+        refresh_token,
+    ))
+}
+
+async fn refresh_token(
+    ctx: &Context<'_>,
+    client: &RegisteredClient,
+    form: &Form,
+    now: i64,
+) -> Result<Value, OAuthError> {
+    let settings = ctx.settings;
+    let presented = form.require("refresh_token")?;
+    let unknown = OAuthError::InvalidGrant("unknown, expired or revoked refresh token");
+    let parsed = refresh::parse(presented).ok_or(unknown.clone())?;
+    let key = ops::family_key(&parsed.family);
+    let read = store::read::<Family>(ctx.issuer.store.as_ref(), &key)
+        .await?
+        .ok_or(unknown.clone())?;
+    let family = &read.value;
+    if !family.is_genuine(&parsed) || family.client_id != client.client_id {
+        return Err(unknown);
+    }
+    // Past its absolute end, or unused for refreshTokenIdle: a refresh token stolen from a
+    // client that stopped using it is dead by now.
+    if family.revoked || family.usable_until(settings.refresh_idle) <= now {
+        return Err(unknown);
+    }
+    if settings.client_cut_off(&family.client_id, family.created_at) {
+        return Err(OAuthError::InvalidGrant(
+            "the grant is older than the client's cut-off",
+        ));
+    }
+    if ctx
+        .issuer
+        .store
+        .subject_cutoff(&family.sub)
+        .await?
+        .is_some_and(|before| family.created_at < before)
+    {
+        return Err(OAuthError::InvalidGrant(
+            "the grant is older than the subject's cut-off",
+        ));
+    }
+    let requested = grant::parse_scope(form.get("scope"))?;
+    let scope = grant::narrow_scope(requested.as_deref(), &family.scope)?;
+    let aud = grant::audiences(
+        &form.all("resource"),
+        &family.audiences,
+        &family.default_audiences,
+    )?;
+    let planned = access::plan(settings, now, ttl(settings.config.access_token_ttl_secs))?;
+    let sub = family.sub.clone();
+    let issued = (planned.jti.clone(), planned.exp);
+    let (generation, family) = match ops::rotate_family(
+        ctx,
+        &parsed.family,
+        read,
+        parsed.generation,
+        issued,
+        now,
+    )
+    .await?
+    {
+        Refreshed::Rotated(generation, family) => (generation, family),
+        Refreshed::Refused(why) => return Err(OAuthError::InvalidGrant(why)),
+    };
+    let refresh = family
+        .token(&parsed.family, generation)
+        .ok_or(OAuthError::ServerError)?;
+    let token = planned.sign(
+        &settings.config.url,
+        &Grant {
+            sub: &sub,
+            client_id: &client.client_id,
+            aud: &aud,
+            scope: &scope,
+        },
+        &ctx.issuer.rng,
+    )?;
+    Ok(token_response(
+        &token,
+        planned.exp,
+        now,
+        &scope,
+        Some(refresh),
+    ))
+}

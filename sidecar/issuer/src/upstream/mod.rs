@@ -1,0 +1,605 @@
+//! Upstream identity providers: the issuer is the provider's OAuth client, and whichever
+//! provider the user logged in with, the browser leaves with a code of ours (never the
+//! provider's tokens, which are dropped after the login).
+//!
+//! [`Registry`] is the part that outlives config reloads: per provider, its discovery
+//! document and its JWKS (fetched in the background through [`scopegate_verifier::remote_keys`], the
+//! fetcher of `external` issuers), fetch health for `/readyz`, and login counters for
+//! `/metrics`. [`flow`] answers the browser: the chooser, the start of a leg and the callback.
+//! An IdP outage shows in `/readyz` detail and in metrics and never makes the pod unready:
+//! `client_credentials` and the other providers keep working.
+
+pub mod flow;
+pub mod github;
+pub mod id_token;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use scopegate_core::config::IssuerConfig;
+use scopegate_core::upstream::{OUTCOMES, UpstreamIdp, UpstreamKind};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+use scopegate_core::jose::keys::Alg;
+use scopegate_sidecar_kit::unix_now;
+use scopegate_verifier::metrics::Metrics;
+use scopegate_verifier::remote_keys::{self, RemoteKeySet, RemoteSpec};
+
+/// Largest answer read from a provider.
+pub const MAX_BODY: usize = 1 << 20;
+/// How long one request to a provider may take, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often discovery is re-read after a success.
+const DISCOVERY_REFRESH: Duration = Duration::from_secs(3600);
+/// How often the provider's JWKS is refetched (and the least time between two fetches for
+/// an unknown kid).
+pub const JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// Why an upstream whose CA bundle does not parse is unavailable.
+const BAD_CA_BUNDLE: &str = "its caBundlePem holds no valid PEM certificate";
+/// First retry after a failed discovery; doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// The HTTPS client used towards providers (bodies are forms or empty).
+pub type ProviderClient =
+    Client<HttpsConnector<scopegate_sidecar_kit::https::ProxyConnector>, Full<Bytes>>;
+
+/// Why a request to a provider failed. Messages name the class only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Connection, TLS or protocol failure, or a bad URL.
+    #[error("request failed")]
+    Connect,
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// An unexpected status.
+    #[error("unexpected status")]
+    Status,
+    /// A body too large, or not the JSON expected.
+    #[error("unusable answer")]
+    Body,
+}
+
+impl ProviderError {
+    /// The outcome label of a login that failed so.
+    pub fn outcome(self) -> &'static str {
+        match self {
+            ProviderError::Timeout => "timeout",
+            _ => "idp_error",
+        }
+    }
+}
+
+/// Sends `request` and reads a JSON object answered with `200`.
+pub async fn json_request(
+    client: &ProviderClient,
+    request: http::Request<Full<Bytes>>,
+) -> Result<serde_json::Map<String, serde_json::Value>, ProviderError> {
+    let work = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|_| ProviderError::Connect)?;
+        let ok = response.status() == http::StatusCode::OK;
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| ProviderError::Body)?
+            .to_bytes();
+        if !ok {
+            return Err(ProviderError::Status);
+        }
+        serde_json::from_slice(&body).map_err(|_| ProviderError::Body)
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, work)
+        .await
+        .map_err(|_| ProviderError::Timeout)?
+}
+
+/// The parts of an OpenID provider's discovery document that we use.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Discovery {
+    /// Must equal the configured issuer (OIDC Discovery §4.3).
+    pub issuer: String,
+    /// Where the browser goes.
+    pub authorization_endpoint: String,
+    /// Where codes are exchanged.
+    pub token_endpoint: String,
+    /// The provider's keys.
+    pub jwks_uri: String,
+    /// Userinfo, if offered.
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
+    /// Algorithms the provider signs ID tokens with.
+    #[serde(default)]
+    pub id_token_signing_alg_values_supported: Vec<String>,
+    /// RFC 9207: the provider always sends `iss` in the authorization response.
+    #[serde(default)]
+    pub authorization_response_iss_parameter_supported: bool,
+}
+
+impl Discovery {
+    fn check(&self, issuer: &str) -> Result<(), &'static str> {
+        if self.issuer != issuer {
+            return Err("discovery issuer differs from the configured issuer");
+        }
+        let https = |u: &str| u.starts_with("https://");
+        if !https(&self.authorization_endpoint)
+            || !https(&self.token_endpoint)
+            || !https(&self.jwks_uri)
+            || self.userinfo_endpoint.as_deref().is_some_and(|u| !https(u))
+        {
+            return Err("discovery names an endpoint that is not https");
+        }
+        Ok(())
+    }
+}
+
+/// What identifies a provider's background work; an equal spec on reload keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ProviderSpec {
+    issuer: String,
+    algorithms: Vec<Alg>,
+    ca_bundle_pem: Option<String>,
+}
+
+/// The live state of one OIDC provider.
+pub struct Provider {
+    /// The configured issuer.
+    pub issuer: String,
+    /// The algorithms allowed (configuration ∩ discovery when it names any).
+    allowed: Vec<Alg>,
+    /// The HTTPS client towards the provider.
+    pub client: ProviderClient,
+    discovery: ArcSwapOption<Discovery>,
+    keys: ArcSwapOption<RemoteKeySet>,
+    last_error: Mutex<Option<&'static str>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Provider {
+    /// The discovery document in force, once read.
+    pub fn discovery(&self) -> Option<Arc<Discovery>> {
+        self.discovery.load_full()
+    }
+
+    /// The provider's key set, once discovery named it.
+    pub fn keys(&self) -> Option<Arc<RemoteKeySet>> {
+        self.keys.load_full()
+    }
+
+    /// Algorithms an ID token of this provider may use.
+    pub fn algorithms(&self) -> Vec<Alg> {
+        let Some(discovery) = self.discovery() else {
+            return self.allowed.clone();
+        };
+        if discovery.id_token_signing_alg_values_supported.is_empty() {
+            return self.allowed.clone();
+        }
+        self.allowed
+            .iter()
+            .copied()
+            .filter(|a| {
+                discovery
+                    .id_token_signing_alg_values_supported
+                    .iter()
+                    .any(|d| d == a.name())
+            })
+            .collect()
+    }
+
+    fn set_error(&self, error: Option<&'static str>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+
+    /// One line of `/readyz` detail.
+    fn health_line(&self, name: &str, now: i64) -> String {
+        let error = *self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(discovery) = self.discovery() else {
+            return format!(
+                "upstream {name}: UNAVAILABLE, discovery not read yet (last error: {})",
+                error.unwrap_or("none")
+            );
+        };
+        let keys = match self.keys() {
+            Some(set) => {
+                let health = set.health(now);
+                match (health.loaded, health.last_error) {
+                    (false, e) => format!(
+                        "UNAVAILABLE, no JWKS fetched yet (last error: {})",
+                        e.unwrap_or("none")
+                    ),
+                    (true, None) => format!(
+                        "{} keys, fetched {}s ago",
+                        set.keys().len(),
+                        health.age_secs
+                    ),
+                    (true, Some(e)) => format!(
+                        "{} keys, last fetch failed ({e}), keeping the last good set",
+                        set.keys().len()
+                    ),
+                }
+            }
+            None => "no JWKS yet".to_owned(),
+        };
+        let discovery_note = error
+            .map(|e| format!(", last discovery failed ({e})"))
+            .unwrap_or_default();
+        format!(
+            "upstream {name}: oidc {}, {keys}{discovery_note}",
+            discovery.issuer
+        )
+    }
+}
+
+/// Reads discovery until it succeeds, then again every [`DISCOVERY_REFRESH`]; starts and
+/// replaces the JWKS fetcher when `jwks_uri` changes.
+async fn run_discovery(provider: Arc<Provider>, spec: ProviderSpec, metrics: Arc<Metrics>) {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        provider.issuer.trim_end_matches('/')
+    );
+    let mut retry = FIRST_RETRY;
+    loop {
+        let fetched = match http::Request::get(url.as_str())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+        {
+            Ok(request) => json_request(&provider.client, request)
+                .await
+                .map_err(|e| match e {
+                    ProviderError::Timeout => "timeout",
+                    ProviderError::Status => "status",
+                    ProviderError::Body => "not a discovery document",
+                    ProviderError::Connect => "connect",
+                })
+                .and_then(|map| {
+                    serde_json::from_value::<Discovery>(serde_json::Value::Object(map))
+                        .map_err(|_| "not a discovery document")
+                })
+                .and_then(|d| d.check(&provider.issuer).map(|()| d)),
+            Err(_) => Err("bad URL"),
+        };
+        let wait = match fetched {
+            Ok(discovery) => {
+                let same_jwks = provider
+                    .discovery()
+                    .is_some_and(|d| d.jwks_uri == discovery.jwks_uri);
+                if !same_jwks {
+                    start_jwks(&provider, &spec, &discovery.jwks_uri, &metrics);
+                }
+                provider.discovery.store(Some(Arc::new(discovery)));
+                provider.set_error(None);
+                retry = FIRST_RETRY;
+                DISCOVERY_REFRESH
+            }
+            Err(error) => {
+                tracing::warn!(issuer = %provider.issuer, error, "upstream discovery failed");
+                provider.set_error(Some(error));
+                let wait = retry;
+                retry = (retry * 2).min(MAX_RETRY);
+                wait
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn start_jwks(
+    provider: &Arc<Provider>,
+    spec: &ProviderSpec,
+    jwks_uri: &str,
+    metrics: &Arc<Metrics>,
+) {
+    let set = RemoteKeySet::new(RemoteSpec {
+        jwks_uri: jwks_uri.to_owned(),
+        algorithms: spec.algorithms.clone(),
+        refresh: JWKS_REFRESH,
+        ca_bundle_pem: spec.ca_bundle_pem.clone(),
+    });
+    let client = match scopegate_sidecar_kit::https::client(spec.ca_bundle_pem.as_deref()) {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot build the upstream JWKS client");
+            return;
+        }
+    };
+    let task = tokio::spawn(remote_keys::run(
+        set.clone(),
+        client,
+        metrics.clone(),
+        || {},
+    ));
+    let mut tasks = provider.tasks.lock().unwrap_or_else(|p| p.into_inner());
+    // Keep the discovery task (first); replace an older JWKS fetcher.
+    if tasks.len() > 1 {
+        for old in tasks.drain(1..) {
+            old.abort();
+        }
+    }
+    tasks.push(task);
+    provider.keys.store(Some(set));
+}
+
+/// Every provider of the issuer, and login counters.
+#[derive(Default)]
+pub struct Registry {
+    providers: Mutex<HashMap<String, (ProviderSpec, Arc<Provider>)>>,
+    logins: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// The client of each GitHub upstream, with the CA bundle it was built for.
+    github: Mutex<HashMap<String, (Option<String>, ProviderClient)>>,
+    /// Upstreams that could not be started, and why (for `/readyz`).
+    broken: Mutex<HashMap<String, &'static str>>,
+}
+
+/// What a connection to `upstream` trusts besides the system roots: its own bundle, which no
+/// other upstream trusts. Never the operator's CA: that certifies in-cluster Services, and a
+/// tenant who got a certificate from it must not be able to pose as a provider.
+fn trust_for(upstream: &UpstreamIdp) -> Option<String> {
+    upstream.ca_bundle_pem.clone()
+}
+
+impl Registry {
+    /// Starts background work for the upstreams of `issuer` and stops what is no longer
+    /// configured. An unchanged upstream keeps its fetched discovery and keys.
+    pub fn reconcile(&self, issuer: &IssuerConfig, metrics: &Arc<Metrics>) {
+        let mut broken = HashMap::new();
+        {
+            let mut github = self.github.lock().unwrap_or_else(|p| p.into_inner());
+            let mut wanted = HashMap::new();
+            for upstream in &issuer.upstreams {
+                if matches!(upstream.kind, UpstreamKind::Github(_)) {
+                    wanted.insert(upstream.name.clone(), trust_for(upstream));
+                }
+            }
+            github.retain(|name, (held, _)| wanted.get(name) == Some(held));
+            for (name, ca) in wanted {
+                if github.contains_key(&name) {
+                    continue;
+                }
+                match scopegate_sidecar_kit::https::connector(ca.as_deref()) {
+                    Ok(connector) => {
+                        let client = Client::builder(TokioExecutor::new()).build(connector);
+                        github.insert(name, (ca, client));
+                    }
+                    Err(err) => {
+                        tracing::error!(upstream = %name, error = %err, "cannot build the GitHub client");
+                        broken.insert(name, BAD_CA_BUNDLE);
+                    }
+                }
+            }
+        }
+        let mut providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wanted = HashMap::new();
+        for upstream in &issuer.upstreams {
+            let UpstreamKind::Oidc(oidc) = &upstream.kind else {
+                continue;
+            };
+            let mut algorithms: Vec<Alg> = oidc
+                .algorithms
+                .iter()
+                .filter_map(|a| Alg::from_name(a))
+                .filter(|a| *a != Alg::Hs256)
+                .collect();
+            if algorithms.is_empty() {
+                algorithms = id_token::DEFAULT_ALGS.to_vec();
+            }
+            let spec = ProviderSpec {
+                issuer: oidc.issuer.clone(),
+                algorithms,
+                ca_bundle_pem: trust_for(upstream),
+            };
+            wanted.insert(upstream.name.clone(), spec);
+        }
+        providers.retain(|name, (spec, _)| wanted.get(name) == Some(spec));
+        for (name, spec) in wanted {
+            if providers.contains_key(&name) {
+                continue;
+            }
+            let connector = match scopegate_sidecar_kit::https::connector(
+                spec.ca_bundle_pem.as_deref(),
+            ) {
+                Ok(connector) => connector,
+                Err(err) => {
+                    tracing::error!(upstream = %name, error = %err, "cannot build the upstream client");
+                    broken.insert(name, BAD_CA_BUNDLE);
+                    continue;
+                }
+            };
+            let provider = Arc::new(Provider {
+                issuer: spec.issuer.clone(),
+                allowed: spec.algorithms.clone(),
+                client: Client::builder(TokioExecutor::new()).build(connector),
+                discovery: ArcSwapOption::empty(),
+                keys: ArcSwapOption::empty(),
+                last_error: Mutex::new(None),
+                tasks: Mutex::new(Vec::new()),
+            });
+            let task = tokio::spawn(run_discovery(
+                provider.clone(),
+                spec.clone(),
+                metrics.clone(),
+            ));
+            provider
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(task);
+            providers.insert(name, (spec, provider));
+        }
+        *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = broken;
+    }
+
+    /// The client of the GitHub upstream `name`.
+    pub fn github_client(&self, name: &str) -> Option<ProviderClient> {
+        let github = self.github.lock().unwrap_or_else(|p| p.into_inner());
+        github.get(name).map(|(_, client)| client.clone())
+    }
+
+    fn broken(&self, name: &str) -> Option<&'static str> {
+        let broken = self.broken.lock().unwrap_or_else(|p| p.into_inner());
+        broken.get(name).copied()
+    }
+
+    /// The live provider of an OIDC upstream.
+    pub fn provider(&self, name: &str) -> Option<Arc<Provider>> {
+        let providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
+        providers.get(name).map(|(_, p)| p.clone())
+    }
+
+    /// Counts a login by outcome (one of [`OUTCOMES`]).
+    pub fn count(&self, upstream: &str, outcome: &'static str) {
+        debug_assert!(OUTCOMES.contains(&outcome), "{outcome}");
+        let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        *logins.entry((upstream.to_owned(), outcome)).or_default() += 1;
+    }
+
+    /// `/readyz` detail lines for the configured upstreams (they never make the pod unready).
+    pub fn readiness(&self, issuer: &IssuerConfig, detail: &mut String) {
+        let now = unix_now();
+        for upstream in &issuer.upstreams {
+            if let Some(why) = self.broken(&upstream.name) {
+                let _ = writeln!(detail, "upstream {}: UNAVAILABLE, {why}", upstream.name);
+                continue;
+            }
+            let line = match &upstream.kind {
+                UpstreamKind::Oidc(_) => match self.provider(&upstream.name) {
+                    Some(provider) => provider.health_line(&upstream.name, now),
+                    None => format!("upstream {}: UNAVAILABLE, not started", upstream.name),
+                },
+                UpstreamKind::Github(github) => format!(
+                    "upstream {}: github {} (no discovery; health shows in login outcomes)",
+                    upstream.name,
+                    github::bases(github).0
+                ),
+            };
+            let _ = writeln!(detail, "{line}");
+        }
+    }
+
+    /// The Prometheus text of the login counters and provider health. The upstream label is
+    /// one of at most eight configured names; the outcome label one of [`OUTCOMES`].
+    pub fn render_metrics(&self, issuer: Option<&IssuerConfig>) -> String {
+        let mut out = String::new();
+        let Some(issuer) = issuer.filter(|i| !i.upstreams.is_empty()) else {
+            return out;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP scopegate_upstream_logins_total Upstream logins by provider and outcome."
+        );
+        let _ = writeln!(out, "# TYPE scopegate_upstream_logins_total counter");
+        let logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        for ((upstream, outcome), count) in logins.iter() {
+            let _ = writeln!(
+                out,
+                "scopegate_upstream_logins_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        drop(logins);
+        let _ = writeln!(
+            out,
+            "# HELP scopegate_upstream_up 1 when the provider's discovery and keys are loaded."
+        );
+        let _ = writeln!(out, "# TYPE scopegate_upstream_up gauge");
+        for upstream in &issuer.upstreams {
+            let up = match upstream.kind {
+                UpstreamKind::Github(_) => self.github_client(&upstream.name).is_some(),
+                UpstreamKind::Oidc(_) => self.provider(&upstream.name).is_some_and(|p| {
+                    p.discovery().is_some() && p.keys().is_some_and(|k| k.health(unix_now()).loaded)
+                }),
+            };
+            let _ = writeln!(
+                out,
+                "scopegate_upstream_up{{upstream=\"{}\"}} {}",
+                upstream.name,
+                u8::from(up)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(upstreams: serde_json::Value) -> IssuerConfig {
+        serde_json::from_value(serde_json::json!({
+            "url": "https://auth", "signingKeysPath": "/k", "clientsPath": "/c",
+            "accessTokenTtlSecs": 60, "refreshTokenTtlSecs": 60, "codeTtlSecs": 60,
+            "upstreams": upstreams
+        }))
+        .unwrap()
+    }
+
+    fn github(name: &str, ca: Option<&str>) -> serde_json::Value {
+        serde_json::json!({"name": name, "displayName": name, "clientId": "c",
+            "clientSecretPath": "/s", "callbackUrl": "https://auth/cb",
+            "caBundlePem": ca, "github": {}})
+    }
+
+    #[test]
+    fn an_upstreams_ca_is_trusted_for_it_alone_and_a_broken_one_is_reported() {
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem();
+        let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let config = issuer(serde_json::json!([
+            github("private", Some(&ca)),
+            github("public", None),
+            github("broken", Some(broken)),
+        ]));
+        let [private, public, _] = &config.upstreams[..] else {
+            panic!("three upstreams");
+        };
+        assert_eq!(trust_for(private), Some(ca.clone()));
+        assert_eq!(trust_for(public), None, "no bundle: the system roots only");
+
+        let registry = Registry::default();
+        registry.reconcile(&config, &Arc::new(Metrics::default()));
+        assert!(registry.github_client("private").is_some());
+        assert!(registry.github_client("public").is_some());
+        assert!(registry.github_client("broken").is_none());
+        let mut detail = String::new();
+        registry.readiness(&config, &mut detail);
+        assert!(
+            detail.contains("upstream broken: UNAVAILABLE, its caBundlePem holds no valid PEM"),
+            "{detail}"
+        );
+        assert!(
+            !detail.contains("upstream private: UNAVAILABLE"),
+            "{detail}"
+        );
+        // Fixed on the next config: the bundle is taken out, the upstream comes back.
+        let fixed = issuer(serde_json::json!([github("broken", None)]));
+        registry.reconcile(&fixed, &Arc::new(Metrics::default()));
+        assert!(registry.github_client("broken").is_some());
+        assert!(registry.github_client("private").is_none(), "dropped");
+    }
+}

@@ -1,0 +1,25 @@
+//! What the sidecar's verifier ([`scopegate-verifier`]) and issuer ([`scopegate-issuer`]) both
+//! use, below both of them: the body type of every response the sidecar sends, the HTTPS
+//! client of key, feed and provider fetches, rate budgets with the store interface that
+//! shares them between replicas, the clock and the shutdown signal.
+//!
+//! [`scopegate-verifier`]: https://docs.rs/scopegate-verifier
+//! [`scopegate-issuer`]: https://docs.rs/scopegate-issuer
+
+pub mod body;
+pub mod budget;
+pub mod https;
+
+use tokio::sync::watch;
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Resolves once `shutdown` is true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

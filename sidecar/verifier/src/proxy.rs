@@ -1,0 +1,550 @@
+//! One request through the sidecar: normalise the path, find the rule, rate-limit,
+//! authenticate and authorise, then forward to the app with clean headers, or answer
+//! with a refusal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use scopegate_core::config::UpstreamProtocol;
+use scopegate_core::decision::{self, Step};
+use scopegate_core::path::RequestPath;
+use scopegate_core::policy::Requirement;
+
+use crate::answer::{Refusal, answer};
+use crate::cache;
+use crate::client_addr::client_ip;
+use crate::headers::{self, X_FORWARDED_FOR};
+use crate::jose::jws::JwsError;
+use crate::rate_limit::RequestLimits;
+use crate::revocation;
+use crate::settings::{IssuerSource, Settings};
+use crate::state::Shared;
+use crate::token::{self, TokenError, VerifiedToken};
+use crate::unix_now;
+
+pub use scopegate_sidecar_kit::body::ProxyBody;
+
+/// How long a request waits for an on-demand JWKS fetch after an unknown kid.
+const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(2);
+
+/// The connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+}
+
+/// Handles one request.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Connection,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let settings = shared.settings.load_full();
+    let path = match RequestPath::parse(req.uri().path()) {
+        Ok(path) => path,
+        Err(err) => {
+            tracing::debug!(error = %err, "refused request path");
+            return refuse(&shared, &settings, Refusal::BadPath);
+        }
+    };
+    if let Some(role) = settings.role.as_ref()
+        && role.serves(path.forward())
+    {
+        let forwarded = req
+            .headers()
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        let client_ip = client_ip(conn.peer.ip(), forwarded, settings.trusted_proxies.as_ref());
+        let mut response = role.clone().handle(client_ip, path.forward(), req).await;
+        headers::secure_response(response.headers_mut(), &settings.headers, false);
+        return response;
+    }
+    let no_store = settings
+        .headers
+        .no_store
+        .iter()
+        .any(|p| p.matches_loosely(path.route()));
+    let method = req.method().as_str().to_owned();
+    let limits = RequestLimits::new(
+        &settings.rate_limits,
+        &method,
+        path.route(),
+        shared.clock.now(),
+        || {
+            let forwarded = req
+                .headers()
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            client_ip(conn.peer.ip(), forwarded, settings.trusted_proxies.as_ref())
+        },
+        shared.shared_limits(),
+    );
+    if let Err(secs) = limits.check_address().await {
+        return refuse(&shared, &settings, Refusal::RateLimited(secs));
+    }
+
+    let route = settings.policy.route(&method, path.route());
+    let Verdict { identity, outcome } =
+        authorize(&shared, &settings, route.requirement, &req).await;
+    let counters = settings.decisions.get_or_init(|| {
+        shared
+            .metrics
+            .decision_counters(&settings.policy.rule_labels())
+    });
+    // A rule in DryRun is counted and logged, and the enforced rules decide as if it did not
+    // exist: trying a stricter rule never opens, nor closes, what the policy enforced before.
+    let mut dry_run = false;
+    let (route, outcome, token_seen) = if route.enforced {
+        (route, outcome, identity.is_some())
+    } else {
+        let decisions = counters.of(route.rule_index);
+        match &outcome {
+            Ok(()) if identity.is_some() => decisions.count("allowed", false),
+            Ok(()) => decisions.count("public", false),
+            Err(refusal) => {
+                dry_run = true;
+                let count = decisions.count(refusal.outcome(), false);
+                if decisions.may_log(refusal.outcome(), unix_now()) {
+                    tracing::info!(
+                        rule = %route.label(),
+                        outcome = refusal.outcome(),
+                        method = %method,
+                        client_id = identity.as_ref().and_then(|t| t.client_id.as_deref()).unwrap_or("-"),
+                        count,
+                        "DryRun: a request the rule would refuse"
+                    );
+                }
+                count
+            }
+        };
+        match settings.policy.enforced_route(&method, path.route()) {
+            Some(enforced) if enforced.rule_index != route.rule_index => {
+                let verdict = authorize(&shared, &settings, enforced.requirement, &req).await;
+                (enforced, verdict.outcome, verdict.identity.is_some())
+            }
+            // Nothing enforced decides (or the rule is public, refusing nothing): forwarded,
+            // counted once above.
+            _ => (route, Ok(()), false),
+        }
+    };
+    let decisions = counters.of(route.rule_index);
+    match outcome {
+        Ok(()) => {
+            if route.enforced {
+                decisions.count(if token_seen { "allowed" } else { "public" }, true);
+            }
+        }
+        Err(refusal) => {
+            decisions.count(refusal.outcome(), true);
+            tracing::info!(
+                rule = route.rule_name.unwrap_or("-"),
+                outcome = refusal.outcome(),
+                "request refused"
+            );
+            let refusal = match limits.refused().await {
+                Ok(()) => refusal,
+                Err(secs) => Refusal::RateLimited(secs),
+            };
+            return refuse(&shared, &settings, refusal);
+        }
+    }
+    if dry_run {
+        // Forwarded although its rule would refuse it; the identity headers go with a valid
+        // token only. Rate limits still count it as a failure, and still refuse.
+        if let Err(secs) = limits.refused().await {
+            return refuse(&shared, &settings, Refusal::RateLimited(secs));
+        }
+    }
+    let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
+    if let Err(secs) = limits.check_subject(identity.is_some(), subject).await {
+        return refuse(&shared, &settings, Refusal::RateLimited(secs));
+    }
+
+    let upgrade =
+        headers::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let outcome = if dry_run {
+        "dry_run"
+    } else if identity.is_some() {
+        "allowed"
+    } else {
+        "public"
+    };
+    let response = forward(
+        &shared,
+        &settings,
+        conn,
+        req,
+        path.forward(),
+        identity.as_deref(),
+        upgrade,
+    )
+    .await;
+    let mut response = match response {
+        Ok(response) => response,
+        Err(refusal) => return refuse(&shared, &settings, refusal),
+    };
+    shared.metrics.request(outcome);
+    if !dry_run {
+        // A DryRun refusal was counted as a failure already.
+        let failed = matches!(
+            response.status(),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        );
+        limits.answered(failed, subject).await;
+    }
+    headers::secure_response(response.headers_mut(), &settings.headers, no_store);
+    response
+}
+
+/// What the credentials of a request come to.
+struct Verdict {
+    /// The token, when one was presented, verified and not revoked (whether or not it
+    /// satisfies the rule): the identity the app may be told.
+    identity: Option<Arc<VerifiedToken>>,
+    /// Whether the rule lets the request through, or the refusal it gets.
+    outcome: Result<(), Refusal>,
+}
+
+/// Decides whether the request may pass. The steps are [`scopegate_core::decision`]'s, the
+/// ones `kubectl scopegate explain` runs.
+async fn authorize(
+    shared: &Shared,
+    settings: &Settings,
+    requirement: Requirement<'_>,
+    req: &Request<Incoming>,
+) -> Verdict {
+    let refused = |refusal| Verdict {
+        identity: None,
+        outcome: Err(refusal),
+    };
+    let (token, grant) =
+        match decision::before_verification(requirement, req.headers(), req.uri().query()) {
+            Ok(Step::Public) => {
+                return Verdict {
+                    identity: None,
+                    outcome: Ok(()),
+                };
+            }
+            Ok(Step::Verify { token, grant }) => (token, grant),
+            Err(early) => {
+                tracing::debug!(reason = %early, "refused before verification");
+                return refused(early.refusal());
+            }
+        };
+    if shared.fail_closed_now(unix_now()) {
+        tracing::warn!("revocation feed stale and the policy fails closed");
+        return refused(Refusal::Unavailable);
+    }
+    let verified = match verify(shared, settings, token).await {
+        Ok(verified) => verified,
+        Err(err) => {
+            tracing::info!(reason = %err, "invalid token");
+            return refused(decision::token_refused(&err));
+        }
+    };
+    Verdict {
+        outcome: decision::after_verification(grant, &verified.scope),
+        identity: Some(verified),
+    }
+}
+
+/// Validates a token, from the cache when it was verified before.
+pub async fn verify(
+    shared: &Shared,
+    settings: &Settings,
+    token: &str,
+) -> Result<Arc<VerifiedToken>, TokenError> {
+    let now = unix_now();
+    if token.len() > settings.token_rules.max_token_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let key = cache::hash(token);
+    if let Some(hit) = shared.cache.get(&key, now) {
+        shared.metrics.cache(true);
+        return Ok(hit);
+    }
+    shared.metrics.cache(false);
+    let epoch = shared.cache.epoch();
+    let started = Instant::now();
+    let mut remote = None;
+    let mut result = token::validate(
+        token,
+        &settings.token_rules,
+        |iss| {
+            let source = settings.issuers.get(iss)?;
+            if let IssuerSource::Remote { set, .. } = source {
+                remote = Some(set.clone());
+            }
+            Some(source.keys())
+        },
+        now,
+    );
+    shared.metrics.validation(started.elapsed());
+    if let (Err(TokenError::Jws(JwsError::UnknownKid)), Some(set)) = (&result, remote)
+        && let Some(mut loaded) = set.refetch_for_unknown_kid()
+    {
+        {
+            // A key rotated at the issuer: wait briefly for the refetch, then try once more.
+            let _ = tokio::time::timeout(UNKNOWN_KID_WAIT, loaded.changed()).await;
+            result = token::validate(
+                token,
+                &settings.token_rules,
+                |iss| settings.issuers.get(iss).map(IssuerSource::keys),
+                unix_now(),
+            );
+        }
+    }
+    let verified = result?;
+    let feed = shared.feed.load_full();
+    let feed_revocations = feed.as_ref().map(|f| f.revocations.load_full());
+    if let Some(reason) = revocation::revoked(
+        &verified,
+        &settings.client_cutoffs,
+        feed_revocations.as_deref(),
+    ) {
+        return Err(TokenError::Revoked(reason));
+    }
+    let verified = Arc::new(verified);
+    shared.cache.insert(key, verified.clone(), epoch, now);
+    Ok(verified)
+}
+
+/// Sends the request to the app and returns its response (hop-by-hop headers stripped).
+async fn forward(
+    shared: &Shared,
+    settings: &Settings,
+    conn: Connection,
+    req: Request<Incoming>,
+    path: &str,
+    identity: Option<&VerifiedToken>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let upstream = &settings.upstream;
+    let (mut parts, body) = req.into_parts();
+    let wants_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let uri: Uri = format!("http://{}{}", upstream.authority, path_and_query)
+        .parse()
+        .map_err(|_| Refusal::BadPath)?;
+    let headers = &mut parts.headers;
+    // An HTTP/2 client names the host in :authority only; the app still gets it as Host.
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
+    headers::strip_hop_by_hop(headers, upgrade.is_some());
+    let names = &settings.headers;
+    let spoofed =
+        headers::strip_spoofable(headers, &[&names.subject, &names.scopes, &names.client_id]);
+    if spoofed > 0 {
+        tracing::debug!(
+            headers = spoofed,
+            "removed headers the app could take for ours"
+        );
+    }
+    if let Some(token) = identity {
+        let values = [
+            (&names.subject, token.sub.as_deref()),
+            (&names.scopes, Some(token.scope.as_str())),
+            (&names.client_id, token.client_id.as_deref()),
+        ];
+        for (name, value) in values {
+            // Validation refused every identity a header cannot carry unchanged.
+            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+    let trusted_peer = settings
+        .trusted_proxies
+        .as_ref()
+        .is_some_and(|t| t.trusts_peer(conn.peer.ip()));
+    headers::set_forwarded(headers, conn.peer.ip(), shared.tls, trusted_peer);
+    if upstream.protocol == UpstreamProtocol::H2c {
+        parts.version = Version::HTTP_2;
+        if wants_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    } else {
+        parts.version = Version::HTTP_11;
+    }
+    parts.uri = uri;
+    let idle = match upstream.protocol {
+        UpstreamProtocol::Http1 => shared.connection.body_idle_timeout,
+        UpstreamProtocol::H2c => shared.connection.stream_idle_timeout,
+    };
+    let body = BodyDeadline::new(body, idle);
+    let stalled = body.stalled.clone();
+    let request = Request::from_parts(parts, body);
+    let response =
+        match tokio::time::timeout(upstream.response_timeout, upstream.client.request(request))
+            .await
+        {
+            Err(_) => {
+                tracing::warn!("upstream did not answer in time");
+                return Err(Refusal::UpstreamTimeout);
+            }
+            Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+                tracing::info!("request body stalled; request ended");
+                return Err(Refusal::BodyTimeout);
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "upstream unreachable");
+                return Err(Refusal::UpstreamUnreachable);
+            }
+            Ok(Ok(response)) => response,
+        };
+    let (mut parts, body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    // The app may switch only to the WebSocket the client asked for.
+    if switching && (upgrade.is_none() || !headers::upgrades_to_websocket(&parts.headers)) {
+        tracing::warn!("the app switched protocols unasked; refused");
+        return Err(Refusal::UpstreamUnreachable);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade.is_some());
+    let mut response = Response::from_parts(parts, body.boxed());
+    if let (true, Some(client_side)) = (switching, upgrade) {
+        let upstream_side = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            let (client_io, upstream_io) = match tokio::try_join!(client_side, upstream_side) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::debug!(error = %err, "upgrade failed");
+                    return;
+                }
+            };
+            let mut client_io = TokioIo::new(client_io);
+            let mut upstream_io = TokioIo::new(upstream_io);
+            let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+        });
+    }
+    Ok(response)
+}
+
+/// Why a request body was abandoned.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Reading from the client failed.
+    #[error("request body")]
+    Read(#[source] hyper::Error),
+    /// The client sent nothing for the idle deadline while the sidecar waited.
+    #[error("request body stalled")]
+    Stalled,
+}
+
+/// A request body on its way to the app, abandoned when the client goes silent for `idle`
+/// while the sidecar waits for it (a trickled body would hold a connection, a task and an
+/// upstream connection for as long as the client likes). Time the app takes to read does not
+/// count.
+pub struct BodyDeadline {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+    /// Set once the deadline passed (the request then ends with 408).
+    pub stalled: Arc<AtomicBool>,
+}
+
+impl BodyDeadline {
+    /// Wraps a request body.
+    pub fn new(inner: Incoming, idle: Duration) -> Self {
+        BodyDeadline {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            stalled: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl hyper::body::Body for BodyDeadline {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(BodyError::Read)))
+            }
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    this.timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.stalled.store(true, Ordering::Release);
+                        Poll::Ready(Some(Err(BodyError::Stalled)))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The sidecar's own answer to a refused request.
+/// Refusals always carry `Cache-Control: no-store`.
+fn refuse(shared: &Shared, settings: &Settings, refusal: Refusal) -> Response<ProxyBody> {
+    shared.metrics.request(refusal.outcome());
+    let answer = answer(&refusal);
+    let mut response = Response::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    if let Some(challenge) = answer.challenge {
+        headers.insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    if let Some(secs) = answer.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    headers::secure_response(headers, &settings.headers, true);
+    response
+}

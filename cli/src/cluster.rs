@@ -6,7 +6,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use scopegate_core::config::{CONFIG_FILE, SidecarConfig};
 use scopegate_crds::v1alpha1::AuthPolicy;
-use scopegate_operator::auth_policy::build::Names;
+use scopegate_operator::names::Names;
 
 use crate::{Failure, Global};
 

@@ -12,7 +12,7 @@ use scopegate_core::jose::keys::{Alg, KeyEntry, load_jwks};
 use scopegate_core::jwk::Jwks;
 use scopegate_core::token::IssuerKeys;
 use scopegate_crds::v1alpha1::AuthPolicy;
-use scopegate_operator::auth_policy::build::{self, Trust};
+use scopegate_operator::controllers::auth_policy::render::{self, Trust};
 
 use crate::cluster::{Cluster, policy_name};
 use crate::{Global, fetch};
@@ -170,7 +170,7 @@ impl PolicyFlags {
                 None => Trust::Unresolved,
             }
         };
-        build::sidecar_config(&policy, &trust, BTreeMap::new(), "")
+        render::sidecar_config(&policy, &trust, BTreeMap::new(), "")
             .map_err(|err| anyhow::anyhow!("rendering the policy: {err}"))
     }
 }

@@ -10,7 +10,7 @@ use kube::core::{Selector, SelectorExt as _};
 use scopegate_core::names::INJECTION_LABEL;
 use scopegate_core::policy::rule_label;
 use scopegate_crds::v1alpha1::{AuthPolicy, Enforcement, OAuthClient};
-use scopegate_operator::webhook::inject::SIDECAR_NAME;
+use scopegate_operator::names::SIDECAR_NAME;
 use serde::Serialize;
 
 use crate::Global;

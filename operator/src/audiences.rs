@@ -16,9 +16,17 @@
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
-use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use scopegate_crds::v1alpha1::{AuthPolicy, AuthPolicySpec, OAuthClient};
 
-use crate::auth_policy::build::{effective_audiences, is_dns_label};
+use crate::names::is_dns_label;
+
+/// The audiences a verifier accepts: the spec's, or the issuer URL for a self issuer.
+pub fn effective_audiences(spec: &AuthPolicySpec) -> Vec<String> {
+    match (&spec.issuer.self_, spec.audiences.is_empty()) {
+        (Some(own), true) => vec![own.url.clone()],
+        _ => spec.audiences.clone(),
+    }
+}
 
 /// What one owning policy admits for one audience.
 #[derive(Debug, Clone, Default)]

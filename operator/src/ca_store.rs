@@ -13,14 +13,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
-use crate::auth_policy::build;
 use crate::ca::{CA_FILE, CaDocument, NameScope};
 use crate::context::{FIELD_MANAGER, now};
 use crate::error::{Error, Result};
-use crate::secret_data;
+use crate::objects::{self, secret_data};
 
 /// Name of the tenants' CA Secret in the operator's namespace.
 pub const CA_SECRET: &str = "scopegate-ca";
@@ -48,7 +47,7 @@ pub async fn run(
         let wait = match step(&client, &spec, &sender).await {
             Ok(next) => next,
             Err(err) => {
-                tracing::warn!(secret = spec.secret, error = %crate::error_chain(&err), "keeping the operator CA failed; retrying");
+                tracing::warn!(secret = spec.secret, error = %crate::error::error_chain(&err), "keeping the operator CA failed; retrying");
                 Duration::from_secs(5)
             }
         };
@@ -74,20 +73,12 @@ async fn step(
     };
     let now = now();
     if doc.plan(now, &spec.scope)? {
-        let meta = ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                scopegate_core::names::MANAGED_BY_LABEL.to_owned(),
-                scopegate_core::names::MANAGED_BY_VALUE.to_owned(),
-            )])),
-            resource_version: current.as_ref().and_then(|s| s.resource_version()),
-            ..ObjectMeta::default()
-        };
-        let secret = build::secret(
+        let mut meta = objects::managed_meta(namespace, name);
+        meta.resource_version = current.as_ref().and_then(|s| s.resource_version());
+        let secret = objects::secret(
             meta,
             None,
-            BTreeMap::from([(CA_FILE.to_owned(), build::to_json("CA", &doc)?)]),
+            BTreeMap::from([(CA_FILE.to_owned(), objects::to_json("CA", &doc)?)]),
         );
         let params = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),

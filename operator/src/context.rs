@@ -34,7 +34,7 @@ pub struct Context {
     /// ConfigMaps the operator manages (selected by label).
     pub config_maps: Store<ConfigMap>,
     /// Every pod, slimmed to labels, the injection annotation and its containers' names,
-    /// images and ports ([`crate::auth_policy::pods::slim`]).
+    /// images and ports ([`crate::controllers::auth_policy::pods::slim`]).
     pub pods: Store<k8s_openapi::api::core::v1::Pod>,
     /// Every Service (to spot one that targets an app's port around its sidecar).
     pub services: Store<k8s_openapi::api::core::v1::Service>,
@@ -160,4 +160,10 @@ pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// RFC 3339 text of a Unix time, for messages.
+pub fn rfc3339(unix: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_second(unix)
+        .map_or_else(|_| unix.to_string(), |t| t.to_string())
 }

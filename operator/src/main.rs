@@ -97,9 +97,7 @@ struct Cli {
 fn cluster_domain(text: &str) -> Result<String, String> {
     let ok = !text.is_empty()
         && text.len() <= 253
-        && text
-            .split('.')
-            .all(scopegate_operator::auth_policy::build::is_dns_label);
+        && text.split('.').all(scopegate_operator::names::is_dns_label);
     ok.then(|| text.to_owned())
         .ok_or_else(|| format!("{text:?} is not a DNS domain of lower-case RFC 1123 labels"))
 }
@@ -241,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics.leadership_lost.inc();
                 health.ready.store(true, Ordering::Relaxed);
                 tracing::warn!(
-                    error = %scopegate_operator::error_chain(&lost),
+                    error = %scopegate_operator::error::error_chain(&lost),
                     "leadership lost: writes stopped; serving the webhook from caches and campaigning again"
                 );
             }

@@ -10,7 +10,7 @@ use scopegate_core::clients::{AuthMethod, ClientRegistry, RegisteredClient, Secr
 use scopegate_core::secret_hash::{self, HashError, SecretKind};
 use scopegate_crds::v1alpha1::{GrantType, OAuthClient, TokenEndpointAuthMethod};
 
-use crate::oauth_client::validate::client_id;
+use crate::names::client_id;
 
 /// Where a client's secret comes from, as read from its Secret.
 #[derive(Clone, PartialEq, Eq)]

@@ -11,19 +11,17 @@ use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
 use super::CertSlot;
-use crate::auth_policy::build::{
-    TLS_NAMES_ANNOTATION, TLS_NOT_AFTER_ANNOTATION, TLS_SIGNER_ANNOTATION,
-};
 use crate::ca::{self, CaDocument, ExistingLeaf};
 use crate::context::{FIELD_MANAGER, now};
 use crate::error::Result;
-use crate::secret_data;
+use crate::names::{TLS_NAMES_ANNOTATION, TLS_NOT_AFTER_ANNOTATION, TLS_SIGNER_ANNOTATION};
+use crate::objects::{self, secret_data};
 
 /// Name of the webhook's serving-certificate Secret in the operator's namespace.
 pub const WEBHOOK_TLS_SECRET: &str = "scopegate-webhook-tls";
@@ -55,7 +53,7 @@ pub async fn maintain(
             Some(doc) => match step(&client, &identity, &doc).await {
                 Ok(wait) => wait,
                 Err(err) => {
-                    tracing::warn!(error = %crate::error_chain(&err), "keeping the webhook certificate failed; retrying");
+                    tracing::warn!(error = %crate::error::error_chain(&err), "keeping the webhook certificate failed; retrying");
                     Duration::from_secs(5)
                 }
             },
@@ -97,25 +95,17 @@ async fn step(
             .signer(now)
             .map(|a| ca::fingerprint(&a.cert_pem))
             .unwrap_or_default();
-        let meta = ObjectMeta {
-            name: Some(WEBHOOK_TLS_SECRET.into()),
-            namespace: Some(identity.namespace.clone()),
-            labels: Some(BTreeMap::from([(
-                scopegate_core::names::MANAGED_BY_LABEL.to_owned(),
-                scopegate_core::names::MANAGED_BY_VALUE.to_owned(),
-            )])),
-            annotations: Some(BTreeMap::from([
-                (
-                    TLS_NOT_AFTER_ANNOTATION.to_owned(),
-                    leaf.not_after.to_string(),
-                ),
-                (TLS_SIGNER_ANNOTATION.to_owned(), signer),
-                (TLS_NAMES_ANNOTATION.to_owned(), names.join(",")),
-            ])),
-            resource_version: current.as_ref().and_then(|s| s.resource_version()),
-            ..ObjectMeta::default()
-        };
-        let secret = crate::auth_policy::build::secret(
+        let mut meta = objects::managed_meta(&identity.namespace, WEBHOOK_TLS_SECRET);
+        meta.annotations = Some(BTreeMap::from([
+            (
+                TLS_NOT_AFTER_ANNOTATION.to_owned(),
+                leaf.not_after.to_string(),
+            ),
+            (TLS_SIGNER_ANNOTATION.to_owned(), signer),
+            (TLS_NAMES_ANNOTATION.to_owned(), names.join(",")),
+        ]));
+        meta.resource_version = current.as_ref().and_then(|s| s.resource_version());
+        let secret = objects::secret(
             meta,
             Some("kubernetes.io/tls"),
             BTreeMap::from([

@@ -3,6 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::names::{
+    self, APP_CA_MOUNT_DIR, CA_CONFIGMAP, INJECTED_ANNOTATION, LISTEN_TLS_MOUNT_DIR,
+    MINT_SOCKET_DIR, Names, PORT_LOCK_NAME, SIDECAR_NAME,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
@@ -12,21 +16,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
-use scopegate_core::names;
-use scopegate_core::names::MINT_SOCKET_DIR;
 use scopegate_crds::v1alpha1::AuthPolicy;
 use serde::{Deserialize, Serialize};
 
-use crate::auth_policy::build::{CA_CONFIGMAP, LISTEN_TLS_MOUNT_DIR, Names};
-
-/// Name of the injected container.
-pub const SIDECAR_NAME: &str = "scopegate-sidecar";
-/// Name of the init container that installs the inbound port lock (`inbound.portLock`).
-pub const PORT_LOCK_NAME: &str = "scopegate-port-lock";
-/// Annotation on an injected pod naming its AuthPolicy.
-pub const INJECTED_ANNOTATION: &str = "scopegate.dev/injected";
-/// Where app containers find the operator's CA bundle.
-pub const APP_CA_MOUNT_DIR: &str = "/etc/scopegate/ca";
 /// Env var carrying the app's original HTTP probes, which the sidecar's admin port serves at
 /// `/app-health/<container>/<kind>`.
 pub const APP_PROBES_ENV: &str = "SCOPEGATE_APP_PROBES";

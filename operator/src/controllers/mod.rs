@@ -5,31 +5,35 @@
 //! by metadata only; pods are cached slimmed to what the status reads (labels, the injection
 //! annotation, container names, images and ports).
 
+pub mod auth_policy;
+pub mod ca_bundle;
+pub mod client_checks;
+pub mod oauth_client;
+pub mod relations;
+
 use std::sync::Arc;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::core::PartialObjectMeta;
-
-use crate::webhook::inject::selects;
 use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use scopegate_core::names;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use tokio::sync::watch;
 
-use crate::auth_policy::build::effective_audiences;
-use crate::auth_policy::{self, build::POLICY_LABEL};
+use crate::audiences::effective_audiences;
 use crate::ca::CaDocument;
 use crate::context::Context;
 use crate::metrics::Metrics;
-use crate::oauth_client::credentials::CLIENT_LABEL;
-use crate::oauth_client::{self, validate::issuer_key};
+use crate::names::{self, CLIENT_LABEL, POLICY_LABEL};
+use crate::webhook::inject::selects;
+use client_checks::issuer_key;
+use relations::{AudienceMemory, clients_listing, clients_using, dependents, issuer_of};
 
 /// How many reconciles of one kind run at once.
 const CONCURRENCY: u16 = 32;
@@ -169,33 +173,6 @@ fn decode<K: kube::Resource + serde::de::DeserializeOwned>(
     })
 }
 
-/// Policies that trust `issuer` (in `namespace`) through a policyRef.
-pub fn dependents(
-    policies: &Store<AuthPolicy>,
-    namespace: &str,
-    issuer: &str,
-) -> Vec<ObjectRef<AuthPolicy>> {
-    policies
-        .state()
-        .iter()
-        .filter(|p| {
-            p.spec.issuer.policy_ref.as_ref().is_some_and(|r| {
-                r.name == issuer
-                    && r.namespace
-                        .as_deref()
-                        .unwrap_or(p.namespace().as_deref().unwrap_or_default())
-                        == namespace
-            })
-        })
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
-}
-
-fn issuer_of(client: &OAuthClient) -> ObjectRef<AuthPolicy> {
-    let (namespace, name) = issuer_key(client);
-    ObjectRef::new(&name).within(&namespace)
-}
-
 /// Policies that name `secret` in `namespace`: as an upstream's client secret (a rotated one
 /// is copied into `<policy>-upstreams` at once), as `listen.tlsSecret` or as the Redis
 /// credentials (their status says whether it exists).
@@ -223,54 +200,6 @@ fn policies_with_upstream_secret(
                     }))
         })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
-        .collect()
-}
-
-/// Clients whose `existingSecret` names `secret` in `namespace`.
-fn clients_using(
-    clients: &Store<OAuthClient>,
-    namespace: &str,
-    secret: &str,
-) -> Vec<Arc<OAuthClient>> {
-    clients
-        .state()
-        .into_iter()
-        .filter(|c| {
-            c.namespace().as_deref() == Some(namespace)
-                && c.spec
-                    .existing_secret
-                    .as_ref()
-                    .is_some_and(|s| s.name == secret)
-        })
-        .collect()
-}
-
-/// Remembers each policy's audiences between its watch events, so that a change can wake
-/// everything that depended on the audiences it had before as well as those it has now (an
-/// audience removed from a resource server must leave its clients' tokens at once).
-#[derive(Default)]
-struct AudienceMemory(std::sync::Mutex<std::collections::HashMap<(String, String), Vec<String>>>);
-
-impl AudienceMemory {
-    /// The policy's audiences before this event and now.
-    fn touch(&self, policy: &AuthPolicy) -> Vec<String> {
-        let key = (policy.namespace().unwrap_or_default(), policy.name_any());
-        let now = effective_audiences(&policy.spec);
-        let mut memory = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut touched = memory.insert(key, now.clone()).unwrap_or_default();
-        touched.extend(now);
-        touched.sort();
-        touched.dedup();
-        touched
-    }
-}
-
-/// Clients that list one of `audiences`.
-fn clients_listing(clients: &Store<OAuthClient>, audiences: &[String]) -> Vec<Arc<OAuthClient>> {
-    clients
-        .state()
-        .into_iter()
-        .filter(|c| c.spec.audiences.iter().any(|a| audiences.contains(a)))
         .collect()
 }
 

@@ -11,7 +11,8 @@ use kube::ResourceExt;
 use scopegate_crds::v1alpha1::AuthPolicy;
 
 use super::status::Problem;
-use crate::webhook::inject::{INJECTED_ANNOTATION, SIDECAR_NAME, selects, seniority};
+use crate::names::{INJECTED_ANNOTATION, SIDECAR_NAME};
+use crate::webhook::inject::{selects, seniority};
 
 /// What the operator keeps of a pod in its cache: name, labels and annotations, and each
 /// container's name, image and named ports (to resolve a Service's named targetPort and to see

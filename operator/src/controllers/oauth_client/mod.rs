@@ -3,7 +3,6 @@
 //! rendered by the issuer's reconcile, from every client at once.
 
 pub mod credentials;
-pub mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,15 +17,16 @@ use kube::runtime::reflector::ObjectRef;
 use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, OAuthClientStatus};
 
+use super::ca_bundle;
+use super::client_checks::{ClientProblem, audience_problem, issuer_key, validate};
 use crate::audiences::AudienceOwners;
-use crate::auth_policy::build::Names;
 use crate::conditions::{Conclusion, kstatus, merge};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use crate::metrics::{FailureLabels, KindLabels};
-use crate::secret_data;
+use crate::names::{Names, client_id};
+use crate::objects::secret_data;
 use credentials::Ensured;
-use validate::{ClientProblem, audience_problem, client_id, issuer_key, validate};
 
 const KIND: &str = "OAuthClient";
 
@@ -95,7 +95,7 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
     // Client apps of this namespace verify the issuer's certificate with this bundle.
     let ca = ctx.ca.borrow().clone();
     if let Some(ca) = ca {
-        crate::auth_policy::apply_ca_bundle(ctx, &namespace, &ca.bundle(now)).await?;
+        ca_bundle::apply(ctx, &namespace, &ca.bundle(now)).await?;
     }
     let registered = ctx
         .secret(&issuer_namespace, &Names::of(&issuer_name).clients)
@@ -253,7 +253,7 @@ pub fn error_policy(client: Arc<OAuthClient>, error: &Error, ctx: Arc<Context>) 
         namespace = client.namespace().unwrap_or_default(),
         name = client.name_any(),
         category = error.category(),
-        error = %crate::error_chain(error),
+        error = %crate::error::error_chain(error),
         "OAuthClient reconcile failed"
     );
     if error.is_permanent() {

@@ -1,157 +1,23 @@
-//! Pure construction of everything an AuthPolicy renders: the signing-keys Secret, the JWKS
-//! ConfigMap, the serving-certificate Secret, the client registry Secret and the sidecar
-//! config ConfigMap. No client, no clock: inputs in, objects out.
+//! Pure construction of an AuthPolicy's sidecar config document, and of the upstreams'
+//! status. No client, no clock: inputs in, document out.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use scopegate_core::config::{
     self, CONFIG_API_VERSION, FeedConfig, HeadersConfig, IssuerConfig, KeySource, ListenConfig,
     PolicyId, RateLimitConfig, RevocationConfig, RouteRule, RuleAction, SidecarConfig, TlsFiles,
     TrustedIssuer, TrustedProxiesConfig, UpstreamConfig, VerifyConfig,
 };
 use scopegate_core::jwk::Jwks;
-use scopegate_core::names;
 use scopegate_crds::v1alpha1::{self as api, AuthPolicy, AuthPolicySpec};
 
+use crate::audiences::effective_audiences;
 use crate::error::{Error, Result};
+use crate::names::{self, LISTEN_TLS_MOUNT_DIR};
 
-/// Label naming the AuthPolicy an object was rendered for.
-pub const POLICY_LABEL: &str = "scopegate.dev/policy";
-/// Key of the JWKS document in the JWKS ConfigMap.
-pub const JWKS_FILE: &str = "jwks.json";
-/// Name of the per-namespace CA bundle ConfigMap for client apps.
-pub const CA_CONFIGMAP: &str = "scopegate-ca";
-/// Key of the bundle in [`CA_CONFIGMAP`] and in TLS Secrets.
-pub const CA_FILE: &str = "ca.crt";
-/// Annotation on the signing-keys Secret: the rotate-annotation value already acted on.
-pub const ROTATION_HANDLED_ANNOTATION: &str = "scopegate.dev/rotation-handled";
-/// Annotations on the TLS Secret describing the certificate, for renewal decisions.
-pub const TLS_NOT_AFTER_ANNOTATION: &str = "scopegate.dev/not-after";
-/// The CA certificate that signed the serving certificate (its SHA-256, hex).
-pub const TLS_SIGNER_ANNOTATION: &str = "scopegate.dev/signer";
-/// The DNS names the serving certificate covers.
-pub const TLS_NAMES_ANNOTATION: &str = "scopegate.dev/dns-names";
-/// Where verifiers mount a listener certificate named by `listen.tlsSecret`.
-pub const LISTEN_TLS_MOUNT_DIR: &str = "/etc/scopegate/listen-tls";
 /// How long verifiers may go without reading the revocation feed before it counts as stale.
 pub const FEED_STALENESS_SECS: u64 = 60;
-
-/// Names of the objects rendered for a policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Names {
-    /// Signing-keys Secret.
-    pub signing_keys: String,
-    /// JWKS ConfigMap.
-    pub jwks: String,
-    /// Serving-certificate Secret.
-    pub tls: String,
-    /// Client registry Secret.
-    pub clients: String,
-    /// Sidecar config ConfigMap.
-    pub sidecar: String,
-    /// Upstream client secrets (self issuers with upstreams).
-    pub upstreams: String,
-}
-
-impl Names {
-    /// Names for the policy called `name`.
-    pub fn of(name: &str) -> Self {
-        Self {
-            signing_keys: format!("{name}-signing-keys"),
-            jwks: format!("{name}-jwks"),
-            tls: format!("{name}-tls"),
-            clients: format!("{name}-clients"),
-            sidecar: format!("{name}-sidecar"),
-            upstreams: scopegate_core::upstream::secret_name(name),
-        }
-    }
-}
-
-/// Whether `text` is an RFC 1123 DNS label as Kubernetes names Services: 1-63 lower-case
-/// letters, digits and `-`, starting and ending with a letter or digit.
-pub fn is_dns_label(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    (1..=63).contains(&bytes.len())
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes.first() != Some(&b'-')
-        && bytes.last() != Some(&b'-')
-}
-
-/// The DNS names of an issuer Service, for its serving certificate: always built from the
-/// Service's label and the policy's own namespace (`<svc>.<ns>.svc` and
-/// `<svc>.<ns>.svc.<cluster_domain>`), never a bare name, so a policy can only ever get a
-/// certificate for a Service of its own namespace. `None` when `service` is not a DNS label.
-pub fn service_dns_names(
-    service: &str,
-    namespace: &str,
-    cluster_domain: &str,
-) -> Option<Vec<String>> {
-    (is_dns_label(service) && is_dns_label(namespace)).then(|| {
-        vec![
-            format!("{service}.{namespace}.svc"),
-            format!("{service}.{namespace}.svc.{cluster_domain}"),
-        ]
-    })
-}
-
-/// Metadata for an object owned by `policy`.
-pub fn owned_meta(policy: &AuthPolicy, name: &str) -> Result<ObjectMeta> {
-    let owner = policy
-        .controller_owner_ref(&())
-        .ok_or(Error::Unaddressable)?;
-    Ok(ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace: policy.namespace(),
-        labels: Some(managed_labels(&policy.name_any())),
-        owner_references: Some(vec![owner]),
-        ..ObjectMeta::default()
-    })
-}
-
-/// The labels every rendered object carries (the operator's watches select on them).
-pub fn managed_labels(policy: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            names::MANAGED_BY_LABEL.to_owned(),
-            names::MANAGED_BY_VALUE.to_owned(),
-        ),
-        (POLICY_LABEL.to_owned(), policy.to_owned()),
-    ])
-}
-
-/// A Secret with string data.
-pub fn secret(meta: ObjectMeta, type_: Option<&str>, data: BTreeMap<String, String>) -> Secret {
-    Secret {
-        metadata: meta,
-        type_: type_.map(str::to_owned),
-        data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Secret::default()
-    }
-}
-
-/// A ConfigMap with string data.
-pub fn config_map(meta: ObjectMeta, data: BTreeMap<String, String>) -> ConfigMap {
-    ConfigMap {
-        metadata: meta,
-        data: Some(data),
-        ..ConfigMap::default()
-    }
-}
-
-/// Serialises a document as the stable, human-readable JSON stored in objects.
-pub fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String> {
-    serde_json::to_string_pretty(value).map_err(|e| Error::Serialize(what, e))
-}
 
 /// How the keys a policy trusts were resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,14 +60,6 @@ pub fn feed_subject_key(issuer: &AuthPolicy) -> Option<String> {
     issuer
         .uid()
         .map(|uid| scopegate_core::feed::subject_key_of(&uid))
-}
-
-/// The audiences a verifier accepts: the spec's, or the issuer URL for a self issuer.
-pub fn effective_audiences(spec: &AuthPolicySpec) -> Vec<String> {
-    match (&spec.issuer.self_, spec.audiences.is_empty()) {
-        (Some(own), true) => vec![own.url.clone()],
-        _ => spec.audiences.clone(),
-    }
 }
 
 /// Renders the sidecar config document for `policy`.
@@ -671,6 +529,7 @@ pub fn upstream_status(own: &api::SelfIssuer, missing: &[String]) -> Vec<api::Up
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objects::to_json;
 
     fn policy(yaml: &str) -> AuthPolicy {
         let mut p: AuthPolicy = serde_yaml_ng::from_str(yaml).unwrap();
@@ -993,32 +852,5 @@ spec:
         let role = config.issuer.unwrap();
         assert_eq!(role.refresh_token_idle_secs, Some(6 * 3600));
         assert_eq!(role.feed_subject_key.as_deref(), Some(key.as_str()));
-    }
-
-    #[test]
-    fn service_names_cover_every_in_cluster_spelling() {
-        assert_eq!(
-            service_dns_names("auth", "shop", "corp.example").unwrap(),
-            ["auth.shop.svc", "auth.shop.svc.corp.example"]
-        );
-        for hostile in [
-            "accounts.google.com",
-            "auth.shop.svc",
-            "*",
-            "*.shop",
-            "Auth",
-            "-auth",
-            "auth-",
-            "",
-            "a b",
-            "auth\n",
-            &"a".repeat(64),
-        ] {
-            assert_eq!(
-                service_dns_names(hostile, "shop", "cluster.local"),
-                None,
-                "{hostile:?}"
-            );
-        }
     }
 }

@@ -7,8 +7,8 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use scopegate_crds::v1alpha1::AuthPolicy;
 
-use super::build::owned_meta;
 use crate::error::Result;
+use crate::objects::owned_meta;
 
 /// Name of the NetworkPolicy rendered for the policy called `policy`.
 pub fn network_policy_name(policy: &str) -> String {

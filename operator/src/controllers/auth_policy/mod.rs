@@ -2,10 +2,10 @@
 //! issuer's keys and certificate, build the desired objects (pure), apply what changed, and
 //! write the status (pure, skipped when unchanged).
 
-pub mod build;
 pub mod inbound;
 pub mod issuer;
 pub mod pods;
+pub mod render;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -22,13 +22,16 @@ use scopegate_core::config::CONFIG_FILE;
 use scopegate_core::jwk::Jwks;
 use scopegate_crds::v1alpha1::{Algorithm, AuthPolicy, NamespacedRef, RenderedObjects, StoreKind};
 
+use super::ca_bundle;
+use super::client_checks::issuer_key;
 use crate::audiences::AudienceOwners;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::metrics::{FailureLabels, KindLabels};
-use crate::oauth_client::validate::{client_id, issuer_key};
-use build::{CA_CONFIGMAP, CA_FILE, JWKS_FILE, Names, Trust};
+use crate::names::{JWKS_FILE, Names, client_id};
+use crate::objects;
+use render::Trust;
 use status::{DryRunScope, Observation, Problem};
 
 const KIND: &str = "AuthPolicy";
@@ -166,7 +169,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         }
         issuer::reconcile_registry(policy, &names, ctx, now).await?;
         let missing = issuer::reconcile_upstreams(policy, own, &names, ctx).await?;
-        observation.upstreams = build::upstream_status(own, &missing);
+        observation.upstreams = render::upstream_status(own, &missing);
         observation.problems.extend(
             own.upstreams
                 .iter()
@@ -221,7 +224,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         if external
             .ca_bundle
             .as_deref()
-            .is_some_and(|pem| !build::ca_bundle_valid(pem))
+            .is_some_and(|pem| !render::ca_bundle_valid(pem))
         {
             observation.problems.push(Problem::ExternalCaBundleInvalid);
         }
@@ -230,11 +233,11 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         observation.mode = "None";
         (Trust::Unresolved, BTreeMap::new())
     };
-    if build::effective_audiences(spec).is_empty() {
+    if crate::audiences::effective_audiences(spec).is_empty() {
         observation.problems.push(Problem::MissingAudiences);
     }
     if let Some((issuer, declared)) = declared_scopes(policy, &trust, ctx) {
-        let unknown = build::undeclared_scopes(spec, &declared);
+        let unknown = render::undeclared_scopes(spec, &declared);
         if !unknown.is_empty() {
             observation
                 .problems
@@ -258,7 +261,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         &ctx.cluster_domain,
     );
     let conflicts = owners.conflicts_of(policy);
-    let mut config = build::sidecar_config(policy, &trust, cutoffs, &bundle)?;
+    let mut config = render::sidecar_config(policy, &trust, cutoffs, &bundle)?;
     if !conflicts.is_empty() {
         // Another namespace owns them: this policy's pods do not accept them either.
         config
@@ -276,13 +279,13 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         .heavy(move || {
             scopegate_core::check::document(&config)
                 .map_err(|refused| refused.to_string())
-                .map(|()| build::to_json("sidecar config", &config))
+                .map(|()| objects::to_json("sidecar config", &config))
         })
         .await?;
     match rendered {
         Ok(text) => {
-            let sidecar = build::config_map(
-                build::owned_meta(policy, &names.sidecar)?,
+            let sidecar = objects::config_map(
+                objects::owned_meta(policy, &names.sidecar)?,
                 BTreeMap::from([(CONFIG_FILE.to_owned(), text?)]),
             );
             let unchanged = ctx
@@ -299,7 +302,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         }
     }
 
-    apply_ca_bundle(ctx, &namespace, &bundle).await?;
+    ca_bundle::apply(ctx, &namespace, &bundle).await?;
     if reconcile_network_policy(policy, ctx, &namespace).await? {
         observation.rendered.network_policy = Some(inbound::network_policy_name(&name));
     }
@@ -441,8 +444,8 @@ fn resolve_policy_ref(
             Trust::Referenced {
                 issuer: own.url.clone(),
                 jwks,
-                feed_url: build::feed_url(&namespace, &own.service),
-                feed_subject_key: build::feed_subject_key(&issuer),
+                feed_url: render::feed_url(&namespace, &own.service),
+                feed_subject_key: render::feed_subject_key(&issuer),
             },
             None,
         ),
@@ -565,29 +568,6 @@ fn client_cutoffs(
         .collect()
 }
 
-/// Keeps the namespace's `scopegate-ca` ConfigMap (the CA bundle for client apps) current.
-/// It belongs to no single policy, so it has no owner.
-pub async fn apply_ca_bundle(ctx: &Context, namespace: &str, bundle: &str) -> Result<()> {
-    let desired = ConfigMap {
-        metadata: kube::api::ObjectMeta {
-            name: Some(CA_CONFIGMAP.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            labels: Some(BTreeMap::from([(
-                scopegate_core::names::MANAGED_BY_LABEL.to_owned(),
-                scopegate_core::names::MANAGED_BY_VALUE.to_owned(),
-            )])),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(CA_FILE.to_owned(), bundle.to_owned())])),
-        ..Default::default()
-    };
-    let unchanged = ctx
-        .config_map(namespace, CA_CONFIGMAP)
-        .is_some_and(|cm| cm.data == desired.data);
-    ctx.apply(&desired, unchanged).await?;
-    Ok(())
-}
-
 /// What to do after a failed reconcile: permanent errors wait for a change, others retry.
 pub fn error_policy(policy: Arc<AuthPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
@@ -601,12 +581,12 @@ pub fn error_policy(policy: Arc<AuthPolicy>, error: &Error, ctx: Arc<Context>) -
         namespace = policy.namespace().unwrap_or_default(),
         name = policy.name_any(),
         category = error.category(),
-        error = %crate::error_chain(error),
+        error = %crate::error::error_chain(error),
         "AuthPolicy reconcile failed"
     );
     if error.is_permanent() {
         let ctx = ctx.clone();
-        let message = crate::error_chain(error);
+        let message = crate::error::error_chain(error);
         let category = error.category();
         tokio::spawn(async move { ctx.event(policy.as_ref(), true, category, message).await });
         Action::await_change()

@@ -1,6 +1,6 @@
 //! Pure checks of an OAuthClient against its issuer: what the schema cannot see because it
 //! spans two objects. Shared by the client's own reconcile (for its status) and the issuer's
-//! (to decide who enters the registry).
+//! (to decide who enters the registry), so it lives below both.
 
 use kube::ResourceExt;
 use scopegate_crds::v1alpha1::{AuthPolicy, GrantType, OAuthClient};
@@ -212,16 +212,6 @@ pub fn issuer_key(client: &OAuthClient) -> (String, String) {
     (namespace, client.spec.issuer_ref.name.clone())
 }
 
-/// The client_id of an OAuthClient: `<namespace>.<name>`. Namespaces cannot contain dots, so
-/// the first dot splits it unambiguously.
-pub fn client_id(client: &OAuthClient) -> String {
-    format!(
-        "{}.{}",
-        client.namespace().unwrap_or_default(),
-        client.name_any()
-    )
-}
-
 /// Everything wrong between `client` and `issuer` (`None`: not found).
 pub fn validate(client: &OAuthClient, issuer: Option<&AuthPolicy>) -> Vec<ClientProblem> {
     let (issuer_namespace, issuer_name) = issuer_key(client);
@@ -295,6 +285,7 @@ pub fn validate(client: &OAuthClient, issuer: Option<&AuthPolicy>) -> Vec<Client
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::client_id;
 
     fn issuer() -> AuthPolicy {
         serde_yaml_ng::from_str(

@@ -5,32 +5,30 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use kube::{Resource, ResourceExt};
 use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
 use scopegate_core::config::{CONFIG_FILE, KeySource, SidecarConfig};
 use scopegate_core::jwk::{Jwk, Jwks};
 use scopegate_core::keys::{ManagedKey, SIGNING_KEYS_FILE, SigningKeys};
-use scopegate_core::names;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, SelfIssuer};
 
-use super::build::{
-    self, CA_FILE, JWKS_FILE, Names, ROTATION_HANDLED_ANNOTATION, TLS_NAMES_ANNOTATION,
-    TLS_NOT_AFTER_ANNOTATION, TLS_SIGNER_ANNOTATION,
-};
 use super::status::Problem;
 use crate::audiences::AudienceOwners;
 use crate::ca::{self, CaDocument, ExistingLeaf};
-use crate::context::Context;
+use crate::context::{Context, rfc3339};
+use crate::controllers::client_checks::{audience_problem, issuer_key, validate};
+use crate::controllers::relations::dependents;
 use crate::error::{Error, Result};
-use crate::oauth_client::credentials;
-use crate::oauth_client::validate::{audience_problem, issuer_key, validate};
-use crate::registry::{self, Entry};
+use crate::keygen;
+use crate::names::{
+    self, ALGORITHM_ANNOTATION, CA_FILE, CLIENT_SECRET_KEY, JWKS_FILE, Names,
+    PREVIOUS_NOT_AFTER_ANNOTATION, PREVIOUS_SECRET_KEY, ROTATION_HANDLED_ANNOTATION,
+    TLS_NAMES_ANNOTATION, TLS_NOT_AFTER_ANNOTATION, TLS_SIGNER_ANNOTATION, client_secret_name,
+};
+use crate::objects::{self, is_managed, secret_data};
+use crate::registry::{self, Credentials, Entry};
 use crate::rotation::{self, Change, Requests, RotationParams};
-use crate::{keygen, secret_data};
-
-/// Annotation on the JWKS ConfigMap naming the issuer's signing algorithm.
-pub const ALGORITHM_ANNOTATION: &str = "scopegate.dev/signing-algorithm";
 
 /// What the key step produced.
 #[derive(Debug, Default)]
@@ -284,9 +282,7 @@ pub async fn reconcile_keys(
             name: format!("ConfigMap {namespace}/{}", names.sidecar),
             kids: own_trust.clone().flatten(),
         });
-        for dependent in
-            crate::controllers::dependents(&ctx.policies, &namespace, &policy.name_any())
-        {
+        for dependent in dependents(&ctx.policies, &namespace, &policy.name_any()) {
             let dependent_namespace = dependent.namespace.clone().unwrap_or_default();
             let config = Names::of(&dependent.name).sidecar;
             if let Some(Some(kids)) = trusted_in(
@@ -384,12 +380,12 @@ pub async fn reconcile_keys(
                 legacy,
             )]));
         }
-        let secret = build::secret(
+        let secret = objects::secret(
             meta,
             None,
             BTreeMap::from([(
                 SIGNING_KEYS_FILE.to_owned(),
-                build::to_json("signing keys", &document)?,
+                objects::to_json("signing keys", &document)?,
             )]),
         );
         let params = PostParams {
@@ -429,15 +425,15 @@ pub async fn reconcile_keys(
             .observe((now - active.activates_at).max(0) as f64);
     }
     let jwks = signing.published_jwks(now);
-    let jwks_text = build::to_json("JWKS", &jwks)?;
+    let jwks_text = objects::to_json("JWKS", &jwks)?;
     // The algorithm rides along so that policies trusting this issuer by reference hear of a
     // switch to HS256 (which publishes nothing new) through this object's watch.
-    let mut meta = build::owned_meta(policy, &names.jwks)?;
+    let mut meta = objects::owned_meta(policy, &names.jwks)?;
     meta.annotations = Some(BTreeMap::from([(
         ALGORITHM_ANNOTATION.to_owned(),
         alg.to_owned(),
     )]));
-    let desired = build::config_map(meta, BTreeMap::from([(JWKS_FILE.to_owned(), jwks_text)]));
+    let desired = objects::config_map(meta, BTreeMap::from([(JWKS_FILE.to_owned(), jwks_text)]));
     let unchanged = ctx.config_map(&namespace, &names.jwks).is_some_and(|cm| {
         cm.data == desired.data
             && is_managed(cm.labels())
@@ -477,7 +473,7 @@ pub async fn reconcile_keys(
 /// cert-manager leaves a Certificate's Secret; a policy of the same name adopts them when it
 /// comes back. Deleting the Secret by hand discards them.
 pub fn retained_meta(policy: &AuthPolicy, name: &str) -> Result<ObjectMeta> {
-    let mut meta = build::owned_meta(policy, name)?;
+    let mut meta = objects::owned_meta(policy, name)?;
     meta.owner_references = None;
     Ok(meta)
 }
@@ -547,7 +543,7 @@ pub async fn reconcile_tls(
 ) -> Result<Result<i64, Problem>> {
     let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
     let Some(dns_names) =
-        build::service_dns_names(&own.service.name, &namespace, &ctx.cluster_domain)
+        names::service_dns_names(&own.service.name, &namespace, &ctx.cluster_domain)
     else {
         return Ok(Err(Problem::InvalidServiceName(own.service.name.clone())));
     };
@@ -593,13 +589,13 @@ pub async fn reconcile_tls(
             (leaf.cert_pem, leaf.key_pem, leaf.not_after, signer)
         }
     };
-    let mut meta = build::owned_meta(policy, &names.tls)?;
+    let mut meta = objects::owned_meta(policy, &names.tls)?;
     meta.annotations = Some(BTreeMap::from([
         (TLS_NOT_AFTER_ANNOTATION.to_owned(), not_after.to_string()),
         (TLS_SIGNER_ANNOTATION.to_owned(), signer),
         (TLS_NAMES_ANNOTATION.to_owned(), dns_names.join(",")),
     ]));
-    let desired = build::secret(
+    let desired = objects::secret(
         meta,
         Some("kubernetes.io/tls"),
         BTreeMap::from([
@@ -613,18 +609,6 @@ pub async fn reconcile_tls(
         .is_some_and(|s| s.data == desired.data && s.annotations() == desired.annotations());
     ctx.apply::<Secret>(&desired, unchanged).await?;
     Ok(Ok(not_after - ca::LEAF_RENEW_BEFORE_SECS))
-}
-
-/// OAuthClients that reference `policy` as their issuer.
-pub fn clients_of<'a>(
-    policy: &AuthPolicy,
-    all: &'a [std::sync::Arc<OAuthClient>],
-) -> Vec<&'a OAuthClient> {
-    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
-    all.iter()
-        .map(AsRef::as_ref)
-        .filter(|c| issuer_key(c) == key)
-        .collect()
 }
 
 /// Renders the client registry from every valid OAuthClient of this issuer.
@@ -656,7 +640,7 @@ pub async fn reconcile_registry(
         if problems.iter().any(|p| p.blocks_registration()) {
             continue;
         }
-        let credentials = credentials::read(client, ctx).await?;
+        let credentials = read_credentials(client, ctx).await?;
         clients.push(client.clone());
         parts.push((credentials, sorted.admitted, sorted.owned));
     }
@@ -683,18 +667,72 @@ pub async fn reconcile_registry(
                 )
                 .collect();
             let registry = registry::render(&entries, &existing, now)?;
-            let text = build::to_json("client registry", &registry)?;
+            let text = objects::to_json("client registry", &registry)?;
             Ok((registry.clients.len(), text))
         })
         .await??;
-    let desired = build::secret(
-        build::owned_meta(policy, &names.clients)?,
+    let desired = objects::secret(
+        objects::owned_meta(policy, &names.clients)?,
         None,
         BTreeMap::from([(CLIENTS_FILE.to_owned(), text)]),
     );
     let unchanged = cached.is_some_and(|s| s.data == desired.data);
     ctx.apply::<Secret>(&desired, unchanged).await?;
     Ok(count)
+}
+
+/// Reads a client's credentials for the registry: from the operator's cache for generated
+/// secrets, and directly from a user's own Secret (the operator watches users' Secrets by
+/// metadata only, so it never caches their data).
+async fn read_credentials(client: &OAuthClient, ctx: &Context) -> Result<Credentials> {
+    let namespace = client.namespace().ok_or(Error::Unaddressable)?;
+    if client.spec.public {
+        return Ok(Credentials::Public);
+    }
+    let source = |s: &Secret| {
+        format!(
+            "{}:{}",
+            s.uid().unwrap_or_default(),
+            s.resource_version().unwrap_or_default()
+        )
+    };
+    if let Some(reference) = &client.spec.existing_secret {
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&reference.name)
+            .await?;
+        return Ok(
+            match secret
+                .as_ref()
+                .and_then(|s| Some((secret_data(s, &reference.key)?, source(s))))
+            {
+                Some((secret, source)) => Credentials::Chosen { secret, source },
+                None => Credentials::Missing,
+            },
+        );
+    }
+    let Some(name) = client_secret_name(client) else {
+        return Ok(Credentials::Missing);
+    };
+    let uid = client.uid().unwrap_or_default();
+    let Some(secret) = ctx.secret(&namespace, &name) else {
+        return Ok(Credentials::Missing);
+    };
+    if !secret.owner_references().iter().any(|o| o.uid == uid) {
+        return Ok(Credentials::Missing);
+    }
+    let Some(current) = secret_data(&secret, CLIENT_SECRET_KEY) else {
+        return Ok(Credentials::Missing);
+    };
+    let previous = secret
+        .annotations()
+        .get(PREVIOUS_NOT_AFTER_ANNOTATION)
+        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(|until| Some((secret_data(&secret, PREVIOUS_SECRET_KEY)?, until)));
+    Ok(Credentials::Generated {
+        current,
+        previous,
+        source: source(&secret),
+    })
 }
 
 /// Copies each upstream's client secret, read from the user's Secret by reference, into
@@ -724,32 +762,12 @@ pub async fn reconcile_upstreams(
             None => missing.push(upstream.name.clone()),
         }
     }
-    let desired = build::secret(build::owned_meta(policy, &names.upstreams)?, None, data);
+    let desired = objects::secret(objects::owned_meta(policy, &names.upstreams)?, None, data);
     let unchanged = ctx
         .secret(&namespace, &names.upstreams)
         .is_some_and(|s| s.data == desired.data);
     ctx.apply::<Secret>(&desired, unchanged).await?;
     Ok(missing)
-}
-
-/// Whether labels mark an object as the operator's.
-pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
-    labels.get(names::MANAGED_BY_LABEL).map(String::as_str) == Some(names::MANAGED_BY_VALUE)
-}
-
-/// RFC 3339 text of a Unix time, for messages.
-pub fn rfc3339(unix: i64) -> String {
-    k8s_openapi::jiff::Timestamp::from_second(unix)
-        .map_or_else(|_| unix.to_string(), |t| t.to_string())
-}
-
-/// Reference to an object for events, with namespace and name.
-pub fn describe<K: Resource>(object: &K) -> String {
-    format!(
-        "{}/{}",
-        object.meta().namespace.as_deref().unwrap_or_default(),
-        object.meta().name.as_deref().unwrap_or_default()
-    )
 }
 
 #[cfg(test)]

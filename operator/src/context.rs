@@ -11,8 +11,8 @@ use kube::{Client, Resource};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use tokio::sync::watch;
 
-use crate::ca::CaDocument;
 use crate::metrics::Metrics;
+use crate::pki::ca::CaDocument;
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "scopegate-operator";

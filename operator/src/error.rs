@@ -2,8 +2,8 @@
 //! conditions. These are failures to do the work, each with a bounded category (a metric label
 //! and event reason) and whether retrying can help.
 
-use crate::ca::CaError;
-use crate::keygen::KeygenError;
+use crate::pki::ca::CaError;
+use crate::pki::keygen::KeygenError;
 
 /// A reconcile failed.
 #[derive(Debug, thiserror::Error)]

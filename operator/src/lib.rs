@@ -3,18 +3,14 @@
 
 pub mod admin;
 pub mod audiences;
-pub mod ca;
-pub mod ca_store;
 pub mod conditions;
 pub mod context;
 pub mod controllers;
 pub mod error;
-pub mod keygen;
 pub mod leader;
 pub mod limits;
 pub mod metrics;
 pub mod names;
 pub mod objects;
-pub mod registry;
-pub mod rotation;
+pub mod pki;
 pub mod webhook;

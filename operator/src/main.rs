@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use scopegate_operator::admin::{self, Health};
-use scopegate_operator::ca::NameScope;
 use scopegate_operator::leader::{CrashAfterWrites, Elector, Fence, FenceLayer, LeaseConfig};
 use scopegate_operator::limits::Limits;
 use scopegate_operator::metrics::Metrics;
-use scopegate_operator::{ca_store, controllers, webhook};
+use scopegate_operator::pki::ca::NameScope;
+use scopegate_operator::{controllers, pki::ca_store, webhook};
 use tokio::sync::watch;
 
 /// Command-line interface of the operator.

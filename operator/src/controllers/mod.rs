@@ -27,10 +27,10 @@ use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use tokio::sync::watch;
 
 use crate::audiences::effective_audiences;
-use crate::ca::CaDocument;
 use crate::context::Context;
 use crate::metrics::Metrics;
 use crate::names::{self, CLIENT_LABEL, POLICY_LABEL};
+use crate::pki::ca::CaDocument;
 use crate::webhook::inject::selects;
 use client_checks::issuer_key;
 use relations::{AudienceMemory, clients_listing, clients_using, dependents, issuer_of};

@@ -17,11 +17,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 
 use super::CertSlot;
-use crate::ca::{self, CaDocument, ExistingLeaf};
 use crate::context::{FIELD_MANAGER, now};
 use crate::error::Result;
 use crate::names::{TLS_NAMES_ANNOTATION, TLS_NOT_AFTER_ANNOTATION, TLS_SIGNER_ANNOTATION};
 use crate::objects::{self, secret_data};
+use crate::pki::ca::{self, CaDocument, ExistingLeaf};
 
 /// Name of the webhook's serving-certificate Secret in the operator's namespace.
 pub const WEBHOOK_TLS_SECRET: &str = "scopegate-webhook-tls";

@@ -15,20 +15,20 @@ use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, SelfIssuer};
 
 use super::status::Problem;
 use crate::audiences::AudienceOwners;
-use crate::ca::{self, CaDocument, ExistingLeaf};
 use crate::context::{Context, rfc3339};
 use crate::controllers::client_checks::{audience_problem, issuer_key, validate};
 use crate::controllers::relations::dependents;
 use crate::error::{Error, Result};
-use crate::keygen;
 use crate::names::{
     self, ALGORITHM_ANNOTATION, CA_FILE, CLIENT_SECRET_KEY, JWKS_FILE, Names,
     PREVIOUS_NOT_AFTER_ANNOTATION, PREVIOUS_SECRET_KEY, ROTATION_HANDLED_ANNOTATION,
     TLS_NAMES_ANNOTATION, TLS_NOT_AFTER_ANNOTATION, TLS_SIGNER_ANNOTATION, client_secret_name,
 };
 use crate::objects::{self, is_managed, secret_data};
-use crate::registry::{self, Credentials, Entry};
-use crate::rotation::{self, Change, Requests, RotationParams};
+use crate::pki::ca::{self, CaDocument, ExistingLeaf};
+use crate::pki::keygen;
+use crate::pki::registry::{self, Credentials, Entry};
+use crate::pki::rotation::{self, Change, Requests, RotationParams};
 
 /// What the key step produced.
 #[derive(Debug, Default)]

@@ -128,7 +128,7 @@ pub fn sidecar_config(
                 algorithms: external
                     .algorithms
                     .iter()
-                    .map(|a| crate::keygen::alg_name(*a).to_owned())
+                    .map(|a| crate::pki::keygen::alg_name(*a).to_owned())
                     .collect(),
                 refresh_interval_secs: external.refresh_interval.get().map_or(300, |d| d.as_secs()),
                 allow_jwt_typ: external.allow_jwt_typ,
@@ -394,7 +394,7 @@ pub fn upstreams(own: &api::SelfIssuer) -> Vec<scopegate_core::upstream::Upstrea
                     algorithms: oidc
                         .algorithms
                         .iter()
-                        .map(|a| crate::keygen::alg_name(*a).to_owned())
+                        .map(|a| crate::pki::keygen::alg_name(*a).to_owned())
                         .collect(),
                     userinfo: match oidc.userinfo {
                         api::UserinfoMode::Never => up::UserinfoMode::Never,

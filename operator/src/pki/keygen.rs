@@ -16,7 +16,7 @@ use scopegate_core::jwk::Jwk;
 use scopegate_core::keys::ManagedKey;
 use scopegate_crds::v1alpha1::Algorithm;
 
-use crate::rotation::NewKeyMaterial;
+use crate::pki::rotation::NewKeyMaterial;
 
 /// Key generation failed inside the crypto library.
 #[derive(Debug, thiserror::Error)]

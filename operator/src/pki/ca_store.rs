@@ -16,10 +16,10 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 
-use crate::ca::{CA_FILE, CaDocument, NameScope};
 use crate::context::{FIELD_MANAGER, now};
 use crate::error::{Error, Result};
 use crate::objects::{self, secret_data};
+use crate::pki::ca::{CA_FILE, CaDocument, NameScope};
 
 /// Name of the tenants' CA Secret in the operator's namespace.
 pub const CA_SECRET: &str = "scopegate-ca";

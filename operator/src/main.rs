@@ -171,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(0);
     let native_sidecar = version.major == "1" && minor >= 29;
     tracing::info!(version = %version.git_version, native_sidecar, "API server version");
-    let policies = controllers::cache(
+    let policies = controllers::watches::cache(
         kube::Api::<scopegate_crds::v1alpha1::AuthPolicy>::all(client.clone()),
         kube::runtime::watcher::Config::default(),
     );

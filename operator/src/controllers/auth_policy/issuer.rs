@@ -13,7 +13,7 @@ use scopegate_core::jwk::{Jwk, Jwks};
 use scopegate_core::keys::{ManagedKey, SIGNING_KEYS_FILE, SigningKeys};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, SelfIssuer};
 
-use super::status::Problem;
+use super::problem::Problem;
 use crate::audiences::AudienceOwners;
 use crate::context::{Context, rfc3339};
 use crate::controllers::client_checks::{audience_problem, issuer_key, validate};

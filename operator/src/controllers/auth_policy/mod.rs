@@ -1,596 +1,105 @@
-//! The AuthPolicy controller, as a pipeline: look up what the policy depends on, move the
-//! issuer's keys and certificate, build the desired objects (pure), apply what changed, and
-//! write the status (pure, skipped when unchanged).
+//! The AuthPolicy controller: what wakes a policy's reconcile ([`triggers`]), and the
+//! reconcile itself ([`reconcile`]), whose issuer-only steps are in [`issuer`], whose pure
+//! parts are [`render`] (the sidecar config), [`inbound`] (the NetworkPolicy), [`pods`] (what
+//! the selected pods say) and [`status`].
 
 pub mod inbound;
 pub mod issuer;
 pub mod pods;
+pub mod problem;
+pub mod reconcile;
 pub mod render;
 pub mod status;
+pub mod triggers;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use futures::stream::BoxStream;
+use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
-use scopegate_core::config::CONFIG_FILE;
-use scopegate_core::jwk::Jwks;
-use scopegate_crds::v1alpha1::{Algorithm, AuthPolicy, NamespacedRef, RenderedObjects, StoreKind};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::watcher;
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
-use super::ca_bundle;
-use super::client_checks::issuer_key;
-use crate::audiences::AudienceOwners;
-use crate::context::{Context, FIELD_MANAGER};
-use crate::error::{Error, Result};
-use crate::limits;
-use crate::metrics::{FailureLabels, KindLabels};
-use crate::names::{JWKS_FILE, Names, client_id};
-use crate::objects;
-use render::Trust;
-use status::{DryRunScope, Observation, Problem};
+use crate::context::Context;
+use crate::controllers::relations::issuer_of;
+use crate::controllers::watches::{self, Listed, ca_changes, managed};
 
-const KIND: &str = "AuthPolicy";
-/// The longest a policy goes without a reconcile.
-const RESYNC_SECS: i64 = 3600;
-/// How often a policy with a key waiting for its publication looks at the verifiers again.
-const PUBLICATION_POLL_SECS: i64 = 2;
-/// How often an issuer refused by its namespace's cap looks again.
-const LIMIT_RECHECK_SECS: u64 = 30;
-/// How often a policy whose write the API server refused tries again.
-const REFUSED_RECHECK_SECS: u64 = 300;
-/// Longest label value: the policy's name is one (`scopegate.dev/policy`).
-const MAX_LABEL_VALUE: usize = 63;
-
-/// The object a refused write names, from the API server's answer.
-fn refused_object(answer: &kube::core::Status) -> String {
-    answer.details.as_ref().map_or_else(
-        || "an object".to_owned(),
-        |d| format!("{} {}", d.kind, d.name),
-    )
+/// The watch streams the AuthPolicy controller shares with the caches: its own kind, and the
+/// pods and Services its status reads.
+pub struct Streams {
+    /// Every AuthPolicy.
+    pub policies: BoxStream<'static, Result<AuthPolicy, watcher::Error>>,
+    /// Every pod, slimmed.
+    pub pods: BoxStream<'static, Result<Pod, watcher::Error>>,
+    /// Every Service.
+    pub services: BoxStream<'static, Result<Service, watcher::Error>>,
 }
 
-/// Writes a status saying only `problem` (nothing rendered is touched), keeping what the
-/// status said of the keys.
-async fn only_status(policy: &AuthPolicy, ctx: &Context, problem: Problem) -> Result<()> {
-    let spec = &policy.spec.issuer;
-    let mode = if spec.self_.is_some() {
-        "Self"
-    } else if spec.policy_ref.is_some() {
-        "PolicyRef"
-    } else if spec.external.is_some() {
-        "External"
-    } else {
-        "None"
-    };
-    let observation = Observation {
-        mode,
-        problems: vec![problem],
-        dry_run: DryRunScope::of(&policy.spec),
-        ..Observation::default()
-    };
-    write_status(policy, ctx, &observation, ctx.now()).await
-}
-
-/// Reconciles one AuthPolicy.
-pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let labels = KindLabels { kind: KIND };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = match reconcile_inner(&policy, &ctx).await {
-        // A write the API server refuses as invalid does not pass by retrying: the policy's
-        // status and a Warning event say so, not only the log.
-        Err(Error::Kube(kube::Error::Api(answer))) if matches!(answer.code, 400 | 422) => {
-            let problem = Problem::WriteRefused(refused_object(&answer), answer.message.clone());
-            only_status(&policy, &ctx, problem)
-                .await
-                .map(|()| Action::requeue(Duration::from_secs(REFUSED_RECHECK_SECS)))
-        }
-        other => other,
-    };
-    ctx.metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
-}
-
-async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
-    let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
-    let name = policy.name_any();
-    if name.len() > MAX_LABEL_VALUE {
-        // Every rendered object carries the name as a label value: the API server would
-        // refuse each of them.
-        only_status(
-            policy,
-            ctx,
-            Problem::NameTooLong(
-                "the label value of every rendered object",
-                name,
-                MAX_LABEL_VALUE,
-            ),
+/// Runs the AuthPolicy controller until `shutdown` resolves. Reconciles wait for `listed`.
+///
+/// Dependents of an issuer (policyRef) need no watch of their own: every change they care
+/// about (keys, deletion, an HS256 switch) changes the issuer's JWKS ConfigMap.
+pub async fn controller(
+    ctx: Arc<Context>,
+    streams: Streams,
+    listed: Listed,
+    shutdown: impl future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let client = ctx.client.clone();
+    let (policies, clients) = (ctx.policies.clone(), ctx.clients.clone());
+    Controller::for_stream(streams.policies, policies.clone())
+        .with_config(watches::config())
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            managed(),
+            triggers::managed_secret(clients.clone()),
         )
-        .await?;
-        return Ok(Action::await_change());
-    }
-    let names = Names::of(&name);
-    let now = ctx.now();
-    let ca = ctx.ca.borrow().clone().ok_or(Error::CaNotReady)?;
-    let bundle = ca.bundle(now);
-    let spec = &policy.spec;
-    if spec.issuer.self_.is_some() {
-        let all = ctx.policies.state();
-        let issuers = all
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|p| p.spec.issuer.self_.is_some());
-        if let Some(over) = limits::over_limit(policy, issuers, ctx.limits.issuers_per_namespace) {
-            // Beyond the cap only the status changes: nothing rendered for it is touched. It
-            // is looked at again in a while, in case another issuer went away.
-            only_status(policy, ctx, Problem::IssuerLimit(over.limit, over.count)).await?;
-            return Ok(Action::requeue(Duration::from_secs(LIMIT_RECHECK_SECS)));
-        }
-    }
-
-    let mut observation = Observation {
-        rendered: RenderedObjects::default(),
-        dry_run: DryRunScope::of(spec),
-        ..Observation::default()
-    };
-    let mut due = vec![now + RESYNC_SECS];
-    if let Some(next) = ca.next_transition(now) {
-        due.push(next);
-    }
-
-    let (trust, cutoffs) = if let Some(own) = &spec.issuer.self_ {
-        observation.mode = "Self";
-        observation.memory_store = own.store.kind == StoreKind::Memory;
-        let keys = issuer::reconcile_keys(policy, own, &names, ctx, now).await?;
-        observation.problems.extend(keys.problems.iter().cloned());
-        due.extend(keys.next_transition);
-        if keys.publishing.is_some() {
-            // A written key waits to be seen in every verifier's key set: look again soon
-            // (the watches usually bring that sooner).
-            due.push(now + PUBLICATION_POLL_SECS);
-        }
-        observation.next_transition = keys.next_transition;
-        observation.trusted_keys = keys.jwks.keys.len();
-        observation.keys_unreadable = keys.keys.is_none();
-        observation.keys = keys.keys.clone();
-        observation.publishing = keys.publishing.clone();
-        observation.handled_rotation = keys.handled_rotation.clone();
-        match issuer::reconcile_tls(policy, own, &names, &ca, ctx, now).await? {
-            Ok(renew_at) => due.push(renew_at),
-            Err(problem) => observation.problems.push(problem),
-        }
-        issuer::reconcile_registry(policy, &names, ctx, now).await?;
-        let missing = issuer::reconcile_upstreams(policy, own, &names, ctx).await?;
-        observation.upstreams = render::upstream_status(own, &missing);
-        observation.problems.extend(
-            own.upstreams
-                .iter()
-                .filter(|u| missing.contains(&u.name))
-                .map(|u| {
-                    Problem::SecretNotFound(
-                        format!("issuer.self.upstreams[{}].clientSecretRef", u.name),
-                        format!(
-                            "{} (key {})",
-                            u.client_secret_ref.name, u.client_secret_ref.key
-                        ),
-                    )
-                }),
-        );
-        observation.rendered = RenderedObjects {
-            sidecar_config: None,
-            jwks: Some(names.jwks.clone()),
-            signing_keys: Some(names.signing_keys.clone()),
-            tls: Some(names.tls.clone()),
-            clients: Some(names.clients.clone()),
-            upstreams: (!own.upstreams.is_empty()).then(|| names.upstreams.clone()),
-            network_policy: None,
-        };
-        let hs256 = own.signing.algorithm == Algorithm::HS256;
-        (
-            Trust::Own {
-                jwks: keys.jwks,
-                hs256,
-            },
-            client_cutoffs(ctx, &namespace, &name),
+        .watches(
+            Api::<ConfigMap>::all(client.clone()),
+            managed(),
+            triggers::managed_config_map(policies.clone()),
         )
-    } else if let Some(reference) = &spec.issuer.policy_ref {
-        observation.mode = "PolicyRef";
-        let (trust, problem) = resolve_policy_ref(policy, reference, ctx);
-        observation.problems.extend(problem);
-        if let Trust::Referenced { jwks, .. } = &trust {
-            observation.trusted_keys = jwks.keys.len();
-        }
-        let issuer_namespace = reference
-            .namespace
-            .clone()
-            .unwrap_or_else(|| namespace.clone());
-        // Nothing of an issuer reaches a namespace it does not admit, its clients' names
-        // included.
-        let cutoffs = match trust {
-            Trust::Unresolved => BTreeMap::new(),
-            _ => client_cutoffs(ctx, &issuer_namespace, &reference.name),
-        };
-        (trust, cutoffs)
-    } else if let Some(external) = &spec.issuer.external {
-        observation.mode = "External";
-        if external
-            .ca_bundle
-            .as_deref()
-            .is_some_and(|pem| !render::ca_bundle_valid(pem))
-        {
-            observation.problems.push(Problem::ExternalCaBundleInvalid);
-        }
-        (Trust::External(external.clone()), BTreeMap::new())
-    } else {
-        observation.mode = "None";
-        (Trust::Unresolved, BTreeMap::new())
-    };
-    if crate::audiences::effective_audiences(spec).is_empty() {
-        observation.problems.push(Problem::MissingAudiences);
-    }
-    if let Some((issuer, declared)) = declared_scopes(policy, &trust, ctx) {
-        let unknown = render::undeclared_scopes(spec, &declared);
-        if !unknown.is_empty() {
-            observation
-                .problems
-                .push(Problem::UnknownScopes(issuer, unknown));
-        }
-    }
-    observation
-        .problems
-        .extend(missing_secrets(policy, ctx, &namespace).await?);
-    let (pods, problems) = observe_pods(policy, ctx, &namespace);
-    if observation.memory_store && pods.selected > 1 {
-        observation
-            .problems
-            .push(Problem::MemoryStoreReplicas(pods.selected));
-    }
-    observation.pods = pods;
-    observation.problems.extend(problems);
-
-    let owners = AudienceOwners::new(
-        ctx.policies.state().iter().map(AsRef::as_ref),
-        &ctx.cluster_domain,
-    );
-    let conflicts = owners.conflicts_of(policy);
-    let mut config = render::sidecar_config(policy, &trust, cutoffs, &bundle)?;
-    if !conflicts.is_empty() {
-        // Another namespace owns them: this policy's pods do not accept them either.
-        config
-            .verify
-            .audiences
-            .retain(|a| !conflicts.iter().any(|(claimed, _)| claimed == a));
-        observation
-            .problems
-            .push(Problem::AudienceConflict(conflicts.to_vec()));
-    }
-    // A policy with many rules and keys renders a large document: off the workers. It is
-    // checked with the sidecar's own checks first: a document the sidecar would refuse is
-    // never written, and the last good one stays.
-    let rendered = ctx
-        .heavy(move || {
-            scopegate_core::check::document(&config)
-                .map_err(|refused| refused.to_string())
-                .map(|()| objects::to_json("sidecar config", &config))
-        })
-        .await?;
-    match rendered {
-        Ok(text) => {
-            let sidecar = objects::config_map(
-                objects::owned_meta(policy, &names.sidecar)?,
-                BTreeMap::from([(CONFIG_FILE.to_owned(), text?)]),
-            );
-            let unchanged = ctx
-                .config_map(&namespace, &names.sidecar)
-                .is_some_and(|cm| cm.data == sidecar.data);
-            ctx.apply::<ConfigMap>(&sidecar, unchanged).await?;
-            observation.rendered.sidecar_config = Some(names.sidecar.clone());
-        }
-        Err(refused) => {
-            observation.problems.push(Problem::ConfigRefused(refused));
-            if ctx.config_map(&namespace, &names.sidecar).is_some() {
-                observation.rendered.sidecar_config = Some(names.sidecar.clone());
-            }
-        }
-    }
-
-    ca_bundle::apply(ctx, &namespace, &bundle).await?;
-    if reconcile_network_policy(policy, ctx, &namespace).await? {
-        observation.rendered.network_policy = Some(inbound::network_policy_name(&name));
-    }
-    observation.inbound = inbound::protection(policy);
-    if observation.inbound == "None" {
-        observation.problems.push(Problem::InboundUnprotected(
-            spec.upstream.port,
-            spec.listen.port,
-        ));
-    }
-
-    write_status(policy, ctx, &observation, now).await?;
-
-    let next = due
-        .into_iter()
-        .filter(|t| *t > now)
-        .min()
-        .unwrap_or(now + RESYNC_SECS);
-    Ok(Action::requeue(Duration::from_secs(
-        (next - now).clamp(1, RESYNC_SECS).unsigned_abs(),
-    )))
-}
-
-/// Renders the policy's NetworkPolicy, or deletes it when the policy opted out. Whether one
-/// is in force.
-async fn reconcile_network_policy(
-    policy: &AuthPolicy,
-    ctx: &Context,
-    namespace: &str,
-) -> Result<bool> {
-    let name = inbound::network_policy_name(&policy.name_any());
-    let current = ctx
-        .network_policies
-        .get(&ObjectRef::new(&name).within(namespace));
-    if !policy.spec.inbound.network_policy {
-        if current.is_some() {
-            let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
-            match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => {
-                    ctx.metrics.writes.inc();
+        .watches(
+            Api::<OAuthClient>::all(client.clone()),
+            watcher::Config::default(),
+            |client: OAuthClient| Some(issuer_of(&client)),
+        )
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default(),
+            triggers::user_secret(clients.clone(), policies.clone()),
+        )
+        // A rendered NetworkPolicy edited or deleted by someone else is rendered again.
+        .owns(Api::<NetworkPolicy>::all(client.clone()), managed())
+        .watches_stream(streams.pods, triggers::pod(policies.clone()))
+        .watches_stream(streams.services, triggers::service(policies.clone()))
+        .watches(
+            Api::<AuthPolicy>::all(client),
+            watcher::Config::default(),
+            triggers::audiences_of(clients, policies),
+        )
+        .reconcile_all_on(ca_changes(ctx.ca.clone()))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |policy, ctx| {
+                let listed = listed.clone();
+                async move {
+                    listed.wait().await;
+                    reconcile::reconcile(policy, ctx).await
                 }
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
-        return Ok(false);
-    }
-    let desired = inbound::network_policy(policy)?;
-    let unchanged = current.is_some_and(|np| {
-        np.spec == desired.spec && np.metadata.owner_references == desired.metadata.owner_references
-    });
-    ctx.apply(&desired, unchanged).await?;
-    Ok(true)
-}
-
-/// Writes the status computed from `observation` when it changed, and a Warning event for each
-/// problem the previous status did not mention.
-async fn write_status(
-    policy: &AuthPolicy,
-    ctx: &Context,
-    observation: &Observation,
-    now: i64,
-) -> Result<()> {
-    let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
-    let name = policy.name_any();
-    let status = status::compute(
-        policy.status.as_ref(),
-        observation,
-        policy.metadata.generation,
-        now,
-    );
-    if policy.status.as_ref() != Some(&status) {
-        let api: Api<AuthPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = serde_json::json!({ "apiVersion": "scopegate.dev/v1alpha1", "kind": KIND, "status": status });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
-    for problem in &observation.problems {
-        let previously = policy
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"));
-        if previously.is_none_or(|c| !c.message.contains(&problem.to_string())) {
-            ctx.event(policy, true, problem.reason(), problem.to_string())
-                .await;
-        }
-    }
-
-    Ok(())
-}
-
-/// Resolves a `policyRef` to the referenced issuer's published keys, copied into this
-/// namespace's sidecar config.
-fn resolve_policy_ref(
-    policy: &AuthPolicy,
-    reference: &NamespacedRef,
-    ctx: &Context,
-) -> (Trust, Option<Problem>) {
-    let namespace = reference
-        .namespace
-        .clone()
-        .or_else(|| policy.namespace())
-        .unwrap_or_default();
-    let label = format!("{namespace}/{}", reference.name);
-    let Some(issuer) = ctx
-        .policies
-        .get(&ObjectRef::new(&reference.name).within(&namespace))
-    else {
-        return (Trust::Unresolved, Some(Problem::PolicyRefNotFound(label)));
-    };
-    let Some(own) = issuer.spec.issuer.self_.as_ref() else {
-        return (Trust::Unresolved, Some(Problem::PolicyRefNotIssuer(label)));
-    };
-    let own_namespace = policy.namespace().unwrap_or_default();
-    let admitted = own_namespace == namespace
-        || own
-            .allowed_client_namespaces
-            .iter()
-            .any(|n| n == "*" || *n == own_namespace);
-    if !admitted {
-        return (
-            Trust::Unresolved,
-            Some(Problem::PolicyRefNotAllowed(label, own_namespace)),
-        );
-    }
-    if own.signing.algorithm == Algorithm::HS256 {
-        return (Trust::Unresolved, Some(Problem::PolicyRefHs256(label)));
-    }
-    let jwks: Option<Jwks> = ctx
-        .config_map(&namespace, &Names::of(&reference.name).jwks)
-        .and_then(|cm| cm.data.as_ref()?.get(JWKS_FILE).cloned())
-        .and_then(|text| serde_json::from_str(&text).ok());
-    match jwks {
-        Some(jwks) if !jwks.keys.is_empty() => (
-            Trust::Referenced {
-                issuer: own.url.clone(),
-                jwks,
-                feed_url: render::feed_url(&namespace, &own.service),
-                feed_subject_key: render::feed_subject_key(&issuer),
             },
-            None,
-        ),
-        _ => (
-            Trust::Unresolved,
-            Some(Problem::PolicyRefKeysPending(label)),
-        ),
-    }
-}
-
-/// The issuer whose tokens the policy's rules are met by, and the scopes it declares: its own
-/// for a self issuer, the referenced issuer's for a resolved `policyRef`; `None` for an outside
-/// issuer (its scopes are not known) or an unresolved reference (reported already).
-fn declared_scopes(
-    policy: &AuthPolicy,
-    trust: &Trust,
-    ctx: &Context,
-) -> Option<(String, BTreeMap<String, String>)> {
-    let namespace = policy.namespace().unwrap_or_default();
-    match trust {
-        Trust::Own { .. } => {
-            let own = policy.spec.issuer.self_.as_ref()?;
-            Some((
-                format!("{namespace}/{}", policy.name_any()),
-                own.scopes.clone(),
-            ))
-        }
-        Trust::Referenced { .. } => {
-            let reference = policy.spec.issuer.policy_ref.as_ref()?;
-            let issuer_namespace = reference.namespace.clone().unwrap_or(namespace);
-            let issuer = ctx
-                .policies
-                .get(&ObjectRef::new(&reference.name).within(&issuer_namespace))?;
-            let own = issuer.spec.issuer.self_.as_ref()?;
-            Some((
-                format!("{issuer_namespace}/{}", reference.name),
-                own.scopes.clone(),
-            ))
-        }
-        Trust::External(_) | Trust::Unresolved => None,
-    }
-}
-
-/// Secrets the spec names (`listen.tlsSecret`, the Redis `credentialsSecret`) that do not
-/// exist in the policy's namespace. Only their metadata is read. (Upstream client secrets are
-/// reported by [`issuer::reconcile_upstreams`].)
-async fn missing_secrets(
-    policy: &AuthPolicy,
-    ctx: &Context,
-    namespace: &str,
-) -> Result<Vec<Problem>> {
-    let spec = &policy.spec;
-    let named = [
-        ("listen.tlsSecret", spec.listen.tls_secret.as_ref()),
-        (
-            "issuer.self.store.redis.credentialsSecret",
-            spec.issuer
-                .self_
-                .as_ref()
-                .and_then(|own| own.store.redis.as_ref())
-                .and_then(|redis| redis.credentials_secret.as_ref()),
-        ),
-    ];
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut missing = Vec::new();
-    for (field, name) in named {
-        let Some(name) = name else { continue };
-        if api.get_metadata_opt(name).await?.is_none() {
-            missing.push(Problem::SecretNotFound(field.to_owned(), name.clone()));
-        }
-    }
-    Ok(missing)
-}
-
-/// The pods, Services and other policies of the namespace, as they bear on `policy`.
-fn observe_pods(
-    policy: &AuthPolicy,
-    ctx: &Context,
-    namespace: &str,
-) -> (pods::PodSummary, Vec<Problem>) {
-    let in_namespace = |ns: Option<String>| ns.as_deref() == Some(namespace);
-    let all_pods = ctx.pods.state();
-    let pods: Vec<_> = all_pods
-        .iter()
-        .filter(|p| in_namespace(p.namespace()))
-        .map(AsRef::as_ref)
-        .collect();
-    let all_services = ctx.services.state();
-    let services: Vec<_> = all_services
-        .iter()
-        .filter(|s| in_namespace(s.namespace()))
-        .map(AsRef::as_ref)
-        .collect();
-    let all_policies = ctx.policies.state();
-    let others: Vec<_> = all_policies
-        .iter()
-        .filter(|p| in_namespace(p.namespace()))
-        .map(AsRef::as_ref)
-        .collect();
-    pods::observe(policy, &others, &pods, &services)
-}
-
-/// Client cut-offs (`revokeTokensIssuedBefore`) of every client of one issuer.
-fn client_cutoffs(
-    ctx: &Context,
-    issuer_namespace: &str,
-    issuer_name: &str,
-) -> BTreeMap<String, i64> {
-    let key = (issuer_namespace.to_owned(), issuer_name.to_owned());
-    ctx.clients
-        .state()
-        .iter()
-        .filter(|c| issuer_key(c) == key)
-        .filter_map(|c| {
-            Some((
-                client_id(c),
-                c.spec.revoke_tokens_issued_before.as_ref()?.0.as_second(),
-            ))
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|result| {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "AuthPolicy controller event");
+            }
+            future::ready(())
         })
-        .collect()
-}
-
-/// What to do after a failed reconcile: permanent errors wait for a change, others retry.
-pub fn error_policy(policy: Arc<AuthPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .get_or_create(&FailureLabels {
-            kind: KIND,
-            category: error.category(),
-        })
-        .inc();
-    tracing::warn!(
-        namespace = policy.namespace().unwrap_or_default(),
-        name = policy.name_any(),
-        category = error.category(),
-        error = %crate::error::error_chain(error),
-        "AuthPolicy reconcile failed"
-    );
-    if error.is_permanent() {
-        let ctx = ctx.clone();
-        let message = crate::error::error_chain(error);
-        let category = error.category();
-        tokio::spawn(async move { ctx.event(policy.as_ref(), true, category, message).await });
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_secs(5))
-    }
+        .await;
 }

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use scopegate_crds::v1alpha1::AuthPolicy;
 
-use super::status::Problem;
+use super::problem::Problem;
 use crate::names::{INJECTED_ANNOTATION, SIDECAR_NAME};
 use crate::webhook::inject::{selects, seniority};
 

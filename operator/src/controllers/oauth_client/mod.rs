@@ -1,264 +1,72 @@
-//! The OAuthClient controller: checks a client against its issuer, keeps its generated
-//! credentials, and reports whether the issuer has registered it. The registry itself is
-//! rendered by the issuer's reconcile, from every client at once.
+//! The OAuthClient controller: what wakes a client's reconcile ([`triggers`]) and the
+//! reconcile ([`reconcile`]), which checks a client against its issuer, keeps its generated
+//! credentials ([`credentials`]) and reports whether the issuer has registered it. The
+//! registry itself is rendered by the issuer's reconcile, from every client at once.
 
 pub mod credentials;
+pub mod reconcile;
+pub mod triggers;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use futures::stream::BoxStream;
+use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
-use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
-use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, OAuthClientStatus};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Controller;
+use kube::runtime::watcher;
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
-use super::ca_bundle;
-use super::client_checks::{ClientProblem, audience_problem, issuer_key, validate};
-use crate::audiences::AudienceOwners;
-use crate::conditions::{Conclusion, kstatus, merge};
-use crate::context::{Context, FIELD_MANAGER};
-use crate::error::{Error, Result};
-use crate::metrics::{FailureLabels, KindLabels};
-use crate::names::{Names, client_id};
-use crate::objects::secret_data;
-use credentials::Ensured;
+use crate::context::Context;
+use crate::controllers::watches::{self, Listed, ca_changes, managed};
 
-const KIND: &str = "OAuthClient";
-
-/// Reconciles one OAuthClient.
-pub async fn reconcile(client: Arc<OAuthClient>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let labels = KindLabels { kind: KIND };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = match reconcile_inner(&client, &ctx).await {
-        // A write the API server refuses as invalid does not pass by retrying: the client's
-        // status and a Warning event say so, not only the log.
-        Err(Error::Kube(kube::Error::Api(answer))) if matches!(answer.code, 400 | 422) => {
-            refused(&client, &ctx, &answer).await
-        }
-        other => other,
-    };
-    ctx.metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
-}
-
-async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> {
-    let namespace = client.namespace().ok_or(Error::Unaddressable)?;
-    let now = ctx.now();
-    let (issuer_namespace, issuer_name) = issuer_key(client);
-    let issuer = ctx
-        .policies
-        .get(&ObjectRef::<AuthPolicy>::new(&issuer_name).within(&issuer_namespace));
-    let mut problems = validate(client, issuer.as_deref());
-    let owners = AudienceOwners::new(
-        ctx.policies.state().iter().map(AsRef::as_ref),
-        &ctx.cluster_domain,
-    );
-    problems.extend(audience_problem(&owners.sort_client(client)));
-    let all = ctx.clients.state();
-    if let Some(over) = crate::limits::over_limit(
-        client,
-        all.iter().map(AsRef::as_ref),
-        ctx.limits.clients_per_namespace,
-    ) {
-        problems.push(ClientProblem::NamespaceLimit {
-            limit: over.limit,
-            count: over.count,
-        });
-    }
-
-    if let Some(reference) = &client.spec.existing_secret {
-        let secret = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-            .get_opt(&reference.name)
-            .await?;
-        if secret
-            .as_ref()
-            .and_then(|s| secret_data(s, &reference.key))
-            .is_none()
-        {
-            problems.push(ClientProblem::SecretNotFound {
-                name: reference.name.clone(),
-                key: reference.key.clone(),
-            });
-        }
-    }
-
-    let ensured = credentials::ensure(client, ctx, now).await?;
-    // Client apps of this namespace verify the issuer's certificate with this bundle.
-    let ca = ctx.ca.borrow().clone();
-    if let Some(ca) = ca {
-        ca_bundle::apply(ctx, &namespace, &ca.bundle(now)).await?;
-    }
-    let registered = ctx
-        .secret(&issuer_namespace, &Names::of(&issuer_name).clients)
-        .and_then(|s| secret_data(&s, CLIENTS_FILE))
-        .and_then(|text| serde_json::from_str::<ClientRegistry>(&text).ok())
-        .is_some_and(|registry| registry.find(&client_id(client)).is_some());
-
-    let status = compute_status(client, &problems, &ensured, registered, now);
-    write_status(client, ctx, &status).await?;
-
-    // The end of a rotation overlap is the next thing to do: the old secret must stop working.
-    let next = match ensured {
-        Ensured::Ready {
-            previous_until: Some(until),
-            ..
-        } => (until - now).clamp(1, 3600),
-        _ => 3600,
-    };
-    Ok(Action::requeue(Duration::from_secs(next.unsigned_abs())))
-}
-
-/// Reports a write the API server refused: status and a Warning event; tried again later.
-async fn refused(
-    client: &OAuthClient,
-    ctx: &Context,
-    answer: &kube::core::Status,
-) -> Result<Action> {
-    let object = answer.details.as_ref().map_or_else(
-        || "an object".to_owned(),
-        |d| format!("{} {}", d.kind, d.name),
-    );
-    let problem = ClientProblem::WriteRefused {
-        object,
-        message: answer.message.clone(),
-    };
-    let status = compute_status(
-        client,
-        std::slice::from_ref(&problem),
-        &Ensured::NotGenerated,
-        false,
-        ctx.now(),
-    );
-    let said = client
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.message == problem.to_string());
-    if !said {
-        ctx.event(client, true, problem.reason(), problem.to_string())
-            .await;
-    }
-    write_status(client, ctx, &status).await?;
-    Ok(Action::requeue(Duration::from_secs(300)))
-}
-
-/// Writes `status` unless the object already has it.
-async fn write_status(
-    client: &OAuthClient,
-    ctx: &Context,
-    status: &OAuthClientStatus,
-) -> Result<()> {
-    if client.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let namespace = client.namespace().ok_or(Error::Unaddressable)?;
-    let api: Api<OAuthClient> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "scopegate.dev/v1alpha1",
-        "kind": KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &client.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-/// The status of a client from what its reconcile found.
-pub fn compute_status(
-    client: &OAuthClient,
-    problems: &[ClientProblem],
-    ensured: &Ensured,
-    registered: bool,
-    now: i64,
-) -> OAuthClientStatus {
-    let (issuer_namespace, issuer_name) = issuer_key(client);
-    let id = client_id(client);
-    let mut conclusions = Vec::new();
-    let blocking = problems.iter().find(|p| p.blocks_readiness());
-    let not_owned = match ensured {
-        Ensured::NotOwned { secret } => Some(format!(
-            "Secret {secret} exists and is not owned by this OAuthClient: refusing to write into it; choose another secretName"
-        )),
-        _ => None,
-    };
-    let ready = match (blocking, &not_owned, registered) {
-        (Some(problem), _, _) => Conclusion::no("Ready", problem.reason(), problem.to_string()),
-        (None, Some(message), _) => Conclusion::no("Ready", "SecretNotOwned", message.clone()),
-        (None, None, false) => Conclusion::no(
-            "Ready",
-            "Registering",
-            format!(
-                "waiting for issuer {issuer_namespace}/{issuer_name} to add {id} to its registry"
-            ),
-        ),
-        (None, None, true) => Conclusion::yes(
-            "Ready",
-            "Registered",
-            format!("registered with issuer {issuer_namespace}/{issuer_name} as client_id {id}"),
-        ),
-    };
-    let kstatus = kstatus(&ready, ready.reason == "Registering");
-    conclusions.push(ready);
-    conclusions.extend(kstatus);
-    let mut messages: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    messages.extend(not_owned);
-    conclusions.push(match problems.first() {
-        _ if messages.is_empty() => {
-            Conclusion::no("Degraded", "AsExpected", "nothing needs attention")
-        }
-        Some(first) => Conclusion::yes("Degraded", first.reason(), messages.join("; ")),
-        None => Conclusion::yes("Degraded", "SecretNotOwned", messages.join("; ")),
-    });
-    let generation = client.metadata.generation;
-    let existing = client
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let now_time = Time(Timestamp::from_second(now).unwrap_or(Timestamp::UNIX_EPOCH));
-    OAuthClientStatus {
-        observed_generation: generation,
-        conditions: merge(existing, &conclusions, generation, &now_time),
-        client_id: Some(id),
-        secret_name: match ensured {
-            Ensured::Ready { secret, .. } => Some(secret.clone()),
-            _ => client.spec.existing_secret.as_ref().map(|s| s.name.clone()),
-        },
-    }
-}
-
-/// What to do after a failed reconcile.
-pub fn error_policy(client: Arc<OAuthClient>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .get_or_create(&FailureLabels {
-            kind: KIND,
-            category: error.category(),
+/// Runs the OAuthClient controller on `events` (the watch that also fills the clients'
+/// cache) until `shutdown` resolves. Reconciles wait for `listed`.
+pub async fn controller(
+    ctx: Arc<Context>,
+    events: BoxStream<'static, Result<OAuthClient, watcher::Error>>,
+    listed: Listed,
+    shutdown: impl future::Future<Output = ()> + Send + Sync + Clone + 'static,
+) {
+    let client = ctx.client.clone();
+    let clients = ctx.clients.clone();
+    Controller::for_stream(events, clients.clone())
+        .with_config(watches::config())
+        .owns(Api::<Secret>::all(client.clone()), managed())
+        .watches(
+            Api::<AuthPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            triggers::policy(clients.clone()),
+        )
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            managed(),
+            triggers::registry(clients.clone()),
+        )
+        .watches(
+            Api::<PartialObjectMeta<Secret>>::all(client),
+            watcher::Config::default(),
+            triggers::user_secret(clients),
+        )
+        .reconcile_all_on(ca_changes(ctx.ca.clone()))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |client, ctx| {
+                let listed = listed.clone();
+                async move {
+                    listed.wait().await;
+                    reconcile::reconcile(client, ctx).await
+                }
+            },
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|result| {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "OAuthClient controller event");
+            }
+            future::ready(())
         })
-        .inc();
-    tracing::warn!(
-        namespace = client.namespace().unwrap_or_default(),
-        name = client.name_any(),
-        category = error.category(),
-        error = %crate::error::error_chain(error),
-        "OAuthClient reconcile failed"
-    );
-    if error.is_permanent() {
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_secs(5))
-    }
+        .await;
 }

@@ -1,0 +1,580 @@
+//! `when` conditions: a CEL expression over the verified token's claims and the request,
+//! compiled once when a config loads (or when the operator's admission webhook checks a
+//! policy) and evaluated on the request path.
+//!
+//! The variables are `claims` (the token's claims, as JSON maps, lists and values),
+//! `request.method`, `request.path`, `request.headers` (only the headers an expression names
+//! literally, lower-case) and `source.address` (the client address, as text). Everything
+//! that is not a clean `true` refuses: an error, a missing claim, a value of another type, a
+//! claim list too long to iterate within the cost bound.
+//!
+//! CEL has no loops of its own, only the comprehension macros (`all`, `exists`,
+//! `exists_one`, `map`, `filter`), so the cost of an expression is bounded before it runs:
+//! every node counts once, a comprehension's body counts [`MAX_ITERATED`] times, and
+//! `matches` (which compiles its pattern on each call) counts [`MATCHES_COST`]. An expression
+//! over [`MAX_COST`] is refused at compile time; at run time a list or map longer than
+//! [`MAX_ITERATED`] in the claims refuses the request if the expression iterates at all.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
+use cel::{Context, Env, Program, Value};
+
+/// Longest expression accepted, in bytes.
+pub const MAX_SOURCE_LEN: usize = 2048;
+/// The cost bound an expression must stay under (see the module documentation).
+pub const MAX_COST: u64 = 20_000;
+/// Iterations a comprehension is costed at, and the longest claim list or map an iterating
+/// expression accepts.
+pub const MAX_ITERATED: usize = 64;
+/// Cost of one `matches` call.
+pub const MATCHES_COST: u64 = 64;
+
+/// Functions an expression may call besides the operators.
+const FUNCTIONS: &[&str] = &[
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "string",
+    "int",
+    "uint",
+    "double",
+];
+
+/// Operators, as the parser names their calls.
+const OPERATORS: &[&str] = &[
+    operators::CONDITIONAL,
+    operators::LOGICAL_AND,
+    operators::LOGICAL_OR,
+    operators::LOGICAL_NOT,
+    operators::SUBSTRACT,
+    operators::ADD,
+    operators::MULTIPLY,
+    operators::DIVIDE,
+    operators::MODULO,
+    operators::EQUALS,
+    operators::NOT_EQUALS,
+    operators::GREATER_EQUALS,
+    operators::LESS_EQUALS,
+    operators::GREATER,
+    operators::LESS,
+    operators::NEGATE,
+    operators::INDEX,
+    operators::IN,
+    operators::NOT_STRICTLY_FALSE,
+];
+
+/// Headers an expression may never read: they carry credentials.
+const SECRET_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+
+/// Why an expression was refused when it was compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    /// Longer than [`MAX_SOURCE_LEN`].
+    #[error("the expression is {len} bytes long; at most {MAX_SOURCE_LEN} are accepted")]
+    TooLong {
+        /// Its length.
+        len: usize,
+    },
+    /// Not CEL.
+    #[error("not a valid CEL expression: {0}")]
+    Syntax(String),
+    /// A name that is none of the variables.
+    #[error(
+        "unknown variable {0:?}: an expression may read claims, request.method, request.path, request.headers and source.address"
+    )]
+    UnknownVariable(String),
+    /// A function outside the allowed set.
+    #[error("function {name:?} is not available; use one of: {}", FUNCTIONS.join(", "))]
+    UnknownFunction {
+        /// The function's name.
+        name: String,
+    },
+    /// A header read with a computed name: the sidecar passes only headers named literally.
+    #[error(
+        "request.headers may only be read with a literal lower-case name, e.g. request.headers[\"x-tenant\"]"
+    )]
+    HeaderNotLiteral,
+    /// A credential-carrying header.
+    #[error("request.headers[{0:?}] carries credentials and cannot be read by an expression")]
+    SecretHeader(String),
+    /// Over the cost bound.
+    #[error(
+        "the expression may cost {cost} steps, over the limit of {MAX_COST} (a comprehension counts its body {MAX_ITERATED} times; nest fewer of them)"
+    )]
+    TooCostly {
+        /// Its bounded cost.
+        cost: u64,
+    },
+}
+
+/// Why an evaluation did not produce `true` or `false`. Each is a refusal.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// The expression failed (a missing claim or header, a type mismatch, a division by zero).
+    #[error("the condition failed: {0}")]
+    Failed(String),
+    /// The expression produced something other than a boolean.
+    #[error("the condition produced {0}, not a boolean")]
+    NotBoolean(String),
+    /// A claim list or map too long for an iterating expression's cost bound.
+    #[error("a claim holds more than {MAX_ITERATED} entries, more than the condition may iterate")]
+    InputTooLarge,
+}
+
+/// The request as a condition sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The method, as received.
+    pub method: &'a str,
+    /// The normalised path the rule matched.
+    pub path: &'a str,
+    /// The request's headers (any case); only those the condition names are read.
+    pub headers: &'a http::HeaderMap,
+    /// The client address the sidecar derived (trusted proxies applied).
+    pub source: Option<IpAddr>,
+}
+
+/// A compiled `when` condition.
+#[derive(Debug)]
+pub struct Condition {
+    program: Program,
+    headers: BTreeSet<String>,
+    /// The top-level claims the expression names, or `None` when it uses `claims` as a
+    /// whole: only these are converted for an evaluation.
+    claims: Option<BTreeSet<String>>,
+    iterates: bool,
+    reads_request: bool,
+    reads_source: bool,
+    cost: u64,
+}
+
+fn environment() -> &'static Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+}
+
+impl Condition {
+    /// Compiles `source`, checking its variables, functions, header names and cost.
+    pub fn compile(source: &str) -> Result<Self, CompileError> {
+        if source.len() > MAX_SOURCE_LEN {
+            return Err(CompileError::TooLong { len: source.len() });
+        }
+        let program = environment()
+            .compile(source)
+            .map_err(|e| CompileError::Syntax(e.to_string()))?;
+        let mut walk = Walk::default();
+        let cost = walk.cost(program.expression(), &mut Vec::new())?;
+        if cost > MAX_COST {
+            return Err(CompileError::TooCostly { cost });
+        }
+        let references = program.references();
+        let (reads_request, reads_source) = (
+            references.has_variable("request"),
+            references.has_variable("source"),
+        );
+        Ok(Self {
+            reads_request,
+            reads_source,
+            program,
+            claims: (!walk.whole_claims).then_some(walk.claims),
+            headers: walk.headers,
+            iterates: walk.iterates,
+            cost,
+        })
+    }
+
+    /// The bounded cost (see the module documentation).
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+
+    /// The header names (lower-case) the condition reads.
+    pub fn headers(&self) -> &BTreeSet<String> {
+        &self.headers
+    }
+
+    /// Evaluates the condition: `Ok(true)` lets the rule's other checks decide, anything
+    /// else refuses.
+    pub fn evaluate(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        request: &RequestFacts<'_>,
+    ) -> Result<bool, EvalError> {
+        let mut context = Context::with_env(Arc::clone(environment()));
+        let named: HashMap<String, Value> = match &self.claims {
+            Some(names) => names
+                .iter()
+                .filter_map(|name| Some((name.clone(), to_cel(claims.get(name)?))))
+                .collect(),
+            None => claims.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect(),
+        };
+        if self.iterates && (named.len() > MAX_ITERATED || named.values().any(too_large)) {
+            return Err(EvalError::InputTooLarge);
+        }
+        context.add_variable_from_value("claims", named);
+        // Only what the expression names is built.
+        if self.reads_request {
+            context.add_variable_from_value("request", self.request_value(request));
+        }
+        if self.reads_source {
+            let address = request.source.map(|a| a.to_string()).unwrap_or_default();
+            context.add_variable_from_value(
+                "source",
+                HashMap::from([("address".to_owned(), Value::from(address))]),
+            );
+        }
+        match self.program.execute(&context) {
+            Ok(Value::Bool(verdict)) => Ok(verdict),
+            Ok(other) => Err(EvalError::NotBoolean(format!("{:?}", other.type_of()))),
+            Err(e) => Err(EvalError::Failed(e.to_string())),
+        }
+    }
+
+    fn request_value(&self, request: &RequestFacts<'_>) -> Value {
+        let headers: HashMap<String, Value> = self
+            .headers
+            .iter()
+            .filter_map(|name| {
+                let value = request.headers.get(name.as_str())?.to_str().ok()?;
+                Some((name.clone(), Value::from(value.to_owned())))
+            })
+            .collect();
+        Value::from(HashMap::from([
+            ("method".to_owned(), Value::from(request.method.to_owned())),
+            ("path".to_owned(), Value::from(request.path.to_owned())),
+            ("headers".to_owned(), Value::from(headers)),
+        ]))
+    }
+}
+
+/// A JSON value as CEL sees it: integers stay integers, other numbers are doubles.
+fn to_cel(value: &serde_json::Value) -> Value {
+    match value {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(text) => Value::String(Arc::new(text.clone())),
+        serde_json::Value::Array(items) => {
+            Value::List(Arc::new(items.iter().map(to_cel).collect()))
+        }
+        serde_json::Value::Object(map) => Value::from(
+            map.iter()
+                .map(|(k, v)| (k.clone(), to_cel(v)))
+                .collect::<HashMap<String, Value>>(),
+        ),
+    }
+}
+
+/// Whether a value holds a list or map longer than [`MAX_ITERATED`], at any depth.
+fn too_large(value: &Value) -> bool {
+    match value {
+        Value::List(items) => items.len() > MAX_ITERATED || items.iter().any(too_large),
+        Value::Map(map) => map.map.len() > MAX_ITERATED || map.map.values().any(too_large),
+        _ => false,
+    }
+}
+
+/// One pass over the expression: checks it and bounds its cost.
+#[derive(Default)]
+struct Walk {
+    headers: BTreeSet<String>,
+    claims: BTreeSet<String>,
+    whole_claims: bool,
+    iterates: bool,
+}
+
+impl Walk {
+    /// The bounded cost of `node`; `bound` holds the comprehension variables in scope.
+    fn cost(&mut self, node: &IdedExpr, bound: &mut Vec<String>) -> Result<u64, CompileError> {
+        let children = match &node.expr {
+            Expr::Ident(name) => {
+                if name == "claims" && !bound.contains(name) {
+                    self.whole_claims = true;
+                }
+                if !["claims", "request", "source"].contains(&name.as_str())
+                    && !bound.contains(name)
+                {
+                    return Err(CompileError::UnknownVariable(name.clone()));
+                }
+                0
+            }
+            Expr::Literal(_) => 0,
+            Expr::Select(select) if is_claims(&select.operand, bound) => {
+                self.claims.insert(select.field.clone());
+                1
+            }
+            Expr::Select(select) => {
+                self.check_header_select(&select.operand, &select.field)?;
+                self.cost(&select.operand, bound)?
+            }
+            Expr::Call(call) => self.call_cost(call, bound)?,
+            Expr::List(list) => self.sum(&list.elements, bound)?,
+            Expr::Map(map) => {
+                let mut total = 0;
+                for entry in &map.entries {
+                    if let EntryExpr::MapEntry(entry) = &entry.expr {
+                        total += self.cost(&entry.key, bound)? + self.cost(&entry.value, bound)?;
+                    }
+                }
+                total
+            }
+            Expr::Comprehension(loop_) => {
+                self.iterates = true;
+                let outer =
+                    self.cost(&loop_.iter_range, bound)? + self.cost(&loop_.accu_init, bound)?;
+                let scope = bound.len();
+                bound.push(loop_.iter_var.clone());
+                bound.extend(loop_.iter_var2.clone());
+                bound.push(loop_.accu_var.clone());
+                let body =
+                    self.cost(&loop_.loop_cond, bound)? + self.cost(&loop_.loop_step, bound)?;
+                let result = self.cost(&loop_.result, bound)?;
+                bound.truncate(scope);
+                outer + body.saturating_mul(MAX_ITERATED as u64) + result
+            }
+            Expr::Struct(_) | Expr::Unspecified => {
+                return Err(CompileError::Syntax(
+                    "message construction is not supported".to_owned(),
+                ));
+            }
+        };
+        Ok(children.saturating_add(1))
+    }
+
+    fn sum(&mut self, nodes: &[IdedExpr], bound: &mut Vec<String>) -> Result<u64, CompileError> {
+        let mut total: u64 = 0;
+        for node in nodes {
+            total = total.saturating_add(self.cost(node, bound)?);
+        }
+        Ok(total)
+    }
+
+    fn call_cost(
+        &mut self,
+        call: &cel::common::ast::CallExpr,
+        bound: &mut Vec<String>,
+    ) -> Result<u64, CompileError> {
+        let name = call.func_name.as_str();
+        if !OPERATORS.contains(&name) && !FUNCTIONS.contains(&name) {
+            return Err(CompileError::UnknownFunction {
+                name: name.to_owned(),
+            });
+        }
+        match (name, call.args.as_slice()) {
+            (operators::INDEX, [operand, key]) if is_claims(operand, bound) => match &key.expr {
+                Expr::Literal(LiteralValue::String(claim)) => {
+                    self.claims.insert(claim.to_string());
+                    return Ok(2);
+                }
+                _ => self.whole_claims = true,
+            },
+            (operators::INDEX, [operand, key]) => self.check_header_index(operand, key)?,
+            (operators::IN, [key, operand]) => self.check_header_index(operand, key)?,
+            _ => {}
+        }
+        let own = if name == "matches" { MATCHES_COST } else { 0 };
+        let target = match &call.target {
+            Some(target) => self.cost(target, bound)?,
+            None => 0,
+        };
+        Ok(own + target + self.sum(&call.args, bound)?)
+    }
+
+    /// `request.headers.name`: a literal name, recorded.
+    fn check_header_select(&mut self, operand: &IdedExpr, field: &str) -> Result<(), CompileError> {
+        if is_request_headers(operand) {
+            self.record_header(field)?;
+        }
+        Ok(())
+    }
+
+    /// `request.headers["name"]`: a literal name, recorded; anything else is refused.
+    fn check_header_index(
+        &mut self,
+        operand: &IdedExpr,
+        key: &IdedExpr,
+    ) -> Result<(), CompileError> {
+        if !is_request_headers(operand) {
+            return Ok(());
+        }
+        match &key.expr {
+            Expr::Literal(LiteralValue::String(name)) => self.record_header(name.as_ref()),
+            _ => Err(CompileError::HeaderNotLiteral),
+        }
+    }
+
+    fn record_header(&mut self, name: &str) -> Result<(), CompileError> {
+        if name.is_empty() || name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(CompileError::HeaderNotLiteral);
+        }
+        if SECRET_HEADERS.contains(&name) {
+            return Err(CompileError::SecretHeader(name.to_owned()));
+        }
+        self.headers.insert(name.to_owned());
+        Ok(())
+    }
+}
+
+/// The `claims` variable itself (not a comprehension variable that shadows it).
+fn is_claims(node: &IdedExpr, bound: &[String]) -> bool {
+    matches!(&node.expr, Expr::Ident(name) if name == "claims" && !bound.iter().any(|b| b == "claims"))
+}
+
+fn is_request_headers(node: &IdedExpr) -> bool {
+    matches!(&node.expr, Expr::Select(s) if s.field == "headers"
+        && matches!(&s.operand.expr, Expr::Ident(root) if root == "request"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    fn run(expr: &str, token: serde_json::Value) -> Result<bool, EvalError> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-env", http::HeaderValue::from_static("prod"));
+        headers.insert(
+            "authorization",
+            http::HeaderValue::from_static("Bearer secret"),
+        );
+        let request = RequestFacts {
+            method: "POST",
+            path: "/tenants/acme/orders",
+            headers: &headers,
+            source: "10.0.0.7".parse().ok(),
+        };
+        Condition::compile(expr)
+            .unwrap_or_else(|e| panic!("{expr}: {e}"))
+            .evaluate(&claims(token), &request)
+    }
+
+    #[test]
+    fn the_documented_examples_decide() {
+        let alice = json!({
+            "sub": "alice", "email": "alice@example.com", "tenant": "acme",
+            "groups": ["team-orders", "admins"], "org": {"id": "acme"}
+        });
+        for (expr, expected) in [
+            (r#""admins" in claims.groups"#, true),
+            (r#""auditors" in claims.groups"#, false),
+            (r#"claims.email.endsWith("@example.com")"#, true),
+            (
+                r#"request.path.startsWith("/tenants/" + claims.tenant + "/")"#,
+                true,
+            ),
+            (r#"claims.org.id == "acme""#, true),
+            (
+                r#"request.method == "POST" && request.headers["x-env"] == "prod""#,
+                true,
+            ),
+            (r#"has(request.headers.x_env)"#, false),
+            (r#""x-env" in request.headers"#, true),
+            (r#"source.address == "10.0.0.7""#, true),
+            (r#"claims.groups.exists(g, g.startsWith("team-"))"#, true),
+            (r#"claims.groups.all(g, g.matches("^[a-z-]+$"))"#, true),
+            (r#"has(claims.admin) && claims.admin"#, false),
+            // claims as a whole: every claim is there.
+            (r#"claims.exists(k, k == "tenant")"#, true),
+            (
+                r#"claims[claims.tenant == "acme" ? "sub" : "email"] == "alice""#,
+                true,
+            ),
+        ] {
+            assert_eq!(run(expr, alice.clone()), Ok(expected), "{expr}");
+        }
+    }
+
+    #[test]
+    fn anything_but_a_boolean_refuses() {
+        let token = json!({"sub": "alice", "groups": "admins,users", "n": 0});
+        for expr in [
+            // A missing claim.
+            r#"claims.role == "admin""#,
+            // A string where a list was expected: `in` has no string overload.
+            r#""admins" in claims.groups"#,
+            // Not a boolean.
+            "claims.sub",
+            "1 / claims.n > 0",
+            // A missing header (x_env is not x-env).
+            r#"request.headers.x_env == "prod""#,
+            r#"request.headers["x-tenant"] == "acme""#,
+        ] {
+            let outcome = run(expr, token.clone());
+            assert!(outcome.is_err(), "{expr} gave {outcome:?}");
+        }
+    }
+
+    #[test]
+    fn long_claim_lists_refuse_iterating_conditions_only() {
+        let groups: Vec<String> = (0..=MAX_ITERATED).map(|i| format!("g{i}")).collect();
+        let token = json!({"groups": groups});
+        assert_eq!(
+            run(r#"claims.groups.exists(g, g == "g1")"#, token.clone()),
+            Err(EvalError::InputTooLarge)
+        );
+        assert_eq!(run(r#""g1" in claims.groups"#, token), Ok(true));
+    }
+
+    #[test]
+    fn bad_expressions_are_refused_when_compiled() {
+        let refused = |expr: &str| Condition::compile(expr).expect_err(expr);
+        assert!(matches!(refused("claims.sub =="), CompileError::Syntax(_)));
+        assert_eq!(
+            refused("token.sub == 'x'"),
+            CompileError::UnknownVariable("token".to_owned())
+        );
+        assert!(matches!(
+            refused("claims.sub.lowerAscii() == 'x'"),
+            CompileError::UnknownFunction { .. }
+        ));
+        assert_eq!(
+            refused(r#"request.headers["authorization"] != """#),
+            CompileError::SecretHeader("authorization".to_owned())
+        );
+        assert_eq!(
+            refused(r#"request.headers.cookie != """#),
+            CompileError::SecretHeader("cookie".to_owned())
+        );
+        for expr in [
+            r#"request.headers["Authorization"] != """#,
+            r#"request.headers[claims.h] != """#,
+        ] {
+            assert_eq!(refused(expr), CompileError::HeaderNotLiteral, "{expr}");
+        }
+        // Nested loops: 64 x 64 bodies.
+        assert!(matches!(
+            refused("claims.a.all(x, claims.b.all(y, claims.c.all(z, x == y && y == z)))"),
+            CompileError::TooCostly { .. }
+        ));
+        assert!(matches!(
+            refused(&format!("{}true", "true && ".repeat(400))),
+            CompileError::TooLong { .. }
+        ));
+    }
+
+    #[test]
+    fn one_loop_fits_the_budget_and_the_cost_counts_it() {
+        let single = Condition::compile("claims.groups.exists(g, g == 'a')").unwrap();
+        let plain = Condition::compile("'a' in claims.groups").unwrap();
+        assert!(
+            single.cost() > plain.cost() * 10,
+            "{} vs {}",
+            single.cost(),
+            plain.cost()
+        );
+        assert!(single.cost() <= MAX_COST);
+    }
+}

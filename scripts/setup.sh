@@ -13,6 +13,22 @@ if ((${#missing[@]})); then
   echo "setup: ${missing[*]} not found; install Rust (rustup), Go >= 1.26 and Python 3 first" >&2
   exit 1
 fi
+# The toolchain pinned by rust-toolchain.toml. The machine image ships rustup's `stable`; when
+# that is the pinned version it is linked under the pinned name, so that rustup needs no
+# download (this machine reaches package registries only, not the Rust distribution server).
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+pinned="$(sed -n 's/^channel = "\(.*\)"$/\1/p' "$root/rust-toolchain.toml")"
+if command -v rustup >/dev/null && ! rustup toolchain list | grep -q "^$pinned-"; then
+  host="$(rustc +stable -vV | sed -n 's/^host: //p')"
+  if [[ "$(rustc +stable --version)" == "rustc $pinned "* ]]; then
+    step "linking the machine's stable toolchain as $pinned-$host"
+    ln -s "$(rustc +stable --print sysroot)" "${RUSTUP_HOME:-$HOME/.rustup}/toolchains/$pinned-$host"
+  else
+    step "installing Rust $pinned (rust-toolchain.toml)"
+    rustup toolchain install "$pinned" --profile minimal --component rustfmt,clippy
+  fi
+fi
 cargo fmt --version >/dev/null 2>&1 || { echo "setup: rustfmt missing: rustup component add rustfmt" >&2; exit 1; }
 cargo clippy --version >/dev/null 2>&1 || { echo "setup: clippy missing: rustup component add clippy" >&2; exit 1; }
 

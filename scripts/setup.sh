@@ -49,6 +49,20 @@ if ((${#need[@]})); then
 fi
 step "tools present"
 
+# Cargo tools `make test` runs, each pinned by version and installed with `cargo install
+# --locked` into a cache outside the repository (skipped when that version is there).
+tools="${SCOPEGATE_CACHE:-$HOME/.cache/scopegate}/tools"
+CARGO_DENY_VERSION=0.20.2
+install_tool() { # crate version
+  if ! cargo install --list --root "$tools" | grep -qx "$1 v$2:"; then
+    step "installing $1 $2 into $tools (a one-time build)"
+    # A throwaway target dir: CARGO_TARGET_DIR is the workspace's.
+    env -u CARGO_TARGET_DIR cargo install --quiet --locked --force --root "$tools" \
+      --version "$2" "$1"
+  fi
+}
+install_tool cargo-deny "$CARGO_DENY_VERSION"
+
 # Python tools the tests use as independent peers (JOSE libraries, OAuth clients), in a venv
 # outside the repository, rebuilt when the requirements change.
 venv="${SCOPEGATE_CACHE:-$HOME/.cache/scopegate}/venv"

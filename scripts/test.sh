@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Every test: formatting, clippy, the sidecar's dependency boundary, unit tests (including the
-# CRD drift check), helm lint, and the end-to-end tests against a local control plane that
-# this script starts and always stops.
+# Every test: formatting, clippy, the sidecar's dependency boundary, cargo deny, unit tests
+# (including the CRD drift check), helm lint, and the end-to-end tests against a local control
+# plane that this script starts and always stops.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 source e2e/scripts/versions.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SCOPEGATE_CACHE/target}"
+# The pinned cargo tools scripts/setup.sh installs.
+export PATH="$SCOPEGATE_CACHE/tools/bin:$PATH"
 step() { printf '\n[test %s] == %s\n' "$(date +%H:%M:%S)" "$*"; }
 started=$SECONDS
 
@@ -31,6 +33,11 @@ if cargo tree -p scopegate-verifier -e normal,build,dev --prefix none --locked |
   echo "scopegate-verifier depends on scopegate-issuer: the issuer may use the verifier, never the reverse" >&2
   exit 1
 fi
+
+step "cargo deny: licenses, duplicate versions, wildcards and sources (deny.toml)"
+# Not `check advisories`: the RustSec database is a git repository on GitHub, which this
+# project's machines and CI cannot reach (they reach package registries only); see deny.toml.
+cargo deny --locked check licenses bans sources
 
 step "unit and integration tests (includes the CRD drift check)"
 cargo test --workspace --exclude scopegate-e2e --locked

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodSpec, Secret};
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
@@ -110,6 +110,22 @@ impl Drop for PodNetwork {
 /// What each container image means on this host: a command to run (the image's entrypoint).
 pub type Images = BTreeMap<String, Vec<String>>;
 
+/// The sidecar's image, `scopegate/sidecar:e2e`: the binary `$E2E_SIDECAR_BIN`.
+pub fn sidecar_image() -> anyhow::Result<(String, Vec<String>)> {
+    let sidecar = std::env::var("E2E_SIDECAR_BIN")
+        .context("E2E_SIDECAR_BIN: the sidecar binary to run (`make test` sets it)")?;
+    Ok(("scopegate/sidecar:e2e".to_owned(), vec![sidecar]))
+}
+
+/// `image` as the example app `examples/apps/<file>` (run by python3).
+pub fn example_app(image: &str, file: &str) -> (String, Vec<String>) {
+    let app = crate::repo_root().join("examples/apps").join(file);
+    (
+        image.to_owned(),
+        vec!["python3".to_owned(), app.display().to_string()],
+    )
+}
+
 /// A pod running as processes.
 pub struct RunningPod {
     /// The pod's name.
@@ -136,209 +152,32 @@ impl RunningPod {
     ) -> anyhow::Result<Self> {
         let name = pod.name_any();
         let namespace = pod.namespace().context("pod without namespace")?;
+        let spec = pod.spec.clone().context("pod without spec")?;
         let (ip, host) = network.allocate();
         let netns = format!("sgpod{}x{host}", network.subnet);
         let host_veth = format!("sgv{}x{host}", network.subnet);
-        let pod_veth = format!("sgp{}x{host}", network.subnet);
         let dir =
             std::env::temp_dir().join(format!("scopegate-pod-{netns}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("volumes"))?;
 
-        let _ = run("ip", &["netns", "del", &netns]);
-        run("ip", &["netns", "add", &netns])?;
-        run(
-            "ip",
-            &[
-                "link", "add", &host_veth, "type", "veth", "peer", "name", &pod_veth,
-            ],
-        )?;
-        run(
-            "ip",
-            &["link", "set", &host_veth, "master", &network.bridge],
-        )?;
-        run("ip", &["link", "set", &host_veth, "up"])?;
-        run("ip", &["link", "set", &pod_veth, "netns", &netns])?;
-        let in_ns = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &netns, "ip"];
-            all.extend_from_slice(args);
-            run("ip", &all)
+        plug_in(network, &netns, &host_veth, ip, host)?;
+        route_services(&netns, services)?;
+        let sync = sync_volumes(client, &namespace, &spec, &dir.join("volumes")).await?;
+        std::fs::write(dir.join("hosts"), hosts_file(ip, &name, services))?;
+        let pod_env = PodEnv {
+            name: &name,
+            namespace: &namespace,
+            dir: &dir,
+            logs,
         };
-        in_ns(&["addr", "add", &format!("{ip}/24"), "dev", &pod_veth])?;
-        in_ns(&["link", "set", &pod_veth, "up"])?;
-        in_ns(&["link", "set", "lo", "up"])?;
-        in_ns(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.77.{}.1", network.subnet),
-        ])?;
-
-        // Services, as kube-proxy's nftables mode: cluster IP and port to the endpoint.
-        if !services.is_empty() {
-            let nft = |rule: &str| run("ip", &["netns", "exec", &netns, "nft", rule]);
-            nft("add table ip services")?;
-            nft("add chain ip services output { type nat hook output priority -100 ; }")?;
-            for service in services {
-                nft(&format!(
-                    "add rule ip services output ip daddr {} tcp dport {} dnat to {}",
-                    service.cluster_ip, service.port, service.endpoint
-                ))?;
-            }
-        }
-
-        // Volumes: ConfigMaps and Secrets synced like the kubelet does; emptyDirs.
-        let spec = pod.spec.clone().context("pod without spec")?;
-        let mut synced: Vec<(String, VolumeSource)> = Vec::new();
-        for volume in spec.volumes.iter().flatten() {
-            let target = dir.join("volumes").join(&volume.name);
-            std::fs::create_dir_all(&target)?;
-            if let Some(cm) = &volume.config_map {
-                synced.push((
-                    volume.name.clone(),
-                    VolumeSource::ConfigMap(cm.name.clone()),
-                ));
-            } else if let Some(secret) = &volume.secret {
-                synced.push((
-                    volume.name.clone(),
-                    VolumeSource::Secret(secret.secret_name.clone().unwrap_or_default()),
-                ));
-            }
-        }
-        for (volume, source) in &synced {
-            sync_volume(
-                client,
-                &namespace,
-                &dir.join("volumes").join(volume),
-                source,
-            )
-            .await?;
-        }
-        let sync = {
-            let (client, namespace, dir) = (client.clone(), namespace.clone(), dir.clone());
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(Duration::from_millis(500));
-                loop {
-                    interval.tick().await;
-                    for (volume, source) in &synced {
-                        let _ = sync_volume(
-                            &client,
-                            &namespace,
-                            &dir.join("volumes").join(volume),
-                            source,
-                        )
-                        .await;
-                    }
-                }
-            })
-        };
-
-        let mut hosts_file = format!("127.0.0.1 localhost\n{ip} {name}\n");
-        for service in services {
-            hosts_file.push_str(&format!(
-                "{} {}\n",
-                service.cluster_ip,
-                service.names.join(" ")
-            ));
-        }
-        std::fs::write(dir.join("hosts"), hosts_file)?;
-
-        // One mount namespace per pod: the union of its containers' mounts (scopegate's
-        // injection never mounts two volumes at one path).
-        let mut script = String::from("set -e\nmount --make-rprivate /\n");
-        script.push_str(&format!(
-            "mount --bind {} /etc/hosts\n",
-            dir.join("hosts").display()
-        ));
-        // Init containers (but native sidecars) run first, one after the other, each to
-        // completion; one that fails stops the pod before anything else starts.
-        let init: Vec<&Container> = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .filter(|c| c.restart_policy.as_deref() != Some("Always"))
-            .collect();
-        let containers: Vec<&Container> = spec
-            .init_containers
-            .iter()
-            .flatten()
-            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-            .chain(&spec.containers)
-            .collect();
-        let mut mounted = std::collections::BTreeSet::new();
-        for container in init.iter().chain(&containers) {
-            for mount in container.volume_mounts.iter().flatten() {
-                if mounted.insert(mount.mount_path.clone()) {
-                    let source = dir.join("volumes").join(&mount.name);
-                    script.push_str(&format!(
-                        "mkdir -p {path}\nmount --bind {} {path}\n",
-                        source.display(),
-                        path = mount.mount_path
-                    ));
-                }
-            }
-        }
-        for (container, background) in init
-            .iter()
-            .map(|c| (c, false))
-            .chain(containers.iter().map(|c| (c, true)))
-        {
-            let image = container.image.clone().unwrap_or_default();
-            let command = images
-                .get(&image)
-                .with_context(|| format!("no command for image {image}"))?;
-            let mut env = vec![format!(
-                "PATH={}",
-                std::env::var("PATH").unwrap_or_default()
-            )];
-            for var in container.env.iter().flatten() {
-                let value = match (&var.value, &var.value_from) {
-                    (Some(value), _) => value.clone(),
-                    (None, Some(from)) => {
-                        match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                            Some("metadata.name") => name.clone(),
-                            Some("metadata.namespace") => namespace.clone(),
-                            _ => String::new(),
-                        }
-                    }
-                    _ => String::new(),
-                };
-                env.push(format!("{}={}", var.name, value));
-            }
-            let args: Vec<String> = command
-                .iter()
-                .cloned()
-                .chain(container.args.iter().flatten().cloned())
-                .collect();
-            let log = logs.join(format!("{name}-{}.log", container.name));
-            script.push_str(&format!(
-                "env -i {} {} >{} 2>&1{}\n",
-                env.iter()
-                    .map(|e| shell_quote(e))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                args.iter()
-                    .map(|a| shell_quote(a))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                log.display(),
-                if background { " &" } else { "" }
-            ));
-        }
-        script.push_str("wait\n");
-        std::fs::write(dir.join("launch.sh"), script)?;
+        std::fs::write(
+            dir.join("launch.sh"),
+            launch_script(&spec, images, &pod_env)?,
+        )?;
         let launcher = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &netns,
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-            ])
+            .args(["netns", "exec", &netns, "unshare", "--mount"])
+            .args(["--propagation", "private", "sh"])
             .arg(dir.join("launch.sh"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(
@@ -360,6 +199,207 @@ impl RunningPod {
             sync,
         })
     }
+}
+
+/// Creates network namespace `netns` and a veth pair from it to the bridge, with address `ip`
+/// (host `host` of the subnet) and a default route through the bridge.
+fn plug_in(
+    network: &PodNetwork,
+    netns: &str,
+    host_veth: &str,
+    ip: Ipv4Addr,
+    host: u8,
+) -> anyhow::Result<()> {
+    let pod_veth = format!("sgp{}x{host}", network.subnet);
+    let _ = run("ip", &["netns", "del", netns]);
+    run("ip", &["netns", "add", netns])?;
+    run(
+        "ip",
+        &[
+            "link", "add", host_veth, "type", "veth", "peer", "name", &pod_veth,
+        ],
+    )?;
+    run("ip", &["link", "set", host_veth, "master", &network.bridge])?;
+    run("ip", &["link", "set", host_veth, "up"])?;
+    run("ip", &["link", "set", &pod_veth, "netns", netns])?;
+    let in_ns = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", netns, "ip"];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    };
+    in_ns(&["addr", "add", &format!("{ip}/24"), "dev", &pod_veth])?;
+    in_ns(&["link", "set", &pod_veth, "up"])?;
+    in_ns(&["link", "set", "lo", "up"])?;
+    let gateway = format!("10.77.{}.1", network.subnet);
+    in_ns(&["route", "add", "default", "via", &gateway])
+}
+
+/// Services, as kube-proxy's nftables mode makes them: cluster IP and port to the endpoint.
+fn route_services(netns: &str, services: &[ServiceRoute]) -> anyhow::Result<()> {
+    if services.is_empty() {
+        return Ok(());
+    }
+    let nft = |rule: &str| run("ip", &["netns", "exec", netns, "nft", rule]);
+    nft("add table ip services")?;
+    nft("add chain ip services output { type nat hook output priority -100 ; }")?;
+    for service in services {
+        nft(&format!(
+            "add rule ip services output ip daddr {} tcp dport {} dnat to {}",
+            service.cluster_ip, service.port, service.endpoint
+        ))?;
+    }
+    Ok(())
+}
+
+/// Makes a directory under `volumes` for each volume of `spec`; ConfigMaps and Secrets are
+/// synced into theirs like the kubelet does, now and then every 500 ms by the task returned.
+async fn sync_volumes(
+    client: &Client,
+    namespace: &str,
+    spec: &PodSpec,
+    volumes: &Path,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut synced: Vec<(PathBuf, VolumeSource)> = Vec::new();
+    for volume in spec.volumes.iter().flatten() {
+        let target = volumes.join(&volume.name);
+        std::fs::create_dir_all(&target)?;
+        if let Some(cm) = &volume.config_map {
+            synced.push((target, VolumeSource::ConfigMap(cm.name.clone())));
+        } else if let Some(secret) = &volume.secret {
+            let name = secret.secret_name.clone().unwrap_or_default();
+            synced.push((target, VolumeSource::Secret(name)));
+        }
+    }
+    for (target, source) in &synced {
+        sync_volume(client, namespace, target, source).await?;
+    }
+    let (client, namespace) = (client.clone(), namespace.to_owned());
+    Ok(tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            interval.tick().await;
+            for (target, source) in &synced {
+                let _ = sync_volume(&client, &namespace, target, source).await;
+            }
+        }
+    }))
+}
+
+/// The pod's /etc/hosts: itself, and each Service's names at its cluster IP.
+fn hosts_file(ip: Ipv4Addr, name: &str, services: &[ServiceRoute]) -> String {
+    let mut hosts = format!("127.0.0.1 localhost\n{ip} {name}\n");
+    for service in services {
+        hosts.push_str(&format!(
+            "{} {}\n",
+            service.cluster_ip,
+            service.names.join(" ")
+        ));
+    }
+    hosts
+}
+
+/// What a container's launch line needs to know about its pod.
+struct PodEnv<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    dir: &'a Path,
+    logs: &'a Path,
+}
+
+/// The shell script that runs the pod in one mount namespace: the union of its containers'
+/// mounts (scopegate's injection never mounts two volumes at one path), then the init
+/// containers (but native sidecars) one after the other, each to completion, so that one that
+/// fails stops the pod before anything else starts; then the rest, in the background.
+fn launch_script(spec: &PodSpec, images: &Images, pod: &PodEnv<'_>) -> anyhow::Result<String> {
+    let mut script = String::from("set -e\nmount --make-rprivate /\n");
+    script.push_str(&format!(
+        "mount --bind {} /etc/hosts\n",
+        pod.dir.join("hosts").display()
+    ));
+    let is_native_sidecar = |c: &&Container| c.restart_policy.as_deref() == Some("Always");
+    let init: Vec<&Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| !is_native_sidecar(c))
+        .collect();
+    let containers: Vec<&Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(is_native_sidecar)
+        .chain(&spec.containers)
+        .collect();
+    let mut mounted = std::collections::BTreeSet::new();
+    for container in init.iter().chain(&containers) {
+        for mount in container.volume_mounts.iter().flatten() {
+            if mounted.insert(mount.mount_path.clone()) {
+                let source = pod.dir.join("volumes").join(&mount.name);
+                script.push_str(&format!(
+                    "mkdir -p {path}\nmount --bind {} {path}\n",
+                    source.display(),
+                    path = mount.mount_path
+                ));
+            }
+        }
+    }
+    for container in &init {
+        script.push_str(&launch_line(container, images, pod, false)?);
+    }
+    for container in &containers {
+        script.push_str(&launch_line(container, images, pod, true)?);
+    }
+    script.push_str("wait\n");
+    Ok(script)
+}
+
+/// The script line that runs `container` with its image's command, its args and env (values
+/// and the pod's name and namespace from the downward API), logging to `<pod>-<name>.log`.
+fn launch_line(
+    container: &Container,
+    images: &Images,
+    pod: &PodEnv<'_>,
+    background: bool,
+) -> anyhow::Result<String> {
+    let image = container.image.clone().unwrap_or_default();
+    let command = images
+        .get(&image)
+        .with_context(|| format!("no command for image {image}"))?;
+    let mut env = vec![format!(
+        "PATH={}",
+        std::env::var("PATH").unwrap_or_default()
+    )];
+    for var in container.env.iter().flatten() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => value.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => pod.name.to_owned(),
+                Some("metadata.namespace") => pod.namespace.to_owned(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
+        env.push(format!("{}={}", var.name, value));
+    }
+    let args = command
+        .iter()
+        .chain(container.args.iter().flatten())
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let env = env
+        .iter()
+        .map(|e| shell_quote(e))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let log = pod
+        .logs
+        .join(format!("{}-{}.log", pod.name, container.name));
+    Ok(format!(
+        "env -i {env} {args} >{} 2>&1{}\n",
+        log.display(),
+        if background { " &" } else { "" }
+    ))
 }
 
 fn shell_quote(text: &str) -> String {

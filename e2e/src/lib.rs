@@ -8,6 +8,10 @@ pub mod fault_proxy;
 pub mod google;
 pub mod http;
 pub mod kubelet;
+pub mod manifests;
+pub mod ready;
+pub mod rendered;
+pub mod setup;
 pub mod story;
 pub mod tokens;
 
@@ -254,6 +258,18 @@ where
     )
     .await
     .with_context(|| format!("applying {name}"))
+}
+
+/// AuthPolicy `namespace/name` as the API server has it.
+pub async fn auth_policy(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<scopegate_crds::v1alpha1::AuthPolicy> {
+    Api::<scopegate_crds::v1alpha1::AuthPolicy>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("reading AuthPolicy {namespace}/{name}"))
 }
 
 /// The status of condition `type_` on an object's `status.conditions`.

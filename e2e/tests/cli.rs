@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
-use scopegate_e2e::{
-    ControlPlane, FIELD_MANAGER, TestNamespace, apply_yaml, condition, eventually,
-};
+use scopegate_e2e::manifests::{READ_ITEMS, app_pod, issuer, oauth_client};
+use scopegate_e2e::setup::{injection_labels, service_account_kubeconfig};
+use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, condition, eventually};
 use serde_json::Value;
 
 /// The `kubectl-scopegate` binary: `$E2E_CLI_BIN`, else the debug build next to this test.
@@ -52,26 +50,6 @@ fn run(kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn issuer(ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: auth}}
-spec:
-  selector: {{matchLabels: {{app: auth}}}}
-  issuer:
-    self:
-      url: https://auth.{ns}.svc
-      service: {{name: auth, port: 443}}
-      scopes: {{read: Read, admin: Admin}}
-  upstream: {{port: 8080}}
-  rules:
-    - {{paths: ["/items/**"], require: [read]}}
-"#
-    )
-}
-
 fn orders(ns: &str) -> String {
     format!(
         r#"
@@ -91,78 +69,6 @@ spec:
     )
 }
 
-const CLIENT: &str = r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: OAuthClient
-metadata: {name: billing}
-spec:
-  issuerRef: {name: auth}
-  grantTypes: [client_credentials]
-  scopes: [read]
-"#;
-
-fn pod(name: &str, app: &str) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": app}},
-        "spec": {"containers": [{"name": "app", "image": "example/app", "ports": [{"containerPort": 8080}]}]}
-    }))
-    .expect("pod")
-}
-
-fn label_for_injection() -> Value {
-    serde_json::json!({"metadata": {"labels": {"scopegate.dev/injection": "enabled"}}})
-}
-
-/// A token kubeconfig for a fresh ServiceAccount that no RBAC rule names.
-async fn unprivileged_kubeconfig(client: &Client, ns: &str) -> anyhow::Result<PathBuf> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "nobody", "namespace": ns}
-    }))?;
-    accounts
-        .patch(
-            "nobody",
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&account),
-        )
-        .await?;
-    let token = accounts
-        .create_token_request(
-            "nobody",
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await?
-        .status
-        .context("no token")?
-        .token
-        .context("no token")?;
-    // The cluster's address and CA, from the operator's kubeconfig.
-    let operator = std::env::var("E2E_OPERATOR_KUBECONFIG").context("E2E_OPERATOR_KUBECONFIG")?;
-    let text = std::fs::read_to_string(&operator)?;
-    let cluster: String = text
-        .lines()
-        .take_while(|l| !l.starts_with("contexts:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = PathBuf::from(std::env::var("E2E_DIR").context("E2E_DIR")?)
-        .join(format!("{ns}-nobody.kubeconfig"));
-    std::fs::write(
-        &path,
-        format!(
-            "{cluster}\ncontexts:\n- name: sa\n  context: {{cluster: scopegate-e2e, user: sa, namespace: {ns}}}\ncurrent-context: sa\nusers:\n- name: sa\n  user:\n    token: {token}\n"
-        ),
-    )?;
-    Ok(path)
-}
-
 #[tokio::test]
 async fn status_shows_policies_clients_and_pods_with_and_without_their_sidecar() {
     let plane = ControlPlane::from_env().expect("control plane");
@@ -180,29 +86,29 @@ async fn status_shows_policies_clients_and_pods_with_and_without_their_sidecar()
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &n);
     Api::<Pod>::namespaced(client.clone(), &other.name)
-        .create(&PostParams::default(), &pod("intruder", "orders"))
+        .create(&PostParams::default(), &app_pod("intruder", "orders"))
         .await
         .unwrap();
 
     // A pod created before the namespace injects: selected, without a sidecar.
-    pods.create(&PostParams::default(), &pod("orders-0", "orders"))
+    pods.create(&PostParams::default(), &app_pod("orders-0", "orders"))
         .await
         .unwrap();
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &n,
-            &PatchParams::default(),
-            &Patch::Merge(&label_for_injection()),
-        )
-        .await
-        .unwrap();
-    apply_yaml::<AuthPolicy>(&client, &n, &issuer(&n))
-        .await
-        .unwrap();
+    ns.label(injection_labels()).await.unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &n,
+        &issuer(&n, "auth")
+            .scopes("read: Read, admin: Admin")
+            .spec(READ_ITEMS)
+            .yaml(),
+    )
+    .await
+    .unwrap();
     apply_yaml::<AuthPolicy>(&client, &n, &orders(&n))
         .await
         .unwrap();
-    apply_yaml::<OAuthClient>(&client, &n, CLIENT)
+    apply_yaml::<OAuthClient>(&client, &n, &oauth_client("billing", "name: auth", ""))
         .await
         .unwrap();
     let policies: Api<AuthPolicy> = Api::namespaced(client.clone(), &n);
@@ -234,7 +140,7 @@ async fn status_shows_policies_clients_and_pods_with_and_without_their_sidecar()
                     dry_run: true,
                     ..Default::default()
                 },
-                &pod("probe", "orders"),
+                &app_pod("probe", "orders"),
             )
             .await?;
         let injected = probe
@@ -247,7 +153,7 @@ async fn status_shows_policies_clients_and_pods_with_and_without_their_sidecar()
     .await
     .expect("injection");
     for (name, app) in [("orders-1", "orders"), ("auth-0", "auth"), ("web-0", "web")] {
-        pods.create(&PostParams::default(), &pod(name, app))
+        pods.create(&PostParams::default(), &app_pod(name, app))
             .await
             .unwrap();
     }
@@ -355,7 +261,7 @@ async fn status_shows_policies_clients_and_pods_with_and_without_their_sidecar()
     assert!(!table.contains("intruder"), "{table}");
 
     // Someone without RBAC learns it was refused, and what, with exit code 3.
-    let nobody = unprivileged_kubeconfig(&client, &n)
+    let nobody = service_account_kubeconfig(&client, &n, "nobody")
         .await
         .expect("kubeconfig");
     let (code, out, err) = run(&nobody, &["status"]);

@@ -5,47 +5,22 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::Client;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use scopegate_core::keys::SigningKeys;
 use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::http::{Response, request};
-use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod};
+use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, example_app, sidecar_image};
+use scopegate_e2e::manifests::issuer;
+use scopegate_e2e::rendered::{signing_keys, wait_trusting_a_key};
+use scopegate_e2e::setup::logs_dir;
 use scopegate_e2e::tokens::{Claims, sign};
-use scopegate_e2e::{
-    ControlPlane, TestNamespace, apply_yaml, condition, eventually, repo_root, secret_text,
-};
+use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, condition, eventually};
 
 fn images() -> Images {
-    let sidecar = std::env::var("E2E_SIDECAR_BIN")
-        .expect("E2E_SIDECAR_BIN: run the tests through `make test`");
-    let app = repo_root()
-        .join("examples/apps/orders.py")
-        .display()
-        .to_string();
     Images::from([
-        ("scopegate/sidecar:e2e".to_owned(), vec![sidecar]),
-        ("example/orders".to_owned(), vec!["python3".to_owned(), app]),
+        sidecar_image().expect("the sidecar image"),
+        example_app("example/orders", "orders.py"),
     ])
-}
-
-fn issuer(ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: auth}}
-spec:
-  selector: {{matchLabels: {{app: auth}}}}
-  issuer:
-    self:
-      url: https://auth.{ns}.svc
-      service: {{name: auth, port: 443}}
-      scopes: {{read:orders: Read, write:orders: Write}}
-  upstream: {{port: 8080}}
-"#
-    )
 }
 
 fn orders(ns: &str) -> String {
@@ -115,16 +90,10 @@ fn metric(admin: SocketAddr, series: &str) -> u64 {
 #[tokio::test]
 async fn a_running_pod_in_dry_run_forwards_and_counts_then_enforces_after_a_spec_change() {
     let plane = ControlPlane::from_env().expect("control plane");
-    let client: Client = plane.client().await.expect("client");
-    let ns = TestNamespace::create(&client, "dry-run")
-        .await
-        .expect("namespace");
-    let label = serde_json::json!({"metadata": {"labels": {"scopegate.dev/injection": "enabled"}}});
-    Api::<Namespace>::all(client.clone())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .expect("label");
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer(&ns.name))
+    let client = plane.client().await.expect("client");
+    let ns = TestNamespace::for_injection(&client, "dry-run").await;
+    let issuer = issuer(&ns.name, "auth").scopes("read:orders: Read, write:orders: Write");
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer.yaml())
         .await
         .unwrap();
     apply_yaml::<AuthPolicy>(&client, &ns.name, &orders(&ns.name))
@@ -141,15 +110,9 @@ async fn a_running_pod_in_dry_run_forwards_and_counts_then_enforces_after_a_spec
         table.contains("ENFORCEMENT") && row.contains("DryRun"),
         "{table}"
     );
-    eventually("the orders sidecar config", || async {
-        let text =
-            scopegate_e2e::config_map_text(&client, &ns.name, "orders-sidecar", "config.json")
-                .await?;
-        ensure!(text.is_some_and(|t| t.contains("\"kid\"")), "no keys yet");
-        Ok(())
-    })
-    .await
-    .unwrap();
+    wait_trusting_a_key(&client, &ns.name, "orders")
+        .await
+        .unwrap();
 
     let pod = eventually("the pod created with the sidecar", || async {
         Ok(Api::<Pod>::namespaced(client.clone(), &ns.name)
@@ -159,9 +122,7 @@ async fn a_running_pod_in_dry_run_forwards_and_counts_then_enforces_after_a_spec
     .await
     .unwrap();
     let network = PodNetwork::create().expect("pod network (needs root)");
-    let logs = std::path::PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into()))
-        .join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = logs_dir();
     let running = RunningPod::start(&client, &network, &pod, &images(), &[], &logs)
         .await
         .expect("pod runs");
@@ -175,13 +136,7 @@ async fn a_running_pod_in_dry_run_forwards_and_counts_then_enforces_after_a_spec
     .await
     .unwrap();
 
-    let keys: SigningKeys = serde_json::from_str(
-        &secret_text(&client, &ns.name, "auth-signing-keys", "keys.json")
-            .await
-            .unwrap()
-            .expect("keys"),
-    )
-    .unwrap();
+    let keys = signing_keys(&client, &ns.name, "auth").await.unwrap();
     let audience = format!("https://orders.{}.svc", ns.name);
     let issuer_url = format!("https://auth.{}.svc", ns.name);
     let token = |scope: &str| {

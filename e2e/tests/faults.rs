@@ -3,10 +3,10 @@
 //! the shared operator has stopped (these operators serve the webhook on its port), one test
 //! at a time.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
@@ -14,39 +14,17 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use scopegate_core::config::{KeySource, SidecarConfig};
-use scopegate_core::jwk::Jwks;
 use scopegate_core::keys::SigningKeys;
 use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::fault_proxy::FaultProxy;
-use scopegate_e2e::story::Shop;
+use scopegate_e2e::manifests::{issuer, oauth_client};
+use scopegate_e2e::ready::{Ready, client_ready, policy_ready};
+use scopegate_e2e::rendered::{client_registry, jwks, sidecar_config, trusted_kids};
+use scopegate_e2e::setup::{apply_injection_namespace, logs_dir, now};
+use scopegate_e2e::story::{Load, Shop};
 use scopegate_e2e::{
-    ControlPlane, FIELD_MANAGER, OperatorOptions, OperatorProcess, apply_yaml, condition,
-    config_map_text, eventually, secret_text,
+    ControlPlane, OperatorOptions, OperatorProcess, apply_yaml, condition, eventually, secret_text,
 };
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Creates (or keeps) `name` with injection enabled.
-async fn injection_namespace(client: &Client, name: &str) {
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": name, "labels": {"scopegate.dev/injection": "enabled"}}
-    }))
-    .expect("namespace");
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&namespace),
-        )
-        .await
-        .expect("creating the namespace");
-}
 
 /// Waits until the API server can call the webhook (a new leader may still be issuing its
 /// certificate): a dry-run pod creation in `namespace` succeeds.
@@ -82,24 +60,6 @@ fn last_crash() -> String {
         .to_owned()
 }
 
-/// The `kid` of a JWS header, without checking anything.
-fn header_kid(token: &str) -> Option<String> {
-    use base64::Engine as _;
-    let header = token.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some(value["kid"].as_str()?.to_owned())
-}
-
-fn logs() -> PathBuf {
-    let dir =
-        PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into())).join("logs");
-    std::fs::create_dir_all(&dir).expect("logs directory");
-    dir
-}
-
 async fn wait_leader(operator: &OperatorProcess) {
     eventually(&format!("{} leading", operator.identity), || async {
         ensure!(operator.is_leader(), "not yet:\n{}", operator.log_tail());
@@ -107,19 +67,6 @@ async fn wait_leader(operator: &OperatorProcess) {
     })
     .await
     .expect("leadership");
-}
-
-fn trusted_kids(text: &str) -> anyhow::Result<BTreeSet<String>> {
-    let config = SidecarConfig::from_json(text)?;
-    Ok(config
-        .verify
-        .issuers
-        .iter()
-        .flat_map(|i| match &i.keys {
-            KeySource::Static { jwks } => jwks.keys.iter().filter_map(|k| k.kid.clone()).collect(),
-            _ => Vec::new(),
-        })
-        .collect())
 }
 
 /// The invariant, read from the API: the key the signing-keys Secret lets the issuer sign with
@@ -135,11 +82,7 @@ async fn violation(client: &Client, ns: &str) -> anyhow::Result<Option<String>> 
     let Some(signer) = keys.signing_key(at) else {
         return Ok(None);
     };
-    let jwks: Jwks = serde_json::from_str(
-        &config_map_text(client, ns, "auth-jwks", "jwks.json")
-            .await?
-            .context("no JWKS")?,
-    )?;
+    let jwks = jwks(client, ns, "auth").await?;
     if jwks.find(&signer.kid).is_none() {
         return Ok(Some(format!(
             "at {at} {} signs and is not in the JWKS",
@@ -147,10 +90,8 @@ async fn violation(client: &Client, ns: &str) -> anyhow::Result<Option<String>> 
         )));
     }
     for policy in ["auth", "orders"] {
-        let config = config_map_text(client, ns, &format!("{policy}-sidecar"), "config.json")
-            .await?
-            .context("no sidecar config")?;
-        if !trusted_kids(&config)?.contains(&signer.kid) {
+        let config = sidecar_config(client, ns, policy).await?;
+        if !trusted_kids(&config).contains(&signer.kid) {
             return Ok(Some(format!(
                 "at {at} {} signs and {policy}'s sidecar config lacks it",
                 signer.kid
@@ -199,56 +140,22 @@ async fn an_operator_killed_after_any_write_of_a_rotation_never_lets_a_token_out
     let mut operator = OperatorProcess::start_with(identity, &lease, &clean).unwrap();
     wait_leader(&operator).await;
     let namespace = format!("e2e-crash-{}", std::process::id());
-    injection_namespace(&client, &namespace).await;
+    apply_injection_namespace(&client, &namespace)
+        .await
+        .unwrap();
     webhook_serving(&client, &namespace).await;
     let say = |line: &str| eprintln!("crash: {line}");
     let shop = Arc::new(
-        Shop::start(&client, &namespace, &logs(), &say)
+        Shop::start(&client, &namespace, &logs_dir(), &say)
             .await
             .unwrap(),
     );
 
     // A client keeps calling with fresh tokens; the API objects are checked alongside.
     let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(Mutex::new(BTreeMap::<String, u32>::new()));
-    let load = {
-        let (shop, stop, accepted) = (shop.clone(), stop.clone(), accepted.clone());
-        std::thread::spawn(move || {
-            let mut rejected = Vec::new();
-            let mut token = shop.billing_token(None);
-            let mut i = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                if i.is_multiple_of(5) {
-                    token = shop.billing_token(None);
-                }
-                match token
-                    .as_deref()
-                    .map(|t| (t, shop.orders("GET", "/orders", Some(t))))
-                {
-                    Ok((t, Ok(r))) if r.status == 200 => {
-                        let kid = header_kid(t).unwrap_or_default();
-                        *accepted
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .entry(kid)
-                            .or_default() += 1;
-                    }
-                    Ok((t, Ok(r))) => rejected.push(format!(
-                        "{} for a token of {}",
-                        r.status,
-                        header_kid(t).unwrap_or_default()
-                    )),
-                    Ok((_, Err(err))) => rejected.push(err.to_string()),
-                    // The issuer refusing to mint while no key may sign is not a rejected
-                    // request; an issued token that fails is.
-                    Err(_) => {}
-                }
-                i += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            rejected
-        })
-    };
+    // The issuer refusing to mint while no key may sign is not a rejected request; an issued
+    // token that fails is.
+    let load = Load::start(shop.clone(), false);
     let checker = {
         let (client, namespace, stop) = (client.clone(), namespace.clone(), stop.clone());
         tokio::spawn(async move {
@@ -370,12 +277,7 @@ async fn an_operator_killed_after_any_write_of_a_rotation_never_lets_a_token_out
     // Let the last key serve for a while before the load stops.
     let last = kids.last().cloned().unwrap_or_default();
     eventually("requests accepted with the last key", || {
-        let count = accepted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&last)
-            .copied()
-            .unwrap_or_default();
+        let count = load.accepted_with(&last);
         async move {
             ensure!(count >= 5, "{count} so far");
             Ok(())
@@ -384,16 +286,9 @@ async fn an_operator_killed_after_any_write_of_a_rotation_never_lets_a_token_out
     .await
     .unwrap();
     stop.store(true, Ordering::Relaxed);
+    let (accepted, rejected) = load.stop().await.expect("the load thread");
     operator.kill();
     let (checks, violations) = checker.await.unwrap();
-    let rejected = tokio::task::spawn_blocking(move || load.join())
-        .await
-        .unwrap()
-        .expect("the load thread");
-    let accepted = accepted
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
     say(&format!(
         "crashed after: {}; {} rotations; {checks} object checks; accepted per key {:?}; rejected {}",
         crash_points.join(" | "),
@@ -520,7 +415,7 @@ async fn an_api_outage_longer_than_the_lease_stops_the_leader_writing_but_not_se
     let mut a = OperatorProcess::start_with("outage-a", &lease, &through_proxy).unwrap();
     wait_leader(&a).await;
     let ns = format!("e2e-outage-{}", std::process::id());
-    injection_namespace(&client, &ns).await;
+    apply_injection_namespace(&client, &ns).await.unwrap();
     webhook_serving(&client, &ns).await;
     let issuer = format!(
         r#"
@@ -627,64 +522,6 @@ spec:
         .await;
 }
 
-async fn ready_reason(
-    client: &Client,
-    ns: &str,
-    kind: &str,
-    name: &str,
-) -> anyhow::Result<(String, String)> {
-    let conditions = if kind == "AuthPolicy" {
-        scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
-        Api::<AuthPolicy>::namespaced(client.clone(), ns)
-            .get(name)
-            .await?
-            .status
-            .context("no status")?
-            .conditions
-    } else {
-        Api::<scopegate_crds::v1alpha1::OAuthClient>::namespaced(client.clone(), ns)
-            .get(name)
-            .await?
-            .status
-            .context("no status")?
-            .conditions
-    };
-    let ready = condition(&conditions, "Ready").context("no Ready")?;
-    Ok((ready.reason.clone(), ready.message.clone()))
-}
-
-fn capped_issuer(name: &str, ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: {name}}}
-spec:
-  selector: {{matchLabels: {{app: {name}}}}}
-  issuer:
-    self:
-      url: https://{name}.{ns}.svc
-      service: {{name: {name}, port: 443}}
-      scopes: {{read: Read}}
-  upstream: {{port: 8080}}
-"#
-    )
-}
-
-fn capped_client(name: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: OAuthClient
-metadata: {{name: {name}}}
-spec:
-  issuerRef: {{name: first}}
-  grantTypes: [client_credentials]
-  scopes: [read]
-"#
-    )
-}
-
 #[tokio::test]
 async fn a_tenant_beyond_its_namespace_caps_is_refused_with_a_reason_and_others_are_not() {
     let plane = ControlPlane::from_env().unwrap();
@@ -708,27 +545,31 @@ async fn a_tenant_beyond_its_namespace_caps_is_refused_with_a_reason_and_others_
     let evil = format!("e2e-caps-evil-{}", std::process::id());
     let other = format!("e2e-caps-other-{}", std::process::id());
     for ns in [&evil, &other] {
-        injection_namespace(&client, ns).await;
+        apply_injection_namespace(&client, ns).await.unwrap();
     }
     let api =
         |ns: &str| Api::<scopegate_crds::v1alpha1::OAuthClient>::namespaced(client.clone(), ns);
 
     // Two issuers in one namespace: the older is served, the newer refused, saying why.
-    apply_yaml::<AuthPolicy>(&client, &evil, &capped_issuer("first", &evil))
+    apply_yaml::<AuthPolicy>(&client, &evil, &issuer(&evil, "first").yaml())
         .await
         .unwrap();
     eventually("first served", || async {
-        let (reason, message) = ready_reason(&client, &evil, "AuthPolicy", "first").await?;
+        let Ready {
+            reason, message, ..
+        } = policy_ready(&client, &evil, "first").await?;
         ensure!(reason == "Rendered", "{reason}: {message}");
         Ok(())
     })
     .await
     .unwrap();
-    apply_yaml::<AuthPolicy>(&client, &evil, &capped_issuer("second", &evil))
+    apply_yaml::<AuthPolicy>(&client, &evil, &issuer(&evil, "second").yaml())
         .await
         .unwrap();
     eventually("second refused", || async {
-        let (reason, message) = ready_reason(&client, &evil, "AuthPolicy", "second").await?;
+        let Ready {
+            reason, message, ..
+        } = policy_ready(&client, &evil, "second").await?;
         ensure!(reason == "NamespaceIssuerLimit", "{reason}: {message}");
         ensure!(message.contains("at most 1 per namespace"), "{message}");
         Ok(())
@@ -743,40 +584,47 @@ async fn a_tenant_beyond_its_namespace_caps_is_refused_with_a_reason_and_others_
         "nothing is made for a refused issuer"
     );
     // Another tenant's issuer is not affected.
-    apply_yaml::<AuthPolicy>(&client, &other, &capped_issuer("first", &other))
+    apply_yaml::<AuthPolicy>(&client, &other, &issuer(&other, "first").yaml())
         .await
         .unwrap();
 
     // Three clients: the two oldest are registered, the third refused and in no registry.
     for name in ["c1", "c2", "c3"] {
-        apply_yaml::<scopegate_crds::v1alpha1::OAuthClient>(&client, &evil, &capped_client(name))
-            .await
-            .unwrap();
-    }
-    apply_yaml::<scopegate_crds::v1alpha1::OAuthClient>(&client, &other, &capped_client("c1"))
+        apply_yaml::<scopegate_crds::v1alpha1::OAuthClient>(
+            &client,
+            &evil,
+            &oauth_client(name, "name: first", ""),
+        )
         .await
         .unwrap();
+    }
+    apply_yaml::<scopegate_crds::v1alpha1::OAuthClient>(
+        &client,
+        &other,
+        &oauth_client("c1", "name: first", ""),
+    )
+    .await
+    .unwrap();
     let registered = |ns: String| {
         let client = client.clone();
         async move {
-            let text = secret_text(&client, &ns, "first-clients", "clients.json")
-                .await?
-                .context("no registry")?;
-            let registry: scopegate_core::clients::ClientRegistry = serde_json::from_str(&text)?;
+            let registry = client_registry(&client, &ns, "first").await?;
             Ok::<BTreeSet<String>, anyhow::Error>(
                 registry.clients.into_iter().map(|c| c.client_id).collect(),
             )
         }
     };
     eventually("c3 refused, c1 and c2 registered", || async {
-        let (reason, message) = ready_reason(&client, &evil, "OAuthClient", "c3").await?;
+        let Ready {
+            reason, message, ..
+        } = client_ready(&client, &evil, "c3").await?;
         ensure!(reason == "NamespaceClientLimit", "{reason}: {message}");
         let ids = registered(evil.clone()).await?;
         ensure!(
             ids == BTreeSet::from([format!("{evil}.c1"), format!("{evil}.c2")]),
             "{ids:?}"
         );
-        let (reason, _) = ready_reason(&client, &other, "OAuthClient", "c1").await?;
+        let Ready { reason, .. } = client_ready(&client, &other, "c1").await?;
         ensure!(
             reason == "Registered",
             "the other tenant's client: {reason}"
@@ -792,7 +640,9 @@ async fn a_tenant_beyond_its_namespace_caps_is_refused_with_a_reason_and_others_
         .await
         .unwrap();
     eventually("c3 registered once c1 is gone", || async {
-        let (reason, message) = ready_reason(&client, &evil, "OAuthClient", "c3").await?;
+        let Ready {
+            reason, message, ..
+        } = client_ready(&client, &evil, "c3").await?;
         ensure!(reason == "Registered", "{reason}: {message}");
         Ok(())
     })
@@ -803,7 +653,9 @@ async fn a_tenant_beyond_its_namespace_caps_is_refused_with_a_reason_and_others_
         .await
         .unwrap();
     eventually("second served once first is gone", || async {
-        let (reason, message) = ready_reason(&client, &evil, "AuthPolicy", "second").await?;
+        let Ready {
+            reason, message, ..
+        } = policy_ready(&client, &evil, "second").await?;
         ensure!(reason == "Rendered", "{reason}: {message}");
         Ok(())
     })

@@ -10,57 +10,26 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use scopegate_core::config::{KeySource, SidecarConfig};
-use scopegate_core::jwk::Jwks;
-use scopegate_core::keys::{KeyState, SigningKeys};
+use scopegate_core::keys::KeyState;
 use scopegate_crds::v1alpha1::AuthPolicy;
-use scopegate_e2e::{
-    ControlPlane, TestNamespace, apply_yaml, condition, config_map_text, eventually, secret_text,
-};
+use scopegate_e2e::manifests::{Issuer, READ_ITEMS, issuer};
+use scopegate_e2e::ready::{Ready, policy_ready, wait_policy_ready};
+use scopegate_e2e::rendered::{jwks_kids, sidecar_config, signing_keys, trusted_kids};
+use scopegate_e2e::setup::{now, with_shared_operator};
+use scopegate_e2e::{TestNamespace, apply_yaml, auth_policy, condition, eventually, secret_text};
 
-async fn setup(test: &str) -> (Client, TestNamespace) {
-    let plane = ControlPlane::from_env().expect("control plane");
-    let client = plane.client().await.expect("client");
-    let pid = std::env::var("E2E_DIR")
-        .ok()
-        .and_then(|d| std::fs::read_to_string(format!("{d}/operator.pid")).ok())
-        .expect("the test set-up starts the operator (e2e/scripts/operator-up.sh)");
-    assert!(
-        std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
-        "the shared operator is not running"
-    );
-    let ns = TestNamespace::create(&client, test)
-        .await
-        .expect("namespace");
-    (client, ns)
+/// The issuer of these tests, `auth`: ES256 keys published 3s before they sign, 60s tokens.
+fn keys_issuer(ns: &str) -> Issuer {
+    issuer(ns, "auth")
+        .with("signing: {algorithm: ES256}")
+        .with("propagation: 3s")
+        .with("tokens: {accessTokenTtl: 60s, leeway: 5s}")
 }
 
-/// An issuer whose URL names its own Service in `ns` (a URL naming another namespace's
-/// Service would be that namespace's audience, and the policy not Ready).
-fn issuer_yaml(ns: &str, rules: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: auth}}
-spec:
-  selector: {{matchLabels: {{app: auth}}}}
-  issuer:
-    self:
-      url: https://auth.{ns}.svc
-      service: {{name: auth, port: 443}}
-      signing: {{algorithm: ES256}}
-      propagation: 3s
-      tokens: {{accessTokenTtl: 60s, leeway: 5s}}
-      scopes: {{read: Read}}
-  upstream: {{port: 8080}}
-  rules:
-{rules}
-"#
-    )
-}
-
-const RULES: &str = r#"    - {paths: ["/items/**"], require: [read]}"#;
+/// [`READ_ITEMS`] and a public `/public/**`: an edit of the rules.
+const READ_ITEMS_AND_PUBLIC: &str = r#"rules:
+  - {paths: ["/items/**"], require: [read]}
+  - {paths: ["/public/**"], public: true}"#;
 
 fn verifier_yaml(issuer_ns: &str, ns: &str) -> String {
     format!(
@@ -75,73 +44,6 @@ spec:
   upstream: {{port: 8080}}
 "#
     )
-}
-
-async fn policy(client: &Client, ns: &str, name: &str) -> anyhow::Result<AuthPolicy> {
-    Ok(Api::<AuthPolicy>::namespaced(client.clone(), ns)
-        .get(name)
-        .await?)
-}
-
-/// The Ready condition's (status, reason, message) once it describes the current generation.
-async fn ready(client: &Client, ns: &str, name: &str) -> anyhow::Result<(String, String, String)> {
-    scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
-    let p = policy(client, ns, name).await?;
-    let status = p.status.context("no status")?;
-    ensure!(
-        status.observed_generation == p.metadata.generation,
-        "status is for an older generation"
-    );
-    let ready = condition(&status.conditions, "Ready").context("no Ready")?;
-    Ok((
-        ready.status.clone(),
-        ready.reason.clone(),
-        ready.message.clone(),
-    ))
-}
-
-async fn wait_ready(client: &Client, ns: &str, name: &str) {
-    eventually(&format!("{ns}/{name} Ready"), || async {
-        let (status, reason, message) = ready(client, ns, name).await?;
-        ensure!(status == "True", "{reason}: {message}");
-        Ok(())
-    })
-    .await
-    .expect("Ready");
-}
-
-async fn signing_keys(client: &Client, ns: &str) -> anyhow::Result<SigningKeys> {
-    let text = secret_text(client, ns, "auth-signing-keys", "keys.json")
-        .await?
-        .context("no signing-keys Secret")?;
-    Ok(serde_json::from_str(&text)?)
-}
-
-async fn jwks_kids(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<String>> {
-    let text = config_map_text(client, ns, "auth-jwks", "jwks.json")
-        .await?
-        .context("no JWKS")?;
-    let jwks: Jwks = serde_json::from_str(&text)?;
-    Ok(jwks.keys.into_iter().filter_map(|k| k.kid).collect())
-}
-
-async fn config(client: &Client, ns: &str, policy: &str) -> anyhow::Result<SidecarConfig> {
-    let text = config_map_text(client, ns, &format!("{policy}-sidecar"), "config.json")
-        .await?
-        .context("no sidecar config")?;
-    Ok(SidecarConfig::from_json(&text)?)
-}
-
-fn trusted_kids(config: &SidecarConfig) -> BTreeSet<String> {
-    config
-        .verify
-        .issuers
-        .iter()
-        .flat_map(|i| match &i.keys {
-            KeySource::Static { jwks } => jwks.keys.iter().filter_map(|k| k.kid.clone()).collect(),
-            _ => Vec::new(),
-        })
-        .collect()
 }
 
 async fn warning_reasons(client: &Client, ns: &str) -> anyhow::Result<BTreeSet<String>> {
@@ -174,28 +76,21 @@ async fn write_keys_document(client: &Client, ns: &str, text: &str) {
         .expect("writing the signing-keys document");
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 #[tokio::test]
 async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_the_new_one_first() {
-    let (client, ns) = setup("lostkeys").await;
+    let (client, ns) = with_shared_operator("lostkeys").await;
     let verifier_ns = TestNamespace::create(&client, "lostkeysv").await.unwrap();
     // The issuer admits the verifier's namespace (a cross-namespace policyRef needs that).
-    let issuer = issuer_yaml(&ns.name, RULES).replace(
-        "      signing:",
-        &format!(
-            "      allowedClientNamespaces: [{}]\n      signing:",
-            verifier_ns.name
-        ),
-    );
+    let issuer = keys_issuer(&ns.name)
+        .with(&format!("allowedClientNamespaces: [{}]", verifier_ns.name))
+        .spec(READ_ITEMS)
+        .yaml();
     apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer)
         .await
         .unwrap();
-    wait_ready(&client, &ns.name, "auth").await;
+    wait_policy_ready(&client, &ns.name, "auth")
+        .await
+        .expect("Ready");
     apply_yaml::<AuthPolicy>(
         &client,
         &verifier_ns.name,
@@ -203,7 +98,9 @@ async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_t
     )
     .await
     .unwrap();
-    wait_ready(&client, &verifier_ns.name, "orders").await;
+    wait_policy_ready(&client, &verifier_ns.name, "orders")
+        .await
+        .expect("Ready");
 
     // A rotation, so that two keys are published when the Secret goes.
     let api: Api<AuthPolicy> = Api::namespaced(client.clone(), &ns.name);
@@ -212,13 +109,13 @@ async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_t
         .await
         .unwrap();
     let old: BTreeSet<String> = eventually("the rotation done", || async {
-        let p = policy(&client, &ns.name, "auth").await?;
+        let p = auth_policy(&client, &ns.name, "auth").await?;
         let status = p.status.context("status")?;
         ensure!(
             status.handled_rotation.as_deref() == Some("1"),
             "not handled"
         );
-        let keys = signing_keys(&client, &ns.name).await?;
+        let keys = signing_keys(&client, &ns.name, "auth").await?;
         let signer = keys.signing_key(now()).context("no signer")?;
         ensure!(
             signer.kid != keys.keys[0].kid,
@@ -240,14 +137,14 @@ async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_t
     // Until the new key signs, watch that nothing a verifier trusts disappears and that the
     // issuer is never given a key the verifier lacks.
     let new_kid = eventually("a new key signing", || async {
-        let kids = jwks_kids(&client, &ns.name).await?;
+        let kids = jwks_kids(&client, &ns.name, "auth").await?;
         ensure!(old.is_subset(&kids), "JWKS lost keys: {kids:?}");
-        let trusted = trusted_kids(&config(&client, &verifier_ns.name, "orders").await?);
+        let trusted = trusted_kids(&sidecar_config(&client, &verifier_ns.name, "orders").await?);
         ensure!(
             old.is_subset(&trusted),
             "the verifier lost keys: {trusted:?}"
         );
-        let Ok(keys) = signing_keys(&client, &ns.name).await else {
+        let Ok(keys) = signing_keys(&client, &ns.name, "auth").await else {
             anyhow::bail!("no Secret yet");
         };
         let at = now();
@@ -267,7 +164,7 @@ async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_t
     .await
     .unwrap();
 
-    let keys = signing_keys(&client, &ns.name).await.unwrap();
+    let keys = signing_keys(&client, &ns.name, "auth").await.unwrap();
     let kids: BTreeSet<String> = keys.keys.iter().map(|k| k.kid.clone()).collect();
     let mut expected = old.clone();
     expected.insert(new_kid.clone());
@@ -287,7 +184,7 @@ async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_t
         assert!(!key.has_private_key(), "{kid} kept public-only");
         assert_eq!(key.state(now()), KeyState::Retiring);
     }
-    let status = policy(&client, &ns.name, "auth")
+    let status = auth_policy(&client, &ns.name, "auth")
         .await
         .unwrap()
         .status
@@ -318,12 +215,18 @@ async fn a_deleted_signing_keys_secret_keeps_every_published_key_and_publishes_t
 
 #[tokio::test]
 async fn garbage_key_material_is_never_published_and_the_policy_keeps_reconciling() {
-    let (client, ns) = setup("garbagekey").await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, RULES))
+    let (client, ns) = with_shared_operator("garbagekey").await;
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &keys_issuer(&ns.name).spec(READ_ITEMS).yaml(),
+    )
+    .await
+    .unwrap();
+    wait_policy_ready(&client, &ns.name, "auth")
         .await
-        .unwrap();
-    wait_ready(&client, &ns.name, "auth").await;
-    let good = signing_keys(&client, &ns.name).await.unwrap();
+        .expect("Ready");
+    let good = signing_keys(&client, &ns.name, "auth").await.unwrap();
     let good_kid = good.keys[0].kid.clone();
 
     // Valid JSON, garbage key material: a public point off the curve and a private key that is
@@ -348,7 +251,11 @@ async fn garbage_key_material_is_never_published_and_the_policy_keeps_reconcilin
     .await;
 
     eventually("Ready=False with the key named", || async {
-        let (status, reason, message) = ready(&client, &ns.name, "auth").await?;
+        let Ready {
+            status,
+            reason,
+            message,
+        } = policy_ready(&client, &ns.name, "auth").await?;
         ensure!(
             status == "False" && reason == "KeyInvalid",
             "{reason}: {message}"
@@ -359,16 +266,16 @@ async fn garbage_key_material_is_never_published_and_the_policy_keeps_reconcilin
     .await
     .unwrap();
     assert_eq!(
-        jwks_kids(&client, &ns.name).await.unwrap(),
+        jwks_kids(&client, &ns.name, "auth").await.unwrap(),
         BTreeSet::from([good_kid.clone()]),
         "the garbage key is not published"
     );
     assert_eq!(
-        trusted_kids(&config(&client, &ns.name, "auth").await.unwrap()),
+        trusted_kids(&sidecar_config(&client, &ns.name, "auth").await.unwrap()),
         BTreeSet::from([good_kid.clone()])
     );
     assert!(
-        signing_keys(&client, &ns.name)
+        signing_keys(&client, &ns.name, "auth")
             .await
             .unwrap()
             .keys
@@ -384,12 +291,15 @@ async fn garbage_key_material_is_never_published_and_the_policy_keeps_reconcilin
     );
 
     // The rest of the policy keeps reconciling.
-    let rules = format!("{RULES}\n    - {{paths: [\"/public/**\"], public: true}}");
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, &rules))
-        .await
-        .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &keys_issuer(&ns.name).spec(READ_ITEMS_AND_PUBLIC).yaml(),
+    )
+    .await
+    .unwrap();
     eventually("the edit rendered", || async {
-        let config = config(&client, &ns.name, "auth").await?;
+        let config = sidecar_config(&client, &ns.name, "auth").await?;
         ensure!(config.rules.len() == 2, "{} rules", config.rules.len());
         ensure!(
             config.policy.generation == 2,
@@ -403,23 +313,35 @@ async fn garbage_key_material_is_never_published_and_the_policy_keeps_reconcilin
 
     // The person removes the bad key: Ready again.
     write_keys_document(&client, &ns.name, &serde_json::to_string(&good).unwrap()).await;
-    wait_ready(&client, &ns.name, "auth").await;
+    wait_policy_ready(&client, &ns.name, "auth")
+        .await
+        .expect("Ready");
     ns.delete().await.unwrap();
 }
 
 #[tokio::test]
 async fn a_corrupt_signing_keys_document_is_kept_and_reported_while_the_rest_reconciles() {
-    let (client, ns) = setup("corruptkeys").await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, RULES))
+    let (client, ns) = with_shared_operator("corruptkeys").await;
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &keys_issuer(&ns.name).spec(READ_ITEMS).yaml(),
+    )
+    .await
+    .unwrap();
+    wait_policy_ready(&client, &ns.name, "auth")
         .await
-        .unwrap();
-    wait_ready(&client, &ns.name, "auth").await;
-    let published = jwks_kids(&client, &ns.name).await.unwrap();
+        .expect("Ready");
+    let published = jwks_kids(&client, &ns.name, "auth").await.unwrap();
 
     let corrupt = r#"{"keys": [{"kid": "x", "publishedAt": "MIGHAgEAMBMGByqGSM49"#;
     write_keys_document(&client, &ns.name, corrupt).await;
     eventually("Ready=False, SigningKeysCorrupt", || async {
-        let (status, reason, message) = ready(&client, &ns.name, "auth").await?;
+        let Ready {
+            status,
+            reason,
+            message,
+        } = policy_ready(&client, &ns.name, "auth").await?;
         ensure!(
             status == "False" && reason == "SigningKeysCorrupt",
             "{reason}: {message}"
@@ -440,14 +362,17 @@ async fn a_corrupt_signing_keys_document_is_kept_and_reported_while_the_rest_rec
         Some(corrupt),
         "nothing is written over it"
     );
-    assert_eq!(jwks_kids(&client, &ns.name).await.unwrap(), published);
+    assert_eq!(
+        jwks_kids(&client, &ns.name, "auth").await.unwrap(),
+        published
+    );
     assert!(
         warning_reasons(&client, &ns.name)
             .await
             .unwrap()
             .contains("SigningKeysCorrupt")
     );
-    let status = policy(&client, &ns.name, "auth")
+    let status = auth_policy(&client, &ns.name, "auth")
         .await
         .unwrap()
         .status
@@ -455,12 +380,15 @@ async fn a_corrupt_signing_keys_document_is_kept_and_reported_while_the_rest_rec
     assert_eq!(status.keys.len(), 1, "status keeps the keys it listed");
 
     // The rest of the policy keeps reconciling, with the published keys.
-    let rules = format!("{RULES}\n    - {{paths: [\"/public/**\"], public: true}}");
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, &rules))
-        .await
-        .unwrap();
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &ns.name,
+        &keys_issuer(&ns.name).spec(READ_ITEMS_AND_PUBLIC).yaml(),
+    )
+    .await
+    .unwrap();
     eventually("the edit rendered with the published keys", || async {
-        let config = config(&client, &ns.name, "auth").await?;
+        let config = sidecar_config(&client, &ns.name, "auth").await?;
         ensure!(
             config.policy.generation == 2,
             "generation {}",
@@ -482,7 +410,7 @@ async fn a_corrupt_signing_keys_document_is_kept_and_reported_while_the_rest_rec
         .await
         .unwrap();
     eventually("recovered", || async {
-        let keys = signing_keys(&client, &ns.name).await?;
+        let keys = signing_keys(&client, &ns.name, "auth").await?;
         ensure!(keys.signing_key(now()).is_some(), "nothing signs yet");
         ensure!(
             published
@@ -490,7 +418,7 @@ async fn a_corrupt_signing_keys_document_is_kept_and_reported_while_the_rest_rec
                 .all(|kid| keys.keys.iter().any(|k| &k.kid == kid)),
             "a published key was dropped"
         );
-        let p = policy(&client, &ns.name, "auth").await?;
+        let p = auth_policy(&client, &ns.name, "auth").await?;
         let status = p.status.context("status")?;
         let degraded = condition(&status.conditions, "Degraded").context("Degraded")?;
         ensure!(degraded.reason == "SigningKeysLost", "{}", degraded.reason);

@@ -7,144 +7,50 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context as _, anyhow, bail, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
-use scopegate_core::config::{KeySource, SidecarConfig};
+use scopegate_core::config::KeySource;
 use scopegate_core::jwk::Jwks;
 use scopegate_core::keys::{KeyState, SigningKeys};
 use scopegate_core::secret_hash;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use scopegate_e2e::manifests::{Issuer, READ_ITEMS, issuer, oauth_client};
+use scopegate_e2e::ready::{Ready, client_ready, wait_policy_ready};
+use scopegate_e2e::rendered::{client_registry, jwks, sidecar_config, signing_keys, trusted_kids};
+use scopegate_e2e::setup::{now, with_shared_operator};
 use scopegate_e2e::{
-    ControlPlane, TestNamespace, apply_yaml, condition, config_map_text, eventually, secret_text,
+    TestNamespace, apply_yaml, auth_policy, condition, config_map_text, eventually, secret_text,
 };
 
-async fn setup(test: &str) -> (Client, TestNamespace) {
-    let plane = ControlPlane::from_env().expect("control plane");
-    let client = plane.client().await.expect("client");
-    ensure_operator_running();
-    let ns = TestNamespace::create(&client, test)
-        .await
-        .expect("namespace");
-    (client, ns)
+/// The issuer these tests run: scopes `read` and `write`, keys of `alg`, a login page.
+fn operator_issuer(ns: &str, name: &str, alg: &str) -> Issuer {
+    issuer(ns, name)
+        .scopes("read: Read, write: Write")
+        .with(&format!("signing: {{algorithm: {alg}}}"))
+        .with("loginUrl: https://app.example.com/login")
+        .spec(READ_ITEMS)
 }
 
-/// The shared operator must be running: these tests assert what it does.
-fn ensure_operator_running() {
-    let pid = std::env::var("E2E_DIR")
-        .ok()
-        .and_then(|d| std::fs::read_to_string(format!("{d}/operator.pid")).ok())
-        .expect("the test set-up starts the operator (e2e/scripts/operator-up.sh)");
-    let alive = std::path::Path::new(&format!("/proc/{}", pid.trim())).exists();
-    assert!(
-        alive,
-        "the operator process {pid} is not running; see $E2E_DIR/logs/operator.log"
-    );
-}
-
-/// An issuer whose URL names its own Service in `ns` (a URL naming another namespace's
-/// Service would be that namespace's audience, and the policy not Ready).
-fn issuer_yaml(ns: &str, name: &str, alg: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: {name}}}
-spec:
-  selector: {{matchLabels: {{app: {name}}}}}
-  issuer:
-    self:
-      url: https://{name}.{ns}.svc
-      service: {{name: {name}, port: 443}}
-      signing: {{algorithm: {alg}}}
-      scopes: {{read: Read, write: Write}}
-      loginUrl: https://app.example.com/login
-{extra}
-  upstream: {{port: 8080}}
-  rules:
-    - {{paths: ["/items/**"], require: [read]}}
-"#
-    )
-}
-
-async fn policy(client: &Client, ns: &str, name: &str) -> anyhow::Result<AuthPolicy> {
-    Ok(Api::<AuthPolicy>::namespaced(client.clone(), ns)
-        .get(name)
-        .await?)
-}
-
-async fn wait_ready(client: &Client, ns: &str, name: &str) -> anyhow::Result<AuthPolicy> {
-    scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
-    eventually(&format!("AuthPolicy {ns}/{name} Ready"), || async {
-        let p = policy(client, ns, name).await?;
-        let status = p.status.clone().context("no status yet")?;
-        let ready = condition(&status.conditions, "Ready").context("no Ready condition")?;
-        ensure!(
-            ready.status == "True",
-            "Ready is {}: {}",
-            ready.status,
-            ready.message
-        );
-        ensure!(
-            status.observed_generation == p.metadata.generation,
-            "status is for an older generation"
-        );
-        Ok(p)
-    })
-    .await
-}
-
-async fn signing_keys(client: &Client, ns: &str, policy: &str) -> anyhow::Result<SigningKeys> {
-    let text = secret_text(client, ns, &format!("{policy}-signing-keys"), "keys.json")
-        .await?
-        .context("no signing-keys Secret")?;
-    Ok(serde_json::from_str(&text)?)
-}
-
-async fn jwks(client: &Client, ns: &str, policy: &str) -> anyhow::Result<Jwks> {
-    let text = config_map_text(client, ns, &format!("{policy}-jwks"), "jwks.json")
-        .await?
-        .context("no JWKS")?;
-    Ok(serde_json::from_str(&text)?)
-}
-
-async fn sidecar(client: &Client, ns: &str, policy: &str) -> anyhow::Result<SidecarConfig> {
-    let text = config_map_text(client, ns, &format!("{policy}-sidecar"), "config.json")
-        .await?
-        .context("no sidecar config")?;
-    Ok(SidecarConfig::from_json(&text)?)
-}
-
-fn static_kids(config: &SidecarConfig) -> BTreeSet<String> {
-    config
-        .verify
-        .issuers
-        .iter()
-        .flat_map(|i| match &i.keys {
-            KeySource::Static { jwks } => jwks.keys.iter().filter_map(|k| k.kid.clone()).collect(),
-            _ => Vec::new(),
-        })
-        .collect()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+/// OAuthClient `name` of the issuer `auth` in `issuer_ns`, with `extra` fields of `spec`.
+fn client_yaml(name: &str, issuer_ns: &str, extra: &str) -> String {
+    oauth_client(name, &format!("name: auth, namespace: {issuer_ns}"), extra)
 }
 
 #[tokio::test]
 async fn issuer_policy_renders_keys_jwks_certificate_and_sidecar_config_for_every_algorithm() {
-    let (client, ns) = setup("issuer").await;
+    let (client, ns) = with_shared_operator("issuer").await;
     for (name, alg) in [
         ("es", "ES256"),
         ("rs", "RS256"),
         ("ed", "EdDSA"),
         ("hs", "HS256"),
     ] {
-        apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_yaml(&ns.name, name, alg, ""))
-            .await
-            .expect("apply");
+        apply_yaml::<AuthPolicy>(
+            &client,
+            &ns.name,
+            &operator_issuer(&ns.name, name, alg).yaml(),
+        )
+        .await
+        .expect("apply");
     }
     for (name, alg, kty) in [
         ("es", "ES256", "EC"),
@@ -152,7 +58,9 @@ async fn issuer_policy_renders_keys_jwks_certificate_and_sidecar_config_for_ever
         ("ed", "EdDSA", "OKP"),
         ("hs", "HS256", ""),
     ] {
-        let p = wait_ready(&client, &ns.name, name).await.expect("ready");
+        let p = wait_policy_ready(&client, &ns.name, name)
+            .await
+            .expect("ready");
         let status = p.status.unwrap();
         let keys = signing_keys(&client, &ns.name, name)
             .await
@@ -170,7 +78,7 @@ async fn issuer_policy_renders_keys_jwks_certificate_and_sidecar_config_for_ever
             "True"
         );
         let published = jwks(&client, &ns.name, name).await.expect("jwks");
-        let config = sidecar(&client, &ns.name, name)
+        let config = sidecar_config(&client, &ns.name, name)
             .await
             .expect("sidecar config");
         assert!(config.issuer.is_some(), "{name}: issuer role configured");
@@ -195,7 +103,7 @@ async fn issuer_policy_renders_keys_jwks_certificate_and_sidecar_config_for_ever
             assert_eq!(jwk.use_.as_deref(), Some("sig"));
             assert_eq!(jwk.kid.as_deref(), Some(key.kid.as_str()));
             assert_eq!(key.kid.len(), 43, "an RFC 7638 SHA-256 thumbprint");
-            assert_eq!(static_kids(&config), BTreeSet::from([key.kid.clone()]));
+            assert_eq!(trusted_kids(&config), BTreeSet::from([key.kid.clone()]));
         }
         let tls = Api::<Secret>::namespaced(client.clone(), &ns.name)
             .get(&format!("{name}-tls"))
@@ -225,15 +133,15 @@ async fn issuer_policy_renders_keys_jwks_certificate_and_sidecar_config_for_ever
 
 #[tokio::test]
 async fn an_edit_re_renders_a_deleted_child_is_repaired_and_deletion_collects_children() {
-    let (client, ns) = setup("edit").await;
+    let (client, ns) = with_shared_operator("edit").await;
     apply_yaml::<AuthPolicy>(
         &client,
         &ns.name,
-        &issuer_yaml(&ns.name, "auth", "ES256", ""),
+        &operator_issuer(&ns.name, "auth", "ES256").yaml(),
     )
     .await
     .unwrap();
-    wait_ready(&client, &ns.name, "auth").await.unwrap();
+    wait_policy_ready(&client, &ns.name, "auth").await.unwrap();
 
     // Edit: a new rule reaches the sidecar config with the new generation.
     let api: Api<AuthPolicy> = Api::namespaced(client.clone(), &ns.name);
@@ -241,14 +149,14 @@ async fn an_edit_re_renders_a_deleted_child_is_repaired_and_deletion_collects_ch
     api.patch("auth", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let generation = policy(&client, &ns.name, "auth")
+    let generation = auth_policy(&client, &ns.name, "auth")
         .await
         .unwrap()
         .metadata
         .generation
         .unwrap();
     eventually("the edit in the sidecar config", || async {
-        let config = sidecar(&client, &ns.name, "auth").await?;
+        let config = sidecar_config(&client, &ns.name, "auth").await?;
         ensure!(
             config.policy.generation == generation && config.rules.len() == 2,
             "not yet"
@@ -272,7 +180,7 @@ async fn an_edit_re_renders_a_deleted_child_is_repaired_and_deletion_collects_ch
         .unwrap();
     eventually("JWKS and sidecar config repaired", || async {
         let keys = jwks(&client, &ns.name, "auth").await?;
-        sidecar(&client, &ns.name, "auth").await?;
+        sidecar_config(&client, &ns.name, "auth").await?;
         ensure!(
             keys.keys
                 .iter()
@@ -320,7 +228,7 @@ async fn an_edit_re_renders_a_deleted_child_is_repaired_and_deletion_collects_ch
     apply_yaml::<AuthPolicy>(
         &client,
         &ns.name,
-        &issuer_yaml(&ns.name, "auth", "ES256", ""),
+        &operator_issuer(&ns.name, "auth", "ES256").yaml(),
     )
     .await
     .unwrap();
@@ -392,18 +300,16 @@ fn check_invariants(
 
 #[tokio::test]
 async fn a_rotation_with_lifetimes_of_seconds_passes_through_every_state() {
-    let (client, ns) = setup("rotation").await;
+    let (client, ns) = with_shared_operator("rotation").await;
     // rotationPeriod is at least 1h (the schema refuses less), so the rotation is asked for
     // with the annotation; the period's own schedule is unit-tested in operator/src/rotation.rs.
-    let extra = "      propagation: 3s\n      tokens: {accessTokenTtl: 3s, leeway: 1s}";
-    apply_yaml::<AuthPolicy>(
-        &client,
-        &ns.name,
-        &issuer_yaml(&ns.name, "auth", "ES256", extra),
-    )
-    .await
-    .unwrap();
-    wait_ready(&client, &ns.name, "auth").await.unwrap();
+    let issuer = operator_issuer(&ns.name, "auth", "ES256")
+        .with("propagation: 3s")
+        .with("tokens: {accessTokenTtl: 3s, leeway: 1s}");
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer.yaml())
+        .await
+        .unwrap();
+    wait_policy_ready(&client, &ns.name, "auth").await.unwrap();
     let first = signing_keys(&client, &ns.name, "auth").await.unwrap().keys[0]
         .kid
         .clone();
@@ -446,7 +352,7 @@ async fn a_rotation_with_lifetimes_of_seconds_passes_through_every_state() {
         }
     }
     // The status follows.
-    let status = wait_ready(&client, &ns.name, "auth")
+    let status = wait_policy_ready(&client, &ns.name, "auth")
         .await
         .unwrap()
         .status
@@ -457,17 +363,13 @@ async fn a_rotation_with_lifetimes_of_seconds_passes_through_every_state() {
 
 #[tokio::test]
 async fn manual_rotation_waits_for_propagation_and_emergency_revocation_is_immediate() {
-    let (client, ns) = setup("revoke").await;
-    let extra = "      propagation: 4s";
-    apply_yaml::<AuthPolicy>(
-        &client,
-        &ns.name,
-        &issuer_yaml(&ns.name, "auth", "ES256", extra),
-    )
-    .await
-    .unwrap();
+    let (client, ns) = with_shared_operator("revoke").await;
+    let issuer = operator_issuer(&ns.name, "auth", "ES256").with("propagation: 4s");
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer.yaml())
+        .await
+        .unwrap();
     let api: Api<AuthPolicy> = Api::namespaced(client.clone(), &ns.name);
-    wait_ready(&client, &ns.name, "auth").await.unwrap();
+    wait_policy_ready(&client, &ns.name, "auth").await.unwrap();
     let first = signing_keys(&client, &ns.name, "auth").await.unwrap().keys[0]
         .kid
         .clone();
@@ -497,7 +399,7 @@ async fn manual_rotation_waits_for_propagation_and_emergency_revocation_is_immed
     .await
     .unwrap();
     eventually("the successor signing", || async {
-        let p = policy(&client, &ns.name, "auth").await?;
+        let p = auth_policy(&client, &ns.name, "auth").await?;
         ensure!(
             p.status.and_then(|s| s.active_kid).as_deref() == Some(successor.kid.as_str()),
             "not yet"
@@ -535,7 +437,8 @@ async fn manual_rotation_waits_for_propagation_and_emergency_revocation_is_immed
             "still in the JWKS"
         );
         ensure!(
-            !static_kids(&sidecar(&client, &ns.name, "auth").await?).contains(&successor.kid),
+            !trusted_kids(&sidecar_config(&client, &ns.name, "auth").await?)
+                .contains(&successor.kid),
             "still trusted"
         );
         ensure!(keys.signing_key(now()).is_some(), "nothing signs");
@@ -559,18 +462,22 @@ async fn manual_rotation_waits_for_propagation_and_emergency_revocation_is_immed
 
 #[tokio::test]
 async fn policy_ref_across_namespaces_follows_rotation_and_drops_keys_when_the_issuer_goes() {
-    let (client, issuer_ns) = setup("issuerns").await;
+    let (client, issuer_ns) = with_shared_operator("issuerns").await;
     let verifier_ns = TestNamespace::create(&client, "verifierns").await.unwrap();
     // At first the issuer admits no other namespace.
     apply_yaml::<AuthPolicy>(
         &client,
         &issuer_ns.name,
-        &issuer_yaml(&issuer_ns.name, "auth", "ES256", "      propagation: 2s"),
+        &operator_issuer(&issuer_ns.name, "auth", "ES256")
+            .with("propagation: 2s")
+            .yaml(),
     )
     .await
     .unwrap();
-    wait_ready(&client, &issuer_ns.name, "auth").await.unwrap();
-    let admits_verifier = format!("      allowedClientNamespaces: [{}]", verifier_ns.name);
+    wait_policy_ready(&client, &issuer_ns.name, "auth")
+        .await
+        .unwrap();
+    let admits_verifier = format!("allowedClientNamespaces: [{}]", verifier_ns.name);
     let verifier = format!(
         r#"
 apiVersion: scopegate.dev/v1alpha1
@@ -588,7 +495,7 @@ spec:
         .await
         .unwrap();
     eventually("a policyRef the issuer does not admit refused", || async {
-        let status = policy(&client, &verifier_ns.name, "orders")
+        let status = auth_policy(&client, &verifier_ns.name, "orders")
             .await?
             .status
             .context("status")?;
@@ -602,8 +509,8 @@ spec:
             "{}",
             ready.message
         );
-        let config = sidecar(&client, &verifier_ns.name, "orders").await?;
-        ensure!(static_kids(&config).is_empty(), "no key crossed over");
+        let config = sidecar_config(&client, &verifier_ns.name, "orders").await?;
+        ensure!(trusted_kids(&config).is_empty(), "no key crossed over");
         Ok(())
     })
     .await
@@ -611,16 +518,14 @@ spec:
     apply_yaml::<AuthPolicy>(
         &client,
         &issuer_ns.name,
-        &issuer_yaml(
-            &issuer_ns.name,
-            "auth",
-            "ES256",
-            &format!("      propagation: 2s\n{admits_verifier}"),
-        ),
+        &operator_issuer(&issuer_ns.name, "auth", "ES256")
+            .with("propagation: 2s")
+            .with(&admits_verifier)
+            .yaml(),
     )
     .await
     .unwrap();
-    wait_ready(&client, &verifier_ns.name, "orders")
+    wait_policy_ready(&client, &verifier_ns.name, "orders")
         .await
         .unwrap();
     let first = signing_keys(&client, &issuer_ns.name, "auth")
@@ -630,7 +535,11 @@ spec:
         .kid
         .clone();
     assert_eq!(
-        static_kids(&sidecar(&client, &verifier_ns.name, "orders").await.unwrap()),
+        trusted_kids(
+            &sidecar_config(&client, &verifier_ns.name, "orders")
+                .await
+                .unwrap()
+        ),
         BTreeSet::from([first.clone()])
     );
 
@@ -641,7 +550,7 @@ spec:
         .await
         .unwrap();
     eventually("the verifier trusting both keys", || async {
-        let kids = static_kids(&sidecar(&client, &verifier_ns.name, "orders").await?);
+        let kids = trusted_kids(&sidecar_config(&client, &verifier_ns.name, "orders").await?);
         ensure!(kids.len() == 2 && kids.contains(&first), "{kids:?}");
         Ok(())
     })
@@ -655,10 +564,10 @@ spec:
         .unwrap();
     eventually("keys dropped and Degraded", || async {
         ensure!(
-            static_kids(&sidecar(&client, &verifier_ns.name, "orders").await?).is_empty(),
+            trusted_kids(&sidecar_config(&client, &verifier_ns.name, "orders").await?).is_empty(),
             "keys still trusted"
         );
-        let status = policy(&client, &verifier_ns.name, "orders")
+        let status = auth_policy(&client, &verifier_ns.name, "orders")
             .await?
             .status
             .context("status")?;
@@ -683,12 +592,14 @@ spec:
     apply_yaml::<AuthPolicy>(
         &client,
         &issuer_ns.name,
-        &issuer_yaml(&issuer_ns.name, "auth", "HS256", &admits_verifier),
+        &operator_issuer(&issuer_ns.name, "auth", "HS256")
+            .with(&admits_verifier)
+            .yaml(),
     )
     .await
     .unwrap();
     eventually("HS256 refused", || async {
-        let status = policy(&client, &verifier_ns.name, "orders")
+        let status = auth_policy(&client, &verifier_ns.name, "orders")
             .await?
             .status
             .context("status")?;
@@ -705,75 +616,35 @@ spec:
     issuer_ns.delete().await.unwrap();
 }
 
-fn client_yaml(name: &str, issuer_ns: &str, extra: &str) -> String {
-    let scopes = if extra.contains("scopes:") {
-        ""
-    } else {
-        "  scopes: [read]"
-    };
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: OAuthClient
-metadata: {{name: {name}}}
-spec:
-  issuerRef: {{name: auth, namespace: {issuer_ns}}}
-  grantTypes: [client_credentials]
-{scopes}
-{extra}
-"#
-    )
-}
-
-async fn registry(client: &Client, ns: &str) -> anyhow::Result<ClientRegistry> {
-    let text = secret_text(client, ns, "auth-clients", CLIENTS_FILE)
-        .await?
-        .context("no registry")?;
-    Ok(serde_json::from_str(&text)?)
-}
-
-async fn client_ready(
-    client: &Client,
-    ns: &str,
-    name: &str,
-) -> anyhow::Result<(String, String, String)> {
-    let c = Api::<OAuthClient>::namespaced(client.clone(), ns)
-        .get(name)
-        .await?;
-    let status = c.status.context("no status")?;
-    let ready = condition(&status.conditions, "Ready").context("no Ready")?;
-    Ok((
-        ready.status.clone(),
-        ready.reason.clone(),
-        ready.message.clone(),
-    ))
-}
-
 #[tokio::test]
 async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
-    let (client, ns) = setup("clients").await;
+    let (client, ns) = with_shared_operator("clients").await;
     let other = TestNamespace::create(&client, "clientsother")
         .await
         .unwrap();
     apply_yaml::<AuthPolicy>(
         &client,
         &ns.name,
-        &issuer_yaml(&ns.name, "auth", "ES256", ""),
+        &operator_issuer(&ns.name, "auth", "ES256").yaml(),
     )
     .await
     .unwrap();
-    wait_ready(&client, &ns.name, "auth").await.unwrap();
+    wait_policy_ready(&client, &ns.name, "auth").await.unwrap();
 
     // A confidential client gets a generated secret; the registry holds only its hash.
     apply_yaml::<OAuthClient>(
         &client,
         &ns.name,
-        &client_yaml("billing", &ns.name, "  secretName: billing-creds"),
+        &client_yaml("billing", &ns.name, "secretName: billing-creds"),
     )
     .await
     .unwrap();
     let (id, secret) = eventually("billing registered", || async {
-        let (status, reason, message) = client_ready(&client, &ns.name, "billing").await?;
+        let Ready {
+            status,
+            reason,
+            message,
+        } = client_ready(&client, &ns.name, "billing").await?;
         ensure!(status == "True", "{reason}: {message}");
         let id = secret_text(&client, &ns.name, "billing-creds", "client_id")
             .await?
@@ -787,7 +658,7 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
     .unwrap();
     assert_eq!(id, format!("{}.billing", ns.name));
     assert_eq!(secret.len(), 43, "256 bits, base64url");
-    let entry = registry(&client, &ns.name)
+    let entry = client_registry(&client, &ns.name, "auth")
         .await
         .unwrap()
         .find(&id)
@@ -811,7 +682,7 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
             .await?
             .context("secret")?;
         ensure!(new != secret, "not rotated yet");
-        let entry = registry(&client, &ns.name)
+        let entry = client_registry(&client, &ns.name, "auth")
             .await?
             .find(&id)
             .cloned()
@@ -837,7 +708,7 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
     apply_yaml::<OAuthClient>(
         &client,
         &ns.name,
-        &client_yaml("greedy", &ns.name, "  scopes: [read, write:x]"),
+        &client_yaml("greedy", &ns.name, "scopes: [read, write:x]"),
     )
     .await
     .unwrap();
@@ -845,7 +716,11 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
         .await
         .unwrap();
     eventually("refusals in status", || async {
-        let (status, reason, message) = client_ready(&client, &ns.name, "greedy").await?;
+        let Ready {
+            status,
+            reason,
+            message,
+        } = client_ready(&client, &ns.name, "greedy").await?;
         ensure!(status == "False" && reason == "UnknownScope", "{reason}");
         ensure!(
             message
@@ -855,12 +730,12 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
                 ),
             "{message}"
         );
-        let (status, reason, _) = client_ready(&client, &other.name, "foreign").await?;
+        let Ready { status, reason, .. } = client_ready(&client, &other.name, "foreign").await?;
         ensure!(
             status == "False" && reason == "NamespaceNotAllowed",
             "{reason}"
         );
-        let registry = registry(&client, &ns.name).await?;
+        let registry = client_registry(&client, &ns.name, "auth").await?;
         ensure!(
             registry.find(&format!("{}.greedy", ns.name)).is_none(),
             "greedy registered"
@@ -893,12 +768,16 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
     apply_yaml::<OAuthClient>(
         &client,
         &ns.name,
-        &client_yaml("squatter", &ns.name, "  secretName: not-yours"),
+        &client_yaml("squatter", &ns.name, "secretName: not-yours"),
     )
     .await
     .unwrap();
     eventually("foreign Secret refused", || async {
-        let (status, reason, message) = client_ready(&client, &ns.name, "squatter").await?;
+        let Ready {
+            status,
+            reason,
+            message,
+        } = client_ready(&client, &ns.name, "squatter").await?;
         ensure!(
             status == "False" && reason == "SecretNotOwned",
             "{reason}: {message}"
@@ -932,13 +811,13 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
         &client_yaml(
             "human",
             &ns.name,
-            "  existingSecret: {name: chosen, key: password}",
+            "existingSecret: {name: chosen, key: password}",
         ),
     )
     .await
     .unwrap();
     eventually("argon2id hash for a chosen secret", || async {
-        let entry = registry(&client, &ns.name)
+        let entry = client_registry(&client, &ns.name, "auth")
             .await?
             .find(&format!("{}.human", ns.name))
             .cloned()
@@ -961,7 +840,7 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
         .await
         .unwrap();
     eventually("client cut-off in the sidecar config", || async {
-        let config = sidecar(&client, &ns.name, "auth").await?;
+        let config = sidecar_config(&client, &ns.name, "auth").await?;
         let cut = config.revocation.client_cutoffs.get(&id).copied();
         ensure!(cut == Some(1_893_456_000), "{cut:?}");
         Ok(())
@@ -975,7 +854,11 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
         .await
         .unwrap();
     eventually("billing leaves the registry", || async {
-        if registry(&client, &ns.name).await?.find(&id).is_some() {
+        if client_registry(&client, &ns.name, "auth")
+            .await?
+            .find(&id)
+            .is_some()
+        {
             bail!("still registered");
         }
         Ok(())

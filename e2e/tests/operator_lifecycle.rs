@@ -6,34 +6,19 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context as _, ensure};
 use kube::api::{Api, Patch, PatchParams};
-use scopegate_core::config::{KeySource, SidecarConfig};
-use scopegate_core::jwk::Jwks;
-use scopegate_core::keys::SigningKeys;
+use scopegate_core::config::KeySource;
 use scopegate_crds::v1alpha1::AuthPolicy;
+use scopegate_e2e::manifests;
+use scopegate_e2e::rendered::{jwks_kids, sidecar_config, signing_keys};
 use scopegate_e2e::{
-    ControlPlane, OperatorProcess, TestNamespace, apply_yaml, condition, config_map_text,
-    eventually, secret_text,
+    ControlPlane, OperatorProcess, TestNamespace, apply_yaml, condition, eventually, secret_text,
 };
 
-/// An issuer whose URL names its own Service in `ns` (a URL naming another namespace's
-/// Service would be that namespace's audience, and the policy not Ready).
+/// Issuer `name` in `ns`, with RS256 keys (the slowest to generate).
 fn issuer(ns: &str, name: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: {name}}}
-spec:
-  selector: {{matchLabels: {{app: {name}}}}}
-  issuer:
-    self:
-      url: https://{name}.{ns}.svc
-      service: {{name: {name}, port: 443}}
-      signing: {{algorithm: RS256}}
-      scopes: {{read: Read}}
-  upstream: {{port: 8080}}
-"#
-    )
+    manifests::issuer(ns, name)
+        .with("signing: {algorithm: RS256}")
+        .yaml()
 }
 
 async fn ready_generation(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<i64> {
@@ -160,33 +145,15 @@ async fn an_operator_killed_mid_reconcile_converges_without_lost_or_duplicated_k
     for name in &names {
         eventually(&format!("{name} converged"), || async {
             ready_generation(&client, &ns.name, name).await?;
-            let keys: SigningKeys = serde_json::from_str(
-                &secret_text(
-                    &client,
-                    &ns.name,
-                    &format!("{name}-signing-keys"),
-                    "keys.json",
-                )
-                .await?
-                .context("keys")?,
-            )?;
+            let keys = signing_keys(&client, &ns.name, name).await?;
             ensure!(keys.keys.len() == 1, "{name}: {} keys", keys.keys.len());
             let kid = keys.keys[0].kid.clone();
-            let jwks: Jwks = serde_json::from_str(
-                &config_map_text(&client, &ns.name, &format!("{name}-jwks"), "jwks.json")
-                    .await?
-                    .context("jwks")?,
-            )?;
-            let published: BTreeSet<_> = jwks.keys.iter().filter_map(|k| k.kid.clone()).collect();
+            let published = jwks_kids(&client, &ns.name, name).await?;
             ensure!(
                 published == BTreeSet::from([kid.clone()]),
                 "{name}: JWKS {published:?} vs key {kid}"
             );
-            let config = SidecarConfig::from_json(
-                &config_map_text(&client, &ns.name, &format!("{name}-sidecar"), "config.json")
-                    .await?
-                    .context("config")?,
-            )?;
+            let config = sidecar_config(&client, &ns.name, name).await?;
             let KeySource::Static { jwks } = &config.verify.issuers[0].keys else {
                 anyhow::bail!("not static")
             };

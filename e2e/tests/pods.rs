@@ -6,54 +6,23 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::Client;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use scopegate_core::keys::SigningKeys;
 use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::http::{Response, request};
-use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod};
+use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, example_app, sidecar_image};
+use scopegate_e2e::manifests;
+use scopegate_e2e::rendered::{signing_keys, wait_trusting_a_key};
+use scopegate_e2e::setup::logs_dir;
 use scopegate_e2e::tokens::{Claims, sign};
-use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, eventually, repo_root, secret_text};
+use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, eventually};
 
 fn images() -> Images {
-    let sidecar = std::env::var("E2E_SIDECAR_BIN")
-        .expect("E2E_SIDECAR_BIN: run the tests through `make test`");
-    let app = repo_root()
-        .join("examples/apps/orders.py")
-        .display()
-        .to_string();
     Images::from([
-        ("scopegate/sidecar:e2e".to_owned(), vec![sidecar]),
-        ("example/orders".to_owned(), vec!["python3".to_owned(), app]),
+        sidecar_image().expect("the sidecar image"),
+        example_app("example/orders", "orders.py"),
     ])
 }
-
-async fn labelled_namespace(client: &Client, test: &str) -> TestNamespace {
-    let ns = TestNamespace::create(client, test)
-        .await
-        .expect("namespace");
-    let label = serde_json::json!({"metadata": {"labels": {"scopegate.dev/injection": "enabled"}}});
-    Api::<Namespace>::all(client.clone())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .expect("label");
-    ns
-}
-
-const ISSUER: &str = r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {name: auth}
-spec:
-  selector: {matchLabels: {app: auth}}
-  issuer:
-    self:
-      url: https://auth.example.svc
-      service: {name: auth, port: 443}
-      scopes: {read:orders: Read, write:orders: Write}
-  upstream: {port: 8080}
-"#;
 
 const ORDERS: &str = r#"
 apiVersion: scopegate.dev/v1alpha1
@@ -112,13 +81,15 @@ fn bearer(token: &str) -> String {
 async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follows_an_edit() {
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
-    let ns = labelled_namespace(&client, "pods").await;
+    let ns = TestNamespace::for_injection(&client, "pods").await;
     // URLs naming this namespace's Services: tests in other namespaces cannot claim them.
     let issuer = format!("https://auth.{}.svc", ns.name);
     apply_yaml::<AuthPolicy>(
         &client,
         &ns.name,
-        &ISSUER.replace("https://auth.example.svc", &issuer),
+        &manifests::issuer(&ns.name, "auth")
+            .scopes("read:orders: Read, write:orders: Write")
+            .yaml(),
     )
     .await
     .unwrap();
@@ -130,15 +101,9 @@ async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follow
     )
     .await
     .unwrap();
-    eventually("the orders sidecar config", || async {
-        let text =
-            scopegate_e2e::config_map_text(&client, &ns.name, "orders-sidecar", "config.json")
-                .await?;
-        ensure!(text.is_some_and(|t| t.contains("\"kid\"")), "no keys yet");
-        Ok(())
-    })
-    .await
-    .unwrap();
+    wait_trusting_a_key(&client, &ns.name, "orders")
+        .await
+        .unwrap();
 
     let pod = eventually("the pod created with the sidecar", || async {
         let pod = Api::<Pod>::namespaced(client.clone(), &ns.name)
@@ -149,9 +114,7 @@ async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follow
     .await
     .unwrap();
     let network = PodNetwork::create().expect("pod network (needs root)");
-    let logs = std::path::PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into()))
-        .join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = logs_dir();
     let running = RunningPod::start(&client, &network, &pod, &images(), &[], &logs)
         .await
         .expect("pod runs");
@@ -167,13 +130,7 @@ async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follow
     .await
     .unwrap();
 
-    let keys: SigningKeys = serde_json::from_str(
-        &secret_text(&client, &ns.name, "auth-signing-keys", "keys.json")
-            .await
-            .unwrap()
-            .expect("keys"),
-    )
-    .unwrap();
+    let keys = signing_keys(&client, &ns.name, "auth").await.unwrap();
     let token = |scope: &str| {
         sign(
             &keys,

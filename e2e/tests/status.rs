@@ -9,46 +9,19 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, ensure};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use kube::{Client, Resource};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
-use scopegate_e2e::{
-    ControlPlane, TestNamespace, apply_yaml, condition, config_map_text, eventually, repo_root,
-};
+use scopegate_e2e::manifests::{issuer, oauth_client};
+use scopegate_e2e::setup::admin_client;
+use scopegate_e2e::{TestNamespace, apply_yaml, condition, config_map_text, eventually, repo_root};
 use serde_json::Value;
 
 async fn setup(test: &str) -> (Client, TestNamespace) {
-    let plane = ControlPlane::from_env().expect("control plane");
-    let client = plane.client().await.expect("client");
-    let ns = TestNamespace::create(&client, test)
-        .await
-        .expect("namespace");
-    // Pods created here get the sidecar from the webhook.
-    let label = serde_json::json!({"metadata": {"labels": {"scopegate.dev/injection": "enabled"}}});
-    Api::<Namespace>::all(client.clone())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
-        .await
-        .expect("label");
+    let client = admin_client().await;
+    let ns = TestNamespace::for_injection(&client, test).await;
     (client, ns)
-}
-
-fn issuer(ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: auth}}
-spec:
-  selector: {{matchLabels: {{app: auth}}}}
-  issuer:
-    self:
-      url: https://auth.{ns}.svc
-      service: {{name: auth, port: 443}}
-      scopes: {{read: Read}}
-  upstream: {{port: 8080}}
-"#
-    )
 }
 
 fn verifier(name: &str, ns: &str, selector: &str, extra: &str) -> String {
@@ -64,21 +37,6 @@ spec:
   upstream: {{port: 8080}}
   rules:
     - {{paths: ["/items/**"], require: [read]}}
-{extra}
-"#
-    )
-}
-
-fn client_yaml(name: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: OAuthClient
-metadata: {{name: {name}}}
-spec:
-  issuerRef: {{name: auth}}
-  grantTypes: [client_credentials]
-  scopes: [read]
 {extra}
 "#
     )
@@ -265,7 +223,7 @@ fn argocd_health(object: &Value) -> anyhow::Result<String> {
 async fn kstatus_and_argocd_read_ready_in_progress_and_broken_objects_of_both_kinds() {
     let (client, ns) = setup("kstatus").await;
     let n = ns.name.as_str();
-    apply_yaml::<AuthPolicy>(&client, n, &issuer(n))
+    apply_yaml::<AuthPolicy>(&client, n, &issuer(n, "auth").yaml())
         .await
         .unwrap();
     create_pod(&client, n, "auth-0", "auth").await.unwrap();
@@ -277,7 +235,7 @@ async fn kstatus_and_argocd_read_ready_in_progress_and_broken_objects_of_both_ki
     .await
     .unwrap();
     create_pod(&client, n, "orders-0", "orders").await.unwrap();
-    apply_yaml::<OAuthClient>(&client, n, &client_yaml("good", ""))
+    apply_yaml::<OAuthClient>(&client, n, &oauth_client("good", "name: auth", ""))
         .await
         .unwrap();
 
@@ -294,7 +252,7 @@ async fn kstatus_and_argocd_read_ready_in_progress_and_broken_objects_of_both_ki
     let unseen_client = Api::<OAuthClient>::namespaced(client.clone(), n)
         .create(
             &PostParams::default(),
-            &serde_yaml_ng::from_str(&client_yaml("fresh", "")).unwrap(),
+            &serde_yaml_ng::from_str(&oauth_client("fresh", "name: auth", "")).unwrap(),
         )
         .await
         .unwrap();
@@ -325,7 +283,11 @@ async fn kstatus_and_argocd_read_ready_in_progress_and_broken_objects_of_both_ki
     apply_yaml::<OAuthClient>(
         &client,
         n,
-        &client_yaml("broken", "  existingSecret: {name: nowhere, key: secret}"),
+        &oauth_client(
+            "broken",
+            "name: auth",
+            "existingSecret: {name: nowhere, key: secret}",
+        ),
     )
     .await
     .unwrap();
@@ -390,7 +352,7 @@ async fn kstatus_and_argocd_read_ready_in_progress_and_broken_objects_of_both_ki
 async fn a_config_the_sidecar_would_refuse_is_never_written_and_the_last_good_one_stays() {
     let (client, ns) = setup("refused").await;
     let n = ns.name.as_str();
-    apply_yaml::<AuthPolicy>(&client, n, &issuer(n))
+    apply_yaml::<AuthPolicy>(&client, n, &issuer(n, "auth").yaml())
         .await
         .unwrap();
     let good = verifier("orders", n, "{matchLabels: {app: orders}}", "");
@@ -444,7 +406,7 @@ async fn a_config_the_sidecar_would_refuse_is_never_written_and_the_last_good_on
 async fn missing_secrets_unknown_scopes_no_pods_and_a_vanished_issuer_each_say_so() {
     let (client, ns) = setup("truth").await;
     let n = ns.name.as_str();
-    apply_yaml::<AuthPolicy>(&client, n, &issuer(n))
+    apply_yaml::<AuthPolicy>(&client, n, &issuer(n, "auth").yaml())
         .await
         .unwrap();
     create_pod(&client, n, "auth-0", "auth").await.unwrap();
@@ -531,7 +493,7 @@ async fn missing_secrets_unknown_scopes_no_pods_and_a_vanished_issuer_each_say_s
 async fn a_newer_policy_over_anothers_pods_gets_a_conflict_and_blocks_no_pod() {
     let (client, ns) = setup("conflict").await;
     let n = ns.name.as_str();
-    apply_yaml::<AuthPolicy>(&client, n, &issuer(n))
+    apply_yaml::<AuthPolicy>(&client, n, &issuer(n, "auth").yaml())
         .await
         .unwrap();
     apply_yaml::<AuthPolicy>(

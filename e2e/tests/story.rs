@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use scopegate_e2e::ControlPlane;
+use scopegate_e2e::setup::logs_dir;
 use scopegate_e2e::story::{self, Shop};
 
 #[tokio::test]
@@ -15,9 +16,7 @@ async fn the_examples_issue_verify_rotate_under_load_and_revoke() {
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
     let namespace = format!("e2e-story-{}", std::process::id());
-    let logs = std::path::PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into()))
-        .join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = logs_dir();
     let say = |line: &str| eprintln!("story: {line}");
     let shop = Arc::new(
         Shop::start(&client, &namespace, &logs, &say)

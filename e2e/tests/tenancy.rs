@@ -8,11 +8,9 @@
 //! asserted.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -20,7 +18,9 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::http::request;
-use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod};
+use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, sidecar_image};
+use scopegate_e2e::manifests::{external_policy, issuer};
+use scopegate_e2e::setup::{free_port, injection_labels, logs_dir, service_account_kubeconfig};
 use scopegate_e2e::{
     ControlPlane, FIELD_MANAGER, OperatorProcess, TestNamespace, apply_yaml, condition, eventually,
 };
@@ -28,37 +28,9 @@ use scopegate_e2e::{
 const SIDECAR: &str = "scopegate-sidecar";
 const INJECTED: &str = "scopegate.dev/injected";
 
-/// The evil team's namespace, labelled for injection (or with `labels` instead).
+/// The evil team's namespace, with `labels` (a JSON object).
 async fn evil_namespace(client: &Client, labels: serde_json::Value) -> TestNamespace {
-    let ns = TestNamespace::create(client, "evil")
-        .await
-        .expect("namespace");
-    let patch = serde_json::json!({"metadata": {"labels": labels}});
-    Api::<Namespace>::all(client.clone())
-        .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("label the namespace");
-    ns
-}
-
-fn injection_label() -> serde_json::Value {
-    serde_json::json!({"scopegate.dev/injection": "enabled"})
-}
-
-fn policy(name: &str, app: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: {name}}}
-spec:
-  selector: {{matchLabels: {{app: {app}}}}}
-  issuer:
-    external: {{issuer: "https://idp.example", jwksUri: "https://idp.example/jwks", algorithms: [ES256]}}
-  audiences: [orders]
-  upstream: {{port: 8080}}
-"#
-    )
+    TestNamespace::create_labelled(client, "evil", labels).await
 }
 
 fn pod(name: &str, app: &str) -> Pod {
@@ -132,55 +104,6 @@ fn as_submitted(injected: &Pod, name: &str) -> Pod {
     pod
 }
 
-/// A token kubeconfig for a fresh ServiceAccount in scopegate-system.
-async fn service_account_kubeconfig(client: &Client, name: &str) -> anyhow::Result<PathBuf> {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "scopegate-system");
-    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "namespace": "scopegate-system"}
-    }))?;
-    accounts
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&account),
-        )
-        .await?;
-    let token = accounts
-        .create_token_request(
-            name,
-            &PostParams::default(),
-            &TokenRequest {
-                spec: Some(TokenRequestSpec {
-                    expiration_seconds: Some(3600),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await?
-        .status
-        .context("no token")?
-        .token
-        .context("no token")?;
-    // The cluster's address and CA, from the operator's kubeconfig.
-    let operator = std::env::var("E2E_OPERATOR_KUBECONFIG").context("E2E_OPERATOR_KUBECONFIG")?;
-    let text = std::fs::read_to_string(&operator)?;
-    let cluster: String = text
-        .lines()
-        .take_while(|l| !l.starts_with("contexts:"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let path = PathBuf::from(std::env::var("E2E_DIR").context("E2E_DIR")?)
-        .join(format!("{name}.kubeconfig"));
-    std::fs::write(
-        &path,
-        format!(
-            "{cluster}\ncontexts:\n- name: sa\n  context: {{cluster: scopegate-e2e, user: sa}}\ncurrent-context: sa\nusers:\n- name: sa\n  user:\n    token: {token}\n"
-        ),
-    )?;
-    Ok(path)
-}
-
 async fn apply_cluster<K>(client: &Client, value: serde_json::Value) -> anyhow::Result<()>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
@@ -201,13 +124,6 @@ where
     Ok(())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// An operator replica whose AuthPolicy list is forbidden never syncs its webhook cache: it is
 /// not ready and refuses every pod of the namespaces it serves (with failurePolicy Fail the
 /// create fails instead of a selected pod starting bare). Once it may list, it syncs, turns
@@ -222,13 +138,15 @@ async fn a_pod_created_before_the_webhook_synced_is_refused_then_injected_once_i
         serde_json::json!({"e2e.scopegate.dev/unsynced": id}),
     )
     .await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &external_policy("orders", "orders"))
         .await
         .unwrap();
 
     // A replica that may read the webhook's certificate and nothing else: no AuthPolicy list,
     // no Lease (so it stands by for good and never writes).
-    let kubeconfig = service_account_kubeconfig(&client, &id).await.unwrap();
+    let kubeconfig = service_account_kubeconfig(&client, "scopegate-system", &id)
+        .await
+        .unwrap();
     let role: Role = serde_json::from_value(serde_json::json!({
         "metadata": {"name": id, "namespace": "scopegate-system"},
         "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}],
@@ -399,8 +317,8 @@ async fn a_pod_created_before_the_webhook_synced_is_refused_then_injected_once_i
 async fn a_fake_sidecar_or_a_forged_injected_annotation_is_refused() {
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
-    let ns = evil_namespace(&client, injection_label()).await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
+    let ns = evil_namespace(&client, injection_labels()).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &external_policy("orders", "orders"))
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -499,8 +417,8 @@ async fn a_fake_sidecar_or_a_forged_injected_annotation_is_refused() {
 async fn a_service_with_a_named_target_port_on_the_app_port_degrades_the_policy() {
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
-    let ns = evil_namespace(&client, injection_label()).await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
+    let ns = evil_namespace(&client, injection_labels()).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &external_policy("orders", "orders"))
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
@@ -568,9 +486,13 @@ async fn a_service_with_a_named_target_port_on_the_app_port_degrades_the_policy(
 async fn the_rendered_network_policy_admits_exactly_the_sidecar_port() {
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
-    let ns = evil_namespace(&client, injection_label()).await;
+    let ns = evil_namespace(&client, injection_labels()).await;
     // An audience naming its own Service: nobody else's claim degrades it.
-    let yaml = format!("{}  listen: {{port: 9080}}\n", policy("orders", "orders")).replace(
+    let yaml = format!(
+        "{}  listen: {{port: 9080}}\n",
+        external_policy("orders", "orders")
+    )
+    .replace(
         "audiences: [orders]",
         &format!("audiences: [\"https://orders.{}.svc\"]", ns.name),
     );
@@ -689,10 +611,8 @@ async fn the_rendered_network_policy_admits_exactly_the_sidecar_port() {
 /// What the test's pods run: the sidecar binary for its image, and an app that listens on
 /// every address of the pod (as many apps do), not only on 127.0.0.1.
 fn images() -> Images {
-    let sidecar = std::env::var("E2E_SIDECAR_BIN")
-        .expect("E2E_SIDECAR_BIN: run the tests through `make test`");
     Images::from([
-        ("scopegate/sidecar:e2e".to_owned(), vec![sidecar]),
+        sidecar_image().expect("the sidecar image"),
         (
             "example/open-app".to_owned(),
             ["python3", "-m", "http.server", "--bind", "0.0.0.0", "8080"]
@@ -756,7 +676,7 @@ fn connects(addr: std::net::SocketAddr) -> anyhow::Result<bool> {
 async fn a_direct_connection_to_the_app_port_is_refused_with_the_port_lock() {
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
-    let ns = evil_namespace(&client, injection_label()).await;
+    let ns = evil_namespace(&client, injection_labels()).await;
     for (name, lock) in [("locked", true), ("open", false)] {
         apply_yaml::<AuthPolicy>(&client, &ns.name, &open_app_policy(&ns.name, name, lock))
             .await
@@ -874,9 +794,7 @@ async fn a_direct_connection_to_the_app_port_is_refused_with_the_port_lock() {
 
     // Both pods run, as a node would run them.
     let network = PodNetwork::create().expect("pod network (needs root)");
-    let logs =
-        PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into())).join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = logs_dir();
     let mut running = Vec::new();
     for pod in [&locked, &open] {
         running.push(
@@ -927,24 +845,13 @@ async fn a_direct_connection_to_the_app_port_is_refused_with_the_port_lock() {
     ns.delete().await.unwrap();
 }
 
+/// The issuer `auth` with a mint socket for `user:*`, in the containers `containers` names
+/// (a field of `spec.issuer.self`; empty for the default).
 fn issuer_policy(ns: &str, containers: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: auth}}
-spec:
-  selector: {{matchLabels: {{app: auth}}}}
-  issuer:
-    self:
-      url: https://auth.{ns}.svc
-      service: {{name: auth, port: 443}}
-      scopes: {{read: Read}}
-      mint: {{subjects: ["user:*"], scopes: [read]}}
-      {containers}
-  upstream: {{port: 8080}}
-"#
-    )
+    issuer(ns, "auth")
+        .with(r#"mint: {subjects: ["user:*"], scopes: [read]}"#)
+        .with(containers)
+        .yaml()
 }
 
 fn two_container_pod(name: &str) -> Pod {
@@ -983,7 +890,7 @@ fn mounts_mint(pod: &Pod, container: &str) -> bool {
 async fn a_second_container_gets_no_mint_socket() {
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
-    let ns = evil_namespace(&client, injection_label()).await;
+    let ns = evil_namespace(&client, injection_labels()).await;
     apply_yaml::<AuthPolicy>(&client, &ns.name, &issuer_policy(&ns.name, ""))
         .await
         .unwrap();
@@ -1065,9 +972,7 @@ async fn a_login_for_a_subject_outside_mint_subjects_is_refused() {
     let plane = ControlPlane::from_env().expect("control plane");
     let client = plane.client().await.expect("client");
     let namespace = format!("e2e-evil-login-{}", std::process::id());
-    let logs =
-        PathBuf::from(std::env::var("E2E_DIR").unwrap_or_else(|_| "/tmp".into())).join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
+    let logs = logs_dir();
     let shop = scopegate_e2e::story::Shop::start(&client, &namespace, &logs, &|_| {})
         .await
         .expect("the shop runs");

@@ -6,22 +6,13 @@
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
-use scopegate_core::config::SidecarConfig;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
-use scopegate_e2e::{
-    ControlPlane, TestNamespace, apply_yaml, condition, config_map_text, eventually, secret_text,
-};
-
-async fn setup() -> Client {
-    ControlPlane::from_env()
-        .expect("control plane")
-        .client()
-        .await
-        .expect("client")
-}
+use scopegate_e2e::manifests::{issuer, oauth_client};
+use scopegate_e2e::ready::{Ready, client_ready, policy_ready};
+use scopegate_e2e::rendered::{client_registry, sidecar_config};
+use scopegate_e2e::setup::admin_client;
+use scopegate_e2e::{TestNamespace, apply_yaml, config_map_text, eventually, secret_text};
 
 /// Runs `openssl` with `args`; whether it succeeded, and what it printed.
 fn openssl(args: &[&str]) -> (bool, String) {
@@ -37,71 +28,9 @@ fn openssl(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-fn issuer_yaml(ns: &str, name: &str, service: &str, extra: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: {name}}}
-spec:
-  selector: {{matchLabels: {{app: {name}}}}}
-  issuer:
-    self:
-      url: https://{name}.{ns}.svc
-      service: {{name: "{service}", port: 443}}
-      scopes: {{read: Read}}
-{extra}
-  upstream: {{port: 8080}}
-"#
-    )
-}
-
-async fn ready_reason(
-    client: &Client,
-    ns: &str,
-    name: &str,
-) -> anyhow::Result<(String, String, String)> {
-    scopegate_e2e::ensure_selected_pod(client, ns, name).await?;
-    let policy = Api::<AuthPolicy>::namespaced(client.clone(), ns)
-        .get(name)
-        .await?;
-    ensure!(
-        policy.status.as_ref().and_then(|s| s.observed_generation) == policy.metadata.generation,
-        "status is for an older generation"
-    );
-    let status = policy.status.context("no status")?;
-    let ready = condition(&status.conditions, "Ready").context("no Ready")?;
-    Ok((
-        ready.status.clone(),
-        ready.reason.clone(),
-        ready.message.clone(),
-    ))
-}
-
-async fn client_ready(
-    client: &Client,
-    ns: &str,
-    name: &str,
-) -> anyhow::Result<(String, String, String)> {
-    let c = Api::<OAuthClient>::namespaced(client.clone(), ns)
-        .get(name)
-        .await?;
-    ensure!(
-        c.status.as_ref().and_then(|s| s.observed_generation) == c.metadata.generation,
-        "status is for an older generation"
-    );
-    let status = c.status.context("no status")?;
-    let ready = condition(&status.conditions, "Ready").context("no Ready")?;
-    Ok((
-        ready.status.clone(),
-        ready.reason.clone(),
-        ready.message.clone(),
-    ))
-}
-
 #[tokio::test]
 async fn a_tenant_gets_certificates_for_its_own_services_only_and_none_the_webhook_trusts() {
-    let client = setup().await;
+    let client = admin_client().await;
     let evil = TestNamespace::create(&client, "evilcerts")
         .await
         .expect("namespace");
@@ -115,7 +44,7 @@ async fn a_tenant_gets_certificates_for_its_own_services_only_and_none_the_webho
         let refused = apply_yaml::<AuthPolicy>(
             &client,
             &evil.name,
-            &issuer_yaml(&evil.name, "grab", name, ""),
+            &issuer(&evil.name, "grab").service(name).yaml(),
         )
         .await
         .expect_err(name);
@@ -130,7 +59,7 @@ async fn a_tenant_gets_certificates_for_its_own_services_only_and_none_the_webho
     apply_yaml::<AuthPolicy>(
         &client,
         &evil.name,
-        &issuer_yaml(&evil.name, "auth", "auth", ""),
+        &issuer(&evil.name, "auth").service("auth").yaml(),
     )
     .await
     .unwrap();
@@ -274,31 +203,18 @@ async fn a_tenant_gets_certificates_for_its_own_services_only_and_none_the_webho
     evil.delete().await.unwrap();
 }
 
+/// OAuthClient `name` of the issuer `auth` in `issuer_ns`, asking for `audiences`.
 fn client_yaml(name: &str, issuer_ns: &str, audiences: &[&str]) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: OAuthClient
-metadata: {{name: {name}}}
-spec:
-  issuerRef: {{name: auth, namespace: {issuer_ns}}}
-  grantTypes: [client_credentials]
-  scopes: [read]
-  audiences: {audiences:?}
-"#
+    oauth_client(
+        name,
+        &format!("name: auth, namespace: {issuer_ns}"),
+        &format!("audiences: {audiences:?}"),
     )
-}
-
-async fn registry(client: &Client, ns: &str) -> anyhow::Result<ClientRegistry> {
-    let text = secret_text(client, ns, "auth-clients", CLIENTS_FILE)
-        .await?
-        .context("no registry")?;
-    Ok(serde_json::from_str(&text)?)
 }
 
 #[tokio::test]
 async fn an_audience_is_issued_only_to_the_clients_its_owner_admits() {
-    let client = setup().await;
+    let client = admin_client().await;
     let shop = TestNamespace::create(&client, "shop").await.unwrap();
     let partner = TestNamespace::create(&client, "partner").await.unwrap();
     let evil = TestNamespace::create(&client, "evil").await.unwrap();
@@ -309,15 +225,12 @@ async fn an_audience_is_issued_only_to_the_clients_its_owner_admits() {
     apply_yaml::<AuthPolicy>(
         &client,
         &shop.name,
-        &issuer_yaml(
-            &shop.name,
-            "auth",
-            "auth",
-            &format!(
-                "      allowedClientNamespaces: [{}, {}]",
+        &issuer(&shop.name, "auth")
+            .with(&format!(
+                "allowedClientNamespaces: [{}, {}]",
                 partner.name, evil.name
-            ),
-        ),
+            ))
+            .yaml(),
     )
     .await
     .unwrap();
@@ -375,7 +288,7 @@ spec:
     let friend_id = format!("{}.friend", partner.name);
     let thief_id = format!("{}.thief", evil.name);
     eventually("the registry as the owner decided", || async {
-        let registry = registry(&client, &shop.name).await?;
+        let registry = client_registry(&client, &shop.name, "auth").await?;
         let web = registry.find(&web_id).context("web not registered")?;
         ensure!(web.audiences == [orders.clone()], "{web:?}");
         ensure!(
@@ -397,7 +310,11 @@ spec:
     .await
     .unwrap();
     eventually("the thief told why", || async {
-        let (status, reason, message) = client_ready(&client, &evil.name, "thief").await?;
+        let Ready {
+            status,
+            reason,
+            message,
+        } = client_ready(&client, &evil.name, "thief").await?;
         ensure!(
             status == "False" && reason == "AudienceNotAdmitted",
             "{reason}: {message}"
@@ -406,13 +323,17 @@ spec:
             message.contains(&orders) && message.contains(&format!("{}/orders", shop.name)),
             "{message}"
         );
-        let (status, reason, message) = client_ready(&client, &evil.name, "stray").await?;
+        let Ready {
+            status,
+            reason,
+            message,
+        } = client_ready(&client, &evil.name, "stray").await?;
         ensure!(
             status == "False" && reason == "AudienceNotAdmitted",
             "{reason}: {message}"
         );
         ensure!(message.contains("no AuthPolicy lists it"), "{message}");
-        let (status, reason, _) = client_ready(&client, &partner.name, "friend").await?;
+        let Ready { status, reason, .. } = client_ready(&client, &partner.name, "friend").await?;
         ensure!(status == "True", "{reason}");
         Ok(())
     })
@@ -462,7 +383,11 @@ spec:
     .await
     .unwrap();
     eventually("the squatter's claims refused", || async {
-        let (status, reason, message) = ready_reason(&client, &evil.name, "squat").await?;
+        let Ready {
+            status,
+            reason,
+            message,
+        } = policy_ready(&client, &evil.name, "squat").await?;
         ensure!(
             status == "False" && reason == "AudienceConflict",
             "{reason}: {message}"
@@ -472,17 +397,14 @@ spec:
                 && message.contains(&format!("AuthPolicy {}/orders listed it first", shop.name)),
             "{message}"
         );
-        let text = config_map_text(&client, &evil.name, "squat-sidecar", "config.json")
-            .await?
-            .context("no sidecar config")?;
-        let config = SidecarConfig::from_json(&text)?;
+        let config = sidecar_config(&client, &evil.name, "squat").await?;
         ensure!(
             config.verify.audiences == [format!("https://squat.{}.svc", evil.name)],
             "{:?}",
             config.verify.audiences
         );
         // And the owner is unaffected.
-        let registry = registry(&client, &shop.name).await?;
+        let registry = client_registry(&client, &shop.name, "auth").await?;
         ensure!(registry.find(&thief_id).is_none(), "still not the thief's");
         Ok(())
     })
@@ -495,13 +417,13 @@ spec:
         .await
         .unwrap();
     eventually("partner's admission withdrawn", || async {
-        let registry = registry(&client, &shop.name).await?;
+        let registry = client_registry(&client, &shop.name, "auth").await?;
         ensure!(
             registry.find(&friend_id).is_none(),
             "friend still registered: {:?}",
             registry.find(&friend_id)
         );
-        let (status, reason, _) = client_ready(&client, &partner.name, "friend").await?;
+        let Ready { status, reason, .. } = client_ready(&client, &partner.name, "friend").await?;
         ensure!(
             status == "False" && reason == "AudienceNotAdmitted",
             "{reason}"
@@ -522,7 +444,7 @@ spec:
         .await
         .unwrap();
     eventually("friend admitted by name", || async {
-        let registry = registry(&client, &shop.name).await?;
+        let registry = client_registry(&client, &shop.name, "auth").await?;
         ensure!(registry.find(&friend_id).is_some(), "friend not registered");
         ensure!(registry.find(&thief_id).is_none(), "the thief still not");
         Ok(())
@@ -540,7 +462,9 @@ spec:
         .await
         .unwrap();
     eventually("the squatter without conflicts", || async {
-        let (_, reason, message) = ready_reason(&client, &evil.name, "squat").await?;
+        let Ready {
+            reason, message, ..
+        } = policy_ready(&client, &evil.name, "squat").await?;
         ensure!(reason != "AudienceConflict", "{message}");
         Ok(())
     })

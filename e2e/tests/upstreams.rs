@@ -8,30 +8,12 @@ use anyhow::{Context as _, ensure};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
-use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
 use scopegate_core::config::SidecarConfig;
 use scopegate_core::upstream::UpstreamKind;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
-use scopegate_e2e::{
-    ControlPlane, TestNamespace, apply_yaml, condition, config_map_text, eventually, secret_text,
-};
-
-async fn setup(test: &str) -> (Client, TestNamespace) {
-    let plane = ControlPlane::from_env().expect("control plane");
-    let client = plane.client().await.expect("client");
-    let pid = std::env::var("E2E_DIR")
-        .ok()
-        .and_then(|d| std::fs::read_to_string(format!("{d}/operator.pid")).ok())
-        .expect("the test set-up starts the operator (e2e/scripts/operator-up.sh)");
-    assert!(
-        std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
-        "the operator process {pid} is not running"
-    );
-    let ns = TestNamespace::create(&client, test)
-        .await
-        .expect("namespace");
-    (client, ns)
-}
+use scopegate_e2e::rendered::client_registry;
+use scopegate_e2e::setup::with_shared_operator;
+use scopegate_e2e::{apply_yaml, condition, config_map_text, eventually, secret_text};
 
 const POLICY: &str = r#"
 apiVersion: scopegate.dev/v1alpha1
@@ -105,7 +87,7 @@ async fn upstream_statuses(
 
 #[tokio::test]
 async fn upstreams_render_secrets_copy_and_status_names_callback_urls() {
-    let (client, ns) = setup("upstreams").await;
+    let (client, ns) = with_shared_operator("upstreams").await;
     let n = ns.name.as_str();
     apply_yaml::<Secret>(
         &client,
@@ -193,11 +175,8 @@ async fn upstreams_render_secrets_copy_and_status_names_callback_urls() {
     assert_eq!(oidc.issuer_aliases, ["accounts.google.com"]);
 
     // The client's choices reach the registry.
-    let registry: ClientRegistry = eventually("the client's choices in the registry", || async {
-        let text = secret_text(&client, n, "auth-clients", CLIENTS_FILE)
-            .await?
-            .context("no registry")?;
-        let registry: ClientRegistry = serde_json::from_str(&text)?;
+    let registry = eventually("the client's choices in the registry", || async {
+        let registry = client_registry(&client, n, "auth").await?;
         ensure!(!registry.upstream_choices.is_empty(), "not yet");
         Ok(registry)
     })

@@ -4,43 +4,25 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use scopegate_crds::v1alpha1::AuthPolicy;
+use scopegate_e2e::manifests::external_policy;
+use scopegate_e2e::setup::admin_client;
 use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, eventually, repo_root};
 
-async fn setup(test: &str, labelled: bool) -> (ControlPlane, Client, TestNamespace) {
-    let plane = ControlPlane::from_env().expect("control plane");
-    let client = plane.client().await.expect("client");
-    let ns = TestNamespace::create(&client, test)
-        .await
-        .expect("namespace");
-    if labelled {
-        let label =
-            serde_json::json!({"metadata": {"labels": {"scopegate.dev/injection": "enabled"}}});
-        Api::<Namespace>::all(client.clone())
-            .patch(&ns.name, &PatchParams::default(), &Patch::Merge(&label))
+/// An admin client and a fresh namespace for `test`, labelled for injection or not.
+async fn setup(test: &str, labelled: bool) -> (Client, TestNamespace) {
+    let client = admin_client().await;
+    let ns = if labelled {
+        TestNamespace::for_injection(&client, test).await
+    } else {
+        TestNamespace::create(&client, test)
             .await
-            .expect("label namespace");
-    }
-    (plane, client, ns)
-}
-
-fn policy(name: &str, app: &str) -> String {
-    format!(
-        r#"
-apiVersion: scopegate.dev/v1alpha1
-kind: AuthPolicy
-metadata: {{name: {name}}}
-spec:
-  selector: {{matchLabels: {{app: {app}}}}}
-  issuer:
-    external: {{issuer: "https://idp.example", jwksUri: "https://idp.example/jwks", algorithms: [ES256]}}
-  audiences: [orders]
-  upstream: {{port: 8080}}
-"#
-    )
+            .expect("namespace")
+    };
+    (client, ns)
 }
 
 fn pod(name: &str, app: &str) -> Pod {
@@ -93,8 +75,8 @@ async fn wait_for_injection(client: &Client, ns: &str) {
 
 #[tokio::test]
 async fn selected_pods_get_a_locked_down_native_sidecar_and_others_are_untouched() {
-    let (_plane, client, ns) = setup("inject", true).await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
+    let (client, ns) = setup("inject", true).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &external_policy("orders", "orders"))
         .await
         .unwrap();
     wait_for_injection(&client, &ns.name).await;
@@ -170,13 +152,17 @@ async fn selected_pods_get_a_locked_down_native_sidecar_and_others_are_untouched
 
 #[tokio::test]
 async fn pods_in_unlabelled_namespaces_are_never_sent_to_the_webhook() {
-    let (_plane, client, labelled) = setup("labelled", true).await;
-    apply_yaml::<AuthPolicy>(&client, &labelled.name, &policy("orders", "orders"))
-        .await
-        .unwrap();
+    let (client, labelled) = setup("labelled", true).await;
+    apply_yaml::<AuthPolicy>(
+        &client,
+        &labelled.name,
+        &external_policy("orders", "orders"),
+    )
+    .await
+    .unwrap();
     wait_for_injection(&client, &labelled.name).await;
-    let (_plane, client, plain) = setup("plain", false).await;
-    apply_yaml::<AuthPolicy>(&client, &plain.name, &policy("orders", "orders"))
+    let (client, plain) = setup("plain", false).await;
+    apply_yaml::<AuthPolicy>(&client, &plain.name, &external_policy("orders", "orders"))
         .await
         .unwrap();
     let created = Api::<Pod>::namespaced(client.clone(), &plain.name)
@@ -367,8 +353,8 @@ async fn a_second_install_of_the_chart_is_refused_and_the_first_may_upgrade() {
 
 #[tokio::test]
 async fn status_counts_pods_names_those_without_the_sidecar_and_spots_a_bypassing_service() {
-    let (_plane, client, ns) = setup("podstatus", false).await;
-    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy("orders", "orders"))
+    let (client, ns) = setup("podstatus", false).await;
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &external_policy("orders", "orders"))
         .await
         .unwrap();
     // The namespace is not labelled: these pods run without the sidecar.

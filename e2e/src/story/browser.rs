@@ -1,0 +1,399 @@
+//! The shop's clients: a service calling the issuer over TLS (trusting only the operator's CA)
+//! and a browser (curl with a cookie jar) signing in to the storefront, with a password on the
+//! app's own login page or through Google.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail, ensure};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+
+use super::{STATE, Shop};
+use crate::google;
+use crate::http::Response;
+
+impl Shop {
+    /// Calls the issuer over TLS, trusting only the operator's CA, by its Service name.
+    pub fn issuer_call(
+        &self,
+        method: &str,
+        path: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+    ) -> anyhow::Result<Response> {
+        let url = format!("https://{}{path}", self.issuer_host);
+        self.curl(method, &url, form, basic, false)
+    }
+
+    /// A browser's request: cookies kept, the operator's CA and the Google stand-in's trusted,
+    /// the issuer and the stand-in reached by name.
+    fn browse(&self, method: &str, url: &str, form: &[(&str, &str)]) -> anyhow::Result<Response> {
+        self.curl(method, url, form, None, true)
+    }
+
+    fn curl(
+        &self,
+        method: &str,
+        url: &str,
+        form: &[(&str, &str)],
+        basic: Option<(&str, &str)>,
+        browser: bool,
+    ) -> anyhow::Result<Response> {
+        let host = &self.issuer_host;
+        let mut command = Command::new("curl");
+        command
+            .args([
+                "-sS",
+                "-D",
+                "-",
+                "-o",
+                "-",
+                "--max-time",
+                "10",
+                "-X",
+                method,
+            ])
+            // The Service's port 443 leads to the sidecar's listener, as kube-proxy's rule would.
+            .arg("--connect-to")
+            .arg(format!("{host}:443:{}:{}", self.auth_ip, self.auth_port));
+        if browser {
+            command
+                .arg("--connect-to")
+                .arg(format!(
+                    "{}:443:{}:{}",
+                    google::HOST,
+                    self.google.address.ip(),
+                    self.google.address.port()
+                ))
+                .arg("--cacert")
+                .arg(&self.browser_ca_file)
+                .arg("-b")
+                .arg(&self.cookie_jar)
+                .arg("-c")
+                .arg(&self.cookie_jar);
+        } else {
+            command.arg("--cacert").arg(&self.ca_file);
+        }
+        for (name, value) in form {
+            command
+                .arg("--data-urlencode")
+                .arg(format!("{name}={value}"));
+        }
+        if let Some((user, password)) = basic {
+            command
+                .arg("-u")
+                .arg(format!("{}:{}", form_encode(user), form_encode(password)));
+        }
+        command.arg(url);
+        let output = command.output()?;
+        ensure!(
+            output.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        parse_curl(&String::from_utf8_lossy(&output.stdout))
+    }
+
+    /// A client_credentials token for the billing client (its default scopes when `scope` is
+    /// None).
+    pub fn billing_token(&self, scope: Option<&str>) -> anyhow::Result<String> {
+        let (id, secret) = (&self.billing.0, &self.billing.1);
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend(scope.map(|scope| ("scope", scope)));
+        let response = self.issuer_call("POST", "/oauth2/token", &form, Some((id, secret)))?;
+        ensure!(
+            response.status == 200,
+            "token endpoint answered {}: {}",
+            response.status,
+            response.body
+        );
+        let body: serde_json::Value = serde_json::from_str(&response.body)?;
+        Ok(body["access_token"]
+            .as_str()
+            .context("no access_token")?
+            .to_owned())
+    }
+
+    /// The browser flow of the public storefront client: authorize, log in as `user` on the
+    /// app's own login page (which accepts the challenge on the mint socket), redeem the code
+    /// with PKCE, asking for `scope`. Returns the token response.
+    pub fn login(&self, user: &str, password: &str, scope: &str) -> anyhow::Result<Value> {
+        let (verifier, query) = self.authorize_query(scope, Some("local"));
+        let authorize = self.issuer_call("GET", &query, &[], None)?;
+        ensure!(
+            matches!(authorize.status, 302 | 303),
+            "authorize answered {}: {}",
+            authorize.status,
+            authorize.body
+        );
+        let login_url = authorize
+            .header("location")
+            .context("no redirect to the login page")?
+            .to_owned();
+        ensure!(
+            login_url.starts_with(&format!("{}/login?", self.issuer)),
+            "authorize sent the browser to {login_url}, not to the app's login page"
+        );
+        let login_challenge = login_url
+            .split("login_challenge=")
+            .nth(1)
+            .context("no login_challenge")?
+            .split('&')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let resume = self.submit_login(&login_challenge, user, password)?;
+        let resume_path = resume
+            .strip_prefix(self.issuer.as_str())
+            .with_context(|| format!("the app redirected off the issuer: {resume}"))?;
+        let resumed = self.issuer_call("GET", resume_path, &[], None)?;
+        ensure!(
+            matches!(resumed.status, 302 | 303),
+            "resume answered {}: {}",
+            resumed.status,
+            resumed.body
+        );
+        let back = resumed
+            .header("location")
+            .context("no redirect back to the client")?
+            .to_owned();
+        self.redeem(&back, &verifier)
+    }
+
+    /// Opens the app's login page for `login_challenge` and submits `user` and `password`.
+    /// Returns where the app sends the browser back to the issuer, which mints the code.
+    fn submit_login(
+        &self,
+        login_challenge: &str,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<String> {
+        let page = self.issuer_call(
+            "GET",
+            &format!("/login?login_challenge={login_challenge}"),
+            &[],
+            None,
+        )?;
+        ensure!(page.status == 200, "login page answered {}", page.status);
+        let submitted = self.issuer_call(
+            "POST",
+            "/login",
+            &[
+                ("login_challenge", &urldecode(login_challenge)),
+                ("username", user),
+                ("password", password),
+            ],
+            None,
+        )?;
+        ensure!(
+            submitted.status == 303,
+            "login answered {}: {}",
+            submitted.status,
+            submitted.body
+        );
+        Ok(submitted
+            .header("location")
+            .context("no redirect to the issuer")?
+            .to_owned())
+    }
+
+    /// A browser signs in to the storefront with Google: authorize shows the chooser, the
+    /// browser follows "Continue with Google", logs in as `login` on the stand-in's own login
+    /// and consent pages, comes back to the issuer's callback, passes through the app (which
+    /// links the Google identity to one of its users on the mint socket) and ends at the
+    /// storefront's redirect URI with a code, redeemed with PKCE. Returns the chooser's choices
+    /// and the token response.
+    pub fn google_login(&self, login: &str, scope: &str) -> anyhow::Result<(Vec<String>, Value)> {
+        let (verifier, query) = self.authorize_query(scope, None);
+        let base = self.issuer.clone();
+        let chooser = self.browse("GET", &format!("{base}{query}"), &[])?;
+        ensure!(
+            chooser.status == 200,
+            "authorize answered {} instead of the chooser: {}",
+            chooser.status,
+            chooser.body
+        );
+        let choices: Vec<String> = chooser
+            .body
+            .split("class=\"choice\"")
+            .skip(1)
+            .filter_map(|item| item.split_once('>').map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split_once('<').map(|(label, _)| label.to_owned()))
+            .collect();
+        let href = chooser
+            .body
+            .split("href=\"")
+            .find(|h| h.starts_with("upstream/google/start?"))
+            .and_then(|h| h.split('"').next())
+            .context("no Google choice on the chooser page")?;
+        let mut url = format!("{base}/oauth2/{}", href.replace("&amp;", "&"));
+        let mut method = "GET";
+        let mut form: Vec<(&str, &str)> = Vec::new();
+        let login_form = [("prompt", "login"), ("login", login), ("password", "any")];
+        let consent_form = [("prompt", "consent")];
+        for _ in 0..16 {
+            let response = self.browse(method, &url, &form)?;
+            if let Some(location) = response.header("location") {
+                let next = if location.starts_with("https://") || location.starts_with("http://") {
+                    location.to_owned()
+                } else {
+                    let origin: String = url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+                    format!("{origin}{location}")
+                };
+                if next.starts_with(&self.redirect_uri) {
+                    let token = self.redeem(&next, &verifier)?;
+                    return Ok((choices, token));
+                }
+                (url, method, form) = (next, "GET", Vec::new());
+                continue;
+            }
+            ensure!(
+                response.status == 200 && url.starts_with(&self.google.issuer),
+                "{method} {url} answered {}: {}",
+                response.status,
+                response.body
+            );
+            // Google's own pages: the login form, then the consent form.
+            form = if response.body.contains("name=\"login\"") {
+                login_form.to_vec()
+            } else {
+                consent_form.to_vec()
+            };
+            method = "POST";
+        }
+        bail!("the Google login did not come back to the storefront")
+    }
+
+    /// A PKCE verifier and the storefront's authorize request for `scope`, with an
+    /// `upstream=` hint when given.
+    fn authorize_query(&self, scope: &str, upstream: Option<&str>) -> (String, String) {
+        let mut verifier_bytes = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut verifier_bytes).unwrap_or_default();
+        let verifier = URL_SAFE_NO_PAD.encode(verifier_bytes);
+        let challenge = URL_SAFE_NO_PAD.encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()).as_ref(),
+        );
+        let hint = upstream
+            .map(|u| format!("&upstream={u}"))
+            .unwrap_or_default();
+        let query = format!(
+            "/oauth2/authorize?response_type=code&client_id={}&redirect_uri={}&scope={}&state={STATE}&code_challenge={challenge}&code_challenge_method=S256{hint}",
+            self.storefront,
+            form_encode(&self.redirect_uri),
+            form_encode(scope),
+        );
+        (verifier, query)
+    }
+
+    /// Checks the redirect `back` to the storefront (its state, the issuer's `iss`) and
+    /// redeems its code with `verifier`. Returns the token response.
+    fn redeem(&self, back: &str, verifier: &str) -> anyhow::Result<Value> {
+        let state = STATE;
+        ensure!(
+            back.starts_with(&format!("{}?", self.redirect_uri)),
+            "redirected to {back}"
+        );
+        let params: std::collections::BTreeMap<String, String> = back
+            .split_once('?')
+            .map(|(_, q)| q)
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.to_owned(), urldecode(v)))
+            .collect();
+        ensure!(
+            params.get("state").map(String::as_str) == Some(state),
+            "state changed: {params:?}"
+        );
+        ensure!(
+            params.get("iss").map(String::as_str) == Some(self.issuer.as_str()),
+            "iss missing or wrong: {params:?}"
+        );
+        let code = params.get("code").context("no code")?;
+        let token = self.issuer_call(
+            "POST",
+            "/oauth2/token",
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", &self.redirect_uri),
+                ("client_id", &self.storefront),
+                ("code_verifier", verifier),
+            ],
+            None,
+        )?;
+        ensure!(
+            token.status == 200,
+            "code redemption answered {}: {}",
+            token.status,
+            token.body
+        );
+        Ok(serde_json::from_str(&token.body)?)
+    }
+}
+
+fn form_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn urldecode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_curl(text: &str) -> anyhow::Result<Response> {
+    // curl -D - prints the headers of every response (only one here), then the body.
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .context("no status line from curl")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}

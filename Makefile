@@ -13,7 +13,8 @@ up:
 down:
 	@bash e2e/scripts/cluster-down.sh "$(SCOPEGATE_CACHE)/up"
 
-## test: fmt, clippy, unit tests, CRD drift, helm lint, and e2e against a fresh control plane
+## test: fmt, clippy, dependency checks (boundaries, cargo deny, import cycles), unit tests, CRD
+##       drift, helm lint, and e2e against a fresh control plane (scripts/test.sh)
 test:
 	@bash scripts/test.sh
 

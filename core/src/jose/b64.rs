@@ -1,6 +1,10 @@
 //! Strict base64url without padding (RFC 7515 §2): no `=`, no `+` or `/`, no whitespace,
 //! and the unused low bits of the last character must be zero so that every byte string
-//! has exactly one spelling.
+//! has exactly one spelling. One engine of the `base64` crate, configured that strictly.
+
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::{DecodeError, Engine as _, alphabet};
 
 /// Why a base64url segment was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -16,117 +20,58 @@ pub enum B64Error {
     NonCanonical,
 }
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+/// Unpadded base64url that refuses padding and non-zero unused bits.
+const URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
 
-const fn decode_table() -> [u8; 256] {
-    let mut table = [0xFF; 256];
-    let mut i = 0;
-    while i < 64 {
-        table[ALPHABET[i] as usize] = i as u8;
-        i += 1;
+/// Padded standard base64, canonical: padding required, no non-zero unused bits.
+const STANDARD: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(true)
+        .with_decode_allow_trailing_bits(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
+
+impl From<DecodeError> for B64Error {
+    fn from(err: DecodeError) -> Self {
+        match err {
+            DecodeError::InvalidByte(..) | DecodeError::InvalidPadding => B64Error::Alphabet,
+            DecodeError::InvalidLength(_) => B64Error::Length,
+            DecodeError::InvalidLastSymbol { .. } => B64Error::NonCanonical,
+        }
     }
-    table
 }
-
-const DECODE: [u8; 256] = decode_table();
 
 /// Decodes strict unpadded base64url.
 pub fn decode(text: &[u8]) -> Result<Vec<u8>, B64Error> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3 + 2);
-    decode_into(text, &mut out)?;
-    Ok(out)
+    Ok(URL.decode(text)?)
 }
 
 /// Decodes strict unpadded base64url, appending to `out`.
 pub fn decode_into(text: &[u8], out: &mut Vec<u8>) -> Result<(), B64Error> {
-    if text.len() % 4 == 1 {
-        return Err(B64Error::Length);
-    }
-    let mut chunks = text.chunks_exact(4);
-    let start = out.len();
-    out.resize(start + text.len() / 4 * 3, 0);
-    for (chunk, bytes) in chunks.by_ref().zip(out[start..].chunks_exact_mut(3)) {
-        let [a, b, c, d] = [chunk[0], chunk[1], chunk[2], chunk[3]].map(|c| DECODE[usize::from(c)]);
-        // Invalid characters map to 0xFF: one test for the four of them.
-        if (a | b | c | d) & 0x80 != 0 {
-            return Err(B64Error::Alphabet);
-        }
-        let n = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
-        bytes.copy_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
-    }
-    let rest = chunks.remainder();
-    match rest.len() {
-        0 => {}
-        2 => {
-            let (a, b) = (sextet(rest[0])?, sextet(rest[1])?);
-            if b & 0x0F != 0 {
-                return Err(B64Error::NonCanonical);
-            }
-            out.push((a << 2 | b >> 4) as u8);
-        }
-        3 => {
-            let (a, b, c) = (sextet(rest[0])?, sextet(rest[1])?, sextet(rest[2])?);
-            if c & 0x03 != 0 {
-                return Err(B64Error::NonCanonical);
-            }
-            out.push((a << 2 | b >> 4) as u8);
-            out.push(((b & 0x0F) << 4 | c >> 2) as u8);
-        }
-        _ => return Err(B64Error::Length),
-    }
-    Ok(())
-}
-
-fn sextet(c: u8) -> Result<u32, B64Error> {
-    match DECODE[usize::from(c)] {
-        0xFF => Err(B64Error::Alphabet),
-        v => Ok(u32::from(v)),
-    }
+    Ok(URL.decode_vec(text, out)?)
 }
 
 /// Decodes standard padded base64 (RFC 4648 §4), as the signing-keys document stores
 /// secrets.
 pub fn decode_standard(text: &[u8]) -> Result<Vec<u8>, B64Error> {
-    if !text.len().is_multiple_of(4) {
-        return Err(B64Error::Length);
-    }
-    let body_len = text.len()
-        - text
-            .iter()
-            .rev()
-            .take(2)
-            .take_while(|b| **b == b'=')
-            .count();
-    let body = &text[..body_len];
-    if body.iter().any(|b| matches!(b, b'-' | b'_' | b'=')) {
-        return Err(B64Error::Alphabet);
-    }
-    let url: Vec<u8> = body
-        .iter()
-        .map(|b| match b {
-            b'+' => b'-',
-            b'/' => b'_',
-            other => *other,
-        })
-        .collect();
-    decode(&url)
+    Ok(STANDARD.decode(text)?)
 }
 
 /// Encodes bytes as unpadded base64url.
 pub fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            let index = (n >> (18 - 6 * i)) & 0x3F;
-            out.push(char::from(ALPHABET[index as usize]));
-        }
-    }
-    out
+    URL.encode(bytes)
+}
+
+/// Encodes bytes as padded standard base64 (RFC 4648 §4), as HTTP Basic credentials are.
+pub fn encode_standard(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
 }
 
 #[cfg(test)]
@@ -161,6 +106,14 @@ mod tests {
         assert_eq!(decode(b"Zm8"), Ok(b"fo".to_vec()));
         assert_eq!(decode(b"Zm9"), Err(B64Error::NonCanonical));
         assert_eq!(decode(b"Zm-"), Err(B64Error::NonCanonical));
+    }
+
+    #[test]
+    fn standard_base64_is_padded() {
+        assert_eq!(encode_standard(b"a"), "YQ==");
+        assert_eq!(encode_standard(b"ab"), "YWI=");
+        assert_eq!(encode_standard(b"abc"), "YWJj");
+        assert_eq!(encode_standard(b"\xfb\xff"), "+/8=");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use aws_lc_rs::{constant_time, digest};
+use aws_lc_rs::digest;
 use scopegate_core::clients::RegisteredClient;
 use scopegate_core::scope::is_scope_token;
+use subtle::ConstantTimeEq as _;
 
 use crate::error::OAuthError;
 use scopegate_core::jose::b64;
@@ -114,9 +115,7 @@ pub fn s256(verifier: &str) -> String {
 
 /// Whether `verifier` answers `challenge`, compared in constant time.
 pub fn pkce_matches(verifier: &str, challenge: &str) -> bool {
-    is_code_verifier(verifier)
-        && constant_time::verify_slices_are_equal(s256(verifier).as_bytes(), challenge.as_bytes())
-            .is_ok()
+    is_code_verifier(verifier) && bool::from(s256(verifier).as_bytes().ct_eq(challenge.as_bytes()))
 }
 
 /// Splits `http://127.0.0.1[:port]/rest` or `http://[::1][:port]/rest` into host and rest,

@@ -6,6 +6,7 @@
 //! that carry no token text.
 
 use serde_json::{Map, Value};
+use subtle::ConstantTimeEq as _;
 
 use scopegate_core::jose::json;
 use scopegate_core::jose::jws::{self, KeyMap};
@@ -168,7 +169,7 @@ pub fn check_claims(
         return Err(IdTokenError::IssuedAt);
     }
     let nonce = claims.get("nonce").and_then(Value::as_str);
-    if nonce.is_none_or(|n| !constant_time_eq(n.as_bytes(), expect.nonce.as_bytes())) {
+    if nonce.is_none_or(|n| !bool::from(n.as_bytes().ct_eq(expect.nonce.as_bytes()))) {
         return Err(IdTokenError::Nonce);
     }
     let sub = claims
@@ -210,10 +211,6 @@ pub fn email_verified(
         Some(_) => false,
         None => trust == scopegate_core::upstream::TrustUnverifiedEmail::WhenMissing,
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
 }
 
 #[cfg(test)]

@@ -833,16 +833,47 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
     .await
     .unwrap();
 
-    // The kill switch reaches the issuer's sidecar config.
-    let cutoff = serde_json::json!({"spec": {"revokeTokensIssuedBefore": "2030-01-01T00:00:00Z"}});
-    Api::<OAuthClient>::namespaced(client.clone(), &ns.name)
+    // The kill switch reaches the issuer's sidecar config and its registry.
+    let clients = Api::<OAuthClient>::namespaced(client.clone(), &ns.name);
+    let cutoff = serde_json::json!({"spec": {"revokeTokensIssuedBefore": "2026-01-01T00:00:00Z"}});
+    clients
         .patch("billing", &PatchParams::default(), &Patch::Merge(&cutoff))
         .await
         .unwrap();
-    eventually("client cut-off in the sidecar config", || async {
-        let config = sidecar_config(&client, &ns.name, "auth").await?;
-        let cut = config.revocation.client_cutoffs.get(&id).copied();
-        ensure!(cut == Some(1_893_456_000), "{cut:?}");
+    cutoff_in_force(&client, &ns.name, &id, |c| c == 1_767_225_600)
+        .await
+        .unwrap();
+    // A time in the future would refuse every token the client gets until then (CEL has no
+    // clock to refuse it at apply): it is clamped to when the operator first saw it, and
+    // status says so.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let cutoff = serde_json::json!({"spec": {"revokeTokensIssuedBefore": "2030-01-01T00:00:00Z"}});
+    clients
+        .patch("billing", &PatchParams::default(), &Patch::Merge(&cutoff))
+        .await
+        .unwrap();
+    let clamped = cutoff_in_force(&client, &ns.name, &id, |c| c != 1_767_225_600)
+        .await
+        .unwrap();
+    assert!(
+        (before - 1..=before + 60).contains(&clamped),
+        "clamped to {clamped}, set at about {before}"
+    );
+    eventually("the clamp reported", || async {
+        let status = clients.get("billing").await?.status.context("status")?;
+        let degraded = condition(&status.conditions, "Degraded").context("Degraded")?;
+        ensure!(
+            degraded.reason == "RevocationCutoffInFuture"
+                && degraded.message.contains("2030-01-01T00:00:00Z"),
+            "{degraded:?}"
+        );
+        let ready = condition(&status.conditions, "Ready").context("Ready")?;
+        ensure!(ready.status == "True", "{ready:?}");
+        let recorded = status.revocation_cutoff.context("revocationCutoff")?;
+        ensure!(recorded.effective.0.as_second() == clamped, "{recorded:?}");
         Ok(())
     })
     .await
@@ -868,4 +899,27 @@ async fn oauth_client_lifecycle_registry_rotation_overlap_and_refusals() {
     .unwrap();
     other.delete().await.unwrap();
     ns.delete().await.unwrap();
+}
+
+/// Waits until `id`'s cut-off in the issuer's sidecar config and in its client registry agree
+/// and pass `expected`; returns it.
+async fn cutoff_in_force(
+    client: &kube::Client,
+    ns: &str,
+    id: &str,
+    expected: impl Fn(i64) -> bool,
+) -> anyhow::Result<i64> {
+    eventually(
+        "client cut-off in the sidecar config and registry",
+        || async {
+            let config = sidecar_config(client, ns, "auth").await?;
+            let cut = config.revocation.client_cutoffs.get(id).copied();
+            let entry = client_registry(client, ns, "auth").await?.find(id).cloned();
+            let registered = entry.and_then(|e| e.revoke_before);
+            ensure!(cut == registered, "config {cut:?}, registry {registered:?}");
+            ensure!(cut.is_some_and(&expected), "{cut:?}");
+            Ok(cut.unwrap_or_default())
+        },
+    )
+    .await
 }

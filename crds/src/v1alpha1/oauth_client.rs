@@ -133,7 +133,10 @@ pub struct OAuthClientSpec {
     pub secret_rotation_overlap: PositiveDuration,
 
     /// A kill switch: every token, code and refresh family issued to this client before this
-    /// time is dead, at every verifier, at the token endpoint and at introspection.
+    /// time is dead, at every verifier, at the token endpoint and at introspection. A time
+    /// still in the future when the operator sees it is clamped to that moment (status.
+    /// revocationCutoff, and Degraded says so): taken literally it would refuse every token
+    /// the client gets until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_tokens_issued_before: Option<Time>,
 
@@ -200,4 +203,19 @@ pub struct OAuthClientStatus {
     /// The Secret that holds the client's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// The spec.revokeTokensIssuedBefore cut-off in force. A time that was still in the future
+    /// when the operator first saw it is clamped to that moment (taken literally it would
+    /// refuse every token the client gets until then), and Degraded says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_cutoff: Option<RevocationCutoff>,
+}
+
+/// A client's revocation cut-off: what the spec asks and what is in force.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationCutoff {
+    /// spec.revokeTokensIssuedBefore as it was when this was recorded.
+    pub requested: Time,
+    /// The cut-off the issuer and every verifier enforce.
+    pub effective: Time,
 }

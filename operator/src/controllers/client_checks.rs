@@ -6,6 +6,7 @@ use kube::ResourceExt;
 use scopegate_crds::v1alpha1::{AuthPolicy, GrantType, OAuthClient};
 
 use crate::audiences::{ClientAudiences, Verdict};
+use crate::pki::registry::revocation_cutoff;
 
 /// Something wrong between a client and its issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +69,14 @@ pub enum ClientProblem {
         /// Its answer.
         message: String,
     },
+    /// `revokeTokensIssuedBefore` was later than the moment it was set: taken literally it
+    /// would kill every token the client gets until then. It is clamped to that moment.
+    RevocationCutoffInFuture {
+        /// The value in the spec (RFC 3339).
+        requested: String,
+        /// The cut-off in force (RFC 3339).
+        effective: String,
+    },
     /// The namespace has more clients than the operator serves.
     NamespaceLimit {
         /// The cap.
@@ -91,13 +100,16 @@ impl ClientProblem {
             ClientProblem::NamespaceLimit { .. } => "NamespaceClientLimit",
             ClientProblem::SecretNotFound { .. } => "SecretNotFound",
             ClientProblem::WriteRefused { .. } => "WriteRefused",
+            ClientProblem::RevocationCutoffInFuture { .. } => "RevocationCutoffInFuture",
         }
     }
 
     /// Whether the client stays out of the registry because of it.
     pub fn blocks_registration(&self) -> bool {
         match self {
-            ClientProblem::NoLoginUrl { .. } | ClientProblem::UnknownUpstreams { .. } => false,
+            ClientProblem::NoLoginUrl { .. }
+            | ClientProblem::UnknownUpstreams { .. }
+            | ClientProblem::RevocationCutoffInFuture { .. } => false,
             // Registered with an empty list it would get the issuer URL instead: never.
             ClientProblem::AudienceNotAdmitted { none_left, .. } => *none_left,
             _ => true,
@@ -141,6 +153,13 @@ impl std::fmt::Display for ClientProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientProblem::IssuerNotFound { issuer } => write!(f, "AuthPolicy {issuer} not found"),
+            ClientProblem::RevocationCutoffInFuture {
+                requested,
+                effective,
+            } => write!(
+                f,
+                "revokeTokensIssuedBefore {requested} was in the future when the operator saw it: it would refuse every token the client gets until then, so tokens issued before {effective} (when it was seen) are revoked instead; set a time in the past"
+            ),
             ClientProblem::WriteRefused { object, message } => {
                 write!(f, "the API server refused to write {object}: {message}")
             }
@@ -210,6 +229,16 @@ pub fn issuer_key(client: &OAuthClient) -> (String, String) {
         .or_else(|| client.namespace())
         .unwrap_or_default();
     (namespace, client.spec.issuer_ref.name.clone())
+}
+
+/// The warning when `client`'s `revokeTokensIssuedBefore` was clamped
+/// ([`crate::pki::registry::revocation_cutoff`]).
+pub fn cutoff_problem(client: &OAuthClient, now: i64) -> Option<ClientProblem> {
+    let cutoff = revocation_cutoff(client, now)?;
+    (cutoff.requested > cutoff.effective).then(|| ClientProblem::RevocationCutoffInFuture {
+        requested: cutoff.requested.to_string(),
+        effective: cutoff.effective.to_string(),
+    })
 }
 
 /// Everything wrong between `client` and `issuer` (`None`: not found).

@@ -11,6 +11,7 @@ use scopegate_core::secret_hash::{self, HashError, SecretKind};
 use scopegate_crds::v1alpha1::{GrantType, OAuthClient, TokenEndpointAuthMethod};
 
 use crate::names::client_id;
+use k8s_openapi::jiff::Timestamp;
 
 /// Where a client's secret comes from, as read from its Secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -148,10 +149,7 @@ pub fn render(
             audiences: entry.audiences.clone(),
             owned_audiences: entry.owned_audiences.clone(),
             redirect_uris: spec.redirect_uris.clone(),
-            revoke_before: spec
-                .revoke_tokens_issued_before
-                .as_ref()
-                .map(|t| t.0.as_second()),
+            revoke_before: revocation_cutoff(entry.client, now).map(|c| c.effective.as_second()),
         });
     }
     clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
@@ -177,9 +175,45 @@ pub fn grant_name(grant: GrantType) -> &'static str {
     }
 }
 
+/// A client's `revokeTokensIssuedBefore`: what the spec asks and what is in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoff {
+    /// The spec's value.
+    pub requested: Timestamp,
+    /// The cut-off in force: `requested`, or when it was set if that was earlier.
+    pub effective: Timestamp,
+}
+
+/// The `revokeTokensIssuedBefore` cut-off in force for `client` at `now` (Unix seconds).
+/// CEL cannot read a clock, so a time in the future is accepted at apply; taken literally it
+/// would refuse every token the client gets until then. It is clamped to the moment the
+/// operator first saw it, recorded in the client's status, so that every later reconcile,
+/// a restarted operator and the issuer's render all use the same value; the clamp stays
+/// after that time passes (the value was a mistake, not a schedule).
+pub fn revocation_cutoff(client: &OAuthClient, now: i64) -> Option<Cutoff> {
+    let requested = client.spec.revoke_tokens_issued_before.as_ref()?.0;
+    let recorded = client
+        .status
+        .as_ref()
+        .and_then(|s| s.revocation_cutoff.as_ref())
+        .filter(|r| r.requested.0 == requested)
+        .map(|r| r.effective.0);
+    let effective = match recorded {
+        Some(effective) => effective,
+        None if requested.as_second() <= now => requested,
+        None => Timestamp::from_second(now).unwrap_or(requested),
+    };
+    Some(Cutoff {
+        requested,
+        effective: effective.min(requested),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use scopegate_crds::v1alpha1::{OAuthClientStatus, RevocationCutoff};
 
     fn client(name: &str, extra: &str) -> OAuthClient {
         serde_yaml_ng::from_str(&format!(
@@ -194,6 +228,52 @@ mod tests {
             previous: None,
             source: source.into(),
         }
+    }
+
+    #[test]
+    fn a_cutoff_in_the_future_is_clamped_to_when_it_was_first_seen() {
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        let now = at("2026-06-01T12:00:00Z").as_second();
+        // In the past: in force as written.
+        let past = client("p", "  revokeTokensIssuedBefore: 2026-03-01T00:00:00Z\n");
+        let cutoff = revocation_cutoff(&past, now).unwrap();
+        assert_eq!(cutoff.effective, at("2026-03-01T00:00:00Z"));
+        assert_eq!(cutoff.requested, cutoff.effective);
+        // In the future: clamped to now while nothing is recorded...
+        let mut future = client("f", "  revokeTokensIssuedBefore: 2030-01-01T00:00:00Z\n");
+        let first = revocation_cutoff(&future, now).unwrap();
+        assert_eq!(first.effective, at("2026-06-01T12:00:00Z"));
+        assert_eq!(first.requested, at("2030-01-01T00:00:00Z"));
+        // ...and to the recorded moment afterwards: later reconciles, a restarted operator and
+        // the time passing change nothing.
+        future.status = Some(OAuthClientStatus {
+            revocation_cutoff: Some(RevocationCutoff {
+                requested: Time(first.requested),
+                effective: Time(first.effective),
+            }),
+            ..OAuthClientStatus::default()
+        });
+        for later in [now + 60, at("2031-01-01T00:00:00Z").as_second()] {
+            assert_eq!(revocation_cutoff(&future, later), Some(first));
+        }
+        // A new value is judged afresh.
+        future.spec.revoke_tokens_issued_before = Some(Time(at("2026-05-01T00:00:00Z")));
+        let changed = revocation_cutoff(&future, now + 60).unwrap();
+        assert_eq!(changed.effective, at("2026-05-01T00:00:00Z"));
+        assert!(revocation_cutoff(&client("d", ""), now).is_none());
+        // What the issuer enforces is the clamped value.
+        future.spec.revoke_tokens_issued_before = Some(Time(first.requested));
+        let entry = Entry {
+            client: &future,
+            credentials: generated("s", "u:1"),
+            audiences: vec![],
+            owned_audiences: vec![],
+        };
+        let registry = render(&[entry], &ClientRegistry::default(), now + 600).unwrap();
+        assert_eq!(
+            registry.clients[0].revoke_before,
+            Some(first.effective.as_second())
+        );
     }
 
     #[test]
@@ -216,7 +296,8 @@ mod tests {
                 owned_audiences: vec![],
             },
         ];
-        let registry = render(&entries, &ClientRegistry::default(), 0).unwrap();
+        // Rendered in 2026-12: the cut-off (2026-01-01) is in the past.
+        let registry = render(&entries, &ClientRegistry::default(), 1_796_601_600).unwrap();
         let ids: Vec<_> = registry
             .clients
             .iter()

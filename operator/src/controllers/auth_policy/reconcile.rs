@@ -29,6 +29,7 @@ use crate::limits;
 use crate::metrics::{FailureLabels, KindLabels};
 use crate::names::{JWKS_FILE, Names, client_id};
 use crate::objects;
+use crate::pki::registry::revocation_cutoff;
 
 const KIND: &str = "AuthPolicy";
 /// The longest a policy goes without a reconcile.
@@ -550,6 +551,7 @@ fn client_cutoffs(
     issuer_namespace: &str,
     issuer_name: &str,
 ) -> BTreeMap<String, i64> {
+    let now = ctx.now();
     let key = (issuer_namespace.to_owned(), issuer_name.to_owned());
     ctx.clients
         .state()
@@ -558,7 +560,7 @@ fn client_cutoffs(
         .filter_map(|c| {
             Some((
                 client_id(c),
-                c.spec.revoke_tokens_issued_before.as_ref()?.0.as_second(),
+                revocation_cutoff(c, now)?.effective.as_second(),
             ))
         })
         .collect()

@@ -12,18 +12,21 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
-use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, OAuthClientStatus};
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, OAuthClientStatus, RevocationCutoff};
 
 use super::credentials::{self, Ensured};
 use crate::audiences::AudienceOwners;
 use crate::conditions::{Conclusion, kstatus, merge};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controllers::ca_bundle;
-use crate::controllers::client_checks::{ClientProblem, audience_problem, issuer_key, validate};
+use crate::controllers::client_checks::{
+    ClientProblem, audience_problem, cutoff_problem, issuer_key, validate,
+};
 use crate::error::{Error, Result};
 use crate::metrics::{FailureLabels, KindLabels};
 use crate::names::{Names, client_id};
 use crate::objects::secret_data;
+use crate::pki::registry::revocation_cutoff;
 
 const KIND: &str = "OAuthClient";
 
@@ -60,6 +63,7 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
         &ctx.cluster_domain,
     );
     problems.extend(audience_problem(&owners.sort_client(client)));
+    problems.extend(cutoff_problem(client, now));
     let all = ctx.clients.state();
     if let Some(over) = crate::limits::over_limit(
         client,
@@ -234,6 +238,10 @@ pub fn compute_status(
             Ensured::Ready { secret, .. } => Some(secret.clone()),
             _ => client.spec.existing_secret.as_ref().map(|s| s.name.clone()),
         },
+        revocation_cutoff: revocation_cutoff(client, now).map(|c| RevocationCutoff {
+            requested: Time(c.requested),
+            effective: Time(c.effective),
+        }),
     }
 }
 

@@ -452,6 +452,34 @@ spec:
     .await
     .unwrap();
 
+    // Every audience of the squatter is another namespace's: its pods accept no token at all
+    // (the last good config, with its own audience, does not stay in force).
+    Api::<AuthPolicy>::namespaced(client.clone(), &evil.name)
+        .patch(
+            "squat",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"audiences": [orders.clone()]}})),
+        )
+        .await
+        .unwrap();
+    eventually("the squatter trusts nothing", || async {
+        let Ready { status, reason, .. } = policy_ready(&client, &evil.name, "squat").await?;
+        ensure!(
+            status == "False" && reason == "AudienceConflict",
+            "{reason}"
+        );
+        let config = sidecar_config(&client, &evil.name, "squat").await?;
+        ensure!(
+            config.verify.audiences.is_empty() && config.verify.issuers.is_empty(),
+            "audiences {:?}, issuers {}",
+            config.verify.audiences,
+            config.verify.issuers.len()
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
     // The squatter goes: nothing changes for shop, whose claim never depended on it.
     Api::<AuthPolicy>::namespaced(client.clone(), &evil.name)
         .patch(
@@ -466,6 +494,8 @@ spec:
             reason, message, ..
         } = policy_ready(&client, &evil.name, "squat").await?;
         ensure!(reason != "AudienceConflict", "{message}");
+        let config = sidecar_config(&client, &evil.name, "squat").await?;
+        ensure!(!config.verify.issuers.is_empty(), "trusts its issuer again");
         Ok(())
     })
     .await

@@ -268,6 +268,13 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         observation
             .problems
             .push(Problem::AudienceConflict(conflicts.to_vec()));
+        if config.verify.audiences.is_empty() {
+            // Every audience is another namespace's: the pods accept no token at all (an
+            // empty list would be refused as a mistake and leave the last good config, with
+            // audiences the spec no longer asks for, in force).
+            config.verify.issuers.clear();
+            config.revocation.feed = None;
+        }
     }
     // A policy with many rules and keys renders a large document: off the workers. It is
     // checked with the sidecar's own checks first: a document the sidecar would refuse is

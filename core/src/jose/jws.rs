@@ -1,17 +1,13 @@
 //! Compact JWS (RFC 7515 §7.1): exactly three non-empty base64url segments, a strict
 //! header, and a signature checked with a key chosen by `kid` among keys already trusted.
 
-use std::collections::HashMap;
-
 use super::b64;
 use super::json::{self, JsonError};
-use super::keys::{Alg, KeyEntry};
+use super::keys::Alg;
+pub use super::keys::KeyMap;
 
 /// Longest `kid` looked up; a longer one cannot name a key of ours.
 pub const MAX_KID_LEN: usize = 256;
-
-/// Keys of one issuer by `kid`.
-pub type KeyMap = HashMap<String, KeyEntry>;
 
 /// Why a JWS was refused. No variant carries input text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -145,19 +145,22 @@ impl std::fmt::Debug for KeyEntry {
     }
 }
 
+/// Keys of one issuer by `kid`.
+pub type KeyMap = std::collections::HashMap<String, KeyEntry>;
+
 /// Loads every usable key of a foreign JWKS document (an `external` issuer's `jwksUri`):
 /// keys that cannot be used (not a JWK, unknown type, no kid, an algorithm outside
 /// `allowed`) are left out, as RFC 7517 §5 asks, and returned with why.
 pub fn load_jwks(
     body: &[u8],
     allowed: &[Alg],
-) -> Result<(super::jws::KeyMap, Vec<KeyError>), serde_json::Error> {
+) -> Result<(KeyMap, Vec<KeyError>), serde_json::Error> {
     #[derive(serde::Deserialize)]
     struct RawJwks {
         keys: Vec<serde_json::Value>,
     }
     let raw: RawJwks = serde_json::from_slice(body)?;
-    let mut keys = super::jws::KeyMap::new();
+    let mut keys = KeyMap::new();
     let mut skipped = Vec::new();
     for value in raw.keys {
         let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {

@@ -2,8 +2,10 @@
 //! else: slow client-secret hashes and pending logins. Rendered on the admin port's
 //! `/metrics` next to the sidecar's own metrics; no label carries a client or a subject.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use scopegate_sidecar_kit::exposition::{self, Encoder};
 
 /// The issuer's counters.
 #[derive(Debug, Default)]
@@ -36,54 +38,52 @@ impl Counters {
         self.slow_hashes_running.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// The Prometheus text.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
+    /// Writes the counters to a `/metrics` scrape.
+    pub fn encode(&self, encoder: &mut Encoder<'_>) -> fmt::Result {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let metrics: [(&str, &str, &str, String); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 4] = [
             (
-                "client_secret_slow_hashes_total",
-                "counter",
+                "client_secret_slow_hashes",
                 "Slow (argon2) client-secret checks run, off the async workers.",
-                load(&self.slow_hashes).to_string(),
+                &self.slow_hashes,
             ),
+            (
+                "client_secret_slow_hashes_refused",
+                "Client authentications refused (429) before a slow check, the client's failure budget spent.",
+                &self.slow_hashes_refused,
+            ),
+            (
+                "client_secret_slow_hashes_busy",
+                "Client authentications answered 503 because every slow-check slot stayed busy.",
+                &self.slow_hashes_busy,
+            ),
+            (
+                "pending_logins_evicted",
+                "Pending logins evicted, oldest first, to keep within the per-client or overall bound.",
+                &self.pending_logins_evicted,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let name = format!("scopegate_issuer_{name}");
+            exposition::counter(encoder, &name, help, load(value))?;
+        }
+        let gauges: [(&str, &str, &AtomicI64); 2] = [
             (
                 "client_secret_slow_hashes_peak",
-                "gauge",
                 "Most slow client-secret checks that ran at once since start.",
-                self.slow_hashes_peak.load(Ordering::Relaxed).to_string(),
-            ),
-            (
-                "client_secret_slow_hashes_refused_total",
-                "counter",
-                "Client authentications refused (429) before a slow check, the client's failure budget spent.",
-                load(&self.slow_hashes_refused).to_string(),
-            ),
-            (
-                "client_secret_slow_hashes_busy_total",
-                "counter",
-                "Client authentications answered 503 because every slow-check slot stayed busy.",
-                load(&self.slow_hashes_busy).to_string(),
-            ),
-            (
-                "pending_logins_evicted_total",
-                "counter",
-                "Pending logins evicted, oldest first, to keep within the per-client or overall bound.",
-                load(&self.pending_logins_evicted).to_string(),
+                &self.slow_hashes_peak,
             ),
             (
                 "client_secret_slow_hashes_running",
-                "gauge",
                 "Slow client-secret checks running now.",
-                self.slow_hashes_running.load(Ordering::Relaxed).to_string(),
+                &self.slow_hashes_running,
             ),
         ];
-        for (name, kind, help, value) in metrics {
-            let _ = writeln!(out, "# HELP scopegate_issuer_{name} {help}");
-            let _ = writeln!(out, "# TYPE scopegate_issuer_{name} {kind}");
-            let _ = writeln!(out, "scopegate_issuer_{name} {value}");
+        for (name, help, value) in gauges {
+            let name = format!("scopegate_issuer_{name}");
+            exposition::gauge(encoder, &name, help, value.load(Ordering::Relaxed))?;
         }
-        out
+        Ok(())
     }
 }
 
@@ -100,7 +100,14 @@ mod tests {
         c.slow_hash_started();
         assert_eq!(c.slow_hashes_peak.load(Ordering::Relaxed), 2);
         assert_eq!(c.slow_hashes.load(Ordering::Relaxed), 3);
-        let text = c.render();
+        #[derive(Debug)]
+        struct Only(Counters);
+        impl exposition::MetricsCollector for Only {
+            fn encode(&self, mut encoder: Encoder<'_>) -> fmt::Result {
+                self.0.encode(&mut encoder)
+            }
+        }
+        let text = exposition::render([Box::new(Only(c)) as Box<dyn exposition::MetricsCollector>]);
         assert!(text.contains("scopegate_issuer_client_secret_slow_hashes_total 3"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert_eq!(line.split(' ').count(), 2, "{line}");

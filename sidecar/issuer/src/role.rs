@@ -1,6 +1,7 @@
 //! The issuer as the verifier sees it ([`scopegate_verifier::role`]): compiled with every
 //! config load, served on the verifier's listener ahead of the proxy.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use http::Request;
 use hyper::body::Incoming;
 use scopegate_core::config::{SidecarConfig, StoreConfig};
 use scopegate_sidecar_kit::budget::RateStore;
+use scopegate_sidecar_kit::exposition::{Encoder, MetricsCollector};
 use scopegate_verifier::metrics::Metrics;
 use scopegate_verifier::role::{CompiledRole, Role, RoleError, RoleResponse};
 use scopegate_verifier::settings::{CompileInput, SkippedKey};
@@ -48,6 +50,11 @@ impl Role for IssuerRole {
             runtime: self.runtime.clone(),
             settings: Arc::new(settings),
         }))
+    }
+
+    fn collector(&self) -> Option<Box<dyn MetricsCollector>> {
+        let issuer = self.runtime.clone()?;
+        Some(Box::new(IssuerMetrics(issuer)))
     }
 
     fn shared_budgets(&self) -> Option<Arc<dyn RateStore>> {
@@ -116,11 +123,24 @@ impl CompiledRole for Bound {
             issuer.upstreams.readiness(&self.settings.config, detail);
         }
     }
+}
 
-    fn render_metrics(&self, out: &mut String) {
-        if let Some(issuer) = &self.runtime {
-            out.push_str(&issuer.counters.render());
-            out.push_str(&issuer.upstreams.render_metrics(Some(&self.settings.config)));
-        }
+/// The issuer's metrics on a `/metrics` scrape: its defences' counters, and the upstream
+/// providers of the settings in force.
+struct IssuerMetrics(Arc<Issuer>);
+
+impl fmt::Debug for IssuerMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IssuerMetrics")
+    }
+}
+
+impl MetricsCollector for IssuerMetrics {
+    fn encode(&self, mut encoder: Encoder<'_>) -> fmt::Result {
+        let issuer = &self.0;
+        issuer.counters.encode(&mut encoder)?;
+        let settings = issuer.in_force.load();
+        let config = settings.as_ref().map(|s| &s.config);
+        issuer.upstreams.encode_metrics(config, &mut encoder)
     }
 }

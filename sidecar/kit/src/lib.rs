@@ -1,13 +1,14 @@
 //! What the sidecar's verifier ([`scopegate-verifier`]) and issuer ([`scopegate-issuer`]) both
 //! use, below both of them: the body type of every response the sidecar sends, the HTTPS
 //! client of key, feed and provider fetches, rate budgets with the store interface that
-//! shares them between replicas, the clock and the shutdown signal.
+//! shares them between replicas, the Prometheus exposition, the clock and the shutdown signal.
 //!
 //! [`scopegate-verifier`]: https://docs.rs/scopegate-verifier
 //! [`scopegate-issuer`]: https://docs.rs/scopegate-issuer
 
 pub mod body;
 pub mod budget;
+pub mod exposition;
 pub mod https;
 
 use tokio::sync::watch;

@@ -9,6 +9,8 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use scopegate_sidecar_kit::exposition::{self, MetricsCollector};
+
 use crate::state::Shared;
 
 /// Answers one admin request.
@@ -41,13 +43,14 @@ pub async fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<B
         }
         "/metrics" => {
             shared.refresh_gauges();
-            (StatusCode::OK, "text/plain; version=0.0.4", {
-                let mut text = shared.metrics.render();
-                if let Some(role) = &shared.settings.load().role {
-                    role.render_metrics(&mut text);
-                }
-                text
-            })
+            let mut collectors: Vec<Box<dyn MetricsCollector>> =
+                vec![Box::new(shared.metrics.clone())];
+            collectors.extend(shared.role.as_ref().and_then(|role| role.collector()));
+            (
+                StatusCode::OK,
+                exposition::CONTENT_TYPE,
+                exposition::render(collectors),
+            )
         }
         _ => (
             StatusCode::NOT_FOUND,

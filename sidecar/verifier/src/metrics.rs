@@ -2,10 +2,12 @@
 //! names and fixed result values only, never issuers, paths or subjects.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use scopegate_sidecar_kit::exposition::{self, Encoder, MetricsCollector as Collector};
 
 /// Outcomes of proxied requests (the `outcome` label).
 pub const OUTCOMES: [&str; 14] = [
@@ -205,217 +207,191 @@ impl Metrics {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: Encoder<'_>) -> fmt::Result {
+        self.encode_requests(&mut encoder)?;
+        self.encode_counters(&mut encoder)?;
+        self.encode_gauges(&mut encoder)
+    }
+}
+
+impl Metrics {
+    fn encode_requests(&self, encoder: &mut Encoder<'_>) -> fmt::Result {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP scopegate_sidecar_requests_total Requests by outcome."
-        );
-        let _ = writeln!(out, "# TYPE scopegate_sidecar_requests_total counter");
-        for (name, counter) in OUTCOMES.iter().zip(&self.requests) {
-            let _ = writeln!(
-                out,
-                "scopegate_sidecar_requests_total{{outcome=\"{name}\"}} {}",
-                load(counter)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP scopegate_decisions_total Decisions of the rules by rule, outcome and enforcement (enforced=\"false\": DryRun, the request was forwarded anyway)."
-        );
-        let _ = writeln!(out, "# TYPE scopegate_decisions_total counter");
-        {
-            let map = self
-                .decisions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            for (rule, decisions) in map.iter() {
-                let rule = escape_label(rule);
-                for (outcome, counts) in DECISIONS.iter().zip(&decisions.counts) {
-                    for (enforced, counter) in ["false", "true"].iter().zip(counts) {
-                        let n = load(counter);
-                        if n > 0 {
-                            let _ = writeln!(
-                                out,
-                                "scopegate_decisions_total{{rule=\"{rule}\",outcome=\"{outcome}\",enforced=\"{enforced}\"}} {n}"
-                            );
-                        }
+        let outcomes: Vec<[(&str, &str); 1]> = OUTCOMES.iter().map(|o| [("outcome", *o)]).collect();
+        exposition::counters(
+            encoder,
+            "scopegate_sidecar_requests",
+            "Requests by outcome.",
+            outcomes
+                .iter()
+                .zip(&self.requests)
+                .map(|(labels, counter)| (&labels[..], load(counter))),
+        )?;
+        self.encode_decisions(encoder)?;
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .zip(&self.validation_buckets)
+            .map(|(bound, counter)| (*bound, load(counter)))
+            .collect();
+        exposition::histogram(
+            encoder,
+            "scopegate_sidecar_token_validation_seconds",
+            "Full token validations (cache misses).",
+            load(&self.validation_nanos) as f64 / 1e9,
+            load(&self.validation_count),
+            &buckets,
+        )
+    }
+
+    /// `scopegate_decisions_total`: only the series that counted something.
+    fn encode_decisions(&self, encoder: &mut Encoder<'_>) -> fmt::Result {
+        let map = self
+            .decisions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut series = Vec::new();
+        for (rule, decisions) in map.iter() {
+            for (outcome, counts) in DECISIONS.iter().zip(&decisions.counts) {
+                for (enforced, counter) in ["false", "true"].iter().zip(counts) {
+                    let n = counter.load(Ordering::Relaxed);
+                    if n > 0 {
+                        let labels = [
+                            ("rule", rule.as_str()),
+                            ("outcome", *outcome),
+                            ("enforced", *enforced),
+                        ];
+                        series.push((labels, n));
                     }
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP scopegate_sidecar_token_validation_seconds Full token validations (cache misses)."
+        exposition::counters(
+            encoder,
+            "scopegate_decisions",
+            "Decisions of the rules by rule, outcome and enforcement (enforced=\"false\": DryRun, the request was forwarded anyway).",
+            series.iter().map(|(labels, n)| (&labels[..], *n)),
+        )
+    }
+
+    fn encode_counters(&self, encoder: &mut Encoder<'_>) -> fmt::Result {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let name = |n: &str| format!("scopegate_sidecar_{n}");
+        exposition::counter(
+            encoder,
+            &name("token_cache_hits"),
+            "Token cache hits.",
+            load(&self.cache_hits),
+        )?;
+        exposition::counter(
+            encoder,
+            &name("token_cache_misses"),
+            "Token cache misses.",
+            load(&self.cache_misses),
+        )?;
+        let (ok, error) = ([("result", "ok")], [("result", "error")]);
+        exposition::counters(
+            encoder,
+            &name("config_reloads"),
+            "Config reloads by result.",
+            [
+                (&ok[..], load(&self.reloads_ok)),
+                (&error[..], load(&self.reloads_failed)),
+            ],
+        )?;
+        exposition::counters(
+            encoder,
+            &name("jwks_fetches"),
+            "JWKS fetches of external issuers by result.",
+            [
+                (&ok[..], load(&self.jwks_fetch_ok)),
+                (&error[..], load(&self.jwks_fetch_failed)),
+            ],
+        )?;
+        exposition::counter(
+            encoder,
+            &name("revocation_feed_rollbacks"),
+            "Feed pages refused as older than one accepted before (a rollback) or issued too long ago (a replay).",
+            load(&self.feed_rollbacks),
+        )
+    }
+
+    fn encode_gauges(&self, encoder: &mut Encoder<'_>) -> fmt::Result {
+        let (hits, misses) = (
+            self.cache_hits.load(Ordering::Relaxed),
+            self.cache_misses.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# TYPE scopegate_sidecar_token_validation_seconds histogram"
-        );
-        let mut cumulative = 0;
-        for (bound, counter) in BUCKETS.iter().zip(&self.validation_buckets) {
-            cumulative += load(counter);
-            let _ = writeln!(
-                out,
-                "scopegate_sidecar_token_validation_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let count = load(&self.validation_count);
-        let _ = writeln!(
-            out,
-            "scopegate_sidecar_token_validation_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "scopegate_sidecar_token_validation_seconds_sum {}",
-            load(&self.validation_nanos) as f64 / 1e9
-        );
-        let _ = writeln!(
-            out,
-            "scopegate_sidecar_token_validation_seconds_count {count}"
-        );
-        let (hits, misses) = (load(&self.cache_hits), load(&self.cache_misses));
         let ratio = if hits + misses == 0 {
             0.0
         } else {
             hits as f64 / (hits + misses) as f64
         };
-        let counters: [(&str, &str, String); 4] = [
-            (
-                "token_cache_hits_total",
-                "Token cache hits.",
-                hits.to_string(),
-            ),
-            (
-                "token_cache_misses_total",
-                "Token cache misses.",
-                misses.to_string(),
-            ),
-            (
-                "config_reloads_total{result=\"ok\"}",
-                "Config reloads by result.",
-                load(&self.reloads_ok).to_string(),
-            ),
-            (
-                "config_reloads_total{result=\"error\"}",
-                "",
-                load(&self.reloads_failed).to_string(),
-            ),
-        ];
-        for (name, help, value) in counters {
-            write_metric(&mut out, name, help, "counter", &value);
-        }
-        let fetches: [(&str, &str, String); 2] = [
-            (
-                "jwks_fetches_total{result=\"ok\"}",
-                "JWKS fetches of external issuers by result.",
-                load(&self.jwks_fetch_ok).to_string(),
-            ),
-            (
-                "jwks_fetches_total{result=\"error\"}",
-                "",
-                load(&self.jwks_fetch_failed).to_string(),
-            ),
-        ];
-        for (name, help, value) in fetches {
-            write_metric(&mut out, name, help, "counter", &value);
-        }
-        write_metric(
-            &mut out,
-            "revocation_feed_rollbacks_total",
-            "Feed pages refused as older than one accepted before (a rollback) or issued too long ago (a replay).",
-            "counter",
-            &load(&self.feed_rollbacks).to_string(),
-        );
-        let gauges: [(&str, &str, String); 7] = [
-            (
-                "token_cache_hit_ratio",
-                "Hits over lookups since start.",
-                ratio.to_string(),
-            ),
+        exposition::gauge_f64(
+            encoder,
+            "scopegate_sidecar_token_cache_hit_ratio",
+            "Hits over lookups since start.",
+            ratio,
+        )?;
+        let gauges: [(&str, &str, &AtomicI64); 6] = [
             (
                 "config_generation",
                 "Policy generation of the config in force.",
-                self.config_generation.load(Ordering::Relaxed).to_string(),
+                &self.config_generation,
             ),
             (
                 "config_reload_failing",
                 "1 while the newest config file is refused and the last good one serves.",
-                self.config_reload_failing
-                    .load(Ordering::Relaxed)
-                    .to_string(),
+                &self.config_reload_failing,
             ),
             (
                 "key_set_age_seconds",
                 "Seconds since the oldest key set in force was loaded (fetched, or its config applied).",
-                self.key_set_age_secs.load(Ordering::Relaxed).to_string(),
+                &self.key_set_age_secs,
             ),
             (
                 "revocation_feed_staleness_seconds",
                 "Seconds since the last successful feed poll or, before one, since start (-1 without a feed).",
-                self.feed_staleness_secs.load(Ordering::Relaxed).to_string(),
+                &self.feed_staleness_secs,
             ),
             (
                 "revocation_entries",
                 "Revocation entries held from the feed.",
-                self.feed_entries.load(Ordering::Relaxed).to_string(),
+                &self.feed_entries,
             ),
             (
                 "keys_skipped",
                 "Keys the config in force leaves out because they do not load (the others serve).",
-                self.keys_skipped.load(Ordering::Relaxed).to_string(),
+                &self.keys_skipped,
             ),
         ];
         for (name, help, value) in gauges {
-            write_metric(&mut out, name, help, "gauge", &value);
+            let name = format!("scopegate_sidecar_{name}");
+            exposition::gauge(encoder, &name, help, value.load(Ordering::Relaxed))?;
         }
-        out
+        Ok(())
     }
-}
-
-/// A label value in the text format: backslash, double quote and line feed escaped (rule
-/// names come from the policy, which may hold any of them).
-fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn write_metric(out: &mut String, name: &str, help: &str, kind: &str, value: &str) {
-    let base = name.split('{').next().unwrap_or(name);
-    if !help.is_empty() {
-        let _ = writeln!(out, "# HELP scopegate_sidecar_{base} {help}");
-        let _ = writeln!(out, "# TYPE scopegate_sidecar_{base} {kind}");
-    }
-    let _ = writeln!(out, "scopegate_sidecar_{name} {value}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn render(m: &Arc<Metrics>) -> String {
+        exposition::render([Box::new(m.clone()) as Box<dyn Collector>])
+    }
+
     #[test]
     fn renders_counters_and_histogram() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         m.request("invalid_token");
         m.validation(Duration::from_micros(3));
         m.cache(true);
         m.cache(false);
-        let text = m.render();
+        let text = render(&m);
         assert!(text.contains("scopegate_sidecar_requests_total{outcome=\"invalid_token\"} 1"));
-        assert!(
-            text.contains("scopegate_sidecar_token_validation_seconds_bucket{le=\"0.000005\"} 1")
-        );
+        assert!(text.contains("scopegate_sidecar_token_validation_seconds_bucket{le=\"5e-06\"} 1"));
         assert!(text.contains("scopegate_sidecar_token_validation_seconds_count 1"));
         assert!(text.contains("scopegate_sidecar_token_cache_hit_ratio 0.5"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -425,7 +401,7 @@ mod tests {
 
     #[test]
     fn decisions_by_rule_outcome_and_enforcement() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         let labels = ["items".to_owned()];
         let slots = m.decision_counters(&labels);
         assert_eq!(slots.of(Some(0)).count("insufficient_scope", false), 1);
@@ -434,7 +410,7 @@ mod tests {
         // A reload with the same label keeps counting the same series.
         let again = m.decision_counters(&labels);
         assert_eq!(again.of(Some(0)).count("insufficient_scope", false), 3);
-        let text = m.render();
+        let text = render(&m);
         assert!(text.contains(
             "scopegate_decisions_total{rule=\"items\",outcome=\"insufficient_scope\",enforced=\"false\"} 3"
         ), "{text}");
@@ -449,12 +425,12 @@ mod tests {
 
     #[test]
     fn rule_labels_cannot_forge_lines_or_grow_without_bound() {
-        let m = Metrics::default();
+        let m = Arc::new(Metrics::default());
         let evil = "x\"} 1\nscopegate_forged 1\\".to_owned();
         m.decision_counters(std::slice::from_ref(&evil))
             .of(Some(0))
             .count("allowed", true);
-        let text = m.render();
+        let text = render(&m);
         assert!(
             !text.lines().any(|l| l.starts_with("scopegate_forged")),
             "{text}"
@@ -468,7 +444,7 @@ mod tests {
         for i in 0..many.len() {
             slots.of(Some(i)).count("allowed", true);
         }
-        let text = m.render();
+        let text = render(&m);
         // The evil label, the default action's (counting nothing) and 254 r-labels fill the
         // cap; the other 12 share one series.
         assert_eq!(

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use scopegate_core::config::SidecarConfig;
 use scopegate_sidecar_kit::body::ProxyBody;
 use scopegate_sidecar_kit::budget::RateStore;
+use scopegate_sidecar_kit::exposition::MetricsCollector;
 
 use crate::metrics::Metrics;
 use crate::settings::{CompileInput, SkippedKey};
@@ -37,6 +38,9 @@ pub trait Role: Send + Sync {
     /// The store that per-route rate limits share with other replicas (the issuer's Redis
     /// store); `None` keeps budgets in this process.
     fn shared_budgets(&self) -> Option<Arc<dyn RateStore>>;
+
+    /// The role's metrics, read on each scrape of `/metrics`; `None` when it runs nothing.
+    fn collector(&self) -> Option<Box<dyn MetricsCollector>>;
 }
 
 /// The role compiled from one config load, served while that config is in force.
@@ -64,7 +68,4 @@ pub trait CompiledRole: Send + Sync {
 
     /// Appends the role's lines to the `/readyz` detail (never a readiness condition).
     fn readiness(&self, detail: &mut String);
-
-    /// Appends the role's metrics to the `/metrics` text.
-    fn render_metrics(&self, out: &mut String);
 }

@@ -14,7 +14,7 @@ pub mod github;
 pub mod id_token;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use serde::Deserialize;
 use tokio::task::JoinHandle;
 
 use scopegate_core::jose::keys::Alg;
+use scopegate_sidecar_kit::exposition::{self, Encoder};
 use scopegate_sidecar_kit::unix_now;
 use scopegate_verifier::metrics::Metrics;
 use scopegate_verifier::remote_keys::{self, RemoteKeySet, RemoteSpec};
@@ -500,46 +501,54 @@ impl Registry {
         }
     }
 
-    /// The Prometheus text of the login counters and provider health. The upstream label is
-    /// one of at most eight configured names; the outcome label one of [`OUTCOMES`].
-    pub fn render_metrics(&self, issuer: Option<&IssuerConfig>) -> String {
-        let mut out = String::new();
+    /// Writes the login counters and provider health to a `/metrics` scrape. The upstream
+    /// label is one of at most eight configured names; the outcome label one of [`OUTCOMES`].
+    pub fn encode_metrics(
+        &self,
+        issuer: Option<&IssuerConfig>,
+        encoder: &mut Encoder<'_>,
+    ) -> fmt::Result {
         let Some(issuer) = issuer.filter(|i| !i.upstreams.is_empty()) else {
-            return out;
+            return Ok(());
         };
-        let _ = writeln!(
-            out,
-            "# HELP scopegate_upstream_logins_total Upstream logins by provider and outcome."
-        );
-        let _ = writeln!(out, "# TYPE scopegate_upstream_logins_total counter");
-        let logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
-        for ((upstream, outcome), count) in logins.iter() {
-            let _ = writeln!(
-                out,
-                "scopegate_upstream_logins_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
-            );
-        }
+        let counts = self.logins.lock().unwrap_or_else(|p| p.into_inner());
+        let logins: Vec<([(&str, &str); 2], u64)> = counts
+            .iter()
+            .map(|((upstream, outcome), count)| {
+                (
+                    [("upstream", upstream.as_str()), ("outcome", *outcome)],
+                    *count,
+                )
+            })
+            .collect();
+        exposition::counters(
+            encoder,
+            "scopegate_upstream_logins",
+            "Upstream logins by provider and outcome.",
+            logins.iter().map(|(labels, n)| (&labels[..], *n)),
+        )?;
         drop(logins);
-        let _ = writeln!(
-            out,
-            "# HELP scopegate_upstream_up 1 when the provider's discovery and keys are loaded."
-        );
-        let _ = writeln!(out, "# TYPE scopegate_upstream_up gauge");
-        for upstream in &issuer.upstreams {
-            let up = match upstream.kind {
-                UpstreamKind::Github(_) => self.github_client(&upstream.name).is_some(),
-                UpstreamKind::Oidc(_) => self.provider(&upstream.name).is_some_and(|p| {
-                    p.discovery().is_some() && p.keys().is_some_and(|k| k.health(unix_now()).loaded)
-                }),
-            };
-            let _ = writeln!(
-                out,
-                "scopegate_upstream_up{{upstream=\"{}\"}} {}",
-                upstream.name,
-                u8::from(up)
-            );
-        }
-        out
+        drop(counts);
+        let up: Vec<([(&str, &str); 1], i64)> = issuer
+            .upstreams
+            .iter()
+            .map(|upstream| {
+                let up = match upstream.kind {
+                    UpstreamKind::Github(_) => self.github_client(&upstream.name).is_some(),
+                    UpstreamKind::Oidc(_) => self.provider(&upstream.name).is_some_and(|p| {
+                        p.discovery().is_some()
+                            && p.keys().is_some_and(|k| k.health(unix_now()).loaded)
+                    }),
+                };
+                ([("upstream", upstream.name.as_str())], i64::from(up))
+            })
+            .collect();
+        exposition::gauges(
+            encoder,
+            "scopegate_upstream_up",
+            "1 when the provider's discovery and keys are loaded.",
+            up.iter().map(|(labels, v)| (&labels[..], *v)),
+        )
     }
 }
 

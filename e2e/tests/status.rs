@@ -564,3 +564,130 @@ async fn a_newer_policy_over_anothers_pods_gets_a_conflict_and_blocks_no_pod() {
     );
     ns.delete().await.unwrap();
 }
+
+/// A cluster's own admission policy (here a ValidatingAdmissionPolicy, as Kyverno or
+/// Gatekeeper would be) refuses a write the operator makes: the policy says so in its status
+/// and in a Warning event, not only in the operator's log, and recovers once allowed.
+#[tokio::test]
+async fn a_write_the_api_server_refuses_becomes_a_condition_and_an_event() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let (client, ns) = setup("refusedwrite").await;
+    let n = ns.name.as_str();
+    let name = format!("e2e-refuse-{n}");
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE", "UPDATE"], "resources": ["configmaps"]
+            }]},
+            "validations": [{
+                "expression": "object.metadata.name != 'orders-sidecar'",
+                "message": "site policy: sidecar configs need a change ticket",
+                "reason": "Invalid"
+            }]
+        }
+    }))
+    .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": n}
+            }}
+        }
+    }))
+    .unwrap();
+    let policies = Api::<ValidatingAdmissionPolicy>::all(client.clone());
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    // The API server compiles and starts enforcing the policy shortly after it is created.
+    let configs = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), n);
+    eventually("the admission policy in force", || async {
+        let probe: k8s_openapi::api::core::v1::ConfigMap =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "orders-sidecar"}}))?;
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        ensure!(
+            configs.create(&dry_run, &probe).await.is_err(),
+            "not yet enforced"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    apply_yaml::<AuthPolicy>(&client, n, &issuer(n, "auth").yaml())
+        .await
+        .unwrap();
+    let orders = verifier("orders", n, "{matchLabels: {app: orders}}", "");
+    apply_yaml::<AuthPolicy>(&client, n, &orders).await.unwrap();
+    let object = wait_for::<AuthPolicy>(&client, n, "orders", "False", "WriteRefused")
+        .await
+        .unwrap();
+    let (_, _, message) = ready_of(&object).unwrap();
+    assert!(
+        message.contains("orders-sidecar") && message.contains("need a change ticket"),
+        "{message}"
+    );
+    eventually("a Warning event", || async {
+        let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), n)
+            .list(&Default::default())
+            .await?;
+        ensure!(
+            events
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("WriteRefused")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("orders")),
+            "no WriteRefused Warning about orders"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // Allowed again (and touched, as any next edit would): Ready.
+    bindings.delete(&name, &Default::default()).await.unwrap();
+    policies.delete(&name, &Default::default()).await.unwrap();
+    eventually("the admission policy gone", || async {
+        let probe: k8s_openapi::api::core::v1::ConfigMap =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "orders-sidecar"}}))?;
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        configs.create(&dry_run, &probe).await?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let touched = orders.replace(
+        "metadata: {name: orders}",
+        "metadata: {name: orders, labels: {touched: \"1\"}}",
+    );
+    assert_ne!(touched, orders);
+    apply_yaml::<AuthPolicy>(&client, n, &touched)
+        .await
+        .unwrap();
+    create_pod(&client, n, "orders-0", "orders").await.unwrap();
+    wait_for::<AuthPolicy>(&client, n, "orders", "True", "Rendered")
+        .await
+        .unwrap();
+    ns.delete().await.unwrap();
+}

@@ -55,13 +55,13 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The config is unreadable or invalid (exit 64).
-    #[error("invalid config: {}", .0.describe())]
+    #[error("invalid config")]
     Config(#[source] LoadError),
     /// The TLS listener could not be set up from the mounted files (exit 64).
-    #[error("invalid TLS setup: {0}")]
+    #[error("invalid TLS setup")]
     Tls(#[source] ServerTlsError),
     /// The issuer role's store is misconfigured (exit 64).
-    #[error("invalid issuer setup: {0}")]
+    #[error("invalid issuer setup")]
     Issuer(#[source] IssuerStartError),
     /// The mint socket could not be bound.
     #[error("cannot bind the mint socket {path}")]
@@ -84,6 +84,15 @@ pub enum StartError {
 }
 
 impl StartError {
+    /// The error and its causes on one line, for the exit message.
+    pub fn describe(&self) -> String {
+        match self {
+            // The config's causes only as far as they are safe to show (no file content).
+            StartError::Config(err) => format!("{self}: {}", err.describe()),
+            other => scopegate_sidecar_kit::error_chain(other),
+        }
+    }
+
     /// Whether the operator's input is at fault (EX_USAGE-like exit 64) rather than the
     /// environment.
     pub fn is_config(&self) -> bool {

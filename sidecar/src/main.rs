@@ -126,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let running = match start(options).await {
         Ok(running) => running,
         Err(err) if err.is_config() => {
-            eprintln!("scopegate-sidecar: {err}");
+            eprintln!("scopegate-sidecar: {}", err.describe());
             std::process::exit(EXIT_CONFIG);
         }
         Err(err) => return Err(err).context("scopegate-sidecar failed to start"),

@@ -26,7 +26,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum PortLockError {
     /// The netlink socket could not be opened or used.
-    #[error("nf_tables netlink socket: {0}")]
+    #[error("nf_tables netlink socket")]
     Socket(#[from] std::io::Error),
     /// The kernel refused a message of the batch (e.g. EPERM without CAP_NET_ADMIN).
     #[error("the kernel refused the port-lock rules: {0}")]

@@ -108,7 +108,7 @@ impl Default for IssuerTuning {
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
     /// The signing-keys document is missing or unusable.
-    #[error("issuer signing keys: {0}")]
+    #[error("issuer signing keys")]
     Keys(#[from] SigningKeyError),
     /// The signing-keys document could not be read.
     #[error("issuer signing keys: the document named by signingKeysPath is unreadable")]
@@ -232,7 +232,7 @@ impl IssuerSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerStartError {
     /// The Redis store is misconfigured.
-    #[error("issuer store: {0}")]
+    #[error("issuer store")]
     Redis(#[from] RedisSetupError),
 }
 

@@ -3,7 +3,7 @@
 //! with a refusal.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,13 +19,14 @@ use hyper_util::rt::TokioIo;
 use scopegate_core::config::UpstreamProtocol;
 use scopegate_core::decision::{self, Step};
 use scopegate_core::path::RequestPath;
-use scopegate_core::policy::Requirement;
+use scopegate_core::policy::{Requirement, Route};
 
 use crate::answer::{Refusal, answer};
 use crate::cache;
 use crate::client_addr::client_ip;
 use crate::headers::{self, X_FORWARDED_FOR};
 use crate::jose::jws::JwsError;
+use crate::metrics::Decisions;
 use crate::rate_limit::RequestLimits;
 use crate::revocation;
 use crate::settings::{IssuerSource, Settings};
@@ -62,12 +63,7 @@ pub async fn handle(
     if let Some(role) = settings.role.as_ref()
         && role.serves(path.forward())
     {
-        let forwarded = req
-            .headers()
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        let client_ip = client_ip(conn.peer.ip(), forwarded, settings.trusted_proxies.as_ref());
+        let client_ip = request_client_ip(conn, &req, &settings);
         let mut response = role.clone().handle(client_ip, path.forward(), req).await;
         headers::secure_response(response.headers_mut(), &settings.headers, false);
         return response;
@@ -83,14 +79,7 @@ pub async fn handle(
         &method,
         path.route(),
         shared.clock.now(),
-        || {
-            let forwarded = req
-                .headers()
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok());
-            client_ip(conn.peer.ip(), forwarded, settings.trusted_proxies.as_ref())
-        },
+        || request_client_ip(conn, &req, &settings),
         shared.shared_limits(),
     );
     if let Err(secs) = limits.check_address().await {
@@ -105,41 +94,24 @@ pub async fn handle(
             .metrics
             .decision_counters(&settings.policy.rule_labels())
     });
-    // A rule in DryRun is counted and logged, and the enforced rules decide as if it did not
-    // exist: trying a stricter rule never opens, nor closes, what the policy enforced before.
-    let mut dry_run = false;
-    let (route, outcome, token_seen) = if route.enforced {
-        (route, outcome, identity.is_some())
-    } else {
-        let decisions = counters.of(route.rule_index);
-        match &outcome {
-            Ok(()) if identity.is_some() => decisions.count("allowed", false),
-            Ok(()) => decisions.count("public", false),
-            Err(refusal) => {
-                dry_run = true;
-                let count = decisions.count(refusal.outcome(), false);
-                if decisions.may_log(refusal.outcome(), unix_now()) {
-                    tracing::info!(
-                        rule = %route.label(),
-                        outcome = refusal.outcome(),
-                        method = %method,
-                        client_id = identity.as_ref().and_then(|t| t.client_id.as_deref()).unwrap_or("-"),
-                        count,
-                        "DryRun: a request the rule would refuse"
-                    );
-                }
-                count
-            }
-        };
-        match settings.policy.enforced_route(&method, path.route()) {
-            Some(enforced) if enforced.rule_index != route.rule_index => {
-                let verdict = authorize(&shared, &settings, enforced.requirement, &req).await;
-                (enforced, verdict.outcome, verdict.identity.is_some())
-            }
-            // Nothing enforced decides (or the rule is public, refusing nothing): forwarded,
-            // counted once above.
-            _ => (route, Ok(()), false),
+    let Decided {
+        route,
+        outcome,
+        token_seen,
+        dry_run,
+    } = if route.enforced {
+        Decided {
+            token_seen: identity.is_some(),
+            route,
+            outcome,
+            dry_run: false,
         }
+    } else {
+        let (path, seen) = (path.route(), identity.as_deref());
+        dry_run_decision(
+            &shared, &settings, counters, &req, &method, path, route, seen, outcome,
+        )
+        .await
     };
     let decisions = counters.of(route.rule_index);
     match outcome {
@@ -208,6 +180,80 @@ pub async fn handle(
     }
     headers::secure_response(response.headers_mut(), &settings.headers, no_store);
     response
+}
+
+/// The client address of a request, as `trustedProxies` defines it.
+fn request_client_ip(conn: Connection, req: &Request<Incoming>, settings: &Settings) -> IpAddr {
+    let forwarded = req
+        .headers()
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    client_ip(conn.peer.ip(), forwarded, settings.trusted_proxies.as_ref())
+}
+
+/// What decides a request after DryRun rules had their say.
+struct Decided<'a> {
+    /// The rule (or default action) that decides.
+    route: Route<'a>,
+    /// Its verdict.
+    outcome: Result<(), Refusal>,
+    /// Whether the deciding verdict saw a valid token.
+    token_seen: bool,
+    /// Whether a DryRun rule would have refused the request.
+    dry_run: bool,
+}
+
+/// A rule in DryRun is counted and logged, and the enforced rules decide as if it did not
+/// exist: trying a stricter rule never opens, nor closes, what the policy enforced before.
+#[allow(clippy::too_many_arguments)]
+async fn dry_run_decision<'a>(
+    shared: &Shared,
+    settings: &'a Settings,
+    counters: &Decisions,
+    req: &Request<Incoming>,
+    method: &str,
+    path: &str,
+    route: Route<'a>,
+    identity: Option<&VerifiedToken>,
+    outcome: Result<(), Refusal>,
+) -> Decided<'a> {
+    let decisions = counters.of(route.rule_index);
+    let mut dry_run = false;
+    match &outcome {
+        Ok(()) if identity.is_some() => decisions.count("allowed", false),
+        Ok(()) => decisions.count("public", false),
+        Err(refusal) => {
+            dry_run = true;
+            let count = decisions.count(refusal.outcome(), false);
+            if decisions.may_log(refusal.outcome(), unix_now()) {
+                tracing::info!(
+                    rule = %route.label(),
+                    outcome = refusal.outcome(),
+                    method = %method,
+                    client_id = identity.and_then(|t| t.client_id.as_deref()).unwrap_or("-"),
+                    count,
+                    "DryRun: a request the rule would refuse"
+                );
+            }
+            count
+        }
+    };
+    let (route, outcome, token_seen) = match settings.policy.enforced_route(method, path) {
+        Some(enforced) if enforced.rule_index != route.rule_index => {
+            let verdict = authorize(shared, settings, enforced.requirement, req).await;
+            (enforced, verdict.outcome, verdict.identity.is_some())
+        }
+        // Nothing enforced decides (or the rule is public, refusing nothing): forwarded,
+        // counted once above.
+        _ => (route, Ok(()), false),
+    };
+    Decided {
+        route,
+        outcome,
+        token_seen,
+        dry_run,
+    }
 }
 
 /// What the credentials of a request come to.

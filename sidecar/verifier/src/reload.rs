@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use tokio::sync::watch;
 
-use scopegate_sidecar_kit::stopped;
+use scopegate_sidecar_kit::{error_chain, stopped};
 
 use crate::role::Role;
 use crate::settings::{self, CompileInput, Settings, SettingsError};
@@ -30,7 +30,7 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// The document was refused.
-    #[error("{0}")]
+    #[error(transparent)]
     Settings(#[from] SettingsError),
 }
 
@@ -49,7 +49,7 @@ impl LoadError {
                 err.column(),
                 err.classify()
             ),
-            LoadError::Settings(err) => err.to_string(),
+            LoadError::Settings(err) => error_chain(err),
         }
     }
 }

@@ -11,10 +11,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use scopegate_core::check::{self, CheckError};
-use scopegate_core::config::{ConfigError, Hsts, KeySource, SidecarConfig, UpstreamProtocol};
+use scopegate_core::config::{
+    ConfigError, Hsts, KeySource, SidecarConfig, TrustedIssuer, UpstreamProtocol,
+};
 use scopegate_core::keys::SigningKeys;
 use scopegate_core::path::Pattern;
 use scopegate_core::policy::Policy;
+
+use scopegate_sidecar_kit::error_chain;
 
 use crate::client_addr::TrustedProxies;
 use crate::jose::b64;
@@ -33,13 +37,13 @@ pub use scopegate_core::config::MAX_LEEWAY_SECS;
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     /// Not a document of the expected shape or version.
-    #[error("{0}")]
+    #[error(transparent)]
     Document(#[from] ConfigError),
     /// Refused by the checks the operator runs too ([`scopegate_core::check`]).
-    #[error("{0}")]
+    #[error(transparent)]
     Check(#[from] CheckError),
     /// A key could not be loaded.
-    #[error("issuer {issuer:?}: {source}")]
+    #[error("issuer {issuer:?}")]
     Key {
         /// The issuer.
         issuer: String,
@@ -204,84 +208,15 @@ pub fn compile(
     let mut recompile_at: Option<i64> = None;
     let mut skipped_keys = Vec::new();
     for trusted in &verify.issuers {
-        let name = trusted.issuer.clone();
-        let key_error = |source| SettingsError::Key {
-            issuer: name.clone(),
-            source,
-        };
-        let source = match &trusted.keys {
-            KeySource::Static { jwks } => {
-                let entries = jwks.keys.iter().map(|jwk| {
-                    let kid = jwk.kid.clone().unwrap_or_default();
-                    (kid, KeyEntry::from_jwk(jwk, None).map_err(key_error))
-                });
-                IssuerSource::Fixed(IssuerKeys {
-                    keys: Arc::new(keep_loaded(&name, entries, &mut skipped_keys)?),
-                    allow_jwt_typ: false,
-                })
-            }
-            KeySource::OwnSigningKeys => {
-                let own_error = || SettingsError::OwnKeys(name.clone());
-                let text = input
-                    .signing_keys_text
-                    .filter(|_| config.issuer.is_some())
-                    .ok_or_else(own_error)?;
-                let doc: SigningKeys = serde_json::from_str(text).map_err(|_| own_error())?;
-                let live: Vec<_> = doc
-                    .keys
-                    .iter()
-                    .filter(|k| input.now < k.removed_after)
-                    .collect();
-                for managed in &live {
-                    recompile_at = Some(
-                        recompile_at
-                            .map_or(managed.removed_after, |t| t.min(managed.removed_after)),
-                    );
-                }
-                let entries = live.into_iter().map(|managed| {
-                    let entry = if managed.alg == "HS256" {
-                        b64::decode_standard(managed.private_key.as_bytes())
-                            .map_err(|_| own_error())
-                            .and_then(|secret| {
-                                KeyEntry::hs256(&managed.kid, &secret).map_err(key_error)
-                            })
-                    } else {
-                        managed
-                            .public_jwk
-                            .as_ref()
-                            .ok_or_else(own_error)
-                            .and_then(|jwk| KeyEntry::from_jwk(jwk, None).map_err(key_error))
-                    };
-                    (managed.kid.clone(), entry)
-                });
-                IssuerSource::Fixed(IssuerKeys {
-                    keys: Arc::new(keep_loaded(&name, entries, &mut skipped_keys)?),
-                    allow_jwt_typ: false,
-                })
-            }
-            KeySource::Remote {
-                jwks_uri,
-                algorithms,
-                refresh_interval_secs,
-                allow_jwt_typ,
-                ca_bundle_pem,
-            } => {
-                let algs = check::remote_algorithms(jwks_uri, algorithms, *refresh_interval_secs)
-                    .ok_or_else(|| CheckError::Remote(name.clone()))?;
-                IssuerSource::Remote {
-                    set: remote(RemoteSpec {
-                        jwks_uri: jwks_uri.clone(),
-                        algorithms: algs,
-                        refresh: Duration::from_secs(*refresh_interval_secs),
-                        // Its own bundle only: the operator's CA certifies in-cluster
-                        // Services, never an outside issuer.
-                        ca_bundle_pem: ca_bundle_pem.clone(),
-                    }),
-                    allow_jwt_typ: *allow_jwt_typ,
-                }
-            }
-        };
-        issuers.insert(name, source);
+        let source = issuer_source(
+            trusted,
+            input,
+            config.issuer.is_some(),
+            remote,
+            &mut recompile_at,
+            &mut skipped_keys,
+        )?;
+        issuers.insert(trusted.issuer.clone(), source);
     }
     let rate_limits = config
         .rate_limits
@@ -326,6 +261,107 @@ pub fn compile(
     })
 }
 
+/// Where one trusted issuer's keys come from, loaded: a key that does not load is recorded in
+/// `skipped_keys`; `recompile_at` learns when a key of the signing-keys document leaves.
+fn issuer_source(
+    trusted: &TrustedIssuer,
+    input: &CompileInput<'_>,
+    has_role: bool,
+    remote: &mut dyn FnMut(RemoteSpec) -> Arc<RemoteKeySet>,
+    recompile_at: &mut Option<i64>,
+    skipped_keys: &mut Vec<SkippedKey>,
+) -> Result<IssuerSource, SettingsError> {
+    let name = trusted.issuer.clone();
+    let key_error = |source| SettingsError::Key {
+        issuer: name.clone(),
+        source,
+    };
+    Ok(match &trusted.keys {
+        KeySource::Static { jwks } => {
+            let entries = jwks.keys.iter().map(|jwk| {
+                let kid = jwk.kid.clone().unwrap_or_default();
+                (kid, KeyEntry::from_jwk(jwk, None).map_err(key_error))
+            });
+            IssuerSource::Fixed(IssuerKeys {
+                keys: Arc::new(keep_loaded(&name, entries, skipped_keys)?),
+                allow_jwt_typ: false,
+            })
+        }
+        KeySource::OwnSigningKeys => {
+            own_signing_keys(&name, input, has_role, recompile_at, skipped_keys)?
+        }
+        KeySource::Remote {
+            jwks_uri,
+            algorithms,
+            refresh_interval_secs,
+            allow_jwt_typ,
+            ca_bundle_pem,
+        } => {
+            let algs = check::remote_algorithms(jwks_uri, algorithms, *refresh_interval_secs)
+                .ok_or_else(|| CheckError::Remote(name.clone()))?;
+            IssuerSource::Remote {
+                set: remote(RemoteSpec {
+                    jwks_uri: jwks_uri.clone(),
+                    algorithms: algs,
+                    refresh: Duration::from_secs(*refresh_interval_secs),
+                    // Its own bundle only: the operator's CA certifies in-cluster
+                    // Services, never an outside issuer.
+                    ca_bundle_pem: ca_bundle_pem.clone(),
+                }),
+                allow_jwt_typ: *allow_jwt_typ,
+            }
+        }
+    })
+}
+
+/// The keys of `ownSigningKeys`: the live keys of the signing-keys document (the issuer role's
+/// own), public halves and HS256 secrets.
+fn own_signing_keys(
+    name: &str,
+    input: &CompileInput<'_>,
+    has_role: bool,
+    recompile_at: &mut Option<i64>,
+    skipped_keys: &mut Vec<SkippedKey>,
+) -> Result<IssuerSource, SettingsError> {
+    let key_error = |source| SettingsError::Key {
+        issuer: name.to_owned(),
+        source,
+    };
+    let own_error = || SettingsError::OwnKeys(name.to_owned());
+    let text = input
+        .signing_keys_text
+        .filter(|_| has_role)
+        .ok_or_else(own_error)?;
+    let doc: SigningKeys = serde_json::from_str(text).map_err(|_| own_error())?;
+    let live: Vec<_> = doc
+        .keys
+        .iter()
+        .filter(|k| input.now < k.removed_after)
+        .collect();
+    for managed in &live {
+        *recompile_at =
+            Some(recompile_at.map_or(managed.removed_after, |t| t.min(managed.removed_after)));
+    }
+    let entries = live.into_iter().map(|managed| {
+        let entry = if managed.alg == "HS256" {
+            b64::decode_standard(managed.private_key.as_bytes())
+                .map_err(|_| own_error())
+                .and_then(|secret| KeyEntry::hs256(&managed.kid, &secret).map_err(key_error))
+        } else {
+            managed
+                .public_jwk
+                .as_ref()
+                .ok_or_else(own_error)
+                .and_then(|jwk| KeyEntry::from_jwk(jwk, None).map_err(key_error))
+        };
+        (managed.kid.clone(), entry)
+    });
+    Ok(IssuerSource::Fixed(IssuerKeys {
+        keys: Arc::new(keep_loaded(name, entries, skipped_keys)?),
+        allow_jwt_typ: false,
+    }))
+}
+
 /// The keys of one issuer that load; the others are recorded in `skipped`. When keys were
 /// listed and none loads, the config is refused with the first key's error (the last good
 /// config keeps serving): a bad key costs only itself, a bad key set is not taken for none.
@@ -345,7 +381,7 @@ fn keep_loaded(
                 skipped.push(SkippedKey {
                     issuer: issuer.to_owned(),
                     kid,
-                    reason: err.to_string(),
+                    reason: error_chain(&err),
                 });
                 first_error.get_or_insert(err);
             }

@@ -310,78 +310,14 @@ impl Shared {
                 key.issuer, key.kid, key.reason
             );
         }
-        let mut issuers: Vec<(&String, &IssuerSource)> = settings.issuers.iter().collect();
-        issuers.sort_by_key(|(name, _)| *name);
-        for (name, source) in issuers {
-            match source {
-                IssuerSource::Fixed(keys) => {
-                    let _ = writeln!(detail, "keys {name}: {} configured", keys.keys.len());
-                }
-                IssuerSource::Remote { set, .. } => {
-                    let health = set.health(now);
-                    if !health.loaded {
-                        ready = false;
-                        let _ = writeln!(
-                            detail,
-                            "keys {name}: no key set fetched yet (last error: {})",
-                            health.last_error.unwrap_or("none")
-                        );
-                    } else {
-                        let _ = writeln!(
-                            detail,
-                            "keys {name}: {} keys, fetched {}s ago{}",
-                            set.keys().len(),
-                            health.age_secs,
-                            health
-                                .last_error
-                                .map(|e| format!(
-                                    ", last fetch failed ({e}), keeping the last good set"
-                                ))
-                                .unwrap_or_default()
-                        );
-                    }
-                }
-            }
-        }
+        ready &= keys_readiness(&settings, now, &mut detail);
         if let Some(role) = &settings.role {
             // Upstream providers are reported, never made a readiness condition:
             // client_credentials and the other providers work through an IdP outage.
             role.readiness(&mut detail);
         }
         if let Some(feed) = self.feed.load_full() {
-            let stale = feed.is_stale(now);
-            let age = feed
-                .staleness(now)
-                .map_or("never polled successfully".to_owned(), |s| {
-                    format!("last success {s}s ago")
-                });
-            let mode = if feed.config.fail_closed {
-                "fail-closed"
-            } else {
-                "fail-open"
-            };
-            let state = if stale { "STALE" } else { "fresh" };
-            let error = feed
-                .last_error()
-                .map(|e| format!(", last poll failed ({e})"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                detail,
-                "revocation feed: {state} ({age}, bound {}s, {mode}){error}",
-                feed.config.staleness_bound_secs
-            );
-            if let Some(rollback) = feed.last_rollback() {
-                let _ = writeln!(
-                    detail,
-                    "revocation feed: ROLLBACK: {} page(s) older than one accepted before or issued too long ago, the last {}s ago ({}); what is known stays in force (a rolled-back log's new entries are added)",
-                    feed.rollbacks.load(Ordering::Relaxed),
-                    now - rollback.at,
-                    rollback.error
-                );
-            }
-            if stale && feed.config.fail_closed {
-                ready = false;
-            }
+            ready &= feed_readiness(&feed, now, &mut detail);
         }
         (ready, detail)
     }
@@ -420,4 +356,79 @@ fn note_skipped_keys(settings: &Settings, metrics: &Metrics) {
         i64::try_from(settings.skipped_keys.len()).unwrap_or(i64::MAX),
         Ordering::Relaxed,
     );
+}
+
+/// The `/readyz` lines of the trusted issuers' keys; false while a remote key set was never
+/// fetched.
+fn keys_readiness(settings: &Settings, now: i64, detail: &mut String) -> bool {
+    let mut ready = true;
+    let mut issuers: Vec<(&String, &IssuerSource)> = settings.issuers.iter().collect();
+    issuers.sort_by_key(|(name, _)| *name);
+    for (name, source) in issuers {
+        match source {
+            IssuerSource::Fixed(keys) => {
+                let _ = writeln!(detail, "keys {name}: {} configured", keys.keys.len());
+            }
+            IssuerSource::Remote { set, .. } => {
+                let health = set.health(now);
+                if !health.loaded {
+                    ready = false;
+                    let _ = writeln!(
+                        detail,
+                        "keys {name}: no key set fetched yet (last error: {})",
+                        health.last_error.unwrap_or("none")
+                    );
+                } else {
+                    let _ = writeln!(
+                        detail,
+                        "keys {name}: {} keys, fetched {}s ago{}",
+                        set.keys().len(),
+                        health.age_secs,
+                        health
+                            .last_error
+                            .map(|e| format!(
+                                ", last fetch failed ({e}), keeping the last good set"
+                            ))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    ready
+}
+
+/// The `/readyz` lines of the revocation feed; false while a fail-closed feed is stale.
+fn feed_readiness(feed: &FeedState, now: i64, detail: &mut String) -> bool {
+    let stale = feed.is_stale(now);
+    let age = feed
+        .staleness(now)
+        .map_or("never polled successfully".to_owned(), |s| {
+            format!("last success {s}s ago")
+        });
+    let mode = if feed.config.fail_closed {
+        "fail-closed"
+    } else {
+        "fail-open"
+    };
+    let state = if stale { "STALE" } else { "fresh" };
+    let error = feed
+        .last_error()
+        .map(|e| format!(", last poll failed ({e})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        detail,
+        "revocation feed: {state} ({age}, bound {}s, {mode}){error}",
+        feed.config.staleness_bound_secs
+    );
+    if let Some(rollback) = feed.last_rollback() {
+        let _ = writeln!(
+            detail,
+            "revocation feed: ROLLBACK: {} page(s) older than one accepted before or issued too long ago, the last {}s ago ({}); what is known stays in force (a rolled-back log's new entries are added)",
+            feed.rollbacks.load(Ordering::Relaxed),
+            now - rollback.at,
+            rollback.error
+        );
+    }
+    !(stale && feed.config.fail_closed)
 }

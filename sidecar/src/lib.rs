@@ -21,7 +21,7 @@ use scopegate_verifier::app_probes::AppProbes;
 use scopegate_verifier::reload::{self, LoadError};
 use scopegate_verifier::role::Role;
 use scopegate_verifier::settings::Settings;
-use scopegate_verifier::state::Shared;
+use scopegate_verifier::state::{ConnectionTuning, Shared};
 use scopegate_verifier::tls::{self, ServerTlsError};
 use scopegate_verifier::{remote_keys, server};
 use tokio::net::TcpListener;
@@ -48,7 +48,7 @@ pub struct Options {
     /// The app's probes to replay on the admin port.
     pub app_probes: AppProbes,
     /// Idle timeouts of client connections and request bodies.
-    pub connection: server::ConnectionTuning,
+    pub connection: ConnectionTuning,
 }
 
 /// Why a sidecar did not start.

@@ -440,7 +440,7 @@ async fn slow_bodies_idle_connections_and_foreign_upgrades_are_cut_off() {
         .as_array_mut()
         .unwrap()
         .push(json!({"name": "switch", "paths": ["/switch"], "action": {"type": "public"}}));
-    let tuning = scopegate_verifier::server::ConnectionTuning {
+    let tuning = scopegate_verifier::state::ConnectionTuning {
         idle_timeout: Duration::from_millis(500),
         body_idle_timeout: Duration::from_millis(500),
         stream_idle_timeout: Duration::from_millis(500),

@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use crate::clients::{self, SlowError, Verdict};
 use crate::error::OAuthError;
-use crate::form::Form;
+use crate::form::{self, Form};
 use crate::limits::{Endpoint, Limiter};
-use crate::token::read_form;
 use crate::{Context, reply};
 
 /// A request whose client authenticated and whose budgets admitted it.
@@ -166,4 +165,19 @@ pub async fn open<'a>(
         client,
         now,
     })
+}
+
+/// Reads the form of a POST endpoint within `deadline`; parameters in the query are refused
+/// (RFC 6749 §3.2).
+async fn read_form(
+    parts: &http::request::Parts,
+    body: Incoming,
+    deadline: std::time::Duration,
+) -> Result<Form, OAuthError> {
+    if parts.uri.query().is_some_and(|q| !q.is_empty()) {
+        return Err(OAuthError::InvalidRequest(
+            "parameters belong in the request body",
+        ));
+    }
+    form::read_post(&parts.headers, body, deadline).await
 }

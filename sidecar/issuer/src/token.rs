@@ -11,7 +11,7 @@ use crate::access::{self, Grant};
 use crate::client_request::{self, ClientRequest, PublicClients};
 use crate::codes::Redeemed;
 use crate::error::OAuthError;
-use crate::form::{self, Form};
+use crate::form::Form;
 use crate::grant;
 use crate::limits::Endpoint;
 use crate::ops::{self, Redemption, Refreshed};
@@ -42,21 +42,6 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
             reply::error(&request.failed(err).await)
         }
     }
-}
-
-/// Reads the form of a POST endpoint within `deadline`; parameters in the query are refused
-/// (RFC 6749 §3.2).
-pub async fn read_form(
-    parts: &http::request::Parts,
-    body: Incoming,
-    deadline: std::time::Duration,
-) -> Result<Form, OAuthError> {
-    if parts.uri.query().is_some_and(|q| !q.is_empty()) {
-        return Err(OAuthError::InvalidRequest(
-            "parameters belong in the request body",
-        ));
-    }
-    form::read_post(&parts.headers, body, deadline).await
 }
 
 async fn grant(

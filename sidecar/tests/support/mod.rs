@@ -529,7 +529,7 @@ pub async fn start_sidecar(dir: &TempDir, config: &Value) -> scopegate_sidecar::
 pub async fn start_sidecar_with(
     dir: &TempDir,
     config: &Value,
-    connection: scopegate_verifier::server::ConnectionTuning,
+    connection: scopegate_verifier::state::ConnectionTuning,
 ) -> scopegate_sidecar::Running {
     let path = dir.join("config.json");
     write_atomic(&path, &config.to_string());

@@ -9,10 +9,12 @@
 
 pub mod admin;
 pub mod app_probes;
+pub mod body_deadline;
 pub mod cache;
 pub mod client_addr;
 pub mod feed_client;
 pub mod headers;
+pub mod inputs;
 pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;

@@ -15,8 +15,8 @@ use scopegate_sidecar_kit::body::ProxyBody;
 use scopegate_sidecar_kit::budget::RateStore;
 use scopegate_sidecar_kit::exposition::MetricsCollector;
 
+use crate::inputs::{CompileInput, SkippedKey};
 use crate::metrics::Metrics;
-use crate::settings::{CompileInput, SkippedKey};
 
 /// Why the role's part of a config was refused (its message names fields and files, never
 /// their secret content).

@@ -25,30 +25,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a client has to finish a TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Timeouts of client connections (flags of the binary; tests shorten them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionTuning {
-    /// A connection with no request in flight for this long is shut down gracefully: an
-    /// HTTP/2 client gets a GOAWAY (streams still open finish), an idle HTTP/1.1 keep-alive
-    /// connection is closed.
-    pub idle_timeout: Duration,
-    /// How long a request body may go without a byte while the sidecar waits for one (apps
-    /// spoken to over HTTP/1.1); the request then ends with 408.
-    pub body_idle_timeout: Duration,
-    /// The same for h2c (gRPC) apps, whose client streams may rightly pause longer.
-    pub stream_idle_timeout: Duration,
-}
-
-impl Default for ConnectionTuning {
-    fn default() -> Self {
-        ConnectionTuning {
-            idle_timeout: Duration::from_secs(120),
-            body_idle_timeout: Duration::from_secs(60),
-            stream_idle_timeout: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Requests in flight on one connection and when the last one ended.
 struct Activity {
     in_flight: AtomicUsize,

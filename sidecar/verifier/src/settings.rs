@@ -21,6 +21,7 @@ use scopegate_core::policy::Policy;
 use scopegate_sidecar_kit::error_chain;
 
 use crate::client_addr::TrustedProxies;
+pub use crate::inputs::{CompileInput, SkippedKey};
 use crate::jose::b64;
 use crate::jose::jws::KeyMap;
 use crate::jose::keys::{KeyEntry, KeyError};
@@ -107,7 +108,7 @@ pub struct HeaderSettings {
 /// The app behind the sidecar.
 pub struct Upstream {
     /// Client for the app's port.
-    pub client: Client<HttpConnector, crate::proxy::BodyDeadline>,
+    pub client: Client<HttpConnector, crate::body_deadline::BodyDeadline>,
     /// `127.0.0.1:<port>` authority.
     pub authority: String,
     /// Protocol spoken.
@@ -145,31 +146,6 @@ pub struct Settings {
     /// The decision counters of the rules and the default action, taken from the metrics on
     /// the first request this config serves.
     pub decisions: OnceLock<Decisions>,
-}
-
-/// A key left out of the config in force because it does not load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedKey {
-    /// The issuer whose key it is.
-    pub issuer: String,
-    /// Its key id (empty when it has none).
-    pub kid: String,
-    /// Why it does not load (never key material).
-    pub reason: String,
-}
-
-/// What compiling needs besides the document.
-pub struct CompileInput<'a> {
-    /// The config text.
-    pub config_text: &'a str,
-    /// The signing-keys document text, when the config names one and it could be read.
-    pub signing_keys_text: Option<&'a str>,
-    /// The client registry text, in issuer pods, when it could be read.
-    pub clients_text: Option<&'a str>,
-    /// Unix seconds now.
-    pub now: i64,
-    /// Whether the listener serves TLS (for `hsts: auto`).
-    pub tls: bool,
 }
 
 /// Parses only far enough to know which mounted documents the config needs besides itself:

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use scopegate_sidecar_kit::budget::RateStore;
@@ -25,6 +26,30 @@ use crate::unix_now;
 
 /// Entries the verified-token cache holds.
 pub const CACHE_ENTRIES: usize = 10_000;
+
+/// Timeouts of client connections (flags of the binary; tests shorten them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTuning {
+    /// A connection with no request in flight for this long is shut down gracefully: an
+    /// HTTP/2 client gets a GOAWAY (streams still open finish), an idle HTTP/1.1 keep-alive
+    /// connection is closed.
+    pub idle_timeout: Duration,
+    /// How long a request body may go without a byte while the sidecar waits for one (apps
+    /// spoken to over HTTP/1.1); the request then ends with 408.
+    pub body_idle_timeout: Duration,
+    /// The same for h2c (gRPC) apps, whose client streams may rightly pause longer.
+    pub stream_idle_timeout: Duration,
+}
+
+impl Default for ConnectionTuning {
+    fn default() -> Self {
+        ConnectionTuning {
+            idle_timeout: Duration::from_secs(120),
+            body_idle_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
 
 /// Everything requests and background tasks share.
 pub struct Shared {
@@ -50,7 +75,7 @@ pub struct Shared {
     /// The app's original HTTP probes, replayed on the admin port.
     pub app_probes: AppProbes,
     /// Timeouts of client connections and request bodies.
-    pub connection: crate::server::ConnectionTuning,
+    pub connection: ConnectionTuning,
     /// When the config in force was put in force (Unix seconds): the age of its keys.
     applied_at: AtomicI64,
     /// The listener settings changed in a reload: they apply after a restart.
@@ -72,7 +97,7 @@ impl Shared {
         certificates: Option<Arc<CertificateSource>>,
         role: Option<Arc<dyn Role>>,
         app_probes: AppProbes,
-        connection: crate::server::ConnectionTuning,
+        connection: ConnectionTuning,
     ) -> Arc<Shared> {
         let metrics = Arc::new(Metrics::default());
         metrics

@@ -452,6 +452,13 @@ impl Registry {
             providers.insert(name, (spec, provider));
         }
         *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = broken;
+        drop(providers);
+        // Counters of upstreams no longer configured go with them.
+        let configured: Vec<&str> = issuer.upstreams.iter().map(|u| u.name.as_str()).collect();
+        self.logins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(name, _), _| configured.contains(&name.as_str()));
     }
 
     /// The client of the GitHub upstream `name`.
@@ -471,11 +478,34 @@ impl Registry {
         providers.get(name).map(|(_, p)| p.clone())
     }
 
-    /// Counts a login by outcome (one of [`OUTCOMES`]).
+    /// Counts a login by outcome (one of [`OUTCOMES`]). Only a configured upstream is
+    /// counted: the name comes from the request path, and every other name would be a new
+    /// series (and memory) for whoever sends it.
     pub fn count(&self, upstream: &str, outcome: &'static str) {
         debug_assert!(OUTCOMES.contains(&outcome), "{outcome}");
+        if !self.is_configured(upstream) {
+            return;
+        }
         let mut logins = self.logins.lock().unwrap_or_else(|p| p.into_inner());
         *logins.entry((upstream.to_owned(), outcome)).or_default() += 1;
+    }
+
+    /// Whether `name` is an upstream of the last configuration (started or broken).
+    fn is_configured(&self, name: &str) -> bool {
+        self.providers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+            || self
+                .github
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name)
+            || self
+                .broken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name)
     }
 
     /// `/readyz` detail lines for the configured upstreams (they never make the pod unready).
@@ -555,6 +585,26 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_configured_upstreams_are_counted() {
+        let registry = Registry::default();
+        // A name from a request path that no configuration knows: no series.
+        for n in 0..100 {
+            registry.count(&format!("probe-{n}"), "state_unknown");
+        }
+        assert!(registry.logins.lock().unwrap().is_empty());
+        registry
+            .broken
+            .lock()
+            .unwrap()
+            .insert("corp".to_owned(), BAD_CA_BUNDLE);
+        registry.count("corp", "ok");
+        registry.count("corp", "ok");
+        let logins = registry.logins.lock().unwrap();
+        assert_eq!(logins.get(&("corp".to_owned(), "ok")), Some(&2));
+        assert_eq!(logins.len(), 1);
+    }
 
     fn issuer(upstreams: serde_json::Value) -> IssuerConfig {
         serde_json::from_value(serde_json::json!({

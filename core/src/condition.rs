@@ -4,9 +4,13 @@
 //!
 //! The variables are `claims` (the token's claims, as JSON maps, lists and values),
 //! `request.method`, `request.path`, `request.headers` (only the headers an expression names
-//! literally, lower-case) and `source.address` (the client address, as text). Everything
-//! that is not a clean `true` refuses: an error, a missing claim, a value of another type, a
-//! claim list too long to iterate within the cost bound.
+//! literally, lower-case, and only when the request carries exactly one of it) and
+//! `source.address` (the client address, as text). Everything that is not a clean `true`
+//! refuses: an error, a missing claim or header, a non-boolean result, a claim list too long
+//! to iterate within the cost bound. CEL's own semantics apply inside the expression: `==`
+//! and `!=` between values of different types are false and true (compare a boolean claim
+//! as `claims.x == true`, never `claims.x != false`: an IdP may send the string "false"),
+//! and `||` / `&&` absorb an error when the other side decides (`error || true` is true).
 //!
 //! CEL has no loops of its own, only the comprehension macros (`all`, `exists`,
 //! `exists_one`, `map`, `filter`), so the cost of an expression is bounded before it runs:
@@ -102,6 +106,11 @@ pub enum CompileError {
     /// A credential-carrying header.
     #[error("request.headers[{0:?}] carries credentials and cannot be read by an expression")]
     SecretHeader(String),
+    /// A comprehension over something other than claims or request headers.
+    #[error(
+        "all, exists, exists_one, map and filter may only iterate over claims or request.headers (write `x in [...]` to test membership in a list)"
+    )]
+    LoopOverLiteral,
     /// Over the cost bound.
     #[error(
         "the expression may cost {cost} steps, over the limit of {MAX_COST} (a comprehension counts its body {MAX_ITERATED} times; nest fewer of them)"
@@ -240,7 +249,13 @@ impl Condition {
             .headers
             .iter()
             .filter_map(|name| {
-                let value = request.headers.get(name.as_str())?.to_str().ok()?;
+                // A repeated header is left out (the expression then fails): a check of the
+                // first value would pass while the app may read another.
+                let mut values = request.headers.get_all(name.as_str()).iter();
+                let value = values.next()?.to_str().ok()?;
+                if values.next().is_some() {
+                    return None;
+                }
                 Some((name.clone(), Value::from(value.to_owned())))
             })
             .collect();
@@ -329,6 +344,12 @@ impl Walk {
             }
             Expr::Comprehension(loop_) => {
                 self.iterates = true;
+                // Only claims (at most MAX_ITERATED entries, checked at run time) and the
+                // named headers are iterated: a literal list could hold many more elements
+                // than the cost counts.
+                if !is_rooted_in_input(&loop_.iter_range, bound) {
+                    return Err(CompileError::LoopOverLiteral);
+                }
                 let outer =
                     self.cost(&loop_.iter_range, bound)? + self.cost(&loop_.accu_init, bound)?;
                 let scope = bound.len();
@@ -424,6 +445,22 @@ impl Walk {
     }
 }
 
+/// Whether `node` is `claims` or `request.headers`, or a field or index below them (not a
+/// comprehension variable that shadows them).
+fn is_rooted_in_input(node: &IdedExpr, bound: &[String]) -> bool {
+    match &node.expr {
+        Expr::Ident(name) => name == "claims" && !bound.iter().any(|b| b == "claims"),
+        Expr::Select(select) if !select.test => {
+            is_request_headers(node) || is_rooted_in_input(&select.operand, bound)
+        }
+        Expr::Call(call) if call.func_name == operators::INDEX => call
+            .args
+            .first()
+            .is_some_and(|operand| is_rooted_in_input(operand, bound)),
+        _ => false,
+    }
+}
+
 /// The `claims` variable itself (not a comprehension variable that shadows it).
 fn is_claims(node: &IdedExpr, bound: &[String]) -> bool {
     matches!(&node.expr, Expr::Ident(name) if name == "claims" && !bound.iter().any(|b| b == "claims"))
@@ -499,7 +536,7 @@ mod tests {
 
     #[test]
     fn anything_but_a_boolean_refuses() {
-        let token = json!({"sub": "alice", "groups": "admins,users", "n": 0});
+        let token = json!({"sub": "alice", "groups": "admins,users", "n": 0, "flag": "true"});
         for expr in [
             // A missing claim.
             r#"claims.role == "admin""#,
@@ -515,6 +552,27 @@ mod tests {
             let outcome = run(expr, token.clone());
             assert!(outcome.is_err(), "{expr} gave {outcome:?}");
         }
+    }
+
+    #[test]
+    fn a_boolean_claim_sent_as_a_string_is_not_true_and_a_repeated_header_is_not_read() {
+        let token = json!({"flag": "true"});
+        assert_eq!(run("claims.flag == true", token.clone()), Ok(false));
+        let condition = Condition::compile(r#"request.headers["x-tenant"] == "acme""#).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-tenant", http::HeaderValue::from_static("acme"));
+        let verdict = |headers: &http::HeaderMap| {
+            let request = RequestFacts {
+                method: "GET",
+                path: "/",
+                headers,
+                source: None,
+            };
+            condition.evaluate(&claims(token.clone()), &request)
+        };
+        assert_eq!(verdict(&headers), Ok(true));
+        headers.append("x-tenant", http::HeaderValue::from_static("victim"));
+        assert!(verdict(&headers).is_err());
     }
 
     #[test]
@@ -554,6 +612,14 @@ mod tests {
         ] {
             assert_eq!(refused(expr), CompileError::HeaderNotLiteral, "{expr}");
         }
+        assert_eq!(
+            refused("[1, 2, 3].exists(x, x == 2)"),
+            CompileError::LoopOverLiteral
+        );
+        assert_eq!(
+            refused("(claims.a + [1, 2]).exists(x, x == 2)"),
+            CompileError::LoopOverLiteral
+        );
         // Nested loops: 64 x 64 bodies.
         assert!(matches!(
             refused("claims.a.all(x, claims.b.all(y, claims.c.all(z, x == y && y == z)))"),

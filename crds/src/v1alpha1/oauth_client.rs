@@ -134,9 +134,9 @@ pub struct OAuthClientSpec {
 
     /// A kill switch: every token, code and refresh family issued to this client before this
     /// time is dead, at every verifier, at the token endpoint and at introspection. A time
-    /// still in the future when the operator sees it is clamped to that moment (status.
-    /// revocationCutoff, and Degraded says so): taken literally it would refuse every token
-    /// the client gets until then.
+    /// still in the future when the operator sees it would refuse every token the client gets
+    /// until then: until it comes, the moment the operator first saw it is in force instead
+    /// (status.revocationCutoff; Degraded says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_tokens_issued_before: Option<Time>,
 
@@ -203,9 +203,9 @@ pub struct OAuthClientStatus {
     /// The Secret that holds the client's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
-    /// The spec.revokeTokensIssuedBefore cut-off in force. A time that was still in the future
-    /// when the operator first saw it is clamped to that moment (taken literally it would
-    /// refuse every token the client gets until then), and Degraded says so.
+    /// The spec.revokeTokensIssuedBefore cut-off in force. A time still in the future when the
+    /// operator first saw it is clamped to that moment until it comes (taken literally it
+    /// would refuse every token the client gets until then), and Degraded says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_cutoff: Option<RevocationCutoff>,
 }

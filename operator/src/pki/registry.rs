@@ -185,28 +185,41 @@ pub struct Cutoff {
 }
 
 /// The `revokeTokensIssuedBefore` cut-off in force for `client` at `now` (Unix seconds).
-/// CEL cannot read a clock, so a time in the future is accepted at apply; taken literally it
-/// would refuse every token the client gets until then. It is clamped to the moment the
-/// operator first saw it, recorded in the client's status, so that every later reconcile,
-/// a restarted operator and the issuer's render all use the same value; the clamp stays
-/// after that time passes (the value was a mistake, not a schedule).
+/// A time in the past is in force as written, from the spec alone. CEL cannot read a clock,
+/// so a time in the future is accepted at apply; taken literally it would refuse every token
+/// the client gets until then, so until it comes it is clamped to the moment the operator
+/// first saw it, recorded in the client's status so that later reconciles, a restarted
+/// operator and the issuer's render use the same value. When the time comes it is in force
+/// as written. The status record is never read for a time already past: whoever can write
+/// an OAuthClient's status cannot weaken a kill switch in force.
 pub fn revocation_cutoff(client: &OAuthClient, now: i64) -> Option<Cutoff> {
-    let requested = client.spec.revoke_tokens_issued_before.as_ref()?.0;
+    let requested = whole_seconds_up(client.spec.revoke_tokens_issued_before.as_ref()?.0);
+    if requested.as_second() <= now {
+        return Some(Cutoff {
+            requested,
+            effective: requested,
+        });
+    }
     let recorded = client
         .status
         .as_ref()
         .and_then(|s| s.revocation_cutoff.as_ref())
-        .filter(|r| r.requested.0 == requested)
+        .filter(|r| r.requested.0.as_second() == requested.as_second())
         .map(|r| r.effective.0);
-    let effective = match recorded {
-        Some(effective) => effective,
-        None if requested.as_second() <= now => requested,
-        None => Timestamp::from_second(now).unwrap_or(requested),
-    };
+    let effective = recorded
+        .or_else(|| Timestamp::from_second(now).ok())
+        .unwrap_or(requested);
     Some(Cutoff {
         requested,
         effective: effective.min(requested),
     })
+}
+
+/// Kubernetes times are written and read in whole seconds; a cut-off with a fraction is
+/// rounded up (it revokes the tokens of that second too), so a recorded value compares equal.
+fn whole_seconds_up(time: Timestamp) -> Timestamp {
+    let up = time.as_second() + i64::from(time.subsec_nanosecond() > 0);
+    Timestamp::from_second(up).unwrap_or(time)
 }
 
 #[cfg(test)]
@@ -231,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cutoff_in_the_future_is_clamped_to_when_it_was_first_seen() {
+    fn a_cutoff_in_the_future_is_clamped_until_it_comes() {
         let at = |text: &str| text.parse::<Timestamp>().unwrap();
         let now = at("2026-06-01T12:00:00Z").as_second();
         // In the past: in force as written.
@@ -240,29 +253,30 @@ mod tests {
         assert_eq!(cutoff.effective, at("2026-03-01T00:00:00Z"));
         assert_eq!(cutoff.requested, cutoff.effective);
         // In the future: clamped to now while nothing is recorded...
-        let mut future = client("f", "  revokeTokensIssuedBefore: 2030-01-01T00:00:00Z\n");
+        let mut future = client("f", "  revokeTokensIssuedBefore: 2030-01-01T00:00:00.5Z\n");
         let first = revocation_cutoff(&future, now).unwrap();
         assert_eq!(first.effective, at("2026-06-01T12:00:00Z"));
-        assert_eq!(first.requested, at("2030-01-01T00:00:00Z"));
-        // ...and to the recorded moment afterwards: later reconciles, a restarted operator and
-        // the time passing change nothing.
-        future.status = Some(OAuthClientStatus {
-            revocation_cutoff: Some(RevocationCutoff {
-                requested: Time(first.requested),
-                effective: Time(first.effective),
-            }),
-            ..OAuthClientStatus::default()
-        });
-        for later in [now + 60, at("2031-01-01T00:00:00Z").as_second()] {
-            assert_eq!(revocation_cutoff(&future, later), Some(first));
-        }
+        // (a fraction of a second rounds up, so that the recorded value compares equal)
+        assert_eq!(first.requested, at("2030-01-01T00:00:01Z"));
+        // ...and to the recorded moment afterwards: later reconciles and a restarted
+        // operator change nothing, even with the status written at whole seconds.
+        future.status = Some(status_record(first.requested, first.effective));
+        assert_eq!(revocation_cutoff(&future, now + 60), Some(first));
+        // When the time comes it is in force as written.
+        let then = at("2030-01-01T00:00:01Z").as_second();
+        let arrived = revocation_cutoff(&future, then).unwrap();
+        assert_eq!(arrived.effective, at("2030-01-01T00:00:01Z"));
+        // A forged status record cannot weaken a cut-off that is in force.
+        let mut forged = past.clone();
+        forged.status = Some(status_record(cutoff.requested, at("1970-01-01T00:00:00Z")));
+        assert_eq!(revocation_cutoff(&forged, now), Some(cutoff));
         // A new value is judged afresh.
         future.spec.revoke_tokens_issued_before = Some(Time(at("2026-05-01T00:00:00Z")));
         let changed = revocation_cutoff(&future, now + 60).unwrap();
         assert_eq!(changed.effective, at("2026-05-01T00:00:00Z"));
         assert!(revocation_cutoff(&client("d", ""), now).is_none());
         // What the issuer enforces is the clamped value.
-        future.spec.revoke_tokens_issued_before = Some(Time(first.requested));
+        future.spec.revoke_tokens_issued_before = Some(Time(at("2030-01-01T00:00:00.5Z")));
         let entry = Entry {
             client: &future,
             credentials: generated("s", "u:1"),
@@ -274,6 +288,20 @@ mod tests {
             registry.clients[0].revoke_before,
             Some(first.effective.as_second())
         );
+    }
+
+    /// The status the operator writes, as the API server returns it (whole seconds).
+    fn status_record(requested: Timestamp, effective: Timestamp) -> OAuthClientStatus {
+        let through_json = |t: Timestamp| -> Time {
+            serde_json::from_value(serde_json::to_value(Time(t)).unwrap()).unwrap()
+        };
+        OAuthClientStatus {
+            revocation_cutoff: Some(RevocationCutoff {
+                requested: through_json(requested),
+                effective: through_json(effective),
+            }),
+            ..OAuthClientStatus::default()
+        }
     }
 
     #[test]

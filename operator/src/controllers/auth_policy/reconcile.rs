@@ -146,7 +146,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     let (trust, cutoffs) = if let Some(own) = &spec.issuer.self_ {
         observation.mode = "Self";
         observation.memory_store = own.store.kind == StoreKind::Memory;
-        let keys = issuer::reconcile_keys(policy, own, &names, ctx, now).await?;
+        let keys = issuer::keys::reconcile_keys(policy, own, &names, ctx, now).await?;
         observation.problems.extend(keys.problems.iter().cloned());
         due.extend(keys.next_transition);
         if keys.publishing.is_some() {
@@ -160,12 +160,12 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         observation.keys = keys.keys.clone();
         observation.publishing = keys.publishing.clone();
         observation.handled_rotation = keys.handled_rotation.clone();
-        match issuer::reconcile_tls(policy, own, &names, &ca, ctx, now).await? {
+        match issuer::tls::reconcile_tls(policy, own, &names, &ca, ctx, now).await? {
             Ok(renew_at) => due.push(renew_at),
             Err(problem) => observation.problems.push(problem),
         }
-        issuer::reconcile_registry(policy, &names, ctx, now).await?;
-        let missing = issuer::reconcile_upstreams(policy, own, &names, ctx).await?;
+        issuer::registry::reconcile_registry(policy, &names, ctx, now).await?;
+        let missing = issuer::upstreams::reconcile_upstreams(policy, own, &names, ctx).await?;
         observation.upstreams = render::upstream_status(own, &missing);
         observation.problems.extend(
             own.upstreams
@@ -495,7 +495,7 @@ fn declared_scopes(
 
 /// Secrets the spec names (`listen.tlsSecret`, the Redis `credentialsSecret`) that do not
 /// exist in the policy's namespace. Only their metadata is read. (Upstream client secrets are
-/// reported by [`issuer::reconcile_upstreams`].)
+/// reported by [`issuer::upstreams::reconcile_upstreams`].)
 async fn missing_secrets(
     policy: &AuthPolicy,
     ctx: &Context,

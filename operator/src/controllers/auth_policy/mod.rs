@@ -11,6 +11,7 @@ pub mod reconcile;
 pub mod render;
 pub mod status;
 pub mod triggers;
+pub mod trust;
 
 use std::sync::Arc;
 

@@ -13,29 +13,25 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use scopegate_core::config::CONFIG_FILE;
-use scopegate_core::jwk::Jwks;
-use scopegate_crds::v1alpha1::{Algorithm, AuthPolicy, NamespacedRef, RenderedObjects, StoreKind};
+use scopegate_crds::v1alpha1::{AuthPolicy, RenderedObjects};
 
 use super::problem::Problem;
 use super::render::{self, Trust};
 use super::status::{self, DryRunScope, Observation};
+use super::trust::{declared_scopes, policy_ref};
 use super::{inbound, issuer, pods};
 use crate::audiences::AudienceOwners;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controllers::ca_bundle;
-use crate::controllers::client_checks::issuer_key;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::metrics::{FailureLabels, KindLabels};
-use crate::names::{JWKS_FILE, Names, client_id};
+use crate::names::Names;
 use crate::objects;
-use crate::pki::registry::revocation_cutoff;
 
 const KIND: &str = "AuthPolicy";
 /// The longest a policy goes without a reconcile.
 const RESYNC_SECS: i64 = 3600;
-/// How often a policy with a key waiting for its publication looks at the verifiers again.
-const PUBLICATION_POLL_SECS: i64 = 2;
 /// How often an issuer refused by its namespace's cap looks again.
 const LIMIT_RECHECK_SECS: u64 = 30;
 /// How often a policy whose write the API server refused tries again.
@@ -98,124 +94,32 @@ pub async fn reconcile(policy: Arc<AuthPolicy>, ctx: Arc<Context>) -> Result<Act
 
 async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
-    let name = policy.name_any();
-    if name.len() > MAX_LABEL_VALUE {
-        // Every rendered object carries the name as a label value: the API server would
-        // refuse each of them.
-        only_status(
-            policy,
-            ctx,
-            Problem::NameTooLong(
-                "the label value of every rendered object",
-                name,
-                MAX_LABEL_VALUE,
-            ),
-        )
-        .await?;
-        return Ok(Action::await_change());
+    if let Some(action) = refuse_early(policy, ctx).await? {
+        return Ok(action);
     }
-    let names = Names::of(&name);
+    let names = Names::of(&policy.name_any());
     let now = ctx.now();
     let ca = ctx.ca.borrow().clone().ok_or(Error::CaNotReady)?;
     let bundle = ca.bundle(now);
     let spec = &policy.spec;
-    if spec.issuer.self_.is_some() {
-        let all = ctx.policies.state();
-        let issuers = all
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|p| p.spec.issuer.self_.is_some());
-        if let Some(over) = limits::over_limit(policy, issuers, ctx.limits.issuers_per_namespace) {
-            // Beyond the cap only the status changes: nothing rendered for it is touched. It
-            // is looked at again in a while, in case another issuer went away.
-            only_status(policy, ctx, Problem::IssuerLimit(over.limit, over.count)).await?;
-            return Ok(Action::requeue(Duration::from_secs(LIMIT_RECHECK_SECS)));
-        }
-    }
-
     let mut observation = Observation {
         rendered: RenderedObjects::default(),
         dry_run: DryRunScope::of(spec),
         ..Observation::default()
     };
     let mut due = vec![now + RESYNC_SECS];
-    if let Some(next) = ca.next_transition(now) {
-        due.push(next);
-    }
+    due.extend(ca.next_transition(now));
 
     let (trust, cutoffs) = if let Some(own) = &spec.issuer.self_ {
-        observation.mode = "Self";
-        observation.memory_store = own.store.kind == StoreKind::Memory;
-        let keys = issuer::keys::reconcile_keys(policy, own, &names, ctx, now).await?;
-        observation.problems.extend(keys.problems.iter().cloned());
-        due.extend(keys.next_transition);
-        if keys.publishing.is_some() {
-            // A written key waits to be seen in every verifier's key set: look again soon
-            // (the watches usually bring that sooner).
-            due.push(now + PUBLICATION_POLL_SECS);
-        }
-        observation.next_transition = keys.next_transition;
-        observation.trusted_keys = keys.jwks.keys.len();
-        observation.keys_unreadable = keys.keys.is_none();
-        observation.keys = keys.keys.clone();
-        observation.publishing = keys.publishing.clone();
-        observation.handled_rotation = keys.handled_rotation.clone();
-        match issuer::tls::reconcile_tls(policy, own, &names, &ca, ctx, now).await? {
-            Ok(renew_at) => due.push(renew_at),
-            Err(problem) => observation.problems.push(problem),
-        }
-        issuer::registry::reconcile_registry(policy, &names, ctx, now).await?;
-        let missing = issuer::upstreams::reconcile_upstreams(policy, own, &names, ctx).await?;
-        observation.upstreams = render::upstream_status(own, &missing);
-        observation.problems.extend(
-            own.upstreams
-                .iter()
-                .filter(|u| missing.contains(&u.name))
-                .map(|u| {
-                    Problem::SecretNotFound(
-                        format!("issuer.self.upstreams[{}].clientSecretRef", u.name),
-                        format!(
-                            "{} (key {})",
-                            u.client_secret_ref.name, u.client_secret_ref.key
-                        ),
-                    )
-                }),
-        );
-        observation.rendered = RenderedObjects {
-            sidecar_config: None,
-            jwks: Some(names.jwks.clone()),
-            signing_keys: Some(names.signing_keys.clone()),
-            tls: Some(names.tls.clone()),
-            clients: Some(names.clients.clone()),
-            upstreams: (!own.upstreams.is_empty()).then(|| names.upstreams.clone()),
-            network_policy: None,
+        let step = issuer::IssuerStep {
+            own,
+            names: &names,
+            ca: &ca,
+            now,
         };
-        let hs256 = own.signing.algorithm == Algorithm::HS256;
-        (
-            Trust::Own {
-                jwks: keys.jwks,
-                hs256,
-            },
-            client_cutoffs(ctx, &namespace, &name),
-        )
+        issuer::reconcile(policy, ctx, step, &mut observation, &mut due).await?
     } else if let Some(reference) = &spec.issuer.policy_ref {
-        observation.mode = "PolicyRef";
-        let (trust, problem) = resolve_policy_ref(policy, reference, ctx);
-        observation.problems.extend(problem);
-        if let Trust::Referenced { jwks, .. } = &trust {
-            observation.trusted_keys = jwks.keys.len();
-        }
-        let issuer_namespace = reference
-            .namespace
-            .clone()
-            .unwrap_or_else(|| namespace.clone());
-        // Nothing of an issuer reaches a namespace it does not admit, its clients' names
-        // included.
-        let cutoffs = match trust {
-            Trust::Unresolved => BTreeMap::new(),
-            _ => client_cutoffs(ctx, &issuer_namespace, &reference.name),
-        };
-        (trust, cutoffs)
+        policy_ref(policy, reference, ctx, &namespace, &mut observation)
     } else if let Some(external) = &spec.issuer.external {
         observation.mode = "External";
         if external
@@ -230,10 +134,80 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         observation.mode = "None";
         (Trust::Unresolved, BTreeMap::new())
     };
+    check_spec(policy, &trust, ctx, &namespace, &mut observation).await?;
+    apply_sidecar_config(policy, &trust, cutoffs, &bundle, ctx, &mut observation).await?;
+    ca_bundle::apply(ctx, &namespace, &bundle).await?;
+    if reconcile_network_policy(policy, ctx, &namespace).await? {
+        observation.rendered.network_policy =
+            Some(inbound::network_policy_name(&policy.name_any()));
+    }
+    observation.inbound = inbound::protection(policy);
+    if observation.inbound == "None" {
+        observation.problems.push(Problem::InboundUnprotected(
+            spec.upstream.port,
+            spec.listen.port,
+        ));
+    }
+
+    write_status(policy, ctx, &observation, now).await?;
+
+    let next = due
+        .into_iter()
+        .filter(|t| *t > now)
+        .min()
+        .unwrap_or(now + RESYNC_SECS);
+    Ok(Action::requeue(Duration::from_secs(
+        (next - now).clamp(1, RESYNC_SECS).unsigned_abs(),
+    )))
+}
+
+/// A policy nothing is rendered for: a name too long for the label every rendered object
+/// carries, or an issuer beyond its namespace's cap. Only its status says so.
+async fn refuse_early(policy: &AuthPolicy, ctx: &Context) -> Result<Option<Action>> {
+    let name = policy.name_any();
+    if name.len() > MAX_LABEL_VALUE {
+        // Every rendered object carries the name as a label value: the API server would
+        // refuse each of them.
+        let problem = Problem::NameTooLong(
+            "the label value of every rendered object",
+            name,
+            MAX_LABEL_VALUE,
+        );
+        only_status(policy, ctx, problem).await?;
+        return Ok(Some(Action::await_change()));
+    }
+    if policy.spec.issuer.self_.is_some() {
+        let all = ctx.policies.state();
+        let issuers = all
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|p| p.spec.issuer.self_.is_some());
+        if let Some(over) = limits::over_limit(policy, issuers, ctx.limits.issuers_per_namespace) {
+            // Beyond the cap only the status changes: nothing rendered for it is touched. It
+            // is looked at again in a while, in case another issuer went away.
+            only_status(policy, ctx, Problem::IssuerLimit(over.limit, over.count)).await?;
+            return Ok(Some(Action::requeue(Duration::from_secs(
+                LIMIT_RECHECK_SECS,
+            ))));
+        }
+    }
+    Ok(None)
+}
+
+/// What the status says of the spec beyond the issuer: audiences, scopes the issuer does
+/// not declare, Secrets that do not exist, and what the selected pods say.
+async fn check_spec(
+    policy: &AuthPolicy,
+    trust: &Trust,
+    ctx: &Context,
+    namespace: &str,
+    observation: &mut Observation,
+) -> Result<()> {
+    let spec = &policy.spec;
     if crate::audiences::effective_audiences(spec).is_empty() {
         observation.problems.push(Problem::MissingAudiences);
     }
-    if let Some((issuer, declared)) = declared_scopes(policy, &trust, ctx) {
+    if let Some((issuer, declared)) = declared_scopes(policy, trust, ctx) {
         let unknown = render::undeclared_scopes(spec, &declared);
         if !unknown.is_empty() {
             observation
@@ -243,8 +217,8 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     }
     observation
         .problems
-        .extend(missing_secrets(policy, ctx, &namespace).await?);
-    let (pods, problems) = observe_pods(policy, ctx, &namespace);
+        .extend(missing_secrets(policy, ctx, namespace).await?);
+    let (pods, problems) = observe_pods(policy, ctx, namespace);
     if observation.memory_store && pods.selected > 1 {
         observation
             .problems
@@ -252,13 +226,27 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     }
     observation.pods = pods;
     observation.problems.extend(problems);
+    Ok(())
+}
 
+/// Renders the sidecar config, checks it as the sidecar will, and applies it; a config the
+/// sidecar would refuse is never written, and the last good one stays.
+async fn apply_sidecar_config(
+    policy: &AuthPolicy,
+    trust: &Trust,
+    cutoffs: BTreeMap<String, i64>,
+    bundle: &str,
+    ctx: &Context,
+    observation: &mut Observation,
+) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
+    let names = Names::of(&policy.name_any());
     let owners = AudienceOwners::new(
         ctx.policies.state().iter().map(AsRef::as_ref),
         &ctx.cluster_domain,
     );
     let conflicts = owners.conflicts_of(policy);
-    let mut config = render::sidecar_config(policy, &trust, cutoffs, &bundle)?;
+    let mut config = render::sidecar_config(policy, trust, cutoffs, bundle)?;
     if !conflicts.is_empty() {
         // Another namespace owns them: this policy's pods do not accept them either.
         config
@@ -276,9 +264,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
             config.revocation.feed = None;
         }
     }
-    // A policy with many rules and keys renders a large document: off the workers. It is
-    // checked with the sidecar's own checks first: a document the sidecar would refuse is
-    // never written, and the last good one stays.
+    // A policy with many rules and keys renders a large document: off the workers.
     let rendered = ctx
         .heavy(move || {
             scopegate_core::check::document(&config)
@@ -305,29 +291,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
             }
         }
     }
-
-    ca_bundle::apply(ctx, &namespace, &bundle).await?;
-    if reconcile_network_policy(policy, ctx, &namespace).await? {
-        observation.rendered.network_policy = Some(inbound::network_policy_name(&name));
-    }
-    observation.inbound = inbound::protection(policy);
-    if observation.inbound == "None" {
-        observation.problems.push(Problem::InboundUnprotected(
-            spec.upstream.port,
-            spec.listen.port,
-        ));
-    }
-
-    write_status(policy, ctx, &observation, now).await?;
-
-    let next = due
-        .into_iter()
-        .filter(|t| *t > now)
-        .min()
-        .unwrap_or(now + RESYNC_SECS);
-    Ok(Action::requeue(Duration::from_secs(
-        (next - now).clamp(1, RESYNC_SECS).unsigned_abs(),
-    )))
+    Ok(())
 }
 
 /// Renders the policy's NetworkPolicy, or deletes it when the policy opted out. Whether one
@@ -402,97 +366,6 @@ async fn write_status(
     Ok(())
 }
 
-/// Resolves a `policyRef` to the referenced issuer's published keys, copied into this
-/// namespace's sidecar config.
-fn resolve_policy_ref(
-    policy: &AuthPolicy,
-    reference: &NamespacedRef,
-    ctx: &Context,
-) -> (Trust, Option<Problem>) {
-    let namespace = reference
-        .namespace
-        .clone()
-        .or_else(|| policy.namespace())
-        .unwrap_or_default();
-    let label = format!("{namespace}/{}", reference.name);
-    let Some(issuer) = ctx
-        .policies
-        .get(&ObjectRef::new(&reference.name).within(&namespace))
-    else {
-        return (Trust::Unresolved, Some(Problem::PolicyRefNotFound(label)));
-    };
-    let Some(own) = issuer.spec.issuer.self_.as_ref() else {
-        return (Trust::Unresolved, Some(Problem::PolicyRefNotIssuer(label)));
-    };
-    let own_namespace = policy.namespace().unwrap_or_default();
-    let admitted = own_namespace == namespace
-        || own
-            .allowed_client_namespaces
-            .iter()
-            .any(|n| n == "*" || *n == own_namespace);
-    if !admitted {
-        return (
-            Trust::Unresolved,
-            Some(Problem::PolicyRefNotAllowed(label, own_namespace)),
-        );
-    }
-    if own.signing.algorithm == Algorithm::HS256 {
-        return (Trust::Unresolved, Some(Problem::PolicyRefHs256(label)));
-    }
-    let jwks: Option<Jwks> = ctx
-        .config_map(&namespace, &Names::of(&reference.name).jwks)
-        .and_then(|cm| cm.data.as_ref()?.get(JWKS_FILE).cloned())
-        .and_then(|text| serde_json::from_str(&text).ok());
-    match jwks {
-        Some(jwks) if !jwks.keys.is_empty() => (
-            Trust::Referenced {
-                issuer: own.url.clone(),
-                jwks,
-                feed_url: render::feed_url(&namespace, &own.service),
-                feed_subject_key: render::feed_subject_key(&issuer),
-            },
-            None,
-        ),
-        _ => (
-            Trust::Unresolved,
-            Some(Problem::PolicyRefKeysPending(label)),
-        ),
-    }
-}
-
-/// The issuer whose tokens the policy's rules are met by, and the scopes it declares: its own
-/// for a self issuer, the referenced issuer's for a resolved `policyRef`; `None` for an outside
-/// issuer (its scopes are not known) or an unresolved reference (reported already).
-fn declared_scopes(
-    policy: &AuthPolicy,
-    trust: &Trust,
-    ctx: &Context,
-) -> Option<(String, BTreeMap<String, String>)> {
-    let namespace = policy.namespace().unwrap_or_default();
-    match trust {
-        Trust::Own { .. } => {
-            let own = policy.spec.issuer.self_.as_ref()?;
-            Some((
-                format!("{namespace}/{}", policy.name_any()),
-                own.scopes.clone(),
-            ))
-        }
-        Trust::Referenced { .. } => {
-            let reference = policy.spec.issuer.policy_ref.as_ref()?;
-            let issuer_namespace = reference.namespace.clone().unwrap_or(namespace);
-            let issuer = ctx
-                .policies
-                .get(&ObjectRef::new(&reference.name).within(&issuer_namespace))?;
-            let own = issuer.spec.issuer.self_.as_ref()?;
-            Some((
-                format!("{issuer_namespace}/{}", reference.name),
-                own.scopes.clone(),
-            ))
-        }
-        Trust::External(_) | Trust::Unresolved => None,
-    }
-}
-
 /// Secrets the spec names (`listen.tlsSecret`, the Redis `credentialsSecret`) that do not
 /// exist in the policy's namespace. Only their metadata is read. (Upstream client secrets are
 /// reported by [`issuer::upstreams::reconcile_upstreams`].)
@@ -550,27 +423,6 @@ fn observe_pods(
         .map(AsRef::as_ref)
         .collect();
     pods::observe(policy, &others, &pods, &services)
-}
-
-/// Client cut-offs (`revokeTokensIssuedBefore`) of every client of one issuer.
-fn client_cutoffs(
-    ctx: &Context,
-    issuer_namespace: &str,
-    issuer_name: &str,
-) -> BTreeMap<String, i64> {
-    let now = ctx.now();
-    let key = (issuer_namespace.to_owned(), issuer_name.to_owned());
-    ctx.clients
-        .state()
-        .iter()
-        .filter(|c| issuer_key(c) == key)
-        .filter_map(|c| {
-            Some((
-                client_id(c),
-                revocation_cutoff(c, now)?.effective.as_second(),
-            ))
-        })
-        .collect()
 }
 
 /// What to do after a failed reconcile: permanent errors wait for a change, others retry.

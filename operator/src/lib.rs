@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audiences;
+pub mod ca_store;
 pub mod conditions;
 pub mod context;
 pub mod controllers;

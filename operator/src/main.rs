@@ -12,7 +12,7 @@ use scopegate_operator::leader::{CrashAfterWrites, Elector, Fence, FenceLayer, L
 use scopegate_operator::limits::Limits;
 use scopegate_operator::metrics::Metrics;
 use scopegate_operator::pki::ca::NameScope;
-use scopegate_operator::{controllers, pki::ca_store, webhook};
+use scopegate_operator::{ca_store, controllers, webhook};
 use tokio::sync::watch;
 
 /// Command-line interface of the operator.

@@ -105,20 +105,7 @@ fn cluster_domain(text: &str) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    if cli.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        tracing_subscriber::fmt()
-            .with_ansi(ansi)
-            .with_env_filter(filter)
-            .init();
-    }
+    init_tracing(cli.log_json);
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
     let identity = cli.identity.clone().unwrap_or_else(|| {
@@ -141,18 +128,7 @@ async fn main() -> anyhow::Result<()> {
     // Every write of the leader goes through the fence: refused once the lease may have
     // passed to another replica.
     let fence = Fence::default();
-    let crash = cli
-        .fault_crash_after_writes
-        .as_deref()
-        .map(|spec| {
-            CrashAfterWrites::parse(spec)
-                .context("--fault-crash-after-writes wants <namespace>:<n>, n > 0")
-        })
-        .transpose()?;
-    let writer = kube::client::ClientBuilder::try_from(config)
-        .context("building the API client")?
-        .with_layer(&FenceLayer::new(fence.clone(), metrics.clone(), crash))
-        .build();
+    let writer = fenced_client(config, &cli, &fence, &metrics)?;
     let elector = Elector::new(
         client.clone(),
         LeaseConfig {
@@ -164,6 +140,96 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     // Every replica serves the webhook from the certificate the leader keeps in a Secret.
+    serve_webhook(&cli, &client, &metrics, &health).await?;
+
+    // A standby is healthy and ready (once the webhook's cache synced): it serves the webhook
+    // and writes nothing. So is a replica that lost the lease (an API outage longer than the
+    // lease): it steps down, keeps serving the webhook from its caches, and campaigns again.
+    health.ready.store(true, Ordering::Relaxed);
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
+    loop {
+        tokio::select! {
+            () = elector.acquire(&fence) => {}
+            () = shutdown.clone() => return Ok(()),
+        }
+        health.ready.store(false, Ordering::Relaxed);
+        metrics.leader.set(1);
+        let term = lead(
+            writer.clone(),
+            &cli,
+            metrics.clone(),
+            health.clone(),
+            identity.clone(),
+            shutdown.clone(),
+        );
+        tokio::select! {
+            () = term => {
+                tracing::info!("controllers stopped");
+                return Ok(());
+            }
+            lost = elector.hold(&fence) => {
+                // Dropping `term` stopped everything the term started; the fence already
+                // refuses this replica's writes.
+                metrics.leader.set(0);
+                metrics.leadership_lost.inc();
+                health.ready.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    error = %scopegate_operator::error::error_chain(&lost),
+                    "leadership lost: writes stopped; serving the webhook from caches and campaigning again"
+                );
+            }
+        }
+    }
+}
+
+/// Logs as JSON lines or as text (coloured on a terminal), filtered by `RUST_LOG`.
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .init();
+    }
+}
+
+/// A client whose every request passes `fence` (and, for fault tests, crashes the process
+/// after a number of writes).
+fn fenced_client(
+    config: kube::Config,
+    cli: &Cli,
+    fence: &Fence,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<kube::Client> {
+    let crash = cli
+        .fault_crash_after_writes
+        .as_deref()
+        .map(|spec| {
+            CrashAfterWrites::parse(spec)
+                .context("--fault-crash-after-writes wants <namespace>:<n>, n > 0")
+        })
+        .transpose()?;
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .context("building the API client")?
+        .with_layer(&FenceLayer::new(fence.clone(), metrics.clone(), crash))
+        .build())
+}
+
+/// Starts the webhook every replica serves: its AuthPolicy cache, the certificate loaded from
+/// the Secret the leader keeps, and the TLS listener.
+async fn serve_webhook(
+    cli: &Cli,
+    client: &kube::Client,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> anyhow::Result<()> {
     let version = client
         .apiserver_version()
         .await
@@ -206,45 +272,7 @@ async fn main() -> anyhow::Result<()> {
     };
     tokio::spawn(webhook::serve(webhook_listener, certs, Arc::new(state)));
     tracing::info!(addr = %cli.webhook_addr, "webhook listening");
-
-    // A standby is healthy and ready (once the webhook's cache synced): it serves the webhook
-    // and writes nothing. So is a replica that lost the lease (an API outage longer than the
-    // lease): it steps down, keeps serving the webhook from its caches, and campaigns again.
-    health.ready.store(true, Ordering::Relaxed);
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown_signal()));
-    loop {
-        tokio::select! {
-            () = elector.acquire(&fence) => {}
-            () = shutdown.clone() => return Ok(()),
-        }
-        health.ready.store(false, Ordering::Relaxed);
-        metrics.leader.set(1);
-        let term = lead(
-            writer.clone(),
-            &cli,
-            metrics.clone(),
-            health.clone(),
-            identity.clone(),
-            shutdown.clone(),
-        );
-        tokio::select! {
-            () = term => {
-                tracing::info!("controllers stopped");
-                return Ok(());
-            }
-            lost = elector.hold(&fence) => {
-                // Dropping `term` stopped everything the term started; the fence already
-                // refuses this replica's writes.
-                metrics.leader.set(0);
-                metrics.leadership_lost.inc();
-                health.ready.store(true, Ordering::Relaxed);
-                tracing::warn!(
-                    error = %scopegate_operator::error::error_chain(&lost),
-                    "leadership lost: writes stopped; serving the webhook from caches and campaigning again"
-                );
-            }
-        }
-    }
+    Ok(())
 }
 
 /// One term as leader: the CAs, the webhook certificate and the controllers, all writing

@@ -168,15 +168,7 @@ pub fn plan<E>(
     } = *inputs;
     let mut keys: Vec<ManagedKey> = inputs.keys.to_vec();
     let mut changes = Vec::new();
-    let mut emergency = false;
-
-    if let Some(kid) = &requests.revoke_kid
-        && let Some(position) = keys.iter().position(|k| &k.kid == kid)
-    {
-        emergency = keys[position].state(now) == KeyState::Active;
-        keys.remove(position);
-        changes.push(Change::Revoked(kid.clone()));
-    }
+    let emergency = revoke(&mut keys, requests, now, &mut changes);
 
     // A pending key's times are only a plan: keep them ahead of the clock while it waits.
     for key in keys.iter_mut().filter(|k| k.pending) {
@@ -195,8 +187,94 @@ pub fn plan<E>(
         keep
     });
 
-    // A pending key every verifier holds: it signs `propagation` after that observation, and
-    // its predecessor until then (no later: a manual rotation retires it early).
+    schedule_published(&mut keys, published, now, params, &mut changes);
+
+    if !keys.iter().any(ManagedKey::has_private_key) {
+        // Nothing left that could ever sign. Only a brand-new issuer (or the replacement of
+        // an emergency-revoked key) signs at once; otherwise verifiers may hold keys that the
+        // issuer still signs with from a stale copy, and the new key is published first.
+        let immediate = emergency || (!had_keys && keys.is_empty());
+        let activates_at = if immediate {
+            now
+        } else {
+            now + params.propagation
+        };
+        create(
+            inputs,
+            new_key()?,
+            activates_at,
+            !immediate,
+            &mut keys,
+            &mut changes,
+        );
+    }
+
+    ensure_active_key(&mut keys, now, params, emergency, &mut changes);
+
+    // With nothing that may sign yet (a pending key waits for its publication, or the clock
+    // stepped back before the first activation), wait rather than mint a duplicate.
+    if let Some(active) = active_index(&keys, now) {
+        successor(inputs, active, new_key, &mut keys, &mut changes)?;
+        extend_while_waiting(&mut keys, active, now, params, &mut changes);
+    }
+
+    keys.sort_by_key(|k| k.activates_at);
+    let next_transition = next_transition(&keys, now, params);
+    Ok(Plan {
+        keys,
+        changes,
+        next_transition,
+    })
+}
+
+/// While the successor waits for its publication, the `active` key keeps signing, with a
+/// window the issuer's mounted copy sees in time.
+fn extend_while_waiting(
+    keys: &mut [ManagedKey],
+    active: usize,
+    now: i64,
+    params: RotationParams,
+    changes: &mut Vec<Change>,
+) {
+    let waiting = keys.iter().any(|k| k.pending && k.has_private_key());
+    if waiting && now + params.propagation >= keys[active].signs_until {
+        let until = now + 2 * params.propagation;
+        let key = &mut keys[active];
+        key.signs_until = until;
+        key.removed_after = key.removed_after.max(until + params.tail());
+        changes.push(Change::Rescheduled(key.kid.clone()));
+    }
+}
+
+/// Removes the key a revocation names; whether it was the one signing (an emergency: its
+/// replacement may sign at once).
+fn revoke(
+    keys: &mut Vec<ManagedKey>,
+    requests: &Requests,
+    now: i64,
+    changes: &mut Vec<Change>,
+) -> bool {
+    let Some(kid) = &requests.revoke_kid else {
+        return false;
+    };
+    let Some(position) = keys.iter().position(|k| &k.kid == kid) else {
+        return false;
+    };
+    let emergency = keys[position].state(now) == KeyState::Active;
+    keys.remove(position);
+    changes.push(Change::Revoked(kid.clone()));
+    emergency
+}
+
+/// A pending key every verifier holds: it signs `propagation` after that observation, and
+/// its predecessor until then (no later: a manual rotation retires it early).
+fn schedule_published(
+    keys: &mut [ManagedKey],
+    published: &BTreeSet<String>,
+    now: i64,
+    params: RotationParams,
+    changes: &mut Vec<Change>,
+) {
     for i in 0..keys.len() {
         if !(keys[i].pending && published.contains(&keys[i].kid)) {
             continue;
@@ -212,15 +290,27 @@ pub fn plan<E>(
             kid: key.kid.clone(),
             activates_at: at,
         });
-        if let Some(active) = active_index(&keys, now) {
-            hand_over(&mut keys[active], at, params, &mut changes);
+        if let Some(active) = active_index(keys, now) {
+            hand_over(&mut keys[active], at, params, changes);
         }
     }
+}
 
-    let make = |material: NewKeyMaterial, activates_at, pending| ManagedKey {
+/// Adds a key made of `material` that signs from `activates_at` (when `pending`, the
+/// earliest it may).
+fn create(
+    inputs: &Inputs<'_>,
+    material: NewKeyMaterial,
+    activates_at: i64,
+    pending: bool,
+    keys: &mut Vec<ManagedKey>,
+    changes: &mut Vec<Change>,
+) {
+    let params = inputs.params;
+    let key = ManagedKey {
         kid: material.kid,
-        alg: alg.to_owned(),
-        published_at: now,
+        alg: inputs.alg.to_owned(),
+        published_at: inputs.now,
         activates_at,
         signs_until: activates_at + params.period,
         removed_after: activates_at + params.period + params.tail(),
@@ -228,42 +318,26 @@ pub fn plan<E>(
         public_jwk: material.public_jwk,
         pending,
     };
+    changes.push(Change::Created {
+        kid: key.kid.clone(),
+        activates_at,
+        pending,
+    });
+    keys.push(key);
+}
 
-    if !keys.iter().any(ManagedKey::has_private_key) {
-        // Nothing left that could ever sign. Only a brand-new issuer (or the replacement of
-        // an emergency-revoked key) signs at once; otherwise verifiers may hold keys that the
-        // issuer still signs with from a stale copy, and the new key is published first.
-        let immediate = emergency || (!had_keys && keys.is_empty());
-        let activates_at = if immediate {
-            now
-        } else {
-            now + params.propagation
-        };
-        let key = make(new_key()?, activates_at, !immediate);
-        changes.push(Change::Created {
-            kid: key.kid.clone(),
-            activates_at,
-            pending: !immediate,
-        });
-        keys.push(key);
-    }
-
-    ensure_active_key(&mut keys, now, params, emergency, &mut changes);
-
-    let Some(active) = active_index(&keys, now) else {
-        // Nothing may sign yet: a pending key waits for its publication, or the clock stepped
-        // back before the first activation. Wait rather than mint a duplicate.
-        keys.sort_by_key(|k| k.activates_at);
-        let next_transition = next_transition(&keys, now, params);
-        return Ok(Plan {
-            keys,
-            changes,
-            next_transition,
-        });
-    };
-
-    let successor = successor_index(&keys, now);
-    if requests.rotate || keys[active].alg != alg {
+/// The successor of the `active` key: brought forward by a manual rotation or an algorithm
+/// switch, or created when the active key nears the end of its window.
+fn successor<E>(
+    inputs: &Inputs<'_>,
+    active: usize,
+    new_key: &mut dyn FnMut() -> Result<NewKeyMaterial, E>,
+    keys: &mut Vec<ManagedKey>,
+    changes: &mut Vec<Change>,
+) -> Result<(), E> {
+    let (now, params) = (inputs.now, inputs.params);
+    let successor = successor_index(keys, now);
+    if inputs.requests.rotate || keys[active].alg != inputs.alg {
         let target = now + params.propagation;
         match successor {
             Some(s) if keys[s].pending => {
@@ -280,48 +354,16 @@ pub fn plan<E>(
                 if keys[s].activates_at > target {
                     reschedule(&mut keys[s], target, params);
                     changes.push(Change::Rescheduled(keys[s].kid.clone()));
-                    hand_over(&mut keys[active], target, params, &mut changes);
+                    hand_over(&mut keys[active], target, params, changes);
                 }
             }
-            None => {
-                let key = make(new_key()?, target, true);
-                changes.push(Change::Created {
-                    kid: key.kid.clone(),
-                    activates_at: target,
-                    pending: true,
-                });
-                keys.push(key);
-            }
+            None => create(inputs, new_key()?, target, true, keys, changes),
         }
     } else if successor.is_none() && now >= keys[active].signs_until - params.lead() {
         let activates_at = keys[active].signs_until.max(now + params.propagation);
-        let key = make(new_key()?, activates_at, true);
-        changes.push(Change::Created {
-            kid: key.kid.clone(),
-            activates_at,
-            pending: true,
-        });
-        keys.push(key);
+        create(inputs, new_key()?, activates_at, true, keys, changes);
     }
-
-    // While the successor waits for its publication, the active key keeps signing, with a
-    // window the issuer's mounted copy sees in time.
-    let waiting = keys.iter().any(|k| k.pending && k.has_private_key());
-    if waiting && now + params.propagation >= keys[active].signs_until {
-        let until = now + 2 * params.propagation;
-        let key = &mut keys[active];
-        key.signs_until = until;
-        key.removed_after = key.removed_after.max(until + params.tail());
-        changes.push(Change::Rescheduled(key.kid.clone()));
-    }
-
-    keys.sort_by_key(|k| k.activates_at);
-    let next_transition = next_transition(&keys, now, params);
-    Ok(Plan {
-        keys,
-        changes,
-        next_transition,
-    })
+    Ok(())
 }
 
 /// Public keys that verifiers still hold (or status lists) but the signing-keys document no

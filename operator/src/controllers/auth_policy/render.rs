@@ -78,7 +78,60 @@ pub fn sidecar_config(
         .and_then(|s| s.tokens.leeway.get().ok())
         .map_or(30, |d| d.as_secs().min(config::MAX_LEEWAY_SECS));
 
-    let (issuers, feed) = match trust {
+    let (issuers, feed) = trusted_issuers(policy, trust, &namespace)?;
+
+    let issuer = issuer_config(policy);
+
+    let tls = listener_tls(spec);
+
+    Ok(SidecarConfig {
+        api_version: CONFIG_API_VERSION.to_owned(),
+        policy: PolicyId {
+            namespace,
+            name: policy.name_any(),
+            generation: policy.metadata.generation.unwrap_or_default(),
+        },
+        listen: ListenConfig {
+            port: port(spec.listen.port),
+            tls,
+        },
+        upstream: upstream_config(spec),
+        verify: VerifyConfig {
+            issuers,
+            audiences: effective_audiences(spec),
+            leeway_secs,
+            max_token_bytes: config::DEFAULT_MAX_TOKEN_BYTES,
+        },
+        rules: spec.rules.iter().map(route_rule).collect(),
+        default_action: match spec.default_action {
+            api::DefaultAction::Deny => config::DefaultAction::Deny,
+            api::DefaultAction::Authenticate => config::DefaultAction::Authenticate,
+            api::DefaultAction::Allow => config::DefaultAction::Allow,
+        },
+        enforcement: enforcement(spec.enforcement),
+        rate_limits: spec.rate_limits.iter().map(rate_limit).collect(),
+        trusted_proxies: spec.trusted_proxies.as_ref().map(|t| match t.hops {
+            Some(hops) => TrustedProxiesConfig::Hops(u8::try_from(hops).unwrap_or(u8::MAX)),
+            None => TrustedProxiesConfig::Cidrs(t.cidrs.clone()),
+        }),
+        headers: headers(spec),
+        revocation: RevocationConfig {
+            client_cutoffs,
+            feed,
+        },
+        ca_bundle_pem: Some(ca_bundle.to_owned()).filter(|b| !b.is_empty()),
+        issuer,
+    })
+}
+
+/// The issuers a verifier trusts, with their keys, and the revocation feed it reads.
+fn trusted_issuers(
+    policy: &AuthPolicy,
+    trust: &Trust,
+    namespace: &str,
+) -> Result<(Vec<TrustedIssuer>, Option<FeedConfig>)> {
+    let spec = &policy.spec;
+    Ok(match trust {
         Trust::Own { jwks, hs256 } => {
             let own = spec.issuer.self_.as_ref().ok_or(Error::Unaddressable)?;
             let keys = if *hs256 {
@@ -87,7 +140,7 @@ pub fn sidecar_config(
                 KeySource::Static { jwks: jwks.clone() }
             };
             let feed = FeedConfig {
-                url: feed_url(&namespace, &own.service),
+                url: feed_url(namespace, &own.service),
                 issuer: own.url.clone(),
                 staleness_bound_secs: FEED_STALENESS_SECS,
                 fail_closed: false,
@@ -143,9 +196,12 @@ pub fn sidecar_config(
             )
         }
         Trust::Unresolved => (Vec::new(), None),
-    };
+    })
+}
 
-    let issuer = spec.issuer.self_.as_ref().map(|own| {
+/// The issuer's part of the config, for an `issuer.self` policy.
+fn issuer_config(policy: &AuthPolicy) -> Option<IssuerConfig> {
+    policy.spec.issuer.self_.as_ref().map(|own| {
         let secs = |d: &api::PositiveDuration| d.get().map_or(0, |d| d.as_secs());
         IssuerConfig {
             url: own.url.clone(),
@@ -190,9 +246,12 @@ pub fn sidecar_config(
             identity: identity(own),
             feed_subject_key: feed_subject_key(policy),
         }
-    });
+    })
+}
 
-    let tls = if spec.issuer.self_.is_some() {
+/// The listener's certificate: an issuer's serving certificate, or `listen.tlsSecret`.
+fn listener_tls(spec: &AuthPolicySpec) -> Option<TlsFiles> {
+    if spec.issuer.self_.is_some() {
         Some(TlsFiles {
             cert_path: format!("{}/tls.crt", names::TLS_MOUNT_DIR),
             key_path: format!("{}/tls.key", names::TLS_MOUNT_DIR),
@@ -202,68 +261,39 @@ pub fn sidecar_config(
             cert_path: format!("{LISTEN_TLS_MOUNT_DIR}/tls.crt"),
             key_path: format!("{LISTEN_TLS_MOUNT_DIR}/tls.key"),
         })
-    };
+    }
+}
 
-    Ok(SidecarConfig {
-        api_version: CONFIG_API_VERSION.to_owned(),
-        policy: PolicyId {
-            namespace,
-            name: policy.name_any(),
-            generation: policy.metadata.generation.unwrap_or_default(),
+/// How the sidecar talks to the app.
+fn upstream_config(spec: &AuthPolicySpec) -> UpstreamConfig {
+    UpstreamConfig {
+        port: port(spec.upstream.port),
+        protocol: match spec.upstream.protocol {
+            api::UpstreamProtocol::HTTP1 => config::UpstreamProtocol::Http1,
+            api::UpstreamProtocol::H2C => config::UpstreamProtocol::H2c,
         },
-        listen: ListenConfig {
-            port: port(spec.listen.port),
-            tls,
+        response_timeout_secs: spec
+            .upstream
+            .response_timeout
+            .get()
+            .map_or(30, |d| d.as_secs()),
+    }
+}
+
+/// The response headers and the identity headers passed to the app.
+fn headers(spec: &AuthPolicySpec) -> HeadersConfig {
+    HeadersConfig {
+        security_headers: spec.headers.security_headers,
+        hsts: match spec.headers.hsts {
+            api::Hsts::Auto => config::Hsts::Auto,
+            api::Hsts::Always => config::Hsts::Always,
+            api::Hsts::Never => config::Hsts::Never,
         },
-        upstream: UpstreamConfig {
-            port: port(spec.upstream.port),
-            protocol: match spec.upstream.protocol {
-                api::UpstreamProtocol::HTTP1 => config::UpstreamProtocol::Http1,
-                api::UpstreamProtocol::H2C => config::UpstreamProtocol::H2c,
-            },
-            response_timeout_secs: spec
-                .upstream
-                .response_timeout
-                .get()
-                .map_or(30, |d| d.as_secs()),
-        },
-        verify: VerifyConfig {
-            issuers,
-            audiences: effective_audiences(spec),
-            leeway_secs,
-            max_token_bytes: config::DEFAULT_MAX_TOKEN_BYTES,
-        },
-        rules: spec.rules.iter().map(route_rule).collect(),
-        default_action: match spec.default_action {
-            api::DefaultAction::Deny => config::DefaultAction::Deny,
-            api::DefaultAction::Authenticate => config::DefaultAction::Authenticate,
-            api::DefaultAction::Allow => config::DefaultAction::Allow,
-        },
-        enforcement: enforcement(spec.enforcement),
-        rate_limits: spec.rate_limits.iter().map(rate_limit).collect(),
-        trusted_proxies: spec.trusted_proxies.as_ref().map(|t| match t.hops {
-            Some(hops) => TrustedProxiesConfig::Hops(u8::try_from(hops).unwrap_or(u8::MAX)),
-            None => TrustedProxiesConfig::Cidrs(t.cidrs.clone()),
-        }),
-        headers: HeadersConfig {
-            security_headers: spec.headers.security_headers,
-            hsts: match spec.headers.hsts {
-                api::Hsts::Auto => config::Hsts::Auto,
-                api::Hsts::Always => config::Hsts::Always,
-                api::Hsts::Never => config::Hsts::Never,
-            },
-            no_store_paths: spec.headers.no_store_paths.clone(),
-            subject_header: spec.headers.identity.subject.to_ascii_lowercase(),
-            scopes_header: spec.headers.identity.scopes.to_ascii_lowercase(),
-            client_id_header: spec.headers.identity.client_id.to_ascii_lowercase(),
-        },
-        revocation: RevocationConfig {
-            client_cutoffs,
-            feed,
-        },
-        ca_bundle_pem: Some(ca_bundle.to_owned()).filter(|b| !b.is_empty()),
-        issuer,
-    })
+        no_store_paths: spec.headers.no_store_paths.clone(),
+        subject_header: spec.headers.identity.subject.to_ascii_lowercase(),
+        scopes_header: spec.headers.identity.scopes.to_ascii_lowercase(),
+        client_id_header: spec.headers.identity.client_id.to_ascii_lowercase(),
+    }
 }
 
 fn port(value: i32) -> u16 {

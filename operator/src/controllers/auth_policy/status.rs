@@ -165,90 +165,14 @@ pub fn compute(
     generation: Option<i64>,
     now: i64,
 ) -> AuthPolicyStatus {
-    let mut conclusions = Vec::new();
-    let blocking = observation.problems.iter().find(|p| p.blocks_readiness());
-
     let signer = observation.keys.as_ref().and_then(|keys| {
         keys.iter()
             .filter(|k| k.state(now) == KeyState::Active)
             .max_by_key(|k| k.activates_at)
     });
-    if let Some(keys) = &observation.keys {
-        conclusions.push(match signer {
-            Some(k) => {
-                let next = keys.iter().find(|n| n.state(now) == KeyState::Next);
-                let tail = next.map_or(String::new(), |n| match &observation.publishing {
-                    Some((kid, waiting)) if *kid == n.kid => {
-                        format!("; next {}", publishing_message(kid, waiting))
-                    }
-                    _ => format!("; next key {} signs from {}", n.kid, time(n.activates_at).0),
-                });
-                Conclusion::yes(
-                    "KeysReady",
-                    "KeyActive",
-                    format!(
-                        "key {} ({}) signs until {}{tail}",
-                        k.kid,
-                        k.alg,
-                        time(k.signs_until).0
-                    ),
-                )
-            }
-            None => match &observation.publishing {
-                Some((kid, waiting)) => Conclusion::no(
-                    "KeysReady",
-                    "KeyPublishing",
-                    publishing_message(kid, waiting),
-                ),
-                None => Conclusion::no("KeysReady", "NoActiveKey", "no key may sign yet"),
-            },
-        });
-    } else if observation.keys_unreadable {
-        conclusions.push(Conclusion::no(
-            "KeysReady",
-            "SigningKeysCorrupt",
-            "the signing-keys document cannot be read; the published keys stay",
-        ));
-    } else if observation.mode == "PolicyRef" {
-        conclusions.push(if observation.trusted_keys > 0 {
-            Conclusion::yes(
-                "KeysReady",
-                "KeysTrusted",
-                format!(
-                    "trusting {} published keys of the issuer",
-                    observation.trusted_keys
-                ),
-            )
-        } else {
-            Conclusion::no(
-                "KeysReady",
-                "NoTrustedKeys",
-                "no key of the issuer is trusted yet",
-            )
-        });
-    }
-
-    let ready = match blocking {
-        Some(problem) => Conclusion::no("Ready", problem.reason(), problem.to_string()),
-        None if observation.keys.is_some() && signer.is_none() => match &observation.publishing {
-            Some((kid, waiting)) => {
-                Conclusion::no("Ready", "KeyPublishing", publishing_message(kid, waiting))
-            }
-            None => Conclusion::no("Ready", "NoActiveKey", "rendered, but no key may sign yet"),
-        },
-        None => Conclusion::yes(
-            "Ready",
-            "Rendered",
-            format!(
-                "sidecar config {} rendered",
-                observation
-                    .rendered
-                    .sidecar_config
-                    .as_deref()
-                    .unwrap_or_default()
-            ),
-        ),
-    };
+    let mut conclusions: Vec<Conclusion> =
+        keys_ready(observation, signer, now).into_iter().collect();
+    let ready = ready(observation, signer.is_some());
     let in_flight = matches!(
         ready.reason,
         "KeyPublishing" | "NoActiveKey" | "PolicyRefKeysPending"
@@ -256,58 +180,17 @@ pub fn compute(
     let kstatus = kstatus(&ready, in_flight);
     conclusions.push(ready);
     conclusions.extend(kstatus);
-
-    conclusions.push(if observation.problems.is_empty() {
-        Conclusion::no("Degraded", "AsExpected", "nothing needs attention")
-    } else {
-        let message = observation
-            .problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        Conclusion::yes("Degraded", observation.problems[0].reason(), message)
-    });
-
+    conclusions.push(degraded(observation));
     if !observation.upstreams.is_empty() {
         conclusions.push(upstreams_ready(&observation.upstreams));
     }
-
     conclusions.push(observation.dry_run.conclusion());
-
-    if observation.mode == "Self" {
-        conclusions.push(if observation.memory_store {
-            Conclusion::no(
-                "StatePersistent",
-                "MemoryStore",
-                "codes, refresh families and revocations live in the issuer's memory: a restart forgets them; use store type Redis to keep them",
-            )
-        } else {
-            Conclusion::yes("StatePersistent", "Redis", "issuer state is kept in Redis")
-        });
-    }
+    conclusions.extend(state_persistent(observation));
 
     let existing = previous
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let mut keys: Vec<KeyStatus> = observation
-        .keys
-        .iter()
-        .flatten()
-        .map(|k| KeyStatus {
-            kid: k.kid.clone(),
-            state: if k.pending {
-                "publishing".to_owned()
-            } else {
-                k.state(now).as_str().to_owned()
-            },
-            published_at: time(k.published_at),
-            activates_at: time(k.activates_at),
-            signs_until: time(k.signs_until),
-            removed_after: time(k.removed_after),
-            public_only: !k.has_private_key(),
-        })
-        .collect();
+    let mut keys = key_statuses(observation, now);
     let mut active_kid = signer.map(|k| k.kid.clone());
     if observation.keys.is_none()
         && observation.mode == "Self"
@@ -338,6 +221,150 @@ pub fn compute(
         uninjected_pods: observation.pods.uninjected.clone(),
         rendered: Some(observation.rendered.clone()),
     }
+}
+
+/// `KeysReady`: for an issuer, which key signs and which is next (or why none may sign);
+/// for a `policyRef`, whether any key of the issuer is trusted. None for other policies.
+fn keys_ready(
+    observation: &Observation,
+    signer: Option<&ManagedKey>,
+    now: i64,
+) -> Option<Conclusion> {
+    let Some(keys) = &observation.keys else {
+        if observation.keys_unreadable {
+            return Some(Conclusion::no(
+                "KeysReady",
+                "SigningKeysCorrupt",
+                "the signing-keys document cannot be read; the published keys stay",
+            ));
+        }
+        if observation.mode != "PolicyRef" {
+            return None;
+        }
+        return Some(if observation.trusted_keys > 0 {
+            Conclusion::yes(
+                "KeysReady",
+                "KeysTrusted",
+                format!(
+                    "trusting {} published keys of the issuer",
+                    observation.trusted_keys
+                ),
+            )
+        } else {
+            Conclusion::no(
+                "KeysReady",
+                "NoTrustedKeys",
+                "no key of the issuer is trusted yet",
+            )
+        });
+    };
+    Some(match signer {
+        Some(k) => {
+            let next = keys.iter().find(|n| n.state(now) == KeyState::Next);
+            let tail = next.map_or(String::new(), |n| match &observation.publishing {
+                Some((kid, waiting)) if *kid == n.kid => {
+                    format!("; next {}", publishing_message(kid, waiting))
+                }
+                _ => format!("; next key {} signs from {}", n.kid, time(n.activates_at).0),
+            });
+            Conclusion::yes(
+                "KeysReady",
+                "KeyActive",
+                format!(
+                    "key {} ({}) signs until {}{tail}",
+                    k.kid,
+                    k.alg,
+                    time(k.signs_until).0
+                ),
+            )
+        }
+        None => match &observation.publishing {
+            Some((kid, waiting)) => Conclusion::no(
+                "KeysReady",
+                "KeyPublishing",
+                publishing_message(kid, waiting),
+            ),
+            None => Conclusion::no("KeysReady", "NoActiveKey", "no key may sign yet"),
+        },
+    })
+}
+
+/// `Ready`: the first problem that blocks it, an issuer none of whose keys may sign yet, or
+/// the rendered sidecar config.
+fn ready(observation: &Observation, signing: bool) -> Conclusion {
+    let blocking = observation.problems.iter().find(|p| p.blocks_readiness());
+    match blocking {
+        Some(problem) => Conclusion::no("Ready", problem.reason(), problem.to_string()),
+        None if observation.keys.is_some() && !signing => match &observation.publishing {
+            Some((kid, waiting)) => {
+                Conclusion::no("Ready", "KeyPublishing", publishing_message(kid, waiting))
+            }
+            None => Conclusion::no("Ready", "NoActiveKey", "rendered, but no key may sign yet"),
+        },
+        None => Conclusion::yes(
+            "Ready",
+            "Rendered",
+            format!(
+                "sidecar config {} rendered",
+                observation
+                    .rendered
+                    .sidecar_config
+                    .as_deref()
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+/// `Degraded`: every problem, the first one's reason.
+fn degraded(observation: &Observation) -> Conclusion {
+    if observation.problems.is_empty() {
+        return Conclusion::no("Degraded", "AsExpected", "nothing needs attention");
+    }
+    let message = observation
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Conclusion::yes("Degraded", observation.problems[0].reason(), message)
+}
+
+/// `StatePersistent`, for an issuer: whether its state survives a restart.
+fn state_persistent(observation: &Observation) -> Option<Conclusion> {
+    (observation.mode == "Self").then(|| {
+        if observation.memory_store {
+            Conclusion::no(
+                "StatePersistent",
+                "MemoryStore",
+                "codes, refresh families and revocations live in the issuer's memory: a restart forgets them; use store type Redis to keep them",
+            )
+        } else {
+            Conclusion::yes("StatePersistent", "Redis", "issuer state is kept in Redis")
+        }
+    })
+}
+
+/// The keys as status lists them.
+fn key_statuses(observation: &Observation, now: i64) -> Vec<KeyStatus> {
+    observation
+        .keys
+        .iter()
+        .flatten()
+        .map(|k| KeyStatus {
+            kid: k.kid.clone(),
+            state: if k.pending {
+                "publishing".to_owned()
+            } else {
+                k.state(now).as_str().to_owned()
+            },
+            published_at: time(k.published_at),
+            activates_at: time(k.activates_at),
+            signs_until: time(k.signs_until),
+            removed_after: time(k.removed_after),
+            public_only: !k.has_private_key(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -71,86 +71,9 @@ pub fn render(
 ) -> Result<ClientRegistry, HashError> {
     let mut clients = Vec::with_capacity(entries.len());
     for entry in entries {
-        let spec = &entry.client.spec;
         let id = client_id(entry.client);
-        let previous = existing.find(&id);
-        let reuse = |source: &str, kind: SecretKind| -> Option<String> {
-            previous?
-                .secrets
-                .iter()
-                .find(|s| {
-                    s.source.as_deref() == Some(source) && secret_hash::is_current(&s.phc, kind)
-                })
-                .map(|s| s.phc.clone())
-        };
-        let hashed = |plain: &str,
-                      source: String,
-                      kind: SecretKind,
-                      not_after: Option<i64>|
-         -> Result<SecretHash, HashError> {
-            let phc = match reuse(&source, kind) {
-                Some(phc) => phc,
-                None => secret_hash::hash(plain, kind)?,
-            };
-            Ok(SecretHash {
-                phc,
-                not_after,
-                source: Some(source),
-            })
-        };
-        let secrets = match &entry.credentials {
-            Credentials::Public | Credentials::Missing => Vec::new(),
-            Credentials::Generated {
-                current,
-                previous,
-                source,
-            } => {
-                let mut secrets = vec![hashed(
-                    current,
-                    format!("{source}#current"),
-                    SecretKind::Generated,
-                    None,
-                )?];
-                if let Some((old, until)) = previous
-                    && *until > now
-                {
-                    secrets.push(hashed(
-                        old,
-                        format!("{source}#previous"),
-                        SecretKind::Generated,
-                        Some(*until),
-                    )?);
-                }
-                secrets
-            }
-            Credentials::Chosen { secret, source } => {
-                vec![hashed(secret, source.clone(), SecretKind::Chosen, None)?]
-            }
-        };
-        let auth_method = match (spec.public, spec.token_endpoint_auth_method) {
-            (true, _) => AuthMethod::None,
-            (false, Some(TokenEndpointAuthMethod::ClientSecretPost)) => {
-                AuthMethod::ClientSecretPost
-            }
-            (false, _) => AuthMethod::ClientSecretBasic,
-        };
-        clients.push(RegisteredClient {
-            client_id: id,
-            public: spec.public,
-            auth_method,
-            secrets,
-            grant_types: spec
-                .grant_types
-                .iter()
-                .map(|g| grant_name(*g).to_owned())
-                .collect(),
-            scopes: spec.scopes.clone(),
-            default_scopes: spec.default_scopes.clone(),
-            audiences: entry.audiences.clone(),
-            owned_audiences: entry.owned_audiences.clone(),
-            redirect_uris: spec.redirect_uris.clone(),
-            revoke_before: revocation_cutoff(entry.client, now).map(|c| c.effective.as_second()),
-        });
+        let secrets = hashed_secrets(entry, existing.find(&id), now)?;
+        clients.push(registered(entry, id, secrets, now));
     }
     clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     let upstream_choices = entries
@@ -164,6 +87,99 @@ pub fn render(
         clients,
         upstream_choices,
     })
+}
+
+/// A client's secrets, hashed: the generated one and, during a rotation overlap, the
+/// previous one; or the one the user chose. A hash `previous` (the stored entry) already
+/// holds for the same source is reused, so an unchanged secret is not hashed again.
+fn hashed_secrets(
+    entry: &Entry<'_>,
+    previous: Option<&RegisteredClient>,
+    now: i64,
+) -> Result<Vec<SecretHash>, HashError> {
+    let reuse = |source: &str, kind: SecretKind| -> Option<String> {
+        previous?
+            .secrets
+            .iter()
+            .find(|s| s.source.as_deref() == Some(source) && secret_hash::is_current(&s.phc, kind))
+            .map(|s| s.phc.clone())
+    };
+    let hashed = |plain: &str,
+                  source: String,
+                  kind: SecretKind,
+                  not_after: Option<i64>|
+     -> Result<SecretHash, HashError> {
+        let phc = match reuse(&source, kind) {
+            Some(phc) => phc,
+            None => secret_hash::hash(plain, kind)?,
+        };
+        Ok(SecretHash {
+            phc,
+            not_after,
+            source: Some(source),
+        })
+    };
+    Ok(match &entry.credentials {
+        Credentials::Public | Credentials::Missing => Vec::new(),
+        Credentials::Generated {
+            current,
+            previous,
+            source,
+        } => {
+            let mut secrets = vec![hashed(
+                current,
+                format!("{source}#current"),
+                SecretKind::Generated,
+                None,
+            )?];
+            if let Some((old, until)) = previous
+                && *until > now
+            {
+                secrets.push(hashed(
+                    old,
+                    format!("{source}#previous"),
+                    SecretKind::Generated,
+                    Some(*until),
+                )?);
+            }
+            secrets
+        }
+        Credentials::Chosen { secret, source } => {
+            vec![hashed(secret, source.clone(), SecretKind::Chosen, None)?]
+        }
+    })
+}
+
+/// A client's registry entry.
+fn registered(
+    entry: &Entry<'_>,
+    id: String,
+    secrets: Vec<SecretHash>,
+    now: i64,
+) -> RegisteredClient {
+    let spec = &entry.client.spec;
+    let auth_method = match (spec.public, spec.token_endpoint_auth_method) {
+        (true, _) => AuthMethod::None,
+        (false, Some(TokenEndpointAuthMethod::ClientSecretPost)) => AuthMethod::ClientSecretPost,
+        (false, _) => AuthMethod::ClientSecretBasic,
+    };
+    RegisteredClient {
+        client_id: id,
+        public: spec.public,
+        auth_method,
+        secrets,
+        grant_types: spec
+            .grant_types
+            .iter()
+            .map(|g| grant_name(*g).to_owned())
+            .collect(),
+        scopes: spec.scopes.clone(),
+        default_scopes: spec.default_scopes.clone(),
+        audiences: entry.audiences.clone(),
+        owned_audiences: entry.owned_audiences.clone(),
+        redirect_uris: spec.redirect_uris.clone(),
+        revoke_before: revocation_cutoff(entry.client, now).map(|c| c.effective.as_second()),
+    }
 }
 
 /// The RFC 6749 name of a grant type.

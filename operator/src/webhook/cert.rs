@@ -72,6 +72,25 @@ async fn step(
     doc: &CaDocument,
 ) -> Result<Duration> {
     let now = now();
+    let not_after = keep_certificate(client, identity, doc, now).await?;
+    keep_ca_bundle(client, identity, doc, now).await?;
+    let renew_at = not_after - ca::LEAF_RENEW_BEFORE_SECS;
+    let next = doc
+        .next_transition(now)
+        .map_or(renew_at, |t| t.min(renew_at));
+    Ok(Duration::from_secs(
+        (next - now).clamp(1, 3600).unsigned_abs(),
+    ))
+}
+
+/// Issues the serving certificate into its Secret when it is missing or due; returns when
+/// the one in force expires.
+async fn keep_certificate(
+    client: &kube::Client,
+    identity: &WebhookIdentity,
+    doc: &CaDocument,
+    now: i64,
+) -> Result<i64> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &identity.namespace);
     let current = api.get_opt(WEBHOOK_TLS_SECRET).await?;
     let mut names = identity.dns_names.clone();
@@ -125,7 +144,16 @@ async fn step(
         not_after = leaf.not_after;
         tracing::info!(names = %names.join(","), "issued the webhook serving certificate");
     }
+    Ok(not_after)
+}
 
+/// Keeps the MutatingWebhookConfiguration's caBundle equal to the CA bundle.
+async fn keep_ca_bundle(
+    client: &kube::Client,
+    identity: &WebhookIdentity,
+    doc: &CaDocument,
+    now: i64,
+) -> Result<()> {
     let bundle = base64::engine::general_purpose::STANDARD.encode(doc.bundle(now));
     let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let current_bundle = configurations
@@ -153,13 +181,7 @@ async fn step(
             .await?;
         tracing::info!(configuration = %identity.configuration, "updated the webhook caBundle");
     }
-    let renew_at = not_after - ca::LEAF_RENEW_BEFORE_SECS;
-    let next = doc
-        .next_transition(now)
-        .map_or(renew_at, |t| t.min(renew_at));
-    Ok(Duration::from_secs(
-        (next - now).clamp(1, 3600).unsigned_abs(),
-    ))
+    Ok(())
 }
 
 /// Every replica: loads the certificate from the Secret whenever it changes.

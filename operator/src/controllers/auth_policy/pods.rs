@@ -105,24 +105,24 @@ pub struct PodSummary {
     pub uninjected: Vec<String>,
 }
 
-/// Looks at the pods and Services of the policy's namespace.
-pub fn observe(
+/// The pods `policy` selects and keeps; and, by policy, the pods an older policy also selects:
+/// those are the older one's (the webhook injects its sidecar), so this one reports a
+/// Conflict for them and counts only the rest.
+fn claimed<'a>(
     policy: &AuthPolicy,
     others: &[&AuthPolicy],
-    pods: &[&Pod],
-    services: &[&Service],
-) -> (PodSummary, Vec<Problem>) {
+    pods: &[&'a Pod],
+) -> (Vec<&'a Pod>, BTreeMap<String, Vec<String>>) {
     let name = policy.name_any();
     let mine = seniority(policy);
     let older: Vec<&&AuthPolicy> = others
         .iter()
         .filter(|o| o.name_any() != name && seniority(o) < mine)
         .collect();
-    // Pods an older policy also selects are that policy's (the webhook injects its sidecar):
-    // this one reports a Conflict for them and counts only the rest.
     let mut conflicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let selected: Vec<&&Pod> = pods
+    let selected: Vec<&Pod> = pods
         .iter()
+        .copied()
         .filter(|p| selects(&policy.spec.selector, p.labels()))
         .filter(|p| {
             let owner = older
@@ -138,36 +138,13 @@ pub fn observe(
             owner.is_none()
         })
         .collect();
-    let mut summary = PodSummary {
-        selected: i32::try_from(selected.len()).unwrap_or(i32::MAX),
-        ..Default::default()
-    };
-    let mut without = Vec::new();
-    for pod in &selected {
-        if injected(pod, &name) {
-            summary.injected += 1;
-        } else {
-            without.push(pod.name_any());
-        }
-    }
-    without.sort();
-    let mut problems = Vec::new();
-    for (other, mut shared) in conflicts {
-        shared.sort();
-        shared.truncate(MAX_NAMES);
-        problems.push(Problem::Conflict(other, shared));
-    }
-    if selected.is_empty() && problems.is_empty() {
-        problems.push(Problem::NoPodsSelected);
-    }
-    if !without.is_empty() {
-        problems.push(Problem::PodsWithoutSidecar(
-            without.len(),
-            without.iter().take(MAX_NAMES).cloned().collect(),
-        ));
-    }
-    summary.uninjected = without.into_iter().take(MAX_NAMES).collect();
+    (selected, conflicts)
+}
 
+/// Services that send traffic for the selected pods to the app's own port, around the
+/// sidecar.
+fn bypasses(policy: &AuthPolicy, selected: &[&Pod], services: &[&Service]) -> Vec<Problem> {
+    let mut problems = Vec::new();
     let upstream = policy.spec.upstream.port;
     for service in services {
         let Some(spec) = &service.spec else { continue };
@@ -198,6 +175,49 @@ pub fn observe(
             ));
         }
     }
+    problems
+}
+
+/// Looks at the pods and Services of the policy's namespace.
+pub fn observe(
+    policy: &AuthPolicy,
+    others: &[&AuthPolicy],
+    pods: &[&Pod],
+    services: &[&Service],
+) -> (PodSummary, Vec<Problem>) {
+    let name = policy.name_any();
+    let (selected, conflicts) = claimed(policy, others, pods);
+    let mut summary = PodSummary {
+        selected: i32::try_from(selected.len()).unwrap_or(i32::MAX),
+        ..Default::default()
+    };
+    let mut without = Vec::new();
+    for pod in &selected {
+        if injected(pod, &name) {
+            summary.injected += 1;
+        } else {
+            without.push(pod.name_any());
+        }
+    }
+    without.sort();
+    let mut problems = Vec::new();
+    for (other, mut shared) in conflicts {
+        shared.sort();
+        shared.truncate(MAX_NAMES);
+        problems.push(Problem::Conflict(other, shared));
+    }
+    if selected.is_empty() && problems.is_empty() {
+        problems.push(Problem::NoPodsSelected);
+    }
+    if !without.is_empty() {
+        problems.push(Problem::PodsWithoutSidecar(
+            without.len(),
+            without.iter().take(MAX_NAMES).cloned().collect(),
+        ));
+    }
+    summary.uninjected = without.into_iter().take(MAX_NAMES).collect();
+
+    problems.extend(bypasses(policy, &selected, services));
     (summary, problems)
 }
 

@@ -52,34 +52,13 @@ pub async fn ensure(client: &OAuthClient, ctx: &Context, now: i64) -> Result<Ens
     let namespace = client.namespace().ok_or(Error::Unaddressable)?;
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let uid = client.uid().ok_or(Error::Unaddressable)?;
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
     let asked = client
         .annotations()
         .get(names::ROTATE_SECRET_ANNOTATION)
         .cloned();
 
     let Some(current) = api.get_opt(&name).await? else {
-        let data = BTreeMap::from([
-            (CLIENT_ID_KEY.to_owned(), client_id(client)),
-            (CLIENT_SECRET_KEY.to_owned(), generate_secret()?),
-        ]);
-        let secret = objects::secret(meta(client, &name, asked, None)?, None, data);
-        api.create(&params, &secret).await?;
-        ctx.metrics.writes.inc();
-        ctx.event(
-            client,
-            false,
-            "SecretCreated",
-            format!("generated a client secret in Secret {name}"),
-        )
-        .await;
-        return Ok(Ensured::Ready {
-            secret: name,
-            previous_until: None,
-        });
+        return create(client, ctx, &api, name, asked).await;
     };
 
     let owned = current.owner_references().iter().any(|o| o.uid == uid);
@@ -107,34 +86,94 @@ pub async fn ensure(client: &OAuthClient, ctx: &Context, now: i64) -> Result<Ens
         });
     }
 
+    let (data, previous) = next_data(client, &current, rotate, now)?;
+    if rotate
+        && current_secret.is_some()
+        && let Some(until) = previous
+    {
+        let note = format!(
+            "rotated the client secret; the previous one works until {}",
+            rfc3339(until)
+        );
+        ctx.event(client, false, "SecretRotated", note).await;
+    }
+    let mut meta = meta(client, &name, asked.or(handled), previous)?;
+    meta.resource_version = current.resource_version();
+    api.replace(&name, &post_params(), &objects::secret(meta, None, data))
+        .await?;
+    ctx.metrics.writes.inc();
+    Ok(Ensured::Ready {
+        secret: name,
+        previous_until: previous,
+    })
+}
+
+fn post_params() -> PostParams {
+    PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Creates the Secret with a new client secret.
+async fn create(
+    client: &OAuthClient,
+    ctx: &Context,
+    api: &Api<Secret>,
+    name: String,
+    asked: Option<String>,
+) -> Result<Ensured> {
+    let data = BTreeMap::from([
+        (CLIENT_ID_KEY.to_owned(), client_id(client)),
+        (CLIENT_SECRET_KEY.to_owned(), generate_secret()?),
+    ]);
+    let secret = objects::secret(meta(client, &name, asked, None)?, None, data);
+    api.create(&post_params(), &secret).await?;
+    ctx.metrics.writes.inc();
+    ctx.event(
+        client,
+        false,
+        "SecretCreated",
+        format!("generated a client secret in Secret {name}"),
+    )
+    .await;
+    Ok(Ensured::Ready {
+        secret: name,
+        previous_until: None,
+    })
+}
+
+/// What the Secret holds next, and until when its previous secret works: on a rotation a new
+/// secret, the old one kept for the overlap; otherwise the current one, with its previous one
+/// while the overlap lasts; a new one when it has none.
+fn next_data(
+    client: &OAuthClient,
+    current: &Secret,
+    rotate: bool,
+    now: i64,
+) -> Result<(BTreeMap<String, String>, Option<i64>)> {
+    let previous_until: Option<i64> = current
+        .annotations()
+        .get(PREVIOUS_NOT_AFTER_ANNOTATION)
+        .and_then(|v| v.parse().ok());
+    let previous_expired = previous_until.is_some_and(|until| until <= now);
     let mut data = BTreeMap::from([(CLIENT_ID_KEY.to_owned(), client_id(client))]);
     let mut previous = None;
-    match (&current_secret, rotate) {
+    match (secret_data(current, CLIENT_SECRET_KEY), rotate) {
         (Some(old), true) => {
             let overlap = client
                 .spec
                 .secret_rotation_overlap
                 .get()
                 .map_or(86_400, |d| i64::try_from(d.as_secs()).unwrap_or(86_400));
-            let until = now + overlap;
             data.insert(CLIENT_SECRET_KEY.to_owned(), generate_secret()?);
-            data.insert(PREVIOUS_SECRET_KEY.to_owned(), old.clone());
-            previous = Some(until);
-            ctx.event(
-                client,
-                false,
-                "SecretRotated",
-                format!(
-                    "rotated the client secret; the previous one works until {}",
-                    rfc3339(until)
-                ),
-            )
-            .await;
+            data.insert(PREVIOUS_SECRET_KEY.to_owned(), old);
+            previous = Some(now + overlap);
         }
         (Some(old), false) => {
-            data.insert(CLIENT_SECRET_KEY.to_owned(), old.clone());
+            data.insert(CLIENT_SECRET_KEY.to_owned(), old);
             if let (Some(until), false) = (previous_until, previous_expired)
-                && let Some(prev) = secret_data(&current, PREVIOUS_SECRET_KEY)
+                && let Some(prev) = secret_data(current, PREVIOUS_SECRET_KEY)
             {
                 data.insert(PREVIOUS_SECRET_KEY.to_owned(), prev);
                 previous = Some(until);
@@ -144,15 +183,7 @@ pub async fn ensure(client: &OAuthClient, ctx: &Context, now: i64) -> Result<Ens
             data.insert(CLIENT_SECRET_KEY.to_owned(), generate_secret()?);
         }
     }
-    let mut meta = meta(client, &name, asked.or(handled), previous)?;
-    meta.resource_version = current.resource_version();
-    api.replace(&name, &params, &objects::secret(meta, None, data))
-        .await?;
-    ctx.metrics.writes.inc();
-    Ok(Ensured::Ready {
-        secret: name,
-        previous_until: previous,
-    })
+    Ok((data, previous))
 }
 
 fn meta(

@@ -18,6 +18,7 @@ pub mod grant;
 pub mod introspect;
 pub mod keys;
 pub mod limits;
+pub mod login;
 pub mod metadata;
 pub mod mint;
 pub mod ops;

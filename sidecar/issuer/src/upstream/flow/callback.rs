@@ -17,9 +17,9 @@ use scopegate_sidecar_kit::unix_now;
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq as _;
 
-use crate::authorize;
 use crate::error::OAuthError;
 use crate::form::{Form, form_encode};
+use crate::login;
 use crate::store::hashed_key;
 use crate::upstream::id_token::{self, Expect, IdTokenError};
 use crate::upstream::{Provider, ProviderError, github, json_request};
@@ -332,12 +332,12 @@ pub(super) async fn hand_over(
     let result = match settings.config.identity.mode {
         IdentityMode::Delegate => {
             record.upstream = Some(identity);
-            authorize::store_challenge(ctx, &record).await
+            login::store_challenge(ctx, &record).await
         }
         IdentityMode::Direct => {
             let allowed = settings.config.identity.direct_scopes_for(&identity);
             record.scope.retain(|s| allowed.contains(s));
-            authorize::code_redirect(ctx, &record, identity.direct_subject()).await
+            login::code_redirect(ctx, &record, identity.direct_subject()).await
         }
     };
     let location = result.map_err(|err| Failed("idp_error", err))?;

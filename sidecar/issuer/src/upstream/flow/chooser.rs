@@ -8,8 +8,8 @@ use scopegate_core::upstream::LOCAL;
 use scopegate_sidecar_kit::body::{ProxyBody, full};
 use scopegate_sidecar_kit::unix_now;
 
-use crate::authorize::{self, LOGIN_TTL_SECS, LoginRecord};
 use crate::error::OAuthError;
+use crate::login::{self, LOGIN_TTL_SECS, LoginRecord};
 use crate::store::{self, hashed_key};
 use crate::{Context, random_token};
 
@@ -120,7 +120,7 @@ pub(super) async fn store_request(
     {
         return Err(OAuthError::ServerError);
     }
-    authorize::track_pending(ctx, &record.client_id, &key, now + LOGIN_TTL_SECS).await?;
+    login::track_pending(ctx, &record.client_id, &key, now + LOGIN_TTL_SECS).await?;
     Ok(id)
 }
 

@@ -9,9 +9,9 @@ use scopegate_sidecar_kit::body::ProxyBody;
 use scopegate_sidecar_kit::unix_now;
 use serde::{Deserialize, Serialize};
 
-use crate::authorize::{self, LoginRecord};
 use crate::error::OAuthError;
 use crate::form::{Form, form_encode};
+use crate::login::{self, LoginRecord};
 use crate::store::{self, hashed_key};
 use crate::upstream::github;
 use crate::{Context, random_token, reply};
@@ -57,7 +57,7 @@ pub(super) async fn start(
         ));
     }
     if name == LOCAL {
-        return Ok(match authorize::store_challenge(ctx, &record).await {
+        return Ok(match login::store_challenge(ctx, &record).await {
             Ok(location) => reply::redirect(&location),
             Err(err) => to_client(ctx, &record, &err),
         });
@@ -140,7 +140,7 @@ pub(super) async fn start(
         Err(err) => return Err(store_down(err.into())),
     }
     let expires = leg.created_at + LEG_TTL_SECS;
-    if let Err(err) = authorize::track_pending(ctx, &leg.request.client_id, &key, expires).await {
+    if let Err(err) = login::track_pending(ctx, &leg.request.client_id, &key, expires).await {
         return Err(store_down(err));
     }
     let mut response = reply::redirect(&location);

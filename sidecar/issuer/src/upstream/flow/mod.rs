@@ -28,10 +28,10 @@ use hyper::body::Incoming;
 use scopegate_core::upstream::UpstreamIdp;
 use scopegate_sidecar_kit::body::ProxyBody;
 
-use crate::authorize::{self, LoginRecord};
 use crate::error::OAuthError;
 use crate::form::Form;
 use crate::limits::{Endpoint, Limiter};
+use crate::login::{self, LoginRecord};
 use crate::store::{self, hashed_key};
 use crate::upstream::ProviderError;
 use crate::upstream::id_token::IdTokenError;
@@ -167,7 +167,7 @@ fn upstream_of<'a>(ctx: &'a Context<'_>, name: &str) -> Option<&'a UpstreamIdp> 
 /// Sends the browser back to the client with an error (the request is known and its
 /// redirect URI registered).
 fn to_client(ctx: &Context<'_>, record: &LoginRecord, err: &OAuthError) -> Response<ProxyBody> {
-    reply::redirect(&authorize::error_redirect(
+    reply::redirect(&login::error_redirect(
         ctx.settings,
         &record.redirect_uri,
         record.state.as_deref(),

@@ -143,7 +143,16 @@ pub struct Plan {
     pub changes: Vec<Change>,
     /// When the next transition is due (for the requeue).
     pub next_transition: Option<i64>,
+    /// A manual rotation waits: the document already holds [`MAX_KEYS`] keys.
+    pub rotation_deferred: bool,
 }
+
+/// Most keys one signing-keys document holds (an RSA-4096 key with its public JWK is about
+/// 4 KB; a Secret holds 1 MiB, and every verifier's config carries the public keys). The
+/// schedule alone stays far below (rotationPeriod >= 1h >= accessTokenTtl); back-to-back
+/// manual rotations with a long token lifetime over a short propagation would not: a manual
+/// rotation waits while the document is full, until the oldest retired key is removed.
+pub const MAX_KEYS: usize = 16;
 
 impl Plan {
     /// The key written but not yet seen everywhere, if any.
@@ -169,6 +178,7 @@ pub fn plan<E>(
     let mut keys: Vec<ManagedKey> = inputs.keys.to_vec();
     let mut changes = Vec::new();
     let emergency = revoke(&mut keys, requests, now, &mut changes);
+    let mut rotation_deferred = false;
 
     // A pending key's times are only a plan: keep them ahead of the clock while it waits.
     for key in keys.iter_mut().filter(|k| k.pending) {
@@ -214,7 +224,7 @@ pub fn plan<E>(
     // With nothing that may sign yet (a pending key waits for its publication, or the clock
     // stepped back before the first activation), wait rather than mint a duplicate.
     if let Some(active) = active_index(&keys, now) {
-        successor(inputs, active, new_key, &mut keys, &mut changes)?;
+        rotation_deferred = successor(inputs, active, new_key, &mut keys, &mut changes)?;
         extend_while_waiting(&mut keys, active, now, params, &mut changes);
     }
 
@@ -224,6 +234,7 @@ pub fn plan<E>(
         keys,
         changes,
         next_transition,
+        rotation_deferred,
     })
 }
 
@@ -327,14 +338,15 @@ fn create(
 }
 
 /// The successor of the `active` key: brought forward by a manual rotation or an algorithm
-/// switch, or created when the active key nears the end of its window.
+/// switch, or created when the active key nears the end of its window. Whether a manual
+/// rotation has to wait because the document is full ([`MAX_KEYS`]).
 fn successor<E>(
     inputs: &Inputs<'_>,
     active: usize,
     new_key: &mut dyn FnMut() -> Result<NewKeyMaterial, E>,
     keys: &mut Vec<ManagedKey>,
     changes: &mut Vec<Change>,
-) -> Result<(), E> {
+) -> Result<bool, E> {
     let (now, params) = (inputs.now, inputs.params);
     let successor = successor_index(keys, now);
     if inputs.requests.rotate || keys[active].alg != inputs.alg {
@@ -357,13 +369,14 @@ fn successor<E>(
                     hand_over(&mut keys[active], target, params, changes);
                 }
             }
+            None if keys.len() >= MAX_KEYS && keys[active].alg == inputs.alg => return Ok(true),
             None => create(inputs, new_key()?, target, true, keys, changes),
         }
     } else if successor.is_none() && now >= keys[active].signs_until - params.lead() {
         let activates_at = keys[active].signs_until.max(now + params.propagation);
         create(inputs, new_key()?, activates_at, true, keys, changes);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Public keys that verifiers still hold (or status lists) but the signing-keys document no
@@ -707,6 +720,56 @@ mod tests {
             "{most} keys published at once (bound {bound})"
         );
         assert!(most >= 3, "the storm did overlap keys ({most})");
+    }
+
+    #[test]
+    fn a_manual_rotation_waits_while_the_document_is_full() {
+        // A day-long token lifetime over a one-minute propagation: each completed rotation
+        // leaves a retired key for a day, far longer than a rotation takes.
+        let params = RotationParams {
+            period: 30 * 86_400,
+            propagation: 60,
+            token_ttl: 86_400,
+            leeway: 30,
+        };
+        assert!(params.tail() / params.propagation > MAX_KEYS as i64);
+        let step_with = |keys: &[ManagedKey], now: i64, requests: &Requests| {
+            let published = keys.iter().map(|k| k.kid.clone()).collect();
+            let inputs = Inputs {
+                keys,
+                now,
+                params,
+                alg: "ES256",
+                requests,
+                published: &published,
+                had_keys: !keys.is_empty(),
+            };
+            plan(&inputs, &mut new_key).unwrap()
+        };
+        let mut now = 0;
+        let mut keys = step_with(&[], now, &Requests::default()).keys;
+        let mut deferred = 0;
+        for _ in 0..100 {
+            // A rotation asked for as often as one can complete (as in the test above).
+            now += 10;
+            let asked = step_with(&keys, now, &rotate());
+            deferred += usize::from(asked.rotation_deferred);
+            keys = asked.keys;
+            now += 10;
+            keys = step_with(&keys, now, &Requests::default()).keys;
+            now += params.propagation;
+            keys = step_with(&keys, now, &Requests::default()).keys;
+            assert!(keys.len() <= MAX_KEYS, "{} keys", keys.len());
+            let signing = scopegate_core::keys::SigningKeys { keys: keys.clone() };
+            assert!(signing.signing_key(now).is_some(), "nothing signs at {now}");
+        }
+        assert!(deferred > 0, "the cap was never reached");
+        // Once the oldest retired keys are gone, a rotation goes through again.
+        now += params.tail() + 1;
+        keys = step_with(&keys, now, &Requests::default()).keys;
+        let asked = step_with(&keys, now + 1, &rotate());
+        assert!(!asked.rotation_deferred);
+        assert!(asked.keys.len() < MAX_KEYS);
     }
 
     #[test]

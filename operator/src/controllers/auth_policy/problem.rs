@@ -18,6 +18,8 @@ pub enum Problem {
     NotOwned(String),
     /// The issuer keeps state in memory: more than one issuer replica cannot share it.
     MemoryStoreReplicas(i32),
+    /// A manual rotation waits: the signing-keys document holds the most keys it keeps.
+    RotationDeferred(usize),
     /// Selected pods run without the sidecar: (how many, up to ten names).
     PodsWithoutSidecar(usize, Vec<String>),
     /// A Service sends traffic to the app's port: (service, app port, sidecar port).
@@ -71,6 +73,7 @@ impl Problem {
             Problem::MissingAudiences => "MissingAudiences",
             Problem::NotOwned(_) => "ObjectNotOwned",
             Problem::MemoryStoreReplicas(_) => "MemoryStoreWithReplicas",
+            Problem::RotationDeferred(_) => "RotationDeferred",
             Problem::PodsWithoutSidecar(..) => "PodsWithoutSidecar",
             Problem::ServiceBypass(..) => "ServiceBypassesSidecar",
             Problem::SigningKeysCorrupt(..) => "SigningKeysCorrupt",
@@ -97,6 +100,7 @@ impl Problem {
         !matches!(
             self,
             Problem::MemoryStoreReplicas(_)
+                | Problem::RotationDeferred(_)
                 | Problem::PodsWithoutSidecar(..)
                 | Problem::ServiceBypass(..)
                 | Problem::KeysLost(_)
@@ -210,6 +214,10 @@ impl std::fmt::Display for Problem {
             Problem::ExternalCaBundleInvalid => write!(
                 f,
                 "issuer.external.caBundle holds a PEM block that is not a usable certificate: the sidecars cannot fetch the JWKS, so no token of this issuer is accepted"
+            ),
+            Problem::RotationDeferred(n) => write!(
+                f,
+                "the manual rotation waits: the signing-keys document holds {n} keys, the most it keeps (each retired key stays until the tokens it signed expire); it goes ahead when the oldest retired key is removed. A shorter tokens.accessTokenTtl keeps fewer keys; to stop a compromised key at once, use scopegate.dev/revoke-kid"
             ),
             Problem::MemoryStoreReplicas(n) => write!(
                 f,

@@ -154,6 +154,12 @@ pub fn plan(
         had_keys: assessment.had_keys,
     };
     let rotation = rotation::plan(&inputs, new_key)?;
+    // A deferred request stays unhandled: the next reconcile asks again.
+    let handled_rotation = if rotation.rotation_deferred {
+        previously_handled
+    } else {
+        handled_rotation
+    };
 
     let write = secret_write(policy, names, current, &stored, &assessment, &rotation, alg)?;
     let signing = SigningKeys {
@@ -165,7 +171,7 @@ pub fn plan(
         jwks: Some(jwks_config_map(policy, names, &jwks, alg)?),
         active_since: signing.signing_key(now).map(|k| k.activates_at),
         outcome: KeysOutcome {
-            problems: key_problems(&assessment, &rotation.keys),
+            problems: key_problems(&assessment, &rotation),
             publishing: rotation
                 .pending()
                 .map(|k| (k.kid.clone(), lacking(&views, &k.kid))),
@@ -409,7 +415,8 @@ pub fn jwks_unchanged(current: Option<&ConfigMap>, desired: &ConfigMap) -> bool 
 }
 
 /// Problems with the keys: invalid ones, and ones whose private half was lost.
-fn key_problems(assessment: &Assessment, keys: &[ManagedKey]) -> Vec<Problem> {
+fn key_problems(assessment: &Assessment, rotation: &rotation::Plan) -> Vec<Problem> {
+    let keys = &rotation.keys;
     let mut problems: Vec<Problem> = assessment
         .invalid
         .iter()
@@ -422,6 +429,9 @@ fn key_problems(assessment: &Assessment, keys: &[ManagedKey]) -> Vec<Problem> {
         .collect();
     if !lost.is_empty() {
         problems.push(Problem::KeysLost(lost));
+    }
+    if rotation.rotation_deferred {
+        problems.push(Problem::RotationDeferred(keys.len()));
     }
     problems
 }

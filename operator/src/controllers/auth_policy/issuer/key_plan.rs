@@ -154,12 +154,6 @@ pub fn plan(
         had_keys: assessment.had_keys,
     };
     let rotation = rotation::plan(&inputs, new_key)?;
-    // A deferred request stays unhandled: the next reconcile asks again.
-    let handled_rotation = if rotation.rotation_deferred {
-        previously_handled
-    } else {
-        handled_rotation
-    };
 
     let write = secret_write(policy, names, current, &stored, &assessment, &rotation, alg)?;
     let signing = SigningKeys {
@@ -178,7 +172,10 @@ pub fn plan(
             keys: Some(rotation.keys),
             jwks,
             next_transition: rotation.next_transition,
-            handled_rotation,
+            // A deferred request stays unhandled: the next reconcile asks again.
+            handled_rotation: handled_rotation
+                .filter(|_| !rotation.rotation_deferred)
+                .or(previously_handled),
         },
     })
 }

@@ -8,7 +8,9 @@
 
 use http::HeaderName;
 
-use crate::config::{FeedConfig, IssuerConfig, KeySource, RateLimitConfig, SidecarConfig};
+use crate::config::{
+    FeedConfig, IssuerConfig, KeySource, RateLimitConfig, SidecarConfig, TrustedIssuer,
+};
 use crate::jose::keys::{Alg, KeyEntry, KeyError};
 use crate::path::{Pattern, PatternError};
 use crate::policy::{Matcher, Policy, PolicyError};
@@ -128,8 +130,50 @@ pub fn document(config: &SidecarConfig) -> Result<(), CheckError> {
     {
         return Err(CheckError::CaBundle);
     }
+    let seen = trusted_issuers(&verify.issuers)?;
+    if let Some(feed) = &config.revocation.feed {
+        self::feed(feed, &seen)?;
+    }
+    if config
+        .revocation
+        .client_cutoffs
+        .keys()
+        .any(String::is_empty)
+    {
+        return Err(CheckError::ClientCutoff);
+    }
+    for limit in &config.rate_limits {
+        rate_limit(limit)?;
+    }
+    if let Some(proxies) = &config.trusted_proxies
+        && let crate::config::TrustedProxiesConfig::Cidrs(list) = proxies
+    {
+        for cidr in list {
+            crate::cidr::Cidr::parse(cidr)?;
+        }
+    }
+    let headers = &config.headers;
+    for name in [
+        &headers.subject_header,
+        &headers.scopes_header,
+        &headers.client_id_header,
+    ] {
+        header_name(name)?;
+    }
+    for path in &headers.no_store_paths {
+        Pattern::parse(path).map_err(CheckError::NoStorePath)?;
+    }
+    if let Some(role) = &config.issuer {
+        issuer(role)?;
+    }
+    Ok(())
+}
+
+/// Checks each trusted issuer (a unique, non-empty name; keys that load, or a usable remote
+/// JWKS) and returns their names.
+fn trusted_issuers(issuers: &[TrustedIssuer]) -> Result<Vec<&str>, CheckError> {
     let mut seen: Vec<&str> = Vec::new();
-    for trusted in &verify.issuers {
+    for trusted in issuers {
         let name = trusted.issuer.as_str();
         if name.is_empty() || seen.contains(&name) {
             return Err(CheckError::Issuer(name.to_owned()));
@@ -167,42 +211,7 @@ pub fn document(config: &SidecarConfig) -> Result<(), CheckError> {
             }
         }
     }
-    if let Some(feed) = &config.revocation.feed {
-        self::feed(feed, &seen)?;
-    }
-    if config
-        .revocation
-        .client_cutoffs
-        .keys()
-        .any(String::is_empty)
-    {
-        return Err(CheckError::ClientCutoff);
-    }
-    for limit in &config.rate_limits {
-        rate_limit(limit)?;
-    }
-    if let Some(proxies) = &config.trusted_proxies
-        && let crate::config::TrustedProxiesConfig::Cidrs(list) = proxies
-    {
-        for cidr in list {
-            crate::cidr::Cidr::parse(cidr)?;
-        }
-    }
-    let headers = &config.headers;
-    for name in [
-        &headers.subject_header,
-        &headers.scopes_header,
-        &headers.client_id_header,
-    ] {
-        header_name(name)?;
-    }
-    for path in &headers.no_store_paths {
-        Pattern::parse(path).map_err(CheckError::NoStorePath)?;
-    }
-    if let Some(role) = &config.issuer {
-        issuer(role)?;
-    }
-    Ok(())
+    Ok(seen)
 }
 
 /// Whether a PEM bundle holds at least one certificate block.

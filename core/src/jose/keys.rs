@@ -204,6 +204,39 @@ fn jwk_family(jwk: &Jwk) -> Option<Family> {
     }
 }
 
+/// The algorithms a JWK of family `fam` is loaded for: its own `alg` (known, of its family and
+/// in `allowed` when a list is given), or without one every algorithm of `allowed` of its
+/// family. A key with neither is refused.
+fn accepted_algs(
+    alg: Option<&str>,
+    fam: Family,
+    allowed: Option<&[Alg]>,
+    kid: &str,
+) -> Result<Vec<Alg>, KeyError> {
+    let alg_error = || KeyError::Algorithm {
+        kid: kid.to_owned(),
+    };
+    let algs: Vec<Alg> = match (alg, allowed) {
+        (Some(name), allowed) => {
+            let alg = Alg::from_name(name).ok_or_else(alg_error)?;
+            if allowed.is_some_and(|list| !list.contains(&alg)) || family(alg) != Some(fam) {
+                return Err(alg_error());
+            }
+            vec![alg]
+        }
+        (None, Some(list)) => list
+            .iter()
+            .copied()
+            .filter(|a| family(*a).as_ref() == Some(&fam))
+            .collect(),
+        (None, None) => return Err(alg_error()),
+    };
+    if algs.is_empty() {
+        return Err(alg_error());
+    }
+    Ok(algs)
+}
+
 impl KeyEntry {
     /// Loads a public JWK. With `alg` present it must be in `allowed` (when given) and fit
     /// the key; without `alg`, `allowed` must be given (a foreign issuer's allow-list) and
@@ -214,25 +247,7 @@ impl KeyEntry {
             return Err(KeyError::NotForSigning { kid });
         }
         let fam = jwk_family(jwk).ok_or_else(|| KeyError::UnsupportedType { kid: kid.clone() })?;
-        let alg_error = || KeyError::Algorithm { kid: kid.clone() };
-        let algs: Vec<Alg> = match (&jwk.alg, allowed) {
-            (Some(name), allowed) => {
-                let alg = Alg::from_name(name).ok_or_else(alg_error)?;
-                if allowed.is_some_and(|list| !list.contains(&alg)) || family(alg) != Some(fam) {
-                    return Err(alg_error());
-                }
-                vec![alg]
-            }
-            (None, Some(list)) => list
-                .iter()
-                .copied()
-                .filter(|a| family(*a).as_ref() == Some(&fam))
-                .collect(),
-            (None, None) => return Err(alg_error()),
-        };
-        if algs.is_empty() {
-            return Err(alg_error());
-        }
+        let algs = accepted_algs(jwk.alg.as_deref(), fam, allowed, &kid)?;
         let material = || KeyError::Material { kid: kid.clone() };
         let decode = |member: &Option<String>| -> Result<Vec<u8>, KeyError> {
             let text = member.as_deref().ok_or_else(material)?;

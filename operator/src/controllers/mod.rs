@@ -129,3 +129,26 @@ async fn wait_for_managed_caches(ctx: &Context) {
         }
     }
 }
+
+/// Counts a failed reconcile of `object` (a `kind`) in the metrics and logs it with its cause.
+pub fn record_failure(
+    ctx: &Context,
+    kind: &'static str,
+    object: &impl ResourceExt,
+    error: &crate::error::Error,
+) {
+    ctx.metrics
+        .failures
+        .get_or_create(&crate::metrics::FailureLabels {
+            kind,
+            category: error.category(),
+        })
+        .inc();
+    tracing::warn!(
+        namespace = object.namespace().unwrap_or_default(),
+        name = object.name_any(),
+        category = error.category(),
+        error = %crate::error::error_chain(error),
+        "{kind} reconcile failed"
+    );
+}

@@ -25,7 +25,7 @@ use crate::context::{Context, FIELD_MANAGER};
 use crate::controllers::ca_bundle;
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::metrics::{FailureLabels, KindLabels};
+use crate::metrics::KindLabels;
 use crate::names::Names;
 use crate::objects;
 
@@ -427,20 +427,7 @@ fn observe_pods(
 
 /// What to do after a failed reconcile: permanent errors wait for a change, others retry.
 pub fn error_policy(policy: Arc<AuthPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .get_or_create(&FailureLabels {
-            kind: KIND,
-            category: error.category(),
-        })
-        .inc();
-    tracing::warn!(
-        namespace = policy.namespace().unwrap_or_default(),
-        name = policy.name_any(),
-        category = error.category(),
-        error = %crate::error::error_chain(error),
-        "AuthPolicy reconcile failed"
-    );
+    crate::controllers::record_failure(&ctx, KIND, policy.as_ref(), error);
     if error.is_permanent() {
         let ctx = ctx.clone();
         let message = crate::error::error_chain(error);

@@ -23,7 +23,7 @@ use crate::controllers::client_checks::{
     ClientProblem, audience_problem, cutoff_problem, issuer_key, validate,
 };
 use crate::error::{Error, Result};
-use crate::metrics::{FailureLabels, KindLabels};
+use crate::metrics::KindLabels;
 use crate::names::{Names, client_id};
 use crate::objects::secret_data;
 use crate::pki::registry::revocation_cutoff;
@@ -247,20 +247,7 @@ pub fn compute_status(
 
 /// What to do after a failed reconcile.
 pub fn error_policy(client: Arc<OAuthClient>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .get_or_create(&FailureLabels {
-            kind: KIND,
-            category: error.category(),
-        })
-        .inc();
-    tracing::warn!(
-        namespace = client.namespace().unwrap_or_default(),
-        name = client.name_any(),
-        category = error.category(),
-        error = %crate::error::error_chain(error),
-        "OAuthClient reconcile failed"
-    );
+    crate::controllers::record_failure(&ctx, KIND, client.as_ref(), error);
     if error.is_permanent() {
         Action::await_change()
     } else {

@@ -9,7 +9,7 @@
 use bytes::Bytes;
 use http::header;
 use http_body_util::{BodyExt, Full, Limited};
-use scopegate_core::upstream::{GithubUpstream, UpstreamIdentity, UpstreamIdp};
+use scopegate_core::upstream::{GithubOrg, GithubUpstream, UpstreamIdentity, UpstreamIdp};
 use serde_json::Value;
 
 use super::{MAX_BODY, ProviderClient, ProviderError, REQUEST_TIMEOUT};
@@ -162,6 +162,55 @@ pub async fn login(
     now: i64,
 ) -> Result<UpstreamIdentity, GithubError> {
     let (web, api) = bases(github);
+    let token = exchange_code(client, &web, upstream, secret, code, verifier).await?;
+    let (user, _) = get_json(client, &format!("{api}/user"), &token).await?;
+    let id = user
+        .get("id")
+        .and_then(Value::as_u64)
+        .ok_or(ProviderError::Body)?;
+    let login = user
+        .get("login")
+        .and_then(Value::as_str)
+        .ok_or(ProviderError::Body)?
+        .to_owned();
+    let emails = all_pages(
+        client,
+        &api,
+        &format!("{api}/user/emails?per_page=100"),
+        &token,
+    )
+    .await?;
+    let (email, email_verified) = primary_email(&emails);
+    let mut groups = Vec::new();
+    if !github.orgs.is_empty() {
+        groups = org_groups(client, upstream, github, &api, &login, &token).await?;
+        if groups.is_empty() {
+            return Err(GithubError::DeniedOrg);
+        }
+    }
+    Ok(UpstreamIdentity {
+        upstream: upstream.name.clone(),
+        subject: id.to_string(),
+        email,
+        email_verified,
+        email_authoritative: false,
+        name: profile_text(&user, "name"),
+        username: Some(login),
+        groups,
+        hosted_domain: None,
+        authenticated_at: now,
+    })
+}
+
+/// Exchanges the code at the token endpoint of `web`: the user's access token.
+async fn exchange_code(
+    client: &ProviderClient,
+    web: &str,
+    upstream: &UpstreamIdp,
+    secret: &str,
+    code: &str,
+    verifier: &str,
+) -> Result<String, GithubError> {
     let body = format!(
         "grant_type=authorization_code&code={}&redirect_uri={}&code_verifier={}&client_id={}&client_secret={}",
         form_encode(code),
@@ -186,28 +235,16 @@ pub async fn login(
     if answer.get("error").is_some() {
         return Err(GithubError::Refused);
     }
-    let token = answer
+    Ok(answer
         .get("access_token")
         .and_then(Value::as_str)
         .ok_or(GithubError::Refused)?
-        .to_owned();
-    let (user, _) = get_json(client, &format!("{api}/user"), &token).await?;
-    let id = user
-        .get("id")
-        .and_then(Value::as_u64)
-        .ok_or(ProviderError::Body)?;
-    let login = user
-        .get("login")
-        .and_then(Value::as_str)
-        .ok_or(ProviderError::Body)?
-        .to_owned();
-    let emails = all_pages(
-        client,
-        &api,
-        &format!("{api}/user/emails?per_page=100"),
-        &token,
-    )
-    .await?;
+        .to_owned())
+}
+
+/// The primary address of `/user/emails` (at most 256 bytes), and whether GitHub says it
+/// is verified.
+fn primary_email(emails: &[Value]) -> (Option<String>, bool) {
     let primary = emails
         .iter()
         .find(|e| e.get("primary").and_then(Value::as_bool) == Some(true));
@@ -216,81 +253,93 @@ pub async fn login(
         .and_then(Value::as_str)
         .filter(|e| e.len() <= 256)
         .map(str::to_owned);
-    let email_verified = email.is_some()
+    let verified = email.is_some()
         && primary
             .and_then(|e| e.get("verified"))
             .and_then(Value::as_bool)
             == Some(true);
+    (email, verified)
+}
+
+/// A non-empty profile field of at most 256 bytes, without control characters.
+fn profile_text(user: &Value, name: &str) -> Option<String> {
+    user.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .map(|s| s.chars().filter(|c| !c.is_control()).collect::<String>())
+}
+
+/// The groups of the configured organisations `login` belongs to: `org` for an org without
+/// team rules, `org:team` for each configured team of the user's. The teams are read once,
+/// when a member org has team rules.
+async fn org_groups(
+    client: &ProviderClient,
+    upstream: &UpstreamIdp,
+    github: &GithubUpstream,
+    api: &str,
+    login: &str,
+    token: &str,
+) -> Result<Vec<String>, GithubError> {
     let mut groups = Vec::new();
-    if !github.orgs.is_empty() {
-        let mut teams: Option<Vec<Value>> = None;
-        for org in &github.orgs {
-            let url = format!(
-                "{api}/orgs/{}/members/{}",
-                form_encode(&org.name),
-                form_encode(&login)
-            );
-            let (status, _, _) = fetch(client, api_get(&url, &token)?).await?;
-            match status {
-                204 => {}
-                404 => continue,
-                302 => {
-                    tracing::warn!(upstream = %upstream.name, "GitHub hides this organisation's members: an owner must approve the OAuth app (OrgAccessNotGranted)");
-                    continue;
-                }
-                // A rate limit (403, 429) or an outage is not "not a member": the login is
-                // retried later, never denied for it.
-                _ => return Err(ProviderError::Status.into()),
-            }
-            if org.teams.is_empty() {
-                groups.push(org.name.clone());
-                continue;
-            }
-            if teams.is_none() {
-                teams = Some(
-                    all_pages(
-                        client,
-                        &api,
-                        &format!("{api}/user/teams?per_page=100"),
-                        &token,
-                    )
-                    .await?,
-                );
-            }
-            for team in teams.iter().flatten() {
-                let in_org = team
-                    .pointer("/organization/login")
-                    .and_then(Value::as_str)
-                    .is_some_and(|o| o.eq_ignore_ascii_case(&org.name));
-                if let Some(slug) = team.get("slug").and_then(Value::as_str)
-                    && in_org
-                    && org.teams.iter().any(|t| t == slug)
-                {
-                    groups.push(format!("{}:{slug}", org.name));
-                }
-            }
+    let mut teams: Option<Vec<Value>> = None;
+    for org in &github.orgs {
+        if !is_member(client, upstream, api, &org.name, login, token).await? {
+            continue;
         }
-        if groups.is_empty() {
-            return Err(GithubError::DeniedOrg);
+        if org.teams.is_empty() {
+            groups.push(org.name.clone());
+            continue;
         }
+        if teams.is_none() {
+            let url = format!("{api}/user/teams?per_page=100");
+            teams = Some(all_pages(client, api, &url, token).await?);
+        }
+        groups.extend(team_groups(org, teams.iter().flatten()));
     }
-    let text = |name: &str| {
-        user.get(name)
+    Ok(groups)
+}
+
+/// Whether `login` is a member of `org` (`204`); `404`, and `302` for an organisation
+/// that hides its members from the app, are not. Any other status is an error.
+async fn is_member(
+    client: &ProviderClient,
+    upstream: &UpstreamIdp,
+    api: &str,
+    org: &str,
+    login: &str,
+    token: &str,
+) -> Result<bool, ProviderError> {
+    let url = format!(
+        "{api}/orgs/{}/members/{}",
+        form_encode(org),
+        form_encode(login)
+    );
+    let (status, _, _) = fetch(client, api_get(&url, token)?).await?;
+    match status {
+        204 => Ok(true),
+        404 => Ok(false),
+        302 => {
+            tracing::warn!(upstream = %upstream.name, "GitHub hides this organisation's members: an owner must approve the OAuth app (OrgAccessNotGranted)");
+            Ok(false)
+        }
+        // A rate limit (403, 429) or an outage is not "not a member": the login is
+        // retried later, never denied for it.
+        _ => Err(ProviderError::Status),
+    }
+}
+
+/// `org:team` for each of the user's `teams` that belongs to `org` and is configured.
+fn team_groups<'a>(
+    org: &'a GithubOrg,
+    teams: impl Iterator<Item = &'a Value> + 'a,
+) -> impl Iterator<Item = String> + 'a {
+    teams.filter_map(move |team| {
+        let in_org = team
+            .pointer("/organization/login")
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.len() <= 256)
-            .map(|s| s.chars().filter(|c| !c.is_control()).collect::<String>())
-    };
-    Ok(UpstreamIdentity {
-        upstream: upstream.name.clone(),
-        subject: id.to_string(),
-        email,
-        email_verified,
-        email_authoritative: false,
-        name: text("name"),
-        username: Some(login),
-        groups,
-        hosted_domain: None,
-        authenticated_at: now,
+            .is_some_and(|o| o.eq_ignore_ascii_case(&org.name));
+        let slug = team.get("slug").and_then(Value::as_str)?;
+        (in_org && org.teams.iter().any(|t| t == slug)).then(|| format!("{}:{slug}", org.name))
     })
 }
 

@@ -21,7 +21,7 @@ use crate::error::OAuthError;
 use crate::form::{Form, form_encode};
 use crate::login;
 use crate::store::hashed_key;
-use crate::upstream::id_token::{self, Expect, IdTokenError};
+use crate::upstream::id_token::{self, Expect, IdTokenError, Validated};
 use crate::upstream::{Provider, ProviderError, github, json_request};
 use crate::{Context, reply};
 
@@ -39,40 +39,7 @@ pub(super) async fn callback(
     let Some(state) = form.get("state") else {
         return Err(unknown_login());
     };
-    let leg: Leg = take(ctx, "upleg", state)
-        .await
-        .map_err(store_down)?
-        .ok_or_else(|| {
-            tracing::warn!(
-                upstream = name,
-                outcome = "state_unknown",
-                "upstream callback with an unknown, expired or used state"
-            );
-            unknown_login()
-        })?;
-    if leg.upstream != name {
-        tracing::warn!(upstream = name, opened_for = %leg.upstream, outcome = "mixup", "upstream callback on another upstream's path");
-        return Err(Refusal::Page(
-            StatusCode::BAD_REQUEST,
-            "The login response came back on the wrong path.",
-            Some("mixup"),
-        ));
-    }
-    let bound = cookie_value(headers, &cookie_name(state)).is_some_and(|value| {
-        bool::from(sha256_b64(value).as_bytes().ct_eq(leg.binding.as_bytes()))
-    });
-    if !bound {
-        tracing::warn!(
-            upstream = name,
-            outcome = "binding",
-            "upstream callback without this browser's binding cookie"
-        );
-        return Err(Refusal::Page(
-            StatusCode::BAD_REQUEST,
-            "The login was started in another browser; start again from the application.",
-            Some("binding"),
-        ));
-    }
+    let leg = checked_leg(ctx, name, state, headers).await?;
     let Some(upstream) = upstream_of(ctx, name) else {
         return Err(unknown_login());
     };
@@ -111,6 +78,51 @@ pub(super) async fn callback(
     };
     clear_cookie(&mut response, Some(state));
     Ok(response)
+}
+
+/// Takes the leg of `state` once, and checks that it was opened for this upstream and in
+/// this browser (the binding cookie, compared in constant time).
+async fn checked_leg(
+    ctx: &Context<'_>,
+    name: &str,
+    state: &str,
+    headers: &HeaderMap,
+) -> Result<Leg, Refusal> {
+    let leg: Leg = take(ctx, "upleg", state)
+        .await
+        .map_err(store_down)?
+        .ok_or_else(|| {
+            tracing::warn!(
+                upstream = name,
+                outcome = "state_unknown",
+                "upstream callback with an unknown, expired or used state"
+            );
+            unknown_login()
+        })?;
+    if leg.upstream != name {
+        tracing::warn!(upstream = name, opened_for = %leg.upstream, outcome = "mixup", "upstream callback on another upstream's path");
+        return Err(Refusal::Page(
+            StatusCode::BAD_REQUEST,
+            "The login response came back on the wrong path.",
+            Some("mixup"),
+        ));
+    }
+    let bound = cookie_value(headers, &cookie_name(state)).is_some_and(|value| {
+        bool::from(sha256_b64(value).as_bytes().ct_eq(leg.binding.as_bytes()))
+    });
+    if !bound {
+        tracing::warn!(
+            upstream = name,
+            outcome = "binding",
+            "upstream callback without this browser's binding cookie"
+        );
+        return Err(Refusal::Page(
+            StatusCode::BAD_REQUEST,
+            "The login was started in another browser; start again from the application.",
+            Some("binding"),
+        ));
+    }
+    Ok(leg)
 }
 
 /// The OIDC callback after the leg is taken: the RFC 9207 check (a refusal without
@@ -181,10 +193,7 @@ pub(super) async fn finish_github(
         .issuer
         .upstreams
         .github_client(&upstream.name)
-        .ok_or(Failed(
-            "idp_error",
-            OAuthError::TemporarilyUnavailable("upstream unavailable"),
-        ))?;
+        .ok_or_else(upstream_unavailable)?;
     let secret = read_secret(upstream)?;
     let now = unix_now();
     let identity = github::login(&client, upstream, gh, &secret, code, &leg.verifier, now)
@@ -219,14 +228,8 @@ pub(super) async fn finish(
     form: &Form,
 ) -> Result<String, Failed> {
     let code = returned_code(form)?;
-    let provider = provider.ok_or(Failed(
-        "idp_error",
-        OAuthError::TemporarilyUnavailable("upstream unavailable"),
-    ))?;
-    let discovery = provider.discovery().ok_or(Failed(
-        "idp_error",
-        OAuthError::TemporarilyUnavailable("upstream unavailable"),
-    ))?;
+    let provider = provider.ok_or_else(upstream_unavailable)?;
+    let discovery = provider.discovery().ok_or_else(upstream_unavailable)?;
     let secret = read_secret(upstream)?;
     let tokens = exchange(
         provider,
@@ -245,56 +248,21 @@ pub(super) async fn finish(
         .get("id_token")
         .and_then(Value::as_str)
         .ok_or(Failed("invalid_id_token", OAuthError::AccessDenied))?;
-    let algorithms = provider.algorithms();
     let now = unix_now();
     let expect = Expect {
         issuer: &oidc.issuer,
         issuer_aliases: &oidc.issuer_aliases,
         client_id: &upstream.client_id,
         nonce: &leg.nonce,
-        algorithms: &algorithms,
+        algorithms: &provider.algorithms(),
         now,
         leeway: ctx.settings.leeway.max(0),
     };
-    let keys = provider.keys().ok_or(Failed(
-        "idp_error",
-        OAuthError::TemporarilyUnavailable("upstream unavailable"),
-    ))?;
-    let mut validated = match id_token::validate(id_token, &keys.keys(), &expect) {
-        Err(IdTokenError::UnknownKid) => {
-            // One refetch per interval, shared by every login: a flood of unknown kids
-            // cannot make us hammer the provider.
-            match keys.refetch_for_unknown_kid() {
-                Some(mut changed) => {
-                    let _ =
-                        tokio::time::timeout(crate::upstream::REQUEST_TIMEOUT, changed.changed())
-                            .await;
-                    id_token::validate(id_token, &keys.keys(), &expect)?
-                }
-                None => return Err(IdTokenError::UnknownKid.into()),
-            }
-        }
-        other => other?,
-    };
-    // The subject comes from the signed ID token, never from userinfo.
-    let subject = if oidc.claims.subject == "sub" {
-        validated.sub.clone()
-    } else {
-        subject_claim(&validated.claims, &oidc.claims.subject).ok_or_else(|| {
-            tracing::warn!(upstream = %upstream.name, "the ID token lacks a usable subject claim");
-            Failed("invalid_id_token", OAuthError::AccessDenied)
-        })?
-    };
-    let wants_userinfo = match oidc.userinfo {
-        UserinfoMode::Never => false,
-        UserinfoMode::Always => true,
-        UserinfoMode::IfMissing => !validated.claims.contains_key(&oidc.claims.email),
-    };
-    if wants_userinfo {
-        match (
-            &discovery.userinfo_endpoint,
-            tokens.get("access_token").and_then(Value::as_str),
-        ) {
+    let mut validated = validate_id_token(provider, id_token, &expect).await?;
+    let subject = subject_of(upstream, oidc, &validated)?;
+    if wants_userinfo(oidc, &validated) {
+        let access_token = tokens.get("access_token").and_then(Value::as_str);
+        match (&discovery.userinfo_endpoint, access_token) {
             (Some(endpoint), Some(access_token)) => {
                 let info = userinfo(provider, endpoint, access_token).await?;
                 id_token::merge_userinfo(&mut validated, info)?;
@@ -309,6 +277,60 @@ pub(super) async fn finish(
     let identity = identity(&upstream.name, oidc, subject, &validated, now);
     allow(upstream, &oidc.hosted_domains, &identity)?;
     hand_over(ctx, upstream, leg, identity, now).await
+}
+
+/// Why a login cannot go on while the provider's client, discovery or keys are missing.
+fn upstream_unavailable() -> Failed {
+    Failed(
+        "idp_error",
+        OAuthError::TemporarilyUnavailable("upstream unavailable"),
+    )
+}
+
+/// Validates the ID token with the provider's keys. An unknown `kid` waits for one refetch
+/// of the keys (at most one per interval, shared by every login) and tries once more.
+async fn validate_id_token(
+    provider: &Provider,
+    id_token: &str,
+    expect: &Expect<'_>,
+) -> Result<Validated, Failed> {
+    let keys = provider.keys().ok_or_else(upstream_unavailable)?;
+    match id_token::validate(id_token, &keys.keys(), expect) {
+        Err(IdTokenError::UnknownKid) => {}
+        other => return Ok(other?),
+    }
+    // One refetch per interval, shared by every login: a flood of unknown kids cannot make
+    // us hammer the provider.
+    let Some(mut changed) = keys.refetch_for_unknown_kid() else {
+        return Err(IdTokenError::UnknownKid.into());
+    };
+    let _ = tokio::time::timeout(crate::upstream::REQUEST_TIMEOUT, changed.changed()).await;
+    Ok(id_token::validate(id_token, &keys.keys(), expect)?)
+}
+
+/// The subject, from the signed ID token (never from userinfo): `sub`, or the configured
+/// subject claim.
+fn subject_of(
+    upstream: &UpstreamIdp,
+    oidc: &OidcUpstream,
+    validated: &Validated,
+) -> Result<String, Failed> {
+    if oidc.claims.subject == "sub" {
+        return Ok(validated.sub.clone());
+    }
+    subject_claim(&validated.claims, &oidc.claims.subject).ok_or_else(|| {
+        tracing::warn!(upstream = %upstream.name, "the ID token lacks a usable subject claim");
+        Failed("invalid_id_token", OAuthError::AccessDenied)
+    })
+}
+
+/// Whether userinfo is read: always, never, or when the ID token lacks the email claim.
+fn wants_userinfo(oidc: &OidcUpstream, validated: &Validated) -> bool {
+    match oidc.userinfo {
+        UserinfoMode::Never => false,
+        UserinfoMode::Always => true,
+        UserinfoMode::IfMissing => !validated.claims.contains_key(&oidc.claims.email),
+    }
 }
 
 /// Hands a vouched-for identity over: a login challenge for the app (Delegate) or our code

@@ -4,7 +4,7 @@
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response};
-use scopegate_core::upstream::{LOCAL, UpstreamKind};
+use scopegate_core::upstream::{LOCAL, UpstreamIdp, UpstreamKind};
 use scopegate_sidecar_kit::body::ProxyBody;
 use scopegate_sidecar_kit::unix_now;
 use serde::{Deserialize, Serialize};
@@ -45,8 +45,7 @@ pub(super) async fn start(
         .await
         .map_err(store_down)?
         .ok_or_else(unknown_login)?;
-    let settings = ctx.settings;
-    if !choices(settings, &record.client_id)
+    if !choices(ctx.settings, &record.client_id)
         .iter()
         .any(|c| c == name)
     {
@@ -69,7 +68,53 @@ pub(super) async fn start(
     let verifier = random_token(32);
     let nonce = random_token(32);
     let binding = random_token(32);
-    let (mut location, mut params): (String, Vec<(&str, String)>) = match &upstream.kind {
+    let Some((endpoint, mut params)) = authorization_endpoint(ctx, name, upstream, &nonce) else {
+        return Ok(to_client(
+            ctx,
+            &record,
+            &OAuthError::TemporarilyUnavailable("upstream unavailable"),
+        ));
+    };
+    params.extend([
+        ("response_type", "code".into()),
+        ("client_id", upstream.client_id.clone()),
+        ("redirect_uri", upstream.callback_url.clone()),
+        ("state", state.clone()),
+        ("code_challenge", crate::grant::s256(&verifier)),
+        ("code_challenge_method", "S256".into()),
+    ]);
+    let location = with_query(endpoint, &params);
+    let leg = Leg {
+        request: record,
+        upstream: name.to_owned(),
+        verifier,
+        nonce,
+        binding: sha256_b64(&binding),
+        created_at: unix_now(),
+    };
+    store_leg(ctx, &state, &leg).await?;
+    let mut response = reply::redirect(&location);
+    let cookie = format!(
+        "{}={binding}; Max-Age={LEG_TTL_SECS}; Path=/; Secure; HttpOnly; SameSite=Lax",
+        cookie_name(&state)
+    );
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    tracing::info!(upstream = name, client_id = %leg.request.client_id, "upstream login started");
+    Ok(response)
+}
+
+/// The provider's authorization endpoint and the parameters that depend on its kind (scope,
+/// and for OIDC the nonce and a hosted-domain hint). `None`, counted and logged, while an
+/// OIDC provider's discovery is not loaded.
+fn authorization_endpoint(
+    ctx: &Context<'_>,
+    name: &str,
+    upstream: &UpstreamIdp,
+    nonce: &str,
+) -> Option<(String, Vec<(&'static str, String)>)> {
+    match &upstream.kind {
         UpstreamKind::Oidc(oidc) => {
             let Some(discovery) = ctx
                 .issuer
@@ -83,76 +128,51 @@ pub(super) async fn start(
                     outcome = "idp_error",
                     "upstream login refused: discovery not loaded"
                 );
-                return Ok(to_client(
-                    ctx,
-                    &record,
-                    &OAuthError::TemporarilyUnavailable("upstream unavailable"),
-                ));
+                return None;
             };
-            let mut params = vec![("scope", oidc.scopes.join(" ")), ("nonce", nonce.clone())];
+            let mut params = vec![
+                ("scope", oidc.scopes.join(" ")),
+                ("nonce", nonce.to_owned()),
+            ];
             if let [domain] = oidc.hosted_domains.as_slice() {
                 // Only a hint for Google's account picker: the hd claim is what is checked.
                 params.push(("hd", domain.clone()));
             }
-            (discovery.authorization_endpoint.clone(), params)
+            Some((discovery.authorization_endpoint.clone(), params))
         }
-        UpstreamKind::Github(gh) => (
+        UpstreamKind::Github(gh) => Some((
             format!("{}/login/oauth/authorize", github::bases(gh).0),
             vec![("scope", github::scopes(gh))],
-        ),
-    };
-    params.extend([
-        ("response_type", "code".into()),
-        ("client_id", upstream.client_id.clone()),
-        ("redirect_uri", upstream.callback_url.clone()),
-        ("state", state.clone()),
-        ("code_challenge", crate::grant::s256(&verifier)),
-        ("code_challenge_method", "S256".into()),
-    ]);
-    let mut sep = if location.contains('?') { '&' } else { '?' };
-    for (name, value) in &params {
-        location.push(sep);
-        location.push_str(name);
-        location.push('=');
-        location.push_str(&form_encode(value));
+        )),
+    }
+}
+
+/// `url` with `params` form-encoded onto its query (after any query it has).
+fn with_query(mut url: String, params: &[(&str, String)]) -> String {
+    let mut sep = if url.contains('?') { '&' } else { '?' };
+    for (name, value) in params {
+        url.push(sep);
+        url.push_str(name);
+        url.push('=');
+        url.push_str(&form_encode(value));
         sep = '&';
     }
-    let leg = Leg {
-        request: record,
-        upstream: name.to_owned(),
-        verifier,
-        nonce,
-        binding: sha256_b64(&binding),
-        created_at: unix_now(),
-    };
-    let key = hashed_key("upleg", &state);
-    match store::write(
-        ctx.issuer.store.as_ref(),
-        &key,
-        None,
-        &leg,
-        leg.created_at + LEG_TTL_SECS,
-    )
-    .await
-    {
+    url
+}
+
+/// Stores the leg under the hash of `state` for [`LEG_TTL_SECS`] and counts it among the
+/// client's pending logins.
+async fn store_leg(ctx: &Context<'_>, state: &str, leg: &Leg) -> Result<(), Refusal> {
+    let key = hashed_key("upleg", state);
+    let expires = leg.created_at + LEG_TTL_SECS;
+    match store::write(ctx.issuer.store.as_ref(), &key, None, leg, expires).await {
         Ok(true) => {}
         Ok(false) => return Err(store_down(OAuthError::ServerError)),
         Err(err) => return Err(store_down(err.into())),
     }
-    let expires = leg.created_at + LEG_TTL_SECS;
-    if let Err(err) = login::track_pending(ctx, &leg.request.client_id, &key, expires).await {
-        return Err(store_down(err));
-    }
-    let mut response = reply::redirect(&location);
-    let cookie = format!(
-        "{}={binding}; Max-Age={LEG_TTL_SECS}; Path=/; Secure; HttpOnly; SameSite=Lax",
-        cookie_name(&state)
-    );
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().append(header::SET_COOKIE, value);
-    }
-    tracing::info!(upstream = name, client_id = %leg.request.client_id, "upstream login started");
-    Ok(response)
+    login::track_pending(ctx, &leg.request.client_id, &key, expires)
+        .await
+        .map_err(store_down)
 }
 
 pub(super) fn sha256_b64(text: &str) -> String {

@@ -7,9 +7,9 @@ use scopegate_core::clients::RegisteredClient;
 use scopegate_sidecar_kit::body::ProxyBody;
 use serde_json::{Value, json};
 
-use crate::access::{self, Grant};
+use crate::access::{self, Grant, Planned};
 use crate::client_request::{self, ClientRequest, PublicClients};
-use crate::codes::Redeemed;
+use crate::codes::{CodeRecord, Redeemed};
 use crate::error::OAuthError;
 use crate::form::Form;
 use crate::grant;
@@ -143,32 +143,8 @@ async fn authorization_code(
         family: family_id.clone(),
     };
     let key = hashed_key("code", code);
-    let binding = |record: &super::codes::CodeRecord| {
-        if record.client_id != client.client_id {
-            return Err(OAuthError::InvalidGrant(
-                "the code was issued to another client",
-            ));
-        }
-        // RFC 6749 §4.1.3: required when the authorization request named one, and equal.
-        match redirect_uri {
-            Some(uri) if uri != record.redirect_uri => {
-                return Err(OAuthError::InvalidGrant(
-                    "redirect_uri differs from the authorization request",
-                ));
-            }
-            None if !record.redirect_uri_omitted => {
-                return Err(OAuthError::InvalidGrant(
-                    "redirect_uri is required: the authorization request named one",
-                ));
-            }
-            _ => {}
-        }
-        if !grant::pkce_matches(verifier, &record.challenge) {
-            return Err(OAuthError::InvalidGrant("PKCE verification failed"));
-        }
-        Ok(())
-    };
-    let check = |record: &super::codes::CodeRecord| {
+    let binding = |record: &CodeRecord| code_binding(record, client, redirect_uri, verifier);
+    let check = |record: &CodeRecord| {
         if settings.client_cut_off(&record.client_id, record.issued_at) {
             return Err(OAuthError::InvalidGrant(
                 "the code was issued before the client's cut-off",
@@ -181,44 +157,10 @@ async fn authorization_code(
         Redemption::Replayed => return Err(OAuthError::InvalidGrant("the code was used before")),
         Redemption::Unknown => return Err(OAuthError::InvalidGrant("unknown or expired code")),
     };
-    if ctx
-        .issuer
-        .store
-        .subject_cutoff(&record.sub)
-        .await?
-        .is_some_and(|before| record.issued_at < before)
-    {
-        ops::revoke_jtis(ctx, vec![(planned.jti.clone(), planned.exp)], now).await?;
-        return Err(OAuthError::InvalidGrant(
-            "the subject's cut-off is later than the code",
-        ));
-    }
+    refuse_if_subject_cut_off(ctx, &record, &planned, now).await?;
     let aud = grant::audiences(&resources, &record.audiences, &record.audiences)?;
     let refresh_token = match &family_id {
-        Some(id) => {
-            let family = Family {
-                client_id: client.client_id.clone(),
-                sub: record.sub.clone(),
-                scope: record.scope.clone(),
-                audiences: record.audiences.clone(),
-                default_audiences: record.audiences.clone(),
-                created_at: now,
-                expires_at: now
-                    .saturating_add(ttl(settings.config.refresh_token_ttl_secs))
-                    .min(record.family_until.unwrap_or(i64::MAX)),
-                secret: random_token(32),
-                next_gen: 1,
-                current: vec![0],
-                parent: None,
-                revoked: false,
-                tokens: vec![(planned.jti.clone(), planned.exp)],
-                last_used_at: Some(now),
-            };
-            if !ops::create_family(ctx, id, &family).await? {
-                return Err(OAuthError::InvalidGrant("the code was used before"));
-            }
-            Some(family.token(id, 0).ok_or(OAuthError::ServerError)?)
-        }
+        Some(id) => Some(start_family(ctx, client, &record, &planned, id, now).await?),
         None => None,
     };
     let token = planned.sign(
@@ -238,6 +180,97 @@ async fn authorization_code(
         &record.scope,
         refresh_token,
     ))
+}
+
+/// Whether a code may be redeemed by this request: issued to `client`, the same
+/// redirect URI as the authorization request (required when that named one), and a PKCE
+/// verifier matching its challenge.
+fn code_binding(
+    record: &CodeRecord,
+    client: &RegisteredClient,
+    redirect_uri: Option<&str>,
+    verifier: &str,
+) -> Result<(), OAuthError> {
+    if record.client_id != client.client_id {
+        return Err(OAuthError::InvalidGrant(
+            "the code was issued to another client",
+        ));
+    }
+    // RFC 6749 §4.1.3: required when the authorization request named one, and equal.
+    match redirect_uri {
+        Some(uri) if uri != record.redirect_uri => {
+            return Err(OAuthError::InvalidGrant(
+                "redirect_uri differs from the authorization request",
+            ));
+        }
+        None if !record.redirect_uri_omitted => {
+            return Err(OAuthError::InvalidGrant(
+                "redirect_uri is required: the authorization request named one",
+            ));
+        }
+        _ => {}
+    }
+    if !grant::pkce_matches(verifier, &record.challenge) {
+        return Err(OAuthError::InvalidGrant("PKCE verification failed"));
+    }
+    Ok(())
+}
+
+/// Refuses a redeemed code issued before its subject's cut-off, revoking the access token
+/// planned for it (its `jti` is already recorded as the code's).
+async fn refuse_if_subject_cut_off(
+    ctx: &Context<'_>,
+    record: &CodeRecord,
+    planned: &Planned<'_>,
+    now: i64,
+) -> Result<(), OAuthError> {
+    if ctx
+        .issuer
+        .store
+        .subject_cutoff(&record.sub)
+        .await?
+        .is_some_and(|before| record.issued_at < before)
+    {
+        ops::revoke_jtis(ctx, vec![(planned.jti.clone(), planned.exp)], now).await?;
+        return Err(OAuthError::InvalidGrant(
+            "the subject's cut-off is later than the code",
+        ));
+    }
+    Ok(())
+}
+
+/// Stores the refresh family `id` that a redeemed code starts and returns its first
+/// refresh token. A family already stored under `id` means the code was used before.
+async fn start_family(
+    ctx: &Context<'_>,
+    client: &RegisteredClient,
+    record: &CodeRecord,
+    planned: &Planned<'_>,
+    id: &str,
+    now: i64,
+) -> Result<String, OAuthError> {
+    let family = Family {
+        client_id: client.client_id.clone(),
+        sub: record.sub.clone(),
+        scope: record.scope.clone(),
+        audiences: record.audiences.clone(),
+        default_audiences: record.audiences.clone(),
+        created_at: now,
+        expires_at: now
+            .saturating_add(ttl(ctx.settings.config.refresh_token_ttl_secs))
+            .min(record.family_until.unwrap_or(i64::MAX)),
+        secret: random_token(32),
+        next_gen: 1,
+        current: vec![0],
+        parent: None,
+        revoked: false,
+        tokens: vec![(planned.jti.clone(), planned.exp)],
+        last_used_at: Some(now),
+    };
+    if !ops::create_family(ctx, id, &family).await? {
+        return Err(OAuthError::InvalidGrant("the code was used before"));
+    }
+    family.token(id, 0).ok_or(OAuthError::ServerError)
 }
 
 async fn refresh_token(
@@ -263,22 +296,7 @@ async fn refresh_token(
     if family.revoked || family.usable_until(settings.refresh_idle) <= now {
         return Err(unknown);
     }
-    if settings.client_cut_off(&family.client_id, family.created_at) {
-        return Err(OAuthError::InvalidGrant(
-            "the grant is older than the client's cut-off",
-        ));
-    }
-    if ctx
-        .issuer
-        .store
-        .subject_cutoff(&family.sub)
-        .await?
-        .is_some_and(|before| family.created_at < before)
-    {
-        return Err(OAuthError::InvalidGrant(
-            "the grant is older than the subject's cut-off",
-        ));
-    }
+    refuse_if_cut_off(ctx, family).await?;
     let requested = grant::parse_scope(form.get("scope"))?;
     let scope = grant::narrow_scope(requested.as_deref(), &family.scope)?;
     let aud = grant::audiences(
@@ -322,4 +340,28 @@ async fn refresh_token(
         &scope,
         Some(refresh),
     ))
+}
+
+/// Refuses a refresh family created before its client's or its subject's cut-off.
+async fn refuse_if_cut_off(ctx: &Context<'_>, family: &Family) -> Result<(), OAuthError> {
+    if ctx
+        .settings
+        .client_cut_off(&family.client_id, family.created_at)
+    {
+        return Err(OAuthError::InvalidGrant(
+            "the grant is older than the client's cut-off",
+        ));
+    }
+    if ctx
+        .issuer
+        .store
+        .subject_cutoff(&family.sub)
+        .await?
+        .is_some_and(|before| family.created_at < before)
+    {
+        return Err(OAuthError::InvalidGrant(
+            "the grant is older than the subject's cut-off",
+        ));
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use scopegate_sidecar_kit::unix_now;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::clients::{self, SlowError, Verdict};
+use crate::clients::{self, Presented, SlowCheck, SlowError, Verdict};
 use crate::error::OAuthError;
 use crate::form::{self, Form};
 use crate::limits::{Endpoint, Limiter};
@@ -81,73 +81,7 @@ pub async fn open<'a>(
         Err(err) => return Err(reply::error(&limiter.failed(None, err).await)),
     };
     let now = unix_now();
-    let issuer = ctx.issuer;
-    let authenticated =
-        match clients::authenticate(&ctx.settings.clients, &presented, &issuer.slow_cache, now) {
-            Ok(Verdict::Authenticated(client)) => Ok(client),
-            Ok(Verdict::Slow(slow)) => {
-                // A slow hash costs tens of milliseconds of CPU: once this address's failures
-                // naming the client have spent their budget, it gets no more run for it (the
-                // semaphore bounds everyone's together). Other addresses still do, so the
-                // client's own right secret never depends on what strangers sent.
-                if let Err(err) = limiter.failures_left(slow.client_id()).await {
-                    issuer
-                        .counters
-                        .slow_hashes_refused
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(reply::error(&err));
-                }
-                let wait = Duration::from_millis(issuer.tuning.slow_hash_wait_ms);
-                match slow
-                    .run(
-                        &issuer.slow_cache,
-                        &issuer.slow_hashes,
-                        wait,
-                        &issuer.counters,
-                    )
-                    .await
-                {
-                    Ok(client) => Ok(client),
-                    Err(SlowError::Invalid) => Err(OAuthError::InvalidClient {
-                        basic: presented.is_basic(),
-                    }),
-                    Err(SlowError::Busy) => {
-                        issuer
-                            .counters
-                            .slow_hashes_busy
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            endpoint = endpoint.name(),
-                            "no slot for a slow client-secret check"
-                        );
-                        return Err(reply::error(&OAuthError::TemporarilyUnavailable(
-                            "client authentication is busy",
-                        )));
-                    }
-                }
-            }
-            Err(err) => Err(err),
-        };
-    let client = match (authenticated, public) {
-        (Ok(client), PublicClients::Refused) if client.public => {
-            Err(OAuthError::InvalidClient { basic: true })
-        }
-        (Err(_), PublicClients::Refused) => Err(OAuthError::InvalidClient { basic: true }),
-        (result, _) => result,
-    };
-    let client = match client {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::info!(endpoint = endpoint.name(), "client authentication failed");
-            let named = ctx
-                .settings
-                .clients
-                .get(presented.id())
-                .filter(|c| !c.registered().public)
-                .map(|_| presented.id());
-            return Err(reply::error(&limiter.failed(named, err).await));
-        }
-    };
+    let client = authenticate(ctx, &limiter, endpoint, public, &presented, now).await?;
     // A public client shows nothing but its client_id, which anyone can send: a budget
     // counted in its name would be a budget any stranger could spend for its users. Its
     // requests spend their address's budget only.
@@ -165,6 +99,99 @@ pub async fn open<'a>(
         client,
         now,
     })
+}
+
+/// Authenticates the client that `presented` names, or gives the answer that ends the
+/// request. A failure counts against the address, and against the client too when the
+/// presented id names a confidential one; where public clients are refused, every failure
+/// answers like a wrong secret.
+async fn authenticate<'a>(
+    ctx: &'a Context<'_>,
+    limiter: &Limiter<'_>,
+    endpoint: Endpoint,
+    public: PublicClients,
+    presented: &Presented,
+    now: i64,
+) -> Result<&'a RegisteredClient, Response<ProxyBody>> {
+    let issuer = ctx.issuer;
+    let authenticated =
+        match clients::authenticate(&ctx.settings.clients, presented, &issuer.slow_cache, now) {
+            Ok(Verdict::Authenticated(client)) => Ok(client),
+            Ok(Verdict::Slow(slow)) => slow_check(ctx, limiter, endpoint, slow, presented).await?,
+            Err(err) => Err(err),
+        };
+    let client = match (authenticated, public) {
+        (Ok(client), PublicClients::Refused) if client.public => {
+            Err(OAuthError::InvalidClient { basic: true })
+        }
+        (Err(_), PublicClients::Refused) => Err(OAuthError::InvalidClient { basic: true }),
+        (result, _) => result,
+    };
+    match client {
+        Ok(client) => Ok(client),
+        Err(err) => {
+            tracing::info!(endpoint = endpoint.name(), "client authentication failed");
+            let named = ctx
+                .settings
+                .clients
+                .get(presented.id())
+                .filter(|c| !c.registered().public)
+                .map(|_| presented.id());
+            Err(reply::error(&limiter.failed(named, err).await))
+        }
+    }
+}
+
+/// Runs the slow hashes of a secret off the async workers: the client, or the failure to
+/// count. A spent failure budget of this address naming the client, or no free slot, ends
+/// the request (`Err`) without running them.
+async fn slow_check<'a>(
+    ctx: &Context<'_>,
+    limiter: &Limiter<'_>,
+    endpoint: Endpoint,
+    slow: SlowCheck<'a>,
+    presented: &Presented,
+) -> Result<Result<&'a RegisteredClient, OAuthError>, Response<ProxyBody>> {
+    let issuer = ctx.issuer;
+    // A slow hash costs tens of milliseconds of CPU: once this address's failures naming
+    // the client have spent their budget, it gets no more run for it (the semaphore bounds
+    // everyone's together). Other addresses still do, so the client's own right secret
+    // never depends on what strangers sent.
+    if let Err(err) = limiter.failures_left(slow.client_id()).await {
+        issuer
+            .counters
+            .slow_hashes_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(reply::error(&err));
+    }
+    let wait = Duration::from_millis(issuer.tuning.slow_hash_wait_ms);
+    let ran = slow
+        .run(
+            &issuer.slow_cache,
+            &issuer.slow_hashes,
+            wait,
+            &issuer.counters,
+        )
+        .await;
+    match ran {
+        Ok(client) => Ok(Ok(client)),
+        Err(SlowError::Invalid) => Ok(Err(OAuthError::InvalidClient {
+            basic: presented.is_basic(),
+        })),
+        Err(SlowError::Busy) => {
+            issuer
+                .counters
+                .slow_hashes_busy
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                endpoint = endpoint.name(),
+                "no slot for a slow client-secret check"
+            );
+            Err(reply::error(&OAuthError::TemporarilyUnavailable(
+                "client authentication is busy",
+            )))
+        }
+    }
 }
 
 /// Reads the form of a POST endpoint within `deadline`; parameters in the query are refused

@@ -14,6 +14,8 @@ use hyper::body::Incoming;
 use scopegate_sidecar_kit::body::ProxyBody;
 use scopegate_sidecar_kit::unix_now;
 
+use scopegate_core::clients::RegisteredClient;
+
 use crate::clients::LoadedClient;
 use crate::error::OAuthError;
 use crate::form::Form;
@@ -22,7 +24,7 @@ use crate::limits::{Endpoint, Limiter};
 use crate::login::{LoginRecord, client_redirect, code_redirect, error_redirect, store_challenge};
 use crate::store::{self, hashed_key};
 use crate::upstream::{self, flow::Next};
-use crate::{Context, random_token, reply};
+use crate::{Context, IssuerSettings, random_token, reply};
 
 /// How long the browser has to come back after the app accepted.
 pub const RESUME_TTL_SECS: i64 = 120;
@@ -55,44 +57,13 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
         );
     }
     let query = req.uri().query().unwrap_or("");
-    let form = match Form::parse_keeping_repeats(query.as_bytes()) {
-        Ok(form) => form,
-        Err(_) => {
-            let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
-            return reply::error_page(
-                StatusCode::BAD_REQUEST,
-                "The authorization request is malformed.",
-            );
-        }
+    let Ok(form) = Form::parse_keeping_repeats(query.as_bytes()) else {
+        return refused_page(&limiter, "The authorization request is malformed.").await;
     };
-    // Duplicates of client_id or redirect_uri make both untrustworthy: an error page.
-    if form.is_repeated("client_id") || form.is_repeated("redirect_uri") {
-        let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
-        return reply::error_page(
-            StatusCode::BAD_REQUEST,
-            "The authorization request names its client or redirect URI more than once.",
-        );
-    }
     let settings = ctx.settings;
-    let client = form
-        .get("client_id")
-        .and_then(|id| settings.clients.get(id))
-        .map(LoadedClient::registered);
-    let Some(client) = client else {
-        let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
-        return reply::error_page(StatusCode::BAD_REQUEST, "Unknown client.");
-    };
-    let Some(redirect_uri) = redirect_uri_of(client, form.get("redirect_uri")) else {
-        let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
-        return reply::error_page(
-            StatusCode::BAD_REQUEST,
-            if form.get("redirect_uri").is_some() {
-                "The redirect URI is not registered for this client."
-            } else {
-                "The authorization request must name its redirect URI: the client did not \
-                 register exactly one."
-            },
-        );
+    let (client, redirect_uri) = match redirect_target(settings, &form) {
+        Ok(target) => target,
+        Err(message) => return refused_page(&limiter, message).await,
     };
     // A repeated state cannot be told apart from the client's own: none is sent back.
     let state = form.get("state").filter(|_| !form.is_repeated("state"));
@@ -129,11 +100,44 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
     }
 }
 
+/// Counts a failure of the caller's address and answers an error page, never a redirect.
+async fn refused_page(limiter: &Limiter<'_>, message: &'static str) -> Response<ProxyBody> {
+    let _ = limiter.failed(None, OAuthError::InvalidRequest("")).await;
+    reply::error_page(StatusCode::BAD_REQUEST, message)
+}
+
+/// The client and the redirect URI that later errors are sent to, or the error page's
+/// message when they cannot be trusted (RFC 6749 §4.1.2.1): either given twice, an unknown
+/// client, a redirect URI not registered, or none where the client registered several.
+fn redirect_target<'a>(
+    settings: &'a IssuerSettings,
+    form: &'a Form,
+) -> Result<(&'a RegisteredClient, &'a str), &'static str> {
+    // Duplicates of client_id or redirect_uri make both untrustworthy: an error page.
+    if form.is_repeated("client_id") || form.is_repeated("redirect_uri") {
+        return Err("The authorization request names its client or redirect URI more than once.");
+    }
+    let client = form
+        .get("client_id")
+        .and_then(|id| settings.clients.get(id))
+        .map(LoadedClient::registered)
+        .ok_or("Unknown client.")?;
+    let Some(redirect_uri) = redirect_uri_of(client, form.get("redirect_uri")) else {
+        return Err(if form.get("redirect_uri").is_some() {
+            "The redirect URI is not registered for this client."
+        } else {
+            "The authorization request must name its redirect URI: the client did not \
+             register exactly one."
+        });
+    };
+    Ok((client, redirect_uri))
+}
+
 /// Where the client is sent back: the requested URI if it matches a registered one, else,
 /// when the request names none, the client's only registered URI (RFC 6749 §3.1.2.3). A
 /// client with several (or none) must name one.
 fn redirect_uri_of<'a>(
-    client: &'a scopegate_core::clients::RegisteredClient,
+    client: &'a RegisteredClient,
     requested: Option<&'a str>,
 ) -> Option<&'a str> {
     match (requested, client.redirect_uris.as_slice()) {
@@ -149,7 +153,7 @@ fn redirect_uri_of<'a>(
 /// Checks the rest of the request (nothing stored yet) and makes the pending login.
 fn validate(
     ctx: &Context<'_>,
-    client: &scopegate_core::clients::RegisteredClient,
+    client: &RegisteredClient,
     redirect_uri: &str,
     form: &Form,
 ) -> Result<LoginRecord, OAuthError> {

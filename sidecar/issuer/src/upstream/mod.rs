@@ -25,7 +25,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use scopegate_core::config::IssuerConfig;
-use scopegate_core::upstream::{OUTCOMES, UpstreamIdp, UpstreamKind};
+use scopegate_core::upstream::{OUTCOMES, OidcUpstream, UpstreamIdp, UpstreamKind};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
@@ -363,6 +363,108 @@ fn trust_for(upstream: &UpstreamIdp) -> Option<String> {
     upstream.ca_bundle_pem.clone()
 }
 
+/// Keeps the client of each GitHub upstream whose trust is unchanged, builds the missing
+/// ones and drops the rest; an upstream whose CA bundle does not parse goes to `broken`.
+fn reconcile_github(
+    github: &mut HashMap<String, (Option<String>, ProviderClient)>,
+    issuer: &IssuerConfig,
+    broken: &mut HashMap<String, &'static str>,
+) {
+    let mut wanted = HashMap::new();
+    for upstream in &issuer.upstreams {
+        if matches!(upstream.kind, UpstreamKind::Github(_)) {
+            wanted.insert(upstream.name.clone(), trust_for(upstream));
+        }
+    }
+    github.retain(|name, (held, _)| wanted.get(name) == Some(held));
+    for (name, ca) in wanted {
+        if github.contains_key(&name) {
+            continue;
+        }
+        match scopegate_sidecar_kit::https::connector(ca.as_deref()) {
+            Ok(connector) => {
+                let client = Client::builder(TokioExecutor::new()).build(connector);
+                github.insert(name, (ca, client));
+            }
+            Err(err) => {
+                tracing::error!(upstream = %name, error = %err, "cannot build the GitHub client");
+                broken.insert(name, BAD_CA_BUNDLE);
+            }
+        }
+    }
+}
+
+/// What identifies the background work of an OIDC upstream: its issuer, the configured
+/// algorithms (never HS256; the defaults when none is left) and its trust.
+fn provider_spec(upstream: &UpstreamIdp, oidc: &OidcUpstream) -> ProviderSpec {
+    let mut algorithms: Vec<Alg> = oidc
+        .algorithms
+        .iter()
+        .filter_map(|a| Alg::from_name(a))
+        .filter(|a| *a != Alg::Hs256)
+        .collect();
+    if algorithms.is_empty() {
+        algorithms = id_token::DEFAULT_ALGS.to_vec();
+    }
+    ProviderSpec {
+        issuer: oidc.issuer.clone(),
+        algorithms,
+        ca_bundle_pem: trust_for(upstream),
+    }
+}
+
+/// Keeps each OIDC provider whose spec is unchanged, starts the missing ones (discovery in
+/// the background) and drops the rest, which stops their work; an upstream whose CA bundle
+/// does not parse goes to `broken`.
+fn reconcile_providers(
+    providers: &mut HashMap<String, (ProviderSpec, Arc<Provider>)>,
+    issuer: &IssuerConfig,
+    metrics: &Arc<Metrics>,
+    broken: &mut HashMap<String, &'static str>,
+) {
+    let mut wanted = HashMap::new();
+    for upstream in &issuer.upstreams {
+        if let UpstreamKind::Oidc(oidc) = &upstream.kind {
+            wanted.insert(upstream.name.clone(), provider_spec(upstream, oidc));
+        }
+    }
+    providers.retain(|name, (spec, _)| wanted.get(name) == Some(spec));
+    for (name, spec) in wanted {
+        if providers.contains_key(&name) {
+            continue;
+        }
+        let connector = match scopegate_sidecar_kit::https::connector(spec.ca_bundle_pem.as_deref())
+        {
+            Ok(connector) => connector,
+            Err(err) => {
+                tracing::error!(upstream = %name, error = %err, "cannot build the upstream client");
+                broken.insert(name, BAD_CA_BUNDLE);
+                continue;
+            }
+        };
+        let provider = Arc::new(Provider {
+            issuer: spec.issuer.clone(),
+            allowed: spec.algorithms.clone(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            discovery: ArcSwapOption::empty(),
+            keys: ArcSwapOption::empty(),
+            last_error: Mutex::new(None),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let task = tokio::spawn(run_discovery(
+            provider.clone(),
+            spec.clone(),
+            metrics.clone(),
+        ));
+        provider
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        providers.insert(name, (spec, provider));
+    }
+}
+
 impl Registry {
     /// Starts background work for the upstreams of `issuer` and stops what is no longer
     /// configured. An unchanged upstream keeps its fetched discovery and keys.
@@ -370,87 +472,10 @@ impl Registry {
         let mut broken = HashMap::new();
         {
             let mut github = self.github.lock().unwrap_or_else(|p| p.into_inner());
-            let mut wanted = HashMap::new();
-            for upstream in &issuer.upstreams {
-                if matches!(upstream.kind, UpstreamKind::Github(_)) {
-                    wanted.insert(upstream.name.clone(), trust_for(upstream));
-                }
-            }
-            github.retain(|name, (held, _)| wanted.get(name) == Some(held));
-            for (name, ca) in wanted {
-                if github.contains_key(&name) {
-                    continue;
-                }
-                match scopegate_sidecar_kit::https::connector(ca.as_deref()) {
-                    Ok(connector) => {
-                        let client = Client::builder(TokioExecutor::new()).build(connector);
-                        github.insert(name, (ca, client));
-                    }
-                    Err(err) => {
-                        tracing::error!(upstream = %name, error = %err, "cannot build the GitHub client");
-                        broken.insert(name, BAD_CA_BUNDLE);
-                    }
-                }
-            }
+            reconcile_github(&mut github, issuer, &mut broken);
         }
         let mut providers = self.providers.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wanted = HashMap::new();
-        for upstream in &issuer.upstreams {
-            let UpstreamKind::Oidc(oidc) = &upstream.kind else {
-                continue;
-            };
-            let mut algorithms: Vec<Alg> = oidc
-                .algorithms
-                .iter()
-                .filter_map(|a| Alg::from_name(a))
-                .filter(|a| *a != Alg::Hs256)
-                .collect();
-            if algorithms.is_empty() {
-                algorithms = id_token::DEFAULT_ALGS.to_vec();
-            }
-            let spec = ProviderSpec {
-                issuer: oidc.issuer.clone(),
-                algorithms,
-                ca_bundle_pem: trust_for(upstream),
-            };
-            wanted.insert(upstream.name.clone(), spec);
-        }
-        providers.retain(|name, (spec, _)| wanted.get(name) == Some(spec));
-        for (name, spec) in wanted {
-            if providers.contains_key(&name) {
-                continue;
-            }
-            let connector = match scopegate_sidecar_kit::https::connector(
-                spec.ca_bundle_pem.as_deref(),
-            ) {
-                Ok(connector) => connector,
-                Err(err) => {
-                    tracing::error!(upstream = %name, error = %err, "cannot build the upstream client");
-                    broken.insert(name, BAD_CA_BUNDLE);
-                    continue;
-                }
-            };
-            let provider = Arc::new(Provider {
-                issuer: spec.issuer.clone(),
-                allowed: spec.algorithms.clone(),
-                client: Client::builder(TokioExecutor::new()).build(connector),
-                discovery: ArcSwapOption::empty(),
-                keys: ArcSwapOption::empty(),
-                last_error: Mutex::new(None),
-                tasks: Mutex::new(Vec::new()),
-            });
-            let task = tokio::spawn(run_discovery(
-                provider.clone(),
-                spec.clone(),
-                metrics.clone(),
-            ));
-            provider
-                .tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(task);
-            providers.insert(name, (spec, provider));
-        }
+        reconcile_providers(&mut providers, issuer, metrics, &mut broken);
         *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = broken;
         drop(providers);
         // Counters of upstreams no longer configured go with them.

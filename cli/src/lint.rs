@@ -14,7 +14,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
-use scopegate_core::config::{DefaultAction, RateLimitKey, RuleAction, SidecarConfig};
+use scopegate_core::config::{
+    DefaultAction, RateLimitConfig, RateLimitKey, RuleAction, SidecarConfig,
+};
 use scopegate_core::policy::{Policy, Requirement};
 use scopegate_crds::v1alpha1::AuthPolicy;
 use serde::Serialize;
@@ -165,200 +167,327 @@ async fn vocabulary_of(
 /// Lints one rendered policy against a vocabulary (`None`: unknown, not checked).
 pub fn lint(config: &SidecarConfig, vocabulary: Option<&BTreeMap<String, String>>) -> Vec<Finding> {
     let name = format!("{}/{}", config.policy.namespace, config.policy.name);
-    let mut findings = Vec::new();
-    let finding = |code, severity, rules: Vec<String>, message: String, fix: String| Finding {
-        code,
-        severity,
-        policy: name.clone(),
-        rules,
-        message,
-        fix,
-    };
     let Ok(policy) = Policy::from_config(config) else {
-        return vec![finding(
-            "SG000",
-            Severity::Error,
-            Vec::new(),
-            "the rules do not compile".into(),
-            "fix the rule the error names; the sidecar keeps its last good config meanwhile".into(),
-        )];
+        return vec![Finding {
+            code: "SG000",
+            severity: Severity::Error,
+            policy: name,
+            rules: Vec::new(),
+            message: "the rules do not compile".into(),
+            fix: "fix the rule the error names; the sidecar keeps its last good config meanwhile"
+                .into(),
+        }];
     };
-    let rules = &config.rules;
-    let all_patterns = rules
-        .iter()
-        .flat_map(|r| r.paths.iter())
-        .chain(config.rate_limits.iter().flat_map(|l| l.paths.iter()))
-        .map(String::as_str);
-    let sentinel = samples::sentinel(all_patterns);
-    let depth = rules
-        .iter()
-        .flat_map(|r| r.paths.iter())
-        .map(|p| p.split('/').count())
-        .max()
-        .unwrap_or(1);
-    let methods = samples::methods(
-        rules
+    let probe = Probe::new(config, policy, name);
+    let mut findings = Vec::new();
+    // (public, protected) pairs already reported as SG101: not again as a carve-out.
+    let mut taken_pairs: BTreeSet<(usize, usize)> = BTreeSet::new();
+    let mut carve_outs: Vec<CarveOut> = Vec::new();
+    for (index, rule) in config.rules.iter().enumerate() {
+        let samples = probe.samples(&rule.methods, &rule.paths);
+        let routed = probe.route_samples(index, &samples);
+        if !routed.taken_by_public.is_empty() {
+            let publics: BTreeSet<usize> = routed.taken_by_public.iter().map(|(w, _)| *w).collect();
+            taken_pairs.extend(publics.iter().map(|&p| (p, index)));
+            findings.push(probe.public_takes_protected(index, &publics, &routed.taken_by_public));
+        }
+        findings.extend(probe.never_decides(index, &routed));
+        if rule.action == RuleAction::Public {
+            carve_outs.extend(probe.carve_outs(index, &samples));
+        }
+        if let Some(vocabulary) = vocabulary {
+            findings.extend(probe.unknown_scopes(index, vocabulary));
+        }
+    }
+    findings.extend(
+        carve_outs
             .iter()
-            .flat_map(|r| r.methods.iter())
-            .chain(config.rate_limits.iter().flat_map(|l| l.methods.iter())),
+            .filter(|c| !taken_pairs.contains(&(c.public, c.protected)))
+            .map(|c| probe.carve_out(c)),
     );
-    // (method, path) samples of a rule or limit's own methods and patterns.
-    let samples_of = |own_methods: &[String], paths: &[String]| -> Vec<(String, String)> {
-        let ms: Vec<String> = if own_methods.is_empty() {
-            methods.clone()
+    for limit in &config.rate_limits {
+        findings.extend(probe.rate_limit(limit));
+    }
+    findings.extend(probe.default_allow());
+    findings
+}
+
+/// A public rule that also decides requests a protected rule matches, with an example.
+struct CarveOut {
+    public: usize,
+    protected: usize,
+    example: String,
+}
+
+/// Which rules decide a rule's sample requests.
+struct Routed {
+    /// Whether the rule itself decides any of them.
+    won: bool,
+    /// The other rules that decide some.
+    winners: BTreeSet<usize>,
+    /// Public rules that decide requests of a protected rule, with the request.
+    taken_by_public: Vec<(usize, String)>,
+}
+
+/// A policy's rules and the sample requests they are probed with, asked of the sidecar's
+/// own matcher.
+struct Probe<'a> {
+    config: &'a SidecarConfig,
+    policy: Policy,
+    /// namespace/name, for findings.
+    name: String,
+    /// A segment that equals no literal of any pattern.
+    sentinel: String,
+    /// The most segments of any rule pattern.
+    depth: usize,
+    /// Methods tried for a rule or limit that names none.
+    methods: Vec<String>,
+}
+
+impl<'a> Probe<'a> {
+    fn new(config: &'a SidecarConfig, policy: Policy, name: String) -> Self {
+        let rules = &config.rules;
+        let limits = &config.rate_limits;
+        let all_patterns = rules
+            .iter()
+            .flat_map(|r| r.paths.iter())
+            .chain(limits.iter().flat_map(|l| l.paths.iter()))
+            .map(String::as_str);
+        let depth = rules
+            .iter()
+            .flat_map(|r| r.paths.iter())
+            .map(|p| p.split('/').count())
+            .max()
+            .unwrap_or(1);
+        let methods = samples::methods(
+            rules
+                .iter()
+                .flat_map(|r| r.methods.iter())
+                .chain(limits.iter().flat_map(|l| l.methods.iter())),
+        );
+        Self {
+            config,
+            policy,
+            name,
+            sentinel: samples::sentinel(all_patterns),
+            depth,
+            methods,
+        }
+    }
+
+    /// (method, path) samples of a rule or limit's own methods and patterns.
+    fn samples(&self, own_methods: &[String], paths: &[String]) -> Vec<(String, String)> {
+        let methods = if own_methods.is_empty() {
+            &self.methods
         } else {
-            own_methods.to_vec()
+            own_methods
         };
         let mut out = Vec::new();
-        for m in &ms {
+        for m in methods {
             for p in paths {
-                for s in samples::instances(p, &sentinel, depth + 1) {
+                for s in samples::instances(p, &self.sentinel, self.depth + 1) {
                     out.push((m.clone(), s));
                 }
             }
         }
         out
-    };
-    let is_public = |i: usize| rules[i].action == RuleAction::Public;
-    // (public, protected) pairs already reported as SG101: not again as a carve-out.
-    let mut taken_pairs: BTreeSet<(usize, usize)> = BTreeSet::new();
-    let mut carve_outs: Vec<(usize, usize, String)> = Vec::new();
+    }
 
-    for (index, rule) in rules.iter().enumerate() {
-        let samples = samples_of(&rule.methods, &rule.paths);
-        let mut won = false;
-        let mut winners: BTreeSet<usize> = BTreeSet::new();
-        let mut taken_by_public: Vec<(usize, String)> = Vec::new();
-        for (m, s) in &samples {
-            match policy.route(m, s).rule_index {
-                Some(w) if w == index => won = true,
+    fn is_public(&self, index: usize) -> bool {
+        self.config.rules[index].action == RuleAction::Public
+    }
+
+    fn label(&self, index: usize) -> String {
+        rule_label(&self.config.rules, index)
+    }
+
+    fn finding(
+        &self,
+        code: &'static str,
+        severity: Severity,
+        rules: Vec<String>,
+        message: String,
+        fix: String,
+    ) -> Finding {
+        Finding {
+            code,
+            severity,
+            policy: self.name.clone(),
+            rules,
+            message,
+            fix,
+        }
+    }
+
+    /// Which rules decide the samples of rule `index`.
+    fn route_samples(&self, index: usize, samples: &[(String, String)]) -> Routed {
+        let mut routed = Routed {
+            won: false,
+            winners: BTreeSet::new(),
+            taken_by_public: Vec::new(),
+        };
+        for (m, s) in samples {
+            match self.policy.route(m, s).rule_index {
+                Some(w) if w == index => routed.won = true,
                 Some(w) => {
-                    winners.insert(w);
-                    if is_public(w) && !is_public(index) {
-                        taken_by_public.push((w, format!("{m} {s}")));
+                    routed.winners.insert(w);
+                    if self.is_public(w) && !self.is_public(index) {
+                        routed.taken_by_public.push((w, format!("{m} {s}")));
                     }
                 }
                 None => {}
             }
         }
-        if !taken_by_public.is_empty() {
-            let publics: BTreeSet<usize> = taken_by_public.iter().map(|(w, _)| *w).collect();
-            taken_pairs.extend(publics.iter().map(|&p| (p, index)));
-            let examples: Vec<&str> = taken_by_public
-                .iter()
-                .take(3)
-                .map(|(_, s)| s.as_str())
-                .collect();
-            let mut names: Vec<String> = publics.iter().map(|&w| rule_label(rules, w)).collect();
-            names.push(rule_label(rules, index));
-            findings.push(finding(
-                "SG101",
-                Severity::Error,
-                names,
-                format!(
-                    "public rule {} takes requests that protected rule {} ({}) names, e.g. {}: they pass without a token",
-                    publics.iter().map(|&w| rule_label(rules, w)).collect::<Vec<_>>().join(", "),
-                    rule_label(rules, index),
-                    action_text(&rule.action),
-                    examples.join(", ")
-                ),
-                "make the public rule's paths narrower (a public rule should name exactly what is public), or the protected rule more specific; on equal specificity the earlier rule wins and a rule naming methods beats one that does not".into(),
-            ));
-        }
-        if !won
-            && !winners.is_empty()
-            && !winners.iter().all(|&w| is_public(w) && !is_public(index))
-        {
-            let by: Vec<String> = winners.iter().map(|&w| rule_label(rules, w)).collect();
-            let mut names = vec![rule_label(rules, index)];
-            names.extend(by.iter().cloned());
-            findings.push(finding(
-                "SG100",
-                Severity::Error,
-                names,
-                format!(
-                    "rule {} never decides a request: {} wins every request it matches",
-                    rule_label(rules, index),
-                    by.join(", ")
-                ),
-                format!(
-                    "remove it, or make it more specific than {} (a literal segment beats '*', a path that ends beats '/**', naming methods beats naming none); on a tie the earlier rule wins, so moving it above works too",
-                    by.join(", ")
-                ),
-            ));
-        }
-        if rule.action == RuleAction::Public {
-            // Protected rules that also match this public rule's own paths: a carve-out.
-            let mut carved: BTreeMap<usize, String> = BTreeMap::new();
-            for (m, s) in &samples {
-                if policy.route(m, s).rule_index != Some(index) {
-                    continue;
-                }
-                for c in policy.candidates(m, s) {
-                    if c.rule_index != index && !is_public(c.rule_index) {
-                        carved
-                            .entry(c.rule_index)
-                            .or_insert_with(|| format!("{m} {s}"));
-                    }
-                }
-            }
-            for (protected, example) in carved {
-                carve_outs.push((index, protected, example));
-            }
-        }
-        if let Some(vocabulary) = vocabulary {
-            let needed: Vec<&String> = match &rule.action {
-                RuleAction::RequireAll { scopes } => scopes.iter().collect(),
-                RuleAction::RequireAny { scope_sets } => scope_sets.iter().flatten().collect(),
-                _ => Vec::new(),
-            };
-            let unknown: BTreeSet<&String> = needed
-                .into_iter()
-                .filter(|s| !vocabulary.contains_key(*s))
-                .collect();
-            for scope in unknown {
-                let hint = closest(scope, vocabulary.keys())
-                    .map(|c| format!("did you mean {c:?}? "))
-                    .unwrap_or_default();
-                findings.push(finding(
-                    "SG103",
-                    Severity::Error,
-                    vec![rule_label(rules, index)],
-                    format!(
-                        "rule {} requires scope {scope:?}, which the issuer's vocabulary does not declare: no token can carry it, so the rule refuses everyone",
-                        rule_label(rules, index)
-                    ),
-                    format!("{hint}fix the spelling, or declare {scope:?} in the issuer's spec.issuer.self.scopes"),
-                ));
-            }
-        }
+        routed
     }
 
-    for (index, protected, example) in carve_outs {
-        if taken_pairs.contains(&(index, protected)) {
-            continue;
+    /// SG101: public rules that take requests the protected rule `index` names.
+    fn public_takes_protected(
+        &self,
+        index: usize,
+        publics: &BTreeSet<usize>,
+        taken: &[(usize, String)],
+    ) -> Finding {
+        let examples: Vec<&str> = taken.iter().take(3).map(|(_, s)| s.as_str()).collect();
+        let mut names: Vec<String> = publics.iter().map(|&w| self.label(w)).collect();
+        names.push(self.label(index));
+        self.finding(
+            "SG101",
+            Severity::Error,
+            names,
+            format!(
+                "public rule {} takes requests that protected rule {} ({}) names, e.g. {}: they pass without a token",
+                publics.iter().map(|&w| self.label(w)).collect::<Vec<_>>().join(", "),
+                self.label(index),
+                action_text(&self.config.rules[index].action),
+                examples.join(", ")
+            ),
+            "make the public rule's paths narrower (a public rule should name exactly what is public), or the protected rule more specific; on equal specificity the earlier rule wins and a rule naming methods beats one that does not".into(),
+        )
+    }
+
+    /// SG100: rule `index` decides none of its requests (unless only public rules take them:
+    /// that is SG101).
+    fn never_decides(&self, index: usize, routed: &Routed) -> Option<Finding> {
+        let winners = &routed.winners;
+        if routed.won
+            || winners.is_empty()
+            || winners
+                .iter()
+                .all(|&w| self.is_public(w) && !self.is_public(index))
+        {
+            return None;
         }
-        findings.push(finding(
+        let by: Vec<String> = winners.iter().map(|&w| self.label(w)).collect();
+        let mut names = vec![self.label(index)];
+        names.extend(by.iter().cloned());
+        Some(self.finding(
+            "SG100",
+            Severity::Error,
+            names,
+            format!(
+                "rule {} never decides a request: {} wins every request it matches",
+                self.label(index),
+                by.join(", ")
+            ),
+            format!(
+                "remove it, or make it more specific than {} (a literal segment beats '*', a path that ends beats '/**', naming methods beats naming none); on a tie the earlier rule wins, so moving it above works too",
+                by.join(", ")
+            ),
+        ))
+    }
+
+    /// Protected rules that also match the requests public rule `index` decides.
+    fn carve_outs(&self, index: usize, samples: &[(String, String)]) -> Vec<CarveOut> {
+        let mut carved: BTreeMap<usize, String> = BTreeMap::new();
+        for (m, s) in samples {
+            if self.policy.route(m, s).rule_index != Some(index) {
+                continue;
+            }
+            for c in self.policy.candidates(m, s) {
+                if c.rule_index != index && !self.is_public(c.rule_index) {
+                    carved
+                        .entry(c.rule_index)
+                        .or_insert_with(|| format!("{m} {s}"));
+                }
+            }
+        }
+        carved
+            .into_iter()
+            .map(|(protected, example)| CarveOut {
+                public: index,
+                protected,
+                example,
+            })
+            .collect()
+    }
+
+    /// SG102: a public rule carves requests out of a protected rule.
+    fn carve_out(&self, c: &CarveOut) -> Finding {
+        self.finding(
             "SG102",
             Severity::Warning,
-            vec![rule_label(rules, index), rule_label(rules, protected)],
+            vec![self.label(c.public), self.label(c.protected)],
             format!(
-                "public rule {} carves requests out of protected rule {} ({}), e.g. {example}",
-                rule_label(rules, index),
-                rule_label(rules, protected),
-                action_text(&rules[protected].action)
+                "public rule {} carves requests out of protected rule {} ({}), e.g. {}",
+                self.label(c.public),
+                self.label(c.protected),
+                action_text(&self.config.rules[c.protected].action),
+                c.example
             ),
             "if these paths are meant to be public, nothing to do; otherwise narrow the public rule".into(),
-        ));
+        )
     }
 
-    let issuer_prefix = config
-        .issuer
-        .as_ref()
-        .and_then(|role| scopegate_core::endpoints::path_prefix(&role.url));
-    for limit in &config.rate_limits {
+    /// SG103: scopes rule `index` requires that the vocabulary does not declare.
+    fn unknown_scopes(&self, index: usize, vocabulary: &BTreeMap<String, String>) -> Vec<Finding> {
+        let needed: Vec<&String> = match &self.config.rules[index].action {
+            RuleAction::RequireAll { scopes } => scopes.iter().collect(),
+            RuleAction::RequireAny { scope_sets } => scope_sets.iter().flatten().collect(),
+            _ => Vec::new(),
+        };
+        let unknown: BTreeSet<&String> = needed
+            .into_iter()
+            .filter(|s| !vocabulary.contains_key(*s))
+            .collect();
+        unknown.into_iter().map(|scope| {
+            let hint = closest(scope, vocabulary.keys())
+                .map(|c| format!("did you mean {c:?}? "))
+                .unwrap_or_default();
+            self.finding(
+                "SG103",
+                Severity::Error,
+                vec![self.label(index)],
+                format!(
+                    "rule {} requires scope {scope:?}, which the issuer's vocabulary does not declare: no token can carry it, so the rule refuses everyone",
+                    self.label(index)
+                ),
+                format!("{hint}fix the spelling, or declare {scope:?} in the issuer's spec.issuer.self.scopes"),
+            )
+        }).collect()
+    }
+
+    /// SG106: `defaultAction: Allow`.
+    fn default_allow(&self) -> Option<Finding> {
+        (self.config.default_action == DefaultAction::Allow).then(|| self.finding(
+            "SG106",
+            Severity::Warning,
+            Vec::new(),
+            "defaultAction Allow: every route no rule names is public, including routes the app adds later".into(),
+            "use defaultAction Deny and a public rule for what is meant to be public".into(),
+        ))
+    }
+
+    /// SG104: a rate limit that names only issuer endpoints; SG105: one keyed by subject
+    /// over routes that never carry a verified subject.
+    fn rate_limit(&self, limit: &RateLimitConfig) -> Option<Finding> {
         let label = format!("rateLimits {:?}", limit.name);
-        let samples = samples_of(&limit.methods, &limit.paths);
+        let issuer_prefix = self
+            .config
+            .issuer
+            .as_ref()
+            .and_then(|role| scopegate_core::endpoints::path_prefix(&role.url));
+        let samples = self.samples(&limit.methods, &limit.paths);
         let counted: Vec<&(String, String)> = samples
             .iter()
             .filter(|(_, s)| {
@@ -368,48 +497,36 @@ pub fn lint(config: &SidecarConfig, vocabulary: Option<&BTreeMap<String, String>
             })
             .collect();
         if counted.is_empty() {
-            findings.push(finding(
+            return Some(self.finding(
                 "SG104",
                 Severity::Error,
-                vec![label.clone()],
+                vec![label],
                 format!(
                     "rate limit {:?} names only endpoints of the policy's issuer, which answers them before any rate limit: it never counts a request",
                     limit.name
                 ),
                 "remove it: the issuer limits its own endpoints (per client and per address)".into(),
             ));
-            continue;
         }
-        if limit.key == RateLimitKey::Subject
-            && counted.iter().all(|(m, s)| {
+        let never_a_subject = || {
+            counted.iter().all(|(m, s)| {
                 matches!(
-                    policy.route(m, s).requirement,
+                    self.policy.route(m, s).requirement,
                     Requirement::Public | Requirement::Deny
                 )
             })
-        {
-            findings.push(finding(
-                "SG105",
-                Severity::Warning,
-                vec![label],
-                format!(
-                    "rate limit {:?} is keyed by subject, but every route it covers is public or denied: no request there carries a verified subject, so it counts per client address",
-                    limit.name
-                ),
-                "key it by clientAddress, or point it at routes that need a token".into(),
-            ));
-        }
-    }
-    if config.default_action == DefaultAction::Allow {
-        findings.push(finding(
-            "SG106",
+        };
+        (limit.key == RateLimitKey::Subject && never_a_subject()).then(|| self.finding(
+            "SG105",
             Severity::Warning,
-            Vec::new(),
-            "defaultAction Allow: every route no rule names is public, including routes the app adds later".into(),
-            "use defaultAction Deny and a public rule for what is meant to be public".into(),
-        ));
+            vec![label],
+            format!(
+                "rate limit {:?} is keyed by subject, but every route it covers is public or denied: no request there carries a verified subject, so it counts per client address",
+                limit.name
+            ),
+            "key it by clientAddress, or point it at routes that need a token".into(),
+        ))
     }
-    findings
 }
 
 /// The vocabulary entry nearest to a misspelt scope (case-insensitive equality, or at most

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::output;
-use crate::source::{self, PolicyFlags};
+use crate::source::{self, Loaded, PolicyFlags};
 use crate::{Failure, Global, fetch};
 
 /// `token [TOKEN]`.
@@ -104,101 +104,18 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
     };
     let ca = args.policy.ca_pem()?;
     if let Some(location) = &args.policy.jwks {
-        let body = fetch::read(location, ca.as_deref()).await?;
-        let allowed: Vec<Alg> = args
-            .algorithms
-            .iter()
-            .map(|a| {
-                Alg::from_name(a)
-                    .filter(|a| *a != Alg::Hs256)
-                    .with_context(|| format!("algorithm {a:?}"))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let (keys, skipped) =
-            load_jwks(&body, &allowed).with_context(|| format!("{location}: not a JWKS"))?;
-        for err in skipped {
-            report
-                .notes
-                .push(format!("{location}: key left out: {err}"));
-        }
-        let mut unchecked = Vec::new();
-        let token_iss = report
-            .claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        let issuer = match &args.policy.issuer {
-            Some(issuer) => issuer.clone(),
-            None => {
-                unchecked.push("issuer (give --issuer)".to_owned());
-                token_iss
-            }
-        };
-        let audiences = if args.audience.is_empty() {
-            unchecked.push("audience (give --audience)".to_owned());
-            match report.claims.get("aud") {
-                Some(Value::String(a)) => vec![a.clone()],
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect(),
-                _ => Vec::new(),
-            }
-        } else {
-            args.audience.clone()
-        };
-        let rules = TokenRules {
-            audiences,
-            leeway_secs: 0,
-            max_token_bytes: scopegate_core::config::DEFAULT_MAX_TOKEN_BYTES,
-        };
-        let keys = IssuerKeys {
-            keys: Arc::new(keys),
-            allow_jwt_typ: args.allow_jwt_typ,
-        };
-        let result = token::validate(
-            &token,
-            &rules,
-            |iss| (iss == issuer).then(|| keys.clone()),
-            now,
-        );
-        unchecked.push("revocation (only the issuer and its verifiers know)".to_owned());
-        report.verification = Some(Verification {
-            jwks: location.clone(),
-            valid: result.is_ok(),
-            failed: result.err().map(|e| e.to_string()),
-            unchecked,
-        });
+        let checked = verify_with_jwks(&args, location, ca.as_deref(), &token, &report.claims, now);
+        let (verification, notes) = checked.await?;
+        report.notes.extend(notes);
+        report.verification = Some(verification);
     }
     let want_policies = args.policy.offline() || !args.offline;
     if want_policies {
         match source::namespace_policies(global, &args.policy).await {
             Ok(loaded) => {
                 for item in loaded {
-                    let keys = source::trusted_keys(&item.config, None, ca.as_deref()).await;
-                    let rules = TokenRules::from_config(&item.config.verify);
-                    let result: Result<VerifiedToken, TokenError> =
-                        token::validate(&token, &rules, |iss| keys.issuers.get(iss).cloned(), now)
-                            .and_then(|v| {
-                                match revocation::revoked(
-                                    &v,
-                                    &item.config.revocation.client_cutoffs,
-                                    None,
-                                ) {
-                                    Some(reason) => Err(TokenError::Revoked(reason)),
-                                    None => Ok(v),
-                                }
-                            });
-                    report.policies.push(PolicyVerdict {
-                        policy: format!(
-                            "{}/{}",
-                            item.config.policy.namespace, item.config.policy.name
-                        ),
-                        accepted: result.is_ok(),
-                        reason: result.err().map(|e| e.to_string()),
-                        notes: keys.notes,
-                    });
+                    let verdict = policy_verdict(&item, &token, ca.as_deref(), now).await;
+                    report.policies.push(verdict);
                 }
                 if report.policies.is_empty() {
                     report.notes.push("no AuthPolicy in the namespace".into());
@@ -220,6 +137,115 @@ pub async fn run(global: &Global, args: Args) -> anyhow::Result<()> {
         return Err(Failure::Findings("token not accepted".into()).into());
     }
     Ok(())
+}
+
+/// Verifies the token against the JWKS at `location` (issuer and audiences from the flags,
+/// else taken from the token and listed as not checked). Also returns a note per key of the
+/// set that was left out.
+async fn verify_with_jwks(
+    args: &Args,
+    location: &str,
+    ca: Option<&str>,
+    token: &str,
+    claims: &Value,
+    now: i64,
+) -> anyhow::Result<(Verification, Vec<String>)> {
+    let body = fetch::read(location, ca).await?;
+    let allowed = allowed_algorithms(&args.algorithms)?;
+    let (keys, skipped) =
+        load_jwks(&body, &allowed).with_context(|| format!("{location}: not a JWKS"))?;
+    let notes = skipped
+        .into_iter()
+        .map(|err| format!("{location}: key left out: {err}"))
+        .collect();
+    let mut unchecked = Vec::new();
+    let issuer = match &args.policy.issuer {
+        Some(issuer) => issuer.clone(),
+        None => {
+            unchecked.push("issuer (give --issuer)".to_owned());
+            claims
+                .get("iss")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    let audiences = if args.audience.is_empty() {
+        unchecked.push("audience (give --audience)".to_owned());
+        audiences_of(claims)
+    } else {
+        args.audience.clone()
+    };
+    let rules = TokenRules {
+        audiences,
+        leeway_secs: 0,
+        max_token_bytes: scopegate_core::config::DEFAULT_MAX_TOKEN_BYTES,
+    };
+    let keys = IssuerKeys {
+        keys: Arc::new(keys),
+        allow_jwt_typ: args.allow_jwt_typ,
+    };
+    let result = token::validate(
+        token,
+        &rules,
+        |iss| (iss == issuer).then(|| keys.clone()),
+        now,
+    );
+    unchecked.push("revocation (only the issuer and its verifiers know)".to_owned());
+    let verification = Verification {
+        jwks: location.to_owned(),
+        valid: result.is_ok(),
+        failed: result.err().map(|e| e.to_string()),
+        unchecked,
+    };
+    Ok((verification, notes))
+}
+
+/// `--algorithms`, parsed; HS256 is never accepted from a JWKS.
+fn allowed_algorithms(names: &[String]) -> anyhow::Result<Vec<Alg>> {
+    names
+        .iter()
+        .map(|a| {
+            Alg::from_name(a)
+                .filter(|a| *a != Alg::Hs256)
+                .with_context(|| format!("algorithm {a:?}"))
+        })
+        .collect()
+}
+
+/// The token's `aud`, a string or an array of strings.
+fn audiences_of(claims: &Value) -> Vec<String> {
+    match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether a policy's sidecars would accept the token: its keys, validation and client
+/// cut-offs, as the sidecar checks them.
+async fn policy_verdict(item: &Loaded, token: &str, ca: Option<&str>, now: i64) -> PolicyVerdict {
+    let keys = source::trusted_keys(&item.config, None, ca).await;
+    let rules = TokenRules::from_config(&item.config.verify);
+    let result: Result<VerifiedToken, TokenError> =
+        token::validate(token, &rules, |iss| keys.issuers.get(iss).cloned(), now).and_then(|v| {
+            match revocation::revoked(&v, &item.config.revocation.client_cutoffs, None) {
+                Some(reason) => Err(TokenError::Revoked(reason)),
+                None => Ok(v),
+            }
+        });
+    PolicyVerdict {
+        policy: format!(
+            "{}/{}",
+            item.config.policy.namespace, item.config.policy.name
+        ),
+        accepted: result.is_ok(),
+        reason: result.err().map(|e| e.to_string()),
+        notes: keys.notes,
+    }
 }
 
 /// The header and claims as JSON, without verifying anything.

@@ -123,7 +123,23 @@ pub async fn run(global: &Global, _args: Args) -> anyhow::Result<()> {
         .list(&Default::default())
         .await?
         .items;
+    let (pod_rows, counts) = pod_rows(&policies, &pods);
+    let report = Report {
+        injection,
+        policies: policies
+            .iter()
+            .map(|p| policy_row(p, &ns, &counts, now))
+            .collect(),
+        clients: clients.iter().map(|c| client_row(c, &ns)).collect(),
+        pods: pod_rows,
+        namespace: ns,
+    };
+    output::print(global.output, "NamespaceStatus", &report, || table(&report))
+}
 
+/// A row per pod with the first policy that selects it and whether it carries the sidecar,
+/// and per policy the pods it selects and how many of them carry the sidecar.
+fn pod_rows(policies: &[AuthPolicy], pods: &[Pod]) -> (Vec<PodRow>, BTreeMap<String, (i32, i32)>) {
     let selectors: Vec<(String, Option<Selector>)> = policies
         .iter()
         .map(|p| {
@@ -135,7 +151,7 @@ pub async fn run(global: &Global, _args: Args) -> anyhow::Result<()> {
         .collect();
     let mut pod_rows = Vec::new();
     let mut counts: BTreeMap<String, (i32, i32)> = BTreeMap::new();
-    for pod in &pods {
+    for pod in pods {
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let policy = selectors
             .iter()
@@ -163,91 +179,88 @@ pub async fn run(global: &Global, _args: Args) -> anyhow::Result<()> {
                 .unwrap_or_default(),
         });
     }
-    let policy_rows = policies
-        .iter()
-        .map(|p| {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            let status = p.status.clone().unwrap_or_default();
-            let (ready, reason) = condition(&status.conditions, "Ready");
-            let issuer = &p.spec.issuer;
-            let issuer = if let Some(own) = &issuer.self_ {
-                format!("self {}", own.url)
-            } else if let Some(r) = &issuer.policy_ref {
-                format!(
-                    "policyRef {}/{}",
-                    r.namespace.clone().unwrap_or_else(|| ns.clone()),
-                    r.name
-                )
-            } else if let Some(e) = &issuer.external {
-                format!("external {}", e.issuer)
-            } else {
-                "-".into()
-            };
-            let (selected, injected) = counts.get(&name).copied().unwrap_or_default();
-            PolicyRow {
-                issuer,
-                ready,
-                reason,
-                enforcement: enforcement(p),
-                active_kid: status.active_kid.clone(),
-                next_rotation: status.next_rotation.as_ref().map(|t| time(t, now)),
-                keys: status
-                    .keys
-                    .iter()
-                    .map(|k| KeyRow {
-                        kid: k.kid.clone(),
-                        state: k.state.clone(),
-                        activates: time(&k.activates_at, now),
-                        signs_until: time(&k.signs_until, now),
-                        removed_after: time(&k.removed_after, now),
-                    })
-                    .collect(),
-                selected_pods: selected,
-                injected_pods: injected,
-                name,
-            }
-        })
-        .collect();
-    let client_rows = clients
-        .iter()
-        .map(|c| {
-            let status = c.status.clone().unwrap_or_default();
-            let (ready, _) = condition(&status.conditions, "Ready");
-            ClientRow {
-                name: c.metadata.name.clone().unwrap_or_default(),
-                issuer: format!(
-                    "{}/{}",
-                    c.spec
-                        .issuer_ref
-                        .namespace
-                        .clone()
-                        .unwrap_or_else(|| ns.clone()),
-                    c.spec.issuer_ref.name
-                ),
-                ready,
-                grants: c
-                    .spec
-                    .grant_types
-                    .iter()
-                    // As the spec spells them (client_credentials), not as Rust does.
-                    .filter_map(|g| {
-                        serde_json::to_value(g)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                    })
-                    .collect(),
-                client_id: status.client_id.clone(),
-            }
-        })
-        .collect();
-    let report = Report {
-        namespace: ns,
-        injection,
-        policies: policy_rows,
-        clients: client_rows,
-        pods: pod_rows,
-    };
-    output::print(global.output, "NamespaceStatus", &report, || table(&report))
+    (pod_rows, counts)
+}
+
+/// A policy: its issuer, readiness, enforcement, keys and pods (`counts`: selected and
+/// injected pods per policy).
+fn policy_row(
+    p: &AuthPolicy,
+    ns: &str,
+    counts: &BTreeMap<String, (i32, i32)>,
+    now: i64,
+) -> PolicyRow {
+    let name = p.metadata.name.clone().unwrap_or_default();
+    let status = p.status.clone().unwrap_or_default();
+    let (ready, reason) = condition(&status.conditions, "Ready");
+    let (selected, injected) = counts.get(&name).copied().unwrap_or_default();
+    PolicyRow {
+        issuer: issuer_text(p, ns),
+        ready,
+        reason,
+        enforcement: enforcement(p),
+        active_kid: status.active_kid.clone(),
+        next_rotation: status.next_rotation.as_ref().map(|t| time(t, now)),
+        keys: status
+            .keys
+            .iter()
+            .map(|k| KeyRow {
+                kid: k.kid.clone(),
+                state: k.state.clone(),
+                activates: time(&k.activates_at, now),
+                signs_until: time(&k.signs_until, now),
+                removed_after: time(&k.removed_after, now),
+            })
+            .collect(),
+        selected_pods: selected,
+        injected_pods: injected,
+        name,
+    }
+}
+
+/// The issuer a policy trusts: `self URL`, `policyRef NS/NAME` or `external ISS`.
+fn issuer_text(p: &AuthPolicy, ns: &str) -> String {
+    let issuer = &p.spec.issuer;
+    if let Some(own) = &issuer.self_ {
+        format!("self {}", own.url)
+    } else if let Some(r) = &issuer.policy_ref {
+        format!(
+            "policyRef {}/{}",
+            r.namespace.as_deref().unwrap_or(ns),
+            r.name
+        )
+    } else if let Some(e) = &issuer.external {
+        format!("external {}", e.issuer)
+    } else {
+        "-".into()
+    }
+}
+
+/// An OAuthClient: its issuer, readiness, grants and client ID.
+fn client_row(c: &OAuthClient, ns: &str) -> ClientRow {
+    let status = c.status.clone().unwrap_or_default();
+    let (ready, _) = condition(&status.conditions, "Ready");
+    ClientRow {
+        name: c.metadata.name.clone().unwrap_or_default(),
+        issuer: format!(
+            "{}/{}",
+            c.spec.issuer_ref.namespace.as_deref().unwrap_or(ns),
+            c.spec.issuer_ref.name
+        ),
+        ready,
+        grants: c
+            .spec
+            .grant_types
+            .iter()
+            // As the spec spells them (client_credentials), not as Rust does.
+            .filter_map(|g| {
+                serde_json::to_value(g)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+            })
+            .collect(),
+        client_id: status.client_id.clone(),
+    }
 }
 
 /// How the policy's sidecars act on refusals: Enforce, DryRun, or which rules differ.
@@ -271,6 +284,7 @@ fn enforcement(policy: &AuthPolicy) -> String {
     }
 }
 
+/// The namespace for people: injection, then tables of policies, their keys, clients and pods.
 fn table(r: &Report) -> String {
     let mut out = format!(
         "NAMESPACE {}   injection {}\n\n",
@@ -281,20 +295,35 @@ fn table(r: &Report) -> String {
             format!("OFF: new pods get no sidecar (label the namespace {INJECTION_LABEL}=enabled)")
         }
     );
-    let mut rows = vec![
-        [
-            "POLICY",
-            "ISSUER",
-            "READY",
-            "ENFORCEMENT",
-            "ACTIVE KEY",
-            "NEXT ROTATION",
-            "PODS WITH SIDECAR",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for p in &r.policies {
+    out.push_str(&policies_table(&r.policies));
+    for p in r.policies.iter().filter(|p| !p.keys.is_empty()) {
+        out.push_str(&format!("\nKEYS OF {}\n", p.name));
+        out.push_str(&keys_table(&p.keys));
+    }
+    out.push('\n');
+    out.push_str(&clients_table(&r.clients));
+    out.push('\n');
+    out.push_str(&pods_table(&r.pods));
+    out
+}
+
+/// A header row of column names.
+fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|&n| n.to_owned()).collect()
+}
+
+/// Policies: issuer, readiness, enforcement, active key, next rotation, pods with sidecar.
+fn policies_table(policies: &[PolicyRow]) -> String {
+    let mut rows = vec![header(&[
+        "POLICY",
+        "ISSUER",
+        "READY",
+        "ENFORCEMENT",
+        "ACTIVE KEY",
+        "NEXT ROTATION",
+        "PODS WITH SIDECAR",
+    ])];
+    for p in policies {
         rows.push(vec![
             p.name.clone(),
             p.issuer.clone(),
@@ -308,32 +337,40 @@ fn table(r: &Report) -> String {
             format!("{}/{}", p.injected_pods, p.selected_pods),
         ]);
     }
-    out.push_str(&output::columns(&rows));
-    for p in r.policies.iter().filter(|p| !p.keys.is_empty()) {
-        out.push_str(&format!("\nKEYS OF {}\n", p.name));
-        let mut rows = vec![
-            ["KID", "STATE", "ACTIVATES", "SIGNS UNTIL", "REMOVED AFTER"]
-                .map(String::from)
-                .to_vec(),
-        ];
-        for k in &p.keys {
-            rows.push(vec![
-                k.kid.clone(),
-                k.state.clone(),
-                k.activates.clone(),
-                k.signs_until.clone(),
-                k.removed_after.clone(),
-            ]);
-        }
-        out.push_str(&output::columns(&rows));
+    output::columns(&rows)
+}
+
+/// A policy's signing keys and their schedule.
+fn keys_table(keys: &[KeyRow]) -> String {
+    let mut rows = vec![header(&[
+        "KID",
+        "STATE",
+        "ACTIVATES",
+        "SIGNS UNTIL",
+        "REMOVED AFTER",
+    ])];
+    for k in keys {
+        rows.push(vec![
+            k.kid.clone(),
+            k.state.clone(),
+            k.activates.clone(),
+            k.signs_until.clone(),
+            k.removed_after.clone(),
+        ]);
     }
-    out.push('\n');
-    let mut rows = vec![
-        ["CLIENT", "ISSUER", "READY", "GRANTS", "CLIENT ID"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for c in &r.clients {
+    output::columns(&rows)
+}
+
+/// OAuthClients: issuer, readiness, grants, client ID.
+fn clients_table(clients: &[ClientRow]) -> String {
+    let mut rows = vec![header(&[
+        "CLIENT",
+        "ISSUER",
+        "READY",
+        "GRANTS",
+        "CLIENT ID",
+    ])];
+    for c in clients {
         rows.push(vec![
             c.name.clone(),
             c.issuer.clone(),
@@ -342,14 +379,13 @@ fn table(r: &Report) -> String {
             c.client_id.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    out.push_str(&output::columns(&rows));
-    out.push('\n');
-    let mut rows = vec![
-        ["POD", "POLICY", "SIDECAR", "PHASE"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for p in &r.pods {
+    output::columns(&rows)
+}
+
+/// Pods: the policy that selects each, and whether its sidecar is there.
+fn pods_table(pods: &[PodRow]) -> String {
+    let mut rows = vec![header(&["POD", "POLICY", "SIDECAR", "PHASE"])];
+    for p in pods {
         rows.push(vec![
             p.name.clone(),
             p.policy.clone().unwrap_or_else(|| "-".into()),
@@ -361,6 +397,5 @@ fn table(r: &Report) -> String {
             p.phase.clone(),
         ]);
     }
-    out.push_str(&output::columns(&rows));
-    out
+    output::columns(&rows)
 }

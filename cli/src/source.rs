@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use scopegate_core::config::{KeySource, SidecarConfig};
+use scopegate_core::config::{KeySource, SidecarConfig, TrustedIssuer};
 use scopegate_core::jose::jws::KeyMap;
 use scopegate_core::jose::keys::{Alg, KeyEntry, load_jwks};
 use scopegate_core::jwk::Jwks;
@@ -230,97 +230,107 @@ pub async fn trusted_keys(
     let mut issuers = HashMap::new();
     let mut notes = Vec::new();
     for trusted in &config.verify.issuers {
-        let name = &trusted.issuer;
-        let (document, allowed, allow_jwt_typ) = match (&trusted.keys, jwks) {
-            (
-                KeySource::Remote {
-                    algorithms,
-                    allow_jwt_typ,
-                    jwks_uri,
-                    ca_bundle_pem,
-                    ..
-                },
-                given,
-            ) => {
-                let allowed: Vec<Alg> = algorithms
-                    .iter()
-                    .filter_map(|a| Alg::from_name(a))
-                    .collect();
-                let location = given.unwrap_or(jwks_uri);
-                let ca = if given.is_some() {
-                    ca_pem
-                } else {
-                    ca_bundle_pem.as_deref().or(ca_pem)
-                };
-                match fetch::read(location, ca).await {
-                    Ok(body) => (Some(body), Some(allowed), *allow_jwt_typ),
-                    Err(err) => {
-                        notes.push(format!(
-                            "issuer {name}: keys from {location} not loaded: {err:#}"
-                        ));
-                        continue;
-                    }
-                }
-            }
-            (_, Some(location)) => match fetch::read(location, ca_pem).await {
-                Ok(body) => (Some(body), None, false),
-                Err(err) => {
-                    notes.push(format!(
-                        "issuer {name}: keys from {location} not loaded: {err:#}"
-                    ));
-                    continue;
-                }
-            },
-            (KeySource::Static { jwks }, None) => {
-                let keys = static_keys(name, jwks, &mut notes);
-                issuers.insert(
-                    name.clone(),
-                    IssuerKeys {
-                        keys: Arc::new(keys),
-                        allow_jwt_typ: false,
-                    },
-                );
-                continue;
-            }
-            (KeySource::OwnSigningKeys, None) => {
-                notes.push(format!(
-                    "issuer {name} signs with HS256: its keys are secret and never read here; \
-                     explain with --scopes instead of a token"
-                ));
-                continue;
-            }
-        };
-        let Some(body) = document else { continue };
-        let keys = match allowed {
-            Some(allowed) => match load_jwks(&body, &allowed) {
-                Ok((keys, skipped)) => {
-                    for err in skipped {
-                        notes.push(format!("issuer {name}: key left out: {err}"));
-                    }
-                    keys
-                }
-                Err(err) => {
-                    notes.push(format!("issuer {name}: not a JWKS: {err}"));
-                    continue;
-                }
-            },
-            None => match serde_json::from_slice::<Jwks>(&body) {
-                Ok(jwks) => static_keys(name, &jwks, &mut notes),
-                Err(err) => {
-                    notes.push(format!("issuer {name}: not a JWKS: {err}"));
-                    continue;
-                }
-            },
-        };
-        issuers.insert(
-            name.clone(),
-            IssuerKeys {
-                keys: Arc::new(keys),
-                allow_jwt_typ,
-            },
-        );
+        if let Some(keys) = issuer_keys(trusted, jwks, ca_pem, &mut notes).await {
+            issuers.insert(trusted.issuer.clone(), keys);
+        }
     }
     TrustedKeys { issuers, notes }
+}
+
+/// The keys of one trusted issuer (`None`: none could be loaded; `notes` says why).
+async fn issuer_keys(
+    trusted: &TrustedIssuer,
+    jwks: Option<&str>,
+    ca_pem: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Option<IssuerKeys> {
+    let name = &trusted.issuer;
+    let (body, allowed, allow_jwt_typ) = match (&trusted.keys, jwks) {
+        (
+            KeySource::Remote {
+                algorithms,
+                allow_jwt_typ,
+                jwks_uri,
+                ca_bundle_pem,
+                ..
+            },
+            given,
+        ) => {
+            let allowed: Vec<Alg> = algorithms
+                .iter()
+                .filter_map(|a| Alg::from_name(a))
+                .collect();
+            let location = given.unwrap_or(jwks_uri);
+            let ca = if given.is_some() {
+                ca_pem
+            } else {
+                ca_bundle_pem.as_deref().or(ca_pem)
+            };
+            let body = fetch_keys(name, location, ca, notes).await?;
+            (body, Some(allowed), *allow_jwt_typ)
+        }
+        (_, Some(location)) => (
+            fetch_keys(name, location, ca_pem, notes).await?,
+            None,
+            false,
+        ),
+        (KeySource::Static { jwks }, None) => {
+            return Some(IssuerKeys {
+                keys: Arc::new(static_keys(name, jwks, notes)),
+                allow_jwt_typ: false,
+            });
+        }
+        (KeySource::OwnSigningKeys, None) => {
+            notes.push(format!(
+                "issuer {name} signs with HS256: its keys are secret and never read here; \
+                 explain with --scopes instead of a token"
+            ));
+            return None;
+        }
+    };
+    let keys = match allowed {
+        Some(allowed) => match load_jwks(&body, &allowed) {
+            Ok((keys, skipped)) => {
+                for err in skipped {
+                    notes.push(format!("issuer {name}: key left out: {err}"));
+                }
+                keys
+            }
+            Err(err) => {
+                notes.push(format!("issuer {name}: not a JWKS: {err}"));
+                return None;
+            }
+        },
+        None => match serde_json::from_slice::<Jwks>(&body) {
+            Ok(jwks) => static_keys(name, &jwks, notes),
+            Err(err) => {
+                notes.push(format!("issuer {name}: not a JWKS: {err}"));
+                return None;
+            }
+        },
+    };
+    Some(IssuerKeys {
+        keys: Arc::new(keys),
+        allow_jwt_typ,
+    })
+}
+
+/// The JWKS document at `location` (`None`: not loaded, and a note says why).
+async fn fetch_keys(
+    issuer: &str,
+    location: &str,
+    ca_pem: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Option<Vec<u8>> {
+    match fetch::read(location, ca_pem).await {
+        Ok(body) => Some(body),
+        Err(err) => {
+            notes.push(format!(
+                "issuer {issuer}: keys from {location} not loaded: {err:#}"
+            ));
+            None
+        }
+    }
 }
 
 /// Rendered keys, each with its own `alg`, as the sidecar loads a static key source.

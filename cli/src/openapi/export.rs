@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, bail};
-use scopegate_core::config::SidecarConfig;
+use scopegate_core::config::{RouteRule, SidecarConfig};
 use scopegate_core::path::RequestPath;
-use scopegate_core::policy::{Policy, Requirement, ScopeRequirement};
+use scopegate_core::policy::{Policy, Requirement, Route, ScopeRequirement};
 use scopegate_crds::v1alpha1::AuthPolicy;
 use serde_json::{Map, Value, json};
 
@@ -292,32 +292,16 @@ pub fn apply(
     let root = doc
         .as_object_mut()
         .context("the document is not an object")?;
-    let components = root.entry("components").or_insert_with(|| json!({}));
-    let schemes = components
-        .as_object_mut()
-        .context("components is not an object")?
-        .entry("securitySchemes")
-        .or_insert_with(|| json!({}));
-    schemes
-        .as_object_mut()
-        .context("components.securitySchemes is not an object")?
-        .insert(scheme_name.to_owned(), scheme(issuer, &openapi_version));
+    add_scheme(root, scheme_name, scheme(issuer, &openapi_version))?;
     let Some(paths) = root.get_mut("paths").and_then(Value::as_object_mut) else {
         return Ok(doc);
     };
     for (path, item) in paths.iter_mut() {
-        let sample: String = path
-            .split('/')
-            .map(|s| {
-                if s.contains('{') {
-                    sentinel.as_str()
-                } else {
-                    s
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("/");
-        let full = format!("{}{sample}", path_prefix.trim_end_matches('/'));
+        let full = format!(
+            "{}{}",
+            path_prefix.trim_end_matches('/'),
+            sample_path(path, &sentinel)
+        );
         let Ok(request_path) = RequestPath::parse(&full) else {
             continue;
         };
@@ -329,37 +313,72 @@ pub fn apply(
                 continue;
             };
             let route = policy.route(&method.to_ascii_uppercase(), request_path.route());
-            let requirement = |scopes: &[String]| json!({scheme_name: scopes});
-            let (security, deny) = match route.requirement {
-                Requirement::Public => (json!([]), false),
-                Requirement::Token(ScopeRequirement::None) => (json!([requirement(&[])]), false),
-                Requirement::Token(ScopeRequirement::All(s)) => (json!([requirement(s)]), false),
-                Requirement::Token(ScopeRequirement::Any(sets)) => (
-                    Value::Array(sets.iter().map(|s| requirement(s)).collect()),
-                    false,
-                ),
-                Requirement::Deny => (json!([requirement(&[])]), true),
-            };
-            op.insert("security".into(), security);
-            let mut x = json!({
-                "rule": route.rule_index.map_or_else(|| "defaultAction".to_owned(), |i| rule_label(&config.rules, i)),
-            });
-            if deny {
-                x["decision"] = json!("deny");
-            }
-            op.insert("x-scopegate".into(), x);
-            if !matches!(route.requirement, Requirement::Public) {
-                let responses = op.entry("responses").or_insert_with(|| json!({}));
-                if let Some(responses) = responses.as_object_mut() {
-                    responses.entry("401").or_insert_with(|| json!({
-                        "description": "No valid token: WWW-Authenticate: Bearer, with error=\"invalid_token\" for a bad one (RFC 6750)"
-                    }));
-                    responses.entry("403").or_insert_with(|| json!({
-                        "description": "The token lacks a scope: WWW-Authenticate: Bearer error=\"insufficient_scope\", scope=\"...\" names what is needed"
-                    }));
-                }
-            }
+            set_security(op, &route, &config.rules, scheme_name);
         }
     }
     Ok(doc)
+}
+
+/// Puts the scheme under `components.securitySchemes`, making the objects that are missing.
+fn add_scheme(root: &mut Map<String, Value>, name: &str, scheme: Value) -> anyhow::Result<()> {
+    let components = root.entry("components").or_insert_with(|| json!({}));
+    let schemes = components
+        .as_object_mut()
+        .context("components is not an object")?
+        .entry("securitySchemes")
+        .or_insert_with(|| json!({}));
+    schemes
+        .as_object_mut()
+        .context("components.securitySchemes is not an object")?
+        .insert(name.to_owned(), scheme);
+    Ok(())
+}
+
+/// A document path with every templated segment replaced by the sentinel: a request the
+/// rule that takes any value of the parameter decides.
+fn sample_path(path: &str, sentinel: &str) -> String {
+    path.split('/')
+        .map(|s| if s.contains('{') { sentinel } else { s })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// An operation's `security` as the route decides it, `x-scopegate` naming the rule, and
+/// the 401 and 403 responses of a route that needs a token.
+fn set_security(
+    op: &mut Map<String, Value>,
+    route: &Route<'_>,
+    rules: &[RouteRule],
+    scheme_name: &str,
+) {
+    let requirement = |scopes: &[String]| json!({scheme_name: scopes});
+    let (security, deny) = match route.requirement {
+        Requirement::Public => (json!([]), false),
+        Requirement::Token(ScopeRequirement::None) => (json!([requirement(&[])]), false),
+        Requirement::Token(ScopeRequirement::All(s)) => (json!([requirement(s)]), false),
+        Requirement::Token(ScopeRequirement::Any(sets)) => (
+            Value::Array(sets.iter().map(|s| requirement(s)).collect()),
+            false,
+        ),
+        Requirement::Deny => (json!([requirement(&[])]), true),
+    };
+    op.insert("security".into(), security);
+    let mut x = json!({
+        "rule": route.rule_index.map_or_else(|| "defaultAction".to_owned(), |i| rule_label(rules, i)),
+    });
+    if deny {
+        x["decision"] = json!("deny");
+    }
+    op.insert("x-scopegate".into(), x);
+    if !matches!(route.requirement, Requirement::Public) {
+        let responses = op.entry("responses").or_insert_with(|| json!({}));
+        if let Some(responses) = responses.as_object_mut() {
+            responses.entry("401").or_insert_with(|| json!({
+                "description": "No valid token: WWW-Authenticate: Bearer, with error=\"invalid_token\" for a bad one (RFC 6750)"
+            }));
+            responses.entry("403").or_insert_with(|| json!({
+                "description": "The token lacks a scope: WWW-Authenticate: Bearer error=\"insufficient_scope\", scope=\"...\" names what is needed"
+            }));
+        }
+    }
 }

@@ -87,7 +87,6 @@ async fn main() -> anyhow::Result<()> {
     let clients_total = NAMESPACES * CLIENTS_PER_NAMESPACE;
 
     let started = Instant::now();
-    let mut peak_rss = 0;
     let (cpu_before, _, _) = proc_stat(pid)?;
     futures::stream::iter(0..NAMESPACES)
         .map(|n| {
@@ -102,54 +101,10 @@ async fn main() -> anyhow::Result<()> {
         "created {policies_total} AuthPolicies and {clients_total} OAuthClients in {:.1}s",
         created.as_secs_f64()
     );
-
-    loop {
-        let (policies, clients) = count_ready(&client).await?;
-        let (_, rss, _) = proc_stat(pid)?;
-        peak_rss = peak_rss.max(rss);
-        println!(
-            "  {:>5.1}s: {policies}/{policies_total} AuthPolicies and {clients}/{clients_total} OAuthClients Ready, operator RSS {} MiB",
-            started.elapsed().as_secs_f64(),
-            rss / 1024
-        );
-        if policies == policies_total && clients == clients_total {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("not all Ready after 600s");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    wait_all_ready(&client, pid, started, policies_total, clients_total).await?;
     let all_ready = started.elapsed();
     let (cpu_after, _, hwm) = proc_stat(pid)?;
-
-    // No-op reconciles: touch a label on every object; nothing the operator renders changes.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let reconciles_before = metric(&admin, "scopegate_operator_reconciles_total")?;
-    let writes_before = metric(&admin, "scopegate_operator_writes_total")?;
-    let (cpu_noop_before, _, _) = proc_stat(pid)?;
-    touch_all(&client).await?;
-    let target = reconciles_before + (policies_total + clients_total) as f64;
-    let touch_started = Instant::now();
-    while metric(&admin, "scopegate_operator_reconciles_total")? < target {
-        if touch_started.elapsed() > Duration::from_secs(300) {
-            bail!("no-op reconciles did not complete");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    // Let trailing reconciles (dependents, issuers of touched clients) finish.
-    let mut last = 0.0;
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = metric(&admin, "scopegate_operator_reconciles_total")?;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    let (cpu_noop_after, _, hwm_after) = proc_stat(pid)?;
-    let reconciles = last - reconciles_before;
-    let writes = metric(&admin, "scopegate_operator_writes_total")? - writes_before;
+    let noop = noop_reconciles(&client, &admin, pid, policies_total + clients_total).await?;
 
     println!();
     println!(
@@ -163,17 +118,95 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "operator peak RSS (VmHWM): {:.1} MiB",
-        hwm.max(hwm_after) as f64 / 1024.0
+        hwm.max(noop.hwm) as f64 / 1024.0
     );
     println!(
-        "no-op reconciles: {reconciles} in {:.2}s CPU = {:.3} ms CPU each; writes during them: {writes}",
-        cpu_noop_after - cpu_noop_before,
-        (cpu_noop_after - cpu_noop_before) * 1000.0 / reconciles.max(1.0)
+        "no-op reconciles: {} in {:.2}s CPU = {:.3} ms CPU each; writes during them: {}",
+        noop.reconciles,
+        noop.cpu,
+        noop.cpu * 1000.0 / noop.reconciles.max(1.0),
+        noop.writes
     );
-    if writes > 0.0 {
-        bail!("the touches were not no-ops: {writes} writes");
+    if noop.writes > 0.0 {
+        bail!("the touches were not no-ops: {} writes", noop.writes);
     }
     Ok(())
+}
+
+/// Polls once a second, printing progress, until every object is Ready (600 s at most).
+async fn wait_all_ready(
+    client: &kube::Client,
+    pid: u32,
+    started: Instant,
+    policies_total: usize,
+    clients_total: usize,
+) -> anyhow::Result<()> {
+    loop {
+        let (policies, clients) = count_ready(client).await?;
+        let (_, rss, _) = proc_stat(pid)?;
+        println!(
+            "  {:>5.1}s: {policies}/{policies_total} AuthPolicies and {clients}/{clients_total} OAuthClients Ready, operator RSS {} MiB",
+            started.elapsed().as_secs_f64(),
+            rss / 1024
+        );
+        if policies == policies_total && clients == clients_total {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("not all Ready after 600s");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// What reconciling unchanged objects cost the operator.
+struct NoopRun {
+    reconciles: f64,
+    writes: f64,
+    /// CPU seconds.
+    cpu: f64,
+    /// VmHWM after the run, KiB.
+    hwm: u64,
+}
+
+/// Touches a label on every object (nothing the operator renders changes) and measures the
+/// reconciles that follow until they stop.
+async fn noop_reconciles(
+    client: &kube::Client,
+    admin: &str,
+    pid: u32,
+    objects: usize,
+) -> anyhow::Result<NoopRun> {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let reconciles_before = metric(admin, "scopegate_operator_reconciles_total")?;
+    let writes_before = metric(admin, "scopegate_operator_writes_total")?;
+    let (cpu_before, _, _) = proc_stat(pid)?;
+    touch_all(client).await?;
+    let target = reconciles_before + objects as f64;
+    let touch_started = Instant::now();
+    while metric(admin, "scopegate_operator_reconciles_total")? < target {
+        if touch_started.elapsed() > Duration::from_secs(300) {
+            bail!("no-op reconciles did not complete");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Let trailing reconciles (dependents, issuers of touched clients) finish.
+    let mut last = 0.0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = metric(admin, "scopegate_operator_reconciles_total")?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let (cpu_after, _, hwm) = proc_stat(pid)?;
+    Ok(NoopRun {
+        reconciles: last - reconciles_before,
+        writes: metric(admin, "scopegate_operator_writes_total")? - writes_before,
+        cpu: cpu_after - cpu_before,
+        hwm,
+    })
 }
 
 async fn create_namespace(client: &kube::Client, n: usize) -> anyhow::Result<()> {

@@ -77,76 +77,103 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Arc<Args>) -> anyhow::Result<()> {
-    let start = Instant::now() + Duration::from_millis(100);
-    let end = start + Duration::from_secs(args.secs);
-    let total = args.rate * args.secs;
-    // The schedule: request i is due at start + i/rate (closed loop: due at once).
-    let next = Arc::new(Mutex::new(0u64));
+    let schedule = Arc::new(Schedule::new(&args));
     let mut workers = Vec::new();
     for _ in 0..args.conns {
-        let args = args.clone();
-        let next = next.clone();
-        let mut sender = connect(&args.target).await?;
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut scheduled = Vec::new();
-            let mut errors = 0u64;
-            loop {
-                let due = {
-                    let mut n = next.lock().await;
-                    if args.rate > 0 && *n >= total {
-                        break;
-                    }
-                    let i = *n;
-                    *n += 1;
-                    match (i * 1_000_000_000).checked_div(args.rate) {
-                        Some(offset) => start + Duration::from_nanos(offset),
-                        None => Instant::now(),
-                    }
-                };
-                if args.rate == 0 && due >= end {
-                    break;
-                }
-                tokio::time::sleep_until(due.into()).await;
-                let sent = Instant::now();
-                let mut request = Request::get(args.path.as_str()).header("host", "bench.local");
-                for (k, v) in &args.headers {
-                    request = request.header(k.as_str(), v.as_str());
-                }
-                let Ok(request) = request.body(Empty::new()) else {
-                    errors += 1;
-                    continue;
-                };
-                let ok = match sender.send_request(request).await {
-                    Ok(response) => {
-                        let status = response.status();
-                        response.into_body().collect().await.is_ok() && status == 200
-                    }
-                    Err(_) => false,
-                };
-                if ok {
-                    latencies.push(sent.elapsed());
-                    scheduled.push(due.elapsed());
-                } else {
-                    errors += 1;
-                    if let Ok(fresh) = connect(&args.target).await {
-                        sender = fresh;
-                    }
-                }
-            }
-            (latencies, scheduled, errors)
-        }));
+        let sender = connect(&args.target).await?;
+        workers.push(tokio::spawn(worker(args.clone(), schedule.clone(), sender)));
     }
-    let mut latencies = Vec::new();
-    let mut scheduled = Vec::new();
-    let mut errors = 0;
+    let mut all = Samples::default();
     for worker in workers {
-        let (l, s, e) = worker.await?;
-        latencies.extend(l);
-        scheduled.extend(s);
-        errors += e;
+        let samples = worker.await?;
+        all.latencies.extend(samples.latencies);
+        all.scheduled.extend(samples.scheduled);
+        all.errors += samples.errors;
     }
-    let elapsed = start.elapsed().as_secs_f64();
+    report(&args, all, schedule.start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// When requests are due: request i at start + i/rate (closed loop: due at once).
+struct Schedule {
+    start: Instant,
+    end: Instant,
+    total: u64,
+    next: Mutex<u64>,
+}
+
+impl Schedule {
+    fn new(args: &Args) -> Schedule {
+        let start = Instant::now() + Duration::from_millis(100);
+        Schedule {
+            start,
+            end: start + Duration::from_secs(args.secs),
+            total: args.rate * args.secs,
+            next: Mutex::new(0),
+        }
+    }
+
+    /// When the next request is due, or `None` once the run is over.
+    async fn next_due(&self, rate: u64) -> Option<Instant> {
+        let mut n = self.next.lock().await;
+        if rate > 0 && *n >= self.total {
+            return None;
+        }
+        let i = *n;
+        *n += 1;
+        let due = match (i * 1_000_000_000).checked_div(rate) {
+            Some(offset) => self.start + Duration::from_nanos(offset),
+            None => Instant::now(),
+        };
+        (rate > 0 || due < self.end).then_some(due)
+    }
+}
+
+/// What one connection measured.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    scheduled: Vec<Duration>,
+    errors: u64,
+}
+
+/// Sends requests on one connection as they fall due; reconnects after a failure.
+async fn worker(args: Arc<Args>, schedule: Arc<Schedule>, mut sender: Sender) -> Samples {
+    let mut samples = Samples::default();
+    while let Some(due) = schedule.next_due(args.rate).await {
+        tokio::time::sleep_until(due.into()).await;
+        let sent = Instant::now();
+        let mut request = Request::get(args.path.as_str()).header("host", "bench.local");
+        for (k, v) in &args.headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let Ok(request) = request.body(Empty::new()) else {
+            samples.errors += 1;
+            continue;
+        };
+        let ok = match sender.send_request(request).await {
+            Ok(response) => {
+                let status = response.status();
+                response.into_body().collect().await.is_ok() && status == 200
+            }
+            Err(_) => false,
+        };
+        if ok {
+            samples.latencies.push(sent.elapsed());
+            samples.scheduled.push(due.elapsed());
+        } else {
+            samples.errors += 1;
+            if let Ok(fresh) = connect(&args.target).await {
+                sender = fresh;
+            }
+        }
+    }
+    samples
+}
+
+/// Prints the run as one JSON line.
+fn report(args: &Args, mut samples: Samples, elapsed: f64) {
+    let (latencies, scheduled) = (&mut samples.latencies, &mut samples.scheduled);
     latencies.sort_unstable();
     scheduled.sort_unstable();
     let pct = |sorted: &[Duration], p: f64| -> f64 {
@@ -160,15 +187,14 @@ async fn run(args: Arc<Args>) -> anyhow::Result<()> {
         "{{\"rate\":{},\"ok\":{},\"errors\":{},\"achieved_rps\":{:.0},\"p50_us\":{:.0},\"p90_us\":{:.0},\"p99_us\":{:.0},\"p999_us\":{:.0},\"max_us\":{:.0},\"sched_p50_us\":{:.0},\"sched_p99_us\":{:.0}}}",
         args.rate,
         latencies.len(),
-        errors,
+        samples.errors,
         latencies.len() as f64 / elapsed,
-        pct(&latencies, 0.5),
-        pct(&latencies, 0.9),
-        pct(&latencies, 0.99),
-        pct(&latencies, 0.999),
-        pct(&latencies, 1.0),
-        pct(&scheduled, 0.5),
-        pct(&scheduled, 0.99)
+        pct(latencies, 0.5),
+        pct(latencies, 0.9),
+        pct(latencies, 0.99),
+        pct(latencies, 0.999),
+        pct(latencies, 1.0),
+        pct(scheduled, 0.5),
+        pct(scheduled, 0.99)
     );
-    Ok(())
 }

@@ -243,53 +243,17 @@ fn message(
 /// The whole batch that installs the lock for `allowed` TCP ports, with sequence numbers from
 /// `first_seq`, and how many of its messages ask for an acknowledgement. Pure.
 pub fn batch(allowed: &[u16], first_seq: u32) -> (Vec<u8>, usize) {
-    let mut out = Vec::new();
-    let mut seq = first_seq;
-    let mut next = || {
-        seq = seq.wrapping_add(1);
-        seq
+    let mut batch = Batch {
+        out: Vec::new(),
+        seq: first_seq,
+        acked: 0,
     };
-    let nft = |cmd: u16| (NFNL_SUBSYS_NFTABLES << 8) | cmd;
-    let acked = NLM_F_REQUEST | NLM_F_ACK;
-    let table = || vec![string(1, TABLE)];
-    message(
-        &mut out,
-        NFNL_MSG_BATCH_BEGIN,
-        NLM_F_REQUEST,
-        next(),
-        0,
-        NFNL_SUBSYS_NFTABLES,
-        &[],
-    );
-    let mut count = 0;
-    message(
-        &mut out,
-        nft(NFT_MSG_NEWTABLE),
-        acked | NLM_F_CREATE,
-        next(),
-        NFPROTO_INET,
-        0,
-        &table(),
-    );
-    message(
-        &mut out,
-        nft(NFT_MSG_DELTABLE),
-        acked,
-        next(),
-        NFPROTO_INET,
-        0,
-        &table(),
-    );
-    message(
-        &mut out,
-        nft(NFT_MSG_NEWTABLE),
-        acked | NLM_F_CREATE,
-        next(),
-        NFPROTO_INET,
-        0,
-        &table(),
-    );
-    count += 3;
+    let table = [string(1, TABLE)];
+    batch.delimiter(NFNL_MSG_BATCH_BEGIN);
+    // Create, delete and create again: whatever an earlier run left is replaced whole.
+    batch.command(NFT_MSG_NEWTABLE, NLM_F_CREATE, &table);
+    batch.command(NFT_MSG_DELTABLE, 0, &table);
+    batch.command(NFT_MSG_NEWTABLE, NLM_F_CREATE, &table);
     let chain = [
         string(1, TABLE),
         string(3, CHAIN),
@@ -297,43 +261,61 @@ pub fn batch(allowed: &[u16], first_seq: u32) -> (Vec<u8>, usize) {
         be32(5, NF_ACCEPT),
         string(7, "filter"),
     ];
-    message(
-        &mut out,
-        nft(NFT_MSG_NEWCHAIN),
-        acked | NLM_F_CREATE,
-        next(),
-        NFPROTO_INET,
-        0,
-        &chain,
-    );
-    count += 1;
+    batch.command(NFT_MSG_NEWCHAIN, NLM_F_CREATE, &chain);
     for expressions in rules(allowed) {
         let rule = [
             string(1, TABLE),
             string(2, CHAIN),
             Attr::Nested(4, expressions),
         ];
+        batch.command(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, &rule);
+    }
+    batch.delimiter(NFNL_MSG_BATCH_END);
+    (batch.out, batch.acked)
+}
+
+/// A netlink batch being written: its bytes, the last sequence number used, and how many of
+/// its messages ask for an acknowledgement.
+struct Batch {
+    out: Vec<u8>,
+    seq: u32,
+    acked: usize,
+}
+
+impl Batch {
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// The batch's begin or end marker; not acknowledged.
+    fn delimiter(&mut self, kind: u16) {
+        let seq = self.next_seq();
         message(
-            &mut out,
-            nft(NFT_MSG_NEWRULE),
-            acked | NLM_F_CREATE | NLM_F_APPEND,
-            next(),
+            &mut self.out,
+            kind,
+            NLM_F_REQUEST,
+            seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+            &[],
+        );
+    }
+
+    /// An nftables command in the inet family, acknowledged.
+    fn command(&mut self, command: u16, flags: u16, attrs: &[Attr]) {
+        let seq = self.next_seq();
+        message(
+            &mut self.out,
+            (NFNL_SUBSYS_NFTABLES << 8) | command,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            seq,
             NFPROTO_INET,
             0,
-            &rule,
+            attrs,
         );
-        count += 1;
+        self.acked += 1;
     }
-    message(
-        &mut out,
-        NFNL_MSG_BATCH_END,
-        NLM_F_REQUEST,
-        next(),
-        0,
-        NFNL_SUBSYS_NFTABLES,
-        &[],
-    );
-    (out, count)
 }
 
 /// Installs the lock in the current network namespace, allowing inbound TCP connections to

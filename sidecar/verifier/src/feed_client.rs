@@ -229,70 +229,10 @@ pub async fn run(
     let mut cursor: Option<String> = None;
     let mut retry = FIRST_RETRY;
     loop {
-        let url = format!(
-            "{}?{}",
-            state.config.url,
-            poll_query(cursor.as_deref(), WAIT_SECS)
-        );
-        let result = https::get(
-            &client,
-            &url,
-            Duration::from_secs(WAIT_SECS + 10),
-            MAX_PAGE_BYTES,
-        )
-        .await
-        .map_err(|e| e.category())
-        .and_then(|body| {
-            std::str::from_utf8(&body)
-                .map(str::to_owned)
-                .map_err(|_| "not utf-8")
-        })
-        .and_then(|body| {
-            check_page(
-                &body,
-                &state.config.issuer,
-                keys(&state.config.issuer),
-                cursor.as_deref(),
-            )
-            .map_err(|e| {
-                tracing::warn!(error = %e, "revocation feed page refused");
-                "bad page"
-            })
-        })
-        .and_then(|page| match state.admit(&page, unix_now(), leeway) {
-            Ok(()) => Ok((page, Merge::Apply)),
-            Err(PageError::RolledBack) => {
-                // The log went back in time (a restore, a failover with replication lag) and
-                // goes on from there: what the page would drop or replace stays, but its
-                // entries are added and its cursor taken, so that revocations written at the
-                // reused sequence numbers still arrive.
-                tracing::error!(error = %PageError::RolledBack, "revocation feed rolled back; its entries are added, nothing known is dropped");
-                Ok((page, Merge::AddOnly))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "revocation feed page refused; keeping what is known");
-                Err("rolled back")
-            }
-        });
-        match result {
+        let keys = keys(&state.config.issuer);
+        match fetch_page(&state, &client, keys, cursor.as_deref(), leeway).await {
             Ok((page, merge)) => {
-                let now = unix_now();
-                let news = page.reset
-                    || !page.jtis.is_empty()
-                    || !page.subjects.is_empty()
-                    || !page.subject_digests.is_empty();
-                if news {
-                    let known = state.revocations.load();
-                    let next = match merge {
-                        Merge::Apply => known.apply(&page, now, leeway),
-                        Merge::AddOnly => known.add(&page, now, leeway),
-                    };
-                    let entries = next.len();
-                    state.revocations.store(Arc::new(next));
-                    changed(entries);
-                }
-                state.last_success.store(now, Ordering::Release);
-                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let news = take_page(&state, &page, merge, leeway, &changed);
                 cursor = Some(page.next_cursor);
                 retry = FIRST_RETRY;
                 if !news {
@@ -311,6 +251,72 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Long-polls the feed for the page after `cursor` and checks it: its signature, its
+/// issuer, and its place in the log. A failure comes back as a short category for the
+/// status and the log.
+async fn fetch_page(
+    state: &FeedState,
+    client: &HttpsClient,
+    keys: Option<IssuerKeys>,
+    cursor: Option<&str>,
+    leeway: i64,
+) -> Result<(FeedPage, Merge), &'static str> {
+    let url = format!("{}?{}", state.config.url, poll_query(cursor, WAIT_SECS));
+    let timeout = Duration::from_secs(WAIT_SECS + 10);
+    let body = https::get(client, &url, timeout, MAX_PAGE_BYTES)
+        .await
+        .map_err(|e| e.category())?;
+    let body = std::str::from_utf8(&body).map_err(|_| "not utf-8")?;
+    let page = check_page(body, &state.config.issuer, keys, cursor).map_err(|e| {
+        tracing::warn!(error = %e, "revocation feed page refused");
+        "bad page"
+    })?;
+    match state.admit(&page, unix_now(), leeway) {
+        Ok(()) => Ok((page, Merge::Apply)),
+        Err(PageError::RolledBack) => {
+            // The log went back in time (a restore, a failover with replication lag) and
+            // goes on from there: what the page would drop or replace stays, but its
+            // entries are added and its cursor taken, so that revocations written at the
+            // reused sequence numbers still arrive.
+            tracing::error!(error = %PageError::RolledBack, "revocation feed rolled back; its entries are added, nothing known is dropped");
+            Ok((page, Merge::AddOnly))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "revocation feed page refused; keeping what is known");
+            Err("rolled back")
+        }
+    }
+}
+
+/// Merges an accepted page into what is known and records the success; tells whether the
+/// page had news.
+fn take_page(
+    state: &FeedState,
+    page: &FeedPage,
+    merge: Merge,
+    leeway: i64,
+    changed: &impl Fn(usize),
+) -> bool {
+    let now = unix_now();
+    let news = page.reset
+        || !page.jtis.is_empty()
+        || !page.subjects.is_empty()
+        || !page.subject_digests.is_empty();
+    if news {
+        let known = state.revocations.load();
+        let next = match merge {
+            Merge::Apply => known.apply(page, now, leeway),
+            Merge::AddOnly => known.add(page, now, leeway),
+        };
+        let entries = next.len();
+        state.revocations.store(Arc::new(next));
+        changed(entries);
+    }
+    state.last_success.store(now, Ordering::Release);
+    *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    news
 }
 
 #[cfg(test)]

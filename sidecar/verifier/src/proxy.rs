@@ -27,7 +27,7 @@ use crate::jose::jws::JwsError;
 use crate::metrics::Decisions;
 use crate::rate_limit::RequestLimits;
 use crate::revocation;
-use crate::settings::{IssuerSource, Settings};
+use crate::settings::{HeaderSettings, IssuerSource, Settings};
 use crate::state::Shared;
 use crate::token::{self, TokenError, VerifiedToken};
 use crate::unix_now;
@@ -84,75 +84,16 @@ pub async fn handle(
         return refuse(&shared, &settings, Refusal::RateLimited(secs));
     }
 
-    let route = settings.policy.route(&method, path.route());
-    let Verdict { identity, outcome } =
-        authorize(&shared, &settings, route.requirement, &req).await;
-    let counters = settings.decisions.get_or_init(|| {
-        shared
-            .metrics
-            .decision_counters(&settings.policy.rule_labels())
-    });
-    let Decided {
-        route,
-        outcome,
-        token_seen,
-        dry_run,
-    } = if route.enforced {
-        Decided {
-            token_seen: identity.is_some(),
-            route,
-            outcome,
-            dry_run: false,
-        }
-    } else {
-        let (path, seen) = (path.route(), identity.as_deref());
-        dry_run_decision(
-            &shared, &settings, counters, &req, &method, path, route, seen, outcome,
-        )
-        .await
+    let decided = admit(&shared, &settings, &req, &method, path.route()).await;
+    let Admitted { identity, dry_run } = match within_limits(&limits, decided).await {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refuse(&shared, &settings, refusal),
     };
-    let decisions = counters.of(route.rule_index);
-    match outcome {
-        Ok(()) => {
-            if route.enforced {
-                decisions.count(if token_seen { "allowed" } else { "public" }, true);
-            }
-        }
-        Err(refusal) => {
-            decisions.count(refusal.outcome(), true);
-            tracing::info!(
-                rule = route.rule_name.unwrap_or("-"),
-                outcome = refusal.outcome(),
-                "request refused"
-            );
-            let refusal = match limits.refused().await {
-                Ok(()) => refusal,
-                Err(secs) => Refusal::RateLimited(secs),
-            };
-            return refuse(&shared, &settings, refusal);
-        }
-    }
-    if dry_run {
-        // Forwarded although its rule would refuse it; the identity headers go with a valid
-        // token only. Rate limits still count it as a failure, and still refuse.
-        if let Err(secs) = limits.refused().await {
-            return refuse(&shared, &settings, Refusal::RateLimited(secs));
-        }
-    }
     let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
-    if let Err(secs) = limits.check_subject(identity.is_some(), subject).await {
-        return refuse(&shared, &settings, Refusal::RateLimited(secs));
-    }
 
     let upgrade =
         headers::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let outcome = if dry_run {
-        "dry_run"
-    } else if identity.is_some() {
-        "allowed"
-    } else {
-        "public"
-    };
+    let outcome = admitted_outcome(dry_run, identity.is_some());
     let response = forward(
         &shared,
         &settings,
@@ -178,6 +119,107 @@ pub async fn handle(
     }
     headers::secure_response(response.headers_mut(), &settings.headers, no_store);
     response
+}
+
+/// A request its rules let through.
+struct Admitted {
+    /// The verified, unrevoked token it carried, if any.
+    identity: Option<Arc<VerifiedToken>>,
+    /// Whether a DryRun rule would have refused it.
+    dry_run: bool,
+}
+
+/// Finds the rule for a request and decides it, counting the decision; a refusal is
+/// logged with the rule's name.
+async fn admit(
+    shared: &Shared,
+    settings: &Settings,
+    req: &Request<Incoming>,
+    method: &str,
+    path: &str,
+) -> Result<Admitted, Refusal> {
+    let route = settings.policy.route(method, path);
+    let Verdict { identity, outcome } = authorize(shared, settings, route.requirement, req).await;
+    let counters = settings.decisions.get_or_init(|| {
+        shared
+            .metrics
+            .decision_counters(&settings.policy.rule_labels())
+    });
+    let Decided {
+        route,
+        outcome,
+        token_seen,
+        dry_run,
+    } = if route.enforced {
+        Decided {
+            token_seen: identity.is_some(),
+            route,
+            outcome,
+            dry_run: false,
+        }
+    } else {
+        let seen = identity.as_deref();
+        dry_run_decision(
+            shared, settings, counters, req, method, path, route, seen, outcome,
+        )
+        .await
+    };
+    let decisions = counters.of(route.rule_index);
+    match outcome {
+        Ok(()) => {
+            if route.enforced {
+                decisions.count(if token_seen { "allowed" } else { "public" }, true);
+            }
+            Ok(Admitted { identity, dry_run })
+        }
+        Err(refusal) => {
+            decisions.count(refusal.outcome(), true);
+            tracing::info!(
+                rule = route.rule_name.unwrap_or("-"),
+                outcome = refusal.outcome(),
+                "request refused"
+            );
+            Err(refusal)
+        }
+    }
+}
+
+/// The metric outcome of a forwarded request.
+fn admitted_outcome(dry_run: bool, token_seen: bool) -> &'static str {
+    match (dry_run, token_seen) {
+        (true, _) => "dry_run",
+        (false, true) => "allowed",
+        (false, false) => "public",
+    }
+}
+
+/// The rate limits a decided request meets: a refusal, or a request only a DryRun rule
+/// would refuse, counts as a failure (and may turn into 429); an admitted request then meets
+/// its subject's budget.
+async fn within_limits(
+    limits: &RequestLimits,
+    decided: Result<Admitted, Refusal>,
+) -> Result<Admitted, Refusal> {
+    let admitted = match decided {
+        Ok(admitted) => admitted,
+        Err(refusal) => {
+            return Err(match limits.refused().await {
+                Ok(()) => refusal,
+                Err(secs) => Refusal::RateLimited(secs),
+            });
+        }
+    };
+    if admitted.dry_run {
+        // Forwarded although its rule would refuse it; the identity headers go with a valid
+        // token only. Rate limits still count it as a failure, and still refuse.
+        limits.refused().await.map_err(Refusal::RateLimited)?;
+    }
+    let subject = admitted.identity.as_ref().and_then(|t| t.sub.as_deref());
+    limits
+        .check_subject(admitted.identity.is_some(), subject)
+        .await
+        .map_err(Refusal::RateLimited)?;
+    Ok(admitted)
 }
 
 /// The client address of a request, as `trustedProxies` defines it.
@@ -379,67 +421,15 @@ async fn forward(
 ) -> Result<Response<ProxyBody>, Refusal> {
     let upstream = &settings.upstream;
     let (mut parts, body) = req.into_parts();
-    let wants_trailers = parts
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
-    };
-    let uri: Uri = format!("http://{}{}", upstream.authority, path_and_query)
-        .parse()
-        .map_err(|_| Refusal::BadPath)?;
-    let headers = &mut parts.headers;
-    // An HTTP/2 client names the host in :authority only; the app still gets it as Host.
-    if !headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        headers.insert(header::HOST, host);
-    }
-    headers::strip_hop_by_hop(headers, upgrade.is_some());
-    let names = &settings.headers;
-    let spoofed =
-        headers::strip_spoofable(headers, &[&names.subject, &names.scopes, &names.client_id]);
-    if spoofed > 0 {
-        tracing::debug!(
-            headers = spoofed,
-            "removed headers the app could take for ours"
-        );
-    }
-    if let Some(token) = identity {
-        let values = [
-            (&names.subject, token.sub.as_deref()),
-            (&names.scopes, Some(token.scope.as_str())),
-            (&names.client_id, token.client_id.as_deref()),
-        ];
-        for (name, value) in values {
-            // Validation refused every identity a header cannot carry unchanged.
-            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(name.clone(), value);
-            }
-        }
-    }
-    let trusted_peer = settings
-        .trusted_proxies
-        .as_ref()
-        .is_some_and(|t| t.trusts_peer(conn.peer.ip()));
-    headers::set_forwarded(headers, conn.peer.ip(), shared.tls, trusted_peer);
-    if upstream.protocol == UpstreamProtocol::H2c {
-        parts.version = Version::HTTP_2;
-        if wants_trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-    } else {
-        parts.version = Version::HTTP_11;
-    }
-    parts.uri = uri;
+    rewrite_for_app(
+        shared,
+        settings,
+        conn,
+        &mut parts,
+        path,
+        identity,
+        upgrade.is_some(),
+    )?;
     let idle = match upstream.protocol {
         UpstreamProtocol::Http1 => shared.connection.body_idle_timeout,
         UpstreamProtocol::H2c => shared.connection.stream_idle_timeout,
@@ -475,21 +465,111 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers, switching && upgrade.is_some());
     let mut response = Response::from_parts(parts, body.boxed());
     if let (true, Some(client_side)) = (switching, upgrade) {
-        let upstream_side = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            let (client_io, upstream_io) = match tokio::try_join!(client_side, upstream_side) {
-                Ok(pair) => pair,
-                Err(err) => {
-                    tracing::debug!(error = %err, "upgrade failed");
-                    return;
-                }
-            };
-            let mut client_io = TokioIo::new(client_io);
-            let mut upstream_io = TokioIo::new(upstream_io);
-            let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
-        });
+        splice_upgrade(&mut response, client_side);
     }
     Ok(response)
+}
+
+/// Turns the client's request head into the app's: its URI, HTTP version, hop-by-hop and
+/// spoofable headers removed, the identity and `Forwarded` headers set.
+fn rewrite_for_app(
+    shared: &Shared,
+    settings: &Settings,
+    conn: Connection,
+    parts: &mut http::request::Parts,
+    path: &str,
+    identity: Option<&VerifiedToken>,
+    upgrading: bool,
+) -> Result<(), Refusal> {
+    let upstream = &settings.upstream;
+    let wants_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let uri: Uri = format!("http://{}{}", upstream.authority, path_and_query)
+        .parse()
+        .map_err(|_| Refusal::BadPath)?;
+    let headers = &mut parts.headers;
+    // An HTTP/2 client names the host in :authority only; the app still gets it as Host.
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
+    headers::strip_hop_by_hop(headers, upgrading);
+    set_identity_headers(headers, &settings.headers, identity);
+    let trusted_peer = settings
+        .trusted_proxies
+        .as_ref()
+        .is_some_and(|t| t.trusts_peer(conn.peer.ip()));
+    headers::set_forwarded(headers, conn.peer.ip(), shared.tls, trusted_peer);
+    if upstream.protocol == UpstreamProtocol::H2c {
+        parts.version = Version::HTTP_2;
+        if wants_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    } else {
+        parts.version = Version::HTTP_11;
+    }
+    parts.uri = uri;
+    Ok(())
+}
+
+/// Removes every spelling of the identity headers the client sent, then sets them from the
+/// verified token, if there is one.
+fn set_identity_headers(
+    headers: &mut http::HeaderMap,
+    names: &HeaderSettings,
+    identity: Option<&VerifiedToken>,
+) {
+    let spoofed =
+        headers::strip_spoofable(headers, &[&names.subject, &names.scopes, &names.client_id]);
+    if spoofed > 0 {
+        tracing::debug!(
+            headers = spoofed,
+            "removed headers the app could take for ours"
+        );
+    }
+    if let Some(token) = identity {
+        let values = [
+            (&names.subject, token.sub.as_deref()),
+            (&names.scopes, Some(token.scope.as_str())),
+            (&names.client_id, token.client_id.as_deref()),
+        ];
+        for (name, value) in values {
+            // Validation refused every identity a header cannot carry unchanged.
+            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+}
+
+/// Joins the client's and the app's upgraded connections once both sides switched.
+fn splice_upgrade(response: &mut Response<ProxyBody>, client_side: hyper::upgrade::OnUpgrade) {
+    let upstream_side = hyper::upgrade::on(response);
+    tokio::spawn(async move {
+        let (client_io, upstream_io) = match tokio::try_join!(client_side, upstream_side) {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                return;
+            }
+        };
+        let mut client_io = TokioIo::new(client_io);
+        let mut upstream_io = TokioIo::new(upstream_io);
+        let _ = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await;
+    });
 }
 
 /// The sidecar's own answer to a refused request.

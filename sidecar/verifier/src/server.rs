@@ -2,6 +2,7 @@
 //! connection and a time-limited drain on shutdown, and the admin port.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use hyper::rt::{Read, Write};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
@@ -106,55 +107,18 @@ pub async fn serve_proxy(
             () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        let shared = shared.clone();
-        let service_activity = activity.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let shared = shared.clone();
-            let in_flight = InFlight::start(&service_activity);
-            async move {
-                let response = proxy::handle(shared, Connection { peer }, req).await;
-                drop(in_flight);
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let stop = shutdown.clone();
+        let connection = ProxyConnection {
+            builder: builder.clone(),
+            tls: tls.clone(),
+            shared: shared.clone(),
+            idle,
+            stop: shutdown.clone(),
+        };
         let alive = alive.clone();
         let open = open.clone();
         tokio::spawn(async move {
             open.fetch_add(1, Ordering::AcqRel);
-            match tls {
-                None => {
-                    serve(
-                        &builder,
-                        TokioIo::new(stream),
-                        service,
-                        activity,
-                        idle,
-                        stop,
-                    )
-                    .await
-                }
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(stream)) => {
-                            serve(
-                                &builder,
-                                TokioIo::new(stream),
-                                service,
-                                activity,
-                                idle,
-                                stop,
-                            )
-                            .await
-                        }
-                        _ => tracing::debug!("TLS handshake failed"),
-                    }
-                }
-            }
+            connection.serve(stream, peer).await;
             open.fetch_sub(1, Ordering::AcqRel);
             drop(alive);
         });
@@ -167,6 +131,46 @@ pub async fn serve_proxy(
         .is_err()
     {
         tracing::warn!("drain timed out; closing the remaining connections");
+    }
+}
+
+/// What one accepted proxy connection is served with.
+struct ProxyConnection {
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    idle: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl ProxyConnection {
+    /// Completes the TLS handshake when the listener has TLS, then serves the connection's
+    /// requests through [`proxy::handle`].
+    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+        let activity = Arc::new(Activity::new());
+        let service_activity = activity.clone();
+        let shared = self.shared;
+        let service = hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            let in_flight = InFlight::start(&service_activity);
+            async move {
+                let response = proxy::handle(shared, Connection { peer }, req).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let (builder, idle, stop) = (&self.builder, self.idle, self.stop);
+        match self.tls {
+            None => serve(builder, TokioIo::new(stream), service, activity, idle, stop).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        serve(builder, TokioIo::new(stream), service, activity, idle, stop).await
+                    }
+                    _ => tracing::debug!("TLS handshake failed"),
+                }
+            }
+        }
     }
 }
 

@@ -188,12 +188,20 @@ impl Shared {
         *self.reload_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
     }
 
+    /// Brings the background tasks in line with the settings in force.
     fn reconcile_tasks(self: &Arc<Self>) {
         let settings = self.settings.load_full();
         if let Some(role) = &settings.role {
             role.put_in_force(&self.metrics);
         }
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        self.reconcile_key_fetchers(&settings, &mut tasks);
+        self.reconcile_feed(&settings, &mut tasks);
+    }
+
+    /// One JWKS fetcher per remote key set the settings name: new ones started, those no
+    /// longer named stopped.
+    fn reconcile_key_fetchers(self: &Arc<Self>, settings: &Settings, tasks: &mut Tasks) {
         let mut wanted: HashMap<RemoteSpec, Arc<RemoteKeySet>> = HashMap::new();
         for source in settings.issuers.values() {
             if let IssuerSource::Remote { set, .. } = source {
@@ -229,7 +237,11 @@ impl Shared {
                 Err(err) => tracing::error!(error = %err, "cannot build the JWKS client"),
             }
         }
+    }
 
+    /// The revocation feed poller: restarted when its config changed, stopped when the
+    /// settings name none.
+    fn reconcile_feed(self: &Arc<Self>, settings: &Settings, tasks: &mut Tasks) {
         let wanted_feed = settings.config.revocation.feed.clone();
         let current = self.feed.load_full();
         if current.as_ref().map(|f| &f.config) == wanted_feed.as_ref() {

@@ -195,7 +195,7 @@ async fn verify_with_jwks(
     let verification = Verification {
         jwks: location.to_owned(),
         valid: result.is_ok(),
-        failed: result.err().map(|e| e.to_string()),
+        failed: result.err().map(|e| scopegate_core::error_chain(&e)),
         unchecked,
     };
     Ok((verification, notes))
@@ -243,7 +243,7 @@ async fn policy_verdict(item: &Loaded, token: &str, ca: Option<&str>, now: i64) 
             item.config.policy.namespace, item.config.policy.name
         ),
         accepted: result.is_ok(),
-        reason: result.err().map(|e| e.to_string()),
+        reason: result.err().map(|e| scopegate_core::error_chain(&e)),
         notes: keys.notes,
     }
 }

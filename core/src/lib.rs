@@ -30,3 +30,33 @@ pub mod scope;
 pub mod secret_hash;
 pub mod token;
 pub mod upstream;
+
+/// An error and its causes on one line (`error: cause: cause`). Error messages name their
+/// own fact only, never their source's, so that each cause shows once.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::jose::jws::JwsError;
+    use crate::token::TokenError;
+
+    #[test]
+    fn a_chain_names_each_cause_once() {
+        let refused = TokenError::Jws(JwsError::Signature);
+        assert_eq!(super::error_chain(&refused), "jws: bad signature");
+        let scope = crate::policy::check_scope_claim("a  b").map_err(TokenError::from);
+        let scope = scope.expect_err("a doubled space is malformed");
+        let text = super::error_chain(&scope);
+        let fact = crate::policy::MalformedScope.to_string();
+        assert_eq!(text.matches(&fact).count(), 1, "{text}");
+    }
+}

@@ -19,7 +19,7 @@ use crate::scope::is_scope_token;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     /// A path pattern does not follow the grammar.
-    #[error("rule {rule}: {source}")]
+    #[error("rule {rule}: bad path pattern")]
     Pattern {
         /// Index of the rule in the document.
         rule: usize,

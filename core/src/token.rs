@@ -74,7 +74,7 @@ pub enum TokenError {
     #[error("token larger than the limit")]
     TooLarge,
     /// Not a well-formed compact JWS, or its signature does not verify.
-    #[error("jws: {0}")]
+    #[error("jws")]
     Jws(#[from] JwsError),
     /// The claims are not a strict JSON object of the right types.
     #[error("claims: {0}")]
@@ -101,7 +101,7 @@ pub enum TokenError {
     #[error("issued in the future")]
     IssuedInFuture,
     /// `scope` is not a space-separated list of scope tokens.
-    #[error("{0}")]
+    #[error(transparent)]
     Scope(#[from] MalformedScope),
     /// Revoked by a client cut-off, a jti revocation or a subject cut-off.
     #[error("revoked ({0})")]

@@ -47,7 +47,7 @@ pub async fn run(
         let wait = match step(&client, &spec, &sender).await {
             Ok(next) => next,
             Err(err) => {
-                tracing::warn!(secret = spec.secret, error = %crate::error::error_chain(&err), "keeping the operator CA failed; retrying");
+                tracing::warn!(secret = spec.secret, error = %scopegate_core::error_chain(&err), "keeping the operator CA failed; retrying");
                 Duration::from_secs(5)
             }
         };

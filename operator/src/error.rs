@@ -80,15 +80,3 @@ pub fn json_problem(error: &serde_json::Error) -> String {
 
 /// Result of reconcile steps.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// An error and its sources on one line, for logs and events.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -174,7 +174,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics.leadership_lost.inc();
                 health.ready.store(true, Ordering::Relaxed);
                 tracing::warn!(
-                    error = %scopegate_operator::error::error_chain(&lost),
+                    error = %scopegate_core::error_chain(&lost),
                     "leadership lost: writes stopped; serving the webhook from caches and campaigning again"
                 );
             }

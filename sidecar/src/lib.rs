@@ -89,7 +89,7 @@ impl StartError {
         match self {
             // The config's causes only as far as they are safe to show (no file content).
             StartError::Config(err) => format!("{self}: {}", err.describe()),
-            other => scopegate_sidecar_kit::error_chain(other),
+            other => scopegate_core::error_chain(other),
         }
     }
 

@@ -63,7 +63,7 @@ pub(super) fn needed_text(grant: &GrantOwned) -> String {
 
 /// The check a token failed, in words (the sidecar logs the same reason).
 pub(super) fn token_failure(err: &TokenError) -> String {
-    err.to_string()
+    scopegate_core::error_chain(err)
 }
 
 /// `alg`, `kid` and `typ` as the token's header states them (display only: validation

@@ -148,7 +148,7 @@ pub fn record_failure(
         namespace = object.namespace().unwrap_or_default(),
         name = object.name_any(),
         category = error.category(),
-        error = %crate::error::error_chain(error),
+        error = %scopegate_core::error_chain(error),
         "{kind} reconcile failed"
     );
 }

@@ -53,7 +53,7 @@ pub async fn maintain(
             Some(doc) => match step(&client, &identity, &doc).await {
                 Ok(wait) => wait,
                 Err(err) => {
-                    tracing::warn!(error = %crate::error::error_chain(&err), "keeping the webhook certificate failed; retrying");
+                    tracing::warn!(error = %scopegate_core::error_chain(&err), "keeping the webhook certificate failed; retrying");
                     Duration::from_secs(5)
                 }
             },

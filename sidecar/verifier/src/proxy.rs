@@ -338,7 +338,7 @@ async fn authorize(
     let verified = match verify(shared, settings, token).await {
         Ok(verified) => verified,
         Err(err) => {
-            tracing::info!(reason = %err, "invalid token");
+            tracing::info!(reason = %scopegate_core::error_chain(&err), "invalid token");
             return refused(decision::token_refused(&err));
         }
     };

@@ -10,7 +10,8 @@ use std::time::Duration;
 use aws_lc_rs::digest;
 use tokio::sync::watch;
 
-use scopegate_sidecar_kit::{error_chain, stopped};
+use scopegate_core::error_chain;
+use scopegate_sidecar_kit::stopped;
 
 use crate::role::Role;
 use crate::settings::{self, CompileInput, Settings, SettingsError};

@@ -18,7 +18,7 @@ use scopegate_core::keys::SigningKeys;
 use scopegate_core::path::Pattern;
 use scopegate_core::policy::Policy;
 
-use scopegate_sidecar_kit::error_chain;
+use scopegate_core::error_chain;
 
 use crate::client_addr::TrustedProxies;
 pub use crate::inputs::{CompileInput, SkippedKey};

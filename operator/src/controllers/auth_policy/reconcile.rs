@@ -268,7 +268,7 @@ async fn apply_sidecar_config(
     let rendered = ctx
         .heavy(move || {
             scopegate_core::check::document(&config)
-                .map_err(|refused| refused.to_string())
+                .map_err(|refused| scopegate_core::error_chain(&refused))
                 .map(|()| objects::to_json("sidecar config", &config))
         })
         .await?;
@@ -430,7 +430,7 @@ pub fn error_policy(policy: Arc<AuthPolicy>, error: &Error, ctx: Arc<Context>) -
     crate::controllers::record_failure(&ctx, KIND, policy.as_ref(), error);
     if error.is_permanent() {
         let ctx = ctx.clone();
-        let message = crate::error::error_chain(error);
+        let message = scopegate_core::error_chain(error);
         let category = error.category();
         tokio::spawn(async move { ctx.event(policy.as_ref(), true, category, message).await });
         Action::await_change()

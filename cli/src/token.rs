@@ -180,6 +180,7 @@ async fn verify_with_jwks(
         audiences,
         leeway_secs: 0,
         max_token_bytes: scopegate_core::config::DEFAULT_MAX_TOKEN_BYTES,
+        keep_claims: false,
     };
     let keys = IssuerKeys {
         keys: Arc::new(keys),

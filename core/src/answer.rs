@@ -20,6 +20,8 @@ pub enum Refusal {
     InsufficientScope(String),
     /// A valid token on a route that the default action denies.
     Forbidden,
+    /// A valid token with the scopes, but the rule's `when` condition is not true.
+    ConditionNotMet,
     /// A rate limit is exhausted; seconds until the next request may pass.
     RateLimited(u64),
     /// The revocation feed is stale and the policy fails closed.
@@ -75,7 +77,7 @@ pub fn answer(refusal: &Refusal) -> Answer {
             challenge(&format!("error=\"insufficient_scope\", scope=\"{scopes}\"")),
             None,
         ),
-        Refusal::Forbidden => (
+        Refusal::Forbidden | Refusal::ConditionNotMet => (
             StatusCode::FORBIDDEN,
             challenge("error=\"insufficient_scope\""),
             None,
@@ -103,6 +105,7 @@ impl Refusal {
             Refusal::InvalidToken => "invalid_token",
             Refusal::InsufficientScope(_) => "insufficient_scope",
             Refusal::Forbidden => "forbidden",
+            Refusal::ConditionNotMet => "condition_not_met",
             Refusal::RateLimited(_) => "rate_limited",
             Refusal::Unavailable => "unavailable",
             Refusal::UpstreamUnreachable => "upstream_unreachable",

@@ -216,6 +216,10 @@ pub struct RouteRule {
     /// This rule's enforcement; `None`: the document's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcement: Option<Enforcement>,
+    /// A condition the request must also meet: a CEL expression over the verified token's
+    /// claims and the request ([`crate::condition`]). Only on rules that need a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
 }
 
 /// Whether the sidecar acts on a rule's refusals.
@@ -546,6 +550,7 @@ mod tests {
                     scope_sets: vec![vec!["read:orders".into()]],
                 },
                 enforcement: Some(Enforcement::DryRun),
+                when: None,
             }],
             default_action: DefaultAction::Deny,
             enforcement: Enforcement::Enforce,

@@ -202,6 +202,7 @@ mod tests {
             exp: 0,
             iat: None,
             jti: None,
+            claims: None,
         }
     }
 

@@ -11,6 +11,9 @@
 //! a `public` rule only its exact spelling; and a rule for `GET` also matches `HEAD`, which
 //! frameworks answer with the GET handler. Rate limits use the same [`Matcher`], loosely.
 
+use std::sync::Arc;
+
+use crate::condition::{CompileError, Condition};
 use crate::config::{DefaultAction, Enforcement, RouteRule, RuleAction, SidecarConfig};
 use crate::path::{Pattern, PatternError, Specificity};
 use crate::scope::is_scope_token;
@@ -41,6 +44,18 @@ pub enum PolicyError {
     /// A scope that is not an RFC 6749 scope-token, or an empty requirement.
     #[error("rule {0}: scopes must be non-empty lists of RFC 6749 scope tokens")]
     Scopes(usize),
+    /// A `when` condition that does not compile.
+    #[error("rule {rule}: the when condition is refused")]
+    Condition {
+        /// Index of the rule in the document.
+        rule: usize,
+        /// The compiler's objection.
+        #[source]
+        source: CompileError,
+    },
+    /// A `when` condition on a public rule, which reads no token.
+    #[error("rule {0} is public: a when condition needs a rule that requires a token")]
+    PublicCondition(usize),
 }
 
 /// What a request needs, as decided by the rules.
@@ -111,6 +126,7 @@ struct CompiledRule {
     matcher: Matcher,
     action: RuleAction,
     enforced: bool,
+    when: Option<Arc<Condition>>,
 }
 
 /// Methods and path patterns of a rule or rate limit, compiled: the one matcher of the
@@ -223,6 +239,16 @@ impl Policy {
             default_action,
             enforcement,
         })
+    }
+
+    /// The `when` condition of the rule at `rule_index`, if it has one.
+    pub fn condition(&self, rule_index: Option<usize>) -> Option<&Condition> {
+        self.rules.get(rule_index?)?.when.as_deref()
+    }
+
+    /// Whether any rule has a `when` condition (the verifier then keeps a token's claims).
+    pub fn has_conditions(&self) -> bool {
+        self.rules.iter().any(|rule| rule.when.is_some())
     }
 
     /// The label of every rule, in document order ([`rule_label`]).
@@ -413,11 +439,24 @@ fn compile_rule(
             source,
         }
     })?;
+    let when = match &rule.when {
+        None => None,
+        Some(_) if rule.action == RuleAction::Public => {
+            return Err(PolicyError::PublicCondition(index));
+        }
+        Some(source) => Some(Arc::new(Condition::compile(source).map_err(|source| {
+            PolicyError::Condition {
+                rule: index,
+                source,
+            }
+        })?)),
+    };
     Ok(CompiledRule {
         name: rule.name.clone(),
         matcher,
         action: rule.action.clone(),
         enforced: rule.enforcement.unwrap_or(enforcement).is_enforce(),
+        when,
     })
 }
 
@@ -477,6 +516,7 @@ mod tests {
             paths: paths.iter().map(|p| (*p).into()).collect(),
             action,
             enforcement: None,
+            when: None,
         }
     }
 
@@ -828,6 +868,7 @@ mod tests {
                 paths,
                 action,
                 enforcement: None,
+                when: None,
             });
         proptest::collection::vec(one, 1..7)
     }
@@ -1044,5 +1085,40 @@ mod tests {
                 "{r:?}"
             );
         }
+    }
+
+    #[test]
+    fn when_conditions_compile_with_their_rule_or_refuse_it() {
+        let mut tenant = rule("tenant", &[], &["/t/**"], all(&["read"]));
+        tenant.when = Some(r#""admins" in claims.groups"#.into());
+        let plain = rule("plain", &[], &["/p/**"], all(&["read"]));
+        let policy = Policy::compile(&[plain.clone(), tenant.clone()], DefaultAction::Deny)
+            .expect("compiles");
+        assert!(policy.has_conditions());
+        assert!(policy.condition(Some(1)).is_some());
+        assert!(policy.condition(Some(0)).is_none());
+        assert!(policy.condition(None).is_none(), "the default action has none");
+        let without = Policy::compile(std::slice::from_ref(&plain), DefaultAction::Deny).expect("compiles");
+        assert!(!without.has_conditions());
+
+        let mut bad = tenant.clone();
+        bad.when = Some("claims.groups.exists(g, g.lowerAscii() == 'a')".into());
+        let refused = Policy::compile(&[plain.clone(), bad], DefaultAction::Deny);
+        assert!(
+            matches!(
+                refused,
+                Err(PolicyError::Condition {
+                    rule: 1,
+                    source: CompileError::UnknownFunction { .. }
+                })
+            ),
+            "{refused:?}"
+        );
+        let mut public = rule("open", &[], &["/o"], RuleAction::Public);
+        public.when = Some("true".into());
+        assert_eq!(
+            Policy::compile(&[public], DefaultAction::Deny).err(),
+            Some(PolicyError::PublicCondition(0))
+        );
     }
 }

@@ -162,6 +162,7 @@ mod tests {
             exp: 1000,
             iat: Some(iat),
             jti: Some("j1".into()),
+            claims: None,
         }
     }
 

@@ -18,6 +18,8 @@ pub struct TokenRules {
     pub leeway_secs: i64,
     /// Largest token accepted, in bytes.
     pub max_token_bytes: usize,
+    /// Keep every claim of a valid token ([`VerifiedToken::claims`]), for `when` conditions.
+    pub keep_claims: bool,
 }
 
 impl TokenRules {
@@ -28,6 +30,7 @@ impl TokenRules {
             audiences: verify.audiences.clone(),
             leeway_secs: leeway_secs(verify.leeway_secs),
             max_token_bytes: verify.max_token_bytes,
+            keep_claims: false,
         }
     }
 }
@@ -64,7 +67,13 @@ pub struct VerifiedToken {
     pub iat: Option<i64>,
     /// `jti`.
     pub jti: Option<String>,
+    /// Every claim, when [`TokenRules::keep_claims`] asked for them (no member name twice at
+    /// any depth).
+    pub claims: Option<Arc<Claims>>,
 }
+
+/// A token's claims set as JSON.
+pub type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// Why a token was refused: every variant answers 401 `invalid_token`; the variant goes to
 /// the log only. No variant carries token text.
@@ -178,6 +187,15 @@ pub fn validate(
             return Err(TokenError::Identity(name));
         }
     }
+    let all_claims = if rules.keep_claims {
+        // parse_claims refused a member name spelled twice at any depth: a condition and the
+        // app cannot read different copies.
+        let all: Claims = serde_json::from_slice(compact.payload())
+            .map_err(|_| TokenError::Claims(JsonError::Malformed))?;
+        Some(Arc::new(all))
+    } else {
+        None
+    };
     Ok(VerifiedToken {
         iss,
         sub: claims.sub,
@@ -186,6 +204,7 @@ pub fn validate(
         exp,
         iat: claims.iat,
         jti: claims.jti,
+        claims: all_claims,
     })
 }
 
@@ -233,6 +252,7 @@ mod tests {
             audiences: vec!["a".into()],
             leeway_secs: leeway,
             max_token_bytes: 8192,
+            keep_claims: false,
         };
         validate(
             &token(c),
@@ -310,5 +330,50 @@ mod tests {
             );
         }
         assert!(check(0, &claims(|c| c["sub"] = json!("user:alice smith"))).is_ok());
+    }
+
+    fn with_claims_kept(payload: &str) -> Result<VerifiedToken, TokenError> {
+        let header = json!({"alg": "HS256", "kid": "k", "typ": "at+jwt"});
+        let input = format!(
+            "{}.{}",
+            b64::encode(header.to_string().as_bytes()),
+            b64::encode(payload.as_bytes())
+        );
+        let key = hmac::Key::new(hmac::HMAC_SHA256, &SECRET);
+        let tag = hmac::sign(&key, input.as_bytes());
+        let keys = IssuerKeys {
+            keys: Arc::new(KeyMap::from([(
+                "k".to_owned(),
+                KeyEntry::hs256("k", &SECRET).unwrap(),
+            )])),
+            allow_jwt_typ: false,
+        };
+        let rules = TokenRules {
+            audiences: vec!["a".into()],
+            leeway_secs: 0,
+            max_token_bytes: 8192,
+            keep_claims: true,
+        };
+        let token = format!("{input}.{}", b64::encode(tag.as_ref()));
+        validate(&token, &rules, |_| Some(keys), NOW)
+    }
+
+    #[test]
+    fn claims_are_kept_for_conditions_and_spelled_once_at_every_depth() {
+        let mut c = claims(|c| c["org"] = json!({"id": "acme", "roles": ["admin"]}));
+        let kept = with_claims_kept(&c.to_string()).unwrap().claims.unwrap();
+        assert_eq!(kept["org"]["roles"][0], "admin");
+        assert_eq!(kept.len(), c.as_object().unwrap().len());
+        // Nested duplicates: a condition would read one, the app perhaps the other.
+        c["org"] = json!("PLACEHOLDER");
+        let twice = c
+            .to_string()
+            .replace(r#""PLACEHOLDER""#, r#"{"id":"acme","id":"evil"}"#);
+        assert_eq!(
+            with_claims_kept(&twice).err(),
+            Some(TokenError::Claims(JsonError::Duplicate))
+        );
+        // Without conditions nothing is kept.
+        assert!(check(0, &claims(|_| {})).unwrap().claims.is_none());
     }
 }

@@ -286,6 +286,7 @@ fn rules() -> TokenRules {
         audiences: vec![support::AUDIENCE.into()],
         leeway_secs: 30,
         max_token_bytes: 8192,
+        keep_claims: false,
     }
 }
 

@@ -344,6 +344,7 @@ impl<'a> Verifier<'a> {
                 exp: self.now,
                 iat: None,
                 jti: None,
+                claims: None,
             });
         }
         self.header = Some(header_of(token));

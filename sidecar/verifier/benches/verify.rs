@@ -180,6 +180,7 @@ fn bench(c: &mut Criterion) {
         audiences: vec!["orders".into()],
         leeway_secs: 30,
         max_token_bytes: 8192,
+        keep_claims: false,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -240,6 +241,7 @@ fn typical_policy() -> Policy {
         paths: paths.iter().map(|p| (*p).to_owned()).collect(),
         action,
         enforcement: None,
+        when: None,
     };
     let scopes = |s: &[&str]| RuleAction::RequireAll {
         scopes: s.iter().map(|x| (*x).to_owned()).collect(),

@@ -99,6 +99,7 @@ mod tests {
             exp,
             iat: None,
             jti: None,
+            claims: None,
         })
     }
 

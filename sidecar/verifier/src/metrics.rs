@@ -10,7 +10,7 @@ use std::time::Duration;
 use scopegate_sidecar_kit::exposition::{self, Encoder, MetricsCollector as Collector};
 
 /// Outcomes of proxied requests (the `outcome` label).
-pub const OUTCOMES: [&str; 14] = [
+pub const OUTCOMES: [&str; 15] = [
     "allowed",
     "public",
     "dry_run",
@@ -20,6 +20,7 @@ pub const OUTCOMES: [&str; 14] = [
     "invalid_token",
     "insufficient_scope",
     "forbidden",
+    "condition_not_met",
     "rate_limited",
     "unavailable",
     "upstream_unreachable",
@@ -30,7 +31,7 @@ pub const OUTCOMES: [&str; 14] = [
 /// Outcomes of a rule's decision (the `outcome` label of `scopegate_decisions_total`): the
 /// request passes (`allowed` with a valid token, `public` without reading one) or the refusal
 /// it gets, or would get in DryRun.
-pub const DECISIONS: [&str; 8] = [
+pub const DECISIONS: [&str; 9] = [
     "allowed",
     "public",
     "invalid_request",
@@ -38,6 +39,7 @@ pub const DECISIONS: [&str; 8] = [
     "invalid_token",
     "insufficient_scope",
     "forbidden",
+    "condition_not_met",
     "unavailable",
 ];
 

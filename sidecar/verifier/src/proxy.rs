@@ -16,7 +16,9 @@ use hyper_util::rt::TokioIo;
 use scopegate_core::config::UpstreamProtocol;
 use scopegate_core::decision::{self, Step};
 use scopegate_core::path::RequestPath;
-use scopegate_core::policy::{Requirement, Route};
+use scopegate_core::condition::RequestFacts;
+use scopegate_core::policy::Route;
+use scopegate_core::token::Claims;
 
 use crate::answer::{Refusal, answer};
 use crate::body_deadline::BodyDeadline;
@@ -84,7 +86,13 @@ pub async fn handle(
         return refuse(&shared, &settings, Refusal::RateLimited(secs));
     }
 
-    let decided = admit(&shared, &settings, &req, &method, path.route()).await;
+    let asked = Asked {
+        req: &req,
+        conn,
+        method: &method,
+        path: path.route(),
+    };
+    let decided = admit(&shared, &settings, asked).await;
     let Admitted { identity, dry_run } = match within_limits(&limits, decided).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refuse(&shared, &settings, refusal),
@@ -129,17 +137,25 @@ struct Admitted {
     dry_run: bool,
 }
 
+/// A request as its rules see it.
+#[derive(Clone, Copy)]
+struct Asked<'a> {
+    req: &'a Request<Incoming>,
+    conn: Connection,
+    method: &'a str,
+    /// The normalised route path.
+    path: &'a str,
+}
+
 /// Finds the rule for a request and decides it, counting the decision; a refusal is
 /// logged with the rule's name.
 async fn admit(
     shared: &Shared,
     settings: &Settings,
-    req: &Request<Incoming>,
-    method: &str,
-    path: &str,
+    asked: Asked<'_>,
 ) -> Result<Admitted, Refusal> {
-    let route = settings.policy.route(method, path);
-    let Verdict { identity, outcome } = authorize(shared, settings, route.requirement, req).await;
+    let route = settings.policy.route(asked.method, asked.path);
+    let Verdict { identity, outcome } = authorize(shared, settings, &route, asked).await;
     let counters = settings.decisions.get_or_init(|| {
         shared
             .metrics
@@ -159,10 +175,7 @@ async fn admit(
         }
     } else {
         let seen = identity.as_deref();
-        dry_run_decision(
-            shared, settings, counters, req, method, path, route, seen, outcome,
-        )
-        .await
+        dry_run_decision(shared, settings, counters, asked, route, seen, outcome).await
     };
     let decisions = counters.of(route.rule_index);
     match outcome {
@@ -246,14 +259,11 @@ struct Decided<'a> {
 
 /// A rule in DryRun is counted and logged, and the enforced rules decide as if it did not
 /// exist: trying a stricter rule never opens, nor closes, what the policy enforced before.
-#[allow(clippy::too_many_arguments)]
 async fn dry_run_decision<'a>(
     shared: &Shared,
     settings: &'a Settings,
     counters: &Decisions,
-    req: &Request<Incoming>,
-    method: &str,
-    path: &str,
+    asked: Asked<'_>,
     route: Route<'a>,
     identity: Option<&VerifiedToken>,
     outcome: Result<(), Refusal>,
@@ -270,7 +280,7 @@ async fn dry_run_decision<'a>(
                 tracing::info!(
                     rule = %route.label(),
                     outcome = refusal.outcome(),
-                    method = %method,
+                    method = %asked.method,
                     client_id = identity.and_then(|t| t.client_id.as_deref()).unwrap_or("-"),
                     count,
                     "DryRun: a request the rule would refuse"
@@ -279,9 +289,10 @@ async fn dry_run_decision<'a>(
             count
         }
     };
-    let (route, outcome, token_seen) = match settings.policy.enforced_route(method, path) {
+    let enforced = settings.policy.enforced_route(asked.method, asked.path);
+    let (route, outcome, token_seen) = match enforced {
         Some(enforced) if enforced.rule_index != route.rule_index => {
-            let verdict = authorize(shared, settings, enforced.requirement, req).await;
+            let verdict = authorize(shared, settings, &enforced, asked).await;
             (enforced, verdict.outcome, verdict.identity.is_some())
         }
         // Nothing enforced decides (or the rule is public, refusing nothing): forwarded,
@@ -310,15 +321,16 @@ struct Verdict {
 async fn authorize(
     shared: &Shared,
     settings: &Settings,
-    requirement: Requirement<'_>,
-    req: &Request<Incoming>,
+    route: &Route<'_>,
+    asked: Asked<'_>,
 ) -> Verdict {
+    let req = asked.req;
     let refused = |refusal| Verdict {
         identity: None,
         outcome: Err(refusal),
     };
     let (token, grant) =
-        match decision::before_verification(requirement, req.headers(), req.uri().query()) {
+        match decision::before_verification(route.requirement, req.headers(), req.uri().query()) {
             Ok(Step::Public) => {
                 return Verdict {
                     identity: None,
@@ -342,9 +354,42 @@ async fn authorize(
             return refused(decision::token_refused(&err));
         }
     };
+    let outcome = decision::after_verification(grant, &verified.scope)
+        .and_then(|()| meets_condition(settings, route, asked, &verified));
     Verdict {
-        outcome: decision::after_verification(grant, &verified.scope),
+        outcome,
         identity: Some(verified),
+    }
+}
+
+/// Evaluates the rule's `when` condition, if it has one, for a token that passed the scope
+/// check: anything but `true` refuses.
+fn meets_condition(
+    settings: &Settings,
+    route: &Route<'_>,
+    asked: Asked<'_>,
+    verified: &VerifiedToken,
+) -> Result<(), Refusal> {
+    let Some(condition) = settings.policy.condition(route.rule_index) else {
+        return Ok(());
+    };
+    let facts = RequestFacts {
+        method: asked.method,
+        path: asked.path,
+        headers: asked.req.headers(),
+        source: Some(request_client_ip(asked.conn, asked.req, settings)),
+    };
+    // The settings keep claims whenever a rule has a condition.
+    let no_claims = Claims::new();
+    let claims = verified.claims.as_deref().unwrap_or(&no_claims);
+    match condition.evaluate(claims, &facts) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Refusal::ConditionNotMet),
+        Err(err) => {
+            // The error may quote claim values: debug only.
+            tracing::debug!(rule = %route.label(), reason = %err, "when condition failed");
+            Err(Refusal::ConditionNotMet)
+        }
     }
 }
 

@@ -208,7 +208,10 @@ pub fn compile(
         .map_err(CheckError::from)?;
     let headers = compile_headers(&config, input.tls)?;
     // The leeway in force is capped at MAX_LEEWAY_SECS (TokenRules::from_config).
-    let token_rules = TokenRules::from_config(verify);
+    let token_rules = TokenRules {
+        keep_claims: policy.has_conditions(),
+        ..TokenRules::from_config(verify)
+    };
     let upstream = upstream(&config);
     let role = match (&config.issuer, role) {
         (Some(_), Some(role)) => Some(role.compile(&config, input).map_err(SettingsError::Role)?),

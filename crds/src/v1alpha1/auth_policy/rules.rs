@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::v1alpha1::common::*;
 
 /// CEL: no two rules share a method and a path but differ in what they require (public,
-/// require and anyOf, compared as written, or enforcement). Rules of equal specificity go to
+/// require and anyOf, compared as written, enforcement or when). Rules of equal specificity go to
 /// the earlier one, so the later one would silently never decide for that route. (Comparing
 /// require as sets exceeds the API server's cost budget at 64 rules of 64 scopes.)
 pub(super) const RULE_CONFLICT: &str = concat!(
@@ -21,7 +21,8 @@ pub(super) const RULE_CONFLICT: &str = concat!(
     "((has(a.public) && a.public) == (has(b.public) && b.public) ",
     "&& (has(a.require) ? a.require : []) == (has(b.require) ? b.require : []) ",
     "&& (has(a.anyOf) ? a.anyOf : []) == (has(b.anyOf) ? b.anyOf : []) ",
-    "&& (has(a.enforcement) ? a.enforcement : '') == (has(b.enforcement) ? b.enforcement : ''))",
+    "&& (has(a.enforcement) ? a.enforcement : '') == (has(b.enforcement) ? b.enforcement : '') ",
+    "&& (has(a.when) ? a.when : '') == (has(b.when) ? b.when : ''))",
     "))"
 );
 
@@ -32,6 +33,11 @@ pub(super) const RULE_CONFLICT: &str = concat!(
     {
         "rule": "!(has(self.public) && self.public && ((has(self.require) && size(self.require) > 0) || (has(self.anyOf) && size(self.anyOf) > 0)))",
         "message": "a public rule needs no token, so it cannot require scopes"
+    },
+    {
+        "rule": "!(has(self.public) && self.public && has(self.when))",
+        "message": "a public rule reads no token, so it cannot have a when condition",
+        "fieldPath": ".when"
     },
     {
         "rule": "!(has(self.public) && self.public && has(self.enforcement))",
@@ -87,6 +93,32 @@ pub struct Rule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_enforcement")]
     pub enforcement: Option<Enforcement>,
+    /// A condition the request must also meet: a CEL expression that must be true, checked
+    /// after the token and its scopes. Anything but true refuses with 403 and the rule's name
+    /// in the sidecar's log: false, an error, a missing claim or header, a result that is not
+    /// a boolean. Only on rules that need a token.
+    ///
+    /// Variables: `claims`, the verified token's claims (maps, lists, strings, numbers,
+    /// booleans as the token has them); `request.method`; `request.path`, the normalised path
+    /// the rule matched; `request.headers["name"]`, a header named literally in lower case
+    /// (absent when sent twice; authorization, cookie and proxy-authorization are never
+    /// readable); `source.address`, the client address (trusted proxies applied).
+    /// Functions: size, contains, startsWith, endsWith, matches, string, int, uint, double,
+    /// the operators, and all, exists, exists_one, map and filter over claims or headers.
+    /// Compare a boolean claim as `claims.x == true` (a string "false" is not false).
+    ///
+    /// Examples: group membership `"admins" in claims.groups`; an email domain
+    /// `claims.email.endsWith("@example.com") && claims.email_verified == true`; a tenant
+    /// claim equal to a path segment `request.path.startsWith("/tenants/" + claims.tenant +
+    /// "/")`; a method and header combination `request.method == "GET" ||
+    /// request.headers["x-change-ticket"].startsWith("CHG")`.
+    ///
+    /// Checked by the operator before any pod sees it: a condition that does not compile,
+    /// or whose cost bound is over 20000 steps, keeps the policy's last good config in the
+    /// pods and says why in its Ready condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub when: Option<String>,
 }
 
 /// An optional [`Enforcement`], as a plain string enum (so that the field keeps its own

@@ -343,6 +343,7 @@ fn route_rule(rule: &api::Rule) -> RouteRule {
         paths: rule.paths.clone(),
         action,
         enforcement: rule.enforcement.map(enforcement),
+        when: rule.when.clone(),
     }
 }
 

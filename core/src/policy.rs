@@ -47,8 +47,8 @@ pub enum PolicyError {
     /// A `when` condition that does not compile.
     #[error("rule {rule}: the when condition is refused")]
     Condition {
-        /// Index of the rule in the document.
-        rule: usize,
+        /// The rule's label ([`rule_label`]).
+        rule: String,
         /// The compiler's objection.
         #[source]
         source: CompileError,
@@ -446,7 +446,7 @@ fn compile_rule(
         }
         Some(source) => Some(Arc::new(Condition::compile(source).map_err(|source| {
             PolicyError::Condition {
-                rule: index,
+                rule: rule_label(rule.name.as_deref(), Some(index)),
                 source,
             }
         })?)),
@@ -1097,8 +1097,12 @@ mod tests {
         assert!(policy.has_conditions());
         assert!(policy.condition(Some(1)).is_some());
         assert!(policy.condition(Some(0)).is_none());
-        assert!(policy.condition(None).is_none(), "the default action has none");
-        let without = Policy::compile(std::slice::from_ref(&plain), DefaultAction::Deny).expect("compiles");
+        assert!(
+            policy.condition(None).is_none(),
+            "the default action has none"
+        );
+        let without =
+            Policy::compile(std::slice::from_ref(&plain), DefaultAction::Deny).expect("compiles");
         assert!(!without.has_conditions());
 
         let mut bad = tenant.clone();
@@ -1108,9 +1112,9 @@ mod tests {
             matches!(
                 refused,
                 Err(PolicyError::Condition {
-                    rule: 1,
+                    ref rule,
                     source: CompileError::UnknownFunction { .. }
-                })
+                }) if rule == "tenant"
             ),
             "{refused:?}"
         );

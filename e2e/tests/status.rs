@@ -403,6 +403,75 @@ async fn a_config_the_sidecar_would_refuse_is_never_written_and_the_last_good_on
 }
 
 #[tokio::test]
+async fn a_when_condition_is_rendered_or_refused_with_the_compilers_words() {
+    let (client, ns) = setup("when").await;
+    let n = ns.name.as_str();
+    apply_yaml::<AuthPolicy>(&client, n, &issuer(n, "auth").yaml())
+        .await
+        .unwrap();
+    let with_when = |when: &str| {
+        verifier(
+            "orders",
+            n,
+            "{matchLabels: {app: orders}}",
+            &format!(
+                "    - {{name: tenant, paths: [\"/tenants/**\"], require: [read], when: '{when}'}}"
+            ),
+        )
+    };
+    let good = with_when(r#""admins" in claims.groups"#);
+    apply_yaml::<AuthPolicy>(&client, n, &good).await.unwrap();
+    create_pod(&client, n, "orders-0", "orders").await.unwrap();
+    wait_for::<AuthPolicy>(&client, n, "orders", "True", "Rendered")
+        .await
+        .unwrap();
+    let before = config_map_text(&client, n, "orders-sidecar", "config.json")
+        .await
+        .unwrap()
+        .expect("a config");
+    let rendered: Value = serde_json::from_str(&before).unwrap();
+    assert_eq!(
+        rendered["rules"][1]["when"], r#""admins" in claims.groups"#,
+        "{rendered}"
+    );
+
+    // Does not compile: Ready says which rule and what the compiler objects to.
+    let bad = with_when(r#"claims.groups.exists(g, g.lowerAscii() == "admins")"#);
+    apply_yaml::<AuthPolicy>(&client, n, &bad).await.unwrap();
+    let object = wait_for::<AuthPolicy>(&client, n, "orders", "False", "InvalidConfig")
+        .await
+        .unwrap();
+    let (_, _, message) = ready_of(&object).unwrap();
+    assert!(
+        message.contains("rule tenant") && message.contains("\"lowerAscii\" is not available"),
+        "{message}"
+    );
+    assert_eq!(
+        config_map_text(&client, n, "orders-sidecar", "config.json")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(before.as_str()),
+        "the last good config stays"
+    );
+
+    // On a public rule, refused at apply by the schema.
+    let public = verifier(
+        "orders",
+        n,
+        "{matchLabels: {app: orders}}",
+        "    - {paths: [\"/open\"], public: true, when: 'true'}",
+    );
+    let refused = apply_yaml::<AuthPolicy>(&client, n, &public).await;
+    let refused = format!("{:#}", refused.expect_err("a public rule cannot have when"));
+    assert!(
+        refused.contains("cannot have a when condition"),
+        "{refused}"
+    );
+    ns.delete().await.unwrap();
+}
+
+#[tokio::test]
 async fn missing_secrets_unknown_scopes_no_pods_and_a_vanished_issuer_each_say_so() {
     let (client, ns) = setup("truth").await;
     let n = ns.name.as_str();

@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::*;
 
-const TENANT_RULE: &str = r#""admins" in claims.groups && request.path.startsWith("/tenants/" + claims.tenant + "/")"#;
+const TENANT_RULE: &str =
+    r#""admins" in claims.groups && request.path.startsWith("/tenants/" + claims.tenant + "/")"#;
 const CHANGE_RULE: &str = r#"request.method == "GET" || request.headers["x-change"] == "approved""#;
 const ALL_GROUPS_RULE: &str = r#"claims.groups.all(g, g.startsWith("team-"))"#;
 
@@ -85,12 +86,24 @@ impl Setup {
 async fn a_true_condition_passes_and_everything_else_is_refused() {
     let s = setup().await;
     let admin_of_acme = s.token(json!({"groups": ["staff", "admins"], "tenant": "acme"}));
-    assert_eq!(s.status("GET", "/tenants/acme/orders", &admin_of_acme, &[]).await, 200);
+    assert_eq!(
+        s.status("GET", "/tenants/acme/orders", &admin_of_acme, &[])
+            .await,
+        200
+    );
     let hits = s.upstream.hits();
 
     // The tenant claim must match the path segment, whatever the spelling tries.
-    for target in ["/tenants/other/orders", "/tenants/acme", "/tenants/acmex/orders"] {
-        assert_eq!(s.status("GET", target, &admin_of_acme, &[]).await, 403, "{target}");
+    for target in [
+        "/tenants/other/orders",
+        "/tenants/acme",
+        "/tenants/acmex/orders",
+    ] {
+        assert_eq!(
+            s.status("GET", target, &admin_of_acme, &[]).await,
+            403,
+            "{target}"
+        );
     }
     // Not in the group; no groups claim at all (the expression errors); groups as a string
     // instead of a list (`in` on a string is an error, never a substring test).
@@ -99,7 +112,10 @@ async fn a_true_condition_passes_and_everything_else_is_refused() {
     let string_groups = s.token(json!({"groups": "admins", "tenant": "acme"}));
     let numeric_tenant = s.token(json!({"groups": ["admins"], "tenant": 7}));
     for token in [&staff, &no_groups, &string_groups, &numeric_tenant] {
-        assert_eq!(s.status("GET", "/tenants/acme/orders", token, &[]).await, 403);
+        assert_eq!(
+            s.status("GET", "/tenants/acme/orders", token, &[]).await,
+            403
+        );
     }
     // The scopes still come first: a token without them gets the scope answer.
     let mut no_scope = claims("");
@@ -108,8 +124,16 @@ async fn a_true_condition_passes_and_everything_else_is_refused() {
     let no_scope = mint(&s.key, &header("ES256", "k1"), &no_scope);
     let r = get_with_token(s.sidecar.proxy_addr(), "/tenants/acme/orders", &no_scope).await;
     assert_eq!(r.status, 403);
-    assert!(r.header("www-authenticate").unwrap().contains("scope=\"read:items\""));
-    assert_eq!(s.upstream.hits(), hits, "no refused request reached the app");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("scope=\"read:items\"")
+    );
+    assert_eq!(
+        s.upstream.hits(),
+        hits,
+        "no refused request reached the app"
+    );
     s.sidecar.shutdown().await;
 }
 
@@ -125,7 +149,10 @@ async fn headers_methods_and_claim_lists_are_read_safely() {
     let twice = [("x-change", "approved"), ("X-Change", "denied")];
     assert_eq!(s.status("POST", "/changes/1", &token, &twice).await, 403);
     let twice_same = [("x-change", "approved"), ("x-change", "approved")];
-    assert_eq!(s.status("POST", "/changes/1", &token, &twice_same).await, 403);
+    assert_eq!(
+        s.status("POST", "/changes/1", &token, &twice_same).await,
+        403
+    );
 
     // An iterating expression over a claim list: within the bound it decides, over it refuses.
     assert_eq!(s.status("GET", "/teams/x", &token, &[]).await, 200);
@@ -150,7 +177,11 @@ async fn nested_claims_spelled_twice_are_an_invalid_token() {
     );
     let r = get_with_token(s.sidecar.proxy_addr(), "/tenants/acme/orders", &token).await;
     assert_eq!(r.status, 401);
-    assert!(r.header("www-authenticate").unwrap().contains("invalid_token"));
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
     s.sidecar.shutdown().await;
 }
 
@@ -158,7 +189,10 @@ async fn nested_claims_spelled_twice_are_an_invalid_token() {
 async fn a_condition_that_does_not_compile_keeps_the_last_good_config() {
     let s = setup().await;
     let token = s.token(json!({"groups": ["staff"], "tenant": "acme"}));
-    assert_eq!(s.status("GET", "/tenants/acme/orders", &token, &[]).await, 403);
+    assert_eq!(
+        s.status("GET", "/tenants/acme/orders", &token, &[]).await,
+        403
+    );
 
     // A loop over a literal, an unknown function, a credential header: each refused whole.
     for bad in [
@@ -175,7 +209,11 @@ async fn a_condition_that_does_not_compile_keeps_the_last_good_config() {
             (failed_reloads(&s.admin_metrics().await) > before).then_some(())
         })
         .await;
-        assert_eq!(s.status("GET", "/tenants/acme/orders", &token, &[]).await, 403, "{bad}");
+        assert_eq!(
+            s.status("GET", "/tenants/acme/orders", &token, &[]).await,
+            403,
+            "{bad}"
+        );
     }
     s.sidecar.shutdown().await;
 }

@@ -13,10 +13,10 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use scopegate_core::condition::RequestFacts;
 use scopegate_core::config::UpstreamProtocol;
 use scopegate_core::decision::{self, Step};
 use scopegate_core::path::RequestPath;
-use scopegate_core::condition::RequestFacts;
 use scopegate_core::policy::Route;
 use scopegate_core::token::Claims;
 

@@ -27,7 +27,7 @@ for crd in authpolicies.scopegate.dev oauthclients.scopegate.dev; do
 done
 "$E2E_HELM" --kubeconfig "$D/admin.kubeconfig" upgrade --install scopegate "$root/charts/scopegate" \
   --namespace scopegate-system --create-namespace \
-  --set "webhook.url=https://127.0.0.1:$webhook_port/mutate-pods" --set "webhook.ipSans={127.0.0.1}" >/dev/null
+  --set "webhook.url=https://127.0.0.1:$webhook_port" --set "webhook.ipSans={127.0.0.1}" >/dev/null
 token="$(k -n scopegate-system create token scopegate-operator --duration=24h)"
 server="$(k config view --raw -o jsonpath='{.clusters[0].cluster.server}')"
 ca="$(k config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')"

@@ -403,7 +403,7 @@ async fn a_config_the_sidecar_would_refuse_is_never_written_and_the_last_good_on
 }
 
 #[tokio::test]
-async fn a_when_condition_is_rendered_or_refused_with_the_compilers_words() {
+async fn a_when_condition_is_rendered_or_refused_at_apply_with_the_compilers_words() {
     let (client, ns) = setup("when").await;
     let n = ns.name.as_str();
     apply_yaml::<AuthPolicy>(&client, n, &issuer(n, "auth").yaml())
@@ -435,17 +435,19 @@ async fn a_when_condition_is_rendered_or_refused_with_the_compilers_words() {
         "{rendered}"
     );
 
-    // Does not compile: Ready says which rule and what the compiler objects to.
+    // Does not compile: refused at apply by the validating webhook, naming the rule and the
+    // compiler's objection; the policy in force and its config stay as they were.
     let bad = with_when(r#"claims.groups.exists(g, g.lowerAscii() == "admins")"#);
-    apply_yaml::<AuthPolicy>(&client, n, &bad).await.unwrap();
-    let object = wait_for::<AuthPolicy>(&client, n, "orders", "False", "InvalidConfig")
+    let refused = apply_yaml::<AuthPolicy>(&client, n, &bad).await;
+    let refused = format!("{:#}", refused.expect_err("a condition that does not compile"));
+    assert!(
+        refused.contains("spec.rules[1] (tenant).when: function \"lowerAscii\" is not available"),
+        "{refused}"
+    );
+    let object = wait_for::<AuthPolicy>(&client, n, "orders", "True", "Rendered")
         .await
         .unwrap();
-    let (_, _, message) = ready_of(&object).unwrap();
-    assert!(
-        message.contains("rule tenant") && message.contains("\"lowerAscii\" is not available"),
-        "{message}"
-    );
+    assert_eq!(object["spec"]["rules"][1]["when"], r#""admins" in claims.groups"#);
     assert_eq!(
         config_map_text(&client, n, "orders-sidecar", "config.json")
             .await

@@ -200,7 +200,7 @@ async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server
         vec!["--set", "replicas=1"],
         vec![
             "--set",
-            "webhook.url=https://127.0.0.1:9443/mutate-pods",
+            "webhook.url=https://127.0.0.1:9443",
             "--set",
             "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
         ],
@@ -219,11 +219,15 @@ async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server
         );
         let path =
             std::env::temp_dir().join(format!("scopegate-chart-{}.yaml", std::process::id()));
-        // The installed release holds the one `scopegate-injector` (one install per cluster):
+        // The installed release holds the one `scopegate-injector` and `scopegate-validator`
+        // (one install per cluster):
         // a dry-run apply over it would merge the two; check the rendering under another name.
         let text = String::from_utf8(rendered.stdout).unwrap();
         assert!(text.contains("name: scopegate-injector\n"), "{text}");
-        let text = text.replace("name: scopegate-injector\n", "name: chartcheck-injector\n");
+        assert!(text.contains("name: scopegate-validator\n"), "{text}");
+        let text = text
+            .replace("name: scopegate-injector\n", "name: chartcheck-injector\n")
+            .replace("name: scopegate-validator\n", "name: chartcheck-validator\n");
         std::fs::write(&path, text).unwrap();
         let applied = plane.kubectl(&[
             "apply",
@@ -325,7 +329,7 @@ async fn a_second_install_of_the_chart_is_refused_and_the_first_may_upgrade() {
             .args(["upgrade", "--install", release])
             .arg(repo_root().join("charts/scopegate"))
             .args(["--namespace", namespace, "--dry-run=server"])
-            .args(["--set", "webhook.url=https://127.0.0.1:9443/mutate-pods"])
+            .args(["--set", "webhook.url=https://127.0.0.1:9443"])
             .output()
             .unwrap()
     };

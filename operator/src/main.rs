@@ -53,6 +53,9 @@ struct Cli {
     /// The MutatingWebhookConfiguration whose caBundle the leader keeps current.
     #[arg(long, default_value = "scopegate-injector")]
     webhook_configuration: String,
+    /// The ValidatingWebhookConfiguration whose caBundle the leader keeps current.
+    #[arg(long, default_value = "scopegate-validator")]
+    validating_webhook_configuration: String,
     /// Image of the injected sidecar.
     #[arg(long, env = "SCOPEGATE_SIDECAR_IMAGE", default_value = concat!("scopegate/sidecar:", env!("CARGO_PKG_VERSION")))]
     sidecar_image: String,
@@ -318,6 +321,7 @@ async fn lead(
             dns_names: webhook_names,
             ips: cli.webhook_ip_sans.clone(),
             configuration: cli.webhook_configuration.clone(),
+            validating_configuration: cli.validating_webhook_configuration.clone(),
         },
         webhook_ca_receiver,
     ));

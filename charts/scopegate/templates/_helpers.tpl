@@ -25,3 +25,8 @@ app.kubernetes.io/component: operator
 {{- define "scopegate.injector" -}}
 scopegate-injector
 {{- end }}
+
+{{- /* The AuthPolicy validator's name is fixed for the same reason. */ -}}
+{{- define "scopegate.validator" -}}
+scopegate-validator
+{{- end }}

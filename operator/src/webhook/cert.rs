@@ -1,6 +1,7 @@
 //! The webhook's serving certificate: the leader issues it from the operator's CA into a
-//! Secret and keeps the MutatingWebhookConfiguration's `caBundle` equal to the CA bundle (old
-//! and new CA during a rollover); every replica loads the certificate from the Secret.
+//! Secret and keeps the caBundle of the Mutating- and ValidatingWebhookConfiguration equal to
+//! the CA bundle (old and new CA during a rollover); every replica loads the certificate from
+//! the Secret.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
@@ -27,6 +29,8 @@ use crate::pki::ca::{self, CaDocument, ExistingLeaf};
 pub const WEBHOOK_TLS_SECRET: &str = "scopegate-webhook-tls";
 /// Name of the webhook inside the MutatingWebhookConfiguration.
 pub const WEBHOOK_NAME: &str = "inject.scopegate.dev";
+/// Name of the webhook inside the ValidatingWebhookConfiguration.
+pub const VALIDATING_WEBHOOK_NAME: &str = "validate.scopegate.dev";
 
 /// Where the webhook is reached.
 #[derive(Debug, Clone)]
@@ -39,6 +43,8 @@ pub struct WebhookIdentity {
     pub ips: Vec<IpAddr>,
     /// Name of the MutatingWebhookConfiguration whose caBundle the leader keeps.
     pub configuration: String,
+    /// Name of the ValidatingWebhookConfiguration whose caBundle the leader keeps.
+    pub validating_configuration: String,
 }
 
 /// Leader task: keeps the certificate and the caBundle current.
@@ -147,7 +153,7 @@ async fn keep_certificate(
     Ok(not_after)
 }
 
-/// Keeps the MutatingWebhookConfiguration's caBundle equal to the CA bundle.
+/// Keeps the caBundle of both webhook configurations equal to the CA bundle.
 async fn keep_ca_bundle(
     client: &kube::Client,
     identity: &WebhookIdentity,
@@ -155,31 +161,62 @@ async fn keep_ca_bundle(
     now: i64,
 ) -> Result<()> {
     let bundle = base64::engine::general_purpose::STANDARD.encode(doc.bundle(now));
-    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let current_bundle = configurations
-        .get_opt(&identity.configuration)
-        .await?
-        .and_then(|c| {
-            let hook = c.webhooks?.into_iter().find(|w| w.name == WEBHOOK_NAME)?;
-            hook.client_config
-                .ca_bundle
-                .map(|b| base64::engine::general_purpose::STANDARD.encode(b.0))
-        });
-    if current_bundle.as_deref() != Some(bundle.as_str()) {
+    let hooks = [
+        (
+            "MutatingWebhookConfiguration",
+            &identity.configuration,
+            WEBHOOK_NAME,
+        ),
+        (
+            "ValidatingWebhookConfiguration",
+            &identity.validating_configuration,
+            VALIDATING_WEBHOOK_NAME,
+        ),
+    ];
+    for (kind, name, hook) in hooks {
+        keep_one_ca_bundle(client, kind, name, hook, &bundle).await?;
+    }
+    Ok(())
+}
+
+/// Keeps the caBundle of webhook `hook` in the configuration `kind`/`name`, if that
+/// configuration exists (the chart creates it; the operator never does).
+async fn keep_one_ca_bundle(
+    client: &kube::Client,
+    kind: &str,
+    name: &str,
+    hook: &str,
+    bundle: &str,
+) -> Result<()> {
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "admissionregistration.k8s.io",
+        "v1",
+        kind,
+    ));
+    let configurations: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let Some(configuration) = configurations.get_opt(name).await? else {
+        tracing::warn!(kind, name, "webhook configuration not found; its caBundle is not kept");
+        return Ok(());
+    };
+    let current = configuration.data["webhooks"]
+        .as_array()
+        .and_then(|hooks| hooks.iter().find(|h| h["name"] == hook))
+        .and_then(|h| h["clientConfig"]["caBundle"].as_str());
+    if current != Some(bundle) {
         let patch = serde_json::json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": identity.configuration},
-            "webhooks": [{"name": WEBHOOK_NAME, "clientConfig": {"caBundle": bundle}}],
+            "kind": kind,
+            "metadata": {"name": name},
+            "webhooks": [{"name": hook, "clientConfig": {"caBundle": bundle}}],
         });
         configurations
             .patch(
-                &identity.configuration,
+                name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await?;
-        tracing::info!(configuration = %identity.configuration, "updated the webhook caBundle");
+        tracing::info!(kind, name, "updated the webhook caBundle");
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
-//! The sidecar-injection admission webhook: served over TLS by every replica from the
-//! certificate the leader keeps in a Secret; decisions are pure ([`inject`]).
+//! The admission webhooks: sidecar injection into pods ([`inject`]) and AuthPolicy
+//! validation ([`validate`]), served over TLS by every replica from the certificate the
+//! leader keeps in a Secret; decisions are pure.
 
 pub mod cert;
 pub mod inject;
+pub mod validate;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +31,8 @@ use inject::{Decision, InjectionSettings};
 
 /// Path the API server posts pod AdmissionReviews to.
 pub const MUTATE_PATH: &str = "/mutate-pods";
+/// Path the API server posts AuthPolicy AdmissionReviews to.
+pub const VALIDATE_PATH: &str = "/validate-authpolicies";
 /// Largest AdmissionReview body accepted.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
@@ -164,7 +168,9 @@ async fn handle(
     state: Arc<WebhookState>,
     request: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
-    if request.method() != Method::POST || request.uri().path() != MUTATE_PATH {
+    let path = request.uri().path();
+    let validating = path == VALIDATE_PATH;
+    if request.method() != Method::POST || !(validating || path == MUTATE_PATH) {
         return respond(StatusCode::NOT_FOUND, b"{}".to_vec());
     }
     let started = Instant::now();
@@ -172,7 +178,12 @@ async fn handle(
         Ok(body) => body.to_bytes(),
         Err(_) => return respond(StatusCode::PAYLOAD_TOO_LARGE, b"{}".to_vec()),
     };
-    let response = match review(&state, &body) {
+    let answered = if validating {
+        validate_review(&state, &body)
+    } else {
+        review(&state, &body)
+    };
+    let response = match answered {
         Ok(answer) => respond(
             StatusCode::OK,
             serde_json::to_vec(&answer).unwrap_or_default(),
@@ -190,6 +201,22 @@ async fn handle(
         .webhook_duration
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Answers one AuthPolicy AdmissionReview ([`validate::review`]), counting its outcome.
+fn validate_review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
+    let (answer, allowed) = validate::review(body)?;
+    let outcome = if allowed {
+        "policy_allowed"
+    } else {
+        "policy_refused"
+    };
+    state
+        .metrics
+        .webhook_reviews
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+        .inc();
+    Ok(answer)
 }
 
 /// Serves the webhook over TLS on `listener` with certificates from `certs`.

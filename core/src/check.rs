@@ -8,8 +8,10 @@
 
 use http::HeaderName;
 
+use crate::claim_headers::{MAX_CLAIM_HEADERS, is_claim_path};
 use crate::config::{
-    FeedConfig, IssuerConfig, KeySource, RateLimitConfig, SidecarConfig, TrustedIssuer,
+    FeedConfig, HeadersConfig, IssuerConfig, KeySource, RateLimitConfig, SidecarConfig,
+    TrustedIssuer,
 };
 use crate::jose::keys::{Alg, KeyEntry, KeyError};
 use crate::path::{Pattern, PatternError};
@@ -70,6 +72,19 @@ pub enum CheckError {
     /// A trusted-proxy CIDR does not parse.
     #[error("trustedProxies: a CIDR does not parse")]
     TrustedProxies(#[from] crate::cidr::CidrError),
+    /// More claim headers than [`MAX_CLAIM_HEADERS`].
+    #[error("headers.claims: {0} headers, at most {MAX_CLAIM_HEADERS}")]
+    ClaimHeaders(usize),
+    /// A claim header that another identity or claim header already is, in some spelling.
+    #[error(
+        "headers.claims: {0:?} is another identity or claim header in a spelling the app may read as the same"
+    )]
+    ClaimHeaderTaken(String),
+    /// Not a claim path.
+    #[error(
+        "headers.claims: {0:?} is not a claim path (names of letters, digits, _, : and -, joined by dots)"
+    )]
+    ClaimPath(String),
     /// An identity header name is invalid or reserved.
     #[error("headers: {0:?} is not a usable header name")]
     HeaderName(String),
@@ -163,6 +178,7 @@ pub fn document(config: &SidecarConfig) -> Result<(), CheckError> {
     for path in &headers.no_store_paths {
         Pattern::parse(path).map_err(CheckError::NoStorePath)?;
     }
+    claim_headers(headers)?;
     if let Some(role) = &config.issuer {
         issuer(role)?;
     }
@@ -272,6 +288,34 @@ pub fn rate_limit(config: &RateLimitConfig) -> Result<Matcher, RateLimitError> {
             source,
         }
     })
+}
+
+/// `headers.claims`: at most [`MAX_CLAIM_HEADERS`] usable header names, none another
+/// identity header in any spelling the app may fold to it, each naming a claim path.
+fn claim_headers(headers: &HeadersConfig) -> Result<(), CheckError> {
+    if headers.claims.len() > MAX_CLAIM_HEADERS {
+        return Err(CheckError::ClaimHeaders(headers.claims.len()));
+    }
+    let folded = |name: &str| name.to_ascii_lowercase().replace('_', "-");
+    let identity = [
+        &headers.subject_header,
+        &headers.scopes_header,
+        &headers.client_id_header,
+    ]
+    .map(|name| folded(name));
+    let mut seen = Vec::new();
+    for (name, path) in &headers.claims {
+        header_name(name)?;
+        let name_folded = folded(name);
+        if identity.contains(&name_folded) || seen.contains(&name_folded) {
+            return Err(CheckError::ClaimHeaderTaken(name.clone()));
+        }
+        seen.push(name_folded);
+        if !is_claim_path(path) {
+            return Err(CheckError::ClaimPath(path.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// An identity header name: a valid, lower-case header name that is not reserved.
@@ -456,6 +500,36 @@ mod tests {
                         Some(TrustedProxiesConfig::Cidrs(vec!["10.0.0.0/33".into()]))
                 },
                 "trustedProxies: a CIDR does not parse: \"10.0.0.0/33\" is not a CIDR block (address/prefix)",
+            ),
+            (
+                |c| {
+                    c.headers
+                        .claims
+                        .insert("X_Auth_Subject".into(), "email".into());
+                },
+                "headers: \"X_Auth_Subject\" is not a usable header name",
+            ),
+            (
+                |c| {
+                    c.headers
+                        .claims
+                        .insert("x-auth_subject".into(), "email".into());
+                },
+                "headers.claims: \"x-auth_subject\" is another identity or claim header in a spelling the app may read as the same",
+            ),
+            (
+                |c| {
+                    c.headers.claims.insert("x-tenant".into(), "org..id".into());
+                },
+                "headers.claims: \"org..id\" is not a claim path (names of letters, digits, _, : and -, joined by dots)",
+            ),
+            (
+                |c| {
+                    for i in 0..17 {
+                        c.headers.claims.insert(format!("x-c{i}"), "email".into());
+                    }
+                },
+                "headers.claims: 17 headers, at most 16",
             ),
             (
                 |c| c.ca_bundle_pem = Some("not pem".into()),

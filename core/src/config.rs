@@ -335,6 +335,9 @@ pub struct HeadersConfig {
     pub scopes_header: String,
     /// Header carrying the client_id to the app.
     pub client_id_header: String,
+    /// Claims carried to the app: header name → claim path ([`crate::claim_headers`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
 }
 
 impl Default for HeadersConfig {
@@ -346,6 +349,7 @@ impl Default for HeadersConfig {
             subject_header: "x-auth-subject".into(),
             scopes_header: "x-auth-scopes".into(),
             client_id_header: "x-auth-client-id".into(),
+            claims: BTreeMap::new(),
         }
     }
 }

@@ -11,6 +11,7 @@
 pub mod answer;
 pub mod check;
 pub mod cidr;
+pub mod claim_headers;
 pub mod clients;
 pub mod condition;
 pub mod config;

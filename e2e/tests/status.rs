@@ -439,7 +439,10 @@ async fn a_when_condition_is_rendered_or_refused_at_apply_with_the_compilers_wor
     // compiler's objection; the policy in force and its config stay as they were.
     let bad = with_when(r#"claims.groups.exists(g, g.lowerAscii() == "admins")"#);
     let refused = apply_yaml::<AuthPolicy>(&client, n, &bad).await;
-    let refused = format!("{:#}", refused.expect_err("a condition that does not compile"));
+    let refused = format!(
+        "{:#}",
+        refused.expect_err("a condition that does not compile")
+    );
     assert!(
         refused.contains("spec.rules[1] (tenant).when: function \"lowerAscii\" is not available"),
         "{refused}"
@@ -447,7 +450,10 @@ async fn a_when_condition_is_rendered_or_refused_at_apply_with_the_compilers_wor
     let object = wait_for::<AuthPolicy>(&client, n, "orders", "True", "Rendered")
         .await
         .unwrap();
-    assert_eq!(object["spec"]["rules"][1]["when"], r#""admins" in claims.groups"#);
+    assert_eq!(
+        object["spec"]["rules"][1]["when"],
+        r#""admins" in claims.groups"#
+    );
     assert_eq!(
         config_map_text(&client, n, "orders-sidecar", "config.json")
             .await

@@ -227,7 +227,10 @@ async fn the_chart_lints_and_every_rendered_object_is_accepted_by_the_api_server
         assert!(text.contains("name: scopegate-validator\n"), "{text}");
         let text = text
             .replace("name: scopegate-injector\n", "name: chartcheck-injector\n")
-            .replace("name: scopegate-validator\n", "name: chartcheck-validator\n");
+            .replace(
+                "name: scopegate-validator\n",
+                "name: chartcheck-validator\n",
+            );
         std::fs::write(&path, text).unwrap();
         let applied = plane.kubectl(&[
             "apply",

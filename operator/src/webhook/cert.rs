@@ -195,7 +195,11 @@ async fn keep_one_ca_bundle(
     ));
     let configurations: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
     let Some(configuration) = configurations.get_opt(name).await? else {
-        tracing::warn!(kind, name, "webhook configuration not found; its caBundle is not kept");
+        tracing::warn!(
+            kind,
+            name,
+            "webhook configuration not found; its caBundle is not kept"
+        );
         return Ok(());
     };
     let current = configuration.data["webhooks"]

@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use scopegate_core::claim_headers;
 use scopegate_core::condition::RequestFacts;
 use scopegate_core::config::UpstreamProtocol;
 use scopegate_core::decision::{self, Step};
@@ -98,6 +99,14 @@ pub async fn handle(
         Err(refusal) => return refuse(&shared, &settings, refusal),
     };
     let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
+    let claims = match claim_headers(&settings.headers, identity.as_deref()) {
+        Ok(claims) => claims,
+        Err(refusal) => return refuse(&shared, &settings, refusal),
+    };
+    let app_identity = AppIdentity {
+        token: identity.as_deref(),
+        claims,
+    };
 
     let upgrade =
         headers::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -108,7 +117,7 @@ pub async fn handle(
         conn,
         req,
         path.forward(),
-        identity.as_deref(),
+        &app_identity,
         upgrade,
     )
     .await;
@@ -461,7 +470,7 @@ async fn forward(
     conn: Connection,
     req: Request<Incoming>,
     path: &str,
-    identity: Option<&VerifiedToken>,
+    identity: &AppIdentity<'_>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let upstream = &settings.upstream;
@@ -523,7 +532,7 @@ fn rewrite_for_app(
     conn: Connection,
     parts: &mut http::request::Parts,
     path: &str,
-    identity: Option<&VerifiedToken>,
+    identity: &AppIdentity<'_>,
     upgrading: bool,
 ) -> Result<(), Refusal> {
     let upstream = &settings.upstream;
@@ -570,22 +579,62 @@ fn rewrite_for_app(
     Ok(())
 }
 
-/// Removes every spelling of the identity headers the client sent, then sets them from the
-/// verified token, if there is one.
+/// What the app is told about the caller: the verified token, and its claim headers.
+struct AppIdentity<'a> {
+    token: Option<&'a VerifiedToken>,
+    claims: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// The claim headers (`headers.claims`) of a verified token. A claim a header cannot carry
+/// unchanged refuses the request (401 invalid_token) rather than forward a partial identity.
+fn claim_headers(
+    names: &HeaderSettings,
+    token: Option<&VerifiedToken>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
+    let Some(token) = token.filter(|_| !names.claims.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    // The settings keep claims whenever claim headers are configured; a token cached before
+    // a reload added them is refused rather than forwarded without them.
+    let claims = token.claims.as_deref().ok_or(Refusal::InvalidToken)?;
+    let mut values = Vec::with_capacity(names.claims.len());
+    for (name, path) in &names.claims {
+        match claim_headers::header_value(claims, path) {
+            Ok(None) => {}
+            Ok(Some(text)) => {
+                // No control character is left: every other byte is a valid header byte.
+                let value =
+                    HeaderValue::from_bytes(text.as_bytes()).map_err(|_| Refusal::InvalidToken)?;
+                values.push((name.clone(), value));
+            }
+            Err(err) => {
+                tracing::info!(header = %name, reason = %err, "a claim cannot be passed as a header");
+                return Err(Refusal::InvalidToken);
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// Removes every spelling of the identity and claim headers the client sent, then sets them
+/// from the verified token, if there is one.
 fn set_identity_headers(
     headers: &mut http::HeaderMap,
     names: &HeaderSettings,
-    identity: Option<&VerifiedToken>,
+    identity: &AppIdentity<'_>,
 ) {
-    let spoofed =
-        headers::strip_spoofable(headers, &[&names.subject, &names.scopes, &names.client_id]);
+    let from_token: Vec<&HeaderName> = names.from_token.iter().collect();
+    let spoofed = headers::strip_spoofable(headers, &from_token);
     if spoofed > 0 {
         tracing::debug!(
             headers = spoofed,
             "removed headers the app could take for ours"
         );
     }
-    if let Some(token) = identity {
+    for (name, value) in &identity.claims {
+        headers.insert(name.clone(), value.clone());
+    }
+    if let Some(token) = identity.token {
         let values = [
             (&names.subject, token.sub.as_deref()),
             (&names.scopes, Some(token.scope.as_str())),

@@ -103,6 +103,11 @@ pub struct HeaderSettings {
     pub scopes: HeaderName,
     /// Client id header to the app.
     pub client_id: HeaderName,
+    /// Claim headers to the app: each name, with the claim's path split at its dots.
+    pub claims: Vec<(HeaderName, Vec<String>)>,
+    /// Every header the sidecar sets from the token (identity and claims): incoming copies,
+    /// in every spelling, are removed.
+    pub from_token: Vec<HeaderName>,
 }
 
 /// The app behind the sidecar.
@@ -209,7 +214,7 @@ pub fn compile(
     let headers = compile_headers(&config, input.tls)?;
     // The leeway in force is capped at MAX_LEEWAY_SECS (TokenRules::from_config).
     let token_rules = TokenRules {
-        keep_claims: policy.has_conditions(),
+        keep_claims: policy.has_conditions() || !headers.claims.is_empty(),
         ..TokenRules::from_config(verify)
     };
     let upstream = upstream(&config);
@@ -380,6 +385,16 @@ pub fn leeway_secs(configured: u64) -> i64 {
 fn compile_headers(config: &SidecarConfig, tls: bool) -> Result<HeaderSettings, SettingsError> {
     let h = &config.headers;
     let name = check::header_name;
+    let claims = h
+        .claims
+        .iter()
+        .map(|(header, path)| Ok((name(header)?, path.split('.').map(str::to_owned).collect())))
+        .collect::<Result<Vec<_>, CheckError>>()?;
+    let from_token = [&h.subject_header, &h.scopes_header, &h.client_id_header]
+        .into_iter()
+        .chain(h.claims.keys())
+        .map(|header| name(header))
+        .collect::<Result<_, _>>()?;
     Ok(HeaderSettings {
         security: h.security_headers,
         hsts: match h.hsts {
@@ -396,6 +411,8 @@ fn compile_headers(config: &SidecarConfig, tls: bool) -> Result<HeaderSettings, 
         subject: name(&h.subject_header)?,
         scopes: name(&h.scopes_header)?,
         client_id: name(&h.client_id_header)?,
+        claims,
+        from_token,
     })
 }
 

@@ -1,6 +1,8 @@
 //! The traffic around the app: its port, the sidecar's listener, the proxies in front,
 //! and the headers on the way in and out.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +123,36 @@ pub struct Headers {
     /// any incoming copies first.
     #[serde(default)]
     pub identity: IdentityHeaders,
+    /// Claims of the verified token passed to the app, as header name (lower case) → claim: a
+    /// top-level claim or a dotted path into nested objects. Example: {x-user-email: email,
+    /// x-tenant: org.id, x-roles: realm_access.roles}. Strings are sent as they are, other
+    /// JSON values as compact JSON; an absent claim sends no header. A claim a header cannot
+    /// carry unchanged (a control character such as CR, LF or NUL, or more than 4096 bytes)
+    /// refuses the request with 401 invalid_token rather than forward a partial identity.
+    /// Incoming copies of these headers, in any case and with _ for -, are removed first. A
+    /// name may not be an identity header's, nor authorization, host, cookie and the other
+    /// headers the sidecar owns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "claim_headers")]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// `headers.claims`: lower-case header names to claim paths.
+fn claim_headers(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 256,
+            "pattern": r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$",
+        },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, k.matches('^[a-z0-9-]{1,64}$'))",
+            "message": "claim header names are lower-case letters, digits and - (at most 64 characters)",
+        }],
+    })
 }
 
 pub(super) fn default_true() -> bool {
@@ -140,6 +172,7 @@ impl Default for Headers {
             hsts: Hsts::default(),
             no_store_paths: Vec::new(),
             identity: IdentityHeaders::default(),
+            claims: BTreeMap::new(),
         }
     }
 }

@@ -293,6 +293,7 @@ fn headers(spec: &AuthPolicySpec) -> HeadersConfig {
         subject_header: spec.headers.identity.subject.to_ascii_lowercase(),
         scopes_header: spec.headers.identity.scopes.to_ascii_lowercase(),
         client_id_header: spec.headers.identity.client_id.to_ascii_lowercase(),
+        claims: spec.headers.claims.clone(),
     }
 }
 

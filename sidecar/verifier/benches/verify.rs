@@ -1,7 +1,8 @@
 //! Token validation cost: the raw signature verification aws-lc-rs does, against the
 //! sidecar's full validation (parse, strict JSON, key lookup, signature, claims) and the
 //! verified-token cache hit. Targets (BENCHMARKS.md): full ≤ 1.2× raw for ES256, RS256 and
-//! EdDSA; HS256 full ≤ 2 µs; cache hit ≤ 1 µs.
+//! EdDSA; HS256 full ≤ 2 µs; cache hit ≤ 1 µs; a typical `when` condition adds ≤ 2 µs to a
+//! cache hit.
 
 #![allow(clippy::unwrap_used)] // bench set-up: a panic is the failure report
 
@@ -16,6 +17,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey};
 use aws_lc_rs::{hmac, rsa};
 use criterion::{Criterion, criterion_group, criterion_main};
+use scopegate_core::condition::RequestFacts;
 use scopegate_core::config::{DefaultAction, RouteRule, RuleAction};
 use scopegate_core::jose::b64;
 use scopegate_core::jose::jws::KeyMap;
@@ -44,13 +46,21 @@ struct Case {
 }
 
 fn token(case: &Case) -> String {
+    token_with(case, json!({}))
+}
+
+/// A token of `case` with `extra` claims besides the usual ones.
+fn token_with(case: &Case, extra: serde_json::Value) -> String {
     let now = scopegate_sidecar_kit::unix_now();
     let header = json!({"alg": case.alg, "kid": "k1", "typ": "at+jwt"});
-    let claims = json!({
+    let mut claims = json!({
         "iss": ISSUER, "sub": "user-1234567890", "aud": "orders", "exp": now + 3600,
         "iat": now, "nbf": now, "jti": "5f0c2a4e-8d6b-4b7e-9a51-0c7d1f3e2b11",
         "client_id": "storefront-web", "scope": "read:items write:items read:orders"
     });
+    for (name, value) in extra.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
     let input = format!(
         "{}.{}",
         b64::encode(header.to_string().as_bytes()),
@@ -138,13 +148,19 @@ fn cases() -> Vec<Case> {
 
 /// A compiled sidecar state trusting one ES256 key, for the cache-hit path.
 fn shared_with(jwk: &serde_json::Value) -> Arc<Shared> {
+    shared_with_rules(jwk, json!([]))
+}
+
+/// [`shared_with`], with route `rules`.
+fn shared_with_rules(jwk: &serde_json::Value, rules: serde_json::Value) -> Arc<Shared> {
     let config = json!({
         "apiVersion": "sidecar.scopegate.dev/v1",
         "policy": {"namespace": "bench", "name": "bench", "generation": 1},
         "listen": {"port": 0},
         "upstream": {"port": 1},
         "verify": {"issuers": [{"issuer": ISSUER, "keys": {"type": "static", "jwks": {"keys": [jwk]}}}],
-            "audiences": ["orders"], "leewaySecs": 30}
+            "audiences": ["orders"], "leewaySecs": 30},
+        "rules": rules
     });
     let text = config.to_string();
     let input = CompileInput {
@@ -297,11 +313,61 @@ fn bench_request_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// A typical `when` condition: group membership and a tenant claim against the path.
+const WHEN: &str =
+    r#""admins" in claims.groups && request.path.startsWith("/tenants/" + claims.tenant + "/")"#;
+
+/// What a `when` condition adds to a cache-hit decision (BENCHMARKS.md: at most 2 µs).
+fn bench_condition(c: &mut Criterion) {
+    let Some(case) = cases().into_iter().find(|c| c.name == "ES256") else {
+        panic!("no ES256 case");
+    };
+    let token = token_with(
+        &case,
+        json!({"groups": ["staff", "billing", "admins"], "tenant": "acme"}),
+    );
+    let rules = json!([{"name": "tenant", "paths": ["/tenants/**"],
+        "action": {"type": "authenticated"}, "when": WHEN}]);
+    let shared = shared_with_rules(&case.jwk, rules);
+    let settings = shared.settings.load_full();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let verify = || {
+        ready(scopegate_verifier::proxy::verify(
+            &shared,
+            &settings,
+            black_box(&token),
+        ))
+    };
+    verify().unwrap();
+    let condition = settings.policy.condition(Some(0)).unwrap();
+    let headers = http::HeaderMap::new();
+    let facts = RequestFacts {
+        method: "GET",
+        path: "/tenants/acme/orders/7",
+        headers: &headers,
+        source: Some("10.1.2.3".parse().unwrap()),
+    };
+    let mut group = c.benchmark_group("condition");
+    group.bench_function("cache_hit", |b| b.iter(|| verify().unwrap()));
+    group.bench_function("cache_hit_and_condition", |b| {
+        b.iter(|| {
+            let verified = verify().unwrap();
+            let claims = verified.claims.as_deref().unwrap();
+            assert!(condition.evaluate(claims, black_box(&facts)).unwrap());
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = bench, bench_request_path
+    targets = bench, bench_request_path, bench_condition
 }
 criterion_main!(benches);

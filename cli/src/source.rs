@@ -278,6 +278,7 @@ async fn issuer_keys(
             return Some(IssuerKeys {
                 keys: Arc::new(static_keys(name, jwks, notes)),
                 allow_jwt_typ: false,
+                scopes: None,
             });
         }
         (KeySource::OwnSigningKeys, None) => {
@@ -309,9 +310,14 @@ async fn issuer_keys(
             }
         },
     };
+    let scopes = match &trusted.keys {
+        KeySource::Remote { scopes, .. } => scopes.clone().map(Arc::new),
+        _ => None,
+    };
     Some(IssuerKeys {
         keys: Arc::new(keys),
         allow_jwt_typ,
+        scopes,
     })
 }
 

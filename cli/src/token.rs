@@ -185,6 +185,7 @@ async fn verify_with_jwks(
     let keys = IssuerKeys {
         keys: Arc::new(keys),
         allow_jwt_typ: args.allow_jwt_typ,
+        scopes: None,
     };
     let result = token::validate(
         token,

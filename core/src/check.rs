@@ -10,7 +10,7 @@ use http::HeaderName;
 
 use crate::claim_headers::{MAX_CLAIM_HEADERS, is_claim_path};
 use crate::config::{
-    FeedConfig, HeadersConfig, IssuerConfig, KeySource, RateLimitConfig, SidecarConfig,
+    FeedConfig, HeadersConfig, IssuerConfig, KeySource, RateLimitConfig, ScopeClaim, SidecarConfig,
     TrustedIssuer,
 };
 use crate::jose::keys::{Alg, KeyEntry, KeyError};
@@ -63,6 +63,11 @@ pub enum CheckError {
         "issuer {0:?}: jwksUri must be https, algorithms known asymmetric ones, refreshIntervalSecs positive"
     )]
     Remote(String),
+    /// An issuer's `scopes` names no claim path, or a prefix that is not visible text.
+    #[error(
+        "issuer {0:?}: scopes.claim must be a claim path and scopes.prefix 1 to 64 visible characters"
+    )]
+    ScopeClaim(String),
     /// The CA bundle holds no certificate.
     #[error("caBundlePem holds no valid PEM certificate")]
     CaBundle,
@@ -220,14 +225,28 @@ fn trusted_issuers(issuers: &[TrustedIssuer]) -> Result<Vec<&str>, CheckError> {
                 jwks_uri,
                 algorithms,
                 refresh_interval_secs,
+                scopes,
                 ..
             } => {
                 remote_algorithms(jwks_uri, algorithms, *refresh_interval_secs)
                     .ok_or_else(|| CheckError::Remote(name.to_owned()))?;
+                if let Some(scopes) = scopes
+                    && !scope_claim(scopes)
+                {
+                    return Err(CheckError::ScopeClaim(name.to_owned()));
+                }
             }
         }
     }
     Ok(seen)
+}
+
+/// Whether an issuer's scope claim names a claim path and a prefix of visible characters.
+fn scope_claim(scopes: &ScopeClaim) -> bool {
+    is_claim_path(&scopes.claim)
+        && scopes.prefix.as_deref().is_none_or(|prefix| {
+            (1..=64).contains(&prefix.len()) && prefix.bytes().all(|b| b.is_ascii_graphic())
+        })
 }
 
 /// Whether a PEM bundle holds at least one certificate block.

@@ -45,6 +45,21 @@ pub fn header_value(claims: &Claims, path: &[String]) -> Result<Option<String>, 
     for name in names {
         value = value.and_then(|v| v.get(name));
     }
+    render(value)
+}
+
+/// The claim at a dotted `path`, if present.
+pub fn claim_at<'a>(claims: &'a Claims, path: &str) -> Option<&'a serde_json::Value> {
+    let mut names = path.split('.');
+    let mut value = claims.get(names.next()?);
+    for name in names {
+        value = value?.get(name);
+    }
+    value
+}
+
+/// A claim's header value: see [`header_value`].
+fn render(value: Option<&serde_json::Value>) -> Result<Option<String>, ClaimValueError> {
     let text = match value {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::String(text)) => text.clone(),

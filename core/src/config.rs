@@ -196,7 +196,24 @@ pub enum KeySource {
         /// a private CA). The operator's CA is never trusted here.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ca_bundle_pem: Option<String>,
+        /// Where this issuer's tokens carry their scopes; `None`: the `scope` claim (RFC 9068).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scopes: Option<ScopeClaim>,
     },
+}
+
+/// Where an issuer's tokens carry their scopes, when not in RFC 9068's `scope` string: a
+/// claim (`scp`, or a dotted path such as `realm_access.roles`) holding a space-separated
+/// string or a list of strings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeClaim {
+    /// The claim's dotted path.
+    pub claim: String,
+    /// Only values starting with this count, with it removed (`orders:` turns the role
+    /// `orders:read` into the scope `read`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// A route rule.

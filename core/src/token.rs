@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
+use crate::claim_headers::claim_at;
+use crate::config::ScopeClaim;
 use crate::names::is_identity_value;
 use crate::policy::{MalformedScope, check_scope_claim};
+use crate::scope::is_scope_token;
 
 use crate::jose::json::{self, JsonError};
 use crate::jose::jws::{self, JwsError, KeyMap, Typ};
@@ -48,6 +51,8 @@ pub struct IssuerKeys {
     pub keys: Arc<KeyMap>,
     /// Whether `typ: JWT` (or no `typ`) is accepted besides `at+jwt`.
     pub allow_jwt_typ: bool,
+    /// Where the issuer's tokens carry their scopes; `None`: the `scope` claim.
+    pub scopes: Option<Arc<ScopeClaim>>,
 }
 
 /// A token that passed validation: what the proxy needs afterwards.
@@ -112,6 +117,9 @@ pub enum TokenError {
     /// `scope` is not a space-separated list of scope tokens.
     #[error(transparent)]
     Scope(#[from] MalformedScope),
+    /// The issuer's scope claim is neither a string nor a list of strings.
+    #[error("the scope claim is neither a string nor a list of strings")]
+    ScopeClaimType,
     /// Revoked by a client cut-off, a jti revocation or a subject cut-off.
     #[error("revoked ({0})")]
     Revoked(&'static str),
@@ -178,8 +186,24 @@ pub fn validate(
     {
         return Err(TokenError::IssuedInFuture);
     }
-    let scope = claims.scope.unwrap_or_default();
-    check_scope_claim(&scope)?;
+    let keep = rules.keep_claims || trusted.scopes.is_some();
+    let all_claims = if keep {
+        // parse_claims refused a member name spelled twice at any depth: a condition, a
+        // claim header and the app cannot read different copies.
+        let all: Claims = serde_json::from_slice(compact.payload())
+            .map_err(|_| TokenError::Claims(JsonError::Malformed))?;
+        Some(Arc::new(all))
+    } else {
+        None
+    };
+    let scope = match (&trusted.scopes, &all_claims) {
+        (Some(source), Some(all)) => scopes_from_claim(all, source)?,
+        _ => {
+            let scope = claims.scope.unwrap_or_default();
+            check_scope_claim(&scope)?;
+            scope
+        }
+    };
     // The app learns who called from headers: an identity a header would change is refused
     // rather than forwarded without it, or as someone else.
     for (name, value) in [("sub", &claims.sub), ("client_id", &claims.client_id)] {
@@ -187,15 +211,6 @@ pub fn validate(
             return Err(TokenError::Identity(name));
         }
     }
-    let all_claims = if rules.keep_claims {
-        // parse_claims refused a member name spelled twice at any depth: a condition and the
-        // app cannot read different copies.
-        let all: Claims = serde_json::from_slice(compact.payload())
-            .map_err(|_| TokenError::Claims(JsonError::Malformed))?;
-        Some(Arc::new(all))
-    } else {
-        None
-    };
     Ok(VerifiedToken {
         iss,
         sub: claims.sub,
@@ -204,8 +219,36 @@ pub fn validate(
         exp,
         iat: claims.iat,
         jti: claims.jti,
-        claims: all_claims,
+        claims: all_claims.filter(|_| rules.keep_claims),
     })
+}
+
+/// The scopes of a token whose issuer carries them in another claim: the claim's values
+/// (a space-separated string, or a list of strings), only those starting with the prefix
+/// (removed), only scope tokens, each once, space-separated. An absent claim grants nothing;
+/// a claim of another type refuses the token.
+pub fn scopes_from_claim(claims: &Claims, source: &ScopeClaim) -> Result<String, TokenError> {
+    let values: Vec<&str> = match claim_at(claims, &source.claim) {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(text)) => text.split(' ').collect(),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|item| item.as_str().ok_or(TokenError::ScopeClaimType))
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(TokenError::ScopeClaimType),
+    };
+    let prefix = source.prefix.as_deref().unwrap_or("");
+    let mut scopes: Vec<&str> = Vec::new();
+    for value in values {
+        let Some(scope) = value.strip_prefix(prefix) else {
+            continue;
+        };
+        // A role that is no scope token can satisfy no rule: left out, not refused.
+        if is_scope_token(scope) && !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    Ok(scopes.join(" "))
 }
 
 #[cfg(test)]
@@ -247,6 +290,7 @@ mod tests {
                 KeyEntry::hs256("k", &SECRET).unwrap(),
             )])),
             allow_jwt_typ: false,
+            scopes: None,
         };
         let rules = TokenRules {
             audiences: vec!["a".into()],
@@ -347,6 +391,7 @@ mod tests {
                 KeyEntry::hs256("k", &SECRET).unwrap(),
             )])),
             allow_jwt_typ: false,
+            scopes: None,
         };
         let rules = TokenRules {
             audiences: vec!["a".into()],
@@ -375,5 +420,38 @@ mod tests {
         );
         // Without conditions nothing is kept.
         assert!(check(0, &claims(|_| {})).unwrap().claims.is_none());
+    }
+
+    #[test]
+    fn scopes_come_from_strings_or_lists_filtered_by_prefix() {
+        let claims: Claims = json!({
+            "scp": "read write  read",
+            "okta": ["read", "write"],
+            "realm_access": {"roles": ["offline_access", "shop:read", "shop:a b", "billing:x"]},
+            "number": 7,
+            "mixed": ["read", 1],
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        let from = |claim: &str, prefix: Option<&str>| {
+            let source = ScopeClaim {
+                claim: claim.into(),
+                prefix: prefix.map(str::to_owned),
+            };
+            scopes_from_claim(&claims, &source)
+        };
+        assert_eq!(from("scp", None), Ok("read write".into()));
+        assert_eq!(from("okta", None), Ok("read write".into()));
+        assert_eq!(from("realm_access.roles", Some("shop:")), Ok("read".into()));
+        assert_eq!(
+            from("realm_access.roles", None),
+            Ok("offline_access shop:read billing:x".into())
+        );
+        assert_eq!(from("absent", None), Ok(String::new()));
+        assert_eq!(from("realm_access.missing", None), Ok(String::new()));
+        assert_eq!(from("number", None), Err(TokenError::ScopeClaimType));
+        assert_eq!(from("mixed", None), Err(TokenError::ScopeClaimType));
+        assert_eq!(from("realm_access", None), Err(TokenError::ScopeClaimType));
     }
 }

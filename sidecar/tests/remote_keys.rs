@@ -225,3 +225,64 @@ async fn an_impostor_with_an_operator_ca_certificate_gets_no_key_in() {
     );
     sidecar.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_in_another_claim_are_the_scopes_rules_check() {
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (key, _) = SigningKey::es256();
+    let idp = idp(json!([key.jwk("k1", None)])).await;
+    let dir = TempDir::new();
+    let mut config = remote_config(upstream.addr.port(), &idp, 3600);
+    config["verify"]["issuers"][0]["keys"]["scopes"] =
+        json!({"claim": "realm_access.roles", "prefix": "shop:"});
+    let sidecar = start_sidecar(&dir, &config).await;
+    ready(sidecar.admin_addr()).await;
+    let addr = sidecar.proxy_addr();
+    // Keycloak-shaped: the scope claim says openid, the realm roles say what the user may do.
+    let token = |roles: Value| {
+        let mut claims = claims("openid read:items admin");
+        claims["realm_access"] = json!({ "roles": roles });
+        mint(&key, &header("ES256", "k1"), &claims)
+    };
+    let reader = token(json!([
+        "offline_access",
+        "shop:read:items",
+        "billing:admin"
+    ]));
+    let r = get_with_token(addr, "/items/1", &reader).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        upstream.last().unwrap().headers["x-auth-scopes"],
+        "read:items"
+    );
+    // The scope claim no longer counts, and a role of another prefix grants nothing.
+    assert_eq!(get_with_token(addr, "/admin/x", &reader).await.status, 403);
+    let admin = token(json!(["shop:admin", "shop:admin", "shop:not a scope"]));
+    assert_eq!(get_with_token(addr, "/admin/x", &admin).await.status, 200);
+    assert_eq!(upstream.last().unwrap().headers["x-auth-scopes"], "admin");
+    // No roles claim: a valid token with no scopes. Roles of another type: not a valid token.
+    let mut bare = claims("read:items");
+    bare.as_object_mut().unwrap().remove("realm_access");
+    let bare = mint(&key, &header("ES256", "k1"), &bare);
+    assert_eq!(get_with_token(addr, "/items/1", &bare).await.status, 403);
+    assert_eq!(get_with_token(addr, "/me", &bare).await.status, 200);
+    for confused in [
+        json!("shop:read:items"),
+        json!({"shop:read:items": true}),
+        json!([1, 2]),
+    ] {
+        let r = get_with_token(addr, "/items/1", &token(confused.clone())).await;
+        if confused.is_string() {
+            // A space-separated string is accepted as IdPs send scp.
+            assert_eq!(r.status, 200, "{confused}");
+        } else {
+            assert_eq!(r.status, 401, "{confused}");
+            assert!(
+                r.header("www-authenticate")
+                    .unwrap()
+                    .contains("invalid_token")
+            );
+        }
+    }
+    sidecar.shutdown().await;
+}

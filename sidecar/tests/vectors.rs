@@ -277,6 +277,7 @@ fn validator_keys() -> (support::SigningKey, IssuerKeys) {
     let keys = IssuerKeys {
         keys: Arc::new(keys_of(entry)),
         allow_jwt_typ: false,
+        scopes: None,
     };
     (key, keys)
 }

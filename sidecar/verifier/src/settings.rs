@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use scopegate_core::check::{self, CheckError};
 use scopegate_core::config::{
-    ConfigError, Hsts, KeySource, SidecarConfig, TrustedIssuer, UpstreamProtocol,
+    ConfigError, Hsts, KeySource, ScopeClaim, SidecarConfig, TrustedIssuer, UpstreamProtocol,
 };
 use scopegate_core::keys::SigningKeys;
 use scopegate_core::path::Pattern;
@@ -72,6 +72,8 @@ pub enum IssuerSource {
         set: Arc<RemoteKeySet>,
         /// Whether `typ: JWT` is accepted.
         allow_jwt_typ: bool,
+        /// Where its tokens carry their scopes.
+        scopes: Option<Arc<ScopeClaim>>,
     },
 }
 
@@ -80,9 +82,14 @@ impl IssuerSource {
     pub fn keys(&self) -> IssuerKeys {
         match self {
             IssuerSource::Fixed(keys) => keys.clone(),
-            IssuerSource::Remote { set, allow_jwt_typ } => IssuerKeys {
+            IssuerSource::Remote {
+                set,
+                allow_jwt_typ,
+                scopes,
+            } => IssuerKeys {
                 keys: set.keys(),
                 allow_jwt_typ: *allow_jwt_typ,
+                scopes: scopes.clone(),
             },
         }
     }
@@ -269,6 +276,7 @@ fn issuer_source(
             IssuerSource::Fixed(IssuerKeys {
                 keys: Arc::new(keep_loaded(&name, entries, skipped_keys)?),
                 allow_jwt_typ: false,
+                scopes: None,
             })
         }
         KeySource::OwnSigningKeys => {
@@ -280,6 +288,7 @@ fn issuer_source(
             refresh_interval_secs,
             allow_jwt_typ,
             ca_bundle_pem,
+            scopes,
         } => {
             let algs = check::remote_algorithms(jwks_uri, algorithms, *refresh_interval_secs)
                 .ok_or_else(|| CheckError::Remote(name.clone()))?;
@@ -293,6 +302,7 @@ fn issuer_source(
                     ca_bundle_pem: ca_bundle_pem.clone(),
                 }),
                 allow_jwt_typ: *allow_jwt_typ,
+                scopes: scopes.clone().map(Arc::new),
             }
         }
     })
@@ -343,6 +353,7 @@ fn own_signing_keys(
     Ok(IssuerSource::Fixed(IssuerKeys {
         keys: Arc::new(keep_loaded(name, entries, skipped_keys)?),
         allow_jwt_typ: false,
+        scopes: None,
     }))
 }
 

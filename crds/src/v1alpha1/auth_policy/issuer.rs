@@ -481,4 +481,35 @@ pub struct ExternalIssuer {
         }
     ]))]
     pub ca_bundle: Option<String>,
+    /// Where this issuer's tokens carry their scopes, when not in the RFC 9068 scope claim:
+    /// `{claim: scp}` (Entra ID, Okta), `{claim: realm_access.roles, prefix: "orders:"}`
+    /// (Keycloak roles). Unset: the scope claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<ExternalScopes>,
+}
+
+/// Where an external issuer's tokens carry their scopes. The claim may hold a space-separated
+/// string or a list of strings; values that are not RFC 6749 scope tokens (after the prefix
+/// is removed) grant nothing, and a claim of any other type refuses the token (401
+/// invalid_token). The result feeds rules' require and anyOf, and the scopes header, exactly
+/// as scope does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalScopes {
+    /// The claim: a top-level name (scp) or a dotted path into nested objects
+    /// (realm_access.roles, resource_access.orders.roles).
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
+    )]
+    pub claim: String,
+    /// Only values starting with this prefix count, with the prefix removed: with prefix
+    /// "orders:", the role orders:read grants the scope read and the role billing:read
+    /// grants nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[\x21\x23-\x5B\x5D-\x7E]+$")
+    )]
+    pub prefix: Option<String>,
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use scopegate_core::config::{
     self, CONFIG_API_VERSION, FeedConfig, HeadersConfig, IssuerConfig, KeySource, ListenConfig,
-    PolicyId, RateLimitConfig, RevocationConfig, RouteRule, RuleAction, SidecarConfig, TlsFiles,
-    TrustedIssuer, TrustedProxiesConfig, UpstreamConfig, VerifyConfig,
+    PolicyId, RateLimitConfig, RevocationConfig, RouteRule, RuleAction, ScopeClaim, SidecarConfig,
+    TlsFiles, TrustedIssuer, TrustedProxiesConfig, UpstreamConfig, VerifyConfig,
 };
 use scopegate_core::jwk::Jwks;
 use scopegate_crds::v1alpha1::{self as api, AuthPolicy, AuthPolicySpec};
@@ -186,6 +186,10 @@ fn trusted_issuers(
                 refresh_interval_secs: external.refresh_interval.get().map_or(300, |d| d.as_secs()),
                 allow_jwt_typ: external.allow_jwt_typ,
                 ca_bundle_pem: external.ca_bundle.clone(),
+                scopes: external.scopes.as_ref().map(|s| ScopeClaim {
+                    claim: s.claim.clone(),
+                    prefix: s.prefix.clone(),
+                }),
             };
             (
                 vec![TrustedIssuer {

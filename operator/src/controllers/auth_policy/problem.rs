@@ -40,8 +40,8 @@ pub enum Problem {
     /// Audiences this policy lists that another namespace owns: (audience, why) pairs. They
     /// are left out of its sidecar config and no client gets tokens for them through it.
     AudienceConflict(Vec<(String, String)>),
-    /// `issuer.external.caBundle` holds no usable certificate.
-    ExternalCaBundleInvalid,
+    /// An outside issuer's caBundle (the field named) holds no usable certificate.
+    ExternalCaBundleInvalid(String),
     /// Neither a NetworkPolicy nor the port lock keeps the app's port out of reach: (app
     /// port, sidecar port).
     InboundUnprotected(i32, i32),
@@ -83,7 +83,7 @@ impl Problem {
             Problem::InvalidServiceName(_) => "InvalidServiceName",
             Problem::PolicyRefNotAllowed(..) => "PolicyRefNotAllowed",
             Problem::AudienceConflict(_) => "AudienceConflict",
-            Problem::ExternalCaBundleInvalid => "CaBundleInvalid",
+            Problem::ExternalCaBundleInvalid(_) => "CaBundleInvalid",
             Problem::InboundUnprotected(..) => "InboundUnprotected",
             Problem::ConfigRefused(_) => "InvalidConfig",
             Problem::SecretNotFound(..) => "SecretNotFound",
@@ -211,9 +211,9 @@ impl std::fmt::Display for Problem {
                 f,
                 "inbound.networkPolicy is off and inbound.portLock is not set: any pod of the cluster can reach the app's port {app} directly, around the sidecar (port {sidecar}); turn either on"
             ),
-            Problem::ExternalCaBundleInvalid => write!(
+            Problem::ExternalCaBundleInvalid(field) => write!(
                 f,
-                "issuer.external.caBundle holds a PEM block that is not a usable certificate: the sidecars cannot fetch the JWKS, so no token of this issuer is accepted"
+                "{field} holds a PEM block that is not a usable certificate: the sidecars cannot fetch the JWKS, so no token of this issuer is accepted"
             ),
             Problem::RotationDeferred(n) => write!(
                 f,

@@ -122,18 +122,26 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         policy_ref(policy, reference, ctx, &namespace, &mut observation)
     } else if let Some(external) = &spec.issuer.external {
         observation.mode = "External";
-        if external
-            .ca_bundle
-            .as_deref()
-            .is_some_and(|pem| !render::ca_bundle_valid(pem))
-        {
-            observation.problems.push(Problem::ExternalCaBundleInvalid);
-        }
         (Trust::External(external.clone()), BTreeMap::new())
     } else {
         observation.mode = "None";
         (Trust::Unresolved, BTreeMap::new())
     };
+    let externals = spec
+        .issuer
+        .external
+        .iter()
+        .map(|e| ("issuer.external".to_owned(), e));
+    let additional = (spec.additional_issuers.iter().enumerate())
+        .map(|(i, e)| (format!("additionalIssuers[{i}]"), e));
+    for (field, external) in externals.chain(additional) {
+        if (external.ca_bundle.as_deref()).is_some_and(|pem| !render::ca_bundle_valid(pem)) {
+            let field = format!("{field}.caBundle");
+            observation
+                .problems
+                .push(Problem::ExternalCaBundleInvalid(field));
+        }
+    }
     check_spec(policy, &trust, ctx, &namespace, &mut observation).await?;
     apply_sidecar_config(policy, &trust, cutoffs, &bundle, ctx, &mut observation).await?;
     ca_bundle::apply(ctx, &namespace, &bundle).await?;

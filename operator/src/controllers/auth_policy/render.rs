@@ -131,7 +131,7 @@ fn trusted_issuers(
     namespace: &str,
 ) -> Result<(Vec<TrustedIssuer>, Option<FeedConfig>)> {
     let spec = &policy.spec;
-    Ok(match trust {
+    let (mut issuers, feed) = match trust {
         Trust::Own { jwks, hs256 } => {
             let own = spec.issuer.self_.as_ref().ok_or(Error::Unaddressable)?;
             let keys = if *hs256 {
@@ -175,32 +175,33 @@ fn trusted_issuers(
                 Some(feed),
             )
         }
-        Trust::External(external) => {
-            let keys = KeySource::Remote {
-                jwks_uri: external.jwks_uri.clone(),
-                algorithms: external
-                    .algorithms
-                    .iter()
-                    .map(|a| crate::pki::keygen::alg_name(*a).to_owned())
-                    .collect(),
-                refresh_interval_secs: external.refresh_interval.get().map_or(300, |d| d.as_secs()),
-                allow_jwt_typ: external.allow_jwt_typ,
-                ca_bundle_pem: external.ca_bundle.clone(),
-                scopes: external.scopes.as_ref().map(|s| ScopeClaim {
-                    claim: s.claim.clone(),
-                    prefix: s.prefix.clone(),
-                }),
-            };
-            (
-                vec![TrustedIssuer {
-                    issuer: external.issuer.clone(),
-                    keys,
-                }],
-                None,
-            )
-        }
+        Trust::External(external) => (vec![external_issuer(external)], None),
         Trust::Unresolved => (Vec::new(), None),
-    })
+    };
+    issuers.extend(spec.additional_issuers.iter().map(external_issuer));
+    Ok((issuers, feed))
+}
+
+/// An outside issuer, trusted with the keys the sidecar fetches from its JWKS.
+fn external_issuer(external: &api::ExternalIssuer) -> TrustedIssuer {
+    TrustedIssuer {
+        issuer: external.issuer.clone(),
+        keys: KeySource::Remote {
+            jwks_uri: external.jwks_uri.clone(),
+            algorithms: external
+                .algorithms
+                .iter()
+                .map(|a| crate::pki::keygen::alg_name(*a).to_owned())
+                .collect(),
+            refresh_interval_secs: external.refresh_interval.get().map_or(300, |d| d.as_secs()),
+            allow_jwt_typ: external.allow_jwt_typ,
+            ca_bundle_pem: external.ca_bundle.clone(),
+            scopes: external.scopes.as_ref().map(|s| ScopeClaim {
+                claim: s.claim.clone(),
+                prefix: s.prefix.clone(),
+            }),
+        },
+    }
 }
 
 /// The issuer's part of the config, for an `issuer.self` policy.
@@ -651,6 +652,74 @@ spec:
         // The rendered document parses back through the sidecar's own reader.
         let text = to_json("sidecar config", &config).unwrap();
         assert_eq!(SidecarConfig::from_json(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn additional_issuers_are_trusted_next_to_the_policys_own_each_with_its_keys() {
+        let trust = Trust::Referenced {
+            issuer: "https://auth.shop.svc".into(),
+            jwks: Jwks::default(),
+            feed_url: "https://auth.shop.svc:443/oauth2/revocations".into(),
+            feed_subject_key: None,
+        };
+        let mut p = policy(ORDERS);
+        p.spec.additional_issuers = serde_yaml_ng::from_str(
+            r#"
+- issuer: https://sso.example.com/realms/corp
+  jwksUri: https://sso.example.com/realms/corp/protocol/openid-connect/certs
+  algorithms: [RS256]
+  allowJwtTyp: true
+  scopes: {claim: realm_access.roles, prefix: "orders:"}
+- issuer: https://login.microsoftonline.com/t/v2.0
+  jwksUri: https://login.microsoftonline.com/t/discovery/v2.0/keys
+  algorithms: [RS256]
+  scopes: {claim: scp}
+"#,
+        )
+        .unwrap();
+        let config = sidecar_config(&p, &trust, BTreeMap::new(), "").unwrap();
+        let issuers: Vec<&str> = config
+            .verify
+            .issuers
+            .iter()
+            .map(|i| i.issuer.as_str())
+            .collect();
+        assert_eq!(
+            issuers,
+            [
+                "https://auth.shop.svc",
+                "https://sso.example.com/realms/corp",
+                "https://login.microsoftonline.com/t/v2.0"
+            ]
+        );
+        let KeySource::Remote {
+            jwks_uri,
+            allow_jwt_typ,
+            scopes,
+            ..
+        } = &config.verify.issuers[1].keys
+        else {
+            panic!("an outside issuer's keys are fetched");
+        };
+        assert!(jwks_uri.ends_with("/openid-connect/certs"));
+        assert!(*allow_jwt_typ);
+        assert_eq!(
+            scopes
+                .as_ref()
+                .map(|s| (s.claim.as_str(), s.prefix.as_deref())),
+            Some(("realm_access.roles", Some("orders:")))
+        );
+        // The feed is the referenced issuer's only: outside issuers have none.
+        assert!(config.revocation.feed.is_some());
+        // The sidecar accepts the document; the same issuer twice it refuses.
+        scopegate_core::check::document(&config).unwrap();
+        let mut twice = p.clone();
+        twice
+            .spec
+            .additional_issuers
+            .push(twice.spec.additional_issuers[0].clone());
+        let twice = sidecar_config(&twice, &trust, BTreeMap::new(), "").unwrap();
+        assert!(scopegate_core::check::document(&twice).is_err());
     }
 
     const AUTH_WITH_UPSTREAMS: &str = r#"

@@ -14,6 +14,7 @@ use crate::config::{
     TrustedIssuer,
 };
 use crate::jose::keys::{Alg, KeyEntry, KeyError};
+use crate::names::{SIDECAR_REWRITTEN_HEADERS, folded_header_name};
 use crate::path::{Pattern, PatternError};
 use crate::policy::{Matcher, Policy, PolicyError};
 use crate::upstream::{self as up, IdentityMode, UpstreamKind};
@@ -85,6 +86,21 @@ pub enum CheckError {
         "headers.claims: {0:?} is another identity or claim header in a spelling the app may read as the same"
     )]
     ClaimHeaderTaken(String),
+    /// A claim header named like a header the sidecar owns, removes or rebuilds.
+    #[error(
+        "headers.claims: {0:?} is a header the sidecar owns, removes or rebuilds (in some spelling)"
+    )]
+    ClaimHeaderReserved(String),
+    /// A rule's condition reads a header the sidecar sets from the token.
+    #[error(
+        "rule {rule}: the when condition reads request.headers[{header:?}], which the sidecar sets from the token (the client's copy never reaches the app)"
+    )]
+    ConditionReadsOwnHeader {
+        /// The rule's label.
+        rule: String,
+        /// The header.
+        header: String,
+    },
     /// Not a claim path.
     #[error(
         "headers.claims: {0:?} is not a claim path (names of letters, digits, _, : and -, joined by dots)"
@@ -137,7 +153,7 @@ pub enum RateLimitError {
 
 /// Checks a whole document: everything the sidecar refuses without reading another file.
 pub fn document(config: &SidecarConfig) -> Result<(), CheckError> {
-    Policy::from_config(config)?;
+    let policy = Policy::from_config(config)?;
     let verify = &config.verify;
     if !TOKEN_BYTES_RANGE.contains(&verify.max_token_bytes) {
         return Err(CheckError::Limits);
@@ -184,6 +200,7 @@ pub fn document(config: &SidecarConfig) -> Result<(), CheckError> {
         Pattern::parse(path).map_err(CheckError::NoStorePath)?;
     }
     claim_headers(headers)?;
+    conditions_read_no_header_of_ours(&policy, headers)?;
     if let Some(role) = &config.issuer {
         issuer(role)?;
     }
@@ -315,7 +332,7 @@ fn claim_headers(headers: &HeadersConfig) -> Result<(), CheckError> {
     if headers.claims.len() > MAX_CLAIM_HEADERS {
         return Err(CheckError::ClaimHeaders(headers.claims.len()));
     }
-    let folded = |name: &str| name.to_ascii_lowercase().replace('_', "-");
+    let folded = folded_header_name;
     let identity = [
         &headers.subject_header,
         &headers.scopes_header,
@@ -326,12 +343,46 @@ fn claim_headers(headers: &HeadersConfig) -> Result<(), CheckError> {
     for (name, path) in &headers.claims {
         header_name(name)?;
         let name_folded = folded(name);
+        let owned = RESERVED_HEADERS.contains(&name_folded.as_str())
+            || SIDECAR_REWRITTEN_HEADERS.contains(&name_folded.as_str())
+            || ["content-type", "expect"].contains(&name_folded.as_str());
+        if owned {
+            return Err(CheckError::ClaimHeaderReserved(name.clone()));
+        }
         if identity.contains(&name_folded) || seen.contains(&name_folded) {
             return Err(CheckError::ClaimHeaderTaken(name.clone()));
         }
         seen.push(name_folded);
         if !is_claim_path(path) {
             return Err(CheckError::ClaimPath(path.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// A condition judges what the app will get: never a header the sidecar sets from the token
+/// (the client's copy is removed before the app sees it).
+fn conditions_read_no_header_of_ours(
+    policy: &Policy,
+    headers: &HeadersConfig,
+) -> Result<(), CheckError> {
+    let ours: Vec<String> = [
+        &headers.subject_header,
+        &headers.scopes_header,
+        &headers.client_id_header,
+    ]
+    .into_iter()
+    .chain(headers.claims.keys())
+    .map(|name| folded_header_name(name))
+    .collect();
+    for (rule, condition) in policy.conditions() {
+        if let Some(header) =
+            (condition.headers().iter()).find(|h| ours.contains(&folded_header_name(h)))
+        {
+            return Err(CheckError::ConditionReadsOwnHeader {
+                rule,
+                header: header.clone(),
+            });
         }
     }
     Ok(())
@@ -549,6 +600,36 @@ mod tests {
                     }
                 },
                 "headers.claims: 17 headers, at most 16",
+            ),
+            (
+                |c| {
+                    c.headers
+                        .claims
+                        .insert("x-original-url".into(), "website".into());
+                },
+                "headers.claims: \"x-original-url\" is a header the sidecar owns, removes or rebuilds (in some spelling)",
+            ),
+            (
+                |c| {
+                    c.headers
+                        .claims
+                        .insert("x_forwarded_for".into(), "ip".into());
+                },
+                "headers.claims: \"x_forwarded_for\" is a header the sidecar owns, removes or rebuilds (in some spelling)",
+            ),
+            (
+                |c| {
+                    c.headers.claims.insert("x-tenant".into(), "org.id".into());
+                    c.rules.push(crate::config::RouteRule {
+                        name: Some("items".into()),
+                        methods: vec![],
+                        paths: vec!["/items/**".into()],
+                        action: crate::config::RuleAction::Authenticated,
+                        enforcement: None,
+                        when: Some(r#"request.headers["x_tenant"] == "a""#.into()),
+                    });
+                },
+                "rule items: the when condition reads request.headers[\"x_tenant\"], which the sidecar sets from the token (the client's copy never reaches the app)",
             ),
             (
                 |c| c.ca_bundle_pem = Some("not pem".into()),

@@ -26,8 +26,18 @@ use std::sync::{Arc, OnceLock};
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
 use cel::{Context, Env, Program, Value};
 
+use crate::names::{SIDECAR_REWRITTEN_HEADERS, folded_header_name};
+
 /// Longest expression accepted, in bytes.
 pub const MAX_SOURCE_LEN: usize = 2048;
+/// Deepest expression tree accepted (every operator, call, selection and literal a level).
+pub const MAX_DEPTH: usize = 32;
+/// Stack of the thread an expression is compiled on: enough for the parser's recursion over
+/// any expression of [`MAX_SOURCE_LEN`] bytes.
+const COMPILE_STACK_BYTES: usize = 256 * 1024 * 1024;
+/// Most bytes of conditions one policy may hold in all (each is compiled at every review,
+/// render and reload).
+pub const MAX_POLICY_SOURCE_LEN: usize = 16 * 1024;
 /// The cost bound an expression must stay under (see the module documentation).
 pub const MAX_COST: u64 = 20_000;
 /// Iterations a comprehension is costed at, and the longest claim list or map an iterating
@@ -35,6 +45,11 @@ pub const MAX_COST: u64 = 20_000;
 pub const MAX_ITERATED: usize = 64;
 /// Cost of one `matches` call.
 pub const MATCHES_COST: u64 = 64;
+/// What `+` counts: it copies its operands, and a chain of them grows what it copies.
+pub const ADD_COST: u64 = 256;
+/// Longest claim string an evaluation reads, in bytes: with [`ADD_COST`] this bounds the
+/// copying of any chain of `+`.
+pub const MAX_STRING_BYTES: usize = 4096;
 
 /// Functions an expression may call besides the operators.
 const FUNCTIONS: &[&str] = &[
@@ -87,6 +102,11 @@ pub enum CompileError {
     /// Not CEL.
     #[error("not a valid CEL expression: {0}")]
     Syntax(String),
+    /// Nested deeper than [`MAX_DEPTH`].
+    #[error(
+        "the expression nests more than {MAX_DEPTH} levels deep (operators, calls, selections, brackets)"
+    )]
+    TooDeep,
     /// A name that is none of the variables.
     #[error(
         "unknown variable {0:?}: an expression may read claims, request.method, request.path, request.headers and source.address"
@@ -106,6 +126,11 @@ pub enum CompileError {
     /// A credential-carrying header.
     #[error("request.headers[{0:?}] carries credentials and cannot be read by an expression")]
     SecretHeader(String),
+    /// A header the sidecar removes or rebuilds before the app sees it.
+    #[error(
+        "request.headers[{0:?}] is removed or rebuilt by the sidecar: the app never gets the value the expression would judge"
+    )]
+    RewrittenHeader(String),
     /// A comprehension over something other than claims or request headers.
     #[error(
         "all, exists, exists_one, map and filter may only iterate over claims or request.headers (write `x in [...]` to test membership in a list)"
@@ -130,8 +155,11 @@ pub enum EvalError {
     /// The expression produced something other than a boolean.
     #[error("the condition produced {0}, not a boolean")]
     NotBoolean(String),
-    /// A claim list or map too long for an iterating expression's cost bound.
-    #[error("a claim holds more than {MAX_ITERATED} entries, more than the condition may iterate")]
+    /// A claim list or map too long for an iterating expression's cost bound, or a claim
+    /// string longer than [`MAX_STRING_BYTES`].
+    #[error(
+        "a claim holds more than {MAX_ITERATED} entries to iterate, or a string of more than {MAX_STRING_BYTES} bytes"
+    )]
     InputTooLarge,
 }
 
@@ -173,6 +201,22 @@ impl Condition {
         if source.len() > MAX_SOURCE_LEN {
             return Err(CompileError::TooLong { len: source.len() });
         }
+        // The parser and the checks below recurse once per level of the expression: they run
+        // on a thread whose stack holds any expression of MAX_SOURCE_LEN bytes, and what is
+        // deeper than MAX_DEPTH is refused, so that evaluating it on a request thread never
+        // recurses deeply either.
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("cel-compile".into())
+                .stack_size(COMPILE_STACK_BYTES)
+                .spawn_scoped(scope, || Self::compile_here(source))
+                .map_err(|e| CompileError::Syntax(format!("no thread to compile on: {e}")))?
+                .join()
+                .map_err(|_| CompileError::Syntax("the compiler failed".into()))?
+        })
+    }
+
+    fn compile_here(source: &str) -> Result<Self, CompileError> {
         let program = environment()
             .compile(source)
             .map_err(|e| CompileError::Syntax(e.to_string()))?;
@@ -225,6 +269,9 @@ impl Condition {
         if self.iterates && (named.len() > MAX_ITERATED || named.values().any(too_large)) {
             return Err(EvalError::InputTooLarge);
         }
+        if named.values().any(too_long) {
+            return Err(EvalError::InputTooLarge);
+        }
         context.add_variable_from_value("claims", named);
         // Only what the expression names is built.
         if self.reads_request {
@@ -250,7 +297,16 @@ impl Condition {
             .iter()
             .filter_map(|name| {
                 // A repeated header is left out (the expression then fails): a check of the
-                // first value would pass while the app may read another.
+                // first value would pass while the app may read another. So is one that also
+                // came in another spelling a CGI-style server reads as the same name.
+                let folded = folded_header_name(name);
+                let other_spelling = request
+                    .headers
+                    .keys()
+                    .any(|k| k.as_str() != name && folded_header_name(k.as_str()) == folded);
+                if other_spelling {
+                    return None;
+                }
                 let mut values = request.headers.get_all(name.as_str()).iter();
                 let value = values.next()?.to_str().ok()?;
                 if values.next().is_some() {
@@ -290,6 +346,16 @@ fn to_cel(value: &serde_json::Value) -> Value {
 }
 
 /// Whether a value holds a list or map longer than [`MAX_ITERATED`], at any depth.
+/// Whether a string longer than [`MAX_STRING_BYTES`] is in `value`.
+fn too_long(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.len() > MAX_STRING_BYTES,
+        Value::List(items) => items.iter().any(too_long),
+        Value::Map(map) => map.map.values().any(too_long),
+        _ => false,
+    }
+}
+
 fn too_large(value: &Value) -> bool {
     match value {
         Value::List(items) => items.len() > MAX_ITERATED || items.iter().any(too_large),
@@ -305,11 +371,23 @@ struct Walk {
     claims: BTreeSet<String>,
     whole_claims: bool,
     iterates: bool,
+    /// The level of the node being walked.
+    depth: usize,
 }
 
 impl Walk {
     /// The bounded cost of `node`; `bound` holds the comprehension variables in scope.
     fn cost(&mut self, node: &IdedExpr, bound: &mut Vec<String>) -> Result<u64, CompileError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(CompileError::TooDeep);
+        }
+        self.depth += 1;
+        let cost = self.node_cost(node, bound);
+        self.depth -= 1;
+        cost
+    }
+
+    fn node_cost(&mut self, node: &IdedExpr, bound: &mut Vec<String>) -> Result<u64, CompileError> {
         let children = match &node.expr {
             Expr::Ident(name) => {
                 if name == "claims" && !bound.contains(name) {
@@ -402,7 +480,12 @@ impl Walk {
             (operators::IN, [key, operand]) => self.check_header_index(operand, key)?,
             _ => {}
         }
-        let own = if name == "matches" { MATCHES_COST } else { 0 };
+        let own = match name {
+            "matches" => MATCHES_COST,
+            // `+` may join strings: its work grows with the operands' length.
+            operators::ADD => ADD_COST,
+            _ => 0,
+        };
         let target = match &call.target {
             Some(target) => self.cost(target, bound)?,
             None => 0,
@@ -437,8 +520,12 @@ impl Walk {
         if name.is_empty() || name.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(CompileError::HeaderNotLiteral);
         }
-        if SECRET_HEADERS.contains(&name) {
+        let folded = folded_header_name(name);
+        if SECRET_HEADERS.contains(&folded.as_str()) {
             return Err(CompileError::SecretHeader(name.to_owned()));
+        }
+        if SIDECAR_REWRITTEN_HEADERS.contains(&folded.as_str()) {
+            return Err(CompileError::RewrittenHeader(name.to_owned()));
         }
         self.headers.insert(name.to_owned());
         Ok(())
@@ -642,5 +729,122 @@ mod tests {
             plain.cost()
         );
         assert!(single.cost() <= MAX_COST);
+    }
+
+    #[test]
+    fn deep_expressions_are_refused_and_never_overflow_a_stack() {
+        let fill = |unit: &str, tail: &str| {
+            let mut text = String::new();
+            while text.len() + unit.len() + tail.len() <= MAX_SOURCE_LEN {
+                text.push_str(unit);
+            }
+            text.push_str(tail);
+            text
+        };
+        for deep in [
+            fill("[", "1"),
+            fill("{1:", "1"),
+            format!("claims{} == 1", ".b".repeat(900)),
+            format!("claims.a{} == 1", "[0]".repeat(600)),
+        ] {
+            let refused = Condition::compile(&deep).err();
+            assert!(
+                matches!(
+                    refused,
+                    Some(CompileError::TooDeep | CompileError::Syntax(_))
+                ),
+                "{deep:.24}: {refused:?}"
+            );
+        }
+        // Operator runs the parser may fold or balance: whatever the answer, the stack holds.
+        for folded in [
+            fill("!", "true"),
+            fill("-", "1 == 1"),
+            fill("claims.a || ", "true"),
+            fill("1 + ", "1 == 2"),
+            fill("true ? true : ", "false"),
+        ] {
+            let _ = Condition::compile(&folded);
+        }
+        // Grouping is no level: parentheses, and strings holding brackets, compile.
+        let grouped = format!("{}true{}", "(".repeat(40), ")".repeat(40));
+        assert!(Condition::compile(&grouped).is_ok());
+        assert!(Condition::compile(r#"claims.a == "[[[[((((!!!!----""#).is_ok());
+        let balanced = "(claims.a == 1 || claims.b == 2) && (claims.c == 3 || claims.d == 4)";
+        assert!(Condition::compile(balanced).is_ok());
+    }
+
+    #[test]
+    fn a_header_the_app_may_read_in_another_spelling_is_absent() {
+        let condition = Condition::compile(r#"request.headers["x-tenant"] == "acme""#).unwrap();
+        let decide = |pairs: &[(&str, &str)]| {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let request = RequestFacts {
+                method: "GET",
+                path: "/",
+                headers: &headers,
+                source: None,
+            };
+            condition.evaluate(&claims(json!({})), &request)
+        };
+        assert_eq!(decide(&[("x-tenant", "acme")]), Ok(true));
+        // CGI, WSGI, Rack and PHP read x_tenant as X-Tenant: the app might get "victim".
+        assert!(decide(&[("x-tenant", "acme"), ("x_tenant", "victim")]).is_err());
+        assert!(decide(&[("x_tenant", "acme")]).is_err());
+    }
+
+    #[test]
+    fn headers_the_sidecar_rewrites_cannot_be_judged() {
+        for name in [
+            "x-forwarded-for",
+            "x_forwarded_proto",
+            "forwarded",
+            "x-original-url",
+            "te",
+        ] {
+            let expr = format!(r#"request.headers["{name}"] == "x""#);
+            assert_eq!(
+                Condition::compile(&expr).err(),
+                Some(CompileError::RewrittenHeader(name.into())),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            Condition::compile(r#"request.headers["proxy_authorization"] != """#).err(),
+            Some(CompileError::SecretHeader("proxy_authorization".into()))
+        );
+    }
+
+    #[test]
+    fn string_work_is_bounded_by_cost_and_claim_length() {
+        let chain = format!("{} == \"\"", vec!["claims.s"; 80].join(" + "));
+        assert!(matches!(
+            Condition::compile(&chain).err(),
+            Some(CompileError::TooCostly { .. } | CompileError::TooDeep)
+        ));
+        // Each `+` counts ADD_COST: a few of them are fine, eighty are not.
+        let few = Condition::compile(r#"claims.a + claims.b + "x" == "abx""#).unwrap();
+        assert!(few.cost() >= 2 * ADD_COST);
+        let condition = Condition::compile(r#"claims.s.startsWith("a")"#).unwrap();
+        let headers = http::HeaderMap::new();
+        let request = RequestFacts {
+            method: "GET",
+            path: "/",
+            headers: &headers,
+            source: None,
+        };
+        let long = claims(json!({"s": "a".repeat(MAX_STRING_BYTES + 1)}));
+        assert_eq!(
+            condition.evaluate(&long, &request),
+            Err(EvalError::InputTooLarge)
+        );
+        let fits = claims(json!({"s": "a".repeat(MAX_STRING_BYTES)}));
+        assert_eq!(condition.evaluate(&fits, &request), Ok(true));
     }
 }

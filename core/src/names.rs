@@ -67,6 +67,43 @@ pub fn is_identity_value(value: &str) -> bool {
 /// Longest identity [`is_identity_value`] accepts, in bytes.
 pub const MAX_IDENTITY_LEN: usize = 1024;
 
+/// Request headers the sidecar removes or rebuilds on the way to the app: hop-by-hop headers,
+/// the forwarding headers (rebuilt), the ones only a trusted proxy may set, and the routing
+/// overrides. A condition may not judge one (the app never gets the value it judged), and no
+/// claim header may take one's name.
+pub const SIDECAR_REWRITTEN_HEADERS: [&str; 25] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "http2-settings",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// A header name as a CGI-style server reads it: lower case, `_` and `-` the same.
+pub fn folded_header_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use crate::condition::{CompileError, Condition};
+use crate::condition::{CompileError, Condition, MAX_POLICY_SOURCE_LEN};
 use crate::config::{DefaultAction, Enforcement, RouteRule, RuleAction, SidecarConfig};
 use crate::path::{Pattern, PatternError, Specificity};
 use crate::scope::is_scope_token;
@@ -53,6 +53,9 @@ pub enum PolicyError {
         #[source]
         source: CompileError,
     },
+    /// The rules' `when` conditions hold more than [`MAX_POLICY_SOURCE_LEN`] bytes in all.
+    #[error("the when conditions hold {0} bytes in all; at most {MAX_POLICY_SOURCE_LEN}")]
+    ConditionsTooLong(usize),
     /// A `when` condition on a public rule, which reads no token.
     #[error("rule {0} is public: a when condition needs a rule that requires a token")]
     PublicCondition(usize),
@@ -229,6 +232,12 @@ impl Policy {
         default_action: DefaultAction,
         enforcement: Enforcement,
     ) -> Result<Self, PolicyError> {
+        let total: usize = (rules.iter())
+            .filter_map(|rule| rule.when.as_ref().map(String::len))
+            .sum();
+        if total > MAX_POLICY_SOURCE_LEN {
+            return Err(PolicyError::ConditionsTooLong(total));
+        }
         let compiled = rules
             .iter()
             .enumerate()
@@ -244,6 +253,14 @@ impl Policy {
     /// The `when` condition of the rule at `rule_index`, if it has one.
     pub fn condition(&self, rule_index: Option<usize>) -> Option<&Condition> {
         self.rules.get(rule_index?)?.when.as_deref()
+    }
+
+    /// Each rule's `when` condition, with the rule's label.
+    pub fn conditions(&self) -> impl Iterator<Item = (String, &Condition)> {
+        self.rules.iter().enumerate().filter_map(|(index, rule)| {
+            let condition = rule.when.as_deref()?;
+            Some((rule_label(rule.name.as_deref(), Some(index)), condition))
+        })
     }
 
     /// Whether any rule has a `when` condition (the verifier then keeps a token's claims).

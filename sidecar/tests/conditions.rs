@@ -153,6 +153,12 @@ async fn headers_methods_and_claim_lists_are_read_safely() {
         s.status("POST", "/changes/1", &token, &twice_same).await,
         403
     );
+    // Another spelling a CGI-style app reads as the same header: absent to the expression.
+    let respelled = [("x-change", "approved"), ("x_change", "denied")];
+    assert_eq!(
+        s.status("POST", "/changes/1", &token, &respelled).await,
+        403
+    );
 
     // An iterating expression over a claim list: within the bound it decides, over it refuses.
     assert_eq!(s.status("GET", "/teams/x", &token, &[]).await, 200);

@@ -179,7 +179,7 @@ async fn handle(
         Err(_) => return respond(StatusCode::PAYLOAD_TOO_LARGE, b"{}".to_vec()),
     };
     let answered = if validating {
-        validate_review(&state, &body)
+        validate_off_the_runtime(&state, body).await
     } else {
         review(&state, &body)
     };
@@ -201,6 +201,20 @@ async fn handle(
         .webhook_duration
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Compiling conditions is CPU work a tenant controls: it runs on the blocking pool, one
+/// review at a time, so that pod reviews (injection) are never queued behind it.
+async fn validate_off_the_runtime(state: &Arc<WebhookState>, body: Bytes) -> Result<Value, String> {
+    static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _permit = ONE_AT_A_TIME
+        .acquire()
+        .await
+        .map_err(|_| "the validator is shutting down".to_owned())?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || validate_review(&state, &body))
+        .await
+        .map_err(|e| format!("the validation task failed: {e}"))?
 }
 
 /// Answers one AuthPolicy AdmissionReview ([`validate::review`]), counting its outcome.

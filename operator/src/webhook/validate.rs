@@ -3,13 +3,24 @@
 //! compile it, so that a policy the sidecar would refuse is refused with the compiler's words
 //! and the rule's name instead of being accepted and reported later in its status. Pure.
 
-use scopegate_core::condition::Condition;
+use scopegate_core::condition::{Condition, MAX_POLICY_SOURCE_LEN};
 use scopegate_core::policy::rule_label;
 use scopegate_crds::v1alpha1::AuthPolicy;
 use serde_json::{Value, json};
 
+/// Longest compiler message quoted per rule.
+const MAX_MESSAGE_BYTES: usize = 512;
+
 /// Why `policy` is refused, or `None` when every condition compiles.
 pub fn refusal(policy: &AuthPolicy) -> Option<String> {
+    let total: usize = (policy.spec.rules.iter())
+        .filter_map(|rule| rule.when.as_ref().map(String::len))
+        .sum();
+    if total > MAX_POLICY_SOURCE_LEN {
+        return Some(format!(
+            "spec.rules: the when conditions hold {total} bytes in all; at most {MAX_POLICY_SOURCE_LEN}"
+        ));
+    }
     let problems: Vec<String> = policy
         .spec
         .rules
@@ -18,6 +29,15 @@ pub fn refusal(policy: &AuthPolicy) -> Option<String> {
         .filter_map(|(index, rule)| {
             let objection = Condition::compile(rule.when.as_deref()?).err()?;
             let label = rule_label(rule.name.as_deref(), Some(index));
+            let mut objection = objection.to_string();
+            if objection.len() > MAX_MESSAGE_BYTES {
+                let mut end = MAX_MESSAGE_BYTES;
+                while !objection.is_char_boundary(end) {
+                    end -= 1;
+                }
+                objection.truncate(end);
+                objection.push_str(" …");
+            }
             Some(format!("spec.rules[{index}] ({label}).when: {objection}"))
         })
         .collect();
@@ -126,5 +146,27 @@ mod tests {
         assert!(review(b"not json").is_err());
         let no_uid = json!({"request": {"object": {}}});
         assert!(review(no_uid.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_policy_may_not_hold_more_conditions_than_the_bound_and_messages_are_cut() {
+        let long = format!("claims.a == \"{}\"", "x".repeat(2000));
+        let rules: Vec<Value> = (0..9)
+            .map(|i| json!({"paths": [format!("/r{i}")], "when": long}))
+            .collect();
+        let (response, allowed) = answer(json!(rules));
+        assert!(!allowed);
+        let message = response["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("at most 16384"), "{message}");
+
+        // A compiler message quoting a long expression is cut.
+        let unbalanced = format!("{}{}", "[".repeat(95), ",".repeat(1800));
+        let (response, _) = answer(json!([{"paths": ["/a"], "when": unbalanced}]));
+        let message = response["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.len() < 700, "{} bytes", message.len());
     }
 }

@@ -232,7 +232,10 @@ fn bench(c: &mut Criterion) {
             let shared = shared_with(&case.jwk);
             let settings = shared.settings.load_full();
             ready(scopegate_verifier::proxy::verify(
-                &shared, &settings, &token,
+                &shared,
+                &settings,
+                &token,
+                shared.cache.epoch(),
             ))
             .unwrap();
             group.bench_function("cache_hit", |b| {
@@ -241,6 +244,7 @@ fn bench(c: &mut Criterion) {
                         &shared,
                         &settings,
                         black_box(&token),
+                        shared.cache.epoch(),
                     ))
                     .unwrap()
                 })
@@ -341,6 +345,7 @@ fn bench_condition(c: &mut Criterion) {
             &shared,
             &settings,
             black_box(&token),
+            shared.cache.epoch(),
         ))
     };
     verify().unwrap();

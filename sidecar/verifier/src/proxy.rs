@@ -19,7 +19,6 @@ use scopegate_core::config::UpstreamProtocol;
 use scopegate_core::decision::{self, Step};
 use scopegate_core::path::RequestPath;
 use scopegate_core::policy::Route;
-use scopegate_core::token::Claims;
 
 use crate::answer::{Refusal, answer};
 use crate::body_deadline::BodyDeadline;
@@ -53,6 +52,9 @@ pub async fn handle(
     conn: Connection,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    // The epoch first: a token verified under settings older than the epoch's is never
+    // cached as if verified under the new ones (their conditions may need its claims).
+    let epoch = shared.cache.epoch();
     let settings = shared.settings.load_full();
     let path = match RequestPath::parse(req.uri().path()) {
         Ok(path) => path,
@@ -90,6 +92,7 @@ pub async fn handle(
     let asked = Asked {
         req: &req,
         conn,
+        epoch,
         method: &method,
         path: path.route(),
     };
@@ -151,6 +154,8 @@ struct Admitted {
 struct Asked<'a> {
     req: &'a Request<Incoming>,
     conn: Connection,
+    /// The token cache's epoch, read before the settings were.
+    epoch: u64,
     method: &'a str,
     /// The normalised route path.
     path: &'a str,
@@ -356,7 +361,7 @@ async fn authorize(
         tracing::warn!("revocation feed stale and the policy fails closed");
         return refused(Refusal::Unavailable);
     }
-    let verified = match verify(shared, settings, token).await {
+    let verified = match verify(shared, settings, token, asked.epoch).await {
         Ok(verified) => verified,
         Err(err) => {
             tracing::info!(reason = %scopegate_core::error_chain(&err), "invalid token");
@@ -388,9 +393,12 @@ fn meets_condition(
         headers: asked.req.headers(),
         source: Some(request_client_ip(asked.conn, asked.req, settings)),
     };
-    // The settings keep claims whenever a rule has a condition.
-    let no_claims = Claims::new();
-    let claims = verified.claims.as_deref().unwrap_or(&no_claims);
+    // The settings keep claims whenever a rule has a condition; a token without them was
+    // verified under other settings and is refused, never judged on no claims.
+    let Some(claims) = verified.claims.as_deref() else {
+        tracing::info!(rule = %route.label(), "a token verified without its claims; refused");
+        return Err(Refusal::ConditionNotMet);
+    };
     match condition.evaluate(claims, &facts) {
         Ok(true) => Ok(()),
         Ok(false) => Err(Refusal::ConditionNotMet),
@@ -402,11 +410,14 @@ fn meets_condition(
     }
 }
 
-/// Validates a token, from the cache when it was verified before.
+/// Validates a token, from the cache when it was verified before. `epoch` is the cache's
+/// epoch read before `settings` were loaded: a reload between the two then keeps the result
+/// out of the cache.
 pub async fn verify(
     shared: &Shared,
     settings: &Settings,
     token: &str,
+    epoch: u64,
 ) -> Result<Arc<VerifiedToken>, TokenError> {
     let now = unix_now();
     if token.len() > settings.token_rules.max_token_bytes {
@@ -418,7 +429,6 @@ pub async fn verify(
         return Ok(hit);
     }
     shared.metrics.cache(false);
-    let epoch = shared.cache.epoch();
     let started = Instant::now();
     let mut remote = None;
     let mut result = token::validate(

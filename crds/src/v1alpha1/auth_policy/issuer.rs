@@ -505,7 +505,8 @@ pub struct ExternalScopes {
     pub claim: String,
     /// Only values starting with this prefix count, with the prefix removed: with prefix
     /// "orders:", the role orders:read grants the scope read and the role billing:read
-    /// grants nothing.
+    /// grants nothing. End it with its separator: prefix "shop" would turn shopping:x into
+    /// ping:x.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 64),

@@ -106,6 +106,13 @@ pub struct Rule {
     /// Functions: size, contains, startsWith, endsWith, matches, string, int, uint, double,
     /// the operators, and all, exists, exists_one, map and filter over claims or headers.
     /// Compare a boolean claim as `claims.x == true` (a string "false" is not false).
+    /// request.path keeps the case and trailing slash it was sent with while the rule
+    /// matches loosely: write conditions that must hold (startsWith a tenant's prefix), not
+    /// ones that must fail (!startsWith("/admin") lets /ADMIN through to a router that
+    /// ignores case). Headers the sidecar removes or rebuilds (X-Forwarded-*, Forwarded,
+    /// hop-by-hop, X-Original-URL, method overrides) and the identity and claim headers it
+    /// sets cannot be read; a header also sent as another spelling (x_tenant for x-tenant)
+    /// is absent.
     ///
     /// Examples: group membership `"admins" in claims.groups`; an email domain
     /// `claims.email.endsWith("@example.com") && claims.email_verified == true`; a tenant

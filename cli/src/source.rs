@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use scopegate_core::config::{KeySource, SidecarConfig, TrustedIssuer};
+use scopegate_core::config::{KeySource, ScopeClaim, SidecarConfig, TrustedIssuer};
 use scopegate_core::jose::jws::KeyMap;
 use scopegate_core::jose::keys::{Alg, KeyEntry, load_jwks};
 use scopegate_core::jwk::Jwks;
@@ -310,15 +310,19 @@ async fn issuer_keys(
             }
         },
     };
-    let scopes = match &trusted.keys {
-        KeySource::Remote { scopes, .. } => scopes.clone().map(Arc::new),
-        _ => None,
-    };
     Some(IssuerKeys {
         keys: Arc::new(keys),
         allow_jwt_typ,
-        scopes,
+        scopes: scope_claim(trusted),
     })
+}
+
+/// Where an outside issuer's tokens carry their scopes, as the sidecar reads them.
+fn scope_claim(trusted: &TrustedIssuer) -> Option<Arc<ScopeClaim>> {
+    match &trusted.keys {
+        KeySource::Remote { scopes, .. } => scopes.clone().map(Arc::new),
+        _ => None,
+    }
 }
 
 /// The JWKS document at `location` (`None`: not loaded, and a note says why).

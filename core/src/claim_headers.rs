@@ -3,7 +3,7 @@
 //! are, other JSON values as compact JSON. A value a header cannot carry unchanged refuses
 //! the request: the app never gets a partial identity. Pure.
 
-use crate::token::Claims;
+use crate::claims::Claims;
 
 /// Most claim headers a policy may configure.
 pub const MAX_CLAIM_HEADERS: usize = 16;
@@ -46,16 +46,6 @@ pub fn header_value(claims: &Claims, path: &[String]) -> Result<Option<String>, 
         value = value.and_then(|v| v.get(name));
     }
     render(value)
-}
-
-/// The claim at a dotted `path`, if present.
-pub fn claim_at<'a>(claims: &'a Claims, path: &str) -> Option<&'a serde_json::Value> {
-    let mut names = path.split('.');
-    let mut value = claims.get(names.next()?);
-    for name in names {
-        value = value?.get(name);
-    }
-    value
 }
 
 /// A claim's header value: see [`header_value`].

@@ -12,6 +12,7 @@ pub mod answer;
 pub mod check;
 pub mod cidr;
 pub mod claim_headers;
+pub mod claims;
 pub mod clients;
 pub mod condition;
 pub mod config;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::claim_headers::claim_at;
+use crate::claims::claim_at;
 use crate::config::ScopeClaim;
 use crate::names::is_identity_value;
 use crate::policy::{MalformedScope, check_scope_claim};
@@ -77,8 +77,7 @@ pub struct VerifiedToken {
     pub claims: Option<Arc<Claims>>,
 }
 
-/// A token's claims set as JSON.
-pub type Claims = serde_json::Map<String, serde_json::Value>;
+pub use crate::claims::Claims;
 
 /// Why a token was refused: every variant answers 401 `invalid_token`; the variant goes to
 /// the log only. No variant carries token text.
@@ -187,30 +186,16 @@ pub fn validate(
         return Err(TokenError::IssuedInFuture);
     }
     let keep = rules.keep_claims || trusted.scopes.is_some();
-    let all_claims = if keep {
-        // parse_claims refused a member name spelled twice at any depth: a condition, a
-        // claim header and the app cannot read different copies.
-        let all: Claims = serde_json::from_slice(compact.payload())
-            .map_err(|_| TokenError::Claims(JsonError::Malformed))?;
-        Some(Arc::new(all))
-    } else {
-        None
-    };
+    let all_claims = keep.then(|| all_claims(compact.payload())).transpose()?;
     let scope = match (&trusted.scopes, &all_claims) {
         (Some(source), Some(all)) => scopes_from_claim(all, source)?,
         _ => {
-            let scope = claims.scope.unwrap_or_default();
+            let scope = claims.scope.clone().unwrap_or_default();
             check_scope_claim(&scope)?;
             scope
         }
     };
-    // The app learns who called from headers: an identity a header would change is refused
-    // rather than forwarded without it, or as someone else.
-    for (name, value) in [("sub", &claims.sub), ("client_id", &claims.client_id)] {
-        if value.as_deref().is_some_and(|v| !is_identity_value(v)) {
-            return Err(TokenError::Identity(name));
-        }
-    }
+    identity_fits_headers(claims.sub.as_deref(), claims.client_id.as_deref())?;
     Ok(VerifiedToken {
         iss,
         sub: claims.sub,
@@ -221,6 +206,25 @@ pub fn validate(
         jti: claims.jti,
         claims: all_claims.filter(|_| rules.keep_claims),
     })
+}
+
+/// The app learns who called from headers: an identity a header would change is refused
+/// rather than forwarded without it, or as someone else.
+fn identity_fits_headers(sub: Option<&str>, client_id: Option<&str>) -> Result<(), TokenError> {
+    for (name, value) in [("sub", sub), ("client_id", client_id)] {
+        if value.is_some_and(|v| !is_identity_value(v)) {
+            return Err(TokenError::Identity(name));
+        }
+    }
+    Ok(())
+}
+
+/// Every claim of a payload `parse_claims` accepted: it refused a member name spelled twice
+/// at any depth, so a condition, a claim header and the app cannot read different copies.
+fn all_claims(payload: &[u8]) -> Result<Arc<Claims>, TokenError> {
+    serde_json::from_slice(payload)
+        .map(Arc::new)
+        .map_err(|_| TokenError::Claims(JsonError::Malformed))
 }
 
 /// The scopes of a token whose issuer carries them in another claim: the claim's values

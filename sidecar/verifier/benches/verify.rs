@@ -231,7 +231,7 @@ fn bench(c: &mut Criterion) {
         if case.name == "ES256" {
             let shared = shared_with(&case.jwk);
             let settings = shared.settings.load_full();
-            ready(scopegate_verifier::proxy::verify(
+            ready(scopegate_verifier::verify::verify(
                 &shared,
                 &settings,
                 &token,
@@ -240,7 +240,7 @@ fn bench(c: &mut Criterion) {
             .unwrap();
             group.bench_function("cache_hit", |b| {
                 b.iter(|| {
-                    ready(scopegate_verifier::proxy::verify(
+                    ready(scopegate_verifier::verify::verify(
                         &shared,
                         &settings,
                         black_box(&token),
@@ -341,7 +341,7 @@ fn bench_condition(c: &mut Criterion) {
         .unwrap();
     let _guard = runtime.enter();
     let verify = || {
-        ready(scopegate_verifier::proxy::verify(
+        ready(scopegate_verifier::verify::verify(
             &shared,
             &settings,
             black_box(&token),

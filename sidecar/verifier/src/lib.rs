@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app_probes;
 pub mod body_deadline;
 pub mod cache;
+mod claims;
 pub mod client_addr;
 pub mod feed_client;
 pub mod headers;
@@ -25,6 +26,7 @@ pub mod server;
 pub mod settings;
 pub mod state;
 pub mod tls;
+pub mod verify;
 
 // Token validation, credentials and the answers to refusals live in scopegate-core, where the
 // CLI's `explain` runs the very same code; these paths stay for the verifier's own modules.

@@ -5,15 +5,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use scopegate_core::claim_headers;
 use scopegate_core::condition::RequestFacts;
 use scopegate_core::config::UpstreamProtocol;
 use scopegate_core::decision::{self, Step};
@@ -22,22 +20,19 @@ use scopegate_core::policy::Route;
 
 use crate::answer::{Refusal, answer};
 use crate::body_deadline::BodyDeadline;
-use crate::cache;
+use crate::claims::{self, AppIdentity, set_identity_headers};
 use crate::client_addr::client_ip;
 use crate::headers::{self, X_FORWARDED_FOR};
-use crate::jose::jws::JwsError;
 use crate::metrics::Decisions;
 use crate::rate_limit::RequestLimits;
-use crate::revocation;
-use crate::settings::{HeaderSettings, IssuerSource, Settings};
+use crate::role::CompiledRole;
+use crate::settings::Settings;
 use crate::state::Shared;
-use crate::token::{self, TokenError, VerifiedToken};
+use crate::token::VerifiedToken;
 use crate::unix_now;
+use crate::verify;
 
 pub use scopegate_sidecar_kit::body::ProxyBody;
-
-/// How long a request waits for an on-demand JWKS fetch after an unknown kid.
-const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(2);
 
 /// The connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +40,9 @@ pub struct Connection {
     /// The TCP peer.
     pub peer: SocketAddr,
 }
+
+/// Answers of the app that count as a failed authentication for the rate limits.
+const REFUSED_BY_APP: [StatusCode; 2] = [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN];
 
 /// Handles one request.
 pub async fn handle(
@@ -66,16 +64,9 @@ pub async fn handle(
     if let Some(role) = settings.role.as_ref()
         && role.serves(path.forward())
     {
-        let client_ip = request_client_ip(conn, &req, &settings);
-        let mut response = role.clone().handle(client_ip, path.forward(), req).await;
-        headers::secure_response(response.headers_mut(), &settings.headers, false);
-        return response;
+        return serve_role(role, conn, req, path.forward(), &settings).await;
     }
-    let no_store = settings
-        .headers
-        .no_store
-        .iter()
-        .any(|p| p.matches_loosely(path.route()));
+    let no_store = (settings.headers.no_store.iter()).any(|p| p.matches_loosely(path.route()));
     let method = req.method().as_str().to_owned();
     let limits = RequestLimits::new(
         &settings.rate_limits,
@@ -102,18 +93,13 @@ pub async fn handle(
         Err(refusal) => return refuse(&shared, &settings, refusal),
     };
     let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
-    let claims = match claim_headers(&settings.headers, identity.as_deref()) {
-        Ok(claims) => claims,
+    let app_identity = match AppIdentity::of(&settings.headers, identity.as_deref()) {
+        Ok(app_identity) => app_identity,
         Err(refusal) => return refuse(&shared, &settings, refusal),
-    };
-    let app_identity = AppIdentity {
-        token: identity.as_deref(),
-        claims,
     };
 
     let upgrade =
         headers::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let outcome = admitted_outcome(dry_run, identity.is_some());
     let response = forward(
         &shared,
         &settings,
@@ -128,16 +114,28 @@ pub async fn handle(
         Ok(response) => response,
         Err(refusal) => return refuse(&shared, &settings, refusal),
     };
+    let outcome = admitted_outcome(dry_run, identity.is_some());
     shared.metrics.request(outcome);
     if !dry_run {
         // A DryRun refusal was counted as a failure already.
-        let failed = matches!(
-            response.status(),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-        );
-        limits.answered(failed, subject).await;
+        let refused = REFUSED_BY_APP.contains(&response.status());
+        limits.answered(refused, subject).await;
     }
     headers::secure_response(response.headers_mut(), &settings.headers, no_store);
+    response
+}
+
+/// Hands a request for one of the issuer's own paths to the issuer role.
+async fn serve_role(
+    role: &Arc<dyn CompiledRole>,
+    conn: Connection,
+    req: Request<Incoming>,
+    path: &str,
+    settings: &Settings,
+) -> Response<ProxyBody> {
+    let client_ip = request_client_ip(conn, &req, settings);
+    let mut response = role.clone().handle(client_ip, path, req).await;
+    headers::secure_response(response.headers_mut(), &settings.headers, false);
     response
 }
 
@@ -361,7 +359,7 @@ async fn authorize(
         tracing::warn!("revocation feed stale and the policy fails closed");
         return refused(Refusal::Unavailable);
     }
-    let verified = match verify(shared, settings, token, asked.epoch).await {
+    let verified = match verify::verify(shared, settings, token, asked.epoch).await {
         Ok(verified) => verified,
         Err(err) => {
             tracing::info!(reason = %scopegate_core::error_chain(&err), "invalid token");
@@ -393,84 +391,7 @@ fn meets_condition(
         headers: asked.req.headers(),
         source: Some(request_client_ip(asked.conn, asked.req, settings)),
     };
-    // The settings keep claims whenever a rule has a condition; a token without them was
-    // verified under other settings and is refused, never judged on no claims.
-    let Some(claims) = verified.claims.as_deref() else {
-        tracing::info!(rule = %route.label(), "a token verified without its claims; refused");
-        return Err(Refusal::ConditionNotMet);
-    };
-    match condition.evaluate(claims, &facts) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Refusal::ConditionNotMet),
-        Err(err) => {
-            // The error may quote claim values: debug only.
-            tracing::debug!(rule = %route.label(), reason = %err, "when condition failed");
-            Err(Refusal::ConditionNotMet)
-        }
-    }
-}
-
-/// Validates a token, from the cache when it was verified before. `epoch` is the cache's
-/// epoch read before `settings` were loaded: a reload between the two then keeps the result
-/// out of the cache.
-pub async fn verify(
-    shared: &Shared,
-    settings: &Settings,
-    token: &str,
-    epoch: u64,
-) -> Result<Arc<VerifiedToken>, TokenError> {
-    let now = unix_now();
-    if token.len() > settings.token_rules.max_token_bytes {
-        return Err(TokenError::TooLarge);
-    }
-    let key = cache::hash(token);
-    if let Some(hit) = shared.cache.get(&key, now) {
-        shared.metrics.cache(true);
-        return Ok(hit);
-    }
-    shared.metrics.cache(false);
-    let started = Instant::now();
-    let mut remote = None;
-    let mut result = token::validate(
-        token,
-        &settings.token_rules,
-        |iss| {
-            let source = settings.issuers.get(iss)?;
-            if let IssuerSource::Remote { set, .. } = source {
-                remote = Some(set.clone());
-            }
-            Some(source.keys())
-        },
-        now,
-    );
-    shared.metrics.validation(started.elapsed());
-    if let (Err(TokenError::Jws(JwsError::UnknownKid)), Some(set)) = (&result, remote)
-        && let Some(mut loaded) = set.refetch_for_unknown_kid()
-    {
-        {
-            // A key rotated at the issuer: wait briefly for the refetch, then try once more.
-            let _ = tokio::time::timeout(UNKNOWN_KID_WAIT, loaded.changed()).await;
-            result = token::validate(
-                token,
-                &settings.token_rules,
-                |iss| settings.issuers.get(iss).map(IssuerSource::keys),
-                unix_now(),
-            );
-        }
-    }
-    let verified = result?;
-    let feed = shared.feed.load_full();
-    let feed_revocations = feed.as_ref().map(|f| f.revocations.load_full());
-    if let Some(reason) = revocation::revoked(
-        &verified,
-        &settings.client_cutoffs,
-        feed_revocations.as_deref(),
-    ) {
-        return Err(TokenError::Revoked(reason));
-    }
-    let verified = Arc::new(verified);
-    shared.cache.insert(key, verified.clone(), epoch, now);
-    Ok(verified)
+    claims::judge(condition, &facts, verified, route)
 }
 
 /// Sends the request to the app and returns its response (hop-by-hop headers stripped).
@@ -587,76 +508,6 @@ fn rewrite_for_app(
     }
     parts.uri = uri;
     Ok(())
-}
-
-/// What the app is told about the caller: the verified token, and its claim headers.
-struct AppIdentity<'a> {
-    token: Option<&'a VerifiedToken>,
-    claims: Vec<(HeaderName, HeaderValue)>,
-}
-
-/// The claim headers (`headers.claims`) of a verified token. A claim a header cannot carry
-/// unchanged refuses the request (401 invalid_token) rather than forward a partial identity.
-fn claim_headers(
-    names: &HeaderSettings,
-    token: Option<&VerifiedToken>,
-) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
-    let Some(token) = token.filter(|_| !names.claims.is_empty()) else {
-        return Ok(Vec::new());
-    };
-    // The settings keep claims whenever claim headers are configured; a token cached before
-    // a reload added them is refused rather than forwarded without them.
-    let claims = token.claims.as_deref().ok_or(Refusal::InvalidToken)?;
-    let mut values = Vec::with_capacity(names.claims.len());
-    for (name, path) in &names.claims {
-        match claim_headers::header_value(claims, path) {
-            Ok(None) => {}
-            Ok(Some(text)) => {
-                // No control character is left: every other byte is a valid header byte.
-                let value =
-                    HeaderValue::from_bytes(text.as_bytes()).map_err(|_| Refusal::InvalidToken)?;
-                values.push((name.clone(), value));
-            }
-            Err(err) => {
-                tracing::info!(header = %name, reason = %err, "a claim cannot be passed as a header");
-                return Err(Refusal::InvalidToken);
-            }
-        }
-    }
-    Ok(values)
-}
-
-/// Removes every spelling of the identity and claim headers the client sent, then sets them
-/// from the verified token, if there is one.
-fn set_identity_headers(
-    headers: &mut http::HeaderMap,
-    names: &HeaderSettings,
-    identity: &AppIdentity<'_>,
-) {
-    let from_token: Vec<&HeaderName> = names.from_token.iter().collect();
-    let spoofed = headers::strip_spoofable(headers, &from_token);
-    if spoofed > 0 {
-        tracing::debug!(
-            headers = spoofed,
-            "removed headers the app could take for ours"
-        );
-    }
-    for (name, value) in &identity.claims {
-        headers.insert(name.clone(), value.clone());
-    }
-    if let Some(token) = identity.token {
-        let values = [
-            (&names.subject, token.sub.as_deref()),
-            (&names.scopes, Some(token.scope.as_str())),
-            (&names.client_id, token.client_id.as_deref()),
-        ];
-        for (name, value) in values {
-            // Validation refused every identity a header cannot carry unchanged.
-            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(name.clone(), value);
-            }
-        }
-    }
 }
 
 /// Joins the client's and the app's upgraded connections once both sides switched.

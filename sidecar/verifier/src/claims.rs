@@ -121,3 +121,55 @@ pub(crate) fn set_identity_headers(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scopegate_core::policy::Requirement;
+    use scopegate_core::token::Claims;
+    use std::sync::Arc;
+
+    fn token(claims: Option<serde_json::Value>) -> VerifiedToken {
+        VerifiedToken {
+            iss: "https://auth.shop.svc".into(),
+            sub: Some("alice".into()),
+            client_id: Some("web".into()),
+            scope: "read".into(),
+            exp: i64::MAX,
+            iat: None,
+            jti: None,
+            claims: claims.map(|c| Arc::new(c.as_object().cloned().unwrap_or_else(Claims::new))),
+        }
+    }
+
+    #[test]
+    fn a_token_without_its_claims_is_refused_never_judged_on_none() {
+        // `!has(claims.act)` is true of no claims at all: a token cached under settings that
+        // kept none (a reload's race) must not pass it.
+        let condition = Condition::compile("!has(claims.act)").unwrap_or_else(|e| panic!("{e}"));
+        let headers = http::HeaderMap::new();
+        let facts = RequestFacts {
+            method: "GET",
+            path: "/",
+            headers: &headers,
+            source: None,
+        };
+        let route = Route {
+            requirement: Requirement::Public,
+            rule_name: Some("guarded"),
+            rule_index: Some(0),
+            enforced: true,
+        };
+        let kept = token(Some(serde_json::json!({"sub": "alice"})));
+        assert_eq!(judge(&condition, &facts, &kept, &route), Ok(()));
+        let acting = token(Some(serde_json::json!({"act": {"sub": "admin"}})));
+        assert_eq!(
+            judge(&condition, &facts, &acting, &route),
+            Err(Refusal::ConditionNotMet)
+        );
+        assert_eq!(
+            judge(&condition, &facts, &token(None), &route),
+            Err(Refusal::ConditionNotMet)
+        );
+    }
+}

@@ -255,3 +255,84 @@ async fn explain_names_the_rule_the_check_and_the_answer() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_judges_a_when_condition_as_the_sidecar_does() {
+    let dir = TempDir::new();
+    let upstream = Upstream::start(Duration::from_secs(0)).await;
+    let (es, _) = SigningKey::es256();
+    let mut config = config(
+        upstream.addr.port(),
+        serde_json::json!({"keys": [es.jwk("k1", Some("ES256"))]}),
+    );
+    config["rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "name": "admins", "paths": ["/ops/**"], "action": {"type": "authenticated"},
+            "when": "\"admins\" in claims.groups"
+        }));
+    let path = dir.join("config.json");
+    write_atomic(&path, &config.to_string());
+    let sidecar = start_sidecar(&dir, &config).await;
+    let token = |groups: Value| {
+        let mut claims = claims("read:items");
+        claims["groups"] = groups;
+        mint(&es, &header("ES256", "k1"), &claims)
+    };
+    let run = |args: &[&str]| {
+        let out = Command::new(CLI)
+            .arg("explain")
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for (groups, status, wants) in [
+        (
+            serde_json::json!(["admins"]),
+            200,
+            [
+                "the rule's when condition: true",
+                "DECISION  forwarded to the app (allowed)",
+            ],
+        ),
+        (
+            serde_json::json!(["staff"]),
+            403,
+            [
+                "the rule's when condition: false",
+                "DECISION  403 condition_not_met",
+            ],
+        ),
+        (
+            serde_json::json!("admins"),
+            403,
+            [
+                "the rule's when condition: the condition failed",
+                "DECISION  403 condition_not_met",
+            ],
+        ),
+    ] {
+        let token = token(groups.clone());
+        let text = run(&["GET", "/ops/x", "--token", &token]);
+        for want in wants {
+            assert!(
+                text.contains(want),
+                "{groups}: missing {want:?} in:\n{text}"
+            );
+        }
+        let answered = get_with_token(sidecar.proxy_addr(), "/ops/x", &token).await;
+        assert_eq!(answered.status, status, "{groups}: the sidecar agrees");
+    }
+    let text = run(&["GET", "/ops/x", "--scopes", "read:items"]);
+    assert!(text.contains("not evaluated with --scopes"), "{text}");
+    sidecar.shutdown().await;
+}

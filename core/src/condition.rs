@@ -246,6 +246,11 @@ impl Condition {
         self.cost
     }
 
+    /// Whether the condition reads `source.address`.
+    pub fn reads_source(&self) -> bool {
+        self.reads_source
+    }
+
     /// The header names (lower-case) the condition reads.
     pub fn headers(&self) -> &BTreeSet<String> {
         &self.headers

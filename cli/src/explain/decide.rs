@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderValue};
 use scopegate_core::answer::{Refusal, answer};
+use scopegate_core::condition::RequestFacts;
 use scopegate_core::config::{Enforcement, RateLimitKey, SidecarConfig};
 use scopegate_core::decision::{self, Evaluation, Trace};
 use scopegate_core::path::RequestPath;
@@ -59,8 +60,15 @@ pub fn explain(
     let candidates = candidates(config, &policy, method, path.route(), route.rule_index);
     let rate_limits = rate_limits(config, method, path.route());
     let headers = headers_with_given_scopes(request);
-    let mut verifier = Verifier::new(config, request, keys, now);
-    let evaluation = verifier.evaluate(route.requirement, &headers, query);
+    let mut verifier = Verifier::new(config, request, keys, now, policy.has_conditions());
+    let mut evaluation = verifier.evaluate(route.requirement, &headers, query);
+    let asked = RequestFacts {
+        method,
+        path: path.route(),
+        headers: &request.headers,
+        source: None,
+    };
+    notes.extend(judge_condition(&policy, &route, &asked, &mut evaluation));
     // A rule in DryRun is only counted: the enforced rules decide as if it did not exist, as
     // in the sidecar, and the request is refused if they refuse it.
     let enforced_refusal = policy
@@ -92,6 +100,40 @@ pub fn explain(
         decision,
         notes,
     })
+}
+
+/// The rule's `when` condition, judged as the sidecar judges it for a token that passed the
+/// scope check (a refusal replaces the decision); the note says what it came to.
+fn judge_condition(
+    policy: &Policy,
+    route: &Route<'_>,
+    asked: &RequestFacts<'_>,
+    evaluation: &mut Evaluation,
+) -> Option<String> {
+    let condition = policy.condition(route.rule_index)?;
+    let Ok(Some(token)) = &evaluation.decision else {
+        return None;
+    };
+    let Some(claims) = token.claims.as_deref() else {
+        return Some(
+            "the rule's when condition reads the token's claims: not evaluated with --scopes (give --token)"
+                .into(),
+        );
+    };
+    let (holds, why) = match condition.evaluate(claims, asked) {
+        Ok(true) => (true, "true".to_owned()),
+        Ok(false) => (false, "false".to_owned()),
+        Err(err) => (false, err.to_string()),
+    };
+    if !holds {
+        evaluation.decision = Err(Refusal::ConditionNotMet);
+    }
+    let source = if condition.reads_source() {
+        " (source.address is not known here: it reads as empty)"
+    } else {
+        ""
+    };
+    Some(format!("the rule's when condition: {why}{source}"))
 }
 
 /// A path the sidecar refuses to read, and why.
@@ -310,12 +352,16 @@ impl<'a> Verifier<'a> {
         request: &'a Request,
         keys: &'a TrustedKeys,
         now: i64,
+        keep_claims: bool,
     ) -> Self {
         Self {
             config,
             scopes: request.scopes.as_deref(),
             keys,
-            rules: TokenRules::from_config(&config.verify),
+            rules: TokenRules {
+                keep_claims,
+                ..TokenRules::from_config(&config.verify)
+            },
             now,
             header: None,
         }

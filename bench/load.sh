@@ -5,6 +5,8 @@
 # with the same JWKS + RBAC on the scope claim), with and without its JWT cache.
 # Open-loop load (sidecar/examples/loadgen.rs), proxies pinned to CPU 1, app and load
 # generator to CPU 0. Prints JSON lines and a summary; bounded in time, loopback only.
+# Also a sixth target: the sidecar with a `when` condition on the route (group membership
+# and a tenant claim against the path), as issue 19 asks the ratio for.
 #
 #   bench/load.sh [SECS_PER_RUN]     (default 10)
 set -euo pipefail
@@ -43,7 +45,8 @@ jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
 jwk.update({"kid": "k1", "alg": "ES256", "use": "sig"})
 now = int(time.time())
 claims = {"iss": issuer, "sub": "user-1", "aud": "orders", "exp": now + 7200, "iat": now,
-          "nbf": now, "jti": "bench-1", "client_id": "bench", "scope": "read:items write:items"}
+          "nbf": now, "jti": "bench-1", "client_id": "bench", "scope": "read:items write:items",
+          "groups": ["staff", "admins"], "tenant": "items"}
 token = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1", "typ": "at+jwt"})
 json.dump({"keys": [jwk]}, open(f"{work}/jwks.json", "w"))
 open(f"{work}/token", "w").write(token)
@@ -51,11 +54,12 @@ PY
 token="$(cat "$work/token")"
 jwks="$(cat "$work/jwks.json")"
 
-config() { # $1 = port, $2 = auth on/off
+config() { # $1 = port, $2 = auth on/off/when
   local verify rules default
-  if [[ $2 == on ]]; then
+  if [[ $2 != off ]]; then
     verify="{\"issuers\":[{\"issuer\":\"$issuer\",\"keys\":{\"type\":\"static\",\"jwks\":$jwks}}],\"audiences\":[\"orders\"],\"leewaySecs\":30}"
     rules='[{"paths":["/items/**"],"action":{"type":"requireAll","scopes":["read:items"]}}]'
+    [[ $2 == when ]] && rules='[{"paths":["/items/**"],"action":{"type":"requireAll","scopes":["read:items"]},"when":"\"admins\" in claims.groups \u0026\u0026 request.path.startsWith(\"/\" + claims.tenant + \"/\")"}]'
     default=deny
   else
     verify='{"issuers":[],"audiences":[],"leewaySecs":30}'
@@ -134,19 +138,21 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 taskset -c 0 "$bin/examples/bench_upstream" 127.0.0.1:18080 & pids+=($!)
 config 18081 on >"$work/sidecar.json"
 config 18082 off >"$work/bare.json"
+config 18085 when >"$work/sidecar-when.json"
 taskset -c 1 "$bin/scopegate-sidecar" --config "$work/sidecar.json" --bind 127.0.0.1 --admin-addr 127.0.0.1:18091 >/dev/null 2>"$work/sidecar.log" & sidecar=$!; pids+=($sidecar)
 taskset -c 1 "$bin/scopegate-sidecar" --config "$work/bare.json" --bind 127.0.0.1 --admin-addr 127.0.0.1:18092 >/dev/null 2>"$work/bare.log" & bare=$!; pids+=($bare)
+taskset -c 1 "$bin/scopegate-sidecar" --config "$work/sidecar-when.json" --bind 127.0.0.1 --admin-addr 127.0.0.1:18095 >/dev/null 2>"$work/sidecar-when.log" & pids+=($!)
 envoy_config 18083 18093 off >"$work/envoy-nocache.yaml"
 envoy_config 18084 18094 on >"$work/envoy-cache.yaml"
 taskset -c 1 "$envoy" -c "$work/envoy-nocache.yaml" --concurrency 1 --log-level error --base-id 1 & envoy_nocache=$!; pids+=($envoy_nocache)
 taskset -c 1 "$envoy" -c "$work/envoy-cache.yaml" --concurrency 1 --log-level error --base-id 2 & envoy_cache=$!; pids+=($envoy_cache)
-for p in 18080 18081 18082 18083 18084; do wait_port $p; done
+for p in 18080 18081 18082 18083 18084 18085; do wait_port $p; done
 sleep 1
 say "idle RSS KiB: sidecar $(rss_kib $sidecar), bare $(rss_kib $bare), envoy $(rss_kib $envoy_nocache)"
 idle_sidecar=$(rss_kib $sidecar)
 
 # Every target must answer the token with 200 and refuse a missing token (except direct/bare).
-for port in 18081 18083 18084; do
+for port in 18081 18083 18084 18085; do
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/items/1")
   [[ $code == 401 ]] || { echo "port $port answered $code without a token" >&2; exit 1; }
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$port/items/1")
@@ -160,7 +166,7 @@ load() { # name port rate secs conns
   echo "{\"target\":\"$1\",${out:1}"
 }
 
-targets=(direct:18080 bare:18082 sidecar:18081 envoy-nocache:18083 envoy-cache:18084)
+targets=(direct:18080 bare:18082 sidecar:18081 sidecar-when:18085 envoy-nocache:18083 envoy-cache:18084)
 results="$work/results.jsonl"
 for t in "${targets[@]}"; do load "${t%%:*}" "${t##*:}" 200 2 8 >/dev/null; done # warm-up
 say "open-loop latency at 1000 rps, ${secs}s each"
@@ -179,15 +185,16 @@ import json, sys
 rows = {r["target"]: r for r in map(json.loads, open(sys.argv[1]))}
 d = rows["direct"]["p99_us"]
 print("\n== latency at 1000 rps (µs): service = sent→done, from schedule = due→done ==")
-for t in ["direct", "bare", "sidecar", "envoy-nocache", "envoy-cache"]:
+for t in ["direct", "bare", "sidecar", "sidecar-when", "envoy-nocache", "envoy-cache"]:
     r = rows[t]
     print(f"{t:14} service p50 {r['p50_us']:6.0f} p99 {r['p99_us']:6.0f} Δp99 {r['p99_us'] - d:6.0f}"
           f" | from schedule p50 {r['sched_p50_us']:6.0f} p99 {r['sched_p99_us']:6.0f}  errors {r['errors']}")
 print("\n== closed-loop throughput (rps) ==")
-m = {t: rows[t + "-max"]["achieved_rps"] for t in ["direct", "bare", "sidecar", "envoy-nocache", "envoy-cache"]}
+m = {t: rows[t + "-max"]["achieved_rps"] for t in ["direct", "bare", "sidecar", "sidecar-when", "envoy-nocache", "envoy-cache"]}
 for t, v in m.items():
     print(f"{t:14} {v:8.0f}")
 print(f"\nsidecar / bare          = {m['sidecar'] / m['bare']:.2f}")
+print(f"sidecar-when / bare     = {m['sidecar-when'] / m['bare']:.2f}")
 print(f"sidecar / envoy-cache   = {m['sidecar'] / m['envoy-cache']:.2f}")
 print(f"sidecar / envoy-nocache = {m['sidecar'] / m['envoy-nocache']:.2f}")
 samples = [int(x) / 1024 for x in sys.argv[3].split()]

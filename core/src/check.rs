@@ -392,7 +392,11 @@ fn conditions_read_no_header_of_ours(
 pub fn header_name(text: &str) -> Result<HeaderName, CheckError> {
     HeaderName::from_bytes(text.as_bytes())
         .ok()
-        .filter(|n| n.as_str() == text && !RESERVED_HEADERS.contains(&text))
+        .filter(|n| {
+            n.as_str() == text
+                && !RESERVED_HEADERS.contains(&text)
+                && !SIDECAR_REWRITTEN_HEADERS.contains(&folded_header_name(text).as_str())
+        })
         .ok_or_else(|| CheckError::HeaderName(text.to_owned()))
 }
 
@@ -607,7 +611,7 @@ mod tests {
                         .claims
                         .insert("x-original-url".into(), "website".into());
                 },
-                "headers.claims: \"x-original-url\" is a header the sidecar owns, removes or rebuilds (in some spelling)",
+                "headers: \"x-original-url\" is not a usable header name",
             ),
             (
                 |c| {
@@ -615,7 +619,15 @@ mod tests {
                         .claims
                         .insert("x_forwarded_for".into(), "ip".into());
                 },
-                "headers.claims: \"x_forwarded_for\" is a header the sidecar owns, removes or rebuilds (in some spelling)",
+                "headers: \"x_forwarded_for\" is not a usable header name",
+            ),
+            (
+                |c| {
+                    c.headers
+                        .claims
+                        .insert("content-type".into(), "mime".into());
+                },
+                "headers.claims: \"content-type\" is a header the sidecar owns, removes or rebuilds (in some spelling)",
             ),
             (
                 |c| {

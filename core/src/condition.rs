@@ -306,7 +306,7 @@ impl Condition {
                 // came in another spelling a CGI-style server reads as the same name.
                 let other_spelling = (request.headers.keys())
                     .any(|k| k.as_str() != name && same_folded(k.as_str(), name));
-                if other_spelling {
+                if other_spelling || dropped_by_connection(request.headers, name) {
                     return None;
                 }
                 let mut values = request.headers.get_all(name.as_str()).iter();
@@ -353,6 +353,15 @@ fn to_cel(value: &serde_json::Value) -> Value {
 fn same_folded(a: &str, b: &str) -> bool {
     let fold = |c: u8| if c == b'_' { b'-' } else { c };
     a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+/// Whether the request's `Connection` header names `name` (in any case or spelling): the
+/// sidecar then removes it as hop-by-hop, and the app never gets what was judged.
+fn dropped_by_connection(headers: &http::HeaderMap, name: &str) -> bool {
+    (headers.get_all(http::header::CONNECTION).iter())
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|token| same_folded(&token.trim().to_ascii_lowercase(), name))
 }
 
 /// Whether a string longer than [`MAX_STRING_BYTES`] is in `value`.
@@ -855,5 +864,36 @@ mod tests {
         );
         let fits = claims(json!({"s": "a".repeat(MAX_STRING_BYTES)}));
         assert_eq!(condition.evaluate(&fits, &request), Ok(true));
+    }
+
+    #[test]
+    fn a_header_the_client_has_the_sidecar_drop_is_absent() {
+        let condition = Condition::compile(r#"request.headers["x-tenant"] == "acme""#).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-tenant", http::HeaderValue::from_static("acme"));
+        let request = |headers: &http::HeaderMap| {
+            condition.evaluate(
+                &claims(json!({})),
+                &RequestFacts {
+                    method: "GET",
+                    path: "/",
+                    headers,
+                    source: None,
+                },
+            )
+        };
+        assert_eq!(request(&headers), Ok(true));
+        for connection in ["x-tenant", "keep-alive, X-Tenant", "x_tenant"] {
+            let mut dropped = headers.clone();
+            dropped.insert("connection", http::HeaderValue::from_static(connection));
+            assert!(request(&dropped).is_err(), "{connection}");
+        }
+        for name in ["host", "upgrade"] {
+            let expr = format!(r#"request.headers["{name}"] == "x""#);
+            assert_eq!(
+                Condition::compile(&expr).err(),
+                Some(CompileError::RewrittenHeader(name.into()))
+            );
+        }
     }
 }

@@ -67,11 +67,13 @@ pub fn is_identity_value(value: &str) -> bool {
 /// Longest identity [`is_identity_value`] accepts, in bytes.
 pub const MAX_IDENTITY_LEN: usize = 1024;
 
-/// Request headers the sidecar removes or rebuilds on the way to the app: hop-by-hop headers,
-/// the forwarding headers (rebuilt), the ones only a trusted proxy may set, and the routing
-/// overrides. A condition may not judge one (the app never gets the value it judged), and no
+/// Request headers the sidecar removes or rebuilds on the way to the app: `Host` (set from an
+/// HTTP/2 `:authority`), hop-by-hop headers, the forwarding headers (rebuilt), the ones only
+/// a trusted proxy may set, and the routing overrides. A condition may not judge one (the app never gets the value it judged), and no
 /// claim header may take one's name.
-pub const SIDECAR_REWRITTEN_HEADERS: [&str; 25] = [
+pub const SIDECAR_REWRITTEN_HEADERS: [&str; 27] = [
+    "host",
+    "upgrade",
     "connection",
     "keep-alive",
     "proxy-connection",

@@ -33,6 +33,13 @@ use inject::{Decision, InjectionSettings};
 pub const MUTATE_PATH: &str = "/mutate-pods";
 /// Path the API server posts AuthPolicy AdmissionReviews to.
 pub const VALIDATE_PATH: &str = "/validate-authpolicies";
+/// Longest a policy review waits for the compiler (the API server gives up after the
+/// chart's `webhook.timeoutSeconds`, 3 s by default).
+const VALIDATOR_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
+/// Longest a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Largest AdmissionReview body accepted.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
@@ -204,26 +211,21 @@ async fn handle(
 }
 
 /// Compiling conditions is CPU work a tenant controls: it runs on the blocking pool, one
-/// review at a time, so that pod reviews (injection) are never queued behind it.
+/// review at a time, so that pod reviews (injection) are never queued behind it; a review
+/// that waits longer than [`VALIDATOR_WAIT`] for its turn is refused (retry), and one whose
+/// conditions did not change needs no turn at all.
 async fn validate_off_the_runtime(state: &Arc<WebhookState>, body: Bytes) -> Result<Value, String> {
     static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-    let _permit = ONE_AT_A_TIME
-        .acquire()
-        .await
-        .map_err(|_| "the validator is shutting down".to_owned())?;
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || validate_review(&state, &body))
-        .await
-        .map_err(|e| format!("the validation task failed: {e}"))?
-}
-
-/// Answers one AuthPolicy AdmissionReview ([`validate::review`]), counting its outcome.
-fn validate_review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
-    let (answer, allowed) = validate::review(body)?;
-    let outcome = if allowed {
-        "policy_allowed"
+    let review = validate::PolicyReview::read(&body)?;
+    let (answer, outcome) = if !review.must_compile() {
+        review.allow()
     } else {
-        "policy_refused"
+        match tokio::time::timeout(VALIDATOR_WAIT, ONE_AT_A_TIME.acquire()).await {
+            Ok(Ok(_permit)) => tokio::task::spawn_blocking(move || review.judge())
+                .await
+                .map_err(|e| format!("the validation task failed: {e}"))?,
+            _ => review.busy(),
+        }
     };
     state
         .metrics
@@ -249,13 +251,19 @@ pub async fn serve(
     let mut config = builder.with_no_client_auth().with_cert_resolver(certs);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let (acceptor, state) = (acceptor.clone(), state.clone());
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(stream).await else {
+            let _permit = permit;
+            let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream));
+            let Ok(Ok(tls)) = handshake.await else {
                 return;
             };
             let service = service_fn(move |request| {
@@ -263,6 +271,8 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(handle(state, request).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), service)
                 .await;

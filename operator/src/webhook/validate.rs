@@ -44,36 +44,108 @@ pub fn refusal(policy: &AuthPolicy) -> Option<String> {
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
-/// Answers one AdmissionReview of an AuthPolicy: the response, and whether it was allowed.
-pub fn review(body: &[u8]) -> Result<(Value, bool), String> {
-    let review: Value =
-        serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
-    let request = review
-        .get("request")
-        .ok_or("AdmissionReview without request")?;
-    let uid = request
-        .get("uid")
-        .and_then(Value::as_str)
-        .ok_or("request without uid")?;
-    let object = request.get("object").cloned().unwrap_or(Value::Null);
-    // The API server checked the schema before calling: an object that does not read as an
-    // AuthPolicy here is refused rather than waved through unchecked.
-    let refused = match serde_json::from_value::<AuthPolicy>(object) {
-        Ok(policy) => refusal(&policy),
-        Err(e) => Some(format!("the object does not read as an AuthPolicy: {e}")),
-    };
-    let response = match &refused {
-        None => json!({"uid": uid, "allowed": true}),
-        Some(message) => json!({
-            "uid": uid,
+/// An AuthPolicy AdmissionReview, read.
+pub struct PolicyReview {
+    uid: String,
+    object: Value,
+    /// The conditions of the new object differ from the old object's (or it is new).
+    conditions_changed: bool,
+}
+
+impl PolicyReview {
+    /// Reads an AdmissionReview.
+    pub fn read(body: &[u8]) -> Result<Self, String> {
+        let review: Value =
+            serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
+        let request = review
+            .get("request")
+            .ok_or("AdmissionReview without request")?;
+        let uid = request
+            .get("uid")
+            .and_then(Value::as_str)
+            .ok_or("request without uid")?
+            .to_owned();
+        let object = request.get("object").cloned().unwrap_or(Value::Null);
+        let conditions_changed = conditions(&object) != conditions(&request["oldObject"]);
+        Ok(Self {
+            uid,
+            object,
+            conditions_changed,
+        })
+    }
+
+    /// Whether answering needs the compiler: the policy carries conditions other than those
+    /// it had. (An update that leaves them as they were, such as a rotation annotation, is
+    /// answered at once: they were checked when written, and the operator checks them again
+    /// before every render.)
+    pub fn must_compile(&self) -> bool {
+        self.conditions_changed && !conditions(&self.object).is_empty()
+    }
+
+    /// The answer after compiling every condition, and its outcome label.
+    pub fn judge(&self) -> (Value, &'static str) {
+        // The API server checked the schema before calling: an object that does not read as
+        // an AuthPolicy here is refused rather than waved through unchecked.
+        let refused = match serde_json::from_value::<AuthPolicy>(self.object.clone()) {
+            Ok(policy) => refusal(&policy),
+            Err(e) => Some(format!("the object does not read as an AuthPolicy: {e}")),
+        };
+        match refused {
+            None => self.allow(),
+            Some(message) => self.refuse(422, "Invalid", &message, "policy_refused"),
+        }
+    }
+
+    /// Allowed, without compiling.
+    pub fn allow(&self) -> (Value, &'static str) {
+        let response = json!({"uid": self.uid, "allowed": true});
+        (envelope(response), "policy_allowed")
+    }
+
+    /// Refused for now: other policies' conditions hold the compiler; the write may be
+    /// retried.
+    pub fn busy(&self) -> (Value, &'static str) {
+        let message = "the AuthPolicy validator is busy compiling other policies' when conditions: retry in a moment";
+        self.refuse(429, "TooManyRequests", message, "policy_busy")
+    }
+
+    fn refuse(
+        &self,
+        code: u16,
+        reason: &str,
+        message: &str,
+        outcome: &'static str,
+    ) -> (Value, &'static str) {
+        let response = json!({
+            "uid": self.uid,
             "allowed": false,
-            "status": {"code": 422, "reason": "Invalid", "message": message},
-        }),
+            "status": {"code": code, "reason": reason, "message": message},
+        });
+        (envelope(response), outcome)
+    }
+}
+
+/// The `when` conditions of a policy object as sent, in order.
+fn conditions(object: &Value) -> Vec<&str> {
+    (object["spec"]["rules"].as_array().into_iter().flatten())
+        .filter_map(|rule| rule["when"].as_str())
+        .collect()
+}
+
+fn envelope(response: Value) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+}
+
+/// Answers one AdmissionReview of an AuthPolicy (compiling what it must): the response, and
+/// whether it was allowed.
+pub fn review(body: &[u8]) -> Result<(Value, bool), String> {
+    let review = PolicyReview::read(body)?;
+    let (answer, outcome) = if review.must_compile() {
+        review.judge()
+    } else {
+        review.allow()
     };
-    Ok((
-        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
-        refused.is_none(),
-    ))
+    Ok((answer, outcome == "policy_allowed"))
 }
 
 #[cfg(test)]
@@ -168,5 +240,31 @@ mod tests {
             .as_str()
             .unwrap_or_default();
         assert!(message.len() < 700, "{} bytes", message.len());
+    }
+
+    #[test]
+    fn an_update_that_keeps_its_conditions_needs_no_compiler_and_a_busy_answer_refuses() {
+        let mut update = review_of(json!([{"paths": ["/a"], "when": "claims.a == 1"}]));
+        update["request"]["oldObject"] = update["request"]["object"].clone();
+        let read = PolicyReview::read(update.to_string().as_bytes()).unwrap();
+        assert!(
+            !read.must_compile(),
+            "a rotation annotation needs no compiler"
+        );
+        assert_eq!(read.allow().0["response"]["allowed"], true);
+        update["request"]["oldObject"]["spec"]["rules"][0]["when"] = json!("claims.a == 2");
+        let changed = PolicyReview::read(update.to_string().as_bytes()).unwrap();
+        assert!(changed.must_compile());
+        let none = review_of(json!([{"paths": ["/a"]}]));
+        assert!(
+            !PolicyReview::read(none.to_string().as_bytes())
+                .unwrap()
+                .must_compile()
+        );
+        let (busy, outcome) = changed.busy();
+        assert_eq!(outcome, "policy_busy");
+        assert_eq!(busy["response"]["allowed"], false);
+        assert_eq!(busy["response"]["status"]["code"], 429);
+        assert_eq!(busy["response"]["uid"], "u-1");
     }
 }

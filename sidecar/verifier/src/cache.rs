@@ -26,6 +26,8 @@ pub fn hash(token: &str) -> TokenHash {
 struct Entry {
     token: Arc<VerifiedToken>,
     epoch: u64,
+    /// The serial of the settings it was verified under.
+    serial: u64,
 }
 
 /// A bounded map from token hash to verified token.
@@ -55,17 +57,26 @@ impl TokenCache {
         lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The verified token for `key`, if cached, current and not past `exp` at `now`.
-    pub fn get(&self, key: &TokenHash, now: i64) -> Option<Arc<VerifiedToken>> {
+    /// The verified token for `key`, if cached, current, verified under the settings of
+    /// `serial`, and not past `exp` at `now`.
+    pub fn get(&self, key: &TokenHash, now: i64, serial: u64) -> Option<Arc<VerifiedToken>> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let shard = self.shard(key);
         let entry = shard.get(key)?;
-        (entry.epoch == epoch && now < entry.token.exp).then(|| entry.token.clone())
+        let current = entry.epoch == epoch && entry.serial == serial;
+        (current && now < entry.token.exp).then(|| entry.token.clone())
     }
 
-    /// Remembers a verified token. `epoch` is the value of [`TokenCache::epoch`] read
-    /// before validation started, so a flush during validation is not undone.
-    pub fn insert(&self, key: TokenHash, token: Arc<VerifiedToken>, epoch: u64, now: i64) {
+    /// Remembers a token verified under the settings of `serial`. `epoch` is the value of
+    /// [`TokenCache::epoch`] read before validation started, so a flush during validation is
+    /// not undone.
+    pub fn insert(
+        &self,
+        key: TokenHash,
+        token: Arc<VerifiedToken>,
+        (epoch, serial): (u64, u64),
+        now: i64,
+    ) {
         let mut shard = self.shard(&key);
         if shard.len() >= self.per_shard && !shard.contains_key(&key) {
             let current = self.epoch.load(Ordering::Acquire);
@@ -77,7 +88,14 @@ impl TokenCache {
                 }
             }
         }
-        shard.insert(key, Entry { token, epoch });
+        shard.insert(
+            key,
+            Entry {
+                token,
+                epoch,
+                serial,
+            },
+        );
     }
 
     /// The current epoch.
@@ -107,11 +125,11 @@ mod tests {
     fn entries_never_outlive_exp_or_a_flush() {
         let cache = TokenCache::new(100);
         let key = hash("t");
-        cache.insert(key, token(100), cache.epoch(), 0);
-        assert!(cache.get(&key, 99).is_some());
-        assert!(cache.get(&key, 100).is_none());
+        cache.insert(key, token(100), (cache.epoch(), 1), 0);
+        assert!(cache.get(&key, 99, 1).is_some());
+        assert!(cache.get(&key, 100, 1).is_none());
         cache.flush();
-        assert!(cache.get(&key, 0).is_none());
+        assert!(cache.get(&key, 0, 1).is_none());
     }
 
     #[test]
@@ -119,17 +137,27 @@ mod tests {
         let cache = TokenCache::new(100);
         let before = cache.epoch();
         cache.flush();
-        cache.insert(hash("t"), token(100), before, 0);
-        assert!(cache.get(&hash("t"), 0).is_none());
+        cache.insert(hash("t"), token(100), (before, 1), 0);
+        assert!(cache.get(&hash("t"), 0, 1).is_none());
     }
 
     #[test]
     fn stays_bounded() {
         let cache = TokenCache::new(32);
         for i in 0..1000 {
-            cache.insert(hash(&i.to_string()), token(100), cache.epoch(), 0);
+            cache.insert(hash(&i.to_string()), token(100), (cache.epoch(), 1), 0);
         }
         let total: usize = cache.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= 32, "{total}");
+    }
+
+    #[test]
+    fn an_entry_serves_only_the_settings_it_was_verified_under() {
+        let cache = TokenCache::new(8);
+        let key = hash("t");
+        cache.insert(key, token(100), (cache.epoch(), 1), 0);
+        assert!(cache.get(&key, 0, 1).is_some());
+        // Settings 2 are in force, the flush has not happened yet: a miss all the same.
+        assert!(cache.get(&key, 0, 2).is_none());
     }
 }

@@ -131,6 +131,9 @@ pub struct Upstream {
 
 /// A compiled config.
 pub struct Settings {
+    /// Unique to this compilation: the token cache serves an entry only to the settings it
+    /// was verified under (a reload changes what a token is worth).
+    pub serial: u64,
     /// The document as parsed (for listener and feed settings).
     pub config: SidecarConfig,
     /// Route rules.
@@ -235,7 +238,9 @@ pub fn compile(
     if let Some(role) = &role {
         skipped_keys.extend(role.skipped_keys());
     }
+    static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Settings {
+        serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         role,
         policy,
         token_rules,

@@ -30,7 +30,7 @@ pub async fn verify(
         return Err(TokenError::TooLarge);
     }
     let key = cache::hash(token);
-    if let Some(hit) = shared.cache.get(&key, now) {
+    if let Some(hit) = shared.cache.get(&key, now, settings.serial) {
         shared.metrics.cache(true);
         return Ok(hit);
     }
@@ -75,6 +75,8 @@ pub async fn verify(
         return Err(TokenError::Revoked(reason));
     }
     let verified = Arc::new(verified);
-    shared.cache.insert(key, verified.clone(), epoch, now);
+    shared
+        .cache
+        .insert(key, verified.clone(), (epoch, settings.serial), now);
     Ok(verified)
 }

@@ -54,6 +54,23 @@ fn explained(config: &std::path::Path, case: &Case) -> (Answer, Option<(u16, Opt
     )
 }
 
+/// `explain`'s text report on `config` for `args`.
+fn explain_text(config: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(CLI)
+        .arg("explain")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Status, `WWW-Authenticate`, whether the app was reached.
 type Answer = (u16, Option<String>, bool);
 
@@ -163,21 +180,7 @@ async fn explain_names_the_rule_the_check_and_the_answer() {
     expired["exp"] = serde_json::json!(now() - 3600);
     let expired = mint(&es, &header("ES256", "k1"), &expired);
     let reader = mint(&es, &header("ES256", "k1"), &claims("read:items"));
-    let run = |args: &[&str]| {
-        let out = Command::new(CLI)
-            .arg("explain")
-            .arg("--config")
-            .arg(&path)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| explain_text(&path, args);
     let text = run(&["GET", "/items/%2e%2e/admin/x", "--token", &reader]);
     for want in [
         "/items/%2e%2e/admin/x -> /admin/x",
@@ -280,21 +283,7 @@ async fn explain_judges_a_when_condition_as_the_sidecar_does() {
         claims["groups"] = groups;
         mint(&es, &header("ES256", "k1"), &claims)
     };
-    let run = |args: &[&str]| {
-        let out = Command::new(CLI)
-            .arg("explain")
-            .arg("--config")
-            .arg(&path)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| explain_text(&path, args);
     for (groups, status, wants) in [
         (
             serde_json::json!(["admins"]),

@@ -267,11 +267,16 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn token(claims: &Value) -> String {
+        token_of(&claims.to_string())
+    }
+
+    /// A token over `payload` as written (duplicate members and all).
+    fn token_of(payload: &str) -> String {
         let header = json!({"alg": "HS256", "kid": "k", "typ": "at+jwt"});
         let input = format!(
             "{}.{}",
             b64::encode(header.to_string().as_bytes()),
-            b64::encode(claims.to_string().as_bytes())
+            b64::encode(payload.as_bytes())
         );
         let key = hmac::Key::new(hmac::HMAC_SHA256, &SECRET);
         let tag = hmac::sign(&key, input.as_bytes());
@@ -288,6 +293,15 @@ mod tests {
     }
 
     fn check(leeway: i64, c: &Value) -> Result<VerifiedToken, TokenError> {
+        check_with(leeway, false, &token(c))
+    }
+
+    /// Validates `token` against the test issuer `i` with key `k`.
+    fn check_with(
+        leeway: i64,
+        keep_claims: bool,
+        token: &str,
+    ) -> Result<VerifiedToken, TokenError> {
         let keys = IssuerKeys {
             keys: Arc::new(KeyMap::from([(
                 "k".to_owned(),
@@ -300,14 +314,9 @@ mod tests {
             audiences: vec!["a".into()],
             leeway_secs: leeway,
             max_token_bytes: 8192,
-            keep_claims: false,
+            keep_claims,
         };
-        validate(
-            &token(c),
-            &rules,
-            |iss| (iss == "i").then(|| keys.clone()),
-            NOW,
-        )
+        validate(token, &rules, |iss| (iss == "i").then(|| keys.clone()), NOW)
     }
 
     #[test]
@@ -381,30 +390,7 @@ mod tests {
     }
 
     fn with_claims_kept(payload: &str) -> Result<VerifiedToken, TokenError> {
-        let header = json!({"alg": "HS256", "kid": "k", "typ": "at+jwt"});
-        let input = format!(
-            "{}.{}",
-            b64::encode(header.to_string().as_bytes()),
-            b64::encode(payload.as_bytes())
-        );
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &SECRET);
-        let tag = hmac::sign(&key, input.as_bytes());
-        let keys = IssuerKeys {
-            keys: Arc::new(KeyMap::from([(
-                "k".to_owned(),
-                KeyEntry::hs256("k", &SECRET).unwrap(),
-            )])),
-            allow_jwt_typ: false,
-            scopes: None,
-        };
-        let rules = TokenRules {
-            audiences: vec!["a".into()],
-            leeway_secs: 0,
-            max_token_bytes: 8192,
-            keep_claims: true,
-        };
-        let token = format!("{input}.{}", b64::encode(tag.as_ref()));
-        validate(&token, &rules, |_| Some(keys), NOW)
+        check_with(0, true, &token_of(payload))
     }
 
     #[test]

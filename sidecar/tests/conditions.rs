@@ -57,11 +57,11 @@ async fn setup() -> Setup {
 
 impl Setup {
     fn token(&self, extra: Value) -> String {
-        let mut claims = claims("read:items");
-        for (name, value) in extra.as_object().unwrap() {
-            claims[name] = value.clone();
-        }
-        mint(&self.key, &header("ES256", "k1"), &claims)
+        mint(
+            &self.key,
+            &header("ES256", "k1"),
+            &claims_with("read:items", extra),
+        )
     }
 
     async fn status(&self, method: &str, target: &str, token: &str, extra: &[(&str, &str)]) -> u16 {

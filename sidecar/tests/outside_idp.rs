@@ -9,25 +9,16 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::issuer::{basic, enc, free_port, header_of, tls_raw};
 use support::*;
-use tokio::io::AsyncBufReadExt;
 
 const CLIENT_ID: &str = "reports";
 const CLIENT_SECRET: &str = "reports-secret";
 /// The resource server's identifier: the tokens' audience.
 const RESOURCE: &str = "https://orders.shop.svc";
-
-fn idp_dir() -> PathBuf {
-    std::env::var_os("SCOPEGATE_IDP_DIR").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/scopegate/idp"),
-        PathBuf::from,
-    )
-}
 
 /// The provider's process; killed on drop.
 struct Idp {
@@ -38,51 +29,18 @@ struct Idp {
 impl Idp {
     /// Starts the provider on `port` with a fresh signing key named `kid`.
     async fn start(tls: &TempDir, port: u16, kid: &str) -> Idp {
-        let dir = idp_dir();
-        assert!(
-            dir.join("node_modules/oidc-provider").is_dir(),
-            "oidc-provider is not installed in {}: run scripts/setup.sh",
-            dir.display()
-        );
-        // The module resolves oidc-provider from its own directory.
-        let script = dir.join(format!(
-            "resource-idp-{}-{}.mjs",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/idp/resource-idp.mjs"),
-            &script,
-        )
-        .unwrap();
-        let mut child = tokio::process::Command::new("node")
-            .arg(&script)
-            .env("PORT", port.to_string())
-            .env("KEY", tls.join("tls.key"))
-            .env("CERT", tls.join("tls.crt"))
-            .env("KID", kid)
-            .env("AUDIENCE", RESOURCE)
-            .env("CLIENT_ID", CLIENT_ID)
-            .env("CLIENT_SECRET", CLIENT_SECRET)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the IdP starts")
-            .unwrap()
-            .expect("a line from the IdP");
-        assert!(line.starts_with("idp ready"), "{line}");
-        let _ = std::fs::remove_file(&script);
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let env = [
+            ("PORT", port.to_string()),
+            ("KEY", tls.join("tls.key").display().to_string()),
+            ("CERT", tls.join("tls.crt").display().to_string()),
+            ("KID", kid.to_owned()),
+            ("AUDIENCE", RESOURCE.to_owned()),
+            ("CLIENT_ID", CLIENT_ID.to_owned()),
+            ("CLIENT_SECRET", CLIENT_SECRET.to_owned()),
+        ];
         Idp {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _child: child,
+            _child: support::node_idp::spawn("resource-idp.mjs", &env).await,
         }
     }
 

@@ -13,7 +13,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,61 +146,24 @@ struct Idp {
     child: tokio::process::Child,
 }
 
-fn idp_dir() -> PathBuf {
-    std::env::var_os("SCOPEGATE_IDP_DIR").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/scopegate/idp"),
-        PathBuf::from,
-    )
-}
-
 impl Idp {
     async fn start(issuer: &Issuer) -> Idp {
-        let dir = idp_dir();
-        assert!(
-            dir.join("node_modules/oidc-provider").is_dir(),
-            "oidc-provider is not installed in {}: run scripts/setup.sh",
-            dir.display()
-        );
-        // The module resolves oidc-provider from its own directory.
-        let script = dir.join(format!("idp-{}-{}.mjs", std::process::id(), unique()));
-        std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/idp/idp.mjs"),
-            &script,
-        )
-        .unwrap();
         let port = free_port();
         // The issuer's serving pair is issued for 127.0.0.1 by the CA the sidecar trusts.
-        let mut child = tokio::process::Command::new("node")
-            .arg(&script)
-            .env("PORT", port.to_string())
-            .env("KEY", issuer.dir.join("tls.key"))
-            .env("CERT", issuer.dir.join("tls.crt"))
-            .env("CLIENT_ID", GOOGLE_CLIENT)
-            .env("CLIENT_SECRET", GOOGLE_SECRET)
-            .env(
+        let env = [
+            ("PORT", port.to_string()),
+            ("KEY", issuer.dir.join("tls.key").display().to_string()),
+            ("CERT", issuer.dir.join("tls.crt").display().to_string()),
+            ("CLIENT_ID", GOOGLE_CLIENT.to_owned()),
+            ("CLIENT_SECRET", GOOGLE_SECRET.to_owned()),
+            (
                 "REDIRECT_URI",
                 format!("{}/oauth2/upstream/google/callback", issuer.url),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node runs");
-        use tokio::io::AsyncBufReadExt;
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the IdP starts")
-            .unwrap()
-            .expect("a line from the IdP");
-        assert!(line.starts_with("idp ready"), "{line}");
-        let _ = std::fs::remove_file(&script);
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            ),
+        ];
         Idp {
             url: format!("https://127.0.0.1:{port}"),
-            child,
+            child: support::node_idp::spawn("idp.mjs", &env).await,
         }
     }
 }

@@ -285,6 +285,10 @@ pub(crate) fn pod_selector(_: &mut SchemaGenerator) -> Schema {
 /// Most scopes a list or vocabulary may hold (bounds CEL cost).
 pub(crate) const MAX_SCOPES: usize = 64;
 
+/// A claim named by a dotted path (`email`, `realm_access.roles`): the grammar of
+/// `scopegate_core::claim_headers::is_claim_path`.
+pub(crate) const CLAIM_PATH_PATTERN: &str = r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$";
+
 /// Schema of a list of scope names: a set of RFC 6749 scope-tokens.
 pub(crate) fn scope_list(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

@@ -85,17 +85,30 @@ pub async fn track_sync(policies: Store<AuthPolicy>, synced: Arc<AtomicBool>) {
     }
 }
 
-/// Answers one AdmissionReview (pure apart from the policy cache read).
-pub fn review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
-    let review: Value =
+/// The request of an AdmissionReview body, and its uid.
+pub(crate) fn admission_request(body: &[u8]) -> Result<(Value, String), String> {
+    let mut review: Value =
         serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
     let request = review
-        .get("request")
+        .get_mut("request")
+        .map(Value::take)
         .ok_or("AdmissionReview without request")?;
     let uid = request
         .get("uid")
         .and_then(Value::as_str)
-        .ok_or("request without uid")?;
+        .ok_or("request without uid")?
+        .to_owned();
+    Ok((request, uid))
+}
+
+/// The AdmissionReview that carries `response`.
+pub(crate) fn admission_answer(response: Value) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
+}
+
+/// Answers one AdmissionReview (pure apart from the policy cache read).
+pub fn review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
+    let (request, uid) = admission_request(body)?;
     let pod: Pod = serde_json::from_value(request.get("object").cloned().unwrap_or(Value::Null))
         .map_err(|e| format!("request object is not a Pod: {e}"))?;
     let namespace = request
@@ -117,9 +130,7 @@ pub fn review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
             "allowed": false,
             "status": {"code": 503, "reason": "ServiceUnavailable", "message": NOT_SYNCED},
         });
-        return Ok(
-            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
-        );
+        return Ok(admission_answer(response));
     }
     let policies: Vec<Arc<AuthPolicy>> = state
         .policies
@@ -156,9 +167,7 @@ pub fn review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
         .webhook_reviews
         .get_or_create(&crate::metrics::OutcomeLabels { outcome })
         .inc();
-    Ok(
-        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}),
-    )
+    Ok(admission_answer(response))
 }
 
 fn respond(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {

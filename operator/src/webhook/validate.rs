@@ -55,16 +55,7 @@ pub struct PolicyReview {
 impl PolicyReview {
     /// Reads an AdmissionReview.
     pub fn read(body: &[u8]) -> Result<Self, String> {
-        let review: Value =
-            serde_json::from_slice(body).map_err(|e| format!("not an AdmissionReview: {e}"))?;
-        let request = review
-            .get("request")
-            .ok_or("AdmissionReview without request")?;
-        let uid = request
-            .get("uid")
-            .and_then(Value::as_str)
-            .ok_or("request without uid")?
-            .to_owned();
+        let (request, uid) = super::admission_request(body)?;
         let object = request.get("object").cloned().unwrap_or(Value::Null);
         let conditions_changed = conditions(&object) != conditions(&request["oldObject"]);
         Ok(Self {
@@ -99,7 +90,7 @@ impl PolicyReview {
     /// Allowed, without compiling.
     pub fn allow(&self) -> (Value, &'static str) {
         let response = json!({"uid": self.uid, "allowed": true});
-        (envelope(response), "policy_allowed")
+        (super::admission_answer(response), "policy_allowed")
     }
 
     /// Refused for now: other policies' conditions hold the compiler; the write may be
@@ -121,7 +112,7 @@ impl PolicyReview {
             "allowed": false,
             "status": {"code": code, "reason": reason, "message": message},
         });
-        (envelope(response), outcome)
+        (super::admission_answer(response), outcome)
     }
 }
 
@@ -130,10 +121,6 @@ fn conditions(object: &Value) -> Vec<&str> {
     (object["spec"]["rules"].as_array().into_iter().flatten())
         .filter_map(|rule| rule["when"].as_str())
         .collect()
-}
-
-fn envelope(response: Value) -> Value {
-    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response})
 }
 
 /// Answers one AdmissionReview of an AuthPolicy (compiling what it must): the response, and

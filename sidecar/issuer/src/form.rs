@@ -144,6 +144,20 @@ pub fn form_encode(text: &str) -> String {
     out
 }
 
+/// `url` with `params` form-encoded onto its query (after any query it has).
+pub fn with_query<V: AsRef<str>>(url: &str, params: &[(&str, V)]) -> String {
+    let mut url = url.to_owned();
+    let mut sep = if url.contains('?') { '&' } else { '?' };
+    for (name, value) in params {
+        url.push(sep);
+        url.push_str(name);
+        url.push('=');
+        url.push_str(&form_encode(value.as_ref()));
+        sep = '&';
+    }
+    url
+}
+
 /// Reads a POSTed form: the content type must be `application/x-www-form-urlencoded`
 /// (parameters such as a charset allowed), the body at most [`MAX_BODY_BYTES`], all of it
 /// within `deadline` (a client trickling its body holds no connection and task for long).

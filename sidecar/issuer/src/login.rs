@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::CodeRecord;
 use crate::error::OAuthError;
-use crate::form::form_encode;
 use crate::limits::address_key;
 use crate::store::{self, MAX_SWAP_ATTEMPTS, hashed_key};
 use crate::{Context, IssuerSettings, random_token};
@@ -51,16 +50,7 @@ pub struct LoginRecord {
 
 /// Where the client is sent back to, with these parameters.
 pub fn client_redirect(redirect_uri: &str, params: &[(&str, &str)]) -> String {
-    let mut url = redirect_uri.to_owned();
-    let mut sep = if url.contains('?') { '&' } else { '?' };
-    for (name, value) in params {
-        url.push(sep);
-        url.push_str(name);
-        url.push('=');
-        url.push_str(&form_encode(value));
-        sep = '&';
-    }
-    url
+    crate::form::with_query(redirect_uri, params)
 }
 
 /// The client's redirect URI with an RFC 6749 §4.1.2.1 error, `state` and `iss`.

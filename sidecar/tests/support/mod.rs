@@ -5,6 +5,7 @@
 
 pub mod hostile_table;
 pub mod issuer;
+pub mod node_idp;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -182,6 +183,15 @@ pub fn claims(scope: &str) -> Value {
         "iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "exp": now + 600, "iat": now - 5,
         "nbf": now - 5, "jti": format!("jti-{}", unique()), "client_id": "web", "scope": scope
     })
+}
+
+/// [`claims`] with `extra` claims set over them.
+pub fn claims_with(scope: &str, extra: Value) -> Value {
+    let mut claims = claims(scope);
+    for (name, value) in extra.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
+    claims
 }
 
 pub fn header(alg: &str, kid: &str) -> Value {

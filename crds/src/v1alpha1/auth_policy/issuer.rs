@@ -500,7 +500,7 @@ pub struct ExternalScopes {
     /// (realm_access.roles, resource_access.orders.roles).
     #[schemars(
         length(min = 1, max = 256),
-        regex(pattern = r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$")
+        regex(pattern = CLAIM_PATH_PATTERN)
     )]
     pub claim: String,
     /// Only values starting with this prefix count, with the prefix removed: with prefix

@@ -146,7 +146,7 @@ fn claim_headers(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "type": "string",
             "minLength": 1,
             "maxLength": 256,
-            "pattern": r"^[A-Za-z0-9_:-]+(\.[A-Za-z0-9_:-]+)*$",
+            "pattern": CLAIM_PATH_PATTERN,
         },
         "x-kubernetes-validations": [{
             "rule": "self.all(k, k.matches('^[a-z0-9-]{1,64}$'))",

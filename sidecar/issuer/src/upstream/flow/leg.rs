@@ -10,7 +10,7 @@ use scopegate_sidecar_kit::unix_now;
 use serde::{Deserialize, Serialize};
 
 use crate::error::OAuthError;
-use crate::form::{Form, form_encode};
+use crate::form::{Form, with_query};
 use crate::login::{self, LoginRecord};
 use crate::store::{self, hashed_key};
 use crate::upstream::github;
@@ -83,7 +83,7 @@ pub(super) async fn start(
         ("code_challenge", crate::grant::s256(&verifier)),
         ("code_challenge_method", "S256".into()),
     ]);
-    let location = with_query(endpoint, &params);
+    let location = with_query(&endpoint, &params);
     let leg = Leg {
         request: record,
         upstream: name.to_owned(),
@@ -145,19 +145,6 @@ fn authorization_endpoint(
             vec![("scope", github::scopes(gh))],
         )),
     }
-}
-
-/// `url` with `params` form-encoded onto its query (after any query it has).
-fn with_query(mut url: String, params: &[(&str, String)]) -> String {
-    let mut sep = if url.contains('?') { '&' } else { '?' };
-    for (name, value) in params {
-        url.push(sep);
-        url.push_str(name);
-        url.push('=');
-        url.push_str(&form_encode(value));
-        sep = '&';
-    }
-    url
 }
 
 /// Stores the leg under the hash of `state` for [`LEG_TTL_SECS`] and counts it among the

@@ -96,8 +96,7 @@ pub(crate) fn set_identity_headers(
     names: &HeaderSettings,
     identity: &AppIdentity<'_>,
 ) {
-    let from_token: Vec<&HeaderName> = names.from_token.iter().collect();
-    let spoofed = headers::strip_spoofable(headers, &from_token);
+    let spoofed = headers::strip_spoofable(headers, &names.from_token);
     if spoofed > 0 {
         tracing::debug!(
             headers = spoofed,

@@ -92,7 +92,7 @@ async fn hello_server() -> TlsServer {
 
 /// GETs `url` with a client built for `ca` and `rules`: the body, or why not.
 async fn get_through(ca: &str, rules: Matcher, url: &str) -> Result<String, String> {
-    let connector = scopegate_sidecar_kit::https::connector_with(Some(ca), rules).unwrap();
+    let connector = scopegate_fetch::connector_with(Some(ca), rules).unwrap();
     let client: hyper_util::client::legacy::Client<_, Empty<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);

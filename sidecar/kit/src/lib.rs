@@ -1,6 +1,5 @@
 //! What the sidecar's verifier ([`scopegate-verifier`]) and issuer ([`scopegate-issuer`]) both
-//! use, below both of them: the body type of every response the sidecar sends, the HTTPS
-//! client of key, feed and provider fetches, rate budgets with the store interface that
+//! use, below both of them: the body type of every response the sidecar sends, rate budgets with the store interface that
 //! shares them between replicas, the Prometheus exposition, the clock and the shutdown signal.
 //!
 //! [`scopegate-verifier`]: https://docs.rs/scopegate-verifier
@@ -9,7 +8,6 @@
 pub mod body;
 pub mod budget;
 pub mod exposition;
-pub mod https;
 
 use tokio::sync::watch;
 

@@ -31,4 +31,5 @@ pub mod verify;
 // Token validation, credentials and the answers to refusals live in scopegate-core, where the
 // CLI's `explain` runs the very same code; these paths stay for the verifier's own modules.
 pub use scopegate_core::{answer, credentials, jose, revocation, token};
-pub use scopegate_sidecar_kit::{https, unix_now};
+pub use scopegate_fetch as https;
+pub use scopegate_sidecar_kit::unix_now;

@@ -42,8 +42,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const BAD_CA_BUNDLE: &str = "its caBundlePem holds no valid PEM certificate";
 
 /// The HTTPS client used towards providers (bodies are forms or empty).
-pub type ProviderClient =
-    Client<HttpsConnector<scopegate_sidecar_kit::https::ProxyConnector>, Full<Bytes>>;
+pub type ProviderClient = Client<HttpsConnector<scopegate_fetch::ProxyConnector>, Full<Bytes>>;
 
 /// Why a request to a provider failed. Messages name the class only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -134,7 +133,7 @@ fn reconcile_github(
         if github.contains_key(&name) {
             continue;
         }
-        match scopegate_sidecar_kit::https::connector(ca.as_deref()) {
+        match scopegate_fetch::connector(ca.as_deref()) {
             Ok(connector) => {
                 let client = Client::builder(TokioExecutor::new()).build(connector);
                 github.insert(name, (ca, client));

@@ -245,7 +245,7 @@ fn start_jwks(
         refresh: JWKS_REFRESH,
         ca_bundle_pem: spec.ca_bundle_pem.clone(),
     });
-    let client = match scopegate_sidecar_kit::https::client(spec.ca_bundle_pem.as_deref()) {
+    let client = match scopegate_fetch::client(spec.ca_bundle_pem.as_deref()) {
         Ok(client) => client,
         Err(err) => {
             tracing::error!(error = %err, "cannot build the upstream JWKS client");
@@ -308,8 +308,7 @@ pub(super) fn reconcile(
         if providers.contains_key(&name) {
             continue;
         }
-        let connector = match scopegate_sidecar_kit::https::connector(spec.ca_bundle_pem.as_deref())
-        {
+        let connector = match scopegate_fetch::connector(spec.ca_bundle_pem.as_deref()) {
             Ok(connector) => connector,
             Err(err) => {
                 tracing::error!(upstream = %name, error = %err, "cannot build the upstream client");

@@ -1,6 +1,7 @@
-//! The HTTPS client the sidecar uses for its own requests (an external issuer's JWKS, the
-//! revocation feed, upstream identity providers): rustls with aws-lc-rs, the system roots plus
-//! the config's CA bundle, through the environment's HTTPS proxy when one is set.
+//! The HTTPS client of scopegate's own requests (the sidecar's fetches of an outside issuer's
+//! JWKS, the revocation feed and upstream identity providers; the operator's reads of an
+//! outside issuer's discovery document and JWKS; the CLI's documents): rustls with aws-lc-rs,
+//! the system roots plus a CA bundle, through the environment's HTTPS proxy when one is set.
 
 use std::sync::Arc;
 
@@ -76,7 +77,7 @@ impl tower_service::Service<Uri> for ProxyConnector {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     /// The CA bundle holds no usable certificate.
-    #[error("caBundlePem holds no valid PEM certificate")]
+    #[error("the CA bundle holds no valid PEM certificate")]
     CaBundle,
     /// rustls refused the setup.
     #[error("TLS client setup failed")]

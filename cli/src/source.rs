@@ -170,8 +170,14 @@ impl PolicyFlags {
                 None => Trust::Unresolved,
             }
         };
-        render::sidecar_config(&policy, &trust, BTreeMap::new(), "")
-            .map_err(|err| anyhow::anyhow!("rendering the policy: {err}"))
+        render::sidecar_config(
+            &policy,
+            &trust,
+            &render::DiscoveredKeys::new(),
+            BTreeMap::new(),
+            "",
+        )
+        .map_err(|err| anyhow::anyhow!("rendering the policy: {err}"))
     }
 }
 
@@ -256,10 +262,7 @@ async fn issuer_keys(
             },
             given,
         ) => {
-            let allowed: Vec<Alg> = algorithms
-                .iter()
-                .filter_map(|a| Alg::from_name(a))
-                .collect();
+            let allowed = known_algorithms(algorithms);
             let location = given.unwrap_or(jwks_uri);
             let ca = if given.is_some() {
                 ca_pem
@@ -269,6 +272,40 @@ async fn issuer_keys(
             let body = fetch_keys(name, location, ca, notes).await?;
             (body, Some(allowed), *allow_jwt_typ)
         }
+        (
+            KeySource::Discovered {
+                algorithms,
+                allow_jwt_typ,
+                ..
+            },
+            Some(location),
+        ) => (
+            fetch_keys(name, location, ca_pem, notes).await?,
+            Some(known_algorithms(algorithms)),
+            *allow_jwt_typ,
+        ),
+        (
+            KeySource::Discovered {
+                jwks: rendered,
+                algorithms,
+                allow_jwt_typ,
+                ..
+            },
+            None,
+        ) => {
+            if rendered.keys.is_empty() {
+                notes.push(format!(
+                    "issuer {name}: no key has been read from its discovery document yet; \
+                     pass --jwks to explain with its keys"
+                ));
+            }
+            let allowed = known_algorithms(algorithms);
+            return Some(IssuerKeys {
+                keys: Arc::new(static_keys(name, rendered, Some(&allowed), notes)),
+                allow_jwt_typ: *allow_jwt_typ,
+                scopes: scope_claim(trusted),
+            });
+        }
         (_, Some(location)) => (
             fetch_keys(name, location, ca_pem, notes).await?,
             None,
@@ -276,7 +313,7 @@ async fn issuer_keys(
         ),
         (KeySource::Static { jwks }, None) => {
             return Some(IssuerKeys {
-                keys: Arc::new(static_keys(name, jwks, notes)),
+                keys: Arc::new(static_keys(name, jwks, None, notes)),
                 allow_jwt_typ: false,
                 scopes: None,
             });
@@ -303,7 +340,7 @@ async fn issuer_keys(
             }
         },
         None => match serde_json::from_slice::<Jwks>(&body) {
-            Ok(jwks) => static_keys(name, &jwks, notes),
+            Ok(jwks) => static_keys(name, &jwks, None, notes),
             Err(err) => {
                 notes.push(format!("issuer {name}: not a JWKS: {err}"));
                 return None;
@@ -317,10 +354,20 @@ async fn issuer_keys(
     })
 }
 
+/// The algorithms of a key source that this build knows.
+fn known_algorithms(algorithms: &[String]) -> Vec<Alg> {
+    algorithms
+        .iter()
+        .filter_map(|a| Alg::from_name(a))
+        .collect()
+}
+
 /// Where an outside issuer's tokens carry their scopes, as the sidecar reads them.
 fn scope_claim(trusted: &TrustedIssuer) -> Option<Arc<ScopeClaim>> {
     match &trusted.keys {
-        KeySource::Remote { scopes, .. } => scopes.clone().map(Arc::new),
+        KeySource::Remote { scopes, .. } | KeySource::Discovered { scopes, .. } => {
+            scopes.clone().map(Arc::new)
+        }
         _ => None,
     }
 }
@@ -343,11 +390,17 @@ async fn fetch_keys(
     }
 }
 
-/// Rendered keys, each with its own `alg`, as the sidecar loads a static key source.
-fn static_keys(issuer: &str, jwks: &Jwks, notes: &mut Vec<String>) -> KeyMap {
+/// Rendered keys as the sidecar loads them: each with its own `alg`, or (an outside issuer's)
+/// with the algorithms `allowed`.
+fn static_keys(
+    issuer: &str,
+    jwks: &Jwks,
+    allowed: Option<&[Alg]>,
+    notes: &mut Vec<String>,
+) -> KeyMap {
     let mut keys = KeyMap::new();
     for jwk in &jwks.keys {
-        match KeyEntry::from_jwk(jwk, None) {
+        match KeyEntry::from_jwk(jwk, allowed) {
             Ok(entry) => {
                 keys.insert(entry.kid().to_owned(), entry);
             }

@@ -59,9 +59,9 @@ pub enum CheckError {
         #[source]
         source: KeyError,
     },
-    /// A remote key source is not usable.
+    /// An outside issuer's key source is not usable.
     #[error(
-        "issuer {0:?}: jwksUri must be https, algorithms known asymmetric ones, refreshIntervalSecs positive"
+        "issuer {0:?}: algorithms must be known asymmetric ones (at least one), a jwksUri https and refreshIntervalSecs positive"
     )]
     Remote(String),
     /// An issuer's `scopes` names no claim path, or a prefix that is not visible text.
@@ -247,15 +247,35 @@ fn trusted_issuers(issuers: &[TrustedIssuer]) -> Result<Vec<&str>, CheckError> {
             } => {
                 remote_algorithms(jwks_uri, algorithms, *refresh_interval_secs)
                     .ok_or_else(|| CheckError::Remote(name.to_owned()))?;
-                if let Some(scopes) = scopes
-                    && !scope_claim(scopes)
-                {
-                    return Err(CheckError::ScopeClaim(name.to_owned()));
+                foreign_scopes(name, scopes.as_ref())?;
+            }
+            KeySource::Discovered {
+                jwks,
+                algorithms,
+                scopes,
+                ..
+            } => {
+                let algs = foreign_algorithms(algorithms)
+                    .ok_or_else(|| CheckError::Remote(name.to_owned()))?;
+                for jwk in &jwks.keys {
+                    KeyEntry::from_jwk(jwk, Some(&algs)).map_err(|source| CheckError::Key {
+                        issuer: name.to_owned(),
+                        source,
+                    })?;
                 }
+                foreign_scopes(name, scopes.as_ref())?;
             }
         }
     }
     Ok(seen)
+}
+
+/// An outside issuer's scope claim, if it names one, must be usable.
+fn foreign_scopes(name: &str, scopes: Option<&ScopeClaim>) -> Result<(), CheckError> {
+    match scopes {
+        Some(scopes) if !scope_claim(scopes) => Err(CheckError::ScopeClaim(name.to_owned())),
+        _ => Ok(()),
+    }
 }
 
 /// Whether an issuer's scope claim names a claim path and a prefix of visible characters.
@@ -284,11 +304,18 @@ pub fn remote_algorithms(
         && jwks_uri
             .parse::<http::Uri>()
             .is_ok_and(|u| u.host().is_some());
+    let algs = foreign_algorithms(algorithms)?;
+    (uri_ok && refresh_interval_secs > 0).then_some(algs)
+}
+
+/// The algorithms an outside issuer may use: known asymmetric ones, at least one. `None`
+/// otherwise.
+pub fn foreign_algorithms(algorithms: &[String]) -> Option<Vec<Alg>> {
     let algs: Vec<Alg> = algorithms
         .iter()
         .map(|a| Alg::from_name(a).filter(|a| *a != Alg::Hs256))
         .collect::<Option<_>>()?;
-    (uri_ok && !algs.is_empty() && refresh_interval_secs > 0).then_some(algs)
+    (!algs.is_empty()).then_some(algs)
 }
 
 fn feed(feed: &FeedConfig, issuers: &[&str]) -> Result<(), CheckError> {
@@ -674,6 +701,42 @@ mod tests {
             let err = document(&config).expect_err(message);
             // Each cause once, in the chain.
             assert_eq!(crate::error_chain(&err), message);
+        }
+    }
+
+    #[test]
+    fn discovered_keys_must_fit_the_issuers_algorithms() {
+        let ec: crate::jwk::Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"
+        }))
+        .unwrap();
+        let with = |keys: Vec<crate::jwk::Jwk>, algorithms: &[&str]| {
+            let mut config = sample();
+            config.verify.issuers[0].keys = KeySource::Discovered {
+                jwks: crate::jwk::Jwks { keys },
+                algorithms: algorithms.iter().map(|a| (*a).to_owned()).collect(),
+                allow_jwt_typ: false,
+                scopes: None,
+            };
+            document(&config)
+        };
+        with(vec![ec.clone()], &["ES256"]).unwrap();
+        // Before the first read: no key, nothing accepted, and the document is sound.
+        with(vec![], &["ES256"]).unwrap();
+        assert!(matches!(
+            with(vec![ec.clone()], &["RS256"]),
+            Err(CheckError::Key { .. })
+        ));
+        for algorithms in [&[][..], &["HS256"], &["none"]] {
+            assert!(
+                matches!(
+                    with(vec![ec.clone()], algorithms),
+                    Err(CheckError::Remote(_))
+                ),
+                "{algorithms:?}"
+            );
         }
     }
 }

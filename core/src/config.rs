@@ -179,6 +179,22 @@ pub enum KeySource {
     /// The HS256 secrets of this pod's own issuer role (read from the mounted signing-keys
     /// file named in [`IssuerConfig::signing_keys_path`]): HS256 is never published.
     OwnSigningKeys,
+    /// An outside issuer's keys, read by the operator from the JWKS its discovery document
+    /// names and rendered here (the sidecar never fetches them); refreshed by a new config.
+    #[serde(rename_all = "camelCase")]
+    Discovered {
+        /// The usable public keys, each with a `kid` (possibly none, before the first read).
+        jwks: Jwks,
+        /// Algorithms accepted (a JWK without `alg` is used only with a listed algorithm that
+        /// fits its type and curve).
+        algorithms: Vec<String>,
+        /// Also accept `typ: JWT`.
+        #[serde(default)]
+        allow_jwt_typ: bool,
+        /// Where this issuer's tokens carry their scopes; `None`: the `scope` claim (RFC 9068).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scopes: Option<ScopeClaim>,
+    },
     /// An outside issuer's JWKS, fetched and cached by the sidecar.
     #[serde(rename_all = "camelCase")]
     Remote {

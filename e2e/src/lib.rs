@@ -9,6 +9,7 @@ pub mod google;
 pub mod http;
 pub mod kubelet;
 pub mod manifests;
+pub mod node_idp;
 pub mod ready;
 pub mod rendered;
 pub mod setup;

@@ -50,6 +50,8 @@ pub struct Context {
     pub cluster_domain: String,
     /// Per-namespace caps on issuers and clients.
     pub limits: crate::limits::Limits,
+    /// Outside issuers' discovery documents and JWKS, read in the background.
+    pub discovery: Arc<crate::discovery::Discovery>,
 }
 
 impl Context {

@@ -7,6 +7,7 @@ pub mod ca_store;
 pub mod conditions;
 pub mod context;
 pub mod controllers;
+pub mod discovery;
 pub mod error;
 pub mod leader;
 pub mod limits;

@@ -155,7 +155,7 @@ async fn refused_configs_exit_64_with_a_clear_message_and_bind_nothing() {
                 });
                 c.to_string()
             },
-            "jwksUri must be https",
+            "a jwksUri https",
         ),
     ];
     for (name, text, message) in cases {

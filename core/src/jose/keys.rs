@@ -7,7 +7,7 @@
 
 use aws_lc_rs::{hmac, signature};
 
-use crate::jwk::Jwk;
+use crate::jwk::{Jwk, Jwks};
 
 use super::b64;
 
@@ -155,18 +155,10 @@ pub fn load_jwks(
     body: &[u8],
     allowed: &[Alg],
 ) -> Result<(KeyMap, Vec<KeyError>), serde_json::Error> {
-    #[derive(serde::Deserialize)]
-    struct RawJwks {
-        keys: Vec<serde_json::Value>,
-    }
-    let raw: RawJwks = serde_json::from_slice(body)?;
     let mut keys = KeyMap::new();
     let mut skipped = Vec::new();
-    for value in raw.keys {
-        let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
-            continue;
-        };
-        match KeyEntry::from_jwk(&jwk, Some(allowed)) {
+    for (_, loaded) in foreign_keys(body, allowed)? {
+        match loaded {
             Ok(entry) => {
                 keys.insert(entry.kid().to_owned(), entry);
             }
@@ -174,6 +166,39 @@ pub fn load_jwks(
         }
     }
     Ok((keys, skipped))
+}
+
+/// The keys of a foreign JWKS document that [`load_jwks`] would load, as JWKs: public
+/// members only (a private member an issuer published by mistake is not carried over).
+pub fn usable_jwks(body: &[u8], allowed: &[Alg]) -> Result<Jwks, serde_json::Error> {
+    let keys = foreign_keys(body, allowed)?
+        .into_iter()
+        .filter(|(_, loaded)| loaded.is_ok())
+        .map(|(jwk, _)| jwk)
+        .collect();
+    Ok(Jwks { keys })
+}
+
+/// A member of a JWKS document, with what loading it gave.
+type Loaded = (Jwk, Result<KeyEntry, KeyError>);
+
+/// Each member of a JWKS document that parses as a JWK, with what loading it for `allowed`
+/// gives.
+fn foreign_keys(body: &[u8], allowed: &[Alg]) -> Result<Vec<Loaded>, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct RawJwks {
+        keys: Vec<serde_json::Value>,
+    }
+    let raw: RawJwks = serde_json::from_slice(body)?;
+    Ok(raw
+        .keys
+        .into_iter()
+        .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
+        .map(|jwk| {
+            let loaded = KeyEntry::from_jwk(&jwk, Some(allowed));
+            (jwk, loaded)
+        })
+        .collect())
 }
 
 /// The key type family an algorithm needs.

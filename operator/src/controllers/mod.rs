@@ -76,6 +76,7 @@ pub async fn run(
     let (network_policies, feed) = cache_feed(Api::<NetworkPolicy>::all(client.clone()), managed());
     feeds.spawn(feed);
 
+    let (discovery, discovered) = crate::discovery::Discovery::new();
     let ctx = Arc::new(Context {
         client,
         recorder,
@@ -91,6 +92,7 @@ pub async fn run(
         heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_CONCURRENCY)),
         cluster_domain: settings.cluster_domain,
         limits: settings.limits,
+        discovery,
     });
     wait_for_managed_caches(&ctx).await;
     ready();
@@ -105,12 +107,20 @@ pub async fn run(
         policies: policy_events.boxed(),
         pods: pod_events.boxed(),
         services: service_events.boxed(),
+        discovered: stream_of(discovered),
     };
     future::join(
         auth_policy::controller(ctx.clone(), streams, listed.clone(), shutdown.clone()),
         oauth_client::controller(ctx, client_events.boxed(), listed, shutdown),
     )
     .await;
+}
+
+/// The policies the discovery reader wakes, as a stream.
+fn stream_of<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> futures::stream::BoxStream<'static, T> {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx)).boxed()
 }
 
 /// Waits until the caches of managed Secrets, ConfigMaps and NetworkPolicies hold their

@@ -287,6 +287,24 @@ fn issuer_source(
         KeySource::OwnSigningKeys => {
             own_signing_keys(&name, input, has_role, recompile_at, skipped_keys)?
         }
+        KeySource::Discovered {
+            jwks,
+            algorithms,
+            allow_jwt_typ,
+            scopes,
+        } => {
+            let algs = check::foreign_algorithms(algorithms)
+                .ok_or_else(|| CheckError::Remote(name.clone()))?;
+            let entries = jwks.keys.iter().map(|jwk| {
+                let kid = jwk.kid.clone().unwrap_or_default();
+                (kid, KeyEntry::from_jwk(jwk, Some(&algs)).map_err(key_error))
+            });
+            IssuerSource::Fixed(IssuerKeys {
+                keys: Arc::new(keep_loaded(&name, entries, skipped_keys)?),
+                allow_jwt_typ: *allow_jwt_typ,
+                scopes: scopes.clone().map(Arc::new),
+            })
+        }
         KeySource::Remote {
             jwks_uri,
             algorithms,

@@ -438,14 +438,24 @@ pub struct RedisStore {
     pub tls: bool,
 }
 
-/// An issuer outside the cluster.
+/// An issuer outside the cluster, with its keys found one of two ways: jwksUri (the sidecars
+/// fetch the JWKS) or discoveryUrl (the operator reads discovery and the JWKS, and renders the
+/// keys into the sidecars' config).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.jwksUri) != has(self.discoveryUrl)",
+        "message": "set exactly one of jwksUri (the sidecars fetch the keys) and discoveryUrl (the operator reads them)"
+    }
+]))]
 pub struct ExternalIssuer {
     /// The issuer identifier, compared exactly with the token's iss claim.
     #[schemars(length(min = 1, max = 256))]
     pub issuer: String,
-    /// Where the sidecar fetches the issuer's JWKS: an absolute https URL.
+    /// Where the sidecars fetch the issuer's JWKS: an absolute https URL. Each sidecar fetches
+    /// it every refreshInterval, and once more for a token with an unknown kid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     #[schemars(extend("x-kubernetes-validations" = [
         {
@@ -453,7 +463,28 @@ pub struct ExternalIssuer {
             "message": "jwksUri must be an absolute https URL without fragment"
         }
     ]))]
-    pub jwks_uri: String,
+    pub jwks_uri: Option<String>,
+    /// The issuer's discovery document, an absolute https URL: OpenID Connect's
+    /// `{issuer}/.well-known/openid-configuration`, or RFC 8414's
+    /// `/.well-known/oauth-authorization-server`. The operator reads it and the JWKS it names
+    /// (both over https, trusting caBundle and the system roots, each answer at most 256 KiB
+    /// within 10s), checks that the document's issuer equals issuer and that its jwks_uri is
+    /// https, and renders the usable keys (at most 32) into the sidecars' config: sidecars
+    /// never fetch. It reads them again every refreshInterval (at least 30s apart); when a
+    /// read fails, the last good keys stay in force and the policy is Degraded (reason
+    /// DiscoveryFailed), or not Ready while no key was ever read. status.discoveredIssuers
+    /// lists what was read. A key the issuer starts signing with before it publishes it is
+    /// refused until the next read: issuers that publish keys ahead of use (Keycloak, Entra
+    /// ID, Okta, Auth0) rotate without a refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "isURL(self) && url(self).getScheme() == 'https' && url(self).getHostname() != '' && !self.contains('#')",
+            "message": "discoveryUrl must be an absolute https URL without fragment"
+        }
+    ]))]
+    pub discovery_url: Option<String>,
     /// Algorithms accepted from this issuer. Foreign keys often omit alg: a token's alg header
     /// is then accepted only if it is listed here and fits the key's type and curve. HS256 is
     /// not allowed for external issuers: a shared secret cannot be fetched from a JWKS.
@@ -463,11 +494,13 @@ pub struct ExternalIssuer {
     /// access tokens). Off by default: only at+jwt is accepted (RFC 9068).
     #[serde(default)]
     pub allow_jwt_typ: bool,
-    /// How often the JWKS is refetched (default 5m). An unknown kid triggers at most one
-    /// extra fetch per this interval.
+    /// How often the keys are read again (default 5m). With jwksUri, an unknown kid triggers
+    /// at most one extra fetch per this interval; with discoveryUrl, the operator reads at
+    /// most every 30s whatever this says.
     #[serde(default = "default_propagation")]
     pub refresh_interval: PositiveDuration,
-    /// PEM certificates (CAs) trusted when fetching jwksUri, in addition to the system roots:
+    /// PEM certificates (CAs) trusted when fetching jwksUri or reading discoveryUrl and the
+    /// JWKS it names, in addition to the system roots:
     /// for an issuer behind a private CA. The operator's own CA is never trusted for an
     /// external issuer (it certifies in-cluster Services only). A bundle holding no usable
     /// certificate makes the policy not Ready (reason CaBundleInvalid), and no token of this

@@ -63,6 +63,28 @@ pub struct AuthPolicyStatus {
     /// whether it is ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<crate::v1alpha1::upstream::UpstreamStatus>,
+    /// Each outside issuer given by discoveryUrl: the JWKS its discovery document names, the
+    /// keys rendered into the sidecars' config, and why the last read failed while it fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovered_issuers: Vec<DiscoveredIssuerStatus>,
+}
+
+/// What the operator read of an outside issuer given by discoveryUrl.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveredIssuerStatus {
+    /// The issuer.
+    pub issuer: String,
+    /// The JWKS URL its discovery document names (once read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// Key ids of the keys in force: rendered into the sidecars' config.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<String>,
+    /// Why the keys could not be read or used, while that lasts (the keys in force are then
+    /// the last good ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One signing key in status.

@@ -3,6 +3,7 @@
 //! parts are [`render`] (the sidecar config), [`inbound`] (the NetworkPolicy), [`pods`] (what
 //! the selected pods say) and [`status`].
 
+pub mod discovered;
 pub mod inbound;
 pub mod issuer;
 pub mod pods;
@@ -22,6 +23,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
@@ -38,6 +40,8 @@ pub struct Streams {
     pub pods: BoxStream<'static, Result<Pod, watcher::Error>>,
     /// Every Service.
     pub services: BoxStream<'static, Result<Service, watcher::Error>>,
+    /// Policies whose discoveryUrl issuers the operator read something new of.
+    pub discovered: BoxStream<'static, ObjectRef<AuthPolicy>>,
 }
 
 /// Runs the AuthPolicy controller until `shutdown` resolves. Reconciles wait for `listed`.
@@ -84,6 +88,7 @@ pub async fn controller(
             triggers::audiences_of(clients, policies),
         )
         .reconcile_all_on(ca_changes(ctx.ca.clone()))
+        .reconcile_on(streams.discovered)
         .graceful_shutdown_on(shutdown)
         .run(
             move |policy, ctx| {

@@ -60,6 +60,19 @@ pub enum Problem {
     NameTooLong(&'static str, String, usize),
     /// The API server refused a write: (object, its answer).
     WriteRefused(String, String),
+    /// A discoveryUrl issuer's keys could not be read or used.
+    DiscoveryFailed {
+        /// The issuer.
+        issuer: String,
+        /// Why.
+        error: String,
+        /// How many keys stay in force (the last good ones).
+        kept: usize,
+        /// When they were read, if this operator read them (else the sidecars held them).
+        read_at: Option<i64>,
+    },
+    /// A discoveryUrl issuer's keys have not been read yet, and no sidecar holds any.
+    DiscoveryPending(String),
 }
 
 impl Problem {
@@ -92,6 +105,8 @@ impl Problem {
             Problem::Conflict(..) => "Conflict",
             Problem::NameTooLong(..) => "NameTooLong",
             Problem::WriteRefused(..) => "WriteRefused",
+            Problem::DiscoveryFailed { .. } => "DiscoveryFailed",
+            Problem::DiscoveryPending(_) => "DiscoveryPending",
         }
     }
 
@@ -105,7 +120,7 @@ impl Problem {
                 | Problem::ServiceBypass(..)
                 | Problem::KeysLost(_)
                 | Problem::InboundUnprotected(..)
-        )
+        ) && !matches!(self, Problem::DiscoveryFailed { kept, .. } if *kept > 0)
     }
 }
 
@@ -184,6 +199,34 @@ impl std::fmt::Display for Problem {
             Problem::WriteRefused(object, answer) => {
                 write!(f, "the API server refused to write {object}: {answer}")
             }
+            Problem::DiscoveryFailed {
+                issuer,
+                error,
+                kept: 0,
+                ..
+            } => write!(
+                f,
+                "issuer {issuer}: {error}; no key of it has been read, so none of its tokens is accepted"
+            ),
+            Problem::DiscoveryFailed {
+                issuer,
+                error,
+                kept,
+                read_at,
+            } => {
+                let when = read_at.map_or_else(
+                    || "that the sidecars hold".to_owned(),
+                    |t| format!("read at {}", crate::context::rfc3339(t)),
+                );
+                write!(
+                    f,
+                    "issuer {issuer}: {error}; the last good keys stay in force ({kept} {when})"
+                )
+            }
+            Problem::DiscoveryPending(issuer) => write!(
+                f,
+                "reading the discovery document of issuer {issuer}: none of its tokens is accepted until its keys are read"
+            ),
             Problem::ServiceBypass(service, app, sidecar) => write!(
                 f,
                 "Service {service} targets port {app}, the app's own port: its traffic walks around the sidecar; target port {sidecar} instead"

@@ -19,7 +19,7 @@ use super::problem::Problem;
 use super::render::{self, Trust};
 use super::status::{self, DryRunScope, Observation};
 use super::trust::{declared_scopes, policy_ref};
-use super::{inbound, issuer, pods};
+use super::{discovered, inbound, issuer, pods};
 use crate::audiences::AudienceOwners;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controllers::ca_bundle;
@@ -142,8 +142,19 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
                 .push(Problem::ExternalCaBundleInvalid(field));
         }
     }
+    let held = ctx.config_map(&namespace, &names.sidecar);
+    let (discovered_keys, statuses, problems) =
+        discovered::step(policy, ctx, held.as_deref(), now, &mut due);
+    observation.discovered = statuses;
+    observation.problems.extend(problems);
     check_spec(policy, &trust, ctx, &namespace, &mut observation).await?;
-    apply_sidecar_config(policy, &trust, cutoffs, &bundle, ctx, &mut observation).await?;
+    let rendering = Rendering {
+        trust: &trust,
+        discovered: &discovered_keys,
+        cutoffs,
+        bundle: &bundle,
+    };
+    apply_sidecar_config(policy, rendering, ctx, &mut observation).await?;
     ca_bundle::apply(ctx, &namespace, &bundle).await?;
     if reconcile_network_policy(policy, ctx, &namespace).await? {
         observation.rendered.network_policy =
@@ -237,13 +248,19 @@ async fn check_spec(
     Ok(())
 }
 
+/// What a policy's sidecar config is rendered from, besides the policy.
+struct Rendering<'a> {
+    trust: &'a Trust,
+    discovered: &'a render::DiscoveredKeys,
+    cutoffs: BTreeMap<String, i64>,
+    bundle: &'a str,
+}
+
 /// Renders the sidecar config, checks it as the sidecar will, and applies it; a config the
 /// sidecar would refuse is never written, and the last good one stays.
 async fn apply_sidecar_config(
     policy: &AuthPolicy,
-    trust: &Trust,
-    cutoffs: BTreeMap<String, i64>,
-    bundle: &str,
+    rendering: Rendering<'_>,
     ctx: &Context,
     observation: &mut Observation,
 ) -> Result<()> {
@@ -254,7 +271,13 @@ async fn apply_sidecar_config(
         &ctx.cluster_domain,
     );
     let conflicts = owners.conflicts_of(policy);
-    let mut config = render::sidecar_config(policy, trust, cutoffs, bundle)?;
+    let mut config = render::sidecar_config(
+        policy,
+        rendering.trust,
+        rendering.discovered,
+        rendering.cutoffs,
+        rendering.bundle,
+    )?;
     if !conflicts.is_empty() {
         // Another namespace owns them: this policy's pods do not accept them either.
         config

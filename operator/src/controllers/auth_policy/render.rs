@@ -62,10 +62,15 @@ pub fn feed_subject_key(issuer: &AuthPolicy) -> Option<String> {
         .map(|uid| scopegate_core::feed::subject_key_of(&uid))
 }
 
+/// The keys rendered for each `discoveryUrl` issuer, by issuer: what the operator read, or
+/// else what the sidecars hold. An issuer not listed is rendered without a key.
+pub type DiscoveredKeys = BTreeMap<String, Jwks>;
+
 /// Renders the sidecar config document for `policy`.
 pub fn sidecar_config(
     policy: &AuthPolicy,
     trust: &Trust,
+    discovered: &DiscoveredKeys,
     client_cutoffs: BTreeMap<String, i64>,
     ca_bundle: &str,
 ) -> Result<SidecarConfig> {
@@ -78,7 +83,7 @@ pub fn sidecar_config(
         .and_then(|s| s.tokens.leeway.get().ok())
         .map_or(30, |d| d.as_secs().min(config::MAX_LEEWAY_SECS));
 
-    let (issuers, feed) = trusted_issuers(policy, trust, &namespace)?;
+    let (issuers, feed) = trusted_issuers(policy, trust, discovered, &namespace)?;
 
     let issuer = issuer_config(policy);
 
@@ -128,6 +133,7 @@ pub fn sidecar_config(
 fn trusted_issuers(
     policy: &AuthPolicy,
     trust: &Trust,
+    discovered: &DiscoveredKeys,
     namespace: &str,
 ) -> Result<(Vec<TrustedIssuer>, Option<FeedConfig>)> {
     let spec = &policy.spec;
@@ -175,32 +181,52 @@ fn trusted_issuers(
                 Some(feed),
             )
         }
-        Trust::External(external) => (vec![external_issuer(external)], None),
+        Trust::External(external) => (vec![external_issuer(external, discovered)], None),
         Trust::Unresolved => (Vec::new(), None),
     };
-    issuers.extend(spec.additional_issuers.iter().map(external_issuer));
+    issuers.extend(
+        (spec.additional_issuers.iter()).map(|external| external_issuer(external, discovered)),
+    );
     Ok((issuers, feed))
 }
 
-/// An outside issuer, trusted with the keys the sidecar fetches from its JWKS.
-fn external_issuer(external: &api::ExternalIssuer) -> TrustedIssuer {
-    TrustedIssuer {
-        issuer: external.issuer.clone(),
-        keys: KeySource::Remote {
-            jwks_uri: external.jwks_uri.clone(),
-            algorithms: external
-                .algorithms
-                .iter()
-                .map(|a| crate::pki::keygen::alg_name(*a).to_owned())
-                .collect(),
+/// An outside issuer, trusted with the keys the operator read through its discovery
+/// document, or else with those the sidecar fetches from its JWKS.
+fn external_issuer(external: &api::ExternalIssuer, discovered: &DiscoveredKeys) -> TrustedIssuer {
+    let algorithms = external
+        .algorithms
+        .iter()
+        .map(|a| crate::pki::keygen::alg_name(*a).to_owned())
+        .collect();
+    let scopes = external.scopes.as_ref().map(|s| ScopeClaim {
+        claim: s.claim.clone(),
+        prefix: s.prefix.clone(),
+    });
+    let keys = if external.discovery_url.is_some() {
+        KeySource::Discovered {
+            jwks: discovered
+                .get(&external.issuer)
+                .cloned()
+                .unwrap_or_default(),
+            algorithms,
+            allow_jwt_typ: external.allow_jwt_typ,
+            scopes,
+        }
+    } else {
+        // The schema asks for exactly one of jwksUri and discoveryUrl; with neither, the empty
+        // URL fails the sidecar's checks and the last good config stays.
+        KeySource::Remote {
+            jwks_uri: external.jwks_uri.clone().unwrap_or_default(),
+            algorithms,
             refresh_interval_secs: external.refresh_interval.get().map_or(300, |d| d.as_secs()),
             allow_jwt_typ: external.allow_jwt_typ,
             ca_bundle_pem: external.ca_bundle.clone(),
-            scopes: external.scopes.as_ref().map(|s| ScopeClaim {
-                claim: s.claim.clone(),
-                prefix: s.prefix.clone(),
-            }),
-        },
+            scopes,
+        }
+    };
+    TrustedIssuer {
+        issuer: external.issuer.clone(),
+        keys,
     }
 }
 
@@ -603,7 +629,14 @@ spec:
             feed_subject_key: Some("the-issuers-key".into()),
         };
         let cutoffs = BTreeMap::from([("shop.billing".to_owned(), 1_700_000_000)]);
-        let config = sidecar_config(&policy(ORDERS), &trust, cutoffs.clone(), "PEM").unwrap();
+        let config = sidecar_config(
+            &policy(ORDERS),
+            &trust,
+            &DiscoveredKeys::new(),
+            cutoffs.clone(),
+            "PEM",
+        )
+        .unwrap();
         assert_eq!(config.policy.generation, 4);
         assert_eq!(config.listen.port, names::DEFAULT_LISTEN_PORT);
         assert_eq!(config.upstream.port, 8080);
@@ -629,7 +662,8 @@ spec:
         let mut dry = policy(ORDERS);
         dry.spec.enforcement = api::Enforcement::DryRun;
         dry.spec.rules[2].enforcement = Some(api::Enforcement::Enforce);
-        let dry = sidecar_config(&dry, &trust, cutoffs.clone(), "PEM").unwrap();
+        let dry =
+            sidecar_config(&dry, &trust, &DiscoveredKeys::new(), cutoffs.clone(), "PEM").unwrap();
         assert_eq!(dry.enforcement, config::Enforcement::DryRun);
         assert_eq!(dry.rules[2].enforcement, Some(config::Enforcement::Enforce));
         assert_eq!(config.rate_limits[0].period_secs, 900);
@@ -677,7 +711,8 @@ spec:
 "#,
         )
         .unwrap();
-        let config = sidecar_config(&p, &trust, BTreeMap::new(), "").unwrap();
+        let config =
+            sidecar_config(&p, &trust, &DiscoveredKeys::new(), BTreeMap::new(), "").unwrap();
         let issuers: Vec<&str> = config
             .verify
             .issuers
@@ -718,7 +753,8 @@ spec:
             .spec
             .additional_issuers
             .push(twice.spec.additional_issuers[0].clone());
-        let twice = sidecar_config(&twice, &trust, BTreeMap::new(), "").unwrap();
+        let twice =
+            sidecar_config(&twice, &trust, &DiscoveredKeys::new(), BTreeMap::new(), "").unwrap();
         assert!(scopegate_core::check::document(&twice).is_err());
     }
 
@@ -862,8 +898,14 @@ spec:
 
     #[test]
     fn unresolved_policy_ref_trusts_nothing() {
-        let config =
-            sidecar_config(&policy(ORDERS), &Trust::Unresolved, BTreeMap::new(), "").unwrap();
+        let config = sidecar_config(
+            &policy(ORDERS),
+            &Trust::Unresolved,
+            &DiscoveredKeys::new(),
+            BTreeMap::new(),
+            "",
+        )
+        .unwrap();
         assert!(config.verify.issuers.is_empty());
         assert!(config.ca_bundle_pem.is_none());
     }
@@ -893,6 +935,7 @@ spec:
                 jwks: Jwks::default(),
                 hs256: true,
             },
+            &DiscoveredKeys::new(),
             BTreeMap::new(),
             "PEM",
         )
@@ -937,7 +980,14 @@ spec:
             jwks: Jwks::default(),
             hs256: false,
         };
-        let config = sidecar_config(&issuer, &trust, BTreeMap::new(), "PEM").unwrap();
+        let config = sidecar_config(
+            &issuer,
+            &trust,
+            &DiscoveredKeys::new(),
+            BTreeMap::new(),
+            "PEM",
+        )
+        .unwrap();
         assert_eq!(
             config.verify.leeway_secs, 60,
             "a leeway stored before the cap"

@@ -106,6 +106,8 @@ pub struct Observation {
     pub dry_run: DryRunScope,
     /// What keeps the app's port out of reach ([`super::inbound::protection`]).
     pub inbound: &'static str,
+    /// The discoveryUrl issuers: what was read of each.
+    pub discovered: Vec<scopegate_crds::v1alpha1::DiscoveredIssuerStatus>,
 }
 
 /// `UpstreamsReady`: every upstream rendered, or which are not and why (the first one's
@@ -175,7 +177,7 @@ pub fn compute(
     let ready = ready(observation, signer.is_some());
     let in_flight = matches!(
         ready.reason,
-        "KeyPublishing" | "NoActiveKey" | "PolicyRefKeysPending"
+        "KeyPublishing" | "NoActiveKey" | "PolicyRefKeysPending" | "DiscoveryPending"
     );
     let kstatus = kstatus(&ready, in_flight);
     conclusions.push(ready);
@@ -220,6 +222,7 @@ pub fn compute(
         injected_pods: Some(observation.pods.injected),
         uninjected_pods: observation.pods.uninjected.clone(),
         rendered: Some(observation.rendered.clone()),
+        discovered_issuers: observation.discovered.clone(),
     }
 }
 

@@ -1,0 +1,316 @@
+//! The keys of a policy's discoveryUrl issuers: what the operator read of each
+//! ([`crate::discovery`]), or else the keys its sidecars already hold (after a restart, or
+//! while reads fail); and what its status says of them. [`resolve`] is pure; [`step`] asks
+//! the reader.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::reflector::ObjectRef;
+use scopegate_core::config::{CONFIG_FILE, KeySource, SidecarConfig};
+use scopegate_core::jose::keys::{Alg, KeyEntry};
+use scopegate_core::jwk::Jwks;
+use scopegate_crds::v1alpha1::{AuthPolicy, DiscoveredIssuerStatus, ExternalIssuer};
+
+use super::problem::Problem;
+use super::render::DiscoveredKeys;
+use crate::context::Context;
+use crate::discovery::document::keys_for;
+use crate::discovery::{Known, MIN_REFRESH, Source};
+use crate::pki::keygen;
+
+/// What one discoveryUrl issuer renders, and what status says of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The keys rendered.
+    pub jwks: Jwks,
+    /// Its status entry.
+    pub status: DiscoveredIssuerStatus,
+    /// What needs attention, if anything.
+    pub problem: Option<Problem>,
+}
+
+/// The keys `external` renders from what is `known` of its source, or else the keys the
+/// sidecars `held` for it that still fit its algorithms.
+pub fn resolve(external: &ExternalIssuer, known: &Known, held: Option<&Jwks>) -> Resolved {
+    let algorithms: Vec<Alg> = (external.algorithms.iter())
+        .filter_map(|a| Alg::from_name(keygen::alg_name(*a)))
+        .collect();
+    let held_keys = || Jwks {
+        keys: held
+            .map(|jwks| jwks.keys.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|jwk| KeyEntry::from_jwk(jwk, Some(&algorithms)).is_ok())
+            .cloned()
+            .collect(),
+    };
+    let usable = known.read.as_deref().map(|read| {
+        keys_for(&read.document, &read.jwks, &external.issuer, &algorithms)
+            .map(|jwks| (jwks, read.document.jwks_uri.clone()))
+    });
+    let (jwks, jwks_uri, error, read_at) = match usable {
+        Some(Ok((jwks, uri))) => (jwks, Some(uri), known.error.clone(), known.read_at),
+        // The last good read does not serve this policy: the latest failure says more, if any.
+        Some(Err(unusable)) => (
+            held_keys(),
+            None,
+            Some(known.error.clone().unwrap_or_else(|| unusable.to_string())),
+            None,
+        ),
+        None => (held_keys(), None, known.error.clone(), None),
+    };
+    let issuer = external.issuer.clone();
+    let problem = match &error {
+        Some(error) => Some(Problem::DiscoveryFailed {
+            issuer: issuer.clone(),
+            error: error.clone(),
+            kept: jwks.keys.len(),
+            read_at,
+        }),
+        None if jwks.keys.is_empty() => Some(Problem::DiscoveryPending(issuer.clone())),
+        None => None,
+    };
+    Resolved {
+        status: DiscoveredIssuerStatus {
+            issuer,
+            jwks_uri,
+            key_ids: jwks.keys.iter().filter_map(|k| k.kid.clone()).collect(),
+            error,
+        },
+        jwks,
+        problem,
+    }
+}
+
+/// The keys the sidecar config in force holds for its discovered issuers, by issuer.
+pub fn held(config_map: Option<&ConfigMap>) -> DiscoveredKeys {
+    let Some(text) = config_map
+        .and_then(|cm| cm.data.as_ref())
+        .and_then(|data| data.get(CONFIG_FILE))
+    else {
+        return DiscoveredKeys::new();
+    };
+    let Ok(config) = SidecarConfig::from_json(text) else {
+        return DiscoveredKeys::new();
+    };
+    (config.verify.issuers.into_iter())
+        .filter_map(|trusted| match trusted.keys {
+            KeySource::Discovered { jwks, .. } => Some((trusted.issuer, jwks)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a reconcile of `policy` renders for its discoveryUrl issuers, with their status
+/// entries and problems; `due` learns when the next read is wanted.
+pub fn step(
+    policy: &AuthPolicy,
+    ctx: &Context,
+    config_map: Option<&ConfigMap>,
+    now: i64,
+    due: &mut Vec<i64>,
+) -> (DiscoveredKeys, Vec<DiscoveredIssuerStatus>, Vec<Problem>) {
+    let spec = &policy.spec;
+    let discovering: Vec<&ExternalIssuer> = (spec.issuer.external.iter())
+        .chain(&spec.additional_issuers)
+        .filter(|e| e.discovery_url.is_some())
+        .collect();
+    let mut keys = DiscoveredKeys::new();
+    let mut statuses = Vec::new();
+    let mut problems = Vec::new();
+    if discovering.is_empty() {
+        return (keys, statuses, problems);
+    }
+    let held = held(config_map);
+    for external in discovering {
+        let Some(url) = external.discovery_url.clone() else {
+            continue;
+        };
+        let source = Source {
+            url,
+            ca_bundle: external.ca_bundle.clone(),
+        };
+        let refresh = external
+            .refresh_interval
+            .get()
+            .unwrap_or(Duration::from_secs(300))
+            .max(MIN_REFRESH);
+        let known = ctx
+            .discovery
+            .observe(&source, refresh, ObjectRef::from_obj(policy), now);
+        // Back soon after a failure; otherwise when the next read is due.
+        let wait = if known.error.is_some() {
+            MIN_REFRESH
+        } else {
+            refresh
+        };
+        due.push(now + i64::try_from(wait.as_secs()).unwrap_or(i64::MAX / 2));
+        let resolved = resolve(external, &known, held.get(&external.issuer));
+        keys.insert(external.issuer.clone(), resolved.jwks);
+        statuses.push(resolved.status);
+        problems.extend(resolved.problem);
+    }
+    (keys, statuses, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::discovery::Read;
+    use crate::discovery::document::Document;
+
+    const ISSUER: &str = "https://sso.example.com/realms/corp";
+
+    fn external() -> ExternalIssuer {
+        serde_json::from_value(json!({
+            "issuer": ISSUER,
+            "discoveryUrl": format!("{ISSUER}/.well-known/openid-configuration"),
+            "algorithms": ["ES256"]
+        }))
+        .unwrap()
+    }
+
+    fn key(kid: &str) -> serde_json::Value {
+        json!({
+            "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"
+        })
+    }
+
+    fn read(issuer: &str, kids: &[&str]) -> Arc<Read> {
+        let keys: Vec<_> = kids.iter().map(|k| key(k)).collect();
+        Arc::new(Read {
+            document: Document {
+                issuer: issuer.to_owned(),
+                jwks_uri: format!("{ISSUER}/certs"),
+            },
+            jwks: json!({ "keys": keys }).to_string().into(),
+        })
+    }
+
+    fn jwks(kids: &[&str]) -> Jwks {
+        let keys: Vec<_> = kids.iter().map(|k| key(k)).collect();
+        serde_json::from_value(json!({ "keys": keys })).unwrap()
+    }
+
+    fn kids(resolved: &Resolved) -> Vec<&str> {
+        (resolved.jwks.keys.iter())
+            .filter_map(|k| k.kid.as_deref())
+            .collect()
+    }
+
+    #[test]
+    fn a_good_read_is_rendered_and_listed() {
+        let known = Known {
+            read: Some(read(ISSUER, &["k1", "k2"])),
+            read_at: Some(100),
+            error: None,
+        };
+        let resolved = resolve(&external(), &known, Some(&jwks(&["old"])));
+        assert_eq!(kids(&resolved), ["k1", "k2"]);
+        assert_eq!(resolved.status.key_ids, ["k1", "k2"]);
+        assert_eq!(
+            resolved.status.jwks_uri.as_deref(),
+            Some("https://sso.example.com/realms/corp/certs")
+        );
+        assert_eq!(resolved.problem, None);
+    }
+
+    #[test]
+    fn a_failing_read_keeps_the_last_good_keys_and_says_so() {
+        let known = Known {
+            read: Some(read(ISSUER, &["k1"])),
+            read_at: Some(100),
+            error: Some("reading …: timed out".to_owned()),
+        };
+        let resolved = resolve(&external(), &known, None);
+        assert_eq!(kids(&resolved), ["k1"]);
+        let problem = resolved.problem.unwrap();
+        assert!(!problem.blocks_readiness(), "{problem}");
+        assert_eq!(problem.reason(), "DiscoveryFailed");
+        assert!(
+            problem.to_string().contains("read at 1970-01-01T00:01:40Z"),
+            "{problem}"
+        );
+        assert_eq!(
+            resolved.status.error.as_deref(),
+            Some("reading …: timed out")
+        );
+    }
+
+    #[test]
+    fn after_a_restart_the_keys_the_sidecars_hold_stay_until_a_read() {
+        // Not read yet: what the sidecars hold is rendered again, and nothing is wrong.
+        let pending = resolve(&external(), &Known::default(), Some(&jwks(&["held"])));
+        assert_eq!(kids(&pending), ["held"]);
+        assert_eq!(pending.problem, None);
+        // The first read fails: they stay, and status says where they came from.
+        let failing = Known {
+            error: Some("reading …: connect".to_owned()),
+            ..Known::default()
+        };
+        let resolved = resolve(&external(), &failing, Some(&jwks(&["held"])));
+        assert_eq!(kids(&resolved), ["held"]);
+        let problem = resolved.problem.unwrap();
+        assert!(!problem.blocks_readiness());
+        assert!(
+            problem.to_string().contains("that the sidecars hold"),
+            "{problem}"
+        );
+    }
+
+    #[test]
+    fn nothing_read_and_nothing_held_accepts_no_token_of_the_issuer() {
+        let pending = resolve(&external(), &Known::default(), None);
+        assert!(pending.jwks.keys.is_empty());
+        let problem = pending.problem.unwrap();
+        assert_eq!(problem.reason(), "DiscoveryPending");
+        assert!(problem.blocks_readiness());
+        let failing = Known {
+            error: Some("status 404".to_owned()),
+            ..Known::default()
+        };
+        let problem = resolve(&external(), &failing, None).problem.unwrap();
+        assert_eq!(problem.reason(), "DiscoveryFailed");
+        assert!(problem.blocks_readiness(), "{problem}");
+    }
+
+    #[test]
+    fn a_document_of_another_issuer_never_lends_its_keys() {
+        // The URL serves a document for another issuer (a squatted or mistyped URL): its keys
+        // are not rendered under this issuer's name, the held ones stay.
+        let known = Known {
+            read: Some(read("https://evil.example", &["evil"])),
+            read_at: Some(100),
+            error: None,
+        };
+        let resolved = resolve(&external(), &known, Some(&jwks(&["held"])));
+        assert_eq!(kids(&resolved), ["held"]);
+        let problem = resolved.problem.unwrap();
+        assert!(
+            problem
+                .to_string()
+                .contains("describes issuer \"https://evil.example\"")
+        );
+        let none_held = resolve(&external(), &known, None);
+        assert!(none_held.jwks.keys.is_empty());
+        assert!(none_held.problem.unwrap().blocks_readiness());
+    }
+
+    #[test]
+    fn held_keys_that_no_longer_fit_the_algorithms_are_dropped() {
+        let mut rs256 = external();
+        rs256.algorithms = vec![scopegate_crds::v1alpha1::Algorithm::RS256];
+        let resolved = resolve(&rs256, &Known::default(), Some(&jwks(&["ec"])));
+        assert!(resolved.jwks.keys.is_empty());
+        assert_eq!(resolved.problem.unwrap().reason(), "DiscoveryPending");
+    }
+}

@@ -304,6 +304,7 @@ async fn issuer_keys(
                 keys: Arc::new(static_keys(name, rendered, Some(&allowed), notes)),
                 allow_jwt_typ: *allow_jwt_typ,
                 scopes: scope_claim(trusted),
+                audiences: own_audiences(trusted),
             });
         }
         (_, Some(location)) => (
@@ -316,6 +317,7 @@ async fn issuer_keys(
                 keys: Arc::new(static_keys(name, jwks, None, notes)),
                 allow_jwt_typ: false,
                 scopes: None,
+                audiences: own_audiences(trusted),
             });
         }
         (KeySource::OwnSigningKeys, None) => {
@@ -351,7 +353,13 @@ async fn issuer_keys(
         keys: Arc::new(keys),
         allow_jwt_typ,
         scopes: scope_claim(trusted),
+        audiences: own_audiences(trusted),
     })
+}
+
+/// An issuer's own audiences, checked instead of the policy's, as the sidecar reads them.
+fn own_audiences(trusted: &TrustedIssuer) -> Option<Arc<[String]>> {
+    (!trusted.audiences.is_empty()).then(|| Arc::from(trusted.audiences.clone()))
 }
 
 /// The algorithms of a key source that this build knows.

@@ -186,6 +186,7 @@ async fn verify_with_jwks(
         keys: Arc::new(keys),
         allow_jwt_typ: args.allow_jwt_typ,
         scopes: None,
+        audiences: None,
     };
     let result = token::validate(
         token,

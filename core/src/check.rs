@@ -44,9 +44,12 @@ pub enum CheckError {
     /// Two entries for one issuer, or an empty issuer.
     #[error("verify.issuers: {0:?} is empty or listed twice")]
     Issuer(String),
-    /// No audience while issuers are trusted.
-    #[error("verify.audiences must not be empty")]
-    NoAudiences,
+    /// An issuer without audiences of its own while the policy has none either.
+    #[error("verify.audiences must not be empty: issuer {0:?} names no audiences of its own")]
+    NoAudiences(String),
+    /// An issuer's own audience is empty.
+    #[error("verify.issuers: {0:?} lists an empty audience")]
+    EmptyAudience(String),
     /// Token size out of range.
     #[error("verify: maxTokenBytes must be within 256..=65536")]
     Limits,
@@ -158,8 +161,14 @@ pub fn document(config: &SidecarConfig) -> Result<(), CheckError> {
     if !TOKEN_BYTES_RANGE.contains(&verify.max_token_bytes) {
         return Err(CheckError::Limits);
     }
-    if !verify.issuers.is_empty() && verify.audiences.iter().all(String::is_empty) {
-        return Err(CheckError::NoAudiences);
+    let policy_audiences = verify.audiences.iter().any(|a| !a.is_empty());
+    for trusted in &verify.issuers {
+        if trusted.audiences.iter().any(String::is_empty) {
+            return Err(CheckError::EmptyAudience(trusted.issuer.clone()));
+        }
+        if trusted.audiences.is_empty() && !policy_audiences {
+            return Err(CheckError::NoAudiences(trusted.issuer.clone()));
+        }
     }
     if let Some(pem) = &config.ca_bundle_pem
         && !ca_bundle(pem)
@@ -549,6 +558,7 @@ mod tests {
                     keys: KeySource::Static {
                         jwks: crate::jwk::Jwks::default(),
                     },
+                    audiences: vec![],
                 }],
                 audiences: vec!["orders".into()],
                 leeway_secs: 30,
@@ -569,6 +579,11 @@ mod tests {
     #[test]
     fn a_sound_document_passes() {
         document(&sample()).unwrap();
+        // Every issuer naming its own audiences needs none of the policy's.
+        let mut own = sample();
+        own.verify.audiences.clear();
+        own.verify.issuers[0].audiences = vec!["api://reports".into()];
+        document(&own).unwrap();
     }
 
     #[test]
@@ -589,7 +604,11 @@ mod tests {
             ),
             (
                 |c| c.verify.audiences.clear(),
-                "verify.audiences must not be empty",
+                "verify.audiences must not be empty: issuer \"https://auth.shop.svc\" names no audiences of its own",
+            ),
+            (
+                |c| c.verify.issuers[0].audiences = vec![String::new()],
+                "verify.issuers: \"https://auth.shop.svc\" lists an empty audience",
             ),
             (
                 |c| c.verify.max_token_bytes = 10,

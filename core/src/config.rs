@@ -163,6 +163,10 @@ pub struct TrustedIssuer {
     pub issuer: String,
     /// Where the verification keys come from.
     pub keys: KeySource,
+    /// Audiences this issuer's tokens must carry (one of them), instead of
+    /// [`VerifyConfig::audiences`]; empty: those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
 }
 
 /// Where an issuer's verification keys come from.
@@ -574,6 +578,7 @@ mod tests {
                     keys: KeySource::Static {
                         jwks: Jwks::default(),
                     },
+                    audiences: vec![],
                 }],
                 audiences: vec!["orders".into()],
                 leeway_secs: 30,

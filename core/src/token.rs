@@ -53,6 +53,9 @@ pub struct IssuerKeys {
     pub allow_jwt_typ: bool,
     /// Where the issuer's tokens carry their scopes; `None`: the `scope` claim.
     pub scopes: Option<Arc<ScopeClaim>>,
+    /// Audiences this issuer's tokens must carry (one of them), instead of
+    /// [`TokenRules::audiences`]; `None`: those.
+    pub audiences: Option<Arc<[String]>>,
 }
 
 /// A token that passed validation: what the proxy needs afterwards.
@@ -166,7 +169,8 @@ pub fn validate(
             }
         }
     }
-    if !aud.contains_any(&rules.audiences) {
+    let audiences = trusted.audiences.as_deref().unwrap_or(&rules.audiences);
+    if !aud.contains_any(audiences) {
         return Err(TokenError::Audience);
     }
     let leeway = rules.leeway_secs;
@@ -309,6 +313,7 @@ mod tests {
             )])),
             allow_jwt_typ: false,
             scopes: None,
+            audiences: None,
         };
         let rules = TokenRules {
             audiences: vec!["a".into()],
@@ -317,6 +322,39 @@ mod tests {
             keep_claims,
         };
         validate(token, &rules, |iss| (iss == "i").then(|| keys.clone()), NOW)
+    }
+
+    #[test]
+    fn an_issuers_own_audiences_replace_the_policys() {
+        let keys = IssuerKeys {
+            keys: Arc::new(KeyMap::from([(
+                "k".to_owned(),
+                KeyEntry::hs256("k", &SECRET).unwrap(),
+            )])),
+            allow_jwt_typ: false,
+            scopes: None,
+            audiences: Some(Arc::from(vec!["api://reports".to_owned()])),
+        };
+        let rules = TokenRules {
+            audiences: vec!["a".into()],
+            leeway_secs: 0,
+            max_token_bytes: 8192,
+            keep_claims: false,
+        };
+        let check = |aud: serde_json::Value| {
+            let token = token(&claims(|c| c["aud"] = aud));
+            validate(
+                &token,
+                &rules,
+                |iss| (iss == "i").then(|| keys.clone()),
+                NOW,
+            )
+        };
+        assert!(check(json!("api://reports")).is_ok());
+        // The policy's audience is not this issuer's: a token of it meant for another
+        // service of the policy is refused.
+        assert_eq!(check(json!("a")), Err(TokenError::Audience));
+        assert_eq!(check(json!(["a", "b"])), Err(TokenError::Audience));
     }
 
     #[test]

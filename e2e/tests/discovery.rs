@@ -4,7 +4,8 @@
 //! operator reading discovery and the JWKS and rendering the keys, and a running pod (played
 //! as a kubelet would) whose sidecar never fetches anything. Then the provider goes away (the
 //! last good keys stay, status says so) and comes back with a new key (picked up through the
-//! operator, the old key's tokens refused).
+//! operator, the old key's tokens refused). The provider's tokens must carry the audience the
+//! issuer names as its own, not the policy's.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -86,7 +87,9 @@ impl Idp {
     }
 }
 
-fn reports_policy(idp: &Idp, ca_pem: &str, audience: &str) -> String {
+/// The policy: the provider's tokens must carry `own` (the issuer's own audience), the
+/// policy's `audience` is for other issuers.
+fn reports_policy(idp: &Idp, ca_pem: &str, own: &str, audience: &str) -> String {
     let bundle: String = ca_pem.lines().map(|l| format!("        {l}\n")).collect();
     format!(
         r#"
@@ -101,6 +104,7 @@ spec:
       discoveryUrl: {issuer}/.well-known/openid-configuration
       algorithms: [ES256]
       refreshInterval: 30s
+      audiences: [{own}]
       scopes: {{claim: realm_access.roles, prefix: "shop:"}}
       caBundle: |
 {bundle}
@@ -163,17 +167,16 @@ async fn an_outside_provider_is_trusted_through_discovery_read_by_the_operator()
     std::fs::create_dir_all(&dir).unwrap();
     let tls = TestTls::new(&dir, "outside-idp", "outside IdP test CA", &["127.0.0.1"]).unwrap();
     std::fs::write(tls.cert_file.with_extension("ca"), &tls.ca_pem).unwrap();
+    // The provider issues for its own name of the service and for the policy's.
+    let own = format!("api://reports.{}", ns.name);
     let audience = format!("https://orders.{}.svc", ns.name);
+    let both = format!("{own},{audience}");
     let port = free_port();
-    let idp = Idp::start(&tls, port, "kid-one", &audience, &dir);
-
-    apply_yaml::<AuthPolicy>(
-        &client,
-        &ns.name,
-        &reports_policy(&idp, &tls.ca_pem, &audience),
-    )
-    .await
-    .unwrap();
+    let idp = Idp::start(&tls, port, "kid-one", &both, &dir);
+    let policy = reports_policy(&idp, &tls.ca_pem, &own, &audience);
+    apply_yaml::<AuthPolicy>(&client, &ns.name, &policy)
+        .await
+        .unwrap();
     let policies: Api<AuthPolicy> = Api::namespaced(client.clone(), &ns.name);
     let first = eventually("the provider's key in status", || async {
         let status = status(&policies).await?;
@@ -217,7 +220,7 @@ async fn an_outside_provider_is_trusted_through_discovery_read_by_the_operator()
     };
 
     // The provider's token passes: its roles are the scopes, its groups meet the condition.
-    let one = idp.token(&tls, &audience);
+    let one = idp.token(&tls, &own);
     let answer = get(&one);
     assert_eq!(answer.status, 200, "{answer:?}");
     let caller: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
@@ -228,13 +231,16 @@ async fn an_outside_provider_is_trusted_through_discovery_read_by_the_operator()
         .collect();
     scopes.sort_unstable();
     assert_eq!(scopes, ["read:items", "reports"], "{}", answer.body);
+    // A token the provider issued for the policy's audience is not for this issuer: refused.
+    let elsewhere = idp.token(&tls, &audience);
+    assert_eq!(get(&elsewhere).status, 401);
     // Another provider's token naming this provider's kid is refused: the token's issuer
     // decides which keys are consulted, and that issuer is not trusted.
     let forged = {
         let other = TestTls::new(&dir, "other", "other CA", &["127.0.0.1"]).unwrap();
         std::fs::write(other.cert_file.with_extension("ca"), &other.ca_pem).unwrap();
-        let impostor = Idp::start(&other, free_port(), "kid-one", &audience, &dir);
-        impostor.token(&other, &audience)
+        let impostor = Idp::start(&other, free_port(), "kid-one", &own, &dir);
+        impostor.token(&other, &own)
     };
     assert_eq!(get(&forged).status, 401);
     let anonymous = request(service, "GET", "/orders", &[], "").expect("request");
@@ -262,7 +268,7 @@ async fn an_outside_provider_is_trusted_through_discovery_read_by_the_operator()
     assert_eq!(get(&one).status, 200, "the last good key stays in force");
 
     // It comes back with a new key: read again, rendered, and the old key's tokens refused.
-    let idp = Idp::start(&tls, port, "kid-two", &audience, &dir);
+    let idp = Idp::start(&tls, port, "kid-two", &both, &dir);
     eventually("the new key in status and no error", || async {
         let status = status(&policies).await?;
         ensure!(key_ids(&status) == ["kid-two"], "{status}");
@@ -274,7 +280,7 @@ async fn an_outside_provider_is_trusted_through_discovery_read_by_the_operator()
     })
     .await
     .unwrap();
-    let two = idp.token(&tls, &audience);
+    let two = idp.token(&tls, &own);
     eventually("the sidecar holding the new key", || async {
         let answer = get(&two);
         ensure!(answer.status == 200, "{answer:?}");

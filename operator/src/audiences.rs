@@ -28,6 +28,32 @@ pub fn effective_audiences(spec: &AuthPolicySpec) -> Vec<String> {
     }
 }
 
+/// Every audience a policy claims for its namespace: its effective audiences and those its
+/// external issuers name of their own.
+pub fn claimed_audiences(spec: &AuthPolicySpec) -> Vec<String> {
+    let mut claimed = effective_audiences(spec);
+    let externals = spec.issuer.external.iter().chain(&spec.additional_issuers);
+    claimed.extend(externals.flat_map(|e| e.audiences.iter().cloned()));
+    claimed.sort();
+    claimed.dedup();
+    claimed
+}
+
+/// Whether some issuer of the policy checks tokens against the policy's audiences (every
+/// issuer but an external one naming its own).
+pub fn uses_policy_audiences(spec: &AuthPolicySpec) -> bool {
+    let external_own = |e: Option<&scopegate_crds::v1alpha1::ExternalIssuer>| {
+        e.is_some_and(|e| !e.audiences.is_empty())
+    };
+    let main = spec.issuer.self_.is_some()
+        || spec.issuer.policy_ref.is_some()
+        || (spec.issuer.external.is_some() && !external_own(spec.issuer.external.as_ref()));
+    main || spec
+        .additional_issuers
+        .iter()
+        .any(|e| e.audiences.is_empty())
+}
+
 /// What one owning policy admits for one audience.
 #[derive(Debug, Clone, Default)]
 struct Admission {
@@ -86,7 +112,7 @@ impl AudienceOwners {
     ) -> Self {
         let mut claims: BTreeMap<String, Vec<&AuthPolicy>> = BTreeMap::new();
         for policy in policies {
-            for audience in effective_audiences(&policy.spec) {
+            for audience in claimed_audiences(&policy.spec) {
                 claims.entry(audience).or_default().push(policy);
             }
         }
@@ -358,6 +384,47 @@ mod tests {
         ));
         assert!(owners.conflicts_of(&orders).is_empty());
         assert!(owners.owned_by("evil").is_empty());
+    }
+
+    #[test]
+    fn an_external_issuers_own_audiences_are_claimed_like_the_policys() {
+        let extra = format!(
+            "  audiences: [api://evil]\n  additionalIssuers:\n    - {{issuer: https://idp.example, jwksUri: https://idp.example/jwks, algorithms: [ES256], audiences: [{ORDERS}, 'api://reports']}}"
+        );
+        let evil = policy("evil", "squat", 1, &extra);
+        assert_eq!(
+            claimed_audiences(&evil.spec),
+            ["api://evil", "api://reports", ORDERS]
+        );
+        // A Service audience of another namespace, named as an outside issuer's own, is a
+        // squat like any other.
+        let owners = AudienceOwners::new([&evil], "cluster.local");
+        let conflicts: Vec<&str> = (owners.conflicts_of(&evil).iter())
+            .map(|(a, _)| a.as_str())
+            .collect();
+        assert_eq!(conflicts, [ORDERS]);
+        assert_eq!(owners.owned_by("evil"), ["api://evil", "api://reports"]);
+    }
+
+    #[test]
+    fn the_policys_audiences_are_needed_while_an_issuer_names_none_of_its_own() {
+        let external = |own: &str, more: &str| {
+            let mut p = policy("shop", "p", 1, more);
+            p.spec.issuer = serde_yaml_ng::from_str(&format!(
+                "external: {{issuer: https://idp.example, jwksUri: https://idp.example/jwks, algorithms: [ES256]{own}}}"
+            ))
+            .unwrap();
+            p
+        };
+        assert!(uses_policy_audiences(&external("", "").spec));
+        assert!(!uses_policy_audiences(
+            &external(", audiences: [api://r]", "").spec
+        ));
+        let more = "  additionalIssuers:\n    - {issuer: https://b.example, jwksUri: https://b.example/jwks, algorithms: [ES256]}";
+        assert!(uses_policy_audiences(
+            &external(", audiences: [api://r]", more).spec
+        ));
+        assert!(uses_policy_audiences(&policy("shop", "p", 1, "").spec));
     }
 
     #[test]

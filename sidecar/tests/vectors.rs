@@ -278,6 +278,7 @@ fn validator_keys() -> (support::SigningKey, IssuerKeys) {
         keys: Arc::new(keys_of(entry)),
         allow_jwt_typ: false,
         scopes: None,
+        audiences: None,
     };
     (key, keys)
 }

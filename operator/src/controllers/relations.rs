@@ -10,7 +10,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
 use super::client_checks::issuer_key;
-use crate::audiences::effective_audiences;
+use crate::audiences::claimed_audiences;
 
 /// Policies that trust `issuer` (in `namespace`) through a policyRef.
 pub fn dependents(
@@ -69,7 +69,7 @@ impl AudienceMemory {
     /// The policy's audiences before this event and now.
     pub fn touch(&self, policy: &AuthPolicy) -> Vec<String> {
         let key = (policy.namespace().unwrap_or_default(), policy.name_any());
-        let now = effective_audiences(&policy.spec);
+        let now = claimed_audiences(&policy.spec);
         let mut memory = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut touched = memory.insert(key, now.clone()).unwrap_or_default();
         touched.extend(now);

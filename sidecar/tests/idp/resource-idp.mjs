@@ -3,14 +3,16 @@
 // rcgen certificate, a client_credentials client, a resource indicator with JWT access tokens,
 // and Keycloak-shaped extra claims (groups, realm_access.roles, email). A fresh ES256 key with
 // the kid KID is generated at start, so restarting with another KID rotates the keys.
-// Env: PORT, KEY, CERT (PEM files), KID, AUDIENCE, CLIENT_ID, CLIENT_SECRET.
+// Env: PORT, KEY, CERT (PEM files), KID, AUDIENCE (the resource servers it issues for, comma
+// separated; the first is the default), CLIENT_ID, CLIENT_SECRET.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const { PORT, KEY, CERT, KID, AUDIENCE, CLIENT_ID, CLIENT_SECRET } = process.env;
 const issuer = `https://127.0.0.1:${PORT}`;
+const audiences = AUDIENCE.split(',');
 const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const signing = { ...privateKey.export({ format: 'jwk' }), kid: KID, alg: 'ES256', use: 'sig' };
 
@@ -30,14 +32,17 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => AUDIENCE,
+      defaultResource: () => audiences[0],
       useGrantedResource: () => true,
-      getResourceServerInfo: () => ({
-        scope: 'read:items',
-        audience: AUDIENCE,
-        accessTokenFormat: 'jwt',
-        jwt: { sign: { alg: 'ES256' } },
-      }),
+      getResourceServerInfo: (ctx, resource) => {
+        if (!audiences.includes(resource)) throw new errors.InvalidTarget();
+        return {
+          scope: 'read:items',
+          audience: resource,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'ES256' } },
+        };
+      },
     },
   },
   extraTokenClaims: async () => ({

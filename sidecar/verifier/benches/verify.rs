@@ -215,6 +215,7 @@ fn bench(c: &mut Criterion) {
             keys: Arc::new(KeyMap::from([("k1".to_owned(), case.entry)])),
             allow_jwt_typ: false,
             scopes: None,
+            audiences: None,
         };
         let now = scopegate_sidecar_kit::unix_now();
         group.bench_function("full_validation", |b| {

@@ -74,6 +74,8 @@ pub enum IssuerSource {
         allow_jwt_typ: bool,
         /// Where its tokens carry their scopes.
         scopes: Option<Arc<ScopeClaim>>,
+        /// Its own audiences, if it has any.
+        audiences: Option<Arc<[String]>>,
     },
 }
 
@@ -86,10 +88,12 @@ impl IssuerSource {
                 set,
                 allow_jwt_typ,
                 scopes,
+                audiences,
             } => IssuerKeys {
                 keys: set.keys(),
                 allow_jwt_typ: *allow_jwt_typ,
                 scopes: scopes.clone(),
+                audiences: audiences.clone(),
             },
         }
     }
@@ -272,6 +276,8 @@ fn issuer_source(
         issuer: name.clone(),
         source,
     };
+    let audiences: Option<Arc<[String]>> =
+        (!trusted.audiences.is_empty()).then(|| Arc::from(trusted.audiences.clone()));
     Ok(match &trusted.keys {
         KeySource::Static { jwks } => {
             let entries = jwks.keys.iter().map(|jwk| {
@@ -282,10 +288,13 @@ fn issuer_source(
                 keys: Arc::new(keep_loaded(&name, entries, skipped_keys)?),
                 allow_jwt_typ: false,
                 scopes: None,
+                audiences,
             })
         }
         KeySource::OwnSigningKeys => {
-            own_signing_keys(&name, input, has_role, recompile_at, skipped_keys)?
+            let mut own = own_signing_keys(&name, input, has_role, recompile_at, skipped_keys)?;
+            own.audiences = audiences;
+            IssuerSource::Fixed(own)
         }
         KeySource::Discovered {
             jwks,
@@ -303,6 +312,7 @@ fn issuer_source(
                 keys: Arc::new(keep_loaded(&name, entries, skipped_keys)?),
                 allow_jwt_typ: *allow_jwt_typ,
                 scopes: scopes.clone().map(Arc::new),
+                audiences,
             })
         }
         KeySource::Remote {
@@ -326,6 +336,7 @@ fn issuer_source(
                 }),
                 allow_jwt_typ: *allow_jwt_typ,
                 scopes: scopes.clone().map(Arc::new),
+                audiences,
             }
         }
     })
@@ -339,7 +350,7 @@ fn own_signing_keys(
     has_role: bool,
     recompile_at: &mut Option<i64>,
     skipped_keys: &mut Vec<SkippedKey>,
-) -> Result<IssuerSource, SettingsError> {
+) -> Result<IssuerKeys, SettingsError> {
     let key_error = |source| SettingsError::Key {
         issuer: name.to_owned(),
         source,
@@ -373,11 +384,12 @@ fn own_signing_keys(
         };
         (managed.kid.clone(), entry)
     });
-    Ok(IssuerSource::Fixed(IssuerKeys {
+    Ok(IssuerKeys {
         keys: Arc::new(keep_loaded(name, entries, skipped_keys)?),
         allow_jwt_typ: false,
         scopes: None,
-    }))
+        audiences: None,
+    })
 }
 
 /// The keys of one issuer that load; the others are recorded in `skipped`. When keys were

@@ -514,6 +514,15 @@ pub struct ExternalIssuer {
         }
     ]))]
     pub ca_bundle: Option<String>,
+    /// Audiences a token of this issuer must carry (any one), instead of spec.audiences: an
+    /// outside provider names resource servers its own way (Entra ID `api://<app id>`, Auth0
+    /// an API identifier), and a token it issued for this policy's other audiences is refused.
+    /// Unset: spec.audiences. Each is claimed for this namespace like spec.audiences; one that
+    /// another namespace owns is left out (reason AudienceConflict), and an issuer left with
+    /// none is not trusted at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "audience_list")]
+    pub audiences: Vec<String>,
     /// Where this issuer's tokens carry their scopes, when not in the RFC 9068 scope claim:
     /// `{claim: scp}` (Entra ID, Okta), `{claim: realm_access.roles, prefix: "orders:"}`
     /// (Keycloak roles). Unset: the scope claim.

@@ -78,18 +78,20 @@ pub struct AuthPolicySpec {
     /// More issuers whose tokens this policy accepts, besides issuer: outside identity
     /// providers (a company's Keycloak, Entra ID, Okta) next to this policy's own or
     /// referenced issuer. Each is trusted with its own keys (fetched from its jwksUri by the
-    /// sidecar, never on the request path), algorithms, typ and scope claim; a token's iss
+    /// sidecars, or read from its discoveryUrl by the operator; never on the request path),
+    /// algorithms, typ and scope claim; a token's iss
     /// decides which issuer's keys are consulted, never any other's. They share the policy's
-    /// audiences. An issuer listed twice, or equal to issuer, makes the policy not Ready
-    /// (reason InvalidConfig).
+    /// audiences unless they name their own. An issuer listed twice, or equal to issuer, makes
+    /// the policy not Ready (reason InvalidConfig).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub additional_issuers: Vec<ExternalIssuer>,
 
-    /// Audiences a token must carry in its aud claim (any one of them). Empty means the
-    /// issuer URL of a self issuer, and is refused for policyRef and external issuers by
-    /// the operator (status condition), since accepting any audience lets tokens meant for
-    /// another service in.
+    /// Audiences a token must carry in its aud claim (any one of them), for every issuer that
+    /// names none of its own (an external issuer's audiences). Empty means the issuer URL of
+    /// a self issuer, and is refused for policyRef and external issuers without audiences of
+    /// their own by the operator (status condition), since accepting any audience lets tokens
+    /// meant for another service in.
     ///
     /// Listing an audience claims it for this namespace: an issuer gives OAuthClients tokens
     /// for it only as `clients` admits them. An audience naming a Service

@@ -223,7 +223,9 @@ async fn check_spec(
     observation: &mut Observation,
 ) -> Result<()> {
     let spec = &policy.spec;
-    if crate::audiences::effective_audiences(spec).is_empty() {
+    if crate::audiences::uses_policy_audiences(spec)
+        && crate::audiences::effective_audiences(spec).is_empty()
+    {
         observation.problems.push(Problem::MissingAudiences);
     }
     if let Some((issuer, declared)) = declared_scopes(policy, trust, ctx) {
@@ -279,21 +281,10 @@ async fn apply_sidecar_config(
         rendering.bundle,
     )?;
     if !conflicts.is_empty() {
-        // Another namespace owns them: this policy's pods do not accept them either.
-        config
-            .verify
-            .audiences
-            .retain(|a| !conflicts.iter().any(|(claimed, _)| claimed == a));
+        render::drop_audiences(&mut config, conflicts);
         observation
             .problems
             .push(Problem::AudienceConflict(conflicts.to_vec()));
-        if config.verify.audiences.is_empty() {
-            // Every audience is another namespace's: the pods accept no token at all (an
-            // empty list would be refused as a mistake and leave the last good config, with
-            // audiences the spec no longer asks for, in force).
-            config.verify.issuers.clear();
-            config.revocation.feed = None;
-        }
     }
     // A policy with many rules and keys renders a large document: off the workers.
     let rendered = ctx

@@ -156,6 +156,7 @@ fn trusted_issuers(
                 vec![TrustedIssuer {
                     issuer: own.url.clone(),
                     keys,
+                    audiences: Vec::new(),
                 }],
                 Some(feed),
             )
@@ -177,6 +178,7 @@ fn trusted_issuers(
                 vec![TrustedIssuer {
                     issuer: issuer.clone(),
                     keys: KeySource::Static { jwks: jwks.clone() },
+                    audiences: Vec::new(),
                 }],
                 Some(feed),
             )
@@ -227,6 +229,31 @@ fn external_issuer(external: &api::ExternalIssuer, discovered: &DiscoveredKeys) 
     TrustedIssuer {
         issuer: external.issuer.clone(),
         keys,
+        audiences: external.audiences.clone(),
+    }
+}
+
+/// Leaves audiences another namespace owns out of `config`: out of the policy's list and each
+/// issuer's own. An issuer left with no audience to check is not trusted at all (an empty
+/// list would mean the policy's for one, and be refused as a mistake for the policy, leaving
+/// the last good config with audiences the spec no longer asks for in force), and the
+/// revocation feed goes with its issuer.
+pub fn drop_audiences(config: &mut SidecarConfig, conflicts: &[(String, String)]) {
+    let foreign = |a: &String| conflicts.iter().any(|(claimed, _)| claimed == a);
+    config.verify.audiences.retain(|a| !foreign(a));
+    let policy_audiences = !config.verify.audiences.is_empty();
+    config.verify.issuers.retain_mut(|trusted| {
+        if trusted.audiences.is_empty() {
+            return policy_audiences;
+        }
+        trusted.audiences.retain(|a| !foreign(a));
+        !trusted.audiences.is_empty()
+    });
+    let feed_issuer = config.revocation.feed.as_ref().map(|f| f.issuer.clone());
+    if let Some(issuer) = feed_issuer
+        && !config.verify.issuers.iter().any(|t| t.issuer == issuer)
+    {
+        config.revocation.feed = None;
     }
 }
 
@@ -756,6 +783,79 @@ spec:
         let twice =
             sidecar_config(&twice, &trust, &DiscoveredKeys::new(), BTreeMap::new(), "").unwrap();
         assert!(scopegate_core::check::document(&twice).is_err());
+    }
+
+    #[test]
+    fn an_issuers_own_audiences_and_discovered_keys_are_rendered_and_conflicts_drop_them() {
+        let trust = Trust::Referenced {
+            issuer: "https://auth.shop.svc".into(),
+            jwks: Jwks::default(),
+            feed_url: "https://auth.shop.svc:443/oauth2/revocations".into(),
+            feed_subject_key: None,
+        };
+        let mut p = policy(ORDERS);
+        p.spec.additional_issuers = serde_yaml_ng::from_str(
+            r#"
+- issuer: https://login.microsoftonline.com/t/v2.0
+  discoveryUrl: https://login.microsoftonline.com/t/v2.0/.well-known/openid-configuration
+  algorithms: [ES256]
+  audiences: ["api://orders", "api://shared"]
+"#,
+        )
+        .unwrap();
+        let key: scopegate_core::jwk::Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "EC", "crv": "P-256", "kid": "entra-1",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"
+        }))
+        .unwrap();
+        let discovered = DiscoveredKeys::from([(
+            "https://login.microsoftonline.com/t/v2.0".to_owned(),
+            Jwks { keys: vec![key] },
+        )]);
+        let config = sidecar_config(&p, &trust, &discovered, BTreeMap::new(), "").unwrap();
+        let entra = &config.verify.issuers[1];
+        assert_eq!(entra.audiences, ["api://orders", "api://shared"]);
+        let KeySource::Discovered { jwks, .. } = &entra.keys else {
+            panic!(
+                "a discoveryUrl issuer's keys are rendered: {:?}",
+                entra.keys
+            );
+        };
+        assert_eq!(jwks.keys[0].kid.as_deref(), Some("entra-1"));
+        assert!(config.verify.issuers[0].audiences.is_empty());
+        scopegate_core::check::document(&config).unwrap();
+
+        // Another namespace owns api://shared: it goes, api://orders stays.
+        let conflict = |a: &str| (a.to_owned(), "another's".to_owned());
+        let mut one = config.clone();
+        drop_audiences(&mut one, &[conflict("api://shared")]);
+        assert_eq!(one.verify.issuers[1].audiences, ["api://orders"]);
+        // Both are another's: the issuer is not trusted at all (never the policy's audiences
+        // instead); the referenced issuer and its feed stay.
+        let mut none = config.clone();
+        drop_audiences(
+            &mut none,
+            &[conflict("api://shared"), conflict("api://orders")],
+        );
+        let left: Vec<&str> = none
+            .verify
+            .issuers
+            .iter()
+            .map(|i| i.issuer.as_str())
+            .collect();
+        assert_eq!(left, ["https://auth.shop.svc"]);
+        assert!(none.revocation.feed.is_some());
+        // The policy's own audience is another's: the issuers checking it go with their
+        // feed, the one with its own audiences stays.
+        let mut policy_gone = config.clone();
+        drop_audiences(&mut policy_gone, &[conflict("https://orders")]);
+        let left: Vec<&str> = (policy_gone.verify.issuers.iter())
+            .map(|i| i.issuer.as_str())
+            .collect();
+        assert_eq!(left, ["https://login.microsoftonline.com/t/v2.0"]);
+        assert!(policy_gone.revocation.feed.is_none());
+        scopegate_core::check::document(&policy_gone).unwrap();
     }
 
     const AUTH_WITH_UPSTREAMS: &str = r#"

@@ -7,7 +7,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
-use crate::audiences::effective_audiences;
+use crate::audiences::claimed_audiences;
 use crate::controllers::relations::{
     AudienceMemory, clients_listing, clients_using, dependents, issuer_of,
 };
@@ -122,7 +122,7 @@ pub fn audiences_of(
                 .state()
                 .iter()
                 .filter(|p| {
-                    effective_audiences(&p.spec)
+                    claimed_audiences(&p.spec)
                         .iter()
                         .any(|a| touched.contains(a))
                 })

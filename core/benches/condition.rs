@@ -2,6 +2,7 @@
 //! `cargo bench -p scopegate-core --bench condition`
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use scopegate_core::claims::KeptClaims;
 use scopegate_core::condition::{Condition, RequestFacts};
 use serde_json::json;
 
@@ -14,7 +15,8 @@ fn conditions(c: &mut Criterion) {
         "email": "alice@example.com", "tenant": "acme",
         "groups": ["team-orders", "admins", "eu"]
     });
-    let claims = claims.as_object().cloned().unwrap_or_default();
+    // Kept with a cached token: converted to CEL once, on the first evaluation.
+    let claims = KeptClaims::new(claims.as_object().cloned().unwrap_or_default());
     let mut headers = http::HeaderMap::new();
     headers.insert("x-env", http::HeaderValue::from_static("prod"));
     let request = RequestFacts {

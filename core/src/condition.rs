@@ -24,7 +24,13 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
+use cel::common::types::{CelMap, CelMapKey, CelString};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::objects::Key;
 use cel::{Context, Env, Program, Value};
+
+use crate::claims::KeptClaims;
 
 use crate::names::{SIDECAR_REWRITTEN_HEADERS, folded_header_name};
 
@@ -176,6 +182,53 @@ pub struct RequestFacts<'a> {
     pub source: Option<IpAddr>,
 }
 
+/// The variables of one evaluation: the claims borrowed, `request` and `source` built for it.
+struct Inputs<'a> {
+    claims: &'a dyn Val,
+    request: Option<Box<dyn Val>>,
+    source: Option<Box<dyn Val>>,
+}
+
+impl VariableResolver for Inputs<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        match variable {
+            "claims" => Some(CowVal::Borrowed(self.claims)),
+            "request" => self.request.as_deref().map(CowVal::Borrowed),
+            "source" => self.source.as_deref().map(CowVal::Borrowed),
+            _ => None,
+        }
+    }
+}
+
+/// The fields of `request` an expression reads: only those are built for an evaluation.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct RequestParts {
+    method: bool,
+    path: bool,
+    headers: bool,
+}
+
+impl RequestParts {
+    /// `request` read as a whole.
+    const ALL: RequestParts = RequestParts {
+        method: true,
+        path: true,
+        headers: true,
+    };
+
+    /// Records `request.<field>`; false for a field `request` does not have (it is then
+    /// walked as a whole, and the evaluation fails as it should).
+    fn add(&mut self, field: &str) -> bool {
+        match field {
+            "method" => self.method = true,
+            "path" => self.path = true,
+            "headers" => self.headers = true,
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// A compiled `when` condition.
 #[derive(Debug)]
 pub struct Condition {
@@ -185,7 +238,8 @@ pub struct Condition {
     /// whole: only these are converted for an evaluation.
     claims: Option<BTreeSet<String>>,
     iterates: bool,
-    reads_request: bool,
+    /// The fields of `request` it reads (none: `request` is not bound).
+    request: RequestParts,
     reads_source: bool,
     cost: u64,
 }
@@ -225,13 +279,9 @@ impl Condition {
         if cost > MAX_COST {
             return Err(CompileError::TooCostly { cost });
         }
-        let references = program.references();
-        let (reads_request, reads_source) = (
-            references.has_variable("request"),
-            references.has_variable("source"),
-        );
+        let reads_source = program.references().has_variable("source");
         Ok(Self {
-            reads_request,
+            request: walk.request,
             reads_source,
             program,
             claims: (!walk.whole_claims).then_some(walk.claims),
@@ -260,35 +310,38 @@ impl Condition {
     /// else refuses.
     pub fn evaluate(
         &self,
-        claims: &serde_json::Map<String, serde_json::Value>,
+        claims: &KeptClaims,
         request: &RequestFacts<'_>,
     ) -> Result<bool, EvalError> {
-        let mut context = Context::with_env(Arc::clone(environment()));
-        let named: HashMap<String, Value> = match &self.claims {
-            Some(names) => names
-                .iter()
-                .filter_map(|name| Some((name.clone(), to_cel(claims.get(name)?))))
-                .collect(),
-            None => claims.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect(),
+        // Only the claims the expression names are judged for size (all, when it reads
+        // `claims` as a whole); every claim is bound, borrowed from their CEL form, which is
+        // converted once per token.
+        let named: Vec<&serde_json::Value> = match &self.claims {
+            Some(names) => names.iter().filter_map(|name| claims.get(name)).collect(),
+            None => claims.values().collect(),
         };
-        if self.iterates && (named.len() > MAX_ITERATED || named.values().any(too_large)) {
+        if self.iterates && (named.len() > MAX_ITERATED || named.iter().copied().any(too_large)) {
             return Err(EvalError::InputTooLarge);
         }
-        if named.values().any(too_long) {
+        if named.iter().copied().any(too_long) {
             return Err(EvalError::InputTooLarge);
         }
-        context.add_variable_from_value("claims", named);
         // Only what the expression names is built.
-        if self.reads_request {
-            context.add_variable_from_value("request", self.request_value(request));
-        }
-        if self.reads_source {
-            let address = request.source.map(|a| a.to_string()).unwrap_or_default();
-            context.add_variable_from_value(
-                "source",
-                HashMap::from([("address".to_owned(), Value::from(address))]),
-            );
-        }
+        let inputs = Inputs {
+            claims: claims.cel(),
+            request: (self.request != RequestParts::default())
+                .then(|| self.request_value(request))
+                .and_then(|value| value.try_into().ok()),
+            source: self.reads_source.then(|| {
+                let address = request.source.map(|a| a.to_string()).unwrap_or_default();
+                Box::new(CelMap::from(HashMap::from([(
+                    CelMapKey::from("address"),
+                    Box::new(CelString::from(address)) as Box<dyn Val>,
+                )]))) as Box<dyn Val>
+            }),
+        };
+        let mut context = Context::with_env(Arc::clone(environment()));
+        context.set_variable_resolver(&inputs);
         match self.program.execute(&context) {
             Ok(Value::Bool(verdict)) => Ok(verdict),
             Ok(other) => Err(EvalError::NotBoolean(format!("{:?}", other.type_of()))),
@@ -297,53 +350,50 @@ impl Condition {
     }
 
     fn request_value(&self, request: &RequestFacts<'_>) -> Value {
-        let headers: HashMap<String, Value> = self
+        let mut fields: HashMap<Key, Value> = HashMap::with_capacity(3);
+        let text = |value: &str| Value::String(Arc::new(value.to_owned()));
+        if self.request.method {
+            fields.insert(Key::from("method"), text(request.method));
+        }
+        if self.request.path {
+            fields.insert(Key::from("path"), text(request.path));
+        }
+        if self.request.headers {
+            fields.insert(Key::from("headers"), self.headers_value(request.headers));
+        }
+        Value::Map(cel::objects::Map {
+            map: Arc::new(fields),
+        })
+    }
+
+    /// The headers the condition names, each once.
+    fn headers_value(&self, headers: &http::HeaderMap) -> Value {
+        let named: HashMap<Key, Value> = self
             .headers
             .iter()
             .filter_map(|name| {
                 // A repeated header is left out (the expression then fails): a check of the
                 // first value would pass while the app may read another. So is one that also
                 // came in another spelling a CGI-style server reads as the same name.
-                let other_spelling = (request.headers.keys())
-                    .any(|k| k.as_str() != name && same_folded(k.as_str(), name));
-                if other_spelling || dropped_by_connection(request.headers, name) {
+                let other_spelling =
+                    (headers.keys()).any(|k| k.as_str() != name && same_folded(k.as_str(), name));
+                if other_spelling || dropped_by_connection(headers, name) {
                     return None;
                 }
-                let mut values = request.headers.get_all(name.as_str()).iter();
+                let mut values = headers.get_all(name.as_str()).iter();
                 let value = values.next()?.to_str().ok()?;
                 if values.next().is_some() {
                     return None;
                 }
-                Some((name.clone(), Value::from(value.to_owned())))
+                Some((
+                    Key::from(name.as_str()),
+                    Value::String(Arc::new(value.to_owned())),
+                ))
             })
             .collect();
-        Value::from(HashMap::from([
-            ("method".to_owned(), Value::from(request.method.to_owned())),
-            ("path".to_owned(), Value::from(request.path.to_owned())),
-            ("headers".to_owned(), Value::from(headers)),
-        ]))
-    }
-}
-
-/// A JSON value as CEL sees it: integers stay integers, other numbers are doubles.
-fn to_cel(value: &serde_json::Value) -> Value {
-    match value {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(*b),
-        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Value::Int(i),
-            (None, Some(u)) => Value::UInt(u),
-            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        serde_json::Value::String(text) => Value::String(Arc::new(text.clone())),
-        serde_json::Value::Array(items) => {
-            Value::List(Arc::new(items.iter().map(to_cel).collect()))
-        }
-        serde_json::Value::Object(map) => Value::from(
-            map.iter()
-                .map(|(k, v)| (k.clone(), to_cel(v)))
-                .collect::<HashMap<String, Value>>(),
-        ),
+        Value::Map(cel::objects::Map {
+            map: Arc::new(named),
+        })
     }
 }
 
@@ -365,19 +415,21 @@ fn dropped_by_connection(headers: &http::HeaderMap, name: &str) -> bool {
 }
 
 /// Whether a string longer than [`MAX_STRING_BYTES`] is in `value`.
-fn too_long(value: &Value) -> bool {
+fn too_long(value: &serde_json::Value) -> bool {
     match value {
-        Value::String(text) => text.len() > MAX_STRING_BYTES,
-        Value::List(items) => items.iter().any(too_long),
-        Value::Map(map) => map.map.values().any(too_long),
+        serde_json::Value::String(text) => text.len() > MAX_STRING_BYTES,
+        serde_json::Value::Array(items) => items.iter().any(too_long),
+        serde_json::Value::Object(map) => map.values().any(too_long),
         _ => false,
     }
 }
 
-fn too_large(value: &Value) -> bool {
+fn too_large(value: &serde_json::Value) -> bool {
     match value {
-        Value::List(items) => items.len() > MAX_ITERATED || items.iter().any(too_large),
-        Value::Map(map) => map.map.len() > MAX_ITERATED || map.map.values().any(too_large),
+        serde_json::Value::Array(items) => {
+            items.len() > MAX_ITERATED || items.iter().any(too_large)
+        }
+        serde_json::Value::Object(map) => map.len() > MAX_ITERATED || map.values().any(too_large),
         _ => false,
     }
 }
@@ -388,6 +440,7 @@ struct Walk {
     headers: BTreeSet<String>,
     claims: BTreeSet<String>,
     whole_claims: bool,
+    request: RequestParts,
     iterates: bool,
     /// The level of the node being walked.
     depth: usize,
@@ -411,6 +464,9 @@ impl Walk {
                 if name == "claims" && !bound.contains(name) {
                     self.whole_claims = true;
                 }
+                if name == "request" && !bound.contains(name) {
+                    self.request = RequestParts::ALL;
+                }
                 if !["claims", "request", "source"].contains(&name.as_str())
                     && !bound.contains(name)
                 {
@@ -421,6 +477,11 @@ impl Walk {
             Expr::Literal(_) => 0,
             Expr::Select(select) if is_claims(&select.operand, bound) => {
                 self.claims.insert(select.field.clone());
+                1
+            }
+            Expr::Select(select)
+                if is_request(&select.operand, bound) && self.request.add(&select.field) =>
+            {
                 1
             }
             Expr::Select(select) => {
@@ -566,6 +627,11 @@ fn is_rooted_in_input(node: &IdedExpr, bound: &[String]) -> bool {
     }
 }
 
+/// The `request` variable itself (not a comprehension variable that shadows it).
+fn is_request(node: &IdedExpr, bound: &[String]) -> bool {
+    matches!(&node.expr, Expr::Ident(name) if name == "request" && !bound.iter().any(|b| b == "request"))
+}
+
 /// The `claims` variable itself (not a comprehension variable that shadows it).
 fn is_claims(node: &IdedExpr, bound: &[String]) -> bool {
     matches!(&node.expr, Expr::Ident(name) if name == "claims" && !bound.iter().any(|b| b == "claims"))
@@ -581,8 +647,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn claims(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
-        value.as_object().cloned().unwrap_or_default()
+    fn claims(value: serde_json::Value) -> KeptClaims {
+        KeptClaims::new(value.as_object().cloned().unwrap_or_default())
     }
 
     fn run(expr: &str, token: serde_json::Value) -> Result<bool, EvalError> {
@@ -601,6 +667,46 @@ mod tests {
         Condition::compile(expr)
             .unwrap_or_else(|e| panic!("{expr}: {e}"))
             .evaluate(&claims(token), &request)
+    }
+
+    #[test]
+    fn request_reads_the_same_whether_built_in_part_or_whole() {
+        // Only the fields an expression names are built; reading `request` as a whole, or a
+        // field it does not have, still sees it all and fails as before.
+        for (expr, expected) in [
+            (r#"request.path == "/tenants/acme/orders""#, Ok(true)),
+            (
+                r#"has(request.method) && request.method == "POST""#,
+                Ok(true),
+            ),
+            (r#"request.headers["x-env"] == "prod""#, Ok(true)),
+            (
+                r#""headers" in request && "method" in request && "path" in request"#,
+                Ok(true),
+            ),
+            (r#"size(request) == 3"#, Ok(true)),
+            (r#"request["method"] == "POST""#, Ok(true)),
+            (r#"[request][0].path == "/tenants/acme/orders""#, Ok(true)),
+            (
+                r#"claims.groups.exists(request, request == "admins") && request.path != """#,
+                Ok(true),
+            ),
+        ] {
+            assert_eq!(run(expr, json!({"groups": ["admins"]})), expected, "{expr}");
+        }
+        assert!(matches!(
+            run("request.nope == 1", json!({})),
+            Err(EvalError::Failed(_))
+        ));
+        // Only the path: the method is not there to be read.
+        let path_only = Condition::compile(r#"request.path != """#).unwrap();
+        assert_eq!(
+            path_only.request,
+            RequestParts {
+                path: true,
+                ..RequestParts::default()
+            }
+        );
     }
 
     #[test]

@@ -77,10 +77,10 @@ pub struct VerifiedToken {
     pub jti: Option<String>,
     /// Every claim, when [`TokenRules::keep_claims`] asked for them (no member name twice at
     /// any depth).
-    pub claims: Option<Arc<Claims>>,
+    pub claims: Option<Arc<KeptClaims>>,
 }
 
-pub use crate::claims::Claims;
+pub use crate::claims::{Claims, KeptClaims};
 
 /// Why a token was refused: every variant answers 401 `invalid_token`; the variant goes to
 /// the log only. No variant carries token text.
@@ -208,7 +208,9 @@ pub fn validate(
         exp,
         iat: claims.iat,
         jti: claims.jti,
-        claims: all_claims.filter(|_| rules.keep_claims),
+        claims: all_claims
+            .filter(|_| rules.keep_claims)
+            .map(|all| Arc::new(KeptClaims::new(Arc::unwrap_or_clone(all)))),
     })
 }
 

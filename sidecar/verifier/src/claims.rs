@@ -125,7 +125,7 @@ pub(crate) fn set_identity_headers(
 mod tests {
     use super::*;
     use scopegate_core::policy::Requirement;
-    use scopegate_core::token::Claims;
+    use scopegate_core::token::{Claims, KeptClaims};
     use std::sync::Arc;
 
     fn token(claims: Option<serde_json::Value>) -> VerifiedToken {
@@ -137,7 +137,11 @@ mod tests {
             exp: i64::MAX,
             iat: None,
             jti: None,
-            claims: claims.map(|c| Arc::new(c.as_object().cloned().unwrap_or_else(Claims::new))),
+            claims: claims.map(|c| {
+                Arc::new(KeptClaims::new(
+                    c.as_object().cloned().unwrap_or_else(Claims::new),
+                ))
+            }),
         }
     }
 

@@ -16,6 +16,13 @@ use crate::jwk::Jwks;
 /// The `apiVersion` of this document.
 pub const CONFIG_API_VERSION: &str = "sidecar.scopegate.dev/v1";
 
+/// The `apiVersion` of a document that uses a feature a sidecar older than `when` conditions
+/// would ignore rather than refuse (rules' `when`, claim headers, an outside issuer's own
+/// audiences or scope claim): such a sidecar then refuses the whole document and keeps its
+/// last good config, instead of enforcing less than the policy says. Sidecars of this
+/// version read both.
+pub const CONFIG_API_VERSION_V2: &str = "sidecar.scopegate.dev/v2";
+
 /// File name of the document inside the sidecar ConfigMap.
 pub const CONFIG_FILE: &str = "config.json";
 
@@ -533,10 +540,31 @@ impl SidecarConfig {
     /// Parses and checks a document. Failure means "keep the last good config".
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let config: SidecarConfig = serde_json::from_str(text).map_err(ConfigError::Parse)?;
-        if config.api_version != CONFIG_API_VERSION {
+        if config.api_version != CONFIG_API_VERSION && config.api_version != CONFIG_API_VERSION_V2 {
             return Err(ConfigError::Version(config.api_version));
         }
         Ok(config)
+    }
+
+    /// The `apiVersion` this document needs: [`CONFIG_API_VERSION_V2`] when it uses a feature
+    /// an older sidecar would ignore, else [`CONFIG_API_VERSION`].
+    pub fn required_api_version(&self) -> &'static str {
+        let issuer_features = self.verify.issuers.iter().any(|trusted| {
+            !trusted.audiences.is_empty()
+                || matches!(
+                    &trusted.keys,
+                    KeySource::Remote {
+                        scopes: Some(_),
+                        ..
+                    }
+                )
+        });
+        let rule_conditions = self.rules.iter().any(|rule| rule.when.is_some());
+        if issuer_features || rule_conditions || !self.headers.claims.is_empty() {
+            CONFIG_API_VERSION_V2
+        } else {
+            CONFIG_API_VERSION
+        }
     }
 }
 
@@ -547,7 +575,9 @@ pub enum ConfigError {
     #[error("config is not a valid sidecar config document")]
     Parse(#[source] serde_json::Error),
     /// Another document version.
-    #[error("config apiVersion {0:?} is not {CONFIG_API_VERSION:?}")]
+    #[error(
+        "config apiVersion {0:?} is neither {CONFIG_API_VERSION:?} nor {CONFIG_API_VERSION_V2:?}"
+    )]
     Version(String),
 }
 
@@ -616,9 +646,45 @@ mod tests {
     }
 
     #[test]
+    fn a_document_an_older_sidecar_would_misread_says_so_in_its_version() {
+        let base = sample();
+        assert_eq!(base.required_api_version(), CONFIG_API_VERSION);
+        type Edit = fn(&mut SidecarConfig);
+        let edits: [Edit; 3] = [
+            |c| c.verify.issuers[0].audiences = vec!["api://x".into()],
+            |c| {
+                c.headers
+                    .claims
+                    .insert("x-user-email".into(), "email".into());
+            },
+            |c| {
+                c.verify.issuers[0].keys = KeySource::Remote {
+                    jwks_uri: "https://idp.example/jwks".into(),
+                    algorithms: vec!["ES256".into()],
+                    refresh_interval_secs: 60,
+                    allow_jwt_typ: false,
+                    ca_bundle_pem: None,
+                    scopes: Some(ScopeClaim {
+                        claim: "scp".into(),
+                        prefix: None,
+                    }),
+                };
+            },
+        ];
+        for edit in edits {
+            let mut config = base.clone();
+            edit(&mut config);
+            assert_eq!(config.required_api_version(), CONFIG_API_VERSION_V2);
+            config.api_version = CONFIG_API_VERSION_V2.into();
+            let text = serde_json::to_string(&config).unwrap();
+            assert_eq!(SidecarConfig::from_json(&text).unwrap(), config);
+        }
+    }
+
+    #[test]
     fn refuses_another_version() {
         let mut config = sample();
-        config.api_version = "sidecar.scopegate.dev/v2".into();
+        config.api_version = "sidecar.scopegate.dev/v3".into();
         let text = serde_json::to_string(&config).unwrap();
         assert!(matches!(
             SidecarConfig::from_json(&text),

@@ -12,7 +12,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::Tunnel;
-use hyper_util::client::proxy::matcher::Matcher;
+pub use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -120,6 +120,14 @@ impl FetchError {
 /// Builds the client: system roots plus `ca_bundle_pem`.
 pub fn client(ca_bundle_pem: Option<&str>) -> Result<HttpsClient, TlsSetupError> {
     Ok(Client::builder(TokioExecutor::new()).build(connector(ca_bundle_pem)?))
+}
+
+/// [`client`] with explicit proxy rules.
+pub fn client_with(
+    ca_bundle_pem: Option<&str>,
+    proxy_rules: Matcher,
+) -> Result<HttpsClient, TlsSetupError> {
+    Ok(Client::builder(TokioExecutor::new()).build(connector_with(ca_bundle_pem, proxy_rules)?))
 }
 
 /// The HTTPS-only connector of [`client`], for clients with other body types; through a

@@ -71,11 +71,12 @@ struct Cli {
     /// Memory limit of the injected sidecar.
     #[arg(long, default_value = "128Mi")]
     sidecar_memory_limit: String,
-    /// HTTPS proxy for the injected sidecars' own requests (identity providers, external
-    /// JWKS), e.g. http://proxy.corp:3128; none when empty.
+    /// HTTPS proxy for scopegate's own requests to the outside: the injected sidecars'
+    /// (identity providers, external JWKS) and the operator's reads of outside issuers'
+    /// discovery documents, e.g. http://proxy.corp:3128; none when empty.
     #[arg(long, default_value = "")]
     sidecar_https_proxy: String,
-    /// Hosts the injected sidecars reach without the proxy (NO_PROXY syntax).
+    /// Hosts reached without the proxy (NO_PROXY syntax), by the sidecars and the operator.
     #[arg(long, default_value = "")]
     sidecar_no_proxy: String,
     /// The cluster's DNS domain: serving certificates name `<svc>.<ns>.svc` and
@@ -333,8 +334,17 @@ async fn lead(
             issuers_per_namespace: cli.max_issuers_per_namespace,
             clients_per_namespace: cli.max_clients_per_namespace,
         },
+        proxy: outside_proxy(cli),
     };
     controllers::run(writer, metrics, ca_receiver, settings, shutdown, ready).await;
+}
+
+/// The proxy of the operator's own outside reads: the sidecars'.
+fn outside_proxy(cli: &Cli) -> scopegate_operator::discovery::Proxy {
+    scopegate_operator::discovery::Proxy {
+        https: Some(cli.sidecar_https_proxy.clone()).filter(|p| !p.is_empty()),
+        no_proxy: cli.sidecar_no_proxy.clone(),
+    }
 }
 
 async fn shutdown_signal() {

@@ -39,6 +39,8 @@ pub struct RunSettings {
     pub identity: String,
     /// Per-namespace caps.
     pub limits: crate::limits::Limits,
+    /// The proxy of the operator's reads of outside issuers.
+    pub proxy: crate::discovery::Proxy,
 }
 
 /// Runs both controllers until `shutdown` resolves. `ready` is called once the caches synced.
@@ -76,7 +78,7 @@ pub async fn run(
     let (network_policies, feed) = cache_feed(Api::<NetworkPolicy>::all(client.clone()), managed());
     feeds.spawn(feed);
 
-    let (discovery, discovered) = crate::discovery::Discovery::new();
+    let (discovery, discovered) = crate::discovery::Discovery::new(settings.proxy.clone());
     let ctx = Arc::new(Context {
         client,
         recorder,

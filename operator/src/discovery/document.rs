@@ -7,6 +7,12 @@ use serde::Deserialize;
 
 /// Most keys rendered for one issuer: a policy's keys all live in one ConfigMap.
 pub const MAX_KEYS: usize = 32;
+/// Longest `kid` rendered (status lists them).
+pub const MAX_KID: usize = 128;
+/// Longest issuer identifier a document may name (as the CRD's issuer field).
+const MAX_ISSUER: usize = 256;
+/// Longest `jwks_uri` a document may name (as the CRD's URL fields).
+const MAX_URI: usize = 512;
 
 /// The members of a discovery document (OpenID Connect Discovery, RFC 8414) the operator uses.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -21,8 +27,10 @@ pub struct Document {
 /// Why a discovery document is not one the operator follows.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocumentError {
-    /// Not JSON, or without `issuer` and `jwks_uri` strings.
-    #[error("the discovery document is not a JSON object with issuer and jwks_uri")]
+    /// Not JSON, or without `issuer` and `jwks_uri` strings of a sane length.
+    #[error(
+        "the discovery document is not a JSON object with issuer (at most 256 characters) and jwks_uri (at most 512)"
+    )]
     Shape,
     /// `jwks_uri` is not an https URL with a host.
     #[error("the discovery document's jwks_uri {0:?} is not an https URL")]
@@ -51,6 +59,9 @@ pub enum KeysError {
 /// Parses a discovery document and checks that its keys are fetched over https.
 pub fn parse_document(body: &[u8]) -> Result<Document, DocumentError> {
     let document: Document = serde_json::from_slice(body).map_err(|_| DocumentError::Shape)?;
+    if document.issuer.len() > MAX_ISSUER || document.jwks_uri.len() > MAX_URI {
+        return Err(DocumentError::Shape);
+    }
     let https = document.jwks_uri.starts_with("https://")
         && document
             .jwks_uri
@@ -64,7 +75,8 @@ pub fn parse_document(body: &[u8]) -> Result<Document, DocumentError> {
 
 /// The keys one policy renders for `issuer` from what was read: the document must describe
 /// that issuer, and of the JWKS only keys with a kid that fit `algorithms` count (at most
-/// [`MAX_KEYS`], in the document's order), public members only.
+/// [`MAX_KEYS`], in the document's order, each `kid` at most [`MAX_KID`] long), public
+/// members only.
 pub fn keys_for(
     document: &Document,
     jwks: &[u8],
@@ -78,6 +90,9 @@ pub fn keys_for(
         });
     }
     let mut usable = usable_jwks(jwks, algorithms).map_err(|_| KeysError::NotJwks)?;
+    usable
+        .keys
+        .retain(|k| k.kid.as_ref().is_some_and(|kid| kid.len() <= MAX_KID));
     if usable.keys.is_empty() {
         let names: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
         return Err(KeysError::NoUsableKey(names.join(", ")));
@@ -133,6 +148,16 @@ mod tests {
             (
                 json!({"issuer": ISSUER, "jwks_uri": "https:///certs"}).to_string(),
                 DocumentError::JwksNotHttps("https:///certs".to_owned()),
+            ),
+            (
+                json!({"issuer": "x".repeat(257), "jwks_uri": format!("{ISSUER}/certs")})
+                    .to_string(),
+                DocumentError::Shape,
+            ),
+            (
+                json!({"issuer": ISSUER, "jwks_uri": format!("https://a.example/{}", "x".repeat(500))})
+                    .to_string(),
+                DocumentError::Shape,
             ),
         ] {
             assert_eq!(parse_document(body.as_bytes()), Err(error), "{body}");
@@ -197,9 +222,10 @@ mod tests {
 
     #[test]
     fn at_most_max_keys_are_rendered() {
-        let keys: Vec<_> = (0..MAX_KEYS + 5)
+        let mut keys: Vec<_> = (0..MAX_KEYS + 5)
             .map(|i| ec_key(&format!("k{i}"), json!({})))
             .collect();
+        keys.insert(0, ec_key(&"k".repeat(MAX_KID + 1), json!({})));
         let jwks = json!({ "keys": keys }).to_string();
         let rendered = keys_for(&document(), jwks.as_bytes(), ISSUER, &[Alg::Es256]).unwrap();
         assert_eq!(rendered.keys.len(), MAX_KEYS);

@@ -1,39 +1,49 @@
 //! Outside issuers found by discovery (`discoveryUrl`): the operator reads each discovery
 //! document and the JWKS it names in the background, never on a reconcile's path, keeps the
-//! last good read, and wakes the policies that asked when what it knows changes. A reconcile
-//! takes what is known ([`Discovery::observe`]) and renders it ([`document::keys_for`]); its
-//! requeue brings the next read.
+//! last good read, and wakes the policies that name it when what it knows changes. One task
+//! per source reads it every refresh interval (backing off while reads fail) for as long as a
+//! policy names it; a reconcile takes what is known ([`Discovery::observe`]) and renders it
+//! ([`document::keys_for`]).
 //!
 //! Reads are shared by every policy naming the same URL with the same CA bundle (never across
-//! bundles: a tenant's CA must not vouch for what another tenant reads), at most
-//! [`READS_AT_ONCE`] run at once, and a namespace makes the operator read at most
-//! [`SOURCES_PER_NAMESPACE`] sources, each answer at most [`MAX_BYTES`]: another namespace's
-//! policies cannot make the operator slow or large.
+//! bundles: a tenant's CA must not vouch for what another tenant reads). A namespace makes
+//! the operator read at most [`SOURCES_PER_NAMESPACE`] sources, at most
+//! [`READS_PER_NAMESPACE`] of them at once, of [`READS_AT_ONCE`] in all, each answer at most
+//! [`MAX_BYTES`] within [`READ_TIMEOUT`]: another namespace's policies cannot make the operator
+//! slow or large, or hold back this namespace's reads.
 
 pub mod document;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use kube::runtime::reflector::ObjectRef;
 use scopegate_crds::v1alpha1::AuthPolicy;
+use scopegate_fetch::HttpsClient;
 use tokio::sync::{Semaphore, mpsc};
 
 use self::document::{Document, parse_document};
 
-/// Least time between two reads of one source, whatever refreshInterval says.
+/// Least time between two reads of one source, whatever refreshInterval says; the first wait
+/// after a failed read, doubling while reads fail, up to [`MAX_BACKOFF`].
 pub const MIN_REFRESH: Duration = Duration::from_secs(30);
+/// Longest wait between two reads of a failing source.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// Largest discovery document or JWKS read.
 pub const MAX_BYTES: usize = 64 * 1024;
 /// How long one answer may take.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most reads in flight at once.
 pub const READS_AT_ONCE: usize = 8;
+/// Most reads in flight at once for sources one namespace's policies named first.
+pub const READS_PER_NAMESPACE: usize = 2;
 /// Most sources the policies of one namespace make the operator read.
 pub const SOURCES_PER_NAMESPACE: usize = 32;
-/// A source no policy asked about for this long is forgotten (every policy naming one is
+/// Longest text kept from an answer or an error (status and logs repeat them).
+const MAX_TEXT: usize = 512;
+/// A policy that has not asked for this long no longer names the source (every policy is
 /// reconciled at least hourly).
 const FORGET_AFTER_SECS: i64 = 2 * 3600;
 
@@ -69,38 +79,81 @@ pub struct Known {
 /// One source's state.
 struct Entry {
     known: Known,
-    /// When the last read ended.
-    attempted_at: Option<i64>,
-    /// A read is in flight.
-    reading: bool,
-    /// When a policy last asked.
-    asked_at: i64,
-    /// Policies to wake when what is known changes.
-    policies: HashSet<ObjectRef<AuthPolicy>>,
+    /// The policies naming it: when each last asked, and the refresh it asks for.
+    policies: HashMap<ObjectRef<AuthPolicy>, (i64, Duration)>,
+    /// The namespace charged for its reads: its first policy's.
+    namespace: String,
+    /// Which task reads it (a forgotten and re-added source gets a new one).
+    task: u64,
+    /// Failed reads in a row.
+    failures: u32,
+}
+
+impl Entry {
+    /// How long the task waits before the next read.
+    fn wait(&self) -> Duration {
+        if self.failures > 0 {
+            let doubled = MIN_REFRESH.saturating_mul(1 << (self.failures - 1).min(10));
+            return doubled.min(MAX_BACKOFF);
+        }
+        (self.policies.values())
+            .map(|(_, refresh)| *refresh)
+            .min()
+            .unwrap_or(MIN_REFRESH)
+            .max(MIN_REFRESH)
+    }
+}
+
+/// The HTTPS proxy of the operator's reads (the sidecars' setting).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proxy {
+    /// The proxy's URL; `None`: every read goes direct.
+    pub https: Option<String>,
+    /// Hosts reached without it (NO_PROXY syntax).
+    pub no_proxy: String,
+}
+
+impl Proxy {
+    fn rules(&self) -> scopegate_fetch::Matcher {
+        let builder = scopegate_fetch::Matcher::builder();
+        match &self.https {
+            Some(url) => builder
+                .https(url.as_str())
+                .no(self.no_proxy.as_str())
+                .build(),
+            None => builder.build(),
+        }
+    }
 }
 
 /// The operator's reads of discovery sources.
 pub struct Discovery {
+    proxy: Proxy,
     entries: Mutex<HashMap<Source, Entry>>,
     wake: mpsc::UnboundedSender<ObjectRef<AuthPolicy>>,
     reads: Semaphore,
+    namespaces: Mutex<HashMap<String, Arc<Semaphore>>>,
+    tasks: std::sync::atomic::AtomicU64,
 }
 
 impl Discovery {
     /// A reader, and the stream of policies to reconcile because what they read changed.
-    pub fn new() -> (Arc<Self>, mpsc::UnboundedReceiver<ObjectRef<AuthPolicy>>) {
+    pub fn new(proxy: Proxy) -> (Arc<Self>, mpsc::UnboundedReceiver<ObjectRef<AuthPolicy>>) {
         let (wake, woken) = mpsc::unbounded_channel();
         let discovery = Discovery {
+            proxy,
             entries: Mutex::new(HashMap::new()),
             wake,
             reads: Semaphore::new(READS_AT_ONCE),
+            namespaces: Mutex::new(HashMap::new()),
+            tasks: std::sync::atomic::AtomicU64::new(0),
         };
         (Arc::new(discovery), woken)
     }
 
-    /// What is known of `source` for `policy`, starting a read in the background when the
-    /// last one is older than `refresh` (at least [`MIN_REFRESH`]; after a failure,
-    /// [`MIN_REFRESH`]). `policy` is woken when the read changes what is known.
+    /// What is known of `source` for `policy`, which asks for it to be read every `refresh`
+    /// (at least [`MIN_REFRESH`]); a source not read yet gets its reading task. `policy` is
+    /// woken whenever what is known changes.
     pub fn observe(
         self: &Arc<Self>,
         source: &Source,
@@ -109,16 +162,16 @@ impl Discovery {
         now: i64,
     ) -> Known {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.retain(|_, e| e.reading || now - e.asked_at < FORGET_AFTER_SECS);
+        for entry in entries.values_mut() {
+            entry
+                .policies
+                .retain(|_, (asked, _)| now - *asked < FORGET_AFTER_SECS);
+        }
+        entries.retain(|_, e| !e.policies.is_empty());
+        let namespace = policy.namespace.clone().unwrap_or_default();
         if !entries.contains_key(source) {
-            let namespace = policy.namespace.as_deref();
-            let held = entries
-                .values()
-                .filter(|e| {
-                    e.policies
-                        .iter()
-                        .any(|p| p.namespace.as_deref() == namespace)
-                })
+            let held = (entries.values())
+                .filter(|e| (e.policies.keys()).any(|p| p.namespace.as_deref() == Some(&namespace)))
                 .count();
             if held >= SOURCES_PER_NAMESPACE {
                 return Known {
@@ -128,49 +181,98 @@ impl Discovery {
                     ..Known::default()
                 };
             }
+            let task = self
+                .tasks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            entries.insert(
+                source.clone(),
+                Entry {
+                    known: Known::default(),
+                    policies: HashMap::new(),
+                    namespace: namespace.clone(),
+                    task,
+                    failures: 0,
+                },
+            );
+            tokio::spawn(self.clone().run(source.clone(), task));
         }
-        let entry = entries.entry(source.clone()).or_insert_with(|| Entry {
-            known: Known::default(),
-            attempted_at: None,
-            reading: false,
-            asked_at: now,
-            policies: HashSet::new(),
-        });
-        entry.asked_at = now;
-        entry.policies.insert(policy);
-        let wait = if entry.known.error.is_some() {
-            MIN_REFRESH
-        } else {
-            refresh.max(MIN_REFRESH)
+        let Some(entry) = entries.get_mut(source) else {
+            return Known::default();
         };
-        let due = entry
-            .attempted_at
-            .is_none_or(|t| now - t >= i64::try_from(wait.as_secs()).unwrap_or(i64::MAX));
-        if due && !entry.reading {
-            entry.reading = true;
-            tokio::spawn(self.clone().read(source.clone()));
-        }
+        entry
+            .policies
+            .insert(policy, (now, refresh.max(MIN_REFRESH)));
         entry.known.clone()
     }
 
-    /// Reads `source` and records the outcome, waking the policies that asked if it changed
-    /// what is known.
-    async fn read(self: Arc<Self>, source: Source) {
-        let outcome = match self.reads.acquire().await {
-            Ok(_permit) => read_source(&source).await,
-            Err(_) => return,
-        };
-        let now = crate::context::now();
-        let woken: Vec<ObjectRef<AuthPolicy>> = {
-            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(entry) = entries.get_mut(&source) else {
+    /// `policy` names only `sources` now: it is no longer woken for, nor counted against,
+    /// the others; a source no policy names stops being read.
+    pub fn release(&self, policy: &ObjectRef<AuthPolicy>, sources: &[Source]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for (source, entry) in entries.iter_mut() {
+            if !sources.contains(source) {
+                entry.policies.remove(policy);
+            }
+        }
+        entries.retain(|_, e| !e.policies.is_empty());
+    }
+
+    /// The read permits of `namespace`.
+    fn namespace_permits(&self, namespace: &str) -> Arc<Semaphore> {
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        namespaces
+            .entry(namespace.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(READS_PER_NAMESPACE)))
+            .clone()
+    }
+
+    /// Reads `source` until no policy names it (its entry is gone, or belongs to a newer
+    /// task), recording each outcome and waking the policies if it changed what is known.
+    async fn run(self: Arc<Self>, source: Source, task: u64) {
+        // The roots are loaded once per source, not per read.
+        let client = scopegate_fetch::client_with(source.ca_bundle.as_deref(), self.proxy.rules())
+            .map_err(|e| scopegate_core::error_chain(&e));
+        loop {
+            let Some(namespace) = self.entry_of(&source, task, |e| e.namespace.clone()) else {
                 return;
             };
-            entry.reading = false;
-            entry.attempted_at = Some(now);
+            let permits = self.namespace_permits(&namespace);
+            let outcome = match (permits.acquire().await, self.reads.acquire().await) {
+                (Ok(_mine), Ok(_all)) => match &client {
+                    Ok(client) => read_source(client, &source).await,
+                    Err(error) => Err(error.clone()),
+                },
+                _ => return,
+            };
+            let Some(wait) = self.record(&source, task, outcome) else {
+                return;
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Applies `f` to the source's entry if it is still this task's.
+    fn entry_of<T>(&self, source: &Source, task: u64, f: impl FnOnce(&Entry) -> T) -> Option<T> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(source).filter(|e| e.task == task).map(f)
+    }
+
+    /// Records a read's outcome, wakes the policies if what is known changed, and says how
+    /// long to wait before the next read (`None`: the source is no longer read).
+    fn record(
+        &self,
+        source: &Source,
+        task: u64,
+        outcome: Result<Read, String>,
+    ) -> Option<Duration> {
+        let now = crate::context::now();
+        let (woken, wait) = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = entries.get_mut(source).filter(|e| e.task == task)?;
             let known = &mut entry.known;
             let changed = match outcome {
                 Ok(read) => {
+                    entry.failures = 0;
                     let changed = known.error.is_some() || known.read.as_deref() != Some(&read);
                     if known.read.as_deref() != Some(&read) {
                         known.read = Some(Arc::new(read));
@@ -180,46 +282,55 @@ impl Discovery {
                     changed
                 }
                 Err(error) => {
+                    entry.failures = entry.failures.saturating_add(1);
                     tracing::warn!(url = %source.url, error = %error, "discovery read failed; keeping the last good keys");
                     let changed = known.error.as_ref() != Some(&error);
                     known.error = Some(error);
                     changed
                 }
             };
-            if changed {
-                entry.policies.iter().cloned().collect()
+            let woken: Vec<ObjectRef<AuthPolicy>> = if changed {
+                entry.policies.keys().cloned().collect()
             } else {
                 Vec::new()
-            }
+            };
+            (woken, entry.wait())
         };
         for policy in woken {
             let _ = self.wake.send(policy);
         }
+        Some(wait)
     }
 }
 
+/// `text` cut to [`MAX_TEXT`] bytes (on a character boundary).
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// Reads the discovery document and the JWKS it names; an error says which and why.
-async fn read_source(source: &Source) -> Result<Read, String> {
-    let client = scopegate_fetch::client(source.ca_bundle.as_deref())
-        .map_err(|e| scopegate_core::error_chain(&e))?;
-    let body = scopegate_fetch::get(&client, &source.url, READ_TIMEOUT, MAX_BYTES)
+async fn read_source(client: &HttpsClient, source: &Source) -> Result<Read, String> {
+    let chain = |e: &scopegate_fetch::FetchError| scopegate_core::error_chain(e);
+    let body = scopegate_fetch::get(client, &source.url, READ_TIMEOUT, MAX_BYTES)
+        .await
+        .map_err(|e| bounded(format!("reading {}: {}", source.url, chain(&e))))?;
+    let document = parse_document(&body).map_err(|e| bounded(e.to_string()))?;
+    let jwks = scopegate_fetch::get(client, &document.jwks_uri, READ_TIMEOUT, MAX_BYTES)
         .await
         .map_err(|e| {
-            format!(
-                "reading {}: {}",
-                source.url,
-                scopegate_core::error_chain(&e)
-            )
-        })?;
-    let document = parse_document(&body).map_err(|e| e.to_string())?;
-    let jwks = scopegate_fetch::get(&client, &document.jwks_uri, READ_TIMEOUT, MAX_BYTES)
-        .await
-        .map_err(|e| {
-            format!(
+            bounded(format!(
                 "reading the JWKS {}: {}",
                 document.jwks_uri,
-                scopegate_core::error_chain(&e)
-            )
+                chain(&e)
+            ))
         })?;
     Ok(Read { document, jwks })
 }
@@ -246,26 +357,21 @@ mod tests {
         discovery.entries.lock().unwrap().len()
     }
 
-    /// Waits until no read is in flight.
+    /// Waits until every source has been read once (each read fails at once).
     async fn reads_done(discovery: &Discovery) {
-        for _ in 0..200 {
-            if discovery
-                .entries
-                .lock()
-                .unwrap()
-                .values()
-                .all(|e| !e.reading)
-            {
+        for _ in 0..400 {
+            let done = (discovery.entries.lock().unwrap().values()).all(|e| e.failures > 0);
+            if done {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("reads still in flight after 10 s");
+        panic!("reads still in flight after 20 s");
     }
 
     #[tokio::test]
     async fn one_namespace_cannot_make_the_operator_read_without_bound() {
-        let (discovery, _woken) = Discovery::new();
+        let (discovery, _woken) = Discovery::new(Proxy::default());
         let refresh = Duration::from_secs(300);
         for n in 0..SOURCES_PER_NAMESPACE {
             let known = discovery.observe(&source(n, None), refresh, policy("greedy", "p"), 0);
@@ -292,15 +398,53 @@ mod tests {
         assert_eq!(other.error, None);
         // Sources nobody asked about for two hours are forgotten, and the slots come back.
         let later = FORGET_AFTER_SECS + 1;
-        reads_done(&discovery).await;
         let fresh = discovery.observe(&source(100, None), refresh, policy("greedy", "p"), later);
         assert!(!fresh.error.is_some_and(|e| e.contains("the most")));
         assert!(sources(&discovery) <= 2, "{}", sources(&discovery));
     }
 
     #[tokio::test]
+    async fn a_policy_that_names_a_source_no_more_frees_it() {
+        let (discovery, _woken) = Discovery::new(Proxy::default());
+        let refresh = Duration::from_secs(300);
+        for n in 0..SOURCES_PER_NAMESPACE {
+            discovery.observe(&source(n, None), refresh, policy("greedy", "p"), 0);
+        }
+        // The policy now names one source: the others are no longer read nor counted.
+        discovery.release(&policy("greedy", "p"), &[source(0, None)]);
+        assert_eq!(sources(&discovery), 1);
+        let next = discovery.observe(&source(77, None), refresh, policy("greedy", "p"), 0);
+        assert_eq!(next.error, None);
+        // A deleted policy's sources go as soon as it is released with none.
+        discovery.release(&policy("greedy", "p"), &[]);
+        assert_eq!(sources(&discovery), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failing_source_is_read_less_and_less_often() {
+        let (discovery, _woken) = Discovery::new(Proxy::default());
+        discovery.observe(
+            &source(0, None),
+            Duration::from_secs(60),
+            policy("a", "p"),
+            0,
+        );
+        reads_done(&discovery).await;
+        let mut entries = discovery.entries.lock().unwrap();
+        let entry = entries.get_mut(&source(0, None)).unwrap();
+        assert_eq!(entry.wait(), MIN_REFRESH);
+        entry.failures = 3;
+        assert_eq!(entry.wait(), MIN_REFRESH * 4);
+        entry.failures = 30;
+        assert_eq!(entry.wait(), MAX_BACKOFF);
+        // Reading again once it answers: the refresh the policies ask for.
+        entry.failures = 0;
+        assert_eq!(entry.wait(), Duration::from_secs(60));
+    }
+
+    #[tokio::test]
     async fn reads_are_shared_by_url_and_ca_bundle_never_across_bundles() {
-        let (discovery, _woken) = Discovery::new();
+        let (discovery, _woken) = Discovery::new(Proxy::default());
         let refresh = Duration::from_secs(300);
         discovery.observe(&source(0, None), refresh, policy("a", "p"), 0);
         discovery.observe(&source(0, None), refresh, policy("b", "p"), 0);
@@ -313,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_read_is_recorded_and_wakes_the_policies_that_asked() {
-        let (discovery, mut woken) = Discovery::new();
+        let (discovery, mut woken) = Discovery::new(Proxy::default());
         let refresh = Duration::from_secs(300);
         let first = discovery.observe(&source(0, None), refresh, policy("a", "p"), 0);
         assert_eq!(first, Known::default());

@@ -467,13 +467,14 @@ pub struct ExternalIssuer {
     /// The issuer's discovery document, an absolute https URL: OpenID Connect's
     /// `{issuer}/.well-known/openid-configuration`, or RFC 8414's
     /// `/.well-known/oauth-authorization-server`. The operator reads it and the JWKS it names
-    /// (both over https, trusting caBundle and the system roots, each answer at most 256 KiB
+    /// (both over https, trusting caBundle and the system roots, each answer at most 64 KiB
     /// within 10s), checks that the document's issuer equals issuer and that its jwks_uri is
     /// https, and renders the usable keys (at most 32) into the sidecars' config: sidecars
-    /// never fetch. It reads them again every refreshInterval (at least 30s apart); when a
-    /// read fails, the last good keys stay in force and the policy is Degraded (reason
-    /// DiscoveryFailed), or not Ready while no key was ever read. status.discoveredIssuers
-    /// lists what was read. A key the issuer starts signing with before it publishes it is
+    /// never fetch. It reads them again every refreshInterval (at least 30s apart; after a
+    /// failed read 30s, doubling up to 15m while reads fail); when a read fails, the last
+    /// good keys stay in force and the policy is Degraded (reason DiscoveryFailed), or not
+    /// Ready while no key was ever read. A key set that holds no key fitting algorithms
+    /// withdraws the keys in force. status.discoveredIssuers lists what was read. A key the issuer starts signing with before it publishes it is
     /// refused until the next read: issuers that publish keys ahead of use (Keycloak, Entra
     /// ID, Okta, Auth0) rotate without a refusal.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,8 +15,8 @@ use scopegate_crds::v1alpha1::{AuthPolicy, DiscoveredIssuerStatus, ExternalIssue
 use super::problem::Problem;
 use super::render::DiscoveredKeys;
 use crate::context::Context;
-use crate::discovery::document::keys_for;
-use crate::discovery::{Known, MIN_REFRESH, Source};
+use crate::discovery::document::{KeysError, keys_for};
+use crate::discovery::{Known, Source};
 use crate::pki::keygen;
 
 /// What one discoveryUrl issuer renders, and what status says of it.
@@ -51,7 +51,16 @@ pub fn resolve(external: &ExternalIssuer, known: &Known, held: Option<&Jwks>) ->
     });
     let (jwks, jwks_uri, error, read_at) = match usable {
         Some(Ok((jwks, uri))) => (jwks, Some(uri), known.error.clone(), known.read_at),
-        // The last good read does not serve this policy: the latest failure says more, if any.
+        // The issuer's own key set holds no key this policy may use: that is the issuer's
+        // word, and keys it no longer publishes are not kept.
+        Some(Err(unusable @ KeysError::NoUsableKey(_))) => (
+            Jwks::default(),
+            None,
+            Some(known.error.clone().unwrap_or_else(|| unusable.to_string())),
+            None,
+        ),
+        // The last good read does not serve this policy (another issuer's document, or no
+        // key set at all): the latest failure says more, if any.
         Some(Err(unusable)) => (
             held_keys(),
             None,
@@ -103,19 +112,25 @@ pub fn held(config_map: Option<&ConfigMap>) -> DiscoveredKeys {
 }
 
 /// What a reconcile of `policy` renders for its discoveryUrl issuers, with their status
-/// entries and problems; `due` learns when the next read is wanted.
+/// entries and problems. The reader wakes the policy when what it read changes.
 pub fn step(
     policy: &AuthPolicy,
     ctx: &Context,
     config_map: Option<&ConfigMap>,
     now: i64,
-    due: &mut Vec<i64>,
 ) -> (DiscoveredKeys, Vec<DiscoveredIssuerStatus>, Vec<Problem>) {
     let spec = &policy.spec;
-    let discovering: Vec<&ExternalIssuer> = (spec.issuer.external.iter())
+    let discovering: Vec<(&ExternalIssuer, Source)> = (spec.issuer.external.iter())
         .chain(&spec.additional_issuers)
-        .filter(|e| e.discovery_url.is_some())
+        .filter_map(|e| {
+            let url = e.discovery_url.clone()?;
+            let ca_bundle = e.ca_bundle.clone();
+            Some((e, Source { url, ca_bundle }))
+        })
         .collect();
+    let me = ObjectRef::from_obj(policy);
+    let sources: Vec<Source> = discovering.iter().map(|(_, s)| s.clone()).collect();
+    ctx.discovery.release(&me, &sources);
     let mut keys = DiscoveredKeys::new();
     let mut statuses = Vec::new();
     let mut problems = Vec::new();
@@ -123,29 +138,12 @@ pub fn step(
         return (keys, statuses, problems);
     }
     let held = held(config_map);
-    for external in discovering {
-        let Some(url) = external.discovery_url.clone() else {
-            continue;
-        };
-        let source = Source {
-            url,
-            ca_bundle: external.ca_bundle.clone(),
-        };
+    for (external, source) in discovering {
         let refresh = external
             .refresh_interval
             .get()
-            .unwrap_or(Duration::from_secs(300))
-            .max(MIN_REFRESH);
-        let known = ctx
-            .discovery
-            .observe(&source, refresh, ObjectRef::from_obj(policy), now);
-        // Back soon after a failure; otherwise when the next read is due.
-        let wait = if known.error.is_some() {
-            MIN_REFRESH
-        } else {
-            refresh
-        };
-        due.push(now + i64::try_from(wait.as_secs()).unwrap_or(i64::MAX / 2));
+            .unwrap_or(Duration::from_secs(300));
+        let known = ctx.discovery.observe(&source, refresh, me.clone(), now);
         let resolved = resolve(external, &known, held.get(&external.issuer));
         keys.insert(external.issuer.clone(), resolved.jwks);
         statuses.push(resolved.status);
@@ -303,6 +301,33 @@ mod tests {
         let none_held = resolve(&external(), &known, None);
         assert!(none_held.jwks.keys.is_empty());
         assert!(none_held.problem.unwrap().blocks_readiness());
+    }
+
+    #[test]
+    fn an_issuer_publishing_no_usable_key_withdraws_the_held_ones() {
+        // Its own document, a key set without an ES256 key: the issuer's word, so the keys
+        // the sidecars hold (perhaps the one it withdrew) are not kept.
+        let mut rsa_only = (*read(ISSUER, &[])).clone();
+        rsa_only.jwks = json!({"keys": [{"kty": "RSA", "kid": "r", "n": "AQAB", "e": "AQAB"}]})
+            .to_string()
+            .into();
+        let known = Known {
+            read: Some(Arc::new(rsa_only)),
+            read_at: Some(100),
+            error: None,
+        };
+        let resolved = resolve(&external(), &known, Some(&jwks(&["withdrawn"])));
+        assert!(resolved.jwks.keys.is_empty());
+        assert!(resolved.problem.unwrap().blocks_readiness());
+        // A body that is no key set at all is a failed read: the held keys stay.
+        let mut garbage = (*read(ISSUER, &[])).clone();
+        garbage.jwks = "<html>maintenance</html>".into();
+        let known = Known {
+            read: Some(Arc::new(garbage)),
+            ..known
+        };
+        let resolved = resolve(&external(), &known, Some(&jwks(&["held"])));
+        assert_eq!(kids(&resolved), ["held"]);
     }
 
     #[test]

@@ -143,8 +143,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         }
     }
     let held = ctx.config_map(&namespace, &names.sidecar);
-    let (discovered_keys, statuses, problems) =
-        discovered::step(policy, ctx, held.as_deref(), now, &mut due);
+    let (discovered_keys, statuses, problems) = discovered::step(policy, ctx, held.as_deref(), now);
     observation.discovered = statuses;
     observation.problems.extend(problems);
     check_spec(policy, &trust, ctx, &namespace, &mut observation).await?;

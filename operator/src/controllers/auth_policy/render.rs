@@ -89,7 +89,7 @@ pub fn sidecar_config(
 
     let tls = listener_tls(spec);
 
-    Ok(SidecarConfig {
+    let mut config = SidecarConfig {
         api_version: CONFIG_API_VERSION.to_owned(),
         policy: PolicyId {
             namespace,
@@ -126,7 +126,11 @@ pub fn sidecar_config(
         },
         ca_bundle_pem: Some(ca_bundle.to_owned()).filter(|b| !b.is_empty()),
         issuer,
-    })
+    };
+    // A document an older sidecar would read as enforcing less says so: that sidecar refuses
+    // it and keeps its last good config.
+    config.api_version = config.required_api_version().to_owned();
+    Ok(config)
 }
 
 /// The issuers a verifier trusts, with their keys, and the revocation feed it reads.
@@ -816,6 +820,11 @@ spec:
         let config = sidecar_config(&p, &trust, &discovered, BTreeMap::new(), "").unwrap();
         let entra = &config.verify.issuers[1];
         assert_eq!(entra.audiences, ["api://orders", "api://shared"]);
+        assert_eq!(
+            config.api_version,
+            scopegate_core::config::CONFIG_API_VERSION_V2,
+            "an older sidecar must refuse a document with an issuer's own audiences"
+        );
         let KeySource::Discovered { jwks, .. } = &entra.keys else {
             panic!(
                 "a discoveryUrl issuer's keys are rendered: {:?}",

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
-use cel::common::types::CelMap;
 use cel::common::value::Val;
 
 /// A token's claims set as JSON.
@@ -15,7 +14,7 @@ pub type Claims = serde_json::Map<String, serde_json::Value>;
 /// condition borrows this form rather than converting the claims again).
 pub struct KeptClaims {
     json: Claims,
-    cel: OnceLock<Box<dyn Val>>,
+    cel: OnceLock<Option<Box<dyn Val>>>,
 }
 
 impl KeptClaims {
@@ -28,14 +27,11 @@ impl KeptClaims {
     }
 
     /// The claims as a CEL map (every claim; integers stay integers, other numbers are
-    /// doubles).
-    pub fn cel(&self) -> &dyn Val {
+    /// doubles); `None` if they do not convert (a condition then refuses).
+    pub fn cel(&self) -> Option<&dyn Val> {
         self.cel
-            .get_or_init(|| {
-                let converted: Result<Box<dyn Val>, _> = to_cel_map(&self.json).try_into();
-                converted.unwrap_or_else(|_| Box::new(CelMap::from(HashMap::new())))
-            })
-            .as_ref()
+            .get_or_init(|| to_cel_map(&self.json).try_into().ok())
+            .as_deref()
     }
 }
 

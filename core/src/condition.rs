@@ -328,10 +328,11 @@ impl Condition {
         }
         // Only what the expression names is built.
         let inputs = Inputs {
-            claims: claims.cel(),
-            request: (self.request != RequestParts::default())
-                .then(|| self.request_value(request))
-                .and_then(|value| value.try_into().ok()),
+            claims: claims.cel().ok_or(EvalError::InputTooLarge)?,
+            request: match self.request != RequestParts::default() {
+                true => self.request_value(request)?.try_into().ok(),
+                false => None,
+            },
             source: self.reads_source.then(|| {
                 let address = request.source.map(|a| a.to_string()).unwrap_or_default();
                 Box::new(CelMap::from(HashMap::from([(
@@ -349,7 +350,7 @@ impl Condition {
         }
     }
 
-    fn request_value(&self, request: &RequestFacts<'_>) -> Value {
+    fn request_value(&self, request: &RequestFacts<'_>) -> Result<Value, EvalError> {
         let mut fields: HashMap<Key, Value> = HashMap::with_capacity(3);
         let text = |value: &str| Value::String(Arc::new(value.to_owned()));
         if self.request.method {
@@ -359,41 +360,43 @@ impl Condition {
             fields.insert(Key::from("path"), text(request.path));
         }
         if self.request.headers {
-            fields.insert(Key::from("headers"), self.headers_value(request.headers));
+            fields.insert(Key::from("headers"), self.headers_value(request.headers)?);
         }
-        Value::Map(cel::objects::Map {
+        Ok(Value::Map(cel::objects::Map {
             map: Arc::new(fields),
-        })
+        }))
     }
 
-    /// The headers the condition names, each once.
-    fn headers_value(&self, headers: &http::HeaderMap) -> Value {
-        let named: HashMap<Key, Value> = self
-            .headers
-            .iter()
-            .filter_map(|name| {
-                // A repeated header is left out (the expression then fails): a check of the
-                // first value would pass while the app may read another. So is one that also
-                // came in another spelling a CGI-style server reads as the same name.
-                let other_spelling =
-                    (headers.keys()).any(|k| k.as_str() != name && same_folded(k.as_str(), name));
-                if other_spelling || dropped_by_connection(headers, name) {
-                    return None;
-                }
-                let mut values = headers.get_all(name.as_str()).iter();
-                let value = values.next()?.to_str().ok()?;
-                if values.next().is_some() {
-                    return None;
-                }
-                Some((
-                    Key::from(name.as_str()),
-                    Value::String(Arc::new(value.to_owned())),
-                ))
-            })
-            .collect();
-        Value::Map(cel::objects::Map {
+    /// The headers the condition names, each once. One the client sent twice, or also in
+    /// another spelling a CGI-style server reads as the same name, refuses the evaluation: a
+    /// check of one value (or of its absence) would pass while the app may read another.
+    /// One the client has the sidecar drop (named in `Connection`) is absent, as for the app.
+    fn headers_value(&self, headers: &http::HeaderMap) -> Result<Value, EvalError> {
+        let mut named: HashMap<Key, Value> = HashMap::with_capacity(self.headers.len());
+        for name in &self.headers {
+            let other_spelling =
+                (headers.keys()).any(|k| k.as_str() != name && same_folded(k.as_str(), name));
+            let mut values = headers.get_all(name.as_str()).iter();
+            let first = values.next();
+            if other_spelling || values.next().is_some() {
+                return Err(EvalError::Failed(format!(
+                    "header {name} came more than once, or in two spellings"
+                )));
+            }
+            if dropped_by_connection(headers, name) {
+                continue;
+            }
+            let Some(value) = first.and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            named.insert(
+                Key::from(name.as_str()),
+                Value::String(Arc::new(value.to_owned())),
+            );
+        }
+        Ok(Value::Map(cel::objects::Map {
             map: Arc::new(named),
-        })
+        }))
     }
 }
 
@@ -670,6 +673,29 @@ mod tests {
     }
 
     #[test]
+    fn a_header_sent_twice_or_in_two_spellings_is_never_absent() {
+        // `!("x-debug" in request.headers)` must not pass while the app reads a debug header.
+        let condition = Condition::compile(r#"!("x-debug" in request.headers)"#).unwrap();
+        let decide = |pairs: &[(&'static str, &'static str)]| {
+            let mut headers = http::HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(*name, http::HeaderValue::from_static(value));
+            }
+            let request = RequestFacts {
+                method: "GET",
+                path: "/",
+                headers: &headers,
+                source: None,
+            };
+            condition.evaluate(&claims(json!({})), &request)
+        };
+        assert_eq!(decide(&[]), Ok(true));
+        assert_eq!(decide(&[("x-debug", "1")]), Ok(false));
+        assert!(decide(&[("x_debug", "1")]).is_err());
+        assert!(decide(&[("x-debug", "1"), ("x-debug", "2")]).is_err());
+    }
+
+    #[test]
     fn request_reads_the_same_whether_built_in_part_or_whole() {
         // Only the fields an expression names are built; reading `request` as a whole, or a
         // field it does not have, still sees it all and fails as before.
@@ -728,7 +754,6 @@ mod tests {
                 r#"request.method == "POST" && request.headers["x-env"] == "prod""#,
                 true,
             ),
-            (r#"has(request.headers.x_env)"#, false),
             (r#""x-env" in request.headers"#, true),
             (r#"source.address == "10.0.0.7""#, true),
             (r#"claims.groups.exists(g, g.startsWith("team-"))"#, true),
@@ -743,6 +768,9 @@ mod tests {
         ] {
             assert_eq!(run(expr, alice.clone()), Ok(expected), "{expr}");
         }
+        // x_env names the x-env the request carries, as a CGI-style app reads it: neither
+        // present nor absent, refused.
+        assert!(run(r#"has(request.headers.x_env)"#, alice).is_err());
     }
 
     #[test]

@@ -112,7 +112,7 @@ async fn refused_configs_exit_64_with_a_clear_message_and_bind_nothing() {
             "another version",
             {
                 let mut c = valid.clone();
-                c["apiVersion"] = json!("sidecar.scopegate.dev/v2");
+                c["apiVersion"] = json!("sidecar.scopegate.dev/v3");
                 c.to_string()
             },
             "apiVersion",
@@ -163,11 +163,14 @@ async fn refused_configs_exit_64_with_a_clear_message_and_bind_nothing() {
         if !text.is_empty() {
             std::fs::write(&path, text).unwrap();
         }
-        let output = command(&path)
-            .args(["--port", &port.to_string()])
-            .output()
-            .await
-            .unwrap();
+        // A sidecar that takes the document runs on: the case fails instead of hanging.
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            command(&path).args(["--port", &port.to_string()]).output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the sidecar took the config and kept running"))
+        .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(64), "{name}: {stderr}");
         assert!(

@@ -8,7 +8,8 @@
 //! Reads are shared by every policy naming the same URL with the same CA bundle (never across
 //! bundles: a tenant's CA must not vouch for what another tenant reads). A namespace makes
 //! the operator read at most [`SOURCES_PER_NAMESPACE`] sources, at most
-//! [`READS_PER_NAMESPACE`] of them at once, of [`READS_AT_ONCE`] in all, each answer at most
+//! [`READS_PER_NAMESPACE`] of those only it names at once, of [`READS_AT_ONCE`] in all (a
+//! source several namespaces name is charged to none of them), each answer at most
 //! [`MAX_BYTES`] within [`READ_TIMEOUT`]: another namespace's policies cannot make the operator
 //! slow or large, or hold back this namespace's reads.
 
@@ -22,7 +23,7 @@ use bytes::Bytes;
 use kube::runtime::reflector::ObjectRef;
 use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_fetch::HttpsClient;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use self::document::{Document, parse_document};
 
@@ -31,6 +32,9 @@ use self::document::{Document, parse_document};
 pub const MIN_REFRESH: Duration = Duration::from_secs(30);
 /// Longest wait between two reads of a failing source.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Longest refresh interval honoured: one policy's long interval cannot hold back the reads
+/// of another naming the same source for longer.
+pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
 /// Largest discovery document or JWKS read.
 pub const MAX_BYTES: usize = 64 * 1024;
 /// How long one answer may take.
@@ -81,10 +85,12 @@ struct Entry {
     known: Known,
     /// The policies naming it: when each last asked, and the refresh it asks for.
     policies: HashMap<ObjectRef<AuthPolicy>, (i64, Duration)>,
-    /// The namespace charged for its reads: its first policy's.
-    namespace: String,
     /// Which task reads it (a forgotten and re-added source gets a new one).
     task: u64,
+    /// Wakes the task: a shorter refresh was asked for, or the source is no longer read.
+    wake_task: Arc<Notify>,
+    /// When the last read ended (Unix seconds).
+    attempted_at: Option<i64>,
     /// Failed reads in a row.
     failures: u32,
 }
@@ -100,7 +106,14 @@ impl Entry {
             .map(|(_, refresh)| *refresh)
             .min()
             .unwrap_or(MIN_REFRESH)
-            .max(MIN_REFRESH)
+            .clamp(MIN_REFRESH, MAX_REFRESH)
+    }
+
+    /// The one namespace that names it, if only one does (its reads are charged there).
+    fn sole_namespace(&self) -> Option<String> {
+        let mut names = self.policies.keys().map(|p| p.namespace.as_deref());
+        let first = names.next()??;
+        names.all(|n| n == Some(first)).then(|| first.to_owned())
     }
 }
 
@@ -167,7 +180,7 @@ impl Discovery {
                 .policies
                 .retain(|_, (asked, _)| now - *asked < FORGET_AFTER_SECS);
         }
-        entries.retain(|_, e| !e.policies.is_empty());
+        drop_unnamed(&mut entries);
         let namespace = policy.namespace.clone().unwrap_or_default();
         if !entries.contains_key(source) {
             let held = (entries.values())
@@ -189,8 +202,9 @@ impl Discovery {
                 Entry {
                     known: Known::default(),
                     policies: HashMap::new(),
-                    namespace: namespace.clone(),
                     task,
+                    wake_task: Arc::new(Notify::new()),
+                    attempted_at: None,
                     failures: 0,
                 },
             );
@@ -199,22 +213,32 @@ impl Discovery {
         let Some(entry) = entries.get_mut(source) else {
             return Known::default();
         };
-        entry
-            .policies
-            .insert(policy, (now, refresh.max(MIN_REFRESH)));
+        let before = entry.wait();
+        entry.policies.insert(policy, (now, refresh));
+        if entry.wait() < before {
+            // The task may be asleep for the longer interval: it works the deadline out again.
+            entry.wake_task.notify_one();
+        }
         entry.known.clone()
     }
 
     /// `policy` names only `sources` now: it is no longer woken for, nor counted against,
-    /// the others; a source no policy names stops being read.
-    pub fn release(&self, policy: &ObjectRef<AuthPolicy>, sources: &[Source]) {
+    /// the others. Policies `alive` says are gone (deleted) are let go of everywhere. A
+    /// source no policy names stops being read at once.
+    pub fn release(
+        &self,
+        policy: &ObjectRef<AuthPolicy>,
+        sources: &[Source],
+        alive: impl Fn(&ObjectRef<AuthPolicy>) -> bool,
+    ) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         for (source, entry) in entries.iter_mut() {
             if !sources.contains(source) {
                 entry.policies.remove(policy);
             }
+            entry.policies.retain(|p, _| alive(p));
         }
-        entries.retain(|_, e| !e.policies.is_empty());
+        drop_unnamed(&mut entries);
     }
 
     /// The read permits of `namespace`.
@@ -233,21 +257,52 @@ impl Discovery {
         let client = scopegate_fetch::client_with(source.ca_bundle.as_deref(), self.proxy.rules())
             .map_err(|e| scopegate_core::error_chain(&e));
         loop {
-            let Some(namespace) = self.entry_of(&source, task, |e| e.namespace.clone()) else {
+            let Some(charged) = self.entry_of(&source, task, Entry::sole_namespace) else {
                 return;
             };
-            let permits = self.namespace_permits(&namespace);
-            let outcome = match (permits.acquire().await, self.reads.acquire().await) {
-                (Ok(_mine), Ok(_all)) => match &client {
-                    Ok(client) => read_source(client, &source).await,
-                    Err(error) => Err(error.clone()),
-                },
-                _ => return,
+            let permits = charged.map(|namespace| self.namespace_permits(&namespace));
+            let mine = match &permits {
+                Some(permits) => Some(permits.acquire().await),
+                None => None,
             };
-            let Some(wait) = self.record(&source, task, outcome) else {
+            let all = self.reads.acquire().await;
+            if matches!(mine, Some(Err(_))) || all.is_err() {
                 return;
+            }
+            // Released while it waited for a permit: nothing to read for.
+            if self.entry_of(&source, task, |_| ()).is_none() {
+                return;
+            }
+            let outcome = match &client {
+                Ok(client) => read_source(client, &source).await,
+                Err(error) => Err(error.clone()),
             };
-            tokio::time::sleep(wait).await;
+            drop((mine, all));
+            if !self.record(&source, task, outcome) {
+                return;
+            }
+            // Until the next read is due; a shorter refresh asked for, or the source let go
+            // of, wakes the task to work it out again.
+            loop {
+                let Some((due, wake)) = self.entry_of(&source, task, |e| {
+                    let wait = i64::try_from(e.wait().as_secs()).unwrap_or(i64::MAX / 2);
+                    (
+                        e.attempted_at.unwrap_or(0).saturating_add(wait),
+                        e.wake_task.clone(),
+                    )
+                }) else {
+                    return;
+                };
+                let left = due - crate::clock::now();
+                if left <= 0 {
+                    break;
+                }
+                let sleep = Duration::from_secs(left.unsigned_abs());
+                tokio::select! {
+                    () = tokio::time::sleep(sleep) => {}
+                    () = wake.notified() => {}
+                }
+            }
         }
     }
 
@@ -257,18 +312,16 @@ impl Discovery {
         entries.get(source).filter(|e| e.task == task).map(f)
     }
 
-    /// Records a read's outcome, wakes the policies if what is known changed, and says how
-    /// long to wait before the next read (`None`: the source is no longer read).
-    fn record(
-        &self,
-        source: &Source,
-        task: u64,
-        outcome: Result<Read, String>,
-    ) -> Option<Duration> {
-        let now = crate::context::now();
-        let (woken, wait) = {
+    /// Records a read's outcome and wakes the policies if it changed what is known; false
+    /// when the source is no longer read.
+    fn record(&self, source: &Source, task: u64, outcome: Result<Read, String>) -> bool {
+        let now = crate::clock::now();
+        let woken = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            let entry = entries.get_mut(source).filter(|e| e.task == task)?;
+            let Some(entry) = entries.get_mut(source).filter(|e| e.task == task) else {
+                return false;
+            };
+            entry.attempted_at = Some(now);
             let known = &mut entry.known;
             let changed = match outcome {
                 Ok(read) => {
@@ -289,18 +342,27 @@ impl Discovery {
                     changed
                 }
             };
-            let woken: Vec<ObjectRef<AuthPolicy>> = if changed {
+            if changed {
                 entry.policies.keys().cloned().collect()
             } else {
                 Vec::new()
-            };
-            (woken, entry.wait())
+            }
         };
         for policy in woken {
             let _ = self.wake.send(policy);
         }
-        Some(wait)
+        true
     }
+}
+
+/// Drops the sources no policy names, waking their tasks so that they end now.
+fn drop_unnamed(entries: &mut HashMap<Source, Entry>) {
+    entries.retain(|_, e| {
+        if e.policies.is_empty() {
+            e.wake_task.notify_one();
+        }
+        !e.policies.is_empty()
+    });
 }
 
 /// `text` cut to [`MAX_TEXT`] bytes (on a character boundary).
@@ -411,12 +473,12 @@ mod tests {
             discovery.observe(&source(n, None), refresh, policy("greedy", "p"), 0);
         }
         // The policy now names one source: the others are no longer read nor counted.
-        discovery.release(&policy("greedy", "p"), &[source(0, None)]);
+        discovery.release(&policy("greedy", "p"), &[source(0, None)], |_| true);
         assert_eq!(sources(&discovery), 1);
         let next = discovery.observe(&source(77, None), refresh, policy("greedy", "p"), 0);
         assert_eq!(next.error, None);
         // A deleted policy's sources go as soon as it is released with none.
-        discovery.release(&policy("greedy", "p"), &[]);
+        discovery.release(&policy("greedy", "p"), &[], |_| true);
         assert_eq!(sources(&discovery), 0);
     }
 
@@ -437,9 +499,42 @@ mod tests {
         assert_eq!(entry.wait(), MIN_REFRESH * 4);
         entry.failures = 30;
         assert_eq!(entry.wait(), MAX_BACKOFF);
-        // Reading again once it answers: the refresh the policies ask for.
+        // Reading again once it answers: the shortest refresh the policies ask for, at most
+        // an hour whatever one of them asks.
         entry.failures = 0;
         assert_eq!(entry.wait(), Duration::from_secs(60));
+        entry.policies.clear();
+        entry.policies.insert(
+            policy("slow", "p"),
+            (0, Duration::from_secs(999_999 * 3600)),
+        );
+        assert_eq!(entry.wait(), MAX_REFRESH);
+    }
+
+    #[tokio::test]
+    async fn a_source_several_namespaces_name_is_charged_to_none_and_deleted_policies_go() {
+        let (discovery, _woken) = Discovery::new(Proxy::default());
+        let refresh = Duration::from_secs(300);
+        discovery.observe(&source(0, None), refresh, policy("tenant", "first"), 0);
+        {
+            let entries = discovery.entries.lock().unwrap();
+            let entry = &entries[&source(0, None)];
+            assert_eq!(entry.sole_namespace().as_deref(), Some("tenant"));
+        }
+        discovery.observe(&source(0, None), refresh, policy("victim", "p"), 0);
+        {
+            let entries = discovery.entries.lock().unwrap();
+            assert_eq!(entries[&source(0, None)].sole_namespace(), None);
+        }
+        // The tenant's policy is deleted: released by the next reconcile of any policy.
+        discovery.release(&policy("victim", "p"), &[source(0, None)], |p| {
+            p.namespace.as_deref() != Some("tenant")
+        });
+        let entries = discovery.entries.lock().unwrap();
+        assert_eq!(
+            entries[&source(0, None)].sole_namespace().as_deref(),
+            Some("victim")
+        );
     }
 
     #[tokio::test]

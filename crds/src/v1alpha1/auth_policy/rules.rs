@@ -101,8 +101,8 @@ pub struct Rule {
     /// Variables: `claims`, the verified token's claims (maps, lists, strings, numbers,
     /// booleans as the token has them); `request.method`; `request.path`, the normalised path
     /// the rule matched; `request.headers["name"]`, a header named literally in lower case
-    /// (absent when sent twice; authorization, cookie and proxy-authorization are never
-    /// readable); `source.address`, the client address (trusted proxies applied).
+    /// (sent twice, the condition refuses; authorization, cookie and proxy-authorization
+    /// are never readable); `source.address`, the client address (trusted proxies applied).
     /// Functions: size, contains, startsWith, endsWith, matches, string, int, uint, double,
     /// the operators, and all, exists, exists_one, map and filter over claims or headers.
     /// Compare a boolean claim as `claims.x == true` (a string "false" is not false).
@@ -112,7 +112,7 @@ pub struct Rule {
     /// ignores case). Headers the sidecar removes or rebuilds (X-Forwarded-*, Forwarded,
     /// hop-by-hop, X-Original-URL, method overrides) and the identity and claim headers it
     /// sets cannot be read; a header also sent as another spelling (x_tenant for x-tenant)
-    /// is absent.
+    /// refuses the condition, so neither a check of its value nor of its absence passes.
     ///
     /// Examples: group membership `"admins" in claims.groups`; an email domain
     /// `claims.email.endsWith("@example.com") && claims.email_verified == true`; a tenant

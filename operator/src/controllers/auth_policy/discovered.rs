@@ -130,7 +130,9 @@ pub fn step(
         .collect();
     let me = ObjectRef::from_obj(policy);
     let sources: Vec<Source> = discovering.iter().map(|(_, s)| s.clone()).collect();
-    ctx.discovery.release(&me, &sources);
+    // Policies deleted since are let go of too (a deletion is never reconciled).
+    ctx.discovery
+        .release(&me, &sources, |p| ctx.policies.get(p).is_some());
     let mut keys = DiscoveredKeys::new();
     let mut statuses = Vec::new();
     let mut problems = Vec::new();

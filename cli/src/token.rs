@@ -181,6 +181,7 @@ async fn verify_with_jwks(
         leeway_secs: 0,
         max_token_bytes: scopegate_core::config::DEFAULT_MAX_TOKEN_BYTES,
         keep_claims: false,
+        kept_claims: None,
     };
     let keys = IssuerKeys {
         keys: Arc::new(keys),

@@ -296,6 +296,11 @@ impl Condition {
         self.cost
     }
 
+    /// The top-level claims the condition reads (`None`: it reads `claims` as a whole).
+    pub fn claim_names(&self) -> Option<&BTreeSet<String>> {
+        self.claims.as_ref()
+    }
+
     /// Whether the condition reads `source.address`.
     pub fn reads_source(&self) -> bool {
         self.reads_source

@@ -1,6 +1,7 @@
 //! Access-token validation: a compact JWS checked against trusted keys, then its claims
 //! (RFC 9068, RFC 8725). Pure: keys, rules and the clock come in as arguments.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::claims::claim_at;
@@ -21,8 +22,12 @@ pub struct TokenRules {
     pub leeway_secs: i64,
     /// Largest token accepted, in bytes.
     pub max_token_bytes: usize,
-    /// Keep every claim of a valid token ([`VerifiedToken::claims`]), for `when` conditions.
+    /// Keep a valid token's claims ([`VerifiedToken::claims`]), for `when` conditions and
+    /// claim headers.
     pub keep_claims: bool,
+    /// The top-level claims kept, when only some are read (`None`: every claim): a cached
+    /// token holds no more than its readers need.
+    pub kept_claims: Option<Arc<BTreeSet<String>>>,
 }
 
 impl TokenRules {
@@ -34,6 +39,7 @@ impl TokenRules {
             leeway_secs: leeway_secs(verify.leeway_secs),
             max_token_bytes: verify.max_token_bytes,
             keep_claims: false,
+            kept_claims: None,
         }
     }
 }
@@ -208,9 +214,13 @@ pub fn validate(
         exp,
         iat: claims.iat,
         jti: claims.jti,
-        claims: all_claims
-            .filter(|_| rules.keep_claims)
-            .map(|all| Arc::new(KeptClaims::new(Arc::unwrap_or_clone(all)))),
+        claims: all_claims.filter(|_| rules.keep_claims).map(|all| {
+            let mut kept = Arc::unwrap_or_clone(all);
+            if let Some(names) = &rules.kept_claims {
+                kept.retain(|name, _| names.contains(name));
+            }
+            Arc::new(KeptClaims::new(kept))
+        }),
     })
 }
 
@@ -322,6 +332,7 @@ mod tests {
             leeway_secs: leeway,
             max_token_bytes: 8192,
             keep_claims,
+            kept_claims: None,
         };
         validate(token, &rules, |iss| (iss == "i").then(|| keys.clone()), NOW)
     }
@@ -342,6 +353,7 @@ mod tests {
             leeway_secs: 0,
             max_token_bytes: 8192,
             keep_claims: false,
+            kept_claims: None,
         };
         let check = |aud: serde_json::Value| {
             let token = token(&claims(|c| c["aud"] = aud));
@@ -431,6 +443,45 @@ mod tests {
 
     fn with_claims_kept(payload: &str) -> Result<VerifiedToken, TokenError> {
         check_with(0, true, &token_of(payload))
+    }
+
+    #[test]
+    fn only_the_claims_their_readers_name_are_kept() {
+        let keys = IssuerKeys {
+            keys: Arc::new(KeyMap::from([(
+                "k".to_owned(),
+                KeyEntry::hs256("k", &SECRET).unwrap(),
+            )])),
+            allow_jwt_typ: false,
+            scopes: None,
+            audiences: None,
+        };
+        let rules = TokenRules {
+            audiences: vec!["a".into()],
+            leeway_secs: 0,
+            max_token_bytes: 8192,
+            keep_claims: true,
+            kept_claims: Some(Arc::new(BTreeSet::from(["groups".to_owned()]))),
+        };
+        let payload = claims(|c| {
+            c["groups"] = json!(["admins"]);
+            c["big"] = json!(vec![[[0u8; 8]; 8]; 8]);
+        });
+        let token = token_of(&payload.to_string());
+        let verified = validate(
+            &token,
+            &rules,
+            |iss| (iss == "i").then(|| keys.clone()),
+            NOW,
+        )
+        .unwrap();
+        let kept = verified.claims.unwrap();
+        let names: Vec<&String> = kept.keys().collect();
+        assert_eq!(
+            names,
+            ["groups"],
+            "a cached token holds what is read, no more"
+        );
     }
 
     #[test]

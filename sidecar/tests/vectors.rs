@@ -289,6 +289,7 @@ fn rules() -> TokenRules {
         leeway_secs: 30,
         max_token_bytes: 8192,
         keep_claims: false,
+        kept_claims: None,
     }
 }
 

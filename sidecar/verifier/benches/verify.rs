@@ -197,6 +197,7 @@ fn bench(c: &mut Criterion) {
         leeway_secs: 30,
         max_token_bytes: 8192,
         keep_claims: false,
+        kept_claims: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,7 +2,7 @@
 //! parsed once, rate limits, header names, the upstream client. Built on every (re)load and
 //! swapped in whole; a document that does not compile is refused with a [`SettingsError`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -229,6 +229,7 @@ pub fn compile(
     // The leeway in force is capped at MAX_LEEWAY_SECS (TokenRules::from_config).
     let token_rules = TokenRules {
         keep_claims: policy.has_conditions() || !headers.claims.is_empty(),
+        kept_claims: kept_claim_names(&policy, &headers),
         ..TokenRules::from_config(verify)
     };
     let upstream = upstream(&config);
@@ -259,6 +260,22 @@ pub fn compile(
         config,
         decisions: OnceLock::new(),
     })
+}
+
+/// The top-level claims the conditions and claim headers read (`None`: a condition reads
+/// `claims` as a whole): a cached token keeps only those.
+fn kept_claim_names(policy: &Policy, headers: &HeaderSettings) -> Option<Arc<BTreeSet<String>>> {
+    let mut names = BTreeSet::new();
+    for (_, condition) in policy.conditions() {
+        names.extend(condition.claim_names()?.iter().cloned());
+    }
+    names.extend(
+        headers
+            .claims
+            .iter()
+            .filter_map(|(_, path)| path.first().cloned()),
+    );
+    Some(Arc::new(names))
 }
 
 /// Where one trusted issuer's keys come from, loaded: a key that does not load is recorded in

@@ -312,21 +312,26 @@ mod tests {
         check_with(leeway, false, &token(c))
     }
 
-    /// Validates `token` against the test issuer `i` with key `k`.
-    fn check_with(
-        leeway: i64,
-        keep_claims: bool,
-        token: &str,
-    ) -> Result<VerifiedToken, TokenError> {
-        let keys = IssuerKeys {
+    /// The test issuer's keys: the HS256 key `k`, with `audiences` of its own if any.
+    fn test_keys(audiences: Option<&[&str]>) -> IssuerKeys {
+        IssuerKeys {
             keys: Arc::new(KeyMap::from([(
                 "k".to_owned(),
                 KeyEntry::hs256("k", &SECRET).unwrap(),
             )])),
             allow_jwt_typ: false,
             scopes: None,
-            audiences: None,
-        };
+            audiences: audiences.map(|a| a.iter().map(|a| (*a).to_owned()).collect()),
+        }
+    }
+
+    /// Validates `token` against the test issuer `i` with key `k`.
+    fn check_with(
+        leeway: i64,
+        keep_claims: bool,
+        token: &str,
+    ) -> Result<VerifiedToken, TokenError> {
+        let keys = test_keys(None);
         let rules = TokenRules {
             audiences: vec!["a".into()],
             leeway_secs: leeway,
@@ -339,15 +344,7 @@ mod tests {
 
     #[test]
     fn an_issuers_own_audiences_replace_the_policys() {
-        let keys = IssuerKeys {
-            keys: Arc::new(KeyMap::from([(
-                "k".to_owned(),
-                KeyEntry::hs256("k", &SECRET).unwrap(),
-            )])),
-            allow_jwt_typ: false,
-            scopes: None,
-            audiences: Some(Arc::from(vec!["api://reports".to_owned()])),
-        };
+        let keys = test_keys(Some(&["api://reports"]));
         let rules = TokenRules {
             audiences: vec!["a".into()],
             leeway_secs: 0,
@@ -447,15 +444,7 @@ mod tests {
 
     #[test]
     fn only_the_claims_their_readers_name_are_kept() {
-        let keys = IssuerKeys {
-            keys: Arc::new(KeyMap::from([(
-                "k".to_owned(),
-                KeyEntry::hs256("k", &SECRET).unwrap(),
-            )])),
-            allow_jwt_typ: false,
-            scopes: None,
-            audiences: None,
-        };
+        let keys = test_keys(None);
         let rules = TokenRules {
             audiences: vec!["a".into()],
             leeway_secs: 0,

@@ -156,6 +156,21 @@ pub fn app_pod(name: &str, app: &str) -> Pod {
     .expect("pod")
 }
 
+/// Pod `name` running the example orders app (`examples/apps/orders.py`, image
+/// `example/orders`, port 8080, ready at `/ready`), labelled `app: orders`.
+pub fn orders_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "orders"}},
+        "spec": {"containers": [{
+            "name": "app", "image": "example/orders",
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}
+        }]}
+    }))
+    .expect("pod")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

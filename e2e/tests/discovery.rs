@@ -17,6 +17,7 @@ use kube::api::{Api, PostParams};
 use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::http::{Response, request};
 use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, example_app, sidecar_image};
+use scopegate_e2e::manifests::orders_pod;
 use scopegate_e2e::node_idp::{self, TestTls};
 use scopegate_e2e::setup::{free_port, logs_dir};
 use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, condition, eventually};
@@ -122,19 +123,6 @@ spec:
     )
 }
 
-fn orders_pod() -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "orders-0", "labels": {"app": "orders"}},
-        "spec": {"containers": [{
-            "name": "app", "image": "example/orders",
-            "ports": [{"containerPort": 8080}],
-            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}
-        }]}
-    }))
-    .expect("pod")
-}
-
 /// The policy's status, once it describes the current generation.
 async fn status(api: &Api<AuthPolicy>) -> anyhow::Result<serde_json::Value> {
     let policy = api.get("orders").await?;
@@ -193,7 +181,7 @@ async fn an_outside_provider_is_trusted_through_discovery_read_by_the_operator()
 
     let pod = eventually("the pod created with the sidecar", || async {
         Ok(Api::<Pod>::namespaced(client.clone(), &ns.name)
-            .create(&PostParams::default(), &orders_pod())
+            .create(&PostParams::default(), &orders_pod("orders-0"))
             .await?)
     })
     .await

@@ -10,7 +10,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::http::{Response, request};
 use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, example_app, sidecar_image};
-use scopegate_e2e::manifests::issuer;
+use scopegate_e2e::manifests::{issuer, orders_pod};
 use scopegate_e2e::rendered::{signing_keys, wait_trusting_a_key};
 use scopegate_e2e::setup::logs_dir;
 use scopegate_e2e::tokens::{Claims, sign};
@@ -40,19 +40,6 @@ spec:
     - {{name: read, methods: [GET], paths: ["/orders", "/orders/*"], require: [read:orders]}}
 "#
     )
-}
-
-fn orders_pod() -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "orders-0", "labels": {"app": "orders"}},
-        "spec": {"containers": [{
-            "name": "app", "image": "example/orders",
-            "ports": [{"containerPort": 8080}],
-            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}}
-        }]}
-    }))
-    .expect("pod")
 }
 
 /// The `Enforcing` condition's reason once the status describes the current generation.
@@ -116,7 +103,7 @@ async fn a_running_pod_in_dry_run_forwards_and_counts_then_enforces_after_a_spec
 
     let pod = eventually("the pod created with the sidecar", || async {
         Ok(Api::<Pod>::namespaced(client.clone(), &ns.name)
-            .create(&PostParams::default(), &orders_pod())
+            .create(&PostParams::default(), &orders_pod("orders-0"))
             .await?)
     })
     .await

@@ -41,23 +41,6 @@ spec:
     - {name: place-order, methods: [POST], paths: ["/orders"], requests: 3, period: 1m}
 "#;
 
-fn orders_pod(name: &str) -> Pod {
-    serde_yaml_ng::from_str(&format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: orders}}}}
-spec:
-  containers:
-    - name: app
-      image: example/orders
-      ports: [{{containerPort: 8080}}]
-      readinessProbe: {{httpGet: {{path: /ready, port: 8080}}}}
-"#
-    ))
-    .expect("pod")
-}
-
 async fn wait_ready(admin: SocketAddr) {
     eventually("the sidecar ready", || async move {
         let response = request(admin, "GET", "/readyz", &[], "")?;
@@ -107,7 +90,7 @@ async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follow
 
     let pod = eventually("the pod created with the sidecar", || async {
         let pod = Api::<Pod>::namespaced(client.clone(), &ns.name)
-            .create(&PostParams::default(), &orders_pod("orders-0"))
+            .create(&PostParams::default(), &manifests::orders_pod("orders-0"))
             .await?;
         Ok(pod)
     })

@@ -64,6 +64,10 @@ pub struct RegisteredClient {
     /// Tokens, codes and refresh families issued before this Unix time are dead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoke_before: Option<i64>,
+    /// With [`AuthMethod::ServiceAccountJwt`]: the token subjects that authenticate it,
+    /// `system:serviceaccount:<namespace>:<name>`, all of the client's own namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
 }
 
 /// A hashed client secret.
@@ -102,4 +106,46 @@ pub enum AuthMethod {
     ClientSecretPost,
     /// None (public clients).
     None,
+    /// A projected ServiceAccount token of the cluster, audience the issuer's URL, as a JWT
+    /// client assertion (RFC 7523 §2.2; the subject is the ServiceAccount, not the client).
+    ServiceAccountJwt,
+}
+
+/// The subject of a ServiceAccount's tokens, as the API server issues them.
+pub fn service_account_subject(namespace: &str, name: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_account_client_round_trips_and_an_older_entry_still_reads() {
+        let text = r#"{"clientId":"shop.billing","public":false,
+            "authMethod":"service_account_jwt","grantTypes":["client_credentials"],
+            "scopes":["orders:read"],
+            "serviceAccounts":["system:serviceaccount:shop:billing"]}"#;
+        let client: RegisteredClient = serde_json::from_str(text).unwrap();
+        assert_eq!(client.auth_method, AuthMethod::ServiceAccountJwt);
+        assert_eq!(
+            client.service_accounts,
+            [service_account_subject("shop", "billing")]
+        );
+        let again = serde_json::to_string(&client).unwrap();
+        assert_eq!(
+            serde_json::from_str::<RegisteredClient>(&again).unwrap(),
+            client
+        );
+
+        let older = r#"{"clientId":"shop.web","public":false,
+            "authMethod":"client_secret_basic","grantTypes":[],"scopes":[]}"#;
+        let client: RegisteredClient = serde_json::from_str(older).unwrap();
+        assert!(client.service_accounts.is_empty());
+        assert!(
+            !serde_json::to_string(&client)
+                .unwrap()
+                .contains("serviceAccounts")
+        );
+    }
 }

@@ -493,6 +493,24 @@ pub struct IssuerConfig {
     /// base64url; `None`: subjects are published plainly, as before this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feed_subject_key: Option<String>,
+    /// The cluster's service-account issuer, whose projected tokens authenticate clients
+    /// registered with [`crate::clients::AuthMethod::ServiceAccountJwt`]; `None` when no
+    /// client of this issuer does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_issuer: Option<ServiceAccountIssuer>,
+}
+
+/// The cluster's service-account issuer as the operator read it from the API server (its
+/// OIDC discovery document and JWKS): the issuer never fetches it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountIssuer {
+    /// The `iss` of its tokens, exactly.
+    pub issuer: String,
+    /// Its usable public keys (possibly none, before the first read).
+    pub jwks: Jwks,
+    /// Algorithms accepted.
+    pub algorithms: Vec<String>,
 }
 
 fn default_mint_socket_path() -> String {
@@ -560,7 +578,10 @@ impl SidecarConfig {
                 )
         });
         let rule_conditions = self.rules.iter().any(|rule| rule.when.is_some());
-        if issuer_features || rule_conditions || !self.headers.claims.is_empty() {
+        let service_accounts =
+            (self.issuer.as_ref()).is_some_and(|issuer| issuer.service_account_issuer.is_some());
+        if issuer_features || rule_conditions || service_accounts || !self.headers.claims.is_empty()
+        {
             CONFIG_API_VERSION_V2
         } else {
             CONFIG_API_VERSION
@@ -650,7 +671,7 @@ mod tests {
         let base = sample();
         assert_eq!(base.required_api_version(), CONFIG_API_VERSION);
         type Edit = fn(&mut SidecarConfig);
-        let edits: [Edit; 3] = [
+        let edits: [Edit; 4] = [
             |c| c.verify.issuers[0].audiences = vec!["api://x".into()],
             |c| {
                 c.headers
@@ -669,6 +690,19 @@ mod tests {
                         prefix: None,
                     }),
                 };
+            },
+            |c| {
+                let mut issuer: IssuerConfig = serde_json::from_value(serde_json::json!({
+                    "url": "https://auth.shop.svc", "signingKeysPath": "/k", "clientsPath": "/c",
+                    "accessTokenTtlSecs": 300, "refreshTokenTtlSecs": 3600, "codeTtlSecs": 60,
+                }))
+                .unwrap();
+                issuer.service_account_issuer = Some(ServiceAccountIssuer {
+                    issuer: "https://kubernetes.default.svc".into(),
+                    jwks: Jwks::default(),
+                    algorithms: vec!["RS256".into()],
+                });
+                c.issuer = Some(issuer);
             },
         ];
         for edit in edits {

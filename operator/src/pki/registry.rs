@@ -179,6 +179,7 @@ fn registered(
         owned_audiences: entry.owned_audiences.clone(),
         redirect_uris: spec.redirect_uris.clone(),
         revoke_before: revocation_cutoff(entry.client, now).map(|c| c.effective.as_second()),
+        service_accounts: Vec::new(),
     }
 }
 

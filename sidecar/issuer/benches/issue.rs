@@ -174,6 +174,7 @@ fn authentication(c: &mut Criterion) {
         owned_audiences: vec![],
         redirect_uris: vec![],
         revoke_before: None,
+        service_accounts: Vec::new(),
     };
     let registry: HashMap<String, LoadedClient> = [
         client("shop.backend", SecretKind::Generated),

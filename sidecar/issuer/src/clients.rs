@@ -352,6 +352,7 @@ mod tests {
             owned_audiences: vec![],
             redirect_uris: vec![],
             revoke_before: None,
+            service_accounts: Vec::new(),
         }
     }
 

@@ -202,6 +202,7 @@ mod tests {
             owned_audiences: vec![],
             redirect_uris: vec![],
             revoke_before: None,
+            service_accounts: Vec::new(),
         }
     }
 

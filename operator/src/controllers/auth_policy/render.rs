@@ -307,6 +307,7 @@ fn issuer_config(policy: &AuthPolicy) -> Option<IssuerConfig> {
             upstreams: upstreams(own),
             identity: identity(own),
             feed_subject_key: feed_subject_key(policy),
+            service_account_issuer: None,
         }
     })
 }

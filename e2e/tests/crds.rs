@@ -574,6 +574,37 @@ fn cases() -> Vec<Case> {
             "a public client has no secret: remove secretName",
         ),
         (
+            "ServiceAccount client with a secretName",
+            confidential_client,
+            |v| v["spec"]["serviceAccounts"] = json!(["billing"]),
+            "a client that authenticates with ServiceAccount tokens has no secret and is not public",
+        ),
+        (
+            "public ServiceAccount client",
+            public_client,
+            |v| v["spec"]["serviceAccounts"] = json!(["billing"]),
+            "a client that authenticates with ServiceAccount tokens has no secret and is not public",
+        ),
+        (
+            "ServiceAccount client with a secret method",
+            confidential_client,
+            |v| {
+                v["spec"].as_object_mut().unwrap().remove("secretName");
+                v["spec"]["serviceAccounts"] = json!(["billing"]);
+                v["spec"]["tokenEndpointAuthMethod"] = json!("client_secret_post");
+            },
+            "a client that authenticates with ServiceAccount tokens has no secret and is not public",
+        ),
+        (
+            "another namespace's ServiceAccount",
+            confidential_client,
+            |v| {
+                v["spec"].as_object_mut().unwrap().remove("secretName");
+                v["spec"]["serviceAccounts"] = json!(["system:serviceaccount:other:billing"]);
+            },
+            "should match",
+        ),
+        (
             "secretName and existingSecret",
             confidential_client,
             |v| v["spec"]["existingSecret"] = json!({"name": "mine", "key": "secret"}),
@@ -1053,6 +1084,14 @@ fn accepted_variants() -> Vec<Variant> {
         ("the sidecar on port 1024", issuer_policy, |v| {
             v["spec"]["listen"] = json!({"port": 1024})
         }),
+        (
+            "a client of two ServiceAccounts, no secret",
+            confidential_client,
+            |v| {
+                v["spec"].as_object_mut().unwrap().remove("secretName");
+                v["spec"]["serviceAccounts"] = json!(["billing", "billing.batch-2"]);
+            },
+        ),
     ]
 }
 

@@ -95,7 +95,8 @@ impl Names {
 /// The Secret a confidential client's generated credentials live in (`None`: a public
 /// client, or one with a Secret of the user's own).
 pub fn client_secret_name(client: &OAuthClient) -> Option<String> {
-    if client.spec.public || client.spec.existing_secret.is_some() {
+    let spec = &client.spec;
+    if spec.public || spec.existing_secret.is_some() || !spec.service_accounts.is_empty() {
         return None;
     }
     Some(

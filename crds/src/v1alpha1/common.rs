@@ -313,6 +313,24 @@ pub(crate) fn audience_list(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Most ServiceAccounts one OAuthClient names.
+pub(crate) const MAX_SERVICE_ACCOUNTS: usize = 8;
+
+/// Schema of a list of ServiceAccount names (DNS subdomains, as the API server names them).
+pub(crate) fn service_account_list(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": MAX_SERVICE_ACCOUNTS,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 253,
+            "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        }
+    })
+}
+
 /// What a path pattern may be, in words (the grammar is [`scopegate_core::path::PATTERN`]).
 const PATH_MESSAGE: &str = "a path pattern starts with '/' and is made of segments of letters, digits and -._~!$&'()+,=:@ or a single * (exactly one segment), optionally ending in /** (anything below) or /; it holds no %, ;, ?, #, . or .. segments, or empty segments (//)";
 

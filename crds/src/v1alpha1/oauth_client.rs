@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     NamespacedRef, PositiveDuration, SecretKeyRef, audience_list, conditions, redirect_uri_list,
-    scope_list,
+    scope_list, service_account_list,
 };
 
 /// OAuthClient registers an OAuth2 client with an AuthPolicy that issues tokens (issuer.self).
@@ -28,6 +28,7 @@ use super::common::{
     printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".spec.issuerRef.name"}"#,
     printcolumn = r#"{"name":"Client ID","type":"string","jsonPath":".status.clientId"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Auth","type":"string","priority":1,"jsonPath":".status.authentication"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -64,6 +65,11 @@ use super::common::{
         "rule": "!('refresh_token' in self.grantTypes) || 'authorization_code' in self.grantTypes",
         "message": "refresh_token needs authorization_code: client_credentials clients get new access tokens, not refresh tokens (RFC 6749 §4.4.3)",
         "fieldPath": ".grantTypes"
+    },
+    {
+        "rule": "!has(self.serviceAccounts) || size(self.serviceAccounts) == 0 || (!self.public && !has(self.secretName) && !has(self.existingSecret) && !has(self.tokenEndpointAuthMethod))",
+        "message": "a client that authenticates with ServiceAccount tokens has no secret and is not public: remove public, secretName, existingSecret and tokenEndpointAuthMethod (the method is the ServiceAccount token, RFC 7523)",
+        "fieldPath": ".serviceAccounts"
     }
 ]))]
 pub struct OAuthClientSpec {
@@ -126,6 +132,19 @@ pub struct OAuthClientSpec {
     /// name prefixed with its namespace (see status.clientId).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_secret: Option<SecretKeyRef>,
+
+    /// ServiceAccounts of this namespace whose tokens authenticate the client instead of a
+    /// secret (RFC 7523 §2.2): the pod posts its projected ServiceAccount token as
+    /// client_assertion, with client_assertion_type
+    /// urn:ietf:params:oauth:client-assertion-type:jwt-bearer, to the issuer's token endpoint.
+    /// The token's audience must be exactly the issuer's url (a projected volume with
+    /// serviceAccountToken.audience set to it; keep expirationSeconds short, e.g. 600), and
+    /// the issuer checks it against the cluster's service-account issuer, whose keys the
+    /// operator reads from the API server. No Secret exists for such a client; it may not be
+    /// public or name a secret. Names only: another namespace's ServiceAccount cannot be named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "service_account_list")]
+    pub service_accounts: Vec<String>,
 
     /// How long the previous generated secret keeps working after a rotation (annotate the
     /// OAuthClient with scopegate.dev/rotate-secret set to any new value to rotate). Default 24h.
@@ -203,6 +222,10 @@ pub struct OAuthClientStatus {
     /// The Secret that holds the client's credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// How the client authenticates at the token endpoint, in words: its Secret, or the
+    /// ServiceAccount tokens it accepts and the audience they need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<String>,
     /// The spec.revokeTokensIssuedBefore cut-off in force. A time still in the future when the
     /// operator first saw it is clamped to that moment until it comes (taken literally it
     /// would refuse every token the client gets until then), and Degraded says so.

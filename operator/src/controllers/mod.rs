@@ -78,7 +78,8 @@ pub async fn run(
     let (network_policies, feed) = cache_feed(Api::<NetworkPolicy>::all(client.clone()), managed());
     feeds.spawn(feed);
 
-    let (discovery, discovered) = crate::discovery::Discovery::new(settings.proxy.clone());
+    let (discovery, discovered) =
+        crate::discovery::Discovery::new(settings.proxy.clone(), Some(client.clone()));
     let ctx = Arc::new(Context {
         client,
         recorder,

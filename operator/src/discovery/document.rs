@@ -73,6 +73,20 @@ pub fn parse_document(body: &[u8]) -> Result<Document, DocumentError> {
     Ok(document)
 }
 
+/// The issuer a discovery document names, for a document whose `jwks_uri` is not followed
+/// (the API server's: its keys are read at a fixed path through the operator's client).
+pub fn parse_issuer(body: &[u8]) -> Result<String, DocumentError> {
+    #[derive(Deserialize)]
+    struct Named {
+        issuer: String,
+    }
+    let named: Named = serde_json::from_slice(body).map_err(|_| DocumentError::Shape)?;
+    if named.issuer.is_empty() || named.issuer.len() > MAX_ISSUER {
+        return Err(DocumentError::Shape);
+    }
+    Ok(named.issuer)
+}
+
 /// The keys one policy renders for `issuer` from what was read: the document must describe
 /// that issuer, and of the JWKS only keys with a kid that fit `algorithms` count (at most
 /// [`MAX_KEYS`], in the document's order, each `kid` at most [`MAX_KID`] long), public
@@ -230,5 +244,18 @@ mod tests {
         let rendered = keys_for(&document(), jwks.as_bytes(), ISSUER, &[Alg::Es256]).unwrap();
         assert_eq!(rendered.keys.len(), MAX_KEYS);
         assert_eq!(rendered.keys[0].kid.as_deref(), Some("k0"));
+    }
+
+    #[test]
+    fn the_api_servers_document_gives_its_issuer_whatever_its_jwks_uri() {
+        let body = br#"{"issuer":"https://kubernetes.default.svc","jwks_uri":"https://10.0.0.1:6443/openid/v1/jwks","response_types_supported":["id_token"]}"#;
+        assert_eq!(
+            parse_issuer(body).unwrap(),
+            "https://kubernetes.default.svc"
+        );
+        assert_eq!(parse_issuer(br#"{"issuer":""}"#), Err(DocumentError::Shape));
+        let long = format!(r#"{{"issuer":"{}"}}"#, "x".repeat(MAX_ISSUER + 1));
+        assert_eq!(parse_issuer(long.as_bytes()), Err(DocumentError::Shape));
+        assert_eq!(parse_issuer(b"<html>"), Err(DocumentError::Shape));
     }
 }

@@ -25,7 +25,7 @@ use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_fetch::HttpsClient;
 use tokio::sync::{Notify, Semaphore, mpsc};
 
-use self::document::{Document, parse_document};
+use self::document::{Document, parse_document, parse_issuer};
 
 /// Least time between two reads of one source, whatever refreshInterval says; the first wait
 /// after a failed read, doubling while reads fail, up to [`MAX_BACKOFF`].
@@ -51,14 +51,35 @@ const MAX_TEXT: usize = 512;
 /// reconciled at least hourly).
 const FORGET_AFTER_SECS: i64 = 2 * 3600;
 
-/// Where an issuer's discovery document is read from, and the CAs trusted for it.
+/// Where an issuer's discovery document is read from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Source {
-    /// The discovery document's URL.
-    pub url: String,
-    /// PEM CAs trusted besides the system roots (the policy's caBundle).
-    pub ca_bundle: Option<String>,
+pub enum Source {
+    /// An outside issuer's discovery URL, and the CAs trusted for it.
+    Url {
+        /// The discovery document's URL.
+        url: String,
+        /// PEM CAs trusted besides the system roots (the policy's caBundle).
+        ca_bundle: Option<String>,
+    },
+    /// The cluster's service-account issuer: its discovery document and the JWKS at
+    /// [`API_SERVER_JWKS_PATH`], both read through the operator's API-server client (never
+    /// from the document's jwks_uri, which may name a host outside the cluster).
+    ApiServer,
 }
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Url { url, .. } => f.write_str(url),
+            Source::ApiServer => f.write_str("the API server's service-account issuer"),
+        }
+    }
+}
+
+/// Where the API server serves its service-account issuer's discovery document.
+pub const API_SERVER_DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+/// Where the API server serves its service-account issuer's keys.
+pub const API_SERVER_JWKS_PATH: &str = "/openid/v1/jwks";
 
 /// A good read: the document and the JWKS it named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +103,8 @@ pub struct Known {
 
 /// One source's state.
 struct Entry {
+    /// What it is.
+    source: Source,
     known: Known,
     /// The policies naming it: when each last asked, and the refresh it asks for.
     policies: HashMap<ObjectRef<AuthPolicy>, (i64, Duration)>,
@@ -111,6 +134,11 @@ impl Entry {
 
     /// The one namespace that names it, if only one does (its reads are charged there).
     fn sole_namespace(&self) -> Option<String> {
+        if self.source == Source::ApiServer {
+            // Read for every issuer with ServiceAccount clients, from the operator's own
+            // client: no tenant's doing, charged to none.
+            return None;
+        }
         let mut names = self.policies.keys().map(|p| p.namespace.as_deref());
         let first = names.next()??;
         names.all(|n| n == Some(first)).then(|| first.to_owned())
@@ -142,6 +170,7 @@ impl Proxy {
 /// The operator's reads of discovery sources.
 pub struct Discovery {
     proxy: Proxy,
+    api_server: Option<kube::Client>,
     entries: Mutex<HashMap<Source, Entry>>,
     wake: mpsc::UnboundedSender<ObjectRef<AuthPolicy>>,
     reads: Semaphore,
@@ -150,11 +179,16 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// A reader, and the stream of policies to reconcile because what they read changed.
-    pub fn new(proxy: Proxy) -> (Arc<Self>, mpsc::UnboundedReceiver<ObjectRef<AuthPolicy>>) {
+    /// A reader (of the API server's service-account issuer through `api_server`), and the
+    /// stream of policies to reconcile because what they read changed.
+    pub fn new(
+        proxy: Proxy,
+        api_server: Option<kube::Client>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<ObjectRef<AuthPolicy>>) {
         let (wake, woken) = mpsc::unbounded_channel();
         let discovery = Discovery {
             proxy,
+            api_server,
             entries: Mutex::new(HashMap::new()),
             wake,
             reads: Semaphore::new(READS_AT_ONCE),
@@ -184,6 +218,7 @@ impl Discovery {
         let namespace = policy.namespace.clone().unwrap_or_default();
         if !entries.contains_key(source) {
             let held = (entries.values())
+                .filter(|e| e.source != Source::ApiServer)
                 .filter(|e| (e.policies.keys()).any(|p| p.namespace.as_deref() == Some(&namespace)))
                 .count();
             if held >= SOURCES_PER_NAMESPACE {
@@ -200,6 +235,7 @@ impl Discovery {
             entries.insert(
                 source.clone(),
                 Entry {
+                    source: source.clone(),
                     known: Known::default(),
                     policies: HashMap::new(),
                     task,
@@ -254,8 +290,16 @@ impl Discovery {
     /// task), recording each outcome and waking the policies if it changed what is known.
     async fn run(self: Arc<Self>, source: Source, task: u64) {
         // The roots are loaded once per source, not per read.
-        let client = scopegate_fetch::client_with(source.ca_bundle.as_deref(), self.proxy.rules())
-            .map_err(|e| scopegate_core::error_chain(&e));
+        let client = match &source {
+            Source::Url { ca_bundle, .. } => {
+                scopegate_fetch::client_with(ca_bundle.as_deref(), self.proxy.rules())
+                    .map(|client| Reader::Https(Box::new(client)))
+                    .map_err(|e| scopegate_core::error_chain(&e))
+            }
+            Source::ApiServer => (self.api_server.clone())
+                .map(Reader::ApiServer)
+                .ok_or_else(|| "the operator has no API-server client".to_owned()),
+        };
         loop {
             let Some(charged) = self.entry_of(&source, task, Entry::sole_namespace) else {
                 return;
@@ -273,9 +317,15 @@ impl Discovery {
             if self.entry_of(&source, task, |_| ()).is_none() {
                 return;
             }
-            let outcome = match &client {
-                Ok(client) => read_source(client, &source).await,
-                Err(error) => Err(error.clone()),
+            let outcome = match (&client, &source) {
+                (Ok(Reader::Https(client)), Source::Url { url, .. }) => {
+                    read_source(client, url).await
+                }
+                (Ok(Reader::ApiServer(client)), _) => read_api_server(client).await,
+                (Ok(Reader::Https(_)), Source::ApiServer) => {
+                    Err("the API server is read through its own client".to_owned())
+                }
+                (Err(error), _) => Err(error.clone()),
             };
             drop((mine, all));
             if !self.record(&source, task, outcome) {
@@ -336,7 +386,7 @@ impl Discovery {
                 }
                 Err(error) => {
                     entry.failures = entry.failures.saturating_add(1);
-                    tracing::warn!(url = %source.url, error = %error, "discovery read failed; keeping the last good keys");
+                    tracing::warn!(source = %source, error = %error, "discovery read failed; keeping the last good keys");
                     let changed = known.error.as_ref() != Some(&error);
                     known.error = Some(error);
                     changed
@@ -378,12 +428,20 @@ fn bounded(mut text: String) -> String {
     text
 }
 
-/// Reads the discovery document and the JWKS it names; an error says which and why.
-async fn read_source(client: &HttpsClient, source: &Source) -> Result<Read, String> {
+/// How one source is read.
+enum Reader {
+    /// Over https, with the source's roots (one per source task, boxed: it is large).
+    Https(Box<HttpsClient>),
+    /// Through the operator's API-server client.
+    ApiServer(kube::Client),
+}
+
+/// Reads the discovery document at `url` and the JWKS it names; an error says which and why.
+async fn read_source(client: &HttpsClient, url: &str) -> Result<Read, String> {
     let chain = |e: &scopegate_fetch::FetchError| scopegate_core::error_chain(e);
-    let body = scopegate_fetch::get(client, &source.url, READ_TIMEOUT, MAX_BYTES)
+    let body = scopegate_fetch::get(client, url, READ_TIMEOUT, MAX_BYTES)
         .await
-        .map_err(|e| bounded(format!("reading {}: {}", source.url, chain(&e))))?;
+        .map_err(|e| bounded(format!("reading {url}: {}", chain(&e))))?;
     let document = parse_document(&body).map_err(|e| bounded(e.to_string()))?;
     let jwks = scopegate_fetch::get(client, &document.jwks_uri, READ_TIMEOUT, MAX_BYTES)
         .await
@@ -397,6 +455,53 @@ async fn read_source(client: &HttpsClient, source: &Source) -> Result<Read, Stri
     Ok(Read { document, jwks })
 }
 
+/// Reads the API server's service-account issuer: its discovery document (for the issuer
+/// name) and its JWKS at the fixed path, both through the operator's client.
+async fn read_api_server(client: &kube::Client) -> Result<Read, String> {
+    let body = api_server_get(client, API_SERVER_DISCOVERY_PATH).await?;
+    let issuer = parse_issuer(&body).map_err(|e| bounded(e.to_string()))?;
+    let jwks = api_server_get(client, API_SERVER_JWKS_PATH).await?;
+    let document = Document {
+        issuer,
+        jwks_uri: API_SERVER_JWKS_PATH.to_owned(),
+    };
+    Ok(Read { document, jwks })
+}
+
+/// One bounded GET from the API server; a refusal says which permission the operator lacks.
+async fn api_server_get(client: &kube::Client, path: &str) -> Result<Bytes, String> {
+    use http_body_util::{BodyExt, Limited};
+    let failed = |why: String| bounded(format!("reading the API server's {path}: {why}"));
+    let request = http::Request::get(path)
+        .body(kube::client::Body::empty())
+        .map_err(|e| failed(e.to_string()))?;
+    let read = async {
+        let response = client
+            .send(request)
+            .await
+            .map_err(|e| failed(scopegate_core::error_chain(&e)))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_BYTES)
+            .collect()
+            .await
+            .map_err(|e| failed(format!("the answer: {e}")))?
+            .to_bytes();
+        match status {
+            http::StatusCode::OK => Ok(body),
+            http::StatusCode::FORBIDDEN | http::StatusCode::UNAUTHORIZED => Err(failed(format!(
+                "{status}: the operator needs get on the non-resource URLs {API_SERVER_DISCOVERY_PATH} and {API_SERVER_JWKS_PATH} (its chart's ClusterRole grants it)"
+            ))),
+            _ => Err(failed(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))),
+        }
+    };
+    tokio::time::timeout(READ_TIMEOUT, read)
+        .await
+        .map_err(|_| failed(format!("no answer within {READ_TIMEOUT:?}")))?
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -404,7 +509,7 @@ mod tests {
     use super::*;
 
     fn source(n: usize, ca: Option<&str>) -> Source {
-        Source {
+        Source::Url {
             // Nothing listens on port 1: each read fails at once, on loopback.
             url: format!("https://127.0.0.1:1/{n}/.well-known/openid-configuration"),
             ca_bundle: ca.map(str::to_owned),
@@ -433,7 +538,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_namespace_cannot_make_the_operator_read_without_bound() {
-        let (discovery, _woken) = Discovery::new(Proxy::default());
+        let (discovery, _woken) = Discovery::new(Proxy::default(), None);
         let refresh = Duration::from_secs(300);
         for n in 0..SOURCES_PER_NAMESPACE {
             let known = discovery.observe(&source(n, None), refresh, policy("greedy", "p"), 0);
@@ -467,7 +572,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_policy_that_names_a_source_no_more_frees_it() {
-        let (discovery, _woken) = Discovery::new(Proxy::default());
+        let (discovery, _woken) = Discovery::new(Proxy::default(), None);
         let refresh = Duration::from_secs(300);
         for n in 0..SOURCES_PER_NAMESPACE {
             discovery.observe(&source(n, None), refresh, policy("greedy", "p"), 0);
@@ -484,7 +589,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_source_is_read_less_and_less_often() {
-        let (discovery, _woken) = Discovery::new(Proxy::default());
+        let (discovery, _woken) = Discovery::new(Proxy::default(), None);
         discovery.observe(
             &source(0, None),
             Duration::from_secs(60),
@@ -513,7 +618,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_source_several_namespaces_name_is_charged_to_none_and_deleted_policies_go() {
-        let (discovery, _woken) = Discovery::new(Proxy::default());
+        let (discovery, _woken) = Discovery::new(Proxy::default(), None);
         let refresh = Duration::from_secs(300);
         discovery.observe(&source(0, None), refresh, policy("tenant", "first"), 0);
         {
@@ -539,7 +644,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_are_shared_by_url_and_ca_bundle_never_across_bundles() {
-        let (discovery, _woken) = Discovery::new(Proxy::default());
+        let (discovery, _woken) = Discovery::new(Proxy::default(), None);
         let refresh = Duration::from_secs(300);
         discovery.observe(&source(0, None), refresh, policy("a", "p"), 0);
         discovery.observe(&source(0, None), refresh, policy("b", "p"), 0);
@@ -552,7 +657,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_read_is_recorded_and_wakes_the_policies_that_asked() {
-        let (discovery, mut woken) = Discovery::new(Proxy::default());
+        let (discovery, mut woken) = Discovery::new(Proxy::default(), None);
         let refresh = Duration::from_secs(300);
         let first = discovery.observe(&source(0, None), refresh, policy("a", "p"), 0);
         assert_eq!(first, Known::default());

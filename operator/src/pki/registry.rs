@@ -6,7 +6,9 @@
 //! and its scheme is current, and recomputed otherwise — which is also how hashes under a
 //! deprecated scheme get migrated, from the plaintext in the client's own Secret.
 
-use scopegate_core::clients::{AuthMethod, ClientRegistry, RegisteredClient, SecretHash};
+use scopegate_core::clients::{
+    AuthMethod, ClientRegistry, RegisteredClient, SecretHash, service_account_subject,
+};
 use scopegate_core::secret_hash::{self, HashError, SecretKind};
 use scopegate_crds::v1alpha1::{GrantType, OAuthClient, TokenEndpointAuthMethod};
 
@@ -18,6 +20,8 @@ use k8s_openapi::jiff::Timestamp;
 pub enum Credentials {
     /// A public client: no secret.
     Public,
+    /// ServiceAccount tokens of the client's namespace: no secret.
+    ServiceAccounts,
     /// A secret the operator generated (and possibly the previous one, until a time).
     Generated {
         /// The current secret.
@@ -42,6 +46,7 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match self {
             Credentials::Public => "Public",
+            Credentials::ServiceAccounts => "ServiceAccounts",
             Credentials::Generated { .. } => "Generated",
             Credentials::Chosen { .. } => "Chosen",
             Credentials::Missing => "Missing",
@@ -120,7 +125,7 @@ fn hashed_secrets(
         })
     };
     Ok(match &entry.credentials {
-        Credentials::Public | Credentials::Missing => Vec::new(),
+        Credentials::Public | Credentials::ServiceAccounts | Credentials::Missing => Vec::new(),
         Credentials::Generated {
             current,
             previous,
@@ -158,8 +163,19 @@ fn registered(
     now: i64,
 ) -> RegisteredClient {
     let spec = &entry.client.spec;
+    let namespace = entry
+        .client
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or_default();
+    let service_accounts: Vec<String> = (spec.service_accounts.iter())
+        .map(|name| service_account_subject(namespace, name))
+        .collect();
     let auth_method = match (spec.public, spec.token_endpoint_auth_method) {
         (true, _) => AuthMethod::None,
+        // Whatever else the spec says (the schema refuses a method beside serviceAccounts).
+        _ if !service_accounts.is_empty() => AuthMethod::ServiceAccountJwt,
         (false, Some(TokenEndpointAuthMethod::ClientSecretPost)) => AuthMethod::ClientSecretPost,
         (false, _) => AuthMethod::ClientSecretBasic,
     };
@@ -179,7 +195,7 @@ fn registered(
         owned_audiences: entry.owned_audiences.clone(),
         redirect_uris: spec.redirect_uris.clone(),
         revoke_before: revocation_cutoff(entry.client, now).map(|c| c.effective.as_second()),
-        service_accounts: Vec::new(),
+        service_accounts,
     }
 }
 
@@ -475,5 +491,34 @@ mod tests {
         .unwrap();
         assert!(registry.clients[0].secrets.is_empty());
         assert_eq!(registry.clients[0].auth_method, AuthMethod::None);
+    }
+
+    #[test]
+    fn service_account_clients_have_no_secret_and_name_their_namespace() {
+        let c = client("billing", "  serviceAccounts: [billing, batch]");
+        let registry = render(
+            &[Entry {
+                client: &c,
+                credentials: Credentials::ServiceAccounts,
+                audiences: vec![],
+                owned_audiences: vec![],
+            }],
+            &ClientRegistry::default(),
+            0,
+        )
+        .unwrap();
+        let registered = &registry.clients[0];
+        assert!(registered.secrets.is_empty());
+        assert!(!registered.public);
+        assert_eq!(registered.auth_method, AuthMethod::ServiceAccountJwt);
+        // Subjects of the client's own namespace only: a name cannot reach another one.
+        assert_eq!(
+            registered.service_accounts,
+            [
+                "system:serviceaccount:shop:billing",
+                "system:serviceaccount:shop:batch"
+            ]
+        );
+        assert_eq!(crate::names::client_secret_name(&c), None);
     }
 }

@@ -67,6 +67,12 @@ pub struct AuthPolicyStatus {
     /// keys rendered into the sidecars' config, and why the last read failed while it fails.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub discovered_issuers: Vec<DiscoveredIssuerStatus>,
+    /// For an issuer some of whose OAuthClients authenticate with ServiceAccount tokens: the
+    /// cluster's service-account issuer as the operator read it through the API server (its
+    /// name, the key ids rendered into the issuer's config, and why the last read failed
+    /// while it fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_issuer: Option<DiscoveredIssuerStatus>,
 }
 
 /// What the operator read of an outside issuer given by discoveryUrl.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::reflector::ObjectRef;
-use scopegate_core::config::{CONFIG_FILE, KeySource, SidecarConfig};
+use scopegate_core::config::{CONFIG_FILE, KeySource, ServiceAccountIssuer, SidecarConfig};
 use scopegate_core::jose::keys::{Alg, KeyEntry};
 use scopegate_core::jwk::Jwks;
 use scopegate_crds::v1alpha1::{AuthPolicy, DiscoveredIssuerStatus, ExternalIssuer};
@@ -36,17 +36,67 @@ pub fn resolve(external: &ExternalIssuer, known: &Known, held: Option<&Jwks>) ->
     let algorithms: Vec<Alg> = (external.algorithms.iter())
         .filter_map(|a| Alg::from_name(keygen::alg_name(*a)))
         .collect();
+    let issuer = external.issuer.clone();
+    let keys = resolve_keys(&issuer, &algorithms, known, held);
+    let problem = match &keys.error {
+        Some(error) => Some(Problem::DiscoveryFailed {
+            issuer: issuer.clone(),
+            error: error.clone(),
+            kept: keys.jwks.keys.len(),
+            read_at: keys.read_at,
+        }),
+        None if keys.jwks.keys.is_empty() => Some(Problem::DiscoveryPending(issuer.clone())),
+        None => None,
+    };
+    Resolved {
+        status: keys.status(issuer),
+        jwks: keys.jwks,
+        problem,
+    }
+}
+
+/// What one issuer's keys come to, whoever renders them.
+struct Keys {
+    /// The keys rendered.
+    jwks: Jwks,
+    /// The JWKS they were read from (none when they are held ones).
+    jwks_uri: Option<String>,
+    /// Why the keys are not the latest read, if they are not.
+    error: Option<String>,
+    /// When they were read, if this operator read them.
+    read_at: Option<i64>,
+}
+
+impl Keys {
+    fn status(&self, issuer: String) -> DiscoveredIssuerStatus {
+        DiscoveredIssuerStatus {
+            issuer,
+            jwks_uri: self.jwks_uri.clone(),
+            key_ids: self
+                .jwks
+                .keys
+                .iter()
+                .filter_map(|k| k.kid.clone())
+                .collect(),
+            error: self.error.clone(),
+        }
+    }
+}
+
+/// The keys of `issuer` from what is `known` of its source, or else the `held` ones that
+/// still fit `algorithms`.
+fn resolve_keys(issuer: &str, algorithms: &[Alg], known: &Known, held: Option<&Jwks>) -> Keys {
     let held_keys = || Jwks {
         keys: held
             .map(|jwks| jwks.keys.as_slice())
             .unwrap_or_default()
             .iter()
-            .filter(|jwk| KeyEntry::from_jwk(jwk, Some(&algorithms)).is_ok())
+            .filter(|jwk| KeyEntry::from_jwk(jwk, Some(algorithms)).is_ok())
             .cloned()
             .collect(),
     };
     let usable = known.read.as_deref().map(|read| {
-        keys_for(&read.document, &read.jwks, &external.issuer, &algorithms)
+        keys_for(&read.document, &read.jwks, issuer, algorithms)
             .map(|jwks| (jwks, read.document.jwks_uri.clone()))
     });
     let (jwks, jwks_uri, error, read_at) = match usable {
@@ -69,77 +119,146 @@ pub fn resolve(external: &ExternalIssuer, known: &Known, held: Option<&Jwks>) ->
         ),
         None => (held_keys(), None, known.error.clone(), None),
     };
-    let issuer = external.issuer.clone();
-    let problem = match &error {
-        Some(error) => Some(Problem::DiscoveryFailed {
-            issuer: issuer.clone(),
+    Keys {
+        jwks,
+        jwks_uri,
+        error,
+        read_at,
+    }
+}
+
+/// Algorithms the cluster's service-account tokens are verified with (the API server signs
+/// with RSA or ECDSA keys; P-521 is not among them, so such a key is never usable).
+pub const SERVICE_ACCOUNT_ALGORITHMS: [Alg; 3] = [Alg::Rs256, Alg::Es256, Alg::Es384];
+
+/// What an issuer renders of the cluster's service-account issuer, and what status says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccountResolved {
+    /// Rendered into the issuer's config; `None` while its name is not known.
+    pub rendered: Option<ServiceAccountIssuer>,
+    /// Its status entry.
+    pub status: DiscoveredIssuerStatus,
+    /// What needs attention, if anything (never blocking: the policy's own tokens work).
+    pub problem: Option<Problem>,
+}
+
+/// The cluster's service-account issuer from what the operator read of it through the API
+/// server, or else what the sidecars `held`. The issuer is whatever the API server says its
+/// own is (read through the operator's authenticated client).
+pub fn resolve_service_accounts(
+    known: &Known,
+    held: Option<&ServiceAccountIssuer>,
+) -> ServiceAccountResolved {
+    let read_issuer = known.read.as_deref().map(|r| r.document.issuer.clone());
+    let Some(issuer) = read_issuer.or_else(|| held.map(|h| h.issuer.clone())) else {
+        let problem = Problem::ServiceAccountIssuerPending(known.error.clone());
+        return ServiceAccountResolved {
+            rendered: None,
+            status: DiscoveredIssuerStatus {
+                issuer: String::new(),
+                jwks_uri: None,
+                key_ids: Vec::new(),
+                error: known.error.clone(),
+            },
+            problem: Some(problem),
+        };
+    };
+    // Keys held for another issuer name (the cluster's issuer changed) are not this one's.
+    let held_jwks = held.filter(|h| h.issuer == issuer).map(|h| &h.jwks);
+    let keys = resolve_keys(&issuer, &SERVICE_ACCOUNT_ALGORITHMS, known, held_jwks);
+    let problem = match &keys.error {
+        Some(error) if !keys.jwks.keys.is_empty() => Some(Problem::ServiceAccountIssuerFailed {
             error: error.clone(),
-            kept: jwks.keys.len(),
-            read_at,
+            kept: keys.jwks.keys.len(),
+            read_at: keys.read_at,
         }),
-        None if jwks.keys.is_empty() => Some(Problem::DiscoveryPending(issuer.clone())),
+        Some(error) => Some(Problem::ServiceAccountIssuerPending(Some(error.clone()))),
+        None if keys.jwks.keys.is_empty() => Some(Problem::ServiceAccountIssuerPending(None)),
         None => None,
     };
-    Resolved {
-        status: DiscoveredIssuerStatus {
-            issuer,
-            jwks_uri,
-            key_ids: jwks.keys.iter().filter_map(|k| k.kid.clone()).collect(),
-            error,
-        },
-        jwks,
+    ServiceAccountResolved {
+        rendered: Some(ServiceAccountIssuer {
+            issuer: issuer.clone(),
+            jwks: keys.jwks.clone(),
+            algorithms: (SERVICE_ACCOUNT_ALGORITHMS.iter())
+                .map(|a| a.name().to_owned())
+                .collect(),
+        }),
+        status: keys.status(issuer),
         problem,
     }
 }
 
-/// The keys the sidecar config in force holds for its discovered issuers, by issuer.
-pub fn held(config_map: Option<&ConfigMap>) -> DiscoveredKeys {
-    let Some(text) = config_map
+/// The keys the sidecar config in force holds for its discovered issuers, by issuer, and
+/// for the cluster's service-account issuer.
+pub fn held(config_map: Option<&ConfigMap>) -> (DiscoveredKeys, Option<ServiceAccountIssuer>) {
+    let Some(config) = config_map
         .and_then(|cm| cm.data.as_ref())
         .and_then(|data| data.get(CONFIG_FILE))
+        .and_then(|text| SidecarConfig::from_json(text).ok())
     else {
-        return DiscoveredKeys::new();
+        return (DiscoveredKeys::new(), None);
     };
-    let Ok(config) = SidecarConfig::from_json(text) else {
-        return DiscoveredKeys::new();
-    };
-    (config.verify.issuers.into_iter())
+    let service_accounts = (config.issuer.as_ref()).and_then(|i| i.service_account_issuer.clone());
+    let discovered = (config.verify.issuers.into_iter())
         .filter_map(|trusted| match trusted.keys {
             KeySource::Discovered { jwks, .. } => Some((trusted.issuer, jwks)),
             _ => None,
         })
-        .collect()
+        .collect();
+    (discovered, service_accounts)
 }
 
-/// What a reconcile of `policy` renders for its discoveryUrl issuers, with their status
-/// entries and problems. The reader wakes the policy when what it read changes.
+/// What a reconcile renders of the keys the operator reads for a policy.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    /// Its discoveryUrl issuers' keys, by issuer.
+    pub keys: DiscoveredKeys,
+    /// Their status entries.
+    pub statuses: Vec<DiscoveredIssuerStatus>,
+    /// The cluster's service-account issuer, for an issuer whose clients need it.
+    pub service_accounts: Option<ServiceAccountResolved>,
+    /// What needs attention.
+    pub problems: Vec<Problem>,
+}
+
+/// How often the cluster's service-account issuer is read: the API server's key rotation is
+/// seen within this.
+pub const SERVICE_ACCOUNT_REFRESH: Duration = Duration::from_secs(60);
+
+/// What a reconcile of `policy` renders for its discoveryUrl issuers and, when
+/// `service_accounts` (an issuer some of whose clients authenticate with ServiceAccount
+/// tokens), for the cluster's service-account issuer. The reader wakes the policy when what
+/// it read changes.
 pub fn step(
     policy: &AuthPolicy,
     ctx: &Context,
     config_map: Option<&ConfigMap>,
+    service_accounts: bool,
     now: i64,
-) -> (DiscoveredKeys, Vec<DiscoveredIssuerStatus>, Vec<Problem>) {
+) -> Discovered {
     let spec = &policy.spec;
     let discovering: Vec<(&ExternalIssuer, Source)> = (spec.issuer.external.iter())
         .chain(&spec.additional_issuers)
         .filter_map(|e| {
             let url = e.discovery_url.clone()?;
             let ca_bundle = e.ca_bundle.clone();
-            Some((e, Source { url, ca_bundle }))
+            Some((e, Source::Url { url, ca_bundle }))
         })
         .collect();
     let me = ObjectRef::from_obj(policy);
-    let sources: Vec<Source> = discovering.iter().map(|(_, s)| s.clone()).collect();
+    let mut sources: Vec<Source> = discovering.iter().map(|(_, s)| s.clone()).collect();
+    if service_accounts {
+        sources.push(Source::ApiServer);
+    }
     // Policies deleted since are let go of too (a deletion is never reconciled).
     ctx.discovery
         .release(&me, &sources, |p| ctx.policies.get(p).is_some());
-    let mut keys = DiscoveredKeys::new();
-    let mut statuses = Vec::new();
-    let mut problems = Vec::new();
-    if discovering.is_empty() {
-        return (keys, statuses, problems);
+    let mut discovered = Discovered::default();
+    if sources.is_empty() {
+        return discovered;
     }
-    let held = held(config_map);
+    let (held, held_service_accounts) = held(config_map);
     for (external, source) in discovering {
         let refresh = external
             .refresh_interval
@@ -147,11 +266,19 @@ pub fn step(
             .unwrap_or(Duration::from_secs(300));
         let known = ctx.discovery.observe(&source, refresh, me.clone(), now);
         let resolved = resolve(external, &known, held.get(&external.issuer));
-        keys.insert(external.issuer.clone(), resolved.jwks);
-        statuses.push(resolved.status);
-        problems.extend(resolved.problem);
+        discovered
+            .keys
+            .insert(external.issuer.clone(), resolved.jwks);
+        discovered.statuses.push(resolved.status);
+        discovered.problems.extend(resolved.problem);
     }
-    (keys, statuses, problems)
+    if service_accounts {
+        let known = (ctx.discovery).observe(&Source::ApiServer, SERVICE_ACCOUNT_REFRESH, me, now);
+        let resolved = resolve_service_accounts(&known, held_service_accounts.as_ref());
+        discovered.problems.extend(resolved.problem.clone());
+        discovered.service_accounts = Some(resolved);
+    }
+    discovered
 }
 
 #[cfg(test)]
@@ -339,5 +466,100 @@ mod tests {
         let resolved = resolve(&rs256, &Known::default(), Some(&jwks(&["ec"])));
         assert!(resolved.jwks.keys.is_empty());
         assert_eq!(resolved.problem.unwrap().reason(), "DiscoveryPending");
+    }
+
+    const CLUSTER: &str = "https://kubernetes.default.svc";
+
+    fn rsa_key(kid: &str) -> serde_json::Value {
+        // A 2048-bit modulus (RFC 7517 A.1's): the key must load as RS256.
+        json!({
+            "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "e": "AQAB",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+        })
+    }
+
+    fn cluster_read(issuer: &str, kids: &[&str]) -> Arc<Read> {
+        let keys: Vec<_> = kids.iter().map(|k| rsa_key(k)).collect();
+        Arc::new(Read {
+            document: Document {
+                issuer: issuer.to_owned(),
+                jwks_uri: crate::discovery::API_SERVER_JWKS_PATH.to_owned(),
+            },
+            jwks: json!({ "keys": keys }).to_string().into(),
+        })
+    }
+
+    fn held_cluster(issuer: &str, kids: &[&str]) -> ServiceAccountIssuer {
+        let keys: Vec<_> = kids.iter().map(|k| rsa_key(k)).collect();
+        ServiceAccountIssuer {
+            issuer: issuer.to_owned(),
+            jwks: serde_json::from_value(json!({ "keys": keys })).unwrap(),
+            algorithms: vec!["RS256".into()],
+        }
+    }
+
+    fn rendered_kids(resolved: &ServiceAccountResolved) -> Vec<String> {
+        let rendered = resolved.rendered.as_ref().unwrap();
+        (rendered.jwks.keys.iter())
+            .filter_map(|k| k.kid.clone())
+            .collect()
+    }
+
+    #[test]
+    fn the_cluster_issuer_read_is_rendered_under_the_name_the_api_server_gives() {
+        let known = Known {
+            read: Some(cluster_read(CLUSTER, &["sa-1"])),
+            read_at: Some(100),
+            error: None,
+        };
+        let resolved = resolve_service_accounts(&known, Some(&held_cluster(CLUSTER, &["old"])));
+        assert_eq!(resolved.rendered.as_ref().unwrap().issuer, CLUSTER);
+        assert_eq!(rendered_kids(&resolved), ["sa-1"]);
+        assert_eq!(resolved.status.key_ids, ["sa-1"]);
+        assert_eq!(resolved.status.jwks_uri.as_deref(), Some("/openid/v1/jwks"));
+        assert_eq!(resolved.problem, None);
+    }
+
+    #[test]
+    fn a_failing_cluster_read_keeps_the_held_keys_and_never_blocks_the_policy() {
+        let failing = Known {
+            error: Some("reading the API server's /openid/v1/jwks: 403 Forbidden".to_owned()),
+            ..Known::default()
+        };
+        let resolved = resolve_service_accounts(&failing, Some(&held_cluster(CLUSTER, &["held"])));
+        assert_eq!(rendered_kids(&resolved), ["held"]);
+        let problem = resolved.problem.unwrap();
+        assert_eq!(problem.reason(), "ServiceAccountIssuerFailed");
+        assert!(!problem.blocks_readiness(), "{problem}");
+        assert!(problem.to_string().contains("403 Forbidden"), "{problem}");
+
+        // Nothing read, nothing held: nothing rendered, ServiceAccount clients wait.
+        let pending = resolve_service_accounts(&failing, None);
+        assert_eq!(pending.rendered, None);
+        let problem = pending.problem.unwrap();
+        assert_eq!(problem.reason(), "ServiceAccountIssuerPending");
+        assert!(!problem.blocks_readiness());
+        assert!(problem.to_string().contains("403 Forbidden"), "{problem}");
+    }
+
+    #[test]
+    fn keys_held_for_another_cluster_issuer_are_not_this_ones() {
+        // The API server now names another issuer: keys held under the old name never
+        // vouch for tokens of the new one.
+        let known = Known {
+            read: Some(cluster_read("https://new.cluster.example", &[])),
+            read_at: Some(100),
+            error: Some("reading the API server's /openid/v1/jwks: timed out".to_owned()),
+        };
+        let resolved = resolve_service_accounts(&known, Some(&held_cluster(CLUSTER, &["held"])));
+        assert_eq!(
+            resolved.rendered.as_ref().unwrap().issuer,
+            "https://new.cluster.example"
+        );
+        assert!(rendered_kids(&resolved).is_empty());
+        assert_eq!(
+            resolved.problem.unwrap().reason(),
+            "ServiceAccountIssuerPending"
+        );
     }
 }

@@ -73,6 +73,18 @@ pub enum Problem {
     },
     /// A discoveryUrl issuer's keys have not been read yet, and no sidecar holds any.
     DiscoveryPending(String),
+    /// The cluster's service-account issuer has no usable key yet (why, if a read failed):
+    /// clients that authenticate with ServiceAccount tokens are refused.
+    ServiceAccountIssuerPending(Option<String>),
+    /// Reading the cluster's service-account issuer failed; the last good keys stay.
+    ServiceAccountIssuerFailed {
+        /// Why.
+        error: String,
+        /// How many keys stay in force.
+        kept: usize,
+        /// When they were read, if this operator read them (else the sidecars held them).
+        read_at: Option<i64>,
+    },
 }
 
 impl Problem {
@@ -107,6 +119,8 @@ impl Problem {
             Problem::WriteRefused(..) => "WriteRefused",
             Problem::DiscoveryFailed { .. } => "DiscoveryFailed",
             Problem::DiscoveryPending(_) => "DiscoveryPending",
+            Problem::ServiceAccountIssuerPending(_) => "ServiceAccountIssuerPending",
+            Problem::ServiceAccountIssuerFailed { .. } => "ServiceAccountIssuerFailed",
         }
     }
 
@@ -120,6 +134,9 @@ impl Problem {
                 | Problem::ServiceBypass(..)
                 | Problem::KeysLost(_)
                 | Problem::InboundUnprotected(..)
+                // The policy's own tokens work; only ServiceAccount clients wait.
+                | Problem::ServiceAccountIssuerPending(_)
+                | Problem::ServiceAccountIssuerFailed { .. }
         ) && !matches!(self, Problem::DiscoveryFailed { kept, .. } if *kept > 0)
     }
 }
@@ -227,6 +244,28 @@ impl std::fmt::Display for Problem {
                 f,
                 "reading the discovery document of issuer {issuer}: none of its tokens is accepted until its keys are read"
             ),
+            Problem::ServiceAccountIssuerPending(error) => write!(
+                f,
+                "the cluster's service-account issuer has no usable key{}: clients that authenticate with ServiceAccount tokens are refused until it has",
+                error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ),
+            Problem::ServiceAccountIssuerFailed {
+                error,
+                kept,
+                read_at,
+            } => {
+                let when = read_at.map_or_else(
+                    || "that the sidecars hold".to_owned(),
+                    |t| format!("read at {}", crate::context::rfc3339(t)),
+                );
+                write!(
+                    f,
+                    "the cluster's service-account issuer: {error}; the last good keys stay in force ({kept} {when})"
+                )
+            }
             Problem::ServiceBypass(service, app, sidecar) => write!(
                 f,
                 "Service {service} targets port {app}, the app's own port: its traffic walks around the sidecar; target port {sidecar} instead"

@@ -143,13 +143,19 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         }
     }
     let held = ctx.config_map(&namespace, &names.sidecar);
-    let (discovered_keys, statuses, problems) = discovered::step(policy, ctx, held.as_deref(), now);
-    observation.discovered = statuses;
-    observation.problems.extend(problems);
+    let service_accounts = observation.service_account_clients;
+    let discovered = discovered::step(policy, ctx, held.as_deref(), service_accounts, now);
+    observation.discovered = discovered.statuses;
+    observation.problems.extend(discovered.problems);
+    let service_accounts = discovered.service_accounts.map(|resolved| {
+        observation.service_account_issuer = Some(resolved.status);
+        resolved.rendered
+    });
     check_spec(policy, &trust, ctx, &namespace, &mut observation).await?;
     let rendering = Rendering {
         trust: &trust,
-        discovered: &discovered_keys,
+        discovered: &discovered.keys,
+        service_accounts: service_accounts.flatten(),
         cutoffs,
         bundle: &bundle,
     };
@@ -253,6 +259,8 @@ async fn check_spec(
 struct Rendering<'a> {
     trust: &'a Trust,
     discovered: &'a render::DiscoveredKeys,
+    /// The cluster's service-account issuer, for an issuer whose clients need it.
+    service_accounts: Option<scopegate_core::config::ServiceAccountIssuer>,
     cutoffs: BTreeMap<String, i64>,
     bundle: &'a str,
 }
@@ -279,6 +287,7 @@ async fn apply_sidecar_config(
         rendering.cutoffs,
         rendering.bundle,
     )?;
+    render::set_service_account_issuer(&mut config, rendering.service_accounts);
     if !conflicts.is_empty() {
         render::drop_audiences(&mut config, conflicts);
         observation

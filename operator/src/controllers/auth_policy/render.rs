@@ -261,6 +261,18 @@ pub fn drop_audiences(config: &mut SidecarConfig, conflicts: &[(String, String)]
     }
 }
 
+/// Puts the cluster's service-account issuer into an issuer's config (and the config's
+/// version up to one that reads it).
+pub fn set_service_account_issuer(
+    config: &mut SidecarConfig,
+    service_accounts: Option<scopegate_core::config::ServiceAccountIssuer>,
+) {
+    if let Some(issuer) = config.issuer.as_mut() {
+        issuer.service_account_issuer = service_accounts;
+    }
+    config.api_version = config.required_api_version().to_owned();
+}
+
 /// The issuer's part of the config, for an `issuer.self` policy.
 fn issuer_config(policy: &AuthPolicy) -> Option<IssuerConfig> {
     policy.spec.issuer.self_.as_ref().map(|own| {

@@ -108,6 +108,10 @@ pub struct Observation {
     pub inbound: &'static str,
     /// The discoveryUrl issuers: what was read of each.
     pub discovered: Vec<scopegate_crds::v1alpha1::DiscoveredIssuerStatus>,
+    /// Whether a registered client authenticates with ServiceAccount tokens.
+    pub service_account_clients: bool,
+    /// What was read of the cluster's service-account issuer, when a client needs it.
+    pub service_account_issuer: Option<scopegate_crds::v1alpha1::DiscoveredIssuerStatus>,
 }
 
 /// `UpstreamsReady`: every upstream rendered, or which are not and why (the first one's
@@ -223,6 +227,7 @@ pub fn compute(
         uninjected_pods: observation.pods.uninjected.clone(),
         rendered: Some(observation.rendered.clone()),
         discovered_issuers: observation.discovered.clone(),
+        service_account_issuer: observation.service_account_issuer.clone(),
     }
 }
 

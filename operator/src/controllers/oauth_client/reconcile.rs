@@ -12,7 +12,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
-use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, OAuthClientStatus, RevocationCutoff};
+use scopegate_crds::v1alpha1::{
+    AuthPolicy, OAuthClient, OAuthClientStatus, RevocationCutoff, TokenEndpointAuthMethod,
+};
 
 use super::credentials::{self, Ensured};
 use crate::audiences::AudienceOwners;
@@ -104,7 +106,10 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
         .and_then(|text| serde_json::from_str::<ClientRegistry>(&text).ok())
         .is_some_and(|registry| registry.find(&client_id(client)).is_some());
 
-    let status = compute_status(client, &problems, &ensured, registered, now);
+    let issuer_url = (issuer.as_deref())
+        .and_then(|p| p.spec.issuer.self_.as_ref())
+        .map(|own| own.url.as_str());
+    let status = compute_status(client, &problems, &ensured, registered, issuer_url, now);
     write_status(client, ctx, &status).await?;
 
     // The end of a rotation overlap is the next thing to do: the old secret must stop working.
@@ -137,6 +142,7 @@ async fn refused(
         std::slice::from_ref(&problem),
         &Ensured::NotGenerated,
         false,
+        None,
         ctx.now(),
     );
     let said = client
@@ -183,6 +189,7 @@ pub fn compute_status(
     problems: &[ClientProblem],
     ensured: &Ensured,
     registered: bool,
+    issuer_url: Option<&str>,
     now: i64,
 ) -> OAuthClientStatus {
     let (issuer_namespace, issuer_name) = issuer_key(client);
@@ -230,18 +237,47 @@ pub fn compute_status(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let now_time = Time(Timestamp::from_second(now).unwrap_or(Timestamp::UNIX_EPOCH));
+    let secret_name = match ensured {
+        Ensured::Ready { secret, .. } => Some(secret.clone()),
+        _ => client.spec.existing_secret.as_ref().map(|s| s.name.clone()),
+    };
     OAuthClientStatus {
         observed_generation: generation,
         conditions: merge(existing, &conclusions, generation, &now_time),
         client_id: Some(id),
-        secret_name: match ensured {
-            Ensured::Ready { secret, .. } => Some(secret.clone()),
-            _ => client.spec.existing_secret.as_ref().map(|s| s.name.clone()),
-        },
+        authentication: Some(authentication(client, secret_name.as_deref(), issuer_url)),
+        secret_name,
         revocation_cutoff: revocation_cutoff(client, now).map(|c| RevocationCutoff {
             requested: Time(c.requested),
             effective: Time(c.effective),
         }),
+    }
+}
+
+/// How the client authenticates at the token endpoint, in words (status.authentication).
+fn authentication(client: &OAuthClient, secret: Option<&str>, issuer_url: Option<&str>) -> String {
+    let spec = &client.spec;
+    if !spec.service_accounts.is_empty() {
+        let namespace = client.namespace().unwrap_or_default();
+        let accounts: Vec<String> = (spec.service_accounts.iter())
+            .map(|name| format!("{namespace}/{name}"))
+            .collect();
+        let audience = issuer_url.unwrap_or("the issuer's url");
+        return format!(
+            "ServiceAccount token of {} (audience {audience}), no secret",
+            accounts.join(", ")
+        );
+    }
+    if spec.public {
+        return "public: client_id only, with PKCE".to_owned();
+    }
+    let method = match spec.token_endpoint_auth_method {
+        Some(TokenEndpointAuthMethod::ClientSecretPost) => "client_secret_post",
+        _ => "client_secret_basic",
+    };
+    match secret {
+        Some(name) => format!("{method}, secret in Secret {name}"),
+        None => format!("{method}, its Secret is not there yet"),
     }
 }
 

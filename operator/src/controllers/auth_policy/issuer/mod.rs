@@ -75,7 +75,8 @@ pub async fn reconcile(
         Ok(renew_at) => due.push(renew_at),
         Err(problem) => observation.problems.push(problem),
     }
-    registry::reconcile_registry(policy, names, ctx, now).await?;
+    observation.service_account_clients =
+        registry::reconcile_registry(policy, names, ctx, now).await?;
     let missing = upstreams::reconcile_upstreams(policy, own, names, ctx).await?;
     observation.upstreams = render::upstream_status(own, &missing);
     observation.problems.extend(

@@ -20,13 +20,14 @@ use crate::names::{
 use crate::objects::{self, secret_data};
 use crate::pki::registry::{self, Credentials, Entry};
 
-/// Renders the client registry from every valid OAuthClient of this issuer.
+/// Renders the client registry from every valid OAuthClient of this issuer; whether a client
+/// it registered authenticates with ServiceAccount tokens.
 pub async fn reconcile_registry(
     policy: &AuthPolicy,
     names: &Names,
     ctx: &Context,
     now: i64,
-) -> Result<usize> {
+) -> Result<bool> {
     let namespace = policy.namespace().ok_or(Error::Unaddressable)?;
     let all = ctx.clients.state();
     let owners = AudienceOwners::new(
@@ -61,8 +62,8 @@ pub async fn reconcile_registry(
         .unwrap_or_default();
     // Hashing a chosen secret with argon2 takes tens of milliseconds: on the blocking pool,
     // never on the workers that renew the lease and answer the webhook.
-    let (count, text) = ctx
-        .heavy(move || -> Result<(usize, String)> {
+    let (service_accounts, text) = ctx
+        .heavy(move || -> Result<(bool, String)> {
             let entries: Vec<Entry<'_>> = clients
                 .iter()
                 .zip(parts)
@@ -77,7 +78,9 @@ pub async fn reconcile_registry(
                 .collect();
             let registry = registry::render(&entries, &existing, now)?;
             let text = objects::to_json("client registry", &registry)?;
-            Ok((registry.clients.len(), text))
+            let service_accounts =
+                (registry.clients.iter()).any(|c| !c.service_accounts.is_empty());
+            Ok((service_accounts, text))
         })
         .await??;
     let desired = objects::secret(
@@ -87,7 +90,7 @@ pub async fn reconcile_registry(
     );
     let unchanged = cached.is_some_and(|s| s.data == desired.data);
     ctx.apply::<Secret>(&desired, unchanged).await?;
-    Ok(count)
+    Ok(service_accounts)
 }
 
 /// Reads a client's credentials for the registry: from the operator's cache for generated
@@ -97,6 +100,9 @@ async fn read_credentials(client: &OAuthClient, ctx: &Context) -> Result<Credent
     let namespace = client.namespace().ok_or(Error::Unaddressable)?;
     if client.spec.public {
         return Ok(Credentials::Public);
+    }
+    if !client.spec.service_accounts.is_empty() {
+        return Ok(Credentials::ServiceAccounts);
     }
     let source = |s: &Secret| {
         format!(

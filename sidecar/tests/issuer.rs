@@ -2418,3 +2418,197 @@ async fn a_refresh_after_a_key_rotation_signs_with_the_new_key() {
     assert_eq!(introspect(&issuer, &third).await["active"], true);
     issuer.stop().await;
 }
+
+/// A cluster's service-account signing key, as the API server holds it.
+struct ClusterKey(aws_lc_rs::rsa::KeyPair);
+
+impl ClusterKey {
+    const KID: &'static str = "cluster-sa-1";
+    const ISS: &'static str = "https://kubernetes.default.svc.cluster.local";
+
+    /// `serviceAccountIssuer` as the operator renders it.
+    fn rendered(&self) -> Value {
+        use aws_lc_rs::signature::KeyPair as _;
+        let c = aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(self.0.public_key());
+        json!({"issuer": Self::ISS, "algorithms": ["RS256"], "jwks": {"keys": [
+            {"kty": "RSA", "kid": Self::KID, "use": "sig",
+             "n": b64(&c.n), "e": b64(&c.e)}
+        ]}})
+    }
+
+    /// A projected token of ServiceAccount shop/billing for `aud`, valid ten minutes.
+    fn token(&self, aud: &str) -> String {
+        let now = now();
+        let header = json!({"alg": "RS256", "kid": Self::KID});
+        let claims = json!({
+            "aud": [aud], "exp": now + 600, "iat": now, "nbf": now, "iss": Self::ISS,
+            "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "billing", "uid": "u"},
+                              "pod": {"name": "billing-0", "uid": "p"}},
+            "sub": "system:serviceaccount:shop:billing"
+        });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let mut signature = vec![0u8; self.0.public_modulus_len()];
+        self.0
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                input.as_bytes(),
+                &mut signature,
+            )
+            .unwrap();
+        format!("{input}.{}", b64(&signature))
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    scopegate_core::jose::b64::encode(bytes)
+}
+
+/// The form fields of a client assertion.
+fn assertion(jwt: &str) -> String {
+    format!(
+        "client_assertion_type={}&client_assertion={jwt}",
+        enc("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_authenticates_its_client_at_the_token_endpoint() {
+    let tuning = IssuerTuning {
+        limits: scopegate_issuer::limits::EndpointLimits {
+            failed_address: Budget::per_secs(10_000, 60),
+            failed_client: Budget::per_secs(3, 3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let issuer = Issuer::start(Spec {
+        tuning,
+        ..Spec::default()
+    })
+    .await;
+    let cluster =
+        ClusterKey(aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap());
+    // The operator renders the billing client and the cluster's issuer; the issuer reloads.
+    let mut clients = registry(None);
+    clients["clients"].as_array_mut().unwrap().push(json!({
+        "clientId": "shop.billing", "public": false, "authMethod": "service_account_jwt",
+        "grantTypes": ["client_credentials"], "scopes": ["read:items"],
+        "defaultScopes": ["read:items"], "audiences": [ORDERS],
+        "serviceAccounts": ["system:serviceaccount:shop:billing"]
+    }));
+    write_atomic(&issuer.dir.join("clients.json"), &clients.to_string());
+    let mut config = issuer.config.clone();
+    config["apiVersion"] = json!("sidecar.scopegate.dev/v2");
+    config["issuer"]["serviceAccountIssuer"] = cluster.rendered();
+    write_atomic(&issuer.dir.join("config.json"), &config.to_string());
+
+    let jwt = cluster.token(&issuer.url);
+    let grant = format!("grant_type=client_credentials&{}", assertion(&jwt));
+    let r = eventually("the reload", Duration::from_secs(10), || async {
+        let r = issuer.post("/oauth2/token", &grant, &[]).await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    let c = claims_of(r.json()["access_token"].as_str().unwrap());
+    assert_eq!(c["client_id"], "shop.billing");
+    assert_eq!(
+        c["sub"], "shop.billing",
+        "client_credentials: sub is the client"
+    );
+    assert_eq!(c["aud"], ORDERS);
+    assert_eq!(r.json()["scope"], "read:items");
+    let named = issuer
+        .post(
+            "/oauth2/token",
+            &format!("{grant}&client_id=shop.billing"),
+            &[],
+        )
+        .await;
+    assert_eq!(named.status, 200, "{}", body(&named));
+
+    let doc = issuer
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json();
+    assert_eq!(
+        doc["token_endpoint_auth_methods_supported"],
+        json!([
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+            "service_account_jwt"
+        ])
+    );
+    assert_eq!(
+        doc["token_endpoint_auth_signing_alg_values_supported"],
+        json!(["RS256"])
+    );
+
+    // The pod's token for the API server, replayed at the issuer from one address: refused,
+    // and counted against that address only, so the client's failure budget (three) is
+    // untouched.
+    let for_api_server = cluster.token("https://kubernetes.default.svc");
+    for _ in 0..5 {
+        let r = issuer
+            .post(
+                "/oauth2/token",
+                &format!(
+                    "grant_type=client_credentials&{}",
+                    assertion(&for_api_server)
+                ),
+                &[("X-Forwarded-For", "198.51.100.7")],
+            )
+            .await;
+        assert_eq!(r.status, 400, "{}", body(&r));
+        assert_eq!(r.json()["error"], "invalid_client");
+        assert!(r.header("www-authenticate").is_none());
+    }
+    let other = issuer
+        .post(
+            "/oauth2/token",
+            &format!(
+                "grant_type=client_credentials&client_id=shop.billing&{}",
+                assertion(&for_api_server)
+            ),
+            &[("X-Forwarded-For", "203.0.113.9")],
+        )
+        .await;
+    assert_eq!(other.json()["error"], "invalid_client", "not 429");
+
+    // One method per request; a secret client cannot be reached with an assertion.
+    let both = issuer
+        .post(
+            "/oauth2/token",
+            &grant,
+            &[("Authorization", &basic(BACKEND.id, BACKEND.secret.unwrap()))],
+        )
+        .await;
+    assert_eq!(both.status, 400);
+    assert_eq!(both.json()["error"], "invalid_request");
+    let secret_client = issuer
+        .post(
+            "/oauth2/token",
+            &format!("{grant}&client_id={}", BACKEND.id),
+            &[],
+        )
+        .await;
+    assert_eq!(secret_client.json()["error"], "invalid_client");
+
+    // Revocation authenticates the same way.
+    let access = r.json()["access_token"].as_str().unwrap().to_owned();
+    let revoked = issuer
+        .post(
+            "/oauth2/revoke",
+            &format!("token={}&{}", enc(&access), assertion(&jwt)),
+            &[],
+        )
+        .await;
+    assert_eq!(revoked.status, 200, "{}", body(&revoked));
+    assert_eq!(introspect(&issuer, &access).await, json!({"active": false}));
+    issuer.stop().await;
+}

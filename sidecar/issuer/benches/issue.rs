@@ -27,6 +27,7 @@ use scopegate_core::jose::b64;
 use scopegate_core::secret_hash::{SecretKind, hash};
 use scopegate_issuer::IssuerSettings;
 use scopegate_issuer::access::{self, Grant};
+use scopegate_issuer::assertion::ServiceAccountVerifier;
 use scopegate_issuer::clients::{self, LoadedClient, SlowCache};
 use scopegate_issuer::form::Form;
 use scopegate_issuer::store::memory::MemoryStore;
@@ -184,6 +185,7 @@ fn authentication(c: &mut Criterion) {
     .map(|c| (c.client_id.clone(), LoadedClient::new(c)))
     .collect();
     let cache = SlowCache::default();
+    let accounts = ServiceAccountVerifier::new(None, ISSUER, 30, std::iter::empty());
     let form = Form::parse(b"grant_type=client_credentials").unwrap();
     for (id, name) in [
         ("shop.backend", "generated_hmac"),
@@ -200,7 +202,7 @@ fn authentication(c: &mut Criterion) {
         let presented = clients::presented(&headers, &form).unwrap();
         let now = scopegate_sidecar_kit::unix_now();
         if let clients::Verdict::Slow(slow) =
-            clients::authenticate(&registry, &presented, &cache, now).unwrap()
+            clients::authenticate(&registry, &accounts, &presented, &cache, now).unwrap()
         {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -221,7 +223,8 @@ fn authentication(c: &mut Criterion) {
             b.iter(|| {
                 let presented = clients::presented(black_box(&headers), &form).unwrap();
                 let now = scopegate_sidecar_kit::unix_now();
-                match clients::authenticate(&registry, &presented, &cache, now).unwrap() {
+                match clients::authenticate(&registry, &accounts, &presented, &cache, now).unwrap()
+                {
                     clients::Verdict::Authenticated(client) => black_box(client.client_id.len()),
                     clients::Verdict::Slow(_) => panic!("the secret was cached"),
                 }

@@ -103,8 +103,8 @@ pub async fn open<'a>(
 
 /// Authenticates the client that `presented` names, or gives the answer that ends the
 /// request. A failure counts against the address, and against the client too when the
-/// presented id names a confidential one; where public clients are refused, every failure
-/// answers like a wrong secret.
+/// presented id names a confidential one (an assertion sent without `client_id` names none);
+/// where public clients are refused, every failure answers like a wrong secret.
 async fn authenticate<'a>(
     ctx: &'a Context<'_>,
     limiter: &Limiter<'_>,
@@ -114,12 +114,18 @@ async fn authenticate<'a>(
     now: i64,
 ) -> Result<&'a RegisteredClient, Response<ProxyBody>> {
     let issuer = ctx.issuer;
-    let authenticated =
-        match clients::authenticate(&ctx.settings.clients, presented, &issuer.slow_cache, now) {
-            Ok(Verdict::Authenticated(client)) => Ok(client),
-            Ok(Verdict::Slow(slow)) => slow_check(ctx, limiter, endpoint, slow, presented).await?,
-            Err(err) => Err(err),
-        };
+    let settings = ctx.settings;
+    let authenticated = match clients::authenticate(
+        &settings.clients,
+        &settings.service_accounts,
+        presented,
+        &issuer.slow_cache,
+        now,
+    ) {
+        Ok(Verdict::Authenticated(client)) => Ok(client),
+        Ok(Verdict::Slow(slow)) => slow_check(ctx, limiter, endpoint, slow, presented).await?,
+        Err(err) => Err(err),
+    };
     let client = match (authenticated, public) {
         (Ok(client), PublicClients::Refused) if client.public => {
             Err(OAuthError::InvalidClient { basic: true })
@@ -131,12 +137,11 @@ async fn authenticate<'a>(
         Ok(client) => Ok(client),
         Err(err) => {
             tracing::info!(endpoint = endpoint.name(), "client authentication failed");
-            let named = ctx
-                .settings
-                .clients
-                .get(presented.id())
-                .filter(|c| !c.registered().public)
-                .map(|_| presented.id());
+            // An assertion without client_id names no client: its failure counts against the
+            // address only, never against the client its unchecked `sub` would map to.
+            let named = presented
+                .id()
+                .filter(|id| (settings.clients.get(*id)).is_some_and(|c| !c.registered().public));
             Err(reply::error(&limiter.failed(named, err).await))
         }
     }

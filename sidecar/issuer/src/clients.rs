@@ -1,12 +1,14 @@
 //! Client authentication at the token, revocation and introspection endpoints (RFC 6749
 //! §2.3): `client_secret_basic` (id and secret form-urlencoded before base64, §2.3.1),
-//! `client_secret_post`, and `none` for public clients. Secrets are checked in constant time
-//! against the PHC hashes of the mounted registry, parsed once per registry load
+//! `client_secret_post`, `none` for public clients, and a projected ServiceAccount token as a
+//! JWT client assertion ([`crate::assertion`], RFC 7523 §2.2). Secrets are checked in constant
+//! time against the PHC hashes of the mounted registry, parsed once per registry load
 //! ([`LoadedClient`]); successful checks of a slow hash (argon2) are remembered in a bounded
 //! cache keyed by an HMAC of the client, the hash and the secret, so that a changed secret or
 //! registry entry never matches. A slow check that is not cached is handed back to the caller
 //! ([`SlowCheck`]), which runs it on a blocking thread with a small concurrency cap after the
-//! client's failure budget allowed it. An empty secret never authenticates.
+//! client's failure budget allowed it. An empty secret never authenticates; an assertion is
+//! decided here and never reaches a hash.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -18,6 +20,7 @@ use http::header::AUTHORIZATION;
 use scopegate_core::clients::{AuthMethod, RegisteredClient};
 use scopegate_core::secret_hash::PreparedHash;
 
+use crate::assertion::{JWT_BEARER, ServiceAccountVerifier};
 use crate::error::OAuthError;
 use crate::form::{Form, form_decode};
 use scopegate_core::jose::b64;
@@ -47,13 +50,27 @@ pub enum Presented {
         /// client_id.
         id: String,
     },
+    /// A JWT client assertion (`client_assertion_type` jwt-bearer), with `client_id` when
+    /// the request named one (optional, RFC 7521 §4.2).
+    Assertion {
+        /// client_id, if sent.
+        id: Option<String>,
+        /// client_assertion.
+        jwt: String,
+    },
 }
 
 impl Presented {
-    /// The client_id presented.
-    pub fn id(&self) -> &str {
+    /// The client_id the request names before it is authenticated: `None` for an assertion
+    /// sent without one. The client it authenticates is only known after the signature
+    /// check, so a caller counting failures has no client to count them against (a
+    /// `sub` read from an unchecked token is anyone's to write).
+    pub fn id(&self) -> Option<&str> {
         match self {
-            Presented::Basic { id, .. } | Presented::Post { id, .. } | Presented::None { id } => id,
+            Presented::Basic { id, .. } | Presented::Post { id, .. } | Presented::None { id } => {
+                Some(id)
+            }
+            Presented::Assertion { id, .. } => id.as_deref(),
         }
     }
 
@@ -74,6 +91,25 @@ pub fn presented(headers: &HeaderMap, form: &Form) -> Result<Presented, OAuthErr
     }
     let body_id = form.get("client_id");
     let body_secret = form.get("client_secret");
+    let assertion_type = form.get("client_assertion_type");
+    let assertion = form.get("client_assertion");
+    if assertion_type.is_some() || assertion.is_some() {
+        if header.is_some() || body_secret.is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "more than one client authentication method",
+            ));
+        }
+        return match (assertion_type, assertion) {
+            (Some(JWT_BEARER), Some(jwt)) => Ok(Presented::Assertion {
+                id: body_id.map(str::to_owned),
+                jwt: jwt.to_owned(),
+            }),
+            (Some(_), Some(_)) => Err(OAuthError::InvalidClient { basic: false }),
+            _ => Err(OAuthError::InvalidRequest(
+                "client_assertion and client_assertion_type go together",
+            )),
+        };
+    }
     if let Some(value) = header {
         let value = value
             .to_str()
@@ -223,19 +259,30 @@ impl<'a> SlowCheck<'a> {
 }
 
 /// Checks presented credentials against the registry: the client exists, uses the method
-/// it presented, and (for confidential clients) one of its current secrets matches. Fast
-/// hashes and cached slow checks are decided here; uncached slow hashes come back as
-/// [`Verdict::Slow`]. An empty secret never authenticates, whatever is stored.
+/// it presented, and (for confidential clients) one of its current secrets matches, or
+/// (for [`AuthMethod::ServiceAccountJwt`] clients) `service_accounts` verifies its
+/// assertion. Fast hashes, cached slow checks and assertions are decided here; uncached slow
+/// hashes come back as [`Verdict::Slow`]. An empty secret never authenticates, whatever is
+/// stored.
 pub fn authenticate<'a>(
     clients: &'a HashMap<String, LoadedClient>,
+    service_accounts: &ServiceAccountVerifier,
     presented: &Presented,
     cache: &SlowCache,
     now: i64,
 ) -> Result<Verdict<'a>, OAuthError> {
     let basic = presented.is_basic();
     let invalid = OAuthError::InvalidClient { basic };
-    let loaded = clients.get(presented.id()).ok_or(invalid.clone())?;
+    if let Presented::Assertion { id, jwt } = presented {
+        return by_assertion(clients, service_accounts, id.as_deref(), jwt, now)
+            .map(Verdict::Authenticated);
+    }
+    let loaded = (presented.id())
+        .and_then(|id| clients.get(id))
+        .ok_or(invalid.clone())?;
     let client = &loaded.registered;
+    // A ServiceAccountJwt client matches no arm: a secret or a bare client_id never
+    // authenticates it.
     let secret = match (presented, client.auth_method) {
         (Presented::Basic { secret, .. }, AuthMethod::ClientSecretBasic)
         | (Presented::Post { secret, .. }, AuthMethod::ClientSecretPost) => secret,
@@ -273,6 +320,27 @@ pub fn authenticate<'a>(
         secret: secret.clone(),
         checks: slow,
     }))
+}
+
+/// The client a ServiceAccount assertion authenticates; the reason of a refusal goes to the
+/// log (never the token).
+fn by_assertion<'a>(
+    clients: &'a HashMap<String, LoadedClient>,
+    service_accounts: &ServiceAccountVerifier,
+    id: Option<&str>,
+    jwt: &str,
+    now: i64,
+) -> Result<&'a RegisteredClient, OAuthError> {
+    let invalid = OAuthError::InvalidClient { basic: false };
+    let client_id = service_accounts.verify(jwt, id, now).map_err(|reason| {
+        tracing::info!(client_id = ?id, %reason, "client assertion refused");
+        invalid.clone()
+    })?;
+    clients
+        .get(client_id)
+        .map(LoadedClient::registered)
+        .filter(|c| c.auth_method == AuthMethod::ServiceAccountJwt && !c.public)
+        .ok_or(invalid)
 }
 
 /// Successful slow-hash verifications, keyed by an HMAC under a key of this process.
@@ -356,6 +424,11 @@ mod tests {
         }
     }
 
+    /// No cluster issuer: every assertion is refused.
+    fn no_accounts() -> ServiceAccountVerifier {
+        ServiceAccountVerifier::new(None, "https://auth.example", 0, std::iter::empty())
+    }
+
     fn secret(text: &str, kind: SecretKind, not_after: Option<i64>) -> SecretHash {
         SecretHash {
             phc: hash(text, kind).unwrap(),
@@ -434,32 +507,39 @@ mod tests {
             id: id.into(),
             secret: s.into(),
         };
-        assert!(authenticate(&clients, &b("basic", "new"), &cache, now).is_ok());
-        assert!(authenticate(&clients, &b("basic", "old"), &cache, now).is_ok());
+        assert!(authenticate(&clients, &no_accounts(), &b("basic", "new"), &cache, now).is_ok());
+        assert!(authenticate(&clients, &no_accounts(), &b("basic", "old"), &cache, now).is_ok());
         assert!(
-            authenticate(&clients, &b("basic", "old"), &cache, now + 1).is_err(),
+            authenticate(
+                &clients,
+                &no_accounts(),
+                &b("basic", "old"),
+                &cache,
+                now + 1
+            )
+            .is_err(),
             "old secret past not_after"
         );
-        assert!(authenticate(&clients, &b("basic", "nope"), &cache, now).is_err());
+        assert!(authenticate(&clients, &no_accounts(), &b("basic", "nope"), &cache, now).is_err());
         assert!(
-            authenticate(&clients, &b("post", "p"), &cache, now).is_err(),
+            authenticate(&clients, &no_accounts(), &b("post", "p"), &cache, now).is_err(),
             "wrong method"
         );
         let post = Presented::Post {
             id: "post".into(),
             secret: "p".into(),
         };
-        assert!(authenticate(&clients, &post, &cache, now).is_ok());
+        assert!(authenticate(&clients, &no_accounts(), &post, &cache, now).is_ok());
         let none = Presented::None {
             id: "public".into(),
         };
-        assert!(authenticate(&clients, &none, &cache, now).is_ok());
+        assert!(authenticate(&clients, &no_accounts(), &none, &cache, now).is_ok());
         let none = Presented::None { id: "basic".into() };
         assert!(
-            authenticate(&clients, &none, &cache, now).is_err(),
+            authenticate(&clients, &no_accounts(), &none, &cache, now).is_err(),
             "confidential without secret"
         );
-        assert!(authenticate(&clients, &b("unknown", "x"), &cache, now).is_err());
+        assert!(authenticate(&clients, &no_accounts(), &b("unknown", "x"), &cache, now).is_err());
     }
 
     #[test]
@@ -488,10 +568,10 @@ mod tests {
             secret: s.into(),
         };
         for presented in ["plaintext", "", "$scopegate-hmac-sha256$v=1$c2FsdA"] {
-            assert!(authenticate(&clients, &post(presented), &cache, 0).is_err());
+            assert!(authenticate(&clients, &no_accounts(), &post(presented), &cache, 0).is_err());
         }
         assert!(
-            authenticate(&clients, &post("good"), &cache, 0).is_ok(),
+            authenticate(&clients, &no_accounts(), &post("good"), &cache, 0).is_ok(),
             "the client's other secret still works"
         );
     }
@@ -504,7 +584,7 @@ mod tests {
         counters: &super::super::counters::Counters,
     ) -> bool {
         let slots = tokio::sync::Semaphore::new(1);
-        match authenticate(clients, presented, cache, 0) {
+        match authenticate(clients, &no_accounts(), presented, cache, 0) {
             Ok(Verdict::Authenticated(_)) => true,
             Ok(Verdict::Slow(slow)) => slow
                 .run(cache, &slots, Duration::from_secs(30), counters)
@@ -529,14 +609,14 @@ mod tests {
             secret: s.into(),
         };
         assert!(matches!(
-            authenticate(&clients, &post("pw"), &cache, 0),
+            authenticate(&clients, &no_accounts(), &post("pw"), &cache, 0),
             Ok(Verdict::Slow(_))
         ));
         assert!(check(&clients, &post("pw"), &cache, &counters).await);
         assert_eq!(cache.len(), 1);
         assert!(
             matches!(
-                authenticate(&clients, &post("pw"), &cache, 0),
+                authenticate(&clients, &no_accounts(), &post("pw"), &cache, 0),
                 Ok(Verdict::Authenticated(_))
             ),
             "a cached success needs no hash"
@@ -586,11 +666,174 @@ mod tests {
         for presented in [basic, post] {
             assert!(
                 matches!(
-                    authenticate(&clients, &presented, &cache, 0),
+                    authenticate(&clients, &no_accounts(), &presented, &cache, 0),
                     Err(OAuthError::InvalidClient { .. })
                 ),
                 "{presented:?}: refused before any hash"
             );
         }
+    }
+
+    fn assertion_form(extra: &str) -> Form {
+        let jwt =
+            crate::assertion::testing::token(&crate::assertion::testing::claims("shop", "billing"));
+        let body = format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={jwt}{extra}",
+            crate::form::form_encode(JWT_BEARER)
+        );
+        Form::parse(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_assertion_is_read_with_or_without_client_id() {
+        let p = presented(&HeaderMap::new(), &assertion_form("")).unwrap();
+        assert!(matches!(&p, Presented::Assertion { id: None, .. }));
+        assert_eq!(
+            p.id(),
+            None,
+            "nothing to count failures against before the signature"
+        );
+        assert!(!p.is_basic());
+        let p = presented(
+            &HeaderMap::new(),
+            &assertion_form("&client_id=shop.billing"),
+        )
+        .unwrap();
+        assert!(matches!(&p, Presented::Assertion { id: Some(id), .. } if id == "shop.billing"));
+        assert_eq!(p.id(), Some("shop.billing"));
+    }
+
+    #[test]
+    fn an_assertion_with_a_secret_or_an_authorization_header_is_one_method_too_many() {
+        let method = Err(OAuthError::InvalidRequest(
+            "more than one client authentication method",
+        ));
+        assert_eq!(
+            presented(&basic("shop.billing", "x"), &assertion_form("")),
+            method
+        );
+        let mut bearer = HeaderMap::new();
+        bearer.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(presented(&bearer, &assertion_form("")), method);
+        assert_eq!(
+            presented(
+                &HeaderMap::new(),
+                &assertion_form("&client_id=shop.billing&client_secret=s")
+            ),
+            method
+        );
+    }
+
+    #[test]
+    fn an_assertion_of_another_type_or_half_an_assertion_is_refused() {
+        for assertion_type in [
+            "urn:ietf:params:oauth:client-assertion-type:saml2-bearer",
+            "urn:ietf:params:oauth:client-assertion-type:JWT-bearer",
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        ] {
+            let body = format!(
+                "client_assertion_type={}&client_assertion=a.b.c",
+                crate::form::form_encode(assertion_type)
+            );
+            let form = Form::parse(body.as_bytes()).unwrap();
+            assert_eq!(
+                presented(&HeaderMap::new(), &form),
+                Err(OAuthError::InvalidClient { basic: false }),
+                "{assertion_type}"
+            );
+        }
+        let half = format!(
+            "client_id=shop.billing&client_assertion_type={}",
+            crate::form::form_encode(JWT_BEARER)
+        );
+        for body in [
+            half.as_str(),
+            "client_id=shop.billing&client_assertion=a.b.c",
+        ] {
+            let form = Form::parse(body.as_bytes()).unwrap();
+            assert!(
+                matches!(
+                    presented(&HeaderMap::new(), &form),
+                    Err(OAuthError::InvalidRequest(_))
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn service_account_clients_authenticate_by_assertion_only() {
+        use crate::assertion::testing;
+        let mut registered = testing::clients();
+        for c in &mut registered {
+            if c.auth_method == AuthMethod::ClientSecretBasic {
+                c.secrets = vec![secret("web-secret", SecretKind::Generated, None)];
+            }
+        }
+        let accounts = ServiceAccountVerifier::new(
+            Some(&testing::cluster()),
+            testing::ISSUER_URL,
+            testing::LEEWAY,
+            &registered,
+        );
+        let clients: HashMap<String, LoadedClient> = registered
+            .into_iter()
+            .map(|c| (c.client_id.clone(), LoadedClient::new(c)))
+            .collect();
+        let cache = SlowCache::default();
+        let now = testing::NOW;
+        let jwt = testing::token(&testing::claims("shop", "billing"));
+        let assertion = |id: Option<&str>| Presented::Assertion {
+            id: id.map(str::to_owned),
+            jwt: jwt.clone(),
+        };
+        let authenticated = |p: &Presented| match authenticate(&clients, &accounts, p, &cache, now)
+        {
+            Ok(Verdict::Authenticated(c)) => Ok(c.client_id.clone()),
+            Ok(Verdict::Slow(_)) => panic!("no slow check for {p:?}"),
+            Err(err) => Err(err),
+        };
+        let refused = Err(OAuthError::InvalidClient { basic: false });
+        assert_eq!(authenticated(&assertion(None)), Ok("shop.billing".into()));
+        assert_eq!(
+            authenticated(&assertion(Some("shop.billing"))),
+            Ok("shop.billing".into())
+        );
+        // A secret client named with an assertion, though the assertion itself is valid.
+        assert_eq!(authenticated(&assertion(Some("shop.web"))), refused);
+        // The ServiceAccount client named with a secret, or as a public client.
+        assert_eq!(
+            authenticated(&Presented::Basic {
+                id: "shop.billing".into(),
+                secret: "web-secret".into()
+            }),
+            Err(OAuthError::InvalidClient { basic: true })
+        );
+        assert_eq!(
+            authenticated(&Presented::Post {
+                id: "shop.billing".into(),
+                secret: jwt.clone()
+            }),
+            refused
+        );
+        assert_eq!(
+            authenticated(&Presented::None {
+                id: "shop.billing".into()
+            }),
+            refused
+        );
+        // The secret client still authenticates with its secret.
+        assert_eq!(
+            authenticated(&Presented::Basic {
+                id: "shop.web".into(),
+                secret: "web-secret".into()
+            }),
+            Ok("shop.web".into())
+        );
+        // Without a cluster issuer the same assertion authenticates no one.
+        assert!(matches!(
+            authenticate(&clients, &no_accounts(), &assertion(None), &cache, now),
+            Err(OAuthError::InvalidClient { basic: false })
+        ));
     }
 }

@@ -6,6 +6,7 @@
 //! endpoints on the sidecar's listener; everything else goes on to the proxy.
 
 pub mod access;
+pub mod assertion;
 pub mod authorize;
 pub mod client_request;
 pub mod clients;
@@ -45,6 +46,7 @@ use scopegate_sidecar_kit::body::ProxyBody;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use self::assertion::ServiceAccountVerifier;
 use self::clients::{LoadedClient, SlowCache};
 use self::keys::{KeySet, SigningKeyError};
 use self::limits::EndpointLimits;
@@ -132,6 +134,9 @@ pub struct IssuerSettings {
     pub keys: KeySet,
     /// Clients by id, their secrets' hashes parsed for this load.
     pub clients: HashMap<String, LoadedClient>,
+    /// The cluster's service-account issuer and the clients its tokens authenticate,
+    /// compiled for this load.
+    pub service_accounts: ServiceAccountVerifier,
     /// The verifiers' leeway (capped).
     pub leeway: i64,
     /// How long a refresh family may go unused (`refreshTokenIdle`), in seconds.
@@ -193,6 +198,13 @@ impl IssuerSettings {
             }
             clients.insert(client.client_id.clone(), LoadedClient::new(client));
         }
+        let leeway = scopegate_core::token::leeway_secs(config.verify.leeway_secs);
+        let service_accounts = ServiceAccountVerifier::new(
+            issuer.service_account_issuer.as_ref(),
+            &issuer.url,
+            leeway,
+            clients.values().map(LoadedClient::registered),
+        );
         let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
         let max_token_ttl = secs(issuer.access_token_ttl_secs)
             .max(issuer.mint.as_ref().map_or(0, |m| secs(m.max_ttl_secs)));
@@ -201,7 +213,8 @@ impl IssuerSettings {
             path_prefix,
             keys,
             clients,
-            leeway: scopegate_core::token::leeway_secs(config.verify.leeway_secs),
+            service_accounts,
+            leeway,
             refresh_idle: secs(
                 issuer
                     .refresh_token_idle_secs

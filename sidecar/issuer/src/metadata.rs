@@ -5,6 +5,7 @@
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use scopegate_core::clients::AuthMethod;
 use scopegate_sidecar_kit::body::ProxyBody;
 use scopegate_sidecar_kit::unix_now;
 use serde_json::{Value, json};
@@ -34,6 +35,17 @@ pub fn document(settings: &IssuerSettings) -> Value {
     }
     if !settings.config.scopes.is_empty() {
         doc["scopes_supported"] = json!(settings.config.scopes.keys().collect::<Vec<_>>());
+    }
+    // RFC 8414 §2: an endpoint that takes a signed JWT to authenticate lists its algorithms.
+    if let Some(algorithms) = settings.service_accounts.algorithms() {
+        let names: Vec<&str> = algorithms.iter().map(|a| a.name()).collect();
+        for endpoint in ["token", "revocation", "introspection"] {
+            let methods = &mut doc[format!("{endpoint}_endpoint_auth_methods_supported")];
+            if let Some(methods) = methods.as_array_mut() {
+                methods.push(json!(AuthMethod::ServiceAccountJwt));
+            }
+            doc[format!("{endpoint}_endpoint_auth_signing_alg_values_supported")] = json!(names);
+        }
     }
     doc
 }
@@ -80,4 +92,69 @@ pub fn jwks(ctx: &Context<'_>, req: &Request<Incoming>) -> Response<ProxyBody> {
         reply::json_bytes(StatusCode::OK, body, "application/jwk-set+json"),
         max_age,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use scopegate_core::config::SidecarConfig;
+    use scopegate_core::jose::b64;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::assertion::testing;
+
+    /// The settings of an issuer with one HS256 key and no clients, with the cluster's
+    /// service-account issuer when `cluster` is given.
+    fn settings(cluster: Option<Value>) -> IssuerSettings {
+        let now = testing::NOW;
+        let keys = json!({"keys": [{
+            "kid": "k1", "alg": "HS256", "publishedAt": now - 10, "activatesAt": now - 10,
+            "signsUntil": now + 86_400, "removedAfter": now + 90_000,
+            "privateKey": b64::encode_standard(&[7; 32])
+        }]});
+        let mut config = json!({
+            "apiVersion": "sidecar.scopegate.dev/v2",
+            "policy": {"namespace": "shop", "name": "auth", "generation": 1},
+            "listen": {"port": 0}, "upstream": {"port": 1},
+            "verify": {"issuers": [], "audiences": [], "leewaySecs": 30},
+            "issuer": {"url": testing::ISSUER_URL, "signingKeysPath": "-", "clientsPath": "-",
+                       "accessTokenTtlSecs": 600, "refreshTokenTtlSecs": 3600, "codeTtlSecs": 60}
+        });
+        if let Some(cluster) = cluster {
+            config["issuer"]["serviceAccountIssuer"] = cluster;
+        }
+        let config = SidecarConfig::from_json(&config.to_string()).unwrap();
+        let issuer = config.issuer.clone().unwrap();
+        let clients = Some(r#"{"clients": []}"#);
+        IssuerSettings::compile(&config, &issuer, Some(&keys.to_string()), clients, now).unwrap()
+    }
+
+    #[test]
+    fn the_service_account_method_is_listed_only_with_a_cluster_issuer() {
+        let plain = document(&settings(None));
+        assert_eq!(
+            plain["token_endpoint_auth_methods_supported"],
+            json!(["client_secret_basic", "client_secret_post", "none"])
+        );
+        assert!(
+            !plain.to_string().contains("signing_alg"),
+            "no algorithms without a method that signs"
+        );
+
+        let cluster = serde_json::to_value(testing::cluster()).unwrap();
+        let mut with = document(&settings(Some(cluster)));
+        for endpoint in ["token", "revocation", "introspection"] {
+            let methods = format!("{endpoint}_endpoint_auth_methods_supported");
+            let algs = format!("{endpoint}_endpoint_auth_signing_alg_values_supported");
+            let listed = with[&methods].as_array_mut().unwrap();
+            assert_eq!(
+                listed.pop(),
+                Some(json!("service_account_jwt")),
+                "{endpoint}"
+            );
+            assert_eq!(with[&algs], json!(["RS256", "ES256"]), "{endpoint}");
+            with.as_object_mut().unwrap().remove(&algs);
+        }
+        assert_eq!(with, plain, "nothing else changes");
+    }
 }

@@ -50,8 +50,8 @@ pub enum AssertionError {
     #[error("typ not accepted")]
     Typ,
     /// The claims are not a strict JSON object of the right types.
-    #[error("claims: {0}")]
-    Claims(JsonError),
+    #[error("claims are not a strict JSON object of the expected types")]
+    Claims(#[source] JsonError),
     /// A required claim is missing.
     #[error("required claim {0} missing")]
     Missing(&'static str),

@@ -333,6 +333,7 @@ fn by_assertion<'a>(
 ) -> Result<&'a RegisteredClient, OAuthError> {
     let invalid = OAuthError::InvalidClient { basic: false };
     let client_id = service_accounts.verify(jwt, id, now).map_err(|reason| {
+        let reason = scopegate_core::error_chain(&reason);
         tracing::info!(client_id = ?id, %reason, "client assertion refused");
         invalid.clone()
     })?;

@@ -589,7 +589,9 @@ fn cases() -> Vec<Case> {
             "ServiceAccount client with a secret method",
             confidential_client,
             |v| {
-                v["spec"].as_object_mut().unwrap().remove("secretName");
+                v["spec"]
+                    .as_object_mut()
+                    .map(|spec| spec.remove("secretName"));
                 v["spec"]["serviceAccounts"] = json!(["billing"]);
                 v["spec"]["tokenEndpointAuthMethod"] = json!("client_secret_post");
             },
@@ -599,7 +601,9 @@ fn cases() -> Vec<Case> {
             "another namespace's ServiceAccount",
             confidential_client,
             |v| {
-                v["spec"].as_object_mut().unwrap().remove("secretName");
+                v["spec"]
+                    .as_object_mut()
+                    .map(|spec| spec.remove("secretName"));
                 v["spec"]["serviceAccounts"] = json!(["system:serviceaccount:other:billing"]);
             },
             "should match",
@@ -1088,7 +1092,9 @@ fn accepted_variants() -> Vec<Variant> {
             "a client of two ServiceAccounts, no secret",
             confidential_client,
             |v| {
-                v["spec"].as_object_mut().unwrap().remove("secretName");
+                v["spec"]
+                    .as_object_mut()
+                    .map(|spec| spec.remove("secretName"));
                 v["spec"]["serviceAccounts"] = json!(["billing", "billing.batch-2"]);
             },
         ),

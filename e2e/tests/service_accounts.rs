@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 /// A ServiceAccount named `name` in `namespace`.
 async fn service_account(client: &Client, namespace: &str, name: &str) {
     let account: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("a test fixture");
     Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &account)
         .await
@@ -60,9 +60,11 @@ async fn token_request(client: &Client, namespace: &str, name: &str, audiences: 
 
 /// GET `path` of the API server through the admin client, as JSON.
 async fn api_server_json(client: &Client, path: &str) -> Value {
-    let request = http::Request::get(path).body(Vec::new()).unwrap();
-    let text = client.request_text(request).await.unwrap();
-    serde_json::from_str(&text).unwrap()
+    let request = http::Request::get(path)
+        .body(Vec::new())
+        .expect("a test fixture");
+    let text = (client.request_text(request).await).expect("the API server answers");
+    serde_json::from_str(&text).expect("a test fixture")
 }
 
 /// A JWT signed RS256 by `key` (PKCS#8 DER) with `kid`.
@@ -81,15 +83,15 @@ fn rs256(key: &[u8], kid: &str, claims: &Value) -> String {
         input.as_bytes(),
         &mut signature,
     )
-    .unwrap();
+    .expect("a test fixture");
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
 }
 
 /// The DER of a PEM file's one block.
 fn pem_der(path: &Path) -> Vec<u8> {
-    let pem = std::fs::read_to_string(path).unwrap();
+    let pem = std::fs::read_to_string(path).expect("a test fixture");
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    STANDARD.decode(body).unwrap()
+    STANDARD.decode(body).expect("a test fixture")
 }
 
 /// The issuer pod's token endpoint, reached as its Service would lead there.
@@ -123,7 +125,7 @@ impl Issuer {
         let output = command
             .arg(format!("{}/oauth2/token", self.url))
             .output()
-            .unwrap();
+            .expect("a test fixture");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let (body, status) = text.rsplit_once('\n').expect("curl's status line");
         let body = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
@@ -154,7 +156,8 @@ fn assert_refused(answer: (u16, Value), case: &str) {
 /// The claims of a JWT, unverified (to read what the API server or the issuer put there).
 fn claims_of(jwt: &str) -> Value {
     let payload = jwt.split('.').nth(1).expect("a JWT");
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("a test fixture"))
+        .expect("a test fixture")
 }
 
 #[tokio::test]

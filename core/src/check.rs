@@ -572,6 +572,7 @@ mod tests {
             revocation: crate::config::RevocationConfig::default(),
             ca_bundle_pem: None,
             issuer: None,
+            egress: None,
             enforcement: crate::config::Enforcement::default(),
         }
     }

@@ -78,6 +78,49 @@ pub struct SidecarConfig {
     /// Present in pods of an `issuer.self` policy: the sidecar also runs the issuer role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<IssuerConfig>,
+    /// Present when the policy declares egress: the sidecar also forwards the app's outbound
+    /// calls, with tokens it obtains itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressConfig>,
+}
+
+/// The app's outbound calls through the sidecar: a forward proxy on loopback that attaches
+/// an access token the sidecar obtained with the pod's own ServiceAccount token (RFC 7523
+/// client assertion), so the pod holds no client secret and the app no auth code.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressConfig {
+    /// Port on 127.0.0.1 the app sends its outbound calls to (as `HTTP_PROXY`, or as the base
+    /// URL with the target's host in the Host header).
+    pub port: u16,
+    /// The token endpoint of the client's issuer (https, an in-cluster name: trusted with
+    /// [`SidecarConfig::ca_bundle_pem`] only).
+    pub token_endpoint: String,
+    /// The client_id sent with the assertion.
+    pub client_id: String,
+    /// The projected ServiceAccount token (audience: the issuer's URL), read again for every
+    /// token request, so that the kubelet's rotation needs nothing more.
+    pub assertion_path: String,
+    /// Where the app may call; a request for any other host is refused (no open proxy).
+    pub targets: Vec<EgressTarget>,
+}
+
+/// One place the app may call through the sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressTarget {
+    /// Its name, quoted in errors and metrics.
+    pub name: String,
+    /// Where the sidecar sends the call: `https://host[:port]`, or `http://` for an in-cluster
+    /// name only. The app's request must name this host (and this port, if it names one).
+    pub url: String,
+    /// An in-cluster name (`<service>.<namespace>.svc[.<cluster domain>]`): its certificate is
+    /// checked against the operator's CA only; any other host against the system roots only.
+    pub in_cluster: bool,
+    /// The audience requested for its tokens (RFC 8707 `resource`).
+    pub audience: String,
+    /// The scopes requested for its tokens.
+    pub scopes: Vec<String>,
 }
 
 /// Identity of the rendering AuthPolicy.
@@ -653,6 +696,7 @@ mod tests {
             revocation: RevocationConfig::default(),
             ca_bundle_pem: None,
             issuer: None,
+            egress: None,
         }
     }
 

@@ -45,6 +45,13 @@ pub const MINT_SOCKET_DIR: &str = "/var/run/scopegate";
 /// Where issuer pods mount the Redis credentials Secret of a Redis store.
 pub const REDIS_CREDENTIALS_MOUNT_DIR: &str = "/etc/scopegate/redis";
 
+/// Where the webhook mounts the pod's projected ServiceAccount token (audience: the egress
+/// client's issuer) into the sidecar only, for its outbound calls.
+pub const SA_TOKEN_MOUNT_DIR: &str = "/var/run/secrets/scopegate/issuer-token";
+
+/// The file of that token in its mount.
+pub const SA_TOKEN_FILE: &str = "token";
+
 /// Annotation on an OAuthClient asking for a new generated secret. Any new value rotates; the
 /// old secret keeps working for the client's `secretRotationOverlap`.
 pub const ROTATE_SECRET_ANNOTATION: &str = "scopegate.dev/rotate-secret";

@@ -574,6 +574,33 @@ fn cases() -> Vec<Case> {
             "a public client has no secret: remove secretName",
         ),
         (
+            "egress on the sidecar's listen port",
+            issuer_policy,
+            |v| {
+                v["spec"]["egress"] = json!({"clientRef": {"name": "billing"}, "port": 15080,
+                    "targets": [{"name": "orders", "url": "http://orders.shop.svc", "audience": "https://orders.shop.svc"}]})
+            },
+            "egress.port must differ from upstream.port, listen.port and 15090",
+        ),
+        (
+            "plain-HTTP egress to a host outside the cluster",
+            issuer_policy,
+            |v| {
+                v["spec"]["egress"] = json!({"clientRef": {"name": "billing"},
+                    "targets": [{"name": "api", "url": "http://api.example.com", "audience": "https://api.example.com"}]})
+            },
+            "url must be https://host[:port], or http://<service>.<namespace>.svc[:port]",
+        ),
+        (
+            "egress url with user info and a path",
+            issuer_policy,
+            |v| {
+                v["spec"]["egress"] = json!({"clientRef": {"name": "billing"},
+                    "targets": [{"name": "api", "url": "https://me@api.example.com/x", "audience": "https://api.example.com"}]})
+            },
+            "url must be https://host[:port], or http://<service>.<namespace>.svc[:port]",
+        ),
+        (
             "ServiceAccount client with a secretName",
             confidential_client,
             |v| v["spec"]["serviceAccounts"] = json!(["billing"]),

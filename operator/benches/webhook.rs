@@ -30,6 +30,7 @@ fn state() -> WebhookState {
     }
     WebhookState {
         policies: reader,
+        clients: reflector::store().0,
         settings: InjectionSettings {
             image: "scopegate/sidecar:0.1.0".into(),
             pull_policy: "IfNotPresent".into(),

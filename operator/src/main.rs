@@ -245,9 +245,14 @@ async fn serve_webhook(
         kube::Api::<scopegate_crds::v1alpha1::AuthPolicy>::all(client.clone()),
         kube::runtime::watcher::Config::default(),
     );
-    // Not ready, and refusing pods, until the AuthPolicy cache has synced.
+    let clients = controllers::watches::cache(
+        kube::Api::<scopegate_crds::v1alpha1::OAuthClient>::all(client.clone()),
+        kube::runtime::watcher::Config::default(),
+    );
+    // Not ready, and refusing pods, until the AuthPolicy and OAuthClient caches have synced.
     tokio::spawn(webhook::track_sync(
         policies.clone(),
+        clients.clone(),
         health.webhook_synced.clone(),
     ));
     let certs = Arc::new(webhook::CertSlot::default());
@@ -261,6 +266,7 @@ async fn serve_webhook(
         .with_context(|| format!("binding the webhook on {}", cli.webhook_addr))?;
     let state = webhook::WebhookState {
         policies,
+        clients,
         settings: webhook::inject::InjectionSettings {
             image: cli.sidecar_image.clone(),
             pull_policy: cli.sidecar_pull_policy.clone(),

@@ -20,10 +20,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use scopegate_crds::v1alpha1::AuthPolicy;
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use serde_json::{Value, json};
 
 use crate::metrics::Metrics;
@@ -57,6 +57,8 @@ impl ResolvesServerCert for CertSlot {
 pub struct WebhookState {
     /// Every AuthPolicy (a cache on every replica).
     pub policies: Store<AuthPolicy>,
+    /// Every OAuthClient (a cache on every replica): whose issuer a policy's egress uses.
+    pub clients: Store<OAuthClient>,
     /// How to build the sidecar.
     pub settings: InjectionSettings,
     /// Metrics.
@@ -78,11 +80,27 @@ impl WebhookState {
 
 /// Sets `synced` once `policies` has synced (run as a task; the store's readiness has room for
 /// one waiter only, so everything else reads the flag).
-pub async fn track_sync(policies: Store<AuthPolicy>, synced: Arc<AtomicBool>) {
-    if policies.wait_until_ready().await.is_ok() {
+pub async fn track_sync(
+    policies: Store<AuthPolicy>,
+    clients: Store<OAuthClient>,
+    synced: Arc<AtomicBool>,
+) {
+    if policies.wait_until_ready().await.is_ok() && clients.wait_until_ready().await.is_ok() {
         synced.store(true, Ordering::Release);
         tracing::info!("webhook AuthPolicy cache synced");
     }
+}
+
+/// The URL of the issuer of `policy`'s egress client: the audience of the ServiceAccount
+/// token the sidecar presents there. None without egress, or while it does not resolve.
+fn egress_audience(state: &WebhookState, policy: &AuthPolicy) -> Option<String> {
+    let egress = policy.spec.egress.as_ref()?;
+    let namespace = policy.namespace()?;
+    let client =
+        (state.clients).get(&ObjectRef::new(&egress.client_ref.name).within(&namespace))?;
+    let (issuer_namespace, issuer_name) = crate::controllers::client_checks::issuer_key(&client);
+    let issuer = (state.policies).get(&ObjectRef::new(&issuer_name).within(&issuer_namespace))?;
+    issuer.spec.issuer.self_.as_ref().map(|own| own.url.clone())
 }
 
 /// The request of an AdmissionReview body, and its uid.
@@ -139,7 +157,8 @@ pub fn review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .collect();
     let refs: Vec<&AuthPolicy> = policies.iter().map(AsRef::as_ref).collect();
-    let decision = inject::decide(&pod, &refs, &state.settings);
+    let egress_audience = |policy: &AuthPolicy| egress_audience(state, policy);
+    let decision = inject::decide(&pod, &refs, &state.settings, &egress_audience);
     let response = match &decision {
         Decision::Unchanged => json!({"uid": uid, "allowed": true}),
         Decision::Patch(ops) => {
@@ -297,16 +316,24 @@ mod tests {
 
     fn state(synced: bool) -> WebhookState {
         let (policies, mut writer) = reflector::store::<AuthPolicy>();
+        let (clients, mut clients_writer) = reflector::store::<OAuthClient>();
         let flag = Arc::new(AtomicBool::new(false));
         if synced {
             writer.apply_watcher_event(&Event::Init);
             writer.apply_watcher_event(&Event::InitDone);
-            futures::executor::block_on(track_sync(policies.clone(), flag.clone()));
+            clients_writer.apply_watcher_event(&Event::Init);
+            clients_writer.apply_watcher_event(&Event::InitDone);
+            futures::executor::block_on(track_sync(
+                policies.clone(),
+                clients.clone(),
+                flag.clone(),
+            ));
         }
-        // The writer is dropped: the cache keeps what it has.
+        // The writers are dropped: the caches keep what they have.
         WebhookState {
             synced: flag,
             policies,
+            clients,
             settings: inject::InjectionSettings {
                 image: "scopegate/sidecar:test".into(),
                 pull_policy: "IfNotPresent".into(),

@@ -6,11 +6,13 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod egress;
 mod issuer;
 mod rules;
 mod serving;
 mod status;
 
+pub use egress::*;
 pub use issuer::*;
 pub use rules::*;
 pub use serving::*;
@@ -55,6 +57,11 @@ use super::common::{audience_list, pod_selector};
         "rule": "!has(self.issuer.self) || self.rules.all(r, (!has(r.require) || r.require.all(s, s in self.issuer.self.scopes)) && (!has(r.anyOf) || r.anyOf.all(a, a.all(s, s in self.issuer.self.scopes))))",
         "message": "every scope that rules require (require and anyOf) must be declared in issuer.self.scopes",
         "fieldPath": ".rules"
+    },
+    {
+        "rule": "!has(self.egress) || (self.egress.port != self.upstream.port && self.egress.port != (has(self.listen.port) ? self.listen.port : 15080) && self.egress.port != 15090)",
+        "message": "egress.port must differ from upstream.port, listen.port and 15090 (the sidecar's admin port)",
+        "fieldPath": ".egress.port"
     },
     {
         "rule": RULE_CONFLICT,
@@ -165,6 +172,11 @@ pub struct AuthPolicySpec {
     /// (default) and, where the network plugin does not enforce NetworkPolicy, a port lock.
     #[serde(default)]
     pub inbound: Inbound,
+
+    /// The app's outbound calls, made through the sidecar with tokens it obtains with the
+    /// pod's ServiceAccount: no client secret in the pod, no token code in the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Egress>,
 }
 
 /// What keeps traffic from reaching the app's port directly.

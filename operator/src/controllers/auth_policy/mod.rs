@@ -4,6 +4,7 @@
 //! the selected pods say) and [`status`].
 
 pub mod discovered;
+pub mod egress;
 pub mod inbound;
 pub mod issuer;
 pub mod pods;
@@ -28,7 +29,6 @@ use kube::runtime::watcher;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
 use crate::context::Context;
-use crate::controllers::relations::issuer_of;
 use crate::controllers::watches::{self, Listed, ca_changes, managed};
 
 /// The watch streams the AuthPolicy controller shares with the caches: its own kind, and the
@@ -71,7 +71,7 @@ pub async fn controller(
         .watches(
             Api::<OAuthClient>::all(client.clone()),
             watcher::Config::default(),
-            |client: OAuthClient| Some(issuer_of(&client)),
+            triggers::client(policies.clone()),
         )
         .watches(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),

@@ -76,6 +76,10 @@ pub enum Problem {
     /// The cluster's service-account issuer has no usable key yet (why, if a read failed):
     /// clients that authenticate with ServiceAccount tokens are refused.
     ServiceAccountIssuerPending(Option<String>),
+    /// spec.egress cannot work with the client it names (its name, why).
+    EgressRefused(String, String),
+    /// An egress target asks for what its client may not get (the target, why).
+    EgressTargetRefused(String, String),
     /// Reading the cluster's service-account issuer failed; the last good keys stay.
     ServiceAccountIssuerFailed {
         /// Why.
@@ -120,6 +124,8 @@ impl Problem {
             Problem::DiscoveryFailed { .. } => "DiscoveryFailed",
             Problem::DiscoveryPending(_) => "DiscoveryPending",
             Problem::ServiceAccountIssuerPending(_) => "ServiceAccountIssuerPending",
+            Problem::EgressRefused(..) => "EgressRefused",
+            Problem::EgressTargetRefused(..) => "EgressTargetRefused",
             Problem::ServiceAccountIssuerFailed { .. } => "ServiceAccountIssuerFailed",
         }
     }
@@ -266,6 +272,14 @@ impl std::fmt::Display for Problem {
                     "the cluster's service-account issuer: {error}; the last good keys stay in force ({kept} {when})"
                 )
             }
+            Problem::EgressRefused(client, why) => write!(
+                f,
+                "spec.egress.clientRef {client}: {why}; the sidecar takes no outbound call until it can"
+            ),
+            Problem::EgressTargetRefused(target, why) => write!(
+                f,
+                "spec.egress target {target}: {why}; the sidecar takes no outbound call until every target can get its tokens"
+            ),
             Problem::ServiceBypass(service, app, sidecar) => write!(
                 f,
                 "Service {service} targets port {app}, the app's own port: its traffic walks around the sidecar; target port {sidecar} instead"

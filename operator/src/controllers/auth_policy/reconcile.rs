@@ -19,10 +19,11 @@ use super::problem::Problem;
 use super::render::{self, Trust};
 use super::status::{self, DryRunScope, Observation};
 use super::trust::{declared_scopes, policy_ref};
-use super::{discovered, inbound, issuer, pods};
+use super::{discovered, egress, inbound, issuer, pods};
 use crate::audiences::AudienceOwners;
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controllers::ca_bundle;
+use crate::controllers::client_checks::issuer_key;
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::metrics::KindLabels;
@@ -152,10 +153,28 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         resolved.rendered
     });
     check_spec(policy, &trust, ctx, &namespace, &mut observation).await?;
+    let egress = spec.egress.as_ref().and_then(|declared| {
+        let client =
+            (ctx.clients).get(&ObjectRef::new(&declared.client_ref.name).within(&namespace));
+        let issuer = client.as_deref().and_then(|client| {
+            let (issuer_namespace, issuer_name) = issuer_key(client);
+            (ctx.policies).get(&ObjectRef::new(&issuer_name).within(&issuer_namespace))
+        });
+        let rendered = egress::render(
+            declared,
+            client.as_deref(),
+            issuer.as_deref(),
+            &ctx.cluster_domain,
+        );
+        rendered
+            .map_err(|problem| observation.problems.push(problem))
+            .ok()
+    });
     let rendering = Rendering {
         trust: &trust,
         discovered: &discovered.keys,
         service_accounts: service_accounts.flatten(),
+        egress,
         cutoffs,
         bundle: &bundle,
     };
@@ -261,6 +280,8 @@ struct Rendering<'a> {
     discovered: &'a render::DiscoveredKeys,
     /// The cluster's service-account issuer, for an issuer whose clients need it.
     service_accounts: Option<scopegate_core::config::ServiceAccountIssuer>,
+    /// The app's outbound calls, when spec.egress can work.
+    egress: Option<scopegate_core::config::EgressConfig>,
     cutoffs: BTreeMap<String, i64>,
     bundle: &'a str,
 }
@@ -288,6 +309,7 @@ async fn apply_sidecar_config(
         rendering.bundle,
     )?;
     render::set_service_account_issuer(&mut config, rendering.service_accounts);
+    render::set_egress(&mut config, rendering.egress);
     if !conflicts.is_empty() {
         render::drop_audiences(&mut config, conflicts);
         observation

@@ -274,6 +274,16 @@ pub fn set_service_account_issuer(
     config.api_version = config.required_api_version().to_owned();
 }
 
+/// Puts the app's outbound calls into the config (and the config's version up to one that
+/// reads them).
+pub fn set_egress(
+    config: &mut SidecarConfig,
+    egress: Option<scopegate_core::config::EgressConfig>,
+) {
+    config.egress = egress;
+    config.api_version = config.required_api_version().to_owned();
+}
+
 /// The issuer's part of the config, for an `issuer.self` policy.
 fn issuer_config(policy: &AuthPolicy) -> Option<IssuerConfig> {
     policy.spec.issuer.self_.as_ref().map(|own| {

@@ -104,6 +104,23 @@ pub fn service(policies: Store<AuthPolicy>) -> impl Fn(Service) -> Targets {
     }
 }
 
+/// A client changed: its issuer re-renders the registry, and the policies of its namespace
+/// whose egress names it their sidecar config.
+pub fn client(policies: Store<AuthPolicy>) -> impl Fn(OAuthClient) -> Targets {
+    move |client: OAuthClient| {
+        let namespace = client.namespace();
+        let name = client.name_any();
+        let mut targets = vec![issuer_of(&client)];
+        targets.extend(
+            (policies.state().iter())
+                .filter(|p| p.namespace() == namespace)
+                .filter(|p| (p.spec.egress.as_ref()).is_some_and(|e| e.client_ref.name == name))
+                .map(|p| ObjectRef::from_obj(p.as_ref())),
+        );
+        targets
+    }
+}
+
 /// A policy changed: an audience claimed, released or re-admitted. The issuers of the
 /// clients that list it re-render their registries, and the other claimants their conflicts.
 pub fn audiences_of(

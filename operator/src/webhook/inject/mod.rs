@@ -59,8 +59,15 @@ pub fn seniority(policy: &AuthPolicy) -> (Option<k8s_openapi::jiff::Timestamp>, 
     )
 }
 
-/// Decides what to do with `pod` given every AuthPolicy of its namespace.
-pub fn decide(pod: &Pod, policies: &[&AuthPolicy], settings: &InjectionSettings) -> Decision {
+/// Decides what to do with `pod` given every AuthPolicy of its namespace; `egress_audience`
+/// gives the issuer URL of a policy's egress client (the audience of the sidecar's
+/// ServiceAccount token), if it resolves.
+pub fn decide(
+    pod: &Pod,
+    policies: &[&AuthPolicy],
+    settings: &InjectionSettings,
+    egress_audience: &dyn Fn(&AuthPolicy) -> Option<String>,
+) -> Decision {
     let labels = pod.labels();
     let selecting: Vec<&AuthPolicy> = policies
         .iter()
@@ -73,8 +80,9 @@ pub fn decide(pod: &Pod, policies: &[&AuthPolicy], settings: &InjectionSettings)
     let Some(policy) = selecting.into_iter().min_by_key(|p| seniority(p)) else {
         return Decision::Unchanged;
     };
+    let audience = egress_audience(policy);
     if carries_marks(pod) {
-        return match verify_injected(pod, policy, settings) {
+        return match verify_injected(pod, policy, settings, audience.as_deref()) {
             Ok(()) => Decision::Unchanged,
             Err(why) => Decision::Deny(why),
         };
@@ -86,7 +94,7 @@ pub fn decide(pod: &Pod, policies: &[&AuthPolicy], settings: &InjectionSettings)
         ));
     }
     let mut mutated = pod.clone();
-    inject(&mut mutated, policy, settings);
+    inject(&mut mutated, policy, settings, audience.as_deref());
     let original = serde_json::to_value(pod).unwrap_or_default();
     let changed = serde_json::to_value(&mutated).unwrap_or_default();
     Decision::Patch(diff(&original, &changed))

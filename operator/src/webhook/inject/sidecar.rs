@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -82,14 +83,22 @@ pub fn own_container(name: &str) -> bool {
 }
 
 /// Adds the sidecar, its volumes and the app-side mounts to `pod`.
-pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) {
+///
+/// `egress_audience` is the URL of the issuer of the policy's egress client, when it has one:
+/// the audience of the ServiceAccount token mounted into the sidecar only.
+pub fn inject(
+    pod: &mut Pod,
+    policy: &AuthPolicy,
+    settings: &InjectionSettings,
+    egress_audience: Option<&str>,
+) {
     let spec = pod.spec.get_or_insert_with(Default::default);
     let Volumes {
         volumes,
         sidecar_mounts,
         app_mount,
         mint_mount,
-    } = volumes(policy);
+    } = volumes(policy, egress_audience);
     // The mint socket goes only into the containers the policy names (default: the first).
     let minters = minting_containers(policy, &spec.containers);
     // The app's HTTP probes go through the sidecar's admin port, which replays them.
@@ -124,6 +133,10 @@ pub fn inject(pod: &mut Pod, policy: &AuthPolicy, settings: &InjectionSettings) 
         .get_or_insert_with(BTreeMap::new)
         .insert(INJECTED_ANNOTATION.into(), policy.name_any());
 }
+
+/// Lifetime asked for the sidecar's ServiceAccount token: the API server's minimum, since the
+/// token is good for nothing but the issuer (the kubelet renews it at 80 %).
+pub const ISSUER_TOKEN_SECONDS: i64 = 600;
 
 /// The volumes injection adds and who mounts them.
 struct Volumes {
@@ -164,7 +177,7 @@ fn secret_volume(name: &str, secret: String, optional: bool) -> Volume {
 /// The volumes for `policy`: its sidecar config and the CA bundle always; an issuer's keys,
 /// client registry, certificate, mint socket and upstream secrets; the Redis credentials and
 /// the listener certificate when the spec names them.
-fn volumes(policy: &AuthPolicy) -> Volumes {
+fn volumes(policy: &AuthPolicy, egress_audience: Option<&str>) -> Volumes {
     let names_of = Names::of(&policy.name_any());
     let mut volumes = vec![
         config_map_volume("scopegate-config", names_of.sidecar.clone(), false),
@@ -227,6 +240,26 @@ fn volumes(policy: &AuthPolicy) -> Volumes {
     if let Some(tls) = &policy.spec.listen.tls_secret {
         volumes.push(secret_volume("scopegate-listen-tls", tls.clone(), false));
         sidecar_mounts.push(mount("scopegate-listen-tls", LISTEN_TLS_MOUNT_DIR));
+    }
+    if let Some(audience) = egress_audience.filter(|_| policy.spec.egress.is_some()) {
+        // The pod's own identity, for the issuer only: short-lived, in the sidecar only.
+        volumes.push(Volume {
+            name: "scopegate-issuer-token".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(audience.to_owned()),
+                        expiration_seconds: Some(ISSUER_TOKEN_SECONDS),
+                        path: names::SA_TOKEN_FILE.to_owned(),
+                        user: None,
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        sidecar_mounts.push(mount("scopegate-issuer-token", names::SA_TOKEN_MOUNT_DIR));
     }
     Volumes {
         volumes,

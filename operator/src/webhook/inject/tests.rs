@@ -33,6 +33,15 @@ fn policy(name: &str, selector: &str, issuer: bool) -> AuthPolicy {
         .unwrap()
 }
 
+/// What the webhook decides for a pod of policies without egress.
+fn decide_without_egress(
+    pod: &Pod,
+    policies: &[&AuthPolicy],
+    settings: &InjectionSettings,
+) -> Decision {
+    decide(pod, policies, settings, &|_| None)
+}
+
 fn pod(labels: &str) -> Pod {
     serde_yaml_ng::from_str(&format!(
         r#"
@@ -57,7 +66,7 @@ fn injected_spec(
     policy: &AuthPolicy,
     settings: &InjectionSettings,
 ) -> k8s_openapi::api::core::v1::PodSpec {
-    let Decision::Patch(ops) = decide(pod, &[policy], settings) else {
+    let Decision::Patch(ops) = decide_without_egress(pod, &[policy], settings) else {
         panic!("no patch")
     };
     apply(pod, &ops).spec.unwrap()
@@ -82,7 +91,7 @@ fn apply(pod: &Pod, ops: &[serde_json::Value]) -> Pod {
 fn an_unselected_pod_is_untouched() {
     let p = policy("orders", "{matchLabels: {app: orders}}", false);
     assert_eq!(
-        decide(&pod("{app: other}"), &[&p], &settings(true)),
+        decide_without_egress(&pod("{app: other}"), &[&p], &settings(true)),
         Decision::Unchanged
     );
 }
@@ -91,7 +100,7 @@ fn an_unselected_pod_is_untouched() {
 fn a_verifier_pod_gets_a_locked_down_native_sidecar_and_rewritten_probes() {
     let p = policy("orders", "{matchLabels: {app: orders}}", false);
     let original = pod("{app: orders}");
-    let Decision::Patch(ops) = decide(&original, &[&p], &settings(true)) else {
+    let Decision::Patch(ops) = decide_without_egress(&original, &[&p], &settings(true)) else {
         panic!("no patch")
     };
     let injected = apply(&original, &ops);
@@ -288,16 +297,19 @@ fn upstream_client_secrets_are_mounted_into_the_sidecar_only() {
 fn injecting_twice_injects_once() {
     let p = policy("orders", "{matchLabels: {app: orders}}", false);
     let original = pod("{app: orders}");
-    let Decision::Patch(ops) = decide(&original, &[&p], &settings(true)) else {
+    let Decision::Patch(ops) = decide_without_egress(&original, &[&p], &settings(true)) else {
         panic!("no patch")
     };
     let once = apply(&original, &ops);
-    assert_eq!(decide(&once, &[&p], &settings(true)), Decision::Unchanged);
+    assert_eq!(
+        decide_without_egress(&once, &[&p], &settings(true)),
+        Decision::Unchanged
+    );
 }
 
 /// The pod as the API server stores it after injection: defaults filled in.
 fn injected_and_defaulted(original: &Pod, p: &AuthPolicy) -> Pod {
-    let Decision::Patch(ops) = decide(original, &[p], &settings(true)) else {
+    let Decision::Patch(ops) = decide_without_egress(original, &[p], &settings(true)) else {
         panic!("no patch")
     };
     let mut value = serde_json::to_value(apply(original, &ops)).unwrap();
@@ -321,7 +333,7 @@ fn injected_and_defaulted(original: &Pod, p: &AuthPolicy) -> Pod {
 }
 
 fn denial(pod: &Pod, p: &AuthPolicy) -> String {
-    match decide(pod, &[p], &settings(true)) {
+    match decide_without_egress(pod, &[p], &settings(true)) {
         Decision::Deny(message) => message,
         other => panic!("admitted: {other:?}"),
     }
@@ -331,7 +343,10 @@ fn denial(pod: &Pod, p: &AuthPolicy) -> String {
 fn an_injected_pod_read_back_from_the_api_server_is_admitted_unchanged() {
     let p = policy("auth", "{matchLabels: {app: auth}}", true);
     let stored = injected_and_defaulted(&pod("{app: auth}"), &p);
-    assert_eq!(decide(&stored, &[&p], &settings(true)), Decision::Unchanged);
+    assert_eq!(
+        decide_without_egress(&stored, &[&p], &settings(true)),
+        Decision::Unchanged
+    );
 }
 
 #[test]
@@ -447,7 +462,10 @@ fn an_unselected_pod_with_a_sidecar_of_its_own_is_none_of_our_business() {
     let p = policy("orders", "{matchLabels: {app: orders}}", false);
     let mut pod = injected_and_defaulted(&pod("{app: orders}"), &p);
     pod.metadata.labels = Some(BTreeMap::from([("app".into(), "other".into())]));
-    assert_eq!(decide(&pod, &[&p], &settings(true)), Decision::Unchanged);
+    assert_eq!(
+        decide_without_egress(&pod, &[&p], &settings(true)),
+        Decision::Unchanged
+    );
 }
 
 #[test]
@@ -463,7 +481,9 @@ fn of_two_selecting_policies_the_older_keeps_the_pod() {
     let mut everything = policy("a-newer", "{}", false);
     created(&mut everything, 200);
     for order in [[&older, &everything], [&everything, &older]] {
-        let Decision::Patch(ops) = decide(&pod("{app: orders}"), &order, &settings(true)) else {
+        let Decision::Patch(ops) =
+            decide_without_egress(&pod("{app: orders}"), &order, &settings(true))
+        else {
             panic!("not injected")
         };
         let injected = apply(&pod("{app: orders}"), &ops);
@@ -476,7 +496,8 @@ fn of_two_selecting_policies_the_older_keeps_the_pod() {
         );
     }
     // Pods only the newer one selects are its own.
-    let Decision::Patch(ops) = decide(&pod("{app: web}"), &[&older, &everything], &settings(true))
+    let Decision::Patch(ops) =
+        decide_without_egress(&pod("{app: web}"), &[&older, &everything], &settings(true))
     else {
         panic!("not injected")
     };
@@ -507,7 +528,7 @@ fn locked(name: &str) -> AuthPolicy {
 }
 
 fn patched(original: &Pod, p: &AuthPolicy) -> Pod {
-    let Decision::Patch(ops) = decide(original, &[p], &settings(true)) else {
+    let Decision::Patch(ops) = decide_without_egress(original, &[p], &settings(true)) else {
         panic!("no patch")
     };
     apply(original, &ops)
@@ -556,7 +577,7 @@ fn a_port_lock_is_admitted_as_rendered_and_refused_otherwise() {
     let p = locked("orders");
     let genuine = patched(&pod("{app: orders}"), &p);
     assert_eq!(
-        decide(&genuine, &[&p], &settings(true)),
+        decide_without_egress(&genuine, &[&p], &settings(true)),
         Decision::Unchanged
     );
     let tamper = |edit: &dyn Fn(&mut Vec<Container>)| {
@@ -723,4 +744,67 @@ fn selector_expressions() {
         selects(&sel("{}"), &labels),
         "an empty selector selects every pod of the namespace"
     );
+}
+
+#[test]
+fn an_egress_policy_gives_the_sidecar_alone_a_short_token_for_the_issuer() {
+    let mut p = policy("billing", "{matchLabels: {app: billing}}", false);
+    p.spec.egress = Some(
+        serde_yaml_ng::from_str(
+            "clientRef: {name: billing}\ntargets: [{name: orders, url: 'http://orders.shop.svc', audience: 'https://orders.shop.svc'}]",
+        )
+        .unwrap(),
+    );
+    let issuer = |_: &AuthPolicy| Some("https://auth.shop.svc".to_owned());
+    let original = pod("{app: billing}");
+    let Decision::Patch(ops) = decide(&original, &[&p], &settings(true), &issuer) else {
+        panic!("no patch")
+    };
+    let injected = apply(&original, &ops);
+    let spec = injected.spec.clone().unwrap();
+    let volume = (spec.volumes.iter().flatten())
+        .find(|v| v.name == "scopegate-issuer-token")
+        .expect("the token volume");
+    let projection = volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .clone()
+        .unwrap();
+    assert_eq!(
+        projection.audience.as_deref(),
+        Some("https://auth.shop.svc")
+    );
+    assert_eq!(projection.expiration_seconds, Some(ISSUER_TOKEN_SECONDS));
+    let mounted_by = |c: &Container| {
+        (c.volume_mounts.iter().flatten()).any(|m| m.name == "scopegate-issuer-token")
+    };
+    let sidecar = (spec.init_containers.iter().flatten())
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap();
+    assert!(mounted_by(sidecar));
+    assert!(!spec.containers.iter().any(mounted_by), "never the app");
+    // The pod as stored passes the check of a resubmitted pod; one that lends the token to
+    // the app does not.
+    assert_eq!(
+        decide(&injected, &[&p], &settings(true), &issuer),
+        Decision::Unchanged
+    );
+    let mut lending = injected.clone();
+    let app = &mut lending.spec.as_mut().unwrap().containers[0];
+    app.volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(k8s_openapi::api::core::v1::VolumeMount {
+            name: "scopegate-issuer-token".into(),
+            mount_path: "/token".into(),
+            ..Default::default()
+        });
+    assert!(matches!(
+        decide(&lending, &[&p], &settings(true), &issuer),
+        Decision::Deny(_)
+    ));
+    // Before the client resolves, no token: the sidecar's egress answers 503 until then.
+    let Decision::Patch(ops) = decide(&original, &[&p], &settings(true), &|_| None) else {
+        panic!("no patch")
+    };
+    let unresolved = apply(&original, &ops).spec.unwrap();
+    assert!(!(unresolved.volumes.iter().flatten()).any(|v| v.name == "scopegate-issuer-token"));
 }

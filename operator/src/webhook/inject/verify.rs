@@ -17,10 +17,11 @@ pub fn verify_injected(
     pod: &Pod,
     policy: &AuthPolicy,
     settings: &InjectionSettings,
+    egress_audience: Option<&str>,
 ) -> Result<(), String> {
     let name = policy.name_any();
     let mut rendered = strip(pod);
-    inject(&mut rendered, policy, settings);
+    inject(&mut rendered, policy, settings, egress_audience);
     let rendered_spec = rendered.spec.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
 

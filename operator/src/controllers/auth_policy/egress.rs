@@ -1,0 +1,181 @@
+//! A policy's egress: the sidecar config for the app's outbound calls, from the OAuthClient
+//! the policy names and that client's issuer. Pure: the reconcile looks the objects up.
+
+use scopegate_core::config::{EgressConfig, EgressTarget};
+use scopegate_core::names::{SA_TOKEN_FILE, SA_TOKEN_MOUNT_DIR};
+use scopegate_crds::v1alpha1::{AuthPolicy, Egress, GrantType, OAuthClient};
+
+use super::problem::Problem;
+use crate::names::client_id;
+
+/// The egress config of `egress`, whose client is `client` (if it exists) and that client's
+/// issuer `issuer` (if it resolves); or what stops it.
+pub fn render(
+    egress: &Egress,
+    client: Option<&OAuthClient>,
+    issuer: Option<&AuthPolicy>,
+    cluster_domain: &str,
+) -> Result<EgressConfig, Problem> {
+    let name = &egress.client_ref.name;
+    let refused = |why: String| Problem::EgressRefused(name.clone(), why);
+    let client =
+        client.ok_or_else(|| refused("no OAuthClient of that name in this namespace".into()))?;
+    let spec = &client.spec;
+    if spec.service_accounts.is_empty() {
+        return Err(refused(
+            "it authenticates with a secret, not with the pods' ServiceAccount (spec.serviceAccounts)".into(),
+        ));
+    }
+    if !spec.grant_types.contains(&GrantType::ClientCredentials) {
+        return Err(refused("it may not use client_credentials".into()));
+    }
+    let own = issuer
+        .and_then(|p| p.spec.issuer.self_.as_ref())
+        .ok_or_else(|| refused("its issuerRef names no issuing AuthPolicy".into()))?;
+    let mut targets = Vec::with_capacity(egress.targets.len());
+    for target in &egress.targets {
+        let allowed = if spec.audiences.is_empty() {
+            target.audience == own.url
+        } else {
+            spec.audiences.contains(&target.audience)
+        };
+        if !allowed {
+            return Err(Problem::EgressTargetRefused(
+                target.name.clone(),
+                format!(
+                    "audience {} is not one of client {name}'s audiences",
+                    target.audience
+                ),
+            ));
+        }
+        if let Some(scope) = target.scopes.iter().find(|s| !spec.scopes.contains(s)) {
+            return Err(Problem::EgressTargetRefused(
+                target.name.clone(),
+                format!("scope {scope} is not one of client {name}'s scopes"),
+            ));
+        }
+        targets.push(EgressTarget {
+            name: target.name.clone(),
+            url: target.url.clone(),
+            in_cluster: in_cluster(&target.url, cluster_domain),
+            audience: target.audience.clone(),
+            scopes: target.scopes.clone(),
+        });
+    }
+    Ok(EgressConfig {
+        port: u16::try_from(egress.port).unwrap_or(15081),
+        token_endpoint: format!("{}/oauth2/token", own.url.trim_end_matches('/')),
+        client_id: client_id(client),
+        assertion_path: format!("{SA_TOKEN_MOUNT_DIR}/{SA_TOKEN_FILE}"),
+        targets,
+    })
+}
+
+/// Whether `url`'s host is an in-cluster Service name: `<service>.<namespace>.svc`, or that
+/// followed by the cluster domain.
+pub fn in_cluster(url: &str, cluster_domain: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let host = rest.split([':', '/']).next().unwrap_or_default();
+    let Some(prefix) = host
+        .strip_suffix(&format!(".svc.{cluster_domain}"))
+        .or_else(|| host.strip_suffix(".svc"))
+    else {
+        return false;
+    };
+    let mut labels = prefix.split('.');
+    matches!((labels.next(), labels.next(), labels.next()), (Some(s), Some(n), None) if !s.is_empty() && !n.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn egress(yaml: &str) -> Egress {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn client(extra: &str) -> OAuthClient {
+        serde_yaml_ng::from_str(&format!(
+            "apiVersion: scopegate.dev/v1alpha1\nkind: OAuthClient\nmetadata: {{name: billing, namespace: shop}}\nspec:\n  issuerRef: {{name: auth}}\n  grantTypes: [client_credentials]\n  scopes: [read:orders, write:orders]\n  audiences: [https://orders.shop.svc]\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn issuer() -> AuthPolicy {
+        serde_yaml_ng::from_str(
+            "apiVersion: scopegate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: auth, namespace: shop}\nspec:\n  selector: {matchLabels: {app: auth}}\n  issuer:\n    self:\n      url: https://auth.shop.svc\n      service: {name: auth, port: 443}\n      scopes: {read:orders: r}\n  upstream: {port: 8080}\n",
+        )
+        .unwrap()
+    }
+
+    const ORDERS: &str = "clientRef: {name: billing}\ntargets:\n  - {name: orders, url: 'http://orders.shop.svc', audience: 'https://orders.shop.svc', scopes: [read:orders]}\n";
+
+    #[test]
+    fn a_service_account_client_renders_the_targets_and_its_issuers_token_endpoint() {
+        let sa = client("  serviceAccounts: [billing]");
+        let config = render(&egress(ORDERS), Some(&sa), Some(&issuer()), "cluster.local").unwrap();
+        assert_eq!(config.port, 15081);
+        assert_eq!(config.token_endpoint, "https://auth.shop.svc/oauth2/token");
+        assert_eq!(config.client_id, "shop.billing");
+        assert_eq!(
+            config.assertion_path,
+            "/var/run/secrets/scopegate/issuer-token/token"
+        );
+        assert_eq!(config.targets[0].scopes, ["read:orders"]);
+        assert!(config.targets[0].in_cluster);
+    }
+
+    #[test]
+    fn what_the_client_may_not_get_is_refused_by_name() {
+        let issuer = issuer();
+        let refused = |e: &Egress, c: Option<&OAuthClient>| {
+            render(e, c, Some(&issuer), "cluster.local")
+                .unwrap_err()
+                .to_string()
+        };
+        let secret_client = client("");
+        assert!(
+            refused(&egress(ORDERS), Some(&secret_client)).contains("authenticates with a secret")
+        );
+        assert!(refused(&egress(ORDERS), None).contains("no OAuthClient"));
+        let sa = client("  serviceAccounts: [billing]");
+        let wider = ORDERS.replace("[read:orders]", "[admin]");
+        assert!(
+            refused(&egress(&wider), Some(&sa))
+                .contains("scope admin is not one of client billing's scopes")
+        );
+        let elsewhere = ORDERS.replace(
+            "audience: 'https://orders.shop.svc'",
+            "audience: 'https://payments.bank.svc'",
+        );
+        assert!(
+            refused(&egress(&elsewhere), Some(&sa))
+                .contains("audience https://payments.bank.svc is not one of")
+        );
+        let no_issuer = render(&egress(ORDERS), Some(&sa), None, "cluster.local").unwrap_err();
+        assert!(no_issuer.to_string().contains("issuerRef"), "{no_issuer}");
+    }
+
+    #[test]
+    fn only_service_names_are_in_the_cluster() {
+        for url in [
+            "http://orders.shop.svc",
+            "https://orders.shop.svc:8443",
+            "https://orders.shop.svc.cluster.local",
+        ] {
+            assert!(in_cluster(url, "cluster.local"), "{url}");
+        }
+        for url in [
+            "https://orders.shop.svc.evil.example",
+            "https://svc",
+            "https://a.b.c.svc",
+            "https://orders.svc",
+            "https://api.example.com",
+            "https://orders.shop.svc.other.domain",
+        ] {
+            assert!(!in_cluster(url, "cluster.local"), "{url}");
+        }
+    }
+}

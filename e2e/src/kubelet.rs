@@ -247,6 +247,14 @@ impl RunningPod {
             sync,
         })
     }
+
+    /// A command run inside the pod's network namespace, as another process of the pod (what
+    /// the app could do on 127.0.0.1).
+    pub fn command_in_pod(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns, program]);
+        command
+    }
 }
 
 /// Creates network namespace `netns` and a veth pair from it to the bridge, with address `ip`

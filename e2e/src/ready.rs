@@ -1,5 +1,5 @@
 //! The `Ready` condition of AuthPolicies and OAuthClients, read once their status describes
-//! the current generation, and waits for it.
+//! the current generation, and waits for it; and a running sidecar's readiness.
 
 use anyhow::{Context as _, ensure};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -84,6 +84,21 @@ pub async fn wait_policy_ready(
             ready.message
         );
         Ok(policy)
+    })
+    .await
+}
+
+/// Waits until the sidecar whose admin port is `admin` answers `/readyz` with 200.
+pub async fn sidecar_ready(admin: std::net::SocketAddr) -> anyhow::Result<()> {
+    eventually("the sidecar ready", || async move {
+        let response = crate::http::request(admin, "GET", "/readyz", &[], "")?;
+        ensure!(
+            response.status == 200,
+            "readyz {}: {}",
+            response.status,
+            response.body
+        );
+        Ok(())
     })
     .await
 }

@@ -17,6 +17,7 @@ use scopegate_e2e::http::request;
 use scopegate_e2e::kubelet::{
     Images, PodNetwork, RunningPod, ServiceRoute, example_app, sidecar_image,
 };
+use scopegate_e2e::ready::sidecar_ready;
 use scopegate_e2e::setup::logs_dir;
 use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, eventually, manifests};
 use serde_json::{Value, json};
@@ -71,21 +72,6 @@ async fn create(client: &Client, n: &str, pod: &Pod) -> Pod {
     })
     .await
     .expect("the pod is admitted")
-}
-
-async fn ready(admin: SocketAddr) {
-    eventually("the sidecar ready", || async move {
-        let response = request(admin, "GET", "/readyz", &[], "")?;
-        ensure!(
-            response.status == 200,
-            "readyz {}: {}",
-            response.status,
-            response.body
-        );
-        Ok(())
-    })
-    .await
-    .expect("the sidecar gets ready");
 }
 
 #[tokio::test]
@@ -212,7 +198,9 @@ async fn billing_calls_orders_with_no_secret_anywhere() {
     .await
     .expect("billing runs");
     for running in [&auth_running, &orders_running, &billing_running] {
-        ready(SocketAddr::from((running.ip, 15090))).await;
+        sidecar_ready(SocketAddr::from((running.ip, 15090)))
+            .await
+            .expect("the sidecar gets ready");
     }
 
     // The call: billing's app asks plainly; orders sees billing's client, with its scope.

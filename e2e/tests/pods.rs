@@ -12,6 +12,7 @@ use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::http::{Response, request};
 use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, example_app, sidecar_image};
 use scopegate_e2e::manifests;
+use scopegate_e2e::ready::sidecar_ready;
 use scopegate_e2e::rendered::{signing_keys, wait_trusting_a_key};
 use scopegate_e2e::setup::logs_dir;
 use scopegate_e2e::tokens::{Claims, sign};
@@ -40,21 +41,6 @@ spec:
   rateLimits:
     - {name: place-order, methods: [POST], paths: ["/orders"], requests: 3, period: 1m}
 "#;
-
-async fn wait_ready(admin: SocketAddr) {
-    eventually("the sidecar ready", || async move {
-        let response = request(admin, "GET", "/readyz", &[], "")?;
-        ensure!(
-            response.status == 200,
-            "readyz {}: {}",
-            response.status,
-            response.body
-        );
-        Ok(())
-    })
-    .await
-    .expect("sidecar ready");
-}
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -103,7 +89,7 @@ async fn a_running_pod_answers_200_401_403_and_429_as_the_policy_says_and_follow
         .expect("pod runs");
     let admin = SocketAddr::from((running.ip, 15090));
     let service = SocketAddr::from((running.ip, 15080));
-    wait_ready(admin).await;
+    sidecar_ready(admin).await.expect("sidecar ready");
     // The app starts next to the sidecar; the public route answers once it listens.
     eventually("the app behind the sidecar", || async move {
         let response = request(service, "GET", "/healthz", &[], "")?;

@@ -20,8 +20,8 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
-use scopegate_e2e::http::request;
 use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, example_app, sidecar_image};
+use scopegate_e2e::ready::sidecar_ready;
 use scopegate_e2e::setup::logs_dir;
 use scopegate_e2e::{
     ControlPlane, TestNamespace, apply_yaml, condition, config_map_text, eventually, manifests,
@@ -269,14 +269,9 @@ async fn a_service_account_token_is_the_clients_only_credential() {
     let running = RunningPod::start(&client, &network, &pod, &images, &[], &logs)
         .await
         .expect("the issuer pod runs");
-    let admin = SocketAddr::from((running.ip, 15090));
-    eventually("the issuer ready", || async move {
-        let response = request(admin, "GET", "/readyz", &[], "")?;
-        ensure!(response.status == 200, "readyz {}", response.status);
-        Ok(())
-    })
-    .await
-    .unwrap();
+    sidecar_ready(SocketAddr::from((running.ip, 15090)))
+        .await
+        .unwrap();
     let dir = logs.join(n);
     std::fs::create_dir_all(&dir).unwrap();
     let ca_file = dir.join("ca.crt");

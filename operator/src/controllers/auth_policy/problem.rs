@@ -147,6 +147,14 @@ impl Problem {
     }
 }
 
+/// Where kept keys came from: when this operator read them, or the sidecars' config.
+fn kept_since(read_at: Option<i64>) -> String {
+    read_at.map_or_else(
+        || "that the sidecars hold".to_owned(),
+        |t| format!("read at {}", crate::context::rfc3339(t)),
+    )
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -237,10 +245,7 @@ impl std::fmt::Display for Problem {
                 kept,
                 read_at,
             } => {
-                let when = read_at.map_or_else(
-                    || "that the sidecars hold".to_owned(),
-                    |t| format!("read at {}", crate::context::rfc3339(t)),
-                );
+                let when = kept_since(*read_at);
                 write!(
                     f,
                     "issuer {issuer}: {error}; the last good keys stay in force ({kept} {when})"
@@ -263,10 +268,7 @@ impl std::fmt::Display for Problem {
                 kept,
                 read_at,
             } => {
-                let when = read_at.map_or_else(
-                    || "that the sidecars hold".to_owned(),
-                    |t| format!("read at {}", crate::context::rfc3339(t)),
-                );
+                let when = kept_since(*read_at);
                 write!(
                     f,
                     "the cluster's service-account issuer: {error}; the last good keys stay in force ({kept} {when})"

@@ -623,7 +623,12 @@ impl SidecarConfig {
         let rule_conditions = self.rules.iter().any(|rule| rule.when.is_some());
         let service_accounts =
             (self.issuer.as_ref()).is_some_and(|issuer| issuer.service_account_issuer.is_some());
-        if issuer_features || rule_conditions || service_accounts || !self.headers.claims.is_empty()
+        let egress = self.egress.is_some();
+        if issuer_features
+            || rule_conditions
+            || service_accounts
+            || egress
+            || !self.headers.claims.is_empty()
         {
             CONFIG_API_VERSION_V2
         } else {
@@ -715,7 +720,7 @@ mod tests {
         let base = sample();
         assert_eq!(base.required_api_version(), CONFIG_API_VERSION);
         type Edit = fn(&mut SidecarConfig);
-        let edits: [Edit; 4] = [
+        let edits: [Edit; 5] = [
             |c| c.verify.issuers[0].audiences = vec!["api://x".into()],
             |c| {
                 c.headers
@@ -747,6 +752,15 @@ mod tests {
                     algorithms: vec!["RS256".into()],
                 });
                 c.issuer = Some(issuer);
+            },
+            |c| {
+                c.egress = Some(EgressConfig {
+                    port: 15081,
+                    token_endpoint: "https://auth.shop.svc/oauth2/token".into(),
+                    client_id: "shop.billing".into(),
+                    assertion_path: "/t".into(),
+                    targets: Vec::new(),
+                });
             },
         ];
         for edit in edits {

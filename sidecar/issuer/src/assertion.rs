@@ -19,12 +19,23 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// Largest assertion accepted, in bytes (a projected token is about 1 KiB).
 pub const MAX_ASSERTION_BYTES: usize = 8 * 1024;
 
-/// Longest lifetime (`exp − iat`) of an accepted token, in seconds: a projected token for the
-/// issuer lives minutes to hours, so a longer-lived one is refused, not merely waited out.
-pub const MAX_LIFETIME_SECS: i64 = 24 * 60 * 60;
+/// Longest lifetime (`exp − iat`) of an accepted token, in seconds: the webhook projects 10
+/// minutes and `kubectl create token` gives an hour by default; a longer-lived token cannot be
+/// taken back (validation is offline), so it is refused, not merely waited out.
+pub const MAX_LIFETIME_SECS: i64 = 60 * 60;
 
 /// The claims of legacy Secret-based tokens (no `exp`, never rotated) start so.
 const LEGACY_CLAIM_PREFIX: &str = "kubernetes.io/serviceaccount/";
+
+/// What a valid assertion says: the client it authenticates, and when its token was issued
+/// (a client's revocation cut-off refuses tokens issued before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asserted<'a> {
+    /// The client_id.
+    pub client_id: &'a str,
+    /// The token's `iat`.
+    pub issued_at: i64,
+}
 
 /// Why an assertion did not authenticate a client. Every variant answers `invalid_client`;
 /// the variant goes to the log only. No variant carries token text.
@@ -74,7 +85,7 @@ pub enum AssertionError {
     #[error("issued in the future")]
     IssuedInFuture,
     /// `exp − iat` longer than [`MAX_LIFETIME_SECS`].
-    #[error("lifetime longer than 24 hours")]
+    #[error("lifetime longer than an hour")]
     Lifetime,
     /// `sub` is not `system:serviceaccount:<namespace>:<name>`.
     #[error("sub is not a ServiceAccount")]
@@ -173,7 +184,7 @@ impl ServiceAccountVerifier {
         jwt: &str,
         client_id: Option<&str>,
         now: i64,
-    ) -> Result<&str, AssertionError> {
+    ) -> Result<Asserted<'_>, AssertionError> {
         if jwt.len() > MAX_ASSERTION_BYTES {
             return Err(AssertionError::TooLarge);
         }
@@ -214,6 +225,7 @@ impl ServiceAccountVerifier {
             return Err(AssertionError::Audience);
         }
         self.check_times(claims.exp, claims.nbf, claims.iat, now)?;
+        let issued_at = claims.iat.unwrap_or_default();
         let sub = claims.sub.ok_or(AssertionError::Missing("sub"))?;
         if !is_service_account(&sub) {
             return Err(AssertionError::Subject);
@@ -223,7 +235,7 @@ impl ServiceAccountVerifier {
             return Err(AssertionError::KubernetesClaim);
         }
         let listing = self.subjects.get(&sub).map_or(&[][..], Vec::as_slice);
-        match (client_id, listing) {
+        let client_id = match (client_id, listing) {
             (Some(id), _) => listing
                 .iter()
                 .find(|listed| *listed == id)
@@ -232,10 +244,14 @@ impl ServiceAccountVerifier {
             (None, [only]) => Ok(only.as_str()),
             (None, []) => Err(AssertionError::UnknownServiceAccount),
             (None, _) => Err(AssertionError::Ambiguous),
-        }
+        }?;
+        Ok(Asserted {
+            client_id,
+            issued_at,
+        })
     }
 
-    /// `exp` and `iat` are required; `nbf` is optional; a lifetime beyond a day is refused.
+    /// `exp` and `iat` are required; `nbf` is optional; a lifetime beyond an hour is refused.
     fn check_times(
         &self,
         exp: Option<i64>,
@@ -544,7 +560,9 @@ mod tests {
     const BILLING: &str = "shop.billing";
 
     fn check(token: &str, client_id: Option<&str>) -> Result<String, AssertionError> {
-        verifier().verify(token, client_id, NOW).map(str::to_owned)
+        verifier()
+            .verify(token, client_id, NOW)
+            .map(|asserted| asserted.client_id.to_owned())
     }
 
     fn edited(edit: impl FnOnce(&mut Value)) -> String {

@@ -332,16 +332,26 @@ fn by_assertion<'a>(
     now: i64,
 ) -> Result<&'a RegisteredClient, OAuthError> {
     let invalid = OAuthError::InvalidClient { basic: false };
-    let client_id = service_accounts.verify(jwt, id, now).map_err(|reason| {
+    let asserted = service_accounts.verify(jwt, id, now).map_err(|reason| {
         let reason = scopegate_core::error_chain(&reason);
         tracing::info!(client_id = ?id, %reason, "client assertion refused");
         invalid.clone()
     })?;
-    clients
-        .get(client_id)
+    let client = clients
+        .get(asserted.client_id)
         .map(LoadedClient::registered)
         .filter(|c| c.auth_method == AuthMethod::ServiceAccountJwt && !c.public)
-        .ok_or(invalid)
+        .ok_or(invalid.clone())?;
+    // The kill switch covers the credential too: a token minted before the cut-off (say, by
+    // someone whose access was since taken away) no longer authenticates.
+    if client
+        .revoke_before
+        .is_some_and(|cut| asserted.issued_at < cut)
+    {
+        tracing::info!(client_id = %client.client_id, "client assertion issued before the client's revocation cut-off");
+        return Err(invalid);
+    }
+    Ok(client)
 }
 
 /// Successful slow-hash verifications, keyed by an HMAC under a key of this process.
@@ -759,6 +769,36 @@ mod tests {
                 ),
                 "{body}"
             );
+        }
+    }
+
+    #[test]
+    fn a_revocation_cut_off_refuses_service_account_tokens_issued_before_it() {
+        use crate::assertion::testing;
+        let mut registered = testing::clients();
+        let accounts = ServiceAccountVerifier::new(
+            Some(&testing::cluster()),
+            testing::ISSUER_URL,
+            testing::LEEWAY,
+            &registered,
+        );
+        let jwt = testing::token(&testing::claims("shop", "billing"));
+        let issued_at = testing::claims("shop", "billing")["iat"].as_i64().unwrap();
+        let presented = Presented::Assertion { id: None, jwt };
+        let cache = SlowCache::default();
+        for (cut, accepted) in [
+            (None, true),
+            (Some(issued_at), true),
+            (Some(issued_at + 1), false),
+        ] {
+            for c in &mut registered {
+                c.revoke_before = cut;
+            }
+            let clients: HashMap<String, LoadedClient> = (registered.iter().cloned())
+                .map(|c| (c.client_id.clone(), LoadedClient::new(c)))
+                .collect();
+            let verdict = authenticate(&clients, &accounts, &presented, &cache, testing::NOW);
+            assert_eq!(verdict.is_ok(), accepted, "cut-off {cut:?}");
         }
     }
 

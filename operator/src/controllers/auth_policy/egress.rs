@@ -6,6 +6,7 @@ use scopegate_core::names::{SA_TOKEN_FILE, SA_TOKEN_MOUNT_DIR};
 use scopegate_crds::v1alpha1::{AuthPolicy, Egress, GrantType, OAuthClient};
 
 use super::problem::Problem;
+use crate::controllers::client_checks::validate;
 use crate::names::client_id;
 
 /// The egress config of `egress`, whose client is `client` (if it exists) and that client's
@@ -32,6 +33,15 @@ pub fn render(
     let own = issuer
         .and_then(|p| p.spec.issuer.self_.as_ref())
         .ok_or_else(|| refused("its issuerRef names no issuing AuthPolicy".into()))?;
+    // The issuer must register it: the same checks as the registry's.
+    if let Some(problem) = validate(client, issuer)
+        .iter()
+        .find(|p| p.blocks_registration())
+    {
+        return Err(refused(format!(
+            "its issuer does not register it: {problem}"
+        )));
+    }
     let mut targets = Vec::with_capacity(egress.targets.len());
     for target in &egress.targets {
         let allowed = if spec.audiences.is_empty() {
@@ -105,7 +115,7 @@ mod tests {
 
     fn issuer() -> AuthPolicy {
         serde_yaml_ng::from_str(
-            "apiVersion: scopegate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: auth, namespace: shop}\nspec:\n  selector: {matchLabels: {app: auth}}\n  issuer:\n    self:\n      url: https://auth.shop.svc\n      service: {name: auth, port: 443}\n      scopes: {read:orders: r}\n  upstream: {port: 8080}\n",
+            "apiVersion: scopegate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {name: auth, namespace: shop}\nspec:\n  selector: {matchLabels: {app: auth}}\n  issuer:\n    self:\n      url: https://auth.shop.svc\n      service: {name: auth, port: 443}\n      scopes: {read:orders: r, write:orders: w}\n  upstream: {port: 8080}\n",
         )
         .unwrap()
     }

@@ -293,6 +293,11 @@ fn essential_volume(volume: &Volume) -> Volume {
     {
         secret.default_mode = None;
     }
+    if let Some(projected) = volume.projected.as_mut()
+        && projected.default_mode == Some(0o644)
+    {
+        projected.default_mode = None;
+    }
     volume
 }
 

@@ -98,6 +98,10 @@ pub struct EgressConfig {
     pub token_endpoint: String,
     /// The client_id sent with the assertion.
     pub client_id: String,
+    /// The audience the ServiceAccount token must carry: the issuer's URL. The sidecar sends
+    /// the token only to the issuer it is for (a token endpoint changed since the pod started
+    /// would otherwise receive a token it could replay at the old issuer).
+    pub token_audience: String,
     /// The projected ServiceAccount token (audience: the issuer's URL), read again for every
     /// token request, so that the kubelet's rotation needs nothing more.
     pub assertion_path: String,
@@ -114,6 +118,10 @@ pub struct EgressTarget {
     /// Where the sidecar sends the call: `https://host[:port]`, or `http://` for an in-cluster
     /// name only. The app's request must name this host (and this port, if it names one).
     pub url: String,
+    /// The `host:port` the sidecar connects to: for an in-cluster name, its full name in the
+    /// cluster domain, so that DNS search domains never make `orders.shop.svc` another
+    /// namespace's name; else the url's host and port.
+    pub address: String,
     /// An in-cluster name (`<service>.<namespace>.svc[.<cluster domain>]`): its certificate is
     /// checked against the operator's CA only; any other host against the system roots only.
     pub in_cluster: bool,
@@ -758,6 +766,7 @@ mod tests {
                     port: 15081,
                     token_endpoint: "https://auth.shop.svc/oauth2/token".into(),
                     client_id: "shop.billing".into(),
+                    token_audience: "https://auth.shop.svc".into(),
                     assertion_path: "/t".into(),
                     targets: Vec::new(),
                 });

@@ -182,7 +182,10 @@ async fn billing_calls_orders_with_no_secret_anywhere() {
     .await
     .expect("orders runs");
     let orders_route = ServiceRoute {
-        names: vec![format!("orders.{n}.svc")],
+        names: vec![
+            format!("orders.{n}.svc"),
+            format!("orders.{n}.svc.cluster.local"),
+        ],
         cluster_ip: network.cluster_ip(),
         port: 80,
         endpoint: SocketAddr::from((orders_running.ip, 15080)),

@@ -64,10 +64,12 @@ pub fn render(
                 format!("scope {scope} is not one of client {name}'s scopes"),
             ));
         }
+        let in_cluster = in_cluster(&target.url, cluster_domain);
         targets.push(EgressTarget {
             name: target.name.clone(),
             url: target.url.clone(),
-            in_cluster: in_cluster(&target.url, cluster_domain),
+            address: address(&target.url, in_cluster, cluster_domain),
+            in_cluster,
             audience: target.audience.clone(),
             scopes: target.scopes.clone(),
         });
@@ -76,9 +78,30 @@ pub fn render(
         port: u16::try_from(egress.port).unwrap_or(15081),
         token_endpoint: format!("{}/oauth2/token", own.url.trim_end_matches('/')),
         client_id: client_id(client),
+        token_audience: own.url.clone(),
         assertion_path: format!("{SA_TOKEN_MOUNT_DIR}/{SA_TOKEN_FILE}"),
         targets,
     })
+}
+
+/// The `host:port` to connect to for `url`: an in-cluster name in full (`<svc>.<ns>.svc.<cluster
+/// domain>`), so that no DNS search domain turns it into another namespace's name.
+fn address(url: &str, in_cluster: bool, cluster_domain: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, port.to_owned()),
+        None => (
+            authority,
+            if scheme == "http" { "80" } else { "443" }.to_owned(),
+        ),
+    };
+    let suffix = format!(".svc.{cluster_domain}");
+    if in_cluster && !host.ends_with(&suffix) {
+        format!("{host}.{cluster_domain}:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Whether `url`'s host is an in-cluster Service name: `<service>.<namespace>.svc`, or that
@@ -135,6 +158,23 @@ mod tests {
         );
         assert_eq!(config.targets[0].scopes, ["read:orders"]);
         assert!(config.targets[0].in_cluster);
+        assert_eq!(
+            config.targets[0].address,
+            "orders.shop.svc.cluster.local:80"
+        );
+        assert_eq!(config.token_audience, "https://auth.shop.svc");
+        assert_eq!(
+            address("https://api.example.com", false, "cluster.local"),
+            "api.example.com:443"
+        );
+        assert_eq!(
+            address(
+                "https://orders.shop.svc.cluster.local:8443",
+                true,
+                "cluster.local"
+            ),
+            "orders.shop.svc.cluster.local:8443"
+        );
     }
 
     #[test]

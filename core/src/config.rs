@@ -608,7 +608,8 @@ impl SidecarConfig {
     }
 
     /// The `apiVersion` this document needs: [`CONFIG_API_VERSION_V2`] when it uses a feature
-    /// an older sidecar would ignore, else [`CONFIG_API_VERSION`].
+    /// an older sidecar would ignore (egress among them: an older sidecar would leave the
+    /// app's outbound calls with nowhere to go), else [`CONFIG_API_VERSION`].
     pub fn required_api_version(&self) -> &'static str {
         let issuer_features = self.verify.issuers.iter().any(|trusted| {
             !trusted.audiences.is_empty()
@@ -623,7 +624,11 @@ impl SidecarConfig {
         let rule_conditions = self.rules.iter().any(|rule| rule.when.is_some());
         let service_accounts =
             (self.issuer.as_ref()).is_some_and(|issuer| issuer.service_account_issuer.is_some());
-        if issuer_features || rule_conditions || service_accounts || !self.headers.claims.is_empty()
+        if issuer_features
+            || rule_conditions
+            || service_accounts
+            || self.egress.is_some()
+            || !self.headers.claims.is_empty()
         {
             CONFIG_API_VERSION_V2
         } else {
@@ -715,7 +720,7 @@ mod tests {
         let base = sample();
         assert_eq!(base.required_api_version(), CONFIG_API_VERSION);
         type Edit = fn(&mut SidecarConfig);
-        let edits: [Edit; 4] = [
+        let edits: [Edit; 5] = [
             |c| c.verify.issuers[0].audiences = vec!["api://x".into()],
             |c| {
                 c.headers
@@ -747,6 +752,15 @@ mod tests {
                     algorithms: vec!["RS256".into()],
                 });
                 c.issuer = Some(issuer);
+            },
+            |c| {
+                c.egress = Some(EgressConfig {
+                    port: 15081,
+                    token_endpoint: "https://auth.shop.svc/oauth2/token".into(),
+                    client_id: "shop.billing".into(),
+                    assertion_path: "/var/run/secrets/tokens/issuer".into(),
+                    targets: vec![],
+                });
             },
         ];
         for edit in edits {

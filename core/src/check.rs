@@ -135,6 +135,9 @@ pub enum CheckError {
     /// The feed subject key is not 32 bytes of base64url.
     #[error("issuer feedSubjectKey must be 32 bytes of base64url")]
     FeedSubjectKey,
+    /// The egress section is unusable.
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressError),
 }
 
 /// A rate limit that does not compile.
@@ -213,6 +216,7 @@ pub fn document(config: &SidecarConfig) -> Result<(), CheckError> {
     if let Some(role) = &config.issuer {
         issuer(role)?;
     }
+    crate::egress::check(config)?;
     Ok(())
 }
 

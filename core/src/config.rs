@@ -616,7 +616,8 @@ impl SidecarConfig {
     }
 
     /// The `apiVersion` this document needs: [`CONFIG_API_VERSION_V2`] when it uses a feature
-    /// an older sidecar would ignore, else [`CONFIG_API_VERSION`].
+    /// an older sidecar would ignore (egress among them: an older sidecar would leave the
+    /// app's outbound calls with nowhere to go), else [`CONFIG_API_VERSION`].
     pub fn required_api_version(&self) -> &'static str {
         let issuer_features = self.verify.issuers.iter().any(|trusted| {
             !trusted.audiences.is_empty()

@@ -19,6 +19,7 @@ pub mod config;
 pub mod credentials;
 pub mod decision;
 pub mod duration;
+pub mod egress;
 pub mod endpoints;
 pub mod feed;
 pub mod jose;

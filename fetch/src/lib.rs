@@ -1,9 +1,11 @@
 //! The HTTPS client of scopegate's own requests (the sidecar's fetches of an outside issuer's
-//! JWKS, the revocation feed and upstream identity providers; the operator's reads of an
-//! outside issuer's discovery document and JWKS; the CLI's documents): rustls with aws-lc-rs,
-//! the system roots plus a CA bundle, through the environment's HTTPS proxy when one is set.
+//! JWKS, the revocation feed and upstream identity providers; the egress proxy's connections
+//! to its targets and token endpoint; the operator's reads of an outside issuer's discovery
+//! document and JWKS; the CLI's documents): rustls with aws-lc-rs, the system roots plus a CA
+//! bundle (or either alone, [`Roots`]), through the environment's proxy when one is set.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Uri;
@@ -39,6 +41,12 @@ impl ProxyConnector {
             direct,
             rules: Arc::new(rules),
         }
+    }
+
+    /// Gives up a TCP connect (to the destination or the proxy) after `timeout`.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.direct.set_connect_timeout(Some(timeout));
+        self
     }
 }
 
@@ -143,15 +151,60 @@ pub fn connector_with(
     ca_bundle_pem: Option<&str>,
     proxy_rules: Matcher,
 ) -> Result<HttpsConnector<ProxyConnector>, TlsSetupError> {
-    let mut roots = rustls::RootCertStore::empty();
-    // Unreadable system certificates are skipped: the CA bundle may be all that is needed.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(pem) = ca_bundle_pem {
+    let roots = ca_bundle_pem.map_or(Roots::System, Roots::SystemAnd);
+    connector_for(roots, ConnectorOptions::https_only(proxy_rules))
+}
+
+/// The certificates a server must chain to.
+#[derive(Clone, Copy, Debug)]
+pub enum Roots<'a> {
+    /// The system roots.
+    System,
+    /// The system roots and this PEM CA bundle.
+    SystemAnd(&'a str),
+    /// This PEM CA bundle alone, never the system roots: for servers that only a private CA
+    /// may vouch for (the cluster's own services).
+    Only(&'a str),
+}
+
+/// How a connector reaches its destinations, besides the roots it trusts.
+#[derive(Debug)]
+pub struct ConnectorOptions {
+    /// The proxy rules to follow.
+    pub proxy_rules: Matcher,
+    /// Whether `http://` URLs are reached too, without TLS; else only `https://` ones are.
+    pub allow_http: bool,
+    /// How long a TCP connect may take (`None`: as long as the system lets it).
+    pub connect_timeout: Option<Duration>,
+}
+
+impl ConnectorOptions {
+    /// https only, no connect timeout of its own: the options of [`connector_with`].
+    pub fn https_only(proxy_rules: Matcher) -> Self {
+        ConnectorOptions {
+            proxy_rules,
+            allow_http: false,
+            connect_timeout: None,
+        }
+    }
+}
+
+/// A connector trusting `roots`, built with `options`. Only HTTP/1.1 is spoken.
+pub fn connector_for(
+    roots: Roots<'_>,
+    options: ConnectorOptions,
+) -> Result<HttpsConnector<ProxyConnector>, TlsSetupError> {
+    let mut store = rustls::RootCertStore::empty();
+    if matches!(roots, Roots::System | Roots::SystemAnd(_)) {
+        // Unreadable system certificates are skipped: the CA bundle may be all that is needed.
+        let native = rustls_native_certs::load_native_certs();
+        store.add_parsable_certificates(native.certs);
+    }
+    if let Roots::SystemAnd(pem) | Roots::Only(pem) = roots {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|_| TlsSetupError::CaBundle)?;
-        let (added, _) = roots.add_parsable_certificates(certs);
+        let (added, _) = store.add_parsable_certificates(certs);
         if added == 0 {
             return Err(TlsSetupError::CaBundle);
         }
@@ -160,13 +213,19 @@ pub fn connector_with(
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsSetupError::Rustls)?
-        .with_root_certificates(roots)
+        .with_root_certificates(store)
         .with_no_client_auth();
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .wrap_connector(ProxyConnector::new(proxy_rules)))
+    let mut tcp = ProxyConnector::new(options.proxy_rules);
+    if let Some(timeout) = options.connect_timeout {
+        tcp = tcp.with_connect_timeout(timeout);
+    }
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let builder = if options.allow_http {
+        builder.https_or_http()
+    } else {
+        builder.https_only()
+    };
+    Ok(builder.enable_http1().wrap_connector(tcp))
 }
 
 /// GETs `url` and reads at most `max_bytes` of a 200 answer within `timeout`.

@@ -1,12 +1,13 @@
 //! scopegate-sidecar: the binary that runs in every protected pod, wiring the verifier
-//! ([`scopegate_verifier`], the verifying reverse proxy in front of the app) and, in pods of
-//! an `issuer.self` policy, the issuer ([`scopegate_issuer`], the OAuth2 authorization
-//! server) into one process.
+//! ([`scopegate_verifier`], the verifying reverse proxy in front of the app), in pods of an
+//! `issuer.self` policy the issuer ([`scopegate_issuer`], the OAuth2 authorization server),
+//! and in pods whose policy declares egress the egress proxy ([`scopegate_egress`], the app's
+//! outbound calls with tokens the sidecar obtains) into one process.
 //!
 //! A library with a thin binary: [`start`] runs a whole sidecar (proxy port, admin port,
-//! hot reload, key fetchers, revocation feed, issuer endpoints and mint socket) inside the
-//! caller's Tokio runtime, so tests run it in-process on `127.0.0.1:0` exactly as the binary
-//! runs it in a pod.
+//! hot reload, key fetchers, revocation feed, issuer endpoints and mint socket, egress port)
+//! inside the caller's Tokio runtime, so tests run it in-process on `127.0.0.1:0` exactly as
+//! the binary runs it in a pod.
 
 pub mod port_lock;
 
@@ -15,9 +16,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use scopegate_core::config::SidecarConfig;
+use scopegate_egress::Egress;
 use scopegate_issuer::role::IssuerRole;
 use scopegate_issuer::{Issuer, IssuerStartError, IssuerTuning};
+use scopegate_sidecar_kit::exposition::MetricsCollector;
 use scopegate_verifier::app_probes::AppProbes;
+use scopegate_verifier::companion::Companion;
 use scopegate_verifier::reload::{self, LoadError};
 use scopegate_verifier::role::Role;
 use scopegate_verifier::settings::Settings;
@@ -63,6 +68,9 @@ pub enum StartError {
     /// The issuer role's store is misconfigured (exit 64).
     #[error("invalid issuer setup")]
     Issuer(#[source] IssuerStartError),
+    /// The egress section cannot be set up (exit 64).
+    #[error("invalid egress setup")]
+    Egress(#[source] scopegate_egress::settings::SetupError),
     /// The mint socket could not be bound.
     #[error("cannot bind the mint socket {path}")]
     MintSocket {
@@ -98,7 +106,10 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            StartError::Config(_) | StartError::Tls(_) | StartError::Issuer(_)
+            StartError::Config(_)
+                | StartError::Tls(_)
+                | StartError::Issuer(_)
+                | StartError::Egress(_)
         )
     }
 }
@@ -107,9 +118,11 @@ impl StartError {
 pub struct Running {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
+    egress_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
+    egress_task: Option<JoinHandle<()>>,
     other_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -122,6 +135,11 @@ impl Running {
     /// Where the admin port listens.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Where the egress port listens (on 127.0.0.1), when the config declares egress.
+    pub fn egress_addr(&self) -> Option<SocketAddr> {
+        self.egress_addr
     }
 
     /// The live state (metrics, readiness).
@@ -137,6 +155,9 @@ impl Running {
             .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
         let _ = self.proxy_task.await;
+        if let Some(egress) = self.egress_task {
+            let _ = egress.await;
+        }
         for task in self.other_tasks {
             task.abort();
         }
@@ -204,6 +225,44 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
     Ok((listener, bound))
 }
 
+/// The egress proxy of the first config and its listener on 127.0.0.1, when the config
+/// declares egress.
+async fn egress(
+    config: &SidecarConfig,
+) -> Result<Option<(Arc<Egress>, TcpListener, SocketAddr)>, StartError> {
+    let (Some(egress), Some(section)) = (
+        Egress::new(config).map_err(StartError::Egress)?,
+        config.egress.as_ref(),
+    ) else {
+        return Ok(None);
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], section.port));
+    let bind_error = |source| StartError::Bind { addr, source };
+    let listener = scopegate_egress::server::bind(section.port)
+        .await
+        .map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    Ok(Some((egress, listener, bound)))
+}
+
+/// The egress proxy as the verifier sees it: it follows every reload, and its counters and
+/// readiness lines join the admin port's.
+struct EgressCompanion(Arc<Egress>);
+
+impl Companion for EgressCompanion {
+    fn put_in_force(&self, config: &SidecarConfig) {
+        self.0.put_in_force(config);
+    }
+
+    fn collector(&self) -> Box<dyn MetricsCollector> {
+        self.0.collector()
+    }
+
+    fn readiness(&self, detail: &mut String) {
+        self.0.readiness(detail);
+    }
+}
+
 /// Loads and checks the config, binds the ports, and starts serving. Nothing is bound when
 /// the config is refused.
 pub async fn start(options: Options) -> Result<Running, StartError> {
@@ -216,6 +275,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         .unwrap_or(first.settings.config.listen.port);
     let (proxy_listener, proxy_addr) = bind(SocketAddr::new(options.bind_ip, port)).await?;
     let (admin_listener, admin_addr) = bind(options.admin_addr).await?;
+    let egress = egress(&first.settings.config).await?;
     let mint_socket = first
         .settings
         .config
@@ -231,6 +291,19 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     );
     shared.start_background();
     let (shutdown, stop) = watch::channel(false);
+    let (egress_task, egress_addr) = match egress {
+        Some((egress, listener, addr)) => {
+            shared.attach(Arc::new(EgressCompanion(egress.clone())));
+            let serving = scopegate_egress::server::serve(
+                egress,
+                listener,
+                stop.clone(),
+                options.drain_timeout,
+            );
+            (Some(tokio::spawn(serving)), Some(addr))
+        }
+        None => (None, None),
+    };
     let mut other_tasks = Vec::new();
     if let (Some(issuer), Some(path)) = (first.issuer, mint_socket) {
         other_tasks.push(tokio::spawn(issuer.clone().run_background()));
@@ -261,15 +334,17 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         inputs.fingerprint,
         stop,
     ));
-    tracing::info!(%proxy_addr, %admin_addr, "sidecar serving");
+    tracing::info!(%proxy_addr, %admin_addr, egress_addr = ?egress_addr, "sidecar serving");
     other_tasks.push(admin_task);
     other_tasks.push(reload_task);
     Ok(Running {
         proxy_addr,
         admin_addr,
+        egress_addr,
         shared,
         shutdown,
         proxy_task,
+        egress_task,
         other_tasks,
     })
 }

@@ -132,8 +132,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Err(err) => return Err(err).context("scopegate-sidecar failed to start"),
     };
     // One machine-readable line so that scripts and tests learn the bound ports.
+    let egress = running
+        .egress_addr()
+        .map(|addr| format!(" egress={addr}"))
+        .unwrap_or_default();
     println!(
-        "scopegate-sidecar listening proxy={} admin={}",
+        "scopegate-sidecar listening proxy={} admin={}{egress}",
         running.proxy_addr(),
         running.admin_addr()
     );

@@ -2419,55 +2419,6 @@ async fn a_refresh_after_a_key_rotation_signs_with_the_new_key() {
     issuer.stop().await;
 }
 
-/// A cluster's service-account signing key, as the API server holds it.
-struct ClusterKey(aws_lc_rs::rsa::KeyPair);
-
-impl ClusterKey {
-    const KID: &'static str = "cluster-sa-1";
-    const ISS: &'static str = "https://kubernetes.default.svc.cluster.local";
-
-    /// `serviceAccountIssuer` as the operator renders it.
-    fn rendered(&self) -> Value {
-        use aws_lc_rs::signature::KeyPair as _;
-        let c = aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(self.0.public_key());
-        json!({"issuer": Self::ISS, "algorithms": ["RS256"], "jwks": {"keys": [
-            {"kty": "RSA", "kid": Self::KID, "use": "sig",
-             "n": b64(&c.n), "e": b64(&c.e)}
-        ]}})
-    }
-
-    /// A projected token of ServiceAccount shop/billing for `aud`, valid ten minutes.
-    fn token(&self, aud: &str) -> String {
-        let now = now();
-        let header = json!({"alg": "RS256", "kid": Self::KID});
-        let claims = json!({
-            "aud": [aud], "exp": now + 600, "iat": now, "nbf": now, "iss": Self::ISS,
-            "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "billing", "uid": "u"},
-                              "pod": {"name": "billing-0", "uid": "p"}},
-            "sub": "system:serviceaccount:shop:billing"
-        });
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
-        let mut signature = vec![0u8; self.0.public_modulus_len()];
-        self.0
-            .sign(
-                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
-                &aws_lc_rs::rand::SystemRandom::new(),
-                input.as_bytes(),
-                &mut signature,
-            )
-            .unwrap();
-        format!("{input}.{}", b64(&signature))
-    }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    scopegate_core::jose::b64::encode(bytes)
-}
-
 /// The form fields of a client assertion.
 fn assertion(jwt: &str) -> String {
     format!(
@@ -2491,21 +2442,13 @@ async fn a_service_account_token_authenticates_its_client_at_the_token_endpoint(
         ..Spec::default()
     })
     .await;
-    let cluster =
-        ClusterKey(aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap());
+    let cluster = ClusterKey::generate();
     // The operator renders the billing client and the cluster's issuer; the issuer reloads.
-    let mut clients = registry(None);
-    clients["clients"].as_array_mut().unwrap().push(json!({
-        "clientId": "shop.billing", "public": false, "authMethod": "service_account_jwt",
-        "grantTypes": ["client_credentials"], "scopes": ["read:items"],
-        "defaultScopes": ["read:items"], "audiences": [ORDERS],
-        "serviceAccounts": ["system:serviceaccount:shop:billing"]
-    }));
-    write_atomic(&issuer.dir.join("clients.json"), &clients.to_string());
-    let mut config = issuer.config.clone();
-    config["apiVersion"] = json!("sidecar.scopegate.dev/v2");
-    config["issuer"]["serviceAccountIssuer"] = cluster.rendered();
-    write_atomic(&issuer.dir.join("config.json"), &config.to_string());
+    admit_service_account_client(
+        &issuer,
+        &cluster,
+        billing_client(&["read:items"], &[ORDERS]),
+    );
 
     let jwt = cluster.token(&issuer.url);
     let grant = format!("grant_type=client_credentials&{}", assertion(&jwt));

@@ -12,6 +12,8 @@ use http::header::CONTENT_TYPE;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+pub use scopegate_sidecar_kit::form::form_encode;
+
 use crate::error::OAuthError;
 
 /// Largest request body read, in bytes.
@@ -128,20 +130,6 @@ pub fn form_decode(text: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
-}
-
-/// Encodes one component for a query string (unreserved characters kept, the rest
-/// percent-encoded).
-pub fn form_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `url` with `params` form-encoded onto its query (after any query it has).

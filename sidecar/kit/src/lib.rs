@@ -1,13 +1,18 @@
-//! What the sidecar's verifier ([`scopegate-verifier`]) and issuer ([`scopegate-issuer`]) both
-//! use, below both of them: the body type of every response the sidecar sends, rate budgets with the store interface that
-//! shares them between replicas, the Prometheus exposition, the clock and the shutdown signal.
+//! What the sidecar's roles — the verifier ([`scopegate-verifier`]), the issuer
+//! ([`scopegate-issuer`]) and the egress proxy ([`scopegate-egress`]) — use, below all of
+//! them: the body type of every response the sidecar sends, hop-by-hop header stripping, form
+//! encoding, rate budgets with the store interface that shares them between replicas, the
+//! Prometheus exposition, the clock and the shutdown signal.
 //!
 //! [`scopegate-verifier`]: https://docs.rs/scopegate-verifier
 //! [`scopegate-issuer`]: https://docs.rs/scopegate-issuer
+//! [`scopegate-egress`]: https://docs.rs/scopegate-egress
 
 pub mod body;
 pub mod budget;
 pub mod exposition;
+pub mod form;
+pub mod hop;
 
 use tokio::sync::watch;
 

@@ -686,3 +686,75 @@ pub fn authorize_flood_tuning() -> IssuerTuning {
         ..IssuerTuning::default()
     }
 }
+
+/// A cluster's service-account signing key, as the API server holds it.
+pub struct ClusterKey(pub rsa::KeyPair);
+
+impl ClusterKey {
+    pub const KID: &'static str = "cluster-sa-1";
+    pub const ISS: &'static str = "https://kubernetes.default.svc.cluster.local";
+
+    /// A fresh RSA key.
+    pub fn generate() -> ClusterKey {
+        ClusterKey(rsa::KeyPair::generate(rsa::KeySize::Rsa2048).unwrap())
+    }
+
+    /// `serviceAccountIssuer` as the operator renders it.
+    pub fn rendered(&self) -> Value {
+        let c = aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(self.0.public_key());
+        json!({"issuer": Self::ISS, "algorithms": ["RS256"], "jwks": {"keys": [
+            {"kty": "RSA", "kid": Self::KID, "use": "sig",
+             "n": b64::encode(&c.n), "e": b64::encode(&c.e)}
+        ]}})
+    }
+
+    /// A projected token of ServiceAccount shop/billing for `aud`, valid ten minutes.
+    pub fn token(&self, aud: &str) -> String {
+        let now = now();
+        let header = json!({"alg": "RS256", "kid": Self::KID});
+        let claims = json!({
+            "aud": [aud], "exp": now + 600, "iat": now, "nbf": now, "iss": Self::ISS,
+            "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "billing", "uid": "u"},
+                              "pod": {"name": "billing-0", "uid": "p"}},
+            "sub": "system:serviceaccount:shop:billing"
+        });
+        let input = format!(
+            "{}.{}",
+            b64::encode(header.to_string().as_bytes()),
+            b64::encode(claims.to_string().as_bytes())
+        );
+        let mut signature = vec![0u8; self.0.public_modulus_len()];
+        self.0
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                input.as_bytes(),
+                &mut signature,
+            )
+            .unwrap();
+        format!("{input}.{}", b64::encode(&signature))
+    }
+}
+
+/// The billing client of the registry: a ServiceAccount client of shop/billing, allowed
+/// `scopes` (the first is its default) for `audiences`.
+pub fn billing_client(scopes: &[&str], audiences: &[&str]) -> Value {
+    json!({
+        "clientId": "shop.billing", "public": false, "authMethod": "service_account_jwt",
+        "grantTypes": ["client_credentials"], "scopes": scopes,
+        "defaultScopes": [scopes[0]], "audiences": audiences,
+        "serviceAccounts": ["system:serviceaccount:shop:billing"]
+    })
+}
+
+/// What the operator renders for a ServiceAccount client: `client` added to the registry and
+/// the cluster's service-account issuer to the config (the issuer reloads both).
+pub fn admit_service_account_client(issuer: &Issuer, cluster: &ClusterKey, client: Value) {
+    let mut clients = registry(None);
+    clients["clients"].as_array_mut().unwrap().push(client);
+    write_atomic(&issuer.dir.join("clients.json"), &clients.to_string());
+    let mut config = issuer.config.clone();
+    config["apiVersion"] = json!("sidecar.scopegate.dev/v2");
+    config["issuer"]["serviceAccountIssuer"] = cluster.rendered();
+    write_atomic(&issuer.dir.join("config.json"), &config.to_string());
+}

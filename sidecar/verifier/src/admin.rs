@@ -46,6 +46,7 @@ pub async fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<B
             let mut collectors: Vec<Box<dyn MetricsCollector>> =
                 vec![Box::new(shared.metrics.clone())];
             collectors.extend(shared.role.as_ref().and_then(|role| role.collector()));
+            collectors.extend(shared.companions().iter().map(|c| c.collector()));
             (
                 StatusCode::OK,
                 exposition::CONTENT_TYPE,

@@ -5,7 +5,8 @@
 //! proxy and admin ports ([`server`]) serve.
 //!
 //! In pods of an `issuer.self` policy the issuer role answers its endpoints on the same
-//! listener; the verifier knows it only through [`role::Role`] and never depends on it.
+//! listener; the verifier knows it only through [`role::Role`] and never depends on it. Roles
+//! on ports of their own (the egress proxy) follow reloads through [`companion::Companion`].
 
 pub mod admin;
 pub mod app_probes;
@@ -13,6 +14,7 @@ pub mod body_deadline;
 pub mod cache;
 mod claims;
 pub mod client_addr;
+pub mod companion;
 pub mod feed_client;
 pub mod headers;
 pub mod inputs;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::app_probes::AppProbes;
 use crate::cache::TokenCache;
+use crate::companion::Companion;
 use crate::feed_client::{self, FeedState};
 use crate::https;
 use crate::metrics::Metrics;
@@ -82,6 +83,7 @@ pub struct Shared {
     restart_needed: AtomicBool,
     reload_error: Mutex<Option<String>>,
     tasks: Mutex<Tasks>,
+    companions: Mutex<Vec<Arc<dyn Companion>>>,
 }
 
 #[derive(Default)]
@@ -120,7 +122,23 @@ impl Shared {
             restart_needed: AtomicBool::new(false),
             reload_error: Mutex::new(None),
             tasks: Mutex::new(Tasks::default()),
+            companions: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Attaches a role that runs beside the proxy: from now on it follows every config put
+    /// in force, and its metrics and readiness lines join the admin port's.
+    pub fn attach(&self, companion: Arc<dyn Companion>) {
+        let mut companions = self.companions.lock().unwrap_or_else(|p| p.into_inner());
+        companions.push(companion);
+    }
+
+    /// The attached companions (a copy: none is called under the lock).
+    pub fn companions(&self) -> Vec<Arc<dyn Companion>> {
+        self.companions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The live set for a remote spec: the running one when the spec is unchanged.
@@ -167,6 +185,15 @@ impl Shared {
             );
             self.restart_needed.store(true, Ordering::Release);
         }
+        // The egress port is bound at start: its targets follow reloads, the port does not.
+        let egress_port =
+            |c: &scopegate_core::config::SidecarConfig| c.egress.as_ref().map(|e| e.port);
+        if egress_port(&old.config) != egress_port(&settings.config) {
+            tracing::warn!(
+                "egress added, removed or moved to another port: the port changes after a restart; the one bound keeps serving"
+            );
+            self.restart_needed.store(true, Ordering::Release);
+        }
         note_skipped_keys(&settings, &self.metrics);
         self.settings.store(Arc::new(settings));
         self.applied_at.store(unix_now(), Ordering::Release);
@@ -177,6 +204,10 @@ impl Shared {
         self.metrics.reload(true);
         *self.reload_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.reconcile_tasks();
+        let in_force = self.settings.load();
+        for companion in self.companions() {
+            companion.put_in_force(&in_force.config);
+        }
         tracing::info!(generation, "config in force");
     }
 
@@ -331,7 +362,7 @@ impl Shared {
         if self.restart_needed.load(Ordering::Acquire) {
             let _ = writeln!(
                 detail,
-                "listen: the port, TLS files or issuer store changed in the config; they apply after a restart"
+                "listen: the port, TLS files, issuer store or egress port changed in the config; they apply after a restart"
             );
         }
         if let Some(error) = &*self.reload_error.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -355,6 +386,9 @@ impl Shared {
         }
         if let Some(feed) = self.feed.load_full() {
             ready &= feed_readiness(&feed, now, &mut detail);
+        }
+        for companion in self.companions() {
+            companion.readiness(&mut detail);
         }
         (ready, detail)
     }

@@ -1,0 +1,240 @@
+//! The token of one audience and set of scopes ([`TokenKey`]), shared by every target that
+//! asks for the same: a cache hit is one atomic load and a clone of a prebuilt header value;
+//! a miss asks the issuer once however many requests miss together (the others wait for
+//! that answer), and a failure is remembered for [`FAILURE_MEMORY`] so that a burst of
+//! requests does not become a burst at the issuer.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+
+use crate::issuer::{self, Granted, TokenEndpoint, TokenFailure, TokenKey};
+use crate::metrics::EgressMetrics;
+
+/// How long a failed token request is answered from memory.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+
+/// The most a token is renewed before it expires.
+const MAX_RENEWAL_MARGIN: Duration = Duration::from_secs(60);
+
+/// A granted token and its times.
+#[derive(Debug)]
+struct Token {
+    /// `Bearer <token>`.
+    header: HeaderValue,
+    /// Sent as is until then; renewed by the first request after.
+    fresh_until: Instant,
+    /// Still sent, while another request renews it, until then.
+    expires_at: Instant,
+}
+
+/// How long a token of `lifetime` is used before it is renewed: its lifetime less a tenth of
+/// it, a minute at most (a 10-minute token is renewed after 9, an hour's after 59).
+pub fn fresh_for(lifetime: Duration) -> Duration {
+    lifetime - (lifetime / 10).min(MAX_RENEWAL_MARGIN)
+}
+
+/// The live token of one key.
+#[derive(Debug)]
+pub struct TokenSlot {
+    key: TokenKey,
+    current: ArcSwapOption<Token>,
+    /// Held by the one request that asks the issuer.
+    asking: tokio::sync::Mutex<()>,
+    /// The last failure and when it happened.
+    failure: Mutex<Option<(Instant, TokenFailure)>>,
+    /// Whether the last request failed: logs follow changes only.
+    failing: AtomicBool,
+}
+
+impl TokenSlot {
+    /// An empty slot for `key`.
+    pub fn new(key: TokenKey) -> TokenSlot {
+        TokenSlot {
+            key,
+            current: ArcSwapOption::empty(),
+            asking: tokio::sync::Mutex::new(()),
+            failure: Mutex::new(None),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    /// What the slot's tokens are asked for.
+    pub fn key(&self) -> &TokenKey {
+        &self.key
+    }
+
+    /// The token, when one is fresh at `now`: the cache hit.
+    pub fn fresh(&self, now: Instant) -> Option<HeaderValue> {
+        let current = self.current.load();
+        current
+            .as_ref()
+            .filter(|token| now < token.fresh_until)
+            .map(|token| token.header.clone())
+    }
+
+    /// The token: the fresh one, else one from the issuer. While a token past its renewal
+    /// time has not expired, only one request renews it and the others keep sending it.
+    pub async fn obtain(
+        &self,
+        endpoint: &TokenEndpoint,
+        metrics: &EgressMetrics,
+        target: &str,
+    ) -> Result<HeaderValue, TokenFailure> {
+        if let Some(header) = self.fresh(Instant::now()) {
+            return Ok(header);
+        }
+        let usable = self.usable(Instant::now());
+        let _asking = match (&usable, self.asking.try_lock()) {
+            (_, Ok(guard)) => guard,
+            // Someone is renewing: the old token is good until it expires.
+            (Some(header), Err(_)) => return Ok(header.clone()),
+            (None, Err(_)) => self.asking.lock().await,
+        };
+        // The request that held the lock may have brought a token, or a failure.
+        let now = Instant::now();
+        if let Some(header) = self.fresh(now) {
+            return Ok(header);
+        }
+        if let Some(failure) = self.remembered(now) {
+            return usable.ok_or(failure);
+        }
+        match issuer::request(endpoint, &self.key).await {
+            Ok(granted) => {
+                metrics.token_fetch(None);
+                Ok(self.keep(granted, target))
+            }
+            Err(failure) => {
+                metrics.token_fetch(Some(&failure));
+                self.remember(&failure, target);
+                usable.ok_or(failure)
+            }
+        }
+    }
+
+    /// The last token, if it has not expired at `now` (fresh or not).
+    fn usable(&self, now: Instant) -> Option<HeaderValue> {
+        let current = self.current.load();
+        current
+            .as_ref()
+            .filter(|token| now < token.expires_at)
+            .map(|token| token.header.clone())
+    }
+
+    /// A failure less than [`FAILURE_MEMORY`] old at `now`.
+    fn remembered(&self, now: Instant) -> Option<TokenFailure> {
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure
+            .as_ref()
+            .filter(|(at, _)| now.duration_since(*at) < FAILURE_MEMORY)
+            .map(|(_, failure)| failure.clone())
+    }
+
+    /// Puts a granted token in the slot and returns its header.
+    fn keep(&self, granted: Granted, target: &str) -> HeaderValue {
+        let now = Instant::now();
+        let header = granted.header.clone();
+        self.current.store(Some(std::sync::Arc::new(Token {
+            header: granted.header,
+            fresh_until: now + fresh_for(granted.lifetime),
+            expires_at: now + granted.lifetime,
+        })));
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if self.failing.swap(false, Ordering::AcqRel) {
+            tracing::info!(
+                target_name = target,
+                audience = %self.key.audience,
+                "egress: tokens are granted again"
+            );
+        }
+        header
+    }
+
+    /// Remembers a failure; the first of a run is logged.
+    fn remember(&self, failure: &TokenFailure, target: &str) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), failure.clone()));
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                target_name = target,
+                audience = %self.key.audience,
+                scope = %self.key.scope,
+                reason = failure.reason(),
+                error = %failure,
+                "egress: no token for the target; its calls fail until one is granted"
+            );
+        } else {
+            tracing::debug!(
+                target_name = target,
+                reason = failure.reason(),
+                "egress: token request failed again"
+            );
+        }
+    }
+
+    /// The current failure, if the last token request failed (for `/readyz`).
+    pub fn failing(&self) -> Option<TokenFailure> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        failure.as_ref().map(|(_, failure)| failure.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_renewed_a_tenth_of_its_life_early_a_minute_at_most() {
+        let secs = Duration::from_secs;
+        assert_eq!(fresh_for(secs(600)), secs(540));
+        assert_eq!(fresh_for(secs(3600)), secs(3540));
+        assert_eq!(fresh_for(secs(86_400)), secs(86_340));
+        assert_eq!(fresh_for(secs(2)), Duration::from_millis(1800));
+        assert_eq!(fresh_for(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_fresh_token_is_served_until_its_renewal_time() {
+        let slot = TokenSlot::new(TokenKey::new("https://orders", &[]));
+        assert!(slot.fresh(Instant::now()).is_none());
+        let header = slot.keep(
+            Granted {
+                header: HeaderValue::from_static("Bearer t"),
+                lifetime: Duration::from_secs(100),
+            },
+            "orders",
+        );
+        assert_eq!(header, "Bearer t");
+        let start = Instant::now();
+        assert_eq!(slot.fresh(start).unwrap(), "Bearer t");
+        assert!(slot.fresh(start + Duration::from_secs(89)).is_some());
+        assert!(slot.fresh(start + Duration::from_secs(90)).is_none());
+        assert!(slot.usable(start + Duration::from_secs(99)).is_some());
+        assert!(slot.usable(start + Duration::from_secs(100)).is_none());
+    }
+
+    #[test]
+    fn a_failure_is_remembered_for_a_second() {
+        let slot = TokenSlot::new(TokenKey::new("https://orders", &[]));
+        slot.remember(&TokenFailure::Timeout, "orders");
+        let start = Instant::now();
+        assert_eq!(slot.remembered(start), Some(TokenFailure::Timeout));
+        assert_eq!(slot.failing(), Some(TokenFailure::Timeout));
+        assert_eq!(slot.remembered(start + FAILURE_MEMORY), None);
+        slot.keep(
+            Granted {
+                header: HeaderValue::from_static("Bearer t"),
+                lifetime: Duration::from_secs(100),
+            },
+            "orders",
+        );
+        assert_eq!(slot.failing(), None);
+        assert_eq!(slot.remembered(start), None);
+    }
+}

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audiences;
 pub mod ca_store;
+pub mod client_checks;
 pub mod clock;
 pub mod conditions;
 pub mod context;

@@ -5,7 +5,6 @@
 
 pub mod auth_policy;
 pub mod ca_bundle;
-pub mod client_checks;
 pub mod oauth_client;
 pub mod relations;
 pub mod watches;

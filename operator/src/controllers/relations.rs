@@ -9,8 +9,8 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
-use super::client_checks::issuer_key;
 use crate::audiences::claimed_audiences;
+use crate::client_checks::issuer_key;
 
 /// Policies that trust `issuer` (in `namespace`) through a policyRef.
 pub fn dependents(

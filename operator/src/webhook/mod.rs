@@ -98,11 +98,11 @@ fn egress_audience(state: &WebhookState, policy: &AuthPolicy) -> Option<String> 
     let namespace = policy.namespace()?;
     let client =
         (state.clients).get(&ObjectRef::new(&egress.client_ref.name).within(&namespace))?;
-    let (issuer_namespace, issuer_name) = crate::controllers::client_checks::issuer_key(&client);
+    let (issuer_namespace, issuer_name) = crate::client_checks::issuer_key(&client);
     let issuer = (state.policies).get(&ObjectRef::new(&issuer_name).within(&issuer_namespace))?;
     // Only for a client its issuer registers as a ServiceAccount client (as the render checks).
     let registered = !client.spec.service_accounts.is_empty()
-        && !(crate::controllers::client_checks::validate(&client, Some(&issuer)).iter())
+        && !(crate::client_checks::validate(&client, Some(&issuer)).iter())
             .any(|p| p.blocks_registration());
     registered
         .then(|| issuer.spec.issuer.self_.as_ref().map(|own| own.url.clone()))

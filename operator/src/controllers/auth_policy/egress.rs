@@ -6,7 +6,7 @@ use scopegate_core::names::{SA_TOKEN_FILE, SA_TOKEN_MOUNT_DIR};
 use scopegate_crds::v1alpha1::{AuthPolicy, Egress, GrantType, OAuthClient};
 
 use super::problem::Problem;
-use crate::controllers::client_checks::validate;
+use crate::client_checks::validate;
 use crate::names::client_id;
 
 /// The egress config of `egress`, whose client is `client` (if it exists) and that client's

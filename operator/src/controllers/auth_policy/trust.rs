@@ -11,8 +11,8 @@ use scopegate_crds::v1alpha1::{Algorithm, AuthPolicy, NamespacedRef};
 use super::problem::Problem;
 use super::render::{self, Trust};
 use super::status::Observation;
+use crate::client_checks::issuer_key;
 use crate::context::Context;
-use crate::controllers::client_checks::issuer_key;
 use crate::names::{JWKS_FILE, Names, client_id};
 use crate::pki::registry::revocation_cutoff;
 

@@ -18,12 +18,10 @@ use scopegate_crds::v1alpha1::{
 
 use super::credentials::{self, Ensured};
 use crate::audiences::AudienceOwners;
+use crate::client_checks::{ClientProblem, audience_problem, cutoff_problem, issuer_key, validate};
 use crate::conditions::{Conclusion, kstatus, merge};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controllers::ca_bundle;
-use crate::controllers::client_checks::{
-    ClientProblem, audience_problem, cutoff_problem, issuer_key, validate,
-};
 use crate::error::{Error, Result};
 use crate::metrics::KindLabels;
 use crate::names::{Names, client_id};

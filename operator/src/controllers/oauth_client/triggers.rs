@@ -7,7 +7,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
-use crate::controllers::client_checks::issuer_key;
+use crate::client_checks::issuer_key;
 use crate::controllers::relations::{AudienceMemory, clients_listing, clients_using};
 use crate::names::POLICY_LABEL;
 

@@ -10,8 +10,8 @@ use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
 use crate::audiences::AudienceOwners;
+use crate::client_checks::{audience_problem, issuer_key, validate};
 use crate::context::Context;
-use crate::controllers::client_checks::{audience_problem, issuer_key, validate};
 use crate::error::{Error, Result};
 use crate::names::{
     CLIENT_SECRET_KEY, Names, PREVIOUS_NOT_AFTER_ANNOTATION, PREVIOUS_SECRET_KEY,

@@ -223,7 +223,9 @@ async fn a_pod_created_before_the_webhook_synced_is_refused_then_injected_once_i
         let answer = operator.admin_get("/readyz");
         ensure!(
             answer.starts_with("HTTP/1.0 503")
-                && answer.contains("the webhook's AuthPolicy cache has not synced yet"),
+                && answer.contains(
+                    "the webhook's AuthPolicy and OAuthClient caches have not synced yet"
+                ),
             "{answer}"
         );
         Ok(())
@@ -245,7 +247,7 @@ async fn a_pod_created_before_the_webhook_synced_is_refused_then_injected_once_i
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", operator.log_tail()));
     assert!(
-        message.contains("has not yet synced its AuthPolicy cache")
+        message.contains("has not yet synced its AuthPolicy and OAuthClient caches")
             && message.contains("refusing it rather than admitting it without its sidecar"),
         "{message}"
     );
@@ -267,7 +269,7 @@ async fn a_pod_created_before_the_webhook_synced_is_refused_then_injected_once_i
         &client,
         serde_json::json!({
             "metadata": {"name": id},
-            "rules": [{"apiGroups": ["scopegate.dev"], "resources": ["authpolicies"], "verbs": ["get", "list", "watch"]}],
+            "rules": [{"apiGroups": ["scopegate.dev"], "resources": ["authpolicies", "oauthclients"], "verbs": ["get", "list", "watch"]}],
         }),
     )
     .await

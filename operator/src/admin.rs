@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 pub struct Health {
     /// Set once this replica is ready: a standby at once, a leader when its caches synced.
     pub ready: AtomicBool,
-    /// Set once the injection webhook's AuthPolicy cache has synced: until then the webhook
+    /// Set once the injection webhook's AuthPolicy and OAuthClient caches have synced: until then the webhook
     /// refuses every pod, and the replica must get no webhook traffic.
     pub webhook_synced: Arc<AtomicBool>,
 }
@@ -52,7 +52,7 @@ fn answer(path: &str, metrics: &Metrics, health: &Health) -> Response<Full<Bytes
         "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
         "/readyz" if !health.webhook_synced.load(Ordering::Relaxed) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the webhook's AuthPolicy cache has not synced yet\n".to_owned(),
+            "the webhook's AuthPolicy and OAuthClient caches have not synced yet\n".to_owned(),
         ),
         "/readyz" if health.ready.load(Ordering::Relaxed) => (StatusCode::OK, "ready\n".to_owned()),
         "/readyz" => (
@@ -87,7 +87,10 @@ mod tests {
         health.ready.store(true, Ordering::Relaxed);
         let (status, body) = readyz(&health);
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("AuthPolicy cache has not synced"), "{body}");
+        assert!(
+            body.contains("OAuthClient caches have not synced"),
+            "{body}"
+        );
         health.webhook_synced.store(true, Ordering::Relaxed);
         assert_eq!(readyz(&health).0, StatusCode::OK);
         health.ready.store(false, Ordering::Relaxed);

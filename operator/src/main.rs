@@ -226,7 +226,7 @@ fn fenced_client(
         .build())
 }
 
-/// Starts the webhook every replica serves: its AuthPolicy cache, the certificate loaded from
+/// Starts the webhook every replica serves: its AuthPolicy and OAuthClient caches, the certificate loaded from
 /// the Secret the leader keeps, and the TLS listener.
 async fn serve_webhook(
     cli: &Cli,

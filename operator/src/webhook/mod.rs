@@ -69,10 +69,11 @@ pub struct WebhookState {
 
 /// The refusal while the policy cache has not synced: an empty cache would answer "no policy
 /// selects this pod" and admit a selected pod without its sidecar.
-pub const NOT_SYNCED: &str = "scopegate's injection webhook has not yet synced its AuthPolicy cache with the API server, so it cannot tell whether an AuthPolicy selects this pod: refusing it rather than admitting it without its sidecar; the create succeeds once the cache has synced (retry, or let the pod's controller retry)";
+pub const NOT_SYNCED: &str = "scopegate's injection webhook has not yet synced its AuthPolicy and OAuthClient caches with the API server, so it cannot tell whether an AuthPolicy selects this pod (or which issuer its egress token is for): refusing it rather than admitting it without its sidecar; the create succeeds once the caches have synced (retry, or let the pod's controller retry)";
 
 impl WebhookState {
-    /// Whether the AuthPolicy cache holds the API server's full list (it has synced once).
+    /// Whether the AuthPolicy and OAuthClient caches hold the API server's full lists (they have
+    /// synced once).
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
@@ -87,7 +88,7 @@ pub async fn track_sync(
 ) {
     if policies.wait_until_ready().await.is_ok() && clients.wait_until_ready().await.is_ok() {
         synced.store(true, Ordering::Release);
-        tracing::info!("webhook AuthPolicy cache synced");
+        tracing::info!("webhook AuthPolicy and OAuthClient caches synced");
     }
 }
 

@@ -77,6 +77,22 @@ pub enum ClientProblem {
         /// The cut-off in force (RFC 3339).
         effective: String,
     },
+    /// The client authenticates with ServiceAccount tokens and its issuer holds no key of the
+    /// cluster's service-account issuer (yet): every assertion is refused.
+    ServiceAccountIssuerUnavailable {
+        /// namespace/name of the issuer.
+        issuer: String,
+        /// What the issuer's status says, if anything.
+        why: Option<String>,
+    },
+    /// Another client of the same issuer names the same ServiceAccount: a token of it
+    /// authenticates only with client_id.
+    ServiceAccountShared {
+        /// The ServiceAccount.
+        account: String,
+        /// The other clients naming it.
+        others: Vec<String>,
+    },
     /// The namespace has more clients than the operator serves.
     NamespaceLimit {
         /// The cap.
@@ -101,6 +117,10 @@ impl ClientProblem {
             ClientProblem::SecretNotFound { .. } => "SecretNotFound",
             ClientProblem::WriteRefused { .. } => "WriteRefused",
             ClientProblem::RevocationCutoffInFuture { .. } => "RevocationCutoffInFuture",
+            ClientProblem::ServiceAccountIssuerUnavailable { .. } => {
+                "ServiceAccountIssuerUnavailable"
+            }
+            ClientProblem::ServiceAccountShared { .. } => "ServiceAccountShared",
         }
     }
 
@@ -109,7 +129,9 @@ impl ClientProblem {
         match self {
             ClientProblem::NoLoginUrl { .. }
             | ClientProblem::UnknownUpstreams { .. }
-            | ClientProblem::RevocationCutoffInFuture { .. } => false,
+            | ClientProblem::RevocationCutoffInFuture { .. }
+            | ClientProblem::ServiceAccountIssuerUnavailable { .. }
+            | ClientProblem::ServiceAccountShared { .. } => false,
             // Registered with an empty list it would get the issuer URL instead: never.
             ClientProblem::AudienceNotAdmitted { none_left, .. } => *none_left,
             _ => true,
@@ -119,7 +141,12 @@ impl ClientProblem {
     /// Whether the client does not work as its spec says (Ready is then False), registered
     /// or not.
     pub fn blocks_readiness(&self) -> bool {
-        self.blocks_registration() || matches!(self, ClientProblem::AudienceNotAdmitted { .. })
+        self.blocks_registration()
+            || matches!(
+                self,
+                ClientProblem::AudienceNotAdmitted { .. }
+                    | ClientProblem::ServiceAccountIssuerUnavailable { .. }
+            )
     }
 }
 
@@ -153,6 +180,16 @@ impl std::fmt::Display for ClientProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientProblem::IssuerNotFound { issuer } => write!(f, "AuthPolicy {issuer} not found"),
+            ClientProblem::ServiceAccountIssuerUnavailable { issuer, why } => write!(
+                f,
+                "issuer {issuer} holds no key of the cluster's service-account issuer{}: the ServiceAccount tokens are refused until it does (see its status.serviceAccountIssuer)",
+                why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+            ),
+            ClientProblem::ServiceAccountShared { account, others } => write!(
+                f,
+                "ServiceAccount {account} is also named by {}: its token authenticates only with client_id",
+                others.join(", ")
+            ),
             ClientProblem::RevocationCutoffInFuture {
                 requested,
                 effective,
@@ -229,6 +266,52 @@ pub fn issuer_key(client: &OAuthClient) -> (String, String) {
         .or_else(|| client.namespace())
         .unwrap_or_default();
     (namespace, client.spec.issuer_ref.name.clone())
+}
+
+/// For a client authenticated by ServiceAccount tokens: whether its `issuer` holds the
+/// cluster's keys (from its status), and which of its ServiceAccounts `clients` of the same
+/// issuer also name.
+pub fn service_account_problems<'a>(
+    client: &OAuthClient,
+    issuer: Option<&AuthPolicy>,
+    clients: impl IntoIterator<Item = &'a OAuthClient>,
+) -> Vec<ClientProblem> {
+    let accounts = &client.spec.service_accounts;
+    if accounts.is_empty() {
+        return Vec::new();
+    }
+    let mut problems = Vec::new();
+    let key = issuer_key(client);
+    if let Some(issuer) = issuer.filter(|p| p.spec.issuer.self_.is_some()) {
+        let read = issuer
+            .status
+            .as_ref()
+            .and_then(|s| s.service_account_issuer.as_ref());
+        if read.is_none_or(|r| r.key_ids.is_empty()) {
+            problems.push(ClientProblem::ServiceAccountIssuerUnavailable {
+                issuer: format!("{}/{}", key.0, key.1),
+                why: read.and_then(|r| r.error.clone()),
+            });
+        }
+    }
+    let namespace = client.namespace();
+    let others: Vec<&OAuthClient> = (clients.into_iter())
+        .filter(|c| c.namespace() == namespace && c.name_any() != client.name_any())
+        .filter(|c| issuer_key(c) == key)
+        .collect();
+    for account in accounts {
+        let naming: Vec<String> = (others.iter())
+            .filter(|c| c.spec.service_accounts.contains(account))
+            .map(|c| c.name_any())
+            .collect();
+        if !naming.is_empty() {
+            problems.push(ClientProblem::ServiceAccountShared {
+                account: account.clone(),
+                others: naming,
+            });
+        }
+    }
+    problems
 }
 
 /// The warning when `client`'s `revokeTokensIssuedBefore` was clamped
@@ -427,5 +510,42 @@ spec:
             own.allowed_client_namespaces = vec!["*".into()];
         }
         assert!(validate(&client("anywhere", ""), Some(&open)).is_empty());
+    }
+
+    #[test]
+    fn a_service_account_client_says_when_its_issuer_has_no_cluster_key_or_shares_an_account() {
+        let billing = client("shop", "  serviceAccounts: [billing]");
+        let mut issuer = issuer();
+        let reasons = |issuer: &AuthPolicy, others: &[&OAuthClient]| -> Vec<&'static str> {
+            service_account_problems(&billing, Some(issuer), others.iter().copied())
+                .iter()
+                .map(ClientProblem::reason)
+                .collect()
+        };
+        // Not read yet: not Ready (every assertion is refused), but registered.
+        assert_eq!(reasons(&issuer, &[]), ["ServiceAccountIssuerUnavailable"]);
+        let problem = &service_account_problems(&billing, Some(&issuer), [])[0];
+        assert!(problem.blocks_readiness() && !problem.blocks_registration());
+        issuer.status = serde_json::from_value(serde_json::json!({
+            "serviceAccountIssuer": {"issuer": "https://kubernetes.default.svc", "keyIds": ["k"]}
+        }))
+        .unwrap();
+        assert!(reasons(&issuer, &[]).is_empty());
+        // Another client of the same issuer in the namespace naming the same account.
+        let mut twin = client("shop", "  serviceAccounts: [billing, batch]");
+        twin.metadata.name = Some("twin".into());
+        let elsewhere = client("billing", "  serviceAccounts: [billing]");
+        assert_eq!(
+            reasons(&issuer, &[&billing, &twin, &elsewhere]),
+            ["ServiceAccountShared"]
+        );
+        let shared = &service_account_problems(&billing, Some(&issuer), [&twin])[0];
+        assert!(
+            shared.to_string().contains("also named by twin"),
+            "{shared}"
+        );
+        assert!(!shared.blocks_readiness());
+        // A client with a secret has none of this.
+        assert!(service_account_problems(&client("shop", ""), Some(&issuer), []).is_empty());
     }
 }

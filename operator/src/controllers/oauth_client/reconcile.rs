@@ -18,7 +18,9 @@ use scopegate_crds::v1alpha1::{
 
 use super::credentials::{self, Ensured};
 use crate::audiences::AudienceOwners;
-use crate::client_checks::{ClientProblem, audience_problem, cutoff_problem, issuer_key, validate};
+use crate::client_checks::{
+    ClientProblem, audience_problem, cutoff_problem, issuer_key, service_account_problems, validate,
+};
 use crate::conditions::{Conclusion, kstatus, merge};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::controllers::ca_bundle;
@@ -65,6 +67,11 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
     problems.extend(audience_problem(&owners.sort_client(client)));
     problems.extend(cutoff_problem(client, now));
     let all = ctx.clients.state();
+    problems.extend(service_account_problems(
+        client,
+        issuer.as_deref(),
+        all.iter().map(AsRef::as_ref),
+    ));
     if let Some(over) = crate::limits::over_limit(
         client,
         all.iter().map(AsRef::as_ref),

@@ -289,11 +289,14 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         options.app_probes,
         options.connection,
     );
+    // Attached before the reload watcher starts, so that no reload passes egress by.
+    if let Some((egress, _, _)) = &egress {
+        shared.attach(Arc::new(EgressCompanion(egress.clone())));
+    }
     shared.start_background();
     let (shutdown, stop) = watch::channel(false);
     let (egress_task, egress_addr) = match egress {
         Some((egress, listener, addr)) => {
-            shared.attach(Arc::new(EgressCompanion(egress.clone())));
             let serving = scopegate_egress::server::serve(
                 egress,
                 listener,

@@ -830,6 +830,46 @@ async fn a_redirect_goes_back_to_the_app_unfollowed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_answering_with_both_framings_reaches_the_app_with_one() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ca = Ca::new("operator CA");
+    let issuer = MockIssuer::start(&ca).await;
+    // A target that sends Transfer-Encoding and a false Content-Length.
+    let listener = TcpListener::bind("127.0.0.4:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut request = vec![0; 4096];
+        let _ = stream.read(&mut request).await;
+        let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        stream.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let pod = Pod::start(
+        &issuer,
+        &ca,
+        json!([target(
+            "legacy",
+            &format!("http://{at}"),
+            true,
+            ORDERS_AUD,
+            &[]
+        )]),
+    )
+    .await;
+    let r = pod
+        .call(&format!("GET http://{at}/ HTTP/1.1\r\nHost: {at}\r\n"))
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello");
+    assert_ne!(
+        r.header("content-length"),
+        Some("100"),
+        "the false length passed on"
+    );
+    pod.sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_refusal_is_a_502_naming_the_target_and_the_issuers_error() {
     let ca = Ca::new("operator CA");
     let issuer = MockIssuer::start(&ca).await;

@@ -68,6 +68,11 @@ pub async fn forward(
         tracing::warn!(target_name = %target.name, "egress: the target switched protocols unasked");
         return Err(UpstreamError::Unreachable);
     }
+    // A target that sent both framings: the body is re-framed on the way to the app, so its
+    // Content-Length must not pass along (RFC 9112 §6.3).
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, body.boxed()))
 }

@@ -41,6 +41,7 @@ const MAX_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 pub type TokenClient = Client<HttpsConnector<ProxyConnector>, Full<Bytes>>;
 
 /// Where and as whom tokens are asked for.
+#[derive(Clone)]
 pub struct TokenEndpoint {
     /// The token endpoint.
     pub uri: Uri,

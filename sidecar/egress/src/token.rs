@@ -4,8 +4,8 @@
 //! that answer), and a failure is remembered for [`FAILURE_MEMORY`] so that a burst of
 //! requests does not become a burst at the issuer.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -42,8 +42,8 @@ pub fn fresh_for(lifetime: Duration) -> Duration {
 pub struct TokenSlot {
     key: TokenKey,
     current: ArcSwapOption<Token>,
-    /// Held by the one request that asks the issuer.
-    asking: tokio::sync::Mutex<()>,
+    /// Held by the one fetch that asks the issuer.
+    asking: Arc<tokio::sync::Mutex<()>>,
     /// The last failure and when it happened.
     failure: Mutex<Option<(Instant, TokenFailure)>>,
     /// Whether the last request failed: logs follow changes only.
@@ -56,7 +56,7 @@ impl TokenSlot {
         TokenSlot {
             key,
             current: ArcSwapOption::empty(),
-            asking: tokio::sync::Mutex::new(()),
+            asking: Arc::new(tokio::sync::Mutex::new(())),
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
         }
@@ -79,22 +79,22 @@ impl TokenSlot {
     /// The token: the fresh one, else one from the issuer. While a token past its renewal
     /// time has not expired, only one request renews it and the others keep sending it.
     pub async fn obtain(
-        &self,
+        self: &Arc<Self>,
         endpoint: &TokenEndpoint,
-        metrics: &EgressMetrics,
-        target: &str,
+        metrics: &Arc<EgressMetrics>,
+        target: &Arc<str>,
     ) -> Result<HeaderValue, TokenFailure> {
         if let Some(header) = self.fresh(Instant::now()) {
             return Ok(header);
         }
         let usable = self.usable(Instant::now());
-        let _asking = match (&usable, self.asking.try_lock()) {
+        let asking = match (&usable, self.asking.clone().try_lock_owned()) {
             (_, Ok(guard)) => guard,
             // Someone is renewing: the old token is good until it expires.
             (Some(header), Err(_)) => return Ok(header.clone()),
-            (None, Err(_)) => self.asking.lock().await,
+            (None, Err(_)) => self.asking.clone().lock_owned().await,
         };
-        // The request that held the lock may have brought a token, or a failure.
+        // The fetch that held the lock may have brought a token, or a failure.
         let now = Instant::now();
         if let Some(header) = self.fresh(now) {
             return Ok(header);
@@ -102,16 +102,33 @@ impl TokenSlot {
         if let Some(failure) = self.remembered(now) {
             return usable.ok_or(failure);
         }
-        match issuer::request(endpoint, &self.key).await {
-            Ok(granted) => {
-                metrics.token_fetch(None);
-                Ok(self.keep(granted, target))
+        // The fetch runs on its own, holding the lock: a caller that goes away (an app whose
+        // timeout is shorter than the issuer's answer) neither aborts it nor lets the next
+        // caller start another; the token or the failure it brings is kept for the next call.
+        let (slot, endpoint, metrics, target) = (
+            self.clone(),
+            endpoint.clone(),
+            metrics.clone(),
+            target.clone(),
+        );
+        let fetch = tokio::spawn(async move {
+            let _asking = asking;
+            match issuer::request(&endpoint, &slot.key).await {
+                Ok(granted) => {
+                    metrics.token_fetch(None);
+                    Ok(slot.keep(granted, &target))
+                }
+                Err(failure) => {
+                    metrics.token_fetch(Some(&failure));
+                    slot.remember(&failure, &target);
+                    Err(failure)
+                }
             }
-            Err(failure) => {
-                metrics.token_fetch(Some(&failure));
-                self.remember(&failure, target);
-                usable.ok_or(failure)
-            }
+        });
+        match fetch.await {
+            Ok(Ok(header)) => Ok(header),
+            Ok(Err(failure)) => usable.ok_or(failure),
+            Err(_) => usable.ok_or(TokenFailure::Unreachable),
         }
     }
 

@@ -80,6 +80,14 @@ pub fn decide(
     let Some(policy) = selecting.into_iter().min_by_key(|p| seniority(p)) else {
         return Decision::Unchanged;
     };
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    if policy.spec.egress.is_some() && host_network {
+        // Its loopback is the node's: every process of the node could use the client's tokens.
+        return Decision::Deny(format!(
+            "pod refused: AuthPolicy {} declares egress, whose port listens on the pod's loopback, and this pod uses hostNetwork, whose loopback is the node's: any process on the node could call the targets with the client's tokens; run it without hostNetwork",
+            policy.name_any()
+        ));
+    }
     let audience = egress_audience(policy);
     if carries_marks(pod) {
         return match verify_injected(pod, policy, settings, audience.as_deref()) {

@@ -801,6 +801,13 @@ fn an_egress_policy_gives_the_sidecar_alone_a_short_token_for_the_issuer() {
         decide(&lending, &[&p], &settings(true), &issuer),
         Decision::Deny(_)
     ));
+    // A hostNetwork pod's loopback is the node's: no egress for it.
+    let mut on_the_node = original.clone();
+    on_the_node.spec.as_mut().unwrap().host_network = Some(true);
+    let Decision::Deny(why) = decide(&on_the_node, &[&p], &settings(true), &issuer) else {
+        panic!("a hostNetwork pod with egress admitted")
+    };
+    assert!(why.contains("hostNetwork"), "{why}");
     // Before the client resolves, no token: the sidecar's egress answers 503 until then.
     let Decision::Patch(ops) = decide(&original, &[&p], &settings(true), &|_| None) else {
         panic!("no patch")

@@ -76,12 +76,33 @@ pub fn render(
     }
     Ok(EgressConfig {
         port: u16::try_from(egress.port).unwrap_or(15081),
-        token_endpoint: format!("{}/oauth2/token", own.url.trim_end_matches('/')),
+        token_endpoint: format!(
+            "{}/oauth2/token",
+            full_name_url(&own.url, cluster_domain).trim_end_matches('/')
+        ),
         client_id: client_id(client),
         token_audience: own.url.clone(),
         assertion_path: format!("{SA_TOKEN_MOUNT_DIR}/{SA_TOKEN_FILE}"),
         targets,
     })
+}
+
+/// `url` with an in-cluster host written in full (`<svc>.<ns>.svc.<cluster domain>`), so that
+/// no DNS search domain turns it into another namespace's name; any other url as it is.
+fn full_name_url(url: &str, cluster_domain: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, format!(":{port}")),
+        None => (authority, String::new()),
+    };
+    if in_cluster(url, cluster_domain) && !host.ends_with(&format!(".svc.{cluster_domain}")) {
+        format!("{scheme}://{host}.{cluster_domain}{port}{path}")
+    } else {
+        url.to_owned()
+    }
 }
 
 /// The `host:port` to connect to for `url`: an in-cluster name in full (`<svc>.<ns>.svc.<cluster
@@ -150,7 +171,19 @@ mod tests {
         let sa = client("  serviceAccounts: [billing]");
         let config = render(&egress(ORDERS), Some(&sa), Some(&issuer()), "cluster.local").unwrap();
         assert_eq!(config.port, 15081);
-        assert_eq!(config.token_endpoint, "https://auth.shop.svc/oauth2/token");
+        // Dialled by its full name; the token it presents is for the issuer's url as written.
+        assert_eq!(
+            config.token_endpoint,
+            "https://auth.shop.svc.cluster.local/oauth2/token"
+        );
+        assert_eq!(
+            full_name_url("https://auth.shop.svc:8443/tenant", "cluster.local"),
+            "https://auth.shop.svc.cluster.local:8443/tenant"
+        );
+        assert_eq!(
+            full_name_url("https://login.example.com", "cluster.local"),
+            "https://login.example.com"
+        );
         assert_eq!(config.client_id, "shop.billing");
         assert_eq!(
             config.assertion_path,

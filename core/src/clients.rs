@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 /// File name of the document inside the clients Secret.
 pub const CLIENTS_FILE: &str = "clients.json";
 
+/// The token-exchange grant type (RFC 8693 §2.1).
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// Longest chain of actors a token may name (`act` nested this deep at most).
+pub const MAX_EXCHANGE_DEPTH: u8 = 4;
+
 /// Every client of one issuer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -68,6 +74,25 @@ pub struct RegisteredClient {
     /// `system:serviceaccount:<namespace>:<name>`, all of the client's own namespace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<String>,
+    /// Which tokens it may exchange, and for which audiences (RFC 8693); `None`: it may not
+    /// (then [`TOKEN_EXCHANGE_GRANT`] is not among its grant types either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchange>,
+}
+
+/// What a client may exchange (RFC 8693): tokens sent to its own services, for tokens to
+/// other audiences that name it as the actor.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchange {
+    /// A subject token must carry one of these audiences: audiences its own namespace owns,
+    /// so a token is exchanged only by the service it was sent to.
+    pub subject_audiences: Vec<String>,
+    /// The audiences it may ask for, each admitted by its owner.
+    pub audiences: Vec<String>,
+    /// The longest chain of actors an exchanged token may carry, 1 to [`MAX_EXCHANGE_DEPTH`]:
+    /// 1 exchanges only tokens that no client exchanged before.
+    pub max_depth: u8,
 }
 
 /// A hashed client secret.

@@ -129,6 +129,11 @@ pub struct EgressTarget {
     pub audience: String,
     /// The scopes requested for its tokens.
     pub scopes: Vec<String>,
+    /// On behalf of the caller: the app forwards the bearer token of the request it is
+    /// serving, and the sidecar exchanges it (RFC 8693) for a token of this target's audience
+    /// that names the pod's client as the actor. Otherwise the pod's own token is sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_behalf_of_caller: bool,
 }
 
 /// Identity of the rendering AuthPolicy.

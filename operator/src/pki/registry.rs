@@ -196,6 +196,7 @@ fn registered(
         redirect_uris: spec.redirect_uris.clone(),
         revoke_before: revocation_cutoff(entry.client, now).map(|c| c.effective.as_second()),
         service_accounts,
+        token_exchange: None,
     }
 }
 

@@ -176,6 +176,7 @@ fn authentication(c: &mut Criterion) {
         redirect_uris: vec![],
         revoke_before: None,
         service_accounts: Vec::new(),
+        token_exchange: None,
     };
     let registry: HashMap<String, LoadedClient> = [
         client("shop.backend", SecretKind::Generated),

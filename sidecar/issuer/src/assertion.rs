@@ -458,6 +458,7 @@ pub(crate) mod testing {
             redirect_uris: vec![],
             revoke_before: None,
             service_accounts: service_accounts.iter().map(|s| (*s).to_owned()).collect(),
+            token_exchange: None,
         }
     }
 

@@ -203,6 +203,7 @@ mod tests {
             redirect_uris: vec![],
             revoke_before: None,
             service_accounts: Vec::new(),
+            token_exchange: None,
         }
     }
 

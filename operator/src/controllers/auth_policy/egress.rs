@@ -72,6 +72,7 @@ pub fn render(
             in_cluster,
             audience: target.audience.clone(),
             scopes: target.scopes.clone(),
+            on_behalf_of_caller: false,
         });
     }
     Ok(EgressConfig {

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use kube::ResourceExt;
+use scopegate_core::clients::{MAX_EXCHANGE_DEPTH, TokenExchange};
 use scopegate_crds::v1alpha1::{AuthPolicy, AuthPolicySpec, OAuthClient};
 
 use crate::names::is_dns_label;
@@ -216,8 +217,44 @@ impl AudienceOwners {
                 refused => sorted.refused.push((audience.clone(), refused)),
             }
         }
+        if let Some(spec) = &client.spec.token_exchange {
+            let (subjects, not_owned): (Vec<String>, Vec<String>) = (spec.subject_audiences)
+                .iter()
+                .cloned()
+                .partition(|a| sorted.owned.contains(a));
+            sorted.exchange_refused.extend(
+                not_owned
+                    .into_iter()
+                    .map(|a| (a, ExchangeRefusal::SubjectNotOwned)),
+            );
+            let mut targets = Vec::new();
+            for audience in &spec.audiences {
+                match self.verdict(audience, &namespace, &name) {
+                    Verdict::Admitted => targets.push(audience.clone()),
+                    refused => sorted
+                        .exchange_refused
+                        .push((audience.clone(), ExchangeRefusal::Target(refused))),
+                }
+            }
+            sorted.exchange =
+                (!subjects.is_empty() && !targets.is_empty()).then(|| TokenExchange {
+                    subject_audiences: subjects,
+                    audiences: targets,
+                    max_depth: u8::try_from(spec.max_depth.clamp(1, MAX_EXCHANGE_DEPTH.into()))
+                        .unwrap_or(1),
+                });
+        }
         sorted
     }
+}
+
+/// Why an audience of a client's tokenExchange is not honoured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExchangeRefusal {
+    /// A subject audience that the client's own namespace does not own.
+    SubjectNotOwned,
+    /// A target audience its owner does not admit (or nobody owns).
+    Target(Verdict),
 }
 
 /// A client's audiences, sorted by its owners' verdicts.
@@ -229,6 +266,11 @@ pub struct ClientAudiences {
     pub refused: Vec<(String, Verdict)>,
     /// Audiences its own namespace owns (what it may introspect).
     pub owned: Vec<String>,
+    /// Its token exchange as registered: the owned subject audiences and the admitted target
+    /// audiences; `None` when it declares none or none of either list is left.
+    pub exchange: Option<TokenExchange>,
+    /// Audiences of its tokenExchange that are not honoured, with why.
+    pub exchange_refused: Vec<(String, ExchangeRefusal)>,
 }
 
 /// What `policy` admits for `audience`.
@@ -489,5 +531,63 @@ mod tests {
         let sorted = owners.sort_client(&web);
         assert_eq!(sorted.admitted, [ORDERS]);
         assert_eq!(sorted.owned, [ORDERS]);
+        assert_eq!(sorted.exchange, None);
+    }
+
+    /// `client` with a tokenExchange from `subjects` to `targets`.
+    fn exchanging(namespace: &str, subjects: &[&str], targets: &[&str]) -> OAuthClient {
+        let mut client = client(namespace, "app", &[]);
+        client.spec.token_exchange = serde_json::from_value(serde_json::json!({
+            "subjectAudiences": subjects, "audiences": targets, "maxDepth": 9
+        }))
+        .unwrap();
+        client
+    }
+
+    #[test]
+    fn an_exchange_takes_only_tokens_sent_to_its_own_namespace_for_admitted_audiences() {
+        const INVENTORY: &str = "https://inventory.stock.svc.cluster.local";
+        let orders = policy("shop", "orders", 10, &format!("  audiences: [{ORDERS}]"));
+        let inventory = policy(
+            "stock",
+            "inventory",
+            10,
+            &format!("  audiences: [{INVENTORY}]\n  clients: {{namespaces: [shop]}}"),
+        );
+        let owners = AudienceOwners::new([&orders, &inventory], "cluster.local");
+        let sorted = owners.sort_client(&exchanging("shop", &[ORDERS], &[INVENTORY]));
+        let exchange = sorted.exchange.unwrap();
+        assert_eq!(exchange.subject_audiences, [ORDERS]);
+        assert_eq!(exchange.audiences, [INVENTORY]);
+        // The schema caps the depth at 4; the registry never holds more.
+        assert_eq!(exchange.max_depth, MAX_EXCHANGE_DEPTH);
+        assert!(sorted.exchange_refused.is_empty());
+
+        // Another namespace's team: tokens sent to shop's orders are not theirs to exchange,
+        // and inventory does not admit them.
+        let sorted = owners.sort_client(&exchanging("evil", &[ORDERS], &[INVENTORY]));
+        assert_eq!(sorted.exchange, None);
+        assert_eq!(
+            sorted.exchange_refused[0],
+            (ORDERS.to_owned(), ExchangeRefusal::SubjectNotOwned)
+        );
+        assert!(matches!(
+            sorted.exchange_refused[1].1,
+            ExchangeRefusal::Target(Verdict::NotAdmitted { .. })
+        ));
+        // One target nobody owns: the rest still works.
+        let sorted = owners.sort_client(&exchanging(
+            "shop",
+            &[ORDERS],
+            &[INVENTORY, "https://nobody.example"],
+        ));
+        assert_eq!(sorted.exchange.unwrap().audiences, [INVENTORY]);
+        assert_eq!(
+            sorted.exchange_refused,
+            [(
+                "https://nobody.example".to_owned(),
+                ExchangeRefusal::Target(Verdict::NoOwner)
+            )]
+        );
     }
 }

@@ -5,7 +5,7 @@
 use kube::ResourceExt;
 use scopegate_crds::v1alpha1::{AuthPolicy, GrantType, OAuthClient};
 
-use crate::audiences::{ClientAudiences, Verdict};
+use crate::audiences::{ClientAudiences, ExchangeRefusal, Verdict};
 use crate::pki::registry::revocation_cutoff;
 
 /// Something wrong between a client and its issuer.
@@ -54,6 +54,15 @@ pub enum ClientProblem {
         refused: Vec<(String, String)>,
         /// Whether no audience of the client is admitted.
         none_left: bool,
+    },
+    /// Audiences of spec.tokenExchange that are not honoured: subject audiences its namespace
+    /// does not own, target audiences their owner does not admit. The client stays
+    /// registered; without one of either left it may not exchange at all.
+    ExchangeAudiencesRefused {
+        /// (audience, why) pairs.
+        refused: Vec<(String, String)>,
+        /// Whether nothing of either list is left, so the client may not exchange.
+        disabled: bool,
     },
     /// `existingSecret` names a Secret, or a key, that does not exist.
     SecretNotFound {
@@ -113,6 +122,7 @@ impl ClientProblem {
             ClientProblem::NoLoginUrl { .. } => "NoLoginUrl",
             ClientProblem::UnknownUpstreams { .. } => "UnknownUpstream",
             ClientProblem::AudienceNotAdmitted { .. } => "AudienceNotAdmitted",
+            ClientProblem::ExchangeAudiencesRefused { .. } => "ExchangeAudienceRefused",
             ClientProblem::NamespaceLimit { .. } => "NamespaceClientLimit",
             ClientProblem::SecretNotFound { .. } => "SecretNotFound",
             ClientProblem::WriteRefused { .. } => "WriteRefused",
@@ -131,7 +141,8 @@ impl ClientProblem {
             | ClientProblem::UnknownUpstreams { .. }
             | ClientProblem::RevocationCutoffInFuture { .. }
             | ClientProblem::ServiceAccountIssuerUnavailable { .. }
-            | ClientProblem::ServiceAccountShared { .. } => false,
+            | ClientProblem::ServiceAccountShared { .. }
+            | ClientProblem::ExchangeAudiencesRefused { .. } => false,
             // Registered with an empty list it would get the issuer URL instead: never.
             ClientProblem::AudienceNotAdmitted { none_left, .. } => *none_left,
             _ => true,
@@ -145,8 +156,21 @@ impl ClientProblem {
             || matches!(
                 self,
                 ClientProblem::AudienceNotAdmitted { .. }
+                    | ClientProblem::ExchangeAudiencesRefused { .. }
                     | ClientProblem::ServiceAccountIssuerUnavailable { .. }
             )
+    }
+}
+
+/// Why an owner's verdict refuses an audience, in words.
+fn verdict_words(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::NoOwner => "no AuthPolicy lists it in its audiences".to_owned(),
+        Verdict::NotAdmitted { owners } => format!(
+            "its owner {} does not admit this client: add its namespace or name to spec.clients there",
+            owners.join(", ")
+        ),
+        Verdict::Admitted => "admitted".to_owned(),
     }
 }
 
@@ -155,24 +179,32 @@ pub fn audience_problem(sorted: &ClientAudiences) -> Option<ClientProblem> {
     if sorted.refused.is_empty() {
         return None;
     }
-    let refused = sorted
-        .refused
-        .iter()
-        .map(|(audience, verdict)| {
-            let why = match verdict {
-                Verdict::NoOwner => "no AuthPolicy lists it in its audiences".to_owned(),
-                Verdict::NotAdmitted { owners } => format!(
-                    "its owner {} does not admit this client: add its namespace or name to spec.clients there",
-                    owners.join(", ")
-                ),
-                Verdict::Admitted => "admitted".to_owned(),
-            };
-            (audience.clone(), why)
-        })
+    let refused = (sorted.refused.iter())
+        .map(|(audience, verdict)| (audience.clone(), verdict_words(verdict)))
         .collect();
     Some(ClientProblem::AudienceNotAdmitted {
         refused,
         none_left: sorted.admitted.is_empty(),
+    })
+}
+
+/// The problem with `client`'s tokenExchange audiences, if any is not honoured.
+pub fn exchange_problem(sorted: &ClientAudiences) -> Option<ClientProblem> {
+    if sorted.exchange_refused.is_empty() {
+        return None;
+    }
+    let refused = (sorted.exchange_refused.iter())
+        .map(|(audience, refusal)| {
+            let why = match refusal {
+                ExchangeRefusal::SubjectNotOwned => "a subject audience must be owned by this namespace (an audience of one of its AuthPolicies), so that only the service a token was sent to exchanges it".to_owned(),
+                ExchangeRefusal::Target(verdict) => verdict_words(verdict),
+            };
+            (audience.clone(), why)
+        })
+        .collect();
+    Some(ClientProblem::ExchangeAudiencesRefused {
+        refused,
+        disabled: sorted.exchange.is_none(),
     })
 }
 
@@ -244,6 +276,21 @@ impl std::fmt::Display for ClientProblem {
                 write!(
                     f,
                     "audiences not admitted, never issued to this client ({consequence}): {}",
+                    list.join("; ")
+                )
+            }
+            ClientProblem::ExchangeAudiencesRefused { refused, disabled } => {
+                let list: Vec<String> = (refused.iter())
+                    .map(|(audience, why)| format!("{audience} ({why})"))
+                    .collect();
+                let consequence = if *disabled {
+                    "the client may not exchange tokens at all"
+                } else {
+                    "it exchanges only with the others"
+                };
+                write!(
+                    f,
+                    "tokenExchange audiences not honoured ({consequence}): {}",
                     list.join("; ")
                 )
             }

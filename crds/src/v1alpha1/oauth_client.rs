@@ -67,6 +67,11 @@ use super::common::{
         "fieldPath": ".grantTypes"
     },
     {
+        "rule": "!has(self.tokenExchange) || !self.public",
+        "message": "a public client cannot exchange tokens: it has no credential to prove it is the actor (RFC 8693 §2.1)",
+        "fieldPath": ".tokenExchange"
+    },
+    {
         "rule": "!has(self.serviceAccounts) || size(self.serviceAccounts) == 0 || (!self.public && !has(self.secretName) && !has(self.existingSecret) && !has(self.tokenEndpointAuthMethod))",
         "message": "a client that authenticates with ServiceAccount tokens has no secret and is not public: remove public, secretName, existingSecret and tokenEndpointAuthMethod (the method is the ServiceAccount token, RFC 7523)",
         "fieldPath": ".serviceAccounts"
@@ -172,6 +177,48 @@ pub struct OAuthClientSpec {
     )]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub upstreams: Option<Vec<String>>,
+
+    /// Token exchange (RFC 8693): the client may trade an access token sent to one of its own
+    /// services for a token of another audience, for the same subject, with no more scopes
+    /// and no later expiry, naming the client as the actor (act claim). Unset: it may not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchangeSpec>,
+}
+
+/// Which tokens a client may exchange, and for what.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenExchangeSpec {
+    /// Audiences of the tokens it may exchange: a subject token must carry one of them. Each
+    /// must be owned by this namespace (an audience of one of its AuthPolicies), so only the
+    /// service a token was sent to can exchange it; status says which is not (reason
+    /// ExchangeAudienceNotOwned).
+    #[schemars(schema_with = "exchange_audience_list")]
+    pub subject_audiences: Vec<String>,
+    /// Audiences it may ask for, each admitted by the AuthPolicy that owns it as
+    /// spec.audiences are (reason AudienceNotAdmitted otherwise).
+    #[schemars(schema_with = "exchange_audience_list")]
+    pub audiences: Vec<String>,
+    /// The longest chain of actors an exchanged token may carry: 1 (the default) exchanges
+    /// only tokens no client exchanged before; up to 4.
+    #[serde(default = "default_exchange_depth")]
+    #[schemars(range(min = 1, max = 4))]
+    pub max_depth: i32,
+}
+
+fn default_exchange_depth() -> i32 {
+    1
+}
+
+/// A non-empty audience list of a token exchange.
+fn exchange_audience_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 16,
+        "x-kubernetes-list-type": "set",
+        "items": { "type": "string", "minLength": 1, "maxLength": 256 }
+    })
 }
 
 fn default_secret_overlap() -> PositiveDuration {

@@ -7,7 +7,8 @@
 //! deprecated scheme get migrated, from the plaintext in the client's own Secret.
 
 use scopegate_core::clients::{
-    AuthMethod, ClientRegistry, RegisteredClient, SecretHash, service_account_subject,
+    AuthMethod, ClientRegistry, RegisteredClient, SecretHash, TOKEN_EXCHANGE_GRANT, TokenExchange,
+    service_account_subject,
 };
 use scopegate_core::secret_hash::{self, HashError, SecretKind};
 use scopegate_crds::v1alpha1::{GrantType, OAuthClient, TokenEndpointAuthMethod};
@@ -66,6 +67,8 @@ pub struct Entry<'a> {
     pub audiences: Vec<String>,
     /// The audiences its own namespace owns (what it may introspect).
     pub owned_audiences: Vec<String>,
+    /// Its token exchange, as its owners let it ([`crate::audiences`]).
+    pub exchange: Option<TokenExchange>,
 }
 
 /// Renders the registry. `existing` is the registry currently stored (for hash reuse).
@@ -184,10 +187,14 @@ fn registered(
         public: spec.public,
         auth_method,
         secrets,
-        grant_types: spec
-            .grant_types
-            .iter()
+        grant_types: (spec.grant_types.iter())
             .map(|g| grant_name(*g).to_owned())
+            .chain(
+                entry
+                    .exchange
+                    .is_some()
+                    .then(|| TOKEN_EXCHANGE_GRANT.to_owned()),
+            )
             .collect(),
         scopes: spec.scopes.clone(),
         default_scopes: spec.default_scopes.clone(),
@@ -196,7 +203,7 @@ fn registered(
         redirect_uris: spec.redirect_uris.clone(),
         revoke_before: revocation_cutoff(entry.client, now).map(|c| c.effective.as_second()),
         service_accounts,
-        token_exchange: None,
+        token_exchange: entry.exchange.clone(),
     }
 }
 
@@ -316,12 +323,52 @@ mod tests {
             credentials: generated("s", "u:1"),
             audiences: vec![],
             owned_audiences: vec![],
+            exchange: None,
         };
         let registry = render(&[entry], &ClientRegistry::default(), now + 600).unwrap();
         assert_eq!(
             registry.clients[0].revoke_before,
             Some(first.effective.as_second())
         );
+    }
+
+    #[test]
+    fn an_exchange_its_owners_let_it_have_adds_the_grant_type() {
+        let exchange = TokenExchange {
+            subject_audiences: vec!["https://orders.shop.svc".into()],
+            audiences: vec!["https://inventory.stock.svc".into()],
+            max_depth: 2,
+        };
+        let orders = client("orders", "");
+        let entry = |exchange: Option<TokenExchange>| Entry {
+            client: &orders,
+            credentials: Credentials::ServiceAccounts,
+            audiences: vec![],
+            owned_audiences: vec![],
+            exchange,
+        };
+        let registry = render(
+            &[entry(Some(exchange.clone()))],
+            &ClientRegistry::default(),
+            0,
+        );
+        let registered = &registry.unwrap().clients[0];
+        assert_eq!(registered.token_exchange.as_ref(), Some(&exchange));
+        assert!(
+            registered
+                .grant_types
+                .iter()
+                .any(|g| g == TOKEN_EXCHANGE_GRANT)
+        );
+        // Nothing left of its tokenExchange (or none declared): not the grant either.
+        let registry = render(&[entry(None)], &ClientRegistry::default(), 0).unwrap();
+        assert!(
+            !registry.clients[0]
+                .grant_types
+                .iter()
+                .any(|g| g == TOKEN_EXCHANGE_GRANT)
+        );
+        assert_eq!(registry.clients[0].token_exchange, None);
     }
 
     /// The status the operator writes, as the API server returns it (whole seconds).
@@ -350,12 +397,14 @@ mod tests {
                 credentials: generated("secret-b", "u:1"),
                 audiences: vec![],
                 owned_audiences: vec![],
+                exchange: None,
             },
             Entry {
                 client: &a,
                 credentials: generated("secret-a", "u:2"),
                 audiences: vec![],
                 owned_audiences: vec![],
+                exchange: None,
             },
         ];
         // Rendered in 2026-12: the cut-off (2026-01-01) is in the past.
@@ -384,6 +433,7 @@ mod tests {
             credentials: generated("s", "u:1"),
             audiences: vec![],
             owned_audiences: vec![],
+            exchange: None,
         }];
         let first = render(&entries, &ClientRegistry::default(), 0).unwrap();
         let second = render(&entries, &first, 0).unwrap();
@@ -393,6 +443,7 @@ mod tests {
             credentials: generated("s2", "u:2"),
             audiences: vec![],
             owned_audiences: vec![],
+            exchange: None,
         }];
         let third = render(&changed, &second, 0).unwrap();
         assert_ne!(
@@ -415,6 +466,7 @@ mod tests {
                 },
                 audiences: vec![],
                 owned_audiences: vec![],
+                exchange: None,
             }],
             &ClientRegistry::default(),
             0,
@@ -430,6 +482,7 @@ mod tests {
                 },
                 audiences: vec![],
                 owned_audiences: vec![],
+                exchange: None,
             }],
             &existing,
             0,
@@ -455,6 +508,7 @@ mod tests {
                 credentials: creds.clone(),
                 audiences: vec![],
                 owned_audiences: vec![],
+                exchange: None,
             }],
             &ClientRegistry::default(),
             50,
@@ -468,6 +522,7 @@ mod tests {
                 credentials: creds,
                 audiences: vec![],
                 owned_audiences: vec![],
+                exchange: None,
             }],
             &during,
             100,
@@ -485,6 +540,7 @@ mod tests {
                 credentials: Credentials::Public,
                 audiences: vec![],
                 owned_audiences: vec![],
+                exchange: None,
             }],
             &ClientRegistry::default(),
             0,
@@ -503,6 +559,7 @@ mod tests {
                 credentials: Credentials::ServiceAccounts,
                 audiences: vec![],
                 owned_audiences: vec![],
+                exchange: None,
             }],
             &ClientRegistry::default(),
             0,

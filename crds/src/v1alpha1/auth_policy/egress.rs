@@ -66,7 +66,7 @@ pub struct EgressTarget {
     }]))]
     pub url: String,
     /// The audience its tokens are requested for (RFC 8707 resource): one of the client's
-    /// audiences.
+    /// audiences, or with onBehalfOfCaller one of its tokenExchange.audiences.
     #[schemars(length(min = 1, max = 256))]
     pub audience: String,
     /// The scopes its tokens are requested with: among the client's scopes. Empty: the
@@ -74,4 +74,10 @@ pub struct EgressTarget {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "scope_list")]
     pub scopes: Vec<String>,
+    /// Call on behalf of the caller: the app passes on the Authorization header of the
+    /// request it is serving, and the sidecar exchanges that token (RFC 8693) for one of this
+    /// audience that keeps the caller as subject and names the client in act. The client
+    /// needs spec.tokenExchange with this audience. Default false: the pod's own token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_behalf_of_caller: bool,
 }

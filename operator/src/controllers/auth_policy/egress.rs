@@ -27,7 +27,8 @@ pub fn render(
             "it authenticates with a secret, not with the pods' ServiceAccount (spec.serviceAccounts)".into(),
         ));
     }
-    if !spec.grant_types.contains(&GrantType::ClientCredentials) {
+    let own_tokens = egress.targets.iter().any(|t| !t.on_behalf_of_caller);
+    if own_tokens && !spec.grant_types.contains(&GrantType::ClientCredentials) {
         return Err(refused("it may not use client_credentials".into()));
     }
     let own = issuer
@@ -44,16 +45,20 @@ pub fn render(
     }
     let mut targets = Vec::with_capacity(egress.targets.len());
     for target in &egress.targets {
-        let allowed = if spec.audiences.is_empty() {
-            target.audience == own.url
+        let (allowed, list) = if target.on_behalf_of_caller {
+            let exchange = spec.token_exchange.as_ref();
+            let allowed = exchange.is_some_and(|x| x.audiences.contains(&target.audience));
+            (allowed, "tokenExchange.audiences")
+        } else if spec.audiences.is_empty() {
+            (target.audience == own.url, "audiences")
         } else {
-            spec.audiences.contains(&target.audience)
+            (spec.audiences.contains(&target.audience), "audiences")
         };
         if !allowed {
             return Err(Problem::EgressTargetRefused(
                 target.name.clone(),
                 format!(
-                    "audience {} is not one of client {name}'s audiences",
+                    "audience {} is not one of client {name}'s {list}",
                     target.audience
                 ),
             ));
@@ -72,7 +77,7 @@ pub fn render(
             in_cluster,
             audience: target.audience.clone(),
             scopes: target.scopes.clone(),
-            on_behalf_of_caller: false,
+            on_behalf_of_caller: target.on_behalf_of_caller,
         });
     }
     Ok(EgressConfig {
@@ -240,6 +245,35 @@ mod tests {
         );
         let no_issuer = render(&egress(ORDERS), Some(&sa), None, "cluster.local").unwrap_err();
         assert!(no_issuer.to_string().contains("issuerRef"), "{no_issuer}");
+    }
+
+    const ON_BEHALF: &str = "clientRef: {name: billing}\ntargets:\n  - {name: stock, url: 'http://inventory.stock.svc', audience: 'https://inventory.stock.svc', scopes: [read:orders], onBehalfOfCaller: true}\n";
+
+    #[test]
+    fn a_target_on_behalf_of_the_caller_needs_the_audience_in_the_clients_token_exchange() {
+        let issuer = issuer();
+        let exchanging = client(
+            "  serviceAccounts: [billing]\n  tokenExchange: {subjectAudiences: [https://orders.shop.svc], audiences: [https://inventory.stock.svc]}",
+        );
+        let config = render(&egress(ON_BEHALF), Some(&exchanging), Some(&issuer), "x").unwrap();
+        assert!(config.targets[0].on_behalf_of_caller);
+        assert_eq!(config.targets[0].audience, "https://inventory.stock.svc");
+        // Without a tokenExchange it is refused by name; so is the pod's own token for an
+        // audience only the exchange may have.
+        let sa = client("  serviceAccounts: [billing]");
+        let refused = render(&egress(ON_BEHALF), Some(&sa), Some(&issuer), "x").unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("is not one of client billing's tokenExchange.audiences"),
+            "{refused}"
+        );
+        let own = ON_BEHALF.replace(", onBehalfOfCaller: true", "");
+        let refused = render(&egress(&own), Some(&exchanging), Some(&issuer), "x").unwrap_err();
+        assert!(
+            refused.to_string().contains("billing's audiences"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@ use scopegate_crds::v1alpha1::{
 use super::credentials::{self, Ensured};
 use crate::audiences::AudienceOwners;
 use crate::client_checks::{
-    ClientProblem, audience_problem, cutoff_problem, issuer_key, service_account_problems, validate,
+    ClientProblem, audience_problem, cutoff_problem, exchange_problem, issuer_key,
+    service_account_problems, validate,
 };
 use crate::conditions::{Conclusion, kstatus, merge};
 use crate::context::{Context, FIELD_MANAGER};
@@ -64,7 +65,9 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
         ctx.policies.state().iter().map(AsRef::as_ref),
         &ctx.cluster_domain,
     );
-    problems.extend(audience_problem(&owners.sort_client(client)));
+    let sorted = owners.sort_client(client);
+    problems.extend(audience_problem(&sorted));
+    problems.extend(exchange_problem(&sorted));
     problems.extend(cutoff_problem(client, now));
     let all = ctx.clients.state();
     problems.extend(service_account_problems(

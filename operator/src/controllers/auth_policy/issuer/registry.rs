@@ -10,7 +10,7 @@ use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
 use crate::audiences::AudienceOwners;
-use crate::client_checks::{audience_problem, issuer_key, validate};
+use crate::client_checks::{audience_problem, exchange_problem, issuer_key, validate};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::names::{
@@ -47,12 +47,13 @@ pub async fn reconcile_registry(
         let sorted = owners.sort_client(client);
         let mut problems = validate(client, Some(policy));
         problems.extend(audience_problem(&sorted));
+        problems.extend(exchange_problem(&sorted));
         if problems.iter().any(|p| p.blocks_registration()) {
             continue;
         }
         let credentials = read_credentials(client, ctx).await?;
         clients.push(client.clone());
-        parts.push((credentials, sorted.admitted, sorted.owned));
+        parts.push((credentials, sorted.admitted, sorted.owned, sorted.exchange));
     }
     let cached = ctx.secret(&namespace, &names.clients);
     let existing: ClientRegistry = cached
@@ -68,11 +69,12 @@ pub async fn reconcile_registry(
                 .iter()
                 .zip(parts)
                 .map(
-                    |(client, (credentials, audiences, owned_audiences))| Entry {
+                    |(client, (credentials, audiences, owned_audiences, exchange))| Entry {
                         client,
                         credentials,
                         audiences,
                         owned_audiences,
+                        exchange,
                     },
                 )
                 .collect();

@@ -577,6 +577,7 @@ mod tests {
             ca_bundle_pem: None,
             issuer: None,
             egress: None,
+            sessions: None,
             enforcement: crate::config::Enforcement::default(),
         }
     }

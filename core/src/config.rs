@@ -82,6 +82,10 @@ pub struct SidecarConfig {
     /// calls, with tokens it obtains itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressConfig>,
+    /// Present when the policy enables browser sessions: the sidecar logs browsers in at the
+    /// issuer and keeps their tokens in a sealed cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<crate::session::SessionConfig>,
 }
 
 /// The app's outbound calls through the sidecar: a forward proxy on loopback that attaches
@@ -637,7 +641,8 @@ impl SidecarConfig {
         let rule_conditions = self.rules.iter().any(|rule| rule.when.is_some());
         let service_accounts =
             (self.issuer.as_ref()).is_some_and(|issuer| issuer.service_account_issuer.is_some());
-        let egress = self.egress.is_some();
+        // An older sidecar would ignore sessions and answer browsers with 401s.
+        let egress = self.egress.is_some() || self.sessions.is_some();
         if issuer_features
             || rule_conditions
             || service_accounts
@@ -716,6 +721,7 @@ mod tests {
             ca_bundle_pem: None,
             issuer: None,
             egress: None,
+            sessions: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub mod policy;
 pub mod revocation;
 pub mod scope;
 pub mod secret_hash;
+pub mod session;
 pub mod token;
 pub mod upstream;
 

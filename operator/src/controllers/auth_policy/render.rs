@@ -127,6 +127,7 @@ pub fn sidecar_config(
         ca_bundle_pem: Some(ca_bundle.to_owned()).filter(|b| !b.is_empty()),
         issuer,
         egress: None,
+        sessions: None,
     };
     // A document an older sidecar would read as enforcing less says so: that sidecar refuses
     // it and keeps its last good config.

@@ -8,6 +8,11 @@
 //! and the app's answers when the issuer refuses or is down; the loopback-only bind; reloads;
 //! one run against the real issuer role and one of the binary with its own system roots.
 //!
+//! Targets on behalf of the caller: the caller's token the app forwards is exchanged (RFC
+//! 8693) and never sent on; each caller's token gets its own exchanged token; a call without
+//! one is refused before the issuer is asked; the issuer's refusal of a caller's token is a
+//! 403 that does not spill over to other callers.
+//!
 //! The token endpoint is a mock in most tests: it counts calls and refuses or fails on
 //! demand, which the real issuer cannot be made to do.
 
@@ -253,6 +258,24 @@ enum Behaviour {
     Fail(u16),
 }
 
+/// A form body, decoded.
+fn decode_form(body: &[u8]) -> HashMap<String, String> {
+    let text = std::str::from_utf8(body).unwrap();
+    text.split('&')
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap();
+            (
+                k.to_owned(),
+                scopegate_issuer::form::form_decode(v).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Caller tokens the mock issuer refuses to exchange (400 `invalid_request`, as the issuer
+/// answers for an expired or revoked subject token) start with this.
+const REFUSED_SUBJECT: &str = "revoked-";
+
 /// A token endpoint on 127.0.0.1 serving a certificate of the operator's CA.
 struct MockIssuer {
     server: Server,
@@ -263,8 +286,14 @@ impl MockIssuer {
     async fn start(ca: &Ca) -> MockIssuer {
         let behaviour = Arc::new(Mutex::new(Behaviour::Grant { expires_in: 600 }));
         let now = behaviour.clone();
-        let handler: Handler = Arc::new(move |_call: &Call, n: usize| {
+        let handler: Handler = Arc::new(move |call: &Call, n: usize| {
+            let form = decode_form(&call.body);
+            let subject = form.get("subject_token").map(String::as_str);
             let (status, body) = match *now.lock().unwrap() {
+                _ if subject.is_some_and(|s| s.starts_with(REFUSED_SUBJECT)) => (
+                    400,
+                    json!({"error": "invalid_request", "error_description": "the subject token is revoked"}),
+                ),
                 Behaviour::Grant { expires_in } => (
                     200,
                     json!({"access_token": format!("tok-{n}"), "token_type": "Bearer",
@@ -300,17 +329,7 @@ impl MockIssuer {
 
     /// The form of the n-th token request (1-based: the request that granted `tok-<n>`).
     fn form(&self, n: usize) -> HashMap<String, String> {
-        let call = &self.server.calls()[n - 1];
-        let text = std::str::from_utf8(&call.body).unwrap();
-        text.split('&')
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap();
-                (
-                    k.to_owned(),
-                    scopegate_issuer::form::form_decode(v).unwrap(),
-                )
-            })
-            .collect()
+        decode_form(&self.server.calls()[n - 1].body)
     }
 
     /// The form of the request that granted `Bearer tok-<n>`.
@@ -325,6 +344,12 @@ fn target(name: &str, url: &str, in_cluster: bool, audience: &str, scopes: &[&st
     let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
     json!({"name": name, "url": url, "address": authority, "inCluster": in_cluster,
            "audience": audience, "scopes": scopes})
+}
+
+/// `declared`, on behalf of the caller.
+fn on_behalf(mut declared: Value) -> Value {
+    declared["onBehalfOfCaller"] = json!(true);
+    declared
 }
 
 /// A pod whose sidecar declares egress.
@@ -389,6 +414,16 @@ impl Pod {
         let at = server.authority();
         self.call(&format!("GET http://{at}{path} HTTP/1.1\r\nHost: {at}\r\n"))
             .await
+    }
+
+    /// An absolute-form GET of `path` at `server` carrying `Authorization: Bearer <token>`,
+    /// as an app forwarding its caller's token sends it.
+    async fn get_as(&self, token: &str, server: &Server, path: &str) -> RawResponse {
+        let at = server.authority();
+        self.call(&format!(
+            "GET http://{at}{path} HTTP/1.1\r\nHost: {at}\r\nAuthorization: Bearer {token}\r\n"
+        ))
+        .await
     }
 
     fn reconfigure(&mut self, edit: impl FnOnce(&mut Value)) {
@@ -1334,4 +1369,318 @@ async fn the_binary_trusts_system_roots_for_outside_targets_and_never_for_in_clu
     assert_eq!(r.status, 502, "{}", body(&r));
     assert_eq!(inside.hits(), 0);
     child.kill().await.unwrap();
+}
+
+/// The audience of the inventory target's tokens (on behalf of the caller).
+const INVENTORY_AUD: &str = "https://inventory.shop.svc";
+
+/// Alice's token, as the app received it from her request (the mock issuer checks nothing).
+const ALICE: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyOmFsaWNlIn0.YWxpY2U";
+/// Bob's.
+const BOB: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyOmJvYiJ9.Ym9i";
+
+/// A pod calling `inventory` on behalf of its callers and `orders` with its own token.
+async fn on_behalf_pod(issuer: &MockIssuer, ca: &Ca, inventory: &Server, orders: &Server) -> Pod {
+    Pod::start(
+        issuer,
+        ca,
+        json!([
+            on_behalf(target(
+                "inventory",
+                &inventory.url(),
+                true,
+                INVENTORY_AUD,
+                &["read:items", "list:items"]
+            )),
+            target("orders", &orders.url(), true, ORDERS_AUD, &["read:orders"]),
+        ]),
+    )
+    .await
+}
+
+/// Every `Authorization` value `server` received.
+fn authorizations(server: &Server) -> Vec<String> {
+    (server.calls().iter())
+        .flat_map(|c| c.values("authorization").into_iter().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_behalf_of_the_caller_carries_the_callers_token_exchanged() {
+    let ca = Ca::new("operator CA");
+    let issuer = MockIssuer::start(&ca).await;
+    let inventory = Server::app("127.0.0.2", None).await;
+    let orders = Server::app("127.0.0.3", None).await;
+    let pod = on_behalf_pod(&issuer, &ca, &inventory, &orders).await;
+
+    let r = pod.get_as(ALICE, &inventory, "/items/1").await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(body(&r), "hello from the target");
+    let seen = inventory.last();
+    assert_eq!(seen.target, "/items/1");
+    assert_eq!(seen.values("authorization"), ["Bearer tok-1"]);
+    let form = issuer.form(1);
+    for (name, value) in [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", ALICE),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        (
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("resource", INVENTORY_AUD),
+        ("scope", "list:items read:items"),
+        ("client_id", "shop.billing"),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", ASSERTION.as_str()),
+    ] {
+        assert_eq!(form.get(name).map(String::as_str), Some(value), "{name}");
+    }
+    assert_eq!(form.len(), 9, "nothing else is sent: {form:?}");
+
+    // The same caller's token again: the exchanged token comes from the cache.
+    let r = pod.get_as(ALICE, &inventory, "/items/2").await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(inventory.last().values("authorization"), ["Bearer tok-1"]);
+    assert_eq!(issuer.count(), 1, "a cache hit asks the issuer nothing");
+
+    let text = body(&get(pod.sidecar.admin_addr(), "/metrics", &[]).await);
+    for line in [
+        r#"scopegate_egress_requests_total{target="inventory",outcome="forwarded"} 2"#,
+        r#"scopegate_egress_token_exchanges_total{target="inventory",result="ok"} 1"#,
+        r#"scopegate_egress_exchange_cache_hits_total{target="inventory"} 1"#,
+        r#"scopegate_egress_token_fetches_total{result="ok"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    assert!(!text.contains(ALICE) && !text.contains("tok-1"), "{text}");
+    pod.sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_callers_token_never_gets_the_first_callers_exchanged_token() {
+    let ca = Ca::new("operator CA");
+    let issuer = MockIssuer::start(&ca).await;
+    let inventory = Server::app("127.0.0.2", None).await;
+    let orders = Server::app("127.0.0.3", None).await;
+    let pod = on_behalf_pod(&issuer, &ca, &inventory, &orders).await;
+    assert_eq!(pod.get_as(ALICE, &inventory, "/a").await.status, 200);
+    assert_eq!(inventory.last().values("authorization"), ["Bearer tok-1"]);
+    // Bob, and tokens that differ from Alice's by a character, a suffix or case: each is
+    // exchanged for itself, never answered with Alice's token from the cache.
+    let mut flipped = ALICE.to_owned();
+    flipped.replace_range(ALICE.len() - 1.., "V");
+    let others = [
+        BOB.to_owned(),
+        flipped,
+        format!("{ALICE}x"),
+        ALICE.to_ascii_lowercase(),
+        ALICE[..ALICE.len() - 1].to_owned(),
+    ];
+    for (i, other) in others.iter().enumerate() {
+        let r = pod.get_as(other, &inventory, "/b").await;
+        assert_eq!(r.status, 200, "{other}: {}", body(&r));
+        let n = i + 2;
+        assert_eq!(
+            inventory.last().values("authorization"),
+            [format!("Bearer tok-{n}")],
+            "{other}"
+        );
+        assert_eq!(issuer.form(n)["subject_token"], *other);
+    }
+    // Alice and Bob again: each still gets their own.
+    assert_eq!(pod.get_as(ALICE, &inventory, "/c").await.status, 200);
+    assert_eq!(inventory.last().values("authorization"), ["Bearer tok-1"]);
+    assert_eq!(pod.get_as(BOB, &inventory, "/d").await.status, 200);
+    assert_eq!(inventory.last().values("authorization"), ["Bearer tok-2"]);
+    assert_eq!(issuer.count(), 1 + others.len());
+    // No caller's token ever reached the target.
+    let sent = authorizations(&inventory);
+    for caller in [ALICE, BOB] {
+        assert!(!sent.iter().any(|a| a.contains(caller)), "{sent:?}");
+    }
+    pod.sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_behalf_without_the_callers_token_is_refused_before_the_issuer() {
+    let ca = Ca::new("operator CA");
+    let issuer = MockIssuer::start(&ca).await;
+    let inventory = Server::app("127.0.0.2", None).await;
+    let orders = Server::app("127.0.0.3", None).await;
+    let pod = on_behalf_pod(&issuer, &ca, &inventory, &orders).await;
+    let at = inventory.authority();
+    let oversized = format!("Bearer {}", "a".repeat(8 * 1024));
+    for (extra, reason) in [
+        (String::new(), "missing"),
+        (
+            "Authorization: Basic YXBwOnNlY3JldA==\r\n".to_owned(),
+            "not_bearer",
+        ),
+        (
+            "Authorization: Bearer two words\r\n".to_owned(),
+            "not_bearer",
+        ),
+        (
+            format!("Authorization: Bearer {ALICE}\r\nAuthorization: Bearer {BOB}\r\n"),
+            "several",
+        ),
+        (format!("Authorization: {oversized}\r\n"), "too_long"),
+    ] {
+        let r = pod
+            .call(&format!(
+                "GET http://{at}/items HTTP/1.1\r\nHost: {at}\r\n{extra}"
+            ))
+            .await;
+        assert_eq!(r.status, 400, "{reason}: {}", body(&r));
+        assert_eq!(r.header("retry-after"), None);
+        let answer = r.json();
+        assert_eq!(answer["error"], "caller_token_required", "{answer}");
+        assert_eq!(answer["target"], "inventory");
+        assert_eq!(answer["reason"], reason);
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.contains("inventory") && message.contains("forward the Authorization"),
+            "{message}"
+        );
+    }
+    assert_eq!(issuer.count(), 0, "no exchange without a caller's token");
+    assert_eq!(inventory.hits(), 0);
+    let text = body(&get(pod.sidecar.admin_addr(), "/metrics", &[]).await);
+    let line =
+        r#"scopegate_egress_requests_total{target="inventory",outcome="caller_token_missing"} 5"#;
+    assert!(text.contains(line), "{text}");
+    pod.sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_exchange_is_a_403_for_that_caller_only() {
+    let ca = Ca::new("operator CA");
+    let issuer = MockIssuer::start(&ca).await;
+    let inventory = Server::app("127.0.0.2", None).await;
+    let orders = Server::app("127.0.0.3", None).await;
+    let pod = on_behalf_pod(&issuer, &ca, &inventory, &orders).await;
+    let revoked = format!("{REFUSED_SUBJECT}eyJ.eyJ.c2ln");
+    let started = Instant::now();
+    for _ in 0..3 {
+        let r = pod.get_as(&revoked, &inventory, "/items").await;
+        assert_eq!(r.status, 403, "{}", body(&r));
+        let answer = r.json();
+        assert_eq!(answer["error"], "caller_token_refused");
+        assert_eq!(answer["target"], "inventory");
+        assert_eq!(answer["issuer_error"], "invalid_request");
+    }
+    // The refusal is remembered for that caller's token: a burst asks once.
+    if started.elapsed() < Duration::from_millis(900) {
+        assert_eq!(issuer.count(), 1);
+    }
+    let asked = issuer.count();
+    // Meanwhile another caller's token is exchanged as if nothing happened.
+    let r = pod.get_as(ALICE, &inventory, "/items").await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(issuer.count(), asked + 1);
+    assert_eq!(issuer.form(asked + 1)["subject_token"], ALICE);
+    assert_eq!(inventory.hits(), 1);
+    // The pod's own client refused (a configuration problem, not the caller's): 502 as for
+    // the pod's own tokens; the issuer down: 503 with Retry-After.
+    issuer.set(Behaviour::Refuse {
+        status: 400,
+        error: "unauthorized_client",
+    });
+    let r = pod.get_as(BOB, &inventory, "/items").await;
+    assert_eq!(r.status, 502, "{}", body(&r));
+    assert_eq!(
+        r.json(),
+        json!({"error": "token_refused", "target": "inventory", "issuer_error": "unauthorized_client"})
+    );
+    issuer.set(Behaviour::Fail(503));
+    let r = pod.get_as("carol.token", &inventory, "/items").await;
+    assert_eq!(r.status, 503, "{}", body(&r));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["reason"], "issuer_unavailable");
+    // Alice's exchanged token is still cached through all this.
+    assert_eq!(pod.get_as(ALICE, &inventory, "/items").await.status, 200);
+    assert_eq!(inventory.hits(), 2);
+    let text = body(&get(pod.sidecar.admin_addr(), "/metrics", &[]).await);
+    for line in [
+        r#"scopegate_egress_requests_total{target="inventory",outcome="caller_token_refused"} 3"#,
+        r#"scopegate_egress_requests_total{target="inventory",outcome="token_refused"} 1"#,
+        r#"scopegate_egress_requests_total{target="inventory",outcome="token_unavailable"} 1"#,
+        r#"scopegate_egress_token_exchanges_total{target="inventory",result="unavailable"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    // One caller's refused token is no failure of the target's.
+    let (_, ready) = readyz(pod.sidecar.admin_addr()).await;
+    assert!(!ready.contains("target inventory"), "{ready}");
+    pod.sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_not_on_behalf_of_the_caller_still_gets_the_pods_own_token() {
+    let ca = Ca::new("operator CA");
+    let issuer = MockIssuer::start(&ca).await;
+    let inventory = Server::app("127.0.0.2", None).await;
+    let orders = Server::app("127.0.0.3", None).await;
+    let pod = on_behalf_pod(&issuer, &ca, &inventory, &orders).await;
+    // The app forwards its caller's token on every call, as a trace header: orders must not
+    // get it, nor an exchanged token.
+    let r = pod.get_as(ALICE, &orders, "/orders").await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let sent = orders.last().values("authorization").join(",");
+    let form = issuer.form_of(&sent);
+    assert_eq!(form["grant_type"], "client_credentials");
+    assert_eq!(form["resource"], ORDERS_AUD);
+    assert!(!form.contains_key("subject_token"), "{form:?}");
+    let r = pod.get_as(ALICE, &inventory, "/items").await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let exchanged = inventory.last().values("authorization").join(",");
+    assert_ne!(exchanged, sent, "each target its own token");
+    assert_eq!(issuer.form_of(&exchanged)["subject_token"], ALICE);
+    // Without a caller's token, orders is still served.
+    assert_eq!(pod.get(&orders, "/orders").await.status, 200);
+    assert_eq!(orders.last().values("authorization"), [sent.as_str()]);
+    assert_eq!(issuer.count(), 2);
+    assert!(!authorizations(&orders).iter().any(|a| a.contains(ALICE)));
+    pod.sidecar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_with_one_callers_token_exchange_it_once() {
+    let ca = Ca::new("operator CA");
+    let issuer = MockIssuer::start(&ca).await;
+    *issuer.server.delay.lock().unwrap() = Duration::from_millis(500);
+    let inventory = Server::app("127.0.0.2", None).await;
+    let orders = Server::app("127.0.0.3", None).await;
+    let pod = Arc::new(on_behalf_pod(&issuer, &ca, &inventory, &orders).await);
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let (pod, at) = (pod.clone(), inventory.authority());
+            let caller = if i % 2 == 0 { ALICE } else { BOB };
+            tokio::spawn(async move {
+                let head = format!(
+                    "GET http://{at}/items/{i} HTTP/1.1\r\nAuthorization: Bearer {caller}\r\n"
+                );
+                pod.call(&head).await.status
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    assert_eq!(issuer.count(), 2, "ten calls of two callers, two exchanges");
+    let subjects: std::collections::HashSet<String> = (1..=2)
+        .map(|n| issuer.form(n)["subject_token"].clone())
+        .collect();
+    assert_eq!(subjects, [ALICE.to_owned(), BOB.to_owned()].into());
+    assert_eq!(inventory.hits(), 10);
 }

@@ -155,7 +155,7 @@ fn bench(c: &mut Criterion) {
     assert_eq!(first, 2);
     let compiled = egress.in_force().unwrap();
     let target = compiled.route(&call(app_port)).unwrap();
-    assert!(target.slot.fresh(Instant::now()).is_some());
+    assert!(target.own_slot().unwrap().fresh(Instant::now()).is_some());
 
     let mut group = c.benchmark_group("egress");
     group.bench_function("client_direct", |b| {
@@ -196,7 +196,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(compiled.route(black_box(&req)).is_ok()))
     });
     group.bench_function("token_cache_hit", |b| {
-        b.iter(|| black_box(target.slot.fresh(Instant::now())))
+        b.iter(|| black_box(target.own_slot().unwrap().fresh(Instant::now())))
     });
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);

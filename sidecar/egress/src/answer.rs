@@ -7,6 +7,7 @@ use http::{Response, StatusCode};
 use scopegate_sidecar_kit::body::{ProxyBody, full};
 use serde_json::{Value, json};
 
+use crate::exchange::CallerTokenError;
 use crate::forward::UpstreamError;
 use crate::issuer::TokenFailure;
 use crate::metrics::Outcome;
@@ -25,6 +26,22 @@ pub enum Failure<'a> {
         /// Why.
         failure: TokenFailure,
     },
+    /// Its target acts on behalf of the caller, and the app forwarded no caller token the
+    /// sidecar can exchange.
+    CallerToken {
+        /// The target's name.
+        target: &'a str,
+        /// What is wrong with the app's `Authorization`.
+        problem: CallerTokenError,
+    },
+    /// Its target acts on behalf of the caller, and the issuer refused to exchange the
+    /// caller's token ([`crate::exchange::is_callers_error`]).
+    CallerTokenRefused {
+        /// The target's name.
+        target: &'a str,
+        /// The issuer's OAuth `error` code.
+        issuer_error: String,
+    },
     /// Its target gave no answer.
     Upstream {
         /// The target's name.
@@ -40,6 +57,8 @@ impl Failure<'_> {
         match self {
             Failure::Unroutable(Unroutable::Undeclared(_)) => Outcome::RefusedTarget,
             Failure::Unroutable(_) => Outcome::RefusedRequest,
+            Failure::CallerToken { .. } => Outcome::CallerTokenMissing,
+            Failure::CallerTokenRefused { .. } => Outcome::CallerTokenRefused,
             Failure::Token { failure, .. } if failure.is_refusal() => Outcome::TokenRefused,
             Failure::Token { .. } => Outcome::TokenUnavailable,
             Failure::Upstream {
@@ -73,6 +92,34 @@ impl Failure<'_> {
                     "error": "not_an_egress_target",
                     "host": host,
                     "message": format!("{host} is not a declared egress target"),
+                }),
+            ),
+            // 400, not 401 or 403: the caller was not judged and the target never saw the
+            // call; the app's request lacks what it must carry (its one duty for such a
+            // target), and a 401/403 would read as the target's verdict on the caller.
+            Failure::CallerToken { target, problem } => (
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "error": "caller_token_required",
+                    "target": target,
+                    "reason": problem.reason(),
+                    "message": format!(
+                        "{target} is called on behalf of the caller: forward the Authorization: Bearer header of the request being served ({problem})"
+                    ),
+                }),
+            ),
+            Failure::CallerTokenRefused {
+                target,
+                issuer_error,
+            } => (
+                StatusCode::FORBIDDEN,
+                json!({
+                    "error": "caller_token_refused",
+                    "target": target,
+                    "issuer_error": issuer_error,
+                    "message": format!(
+                        "the issuer refused to exchange the caller's token for {target} ({issuer_error})"
+                    ),
                 }),
             ),
             Failure::Token {
@@ -181,5 +228,29 @@ mod tests {
         })
         .await;
         assert_eq!(status, 504);
+        let missing = Failure::CallerToken {
+            target: "inventory",
+            problem: CallerTokenError::Missing,
+        };
+        assert_eq!(missing.outcome(), Outcome::CallerTokenMissing);
+        let (status, body, retry) = body_of(missing).await;
+        assert_eq!(status, 400);
+        assert_eq!(retry, None);
+        assert_eq!(body["error"], "caller_token_required");
+        assert_eq!(body["target"], "inventory");
+        assert_eq!(body["reason"], "missing");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("inventory"), "{message}");
+        assert!(message.contains("Authorization: Bearer"), "{message}");
+        let refused = Failure::CallerTokenRefused {
+            target: "inventory",
+            issuer_error: "invalid_request".into(),
+        };
+        assert_eq!(refused.outcome(), Outcome::CallerTokenRefused);
+        let (status, body, _) = body_of(refused).await;
+        assert_eq!(status, 403);
+        assert_eq!(body["error"], "caller_token_refused");
+        assert_eq!(body["target"], "inventory");
+        assert_eq!(body["issuer_error"], "invalid_request");
     }
 }

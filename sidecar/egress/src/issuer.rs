@@ -1,8 +1,10 @@
-//! One token request to the client's issuer: `client_credentials` with the pod's projected
-//! ServiceAccount token as the client assertion (RFC 7523 §2.2), one audience (RFC 8707
-//! `resource`) and the target's scopes. The assertion file is read for every request, so the
-//! kubelet's rotation needs nothing more. Neither the assertion nor the token it buys is
-//! ever logged or put in an error.
+//! One token request to the client's issuer, authenticated with the pod's projected
+//! ServiceAccount token as the client assertion (RFC 7523 §2.2), for one audience (RFC 8707
+//! `resource`) and the target's scopes: `client_credentials` for the pod's own token, or a
+//! token exchange (RFC 8693) of the caller's token for a target on behalf of the caller. The
+//! assertion file is read for every request, so the kubelet's rotation needs nothing more.
+//! Neither the assertion, the caller's token nor the token they buy is ever logged or put in
+//! an error.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,12 +15,16 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
+use scopegate_core::clients::TOKEN_EXCHANGE_GRANT;
 use scopegate_fetch::ProxyConnector;
 use scopegate_sidecar_kit::form::form_encode;
 use serde::Deserialize;
 
 /// The `client_assertion_type` of a JWT assertion (RFC 7523 §2.2).
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The `subject_token_type` and `requested_token_type` of an exchange (RFC 8693 §3).
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// How long one token request may take, connect to last byte.
 pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +81,18 @@ impl TokenKey {
             scope: scopes.join(" "),
         }
     }
+}
+
+/// What a token request presents for its token, besides the client's assertion.
+#[derive(Clone, Copy)]
+pub enum Grant<'a> {
+    /// The pod's own token: `client_credentials`.
+    Own,
+    /// A token on behalf of the caller: its access token, exchanged (RFC 8693).
+    Exchange {
+        /// The caller's access token (`subject_token`).
+        subject: &'a str,
+    },
 }
 
 /// A token the issuer granted: the `Authorization` value to send, and how long it lives.
@@ -136,10 +154,14 @@ impl TokenFailure {
     }
 }
 
-/// Asks `endpoint` for a token of `key`.
-pub async fn request(endpoint: &TokenEndpoint, key: &TokenKey) -> Result<Granted, TokenFailure> {
+/// Asks `endpoint` for a token of `key`, by `grant`.
+pub async fn request(
+    endpoint: &TokenEndpoint,
+    key: &TokenKey,
+    grant: Grant<'_>,
+) -> Result<Granted, TokenFailure> {
     let assertion = read_assertion(endpoint).await?;
-    let body = form(&endpoint.client_id, &assertion, key);
+    let body = form(&endpoint.client_id, &assertion, key, grant);
     let request = Request::post(endpoint.uri.clone())
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/json")
@@ -199,9 +221,19 @@ fn for_audience(jwt: &str, audience: &str) -> bool {
 }
 
 /// The form body of a token request.
-fn form(client_id: &str, assertion: &str, key: &TokenKey) -> String {
+fn form(client_id: &str, assertion: &str, key: &TokenKey, grant: Grant<'_>) -> String {
+    let grant = match grant {
+        Grant::Own => "grant_type=client_credentials".to_owned(),
+        Grant::Exchange { subject } => format!(
+            "grant_type={}&subject_token={}&subject_token_type={}&requested_token_type={}",
+            form_encode(TOKEN_EXCHANGE_GRANT),
+            form_encode(subject),
+            form_encode(ACCESS_TOKEN_TYPE),
+            form_encode(ACCESS_TOKEN_TYPE),
+        ),
+    };
     let mut body = format!(
-        "grant_type=client_credentials&client_id={}&client_assertion_type={}&client_assertion={}&resource={}",
+        "{grant}&client_id={}&client_assertion_type={}&client_assertion={}&resource={}",
         form_encode(client_id),
         form_encode(JWT_BEARER),
         form_encode(assertion),
@@ -262,7 +294,7 @@ fn answer(status: StatusCode, body: &[u8]) -> Result<Granted, TokenFailure> {
 
 /// RFC 6750 §2.1 `b64token`: what a bearer token may be, so that it is one header value and
 /// nothing more.
-fn is_b64token(token: &str) -> bool {
+pub(crate) fn is_b64token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
     !body.is_empty()
         && body.bytes().all(|b| {
@@ -297,13 +329,34 @@ mod tests {
     fn the_form_names_the_client_the_assertion_the_audience_and_the_scopes() {
         let key = TokenKey::new("https://orders.shop.svc", &["read:orders".into()]);
         assert_eq!(
-            form("shop.billing", "a.b.c", &key),
+            form("shop.billing", "a.b.c", &key, Grant::Own),
             "grant_type=client_credentials&client_id=shop.billing\
              &client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer\
              &client_assertion=a.b.c&resource=https%3A%2F%2Forders.shop.svc&scope=read%3Aorders"
         );
         let defaults = TokenKey::new("https://orders.shop.svc", &[]);
-        assert!(!form("c", "a.b.c", &defaults).contains("scope="));
+        assert!(!form("c", "a.b.c", &defaults, Grant::Own).contains("scope="));
+    }
+
+    #[test]
+    fn an_exchange_presents_the_callers_token_as_the_subject() {
+        let key = TokenKey::new(
+            "https://inventory.shop.svc",
+            &["read".into(), "list".into()],
+        );
+        let grant = Grant::Exchange {
+            subject: "eyJ.c-d.e",
+        };
+        assert_eq!(
+            form("shop.orders", "a.b.c", &key, grant),
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+             &subject_token=eyJ.c-d.e\
+             &subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token\
+             &requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token\
+             &client_id=shop.orders\
+             &client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer\
+             &client_assertion=a.b.c&resource=https%3A%2F%2Finventory.shop.svc&scope=list%20read"
+        );
     }
 
     #[test]

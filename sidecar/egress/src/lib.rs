@@ -6,12 +6,15 @@
 //! other host is refused: this is no open proxy.
 //!
 //! A call is routed ([`route`], [`settings::Compiled::route`]), given its target's token
-//! ([`token`], from the issuer through [`issuer`]), and forwarded ([`forward`]); whatever
+//! ([`token`], from the issuer through [`issuer`]; for a target on behalf of the caller, the
+//! caller's token the app forwarded, exchanged: [`exchange`]), and forwarded ([`forward`]);
+//! whatever
 //! fails becomes the app's answer in one place ([`answer`]). The section is compiled
 //! ([`settings`]) at start and on each reload the sidecar hands over, and swapped in whole;
 //! [`server`] serves the loopback port.
 
 pub mod answer;
+pub mod exchange;
 pub mod forward;
 pub mod issuer;
 pub mod metrics;
@@ -23,18 +26,20 @@ pub mod token;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use http::{Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use scopegate_core::config::SidecarConfig;
 use scopegate_sidecar_kit::body::ProxyBody;
 use scopegate_sidecar_kit::exposition::MetricsCollector;
 use scopegate_sidecar_kit::unix_now;
 
 use crate::answer::{Failure, answer};
+use crate::issuer::{Grant, TokenFailure};
 use crate::metrics::{EgressMetrics, Outcome, TargetCounters};
 use crate::route::Unroutable;
-use crate::settings::{Compiled, SetupError};
+use crate::settings::{Compiled, SetupError, Target, Tokens};
 
 /// The egress proxy's live state: the section in force (swapped whole on reload, so a reload
 /// never blocks a call) and its counters.
@@ -43,6 +48,8 @@ pub struct Egress {
     metrics: Arc<EgressMetrics>,
     /// Unix second of the last log line about a refused call.
     refusal_logged_at: AtomicI64,
+    /// Unix second of the last log line about a failed token exchange.
+    exchange_logged_at: AtomicI64,
 }
 
 impl Egress {
@@ -56,6 +63,7 @@ impl Egress {
             in_force: ArcSwapOption::from_pointee(compiled),
             metrics,
             refusal_logged_at: AtomicI64::new(0),
+            exchange_logged_at: AtomicI64::new(0),
         })))
     }
 
@@ -112,22 +120,9 @@ impl Egress {
                 return fail(self.metrics.untargeted(), &Failure::Unroutable(unroutable));
             }
         };
-        // A cache hit returns at once; a miss waits for the one request to the issuer.
-        let obtained = (target.slot)
-            .obtain(&compiled.endpoint, &self.metrics, &target.name)
-            .await;
-        let authorization = match obtained {
+        let authorization = match self.token(compiled, target, req.headers()).await {
             Ok(header) => header,
-            Err(failure) => {
-                let name = &target.name;
-                return fail(
-                    &target.counters,
-                    &Failure::Token {
-                        target: name,
-                        failure,
-                    },
-                );
-            }
+            Err(failure) => return fail(&target.counters, &failure),
         };
         match forward::forward(compiled, target, req, authorization).await {
             Ok(response) => {
@@ -141,6 +136,96 @@ impl Egress {
                     error,
                 },
             ),
+        }
+    }
+
+    /// The `Authorization` value for a call to `target` whose headers are `headers`: the pod's
+    /// own token, or the caller's (in `headers`) exchanged. A cache hit returns at once; a
+    /// miss waits for the one request to the issuer.
+    async fn token<'t>(
+        &self,
+        compiled: &Compiled,
+        target: &'t Target,
+        headers: &HeaderMap,
+    ) -> Result<HeaderValue, Failure<'t>> {
+        let name = &target.name;
+        let key = match &target.tokens {
+            Tokens::Own(slot) => {
+                return slot
+                    .obtain(
+                        &compiled.endpoint,
+                        Grant::Own,
+                        &self.metrics,
+                        name,
+                        &target.counters,
+                    )
+                    .await
+                    .map_err(|failure| Failure::Token {
+                        target: name,
+                        failure,
+                    });
+            }
+            Tokens::OnBehalfOfCaller(key) => key,
+        };
+        let subject = exchange::caller_token(headers).map_err(|problem| Failure::CallerToken {
+            target: name,
+            problem,
+        })?;
+        let slot = compiled.exchanges.slot(key, subject);
+        if let Some(header) = slot.fresh(Instant::now()) {
+            target.counters.exchange_cache_hit();
+            return Ok(header);
+        }
+        let grant = Grant::Exchange { subject };
+        let obtained = slot
+            .obtain(
+                &compiled.endpoint,
+                grant,
+                &self.metrics,
+                name,
+                &target.counters,
+            )
+            .await;
+        obtained.map_err(|failure| {
+            self.log_exchange_failure(name, &failure);
+            match failure {
+                TokenFailure::Refused { error } if exchange::is_callers_error(&error) => {
+                    Failure::CallerTokenRefused {
+                        target: name,
+                        issuer_error: error,
+                    }
+                }
+                failure => Failure::Token {
+                    target: name,
+                    failure,
+                },
+            }
+        })
+    }
+
+    /// Logs a failed exchange, at most once a second: the caller's token refused at info
+    /// (callers' tokens expire; that is no fault of the pod's), anything else at warn.
+    fn log_exchange_failure(&self, target: &str, failure: &TokenFailure) {
+        if !once_a_second(&self.exchange_logged_at) {
+            return;
+        }
+        let issuer_error = match failure {
+            TokenFailure::Refused { error } => error.as_str(),
+            _ => "",
+        };
+        if exchange::refuses_the_caller(failure) {
+            tracing::info!(
+                target_name = target,
+                issuer_error,
+                "egress: the issuer refused to exchange a caller's token"
+            );
+        } else {
+            tracing::warn!(
+                target_name = target,
+                reason = failure.reason(),
+                issuer_error,
+                "egress: no token exchange for the target"
+            );
         }
     }
 
@@ -161,7 +246,7 @@ impl Egress {
         };
         let _ = writeln!(detail, "egress: {} targets", compiled.targets().len());
         for target in compiled.targets() {
-            if let Some(failure) = target.slot.failing() {
+            if let Some(failure) = target.own_slot().and_then(|slot| slot.failing()) {
                 let _ = writeln!(
                     detail,
                     "egress: target {}: no token ({}); its calls fail until one is granted",
@@ -174,14 +259,7 @@ impl Egress {
 
     /// Logs a refused call, at most once a second: a misbehaving app cannot flood the log.
     fn log_refusal(&self, unroutable: &Unroutable) {
-        let now = unix_now();
-        let last = self.refusal_logged_at.load(Ordering::Relaxed);
-        if now == last
-            || self
-                .refusal_logged_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
+        if !once_a_second(&self.refusal_logged_at) {
             return;
         }
         match unroutable {
@@ -201,6 +279,17 @@ fn nothing_declared(req: &Request<ProxyBody>) -> Unroutable {
         Ok(named) => Unroutable::Undeclared(named.to_string()),
         Err(unroutable) => unroutable,
     }
+}
+
+/// Whether a log line limited to one a second by `logged_at` (the Unix second of the last)
+/// may be written now; if so, it is counted as written.
+fn once_a_second(logged_at: &AtomicI64) -> bool {
+    let now = unix_now();
+    let last = logged_at.load(Ordering::Relaxed);
+    now != last
+        && logged_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Counts a failed call and answers it.

@@ -13,7 +13,7 @@ use scopegate_sidecar_kit::exposition::{self, Encoder, MetricsCollector};
 use crate::issuer::TokenFailure;
 
 /// Outcomes of the app's requests (the `outcome` label).
-pub const OUTCOMES: [&str; 7] = [
+pub const OUTCOMES: [&str; 9] = [
     "forwarded",
     "refused_target",
     "refused_request",
@@ -21,6 +21,8 @@ pub const OUTCOMES: [&str; 7] = [
     "token_unavailable",
     "upstream_unreachable",
     "upstream_timeout",
+    "caller_token_missing",
+    "caller_token_refused",
 ];
 
 /// The outcome of one request, an index into [`OUTCOMES`].
@@ -40,6 +42,23 @@ pub enum Outcome {
     UpstreamUnreachable,
     /// The target sent no response headers in time.
     UpstreamTimeout,
+    /// A target on behalf of the caller, and the app forwarded no usable bearer token.
+    CallerTokenMissing,
+    /// A target on behalf of the caller, and the issuer refused to exchange the caller's
+    /// token.
+    CallerTokenRefused,
+}
+
+/// Results of token requests (the `result` label).
+const RESULTS: [&str; 3] = ["ok", "refused", "unavailable"];
+
+/// The index into [`RESULTS`] of a finished token request (`None`: a token was granted).
+fn result_of(failure: Option<&TokenFailure>) -> usize {
+    match failure {
+        None => 0,
+        Some(failure) if failure.is_refusal() => 1,
+        Some(_) => 2,
+    }
 }
 
 /// Distinct target labels kept across reloads; targets first seen after that many share
@@ -51,16 +70,30 @@ const NO_TARGET: &str = "(none)";
 /// The label shared by targets beyond [`MAX_TARGET_LABELS`].
 const OTHER: &str = "(other)";
 
-/// The request counters of one target label.
+/// The request counters of one target label, and its token exchanges.
 #[derive(Debug, Default)]
 pub struct TargetCounters {
     counts: [AtomicU64; OUTCOMES.len()],
+    /// Exchanges asked of the issuer, by [`RESULTS`].
+    exchanges: [AtomicU64; RESULTS.len()],
+    /// Calls sent with an exchanged token from the cache.
+    exchange_cache_hits: AtomicU64,
 }
 
 impl TargetCounters {
     /// Counts one request.
     pub fn count(&self, outcome: Outcome) {
         self.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a finished token exchange (`None`: a token was granted).
+    pub fn exchange(&self, failure: Option<&TokenFailure>) {
+        self.exchanges[result_of(failure)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a call sent with a cached exchanged token.
+    pub fn exchange_cache_hit(&self) {
+        self.exchange_cache_hits.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -95,12 +128,7 @@ impl EgressMetrics {
 
     /// Counts a finished token request (`None`: a token was granted).
     pub fn token_fetch(&self, failure: Option<&TokenFailure>) {
-        let result = match failure {
-            None => 0,
-            Some(failure) if failure.is_refusal() => 1,
-            Some(_) => 2,
-        };
-        self.token_fetches[result].fetch_add(1, Ordering::Relaxed);
+        self.token_fetches[result_of(failure)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters for a scrape.
@@ -122,6 +150,8 @@ impl MetricsCollector for Scrape {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let mut series = Vec::new();
+        let mut exchanges = Vec::new();
+        let mut hits = Vec::new();
         let all = targets
             .iter()
             .map(|(name, c)| (name.as_str(), &**c))
@@ -133,6 +163,16 @@ impl MetricsCollector for Scrape {
                     series.push(([("target", name), ("outcome", *outcome)], n));
                 }
             }
+            for (result, counter) in RESULTS.iter().zip(&counters.exchanges) {
+                let n = load(counter);
+                if n > 0 {
+                    exchanges.push(([("target", name), ("result", *result)], n));
+                }
+            }
+            let n = load(&counters.exchange_cache_hits);
+            if n > 0 {
+                hits.push(([("target", name)], n));
+            }
         }
         exposition::counters(
             &mut encoder,
@@ -140,11 +180,19 @@ impl MetricsCollector for Scrape {
             "The app's outbound requests through the egress proxy, by target and outcome.",
             series.iter().map(|(labels, n)| (&labels[..], *n)),
         )?;
-        let results = [
-            [("result", "ok")],
-            [("result", "refused")],
-            [("result", "unavailable")],
-        ];
+        exposition::counters(
+            &mut encoder,
+            "scopegate_egress_token_exchanges",
+            "Token exchanges of callers' tokens asked of the issuer, by target and result (as for token fetches).",
+            exchanges.iter().map(|(labels, n)| (&labels[..], *n)),
+        )?;
+        exposition::counters(
+            &mut encoder,
+            "scopegate_egress_exchange_cache_hits",
+            "Calls on behalf of the caller sent with an exchanged token from the cache, by target.",
+            hits.iter().map(|(labels, n)| (&labels[..], *n)),
+        )?;
+        let results = RESULTS.map(|result| [("result", result)]);
         exposition::counters(
             &mut encoder,
             "scopegate_egress_token_fetches",
@@ -181,6 +229,13 @@ mod tests {
         metrics.untargeted().count(Outcome::RefusedTarget);
         metrics.token_fetch(None);
         metrics.token_fetch(Some(&TokenFailure::Timeout));
+        let inventory = metrics.target("inventory");
+        inventory.exchange(None);
+        inventory.exchange(Some(&TokenFailure::Refused {
+            error: "invalid_request".into(),
+        }));
+        inventory.exchange_cache_hit();
+        inventory.exchange_cache_hit();
         let text = exposition::render([metrics.collector()]);
         for line in [
             r#"scopegate_egress_requests_total{target="orders",outcome="forwarded"} 1"#,
@@ -188,6 +243,9 @@ mod tests {
             r#"scopegate_egress_token_fetches_total{result="ok"} 1"#,
             r#"scopegate_egress_token_fetches_total{result="refused"} 0"#,
             r#"scopegate_egress_token_fetches_total{result="unavailable"} 1"#,
+            r#"scopegate_egress_token_exchanges_total{target="inventory",result="ok"} 1"#,
+            r#"scopegate_egress_token_exchanges_total{target="inventory",result="refused"} 1"#,
+            r#"scopegate_egress_exchange_cache_hits_total{target="inventory"} 2"#,
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }

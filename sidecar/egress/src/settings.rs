@@ -1,5 +1,6 @@
 //! The egress section compiled into what requests need: each target's host and port, its
-//! URI parts and Host header built once, its token slot and counters; the token endpoint;
+//! URI parts and Host header built once, its tokens and counters; the token endpoint; the
+//! cache of tokens exchanged on behalf of callers;
 //! and the two upstream clients of the TLS trust split (the operator's CA alone for
 //! in-cluster targets, the system roots alone for the others). Built at start and on each
 //! reload that changes the section, then swapped in whole.
@@ -17,6 +18,7 @@ use scopegate_core::egress::{self, EgressError, TargetUrl, same_host};
 use scopegate_fetch::{ConnectorOptions, Matcher, ProxyConnector, Roots, TlsSetupError};
 use scopegate_sidecar_kit::body::ProxyBody;
 
+use crate::exchange::{ExchangeCache, MAX_EXCHANGED};
 use crate::issuer::{TokenEndpoint, TokenKey};
 use crate::metrics::{EgressMetrics, TargetCounters};
 use crate::route::{self, Unroutable};
@@ -54,10 +56,30 @@ pub struct Target {
     pub authority: Authority,
     /// The Host header sent.
     pub host_header: HeaderValue,
-    /// Its token.
-    pub slot: Arc<TokenSlot>,
+    /// Where its tokens come from.
+    pub tokens: Tokens,
     /// Its request counters.
     pub counters: Arc<TargetCounters>,
+}
+
+/// Where a target's tokens come from.
+#[derive(Debug)]
+pub enum Tokens {
+    /// The pod's own token (`client_credentials`), shared by the targets of one key.
+    Own(Arc<TokenSlot>),
+    /// The caller's token exchanged for one of this key, per caller, in
+    /// [`Compiled::exchanges`].
+    OnBehalfOfCaller(Arc<TokenKey>),
+}
+
+impl Target {
+    /// The slot of the pod's own tokens, unless the target acts on behalf of the caller.
+    pub fn own_slot(&self) -> Option<&Arc<TokenSlot>> {
+        match &self.tokens {
+            Tokens::Own(slot) => Some(slot),
+            Tokens::OnBehalfOfCaller(_) => None,
+        }
+    }
 }
 
 /// An egress section in force.
@@ -67,6 +89,8 @@ pub struct Compiled {
     targets: Vec<Target>,
     /// Where tokens are asked for.
     pub endpoint: TokenEndpoint,
+    /// The tokens exchanged on behalf of callers.
+    pub exchanges: Arc<ExchangeCache>,
     /// The client of in-cluster targets.
     pub in_cluster: UpstreamClient,
     /// The client of the other targets.
@@ -76,7 +100,8 @@ pub struct Compiled {
 impl Compiled {
     /// Compiles the egress section of `config` (`None` when it has none). Targets whose token
     /// key the `previous` section had, with the same token endpoint, client and assertion
-    /// file, keep its token.
+    /// file, keep its token (their callers' exchanged tokens, for targets on behalf of the
+    /// caller).
     pub fn new(
         config: &SidecarConfig,
         previous: Option<&Compiled>,
@@ -99,6 +124,7 @@ impl Compiled {
         });
         let kept = previous.filter(|_| same_client);
         let mut targets = Vec::with_capacity(section.targets.len());
+        let mut exchanged_keys: Vec<Arc<TokenKey>> = Vec::new();
         for declared in &section.targets {
             let name: Arc<str> = Arc::from(declared.name.as_str());
             let invalid = || EgressError::TargetUrl(declared.name.clone());
@@ -108,10 +134,19 @@ impl Compiled {
             // Connected to by its full name: no DNS search domain makes it another's.
             let authority: Authority = (declared.address.parse()).map_err(|_| invalid())?;
             let key = TokenKey::new(&declared.audience, &declared.scopes);
-            let slot = kept
-                .and_then(|p| p.targets.iter().find(|t| *t.slot.key() == key))
-                .or_else(|| targets.iter().find(|t: &&Target| *t.slot.key() == key))
-                .map_or_else(|| Arc::new(TokenSlot::new(key)), |t| t.slot.clone());
+            let tokens = if declared.on_behalf_of_caller {
+                let known = exchanged_keys.iter().find(|k| ***k == key).cloned();
+                Tokens::OnBehalfOfCaller(known.unwrap_or_else(|| {
+                    let key = Arc::new(key);
+                    exchanged_keys.push(key.clone());
+                    key
+                }))
+            } else {
+                let own = |t: &Target| t.own_slot().filter(|slot| *slot.key() == key).cloned();
+                let slot = (kept.and_then(|p| p.targets.iter().find_map(own)))
+                    .or_else(|| targets.iter().find_map(own));
+                Tokens::Own(slot.unwrap_or_else(|| Arc::new(TokenSlot::new(key))))
+            };
             targets.push(Target {
                 counters: metrics.target(&name),
                 name,
@@ -124,9 +159,16 @@ impl Compiled {
                 url,
                 authority,
                 host_header,
-                slot,
+                tokens,
             });
         }
+        let exchanges = match kept {
+            Some(previous) => {
+                previous.exchanges.retain_keys(&exchanged_keys);
+                previous.exchanges.clone()
+            }
+            None => Arc::new(ExchangeCache::new(MAX_EXCHANGED)),
+        };
         let endpoint = TokenEndpoint {
             uri: section
                 .token_endpoint
@@ -141,6 +183,7 @@ impl Compiled {
             source: (section.clone(), config.ca_bundle_pem.clone()),
             targets,
             endpoint,
+            exchanges,
             in_cluster: Client::builder(TokioExecutor::new())
                 .build(connector(Roots::Only(ca), true)?),
             outside: Client::builder(TokioExecutor::new()).build(connector(Roots::System, false)?),

@@ -1,8 +1,9 @@
-//! The token of one audience and set of scopes ([`TokenKey`]), shared by every target that
-//! asks for the same: a cache hit is one atomic load and a clone of a prebuilt header value;
-//! a miss asks the issuer once however many requests miss together (the others wait for
-//! that answer), and a failure is remembered for [`FAILURE_MEMORY`] so that a burst of
-//! requests does not become a burst at the issuer.
+//! The token of one audience and set of scopes ([`TokenKey`]): the pod's own, shared by every
+//! target that asks for the same, or one caller's exchanged token (held in
+//! [`crate::exchange::ExchangeCache`]). A cache hit is one atomic load and a clone of a
+//! prebuilt header value; a miss asks the issuer once however many requests miss together
+//! (the others wait for that answer), and a failure is remembered for [`FAILURE_MEMORY`] so
+//! that a burst of requests does not become a burst at the issuer.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 
-use crate::issuer::{self, Granted, TokenEndpoint, TokenFailure, TokenKey};
-use crate::metrics::EgressMetrics;
+use crate::issuer::{self, Grant, Granted, TokenEndpoint, TokenFailure, TokenKey};
+use crate::metrics::{EgressMetrics, TargetCounters};
 
 /// How long a failed token request is answered from memory.
 pub const FAILURE_MEMORY: Duration = Duration::from_secs(1);
@@ -48,17 +49,30 @@ pub struct TokenSlot {
     failure: Mutex<Option<(Instant, TokenFailure)>>,
     /// Whether the last request failed: logs follow changes only.
     failing: AtomicBool,
+    /// One caller's exchanged token rather than the pod's own: its requests are counted per
+    /// target, and its failures (one caller's) are not logged as the target's.
+    per_caller: bool,
 }
 
 impl TokenSlot {
-    /// An empty slot for `key`.
+    /// An empty slot for the pod's own tokens of `key`.
     pub fn new(key: TokenKey) -> TokenSlot {
+        TokenSlot::empty(key, false)
+    }
+
+    /// An empty slot for one caller's exchanged tokens of `key`.
+    pub fn for_caller(key: TokenKey) -> TokenSlot {
+        TokenSlot::empty(key, true)
+    }
+
+    fn empty(key: TokenKey, per_caller: bool) -> TokenSlot {
         TokenSlot {
             key,
             current: ArcSwapOption::empty(),
             asking: Arc::new(tokio::sync::Mutex::new(())),
             failure: Mutex::new(None),
             failing: AtomicBool::new(false),
+            per_caller,
         }
     }
 
@@ -76,13 +90,25 @@ impl TokenSlot {
             .map(|token| token.header.clone())
     }
 
-    /// The token: the fresh one, else one from the issuer. While a token past its renewal
-    /// time has not expired, only one request renews it and the others keep sending it.
+    /// Whether the slot holds nothing worth keeping at `now`: no token that has not expired,
+    /// no failure to remember, and no request to the issuer in flight.
+    pub fn is_spent(&self, now: Instant) -> bool {
+        self.usable(now).is_none()
+            && self.remembered(now).is_none()
+            && self.asking.try_lock().is_ok()
+    }
+
+    /// The token: the fresh one, else one from the issuer by `grant` (counted in `metrics`
+    /// for the pod's own, in the target's `counters` for an exchange). While a token past its
+    /// renewal time has not expired, only one request renews it and the others keep sending
+    /// it.
     pub async fn obtain(
         self: &Arc<Self>,
         endpoint: &TokenEndpoint,
+        grant: Grant<'_>,
         metrics: &Arc<EgressMetrics>,
         target: &Arc<str>,
+        counters: &Arc<TargetCounters>,
     ) -> Result<HeaderValue, TokenFailure> {
         if let Some(header) = self.fresh(Instant::now()) {
             return Ok(header);
@@ -100,26 +126,38 @@ impl TokenSlot {
             return Ok(header);
         }
         if let Some(failure) = self.remembered(now) {
-            return usable.ok_or(failure);
+            return self.or_usable(usable, failure);
         }
         // The fetch runs on its own, holding the lock: a caller that goes away (an app whose
         // timeout is shorter than the issuer's answer) neither aborts it nor lets the next
         // caller start another; the token or the failure it brings is kept for the next call.
-        let (slot, endpoint, metrics, target) = (
+        // The caller's token is copied for the request only, and dropped with it.
+        let subject = match grant {
+            Grant::Own => None,
+            Grant::Exchange { subject } => Some(subject.to_owned()),
+        };
+        let (slot, endpoint, metrics, target, counters) = (
             self.clone(),
             endpoint.clone(),
             metrics.clone(),
             target.clone(),
+            counters.clone(),
         );
         let fetch = tokio::spawn(async move {
             let _asking = asking;
-            match issuer::request(&endpoint, &slot.key).await {
-                Ok(granted) => {
-                    metrics.token_fetch(None);
-                    Ok(slot.keep(granted, &target))
-                }
+            let grant = match &subject {
+                None => Grant::Own,
+                Some(subject) => Grant::Exchange { subject },
+            };
+            let result = issuer::request(&endpoint, &slot.key, grant).await;
+            let failure = result.as_ref().err();
+            match grant {
+                Grant::Own => metrics.token_fetch(failure),
+                Grant::Exchange { .. } => counters.exchange(failure),
+            }
+            match result {
+                Ok(granted) => Ok(slot.keep(granted, &target)),
                 Err(failure) => {
-                    metrics.token_fetch(Some(&failure));
                     slot.remember(&failure, &target);
                     Err(failure)
                 }
@@ -127,9 +165,23 @@ impl TokenSlot {
         });
         match fetch.await {
             Ok(Ok(header)) => Ok(header),
-            Ok(Err(failure)) => usable.ok_or(failure),
+            Ok(Err(failure)) => self.or_usable(usable, failure),
             Err(_) => usable.ok_or(TokenFailure::Unreachable),
         }
+    }
+
+    /// What a call gets when the issuer did not grant: the last token while it has not
+    /// expired, unless the issuer refused one caller's token (revoked, expired): then none,
+    /// for what was exchanged from it is no longer the caller's to use.
+    fn or_usable(
+        &self,
+        usable: Option<HeaderValue>,
+        failure: TokenFailure,
+    ) -> Result<HeaderValue, TokenFailure> {
+        if self.per_caller && failure.is_refusal() {
+            return Err(failure);
+        }
+        usable.ok_or(failure)
     }
 
     /// The last token, if it has not expired at `now` (fresh or not).
@@ -151,7 +203,7 @@ impl TokenSlot {
     }
 
     /// Puts a granted token in the slot and returns its header.
-    fn keep(&self, granted: Granted, target: &str) -> HeaderValue {
+    pub(crate) fn keep(&self, granted: Granted, target: &str) -> HeaderValue {
         let now = Instant::now();
         let header = granted.header.clone();
         self.current.store(Some(std::sync::Arc::new(Token {
@@ -160,7 +212,7 @@ impl TokenSlot {
             expires_at: now + granted.lifetime,
         })));
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        if self.failing.swap(false, Ordering::AcqRel) {
+        if self.failing.swap(false, Ordering::AcqRel) && !self.per_caller {
             tracing::info!(
                 target_name = target,
                 audience = %self.key.audience,
@@ -170,11 +222,22 @@ impl TokenSlot {
         header
     }
 
-    /// Remembers a failure; the first of a run is logged.
+    /// Remembers a failure; the first of a run is logged (one caller's at debug only: the
+    /// handler logs exchange failures per target, at most once a second). The issuer refusing
+    /// one caller's token also drops the token exchanged from it.
     fn remember(&self, failure: &TokenFailure, target: &str) {
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Instant::now(), failure.clone()));
-        if !self.failing.swap(true, Ordering::AcqRel) {
+        if self.per_caller && failure.is_refusal() {
+            self.current.store(None);
+        }
+        if self.per_caller {
+            tracing::debug!(
+                target_name = target,
+                reason = failure.reason(),
+                "egress: token exchange failed"
+            );
+        } else if !self.failing.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 target_name = target,
                 audience = %self.key.audience,
@@ -205,6 +268,41 @@ impl TokenSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn granted(lifetime: u64) -> Granted {
+        Granted {
+            header: HeaderValue::from_static("Bearer t"),
+            lifetime: Duration::from_secs(lifetime),
+        }
+    }
+
+    #[test]
+    fn a_refused_callers_token_loses_its_exchanged_token_at_once() {
+        let refused = TokenFailure::Refused {
+            error: "invalid_request".into(),
+        };
+        let slot = TokenSlot::for_caller(TokenKey::new("https://inventory", &[]));
+        slot.keep(granted(100), "inventory");
+        let old = slot.usable(Instant::now());
+        assert!(old.is_some());
+        assert_eq!(
+            slot.or_usable(old.clone(), refused.clone()),
+            Err(refused.clone())
+        );
+        slot.remember(&refused, "inventory");
+        assert!(slot.usable(Instant::now()).is_none());
+        // An outage is no verdict on the caller: the unexpired token is still sent.
+        assert_eq!(
+            slot.or_usable(old.clone(), TokenFailure::Timeout).unwrap(),
+            "Bearer t"
+        );
+        // The pod's own token is kept through a refusal until it expires, as before.
+        let own = TokenSlot::new(TokenKey::new("https://orders", &[]));
+        own.keep(granted(100), "orders");
+        own.remember(&refused, "orders");
+        assert!(own.usable(Instant::now()).is_some());
+        assert_eq!(own.or_usable(old, refused).unwrap(), "Bearer t");
+    }
 
     #[test]
     fn a_token_is_renewed_a_tenth_of_its_life_early_a_minute_at_most() {

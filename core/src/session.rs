@@ -73,8 +73,10 @@ pub struct SessionConfig {
     pub keys_path: String,
 }
 
-/// The AEAD keys that seal session and login cookies, newest last: the newest seals, every
-/// key not retired opens. The operator adds a key on rotation and removes one once every
+/// The AEAD keys that seal session and login cookies, oldest first: the newest key whose
+/// sealing time has come seals ([`SessionKeys::sealing_key`]), every key not retired opens
+/// ([`SessionKeys::opening_key`]). The operator writes a key a few minutes before it seals, so
+/// that every replica holds it before any replica seals with it, and removes a key once every
 /// cookie it sealed has expired.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -93,9 +95,41 @@ pub struct SessionKey {
     pub secret: String,
     /// When it was made (Unix seconds).
     pub created_at: i64,
+    /// From this time on it seals new cookies (Unix seconds); absent: from `created_at`. Until
+    /// then it only opens them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seals_from: Option<i64>,
     /// From this time on it no longer opens cookies (Unix seconds); `None` while it is in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire_at: Option<i64>,
+}
+
+impl SessionKey {
+    /// When it starts sealing new cookies.
+    pub fn seals_from(&self) -> i64 {
+        self.seals_from.unwrap_or(self.created_at)
+    }
+
+    /// Whether it opens cookies at `now` (it is not retired).
+    pub fn opens_at(&self, now: i64) -> bool {
+        self.retire_at.is_none_or(|retire| now < retire)
+    }
+}
+
+impl SessionKeys {
+    /// The key that seals new cookies at `now`: of the keys not retired whose sealing time has
+    /// come, the one that started sealing last (the later in the list on a tie).
+    pub fn sealing_key(&self, now: i64) -> Option<&SessionKey> {
+        self.keys
+            .iter()
+            .filter(|k| k.opens_at(now) && k.seals_from() <= now)
+            .max_by_key(|k| k.seals_from())
+    }
+
+    /// The key with id `id`, if it opens cookies at `now`.
+    pub fn opening_key(&self, id: &str, now: i64) -> Option<&SessionKey> {
+        self.keys.iter().find(|k| k.id == id && k.opens_at(now))
+    }
 }
 
 impl std::fmt::Debug for SessionKey {
@@ -103,6 +137,7 @@ impl std::fmt::Debug for SessionKey {
         f.debug_struct("SessionKey")
             .field("id", &self.id)
             .field("created_at", &self.created_at)
+            .field("seals_from", &self.seals_from)
             .field("retire_at", &self.retire_at)
             .finish_non_exhaustive()
     }
@@ -118,11 +153,46 @@ mod tests {
             id: "k1".into(),
             secret: "c2VjcmV0LWJ5dGVz".into(),
             created_at: 1,
+            seals_from: None,
             retire_at: None,
         };
         assert!(!format!("{key:?}").contains("c2VjcmV0"));
         let keys = SessionKeys { keys: vec![key] };
         let text = serde_json::to_string(&keys).unwrap();
         assert_eq!(serde_json::from_str::<SessionKeys>(&text).unwrap(), keys);
+    }
+
+    fn key(
+        id: &str,
+        created_at: i64,
+        seals_from: Option<i64>,
+        retire_at: Option<i64>,
+    ) -> SessionKey {
+        SessionKey {
+            id: id.into(),
+            secret: String::new(),
+            created_at,
+            seals_from,
+            retire_at,
+        }
+    }
+
+    #[test]
+    fn a_key_written_ahead_opens_before_it_seals_and_a_retired_key_does_neither() {
+        let keys = SessionKeys {
+            keys: vec![
+                key("old", 0, None, Some(1_000)),
+                key("current", 100, None, None),
+                key("next", 500, Some(800), None),
+            ],
+        };
+        let sealing = |now| keys.sealing_key(now).map(|k| k.id.as_str());
+        assert_eq!(sealing(50), Some("old"));
+        assert_eq!(sealing(799), Some("current"));
+        assert_eq!(sealing(800), Some("next"));
+        assert!(keys.opening_key("next", 600).is_some());
+        assert!(keys.opening_key("old", 999).is_some());
+        assert!(keys.opening_key("old", 1_000).is_none());
+        assert!(keys.opening_key("unknown", 0).is_none());
     }
 }

@@ -150,6 +150,7 @@ fn issuing(c: &mut Criterion) {
                     client_id: "shop.backend",
                     aud: &aud,
                     scope: &scope,
+                    act: None,
                 };
                 black_box(planned.sign(ISSUER, &grant, &rng).unwrap())
             })

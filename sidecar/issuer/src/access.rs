@@ -1,5 +1,5 @@
 //! RFC 9068 access tokens: `typ: at+jwt`, claims iss, sub, aud, exp, iat, nbf, jti,
-//! client_id and scope, signed by the key active now, with `exp` capped so that no token
+//! client_id, scope and (for an exchanged token, RFC 8693 §4.1) act, signed by the key active now, with `exp` capped so that no token
 //! outlives its key's place in the JWKS.
 
 use serde::Serialize;
@@ -21,6 +21,32 @@ pub struct Grant<'a> {
     pub aud: &'a [String],
     /// Scopes.
     pub scope: &'a [String],
+    /// The chain of actors of an exchanged token (`act`); `None` for every other grant.
+    pub act: Option<&'a Actor>,
+}
+
+/// An `act` claim (RFC 8693 §4.1): the client that exchanged the token, and the actor of the
+/// token it exchanged, when that was an exchanged token too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Actor {
+    /// The acting client's id.
+    pub sub: String,
+    /// The previous actor, outermost first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// How many actors the chain names (1 for an actor without a previous one).
+    pub fn depth(&self) -> usize {
+        let mut depth = 1;
+        let mut at = self;
+        while let Some(previous) = &at.act {
+            depth += 1;
+            at = previous;
+        }
+        depth
+    }
 }
 
 /// A token about to be signed: key chosen, times and jti fixed.
@@ -78,6 +104,8 @@ struct Claims<'a> {
     client_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a Actor>,
 }
 
 impl Planned<'_> {
@@ -101,6 +129,7 @@ impl Planned<'_> {
             jti: &self.jti,
             client_id: grant.client_id,
             scope: (!grant.scope.is_empty()).then(|| grant.scope.join(" ")),
+            act: grant.act,
         };
         let payload = serde_json::to_vec(&claims).map_err(|_| OAuthError::ServerError)?;
         self.signer

@@ -1,6 +1,7 @@
 //! Request bodies and query strings of the OAuth endpoints: `application/x-www-form-urlencoded`
 //! only (RFC 6749 §3.2), bounded in size, every parameter at most once (§3.1) except those an
-//! extension lets repeat (RFC 8707 `resource`); a parameter without a value counts as absent.
+//! extension lets repeat (RFC 8707 `resource`, RFC 8693 `audience`); a parameter without a
+//! value counts as absent.
 //! The authorization endpoint parses with [`Form::parse_keeping_repeats`]: it must know which
 //! parameters came twice to choose between an error page and an error redirect.
 
@@ -20,7 +21,7 @@ use crate::error::OAuthError;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Parameters that may appear more than once.
-const REPEATABLE: [&str; 1] = ["resource"];
+const REPEATABLE: [&str; 2] = ["resource", "audience"];
 
 /// Most parameters accepted in one request.
 const MAX_PARAMS: usize = 64;

@@ -24,13 +24,27 @@ use scopegate_core::jose::jws::{self, Typ};
 
 /// Reads an access token this issuer signed (any time: expiry is the caller's to judge).
 pub fn read_access_token(settings: &IssuerSettings, token: &str) -> Option<Claims> {
+    read_access_token_and(settings, token, |_| ()).map(|(claims, ())| claims)
+}
+
+/// Reads an access token this issuer signed like [`read_access_token`], and what `more`
+/// reads from its verified payload (claims that [`Claims`] does not keep).
+pub fn read_access_token_and<T>(
+    settings: &IssuerSettings,
+    token: &str,
+    more: impl FnOnce(&[u8]) -> T,
+) -> Option<(Claims, T)> {
     let compact = jws::parse(token).ok()?;
     if compact.typ != Typ::AtJwt {
         return None;
     }
     compact.verify_with(&settings.keys.verify).ok()?;
     let claims = json::parse_claims(compact.payload()).ok()?;
-    (claims.iss.as_deref() == Some(settings.config.url.as_str())).then_some(claims)
+    if claims.iss.as_deref() != Some(settings.config.url.as_str()) {
+        return None;
+    }
+    let more = more(compact.payload());
+    Some((claims, more))
 }
 
 fn audiences(aud: &Option<Audience>) -> Vec<String> {

@@ -13,6 +13,7 @@ pub mod clients;
 pub mod codes;
 pub mod counters;
 pub mod error;
+pub mod exchange;
 pub mod feed;
 pub mod form;
 pub mod grant;

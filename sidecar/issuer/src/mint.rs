@@ -318,6 +318,7 @@ async fn mint(ctx: &Context<'_>, req: MintRequest) -> Result<(StatusCode, Value)
             client_id: MINT_CLIENT_ID,
             aud: &audiences,
             scope: &scope,
+            act: None,
         },
         &ctx.issuer.rng,
     )?;

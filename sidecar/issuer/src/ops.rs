@@ -1,6 +1,10 @@
 //! The grant logic's updates of the store: each one a compare-and-swap loop around a pure
 //! transition, so replicas sharing the store agree (one redemption of a code, one winner
-//! of a rotation), and revocations that also reach the feed.
+//! of a rotation), and revocations that also reach the feed (and every token exchanged from
+//! a revoked one, RFC 8693).
+
+use scopegate_core::clients::MAX_EXCHANGE_DEPTH;
+use serde::{Deserialize, Serialize};
 
 use crate::codes::{self, CodeRecord, Redeemed};
 use crate::error::OAuthError;
@@ -65,26 +69,107 @@ async fn revoke_redeemed(ctx: &Context<'_>, first: &Redeemed, now: i64) -> Resul
     Ok(())
 }
 
-/// Puts access tokens on the revocation feed (those already expired are skipped).
+/// Puts access tokens on the revocation feed (those already expired are skipped), and every
+/// token exchanged from them, level by level, at most [`MAX_EXCHANGE_DEPTH`] levels down.
+///
+/// Each level is revoked before its exchanged tokens are read: an exchange records its token
+/// before it checks that its subject token is not revoked, so one of the two always sees the
+/// other (see [`record_exchanged`]).
 pub async fn revoke_jtis(
     ctx: &Context<'_>,
     jtis: Vec<(String, i64)>,
     now: i64,
 ) -> Result<(), OAuthError> {
-    let entries: Vec<Revocation> = jtis
-        .into_iter()
-        .filter(|(_, exp)| *exp + ctx.settings.leeway > now)
-        .map(|(jti, exp)| Revocation::Jti { jti, exp })
-        .collect();
-    if entries.is_empty() {
-        return Ok(());
+    let store = ctx.issuer.store.as_ref();
+    let live = |(_, exp): &(String, i64)| *exp + ctx.settings.leeway > now;
+    let mut level: Vec<(String, i64)> = jtis.into_iter().filter(live).collect();
+    let mut revoked = false;
+    for _ in 0..=MAX_EXCHANGE_DEPTH {
+        if level.is_empty() {
+            break;
+        }
+        let entries = level
+            .iter()
+            .map(|(jti, exp)| Revocation::Jti {
+                jti: jti.clone(),
+                exp: *exp,
+            })
+            .collect();
+        store.revoke(entries, ctx.settings.leeway).await?;
+        revoked = true;
+        let mut next = Vec::new();
+        for (jti, _) in &level {
+            if let Some(read) = store::read::<Exchanged>(store, &exchanged_key(jti)).await? {
+                next.extend(read.value.tokens.into_iter().filter(live));
+            }
+        }
+        level = next;
     }
-    ctx.issuer
-        .store
-        .revoke(entries, ctx.settings.leeway)
-        .await?;
-    ctx.issuer.notify_feed();
+    if revoked {
+        ctx.issuer.notify_feed();
+    }
     Ok(())
+}
+
+/// Most live tokens exchanged from one subject token.
+pub const MAX_EXCHANGED: usize = 128;
+
+/// The store key of the tokens exchanged from the access token `jti`.
+pub fn exchanged_key(jti: &str) -> String {
+    format!("exchanged:{jti}")
+}
+
+/// The access tokens exchanged from one subject token (RFC 8693): they are revoked with it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct Exchanged {
+    /// `(jti, exp)` of each exchanged token that may still be valid.
+    pub tokens: Vec<(String, i64)>,
+}
+
+impl Exchanged {
+    /// The record with `issued` added and expired tokens dropped; `None` when
+    /// [`MAX_EXCHANGED`] live tokens are recorded already.
+    pub fn with(&self, issued: (String, i64), now: i64) -> Option<Exchanged> {
+        let mut tokens: Vec<(String, i64)> = self
+            .tokens
+            .iter()
+            .filter(|(_, exp)| *exp > now)
+            .cloned()
+            .collect();
+        if tokens.len() >= MAX_EXCHANGED {
+            return None;
+        }
+        tokens.push(issued);
+        Some(Exchanged { tokens })
+    }
+}
+
+/// Records the token `issued` as exchanged from the subject token `subject_jti`, kept until
+/// `keep_until` (the subject token's expiry plus the leeway: revoking it matters that long).
+/// `false` when [`MAX_EXCHANGED`] live tokens are recorded already.
+pub async fn record_exchanged(
+    ctx: &Context<'_>,
+    subject_jti: &str,
+    keep_until: i64,
+    issued: (String, i64),
+    now: i64,
+) -> Result<bool, OAuthError> {
+    let store = ctx.issuer.store.as_ref();
+    let key = exchanged_key(subject_jti);
+    for _ in 0..MAX_SWAP_ATTEMPTS {
+        let read = store::read::<Exchanged>(store, &key).await?;
+        let (expected, current) = match read {
+            Some(read) => (Some(read.bytes), read.value),
+            None => (None, Exchanged::default()),
+        };
+        let Some(next) = current.with(issued.clone(), now) else {
+            return Ok(false);
+        };
+        if store::write(store, &key, expected.as_deref(), &next, keep_until).await? {
+            return Ok(true);
+        }
+    }
+    Err(OAuthError::TemporarilyUnavailable("too much contention"))
 }
 
 /// The store key of a refresh family.
@@ -208,4 +293,33 @@ pub async fn rotate_family(
         };
     }
     Err(OAuthError::TemporarilyUnavailable("too much contention"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchanged_record_prunes_expired_tokens_and_is_capped() {
+        let now = 1_000;
+        let mut record = Exchanged {
+            tokens: vec![("old".into(), now), ("live".into(), now + 1)],
+        };
+        record = record.with(("new".into(), now + 60), now).unwrap();
+        assert_eq!(
+            record.tokens,
+            [("live".to_owned(), now + 1), ("new".to_owned(), now + 60)],
+            "an expired token is dropped, a live one kept"
+        );
+        let full = Exchanged {
+            tokens: (0..MAX_EXCHANGED)
+                .map(|i| (i.to_string(), now + 5))
+                .collect(),
+        };
+        assert_eq!(full.with(("one more".into(), now + 5), now), None);
+        assert!(
+            full.with(("after".into(), now + 10), now + 5).is_some(),
+            "room again once they expired"
+        );
+    }
 }

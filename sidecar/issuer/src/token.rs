@@ -1,9 +1,10 @@
 //! `/oauth2/token` (RFC 6749 §3.2, §4.1.3, §4.4, §6): client_credentials,
-//! authorization_code with PKCE S256, and refresh_token with rotation.
+//! authorization_code with PKCE S256, refresh_token with rotation, and token exchange
+//! (RFC 8693, in [`crate::exchange`]).
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use scopegate_core::clients::RegisteredClient;
+use scopegate_core::clients::{RegisteredClient, TOKEN_EXCHANGE_GRANT};
 use scopegate_sidecar_kit::body::ProxyBody;
 use serde_json::{Value, json};
 
@@ -11,6 +12,7 @@ use crate::access::{self, Grant, Planned};
 use crate::client_request::{self, ClientRequest, PublicClients};
 use crate::codes::{CodeRecord, Redeemed};
 use crate::error::OAuthError;
+use crate::exchange;
 use crate::form::Form;
 use crate::grant;
 use crate::limits::Endpoint;
@@ -20,7 +22,12 @@ use crate::store::{self, hashed_key};
 use crate::{Context, random_token, reply};
 
 /// Grant types the issuer offers.
-pub const GRANT_TYPES: [&str; 3] = ["authorization_code", "client_credentials", "refresh_token"];
+pub const GRANT_TYPES: [&str; 4] = [
+    "authorization_code",
+    "client_credentials",
+    "refresh_token",
+    TOKEN_EXCHANGE_GRANT,
+];
 
 /// Answers a token request.
 pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -60,6 +67,7 @@ async fn grant(
     match grant_type {
         "client_credentials" => client_credentials(ctx, client, form, now),
         "authorization_code" => authorization_code(ctx, client, form, now).await,
+        TOKEN_EXCHANGE_GRANT => exchange::exchange(ctx, client, form, now).await,
         _ => refresh_token(ctx, client, form, now).await,
     }
 }
@@ -112,6 +120,7 @@ fn client_credentials(
             client_id: &client.client_id,
             aud: &aud,
             scope: &scope,
+            act: None,
         },
         &ctx.issuer.rng,
     )?;
@@ -170,6 +179,7 @@ async fn authorization_code(
             client_id: &client.client_id,
             aud: &aud,
             scope: &record.scope,
+            act: None,
         },
         &ctx.issuer.rng,
     )?;
@@ -330,6 +340,7 @@ async fn refresh_token(
             client_id: &client.client_id,
             aud: &aud,
             scope: &scope,
+            act: None,
         },
         &ctx.issuer.rng,
     )?;

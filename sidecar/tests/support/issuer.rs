@@ -197,6 +197,8 @@ pub struct Spec {
     pub url: Option<String>,
     /// Per-route rate limits of the verifier.
     pub route_limits: Value,
+    /// Registry entries added to [`registry`]'s.
+    pub extra_clients: Vec<Value>,
 }
 
 impl Default for Spec {
@@ -212,6 +214,7 @@ impl Default for Spec {
             web_revoke_before: None,
             url: None,
             route_limits: json!([]),
+            extra_clients: Vec::new(),
         }
     }
 }
@@ -269,10 +272,12 @@ impl Issuer {
         std::fs::write(dir.join("tls.crt"), &certs.leaf_pem).unwrap();
         std::fs::write(dir.join("tls.key"), certs.leaf_key.serialize_pem()).unwrap();
         write_atomic(&dir.join("keys.json"), &keys.to_string());
-        write_atomic(
-            &dir.join("clients.json"),
-            &registry(spec.web_revoke_before).to_string(),
-        );
+        let mut clients = registry(spec.web_revoke_before);
+        clients["clients"]
+            .as_array_mut()
+            .unwrap()
+            .extend(spec.extra_clients.iter().cloned());
+        write_atomic(&dir.join("clients.json"), &clients.to_string());
         let mint_socket = dir.join(&format!("mint-{}.sock", unique()));
         let hs256 = spec.alg == "HS256";
         let trusted = if hs256 {

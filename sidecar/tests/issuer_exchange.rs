@@ -1,0 +1,584 @@
+//! The token-exchange grant (RFC 8693) over TLS on loopback: an exchange and a chain of two
+//! with nested `act`, the depth limit, the attacker's requests (foreign, forged, expired,
+//! revoked and misdirected subject tokens, widened scopes and audiences, actor tokens,
+//! clients that may not exchange), and revocation reaching the exchanged tokens.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod support;
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use scopegate_core::secret_hash::{SecretKind, hash};
+use scopegate_issuer::IssuerTuning;
+use scopegate_issuer::store::Budget;
+use serde_json::{Value, json};
+use support::issuer::*;
+use support::*;
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// An audience only the second hop may ask for.
+const STOCK: &str = "https://stock.example";
+
+/// The orders service: exchanges tokens sent to it for payments tokens.
+const ORDERS_X: TestClient = TestClient {
+    id: "shop.orders-x",
+    secret: Some("orders-x-secret-0123456789abcdef"),
+};
+/// The payments service: exchanges tokens sent to it for stock tokens, chains of two.
+const PAYMENTS_X: TestClient = TestClient {
+    id: "shop.payments-x",
+    secret: Some("payments-x-secret-0123456789abcdef"),
+};
+/// Like [`PAYMENTS_X`], exchanging only tokens no client exchanged before.
+const PAYMENTS_SHALLOW: TestClient = TestClient {
+    id: "shop.payments-shallow",
+    secret: Some("payments-shallow-secret-0123456789"),
+};
+/// Has the grant type but declares no exchange.
+const UNDECLARED: TestClient = TestClient {
+    id: "shop.undeclared",
+    secret: Some("undeclared-secret-0123456789abcdef"),
+};
+/// A public client declaring an exchange (the operator never renders one; refused anyway).
+const PUBLIC_X: TestClient = TestClient {
+    id: "shop.public-x",
+    secret: None,
+};
+
+fn exchanger(
+    client: &TestClient,
+    scopes: &[&str],
+    subject_audiences: &[&str],
+    audiences: &[&str],
+    max_depth: u8,
+) -> Value {
+    json!({
+        "clientId": client.id, "public": false, "authMethod": "client_secret_basic",
+        "secrets": client.secret.map_or(json!([]), |secret| json!([{"phc": hash(secret, SecretKind::Generated).unwrap()}])),
+        "grantTypes": [TOKEN_EXCHANGE], "scopes": scopes,
+        "tokenExchange": {"subjectAudiences": subject_audiences, "audiences": audiences, "maxDepth": max_depth}
+    })
+}
+
+async fn start() -> Issuer {
+    let mut undeclared = exchanger(&UNDECLARED, &["read:items"], &[ORDERS], &[PAYMENTS], 1);
+    undeclared.as_object_mut().unwrap().remove("tokenExchange");
+    let mut public = exchanger(&PUBLIC_X, &["read:items"], &[ORDERS], &[PAYMENTS], 1);
+    public["public"] = json!(true);
+    public["authMethod"] = json!("none");
+    Issuer::start(Spec {
+        tuning: IssuerTuning {
+            limits: scopegate_issuer::limits::EndpointLimits {
+                failed_address: Budget::per_secs(10_000, 60),
+                failed_client: Budget::per_secs(10_000, 60),
+                ..Default::default()
+            },
+            // A refresh token presented twice is reuse at once.
+            refresh_grace_ms: 0,
+            ..Default::default()
+        },
+        extra_clients: vec![
+            exchanger(
+                &ORDERS_X,
+                &["read:items", "admin"],
+                &[ORDERS],
+                &[PAYMENTS],
+                2,
+            ),
+            exchanger(&PAYMENTS_X, &["read:items"], &[PAYMENTS], &[STOCK], 2),
+            exchanger(&PAYMENTS_SHALLOW, &["read:items"], &[PAYMENTS], &[STOCK], 1),
+            undeclared,
+            public,
+        ],
+        ..Spec::default()
+    })
+    .await
+}
+
+fn body(r: &RawResponse) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// An exchange request of `client` for `subject` with extra parameters `more`.
+async fn exchange(issuer: &Issuer, client: &TestClient, subject: &str, more: &str) -> RawResponse {
+    issuer
+        .token(
+            client,
+            &format!(
+                "grant_type={}&subject_token={}&subject_token_type={}{more}",
+                enc(TOKEN_EXCHANGE),
+                enc(subject),
+                enc(ACCESS_TOKEN)
+            ),
+        )
+        .await
+}
+
+/// The access token of a successful exchange.
+async fn exchanged(issuer: &Issuer, client: &TestClient, subject: &str, aud: &str) -> String {
+    let r = exchange(issuer, client, subject, &format!("&audience={}", enc(aud))).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    r.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Asserts a refusal: status 400, `error` and a description starting with `why`.
+fn refused(r: &RawResponse, error: &str, why: &str) {
+    assert_eq!(
+        (r.status, r.json()["error"].as_str().unwrap()),
+        (400, error),
+        "{}",
+        body(r)
+    );
+    let description = r.json()["error_description"].as_str().unwrap().to_owned();
+    assert!(description.starts_with(why), "{description}");
+}
+
+/// alice's access and refresh tokens of the web client (audience orders, read and write).
+async fn alice(issuer: &Issuer) -> (String, String) {
+    let code = web_code(issuer, "alice").await;
+    let r = redeem(issuer, &code).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let j = r.json();
+    (
+        j["access_token"].as_str().unwrap().to_owned(),
+        j["refresh_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Introspects `token` as `client` (which sees the tokens issued to it).
+async fn active(issuer: &Issuer, client: &TestClient, token: &str) -> bool {
+    let r = issuer
+        .post_as(
+            "/oauth2/introspect",
+            client,
+            &format!("token={}", enc(token)),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    r.json()["active"].as_bool().unwrap()
+}
+
+/// A token signed with the issuer's own active key: claims the issuer never issues.
+fn forged_by_issuer(issuer: &Issuer, claims: &Value) -> String {
+    let entry = &issuer.keys["keys"][0];
+    let pkcs8 = STANDARD
+        .decode(entry["privateKey"].as_str().unwrap())
+        .unwrap();
+    let key = SigningKey::Es256(
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).unwrap(),
+    );
+    mint(
+        &key,
+        &header("ES256", entry["kid"].as_str().unwrap()),
+        claims,
+    )
+}
+
+/// Claims of a token of the issuer for alice, sent to orders, with `extra` set over them
+/// (null: removed).
+fn alice_claims(issuer: &Issuer, extra: Value) -> Value {
+    let now = now();
+    let mut claims = json!({
+        "iss": issuer.url, "sub": "alice", "aud": ORDERS, "exp": now + 300, "iat": now,
+        "nbf": now, "jti": format!("forged-{}", unique()), "client_id": WEB.id,
+        "scope": "read:items"
+    });
+    for (name, value) in extra.as_object().unwrap() {
+        if value.is_null() {
+            claims.as_object_mut().unwrap().remove(name);
+        } else {
+            claims[name] = value.clone();
+        }
+    }
+    claims
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_acts_for_the_subject_within_its_scope_and_lifetime() {
+    let issuer = start().await;
+    // A minted token expiring in two minutes: the exchanged one may not outlive it.
+    let minted = issuer
+        .mint(
+            "POST",
+            "/v1/tokens",
+            Some(&json!({"subject": "alice", "scope": "read:items", "ttl_secs": 120})),
+        )
+        .await;
+    assert_eq!(minted.status, 200, "{}", body(&minted));
+    let subject = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let s = claims_of(&subject);
+    let r = exchange(
+        &issuer,
+        &ORDERS_X,
+        &subject,
+        &format!("&audience={}", enc(PAYMENTS)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let j = r.json();
+    assert_eq!(j["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(j["token_type"], "Bearer");
+    assert_eq!(j["scope"], "read:items");
+    assert!(j.get("refresh_token").is_none(), "{j}");
+    let token = j["access_token"].as_str().unwrap();
+    assert_eq!(header_of(token)["typ"], "at+jwt");
+    let c = claims_of(token);
+    assert_eq!(c["iss"], issuer.url);
+    assert_eq!(c["sub"], "alice", "the subject stays the subject");
+    assert_eq!(c["client_id"], ORDERS_X.id);
+    assert_eq!(c["aud"], PAYMENTS);
+    assert_eq!(c["scope"], "read:items");
+    assert_eq!(c["act"], json!({"sub": ORDERS_X.id}), "the actor is named");
+    assert_eq!(
+        c["exp"], s["exp"],
+        "capped at the subject token's expiry (the access token TTL is 600 s)"
+    );
+    assert_eq!(
+        j["expires_in"],
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap()
+    );
+    assert_ne!(c["jti"], s["jti"]);
+    assert!(active(&issuer, &ORDERS_X, token).await);
+
+    // `resource` names audiences as `audience` does; the web client's token (read and write)
+    // gives only what the exchanging client may have.
+    let (access, _) = alice(&issuer).await;
+    let r = exchange(
+        &issuer,
+        &ORDERS_X,
+        &access,
+        &format!("&resource={}", enc(PAYMENTS)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let c = claims_of(r.json()["access_token"].as_str().unwrap());
+    assert_eq!(
+        (c["aud"].clone(), c["scope"].clone()),
+        (json!(PAYMENTS), json!("read:items"))
+    );
+    assert!(
+        c["exp"].as_i64().unwrap() <= claims_of(&access)["exp"].as_i64().unwrap(),
+        "never later than the subject's"
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_nests_its_actors_up_to_the_declared_depth() {
+    let issuer = start().await;
+    let (access, _) = alice(&issuer).await;
+    let first = exchanged(&issuer, &ORDERS_X, &access, PAYMENTS).await;
+    let second = exchanged(&issuer, &PAYMENTS_X, &first, STOCK).await;
+    let c = claims_of(&second);
+    assert_eq!(c["sub"], "alice");
+    assert_eq!(c["client_id"], PAYMENTS_X.id);
+    assert_eq!(c["aud"], STOCK);
+    assert_eq!(
+        c["act"],
+        json!({"sub": PAYMENTS_X.id, "act": {"sub": ORDERS_X.id}}),
+        "the current actor outermost (RFC 8693 §4.1)"
+    );
+    // A client that may extend no chain (maxDepth 1) exchanges only unexchanged tokens.
+    let r = exchange(
+        &issuer,
+        &PAYMENTS_SHALLOW,
+        &first,
+        &format!("&audience={}", enc(STOCK)),
+    )
+    .await;
+    refused(&r, "invalid_request", "subject_token's chain of actors");
+    let direct = issuer
+        .token(
+            &BACKEND,
+            &format!("grant_type=client_credentials&resource={}", enc(PAYMENTS)),
+        )
+        .await;
+    let direct = direct.json()["access_token"].as_str().unwrap().to_owned();
+    let shallow = exchanged(&issuer, &PAYMENTS_SHALLOW, &direct, STOCK).await;
+    assert_eq!(
+        claims_of(&shallow)["act"],
+        json!({"sub": PAYMENTS_SHALLOW.id})
+    );
+    // A third hop: the stock token is sent to no exchanging client's subject audiences, and
+    // the chain is as long as the second client may extend anyway.
+    let r = exchange(
+        &issuer,
+        &PAYMENTS_X,
+        &second,
+        &format!("&audience={}", enc(STOCK)),
+    )
+    .await;
+    refused(
+        &r,
+        "invalid_request",
+        "subject_token was not sent to this client",
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attackers_subject_tokens_and_requests_are_refused() {
+    let issuer = start().await;
+    let (access, _) = alice(&issuer).await;
+    let to_payments = format!("&audience={}", enc(PAYMENTS));
+
+    // Another key, another issuer, a token of the right key with a wrong typ.
+    let (other_key, _) = SigningKey::es256();
+    let kid = issuer.keys["keys"][0]["kid"].as_str().unwrap().to_owned();
+    let foreign = mint(
+        &other_key,
+        &header("ES256", &kid),
+        &alice_claims(&issuer, json!({})),
+    );
+    let other_issuer = forged_by_issuer(
+        &issuer,
+        &alice_claims(&issuer, json!({"iss": "https://evil.example"})),
+    );
+    let mut id_token_header = header("ES256", &kid);
+    id_token_header["typ"] = json!("JWT");
+    for (what, token) in [
+        ("another key", foreign),
+        ("another issuer", other_issuer),
+        ("not a token", "garbage".to_owned()),
+    ] {
+        let r = exchange(&issuer, &ORDERS_X, &token, &to_payments).await;
+        assert_eq!(r.status, 400, "{what}");
+        refused(
+            &r,
+            "invalid_request",
+            "subject_token is not an access token of this issuer",
+        );
+    }
+    // The issuer's own key, claims it would refuse.
+    let now = now();
+    for (what, extra, why) in [
+        (
+            "expired",
+            json!({"exp": now - 1, "iat": now - 301}),
+            "subject_token has expired",
+        ),
+        (
+            "not yet valid",
+            json!({"nbf": now + 120}),
+            "subject_token is not valid yet",
+        ),
+        (
+            "may_act",
+            json!({"may_act": {"sub": ORDERS_X.id}}),
+            "subject_token carries may_act",
+        ),
+        (
+            "act not an object",
+            json!({"act": "shop.x"}),
+            "subject_token has a malformed act",
+        ),
+        (
+            "act too deep for the client",
+            json!({"act": {"sub": "a", "act": {"sub": "b"}}}),
+            "subject_token's chain of actors",
+        ),
+        ("no jti", json!({"jti": null}), "subject_token lacks"),
+    ] {
+        let claims = alice_claims(&issuer, extra);
+        let r = exchange(
+            &issuer,
+            &ORDERS_X,
+            &forged_by_issuer(&issuer, &claims),
+            &to_payments,
+        )
+        .await;
+        assert_eq!(r.status, 400, "{what}");
+        refused(&r, "invalid_request", why);
+    }
+    let fine = forged_by_issuer(&issuer, &alice_claims(&issuer, json!({})));
+    assert_eq!(
+        exchange(&issuer, &ORDERS_X, &fine, &to_payments)
+            .await
+            .status,
+        200,
+        "the forgery helper makes tokens that pass when nothing is wrong"
+    );
+    // A token sent to payments is not orders' to exchange.
+    let payments_token = issuer
+        .token(
+            &BACKEND,
+            &format!("grant_type=client_credentials&resource={}", enc(PAYMENTS)),
+        )
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = exchange(&issuer, &ORDERS_X, &payments_token, &to_payments).await;
+    refused(
+        &r,
+        "invalid_request",
+        "subject_token was not sent to this client",
+    );
+    // Audiences outside the declaration, or none.
+    for more in [
+        format!("&audience={}", enc(STOCK)),
+        format!("&audience={}&resource={}", enc(PAYMENTS), enc(ORDERS)),
+        "&audience=https%3A%2F%2Fevil.example".to_owned(),
+    ] {
+        let r = exchange(&issuer, &ORDERS_X, &access, &more).await;
+        refused(&r, "invalid_target", "");
+    }
+    refused(
+        &exchange(&issuer, &ORDERS_X, &access, "").await,
+        "invalid_request",
+        "audience or resource is required",
+    );
+    // Widened scopes: one the subject token lacks, one the client may not have.
+    for scope in ["admin", "write:items", "read:items admin"] {
+        let r = exchange(
+            &issuer,
+            &ORDERS_X,
+            &access,
+            &format!("{to_payments}&scope={}", enc(scope)),
+        )
+        .await;
+        refused(&r, "invalid_scope", "");
+    }
+    // Actor tokens, other token types, a repeated subject token.
+    let r = exchange(
+        &issuer,
+        &ORDERS_X,
+        &access,
+        &format!(
+            "{to_payments}&actor_token={}&actor_token_type={}",
+            enc(&access),
+            enc(ACCESS_TOKEN)
+        ),
+    )
+    .await;
+    refused(
+        &r,
+        "invalid_request",
+        "the authenticated client is the actor; actor_token is not accepted",
+    );
+    let r = exchange(
+        &issuer,
+        &ORDERS_X,
+        &access,
+        &format!("{to_payments}&requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Arefresh_token"),
+    )
+    .await;
+    refused(&r, "invalid_request", "requested_token_type must be");
+    let r = exchange(
+        &issuer,
+        &ORDERS_X,
+        &access,
+        &format!("{to_payments}&subject_token=x"),
+    )
+    .await;
+    refused(&r, "invalid_request", "a parameter is repeated");
+    // Clients that may not exchange.
+    for client in [&BACKEND, &UNDECLARED, &PUBLIC_X] {
+        let r = exchange(&issuer, client, &access, &to_payments).await;
+        refused(&r, "unauthorized_client", "");
+    }
+    // A revoked subject token.
+    let r = issuer
+        .post_as("/oauth2/revoke", &WEB, &format!("token={}", enc(&access)))
+        .await;
+    assert_eq!(r.status, 200);
+    let r = exchange(&issuer, &ORDERS_X, &access, &to_payments).await;
+    refused(&r, "invalid_request", "subject_token is revoked");
+    let meta = issuer
+        .get("/.well-known/oauth-authorization-server")
+        .await
+        .json();
+    assert!(
+        meta["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(TOKEN_EXCHANGE)),
+        "{meta}"
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_the_subject_token_revokes_what_was_exchanged_from_it() {
+    let issuer = start().await;
+    // RFC 7009 revocation of the subject access token: both hops of its chain die.
+    let (access, refresh) = alice(&issuer).await;
+    let first = exchanged(&issuer, &ORDERS_X, &access, PAYMENTS).await;
+    let second = exchanged(&issuer, &PAYMENTS_X, &first, STOCK).await;
+    assert!(active(&issuer, &ORDERS_X, &first).await);
+    assert!(active(&issuer, &PAYMENTS_X, &second).await);
+    let r = issuer
+        .post_as("/oauth2/revoke", &WEB, &format!("token={}", enc(&access)))
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        !active(&issuer, &ORDERS_X, &first).await,
+        "the first hop is revoked"
+    );
+    assert!(
+        !active(&issuer, &PAYMENTS_X, &second).await,
+        "the second hop too"
+    );
+    let feed = issuer.get("/oauth2/revocations").await;
+    let page = claims_of(std::str::from_utf8(&feed.body).unwrap());
+    let revoked: Vec<&str> = page["jtis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["jti"].as_str().unwrap())
+        .collect();
+    for token in [&access, &first, &second] {
+        let jti = claims_of(token)["jti"].as_str().unwrap().to_owned();
+        assert!(revoked.contains(&jti.as_str()), "{jti} not in {page}");
+    }
+
+    // Revoking the subject's refresh family: the tokens exchanged from its access tokens die.
+    let fresh = issuer
+        .token(
+            &WEB,
+            &format!("grant_type=refresh_token&refresh_token={}", enc(&refresh)),
+        )
+        .await
+        .json();
+    let access2 = fresh["access_token"].as_str().unwrap().to_owned();
+    let refresh2 = fresh["refresh_token"].as_str().unwrap().to_owned();
+    let from_family = exchanged(&issuer, &ORDERS_X, &access2, PAYMENTS).await;
+    assert!(active(&issuer, &ORDERS_X, &from_family).await);
+    let r = issuer
+        .post_as(
+            "/oauth2/revoke",
+            &WEB,
+            &format!("token={}&token_type_hint=refresh_token", enc(&refresh2)),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!active(&issuer, &ORDERS_X, &from_family).await);
+
+    // A refresh token presented again after its rotation (reuse) revokes the family, and
+    // with it what was exchanged.
+    let (access3, refresh3) = alice(&issuer).await;
+    let from_reused = exchanged(&issuer, &ORDERS_X, &access3, PAYMENTS).await;
+    let rotate = |token: String| {
+        let issuer = &issuer;
+        async move {
+            issuer
+                .token(
+                    &WEB,
+                    &format!("grant_type=refresh_token&refresh_token={}", enc(&token)),
+                )
+                .await
+        }
+    };
+    assert_eq!(rotate(refresh3.clone()).await.status, 200);
+    assert!(active(&issuer, &ORDERS_X, &from_reused).await);
+    let reuse = rotate(refresh3).await;
+    refused(&reuse, "invalid_grant", "refresh token reused");
+    assert!(!active(&issuer, &WEB, &access3).await);
+    assert!(!active(&issuer, &ORDERS_X, &from_reused).await);
+    issuer.stop().await;
+}

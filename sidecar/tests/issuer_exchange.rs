@@ -10,65 +10,13 @@ mod support;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use scopegate_core::secret_hash::{SecretKind, hash};
 use scopegate_issuer::IssuerTuning;
 use scopegate_issuer::store::Budget;
 use serde_json::{Value, json};
 use support::issuer::*;
 use support::*;
 
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// An audience only the second hop may ask for.
-const STOCK: &str = "https://stock.example";
-
-/// The orders service: exchanges tokens sent to it for payments tokens.
-const ORDERS_X: TestClient = TestClient {
-    id: "shop.orders-x",
-    secret: Some("orders-x-secret-0123456789abcdef"),
-};
-/// The payments service: exchanges tokens sent to it for stock tokens, chains of two.
-const PAYMENTS_X: TestClient = TestClient {
-    id: "shop.payments-x",
-    secret: Some("payments-x-secret-0123456789abcdef"),
-};
-/// Like [`PAYMENTS_X`], exchanging only tokens no client exchanged before.
-const PAYMENTS_SHALLOW: TestClient = TestClient {
-    id: "shop.payments-shallow",
-    secret: Some("payments-shallow-secret-0123456789"),
-};
-/// Has the grant type but declares no exchange.
-const UNDECLARED: TestClient = TestClient {
-    id: "shop.undeclared",
-    secret: Some("undeclared-secret-0123456789abcdef"),
-};
-/// A public client declaring an exchange (the operator never renders one; refused anyway).
-const PUBLIC_X: TestClient = TestClient {
-    id: "shop.public-x",
-    secret: None,
-};
-
-fn exchanger(
-    client: &TestClient,
-    scopes: &[&str],
-    subject_audiences: &[&str],
-    audiences: &[&str],
-    max_depth: u8,
-) -> Value {
-    json!({
-        "clientId": client.id, "public": false, "authMethod": "client_secret_basic",
-        "secrets": client.secret.map_or(json!([]), |secret| json!([{"phc": hash(secret, SecretKind::Generated).unwrap()}])),
-        "grantTypes": [TOKEN_EXCHANGE], "scopes": scopes,
-        "tokenExchange": {"subjectAudiences": subject_audiences, "audiences": audiences, "maxDepth": max_depth}
-    })
-}
-
 async fn start() -> Issuer {
-    let mut undeclared = exchanger(&UNDECLARED, &["read:items"], &[ORDERS], &[PAYMENTS], 1);
-    undeclared.as_object_mut().unwrap().remove("tokenExchange");
-    let mut public = exchanger(&PUBLIC_X, &["read:items"], &[ORDERS], &[PAYMENTS], 1);
-    public["public"] = json!(true);
-    public["authMethod"] = json!("none");
     Issuer::start(Spec {
         tuning: IssuerTuning {
             limits: scopegate_issuer::limits::EndpointLimits {
@@ -80,19 +28,7 @@ async fn start() -> Issuer {
             refresh_grace_ms: 0,
             ..Default::default()
         },
-        extra_clients: vec![
-            exchanger(
-                &ORDERS_X,
-                &["read:items", "admin"],
-                &[ORDERS],
-                &[PAYMENTS],
-                2,
-            ),
-            exchanger(&PAYMENTS_X, &["read:items"], &[PAYMENTS], &[STOCK], 2),
-            exchanger(&PAYMENTS_SHALLOW, &["read:items"], &[PAYMENTS], &[STOCK], 1),
-            undeclared,
-            public,
-        ],
+        extra_clients: exchange_clients(),
         ..Spec::default()
     })
     .await
@@ -100,21 +36,6 @@ async fn start() -> Issuer {
 
 fn body(r: &RawResponse) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
-}
-
-/// An exchange request of `client` for `subject` with extra parameters `more`.
-async fn exchange(issuer: &Issuer, client: &TestClient, subject: &str, more: &str) -> RawResponse {
-    issuer
-        .token(
-            client,
-            &format!(
-                "grant_type={}&subject_token={}&subject_token_type={}{more}",
-                enc(TOKEN_EXCHANGE),
-                enc(subject),
-                enc(ACCESS_TOKEN)
-            ),
-        )
-        .await
 }
 
 /// The access token of a successful exchange.
@@ -220,7 +141,7 @@ async fn an_exchange_acts_for_the_subject_within_its_scope_and_lifetime() {
     assert_eq!(r.status, 200, "{}", body(&r));
     assert_eq!(r.header("cache-control"), Some("no-store"));
     let j = r.json();
-    assert_eq!(j["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(j["issued_token_type"], ACCESS_TOKEN_TYPE);
     assert_eq!(j["token_type"], "Bearer");
     assert_eq!(j["scope"], "read:items");
     assert!(j.get("refresh_token").is_none(), "{j}");
@@ -452,7 +373,7 @@ async fn the_attackers_subject_tokens_and_requests_are_refused() {
         &format!(
             "{to_payments}&actor_token={}&actor_token_type={}",
             enc(&access),
-            enc(ACCESS_TOKEN)
+            enc(ACCESS_TOKEN_TYPE)
         ),
     )
     .await;

@@ -2,7 +2,8 @@
 //! (a code redeemed on one fails on the other, a revocation on one reaches the other's feed,
 //! rate limits hold across both, concurrent redemptions and refreshes across both), a Redis
 //! crash and restart with append-only persistence that loses nothing the issuer answered
-//! for, and the verifier's per-route rate limits shared through it.
+//! for, the verifier's per-route rate limits shared through it, and tokens exchanged
+//! concurrently on both revoked with their subject token (RFC 8693).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -25,23 +26,32 @@ async fn replicas(
     tuning: IssuerTuning,
     route_limits: Value,
 ) -> (Arc<Issuer>, Arc<Issuer>) {
+    replicas_of(
+        redis,
+        Spec {
+            tuning,
+            route_limits,
+            ..Spec::default()
+        },
+    )
+    .await
+}
+
+/// Two replicas of the issuer `spec` describes, sharing `redis`.
+async fn replicas_of(redis: &RedisServer, spec: Spec) -> (Arc<Issuer>, Arc<Issuer>) {
     let store = json!({"type": "redis", "address": redis.address()});
     let a = Issuer::start(Spec {
         store: store.clone(),
-        tuning: tuning.clone(),
         process: true,
-        route_limits: route_limits.clone(),
-        ..Spec::default()
+        ..spec.clone()
     })
     .await;
     let b = Issuer::start(Spec {
         store,
-        tuning,
         process: true,
         url: Some(a.url.clone()),
         keys: Some(a.keys.clone()),
-        route_limits,
-        ..Spec::default()
+        ..spec
     })
     .await;
     for issuer in [&a, &b] {
@@ -426,4 +436,69 @@ async fn an_authorize_flood_from_one_address_leaves_other_callers_alone_on_redis
     let redis = RedisServer::start().await;
     let (a, _b) = replicas(&redis, authorize_flood_tuning(), json!([])).await;
     an_authorize_flood_spends_only_the_flooders_share(&a, FLOOD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_exchanged_concurrently_on_both_replicas_are_revoked_with_their_subject() {
+    let redis = RedisServer::start().await;
+    let (a, b) = replicas_of(
+        &redis,
+        Spec {
+            tuning: generous(),
+            extra_clients: exchange_clients(),
+            ..Spec::default()
+        },
+    )
+    .await;
+    let subject = redeem(&a, &web_code(&a, "alice").await).await.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 20 exchanges of one subject token at once, half on each replica: every one is recorded
+    // under the subject token (a lost compare-and-swap would drop one from its family).
+    let more = format!("&audience={}", enc(PAYMENTS));
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let issuer = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let (subject, more) = (subject.clone(), more.clone());
+            tokio::spawn(async move { exchange(&issuer, &ORDERS_X, &subject, &more).await })
+        })
+        .collect();
+    let mut exchanged = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        exchanged.push(r.json()["access_token"].as_str().unwrap().to_owned());
+    }
+    let introspect_as = |issuer: Arc<Issuer>, token: String| async move {
+        issuer
+            .post_as(
+                "/oauth2/introspect",
+                &ORDERS_X,
+                &format!("token={}", enc(&token)),
+            )
+            .await
+            .json()["active"]
+            .clone()
+    };
+    assert_eq!(introspect_as(b.clone(), exchanged[0].clone()).await, true);
+    // Revoked on A, the subject token takes all 20 with it, on both replicas.
+    let r = a
+        .post_as("/oauth2/revoke", &WEB, &format!("token={}", enc(&subject)))
+        .await;
+    assert_eq!(r.status, 200);
+    for (i, token) in exchanged.iter().enumerate() {
+        let issuer = if i % 2 == 0 { b.clone() } else { a.clone() };
+        assert_eq!(
+            introspect_as(issuer, token.clone()).await,
+            false,
+            "exchanged token {i} outlived its subject token"
+        );
+    }
+    let refused = exchange(&b, &ORDERS_X, &subject, &more).await;
+    assert_eq!(refused.json()["error"], "invalid_request");
+    assert_eq!(
+        refused.json()["error_description"],
+        "subject_token is revoked"
+    );
 }

@@ -763,3 +763,95 @@ pub fn admit_service_account_client(issuer: &Issuer, cluster: &ClusterKey, clien
     config["issuer"]["serviceAccountIssuer"] = cluster.rendered();
     write_atomic(&issuer.dir.join("config.json"), &config.to_string());
 }
+
+/// The token-exchange grant type (RFC 8693).
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The access-token type (RFC 8693 §3).
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// An audience only the second hop may ask for.
+pub const STOCK: &str = "https://stock.example";
+
+/// The orders service: exchanges tokens sent to it for payments tokens.
+pub const ORDERS_X: TestClient = TestClient {
+    id: "shop.orders-x",
+    secret: Some("orders-x-secret-0123456789abcdef"),
+};
+/// The payments service: exchanges tokens sent to it for stock tokens, chains of two.
+pub const PAYMENTS_X: TestClient = TestClient {
+    id: "shop.payments-x",
+    secret: Some("payments-x-secret-0123456789abcdef"),
+};
+/// Like [`PAYMENTS_X`], exchanging only tokens no client exchanged before.
+pub const PAYMENTS_SHALLOW: TestClient = TestClient {
+    id: "shop.payments-shallow",
+    secret: Some("payments-shallow-secret-0123456789"),
+};
+/// Has the grant type but declares no exchange.
+pub const UNDECLARED: TestClient = TestClient {
+    id: "shop.undeclared",
+    secret: Some("undeclared-secret-0123456789abcdef"),
+};
+/// A public client declaring an exchange (the operator never renders one; refused anyway).
+pub const PUBLIC_X: TestClient = TestClient {
+    id: "shop.public-x",
+    secret: None,
+};
+
+/// A registry entry of a client that may exchange tokens.
+pub fn exchanger(
+    client: &TestClient,
+    scopes: &[&str],
+    subject_audiences: &[&str],
+    audiences: &[&str],
+    max_depth: u8,
+) -> Value {
+    json!({
+        "clientId": client.id, "public": false, "authMethod": "client_secret_basic",
+        "secrets": client.secret.map_or(json!([]), |secret| json!([{"phc": hash(secret, SecretKind::Generated).unwrap()}])),
+        "grantTypes": [TOKEN_EXCHANGE], "scopes": scopes,
+        "tokenExchange": {"subjectAudiences": subject_audiences, "audiences": audiences, "maxDepth": max_depth}
+    })
+}
+
+/// The exchanging clients of the token-exchange tests: [`ORDERS_X`], [`PAYMENTS_X`],
+/// [`PAYMENTS_SHALLOW`], [`UNDECLARED`] and [`PUBLIC_X`].
+pub fn exchange_clients() -> Vec<Value> {
+    let mut undeclared = exchanger(&UNDECLARED, &["read:items"], &[ORDERS], &[PAYMENTS], 1);
+    undeclared.as_object_mut().unwrap().remove("tokenExchange");
+    let mut public = exchanger(&PUBLIC_X, &["read:items"], &[ORDERS], &[PAYMENTS], 1);
+    public["public"] = json!(true);
+    public["authMethod"] = json!("none");
+    vec![
+        exchanger(
+            &ORDERS_X,
+            &["read:items", "admin"],
+            &[ORDERS],
+            &[PAYMENTS],
+            2,
+        ),
+        exchanger(&PAYMENTS_X, &["read:items"], &[PAYMENTS], &[STOCK], 2),
+        exchanger(&PAYMENTS_SHALLOW, &["read:items"], &[PAYMENTS], &[STOCK], 1),
+        undeclared,
+        public,
+    ]
+}
+
+/// An exchange request of `client` for `subject` with extra parameters `more`.
+pub async fn exchange(
+    issuer: &Issuer,
+    client: &TestClient,
+    subject: &str,
+    more: &str,
+) -> RawResponse {
+    issuer
+        .token(
+            client,
+            &format!(
+                "grant_type={}&subject_token={}&subject_token_type={}{more}",
+                enc(TOKEN_EXCHANGE),
+                enc(subject),
+                enc(ACCESS_TOKEN_TYPE)
+            ),
+        )
+        .await
+}

@@ -4,6 +4,7 @@
 //! The tests find it through `KUBECONFIG` and the `E2E_*` variables of the env file that
 //! cluster-up writes. Without them a test fails with instructions: an e2e test never skips.
 
+pub mod endpoint;
 pub mod fault_proxy;
 pub mod google;
 pub mod http;

@@ -642,6 +642,30 @@ fn cases() -> Vec<Case> {
             "set secretName (the operator generates the secret) or existingSecret",
         ),
         (
+            "token exchange on a public client",
+            public_client,
+            |v| v["spec"]["tokenExchange"] = json!({"subjectAudiences": ["https://a.example"], "audiences": ["https://b.example"]}),
+            "a public client cannot exchange tokens",
+        ),
+        (
+            "token exchange to no audience",
+            confidential_client,
+            |v| {
+                v["spec"]["tokenExchange"] =
+                    json!({"subjectAudiences": ["https://a.example"], "audiences": []})
+            },
+            "should have at least 1 items",
+        ),
+        (
+            "token exchange deeper than four actors",
+            confidential_client,
+            |v| {
+                v["spec"]["tokenExchange"] = json!({"subjectAudiences": ["https://a.example"],
+                    "audiences": ["https://b.example"], "maxDepth": 5})
+            },
+            "should be less than or equal to 4",
+        ),
+        (
             "default scope outside scopes",
             confidential_client,
             |v| v["spec"]["defaultScopes"] = json!(["read:items", "admin"]),

@@ -13,12 +13,15 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use scopegate_e2e::endpoint::IssuerEndpoint;
 use scopegate_e2e::http::request;
 use scopegate_e2e::kubelet::{
     Images, PodNetwork, RunningPod, ServiceRoute, example_app, sidecar_image,
 };
 use scopegate_e2e::ready::sidecar_ready;
+use scopegate_e2e::rendered::signing_keys;
 use scopegate_e2e::setup::logs_dir;
+use scopegate_e2e::tokens::{Claims, sign};
 use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, eventually, manifests};
 use serde_json::{Value, json};
 
@@ -276,4 +279,432 @@ async fn billing_calls_orders_with_no_secret_anywhere() {
 
     drop((billing_running, orders_running, auth_running));
     ns.delete().await.unwrap();
+}
+
+fn stock_policies(n: &str) -> [String; 2] {
+    let orders = format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: orders}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  issuer: {{policyRef: {{name: auth}}}}
+  audiences: [https://orders.{n}.svc]
+  upstream: {{port: 8080}}
+  rules:
+    - {{paths: ["/ready"], public: true}}
+    - {{methods: [GET], paths: ["/orders", "/stock"], require: [read:orders]}}
+  egress:
+    clientRef: {{name: orders}}
+    targets:
+      - {{name: inventory, url: "http://inventory.{n}.svc", audience: "https://inventory.{n}.svc", scopes: [read:stock], onBehalfOfCaller: true}}
+"#
+    );
+    let inventory = format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: inventory}}
+spec:
+  selector: {{matchLabels: {{app: inventory}}}}
+  issuer: {{policyRef: {{name: auth}}}}
+  audiences: [https://inventory.{n}.svc]
+  upstream: {{port: 8080}}
+  headers:
+    claims: {{x-auth-actor: act.sub, x-auth-act: act}}
+  rules:
+    - {{paths: ["/ready"], public: true}}
+    - {{methods: [GET], paths: ["/stock"], require: [read:stock]}}
+"#
+    );
+    [orders, inventory]
+}
+
+/// The route that leads `service`'s in-cluster names to `pod`'s port 15080.
+fn route(
+    n: &str,
+    service: &str,
+    port: u16,
+    network: &PodNetwork,
+    pod: &RunningPod,
+) -> ServiceRoute {
+    ServiceRoute {
+        names: vec![
+            format!("{service}.{n}.svc"),
+            format!("{service}.{n}.svc.cluster.local"),
+        ],
+        cluster_ip: network.cluster_ip(),
+        port,
+        endpoint: SocketAddr::from((pod.ip, 15080)),
+    }
+}
+
+/// Orders serves alice and asks inventory on her behalf: its app passes alice's Authorization
+/// header on through its sidecar, which exchanges her token (RFC 8693, authenticated by the
+/// pod's ServiceAccount) for one of inventory's audience that names orders as the actor.
+/// Inventory's app reads who acts from the identity headers. Then the attacker inside orders'
+/// pod: no caller token, a token that was never sent to orders, a token of another key; and
+/// revoking alice's token ends the exchanged one at inventory, though orders' sidecar still
+/// holds it in its cache.
+#[tokio::test]
+async fn orders_calls_inventory_on_alices_behalf() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let ns = TestNamespace::for_injection(&client, "exchange").await;
+    let n = ns.name.as_str();
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "orders"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(client.clone(), n)
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let issuer =
+        manifests::issuer(n, "auth").scopes("read:orders: Read orders, read:stock: Read stock");
+    apply_yaml::<AuthPolicy>(&client, n, &issuer.yaml())
+        .await
+        .unwrap();
+    // The web client alice's token is issued to; and orders, which may exchange tokens sent to
+    // it for inventory's audience, authenticated by its ServiceAccount.
+    let web = manifests::oauth_client(
+        "web",
+        "name: auth",
+        &format!("scopes: [read:orders, read:stock]\naudiences: [https://orders.{n}.svc]"),
+    );
+    apply_yaml::<OAuthClient>(&client, n, &web).await.unwrap();
+    let orders_client = manifests::oauth_client(
+        "orders",
+        "name: auth",
+        &format!(
+            "scopes: [read:stock]\nserviceAccounts: [orders]\ntokenExchange: {{subjectAudiences: [https://orders.{n}.svc], audiences: [https://inventory.{n}.svc]}}"
+        ),
+    );
+    apply_yaml::<OAuthClient>(&client, n, &orders_client)
+        .await
+        .unwrap();
+    for policy in stock_policies(n) {
+        apply_yaml::<AuthPolicy>(&client, n, &policy).await.unwrap();
+    }
+    let clients: Api<OAuthClient> = Api::namespaced(client.clone(), n);
+    eventually("orders' client registered with its exchange", || async {
+        let status = clients.get("orders").await?.status.unwrap_or_default();
+        let ready = scopegate_e2e::condition(&status.conditions, "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone()));
+        ensure!(
+            ready == Some(("True".into(), "Registered".into())),
+            "{:?}",
+            status.conditions
+        );
+        let registry = scopegate_e2e::secret_text(&client, n, "auth-clients", "clients.json")
+            .await?
+            .unwrap_or_default();
+        ensure!(registry.contains("token-exchange"), "{registry}");
+        let config = scopegate_e2e::config_map_text(&client, n, "orders-sidecar", "config.json")
+            .await?
+            .unwrap_or_default();
+        ensure!(
+            config.contains("onBehalfOfCaller"),
+            "no egress yet: {config}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    let auth = create(
+        &client,
+        n,
+        &pod("metadata: {name: auth-0, labels: {app: auth}}\nspec:\n  containers:\n    - {name: app, image: example/auth, readinessProbe: {httpGet: {path: /ready, port: 8080}}}\n"),
+    )
+    .await;
+    let inventory = create(
+        &client,
+        n,
+        &pod("metadata: {name: inventory-0, labels: {app: inventory}}\nspec:\n  containers:\n    - {name: app, image: example/inventory, readinessProbe: {httpGet: {path: /ready, port: 8080}}}\n"),
+    )
+    .await;
+    let orders = create(
+        &client,
+        n,
+        &pod(&format!(
+            "metadata: {{name: orders-0, labels: {{app: orders}}}}\nspec:\n  serviceAccountName: orders\n  containers:\n    - name: app\n      image: example/orders\n      env:\n        - {{name: HTTP_PROXY, value: 'http://127.0.0.1:15081'}}\n        - {{name: INVENTORY_URL, value: 'http://inventory.{n}.svc/stock'}}\n      readinessProbe: {{httpGet: {{path: /ready, port: 8080}}}}\n"
+        )),
+    )
+    .await;
+
+    let network = PodNetwork::create().expect("pod network (needs root)");
+    let images = Images::from([
+        sidecar_image().expect("the sidecar image"),
+        example_app("example/auth", "auth.py"),
+        example_app("example/orders", "orders.py"),
+        example_app("example/inventory", "inventory.py"),
+    ]);
+    let logs = logs_dir();
+    let auth_running = RunningPod::start(&client, &network, &auth, &images, &[], &logs)
+        .await
+        .expect("auth runs");
+    let auth_route = route(n, "auth", 443, &network, &auth_running);
+    let inventory_running = RunningPod::start(
+        &client,
+        &network,
+        &inventory,
+        &images,
+        std::slice::from_ref(&auth_route),
+        &logs,
+    )
+    .await
+    .expect("inventory runs");
+    let inventory_route = route(n, "inventory", 80, &network, &inventory_running);
+    let orders_running = RunningPod::start(
+        &client,
+        &network,
+        &orders,
+        &images,
+        &[auth_route, inventory_route],
+        &logs,
+    )
+    .await
+    .expect("orders runs");
+    for running in [&auth_running, &inventory_running, &orders_running] {
+        sidecar_ready(SocketAddr::from((running.ip, 15090)))
+            .await
+            .expect("the sidecar gets ready");
+    }
+
+    // Alice's token, as the issuer signs it, for orders.
+    let keys = signing_keys(&client, n, "auth").await.unwrap();
+    let issuer_url = format!("https://auth.{n}.svc");
+    let token_for = |audience: &str| {
+        sign(
+            &keys,
+            &Claims {
+                issuer: &issuer_url,
+                subject: "user:alice",
+                audience,
+                scope: "read:orders read:stock",
+                client_id: &format!("{n}.web"),
+                ttl: 300,
+            },
+        )
+        .expect("token")
+    };
+    let alice = token_for(&format!("https://orders.{n}.svc"));
+
+    let orders_at = SocketAddr::from((orders_running.ip, 15080));
+    let authorization = format!("Bearer {alice}");
+    let answer: Value = eventually("orders' call to inventory for alice", || async {
+        let response = request(
+            orders_at,
+            "GET",
+            "/stock",
+            &[("Authorization", authorization.as_str())],
+            "",
+        )?;
+        ensure!(
+            response.status == 200,
+            "{}: {}",
+            response.status,
+            response.body
+        );
+        let body: Value = serde_json::from_str(&response.body)?;
+        ensure!(body["inventory_status"] == 200, "{body}");
+        Ok(body)
+    })
+    .await
+    .unwrap();
+    let caller = &answer["inventory"]["caller"];
+    let orders_id = format!("{n}.orders");
+    assert_eq!(caller["subject"], "user:alice", "{answer}");
+    assert_eq!(caller["client_id"], json!(orders_id), "{answer}");
+    assert_eq!(caller["actor"], json!(orders_id), "{answer}");
+    assert_eq!(caller["act"], json!({"sub": orders_id}), "{answer}");
+    // Only what both alice's token and orders' client allow.
+    assert_eq!(caller["scopes"], "read:stock", "{answer}");
+
+    // Inside orders' pod, through the egress port, as a compromised app would.
+    let through_egress = |authorization: Option<&str>| {
+        let mut command = orders_running.command_in_pod("curl");
+        command.args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"]);
+        command.args(["-x", "http://127.0.0.1:15081"]);
+        if let Some(value) = authorization {
+            command.args(["-H", &format!("Authorization: {value}")]);
+        }
+        let output = command
+            .arg(format!("http://inventory.{n}.svc/stock"))
+            .output()
+            .expect("curl in the pod");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (status.trim().to_owned(), body.to_owned())
+    };
+    let (status, _) = through_egress(Some(&authorization));
+    assert_eq!(status, "200", "alice's token through the egress port");
+    let (status, body) = through_egress(None);
+    assert_eq!(status, "400", "no caller token: {body}");
+    assert!(body.contains("caller_token_required"), "{body}");
+    assert!(
+        body.contains("inventory"),
+        "the refusal names the target: {body}"
+    );
+    // A token alice sent to inventory directly was never orders' to exchange.
+    let elsewhere = format!(
+        "Bearer {}",
+        token_for(&format!("https://inventory.{n}.svc"))
+    );
+    let (status, body) = through_egress(Some(&elsewhere));
+    assert_eq!(status, "403", "a token not sent to orders: {body}");
+    assert!(body.contains("caller_token_refused"), "{body}");
+    assert!(body.contains("invalid_request"), "{body}");
+    // A token signed by a key of the attacker's own.
+    let mut forged = alice.clone();
+    forged.truncate(forged.rfind('.').expect("a JWS") + 1);
+    forged.push_str(&"A".repeat(86));
+    let (status, body) = through_egress(Some(&format!("Bearer {forged}")));
+    assert_eq!(status, "403", "a forged token: {body}");
+
+    // Revoking alice's token revokes what was exchanged from it: inventory refuses the
+    // exchanged token that orders' sidecar still has cached for her.
+    let web_secret = scopegate_e2e::secret_text(&client, n, "web-oauth-client", "client_secret")
+        .await
+        .unwrap()
+        .expect("web's secret");
+    let endpoint = IssuerEndpoint::new(
+        &client,
+        n,
+        "auth",
+        SocketAddr::from((auth_running.ip, 15080)),
+        &logs.join(n),
+    )
+    .await
+    .unwrap();
+    let (status, body) = endpoint.post(
+        "/oauth2/revoke",
+        &[("token", alice.as_str())],
+        Some(&format!("{n}.web:{web_secret}")),
+    );
+    assert_eq!(status, 200, "{body}");
+    eventually("inventory refuses the exchanged token", || async {
+        let (status, body) = through_egress(Some(&authorization));
+        ensure!(status == "401", "{status}: {body}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    drop((orders_running, inventory_running, auth_running));
+    ns.delete().await.unwrap();
+}
+
+/// The team of another namespace registers a client with the shop's issuer (which lets its
+/// namespace register) and declares a token exchange from the shop's orders audience to the
+/// shop's inventory: tokens sent to orders are not theirs to exchange, and inventory does not
+/// admit them. The client's status says so, it is not Ready, and the registry gives it no
+/// exchange; the shop's own client with the same declaration gets one.
+#[tokio::test]
+async fn a_tenant_cannot_exchange_tokens_sent_to_another_namespace() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let shop = TestNamespace::create(&client, "exchange-shop")
+        .await
+        .unwrap();
+    let evil = TestNamespace::create(&client, "exchange-evil")
+        .await
+        .unwrap();
+    let (s, e) = (shop.name.as_str(), evil.name.as_str());
+    let issuer = manifests::issuer(s, "auth")
+        .scopes("read:orders: Read orders, read:stock: Read stock")
+        .with(&format!("allowedClientNamespaces: [{e}]"));
+    apply_yaml::<AuthPolicy>(&client, s, &issuer.yaml())
+        .await
+        .unwrap();
+    for policy in stock_policies(s) {
+        apply_yaml::<AuthPolicy>(&client, s, &policy).await.unwrap();
+    }
+    // The tenant's own service, whose audience it owns: a target it may have.
+    let loot = format!(
+        "apiVersion: scopegate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: loot}}\nspec:\n  selector: {{matchLabels: {{app: loot}}}}\n  issuer: {{policyRef: {{name: auth, namespace: {s}}}}}\n  audiences: [https://loot.{e}.svc]\n  upstream: {{port: 8080}}\n"
+    );
+    apply_yaml::<AuthPolicy>(&client, e, &loot).await.unwrap();
+    let exchanging = |issuer_ref: &str, targets: &str| {
+        manifests::oauth_client(
+            "orders",
+            issuer_ref,
+            &format!(
+                "scopes: [read:stock]\ntokenExchange: {{subjectAudiences: [https://orders.{s}.svc], audiences: [{targets}]}}"
+            ),
+        )
+    };
+    let theirs = exchanging(
+        &format!("name: auth, namespace: {s}"),
+        &format!("https://inventory.{s}.svc, https://loot.{e}.svc"),
+    );
+    apply_yaml::<OAuthClient>(&client, e, &theirs)
+        .await
+        .unwrap();
+    let ours = exchanging("name: auth", &format!("https://inventory.{s}.svc"));
+    apply_yaml::<OAuthClient>(&client, s, &ours).await.unwrap();
+
+    let theirs: Api<OAuthClient> = Api::namespaced(client.clone(), e);
+    let message = eventually("the tenant's exchange refused in its status", || async {
+        let status = theirs.get("orders").await?.status.unwrap_or_default();
+        let ready = scopegate_e2e::condition(&status.conditions, "Ready")
+            .ok_or_else(|| anyhow::anyhow!("no Ready yet"))?;
+        ensure!(
+            ready.status == "False" && ready.reason == "ExchangeAudienceRefused",
+            "{:?}",
+            status.conditions
+        );
+        Ok(ready.message.clone())
+    })
+    .await
+    .unwrap();
+    assert!(
+        message.contains("must be owned by this namespace"),
+        "{message}"
+    );
+    assert!(message.contains("does not admit this client"), "{message}");
+    // Its own audience is admitted: what disables the exchange is the subject audience alone.
+    assert!(!message.contains(&format!("loot.{e}")), "{message}");
+    assert!(
+        message.contains("may not exchange tokens at all"),
+        "{message}"
+    );
+
+    let registry = eventually("both clients in the registry", || async {
+        let text = scopegate_e2e::secret_text(&client, s, "auth-clients", "clients.json")
+            .await?
+            .unwrap_or_default();
+        let registry: Value = serde_json::from_str(&text)?;
+        let clients = registry["clients"].as_array().cloned().unwrap_or_default();
+        ensure!(clients.len() == 2, "{text}");
+        Ok(clients)
+    })
+    .await
+    .unwrap();
+    let entry = |id: &str| {
+        registry
+            .iter()
+            .find(|c| c["clientId"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} registered: {registry:?}"))
+    };
+    let tenant = entry(&format!("{e}.orders"));
+    assert!(tenant.get("tokenExchange").is_none(), "{tenant}");
+    assert!(
+        !tenant["grantTypes"].to_string().contains("token-exchange"),
+        "{tenant}"
+    );
+    let own = entry(&format!("{s}.orders"));
+    assert_eq!(
+        own["tokenExchange"]["subjectAudiences"],
+        json!([format!("https://orders.{s}.svc")]),
+        "{own}"
+    );
+    assert!(
+        own["grantTypes"].to_string().contains("token-exchange"),
+        "{own}"
+    );
+
+    evil.delete().await.unwrap();
+    shop.delete().await.unwrap();
 }

@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context as _, ensure};
 use aws_lc_rs::rand::SystemRandom;
@@ -20,6 +19,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, PostParams};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use scopegate_e2e::endpoint::IssuerEndpoint;
 use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, example_app, sidecar_image};
 use scopegate_e2e::ready::sidecar_ready;
 use scopegate_e2e::setup::logs_dir;
@@ -94,58 +94,23 @@ fn pem_der(path: &Path) -> Vec<u8> {
     STANDARD.decode(body).expect("a test fixture")
 }
 
-/// The issuer pod's token endpoint, reached as its Service would lead there.
-struct Issuer {
-    url: String,
-    host: String,
-    address: SocketAddr,
-    ca_file: std::path::PathBuf,
-}
-
-impl Issuer {
-    /// POSTs `form` to `/oauth2/token`: (status, JSON body).
-    fn token(&self, form: &[(&str, &str)]) -> (u16, Value) {
-        let mut command = Command::new("curl");
-        command
-            .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
-            .arg("--connect-to")
-            .arg(format!(
-                "{}:443:{}:{}",
-                self.host,
-                self.address.ip(),
-                self.address.port()
-            ))
-            .arg("--cacert")
-            .arg(&self.ca_file);
-        for (name, value) in form {
-            command
-                .arg("--data-urlencode")
-                .arg(format!("{name}={value}"));
-        }
-        let output = command
-            .arg(format!("{}/oauth2/token", self.url))
-            .output()
-            .expect("a test fixture");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        let (body, status) = text.rsplit_once('\n').expect("curl's status line");
-        let body = serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()));
-        (status.trim().parse().unwrap_or(0), body)
-    }
-
-    /// client_credentials with `assertion`, and `client_id` when given.
-    fn with_assertion(&self, assertion: &str, client_id: Option<&str>) -> (u16, Value) {
-        let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("scope", "read"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion),
-        ];
-        form.extend(client_id.map(|id| ("client_id", id)));
-        self.token(&form)
-    }
+/// client_credentials at `issuer` with `assertion`, and `client_id` when given.
+fn with_assertion(
+    issuer: &IssuerEndpoint,
+    assertion: &str,
+    client_id: Option<&str>,
+) -> (u16, Value) {
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("scope", "read"),
+        (
+            "client_assertion_type",
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ),
+        ("client_assertion", assertion),
+    ];
+    form.extend(client_id.map(|id| ("client_id", id)));
+    issuer.token(&form)
 }
 
 fn assert_refused(answer: (u16, Value), case: &str) {
@@ -272,27 +237,22 @@ async fn a_service_account_token_is_the_clients_only_credential() {
     sidecar_ready(SocketAddr::from((running.ip, 15090)))
         .await
         .unwrap();
-    let dir = logs.join(n);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca_file = dir.join("ca.crt");
-    let ca = config_map_text(&client, n, "scopegate-ca", "ca.crt")
-        .await
-        .unwrap()
-        .unwrap();
-    std::fs::write(&ca_file, ca).unwrap();
-    let issuer = Issuer {
-        url: format!("https://auth.{n}.svc"),
-        host: format!("auth.{n}.svc"),
-        address: SocketAddr::from((running.ip, 15080)),
-        ca_file,
-    };
+    let issuer = IssuerEndpoint::new(
+        &client,
+        n,
+        "auth",
+        SocketAddr::from((running.ip, 15080)),
+        &logs.join(n),
+    )
+    .await
+    .unwrap();
     let client_id = format!("{n}.billing");
 
     // A real projected-style token of billing, audience the issuer's URL: a token, with or
     // without client_id, for the client (not the ServiceAccount).
     let own = token_request(&client, n, "billing", &[&issuer.url]).await;
     for named in [None, Some(client_id.as_str())] {
-        let (status, body) = issuer.with_assertion(&own, named);
+        let (status, body) = with_assertion(&issuer, &own, named);
         assert_eq!(status, 200, "{body}");
         let token = claims_of(body["access_token"].as_str().unwrap());
         assert_eq!(token["client_id"], json!(client_id), "{token}");
@@ -301,29 +261,29 @@ async fn a_service_account_token_is_the_clients_only_credential() {
     }
     // The same token names no other client, and is no secret.
     assert_refused(
-        issuer.with_assertion(&own, Some(&format!("{n}.reports"))),
+        with_assertion(&issuer, &own, Some(&format!("{n}.reports"))),
         "another client_id",
     );
 
     // Real tokens the API server issued, for the wrong one or the wrong audience.
     let reports = token_request(&client, n, "reports", &[&issuer.url]).await;
     assert_refused(
-        issuer.with_assertion(&reports, None),
+        with_assertion(&issuer, &reports, None),
         "another ServiceAccount",
     );
     let namesake = token_request(&client, &elsewhere.name, "billing", &[&issuer.url]).await;
     assert_refused(
-        issuer.with_assertion(&namesake, None),
+        with_assertion(&issuer, &namesake, None),
         "billing of another namespace",
     );
     assert_refused(
-        issuer.with_assertion(&namesake, Some(&client_id)),
+        with_assertion(&issuer, &namesake, Some(&client_id)),
         "billing of another namespace, naming the client",
     );
     let for_api_server = token_request(&client, n, "billing", &[]).await;
     assert_eq!(claims_of(&for_api_server)["aud"], json!([cluster_issuer]));
     assert_refused(
-        issuer.with_assertion(&for_api_server, None),
+        with_assertion(&issuer, &for_api_server, None),
         "the API server's audience",
     );
     let both = token_request(
@@ -333,7 +293,7 @@ async fn a_service_account_token_is_the_clients_only_credential() {
         &[&issuer.url, "https://other.example"],
     )
     .await;
-    assert_refused(issuer.with_assertion(&both, None), "two audiences");
+    assert_refused(with_assertion(&issuer, &both, None), "two audiences");
 
     // Tokens made with the cluster's real signing key: the control passes, so each refusal
     // below is for what it changes.
@@ -350,11 +310,18 @@ async fn a_service_account_token_is_the_clients_only_credential() {
         })
     };
     let control = rs256(&cluster_key, kid, &shaped(now, now + 600));
-    assert_eq!(issuer.with_assertion(&control, None).0, 200, "the control");
+    assert_eq!(
+        with_assertion(&issuer, &control, None).0,
+        200,
+        "the control"
+    );
     let expired = rs256(&cluster_key, kid, &shaped(now - 1200, now - 600));
-    assert_refused(issuer.with_assertion(&expired, None), "expired");
+    assert_refused(with_assertion(&issuer, &expired, None), "expired");
     let year_long = rs256(&cluster_key, kid, &shaped(now, now + 365 * 86_400));
-    assert_refused(issuer.with_assertion(&year_long, None), "a year-long token");
+    assert_refused(
+        with_assertion(&issuer, &year_long, None),
+        "a year-long token",
+    );
     let legacy = rs256(
         &cluster_key,
         kid,
@@ -365,7 +332,7 @@ async fn a_service_account_token_is_the_clients_only_credential() {
         }),
     );
     assert_refused(
-        issuer.with_assertion(&legacy, None),
+        with_assertion(&issuer, &legacy, None),
         "a legacy Secret token",
     );
     // Another cluster: its own key under this cluster's kid, then its own issuer too.
@@ -374,13 +341,13 @@ async fn a_service_account_token_is_the_clients_only_credential() {
         aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&other).unwrap();
     let forged = rs256(other_key.as_ref(), kid, &shaped(now, now + 600));
     assert_refused(
-        issuer.with_assertion(&forged, None),
+        with_assertion(&issuer, &forged, None),
         "another key, this kid",
     );
     let mut foreign = shaped(now, now + 600);
     foreign["iss"] = json!("https://other-cluster.example");
     let foreign = rs256(other_key.as_ref(), kid, &foreign);
-    assert_refused(issuer.with_assertion(&foreign, None), "another cluster");
+    assert_refused(with_assertion(&issuer, &foreign, None), "another cluster");
     // One method at a time: an assertion with a client_secret is a malformed request.
     let (status, body) = issuer.token(&[
         ("grant_type", "client_credentials"),

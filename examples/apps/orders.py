@@ -1,10 +1,15 @@
 """The example "orders" app: it has no auth code at all. The scopegate sidecar in front of it
-authenticates callers and passes their identity in headers."""
+authenticates callers and passes their identity in headers. For /stock it asks inventory on
+the caller's behalf: it passes the caller's Authorization header on, through the sidecar
+(HTTP_PROXY), which exchanges that token for one meant for inventory."""
 import json
 import os
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ORDERS = [{"id": 1, "item": "coffee beans"}, {"id": 2, "item": "grinder"}]
+INVENTORY_URL = os.environ.get("INVENTORY_URL", "http://inventory/stock")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -28,7 +33,26 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {"ok": True})
         if self.path.startswith("/orders"):
             return self._send(200, {"orders": ORDERS, "caller": self._caller()})
+        if self.path == "/stock":
+            return self._stock()
         self._send(404, {"error": "not found"})
+
+    def _stock(self):
+        # The header is passed on as it came, like a trace header: no token handling here.
+        forwarded = {}
+        if self.headers.get("Authorization"):
+            forwarded["Authorization"] = self.headers["Authorization"]
+        call = urllib.request.Request(INVENTORY_URL, headers=forwarded)
+        try:
+            with urllib.request.urlopen(call, timeout=10) as answer:
+                status, text = answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            status, text = refused.code, refused.read().decode()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = text
+        return self._send(200, {"inventory_status": status, "inventory": body})
 
     def do_POST(self):
         if self.path == "/orders":

@@ -164,6 +164,15 @@ async fn an_exchange_acts_for_the_subject_within_its_scope_and_lifetime() {
     );
     assert_ne!(c["jti"], s["jti"]);
     assert!(active(&issuer, &ORDERS_X, token).await);
+    // Introspection names the actor too (RFC 8693 §4.1); the subject token has none.
+    let r = issuer
+        .post_as(
+            "/oauth2/introspect",
+            &ORDERS_X,
+            &format!("token={}", enc(token)),
+        )
+        .await;
+    assert_eq!(r.json()["act"], json!({"sub": ORDERS_X.id}), "{}", body(&r));
 
     // `resource` names audiences as `audience` does; the web client's token (read and write)
     // gives only what the exchanging client may have.

@@ -106,7 +106,13 @@ type Info = Option<(Value, String, Vec<String>)>;
 
 async fn access_info(ctx: &Context<'_>, token: &str, now: i64) -> Result<Info, OAuthError> {
     let settings = ctx.settings;
-    let Some(claims) = read_access_token(settings, token) else {
+    // The actor chain of an exchanged token (RFC 8693 §4.1), answered as the token says it.
+    let actor = |payload: &[u8]| {
+        serde_json::from_slice::<Value>(payload)
+            .ok()
+            .and_then(|mut claims| claims.get_mut("act").map(Value::take))
+    };
+    let Some((claims, act)) = read_access_token_and(settings, token, actor) else {
         return Ok(None);
     };
     let (Some(exp), Some(iat), Some(jti), Some(client_id), Some(sub)) = (
@@ -150,6 +156,9 @@ async fn access_info(ctx: &Context<'_>, token: &str, now: i64) -> Result<Info, O
     });
     if let Some(nbf) = claims.nbf {
         info["nbf"] = json!(nbf);
+    }
+    if let Some(act) = act {
+        info["act"] = act;
     }
     if let Some(scope) = claims.scope.filter(|s| !s.is_empty()) {
         info["scope"] = json!(scope);

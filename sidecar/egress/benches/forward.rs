@@ -8,7 +8,11 @@
 //!   constant `Authorization` value: everything the handler does but the token step.
 //! - `handle_cache_hit`: [`Egress::handle`]: routing, the token cache hit, forwarding,
 //!   counters.
-//! - `token_cache_hit` and `route` alone, without I/O.
+//! - `handle_obo_cache_hit`: [`Egress::handle`] for a target on behalf of the caller, the
+//!   app forwarding an 800-byte caller's token: routing, reading the caller's token, its
+//!   SHA-256, the exchange cache lookup, forwarding, counters.
+//! - `token_cache_hit`, `obo_token_cache_hit` (the same caller's-token steps alone) and
+//!   `route` alone, without I/O.
 
 #![allow(clippy::unwrap_used)] // bench set-up: a panic is the failure report
 
@@ -25,15 +29,16 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use scopegate_core::config::SidecarConfig;
 use scopegate_egress::Egress;
-use scopegate_egress::forward;
+use scopegate_egress::settings::Tokens;
+use scopegate_egress::{exchange, forward};
 use scopegate_sidecar_kit::body::{ProxyBody, full};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
-/// Serves `answer` to every request on 127.0.0.1, over TLS when `tls` is given.
-async fn serve(tls: Option<tokio_rustls::TlsAcceptor>, answer: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// Serves `answer` to every request on `ip`, over TLS when `tls` is given.
+async fn serve(ip: &str, tls: Option<tokio_rustls::TlsAcceptor>, answer: &'static str) -> u16 {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -85,11 +90,12 @@ fn operator_ca() -> (String, tokio_rustls::TlsAcceptor) {
     (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// An egress proxy with one in-cluster target, the app on `app_port`.
+/// An egress proxy with two in-cluster targets: orders with the pod's own token (the app on
+/// 127.0.0.1:`app_port`), inventory on behalf of the caller (the app on 127.0.0.2:`obo_port`).
 fn egress(
     ca_pem: &str,
     issuer_port: u16,
-    app_port: u16,
+    (app_port, obo_port): (u16, u16),
     assertion: &std::path::Path,
 ) -> Arc<Egress> {
     let config: SidecarConfig = serde_json::from_value(json!({
@@ -108,7 +114,11 @@ fn egress(
             "targets": [{"name": "orders", "url": format!("http://127.0.0.1:{app_port}"),
                          "address": format!("127.0.0.1:{app_port}"),
                          "inCluster": true, "audience": "https://orders.shop.svc",
-                         "scopes": ["read:orders"]}]
+                         "scopes": ["read:orders"]},
+                        {"name": "inventory", "url": format!("http://127.0.0.2:{obo_port}"),
+                         "address": format!("127.0.0.2:{obo_port}"),
+                         "inCluster": true, "audience": "https://inventory.shop.svc",
+                         "scopes": ["read:items"], "onBehalfOfCaller": true}]
         }
     }))
     .unwrap();
@@ -118,6 +128,15 @@ fn egress(
 fn call(app_port: u16) -> Request<ProxyBody> {
     Request::get(format!("http://127.0.0.1:{app_port}/orders?id=7"))
         .header("accept", "application/json")
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
+/// A call to inventory, carrying the caller's token the app received.
+fn obo_call(obo_port: u16, caller: &HeaderValue) -> Request<ProxyBody> {
+    Request::get(format!("http://127.0.0.2:{obo_port}/items?order=7"))
+        .header("accept", "application/json")
+        .header("authorization", caller.clone())
         .body(full(Bytes::new()))
         .unwrap()
 }
@@ -147,13 +166,28 @@ fn bench(c: &mut Criterion) {
     std::fs::write(&assertion, format!("{header}.{claims}.c2ln\n")).unwrap();
     let (ca_pem, acceptor) = operator_ca();
     let token = r#"{"access_token":"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzaG9wLmJpbGxpbmcifQ.c2lnbmF0dXJl","token_type":"Bearer","expires_in":3600}"#;
-    let (issuer_port, app_port) =
-        rt.block_on(async { (serve(Some(acceptor), token).await, serve(None, "ok").await) });
-    let egress = egress(&ca_pem, issuer_port, app_port, &assertion);
+    let (issuer_port, app_port, obo_port) = rt.block_on(async {
+        (
+            serve("127.0.0.1", Some(acceptor), token).await,
+            serve("127.0.0.1", None, "ok").await,
+            serve("127.0.0.2", None, "ok").await,
+        )
+    });
+    let egress = egress(&ca_pem, issuer_port, (app_port, obo_port), &assertion);
+    // A caller's ES256 access token is 600 to 900 bytes: 800 here.
+    let caller = HeaderValue::from_str(&format!("Bearer eyJ{}.c2ln", "x".repeat(790))).unwrap();
     // The first call buys the token; every measured call is a cache hit.
     let first = rt.block_on(async { drain(egress.handle(call(app_port)).await).await });
     assert_eq!(first, 2);
+    let first =
+        rt.block_on(async { drain(egress.handle(obo_call(obo_port, &caller)).await).await });
+    assert_eq!(first, 2);
     let compiled = egress.in_force().unwrap();
+    let obo_req = obo_call(obo_port, &caller);
+    let obo_target = compiled.route(&obo_req).unwrap();
+    let Tokens::OnBehalfOfCaller(obo_key) = &obo_target.tokens else {
+        panic!("inventory is on behalf of the caller")
+    };
     let target = compiled.route(&call(app_port)).unwrap();
     assert!(target.own_slot().unwrap().fresh(Instant::now()).is_some());
 
@@ -191,6 +225,13 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
+    group.bench_function("handle_obo_cache_hit", |b| {
+        b.iter(|| {
+            run(&rt, async {
+                drain(egress.handle(obo_call(obo_port, &caller)).await).await
+            })
+        })
+    });
     let req = call(app_port);
     group.bench_function("route", |b| {
         b.iter(|| black_box(compiled.route(black_box(&req)).is_ok()))
@@ -198,6 +239,18 @@ fn bench(c: &mut Criterion) {
     group.bench_function("token_cache_hit", |b| {
         b.iter(|| black_box(target.own_slot().unwrap().fresh(Instant::now())))
     });
+    group.bench_function("obo_token_cache_hit", |b| {
+        b.iter(|| {
+            let subject = exchange::caller_token(black_box(obo_req.headers())).unwrap();
+            let slot = compiled.exchanges.slot(obo_key, subject);
+            black_box(slot.fresh(Instant::now()))
+        })
+    });
+    assert_eq!(
+        compiled.exchanges.len(),
+        1,
+        "every measured call was a cache hit"
+    );
     group.finish();
     let _ = std::fs::remove_dir_all(&dir);
 }

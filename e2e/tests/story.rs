@@ -1,8 +1,10 @@
 //! The whole story, asserted: Helm-installed scopegate, the operator as its ServiceAccount, the
-//! manifests of `examples/` applied, the webhook injecting the sidecar into the `auth` and
-//! `orders` pods, both pods running as a kubelet would; tokens over TLS, every answer the
-//! policy defines, a user's login, keys rotating under load with zero rejected valid requests,
-//! a revoked token refused. `make up` narrates the same story (`src/bin/demo.rs`).
+//! manifests of `examples/` applied, the webhook injecting the sidecar into the `auth`,
+//! `inventory`, `orders` and `billing` pods, all running as a kubelet would; tokens over TLS,
+//! every answer the policy defines, billing calling orders with no secret anywhere, a user's
+//! login, orders calling inventory on her behalf, keys rotating under load with zero rejected
+//! valid requests, a revoked token refused. `make up` narrates the same story
+//! (`src/bin/demo.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;

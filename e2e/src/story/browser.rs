@@ -95,10 +95,10 @@ impl Shop {
         parse_curl(&String::from_utf8_lossy(&output.stdout))
     }
 
-    /// A client_credentials token for the billing client (its default scopes when `scope` is
-    /// None).
-    pub fn billing_token(&self, scope: Option<&str>) -> anyhow::Result<String> {
-        let (id, secret) = (&self.billing.0, &self.billing.1);
+    /// A client_credentials token for the accounting client (its default scopes when `scope`
+    /// is None).
+    pub fn accounting_token(&self, scope: Option<&str>) -> anyhow::Result<String> {
+        let (id, secret) = (&self.accounting.0, &self.accounting.1);
         let mut form = vec![("grant_type", "client_credentials")];
         form.extend(scope.map(|scope| ("scope", scope)));
         let response = self.issuer_call("POST", "/oauth2/token", &form, Some((id, secret)))?;

@@ -13,7 +13,7 @@ use super::describe::{challenge_of, peek};
 /// Requests accepted, by the key id of the token they carried.
 type AcceptedByKid = Arc<Mutex<BTreeMap<String, u32>>>;
 
-/// The billing client calling `GET /orders` ten times a second, with a fresh token every fifth
+/// The accounting client calling `GET /orders` ten times a second, with a fresh token every fifth
 /// call, until [`Load::stop`].
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -80,11 +80,11 @@ fn call(
             .unwrap_or_default()
     };
     let mut rejected = Vec::new();
-    let mut token = shop.billing_token(None);
+    let mut token = shop.accounting_token(None);
     let mut i = 0u32;
     while !stop.load(Ordering::Relaxed) {
         if i.is_multiple_of(5) {
-            token = shop.billing_token(None);
+            token = shop.accounting_token(None);
         }
         match token
             .as_deref()

@@ -1,8 +1,9 @@
 //! The whole story on the local control plane, shared by the e2e test that asserts it and the
 //! `demo` binary (`make up`) that narrates it: the manifests of `examples/` applied as they are
-//! (in another namespace for the test), pods for the issuer `auth` and the protected `orders`
-//! created through the API server (so the webhook injects them) and run as a kubelet would, and
-//! clients that get tokens over TLS (trusting only the operator's CA bundle) and call `orders`.
+//! (in another namespace for the test), pods for the issuer `auth`, the protected `orders` and
+//! `inventory` and the secretless caller `billing` created through the API server (so the
+//! webhook injects them) and run as a kubelet would, and clients that get tokens over TLS
+//! (trusting only the operator's CA bundle) and call `orders`.
 
 mod browser;
 mod describe;
@@ -16,10 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use scopegate_crds::v1alpha1::AuthPolicy;
-use serde_json::json;
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
+use serde_json::{Value, json};
 
 use crate::google::{self, GoogleStandIn};
 use crate::http::{Response, request};
@@ -49,8 +51,8 @@ pub struct Shop {
     pub orders_audience: String,
     /// How many orders one subject may place per period, from the `orders` AuthPolicy.
     pub order_limit: u32,
-    /// The billing client's id and secret (client_credentials).
-    pub billing: (String, String),
+    /// The accounting client's id and secret (client_credentials).
+    pub accounting: (String, String),
     /// The storefront's client id (a public client, authorization code + PKCE).
     pub storefront: String,
     /// The storefront's loopback redirect URI.
@@ -65,6 +67,8 @@ pub struct Shop {
     pub orders: SocketAddr,
     /// The orders sidecar's admin address.
     pub orders_admin: SocketAddr,
+    /// inventory's URL as orders' app calls it (its egress target on the caller's behalf).
+    inventory_url: String,
     /// The Google stand-in (an upstream identity provider the story adds).
     google: GoogleStandIn,
     /// What the story's browser trusts: the operator's CA and the stand-in's.
@@ -72,6 +76,10 @@ pub struct Shop {
     /// The story's browser's cookies.
     cookie_jar: PathBuf,
     client: Client,
+    /// Every pod's sidecar admin address.
+    admins: [SocketAddr; 4],
+    /// The billing pod, whose app the story asks from inside the pod.
+    billing_pod: RunningPod,
     _pods: Vec<RunningPod>,
     _network: Arc<PodNetwork>,
 }
@@ -94,12 +102,12 @@ impl Shop {
     /// the callback URL to register and the issuer pod has read Google's discovery and keys.
     /// Returns the callback URL from status.
     pub async fn add_google(&self) -> anyhow::Result<String> {
-        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        let secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "google-oauth", "namespace": self.namespace},
             "stringData": {"client_secret": self.google.client_secret},
         }))?;
-        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), &self.namespace)
+        Api::<Secret>::namespaced(self.client.clone(), &self.namespace)
             .patch(
                 "google-oauth",
                 &PatchParams::apply(FIELD_MANAGER).force(),
@@ -192,9 +200,51 @@ impl Shop {
             .context("no active key")
     }
 
-    /// Revokes a token at the issuer (RFC 7009) as the billing client.
+    /// Asks billing's app for `/charge` from inside its pod, as `kubectl exec` would (nothing
+    /// outside the pod may call it): the app calls orders through its sidecar. Returns the
+    /// app's answer.
+    pub fn billing_charge(&self) -> anyhow::Result<Value> {
+        let output = self
+            .billing_pod
+            .command_in_pod("curl")
+            .args(["-sS", "--max-time", "10", "http://127.0.0.1:8080/charge"])
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "curl in billing-0 failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The OAuthClient `name`'s status.authentication and status.secretName, and the names
+    /// of the namespace's Secrets.
+    pub async fn client_credentials_of(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(String, Option<String>, Vec<String>)> {
+        let status = Api::<OAuthClient>::namespaced(self.client.clone(), &self.namespace)
+            .get(name)
+            .await?
+            .status
+            .context("no status")?;
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), &self.namespace)
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|secret| secret.metadata.name)
+            .collect();
+        Ok((
+            status.authentication.unwrap_or_default(),
+            status.secret_name,
+            secrets,
+        ))
+    }
+
+    /// Revokes a token at the issuer (RFC 7009) as the accounting client.
     pub fn revoke(&self, token: &str) -> anyhow::Result<()> {
-        let (id, secret) = (&self.billing.0, &self.billing.1);
+        let (id, secret) = (&self.accounting.0, &self.accounting.1);
         let response = self.issuer_call(
             "POST",
             "/oauth2/revoke",

@@ -1,6 +1,7 @@
-//! The story itself, act by act: a service token, every refusal the policy defines, a user's
-//! login, Google added to the running issuer, the rate limit, two key rotations under load,
-//! and a revocation reaching the enforcement point.
+//! The story itself, act by act: a service token, every refusal the policy defines, a call
+//! with no secret anywhere, a user's login, Google added to the running issuer, a service
+//! calling another on a user's behalf, the rate limit, two key rotations under load, and a
+//! revocation reaching the enforcement point.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +21,10 @@ use crate::eventually;
 pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
     let read = service_token(&shop, say)?;
     refusals(&shop, &read, say)?;
+    secretless_call(&shop, say).await?;
     let user_token = password_login(&shop, say)?;
-    google_login(&shop, say).await?;
+    let google_token = google_login(&shop, say).await?;
+    on_behalf(&shop, &user_token, &google_token, say)?;
     rate_limit(&shop, &user_token, say)?;
     let (kids, accepted) = rotation_under_load(&shop, say).await?;
     let revocation_took = revocation(&shop, &read, say).await?;
@@ -32,9 +35,10 @@ pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome
     })
 }
 
-/// Act 1: a service gets a token and calls orders. Returns the token.
+/// Act 1: a job outside the cluster gets a token with its client secret and calls orders.
+/// Returns the token.
 fn service_token(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String> {
-    let read = shop.billing_token(None)?;
+    let read = shop.accounting_token(None)?;
     let audience = &peek(&read)?.1["aud"];
     ensure!(
         audience == shop.orders_audience.as_str()
@@ -45,7 +49,7 @@ fn service_token(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String> {
         shop.orders_audience
     );
     say(&format!(
-        "billing asks the issuer for a token (client_credentials, over TLS): {}",
+        "accounting, a job outside the cluster, asks the issuer for a token with its client secret (client_credentials, over TLS): {}",
         describe(&read)?
     ));
     let allowed = shop.orders("GET", "/orders", Some(&read))?;
@@ -128,14 +132,46 @@ fn with_scope(token: &str, scope: &str) -> anyhow::Result<String> {
     ))
 }
 
-/// Act 3: a user signs in on the app's own login page. Returns her access token.
-fn password_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String> {
+/// Act 3: billing, in the cluster, calls orders with no secret anywhere: its app calls through
+/// its sidecar, which obtains billing's token with the pod's ServiceAccount token.
+async fn secretless_call(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<()> {
+    let billing = format!("{}.billing", shop.namespace);
+    let answer = eventually("billing's call to orders", || async {
+        let answer = shop.billing_charge()?;
+        ensure!(answer["orders_status"] == 200, "{answer}");
+        Ok(answer)
+    })
+    .await?;
+    let caller = &answer["orders"]["caller"];
     ensure!(
-        shop.login("alice", "not her password", "read:orders write:orders")
-            .is_err(),
+        caller["client_id"] == billing.as_str()
+            && caller["subject"] == billing.as_str()
+            && caller["scopes"] == "read:orders",
+        "orders saw another caller than billing: {answer}"
+    );
+    let (authentication, secret_name, secrets) = shop.client_credentials_of("billing").await?;
+    ensure!(
+        authentication.contains("ServiceAccount token")
+            && authentication.ends_with("no secret")
+            && secret_name.is_none()
+            && !secrets.iter().any(|s| s.contains("billing")),
+        "billing has a secret: {authentication:?}, {secret_name:?}, {secrets:?}"
+    );
+    say(&format!(
+        "billing, in the cluster, calls orders with no secret anywhere: its app, which has no auth code, sends GET /orders to its sidecar (HTTP_PROXY), which gets billing's token with the pod's projected ServiceAccount token (RFC 7523) and attaches it -> {}; orders' app reads {}; OAuthClient billing's status.authentication: \"{authentication}\", and no Secret of the namespace is billing's",
+        answer["orders_status"], caller
+    ));
+    Ok(())
+}
+
+/// Act 4: a user signs in on the app's own login page. Returns her access token.
+fn password_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String> {
+    let scope = "read:items read:orders write:orders";
+    ensure!(
+        shop.login("alice", "not her password", scope).is_err(),
         "a wrong password got a code"
     );
-    let login = shop.login("alice", "wonderland", "read:orders write:orders")?;
+    let login = shop.login("alice", "wonderland", scope)?;
     let user_token = login["access_token"]
         .as_str()
         .context("no access token")?
@@ -151,8 +187,8 @@ fn password_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String> {
     Ok(user_token)
 }
 
-/// Act 4: Google login, added to the running issuer.
-async fn google_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<()> {
+/// Act 5: Google login, added to the running issuer. Returns ann's access token.
+async fn google_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String> {
     let callback = shop.add_google().await?;
     say(&format!(
         "the admin adds \"Continue with Google\" to the running issuer (a Secret with Google's client secret, an upstream in AuthPolicy auth; here Google is a stand-in, npm oidc-provider at {}): status.upstreams names the callback URL to register at Google, {callback}; no pod restarted",
@@ -183,10 +219,47 @@ async fn google_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<()> {
         choices.join(" / "),
         describe(&google_token)?
     ));
+    Ok(google_token)
+}
+
+/// Act 6: orders asks inventory on alice's behalf: its app passes her Authorization header on
+/// through its sidecar, which exchanges her token (RFC 8693) for one of inventory's naming
+/// orders as the actor. ann's token, without the scope inventory needs, is not exchanged.
+fn on_behalf(shop: &Shop, alice: &str, ann: &str, say: &dyn Fn(&str)) -> anyhow::Result<()> {
+    let orders = format!("{}.orders", shop.namespace);
+    let answer: Value = serde_json::from_str(&shop.orders("GET", "/stock", Some(alice))?.body)?;
+    ensure!(answer["inventory_status"] == 200, "alice's stock: {answer}");
+    let caller = &answer["inventory"]["caller"];
+    ensure!(
+        caller["subject"] == "user:alice"
+            && caller["client_id"] == orders.as_str()
+            && caller["actor"] == orders.as_str()
+            && caller["act"] == json!({"sub": orders})
+            && caller["scopes"] == "read:items",
+        "inventory saw another caller than alice through orders: {answer}"
+    );
+    say(&format!(
+        "GET  /stock at orders with alice's token: orders' app passes her Authorization header on to {}/stock through its sidecar, which exchanges her token for one of inventory's (RFC 8693, orders authenticated by its ServiceAccount token) -> {}; inventory's app, which has no auth code either, reads {caller}",
+        shop.inventory_url, answer["inventory_status"]
+    ));
+    let refused: Value = serde_json::from_str(&shop.orders("GET", "/stock", Some(ann))?.body)?;
+    let refusal = &refused["inventory"];
+    ensure!(
+        refused["inventory_status"] == 403
+            && refusal["error"] == "caller_token_refused"
+            && refusal["issuer_error"] == "invalid_scope",
+        "ann's exchange: {refused}"
+    );
+    say(&format!(
+        "GET  /stock at orders with ann's token (scope read:orders, no read:items) -> orders' sidecar answers its app {} {} (issuer_error {}) without calling inventory: an exchange only narrows",
+        refused["inventory_status"],
+        refusal["error"].as_str().unwrap_or_default(),
+        refusal["issuer_error"].as_str().unwrap_or_default()
+    ));
     Ok(())
 }
 
-/// Act 5: the rate limit.
+/// Act 7: the rate limit.
 fn rate_limit(shop: &Shop, user_token: &str, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     let mut placed = 0;
     let limited = loop {
@@ -243,7 +316,7 @@ async fn rotate_once(
     Ok(next)
 }
 
-/// Act 6: keys rotate twice while a client keeps calling; no valid request may be rejected,
+/// Act 8: keys rotate twice while a client keeps calling; no valid request may be rejected,
 /// and tokens signed by each new key must be accepted. Returns the kids and the requests
 /// accepted.
 async fn rotation_under_load(
@@ -268,17 +341,17 @@ async fn rotation_under_load(
         .collect();
     let accepted = accepted_by_kid.values().sum();
     say(&format!(
-        "keys rotate twice (annotation scopegate.dev/rotate; each new key is published {STORY_PROPAGATION} before it signs), while billing calls GET /orders 10 times a second with fresh tokens: accepted per signing key {}, {} rejected",
+        "keys rotate twice (annotation scopegate.dev/rotate; each new key is published {STORY_PROPAGATION} before it signs), while accounting calls GET /orders 10 times a second with fresh tokens: accepted per signing key {}, {} rejected",
         per_key.join(" -> "),
         rejected.len()
     ));
     Ok((kids, accepted))
 }
 
-/// Act 7: revocation reaches the enforcement point; `read`, another token, keeps working.
+/// Act 9: revocation reaches the enforcement point; `read`, another token, keeps working.
 /// Returns how long the refusal took.
 async fn revocation(shop: &Arc<Shop>, read: &str, say: &dyn Fn(&str)) -> anyhow::Result<Duration> {
-    let doomed = shop.billing_token(None)?;
+    let doomed = shop.accounting_token(None)?;
     let before = shop.orders("GET", "/orders", Some(&doomed))?;
     ensure!(
         before.status == 200,
@@ -304,7 +377,7 @@ async fn revocation(shop: &Arc<Shop>, read: &str, say: &dyn Fn(&str)) -> anyhow:
         other.status
     );
     say(&format!(
-        "billing revokes a token (RFC 7009): orders refuses it {} ms later (WWW-Authenticate: {}), through the issuer's signed revocation feed; billing's other tokens still work",
+        "accounting revokes a token (RFC 7009): orders refuses it {} ms later (WWW-Authenticate: {}), through the issuer's signed revocation feed; accounting's other tokens still work",
         revocation_took.as_millis(),
         challenge_of(&refusal)
     ));

@@ -1,11 +1,11 @@
 //! Starting the shop: `examples/` applied to the story's namespace, what the operator renders
-//! awaited, and the `auth` and `orders` pods created through the API server and run as a
-//! kubelet would.
+//! awaited, and the `auth`, `inventory`, `orders` and `billing` pods (the last two with
+//! ServiceAccounts of their own) created through the API server and run as a kubelet would.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail, ensure};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
@@ -16,13 +16,15 @@ use super::{STORY_PROPAGATION, Shop};
 use crate::google::{self, GoogleStandIn};
 use crate::http::request;
 use crate::kubelet::{Images, PodNetwork, RunningPod, ServiceRoute, example_app, sidecar_image};
-use crate::{FIELD_MANAGER, config_map_text, eventually, repo_root, secret_text};
+use crate::{FIELD_MANAGER, condition, config_map_text, eventually, repo_root, secret_text};
 
 fn images() -> anyhow::Result<Images> {
     Ok(Images::from([
         sidecar_image()?,
         example_app("example/orders", "orders.py"),
         example_app("example/auth", "auth.py"),
+        example_app("example/inventory", "inventory.py"),
+        example_app("example/billing", "billing.py"),
     ]))
 }
 
@@ -88,11 +90,39 @@ async fn apply(client: &Client, namespace: &str, object: &Value) -> anyhow::Resu
     Ok(())
 }
 
-fn pod(name: &str, app: &str, image: &str) -> anyhow::Result<Pod> {
-    Ok(serde_yaml_ng::from_str(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  containers:\n    - name: app\n      image: {image}\n      readinessProbe: {{httpGet: {{path: /ready, port: 8080}}}}\n"
-    ))?)
+/// Pod `<app>-0` labelled `app: <app>`, one container `app` running `example/<app>`; with a
+/// ServiceAccount, it runs as `account` and its app calls out through the sidecar's egress
+/// port with `env` naming where.
+fn pod(app: &str, account: Option<&str>, env: &[(&str, String)]) -> anyhow::Result<Pod> {
+    let env: Vec<Value> = (account
+        .is_some()
+        .then_some(("HTTP_PROXY", EGRESS_PROXY.to_owned())))
+    .into_iter()
+    .chain(env.iter().map(|(name, value)| (*name, value.clone())))
+    .map(|(name, value)| json!({"name": name, "value": value}))
+    .collect();
+    let mut spec = json!({"containers": [{
+        "name": "app",
+        "image": format!("example/{app}"),
+        "env": env,
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
+    }]});
+    if let Some(account) = account {
+        spec["serviceAccountName"] = json!(account);
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("{app}-0"), "labels": {"app": app}},
+        "spec": spec,
+    }))?)
 }
+
+/// Where the apps that call out send their calls: the sidecar's egress port (the default of
+/// `egress.port`).
+const EGRESS_PROXY: &str = "http://127.0.0.1:15081";
+
+/// The volume of the projected ServiceAccount token the webhook mounts into the sidecar.
+const TOKEN_VOLUME: &str = "scopegate-issuer-token";
 
 /// What the story reads from `examples/`: names, ports and limits it must not hard-code.
 struct Facts {
@@ -102,8 +132,34 @@ struct Facts {
     orders_audience: String,
     orders_port: u16,
     order_limit: u32,
-    billing_secret_name: String,
+    accounting_secret_name: String,
+    /// billing's egress target: orders' URL, as billing's app calls it.
+    orders_url: String,
+    /// orders' egress target on behalf of the caller: inventory's URL.
+    inventory_url: String,
+    /// The ServiceAccounts of the clients billing and orders.
+    billing_account: String,
+    orders_account: String,
     redirect_uri: String,
+}
+
+/// The URL of `policy`'s egress target `target`.
+fn target_url(objects: &[Value], policy: &str, target: &str) -> anyhow::Result<String> {
+    let targets = named(objects, "AuthPolicy", policy)?["spec"]["egress"]["targets"]
+        .as_array()
+        .with_context(|| format!("examples/: {policy} declares no egress"))?;
+    let found = (targets.iter())
+        .find(|t| t["name"] == target)
+        .with_context(|| format!("examples/: {policy} has no egress target {target}"))?;
+    text(&found["url"], "egress target url")
+}
+
+/// The one ServiceAccount OAuthClient `name` authenticates with.
+fn account_of(objects: &[Value], name: &str) -> anyhow::Result<String> {
+    text(
+        &named(objects, "OAuthClient", name)?["spec"]["serviceAccounts"][0],
+        &format!("{name} serviceAccounts"),
+    )
 }
 
 impl Facts {
@@ -126,9 +182,9 @@ impl Facts {
             .and_then(|limits| limits.iter().find(|l| l["name"] == "place-order"))
             .and_then(|l| l["requests"].as_u64())
             .context("examples/: orders has no place-order rate limit")?;
-        let billing_secret_name = text(
-            &named(objects, "OAuthClient", "billing")?["spec"]["secretName"],
-            "billing secretName",
+        let accounting_secret_name = text(
+            &named(objects, "OAuthClient", "accounting")?["spec"]["secretName"],
+            "accounting secretName",
         )?;
         let redirect_uri = named(objects, "OAuthClient", "storefront")?["spec"]["redirectUris"]
             .as_array()
@@ -146,7 +202,11 @@ impl Facts {
             orders_audience,
             orders_port: u16::try_from(orders_port)?,
             order_limit: u32::try_from(order_limit)?,
-            billing_secret_name,
+            accounting_secret_name,
+            orders_url: target_url(objects, "billing", "orders")?,
+            inventory_url: target_url(objects, "orders", "inventory")?,
+            billing_account: account_of(objects, "billing")?,
+            orders_account: account_of(objects, "orders")?,
             redirect_uri,
         })
     }
@@ -199,38 +259,67 @@ async fn apply_examples(
     Ok(objects)
 }
 
-/// Waits for what the operator renders: the billing client's secret (returned), the client
-/// registry and the orders config; writes the CA bundle to `ca_file`.
+/// Waits for what the operator renders: the accounting client's secret (returned), the
+/// ServiceAccount clients ready, the client registry and the sidecar configs; writes the CA
+/// bundle to `ca_file`.
 async fn await_rendered(
     client: &Client,
     namespace: &str,
     facts: &Facts,
     ca_file: &std::path::Path,
 ) -> anyhow::Result<String> {
-    let billing_secret = eventually("the billing client's credentials", || async {
+    let accounting_secret = eventually("the accounting client's credentials", || async {
         secret_text(
             client,
             namespace,
-            &facts.billing_secret_name,
+            &facts.accounting_secret_name,
             "client_secret",
         )
         .await?
         .context("no secret yet")
     })
     .await?;
-    eventually("the issuer registry and the orders config", || async {
+    let clients = Api::<OAuthClient>::namespaced(client.clone(), namespace);
+    eventually(
+        "billing and orders ready (the cluster's ServiceAccount keys read)",
+        || async {
+            for name in ["billing", "orders"] {
+                let status = clients.get(name).await?.status.unwrap_or_default();
+                let ready = condition(&status.conditions, "Ready").map(|c| c.status.as_str());
+                ensure!(ready == Some("True"), "{name}: {:?}", status.conditions);
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    eventually("the issuer registry and the sidecar configs", || async {
         let registry = secret_text(client, namespace, "auth-clients", "clients.json")
             .await?
             .context("no registry")?;
+        for name in ["accounting", "billing", "orders", "storefront"] {
+            ensure!(
+                registry.contains(&format!("\"{namespace}.{name}\"")),
+                "{name} not registered yet"
+            );
+        }
         ensure!(
-            registry.contains(&format!("{namespace}.billing"))
-                && registry.contains(&format!("{namespace}.storefront")),
-            "clients not registered yet"
+            registry.contains("token-exchange"),
+            "orders may not exchange yet"
         );
-        let config = config_map_text(client, namespace, "orders-sidecar", "config.json")
-            .await?
-            .context("no config")?;
-        ensure!(config.contains("\"kid\""), "orders trusts no key yet");
+        for (name, needs) in [
+            ("orders", "onBehalfOfCaller"),
+            ("inventory", "\"kid\""),
+            ("billing", "\"egress\""),
+        ] {
+            let config =
+                config_map_text(client, namespace, &format!("{name}-sidecar"), "config.json")
+                    .await?
+                    .with_context(|| format!("no {name} config"))?;
+            ensure!(
+                config.contains("\"kid\"") && config.contains(needs),
+                "{name}'s config has no {needs} yet"
+            );
+        }
         Ok(())
     })
     .await?;
@@ -238,37 +327,80 @@ async fn await_rendered(
         .await?
         .context("no scopegate-ca")?;
     std::fs::write(ca_file, ca)?;
-    Ok(billing_secret)
+    Ok(accounting_secret)
 }
 
-/// Creates pods `auth-0` and `orders-0` through the API server; both must come back injected.
-async fn create_pods(client: &Client, namespace: &str) -> anyhow::Result<(Pod, Pod)> {
+/// The shop's pods as the API server stored them (injected).
+struct Pods {
+    auth: Pod,
+    inventory: Pod,
+    orders: Pod,
+    billing: Pod,
+}
+
+/// Creates the ServiceAccounts of billing and orders, and pods `auth-0`, `inventory-0`,
+/// `orders-0` and `billing-0` through the API server: each must come back injected, and the
+/// two that run as a ServiceAccount with its token mounted into the sidecar only.
+async fn create_pods(client: &Client, namespace: &str, facts: &Facts) -> anyhow::Result<Pods> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    for name in [&facts.billing_account, &facts.orders_account] {
+        let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        accounts
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&account),
+            )
+            .await?;
+    }
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let auth = pods
-        .create(
-            &PostParams::default(),
-            &pod("auth-0", "auth", "example/auth")?,
-        )
-        .await?;
-    let orders = pods
-        .create(
-            &PostParams::default(),
-            &pod("orders-0", "orders", "example/orders")?,
-        )
-        .await?;
-    for created in [&auth, &orders] {
-        let injected = created
-            .spec
-            .as_ref()
-            .and_then(|s| s.init_containers.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.name == "scopegate-sidecar"));
+    let create = |pod: Pod| {
+        let pods = pods.clone();
+        async move { pods.create(&PostParams::default(), &pod).await }
+    };
+    let created = Pods {
+        auth: create(pod("auth", None, &[])?).await?,
+        inventory: create(pod("inventory", None, &[])?).await?,
+        orders: create(pod(
+            "orders",
+            Some(&facts.orders_account),
+            &[("INVENTORY_URL", format!("{}/stock", facts.inventory_url))],
+        )?)
+        .await?,
+        billing: create(pod(
+            "billing",
+            Some(&facts.billing_account),
+            &[("ORDERS_URL", format!("{}/orders", facts.orders_url))],
+        )?)
+        .await?,
+    };
+    for (created, with_token) in [
+        (&created.auth, false),
+        (&created.inventory, false),
+        (&created.orders, true),
+        (&created.billing, true),
+    ] {
+        let name = created.metadata.name.as_deref().unwrap_or_default();
+        let spec = created.spec.as_ref().context("a pod without spec")?;
+        let mounts = |containers: Option<&Vec<k8s_openapi::api::core::v1::Container>>,
+                      which: &str| {
+            (containers.into_iter().flatten())
+                .filter(|c| c.name == which)
+                .flat_map(|c| c.volume_mounts.iter().flatten())
+                .any(|m| m.name == TOKEN_VOLUME)
+        };
+        let sidecar = spec.init_containers.as_ref();
         ensure!(
-            injected,
-            "pod {} came back without the sidecar",
-            created.metadata.name.as_deref().unwrap_or_default()
+            sidecar.is_some_and(|c| c.iter().any(|c| c.name == "scopegate-sidecar")),
+            "pod {name} came back without the sidecar"
+        );
+        ensure!(
+            mounts(sidecar, "scopegate-sidecar") == with_token
+                && !mounts(Some(&spec.containers), "app"),
+            "pod {name}: the ServiceAccount token is mounted where it should not be, or not where it should"
         );
     }
-    Ok((auth, orders))
+    Ok(created)
 }
 
 /// The Google stand-in, reached by the issuer pod by name on port 443, and the files of the
@@ -339,9 +471,31 @@ fn auth_service(
     }
 }
 
+/// The Service an egress target's `url` (`http://host[:port]`) names: its port leads to the
+/// sidecar of the pod at `endpoint`.
+fn target_service(
+    url: &str,
+    network: &PodNetwork,
+    endpoint: SocketAddr,
+) -> anyhow::Result<ServiceRoute> {
+    let authority = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url} is not an in-cluster http:// target"))?;
+    let (host, port) = match authority.split_once(':') {
+        Some((host, port)) => (host, port.parse()?),
+        None => (authority, 80),
+    };
+    Ok(ServiceRoute {
+        names: vec![host.to_owned()],
+        cluster_ip: network.cluster_ip(),
+        port,
+        endpoint,
+    })
+}
+
 impl Shop {
     /// Applies `examples/` to `namespace` (created, injection enabled), waits for what the
-    /// operator renders, and runs the `auth` and `orders` pods.
+    /// operator renders, and runs the `auth`, `inventory`, `orders` and `billing` pods.
     pub async fn start(
         client: &Client,
         namespace: &str,
@@ -351,14 +505,15 @@ impl Shop {
         let objects = apply_examples(client, namespace, progress).await?;
         let facts = Facts::read(&objects)?;
         let ca_file = logs.join(format!("{namespace}-ca.crt"));
-        let billing_secret = await_rendered(client, namespace, &facts, &ca_file).await?;
+        let accounting_secret = await_rendered(client, namespace, &facts, &ca_file).await?;
         progress(
-            "the operator wrote signing keys, the JWKS, the issuer's TLS certificate, the client registry, the billing client's secret and both sidecar configs",
+            "the operator wrote signing keys, the JWKS, the issuer's TLS certificate, the client registry (billing and orders with their ServiceAccounts, checked against the cluster's ServiceAccount keys it read from the API server), the accounting client's secret and four sidecar configs",
         );
-        let (auth, orders) = create_pods(client, namespace).await?;
-        progress(
-            "created pods auth-0 and orders-0 (one app container each): the webhook added the scopegate sidecar to both",
-        );
+        let pods = create_pods(client, namespace, &facts).await?;
+        progress(&format!(
+            "created ServiceAccounts {} and {} and pods auth-0, inventory-0, orders-0 and billing-0 (one app container each): the webhook added the scopegate sidecar to each, and to orders-0 and billing-0 a projected ServiceAccount token, mounted into the sidecar only",
+            facts.billing_account, facts.orders_account
+        ));
 
         let network =
             PodNetwork::create().context("running pods needs network namespaces (run as root)")?;
@@ -370,7 +525,7 @@ impl Shop {
             logs.join(format!("{namespace}-google")),
         )?;
         let auth_pod =
-            RunningPod::start(client, &network, &auth, &images, &[google.route], logs).await?;
+            RunningPod::start(client, &network, &pods.auth, &images, &[google.route], logs).await?;
         let auth_ip = auth_pod.ip;
         let auth_service = auth_service(
             namespace,
@@ -378,15 +533,50 @@ impl Shop {
             &network,
             SocketAddr::from((auth_ip, facts.auth_port)),
         );
-        let orders_pod =
-            RunningPod::start(client, &network, &orders, &images, &[auth_service], logs).await?;
+        let inventory_pod = RunningPod::start(
+            client,
+            &network,
+            &pods.inventory,
+            &images,
+            std::slice::from_ref(&auth_service),
+            logs,
+        )
+        .await?;
+        let inventory_service = target_service(
+            &facts.inventory_url,
+            &network,
+            SocketAddr::from((inventory_pod.ip, 15080)),
+        )?;
+        let orders_pod = RunningPod::start(
+            client,
+            &network,
+            &pods.orders,
+            &images,
+            &[auth_service.clone(), inventory_service],
+            logs,
+        )
+        .await?;
+        let orders_service = target_service(
+            &facts.orders_url,
+            &network,
+            SocketAddr::from((orders_pod.ip, facts.orders_port)),
+        )?;
+        let billing_pod = RunningPod::start(
+            client,
+            &network,
+            &pods.billing,
+            &images,
+            &[auth_service, orders_service],
+            logs,
+        )
+        .await?;
         let shop = Self {
             namespace: namespace.to_owned(),
             issuer: facts.issuer,
             issuer_host: facts.issuer_host,
             orders_audience: facts.orders_audience,
             order_limit: facts.order_limit,
-            billing: (format!("{namespace}.billing"), billing_secret),
+            accounting: (format!("{namespace}.accounting"), accounting_secret),
             storefront: format!("{namespace}.storefront"),
             redirect_uri: facts.redirect_uri,
             ca_file,
@@ -394,25 +584,28 @@ impl Shop {
             auth_port: facts.auth_port,
             orders: SocketAddr::from((orders_pod.ip, facts.orders_port)),
             orders_admin: SocketAddr::from((orders_pod.ip, 15090)),
+            inventory_url: facts.inventory_url,
             google: google.stand_in,
             browser_ca_file: google.browser_ca_file,
             cookie_jar: google.cookie_jar,
             client: client.clone(),
-            _pods: vec![auth_pod, orders_pod],
+            admins: [&auth_pod, &inventory_pod, &orders_pod, &billing_pod]
+                .map(|pod| SocketAddr::from((pod.ip, 15090))),
+            billing_pod,
+            _pods: vec![auth_pod, inventory_pod, orders_pod],
             _network: network,
         };
         shop.wait_ready().await?;
         progress(
-            "ran both pods as a kubelet would (own network and mount namespaces, the mounted ConfigMaps and Secrets): sidecars and apps ready",
+            "ran the four pods as a kubelet would (own network and mount namespaces, the mounted ConfigMaps and Secrets, ServiceAccount tokens from the API server's TokenRequest): sidecars and apps ready",
         );
         Ok(shop)
     }
 
-    /// Waits until both sidecars and both apps answer ready.
+    /// Waits until every sidecar and app answers ready.
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let admins = [SocketAddr::from((self.auth_ip, 15090)), self.orders_admin];
-        eventually("both sidecars and apps ready", || async {
-            for admin in admins {
+        eventually("every sidecar and app ready", || async {
+            for admin in self.admins {
                 let ready = request(admin, "GET", "/readyz", &[], "")?;
                 ensure!(
                     ready.status == 200,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: build what is missing, start the local control plane, install scopegate with
-# Helm, run the operator as its ServiceAccount, and play the demo (examples/ applied, the auth
-# and orders pods run as a kubelet would, a transcript of what scopegate does); then print how
+# Helm, run the operator as its ServiceAccount, and play the demo (examples/ applied, the shop's
+# pods run as a kubelet would, a transcript of what scopegate does); then print how
 # to use kubectl against the control plane, which keeps running until `make down`.
 # Needs root, as a kubelet does (network and mount namespaces for the pods).
 set -euo pipefail
@@ -25,7 +25,7 @@ bash e2e/scripts/operator-up.sh "$UP_DIR" "$CARGO_TARGET_DIR/debug/scopegate-ope
 source "$UP_DIR/env"
 kubectl=("$E2E_KUBECTL")
 
-step "the demo: examples/ applied, pods for auth and orders run as a kubelet would"
+step "the demo: examples/ applied, the shop's pods run as a kubelet would"
 export E2E_SIDECAR_BIN="$CARGO_TARGET_DIR/debug/scopegate-sidecar"
 "$CARGO_TARGET_DIR/debug/demo"
 echo
@@ -34,7 +34,7 @@ echo
 cat <<EOT
 
 That was scopegate on a local control plane (Kubernetes $E2E_K8S_VERSION, no nodes: this script
-played the kubelet for the two pods, which stopped with the demo). Installed with Helm, the
+played the kubelet for the shop's pods, which stopped with the demo). Installed with Helm, the
 operator runs as its ServiceAccount, the API server calls the injection webhook at 127.0.0.1.
 It keeps running; use it with:
 

@@ -16,7 +16,7 @@ use super::{STORY_PROPAGATION, Shop};
 use crate::google::{self, GoogleStandIn};
 use crate::http::request;
 use crate::kubelet::{Images, PodNetwork, RunningPod, ServiceRoute, example_app, sidecar_image};
-use crate::{FIELD_MANAGER, condition, config_map_text, eventually, repo_root, secret_text};
+use crate::{FIELD_MANAGER, config_map_text, eventually, repo_root, secret_text};
 
 fn images() -> anyhow::Result<Images> {
     Ok(Images::from([
@@ -260,8 +260,8 @@ async fn apply_examples(
 }
 
 /// Waits for what the operator renders: the accounting client's secret (returned), the
-/// ServiceAccount clients ready, the client registry and the sidecar configs; writes the CA
-/// bundle to `ca_file`.
+/// cluster's ServiceAccount keys in the issuer's config, the client registry and the sidecar
+/// configs; writes the CA bundle to `ca_file`.
 async fn await_rendered(
     client: &Client,
     namespace: &str,
@@ -279,15 +279,28 @@ async fn await_rendered(
         .context("no secret yet")
     })
     .await?;
-    let clients = Api::<OAuthClient>::namespaced(client.clone(), namespace);
+    // The issuer checks billing's and orders' ServiceAccount tokens with the cluster's keys,
+    // which the operator reads from the API server into the issuer's config.
+    let policies = Api::<AuthPolicy>::namespaced(client.clone(), namespace);
     eventually(
-        "billing and orders ready (the cluster's ServiceAccount keys read)",
+        "the cluster's ServiceAccount keys in the issuer's config",
         || async {
-            for name in ["billing", "orders"] {
-                let status = clients.get(name).await?.status.unwrap_or_default();
-                let ready = condition(&status.conditions, "Ready").map(|c| c.status.as_str());
-                ensure!(ready == Some("True"), "{name}: {:?}", status.conditions);
-            }
+            let status = policies.get("auth").await?.status.context("no status")?;
+            let read = status
+                .service_account_issuer
+                .context("no service-account issuer read yet")?;
+            ensure!(
+                !read.key_ids.is_empty(),
+                "no key read yet: {:?}",
+                read.error
+            );
+            let config = config_map_text(client, namespace, "auth-sidecar", "config.json")
+                .await?
+                .context("no issuer config")?;
+            ensure!(
+                read.key_ids.iter().all(|kid| config.contains(kid.as_str())),
+                "the issuer's config lacks the cluster's keys"
+            );
             Ok(())
         },
     )

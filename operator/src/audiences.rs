@@ -62,6 +62,10 @@ struct Admission {
     namespaces: Vec<String>,
     /// Single clients admitted, as (namespace, name).
     clients: Vec<(String, String)>,
+    /// Namespaces admitted as actors for users (token exchange).
+    actor_namespaces: Vec<String>,
+    /// Single clients admitted as actors, as (namespace, name).
+    actor_clients: Vec<(String, String)>,
 }
 
 impl Admission {
@@ -71,6 +75,11 @@ impl Admission {
                 .clients
                 .iter()
                 .any(|(ns, n)| ns == namespace && n == name)
+    }
+
+    fn admits_actor(&self, namespace: &str, name: &str) -> bool {
+        self.actor_namespaces.iter().any(|n| n == namespace)
+            || (self.actor_clients.iter()).any(|(ns, n)| ns == namespace && n == name)
     }
 }
 
@@ -92,6 +101,12 @@ pub enum Verdict {
     NoOwner,
     /// The owning namespace's policies do not admit the client.
     NotAdmitted {
+        /// namespace/name of the owning policies.
+        owners: Vec<String>,
+    },
+    /// The owning namespace's policies do not admit the client to act for users (token
+    /// exchange), whether or not they admit it as itself.
+    NotAdmittedAsActor {
         /// namespace/name of the owning policies.
         owners: Vec<String>,
     },
@@ -187,6 +202,25 @@ impl AudienceOwners {
         }
     }
 
+    /// Whether a client may exchange users' tokens for tokens of `audience`: clients of the
+    /// owning namespace always, others only as the owning policies' `clients.actors` list
+    /// them (admission as itself is not enough).
+    pub fn actor_verdict(&self, audience: &str, namespace: &str, name: &str) -> Verdict {
+        let Some(owner) = self.owners.get(audience).filter(|o| !o.policies.is_empty()) else {
+            return Verdict::NoOwner;
+        };
+        if owner.namespace == namespace
+            || (owner.policies.iter()).any(|(_, a)| a.admits_actor(namespace, name))
+        {
+            return Verdict::Admitted;
+        }
+        Verdict::NotAdmittedAsActor {
+            owners: (owner.policies.iter())
+                .map(|(policy, _)| format!("{}/{policy}", owner.namespace))
+                .collect(),
+        }
+    }
+
     /// Every audience `namespace` owns (through at least one of its policies), sorted.
     pub fn owned_by(&self, namespace: &str) -> Vec<String> {
         self.owners
@@ -229,7 +263,7 @@ impl AudienceOwners {
             );
             let mut targets = Vec::new();
             for audience in &spec.audiences {
-                match self.verdict(audience, &namespace, &name) {
+                match self.actor_verdict(audience, &namespace, &name) {
                     Verdict::Admitted => targets.push(audience.clone()),
                     refused => sorted
                         .exchange_refused
@@ -286,6 +320,12 @@ fn admission(policy: &AuthPolicy, audience: &str) -> Admission {
                 .iter()
                 .map(|c| (c.namespace.clone(), c.name.clone())),
         );
+        if let Some(actors) = &clients.actors {
+            admission.actor_namespaces = actors.namespaces.clone();
+            admission.actor_clients = (actors.names.iter())
+                .map(|c| (c.namespace.clone(), c.name.clone()))
+                .collect();
+        }
     }
     if let Some(own) = &policy.spec.issuer.self_
         && own.url == audience
@@ -552,7 +592,23 @@ mod tests {
             "stock",
             "inventory",
             10,
-            &format!("  audiences: [{INVENTORY}]\n  clients: {{namespaces: [shop]}}"),
+            &format!("  audiences: [{INVENTORY}]\n  clients: {{namespaces: [shop, evil]}}"),
+        );
+        // Admitted as itself, shop's client may not act for users towards inventory.
+        let owners = AudienceOwners::new([&orders, &inventory], "cluster.local");
+        let sorted = owners.sort_client(&exchanging("shop", &[ORDERS], &[INVENTORY]));
+        assert_eq!(sorted.exchange, None);
+        assert!(matches!(
+            sorted.exchange_refused[0].1,
+            ExchangeRefusal::Target(Verdict::NotAdmittedAsActor { .. })
+        ));
+        let inventory = policy(
+            "stock",
+            "inventory",
+            10,
+            &format!(
+                "  audiences: [{INVENTORY}]\n  clients: {{namespaces: [shop, evil], actors: {{namespaces: [shop]}}}}"
+            ),
         );
         let owners = AudienceOwners::new([&orders, &inventory], "cluster.local");
         let sorted = owners.sort_client(&exchanging("shop", &[ORDERS], &[INVENTORY]));
@@ -573,7 +629,7 @@ mod tests {
         );
         assert!(matches!(
             sorted.exchange_refused[1].1,
-            ExchangeRefusal::Target(Verdict::NotAdmitted { .. })
+            ExchangeRefusal::Target(Verdict::NotAdmittedAsActor { .. })
         ));
         // One target nobody owns: the rest still works.
         let sorted = owners.sort_client(&exchanging(

@@ -170,6 +170,10 @@ fn verdict_words(verdict: &Verdict) -> String {
             "its owner {} does not admit this client: add its namespace or name to spec.clients there",
             owners.join(", ")
         ),
+        Verdict::NotAdmittedAsActor { owners } => format!(
+            "its owner {} does not admit this client to act for users: add its namespace or name to spec.clients.actors there",
+            owners.join(", ")
+        ),
         Verdict::Admitted => "admitted".to_owned(),
     }
 }

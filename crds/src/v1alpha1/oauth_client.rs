@@ -192,11 +192,12 @@ pub struct TokenExchangeSpec {
     /// Audiences of the tokens it may exchange: a subject token must carry one of them. Each
     /// must be owned by this namespace (an audience of one of its AuthPolicies), so only the
     /// service a token was sent to can exchange it; status says which is not (reason
-    /// ExchangeAudienceNotOwned).
+    /// ExchangeAudienceRefused).
     #[schemars(schema_with = "exchange_audience_list")]
     pub subject_audiences: Vec<String>,
-    /// Audiences it may ask for, each admitted by the AuthPolicy that owns it as
-    /// spec.audiences are (reason AudienceNotAdmitted otherwise).
+    /// Audiences it may ask for: each owned by this namespace, or by an AuthPolicy whose
+    /// spec.clients.actors admits this client (being admitted to call it as itself is not
+    /// enough); status says which is not (reason ExchangeAudienceRefused).
     #[schemars(schema_with = "exchange_audience_list")]
     pub audiences: Vec<String>,
     /// The longest chain of actors an exchanged token may carry: 1 (the default) exchanges

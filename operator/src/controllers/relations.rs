@@ -79,7 +79,7 @@ impl AudienceMemory {
     }
 }
 
-/// Clients that list one of `audiences`.
+/// Clients that list one of `audiences`, as their own or in their token exchange.
 pub fn clients_listing(
     clients: &Store<OAuthClient>,
     audiences: &[String],
@@ -87,6 +87,10 @@ pub fn clients_listing(
     clients
         .state()
         .into_iter()
-        .filter(|c| c.spec.audiences.iter().any(|a| audiences.contains(a)))
+        .filter(|c| {
+            let exchange = (c.spec.token_exchange.iter())
+                .flat_map(|x| x.subject_audiences.iter().chain(&x.audiences));
+            (c.spec.audiences.iter().chain(exchange)).any(|a| audiences.contains(a))
+        })
         .collect()
 }

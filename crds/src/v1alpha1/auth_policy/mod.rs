@@ -223,6 +223,32 @@ pub struct AudienceClients {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub names: Vec<ClientRef>,
+    /// OAuthClients of other namespaces that may exchange users' tokens for tokens of this
+    /// policy's audiences (RFC 8693, their spec.tokenExchange): such a token carries the user
+    /// as its subject and the client in act. Being admitted above lets a client call as
+    /// itself, never as the users whose tokens it receives: that needs this list. Clients of
+    /// this namespace always may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actors: Option<AudienceActors>,
+}
+
+/// OAuthClients of other namespaces that may act for users towards a policy's audiences.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AudienceActors {
+    /// Namespaces whose OAuthClients may exchange users' tokens for this policy's audiences
+    /// ("*" is not accepted: name each namespace).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub namespaces: Vec<String>,
+    /// Single OAuthClients of other namespaces, by namespace and name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub names: Vec<ClientRef>,
 }
 
 /// An OAuthClient by namespace and name.

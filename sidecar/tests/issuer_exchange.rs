@@ -512,3 +512,155 @@ async fn revoking_the_subject_token_revokes_what_was_exchanged_from_it() {
     assert!(!active(&issuer, &ORDERS_X, &from_reused).await);
     issuer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_subject_tokens_spend_no_failure_budget_of_the_exchanging_pod() {
+    // Failure budgets of 4 a minute; orders may also get tokens of its own.
+    let mut clients = exchange_clients();
+    let orders = clients
+        .iter_mut()
+        .find(|c| c["clientId"] == ORDERS_X.id)
+        .unwrap();
+    orders["grantTypes"] = json!([TOKEN_EXCHANGE, "client_credentials"]);
+    orders["audiences"] = json!([PAYMENTS]);
+    orders["defaultScopes"] = json!(["read:items"]);
+    let issuer = Issuer::start(Spec {
+        tuning: IssuerTuning {
+            limits: scopegate_issuer::limits::EndpointLimits {
+                failed_address: Budget::per_secs(4, 60),
+                failed_client: Budget::per_secs(4, 60),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        extra_clients: clients,
+        ..Spec::default()
+    })
+    .await;
+    let (access, _) = alice(&issuer).await;
+    let (revoked, _) = alice(&issuer).await;
+    let r = issuer
+        .post_as("/oauth2/revoke", &WEB, &format!("token={}", enc(&revoked)))
+        .await;
+    assert_eq!(r.status, 200);
+    let now = now();
+    let expired = forged_by_issuer(
+        &issuer,
+        &alice_claims(&issuer, json!({"exp": now - 1, "iat": now - 301})),
+    );
+    let no_common_scope = forged_by_issuer(
+        &issuer,
+        &alice_claims(&issuer, json!({"scope": "write:items"})),
+    );
+    let to_payments = format!("&audience={}", enc(PAYMENTS));
+    let to_stock = format!("&audience={}", enc(STOCK));
+    // Users of orders send tokens orders accepts but the issuer will not exchange: three
+    // times the failure budget of orders' address and of orders, each refused for what it is.
+    let cases = [
+        (
+            &expired,
+            &to_payments,
+            "invalid_request",
+            "subject_token has expired",
+        ),
+        (
+            &revoked,
+            &to_payments,
+            "invalid_request",
+            "subject_token is revoked",
+        ),
+        (&no_common_scope, &to_payments, "invalid_scope", ""),
+        (&access, &to_stock, "invalid_target", ""),
+    ];
+    for round in 0..3 {
+        for (subject, more, error, why) in &cases {
+            let r = exchange(&issuer, &ORDERS_X, subject, more).await;
+            assert_eq!(r.status, 400, "round {round}: {}", body(&r));
+            refused(&r, error, why);
+        }
+    }
+    // Orders' next user is served, and so is orders itself, and every other client on its
+    // address.
+    exchanged(&issuer, &ORDERS_X, &access, PAYMENTS).await;
+    let own = "grant_type=client_credentials&scope=read:items";
+    let r = issuer.token(&ORDERS_X, own).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let r = issuer
+        .token(&BACKEND, "grant_type=client_credentials")
+        .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+
+    // Wrong secrets still count: the address is stopped once they spent its budget.
+    let guesser = TestClient {
+        id: ORDERS_X.id,
+        secret: Some("a-guess-0123456789abcdef0123456789"),
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(issuer.token(&guesser, own).await.status);
+    }
+    assert_eq!(statuses[..4], [401; 4], "{statuses:?}");
+    assert_eq!(statuses[5], 429, "{statuses:?}");
+    let r = exchange(&issuer, &ORDERS_X, &access, &to_payments).await;
+    assert_eq!(r.status, 429, "{}", body(&r));
+    issuer.stop().await;
+}
+
+/// Everything every test in this binary logs, at trace level.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sink = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_line_names_the_subject_tokens_jti_and_the_issued_one_never_a_token() {
+    let logs = captured_logs();
+    let issuer = start().await;
+    let (access, _) = alice(&issuer).await;
+    let token = exchanged(&issuer, &ORDERS_X, &access, PAYMENTS).await;
+    let (subject_jti, jti) = (
+        claims_of(&access)["jti"].clone(),
+        claims_of(&token)["jti"].clone(),
+    );
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("subject_jti={}", subject_jti.as_str().unwrap())))
+        .unwrap_or_else(|| panic!("no audit line names the subject token's jti: {text}"));
+    assert!(
+        line.contains("action=\"token_exchange\"") || line.contains("action=token_exchange"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!(" jti={}", jti.as_str().unwrap())),
+        "{line}"
+    );
+    for secret in [&access, &token] {
+        let signature = secret.rsplit('.').next().unwrap();
+        assert!(!text.contains(signature), "a token was logged");
+    }
+    issuer.stop().await;
+}

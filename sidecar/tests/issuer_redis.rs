@@ -502,3 +502,148 @@ async fn tokens_exchanged_concurrently_on_both_replicas_are_revoked_with_their_s
         "subject_token is revoked"
     );
 }
+
+/// The jtis on a feed page (a JWS body).
+fn feed_jtis(page: &RawResponse) -> Vec<String> {
+    let claims = claims_of(std::str::from_utf8(&page.body).unwrap());
+    claims["jtis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["jti"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_cut_short_by_the_store_tells_the_feed_and_a_retry_finishes_it() {
+    let redis = RedisServer::start().await;
+    let issuer = Arc::new(
+        Issuer::start(Spec {
+            store: json!({"type": "redis", "address": redis.address()}),
+            tuning: IssuerTuning {
+                // No background look at the log during the test: a feed reader of this replica
+                // learns of a revocation from the revocation itself, as with the memory store.
+                feed_poll_ms: 3_600_000,
+                ..generous()
+            },
+            extra_clients: exchange_clients(),
+            ..Spec::default()
+        })
+        .await,
+    );
+    let tokens = redeem(&issuer, &web_code(&issuer, "alice").await)
+        .await
+        .json();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let r = exchange(
+        &issuer,
+        &ORDERS_X,
+        &access,
+        &format!("&audience={}", enc(PAYMENTS)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let exchanged = r.json()["access_token"].as_str().unwrap().to_owned();
+    let active = |token: String| {
+        let issuer = &issuer;
+        async move {
+            let r = issuer
+                .post_as(
+                    "/oauth2/introspect",
+                    &ORDERS_X,
+                    &format!("token={}", enc(&token)),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            r.json()["active"].as_bool().unwrap()
+        }
+    };
+    assert!(active(exchanged.clone()).await);
+    let jti = |token: &str| claims_of(token)["jti"].as_str().unwrap().to_owned();
+
+    // A reader of the feed waits for news (30 s at most).
+    let first = issuer.get("/oauth2/revocations").await;
+    let cursor = claims_of(std::str::from_utf8(&first.body).unwrap())["nextCursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reader = {
+        let waiting = issuer.clone();
+        let cursor = cursor.clone();
+        tokio::spawn(async move {
+            waiting
+                .get(&format!(
+                    "/oauth2/revocations?cursor={}&wait=30",
+                    enc(&cursor)
+                ))
+                .await
+        })
+    };
+    // Let the reader park on its wait (a reader that has not yet looked would find the
+    // revocation in the log and answer at once either way).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The store refuses every use of the records of exchanged tokens: revoking the refresh
+    // family marks it, revokes its access token, and fails on the way down.
+    assert_eq!(
+        redis
+            .command(&["ACL", "SETUSER", "default", "resetkeys", "~*}:[^e]*"])
+            .await,
+        "+OK"
+    );
+    let revoke = || {
+        let issuer = issuer.clone();
+        let refresh = refresh.clone();
+        async move {
+            issuer
+                .post_as(
+                    "/oauth2/revoke",
+                    &WEB,
+                    &format!("token={}&token_type_hint=refresh_token", enc(&refresh)),
+                )
+                .await
+        }
+    };
+    let failed = revoke().await;
+    assert_eq!(
+        failed.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&failed.body)
+    );
+    // The reader is told of what was revoked before the failure: it answers on the news, not
+    // at the end of its 30 s wait.
+    let page = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the feed reader was told of the access token revoked before the failure")
+        .unwrap();
+    assert_eq!(page.status, 200);
+    assert_eq!(feed_jtis(&page), [jti(&access)]);
+
+    // The store is whole again: revoking the (already marked) family once more reaches the
+    // exchanged token that the first attempt missed.
+    assert_eq!(
+        redis
+            .command(&["ACL", "SETUSER", "default", "resetkeys", "~*"])
+            .await,
+        "+OK"
+    );
+    assert!(
+        active(exchanged.clone()).await,
+        "the first attempt stopped before the exchanged token"
+    );
+    let retried = revoke().await;
+    assert_eq!(
+        retried.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&retried.body)
+    );
+    assert!(!active(exchanged.clone()).await);
+    let all = issuer
+        .get(&format!("/oauth2/revocations?cursor={}", enc(&cursor)))
+        .await;
+    let revoked = feed_jtis(&all);
+    assert!(revoked.contains(&jti(&exchanged)), "{revoked:?}");
+}

@@ -43,18 +43,25 @@ const MALFORMED_ACT: &str = "subject_token has a malformed act claim";
 const TOO_DEEP: &str = "subject_token's chain of actors is as long as this client may extend";
 const TOO_MANY: &str = "subject_token has 128 live exchanged tokens: use those";
 
+/// The exchange declaration of `client`: `unauthorized_client` unless it is confidential and
+/// declares `tokenExchange`.
+pub fn rules(client: &RegisteredClient) -> Result<&TokenExchange, OAuthError> {
+    match &client.token_exchange {
+        Some(rules) if !client.public => Ok(rules),
+        _ => Err(OAuthError::UnauthorizedClient),
+    }
+}
+
 /// Answers a token-exchange request of `client` (already authenticated, the grant type among
-/// its `grant_types`).
+/// its `grant_types`, its declaration `rules`). Every refusal is about the request's subject
+/// token, audiences or scopes.
 pub async fn exchange(
     ctx: &Context<'_>,
     client: &RegisteredClient,
+    rules: &TokenExchange,
     form: &Form,
     now: i64,
 ) -> Result<Value, OAuthError> {
-    let rules = match &client.token_exchange {
-        Some(rules) if !client.public => rules,
-        _ => return Err(OAuthError::UnauthorizedClient),
-    };
     let request = parse_request(form, rules)?;
     let settings = ctx.settings;
     let subject = read_subject(ctx, request.subject_token, rules, now).await?;
@@ -98,6 +105,8 @@ pub async fn exchange(
         action = "token_exchange",
         client_id = %client.client_id,
         subject_client_id = %subject.client_id,
+        subject_jti = %subject.jti,
+        jti = %issued.0,
         depth = act.depth(),
         audiences = %request.audiences.join(" "),
         scope = %scope.join(" "),

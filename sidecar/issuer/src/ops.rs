@@ -70,7 +70,9 @@ async fn revoke_redeemed(ctx: &Context<'_>, first: &Redeemed, now: i64) -> Resul
 }
 
 /// Puts access tokens on the revocation feed (those already expired are skipped), and every
-/// token exchanged from them, level by level, at most [`MAX_EXCHANGE_DEPTH`] levels down.
+/// token exchanged from them, level by level, at most [`MAX_EXCHANGE_DEPTH`] levels down and
+/// [`MAX_CASCADE`] exchanged tokens in all. Readers of the feed are told of whatever was
+/// revoked, also when a store error ends the walk early (the error is returned then).
 ///
 /// Each level is revoked before its exchanged tokens are read: an exchange records its token
 /// before it checks that its subject token is not revoked, so one of the two always sees the
@@ -80,10 +82,34 @@ pub async fn revoke_jtis(
     jtis: Vec<(String, i64)>,
     now: i64,
 ) -> Result<(), OAuthError> {
-    let store = ctx.issuer.store.as_ref();
-    let live = |(_, exp): &(String, i64)| *exp + ctx.settings.leeway > now;
-    let mut level: Vec<(String, i64)> = jtis.into_iter().filter(live).collect();
     let mut revoked = false;
+    let walked = cascade(ctx, jtis, now, &mut revoked).await;
+    if revoked {
+        ctx.issuer.notify_feed();
+    }
+    walked
+}
+
+/// Most tokens exchanged (at any depth) that one revocation walks to: 128 per subject token
+/// over four levels could be millions. Those past the bound stay valid until they expire,
+/// which is no later than the token they came from.
+pub const MAX_CASCADE: usize = 4096;
+
+/// The walk of [`revoke_jtis`]; `revoked` is set once anything went on the feed.
+async fn cascade(
+    ctx: &Context<'_>,
+    jtis: Vec<(String, i64)>,
+    now: i64,
+    revoked: &mut bool,
+) -> Result<(), OAuthError> {
+    let store = ctx.issuer.store.as_ref();
+    let leeway = ctx.settings.leeway;
+    let mut level: Vec<(String, i64)> = jtis
+        .into_iter()
+        .filter(|(_, exp)| live(*exp, leeway, now))
+        .collect();
+    let mut budget = MAX_CASCADE;
+    let mut cut = false;
     for _ in 0..=MAX_EXCHANGE_DEPTH {
         if level.is_empty() {
             break;
@@ -95,20 +121,55 @@ pub async fn revoke_jtis(
                 exp: *exp,
             })
             .collect();
-        store.revoke(entries, ctx.settings.leeway).await?;
-        revoked = true;
+        store.revoke(entries, leeway).await?;
+        *revoked = true;
         let mut next = Vec::new();
         for (jti, _) in &level {
+            if budget == 0 {
+                cut = true;
+                break;
+            }
             if let Some(read) = store::read::<Exchanged>(store, &exchanged_key(jti)).await? {
-                next.extend(read.value.tokens.into_iter().filter(live));
+                cut |= take_live(&mut next, read.value.tokens, leeway, now, &mut budget);
             }
         }
         level = next;
     }
-    if revoked {
-        ctx.issuer.notify_feed();
+    if cut {
+        tracing::warn!(
+            bound = MAX_CASCADE,
+            "a revocation reached its bound of exchanged tokens; the rest stay valid until they expire"
+        );
     }
     Ok(())
+}
+
+/// Whether a token expiring at `exp` may still be accepted at `now` (verifiers allow
+/// `leeway` past `exp`).
+fn live(exp: i64, leeway: i64, now: i64) -> bool {
+    exp.saturating_add(leeway) > now
+}
+
+/// Moves the live ones of `tokens` into `into`, at most `budget` of them (spent as they are
+/// taken); `true` when a live one was left out.
+fn take_live(
+    into: &mut Vec<(String, i64)>,
+    tokens: Vec<(String, i64)>,
+    leeway: i64,
+    now: i64,
+    budget: &mut usize,
+) -> bool {
+    for token in tokens
+        .into_iter()
+        .filter(|(_, exp)| live(*exp, leeway, now))
+    {
+        if *budget == 0 {
+            return true;
+        }
+        *budget -= 1;
+        into.push(token);
+    }
+    false
 }
 
 /// Most live tokens exchanged from one subject token.
@@ -127,13 +188,14 @@ pub struct Exchanged {
 }
 
 impl Exchanged {
-    /// The record with `issued` added and expired tokens dropped; `None` when
-    /// [`MAX_EXCHANGED`] live tokens are recorded already.
-    pub fn with(&self, issued: (String, i64), now: i64) -> Option<Exchanged> {
+    /// The record with `issued` added and the tokens no verifier accepts any more dropped
+    /// (expired for longer than `leeway`); `None` when [`MAX_EXCHANGED`] live tokens are
+    /// recorded already.
+    pub fn with(&self, issued: (String, i64), leeway: i64, now: i64) -> Option<Exchanged> {
         let mut tokens: Vec<(String, i64)> = self
             .tokens
             .iter()
-            .filter(|(_, exp)| *exp > now)
+            .filter(|(_, exp)| live(*exp, leeway, now))
             .cloned()
             .collect();
         if tokens.len() >= MAX_EXCHANGED {
@@ -162,7 +224,7 @@ pub async fn record_exchanged(
             Some(read) => (Some(read.bytes), read.value),
             None => (None, Exchanged::default()),
         };
-        let Some(next) = current.with(issued.clone(), now) else {
+        let Some(next) = current.with(issued.clone(), ctx.settings.leeway, now) else {
             return Ok(false);
         };
         if store::write(store, &key, expected.as_deref(), &next, keep_until).await? {
@@ -179,13 +241,17 @@ pub fn family_key(id: &str) -> String {
 
 /// Revokes a refresh family and the access tokens issued from it. A family not written yet
 /// (a replay racing the first redemption) gets a revoked placeholder, so its creation fails.
+/// A family revoked already has its access tokens revoked again (idempotent): a revocation
+/// that failed after marking the family may have missed them or what was exchanged from them.
 pub async fn revoke_family(ctx: &Context<'_>, id: &str, now: i64) -> Result<(), OAuthError> {
     let store = ctx.issuer.store.as_ref();
     let key = family_key(id);
     for _ in 0..MAX_SWAP_ATTEMPTS {
         let current = store::read::<Family>(store, &key).await?;
         let (expected, mut family) = match current {
-            Some(read) if read.value.revoked => return Ok(()),
+            Some(read) if read.value.revoked => {
+                return revoke_jtis(ctx, read.value.tokens, now).await;
+            }
             Some(read) => (Some(read.bytes), read.value),
             None => (None, placeholder(ctx.settings, now)),
         };
@@ -302,24 +368,70 @@ mod tests {
     #[test]
     fn an_exchanged_record_prunes_expired_tokens_and_is_capped() {
         let now = 1_000;
+        let leeway = 30;
         let mut record = Exchanged {
-            tokens: vec![("old".into(), now), ("live".into(), now + 1)],
+            tokens: vec![
+                ("old".into(), now - leeway),
+                ("in leeway".into(), now - leeway + 1),
+                ("live".into(), now + 1),
+            ],
         };
-        record = record.with(("new".into(), now + 60), now).unwrap();
+        record = record.with(("new".into(), now + 60), leeway, now).unwrap();
         assert_eq!(
             record.tokens,
-            [("live".to_owned(), now + 1), ("new".to_owned(), now + 60)],
-            "an expired token is dropped, a live one kept"
+            [
+                ("in leeway".to_owned(), now - leeway + 1),
+                ("live".to_owned(), now + 1),
+                ("new".to_owned(), now + 60)
+            ],
+            "a token expired for longer than the leeway is dropped; one verifiers still \
+             accept (within the leeway) is kept, so revoking its subject still reaches it"
         );
         let full = Exchanged {
             tokens: (0..MAX_EXCHANGED)
                 .map(|i| (i.to_string(), now + 5))
                 .collect(),
         };
-        assert_eq!(full.with(("one more".into(), now + 5), now), None);
-        assert!(
-            full.with(("after".into(), now + 10), now + 5).is_some(),
-            "room again once they expired"
+        assert_eq!(full.with(("one more".into(), now + 5), leeway, now), None);
+        assert_eq!(
+            full.with(("one more".into(), now + 40), leeway, now + 5),
+            None,
+            "still full while they are within the leeway"
         );
+        assert!(
+            full.with(("after".into(), now + 60), leeway, now + 5 + leeway)
+                .is_some(),
+            "room again once they expired for longer than the leeway"
+        );
+    }
+
+    #[test]
+    fn a_cascade_takes_live_tokens_within_its_bound() {
+        let now = 1_000;
+        let tokens = |exps: &[i64]| -> Vec<(String, i64)> {
+            exps.iter().map(|e| (format!("j{e}"), *e)).collect()
+        };
+        let mut into = Vec::new();
+        let mut budget = 3;
+        let cut = take_live(
+            &mut into,
+            tokens(&[now - 31, now - 29, now + 5]),
+            30,
+            now,
+            &mut budget,
+        );
+        assert!(!cut);
+        assert_eq!(
+            into,
+            tokens(&[now - 29, now + 5]),
+            "expired past the leeway: skipped"
+        );
+        assert_eq!(budget, 1, "only the live ones spend the bound");
+        let cut = take_live(&mut into, tokens(&[now + 6, now + 7]), 30, now, &mut budget);
+        assert!(cut, "a live one was left out");
+        assert_eq!(into, tokens(&[now - 29, now + 5, now + 6]));
+        assert_eq!(budget, 0);
+        let cut = take_live(&mut into, tokens(&[now - 40]), 30, now, &mut budget);
+        assert!(!cut, "nothing live was left out");
     }
 }

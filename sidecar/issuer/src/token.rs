@@ -44,9 +44,29 @@ pub async fn handle(ctx: &Context<'_>, req: Request<Incoming>) -> Response<Proxy
     } = request;
     match grant(ctx, client, form, now).await {
         Ok(body) => reply::credentials(&body),
-        Err(err) => {
-            tracing::info!(endpoint = "token", client_id = %client.client_id, error = err.code(), reason = %err, "token request refused");
-            reply::error(&request.failed(err).await)
+        Err(Refusal { error, counted }) => {
+            tracing::info!(endpoint = "token", client_id = %client.client_id, error = error.code(), reason = %error, counted, "token request refused");
+            if counted {
+                reply::error(&request.failed(error).await)
+            } else {
+                reply::error(&error)
+            }
+        }
+    }
+}
+
+/// A refused token request, and whether the refusal spends the failure budgets of the
+/// caller's address and client (those that stop the address before any work).
+struct Refusal {
+    error: OAuthError,
+    counted: bool,
+}
+
+impl From<OAuthError> for Refusal {
+    fn from(error: OAuthError) -> Self {
+        Refusal {
+            error,
+            counted: true,
         }
     }
 }
@@ -56,20 +76,33 @@ async fn grant(
     client: &RegisteredClient,
     form: &Form,
     now: i64,
-) -> Result<Value, OAuthError> {
+) -> Result<Value, Refusal> {
     let grant_type = form.require("grant_type")?;
     if !GRANT_TYPES.contains(&grant_type) {
-        return Err(OAuthError::UnsupportedGrantType);
+        return Err(OAuthError::UnsupportedGrantType.into());
     }
     if !client.grant_types.iter().any(|g| g == grant_type) {
-        return Err(OAuthError::UnauthorizedClient);
+        return Err(OAuthError::UnauthorizedClient.into());
     }
-    match grant_type {
-        "client_credentials" => client_credentials(ctx, client, form, now),
-        "authorization_code" => authorization_code(ctx, client, form, now).await,
-        TOKEN_EXCHANGE_GRANT => exchange::exchange(ctx, client, form, now).await,
-        _ => refresh_token(ctx, client, form, now).await,
-    }
+    Ok(match grant_type {
+        "client_credentials" => client_credentials(ctx, client, form, now)?,
+        "authorization_code" => authorization_code(ctx, client, form, now).await?,
+        TOKEN_EXCHANGE_GRANT => {
+            let rules = exchange::rules(client)?;
+            // The client authenticated and may exchange: a refusal now is about the token it
+            // presents (signed, so there is nothing to guess), its audiences or its scopes.
+            // Counting those would let the senders of tokens the client accepts but the
+            // issuer will not exchange (expired, revoked, without a common scope) spend the
+            // address's failure budget, and with it lock the pod out of every grant.
+            exchange::exchange(ctx, client, rules, form, now)
+                .await
+                .map_err(|error| Refusal {
+                    error,
+                    counted: false,
+                })?
+        }
+        _ => refresh_token(ctx, client, form, now).await?,
+    })
 }
 
 fn ttl(secs: u64) -> i64 {

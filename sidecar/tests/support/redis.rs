@@ -77,6 +77,30 @@ impl RedisServer {
         matches!(tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut buf)).await, Ok(Ok(_)) if &buf == b"+PONG\r\n")
     }
 
+    /// Sends one command (as the default user) and returns its reply's first line, e.g.
+    /// `+OK`; for changing the server's ACLs under a running issuer.
+    pub async fn command(&self, args: &[&str]) -> String {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+                .await
+                .expect("redis-server answers")
+                .unwrap();
+            assert_eq!(read, 1, "redis-server closed the connection");
+            reply.push(byte[0]);
+        }
+        String::from_utf8_lossy(&reply).trim_end().to_owned()
+    }
+
     /// Kills it (SIGKILL: no shutdown save) and starts it again on the same port and data.
     pub async fn crash_and_restart(mut self) -> RedisServer {
         self.child.kill().await.unwrap();

@@ -53,6 +53,24 @@ pub async fn reconcile(client: Arc<OAuthClient>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
+/// How soon a client waiting on another object's progress is looked at again.
+const WAITING_RECHECK_SECS: i64 = 5;
+
+/// Seconds until the next reconcile: `planned`, or sooner while the client waits on another
+/// object's progress (the issuer's registry, its read of the cluster's keys). That object's
+/// watch event can reach this controller before the cache the reconcile reads, so the
+/// verdict is looked at again soon rather than kept until the hour's resync.
+fn recheck_after(planned: i64, registered: bool, problems: &[ClientProblem]) -> i64 {
+    let in_flight = !registered && !problems.iter().any(ClientProblem::blocks_registration);
+    let keys_awaited = (problems.iter())
+        .any(|p| matches!(p, ClientProblem::ServiceAccountIssuerUnavailable { .. }));
+    if in_flight || keys_awaited {
+        planned.min(WAITING_RECHECK_SECS)
+    } else {
+        planned
+    }
+}
+
 async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> {
     let namespace = client.namespace().ok_or(Error::Unaddressable)?;
     let now = ctx.now();
@@ -128,6 +146,7 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
         } => (until - now).clamp(1, 3600),
         _ => 3600,
     };
+    let next = recheck_after(next, registered, &problems);
     Ok(Action::requeue(Duration::from_secs(next.unsigned_abs())))
 }
 
@@ -296,5 +315,30 @@ pub fn error_policy(client: Arc<OAuthClient>, error: &Error, ctx: Arc<Context>) 
         Action::await_change()
     } else {
         Action::requeue(Duration::from_secs(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_waiting_on_its_issuer_is_looked_at_again_soon() {
+        let keys = ClientProblem::ServiceAccountIssuerUnavailable {
+            issuer: "shop/auth".into(),
+            why: None,
+        };
+        // Registered, but the issuer has not read the cluster's keys yet.
+        assert_eq!(recheck_after(3600, true, std::slice::from_ref(&keys)), 5);
+        // Not in the registry yet, nothing stopping it: registration is in flight.
+        assert_eq!(recheck_after(3600, false, &[]), 5);
+        // Settled either way: the planned time.
+        assert_eq!(recheck_after(3600, true, &[]), 3600);
+        let blocked = ClientProblem::IssuerNotFound {
+            issuer: "shop/auth".into(),
+        };
+        assert_eq!(recheck_after(3600, false, &[blocked]), 3600);
+        // A sooner plan (the end of a rotation overlap) stays.
+        assert_eq!(recheck_after(2, true, &[keys]), 2);
     }
 }

@@ -1,7 +1,8 @@
 //! What the sidecar's roles — the verifier ([`scopegate-verifier`]), the issuer
-//! ([`scopegate-issuer`]) and the egress proxy ([`scopegate-egress`]) — use, below all of
-//! them: the body type of every response the sidecar sends, hop-by-hop header stripping, form
-//! encoding, rate budgets with the store interface that shares them between replicas, the
+//! ([`scopegate-issuer`]), the egress proxy ([`scopegate-egress`]) and the browser sessions
+//! — use, below all of them: the body type of every response the sidecar sends, hop-by-hop
+//! header stripping, form encoding, the client of the sidecar's own requests to its issuer
+//! ([`oauth`]), rate budgets with the store interface that shares them between replicas, the
 //! Prometheus exposition, the clock and the shutdown signal.
 //!
 //! [`scopegate-verifier`]: https://docs.rs/scopegate-verifier
@@ -13,6 +14,7 @@ pub mod budget;
 pub mod exposition;
 pub mod form;
 pub mod hop;
+pub mod oauth;
 
 use tokio::sync::watch;
 

@@ -23,7 +23,7 @@ step "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "dependency boundary: no sidecar crate compiles k8s-openapi or kube; the verifier never depends on the issuer, the egress proxy on neither"
-for crate in scopegate-sidecar scopegate-sidecar-kit scopegate-verifier scopegate-issuer scopegate-egress; do
+for crate in scopegate-sidecar scopegate-sidecar-kit scopegate-verifier scopegate-issuer scopegate-egress scopegate-sessions; do
   if cargo tree -p "$crate" -e normal,build --prefix none --locked | grep -E '^(k8s-openapi|kube|kube-[a-z]+) '; then
     echo "$crate depends on Kubernetes crates: the sidecar crates must depend on scopegate-core only" >&2
     exit 1
@@ -33,8 +33,12 @@ if cargo tree -p scopegate-verifier -e normal,build,dev --prefix none --locked |
   echo "scopegate-verifier depends on scopegate-issuer: the issuer may use the verifier, never the reverse" >&2
   exit 1
 fi
-if cargo tree -p scopegate-egress -e normal,build,dev --prefix none --locked | grep -E '^scopegate-(verifier|issuer) '; then
-  echo "scopegate-egress depends on the verifier or the issuer: it sits beside them, below the binary" >&2
+if cargo tree -p scopegate-egress -e normal,build,dev --prefix none --locked | grep -E '^scopegate-(verifier|issuer|sessions) '; then
+  echo "scopegate-egress depends on the verifier, the issuer or the sessions: it sits beside them, below the binary" >&2
+  exit 1
+fi
+if cargo tree -p scopegate-sessions -e normal,build,dev --prefix none --locked | grep -E '^scopegate-(verifier|issuer|egress) '; then
+  echo "scopegate-sessions depends on a role: it sits below the verifier, beside the issuer and egress" >&2
   exit 1
 fi
 
@@ -47,7 +51,7 @@ step "no import cycle between the modules of a crate (tools/import-cycles)"
 # The crates checked: those with no cycle today. To add one, run
 # `cargo run -q -p scopegate-import-cycles -- DIR`, break each cycle it names (one module
 # depends on the other, not both), and add DIR here. Every crate of the workspace is listed.
-acyclic=(core crds fetch operator cli e2e sidecar sidecar/kit sidecar/verifier sidecar/issuer sidecar/egress tools/import-cycles)
+acyclic=(core crds fetch operator cli e2e sidecar sidecar/kit sidecar/verifier sidecar/issuer sidecar/egress sidecar/sessions tools/import-cycles)
 cargo run -q -p scopegate-import-cycles --locked -- "${acyclic[@]}"
 
 step "unit and integration tests (includes the CRD drift check)"

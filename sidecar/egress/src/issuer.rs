@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(
             params(&key, grant),
             [
-                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange"
+                ),
                 ("subject_token", "eyJ.c-d.e"),
                 ("subject_token_type", ACCESS_TOKEN_TYPE),
                 ("requested_token_type", ACCESS_TOKEN_TYPE),

@@ -266,7 +266,9 @@ fn answer(status: StatusCode, body: &[u8]) -> Result<Granted, TokenFailure> {
         });
     }
     let granted: TokenAnswer = serde_json::from_slice(body).map_err(|_| TokenFailure::Answer)?;
-    if !granted.token_type.eq_ignore_ascii_case("bearer") || !is_b64token(granted.access_token.as_bytes()) {
+    if !granted.token_type.eq_ignore_ascii_case("bearer")
+        || !is_b64token(granted.access_token.as_bytes())
+    {
         return Err(TokenFailure::Answer);
     }
     if granted

@@ -46,6 +46,9 @@ pub async fn handle(shared: &Shared, req: &Request<Incoming>) -> Response<Full<B
             let mut collectors: Vec<Box<dyn MetricsCollector>> =
                 vec![Box::new(shared.metrics.clone())];
             collectors.extend(shared.role.as_ref().and_then(|role| role.collector()));
+            if shared.settings.load().sessions.is_some() {
+                collectors.push(shared.sessions.collector());
+            }
             collectors.extend(shared.companions().iter().map(|c| c.collector()));
             (
                 StatusCode::OK,

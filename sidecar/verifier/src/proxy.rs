@@ -17,6 +17,7 @@ use scopegate_core::config::UpstreamProtocol;
 use scopegate_core::decision::{self, Step};
 use scopegate_core::path::RequestPath;
 use scopegate_core::policy::Route;
+use scopegate_core::session::RESERVED_PREFIX;
 
 use crate::answer::{Refusal, answer};
 use crate::body_deadline::BodyDeadline;
@@ -66,6 +67,53 @@ pub async fn handle(
     {
         return serve_role(role, conn, req, path.forward(), &settings).await;
     }
+    let Some(sessions) = settings.sessions.clone() else {
+        return match pass(&shared, &settings, conn, req, &path, epoch).await {
+            Ok(response) => response,
+            Err(refusal) => refuse(&shared, &settings, refusal),
+        };
+    };
+    if path.forward().starts_with(RESERVED_PREFIX) {
+        let mut response = shared.sessions.serve(&sessions, &req, path.forward()).await;
+        headers::secure_response(response.headers_mut(), &settings.headers, true);
+        return response;
+    }
+    let mut prepared = match (shared.sessions)
+        .before(&sessions, &mut req, path.route(), path.forward())
+        .await
+    {
+        Ok(prepared) => prepared,
+        Err(mut answer) => {
+            shared.metrics.request("forbidden");
+            headers::secure_response(answer.headers_mut(), &settings.headers, true);
+            return answer;
+        }
+    };
+    let mut response = match pass(&shared, &settings, conn, req, &path, epoch).await {
+        Ok(response) => response,
+        Err(refusal) => match shared.sessions.refused(&sessions, &mut prepared, &refusal) {
+            Some(mut login) => {
+                shared.metrics.request(refusal.outcome());
+                headers::secure_response(login.headers_mut(), &settings.headers, true);
+                login
+            }
+            None => refuse(&shared, &settings, refusal),
+        },
+    };
+    prepared.finish(response.headers_mut());
+    response
+}
+
+/// A request past the sessions: rate-limited, authenticated and authorised, then forwarded
+/// to the app; or the refusal it gets.
+async fn pass(
+    shared: &Arc<Shared>,
+    settings: &Arc<Settings>,
+    conn: Connection,
+    mut req: Request<Incoming>,
+    path: &RequestPath,
+    epoch: u64,
+) -> Result<Response<ProxyBody>, Refusal> {
     let no_store = (settings.headers.no_store.iter()).any(|p| p.matches_loosely(path.route()));
     let method = req.method().as_str().to_owned();
     let limits = RequestLimits::new(
@@ -73,11 +121,11 @@ pub async fn handle(
         &method,
         path.route(),
         shared.clock.now(),
-        || request_client_ip(conn, &req, &settings),
+        || request_client_ip(conn, &req, settings),
         shared.shared_limits(),
     );
     if let Err(secs) = limits.check_address().await {
-        return refuse(&shared, &settings, Refusal::RateLimited(secs));
+        return Err(Refusal::RateLimited(secs));
     }
 
     let asked = Asked {
@@ -87,33 +135,23 @@ pub async fn handle(
         method: &method,
         path: path.route(),
     };
-    let decided = admit(&shared, &settings, asked).await;
-    let Admitted { identity, dry_run } = match within_limits(&limits, decided).await {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refuse(&shared, &settings, refusal),
-    };
+    let decided = admit(shared, settings, asked).await;
+    let Admitted { identity, dry_run } = within_limits(&limits, decided).await?;
     let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
-    let app_identity = match AppIdentity::of(&settings.headers, identity.as_deref()) {
-        Ok(app_identity) => app_identity,
-        Err(refusal) => return refuse(&shared, &settings, refusal),
-    };
+    let app_identity = AppIdentity::of(&settings.headers, identity.as_deref())?;
 
     let upgrade =
         headers::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let response = forward(
-        &shared,
-        &settings,
+    let mut response = forward(
+        shared,
+        settings,
         conn,
         req,
         path.forward(),
         &app_identity,
         upgrade,
     )
-    .await;
-    let mut response = match response {
-        Ok(response) => response,
-        Err(refusal) => return refuse(&shared, &settings, refusal),
-    };
+    .await?;
     let outcome = admitted_outcome(dry_run, identity.is_some());
     shared.metrics.request(outcome);
     if !dry_run {
@@ -122,7 +160,7 @@ pub async fn handle(
         limits.answered(refused, subject).await;
     }
     headers::secure_response(response.headers_mut(), &settings.headers, no_store);
-    response
+    Ok(response)
 }
 
 /// Hands a request for one of the issuer's own paths to the issuer role.

@@ -139,11 +139,14 @@ pub async fn watch(
                 ),
             }
         }
-        let due = shared
-            .settings
-            .load()
-            .recompile_at
-            .is_some_and(|t| unix_now() >= t);
+        // The session keys follow their own mounted file: a refused one never holds back the
+        // config, nor the reverse.
+        let in_force = shared.settings.load_full();
+        shared
+            .sessions
+            .reload_keys(in_force.sessions.as_deref())
+            .await;
+        let due = in_force.recompile_at.is_some_and(|t| unix_now() >= t);
         let inputs = match read(&path).await {
             Ok(inputs) => inputs,
             Err(err) => {
@@ -166,7 +169,14 @@ pub async fn watch(
             &mut |spec| shared.remote_set(spec),
             role,
         ) {
-            Ok(settings) => shared.apply(settings),
+            Ok(settings) => {
+                shared.apply(settings);
+                let in_force = shared.settings.load_full();
+                shared
+                    .sessions
+                    .reload_keys(in_force.sessions.as_deref())
+                    .await;
+            }
             Err(err) => shared.reload_failed(err.describe()),
         }
     }

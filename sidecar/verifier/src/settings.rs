@@ -60,6 +60,9 @@ pub enum SettingsError {
     /// The issuer role's inputs are unusable.
     #[error(transparent)]
     Role(RoleError),
+    /// The browser-sessions section is unusable.
+    #[error(transparent)]
+    Sessions(#[from] scopegate_sessions::SessionsError),
 }
 
 /// Where a trusted issuer's keys are.
@@ -160,6 +163,8 @@ pub struct Settings {
     pub recompile_at: Option<i64>,
     /// The issuer role, in pods of an `issuer.self` policy.
     pub role: Option<Arc<dyn CompiledRole>>,
+    /// Browser sessions, when the policy enables them.
+    pub sessions: Option<Arc<scopegate_sessions::Compiled>>,
     /// Keys left out because they do not load (the rest of the config is in force).
     pub skipped_keys: Vec<SkippedKey>,
     /// The decision counters of the rules and the default action, taken from the metrics on
@@ -233,6 +238,7 @@ pub fn compile(
         ..TokenRules::from_config(verify)
     };
     let upstream = upstream(&config);
+    let sessions = scopegate_sessions::Compiled::new(&config)?.map(Arc::new);
     let role = match (&config.issuer, role) {
         (Some(_), Some(role)) => Some(role.compile(&config, input).map_err(SettingsError::Role)?),
         _ => None,
@@ -247,6 +253,7 @@ pub fn compile(
     Ok(Settings {
         serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         role,
+        sessions,
         policy,
         token_rules,
         issuers,

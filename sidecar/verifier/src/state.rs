@@ -75,6 +75,9 @@ pub struct Shared {
     pub role: Option<Arc<dyn Role>>,
     /// The app's original HTTP probes, replayed on the admin port.
     pub app_probes: AppProbes,
+    /// Browser sessions: their keys (following the mounted file), single-flight refreshes and
+    /// counters. Idle when the config enables none.
+    pub sessions: Arc<scopegate_sessions::Sessions>,
     /// Timeouts of client connections and request bodies.
     pub connection: ConnectionTuning,
     /// When the config in force was put in force (Unix seconds): the age of its keys.
@@ -106,6 +109,8 @@ impl Shared {
             .config_generation
             .store(settings.config.policy.generation, Ordering::Relaxed);
         note_skipped_keys(&settings, &metrics);
+        let sessions = scopegate_sessions::Sessions::new();
+        sessions.reload_keys_now(settings.sessions.as_deref());
         Arc::new(Shared {
             settings: ArcSwap::from_pointee(settings),
             cache: TokenCache::new(CACHE_ENTRIES),
@@ -117,6 +122,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             role,
             app_probes,
+            sessions,
             connection,
             applied_at: AtomicI64::new(unix_now()),
             restart_needed: AtomicBool::new(false),
@@ -387,6 +393,8 @@ impl Shared {
         if let Some(feed) = self.feed.load_full() {
             ready &= feed_readiness(&feed, now, &mut detail);
         }
+        self.sessions
+            .readiness(settings.sessions.as_deref(), &mut detail);
         for companion in self.companions() {
             companion.readiness(&mut detail);
         }

@@ -1,0 +1,339 @@
+//! A request of a policy with sessions, before and after the verifier decides it: the session
+//! cookie opened (a cookie that does not open is no session), ended past its lifetime,
+//! refreshed when due, checked against cross-site use, and turned into the `Authorization`
+//! header the verifier reads; our cookies removed from what the app gets. A refused browser
+//! navigation without credentials is sent to log in.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use scopegate_core::answer::Refusal;
+use scopegate_core::session::{LOGIN_COOKIE, SESSION_COOKIE};
+use scopegate_sidecar_kit::body::ProxyBody;
+use scopegate_sidecar_kit::unix_now;
+
+use crate::keys::Keyring;
+use crate::login::{self, Authorize};
+use crate::metrics::Event;
+use crate::state::{LOGIN_TTL_SECS, Login, Session};
+use crate::{Compiled, Sessions, cookies, reply};
+
+/// What the sessions made of a request before the verifier decides it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The request carries the session's access token (set from the cookie).
+    from_cookie: bool,
+    /// A browser's navigation on a session path without a bearer token: if it is refused for
+    /// want of credentials, it is sent to log in.
+    may_login: bool,
+    /// Where a login started now returns to.
+    return_to: String,
+    /// The `Set-Cookie` the answer carries: a refreshed session, or its end.
+    set_cookie: Option<HeaderValue>,
+}
+
+impl Prepared {
+    /// Whether the request is authenticated by the session cookie.
+    pub fn from_cookie(&self) -> bool {
+        self.from_cookie
+    }
+
+    /// Puts the session's `Set-Cookie`, if any, on the answer; an answer that sets a session
+    /// is never stored by a cache.
+    pub fn finish(self, headers: &mut HeaderMap) {
+        if let Some(cookie) = self.set_cookie {
+            headers.append(header::SET_COOKIE, cookie);
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+    }
+}
+
+/// Methods that change nothing (RFC 9110 §9.2.1): the only ones a cross-site request may use
+/// with the cookie.
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Whether a request comes from the app's own origin: `Origin` names it, or the browser says
+/// `Sec-Fetch-Site: same-origin` (a header no page can set).
+pub(crate) fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
+    let origin_matches = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(origin));
+    let fetch_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"));
+    origin_matches || fetch_site
+}
+
+/// What a due refresh came to.
+enum Refresh {
+    /// A new session and its cookie.
+    Renewed(Box<Session>, HeaderValue),
+    /// The issuer refused, or the new session cannot be sealed: the session ends.
+    Ended(&'static str),
+    /// No answer: the session goes on while its token lasts.
+    Unavailable,
+}
+
+impl Sessions {
+    /// Prepares a request: its session cookie opened and, when valid, its access token set as
+    /// `Authorization` (a request that has an `Authorization` header of its own is left to
+    /// it). `route_path` is the normalised path rules match, `forward_path` the one the app
+    /// gets. `Err` is the answer (a cross-site request with the cookie, 403; a due refresh
+    /// without an answer once the token expired, 503).
+    pub async fn before<B>(
+        &self,
+        compiled: &Compiled,
+        req: &mut Request<B>,
+        route_path: &str,
+        forward_path: &str,
+    ) -> Result<Prepared, Response<ProxyBody>> {
+        let now = unix_now();
+        let has_authorization = req.headers().contains_key(header::AUTHORIZATION);
+        let may_login = !has_authorization
+            && login::is_navigation(req.method(), req.headers())
+            && compiled.logs_in(route_path);
+        let cookie = cookies::value(req.headers(), SESSION_COOKIE).map(str::to_owned);
+        cookies::strip(req.headers_mut(), &[SESSION_COOKIE, LOGIN_COOKIE]);
+        let mut prepared = Prepared {
+            from_cookie: false,
+            may_login,
+            return_to: login::return_path(forward_path, req.uri().query()),
+            set_cookie: None,
+        };
+        let (Some(cookie), false) = (cookie, has_authorization) else {
+            return Ok(prepared);
+        };
+        let Some(keys) = self.keys() else {
+            return Ok(prepared);
+        };
+        let Some(mut session) = Session::open(&keys, now, &compiled.policy, &cookie) else {
+            // Forged, tampered, of another policy, or sealed by a key retired or unknown here.
+            tracing::debug!("a session cookie that does not open; no session");
+            return Ok(prepared);
+        };
+        if now >= session.ends_at(compiled.config.max_lifetime_secs) {
+            self.end(&mut prepared, &session, "its lifetime is over");
+            return Ok(prepared);
+        }
+        if !is_safe(req.method()) && !same_origin(req.headers(), &compiled.origin) {
+            self.metrics.count(Event::CrossSiteRefused);
+            tracing::info!(
+                method = %req.method(),
+                subject = session.subject.as_deref().unwrap_or("-"),
+                "a state-changing request with the session cookie from another origin; refused"
+            );
+            return Err(reply::page(
+                StatusCode::FORBIDDEN,
+                "This request did not come from this site's own pages.",
+            ));
+        }
+        if session.refresh_due(now) {
+            match self.refresh(compiled, &keys, &session, now).await {
+                Refresh::Renewed(renewed, cookie) => {
+                    session = *renewed;
+                    prepared.set_cookie = Some(cookie);
+                }
+                Refresh::Ended(why) => {
+                    self.end(&mut prepared, &session, why);
+                    return Ok(prepared);
+                }
+                Refresh::Unavailable if now < session.expires_at => {}
+                Refresh::Unavailable => {
+                    let mut answer = reply::page(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The session could not be renewed just now. Try again in a moment.",
+                    );
+                    answer
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+                    return Err(answer);
+                }
+            }
+        }
+        let Ok(mut bearer) = HeaderValue::from_str(&format!("Bearer {}", session.access_token))
+        else {
+            self.end(&mut prepared, &session, "its token is no header value");
+            return Ok(prepared);
+        };
+        bearer.set_sensitive(true);
+        req.headers_mut().insert(header::AUTHORIZATION, bearer);
+        prepared.from_cookie = true;
+        Ok(prepared)
+    }
+
+    /// The answer to a request the verifier refused, when the sessions have one: a browser's
+    /// navigation refused for want of credentials (or with a session token the verifier
+    /// refused, which ends the session) is sent to log in. `None`: the usual refusal.
+    pub fn refused(
+        &self,
+        compiled: &Compiled,
+        prepared: &mut Prepared,
+        refusal: &Refusal,
+    ) -> Option<Response<ProxyBody>> {
+        match refusal {
+            Refusal::InvalidToken if prepared.from_cookie => {
+                // Revoked (the feed), or under keys this verifier no longer trusts.
+                prepared.set_cookie = Some(cookies::clear(SESSION_COOKIE));
+                prepared.from_cookie = false;
+                self.metrics.count(Event::Ended);
+                tracing::info!("session ended: its access token is refused");
+            }
+            Refusal::NoCredentials => {}
+            _ => return None,
+        }
+        if !prepared.may_login {
+            return None;
+        }
+        self.login(compiled, &prepared.return_to)
+    }
+
+    /// The redirect that starts a login: `state` and the PKCE verifier in a sealed login
+    /// cookie, with the return path. `None` when no key seals (sessions are off).
+    fn login(&self, compiled: &Compiled, return_to: &str) -> Option<Response<ProxyBody>> {
+        let now = unix_now();
+        let keys = self.keys()?;
+        let login = Login {
+            state: login::random_value()?,
+            verifier: login::random_value()?,
+            return_to: return_to.to_owned(),
+            started_at: now,
+        };
+        let sealed = login.seal(&keys, now, &compiled.policy)?;
+        let config = &compiled.config;
+        let url = Authorize {
+            endpoint: &config.authorization_endpoint,
+            client_id: &config.client_id,
+            redirect_uri: &config.redirect_uri,
+            scopes: &config.scopes,
+            audience: &config.audience,
+            state: &login.state,
+            verifier: &login.verifier,
+        }
+        .url();
+        let mut response = reply::redirect(StatusCode::FOUND, &url);
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            cookies::set(LOGIN_COOKIE, &sealed, LOGIN_TTL_SECS)?,
+        );
+        self.metrics.count(Event::LoginRedirect);
+        Some(response)
+    }
+
+    /// Ends a session: its cookie is cleared with the answer.
+    fn end(&self, prepared: &mut Prepared, session: &Session, why: &'static str) {
+        prepared.set_cookie = Some(cookies::clear(SESSION_COOKIE));
+        self.metrics.count(Event::Ended);
+        tracing::info!(
+            subject = session.subject.as_deref().unwrap_or("-"),
+            reason = why,
+            "session ended"
+        );
+    }
+
+    /// Refreshes a session whose token is due: once per refresh token in this process,
+    /// however many requests need it together.
+    async fn refresh(
+        &self,
+        compiled: &Compiled,
+        keys: &Keyring,
+        session: &Session,
+        now: i64,
+    ) -> Refresh {
+        let Some(refresh_token) = session.refresh_token.clone() else {
+            return if now < session.expires_at {
+                Refresh::Unavailable
+            } else {
+                Refresh::Ended("its token expired and it has no refresh token")
+            };
+        };
+        let client = compiled.issuer.clone();
+        let metrics = self.metrics.clone();
+        let subject = session.subject.clone();
+        let token = refresh_token.clone();
+        let outcome = self
+            .flights
+            .refresh(&refresh_token, move || async move {
+                let outcome = client.refresh(&token).await;
+                match &outcome {
+                    Ok(_) => {
+                        metrics.count(Event::Refreshed);
+                        tracing::info!(subject = subject.as_deref().unwrap_or("-"), "session refreshed");
+                    }
+                    Err(failure) if failure.is_refusal() => {
+                        metrics.count(Event::RefreshRefused);
+                        tracing::info!(subject = subject.as_deref().unwrap_or("-"), error = %failure, "session refresh refused");
+                    }
+                    Err(failure) => {
+                        metrics.count(Event::RefreshUnavailable);
+                        tracing::warn!(reason = failure.reason(), error = %failure, "session refresh failed; the session goes on while its token lasts");
+                    }
+                }
+                outcome.map(Arc::new)
+            })
+            .await;
+        let granted = match outcome {
+            Ok(Ok(granted)) => granted,
+            Ok(Err(failure)) if failure.is_refusal() => {
+                return Refresh::Ended("the issuer refused its refresh");
+            }
+            Ok(Err(_)) => return Refresh::Unavailable,
+            Err(busy) => {
+                tracing::warn!(error = %busy, "session refresh not started");
+                return Refresh::Unavailable;
+            }
+        };
+        let renewed = Session {
+            access_token: granted.access_token.clone(),
+            refresh_token: granted.refresh_token.clone().or(Some(refresh_token)),
+            expires_at: now + i64::try_from(granted.lifetime.as_secs()).unwrap_or(i64::MAX / 2),
+            obtained_at: now,
+            started_at: session.started_at,
+            subject: session.subject.clone(),
+        };
+        let max_age = renewed.ends_at(compiled.config.max_lifetime_secs) - now;
+        match renewed
+            .seal(keys, now, &compiled.policy)
+            .and_then(|sealed| cookies::set(SESSION_COOKIE, &sealed, max_age))
+        {
+            Some(cookie) => Refresh::Renewed(Box::new(renewed), cookie),
+            None => Refresh::Ended("the renewed session cannot be sealed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_apps_origin_or_a_same_origin_fetch_passes() {
+        let check = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            same_origin(&h, "https://app.example")
+        };
+        assert!(check(&[("origin", "https://app.example")]));
+        assert!(check(&[("origin", "HTTPS://APP.EXAMPLE")]));
+        assert!(check(&[("sec-fetch-site", "same-origin")]));
+        assert!(!check(&[]));
+        assert!(!check(&[("origin", "https://evil.example")]));
+        assert!(!check(&[("origin", "https://app.example.evil.example")]));
+        assert!(!check(&[("origin", "http://app.example")]));
+        assert!(!check(&[("origin", "null")]));
+        assert!(!check(&[("sec-fetch-site", "same-site")]));
+        assert!(!check(&[("sec-fetch-site", "cross-site")]));
+        assert!(is_safe(&Method::GET) && !is_safe(&Method::POST) && !is_safe(&Method::PATCH));
+    }
+}

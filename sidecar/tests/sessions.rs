@@ -1,0 +1,778 @@
+//! Browser sessions at the sidecar, against the real issuer role: a browser (played by raw
+//! requests with a cookie jar) is sent to log in, the issuer's login is driven through its
+//! mint socket, the callback sets the sealed session cookie, and the app behind the sidecar
+//! sees the user as a bearer request would show it. Then the attacks: forged, tampered and
+//! foreign cookies, replayed and cross-browser callbacks, open redirects, cross-site writes,
+//! sessions after logout and after their key retired.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use scopegate_core::jose::b64;
+use scopegate_core::session::{LOGIN_COOKIE, SESSION_COOKIE};
+use serde_json::{Value, json};
+use support::issuer::{
+    ClusterKey, FEED_SUBJECT_KEY, Issuer, ORDERS, Spec, claims_of, introspect, jwks_of,
+    query_param, registry,
+};
+use support::{RawResponse, TempDir, Upstream, eventually, now, raw, readyz, write_atomic};
+
+/// The app's public origin and its callback.
+const ORIGIN: &str = "https://app.example";
+const REDIRECT: &str = "https://app.example/.scopegate/callback";
+/// The policy's OAuthClient: a ServiceAccount client with the code and refresh grants.
+const PORTAL: &str = "shop.portal";
+
+fn portal_client() -> Value {
+    json!({
+        "clientId": PORTAL, "public": false, "authMethod": "service_account_jwt",
+        "grantTypes": ["authorization_code", "refresh_token"],
+        "scopes": ["read:items"], "defaultScopes": ["read:items"], "audiences": [ORDERS],
+        "redirectUris": [REDIRECT],
+        "serviceAccounts": ["system:serviceaccount:shop:billing"]
+    })
+}
+
+/// A session key entry of 32 `fill` bytes.
+fn key(id: &str, fill: u8, created_at: i64, retire_at: Option<i64>) -> Value {
+    let mut k = json!({"id": id, "secret": b64::encode(&[fill; 32]), "createdAt": created_at});
+    if let Some(t) = retire_at {
+        k["retireAt"] = json!(t);
+    }
+    k
+}
+
+/// An issuer that knows the portal client and the cluster's ServiceAccount keys, with
+/// access tokens living `ttl` seconds.
+async fn issuer_with(ttl: u64) -> (Issuer, ClusterKey) {
+    let issuer = Issuer::start(Spec::default()).await;
+    let cluster = ClusterKey::generate();
+    // The config first, the registry second: once the portal client is known, so is the
+    // cluster's issuer its assertions need.
+    let mut config = issuer.config.clone();
+    config["apiVersion"] = json!("sidecar.scopegate.dev/v2");
+    config["issuer"]["serviceAccountIssuer"] = cluster.rendered();
+    config["issuer"]["accessTokenTtlSecs"] = json!(ttl);
+    write_atomic(&issuer.dir.join("config.json"), &config.to_string());
+    let mut clients = registry(None);
+    clients["clients"]
+        .as_array_mut()
+        .unwrap()
+        .push(portal_client());
+    write_atomic(&issuer.dir.join("clients.json"), &clients.to_string());
+    let probe = format!(
+        "/oauth2/authorize?response_type=code&client_id={PORTAL}&redirect_uri={}&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256",
+        support::issuer::enc(REDIRECT)
+    );
+    eventually(
+        "the portal client admitted",
+        Duration::from_secs(10),
+        || async {
+            // The login page, once the client is known (an unknown client gets an error page).
+            (issuer.get(&probe).await.status == 303).then_some(())
+        },
+    )
+    .await;
+    (issuer, cluster)
+}
+
+/// A pod with sessions: the app, its sidecar, the key file and the projected token.
+struct Pod {
+    issuer: Issuer,
+    app: Upstream,
+    dir: TempDir,
+    sidecar: scopegate_sidecar::Running,
+}
+
+impl Pod {
+    async fn start(ttl: u64) -> Pod {
+        let (issuer, cluster) = issuer_with(ttl).await;
+        let dir = TempDir::new();
+        std::fs::write(dir.join("issuer-token"), cluster.token(&issuer.url)).unwrap();
+        write_keys(&dir, &[key("k1", 1, now() - 60, None)]);
+        let app = Upstream::start(Duration::from_millis(1)).await;
+        let config = pod_config(&issuer, &dir, app.addr.port(), "portal");
+        let sidecar = support::start_sidecar(&dir, &config).await;
+        Pod {
+            issuer,
+            app,
+            dir,
+            sidecar,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.sidecar.proxy_addr()
+    }
+
+    async fn stop(self) {
+        self.sidecar.shutdown().await;
+        self.issuer.stop().await;
+    }
+
+    /// A request with `headers` and the cookies of `jar`.
+    async fn send(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        jar: &Jar,
+    ) -> RawResponse {
+        send(self.addr(), method, target, headers, jar).await
+    }
+
+    /// A browser's navigation to `target`.
+    async fn visit(&self, target: &str, jar: &Jar) -> RawResponse {
+        self.send("GET", target, BROWSER, jar).await
+    }
+
+    /// Logs `subject` in from `target` through the issuer; returns the jar with the session
+    /// and the callback's answer.
+    async fn login(&self, target: &str, subject: &str) -> (Jar, RawResponse) {
+        let mut jar = Jar::default();
+        let start = self.visit(target, &jar).await;
+        assert_eq!(start.status, 302, "{start:?}");
+        jar.take(&start);
+        let location = start.header("location").unwrap();
+        let authorize = format!("{}/oauth2/authorize?", self.issuer.url);
+        let query = location
+            .strip_prefix(&authorize)
+            .unwrap_or_else(|| panic!("{location}"));
+        let back = self.issuer.authorize(query, subject).await.unwrap();
+        let callback = back.strip_prefix(ORIGIN).unwrap().to_owned();
+        let done = self.visit(&callback, &jar).await;
+        jar.take(&done);
+        (jar, done)
+    }
+
+    async fn metric(&self, event: &str) -> u64 {
+        let r = support::get(self.sidecar.admin_addr(), "/metrics", &[]).await;
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        let line = format!("scopegate_sidecar_sessions_total{{event=\"{event}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    }
+}
+
+/// The headers of a browser's top-level navigation.
+const BROWSER: &[(&str, &str)] = &[
+    ("Accept", "text/html,application/xhtml+xml,*/*;q=0.8"),
+    ("Sec-Fetch-Mode", "navigate"),
+];
+
+fn write_keys(dir: &TempDir, keys: &[Value]) {
+    write_atomic(
+        &dir.join("session-keys.json"),
+        &json!({"keys": keys}).to_string(),
+    );
+}
+
+fn pod_config(issuer: &Issuer, dir: &TempDir, app_port: u16, policy: &str) -> Value {
+    json!({
+        "apiVersion": "sidecar.scopegate.dev/v2",
+        "policy": {"namespace": "shop", "name": policy, "generation": 1},
+        "listen": {"port": 0},
+        "upstream": {"port": app_port, "responseTimeoutSecs": 5},
+        "verify": {
+            "issuers": [{"issuer": issuer.url, "keys": {"type": "static", "jwks": jwks_of(&issuer.keys)}}],
+            "audiences": [ORDERS], "leewaySecs": 30
+        },
+        "revocation": {"feed": {"url": format!("{}/oauth2/revocations", issuer.url), "issuer": issuer.url,
+            "stalenessBoundSecs": 60, "subjectKey": FEED_SUBJECT_KEY}},
+        "rules": [
+            {"name": "items", "paths": ["/items/**"], "action": {"type": "requireAll", "scopes": ["read:items"]}},
+            {"name": "api", "paths": ["/api/**"], "action": {"type": "requireAll", "scopes": ["read:items"]}},
+            {"name": "public", "paths": ["/bye"], "action": {"type": "public"}}
+        ],
+        "defaultAction": "deny",
+        "headers": {"securityHeaders": true, "hsts": "always", "noStorePaths": [], "subjectHeader": "x-auth-subject", "scopesHeader": "x-auth-scopes",
+            "clientIdHeader": "x-auth-client-id"},
+        "caBundlePem": issuer.certs.ca_pem,
+        "sessions": {
+            "issuer": issuer.url,
+            "authorizationEndpoint": format!("{}/oauth2/authorize", issuer.url),
+            "tokenEndpoint": format!("{}/oauth2/token", issuer.url),
+            "revocationEndpoint": format!("{}/oauth2/revoke", issuer.url),
+            "clientId": PORTAL,
+            "tokenAudience": issuer.url,
+            "assertionPath": dir.join("issuer-token"),
+            "redirectUri": REDIRECT,
+            "paths": ["/items/**"],
+            "scopes": ["read:items"],
+            "audience": ORDERS,
+            "afterLogout": "/bye",
+            "maxLifetimeSecs": 3600,
+            "keysPath": dir.join("session-keys.json")
+        }
+    })
+}
+
+/// A browser's cookie jar: what `Set-Cookie` set, without what it removed.
+#[derive(Default, Clone, Debug)]
+struct Jar(BTreeMap<String, String>);
+
+impl Jar {
+    fn with(name: &str, value: &str) -> Jar {
+        Jar(BTreeMap::from([(name.to_owned(), value.to_owned())]))
+    }
+
+    fn take(&mut self, r: &RawResponse) {
+        for (name, value, max_age) in set_cookies(r) {
+            if max_age == Some(0) {
+                self.0.remove(&name);
+            } else {
+                self.0.insert(name, value);
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    fn header(&self) -> Option<String> {
+        (!self.0.is_empty()).then(|| {
+            let pairs: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            pairs.join("; ")
+        })
+    }
+}
+
+/// Every `Set-Cookie` of an answer: name, value and `Max-Age`.
+fn set_cookies(r: &RawResponse) -> Vec<(String, String, Option<i64>)> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| {
+            let mut parts = v.split(';');
+            let (name, value) = parts.next().unwrap().split_once('=').unwrap();
+            let max_age = parts.find_map(|p| p.trim().strip_prefix("Max-Age=")?.parse().ok());
+            (name.to_owned(), value.to_owned(), max_age)
+        })
+        .collect()
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    jar: &Jar,
+) -> RawResponse {
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(cookies) = jar.header() {
+        request.push_str(&format!("Cookie: {cookies}\r\n"));
+    }
+    if method == "POST" {
+        request.push_str("Content-Length: 0\r\n");
+    }
+    request.push_str("\r\n");
+    raw(addr, request.as_bytes()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_logs_in_and_the_app_sees_the_user_as_a_bearer_request_shows_it() {
+    let pod = Pod::start(600).await;
+    // An API client without a token still gets the usual 401.
+    let api = pod
+        .send(
+            "GET",
+            "/items/1",
+            &[("Accept", "application/json")],
+            &Jar::default(),
+        )
+        .await;
+    assert_eq!(api.status, 401);
+    assert!(api.header("location").is_none());
+    // A browser's navigation is sent to the issuer, its login bound to a sealed cookie.
+    let start = pod.visit("/items/7?tab=a", &Jar::default()).await;
+    assert_eq!(start.status, 302);
+    assert_eq!(start.header("cache-control"), Some("no-store"));
+    let location = start.header("location").unwrap();
+    assert!(location.starts_with(&format!("{}/oauth2/authorize?", pod.issuer.url)));
+    assert_eq!(query_param(location, "client_id").as_deref(), Some(PORTAL));
+    assert_eq!(
+        query_param(location, "redirect_uri").as_deref(),
+        Some(REDIRECT)
+    );
+    assert_eq!(query_param(location, "resource").as_deref(), Some(ORDERS));
+    assert_eq!(
+        query_param(location, "code_challenge_method").as_deref(),
+        Some("S256")
+    );
+    let login_set = start
+        .headers
+        .iter()
+        .find(|(k, v)| k == "set-cookie" && v.starts_with(LOGIN_COOKIE))
+        .unwrap()
+        .1
+        .clone();
+    assert!(
+        login_set.ends_with("; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=600"),
+        "{login_set}"
+    );
+    assert!(
+        !login_set.contains(&query_param(location, "state").unwrap()),
+        "state sealed"
+    );
+
+    let (jar, done) = pod.login("/items/7?tab=a", "alice").await;
+    assert_eq!(done.status, 302, "{done:?}");
+    assert_eq!(done.header("location"), Some("/items/7?tab=a"));
+    assert_eq!(done.header("cache-control"), Some("no-store"));
+    assert!(
+        jar.get(LOGIN_COOKIE).is_none(),
+        "the login cookie is cleared"
+    );
+    let session = jar.get(SESSION_COOKIE).unwrap().to_owned();
+    assert!(session.starts_with("1.k1."));
+    let set = set_cookies(&done);
+    assert!(
+        set.iter()
+            .any(|(n, _, age)| n == SESSION_COOKIE && *age == Some(3600))
+    );
+
+    // The page, as the user: identity headers, the access token as a bearer request carries
+    // it, none of our cookies, the app's own cookies untouched.
+    let mut with_theme = jar.clone();
+    with_theme.0.insert("theme".into(), "dark".into());
+    let page = pod.visit("/items/7", &with_theme).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(set_cookies(&page).is_empty(), "no refresh due");
+    let seen = pod.app.last().unwrap();
+    assert_eq!(seen.headers["x-auth-subject"], "alice");
+    assert_eq!(seen.headers["x-auth-client-id"], PORTAL);
+    assert_eq!(seen.headers["x-auth-scopes"], "read:items");
+    assert_eq!(seen.headers["cookie"], "theme=dark");
+    let bearer = seen.headers["authorization"]
+        .strip_prefix("Bearer ")
+        .unwrap();
+    assert_eq!(claims_of(bearer)["aud"], ORDERS);
+    assert!(!seen.headers.values().any(|v| v.contains(&session)));
+    // A script's fetch with the cookie is a session request too.
+    let fetch = pod
+        .send("GET", "/api/x", &[("Accept", "application/json")], &jar)
+        .await;
+    assert_eq!(fetch.status, 200);
+    assert_eq!(pod.metric("login_completed").await, 1);
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_due_token_is_refreshed_silently_and_the_new_cookie_set() {
+    // Tokens of 20 s are due at once (the margin is 30 s at least).
+    let pod = Pod::start(20).await;
+    let (jar, _) = pod.login("/items/1", "bob").await;
+    let first = pod.visit("/items/1", &jar).await;
+    assert_eq!(first.status, 200);
+    let renewed: Vec<_> = set_cookies(&first)
+        .into_iter()
+        .filter(|(n, _, _)| n == SESSION_COOKIE)
+        .collect();
+    assert_eq!(renewed.len(), 1, "{first:?}");
+    assert_ne!(renewed[0].1, jar.get(SESSION_COOKIE).unwrap());
+    assert_eq!(first.header("cache-control"), Some("no-store"));
+    let token_one = pod.app.last().unwrap().headers["authorization"].clone();
+    let mut jar2 = jar.clone();
+    jar2.take(&first);
+    let second = pod.visit("/items/1", &jar2).await;
+    assert_eq!(second.status, 200);
+    let token_two = pod.app.last().unwrap().headers["authorization"].clone();
+    assert_ne!(
+        token_one, token_two,
+        "refreshed again with the rotated token"
+    );
+    // A request still carrying the first cookie (sent before the browser saw the new one)
+    // gets the remembered answer, not a reuse of the rotated refresh token.
+    let late = pod.visit("/items/1", &jar).await;
+    assert_eq!(late.status, 200);
+    assert_eq!(pod.app.last().unwrap().headers["authorization"], token_one);
+    assert_eq!(pod.metric("refreshed").await, 2);
+    // The family is intact: the newest cookie refreshes once more.
+    let mut jar3 = jar2.clone();
+    jar3.take(&second);
+    assert_eq!(pod.visit("/items/1", &jar3).await.status, 200);
+    assert_eq!(pod.metric("refresh_refused").await, 0);
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_needing_a_refresh_refresh_once() {
+    let pod = Pod::start(20).await;
+    let (jar, _) = pod.login("/items/1", "carol").await;
+    let before = pod.app.hits();
+    let mut joins = Vec::new();
+    for i in 0..12 {
+        let (addr, jar) = (pod.addr(), jar.clone());
+        joins.push(tokio::spawn(async move {
+            send(addr, "GET", &format!("/items/{i}"), BROWSER, &jar).await
+        }));
+    }
+    let mut cookies = Vec::new();
+    for join in joins {
+        let r = join.await.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        cookies.extend(
+            set_cookies(&r)
+                .into_iter()
+                .filter(|(n, _, _)| n == SESSION_COOKIE),
+        );
+    }
+    assert_eq!(
+        cookies.len(),
+        12,
+        "every answer carries the renewed session"
+    );
+    let seen = pod.app.seen.lock().unwrap()[before..].to_vec();
+    let tokens: std::collections::BTreeSet<_> = seen
+        .iter()
+        .map(|s| s.headers["authorization"].clone())
+        .collect();
+    assert_eq!(tokens.len(), 1, "one refresh, one new access token for all");
+    assert_eq!(pod.metric("refreshed").await, 1);
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_the_family_clears_the_cookie_and_a_replayed_cookie_is_dead() {
+    let pod = Pod::start(600).await;
+    let (jar, _) = pod.login("/items/1", "dave").await;
+    assert_eq!(pod.visit("/items/1", &jar).await.status, 200);
+    let access = pod.app.last().unwrap().headers["authorization"]
+        .strip_prefix("Bearer ")
+        .unwrap()
+        .to_owned();
+    assert_eq!(introspect(&pod.issuer, &access).await["active"], true);
+    // Logout is a same-origin POST only.
+    let get = pod.send("GET", "/.scopegate/logout", &[], &jar).await;
+    assert_eq!(get.status, 405);
+    let cross = pod
+        .send(
+            "POST",
+            "/.scopegate/logout",
+            &[("Origin", "https://evil.example")],
+            &jar,
+        )
+        .await;
+    assert_eq!(cross.status, 403);
+    assert_eq!(introspect(&pod.issuer, &access).await["active"], true);
+    let out = pod
+        .send("POST", "/.scopegate/logout", &[("Origin", ORIGIN)], &jar)
+        .await;
+    assert_eq!(out.status, 303);
+    assert_eq!(out.header("location"), Some("/bye"));
+    assert_eq!(out.header("cache-control"), Some("no-store"));
+    let mut browser = jar.clone();
+    browser.take(&out);
+    assert!(browser.get(SESSION_COOKIE).is_none(), "cleared");
+    // The refresh family and its access tokens are revoked at the issuer.
+    assert_eq!(introspect(&pod.issuer, &access).await["active"], false);
+    // The browser is sent to log in again.
+    assert_eq!(pod.visit("/items/1", &browser).await.status, 302);
+    // A copy of the cookie kept by an attacker dies with it once the feed brings the
+    // revocation: the session ends (cleared), the browser is sent to log in.
+    let replayed = eventually(
+        "the revocation reaches the sidecar",
+        Duration::from_secs(20),
+        || async {
+            let r = pod.visit("/items/1", &jar).await;
+            (r.status == 302).then_some(r)
+        },
+    )
+    .await;
+    assert!(
+        set_cookies(&replayed)
+            .iter()
+            .any(|(n, _, a)| n == SESSION_COOKIE && *a == Some(0))
+    );
+    let api = pod
+        .send("GET", "/api/x", &[("Accept", "application/json")], &jar)
+        .await;
+    assert_eq!(api.status, 401);
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tampered_and_foreign_cookies_are_no_session() {
+    let pod = Pod::start(600).await;
+    let (jar, _) = pod.login("/items/1", "alice").await;
+    let session = jar.get(SESSION_COOKIE).unwrap().to_owned();
+    let hits = pod.app.hits();
+    let (head, body) = session.rsplit_once('.').unwrap();
+    let mut raw_body = b64::decode(body.as_bytes()).unwrap();
+    let mut forged_body = vec![0u8; raw_body.len()];
+    aws_lc_rs::rand::fill(&mut forged_body).unwrap();
+    let forged = format!("{head}.{}", b64::encode(&forged_body));
+    let last = raw_body.len() - 1;
+    raw_body[last / 2] ^= 0x01;
+    let tampered = format!("{head}.{}", b64::encode(&raw_body));
+    // The same secret under the other policy's name: a cookie of policy "other".
+    let other_dir = TempDir::new();
+    write_atomic(
+        &other_dir.join("session-keys.json"),
+        &std::fs::read_to_string(pod.dir.join("session-keys.json")).unwrap(),
+    );
+    std::fs::copy(pod.dir.join("issuer-token"), other_dir.join("issuer-token")).unwrap();
+    let mut other_config = pod_config(&pod.issuer, &other_dir, pod.app.addr.port(), "other");
+    other_config["sessions"]["keysPath"] = json!(other_dir.join("session-keys.json"));
+    let other = support::start_sidecar(&other_dir, &other_config).await;
+    for (what, addr, value) in [
+        ("forged", pod.addr(), forged.as_str()),
+        ("tampered", pod.addr(), tampered.as_str()),
+        ("another policy's", other.proxy_addr(), session.as_str()),
+    ] {
+        let cookie = Jar::with(SESSION_COOKIE, value);
+        let r = send(addr, "GET", "/items/1", BROWSER, &cookie).await;
+        assert_eq!(r.status, 302, "{what} cookie: sent to log in");
+        assert!(r.header("location").unwrap().contains("/oauth2/authorize?"));
+        let api = send(
+            addr,
+            "GET",
+            "/api/1",
+            &[("Accept", "application/json")],
+            &cookie,
+        )
+        .await;
+        assert_eq!(api.status, 401, "{what} cookie");
+    }
+    assert_eq!(pod.app.hits(), hits, "the app saw none of them");
+    // The genuine cookie still works.
+    assert_eq!(pod.visit("/items/1", &jar).await.status, 200);
+    other.shutdown().await;
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_works_once_and_only_in_the_browser_that_started_the_login() {
+    let pod = Pod::start(600).await;
+    // The victim's and the attacker's logins, each with its own login cookie.
+    let mut victim = Jar::default();
+    let start = pod.visit("/items/1", &victim).await;
+    victim.take(&start);
+    let mut attacker = Jar::default();
+    let start_a = pod.visit("/items/1", &attacker).await;
+    attacker.take(&start_a);
+    let query = start_a
+        .header("location")
+        .unwrap()
+        .split_once('?')
+        .unwrap()
+        .1
+        .to_owned();
+    let back = pod.issuer.authorize(&query, "user:mallory").await.unwrap();
+    let callback = back.strip_prefix(ORIGIN).unwrap().to_owned();
+    // Login CSRF: the attacker's callback in a browser without a login cookie, or with its
+    // own login cookie, sets no session.
+    for (what, jar) in [
+        ("no login cookie", Jar::default()),
+        ("another login", victim.clone()),
+    ] {
+        let r = pod.visit(&callback, &jar).await;
+        assert_eq!(r.status, 400, "{what}");
+        assert!(
+            !set_cookies(&r)
+                .iter()
+                .any(|(n, _, a)| n == SESSION_COOKIE && *a != Some(0)),
+            "{what}"
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    // Its own browser, with the code and PKCE verifier of this login but another `state`.
+    let other_state = callback.replace("state=", "state=x");
+    assert_eq!(
+        pod.visit(&other_state, &attacker).await.status,
+        400,
+        "state checked"
+    );
+    // Its own browser completes it once.
+    let done = pod.visit(&callback, &attacker).await;
+    assert_eq!(done.status, 302);
+    let mut after = attacker.clone();
+    after.take(&done);
+    assert!(after.get(SESSION_COOKIE).is_some());
+    // Replayed: the login cookie is gone, and with a copy of it the code is spent.
+    let replay = pod.visit(&callback, &after).await;
+    assert_eq!(replay.status, 400);
+    let replay_with_copy = pod.visit(&callback, &attacker).await;
+    assert_eq!(replay_with_copy.status, 400);
+    // A wrong iss, or none, is refused before any code is redeemed.
+    let mut fresh = Jar::default();
+    let s = pod.visit("/items/1", &fresh).await;
+    fresh.take(&s);
+    let q = s
+        .header("location")
+        .unwrap()
+        .split_once('?')
+        .unwrap()
+        .1
+        .to_owned();
+    let back = pod.issuer.authorize(&q, "alice").await.unwrap();
+    let cb = back.strip_prefix(ORIGIN).unwrap().to_owned();
+    let wrong_iss = cb.replace("iss=https", "iss=http");
+    assert_eq!(pod.visit(&wrong_iss, &fresh).await.status, 400);
+    let no_iss = cb.split("&iss=").next().unwrap().to_owned();
+    assert_eq!(pod.visit(&no_iss, &fresh).await.status, 400);
+    // The login cookie was cleared by the refusal; the code is still good for the issuer but
+    // this browser must start again.
+    assert_eq!(pod.metric("login_completed").await, 1);
+    // An error from the issuer is a plain page.
+    let mut denied = Jar::default();
+    let s = pod.visit("/items/1", &denied).await;
+    denied.take(&s);
+    let state = query_param(s.header("location").unwrap(), "state").unwrap();
+    let err = format!(
+        "/.scopegate/callback?error=access_denied&state={state}&iss={}",
+        support::issuer::enc(&pod.issuer.url)
+    );
+    let page = pod.visit(&err, &denied).await;
+    assert_eq!(page.status, 403);
+    assert!(String::from_utf8_lossy(&page.body).contains("access_denied"));
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_return_path_never_leaves_the_origin() {
+    let pod = Pod::start(600).await;
+    // `//items/9` is the path `/items/9` (collapsed), never the host `items`.
+    let (_, done) = pod.login("//items/9?x=1", "alice").await;
+    assert_eq!(done.header("location"), Some("/items/9?x=1"));
+    // An absolute-form request returns to its path on this origin.
+    let (_, done) = pod.login("http://evil.example/items/3", "alice").await;
+    assert_eq!(done.header("location"), Some("/items/3"));
+    // Backslashes and encoded slashes never reach a login at all.
+    for target in [
+        "/\\evil.example/items",
+        "/%2F%2Fevil.example/items",
+        "/items/%5C%5Cevil",
+    ] {
+        let r = pod.visit(target, &Jar::default()).await;
+        assert_eq!(r.status, 400, "{target}");
+        assert!(r.header("location").is_none());
+    }
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_site_write_with_the_cookie_is_refused_and_bearer_requests_are_not() {
+    let pod = Pod::start(600).await;
+    let (jar, _) = pod.login("/items/1", "alice").await;
+    let hits = pod.app.hits();
+    for headers in [
+        &[("Origin", "https://evil.example")][..],
+        &[][..],
+        &[("Origin", "null")][..],
+        &[("Sec-Fetch-Site", "cross-site")][..],
+        &[
+            ("Sec-Fetch-Site", "same-site"),
+            ("Origin", "https://sub.app.example"),
+        ][..],
+    ] {
+        for method in ["POST", "DELETE"] {
+            let r = pod.send(method, "/api/orders", headers, &jar).await;
+            assert_eq!(r.status, 403, "{method} {headers:?}");
+        }
+    }
+    assert_eq!(pod.app.hits(), hits, "the app saw none");
+    assert_eq!(pod.metric("cross_site_refused").await, 10);
+    let same = pod
+        .send("POST", "/api/orders", &[("Origin", ORIGIN)], &jar)
+        .await;
+    assert_eq!(same.status, 200);
+    let fetch = pod
+        .send(
+            "POST",
+            "/api/orders",
+            &[("Sec-Fetch-Site", "same-origin")],
+            &jar,
+        )
+        .await;
+    assert_eq!(fetch.status, 200);
+    // A bearer request needs no Origin (its token is no ambient credential).
+    let token = pod.app.last().unwrap().headers["authorization"].clone();
+    let bearer = pod
+        .send(
+            "POST",
+            "/api/orders",
+            &[("Authorization", &token)],
+            &Jar::default(),
+        )
+        .await;
+    assert_eq!(bearer.status, 200);
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_key_ends_its_sessions_and_a_broken_key_file_keeps_the_last_good_keys() {
+    let pod = Pod::start(600).await;
+    let (jar, _) = pod.login("/items/1", "alice").await;
+    // A broken file: the keys in force stay, and the sidecar says so.
+    write_atomic(&pod.dir.join("session-keys.json"), "{not json");
+    eventually("the refusal reported", Duration::from_secs(10), || async {
+        let (_, text) = readyz(pod.sidecar.admin_addr()).await;
+        text.contains("session-keys file").then_some(())
+    })
+    .await;
+    assert_eq!(pod.visit("/items/1", &jar).await.status, 200);
+    // A rotation: k1 retired, k2 seals; the old cookie is no session any more.
+    let t = now();
+    write_keys(
+        &pod.dir,
+        &[key("k1", 1, t - 60, Some(t - 1)), key("k2", 2, t - 1, None)],
+    );
+    eventually(
+        "the retired key stops opening",
+        Duration::from_secs(10),
+        || async { (pod.visit("/items/1", &jar).await.status == 302).then_some(()) },
+    )
+    .await;
+    let (jar2, _) = pod.login("/items/1", "alice").await;
+    assert!(jar2.get(SESSION_COOKIE).unwrap().starts_with("1.k2."));
+    assert_eq!(pod.visit("/items/1", &jar2).await.status, 200);
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_sessions_are_off_and_the_sidecar_says_why() {
+    let (issuer, cluster) = issuer_with(600).await;
+    let dir = TempDir::new();
+    std::fs::write(dir.join("issuer-token"), cluster.token(&issuer.url)).unwrap();
+    let app = Upstream::start(Duration::from_millis(1)).await;
+    let config = pod_config(&issuer, &dir, app.addr.port(), "portal");
+    let sidecar = support::start_sidecar(&dir, &config).await;
+    let r = send(
+        sidecar.proxy_addr(),
+        "GET",
+        "/items/1",
+        BROWSER,
+        &Jar::default(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let (_, text) = readyz(sidecar.admin_addr()).await;
+    assert!(text.contains("sessions: OFF"), "{text}");
+    // Keys arrive: sessions start.
+    write_keys(&dir, &[key("k1", 1, now() - 1, None)]);
+    eventually("sessions on", Duration::from_secs(10), || async {
+        let r = send(
+            sidecar.proxy_addr(),
+            "GET",
+            "/items/1",
+            BROWSER,
+            &Jar::default(),
+        )
+        .await;
+        (r.status == 302).then_some(())
+    })
+    .await;
+    sidecar.shutdown().await;
+    issuer.stop().await;
+}

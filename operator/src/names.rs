@@ -20,6 +20,12 @@ pub const CLIENT_LABEL: &str = "scopegate.dev/oauth-client";
 /// Annotation on the signing-keys Secret: the rotate-annotation value already acted on
 /// (written by earlier releases; the policy's status keeps it now).
 pub const ROTATION_HANDLED_ANNOTATION: &str = "scopegate.dev/rotation-handled";
+/// Annotation on an AuthPolicy with sessions that asks to replace every session key at once
+/// (any new value): every session ends. For a key that may have leaked.
+pub const ROTATE_SESSION_KEYS_ANNOTATION: &str = "scopegate.dev/rotate-session-keys";
+/// Annotation on the session-keys Secret: the rotate-session-keys value already acted on
+/// (kept with the keys, so that the request and the new keys are written at once).
+pub const SESSION_ROTATION_HANDLED_ANNOTATION: &str = "scopegate.dev/session-rotation-handled";
 /// Annotation on the JWKS ConfigMap naming the issuer's signing algorithm.
 pub const ALGORITHM_ANNOTATION: &str = "scopegate.dev/signing-algorithm";
 /// Annotation on a TLS Secret: when its certificate expires (Unix seconds), for renewal.
@@ -58,6 +64,9 @@ pub const SIDECAR_NAME: &str = "scopegate-sidecar";
 pub const PORT_LOCK_NAME: &str = "scopegate-port-lock";
 /// Where verifiers mount a listener certificate named by `listen.tlsSecret`.
 pub const LISTEN_TLS_MOUNT_DIR: &str = "/etc/scopegate/listen-tls";
+/// The sidecar's ServiceAccount token for the issuer of the sessions' client, beside the
+/// egress token in [`SA_TOKEN_MOUNT_DIR`] (the two clients may have different issuers).
+pub const SESSION_SA_TOKEN_FILE: &str = "session-token";
 /// Where app containers find the operator's CA bundle.
 pub const APP_CA_MOUNT_DIR: &str = "/etc/scopegate/ca";
 
@@ -76,6 +85,8 @@ pub struct Names {
     pub sidecar: String,
     /// Upstream client secrets (self issuers with upstreams).
     pub upstreams: String,
+    /// Session keys (policies with sessions).
+    pub session_keys: String,
 }
 
 impl Names {
@@ -88,6 +99,7 @@ impl Names {
             clients: format!("{name}-clients"),
             sidecar: format!("{name}-sidecar"),
             upstreams: scopegate_core::upstream::secret_name(name),
+            session_keys: format!("{name}-session-keys"),
         }
     }
 }

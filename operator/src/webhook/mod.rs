@@ -92,16 +92,28 @@ pub async fn track_sync(
     }
 }
 
-/// The URL of the issuer of `policy`'s egress client: the audience of the ServiceAccount
-/// token the sidecar presents there. None without egress, or while it does not resolve.
-fn egress_audience(state: &WebhookState, policy: &AuthPolicy) -> Option<String> {
-    let egress = policy.spec.egress.as_ref()?;
-    let namespace = policy.namespace()?;
-    let client =
-        (state.clients).get(&ObjectRef::new(&egress.client_ref.name).within(&namespace))?;
+/// The URLs of the issuers of `policy`'s egress and sessions clients: the audiences of the
+/// ServiceAccount tokens the sidecar presents there. Each None without the feature, or while
+/// its client does not resolve.
+fn token_audiences(state: &WebhookState, policy: &AuthPolicy) -> inject::TokenAudiences {
+    let Some(namespace) = policy.namespace() else {
+        return inject::TokenAudiences::default();
+    };
+    let spec = &policy.spec;
+    inject::TokenAudiences {
+        egress: (spec.egress.as_ref())
+            .and_then(|e| client_issuer_url(state, &namespace, &e.client_ref.name)),
+        sessions: (spec.sessions.as_ref())
+            .and_then(|s| client_issuer_url(state, &namespace, &s.client_ref.name)),
+    }
+}
+
+/// The URL of the issuer of OAuthClient `name` of `namespace` (never another namespace's),
+/// when its issuer registers it as a ServiceAccount client (as the render checks).
+fn client_issuer_url(state: &WebhookState, namespace: &str, name: &str) -> Option<String> {
+    let client = (state.clients).get(&ObjectRef::new(name).within(namespace))?;
     let (issuer_namespace, issuer_name) = crate::client_checks::issuer_key(&client);
     let issuer = (state.policies).get(&ObjectRef::new(&issuer_name).within(&issuer_namespace))?;
-    // Only for a client its issuer registers as a ServiceAccount client (as the render checks).
     let registered = !client.spec.service_accounts.is_empty()
         && !(crate::client_checks::validate(&client, Some(&issuer)).iter())
             .any(|p| p.blocks_registration());
@@ -164,8 +176,8 @@ pub fn review(state: &WebhookState, body: &[u8]) -> Result<Value, String> {
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .collect();
     let refs: Vec<&AuthPolicy> = policies.iter().map(AsRef::as_ref).collect();
-    let egress_audience = |policy: &AuthPolicy| egress_audience(state, policy);
-    let decision = inject::decide(&pod, &refs, &state.settings, &egress_audience);
+    let audiences = |policy: &AuthPolicy| token_audiences(state, policy);
+    let decision = inject::decide(&pod, &refs, &state.settings, &audiences);
     let response = match &decision {
         Decision::Unchanged => json!({"uid": uid, "allowed": true}),
         Decision::Patch(ops) => {

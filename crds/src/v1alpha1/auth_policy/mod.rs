@@ -10,12 +10,14 @@ mod egress;
 mod issuer;
 mod rules;
 mod serving;
+mod sessions;
 mod status;
 
 pub use egress::*;
 pub use issuer::*;
 pub use rules::*;
 pub use serving::*;
+pub use sessions::*;
 pub use status::*;
 
 use rules::RULE_CONFLICT;
@@ -62,6 +64,11 @@ use super::common::{audience_list, pod_selector};
         "rule": "!has(self.egress) || (self.egress.port != self.upstream.port && self.egress.port != (has(self.listen.port) ? self.listen.port : 15080) && self.egress.port != 15090)",
         "message": "egress.port must differ from upstream.port, listen.port and 15090 (the sidecar's admin port)",
         "fieldPath": ".egress.port"
+    },
+    {
+        "rule": "!has(self.sessions) || !has(self.sessions.audience) || (has(self.audiences) && size(self.audiences) > 0 ? self.sessions.audience in self.audiences : (has(self.issuer.self) && self.sessions.audience == self.issuer.self.url))",
+        "message": "sessions.audience must be one of spec.audiences (without audiences, an issuer.self policy's url): a session's token must be one this policy accepts",
+        "fieldPath": ".sessions.audience"
     },
     {
         "rule": RULE_CONFLICT,
@@ -177,6 +184,11 @@ pub struct AuthPolicySpec {
     /// pod's ServiceAccount: no client secret in the pod, no token code in the app.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<Egress>,
+
+    /// Browser sessions: the sidecar logs browsers in at the issuer and keeps their tokens in
+    /// a sealed cookie, so a web app with pages needs no login code of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Sessions>,
 }
 
 /// What keeps traffic from reaching the app's port directly.

@@ -142,4 +142,7 @@ pub struct RenderedObjects {
     /// The NetworkPolicy admitting ingress only on the sidecar's port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_policy: Option<String>,
+    /// The Secret of the keys that seal session cookies (policies with sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_keys: Option<String>,
 }

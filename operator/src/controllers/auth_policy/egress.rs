@@ -95,7 +95,7 @@ pub fn render(
 
 /// `url` with an in-cluster host written in full (`<svc>.<ns>.svc.<cluster domain>`), so that
 /// no DNS search domain turns it into another namespace's name; any other url as it is.
-fn full_name_url(url: &str, cluster_domain: &str) -> String {
+pub fn full_name_url(url: &str, cluster_domain: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -11,6 +11,7 @@ pub mod pods;
 pub mod problem;
 pub mod reconcile;
 pub mod render;
+pub mod sessions;
 pub mod status;
 pub mod triggers;
 pub mod trust;

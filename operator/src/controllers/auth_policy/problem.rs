@@ -78,6 +78,8 @@ pub enum Problem {
     ServiceAccountIssuerPending(Option<String>),
     /// spec.egress cannot work with the client it names (its name, why).
     EgressRefused(String, String),
+    /// spec.sessions cannot work with the client it names (its name, why).
+    SessionsRefused(String, String),
     /// An egress target asks for what its client may not get (the target, why).
     EgressTargetRefused(String, String),
     /// Reading the cluster's service-account issuer failed; the last good keys stay.
@@ -126,6 +128,7 @@ impl Problem {
             Problem::ServiceAccountIssuerPending(_) => "ServiceAccountIssuerPending",
             Problem::EgressRefused(..) => "EgressRefused",
             Problem::EgressTargetRefused(..) => "EgressTargetRefused",
+            Problem::SessionsRefused(..) => "SessionsRefused",
             Problem::ServiceAccountIssuerFailed { .. } => "ServiceAccountIssuerFailed",
         }
     }
@@ -277,6 +280,10 @@ impl std::fmt::Display for Problem {
             Problem::EgressRefused(client, why) => write!(
                 f,
                 "spec.egress.clientRef {client}: {why}; the sidecar takes no outbound call until it can"
+            ),
+            Problem::SessionsRefused(client, why) => write!(
+                f,
+                "spec.sessions.clientRef {client}: {why}; the sidecar logs no browser in until it can (pages answer 401 without a token)"
             ),
             Problem::EgressTargetRefused(target, why) => write!(
                 f,

@@ -13,13 +13,13 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use scopegate_core::config::CONFIG_FILE;
-use scopegate_crds::v1alpha1::{AuthPolicy, RenderedObjects};
+use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, RenderedObjects};
 
 use super::problem::Problem;
 use super::render::{self, Trust};
 use super::status::{self, DryRunScope, Observation};
 use super::trust::{declared_scopes, policy_ref};
-use super::{discovered, egress, inbound, issuer, pods};
+use super::{discovered, egress, inbound, issuer, pods, sessions};
 use crate::audiences::AudienceOwners;
 use crate::client_checks::issuer_key;
 use crate::context::{Context, FIELD_MANAGER};
@@ -154,12 +154,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     });
     check_spec(policy, &trust, ctx, &namespace, &mut observation).await?;
     let egress = spec.egress.as_ref().and_then(|declared| {
-        let client =
-            (ctx.clients).get(&ObjectRef::new(&declared.client_ref.name).within(&namespace));
-        let issuer = client.as_deref().and_then(|client| {
-            let (issuer_namespace, issuer_name) = issuer_key(client);
-            (ctx.policies).get(&ObjectRef::new(&issuer_name).within(&issuer_namespace))
-        });
+        let (client, issuer) = client_and_issuer(ctx, &namespace, &declared.client_ref.name);
         let rendered = egress::render(
             declared,
             client.as_deref(),
@@ -170,11 +165,33 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
             .map_err(|problem| observation.problems.push(problem))
             .ok()
     });
+    let keys = sessions::keys::reconcile(policy, &names, ctx, now).await?;
+    due.extend(keys.next_change);
+    observation.problems.extend(keys.problems);
+    if keys.usable {
+        observation.rendered.session_keys = Some(names.session_keys.clone());
+    }
+    let sessions = (spec.sessions.as_ref())
+        .filter(|_| keys.usable)
+        .and_then(|declared| {
+            let (client, issuer) = client_and_issuer(ctx, &namespace, &declared.client_ref.name);
+            let rendered = sessions::render(
+                policy,
+                declared,
+                client.as_deref(),
+                issuer.as_deref(),
+                &ctx.cluster_domain,
+            );
+            rendered
+                .map_err(|problem| observation.problems.push(problem))
+                .ok()
+        });
     let rendering = Rendering {
         trust: &trust,
         discovered: &discovered.keys,
         service_accounts: service_accounts.flatten(),
         egress,
+        sessions,
         cutoffs,
         bundle: &bundle,
     };
@@ -202,6 +219,21 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(Duration::from_secs(
         (next - now).clamp(1, RESYNC_SECS).unsigned_abs(),
     )))
+}
+
+/// The OAuthClient of `namespace` called `name`, and the AuthPolicy its issuerRef names (each
+/// if it exists). Never another namespace's client: the reference is namespace-local.
+fn client_and_issuer(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> (Option<Arc<OAuthClient>>, Option<Arc<AuthPolicy>>) {
+    let client = (ctx.clients).get(&ObjectRef::new(name).within(namespace));
+    let issuer = client.as_deref().and_then(|client| {
+        let (issuer_namespace, issuer_name) = issuer_key(client);
+        (ctx.policies).get(&ObjectRef::new(&issuer_name).within(&issuer_namespace))
+    });
+    (client, issuer)
 }
 
 /// A policy nothing is rendered for: a name too long for the label every rendered object
@@ -282,6 +314,8 @@ struct Rendering<'a> {
     service_accounts: Option<scopegate_core::config::ServiceAccountIssuer>,
     /// The app's outbound calls, when spec.egress can work.
     egress: Option<scopegate_core::config::EgressConfig>,
+    /// Browser sessions, when spec.sessions can work.
+    sessions: Option<scopegate_core::session::SessionConfig>,
     cutoffs: BTreeMap<String, i64>,
     bundle: &'a str,
 }
@@ -310,6 +344,7 @@ async fn apply_sidecar_config(
     )?;
     render::set_service_account_issuer(&mut config, rendering.service_accounts);
     render::set_egress(&mut config, rendering.egress);
+    render::set_sessions(&mut config, rendering.sessions);
     if !conflicts.is_empty() {
         render::drop_audiences(&mut config, conflicts);
         observation

@@ -285,6 +285,16 @@ pub fn set_egress(
     config.api_version = config.required_api_version().to_owned();
 }
 
+/// Sets the config's browser sessions (`None`: off, or not workable yet), and the API version
+/// they need.
+pub fn set_sessions(
+    config: &mut SidecarConfig,
+    sessions: Option<scopegate_core::session::SessionConfig>,
+) {
+    config.sessions = sessions;
+    config.api_version = config.required_api_version().to_owned();
+}
+
 /// The issuer's part of the config, for an `issuer.self` policy.
 fn issuer_config(policy: &AuthPolicy) -> Option<IssuerConfig> {
     policy.spec.issuer.self_.as_ref().map(|own| {

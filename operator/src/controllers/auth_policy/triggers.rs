@@ -105,7 +105,7 @@ pub fn service(policies: Store<AuthPolicy>) -> impl Fn(Service) -> Targets {
 }
 
 /// A client changed: its issuer re-renders the registry, and the policies of its namespace
-/// whose egress names it their sidecar config.
+/// whose egress or sessions name it their sidecar config.
 pub fn client(policies: Store<AuthPolicy>) -> impl Fn(OAuthClient) -> Targets {
     move |client: OAuthClient| {
         let namespace = client.namespace();
@@ -114,7 +114,10 @@ pub fn client(policies: Store<AuthPolicy>) -> impl Fn(OAuthClient) -> Targets {
         targets.extend(
             (policies.state().iter())
                 .filter(|p| p.namespace() == namespace)
-                .filter(|p| (p.spec.egress.as_ref()).is_some_and(|e| e.client_ref.name == name))
+                .filter(|p| {
+                    (p.spec.egress.as_ref()).is_some_and(|e| e.client_ref.name == name)
+                        || (p.spec.sessions.as_ref()).is_some_and(|s| s.client_ref.name == name)
+                })
                 .map(|p| ObjectRef::from_obj(p.as_ref())),
         );
         targets

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use scopegate_crds::v1alpha1::AuthPolicy;
 
 use crate::names::INJECTED_ANNOTATION;
-pub use sidecar::InjectionSettings;
+pub use sidecar::{InjectionSettings, TokenAudiences};
 use sidecar::{VOLUME_PREFIX, inject, own_container};
 use verify::verify_injected;
 
@@ -59,14 +59,14 @@ pub fn seniority(policy: &AuthPolicy) -> (Option<k8s_openapi::jiff::Timestamp>, 
     )
 }
 
-/// Decides what to do with `pod` given every AuthPolicy of its namespace; `egress_audience`
-/// gives the issuer URL of a policy's egress client (the audience of the sidecar's
-/// ServiceAccount token), if it resolves.
+/// Decides what to do with `pod` given every AuthPolicy of its namespace; `token_audiences`
+/// gives the issuer URLs of a policy's egress and sessions clients (the audiences of the
+/// sidecar's ServiceAccount tokens), as far as they resolve.
 pub fn decide(
     pod: &Pod,
     policies: &[&AuthPolicy],
     settings: &InjectionSettings,
-    egress_audience: &dyn Fn(&AuthPolicy) -> Option<String>,
+    token_audiences: &dyn Fn(&AuthPolicy) -> TokenAudiences,
 ) -> Decision {
     let labels = pod.labels();
     let selecting: Vec<&AuthPolicy> = policies
@@ -88,9 +88,9 @@ pub fn decide(
             policy.name_any()
         ));
     }
-    let audience = egress_audience(policy);
+    let audiences = token_audiences(policy);
     if carries_marks(pod) {
-        return match verify_injected(pod, policy, settings, audience.as_deref()) {
+        return match verify_injected(pod, policy, settings, &audiences) {
             Ok(()) => Decision::Unchanged,
             Err(why) => Decision::Deny(why),
         };
@@ -102,7 +102,7 @@ pub fn decide(
         ));
     }
     let mut mutated = pod.clone();
-    inject(&mut mutated, policy, settings, audience.as_deref());
+    inject(&mut mutated, policy, settings, &audiences);
     let original = serde_json::to_value(pod).unwrap_or_default();
     let changed = serde_json::to_value(&mutated).unwrap_or_default();
     Decision::Patch(diff(&original, &changed))

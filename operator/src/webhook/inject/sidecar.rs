@@ -82,15 +82,23 @@ pub fn own_container(name: &str) -> bool {
     name == SIDECAR_NAME || name == PORT_LOCK_NAME
 }
 
+/// The audiences of the ServiceAccount tokens the sidecar presents to issuers, mounted into
+/// the sidecar only: the URL of the issuer of the policy's egress client and of its sessions'
+/// client, each when the policy has it and the client resolves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenAudiences {
+    /// For egress (file [`names::SA_TOKEN_FILE`]).
+    pub egress: Option<String>,
+    /// For sessions (file [`names::SESSION_SA_TOKEN_FILE`]).
+    pub sessions: Option<String>,
+}
+
 /// Adds the sidecar, its volumes and the app-side mounts to `pod`.
-///
-/// `egress_audience` is the URL of the issuer of the policy's egress client, when it has one:
-/// the audience of the ServiceAccount token mounted into the sidecar only.
 pub fn inject(
     pod: &mut Pod,
     policy: &AuthPolicy,
     settings: &InjectionSettings,
-    egress_audience: Option<&str>,
+    audiences: &TokenAudiences,
 ) {
     let spec = pod.spec.get_or_insert_with(Default::default);
     let Volumes {
@@ -98,7 +106,7 @@ pub fn inject(
         sidecar_mounts,
         app_mount,
         mint_mount,
-    } = volumes(policy, egress_audience);
+    } = volumes(policy, audiences);
     // The mint socket goes only into the containers the policy names (default: the first).
     let minters = minting_containers(policy, &spec.containers);
     // The app's HTTP probes go through the sidecar's admin port, which replays them.
@@ -176,8 +184,9 @@ fn secret_volume(name: &str, secret: String, optional: bool) -> Volume {
 
 /// The volumes for `policy`: its sidecar config and the CA bundle always; an issuer's keys,
 /// client registry, certificate, mint socket and upstream secrets; the Redis credentials and
-/// the listener certificate when the spec names them.
-fn volumes(policy: &AuthPolicy, egress_audience: Option<&str>) -> Volumes {
+/// the listener certificate when the spec names them; the ServiceAccount tokens for egress
+/// and sessions, and the session keys.
+fn volumes(policy: &AuthPolicy, audiences: &TokenAudiences) -> Volumes {
     let names_of = Names::of(&policy.name_any());
     let mut volumes = vec![
         config_map_volume("scopegate-config", names_of.sidecar.clone(), false),
@@ -241,31 +250,69 @@ fn volumes(policy: &AuthPolicy, egress_audience: Option<&str>) -> Volumes {
         volumes.push(secret_volume("scopegate-listen-tls", tls.clone(), false));
         sidecar_mounts.push(mount("scopegate-listen-tls", LISTEN_TLS_MOUNT_DIR));
     }
-    if let Some(audience) = egress_audience.filter(|_| policy.spec.egress.is_some()) {
-        // The pod's own identity, for the issuer only: short-lived, in the sidecar only.
+    let tokens: Vec<VolumeProjection> = [
+        (
+            policy.spec.egress.is_some(),
+            &audiences.egress,
+            names::SA_TOKEN_FILE,
+        ),
+        (
+            policy.spec.sessions.is_some(),
+            &audiences.sessions,
+            names::SESSION_SA_TOKEN_FILE,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(wanted, audience, file)| {
+        Some(token_projection(
+            audience.as_ref().filter(|_| wanted)?,
+            file,
+        ))
+    })
+    .collect();
+    if !tokens.is_empty() {
+        // The pod's own identity, for the issuers only: short-lived, in the sidecar only.
         volumes.push(Volume {
             name: "scopegate-issuer-token".into(),
             projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(audience.to_owned()),
-                        expiration_seconds: Some(ISSUER_TOKEN_SECONDS),
-                        path: names::SA_TOKEN_FILE.to_owned(),
-                        user: None,
-                    }),
-                    ..VolumeProjection::default()
-                }]),
+                sources: Some(tokens),
                 ..ProjectedVolumeSource::default()
             }),
             ..Volume::default()
         });
         sidecar_mounts.push(mount("scopegate-issuer-token", names::SA_TOKEN_MOUNT_DIR));
     }
+    if policy.spec.sessions.is_some() {
+        // The keys that seal session cookies: the sidecar only, never the app. Optional, so
+        // that a pod made before the operator wrote them starts and gets them once they exist.
+        volumes.push(secret_volume(
+            "scopegate-session-keys",
+            names_of.session_keys.clone(),
+            true,
+        ));
+        sidecar_mounts.push(mount(
+            "scopegate-session-keys",
+            scopegate_core::session::SESSION_KEYS_MOUNT_DIR,
+        ));
+    }
     Volumes {
         volumes,
         sidecar_mounts,
         app_mount: mount("scopegate-ca", APP_CA_MOUNT_DIR),
         mint_mount,
+    }
+}
+
+/// A ServiceAccount token for `audience`, at `file` of the token volume.
+fn token_projection(audience: &str, file: &str) -> VolumeProjection {
+    VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            audience: Some(audience.to_owned()),
+            expiration_seconds: Some(ISSUER_TOKEN_SECONDS),
+            path: file.to_owned(),
+            user: None,
+        }),
+        ..VolumeProjection::default()
     }
 }
 

@@ -39,7 +39,7 @@ fn decide_without_egress(
     policies: &[&AuthPolicy],
     settings: &InjectionSettings,
 ) -> Decision {
-    decide(pod, policies, settings, &|_| None)
+    decide(pod, policies, settings, &|_| TokenAudiences::default())
 }
 
 fn pod(labels: &str) -> Pod {
@@ -755,7 +755,10 @@ fn an_egress_policy_gives_the_sidecar_alone_a_short_token_for_the_issuer() {
         )
         .unwrap(),
     );
-    let issuer = |_: &AuthPolicy| Some("https://auth.shop.svc".to_owned());
+    let issuer = |_: &AuthPolicy| TokenAudiences {
+        egress: Some("https://auth.shop.svc".to_owned()),
+        sessions: None,
+    };
     let original = pod("{app: billing}");
     let Decision::Patch(ops) = decide(&original, &[&p], &settings(true), &issuer) else {
         panic!("no patch")
@@ -809,9 +812,141 @@ fn an_egress_policy_gives_the_sidecar_alone_a_short_token_for_the_issuer() {
     };
     assert!(why.contains("hostNetwork"), "{why}");
     // Before the client resolves, no token: the sidecar's egress answers 503 until then.
-    let Decision::Patch(ops) = decide(&original, &[&p], &settings(true), &|_| None) else {
+    let Decision::Patch(ops) = decide_without_egress(&original, &[&p], &settings(true)) else {
         panic!("no patch")
     };
     let unresolved = apply(&original, &ops).spec.unwrap();
     assert!(!(unresolved.volumes.iter().flatten()).any(|v| v.name == "scopegate-issuer-token"));
+}
+
+#[test]
+fn a_sessions_policy_mounts_the_keys_and_a_token_into_the_sidecar_alone() {
+    let mut p = policy("web", "{matchLabels: {app: web}}", false);
+    p.spec.sessions = Some(
+        serde_yaml_ng::from_str(
+            "clientRef: {name: web}\nredirectUri: https://shop.example.com/.scopegate/callback\npaths: [/account/**]",
+        )
+        .unwrap(),
+    );
+    p.spec.egress = Some(
+        serde_yaml_ng::from_str(
+            "clientRef: {name: billing}\ntargets: [{name: orders, url: 'http://orders.shop.svc', audience: 'https://orders.shop.svc'}]",
+        )
+        .unwrap(),
+    );
+    // Both features on, with clients of different issuers: one token each.
+    let issuers = |_: &AuthPolicy| TokenAudiences {
+        egress: Some("https://auth.shop.svc".to_owned()),
+        sessions: Some("https://login.shop.svc".to_owned()),
+    };
+    let original = pod("{app: web}");
+    let Decision::Patch(ops) = decide(&original, &[&p], &settings(true), &issuers) else {
+        panic!("no patch")
+    };
+    let injected = apply(&original, &ops);
+    let spec = injected.spec.clone().unwrap();
+    let volume = |name: &str| {
+        (spec.volumes.iter().flatten())
+            .find(|v| v.name == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no volume {name}"))
+    };
+    let keys = volume("scopegate-session-keys").secret.unwrap();
+    assert_eq!(keys.secret_name.as_deref(), Some("web-session-keys"));
+    let tokens: Vec<(String, String)> = (volume("scopegate-issuer-token").projected.unwrap())
+        .sources
+        .unwrap()
+        .into_iter()
+        .map(|s| s.service_account_token.unwrap())
+        .map(|t| (t.path, t.audience.unwrap()))
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            ("token".to_owned(), "https://auth.shop.svc".to_owned()),
+            (
+                "session-token".to_owned(),
+                "https://login.shop.svc".to_owned()
+            )
+        ]
+    );
+    let mounts = |c: &Container| -> Vec<(String, String)> {
+        (c.volume_mounts.iter().flatten())
+            .map(|m| (m.name.clone(), m.mount_path.clone()))
+            .collect()
+    };
+    let sidecar = (spec.init_containers.iter().flatten())
+        .find(|c| c.name == SIDECAR_NAME)
+        .unwrap();
+    assert!(mounts(sidecar).contains(&(
+        "scopegate-session-keys".to_owned(),
+        "/etc/scopegate/session-keys".to_owned()
+    )));
+    for app in &spec.containers {
+        let app_mounts = mounts(app);
+        assert!(
+            !app_mounts
+                .iter()
+                .any(|(name, _)| name == "scopegate-session-keys"
+                    || name == "scopegate-issuer-token"),
+            "the app mounts {app_mounts:?}"
+        );
+    }
+    // The pod as stored passes the check of a resubmitted pod; one that lends the keys to the
+    // app does not, nor a pod not yet injected that brings a volume of that name.
+    assert_eq!(
+        decide(&injected, &[&p], &settings(true), &issuers),
+        Decision::Unchanged
+    );
+    let mut lending = injected.clone();
+    lending.spec.as_mut().unwrap().containers[0]
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(k8s_openapi::api::core::v1::VolumeMount {
+            name: "scopegate-session-keys".into(),
+            mount_path: "/keys".into(),
+            ..Default::default()
+        });
+    let Decision::Deny(why) = decide(&lending, &[&p], &settings(true), &issuers) else {
+        panic!("a pod lending the session keys to the app was admitted")
+    };
+    assert!(
+        why.contains("its app container mounts scopegate volumes"),
+        "{why}"
+    );
+    let mut borrowing = original.clone();
+    let spec = borrowing.spec.as_mut().unwrap();
+    spec.volumes = Some(vec![Volume {
+        name: "scopegate-session-keys".into(),
+        secret: Some(k8s_openapi::api::core::v1::SecretVolumeSource {
+            secret_name: Some("web-session-keys".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    assert!(matches!(
+        decide(&borrowing, &[&p], &settings(true), &issuers),
+        Decision::Deny(_)
+    ));
+    // Without sessions, neither the keys nor a session token.
+    p.spec.sessions = None;
+    let Decision::Patch(ops) = decide(&original, &[&p], &settings(true), &issuers) else {
+        panic!("no patch")
+    };
+    let plain = apply(&original, &ops).spec.unwrap();
+    assert!(!(plain.volumes.iter().flatten()).any(|v| v.name == "scopegate-session-keys"));
+    let token = (plain.volumes.iter().flatten())
+        .find(|v| v.name == "scopegate-issuer-token")
+        .unwrap();
+    assert_eq!(
+        token
+            .projected
+            .as_ref()
+            .unwrap()
+            .sources
+            .as_ref()
+            .unwrap()
+            .len(),
+        1
+    );
 }

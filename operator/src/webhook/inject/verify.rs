@@ -7,7 +7,9 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Volume, VolumeMount};
 use kube::ResourceExt;
 use scopegate_crds::v1alpha1::AuthPolicy;
 
-use super::sidecar::{APP_PROBES_ENV, InjectionSettings, VOLUME_PREFIX, inject, own_container};
+use super::sidecar::{
+    APP_PROBES_ENV, InjectionSettings, TokenAudiences, VOLUME_PREFIX, inject, own_container,
+};
 use crate::names::{INJECTED_ANNOTATION, SIDECAR_NAME};
 
 /// Checks that a pod carrying injection's marks carries exactly what the webhook renders for
@@ -17,11 +19,11 @@ pub fn verify_injected(
     pod: &Pod,
     policy: &AuthPolicy,
     settings: &InjectionSettings,
-    egress_audience: Option<&str>,
+    audiences: &TokenAudiences,
 ) -> Result<(), String> {
     let name = policy.name_any();
     let mut rendered = strip(pod);
-    inject(&mut rendered, policy, settings, egress_audience);
+    inject(&mut rendered, policy, settings, audiences);
     let rendered_spec = rendered.spec.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
 

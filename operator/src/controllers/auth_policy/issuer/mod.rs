@@ -101,6 +101,7 @@ pub async fn reconcile(
         clients: Some(names.clients.clone()),
         upstreams: (!own.upstreams.is_empty()).then(|| names.upstreams.clone()),
         network_policy: None,
+        session_keys: None,
     };
     let trust = Trust::Own {
         jwks: keys.jwks,

@@ -165,15 +165,7 @@ async fn billing_calls_orders_with_no_secret_anywhere() {
     let auth_running = RunningPod::start(&client, &network, &auth, &images, &[], &logs)
         .await
         .expect("auth runs");
-    let auth_route = ServiceRoute {
-        names: vec![
-            format!("auth.{n}.svc"),
-            format!("auth.{n}.svc.cluster.local"),
-        ],
-        cluster_ip: network.cluster_ip(),
-        port: 443,
-        endpoint: SocketAddr::from((auth_running.ip, 15080)),
-    };
+    let auth_route = route(n, "auth", 443, &network, &auth_running);
     let orders_running = RunningPod::start(
         &client,
         &network,
@@ -184,15 +176,7 @@ async fn billing_calls_orders_with_no_secret_anywhere() {
     )
     .await
     .expect("orders runs");
-    let orders_route = ServiceRoute {
-        names: vec![
-            format!("orders.{n}.svc"),
-            format!("orders.{n}.svc.cluster.local"),
-        ],
-        cluster_ip: network.cluster_ip(),
-        port: 80,
-        endpoint: SocketAddr::from((orders_running.ip, 15080)),
-    };
+    let orders_route = route(n, "orders", 80, &network, &orders_running);
     let billing_running = RunningPod::start(
         &client,
         &network,

@@ -13,7 +13,7 @@ use http::header::CONTENT_TYPE;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-pub use scopegate_sidecar_kit::form::form_encode;
+pub use scopegate_sidecar_kit::form::{form_decode, form_encode};
 
 use crate::error::OAuthError;
 
@@ -109,28 +109,6 @@ impl Form {
     pub fn require(&self, name: &'static str) -> Result<&str, OAuthError> {
         self.get(name).ok_or(OAuthError::Missing(name))
     }
-}
-
-/// Decodes one form-urlencoded component: `+` is a space, `%XX` a byte; the result must be
-/// UTF-8.
-pub fn form_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `url` with `params` form-encoded onto its query (after any query it has).

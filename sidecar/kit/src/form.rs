@@ -1,5 +1,5 @@
 //! `application/x-www-form-urlencoded` components, as the sidecar writes them into the
-//! bodies and query strings of its own OAuth requests.
+//! bodies and query strings of its own OAuth requests and reads them from those it answers.
 
 /// Encodes one component (unreserved characters kept, the rest percent-encoded).
 pub fn form_encode(text: &str) -> String {
@@ -12,6 +12,28 @@ pub fn form_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// Decodes one form-urlencoded component: `+` is a space, `%XX` a byte; the result must be
+/// UTF-8.
+pub fn form_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

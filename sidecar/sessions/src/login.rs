@@ -6,7 +6,7 @@ use aws_lc_rs::digest;
 use http::Method;
 use http::header::{self, HeaderMap};
 use scopegate_core::jose::b64;
-use scopegate_sidecar_kit::form::form_encode;
+use scopegate_sidecar_kit::form::{form_decode, form_encode};
 
 /// Longest return path kept; a longer one returns to `/`.
 pub const MAX_RETURN_LEN: usize = 2048;
@@ -178,27 +178,6 @@ impl Callback {
         }
         Ok(callback)
     }
-}
-
-/// Decodes one `application/x-www-form-urlencoded` component.
-fn form_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

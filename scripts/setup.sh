@@ -34,8 +34,10 @@ cargo clippy --version >/dev/null 2>&1 || { echo "setup: clippy missing: rustup 
 
 # Debian packages: command -> package.
 declare -A debian=([openssl]=openssl [lua5.4]=lua5.4 [curl]=curl [setsid]=util-linux [redis-server]=redis-server [ip]=iproute2 [nft]=nftables)
-# Headless Chromium for the sidecar's chooser-page screenshot test.
-debian+=([chromium]=chromium)
+# Headless Chromium for the sidecar's chooser-page screenshot test; chromedriver (Selenium
+# drives the browser of e2e/tests/browser_sessions.rs) and certutil (its profile trusts the
+# test's CAs through an NSS database, never by ignoring certificate errors).
+debian+=([chromium]=chromium [chromedriver]=chromium-driver [certutil]=libnss3-tools)
 debian+=([buildah]=buildah [skopeo]=skopeo [umoci]=umoci [bwrap]=bubblewrap [jq]=jq [rsync]=rsync [file]=file [objcopy]=binutils [update-ca-certificates]=ca-certificates)
 need=()
 for tool in "${!debian[@]}"; do

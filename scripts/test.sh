@@ -73,7 +73,7 @@ bash e2e/scripts/cluster-up.sh "$E2E_DIR"
 bash e2e/scripts/operator-up.sh "$E2E_DIR" "$CARGO_TARGET_DIR/debug/scopegate-operator"
 source "$E2E_DIR/env"
 # Two test threads: the other core serves kube-apiserver, etcd and the operator.
-if ! cargo test -p scopegate-e2e --locked --test crds --test operator --test keys --test webhook --test pods --test story --test upstreams --test trust --test discovery --test tenancy --test cli --test dry_run --test status --test service_accounts --test projected_tokens --test egress --test sessions -- --test-threads 2 --nocapture; then
+if ! cargo test -p scopegate-e2e --locked --test crds --test operator --test keys --test webhook --test pods --test story --test upstreams --test trust --test discovery --test tenancy --test cli --test dry_run --test status --test service_accounts --test projected_tokens --test egress --test sessions --test browser_sessions -- --test-threads 2 --nocapture; then
   echo "--- operator log (last 40 lines) ---" >&2; tail -n 40 "$E2E_DIR/logs/operator.log" >&2
   exit 1
 fi

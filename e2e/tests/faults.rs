@@ -150,6 +150,39 @@ async fn an_operator_killed_after_any_write_of_a_rotation_never_lets_a_token_out
             .await
             .unwrap(),
     );
+    // A retired key stays until the tokens it signed expire (access and minted tokens, 15m
+    // in examples/). Rotations a few seconds apart would fill the signing-keys document (16
+    // keys at most) before the crash points run out, and the operator would rightly defer
+    // the next rotation: with 1-minute tokens, retired keys leave while the test runs. No
+    // token exists yet.
+    let short = serde_json::json!({"spec": {"issuer": {"self": {
+        "tokens": {"accessTokenTtl": "1m"}, "mint": {"maxTtl": "1m"}
+    }}}});
+    Api::<AuthPolicy>::namespaced(client.clone(), &namespace)
+        .patch("auth", &PatchParams::default(), &Patch::Merge(&short))
+        .await
+        .unwrap();
+    eventually("the issuer's config with 1-minute tokens", || async {
+        let config = sidecar_config(&client, &namespace, "auth").await?;
+        let ttl = config.issuer.map(|i| i.access_token_ttl_secs);
+        ensure!(ttl == Some(60), "access token TTL {ttl:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    eventually("the issuer issuing 1-minute tokens", || async {
+        let token = shop.accounting_token(None)?;
+        let claims = token.split('.').nth(1).context("a JWS")?;
+        let claims: serde_json::Value = serde_json::from_slice(&base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            claims,
+        )?)?;
+        let lifetime = claims["exp"].as_i64().unwrap_or(0) - claims["iat"].as_i64().unwrap_or(0);
+        ensure!(lifetime == 60, "a {lifetime} s token");
+        Ok(())
+    })
+    .await
+    .unwrap();
 
     // A client keeps calling with fresh tokens; the API objects are checked alongside.
     let stop = Arc::new(AtomicBool::new(false));

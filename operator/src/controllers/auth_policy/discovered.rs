@@ -222,6 +222,28 @@ pub struct Discovered {
     pub problems: Vec<Problem>,
 }
 
+/// The status entry to write: `fresh`, except before this process's first read of the source
+/// (`unread`), when the keys held are the ones `previous` already describes. Then it says
+/// what it said, so that a restarted operator writes nothing until it has read something new
+/// (a restart is not news; the read that follows says whatever changed).
+fn unread_keeps(
+    fresh: DiscoveredIssuerStatus,
+    previous: Option<&DiscoveredIssuerStatus>,
+    unread: bool,
+) -> DiscoveredIssuerStatus {
+    match previous {
+        Some(previous)
+            if unread
+                && fresh.error.is_none()
+                && previous.issuer == fresh.issuer
+                && previous.key_ids == fresh.key_ids =>
+        {
+            previous.clone()
+        }
+        _ => fresh,
+    }
+}
+
 /// How often the cluster's service-account issuer is read: the API server's key rotation is
 /// seen within this.
 pub const SERVICE_ACCOUNT_REFRESH: Duration = Duration::from_secs(60);
@@ -274,7 +296,9 @@ pub fn step(
     }
     if service_accounts {
         let known = (ctx.discovery).observe(&Source::ApiServer, SERVICE_ACCOUNT_REFRESH, me, now);
-        let resolved = resolve_service_accounts(&known, held_service_accounts.as_ref());
+        let mut resolved = resolve_service_accounts(&known, held_service_accounts.as_ref());
+        let previous = (policy.status.as_ref()).and_then(|s| s.service_account_issuer.as_ref());
+        resolved.status = unread_keeps(resolved.status, previous, known.read.is_none());
         discovered.problems.extend(resolved.problem.clone());
         discovered.service_accounts = Some(resolved);
     }
@@ -284,6 +308,34 @@ pub fn step(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn a_restart_says_what_status_said_until_its_first_read() {
+        let said = DiscoveredIssuerStatus {
+            issuer: "https://kubernetes.default.svc".into(),
+            jwks_uri: Some("https://10.0.0.1:6443/openid/v1/jwks".into()),
+            key_ids: vec!["k1".into()],
+            error: None,
+        };
+        let held = DiscoveredIssuerStatus {
+            jwks_uri: None,
+            ..said.clone()
+        };
+        assert_eq!(unread_keeps(held.clone(), Some(&said), true), said);
+        // Once read, what was read; other keys, or an error, are news at once.
+        assert_eq!(unread_keeps(held.clone(), Some(&said), false), held);
+        let other = DiscoveredIssuerStatus {
+            key_ids: vec!["k2".into()],
+            ..held.clone()
+        };
+        assert_eq!(unread_keeps(other.clone(), Some(&said), true), other);
+        let failing = DiscoveredIssuerStatus {
+            error: Some("refused".into()),
+            ..held.clone()
+        };
+        assert_eq!(unread_keeps(failing.clone(), Some(&said), true), failing);
+        assert_eq!(unread_keeps(held.clone(), None, true), held);
+    }
 
     use std::sync::Arc;
 

@@ -776,3 +776,165 @@ async fn without_a_key_sessions_are_off_and_the_sidecar_says_why() {
     sidecar.shutdown().await;
     issuer.stop().await;
 }
+
+/// A request with one raw `Cookie` header line and extra headers.
+async fn send_cookie(
+    addr: SocketAddr,
+    target: &str,
+    cookie: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
+    let mut request = format!(
+        "GET {target} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nCookie: {cookie}\r\n"
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    raw(addr, request.as_bytes()).await
+}
+
+/// Every value of header `name` in an answer.
+fn all<'a>(r: &'a RawResponse, name: &str) -> Vec<&'a str> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_never_sees_our_cookies_and_can_set_none_of_them() {
+    let pod = Pod::start(600).await;
+    let (jar, _) = pod.login("/items/1", "alice").await;
+    let session = jar.get(SESSION_COOKIE).unwrap().to_owned();
+    // The browser sends the cookie twice, among others, with the login cookie, a case
+    // variant, and a cookie of the app's whose value is UTF-8 (no `str` header).
+    let cookie = format!(
+        "a=1; {SESSION_COOKIE}={session}; pref=café;{SESSION_COOKIE}={session} ; \
+         {LOGIN_COOKIE}=x; __HOST-scopegate-session={session}; b=2"
+    );
+    let r = send_cookie(pod.addr(), "/items/1", &cookie, BROWSER).await;
+    assert_eq!(r.status, 200, "the session is read: {r:?}");
+    let seen = pod.app.last().unwrap();
+    assert_eq!(seen.headers["x-auth-subject"], "alice");
+    assert_eq!(seen.headers["cookie"], "a=1; pref=café; b=2");
+    assert!(!seen.headers.values().any(|v| v.contains(&session)));
+    // Its own Cookie header for each of our cookies: none reaches the app, the app's do.
+    let mut request = String::from(
+        "GET /items/1 HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\
+         Accept: text/html\r\nSec-Fetch-Mode: navigate\r\n",
+    );
+    for line in [
+        format!("{SESSION_COOKIE}={session}"),
+        "c=3".to_owned(),
+        format!("  {SESSION_COOKIE}  =  {session}"),
+        format!("{LOGIN_COOKIE}=y"),
+    ] {
+        request.push_str(&format!("Cookie: {line}\r\n"));
+    }
+    request.push_str("\r\n");
+    assert_eq!(raw(pod.addr(), request.as_bytes()).await.status, 200);
+    let seen = pod.app.last().unwrap();
+    assert_eq!(seen.headers["cookie"], "c=3");
+    assert!(!seen.headers.values().any(|v| v.contains(&session)));
+
+    // The app, taken over, tries to plant or overwrite a session (fixation through the app)
+    // in every spelling; its own cookie still goes out.
+    let planted = [
+        format!("{SESSION_COOKIE}=planted; Path=/; Secure; HttpOnly"),
+        format!("  {SESSION_COOKIE}=planted"),
+        "__host-scopegate-session=planted; Path=/; Secure".to_owned(),
+        format!("={SESSION_COOKIE}=planted; Path=/; Secure"),
+        format!("{LOGIN_COOKIE}=planted; Path=/; Secure"),
+        format!("x=1, {SESSION_COOKIE}=planted; Path=/"),
+        format!("{SESSION_COOKIE}=; Max-Age=0"),
+    ];
+    let mut headers: Vec<(String, String)> = planted
+        .iter()
+        .map(|c| ("X-Reply-Header".to_owned(), format!("Set-Cookie: {c}")))
+        .collect();
+    headers.push((
+        "X-Reply-Header".into(),
+        "Set-Cookie: theme=dark; Path=/".into(),
+    ));
+    let mut with = BROWSER.to_vec();
+    with.extend(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    for (target, jar) in [("/items/1", &jar), ("/bye", &Jar::default())] {
+        let r = pod.send("GET", target, &with, jar).await;
+        assert_eq!(r.status, 200, "{target}");
+        assert_eq!(all(&r, "set-cookie"), ["theme=dark; Path=/"], "{target}");
+    }
+    assert_eq!(pod.metric("app_cookie_removed").await, 2);
+    // The session is still alice's.
+    assert_eq!(pod.visit("/items/1", &jar).await.status, 200);
+    assert_eq!(pod.app.last().unwrap().headers["x-auth-subject"], "alice");
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_the_cookie_vary_by_it_and_are_private_unless_the_app_says_otherwise() {
+    let pod = Pod::start(600).await;
+    let (jar, _) = pod.login("/items/1", "alice").await;
+    let page = |extra: &'static [(&'static str, &'static str)]| {
+        let mut headers = BROWSER.to_vec();
+        headers.extend_from_slice(extra);
+        headers
+    };
+    // The app says nothing: a shared cache is told to keep it to this browser.
+    let r = pod.send("GET", "/items/1", &page(&[]), &jar).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(all(&r, "vary"), ["Cookie"]);
+    assert_eq!(all(&r, "cache-control"), ["private"]);
+    // The app's Vary is kept and Cookie joins it once; its Cache-Control is its own.
+    let r = pod
+        .send(
+            "GET",
+            "/api/x",
+            &page(&[
+                ("X-Reply-Header", "Vary: Accept-Encoding"),
+                ("X-Reply-Header", "Cache-Control: max-age=60"),
+            ]),
+            &jar,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(all(&r, "vary"), ["Accept-Encoding, Cookie"]);
+    assert_eq!(all(&r, "cache-control"), ["max-age=60"]);
+    let r = pod
+        .send(
+            "GET",
+            "/items/1",
+            &page(&[("X-Reply-Header", "Vary: Origin, cookie")]),
+            &jar,
+        )
+        .await;
+    assert_eq!(all(&r, "vary"), ["Origin, cookie"]);
+    let r = pod
+        .send(
+            "GET",
+            "/items/1",
+            &page(&[("X-Reply-Header", "Vary: *")]),
+            &jar,
+        )
+        .await;
+    assert_eq!(all(&r, "vary"), ["*"]);
+    // A session path without the cookie varies by it too (its login redirect is no-store).
+    let r = pod.visit("/items/1", &Jar::default()).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(all(&r, "vary"), ["Cookie"]);
+    // A bearer request elsewhere is the app's business alone.
+    let token = pod.app.last().unwrap().headers["authorization"].clone();
+    let r = pod
+        .send(
+            "GET",
+            "/api/x",
+            &[("Authorization", &token)],
+            &Jar::default(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(all(&r, "vary").is_empty(), "{r:?}");
+    assert!(all(&r, "cache-control").is_empty(), "{r:?}");
+    pod.stop().await;
+}

@@ -27,10 +27,12 @@ pub struct Prepared {
     /// A browser's navigation on a session path without a bearer token: if it is refused for
     /// want of credentials, it is sent to log in.
     may_login: bool,
+    /// The path is one of the section's session paths.
+    session_path: bool,
     /// Where a login started now returns to.
     return_to: String,
-    /// The `Set-Cookie` the answer carries: a refreshed session, or its end.
-    set_cookie: Option<HeaderValue>,
+    /// The `Set-Cookie`s the answer carries: a refreshed session, or its end; a login's.
+    set_cookies: Vec<HeaderValue>,
 }
 
 impl Prepared {
@@ -38,14 +40,32 @@ impl Prepared {
     pub fn from_cookie(&self) -> bool {
         self.from_cookie
     }
+}
 
-    /// Puts the session's `Set-Cookie`, if any, on the answer; an answer that sets a session
-    /// is never stored by a cache.
-    pub fn finish(self, headers: &mut HeaderMap) {
-        if let Some(cookie) = self.set_cookie {
-            headers.append(header::SET_COOKIE, cookie);
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+/// Adds `Cookie` to the answer's `Vary` (RFC 9110 §12.5.5): merged into the `Vary` the app
+/// sent, never twice, and a `Vary: *` left as it is (it varies by everything already).
+fn vary_by_cookie(headers: &mut HeaderMap) {
+    let tokens = || {
+        headers
+            .get_all(header::VARY)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+    };
+    if tokens().any(|t| t == b"*" || t.eq_ignore_ascii_case(b"cookie")) {
+        return;
+    }
+    let mut merged: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::VARY) {
+        let value = value.as_bytes().trim_ascii();
+        if !value.is_empty() {
+            merged.extend_from_slice(value);
+            merged.extend_from_slice(b", ");
         }
+    }
+    merged.extend_from_slice(b"Cookie");
+    if let Ok(value) = HeaderValue::from_bytes(&merged) {
+        headers.insert(header::VARY, value);
     }
 }
 
@@ -96,16 +116,17 @@ impl Sessions {
     ) -> Result<Prepared, Response<ProxyBody>> {
         let now = unix_now();
         let has_authorization = req.headers().contains_key(header::AUTHORIZATION);
-        let may_login = !has_authorization
-            && login::is_navigation(req.method(), req.headers())
-            && compiled.logs_in(route_path);
+        let session_path = compiled.logs_in(route_path);
+        let may_login =
+            !has_authorization && login::is_navigation(req.method(), req.headers()) && session_path;
         let cookie = cookies::value(req.headers(), SESSION_COOKIE).map(str::to_owned);
         cookies::strip(req.headers_mut(), &[SESSION_COOKIE, LOGIN_COOKIE]);
         let mut prepared = Prepared {
             from_cookie: false,
             may_login,
+            session_path,
             return_to: login::return_path(forward_path, req.uri().query()),
-            set_cookie: None,
+            set_cookies: Vec::new(),
         };
         let (Some(cookie), false) = (cookie, has_authorization) else {
             return Ok(prepared);
@@ -138,7 +159,7 @@ impl Sessions {
             match self.refresh(compiled, &keys, &session, now).await {
                 Refresh::Renewed(renewed, cookie) => {
                     session = *renewed;
-                    prepared.set_cookie = Some(cookie);
+                    prepared.set_cookies.push(cookie);
                 }
                 Refresh::Ended(why) => {
                     self.end(&mut prepared, &session, why);
@@ -170,7 +191,8 @@ impl Sessions {
 
     /// The answer to a request the verifier refused, when the sessions have one: a browser's
     /// navigation refused for want of credentials (or with a session token the verifier
-    /// refused, which ends the session) is sent to log in. `None`: the usual refusal.
+    /// refused, which ends the session) is sent to log in; its login cookie goes on the answer
+    /// with [`Sessions::finish`]. `None`: the usual refusal.
     pub fn refused(
         &self,
         compiled: &Compiled,
@@ -180,7 +202,7 @@ impl Sessions {
         match refusal {
             Refusal::InvalidToken if prepared.from_cookie => {
                 // Revoked (the feed), or under keys this verifier no longer trusts.
-                prepared.set_cookie = Some(cookies::clear(SESSION_COOKIE));
+                prepared.set_cookies.push(cookies::clear(SESSION_COOKIE));
                 prepared.from_cookie = false;
                 self.metrics.count(Event::Ended);
                 tracing::info!("session ended: its access token is refused");
@@ -191,12 +213,18 @@ impl Sessions {
         if !prepared.may_login {
             return None;
         }
-        self.login(compiled, &prepared.return_to)
+        let (redirect, cookie) = self.login(compiled, &prepared.return_to)?;
+        prepared.set_cookies.push(cookie);
+        Some(redirect)
     }
 
-    /// The redirect that starts a login: `state` and the PKCE verifier in a sealed login
-    /// cookie, with the return path. `None` when no key seals (sessions are off).
-    fn login(&self, compiled: &Compiled, return_to: &str) -> Option<Response<ProxyBody>> {
+    /// The redirect that starts a login, and its login cookie: `state` and the PKCE verifier
+    /// sealed with the return path. `None` when no key seals (sessions are off).
+    fn login(
+        &self,
+        compiled: &Compiled,
+        return_to: &str,
+    ) -> Option<(Response<ProxyBody>, HeaderValue)> {
         let now = unix_now();
         let keys = self.keys()?;
         let login = Login {
@@ -217,18 +245,42 @@ impl Sessions {
             verifier: &login.verifier,
         }
         .url();
-        let mut response = reply::redirect(StatusCode::FOUND, &url);
-        response.headers_mut().append(
-            header::SET_COOKIE,
-            cookies::set(LOGIN_COOKIE, &sealed, LOGIN_TTL_SECS)?,
-        );
+        let cookie = cookies::set(LOGIN_COOKIE, &sealed, LOGIN_TTL_SECS)?;
         self.metrics.count(Event::LoginRedirect);
-        Some(response)
+        Some((reply::redirect(StatusCode::FOUND, &url), cookie))
+    }
+
+    /// Finishes the answer to a prepared request (the app's, or a refusal): the app's
+    /// `Set-Cookie`s for our cookies removed; `Vary: Cookie` when the cookie authenticated the
+    /// request or the path is a session path, so that a shared cache never hands one user's
+    /// page to another; `Cache-Control: private` on an answer to the cookie that has none;
+    /// then the session's own `Set-Cookie`, if any, with `no-store`.
+    pub fn finish(&self, prepared: Prepared, headers: &mut HeaderMap) {
+        let removed = cookies::strip_set_cookies(headers, &[SESSION_COOKIE, LOGIN_COOKIE]);
+        if removed > 0 {
+            self.metrics.count(Event::AppCookieRemoved);
+            tracing::warn!(
+                removed,
+                "the app's answer set a cookie named as the sidecar's; removed"
+            );
+        }
+        if prepared.from_cookie || prepared.session_path || !prepared.set_cookies.is_empty() {
+            vary_by_cookie(headers);
+        }
+        if prepared.from_cookie && !headers.contains_key(header::CACHE_CONTROL) {
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+        if !prepared.set_cookies.is_empty() {
+            for cookie in prepared.set_cookies {
+                headers.append(header::SET_COOKIE, cookie);
+            }
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
     }
 
     /// Ends a session: its cookie is cleared with the answer.
     fn end(&self, prepared: &mut Prepared, session: &Session, why: &'static str) {
-        prepared.set_cookie = Some(cookies::clear(SESSION_COOKIE));
+        prepared.set_cookies.push(cookies::clear(SESSION_COOKIE));
         self.metrics.count(Event::Ended);
         tracing::info!(
             subject = session.subject.as_deref().unwrap_or("-"),
@@ -311,6 +363,34 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookie_joins_the_vary_the_app_sent_once() {
+        let vary = |sent: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in sent {
+                h.append(header::VARY, HeaderValue::from_str(v).unwrap());
+            }
+            vary_by_cookie(&mut h);
+            let all: Vec<&str> = h
+                .get_all(header::VARY)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            all.join(" | ")
+        };
+        assert_eq!(vary(&[]), "Cookie");
+        assert_eq!(vary(&["Accept-Encoding"]), "Accept-Encoding, Cookie");
+        assert_eq!(
+            vary(&["Accept, Origin", "Accept-Encoding"]),
+            "Accept, Origin, Accept-Encoding, Cookie"
+        );
+        assert_eq!(vary(&["accept, cookie"]), "accept, cookie");
+        assert_eq!(vary(&["Origin", " COOKIE "]), "Origin |  COOKIE ");
+        assert_eq!(vary(&["*"]), "*");
+        assert_eq!(vary(&["Origin, *"]), "Origin, *");
+        assert_eq!(vary(&[""]), "Cookie");
+    }
 
     #[test]
     fn only_the_apps_origin_or_a_same_origin_fetch_passes() {

@@ -29,10 +29,12 @@ pub enum Event {
     CrossSiteRefused,
     /// A logout.
     Logout,
+    /// The app's answer tried to set one of the sidecar's cookies (removed).
+    AppCookieRemoved,
 }
 
 /// Every event, in exposition order.
-const EVENTS: [(Event, &str); 9] = [
+const EVENTS: [(Event, &str); 10] = [
     (Event::LoginRedirect, "login_redirect"),
     (Event::LoginCompleted, "login_completed"),
     (Event::LoginFailed, "login_failed"),
@@ -42,6 +44,7 @@ const EVENTS: [(Event, &str); 9] = [
     (Event::Ended, "ended"),
     (Event::CrossSiteRefused, "cross_site_refused"),
     (Event::Logout, "logout"),
+    (Event::AppCookieRemoved, "app_cookie_removed"),
 ];
 
 /// The sessions' counters and gauges.

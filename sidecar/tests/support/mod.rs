@@ -249,8 +249,9 @@ pub struct Seen {
 }
 
 /// A small app on 127.0.0.1: answers `200` with a JSON echo of the request, records every
-/// request, `/slow` waits `slow` before answering, `/status/<n>` answers status n, and an
-/// upgrade request to `/ws` switches protocols and echoes bytes.
+/// request, `/slow` waits `slow` before answering, `/status/<n>` answers status n, an
+/// upgrade request to `/ws` switches protocols and echoes bytes, and each `x-reply-header:
+/// <name>: <value>` of a request becomes a header of its answer.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -324,6 +325,19 @@ async fn app(
             .collect(),
     };
     record.lock().unwrap().push(seen.clone());
+    let replies: Vec<(String, Vec<u8>)> = req
+        .headers()
+        .get_all("x-reply-header")
+        .iter()
+        .filter_map(|v| {
+            let at = v.as_bytes().iter().position(|b| *b == b':')?;
+            let name = std::str::from_utf8(&v.as_bytes()[..at]).ok()?;
+            Some((
+                name.trim().to_owned(),
+                v.as_bytes()[at + 1..].trim_ascii().to_vec(),
+            ))
+        })
+        .collect();
     let path = req.uri().path().to_owned();
     let version = req.version();
     if path == "/ws" && req.headers().contains_key("upgrade") {
@@ -373,11 +387,15 @@ async fn app(
         "method": seen.method, "path": seen.path_and_query, "headers": seen.headers,
         "body_len": body_bytes.len()
     });
-    Response::builder()
+    let mut response = Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .header("x-frame-options", "SAMEORIGIN")
-        .header("keep-alive", "timeout=5")
+        .header("keep-alive", "timeout=5");
+    for (name, value) in replies {
+        response = response.header(name, value);
+    }
+    response
         .body(Full::new(Bytes::from(echo.to_string())))
         .unwrap()
 }

@@ -100,7 +100,7 @@ pub async fn handle(
             None => refuse(&shared, &settings, refusal),
         },
     };
-    prepared.finish(response.headers_mut());
+    shared.sessions.finish(prepared, response.headers_mut());
     response
 }
 

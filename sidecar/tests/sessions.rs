@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use scopegate_core::jose::b64;
 use scopegate_core::session::{LOGIN_COOKIE, SESSION_COOKIE};
+use scopegate_sessions::keys::Keyring;
+use scopegate_sessions::state::Session;
 use serde_json::{Value, json};
 use support::issuer::{
-    ClusterKey, FEED_SUBJECT_KEY, Issuer, ORDERS, Spec, claims_of, introspect, jwks_of,
+    ClusterKey, FEED_SUBJECT_KEY, Issuer, ORDERS, Spec, claims_of, enc, introspect, jwks_of,
     query_param, registry,
 };
 use support::{RawResponse, TempDir, Upstream, eventually, now, raw, readyz, write_atomic};
@@ -90,12 +92,19 @@ struct Pod {
 
 impl Pod {
     async fn start(ttl: u64) -> Pod {
+        Pod::start_with(ttl, |_| {}).await
+    }
+
+    /// A pod whose issuer's access tokens live `ttl` seconds, its sidecar config changed by
+    /// `tune`.
+    async fn start_with(ttl: u64, tune: impl FnOnce(&mut Value)) -> Pod {
         let (issuer, cluster) = issuer_with(ttl).await;
         let dir = TempDir::new();
         std::fs::write(dir.join("issuer-token"), cluster.token(&issuer.url)).unwrap();
         write_keys(&dir, &[key("k1", 1, now() - 60, None)]);
         let app = Upstream::start(Duration::from_millis(1)).await;
-        let config = pod_config(&issuer, &dir, app.addr.port(), "portal");
+        let mut config = pod_config(&issuer, &dir, app.addr.port(), "portal");
+        tune(&mut config);
         let sidecar = support::start_sidecar(&dir, &config).await;
         Pod {
             issuer,
@@ -150,14 +159,72 @@ impl Pod {
     }
 
     async fn metric(&self, event: &str) -> u64 {
-        let r = support::get(self.sidecar.admin_addr(), "/metrics", &[]).await;
-        let text = String::from_utf8_lossy(&r.body).into_owned();
-        let line = format!("scopegate_sidecar_sessions_total{{event=\"{event}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .map_or(0, |n| n.trim().parse().unwrap())
+        metric(self.sidecar.admin_addr(), event).await
     }
 }
+
+/// `scopegate_sidecar_sessions_total{event}` on the admin port at `admin`.
+async fn metric(admin: SocketAddr, event: &str) -> u64 {
+    let r = support::get(admin, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let line = format!("scopegate_sidecar_sessions_total{{event=\"{event}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// The pod's session keys, as the test wrote them.
+fn keys_of(dir: &TempDir) -> Keyring {
+    Keyring::parse(&std::fs::read_to_string(dir.join("session-keys.json")).unwrap()).unwrap()
+}
+
+/// The session a jar's cookie holds, opened with the pod's keys: the refresh token the
+/// browser never sees, for the issuer's side of a test.
+fn session_of(dir: &TempDir, jar: &Jar) -> Session {
+    Session::open(
+        &keys_of(dir),
+        now(),
+        "shop/portal",
+        jar.get(SESSION_COOKIE).unwrap(),
+    )
+    .unwrap()
+}
+
+/// `session` sealed as the pod's sidecar seals it.
+fn sealed(dir: &TempDir, session: &Session) -> String {
+    session.seal(&keys_of(dir), now(), "shop/portal").unwrap()
+}
+
+/// A form POST to the issuer as the portal client, with the pod's ServiceAccount assertion.
+async fn as_portal(issuer: &Issuer, dir: &TempDir, path: &str, body: &str) -> RawResponse {
+    let assertion = std::fs::read_to_string(dir.join("issuer-token")).unwrap();
+    let body = format!(
+        "{body}&client_id={}&client_assertion_type={}&client_assertion={}",
+        enc(PORTAL),
+        enc("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        enc(&assertion)
+    );
+    issuer.post(path, &body, &[]).await
+}
+
+/// A refresh of `refresh_token` at the issuer, as the portal client.
+async fn refresh_at_issuer(issuer: &Issuer, dir: &TempDir, refresh_token: &str) -> RawResponse {
+    let body = format!(
+        "grant_type=refresh_token&refresh_token={}",
+        enc(refresh_token)
+    );
+    as_portal(issuer, dir, "/oauth2/token", &body).await
+}
+
+/// Whether an answer clears the session cookie.
+fn clears_session(r: &RawResponse) -> bool {
+    set_cookies(r)
+        .iter()
+        .any(|(n, v, a)| n == SESSION_COOKIE && v.is_empty() && *a == Some(0))
+}
+
+/// A script's request (no navigation), which is never sent to log in.
+const SCRIPT: &[(&str, &str)] = &[("Accept", "application/json")];
 
 /// The headers of a browser's top-level navigation.
 const BROWSER: &[(&str, &str)] = &[
@@ -936,5 +1003,200 @@ async fn answers_to_the_cookie_vary_by_it_and_are_private_unless_the_app_says_ot
     assert_eq!(r.status, 200);
     assert!(all(&r, "vary").is_empty(), "{r:?}");
     assert!(all(&r, "cache-control").is_empty(), "{r:?}");
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_the_issuer_refuses_ends_the_session_and_every_copy_of_it() {
+    // Tokens of 20 s: every request refreshes first. No revocation feed: what ends the session
+    // is the refused refresh alone (the access token it holds is still valid here).
+    let pod = Pod::start_with(20, |c| {
+        c.as_object_mut().unwrap().remove("revocation");
+    })
+    .await;
+    let (jar, _) = pod.login("/items/1", "alice").await;
+    let refresh_token = session_of(&pod.dir, &jar).refresh_token.unwrap();
+    // The family is revoked at the issuer behind the sidecar's back (another replica's
+    // logout, an administrator).
+    let revoked = as_portal(
+        &pod.issuer,
+        &pod.dir,
+        "/oauth2/revoke",
+        &format!(
+            "token={}&token_type_hint=refresh_token",
+            enc(&refresh_token)
+        ),
+    )
+    .await;
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+    let hits = pod.app.hits();
+    // The browser's next page: the session ends (cleared) and a new login starts.
+    let r = pod.visit("/items/1", &jar).await;
+    assert_eq!(r.status, 302, "{r:?}");
+    assert!(r.header("location").unwrap().contains("/oauth2/authorize?"));
+    assert!(clears_session(&r), "{r:?}");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|(n, _, a)| n == LOGIN_COOKIE && *a == Some(600))
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    // A copy of the cookie (kept by the browser's script, or an attacker): 401, cleared again,
+    // and the issuer is not asked again for the same refresh token.
+    let api = pod.send("GET", "/api/x", SCRIPT, &jar).await;
+    assert_eq!(api.status, 401);
+    assert!(api.header("location").is_none());
+    assert!(clears_session(&api));
+    assert_eq!(pod.app.hits(), hits, "the app saw neither");
+    assert_eq!(pod.metric("refresh_refused").await, 1);
+    assert_eq!(pod.metric("ended").await, 2);
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_that_cannot_answer_ends_no_session_and_is_asked_once_per_session() {
+    let pod = Pod::start(20).await;
+    let (alice, _) = pod.login("/items/1", "alice").await;
+    let (bob, _) = pod.login("/items/1", "bob").await;
+    // The issuer refuses the pod's client (its ServiceAccount token is not taken any more):
+    // `invalid_client` is about the sidecar, not about alice; ending her session for it would
+    // end every session of the pod. She goes on with her token while it is valid, and ten
+    // requests needing the refresh ask the issuer once.
+    std::fs::write(
+        pod.dir.join("issuer-token"),
+        ClusterKey::generate().token(&pod.issuer.url),
+    )
+    .unwrap();
+    for _ in 0..10 {
+        let r = pod.visit("/items/1", &alice).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(set_cookies(&r).is_empty(), "{r:?}");
+    }
+    assert_eq!(pod.app.last().unwrap().headers["x-auth-subject"], "alice");
+    assert_eq!(pod.metric("refresh_unavailable").await, 1);
+    // The issuer goes down altogether.
+    let Pod {
+        issuer,
+        app,
+        dir,
+        sidecar,
+    } = pod;
+    issuer.stop().await;
+    let (addr, admin) = (sidecar.proxy_addr(), sidecar.admin_addr());
+    for _ in 0..10 {
+        let r = send(addr, "GET", "/items/1", BROWSER, &bob).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(set_cookies(&r).is_empty(), "{r:?}");
+    }
+    assert_eq!(app.last().unwrap().headers["x-auth-subject"], "bob");
+    assert_eq!(metric(admin, "refresh_unavailable").await, 2);
+    // Once the token has expired (bob's session as the sidecar would find it later): 503 with
+    // Retry-After, the cookie kept, the app not reached, the issuer not asked again.
+    let mut later = session_of(&dir, &bob);
+    later.expires_at = now() - 1;
+    later.obtained_at = later.expires_at - 20;
+    let expired = Jar::with(SESSION_COOKIE, &sealed(&dir, &later));
+    let hits = app.hits();
+    for headers in [BROWSER, SCRIPT] {
+        let r = send(addr, "GET", "/items/1", headers, &expired).await;
+        assert_eq!(r.status, 503, "{r:?}");
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+        assert!(set_cookies(&r).is_empty(), "never a logout: {r:?}");
+    }
+    assert_eq!(app.hits(), hits);
+    assert_eq!(metric(admin, "refresh_unavailable").await, 2);
+    assert_eq!(metric(admin, "refresh_refused").await, 0);
+    assert_eq!(metric(admin, "ended").await, 0);
+    sidecar.shutdown().await;
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_lifetime_ends_the_session_though_its_refresh_token_still_works() {
+    let pod = Pod::start_with(600, |c| c["sessions"]["maxLifetimeSecs"] = json!(2)).await;
+    let (jar, done) = pod.login("/items/1", "alice").await;
+    assert!(
+        set_cookies(&done)
+            .iter()
+            .any(|(n, _, a)| n == SESSION_COOKIE && *a == Some(2)),
+        "{done:?}"
+    );
+    let refresh_token = session_of(&pod.dir, &jar).refresh_token.unwrap();
+    // A browser that ignores Max-Age, or an attacker's copy, keeps sending the cookie: the
+    // sidecar ends the session all the same once its lifetime is over.
+    let ended = eventually(
+        "the session's lifetime over",
+        Duration::from_secs(20),
+        || async {
+            let r = pod.visit("/items/1", &jar).await;
+            (r.status == 302).then_some(r)
+        },
+    )
+    .await;
+    assert!(clears_session(&ended), "{ended:?}");
+    assert!(
+        ended
+            .header("location")
+            .unwrap()
+            .contains("/oauth2/authorize?")
+    );
+    let api = pod.send("GET", "/api/x", SCRIPT, &jar).await;
+    assert_eq!(api.status, 401);
+    assert!(clears_session(&api));
+    assert_eq!(pod.metric("refreshed").await, 0);
+    // The issuer would still refresh it: the end is the sidecar's, not the family's.
+    let r = refresh_at_issuer(&pod.issuer, &pod.dir, &refresh_token).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_cut_off_at_the_issuer_ends_that_users_sessions_only() {
+    let pod = Pod::start(600).await;
+    let (alice, _) = pod.login("/items/1", "alice").await;
+    let (bob, _) = pod.login("/items/1", "bob").await;
+    let alice_refresh = session_of(&pod.dir, &alice).refresh_token.unwrap();
+    let logged_in = now();
+    for jar in [&alice, &bob] {
+        assert_eq!(pod.visit("/items/1", jar).await.status, 200);
+    }
+    // A cut-off ends what was issued before it (to the second): start it after the logins.
+    while now() <= logged_in {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut = pod
+        .issuer
+        .mint(
+            "POST",
+            "/v1/subject-cutoffs",
+            Some(&json!({"subject": "alice"})),
+        )
+        .await;
+    assert_eq!(cut.status, 200, "{cut:?}");
+    // The feed brings it to the sidecar: alice's session ends, her browser logs in again.
+    let ended = eventually(
+        "the cut-off reaches the sidecar",
+        Duration::from_secs(20),
+        || async {
+            let r = pod.visit("/items/1", &alice).await;
+            (r.status == 302).then_some(r)
+        },
+    )
+    .await;
+    assert!(clears_session(&ended), "{ended:?}");
+    let api = pod.send("GET", "/api/x", SCRIPT, &alice).await;
+    assert_eq!(api.status, 401);
+    assert!(clears_session(&api));
+    // Bob, on the same sidecar, goes on.
+    let r = pod.visit("/items/1", &bob).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(set_cookies(&r).is_empty());
+    assert_eq!(pod.app.last().unwrap().headers["x-auth-subject"], "bob");
+    assert_eq!(pod.metric("ended").await, 2);
+    // Nor can a refresh revive alice's: the issuer refuses her family.
+    let r = refresh_at_issuer(&pod.issuer, &pod.dir, &alice_refresh).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.json()["error"], "invalid_grant");
     pod.stop().await;
 }

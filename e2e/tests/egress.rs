@@ -692,3 +692,168 @@ async fn a_tenant_cannot_exchange_tokens_sent_to_another_namespace() {
     evil.delete().await.unwrap();
     shop.delete().await.unwrap();
 }
+
+/// The egress section of policy `billing` of `n` (None while its config or the section is
+/// missing), and the message of a condition that refuses its egress (None without one).
+async fn egress_state(client: &Client, n: &str) -> anyhow::Result<(Option<Value>, Option<String>)> {
+    let policy = Api::<AuthPolicy>::namespaced(client.clone(), n)
+        .get("billing")
+        .await?;
+    let refusal = (policy.status.iter().flat_map(|s| &s.conditions))
+        .find(|c| c.message.contains("spec.egress"))
+        .map(|c| c.message.clone());
+    let text = scopegate_e2e::config_map_text(client, n, "billing-sidecar", "config.json").await?;
+    let section = match text {
+        Some(text) => serde_json::from_str::<Value>(&text)?.get("egress").cloned(),
+        None => None,
+    };
+    Ok((section, refusal))
+}
+
+/// Waits until `billing`'s egress is refused for `why` and absent from its config.
+async fn egress_refused_for(client: &Client, n: &str, why: &str) -> anyhow::Result<()> {
+    eventually(&format!("EgressRefused: {why}"), || async {
+        let (section, refusal) = egress_state(client, n).await?;
+        let refusal = refusal.unwrap_or_default();
+        ensure!(refusal.contains(why), "{refusal}");
+        ensure!(section.is_none(), "still rendered: {section:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// Waits until `billing`'s egress renders a token endpoint at `issuer_url`, unrefused.
+async fn egress_rendered_at(client: &Client, n: &str, issuer_url: &str) -> anyhow::Result<Value> {
+    eventually("the egress rendered", || async {
+        let (section, refusal) = egress_state(client, n).await?;
+        ensure!(refusal.is_none(), "{refusal:?}");
+        let section = section.ok_or_else(|| anyhow::anyhow!("no egress"))?;
+        ensure!(section["tokenAudience"] == issuer_url, "{section}");
+        Ok(section)
+    })
+    .await
+}
+
+/// Billing's policy trusts another issuer (`front`) than the one its egress client is
+/// registered with (`auth`): nothing of `auth` is in its trust, yet every change of `auth`
+/// that its egress renders (created after the policy, registering the client, its url,
+/// withdrawing, deleted) reaches its config within `eventually`'s minute, not at the hourly
+/// resync. A tenant's issuer-looking `auth` and client `billing` wake only their own.
+#[tokio::test]
+async fn egress_follows_its_clients_issuer_not_a_tenants() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let ns = TestNamespace::create(&client, "egress-follow")
+        .await
+        .unwrap();
+    let n = ns.name.as_str();
+    let front = manifests::issuer(n, "front");
+    apply_yaml::<AuthPolicy>(&client, n, &front.yaml())
+        .await
+        .unwrap();
+    apply_yaml::<AuthPolicy>(&client, n, &orders_policy(n))
+        .await
+        .unwrap();
+    let billing = |n: &str| {
+        manifests::oauth_client(
+            "billing",
+            "name: auth",
+            &format!(
+                "scopes: [read:orders]\nserviceAccounts: [billing]\naudiences: [https://orders.{n}.svc]"
+            ),
+        )
+    };
+    apply_yaml::<OAuthClient>(&client, n, &billing(n))
+        .await
+        .unwrap();
+    let policy = billing_policy(n).replace("policyRef: {name: auth}", "policyRef: {name: front}");
+    apply_yaml::<AuthPolicy>(&client, n, &policy).await.unwrap();
+    egress_refused_for(&client, n, "its issuerRef names no issuing AuthPolicy")
+        .await
+        .unwrap();
+
+    // The issuer comes after the policy, without the client's scope: not registered.
+    let without = manifests::issuer(n, "auth").scopes("other: Other");
+    apply_yaml::<AuthPolicy>(&client, n, &without.yaml())
+        .await
+        .unwrap();
+    let unregistered = "its issuer does not register it: scope read:orders is not declared";
+    egress_refused_for(&client, n, unregistered).await.unwrap();
+    let with = manifests::issuer(n, "auth").scopes("read:orders: Read orders");
+    apply_yaml::<AuthPolicy>(&client, n, &with.yaml())
+        .await
+        .unwrap();
+    let url = format!("https://auth.{n}.svc");
+    let section = egress_rendered_at(&client, n, &url).await.unwrap();
+    assert_eq!(section["clientId"], format!("{n}.billing"));
+    // Its url changes: the token endpoint and the assertion's audience follow.
+    let moved = with
+        .yaml()
+        .replace(&format!("url: {url}\n"), &format!("url: {url}/v2\n"));
+    assert_ne!(moved, with.yaml());
+    apply_yaml::<AuthPolicy>(&client, n, &moved).await.unwrap();
+    let section = egress_rendered_at(&client, n, &format!("{url}/v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        section["tokenEndpoint"],
+        format!("https://auth.{n}.svc.cluster.local/v2/oauth2/token")
+    );
+    apply_yaml::<AuthPolicy>(&client, n, &with.yaml())
+        .await
+        .unwrap();
+    let section = egress_rendered_at(&client, n, &url).await.unwrap();
+
+    // The tenant: an issuer-looking "auth", a client "billing" of it, a policy "billing"
+    // with egress; then its issuer withdraws the scope. Its policy follows; ours does not
+    // move.
+    let evil = TestNamespace::create(&client, "egress-follow-evil")
+        .await
+        .unwrap();
+    let e = evil.name.as_str();
+    let theirs = manifests::issuer(e, "auth").scopes("read:orders: Read orders");
+    apply_yaml::<AuthPolicy>(&client, e, &theirs.yaml())
+        .await
+        .unwrap();
+    apply_yaml::<AuthPolicy>(&client, e, &orders_policy(e))
+        .await
+        .unwrap();
+    apply_yaml::<OAuthClient>(&client, e, &billing(e))
+        .await
+        .unwrap();
+    apply_yaml::<AuthPolicy>(&client, e, &billing_policy(e))
+        .await
+        .unwrap();
+    let their_section = egress_rendered_at(&client, e, &format!("https://auth.{e}.svc"))
+        .await
+        .unwrap();
+    assert_eq!(their_section["clientId"], format!("{e}.billing"));
+    let their_without = manifests::issuer(e, "auth").scopes("other: Other");
+    apply_yaml::<AuthPolicy>(&client, e, &their_without.yaml())
+        .await
+        .unwrap();
+    egress_refused_for(&client, e, unregistered).await.unwrap();
+    assert_eq!(
+        egress_state(&client, n).await.unwrap(),
+        (Some(section), None)
+    );
+    evil.delete().await.unwrap();
+
+    // Our issuer withdraws the scope, then comes back, then goes.
+    apply_yaml::<AuthPolicy>(&client, n, &without.yaml())
+        .await
+        .unwrap();
+    egress_refused_for(&client, n, unregistered).await.unwrap();
+    apply_yaml::<AuthPolicy>(&client, n, &with.yaml())
+        .await
+        .unwrap();
+    egress_rendered_at(&client, n, &url).await.unwrap();
+    Api::<AuthPolicy>::namespaced(client.clone(), n)
+        .delete("auth", &Default::default())
+        .await
+        .unwrap();
+    egress_refused_for(&client, n, "its issuerRef names no issuing AuthPolicy")
+        .await
+        .unwrap();
+    ns.delete().await.unwrap();
+}

@@ -523,6 +523,166 @@ async fn a_tenant_of_another_namespace_gets_neither_our_client_nor_our_keys() {
     ours.delete().await.unwrap();
 }
 
+/// The sessions section of policy `web`'s config; None while the config or its section is
+/// missing.
+async fn sessions_section(client: &Client, n: &str) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(text) = config_map_text(client, n, "web-sidecar", "config.json").await? else {
+        return Ok(None);
+    };
+    let config: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(config.get("sessions").cloned())
+}
+
+/// Waits until policy `web` of `n` has no sessions section and a SessionsRefused condition
+/// saying `why`.
+async fn refused_for(client: &Client, n: &str, why: &str) -> anyhow::Result<()> {
+    eventually(&format!("SessionsRefused: {why}"), || async {
+        let message = condition_naming(client, n, "SessionsRefused").await?;
+        ensure!(message.contains(why), "{message}");
+        let section = sessions_section(client, n).await?;
+        ensure!(section.is_none(), "still rendered: {section:?}");
+        Ok(())
+    })
+    .await
+}
+
+/// Waits until policy `web` of `n` renders its sessions and no condition refuses them.
+async fn rendered(client: &Client, n: &str) -> anyhow::Result<serde_json::Value> {
+    eventually("the sessions rendered", || async {
+        let section = sessions_section(client, n).await?.context("no sessions")?;
+        ensure!(
+            condition_naming(client, n, "SessionsRefused")
+                .await
+                .is_err(),
+            "still refused"
+        );
+        Ok(section)
+    })
+    .await
+}
+
+/// Everything of the issuer's that the sessions render reads (whether it exists, issues and
+/// registers the client, its url) reaches the policy within `eventually`'s minute, not at the
+/// hourly resync: the issuer created after the policy, declaring the client's scope, moving,
+/// withdrawing the scope, deleted. A tenant's issuer-looking policy and its client of the same name, changing
+/// meanwhile, wake only their own policy, never into ours.
+#[tokio::test]
+async fn sessions_follow_their_issuer_and_never_a_tenants() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let ours = TestNamespace::for_injection(&client, "sessions-follow").await;
+    let o = ours.name.as_str();
+    service_account(&client, o).await;
+    let sa = "  serviceAccounts: [web]";
+    apply_yaml::<OAuthClient>(&client, o, &web_client(o, "name: auth", sa, REDIRECT))
+        .await
+        .unwrap();
+    let web = web_policy(o, "policyRef: {name: auth}", &sessions());
+    apply_yaml::<AuthPolicy>(&client, o, &web).await.unwrap();
+    refused_for(&client, o, "its issuerRef names no issuing AuthPolicy")
+        .await
+        .unwrap();
+
+    // The issuer comes after the policy, without the client's scope: not registered.
+    let login = "loginUrl: https://web.example.com/login";
+    let without_read = issuer(o, "auth").with(login).scopes("other: Other");
+    apply_yaml::<AuthPolicy>(&client, o, &without_read.yaml())
+        .await
+        .unwrap();
+    let unregistered = "its issuer does not register it: scope read is not declared by the issuer";
+    refused_for(&client, o, unregistered).await.unwrap();
+    // It declares the scope: the sessions render.
+    let with_read = issuer(o, "auth").with(login);
+    apply_yaml::<AuthPolicy>(&client, o, &with_read.yaml())
+        .await
+        .unwrap();
+    let section = rendered(&client, o).await.unwrap();
+    assert_eq!(section["clientId"], format!("{o}.web"));
+    assert_eq!(section["issuer"], format!("https://auth.{o}.svc"));
+    // Its url changes: the sessions' endpoints and token audience follow.
+    let url = format!("url: https://auth.{o}.svc\n");
+    let moved = with_read
+        .yaml()
+        .replace(&url, &format!("url: https://auth.{o}.svc/v2\n"));
+    assert_ne!(moved, with_read.yaml());
+    apply_yaml::<AuthPolicy>(&client, o, &moved).await.unwrap();
+    eventually("the sessions at the new url", || async {
+        let section = sessions_section(&client, o).await?.context("no sessions")?;
+        ensure!(
+            section["issuer"] == format!("https://auth.{o}.svc/v2"),
+            "{section}"
+        );
+        ensure!(
+            section["tokenAudience"] == format!("https://auth.{o}.svc/v2"),
+            "{section}"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    apply_yaml::<AuthPolicy>(&client, o, &with_read.yaml())
+        .await
+        .unwrap();
+    let section = eventually("the sessions back at the url", || async {
+        let section = sessions_section(&client, o).await?.context("no sessions")?;
+        ensure!(
+            section["issuer"] == format!("https://auth.{o}.svc"),
+            "{section}"
+        );
+        Ok(section)
+    })
+    .await
+    .unwrap();
+
+    // The tenant: an issuer-looking policy "auth" of its own, a client "web" of it, a policy
+    // "web" with sessions; then it withdraws its scope. Its own policy follows its issuer...
+    let evil = TestNamespace::create_labelled(&client, "evil-follow", injection_labels()).await;
+    let e = evil.name.as_str();
+    service_account(&client, e).await;
+    apply_yaml::<AuthPolicy>(&client, e, &issuer(e, "auth").with(login).yaml())
+        .await
+        .unwrap();
+    apply_yaml::<OAuthClient>(&client, e, &web_client(e, "name: auth", sa, REDIRECT))
+        .await
+        .unwrap();
+    let theirs = web_policy(e, "policyRef: {name: auth}", &sessions());
+    apply_yaml::<AuthPolicy>(&client, e, &theirs).await.unwrap();
+    let their_section = rendered(&client, e).await.unwrap();
+    assert_eq!(their_section["clientId"], format!("{e}.web"));
+    let their_without = issuer(e, "auth").with(login).scopes("other: Other");
+    apply_yaml::<AuthPolicy>(&client, e, &their_without.yaml())
+        .await
+        .unwrap();
+    refused_for(&client, e, unregistered).await.unwrap();
+    // ...and ours still renders our client of our issuer, unrefused.
+    assert_eq!(sessions_section(&client, o).await.unwrap(), Some(section));
+    assert!(
+        condition_naming(&client, o, "SessionsRefused")
+            .await
+            .is_err()
+    );
+    evil.delete().await.unwrap();
+
+    // Our issuer withdraws the scope: the section goes and status says why.
+    apply_yaml::<AuthPolicy>(&client, o, &without_read.yaml())
+        .await
+        .unwrap();
+    refused_for(&client, o, unregistered).await.unwrap();
+    apply_yaml::<AuthPolicy>(&client, o, &with_read.yaml())
+        .await
+        .unwrap();
+    rendered(&client, o).await.unwrap();
+    // Deleted: the section goes.
+    Api::<AuthPolicy>::namespaced(client.clone(), o)
+        .delete("auth", &Default::default())
+        .await
+        .unwrap();
+    refused_for(&client, o, "its issuerRef names no issuing AuthPolicy")
+        .await
+        .unwrap();
+    ours.delete().await.unwrap();
+}
+
 #[tokio::test]
 async fn what_can_never_work_is_refused_at_apply_in_words() {
     let plane = ControlPlane::from_env().expect("control plane");

@@ -47,8 +47,12 @@ pub struct Streams {
 
 /// Runs the AuthPolicy controller until `shutdown` resolves. Reconciles wait for `listed`.
 ///
-/// Dependents of an issuer (policyRef) need no watch of their own: every change they care
-/// about (keys, deletion, an HS256 switch) changes the issuer's JWKS ConfigMap.
+/// Dependents of an issuer (policyRef) need no watch of their own: every change their trust
+/// cares about (keys, deletion, an HS256 switch) changes the issuer's JWKS ConfigMap. The
+/// policies whose egress or sessions name a client of an issuer render whom it registers and
+/// where it is: they are woken by the issuer's policy, its registry Secret and its ConfigMaps
+/// ([`triggers::policy`], [`triggers::managed_secret`], [`triggers::managed_config_map`]), not
+/// only by their client's status.
 pub async fn controller(
     ctx: Arc<Context>,
     streams: Streams,
@@ -62,12 +66,12 @@ pub async fn controller(
         .watches(
             Api::<Secret>::all(client.clone()),
             managed(),
-            triggers::managed_secret(clients.clone()),
+            triggers::managed_secret(clients.clone(), policies.clone()),
         )
         .watches(
             Api::<ConfigMap>::all(client.clone()),
             managed(),
-            triggers::managed_config_map(policies.clone()),
+            triggers::managed_config_map(clients.clone(), policies.clone()),
         )
         .watches(
             Api::<OAuthClient>::all(client.clone()),
@@ -86,7 +90,7 @@ pub async fn controller(
         .watches(
             Api::<AuthPolicy>::all(client),
             watcher::Config::default(),
-            triggers::audiences_of(clients, policies),
+            triggers::policy(clients, policies),
         )
         .reconcile_all_on(ca_changes(ctx.ca.clone()))
         .reconcile_on(streams.discovered)

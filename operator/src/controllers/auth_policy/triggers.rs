@@ -9,22 +9,31 @@ use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
 use crate::audiences::claimed_audiences;
 use crate::controllers::relations::{
-    AudienceMemory, clients_listing, clients_using, dependents, issuer_of,
+    AudienceMemory, clients_listing, clients_using, dependents, issuer_of, users_of,
+    users_of_issuer,
 };
-use crate::names::{CLIENT_LABEL, POLICY_LABEL};
+use crate::names::{CLIENT_LABEL, Names, POLICY_LABEL};
 use crate::webhook::inject::selects;
 
 /// Policies to reconcile.
 type Targets = Vec<ObjectRef<AuthPolicy>>;
 
 /// A managed Secret changed: the policy it was rendered for, and the issuer of the client
-/// whose credentials it holds.
-pub fn managed_secret(clients: Store<OAuthClient>) -> impl Fn(Secret) -> Targets {
+/// whose credentials it holds. An issuer's registry: also the policies whose egress or
+/// sessions name a client of that issuer (whom it registers is part of their config).
+pub fn managed_secret(
+    clients: Store<OAuthClient>,
+    policies: Store<AuthPolicy>,
+) -> impl Fn(Secret) -> Targets {
     move |secret: Secret| {
         let namespace = secret.namespace().unwrap_or_default();
         let labels = secret.labels();
         let mut targets = Vec::new();
         if let Some(policy) = labels.get(POLICY_LABEL) {
+            if Names::of(policy).clients == secret.name_any() {
+                let issuer = (namespace.clone(), policy.clone());
+                targets.extend(users_of_issuer(&policies, &clients, &issuer));
+            }
             targets.push(ObjectRef::new(policy).within(&namespace));
         }
         if let Some(name) = labels.get(CLIENT_LABEL)
@@ -37,15 +46,21 @@ pub fn managed_secret(clients: Store<OAuthClient>) -> impl Fn(Secret) -> Targets
 }
 
 /// A managed ConfigMap changed: the policy it was rendered for, the policies trusting that
-/// one by reference, and the issuer that one trusts (which may be waiting to see a new key
-/// in this verifier's config).
-pub fn managed_config_map(policies: Store<AuthPolicy>) -> impl Fn(ConfigMap) -> Targets {
+/// one by reference, the policies whose egress or sessions name a client of that one (its
+/// url and keys are in its config: it was created, changed or deleted), and the issuer that
+/// one trusts (which may be waiting to see a new key in this verifier's config).
+pub fn managed_config_map(
+    clients: Store<OAuthClient>,
+    policies: Store<AuthPolicy>,
+) -> impl Fn(ConfigMap) -> Targets {
     move |cm: ConfigMap| {
         let namespace = cm.namespace().unwrap_or_default();
         let Some(policy) = cm.labels().get(POLICY_LABEL).cloned() else {
             return Vec::new();
         };
         let mut targets = dependents(&policies, &namespace, &policy);
+        let issuer = (namespace.clone(), policy.clone());
+        targets.extend(users_of_issuer(&policies, &clients, &issuer));
         let owner = ObjectRef::new(&policy).within(&namespace);
         if let Some(reference) = policies
             .get(&owner)
@@ -108,35 +123,32 @@ pub fn service(policies: Store<AuthPolicy>) -> impl Fn(Service) -> Targets {
 /// whose egress or sessions name it their sidecar config.
 pub fn client(policies: Store<AuthPolicy>) -> impl Fn(OAuthClient) -> Targets {
     move |client: OAuthClient| {
-        let namespace = client.namespace();
-        let name = client.name_any();
         let mut targets = vec![issuer_of(&client)];
-        targets.extend(
-            (policies.state().iter())
-                .filter(|p| p.namespace() == namespace)
-                .filter(|p| {
-                    (p.spec.egress.as_ref()).is_some_and(|e| e.client_ref.name == name)
-                        || (p.spec.sessions.as_ref()).is_some_and(|s| s.client_ref.name == name)
-                })
-                .map(|p| ObjectRef::from_obj(p.as_ref())),
-        );
+        let all = policies.state();
+        targets.extend(users_of(all.iter().map(AsRef::as_ref), &[&client]));
         targets
     }
 }
 
-/// A policy changed: an audience claimed, released or re-admitted. The issuers of the
-/// clients that list it re-render their registries, and the other claimants their conflicts.
-pub fn audiences_of(
+/// A policy changed. As an issuer (created, changed, deleted): the policies whose egress or
+/// sessions name a client of it. As an owner of audiences (one claimed, released or
+/// re-admitted): the issuers of the clients that list it re-render their registries, the
+/// policies whose egress or sessions name such a client their config, and the other
+/// claimants their conflicts.
+pub fn policy(
     clients: Store<OAuthClient>,
     policies: Store<AuthPolicy>,
 ) -> impl Fn(AuthPolicy) -> Targets {
     let memory = AudienceMemory::default();
     move |policy: AuthPolicy| {
         let touched = memory.touch(&policy);
-        let mut targets: Targets = clients_listing(&clients, &touched)
-            .iter()
-            .map(|c| issuer_of(c))
-            .collect();
+        let issuer = (policy.namespace().unwrap_or_default(), policy.name_any());
+        let mut targets = users_of_issuer(&policies, &clients, &issuer);
+        let listing = clients_listing(&clients, &touched);
+        targets.extend(listing.iter().map(|c| issuer_of(c)));
+        let listing: Vec<&OAuthClient> = listing.iter().map(AsRef::as_ref).collect();
+        let all = policies.state();
+        targets.extend(users_of(all.iter().map(AsRef::as_ref), &listing));
         targets.extend(
             policies
                 .state()

@@ -1200,3 +1200,63 @@ async fn a_subject_cut_off_at_the_issuer_ends_that_users_sessions_only() {
     assert_eq!(r.json()["error"], "invalid_grant");
     pod.stop().await;
 }
+
+/// A browser at `address` (behind the pod's one trusted proxy) starts a login and comes back
+/// to the callback with a made-up code; the callback's answer.
+async fn made_up_code(pod: &Pod, address: &str, round: usize) -> RawResponse {
+    let from = [("X-Forwarded-For", address)];
+    let mut headers = BROWSER.to_vec();
+    headers.extend_from_slice(&from);
+    let mut jar = Jar::default();
+    let start = pod.send("GET", "/items/1", &headers, &jar).await;
+    assert_eq!(start.status, 302, "{start:?}");
+    jar.take(&start);
+    let state = query_param(start.header("location").unwrap(), "state").unwrap();
+    let callback = format!(
+        "/.scopegate/callback?code=made-up-{round}&state={state}&iss={}",
+        enc(&pod.issuer.url)
+    );
+    pod.send("GET", &callback, &headers, &jar).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_codes_at_the_callback_cannot_stop_the_pods_refreshes() {
+    // Tokens of 20 s: alice's every request refreshes at the issuer.
+    let pod = Pod::start_with(20, |c| c["trustedProxies"] = json!({"hops": 1})).await;
+    let (alice, _) = pod.login("/items/1", "alice").await;
+    // The attack: anyone gets a login cookie and its state for the asking, and sends made-up
+    // codes back; every one the sidecar presented would be a failure of the pod's address at
+    // the issuer, which stops the pod's token requests after 60 a minute (30 naming the
+    // client). One address, then many.
+    let mut one = Vec::new();
+    for round in 0..40 {
+        one.push(made_up_code(&pod, "203.0.113.9", round).await.status);
+    }
+    let mut many = Vec::new();
+    for round in 0..60 {
+        let address = format!("198.51.100.{}", round + 1);
+        many.push(made_up_code(&pod, &address, round).await.status);
+    }
+    // Alice's session still refreshes at the issuer: the pod was not stopped.
+    let r = pod.visit("/items/1", &alice).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        set_cookies(&r)
+            .iter()
+            .any(|(n, v, _)| n == SESSION_COOKIE && !v.is_empty()),
+        "renewed: {r:?}"
+    );
+    assert_eq!(pod.metric("refresh_unavailable").await, 0);
+    // What the attacker saw: five codes presented from its address, then 429; from many
+    // addresses, fifteen in all.
+    assert_eq!(one[..5], [400; 5]);
+    assert_eq!(one[5], 429);
+    let presented = one.iter().chain(&many).filter(|s| **s == 400).count();
+    assert!((15..30).contains(&presented), "{presented} codes presented");
+    assert_eq!(*many.last().unwrap(), 429);
+    // The price, for at most a minute: a new login's code waits too (its user tries again).
+    let r = made_up_code(&pod, "192.0.2.1", 0).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("retry-after"), Some("60"));
+    pod.stop().await;
+}

@@ -1,6 +1,8 @@
 //! The sidecar's own paths on a policy with sessions: the callback that ends a login, and
 //! logout. Every other path under the reserved prefix is the sidecar's too, and not found.
 
+use std::net::IpAddr;
+
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use scopegate_core::session::{CALLBACK_PATH, LOGIN_COOKIE, LOGOUT_PATH, SESSION_COOKIE};
@@ -43,15 +45,17 @@ impl Refused {
 }
 
 impl Sessions {
-    /// Answers a request for a reserved path (`path` normalised).
+    /// Answers a request for a reserved path (`path` normalised) from `client` (the client
+    /// address as the policy's `trustedProxies` define it).
     pub async fn serve<B>(
         &self,
         compiled: &Compiled,
         req: &Request<B>,
         path: &str,
+        client: IpAddr,
     ) -> Response<ProxyBody> {
         match path {
-            CALLBACK_PATH => self.callback(compiled, req).await,
+            CALLBACK_PATH => self.callback(compiled, req, client).await,
             LOGOUT_PATH => self.logout(compiled, req).await,
             _ => reply::page(StatusCode::NOT_FOUND, "Not found."),
         }
@@ -60,8 +64,15 @@ impl Sessions {
     /// The end of a login: the browser's login cookie must hold the `state` that came back,
     /// `iss` must be the issuer (RFC 9207), and the code is redeemed with the login's PKCE
     /// verifier. The session cookie is set, the login cookie cleared (so the callback cannot
-    /// be replayed), and the browser sent back where it started.
-    async fn callback<B>(&self, compiled: &Compiled, req: &Request<B>) -> Response<ProxyBody> {
+    /// be replayed), and the browser sent back where it started. A code is presented to the
+    /// issuer only while `client`, and all clients together, have refused codes left
+    /// ([`crate::budget`]).
+    async fn callback<B>(
+        &self,
+        compiled: &Compiled,
+        req: &Request<B>,
+        client: IpAddr,
+    ) -> Response<ProxyBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return method_not_allowed("GET, HEAD");
         }
@@ -100,9 +111,22 @@ impl Sessions {
         let Some(code) = callback.code.as_deref() else {
             return self.login_failed(Refused::NoCode);
         };
+        if let Err(spent) = self.codes.check(client) {
+            self.metrics.count(Event::LoginFailed);
+            tracing::warn!(reason = %spent, "a callback's code not presented to the issuer");
+            let mut page = reply::page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many logins failed just now. Try again in a minute.",
+            );
+            let headers = page.headers_mut();
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(60u64));
+            headers.append(header::SET_COOKIE, cookies::clear(LOGIN_COOKIE));
+            return page;
+        }
         let granted = match compiled.issuer.redeem(code, &login.verifier).await {
             Ok(granted) => granted,
             Err(failure) if failure.is_refusal() => {
+                self.codes.refused(client);
                 tracing::info!(error = %failure, "code refused at the token endpoint");
                 return self.login_failed(Refused::Code);
             }

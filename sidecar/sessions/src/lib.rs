@@ -11,6 +11,7 @@
 //! browser), and [`Sessions::serve`] for the reserved paths (callback, logout). The config is
 //! compiled per load ([`Compiled`]); the keys follow their mounted file ([`Sessions::load_keys`]).
 
+pub mod budget;
 pub mod cookies;
 mod endpoints;
 pub mod flight;
@@ -38,6 +39,7 @@ use scopegate_sidecar_kit::unix_now;
 
 pub use gate::Prepared;
 
+use crate::budget::CodeBudget;
 use crate::flight::Flights;
 use crate::issuer::IssuerClient;
 use crate::keys::Keyring;
@@ -181,12 +183,14 @@ struct KeysSource {
 }
 
 /// The sessions' live state: keys (swapped whole when their file changes), the single-flight
-/// refreshes and the counters. It outlives config reloads.
+/// refreshes, the callback's budget of refused codes and the counters. It outlives config
+/// reloads.
 #[derive(Default)]
 pub struct Sessions {
     keys: ArcSwapOption<Keyring>,
     source: Mutex<KeysSource>,
     flights: Flights,
+    codes: CodeBudget,
     metrics: Arc<SessionMetrics>,
 }
 

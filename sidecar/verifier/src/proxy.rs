@@ -74,7 +74,10 @@ pub async fn handle(
         };
     };
     if path.forward().starts_with(RESERVED_PREFIX) {
-        let mut response = shared.sessions.serve(&sessions, &req, path.forward()).await;
+        let client = request_client_ip(conn, &req, &settings);
+        let mut response = (shared.sessions)
+            .serve(&sessions, &req, path.forward(), client)
+            .await;
         headers::secure_response(response.headers_mut(), &settings.headers, true);
         return response;
     }

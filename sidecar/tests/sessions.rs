@@ -1260,3 +1260,35 @@ async fn made_up_codes_at_the_callback_cannot_stop_the_pods_refreshes() {
     assert_eq!(r.header("retry-after"), Some("60"));
     pod.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_logged_out_cookie_cannot_make_the_sidecar_revoke_again() {
+    let pod = Pod::start(600).await;
+    let (jar, _) = pod.login("/items/1", "dave").await;
+    let same_origin = [("Origin", ORIGIN)];
+    let out = pod
+        .send("POST", "/.scopegate/logout", &same_origin, &jar)
+        .await;
+    assert_eq!(out.status, 303);
+    assert!(clears_session(&out));
+    assert_eq!(pod.metric("revoked").await, 1);
+    // Anyone can send the Origin header: a copy of the cookie posted again and again is
+    // answered as a logout, but the issuer's revocation endpoint is not called again.
+    for _ in 0..20 {
+        let again = pod
+            .send("POST", "/.scopegate/logout", &same_origin, &jar)
+            .await;
+        assert_eq!(again.status, 303);
+        assert!(clears_session(&again));
+    }
+    assert_eq!(pod.metric("logout").await, 21);
+    assert_eq!(pod.metric("revoked").await, 1);
+    // Another session's logout revokes as ever.
+    let (other, _) = pod.login("/items/1", "carol").await;
+    let out = pod
+        .send("POST", "/.scopegate/logout", &same_origin, &other)
+        .await;
+    assert_eq!(out.status, 303);
+    assert_eq!(pod.metric("revoked").await, 2);
+    pod.stop().await;
+}

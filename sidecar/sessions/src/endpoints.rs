@@ -190,8 +190,9 @@ impl Sessions {
     }
 
     /// Logout: a POST from the app's own origin. The session's refresh token is revoked at
-    /// the issuer (its family and the access tokens issued from it with it), the cookie
-    /// cleared, and the browser sent to `afterLogout`.
+    /// the issuer (its family and the access tokens issued from it with it) unless it was
+    /// here lately ([`crate::revoked`]), the cookie cleared, and the browser sent to
+    /// `afterLogout`.
     async fn logout<B>(&self, compiled: &Compiled, req: &Request<B>) -> Response<ProxyBody> {
         if req.method() != Method::POST {
             return method_not_allowed("POST");
@@ -211,14 +212,20 @@ impl Sessions {
         });
         if let Some(session) = &session {
             if let Some(refresh_token) = &session.refresh_token
-                && let Err(failure) = compiled.issuer.revoke(refresh_token).await
+                && !self.revoked.lately(refresh_token)
             {
-                tracing::warn!(
-                    subject = session.subject.as_deref().unwrap_or("-"),
-                    reason = failure.reason(),
-                    error = %failure,
-                    "logout: the refresh token could not be revoked; the cookie is cleared all the same"
-                );
+                match compiled.issuer.revoke(refresh_token).await {
+                    Ok(()) => {
+                        self.revoked.note(refresh_token);
+                        self.metrics.count(Event::Revoked);
+                    }
+                    Err(failure) => tracing::warn!(
+                        subject = session.subject.as_deref().unwrap_or("-"),
+                        reason = failure.reason(),
+                        error = %failure,
+                        "logout: the refresh token could not be revoked; the cookie is cleared all the same"
+                    ),
+                }
             }
             tracing::info!(
                 subject = session.subject.as_deref().unwrap_or("-"),

@@ -109,7 +109,7 @@ fn make_room(map: &mut HashMap<[u8; 32], Flight>, now: Instant) {
 }
 
 /// The key of a refresh token: its SHA-256.
-fn key_of(refresh_token: &str) -> [u8; 32] {
+pub(crate) fn key_of(refresh_token: &str) -> [u8; 32] {
     let mut key = [0u8; 32];
     key.copy_from_slice(digest::digest(&digest::SHA256, refresh_token.as_bytes()).as_ref());
     key

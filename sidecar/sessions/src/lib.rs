@@ -21,6 +21,7 @@ pub mod keys;
 pub mod login;
 pub mod metrics;
 mod reply;
+pub mod revoked;
 pub mod seal;
 pub mod state;
 
@@ -44,6 +45,7 @@ use crate::flight::Flights;
 use crate::issuer::IssuerClient;
 use crate::keys::Keyring;
 use crate::metrics::SessionMetrics;
+use crate::revoked::Revoked;
 
 /// Why a sessions section cannot be put in force. Names fields, never values of secrets.
 #[derive(Debug, thiserror::Error)]
@@ -183,14 +185,15 @@ struct KeysSource {
 }
 
 /// The sessions' live state: keys (swapped whole when their file changes), the single-flight
-/// refreshes, the callback's budget of refused codes and the counters. It outlives config
-/// reloads.
+/// refreshes, the callback's budget of refused codes, the refresh tokens revoked lately and
+/// the counters. It outlives config reloads.
 #[derive(Default)]
 pub struct Sessions {
     keys: ArcSwapOption<Keyring>,
     source: Mutex<KeysSource>,
     flights: Flights,
     codes: CodeBudget,
+    revoked: Revoked,
     metrics: Arc<SessionMetrics>,
 }
 

@@ -31,10 +31,12 @@ pub enum Event {
     Logout,
     /// The app's answer tried to set one of the sidecar's cookies (removed).
     AppCookieRemoved,
+    /// A logout revoked its refresh token at the issuer.
+    Revoked,
 }
 
 /// Every event, in exposition order.
-const EVENTS: [(Event, &str); 10] = [
+const EVENTS: [(Event, &str); 11] = [
     (Event::LoginRedirect, "login_redirect"),
     (Event::LoginCompleted, "login_completed"),
     (Event::LoginFailed, "login_failed"),
@@ -45,6 +47,7 @@ const EVENTS: [(Event, &str); 10] = [
     (Event::CrossSiteRefused, "cross_site_refused"),
     (Event::Logout, "logout"),
     (Event::AppCookieRemoved, "app_cookie_removed"),
+    (Event::Revoked, "revoked"),
 ];
 
 /// The sessions' counters and gauges.

@@ -375,6 +375,20 @@ pub fn cutoff_problem(client: &OAuthClient, now: i64) -> Option<ClientProblem> {
     })
 }
 
+/// What the issuer's registry checks of `client` (whose audiences its owners sorted into
+/// `sorted`): the problems with its issuer and with its audiences. One that
+/// [`ClientProblem::blocks_registration`] keeps it out of the registry.
+pub fn registration_problems(
+    client: &OAuthClient,
+    issuer: Option<&AuthPolicy>,
+    sorted: &ClientAudiences,
+) -> Vec<ClientProblem> {
+    let mut problems = validate(client, issuer);
+    problems.extend(audience_problem(sorted));
+    problems.extend(exchange_problem(sorted));
+    problems
+}
+
 /// Everything wrong between `client` and `issuer` (`None`: not found).
 pub fn validate(client: &OAuthClient, issuer: Option<&AuthPolicy>) -> Vec<ClientProblem> {
     let (issuer_namespace, issuer_name) = issuer_key(client);

@@ -5,43 +5,27 @@ use scopegate_core::config::{EgressConfig, EgressTarget};
 use scopegate_core::names::{SA_TOKEN_FILE, SA_TOKEN_MOUNT_DIR};
 use scopegate_crds::v1alpha1::{AuthPolicy, Egress, GrantType, OAuthClient};
 
+use super::client_use::{Usable, usable};
 use super::problem::Problem;
-use crate::client_checks::validate;
+use crate::audiences::AudienceOwners;
 use crate::names::client_id;
 
 /// The egress config of `egress`, whose client is `client` (if it exists) and that client's
-/// issuer `issuer` (if it resolves); or what stops it.
+/// issuer `issuer` (if it resolves), its audiences' owners `owners`; or what stops it.
 pub fn render(
     egress: &Egress,
     client: Option<&OAuthClient>,
     issuer: Option<&AuthPolicy>,
+    owners: &AudienceOwners,
     cluster_domain: &str,
 ) -> Result<EgressConfig, Problem> {
     let name = &egress.client_ref.name;
     let refused = |why: String| Problem::EgressRefused(name.clone(), why);
-    let client =
-        client.ok_or_else(|| refused("no OAuthClient of that name in this namespace".into()))?;
+    let Usable { client, own } = usable(client, issuer, owners).map_err(refused)?;
     let spec = &client.spec;
-    if spec.service_accounts.is_empty() {
-        return Err(refused(
-            "it authenticates with a secret, not with the pods' ServiceAccount (spec.serviceAccounts)".into(),
-        ));
-    }
     let own_tokens = egress.targets.iter().any(|t| !t.on_behalf_of_caller);
     if own_tokens && !spec.grant_types.contains(&GrantType::ClientCredentials) {
         return Err(refused("it may not use client_credentials".into()));
-    }
-    let own = issuer
-        .and_then(|p| p.spec.issuer.self_.as_ref())
-        .ok_or_else(|| refused("its issuerRef names no issuing AuthPolicy".into()))?;
-    // The issuer must register it: the same checks as the registry's.
-    if let Some(problem) = validate(client, issuer)
-        .iter()
-        .find(|p| p.blocks_registration())
-    {
-        return Err(refused(format!(
-            "its issuer does not register it: {problem}"
-        )));
     }
     let mut targets = Vec::with_capacity(egress.targets.len());
     for target in &egress.targets {
@@ -170,12 +154,37 @@ mod tests {
         .unwrap()
     }
 
+    /// Who owns the audiences of the tests: orders (of shop), inventory (of stock, admitting
+    /// shop's billing to act for users).
+    fn owners() -> AudienceOwners {
+        let policy = |namespace: &str, name: &str, extra: &str| -> AuthPolicy {
+            serde_yaml_ng::from_str(&format!(
+                "apiVersion: scopegate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  selector: {{}}\n  issuer: {{policyRef: {{name: auth, namespace: shop}}}}\n  audiences: [https://{name}.{namespace}.svc]\n  upstream: {{port: 8080}}\n{extra}"
+            ))
+            .unwrap()
+        };
+        let orders = policy("shop", "orders", "");
+        let inventory = policy(
+            "stock",
+            "inventory",
+            "  clients: {names: [{namespace: shop, name: billing}], actors: {names: [{namespace: shop, name: billing}]}}\n",
+        );
+        AudienceOwners::new([&issuer(), &orders, &inventory], "cluster.local")
+    }
+
     const ORDERS: &str = "clientRef: {name: billing}\ntargets:\n  - {name: orders, url: 'http://orders.shop.svc', audience: 'https://orders.shop.svc', scopes: [read:orders]}\n";
 
     #[test]
     fn a_service_account_client_renders_the_targets_and_its_issuers_token_endpoint() {
         let sa = client("  serviceAccounts: [billing]");
-        let config = render(&egress(ORDERS), Some(&sa), Some(&issuer()), "cluster.local").unwrap();
+        let config = render(
+            &egress(ORDERS),
+            Some(&sa),
+            Some(&issuer()),
+            &owners(),
+            "cluster.local",
+        )
+        .unwrap();
         assert_eq!(config.port, 15081);
         // Dialled by its full name; the token it presents is for the issuer's url as written.
         assert_eq!(
@@ -220,7 +229,7 @@ mod tests {
     fn what_the_client_may_not_get_is_refused_by_name() {
         let issuer = issuer();
         let refused = |e: &Egress, c: Option<&OAuthClient>| {
-            render(e, c, Some(&issuer), "cluster.local")
+            render(e, c, Some(&issuer), &owners(), "cluster.local")
                 .unwrap_err()
                 .to_string()
         };
@@ -243,7 +252,8 @@ mod tests {
             refused(&egress(&elsewhere), Some(&sa))
                 .contains("audience https://payments.bank.svc is not one of")
         );
-        let no_issuer = render(&egress(ORDERS), Some(&sa), None, "cluster.local").unwrap_err();
+        let no_issuer =
+            render(&egress(ORDERS), Some(&sa), None, &owners(), "cluster.local").unwrap_err();
         assert!(no_issuer.to_string().contains("issuerRef"), "{no_issuer}");
     }
 
@@ -255,13 +265,21 @@ mod tests {
         let exchanging = client(
             "  serviceAccounts: [billing]\n  tokenExchange: {subjectAudiences: [https://orders.shop.svc], audiences: [https://inventory.stock.svc]}",
         );
-        let config = render(&egress(ON_BEHALF), Some(&exchanging), Some(&issuer), "x").unwrap();
+        let config = render(
+            &egress(ON_BEHALF),
+            Some(&exchanging),
+            Some(&issuer),
+            &owners(),
+            "x",
+        )
+        .unwrap();
         assert!(config.targets[0].on_behalf_of_caller);
         assert_eq!(config.targets[0].audience, "https://inventory.stock.svc");
         // Without a tokenExchange it is refused by name; so is the pod's own token for an
         // audience only the exchange may have.
         let sa = client("  serviceAccounts: [billing]");
-        let refused = render(&egress(ON_BEHALF), Some(&sa), Some(&issuer), "x").unwrap_err();
+        let refused =
+            render(&egress(ON_BEHALF), Some(&sa), Some(&issuer), &owners(), "x").unwrap_err();
         assert!(
             refused
                 .to_string()
@@ -269,7 +287,14 @@ mod tests {
             "{refused}"
         );
         let own = ON_BEHALF.replace(", onBehalfOfCaller: true", "");
-        let refused = render(&egress(&own), Some(&exchanging), Some(&issuer), "x").unwrap_err();
+        let refused = render(
+            &egress(&own),
+            Some(&exchanging),
+            Some(&issuer),
+            &owners(),
+            "x",
+        )
+        .unwrap_err();
         assert!(
             refused.to_string().contains("billing's audiences"),
             "{refused}"

@@ -1,8 +1,10 @@
 //! The AuthPolicy controller: what wakes a policy's reconcile ([`triggers`]), and the
 //! reconcile itself ([`reconcile`]), whose issuer-only steps are in [`issuer`], whose pure
 //! parts are [`render`] (the sidecar config), [`inbound`] (the NetworkPolicy), [`pods`] (what
-//! the selected pods say) and [`status`].
+//! the selected pods say), [`status`], and what the sidecar's own use of a client needs
+//! ([`client_use`], for [`egress`] and [`sessions`]).
 
+pub mod client_use;
 pub mod discovered;
 pub mod egress;
 pub mod inbound;

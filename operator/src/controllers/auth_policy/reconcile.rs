@@ -153,12 +153,19 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
         resolved.rendered
     });
     check_spec(policy, &trust, ctx, &namespace, &mut observation).await?;
+    // Who admits which audience: whether the clients of egress and sessions are registered.
+    let owners = (spec.egress.is_some() || spec.sessions.is_some()).then(|| {
+        let policies = ctx.policies.state();
+        AudienceOwners::new(policies.iter().map(AsRef::as_ref), &ctx.cluster_domain)
+    });
+    let owners = owners.unwrap_or_default();
     let egress = spec.egress.as_ref().and_then(|declared| {
         let (client, issuer) = client_and_issuer(ctx, &namespace, &declared.client_ref.name);
         let rendered = egress::render(
             declared,
             client.as_deref(),
             issuer.as_deref(),
+            &owners,
             &ctx.cluster_domain,
         );
         rendered
@@ -180,6 +187,7 @@ async fn reconcile_inner(policy: &AuthPolicy, ctx: &Context) -> Result<Action> {
                 declared,
                 client.as_deref(),
                 issuer.as_deref(),
+                &owners,
                 &ctx.cluster_domain,
             );
             rendered

@@ -19,8 +19,7 @@ use scopegate_crds::v1alpha1::{
 use super::credentials::{self, Ensured};
 use crate::audiences::AudienceOwners;
 use crate::client_checks::{
-    ClientProblem, audience_problem, cutoff_problem, exchange_problem, issuer_key,
-    service_account_problems, validate,
+    ClientProblem, cutoff_problem, issuer_key, registration_problems, service_account_problems,
 };
 use crate::conditions::{Conclusion, kstatus, merge};
 use crate::context::{Context, FIELD_MANAGER};
@@ -78,14 +77,12 @@ async fn reconcile_inner(client: &OAuthClient, ctx: &Context) -> Result<Action> 
     let issuer = ctx
         .policies
         .get(&ObjectRef::<AuthPolicy>::new(&issuer_name).within(&issuer_namespace));
-    let mut problems = validate(client, issuer.as_deref());
     let owners = AudienceOwners::new(
         ctx.policies.state().iter().map(AsRef::as_ref),
         &ctx.cluster_domain,
     );
     let sorted = owners.sort_client(client);
-    problems.extend(audience_problem(&sorted));
-    problems.extend(exchange_problem(&sorted));
+    let mut problems = registration_problems(client, issuer.as_deref(), &sorted);
     problems.extend(cutoff_problem(client, now));
     let all = ctx.clients.state();
     problems.extend(service_account_problems(

@@ -10,7 +10,7 @@ use scopegate_core::clients::{CLIENTS_FILE, ClientRegistry};
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 
 use crate::audiences::AudienceOwners;
-use crate::client_checks::{audience_problem, exchange_problem, issuer_key, validate};
+use crate::client_checks::{issuer_key, registration_problems};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::names::{
@@ -45,9 +45,7 @@ pub async fn reconcile_registry(
             continue;
         }
         let sorted = owners.sort_client(client);
-        let mut problems = validate(client, Some(policy));
-        problems.extend(audience_problem(&sorted));
-        problems.extend(exchange_problem(&sorted));
+        let problems = registration_problems(client, Some(policy), &sorted);
         if problems.iter().any(|p| p.blocks_registration()) {
             continue;
         }

@@ -9,36 +9,27 @@ use scopegate_core::names::SA_TOKEN_MOUNT_DIR;
 use scopegate_core::session::{SESSION_KEYS_FILE, SESSION_KEYS_MOUNT_DIR, SessionConfig};
 use scopegate_crds::v1alpha1::{AuthPolicy, GrantType, OAuthClient, Sessions};
 
+use super::client_use::{Usable, usable};
 use super::egress::full_name_url;
 use super::problem::Problem;
-use crate::audiences::effective_audiences;
-use crate::client_checks::validate;
+use crate::audiences::{AudienceOwners, effective_audiences};
 use crate::names::{SESSION_SA_TOKEN_FILE, client_id};
 
 /// The sessions config of `policy`, whose `sessions` name `client` (if it exists in the
-/// policy's namespace) with issuer `issuer` (if it resolves); or what stops it.
+/// policy's namespace) with issuer `issuer` (if it resolves), its audiences' owners `owners`;
+/// or what stops it.
 pub fn render(
     policy: &AuthPolicy,
     sessions: &Sessions,
     client: Option<&OAuthClient>,
     issuer: Option<&AuthPolicy>,
+    owners: &AudienceOwners,
     cluster_domain: &str,
 ) -> Result<SessionConfig, Problem> {
     let name = &sessions.client_ref.name;
     let refused = |why: String| Problem::SessionsRefused(name.clone(), why);
-    let client =
-        client.ok_or_else(|| refused("no OAuthClient of that name in this namespace".into()))?;
+    let Usable { client, own } = usable(client, issuer, owners).map_err(refused)?;
     let spec = &client.spec;
-    if spec.public {
-        return Err(refused(
-            "it is public: the sidecar redeems codes as a confidential client, authenticated with the pods' ServiceAccount (spec.serviceAccounts)".into(),
-        ));
-    }
-    if spec.service_accounts.is_empty() {
-        return Err(refused(
-            "it authenticates with a secret, not with the pods' ServiceAccount (spec.serviceAccounts): no secret is mounted into the pods".into(),
-        ));
-    }
     for grant in [GrantType::AuthorizationCode, GrantType::RefreshToken] {
         if !spec.grant_types.contains(&grant) {
             let grant = serde_json::to_value(grant).unwrap_or_default();
@@ -61,17 +52,6 @@ pub fn render(
     };
     if let Some(scope) = scopes.iter().find(|s| !spec.scopes.contains(s)) {
         return Err(refused(format!("scope {scope} is not one of its scopes")));
-    }
-    let own = issuer
-        .and_then(|p| p.spec.issuer.self_.as_ref())
-        .ok_or_else(|| refused("its issuerRef names no issuing AuthPolicy".into()))?;
-    if let Some(problem) = validate(client, issuer)
-        .iter()
-        .find(|p| p.blocks_registration())
-    {
-        return Err(refused(format!(
-            "its issuer does not register it: {problem}"
-        )));
     }
     let accepted = effective_audiences(&policy.spec);
     let audience = match &sessions.audience {
@@ -150,7 +130,15 @@ mod tests {
     fn render_with(sessions: &str, client: Option<&OAuthClient>) -> Result<SessionConfig, Problem> {
         let policy = policy(sessions);
         let declared = policy.spec.sessions.clone().unwrap();
-        render(&policy, &declared, client, Some(&issuer()), "cluster.local")
+        let owners = AudienceOwners::new([&issuer(), &policy], "cluster.local");
+        render(
+            &policy,
+            &declared,
+            client,
+            Some(&issuer()),
+            &owners,
+            "cluster.local",
+        )
     }
 
     const SA: &str = "  serviceAccounts: [web]";
@@ -231,7 +219,9 @@ mod tests {
         assert!(refused(&foreign, Some(&client(SA))).contains("not one this policy accepts"));
         let policy = policy(SESSIONS);
         let declared = policy.spec.sessions.clone().unwrap();
-        let no_issuer = render(&policy, &declared, Some(&client(SA)), None, "x").unwrap_err();
+        let owners = AudienceOwners::new([&policy], "x");
+        let no_issuer =
+            render(&policy, &declared, Some(&client(SA)), None, &owners, "x").unwrap_err();
         assert!(no_issuer.to_string().contains("issuerRef"), "{no_issuer}");
         // An issuer that does not register the client (a scope it does not declare).
         let mut unknown = client(SA);

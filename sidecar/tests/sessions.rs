@@ -195,6 +195,22 @@ fn sealed(dir: &TempDir, session: &Session) -> String {
     session.seal(&keys_of(dir), now(), "shop/portal").unwrap()
 }
 
+/// The jar with its session as the sidecar finds it once time has passed: the access token
+/// obtained so long ago that a quarter of its lifetime, at most 20 s, is left (due for a
+/// refresh, still valid), the same tokens, sealed as the sidecar seals.
+fn due(dir: &TempDir, jar: &Jar) -> Jar {
+    let mut session = session_of(dir, jar);
+    let left = ((session.expires_at - session.obtained_at) / 4).min(20);
+    let shift = session.expires_at - now() - left;
+    session.obtained_at -= shift;
+    session.expires_at -= shift;
+    session.started_at -= shift;
+    let mut aged = jar.clone();
+    aged.0
+        .insert(SESSION_COOKIE.to_owned(), sealed(dir, &session));
+    aged
+}
+
 /// A form POST to the issuer as the portal client, with the pod's ServiceAccount assertion.
 async fn as_portal(issuer: &Issuer, dir: &TempDir, path: &str, body: &str) -> RawResponse {
     let assertion = std::fs::read_to_string(dir.join("issuer-token")).unwrap();
@@ -436,9 +452,14 @@ async fn a_browser_logs_in_and_the_app_sees_the_user_as_a_bearer_request_shows_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_due_token_is_refreshed_silently_and_the_new_cookie_set() {
-    // Tokens of 20 s are due at once (the margin is 30 s at least).
+    // Tokens of 20 s: due in their last 10.
     let pod = Pod::start(20).await;
-    let (jar, _) = pod.login("/items/1", "bob").await;
+    let (fresh, _) = pod.login("/items/1", "bob").await;
+    // A token just obtained is not due.
+    let r = pod.visit("/items/1", &fresh).await;
+    assert_eq!(r.status, 200);
+    assert!(set_cookies(&r).is_empty(), "{r:?}");
+    let jar = due(&pod.dir, &fresh);
     let first = pod.visit("/items/1", &jar).await;
     assert_eq!(first.status, 200);
     let renewed: Vec<_> = set_cookies(&first)
@@ -451,7 +472,15 @@ async fn a_due_token_is_refreshed_silently_and_the_new_cookie_set() {
     let token_one = pod.app.last().unwrap().headers["authorization"].clone();
     let mut jar2 = jar.clone();
     jar2.take(&first);
-    let second = pod.visit("/items/1", &jar2).await;
+    // The newest cookie is not due again: a client sending it on every request (an attacker
+    // chaining refreshes) never has the sidecar call the issuer per request.
+    let again = pod.visit("/items/1", &jar2).await;
+    assert_eq!(again.status, 200);
+    assert!(set_cookies(&again).is_empty(), "{again:?}");
+    assert_eq!(pod.app.last().unwrap().headers["authorization"], token_one);
+    assert_eq!(pod.metric("refreshed").await, 1);
+    // Due in its turn, it refreshes with the rotated refresh token.
+    let second = pod.visit("/items/1", &due(&pod.dir, &jar2)).await;
     assert_eq!(second.status, 200);
     let token_two = pod.app.last().unwrap().headers["authorization"].clone();
     assert_ne!(
@@ -467,15 +496,18 @@ async fn a_due_token_is_refreshed_silently_and_the_new_cookie_set() {
     // The family is intact: the newest cookie refreshes once more.
     let mut jar3 = jar2.clone();
     jar3.take(&second);
-    assert_eq!(pod.visit("/items/1", &jar3).await.status, 200);
+    let third = pod.visit("/items/1", &due(&pod.dir, &jar3)).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(pod.metric("refreshed").await, 3);
     assert_eq!(pod.metric("refresh_refused").await, 0);
     pod.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_needing_a_refresh_refresh_once() {
-    let pod = Pod::start(20).await;
+    let pod = Pod::start(600).await;
     let (jar, _) = pod.login("/items/1", "carol").await;
+    let jar = due(&pod.dir, &jar);
     let before = pod.app.hits();
     let mut joins = Vec::new();
     for i in 0..12 {
@@ -1008,13 +1040,14 @@ async fn answers_to_the_cookie_vary_by_it_and_are_private_unless_the_app_says_ot
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_the_issuer_refuses_ends_the_session_and_every_copy_of_it() {
-    // Tokens of 20 s: every request refreshes first. No revocation feed: what ends the session
-    // is the refused refresh alone (the access token it holds is still valid here).
-    let pod = Pod::start_with(20, |c| {
+    // No revocation feed: what ends the session is the refused refresh alone (the access
+    // token it holds is still valid here).
+    let pod = Pod::start_with(600, |c| {
         c.as_object_mut().unwrap().remove("revocation");
     })
     .await;
     let (jar, _) = pod.login("/items/1", "alice").await;
+    let jar = due(&pod.dir, &jar);
     let refresh_token = session_of(&pod.dir, &jar).refresh_token.unwrap();
     // The family is revoked at the issuer behind the sidecar's back (another replica's
     // logout, an administrator).
@@ -1055,9 +1088,10 @@ async fn a_refresh_the_issuer_refuses_ends_the_session_and_every_copy_of_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_issuer_that_cannot_answer_ends_no_session_and_is_asked_once_per_session() {
-    let pod = Pod::start(20).await;
+    let pod = Pod::start(600).await;
     let (alice, _) = pod.login("/items/1", "alice").await;
     let (bob, _) = pod.login("/items/1", "bob").await;
+    let (alice, bob) = (due(&pod.dir, &alice), due(&pod.dir, &bob));
     // The issuer refuses the pod's client (its ServiceAccount token is not taken any more):
     // `invalid_client` is about the sidecar, not about alice; ending her session for it would
     // end every session of the pod. She goes on with her token while it is valid, and ten
@@ -1094,7 +1128,7 @@ async fn an_issuer_that_cannot_answer_ends_no_session_and_is_asked_once_per_sess
     // Retry-After, the cookie kept, the app not reached, the issuer not asked again.
     let mut later = session_of(&dir, &bob);
     later.expires_at = now() - 1;
-    later.obtained_at = later.expires_at - 20;
+    later.obtained_at = later.expires_at - 600;
     let expired = Jar::with(SESSION_COOKIE, &sealed(&dir, &later));
     let hits = app.hits();
     for headers in [BROWSER, SCRIPT] {
@@ -1221,9 +1255,10 @@ async fn made_up_code(pod: &Pod, address: &str, round: usize) -> RawResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_codes_at_the_callback_cannot_stop_the_pods_refreshes() {
-    // Tokens of 20 s: alice's every request refreshes at the issuer.
-    let pod = Pod::start_with(20, |c| c["trustedProxies"] = json!({"hops": 1})).await;
+    let pod = Pod::start_with(600, |c| c["trustedProxies"] = json!({"hops": 1})).await;
     let (alice, _) = pod.login("/items/1", "alice").await;
+    // Her token is due: her next request refreshes at the issuer.
+    let alice = due(&pod.dir, &alice);
     // The attack: anyone gets a login cookie and its state for the asking, and sends made-up
     // codes back; every one the sidecar presented would be a failure of the pod's address at
     // the issuer, which stops the pod's token requests after 60 a minute (30 naming the

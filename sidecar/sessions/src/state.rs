@@ -63,10 +63,15 @@ impl Session {
 
     /// Whether its access token is due for a refresh at `now`: within 30 s of its expiry, or
     /// within a tenth of its lifetime when that is longer (a 15-minute token is refreshed in
-    /// its last 90 s). A token shorter-lived than 30 s is refreshed on every request.
+    /// its last 90 s); never in the first half of its lifetime. A token of 60 s or less is
+    /// refreshed in its second half: at most once per half-lifetime per session, however many
+    /// requests carry the newest cookie (a 20 s token refreshed on every request would have
+    /// every page of every user call the issuer).
     pub fn refresh_due(&self, now: i64) -> bool {
         let lifetime = (self.expires_at - self.obtained_at).max(0);
-        let margin = (lifetime / 10).max(MIN_REFRESH_MARGIN_SECS);
+        let margin = (lifetime / 10)
+            .max(MIN_REFRESH_MARGIN_SECS)
+            .min(lifetime / 2);
         now >= self.expires_at - margin
     }
 
@@ -147,15 +152,23 @@ mod tests {
     }
 
     #[test]
-    fn a_token_is_refreshed_in_its_last_thirty_seconds_or_tenth() {
+    fn a_token_is_refreshed_in_its_last_thirty_seconds_or_tenth_never_its_first_half() {
         let s = session(1000, 1900); // 15 minutes: the last 90 s
         assert!(!s.refresh_due(1809));
         assert!(s.refresh_due(1810));
         let s = session(1000, 1120); // 2 minutes: the last 30 s
         assert!(!s.refresh_due(1089));
         assert!(s.refresh_due(1090));
-        let s = session(1000, 1020); // 20 s: always
-        assert!(s.refresh_due(1000));
+        let s = session(1000, 1020); // 20 s: its second half
+        assert!(!s.refresh_due(1000));
+        assert!(!s.refresh_due(1009));
+        assert!(s.refresh_due(1010));
+        let s = session(1000, 1040); // 40 s: its last 20 s, not 30
+        assert!(!s.refresh_due(1019));
+        assert!(s.refresh_due(1020));
+        let s = session(1000, 1001); // 1 s: once expired
+        assert!(!s.refresh_due(1000));
+        assert!(s.refresh_due(1001));
         assert_eq!(s.ends_at(60), 1060);
     }
 

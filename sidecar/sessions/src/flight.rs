@@ -2,7 +2,8 @@
 //! (keyed by a hash of the refresh token, never the token) wait for the one that asks the
 //! issuer, and use its answer. The answer is remembered for [`REMEMBER`], so that a request
 //! sent with the old cookie before the browser saw the new one gets the same tokens instead of
-//! presenting a rotated refresh token (which the issuer would take for reuse). The map is
+//! presenting a rotated refresh token (which the issuer would take for reuse); a failure that
+//! another try may change is kept [`RETRY_AFTER_FAILURE`]. The map is
 //! bounded: it is the only per-session state the sidecar keeps, and it is short-lived.
 
 use std::collections::HashMap;
@@ -15,8 +16,15 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use scopegate_sidecar_kit::oauth::{Granted, TokenFailure};
 
-/// How long a refresh's answer is kept for requests still carrying the old refresh token.
+/// How long a refresh's answer is kept for requests still carrying the old refresh token
+/// (new tokens, or the issuer's `invalid_grant`, which no retry changes).
 pub const REMEMBER: Duration = Duration::from_secs(30);
+
+/// How long a refresh that got no answer (or a refusal about the sidecar's client) is kept
+/// before the next request may ask again: long enough that a session never has the issuer
+/// asked more than once per this much, short enough that a blip does not outlast a token in
+/// its last seconds.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Most refreshes kept (in flight or remembered).
 pub const MAX_FLIGHTS: usize = 4096;
@@ -95,9 +103,25 @@ impl Flights {
     }
 }
 
-/// Whether a flight is done and older than [`REMEMBER`].
+/// Whether a refresh's failure ends the session: the issuer said `invalid_grant` (RFC 6749
+/// §5.2: the refresh token is invalid, expired, revoked or reused), which is about this
+/// session alone. Any other refusal (`invalid_client` when the pod's ServiceAccount token is
+/// refused, `unauthorized_client` after a client change, ...) is about the sidecar's client
+/// and would end every session that refreshes: it is an outage, like no answer, and never a
+/// logout.
+pub fn ends_session(failure: &TokenFailure) -> bool {
+    matches!(failure, TokenFailure::Refused { error } if error == "invalid_grant")
+}
+
+/// Whether a flight is done and older than its outcome is kept: [`REMEMBER`], or
+/// [`RETRY_AFTER_FAILURE`] for an outcome another try may change.
 fn expired(flight: &Flight, now: Instant) -> bool {
-    flight.outcome.peek().is_some() && now.duration_since(flight.started) >= REMEMBER
+    let keep = match flight.outcome.peek() {
+        None => return false,
+        Some(Err(failure)) if !ends_session(failure) => RETRY_AFTER_FAILURE,
+        Some(_) => REMEMBER,
+    };
+    now.duration_since(flight.started) >= keep
 }
 
 /// Drops remembered outcomes: the expired ones, then (still full) every finished one.
@@ -126,6 +150,27 @@ mod tests {
             refresh_token: None,
             lifetime: Duration::from_secs(60),
         }))
+    }
+
+    #[test]
+    fn only_invalid_grant_ends_a_session() {
+        let refused = |error: &str| TokenFailure::Refused {
+            error: error.into(),
+        };
+        assert!(ends_session(&refused("invalid_grant")));
+        for failure in [
+            refused("invalid_client"),
+            refused("unauthorized_client"),
+            refused("invalid_request"),
+            refused("unknown"),
+            TokenFailure::Status(429),
+            TokenFailure::Status(503),
+            TokenFailure::Unreachable,
+            TokenFailure::Timeout,
+            TokenFailure::Assertion,
+        ] {
+            assert!(!ends_session(&failure), "{failure}");
+        }
     }
 
     #[tokio::test]

@@ -11,9 +11,9 @@ use http::{Method, Request, Response, StatusCode};
 use scopegate_core::answer::Refusal;
 use scopegate_core::session::{LOGIN_COOKIE, SESSION_COOKIE};
 use scopegate_sidecar_kit::body::ProxyBody;
-use scopegate_sidecar_kit::oauth::TokenFailure;
 use scopegate_sidecar_kit::unix_now;
 
+use crate::flight::ends_session;
 use crate::keys::Keyring;
 use crate::login::{self, Authorize};
 use crate::metrics::Event;
@@ -90,16 +90,6 @@ pub(crate) fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
         .get("sec-fetch-site")
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"same-origin"));
     origin_matches || fetch_site
-}
-
-/// Whether a refresh's failure ends the session: the issuer said `invalid_grant` (RFC 6749
-/// §5.2: the refresh token is invalid, expired, revoked or reused), which is about this
-/// session alone. Any other refusal (`invalid_client` when the pod's ServiceAccount token is
-/// refused, `unauthorized_client` after a client change, ...) is about the sidecar's client
-/// and would end every session that refreshes: it is an outage, like no answer, and never a
-/// logout.
-fn ends_session(failure: &TokenFailure) -> bool {
-    matches!(failure, TokenFailure::Refused { error } if error == "invalid_grant")
 }
 
 /// What a due refresh came to.
@@ -374,27 +364,6 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_invalid_grant_ends_a_session() {
-        let refused = |error: &str| TokenFailure::Refused {
-            error: error.into(),
-        };
-        assert!(ends_session(&refused("invalid_grant")));
-        for failure in [
-            refused("invalid_client"),
-            refused("unauthorized_client"),
-            refused("invalid_request"),
-            refused("unknown"),
-            TokenFailure::Status(429),
-            TokenFailure::Status(503),
-            TokenFailure::Unreachable,
-            TokenFailure::Timeout,
-            TokenFailure::Assertion,
-        ] {
-            assert!(!ends_session(&failure), "{failure}");
-        }
-    }
 
     #[test]
     fn cookie_joins_the_vary_the_app_sent_once() {

@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -570,4 +571,109 @@ async fn rate_limit_budgets_survive_a_reload_that_keeps_the_limit() {
         "budget kept"
     );
     sidecar.shutdown().await;
+}
+
+/// A request body that sends `bytes` once `release` fires (or never, when it is dropped),
+/// recording in `sent` when it did.
+struct HeldBody {
+    release: Option<tokio::sync::oneshot::Receiver<bytes::Bytes>>,
+    sent: Arc<std::sync::atomic::AtomicBool>,
+    length: Option<u64>,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let Some(release) = self.release.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::pin::Pin::new(release).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(bytes) => {
+                self.release = None;
+                self.sent.store(true, std::sync::atomic::Ordering::SeqCst);
+                Poll::Ready(bytes.ok().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.length
+            .map(hyper::body::SizeHint::with_exact)
+            .unwrap_or_default()
+    }
+}
+
+/// An h2c connection to the sidecar and a POST to `/items/7` without a token (a 401) whose
+/// body is held back; returns whether the body had been sent when the answer came.
+async fn refused_post_with_held_body(
+    s: &Setup,
+    length: Option<u64>,
+    body: Option<&'static [u8]>,
+) -> (u16, bool) {
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.proxy_addr())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (release, held) = tokio::sync::oneshot::channel();
+    let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let request = hyper::Request::post("http://app.test/items/7")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(HeldBody {
+            release: Some(held),
+            sent: sent.clone(),
+            length,
+        })
+        .unwrap();
+    let sent_then = sent.clone();
+    let answer = tokio::spawn(async move {
+        let response = sender.send_request(request).await;
+        (
+            response,
+            sent_then.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    });
+    // The headers are out; the body follows a moment later, as a client's upload does.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match body {
+        // Refused when the client already dropped the body (its stream was reset).
+        Some(bytes) => drop(release.send(bytes::Bytes::from_static(bytes))),
+        // A body that never comes: the sender stays, silent.
+        None => std::mem::forget(release),
+    }
+    let (response, sent) = answer.await.unwrap();
+    (response.unwrap().status().as_u16(), sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_is_read_before_the_answer_within_bounds() {
+    let s = setup(|_| {}).await;
+    // A small form: the sidecar reads it before it answers, so an HTTP/2 client is never
+    // reset while it uploads (curl then reports an error instead of the 401).
+    let (status, sent) = refused_post_with_held_body(&s, None, Some(b"product=grinder")).await;
+    assert_eq!(status, 401);
+    assert!(sent, "the 401 went out before the client had sent its body");
+    // An attacker's body that says it is large is not read: the answer goes out at once.
+    let (status, sent) =
+        refused_post_with_held_body(&s, Some(10 << 20), Some(b"product=grinder")).await;
+    assert_eq!(status, 401);
+    assert!(!sent, "a body declared too long was waited for");
+    // One that never comes delays only its own answer, by the drain's bound.
+    let (status, sent) = refused_post_with_held_body(&s, None, None).await;
+    assert_eq!(status, 401);
+    assert!(!sent);
+    s.sidecar.shutdown().await;
 }

@@ -28,6 +28,7 @@ pub mod server;
 pub mod settings;
 pub mod state;
 pub mod tls;
+mod unread;
 pub mod verify;
 
 // Token validation, credentials and the answers to refusals live in scopegate-core, where the

@@ -31,6 +31,7 @@ use crate::settings::Settings;
 use crate::state::Shared;
 use crate::token::VerifiedToken;
 use crate::unix_now;
+use crate::unread;
 use crate::verify;
 
 pub use scopegate_sidecar_kit::body::ProxyBody;
@@ -59,6 +60,7 @@ pub async fn handle(
         Ok(path) => path,
         Err(err) => {
             tracing::debug!(error = %err, "refused request path");
+            unread::drain(req.into_body()).await;
             return refuse(&shared, &settings, Refusal::BadPath);
         }
     };
@@ -79,6 +81,7 @@ pub async fn handle(
             .serve(&sessions, &req, path.forward(), client)
             .await;
         headers::secure_response(response.headers_mut(), &settings.headers, true);
+        unread::drain(req.into_body()).await;
         return response;
     }
     let mut prepared = match (shared.sessions)
@@ -89,6 +92,7 @@ pub async fn handle(
         Err(mut answer) => {
             shared.metrics.request("forbidden");
             headers::secure_response(answer.headers_mut(), &settings.headers, true);
+            unread::drain(req.into_body()).await;
             return answer;
         }
     };
@@ -127,21 +131,28 @@ async fn pass(
         || request_client_ip(conn, &req, settings),
         shared.shared_limits(),
     );
-    if let Err(secs) = limits.check_address().await {
-        return Err(Refusal::RateLimited(secs));
+    let admitted = async {
+        limits.check_address().await.map_err(Refusal::RateLimited)?;
+        let asked = Asked {
+            req: &req,
+            conn,
+            epoch,
+            method: &method,
+            path: path.route(),
+        };
+        let decided = admit(shared, settings, asked).await;
+        within_limits(&limits, decided).await
     }
-
-    let asked = Asked {
-        req: &req,
-        conn,
-        epoch,
-        method: &method,
-        path: path.route(),
+    .await;
+    let Admitted { identity, dry_run } = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return Err(refused_unread(req, refusal).await),
     };
-    let decided = admit(shared, settings, asked).await;
-    let Admitted { identity, dry_run } = within_limits(&limits, decided).await?;
+    let app_identity = match AppIdentity::of(&settings.headers, identity.as_deref()) {
+        Ok(app_identity) => app_identity,
+        Err(refusal) => return Err(refused_unread(req, refusal).await),
+    };
     let subject = identity.as_ref().and_then(|t| t.sub.as_deref());
-    let app_identity = AppIdentity::of(&settings.headers, identity.as_deref())?;
 
     let upgrade =
         headers::is_upgrade(req.method(), req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -164,6 +175,13 @@ async fn pass(
     }
     headers::secure_response(response.headers_mut(), &settings.headers, no_store);
     Ok(response)
+}
+
+/// `refusal`, once what is left of the refused request's body has been read
+/// ([`unread::drain`]).
+async fn refused_unread(req: Request<Incoming>, refusal: Refusal) -> Refusal {
+    unread::drain(req.into_body()).await;
+    refusal
 }
 
 /// Hands a request for one of the issuer's own paths to the issuer role.

@@ -1,4 +1,4 @@
-//! A real browser logs in to a web app that has no auth code (examples/apps/webshop.py): the
+//! A real browser logs in to a web app that has no auth code (examples/apps/storefront.py): the
 //! app's AuthPolicy enables sessions with an OAuthClient that authenticates with the pod's
 //! ServiceAccount, and the sidecar in front of the app does the rest (docs/sessions.md).
 //!
@@ -203,7 +203,7 @@ async fn a_browser_logs_in_refreshes_and_logs_out_through_the_sidecar() {
     let web_pod = create(
         &client,
         n,
-        &pod("metadata: {name: web-0, labels: {app: web}}\nspec:\n  serviceAccountName: web\n  containers:\n    - {name: app, image: example/webshop, readinessProbe: {httpGet: {path: /ready, port: 8080}}}\n"),
+        &pod("metadata: {name: web-0, labels: {app: web}}\nspec:\n  serviceAccountName: web\n  containers:\n    - {name: app, image: example/storefront, readinessProbe: {httpGet: {path: /ready, port: 8080}}}\n"),
     )
     .await;
 
@@ -218,7 +218,7 @@ async fn a_browser_logs_in_refreshes_and_logs_out_through_the_sidecar() {
     let images = Images::from([
         sidecar_image().expect("the sidecar image"),
         example_app("example/auth", "auth.py"),
-        example_app("example/webshop", "webshop.py"),
+        example_app("example/storefront", "storefront.py"),
         (
             "example/idle".to_owned(),
             vec!["sleep".to_owned(), "infinity".to_owned()],

@@ -1,12 +1,14 @@
-//! The shop's clients: a service calling the issuer over TLS (trusting only the operator's CA)
-//! and a browser (curl with a cookie jar) signing in to the storefront, with a password on the
-//! app's own login page or through Google.
+//! The shop's clients: a service calling the issuer over TLS (trusting only the operator's CA),
+//! the shop app signing a user in (a public client: code + PKCE, with a password on the login
+//! app's page or through Google), and a browser (curl with a cookie jar) opening the
+//! storefront's web pages, whose sidecar keeps the session.
 
 use std::process::Command;
 
 use anyhow::{Context as _, bail, ensure};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use scopegate_core::session::{CALLBACK_PATH as SESSION_CALLBACK_PATH, SESSION_COOKIE};
 use serde_json::Value;
 
 use super::{STATE, Shop};
@@ -23,13 +25,33 @@ impl Shop {
         basic: Option<(&str, &str)>,
     ) -> anyhow::Result<Response> {
         let url = format!("https://{}{path}", self.issuer_host);
-        self.curl(method, &url, form, basic, false)
+        self.curl(method, &url, form, basic, false, &[])
     }
 
     /// A browser's request: cookies kept, the operator's CA and the Google stand-in's trusted,
     /// the issuer and the stand-in reached by name.
     fn browse(&self, method: &str, url: &str, form: &[(&str, &str)]) -> anyhow::Result<Response> {
-        self.curl(method, url, form, None, true)
+        self.curl(method, url, form, None, true, &[])
+    }
+
+    /// The browser opens the storefront's `path` as a page (a navigation that accepts HTML),
+    /// with `headers` besides.
+    pub fn storefront_page(
+        &self,
+        method: &str,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Response> {
+        let mut all = vec![("Accept", "text/html"), ("Sec-Fetch-Mode", "navigate")];
+        all.extend_from_slice(headers);
+        let url = format!("{}{path}", self.storefront.origin);
+        self.curl(method, &url, form, None, true, &all)
+    }
+
+    /// The storefront's origin, as its own pages send it in `Origin`.
+    pub fn storefront_origin(&self) -> &str {
+        &self.storefront.origin
     }
 
     fn curl(
@@ -39,6 +61,7 @@ impl Shop {
         form: &[(&str, &str)],
         basic: Option<(&str, &str)>,
         browser: bool,
+        headers: &[(&str, &str)],
     ) -> anyhow::Result<Response> {
         let host = &self.issuer_host;
         let mut command = Command::new("curl");
@@ -66,6 +89,13 @@ impl Shop {
                     self.google.address.ip(),
                     self.google.address.port()
                 ))
+                .arg("--connect-to")
+                .arg(format!(
+                    "{}:443:{}:{}",
+                    self.storefront.host,
+                    self.storefront.listener.ip(),
+                    self.storefront.listener.port()
+                ))
                 .arg("--cacert")
                 .arg(&self.browser_ca_file)
                 .arg("-b")
@@ -74,6 +104,9 @@ impl Shop {
                 .arg(&self.cookie_jar);
         } else {
             command.arg("--cacert").arg(&self.ca_file);
+        }
+        for (name, value) in headers {
+            command.arg("-H").arg(format!("{name}: {value}"));
         }
         for (name, value) in form {
             command
@@ -115,12 +148,20 @@ impl Shop {
             .to_owned())
     }
 
-    /// The browser flow of the public storefront client: authorize, log in as `user` on the
-    /// app's own login page (which accepts the challenge on the mint socket), redeem the code
-    /// with PKCE, asking for `scope`. Returns the token response.
+    /// The flow of the public shop app: authorize, log in as `user` on the login app's page
+    /// (which accepts the challenge on the mint socket), redeem the code with PKCE, asking for
+    /// `scope`. Returns the token response.
     pub fn login(&self, user: &str, password: &str, scope: &str) -> anyhow::Result<Value> {
         let (verifier, query) = self.authorize_query(scope, Some("local"));
-        let authorize = self.issuer_call("GET", &query, &[], None)?;
+        let back = self.sign_in(&query, user, password)?;
+        self.redeem(&back, &verifier)
+    }
+
+    /// The browser at the issuer: the authorization request `query` (a path on the issuer)
+    /// leads to the login app's page, where `user` logs in with `password`. Returns where
+    /// the issuer then sends the browser back to the client, with a code.
+    fn sign_in(&self, query: &str, user: &str, password: &str) -> anyhow::Result<String> {
+        let authorize = self.issuer_call("GET", query, &[], None)?;
         ensure!(
             matches!(authorize.status, 302 | 303),
             "authorize answered {}: {}",
@@ -154,11 +195,10 @@ impl Shop {
             resumed.status,
             resumed.body
         );
-        let back = resumed
+        Ok(resumed
             .header("location")
             .context("no redirect back to the client")?
-            .to_owned();
-        self.redeem(&back, &verifier)
+            .to_owned())
     }
 
     /// Opens the app's login page for `login_challenge` and submits `user` and `password`.
@@ -198,11 +238,82 @@ impl Shop {
             .to_owned())
     }
 
-    /// A browser signs in to the storefront with Google: authorize shows the chooser, the
+    /// The browser opens the storefront's `/shop/` without a session: its sidecar sends it to
+    /// the issuer, where `user` logs in with `password`; the issuer sends it back to the
+    /// sidecar's callback, which sets the session cookie and returns it to `/shop/`. Returns
+    /// the authorization request the sidecar made, the session cookie's `Set-Cookie` with its
+    /// value elided, and that value.
+    pub fn storefront_sign_in(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<(String, String, String)> {
+        let start = self.storefront_page("GET", "/shop/", &[], &[])?;
+        ensure!(
+            start.status == 302,
+            "/shop/ without a session answered {}: {}",
+            start.status,
+            start.body
+        );
+        let authorize = start.header("location").context("no redirect")?.to_owned();
+        let query = authorize
+            .strip_prefix(self.issuer.as_str())
+            .filter(|q| q.starts_with("/oauth2/authorize?"))
+            .with_context(|| format!("the storefront sent the browser to {authorize}"))?;
+        let back = self.sign_in(query, user, password)?;
+        let callback = format!("{}{SESSION_CALLBACK_PATH}?", self.storefront.origin);
+        ensure!(
+            back.starts_with(&callback),
+            "the issuer sent the browser to {back}, not to the storefront's callback"
+        );
+        let landed = self.browse("GET", &back, &[])?;
+        ensure!(
+            matches!(landed.status, 302 | 303) && landed.header("location") == Some("/shop/"),
+            "the callback answered {} to {:?}: {}",
+            landed.status,
+            landed.header("location"),
+            landed.body
+        );
+        let session = (landed.headers.iter())
+            .filter(|(name, _)| name == "set-cookie")
+            .map(|(_, value)| value)
+            .find(|value| value.starts_with(&format!("{SESSION_COOKIE}=")))
+            .context("the callback set no session cookie")?;
+        let (pair, attributes) = session.split_once(';').unwrap_or((session, ""));
+        let value = pair
+            .strip_prefix(&format!("{SESSION_COOKIE}="))
+            .unwrap_or_default()
+            .to_owned();
+        let attributes = attributes
+            .split(';')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok((
+            authorize,
+            format!("{SESSION_COOKIE}=…; {attributes}"),
+            value,
+        ))
+    }
+
+    /// The value of the browser's cookie `name` for the storefront, from its cookie jar.
+    pub fn storefront_cookie(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let jar = std::fs::read_to_string(&self.cookie_jar)?;
+        // Netscape format: domain, subdomains, path, secure, expiry, name, value; HttpOnly
+        // cookies carry a `#HttpOnly_` prefix on the domain.
+        Ok(jar.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let domain = fields.first()?.trim_start_matches("#HttpOnly_");
+            (fields.len() == 7 && domain == self.storefront.host && fields[5] == name)
+                .then(|| fields[6].to_owned())
+        }))
+    }
+
+    /// A browser signs in to the shop app with Google: authorize shows the chooser, the
     /// browser follows "Continue with Google", logs in as `login` on the stand-in's own login
     /// and consent pages, comes back to the issuer's callback, passes through the app (which
     /// links the Google identity to one of its users on the mint socket) and ends at the
-    /// storefront's redirect URI with a code, redeemed with PKCE. Returns the chooser's choices
+    /// shop app's redirect URI with a code, redeemed with PKCE. Returns the chooser's choices
     /// and the token response.
     pub fn google_login(&self, login: &str, scope: &str) -> anyhow::Result<(Vec<String>, Value)> {
         let (verifier, query) = self.authorize_query(scope, None);
@@ -262,10 +373,10 @@ impl Shop {
             };
             method = "POST";
         }
-        bail!("the Google login did not come back to the storefront")
+        bail!("the Google login did not come back to the shop app")
     }
 
-    /// A PKCE verifier and the storefront's authorize request for `scope`, with an
+    /// A PKCE verifier and the shop app's authorize request for `scope`, with an
     /// `upstream=` hint when given.
     fn authorize_query(&self, scope: &str, upstream: Option<&str>) -> (String, String) {
         let mut verifier_bytes = [0u8; 32];
@@ -279,14 +390,14 @@ impl Shop {
             .unwrap_or_default();
         let query = format!(
             "/oauth2/authorize?response_type=code&client_id={}&redirect_uri={}&scope={}&state={STATE}&code_challenge={challenge}&code_challenge_method=S256{hint}",
-            self.storefront,
+            self.app_client,
             form_encode(&self.redirect_uri),
             form_encode(scope),
         );
         (verifier, query)
     }
 
-    /// Checks the redirect `back` to the storefront (its state, the issuer's `iss`) and
+    /// Checks the redirect `back` to the shop app (its state, the issuer's `iss`) and
     /// redeems its code with `verifier`. Returns the token response.
     fn redeem(&self, back: &str, verifier: &str) -> anyhow::Result<Value> {
         let state = STATE;
@@ -318,7 +429,7 @@ impl Shop {
                 ("grant_type", "authorization_code"),
                 ("code", code),
                 ("redirect_uri", &self.redirect_uri),
-                ("client_id", &self.storefront),
+                ("client_id", &self.app_client),
                 ("code_verifier", verifier),
             ],
             None,

@@ -1,9 +1,10 @@
 //! The whole story on the local control plane, shared by the e2e test that asserts it and the
 //! `demo` binary (`make up`) that narrates it: the manifests of `examples/` applied as they are
 //! (in another namespace for the test), pods for the issuer `auth`, the protected `orders` and
-//! `inventory` and the secretless caller `billing` created through the API server (so the
-//! webhook injects them) and run as a kubelet would, and clients that get tokens over TLS
-//! (trusting only the operator's CA bundle) and call `orders`.
+//! `inventory`, the secretless caller `billing` and the `storefront`'s web pages created
+//! through the API server (so the webhook injects them) and run as a kubelet would, and
+//! clients that get tokens over TLS (trusting only the operator's CA bundle) and call `orders`,
+//! and a browser that signs in to the storefront.
 
 mod browser;
 mod describe;
@@ -36,7 +37,7 @@ pub use play::play;
 /// minute (the local pods see ConfigMap changes within a second).
 pub const STORY_PROPAGATION: &str = "6s";
 
-/// The storefront's `state` in every login of the story.
+/// The shop app's `state` in every login of the story.
 const STATE: &str = "st8-42";
 
 /// The running shop.
@@ -53,10 +54,12 @@ pub struct Shop {
     pub order_limit: u32,
     /// The accounting client's id and secret (client_credentials).
     pub accounting: (String, String),
-    /// The storefront's client id (a public client, authorization code + PKCE).
-    pub storefront: String,
-    /// The storefront's loopback redirect URI.
+    /// The shop app's client id (a public client, authorization code + PKCE).
+    pub app_client: String,
+    /// The shop app's loopback redirect URI.
     redirect_uri: String,
+    /// The storefront's web pages, behind a sidecar with browser sessions.
+    storefront: Storefront,
     /// The CA bundle file clients trust.
     pub ca_file: PathBuf,
     /// The auth pod's address.
@@ -77,11 +80,23 @@ pub struct Shop {
     cookie_jar: PathBuf,
     client: Client,
     /// Every pod's sidecar admin address.
-    admins: [SocketAddr; 4],
+    admins: [SocketAddr; 5],
     /// The billing pod, whose app the story asks from inside the pod.
     billing_pod: RunningPod,
     _pods: Vec<RunningPod>,
     _network: Arc<PodNetwork>,
+}
+
+/// Where the story's browser finds the storefront.
+struct Storefront {
+    /// Its origin, `https://` and its Service's name (from its sessions' redirect URI).
+    origin: String,
+    /// Its Service's name.
+    host: String,
+    /// Its sidecar's TLS listener (the target of the Service's port 443).
+    listener: SocketAddr,
+    /// Its sidecar's admin address.
+    admin: SocketAddr,
 }
 
 /// What the story measured, for the test's own assertions.

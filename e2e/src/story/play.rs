@@ -1,7 +1,8 @@
 //! The story itself, act by act: a service token, every refusal the policy defines, a call
-//! with no secret anywhere, a user's login, Google added to the running issuer, a service
-//! calling another on a user's behalf, the rate limit, two key rotations under load, and a
-//! revocation reaching the enforcement point.
+//! with no secret anywhere, a user's login, web pages whose sidecar keeps the browser's
+//! session, Google added to the running issuer, a service calling another on a user's behalf,
+//! the rate limit, two key rotations under load, and a revocation reaching the enforcement
+//! point.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use scopegate_core::session::{LOGOUT_PATH, SESSION_COOKIE};
 use serde_json::{Value, json};
 
 use super::describe::{challenge_of, describe, peek, short};
@@ -23,6 +25,7 @@ pub async fn play(shop: Arc<Shop>, say: &dyn Fn(&str)) -> anyhow::Result<Outcome
     refusals(&shop, &read, say)?;
     secretless_call(&shop, say).await?;
     let user_token = password_login(&shop, say)?;
+    storefront_session(&shop, say).await?;
     let google_token = google_login(&shop, say).await?;
     on_behalf(&shop, &user_token, &google_token, say)?;
     rate_limit(&shop, &user_token, say)?;
@@ -178,16 +181,116 @@ fn password_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String> {
         .to_owned();
     ensure!(
         login["refresh_token"].is_string(),
-        "no refresh token for the storefront"
+        "no refresh token for the shop app"
     );
     say(&format!(
-        "alice signs in to the storefront (authorization code + PKCE; the shop's login page checks her password and accepts the login on the sidecar's mint socket; a wrong password got no code): {}, plus a refresh token",
+        "alice signs in to the shop app (a public client: authorization code + PKCE; the shop's login page checks her password and accepts the login on the sidecar's mint socket; a wrong password got no code): {}, plus a refresh token",
         describe(&user_token)?
     ));
     Ok(user_token)
 }
 
-/// Act 5: Google login, added to the running issuer. Returns ann's access token.
+/// Act 5: the storefront's web pages, whose app has no login code: its sidecar logs the
+/// browser in at the issuer and keeps the session in a cookie, refuses a cross-site write
+/// with it, and logs out, after which the old cookie opens nothing.
+async fn storefront_session(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<()> {
+    let (authorize, cookie, sealed) = shop.storefront_sign_in("alice", "wonderland")?;
+    for part in ["response_type=code", "code_challenge_method=S256", "state="] {
+        ensure!(
+            authorize.contains(part),
+            "the storefront's authorization request lacks {part}: {authorize}"
+        );
+    }
+    for attribute in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        ensure!(
+            cookie
+                .split("; ")
+                .any(|a| a.eq_ignore_ascii_case(attribute)),
+            "the session cookie lacks {attribute}: {cookie}"
+        );
+    }
+    let page = shop.storefront_page("GET", "/shop/", &[], &[])?;
+    ensure!(
+        page.status == 200 && page.body.contains("Signed in as alice"),
+        "/shop/ with the session answered {}: {}",
+        page.status,
+        page.body
+    );
+    say(&format!(
+        "alice opens the storefront's web pages (examples/apps/storefront.py, not a line of login code): GET /shop/ -> 302 to the issuer's authorize (code + PKCE S256, state), the same login page, then the storefront sidecar's callback, which checks state and iss, redeems the code with the pod's ServiceAccount token and sets one cookie, {cookie}; the page reads \"Signed in as alice\" and no token reached the browser"
+    ));
+
+    let own = shop.storefront_origin().to_owned();
+    let cart = [("product", "grinder")];
+    let cross_site = shop.storefront_page(
+        "POST",
+        "/shop/cart",
+        &cart,
+        &[("Origin", "https://evil.example")],
+    )?;
+    ensure!(
+        cross_site.status == 403,
+        "a cross-site POST with alice's cookie answered {}",
+        cross_site.status
+    );
+    let same_site = shop.storefront_page("POST", "/shop/cart", &cart, &[("Origin", &own)])?;
+    ensure!(
+        same_site.status == 303,
+        "the storefront's own form answered {}: {}",
+        same_site.status,
+        same_site.body
+    );
+    let page = shop.storefront_page("GET", "/shop/", &[], &[])?;
+    ensure!(
+        page.body.contains("Cart: grinder<"),
+        "the cart after one accepted and one refused POST: {}",
+        page.body
+    );
+    say(
+        "POST /shop/cart with alice's cookie from another site (Origin https://evil.example) -> 403; from the storefront's own page -> 303, and her cart holds one grinder",
+    );
+
+    // The cookie the callback set, as the browser kept it: what a thief would put back.
+    let before = shop
+        .storefront_cookie(SESSION_COOKIE)?
+        .context("no session cookie in the browser")?;
+    ensure!(
+        before == sealed,
+        "the browser's session cookie is not the one the callback set"
+    );
+    let logout = shop.storefront_page("POST", LOGOUT_PATH, &[], &[("Origin", &own)])?;
+    ensure!(
+        logout.status == 303 && shop.storefront_cookie(SESSION_COOKIE)?.is_none(),
+        "logout answered {} and left the cookie: {:?}",
+        logout.status,
+        logout.headers
+    );
+    let after = shop.storefront_page("GET", "/shop/", &[], &[])?;
+    ensure!(
+        after.status == 302,
+        "/shop/ after logout answered {}",
+        after.status
+    );
+    let replay = format!("{SESSION_COOKIE}={before}");
+    eventually("the cookie from before logout refused", || async {
+        let replayed = shop.storefront_page("GET", "/shop/", &[], &[("Cookie", &replay)])?;
+        ensure!(
+            replayed.status == 302,
+            "the cookie from before logout answered {}",
+            replayed.status
+        );
+        Ok(())
+    })
+    .await?;
+    say(&format!(
+        "alice logs out (POST {LOGOUT_PATH} from the page -> {}, to {}): the sidecar revoked her session's refresh family at the issuer (RFC 7009) and cleared the cookie; /shop/ sends her to log in again, also with the cookie from before logout put back",
+        logout.status,
+        logout.header("location").unwrap_or_default()
+    ));
+    Ok(())
+}
+
+/// Act 6: Google login, added to the running issuer. Returns ann's access token.
 async fn google_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String> {
     let callback = shop.add_google().await?;
     say(&format!(
@@ -215,14 +318,14 @@ async fn google_login(shop: &Shop, say: &dyn Fn(&str)) -> anyhow::Result<String>
         reads.status
     );
     say(&format!(
-        "ann signs in to the storefront with Google (the issuer's chooser offers {}; Google's ID token is checked, nonce, PKCE and all, then thrown away; the shop's login app links Google subject \"ann\" to its own user on the mint socket): the storefront gets the shop's token, not Google's: {}; GET /orders with it -> 200",
+        "ann signs in to the shop app with Google (the issuer's chooser offers {}; Google's ID token is checked, nonce, PKCE and all, then thrown away; the shop's login app links Google subject \"ann\" to its own user on the mint socket): the app gets the shop's token, not Google's: {}; GET /orders with it -> 200",
         choices.join(" / "),
         describe(&google_token)?
     ));
     Ok(google_token)
 }
 
-/// Act 6: orders asks inventory on alice's behalf: its app passes her Authorization header on
+/// Act 7: orders asks inventory on alice's behalf: its app passes her Authorization header on
 /// through its sidecar, which exchanges her token (RFC 8693) for one of inventory's naming
 /// orders as the actor. ann's token, without the scope inventory needs, is not exchanged.
 fn on_behalf(shop: &Shop, alice: &str, ann: &str, say: &dyn Fn(&str)) -> anyhow::Result<()> {
@@ -259,7 +362,7 @@ fn on_behalf(shop: &Shop, alice: &str, ann: &str, say: &dyn Fn(&str)) -> anyhow:
     Ok(())
 }
 
-/// Act 7: the rate limit.
+/// Act 8: the rate limit.
 fn rate_limit(shop: &Shop, user_token: &str, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     let mut placed = 0;
     let limited = loop {
@@ -316,7 +419,7 @@ async fn rotate_once(
     Ok(next)
 }
 
-/// Act 8: keys rotate twice while a client keeps calling; no valid request may be rejected,
+/// Act 9: keys rotate twice while a client keeps calling; no valid request may be rejected,
 /// and tokens signed by each new key must be accepted. Returns the kids and the requests
 /// accepted.
 async fn rotation_under_load(
@@ -348,7 +451,7 @@ async fn rotation_under_load(
     Ok((kids, accepted))
 }
 
-/// Act 9: revocation reaches the enforcement point; `read`, another token, keeps working.
+/// Act 10: revocation reaches the enforcement point; `read`, another token, keeps working.
 /// Returns how long the refusal took.
 async fn revocation(shop: &Arc<Shop>, read: &str, say: &dyn Fn(&str)) -> anyhow::Result<Duration> {
     let doomed = shop.accounting_token(None)?;

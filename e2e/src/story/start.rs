@@ -1,21 +1,24 @@
 //! Starting the shop: `examples/` applied to the story's namespace, what the operator renders
-//! awaited, and the `auth`, `inventory`, `orders` and `billing` pods (the last two with
-//! ServiceAccounts of their own) created through the API server and run as a kubelet would.
+//! awaited, and the `auth`, `inventory`, `orders`, `billing` and `storefront` pods (the last
+//! three with ServiceAccounts of their own) created through the API server and run as a
+//! kubelet would.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail, ensure};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use scopegate_core::session::CALLBACK_PATH as SESSION_CALLBACK_PATH;
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
-use super::{STORY_PROPAGATION, Shop};
+use super::{STORY_PROPAGATION, Shop, Storefront};
 use crate::google::{self, GoogleStandIn};
 use crate::http::request;
 use crate::kubelet::{Images, PodNetwork, RunningPod, ServiceRoute, example_app, sidecar_image};
+use crate::node_idp::TestTls;
 use crate::{FIELD_MANAGER, config_map_text, eventually, repo_root, secret_text};
 
 fn images() -> anyhow::Result<Images> {
@@ -25,6 +28,7 @@ fn images() -> anyhow::Result<Images> {
         example_app("example/auth", "auth.py"),
         example_app("example/inventory", "inventory.py"),
         example_app("example/billing", "billing.py"),
+        example_app("example/storefront", "storefront.py"),
     ]))
 }
 
@@ -90,17 +94,16 @@ async fn apply(client: &Client, namespace: &str, object: &Value) -> anyhow::Resu
     Ok(())
 }
 
-/// Pod `<app>-0` labelled `app: <app>`, one container `app` running `example/<app>`; with a
-/// ServiceAccount, it runs as `account` and its app calls out through the sidecar's egress
-/// port with `env` naming where.
+/// Pod `<app>-0` labelled `app: <app>`, one container `app` running `example/<app>`, running
+/// as ServiceAccount `account` when given. With `env`, naming where, its app calls out
+/// through the sidecar's egress port.
 fn pod(app: &str, account: Option<&str>, env: &[(&str, String)]) -> anyhow::Result<Pod> {
-    let env: Vec<Value> = (account
-        .is_some()
-        .then_some(("HTTP_PROXY", EGRESS_PROXY.to_owned())))
-    .into_iter()
-    .chain(env.iter().map(|(name, value)| (*name, value.clone())))
-    .map(|(name, value)| json!({"name": name, "value": value}))
-    .collect();
+    let env: Vec<Value> = (!env.is_empty())
+        .then_some(("HTTP_PROXY", EGRESS_PROXY.to_owned()))
+        .into_iter()
+        .chain(env.iter().map(|(name, value)| (*name, value.clone())))
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
     let mut spec = json!({"containers": [{
         "name": "app",
         "image": format!("example/{app}"),
@@ -124,6 +127,9 @@ const EGRESS_PROXY: &str = "http://127.0.0.1:15081";
 /// The volume of the projected ServiceAccount token the webhook mounts into the sidecar.
 const TOKEN_VOLUME: &str = "scopegate-issuer-token";
 
+/// The volume of a sessions policy's keys, which the webhook mounts into the sidecar.
+const SESSION_KEYS_VOLUME: &str = "scopegate-session-keys";
+
 /// What the story reads from `examples/`: names, ports and limits it must not hard-code.
 struct Facts {
     issuer: String,
@@ -137,10 +143,19 @@ struct Facts {
     orders_url: String,
     /// orders' egress target on behalf of the caller: inventory's URL.
     inventory_url: String,
-    /// The ServiceAccounts of the clients billing and orders.
+    /// The ServiceAccounts of the clients billing, orders and storefront.
     billing_account: String,
     orders_account: String,
+    storefront_account: String,
+    /// The shop app's loopback redirect URI.
     redirect_uri: String,
+    /// The storefront's origin (`https://` and its Service's name), from its sessions'
+    /// redirect URI.
+    storefront_origin: String,
+    /// The TLS Secret the storefront's sidecar serves its pages with.
+    storefront_tls: String,
+    /// The storefront sidecar's listener port.
+    storefront_port: u16,
 }
 
 /// The URL of `policy`'s egress target `target`.
@@ -186,14 +201,24 @@ impl Facts {
             &named(objects, "OAuthClient", "accounting")?["spec"]["secretName"],
             "accounting secretName",
         )?;
-        let redirect_uri = named(objects, "OAuthClient", "storefront")?["spec"]["redirectUris"]
+        let redirect_uri = named(objects, "OAuthClient", "shop-app")?["spec"]["redirectUris"]
             .as_array()
             .and_then(|uris| {
                 uris.iter()
                     .filter_map(Value::as_str)
                     .find(|u| u.starts_with("http://127.0.0.1"))
             })
-            .context("examples/: the storefront has no loopback redirect URI")?
+            .context("examples/: the shop app has no loopback redirect URI")?
+            .to_owned();
+        let storefront = &named(objects, "AuthPolicy", "storefront")?["spec"];
+        let callback = text(
+            &storefront["sessions"]["redirectUri"],
+            "storefront sessions redirectUri",
+        )?;
+        let storefront_origin = callback
+            .strip_suffix(SESSION_CALLBACK_PATH)
+            .filter(|origin| origin.starts_with("https://"))
+            .with_context(|| format!("examples/: the storefront's callback is {callback}"))?
             .to_owned();
         Ok(Self {
             issuer,
@@ -207,7 +232,14 @@ impl Facts {
             inventory_url: target_url(objects, "orders", "inventory")?,
             billing_account: account_of(objects, "billing")?,
             orders_account: account_of(objects, "orders")?,
+            storefront_account: account_of(objects, "storefront")?,
             redirect_uri,
+            storefront_origin,
+            storefront_tls: text(
+                &storefront["listen"]["tlsSecret"],
+                "storefront listen.tlsSecret",
+            )?,
+            storefront_port: u16::try_from(storefront["listen"]["port"].as_u64().unwrap_or(15080))?,
         })
     }
 }
@@ -309,7 +341,7 @@ async fn await_rendered(
         let registry = secret_text(client, namespace, "auth-clients", "clients.json")
             .await?
             .context("no registry")?;
-        for name in ["accounting", "billing", "orders", "storefront"] {
+        for name in ["accounting", "billing", "orders", "shop-app", "storefront"] {
             ensure!(
                 registry.contains(&format!("\"{namespace}.{name}\"")),
                 "{name} not registered yet"
@@ -323,6 +355,7 @@ async fn await_rendered(
             ("orders", "onBehalfOfCaller"),
             ("inventory", "\"kid\""),
             ("billing", "\"egress\""),
+            ("storefront", "\"sessions\""),
         ] {
             let config =
                 config_map_text(client, namespace, &format!("{name}-sidecar"), "config.json")
@@ -349,14 +382,20 @@ struct Pods {
     inventory: Pod,
     orders: Pod,
     billing: Pod,
+    storefront: Pod,
 }
 
-/// Creates the ServiceAccounts of billing and orders, and pods `auth-0`, `inventory-0`,
-/// `orders-0` and `billing-0` through the API server: each must come back injected, and the
-/// two that run as a ServiceAccount with its token mounted into the sidecar only.
+/// Creates the ServiceAccounts of billing, orders and storefront, and pods `auth-0`,
+/// `inventory-0`, `orders-0`, `billing-0` and `storefront-0` through the API server: each must
+/// come back injected, and the three that run as a ServiceAccount with its token mounted into
+/// the sidecar only (and the storefront with its session keys, also the sidecar's only).
 async fn create_pods(client: &Client, namespace: &str, facts: &Facts) -> anyhow::Result<Pods> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    for name in [&facts.billing_account, &facts.orders_account] {
+    for name in [
+        &facts.billing_account,
+        &facts.orders_account,
+        &facts.storefront_account,
+    ] {
         let account: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": name}}))?;
         accounts
             .patch(
@@ -386,22 +425,26 @@ async fn create_pods(client: &Client, namespace: &str, facts: &Facts) -> anyhow:
             &[("ORDERS_URL", format!("{}/orders", facts.orders_url))],
         )?)
         .await?,
+        storefront: create(pod("storefront", Some(&facts.storefront_account), &[])?).await?,
     };
     for (created, with_token) in [
         (&created.auth, false),
         (&created.inventory, false),
         (&created.orders, true),
         (&created.billing, true),
+        (&created.storefront, true),
     ] {
         let name = created.metadata.name.as_deref().unwrap_or_default();
         let spec = created.spec.as_ref().context("a pod without spec")?;
-        let mounts = |containers: Option<&Vec<k8s_openapi::api::core::v1::Container>>,
-                      which: &str| {
-            (containers.into_iter().flatten())
-                .filter(|c| c.name == which)
-                .flat_map(|c| c.volume_mounts.iter().flatten())
-                .any(|m| m.name == TOKEN_VOLUME)
+        let mounts_of = |volume: &'static str| {
+            move |containers: Option<&Vec<k8s_openapi::api::core::v1::Container>>, which: &str| {
+                (containers.into_iter().flatten())
+                    .filter(|c| c.name == which)
+                    .flat_map(|c| c.volume_mounts.iter().flatten())
+                    .any(|m| m.name == volume)
+            }
         };
+        let (mounts, mounts_keys) = (mounts_of(TOKEN_VOLUME), mounts_of(SESSION_KEYS_VOLUME));
         let sidecar = spec.init_containers.as_ref();
         ensure!(
             sidecar.is_some_and(|c| c.iter().any(|c| c.name == "scopegate-sidecar")),
@@ -412,13 +455,19 @@ async fn create_pods(client: &Client, namespace: &str, facts: &Facts) -> anyhow:
                 && !mounts(Some(&spec.containers), "app"),
             "pod {name}: the ServiceAccount token is mounted where it should not be, or not where it should"
         );
+        let sessions = name.starts_with("storefront");
+        ensure!(
+            mounts_keys(sidecar, "scopegate-sidecar") == sessions
+                && !mounts_keys(Some(&spec.containers), "app"),
+            "pod {name}: the session keys are mounted where they should not be, or not where they should"
+        );
     }
     Ok(created)
 }
 
 /// The Google stand-in, reached by the issuer pod by name on port 443, and the files of the
-/// story's browser: the CA bundle it trusts (the operator's and the stand-in's) and its
-/// cookie jar.
+/// story's browser: the CA bundle it trusts (the operator's, the stand-in's and the
+/// storefront's) and its cookie jar.
 struct Google {
     stand_in: GoogleStandIn,
     route: ServiceRoute,
@@ -431,6 +480,7 @@ impl Google {
         network: &PodNetwork,
         issuer: &str,
         ca_file: &std::path::Path,
+        storefront_ca: &str,
         dir: std::path::PathBuf,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
@@ -448,7 +498,11 @@ impl Google {
         let browser_ca_file = dir.join("browser-ca.crt");
         std::fs::write(
             &browser_ca_file,
-            format!("{}{}", std::fs::read_to_string(ca_file)?, stand_in.ca_pem),
+            format!(
+                "{}{}{storefront_ca}",
+                std::fs::read_to_string(ca_file)?,
+                stand_in.ca_pem
+            ),
         )?;
         let cookie_jar = dir.join("cookies.txt");
         std::fs::write(&cookie_jar, "")?;
@@ -459,6 +513,46 @@ impl Google {
             cookie_jar,
         })
     }
+}
+
+/// The storefront's public certificate in its TLS Secret, as cert-manager would issue it (for
+/// its Service's name, by a CA of the story's own that only the story's browser trusts).
+/// Returns that CA.
+async fn storefront_certificate(
+    client: &Client,
+    namespace: &str,
+    facts: &Facts,
+    dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let host = storefront_host(facts)?;
+    let tls = TestTls::new(dir, "storefront", "the storefront's public CA", &[host])?;
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": facts.storefront_tls},
+        "type": "kubernetes.io/tls",
+        "stringData": {
+            "tls.crt": std::fs::read_to_string(&tls.cert_file)?,
+            "tls.key": std::fs::read_to_string(&tls.key_file)?,
+        },
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(
+            &facts.storefront_tls,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+    Ok(tls.ca_pem)
+}
+
+/// The storefront's Service name, from its origin.
+fn storefront_host(facts: &Facts) -> anyhow::Result<&str> {
+    facts
+        .storefront_origin
+        .strip_prefix("https://")
+        .filter(|host| !host.contains([':', '/']))
+        .with_context(|| format!("the storefront's origin is {}", facts.storefront_origin))
 }
 
 /// The Service `auth`: its port 443 leads to the issuer sidecar's TLS listener at `endpoint`.
@@ -507,8 +601,9 @@ fn target_service(
 }
 
 impl Shop {
-    /// Applies `examples/` to `namespace` (created, injection enabled), waits for what the
-    /// operator renders, and runs the `auth`, `inventory`, `orders` and `billing` pods.
+    /// Applies `examples/` to `namespace` (created, injection enabled), gives the storefront
+    /// its public certificate, waits for what the operator renders, and runs the `auth`,
+    /// `inventory`, `orders`, `billing` and `storefront` pods.
     pub async fn start(
         client: &Client,
         namespace: &str,
@@ -517,15 +612,17 @@ impl Shop {
     ) -> anyhow::Result<Self> {
         let objects = apply_examples(client, namespace, progress).await?;
         let facts = Facts::read(&objects)?;
+        let browser_dir = logs.join(format!("{namespace}-browser"));
+        let storefront_ca = storefront_certificate(client, namespace, &facts, &browser_dir).await?;
         let ca_file = logs.join(format!("{namespace}-ca.crt"));
         let accounting_secret = await_rendered(client, namespace, &facts, &ca_file).await?;
         progress(
-            "the operator wrote signing keys, the JWKS, the issuer's TLS certificate, the client registry (billing and orders with their ServiceAccounts, checked against the cluster's ServiceAccount keys it read from the API server), the accounting client's secret and four sidecar configs",
+            "the operator wrote signing keys, the JWKS, the issuer's TLS certificate, the client registry (billing, orders and storefront with their ServiceAccounts, checked against the cluster's ServiceAccount keys it read from the API server), the accounting client's secret, the storefront's session keys and five sidecar configs",
         );
         let pods = create_pods(client, namespace, &facts).await?;
         progress(&format!(
-            "created ServiceAccounts {} and {} and pods auth-0, inventory-0, orders-0 and billing-0 (one app container each): the webhook added the scopegate sidecar to each, and to orders-0 and billing-0 a projected ServiceAccount token, mounted into the sidecar only",
-            facts.billing_account, facts.orders_account
+            "created ServiceAccounts {}, {} and {} and pods auth-0, inventory-0, orders-0, billing-0 and storefront-0 (one app container each): the webhook added the scopegate sidecar to each, to orders-0, billing-0 and storefront-0 a projected ServiceAccount token, and to storefront-0 its session keys, mounted into the sidecar only",
+            facts.billing_account, facts.orders_account, facts.storefront_account
         ));
 
         let network =
@@ -535,7 +632,8 @@ impl Shop {
             &network,
             &facts.issuer,
             &ca_file,
-            logs.join(format!("{namespace}-google")),
+            &storefront_ca,
+            browser_dir,
         )?;
         let auth_pod =
             RunningPod::start(client, &network, &pods.auth, &images, &[google.route], logs).await?;
@@ -579,10 +677,25 @@ impl Shop {
             &network,
             &pods.billing,
             &images,
-            &[auth_service, orders_service],
+            &[auth_service.clone(), orders_service],
             logs,
         )
         .await?;
+        let storefront_pod = RunningPod::start(
+            client,
+            &network,
+            &pods.storefront,
+            &images,
+            &[auth_service],
+            logs,
+        )
+        .await?;
+        let storefront = Storefront {
+            host: storefront_host(&facts)?.to_owned(),
+            origin: facts.storefront_origin.clone(),
+            listener: SocketAddr::from((storefront_pod.ip, facts.storefront_port)),
+            admin: SocketAddr::from((storefront_pod.ip, 15090)),
+        };
         let shop = Self {
             namespace: namespace.to_owned(),
             issuer: facts.issuer,
@@ -590,8 +703,9 @@ impl Shop {
             orders_audience: facts.orders_audience,
             order_limit: facts.order_limit,
             accounting: (format!("{namespace}.accounting"), accounting_secret),
-            storefront: format!("{namespace}.storefront"),
+            app_client: format!("{namespace}.shop-app"),
             redirect_uri: facts.redirect_uri,
+            storefront,
             ca_file,
             auth_ip,
             auth_port: facts.auth_port,
@@ -602,15 +716,21 @@ impl Shop {
             browser_ca_file: google.browser_ca_file,
             cookie_jar: google.cookie_jar,
             client: client.clone(),
-            admins: [&auth_pod, &inventory_pod, &orders_pod, &billing_pod]
-                .map(|pod| SocketAddr::from((pod.ip, 15090))),
+            admins: [
+                &auth_pod,
+                &inventory_pod,
+                &orders_pod,
+                &billing_pod,
+                &storefront_pod,
+            ]
+            .map(|pod| SocketAddr::from((pod.ip, 15090))),
             billing_pod,
-            _pods: vec![auth_pod, inventory_pod, orders_pod],
+            _pods: vec![auth_pod, inventory_pod, orders_pod, storefront_pod],
             _network: network,
         };
         shop.wait_ready().await?;
         progress(
-            "ran the four pods as a kubelet would (own network and mount namespaces, the mounted ConfigMaps and Secrets, ServiceAccount tokens from the API server's TokenRequest): sidecars and apps ready",
+            "ran the five pods as a kubelet would (own network and mount namespaces, the mounted ConfigMaps and Secrets, ServiceAccount tokens from the API server's TokenRequest): sidecars and apps ready",
         );
         Ok(shop)
     }
@@ -629,6 +749,13 @@ impl Shop {
                 let app = request(admin, "GET", "/app-health/app/readiness", &[], "")?;
                 ensure!(app.status == 200, "{admin} app not ready: {}", app.status);
             }
+            let metrics = request(self.storefront.admin, "GET", "/metrics", &[], "")?.body;
+            ensure!(
+                metrics
+                    .lines()
+                    .any(|l| l.starts_with("scopegate_sidecar_session_keys ") && !l.ends_with(" 0")),
+                "the storefront's sidecar has no session key in force yet"
+            );
             Ok(())
         })
         .await?;

@@ -1,4 +1,4 @@
-"""The example web shop: HTML pages for people in browsers, with no auth code at all. The
+"""The shop's storefront: HTML pages for people in browsers, with no auth code at all. The
 scopegate sidecar in front of it logs browsers in at the issuer, keeps their session in a
 sealed cookie, refreshes it, and hands each request on with the user's identity headers
 (docs/sessions.md). The app reads who is signed in from those headers, and its logout button
@@ -43,7 +43,7 @@ class Handler(BaseHTTPRequestHandler):
         if path in ("/healthz", "/ready"):
             return self._send(200, "ok", "text/plain")
         if path == "/":
-            return self._send(200, page("Web shop", '<h1>Web shop</h1><p><a id="enter" href="/shop/">Enter the shop</a></p>'))
+            return self._send(200, page("Storefront", '<h1>Storefront</h1><p><a id="enter" href="/shop/">Enter the shop</a></p>'))
         if path == "/shop/":
             subject, name = self._user()
             with CARTS_LOCK:
@@ -54,12 +54,12 @@ class Handler(BaseHTTPRequestHandler):
                 for pid, label in PRODUCTS.items()
             )
             body = (
-                f'<h1>Web shop</h1><p id="user">Signed in as {html.escape(name)}</p>'
+                f'<h1>Storefront</h1><p id="user">Signed in as {html.escape(name)}</p>'
                 f"<ul>{items}</ul>"
                 f'<p id="cart">Cart: {html.escape(", ".join(cart)) or "empty"}</p>'
                 '<form method="post" action="/.scopegate/logout"><button id="logout">Log out</button></form>'
             )
-            return self._send(200, page("Web shop", body))
+            return self._send(200, page("Storefront", body))
         self._send(404, "not found", "text/plain")
 
     def do_POST(self):

@@ -407,20 +407,30 @@ async fn serves_tls_with_the_mounted_certificate_and_sends_hsts() {
     plain.sidecar.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_clients_are_served_and_keep_their_authority() {
-    use http_body_util::{BodyExt, Empty};
-    let s = setup(|_| {}).await;
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.proxy_addr())
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+/// An HTTP/2 connection without TLS (prior knowledge) to `addr`, for requests with bodies of
+/// type `B`.
+async fn h2c<B>(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(tcp),
     )
     .await
     .unwrap();
     tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served_and_keep_their_authority() {
+    use http_body_util::{BodyExt, Empty};
+    let s = setup(|_| {}).await;
+    let mut sender = h2c(s.sidecar.proxy_addr()).await;
     let token = s.token("read:items");
     let request = hyper::Request::get("http://app.test/items/7")
         .header("authorization", format!("Bearer {token}"))
@@ -618,16 +628,7 @@ async fn refused_post_with_held_body(
     length: Option<u64>,
     body: Option<&'static [u8]>,
 ) -> (u16, bool) {
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.proxy_addr())
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2c(s.sidecar.proxy_addr()).await;
     let (release, held) = tokio::sync::oneshot::channel();
     let sent = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let request = hyper::Request::post("http://app.test/items/7")

@@ -857,3 +857,147 @@ async fn egress_follows_its_clients_issuer_not_a_tenants() {
         .unwrap();
     ns.delete().await.unwrap();
 }
+
+/// Policy `inventory` of `s`, trusting an outside issuer, owning `https://inventory.<s>.svc`,
+/// with `clients` (the inside of its flow map).
+fn inventory_owner(s: &str, clients: &str) -> String {
+    format!(
+        r#"
+apiVersion: scopegate.dev/v1alpha1
+kind: AuthPolicy
+metadata: {{name: inventory}}
+spec:
+  selector: {{matchLabels: {{app: inventory}}}}
+  issuer: {{external: {{issuer: "https://idp.example", jwksUri: "https://idp.example/jwks", algorithms: [ES256]}}}}
+  audiences: [https://inventory.{s}.svc]
+  clients: {{{clients}}}
+  upstream: {{port: 8080}}
+"#
+    )
+}
+
+/// The message of policy `name` of `n` that refuses its egress target, if any.
+async fn target_refusal(client: &Client, n: &str, name: &str) -> anyhow::Result<Option<String>> {
+    let policy = Api::<AuthPolicy>::namespaced(client.clone(), n)
+        .get(name)
+        .await?;
+    Ok((policy.status.iter().flat_map(|s| &s.conditions))
+        .find(|c| c.message.contains("spec.egress target"))
+        .map(|c| c.message.clone()))
+}
+
+/// An on-behalf-of target whose owner (another namespace) admits the client only as itself
+/// is refused at render, naming the audience, its owner and the field to change; the owner
+/// admitting it as an actor renders the target within `eventually`'s minute, and withdrawing
+/// that refuses it again. A tenant claiming the same audience and admitting the client
+/// changes nothing: it does not own the audience.
+#[tokio::test]
+async fn an_exchange_its_owner_does_not_admit_is_refused_at_render() {
+    let plane = ControlPlane::from_env().expect("control plane");
+    let client = plane.client().await.expect("client");
+    let shop = TestNamespace::create(&client, "admit-shop").await.unwrap();
+    let stock = TestNamespace::create(&client, "admit-stock").await.unwrap();
+    let evil = TestNamespace::create(&client, "admit-evil").await.unwrap();
+    let (n, s, e) = (shop.name.as_str(), stock.name.as_str(), evil.name.as_str());
+    let issuer =
+        manifests::issuer(n, "auth").scopes("read:orders: Read orders, read:stock: Read stock");
+    apply_yaml::<AuthPolicy>(&client, n, &issuer.yaml())
+        .await
+        .unwrap();
+    let orders = manifests::oauth_client(
+        "orders",
+        "name: auth",
+        &format!(
+            "scopes: [read:stock]\nserviceAccounts: [orders]\ntokenExchange: {{subjectAudiences: [https://orders.{n}.svc], audiences: [https://inventory.{s}.svc]}}"
+        ),
+    );
+    apply_yaml::<OAuthClient>(&client, n, &orders)
+        .await
+        .unwrap();
+    let as_client = format!("names: [{{namespace: {n}, name: orders}}]");
+    apply_yaml::<AuthPolicy>(&client, s, &inventory_owner(s, &as_client))
+        .await
+        .unwrap();
+    let [policy, _] = stock_policies(n);
+    let policy = policy.replace(
+        &format!("https://inventory.{n}.svc"),
+        &format!("https://inventory.{s}.svc"),
+    );
+    apply_yaml::<AuthPolicy>(&client, n, &policy).await.unwrap();
+    let audience = format!("https://inventory.{s}.svc");
+    let refused = || async {
+        eventually("the target refused, naming owner and field", || async {
+            let message = target_refusal(&client, n, "orders")
+                .await?
+                .unwrap_or_default();
+            ensure!(
+                message.contains(&format!(
+                    "audience {audience} of client orders's tokenExchange.audiences is not admitted"
+                )),
+                "{message}"
+            );
+            ensure!(
+                message.contains(&format!("its owner {s}/inventory")),
+                "{message}"
+            );
+            ensure!(message.contains("spec.clients.actors"), "{message}");
+            let config =
+                scopegate_e2e::config_map_text(&client, n, "orders-sidecar", "config.json")
+                    .await?
+                    .unwrap_or_default();
+            ensure!(!config.contains("\"egress\""), "still rendered: {config}");
+            Ok(())
+        })
+        .await
+    };
+    refused().await.unwrap();
+
+    // The tenant claims the audience and admits our client as an actor: not its to admit.
+    let theirs = inventory_owner(
+        s,
+        &format!("actors: {{names: [{{namespace: {n}, name: orders}}]}}"),
+    )
+    .replace("name: inventory}", "name: loot}");
+    apply_yaml::<AuthPolicy>(&client, e, &theirs).await.unwrap();
+    eventually("the tenant's claim refused", || async {
+        let policy = Api::<AuthPolicy>::namespaced(client.clone(), e)
+            .get("loot")
+            .await?;
+        let conditions = serde_json::to_string(&policy.status.unwrap_or_default().conditions)?;
+        ensure!(conditions.contains(&audience), "{conditions}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    refused().await.unwrap();
+
+    // The owner admits it as an actor: the target renders.
+    let as_actor = format!("{as_client}, actors: {{names: [{{namespace: {n}, name: orders}}]}}");
+    apply_yaml::<AuthPolicy>(&client, s, &inventory_owner(s, &as_actor))
+        .await
+        .unwrap();
+    eventually("the target rendered", || async {
+        ensure!(
+            target_refusal(&client, n, "orders").await?.is_none(),
+            "still refused"
+        );
+        let text = scopegate_e2e::config_map_text(&client, n, "orders-sidecar", "config.json")
+            .await?
+            .unwrap_or_default();
+        let config: Value = serde_json::from_str(&text)?;
+        let target = &config["egress"]["targets"][0];
+        ensure!(target["audience"] == audience, "{config}");
+        ensure!(target["onBehalfOfCaller"] == true, "{config}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    // Withdrawn: refused again.
+    apply_yaml::<AuthPolicy>(&client, s, &inventory_owner(s, &as_client))
+        .await
+        .unwrap();
+    refused().await.unwrap();
+    evil.delete().await.unwrap();
+    stock.delete().await.unwrap();
+    shop.delete().await.unwrap();
+}

@@ -162,8 +162,8 @@ impl ClientProblem {
     }
 }
 
-/// Why an owner's verdict refuses an audience, in words.
-fn verdict_words(verdict: &Verdict) -> String {
+/// Why an owner's verdict refuses an audience, in words: the owner and the field to change.
+pub fn verdict_words(verdict: &Verdict) -> String {
     match verdict {
         Verdict::NoOwner => "no AuthPolicy lists it in its audiences".to_owned(),
         Verdict::NotAdmitted { owners } => format!(
@@ -198,18 +198,20 @@ pub fn exchange_problem(sorted: &ClientAudiences) -> Option<ClientProblem> {
         return None;
     }
     let refused = (sorted.exchange_refused.iter())
-        .map(|(audience, refusal)| {
-            let why = match refusal {
-                ExchangeRefusal::SubjectNotOwned => "a subject audience must be owned by this namespace (an audience of one of its AuthPolicies), so that only the service a token was sent to exchanges it".to_owned(),
-                ExchangeRefusal::Target(verdict) => verdict_words(verdict),
-            };
-            (audience.clone(), why)
-        })
+        .map(|(audience, refusal)| (audience.clone(), exchange_refusal_words(refusal)))
         .collect();
     Some(ClientProblem::ExchangeAudiencesRefused {
         refused,
         disabled: sorted.exchange.is_none(),
     })
+}
+
+/// Why an audience of a client's tokenExchange is not honoured, in words.
+pub fn exchange_refusal_words(refusal: &ExchangeRefusal) -> String {
+    match refusal {
+        ExchangeRefusal::SubjectNotOwned => "a subject audience must be owned by this namespace (an audience of one of its AuthPolicies), so that only the service a token was sent to exchanges it".to_owned(),
+        ExchangeRefusal::Target(verdict) => verdict_words(verdict),
+    }
 }
 
 impl std::fmt::Display for ClientProblem {

@@ -5,7 +5,7 @@
 
 use scopegate_crds::v1alpha1::{AuthPolicy, OAuthClient, SelfIssuer};
 
-use crate::audiences::AudienceOwners;
+use crate::audiences::{AudienceOwners, ClientAudiences};
 use crate::client_checks::registration_problems;
 
 /// A client the sidecar may use, with what it uses of it.
@@ -15,6 +15,8 @@ pub struct Usable<'a> {
     pub client: &'a OAuthClient,
     /// Its issuer's `issuer.self`.
     pub own: &'a SelfIssuer,
+    /// Its audiences as its issuer registers them: admitted by their owners, or why not.
+    pub audiences: ClientAudiences,
 }
 
 /// `client` (if it exists in the policy's namespace) with its issuer `issuer` (if it
@@ -43,7 +45,11 @@ pub fn usable<'a>(
     {
         return Err(format!("its issuer does not register it: {problem}"));
     }
-    Ok(Usable { client, own })
+    Ok(Usable {
+        client,
+        own,
+        audiences,
+    })
 }
 
 #[cfg(test)]
@@ -91,9 +97,14 @@ mod tests {
     fn a_registered_service_account_client_is_usable_with_its_issuers_self() {
         let (sa, issuer) = (client(SA), issuer());
         let owners = AudienceOwners::new([&web()], "cluster.local");
-        let Usable { client, own } = usable(Some(&sa), Some(&issuer), &owners).unwrap();
+        let Usable {
+            client,
+            own,
+            audiences,
+        } = usable(Some(&sa), Some(&issuer), &owners).unwrap();
         assert_eq!(client.spec.service_accounts, ["web"]);
         assert_eq!(own.url, "https://auth.shop.svc");
+        assert_eq!(audiences.admitted, ["https://web.shop.svc"]);
     }
 
     #[test]

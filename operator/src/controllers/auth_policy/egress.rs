@@ -3,11 +3,14 @@
 
 use scopegate_core::config::{EgressConfig, EgressTarget};
 use scopegate_core::names::{SA_TOKEN_FILE, SA_TOKEN_MOUNT_DIR};
-use scopegate_crds::v1alpha1::{AuthPolicy, Egress, GrantType, OAuthClient};
+use scopegate_crds::v1alpha1::{
+    AuthPolicy, Egress, EgressTarget as DeclaredTarget, GrantType, OAuthClient, SelfIssuer,
+};
 
 use super::client_use::{Usable, usable};
 use super::problem::Problem;
-use crate::audiences::AudienceOwners;
+use crate::audiences::{AudienceOwners, ClientAudiences, ExchangeRefusal};
+use crate::client_checks::{exchange_refusal_words, verdict_words};
 use crate::names::client_id;
 
 /// The egress config of `egress`, whose client is `client` (if it exists) and that client's
@@ -21,7 +24,11 @@ pub fn render(
 ) -> Result<EgressConfig, Problem> {
     let name = &egress.client_ref.name;
     let refused = |why: String| Problem::EgressRefused(name.clone(), why);
-    let Usable { client, own } = usable(client, issuer, owners).map_err(refused)?;
+    let Usable {
+        client,
+        own,
+        audiences,
+    } = usable(client, issuer, owners).map_err(refused)?;
     let spec = &client.spec;
     let own_tokens = egress.targets.iter().any(|t| !t.on_behalf_of_caller);
     if own_tokens && !spec.grant_types.contains(&GrantType::ClientCredentials) {
@@ -29,23 +36,8 @@ pub fn render(
     }
     let mut targets = Vec::with_capacity(egress.targets.len());
     for target in &egress.targets {
-        let (allowed, list) = if target.on_behalf_of_caller {
-            let exchange = spec.token_exchange.as_ref();
-            let allowed = exchange.is_some_and(|x| x.audiences.contains(&target.audience));
-            (allowed, "tokenExchange.audiences")
-        } else if spec.audiences.is_empty() {
-            (target.audience == own.url, "audiences")
-        } else {
-            (spec.audiences.contains(&target.audience), "audiences")
-        };
-        if !allowed {
-            return Err(Problem::EgressTargetRefused(
-                target.name.clone(),
-                format!(
-                    "audience {} is not one of client {name}'s {list}",
-                    target.audience
-                ),
-            ));
+        if let Some(why) = audience_refusal(target, client, own, &audiences) {
+            return Err(Problem::EgressTargetRefused(target.name.clone(), why));
         }
         if let Some(scope) = target.scopes.iter().find(|s| !spec.scopes.contains(s)) {
             return Err(Problem::EgressTargetRefused(
@@ -75,6 +67,64 @@ pub fn render(
         assertion_path: format!("{SA_TOKEN_MOUNT_DIR}/{SA_TOKEN_FILE}"),
         targets,
     })
+}
+
+/// Why `client` gets no token for `target`'s audience, if it does not: the audience is not
+/// in the list of its spec the target draws on (`audiences`, or `tokenExchange.audiences` on
+/// behalf of the caller), or its owner does not admit the client (`audiences`, as its issuer
+/// registered them).
+fn audience_refusal(
+    target: &DeclaredTarget,
+    client: &OAuthClient,
+    own: &SelfIssuer,
+    audiences: &ClientAudiences,
+) -> Option<String> {
+    let (spec, audience) = (&client.spec, &target.audience);
+    let name = client.metadata.name.as_deref().unwrap_or_default();
+    let not_listed = |list: &str| {
+        Some(format!(
+            "audience {audience} is not one of client {name}'s {list}"
+        ))
+    };
+    if target.on_behalf_of_caller {
+        let exchange = spec.token_exchange.as_ref();
+        if !exchange.is_some_and(|x| x.audiences.contains(audience)) {
+            return not_listed("tokenExchange.audiences");
+        }
+        if (audiences.exchange.as_ref()).is_some_and(|x| x.audiences.contains(audience)) {
+            return None;
+        }
+        let refused = |a: &String| a == audience;
+        if let Some((_, refusal)) = (audiences.exchange_refused.iter()).find(|(a, _)| refused(a)) {
+            return Some(format!(
+                "audience {audience} of client {name}'s tokenExchange.audiences is not admitted: {}",
+                exchange_refusal_words(refusal)
+            ));
+        }
+        // Admitted, but no subject audience is left: the client may not exchange at all.
+        let subjects: Vec<&str> = (audiences.exchange_refused.iter())
+            .filter(|(_, r)| *r == ExchangeRefusal::SubjectNotOwned)
+            .map(|(a, _)| a.as_str())
+            .collect();
+        return Some(format!(
+            "client {name} may not exchange tokens: none of its tokenExchange.subjectAudiences ({}) is owned by its namespace: {}",
+            subjects.join(", "),
+            exchange_refusal_words(&ExchangeRefusal::SubjectNotOwned)
+        ));
+    }
+    if spec.audiences.is_empty() {
+        return (*audience != own.url)
+            .then(|| not_listed("audiences"))
+            .flatten();
+    }
+    if !spec.audiences.contains(audience) {
+        return not_listed("audiences");
+    }
+    let (_, verdict) = (audiences.refused.iter()).find(|(a, _)| a == audience)?;
+    Some(format!(
+        "audience {audience} of client {name}'s audiences is not admitted: {}",
+        verdict_words(verdict)
+    ))
 }
 
 /// `url` with an in-cluster host written in full (`<svc>.<ns>.svc.<cluster domain>`), so that
@@ -154,15 +204,18 @@ mod tests {
         .unwrap()
     }
 
+    /// Policy `name` of `namespace`, owning `https://<name>.<namespace>.svc`, with `extra` spec
+    /// lines.
+    fn policy(namespace: &str, name: &str, extra: &str) -> AuthPolicy {
+        serde_yaml_ng::from_str(&format!(
+            "apiVersion: scopegate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  selector: {{}}\n  issuer: {{policyRef: {{name: auth, namespace: shop}}}}\n  audiences: [https://{name}.{namespace}.svc]\n  upstream: {{port: 8080}}\n{extra}"
+        ))
+        .unwrap()
+    }
+
     /// Who owns the audiences of the tests: orders (of shop), inventory (of stock, admitting
     /// shop's billing to act for users).
     fn owners() -> AudienceOwners {
-        let policy = |namespace: &str, name: &str, extra: &str| -> AuthPolicy {
-            serde_yaml_ng::from_str(&format!(
-                "apiVersion: scopegate.dev/v1alpha1\nkind: AuthPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  selector: {{}}\n  issuer: {{policyRef: {{name: auth, namespace: shop}}}}\n  audiences: [https://{name}.{namespace}.svc]\n  upstream: {{port: 8080}}\n{extra}"
-            ))
-            .unwrap()
-        };
         let orders = policy("shop", "orders", "");
         let inventory = policy(
             "stock",
@@ -299,6 +352,79 @@ mod tests {
             refused.to_string().contains("billing's audiences"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn an_audience_its_owner_does_not_admit_is_refused_naming_owner_and_field() {
+        let issuer = issuer();
+        let exchanging = client(
+            "  serviceAccounts: [billing]\n  tokenExchange: {subjectAudiences: [https://orders.shop.svc], audiences: [https://inventory.stock.svc]}",
+        );
+        let refused = |owners: &AudienceOwners, e: &Egress, c: &OAuthClient| {
+            let problem = render(e, Some(c), Some(&issuer), owners, "x").unwrap_err();
+            assert_eq!(problem.reason(), "EgressTargetRefused");
+            problem.to_string()
+        };
+        // Inventory admits billing as a client, not to act for users.
+        let orders = policy("shop", "orders", "");
+        let not_actor = policy(
+            "stock",
+            "inventory",
+            "  clients: {names: [{namespace: shop, name: billing}]}\n",
+        );
+        let as_client = AudienceOwners::new([&issuer, &orders, &not_actor], "x");
+        let why = refused(&as_client, &egress(ON_BEHALF), &exchanging);
+        assert!(
+            why.contains("audience https://inventory.stock.svc of client billing's tokenExchange.audiences is not admitted"),
+            "{why}"
+        );
+        assert!(why.contains("its owner stock/inventory"), "{why}");
+        assert!(why.contains("spec.clients.actors"), "{why}");
+        // Nobody owns it.
+        let unowned = AudienceOwners::new([&issuer, &orders], "x");
+        let why = refused(&unowned, &egress(ON_BEHALF), &exchanging);
+        assert!(
+            why.contains("no AuthPolicy lists it in its audiences"),
+            "{why}"
+        );
+        // Its subject audience is another namespace's: it may not exchange at all.
+        let foreign = client(
+            "  serviceAccounts: [billing]\n  tokenExchange: {subjectAudiences: [https://bank.other.svc], audiences: [https://inventory.stock.svc]}",
+        );
+        let why = refused(&owners(), &egress(ON_BEHALF), &foreign);
+        assert!(
+            why.contains("client billing may not exchange tokens: none of its tokenExchange.subjectAudiences (https://bank.other.svc)"),
+            "{why}"
+        );
+        // Its own token: an audience of its spec that the owner does not admit.
+        let mut wider = client("  serviceAccounts: [billing]");
+        wider
+            .spec
+            .audiences
+            .push("https://inventory.stock.svc".into());
+        let own = ON_BEHALF.replace(", onBehalfOfCaller: true", "");
+        let owners =
+            AudienceOwners::new([&issuer, &orders, &policy("stock", "inventory", "")], "x");
+        let why = refused(&owners, &egress(&own), &wider);
+        assert!(
+            why.contains(
+                "audience https://inventory.stock.svc of client billing's audiences is not admitted"
+            ),
+            "{why}"
+        );
+        assert!(
+            why.contains("its owner stock/inventory does not admit this client"),
+            "{why}"
+        );
+        assert!(why.contains("spec.clients there"), "{why}");
+        // Admitted there, it renders.
+        let admitting = policy(
+            "stock",
+            "inventory",
+            "  clients: {names: [{namespace: shop, name: billing}]}\n",
+        );
+        let owners = AudienceOwners::new([&issuer, &orders, &admitting], "x");
+        assert!(render(&egress(&own), Some(&wider), Some(&issuer), &owners, "x").is_ok());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub fn render(
 ) -> Result<SessionConfig, Problem> {
     let name = &sessions.client_ref.name;
     let refused = |why: String| Problem::SessionsRefused(name.clone(), why);
-    let Usable { client, own } = usable(client, issuer, owners).map_err(refused)?;
+    let Usable { client, own, .. } = usable(client, issuer, owners).map_err(refused)?;
     let spec = &client.spec;
     for grant in [GrantType::AuthorizationCode, GrantType::RefreshToken] {
         if !spec.grant_types.contains(&grant) {

@@ -215,12 +215,18 @@ async fn sessions_get_rotating_keys_a_config_and_a_sidecar_only_mount() {
         sessions["keysPath"],
         "/etc/scopegate/session-keys/session-keys.json"
     );
-    let policy = Api::<AuthPolicy>::namespaced(client.clone(), n)
-        .get("web")
-        .await
-        .unwrap();
-    let rendered = policy.status.unwrap().rendered.unwrap();
-    assert_eq!(rendered.session_keys.as_deref(), Some("web-session-keys"));
+    // The status is written after the config it describes.
+    let policies = Api::<AuthPolicy>::namespaced(client.clone(), n);
+    let session_keys = eventually("status.rendered naming the session keys", || async {
+        let status = policies.get("web").await?.status.context("no status")?;
+        let rendered = status.rendered.context("nothing rendered in status yet")?;
+        rendered
+            .session_keys
+            .context("no session keys in status yet")
+    })
+    .await
+    .unwrap();
+    assert_eq!(session_keys, "web-session-keys");
 
     // The webhook: the keys and a token for the issuer, in the sidecar only.
     let created = eventually("the pod admitted", || async {

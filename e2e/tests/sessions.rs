@@ -217,7 +217,7 @@ async fn sessions_get_rotating_keys_a_config_and_a_sidecar_only_mount() {
     );
     // The status is written after the config it describes.
     let policies = Api::<AuthPolicy>::namespaced(client.clone(), n);
-    let session_keys = eventually("status.rendered naming the session keys", || async {
+    let keys_secret = eventually("status.rendered naming the session keys", || async {
         let status = policies.get("web").await?.status.context("no status")?;
         let rendered = status.rendered.context("nothing rendered in status yet")?;
         rendered
@@ -226,7 +226,7 @@ async fn sessions_get_rotating_keys_a_config_and_a_sidecar_only_mount() {
     })
     .await
     .unwrap();
-    assert_eq!(session_keys, "web-session-keys");
+    assert_eq!(keys_secret, "web-session-keys");
 
     // The webhook: the keys and a token for the issuer, in the sidecar only.
     let created = eventually("the pod admitted", || async {

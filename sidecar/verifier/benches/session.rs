@@ -178,6 +178,16 @@ async fn get(client: &Http, addr: SocketAddr, header: (&str, &str)) -> u16 {
     status
 }
 
+/// Rounds of the interleaved comparison, and requests of each case per round.
+const INTERLEAVED_ROUNDS: usize = 40;
+const INTERLEAVED_REQUESTS: u32 = 500;
+
+/// The median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -230,6 +240,40 @@ fn bench(c: &mut Criterion) {
         b.iter(|| Session::open(&keys, now, POLICY, black_box(&value)).unwrap())
     });
     group.finish();
+
+    // The two cases interleaved: criterion measures one after the other, so drift in the
+    // machine's load between them shows up as a difference. Here each round times both, in
+    // alternating order, and the ratio is taken within the round.
+    let time_requests = |header: (&str, &str)| {
+        runtime.block_on(async {
+            let started = std::time::Instant::now();
+            for _ in 0..INTERLEAVED_REQUESTS {
+                get(&client, addr, header).await;
+            }
+            started.elapsed().as_secs_f64() * 1e6 / f64::from(INTERLEAVED_REQUESTS)
+        })
+    };
+    let (mut bearer_us, mut cookie_us, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..INTERLEAVED_ROUNDS {
+        let (b, k) = if round % 2 == 0 {
+            let b = time_requests(("authorization", &bearer));
+            (b, time_requests(("cookie", &session)))
+        } else {
+            let k = time_requests(("cookie", &session));
+            (time_requests(("authorization", &bearer)), k)
+        };
+        bearer_us.push(b);
+        cookie_us.push(k);
+        ratios.push(k / b);
+    }
+    println!(
+        "interleaved: {INTERLEAVED_ROUNDS} rounds of {INTERLEAVED_REQUESTS} requests each, order alternating: bearer median {:.1} µs, cookie median {:.1} µs, cookie/bearer median {:.3} (lowest {:.3}, highest {:.3})",
+        median(&mut bearer_us),
+        median(&mut cookie_us),
+        median(&mut ratios),
+        ratios.first().copied().unwrap_or_default(),
+        ratios.last().copied().unwrap_or_default(),
+    );
 
     // Memory: distinct sessions, each sent once. The verified-token cache (10,000 entries,
     // bounded) fills as it would with as many bearer tokens; the sessions add nothing.

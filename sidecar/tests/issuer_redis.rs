@@ -580,9 +580,16 @@ async fn a_revocation_cut_short_by_the_store_tells_the_feed_and_a_retry_finishes
                 .await
         })
     };
-    // Let the reader park on its wait (a reader that has not yet looked would find the
-    // revocation in the log and answer at once either way).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The reader parked on its wait, so that the revocation itself must wake it (a reader
+    // that had not yet looked would find the revocation in the log either way).
+    let admin = issuer.admin;
+    tokio::time::timeout(Duration::from_secs(10), async move {
+        while feed_polls_waiting(admin).await < 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the feed reader parks on its wait");
 
     // The store refuses every use of the records of exchanged tokens: revoking the refresh
     // family marks it, revokes its access token, and fails on the way down.
@@ -646,4 +653,16 @@ async fn a_revocation_cut_short_by_the_store_tells_the_feed_and_a_retry_finishes
         .await;
     let revoked = feed_jtis(&all);
     assert!(revoked.contains(&jti(&exchanged)), "{revoked:?}");
+}
+
+/// Feed polls parked at the issuer whose admin port is `admin`, from its `/metrics`.
+async fn feed_polls_waiting(admin: std::net::SocketAddr) -> i64 {
+    let text = String::from_utf8(get(admin, "/metrics", &[]).await.body).unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("scopegate_issuer_feed_polls_waiting ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no feed_polls_waiting in\n{text}"))
 }

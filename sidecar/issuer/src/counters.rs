@@ -23,6 +23,18 @@ pub struct Counters {
     pub slow_hashes_busy: AtomicU64,
     /// Pending logins evicted (oldest first) to keep within the per-client or overall bound.
     pub pending_logins_evicted: AtomicU64,
+    /// Revocation-feed polls parked now, waiting for news.
+    pub feed_polls_waiting: AtomicI64,
+}
+
+/// A feed poll parked while this lives ([`Counters::feed_poll_parked`]); dropped with the
+/// poll, also when its client goes away.
+pub struct FeedPollParked<'a>(&'a AtomicI64);
+
+impl Drop for FeedPollParked<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Counters {
@@ -31,6 +43,12 @@ impl Counters {
         self.slow_hashes.fetch_add(1, Ordering::Relaxed);
         let running = self.slow_hashes_running.fetch_add(1, Ordering::AcqRel) + 1;
         self.slow_hashes_peak.fetch_max(running, Ordering::AcqRel);
+    }
+
+    /// A feed poll parks until news or its deadline: counted while the guard lives.
+    pub fn feed_poll_parked(&self) -> FeedPollParked<'_> {
+        self.feed_polls_waiting.fetch_add(1, Ordering::AcqRel);
+        FeedPollParked(&self.feed_polls_waiting)
     }
 
     /// A slow check ended.
@@ -67,7 +85,7 @@ impl Counters {
             let name = format!("scopegate_issuer_{name}");
             exposition::counter(encoder, &name, help, load(value))?;
         }
-        let gauges: [(&str, &str, &AtomicI64); 2] = [
+        let gauges: [(&str, &str, &AtomicI64); 3] = [
             (
                 "client_secret_slow_hashes_peak",
                 "Most slow client-secret checks that ran at once since start.",
@@ -77,6 +95,11 @@ impl Counters {
                 "client_secret_slow_hashes_running",
                 "Slow client-secret checks running now.",
                 &self.slow_hashes_running,
+            ),
+            (
+                "feed_polls_waiting",
+                "Revocation-feed polls parked now, waiting for news (verifiers' long polls).",
+                &self.feed_polls_waiting,
             ),
         ];
         for (name, help, value) in gauges {
@@ -100,6 +123,10 @@ mod tests {
         c.slow_hash_started();
         assert_eq!(c.slow_hashes_peak.load(Ordering::Relaxed), 2);
         assert_eq!(c.slow_hashes.load(Ordering::Relaxed), 3);
+        let parked = c.feed_poll_parked();
+        assert_eq!(c.feed_polls_waiting.load(Ordering::Relaxed), 1);
+        drop(parked);
+        assert_eq!(c.feed_polls_waiting.load(Ordering::Relaxed), 0);
         #[derive(Debug)]
         struct Only(Counters);
         impl exposition::MetricsCollector for Only {

@@ -133,7 +133,9 @@ async fn poll(
                 continue;
             }
         }
+        let parked = ctx.issuer.counters.feed_poll_parked();
         let waited = tokio::time::timeout_at(deadline, news.changed()).await;
+        drop(parked);
         if waited.is_err() {
             break (store.feed_since(after).await?, false);
         }

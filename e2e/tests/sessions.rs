@@ -82,6 +82,34 @@ async fn service_account(client: &Client, n: &str) {
 }
 
 /// The session keys of policy `web`, with the Secret (None while it does not exist).
+/// The `auth` issuer, the OAuthClient `web` (authenticating as `client_auth`: a
+/// `serviceAccounts` line, or nothing for a secret) and the policy `web` with sessions, in
+/// namespace `n` with its ServiceAccount `web`.
+async fn apply_web(client: &Client, n: &str, client_auth: &str) {
+    service_account(client, n).await;
+    let auth = issuer(n, "auth").with("loginUrl: https://web.example.com/login");
+    apply_yaml::<AuthPolicy>(client, n, &auth.yaml())
+        .await
+        .expect("the issuer applies");
+    apply_yaml::<OAuthClient>(
+        client,
+        n,
+        &web_client(n, "name: auth", client_auth, REDIRECT),
+    )
+    .await
+    .expect("the client applies");
+    apply_yaml::<AuthPolicy>(
+        client,
+        n,
+        &web_policy(n, "policyRef: {name: auth}", &sessions()),
+    )
+    .await
+    .expect("the policy applies");
+}
+
+/// The `serviceAccounts` line of a client that logs browsers in with the pods' identity.
+const SERVICE_ACCOUNT: &str = "  serviceAccounts: [web]";
+
 async fn session_keys(client: &Client, n: &str) -> anyhow::Result<Option<(Secret, SessionKeys)>> {
     let Some(secret) = Api::<Secret>::namespaced(client.clone(), n)
         .get_opt("web-session-keys")
@@ -151,22 +179,7 @@ async fn sessions_get_rotating_keys_a_config_and_a_sidecar_only_mount() {
     let client = plane.client().await.expect("client");
     let ns = TestNamespace::for_injection(&client, "sessions").await;
     let n = ns.name.as_str();
-    service_account(&client, n).await;
-    let auth = issuer(n, "auth").with("loginUrl: https://web.example.com/login");
-    apply_yaml::<AuthPolicy>(&client, n, &auth.yaml())
-        .await
-        .unwrap();
-    let sa = "  serviceAccounts: [web]";
-    apply_yaml::<OAuthClient>(&client, n, &web_client(n, "name: auth", sa, REDIRECT))
-        .await
-        .unwrap();
-    apply_yaml::<AuthPolicy>(
-        &client,
-        n,
-        &web_policy(n, "policyRef: {name: auth}", &sessions()),
-    )
-    .await
-    .unwrap();
+    apply_web(&client, n, SERVICE_ACCOUNT).await;
 
     // The keys: one key, sealing at once, in a Secret the policy owns.
     let (secret, first) = eventually("the session keys", || async {
@@ -327,22 +340,8 @@ async fn a_client_that_cannot_log_browsers_in_is_named_in_status() {
     let client = plane.client().await.expect("client");
     let ns = TestNamespace::for_injection(&client, "sessions-refused").await;
     let n = ns.name.as_str();
-    service_account(&client, n).await;
-    let auth = issuer(n, "auth").with("loginUrl: https://web.example.com/login");
-    apply_yaml::<AuthPolicy>(&client, n, &auth.yaml())
-        .await
-        .unwrap();
     // A client with a secret: no secret is mounted into pods.
-    apply_yaml::<OAuthClient>(&client, n, &web_client(n, "name: auth", "", REDIRECT))
-        .await
-        .unwrap();
-    apply_yaml::<AuthPolicy>(
-        &client,
-        n,
-        &web_policy(n, "policyRef: {name: auth}", &sessions()),
-    )
-    .await
-    .unwrap();
+    apply_web(&client, n, "").await;
     let message = eventually("SessionsRefused for the secret", || async {
         let message = condition_naming(&client, n, "SessionsRefused").await?;
         ensure!(message.contains("authenticates with a secret"), "{message}");
@@ -362,7 +361,7 @@ async fn a_client_that_cannot_log_browsers_in_is_named_in_status() {
     .unwrap();
     // The ServiceAccount, but the redirect URI of another app: the client's change
     // re-renders the policy, which names the missing URI.
-    let sa = "  serviceAccounts: [web]";
+    let sa = SERVICE_ACCOUNT;
     let elsewhere = "https://other.example.com/.scopegate/callback";
     apply_yaml::<OAuthClient>(&client, n, &web_client(n, "name: auth", sa, elsewhere))
         .await
@@ -405,22 +404,7 @@ async fn a_tenant_of_another_namespace_gets_neither_our_client_nor_our_keys() {
     let client = plane.client().await.expect("client");
     let ours = TestNamespace::for_injection(&client, "sessions-victim").await;
     let o = ours.name.as_str();
-    service_account(&client, o).await;
-    let auth = issuer(o, "auth").with("loginUrl: https://web.example.com/login");
-    apply_yaml::<AuthPolicy>(&client, o, &auth.yaml())
-        .await
-        .unwrap();
-    let sa = "  serviceAccounts: [web]";
-    apply_yaml::<OAuthClient>(&client, o, &web_client(o, "name: auth", sa, REDIRECT))
-        .await
-        .unwrap();
-    apply_yaml::<AuthPolicy>(
-        &client,
-        o,
-        &web_policy(o, "policyRef: {name: auth}", &sessions()),
-    )
-    .await
-    .unwrap();
+    apply_web(&client, o, SERVICE_ACCOUNT).await;
     let (_, our_keys) = eventually("our session keys", || async {
         session_keys(&client, o).await?.context("no Secret yet")
     })
@@ -447,9 +431,13 @@ async fn a_tenant_of_another_namespace_gets_neither_our_client_nor_our_keys() {
     .unwrap();
     // A client of its own registered with our issuer, which does not admit its namespace.
     let to_ours = format!("name: auth, namespace: {o}");
-    apply_yaml::<OAuthClient>(&client, e, &web_client(e, &to_ours, sa, REDIRECT))
-        .await
-        .unwrap();
+    apply_yaml::<OAuthClient>(
+        &client,
+        e,
+        &web_client(e, &to_ours, SERVICE_ACCOUNT, REDIRECT),
+    )
+    .await
+    .unwrap();
     eventually(
         "SessionsRefused: our issuer does not register it",
         || async {
@@ -579,7 +567,7 @@ async fn sessions_follow_their_issuer_and_never_a_tenants() {
     let ours = TestNamespace::for_injection(&client, "sessions-follow").await;
     let o = ours.name.as_str();
     service_account(&client, o).await;
-    let sa = "  serviceAccounts: [web]";
+    let sa = SERVICE_ACCOUNT;
     apply_yaml::<OAuthClient>(&client, o, &web_client(o, "name: auth", sa, REDIRECT))
         .await
         .unwrap();

@@ -12,7 +12,7 @@ mkdir -p "$D/logs" "$D/pki"
 D="$(cd "$D" && pwd)"
 
 step() { printf '[cluster-up %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+free_port() { python3 "$here/free-port.py"; }
 b64() { base64 -w0 <"$1"; }
 wait_for() {
   local what="$1" timeout="$2"; shift 2

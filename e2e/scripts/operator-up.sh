@@ -14,7 +14,7 @@ source "$D/env"
 step() { printf '[operator-up %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 k() { "$E2E_KUBECTL" --kubeconfig "$D/admin.kubeconfig" "$@"; }
 
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+free_port() { python3 "$here/free-port.py"; }
 webhook_port="$(free_port)"
 step "helm install scopegate-crds and scopegate (webhook at https://127.0.0.1:$webhook_port)"
 "$E2E_HELM" --kubeconfig "$D/admin.kubeconfig" upgrade --install scopegate-crds "$root/charts/scopegate-crds" >/dev/null

@@ -34,10 +34,6 @@ impl Drop for GoogleStandIn {
     }
 }
 
-fn free_port(host: Ipv4Addr) -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
-}
-
 impl GoogleStandIn {
     /// Starts it on `host`, with `redirect_uri` (the issuer's callback URL) registered; its
     /// files and log go to `dir`.
@@ -46,7 +42,7 @@ impl GoogleStandIn {
         let mut secret = [0u8; 24];
         aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("no randomness"))?;
         let client_secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let port = free_port(host)?;
+        let port = crate::setup::free_port_on(host);
         let issuer = format!("https://{HOST}");
         let env = [
             ("HOST", host.to_string()),

@@ -371,9 +371,7 @@ impl OperatorProcess {
         let bin = std::env::var("E2E_OPERATOR_BIN")
             .context("E2E_OPERATOR_BIN: run the tests through `make test`")?;
         let dir = std::env::var("E2E_DIR").context("E2E_DIR")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = setup::free_port();
         let admin: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::fs::OpenOptions::new()
             .create(true)

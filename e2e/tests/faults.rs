@@ -221,6 +221,10 @@ async fn an_operator_killed_after_any_write_of_a_rotation_never_lets_a_token_out
         // killed with a reconcile still owed (a pod event, a due key transition): the first
         // replacement then makes that write and dies, and the next finds nothing to do. One
         // that keeps writing at start-up is not idempotent and fails the test.
+        // The rotation is asked for once the replacement leads: its webhook (fail-closed)
+        // admits the request, unless that owed write killed it in between, which counts as a
+        // start-up write too.
+        let request = format!("r{k}");
         let mut startup_writes = Vec::new();
         let mut doomed = loop {
             let mut doomed = OperatorProcess::start_with(identity, &lease, &faulty).unwrap();
@@ -237,7 +241,20 @@ async fn an_operator_killed_after_any_write_of_a_rotation_never_lets_a_token_out
             .await
             .unwrap();
             if led && doomed.is_running() {
-                break doomed;
+                let Err(refused) = shop.rotate(&request).await else {
+                    break doomed;
+                };
+                // The listener closes as the process exits, a moment before it can be reaped.
+                eventually("the operator that refused the rotation exiting", || {
+                    let running = doomed.is_running();
+                    let refused = &refused;
+                    async move {
+                        ensure!(!running, "running, yet refused rotation: {refused:#}");
+                        Ok(())
+                    }
+                })
+                .await
+                .unwrap();
             }
             doomed.kill();
             startup_writes.push(last_crash());
@@ -251,9 +268,7 @@ async fn an_operator_killed_after_any_write_of_a_rotation_never_lets_a_token_out
                 "before rotation r{k}: a restarted operator first converged ({startup_writes:?})"
             ));
         }
-        let request = format!("r{k}");
         let before = kids.last().cloned().unwrap_or_default();
-        shop.rotate(&request).await.unwrap();
         // It dies after its k-th write, or completes the rotation with fewer.
         let completed = eventually(
             &format!("crash after write {k} or rotation {request}"),

@@ -13,7 +13,7 @@ use scopegate_core::session::{LOGIN_COOKIE, SESSION_COOKIE};
 use scopegate_sidecar_kit::body::ProxyBody;
 use scopegate_sidecar_kit::unix_now;
 
-use crate::flight::ends_session;
+use crate::flight::{self, ends_session};
 use crate::keys::Keyring;
 use crate::login::{self, Authorize};
 use crate::metrics::Event;
@@ -98,8 +98,9 @@ enum Refresh {
     Renewed(Box<Session>, HeaderValue),
     /// The issuer refused, or the new session cannot be sealed: the session ends.
     Ended(&'static str),
-    /// No answer: the session goes on while its token lasts.
-    Unavailable,
+    /// No answer: the session goes on while its token lasts; after that, this many seconds
+    /// pass before a request may have the issuer asked again.
+    Unavailable(u64),
 }
 
 impl Sessions {
@@ -166,15 +167,15 @@ impl Sessions {
                     self.end(&mut prepared, &session, why);
                     return Ok(prepared);
                 }
-                Refresh::Unavailable if now < session.expires_at => {}
-                Refresh::Unavailable => {
+                Refresh::Unavailable(_) if now < session.expires_at => {}
+                Refresh::Unavailable(retry_after) => {
                     let mut answer = reply::page(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "The session could not be renewed just now. Try again in a moment.",
                     );
                     answer
                         .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+                        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
                     return Err(answer);
                 }
             }
@@ -301,7 +302,7 @@ impl Sessions {
     ) -> Refresh {
         let Some(refresh_token) = session.refresh_token.clone() else {
             return if now < session.expires_at {
-                Refresh::Unavailable
+                Refresh::Unavailable(1)
             } else {
                 Refresh::Ended("its token expired and it has no refresh token")
             };
@@ -336,10 +337,12 @@ impl Sessions {
             Ok(Err(failure)) if ends_session(&failure) => {
                 return Refresh::Ended("the issuer refused its refresh");
             }
-            Ok(Err(_)) => return Refresh::Unavailable,
+            // The failure is kept at most this long: then a request asks again.
+            Ok(Err(_)) => return Refresh::Unavailable(flight::RETRY_AFTER_FAILURE.as_secs()),
+            // A place in the map frees as soon as any refresh is done.
             Err(busy) => {
                 tracing::warn!(error = %busy, "session refresh not started");
-                return Refresh::Unavailable;
+                return Refresh::Unavailable(1);
             }
         };
         let renewed = Session {

@@ -2,7 +2,7 @@
 
 It comes from outside the kernel's ephemeral range: a port from inside it, once released, may
 go to any socket's bind(0) or connect() before the server binds it (the same choice as the
-tests' free_port in e2e/src/setup.rs).
+tests' free_port in e2e/src/ports.rs).
 """
 
 import random

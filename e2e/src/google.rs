@@ -42,7 +42,7 @@ impl GoogleStandIn {
         let mut secret = [0u8; 24];
         aws_lc_rs::rand::fill(&mut secret).map_err(|_| anyhow::anyhow!("no randomness"))?;
         let client_secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-        let port = crate::setup::free_port_on(host);
+        let port = crate::ports::free_port_on(host);
         let issuer = format!("https://{HOST}");
         let env = [
             ("HOST", host.to_string()),

@@ -11,6 +11,7 @@ pub mod http;
 pub mod kubelet;
 pub mod manifests;
 pub mod node_idp;
+pub mod ports;
 pub mod ready;
 pub mod rendered;
 pub mod setup;
@@ -371,7 +372,7 @@ impl OperatorProcess {
         let bin = std::env::var("E2E_OPERATOR_BIN")
             .context("E2E_OPERATOR_BIN: run the tests through `make test`")?;
         let dir = std::env::var("E2E_DIR").context("E2E_DIR")?;
-        let port = setup::free_port();
+        let port = ports::free_port();
         let admin: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::fs::OpenOptions::new()
             .create(true)

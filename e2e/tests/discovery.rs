@@ -19,7 +19,8 @@ use scopegate_e2e::http::{Response, request};
 use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, example_app, sidecar_image};
 use scopegate_e2e::manifests::orders_pod;
 use scopegate_e2e::node_idp::{self, TestTls};
-use scopegate_e2e::setup::{free_port, logs_dir};
+use scopegate_e2e::ports::free_port;
+use scopegate_e2e::setup::logs_dir;
 use scopegate_e2e::{ControlPlane, TestNamespace, apply_yaml, condition, eventually};
 
 const CLIENT_ID: &str = "reports";

@@ -20,7 +20,8 @@ use scopegate_crds::v1alpha1::AuthPolicy;
 use scopegate_e2e::http::request;
 use scopegate_e2e::kubelet::{Images, PodNetwork, RunningPod, sidecar_image};
 use scopegate_e2e::manifests::{external_policy, issuer};
-use scopegate_e2e::setup::{free_port, injection_labels, logs_dir, service_account_kubeconfig};
+use scopegate_e2e::ports::free_port;
+use scopegate_e2e::setup::{injection_labels, logs_dir, service_account_kubeconfig};
 use scopegate_e2e::{
     ControlPlane, FIELD_MANAGER, OperatorProcess, TestNamespace, apply_yaml, condition, eventually,
 };

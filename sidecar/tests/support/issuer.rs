@@ -233,33 +233,11 @@ pub struct Issuer {
     child: Option<tokio::process::Child>,
 }
 
-/// A loopback port free at the time of the call, for a process the test starts to bind. It
-/// comes from outside the kernel's ephemeral range: a port from inside it, once released, may
-/// go to any socket's `bind(0)` or `connect()` (the tests make many) before the process binds
-/// it. Each call of one test binary tries the next port from a start its pid picks.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut bounds = text.split_whitespace().map(str::parse::<u32>);
-            Some((bounds.next()?.ok()?, bounds.next()?.ok()?))
-        });
-    let (low, high) = range.unwrap_or((32_768, 60_999));
-    // The larger gap: below the range (from 10000) or above it.
-    let (first, span) = if low.saturating_sub(10_000) >= 65_535 - high {
-        (10_000, low - 10_000)
-    } else {
-        (high + 1, 65_535 - high)
-    };
-    let start = std::process::id().wrapping_mul(7_919);
-    (0..span)
-        .map(|_| first + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span)
-        .filter_map(|port| u16::try_from(port).ok())
-        .find(|&port| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).is_ok())
-        .expect("a free port outside the ephemeral range")
-}
+/// How the tests pick a port for a process they start: the e2e crate's, included by path
+/// (only std) rather than depending on that crate and its Kubernetes client.
+#[path = "../../../e2e/src/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// The signing-keys document with one key of `alg`, active since a minute ago.
 pub fn fresh_keys(alg: &str) -> Value {

@@ -165,10 +165,13 @@ async fn app() -> SocketAddr {
 
 type Http = Client<HttpConnector, Empty<Bytes>>;
 
-/// One GET of `/items/1` with `header`; the status.
-async fn get(client: &Http, addr: SocketAddr, header: (&str, &str)) -> u16 {
-    let request = hyper::Request::get(format!("http://{addr}/items/1"))
-        .header(header.0, header.1)
+/// One GET of `/items/1` with `headers`; the status.
+async fn get(client: &Http, addr: SocketAddr, headers: &[(&str, &str)]) -> u16 {
+    let mut request = hyper::Request::get(format!("http://{addr}/items/1"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .header("accept", "text/html")
         .body(Empty::new())
         .unwrap();
@@ -222,17 +225,17 @@ fn bench(c: &mut Criterion) {
             .pool_max_idle_per_host(1)
             .build_http();
         // Both paths verified once: from here on, cache hits.
-        assert_eq!(get(&client, addr, ("authorization", &bearer)).await, 200);
-        assert_eq!(get(&client, addr, ("cookie", &session)).await, 200);
+        assert_eq!(get(&client, addr, &[("authorization", &bearer)]).await, 200);
+        assert_eq!(get(&client, addr, &[("cookie", &session)]).await, 200);
         (addr, client)
     });
 
     let mut group = c.benchmark_group("session");
     group.bench_function("bearer_request", |b| {
-        b.iter(|| runtime.block_on(get(&client, addr, ("authorization", black_box(&bearer)))))
+        b.iter(|| runtime.block_on(get(&client, addr, &[("authorization", black_box(&bearer))])))
     });
     group.bench_function("cookie_request", |b| {
-        b.iter(|| runtime.block_on(get(&client, addr, ("cookie", black_box(&session)))))
+        b.iter(|| runtime.block_on(get(&client, addr, &[("cookie", black_box(&session))])))
     });
     let value = cookie(&keys, &token);
     let now = scopegate_sidecar_kit::unix_now();
@@ -241,39 +244,55 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    // The two cases interleaved: criterion measures one after the other, so drift in the
-    // machine's load between them shows up as a difference. Here each round times both, in
-    // alternating order, and the ratio is taken within the round.
-    let time_requests = |header: (&str, &str)| {
-        runtime.block_on(async {
-            let started = std::time::Instant::now();
-            for _ in 0..INTERLEAVED_REQUESTS {
-                get(&client, addr, header).await;
-            }
-            started.elapsed().as_secs_f64() * 1e6 / f64::from(INTERLEAVED_REQUESTS)
-        })
-    };
-    let (mut bearer_us, mut cookie_us, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // The cases interleaved: criterion measures one after the other, so drift in the
+    // machine's load between them shows up as a difference. Here each round times every case,
+    // in an order that rotates, and each case is taken relative to the bearer request of the
+    // same round. The two middle cases split up what the cookie costs: the bearer request
+    // with a header as long as the cookie (its bytes alone, forwarded to the app), and with
+    // the cookie itself beside the bearer header (read and stripped, never opened: the
+    // bearer header wins).
+    let padding = "x".repeat(session.len());
+    let cases: [(&str, &[(&str, &str)]); 4] = [
+        ("bearer", &[("authorization", &bearer)]),
+        (
+            "bearer + a header of the cookie's length",
+            &[("authorization", &bearer), ("x-padding", &padding)],
+        ),
+        (
+            "bearer + the cookie, unopened",
+            &[("authorization", &bearer), ("cookie", &session)],
+        ),
+        ("cookie", &[("cookie", &session)]),
+    ];
+    let mut times = vec![Vec::new(); cases.len()];
     for round in 0..INTERLEAVED_ROUNDS {
-        let (b, k) = if round % 2 == 0 {
-            let b = time_requests(("authorization", &bearer));
-            (b, time_requests(("cookie", &session)))
-        } else {
-            let k = time_requests(("cookie", &session));
-            (time_requests(("authorization", &bearer)), k)
-        };
-        bearer_us.push(b);
-        cookie_us.push(k);
-        ratios.push(k / b);
+        for k in 0..cases.len() {
+            let case = (round + k) % cases.len();
+            let headers = cases[case].1;
+            times[case].push(runtime.block_on(async {
+                let started = std::time::Instant::now();
+                for _ in 0..INTERLEAVED_REQUESTS {
+                    get(&client, addr, headers).await;
+                }
+                started.elapsed().as_secs_f64() * 1e6 / f64::from(INTERLEAVED_REQUESTS)
+            }));
+        }
     }
     println!(
-        "interleaved: {INTERLEAVED_ROUNDS} rounds of {INTERLEAVED_REQUESTS} requests each, order alternating: bearer median {:.1} µs, cookie median {:.1} µs, cookie/bearer median {:.3} (lowest {:.3}, highest {:.3})",
-        median(&mut bearer_us),
-        median(&mut cookie_us),
-        median(&mut ratios),
-        ratios.first().copied().unwrap_or_default(),
-        ratios.last().copied().unwrap_or_default(),
+        "interleaved: {INTERLEAVED_ROUNDS} rounds of {INTERLEAVED_REQUESTS} requests of each case, order rotating"
     );
+    for (case, (name, _)) in cases.iter().enumerate() {
+        let mut ratios: Vec<f64> = (times[case].iter().zip(&times[0]))
+            .map(|(t, bearer)| t / bearer)
+            .collect();
+        let ratio = median(&mut ratios);
+        println!(
+            "  {name}: median {:.1} µs, / bearer median {ratio:.3} (lowest {:.3}, highest {:.3})",
+            median(&mut times[case].clone()),
+            ratios.first().copied().unwrap_or_default(),
+            ratios.last().copied().unwrap_or_default(),
+        );
+    }
 
     // Memory: distinct sessions, each sent once. The verified-token cache (10,000 entries,
     // bounded) fills as it would with as many bearer tokens; the sessions add nothing.
@@ -284,7 +303,7 @@ fn bench(c: &mut Criterion) {
             for i in 0..10_000 {
                 let token = signer.token(&format!("user:{round}-{i}"));
                 let session = format!("{SESSION_COOKIE}={}", cookie(&keys, &token));
-                assert_eq!(get(&client, addr, ("cookie", &session)).await, 200);
+                assert_eq!(get(&client, addr, &[("cookie", &session)]).await, 200);
             }
         });
         after.push(rss_kib());
